@@ -1,0 +1,212 @@
+//! The engine thread: a queue of [`Job`]s run one at a time by a [`Runner`], reporting [`Event`]s.
+//!
+//! [`Engine::spawn`] returns an [`EngineHandle`] (submit, cancel, interrupt, skip) and the event
+//! receiver. The real runner is [`crate::pipeline::Generator`]; front ends can be tested with a fake.
+
+use crate::job::{Event, Job, JobId};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+/// What the running job should do at its next check point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Keep going.
+    No,
+    /// Abandon the current image, go on with the next one of the batch.
+    SkipImage,
+    /// Abandon the whole job.
+    Interrupt,
+}
+
+/// Shared flag the runner polls once per sampling step.
+#[derive(Debug, Default, Clone)]
+pub struct CancelToken(Arc<AtomicU8>);
+
+impl CancelToken {
+    pub fn get(&self) -> Stop {
+        match self.0.load(Ordering::Acquire) {
+            1 => Stop::SkipImage,
+            2 => Stop::Interrupt,
+            _ => Stop::No,
+        }
+    }
+    pub fn set(&self, stop: Stop) {
+        let v = match stop {
+            Stop::No => 0,
+            Stop::SkipImage => 1,
+            Stop::Interrupt => 2,
+        };
+        self.0.store(v, Ordering::Release);
+    }
+    /// Clears a `SkipImage` once the runner has acted on it, leaving `Interrupt` in place.
+    pub fn take_skip(&self) -> bool {
+        self.0
+            .compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// Where a runner sends its events.
+pub struct Reporter<'a> {
+    pub id: JobId,
+    tx: &'a UnboundedSender<Event>,
+    pub cancel: &'a CancelToken,
+}
+
+impl Reporter<'_> {
+    pub fn send(&self, event: Event) {
+        // A closed receiver means the front end went away; nothing useful to do with the event.
+        let _ = self.tx.send(event);
+    }
+}
+
+/// How a job ended, as told by the runner.
+#[derive(Debug)]
+pub enum Outcome {
+    Done,
+    Cancelled,
+    Failed(String),
+}
+
+/// Something that turns a job into images. Implemented by the ONNX pipeline and by test fakes.
+pub trait Runner: Send + 'static {
+    /// Runs `job`, sending `Started`, `Step` and `Image` events; the engine sends the final one.
+    fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome;
+}
+
+struct Queue {
+    jobs: Mutex<QueueState>,
+    wake: Condvar,
+}
+
+struct QueueState {
+    pending: VecDeque<(JobId, Job)>,
+    running: Option<JobId>,
+    closed: bool,
+}
+
+/// Front ends' side of the engine. Cheap to clone.
+#[derive(Clone)]
+pub struct EngineHandle {
+    queue: Arc<Queue>,
+    next_id: Arc<AtomicU64>,
+    cancel: CancelToken,
+    events: UnboundedSender<Event>,
+}
+
+impl EngineHandle {
+    /// Queues a job and returns its id. Jobs run in submission order.
+    pub fn submit(&self, job: Job) -> JobId {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut q = lock(&self.queue.jobs);
+        q.pending.push_back((id, job));
+        self.queue.wake.notify_one();
+        id
+    }
+
+    /// Removes a queued job, or interrupts it if it is running. Unknown ids are ignored.
+    pub fn cancel(&self, id: JobId) {
+        let mut q = lock(&self.queue.jobs);
+        if q.running == Some(id) {
+            self.cancel.set(Stop::Interrupt);
+        } else if let Some(pos) = q.pending.iter().position(|(j, _)| *j == id) {
+            q.pending.remove(pos);
+            let _ = self.events.send(Event::Cancelled { id });
+        }
+    }
+
+    /// Interrupts the running job (if any).
+    pub fn interrupt(&self) {
+        if lock(&self.queue.jobs).running.is_some() {
+            self.cancel.set(Stop::Interrupt);
+        }
+    }
+
+    /// Skips the image being made now; the job goes on with the next one of its batch.
+    pub fn skip(&self) {
+        if lock(&self.queue.jobs).running.is_some() {
+            self.cancel.set(Stop::SkipImage);
+        }
+    }
+
+    /// Ids of the jobs waiting, in order.
+    pub fn pending(&self) -> Vec<JobId> {
+        lock(&self.queue.jobs).pending.iter().map(|(id, _)| *id).collect()
+    }
+
+    /// Stops the engine thread after the running job; pending jobs are dropped.
+    pub fn shutdown(&self) {
+        let mut q = lock(&self.queue.jobs);
+        q.closed = true;
+        self.cancel.set(Stop::Interrupt);
+        self.queue.wake.notify_all();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic inside the engine thread must not take the front end down with it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Spawns engines.
+pub struct Engine;
+
+impl Engine {
+    /// Starts `runner` on its own thread.
+    pub fn spawn<R: Runner>(mut runner: R) -> (EngineHandle, UnboundedReceiver<Event>) {
+        let (tx, rx) = unbounded_channel();
+        let queue = Arc::new(Queue {
+            jobs: Mutex::new(QueueState {
+                pending: VecDeque::new(),
+                running: None,
+                closed: false,
+            }),
+            wake: Condvar::new(),
+        });
+        let handle = EngineHandle {
+            queue: queue.clone(),
+            next_id: Arc::new(AtomicU64::new(1)),
+            cancel: CancelToken::default(),
+            events: tx.clone(),
+        };
+        let cancel = handle.cancel.clone();
+        std::thread::Builder::new()
+            .name("stipple-engine".into())
+            .spawn(move || loop {
+                let (id, job) = {
+                    let mut q = lock(&queue.jobs);
+                    loop {
+                        if q.closed {
+                            return;
+                        }
+                        if let Some(next) = q.pending.pop_front() {
+                            q.running = Some(next.0);
+                            cancel.set(Stop::No);
+                            break next;
+                        }
+                        q = queue.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+                    }
+                };
+                let reporter = Reporter {
+                    id,
+                    tx: &tx,
+                    cancel: &cancel,
+                };
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    runner.run(&job, &reporter)
+                }))
+                .unwrap_or_else(|_| Outcome::Failed("internal error: the engine panicked".into()));
+                let last = match outcome {
+                    Outcome::Done => Event::Finished { id },
+                    Outcome::Cancelled => Event::Cancelled { id },
+                    Outcome::Failed(message) => Event::Failed { id, message },
+                };
+                lock(&queue.jobs).running = None;
+                let _ = tx.send(last);
+            })
+            .expect("spawning the engine thread");
+        (handle, rx)
+    }
+}

@@ -1,0 +1,18 @@
+//! stipple: Stable Diffusion with LoRA-family adapters on ONNX Runtime, for the terminal.
+//!
+//! The data path (see DESIGN.md): [`prompt`] parses the prompt language, a [`job::Job`] goes to the
+//! [`engine`], which owns the [`model`], applies [`lora`] adapters through [`patch`], builds ONNX
+//! Runtime sessions in [`runtime`] and runs the [`pipeline`]; front ends ([`tui`], [`headless`]) see
+//! only jobs and events.
+
+pub mod engine;
+pub mod family;
+pub mod image;
+pub mod job;
+pub mod lora;
+pub mod model;
+pub mod patch;
+pub mod pipeline;
+pub mod prompt;
+pub mod runtime;
+pub mod tui;

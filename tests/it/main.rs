@@ -1,0 +1,1 @@
+//! One integration-test binary (one link step on 2 cores).
