@@ -1,0 +1,100 @@
+"""Configurations of the tiny test models (diffusers' test-sized SD1.x pipeline, real CLIP vocabulary).
+
+Imported by scripts/export_model.py (which writes tests/fixtures/tiny-sd15/) and by the adapter-fixture
+scripts, so every fixture is made against the same architecture. Needs torch, diffusers, transformers.
+"""
+
+import torch
+
+SEED = 1234
+
+UNET = dict(
+    block_out_channels=(32, 64),
+    layers_per_block=2,
+    sample_size=32,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    cross_attention_dim=32,
+    norm_num_groups=32,
+    attention_head_dim=8,
+)
+
+TEXT_ENCODER = dict(
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
+    hidden_size=32,
+    intermediate_size=37,
+    layer_norm_eps=1e-05,
+    num_attention_heads=4,
+    num_hidden_layers=5,
+    vocab_size=49408,
+    max_position_embeddings=77,
+    projection_dim=32,
+    hidden_act="quick_gelu",
+)
+
+VAE = dict(
+    block_out_channels=[32, 64],
+    in_channels=3,
+    out_channels=3,
+    down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+    up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=64,
+)
+
+SCHEDULER = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    set_alpha_to_one=False,
+    skip_prk_steps=True,
+    steps_offset=1,
+)
+
+
+def randomize_(module, seed):
+    """Gives every parameter distinct random values.
+
+    The ONNX exporter merges parameters with equal values into one initializer (DESIGN.md §3), and a
+    default-initialised model has every norm weight 1.0, so norms get 1 + small noise and biases small noise.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.dim() == 1 and ("norm" in name or "ln" in name or "layer_norm" in name) and name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            elif p.dim() == 1:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+            else:
+                fan_in = max(1, p[0].numel())
+                p.copy_(torch.randn(p.shape, generator=g) / fan_in**0.5)
+    return module
+
+
+def build_sd15(seed=SEED):
+    """Returns (unet, text_encoder, vae, scheduler) with random weights, fp32, eval mode."""
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    unet = randomize_(UNet2DConditionModel(**UNET), seed).eval()
+    text_encoder = randomize_(CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER)), seed + 1).eval()
+    vae = randomize_(AutoencoderKL(**VAE), seed + 2).eval()
+    scheduler = PNDMScheduler(**SCHEDULER)
+    return unet, text_encoder, vae, scheduler
+
+
+def text_encoder_state_dict(text_encoder):
+    """State dict with the classic `text_model.` names of released SD checkpoints.
+
+    transformers 5 flattened CLIPTextModel (no `text_model` level); kohya LoRA keys assume it.
+    """
+    out = {}
+    for k, v in text_encoder.state_dict().items():
+        out[k if k.startswith("text_model.") else "text_model." + k] = v
+    return out
