@@ -1,1 +1,2 @@
 //! One integration-test binary (one link step on 2 cores).
+mod pipeline_reference;
