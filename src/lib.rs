@@ -7,6 +7,7 @@
 
 pub mod engine;
 pub mod family;
+pub mod headless;
 pub mod image;
 pub mod job;
 pub mod lora;
