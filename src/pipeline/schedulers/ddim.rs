@@ -16,7 +16,7 @@ pub struct DdimScheduler {
 impl DdimScheduler {
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Self {
         let n = cfg.num_train_timesteps;
-        let steps = steps.min(n);
+        let steps = steps.clamp(1, n);
         let timesteps: Vec<i64> = match cfg.timestep_spacing.unwrap_or(TimestepSpacing::Leading) {
             TimestepSpacing::Linspace => {
                 super::noise_schedule::numpy_linspace(0.0, (n - 1) as f64, steps)

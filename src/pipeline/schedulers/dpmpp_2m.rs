@@ -21,6 +21,7 @@ pub struct DpmSolverMultistepScheduler {
 
 impl DpmSolverMultistepScheduler {
     pub fn new(cfg: &SchedulerConfig, steps: usize, karras: bool) -> Self {
+        let steps = steps.max(1);
         let n = cfg.num_train_timesteps;
         // diffusers' lambda_min_clipped defaults to -inf, so the schedule spans all n timesteps.
         let mut timesteps: Vec<f64> =

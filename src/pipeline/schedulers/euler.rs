@@ -16,6 +16,7 @@ pub struct EulerDiscreteScheduler {
 
 impl EulerDiscreteScheduler {
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Self {
+        let steps = steps.max(1);
         let spacing = cfg.timestep_spacing.unwrap_or(TimestepSpacing::Linspace);
         let timesteps = euler_timesteps(cfg, spacing, steps);
         let train = train_sigmas(&alphas_cumprod(cfg));

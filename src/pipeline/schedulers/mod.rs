@@ -266,4 +266,24 @@ mod tests {
             assert_eq!(sch.timesteps().len(), 7, "{}", sch.name());
         }
     }
+
+    #[test]
+    fn short_runs_stay_finite_for_every_sampler() {
+        for s in Sampler::ALL {
+            for steps in [0, 1, 2, 3] {
+                let mut sch = build(s, &SchedulerConfig::default(), steps);
+                let mut x = vec![sch.init_noise_sigma(); 16];
+                for i in 0..sch.timesteps().len() {
+                    let input = sch.scale_model_input(&x, i);
+                    let out: Vec<f32> = input.iter().map(|v| 0.5 * v).collect();
+                    x = sch.step(&out, i, &x, &mut |n| vec![0.25; n]);
+                }
+                assert!(
+                    x.iter().all(|v| v.is_finite()),
+                    "{} {steps}: {x:?}",
+                    sch.name()
+                );
+            }
+        }
+    }
 }
