@@ -46,10 +46,8 @@ pub fn generate(generator: Generator, args: GenerateArgs) -> Result<Vec<PathBuf>
     let job = args.job.clone();
     let id = engine.submit(args.job);
     let bar = if std::io::stderr().is_terminal() {
-        let pb = ProgressBar::with_draw_target(
-            Some(u64::from(job.steps)),
-            ProgressDrawTarget::stderr(),
-        );
+        let pb =
+            ProgressBar::with_draw_target(Some(u64::from(job.steps)), ProgressDrawTarget::stderr());
         pb.set_style(
             ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -125,12 +123,16 @@ fn print_line(out: &mut std::io::Stdout, line: &ImageLine<'_>) -> std::io::Resul
 
 /// Prints a saved image in the terminal with half-block characters (works everywhere, tmux included).
 fn show_inline(path: &std::path::Path) {
-    let Ok(file) = std::fs::File::open(path) else { return };
+    let Ok(file) = std::fs::File::open(path) else {
+        return;
+    };
     let Ok(mut reader) = png::Decoder::new(std::io::BufReader::new(file)).read_info() else {
         return;
     };
     let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
-    let Ok(info) = reader.next_frame(&mut buf) else { return };
+    let Ok(info) = reader.next_frame(&mut buf) else {
+        return;
+    };
     let (w, h) = (info.width as usize, info.height as usize);
     let cols = w.min(64);
     let scale = w as f32 / cols as f32;
@@ -146,7 +148,9 @@ fn show_inline(path: &std::path::Path) {
         for x in 0..cols {
             let (r1, g1, b1) = px(x, y);
             let (r2, g2, b2) = px(x, (y + 1).min(rows - 1));
-            out.push_str(&format!("\x1b[38;2;{r1};{g1};{b1}m\x1b[48;2;{r2};{g2};{b2}m▀"));
+            out.push_str(&format!(
+                "\x1b[38;2;{r1};{g1};{b1}m\x1b[48;2;{r2};{g2};{b2}m▀"
+            ));
         }
         out.push_str("\x1b[0m\n");
     }

@@ -9,7 +9,11 @@ use stipple::pipeline::{validate_job, Generator};
 use stipple::runtime::{Device, Runtime, SessionOptions};
 
 #[derive(Parser)]
-#[command(name = "stipple", version, about = "Stable Diffusion with LoRA-family adapters, in the terminal")]
+#[command(
+    name = "stipple",
+    version,
+    about = "Stable Diffusion with LoRA-family adapters, in the terminal"
+)]
 struct Cli {
     /// The ONNX Runtime library (default: ORT_DYLIB_PATH, then .ort/ from scripts/setup)
     #[arg(long, global = true, value_name = "FILE")]
@@ -177,11 +181,23 @@ fn cmd_doctor(cli: &Cli, a: &DoctorArgs) -> Result<()> {
     let mut s = String::new();
     match Runtime::get(cli.ort_lib.as_deref(), false) {
         Ok(rt) => {
-            writeln!(s, "ONNX Runtime  {} ({}, found by {})", rt.version, rt.path.display(), rt.origin)?;
+            writeln!(
+                s,
+                "ONNX Runtime  {} ({}, found by {})",
+                rt.version,
+                rt.path.display(),
+                rt.origin
+            )?;
             for (name, available) in stipple::runtime::ep::providers() {
-                writeln!(s, "  {:<24} {}",
+                writeln!(
+                    s,
+                    "  {:<24} {}",
                     name,
-                    if available { "available" } else { "not in this build" }
+                    if available {
+                        "available"
+                    } else {
+                        "not in this build"
+                    }
                 )?;
             }
         }
@@ -194,12 +210,20 @@ fn cmd_doctor(cli: &Cli, a: &DoctorArgs) -> Result<()> {
     let dir = a.model.clone().unwrap_or_else(default_model);
     match stipple::model::Model::open(&dir) {
         Ok(m) => {
-            writeln!(s, "model         {} ({}, {})", dir.display(), m.index.family.facts().name, m.index.dtype)?;
+            writeln!(
+                s,
+                "model         {} ({}, {})",
+                dir.display(),
+                m.index.family.facts().name,
+                m.index.dtype
+            )?;
             let mut kinds: Vec<_> = m.components.keys().copied().collect();
             kinds.sort_by_key(|k| k.dir_name());
             for k in kinds {
                 let c = &m.components[&k];
-                writeln!(s, "  {:<14} {} initializers, {:.1} MB of weights, weight map consistent",
+                writeln!(
+                    s,
+                    "  {:<14} {} initializers, {:.1} MB of weights, weight map consistent",
                     k.dir_name(),
                     c.graph.externals.len(),
                     c.buffer_len() as f64 / 1e6

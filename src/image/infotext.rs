@@ -126,7 +126,8 @@ fn split_params(line: &str) -> Vec<(String, String)> {
             match end {
                 Some(e) => {
                     let raw = &after[..=e];
-                    let v = serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw[1..e].to_string());
+                    let v = serde_json::from_str::<String>(raw)
+                        .unwrap_or_else(|_| raw[1..e].to_string());
                     (v, after[e + 1..].trim_start().trim_start_matches(','))
                 }
                 None => (after.to_string(), ""),
@@ -198,6 +199,9 @@ mod tests {
 
     #[test]
     fn text_without_settings_is_an_error() {
-        assert_eq!(parse_infotext("just a prompt"), Err(InfotextError::NoSettings));
+        assert_eq!(
+            parse_infotext("just a prompt"),
+            Err(InfotextError::NoSettings)
+        );
     }
 }

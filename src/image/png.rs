@@ -60,7 +60,9 @@ fn next_number(dir: &Path) -> u32 {
             let name = e.file_name();
             let name = name.to_str()?;
             let digits: String = name.chars().take_while(|c| c.is_ascii_digit()).collect();
-            (digits.len() == 5).then(|| digits.parse::<u32>().ok()).flatten()
+            (digits.len() == 5)
+                .then(|| digits.parse::<u32>().ok())
+                .flatten()
         })
         .max()
         .map_or(0, |m| m + 1)
@@ -138,12 +140,18 @@ pub fn read_text_chunks(path: &Path) -> Result<BTreeMap<String, String>, PngErro
     for c in &info.compressed_latin1_text {
         let mut c = c.clone();
         c.decompress_text().map_err(|e| err(e.to_string()))?;
-        out.insert(c.keyword.clone(), c.get_text().map_err(|e| err(e.to_string()))?);
+        out.insert(
+            c.keyword.clone(),
+            c.get_text().map_err(|e| err(e.to_string()))?,
+        );
     }
     for c in &info.utf8_text {
         let mut c = c.clone();
         c.decompress_text().map_err(|e| err(e.to_string()))?;
-        out.insert(c.keyword.clone(), c.get_text().map_err(|e| err(e.to_string()))?);
+        out.insert(
+            c.keyword.clone(),
+            c.get_text().map_err(|e| err(e.to_string()))?,
+        );
     }
     Ok(out)
 }
@@ -174,7 +182,10 @@ mod tests {
         let tb = read_text_chunks(&b.path).unwrap();
         assert_eq!(tb["parameters"], "日本語 fox\nSteps: 4");
         // No temporary files left behind.
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 2, "{names:?}");
     }
 }

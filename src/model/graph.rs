@@ -141,7 +141,9 @@ impl Graph {
             let expected = elem.size().map(|s| s * numel);
             let length = match (length, expected) {
                 (Some(l), Some(e)) if l != e => {
-                    return Err(bad(format!("length {l} but {numel} elements need {e} bytes")))
+                    return Err(bad(format!(
+                        "length {l} but {numel} elements need {e} bytes"
+                    )))
                 }
                 (Some(l), _) => l,
                 (None, Some(e)) => e,

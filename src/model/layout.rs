@@ -139,7 +139,11 @@ impl Model {
         for &kind in &index.components {
             components.insert(kind, Component::open(dir, kind)?);
         }
-        for needed in [ComponentKind::TextEncoder, ComponentKind::Unet, ComponentKind::VaeDecoder] {
+        for needed in [
+            ComponentKind::TextEncoder,
+            ComponentKind::Unet,
+            ComponentKind::VaeDecoder,
+        ] {
             if !components.contains_key(&needed) {
                 return Err(ModelError::MissingFile {
                     path: dir.join(needed.dir_name()),
@@ -277,8 +281,12 @@ impl Component {
                 }
             }
         }
-        let externals: std::collections::HashSet<&str> =
-            self.graph.externals.iter().map(|e| e.name.as_str()).collect();
+        let externals: std::collections::HashSet<&str> = self
+            .graph
+            .externals
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
         for e in &self.weightmap.initializers {
             if !externals.contains(e.name.as_str()) {
                 problems.push(format!(

@@ -96,16 +96,22 @@ pub fn validate_job(job: &Job) -> Result<(), PipelineError> {
 
 impl Generator {
     /// Opens `dir` and builds its sessions from the pristine base weights.
-    pub fn load(dir: &Path, runtime: &'static Runtime, opts: SessionOptions) -> Result<Self, PipelineError> {
+    pub fn load(
+        dir: &Path,
+        runtime: &'static Runtime,
+        opts: SessionOptions,
+    ) -> Result<Self, PipelineError> {
         let model = Model::open(dir)?;
         let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
-        let scheduler = SchedulerConfig::from_file(&dir.join("scheduler").join("scheduler_config.json"))?;
+        let scheduler =
+            SchedulerConfig::from_file(&dir.join("scheduler").join("scheduler_config.json"))?;
         let sessions = build_sessions(&model, runtime, &opts, &ComponentDeltas::new())?;
         let context_dim = model
             .component(ComponentKind::Unet)
             .and_then(|c| c.config.get("cross_attention_dim"))
             .and_then(|v| v.as_u64())
-            .unwrap_or(model.index.family.facts().context_dim as u64) as usize;
+            .unwrap_or(model.index.family.facts().context_dim as u64)
+            as usize;
         let model_name = dir
             .canonicalize()
             .ok()
@@ -177,7 +183,11 @@ impl Generator {
             vec![
                 Input::F32("sample", shape.to_vec(), sample),
                 Input::F32("timestep", vec![b], &t),
-                Input::F32("encoder_hidden_states", vec![b, seq, self.context_dim], context),
+                Input::F32(
+                    "encoder_hidden_states",
+                    vec![b, seq, self.context_dim],
+                    context,
+                ),
             ],
             &["out_sample"],
         )
@@ -186,7 +196,12 @@ impl Generator {
     }
 
     /// Decodes latents `[1, 4, h, w]` to an image.
-    pub fn decode(&mut self, latents: &[f32], h: usize, w: usize) -> Result<RgbImage, PipelineError> {
+    pub fn decode(
+        &mut self,
+        latents: &[f32],
+        h: usize,
+        w: usize,
+    ) -> Result<RgbImage, PipelineError> {
         let scale = self.model.vae_scaling();
         let z: Vec<f32> = latents.iter().map(|x| x / scale).collect();
         let out = run(
@@ -196,7 +211,10 @@ impl Generator {
         )
         .map_err(run_err("VAE decoder"))?;
         let (shape, data) = out.into_iter().next().unwrap_or_default();
-        let (ih, iw) = (shape.get(2).copied().unwrap_or(0), shape.get(3).copied().unwrap_or(0));
+        let (ih, iw) = (
+            shape.get(2).copied().unwrap_or(0),
+            shape.get(3).copied().unwrap_or(0),
+        );
         Ok(vae::to_rgb(&data, iw, ih))
     }
 
@@ -283,7 +301,9 @@ fn build_sessions(
 ) -> Result<Sessions, PipelineError> {
     let empty = HashMap::new();
     let build = |kind: ComponentKind| -> Result<Session, PipelineError> {
-        let c = model.component(kind).ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
+        let c = model
+            .component(kind)
+            .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
         let (buf, _stats) = patch::assemble(c, deltas.get(&kind).unwrap_or(&empty))?;
         let buf: Arc<[u8]> = buf.into();
         Ok(build_session(

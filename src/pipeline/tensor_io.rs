@@ -44,7 +44,10 @@ pub fn run(
                 values.push((name.to_string(), v));
             }
             Input::I64(name, shape, data) => {
-                values.push((name.to_string(), Tensor::from_array((shape, data))?.into_dyn()));
+                values.push((
+                    name.to_string(),
+                    Tensor::from_array((shape, data))?.into_dyn(),
+                ));
             }
         }
     }

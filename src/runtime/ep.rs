@@ -66,8 +66,14 @@ impl fmt::Display for Device {
 /// Which providers the loaded library offers (name, available).
 pub fn providers() -> Vec<(&'static str, bool)> {
     vec![
-        ("CPUExecutionProvider", ort::ep::CPU::is_available().unwrap_or(false)),
-        ("CUDAExecutionProvider", ort::ep::CUDA::is_available().unwrap_or(false)),
+        (
+            "CPUExecutionProvider",
+            ort::ep::CPU::is_available().unwrap_or(false),
+        ),
+        (
+            "CUDAExecutionProvider",
+            ort::ep::CUDA::is_available().unwrap_or(false),
+        ),
         ("DmlExecutionProvider", directml_available()),
     ]
 }
@@ -88,7 +94,10 @@ impl Device {
     }
 
     /// Provider list for a session on this device; registration failures are errors.
-    pub fn dispatch(self, library: &str) -> Result<Vec<ort::ep::ExecutionProviderDispatch>, DeviceError> {
+    pub fn dispatch(
+        self,
+        library: &str,
+    ) -> Result<Vec<ort::ep::ExecutionProviderDispatch>, DeviceError> {
         match self {
             Device::Cpu => Ok(vec![ort::ep::CPU::default().build().error_on_failure()]),
             Device::Cuda(id) => {
@@ -112,7 +121,10 @@ impl Device {
 }
 
 #[cfg(windows)]
-fn directml(id: i32, _library: &str) -> Result<Vec<ort::ep::ExecutionProviderDispatch>, DeviceError> {
+fn directml(
+    id: i32,
+    _library: &str,
+) -> Result<Vec<ort::ep::ExecutionProviderDispatch>, DeviceError> {
     Ok(vec![ort::ep::DirectML::default()
         .with_device_id(id)
         .build()
@@ -120,7 +132,10 @@ fn directml(id: i32, _library: &str) -> Result<Vec<ort::ep::ExecutionProviderDis
 }
 
 #[cfg(not(windows))]
-fn directml(_id: i32, library: &str) -> Result<Vec<ort::ep::ExecutionProviderDispatch>, DeviceError> {
+fn directml(
+    _id: i32,
+    library: &str,
+) -> Result<Vec<ort::ep::ExecutionProviderDispatch>, DeviceError> {
     Err(DeviceError::Unavailable {
         provider: "DirectML",
         library: library.to_string(),
@@ -152,6 +167,10 @@ mod tests {
         assert_eq!("CUDA:1".parse::<Device>().unwrap(), Device::Cuda(1));
         assert_eq!("dml:2".parse::<Device>().unwrap(), Device::DirectMl(2));
         assert!("cuda:-1".parse::<Device>().is_err());
-        assert!("tpu".parse::<Device>().unwrap_err().to_string().contains("cuda:N"));
+        assert!("tpu"
+            .parse::<Device>()
+            .unwrap_err()
+            .to_string()
+            .contains("cuda:N"));
     }
 }

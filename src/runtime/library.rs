@@ -45,7 +45,10 @@ static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Runtime {
     /// Loads ONNX Runtime (once) and returns the process-wide runtime.
-    pub fn get(explicit: Option<&Path>, prefer_gpu: bool) -> Result<&'static Runtime, RuntimeError> {
+    pub fn get(
+        explicit: Option<&Path>,
+        prefer_gpu: bool,
+    ) -> Result<&'static Runtime, RuntimeError> {
         let _guard = INIT.lock().unwrap_or_else(|p| p.into_inner());
         let (path, origin) = locate(explicit, prefer_gpu)?;
         if let Some(rt) = RUNTIME.get() {
@@ -94,22 +97,33 @@ fn version_from_info(info: &str) -> Option<String> {
 fn version_from_file_name(path: &Path) -> Option<String> {
     let name = path.file_name()?.to_str()?;
     let v = name.split(".so.").nth(1)?;
-    v.starts_with(|c: char| c.is_ascii_digit()).then(|| v.to_string())
+    v.starts_with(|c: char| c.is_ascii_digit())
+        .then(|| v.to_string())
 }
 
 /// Finds the library without loading it. Returns the path and how it was found.
-pub fn locate(explicit: Option<&Path>, prefer_gpu: bool) -> Result<(PathBuf, &'static str), RuntimeError> {
+pub fn locate(
+    explicit: Option<&Path>,
+    prefer_gpu: bool,
+) -> Result<(PathBuf, &'static str), RuntimeError> {
     if let Some(p) = explicit {
         return checked(p.to_path_buf(), "--ort-lib");
     }
-    for (var, origin) in [("ORT_DYLIB_PATH", "ORT_DYLIB_PATH"), ("STIPPLE_ORT_LIB", "STIPPLE_ORT_LIB")] {
+    for (var, origin) in [
+        ("ORT_DYLIB_PATH", "ORT_DYLIB_PATH"),
+        ("STIPPLE_ORT_LIB", "STIPPLE_ORT_LIB"),
+    ] {
         if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
             return checked(PathBuf::from(v), origin);
         }
     }
     let mut searched = Vec::new();
     for root in search_roots() {
-        let kinds: &[&str] = if prefer_gpu { &["gpu", "cpu"] } else { &["cpu", "gpu"] };
+        let kinds: &[&str] = if prefer_gpu {
+            &["gpu", "cpu"]
+        } else {
+            &["cpu", "gpu"]
+        };
         for kind in kinds {
             let dir = root.join(".ort").join(kind);
             searched.push(dir.display().to_string());
@@ -158,12 +172,12 @@ fn versioned_lib(dir: &Path) -> Option<PathBuf> {
     let mut libs: Vec<PathBuf> = rd
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| {
-                    (n.starts_with("libonnxruntime.so.") || n == "onnxruntime.dll" || n.starts_with("libonnxruntime.") && n.ends_with(".dylib"))
-                        && !n.contains("providers")
-                })
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                (n.starts_with("libonnxruntime.so.")
+                    || n == "onnxruntime.dll"
+                    || n.starts_with("libonnxruntime.") && n.ends_with(".dylib"))
+                    && !n.contains("providers")
+            })
         })
         .collect();
     libs.sort();
@@ -184,7 +198,10 @@ mod tests {
     #[test]
     fn an_explicit_path_that_does_not_exist_is_an_error_naming_it() {
         let err = locate(Some(Path::new("/nonexistent/libonnxruntime.so.1")), false).unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/libonnxruntime.so.1"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/libonnxruntime.so.1"),
+            "{err}"
+        );
         assert!(err.to_string().contains("--ort-lib"), "{err}");
     }
 }

@@ -25,11 +25,27 @@ fn generate_writes_a_png_whose_chunks_read_back_as_the_job() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
     let (ok, stdout, stderr) = run(&[
-        "generate", "--prompt", "a red fox", "--negative", "blurry", "--seed", "1", "--steps", "4",
-        "--sampler", "dpmpp-2m-karras", "--out", out, "--batch", "2",
+        "generate",
+        "--prompt",
+        "a red fox",
+        "--negative",
+        "blurry",
+        "--seed",
+        "1",
+        "--steps",
+        "4",
+        "--sampler",
+        "dpmpp-2m-karras",
+        "--out",
+        out,
+        "--batch",
+        "2",
     ]);
     assert!(ok, "{stderr}");
-    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2, "{stdout}");
     assert_eq!(lines[0]["seed"], 1);
     assert_eq!(lines[1]["seed"], 2);
@@ -49,19 +65,41 @@ fn generate_writes_a_png_whose_chunks_read_back_as_the_job() {
     assert_eq!(job.steps, 4);
     // Same seed, same image: the second run lands in a new file with identical pixels.
     let (ok, stdout2, stderr) = run(&[
-        "generate", "--prompt", "a red fox", "--negative", "blurry", "--seed", "2", "--steps", "4",
-        "--sampler", "dpmpp-2m-karras", "--out", out,
+        "generate",
+        "--prompt",
+        "a red fox",
+        "--negative",
+        "blurry",
+        "--seed",
+        "2",
+        "--steps",
+        "4",
+        "--sampler",
+        "dpmpp-2m-karras",
+        "--out",
+        out,
     ]);
     assert!(ok, "{stderr}");
     let again: serde_json::Value = serde_json::from_str(stdout2.trim()).unwrap();
     assert_ne!(again["path"], lines[1]["path"]);
-    assert_eq!(read_rgb(std::path::Path::new(path)).2, read_rgb(std::path::Path::new(again["path"].as_str().unwrap())).2);
+    assert_eq!(
+        read_rgb(std::path::Path::new(path)).2,
+        read_rgb(std::path::Path::new(again["path"].as_str().unwrap())).2
+    );
 }
 
 #[test]
 fn a_random_seed_is_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let (ok, stdout, stderr) = run(&["generate", "--prompt", "x", "--steps", "1", "--out", dir.path().to_str().unwrap()]);
+    let (ok, stdout, stderr) = run(&[
+        "generate",
+        "--prompt",
+        "x",
+        "--steps",
+        "1",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
     assert!(ok, "{stderr}");
     let line: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     let seed = line["seed"].as_u64().unwrap();
@@ -73,22 +111,51 @@ fn assert_clear_error(args: &[&str], needle: &str) {
     assert!(!ok, "{args:?} should fail");
     assert!(stderr.contains(needle), "{args:?}: {stderr}");
     assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
-    assert_eq!(stderr.trim().lines().filter(|l| l.starts_with("error")).count(), 1, "{stderr}");
+    assert_eq!(
+        stderr
+            .trim()
+            .lines()
+            .filter(|l| l.starts_with("error"))
+            .count(),
+        1,
+        "{stderr}"
+    );
 }
 
 #[test]
 fn bad_input_gives_one_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
-    assert_clear_error(&["generate", "--prompt", "x", "--model", "/nonexistent/model"], "does not exist");
-    assert_clear_error(&["generate", "--prompt", "x", "--width", "65"], "multiples of 8");
-    assert_clear_error(&["generate", "--prompt", "x", "--sampler", "heun"], "unknown sampler \"heun\"");
-    assert_clear_error(&["generate", "--prompt", "x", "--device", "tpu"], "unknown device");
+    assert_clear_error(
+        &["generate", "--prompt", "x", "--model", "/nonexistent/model"],
+        "does not exist",
+    );
+    assert_clear_error(
+        &["generate", "--prompt", "x", "--width", "65"],
+        "multiples of 8",
+    );
+    assert_clear_error(
+        &["generate", "--prompt", "x", "--sampler", "heun"],
+        "unknown sampler \"heun\"",
+    );
+    assert_clear_error(
+        &["generate", "--prompt", "x", "--device", "tpu"],
+        "unknown device",
+    );
 
     // A model folder with a component missing.
     let broken = tmp.path().join("no-unet");
     copy_dir(&tiny_model(), &broken);
     std::fs::remove_dir_all(broken.join("unet")).unwrap();
-    assert_clear_error(&["generate", "--prompt", "x", "--model", broken.to_str().unwrap()], "unet");
+    assert_clear_error(
+        &[
+            "generate",
+            "--prompt",
+            "x",
+            "--model",
+            broken.to_str().unwrap(),
+        ],
+        "unet",
+    );
 
     // A corrupt (truncated) weights file.
     let corrupt = tmp.path().join("corrupt");
@@ -97,7 +164,13 @@ fn bad_input_gives_one_clear_error() {
     let bytes = std::fs::read(&w).unwrap();
     std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
     assert_clear_error(
-        &["generate", "--prompt", "x", "--model", corrupt.to_str().unwrap()],
+        &[
+            "generate",
+            "--prompt",
+            "x",
+            "--model",
+            corrupt.to_str().unwrap(),
+        ],
         "not a valid safetensors file",
     );
 }
@@ -107,7 +180,10 @@ fn doctor_reports_runtime_providers_and_model() {
     let (ok, stdout, stderr) = run(&["doctor"]);
     assert!(ok, "{stdout}{stderr}");
     assert!(stdout.contains("ONNX Runtime  1."), "{stdout}");
-    assert!(stdout.contains("CPUExecutionProvider     available"), "{stdout}");
+    assert!(
+        stdout.contains("CPUExecutionProvider     available"),
+        "{stdout}"
+    );
     assert!(stdout.contains("unet"), "{stdout}");
     assert!(stdout.contains("weight map consistent"), "{stdout}");
     let (ok, stdout, _) = run(&["--ort-lib", "/nonexistent/libonnxruntime.so.1", "doctor"]);

@@ -19,10 +19,23 @@ fn token_ids_equal_transformers() {
     let cases: Vec<TokenCase> = serde_json::from_str(&text).unwrap();
     let g = generator();
     for c in &cases {
-        assert_eq!(g.tokenizer().encode(&c.prompt), c.ids, "prompt {:?}", c.prompt);
-        assert_eq!(g.tokenizer().encode_padded(&c.prompt, 49407), c.padded, "prompt {:?}", c.prompt);
+        assert_eq!(
+            g.tokenizer().encode(&c.prompt),
+            c.ids,
+            "prompt {:?}",
+            c.prompt
+        );
+        assert_eq!(
+            g.tokenizer().encode_padded(&c.prompt, 49407),
+            c.padded,
+            "prompt {:?}",
+            c.prompt
+        );
     }
-    assert!(cases.iter().any(|c| c.ids.len() > 75), "a long prompt is covered");
+    assert!(
+        cases.iter().any(|c| c.ids.len() > 75),
+        "a long prompt is covered"
+    );
 }
 
 #[test]
@@ -48,7 +61,9 @@ fn latents_equal_torch_randn() {
     let refs = ref_tensors();
     let mut checked = 0;
     for (name, _) in refs.shapes() {
-        let Some(rest) = name.strip_prefix("latents.") else { continue };
+        let Some(rest) = name.strip_prefix("latents.") else {
+            continue;
+        };
         let (seed, _) = rest.split_once('.').unwrap();
         let (shape, want) = ref_tensor(&refs, &name);
         let got = TorchRng::new(seed.parse().unwrap()).randn(shape.iter().product());
@@ -70,7 +85,12 @@ fn unet_output_matches_diffusers() {
     let (_, ehs) = ref_tensor(&refs, "unet.encoder_hidden_states");
     let (_, want) = ref_tensor(&refs, "unet.out");
     let got = generator()
-        .unet(&sample, [shape[0], shape[1], shape[2], shape[3]], t[0], &ehs)
+        .unet(
+            &sample,
+            [shape[0], shape[1], shape[2], shape[3]],
+            t[0],
+            &ehs,
+        )
         .unwrap();
     let err = max_rel_err(&got, &want);
     assert!(err <= 1e-4, "relative error {err}");
@@ -114,11 +134,16 @@ fn every_scheduler_image_matches_diffusers() {
             batch: 1,
         };
         let mut image = None;
-        g.generate(&job, &|| Stop::No, &mut |e| {
-            if let Event::Image { image: i, .. } = e {
-                image = Some(i)
-            }
-        }, 1)
+        g.generate(
+            &job,
+            &|| Stop::No,
+            &mut |e| {
+                if let Event::Image { image: i, .. } = e {
+                    image = Some(i)
+                }
+            },
+            1,
+        )
         .unwrap();
         let image = image.expect("an image");
         let (w, h, want) = read_rgb(&reference(&case.file));
@@ -131,9 +156,17 @@ fn every_scheduler_image_matches_diffusers() {
             .sum::<f32>()
             / want.len() as f32;
         report.push(format!("{} {}: {mad:.4}", case.sampler, case.steps));
-        assert!(mad <= 1.0, "{} at {} steps: mean abs difference {mad}/255", case.sampler, case.steps);
+        assert!(
+            mad <= 1.0,
+            "{} at {} steps: mean abs difference {mad}/255",
+            case.sampler,
+            case.steps
+        );
     }
-    eprintln!("mean abs difference per image (0-255): {}", report.join(", "));
+    eprintln!(
+        "mean abs difference per image (0-255): {}",
+        report.join(", ")
+    );
 }
 
 #[test]
@@ -154,17 +187,28 @@ fn skip_and_interrupt_are_honoured_between_steps() {
     let calls = std::cell::Cell::new(0);
     let mut seeds = Vec::new();
     let outcome = g
-        .generate(&job, &|| {
-            calls.set(calls.get() + 1);
-            if calls.get() == 2 { Stop::SkipImage } else { Stop::No }
-        }, &mut |e| {
-            if let Event::Image { seed, .. } = e {
-                seeds.push(seed)
-            }
-        }, 1)
+        .generate(
+            &job,
+            &|| {
+                calls.set(calls.get() + 1);
+                if calls.get() == 2 {
+                    Stop::SkipImage
+                } else {
+                    Stop::No
+                }
+            },
+            &mut |e| {
+                if let Event::Image { seed, .. } = e {
+                    seeds.push(seed)
+                }
+            },
+            1,
+        )
         .unwrap();
     assert!(matches!(outcome, stipple::engine::Outcome::Done));
     assert_eq!(seeds, vec![4]);
-    let outcome = g.generate(&job, &|| Stop::Interrupt, &mut |_| {}, 2).unwrap();
+    let outcome = g
+        .generate(&job, &|| Stop::Interrupt, &mut |_| {}, 2)
+        .unwrap();
     assert!(matches!(outcome, stipple::engine::Outcome::Cancelled));
 }

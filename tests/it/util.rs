@@ -40,14 +40,18 @@ pub fn ref_tensors() -> Checkpoint {
 }
 
 pub fn ref_tensor(c: &Checkpoint, name: &str) -> (Vec<usize>, Vec<f32>) {
-    let t = c.tensor(name).unwrap_or_else(|| panic!("reference tensor {name}"));
+    let t = c
+        .tensor(name)
+        .unwrap_or_else(|| panic!("reference tensor {name}"));
     (t.shape.to_vec(), t.to_f32())
 }
 
 /// Decodes an 8-bit RGB PNG.
 pub fn read_rgb(path: &Path) -> (u32, u32, Vec<u8>) {
     let file = std::fs::File::open(path).unwrap();
-    let mut r = png::Decoder::new(std::io::BufReader::new(file)).read_info().unwrap();
+    let mut r = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .unwrap();
     let mut buf = vec![0; r.output_buffer_size().unwrap()];
     let info = r.next_frame(&mut buf).unwrap();
     buf.truncate(info.buffer_size());

@@ -136,11 +136,29 @@ impl SchedulerConfig {
     }
 
     fn parse(text: &str, path: &str) -> Result<Self, SchedulerError> {
-        let cfg: SchedulerConfig =
-            serde_json::from_str(text).map_err(|source| SchedulerError::Json {
-                path: path.to_string(),
-                source,
-            })?;
+        let json_err = |source| SchedulerError::Json {
+            path: path.to_string(),
+            source,
+        };
+        let mut value: serde_json::Value = serde_json::from_str(text).map_err(json_err)?;
+        // diffusers drops keys that held the *writing* class's defaults (`_use_default_values`)
+        // when another scheduler class loads the config, so e.g. PNDM's "leading" spacing does
+        // not leak into Euler, which then uses its own default.
+        if let Some(obj) = value.as_object_mut() {
+            let defaults: Vec<String> = obj
+                .get("_use_default_values")
+                .and_then(|v| v.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|k| k.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for k in defaults {
+                obj.remove(&k);
+            }
+        }
+        let cfg: SchedulerConfig = serde_json::from_value(value).map_err(json_err)?;
         let unsupported = |message: String| SchedulerError::Unsupported {
             path: path.to_string(),
             message,
@@ -285,5 +303,22 @@ mod tests {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    #[test]
+    fn keys_that_held_the_writers_defaults_are_dropped() {
+        // Written by diffusers for a PNDMScheduler: "leading" was PNDM's default, so another
+        // scheduler class must fall back to its own spacing, as diffusers' from_config does.
+        let text = r#"{"timestep_spacing": "leading", "steps_offset": 1,
+                       "_use_default_values": ["timestep_spacing"]}"#;
+        let cfg = SchedulerConfig::from_json_str(text).unwrap();
+        assert_eq!(cfg.timestep_spacing, None);
+        let kept = SchedulerConfig::from_json_str(r#"{"timestep_spacing": "leading"}"#).unwrap();
+        assert_eq!(kept.timestep_spacing, Some(TimestepSpacing::Leading));
     }
 }
