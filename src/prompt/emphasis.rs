@@ -180,8 +180,10 @@ pub(crate) fn attention(
     Ok(tidy(res))
 }
 
-/// Drops empty texts, merges neighbours of equal weight (as A1111 does) and trims the whitespace at
-/// the two ends of the prompt (which the tokenizer ignores), so that printing reads back exactly.
+/// Drops empty texts, merges neighbours of equal weight (as A1111 does) and trims whitespace where
+/// the tokenizer ignores it anyway: at the two ends of the prompt and next to a `BREAK` (A1111's
+/// `BREAK` already swallows the whitespace beside it within a run). This makes printing read back
+/// exactly.
 fn tidy(res: Vec<Entry>) -> Vec<Fragment> {
     let mut out: Vec<Fragment> = Vec::new();
     for e in res {
@@ -195,27 +197,25 @@ fn tidy(res: Vec<Entry>) -> Vec<Fragment> {
         }
     }
     loop {
+        let n = out.len();
         let mut changed = false;
-        if let Some(Fragment::Text { text, .. }) = out.first_mut() {
-            let t = text.trim_start();
-            if t.len() != text.len() {
-                *text = t.to_string();
-                changed = true;
-            }
-            if text.is_empty() {
-                out.remove(0);
-            }
-        }
-        if let Some(Fragment::Text { text, .. }) = out.last_mut() {
-            let t = text.trim_end();
-            if t.len() != text.len() {
-                text.truncate(t.len());
-                changed = true;
-            }
-            if text.is_empty() {
-                out.pop();
+        for k in 0..n {
+            let open_before = k == 0 || matches!(out[k - 1], Fragment::Break);
+            let open_after = k + 1 == n || matches!(out[k + 1], Fragment::Break);
+            if let Fragment::Text { text, .. } = &mut out[k] {
+                let trimmed = match (open_before, open_after) {
+                    (true, true) => text.trim(),
+                    (true, false) => text.trim_start(),
+                    (false, true) => text.trim_end(),
+                    (false, false) => text.as_str(),
+                };
+                if trimmed.len() != text.len() {
+                    *text = trimmed.to_string();
+                    changed = true;
+                }
             }
         }
+        out.retain(|f| !matches!(f, Fragment::Text { text, .. } if text.is_empty()));
         if !changed {
             return out;
         }
@@ -321,5 +321,7 @@ mod tests {
         close(att("  a  "), &[("a", 1.0)]);
         close(att(""), &[]);
         close(att("( ) a"), &[("a", 1.0)]);
+        // Whitespace that only an escape kept away from a BREAK goes too.
+        close(att("(a )BREAK\\ b"), &[("a", 1.1), ("BREAK", -1.0), ("b", 1.0)]);
     }
 }

@@ -198,7 +198,9 @@ impl Block {
         let path = path.strip_prefix("unet.").unwrap_or(path);
         let mut parts = path.split('.');
         let head = parts.next()?;
-        let num = |s: Option<&str>| s.and_then(|s| s.parse::<u8>().ok());
+        let num = |s: Option<&str>| s.and_then(|s| s.parse::<u32>().ok()).filter(|n| *n < 100);
+        // Names come from adapter files: out-of-range numbers give None, never an overflow.
+        let block = |n: u32| u8::try_from(n).ok();
         match head {
             "conv_in" => Some(I(0)),
             "mid_block" => Some(M),
@@ -208,10 +210,10 @@ impl Block {
                 let j = num(parts.next())?;
                 let down = head == "down_blocks";
                 match (down, kind) {
-                    (true, "resnets" | "attentions") => Some(I(3 * i + j + 1)),
-                    (true, "downsamplers") => Some(I(3 * (i + 1))),
-                    (false, "resnets" | "attentions") => Some(O(3 * i + j)),
-                    (false, "upsamplers") => Some(O(3 * i + 2)),
+                    (true, "resnets" | "attentions") => block(3 * i + j + 1).map(I),
+                    (true, "downsamplers") => block(3 * (i + 1)).map(I),
+                    (false, "resnets" | "attentions") => block(3 * i + j).map(O),
+                    (false, "upsamplers") => block(3 * i + 2).map(O),
                     _ => None,
                 }
             }
@@ -324,7 +326,7 @@ pub(crate) fn parse_lbw(value: &str, offset: usize) -> Result<Lbw, PromptError> 
                 preset: Some((*name).to_string()),
             });
         }
-        if value.is_empty() || value.chars().any(|c| c.is_alphabetic()) && value.parse::<f32>().is_err() {
+        if value.is_empty() || (value.chars().any(char::is_alphabetic) && value.parse::<f32>().is_err()) {
             let names = PRESETS.iter().map(|(n, _)| *n);
             let hint = did_you_mean(value, names).unwrap_or_else(|| {
                 let all: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
@@ -401,6 +403,8 @@ mod tests {
         assert_eq!(b("up_blocks.0.upsamplers.0.conv"), Some(Block::Output(2)));
         assert_eq!(b("time_embedding.linear_1"), None);
         assert_eq!(b("conv_out"), None);
+        assert_eq!(b("down_blocks.250.resnets.7.conv1"), None);
+        assert_eq!(b("up_blocks.x.resnets.0"), None);
         assert_eq!(UnetRegion::of_unet_module("conv_out"), UnetRegion::Out);
         assert_eq!(UnetRegion::of_unet_module("time_embedding.linear_2"), UnetRegion::In);
         assert_eq!(UnetRegion::of_unet_module("up_blocks.2.resnets.0.conv1"), UnetRegion::Out);
@@ -420,7 +424,12 @@ mod tests {
 
         let v = parse_lbw("1,0,0,0,0,0.5,0.5,0,1,1,1,1", 0).unwrap();
         assert_eq!(v.layout(), LbwLayout::Xl12);
-        assert_eq!(v.weight(Block::Input(7)), 0.5);
+        // Slots: BASE, IN04, IN05, IN07, IN08, M00, OUT00, ...
+        assert_eq!(v.weight(Block::Input(7)), 0.0);
+        assert_eq!(v.weight(Block::Middle), 0.5);
+        assert_eq!(v.weight(Block::Output(0)), 0.5);
+        assert_eq!(v.weight(Block::Output(1)), 0.0);
+        assert_eq!(v.weight(Block::Output(5)), 1.0);
         assert!(v.check_family(Family::Sdxl).is_ok());
         assert!(v.check_family(Family::Sd1).unwrap_err().contains("12 values"));
         assert_eq!(parse_lbw(&v.to_string(), 0).unwrap(), v);

@@ -307,7 +307,7 @@ mod tests {
         let e = tag("x:te=abc").unwrap_err();
         assert_eq!(e.span, 11..14);
         let e = tag("x:te=1:te=2").unwrap_err();
-        assert_eq!(e.span, 14..16);
+        assert_eq!(e.span, 13..15);
         let e = tag("x:1:0.5").unwrap_err();
         assert!(e.message.contains("second strength"));
         let e = tag("x:1:OUTALL").unwrap_err();
