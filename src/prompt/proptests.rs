@@ -107,3 +107,22 @@ proptest! {
         prop_assert_eq!(all, want);
     }
 }
+
+/// Guards the properties above against passing vacuously: most generated prompts must parse.
+#[test]
+fn generated_prompts_mostly_parse() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let strategy = prompt_text();
+    let (mut ok, mut with_tags, n) = (0, 0, 400);
+    for _ in 0..n {
+        let Ok(tree) = strategy.new_tree(&mut runner) else { continue };
+        if let Ok(p) = parse(&tree.current()) {
+            ok += 1;
+            with_tags += usize::from(!p.loras.is_empty());
+        }
+    }
+    assert!(ok * 3 > n, "only {ok} of {n} parse");
+    assert!(with_tags * 6 > n, "only {with_tags} of {n} have tags");
+}
