@@ -74,7 +74,13 @@ where
     for f in fragments {
         let (text, weight) = match f {
             Fragment::Break => {
-                done.push(std::mem::replace(&mut cur, Chunk { tokens: Vec::new(), weights: Vec::new() }));
+                done.push(std::mem::replace(
+                    &mut cur,
+                    Chunk {
+                        tokens: Vec::new(),
+                        weights: Vec::new(),
+                    },
+                ));
                 last_comma = None;
                 continue;
             }
@@ -85,7 +91,10 @@ where
                 last_comma = Some(cur.tokens.len());
             } else if let Some(c) = last_comma {
                 let full = cur.tokens.len() == CHUNK_LEN;
-                if full && cfg.comma_padding_backtrack != 0 && CHUNK_LEN - c <= cfg.comma_padding_backtrack {
+                if full
+                    && cfg.comma_padding_backtrack != 0
+                    && CHUNK_LEN - c <= cfg.comma_padding_backtrack
+                {
                     // Move the words after the comma to the next chunk, so a phrase is not cut.
                     let tokens = cur.tokens.split_off(c + 1);
                     let weights = cur.weights.split_off(c + 1);
@@ -94,7 +103,13 @@ where
                 }
             }
             if cur.tokens.len() == CHUNK_LEN {
-                done.push(std::mem::replace(&mut cur, Chunk { tokens: Vec::new(), weights: Vec::new() }));
+                done.push(std::mem::replace(
+                    &mut cur,
+                    Chunk {
+                        tokens: Vec::new(),
+                        weights: Vec::new(),
+                    },
+                ));
                 last_comma = None;
             }
             cur.tokens.push(token);
@@ -114,7 +129,13 @@ mod tests {
     /// One token per whitespace-separated word: `,` is 267, a number is itself, other words are 1.
     fn fake(text: &str) -> Vec<u32> {
         text.split_whitespace()
-            .map(|w| if w == "," { CLIP_COMMA } else { w.parse().unwrap_or(1) })
+            .map(|w| {
+                if w == "," {
+                    CLIP_COMMA
+                } else {
+                    w.parse().unwrap_or(1)
+                }
+            })
             .collect()
     }
 
@@ -132,14 +153,30 @@ mod tests {
     #[test]
     fn short_and_empty_prompts_are_one_chunk() {
         let c = chunk(&[t("5 6", 1.0), t("7", 1.5)], fake, &ChunkConfig::default());
-        assert_eq!(c, vec![Chunk { tokens: vec![5, 6, 7], weights: vec![1.0, 1.0, 1.5] }]);
+        assert_eq!(
+            c,
+            vec![Chunk {
+                tokens: vec![5, 6, 7],
+                weights: vec![1.0, 1.0, 1.5]
+            }]
+        );
         let c = chunk(&[], fake, &ChunkConfig::default());
-        assert_eq!(c, vec![Chunk { tokens: vec![], weights: vec![] }]);
+        assert_eq!(
+            c,
+            vec![Chunk {
+                tokens: vec![],
+                weights: vec![]
+            }]
+        );
     }
 
     #[test]
     fn break_starts_a_new_chunk_even_when_empty() {
-        let c = chunk(&[Fragment::Break, t("5", 1.0), Fragment::Break, t("6", 1.0)], fake, &ChunkConfig::default());
+        let c = chunk(
+            &[Fragment::Break, t("5", 1.0), Fragment::Break, t("6", 1.0)],
+            fake,
+            &ChunkConfig::default(),
+        );
         let toks: Vec<Vec<u32>> = c.into_iter().map(|c| c.tokens).collect();
         assert_eq!(toks, vec![vec![], vec![5], vec![6]]);
     }
@@ -172,7 +209,10 @@ mod tests {
         let c = chunk(&[t(&text, 1.0)], fake, &ChunkConfig::default());
         assert_eq!(c[0].tokens.len(), 75);
         let text = format!("{} , {}", words(1000..1060), words(2000..2020));
-        let cfg = ChunkConfig { comma_padding_backtrack: 0, ..ChunkConfig::default() };
+        let cfg = ChunkConfig {
+            comma_padding_backtrack: 0,
+            ..ChunkConfig::default()
+        };
         assert_eq!(chunk(&[t(&text, 1.0)], fake, &cfg)[0].tokens.len(), 75);
     }
 
@@ -186,7 +226,10 @@ mod tests {
 
     #[test]
     fn padded_layout() {
-        let c = Chunk { tokens: vec![5, 6], weights: vec![1.1, 0.9] };
+        let c = Chunk {
+            tokens: vec![5, 6],
+            weights: vec![1.1, 0.9],
+        };
         let (ids, w) = c.padded(49406, 49407, 0);
         assert_eq!(ids.len(), 77);
         assert_eq!(&ids[..5], &[49406, 5, 6, 49407, 0]);

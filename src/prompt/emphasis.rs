@@ -103,7 +103,10 @@ pub(crate) fn attention(
                     k += 1;
                 }
                 let digits_from = k;
-                while chars.get(k).is_some_and(|x| x.1.is_ascii_digit() || x.1 == '.') {
+                while chars
+                    .get(k)
+                    .is_some_and(|x| x.1.is_ascii_digit() || x.1 == '.')
+                {
                     k += 1;
                 }
                 let closes = k > digits_from && chars.get(k).is_some_and(|x| x.1 == ')');
@@ -115,10 +118,17 @@ pub(crate) fn attention(
                 let literal: String = chars[i + 1..k].iter().map(|x| x.1).collect();
                 match round.pop() {
                     Some((from, _)) => {
-                        let w: f64 = literal.parse().ok().filter(|w: &f64| w.is_finite()).ok_or_else(|| {
-                            PromptError::new(span_between(i + 1, k), format!("`{literal}` is not a weight"))
+                        let w: f64 = literal
+                            .parse()
+                            .ok()
+                            .filter(|w: &f64| w.is_finite())
+                            .ok_or_else(|| {
+                                PromptError::new(
+                                    span_between(i + 1, k),
+                                    format!("`{literal}` is not a weight"),
+                                )
                                 .with_hint("write `(text:1.2)`")
-                        })?;
+                            })?;
                         multiply(&mut res, from, w);
                     }
                     // A1111 keeps `:1.2)` as text when no `(` is open.
@@ -134,7 +144,11 @@ pub(crate) fn attention(
                 i = k + 1;
             }
             ')' | ']' => {
-                let (stack, m) = if c == ')' { (&mut round, ROUND) } else { (&mut square, SQUARE) };
+                let (stack, m) = if c == ')' {
+                    (&mut round, ROUND)
+                } else {
+                    (&mut square, SQUARE)
+                };
                 match stack.pop() {
                     Some((from, _)) => multiply(&mut res, from, m),
                     None => {
@@ -166,7 +180,9 @@ pub(crate) fn attention(
             warnings.push(PromptWarning {
                 span: span_of(at),
                 message: format!("`{open}` is never closed; it weighs the rest of the prompt"),
-                hint: Some(format!("close it with `{close}`, or write `\\{open}` for a literal bracket")),
+                hint: Some(format!(
+                    "close it with `{close}`, or write `\\{open}` for a literal bracket"
+                )),
             });
         }
     }
@@ -174,8 +190,10 @@ pub(crate) fn attention(
         Entry::Text(_, w) if !w.is_finite() => Some(*w),
         _ => None,
     }) {
-        return Err(PromptError::new(0..src.len(), format!("emphasis weights multiply to {bad}"))
-            .with_hint("use smaller weights"));
+        return Err(
+            PromptError::new(0..src.len(), format!("emphasis weights multiply to {bad}"))
+                .with_hint("use smaller weights"),
+        );
     }
     Ok(tidy(res))
 }
@@ -250,7 +268,10 @@ mod tests {
     #[test]
     fn a1111_docstring_examples() {
         close(att("normal text"), &[("normal text", 1.0)]);
-        close(att("an (important) word"), &[("an ", 1.0), ("important", 1.1), (" word", 1.0)]);
+        close(
+            att("an (important) word"),
+            &[("an ", 1.0), ("important", 1.1), (" word", 1.0)],
+        );
         close(att("(unbalanced"), &[("unbalanced", 1.1)]);
         close(att("\\(literal\\]"), &[("(literal]", 1.0)]);
         close(att("(unnecessary)(parens)"), &[("unnecessaryparens", 1.1)]);
@@ -297,7 +318,10 @@ mod tests {
         close(att("aBREAK BREAKb"), &[("aBREAK BREAKb", 1.0)]);
         close(att("BREAK a"), &[("BREAK", -1.0), ("a", 1.0)]);
         // Inside brackets it still breaks (A1111 would turn it into the word "BREAK" weighted -1.1).
-        close(att("(a BREAK b)"), &[("a", 1.1), ("BREAK", -1.0), ("b", 1.1)]);
+        close(
+            att("(a BREAK b)"),
+            &[("a", 1.1), ("BREAK", -1.0), ("b", 1.1)],
+        );
         close(att("a:BREAK"), &[("a:", 1.0), ("BREAK", -1.0)]);
     }
 
@@ -322,6 +346,9 @@ mod tests {
         close(att(""), &[]);
         close(att("( ) a"), &[("a", 1.0)]);
         // Whitespace that only an escape kept away from a BREAK goes too.
-        close(att("(a )BREAK\\ b"), &[("a", 1.1), ("BREAK", -1.0), ("b", 1.0)]);
+        close(
+            att("(a )BREAK\\ b"),
+            &[("a", 1.1), ("BREAK", -1.0), ("b", 1.0)],
+        );
     }
 }

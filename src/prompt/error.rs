@@ -44,13 +44,25 @@ impl PromptError {
 
     /// `error: message`, the line holding the span, carets under it, and `hint: ...`.
     pub fn render(&self, text: &str) -> String {
-        render("error", &self.message, &self.span, self.hint.as_deref(), text)
+        render(
+            "error",
+            &self.message,
+            &self.span,
+            self.hint.as_deref(),
+            text,
+        )
     }
 }
 
 impl PromptWarning {
     pub fn render(&self, text: &str) -> String {
-        render("warning", &self.message, &self.span, self.hint.as_deref(), text)
+        render(
+            "warning",
+            &self.message,
+            &self.span,
+            self.hint.as_deref(),
+            text,
+        )
     }
 }
 
@@ -63,7 +75,13 @@ fn floor_boundary(text: &str, mut i: usize) -> usize {
 }
 
 /// Never panics, whatever the span: the renderer is also used on spans from edited text.
-fn render(kind: &str, message: &str, span: &Range<usize>, hint: Option<&str>, text: &str) -> String {
+fn render(
+    kind: &str,
+    message: &str,
+    span: &Range<usize>,
+    hint: Option<&str>,
+    text: &str,
+) -> String {
     let start = floor_boundary(text, span.start);
     let end = floor_boundary(text, span.end.max(start));
     let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
@@ -103,7 +121,8 @@ mod tests {
         let text = "first line\na <lora:x:tee=1> b";
         // "tee" starts after "a <lora:x:" (11 bytes) on line 2.
         let start = text.find("tee").unwrap();
-        let e = PromptError::new(start..start + 3, "unknown key `tee`").with_hint("did you mean `te`?");
+        let e =
+            PromptError::new(start..start + 3, "unknown key `tee`").with_hint("did you mean `te`?");
         let r = e.render(text);
         let lines: Vec<&str> = r.lines().collect();
         assert_eq!(lines[0], "error: unknown key `tee`");
@@ -123,6 +142,8 @@ mod tests {
         // Span inside a multi-byte char, and past the end: clamped, no panic.
         let _ = PromptError::new(1..2, "m").render(text);
         let _ = PromptError::new(100..200, "m").render(text);
-        let _ = PromptError::new(5..1, "m").render(text);
+        #[allow(clippy::reversed_empty_ranges)]
+        let backwards = 5..1;
+        let _ = PromptError::new(backwards, "m").render(text);
     }
 }

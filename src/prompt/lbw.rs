@@ -90,7 +90,20 @@ const SD26: [Block; 26] = [
     O(10),
     O(11),
 ];
-const XL12: [Block; 12] = [Base, I(4), I(5), I(7), I(8), M, O(0), O(1), O(2), O(3), O(4), O(5)];
+const XL12: [Block; 12] = [
+    Base,
+    I(4),
+    I(5),
+    I(7),
+    I(8),
+    M,
+    O(0),
+    O(1),
+    O(2),
+    O(3),
+    O(4),
+    O(5),
+];
 const XL20: [Block; 20] = [
     Base,
     I(0),
@@ -116,15 +129,60 @@ const XL20: [Block; 20] = [
 
 /// The extension's built-in presets (all in the 17-slot SD layout), by name.
 pub const PRESETS: [(&str, [f32; 17]); 10] = [
-    ("NONE", [0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0.]),
-    ("ALL", [1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1.]),
-    ("INS", [1., 1., 1., 1., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0.]),
-    ("IND", [1., 0., 0., 0., 1., 1., 1., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0.]),
-    ("INALL", [1., 1., 1., 1., 1., 1., 1., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0.]),
-    ("MIDD", [1., 0., 0., 0., 1., 1., 1., 1., 1., 1., 1., 1., 0., 0., 0., 0., 0.]),
-    ("OUTD", [1., 0., 0., 0., 0., 0., 0., 0., 1., 1., 1., 1., 0., 0., 0., 0., 0.]),
-    ("OUTS", [1., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 1., 1., 1., 1., 1.]),
-    ("OUTALL", [1., 0., 0., 0., 0., 0., 0., 0., 1., 1., 1., 1., 1., 1., 1., 1., 1.]),
+    (
+        "NONE",
+        [
+            0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0.,
+        ],
+    ),
+    (
+        "ALL",
+        [
+            1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1.,
+        ],
+    ),
+    (
+        "INS",
+        [
+            1., 1., 1., 1., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0.,
+        ],
+    ),
+    (
+        "IND",
+        [
+            1., 0., 0., 0., 1., 1., 1., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0.,
+        ],
+    ),
+    (
+        "INALL",
+        [
+            1., 1., 1., 1., 1., 1., 1., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0.,
+        ],
+    ),
+    (
+        "MIDD",
+        [
+            1., 0., 0., 0., 1., 1., 1., 1., 1., 1., 1., 1., 0., 0., 0., 0., 0.,
+        ],
+    ),
+    (
+        "OUTD",
+        [
+            1., 0., 0., 0., 0., 0., 0., 0., 1., 1., 1., 1., 0., 0., 0., 0., 0.,
+        ],
+    ),
+    (
+        "OUTS",
+        [
+            1., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., 1., 1., 1., 1., 1.,
+        ],
+    ),
+    (
+        "OUTALL",
+        [
+            1., 0., 0., 0., 0., 0., 0., 0., 1., 1., 1., 1., 1., 1., 1., 1., 1.,
+        ],
+    ),
     ("ALL0.5", [0.5; 17]),
 ];
 
@@ -148,7 +206,7 @@ impl LbwLayout {
         }
     }
 
-    pub fn len(self) -> usize {
+    pub fn slot_count(self) -> usize {
         self.slots().len()
     }
 
@@ -262,7 +320,10 @@ impl Lbw {
     pub fn check_family(&self, family: Family) -> Result<(), String> {
         let layout = self.layout();
         if LbwLayout::from_len(self.values.len()).is_none() {
-            return Err(format!("lbw has {} values; it takes 17 or 26 (SD1/SD2) or 12 or 20 (SDXL)", self.values.len()));
+            return Err(format!(
+                "lbw has {} values; it takes 17 or 26 (SD1/SD2) or 12 or 20 (SDXL)",
+                self.values.len()
+            ));
         }
         if layout.family() == family {
             return Ok(());
@@ -326,13 +387,20 @@ pub(crate) fn parse_lbw(value: &str, offset: usize) -> Result<Lbw, PromptError> 
                 preset: Some((*name).to_string()),
             });
         }
-        if value.is_empty() || (value.chars().any(char::is_alphabetic) && value.parse::<f32>().is_err()) {
+        if value.is_empty()
+            || (value.chars().any(char::is_alphabetic) && value.parse::<f32>().is_err())
+        {
             let names = PRESETS.iter().map(|(n, _)| *n);
             let hint = did_you_mean(value, names).unwrap_or_else(|| {
                 let all: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
-                format!("presets: {}; or write 17/26 (SD1/SD2) or 12/20 (SDXL) numbers", all.join(", "))
+                format!(
+                    "presets: {}; or write 17/26 (SD1/SD2) or 12/20 (SDXL) numbers",
+                    all.join(", ")
+                )
             });
-            return Err(PromptError::new(whole, format!("unknown lbw preset `{value}`")).with_hint(hint));
+            return Err(
+                PromptError::new(whole, format!("unknown lbw preset `{value}`")).with_hint(hint),
+            );
         }
     }
     let mut values = Vec::new();
@@ -352,11 +420,17 @@ pub(crate) fn parse_lbw(value: &str, offset: usize) -> Result<Lbw, PromptError> 
     if LbwLayout::from_len(values.len()).is_none() {
         return Err(PromptError::new(
             whole,
-            format!("lbw has {} values; it takes 17 or 26 (SD1/SD2) or 12 or 20 (SDXL)", values.len()),
+            format!(
+                "lbw has {} values; it takes 17 or 26 (SD1/SD2) or 12 or 20 (SDXL)",
+                values.len()
+            ),
         )
         .with_hint("one value per block, starting with BASE (the text encoder)"));
     }
-    Ok(Lbw { values, preset: None })
+    Ok(Lbw {
+        values,
+        preset: None,
+    })
 }
 
 #[cfg(test)]
@@ -365,13 +439,22 @@ mod tests {
 
     #[test]
     fn layouts_match_the_extension_block_ids() {
-        let ids = |l: LbwLayout| l.slots().iter().map(|b| b.id()).collect::<Vec<_>>().join(",");
+        let ids = |l: LbwLayout| {
+            l.slots()
+                .iter()
+                .map(|b| b.id())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         assert_eq!(
             ids(LbwLayout::Sd17),
             "BASE,IN01,IN02,IN04,IN05,IN07,IN08,M00,OUT03,OUT04,OUT05,OUT06,OUT07,OUT08,OUT09,OUT10,OUT11"
         );
-        assert_eq!(ids(LbwLayout::Xl12), "BASE,IN04,IN05,IN07,IN08,M00,OUT00,OUT01,OUT02,OUT03,OUT04,OUT05");
-        assert_eq!(LbwLayout::Sd26.len(), 26);
+        assert_eq!(
+            ids(LbwLayout::Xl12),
+            "BASE,IN04,IN05,IN07,IN08,M00,OUT00,OUT01,OUT02,OUT03,OUT04,OUT05"
+        );
+        assert_eq!(LbwLayout::Sd26.slot_count(), 26);
         assert_eq!(ids(LbwLayout::Xl20).split(',').nth(9), Some("IN08"));
         assert_eq!(ids(LbwLayout::Xl20).split(',').nth(10), Some("M00"));
     }
@@ -392,13 +475,25 @@ mod tests {
     fn diffusers_modules_map_to_ldm_blocks() {
         let b = Block::of_unet_module;
         // down_blocks.i.{resnets,attentions}.j -> input_blocks.(3i+j+1)
-        assert_eq!(b("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"), Some(Block::Input(1)));
-        assert_eq!(b("unet.down_blocks.1.resnets.1.conv1"), Some(Block::Input(5)));
-        assert_eq!(b("down_blocks.2.downsamplers.0.conv"), Some(Block::Input(9)));
+        assert_eq!(
+            b("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"),
+            Some(Block::Input(1))
+        );
+        assert_eq!(
+            b("unet.down_blocks.1.resnets.1.conv1"),
+            Some(Block::Input(5))
+        );
+        assert_eq!(
+            b("down_blocks.2.downsamplers.0.conv"),
+            Some(Block::Input(9))
+        );
         assert_eq!(b("conv_in"), Some(Block::Input(0)));
         assert_eq!(b("mid_block.attentions.0.proj_in"), Some(Block::Middle));
         // up_blocks.i.{resnets,attentions}.j -> output_blocks.(3i+j)
-        assert_eq!(b("up_blocks.1.attentions.2.proj_out"), Some(Block::Output(5)));
+        assert_eq!(
+            b("up_blocks.1.attentions.2.proj_out"),
+            Some(Block::Output(5))
+        );
         assert_eq!(b("up_blocks.3.resnets.0.conv2"), Some(Block::Output(9)));
         assert_eq!(b("up_blocks.0.upsamplers.0.conv"), Some(Block::Output(2)));
         assert_eq!(b("time_embedding.linear_1"), None);
@@ -406,8 +501,14 @@ mod tests {
         assert_eq!(b("down_blocks.250.resnets.7.conv1"), None);
         assert_eq!(b("up_blocks.x.resnets.0"), None);
         assert_eq!(UnetRegion::of_unet_module("conv_out"), UnetRegion::Out);
-        assert_eq!(UnetRegion::of_unet_module("time_embedding.linear_2"), UnetRegion::In);
-        assert_eq!(UnetRegion::of_unet_module("up_blocks.2.resnets.0.conv1"), UnetRegion::Out);
+        assert_eq!(
+            UnetRegion::of_unet_module("time_embedding.linear_2"),
+            UnetRegion::In
+        );
+        assert_eq!(
+            UnetRegion::of_unet_module("up_blocks.2.resnets.0.conv1"),
+            UnetRegion::Out
+        );
     }
 
     #[test]
@@ -418,7 +519,11 @@ mod tests {
         assert_eq!(l.weight(Block::Base), 1.0);
         assert_eq!(l.weight(Block::Input(1)), 0.0);
         assert_eq!(l.weight(Block::Output(3)), 1.0);
-        assert_eq!(l.weight(Block::Input(3)), 0.0, "no slot in the 17 layout: zero");
+        assert_eq!(
+            l.weight(Block::Input(3)),
+            0.0,
+            "no slot in the 17 layout: zero"
+        );
         assert_eq!(l.weight_for_unet_module("time_embedding.linear_1"), 1.0);
         assert_eq!(l.to_string(), "OUTALL");
 
@@ -431,7 +536,10 @@ mod tests {
         assert_eq!(v.weight(Block::Output(1)), 0.0);
         assert_eq!(v.weight(Block::Output(5)), 1.0);
         assert!(v.check_family(Family::Sdxl).is_ok());
-        assert!(v.check_family(Family::Sd1).unwrap_err().contains("12 values"));
+        assert!(v
+            .check_family(Family::Sd1)
+            .unwrap_err()
+            .contains("12 values"));
         assert_eq!(parse_lbw(&v.to_string(), 0).unwrap(), v);
     }
 

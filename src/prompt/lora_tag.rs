@@ -127,7 +127,14 @@ fn split_spans(s: &str, offset: usize, sep: char) -> Vec<(&str, Range<usize>)> {
         let lead = part.len() - part.trim_start().len();
         let t = part.trim();
         let a = offset + start + lead;
-        out.push((t, if t.is_empty() { offset + start..offset + start + part.len() } else { a..a + t.len() }));
+        out.push((
+            t,
+            if t.is_empty() {
+                offset + start..offset + start + part.len()
+            } else {
+                a..a + t.len()
+            },
+        ));
         start += part.len() + sep.len_utf8();
     }
     out
@@ -135,18 +142,28 @@ fn split_spans(s: &str, offset: usize, sep: char) -> Vec<(&str, Range<usize>)> {
 
 fn unknown_key_hint(key: &str) -> Option<String> {
     let special = match key.to_ascii_lowercase().as_str() {
-        "start" | "stop" | "step" => Some("per-step control is a schedule: e.g. `te=0@1,1@5` or `unet=1@0,0@0.5`"),
-        "w" | "lbwe" => Some("block weights are `lbw=` (17/26 values for SD1/SD2, 12/20 for SDXL, or a preset)"),
+        "start" | "stop" | "step" => {
+            Some("per-step control is a schedule: e.g. `te=0@1,1@5` or `unet=1@0,0@0.5`")
+        }
+        "w" | "lbwe" => {
+            Some("block weights are `lbw=` (17/26 values for SD1/SD2, 12/20 for SDXL, or a preset)")
+        }
         "module" => Some("limit components with strengths instead, e.g. `te=0` for UNet only"),
         "x" => Some("inherited (X) block weights are not supported"),
         _ => None,
     };
-    special.map(str::to_string).or_else(|| did_you_mean(key, KEYS))
+    special
+        .map(str::to_string)
+        .or_else(|| did_you_mean(key, KEYS))
 }
 
 /// Parses the arguments of a tag (`NAME[:...]`, the text between `<lora:` and `>`), which start at
 /// byte `args_offset` of the prompt. `span` is the whole tag.
-pub(crate) fn parse_tag_args(args: &str, args_offset: usize, span: Range<usize>) -> Result<LoraTag, PromptError> {
+pub(crate) fn parse_tag_args(
+    args: &str,
+    args_offset: usize,
+    span: Range<usize>,
+) -> Result<LoraTag, PromptError> {
     let items = split_spans(args, args_offset, ':');
     let (name, name_span) = items[0].clone();
     if name.is_empty() {
@@ -167,13 +184,19 @@ pub(crate) fn parse_tag_args(args: &str, args_offset: usize, span: Range<usize>)
         }
         let Some(eq) = item.find('=') else {
             if positional.is_some() {
-                let hint = if item.contains(',') || did_you_mean(item, super::lbw::PRESETS.iter().map(|p| p.0)).is_some()
+                let hint = if item.contains(',')
+                    || did_you_mean(item, super::lbw::PRESETS.iter().map(|p| p.0)).is_some()
                 {
                     format!("block weights are written `lbw={item}`")
                 } else {
-                    "only one positional strength; name the others: te=, unet=, in=, mid=, out=".to_string()
+                    "only one positional strength; name the others: te=, unet=, in=, mid=, out="
+                        .to_string()
                 };
-                return Err(PromptError::new(ispan, format!("unexpected second strength `{item}`")).with_hint(hint));
+                return Err(PromptError::new(
+                    ispan,
+                    format!("unexpected second strength `{item}`"),
+                )
+                .with_hint(hint));
             }
             positional = Some(parse_strength(item, ispan.start)?);
             continue;
@@ -184,23 +207,40 @@ pub(crate) fn parse_tag_args(args: &str, args_offset: usize, span: Range<usize>)
         let value = item[eq + 1..].trim_start();
         let value_start = ispan.end - value.len();
         if value.contains('=') {
-            return Err(PromptError::new(ispan, format!("`{item}` has more than one `=`")));
+            return Err(PromptError::new(
+                ispan,
+                format!("`{item}` has more than one `=`"),
+            ));
         }
         let Some(&known) = KEYS.iter().find(|k| **k == key) else {
-            let hint = unknown_key_hint(key)
-                .unwrap_or_else(|| format!("keys are {}", KEYS.map(|k| format!("`{k}`")).join(", ")));
-            let msg = if key.is_empty() { "missing key before `=`".to_string() } else { format!("unknown key `{key}`") };
-            return Err(PromptError::new(if key.is_empty() { ispan } else { key_span }, msg).with_hint(hint));
+            let hint = unknown_key_hint(key).unwrap_or_else(|| {
+                format!("keys are {}", KEYS.map(|k| format!("`{k}`")).join(", "))
+            });
+            let msg = if key.is_empty() {
+                "missing key before `=`".to_string()
+            } else {
+                format!("unknown key `{key}`")
+            };
+            return Err(
+                PromptError::new(if key.is_empty() { ispan } else { key_span }, msg)
+                    .with_hint(hint),
+            );
         };
         if seen.contains(&known) {
-            return Err(PromptError::new(key_span, format!("`{known}` is given twice")));
+            return Err(PromptError::new(
+                key_span,
+                format!("`{known}` is given twice"),
+            ));
         }
         seen.push(known);
         if known == "te" {
             te_span = Some(key_span.clone());
         }
         if value.is_empty() {
-            return Err(PromptError::new(value_start..value_start, format!("`{known}=` has no value")));
+            return Err(PromptError::new(
+                value_start..value_start,
+                format!("`{known}=` has no value"),
+            ));
         }
         match known {
             "dyn" => {
@@ -208,14 +248,21 @@ pub(crate) fn parse_tag_args(args: &str, args_offset: usize, span: Range<usize>)
                 match value.parse::<u32>() {
                     Ok(n) if n >= 1 => dyn_ = Some(n),
                     _ => {
-                        return Err(PromptError::new(vspan, format!("`dyn={value}` is not a rank"))
-                            .with_hint("dyn takes a whole number ≥ 1: how many ranks of a DyLoRA to use"))
+                        return Err(
+                            PromptError::new(vspan, format!("`dyn={value}` is not a rank"))
+                                .with_hint(
+                                "dyn takes a whole number ≥ 1: how many ranks of a DyLoRA to use",
+                            ),
+                        )
                     }
                 }
             }
             "lbw" => lbw = Some(parse_lbw(value, value_start)?),
             _ => {
-                let idx = ["te", "unet", "in", "mid", "out"].iter().position(|k| *k == known).unwrap_or(0);
+                let idx = ["te", "unet", "in", "mid", "out"]
+                    .iter()
+                    .position(|k| *k == known)
+                    .unwrap_or(0);
                 named[idx] = Some(parse_strength(value, value_start)?);
             }
         }
@@ -224,8 +271,11 @@ pub(crate) fn parse_tag_args(args: &str, args_offset: usize, span: Range<usize>)
     let [te, unet, in_, mid, out] = named;
     if let (Some(_), Some(_)) = (&positional, &te) {
         // SD.Next lets te= override silently; two spellings of one value is a mistake.
-        return Err(PromptError::new(te_span.unwrap_or(span), "the strength is given twice: positionally and as `te=`")
-            .with_hint("the positional strength is `te`; keep one of them"));
+        return Err(PromptError::new(
+            te_span.unwrap_or(span),
+            "the strength is given twice: positionally and as `te=`",
+        )
+        .with_hint("the positional strength is `te`; keep one of them"));
     }
     let te = te.or(positional).unwrap_or_default();
     let unet = unet.unwrap_or_else(|| te.clone());
@@ -259,7 +309,14 @@ mod tests {
         assert_eq!(t.name, "test_lora");
         assert_eq!(t.te, Strength::Const(0.5));
         assert_eq!(t.unet, Strength::Const(1.5));
-        assert_eq!((t.in_.clone(), t.mid.clone(), t.out.clone()), (Strength::Const(1.5), Strength::Const(1.5), Strength::Const(1.5)));
+        assert_eq!(
+            (t.in_.clone(), t.mid.clone(), t.out.clone()),
+            (
+                Strength::Const(1.5),
+                Strength::Const(1.5),
+                Strength::Const(1.5)
+            )
+        );
 
         let t = tag("test_lora:1.0:in=0:mid=1:out=0").unwrap();
         assert_eq!(t.te, Strength::Const(1.0));
@@ -311,7 +368,10 @@ mod tests {
         let e = tag("x:1:0.5").unwrap_err();
         assert!(e.message.contains("second strength"));
         let e = tag("x:1:OUTALL").unwrap_err();
-        assert_eq!(e.hint.as_deref(), Some("block weights are written `lbw=OUTALL`"));
+        assert_eq!(
+            e.hint.as_deref(),
+            Some("block weights are written `lbw=OUTALL`")
+        );
         let e = tag("x::1").unwrap_err();
         assert_eq!(e.span, 8..8);
         let e = tag(":1").unwrap_err();

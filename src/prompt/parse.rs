@@ -101,7 +101,11 @@ fn is_word(c: char) -> bool {
 
 /// If `all[i]` (a `<`) starts an extra-network tag `<word:...>`, parses it and returns the index
 /// after its `>`. `<` followed by anything else is text (`<3`, `a < b`).
-fn tag_at(text: &str, all: &[(usize, char)], i: usize) -> Result<Option<(LoraTag, usize)>, PromptError> {
+fn tag_at(
+    text: &str,
+    all: &[(usize, char)],
+    i: usize,
+) -> Result<Option<(LoraTag, usize)>, PromptError> {
     let start = all[i].0;
     let mut j = i + 1;
     while j < all.len() && is_word(all[j].1) {
@@ -118,14 +122,20 @@ fn tag_at(text: &str, all: &[(usize, char)], i: usize) -> Result<Option<(LoraTag
     }
     if k >= all.len() || all[k].1 != '>' {
         let end = all.get(k).map_or(text.len(), |c| c.0);
-        return Err(PromptError::new(start..end, format!("unterminated `<{kind}:` tag"))
-            .with_hint("close the tag with `>`; write `\\<` for a literal `<`"));
+        return Err(
+            PromptError::new(start..end, format!("unterminated `<{kind}:` tag"))
+                .with_hint("close the tag with `>`; write `\\<` for a literal `<`"),
+        );
     }
     let end = all[k].0 + 1;
     if kind != "lora" && kind != "lyco" {
-        let hint = did_you_mean(kind, ["lora"])
-            .unwrap_or_else(|| "only `<lora:...>` tags are supported; write `\\<` for a literal `<`".into());
-        return Err(PromptError::new(all[i + 1].0..all[j].0, format!("unknown tag type `{kind}`")).with_hint(hint));
+        let hint = did_you_mean(kind, ["lora"]).unwrap_or_else(|| {
+            "only `<lora:...>` tags are supported; write `\\<` for a literal `<`".into()
+        });
+        return Err(
+            PromptError::new(all[i + 1].0..all[j].0, format!("unknown tag type `{kind}`"))
+                .with_hint(hint),
+        );
     }
     let tag = parse_tag_args(&text[args_start..all[k].0], args_start, start..end)?;
     Ok(Some((tag, k + 1)))
@@ -155,13 +165,28 @@ mod tests {
         assert_eq!(p.loras[0].name_span, 12..13);
         assert_eq!(p.loras[0].te, Strength::Const(0.5));
 
-        assert_eq!(texts(&parse("<lora:x> a").unwrap()), vec![("a".to_string(), 1.0)]);
-        assert_eq!(texts(&parse("a <lora:x>").unwrap()), vec![("a".to_string(), 1.0)]);
-        assert_eq!(texts(&parse("a<lora:x>b").unwrap()), vec![("ab".to_string(), 1.0)]);
-        assert_eq!(texts(&parse("a, <lora:x>, b").unwrap()), vec![("a, , b".to_string(), 1.0)]);
+        assert_eq!(
+            texts(&parse("<lora:x> a").unwrap()),
+            vec![("a".to_string(), 1.0)]
+        );
+        assert_eq!(
+            texts(&parse("a <lora:x>").unwrap()),
+            vec![("a".to_string(), 1.0)]
+        );
+        assert_eq!(
+            texts(&parse("a<lora:x>b").unwrap()),
+            vec![("ab".to_string(), 1.0)]
+        );
+        assert_eq!(
+            texts(&parse("a, <lora:x>, b").unwrap()),
+            vec![("a, , b".to_string(), 1.0)]
+        );
         let p = parse("a <lora:x> \n <lora:y:2>  b").unwrap();
         assert_eq!(texts(&p), vec![("a b".to_string(), 1.0)]);
-        assert_eq!(p.loras.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["x", "y"]);
+        assert_eq!(
+            p.loras.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            ["x", "y"]
+        );
         assert!(parse("<lora:x>").unwrap().fragments.is_empty());
     }
 
@@ -175,7 +200,10 @@ mod tests {
     fn not_tags() {
         let p = parse("I <3 you, a < b, \\<lora:x:1>").unwrap();
         assert!(p.loras.is_empty());
-        assert_eq!(texts(&p), vec![("I <3 you, a < b, <lora:x:1>".to_string(), 1.0)]);
+        assert_eq!(
+            texts(&p),
+            vec![("I <3 you, a < b, <lora:x:1>".to_string(), 1.0)]
+        );
         // An escaped backslash does not escape the tag.
         let p = parse("a\\\\<lora:x>").unwrap();
         assert_eq!(p.loras.len(), 1);
@@ -202,7 +230,10 @@ mod tests {
 
     #[test]
     fn lyco_is_an_alias() {
-        assert_eq!(parse("<lyco:x:0.3>").unwrap().loras[0].te, Strength::Const(0.3));
+        assert_eq!(
+            parse("<lyco:x:0.3>").unwrap().loras[0].te,
+            Strength::Const(0.3)
+        );
     }
 
     #[test]

@@ -98,9 +98,12 @@ pub fn rewrite_tag(text: &str, tag: &LoraTag) -> Result<String, PromptError> {
         && text[span.clone()].starts_with('<')
         && text[span.clone()].ends_with('>');
     if !valid {
-        let clamped = span.start.min(text.len())..span.end.min(text.len()).max(span.start.min(text.len()));
-        return Err(PromptError::new(clamped, "this is not where the tag is any more")
-            .with_hint("parse the prompt again and edit the tag from that"));
+        let clamped =
+            span.start.min(text.len())..span.end.min(text.len()).max(span.start.min(text.len()));
+        return Err(
+            PromptError::new(clamped, "this is not where the tag is any more")
+                .with_hint("parse the prompt again and edit the tag from that"),
+        );
     }
     let mut out = String::with_capacity(text.len() + 16);
     out.push_str(&text[..span.start]);
@@ -119,7 +122,10 @@ mod tests {
     #[test]
     fn prints_weights_escapes_breaks_and_tags() {
         let p = parse("a (red:1.3) [hat] BREAK \\(x\\) <lora:y:0.5:out=0>").unwrap();
-        assert_eq!(print(&p), "a (red:1.3) (hat:0.9090909090909091) BREAK \\(x\\) <lora:y:0.5:out=0>");
+        assert_eq!(
+            print(&p),
+            "a (red:1.3) (hat:0.9090909090909091) BREAK \\(x\\) <lora:y:0.5:out=0>"
+        );
         assert_eq!(parse(&print(&p)).unwrap(), p);
     }
 
@@ -127,7 +133,13 @@ mod tests {
     fn literal_break_word_survives() {
         // "BRE\AK": the lone backslash is dropped, leaving the word BREAK as text.
         let p = parse("BRE\\AK").unwrap();
-        assert_eq!(p.fragments, vec![Fragment::Text { text: "BREAK".into(), weight: 1.0 }]);
+        assert_eq!(
+            p.fragments,
+            vec![Fragment::Text {
+                text: "BREAK".into(),
+                weight: 1.0
+            }]
+        );
         assert_eq!(print(&p), "B\\REAK");
         assert_eq!(parse(&print(&p)).unwrap(), p);
     }
@@ -153,12 +165,21 @@ mod tests {
         let text = "  (a  cat:1.2)\n<lora:x:0.5>  ,, <lora:y:te=1:out=0.3> tail \\[";
         let p = parse(text).unwrap();
         let mut y = p.loras[1].clone();
-        y.set(Component::Unet, Strength::Schedule(vec![(0.0, Position::Fraction(0.0)), (1.0, Position::Fraction(1.0))]));
+        y.set(
+            Component::Unet,
+            Strength::Schedule(vec![
+                (0.0, Position::Fraction(0.0)),
+                (1.0, Position::Fraction(1.0)),
+            ]),
+        );
         let new = rewrite_tag(text, &y).unwrap();
         let (a, b) = (y.span.start, y.span.end);
         assert_eq!(&new[..a], &text[..a]);
         assert_eq!(&new[new.len() - (text.len() - b)..], &text[b..]);
-        assert_eq!(&new[a..new.len() - (text.len() - b)], "<lora:y:unet=0@0,1@1:out=0.3>");
+        assert_eq!(
+            &new[a..new.len() - (text.len() - b)],
+            "<lora:y:unet=0@0,1@1:out=0.3>"
+        );
         let again = parse(&new).unwrap();
         assert_eq!(again.loras[1], y);
         assert_eq!(again.fragments, p.fragments);

@@ -8,10 +8,46 @@ use super::*;
 /// Pieces that exercise every rule, glued in random order.
 fn piece() -> impl Strategy<Value = &'static str> {
     prop::sample::select(vec![
-        "a", "cat", " ", "  ", "\n", "\t", ",", "(", ")", "[", "]", ":", ":1.3)", ":0.5", "1.2", "-", "\\", "\\(",
-        "\\)", "\\\\", "\\<", "BREAK", " BREAK ", "B", "REAK", "é", "☕", "<", "<3", ">", "=", "@",
-        "<lora:x>", "<lora:x:0.5>", "<lora:y:te=0.1@1,0.6@6>", "<lora:z:1:in=0:mid=1:out=0>",
-        "<lora:w:te=0.5:unet=1.5:dyn=4>", "<lora:v:lbw=OUTALL>", "<lora:u:0@0,1@0.5;1@1>", "<lyco:t:-1>",
+        "a",
+        "cat",
+        " ",
+        "  ",
+        "\n",
+        "\t",
+        ",",
+        "(",
+        ")",
+        "[",
+        "]",
+        ":",
+        ":1.3)",
+        ":0.5",
+        "1.2",
+        "-",
+        "\\",
+        "\\(",
+        "\\)",
+        "\\\\",
+        "\\<",
+        "BREAK",
+        " BREAK ",
+        "B",
+        "REAK",
+        "é",
+        "☕",
+        "<",
+        "<3",
+        ">",
+        "=",
+        "@",
+        "<lora:x>",
+        "<lora:x:0.5>",
+        "<lora:y:te=0.1@1,0.6@6>",
+        "<lora:z:1:in=0:mid=1:out=0>",
+        "<lora:w:te=0.5:unet=1.5:dyn=4>",
+        "<lora:v:lbw=OUTALL>",
+        "<lora:u:0@0,1@0.5;1@1>",
+        "<lyco:t:-1>",
         "<lora:s:lbw=1,0,0,0,0,1,1,1,1,1,1,1>",
     ])
 }
@@ -21,13 +57,22 @@ fn prompt_text() -> impl Strategy<Value = String> {
 }
 
 fn on_boundaries(text: &str, span: &std::ops::Range<usize>) -> bool {
-    span.start <= span.end && span.end <= text.len() && text.is_char_boundary(span.start) && text.is_char_boundary(span.end)
+    span.start <= span.end
+        && span.end <= text.len()
+        && text.is_char_boundary(span.start)
+        && text.is_char_boundary(span.end)
 }
 
 fn fake_tokens(text: &str) -> Vec<u32> {
     text.split_whitespace()
         .flat_map(|w| w.split_inclusive(','))
-        .map(|w| if w.ends_with(',') { CLIP_COMMA } else { 1000 + w.len() as u32 })
+        .map(|w| {
+            if w.ends_with(',') {
+                CLIP_COMMA
+            } else {
+                1000 + w.len() as u32
+            }
+        })
         .collect()
 }
 
@@ -117,7 +162,9 @@ fn generated_prompts_mostly_parse() {
     let strategy = prompt_text();
     let (mut ok, mut with_tags, n) = (0, 0, 400);
     for _ in 0..n {
-        let Ok(tree) = strategy.new_tree(&mut runner) else { continue };
+        let Ok(tree) = strategy.new_tree(&mut runner) else {
+            continue;
+        };
         if let Ok(p) = parse(&tree.current()) {
             ok += 1;
             with_tags += usize::from(!p.loras.is_empty());

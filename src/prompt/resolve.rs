@@ -67,10 +67,18 @@ pub struct Refused {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveError {
     #[error("no LoRA named `{name}` in the LoRA folders")]
-    NotFound { name: String, suggestions: Vec<String> },
+    NotFound {
+        name: String,
+        suggestions: Vec<String>,
+    },
     #[error("`{name}` matches several LoRAs: {}", candidates.join(", "))]
-    Ambiguous { name: String, candidates: Vec<String> },
-    #[error("`{rel_path}` is a pickle file ({ext}); it is refused because loading it can run code")]
+    Ambiguous {
+        name: String,
+        candidates: Vec<String>,
+    },
+    #[error(
+        "`{rel_path}` is a pickle file ({ext}); it is refused because loading it can run code"
+    )]
     Pickle { rel_path: String, ext: String },
     #[error("`{rel_path}` is a link to a file outside the LoRA folders; it is refused")]
     OutsideFolder { rel_path: String },
@@ -85,11 +93,17 @@ impl ResolveError {
                 let q: Vec<String> = suggestions.iter().map(|s| format!("`{s}`")).collect();
                 Some(format!("did you mean {}?", q.join(" or ")))
             }
-            ResolveError::NotFound { .. } => Some("names are file stems or paths relative to a LoRA folder".into()),
-            ResolveError::Ambiguous { .. } => Some("write the path relative to the LoRA folder to pick one".into()),
+            ResolveError::NotFound { .. } => {
+                Some("names are file stems or paths relative to a LoRA folder".into())
+            }
+            ResolveError::Ambiguous { .. } => {
+                Some("write the path relative to the LoRA folder to pick one".into())
+            }
             ResolveError::Pickle { .. } => Some("convert it to .safetensors".into()),
             ResolveError::OutsideFolder { .. } => Some("copy the file into a LoRA folder".into()),
-            ResolveError::Escapes { .. } => Some("use a name relative to a LoRA folder, without `..`".into()),
+            ResolveError::Escapes { .. } => {
+                Some("use a name relative to a LoRA folder, without `..`".into())
+            }
         }
     }
 }
@@ -104,7 +118,10 @@ pub struct Catalog {
 }
 
 fn ext_lower(p: &Path) -> String {
-    p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase()
+    p.extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase()
 }
 
 impl Catalog {
@@ -124,12 +141,21 @@ impl Catalog {
             seen.insert(canon_root.clone());
             cat.walk(&canon_root, &canon_root, "", root_idx, 0, &mut seen);
         }
-        cat.adapters
-            .sort_by(|a, b| (a.root, a.rel_path.to_lowercase()).cmp(&(b.root, b.rel_path.to_lowercase())));
+        cat.adapters.sort_by(|a, b| {
+            (a.root, a.rel_path.to_lowercase()).cmp(&(b.root, b.rel_path.to_lowercase()))
+        });
         cat
     }
 
-    fn walk(&mut self, root: &Path, dir: &Path, rel: &str, root_idx: usize, depth: usize, seen: &mut HashSet<PathBuf>) {
+    fn walk(
+        &mut self,
+        root: &Path,
+        dir: &Path,
+        rel: &str,
+        root_idx: usize,
+        depth: usize,
+        seen: &mut HashSet<PathBuf>,
+    ) {
         let Ok(entries) = fs::read_dir(dir) else {
             return;
         };
@@ -137,11 +163,19 @@ impl Catalog {
             let Some(fname) = entry.file_name().to_str().map(str::to_string) else {
                 continue; // Not UTF-8: no prompt can name it.
             };
-            let rel_path = if rel.is_empty() { fname.clone() } else { format!("{rel}/{fname}") };
+            let rel_path = if rel.is_empty() {
+                fname.clone()
+            } else {
+                format!("{rel}/{fname}")
+            };
             let path = entry.path();
-            let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
             let (target, meta) = if meta.file_type().is_symlink() {
-                let Ok(t) = fs::canonicalize(&path) else { continue };
+                let Ok(t) = fs::canonicalize(&path) else {
+                    continue;
+                };
                 let Ok(m) = fs::metadata(&t) else { continue };
                 if !t.starts_with(root) {
                     if m.is_file() {
@@ -195,17 +229,31 @@ impl Catalog {
             || norm.split('/').any(|c| c == "..")
             || norm.chars().nth(1) == Some(':'); // A Windows drive; `:` cannot reach here from a tag.
         if escapes {
-            return Err(ResolveError::Escapes { name: name.to_string() });
+            return Err(ResolveError::Escapes {
+                name: name.to_string(),
+            });
         }
-        let parts: Vec<&str> = norm.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+        let parts: Vec<&str> = norm
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect();
         let want = parts.join("/").to_lowercase();
-        let want_no_ext = want.strip_suffix(".safetensors").unwrap_or(&want).to_string();
-        let no_ext = |rel: &str| rel.rsplit_once('.').map_or(rel.to_string(), |(a, _)| a.to_string());
+        let want_no_ext = want
+            .strip_suffix(".safetensors")
+            .unwrap_or(&want)
+            .to_string();
+        let no_ext = |rel: &str| {
+            rel.rsplit_once('.')
+                .map_or(rel.to_string(), |(a, _)| a.to_string())
+        };
 
         let by_stem: Vec<&Adapter> = if want_no_ext.contains('/') {
             Vec::new()
         } else {
-            self.adapters.iter().filter(|a| a.name.to_lowercase() == want_no_ext).collect()
+            self.adapters
+                .iter()
+                .filter(|a| a.name.to_lowercase() == want_no_ext)
+                .collect()
         };
         let found = if by_stem.is_empty() {
             self.adapters
@@ -235,11 +283,19 @@ impl Catalog {
                     rel_path: r.rel_path.clone(),
                     ext: ext_lower(Path::new(&r.rel_path)),
                 },
-                Refusal::OutsideFolder => ResolveError::OutsideFolder { rel_path: r.rel_path.clone() },
+                Refusal::OutsideFolder => ResolveError::OutsideFolder {
+                    rel_path: r.rel_path.clone(),
+                },
             });
         }
-        let names = self.adapters.iter().flat_map(|a| [a.name.as_str(), a.rel_path.as_str()]);
-        let mut suggestions: Vec<String> = closest(&want_no_ext, names, 3).into_iter().map(str::to_string).collect();
+        let names = self
+            .adapters
+            .iter()
+            .flat_map(|a| [a.name.as_str(), a.rel_path.as_str()]);
+        let mut suggestions: Vec<String> = closest(&want_no_ext, names, 3)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
         suggestions.dedup();
         Err(ResolveError::NotFound {
             name: name.to_string(),
@@ -248,14 +304,17 @@ impl Catalog {
     }
 
     /// Resolves every tag of a prompt; the first failure is an error at that tag's name.
-    pub fn resolve_prompt<'a>(&'a self, prompt: &'a Prompt) -> Result<Vec<(&'a LoraTag, &'a Adapter)>, PromptError> {
+    pub fn resolve_prompt<'a>(
+        &'a self,
+        prompt: &'a Prompt,
+    ) -> Result<Vec<(&'a LoraTag, &'a Adapter)>, PromptError> {
         prompt
             .loras
             .iter()
             .map(|tag| {
-                self.resolve(&tag.name)
-                    .map(|a| (tag, a))
-                    .map_err(|e| PromptError::new(tag.name_span.clone(), e.to_string()).hint_opt(e.hint()))
+                self.resolve(&tag.name).map(|a| (tag, a)).map_err(|e| {
+                    PromptError::new(tag.name_span.clone(), e.to_string()).hint_opt(e.hint())
+                })
             })
             .collect()
     }
@@ -297,8 +356,11 @@ mod tests {
     fn lists_adapters_with_sizes() {
         let (_t, dirs) = setup();
         let cat = Catalog::scan(&dirs);
-        let list: Vec<(&str, &str, u64, usize)> =
-            cat.adapters.iter().map(|a| (a.name.as_str(), a.rel_path.as_str(), a.size, a.root)).collect();
+        let list: Vec<(&str, &str, u64, usize)> = cat
+            .adapters
+            .iter()
+            .map(|a| (a.name.as_str(), a.rel_path.as_str(), a.size, a.root))
+            .collect();
         assert_eq!(
             list,
             [
@@ -320,21 +382,41 @@ mod tests {
         assert_eq!(cat.resolve("Pixel Art").unwrap().size, 40);
         assert_eq!(cat.resolve("style/INK").unwrap().size, 20);
         assert_eq!(cat.resolve("style\\ink").unwrap().size, 20);
-        assert!(matches!(cat.resolve("ink"), Err(ResolveError::Ambiguous { candidates, .. }) if candidates.len() == 2));
+        assert!(
+            matches!(cat.resolve("ink"), Err(ResolveError::Ambiguous { candidates, .. }) if candidates.len() == 2)
+        );
     }
 
     #[test]
     fn refuses_escapes_pickles_and_unknown_names() {
         let (_t, dirs) = setup();
         let cat = Catalog::scan(&dirs);
-        assert!(matches!(cat.resolve("../secret"), Err(ResolveError::Escapes { .. })));
-        assert!(matches!(cat.resolve("style/../../secret"), Err(ResolveError::Escapes { .. })));
-        assert!(matches!(cat.resolve("/etc/passwd"), Err(ResolveError::Escapes { .. })));
-        assert!(matches!(cat.resolve("secret"), Err(ResolveError::NotFound { .. })));
+        assert!(matches!(
+            cat.resolve("../secret"),
+            Err(ResolveError::Escapes { .. })
+        ));
+        assert!(matches!(
+            cat.resolve("style/../../secret"),
+            Err(ResolveError::Escapes { .. })
+        ));
+        assert!(matches!(
+            cat.resolve("/etc/passwd"),
+            Err(ResolveError::Escapes { .. })
+        ));
+        assert!(matches!(
+            cat.resolve("secret"),
+            Err(ResolveError::NotFound { .. })
+        ));
         let e = cat.resolve("old").unwrap_err();
-        assert!(matches!(&e, ResolveError::Pickle { ext, .. } if ext == "ckpt"), "{e:?}");
+        assert!(
+            matches!(&e, ResolveError::Pickle { ext, .. } if ext == "ckpt"),
+            "{e:?}"
+        );
         assert!(e.to_string().contains("can run code"));
-        assert!(matches!(cat.resolve("style/old.ckpt"), Err(ResolveError::Pickle { .. })));
+        assert!(matches!(
+            cat.resolve("style/old.ckpt"),
+            Err(ResolveError::Pickle { .. })
+        ));
         match cat.resolve("detial") {
             Err(ResolveError::NotFound { suggestions, .. }) => assert_eq!(suggestions, ["Detail"]),
             other => panic!("{other:?}"),
@@ -346,13 +428,24 @@ mod tests {
     fn symlinks_out_of_the_folder_are_refused() {
         let (t, dirs) = setup();
         let a = &dirs.roots[0];
-        std::os::unix::fs::symlink(t.path().join("secret.safetensors"), a.join("leak.safetensors")).unwrap();
+        std::os::unix::fs::symlink(
+            t.path().join("secret.safetensors"),
+            a.join("leak.safetensors"),
+        )
+        .unwrap();
         std::os::unix::fs::symlink(t.path(), a.join("up")).unwrap();
-        std::os::unix::fs::symlink(a.join("Detail.safetensors"), a.join("alias.safetensors")).unwrap();
+        std::os::unix::fs::symlink(a.join("Detail.safetensors"), a.join("alias.safetensors"))
+            .unwrap();
         std::os::unix::fs::symlink(a, a.join("style/loop")).unwrap();
         let cat = Catalog::scan(&dirs);
-        assert!(matches!(cat.resolve("leak"), Err(ResolveError::OutsideFolder { .. })));
-        assert!(matches!(cat.resolve("up/secret"), Err(ResolveError::NotFound { .. })));
+        assert!(matches!(
+            cat.resolve("leak"),
+            Err(ResolveError::OutsideFolder { .. })
+        ));
+        assert!(matches!(
+            cat.resolve("up/secret"),
+            Err(ResolveError::NotFound { .. })
+        ));
         assert_eq!(cat.resolve("alias").unwrap().size, 10);
         assert!(cat.adapters.iter().all(|x| !x.rel_path.starts_with("up/")));
     }

@@ -39,7 +39,10 @@ impl Strength {
         if points.is_empty() {
             return Err("a schedule needs at least one point".into());
         }
-        let steps = points.iter().filter(|(_, p)| matches!(p, Position::Step(_))).count();
+        let steps = points
+            .iter()
+            .filter(|(_, p)| matches!(p, Position::Step(_)))
+            .count();
         if steps != 0 && steps != points.len() {
             return Err("a schedule mixes fractions and step numbers".into());
         }
@@ -210,8 +213,11 @@ pub(crate) fn parse_strength(value: &str, offset: usize) -> Result<Strength, Pro
         let value = parse_number(v, v_span)?;
         let pos = parse_number(p, p_span.clone())?;
         if pos < 0.0 {
-            return Err(PromptError::new(p_span, "a position cannot be negative")
-                .with_hint("positions are fractions of the run (0..1) or step numbers (1, 2, ...)"));
+            return Err(
+                PromptError::new(p_span, "a position cannot be negative").with_hint(
+                    "positions are fractions of the run (0..1) or step numbers (1, 2, ...)",
+                ),
+            );
         }
         let whole_number = pos.fract() == 0.0;
         raw.push((value, pos, p_span, whole_number));
@@ -267,7 +273,9 @@ mod tests {
         assert_eq!(s("-1").unwrap(), Strength::Const(-1.0));
         assert_eq!(s(".25").unwrap(), Strength::Const(0.25));
         assert_eq!(s("1e-1").unwrap(), Strength::Const(0.1));
-        for bad in ["", "abc", "inf", "NaN", "infinity", "1.2.3", "0x10", "--1", "1e99"] {
+        for bad in [
+            "", "abc", "inf", "NaN", "infinity", "1.2.3", "0x10", "--1", "1e99",
+        ] {
             assert!(s(bad).is_err(), "{bad:?} should be refused");
         }
     }
@@ -295,7 +303,10 @@ mod tests {
         let st = s("1~0;0~0.5").unwrap();
         assert_eq!(
             st,
-            Strength::Schedule(vec![(1.0, Position::Fraction(0.0)), (0.0, Position::Fraction(0.5))])
+            Strength::Schedule(vec![
+                (1.0, Position::Fraction(0.0)),
+                (0.0, Position::Fraction(0.5))
+            ])
         );
         // 11 steps: step i sits at i/10.
         assert!((st.at(0, 11) - 1.0).abs() < 1e-6);

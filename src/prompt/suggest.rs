@@ -31,7 +31,11 @@ pub(crate) fn distance(a: &str, b: &str) -> usize {
 
 /// Up to `max` candidates close enough to `word` to be a plausible typo, best first.
 /// "Close enough" grows with length so that short keys (`te`) still match `tee` but not `dyn`.
-pub(crate) fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>, max: usize) -> Vec<&'a str> {
+pub(crate) fn closest<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+    max: usize,
+) -> Vec<&'a str> {
     let w = word.to_lowercase();
     let limit = (w.chars().count() / 3).max(1) + usize::from(w.chars().count() > 8);
     let mut scored: Vec<(usize, &str)> = candidates
@@ -45,7 +49,10 @@ pub(crate) fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a s
 }
 
 /// `did you mean `a`?` / `did you mean `a` or `b`?`, or None when nothing is close.
-pub(crate) fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub(crate) fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     let found = closest(word, candidates, 3);
     match found.as_slice() {
         [] => None,
@@ -73,7 +80,10 @@ mod tests {
     #[test]
     fn suggestions_are_plausible_typos_only() {
         let keys = ["te", "unet", "in", "mid", "out", "dyn", "lbw"];
-        assert_eq!(did_you_mean("tee", keys).as_deref(), Some("did you mean `te`?"));
+        assert_eq!(
+            did_you_mean("tee", keys).as_deref(),
+            Some("did you mean `te`?")
+        );
         assert_eq!(closest("unte", keys, 3), vec!["unet"]);
         assert_eq!(closest("UNET", keys, 3), vec!["unet"]);
         assert!(closest("strength", keys, 3).is_empty());

@@ -2,7 +2,8 @@
 //! TUI's edit loop (parse, change a strength, rewrite the tag in place).
 
 use stipple::prompt::{
-    chunk, parse, rewrite_tag, Catalog, ChunkConfig, Component, Fragment, LoraDirs, Position, Strength, CLIP_COMMA,
+    chunk, parse, rewrite_tag, Catalog, ChunkConfig, Component, Fragment, LoraDirs, Position,
+    Strength, CLIP_COMMA,
 };
 
 #[test]
@@ -27,7 +28,10 @@ fn parse_resolve_chunk() {
 
     // One token per word, commas separate.
     let tok = |s: &str| -> Vec<u32> {
-        s.replace(',', " , ").split_whitespace().map(|w| if w == "," { CLIP_COMMA } else { 7 }).collect()
+        s.replace(',', " , ")
+            .split_whitespace()
+            .map(|w| if w == "," { CLIP_COMMA } else { 7 })
+            .collect()
     };
     let chunks = chunk(&p.fragments, tok, &ChunkConfig::default());
     assert_eq!(chunks.len(), 2);
@@ -42,9 +46,19 @@ fn tui_edit_loop() {
     let text = "portrait, <lora:a:0.7>  <lora:b:1:out=0.5>   soft light";
     let p = parse(text).unwrap();
     let mut b = p.loras[1].clone();
-    b.set(Component::Unet, Strength::schedule(vec![(1.0, Position::Fraction(0.0)), (0.0, Position::Fraction(1.0))]).unwrap());
+    b.set(
+        Component::Unet,
+        Strength::schedule(vec![
+            (1.0, Position::Fraction(0.0)),
+            (0.0, Position::Fraction(1.0)),
+        ])
+        .unwrap(),
+    );
     let new = rewrite_tag(text, &b).unwrap();
-    assert_eq!(new, "portrait, <lora:a:0.7>  <lora:b:unet=1@0,0@1:out=0.5>   soft light");
+    assert_eq!(
+        new,
+        "portrait, <lora:a:0.7>  <lora:b:unet=1@0,0@1:out=0.5>   soft light"
+    );
     let q = parse(&new).unwrap();
     assert_eq!(q.loras[1], b);
     assert!(q.loras[1].is_scheduled());
