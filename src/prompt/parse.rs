@@ -6,6 +6,7 @@ use super::emphasis::{attention, Fragment};
 use super::error::{PromptError, PromptWarning};
 use super::lora_tag::{parse_tag_args, LoraTag};
 use super::suggest::did_you_mean;
+use crate::family::Family;
 
 /// A parsed prompt. Equality compares meaning (tag spans are not compared).
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -27,6 +28,19 @@ impl Prompt {
             }
         }
         out.trim().to_string()
+    }
+
+    /// Errs at the first tag whose `lbw=` vector is laid out for another model family.
+    pub fn check_family(&self, family: Family) -> Result<(), PromptError> {
+        for tag in &self.loras {
+            if let Some(lbw) = &tag.lbw {
+                lbw.check_family(family).map_err(|m| {
+                    PromptError::new(tag.span.clone(), m)
+                        .with_hint("see the block layouts in the prompt docs")
+                })?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -226,6 +240,28 @@ mod tests {
         let text = "café ☕ <lora:x:tee=1>";
         let e = parse(text).unwrap_err();
         assert_eq!(&text[e.span.clone()], "tee");
+    }
+
+    #[test]
+    fn family_check_points_at_the_tag() {
+        let text = "a <lora:x:lbw=OUTALL> <lora:y:lbw=1,1,1,1,1,1,1,1,1,1,1,1>";
+        let p = parse(text).unwrap();
+        let e = p.check_family(Family::Sdxl).unwrap_err();
+        assert_eq!(&text[e.span.clone()], "<lora:x:lbw=OUTALL>");
+        let e = p.check_family(Family::Sd1).unwrap_err();
+        assert!(text[e.span.clone()].starts_with("<lora:y"));
+        assert!(e.message.contains("takes 17 or 26"), "{}", e.message);
+    }
+
+    #[test]
+    fn readme_error_example_is_what_render_prints() {
+        let readme = include_str!("README-section.md");
+        let text = "a watercolor fox <lora:ink:tee=0.5>";
+        let shown = parse(text).unwrap_err().render(text);
+        assert!(
+            readme.contains(&shown),
+            "README shows something else than:\n{shown}"
+        );
     }
 
     #[test]
