@@ -3,7 +3,8 @@
 //!
 //! Public surface: [`parse`] / [`parse_with_warnings`] → [`Prompt`] ([`Fragment`]s + [`LoraTag`]s);
 //! [`Strength`] / [`Position`] (schedules); [`Lbw`], [`Block`], [`slot_block`] (block weights);
-//! [`chunk`] (75-token chunks, tokenizer-generic); [`print`], [`print_tag`], [`rewrite_tag`];
+//! [`chunk`] (75-token chunks, tokenizer-generic); [`print`], [`print_tag`], [`rewrite_tag`],
+//! [`append_tag`], [`remove_tag`] (edit the user's text in place);
 //! [`LoraDirs`] / [`Catalog`] (names → files); [`PromptError`] / [`PromptWarning`] with `render`.
 //!
 //! # LoRA tags
@@ -101,7 +102,7 @@ pub use error::{PromptError, PromptWarning};
 pub use lbw::{slot_block, Block, Lbw, LbwLayout, UnetRegion, PRESETS};
 pub use lora_tag::{Component, LoraTag, KEYS};
 pub use parse::{parse, parse_with_warnings, Prompt};
-pub use print::{print, print_tag, rewrite_tag};
+pub use print::{append_tag, print, print_tag, remove_tag, rewrite_tag};
 pub use resolve::{Adapter, Catalog, LoraDirs, Refusal, Refused, ResolveError};
 pub use schedule::{Position, Strength};
 

@@ -1,6 +1,7 @@
 //! Back to text: [`print`] writes a [`Prompt`] that parses back to an equal one, [`print_tag`] writes
-//! one tag in its shortest form, and [`rewrite_tag`] replaces one tag in the user's text in place,
-//! leaving every other byte as it was (the TUI uses it when a strength or schedule is edited).
+//! one tag in its shortest form; [`rewrite_tag`], [`append_tag`] and [`remove_tag`] edit the user's
+//! text in place, leaving every other byte as it was (the TUI uses them when a strength or schedule
+//! is edited, or an adapter added or dropped from the browser).
 
 use std::fmt::Write as _;
 
@@ -112,6 +113,32 @@ pub fn rewrite_tag(text: &str, tag: &LoraTag) -> Result<String, PromptError> {
     Ok(out)
 }
 
+/// `text` with `tag` added at the end (after one space), every existing byte kept.
+pub fn append_tag(text: &str, tag: &LoraTag) -> String {
+    let mut out = text.to_string();
+    if !out.is_empty() && !out.ends_with(char::is_whitespace) {
+        out.push(' ');
+    }
+    out.push_str(&print_tag(tag));
+    out
+}
+
+/// `text` without the tag at `tag.span`, and without the whitespace right after it when whitespace
+/// also precedes it (so `a <lora:x> b` becomes `a b`); every other byte is kept.
+pub fn remove_tag(text: &str, tag: &LoraTag) -> Result<String, PromptError> {
+    // Reuse the span check of `rewrite_tag`.
+    rewrite_tag(text, tag)?;
+    let (a, mut b) = (tag.span.start, tag.span.end);
+    let before_ws = text[..a]
+        .chars()
+        .next_back()
+        .is_none_or(char::is_whitespace);
+    if before_ws {
+        b += text[b..].len() - text[b..].trim_start().len();
+    }
+    Ok(format!("{}{}", &text[..a], &text[b..]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +210,18 @@ mod tests {
         let again = parse(&new).unwrap();
         assert_eq!(again.loras[1], y);
         assert_eq!(again.fragments, p.fragments);
+    }
+
+    #[test]
+    fn append_and_remove() {
+        let t = LoraTag::new("ink");
+        assert_eq!(append_tag("a fox", &t), "a fox <lora:ink>");
+        assert_eq!(append_tag("a fox\n", &t), "a fox\n<lora:ink>");
+        assert_eq!(append_tag("", &t), "<lora:ink>");
+        let text = "a <lora:x:0.5>  b<lora:y>c";
+        let p = parse(text).unwrap();
+        assert_eq!(remove_tag(text, &p.loras[0]).unwrap(), "a b<lora:y>c");
+        assert_eq!(remove_tag(text, &p.loras[1]).unwrap(), "a <lora:x:0.5>  bc");
     }
 
     #[test]
