@@ -2,4 +2,5 @@
 mod cli;
 mod foundation;
 mod pipeline_reference;
+mod prompt;
 mod util;
