@@ -150,7 +150,10 @@ def lyco_fixture(name, root, comp, names, algo, mus=(1.0,), rename=None, dtype=N
     mod_by_name = dict(root.named_modules())
     for mu in mus:
         d = {}
-        for lm, n in zip(net.loras, names):
+        # net.loras follows the model's module order, not `names`: pair them by name.
+        by_lora_name = {"lycoris_" + n.replace(".", "_"): n for n in names}
+        for lm in net.loras:
+            n = by_lora_name[lm.lora_name]
             pn = te_param_name(n) if comp == "te" else n
             w, b = lyco_delta(lm, mu)
             d[(comp, pn + ".weight")] = w

@@ -18,6 +18,7 @@ pub mod file;
 pub mod inspect;
 pub mod keys;
 pub mod ldm;
+pub mod peft;
 pub mod region;
 pub mod report;
 pub mod tensor;
@@ -169,9 +170,10 @@ pub fn compute_deltas(adapters: &[(&Adapter, Strengths)], model: &ModelParams) -
                 None => rep.skip(key, "no module of the model has this name"),
             }
         }
+        let peft = peft::PeftAlpha::from_metadata(adapter.metadata());
         let results: Vec<Result<Option<ModuleResult>, LoraError>> = groups
             .par_iter()
-            .map(|(&id, kinds)| module_delta(adapter, strengths, model, &index, &params, id, kinds))
+            .map(|(&id, kinds)| module_delta(adapter, strengths, model, &index, &params, peft.as_ref(), id, kinds))
             .collect();
         for r in results {
             let Some(m) = r? else { continue };
@@ -227,6 +229,7 @@ fn module_delta(
     model: &ModelParams,
     index: &KeyIndex,
     params: &HashMap<(Component, &str), &TargetParam>,
+    peft: Option<&peft::PeftAlpha>,
     id: usize,
     kinds: &BTreeMap<Kind, &str>,
 ) -> Result<Option<ModuleResult>, LoraError> {
@@ -245,6 +248,12 @@ fn module_delta(
         t.by_kind.insert(*kind, x);
     }
     let Some(det) = detect::detect(&t) else { return Ok(None) };
+    if let (Some(p), false, Some(down)) = (peft, t.has(Kind::Alpha), t.get(Kind::Down)) {
+        let rank = down.shape.first().copied().unwrap_or(0);
+        if let Some(a) = p.alpha(module.component, &module.path, rank) {
+            t.by_kind.insert(Kind::Alpha, tensor::Tensor::new(vec![], vec![a]));
+        }
+    }
     let mu = strengths.for_param(module.component, &wname);
     let conv = target.shape.len() == 4 && target.shape[2..].iter().product::<usize>() > 1;
     let label = det.label(conv);
