@@ -8,6 +8,7 @@ References: the weight delta each tool's forward pass applies (LyCORIS: captured
 Run: /work/venv/bin/python scripts/lora_fixtures.py
 """
 
+import copy
 import json
 import os
 import sys
@@ -137,15 +138,6 @@ def lyco_fixture(name, root, comp, names, algo, mus=(1.0,), rename=None, dtype=N
                 for p in list(lm.parameters()) + list(lm.buffers()):
                     if p.is_floating_point():
                         p.copy_(p.to(dtype).float())
-    # LycorisNetwork.state_dict() is empty until apply_to(), which would hook the shared base model; the
-    # network's saved keys are exactly "<lora_name>.<module state_dict key>".
-    sd = {f"{lm.lora_name}.{k}": v.detach().clone() for lm in net.loras for k, v in lm.state_dict().items()}
-    if rename:
-        sd = {rename(k): v for k, v in sd.items()}
-    if dtype is not None:
-        sd = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}
-    meta = {"ss_network_module": "lycoris.kohya", "ss_network_args": json.dumps({"algo": algo})}
-    save_file(sd, os.path.join(OUT, name + ".safetensors"), meta)
     refs = {}
     mod_by_name = dict(root.named_modules())
     for mu in mus:
@@ -162,6 +154,20 @@ def lyco_fixture(name, root, comp, names, algo, mus=(1.0,), rename=None, dtype=N
                 d[(comp, pn + ".bias")] = b
                 BASE_USED[(comp, pn + ".bias")] = mod_by_name[n].bias.detach().clone()
         refs[str(mu)] = d
+    if algo == "full":
+        # FullModule's saved `diff` is only right after apply_to() folds the base in (as in training);
+        # root is a private copy here, so hooking its layers harms no other fixture.
+        for lm in net.loras:
+            lm.apply_to()
+    # LycorisNetwork.state_dict() is empty until apply_to(), which would hook the shared base model; the
+    # network's saved keys are exactly "<lora_name>.<module state_dict key>".
+    sd = {f"{lm.lora_name}.{k}": v.detach().clone() for lm in net.loras for k, v in lm.state_dict().items()}
+    if rename:
+        sd = {rename(k): v for k, v in sd.items()}
+    if dtype is not None:
+        sd = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}
+    meta = {"ss_network_module": "lycoris.kohya", "ss_network_args": json.dumps({"algo": algo})}
+    save_file(sd, os.path.join(OUT, name + ".safetensors"), meta)
     record(name, refs, [str(m) for m in mus], f"lycoris {algo} {kw}")
 
 
@@ -209,7 +215,7 @@ def lyco_all(unet, te):
     lyco_fixture("lyco_boft_constrained", unet, "unet", LIN[:1], "boft", block_size=8, constraint=1e-3,
                  rescaled=True, alpha=1e-3)
     lyco_fixture("lyco_ia3", unet, "unet", LIN[:2] + CONV3[:1], "ia3", mus=(1.0, 0.5))
-    lyco_fixture("lyco_full", unet, "unet", LIN[1:2] + CONV3[:1], "full", mus=(1.0, 0.5))
+    lyco_fixture("lyco_full", copy.deepcopy(unet), "unet", LIN[1:2] + CONV3[:1], "full", mus=(1.0, 0.5))
     lyco_fixture("lyco_norm", unet, "unet", [f"{A0}.norm", f"{A0}.transformer_blocks.0.norm1"], "locon",
                  train_norm=True)
 

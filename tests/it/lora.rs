@@ -214,7 +214,8 @@ fn lora_inspect_reports_types_triggers_hashes() {
     let a = Adapter::open(dir().join("kohya_from_peft.safetensors")).expect("open");
     let i = inspect(&a);
     assert_eq!(i.triggers[..4], ["tinychar", "red hat", "tiny trigger", "smile"], "{i}");
-    assert_eq!(i.types.get("LoRA").copied(), Some(14), "{i}");
+    assert_eq!(i.types.get("LoRA").copied(), Some(20), "{i}");
+    assert_eq!(i.per_component.get("Unet").copied(), Some(14), "{i}");
     assert_eq!(i.per_component.get("TextEncoder").copied(), Some(6), "{i}");
     assert_eq!((i.autov2.len(), i.autov3.len(), i.sha256.len()), (10, 12, 64));
     assert_eq!(i.family.metadata_hint.as_deref(), Some("sd_v1"));
