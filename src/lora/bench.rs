@@ -5,7 +5,9 @@
 
 use half::f16;
 
-use super::{compute_deltas, Adapter, Component, Deltas, LoraError, ModelParams, Strengths, TargetParam};
+use super::{
+    compute_deltas, Adapter, Component, Deltas, LoraError, ModelParams, Strengths, TargetParam,
+};
 
 pub struct Workload {
     pub adapter: Adapter,
@@ -35,7 +37,14 @@ pub fn sd15_targets() -> Vec<(String, Vec<usize>)> {
         t.push((format!("{blk}.proj_in"), vec![c, c, 1, 1]));
         t.push((format!("{blk}.proj_out"), vec![c, c, 1, 1]));
         let tb = format!("{blk}.transformer_blocks.0");
-        for a in ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_out.0"] {
+        for a in [
+            "attn1.to_q",
+            "attn1.to_k",
+            "attn1.to_v",
+            "attn1.to_out.0",
+            "attn2.to_q",
+            "attn2.to_out.0",
+        ] {
             t.push((format!("{tb}.{a}"), vec![c, c]));
         }
         t.push((format!("{tb}.attn2.to_k"), vec![c, 768]));
@@ -51,7 +60,9 @@ pub fn sd15_unet_lora(rank: usize) -> Workload {
     let mut header = serde_json::Map::new();
     let mut data: Vec<u8> = Vec::new();
     let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut push = |name: String, shape: Vec<usize>, header: &mut serde_json::Map<String, serde_json::Value>| {
+    let mut push = |name: String,
+                    shape: Vec<usize>,
+                    header: &mut serde_json::Map<String, serde_json::Value>| {
         let n: usize = shape.iter().product();
         let start = data.len();
         for _ in 0..n {
@@ -71,9 +82,29 @@ pub fn sd15_unet_lora(rank: usize) -> Workload {
         let stem = format!("lora_unet_{}", path.replace('.', "_"));
         let (o, i) = (shape[0], shape[1]);
         let conv = shape.len() == 4;
-        push(format!("{stem}.lora_down.weight"), if conv { vec![rank, i, 1, 1] } else { vec![rank, i] }, &mut header);
-        push(format!("{stem}.lora_up.weight"), if conv { vec![o, rank, 1, 1] } else { vec![o, rank] }, &mut header);
-        params.push(TargetParam { component: Component::Unet, name: format!("{path}.weight"), shape });
+        push(
+            format!("{stem}.lora_down.weight"),
+            if conv {
+                vec![rank, i, 1, 1]
+            } else {
+                vec![rank, i]
+            },
+            &mut header,
+        );
+        push(
+            format!("{stem}.lora_up.weight"),
+            if conv {
+                vec![o, rank, 1, 1]
+            } else {
+                vec![o, rank]
+            },
+            &mut header,
+        );
+        params.push(TargetParam {
+            component: Component::Unet,
+            name: format!("{path}.weight"),
+            shape,
+        });
     }
     let h = serde_json::Value::Object(header).to_string();
     let mut bytes = Vec::with_capacity(8 + h.len() + data.len());
@@ -90,6 +121,10 @@ pub fn sd15_unet_lora(rank: usize) -> Workload {
 /// `compute_deltas` on the workload at strength 1 (no base weights needed for plain LoRA).
 pub fn run(w: &Workload) -> Result<Deltas, LoraError> {
     let no_base = |_: Component, _: &str| None;
-    let model = ModelParams { family: crate::family::Family::Sd1, params: w.params.clone(), base: &no_base };
+    let model = ModelParams {
+        family: crate::family::Family::Sd1,
+        params: w.params.clone(),
+        base: &no_base,
+    };
     compute_deltas(&[(&w.adapter, Strengths::uniform(1.0))], &model).map(|(d, _)| d)
 }

@@ -79,7 +79,10 @@ pub fn detect(t: &ModuleTensors) -> Option<Detected> {
     if t.has(Kind::HadaW1A) {
         return d(AdapterType::LoHa, t.has(Kind::HadaT1));
     }
-    if [Kind::LokrW1, Kind::LokrW1A, Kind::LokrW2, Kind::LokrW2A].iter().any(|k| t.has(*k)) {
+    if [Kind::LokrW1, Kind::LokrW1A, Kind::LokrW2, Kind::LokrW2A]
+        .iter()
+        .any(|k| t.has(*k))
+    {
         return d(AdapterType::LoKr, t.has(Kind::LokrT2));
     }
     if t.has(Kind::GloraA1) {

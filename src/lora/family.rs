@@ -32,8 +32,14 @@ pub struct FamilyGuess {
     pub metadata_hint: Option<String>,
 }
 
-const DOWN_SUFFIXES: [&str; 6] =
-    [".lora_down.weight", ".lora_A.weight", ".lora.down.weight", "_lora.down.weight", ".lora_linear_layer.down.weight", ".lora_A"];
+const DOWN_SUFFIXES: [&str; 6] = [
+    ".lora_down.weight",
+    ".lora_A.weight",
+    ".lora.down.weight",
+    "_lora.down.weight",
+    ".lora_linear_layer.down.weight",
+    ".lora_A",
+];
 
 pub fn guess(adapter: &Adapter) -> FamilyGuess {
     let mut g = FamilyGuess::default();
@@ -42,14 +48,21 @@ pub fn guess(adapter: &Adapter) -> FamilyGuess {
             continue;
         }
         let is_ctx = key.contains("attn2") && (key.contains("to_k") || key.contains("to_v"));
-        let is_te = key.contains("q_proj") && !key.contains("te2") && !key.contains("text_encoder_2");
+        let is_te =
+            key.contains("q_proj") && !key.contains("te2") && !key.contains("text_encoder_2");
         if is_ctx && g.context_width.is_none() {
             g.context_width = Some(info.shape[1]);
-            g.evidence.push(format!("{key} has input width {} (cross-attention context)", info.shape[1]));
+            g.evidence.push(format!(
+                "{key} has input width {} (cross-attention context)",
+                info.shape[1]
+            ));
         }
         if is_te && g.te_width.is_none() {
             g.te_width = Some(info.shape[1]);
-            g.evidence.push(format!("{key} has input width {} (text encoder)", info.shape[1]));
+            g.evidence.push(format!(
+                "{key} has input width {} (text encoder)",
+                info.shape[1]
+            ));
         }
     }
     g.family = g.context_width.map(|w| family_of_context(w).to_string());
@@ -58,16 +71,26 @@ pub fn guess(adapter: &Adapter) -> FamilyGuess {
         .get("modelspec.architecture")
         .or_else(|| md.get("ss_base_model_version"))
         .cloned()
-        .or_else(|| md.get("ss_v2").filter(|v| *v == "True").map(|_| "sd_v2".to_string()));
+        .or_else(|| {
+            md.get("ss_v2")
+                .filter(|v| *v == "True")
+                .map(|_| "sd_v2".to_string())
+        });
     g
 }
 
 /// Compares the adapter's widths with the model's; Err(message with the evidence) on a mismatch.
 pub fn check(g: &FamilyGuess, params: &[TargetParam]) -> Result<(), String> {
     let model_width = |comp: Component, needle: &str| {
-        params.iter().find(|p| p.component == comp && p.name.contains(needle)).and_then(|p| p.shape.get(1).copied())
+        params
+            .iter()
+            .find(|p| p.component == comp && p.name.contains(needle))
+            .and_then(|p| p.shape.get(1).copied())
     };
-    if let (Some(a), Some(m)) = (g.context_width, model_width(Component::Unet, "attn2.to_k.weight")) {
+    if let (Some(a), Some(m)) = (
+        g.context_width,
+        model_width(Component::Unet, "attn2.to_k.weight"),
+    ) {
         if a != m {
             return Err(format!(
                 "adapter is for {} (cross-attention width {a}), the model is {} (width {m}); evidence: {}",
@@ -77,9 +100,15 @@ pub fn check(g: &FamilyGuess, params: &[TargetParam]) -> Result<(), String> {
             ));
         }
     }
-    if let (Some(a), Some(m)) = (g.te_width, model_width(Component::TextEncoder, "q_proj.weight")) {
+    if let (Some(a), Some(m)) = (
+        g.te_width,
+        model_width(Component::TextEncoder, "q_proj.weight"),
+    ) {
         if a != m {
-            return Err(format!("text-encoder width {a} in the adapter, {m} in the model; evidence: {}", g.evidence.join("; ")));
+            return Err(format!(
+                "text-encoder width {a} in the adapter, {m} in the model; evidence: {}",
+                g.evidence.join("; ")
+            ));
         }
     }
     Ok(())

@@ -20,7 +20,10 @@ const MAX_HEADER: u64 = 100 * 1024 * 1024;
 #[derive(Debug, Error)]
 pub enum FileError {
     #[error("{path}: cannot read: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "{path}: this is a pickle-based file ({what}); loading it can run arbitrary code, so stipple refuses it. \
          Convert it to .safetensors first (e.g. with a trusted Python: torch.load + safetensors.torch.save_file)"
@@ -29,7 +32,11 @@ pub enum FileError {
     #[error("{path}: not a safetensors file: {why}")]
     Malformed { path: PathBuf, why: String },
     #[error("{path}: tensor {name}: {why}")]
-    BadTensor { path: PathBuf, name: String, why: String },
+    BadTensor {
+        path: PathBuf,
+        name: String,
+        why: String,
+    },
     #[error("{path}: no tensor named {name}")]
     Missing { path: PathBuf, name: String },
 }
@@ -101,7 +108,10 @@ pub struct Adapter {
 
 impl std::fmt::Debug for Adapter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Adapter").field("path", &self.path).field("tensors", &self.tensors.len()).finish()
+        f.debug_struct("Adapter")
+            .field("path", &self.path)
+            .field("tensors", &self.tensors.len())
+            .finish()
     }
 }
 
@@ -117,7 +127,10 @@ fn map_file(file: &File) -> std::io::Result<Mmap> {
 }
 
 fn pickle_kind(path: &Path, head: &[u8]) -> Option<String> {
-    let ext = path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase());
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase());
     if let Some(e) = ext.as_deref() {
         if matches!(e, "ckpt" | "pt" | "pth" | "bin" | "pkl" | "pickle") {
             return Some(format!(".{e}"));
@@ -136,7 +149,10 @@ impl Adapter {
     /// Opens and validates a `.safetensors` adapter, memory-mapping its data.
     pub fn open(path: impl AsRef<Path>) -> Result<Adapter, FileError> {
         let path = path.as_ref().to_path_buf();
-        let io = |source| FileError::Io { path: path.clone(), source };
+        let io = |source| FileError::Io {
+            path: path.clone(),
+            source,
+        };
         let file = File::open(&path).map_err(io)?;
         let map = map_file(&file).map_err(io)?;
         if let Some(what) = pickle_kind(&path, &map[..map.len().min(8)]) {
@@ -151,22 +167,31 @@ impl Adapter {
     }
 
     fn parse(path: PathBuf, bytes: Bytes) -> Result<Adapter, FileError> {
-        let bad = |why: String| FileError::Malformed { path: path.clone(), why };
+        let bad = |why: String| FileError::Malformed {
+            path: path.clone(),
+            why,
+        };
         let buf = bytes.as_slice();
         if buf.len() < 8 {
-            return Err(bad(format!("{} bytes, shorter than the 8-byte header length", buf.len())));
+            return Err(bad(format!(
+                "{} bytes, shorter than the 8-byte header length",
+                buf.len()
+            )));
         }
         let mut len8 = [0u8; 8];
         len8.copy_from_slice(&buf[..8]);
         let hlen = u64::from_le_bytes(len8);
         let avail = buf.len() as u64 - 8;
         if hlen > MAX_HEADER || hlen > avail {
-            return Err(bad(format!("header length {hlen} runs past the end of the file ({avail} bytes follow)")));
+            return Err(bad(format!(
+                "header length {hlen} runs past the end of the file ({avail} bytes follow)"
+            )));
         }
         let data_start = 8 + hlen as usize;
-        let header = std::str::from_utf8(&buf[8..data_start]).map_err(|e| bad(format!("header is not UTF-8: {e}")))?;
-        let root: serde_json::Map<String, Value> =
-            serde_json::from_str(header.trim_end()).map_err(|e| bad(format!("header is not a JSON object: {e}")))?;
+        let header = std::str::from_utf8(&buf[8..data_start])
+            .map_err(|e| bad(format!("header is not UTF-8: {e}")))?;
+        let root: serde_json::Map<String, Value> = serde_json::from_str(header.trim_end())
+            .map_err(|e| bad(format!("header is not a JSON object: {e}")))?;
         let data_len = buf.len() - data_start;
         let mut tensors = BTreeMap::new();
         let mut metadata = BTreeMap::new();
@@ -184,9 +209,17 @@ impl Adapter {
                 }
                 continue;
             }
-            let tbad = |why: String| FileError::BadTensor { path: path.clone(), name: name.clone(), why };
-            let dtype_s = v.get("dtype").and_then(Value::as_str).ok_or_else(|| tbad("no dtype".into()))?;
-            let dtype = Dtype::parse(dtype_s).ok_or_else(|| tbad(format!("unsupported dtype {dtype_s}")))?;
+            let tbad = |why: String| FileError::BadTensor {
+                path: path.clone(),
+                name: name.clone(),
+                why,
+            };
+            let dtype_s = v
+                .get("dtype")
+                .and_then(Value::as_str)
+                .ok_or_else(|| tbad("no dtype".into()))?;
+            let dtype = Dtype::parse(dtype_s)
+                .ok_or_else(|| tbad(format!("unsupported dtype {dtype_s}")))?;
             let shape: Vec<usize> = v
                 .get("shape")
                 .and_then(Value::as_array)
@@ -207,7 +240,9 @@ impl Adapter {
                 return Err(tbad("data_offsets must have two entries".into()));
             };
             if start > end || end > data_len {
-                return Err(tbad(format!("bytes {start}..{end} lie outside the data section ({data_len} bytes)")));
+                return Err(tbad(format!(
+                    "bytes {start}..{end} lie outside the data section ({data_len} bytes)"
+                )));
             }
             let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
             let want = numel.and_then(|n| n.checked_mul(dtype.size()));
@@ -218,16 +253,34 @@ impl Adapter {
                     end - start
                 )));
             }
-            tensors.insert(name, TensorInfo { dtype, shape, start, end });
+            tensors.insert(
+                name,
+                TensorInfo {
+                    dtype,
+                    shape,
+                    start,
+                    end,
+                },
+            );
         }
-        let mut spans: Vec<(&String, &TensorInfo)> = tensors.iter().filter(|(_, t)| t.end > t.start).collect();
+        let mut spans: Vec<(&String, &TensorInfo)> =
+            tensors.iter().filter(|(_, t)| t.end > t.start).collect();
         spans.sort_by_key(|(_, t)| (t.start, t.end));
         for w in spans.windows(2) {
             if w[1].1.start < w[0].1.end {
-                return Err(bad(format!("tensors {} and {} overlap in the data section", w[0].0, w[1].0)));
+                return Err(bad(format!(
+                    "tensors {} and {} overlap in the data section",
+                    w[0].0, w[1].0
+                )));
             }
         }
-        Ok(Adapter { path, bytes, data_start, tensors, metadata })
+        Ok(Adapter {
+            path,
+            bytes,
+            data_start,
+            tensors,
+            metadata,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -236,7 +289,10 @@ impl Adapter {
 
     /// File name without extension, as a display name.
     pub fn name(&self) -> String {
-        self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+        self.path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 
     pub fn tensors(&self) -> &BTreeMap<String, TensorInfo> {
@@ -259,18 +315,36 @@ impl Adapter {
 
     /// Decodes a tensor to f32.
     pub fn tensor(&self, name: &str) -> Result<Tensor, FileError> {
-        let info = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| FileError::Missing { path: self.path.clone(), name: name.to_string() })?;
+        let info = self.tensors.get(name).ok_or_else(|| FileError::Missing {
+            path: self.path.clone(),
+            name: name.to_string(),
+        })?;
         let raw = &self.bytes.as_slice()[self.data_start + info.start..self.data_start + info.end];
         let data: Vec<f32> = match info.dtype {
-            Dtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            Dtype::F16 => raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            Dtype::BF16 => raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            Dtype::F64 => raw.chunks_exact(8).map(|c| f64::from_le_bytes(arr8(c)) as f32).collect(),
-            Dtype::I64 => raw.chunks_exact(8).map(|c| i64::from_le_bytes(arr8(c)) as f32).collect(),
-            Dtype::I32 => raw.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32).collect(),
+            Dtype::F32 => raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => raw
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => raw
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::F64 => raw
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(arr8(c)) as f32)
+                .collect(),
+            Dtype::I64 => raw
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(arr8(c)) as f32)
+                .collect(),
+            Dtype::I32 => raw
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
+                .collect(),
         };
         Ok(Tensor::new(info.shape.clone(), data))
     }

@@ -97,14 +97,18 @@ pub fn inspect(adapter: &Adapter) -> Inspection {
         }
     }
     let mut modules = Vec::new();
-    let (mut types, mut per_component, mut ranks) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let (mut types, mut per_component, mut ranks) =
+        (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     let mut alphas: Vec<f32> = Vec::new();
     for (stem, t) in &groups {
         let Some(det) = detect(t) else {
             unrecognised.extend(t.by_kind.keys().map(|k| format!("{stem} ({k:?})")));
             continue;
         };
-        let conv = t.by_kind.values().any(|x| x.shape.len() == 4 && x.shape[2..].iter().product::<usize>() > 1);
+        let conv = t
+            .by_kind
+            .values()
+            .any(|x| x.shape.len() == 4 && x.shape[2..].iter().product::<usize>() > 1);
         let label = det.label(conv);
         let rank = rank_of(t);
         let alpha = t.get(Kind::Alpha).and_then(Tensor::scalar);
@@ -119,13 +123,23 @@ pub fn inspect(adapter: &Adapter) -> Inspection {
                 alphas.push(a);
             }
         }
-        modules.push(ModuleInfo { name: stem.to_string(), component, label, rank, alpha });
+        modules.push(ModuleInfo {
+            name: stem.to_string(),
+            component,
+            label,
+            rank,
+            alpha,
+        });
     }
     let metadata = adapter
         .metadata()
         .iter()
         .map(|(k, v)| {
-            let v = if v.chars().count() > 200 { format!("<{} characters>", v.len()) } else { v.clone() };
+            let v = if v.chars().count() > 200 {
+                format!("<{} characters>", v.len())
+            } else {
+                v.clone()
+            };
             (k.clone(), v)
         })
         .collect();
@@ -152,13 +166,40 @@ pub fn inspect(adapter: &Adapter) -> Inspection {
 impl fmt::Display for Inspection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}", self.path)?;
-        writeln!(f, "  sha256 {}  AutoV2 {}  AutoV3 {}", self.sha256, self.autov2, self.autov3)?;
-        let types: Vec<String> = self.types.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
-        writeln!(f, "  {} tensors, {} modules: {}", self.tensors, self.modules.len(), types.join(", "))?;
-        let comps: Vec<String> = self.per_component.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        writeln!(
+            f,
+            "  sha256 {}  AutoV2 {}  AutoV3 {}",
+            self.sha256, self.autov2, self.autov3
+        )?;
+        let types: Vec<String> = self
+            .types
+            .iter()
+            .map(|(k, v)| format!("{k} ×{v}"))
+            .collect();
+        writeln!(
+            f,
+            "  {} tensors, {} modules: {}",
+            self.tensors,
+            self.modules.len(),
+            types.join(", ")
+        )?;
+        let comps: Vec<String> = self
+            .per_component
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
         writeln!(f, "  per component: {}", comps.join(", "))?;
-        let ranks: Vec<String> = self.ranks.iter().map(|(r, n)| format!("{r} (×{n})")).collect();
-        writeln!(f, "  ranks: {}  alphas: {:?}", ranks.join(", "), self.alphas)?;
+        let ranks: Vec<String> = self
+            .ranks
+            .iter()
+            .map(|(r, n)| format!("{r} (×{n})"))
+            .collect();
+        writeln!(
+            f,
+            "  ranks: {}  alphas: {:?}",
+            ranks.join(", "),
+            self.alphas
+        )?;
         match &self.family.family {
             Some(fam) => writeln!(f, "  family: {fam} ({})", self.family.evidence.join("; "))?,
             None => writeln!(f, "  family: not determined from shapes")?,
@@ -173,7 +214,12 @@ impl fmt::Display for Inspection {
             writeln!(f, "  {k}: {v}")?;
         }
         if !self.unrecognised_keys.is_empty() {
-            writeln!(f, "  {} unrecognised keys, e.g. {}", self.unrecognised_keys.len(), self.unrecognised_keys[0])?;
+            writeln!(
+                f,
+                "  {} unrecognised keys, e.g. {}",
+                self.unrecognised_keys.len(),
+                self.unrecognised_keys[0]
+            )?;
         }
         for w in &self.warnings {
             writeln!(f, "  warning: {w}")?;

@@ -120,13 +120,24 @@ fn u(s: &str) -> String {
 impl KeyIndex {
     pub fn build(params: &[TargetParam]) -> KeyIndex {
         let layout = UnetLayout::from_names(
-            params.iter().filter(|p| p.component == Component::Unet).map(|p| p.name.as_str()),
+            params
+                .iter()
+                .filter(|p| p.component == Component::Unet)
+                .map(|p| p.name.as_str()),
         );
-        let mut idx = KeyIndex { spellings: HashMap::new(), modules: Vec::new() };
+        let mut idx = KeyIndex {
+            spellings: HashMap::new(),
+            modules: Vec::new(),
+        };
         for p in params {
-            let Some(path) = p.name.strip_suffix(".weight") else { continue };
+            let Some(path) = p.name.strip_suffix(".weight") else {
+                continue;
+            };
             let id = idx.modules.len();
-            idx.modules.push(ModuleRef { component: p.component, path: path.to_string() });
+            idx.modules.push(ModuleRef {
+                component: p.component,
+                path: path.to_string(),
+            });
             for s in spellings(p.component, path, &layout) {
                 // First registration wins; a collision between two real modules would be a naming bug.
                 idx.spellings.entry(s).or_insert(id);
@@ -158,7 +169,11 @@ impl KeyIndex {
 
 /// Splits a key by its longest known suffix without a model (for `inspect`): (module stem, kind).
 pub fn split_key(key: &str) -> Option<(&str, Kind)> {
-    SUFFIXES.iter().find_map(|(suffix, kind)| key.strip_suffix(suffix).filter(|s| !s.is_empty()).map(|s| (s, *kind)))
+    SUFFIXES.iter().find_map(|(suffix, kind)| {
+        key.strip_suffix(suffix)
+            .filter(|s| !s.is_empty())
+            .map(|s| (s, *kind))
+    })
 }
 
 /// All spellings a file may use for one module.
@@ -213,13 +228,30 @@ mod tests {
     use super::*;
 
     fn params() -> Vec<TargetParam> {
-        let p = |c, n: &str| TargetParam { component: c, name: n.into(), shape: vec![4, 4] };
+        let p = |c, n: &str| TargetParam {
+            component: c,
+            name: n.into(),
+            shape: vec![4, 4],
+        };
         vec![
             p(Component::Unet, "down_blocks.0.resnets.0.conv1.weight"),
-            p(Component::Unet, "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight"),
-            p(Component::Unet, "up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_out.0.weight"),
-            p(Component::TextEncoder, "text_model.encoder.layers.0.self_attn.q_proj.weight"),
-            p(Component::TextEncoder2, "text_model.encoder.layers.0.mlp.fc1.weight"),
+            p(Component::Unet, "down_blocks.0.resnets.1.conv1.weight"),
+            p(
+                Component::Unet,
+                "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight",
+            ),
+            p(
+                Component::Unet,
+                "up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_out.0.weight",
+            ),
+            p(
+                Component::TextEncoder,
+                "text_model.encoder.layers.0.self_attn.q_proj.weight",
+            ),
+            p(
+                Component::TextEncoder2,
+                "text_model.encoder.layers.0.mlp.fc1.weight",
+            ),
         ]
     }
 
@@ -254,11 +286,17 @@ mod tests {
             ("text_encoder_2.text_model.encoder.layers.0.mlp.fc1.lora_B.weight", "text_model.encoder.layers.0.mlp.fc1", Kind::Up),
         ];
         for (key, module, kind) in cases {
-            let (id, k) = idx.parse(key).unwrap_or_else(|| panic!("{key} did not parse"));
+            let (id, k) = idx
+                .parse(key)
+                .unwrap_or_else(|| panic!("{key} did not parse"));
             assert_eq!((idx.module(id).path.as_str(), k), (module, kind), "{key}");
         }
-        let te2 = idx.parse("lora_te2_text_model_encoder_layers_0_mlp_fc1.alpha").map(|(i, _)| idx.module(i).component);
+        let te2 = idx
+            .parse("lora_te2_text_model_encoder_layers_0_mlp_fc1.alpha")
+            .map(|(i, _)| idx.module(i).component);
         assert_eq!(te2, Some(Component::TextEncoder2));
-        assert!(idx.parse("lora_unet_down_blocks_9_attentions_0_proj_in.lora_up.weight").is_none());
+        assert!(idx
+            .parse("lora_unet_down_blocks_9_attentions_0_proj_in.lora_up.weight")
+            .is_none());
     }
 }

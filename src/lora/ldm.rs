@@ -34,7 +34,10 @@ impl UnetLayout {
                 }
             }
         }
-        UnetLayout { layers_per_block: lpb, up_levels_with_attention: up_attn }
+        UnetLayout {
+            layers_per_block: lpb,
+            up_levels_with_attention: up_attn,
+        }
     }
 
     /// LDM name of a diffusers UNet module path (no `.weight`), or None when it has no LDM counterpart.
@@ -42,19 +45,31 @@ impl UnetLayout {
         let lpb = self.layers_per_block;
         if let Some((x, t)) = num_after(p, "down_blocks.") {
             if let Some((j, rest)) = num_after(&t, "resnets.") {
-                return Some(join(format!("input_blocks.{}.0", 1 + x * (lpb + 1) + j), &resnet_inner(&rest)));
+                return Some(join(
+                    format!("input_blocks.{}.0", 1 + x * (lpb + 1) + j),
+                    &resnet_inner(&rest),
+                ));
             }
             if let Some((j, rest)) = num_after(&t, "attentions.") {
-                return Some(join(format!("input_blocks.{}.1", 1 + x * (lpb + 1) + j), &rest));
+                return Some(join(
+                    format!("input_blocks.{}.1", 1 + x * (lpb + 1) + j),
+                    &rest,
+                ));
             }
             if let Some(rest) = t.strip_prefix("downsamplers.0.conv") {
-                return Some(format!("input_blocks.{}.0.op{rest}", 1 + x * (lpb + 1) + lpb));
+                return Some(format!(
+                    "input_blocks.{}.0.op{rest}",
+                    1 + x * (lpb + 1) + lpb
+                ));
             }
             return None;
         }
         if let Some(t) = p.strip_prefix("mid_block.") {
             if let Some((j, rest)) = num_after(t, "resnets.") {
-                return Some(join(format!("middle_block.{}", 2 * j), &resnet_inner(&rest)));
+                return Some(join(
+                    format!("middle_block.{}", 2 * j),
+                    &resnet_inner(&rest),
+                ));
             }
             if let Some(rest) = t.strip_prefix("attentions.0") {
                 return Some(format!("middle_block.1{rest}"));
@@ -63,14 +78,27 @@ impl UnetLayout {
         }
         if let Some((x, t)) = num_after(p, "up_blocks.") {
             if let Some((j, rest)) = num_after(&t, "resnets.") {
-                return Some(join(format!("output_blocks.{}.0", x * (lpb + 1) + j), &resnet_inner(&rest)));
+                return Some(join(
+                    format!("output_blocks.{}.0", x * (lpb + 1) + j),
+                    &resnet_inner(&rest),
+                ));
             }
             if let Some((j, rest)) = num_after(&t, "attentions.") {
-                return Some(join(format!("output_blocks.{}.1", x * (lpb + 1) + j), &rest));
+                return Some(join(
+                    format!("output_blocks.{}.1", x * (lpb + 1) + j),
+                    &rest,
+                ));
             }
             if let Some(rest) = t.strip_prefix("upsamplers.0.conv") {
-                let m = if self.up_levels_with_attention.contains(&x) { 2 } else { 1 };
-                return Some(format!("output_blocks.{}.{m}.conv{rest}", x * (lpb + 1) + lpb));
+                let m = if self.up_levels_with_attention.contains(&x) {
+                    2
+                } else {
+                    1
+                };
+                return Some(format!(
+                    "output_blocks.{}.{m}.conv{rest}",
+                    x * (lpb + 1) + lpb
+                ));
             }
             return None;
         }
@@ -130,15 +158,31 @@ mod tests {
             "up_blocks.3.attentions.0.proj_in.weight",
         ];
         let l = UnetLayout::from_names(names);
-        assert_eq!(l.to_ldm("down_blocks.1.attentions.0.proj_in").as_deref(), Some("input_blocks.4.1.proj_in"));
         assert_eq!(
-            l.to_ldm("up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k").as_deref(),
+            l.to_ldm("down_blocks.1.attentions.0.proj_in").as_deref(),
+            Some("input_blocks.4.1.proj_in")
+        );
+        assert_eq!(
+            l.to_ldm("up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k")
+                .as_deref(),
             Some("output_blocks.3.1.transformer_blocks.0.attn2.to_k")
         );
-        assert_eq!(l.to_ldm("up_blocks.0.upsamplers.0.conv").as_deref(), Some("output_blocks.2.1.conv"));
-        assert_eq!(l.to_ldm("up_blocks.1.upsamplers.0.conv").as_deref(), Some("output_blocks.5.2.conv"));
-        assert_eq!(l.to_ldm("down_blocks.2.downsamplers.0.conv").as_deref(), Some("input_blocks.9.0.op"));
-        assert_eq!(l.to_ldm("mid_block.resnets.1.time_emb_proj").as_deref(), Some("middle_block.2.emb_layers.1"));
+        assert_eq!(
+            l.to_ldm("up_blocks.0.upsamplers.0.conv").as_deref(),
+            Some("output_blocks.2.1.conv")
+        );
+        assert_eq!(
+            l.to_ldm("up_blocks.1.upsamplers.0.conv").as_deref(),
+            Some("output_blocks.5.2.conv")
+        );
+        assert_eq!(
+            l.to_ldm("down_blocks.2.downsamplers.0.conv").as_deref(),
+            Some("input_blocks.9.0.op")
+        );
+        assert_eq!(
+            l.to_ldm("mid_block.resnets.1.time_emb_proj").as_deref(),
+            Some("middle_block.2.emb_layers.1")
+        );
         assert_eq!(l.to_ldm("conv_out").as_deref(), Some("out.2"));
     }
 }

@@ -29,7 +29,7 @@ pub use detect::{AdapterType, Detected};
 pub use file::{Adapter, FileError};
 pub use inspect::{inspect, Inspection};
 pub use region::Region;
-pub use report::{AdapterReport, ApplyReport, Applied, Skipped};
+pub use report::{AdapterReport, Applied, ApplyReport, Skipped};
 
 use detect::ModuleTensors;
 use keys::{KeyIndex, Kind};
@@ -80,7 +80,14 @@ pub struct Strengths {
 impl Strengths {
     /// The same strength everywhere.
     pub fn uniform(s: f32) -> Strengths {
-        Strengths { te: s, unet_in: s, unet_mid: s, unet_out: s, blocks: None, dyn_rank: None }
+        Strengths {
+            te: s,
+            unet_in: s,
+            unet_mid: s,
+            unet_out: s,
+            blocks: None,
+            dyn_rank: None,
+        }
     }
 
     /// Strength for one parameter.
@@ -126,10 +133,36 @@ pub enum LoraError {
     File(#[from] FileError),
     #[error("{adapter}: refused, wrong base model: {message}")]
     Family { adapter: String, message: String },
-    #[error("{adapter}: {module}: adapter gives {what} of shape {got:?}, but the model's {param} has shape {want:?}")]
-    Mismatch { adapter: String, module: String, what: String, got: Vec<usize>, param: String, want: Vec<usize> },
+    #[error("{0}")]
+    Mismatch(Box<ShapeMismatch>),
     #[error("{adapter}: {module}: {source}")]
-    Module { adapter: String, module: String, source: DeltaError },
+    Module {
+        adapter: String,
+        module: String,
+        source: DeltaError,
+    },
+}
+
+/// A key whose shape does not fit the target parameter: both shapes, for the message.
+#[derive(Debug, Error)]
+#[error("{adapter}: {module}: adapter gives {what} of shape {got:?}, but the model's {param} has shape {want:?}")]
+pub struct ShapeMismatch {
+    pub adapter: String,
+    pub module: String,
+    pub what: String,
+    pub got: Vec<usize>,
+    pub param: String,
+    pub want: Vec<usize>,
+}
+
+/// What every module computation of one adapter shares.
+struct Job<'a> {
+    adapter: &'a Adapter,
+    strengths: &'a Strengths,
+    model: &'a ModelParams<'a>,
+    index: &'a KeyIndex,
+    params: &'a HashMap<(Component, &'a str), &'a TargetParam>,
+    peft: Option<&'a peft::PeftAlpha>,
 }
 
 struct ModuleResult {
@@ -144,36 +177,62 @@ struct ModuleResult {
 ///
 /// Family checks for every adapter run first, before any delta is computed. Modules are computed in
 /// parallel (rayon); weight-dependent types see the pristine base weight.
-pub fn compute_deltas(adapters: &[(&Adapter, Strengths)], model: &ModelParams) -> Result<(Deltas, ApplyReport), LoraError> {
+pub fn compute_deltas(
+    adapters: &[(&Adapter, Strengths)],
+    model: &ModelParams,
+) -> Result<(Deltas, ApplyReport), LoraError> {
     let mut guesses = Vec::with_capacity(adapters.len());
     for (a, _) in adapters {
         let g = family::guess(a);
-        family::check(&g, &model.params).map_err(|message| LoraError::Family { adapter: a.name(), message })?;
+        family::check(&g, &model.params).map_err(|message| LoraError::Family {
+            adapter: a.name(),
+            message,
+        })?;
         guesses.push(g);
     }
     let index = KeyIndex::build(&model.params);
-    let params: HashMap<(Component, &str), &TargetParam> =
-        model.params.iter().map(|p| ((p.component, p.name.as_str()), p)).collect();
+    let params: HashMap<(Component, &str), &TargetParam> = model
+        .params
+        .iter()
+        .map(|p| ((p.component, p.name.as_str()), p))
+        .collect();
     let mut deltas = Deltas::default();
     let mut report = ApplyReport::default();
     for ((adapter, strengths), guess) in adapters.iter().zip(guesses) {
-        let mut rep = AdapterReport { name: adapter.name(), family: guess, ..Default::default() };
+        let mut rep = AdapterReport {
+            name: adapter.name(),
+            family: guess,
+            ..Default::default()
+        };
         let mut groups: BTreeMap<usize, BTreeMap<Kind, &str>> = BTreeMap::new();
         for key in adapter.tensors().keys() {
             match index.parse(key) {
-                Some((_, Kind::Unsupported)) => rep.skip(key, "known key kind that stipple does not apply"),
+                Some((_, Kind::Unsupported)) => {
+                    rep.skip(key, "known key kind that stipple does not apply")
+                }
                 Some((id, kind)) => {
                     if let Some(prev) = groups.entry(id).or_default().insert(kind, key) {
-                        rep.skip(prev, "a second key of the same kind for one module; the other one is used");
+                        rep.skip(
+                            prev,
+                            "a second key of the same kind for one module; the other one is used",
+                        );
                     }
                 }
                 None => rep.skip(key, "no module of the model has this name"),
             }
         }
         let peft = peft::PeftAlpha::from_metadata(adapter.metadata());
+        let job = Job {
+            adapter,
+            strengths,
+            model,
+            index: &index,
+            params: &params,
+            peft: peft.as_ref(),
+        };
         let results: Vec<Result<Option<ModuleResult>, LoraError>> = groups
             .par_iter()
-            .map(|(&id, kinds)| module_delta(adapter, strengths, model, &index, &params, peft.as_ref(), id, kinds))
+            .map(|(&id, kinds)| module_delta(&job, id, kinds))
             .collect();
         for r in results {
             let Some(m) = r? else { continue };
@@ -183,7 +242,10 @@ pub fn compute_deltas(adapters: &[(&Adapter, Strengths)], model: &ModelParams) -
             for (suffix, d) in [(".weight", m.out.weight), (".bias", m.out.bias)] {
                 let Some(d) = d else { continue };
                 let name = format!("{}{suffix}", module.path);
-                let shape = params.get(&(module.component, name.as_str())).map(|p| p.shape.clone()).unwrap_or_default();
+                let shape = params
+                    .get(&(module.component, name.as_str()))
+                    .map(|p| p.shape.clone())
+                    .unwrap_or_default();
                 rep.applied.push(Applied {
                     component: module.component,
                     param: name.clone(),
@@ -205,7 +267,13 @@ pub fn compute_deltas(adapters: &[(&Adapter, Strengths)], model: &ModelParams) -
         for (id, kinds) in &groups {
             if detect::detect(&kinds_only(kinds)).is_none() {
                 for key in kinds.values() {
-                    rep.skip(key, &format!("module {} has no complete adapter type", index.module(*id).path));
+                    rep.skip(
+                        key,
+                        &format!(
+                            "module {} has no complete adapter type",
+                            index.module(*id).path
+                        ),
+                    );
                 }
             }
         }
@@ -218,25 +286,31 @@ pub fn compute_deltas(adapters: &[(&Adapter, Strengths)], model: &ModelParams) -
 fn kinds_only(kinds: &BTreeMap<Kind, &str>) -> ModuleTensors {
     let mut t = ModuleTensors::default();
     for k in kinds.keys() {
-        t.by_kind.insert(*k, tensor::Tensor::new(vec![1, 1, 1], vec![0.0]));
+        t.by_kind
+            .insert(*k, tensor::Tensor::new(vec![1, 1, 1], vec![0.0]));
     }
     t
 }
 
 fn module_delta(
-    adapter: &Adapter,
-    strengths: &Strengths,
-    model: &ModelParams,
-    index: &KeyIndex,
-    params: &HashMap<(Component, &str), &TargetParam>,
-    peft: Option<&peft::PeftAlpha>,
+    job: &Job,
     id: usize,
     kinds: &BTreeMap<Kind, &str>,
 ) -> Result<Option<ModuleResult>, LoraError> {
+    let Job {
+        adapter,
+        strengths,
+        model,
+        index,
+        params,
+        peft,
+    } = *job;
     let module = index.module(id);
     let wname = format!("{}.weight", module.path);
     let bname = format!("{}.bias", module.path);
-    let Some(target) = params.get(&(module.component, wname.as_str())) else { return Ok(None) };
+    let Some(target) = params.get(&(module.component, wname.as_str())) else {
+        return Ok(None);
+    };
     let mut t = ModuleTensors::default();
     let mut warnings = Vec::new();
     for (kind, key) in kinds {
@@ -247,11 +321,14 @@ fn module_delta(
         }
         t.by_kind.insert(*kind, x);
     }
-    let Some(det) = detect::detect(&t) else { return Ok(None) };
+    let Some(det) = detect::detect(&t) else {
+        return Ok(None);
+    };
     if let (Some(p), false, Some(down)) = (peft, t.has(Kind::Alpha), t.get(Kind::Down)) {
         let rank = down.shape.first().copied().unwrap_or(0);
         if let Some(a) = p.alpha(module.component, &module.path, rank) {
-            t.by_kind.insert(Kind::Alpha, tensor::Tensor::new(vec![], vec![a]));
+            t.by_kind
+                .insert(Kind::Alpha, tensor::Tensor::new(vec![], vec![a]));
         }
     }
     let mu = strengths.for_param(module.component, &wname);
@@ -259,29 +336,58 @@ fn module_delta(
     let label = det.label(conv);
     let linear_in_mu = !det.dora && !matches!(det.kind, AdapterType::DiagOft | AdapterType::Boft);
     if mu == 0.0 && linear_in_mu {
-        return Ok(Some(ModuleResult { id, label, strength: mu, out: delta::Out::default(), warnings }));
+        return Ok(Some(ModuleResult {
+            id,
+            label,
+            strength: mu,
+            out: delta::Out::default(),
+            warnings,
+        }));
     }
     let needs_base = det.dora
-        || matches!(det.kind, AdapterType::DiagOft | AdapterType::Boft | AdapterType::Glora | AdapterType::Ia3);
-    let base = if needs_base { (model.base)(module.component, &wname) } else { None };
+        || matches!(
+            det.kind,
+            AdapterType::DiagOft | AdapterType::Boft | AdapterType::Glora | AdapterType::Ia3
+        );
+    let base = if needs_base {
+        (model.base)(module.component, &wname)
+    } else {
+        None
+    };
     let ctx = delta::Ctx {
         t: &t,
         shape: &target.shape,
-        bias_shape: params.get(&(module.component, bname.as_str())).map(|p| p.shape.as_slice()),
+        bias_shape: params
+            .get(&(module.component, bname.as_str()))
+            .map(|p| p.shape.as_slice()),
         base: base.as_deref(),
         mu,
         dyn_rank: strengths.dyn_rank,
     };
     let out = delta::compute(det, &ctx).map_err(|e| match e {
-        DeltaError::Shape { what, got, want } => LoraError::Mismatch {
+        DeltaError::Shape { what, got, want } => LoraError::Mismatch(Box::new(ShapeMismatch {
             adapter: adapter.name(),
             module: module.path.clone(),
             what,
             got,
-            param: if want == target.shape { wname.clone() } else { bname.clone() },
+            param: if want == target.shape {
+                wname.clone()
+            } else {
+                bname.clone()
+            },
             want,
+        })),
+        source => LoraError::Module {
+            adapter: adapter.name(),
+            module: module.path.clone(),
+            source,
         },
-        source => LoraError::Module { adapter: adapter.name(), module: module.path.clone(), source },
     })?;
-    Ok(Some(ModuleResult { id, label, strength: mu, out, warnings }))
+    Ok(Some(ModuleResult {
+        id,
+        label,
+        strength: mu,
+        out,
+        warnings,
+    }))
 }

@@ -22,7 +22,10 @@ pub fn region(component: Component, name: &str) -> Region {
         Component::Unet => {
             if name.starts_with("mid_block.") {
                 Region::Mid
-            } else if name.starts_with("up_blocks.") || name.starts_with("conv_norm_out") || name.starts_with("conv_out") {
+            } else if name.starts_with("up_blocks.")
+                || name.starts_with("conv_norm_out")
+                || name.starts_with("conv_out")
+            {
                 Region::Out
             } else {
                 Region::In

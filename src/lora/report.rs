@@ -42,7 +42,10 @@ pub struct Skipped {
 
 impl AdapterReport {
     pub(super) fn skip(&mut self, key: &str, reason: &str) {
-        self.skipped.push(Skipped { key: key.to_string(), reason: reason.to_string() });
+        self.skipped.push(Skipped {
+            key: key.to_string(),
+            reason: reason.to_string(),
+        });
     }
 }
 
@@ -57,8 +60,21 @@ impl fmt::Display for ApplyReport {
 
 impl fmt::Display for AdapterReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let types: Vec<String> = self.types.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
-        writeln!(f, "{}: {}", self.name, if types.is_empty() { "nothing applied".into() } else { types.join(", ") })?;
+        let types: Vec<String> = self
+            .types
+            .iter()
+            .map(|(k, v)| format!("{k} ×{v}"))
+            .collect();
+        writeln!(
+            f,
+            "{}: {}",
+            self.name,
+            if types.is_empty() {
+                "nothing applied".into()
+            } else {
+                types.join(", ")
+            }
+        )?;
         match &self.family.family {
             Some(fam) => writeln!(f, "  family: {fam} ({})", self.family.evidence.join("; "))?,
             None => writeln!(f, "  family: not determined from shapes")?,
@@ -66,9 +82,18 @@ impl fmt::Display for AdapterReport {
         if let Some(h) = &self.family.metadata_hint {
             writeln!(f, "  metadata says: {h}")?;
         }
-        writeln!(f, "  applied {} parameters, skipped {} keys", self.applied.len(), self.skipped.len())?;
+        writeln!(
+            f,
+            "  applied {} parameters, skipped {} keys",
+            self.applied.len(),
+            self.skipped.len()
+        )?;
         for a in &self.applied {
-            writeln!(f, "    + {:?} {} {:?} [{}] ×{}", a.component, a.param, a.shape, a.label, a.strength)?;
+            writeln!(
+                f,
+                "    + {:?} {} {:?} [{}] ×{}",
+                a.component, a.param, a.shape, a.label, a.strength
+            )?;
         }
         for s in &self.skipped {
             writeln!(f, "    - {}: {}", s.key, s.reason)?;

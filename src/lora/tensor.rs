@@ -24,7 +24,7 @@ impl Tensor {
     /// `[shape[0], prod(rest)]`: the `flat()` of lora-formats.md.
     pub fn rows_cols(&self) -> (usize, usize) {
         let rows = self.shape.first().copied().unwrap_or(1);
-        let cols = if rows == 0 { 0 } else { self.data.len() / rows };
+        let cols = self.data.len().checked_div(rows).unwrap_or(0);
         (rows, cols)
     }
 
@@ -132,7 +132,10 @@ mod tests {
     fn matmul_kron_invert_small() {
         let a = [1.0, 2.0, 3.0, 4.0];
         assert_eq!(matmul(&a, 2, 2, &[1.0, 0.0, 0.0, 1.0], 2), a.to_vec());
-        assert_eq!(kron(&[1.0, 2.0], 1, 2, &[1.0, 10.0], 2, 1), vec![1.0, 2.0, 10.0, 20.0]);
+        assert_eq!(
+            kron(&[1.0, 2.0], 1, 2, &[1.0, 10.0], 2, 1),
+            vec![1.0, 2.0, 10.0, 20.0]
+        );
         let inv = invert(&a, 2).unwrap_or_default();
         let id = matmul(&a, 2, 2, &inv, 2);
         for (x, y) in id.iter().zip([1.0, 0.0, 0.0, 1.0]) {

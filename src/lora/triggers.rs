@@ -26,8 +26,12 @@ pub fn triggers(path: &Path, md: &BTreeMap<String, String>) -> Vec<String> {
 fn sidecar_words(path: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for ext in ["civitai.info", "json"] {
-        let Ok(text) = std::fs::read_to_string(path.with_extension(ext)) else { continue };
-        let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };
+        let Ok(text) = std::fs::read_to_string(path.with_extension(ext)) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
         if let Some(words) = v.get("trainedWords").and_then(Value::as_array) {
             for w in words.iter().filter_map(Value::as_str) {
                 out.extend(w.split(',').map(|s| s.trim().to_string()));
@@ -42,7 +46,9 @@ fn sidecar_words(path: &Path) -> Vec<String> {
 
 /// Inner tags of `{dir: {tag: count}}`, summed over folders, by count (then name).
 pub fn tag_frequency(json: &str) -> Vec<String> {
-    let Ok(Value::Object(dirs)) = serde_json::from_str::<Value>(json) else { return Vec::new() };
+    let Ok(Value::Object(dirs)) = serde_json::from_str::<Value>(json) else {
+        return Vec::new();
+    };
     let mut counts: BTreeMap<String, f64> = BTreeMap::new();
     for (_, tags) in dirs {
         if let Value::Object(tags) = tags {

@@ -20,17 +20,28 @@ pub fn apply(ctx: &Ctx, sdw: Vec<f32>) -> Result<Vec<f32>, DeltaError> {
     let n = m.numel();
     let out_axis = if m.shape.first() == Some(&o) && n == o {
         true
-    } else if n == i && m.shape.first().is_none_or(|&d| d == 1 || m.shape.len() == 1) {
+    } else if n == i
+        && m.shape
+            .first()
+            .is_none_or(|&d| d == 1 || m.shape.len() == 1)
+    {
         false
     } else {
-        return Err(DeltaError::Shape { what: "dora_scale".into(), got: m.shape.clone(), want: ctx.shape.to_vec() });
+        return Err(DeltaError::Shape {
+            what: "dora_scale".into(),
+            got: m.shape.clone(),
+            want: ctx.shape.to_vec(),
+        });
     };
     let v: Vec<f32> = w.iter().zip(&sdw).map(|(a, b)| a + b).collect();
     let mut g = vec![0.0f32; n];
     // Norms accumulate in f64; torch's f32 reduction differs by far less than the test tolerance.
     if out_axis {
         for (row, gr) in g.iter_mut().enumerate() {
-            let s: f64 = v[row * i * k..(row + 1) * i * k].iter().map(|x| f64::from(*x).powi(2)).sum();
+            let s: f64 = v[row * i * k..(row + 1) * i * k]
+                .iter()
+                .map(|x| f64::from(*x).powi(2))
+                .sum();
             *gr = s.sqrt() as f32;
         }
     } else {
@@ -44,14 +55,21 @@ pub fn apply(ctx: &Ctx, sdw: Vec<f32>) -> Result<Vec<f32>, DeltaError> {
     }
     for (gv, mv) in g.iter_mut().zip(&m.data) {
         let ratio = mv / (*gv + EPS);
-        *gv = if ctx.mu == 1.0 { ratio } else { ctx.mu * (ratio - 1.0) + 1.0 };
+        *gv = if ctx.mu == 1.0 {
+            ratio
+        } else {
+            ctx.mu * (ratio - 1.0) + 1.0
+        };
     }
-    Ok(v
-        .iter()
+    Ok(v.iter()
         .zip(w)
         .enumerate()
         .map(|(idx, (vv, wv))| {
-            let f = if out_axis { g[idx / (i * k)] } else { g[(idx / k) % i] };
+            let f = if out_axis {
+                g[idx / (i * k)]
+            } else {
+                g[(idx / k) % i]
+            };
             vv * f - wv
         })
         .collect())

@@ -7,11 +7,19 @@ pub type WeightBias = (Option<Vec<f32>>, Option<Vec<f32>>);
 
 /// A bias-shaped vector checked against the model's bias.
 pub(super) fn bias_delta(ctx: &Ctx, k: Kind, what: &str) -> Result<Option<Vec<f32>>, DeltaError> {
-    let Some(t) = ctx.t.get(k) else { return Ok(None) };
+    let Some(t) = ctx.t.get(k) else {
+        return Ok(None);
+    };
     match ctx.bias_shape {
         Some(bs) if bs.iter().product::<usize>() == t.numel() => Ok(Some(t.data.clone())),
-        Some(bs) => Err(DeltaError::Shape { what: what.into(), got: t.shape.clone(), want: bs.to_vec() }),
-        None => Err(DeltaError::Invalid(format!("{what} given but the model's module has no bias"))),
+        Some(bs) => Err(DeltaError::Shape {
+            what: what.into(),
+            got: t.shape.clone(),
+            want: bs.to_vec(),
+        }),
+        None => Err(DeltaError::Invalid(format!(
+            "{what} given but the model's module has no bias"
+        ))),
     }
 }
 

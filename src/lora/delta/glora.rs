@@ -20,19 +20,32 @@ pub fn delta(ctx: &Ctx) -> Result<Vec<f32>, DeltaError> {
     // New layout: a1 [I,r], a2 [r,I], b1 [O,r], b2 [r,I·k]. Old: a1 [r,I], a2 [I,r], b1 [r,I], b2 [O,r].
     let new = a1r == i && a2c == i && b1r == o && a1c == a2r && b1c == b2r;
     let (p, wb, r) = if new {
-        (matmul(&a1.data, i, a1c, &a2.data, i), matmul(&b1.data, o, b1c, &b2.data, b2c), a2r)
+        (
+            matmul(&a1.data, i, a1c, &a2.data, i),
+            matmul(&b1.data, o, b1c, &b2.data, b2c),
+            a2r,
+        )
     } else if a2r == i && a1c == i && b2r == o && b2c == b1r && k == 1 {
-        (matmul(&a2.data, i, a2c, &a1.data, i), matmul(&b2.data, o, b2c, &b1.data, b1c), a1r)
+        (
+            matmul(&a2.data, i, a2c, &a1.data, i),
+            matmul(&b2.data, o, b2c, &b1.data, b1c),
+            a1r,
+        )
     } else {
         return Err(DeltaError::Shape {
-            what: format!("GLoRA factors a1 {:?}, a2 {:?}, b1 {:?}, b2 {:?}", a1.shape, a2.shape, b1.shape, b2.shape),
+            what: format!(
+                "GLoRA factors a1 {:?}, a2 {:?}, b1 {:?}, b2 {:?}",
+                a1.shape, a2.shape, b1.shape, b2.shape
+            ),
             got: a1.shape.clone(),
             want: ctx.shape.to_vec(),
         });
     };
     ctx.fits("GLoRA b1@b2", &b2.shape, wb.len())?;
     // (W ×_in P)[o,j,k] = Σ_i W[o,i,k]·P[i,j]: move k next to o, multiply, move it back.
-    let wt: Vec<f32> = (0..o).flat_map(|row| transpose(&w[row * i * k..(row + 1) * i * k], i, k)).collect();
+    let wt: Vec<f32> = (0..o)
+        .flat_map(|row| transpose(&w[row * i * k..(row + 1) * i * k], i, k))
+        .collect();
     let wp = matmul(&wt, o * k, i, &p, i);
     let mut out = wb;
     for row in 0..o {

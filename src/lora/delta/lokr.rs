@@ -3,7 +3,7 @@
 //! Scale as LyCORIS: 1 when both factors are full, else `alpha/rank` with the rank of the decomposed
 //! factor (W2's wins, as in ComfyUI; LyCORIS uses one rank for both so they agree on its files).
 
-use super::lora::{scale_by, tucker};
+use super::lora::{scale_by, tucker, TuckerDims};
 use super::{Ctx, DeltaError};
 use crate::lora::keys::Kind;
 use crate::lora::tensor::{kron, matmul, transpose, Tensor};
@@ -13,7 +13,10 @@ fn product(a: &Tensor, b: &Tensor) -> Result<(Vec<f32>, usize, usize), DeltaErro
     let (m, ra) = a.rows_cols();
     let (rb, n) = b.rows_cols();
     if ra != rb {
-        return Err(DeltaError::Invalid(format!("LoKr factors {:?} @ {:?} do not chain", a.shape, b.shape)));
+        return Err(DeltaError::Invalid(format!(
+            "LoKr factors {:?} @ {:?} do not chain",
+            a.shape, b.shape
+        )));
     }
     Ok((matmul(&a.data, m, ra, &b.data, n), m, n))
 }
@@ -40,9 +43,27 @@ pub fn delta(ctx: &Ctx) -> Result<Vec<f32>, DeltaError> {
             let (rb, d) = y.rows_cols();
             let k: usize = t2.shape.iter().skip(2).product();
             if t2.shape.len() < 2 || t2.shape[0] != ra || t2.shape[1] != rb {
-                return Err(DeltaError::Invalid(format!("lokr_t2 {:?} does not match ranks {ra}/{rb}", t2.shape)));
+                return Err(DeltaError::Invalid(format!(
+                    "lokr_t2 {:?} does not match ranks {ra}/{rb}",
+                    t2.shape
+                )));
             }
-            (tucker(&transpose(&x.data, ra, bb), bb, ra, &t2.data, rb, k, &y.data, d), bb, d * k)
+            (
+                tucker(
+                    &transpose(&x.data, ra, bb),
+                    &t2.data,
+                    &y.data,
+                    TuckerDims {
+                        o: bb,
+                        r1: ra,
+                        r2: rb,
+                        k,
+                        i: d,
+                    },
+                ),
+                bb,
+                d * k,
+            )
         } else {
             product(x, y)?
         }

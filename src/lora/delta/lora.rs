@@ -6,9 +6,19 @@ use super::{Ctx, DeltaError};
 use crate::lora::keys::Kind;
 use crate::lora::tensor::{matmul, transpose, Tensor};
 
-/// `ΔW[o,i,k] = Σ_{p,q} B[o,p]·M[p,q,k]·A[q,i]`: Tucker rebuild shared by LoCon, LoHa and LoKr.
-/// `b` is `[o, r1]`, `m` is `[r1, r2, k]`, `a` is `[r2, i]`; result `[o, i, k]`.
-pub fn tucker(b: &[f32], o: usize, r1: usize, m: &[f32], r2: usize, k: usize, a: &[f32], i: usize) -> Vec<f32> {
+/// Sizes of a Tucker rebuild: `b` is `[o, r1]`, `m` is `[r1, r2, k]`, `a` is `[r2, i]`.
+#[derive(Debug, Clone, Copy)]
+pub struct TuckerDims {
+    pub o: usize,
+    pub r1: usize,
+    pub r2: usize,
+    pub k: usize,
+    pub i: usize,
+}
+
+/// `ΔW[o,i,k] = Σ_{p,q} B[o,p]·M[p,q,k]·A[q,i]`: Tucker rebuild shared by LoCon, LoHa and LoKr; result `[o, i, k]`.
+pub fn tucker(b: &[f32], m: &[f32], a: &[f32], d: TuckerDims) -> Vec<f32> {
+    let TuckerDims { o, r1, r2, k, i } = d;
     let bm = matmul(b, o, r1, m, r2 * k); // [o, r2, k]
     let at = transpose(a, r2, i); // [i, r2]
     let mut out = Vec::with_capacity(o * i * k);
@@ -34,9 +44,23 @@ pub fn delta(ctx: &Ctx) -> Result<Vec<f32>, DeltaError> {
         let (_, i) = down.rows_cols();
         let k: usize = mid.shape.iter().skip(2).product();
         if mid.shape.len() < 2 || mid.shape[0] != r || mid.shape[1] != r {
-            return Err(DeltaError::Invalid(format!("lora_mid {:?} does not match rank {r}", mid.shape)));
+            return Err(DeltaError::Invalid(format!(
+                "lora_mid {:?} does not match rank {r}",
+                mid.shape
+            )));
         }
-        let d = tucker(&up.data, o, r, &mid.data, r, k, &down.data, i);
+        let d = tucker(
+            &up.data,
+            &mid.data,
+            &down.data,
+            TuckerDims {
+                o,
+                r1: r,
+                r2: r,
+                k,
+                i,
+            },
+        );
         ctx.fits("LoCon (Tucker) product", &[o, i, k], d.len())?;
         return Ok(scale_by(d, ctx.scale(r)));
     }
@@ -47,7 +71,13 @@ pub fn delta(ctx: &Ctx) -> Result<Vec<f32>, DeltaError> {
     Ok(scale_by(d, ctx.scale(rr)))
 }
 
-fn truncate(down: &Tensor, up: &Tensor, r: usize, o: usize, dyn_rank: Option<usize>) -> (Vec<f32>, Vec<f32>, usize) {
+fn truncate(
+    down: &Tensor,
+    up: &Tensor,
+    r: usize,
+    o: usize,
+    dyn_rank: Option<usize>,
+) -> (Vec<f32>, Vec<f32>, usize) {
     let rr = dyn_rank.map_or(r, |d| d.clamp(1, r));
     if rr == r {
         return (down.data.clone(), up.data.clone(), r);

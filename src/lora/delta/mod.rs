@@ -12,8 +12,8 @@ pub mod dora;
 pub mod full;
 pub mod glora;
 pub mod ia3;
-pub mod lokr;
 pub mod loha;
+pub mod lokr;
 pub mod lora;
 pub mod norm;
 pub mod oft;
@@ -21,7 +21,11 @@ pub mod oft;
 #[derive(Debug, Error, PartialEq)]
 pub enum DeltaError {
     #[error("the adapter's {what} has shape {got:?}, which does not fit the model's {want:?}")]
-    Shape { what: String, got: Vec<usize>, want: Vec<usize> },
+    Shape {
+        what: String,
+        got: Vec<usize>,
+        want: Vec<usize>,
+    },
     #[error("missing tensor {0:?}")]
     Missing(Kind),
     #[error("this type needs the base weight, which the model did not provide")]
@@ -77,7 +81,11 @@ impl Ctx<'_> {
         if n == self.numel() {
             Ok(())
         } else {
-            Err(DeltaError::Shape { what: what.into(), got: got.to_vec(), want: self.shape.to_vec() })
+            Err(DeltaError::Shape {
+                what: what.into(),
+                got: got.to_vec(),
+                want: self.shape.to_vec(),
+            })
         }
     }
 }
@@ -106,21 +114,46 @@ pub fn compute(det: Detected, ctx: &Ctx) -> Result<Out, DeltaError> {
         _ => None,
     };
     if let Some(d) = additive {
-        let weight = if det.dora { dora::apply(ctx, d)? } else { scaled(d, ctx.mu) };
-        return Ok(Out { weight: Some(weight), bias: None });
+        let weight = if det.dora {
+            dora::apply(ctx, d)?
+        } else {
+            scaled(d, ctx.mu)
+        };
+        return Ok(Out {
+            weight: Some(weight),
+            bias: None,
+        });
     }
     Ok(match det.kind {
-        AdapterType::Glora => Out { weight: Some(scaled(glora::delta(ctx)?, ctx.mu)), bias: None },
-        AdapterType::DiagOft => Out { weight: Some(oft::diag(ctx)?), bias: None },
-        AdapterType::Boft => Out { weight: Some(oft::butterfly(ctx)?), bias: None },
-        AdapterType::Ia3 => Out { weight: Some(scaled(ia3::delta(ctx)?, ctx.mu)), bias: None },
+        AdapterType::Glora => Out {
+            weight: Some(scaled(glora::delta(ctx)?, ctx.mu)),
+            bias: None,
+        },
+        AdapterType::DiagOft => Out {
+            weight: Some(oft::diag(ctx)?),
+            bias: None,
+        },
+        AdapterType::Boft => Out {
+            weight: Some(oft::butterfly(ctx)?),
+            bias: None,
+        },
+        AdapterType::Ia3 => Out {
+            weight: Some(scaled(ia3::delta(ctx)?, ctx.mu)),
+            bias: None,
+        },
         AdapterType::Full => {
             let (w, b) = full::delta(ctx)?;
-            Out { weight: w.map(|w| scaled(w, ctx.mu)), bias: b.map(|b| scaled(b, ctx.mu)) }
+            Out {
+                weight: w.map(|w| scaled(w, ctx.mu)),
+                bias: b.map(|b| scaled(b, ctx.mu)),
+            }
         }
         AdapterType::Norm => {
             let (w, b) = norm::delta(ctx)?;
-            Out { weight: w.map(|w| scaled(w, ctx.mu)), bias: b.map(|b| scaled(b, ctx.mu)) }
+            Out {
+                weight: w.map(|w| scaled(w, ctx.mu)),
+                bias: b.map(|b| scaled(b, ctx.mu)),
+            }
         }
         AdapterType::Lora | AdapterType::LoHa | AdapterType::LoKr => Out::default(),
     })

@@ -20,7 +20,11 @@ fn rotations(ctx: &Ctx, t: &[f32], b: usize, o: usize) -> Result<Vec<Vec<f32>>, 
             }
         }
     }
-    let alpha = ctx.t.get(Kind::Alpha).and_then(|a| a.scalar()).unwrap_or(0.0);
+    let alpha = ctx
+        .t
+        .get(Kind::Alpha)
+        .and_then(|a| a.scalar())
+        .unwrap_or(0.0);
     let c = alpha * o as f32;
     if c > 0.0 {
         let norm = q.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt() as f32 + 1e-8;
@@ -37,7 +41,8 @@ fn rotations(ctx: &Ctx, t: &[f32], b: usize, o: usize) -> Result<Vec<Vec<f32>>, 
             plus[d * b + d] += 1.0;
             minus[d * b + d] += 1.0;
         }
-        let inv = invert(&minus, b).ok_or_else(|| DeltaError::Invalid("OFT block I−Q is singular".into()))?;
+        let inv = invert(&minus, b)
+            .ok_or_else(|| DeltaError::Invalid("OFT block I−Q is singular".into()))?;
         let mut r = matmul(&plus, b, b, &inv, b);
         if ctx.mu != 1.0 {
             r.iter_mut().for_each(|x| *x *= ctx.mu);
@@ -50,13 +55,24 @@ fn rotations(ctx: &Ctx, t: &[f32], b: usize, o: usize) -> Result<Vec<Vec<f32>>, 
     Ok(out)
 }
 
-fn rescale_and_diff(ctx: &Ctx, mut x: Vec<f32>, w: &[f32], cols: usize) -> Result<Vec<f32>, DeltaError> {
+fn rescale_and_diff(
+    ctx: &Ctx,
+    mut x: Vec<f32>,
+    w: &[f32],
+    cols: usize,
+) -> Result<Vec<f32>, DeltaError> {
     if let Some(rho) = ctx.t.get(Kind::Rescale) {
         if rho.numel() * cols != x.len() {
-            return Err(DeltaError::Shape { what: "rescale".into(), got: rho.shape.clone(), want: ctx.shape.to_vec() });
+            return Err(DeltaError::Shape {
+                what: "rescale".into(),
+                got: rho.shape.clone(),
+                want: ctx.shape.to_vec(),
+            });
         }
         for (row, s) in rho.data.iter().enumerate() {
-            x[row * cols..(row + 1) * cols].iter_mut().for_each(|v| *v *= s);
+            x[row * cols..(row + 1) * cols]
+                .iter_mut()
+                .for_each(|v| *v *= s);
         }
     }
     Ok(x.iter().zip(w).map(|(a, b)| a - b).collect())
@@ -72,16 +88,29 @@ pub fn diag(ctx: &Ctx) -> Result<Vec<f32>, DeltaError> {
     let t = ctx.get(Kind::OftBlocks)?;
     let (o, cols) = dims(ctx);
     let [n, b, b2] = t.shape[..] else {
-        return Err(DeltaError::Invalid(format!("oft_blocks {:?} is not [n, b, b]", t.shape)));
+        return Err(DeltaError::Invalid(format!(
+            "oft_blocks {:?} is not [n, b, b]",
+            t.shape
+        )));
     };
     if b != b2 || n * b != o {
-        return Err(DeltaError::Shape { what: "oft_blocks".into(), got: t.shape.clone(), want: ctx.shape.to_vec() });
+        return Err(DeltaError::Shape {
+            what: "oft_blocks".into(),
+            got: t.shape.clone(),
+            want: ctx.shape.to_vec(),
+        });
     }
     let rs = rotations(ctx, &t.data, b, o)?;
     let mut x = Vec::with_capacity(w.len());
     for (j, r) in rs.iter().enumerate() {
         let rt = transpose(r, b, b);
-        x.extend(matmul(&rt, b, b, &w[j * b * cols..(j + 1) * b * cols], cols));
+        x.extend(matmul(
+            &rt,
+            b,
+            b,
+            &w[j * b * cols..(j + 1) * b * cols],
+            cols,
+        ));
     }
     rescale_and_diff(ctx, x, w, cols)
 }
@@ -91,17 +120,26 @@ pub fn butterfly(ctx: &Ctx) -> Result<Vec<f32>, DeltaError> {
     let t = ctx.get(Kind::OftBlocks)?;
     let (o, cols) = dims(ctx);
     let [m, n, b, b2] = t.shape[..] else {
-        return Err(DeltaError::Invalid(format!("oft_blocks {:?} is not [m, n, b, b]", t.shape)));
+        return Err(DeltaError::Invalid(format!(
+            "oft_blocks {:?} is not [m, n, b, b]",
+            t.shape
+        )));
     };
     if b != b2 || n * b != o || b % 2 != 0 {
-        return Err(DeltaError::Shape { what: "BOFT oft_blocks".into(), got: t.shape.clone(), want: ctx.shape.to_vec() });
+        return Err(DeltaError::Shape {
+            what: "BOFT oft_blocks".into(),
+            got: t.shape.clone(),
+            want: ctx.shape.to_vec(),
+        });
     }
     let rs = rotations(ctx, &t.data, b, o)?;
     let mut x = w.to_vec();
     for l in 0..m {
         let k = (b / 2) << l;
         if o % (2 * k) != 0 {
-            return Err(DeltaError::Invalid(format!("BOFT level {l} does not divide {o} rows")));
+            return Err(DeltaError::Invalid(format!(
+                "BOFT level {l} does not divide {o} rows"
+            )));
         }
         // Row permutation π(c·2k + g·k + t) = c·2k + 2t + g, then block products, then π⁻¹.
         let perm = |row: usize| {
@@ -116,7 +154,13 @@ pub fn butterfly(ctx: &Ctx) -> Result<Vec<f32>, DeltaError> {
         }
         let mut z = Vec::with_capacity(y.len());
         for j in 0..n {
-            z.extend(matmul(&rs[l * n + j], b, b, &y[j * b * cols..(j + 1) * b * cols], cols));
+            z.extend(matmul(
+                &rs[l * n + j],
+                b,
+                b,
+                &y[j * b * cols..(j + 1) * b * cols],
+                cols,
+            ));
         }
         for row in 0..o {
             let from = perm(row);
