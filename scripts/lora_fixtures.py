@@ -50,9 +50,9 @@ def write_params(unet, te):
         json.dump(params, f)
 
 
-def record(name, refs, mus, note, strengths=None, ref_file=None):
+def record(name, refs, mus, note, strengths=None, ref_file=None, dyn=None):
     """refs: {mu: {(component, param): delta}}; saves NAME.ref.safetensors and a manifest row."""
-    MANIFEST.append(dict(name=name, mus=mus, note=note, strengths=strengths or {}, ref=ref_file or name))
+    MANIFEST.append(dict(name=name, mus=mus, note=note, strengths=strengths or {}, ref=ref_file or name, dyn=dyn))
     if ref_file is not None:
         return
     t = {}
@@ -220,6 +220,51 @@ def lyco_all(unet, te):
                  train_norm=True)
 
 
+def extra_fixtures(unet):
+    """DyLoRA file (LyCORIS dylora algo) with `dyn` truncation, and IA3 on the input axis."""
+    from lycoris.modules.ia3 import IA3Module
+    from lycoris.modules.locon import LoConModule
+    from safetensors.torch import load_file
+
+    mods = dict(unet.named_modules())
+    names = LIN[:2]
+    net = lyco_network(unet, names, "dylora", dim=4, alpha=2.0, block_size=1)
+    randomise(net, "dylora")
+    sd = {f"{lm.lora_name}.{k}": v.detach().clone() for lm in net.loras for k, v in lm.state_dict().items()}
+    save_file(sd, os.path.join(OUT, "lyco_dylora.safetensors"), {"ss_network_module": "lycoris.kohya"})
+    sd = load_file(os.path.join(OUT, "lyco_dylora.safetensors"))
+    # Truncation as kohya's extract_lora_from_dylora: first r rows of down, first r columns of up, alpha
+    # kept; the applied delta is then what LyCORIS's own LoCon module does with those factors.
+    for dyn in (None, 2):
+        d = {}
+        for n in names:
+            k = "lycoris_" + n.replace(".", "_")
+            up, down = sd[k + ".lora_up.weight"], sd[k + ".lora_down.weight"]
+            if dyn:
+                up, down = up[:, :dyn], down[:dyn]
+            lm = LoConModule.make_module_from_state_dict(k, mods[n], up, down, None, sd[k + ".alpha"], None)
+            d[("unet", n + ".weight")] = lyco_delta(lm, 1.0)[0]
+            BASE_USED[("unet", n + ".weight")] = mods[n].weight.detach().clone()
+        tag = "lyco_dylora" if dyn is None else f"lyco_dylora_dyn{dyn}"
+        if dyn is None:
+            record(tag, {"1.0": d}, ["1.0"], "lycoris dylora file, full rank")
+        else:
+            MANIFEST.append(dict(name="lyco_dylora", mus=["1.0"], note="dyn=2", strengths={}, ref=tag, dyn=dyn))
+            save_file({f"1.0/unet/{p}": v.contiguous() for (_, p), v in d.items()},
+                      os.path.join(OUT, tag + ".ref.safetensors"))
+
+    # IA3 with train_on_input: the weight scales input columns.
+    n = LIN[1]
+    lm = IA3Module("lycoris_" + n.replace(".", "_"), mods[n], 1.0, train_on_input=True)
+    with torch.no_grad():
+        lm.weight.copy_(rnd(lm.weight.shape, 0.2))
+    sd = {f"{lm.lora_name}.{k}": v.detach().clone() for k, v in lm.state_dict().items()}
+    save_file(sd, os.path.join(OUT, "lyco_ia3_input.safetensors"))
+    refs = {str(mu): {("unet", n + ".weight"): lyco_delta(lm, mu)[0]} for mu in (1.0, 0.5)}
+    BASE_USED[("unet", n + ".weight")] = mods[n].weight.detach().clone()
+    record("lyco_ia3_input", refs, ["1.0", "0.5"], "lycoris IA3Module(train_on_input=True)")
+
+
 # ---------------------------------------------------------------- LDM names
 
 def check_ldm_map(unet):
@@ -371,6 +416,7 @@ def main():
     write_params(unet, te)
     ldm_map = check_ldm_map(unet)
     lyco_all(unet, te)
+    extra_fixtures(unet)
     ldm_fixture(unet, ldm_map)
     peft_fixtures(unet, te)
     bad_files()

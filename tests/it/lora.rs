@@ -73,6 +73,8 @@ struct Entry {
     mus: Vec<String>,
     #[serde(rename = "ref")]
     reference: String,
+    #[serde(rename = "dyn", default)]
+    dyn_rank: Option<usize>,
 }
 
 #[test]
@@ -94,7 +96,11 @@ fn lora_matches_reference_tools() {
         let rel = if loose { 1e-4 } else { 1e-5 };
         for mu in &e.mus {
             let m: f32 = mu.parse().expect("mu");
-            let (deltas, report) = match run(&fx, &[(&adapter, Strengths::uniform(m))]) {
+            let strengths = Strengths {
+                dyn_rank: e.dyn_rank,
+                ..Strengths::uniform(m)
+            };
+            let (deltas, report) = match run(&fx, &[(&adapter, strengths)]) {
                 Ok(x) => x,
                 Err(err) => {
                     failures.push(format!("{} μ={mu}: {err}", e.name));
