@@ -147,8 +147,13 @@ fn pickle_kind(path: &Path, head: &[u8]) -> Option<String> {
 
 impl Adapter {
     /// Opens and validates a `.safetensors` adapter, memory-mapping its data.
-    pub fn open(path: impl AsRef<Path>) -> Result<Adapter, FileError> {
-        let path = path.as_ref().to_path_buf();
+    pub fn open(path: impl AsRef<Path>) -> Result<Adapter, super::LoraError> {
+        Ok(Self::open_file(path.as_ref())?)
+    }
+
+    /// [`Adapter::open`] with this module's own error type.
+    pub fn open_file(path: &Path) -> Result<Adapter, FileError> {
+        let path = path.to_path_buf();
         let io = |source| FileError::Io {
             path: path.clone(),
             source,

@@ -33,3 +33,27 @@ pub fn region(component: Component, name: &str) -> Region {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions() {
+        let r = |n| region(Component::Unet, n);
+        assert_eq!(r("down_blocks.1.attentions.0.proj_in.weight"), Region::In);
+        assert_eq!(r("conv_in.weight"), Region::In);
+        assert_eq!(r("time_embedding.linear_1.weight"), Region::In);
+        assert_eq!(r("mid_block.resnets.0.conv1.weight"), Region::Mid);
+        assert_eq!(r("up_blocks.0.upsamplers.0.conv.weight"), Region::Out);
+        assert_eq!(r("conv_out.weight"), Region::Out);
+        assert_eq!(r("conv_norm_out.bias"), Region::Out);
+        assert_eq!(
+            region(
+                Component::TextEncoder2,
+                "text_model.final_layer_norm.weight"
+            ),
+            Region::TextEncoder
+        );
+    }
+}

@@ -332,7 +332,17 @@ fn lora_inspect_reports_types_triggers_hashes() {
 
 #[test]
 fn lora_bench_workload_runs() {
-    let w = stipple::lora::bench::sd15_unet_lora(4);
+    let w = stipple::lora::bench::sd15_unet_lora(32);
+    let t = std::time::Instant::now();
     let d = stipple::lora::bench::run(&w).expect("runs");
+    eprintln!(
+        "SD1.5 rank-32 UNet LoRA, 192 modules: {:?} (test profile)",
+        t.elapsed()
+    );
     assert_eq!(d.by_param.len(), 192);
+    let q = &d.by_param[&(
+        Component::Unet,
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight".into(),
+    )];
+    assert_eq!(q.len(), 320 * 768);
 }
