@@ -80,7 +80,11 @@ pub fn guess(adapter: &Adapter) -> FamilyGuess {
 }
 
 /// Compares the adapter's widths with the model's; Err(message with the evidence) on a mismatch.
-pub fn check(g: &FamilyGuess, params: &[TargetParam]) -> Result<(), String> {
+pub fn check(
+    g: &FamilyGuess,
+    family: crate::family::Family,
+    params: &[TargetParam],
+) -> Result<(), String> {
     let model_width = |comp: Component, needle: &str| {
         params
             .iter()
@@ -92,10 +96,15 @@ pub fn check(g: &FamilyGuess, params: &[TargetParam]) -> Result<(), String> {
         model_width(Component::Unet, "attn2.to_k.weight"),
     ) {
         if a != m {
+            let facts = family.facts();
+            let model = if facts.context_dim == m {
+                facts.name
+            } else {
+                family_of_context(m)
+            };
             return Err(format!(
-                "adapter is for {} (cross-attention width {a}), the model is {} (width {m}); evidence: {}",
+                "adapter is for {} (cross-attention width {a}), the loaded model is {model} (width {m}); evidence: {}",
                 family_of_context(a),
-                family_of_context(m),
                 g.evidence.join("; ")
             ));
         }

@@ -184,7 +184,7 @@ pub fn compute_deltas(
     let mut guesses = Vec::with_capacity(adapters.len());
     for (a, _) in adapters {
         let g = family::guess(a);
-        family::check(&g, &model.params).map_err(|message| LoraError::Family {
+        family::check(&g, model.family, &model.params).map_err(|message| LoraError::Family {
             adapter: a.name(),
             message,
         })?;
