@@ -1,6 +1,7 @@
 //! One integration-test binary (one link step on 2 cores).
 mod cli;
 mod foundation;
+mod lora;
 mod pipeline_reference;
 mod prompt;
 mod util;
