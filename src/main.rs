@@ -249,7 +249,11 @@ fn cmd_doctor(cli: &Cli, a: &DoctorArgs) -> Result<()> {
         }
     }
     writeln!(s, "devices       cpu{}", gpu_list())?;
-    if !gpu_list().is_empty() || stipple::runtime::ep::providers().iter().any(|(n, a)| *a && n.starts_with("CUDA")) {
+    if !gpu_list().is_empty()
+        || stipple::runtime::ep::providers()
+            .iter()
+            .any(|(n, a)| *a && n.starts_with("CUDA"))
+    {
         let libs = stipple::runtime::cuda_libs::find();
         if libs.missing.is_empty() {
             writeln!(s, "CUDA libraries all {} found", libs.found.len())?;

@@ -55,7 +55,9 @@ fn candidate_dirs() -> Vec<PathBuf> {
     }
     for prefix in prefixes {
         for lib in ["lib", "lib64"] {
-            let Ok(rd) = std::fs::read_dir(prefix.join(lib)) else { continue };
+            let Ok(rd) = std::fs::read_dir(prefix.join(lib)) else {
+                continue;
+            };
             for e in rd.flatten() {
                 let name = e.file_name();
                 if !name.to_string_lossy().starts_with("python3") {
