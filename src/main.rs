@@ -329,11 +329,12 @@ fn cmd_doctor(cli: &Cli, a: &DoctorArgs) -> Result<()> {
         }
     }
     writeln!(s, "devices       cpu{}", gpu_list())?;
-    if !gpu_list().is_empty()
-        || stipple::runtime::ep::providers()
+    // Asking ort for providers without a loaded library would make it try (and panic) on its own.
+    let cuda_ep = ok
+        && stipple::runtime::ep::providers()
             .iter()
-            .any(|(n, a)| *a && n.starts_with("CUDA"))
-    {
+            .any(|(n, a)| *a && n.starts_with("CUDA"));
+    if !gpu_list().is_empty() || cuda_ep {
         let libs = stipple::runtime::cuda_libs::find();
         if libs.missing.is_empty() {
             writeln!(s, "CUDA libraries all {} found", libs.found.len())?;
