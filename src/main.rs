@@ -84,6 +84,9 @@ struct BenchArgs {
     /// Print the report as JSON
     #[arg(long)]
     json: bool,
+    /// Also measure an adapter swap (fuse) and the step time with it fused
+    #[arg(long, value_name = "FILE")]
+    lora: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -240,7 +243,7 @@ fn cmd_bench(cli: &Cli, a: &BenchArgs) -> Result<()> {
         (None, None) => None,
         _ => bail!("give both --width and --height, or neither"),
     };
-    let report = stipple::bench::run(&dir, rt, opts, size, a.repeats)
+    let report = stipple::bench::run(&dir, rt, opts, size, a.repeats, a.lora.as_deref())
         .with_context(|| format!("benchmark of {}", dir.display()))?;
     if a.json {
         emit(&format!("{}\n", serde_json::to_string(&report)?))
