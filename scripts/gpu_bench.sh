@@ -34,8 +34,10 @@ chmod +x "$BIN"
 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$OUT/gpumem.txt" 2>/dev/null &
 smi=$!
 "$BIN" generate --device cuda:0 --model "$MODEL" --prompt "a red fox <lora:synth32:0.8>" --lora-dir /tmp/loras \
-  --steps 20 --seed 1 --out "$OUT/img" --no-preview | tee "$OUT/generate.jsonl"
-"$BIN" bench --device cuda:0 --model "$MODEL" --lora /tmp/loras/synth32.safetensors --repeats ${REPEATS:-5} | tee "$OUT/bench.txt"
+  --steps 20 --seed 1 --out "$OUT/img" --no-preview > "$OUT/generate.jsonl" || echo "generate failed: $?"
+cat "$OUT/generate.jsonl"
+"$BIN" bench --device cuda:0 --model "$MODEL" --lora /tmp/loras/synth32.safetensors --repeats ${REPEATS:-5} > "$OUT/bench.txt" || echo "bench failed: $?"
+cat "$OUT/bench.txt"
 kill $smi 2>/dev/null || true
 echo "peak device memory: $(sort -n "$OUT/gpumem.txt" | tail -1) MiB" | tee -a "$OUT/summary.txt"
 if [ "${PROFILE:-1}" = 1 ]; then

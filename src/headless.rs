@@ -111,7 +111,7 @@ pub fn generate(generator: Generator, args: GenerateArgs) -> Result<Vec<PathBuf>
     if let Some(pb) = bar {
         pb.finish_and_clear();
     }
-    engine.shutdown();
+    engine.shutdown_and_wait();
     result.map(|()| saved)
 }
 
