@@ -1,1 +1,117 @@
-//! (being written)
+//! The terminal front end: prompt editing with live parse errors, a LoRA browser, a per-step
+//! schedule editor, the job queue and inline pictures. [`run`] takes over the terminal until quit.
+//! State lives in [`app::App`] (pure updates), drawing in [`view`], I/O in [`event_loop`].
+
+pub mod app;
+pub mod catalog;
+pub mod components;
+pub mod event_loop;
+pub mod keymap;
+pub mod lang;
+pub mod overlays;
+pub mod terminal;
+pub mod theme;
+pub mod view;
+
+use crate::config::{Config, Dirs, ImageProtocol};
+use crate::engine::EngineHandle;
+use crate::job::Event;
+use catalog::{FsCatalog, LoraCatalog};
+use ratatui_image::picker::{Picker, ProtocolType};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TuiError {
+    #[error("terminal: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Theme(#[from] theme::ThemeError),
+    #[error(transparent)]
+    Keymap(#[from] keymap::KeymapError),
+}
+
+/// What the TUI needs besides the engine.
+pub struct TuiOptions {
+    pub config: Config,
+    pub dirs: Dirs,
+    pub catalog: Box<dyn LoraCatalog>,
+}
+
+impl TuiOptions {
+    /// Adapters from the configured folders, checked against `model_family` (e.g. "sd15") if known.
+    pub fn new(config: Config, dirs: Dirs, model_family: Option<String>) -> TuiOptions {
+        let catalog = Box::new(FsCatalog {
+            folders: config.lora_folders.clone(),
+            model_family,
+        });
+        TuiOptions { config, dirs, catalog }
+    }
+}
+
+/// The picture protocol: the terminal's answer to a query unless the config names one.
+fn picker_for(protocol: ImageProtocol) -> Option<Picker> {
+    let queried = || Picker::from_query_stdio().unwrap_or_else(|_| Picker::halfblocks());
+    let forced = |p: ProtocolType| {
+        let mut picker = queried();
+        picker.set_protocol_type(p);
+        Some(picker)
+    };
+    match protocol {
+        ImageProtocol::Off => None,
+        ImageProtocol::Auto => Some(queried()),
+        ImageProtocol::Halfblocks => Some(Picker::halfblocks()),
+        ImageProtocol::Kitty => forced(ProtocolType::Kitty),
+        ImageProtocol::Sixel => forced(ProtocolType::Sixel),
+        ImageProtocol::Iterm2 => forced(ProtocolType::Iterm2),
+    }
+}
+
+/// Logs go to `<state dir>/stipple.log`, never to the screen. Returns the writer's guard, or
+/// `None` when a global subscriber was already installed by the caller.
+fn init_logging(dirs: &Dirs) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    std::fs::create_dir_all(&dirs.state).ok()?;
+    let (writer, guard) = tracing_appender::non_blocking(tracing_appender::rolling::never(&dirs.state, "stipple.log"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STIPPLE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_ansi(false)
+        .with_env_filter(filter)
+        .try_init()
+        .ok()
+        .map(|()| guard)
+}
+
+/// Runs the TUI until the user quits, then shuts the engine down. Call it without a stderr
+/// tracing subscriber installed (it logs to a file itself).
+pub fn run(opts: TuiOptions, engine: EngineHandle, mut events: UnboundedReceiver<Event>) -> Result<(), TuiError> {
+    let _log = init_logging(&opts.dirs);
+    let theme = theme::Theme::load(&opts.config.theme, Some(&opts.dirs.themes()))?;
+    let keymap = keymap::Keymap::with_overrides(&opts.config.keys)?;
+    let history_file = opts.dirs.data.join("history.jsonl");
+    let history = event_loop::load_history(&history_file, opts.config.history_size);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+    terminal::install_panic_hook();
+    let mut term = terminal::Term::enter()?;
+    // The query must happen before the event stream starts reading stdin.
+    let picker = picker_for(opts.config.image.protocol);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    let mut app = app::App::new(&opts.config, theme, keymap, picker, seed);
+    app.prompt.set_history(history);
+    app.update(app::Input::Catalog(opts.catalog.scan()));
+    let svc = event_loop::Services {
+        engine: &engine,
+        catalog: opts.catalog.as_ref(),
+        history_file: Some(history_file),
+    };
+    let result = runtime.block_on(async {
+        let input = crossterm::event::EventStream::new();
+        event_loop::run(&mut app, &mut term, input, &svc, &mut events).await
+    });
+    drop(term);
+    engine.shutdown();
+    tracing::info!("tui closed");
+    Ok(result?)
+}
