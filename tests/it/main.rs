@@ -1,1 +1,6 @@
 //! One integration-test binary (one link step on 2 cores).
+
+mod tui_config;
+mod tui_flows;
+mod tui_screens;
+mod tui_support;

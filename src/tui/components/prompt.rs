@@ -257,8 +257,7 @@ impl PromptEditor {
         let error_rows = u16::from(self.analysis.error.is_some() && inner.height > 2);
         let text_area = Rect { height: inner.height - error_rows, ..inner };
         self.width = text_area.width;
-        let text = self.buf.text();
-        let rows = layout(text, text_area.width);
+        let rows = layout(self.buf.text(), text_area.width);
         let crow = cursor_row(&rows, self.buf.cursor());
         let h = usize::from(text_area.height);
         if crow < self.buf.scroll {
@@ -266,6 +265,7 @@ impl PromptEditor {
         } else if crow >= self.buf.scroll + h {
             self.buf.scroll = crow + 1 - h;
         }
+        let text = self.buf.text();
         let paint = paint(text, &self.analysis, theme);
         let lines: Vec<Line> = rows
             .iter()
