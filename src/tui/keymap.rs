@@ -213,8 +213,8 @@ pub struct Binding {
     pub keys: Vec<KeyCombo>,
     pub action: Action,
     pub desc: &'static str,
-    /// Shown in the status bar when its context has focus.
-    pub hint: bool,
+    /// Short label for the status bar when its context has focus; empty for none.
+    pub hint: &'static str,
 }
 
 #[derive(Debug, Clone)]
@@ -222,87 +222,87 @@ pub struct Keymap {
     pub bindings: Vec<Binding>,
 }
 
-/// `(context, keys, action, description, status-bar hint)`; the single source of the defaults.
-const DEFAULTS: &[(Context, &str, Action, &str, bool)] = {
+/// `(context, keys, action, description, status-bar label)`; the single source of the defaults.
+const DEFAULTS: &[(Context, &str, Action, &str, &str)] = {
     use Action::*;
     use Context::*;
     &[
-        (Global, "F5 C-g", Submit, "submit the prompt to the queue", true),
-        (Global, "C-c F6", Interrupt, "interrupt the running job", true),
-        (Global, "F7", Skip, "skip the image being made", false),
-        (Global, "F1", Help, "show all key bindings", true),
-        (Global, "C-p", Palette, "command palette", false),
-        (Global, "Tab", FocusNext, "focus the next pane", false),
-        (Global, "BackTab", FocusPrev, "focus the previous pane", false),
-        (Global, "M-1", ViewGenerate, "generate view (prompt, queue, preview)", false),
-        (Global, "F2 M-2", ViewLoras, "LoRA browser", true),
-        (Global, "F3 M-3", ViewSchedule, "schedule editor for the tag at the cursor", true),
-        (Global, "F4 M-4", ViewSettings, "settings", true),
-        (Global, "Esc", Back, "close / back to the generate view", false),
-        (Global, "C-q", Quit, "quit (asks if jobs are running)", false),
-        (Global, "C-z", Suspend, "suspend to the shell (fg returns)", false),
-        (Global, "C-l", Redraw, "redraw the screen", false),
-        (Prompt, "Left", Left, "cursor left", false),
-        (Prompt, "Right", Right, "cursor right", false),
-        (Prompt, "Up", Up, "cursor up (history at the first line)", false),
-        (Prompt, "Down", Down, "cursor down (history at the last line)", false),
-        (Prompt, "M-b C-Left", WordLeft, "word left", false),
-        (Prompt, "M-f C-Right", WordRight, "word right", false),
-        (Prompt, "Home C-a", LineStart, "start of line", false),
-        (Prompt, "End C-e", LineEnd, "end of line", false),
-        (Prompt, "Backspace", Backspace, "delete before the cursor", false),
-        (Prompt, "Delete", Delete, "delete under the cursor", false),
-        (Prompt, "C-w M-Backspace", DeleteWord, "delete the word before the cursor", false),
-        (Prompt, "C-k", KillToEnd, "delete to the end of the line", false),
-        (Prompt, "C-u", KillToStart, "delete to the start of the line", false),
-        (Prompt, "Enter", Newline, "new line", false),
-        (Prompt, "M-z", Undo, "undo", true),
-        (Prompt, "C-y M-Z", Redo, "redo", false),
-        (Prompt, "M-p PageUp", HistoryPrev, "previous prompt from history", false),
-        (Prompt, "M-n PageDown", HistoryNext, "next prompt from history", false),
-        (Prompt, "M-Up M-=", StrengthUp, "raise the strength of the tag at the cursor", true),
-        (Prompt, "M-Down M--", StrengthDown, "lower the strength of the tag at the cursor", false),
-        (Queue, "Up k", SelectPrev, "previous job", false),
-        (Queue, "Down j", SelectNext, "next job", false),
-        (Queue, "Enter", Submit, "submit the prompt", true),
-        (Queue, "x Delete", Cancel, "cancel the selected job", true),
-        (Queue, "i", Interrupt, "interrupt the running job", true),
-        (Queue, "s", Skip, "skip the image being made", true),
-        (Queue, "q", Quit, "quit", false),
-        (Queue, "?", Help, "help", false),
-        (Gallery, "Up k", SelectPrev, "previous image", false),
-        (Gallery, "Down j", SelectNext, "next image", false),
-        (Gallery, "Enter", Show, "show in the preview", true),
-        (Gallery, "p", SendToPrompt, "send prompt and settings back to the editor", true),
-        (Gallery, "q", Quit, "quit", false),
-        (Gallery, "?", Help, "help", false),
-        (Loras, "Up", SelectPrev, "previous adapter", false),
-        (Loras, "Down", SelectNext, "next adapter", false),
-        (Loras, "Enter", Insert, "insert into the prompt", true),
-        (Loras, "Right", StrengthUp, "raise its strength in the prompt", true),
-        (Loras, "Left", StrengthDown, "lower its strength in the prompt", true),
-        (Loras, "C-r", Rescan, "rescan the LoRA folders", false),
-        (Schedule, "Left h", PrevPoint, "previous point", true),
-        (Schedule, "Right l", NextPoint, "next point", true),
-        (Schedule, "Up k", ValueUp, "value +0.05", true),
-        (Schedule, "Down j", ValueDown, "value -0.05", false),
-        (Schedule, "PageUp", ValueUpBig, "value +0.25", false),
-        (Schedule, "PageDown", ValueDownBig, "value -0.25", false),
-        (Schedule, "< ,", MoveLeft, "move the point earlier", true),
-        (Schedule, "> .", MoveRight, "move the point later", false),
-        (Schedule, "a Insert", AddPoint, "add a point after this one", true),
-        (Schedule, "d Delete", DeletePoint, "delete the point", true),
-        (Schedule, "Tab", NextComponent, "next component (te, unet, in, mid, out)", true),
-        (Schedule, "BackTab", PrevComponent, "previous component", false),
-        (Schedule, "[", PrevTag, "previous adapter in the prompt", false),
-        (Schedule, "]", NextTag, "next adapter in the prompt", false),
-        (Schedule, "c", MakeConstant, "make the curve constant", false),
-        (Settings, "Up k", SelectPrev, "previous setting", false),
-        (Settings, "Down j", SelectNext, "next setting", false),
-        (Settings, "Right l +", Increase, "increase / next choice", true),
-        (Settings, "Left h -", Decrease, "decrease / previous choice", true),
-        (Settings, "Enter Space", Toggle, "toggle / cycle", true),
-        (Settings, "r", RandomSeed, "new random seed", false),
+        (Global, "F5 C-g", Submit, "submit the prompt to the queue", "submit"),
+        (Global, "C-c F6", Interrupt, "interrupt the running job", "interrupt"),
+        (Global, "F7", Skip, "skip the image being made", ""),
+        (Global, "F1", Help, "show all key bindings", "help"),
+        (Global, "C-p", Palette, "command palette", ""),
+        (Global, "Tab", FocusNext, "focus the next pane", ""),
+        (Global, "BackTab", FocusPrev, "focus the previous pane", ""),
+        (Global, "M-1", ViewGenerate, "generate view (prompt, queue, preview)", ""),
+        (Global, "F2 M-2", ViewLoras, "LoRA browser", "LoRAs"),
+        (Global, "F3 M-3", ViewSchedule, "schedule editor for the tag at the cursor", "schedule"),
+        (Global, "F4 M-4", ViewSettings, "settings", "settings"),
+        (Global, "Esc", Back, "close / back to the generate view", ""),
+        (Global, "C-q", Quit, "quit (asks if jobs are running)", ""),
+        (Global, "C-z", Suspend, "suspend to the shell (fg returns)", ""),
+        (Global, "C-l", Redraw, "redraw the screen", ""),
+        (Prompt, "Left", Left, "cursor left", ""),
+        (Prompt, "Right", Right, "cursor right", ""),
+        (Prompt, "Up", Up, "cursor up (history at the first line)", ""),
+        (Prompt, "Down", Down, "cursor down (history at the last line)", ""),
+        (Prompt, "M-b C-Left", WordLeft, "word left", ""),
+        (Prompt, "M-f C-Right", WordRight, "word right", ""),
+        (Prompt, "Home C-a", LineStart, "start of line", ""),
+        (Prompt, "End C-e", LineEnd, "end of line", ""),
+        (Prompt, "Backspace", Backspace, "delete before the cursor", ""),
+        (Prompt, "Delete", Delete, "delete under the cursor", ""),
+        (Prompt, "C-w M-Backspace", DeleteWord, "delete the word before the cursor", ""),
+        (Prompt, "C-k", KillToEnd, "delete to the end of the line", ""),
+        (Prompt, "C-u", KillToStart, "delete to the start of the line", ""),
+        (Prompt, "Enter", Newline, "new line", ""),
+        (Prompt, "M-z", Undo, "undo", "undo"),
+        (Prompt, "C-y M-Z", Redo, "redo", ""),
+        (Prompt, "M-p PageUp", HistoryPrev, "previous prompt from history", ""),
+        (Prompt, "M-n PageDown", HistoryNext, "next prompt from history", ""),
+        (Prompt, "M-Up M-=", StrengthUp, "raise the strength of the tag at the cursor", "tag strength+"),
+        (Prompt, "M-Down M--", StrengthDown, "lower the strength of the tag at the cursor", ""),
+        (Queue, "Up k", SelectPrev, "previous job", ""),
+        (Queue, "Down j", SelectNext, "next job", ""),
+        (Queue, "Enter", Submit, "submit the prompt", "submit"),
+        (Queue, "x Delete", Cancel, "cancel the selected job", "cancel"),
+        (Queue, "i", Interrupt, "interrupt the running job", "interrupt"),
+        (Queue, "s", Skip, "skip the image being made", "skip"),
+        (Queue, "q", Quit, "quit", ""),
+        (Queue, "?", Help, "help", ""),
+        (Gallery, "Up k", SelectPrev, "previous image", ""),
+        (Gallery, "Down j", SelectNext, "next image", ""),
+        (Gallery, "Enter", Show, "show in the preview", "show"),
+        (Gallery, "p", SendToPrompt, "send prompt and settings back to the editor", "to prompt"),
+        (Gallery, "q", Quit, "quit", ""),
+        (Gallery, "?", Help, "help", ""),
+        (Loras, "Up", SelectPrev, "previous adapter", ""),
+        (Loras, "Down", SelectNext, "next adapter", ""),
+        (Loras, "Enter", Insert, "insert into the prompt", "insert"),
+        (Loras, "Right", StrengthUp, "raise its strength in the prompt", "strength+"),
+        (Loras, "Left", StrengthDown, "lower its strength in the prompt", "strength-"),
+        (Loras, "C-r", Rescan, "rescan the LoRA folders", ""),
+        (Schedule, "Left h", PrevPoint, "previous point", "prev"),
+        (Schedule, "Right l", NextPoint, "next point", "next"),
+        (Schedule, "Up k", ValueUp, "value +0.05", "value+"),
+        (Schedule, "Down j", ValueDown, "value -0.05", ""),
+        (Schedule, "PageUp", ValueUpBig, "value +0.25", ""),
+        (Schedule, "PageDown", ValueDownBig, "value -0.25", ""),
+        (Schedule, "< ,", MoveLeft, "move the point earlier", "move"),
+        (Schedule, "> .", MoveRight, "move the point later", ""),
+        (Schedule, "a Insert", AddPoint, "add a point after this one", "add"),
+        (Schedule, "d Delete", DeletePoint, "delete the point", "delete"),
+        (Schedule, "Tab", NextComponent, "next component (te, unet, in, mid, out)", "component"),
+        (Schedule, "BackTab", PrevComponent, "previous component", ""),
+        (Schedule, "[", PrevTag, "previous adapter in the prompt", ""),
+        (Schedule, "]", NextTag, "next adapter in the prompt", ""),
+        (Schedule, "c", MakeConstant, "make the curve constant", ""),
+        (Settings, "Up k", SelectPrev, "previous setting", ""),
+        (Settings, "Down j", SelectNext, "next setting", ""),
+        (Settings, "Right l +", Increase, "increase / next choice", "more"),
+        (Settings, "Left h -", Decrease, "decrease / previous choice", "less"),
+        (Settings, "Enter Space", Toggle, "toggle / cycle", "toggle"),
+        (Settings, "r", RandomSeed, "new random seed", ""),
     ]
 };
 
@@ -377,27 +377,13 @@ impl Keymap {
 
     /// Status-bar hints for the focused context, then the global ones.
     pub fn hints(&self, ctx: Context) -> Vec<(String, &'static str)> {
-        let ctx_hints = self.in_context(ctx).filter(|b| b.hint);
-        let global = self.in_context(Context::Global).filter(|b| b.hint);
+        let ctx_hints = self.in_context(ctx).filter(|b| !b.hint.is_empty());
+        let global = self.in_context(Context::Global).filter(|b| !b.hint.is_empty());
         ctx_hints
             .chain(global)
-            .filter_map(|b| b.keys.first().map(|k| (k.to_string(), short(b.desc))))
+            .filter_map(|b| b.keys.first().map(|k| (k.to_string(), b.hint)))
             .collect()
     }
-}
-
-/// The first words of a description, for the status bar.
-fn short(desc: &'static str) -> &'static str {
-    let mut words = 0;
-    for (i, c) in desc.char_indices() {
-        if c == ' ' {
-            words += 1;
-            if words == 2 {
-                return &desc[..i];
-            }
-        }
-    }
-    desc
 }
 
 #[cfg(test)]

@@ -117,7 +117,8 @@ fn draw_generate(app: &mut App, body: Rect, buf: &mut ratatui::buffer::Buffer) -
     let t = &app.theme;
     let c1 = app.prompt.render(p, buf, t, app.focus == Focus::Prompt);
     let c2 = app.negative.render(n, buf, t, app.focus == Focus::Negative);
-    buf.set_stringn(summary.x + 1, summary.y, app.settings.summary(), usize::from(summary.width.saturating_sub(1)), t.get("settings.value"));
+    let w = usize::from(summary.width.saturating_sub(1));
+    buf.set_stringn(summary.x + 1, summary.y, app.settings.summary(w), w, t.get("settings.value"));
     let spin = SPINNER[(app.ticks % 10) as usize];
     app.queue.render(q, buf, t, app.focus == Focus::Queue, spin);
     if let Some(r) = right {

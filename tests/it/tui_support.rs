@@ -150,7 +150,7 @@ pub fn busy_app() -> App {
         id: 1,
         index: 0,
         seed: 1001,
-        image: gradient(16, 16, 7),
+        image: gradient(256, 256, 7),
         infotext: "a watercolor fox\nNegative prompt: blurry, lowres\nSteps: 20, Sampler: Euler a, Seed: 1001".into(),
     }));
     app.update(Input::Engine(Event::Finished { id: 1 }));

@@ -170,13 +170,13 @@ impl Queue {
         // Keep the selection visible: show the window of entries ending at it.
         let first = (self.selected + 1).saturating_sub(room);
         for (i, e) in self.entries.iter().enumerate().skip(first).take(room) {
-            lines.push(entry_line(e, i == self.selected && focused, theme, spinner));
+            lines.push(entry_line(e, i == self.selected && focused, theme, spinner, inner.width));
         }
         Paragraph::new(lines).render(inner, buf);
     }
 }
 
-fn entry_line<'a>(e: &'a QueueEntry, selected: bool, theme: &Theme, spinner: char) -> Line<'a> {
+fn entry_line<'a>(e: &'a QueueEntry, selected: bool, theme: &Theme, spinner: char, width: u16) -> Line<'a> {
     let (mark, style, status) = match &e.state {
         JobState::Queued => ('·', theme.get("queue.queued"), "queued".to_string()),
         JobState::Running {
@@ -189,8 +189,8 @@ fn entry_line<'a>(e: &'a QueueEntry, selected: bool, theme: &Theme, spinner: cha
             spinner,
             theme.get("queue.running"),
             format!(
-                "img {}/{images} step {step}/{steps} {it_per_s:.1} it/s{}",
-                image + 1,
+                "{}step {step}/{steps} {it_per_s:.1} it/s{}",
+                if *images > 1 { format!("img {}/{images} ", image + 1) } else { String::new() },
                 e.eta_s().map(|s| format!(" ETA {}", fmt_secs(s))).unwrap_or_default()
             ),
         ),
@@ -198,10 +198,16 @@ fn entry_line<'a>(e: &'a QueueEntry, selected: bool, theme: &Theme, spinner: cha
         JobState::Failed(m) => ('✗', theme.get("queue.failed"), format!("failed: {m}")),
         JobState::Cancelled => ('-', theme.get("queue.cancelled"), "cancelled".into()),
     };
-    let prompt: String = e.job.prompt.replace('\n', " ").chars().take(24).collect();
+    // The status matters more than the prompt, which is on screen anyway: the prompt gets the rest.
+    let room = usize::from(width).saturating_sub(status.chars().count() + 8).clamp(4, 40);
+    let mut prompt: String = e.job.prompt.replace('\n', " ").chars().take(room).collect();
+    if e.job.prompt.chars().count() > room {
+        prompt.pop();
+        prompt.push('…');
+    }
     let line = Line::from(vec![
         Span::styled(format!("{mark} #{:<3}", e.id), style),
-        Span::raw(format!("{prompt:<24} ")),
+        Span::raw(format!("{prompt:<room$} ")),
         Span::styled(status, style),
     ]);
     if selected {

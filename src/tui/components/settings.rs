@@ -122,16 +122,28 @@ impl Settings {
         }
     }
 
-    /// One line for the status area of the generate view.
-    pub fn summary(&self) -> String {
+    /// One line for the generate view, shortened to fit `width`.
+    pub fn summary(&self, width: usize) -> String {
         let seed = match self.seed_mode {
             SeedMode::Random => "random".to_string(),
             SeedMode::Fixed => self.seed.to_string(),
             SeedMode::Reuse => "reuse".into(),
         };
-        format!(
+        let full = format!(
             "{} · {} steps · cfg {:.1} · {}×{} · seed {} · batch {}",
             self.sampler, self.steps, self.cfg, self.width, self.height, seed, self.batch
+        );
+        if full.chars().count() <= width {
+            return full;
+        }
+        let batch = if self.batch > 1 { format!(" ×{}", self.batch) } else { String::new() };
+        format!(
+            "{}, {} steps, cfg {}, {}×{}, seed {seed}{batch}",
+            self.sampler,
+            self.steps,
+            crate::tui::lang::fmt_num(self.cfg),
+            self.width,
+            self.height
         )
     }
 
