@@ -99,7 +99,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         // The embedded defaults are checked by a test, so this cannot fail in a released build.
-        load_layers(None, Some(HashMap::new()), &[]).unwrap_or_else(|e| panic!("built-in defaults: {e}"))
+        load_layers(None, Some(HashMap::new()), &[])
+            .unwrap_or_else(|e| panic!("built-in defaults: {e}"))
     }
 }
 
@@ -123,15 +124,31 @@ impl Config {
                 })
             }
         };
-        check((1..=1000).contains(&g.steps), "generation.steps", "must be 1..=1000")?;
-        check(g.cfg.is_finite() && g.cfg >= 0.0, "generation.cfg", "must be ≥ 0")?;
+        check(
+            (1..=1000).contains(&g.steps),
+            "generation.steps",
+            "must be 1..=1000",
+        )?;
+        check(
+            g.cfg.is_finite() && g.cfg >= 0.0,
+            "generation.cfg",
+            "must be ≥ 0",
+        )?;
         check(
             g.width % 8 == 0 && g.height % 8 == 0 && g.width >= 64 && g.height >= 64,
             "generation.width/height",
             "must be multiples of 8, at least 64",
         )?;
-        check((1..=64).contains(&g.batch), "generation.batch", "must be 1..=64")?;
-        check(g.seed >= -1, "generation.seed", "must be -1 (random) or a seed ≥ 0")
+        check(
+            (1..=64).contains(&g.batch),
+            "generation.batch",
+            "must be 1..=64",
+        )?;
+        check(
+            g.seed >= -1,
+            "generation.seed",
+            "must be -1 (random) or a seed ≥ 0",
+        )
     }
 }
 
@@ -165,7 +182,11 @@ impl Dirs {
             Err(_) => (fallback.clone(), fallback.clone(), fallback),
         };
         let config = std::env::var_os("STIPPLE_CONFIG_HOME").map_or(config, PathBuf::from);
-        Dirs { config, data, state }
+        Dirs {
+            config,
+            data,
+            state,
+        }
     }
 
     pub fn config_file(&self) -> PathBuf {
@@ -226,7 +247,11 @@ mod tests {
     fn layers_apply_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("config.toml");
-        std::fs::write(&file, "theme = \"light\"\n[generation]\nsteps = 30\ncfg = 5.0\n").unwrap();
+        std::fs::write(
+            &file,
+            "theme = \"light\"\n[generation]\nsteps = 30\ncfg = 5.0\n",
+        )
+        .unwrap();
         let env = HashMap::from([
             ("STIPPLE_GENERATION__STEPS".to_string(), "40".to_string()),
             ("STIPPLE_LORA_FOLDERS".to_string(), "/a,/b".to_string()),
@@ -235,14 +260,25 @@ mod tests {
         assert_eq!(c.theme, "light");
         assert_eq!(c.generation.steps, 40);
         assert_eq!(c.generation.cfg, 9.0);
-        assert_eq!(c.lora_folders, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(
+            c.lora_folders,
+            vec![PathBuf::from("/a"), PathBuf::from("/b")]
+        );
         assert_eq!(c.generation.width, 512);
     }
 
     #[test]
     fn bad_values_name_their_key() {
-        let c = load_layers(None, Some(HashMap::new()), &[("generation.sampler", "heun".into())]).unwrap();
+        let c = load_layers(
+            None,
+            Some(HashMap::new()),
+            &[("generation.sampler", "heun".into())],
+        )
+        .unwrap();
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("generation.sampler") && e.contains("heun"), "{e}");
+        assert!(
+            e.contains("generation.sampler") && e.contains("heun"),
+            "{e}"
+        );
     }
 }

@@ -45,7 +45,10 @@ pub enum Input {
     Paste(String),
     Engine(Event),
     /// The engine accepted a job the app asked for.
-    Submitted { id: JobId, job: Job },
+    Submitted {
+        id: JobId,
+        job: Job,
+    },
     Catalog(Vec<LoraEntry>),
     Tick,
     Resize,
@@ -105,7 +108,13 @@ const STRENGTH_STEP: f32 = 0.05;
 
 impl App {
     /// `seed` seeds the random job seeds, so tests are repeatable.
-    pub fn new(config: &Config, theme: Theme, keymap: Keymap, picker: Option<Picker>, seed: u64) -> App {
+    pub fn new(
+        config: &Config,
+        theme: Theme,
+        keymap: Keymap,
+        picker: Option<Picker>,
+        seed: u64,
+    ) -> App {
         App {
             theme,
             keymap,
@@ -233,7 +242,8 @@ impl App {
             } => {
                 self.last_seed = Some(seed);
                 let job = self.queue.get(id).map(|e| e.job.clone());
-                self.preview.show(image.clone(), format!("#{id}.{} seed {seed}", index + 1));
+                self.preview
+                    .show(image.clone(), format!("#{id}.{} seed {seed}", index + 1));
                 if let Some(job) = job {
                     self.gallery.push(GalleryItem {
                         job_id: id,
@@ -245,7 +255,9 @@ impl App {
                     });
                 }
             }
-            Event::Preview { id, step, preview, .. } => {
+            Event::Preview {
+                id, step, preview, ..
+            } => {
                 self.preview.show(preview, format!("#{id} step {step}"));
             }
             Event::Failed { id, message } => {
@@ -263,7 +275,9 @@ impl App {
             return self.on_overlay_key(key);
         }
         let ctx = self.context();
-        let plain = !key.modifiers.intersects(KeyModifiers::CONTROL | KeyModifiers::ALT);
+        let plain = !key
+            .modifiers
+            .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT);
         if ctx == Context::Prompt && plain {
             let names = self.names.clone();
             if self.editor().completion_key(key.code, &names) {
@@ -303,7 +317,9 @@ impl App {
 
     fn on_overlay_key(&mut self, key: KeyEvent) -> Vec<Effect> {
         let ctx = self.context();
-        let Some(top) = self.overlays.last_mut() else { return Vec::new() };
+        let Some(top) = self.overlays.last_mut() else {
+            return Vec::new();
+        };
         match top {
             Overlay::Help(h) => match key.code {
                 KeyCode::Up | KeyCode::Char('k') => h.scroll = h.scroll.saturating_sub(1),
@@ -326,7 +342,10 @@ impl App {
                     p.selected = 0;
                 }
                 KeyCode::Enter => {
-                    let chosen = p.entries(&self.keymap, ctx).get(p.selected).map(|e| (e.0, e.1));
+                    let chosen = p
+                        .entries(&self.keymap, ctx)
+                        .get(p.selected)
+                        .map(|e| (e.0, e.1));
                     self.overlays.pop();
                     if let Some((c, action)) = chosen {
                         return self.apply(c, action);
@@ -371,15 +390,13 @@ impl App {
         let names = self.names.clone();
         match (ctx, action) {
             (_, A::Submit) => return self.submit(),
-            (Context::Queue, A::Cancel) => {
-                match self.queue.entries.get(self.queue.selected) {
-                    Some(e) if matches!(e.state, JobState::Queued | JobState::Running { .. }) => {
-                        return vec![Effect::Cancel(e.id)]
-                    }
-                    Some(_) => self.error("that job has already ended"),
-                    None => {}
+            (Context::Queue, A::Cancel) => match self.queue.entries.get(self.queue.selected) {
+                Some(e) if matches!(e.state, JobState::Queued | JobState::Running { .. }) => {
+                    return vec![Effect::Cancel(e.id)]
                 }
-            }
+                Some(_) => self.error("that job has already ended"),
+                None => {}
+            },
             (_, A::Interrupt) => {
                 if self.queue.running().is_some() {
                     self.info("interrupting…");
@@ -420,7 +437,10 @@ impl App {
             (_, A::Quit) => {
                 if self.queue.active() > 0 {
                     self.overlays.push(Overlay::Confirm(Confirm {
-                        question: format!("{} job(s) are queued or running. Quit anyway?", self.queue.active()),
+                        question: format!(
+                            "{} job(s) are queued or running. Quit anyway?",
+                            self.queue.active()
+                        ),
                         action: A::Quit,
                     }));
                 } else {
@@ -430,7 +450,11 @@ impl App {
             (_, A::Suspend) => return vec![Effect::Suspend],
             (_, A::Redraw) => return vec![Effect::Redraw],
             (Context::Prompt, A::StrengthUp | A::StrengthDown) => {
-                let d = if action == A::StrengthUp { STRENGTH_STEP } else { -STRENGTH_STEP };
+                let d = if action == A::StrengthUp {
+                    STRENGTH_STEP
+                } else {
+                    -STRENGTH_STEP
+                };
                 if let Err(e) = self.prompt.nudge_tag_at_cursor(d, &names) {
                     self.error(e);
                 }
@@ -454,7 +478,11 @@ impl App {
             (Context::Loras, A::SelectNext) => self.loras.select(1),
             (Context::Loras, A::Insert) => self.insert_lora(),
             (Context::Loras, A::StrengthUp | A::StrengthDown) => {
-                let d = if action == A::StrengthUp { STRENGTH_STEP } else { -STRENGTH_STEP };
+                let d = if action == A::StrengthUp {
+                    STRENGTH_STEP
+                } else {
+                    -STRENGTH_STEP
+                };
                 self.nudge_selected_lora(d);
             }
             (Context::Loras, A::Rescan) => return vec![Effect::RescanLoras],
@@ -485,7 +513,10 @@ impl App {
         if self.prompt.text().trim().is_empty() {
             return Err("the prompt is empty".into());
         }
-        for (which, ed) in [("prompt", &self.prompt), ("negative prompt", &self.negative)] {
+        for (which, ed) in [
+            ("prompt", &self.prompt),
+            ("negative prompt", &self.negative),
+        ] {
             if let Some(e) = &ed.analysis.error {
                 return Err(format!("fix the {which} first: {}", e.message));
             }
@@ -529,7 +560,9 @@ impl App {
     }
 
     fn send_to_prompt(&mut self) {
-        let Some(it) = self.gallery.selected().cloned() else { return };
+        let Some(it) = self.gallery.selected().cloned() else {
+            return;
+        };
         let names = self.names.clone();
         self.prompt.set_text(&it.job.prompt, &names);
         self.negative.set_text(&it.job.negative, &names);
@@ -543,11 +576,18 @@ impl App {
         s.seed_mode = SeedMode::Fixed;
         self.view = View::Generate;
         self.focus = Focus::Prompt;
-        self.info(format!("prompt and settings of #{}.{} restored (seed {})", it.job_id, it.index + 1, it.seed));
+        self.info(format!(
+            "prompt and settings of #{}.{} restored (seed {})",
+            it.job_id,
+            it.index + 1,
+            it.seed
+        ));
     }
 
     fn insert_lora(&mut self) {
-        let Some(e) = self.loras.current().cloned() else { return };
+        let Some(e) = self.loras.current().cloned() else {
+            return;
+        };
         if let crate::tui::catalog::Compat::No(why) = &e.compat {
             self.error(format!("{} cannot be used: {why}", e.name));
             return;
@@ -576,9 +616,17 @@ impl App {
     }
 
     fn nudge_selected_lora(&mut self, d: f32) {
-        let Some(name) = self.loras.current().map(|e| e.name.clone()) else { return };
+        let Some(name) = self.loras.current().map(|e| e.name.clone()) else {
+            return;
+        };
         let names = self.names.clone();
-        match self.prompt.analysis.tags.iter().position(|t| t.name == name) {
+        match self
+            .prompt
+            .analysis
+            .tags
+            .iter()
+            .position(|t| t.name == name)
+        {
             Some(i) => {
                 if let Err(e) = self.prompt.nudge_tag(i, d, &names) {
                     self.error(e);

@@ -66,18 +66,25 @@ impl LoraCatalog for FsCatalog {
             };
             for e in entries.flatten() {
                 let path = e.path();
-                if path.extension().is_some_and(|x| x.eq_ignore_ascii_case("safetensors")) {
+                if path
+                    .extension()
+                    .is_some_and(|x| x.eq_ignore_ascii_case("safetensors"))
+                {
                     out.push(read_entry(&path, self.model_family.as_deref()));
                 }
             }
         }
-        out.sort_by(|a, b| a.name.to_lowercase().cmp(&b.name.to_lowercase()));
+        out.sort_by_key(|e| e.name.to_lowercase());
         out
     }
 }
 
 fn read_entry(path: &Path, model_family: Option<&str>) -> LoraEntry {
-    let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("?").to_string();
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("?")
+        .to_string();
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let meta = header_metadata(path).unwrap_or_default();
     let get = |k: &str| meta.get(k).and_then(Value::as_str).map(str::to_string);
@@ -96,14 +103,26 @@ fn read_entry(path: &Path, model_family: Option<&str>) -> LoraEntry {
         .map(|f| normalise_family(&f));
     let rank = get("ss_network_dim").and_then(|d| d.parse().ok());
     let mut triggers: Vec<String> = get("modelspec.trigger_phrase")
-        .map(|t| t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+        .map(|t| {
+            t.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
         .unwrap_or_default();
     triggers.extend(sidecar_triggers(path));
     triggers.dedup();
-    let preview = ["png", "preview.png", "jpg", "preview.jpg", "webp", "preview.webp"]
-        .iter()
-        .map(|ext| path.with_extension(ext))
-        .find(|p| p.exists());
+    let preview = [
+        "png",
+        "preview.png",
+        "jpg",
+        "preview.jpg",
+        "webp",
+        "preview.webp",
+    ]
+    .iter()
+    .map(|ext| path.with_extension(ext))
+    .find(|p| p.exists());
     let compat = match (family.as_deref(), model_family) {
         (Some(f), Some(m)) if f == m => Compat::Yes,
         (Some(f), Some(m)) => Compat::No(format!("made for {f}, the model is {m}")),
@@ -157,7 +176,11 @@ fn sidecar_triggers(path: &Path) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(v) = read_json(&path.with_extension("json")) {
         if let Some(t) = v.get("activation text").and_then(Value::as_str) {
-            out.extend(t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()));
+            out.extend(
+                t.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty()),
+            );
         }
     }
     if let Some(v) = read_json(&path.with_extension("civitai.info")) {
@@ -183,7 +206,11 @@ mod tests {
         let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
         bytes.extend_from_slice(header);
         std::fs::write(dir.path().join("ink.safetensors"), &bytes).unwrap();
-        std::fs::write(dir.path().join("ink.json"), r#"{"activation text": "ink style, lineart"}"#).unwrap();
+        std::fs::write(
+            dir.path().join("ink.json"),
+            r#"{"activation text": "ink style, lineart"}"#,
+        )
+        .unwrap();
         std::fs::write(dir.path().join("ink.png"), b"").unwrap();
         std::fs::write(dir.path().join("junk.safetensors"), b"nope").unwrap();
         let cat = FsCatalog {

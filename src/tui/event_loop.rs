@@ -36,7 +36,12 @@ const FRAME: Duration = Duration::from_millis(16);
 const TICK: Duration = Duration::from_millis(250);
 
 /// Carries out `effects`; returns `false` once the app asked to quit.
-pub fn perform(app: &mut App, effects: Vec<Effect>, svc: &Services<'_>, screen: &mut dyn Screen) -> io::Result<bool> {
+pub fn perform(
+    app: &mut App,
+    effects: Vec<Effect>,
+    svc: &Services<'_>,
+    screen: &mut dyn Screen,
+) -> io::Result<bool> {
     for effect in effects {
         match effect {
             Effect::Submit(job) => {
@@ -80,14 +85,26 @@ fn append_history(path: &std::path::Path, text: &str) -> io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-    writeln!(f, "{}", serde_json::to_string(text).map_err(io::Error::other)?)
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(
+        f,
+        "{}",
+        serde_json::to_string(text).map_err(io::Error::other)?
+    )
 }
 
 /// Reads the history file written by [`perform`]; bad lines are skipped.
 pub fn load_history(path: &std::path::Path, limit: usize) -> Vec<String> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
-    let mut v: Vec<String> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
     if v.len() > limit {
         v.drain(..v.len() - limit);
     }

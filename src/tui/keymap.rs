@@ -96,7 +96,8 @@ pub struct KeyCombo {
 impl KeyCombo {
     /// Folds the ways terminals report the same key (Shift on a character, Shift on BackTab).
     pub fn from_event(ev: &KeyEvent) -> KeyCombo {
-        let mut mods = ev.modifiers & (KeyModifiers::CONTROL | KeyModifiers::ALT | KeyModifiers::SHIFT);
+        let mut mods =
+            ev.modifiers & (KeyModifiers::CONTROL | KeyModifiers::ALT | KeyModifiers::SHIFT);
         let code = match ev.code {
             KeyCode::Char(c) => {
                 mods.remove(KeyModifiers::SHIFT);
@@ -145,10 +146,16 @@ impl KeyCombo {
             "Left" => KeyCode::Left,
             "Right" => KeyCode::Right,
             "Space" => KeyCode::Char(' '),
-            f if f.len() > 1 && f.starts_with('F') => KeyCode::F(f[1..].parse().map_err(|_| bad())?),
+            f if f.len() > 1 && f.starts_with('F') => {
+                KeyCode::F(f[1..].parse().map_err(|_| bad())?)
+            }
             c if c.chars().count() == 1 => {
                 let ch = c.chars().next().ok_or_else(bad)?;
-                KeyCode::Char(if mods.contains(KeyModifiers::CONTROL) { ch.to_ascii_lowercase() } else { ch })
+                KeyCode::Char(if mods.contains(KeyModifiers::CONTROL) {
+                    ch.to_ascii_lowercase()
+                } else {
+                    ch
+                })
             }
             _ => return Err(bad()),
         };
@@ -203,7 +210,10 @@ pub enum KeymapError {
     #[error("[keys] {0:?}: no such action; write context.action, e.g. \"queue.cancel\"")]
     UnknownAction(String),
     #[error("[keys] {entry:?}: {source}")]
-    BadKey { entry: String, source: KeyParseError },
+    BadKey {
+        entry: String,
+        source: KeyParseError,
+    },
 }
 
 /// One line of the keymap: keys, what they do, and the words the help shows.
@@ -227,60 +237,180 @@ const DEFAULTS: &[(Context, &str, Action, &str, &str)] = {
     use Action::*;
     use Context::*;
     &[
-        (Global, "F5 C-g", Submit, "submit the prompt to the queue", "submit"),
-        (Global, "C-c F6", Interrupt, "interrupt the running job", "interrupt"),
+        (
+            Global,
+            "F5 C-g",
+            Submit,
+            "submit the prompt to the queue",
+            "submit",
+        ),
+        (
+            Global,
+            "C-c F6",
+            Interrupt,
+            "interrupt the running job",
+            "interrupt",
+        ),
         (Global, "F7", Skip, "skip the image being made", ""),
         (Global, "F1", Help, "show all key bindings", "help"),
         (Global, "C-p", Palette, "command palette", ""),
         (Global, "Tab", FocusNext, "focus the next pane", ""),
         (Global, "BackTab", FocusPrev, "focus the previous pane", ""),
-        (Global, "M-1", ViewGenerate, "generate view (prompt, queue, preview)", ""),
+        (
+            Global,
+            "M-1",
+            ViewGenerate,
+            "generate view (prompt, queue, preview)",
+            "",
+        ),
         (Global, "F2 M-2", ViewLoras, "LoRA browser", "LoRAs"),
-        (Global, "F3 M-3", ViewSchedule, "schedule editor for the tag at the cursor", "schedule"),
+        (
+            Global,
+            "F3 M-3",
+            ViewSchedule,
+            "schedule editor for the tag at the cursor",
+            "schedule",
+        ),
         (Global, "F4 M-4", ViewSettings, "settings", "settings"),
         (Global, "Esc", Back, "close / back to the generate view", ""),
         (Global, "C-q", Quit, "quit (asks if jobs are running)", ""),
-        (Global, "C-z", Suspend, "suspend to the shell (fg returns)", ""),
+        (
+            Global,
+            "C-z",
+            Suspend,
+            "suspend to the shell (fg returns)",
+            "",
+        ),
         (Global, "C-l", Redraw, "redraw the screen", ""),
         (Prompt, "Left", Left, "cursor left", ""),
         (Prompt, "Right", Right, "cursor right", ""),
-        (Prompt, "Up", Up, "cursor up (history at the first line)", ""),
-        (Prompt, "Down", Down, "cursor down (history at the last line)", ""),
+        (
+            Prompt,
+            "Up",
+            Up,
+            "cursor up (history at the first line)",
+            "",
+        ),
+        (
+            Prompt,
+            "Down",
+            Down,
+            "cursor down (history at the last line)",
+            "",
+        ),
         (Prompt, "M-b C-Left", WordLeft, "word left", ""),
         (Prompt, "M-f C-Right", WordRight, "word right", ""),
         (Prompt, "Home C-a", LineStart, "start of line", ""),
         (Prompt, "End C-e", LineEnd, "end of line", ""),
-        (Prompt, "Backspace", Backspace, "delete before the cursor", ""),
+        (
+            Prompt,
+            "Backspace",
+            Backspace,
+            "delete before the cursor",
+            "",
+        ),
         (Prompt, "Delete", Delete, "delete under the cursor", ""),
-        (Prompt, "C-w M-Backspace", DeleteWord, "delete the word before the cursor", ""),
-        (Prompt, "C-k", KillToEnd, "delete to the end of the line", ""),
-        (Prompt, "C-u", KillToStart, "delete to the start of the line", ""),
+        (
+            Prompt,
+            "C-w M-Backspace",
+            DeleteWord,
+            "delete the word before the cursor",
+            "",
+        ),
+        (
+            Prompt,
+            "C-k",
+            KillToEnd,
+            "delete to the end of the line",
+            "",
+        ),
+        (
+            Prompt,
+            "C-u",
+            KillToStart,
+            "delete to the start of the line",
+            "",
+        ),
         (Prompt, "Enter", Newline, "new line", ""),
         (Prompt, "M-z", Undo, "undo", "undo"),
         (Prompt, "C-y M-Z", Redo, "redo", ""),
-        (Prompt, "M-p PageUp", HistoryPrev, "previous prompt from history", ""),
-        (Prompt, "M-n PageDown", HistoryNext, "next prompt from history", ""),
-        (Prompt, "M-Up M-=", StrengthUp, "raise the strength of the tag at the cursor", "tag strength+"),
-        (Prompt, "M-Down M--", StrengthDown, "lower the strength of the tag at the cursor", ""),
+        (
+            Prompt,
+            "M-p PageUp",
+            HistoryPrev,
+            "previous prompt from history",
+            "",
+        ),
+        (
+            Prompt,
+            "M-n PageDown",
+            HistoryNext,
+            "next prompt from history",
+            "",
+        ),
+        (
+            Prompt,
+            "M-Up M-=",
+            StrengthUp,
+            "raise the strength of the tag at the cursor",
+            "tag strength+",
+        ),
+        (
+            Prompt,
+            "M-Down M--",
+            StrengthDown,
+            "lower the strength of the tag at the cursor",
+            "",
+        ),
         (Queue, "Up k", SelectPrev, "previous job", ""),
         (Queue, "Down j", SelectNext, "next job", ""),
         (Queue, "Enter", Submit, "submit the prompt", "submit"),
-        (Queue, "x Delete", Cancel, "cancel the selected job", "cancel"),
-        (Queue, "i", Interrupt, "interrupt the running job", "interrupt"),
+        (
+            Queue,
+            "x Delete",
+            Cancel,
+            "cancel the selected job",
+            "cancel",
+        ),
+        (
+            Queue,
+            "i",
+            Interrupt,
+            "interrupt the running job",
+            "interrupt",
+        ),
         (Queue, "s", Skip, "skip the image being made", "skip"),
         (Queue, "q", Quit, "quit", ""),
         (Queue, "?", Help, "help", ""),
         (Gallery, "Up k", SelectPrev, "previous image", ""),
         (Gallery, "Down j", SelectNext, "next image", ""),
         (Gallery, "Enter", Show, "show in the preview", "show"),
-        (Gallery, "p", SendToPrompt, "send prompt and settings back to the editor", "to prompt"),
+        (
+            Gallery,
+            "p",
+            SendToPrompt,
+            "send prompt and settings back to the editor",
+            "to prompt",
+        ),
         (Gallery, "q", Quit, "quit", ""),
         (Gallery, "?", Help, "help", ""),
         (Loras, "Up", SelectPrev, "previous adapter", ""),
         (Loras, "Down", SelectNext, "next adapter", ""),
         (Loras, "Enter", Insert, "insert into the prompt", "insert"),
-        (Loras, "Right", StrengthUp, "raise its strength in the prompt", "strength+"),
-        (Loras, "Left", StrengthDown, "lower its strength in the prompt", "strength-"),
+        (
+            Loras,
+            "Right",
+            StrengthUp,
+            "raise its strength in the prompt",
+            "strength+",
+        ),
+        (
+            Loras,
+            "Left",
+            StrengthDown,
+            "lower its strength in the prompt",
+            "strength-",
+        ),
         (Loras, "C-r", Rescan, "rescan the LoRA folders", ""),
         (Schedule, "Left h", PrevPoint, "previous point", "prev"),
         (Schedule, "Right l", NextPoint, "next point", "next"),
@@ -290,17 +420,47 @@ const DEFAULTS: &[(Context, &str, Action, &str, &str)] = {
         (Schedule, "PageDown", ValueDownBig, "value -0.25", ""),
         (Schedule, "< ,", MoveLeft, "move the point earlier", "move"),
         (Schedule, "> .", MoveRight, "move the point later", ""),
-        (Schedule, "a Insert", AddPoint, "add a point after this one", "add"),
-        (Schedule, "d Delete", DeletePoint, "delete the point", "delete"),
-        (Schedule, "Tab", NextComponent, "next component (te, unet, in, mid, out)", "component"),
+        (
+            Schedule,
+            "a Insert",
+            AddPoint,
+            "add a point after this one",
+            "add",
+        ),
+        (
+            Schedule,
+            "d Delete",
+            DeletePoint,
+            "delete the point",
+            "delete",
+        ),
+        (
+            Schedule,
+            "Tab",
+            NextComponent,
+            "next component (te, unet, in, mid, out)",
+            "component",
+        ),
         (Schedule, "BackTab", PrevComponent, "previous component", ""),
         (Schedule, "[", PrevTag, "previous adapter in the prompt", ""),
         (Schedule, "]", NextTag, "next adapter in the prompt", ""),
         (Schedule, "c", MakeConstant, "make the curve constant", ""),
         (Settings, "Up k", SelectPrev, "previous setting", ""),
         (Settings, "Down j", SelectNext, "next setting", ""),
-        (Settings, "Right l +", Increase, "increase / next choice", "more"),
-        (Settings, "Left h -", Decrease, "decrease / previous choice", "less"),
+        (
+            Settings,
+            "Right l +",
+            Increase,
+            "increase / next choice",
+            "more",
+        ),
+        (
+            Settings,
+            "Left h -",
+            Decrease,
+            "decrease / previous choice",
+            "less",
+        ),
         (Settings, "Enter Space", Toggle, "toggle / cycle", "toggle"),
         (Settings, "r", RandomSeed, "new random seed", ""),
     ]
@@ -327,7 +487,9 @@ impl Default for Keymap {
 
 impl Keymap {
     /// Defaults with the user's `[keys]` entries applied; each entry replaces that action's keys.
-    pub fn with_overrides(overrides: &BTreeMap<String, Vec<String>>) -> Result<Keymap, KeymapError> {
+    pub fn with_overrides(
+        overrides: &BTreeMap<String, Vec<String>>,
+    ) -> Result<Keymap, KeymapError> {
         let mut map = Keymap::default();
         for (entry, keys) in overrides {
             let (ctx, action) = entry
@@ -360,7 +522,13 @@ impl Keymap {
                 .find(|b| b.ctx == c && b.keys.contains(&combo))
                 .map(|b| b.action)
         };
-        find(ctx).or_else(|| if ctx == Context::Global { None } else { find(Context::Global) })
+        find(ctx).or_else(|| {
+            if ctx == Context::Global {
+                None
+            } else {
+                find(Context::Global)
+            }
+        })
     }
 
     /// The first key bound to `action` in `ctx` (for hints such as "F3 schedule").
@@ -378,7 +546,9 @@ impl Keymap {
     /// Status-bar hints for the focused context, then the global ones.
     pub fn hints(&self, ctx: Context) -> Vec<(String, &'static str)> {
         let ctx_hints = self.in_context(ctx).filter(|b| !b.hint.is_empty());
-        let global = self.in_context(Context::Global).filter(|b| !b.hint.is_empty());
+        let global = self
+            .in_context(Context::Global)
+            .filter(|b| !b.hint.is_empty());
         ctx_hints
             .chain(global)
             .filter_map(|b| b.keys.first().map(|k| (k.to_string(), b.hint)))
@@ -394,7 +564,11 @@ mod tests {
     fn keys_parse_and_print() {
         for s in ["C-g", "F5", "M-z", "Enter", "?", "S-Up", "C-Left"] {
             let k = KeyCombo::parse(s).unwrap();
-            assert_eq!(KeyCombo::parse(&k.to_string().replace('↑', "Up").replace('←', "Left")).unwrap(), k, "{s}");
+            assert_eq!(
+                KeyCombo::parse(&k.to_string().replace('↑', "Up").replace('←', "Left")).unwrap(),
+                k,
+                "{s}"
+            );
         }
         assert!(KeyCombo::parse("X-q").is_err());
     }
@@ -404,7 +578,10 @@ mod tests {
         let map = Keymap::default();
         let ev = KeyEvent::new(KeyCode::Char('?'), KeyModifiers::SHIFT);
         assert_eq!(map.lookup(Context::Queue, &ev), Some(Action::Help));
-        let ev = KeyEvent::new(KeyCode::Char('G'), KeyModifiers::CONTROL | KeyModifiers::SHIFT);
+        let ev = KeyEvent::new(
+            KeyCode::Char('G'),
+            KeyModifiers::CONTROL | KeyModifiers::SHIFT,
+        );
         assert_eq!(map.lookup(Context::Prompt, &ev), Some(Action::Submit));
     }
 

@@ -21,8 +21,16 @@ impl Strength {
             Strength::Const(v) => *v,
             Strength::Schedule(points) => {
                 let x = step as f32;
-                let pos = |p: f32| if p <= 1.0 { p * steps.saturating_sub(1).max(1) as f32 } else { p };
-                let Some(first) = points.first() else { return 1.0 };
+                let pos = |p: f32| {
+                    if p <= 1.0 {
+                        p * steps.saturating_sub(1).max(1) as f32
+                    } else {
+                        p
+                    }
+                };
+                let Some(first) = points.first() else {
+                    return 1.0;
+                };
                 if x <= pos(first.1) {
                     return first.0;
                 }
@@ -53,7 +61,9 @@ impl Strength {
     pub fn from_points(points: Vec<(f32, f32)>) -> Strength {
         match points.first() {
             None => Strength::Const(1.0),
-            Some(first) if points.iter().all(|p| (p.0 - first.0).abs() < 1e-6) && points.len() <= 2 => {
+            Some(first)
+                if points.iter().all(|p| (p.0 - first.0).abs() < 1e-6) && points.len() <= 2 =>
+            {
                 Strength::Const(first.0)
             }
             Some(_) => Strength::Schedule(points),
@@ -72,7 +82,13 @@ pub enum Component {
 }
 
 impl Component {
-    pub const ALL: [Component; 5] = [Component::Te, Component::Unet, Component::In, Component::Mid, Component::Out];
+    pub const ALL: [Component; 5] = [
+        Component::Te,
+        Component::Unet,
+        Component::In,
+        Component::Mid,
+        Component::Out,
+    ];
 
     pub fn key(self) -> &'static str {
         match self {
@@ -133,7 +149,12 @@ impl LoraTag {
         if self.te == self.unet {
             let _ = write!(s, ":{}", fmt_strength(&self.unet));
         } else {
-            let _ = write!(s, ":te={}:unet={}", fmt_strength(&self.te), fmt_strength(&self.unet));
+            let _ = write!(
+                s,
+                ":te={}:unet={}",
+                fmt_strength(&self.te),
+                fmt_strength(&self.unet)
+            );
         }
         for (key, v) in [("in", &self.in_), ("mid", &self.mid), ("out", &self.out)] {
             if let Some(v) = v {
@@ -201,7 +222,9 @@ pub struct Analysis {
 impl Analysis {
     /// The tag whose span contains (or touches) byte `at`.
     pub fn tag_at(&self, at: usize) -> Option<usize> {
-        self.tags.iter().position(|t| t.span.start <= at && at <= t.span.end)
+        self.tags
+            .iter()
+            .position(|t| t.span.start <= at && at <= t.span.end)
     }
 }
 
@@ -229,7 +252,9 @@ pub fn analyze(text: &str) -> Analysis {
             }
             b'<' if text[i..].starts_with("<lora:") || text[i..].starts_with("<lyco:") => {
                 let rest = &text[i..];
-                let stop = rest.find(['>', '\n']).filter(|&e| rest.as_bytes()[e] == b'>');
+                let stop = rest
+                    .find(['>', '\n'])
+                    .filter(|&e| rest.as_bytes()[e] == b'>');
                 let inner_open = rest[1..].find('<').map(|p| p + 1);
                 match stop {
                     Some(e) if inner_open.is_none_or(|o| o > e) => {
@@ -316,7 +341,11 @@ fn parse_tag(text: &str, start: usize, end: usize) -> Result<TagParse, LangError
     }
     let (name_span, name) = fields[0].clone();
     if name.trim().is_empty() {
-        return Err(err(start..end, "the LoRA tag has no adapter name", Some("<lora:name:0.8>")));
+        return Err(err(
+            start..end,
+            "the LoRA tag has no adapter name",
+            Some("<lora:name:0.8>"),
+        ));
     }
     toks.push((name_span, Token::LoraName));
     let mut tag = LoraTag {
@@ -383,7 +412,13 @@ fn parse_strength(s: &str, span: Range<usize>) -> Result<Strength, LangError> {
             .parse::<f32>()
             .ok()
             .filter(|v| v.is_finite())
-            .ok_or_else(|| err(sp, format!("`{}` is not a number", t.trim()), Some("e.g. 0.8 or 0@0,1@0.5")))
+            .ok_or_else(|| {
+                err(
+                    sp,
+                    format!("`{}` is not a number", t.trim()),
+                    Some("e.g. 0.8 or 0@0,1@0.5"),
+                )
+            })
     };
     if !s.contains('@') && !s.contains(',') {
         return num(s, span).map(Strength::Const);
@@ -394,7 +429,11 @@ fn parse_strength(s: &str, span: Range<usize>) -> Result<Strength, LangError> {
         let sp = off..off + item.len();
         off += item.len() + 1;
         let (v, at) = item.split_once('@').ok_or_else(|| {
-            err(sp.clone(), "a schedule point needs a position", Some("write value@position, e.g. 0.5@0.3"))
+            err(
+                sp.clone(),
+                "a schedule point needs a position",
+                Some("write value@position, e.g. 0.5@0.3"),
+            )
         })?;
         let value = num(v, sp.start..sp.start + v.len())?;
         let pos = num(at, sp.start + v.len() + 1..sp.end)?;

@@ -44,7 +44,11 @@ impl TuiOptions {
             folders: config.lora_folders.clone(),
             model_family,
         });
-        TuiOptions { config, dirs, catalog }
+        TuiOptions {
+            config,
+            dirs,
+            catalog,
+        }
     }
 }
 
@@ -70,7 +74,10 @@ fn picker_for(protocol: ImageProtocol) -> Option<Picker> {
 /// `None` when a global subscriber was already installed by the caller.
 fn init_logging(dirs: &Dirs) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     std::fs::create_dir_all(&dirs.state).ok()?;
-    let (writer, guard) = tracing_appender::non_blocking(tracing_appender::rolling::never(&dirs.state, "stipple.log"));
+    let (writer, guard) = tracing_appender::non_blocking(tracing_appender::rolling::never(
+        &dirs.state,
+        "stipple.log",
+    ));
     let filter = tracing_subscriber::EnvFilter::try_from_env("STIPPLE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -84,13 +91,19 @@ fn init_logging(dirs: &Dirs) -> Option<tracing_appender::non_blocking::WorkerGua
 
 /// Runs the TUI until the user quits, then shuts the engine down. Call it without a stderr
 /// tracing subscriber installed (it logs to a file itself).
-pub fn run(opts: TuiOptions, engine: EngineHandle, mut events: UnboundedReceiver<Event>) -> Result<(), TuiError> {
+pub fn run(
+    opts: TuiOptions,
+    engine: EngineHandle,
+    mut events: UnboundedReceiver<Event>,
+) -> Result<(), TuiError> {
     let _log = init_logging(&opts.dirs);
     let theme = theme::Theme::load(&opts.config.theme, Some(&opts.dirs.themes()))?;
     let keymap = keymap::Keymap::with_overrides(&opts.config.keys)?;
     let history_file = opts.dirs.data.join("history.jsonl");
     let history = event_loop::load_history(&history_file, opts.config.history_size);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
     terminal::install_panic_hook();
     let mut term = terminal::Term::enter()?;
     // The query must happen before the event stream starts reading stdin.

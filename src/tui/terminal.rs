@@ -7,8 +7,8 @@ use crate::tui::event_loop::Screen;
 use crate::tui::view;
 use crossterm::event::{DisableBracketedPaste, EnableBracketedPaste};
 use crossterm::terminal::{
-    disable_raw_mode, enable_raw_mode, BeginSynchronizedUpdate, EndSynchronizedUpdate, EnterAlternateScreen,
-    LeaveAlternateScreen,
+    disable_raw_mode, enable_raw_mode, BeginSynchronizedUpdate, EndSynchronizedUpdate,
+    EnterAlternateScreen, LeaveAlternateScreen,
 };
 use crossterm::{cursor, execute};
 use ratatui::backend::CrosstermBackend;
@@ -27,7 +27,12 @@ fn setup() -> io::Result<()> {
 /// Puts the terminal back as the shell expects it; safe to call twice.
 pub fn restore() -> io::Result<()> {
     let r = disable_raw_mode();
-    execute!(io::stdout(), DisableBracketedPaste, LeaveAlternateScreen, cursor::Show)?;
+    execute!(
+        io::stdout(),
+        DisableBracketedPaste,
+        LeaveAlternateScreen,
+        cursor::Show
+    )?;
     r
 }
 
@@ -99,7 +104,10 @@ impl TestScreen {
 
 impl Screen for TestScreen {
     fn draw(&mut self, app: &mut App) -> io::Result<()> {
-        self.terminal.draw(|f| view::draw(f, app)).map(|_| ()).map_err(|e| match e {})
+        self.terminal
+            .draw(|f| view::draw(f, app))
+            .map(|_| ())
+            .map_err(|e| match e {})
     }
     fn suspend(&mut self) -> io::Result<()> {
         Ok(())

@@ -68,11 +68,17 @@ pub enum ThemeError {
     #[error("no theme named {0:?} (built in: dark, light, base16)")]
     NotFound(String),
     #[error("theme {name:?}: {source}")]
-    Toml { name: String, source: toml::de::Error },
+    Toml {
+        name: String,
+        source: toml::de::Error,
+    },
     #[error("theme {name:?}: {message}")]
     Invalid { name: String, message: String },
     #[error("reading theme {name:?}: {source}")]
-    Io { name: String, source: std::io::Error },
+    Io {
+        name: String,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -107,7 +113,10 @@ pub struct Theme {
 impl Theme {
     /// The style for `key`, falling back along its dotted prefixes; unknown keys get the default style.
     pub fn get(&self, key: &str) -> Style {
-        debug_assert!(KEYS.contains(&key), "style key {key:?} is not listed in theme::KEYS");
+        debug_assert!(
+            KEYS.contains(&key),
+            "style key {key:?} is not listed in theme::KEYS"
+        );
         let mut k = key;
         loop {
             if let Some(s) = self.styles.get(k) {

@@ -21,25 +21,43 @@ pub fn draw(frame: &mut Frame, app: &mut App) {
     let buf = frame.buffer_mut();
     buf.set_style(area, app.theme.get("ui"));
     if area.width < MIN_ANY.0 || area.height < MIN_ANY.1 {
-        let msg = format!("stipple needs at least {}×{} (now {}×{})", MIN_ANY.0, MIN_ANY.1, area.width, area.height);
-        Paragraph::new(msg).wrap(Wrap { trim: true }).render(area, buf);
+        let msg = format!(
+            "stipple needs at least {}×{} (now {}×{})",
+            MIN_ANY.0, MIN_ANY.1, area.width, area.height
+        );
+        Paragraph::new(msg)
+            .wrap(Wrap { trim: true })
+            .render(area, buf);
         return;
     }
-    let [header, body, status] =
-        Layout::vertical([Constraint::Length(1), Constraint::Min(1), Constraint::Length(1)]).areas(area);
+    let [header, body, status] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(1),
+        Constraint::Length(1),
+    ])
+    .areas(area);
     draw_header(app, header, buf);
     let cursor = match app.view {
         View::Generate => draw_generate(app, body, buf),
         View::Loras => {
-            let [p, rest] = Layout::vertical([Constraint::Length(5), Constraint::Min(3)]).areas(body);
+            let [p, rest] =
+                Layout::vertical([Constraint::Length(5), Constraint::Min(3)]).areas(body);
             app.prompt.render(p, buf, &app.theme, false);
-            app.loras.render(rest, buf, &app.theme, &app.prompt.analysis.tags);
+            app.loras
+                .render(rest, buf, &app.theme, &app.prompt.analysis.tags);
             None
         }
         View::Schedule => {
-            let [p, rest] = Layout::vertical([Constraint::Length(5), Constraint::Min(3)]).areas(body);
+            let [p, rest] =
+                Layout::vertical([Constraint::Length(5), Constraint::Min(3)]).areas(body);
             app.prompt.render(p, buf, &app.theme, false);
-            app.schedule.render(rest, buf, &app.theme, &app.prompt.analysis.tags, app.settings.steps);
+            app.schedule.render(
+                rest,
+                buf,
+                &app.theme,
+                &app.prompt.analysis.tags,
+                app.settings.steps,
+            );
             None
         }
         View::Settings => {
@@ -77,14 +95,21 @@ fn draw_header(app: &App, area: Rect, buf: &mut ratatui::buffer::Buffer) {
             .key_for(crate::tui::keymap::Context::Global, action)
             .map(|k| format!("{k} "))
             .unwrap_or_default();
-        let style = if app.view == v { t.get("ui.tab.active") } else { t.get("ui.tab") };
+        let style = if app.view == v {
+            t.get("ui.tab.active")
+        } else {
+            t.get("ui.tab")
+        };
         spans.push(Span::raw(" "));
         spans.push(Span::styled(format!("{key}{name}"), style));
     }
     let engine = match app.queue.running() {
         Some(r) => {
             let spin = SPINNER[(app.ticks % 10) as usize];
-            let eta = r.eta_s().map(|s| format!(" ETA {}", fmt_secs(s))).unwrap_or_default();
+            let eta = r
+                .eta_s()
+                .map(|s| format!(" ETA {}", fmt_secs(s)))
+                .unwrap_or_default();
             format!("{spin} #{} running{eta} ", r.id)
         }
         None if app.queue.active() > 0 => format!("{} queued ", app.queue.active()),
@@ -97,10 +122,15 @@ fn draw_header(app: &App, area: Rect, buf: &mut ratatui::buffer::Buffer) {
     buf.set_line(area.x, area.y, &Line::from(spans), area.width);
 }
 
-fn draw_generate(app: &mut App, body: Rect, buf: &mut ratatui::buffer::Buffer) -> Option<ratatui::layout::Position> {
+fn draw_generate(
+    app: &mut App,
+    body: Rect,
+    buf: &mut ratatui::buffer::Buffer,
+) -> Option<ratatui::layout::Position> {
     let full = body.width >= MIN_FULL.0 && body.height + 2 >= MIN_FULL.1;
     let (left, right) = if full {
-        let [l, r] = Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(body);
+        let [l, r] = Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)])
+            .areas(body);
         (l, Some(r))
     } else {
         (body, None)
@@ -118,13 +148,20 @@ fn draw_generate(app: &mut App, body: Rect, buf: &mut ratatui::buffer::Buffer) -
     let c1 = app.prompt.render(p, buf, t, app.focus == Focus::Prompt);
     let c2 = app.negative.render(n, buf, t, app.focus == Focus::Negative);
     let w = usize::from(summary.width.saturating_sub(1));
-    buf.set_stringn(summary.x + 1, summary.y, app.settings.summary(w), w, t.get("settings.value"));
+    buf.set_stringn(
+        summary.x + 1,
+        summary.y,
+        app.settings.summary(w),
+        w,
+        t.get("settings.value"),
+    );
     let spin = SPINNER[(app.ticks % 10) as usize];
     app.queue.render(q, buf, t, app.focus == Focus::Queue, spin);
     if let Some(r) = right {
         let [pv, g] = Layout::vertical([Constraint::Min(4), Constraint::Length(7)]).areas(r);
         app.preview.render(pv, buf, &app.theme, app.picker.as_ref());
-        app.gallery.render(g, buf, &app.theme, app.focus == Focus::Gallery);
+        app.gallery
+            .render(g, buf, &app.theme, app.focus == Focus::Gallery);
     }
     c1.or(c2)
 }
@@ -133,8 +170,18 @@ fn draw_status(app: &App, area: Rect, buf: &mut ratatui::buffer::Buffer) {
     let t = &app.theme;
     buf.set_style(area, t.get("ui.statusbar"));
     if let Some(s) = &app.status {
-        let style = if s.error { t.get("ui.message.error") } else { t.get("ui.message.info") };
-        buf.set_stringn(area.x + 1, area.y, &s.text, usize::from(area.width.saturating_sub(1)), style);
+        let style = if s.error {
+            t.get("ui.message.error")
+        } else {
+            t.get("ui.message.info")
+        };
+        buf.set_stringn(
+            area.x + 1,
+            area.y,
+            &s.text,
+            usize::from(area.width.saturating_sub(1)),
+            style,
+        );
         return;
     }
     let mut spans = Vec::new();

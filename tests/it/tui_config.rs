@@ -18,16 +18,34 @@ fn every_builtin_theme_defines_every_style() {
 #[test]
 fn user_themes_override_and_inherit() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("mine.toml"), "inherits = \"light\"\n[palette]\naccent = \"#ff0000\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("mine.toml"),
+        "inherits = \"light\"\n[palette]\naccent = \"#ff0000\"\n",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("dark.toml"), "inherits = \"base16\"\n").unwrap();
     let mine = Theme::load("mine", Some(dir.path())).unwrap();
-    assert_eq!(mine.get("ui.border.focused").fg, Some(ratatui::style::Color::Rgb(255, 0, 0)));
+    assert_eq!(
+        mine.get("ui.border.focused").fg,
+        Some(ratatui::style::Color::Rgb(255, 0, 0))
+    );
     let dark = Theme::load("dark", Some(dir.path())).unwrap();
-    assert_eq!(dark.get("ui.border").fg, Some(ratatui::style::Color::DarkGray), "user file wins by name");
+    assert_eq!(
+        dark.get("ui.border").fg,
+        Some(ratatui::style::Color::DarkGray),
+        "user file wins by name"
+    );
     std::fs::write(dir.path().join("loop.toml"), "inherits = \"loop\"\n").unwrap();
     assert!(Theme::load("loop", Some(dir.path())).is_err());
-    std::fs::write(dir.path().join("bad.toml"), "[styles]\n\"ui\" = \"nocolour\"\n").unwrap();
-    assert!(Theme::load("bad", Some(dir.path())).unwrap_err().to_string().contains("nocolour"));
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[styles]\n\"ui\" = \"nocolour\"\n",
+    )
+    .unwrap();
+    assert!(Theme::load("bad", Some(dir.path()))
+        .unwrap_err()
+        .to_string()
+        .contains("nocolour"));
     assert!(Theme::available(Some(dir.path())).contains(&"mine".to_string()));
 }
 

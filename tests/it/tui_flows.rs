@@ -16,7 +16,11 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 fn run_effects(app: &mut App, effects: Vec<Effect>, engine: &EngineHandle) -> bool {
     let cat = catalog();
-    let svc = Services { engine, catalog: &cat as &dyn LoraCatalog, history_file: None };
+    let svc = Services {
+        engine,
+        catalog: &cat as &dyn LoraCatalog,
+        history_file: None,
+    };
     let mut screen = TestScreen::new(80, 24);
     perform(app, effects, &svc, &mut screen).expect("perform")
 }
@@ -30,13 +34,23 @@ fn pump_until(app: &mut App, rx: &mut UnboundedReceiver<Event>, done: impl Fn(&A
                 app.update(Input::Engine(ev));
             }
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
-            Err(_) => panic!("timed out; queue: {:?}", app.queue.entries.iter().map(|e| &e.state).collect::<Vec<_>>()),
+            Err(_) => panic!(
+                "timed out; queue: {:?}",
+                app.queue
+                    .entries
+                    .iter()
+                    .map(|e| &e.state)
+                    .collect::<Vec<_>>()
+            ),
         }
     }
 }
 
 fn state(app: &App, id: u64) -> JobState {
-    app.queue.get(id).map(|e| e.state.clone()).expect("job in queue")
+    app.queue
+        .get(id)
+        .map(|e| e.state.clone())
+        .expect("job in queue")
 }
 
 #[test]
@@ -47,7 +61,10 @@ fn type_tag_adjust_schedule_submit_progress_interrupt() {
 
     // Completion from the catalog: typing the start of a name and Tab finishes the tag.
     type_text(&mut app, "a fox, <lora:ink");
-    assert_eq!(app.prompt.completion.as_ref().map(|c| c.items.clone()), Some(vec!["ink-style".to_string()]));
+    assert_eq!(
+        app.prompt.completion.as_ref().map(|c| c.items.clone()),
+        Some(vec!["ink-style".to_string()])
+    );
     press(&mut app, KeyCode::Tab);
     assert_eq!(app.prompt.text(), "a fox, <lora:ink-style:1>");
 
@@ -56,7 +73,11 @@ fn type_tag_adjust_schedule_submit_progress_interrupt() {
     key(&mut app, KeyCode::Up, KeyModifiers::ALT);
     assert_eq!(app.prompt.text(), "a fox, <lora:ink-style:1.1>");
     key(&mut app, KeyCode::Char('z'), KeyModifiers::ALT);
-    assert_eq!(app.prompt.text(), "a fox, <lora:ink-style:1.05>", "undo steps back one rewrite");
+    assert_eq!(
+        app.prompt.text(),
+        "a fox, <lora:ink-style:1.05>",
+        "undo steps back one rewrite"
+    );
 
     // Schedule editor: add a point after the first, lower it, move it later.
     press(&mut app, KeyCode::F(3));
@@ -66,7 +87,10 @@ fn type_tag_adjust_schedule_submit_progress_interrupt() {
         press(&mut app, KeyCode::Down);
     }
     press(&mut app, KeyCode::Char('>'));
-    assert_eq!(app.prompt.text(), "a fox, <lora:ink-style:te=1.05:unet=1.05@0,0.85@0.55,1.05@1>");
+    assert_eq!(
+        app.prompt.text(),
+        "a fox, <lora:ink-style:te=1.05:unet=1.05@0,0.85@0.55,1.05@1>"
+    );
     // The te curve is separate; the browser keys refuse a scheduled unet but te stays editable here.
     press(&mut app, KeyCode::BackTab);
     press(&mut app, KeyCode::Char('c'));
@@ -83,18 +107,33 @@ fn type_tag_adjust_schedule_submit_progress_interrupt() {
     for _ in 0..3 {
         gate.send(()).unwrap();
     }
-    pump_until(&mut app, &mut rx, |a| matches!(a.queue.get(id).map(|e| &e.state), Some(JobState::Running { step: 3, .. })));
+    pump_until(&mut app, &mut rx, |a| {
+        matches!(
+            a.queue.get(id).map(|e| &e.state),
+            Some(JobState::Running { step: 3, .. })
+        )
+    });
     let screen = render(&mut app, 80, 24);
     assert!(screen.contains("step 3/20"), "{screen}");
-    assert!(screen.contains("4.0 it/s") && screen.contains("ETA 4s"), "{screen}");
+    assert!(
+        screen.contains("4.0 it/s") && screen.contains("ETA 4s"),
+        "{screen}"
+    );
 
     // Ctrl-C interrupts; the runner sees it at its next step.
     let effects = key(&mut app, KeyCode::Char('c'), KeyModifiers::CONTROL);
     assert_eq!(effects, vec![Effect::Interrupt]);
     run_effects(&mut app, effects, &engine);
     gate.send(()).unwrap();
-    pump_until(&mut app, &mut rx, |a| a.queue.get(id).is_some_and(|e| e.state == JobState::Cancelled));
-    assert_eq!(app.prompt.history(), ["a fox, <lora:ink-style:te=1.05:unet=1.05@0,0.85@0.55,1.05@1>"]);
+    pump_until(&mut app, &mut rx, |a| {
+        a.queue
+            .get(id)
+            .is_some_and(|e| e.state == JobState::Cancelled)
+    });
+    assert_eq!(
+        app.prompt.history(),
+        ["a fox, <lora:ink-style:te=1.05:unet=1.05@0,0.85@0.55,1.05@1>"]
+    );
     engine.shutdown();
 }
 
@@ -105,7 +144,11 @@ fn lora_browser_inserts_and_adjusts_strength() {
     press(&mut app, KeyCode::F(2));
     type_text(&mut app, "ink");
     press(&mut app, KeyCode::Enter);
-    assert_eq!(app.prompt.text(), "portrait ink wash, <lora:ink-style:1>", "trigger words come with the tag");
+    assert_eq!(
+        app.prompt.text(),
+        "portrait ink wash, <lora:ink-style:1>",
+        "trigger words come with the tag"
+    );
     press(&mut app, KeyCode::Left);
     press(&mut app, KeyCode::Left);
     assert_eq!(app.prompt.text(), "portrait ink wash, <lora:ink-style:0.9>");
@@ -138,11 +181,15 @@ fn cancel_queued_and_failures_do_not_stop_the_queue() {
     let e = press(&mut app, KeyCode::Char('x'));
     assert_eq!(e, vec![Effect::Cancel(ids[2])]);
     run_effects(&mut app, e, &engine);
-    pump_until(&mut app, &mut rx, |a| state(a, ids[2]) == JobState::Cancelled);
+    pump_until(&mut app, &mut rx, |a| {
+        state(a, ids[2]) == JobState::Cancelled
+    });
 
     // The first fails: a popup, and the second still runs to the end.
     gate.send(()).unwrap();
-    pump_until(&mut app, &mut rx, |a| matches!(state(a, ids[0]), JobState::Failed(_)));
+    pump_until(&mut app, &mut rx, |a| {
+        matches!(state(a, ids[0]), JobState::Failed(_))
+    });
     assert!(render(&mut app, 80, 24).contains("the UNet exploded"));
     for _ in 0..20 {
         gate.send(()).unwrap();
@@ -178,7 +225,10 @@ fn history_and_undo_in_the_editor() {
     // Submitting with an error is refused with a message.
     type_text(&mut app, " <lora:x:1");
     assert!(press(&mut app, KeyCode::F(5)).is_empty());
-    assert!(app.status.as_ref().is_some_and(|s| s.error && s.text.contains("not closed")));
+    assert!(app
+        .status
+        .as_ref()
+        .is_some_and(|s| s.error && s.text.contains("not closed")));
 }
 
 #[test]
@@ -197,17 +247,25 @@ fn event_loop_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let history = dir.path().join("history.jsonl");
     let cat = catalog();
-    let svc = Services { engine: &engine, catalog: &cat as &dyn LoraCatalog, history_file: Some(history.clone()) };
+    let svc = Services {
+        engine: &engine,
+        catalog: &cat as &dyn LoraCatalog,
+        history_file: Some(history.clone()),
+    };
     let mut screen = TestScreen::new(80, 24);
     let (tx, mut input) = tokio::sync::mpsc::unbounded_channel();
     let send = |code: KeyCode, mods: KeyModifiers| {
-        tx.send(Ok(crossterm::event::Event::Key(KeyEvent::new(code, mods)))).unwrap();
+        tx.send(Ok(crossterm::event::Event::Key(KeyEvent::new(code, mods))))
+            .unwrap();
     };
     for c in "a red fox".chars() {
         send(KeyCode::Char(c), KeyModifiers::NONE);
     }
     send(KeyCode::F(5), KeyModifiers::NONE);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let stream = futures_util::stream::poll_fn(move |cx| input.poll_recv(cx));
         let main = stipple::tui::event_loop::run(&mut app, &mut screen, stream, &svc, &mut rx);

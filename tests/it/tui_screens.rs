@@ -44,7 +44,11 @@ fn lora_browser_marks_incompatible_adapters() {
     insta::assert_snapshot!("lora_browser_incompatible", screen);
     let before = app.prompt.text().to_string();
     press(&mut app, KeyCode::Enter);
-    assert_eq!(app.prompt.text(), before, "an incompatible adapter must not be inserted");
+    assert_eq!(
+        app.prompt.text(),
+        before,
+        "an incompatible adapter must not be inserted"
+    );
     assert!(app.status.as_ref().is_some_and(|s| s.error));
 }
 
@@ -73,10 +77,12 @@ fn parse_error_is_shown_at_its_span() {
 #[test]
 fn error_popup_over_the_queue() {
     let mut app = busy_app();
-    app.update(stipple::tui::app::Input::Engine(stipple::job::Event::Failed {
-        id: 2,
-        message: "CUDA out of memory while decoding".into(),
-    }));
+    app.update(stipple::tui::app::Input::Engine(
+        stipple::job::Event::Failed {
+            id: 2,
+            message: "CUDA out of memory while decoding".into(),
+        },
+    ));
     let screen = render(&mut app, 80, 24);
     assert!(screen.contains("Job #2 failed"), "{screen}");
     insta::assert_snapshot!("error_popup", screen);
@@ -102,5 +108,8 @@ fn screen_txt_is_current() {
         std::fs::write(path, &text).unwrap();
     }
     let on_disk = std::fs::read_to_string(path).unwrap_or_default();
-    assert_eq!(on_disk, text, "src/tui/SCREEN.txt is stale: rerun with STIPPLE_WRITE_SCREEN=1");
+    assert_eq!(
+        on_disk, text,
+        "src/tui/SCREEN.txt is stale: rerun with STIPPLE_WRITE_SCREEN=1"
+    );
 }

@@ -37,16 +37,28 @@ pub fn gradient(w: u32, h: u32, seed: u64) -> RgbImage {
     let mut pixels = Vec::with_capacity((w * h * 3) as usize);
     for y in 0..h {
         for x in 0..w {
-            pixels.extend_from_slice(&[(x * 255 / w.max(1)) as u8, (y * 255 / h.max(1)) as u8, (seed % 255) as u8]);
+            pixels.extend_from_slice(&[
+                (x * 255 / w.max(1)) as u8,
+                (y * 255 / h.max(1)) as u8,
+                (seed % 255) as u8,
+            ]);
         }
     }
-    RgbImage { width: w, height: h, pixels }
+    RgbImage {
+        width: w,
+        height: h,
+        pixels,
+    }
 }
 
 impl Runner for ScriptedRunner {
     fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome {
         let id = out.id;
-        out.send(Event::Started { id, images: job.batch, steps: job.steps });
+        out.send(Event::Started {
+            id,
+            images: job.batch,
+            steps: job.steps,
+        });
         for image in 0..job.batch {
             let mut skipped = false;
             for step in 1..=job.steps {
@@ -64,12 +76,23 @@ impl Runner for ScriptedRunner {
                     }
                     Stop::No => {}
                 }
-                out.send(Event::Step(Progress { id, image, step, steps: job.steps, it_per_s: 4.0 }));
+                out.send(Event::Step(Progress {
+                    id,
+                    image,
+                    step,
+                    steps: job.steps,
+                    it_per_s: 4.0,
+                }));
                 if job.prompt.contains("FAIL") {
                     return Outcome::Failed("scripted failure: the UNet exploded".into());
                 }
                 if step == job.steps / 2 {
-                    out.send(Event::Preview { id, image, step, preview: gradient(8, 8, 1) });
+                    out.send(Event::Preview {
+                        id,
+                        image,
+                        step,
+                        preview: gradient(8, 8, 1),
+                    });
                 }
             }
             if !skipped {
@@ -88,7 +111,13 @@ impl Runner for ScriptedRunner {
 }
 
 pub fn catalog() -> Vec<LoraEntry> {
-    let e = |name: &str, kind: &str, family: &str, rank: u32, size: u64, triggers: &[&str], compat: Compat| LoraEntry {
+    let e = |name: &str,
+             kind: &str,
+             family: &str,
+             rank: u32,
+             size: u64,
+             triggers: &[&str],
+             compat: Compat| LoraEntry {
         name: name.into(),
         path: format!("/loras/{name}.safetensors").into(),
         size,
@@ -100,15 +129,45 @@ pub fn catalog() -> Vec<LoraEntry> {
         compat,
     };
     vec![
-        e("ink-style", "LoRA", "sd15", 16, 37_800_000, &["ink wash"], Compat::Yes),
-        e("pixel-art", "LoCon", "sd15", 32, 75_500_000, &[], Compat::Unknown),
-        e("xl-detail", "LoRA", "sdxl", 64, 228_000_000, &["hyperdetailed"], Compat::No("made for sdxl, the model is sd15".into())),
+        e(
+            "ink-style",
+            "LoRA",
+            "sd15",
+            16,
+            37_800_000,
+            &["ink wash"],
+            Compat::Yes,
+        ),
+        e(
+            "pixel-art",
+            "LoCon",
+            "sd15",
+            32,
+            75_500_000,
+            &[],
+            Compat::Unknown,
+        ),
+        e(
+            "xl-detail",
+            "LoRA",
+            "sdxl",
+            64,
+            228_000_000,
+            &["hyperdetailed"],
+            Compat::No("made for sdxl, the model is sd15".into()),
+        ),
     ]
 }
 
 pub fn app() -> App {
     let theme = Theme::load("dark", None).expect("dark theme");
-    let mut app = App::new(&Config::default(), theme, Keymap::default(), Some(Picker::halfblocks()), 42);
+    let mut app = App::new(
+        &Config::default(),
+        theme,
+        Keymap::default(),
+        Some(Picker::halfblocks()),
+        42,
+    );
     app.update(Input::Catalog(catalog()));
     app
 }
@@ -136,16 +195,38 @@ pub fn render(app: &mut App, w: u16, h: u16) -> String {
 /// A state with a finished job (image in gallery and preview), a running one and a queued one.
 pub fn busy_app() -> App {
     let mut app = app();
-    type_text(&mut app, "a watercolor fox <lora:ink-style:0.8>, (autumn forest:1.2) BREAK soft morning light");
+    type_text(
+        &mut app,
+        "a watercolor fox <lora:ink-style:0.8>, (autumn forest:1.2) BREAK soft morning light",
+    );
     app.update(Input::Key(KeyEvent::new(KeyCode::Tab, KeyModifiers::NONE)));
     type_text(&mut app, "blurry, lowres");
-    app.update(Input::Key(KeyEvent::new(KeyCode::BackTab, KeyModifiers::NONE)));
+    app.update(Input::Key(KeyEvent::new(
+        KeyCode::BackTab,
+        KeyModifiers::NONE,
+    )));
     let job = app.build_job().expect("job");
     for id in 1..=3 {
-        app.update(Input::Submitted { id, job: Job { seed: 1000 + id, ..job.clone() } });
+        app.update(Input::Submitted {
+            id,
+            job: Job {
+                seed: 1000 + id,
+                ..job.clone()
+            },
+        });
     }
-    app.update(Input::Engine(Event::Started { id: 1, images: 1, steps: 20 }));
-    app.update(Input::Engine(Event::Step(Progress { id: 1, image: 0, step: 20, steps: 20, it_per_s: 5.0 })));
+    app.update(Input::Engine(Event::Started {
+        id: 1,
+        images: 1,
+        steps: 20,
+    }));
+    app.update(Input::Engine(Event::Step(Progress {
+        id: 1,
+        image: 0,
+        step: 20,
+        steps: 20,
+        it_per_s: 5.0,
+    })));
     app.update(Input::Engine(Event::Image {
         id: 1,
         index: 0,
@@ -154,7 +235,17 @@ pub fn busy_app() -> App {
         infotext: "a watercolor fox\nNegative prompt: blurry, lowres\nSteps: 20, Sampler: Euler a, Seed: 1001".into(),
     }));
     app.update(Input::Engine(Event::Finished { id: 1 }));
-    app.update(Input::Engine(Event::Started { id: 2, images: 1, steps: 20 }));
-    app.update(Input::Engine(Event::Step(Progress { id: 2, image: 0, step: 7, steps: 20, it_per_s: 2.5 })));
+    app.update(Input::Engine(Event::Started {
+        id: 2,
+        images: 1,
+        steps: 20,
+    }));
+    app.update(Input::Engine(Event::Step(Progress {
+        id: 2,
+        image: 0,
+        step: 7,
+        steps: 20,
+        it_per_s: 2.5,
+    })));
     app
 }

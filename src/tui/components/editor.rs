@@ -85,7 +85,10 @@ impl TextBuffer {
 
     /// Replaces `range` by `with` as one undoable step; the cursor lands after the new text.
     pub fn replace(&mut self, range: Range<usize>, with: &str) {
-        if range.end > self.text.len() || !self.text.is_char_boundary(range.start) || !self.text.is_char_boundary(range.end) {
+        if range.end > self.text.len()
+            || !self.text.is_char_boundary(range.start)
+            || !self.text.is_char_boundary(range.end)
+        {
             return;
         }
         self.checkpoint(EditKind::Other);
@@ -99,12 +102,20 @@ impl TextBuffer {
         let delta = with.len() as isize - range.len() as isize;
         let end = range.end;
         self.replace(range, with);
-        let c = if old >= end { (old as isize + delta).max(0) as usize } else { old };
+        let c = if old >= end {
+            (old as isize + delta).max(0) as usize
+        } else {
+            old
+        };
         self.set_cursor(c);
     }
 
     pub fn insert_char(&mut self, c: char) {
-        let kind = if c.is_whitespace() { EditKind::Other } else { EditKind::Typing };
+        let kind = if c.is_whitespace() {
+            EditKind::Other
+        } else {
+            EditKind::Typing
+        };
         self.checkpoint(kind);
         self.text.insert(self.cursor, c);
         self.cursor += c.len_utf8();
@@ -112,8 +123,14 @@ impl TextBuffer {
 
     /// Inserts pasted text as one step; CR LF and lone CR become LF, tabs become spaces.
     pub fn insert_str(&mut self, s: &str) {
-        let clean = s.replace("\r\n", "\n").replace('\r', "\n").replace('\t', " ");
-        let clean: String = clean.chars().filter(|c| *c == '\n' || !c.is_control()).collect();
+        let clean = s
+            .replace("\r\n", "\n")
+            .replace('\r', "\n")
+            .replace('\t', " ");
+        let clean: String = clean
+            .chars()
+            .filter(|c| *c == '\n' || !c.is_control())
+            .collect();
         if clean.is_empty() {
             return;
         }
@@ -123,11 +140,17 @@ impl TextBuffer {
     }
 
     fn prev_boundary(&self, at: usize) -> usize {
-        self.text[..at].char_indices().next_back().map_or(0, |(i, _)| i)
+        self.text[..at]
+            .char_indices()
+            .next_back()
+            .map_or(0, |(i, _)| i)
     }
 
     fn next_boundary(&self, at: usize) -> usize {
-        self.text[at..].chars().next().map_or(at, |c| at + c.len_utf8())
+        self.text[at..]
+            .chars()
+            .next()
+            .map_or(at, |c| at + c.len_utf8())
     }
 
     pub fn backspace(&mut self) {
@@ -171,16 +194,22 @@ impl TextBuffer {
 
     pub fn word_right(&mut self) {
         let after = &self.text[self.cursor..];
-        let skip = after.find(|c: char| c.is_alphanumeric()).unwrap_or(after.len());
+        let skip = after
+            .find(|c: char| c.is_alphanumeric())
+            .unwrap_or(after.len());
         let rest = &after[skip..];
-        let word = rest.find(|c: char| !c.is_alphanumeric()).unwrap_or(rest.len());
+        let word = rest
+            .find(|c: char| !c.is_alphanumeric())
+            .unwrap_or(rest.len());
         let c = self.cursor + skip + word;
         self.set_cursor(c);
     }
 
     fn line_bounds(&self) -> Range<usize> {
         let start = self.text[..self.cursor].rfind('\n').map_or(0, |i| i + 1);
-        let end = self.text[self.cursor..].find('\n').map_or(self.text.len(), |i| self.cursor + i);
+        let end = self.text[self.cursor..]
+            .find('\n')
+            .map_or(self.text.len(), |i| self.cursor + i);
         start..end
     }
 
@@ -203,7 +232,11 @@ impl TextBuffer {
 
     pub fn kill_to_end(&mut self) {
         let end = self.line_bounds().end;
-        let end = if end == self.cursor { self.next_boundary(end) } else { end };
+        let end = if end == self.cursor {
+            self.next_boundary(end)
+        } else {
+            end
+        };
         if end > self.cursor {
             self.replace(self.cursor..end, "");
         }
@@ -298,7 +331,9 @@ pub fn layout(text: &str, width: u16) -> Vec<Range<usize>> {
         for (i, c) in line.char_indices() {
             let w = c.width().unwrap_or(0);
             if acc + w > width && i > row_start {
-                let brk = last_space.filter(|&s| s + 1 > row_start && s + 1 < i + 1).map_or(i, |s| s + 1);
+                let brk = last_space
+                    .filter(|&s| s + 1 > row_start && s + 1 < i + 1)
+                    .map_or(i, |s| s + 1);
                 rows.push(base + row_start..base + brk);
                 row_start = brk;
                 acc = display_width(&line[row_start..i]);

@@ -42,12 +42,23 @@ impl Gallery {
     }
 
     pub fn render(&self, area: Rect, buf: &mut Buffer, theme: &Theme, focused: bool) {
-        let border = if focused { theme.get("ui.border.focused") } else { theme.get("ui.border") };
-        let title = if focused { theme.get("ui.title.focused") } else { theme.get("ui.title") };
+        let border = if focused {
+            theme.get("ui.border.focused")
+        } else {
+            theme.get("ui.border")
+        };
+        let title = if focused {
+            theme.get("ui.title.focused")
+        } else {
+            theme.get("ui.title")
+        };
         let block = Block::default()
             .borders(Borders::ALL)
             .border_style(border)
-            .title(Span::styled(format!(" Gallery ({}) ", self.items.len()), title));
+            .title(Span::styled(
+                format!(" Gallery ({}) ", self.items.len()),
+                title,
+            ));
         let inner = block.inner(area);
         block.render(area, buf);
         if self.items.is_empty() {
@@ -57,7 +68,7 @@ impl Gallery {
                 .render(inner, buf);
             return;
         }
-        let list_h = usize::from(inner.height).min(self.items.len()).min(3).max(1);
+        let list_h = usize::from(inner.height).min(self.items.len()).clamp(1, 3);
         let first = (self.selected + 1).saturating_sub(list_h);
         let mut lines: Vec<Line> = self
             .items
@@ -82,8 +93,13 @@ impl Gallery {
             })
             .collect();
         if let Some(it) = self.selected() {
-            lines.push(Line::styled(it.infotext.replace('\n', " ¶ "), theme.get("ui.text.muted")));
+            lines.push(Line::styled(
+                it.infotext.replace('\n', " ¶ "),
+                theme.get("ui.text.muted"),
+            ));
         }
-        Paragraph::new(lines).wrap(Wrap { trim: false }).render(inner, buf);
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .render(inner, buf);
     }
 }

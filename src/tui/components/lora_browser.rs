@@ -25,7 +25,11 @@ impl LoraBrowser {
 
     /// Names for `<lora:` completion: insertable adapters only.
     pub fn names(&self) -> Vec<String> {
-        self.entries.iter().filter(|e| e.insertable()).map(|e| e.name.clone()).collect()
+        self.entries
+            .iter()
+            .filter(|e| e.insertable())
+            .map(|e| e.name.clone())
+            .collect()
     }
 
     /// Entries matching the filter (case-insensitive substring of name, family or trigger words).
@@ -70,7 +74,8 @@ impl LoraBrowser {
 
     pub fn render(&self, area: Rect, buf: &mut Buffer, theme: &Theme, tags: &[LoraTag]) {
         let [list_area, detail_area] =
-            Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(area);
+            Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)])
+                .areas(area);
         let title = format!(" LoRAs — filter: {}▏ ", self.filter);
         let block = Block::default()
             .borders(Borders::ALL)
@@ -85,7 +90,10 @@ impl LoraBrowser {
             } else {
                 "nothing matches the filter"
             };
-            Paragraph::new(msg).wrap(Wrap { trim: true }).style(theme.get("ui.text.muted")).render(inner, buf);
+            Paragraph::new(msg)
+                .wrap(Wrap { trim: true })
+                .style(theme.get("ui.text.muted"))
+                .render(inner, buf);
         }
         let h = usize::from(inner.height);
         let first = (self.selected + 1).saturating_sub(h);
@@ -98,9 +106,25 @@ impl LoraBrowser {
             };
             let strength = in_prompt.map(|t| fmt_strength(&t.unet)).unwrap_or_default();
             let kind = e.kind.as_deref().unwrap_or("?");
-            let text = format!("{mark} {:<w$} {:>5} {:>6}", e.name, kind, strength, w = usize::from(inner.width).saturating_sub(16).max(4));
-            let style = if i == self.selected { theme.get("ui.selection") } else { style };
-            buf.set_stringn(inner.x, inner.y + row as u16, text, usize::from(inner.width), style);
+            let text = format!(
+                "{mark} {:<w$} {:>5} {:>6}",
+                e.name,
+                kind,
+                strength,
+                w = usize::from(inner.width).saturating_sub(16).max(4)
+            );
+            let style = if i == self.selected {
+                theme.get("ui.selection")
+            } else {
+                style
+            };
+            buf.set_stringn(
+                inner.x,
+                inner.y + row as u16,
+                text,
+                usize::from(inner.width),
+                style,
+            );
         }
         self.render_detail(detail_area, buf, theme);
     }
@@ -114,7 +138,9 @@ impl LoraBrowser {
         block.render(area, buf);
         let Some(e) = self.current() else { return };
         let muted = theme.get("ui.text.muted");
-        let field = |k: &'static str, v: String| Line::from(vec![Span::styled(format!("{k:<9}"), muted), Span::raw(v)]);
+        let field = |k: &'static str, v: String| {
+            Line::from(vec![Span::styled(format!("{k:<9}"), muted), Span::raw(v)])
+        };
         let unknown = || "unknown".to_string();
         let mut lines = vec![
             field("name", e.name.clone()),
@@ -124,7 +150,11 @@ impl LoraBrowser {
             field("size", human_size(e.size)),
             field(
                 "triggers",
-                if e.triggers.is_empty() { "none".into() } else { e.triggers.join(", ") },
+                if e.triggers.is_empty() {
+                    "none".into()
+                } else {
+                    e.triggers.join(", ")
+                },
             ),
             field(
                 "preview",
@@ -135,11 +165,19 @@ impl LoraBrowser {
             ),
         ];
         match &e.compat {
-            Compat::No(why) => lines.push(Line::styled(format!("✗ not insertable: {why}"), theme.get("lora.incompatible"))),
+            Compat::No(why) => lines.push(Line::styled(
+                format!("✗ not insertable: {why}"),
+                theme.get("lora.incompatible"),
+            )),
             Compat::Unknown => lines.push(Line::styled("? compatibility not known", muted)),
-            Compat::Yes => lines.push(Line::styled("✓ compatible with the model", theme.get("lora.in_prompt"))),
+            Compat::Yes => lines.push(Line::styled(
+                "✓ compatible with the model",
+                theme.get("lora.in_prompt"),
+            )),
         }
-        Paragraph::new(lines).wrap(Wrap { trim: false }).render(inner, buf);
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .render(inner, buf);
     }
 }
 

@@ -23,7 +23,10 @@ pub struct Preview {
 
 impl std::fmt::Debug for Preview {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Preview").field("caption", &self.caption).field("image", &self.image).finish()
+        f.debug_struct("Preview")
+            .field("caption", &self.caption)
+            .field("image", &self.image)
+            .finish()
     }
 }
 
@@ -39,7 +42,11 @@ impl Preview {
     }
 
     pub fn render(&mut self, area: Rect, buf: &mut Buffer, theme: &Theme, picker: Option<&Picker>) {
-        let title = if self.caption.is_empty() { " Preview ".to_string() } else { format!(" {} ", self.caption) };
+        let title = if self.caption.is_empty() {
+            " Preview ".to_string()
+        } else {
+            format!(" {} ", self.caption)
+        };
         let block = Block::default()
             .borders(Borders::ALL)
             .border_style(theme.get("ui.border"))
@@ -53,8 +60,14 @@ impl Preview {
             return;
         };
         let Some(picker) = picker else {
-            let text = format!("{}×{} image (pictures are off: image.protocol = \"off\")", img.width, img.height);
-            Paragraph::new(text).wrap(Wrap { trim: true }).style(theme.get("ui.text.muted")).render(inner, buf);
+            let text = format!(
+                "{}×{} image (pictures are off: image.protocol = \"off\")",
+                img.width, img.height
+            );
+            Paragraph::new(text)
+                .wrap(Wrap { trim: true })
+                .style(theme.get("ui.text.muted"))
+                .render(inner, buf);
             return;
         };
         if self.protocol.is_none() {
@@ -69,5 +82,6 @@ impl Preview {
 }
 
 fn to_dynamic(img: &RgbImage) -> Option<image::DynamicImage> {
-    image::RgbImage::from_raw(img.width, img.height, img.pixels.clone()).map(image::DynamicImage::ImageRgb8)
+    image::RgbImage::from_raw(img.width, img.height, img.pixels.clone())
+        .map(image::DynamicImage::ImageRgb8)
 }

@@ -87,23 +87,24 @@ impl PromptEditor {
     /// Re-parses after any change; cheap enough for prompt-sized text.
     pub fn refresh(&mut self, catalog: &[String]) {
         self.analysis = lang::analyze(self.buf.text());
-        self.completion = lang::completion_at(self.buf.text(), self.buf.cursor()).and_then(|range| {
-            let typed = self.buf.text()[range.clone()].to_lowercase();
-            let mut items: Vec<String> = catalog
-                .iter()
-                .filter(|n| n.to_lowercase().contains(&typed))
-                .cloned()
-                .collect();
-            // Prefix matches first: that is what people are usually typing.
-            items.sort_by_key(|n| !n.to_lowercase().starts_with(&typed));
-            items.truncate(8);
-            let keep = self.completion.as_ref().map_or(0, |c| c.selected);
-            (!items.is_empty()).then(|| Completion {
-                range,
-                selected: keep.min(items.len() - 1),
-                items,
-            })
-        });
+        self.completion =
+            lang::completion_at(self.buf.text(), self.buf.cursor()).and_then(|range| {
+                let typed = self.buf.text()[range.clone()].to_lowercase();
+                let mut items: Vec<String> = catalog
+                    .iter()
+                    .filter(|n| n.to_lowercase().contains(&typed))
+                    .cloned()
+                    .collect();
+                // Prefix matches first: that is what people are usually typing.
+                items.sort_by_key(|n| !n.to_lowercase().starts_with(&typed));
+                items.truncate(8);
+                let keep = self.completion.as_ref().map_or(0, |c| c.selected);
+                (!items.is_empty()).then(|| Completion {
+                    range,
+                    selected: keep.min(items.len() - 1),
+                    items,
+                })
+            });
     }
 
     pub fn set_text(&mut self, text: &str, catalog: &[String]) {
@@ -114,7 +115,9 @@ impl PromptEditor {
     /// Keys the completion menu takes while it is open; returns whether it used the key.
     pub fn completion_key(&mut self, code: crossterm::event::KeyCode, catalog: &[String]) -> bool {
         use crossterm::event::KeyCode;
-        let Some(c) = self.completion.as_mut() else { return false };
+        let Some(c) = self.completion.as_mut() else {
+            return false;
+        };
         match code {
             KeyCode::Up => c.selected = c.selected.checked_sub(1).unwrap_or(c.items.len() - 1),
             KeyCode::Down => c.selected = (c.selected + 1) % c.items.len(),
@@ -175,7 +178,11 @@ impl PromptEditor {
         }
         self.refresh(catalog);
         let changed = before != self.buf.text().len() || text_before != self.buf.text();
-        Some(if changed { EditOutcome::Changed } else { EditOutcome::Moved })
+        Some(if changed {
+            EditOutcome::Changed
+        } else {
+            EditOutcome::Moved
+        })
     }
 
     pub fn type_char(&mut self, c: char, catalog: &[String]) {
@@ -236,15 +243,31 @@ impl PromptEditor {
 
     /// Replaces tag `i` in the text by the printed form of `tag`, as one undo step.
     pub fn rewrite_tag(&mut self, i: usize, tag: &lang::LoraTag, catalog: &[String]) {
-        let Some(old) = self.analysis.tags.get(i) else { return };
+        let Some(old) = self.analysis.tags.get(i) else {
+            return;
+        };
         self.buf.replace_keep_cursor(old.span.clone(), &tag.print());
         self.refresh(catalog);
     }
 
     /// Draws the block with the highlighted text, the cursor, the error line and the menu.
-    pub fn render(&mut self, area: Rect, buf: &mut Buffer, theme: &Theme, focused: bool) -> Option<Position> {
-        let border = if focused { theme.get("ui.border.focused") } else { theme.get("ui.border") };
-        let title = if focused { theme.get("ui.title.focused") } else { theme.get("ui.title") };
+    pub fn render(
+        &mut self,
+        area: Rect,
+        buf: &mut Buffer,
+        theme: &Theme,
+        focused: bool,
+    ) -> Option<Position> {
+        let border = if focused {
+            theme.get("ui.border.focused")
+        } else {
+            theme.get("ui.border")
+        };
+        let title = if focused {
+            theme.get("ui.title.focused")
+        } else {
+            theme.get("ui.title")
+        };
         let block = Block::default()
             .borders(Borders::ALL)
             .border_style(border)
@@ -255,7 +278,10 @@ impl PromptEditor {
             return None;
         }
         let error_rows = u16::from(self.analysis.error.is_some() && inner.height > 2);
-        let text_area = Rect { height: inner.height - error_rows, ..inner };
+        let text_area = Rect {
+            height: inner.height - error_rows,
+            ..inner
+        };
         self.width = text_area.width;
         let rows = layout(self.buf.text(), text_area.width);
         let crow = cursor_row(&rows, self.buf.cursor());
@@ -273,9 +299,16 @@ impl PromptEditor {
             .take(h)
             .map(|r| styled_row(text, r.clone(), &paint))
             .collect();
-        Paragraph::new(lines).style(theme.get("prompt.text")).render(text_area, buf);
+        Paragraph::new(lines)
+            .style(theme.get("prompt.text"))
+            .render(text_area, buf);
         if text.is_empty() && !focused {
-            buf.set_string(text_area.x, text_area.y, "(empty)", theme.get("ui.text.muted"));
+            buf.set_string(
+                text_area.x,
+                text_area.y,
+                "(empty)",
+                theme.get("ui.text.muted"),
+            );
         }
         if let Some(e) = &self.analysis.error {
             if error_rows > 0 {
@@ -286,8 +319,14 @@ impl PromptEditor {
                     msg.push_str(h);
                 }
                 let y = inner.y + inner.height - 1;
-                Paragraph::new(Line::styled(msg, theme.get("prompt.error.message")))
-                    .render(Rect { y, height: 1, ..inner }, buf);
+                Paragraph::new(Line::styled(msg, theme.get("prompt.error.message"))).render(
+                    Rect {
+                        y,
+                        height: 1,
+                        ..inner
+                    },
+                    buf,
+                );
             }
         }
         let cx = display_width(&text[rows[crow].start..self.buf.cursor()]) as u16;
@@ -354,12 +393,26 @@ fn render_completion(c: &Completion, at: Position, bounds: Rect, buf: &mut Buffe
     let height = c.items.len() as u16;
     let x = at.x.min((bounds.x + bounds.width).saturating_sub(width));
     let below = at.y + 1;
-    let y = if below + height <= bounds.y + bounds.height { below } else { at.y.saturating_sub(height) };
+    let y = if below + height <= bounds.y + bounds.height {
+        below
+    } else {
+        at.y.saturating_sub(height)
+    };
     let area = Rect::new(x, y, width, height).intersection(*buf.area());
     Clear.render(area, buf);
     for (i, item) in c.items.iter().enumerate().take(usize::from(area.height)) {
-        let style = if i == c.selected { theme.get("prompt.completion.selected") } else { theme.get("prompt.completion") };
+        let style = if i == c.selected {
+            theme.get("prompt.completion.selected")
+        } else {
+            theme.get("prompt.completion")
+        };
         let line = format!(" {item:<w$} ", w = usize::from(width.saturating_sub(2)));
-        buf.set_stringn(area.x, area.y + i as u16, line, usize::from(area.width), style);
+        buf.set_stringn(
+            area.x,
+            area.y + i as u16,
+            line,
+            usize::from(area.width),
+            style,
+        );
     }
 }

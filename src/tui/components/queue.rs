@@ -77,7 +77,9 @@ impl Queue {
     }
 
     pub fn running(&self) -> Option<&QueueEntry> {
-        self.entries.iter().find(|e| matches!(e.state, JobState::Running { .. }))
+        self.entries
+            .iter()
+            .find(|e| matches!(e.state, JobState::Running { .. }))
     }
 
     pub fn active(&self) -> usize {
@@ -146,9 +148,24 @@ impl Queue {
         }
     }
 
-    pub fn render(&self, area: Rect, buf: &mut Buffer, theme: &Theme, focused: bool, spinner: char) {
-        let border = if focused { theme.get("ui.border.focused") } else { theme.get("ui.border") };
-        let title_style = if focused { theme.get("ui.title.focused") } else { theme.get("ui.title") };
+    pub fn render(
+        &self,
+        area: Rect,
+        buf: &mut Buffer,
+        theme: &Theme,
+        focused: bool,
+        spinner: char,
+    ) {
+        let border = if focused {
+            theme.get("ui.border.focused")
+        } else {
+            theme.get("ui.border")
+        };
+        let title_style = if focused {
+            theme.get("ui.title.focused")
+        } else {
+            theme.get("ui.title")
+        };
         let title = format!(" Queue ({} active) ", self.active());
         let block = Block::default()
             .borders(Borders::ALL)
@@ -164,19 +181,34 @@ impl Queue {
             lines.push(progress_line(r, inner.width, theme));
         }
         if self.entries.is_empty() {
-            lines.push(Line::styled("nothing queued — F5 submits the prompt", theme.get("ui.text.muted")));
+            lines.push(Line::styled(
+                "nothing queued — F5 submits the prompt",
+                theme.get("ui.text.muted"),
+            ));
         }
         let room = usize::from(inner.height).saturating_sub(lines.len());
         // Keep the selection visible: show the window of entries ending at it.
         let first = (self.selected + 1).saturating_sub(room);
         for (i, e) in self.entries.iter().enumerate().skip(first).take(room) {
-            lines.push(entry_line(e, i == self.selected && focused, theme, spinner, inner.width));
+            lines.push(entry_line(
+                e,
+                i == self.selected && focused,
+                theme,
+                spinner,
+                inner.width,
+            ));
         }
         Paragraph::new(lines).render(inner, buf);
     }
 }
 
-fn entry_line<'a>(e: &'a QueueEntry, selected: bool, theme: &Theme, spinner: char, width: u16) -> Line<'a> {
+fn entry_line<'a>(
+    e: &'a QueueEntry,
+    selected: bool,
+    theme: &Theme,
+    spinner: char,
+    width: u16,
+) -> Line<'a> {
     let (mark, style, status) = match &e.state {
         JobState::Queued => ('·', theme.get("queue.queued"), "queued".to_string()),
         JobState::Running {
@@ -190,16 +222,28 @@ fn entry_line<'a>(e: &'a QueueEntry, selected: bool, theme: &Theme, spinner: cha
             theme.get("queue.running"),
             format!(
                 "{}step {step}/{steps} {it_per_s:.1} it/s{}",
-                if *images > 1 { format!("img {}/{images} ", image + 1) } else { String::new() },
-                e.eta_s().map(|s| format!(" ETA {}", fmt_secs(s))).unwrap_or_default()
+                if *images > 1 {
+                    format!("img {}/{images} ", image + 1)
+                } else {
+                    String::new()
+                },
+                e.eta_s()
+                    .map(|s| format!(" ETA {}", fmt_secs(s)))
+                    .unwrap_or_default()
             ),
         ),
-        JobState::Done => ('✓', theme.get("queue.done"), format!("done, {} image(s)", e.images_done)),
+        JobState::Done => (
+            '✓',
+            theme.get("queue.done"),
+            format!("done, {} image(s)", e.images_done),
+        ),
         JobState::Failed(m) => ('✗', theme.get("queue.failed"), format!("failed: {m}")),
         JobState::Cancelled => ('-', theme.get("queue.cancelled"), "cancelled".into()),
     };
     // The status matters more than the prompt, which is on screen anyway: the prompt gets the rest.
-    let room = usize::from(width).saturating_sub(status.chars().count() + 8).clamp(4, 40);
+    let room = usize::from(width)
+        .saturating_sub(status.chars().count() + 8)
+        .clamp(4, 40);
     let mut prompt: String = e.job.prompt.replace('\n', " ").chars().take(room).collect();
     if e.job.prompt.chars().count() > room {
         prompt.pop();

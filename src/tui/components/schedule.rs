@@ -44,7 +44,10 @@ fn round2(v: f32) -> f32 {
 
 impl ScheduleEditor {
     pub fn cycle_component(&mut self, delta: isize) {
-        let i = Component::ALL.iter().position(|c| *c == self.component).unwrap_or(0) as isize;
+        let i = Component::ALL
+            .iter()
+            .position(|c| *c == self.component)
+            .unwrap_or(0) as isize;
         self.component = Component::ALL[(i + delta).rem_euclid(5) as usize];
         self.point = 0;
     }
@@ -68,13 +71,25 @@ impl ScheduleEditor {
             Edit::Value(d) => pts[p].0 = round2(pts[p].0 + d),
             Edit::Move(d) => {
                 let lo = if p == 0 { 0.0 } else { pts[p - 1].1 };
-                let hi = if p + 1 < n { pts[p + 1].1 } else { 1.0_f32.max(pts[p].1) };
+                let hi = if p + 1 < n {
+                    pts[p + 1].1
+                } else {
+                    1.0_f32.max(pts[p].1)
+                };
                 pts[p].1 = round2((pts[p].1 + d).clamp(lo, hi));
             }
             Edit::Add => {
                 let (v, at) = pts[p];
-                let at2 = if p + 1 < n { (at + pts[p + 1].1) / 2.0 } else { (at + 0.25).min(1.0) };
-                let v2 = if p + 1 < n { (v + pts[p + 1].0) / 2.0 } else { v };
+                let at2 = if p + 1 < n {
+                    (at + pts[p + 1].1) / 2.0
+                } else {
+                    (at + 0.25).min(1.0)
+                };
+                let v2 = if p + 1 < n {
+                    (v + pts[p + 1].0) / 2.0
+                } else {
+                    v
+                };
                 // A point past the last one at the end of the run would pile up: put it before.
                 let (v2, at2, idx) = if p + 1 >= n && at >= 1.0 {
                     let prev = if p > 0 { pts[p - 1].1 } else { 0.0 };
@@ -104,7 +119,12 @@ impl ScheduleEditor {
             }
         }
         let mut t = tag.clone();
-        let s = if matches!(strength, Strength::Const(_)) && n == 2 && pts[0].0 == pts[1].0 && pts[0].1 == 0.0 && pts[1].1 == 1.0 {
+        let s = if matches!(strength, Strength::Const(_))
+            && n == 2
+            && pts[0].0 == pts[1].0
+            && pts[0].1 == 0.0
+            && pts[1].1 == 1.0
+        {
             Strength::Const(pts[0].0)
         } else {
             Strength::Schedule(pts)
@@ -113,7 +133,14 @@ impl ScheduleEditor {
         Some(t)
     }
 
-    pub fn render(&self, area: Rect, buf: &mut Buffer, theme: &Theme, tags: &[LoraTag], steps: u32) {
+    pub fn render(
+        &self,
+        area: Rect,
+        buf: &mut Buffer,
+        theme: &Theme,
+        tags: &[LoraTag],
+        steps: u32,
+    ) {
         let block = Block::default()
             .borders(Borders::ALL)
             .border_style(theme.get("ui.border.focused"))
@@ -121,20 +148,32 @@ impl ScheduleEditor {
         let inner = block.inner(area);
         block.render(area, buf);
         let Some(tag) = tags.get(self.tag) else {
-            Paragraph::new("no <lora:…> tag in the prompt; add one (F2 browses adapters), then come back")
-                .style(theme.get("ui.text.muted"))
-                .render(inner, buf);
+            Paragraph::new(
+                "no <lora:…> tag in the prompt; add one (F2 browses adapters), then come back",
+            )
+            .style(theme.get("ui.text.muted"))
+            .render(inner, buf);
             return;
         };
         if inner.height < 6 || inner.width < 20 {
             return;
         }
-        let mut header = vec![Span::styled(format!("{} ", tag.name), theme.get("prompt.lora.name"))];
+        let mut header = vec![Span::styled(
+            format!("{} ", tag.name),
+            theme.get("prompt.lora.name"),
+        )];
         for c in Component::ALL {
-            let style = if c == self.component { theme.get("ui.tab.active") } else { theme.get("ui.tab") };
+            let style = if c == self.component {
+                theme.get("ui.tab.active")
+            } else {
+                theme.get("ui.tab")
+            };
             header.push(Span::styled(format!(" {} ", c.key()), style));
         }
-        header.push(Span::styled(format!("  tag {}/{}", self.tag + 1, tags.len()), theme.get("ui.text.muted")));
+        header.push(Span::styled(
+            format!("  tag {}/{}", self.tag + 1, tags.len()),
+            theme.get("ui.text.muted"),
+        ));
         buf.set_line(inner.x, inner.y, &Line::from(header), inner.width);
 
         let (strength, explicit) = tag.get(self.component);
@@ -151,7 +190,12 @@ impl ScheduleEditor {
         };
         let axis = theme.get("schedule.axis");
         buf.set_string(inner.x, plot.y, format!("{:>5}", fmt_num(hi)), axis);
-        buf.set_string(inner.x, plot.y + plot.height - 1, format!("{:>5}", fmt_num(lo)), axis);
+        buf.set_string(
+            inner.x,
+            plot.y + plot.height - 1,
+            format!("{:>5}", fmt_num(lo)),
+            axis,
+        );
         for y in plot.y..plot.y + plot.height {
             buf.set_string(plot.x - 1, y, "│", axis);
         }
@@ -160,30 +204,66 @@ impl ScheduleEditor {
             plot.y + plot.height - 1 - (t * f32::from(plot.height - 1)).round() as u16
         };
         let w = plot.width.saturating_sub(1).max(1);
-        let curve_style = if explicit { theme.get("schedule.curve") } else { theme.get("schedule.inherited") };
+        let curve_style = if explicit {
+            theme.get("schedule.curve")
+        } else {
+            theme.get("schedule.inherited")
+        };
         for col in 0..=w {
-            let step = (f32::from(col) / f32::from(w) * steps.saturating_sub(1) as f32).round() as u32;
+            let step =
+                (f32::from(col) / f32::from(w) * steps.saturating_sub(1) as f32).round() as u32;
             let v = strength.at(step, steps);
             buf.set_string(plot.x + col, row_of(v), "·", curve_style);
         }
-        let frac = |at: f32| if at <= 1.0 { at } else { at / steps.saturating_sub(1).max(1) as f32 };
+        let frac = |at: f32| {
+            if at <= 1.0 {
+                at
+            } else {
+                at / steps.saturating_sub(1).max(1) as f32
+            }
+        };
         for (i, (v, at)) in pts.iter().enumerate() {
             let x = plot.x + (frac(*at).clamp(0.0, 1.0) * f32::from(w)).round() as u16;
-            let style = if i == sel { theme.get("schedule.point.selected") } else { theme.get("schedule.point") };
+            let style = if i == sel {
+                theme.get("schedule.point.selected")
+            } else {
+                theme.get("schedule.point")
+            };
             buf.set_string(x, row_of(*v), "●", style);
         }
         let base = plot.y + plot.height;
-        buf.set_string(plot.x, base, format!("step 0{:>w$}", steps, w = usize::from(w).saturating_sub(5)), axis);
+        buf.set_string(
+            plot.x,
+            base,
+            format!("step 0{:>w$}", steps, w = usize::from(w).saturating_sub(5)),
+            axis,
+        );
         let mut spans = vec![Span::styled(format!("{}: ", self.component.key()), axis)];
         for (i, (v, at)) in pts.iter().enumerate() {
-            let style = if i == sel { theme.get("schedule.point.selected") } else { theme.get("schedule.point") };
-            spans.push(Span::styled(format!("{}@{}", fmt_num(*v), fmt_num(*at)), style));
+            let style = if i == sel {
+                theme.get("schedule.point.selected")
+            } else {
+                theme.get("schedule.point")
+            };
+            spans.push(Span::styled(
+                format!("{}@{}", fmt_num(*v), fmt_num(*at)),
+                style,
+            ));
             spans.push(Span::raw("  "));
         }
         if !explicit {
-            spans.push(Span::styled("(follows unet until edited)", theme.get("schedule.inherited")));
+            spans.push(Span::styled(
+                "(follows unet until edited)",
+                theme.get("schedule.inherited"),
+            ));
         }
         buf.set_line(inner.x, base + 1, &Line::from(spans), inner.width);
-        buf.set_stringn(inner.x, base + 2, tag.print(), usize::from(inner.width), theme.get("prompt.lora"));
+        buf.set_stringn(
+            inner.x,
+            base + 2,
+            tag.print(),
+            usize::from(inner.width),
+            theme.get("prompt.lora"),
+        );
     }
 }

@@ -35,7 +35,16 @@ pub struct Settings {
 }
 
 const FIELDS: [&str; 11] = [
-    "sampler", "steps", "cfg", "width", "height", "seed mode", "seed", "batch", "LoRA method", "trigger words",
+    "sampler",
+    "steps",
+    "cfg",
+    "width",
+    "height",
+    "seed mode",
+    "seed",
+    "batch",
+    "LoRA method",
+    "trigger words",
     "LoRA folders",
 ];
 
@@ -48,7 +57,11 @@ impl Settings {
             cfg: g.cfg,
             width: g.width,
             height: g.height,
-            seed_mode: if g.seed < 0 { SeedMode::Random } else { SeedMode::Fixed },
+            seed_mode: if g.seed < 0 {
+                SeedMode::Random
+            } else {
+                SeedMode::Fixed
+            },
             seed: g.seed.max(0) as u64,
             batch: g.batch,
             lora_method: g.lora_method,
@@ -59,7 +72,8 @@ impl Settings {
     }
 
     pub fn select(&mut self, delta: isize) {
-        self.selected = (self.selected as isize + delta).clamp(0, FIELDS.len() as isize - 1) as usize;
+        self.selected =
+            (self.selected as isize + delta).clamp(0, FIELDS.len() as isize - 1) as usize;
     }
 
     /// Changes the selected field one notch up (`dir` > 0) or down.
@@ -70,8 +84,12 @@ impl Settings {
         };
         match self.selected {
             0 => {
-                let i = Sampler::ALL.iter().position(|s| *s == self.sampler).unwrap_or(0) as i32;
-                self.sampler = Sampler::ALL[(i + dir).rem_euclid(Sampler::ALL.len() as i32) as usize];
+                let i = Sampler::ALL
+                    .iter()
+                    .position(|s| *s == self.sampler)
+                    .unwrap_or(0) as i32;
+                self.sampler =
+                    Sampler::ALL[(i + dir).rem_euclid(Sampler::ALL.len() as i32) as usize];
             }
             1 => self.steps = step(self.steps, 1, 1, 1000),
             2 => self.cfg = ((self.cfg + 0.5 * dir as f32).clamp(0.0, 30.0) * 2.0).round() / 2.0,
@@ -85,7 +103,11 @@ impl Settings {
                 }
             }
             6 => {
-                self.seed = if dir > 0 { self.seed.saturating_add(1) } else { self.seed.saturating_sub(1) };
+                self.seed = if dir > 0 {
+                    self.seed.saturating_add(1)
+                } else {
+                    self.seed.saturating_sub(1)
+                };
                 self.seed_mode = SeedMode::Fixed;
             }
             7 => self.batch = step(self.batch, 1, 1, 64),
@@ -111,12 +133,21 @@ impl Settings {
             6 => self.seed.to_string(),
             7 => self.batch.to_string(),
             8 => format!("{:?}", self.lora_method).to_lowercase(),
-            9 => if self.trigger_words { "insert with the tag" } else { "off" }.into(),
+            9 => if self.trigger_words {
+                "insert with the tag"
+            } else {
+                "off"
+            }
+            .into(),
             _ => {
                 if self.lora_folders.is_empty() {
                     "none (set lora_folders in config.toml)".into()
                 } else {
-                    self.lora_folders.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                    self.lora_folders
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }
             }
         }
@@ -136,7 +167,11 @@ impl Settings {
         if full.chars().count() <= width {
             return full;
         }
-        let batch = if self.batch > 1 { format!(" ×{}", self.batch) } else { String::new() };
+        let batch = if self.batch > 1 {
+            format!(" ×{}", self.batch)
+        } else {
+            String::new()
+        };
         format!(
             "{}, {} steps, cfg {}, {}×{}, seed {seed}{batch}",
             self.sampler,

@@ -20,9 +20,17 @@ pub fn lines(keymap: &Keymap, first: Context, theme: &Theme) -> Vec<Line<'static
     order.extend(Context::ALL.iter().copied().filter(|c| *c != first));
     let mut out = Vec::new();
     for ctx in order {
-        out.push(Line::styled(ctx.title().to_string(), theme.get("help.section")));
+        out.push(Line::styled(
+            ctx.title().to_string(),
+            theme.get("help.section"),
+        ));
         for b in keymap.in_context(ctx) {
-            let keys = b.keys.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ");
+            let keys = b
+                .keys
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" ");
             out.push(Line::from(vec![
                 Span::styled(format!("  {keys:<16}"), theme.get("help.key")),
                 Span::raw(b.desc),
@@ -34,7 +42,14 @@ pub fn lines(keymap: &Keymap, first: Context, theme: &Theme) -> Vec<Line<'static
 }
 
 impl Help {
-    pub fn render(&self, area: Rect, buf: &mut Buffer, theme: &Theme, keymap: &Keymap, ctx: Context) {
+    pub fn render(
+        &self,
+        area: Rect,
+        buf: &mut Buffer,
+        theme: &Theme,
+        keymap: &Keymap,
+        ctx: Context,
+    ) {
         let rect = centered(area, 72, area.height.saturating_sub(2));
         Clear.render(rect, buf);
         let block = Block::default()

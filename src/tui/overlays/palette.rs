@@ -21,7 +21,10 @@ pub type Entry = (Context, Action, &'static str, String);
 /// Case-insensitive subsequence match, so "subq" finds "submit the prompt to the queue".
 fn matches(query: &str, text: &str) -> bool {
     let mut chars = text.chars().flat_map(char::to_lowercase);
-    query.chars().flat_map(char::to_lowercase).all(|q| chars.any(|c| c == q))
+    query
+        .chars()
+        .flat_map(char::to_lowercase)
+        .all(|q| chars.any(|c| c == q))
 }
 
 impl Palette {
@@ -33,13 +36,25 @@ impl Palette {
             .filter(|b| b.ctx == Context::Global || b.ctx == ctx)
             .filter(|b| matches(&self.query, b.desc) || matches(&self.query, b.action.name()))
             .map(|b| {
-                let keys = b.keys.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ");
+                let keys = b
+                    .keys
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 (b.ctx, b.action, b.desc, keys)
             })
             .collect()
     }
 
-    pub fn render(&self, area: Rect, buf: &mut Buffer, theme: &Theme, keymap: &Keymap, ctx: Context) {
+    pub fn render(
+        &self,
+        area: Rect,
+        buf: &mut Buffer,
+        theme: &Theme,
+        keymap: &Keymap,
+        ctx: Context,
+    ) {
         let entries = self.entries(keymap, ctx);
         let rect = centered(area, 64, 16);
         Clear.render(rect, buf);
