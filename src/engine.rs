@@ -133,7 +133,11 @@ impl EngineHandle {
 
     /// Ids of the jobs waiting, in order.
     pub fn pending(&self) -> Vec<JobId> {
-        lock(&self.queue.jobs).pending.iter().map(|(id, _)| *id).collect()
+        lock(&self.queue.jobs)
+            .pending
+            .iter()
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Stops the engine thread after the running job; pending jobs are dropped.

@@ -92,7 +92,9 @@ impl FromStr for Sampler {
         Sampler::ALL
             .into_iter()
             .find(|c| norm(c.name()) == want || norm(c.slug()) == want)
-            .ok_or_else(|| UnknownSampler { given: s.to_string() })
+            .ok_or_else(|| UnknownSampler {
+                given: s.to_string(),
+            })
     }
 }
 
@@ -193,7 +195,10 @@ mod tests {
             assert_eq!(s.name().parse::<Sampler>().unwrap(), s);
             assert_eq!(s.slug().parse::<Sampler>().unwrap(), s);
         }
-        assert_eq!("dpm++_2m_karras".parse::<Sampler>().unwrap(), Sampler::DpmPp2mKarras);
+        assert_eq!(
+            "dpm++_2m_karras".parse::<Sampler>().unwrap(),
+            Sampler::DpmPp2mKarras
+        );
         assert_eq!("EULER_A".parse::<Sampler>().unwrap(), Sampler::EulerA);
         let err = "heun".parse::<Sampler>().unwrap_err().to_string();
         assert!(err.contains("heun") && err.contains("euler-a"), "{err}");

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod engine;
 pub mod family;
+pub mod headless;
 pub mod image;
 pub mod job;
 pub mod lora;

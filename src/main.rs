@@ -1,1 +1,270 @@
-fn main() {}
+//! The `stipple` command: parse flags, resolve them into a job, dispatch, map errors to exit codes.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use stipple::job::{Job, Sampler};
+use stipple::pipeline::{validate_job, Generator};
+use stipple::runtime::{Device, Runtime, SessionOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "stipple",
+    version,
+    about = "Stable Diffusion with LoRA-family adapters, in the terminal"
+)]
+struct Cli {
+    /// The ONNX Runtime library (default: ORT_DYLIB_PATH, then .ort/ from scripts/setup)
+    #[arg(long, global = true, value_name = "FILE")]
+    ort_lib: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make images from a prompt, without the TUI
+    Generate(GenerateArgs),
+    /// Check ONNX Runtime, execution providers and a model folder
+    Doctor(DoctorArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Model folder (default: the bundled tiny model, tests/fixtures/tiny-sd15)
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// Where to run: cpu, cuda:N or dml:N
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Intra-op threads for ONNX Runtime (0 = its default)
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, short)]
+    prompt: String,
+    #[arg(long, short, default_value = "")]
+    negative: String,
+    /// Sampling steps (default: the model family's)
+    #[arg(long)]
+    steps: Option<u32>,
+    /// Classifier-free guidance scale
+    #[arg(long)]
+    cfg: Option<f32>,
+    /// Seed; -1 picks one at random (the seed used is always reported)
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    seed: i64,
+    /// Euler, "Euler a", DDIM, "DPM++ 2M", "DPM++ 2M Karras" (or euler-a, dpmpp-2m-karras, ...)
+    #[arg(long, default_value = "Euler a")]
+    sampler: String,
+    /// Image width in pixels, a multiple of 8 (default: the model's)
+    #[arg(long)]
+    width: Option<u32>,
+    /// Image height in pixels, a multiple of 8 (default: the model's)
+    #[arg(long)]
+    height: Option<u32>,
+    /// Images to make; image i uses seed + i
+    #[arg(long, default_value_t = 1)]
+    batch: u32,
+    /// Output folder
+    #[arg(long, default_value = "out")]
+    out: PathBuf,
+    /// Do not print the image in the terminal
+    #[arg(long)]
+    no_preview: bool,
+}
+
+#[derive(Args)]
+struct DoctorArgs {
+    /// Model folder to check (default: the bundled tiny model)
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+}
+
+/// The bundled tiny model: next to the executable's project, or the source tree it was built from.
+fn default_model() -> PathBuf {
+    let rel = Path::new("tests").join("fixtures").join("tiny-sd15");
+    let mut starts: Vec<PathBuf> = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        starts.extend(exe.ancestors().map(Path::to_path_buf));
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        starts.extend(cwd.ancestors().map(Path::to_path_buf));
+    }
+    starts
+        .into_iter()
+        .map(|s| s.join(&rel))
+        .find(|p| p.join("model_index.json").is_file())
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(rel))
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    // A1111 seeds are 32-bit; torch truncates larger ones anyway.
+    h.finish() & 0xffff_ffff
+}
+
+fn cmd_generate(cli: &Cli, a: &GenerateArgs) -> Result<()> {
+    let sampler: Sampler = a.sampler.parse()?;
+    let device: Device = a.model.device.parse()?;
+    let dir = a.model.model.clone().unwrap_or_else(default_model);
+    let seed = match a.seed {
+        -1 => random_seed(),
+        s if s < 0 => bail!("seed {s}: use -1 for a random seed, or a number ≥ 0"),
+        s => s as u64,
+    };
+    // Validate what can be validated before loading anything.
+    let mut job = Job {
+        prompt: a.prompt.clone(),
+        negative: a.negative.clone(),
+        sampler,
+        steps: a.steps.unwrap_or(20),
+        cfg: a.cfg.unwrap_or(7.0),
+        width: a.width.unwrap_or(8),
+        height: a.height.unwrap_or(8),
+        seed,
+        batch: a.batch,
+    };
+    validate_job(&job)?;
+    let rt = Runtime::get(cli.ort_lib.as_deref(), device.is_gpu())?;
+    let opts = SessionOptions {
+        device,
+        threads: a.model.threads,
+    };
+    let generator = Generator::load(&dir, rt, opts)
+        .with_context(|| format!("cannot load the model in {}", dir.display()))?;
+    let facts = generator.model.index.family.facts();
+    let (w, h) = generator.model.default_size();
+    job.width = a.width.unwrap_or(w);
+    job.height = a.height.unwrap_or(h);
+    job.steps = a.steps.unwrap_or(facts.default_steps);
+    job.cfg = a.cfg.unwrap_or(facts.default_cfg);
+    validate_job(&job)?;
+    eprintln!("seed {seed}");
+    stipple::headless::generate(
+        generator,
+        stipple::headless::GenerateArgs {
+            job,
+            out_dir: a.out.clone(),
+            preview: !a.no_preview,
+        },
+    )?;
+    Ok(())
+}
+
+/// Writes `text` to stdout; a closed pipe (`stipple doctor | head`) is not an error.
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+fn cmd_doctor(cli: &Cli, a: &DoctorArgs) -> Result<()> {
+    use std::fmt::Write;
+    let mut ok = true;
+    let mut s = String::new();
+    match Runtime::get(cli.ort_lib.as_deref(), false) {
+        Ok(rt) => {
+            writeln!(
+                s,
+                "ONNX Runtime  {} ({}, found by {})",
+                rt.version,
+                rt.path.display(),
+                rt.origin
+            )?;
+            for (name, available) in stipple::runtime::ep::providers() {
+                writeln!(
+                    s,
+                    "  {:<24} {}",
+                    name,
+                    if available {
+                        "available"
+                    } else {
+                        "not in this build"
+                    }
+                )?;
+            }
+        }
+        Err(e) => {
+            ok = false;
+            writeln!(s, "ONNX Runtime  NOT LOADED: {e}")?;
+        }
+    }
+    writeln!(s, "devices       cpu{}", gpu_list())?;
+    let dir = a.model.clone().unwrap_or_else(default_model);
+    match stipple::model::Model::open(&dir) {
+        Ok(m) => {
+            writeln!(
+                s,
+                "model         {} ({}, {})",
+                dir.display(),
+                m.index.family.facts().name,
+                m.index.dtype
+            )?;
+            let mut kinds: Vec<_> = m.components.keys().copied().collect();
+            kinds.sort_by_key(|k| k.dir_name());
+            for k in kinds {
+                let c = &m.components[&k];
+                writeln!(
+                    s,
+                    "  {:<14} {} initializers, {:.1} MB of weights, weight map consistent",
+                    k.dir_name(),
+                    c.graph.externals.len(),
+                    c.buffer_len() as f64 / 1e6
+                )?;
+            }
+        }
+        Err(e) => {
+            ok = false;
+            writeln!(s, "model         {}: {e:#}", dir.display())?;
+        }
+    }
+    emit(&s)?;
+    if !ok {
+        bail!("doctor found problems (see above)");
+    }
+    Ok(())
+}
+
+/// GPUs as the NVIDIA driver lists them (no CUDA call needed).
+fn gpu_list() -> String {
+    let Ok(rd) = std::fs::read_dir("/proc/driver/nvidia/gpus") else {
+        return String::new();
+    };
+    let n = rd.count();
+    (0..n).map(|i| format!(", cuda:{i}")).collect()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Some(Command::Generate(a)) => cmd_generate(&cli, a),
+        Some(Command::Doctor(a)) => cmd_doctor(&cli, a),
+        None => Err(anyhow::anyhow!(
+            "the terminal workstation is not wired in yet; try `stipple generate --prompt ...`"
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

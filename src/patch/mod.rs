@@ -1,1 +1,6 @@
-//! (being written)
+//! Patching: the in-memory external-data buffer ONNX Runtime reads the weights from, assembled from the
+//! pristine base weights plus adapter deltas (`base ⊕ Σ strength·ΔW`, f32 accumulation, one rounding).
+
+pub mod buffer;
+
+pub use buffer::{assemble, PatchError, PatchStats};

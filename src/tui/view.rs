@@ -159,7 +159,9 @@ fn draw_generate(
     app.queue.render(q, buf, t, app.focus == Focus::Queue, spin);
     if let Some(r) = right {
         let [pv, g] = Layout::vertical([Constraint::Min(4), Constraint::Length(7)]).areas(r);
-        app.preview.render(pv, buf, &app.theme, app.picker.as_ref());
+        let covered = !app.overlays.is_empty() || app.prompt.completion.is_some();
+        app.preview
+            .render(pv, buf, &app.theme, app.picker.as_ref(), covered);
         app.gallery
             .render(g, buf, &app.theme, app.focus == Focus::Gallery);
     }

@@ -1,6 +1,10 @@
 //! One integration-test binary (one link step on 2 cores).
 
+mod cli;
+mod foundation;
+mod pipeline_reference;
 mod tui_config;
 mod tui_flows;
 mod tui_screens;
 mod tui_support;
+mod util;

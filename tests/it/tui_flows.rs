@@ -285,3 +285,18 @@ fn event_loop_end_to_end() {
     assert!(shown.contains("a red fox"), "{shown}");
     engine.shutdown();
 }
+
+#[test]
+fn command_palette_runs_actions_by_description() {
+    let mut app = app();
+    key(&mut app, KeyCode::Char('p'), KeyModifiers::CONTROL);
+    type_text(&mut app, "settings");
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.view, View::Settings);
+    assert!(app.overlays.is_empty());
+    press(&mut app, KeyCode::Down);
+    press(&mut app, KeyCode::Right);
+    assert_eq!(app.settings.steps, 21);
+    let job = app.build_job().unwrap_err();
+    assert!(job.contains("empty"));
+}

@@ -113,3 +113,45 @@ fn screen_txt_is_current() {
         "src/tui/SCREEN.txt is stale: rerun with STIPPLE_WRITE_SCREEN=1"
     );
 }
+
+/// Column of the first cell of `needle` in `row`, comparing cell symbols.
+fn find_in_row(buf: &ratatui::buffer::Buffer, row: u16, needle: &str) -> Option<u16> {
+    let syms: Vec<&str> = (0..buf.area.width)
+        .map(|x| buf[(x, row)].symbol())
+        .collect();
+    let n: Vec<String> = needle.chars().map(String::from).collect();
+    (0..syms.len().saturating_sub(n.len()))
+        .find(|&i| syms[i..i + n.len()].iter().zip(&n).all(|(a, b)| a == b))
+        .map(|i| i as u16)
+}
+
+#[test]
+fn highlighting_colours_tags_weights_break_and_errors() {
+    use stipple::tui::event_loop::Screen;
+    let mut app = app();
+    type_text(
+        &mut app,
+        "fox <lora:ink-style:0.8> BREAK (red:1.2) <lora:pixel-art:te=x>",
+    );
+    let mut screen = stipple::tui::terminal::TestScreen::new(160, 40);
+    screen.draw(&mut app).unwrap();
+    let buf = screen.terminal.backend().buffer().clone();
+    let t = &app.theme;
+    let at = |needle: &str| {
+        buf[(
+            find_in_row(&buf, 2, needle).unwrap_or_else(|| panic!("{needle}")),
+            2,
+        )]
+            .clone()
+    };
+    assert_eq!(at("ink-style").fg, t.get("prompt.lora.name").fg.unwrap());
+    assert_eq!(at("0.8").fg, t.get("prompt.lora.value").fg.unwrap());
+    assert_eq!(at("BREAK").fg, t.get("prompt.break").fg.unwrap());
+    assert_eq!(at(":1.2").fg, t.get("prompt.weight").fg.unwrap());
+    assert!(
+        at("x>")
+            .modifier
+            .contains(ratatui::style::Modifier::UNDERLINED),
+        "the error span is underlined"
+    );
+}

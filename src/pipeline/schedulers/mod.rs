@@ -1,1 +1,324 @@
-//! (being written)
+//! Samplers as diffusers implements them: one file per diffusers scheduler class, a shared
+//! [`SchedulerConfig`] (a model's `scheduler/scheduler_config.json`), the [`Scheduler`] trait and
+//! [`build`], which maps the A1111 sampler names of [`crate::job::Sampler`] to them.
+//!
+//! Schedules are f64 arrays holding the values diffusers computes (float32-rounded where it stores
+//! float32); per-element step arithmetic is f32 in diffusers' order. Noise is always passed in.
+
+mod ddim;
+mod dpmpp_2m;
+mod euler;
+mod euler_ancestral;
+mod noise_schedule;
+
+pub use ddim::DdimScheduler;
+pub use dpmpp_2m::DpmSolverMultistepScheduler;
+pub use euler::EulerDiscreteScheduler;
+pub use euler_ancestral::EulerAncestralDiscreteScheduler;
+
+use crate::job::Sampler;
+use serde::Deserialize;
+use std::path::Path;
+
+/// How betas grow over the training timesteps (diffusers' `beta_schedule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BetaSchedule {
+    /// Betas linear from `beta_start` to `beta_end`.
+    Linear,
+    /// Square roots of the betas linear (latent diffusion, every SD model).
+    ScaledLinear,
+    /// The cosine ᾱ schedule of Nichol & Dhariwal 2021, capped at β = 0.999.
+    #[serde(rename = "squaredcos_cap_v2")]
+    SquaredcosCapV2,
+}
+
+/// What the UNet predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PredictionType {
+    /// The added noise ε (SD1.x, SDXL).
+    Epsilon,
+    /// v = α·ε − σ·x₀ (SD2.x 768 models).
+    VPrediction,
+    /// x₀ itself.
+    Sample,
+}
+
+/// Where the inference timesteps fall (Table 2 of arXiv:2305.08891).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestepSpacing {
+    /// Evenly from the last training step down to the first, fractional for Euler.
+    Linspace,
+    /// Multiples of `train_steps / steps` from 0, plus `steps_offset`.
+    Leading,
+    /// Multiples of `train_steps / steps` counted down from the last training step.
+    Trailing,
+}
+
+/// The scheduler settings a model ships (`scheduler/scheduler_config.json`). Unknown keys (the
+/// class name, PNDM's `skip_prk_steps`, ...) are ignored. A missing key takes SD1.5's value, except
+/// `timestep_spacing` and `clip_sample`, whose defaults belong to each scheduler class.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct SchedulerConfig {
+    /// Length of the training noise schedule.
+    pub num_train_timesteps: usize,
+    /// β at the first training timestep.
+    pub beta_start: f64,
+    /// β at the last training timestep.
+    pub beta_end: f64,
+    pub beta_schedule: BetaSchedule,
+    /// Explicit betas, overriding the three fields above.
+    pub trained_betas: Option<Vec<f64>>,
+    pub prediction_type: PredictionType,
+    /// Added to the timesteps of `leading` spacing.
+    pub steps_offset: usize,
+    /// DDIM: use ᾱ = 1 after the last step (else the first training ᾱ).
+    pub set_alpha_to_one: bool,
+    /// DDIM: clamp the predicted x₀ to ±`clip_sample_range` (class default: true).
+    pub clip_sample: Option<bool>,
+    pub clip_sample_range: f64,
+    /// `None`: the scheduler class's default (Euler, Euler a, DPM++: linspace; DDIM: leading).
+    pub timestep_spacing: Option<TimestepSpacing>,
+    /// Zero-terminal-SNR rescaling; not supported, rejected when parsing.
+    pub rescale_betas_zero_snr: bool,
+}
+
+impl Default for SchedulerConfig {
+    /// SD1.5's `scheduler_config.json`.
+    fn default() -> Self {
+        SchedulerConfig {
+            num_train_timesteps: 1000,
+            beta_start: 0.00085,
+            beta_end: 0.012,
+            beta_schedule: BetaSchedule::ScaledLinear,
+            trained_betas: None,
+            prediction_type: PredictionType::Epsilon,
+            steps_offset: 1,
+            set_alpha_to_one: false,
+            clip_sample: Some(false),
+            clip_sample_range: 1.0,
+            timestep_spacing: None,
+            rescale_betas_zero_snr: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("cannot read scheduler config {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("scheduler config {path} is not valid: {source}")]
+    Json {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("scheduler config {path}: {message}")]
+    Unsupported { path: String, message: String },
+}
+
+impl SchedulerConfig {
+    pub fn from_file(path: &Path) -> Result<Self, SchedulerError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SchedulerError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn from_json_str(text: &str) -> Result<Self, SchedulerError> {
+        Self::parse(text, "scheduler_config.json")
+    }
+
+    fn parse(text: &str, path: &str) -> Result<Self, SchedulerError> {
+        let json_err = |source| SchedulerError::Json {
+            path: path.to_string(),
+            source,
+        };
+        let mut value: serde_json::Value = serde_json::from_str(text).map_err(json_err)?;
+        // diffusers drops keys that held the *writing* class's defaults (`_use_default_values`)
+        // when another scheduler class loads the config, so e.g. PNDM's "leading" spacing does
+        // not leak into Euler, which then uses its own default.
+        if let Some(obj) = value.as_object_mut() {
+            let defaults: Vec<String> = obj
+                .get("_use_default_values")
+                .and_then(|v| v.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|k| k.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for k in defaults {
+                obj.remove(&k);
+            }
+        }
+        let cfg: SchedulerConfig = serde_json::from_value(value).map_err(json_err)?;
+        let unsupported = |message: String| SchedulerError::Unsupported {
+            path: path.to_string(),
+            message,
+        };
+        if cfg.rescale_betas_zero_snr {
+            return Err(unsupported(
+                "rescale_betas_zero_snr is not supported".into(),
+            ));
+        }
+        let n = cfg.num_train_timesteps;
+        if n < 2 {
+            return Err(unsupported(format!("num_train_timesteps {n} is below 2")));
+        }
+        if let Some(b) = &cfg.trained_betas {
+            if b.len() != n {
+                return Err(unsupported(format!(
+                    "trained_betas has {} values, num_train_timesteps is {n}",
+                    b.len()
+                )));
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// One sampler run: build it for a step count, then for each `i` in `0..timesteps().len()`
+/// feed the UNet `scale_model_input(x, i)` at `timesteps()[i]` and call `step` with its output.
+/// Calls to `step` must come in order; `i == 0` starts a new run.
+pub trait Scheduler: Send {
+    /// The diffusers class this reproduces.
+    fn name(&self) -> &'static str;
+    /// The timestep to give the UNet at each step (fractional for Euler's linspace spacing).
+    fn timesteps(&self) -> &[f64];
+    /// Noise levels σ per step plus the final one, for schedulers that have them (not DDIM).
+    fn sigmas(&self) -> Option<&[f64]>;
+    /// Factor for the initial `randn` latents.
+    fn init_noise_sigma(&self) -> f32;
+    /// The divisor diffusers applies to the UNet input at step `i` (1 for DDIM and DPM-Solver).
+    fn input_divisor(&self, i: usize) -> f32;
+    /// The UNet input for step `i`: `sample / input_divisor(i)`.
+    fn scale_model_input(&self, sample: &[f32], i: usize) -> Vec<f32> {
+        let d = self.input_divisor(i);
+        sample.iter().map(|&x| x / d).collect()
+    }
+    /// One step from `sample` at step `i` to the next sample. `noise(n)` must return `n` standard
+    /// normals (e.g. [`crate::pipeline::rng::TorchRng::randn`]); only ancestral samplers call it.
+    fn step(
+        &mut self,
+        model_output: &[f32],
+        i: usize,
+        sample: &[f32],
+        noise: &mut dyn FnMut(usize) -> Vec<f32>,
+    ) -> Vec<f32>;
+}
+
+/// The scheduler for an A1111 sampler name, configured from the model's scheduler config the way
+/// diffusers' `XScheduler.from_config(config)` would be, and set to `steps` steps (≥ 1).
+pub fn build(sampler: Sampler, cfg: &SchedulerConfig, steps: usize) -> Box<dyn Scheduler> {
+    let steps = steps.max(1);
+    match sampler {
+        Sampler::Euler => Box::new(EulerDiscreteScheduler::new(cfg, steps)),
+        Sampler::EulerA => Box::new(EulerAncestralDiscreteScheduler::new(cfg, steps)),
+        Sampler::Ddim => Box::new(DdimScheduler::new(cfg, steps)),
+        Sampler::DpmPp2m => Box::new(DpmSolverMultistepScheduler::new(cfg, steps, false)),
+        Sampler::DpmPp2mKarras => Box::new(DpmSolverMultistepScheduler::new(cfg, steps, true)),
+    }
+}
+
+/// Euler-family timesteps (float32, descending) for `steps` under `spacing`.
+fn euler_timesteps(cfg: &SchedulerConfig, spacing: TimestepSpacing, steps: usize) -> Vec<f32> {
+    let n = cfg.num_train_timesteps;
+    match spacing {
+        TimestepSpacing::Linspace => noise_schedule::numpy_linspace(0.0, (n - 1) as f64, steps)
+            .into_iter()
+            .rev()
+            .map(|t| t as f32)
+            .collect(),
+        TimestepSpacing::Leading => {
+            let ratio = n / steps;
+            (0..steps)
+                .rev()
+                .map(|i| (i * ratio) as f32 + cfg.steps_offset as f32)
+                .collect()
+        }
+        TimestepSpacing::Trailing => {
+            noise_schedule::numpy_arange_down(n as f64, n as f64 / steps as f64)
+                .into_iter()
+                .map(|t| t.round_ties_even() as f32 - 1.0)
+                .collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sd15_config_parses_and_ignores_pndm_keys() {
+        let json = r#"{"_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0",
+            "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+            "num_train_timesteps": 1000, "set_alpha_to_one": false, "skip_prk_steps": true,
+            "steps_offset": 1, "trained_betas": null, "clip_sample": false}"#;
+        assert_eq!(
+            SchedulerConfig::from_json_str(json).unwrap(),
+            SchedulerConfig::default()
+        );
+    }
+
+    #[test]
+    fn bad_configs_are_errors() {
+        let err = SchedulerConfig::from_json_str(r#"{"beta_schedule": "cosine"}"#).unwrap_err();
+        assert!(err.to_string().contains("cosine"), "{err}");
+        let err =
+            SchedulerConfig::from_json_str(r#"{"rescale_betas_zero_snr": true}"#).unwrap_err();
+        assert!(matches!(err, SchedulerError::Unsupported { .. }), "{err}");
+    }
+
+    #[test]
+    fn every_sampler_builds_with_the_requested_steps() {
+        for s in Sampler::ALL {
+            let sch = build(s, &SchedulerConfig::default(), 7);
+            assert_eq!(sch.timesteps().len(), 7, "{}", sch.name());
+        }
+    }
+
+    #[test]
+    fn short_runs_stay_finite_for_every_sampler() {
+        for s in Sampler::ALL {
+            for steps in [0, 1, 2, 3] {
+                let mut sch = build(s, &SchedulerConfig::default(), steps);
+                let mut x = vec![sch.init_noise_sigma(); 16];
+                for i in 0..sch.timesteps().len() {
+                    let input = sch.scale_model_input(&x, i);
+                    let out: Vec<f32> = input.iter().map(|v| 0.5 * v).collect();
+                    x = sch.step(&out, i, &x, &mut |n| vec![0.25; n]);
+                }
+                assert!(
+                    x.iter().all(|v| v.is_finite()),
+                    "{} {steps}: {x:?}",
+                    sch.name()
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    #[test]
+    fn keys_that_held_the_writers_defaults_are_dropped() {
+        // Written by diffusers for a PNDMScheduler: "leading" was PNDM's default, so another
+        // scheduler class must fall back to its own spacing, as diffusers' from_config does.
+        let text = r#"{"timestep_spacing": "leading", "steps_offset": 1,
+                       "_use_default_values": ["timestep_spacing"]}"#;
+        let cfg = SchedulerConfig::from_json_str(text).unwrap();
+        assert_eq!(cfg.timestep_spacing, None);
+        let kept = SchedulerConfig::from_json_str(r#"{"timestep_spacing": "leading"}"#).unwrap();
+        assert_eq!(kept.timestep_spacing, Some(TimestepSpacing::Leading));
+    }
+}

@@ -41,7 +41,16 @@ impl Preview {
         self.image.as_ref()
     }
 
-    pub fn render(&mut self, area: Rect, buf: &mut Buffer, theme: &Theme, picker: Option<&Picker>) {
+    /// `covered`: a popup overlaps the pane. Graphics protocols draw over text, so the picture
+    /// steps aside until the popup closes.
+    pub fn render(
+        &mut self,
+        area: Rect,
+        buf: &mut Buffer,
+        theme: &Theme,
+        picker: Option<&Picker>,
+        covered: bool,
+    ) {
         let title = if self.caption.is_empty() {
             " Preview ".to_string()
         } else {
@@ -59,6 +68,12 @@ impl Preview {
                 .render(inner, buf);
             return;
         };
+        if covered {
+            Paragraph::new("(picture hidden under the popup)")
+                .style(theme.get("ui.text.muted"))
+                .render(inner, buf);
+            return;
+        }
         let Some(picker) = picker else {
             let text = format!(
                 "{}×{} image (pictures are off: image.protocol = \"off\")",

@@ -1,0 +1,418 @@
+#!/usr/bin/env python3
+"""Writes a stipple model folder from a diffusers SD1.x pipeline, and the tiny test fixtures.
+
+    python scripts/export_model.py --tiny                       # tests/fixtures/tiny-sd15 + references
+    python scripts/export_model.py --from DIR --out models/NAME [--dtype fp16]
+
+Needs PyTorch, diffusers, transformers and onnx (a virtual environment outside the repo:
+`python3 -m venv ~/venv && ~/venv/bin/pip install torch diffusers transformers onnx`, about two minutes
+and 5 GB). `--tiny` takes about a minute on 2 CPU cores; a real SD1.5 export about 5 minutes.
+
+The layout (DESIGN.md §3), per component (text_encoder, unet, vae_decoder):
+  model.onnx          graph; every parameter initializer stored as external data in `weights.bin`, a file
+                      that never exists on disk: stipple assembles it in memory from weights.safetensors
+  weights.safetensors the parameters under their diffusers names (text encoder with the classic
+                      `text_model.` level), torch layout
+  weightmap.json      initializer -> source parameter, transform (identity|transpose), dtype, offset, length
+  config.json         the diffusers/transformers config the component was built from
+plus model_index.json (family, dtype, defaults) and tokenizer/ (vocab.json, merges.txt).
+
+Two export facts keep every weight under its own name: no constant folding (Linear weights stay
+`...to_q.weight` behind an explicit Transpose, so every transform is the identity) and no parameters
+with equal values at export time (the exporter would merge them into one initializer).
+
+With --tiny it also writes tests/fixtures/tiny-sd15/reference/: token ids, text embeddings, torch.randn
+latents, one UNet output and the final images of the diffusers pipeline for each scheduler.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+EXTERNAL_FILE = "weights.bin"
+ALIGN = 64
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class TextEncoderWrapper(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, input_ids):
+        out = self.m(input_ids, output_hidden_states=True, return_dict=True)
+        # The penultimate hidden state (before the final norm) is what clip-skip and SDXL use.
+        return out.last_hidden_state, out.pooler_output, out.hidden_states[-2]
+
+
+class UnetWrapper(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        return self.m(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+
+class VaeDecoderWrapper(torch.nn.Module):
+    def __init__(self, vae):
+        super().__init__()
+        self.m = vae
+
+    def forward(self, latent_sample):
+        return self.m.decode(latent_sample, return_dict=False)[0]
+
+
+def source_name(component, init_name):
+    """Maps an exported initializer name (of the wrapper) to the parameter name stored in weights."""
+    if not init_name.startswith("m."):
+        return None
+    name = init_name[2:]
+    if component == "text_encoder" and not name.startswith("text_model."):
+        name = "text_model." + name
+    return name
+
+
+def component_params(component, module):
+    params = {}
+    for name, p in module.named_parameters():
+        # The decoder graph uses only the decoder half of the VAE.
+        if component == "vae_decoder" and not name.startswith(("decoder.", "post_quant_conv.")):
+            continue
+        params[source_name(component, "m." + name)] = p
+    return params
+
+
+def export_component(component, wrapper, args, names, dynamic_axes, out_dir, storage_dtype):
+    """Exports one component and rewrites it into the stipple layout."""
+    import onnx
+    from onnx import numpy_helper
+    from safetensors.torch import save_file
+
+    os.makedirs(out_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        torch.onnx.export(
+            wrapper,
+            args,
+            path,
+            input_names=names[0],
+            output_names=names[1],
+            dynamic_axes=dynamic_axes,
+            opset_version=17,
+            do_constant_folding=False,
+            dynamo=False,
+        )
+        model = onnx.load(path, load_external_data=True)
+
+    params = component_params(component, wrapper.m)
+    entries = []
+    offset = 0
+    seen = set()
+    for init in model.graph.initializer:
+        src = source_name(component, init.name)
+        if src is None or src not in params:
+            continue  # small constants stay embedded in the graph
+        value = numpy_helper.to_array(init)
+        expect = params[src].detach().cpu().numpy()
+        if value.shape != expect.shape:
+            raise SystemExit(f"{component}: initializer {init.name} has shape {value.shape}, parameter {expect.shape}")
+        data = value.tobytes()
+        offset = (offset + ALIGN - 1) // ALIGN * ALIGN
+        init.ClearField("raw_data")
+        for field in ("float_data", "int32_data", "int64_data", "double_data"):
+            init.ClearField(field)
+        init.data_location = onnx.TensorProto.EXTERNAL
+        del init.external_data[:]
+        for k, v in (("location", EXTERNAL_FILE), ("offset", str(offset)), ("length", str(len(data)))):
+            e = init.external_data.add()
+            e.key, e.value = k, v
+        entries.append(
+            {
+                "name": init.name,
+                "source": src,
+                "transform": "identity",
+                "dtype": onnx.helper.tensor_dtype_to_np_dtype(init.data_type).name,
+                "shape": list(value.shape),
+                "offset": offset,
+                "length": len(data),
+            }
+        )
+        offset += len(data)
+        seen.add(src)
+    missing = sorted(set(params) - seen)
+    if missing:
+        raise SystemExit(
+            f"{component}: parameters without their own initializer (equal values merged by the exporter?): "
+            + ", ".join(missing[:10])
+        )
+    onnx.save(model, os.path.join(out_dir, "model.onnx"))
+    tensors = {k: v.detach().to(storage_dtype).contiguous() for k, v in params.items()}
+    save_file(tensors, os.path.join(out_dir, "weights.safetensors"))
+    with open(os.path.join(out_dir, "weightmap.json"), "w") as f:
+        json.dump({"format": 1, "external_file": EXTERNAL_FILE, "initializers": entries}, f, indent=1)
+    return model
+
+
+def write_config(module, out_dir):
+    cfg = module.config
+    data = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(data, f, indent=1, default=str)
+
+
+def export_pipeline(unet, text_encoder, vae, scheduler, tokenizer_dir, out, dtype, storage_dtype):
+    """Writes the model folder `out` from diffusers/transformers modules."""
+    os.makedirs(out, exist_ok=True)
+    ctx = text_encoder.config.hidden_size
+    te_dir = os.path.join(out, "text_encoder")
+    ids = torch.zeros((1, 77), dtype=torch.int64)
+    export_component(
+        "text_encoder",
+        TextEncoderWrapper(text_encoder),
+        (ids,),
+        (["input_ids"], ["last_hidden_state", "pooler_output", "penultimate_hidden_state"]),
+        {"input_ids": {0: "batch", 1: "sequence"}},
+        te_dir,
+        storage_dtype,
+    )
+    write_config(text_encoder, te_dir)
+
+    lat = unet.config.sample_size
+    un_dir = os.path.join(out, "unet")
+    export_component(
+        "unet",
+        UnetWrapper(unet),
+        (
+            torch.randn(2, unet.config.in_channels, lat, lat, dtype=dtype),
+            torch.tensor([500.0, 500.0], dtype=dtype),
+            torch.randn(2, 77, ctx, dtype=dtype),
+        ),
+        (["sample", "timestep", "encoder_hidden_states"], ["out_sample"]),
+        {
+            "sample": {0: "batch", 2: "height", 3: "width"},
+            "timestep": {0: "batch"},
+            "encoder_hidden_states": {0: "batch", 1: "sequence"},
+            "out_sample": {0: "batch", 2: "height", 3: "width"},
+        },
+        un_dir,
+        storage_dtype,
+    )
+    write_config(unet, un_dir)
+
+    vae_dir = os.path.join(out, "vae_decoder")
+    vae32 = vae.float()  # fp16 VAEs overflow (NaN / black images); the decoder stays fp32
+    export_component(
+        "vae_decoder",
+        VaeDecoderWrapper(vae32),
+        (torch.randn(1, vae.config.latent_channels, lat, lat),),
+        (["latent_sample"], ["sample"]),
+        {"latent_sample": {0: "batch", 2: "height", 3: "width"}, "sample": {0: "batch", 2: "height", 3: "width"}},
+        vae_dir,
+        storage_dtype if storage_dtype != torch.float16 or dtype == torch.float32 else torch.float32,
+    )
+    write_config(vae, vae_dir)
+
+    sched_dir = os.path.join(out, "scheduler")
+    os.makedirs(sched_dir, exist_ok=True)
+    with open(os.path.join(sched_dir, "scheduler_config.json"), "w") as f:
+        json.dump(dict(scheduler.config), f, indent=1, default=str)
+
+    tok_out = os.path.join(out, "tokenizer")
+    if os.path.abspath(tokenizer_dir) != os.path.abspath(tok_out):
+        shutil.copytree(tokenizer_dir, tok_out, dirs_exist_ok=True)
+
+    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    index = {
+        "format": 1,
+        "family": "sd1",
+        "dtype": "fp16" if dtype == torch.float16 else "fp32",
+        "vae_scale_factor": vae_factor,
+        "vae_scaling_factor": vae.config.scaling_factor,
+        "default_width": lat * vae_factor,
+        "default_height": lat * vae_factor,
+        "components": ["text_encoder", "unet", "vae_decoder"],
+    }
+    with open(os.path.join(out, "model_index.json"), "w") as f:
+        json.dump(index, f, indent=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny fixtures and references
+
+PROMPTS = [
+    "a red fox",
+    "a photo of a cat",
+    "A Photo Of An ASTRONAUT riding a horse, HIGHLY detailed!!!",
+    "café Ünïcode naïve 日本語 emoji 🦊 fox",
+    "tom &amp; jerry's 1990s   cartoon,\n\tsecond line",
+    " ".join(["a long prompt about a majestic fox in a snowy forest at dawn"] * 8),
+    "",
+]
+SCHEDULERS = {
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "dpmpp-2m": ("DPMSolverMultistepScheduler", {}),
+    "dpmpp-2m-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+}
+IMAGE_PROMPT = "a red fox in the snow"
+IMAGE_NEGATIVE = "blurry"
+IMAGE_SEED = 42
+LATENT_CASES = [(0, [1, 4, 8, 8]), (1, [1, 4, 32, 32]), (42, [2, 4, 32, 32]), (2**32 + 7, [1, 4, 16, 24]), (7, [1, 3])]
+
+
+def round_to_fp16_(module):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(p.half().float())
+    return module
+
+
+def write_references(out, unet, text_encoder, vae, scheduler, tokenizer_dir):
+    import diffusers
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import save_file
+    from transformers import CLIPTokenizer
+
+    ref = os.path.join(out, "reference")
+    os.makedirs(ref, exist_ok=True)
+    tok = CLIPTokenizer.from_pretrained(tokenizer_dir)
+
+    tokens = []
+    for p in PROMPTS:
+        tokens.append(
+            {
+                "prompt": p,
+                "ids": tok(p, add_special_tokens=False).input_ids,
+                "padded": tok(p, padding="max_length", max_length=77, truncation=True).input_ids,
+            }
+        )
+    with open(os.path.join(ref, "tokens.json"), "w") as f:
+        json.dump(tokens, f, indent=1, ensure_ascii=False)
+
+    tensors = {}
+    with torch.no_grad():
+        for i, p in enumerate(PROMPTS[:3]):
+            ids = torch.tensor([tok(p, padding="max_length", max_length=77, truncation=True).input_ids])
+            out_te = text_encoder(ids, output_hidden_states=True)
+            tensors[f"embedding.{i}"] = out_te.last_hidden_state[0].contiguous()
+            tensors[f"pooled.{i}"] = out_te.pooler_output[0].contiguous()
+        for seed, shape in LATENT_CASES:
+            g = torch.Generator("cpu").manual_seed(seed)
+            tensors[f"latents.{seed}." + "x".join(map(str, shape))] = torch.randn(shape, generator=g)
+        g = torch.Generator("cpu").manual_seed(5)
+        sample = torch.randn(2, 4, 32, 32, generator=g)
+        ehs = torch.randn(2, 77, 32, generator=g)
+        t = torch.tensor([981.0, 981.0])
+        tensors["unet.sample"] = sample
+        tensors["unet.timestep"] = t
+        tensors["unet.encoder_hidden_states"] = ehs
+        tensors["unet.out"] = unet(sample, t, ehs).sample
+    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(ref, "tensors.safetensors"))
+
+    images = []
+    for slug, (cls_name, extra) in SCHEDULERS.items():
+        cls = getattr(diffusers, cls_name)
+        sched = cls.from_config(scheduler.config, **extra)
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tok,
+            unet=unet,
+            scheduler=sched,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        for steps in (4, 8):
+            g = torch.Generator("cpu").manual_seed(IMAGE_SEED)
+            img = pipe(
+                IMAGE_PROMPT,
+                negative_prompt=IMAGE_NEGATIVE,
+                num_inference_steps=steps,
+                guidance_scale=7.0,
+                generator=g,
+                height=64,
+                width=64,
+            ).images[0]
+            name = f"image.{slug}.{steps}.png"
+            img.save(os.path.join(ref, name))
+            images.append({"file": name, "sampler": slug, "steps": steps})
+    with open(os.path.join(ref, "images.json"), "w") as f:
+        json.dump(
+            {
+                "prompt": IMAGE_PROMPT,
+                "negative": IMAGE_NEGATIVE,
+                "seed": IMAGE_SEED,
+                "cfg": 7.0,
+                "width": 64,
+                "height": 64,
+                "images": images,
+                "made_with": {"torch": torch.__version__, "diffusers": diffusers.__version__},
+            },
+            f,
+            indent=1,
+        )
+
+
+def tiny(out):
+    import clip_vocab
+    import tiny_configs
+
+    torch.manual_seed(0)
+    unet, text_encoder, vae, scheduler = tiny_configs.build_sd15()
+    for m in (unet, text_encoder, vae):
+        round_to_fp16_(m)
+    tok_dir = os.path.join(out, "tokenizer")
+    os.makedirs(tok_dir, exist_ok=True)
+    clip_vocab.main([tok_dir])
+    # Weights are fp16 values stored as F16 (half the fixture size) under an fp32 graph: the patch
+    # step converts, and the references are computed from the same rounded values.
+    export_pipeline(unet, text_encoder, vae, scheduler, tok_dir, out, torch.float32, torch.float16)
+    write_references(out, unet, text_encoder, vae, scheduler, tok_dir)
+
+
+def from_diffusers(src, out, dtype_name):
+    from diffusers import StableDiffusionPipeline
+
+    dtype = torch.float16 if dtype_name == "fp16" else torch.float32
+    pipe = StableDiffusionPipeline.from_pretrained(src, torch_dtype=torch.float32, safety_checker=None)
+    unet = pipe.unet.to(dtype).eval()
+    te = pipe.text_encoder.to(dtype).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe.tokenizer.save_pretrained(tmp)
+        export_pipeline(unet, te, pipe.vae.eval(), pipe.scheduler, tmp, out, dtype, dtype)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tiny", action="store_true", help="write the tiny test model and its references")
+    ap.add_argument("--from", dest="src", help="a diffusers SD1.x pipeline folder (or hub id in the cache)")
+    ap.add_argument("--out", help="output model folder")
+    ap.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
+    a = ap.parse_args()
+    if a.tiny:
+        out = a.out or os.path.join(ROOT, "tests", "fixtures", "tiny-sd15")
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        tiny(out)
+        print(f"wrote {out}")
+    elif a.src and a.out:
+        from_diffusers(a.src, a.out, a.dtype)
+        print(f"wrote {a.out}")
+    else:
+        ap.error("give --tiny, or --from DIR --out DIR")
+
+
+if __name__ == "__main__":
+    main()

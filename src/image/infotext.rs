@@ -1,0 +1,207 @@
+//! A1111's "infotext": the prompt, a `Negative prompt:` line and a `Key: value, ...` line.
+//!
+//! [`format_infotext`] writes it for a job; [`parse_infotext`] reads one back (ours or another tool's),
+//! honouring quoted values that contain commas.
+
+use crate::job::Job;
+
+/// Parsed infotext.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Infotext {
+    pub prompt: String,
+    pub negative: String,
+    /// `Key: value` pairs in order.
+    pub params: Vec<(String, String)>,
+}
+
+impl Infotext {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum InfotextError {
+    #[error("infotext has no settings line (`Steps: ..., Seed: ...`)")]
+    NoSettings,
+}
+
+fn quote(v: &str) -> String {
+    if v.contains([',', ':', '"', '\n']) {
+        serde_json::to_string(v).unwrap_or_else(|_| format!("{v:?}"))
+    } else {
+        v.to_string()
+    }
+}
+
+/// The infotext of image `seed` of `job` made with the model called `model`.
+pub fn format_infotext(job: &Job, seed: u64, model: &str, model_hash: Option<&str>) -> String {
+    let mut out = job.prompt.clone();
+    if !job.negative.is_empty() {
+        out.push_str("\nNegative prompt: ");
+        out.push_str(&job.negative);
+    }
+    let mut params = vec![
+        ("Steps", job.steps.to_string()),
+        ("Sampler", job.sampler.name().to_string()),
+        ("CFG scale", trim_float(job.cfg)),
+        ("Seed", seed.to_string()),
+        ("Size", format!("{}x{}", job.width, job.height)),
+    ];
+    if let Some(h) = model_hash {
+        params.push(("Model hash", h.to_string()));
+    }
+    params.push(("Model", quote(model)));
+    if job.batch > 1 {
+        params.push(("Batch size", job.batch.to_string()));
+    }
+    params.push(("Version", format!("stipple {}", env!("CARGO_PKG_VERSION"))));
+    out.push('\n');
+    out.push_str(
+        &params
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    out
+}
+
+fn trim_float(x: f32) -> String {
+    let s = format!("{x}");
+    s.strip_suffix(".0").map(str::to_string).unwrap_or(s)
+}
+
+/// Reads an infotext. The last line that starts with `Steps:` holds the settings.
+pub fn parse_infotext(text: &str) -> Result<Infotext, InfotextError> {
+    let lines: Vec<&str> = text.lines().collect();
+    let settings_at = lines
+        .iter()
+        .rposition(|l| l.trim_start().starts_with("Steps:"))
+        .ok_or(InfotextError::NoSettings)?;
+    let mut prompt = Vec::new();
+    let mut negative = Vec::new();
+    let mut in_negative = false;
+    for line in &lines[..settings_at] {
+        if let Some(rest) = line.strip_prefix("Negative prompt:") {
+            in_negative = true;
+            negative.push(rest.trim_start());
+        } else if in_negative {
+            negative.push(line);
+        } else {
+            prompt.push(*line);
+        }
+    }
+    Ok(Infotext {
+        prompt: prompt.join("\n"),
+        negative: negative.join("\n"),
+        params: split_params(lines[settings_at]),
+    })
+}
+
+/// Splits `K: v, K: "quoted, value", ...`.
+fn split_params(line: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = line.trim();
+    while !rest.is_empty() {
+        let Some(colon) = rest.find(':') else { break };
+        let key = rest[..colon].trim().to_string();
+        let after = rest[colon + 1..].trim_start();
+        let (value, next) = if after.starts_with('"') {
+            let mut end = None;
+            let mut escaped = false;
+            for (i, ch) in after.char_indices().skip(1) {
+                match ch {
+                    '\\' if !escaped => escaped = true,
+                    '"' if !escaped => {
+                        end = Some(i);
+                        break;
+                    }
+                    _ => escaped = false,
+                }
+            }
+            match end {
+                Some(e) => {
+                    let raw = &after[..=e];
+                    let v = serde_json::from_str::<String>(raw)
+                        .unwrap_or_else(|_| raw[1..e].to_string());
+                    (v, after[e + 1..].trim_start().trim_start_matches(','))
+                }
+                None => (after.to_string(), ""),
+            }
+        } else {
+            match after.find(',') {
+                Some(c) => (after[..c].trim().to_string(), &after[c + 1..]),
+                None => (after.trim().to_string(), ""),
+            }
+        };
+        out.push((key, value));
+        rest = next.trim_start();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::Sampler;
+
+    fn job() -> Job {
+        Job {
+            prompt: "a red fox, (snow:1.2)".into(),
+            negative: "blurry".into(),
+            sampler: Sampler::DpmPp2mKarras,
+            steps: 20,
+            cfg: 7.5,
+            width: 512,
+            height: 768,
+            seed: 5,
+            batch: 1,
+        }
+    }
+
+    #[test]
+    fn written_infotext_has_a1111_shape() {
+        let t = format_infotext(&job(), 6, "tiny-sd15", Some("0123456789"));
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "a red fox, (snow:1.2)");
+        assert_eq!(lines[1], "Negative prompt: blurry");
+        assert!(lines[2].starts_with(
+            "Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 6, Size: 512x768, Model hash: 0123456789, Model: tiny-sd15"
+        ), "{}", lines[2]);
+    }
+
+    #[test]
+    fn parses_an_a1111_infotext_with_quoted_values() {
+        let text = "masterpiece, a cat\nsecond line\nNegative prompt: ugly, bad\nSteps: 30, Sampler: Euler a, CFG scale: 7, Seed: 123, Size: 512x512, Lora hashes: \"a: 1234, b: 5678\", Version: v1.10.1";
+        let p = parse_infotext(text).unwrap();
+        assert_eq!(p.prompt, "masterpiece, a cat\nsecond line");
+        assert_eq!(p.negative, "ugly, bad");
+        assert_eq!(p.get("Sampler"), Some("Euler a"));
+        assert_eq!(p.get("Seed"), Some("123"));
+        assert_eq!(p.get("Lora hashes"), Some("a: 1234, b: 5678"));
+        assert_eq!(p.get("Version"), Some("v1.10.1"));
+    }
+
+    #[test]
+    fn our_infotext_round_trips() {
+        let t = format_infotext(&job(), 6, "my, model", None);
+        let p = parse_infotext(&t).unwrap();
+        assert_eq!(p.prompt, job().prompt);
+        assert_eq!(p.negative, "blurry");
+        assert_eq!(p.get("Model"), Some("my, model"));
+        assert_eq!(p.get("Size"), Some("512x768"));
+        assert_eq!(p.get("CFG scale"), Some("7.5"));
+    }
+
+    #[test]
+    fn text_without_settings_is_an_error() {
+        assert_eq!(
+            parse_infotext("just a prompt"),
+            Err(InfotextError::NoSettings)
+        );
+    }
+}

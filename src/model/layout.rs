@@ -1,0 +1,320 @@
+//! The model folder: `model_index.json`, `tokenizer/`, `scheduler/` and one folder per component.
+//!
+//! [`Model::open`] reads and cross-checks everything that can be checked without ONNX Runtime: each
+//! external initializer has a weight-map entry, and each entry a base weight of the right size.
+
+use super::checkpoint::{Checkpoint, CheckpointError};
+use super::graph::{ElemType, Graph, GraphError};
+use super::weightmap::{Transform, WeightMap};
+use crate::family::Family;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The components a pipeline is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComponentKind {
+    TextEncoder,
+    TextEncoder2,
+    Unet,
+    VaeDecoder,
+}
+
+impl ComponentKind {
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            ComponentKind::TextEncoder => "text_encoder",
+            ComponentKind::TextEncoder2 => "text_encoder_2",
+            ComponentKind::Unet => "unet",
+            ComponentKind::VaeDecoder => "vae_decoder",
+        }
+    }
+}
+
+impl fmt::Display for ComponentKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.dir_name())
+    }
+}
+
+/// `model_index.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelIndex {
+    pub format: u32,
+    pub family: Family,
+    /// `fp32` or `fp16`: the dtype of the UNet and text encoders.
+    pub dtype: String,
+    /// Image pixels per latent pixel (8 for real models).
+    pub vae_scale_factor: u32,
+    /// The VAE's `scaling_factor`; when absent, the family's.
+    pub vae_scaling_factor: Option<f32>,
+    pub default_width: Option<u32>,
+    pub default_height: Option<u32>,
+    pub components: Vec<ComponentKind>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model folder {0} does not exist")]
+    Missing(PathBuf),
+    #[error("{path} is missing: {what}")]
+    MissingFile { path: PathBuf, what: &'static str },
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{component}: the graph, weight map and weights disagree:\n  {}", problems.join("\n  "))]
+    Inconsistent {
+        component: ComponentKind,
+        problems: Vec<String>,
+    },
+}
+
+/// One component: graph, weight map and base weights, checked against each other.
+pub struct Component {
+    pub kind: ComponentKind,
+    pub dir: PathBuf,
+    pub graph: Graph,
+    pub weightmap: WeightMap,
+    pub weights: Checkpoint,
+    /// The diffusers/transformers `config.json` the component was exported from.
+    pub config: serde_json::Value,
+}
+
+/// An opened model folder.
+pub struct Model {
+    pub dir: PathBuf,
+    pub index: ModelIndex,
+    pub components: HashMap<ComponentKind, Component>,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &'static str,
+) -> Result<T, ModelError> {
+    if !path.is_file() {
+        return Err(ModelError::MissingFile {
+            path: path.to_path_buf(),
+            what,
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| ModelError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl Model {
+    pub fn open(dir: &Path) -> Result<Model, ModelError> {
+        if !dir.is_dir() {
+            return Err(ModelError::Missing(dir.to_path_buf()));
+        }
+        let index: ModelIndex = read_json(&dir.join("model_index.json"), "the model index")?;
+        for file in ["vocab.json", "merges.txt"] {
+            let p = dir.join("tokenizer").join(file);
+            if !p.is_file() {
+                return Err(ModelError::MissingFile {
+                    path: p,
+                    what: "a tokenizer file",
+                });
+            }
+        }
+        let mut components = HashMap::new();
+        for &kind in &index.components {
+            components.insert(kind, Component::open(dir, kind)?);
+        }
+        for needed in [
+            ComponentKind::TextEncoder,
+            ComponentKind::Unet,
+            ComponentKind::VaeDecoder,
+        ] {
+            if !components.contains_key(&needed) {
+                return Err(ModelError::MissingFile {
+                    path: dir.join(needed.dir_name()),
+                    what: "a component the pipeline needs (not listed in model_index.json)",
+                });
+            }
+        }
+        Ok(Model {
+            dir: dir.to_path_buf(),
+            index,
+            components,
+        })
+    }
+
+    pub fn component(&self, kind: ComponentKind) -> Option<&Component> {
+        self.components.get(&kind)
+    }
+
+    /// The VAE's latent scaling factor (model index first, then the family table).
+    pub fn vae_scaling(&self) -> f32 {
+        self.index
+            .vae_scaling_factor
+            .unwrap_or(self.index.family.facts().vae_scale)
+    }
+
+    /// Default image size: the model index, else the family's.
+    pub fn default_size(&self) -> (u32, u32) {
+        let (w, h) = self.index.family.facts().default_size;
+        (
+            self.index.default_width.unwrap_or(w),
+            self.index.default_height.unwrap_or(h),
+        )
+    }
+}
+
+impl Component {
+    fn open(dir: &Path, kind: ComponentKind) -> Result<Component, ModelError> {
+        let cdir = dir.join(kind.dir_name());
+        if !cdir.is_dir() {
+            return Err(ModelError::MissingFile {
+                path: cdir,
+                what: "a component folder listed in model_index.json",
+            });
+        }
+        let graph_path = cdir.join("model.onnx");
+        if !graph_path.is_file() {
+            return Err(ModelError::MissingFile {
+                path: graph_path,
+                what: "the component's ONNX graph",
+            });
+        }
+        let weights_path = cdir.join("weights.safetensors");
+        if !weights_path.is_file() {
+            return Err(ModelError::MissingFile {
+                path: weights_path,
+                what: "the component's weights",
+            });
+        }
+        let weightmap: WeightMap = read_json(&cdir.join("weightmap.json"), "the weight map")?;
+        let config = read_json(&cdir.join("config.json"), "the component's config.json")?;
+        let graph = Graph::read(&graph_path)?;
+        let weights = Checkpoint::open(&weights_path)?;
+        let c = Component {
+            kind,
+            dir: cdir,
+            graph,
+            weightmap,
+            weights,
+            config,
+        };
+        let problems = c.consistency_problems();
+        if !problems.is_empty() {
+            return Err(ModelError::Inconsistent {
+                component: kind,
+                problems,
+            });
+        }
+        Ok(c)
+    }
+
+    /// Everything that makes the three files disagree, at most 20 lines.
+    fn consistency_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let entries: HashMap<&str, _> = self
+            .weightmap
+            .initializers
+            .iter()
+            .map(|e| (e.name.as_str(), e))
+            .collect();
+        for ext in &self.graph.externals {
+            if ext.location.trim_start_matches("./") != self.weightmap.external_file {
+                problems.push(format!(
+                    "initializer {} refers to external file {:?}, the weight map to {:?}",
+                    ext.name, ext.location, self.weightmap.external_file
+                ));
+                continue;
+            }
+            let Some(e) = entries.get(ext.name.as_str()) else {
+                problems.push(format!("initializer {} has no weight-map entry", ext.name));
+                continue;
+            };
+            if e.offset != ext.offset || e.length != ext.length || e.shape != ext.dims {
+                problems.push(format!(
+                    "initializer {}: graph says offset {} length {} shape {:?}, weight map {} {} {:?}",
+                    ext.name, ext.offset, ext.length, ext.dims, e.offset, e.length, e.shape
+                ));
+            }
+            if e.dtype != ext.elem.name() || ext.elem.size().is_none() {
+                problems.push(format!(
+                    "initializer {}: graph type {}, weight map {}",
+                    ext.name,
+                    ext.elem.name(),
+                    e.dtype
+                ));
+            }
+            match self.weights.tensor(&e.source) {
+                None => problems.push(format!(
+                    "initializer {}: source weight {} is not in {}",
+                    ext.name,
+                    e.source,
+                    self.weights.path().display()
+                )),
+                Some(t) => {
+                    let want: Vec<usize> = match e.transform {
+                        Transform::Identity => ext.dims.clone(),
+                        Transform::Transpose => ext.dims.iter().rev().copied().collect(),
+                    };
+                    let ok_transpose = e.transform == Transform::Identity || ext.dims.len() == 2;
+                    if t.shape != want.as_slice() || !ok_transpose {
+                        problems.push(format!(
+                            "initializer {}: source weight {} has shape {:?}, expected {:?}",
+                            ext.name, e.source, t.shape, want
+                        ));
+                    }
+                }
+            }
+        }
+        let externals: std::collections::HashSet<&str> = self
+            .graph
+            .externals
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        for e in &self.weightmap.initializers {
+            if !externals.contains(e.name.as_str()) {
+                problems.push(format!(
+                    "weight-map entry {} is not an external initializer of the graph",
+                    e.name
+                ));
+            }
+        }
+        problems.truncate(20);
+        problems
+    }
+
+    /// Size of the assembled external-data buffer.
+    pub fn buffer_len(&self) -> usize {
+        self.graph
+            .externals
+            .iter()
+            .map(|e| e.offset + e.length)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The element type of an initializer as ONNX Runtime will see it.
+    pub fn elem_of(&self, init: &str) -> Option<ElemType> {
+        self.graph
+            .externals
+            .iter()
+            .find(|e| e.name == init)
+            .map(|e| e.elem)
+    }
+}

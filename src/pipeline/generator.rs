@@ -1,0 +1,341 @@
+//! Text-to-image on ONNX Runtime: the [`Generator`] owns a model's sessions and turns a [`Job`] into
+//! images, as diffusers' `StableDiffusionPipeline` does (same tokens, noise, CFG and schedulers).
+//!
+//! Sessions are built from the memory-mapped base weights through the in-memory external-data path,
+//! with adapter deltas added by [`Generator::rebuild`]; [`Generator`] is the engine's [`Runner`].
+
+use super::rng::TorchRng;
+use super::schedulers::{self, SchedulerConfig, SchedulerError};
+use super::tensor_io::{run, Input};
+use super::tokenizer::{ClipTokenizer, TokenizerError};
+use super::vae;
+use crate::engine::{Outcome, Reporter, Runner, Stop};
+use crate::image::format_infotext;
+use crate::job::{Event, Job, Progress, RgbImage};
+use crate::model::layout::ComponentKind;
+use crate::model::{Model, ModelError};
+use crate::patch::{self, PatchError};
+use crate::runtime::{build_session, Runtime, RuntimeError, SessionError, SessionOptions};
+use ort::session::Session;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error(transparent)]
+    Patch(#[from] PatchError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+    #[error("{what}: {message}")]
+    Run { what: &'static str, message: String },
+    #[error("invalid job: {0}")]
+    Job(String),
+}
+
+fn run_err(what: &'static str) -> impl Fn(ort::Error) -> PipelineError {
+    move |e| PipelineError::Run {
+        what,
+        message: e.to_string(),
+    }
+}
+
+/// Deltas per component: parameter name → ΔW (torch layout, f32, strengths applied).
+pub type ComponentDeltas = HashMap<ComponentKind, HashMap<String, Vec<f32>>>;
+
+struct Sessions {
+    text: Session,
+    unet: Session,
+    vae: Session,
+}
+
+/// A loaded model with its sessions, ready to run jobs.
+pub struct Generator {
+    pub model: Model,
+    tokenizer: ClipTokenizer,
+    scheduler: SchedulerConfig,
+    runtime: &'static Runtime,
+    opts: SessionOptions,
+    sessions: Sessions,
+    /// Which output of the text encoder conditions the UNet.
+    context_dim: usize,
+    model_name: String,
+}
+
+/// Checks what a job asks of the model before any work starts.
+pub fn validate_job(job: &Job) -> Result<(), PipelineError> {
+    if job.width == 0 || job.height == 0 || job.width % 8 != 0 || job.height % 8 != 0 {
+        return Err(PipelineError::Job(format!(
+            "size {}x{}: width and height must be positive multiples of 8",
+            job.width, job.height
+        )));
+    }
+    if job.steps == 0 || job.steps > 1000 {
+        return Err(PipelineError::Job(format!(
+            "steps {}: must be between 1 and 1000",
+            job.steps
+        )));
+    }
+    if !job.cfg.is_finite() {
+        return Err(PipelineError::Job("CFG scale must be a number".into()));
+    }
+    if job.batch == 0 {
+        return Err(PipelineError::Job("batch must be at least 1".into()));
+    }
+    Ok(())
+}
+
+impl Generator {
+    /// Opens `dir` and builds its sessions from the pristine base weights.
+    pub fn load(
+        dir: &Path,
+        runtime: &'static Runtime,
+        opts: SessionOptions,
+    ) -> Result<Self, PipelineError> {
+        let model = Model::open(dir)?;
+        let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
+        let scheduler =
+            SchedulerConfig::from_file(&dir.join("scheduler").join("scheduler_config.json"))?;
+        let sessions = build_sessions(&model, runtime, &opts, &ComponentDeltas::new())?;
+        let context_dim = model
+            .component(ComponentKind::Unet)
+            .and_then(|c| c.config.get("cross_attention_dim"))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(model.index.family.facts().context_dim as u64)
+            as usize;
+        let model_name = dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".into());
+        Ok(Generator {
+            model,
+            tokenizer,
+            scheduler,
+            runtime,
+            opts,
+            sessions,
+            context_dim,
+            model_name,
+        })
+    }
+
+    /// Rebuilds every session from the base weights plus `deltas` (empty = the pristine model).
+    /// On error the current sessions stay as they were.
+    pub fn rebuild(&mut self, deltas: &ComponentDeltas) -> Result<(), PipelineError> {
+        self.sessions = build_sessions(&self.model, self.runtime, &self.opts, deltas)?;
+        Ok(())
+    }
+
+    pub fn model_name(&self) -> &str {
+        &self.model_name
+    }
+
+    pub fn tokenizer(&self) -> &ClipTokenizer {
+        &self.tokenizer
+    }
+
+    /// Token ids of one 77-token chunk as the text encoder sees them.
+    fn padded_ids(&self, text: &str) -> Vec<i64> {
+        let pad = self.model.index.family.facts().pad_ids[0];
+        self.tokenizer
+            .encode_padded(text, pad)
+            .into_iter()
+            .map(i64::from)
+            .collect()
+    }
+
+    /// The conditioning for `text`: `[77, context_dim]`.
+    pub fn encode_text(&mut self, text: &str) -> Result<Vec<f32>, PipelineError> {
+        let ids = self.padded_ids(text);
+        let n = ids.len();
+        let out = run(
+            &mut self.sessions.text,
+            vec![Input::I64("input_ids", vec![1, n], ids)],
+            &["last_hidden_state"],
+        )
+        .map_err(run_err("text encoder"))?;
+        Ok(out.into_iter().next().map(|(_, d)| d).unwrap_or_default())
+    }
+
+    /// One UNet evaluation: `sample` `[b, 4, h, w]`, one timestep for all, context `[b, n, c]`.
+    pub fn unet(
+        &mut self,
+        sample: &[f32],
+        shape: [usize; 4],
+        timestep: f32,
+        context: &[f32],
+    ) -> Result<Vec<f32>, PipelineError> {
+        let b = shape[0];
+        let seq = context.len() / (b * self.context_dim);
+        let t = vec![timestep; b];
+        let out = run(
+            &mut self.sessions.unet,
+            vec![
+                Input::F32("sample", shape.to_vec(), sample),
+                Input::F32("timestep", vec![b], &t),
+                Input::F32(
+                    "encoder_hidden_states",
+                    vec![b, seq, self.context_dim],
+                    context,
+                ),
+            ],
+            &["out_sample"],
+        )
+        .map_err(run_err("UNet"))?;
+        Ok(out.into_iter().next().map(|(_, d)| d).unwrap_or_default())
+    }
+
+    /// Decodes latents `[1, 4, h, w]` to an image.
+    pub fn decode(
+        &mut self,
+        latents: &[f32],
+        h: usize,
+        w: usize,
+    ) -> Result<RgbImage, PipelineError> {
+        let scale = self.model.vae_scaling();
+        let z: Vec<f32> = latents.iter().map(|x| x / scale).collect();
+        let out = run(
+            &mut self.sessions.vae,
+            vec![Input::F32("latent_sample", vec![1, 4, h, w], &z)],
+            &["sample"],
+        )
+        .map_err(run_err("VAE decoder"))?;
+        let (shape, data) = out.into_iter().next().unwrap_or_default();
+        let (ih, iw) = (
+            shape.get(2).copied().unwrap_or(0),
+            shape.get(3).copied().unwrap_or(0),
+        );
+        Ok(vae::to_rgb(&data, iw, ih))
+    }
+
+    /// Runs `job`, calling `on_event` with progress and each image. Returns how it ended.
+    pub fn generate(
+        &mut self,
+        job: &Job,
+        stop: &dyn Fn() -> Stop,
+        on_event: &mut dyn FnMut(Event),
+        id: u64,
+    ) -> Result<Outcome, PipelineError> {
+        validate_job(job)?;
+        let factor = self.model.index.vae_scale_factor.max(1) as usize;
+        let (h, w) = (job.height as usize / factor, job.width as usize / factor);
+        let cond = self.encode_text(&job.prompt)?;
+        let uncond = self.encode_text(&job.negative)?;
+        // diffusers batches CFG as [uncond, cond].
+        let context: Vec<f32> = uncond.iter().chain(cond.iter()).copied().collect();
+        on_event(Event::Started {
+            id,
+            images: job.batch,
+            steps: job.steps,
+        });
+        for index in 0..job.batch {
+            let seed = job.seed.wrapping_add(u64::from(index));
+            let mut rng = TorchRng::new(seed);
+            let mut sched = schedulers::build(job.sampler, &self.scheduler, job.steps as usize);
+            let n = 4 * h * w;
+            let sigma0 = sched.init_noise_sigma();
+            let mut latents: Vec<f32> = rng.randn(n).into_iter().map(|x| x * sigma0).collect();
+            let timesteps = sched.timesteps().to_vec();
+            let started = Instant::now();
+            let mut skipped = false;
+            for (i, &t) in timesteps.iter().enumerate() {
+                match stop() {
+                    Stop::Interrupt => return Ok(Outcome::Cancelled),
+                    Stop::SkipImage => {
+                        skipped = true;
+                        break;
+                    }
+                    Stop::No => {}
+                }
+                let x = sched.scale_model_input(&latents, i);
+                let doubled: Vec<f32> = x.iter().chain(x.iter()).copied().collect();
+                let out = self.unet(&doubled, [2, 4, h, w], t as f32, &context)?;
+                let (u, c) = out.split_at(n);
+                let guided: Vec<f32> = u
+                    .iter()
+                    .zip(c)
+                    .map(|(u, c)| u + job.cfg * (c - u))
+                    .collect();
+                latents = sched.step(&guided, i, &latents, &mut |k| rng.randn(k));
+                let elapsed = started.elapsed().as_secs_f32().max(1e-6);
+                on_event(Event::Step(Progress {
+                    id,
+                    image: index,
+                    step: i as u32 + 1,
+                    steps: timesteps.len() as u32,
+                    it_per_s: (i + 1) as f32 / elapsed,
+                }));
+            }
+            if skipped {
+                continue;
+            }
+            let image = self.decode(&latents, h, w)?;
+            let infotext = format_infotext(job, seed, &self.model_name, None);
+            on_event(Event::Image {
+                id,
+                index,
+                seed,
+                image,
+                infotext,
+            });
+        }
+        Ok(Outcome::Done)
+    }
+}
+
+fn build_sessions(
+    model: &Model,
+    rt: &'static Runtime,
+    opts: &SessionOptions,
+    deltas: &ComponentDeltas,
+) -> Result<Sessions, PipelineError> {
+    let empty = HashMap::new();
+    let build = |kind: ComponentKind| -> Result<Session, PipelineError> {
+        let c = model
+            .component(kind)
+            .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
+        let (buf, _stats) = patch::assemble(c, deltas.get(&kind).unwrap_or(&empty))?;
+        let buf: Arc<[u8]> = buf.into();
+        Ok(build_session(
+            rt,
+            kind.dir_name(),
+            &c.graph.bytes,
+            &c.weightmap.external_file,
+            buf,
+            opts,
+        )?)
+    };
+    Ok(Sessions {
+        text: build(ComponentKind::TextEncoder)?,
+        unet: build(ComponentKind::Unet)?,
+        vae: build(ComponentKind::VaeDecoder)?,
+    })
+}
+
+impl Runner for Generator {
+    fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome {
+        let cancel = out.cancel.clone();
+        let stop = move || {
+            let s = cancel.get();
+            if s == Stop::SkipImage {
+                cancel.take_skip();
+            }
+            s
+        };
+        let id = out.id;
+        match self.generate(job, &stop, &mut |e| out.send(e), id) {
+            Ok(o) => o,
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Builds an ONNX Runtime session from a graph and its weights buffer (assembled in memory).
+//!
+//! [`build_session`] hands the buffer over with `with_external_initializer_file_in_memory`, so weights
+//! are in place before graph optimisation and the external file named in the graph never exists.
+
+use super::ep::{Device, DeviceError};
+use super::library::Runtime;
+use ort::session::Session;
+use std::sync::Arc;
+
+/// Load-time options (what forces a new session), separate from per-image parameters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionOptions {
+    pub device: Device,
+    /// Intra-op threads; 0 lets ONNX Runtime decide.
+    pub threads: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("ONNX Runtime could not create the {what} session: {message}")]
+    Ort { what: String, message: String },
+}
+
+fn ort_err(what: &str) -> impl Fn(ort::Error) -> SessionError + '_ {
+    move |e| SessionError::Ort {
+        what: what.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Creates a session for `graph` (ONNX bytes) whose external file `external_file` is `weights`.
+pub fn build_session(
+    rt: &Runtime,
+    what: &str,
+    graph: &[u8],
+    external_file: &str,
+    weights: Arc<[u8]>,
+    opts: &SessionOptions,
+) -> Result<Session, SessionError> {
+    let providers = opts.device.dispatch(&rt.path.display().to_string())?;
+    let e = ort_err(what);
+    let recover = |err: ort::Error<ort::session::builder::SessionBuilder>| e(err.into());
+    let mut builder = Session::builder(rt.environment())
+        .map_err(&e)?
+        .with_execution_providers(providers)
+        .map_err(recover)?
+        .with_external_initializer_file_in_memory(external_file, weights)
+        .map_err(recover)?;
+    if opts.threads > 0 {
+        builder = builder.with_intra_threads(opts.threads).map_err(recover)?;
+    }
+    if matches!(opts.device, Device::DirectMl(_)) {
+        // DirectML requires sequential execution and no memory pattern (ORT's DirectML docs).
+        builder = builder
+            .with_parallel_execution(false)
+            .map_err(recover)?
+            .with_memory_pattern(false)
+            .map_err(recover)?;
+    }
+    builder.commit_from_memory(graph).map_err(&e)
+}

@@ -1,0 +1,214 @@
+//! The tiny SD1.x model against diffusers/transformers/torch references written by
+//! scripts/export_model.py: token ids, embeddings, latents, UNet output and final images.
+
+use crate::util::*;
+use stipple::engine::Stop;
+use stipple::job::{Event, Job, Sampler};
+use stipple::pipeline::rng::TorchRng;
+
+#[derive(serde::Deserialize)]
+struct TokenCase {
+    prompt: String,
+    ids: Vec<u32>,
+    padded: Vec<u32>,
+}
+
+#[test]
+fn token_ids_equal_transformers() {
+    let text = std::fs::read_to_string(reference("tokens.json")).unwrap();
+    let cases: Vec<TokenCase> = serde_json::from_str(&text).unwrap();
+    let g = generator();
+    for c in &cases {
+        assert_eq!(
+            g.tokenizer().encode(&c.prompt),
+            c.ids,
+            "prompt {:?}",
+            c.prompt
+        );
+        assert_eq!(
+            g.tokenizer().encode_padded(&c.prompt, 49407),
+            c.padded,
+            "prompt {:?}",
+            c.prompt
+        );
+    }
+    assert!(
+        cases.iter().any(|c| c.ids.len() > 75),
+        "a long prompt is covered"
+    );
+}
+
+#[test]
+fn text_embeddings_match_transformers() {
+    let text = std::fs::read_to_string(reference("tokens.json")).unwrap();
+    let cases: Vec<TokenCase> = serde_json::from_str(&text).unwrap();
+    let refs = ref_tensors();
+    let mut g = generator();
+    for (i, c) in cases.iter().take(3).enumerate() {
+        let got = g.encode_text(&c.prompt).unwrap();
+        let (shape, want) = ref_tensor(&refs, &format!("embedding.{i}"));
+        assert_eq!(shape, vec![77, 32]);
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err <= 1e-4, "prompt {:?}: max abs error {err}", c.prompt);
+    }
+}
+
+#[test]
+fn latents_equal_torch_randn() {
+    let refs = ref_tensors();
+    let mut checked = 0;
+    for (name, _) in refs.shapes() {
+        let Some(rest) = name.strip_prefix("latents.") else {
+            continue;
+        };
+        let (seed, _) = rest.split_once('.').unwrap();
+        let (shape, want) = ref_tensor(&refs, &name);
+        let got = TorchRng::new(seed.parse().unwrap()).randn(shape.iter().product());
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err <= 1e-6, "{name}: max abs error {err}");
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} latent cases");
+}
+
+#[test]
+fn unet_output_matches_diffusers() {
+    let refs = ref_tensors();
+    let (shape, sample) = ref_tensor(&refs, "unet.sample");
+    let (_, t) = ref_tensor(&refs, "unet.timestep");
+    let (_, ehs) = ref_tensor(&refs, "unet.encoder_hidden_states");
+    let (_, want) = ref_tensor(&refs, "unet.out");
+    let got = generator()
+        .unet(
+            &sample,
+            [shape[0], shape[1], shape[2], shape[3]],
+            t[0],
+            &ehs,
+        )
+        .unwrap();
+    let err = max_rel_err(&got, &want);
+    assert!(err <= 1e-4, "relative error {err}");
+}
+
+#[derive(serde::Deserialize)]
+struct ImageCase {
+    file: String,
+    sampler: String,
+    steps: u32,
+}
+
+#[derive(serde::Deserialize)]
+struct Images {
+    prompt: String,
+    negative: String,
+    seed: u64,
+    cfg: f32,
+    width: u32,
+    height: u32,
+    images: Vec<ImageCase>,
+}
+
+#[test]
+fn every_scheduler_image_matches_diffusers() {
+    let text = std::fs::read_to_string(reference("images.json")).unwrap();
+    let spec: Images = serde_json::from_str(&text).unwrap();
+    assert_eq!(spec.images.len(), 10);
+    let mut g = generator();
+    let mut report = Vec::new();
+    for case in &spec.images {
+        let job = Job {
+            prompt: spec.prompt.clone(),
+            negative: spec.negative.clone(),
+            sampler: case.sampler.parse::<Sampler>().unwrap(),
+            steps: case.steps,
+            cfg: spec.cfg,
+            width: spec.width,
+            height: spec.height,
+            seed: spec.seed,
+            batch: 1,
+        };
+        let mut image = None;
+        g.generate(
+            &job,
+            &|| Stop::No,
+            &mut |e| {
+                if let Event::Image { image: i, .. } = e {
+                    image = Some(i)
+                }
+            },
+            1,
+        )
+        .unwrap();
+        let image = image.expect("an image");
+        let (w, h, want) = read_rgb(&reference(&case.file));
+        assert_eq!((image.width, image.height), (w, h));
+        let mad = image
+            .pixels
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (*a as f32 - *b as f32).abs())
+            .sum::<f32>()
+            / want.len() as f32;
+        report.push(format!("{} {}: {mad:.4}", case.sampler, case.steps));
+        assert!(
+            mad <= 1.0,
+            "{} at {} steps: mean abs difference {mad}/255",
+            case.sampler,
+            case.steps
+        );
+    }
+    eprintln!(
+        "mean abs difference per image (0-255): {}",
+        report.join(", ")
+    );
+}
+
+#[test]
+fn skip_and_interrupt_are_honoured_between_steps() {
+    let mut g = generator();
+    let job = Job {
+        prompt: "a fox".into(),
+        negative: String::new(),
+        sampler: Sampler::Euler,
+        steps: 3,
+        cfg: 7.0,
+        width: 64,
+        height: 64,
+        seed: 3,
+        batch: 2,
+    };
+    // Skip the first image: only the second arrives.
+    let calls = std::cell::Cell::new(0);
+    let mut seeds = Vec::new();
+    let outcome = g
+        .generate(
+            &job,
+            &|| {
+                calls.set(calls.get() + 1);
+                if calls.get() == 2 {
+                    Stop::SkipImage
+                } else {
+                    Stop::No
+                }
+            },
+            &mut |e| {
+                if let Event::Image { seed, .. } = e {
+                    seeds.push(seed)
+                }
+            },
+            1,
+        )
+        .unwrap();
+    assert!(matches!(outcome, stipple::engine::Outcome::Done));
+    assert_eq!(seeds, vec![4]);
+    let outcome = g
+        .generate(&job, &|| Stop::Interrupt, &mut |_| {}, 2)
+        .unwrap();
+    assert!(matches!(outcome, stipple::engine::Outcome::Cancelled));
+}

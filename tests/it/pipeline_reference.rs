@@ -1,0 +1,249 @@
+//! The pipeline's pure-Rust numerics against references computed by torch, transformers and
+//! diffusers (`scripts/reference_{rng,tokenizer,schedulers}.py` write `tests/fixtures/reference/`).
+
+use serde_json::Value;
+use std::path::PathBuf;
+use stipple::job::Sampler;
+use stipple::pipeline::rng::TorchRng;
+use stipple::pipeline::schedulers::{build, SchedulerConfig};
+use stipple::pipeline::tokenizer::{ClipTokenizer, CONTEXT_LEN};
+
+fn reference_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference")
+}
+
+fn load(name: &str) -> Value {
+    let path = reference_dir().join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn f64s(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn u32s(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// Every call of every sequence on one generator, as torch drew them (1e-6 abs).
+#[test]
+fn torch_rng_matches_torch_randn() {
+    let reference = load("rng.json");
+    let mut worst = 0f64;
+    for case in reference["cases"].as_array().unwrap() {
+        let seed = case["seed"].as_u64().unwrap();
+        let mut rng = TorchRng::new(seed);
+        for (k, call) in case["calls"].as_array().unwrap().iter().enumerate() {
+            let n = call["numel"].as_u64().unwrap() as usize;
+            let got = rng.randn(n);
+            assert_eq!(got.len(), n);
+            let want = f64s(&call["values"]);
+            let idx: Vec<usize> = match &call["indices"] {
+                Value::Null => (0..n).collect(),
+                v => u32s(v).into_iter().map(|i| i as usize).collect(),
+            };
+            for (&i, &w) in idx.iter().zip(&want) {
+                let err = (f64::from(got[i]) - w).abs();
+                worst = worst.max(err);
+                assert!(
+                    err <= 1e-6,
+                    "seed {seed} call {k} (n={n}) [{i}]: {} vs {w}",
+                    got[i]
+                );
+            }
+            let sum: f64 = got.iter().map(|&x| f64::from(x)).sum();
+            let want_sum = call["sum"].as_f64().unwrap();
+            assert!(
+                (sum - want_sum).abs() <= 1e-6 * n as f64,
+                "seed {seed} call {k}: sum"
+            );
+        }
+    }
+    eprintln!("torch rng: max abs error {worst:e}");
+}
+
+fn mini_tokenizer() -> ClipTokenizer {
+    ClipTokenizer::from_dir(&reference_dir().join("clip_tokenizer_mini")).unwrap()
+}
+
+/// Ids (plain and padded to 77) as `transformers.CLIPTokenizer` gives them, exactly.
+#[test]
+fn clip_tokenizer_matches_transformers() {
+    let reference = load("tokenizer.json");
+    let pad = reference["meta"]["pad_id"].as_u64().unwrap() as u32;
+    check_tokenizer(&mini_tokenizer(), &reference, pad);
+}
+
+/// The same prompts against a full SD1.x tokenizer folder, when one is named by
+/// `STIPPLE_CLIP_TOKENIZER` (e.g. the output of `scripts/clip_vocab.py`).
+#[test]
+fn clip_tokenizer_matches_transformers_with_full_vocab() {
+    let Some(dir) = std::env::var_os("STIPPLE_CLIP_TOKENIZER") else {
+        eprintln!("STIPPLE_CLIP_TOKENIZER not set; full-vocabulary check skipped");
+        return;
+    };
+    let tok = ClipTokenizer::from_dir(&PathBuf::from(dir)).unwrap();
+    assert_eq!(
+        tok.encode_padded("a photo of a cat", 49407)[..7],
+        [49406, 320, 1125, 539, 320, 2368, 49407]
+    );
+    check_tokenizer(&tok, &load("tokenizer.json"), 49407);
+}
+
+fn check_tokenizer(tok: &ClipTokenizer, reference: &Value, pad: u32) {
+    for case in reference["cases"].as_array().unwrap() {
+        let prompt = case["prompt"].as_str().unwrap();
+        assert_eq!(tok.encode(prompt), u32s(&case["ids"]), "prompt {prompt:?}");
+        let padded = tok.encode_padded(prompt, pad);
+        assert_eq!(padded.len(), CONTEXT_LEN);
+        assert_eq!(padded, u32s(&case["padded"]), "padded prompt {prompt:?}");
+    }
+}
+
+#[test]
+fn clip_tokenizer_reports_a_broken_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = ClipTokenizer::from_dir(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("vocab.json"), "{err}");
+    std::fs::write(dir.path().join("vocab.json"), "{not json").unwrap();
+    std::fs::write(dir.path().join("merges.txt"), "#version: 0.2\n").unwrap();
+    let err = ClipTokenizer::from_dir(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("vocab.json") && err.contains("JSON"), "{err}");
+}
+
+/// Relative error of `got` against `want`, scaled by the larger of |want| and the largest |value|
+/// of the reference vector it belongs to (so values near zero are judged against the vector).
+fn rel_err(got: f64, want: f64, scale: f64) -> f64 {
+    (got - want).abs() / want.abs().max(scale).max(1e-30)
+}
+
+fn max_abs(v: &[f64]) -> f64 {
+    v.iter().fold(0.0, |m, x| m.max(x.abs()))
+}
+
+/// The closed-form stand-in for the UNet that scripts/reference_schedulers.py uses.
+fn fake_model(x_in: &[f32], t: f64) -> Vec<f32> {
+    x_in.iter()
+        .enumerate()
+        .map(|(k, &x)| (0.1 * f64::from(x) + (t / 100.0 + 0.01 * k as f64).cos()) as f32)
+        .collect()
+}
+
+/// Timesteps, sigmas, input scaling and whole sampling runs (with torch-generator noise for
+/// Euler a) against diffusers' schedulers made from SD1.5's config, within 1e-5 relative.
+#[test]
+fn schedulers_match_diffusers() {
+    const TOL: f64 = 1e-5;
+    let reference = load("schedulers.json");
+    let meta = &reference["meta"];
+    let numel: usize = meta["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_u64().unwrap() as usize)
+        .product();
+    let picks: Vec<usize> = u32s(&meta["step_sample_indices"])
+        .into_iter()
+        .map(|i| i as usize)
+        .collect();
+    let stride = meta["final_stride"].as_u64().unwrap() as usize;
+    let (mut worst_schedule, mut worst_run) = (0f64, 0f64);
+    for case in reference["cases"].as_array().unwrap() {
+        let mut cfg_json = meta["base_config"].clone();
+        for (k, v) in case["overrides"].as_object().unwrap() {
+            cfg_json[k] = v.clone();
+        }
+        let cfg = SchedulerConfig::from_json_str(&cfg_json.to_string()).unwrap();
+        let sampler: Sampler = case["sampler"].as_str().unwrap().parse().unwrap();
+        let steps = case["steps"].as_u64().unwrap() as usize;
+        let label = format!("{} {steps} steps {}", sampler, case["overrides"]);
+        let mut sch = build(sampler, &cfg, steps);
+
+        // Exact up to serde_json's last-bit float parsing.
+        let want = f64s(&case["timesteps"]);
+        assert_eq!(sch.timesteps().len(), want.len(), "{label}: timestep count");
+        for (&g, &w) in sch.timesteps().iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-12 * w.abs(),
+                "{label}: timesteps {:?} vs {want:?}",
+                sch.timesteps()
+            );
+        }
+        match (&case["sigmas"], sch.sigmas()) {
+            (Value::Null, None) => {}
+            (want, Some(got)) => {
+                let want = f64s(want);
+                assert_eq!(got.len(), want.len(), "{label}: sigma count");
+                for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                    let e = rel_err(g, w, 0.0);
+                    worst_schedule = worst_schedule.max(e);
+                    assert!(e <= TOL, "{label}: sigma[{i}] {g} vs {w}");
+                }
+            }
+            (want, got) => panic!("{label}: sigmas {want:?} vs {got:?}"),
+        }
+        let init = case["init_noise_sigma"].as_f64().unwrap();
+        let e = rel_err(f64::from(sch.init_noise_sigma()), init, 0.0);
+        worst_schedule = worst_schedule.max(e);
+        assert!(
+            e <= TOL,
+            "{label}: init_noise_sigma {} vs {init}",
+            sch.init_noise_sigma()
+        );
+        for (i, &d) in f64s(&case["input_divisors"]).iter().enumerate() {
+            let e = rel_err(f64::from(sch.input_divisor(i)), d, 0.0);
+            worst_schedule = worst_schedule.max(e);
+            assert!(
+                e <= TOL,
+                "{label}: input divisor {i}: {} vs {d}",
+                sch.input_divisor(i)
+            );
+        }
+
+        let mut rng = TorchRng::new(case["seed"].as_u64().unwrap());
+        let init_sigma = sch.init_noise_sigma();
+        let mut latents: Vec<f32> = rng
+            .randn(numel)
+            .into_iter()
+            .map(|x| x * init_sigma)
+            .collect();
+        let timesteps = sch.timesteps().to_vec();
+        let samples = case["step_samples"].as_array().unwrap();
+        for (i, &t) in timesteps.iter().enumerate() {
+            let x_in = sch.scale_model_input(&latents, i);
+            let out = fake_model(&x_in, t);
+            latents = sch.step(&out, i, &latents, &mut |n| rng.randn(n));
+            let want = f64s(&samples[i]);
+            let scale = max_abs(&want);
+            for (&k, &w) in picks.iter().zip(&want) {
+                let e = rel_err(f64::from(latents[k]), w, scale);
+                worst_run = worst_run.max(e);
+                assert!(e <= TOL, "{label}: step {i} [{k}]: {} vs {w}", latents[k]);
+            }
+        }
+        let want = f64s(&case["final"]);
+        let scale = max_abs(&want);
+        for (j, &w) in want.iter().enumerate() {
+            let e = rel_err(f64::from(latents[j * stride]), w, scale);
+            worst_run = worst_run.max(e);
+            assert!(
+                e <= TOL,
+                "{label}: final [{}]: {} vs {w}",
+                j * stride,
+                latents[j * stride]
+            );
+        }
+    }
+    eprintln!(
+        "schedulers: max rel error, schedules {worst_schedule:e}, sampling runs {worst_run:e}"
+    );
+}

@@ -1,0 +1,69 @@
+//! Shared helpers: the bundled tiny model, ONNX Runtime, reference tensors and images.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use stipple::model::Checkpoint;
+use stipple::pipeline::Generator;
+use stipple::runtime::{Runtime, SessionOptions};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn tiny_model() -> PathBuf {
+    root().join("tests/fixtures/tiny-sd15")
+}
+
+pub fn reference(name: &str) -> PathBuf {
+    tiny_model().join("reference").join(name)
+}
+
+pub fn runtime() -> &'static Runtime {
+    Runtime::get(None, false).expect("ONNX Runtime (run scripts/setup)")
+}
+
+/// One generator for the whole test binary: session creation costs ~1 s.
+pub fn generator() -> std::sync::MutexGuard<'static, Generator> {
+    static G: OnceLock<Mutex<Generator>> = OnceLock::new();
+    G.get_or_init(|| {
+        Mutex::new(
+            Generator::load(&tiny_model(), runtime(), SessionOptions::default())
+                .expect("tiny model loads"),
+        )
+    })
+    .lock()
+    .unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn ref_tensors() -> Checkpoint {
+    Checkpoint::open(&reference("tensors.safetensors")).expect("reference tensors")
+}
+
+pub fn ref_tensor(c: &Checkpoint, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let t = c
+        .tensor(name)
+        .unwrap_or_else(|| panic!("reference tensor {name}"));
+    (t.shape.to_vec(), t.to_f32())
+}
+
+/// Decodes an 8-bit RGB PNG.
+pub fn read_rgb(path: &Path) -> (u32, u32, Vec<u8>) {
+    let file = std::fs::File::open(path).unwrap();
+    let mut r = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .unwrap();
+    let mut buf = vec![0; r.output_buffer_size().unwrap()];
+    let info = r.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    assert_eq!(info.color_type, png::ColorType::Rgb, "{}", path.display());
+    (info.width, info.height, buf)
+}
+
+pub fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+    got.iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale
+}
