@@ -28,6 +28,26 @@ enum Command {
     Generate(GenerateArgs),
     /// Check ONNX Runtime, execution providers and a model folder
     Doctor(DoctorArgs),
+    /// Measure load time, UNet steps per second, VAE decode and a whole image
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Image width (default: the model's)
+    #[arg(long)]
+    width: Option<u32>,
+    /// Image height (default: the model's)
+    #[arg(long)]
+    height: Option<u32>,
+    /// Repetitions of each measurement
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -165,6 +185,28 @@ fn cmd_generate(cli: &Cli, a: &GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_bench(cli: &Cli, a: &BenchArgs) -> Result<()> {
+    let device: Device = a.model.device.parse()?;
+    let dir = a.model.model.clone().unwrap_or_else(default_model);
+    let rt = Runtime::get(cli.ort_lib.as_deref(), device.is_gpu())?;
+    let opts = SessionOptions {
+        device,
+        threads: a.model.threads,
+    };
+    let size = match (a.width, a.height) {
+        (Some(w), Some(h)) => Some((w, h)),
+        (None, None) => None,
+        _ => bail!("give both --width and --height, or neither"),
+    };
+    let report = stipple::bench::run(&dir, rt, opts, size, a.repeats)
+        .with_context(|| format!("benchmark of {}", dir.display()))?;
+    if a.json {
+        emit(&format!("{}\n", serde_json::to_string(&report)?))
+    } else {
+        emit(&format!("{report}\n"))
+    }
+}
+
 /// Writes `text` to stdout; a closed pipe (`stipple doctor | head`) is not an error.
 fn emit(text: &str) -> Result<()> {
     use std::io::Write;
@@ -256,6 +298,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Some(Command::Generate(a)) => cmd_generate(&cli, a),
         Some(Command::Doctor(a)) => cmd_doctor(&cli, a),
+        Some(Command::Bench(a)) => cmd_bench(&cli, a),
         None => Err(anyhow::anyhow!(
             "the terminal workstation is not wired in yet; try `stipple generate --prompt ...`"
         )),

@@ -25,12 +25,15 @@ fn input_is_f16(session: &Session, name: &str) -> bool {
     })
 }
 
+/// An output tensor: shape and f32 values.
+pub type Output = (Vec<usize>, Vec<f32>);
+
 /// Runs `session` and returns each of `outputs` as (shape, f32 values).
 pub fn run(
     session: &mut Session,
     inputs: Vec<Input<'_>>,
     outputs: &[&str],
-) -> Result<Vec<(Vec<usize>, Vec<f32>)>, ort::Error> {
+) -> Result<Vec<Output>, ort::Error> {
     let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
     for input in inputs {
         match input {

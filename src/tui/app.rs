@@ -667,9 +667,13 @@ impl App {
             self.error("no <lora:…> tag to edit");
             return;
         };
-        if let Some(new) = self.schedule.edit(&tag, edit) {
-            let names = self.names.clone();
-            self.prompt.rewrite_tag(self.schedule.tag, &new, &names);
+        match self.schedule.edit(&tag, edit, self.settings.steps) {
+            Ok(Some(new)) => {
+                let names = self.names.clone();
+                self.prompt.rewrite_tag(self.schedule.tag, &new, &names);
+            }
+            Ok(None) => {}
+            Err(e) => self.error(e),
         }
     }
 }

@@ -3,6 +3,7 @@
 mod cli;
 mod foundation;
 mod pipeline_reference;
+mod prompt;
 mod tui_config;
 mod tui_flows;
 mod tui_screens;

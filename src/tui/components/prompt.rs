@@ -4,7 +4,7 @@
 
 use super::editor::{cursor_row, display_width, layout, TextBuffer};
 use crate::tui::keymap::Action;
-use crate::tui::lang::{self, Analysis, Strength, Token};
+use crate::tui::lang::{self, Analysis, Component, Strength, Token};
 use crate::tui::theme::Theme;
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Position, Rect};
@@ -229,11 +229,15 @@ impl PromptEditor {
 
     pub fn nudge_tag(&mut self, i: usize, delta: f32, catalog: &[String]) -> Result<(), String> {
         let mut tag = self.analysis.tags.get(i).cloned().ok_or("no such tag")?;
-        match (&tag.te, &tag.unet) {
+        let r = |v: f32| ((v + delta) * 100.0).round() / 100.0;
+        match (tag.te.clone(), tag.unet.clone()) {
+            // Setting te carries over to unet (and on to the blocks) where they were equal.
+            (Strength::Const(te), Strength::Const(unet)) if te == unet => {
+                tag.set(Component::Te, Strength::Const(r(te)))
+            }
             (Strength::Const(te), Strength::Const(unet)) => {
-                let r = |v: f32| ((v + delta) * 100.0).round() / 100.0;
-                tag.te = Strength::Const(r(*te));
-                tag.unet = Strength::Const(r(*unet));
+                tag.set(Component::Te, Strength::Const(r(te)));
+                tag.set(Component::Unet, Strength::Const(r(unet)));
             }
             _ => return Err(format!("{} follows a schedule; edit it with F3", tag.name)),
         }
@@ -241,12 +245,13 @@ impl PromptEditor {
         Ok(())
     }
 
-    /// Replaces tag `i` in the text by the printed form of `tag`, as one undo step.
+    /// Replaces tag `i` in the text by the printer's form of `tag`, as one undo step.
     pub fn rewrite_tag(&mut self, i: usize, tag: &lang::LoraTag, catalog: &[String]) {
         let Some(old) = self.analysis.tags.get(i) else {
             return;
         };
-        self.buf.replace_keep_cursor(old.span.clone(), &tag.print());
+        self.buf
+            .replace_keep_cursor(old.span.clone(), &lang::print(tag));
         self.refresh(catalog);
     }
 
@@ -277,7 +282,12 @@ impl PromptEditor {
         if inner.width == 0 || inner.height == 0 {
             return None;
         }
-        let error_rows = u16::from(self.analysis.error.is_some() && inner.height > 2);
+        let diagnostic = self.analysis.error.as_ref().map(|e| (e, true)).or(self
+            .analysis
+            .warning
+            .as_ref()
+            .map(|w| (w, false)));
+        let error_rows = u16::from(diagnostic.is_some() && inner.height > 2);
         let text_area = Rect {
             height: inner.height - error_rows,
             ..inner
@@ -310,16 +320,22 @@ impl PromptEditor {
                 theme.get("ui.text.muted"),
             );
         }
-        if let Some(e) = &self.analysis.error {
+        if let Some((e, is_error)) = diagnostic {
             if error_rows > 0 {
                 let col = text[..e.span.start.min(text.len())].chars().count() + 1;
-                let mut msg = format!("✗ col {col}: {}", e.message);
+                let mark = if is_error { '✗' } else { '!' };
+                let mut msg = format!("{mark} col {col}: {}", e.message);
                 if let Some(h) = &e.hint {
                     msg.push_str(" — ");
                     msg.push_str(h);
                 }
                 let y = inner.y + inner.height - 1;
-                Paragraph::new(Line::styled(msg, theme.get("prompt.error.message"))).render(
+                let style = if is_error {
+                    theme.get("prompt.error.message")
+                } else {
+                    theme.get("ui.text.muted")
+                };
+                Paragraph::new(Line::styled(msg, style)).render(
                     Rect {
                         y,
                         height: 1,

@@ -2,7 +2,11 @@
 //! drawn over the steps. Editing a point produces a new tag; the app prints it back into the prompt,
 //! so the curve and the text never disagree.
 
-use crate::tui::lang::{fmt_num, Component, LoraTag, Strength};
+use crate::prompt::Position;
+use crate::tui::lang::{
+    component_key, explicit, fmt_num, fraction, points, print, Component, LoraTag, Strength,
+    COMPONENTS,
+};
 use crate::tui::theme::Theme;
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
@@ -42,95 +46,137 @@ fn round2(v: f32) -> f32 {
     (v * 100.0).round() / 100.0
 }
 
+/// A position moved by `d` notches (0.05 of the run, or one step) within `lo..=hi`.
+fn shift(p: Position, d: f32, lo: Position, hi: Position) -> Position {
+    match (p, lo, hi) {
+        (Position::Step(s), Position::Step(a), Position::Step(b)) => {
+            let n = (i64::from(s) + if d > 0.0 { 1 } else { -1 })
+                .clamp(i64::from(a).max(1), i64::from(b));
+            Position::Step(n as u32)
+        }
+        (Position::Fraction(f), lo, hi) => {
+            let (a, b) = (as_frac(lo), as_frac(hi));
+            Position::Fraction(round2((f + d).clamp(a, b)))
+        }
+        (other, ..) => other,
+    }
+}
+
+fn as_frac(p: Position) -> f32 {
+    match p {
+        Position::Fraction(f) => f,
+        Position::Step(_) => 1.0,
+    }
+}
+
+/// Halfway between two positions of the same kind.
+fn between(a: Position, b: Position) -> Position {
+    match (a, b) {
+        (Position::Step(x), Position::Step(y)) => Position::Step((x + y) / 2),
+        _ => Position::Fraction(round2((as_frac(a) + as_frac(b)) / 2.0)),
+    }
+}
+
 impl ScheduleEditor {
     pub fn cycle_component(&mut self, delta: isize) {
-        let i = Component::ALL
+        let i = COMPONENTS
             .iter()
             .position(|c| *c == self.component)
             .unwrap_or(0) as isize;
-        self.component = Component::ALL[(i + delta).rem_euclid(5) as usize];
+        self.component = COMPONENTS[(i + delta).rem_euclid(5) as usize];
         self.point = 0;
     }
 
-    /// Applies `edit` to `tag`; returns the changed tag, or `None` if nothing changed.
-    pub fn edit(&mut self, tag: &LoraTag, edit: Edit) -> Option<LoraTag> {
-        let (strength, _) = tag.get(self.component);
-        let mut pts = strength.points();
+    /// Applies `edit` to `tag`: the changed tag, `None` if only the selection moved, or why the
+    /// curve cannot be built.
+    pub fn edit(
+        &mut self,
+        tag: &LoraTag,
+        edit: Edit,
+        steps: u32,
+    ) -> Result<Option<LoraTag>, String> {
+        let mut pts = points(tag.get(self.component));
         let n = pts.len();
         self.point = self.point.min(n.saturating_sub(1));
         let p = self.point;
+        let last_pos = |pts: &[(f32, Position)]| match pts.first().map(|x| x.1) {
+            Some(Position::Step(_)) => Position::Step(steps.max(2)),
+            _ => Position::Fraction(1.0),
+        };
+        let first_pos = |pts: &[(f32, Position)]| match pts.first().map(|x| x.1) {
+            Some(Position::Step(_)) => Position::Step(1),
+            _ => Position::Fraction(0.0),
+        };
         match edit {
             Edit::PrevPoint => {
                 self.point = p.saturating_sub(1);
-                return None;
+                return Ok(None);
             }
             Edit::NextPoint => {
                 self.point = (p + 1).min(n.saturating_sub(1));
-                return None;
+                return Ok(None);
             }
             Edit::Value(d) => pts[p].0 = round2(pts[p].0 + d),
             Edit::Move(d) => {
-                let lo = if p == 0 { 0.0 } else { pts[p - 1].1 };
+                let lo = if p == 0 {
+                    first_pos(&pts)
+                } else {
+                    pts[p - 1].1
+                };
                 let hi = if p + 1 < n {
                     pts[p + 1].1
                 } else {
-                    1.0_f32.max(pts[p].1)
+                    last_pos(&pts)
                 };
-                pts[p].1 = round2((pts[p].1 + d).clamp(lo, hi));
+                pts[p].1 = shift(pts[p].1, d, lo, hi);
             }
             Edit::Add => {
                 let (v, at) = pts[p];
-                let at2 = if p + 1 < n {
-                    (at + pts[p + 1].1) / 2.0
+                let end = last_pos(&pts);
+                let (idx, point) = if p + 1 < n {
+                    (
+                        p + 1,
+                        (round2((v + pts[p + 1].0) / 2.0), between(at, pts[p + 1].1)),
+                    )
+                } else if at != end {
+                    (p + 1, (v, between(at, end)))
                 } else {
-                    (at + 0.25).min(1.0)
+                    // The last point already sits at the end of the run: add one before it.
+                    let prev = if p > 0 { pts[p - 1].1 } else { first_pos(&pts) };
+                    (p, (v, between(prev, at)))
                 };
-                let v2 = if p + 1 < n {
-                    (v + pts[p + 1].0) / 2.0
-                } else {
-                    v
-                };
-                // A point past the last one at the end of the run would pile up: put it before.
-                let (v2, at2, idx) = if p + 1 >= n && at >= 1.0 {
-                    let prev = if p > 0 { pts[p - 1].1 } else { 0.0 };
-                    (v, (prev + at) / 2.0, p)
-                } else {
-                    (v2, at2, p + 1)
-                };
-                pts.insert(idx, (round2(v2), round2(at2)));
+                pts.insert(idx, point);
                 self.point = idx;
                 let mut t = tag.clone();
-                t.set(self.component, Strength::Schedule(pts));
-                return Some(t);
+                t.set(self.component, Strength::schedule(pts)?);
+                return Ok(Some(t));
             }
             Edit::Delete => {
                 if n <= 1 {
-                    return None;
+                    return Ok(None);
                 }
                 pts.remove(p);
                 self.point = p.min(pts.len() - 1);
             }
             Edit::Constant => {
-                let v = pts[p].0;
-                let mut t = tag.clone();
-                t.set(self.component, Strength::Const(v));
+                pts = vec![(pts[p].0, Position::Fraction(0.0))];
                 self.point = 0;
-                return Some(t);
             }
         }
-        let mut t = tag.clone();
-        let s = if matches!(strength, Strength::Const(_))
-            && n == 2
-            && pts[0].0 == pts[1].0
-            && pts[0].1 == 0.0
-            && pts[1].1 == 1.0
+        let flat = pts.iter().all(|x| x.0 == pts[0].0);
+        let strength = if pts.len() == 1
+            || (flat
+                && pts.len() == 2
+                && as_frac(pts[0].1) == 0.0
+                && pts[1].1 == Position::Fraction(1.0))
         {
             Strength::Const(pts[0].0)
         } else {
-            Strength::Schedule(pts)
+            Strength::schedule(pts)?
         };
-        t.set(self.component, s);
-        Some(t)
+        let mut t = tag.clone();
+        t.set(self.component, strength);
+        Ok(Some(t))
     }
 
     pub fn render(
@@ -162,13 +208,13 @@ impl ScheduleEditor {
             format!("{} ", tag.name),
             theme.get("prompt.lora.name"),
         )];
-        for c in Component::ALL {
+        for c in COMPONENTS {
             let style = if c == self.component {
                 theme.get("ui.tab.active")
             } else {
                 theme.get("ui.tab")
             };
-            header.push(Span::styled(format!(" {} ", c.key()), style));
+            header.push(Span::styled(format!(" {} ", component_key(c)), style));
         }
         header.push(Span::styled(
             format!("  tag {}/{}", self.tag + 1, tags.len()),
@@ -176,8 +222,9 @@ impl ScheduleEditor {
         ));
         buf.set_line(inner.x, inner.y, &Line::from(header), inner.width);
 
-        let (strength, explicit) = tag.get(self.component);
-        let pts = strength.points();
+        let strength = tag.get(self.component);
+        let explicit = explicit(tag, self.component);
+        let pts = points(strength);
         let sel = self.point.min(pts.len().saturating_sub(1));
         let hi = pts.iter().map(|p| p.0).fold(1.0_f32, f32::max).max(1.0);
         let lo = pts.iter().map(|p| p.0).fold(0.0_f32, f32::min).min(0.0);
@@ -211,19 +258,12 @@ impl ScheduleEditor {
         };
         for col in 0..=w {
             let step =
-                (f32::from(col) / f32::from(w) * steps.saturating_sub(1) as f32).round() as u32;
-            let v = strength.at(step, steps);
+                (f32::from(col) / f32::from(w) * steps.saturating_sub(1) as f32).round() as usize;
+            let v = strength.at(step, steps as usize);
             buf.set_string(plot.x + col, row_of(v), "·", curve_style);
         }
-        let frac = |at: f32| {
-            if at <= 1.0 {
-                at
-            } else {
-                at / steps.saturating_sub(1).max(1) as f32
-            }
-        };
         for (i, (v, at)) in pts.iter().enumerate() {
-            let x = plot.x + (frac(*at).clamp(0.0, 1.0) * f32::from(w)).round() as u16;
+            let x = plot.x + (fraction(*at, steps).clamp(0.0, 1.0) * f32::from(w)).round() as u16;
             let style = if i == sel {
                 theme.get("schedule.point.selected")
             } else {
@@ -238,17 +278,17 @@ impl ScheduleEditor {
             format!("step 0{:>w$}", steps, w = usize::from(w).saturating_sub(5)),
             axis,
         );
-        let mut spans = vec![Span::styled(format!("{}: ", self.component.key()), axis)];
+        let mut spans = vec![Span::styled(
+            format!("{}: ", component_key(self.component)),
+            axis,
+        )];
         for (i, (v, at)) in pts.iter().enumerate() {
             let style = if i == sel {
                 theme.get("schedule.point.selected")
             } else {
                 theme.get("schedule.point")
             };
-            spans.push(Span::styled(
-                format!("{}@{}", fmt_num(*v), fmt_num(*at)),
-                style,
-            ));
+            spans.push(Span::styled(format!("{}@{at}", fmt_num(*v)), style));
             spans.push(Span::raw("  "));
         }
         if !explicit {
@@ -261,7 +301,7 @@ impl ScheduleEditor {
         buf.set_stringn(
             inner.x,
             base + 2,
-            tag.print(),
+            print(tag),
             usize::from(inner.width),
             theme.get("prompt.lora"),
         );

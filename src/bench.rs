@@ -1,0 +1,138 @@
+//! Benchmarks behind `stipple bench` and `cargo bench`: session creation, text encoding, UNet steps
+//! with CFG (the figure that matters), VAE decode and a whole image, on a given model and device.
+//!
+//! [`run`] measures and returns a [`BenchReport`]; its `Display` is what both commands print.
+
+use crate::engine::Stop;
+use crate::job::{Job, Sampler};
+use crate::pipeline::{Generator, PipelineError};
+use crate::runtime::{Runtime, SessionOptions};
+use std::fmt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub device: String,
+    pub width: u32,
+    pub height: u32,
+    pub load_s: f64,
+    pub text_encode_ms: f64,
+    /// One CFG step (UNet on batch 2), median.
+    pub unet_step_ms: f64,
+    pub steps_per_s: f64,
+    pub vae_decode_ms: f64,
+    /// A whole 20-step image, median.
+    pub image_s: f64,
+    pub repeats: usize,
+}
+
+impl fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "model {} on {} at {}x{} ({} repeats, medians)",
+            self.model, self.device, self.width, self.height, self.repeats
+        )?;
+        writeln!(f, "  load (open + 3 sessions)  {:>9.3} s", self.load_s)?;
+        writeln!(
+            f,
+            "  text encoder (1 prompt)   {:>9.3} ms",
+            self.text_encode_ms
+        )?;
+        writeln!(
+            f,
+            "  UNet step, CFG (batch 2)  {:>9.3} ms  = {:.1} steps/s",
+            self.unet_step_ms, self.steps_per_s
+        )?;
+        writeln!(
+            f,
+            "  VAE decode                {:>9.3} ms",
+            self.vae_decode_ms
+        )?;
+        write!(f, "  image, 20 steps Euler a   {:>9.3} s", self.image_s)
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64()
+}
+
+/// Measures `model_dir` on `opts.device` with `repeats` repetitions of each part.
+pub fn run(
+    model_dir: &Path,
+    rt: &'static Runtime,
+    opts: SessionOptions,
+    size: Option<(u32, u32)>,
+    repeats: usize,
+) -> Result<BenchReport, PipelineError> {
+    let repeats = repeats.max(1);
+    let device = opts.device.to_string();
+    let t0 = Instant::now();
+    let mut g = Generator::load(model_dir, rt, opts)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let (w, h) = size.unwrap_or_else(|| g.model.default_size());
+    let factor = g.model.index.vae_scale_factor.max(1) as usize;
+    let (lh, lw) = (h as usize / factor, w as usize / factor);
+
+    let mut te = Vec::new();
+    let mut ctx = Vec::new();
+    for _ in 0..repeats + 1 {
+        let t = Instant::now();
+        ctx = g.encode_text("a red fox in the snow, highly detailed")?;
+        te.push(t.elapsed());
+    }
+    te.remove(0);
+    let context: Vec<f32> = ctx.iter().chain(ctx.iter()).copied().collect();
+    let sample = vec![0.1f32; 2 * 4 * lh * lw];
+    let mut unet = Vec::new();
+    for i in 0..repeats * 5 + 2 {
+        let t = Instant::now();
+        g.unet(&sample, [2, 4, lh, lw], 500.0, &context)?;
+        if i >= 2 {
+            unet.push(t.elapsed());
+        }
+    }
+    let latents = vec![0.1f32; 4 * lh * lw];
+    let mut vae = Vec::new();
+    for i in 0..repeats + 1 {
+        let t = Instant::now();
+        g.decode(&latents, lh, lw)?;
+        if i > 0 {
+            vae.push(t.elapsed());
+        }
+    }
+    let job = Job {
+        prompt: "a red fox in the snow".into(),
+        negative: String::new(),
+        sampler: Sampler::EulerA,
+        steps: 20,
+        cfg: 7.0,
+        width: w,
+        height: h,
+        seed: 1,
+        batch: 1,
+    };
+    let mut image = Vec::new();
+    for _ in 0..repeats {
+        let t = Instant::now();
+        g.generate(&job, &|| Stop::No, &mut |_| {}, 0)?;
+        image.push(t.elapsed());
+    }
+    let unet_step = median(unet);
+    Ok(BenchReport {
+        model: g.model_name().to_string(),
+        device,
+        width: w,
+        height: h,
+        load_s,
+        text_encode_ms: median(te) * 1e3,
+        unet_step_ms: unet_step * 1e3,
+        steps_per_s: 1.0 / unet_step,
+        vae_decode_ms: median(vae) * 1e3,
+        image_s: median(image),
+        repeats,
+    })
+}
