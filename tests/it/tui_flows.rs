@@ -89,7 +89,7 @@ fn type_tag_adjust_schedule_submit_progress_interrupt() {
     press(&mut app, KeyCode::Char('>'));
     assert_eq!(
         app.prompt.text(),
-        "a fox, <lora:ink-style:te=1.05:unet=1.05@0,0.85@0.55,1.05@1>"
+        "a fox, <lora:ink-style:1.05:unet=1.05@0,0.85@0.55,1.05@1>"
     );
     // The te curve is separate; the browser keys refuse a scheduled unet but te stays editable here.
     press(&mut app, KeyCode::BackTab);
@@ -132,7 +132,7 @@ fn type_tag_adjust_schedule_submit_progress_interrupt() {
     });
     assert_eq!(
         app.prompt.history(),
-        ["a fox, <lora:ink-style:te=1.05:unet=1.05@0,0.85@0.55,1.05@1>"]
+        ["a fox, <lora:ink-style:1.05:unet=1.05@0,0.85@0.55,1.05@1>"]
     );
     engine.shutdown();
 }
@@ -228,7 +228,7 @@ fn history_and_undo_in_the_editor() {
     assert!(app
         .status
         .as_ref()
-        .is_some_and(|s| s.error && s.text.contains("not closed")));
+        .is_some_and(|s| s.error && s.text.contains("unterminated")));
 }
 
 #[test]
