@@ -54,7 +54,18 @@ impl TuiOptions {
 
 /// The picture protocol: the terminal's answer to a query unless the config names one.
 fn picker_for(protocol: ImageProtocol) -> Option<Picker> {
-    let queried = || Picker::from_query_stdio().unwrap_or_else(|_| Picker::halfblocks());
+    // ratatui-image's query leaves a thread reading stdin when nothing answers, which would eat
+    // the user's keys; only ask a terminal that answers a cursor-position request (crossterm
+    // times that out cleanly), else fall back to halfblocks.
+    let answers = crossterm::cursor::position().is_ok();
+    let queried = || {
+        if answers {
+            Picker::from_query_stdio().unwrap_or_else(|_| Picker::halfblocks())
+        } else {
+            tracing::warn!("the terminal does not answer queries; pictures use halfblocks");
+            Picker::halfblocks()
+        }
+    };
     let forced = |p: ProtocolType| {
         let mut picker = queried();
         picker.set_protocol_type(p);
@@ -102,7 +113,7 @@ pub fn run(
     let history_file = opts.dirs.data.join("history.jsonl");
     let history = event_loop::load_history(&history_file, opts.config.history_size);
     let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
+        .enable_all()
         .build()?;
     terminal::install_panic_hook();
     let mut term = terminal::Term::enter()?;
@@ -121,7 +132,22 @@ pub fn run(
     };
     let result = runtime.block_on(async {
         let input = crossterm::event::EventStream::new();
-        event_loop::run(&mut app, &mut term, input, &svc, &mut events).await
+        let main = event_loop::run(&mut app, &mut term, input, &svc, &mut events);
+        // A closed SSH connection (SIGHUP) or a kill (SIGTERM) ends the session like a quit,
+        // so the engine is shut down and the terminal restored where it still exists.
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term_sig = signal(SignalKind::terminate())?;
+            let mut hup = signal(SignalKind::hangup())?;
+            tokio::select! {
+                r = main => r,
+                _ = term_sig.recv() => { tracing::info!("SIGTERM"); Ok(()) }
+                _ = hup.recv() => { tracing::info!("SIGHUP"); Ok(()) }
+            }
+        }
+        #[cfg(not(unix))]
+        main.await
     });
     drop(term);
     engine.shutdown();
