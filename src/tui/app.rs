@@ -3,7 +3,7 @@
 //! event loop. No terminal and no engine here, so every flow is testable with plain values.
 
 use crate::config::Config;
-use crate::job::{Event, Job, JobId};
+use crate::job::{Event, Job, JobId, RgbImage};
 use crate::tui::catalog::LoraEntry;
 use crate::tui::components::gallery::{Gallery, GalleryItem};
 use crate::tui::components::lora_browser::LoraBrowser;
@@ -50,6 +50,11 @@ pub enum Input {
         job: Job,
     },
     Catalog(Vec<LoraEntry>),
+    /// A LoRA's sidecar picture, loaded after [`Effect::LoadPreview`].
+    LoraPreview {
+        path: std::path::PathBuf,
+        image: RgbImage,
+    },
     Tick,
     Resize,
 }
@@ -66,6 +71,8 @@ pub enum Effect {
     /// Clear and repaint everything.
     Redraw,
     RescanLoras,
+    /// Load a picture file for the LoRA browser.
+    LoadPreview(std::path::PathBuf),
     /// Persist a prompt to the history file.
     SaveHistory(String),
 }
@@ -189,7 +196,18 @@ impl App {
             Input::Key(key) => {
                 self.dirty = true;
                 self.status = None;
-                self.on_key(key)
+                let mut effects = self.on_key(key);
+                if self.view == View::Loras {
+                    effects.extend(self.loras.wanted_preview().map(Effect::LoadPreview));
+                }
+                effects
+            }
+            Input::LoraPreview { path, image } => {
+                if self.loras.preview_path.as_ref() == Some(&path) {
+                    self.dirty = true;
+                    self.loras.preview.show(image, String::new());
+                }
+                Vec::new()
             }
             Input::Paste(text) => {
                 self.dirty = true;

@@ -68,6 +68,12 @@ pub fn perform(
                 let entries = svc.catalog.scan();
                 app.update(Input::Catalog(entries));
             }
+            Effect::LoadPreview(path) => match load_picture(&path) {
+                Ok(image) => {
+                    app.update(Input::LoraPreview { path, image });
+                }
+                Err(e) => tracing::info!(path = %path.display(), error = %e, "no LoRA preview"),
+            },
             Effect::SaveHistory(text) => {
                 if let Some(path) = &svc.history_file {
                     if let Err(e) = append_history(path, &text) {
@@ -78,6 +84,16 @@ pub fn perform(
         }
     }
     Ok(true)
+}
+
+/// A picture file, shrunk to at most 512 px a side (the pane is smaller than that anyway).
+fn load_picture(path: &std::path::Path) -> Result<crate::job::RgbImage, image::ImageError> {
+    let img = image::open(path)?.thumbnail(512, 512).to_rgb8();
+    Ok(crate::job::RgbImage {
+        width: img.width(),
+        height: img.height(),
+        pixels: img.into_raw(),
+    })
 }
 
 fn append_history(path: &std::path::Path, text: &str) -> io::Result<()> {

@@ -43,8 +43,10 @@ pub fn draw(frame: &mut Frame, app: &mut App) {
             let [p, rest] =
                 Layout::vertical([Constraint::Length(5), Constraint::Min(3)]).areas(body);
             app.prompt.render(p, buf, &app.theme, false);
+            let covered = !app.overlays.is_empty();
+            let tags = &app.prompt.analysis.tags;
             app.loras
-                .render(rest, buf, &app.theme, &app.prompt.analysis.tags);
+                .render(rest, buf, &app.theme, tags, app.picker.as_ref(), covered);
             None
         }
         View::Schedule => {

@@ -300,3 +300,43 @@ fn command_palette_runs_actions_by_description() {
     let job = app.build_job().unwrap_err();
     assert!(job.contains("empty"));
 }
+
+#[test]
+fn lora_browser_shows_the_sidecar_picture() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = br#"{"__metadata__":{"ss_network_module":"networks.lora","ss_network_dim":"8","ss_base_model_version":"sd_v1"}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    std::fs::write(dir.path().join("watercolor.safetensors"), &bytes).unwrap();
+    image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 90]))
+        .save(dir.path().join("watercolor.png"))
+        .unwrap();
+    let cat = stipple::tui::catalog::FsCatalog {
+        folders: vec![dir.path().to_path_buf()],
+        model_family: Some("sd15".into()),
+    };
+    let mut app = app();
+    app.update(Input::Catalog(cat.scan()));
+    let effects = press(&mut app, KeyCode::F(2));
+    assert!(
+        matches!(effects.as_slice(), [Effect::LoadPreview(p)] if p.ends_with("watercolor.png")),
+        "{effects:?}"
+    );
+    let (engine, _rx) = Engine::spawn(ScriptedRunner::free());
+    let svc = Services {
+        engine: &engine,
+        catalog: &cat,
+        history_file: None,
+    };
+    let mut screen = TestScreen::new(100, 30);
+    perform(&mut app, effects, &svc, &mut screen).unwrap();
+    assert!(app.loras.preview.image().is_some());
+    let shown = render(&mut app, 100, 30);
+    assert!(
+        shown.contains("rank     8") && shown.contains('▄'),
+        "{shown}"
+    );
+    // Moving the selection to the same adapter does not reload it.
+    assert!(press(&mut app, KeyCode::Down).is_empty());
+    engine.shutdown();
+}

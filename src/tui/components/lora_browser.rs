@@ -2,19 +2,26 @@
 //! ones are marked and cannot be inserted. Tags already in the prompt show their strength.
 
 use crate::tui::catalog::{Compat, LoraEntry};
+use crate::tui::components::preview::Preview;
 use crate::tui::lang::{fmt_strength, LoraTag};
 use crate::tui::theme::Theme;
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Widget, Wrap};
+use ratatui_image::picker::Picker;
+use std::path::PathBuf;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct LoraBrowser {
     pub entries: Vec<LoraEntry>,
     pub filter: String,
     /// Index into [`visible`](Self::visible).
     pub selected: usize,
+    /// The sidecar picture of the selected adapter, loaded by the event loop on request.
+    pub preview: Preview,
+    /// Which sidecar was last asked for, so each is loaded once per selection.
+    pub preview_path: Option<PathBuf>,
 }
 
 impl LoraBrowser {
@@ -72,7 +79,26 @@ impl LoraBrowser {
         self.selected = self.selected.min(n.saturating_sub(1));
     }
 
-    pub fn render(&self, area: Rect, buf: &mut Buffer, theme: &Theme, tags: &[LoraTag]) {
+    /// The sidecar picture the selection wants, if it is not the one asked for last.
+    pub fn wanted_preview(&mut self) -> Option<PathBuf> {
+        let want = self.current().and_then(|e| e.preview.clone());
+        if want == self.preview_path {
+            return None;
+        }
+        self.preview_path = want.clone();
+        self.preview = Preview::default();
+        want
+    }
+
+    pub fn render(
+        &mut self,
+        area: Rect,
+        buf: &mut Buffer,
+        theme: &Theme,
+        tags: &[LoraTag],
+        picker: Option<&Picker>,
+        covered: bool,
+    ) {
         let [list_area, detail_area] =
             Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)])
                 .areas(area);
@@ -126,17 +152,26 @@ impl LoraBrowser {
                 style,
             );
         }
-        self.render_detail(detail_area, buf, theme);
+        let rows = self.render_detail(detail_area, buf, theme);
+        let pic = Rect {
+            y: detail_area.y + rows + 1,
+            height: detail_area.height.saturating_sub(rows + 2),
+            ..detail_area
+        };
+        if pic.height >= 4 && self.preview.image().is_some() {
+            self.preview.render(pic, buf, theme, picker, covered);
+        }
     }
 
-    fn render_detail(&self, area: Rect, buf: &mut Buffer, theme: &Theme) {
+    /// Draws the facts of the selected adapter; returns how many rows they took.
+    fn render_detail(&self, area: Rect, buf: &mut Buffer, theme: &Theme) -> u16 {
         let block = Block::default()
             .borders(Borders::ALL)
             .border_style(theme.get("ui.border"))
             .title(Span::styled(" Adapter ", theme.get("ui.title")));
         let inner = block.inner(area);
         block.render(area, buf);
-        let Some(e) = self.current() else { return };
+        let Some(e) = self.current() else { return 0 };
         let muted = theme.get("ui.text.muted");
         let field = |k: &'static str, v: String| {
             Line::from(vec![Span::styled(format!("{k:<9}"), muted), Span::raw(v)])
@@ -175,9 +210,12 @@ impl LoraBrowser {
                 theme.get("lora.in_prompt"),
             )),
         }
+        let w = usize::from(inner.width.max(1));
+        let rows: usize = lines.iter().map(|l| l.width().div_ceil(w).max(1)).sum();
         Paragraph::new(lines)
             .wrap(Wrap { trim: false })
             .render(inner, buf);
+        (rows as u16).min(inner.height)
     }
 }
 
