@@ -308,9 +308,11 @@ fn lora_browser_shows_the_sidecar_picture() {
     let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
     bytes.extend_from_slice(header);
     std::fs::write(dir.path().join("watercolor.safetensors"), &bytes).unwrap();
-    image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 90]))
-        .save(dir.path().join("watercolor.png"))
-        .unwrap();
+    image::RgbImage::from_fn(64, 64, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 4) as u8, 90])
+    })
+    .save(dir.path().join("watercolor.png"))
+    .unwrap();
     let cat = stipple::tui::catalog::FsCatalog {
         folders: vec![dir.path().to_path_buf()],
         model_family: Some("sd15".into()),
