@@ -3,6 +3,7 @@
 
     python scripts/export_model.py --tiny                       # tests/fixtures/tiny-sd15 + references
     python scripts/export_model.py --from DIR --out models/NAME [--dtype fp16]
+    python scripts/export_model.py --random sd15 --dtype fp16 --device cuda --out /tmp/sd15   # benchmarks
 
 Needs PyTorch, diffusers, transformers and onnx (a virtual environment outside the repo:
 `python3 -m venv ~/venv && ~/venv/bin/pip install torch diffusers transformers onnx`, about two minutes
@@ -155,7 +156,7 @@ def export_component(component, wrapper, args, names, dynamic_axes, out_dir, sto
             + ", ".join(missing[:10])
         )
     onnx.save(model, os.path.join(out_dir, "model.onnx"))
-    tensors = {k: v.detach().to(storage_dtype).contiguous() for k, v in params.items()}
+    tensors = {k: v.detach().to(storage_dtype).cpu().contiguous() for k, v in params.items()}
     save_file(tensors, os.path.join(out_dir, "weights.safetensors"))
     with open(os.path.join(out_dir, "weightmap.json"), "w") as f:
         json.dump({"format": 1, "external_file": EXTERNAL_FILE, "initializers": entries}, f, indent=1)
@@ -173,8 +174,9 @@ def export_pipeline(unet, text_encoder, vae, scheduler, tokenizer_dir, out, dtyp
     """Writes the model folder `out` from diffusers/transformers modules."""
     os.makedirs(out, exist_ok=True)
     ctx = text_encoder.config.hidden_size
+    dev = next(unet.parameters()).device
     te_dir = os.path.join(out, "text_encoder")
-    ids = torch.zeros((1, 77), dtype=torch.int64)
+    ids = torch.zeros((1, 77), dtype=torch.int64, device=dev)
     export_component(
         "text_encoder",
         TextEncoderWrapper(text_encoder),
@@ -192,9 +194,9 @@ def export_pipeline(unet, text_encoder, vae, scheduler, tokenizer_dir, out, dtyp
         "unet",
         UnetWrapper(unet),
         (
-            torch.randn(2, unet.config.in_channels, lat, lat, dtype=dtype),
-            torch.tensor([500.0, 500.0], dtype=dtype),
-            torch.randn(2, 77, ctx, dtype=dtype),
+            torch.randn(2, unet.config.in_channels, lat, lat, dtype=dtype, device=dev),
+            torch.tensor([500.0, 500.0], dtype=dtype, device=dev),
+            torch.randn(2, 77, ctx, dtype=dtype, device=dev),
         ),
         (["sample", "timestep", "encoder_hidden_states"], ["out_sample"]),
         {
@@ -213,7 +215,7 @@ def export_pipeline(unet, text_encoder, vae, scheduler, tokenizer_dir, out, dtyp
     export_component(
         "vae_decoder",
         VaeDecoderWrapper(vae32),
-        (torch.randn(1, vae.config.latent_channels, lat, lat),),
+        (torch.randn(1, vae.config.latent_channels, lat, lat, device=dev),),
         (["latent_sample"], ["sample"]),
         {"latent_sample": {0: "batch", 2: "height", 3: "width"}, "sample": {0: "batch", 2: "height", 3: "width"}},
         vae_dir,
@@ -394,12 +396,26 @@ def from_diffusers(src, out, dtype_name):
         export_pipeline(unet, te, pipe.vae.eval(), pipe.scheduler, tmp, out, dtype, dtype)
 
 
+def random_sd15(out, dtype_name, tokenizer_dir, device):
+    """Full-size SD1.5 architecture with random weights: true speed figures, no download."""
+    import tiny_configs
+
+    dtype = torch.float16 if dtype_name == "fp16" else torch.float32
+    unet, te, vae, sched = tiny_configs.build_sd15_random(device)
+    unet, te = unet.to(dtype), te.to(dtype)
+    with torch.no_grad():
+        export_pipeline(unet, te, vae, sched, tokenizer_dir, out, dtype, dtype)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="write the tiny test model and its references")
     ap.add_argument("--from", dest="src", help="a diffusers SD1.x pipeline folder (or hub id in the cache)")
     ap.add_argument("--out", help="output model folder")
     ap.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
+    ap.add_argument("--random", choices=["sd15"], help="full-size architecture with random weights")
+    ap.add_argument("--tokenizer", help="tokenizer folder for --random (default: the tiny fixture's)")
+    ap.add_argument("--device", default="cpu", help="torch device to build and export on (cuda for --random)")
     a = ap.parse_args()
     if a.tiny:
         out = a.out or os.path.join(ROOT, "tests", "fixtures", "tiny-sd15")
@@ -407,6 +423,10 @@ def main():
             shutil.rmtree(out)
         tiny(out)
         print(f"wrote {out}")
+    elif a.random and a.out:
+        tok = a.tokenizer or os.path.join(ROOT, "tests", "fixtures", "tiny-sd15", "tokenizer")
+        random_sd15(a.out, a.dtype, tok, a.device)
+        print(f"wrote {a.out}")
     elif a.src and a.out:
         from_diffusers(a.src, a.out, a.dtype)
         print(f"wrote {a.out}")

@@ -64,16 +64,18 @@ def randomize_(module, seed):
     The ONNX exporter merges parameters with equal values into one initializer (DESIGN.md §3), and a
     default-initialised model has every norm weight 1.0, so norms get 1 + small noise and biases small noise.
     """
-    g = torch.Generator().manual_seed(seed)
+    device = next(module.parameters()).device
+    g = torch.Generator(device).manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=g, device=device, dtype=torch.float32)
             if p.dim() == 1 and ("norm" in name or "ln" in name or "layer_norm" in name) and name.endswith("weight"):
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+                p.copy_(1.0 + 0.1 * noise)
             elif p.dim() == 1:
-                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+                p.copy_(0.05 * noise)
             else:
                 fan_in = max(1, p[0].numel())
-                p.copy_(torch.randn(p.shape, generator=g) / fan_in**0.5)
+                p.copy_(noise / fan_in**0.5)
     return module
 
 
@@ -98,3 +100,40 @@ def text_encoder_state_dict(text_encoder):
     for k, v in text_encoder.state_dict().items():
         out[k if k.startswith("text_model.") else "text_model." + k] = v
     return out
+
+
+# Full-size SD1.5 architecture (random weights): for benchmarks on the GPU machine.
+SD15_UNET = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+SD15_TEXT_ENCODER = dict(
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_attention_heads=12,
+    num_hidden_layers=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    projection_dim=768,
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
+)
+SD15_VAE = dict(
+    block_out_channels=[128, 256, 512, 512],
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    latent_channels=4,
+    layers_per_block=2,
+    sample_size=512,
+)
+
+
+def build_sd15_random(device="cpu", seed=SEED):
+    """Full-size SD1.5-architecture components with random weights (fp32, on `device`)."""
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.device(device):
+        unet = randomize_(UNet2DConditionModel(**SD15_UNET), seed).eval()
+        text_encoder = randomize_(CLIPTextModel(CLIPTextConfig(**SD15_TEXT_ENCODER)), seed + 1).eval()
+        vae = randomize_(AutoencoderKL(**SD15_VAE), seed + 2).eval()
+    return unet, text_encoder, vae, PNDMScheduler(**SCHEDULER)

@@ -249,6 +249,21 @@ fn cmd_doctor(cli: &Cli, a: &DoctorArgs) -> Result<()> {
         }
     }
     writeln!(s, "devices       cpu{}", gpu_list())?;
+    if !gpu_list().is_empty()
+        || stipple::runtime::ep::providers()
+            .iter()
+            .any(|(n, a)| *a && n.starts_with("CUDA"))
+    {
+        let libs = stipple::runtime::cuda_libs::find();
+        if libs.missing.is_empty() {
+            writeln!(s, "CUDA libraries all {} found", libs.found.len())?;
+        } else {
+            writeln!(s, "CUDA libraries MISSING: {}", libs.missing.join(", "))?;
+        }
+        for (name, path) in &libs.found {
+            writeln!(s, "  {name:<40} {}", path.display())?;
+        }
+    }
     let dir = a.model.clone().unwrap_or_else(default_model);
     match stipple::model::Model::open(&dir) {
         Ok(m) => {
@@ -284,13 +299,27 @@ fn cmd_doctor(cli: &Cli, a: &DoctorArgs) -> Result<()> {
     Ok(())
 }
 
-/// GPUs as the NVIDIA driver lists them (no CUDA call needed).
+/// GPUs as the NVIDIA driver lists them (no CUDA call needed), with their model names.
 fn gpu_list() -> String {
     let Ok(rd) = std::fs::read_dir("/proc/driver/nvidia/gpus") else {
         return String::new();
     };
-    let n = rd.count();
-    (0..n).map(|i| format!(", cuda:{i}")).collect()
+    let mut buses: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+    buses.sort();
+    buses
+        .iter()
+        .enumerate()
+        .map(|(i, bus)| {
+            let model = std::fs::read_to_string(bus.join("information"))
+                .ok()
+                .and_then(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("Model:").map(|m| m.trim().to_string()))
+                })
+                .unwrap_or_default();
+            format!(", cuda:{i} ({model})")
+        })
+        .collect()
 }
 
 fn main() -> ExitCode {

@@ -1,1 +1,393 @@
-//! (being written)
+//! The LoRA engine: adapter files → per-parameter weight deltas `Σ strength·ΔW` (f32, torch layout),
+//! with a report of what was applied. The model's patch step adds the deltas to pristine base weights.
+//!
+//! Public surface: [`Adapter`], [`compute_deltas`], [`inspect()`], and the types they take and return.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use serde::Serialize;
+use thiserror::Error;
+
+pub mod bench;
+pub mod delta;
+pub mod detect;
+pub mod family;
+pub mod file;
+pub mod inspect;
+pub mod keys;
+pub mod ldm;
+pub mod peft;
+pub mod region;
+pub mod report;
+pub mod tensor;
+pub mod triggers;
+
+pub use delta::DeltaError;
+pub use detect::{AdapterType, Detected};
+pub use file::{Adapter, FileError};
+pub use inspect::{inspect, Inspection};
+pub use region::Region;
+pub use report::{AdapterReport, Applied, ApplyReport, Skipped};
+
+use detect::ModuleTensors;
+use keys::{KeyIndex, Kind};
+
+/// A model component adapters can target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Component {
+    TextEncoder,
+    TextEncoder2,
+    Unet,
+}
+
+/// One parameter of the base model that adapters may target, by its diffusers name in torch layout:
+/// UNet `down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight`, text encoder
+/// `text_model.encoder.layers.0.self_attn.q_proj.weight` (always with the `text_model.` level).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetParam {
+    pub component: Component,
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+/// Base-weight lookup: f32 torch layout, for weight-dependent types (DoRA, OFT, BOFT, GLoRA, IA3).
+pub type BaseFn<'a> = dyn Fn(Component, &str) -> Option<Vec<f32>> + Sync + 'a;
+
+/// The loaded model as the engine sees it.
+pub struct ModelParams<'a> {
+    pub family: crate::family::Family,
+    pub params: Vec<TargetParam>,
+    pub base: &'a BaseFn<'a>,
+}
+
+/// Per-block multiplier (LBW-style): gets the component and diffusers parameter name, returns a factor.
+pub type BlockFn = dyn Fn(Component, &str) -> f32 + Send + Sync;
+
+/// Strengths of one adapter. The UNet region multipliers follow [`region`]; `blocks` multiplies on top.
+#[derive(Clone)]
+pub struct Strengths {
+    pub te: f32,
+    pub unet_in: f32,
+    pub unet_mid: f32,
+    pub unet_out: f32,
+    pub blocks: Option<Arc<BlockFn>>,
+    /// DyLoRA: use only the first `dyn_rank` ranks of LoRA factors (alpha kept).
+    pub dyn_rank: Option<usize>,
+}
+
+impl Strengths {
+    /// The same strength everywhere.
+    pub fn uniform(s: f32) -> Strengths {
+        Strengths {
+            te: s,
+            unet_in: s,
+            unet_mid: s,
+            unet_out: s,
+            blocks: None,
+            dyn_rank: None,
+        }
+    }
+
+    /// Strength for one parameter.
+    pub fn for_param(&self, component: Component, name: &str) -> f32 {
+        let base = match region::region(component, name) {
+            Region::TextEncoder => self.te,
+            Region::In => self.unet_in,
+            Region::Mid => self.unet_mid,
+            Region::Out => self.unet_out,
+        };
+        base * self.blocks.as_ref().map_or(1.0, |f| f(component, name))
+    }
+}
+
+impl Default for Strengths {
+    fn default() -> Self {
+        Strengths::uniform(1.0)
+    }
+}
+
+impl std::fmt::Debug for Strengths {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Strengths")
+            .field("te", &self.te)
+            .field("unet_in", &self.unet_in)
+            .field("unet_mid", &self.unet_mid)
+            .field("unet_out", &self.unet_out)
+            .field("blocks", &self.blocks.is_some())
+            .field("dyn_rank", &self.dyn_rank)
+            .finish()
+    }
+}
+
+/// Σ strength·ΔW per target parameter, f32, torch layout (same shape as the param).
+#[derive(Debug, Default)]
+pub struct Deltas {
+    pub by_param: HashMap<(Component, String), Vec<f32>>,
+}
+
+#[derive(Debug, Error)]
+pub enum LoraError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("{adapter}: refused, wrong base model: {message}")]
+    Family { adapter: String, message: String },
+    #[error("{0}")]
+    Mismatch(Box<ShapeMismatch>),
+    #[error("{adapter}: {module}: {source}")]
+    Module {
+        adapter: String,
+        module: String,
+        source: DeltaError,
+    },
+}
+
+/// A key whose shape does not fit the target parameter: both shapes, for the message.
+#[derive(Debug, Error)]
+#[error("{adapter}: {module}: adapter gives {what} of shape {got:?}, but the model's {param} has shape {want:?}")]
+pub struct ShapeMismatch {
+    pub adapter: String,
+    pub module: String,
+    pub what: String,
+    pub got: Vec<usize>,
+    pub param: String,
+    pub want: Vec<usize>,
+}
+
+/// What every module computation of one adapter shares.
+struct Job<'a> {
+    adapter: &'a Adapter,
+    strengths: &'a Strengths,
+    model: &'a ModelParams<'a>,
+    index: &'a KeyIndex,
+    params: &'a HashMap<(Component, &'a str), &'a TargetParam>,
+    peft: Option<&'a peft::PeftAlpha>,
+}
+
+struct ModuleResult {
+    id: usize,
+    label: String,
+    strength: f32,
+    out: delta::Out,
+    warnings: Vec<String>,
+}
+
+/// Computes the summed deltas of all adapters, or an error and nothing (no half-application).
+///
+/// Family checks for every adapter run first, before any delta is computed. Modules are computed in
+/// parallel (rayon); weight-dependent types see the pristine base weight.
+pub fn compute_deltas(
+    adapters: &[(&Adapter, Strengths)],
+    model: &ModelParams,
+) -> Result<(Deltas, ApplyReport), LoraError> {
+    let mut guesses = Vec::with_capacity(adapters.len());
+    for (a, _) in adapters {
+        let g = family::guess(a);
+        family::check(&g, model.family, &model.params).map_err(|message| LoraError::Family {
+            adapter: a.name(),
+            message,
+        })?;
+        guesses.push(g);
+    }
+    let index = KeyIndex::build(&model.params);
+    let params: HashMap<(Component, &str), &TargetParam> = model
+        .params
+        .iter()
+        .map(|p| ((p.component, p.name.as_str()), p))
+        .collect();
+    let mut deltas = Deltas::default();
+    let mut report = ApplyReport::default();
+    for ((adapter, strengths), guess) in adapters.iter().zip(guesses) {
+        let mut rep = AdapterReport {
+            name: adapter.name(),
+            family: guess,
+            ..Default::default()
+        };
+        let mut groups: BTreeMap<usize, BTreeMap<Kind, &str>> = BTreeMap::new();
+        for key in adapter.tensors().keys() {
+            match index.parse(key) {
+                Some((_, Kind::Unsupported)) => {
+                    rep.skip(key, "known key kind that stipple does not apply")
+                }
+                Some((id, kind)) => {
+                    if let Some(prev) = groups.entry(id).or_default().insert(kind, key) {
+                        rep.skip(
+                            prev,
+                            "a second key of the same kind for one module; the other one is used",
+                        );
+                    }
+                }
+                None => rep.skip(key, "no module of the model has this name"),
+            }
+        }
+        let peft = peft::PeftAlpha::from_metadata(adapter.metadata());
+        let job = Job {
+            adapter,
+            strengths,
+            model,
+            index: &index,
+            params: &params,
+            peft: peft.as_ref(),
+        };
+        let results: Vec<Result<Option<ModuleResult>, LoraError>> = groups
+            .par_iter()
+            .map(|(&id, kinds)| module_delta(&job, id, kinds))
+            .collect();
+        for r in results {
+            let Some(m) = r? else { continue };
+            let module = index.module(m.id);
+            rep.warnings.extend(m.warnings);
+            *rep.types.entry(m.label.clone()).or_default() += 1;
+            for (suffix, d) in [(".weight", m.out.weight), (".bias", m.out.bias)] {
+                let Some(d) = d else { continue };
+                let name = format!("{}{suffix}", module.path);
+                let shape = params
+                    .get(&(module.component, name.as_str()))
+                    .map(|p| p.shape.clone())
+                    .unwrap_or_default();
+                rep.applied.push(Applied {
+                    component: module.component,
+                    param: name.clone(),
+                    label: m.label.clone(),
+                    shape,
+                    strength: m.strength,
+                });
+                match deltas.by_param.entry((module.component, name)) {
+                    std::collections::hash_map::Entry::Occupied(mut e) => {
+                        e.get_mut().iter_mut().zip(&d).for_each(|(a, b)| *a += b);
+                    }
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(d);
+                    }
+                }
+            }
+        }
+        // Incomplete modules are reported through `skipped` by module_delta returning None.
+        for (id, kinds) in &groups {
+            if detect::detect(&kinds_only(kinds)).is_none() {
+                for key in kinds.values() {
+                    rep.skip(
+                        key,
+                        &format!(
+                            "module {} has no complete adapter type",
+                            index.module(*id).path
+                        ),
+                    );
+                }
+            }
+        }
+        report.adapters.push(rep);
+    }
+    Ok((deltas, report))
+}
+
+/// A placeholder tensor set with only the kinds, for type detection without decoding.
+fn kinds_only(kinds: &BTreeMap<Kind, &str>) -> ModuleTensors {
+    let mut t = ModuleTensors::default();
+    for k in kinds.keys() {
+        t.by_kind
+            .insert(*k, tensor::Tensor::new(vec![1, 1, 1], vec![0.0]));
+    }
+    t
+}
+
+fn module_delta(
+    job: &Job,
+    id: usize,
+    kinds: &BTreeMap<Kind, &str>,
+) -> Result<Option<ModuleResult>, LoraError> {
+    let Job {
+        adapter,
+        strengths,
+        model,
+        index,
+        params,
+        peft,
+    } = *job;
+    let module = index.module(id);
+    let wname = format!("{}.weight", module.path);
+    let bname = format!("{}.bias", module.path);
+    let Some(target) = params.get(&(module.component, wname.as_str())) else {
+        return Ok(None);
+    };
+    let mut t = ModuleTensors::default();
+    let mut warnings = Vec::new();
+    for (kind, key) in kinds {
+        let x = adapter.tensor(key)?;
+        let bad = x.data.iter().filter(|v| !v.is_finite()).count();
+        if bad > 0 {
+            warnings.push(format!("{key}: {bad} NaN/Inf values"));
+        }
+        t.by_kind.insert(*kind, x);
+    }
+    let Some(det) = detect::detect(&t) else {
+        return Ok(None);
+    };
+    if let (Some(p), false, Some(down)) = (peft, t.has(Kind::Alpha), t.get(Kind::Down)) {
+        let rank = down.shape.first().copied().unwrap_or(0);
+        if let Some(a) = p.alpha(module.component, &module.path, rank) {
+            t.by_kind
+                .insert(Kind::Alpha, tensor::Tensor::new(vec![], vec![a]));
+        }
+    }
+    let mu = strengths.for_param(module.component, &wname);
+    let conv = target.shape.len() == 4 && target.shape[2..].iter().product::<usize>() > 1;
+    let label = det.label(conv);
+    let linear_in_mu = !det.dora && !matches!(det.kind, AdapterType::DiagOft | AdapterType::Boft);
+    if mu == 0.0 && linear_in_mu {
+        return Ok(Some(ModuleResult {
+            id,
+            label,
+            strength: mu,
+            out: delta::Out::default(),
+            warnings,
+        }));
+    }
+    let needs_base = det.dora
+        || matches!(
+            det.kind,
+            AdapterType::DiagOft | AdapterType::Boft | AdapterType::Glora | AdapterType::Ia3
+        );
+    let base = if needs_base {
+        (model.base)(module.component, &wname)
+    } else {
+        None
+    };
+    let ctx = delta::Ctx {
+        t: &t,
+        shape: &target.shape,
+        bias_shape: params
+            .get(&(module.component, bname.as_str()))
+            .map(|p| p.shape.as_slice()),
+        base: base.as_deref(),
+        mu,
+        dyn_rank: strengths.dyn_rank,
+    };
+    let out = delta::compute(det, &ctx).map_err(|e| match e {
+        DeltaError::Shape { what, got, want } => LoraError::Mismatch(Box::new(ShapeMismatch {
+            adapter: adapter.name(),
+            module: module.path.clone(),
+            what,
+            got,
+            param: if want == target.shape {
+                wname.clone()
+            } else {
+                bname.clone()
+            },
+            want,
+        })),
+        source => LoraError::Module {
+            adapter: adapter.name(),
+            module: module.path.clone(),
+            source,
+        },
+    })?;
+    Ok(Some(ModuleResult {
+        id,
+        label,
+        strength: mu,
+        out,
+        warnings,
+    }))
+}

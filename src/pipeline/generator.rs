@@ -15,6 +15,7 @@ use crate::job::{Event, Job, Progress, RgbImage};
 use crate::model::layout::ComponentKind;
 use crate::model::{Model, ModelError};
 use crate::patch::{self, PatchError};
+use crate::prompt::{self, chunk, Chunk, ChunkConfig, Fragment};
 use crate::runtime::{build_session, Runtime, RuntimeError, SessionError, SessionOptions};
 use ort::session::Session;
 use std::collections::HashMap;
@@ -40,6 +41,8 @@ pub enum PipelineError {
     Run { what: &'static str, message: String },
     #[error("invalid job: {0}")]
     Job(String),
+    #[error("{0}")]
+    Prompt(String),
 }
 
 fn run_err(what: &'static str) -> impl Fn(ort::Error) -> PipelineError {
@@ -91,6 +94,10 @@ pub fn validate_job(job: &Job) -> Result<(), PipelineError> {
     if job.batch == 0 {
         return Err(PipelineError::Job("batch must be at least 1".into()));
     }
+    prompt::parse(&job.prompt).map_err(|e| PipelineError::Prompt(e.render(&job.prompt)))?;
+    prompt::parse(&job.negative).map_err(|e| {
+        PipelineError::Prompt(format!("negative prompt: {}", e.render(&job.negative)))
+    })?;
     Ok(())
 }
 
@@ -154,9 +161,41 @@ impl Generator {
             .collect()
     }
 
-    /// The conditioning for `text`: `[77, context_dim]`.
+    /// The text encoder's output for `text` as one plain 77-token chunk (diffusers' way, truncating):
+    /// `[77, context_dim]`.
     pub fn encode_text(&mut self, text: &str) -> Result<Vec<f32>, PipelineError> {
         let ids = self.padded_ids(text);
+        self.encode_ids(ids)
+    }
+
+    /// A1111-style conditioning for a prompt: 75-token chunks (BREAK, long prompts), each encoded to
+    /// 77 hidden states, scaled by its emphasis weights with the chunk's mean restored, concatenated.
+    /// A plain prompt of at most 75 tokens gives exactly what diffusers' pipeline gives.
+    pub fn encode_prompt(
+        &mut self,
+        fragments: &[Fragment],
+    ) -> Result<Vec<Vec<f32>>, PipelineError> {
+        let tok = &self.tokenizer;
+        let mut chunks = chunk(fragments, |t| tok.encode(t), &ChunkConfig::default());
+        if chunks.is_empty() {
+            chunks.push(Chunk {
+                tokens: Vec::new(),
+                weights: Vec::new(),
+            });
+        }
+        let pad = self.model.index.family.facts().pad_ids[0];
+        let (bos, eos) = (self.tokenizer.bos_id(), self.tokenizer.eos_id());
+        let mut out = Vec::with_capacity(chunks.len());
+        for c in &chunks {
+            let (ids, weights) = c.padded(bos, eos, pad);
+            let mut z = self.encode_ids(ids.into_iter().map(i64::from).collect())?;
+            apply_emphasis(&mut z, &weights);
+            out.push(z);
+        }
+        Ok(out)
+    }
+
+    fn encode_ids(&mut self, ids: Vec<i64>) -> Result<Vec<f32>, PipelineError> {
         let n = ids.len();
         let out = run(
             &mut self.sessions.text,
@@ -165,6 +204,28 @@ impl Generator {
         )
         .map_err(run_err("text encoder"))?;
         Ok(out.into_iter().next().map(|(_, d)| d).unwrap_or_default())
+    }
+
+    /// Conditioning for the positive and negative prompts, padded to the same number of chunks with
+    /// the empty prompt's encoding (A1111 does the same so both halves of the CFG batch match).
+    fn conditioning(&mut self, job: &Job) -> Result<(Vec<f32>, Vec<f32>), PipelineError> {
+        let pos =
+            prompt::parse(&job.prompt).map_err(|e| PipelineError::Prompt(e.render(&job.prompt)))?;
+        let neg = prompt::parse(&job.negative).map_err(|e| {
+            PipelineError::Prompt(format!("negative prompt: {}", e.render(&job.negative)))
+        })?;
+        let mut c = self.encode_prompt(&pos.fragments)?;
+        let mut u = self.encode_prompt(&neg.fragments)?;
+        if c.len() != u.len() {
+            let empty = self.encode_prompt(&[])?.remove(0);
+            while c.len() < u.len() {
+                c.push(empty.clone());
+            }
+            while u.len() < c.len() {
+                u.push(empty.clone());
+            }
+        }
+        Ok((c.concat(), u.concat()))
     }
 
     /// One UNet evaluation: `sample` `[b, 4, h, w]`, one timestep for all, context `[b, n, c]`.
@@ -229,8 +290,7 @@ impl Generator {
         validate_job(job)?;
         let factor = self.model.index.vae_scale_factor.max(1) as usize;
         let (h, w) = (job.height as usize / factor, job.width as usize / factor);
-        let cond = self.encode_text(&job.prompt)?;
-        let uncond = self.encode_text(&job.negative)?;
+        let (cond, uncond) = self.conditioning(job)?;
         // diffusers batches CFG as [uncond, cond].
         let context: Vec<f32> = uncond.iter().chain(cond.iter()).copied().collect();
         on_event(Event::Started {
@@ -293,6 +353,29 @@ impl Generator {
     }
 }
 
+/// A1111's emphasis: scale each token's hidden state by its weight, then restore the chunk's mean.
+/// With every weight 1 nothing changes (bit for bit), which keeps plain prompts equal to diffusers.
+fn apply_emphasis(z: &mut [f32], weights: &[f32]) {
+    if weights.iter().all(|&w| w == 1.0) || weights.is_empty() {
+        return;
+    }
+    let width = z.len() / weights.len();
+    let mean = |z: &[f32]| z.iter().map(|&x| f64::from(x)).sum::<f64>() / z.len() as f64;
+    let before = mean(z);
+    for (row, &w) in z.chunks_exact_mut(width).zip(weights) {
+        for x in row {
+            *x *= w;
+        }
+    }
+    let after = mean(z);
+    if after != 0.0 {
+        let k = (before / after) as f32;
+        for x in z.iter_mut() {
+            *x *= k;
+        }
+    }
+}
+
 fn build_sessions(
     model: &Model,
     rt: &'static Runtime,
@@ -337,5 +420,25 @@ impl Runner for Generator {
             Ok(o) => o,
             Err(e) => Outcome::Failed(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emphasis_scales_tokens_and_restores_the_mean() {
+        // Two tokens of width 2: [1, 2 | 3, 4], weights [1, 2]. Scaled: [1, 2, 6, 8] (mean 4.25);
+        // the original mean 2.5 is restored by the factor 2.5 / 4.25.
+        let mut z = vec![1.0, 2.0, 3.0, 4.0];
+        apply_emphasis(&mut z, &[1.0, 2.0]);
+        let k = 2.5f32 / 4.25;
+        for (got, want) in z.iter().zip([1.0 * k, 2.0 * k, 6.0 * k, 8.0 * k]) {
+            assert!((got - want).abs() < 1e-6, "{z:?}");
+        }
+        let mut plain = vec![1.0, 2.0, 3.0, 4.0];
+        apply_emphasis(&mut plain, &[1.0, 1.0]);
+        assert_eq!(plain, vec![1.0, 2.0, 3.0, 4.0]);
     }
 }

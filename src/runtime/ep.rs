@@ -143,17 +143,17 @@ fn directml(
     })
 }
 
-/// Preloads the CUDA 13 / cuDNN 9 libraries from `STIPPLE_CUDA_LIBS` when it is set; otherwise the
-/// dynamic loader finds them through `LD_LIBRARY_PATH`.
+/// Preloads the CUDA 13 / cuDNN 9 libraries found on the machine; a missing one is named.
 fn preload_cuda() -> Result<(), DeviceError> {
-    let Some(dirs) = std::env::var_os("STIPPLE_CUDA_LIBS") else {
-        return Ok(());
-    };
-    let dirs: Vec<_> = std::env::split_paths(&dirs).collect();
-    let cuda = dirs.iter().find(|d| d.join("libcudart.so.13").is_file());
-    let cudnn = dirs.iter().find(|d| d.join("libcudnn.so.9").is_file());
-    ort::ep::cuda::preload_dylibs(cuda.map(|p| p.as_path()), cudnn.map(|p| p.as_path()))
-        .map_err(|e| DeviceError::CudaLibs(e.to_string()))
+    let libs = super::cuda_libs::find();
+    if !libs.missing.is_empty() {
+        return Err(DeviceError::CudaLibs(format!(
+            "not found: {} (install the nvidia-*-cu13 / nvidia-cudnn-cu13 wheels, or set \
+             STIPPLE_CUDA_LIBS or LD_LIBRARY_PATH to their folders)",
+            libs.missing.join(", ")
+        )));
+    }
+    super::cuda_libs::preload(&libs).map_err(DeviceError::CudaLibs)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Everything that talks to ONNX Runtime: finding and loading the library ([`library`]), the execution
 //! providers ([`ep`]) and building sessions from a graph plus an in-memory weights buffer ([`session`]).
 
+pub mod cuda_libs;
 pub mod ep;
 pub mod library;
 pub mod session;

@@ -102,16 +102,14 @@ fn read_entry(path: &Path, model_family: Option<&str>) -> LoraEntry {
         .or_else(|| get("ss_base_model_version"))
         .map(|f| normalise_family(&f));
     let rank = get("ss_network_dim").and_then(|d| d.parse().ok());
-    let mut triggers: Vec<String> = get("modelspec.trigger_phrase")
-        .map(|t| {
-            t.split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
-    triggers.extend(sidecar_triggers(path));
-    triggers.dedup();
+    // The LoRA engine's rules for trigger words (modelspec, sidecars, ss_tag_frequency), so the
+    // browser offers what `lora inspect` reports.
+    let strings: std::collections::BTreeMap<String, String> = meta
+        .iter()
+        .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+        .collect();
+    let mut triggers = crate::lora::triggers::triggers(path, &strings);
+    triggers.truncate(8);
     let preview = [
         "png",
         "preview.png",
@@ -169,30 +167,6 @@ fn header_metadata(path: &Path) -> Option<serde_json::Map<String, Value>> {
     f.read_exact(&mut header).ok()?;
     let v: Value = serde_json::from_slice(&header).ok()?;
     v.get("__metadata__")?.as_object().cloned()
-}
-
-/// Trigger words from `<name>.json` (A1111 "activation text") and `<name>.civitai.info`.
-fn sidecar_triggers(path: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(v) = read_json(&path.with_extension("json")) {
-        if let Some(t) = v.get("activation text").and_then(Value::as_str) {
-            out.extend(
-                t.split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty()),
-            );
-        }
-    }
-    if let Some(v) = read_json(&path.with_extension("civitai.info")) {
-        if let Some(words) = v.get("trainedWords").and_then(Value::as_array) {
-            out.extend(words.iter().filter_map(Value::as_str).map(str::to_string));
-        }
-    }
-    out
-}
-
-fn read_json(path: &Path) -> Option<Value> {
-    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
 }
 
 #[cfg(test)]

@@ -212,3 +212,31 @@ fn skip_and_interrupt_are_honoured_between_steps() {
         .unwrap();
     assert!(matches!(outcome, stipple::engine::Outcome::Cancelled));
 }
+
+#[test]
+fn long_prompts_use_several_chunks_and_emphasis_changes_the_conditioning() {
+    use stipple::prompt::parse;
+    let mut g = generator();
+    let long = ["a majestic red fox standing in a snowy forest at dawn"; 10].join(", ");
+    let chunks = g.encode_prompt(&parse(&long).unwrap().fragments).unwrap();
+    assert_eq!(
+        chunks.len(),
+        2,
+        "{} tokens",
+        g.tokenizer().encode(&long).len()
+    );
+    // A plain short prompt is exactly diffusers' single chunk.
+    let plain = g
+        .encode_prompt(&parse("a red fox").unwrap().fragments)
+        .unwrap();
+    assert_eq!(plain, vec![g.encode_text("a red fox").unwrap()]);
+    // BREAK splits, emphasis changes the values.
+    let broken = g
+        .encode_prompt(&parse("a red fox BREAK snow").unwrap().fragments)
+        .unwrap();
+    assert_eq!(broken.len(), 2);
+    let weighted = g
+        .encode_prompt(&parse("a (red:1.5) fox").unwrap().fragments)
+        .unwrap();
+    assert_ne!(weighted, plain);
+}

@@ -2,6 +2,7 @@
 
 mod cli;
 mod foundation;
+mod lora;
 mod pipeline_reference;
 mod prompt;
 mod tui_config;
