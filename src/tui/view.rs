@@ -92,9 +92,11 @@ fn draw_header(app: &App, area: Rect, buf: &mut ratatui::buffer::Buffer) {
         (View::Settings, Action::ViewSettings, "Settings"),
     ];
     for (v, action, name) in views {
+        // Below full width the keys go; the status bar and help still show them.
         let key = app
             .keymap
             .key_for(crate::tui::keymap::Context::Global, action)
+            .filter(|_| area.width >= MIN_FULL.0)
             .map(|k| format!("{k} "))
             .unwrap_or_default();
         let style = if app.view == v {

@@ -188,7 +188,16 @@ impl Queue {
         }
         let room = usize::from(inner.height).saturating_sub(lines.len());
         // Keep the selection visible: show the window of entries ending at it.
-        let first = (self.selected + 1).saturating_sub(room);
+        // Keep in view the selection when focused, else the running job (what people watch).
+        let anchor = if focused {
+            self.selected
+        } else {
+            self.entries
+                .iter()
+                .position(|e| matches!(e.state, JobState::Running { .. }))
+                .unwrap_or(self.entries.len().saturating_sub(1))
+        };
+        let first = (anchor + 1).saturating_sub(room);
         for (i, e) in self.entries.iter().enumerate().skip(first).take(room) {
             lines.push(entry_line(
                 e,
