@@ -30,6 +30,42 @@ enum Command {
     Doctor(DoctorArgs),
     /// Measure load time, UNet steps per second, VAE decode and a whole image
     Bench(BenchArgs),
+    /// Adapter files: inspect (and more to come)
+    #[command(subcommand)]
+    Lora(LoraCommand),
+    /// Write a model folder with adapters fused into its weights
+    Bake(BakeArgs),
+}
+
+#[derive(Subcommand)]
+enum LoraCommand {
+    /// Type per module, base family with evidence, rank/alpha, trigger words, metadata, hashes
+    Inspect(InspectArgs),
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// The adapter (.safetensors)
+    file: PathBuf,
+    /// Print as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BakeArgs {
+    /// Model folder (default: the bundled tiny model)
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// FILE[:STRENGTH][:KEY=VALUE...] with the keys of a <lora:...> tag (te, unet, in, mid, out, lbw, dyn)
+    #[arg(long, required = true)]
+    lora: Vec<String>,
+    /// The new model folder (must not exist)
+    #[arg(long)]
+    out: PathBuf,
+    /// List every applied and skipped key
+    #[arg(long)]
+    verbose: bool,
 }
 
 #[derive(Args)]
@@ -98,6 +134,9 @@ struct GenerateArgs {
     /// Do not print the image in the terminal
     #[arg(long)]
     no_preview: bool,
+    /// A folder of LoRA files for <lora:NAME> tags (repeatable; also STIPPLE_LORA_DIRS, colon-separated)
+    #[arg(long = "lora-dir", value_name = "DIR")]
+    lora_dirs: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -159,13 +198,16 @@ fn cmd_generate(cli: &Cli, a: &GenerateArgs) -> Result<()> {
         batch: a.batch,
     };
     validate_job(&job)?;
+    let dirs = lora_dirs(&a.lora_dirs);
+    stipple::pipeline::adapters::check_names(&job.prompt, &dirs)?;
     let rt = Runtime::get(cli.ort_lib.as_deref(), device.is_gpu())?;
     let opts = SessionOptions {
         device,
         threads: a.model.threads,
     };
-    let generator = Generator::load(&dir, rt, opts)
+    let mut generator = Generator::load(&dir, rt, opts)
         .with_context(|| format!("cannot load the model in {}", dir.display()))?;
+    generator.set_lora_dirs(dirs);
     let facts = generator.model.index.family.facts();
     let (w, h) = generator.model.default_size();
     job.width = a.width.unwrap_or(w);
@@ -205,6 +247,44 @@ fn cmd_bench(cli: &Cli, a: &BenchArgs) -> Result<()> {
     } else {
         emit(&format!("{report}\n"))
     }
+}
+
+/// `--lora-dir` flags, then `STIPPLE_LORA_DIRS`.
+fn lora_dirs(flags: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs = flags.to_vec();
+    if let Some(v) = std::env::var_os("STIPPLE_LORA_DIRS") {
+        dirs.extend(std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()));
+    }
+    dirs
+}
+
+fn cmd_lora_inspect(a: &InspectArgs) -> Result<()> {
+    let adapter = stipple::lora::Adapter::open(&a.file)?;
+    let report = stipple::lora::inspect(&adapter);
+    if a.json {
+        emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))
+    } else {
+        emit(&format!("{report}\n"))
+    }
+}
+
+fn cmd_bake(a: &BakeArgs) -> Result<()> {
+    let dir = a.model.clone().unwrap_or_else(default_model);
+    let loras = a
+        .lora
+        .iter()
+        .map(|arg| stipple::bake::parse_lora_arg(arg))
+        .collect::<Result<Vec<_>, _>>()?;
+    let report = stipple::bake::bake(&dir, &loras, &a.out)?;
+    let mut s = String::new();
+    for (kind, n) in &report.changed {
+        s.push_str(&format!("{kind}: {n} weights changed\n"));
+    }
+    if a.verbose {
+        s.push_str(&format!("{}\n", report.apply));
+    }
+    s.push_str(&format!("wrote {}\n", report.out.display()));
+    emit(&s)
 }
 
 /// Writes `text` to stdout; a closed pipe (`stipple doctor | head`) is not an error.
@@ -249,11 +329,12 @@ fn cmd_doctor(cli: &Cli, a: &DoctorArgs) -> Result<()> {
         }
     }
     writeln!(s, "devices       cpu{}", gpu_list())?;
-    if !gpu_list().is_empty()
-        || stipple::runtime::ep::providers()
+    // Asking ort for providers without a loaded library would make it try (and panic) on its own.
+    let cuda_ep = ok
+        && stipple::runtime::ep::providers()
             .iter()
-            .any(|(n, a)| *a && n.starts_with("CUDA"))
-    {
+            .any(|(n, a)| *a && n.starts_with("CUDA"));
+    if !gpu_list().is_empty() || cuda_ep {
         let libs = stipple::runtime::cuda_libs::find();
         if libs.missing.is_empty() {
             writeln!(s, "CUDA libraries all {} found", libs.found.len())?;
@@ -328,6 +409,8 @@ fn main() -> ExitCode {
         Some(Command::Generate(a)) => cmd_generate(&cli, a),
         Some(Command::Doctor(a)) => cmd_doctor(&cli, a),
         Some(Command::Bench(a)) => cmd_bench(&cli, a),
+        Some(Command::Lora(LoraCommand::Inspect(a))) => cmd_lora_inspect(a),
+        Some(Command::Bake(a)) => cmd_bake(a),
         None => Err(anyhow::anyhow!(
             "the terminal workstation is not wired in yet; try `stipple generate --prompt ...`"
         )),
@@ -335,7 +418,13 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Prompt errors arrive rendered ("error: ... --> line 1, column 5 ..."): print them as they are.
+            let msg = format!("{e:#}");
+            if msg.starts_with("error") {
+                eprintln!("{msg}");
+            } else {
+                eprintln!("error: {msg}");
+            }
             ExitCode::from(1)
         }
     }

@@ -4,6 +4,7 @@
 //! Sessions are built from the memory-mapped base weights through the in-memory external-data path,
 //! with adapter deltas added by [`Generator::rebuild`]; [`Generator`] is the engine's [`Runner`].
 
+use super::adapters::{self, ActiveLora, AdapterCache, StrengthKey};
 use super::rng::TorchRng;
 use super::schedulers::{self, SchedulerConfig, SchedulerError};
 use super::tensor_io::{run, Input};
@@ -12,14 +13,16 @@ use super::vae;
 use crate::engine::{Outcome, Reporter, Runner, Stop};
 use crate::image::format_infotext;
 use crate::job::{Event, Job, Progress, RgbImage};
+use crate::lora::ApplyReport;
 use crate::model::layout::ComponentKind;
 use crate::model::{Model, ModelError};
 use crate::patch::{self, PatchError};
-use crate::prompt::{self, chunk, Chunk, ChunkConfig, Fragment};
+use crate::prompt::{self, chunk, Chunk, ChunkConfig, Fragment, Prompt};
 use crate::runtime::{build_session, Runtime, RuntimeError, SessionError, SessionOptions};
 use ort::session::Session;
 use std::collections::HashMap;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -43,6 +46,8 @@ pub enum PipelineError {
     Job(String),
     #[error("{0}")]
     Prompt(String),
+    #[error("{0}")]
+    Adapter(String),
 }
 
 fn run_err(what: &'static str) -> impl Fn(ort::Error) -> PipelineError {
@@ -61,6 +66,35 @@ struct Sessions {
     vae: Session,
 }
 
+/// What the text-encoder and UNet sessions currently have fused in, so a session is rebuilt only
+/// when its part of the adapter strengths changes. Adapters at strength 0 are left out: the base.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Fused {
+    te: Vec<(PathBuf, String)>,
+    unet: Vec<(PathBuf, String)>,
+}
+
+impl Fused {
+    fn of(loras: &[ActiveLora], key: &StrengthKey) -> Fused {
+        let mut f = Fused::default();
+        for (i, l) in loras.iter().enumerate() {
+            let extra = format!(
+                "{:?}/{:?}",
+                l.tag.lbw.as_ref().map(|b| b.to_string()),
+                l.tag.dyn_
+            );
+            if key.te[i] != 0.0 {
+                f.te.push((l.path.clone(), format!("{}/{extra}", key.te[i])));
+            }
+            if key.unet[i].iter().any(|&s| s != 0.0) {
+                f.unet
+                    .push((l.path.clone(), format!("{:?}/{extra}", key.unet[i])));
+            }
+        }
+        f
+    }
+}
+
 /// A loaded model with its sessions, ready to run jobs.
 pub struct Generator {
     pub model: Model,
@@ -72,6 +106,26 @@ pub struct Generator {
     /// Which output of the text encoder conditions the UNet.
     context_dim: usize,
     model_name: String,
+    adapters: AdapterCache,
+    fused: Fused,
+    /// The report of the last adapter application, for front ends.
+    pub last_report: Option<ApplyReport>,
+}
+
+/// Parses the prompt and the negative prompt; LoRA tags belong in the prompt only.
+fn parse_prompts(job: &Job) -> Result<(Prompt, Prompt), PipelineError> {
+    let pos =
+        prompt::parse(&job.prompt).map_err(|e| PipelineError::Prompt(e.render(&job.prompt)))?;
+    let neg = prompt::parse(&job.negative).map_err(|e| {
+        PipelineError::Prompt(format!("negative prompt: {}", e.render(&job.negative)))
+    })?;
+    if let Some(tag) = neg.loras.first() {
+        return Err(PipelineError::Prompt(format!(
+            "negative prompt: <lora:{}> at byte {}: LoRA tags belong in the prompt, not the negative prompt",
+            tag.name, tag.span.start
+        )));
+    }
+    Ok((pos, neg))
 }
 
 /// Checks what a job asks of the model before any work starts.
@@ -133,13 +187,69 @@ impl Generator {
             sessions,
             context_dim,
             model_name,
+            adapters: AdapterCache::default(),
+            fused: Fused::default(),
+            last_report: None,
         })
+    }
+
+    /// The folders `<lora:NAME>` tags are looked up in.
+    pub fn set_lora_dirs(&mut self, dirs: Vec<PathBuf>) {
+        self.adapters = AdapterCache::new(dirs);
+    }
+
+    /// Brings the text-encoder and UNet sessions to `key`'s strengths of `loras`, rebuilding only the
+    /// sessions whose part changed. On error nothing is changed.
+    fn fuse(&mut self, loras: &[ActiveLora], key: &StrengthKey) -> Result<(), PipelineError> {
+        let want = Fused::of(loras, key);
+        if want == self.fused {
+            return Ok(());
+        }
+        let (deltas, report) = if loras.is_empty() {
+            (ComponentDeltas::new(), None)
+        } else {
+            let (d, r) = adapters::compute(&self.model, loras, key)?;
+            (d, Some(r))
+        };
+        let te = if want.te != self.fused.te {
+            Some(self.build_one(ComponentKind::TextEncoder, &deltas)?)
+        } else {
+            None
+        };
+        let unet = if want.unet != self.fused.unet {
+            Some(self.build_one(ComponentKind::Unet, &deltas)?)
+        } else {
+            None
+        };
+        if let Some(s) = te {
+            self.sessions.text = s;
+        }
+        if let Some(s) = unet {
+            self.sessions.unet = s;
+        }
+        self.fused = want;
+        if report.is_some() {
+            self.last_report = report;
+        }
+        Ok(())
+    }
+
+    fn build_one(
+        &self,
+        kind: ComponentKind,
+        deltas: &ComponentDeltas,
+    ) -> Result<Session, PipelineError> {
+        build_component(&self.model, self.runtime, &self.opts, kind, deltas)
     }
 
     /// Rebuilds every session from the base weights plus `deltas` (empty = the pristine model).
     /// On error the current sessions stay as they were.
     pub fn rebuild(&mut self, deltas: &ComponentDeltas) -> Result<(), PipelineError> {
         self.sessions = build_sessions(&self.model, self.runtime, &self.opts, deltas)?;
+        self.fused = Fused {
+            te: vec![(PathBuf::from("<deltas>"), String::new())],
+            unet: vec![(PathBuf::from("<deltas>"), String::new())],
+        };
         Ok(())
     }
 
@@ -208,12 +318,11 @@ impl Generator {
 
     /// Conditioning for the positive and negative prompts, padded to the same number of chunks with
     /// the empty prompt's encoding (A1111 does the same so both halves of the CFG batch match).
-    fn conditioning(&mut self, job: &Job) -> Result<(Vec<f32>, Vec<f32>), PipelineError> {
-        let pos =
-            prompt::parse(&job.prompt).map_err(|e| PipelineError::Prompt(e.render(&job.prompt)))?;
-        let neg = prompt::parse(&job.negative).map_err(|e| {
-            PipelineError::Prompt(format!("negative prompt: {}", e.render(&job.negative)))
-        })?;
+    fn conditioning(
+        &mut self,
+        pos: &Prompt,
+        neg: &Prompt,
+    ) -> Result<(Vec<f32>, Vec<f32>), PipelineError> {
         let mut c = self.encode_prompt(&pos.fragments)?;
         let mut u = self.encode_prompt(&neg.fragments)?;
         if c.len() != u.len() {
@@ -287,12 +396,19 @@ impl Generator {
         on_event: &mut dyn FnMut(Event),
         id: u64,
     ) -> Result<Outcome, PipelineError> {
-        validate_job(job)?;
+        let (pos, neg) = parse_prompts(job)?;
+        pos.check_family(self.model.index.family)
+            .map_err(|e| PipelineError::Prompt(e.render(&job.prompt)))?;
+        let loras = self.adapters.resolve(&pos, &job.prompt)?;
+        let steps = job.steps as usize;
+        // Everything that can fail on the adapters' side fails here, before the first step.
+        let first = adapters::strengths_at(&loras, 0, steps);
+        self.fuse(&loras, &first)?;
         let factor = self.model.index.vae_scale_factor.max(1) as usize;
         let (h, w) = (job.height as usize / factor, job.width as usize / factor);
-        let (cond, uncond) = self.conditioning(job)?;
-        // diffusers batches CFG as [uncond, cond].
-        let context: Vec<f32> = uncond.iter().chain(cond.iter()).copied().collect();
+        // Conditioning per distinct set of text-encoder strengths: a schedule with k distinct
+        // values encodes k times, not once per step.
+        let mut contexts: HashMap<String, Arc<Vec<f32>>> = HashMap::new();
         on_event(Event::Started {
             id,
             images: job.batch,
@@ -309,6 +425,20 @@ impl Generator {
             let started = Instant::now();
             let mut skipped = false;
             for (i, &t) in timesteps.iter().enumerate() {
+                let key = adapters::strengths_at(&loras, i, timesteps.len());
+                self.fuse(&loras, &key)?;
+                let te_key = format!("{:?}", self.fused.te);
+                let context = match contexts.get(&te_key) {
+                    Some(c) => c.clone(),
+                    None => {
+                        let (cond, uncond) = self.conditioning(&pos, &neg)?;
+                        // diffusers batches CFG as [uncond, cond].
+                        let c: Arc<Vec<f32>> =
+                            Arc::new(uncond.iter().chain(cond.iter()).copied().collect());
+                        contexts.insert(te_key, c.clone());
+                        c
+                    }
+                };
                 match stop() {
                     Stop::Interrupt => return Ok(Outcome::Cancelled),
                     Stop::SkipImage => {
@@ -319,7 +449,7 @@ impl Generator {
                 }
                 let x = sched.scale_model_input(&latents, i);
                 let doubled: Vec<f32> = x.iter().chain(x.iter()).copied().collect();
-                let out = self.unet(&doubled, [2, 4, h, w], t as f32, &context)?;
+                let out = self.unet(&doubled, [2, 4, h, w], t as f32, context.as_slice())?;
                 let (u, c) = out.split_at(n);
                 let guided: Vec<f32> = u
                     .iter()
@@ -376,28 +506,36 @@ fn apply_emphasis(z: &mut [f32], weights: &[f32]) {
     }
 }
 
+fn build_component(
+    model: &Model,
+    rt: &'static Runtime,
+    opts: &SessionOptions,
+    kind: ComponentKind,
+    deltas: &ComponentDeltas,
+) -> Result<Session, PipelineError> {
+    let empty = HashMap::new();
+    let c = model
+        .component(kind)
+        .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
+    let (buf, _stats) = patch::assemble(c, deltas.get(&kind).unwrap_or(&empty))?;
+    let buf: Arc<[u8]> = buf.into();
+    Ok(build_session(
+        rt,
+        kind.dir_name(),
+        &c.graph.bytes,
+        &c.weightmap.external_file,
+        buf,
+        opts,
+    )?)
+}
+
 fn build_sessions(
     model: &Model,
     rt: &'static Runtime,
     opts: &SessionOptions,
     deltas: &ComponentDeltas,
 ) -> Result<Sessions, PipelineError> {
-    let empty = HashMap::new();
-    let build = |kind: ComponentKind| -> Result<Session, PipelineError> {
-        let c = model
-            .component(kind)
-            .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
-        let (buf, _stats) = patch::assemble(c, deltas.get(&kind).unwrap_or(&empty))?;
-        let buf: Arc<[u8]> = buf.into();
-        Ok(build_session(
-            rt,
-            kind.dir_name(),
-            &c.graph.bytes,
-            &c.weightmap.external_file,
-            buf,
-            opts,
-        )?)
-    };
+    let build = |kind| build_component(model, rt, opts, kind, deltas);
     Ok(Sessions {
         text: build(ComponentKind::TextEncoder)?,
         unet: build(ComponentKind::Unet)?,

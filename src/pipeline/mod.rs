@@ -3,6 +3,7 @@
 //! [`Generator`] runs it on ONNX Runtime; the numerical pieces ([`rng`], [`tokenizer`],
 //! [`schedulers`]) are pure Rust and checked against torch / transformers / diffusers.
 
+pub mod adapters;
 pub mod generator;
 pub mod rng;
 pub mod schedulers;

@@ -1,5 +1,6 @@
 //! One integration-test binary (one link step on 2 cores).
 
+mod adapters;
 mod cli;
 mod foundation;
 mod lora;

@@ -1,0 +1,223 @@
+//! The adapters a prompt asks for: tags resolved to files in the LoRA folders, opened once (cached by
+//! path and modification time), their strengths evaluated per step, and ΔW per component computed.
+//!
+//! [`AdapterSet::from_prompt`] resolves; [`AdapterSet::strengths_at`] gives the strengths at a step as a
+//! [`StrengthKey`] (what decides whether a session must be rebuilt); [`compute`] produces the deltas.
+
+use super::generator::{ComponentDeltas, PipelineError};
+use crate::lora::{self, Adapter, ApplyReport, Component, ModelParams, Strengths, TargetParam};
+use crate::model::layout::ComponentKind;
+use crate::model::Model;
+use crate::prompt::{Catalog, LoraDirs, LoraTag, Prompt};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// One adapter of a prompt.
+#[derive(Clone)]
+pub struct ActiveLora {
+    pub tag: LoraTag,
+    pub path: PathBuf,
+    pub adapter: Arc<Adapter>,
+}
+
+/// Opened adapters, reused across jobs while the file is unchanged.
+#[derive(Default)]
+pub struct AdapterCache {
+    dirs: Vec<PathBuf>,
+    open: HashMap<PathBuf, (Option<SystemTime>, Arc<Adapter>)>,
+}
+
+impl AdapterCache {
+    pub fn new(dirs: Vec<PathBuf>) -> Self {
+        AdapterCache {
+            dirs,
+            open: HashMap::new(),
+        }
+    }
+
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// Resolves every tag of `prompt` (written as `text`) and opens the files.
+    pub fn resolve(
+        &mut self,
+        prompt: &Prompt,
+        text: &str,
+    ) -> Result<Vec<ActiveLora>, PipelineError> {
+        if prompt.loras.is_empty() {
+            return Ok(Vec::new());
+        }
+        let catalog = Catalog::scan(&LoraDirs::new(self.dirs.clone()));
+        let pairs = catalog.resolve_prompt(prompt).map_err(|e| {
+            let mut msg = e.render(text);
+            if self.dirs.is_empty() {
+                msg.push_str("\n(no LoRA folder is configured: pass --lora-dir DIR)");
+            }
+            PipelineError::Prompt(msg)
+        })?;
+        let mut out = Vec::with_capacity(pairs.len());
+        for (tag, entry) in pairs {
+            let mtime = std::fs::metadata(&entry.path)
+                .and_then(|m| m.modified())
+                .ok();
+            let adapter = match self.open.get(&entry.path) {
+                Some((t, a)) if *t == mtime => a.clone(),
+                _ => {
+                    let a = Arc::new(Adapter::open(&entry.path).map_err(|e| {
+                        PipelineError::Adapter(format!("<lora:{}>: {e}", tag.name))
+                    })?);
+                    self.open.insert(entry.path.clone(), (mtime, a.clone()));
+                    a
+                }
+            };
+            out.push(ActiveLora {
+                tag: tag.clone(),
+                path: entry.path.clone(),
+                adapter,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Checks that every tag of the prompt `text` names an adapter in `dirs` (before a model is loaded).
+pub fn check_names(text: &str, dirs: &[PathBuf]) -> Result<(), PipelineError> {
+    let prompt = crate::prompt::parse(text).map_err(|e| PipelineError::Prompt(e.render(text)))?;
+    if prompt.loras.is_empty() {
+        return Ok(());
+    }
+    let catalog = Catalog::scan(&LoraDirs::new(dirs.to_vec()));
+    catalog.resolve_prompt(&prompt).map(|_| ()).map_err(|e| {
+        let mut msg = e.render(text);
+        if dirs.is_empty() {
+            msg.push_str("\n(no LoRA folder is configured: pass --lora-dir DIR)");
+        }
+        PipelineError::Prompt(msg)
+    })
+}
+
+/// The strengths of every adapter at one step, split by what they force to be rebuilt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StrengthKey {
+    /// Per adapter: text-encoder strength.
+    pub te: Vec<f32>,
+    /// Per adapter: in, mid, out.
+    pub unet: Vec<[f32; 3]>,
+}
+
+impl StrengthKey {
+    pub fn te_active(&self) -> bool {
+        self.te.iter().any(|&s| s != 0.0)
+    }
+    pub fn unet_active(&self) -> bool {
+        self.unet.iter().flatten().any(|&s| s != 0.0)
+    }
+}
+
+/// Strengths at 0-based `step` of `steps`.
+pub fn strengths_at(loras: &[ActiveLora], step: usize, steps: usize) -> StrengthKey {
+    StrengthKey {
+        te: loras.iter().map(|l| l.tag.te.at(step, steps)).collect(),
+        unet: loras
+            .iter()
+            .map(|l| {
+                [
+                    l.tag.in_.at(step, steps),
+                    l.tag.mid.at(step, steps),
+                    l.tag.out.at(step, steps),
+                ]
+            })
+            .collect(),
+    }
+}
+
+fn lora_component(kind: ComponentKind) -> Option<Component> {
+    match kind {
+        ComponentKind::TextEncoder => Some(Component::TextEncoder),
+        ComponentKind::TextEncoder2 => Some(Component::TextEncoder2),
+        ComponentKind::Unet => Some(Component::Unet),
+        ComponentKind::VaeDecoder => None,
+    }
+}
+
+fn model_kind(c: Component) -> ComponentKind {
+    match c {
+        Component::TextEncoder => ComponentKind::TextEncoder,
+        Component::TextEncoder2 => ComponentKind::TextEncoder2,
+        Component::Unet => ComponentKind::Unet,
+    }
+}
+
+/// The parameters adapters may target: every base weight of the text encoders and the UNet.
+pub fn target_params(model: &Model) -> Vec<TargetParam> {
+    let mut out = Vec::new();
+    for (kind, comp) in &model.components {
+        let Some(component) = lora_component(*kind) else {
+            continue;
+        };
+        let mut shapes: Vec<_> = comp.weights.shapes().into_iter().collect();
+        shapes.sort();
+        out.extend(shapes.into_iter().map(|(name, shape)| TargetParam {
+            component,
+            name,
+            shape,
+        }));
+    }
+    out
+}
+
+/// ΔW per component for `loras` at `key`'s strengths (te for the text encoders, in/mid/out for the
+/// UNet, each times its block weight), computed against the pristine base weights.
+pub fn compute(
+    model: &Model,
+    loras: &[ActiveLora],
+    key: &StrengthKey,
+) -> Result<(ComponentDeltas, ApplyReport), PipelineError> {
+    let base = |c: Component, name: &str| -> Option<Vec<f32>> {
+        model
+            .component(model_kind(c))?
+            .weights
+            .tensor(name)
+            .map(|t| t.to_f32())
+    };
+    let params = ModelParams {
+        family: model.index.family,
+        params: target_params(model),
+        base: &base,
+    };
+    let pairs: Vec<(&Adapter, Strengths)> = loras
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let [unet_in, unet_mid, unet_out] = key.unet[i];
+            let blocks: Option<Arc<lora::BlockFn>> = l.tag.lbw.clone().map(|lbw| {
+                let f: Arc<lora::BlockFn> = Arc::new(move |c: Component, name: &str| match c {
+                    Component::Unet => lbw.weight_for_unet_module(name),
+                    _ => lbw.text_encoder_weight(),
+                });
+                f
+            });
+            (
+                l.adapter.as_ref(),
+                Strengths {
+                    te: key.te[i],
+                    unet_in,
+                    unet_mid,
+                    unet_out,
+                    blocks,
+                    dyn_rank: l.tag.dyn_.map(|d| d as usize),
+                },
+            )
+        })
+        .collect();
+    let (deltas, report) =
+        lora::compute_deltas(&pairs, &params).map_err(|e| PipelineError::Adapter(e.to_string()))?;
+    let mut out = ComponentDeltas::new();
+    for ((c, name), d) in deltas.by_param {
+        out.entry(model_kind(c)).or_default().insert(name, d);
+    }
+    Ok((out, report))
+}
