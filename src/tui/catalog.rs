@@ -2,6 +2,7 @@
 //! the file system offers (name, size, safetensors header metadata, A1111/Civitai sidecars); the
 //! engine's `lora::inspect` can implement the same trait later with exact type and family.
 
+use crate::family::Family;
 use serde_json::Value;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -53,7 +54,15 @@ impl LoraCatalog for Vec<LoraEntry> {
 /// Adapters found in folders, with the model family to check them against.
 pub struct FsCatalog {
     pub folders: Vec<PathBuf>,
-    pub model_family: Option<String>,
+    pub model_family: Option<Family>,
+}
+
+/// The spelling the catalog uses for a model family (as in `model_index.json`).
+pub fn family_slug(f: Family) -> &'static str {
+    match f {
+        Family::Sd1 => "sd1",
+        Family::Sdxl => "sdxl",
+    }
 }
 
 impl LoraCatalog for FsCatalog {
@@ -70,7 +79,7 @@ impl LoraCatalog for FsCatalog {
                     .extension()
                     .is_some_and(|x| x.eq_ignore_ascii_case("safetensors"))
                 {
-                    out.push(read_entry(&path, self.model_family.as_deref()));
+                    out.push(read_entry(&path, self.model_family.map(family_slug)));
                 }
             }
         }
@@ -139,15 +148,15 @@ fn read_entry(path: &Path, model_family: Option<&str>) -> LoraEntry {
     }
 }
 
-/// sd15, sd21, sdxl, ... from the spellings kohya and modelspec use.
+/// sd1, sd2, sdxl, ... from the spellings kohya and modelspec use.
 fn normalise_family(f: &str) -> String {
     let f = f.to_lowercase();
     if f.contains("xl") {
         "sdxl".into()
     } else if f.contains("v2") || f.contains("2.") {
-        "sd21".into()
+        "sd2".into()
     } else if f.contains("v1") || f.contains("1.5") || f.contains("sd1") {
-        "sd15".into()
+        "sd1".into()
     } else {
         f
     }
@@ -189,7 +198,7 @@ mod tests {
         std::fs::write(dir.path().join("junk.safetensors"), b"nope").unwrap();
         let cat = FsCatalog {
             folders: vec![dir.path().to_path_buf()],
-            model_family: Some("sd15".into()),
+            model_family: Some(Family::Sd1),
         };
         let e = cat.scan();
         assert_eq!(e.len(), 2);

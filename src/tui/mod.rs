@@ -38,8 +38,12 @@ pub struct TuiOptions {
 }
 
 impl TuiOptions {
-    /// Adapters from the configured folders, checked against `model_family` (e.g. "sd15") if known.
-    pub fn new(config: Config, dirs: Dirs, model_family: Option<String>) -> TuiOptions {
+    /// Adapters from the configured folders, checked against the loaded model's family if known.
+    pub fn new(
+        config: Config,
+        dirs: Dirs,
+        model_family: Option<crate::family::Family>,
+    ) -> TuiOptions {
         let catalog = Box::new(FsCatalog {
             folders: config.lora_folders.clone(),
             model_family,

@@ -315,7 +315,7 @@ fn lora_browser_shows_the_sidecar_picture() {
     .unwrap();
     let cat = stipple::tui::catalog::FsCatalog {
         folders: vec![dir.path().to_path_buf()],
-        model_family: Some("sd15".into()),
+        model_family: Some(stipple::family::Family::Sd1),
     };
     let mut app = app();
     app.update(Input::Catalog(cat.scan()));

@@ -132,7 +132,7 @@ pub fn catalog() -> Vec<LoraEntry> {
         e(
             "ink-style",
             "LoRA",
-            "sd15",
+            "sd1",
             16,
             37_800_000,
             &["ink wash"],
@@ -141,7 +141,7 @@ pub fn catalog() -> Vec<LoraEntry> {
         e(
             "pixel-art",
             "LoCon",
-            "sd15",
+            "sd1",
             32,
             75_500_000,
             &[],
@@ -154,7 +154,7 @@ pub fn catalog() -> Vec<LoraEntry> {
             64,
             228_000_000,
             &["hyperdetailed"],
-            Compat::No("made for sdxl, the model is sd15".into()),
+            Compat::No("made for sdxl, the model is sd1".into()),
         ),
     ]
 }
