@@ -155,3 +155,45 @@ fn highlighting_colours_tags_weights_break_and_errors() {
         "the error span is underlined"
     );
 }
+
+#[test]
+fn every_view_and_overlay_draws_at_any_size() {
+    let sizes = [
+        (1, 1),
+        (20, 5),
+        (40, 10),
+        (45, 12),
+        (79, 23),
+        (80, 24),
+        (120, 40),
+    ];
+    let keys = [KeyCode::F(2), KeyCode::F(3), KeyCode::F(4), KeyCode::Esc];
+    let mut app = busy_app();
+    app.update(stipple::tui::app::Input::Engine(
+        stipple::job::Event::Failed {
+            id: 3,
+            message: "a\nmulti-line\nmessage".into(),
+        },
+    ));
+    for (w, h) in sizes {
+        render(&mut app, w, h);
+    }
+    press(&mut app, KeyCode::Esc);
+    for k in keys {
+        press(&mut app, k);
+        for (w, h) in sizes {
+            render(&mut app, w, h);
+        }
+    }
+    for overlay in [KeyCode::F(1)] {
+        press(&mut app, overlay);
+        for (w, h) in sizes {
+            render(&mut app, w, h);
+        }
+        press(&mut app, KeyCode::Esc);
+    }
+    key(&mut app, KeyCode::Char('p'), KeyModifiers::CONTROL);
+    for (w, h) in sizes {
+        render(&mut app, w, h);
+    }
+}
