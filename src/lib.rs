@@ -7,6 +7,7 @@
 
 pub mod bake;
 pub mod bench;
+pub mod config;
 pub mod engine;
 pub mod family;
 pub mod headless;

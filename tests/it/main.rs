@@ -1,8 +1,13 @@
 //! One integration-test binary (one link step on 2 cores).
+
 mod adapters;
 mod cli;
 mod foundation;
 mod lora;
 mod pipeline_reference;
 mod prompt;
+mod tui_config;
+mod tui_flows;
+mod tui_screens;
+mod tui_support;
 mod util;
