@@ -5,6 +5,7 @@
 //! Runtime sessions in [`runtime`] and runs the [`pipeline`]; front ends ([`tui`], [`headless`]) see
 //! only jobs and events.
 
+pub mod batch;
 pub mod bench;
 pub mod engine;
 pub mod family;
