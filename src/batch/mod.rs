@@ -199,18 +199,6 @@ fn dry_run(
                 index,
             })
             .collect();
-        let mut job = serde_json::json!({
-            "job": p.job,
-            "model": p.model.display().to_string(),
-        });
-        if !p.vars.is_empty() {
-            job["vars"] = p
-                .vars
-                .iter()
-                .cloned()
-                .collect::<serde_json::Map<_, _>>()
-                .into();
-        }
         reporter.result(&ResultLine {
             status,
             source: it.origin.source.clone(),
@@ -218,7 +206,9 @@ fn dry_run(
             item: it.origin.item,
             hash: Some(p.hash.0.clone()),
             images,
-            job: Some(job),
+            job: Some(p.job.clone()),
+            model: Some(p.model.display().to_string()),
+            vars: (!p.vars.is_empty()).then(|| p.vars.iter().cloned().collect()),
             ..Default::default()
         });
     }

@@ -93,7 +93,7 @@ impl Planner {
         };
         let model_id = facts.identity.clone();
         job.seed = seed.unwrap_or_else(|| derived_seed(&job, &model_id));
-        validate_job(&job).map_err(|e| e.to_string())?;
+        validate_job(&job).map_err(|e| plain(e.to_string()))?;
         let adapters = self.adapter_identities(&job)?;
         let out = OutName::parse(spec.out.as_deref(), job.batch).map_err(|e| e.to_string())?;
         Ok(Planned {
@@ -129,7 +129,7 @@ impl Planner {
     /// adapter file makes its jobs new jobs. A name that resolves nowhere fails the job here, before
     /// any model is loaded.
     fn adapter_identities(&mut self, job: &Job) -> Result<BTreeMap<String, String>, String> {
-        let parsed = prompt::parse(&job.prompt).map_err(|e| e.render(&job.prompt))?;
+        let parsed = prompt::parse(&job.prompt).map_err(|e| plain(e.render(&job.prompt)))?;
         let mut out = BTreeMap::new();
         if parsed.loras.is_empty() {
             return Ok(out);
@@ -138,7 +138,7 @@ impl Planner {
         let catalog = self.catalog.get_or_insert_with(|| Catalog::scan(dirs));
         let resolved = catalog
             .resolve_prompt(&parsed)
-            .map_err(|e| e.render(&job.prompt))?;
+            .map_err(|e| plain(e.render(&job.prompt)))?;
         for (tag, adapter) in resolved {
             let id = self
                 .adapters
@@ -148,5 +148,13 @@ impl Planner {
             out.insert(tag.name.clone(), id);
         }
         Ok(out)
+    }
+}
+
+/// A rendered prompt error without its leading `error: `: it is printed after `FILE:LINE: `.
+fn plain(text: String) -> String {
+    match text.strip_prefix("error: ") {
+        Some(rest) => rest.trim_end().to_string(),
+        None => text.trim_end().to_string(),
     }
 }

@@ -25,9 +25,13 @@ pub struct ResultLine {
     pub seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Dry runs: the resolved job and where its images would go.
+    /// Dry runs: the resolved job, its model folder and sweep variables.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub job: Option<serde_json::Value>,
+    pub job: Option<crate::job::Job>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vars: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 pub struct Reporter {
