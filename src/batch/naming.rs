@@ -3,7 +3,7 @@
 //! [`OutName::parse`] refuses unknown placeholders and names that leave the output folder;
 //! [`OutName::render`] gives the path relative to the output folder, always holding the job hash.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// When a line has no `out`: the job hash and the image's seed.
 pub const DEFAULT_TEMPLATE: &str = "{hash}-{seed}";
@@ -130,21 +130,20 @@ fn check_path(p: &Path) -> Result<(), &'static str> {
     if text.contains('\\') {
         return Err("use `/` between folders");
     }
-    for c in p.components() {
-        match c {
-            Component::Normal(s) if s.to_string_lossy().starts_with(".stipple") => {
+    if p.is_absolute() || text.starts_with('/') || p.has_root() {
+        return Err("must be relative to the output folder (--out)");
+    }
+    // By text, not Path::components, which silently drops `.` and empty parts.
+    for part in text.split('/') {
+        match part {
+            ".." => return Err("`..` would leave the output folder"),
+            "." => return Err("`.` folders are not allowed"),
+            "" | ".png" => return Err("an empty folder or file name"),
+            s if s.starts_with(".stipple") => {
                 return Err("names starting with .stipple are stipple's own")
             }
-            Component::Normal(_) => {}
-            Component::ParentDir => return Err("`..` would leave the output folder"),
-            Component::RootDir | Component::Prefix(_) => {
-                return Err("must be relative to the output folder (--out)")
-            }
-            Component::CurDir => return Err("`.` folders are not allowed"),
+            _ => {}
         }
-    }
-    if text.contains("//") || text.starts_with('/') || text.contains("/.png") {
-        return Err("an empty folder or file name");
     }
     Ok(())
 }
