@@ -108,7 +108,7 @@ pub fn execute(
 ) -> Result<(), BatchError> {
     let started = Instant::now();
     let total = items.len();
-    let mut reporter = Reporter::new(0);
+    let mut reporter = Reporter::without_bar();
     let (mut invalid, mut skipped) = (0usize, 0usize);
     let mut planned: Vec<(Origin, Planned)> = Vec::new();
     let mut queued: HashSet<String> = HashSet::new();
@@ -320,7 +320,7 @@ pub fn execute(
     if interrupted {
         return Err(BatchError::Interrupted {
             done,
-            left: to_run - done,
+            left: to_run - done - failed,
         });
     }
     if failed + invalid > 0 {

@@ -91,7 +91,7 @@ pub fn run(
     };
     let items = plan_shard(all, shard, defaults);
     let (finished, unreadable) = manifest::finished(&args.out)?;
-    let mut reporter = Reporter::new(0);
+    let mut reporter = Reporter::without_bar();
     if unreadable > 0 {
         reporter.note(&format!(
             "stipple batch: {unreadable} unreadable manifest line(s) in {} ignored (a run killed while writing)",

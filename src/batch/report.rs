@@ -61,6 +61,14 @@ impl Reporter {
         }
     }
 
+    /// For output before the run starts (or a dry run): notes and lines, no bar.
+    pub fn without_bar() -> Reporter {
+        Reporter {
+            bar: None,
+            stdout_broken: false,
+        }
+    }
+
     /// A machine-readable line. A closed stdout does not stop the batch: the manifest is the record.
     pub fn result(&mut self, line: &ResultLine) {
         if self.stdout_broken {
