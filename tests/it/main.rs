@@ -1,6 +1,7 @@
 //! One integration-test binary (one link step on 2 cores).
 
 mod adapters;
+mod batch;
 mod cli;
 mod foundation;
 mod lora;
