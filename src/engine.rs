@@ -53,12 +53,26 @@ pub struct Reporter<'a> {
     pub id: JobId,
     tx: &'a UnboundedSender<Event>,
     pub cancel: &'a CancelToken,
+    tap: Option<Box<dyn Fn(&Event) + 'a>>,
 }
 
-impl Reporter<'_> {
+impl<'a> Reporter<'a> {
     pub fn send(&self, event: Event) {
+        if let Some(tap) = &self.tap {
+            tap(&event);
+        }
         // A closed receiver means the front end went away; nothing useful to do with the event.
         let _ = self.tx.send(event);
+    }
+
+    /// A reporter that shows every event to `f` before sending it on (e.g. to save images).
+    pub fn tap(parent: &Reporter<'a>, f: impl Fn(&Event) + 'a) -> Reporter<'a> {
+        Reporter {
+            id: parent.id,
+            tx: parent.tx,
+            cancel: parent.cancel,
+            tap: Some(Box::new(f)),
+        }
     }
 }
 
@@ -210,6 +224,7 @@ impl Engine {
                     id,
                     tx: &tx,
                     cancel: &cancel,
+                    tap: None,
                 };
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     runner.run(&job, &reporter)

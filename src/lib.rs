@@ -5,11 +5,8 @@
 //! Runtime sessions in [`runtime`] and runs the [`pipeline`]; front ends ([`tui`], [`headless`]) see
 //! only jobs and events.
 
-<<<<<<< HEAD
 pub mod bake;
-=======
 pub mod batch;
->>>>>>> batch
 pub mod bench;
 pub mod config;
 pub mod engine;

@@ -18,8 +18,30 @@ struct Cli {
     /// The ONNX Runtime library (default: ORT_DYLIB_PATH, then .ort/ from scripts/setup)
     #[arg(long, global = true, value_name = "FILE")]
     ort_lib: Option<PathBuf>,
+    #[command(flatten)]
+    tui: TuiArgs,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// Flags of the workstation (`stipple` with no subcommand).
+#[derive(Args)]
+struct TuiArgs {
+    /// Model folder (default: the bundled tiny model)
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// Where to run: cpu, cuda:N or dml:N
+    #[arg(long)]
+    device: Option<String>,
+    /// A folder of LoRA files (repeatable; adds to `lora_folders` of the config)
+    #[arg(long = "lora-dir", value_name = "DIR")]
+    lora_dirs: Vec<PathBuf>,
+    /// Where finished images are saved (default: `outputs` in stipple's data folder)
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Picture protocol: auto, kitty, sixel, iterm2 or halfblocks
+    #[arg(long, value_name = "NAME")]
+    image_protocol: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -254,6 +276,56 @@ fn cmd_bench(cli: &Cli, a: &BenchArgs) -> Result<()> {
     }
 }
 
+fn cmd_tui(cli: &Cli) -> Result<()> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        bail!("the workstation needs a terminal; for scripts use `stipple generate` or `stipple batch`");
+    }
+    let a = &cli.tui;
+    let bundled = a.model.is_none();
+    let dir = a.model.clone().unwrap_or_else(default_model);
+    // Check the folder now (cheap: headers only); sessions are built on the first job.
+    let model = stipple::model::Model::open(&dir)
+        .with_context(|| format!("cannot open the model in {}", dir.display()))?;
+    let device: Device = a.device.as_deref().unwrap_or("cpu").parse()?;
+    let dirs = stipple::config::Dirs::discover();
+    let mut overrides: Vec<(&str, String)> = Vec::new();
+    if let Some(p) = &a.image_protocol {
+        overrides.push(("image.protocol", p.clone()));
+    }
+    if bundled {
+        // The bundled tiny model makes 64x64 images; the configured size is for real models.
+        let (w, h) = model.default_size();
+        overrides.push(("generation.width", w.to_string()));
+        overrides.push(("generation.height", h.to_string()));
+    }
+    let mut config = stipple::config::load(&dirs, &overrides)?;
+    config.lora_folders.extend(lora_dirs(&a.lora_dirs));
+    let rt = Runtime::get(cli.ort_lib.as_deref(), device.is_gpu())?;
+    let out_dir = a.out.clone().unwrap_or_else(|| dirs.data.join("outputs"));
+    let runner = stipple::pipeline::SavingRunner {
+        inner: stipple::pipeline::LazyGenerator::new(
+            dir,
+            rt,
+            SessionOptions { device, threads: 0 },
+            config.lora_folders.clone(),
+        ),
+        out_dir,
+    };
+    let family = model.index.family;
+    drop(model);
+    let (engine, events) = stipple::engine::Engine::spawn(runner);
+    let keep = engine.clone();
+    let result = stipple::tui::run(
+        stipple::tui::TuiOptions::new(config, dirs, Some(family)),
+        engine,
+        events,
+    );
+    keep.shutdown_and_wait();
+    result?;
+    Ok(())
+}
+
 /// `--lora-dir` flags, then `STIPPLE_LORA_DIRS`.
 fn lora_dirs(flags: &[PathBuf]) -> Vec<PathBuf> {
     let mut dirs = flags.to_vec();
@@ -419,9 +491,7 @@ fn main() -> ExitCode {
         Some(Command::Bench(a)) => cmd_bench(&cli, a),
         Some(Command::Lora(LoraCommand::Inspect(a))) => cmd_lora_inspect(a),
         Some(Command::Bake(a)) => cmd_bake(a),
-        None => Err(anyhow::anyhow!(
-            "the terminal workstation is not wired in yet; try `stipple generate --prompt ...`"
-        )),
+        None => cmd_tui(&cli),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -46,7 +46,9 @@ impl Loader for GeneratorLoader {
             device,
             threads: self.threads,
         };
-        Generator::load(model, self.runtime, opts).map_err(|e| e.to_string())
+        let mut g = Generator::load(model, self.runtime, opts).map_err(|e| e.to_string())?;
+        g.set_lora_dirs(self.lora_dirs.roots.clone());
+        Ok(g)
     }
 }
 

@@ -10,5 +10,6 @@ mod prompt;
 mod tui_config;
 mod tui_flows;
 mod tui_screens;
+mod tui_smoke;
 mod tui_support;
 mod util;
