@@ -48,12 +48,15 @@ impl CancelToken {
     }
 }
 
+/// Sees each event before it is sent (see [`Reporter::tap`]).
+type Tap<'a> = Box<dyn Fn(&Event) + 'a>;
+
 /// Where a runner sends its events.
 pub struct Reporter<'a> {
     pub id: JobId,
     tx: &'a UnboundedSender<Event>,
     pub cancel: &'a CancelToken,
-    tap: Option<Box<dyn Fn(&Event) + 'a>>,
+    tap: Option<Tap<'a>>,
 }
 
 impl<'a> Reporter<'a> {
