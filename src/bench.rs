@@ -33,6 +33,11 @@ pub struct BenchReport {
     pub unet_step_with_adapter_ms: Option<f64>,
     /// Peak resident memory of the process (VmHWM), MB.
     pub peak_rss_mb: Option<f64>,
+    /// Where the adapter swap's time went.
+    pub swap_breakdown: Option<crate::pipeline::generator::FuseStats>,
+    /// One CFG step after swapping back to the plain model (a rebuilt session, no adapter).
+    pub unet_step_after_rebuild_ms: Option<f64>,
+    pub static_shapes: bool,
     pub repeats: usize,
 }
 
@@ -67,8 +72,18 @@ impl fmt::Display for BenchReport {
         if let Some(s) = self.adapter_swap_s {
             writeln!(f, "  adapter swap (fuse)       {:>9.3} s", s)?;
         }
+        if let Some(b) = self.swap_breakdown {
+            writeln!(
+                f,
+                "    of which ΔW {:.3} s, patch {:.3} s, sessions {:.3} s",
+                b.deltas_s, b.patch_s, b.session_s
+            )?;
+        }
         if let Some(s) = self.unet_step_with_adapter_ms {
             writeln!(f, "  UNet step, adapter fused  {:>9.3} ms", s)?;
+        }
+        if let Some(s) = self.unet_step_after_rebuild_ms {
+            writeln!(f, "  UNet step, base rebuilt   {:>9.3} ms", s)?;
         }
         if let Some(m) = self.peak_rss_mb {
             writeln!(f, "  peak host memory (RSS)    {:>9.1} MB", m)?;
@@ -101,6 +116,7 @@ pub fn run(
 ) -> Result<BenchReport, PipelineError> {
     let repeats = repeats.max(1);
     let device = opts.device.to_string();
+    let static_shapes = opts.static_shapes;
     let t0 = Instant::now();
     let mut g = Generator::load(model_dir, rt, opts)?;
     let load_s = t0.elapsed().as_secs_f64();
@@ -118,6 +134,23 @@ pub fn run(
     te.remove(0);
     let context: Vec<f32> = ctx.iter().chain(ctx.iter()).copied().collect();
     let sample = vec![0.1f32; 2 * 4 * lh * lw];
+    let job = Job {
+        prompt: "a red fox in the snow".into(),
+        negative: String::new(),
+        sampler: Sampler::EulerA,
+        steps: 20,
+        cfg: 7.0,
+        width: w,
+        height: h,
+        seed: 1,
+        batch: 1,
+    };
+    if static_shapes {
+        // One short job builds the sessions for this exact shape, as a real job would.
+        let mut warm = job.clone();
+        warm.steps = 1;
+        g.generate(&warm, &|| Stop::No, &mut |_| {}, 0)?;
+    }
     let t = Instant::now();
     g.unet(&sample, [2, 4, lh, lw], 500.0, &context)?;
     let first_step_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -138,17 +171,6 @@ pub fn run(
             vae.push(t.elapsed());
         }
     }
-    let job = Job {
-        prompt: "a red fox in the snow".into(),
-        negative: String::new(),
-        sampler: Sampler::EulerA,
-        steps: 20,
-        cfg: 7.0,
-        width: w,
-        height: h,
-        seed: 1,
-        batch: 1,
-    };
     let mut image = Vec::new();
     for _ in 0..repeats {
         let t = Instant::now();
@@ -157,6 +179,7 @@ pub fn run(
     }
     let unet_step = median(unet);
     let (mut adapter_swap_s, mut unet_step_with_adapter_ms) = (None, None);
+    let (mut swap_breakdown, mut unet_step_after_rebuild_ms) = (None, None);
     if let Some(path) = lora {
         let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let stem = path
@@ -164,18 +187,31 @@ pub fn run(
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         g.set_lora_dirs(vec![dir]);
+        let dims_job = |prompt: String| {
+            let mut j = job.clone();
+            j.prompt = prompt;
+            j.steps = 1;
+            j
+        };
         let mut with = job.clone();
         with.prompt = format!("a red fox in the snow <lora:{stem}:0.8>");
         with.steps = 1;
         // Swap in, out and in again at another strength; each is a full fuse (ΔW, patch, sessions).
         let mut swaps = Vec::new();
+        let mut breakdown = Vec::new();
         for s in ["0.8", "0", "0.6"] {
             with.prompt = format!("a red fox in the snow <lora:{stem}:{s}>");
             let t = Instant::now();
-            g.prepare(&with)?;
+            if static_shapes {
+                g.generate(&dims_job(with.prompt.clone()), &|| Stop::No, &mut |_| {}, 0)?;
+            } else {
+                g.prepare(&with)?;
+            }
             swaps.push(t.elapsed());
+            breakdown.push(g.last_fuse);
         }
         adapter_swap_s = Some(median(swaps));
+        swap_breakdown = breakdown[1];
         let mut steps = Vec::new();
         for i in 0..repeats * 5 + 2 {
             let t = Instant::now();
@@ -185,6 +221,22 @@ pub fn run(
             }
         }
         unet_step_with_adapter_ms = Some(median(steps) * 1e3);
+        // Back to the plain model: a rebuilt session without adapter, to tell "rebuilt" from "fused".
+        let plain = dims_job("a red fox in the snow".into());
+        if static_shapes {
+            g.generate(&plain, &|| Stop::No, &mut |_| {}, 0)?;
+        } else {
+            g.prepare(&plain)?;
+        }
+        let mut steps = Vec::new();
+        for i in 0..repeats * 5 + 2 {
+            let t = Instant::now();
+            g.unet(&sample, [2, 4, lh, lw], 500.0, &context)?;
+            if i >= 2 {
+                steps.push(t.elapsed());
+            }
+        }
+        unet_step_after_rebuild_ms = Some(median(steps) * 1e3);
     }
     Ok(BenchReport {
         model: g.model_name().to_string(),
@@ -201,6 +253,9 @@ pub fn run(
         adapter_swap_s,
         unet_step_with_adapter_ms,
         peak_rss_mb: peak_rss_mb(),
+        swap_breakdown,
+        unet_step_after_rebuild_ms,
+        static_shapes,
         repeats,
     })
 }

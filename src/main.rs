@@ -124,6 +124,9 @@ struct ModelArgs {
     /// Intra-op threads for ONNX Runtime (0 = its default)
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Build sessions for the job's exact shapes (faster steps; a new size rebuilds the UNet)
+    #[arg(long)]
+    static_shapes: bool,
 }
 
 #[derive(Args)]
@@ -231,6 +234,7 @@ fn cmd_generate(cli: &Cli, a: &GenerateArgs) -> Result<()> {
     let opts = SessionOptions {
         device,
         threads: a.model.threads,
+        static_shapes: a.model.static_shapes,
     };
     let mut generator = Generator::load(&dir, rt, opts)
         .with_context(|| format!("cannot load the model in {}", dir.display()))?;
@@ -261,6 +265,7 @@ fn cmd_bench(cli: &Cli, a: &BenchArgs) -> Result<()> {
     let opts = SessionOptions {
         device,
         threads: a.model.threads,
+        static_shapes: a.model.static_shapes,
     };
     let size = match (a.width, a.height) {
         (Some(w), Some(h)) => Some((w, h)),
@@ -307,7 +312,11 @@ fn cmd_tui(cli: &Cli) -> Result<()> {
         inner: stipple::pipeline::LazyGenerator::new(
             dir,
             rt,
-            SessionOptions { device, threads: 0 },
+            SessionOptions {
+                device,
+                threads: 0,
+                static_shapes: false,
+            },
             config.lora_folders.clone(),
         ),
         out_dir,

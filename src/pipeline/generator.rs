@@ -72,6 +72,20 @@ struct Sessions {
 struct Fused {
     te: Vec<(PathBuf, String)>,
     unet: Vec<(PathBuf, String)>,
+    /// (latent height, latent width, context length) the UNet session was built for, with
+    /// static shapes.
+    unet_dims: Option<[i64; 3]>,
+}
+
+/// Where the time of the last adapter change went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct FuseStats {
+    /// ΔW of every adapter and layer.
+    pub deltas_s: f64,
+    /// Assembling the weight buffers (base + ΔW, dtype conversion).
+    pub patch_s: f64,
+    /// ONNX Runtime session creation.
+    pub session_s: f64,
 }
 
 impl Fused {
@@ -93,6 +107,11 @@ impl Fused {
         }
         f
     }
+
+    fn with_dims(mut self, dims: Option<[i64; 3]>) -> Fused {
+        self.unet_dims = dims;
+        self
+    }
 }
 
 /// A loaded model with its sessions, ready to run jobs.
@@ -110,6 +129,10 @@ pub struct Generator {
     fused: Fused,
     /// The report of the last adapter application, for front ends.
     pub last_report: Option<ApplyReport>,
+    /// Timings of the last adapter change.
+    pub last_fuse: Option<FuseStats>,
+    /// (latent height, latent width) the VAE session was built for, with static shapes.
+    vae_dims: Option<[i64; 2]>,
 }
 
 /// Parses the prompt and the negative prompt; LoRA tags belong in the prompt only.
@@ -190,6 +213,8 @@ impl Generator {
             adapters: AdapterCache::default(),
             fused: Fused::default(),
             last_report: None,
+            last_fuse: None,
+            vae_dims: None,
         })
     }
 
@@ -199,7 +224,7 @@ impl Generator {
         let (pos, _) = parse_prompts(job)?;
         let loras = self.adapters.resolve(&pos, &job.prompt)?;
         let first = adapters::strengths_at(&loras, 0, job.steps.max(1) as usize);
-        self.fuse(&loras, &first)
+        self.fuse(&loras, &first, None)
     }
 
     /// The folders `<lora:NAME>` tags are looked up in.
@@ -209,27 +234,42 @@ impl Generator {
 
     /// Brings the text-encoder and UNet sessions to `key`'s strengths of `loras`, rebuilding only the
     /// sessions whose part changed. On error nothing is changed.
-    fn fuse(&mut self, loras: &[ActiveLora], key: &StrengthKey) -> Result<(), PipelineError> {
-        let want = Fused::of(loras, key);
+    fn fuse(
+        &mut self,
+        loras: &[ActiveLora],
+        key: &StrengthKey,
+        unet_dims: Option<[i64; 3]>,
+    ) -> Result<(), PipelineError> {
+        let want = Fused::of(loras, key).with_dims(unet_dims.or(self.fused.unet_dims));
         if want == self.fused {
             return Ok(());
         }
+        let mut stats = FuseStats::default();
+        let t = Instant::now();
         let (deltas, report) = if loras.is_empty() {
             (ComponentDeltas::new(), None)
         } else {
             let (d, r) = adapters::compute(&self.model, loras, key)?;
             (d, Some(r))
         };
+        stats.deltas_s = t.elapsed().as_secs_f64();
         let te = if want.te != self.fused.te {
-            Some(self.build_one(ComponentKind::TextEncoder, &deltas)?)
+            Some(self.build_one(
+                ComponentKind::TextEncoder,
+                &deltas,
+                &self.te_dims(),
+                &mut stats,
+            )?)
         } else {
             None
         };
-        let unet = if want.unet != self.fused.unet {
-            Some(self.build_one(ComponentKind::Unet, &deltas)?)
+        let unet = if want.unet != self.fused.unet || want.unet_dims != self.fused.unet_dims {
+            let dims = unet_dim_overrides(want.unet_dims);
+            Some(self.build_one(ComponentKind::Unet, &deltas, &dims, &mut stats)?)
         } else {
             None
         };
+        self.last_fuse = Some(stats);
         if let Some(s) = te {
             self.sessions.text = s;
         }
@@ -247,8 +287,44 @@ impl Generator {
         &self,
         kind: ComponentKind,
         deltas: &ComponentDeltas,
+        dims: &[(&str, i64)],
+        stats: &mut FuseStats,
     ) -> Result<Session, PipelineError> {
-        build_component(&self.model, self.runtime, &self.opts, kind, deltas)
+        build_component(
+            &self.model,
+            self.runtime,
+            &self.opts,
+            kind,
+            deltas,
+            dims,
+            stats,
+        )
+    }
+
+    fn te_dims(&self) -> Vec<(&'static str, i64)> {
+        if self.opts.static_shapes {
+            vec![("batch", 1), ("sequence", 77)]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// With static shapes, rebuilds the VAE decoder for latents of `h` × `w` when they changed.
+    fn ensure_vae_dims(&mut self, h: usize, w: usize) -> Result<(), PipelineError> {
+        let want = [h as i64, w as i64];
+        if !self.opts.static_shapes || self.vae_dims == Some(want) {
+            return Ok(());
+        }
+        let dims = [("batch", 1), ("height", want[0]), ("width", want[1])];
+        let mut stats = FuseStats::default();
+        self.sessions.vae = self.build_one(
+            ComponentKind::VaeDecoder,
+            &ComponentDeltas::new(),
+            &dims,
+            &mut stats,
+        )?;
+        self.vae_dims = Some(want);
+        Ok(())
     }
 
     /// Rebuilds every session from the base weights plus `deltas` (empty = the pristine model).
@@ -258,6 +334,7 @@ impl Generator {
         self.fused = Fused {
             te: vec![(PathBuf::from("<deltas>"), String::new())],
             unet: vec![(PathBuf::from("<deltas>"), String::new())],
+            unet_dims: None,
         };
         Ok(())
     }
@@ -312,6 +389,18 @@ impl Generator {
             out.push(z);
         }
         Ok(out)
+    }
+
+    /// Length of the conditioning for these prompts (77 per chunk of the longer one), without
+    /// running the text encoder.
+    fn context_len(&self, pos: &Prompt, neg: &Prompt) -> usize {
+        let tok = &self.tokenizer;
+        let n = |p: &Prompt| {
+            chunk(&p.fragments, |t| tok.encode(t), &ChunkConfig::default())
+                .len()
+                .max(1)
+        };
+        77 * n(pos).max(n(neg))
     }
 
     fn encode_ids(&mut self, ids: Vec<i64>) -> Result<Vec<f32>, PipelineError> {
@@ -412,9 +501,12 @@ impl Generator {
         let steps = job.steps as usize;
         // Everything that can fail on the adapters' side fails here, before the first step.
         let first = adapters::strengths_at(&loras, 0, steps);
-        self.fuse(&loras, &first)?;
         let factor = self.model.index.vae_scale_factor.max(1) as usize;
         let (h, w) = (job.height as usize / factor, job.width as usize / factor);
+        let seq = self.context_len(&pos, &neg) as i64;
+        let dims = self.opts.static_shapes.then_some([h as i64, w as i64, seq]);
+        self.fuse(&loras, &first, dims)?;
+        self.ensure_vae_dims(h, w)?;
         // Conditioning per distinct set of text-encoder strengths: a schedule with k distinct
         // values encodes k times, not once per step.
         let mut contexts: HashMap<String, Arc<Vec<f32>>> = HashMap::new();
@@ -435,7 +527,7 @@ impl Generator {
             let mut skipped = false;
             for (i, &t) in timesteps.iter().enumerate() {
                 let key = adapters::strengths_at(&loras, i, timesteps.len());
-                self.fuse(&loras, &key)?;
+                self.fuse(&loras, &key, dims)?;
                 let te_key = format!("{:?}", self.fused.te);
                 let context = match contexts.get(&te_key) {
                     Some(c) => c.clone(),
@@ -515,27 +607,43 @@ fn apply_emphasis(z: &mut [f32], weights: &[f32]) {
     }
 }
 
+/// Free-dimension overrides of the UNet for static shapes (CFG batch 2).
+fn unet_dim_overrides(dims: Option<[i64; 3]>) -> Vec<(&'static str, i64)> {
+    match dims {
+        Some([h, w, seq]) => vec![("batch", 2), ("height", h), ("width", w), ("sequence", seq)],
+        None => Vec::new(),
+    }
+}
+
 fn build_component(
     model: &Model,
     rt: &'static Runtime,
     opts: &SessionOptions,
     kind: ComponentKind,
     deltas: &ComponentDeltas,
+    dims: &[(&str, i64)],
+    stats: &mut FuseStats,
 ) -> Result<Session, PipelineError> {
     let empty = HashMap::new();
     let c = model
         .component(kind)
         .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
+    let t = Instant::now();
     let (buf, _stats) = patch::assemble(c, deltas.get(&kind).unwrap_or(&empty))?;
     let buf: Arc<[u8]> = buf.into();
-    Ok(build_session(
+    stats.patch_s += t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let session = build_session(
         rt,
         kind.dir_name(),
         &c.graph.bytes,
         &c.weightmap.external_file,
         buf,
         opts,
-    )?)
+        dims,
+    )?;
+    stats.session_s += t.elapsed().as_secs_f64();
+    Ok(session)
 }
 
 fn build_sessions(
@@ -544,7 +652,22 @@ fn build_sessions(
     opts: &SessionOptions,
     deltas: &ComponentDeltas,
 ) -> Result<Sessions, PipelineError> {
-    let build = |kind| build_component(model, rt, opts, kind, deltas);
+    let build = |kind| {
+        let dims: &[(&str, i64)] = if opts.static_shapes && kind == ComponentKind::TextEncoder {
+            &[("batch", 1), ("sequence", 77)]
+        } else {
+            &[]
+        };
+        build_component(
+            model,
+            rt,
+            opts,
+            kind,
+            deltas,
+            dims,
+            &mut FuseStats::default(),
+        )
+    };
     Ok(Sessions {
         text: build(ComponentKind::TextEncoder)?,
         unet: build(ComponentKind::Unet)?,

@@ -14,6 +14,9 @@ pub struct SessionOptions {
     pub device: Device,
     /// Intra-op threads; 0 lets ONNX Runtime decide.
     pub threads: usize,
+    /// Build sessions for fixed input shapes (free-dimension overrides), so ONNX Runtime folds the
+    /// shape arithmetic of the graph away; a new image size or prompt length rebuilds the UNet.
+    pub static_shapes: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +42,7 @@ pub fn build_session(
     external_file: &str,
     weights: Arc<[u8]>,
     opts: &SessionOptions,
+    dims: &[(&str, i64)],
 ) -> Result<Session, SessionError> {
     let providers = opts.device.dispatch(&rt.path.display().to_string())?;
     let e = ort_err(what);
@@ -61,6 +65,11 @@ pub fn build_session(
         );
         p.set_file_name(name);
         builder = builder.with_profiling(p).map_err(recover)?;
+    }
+    for (name, size) in dims {
+        builder = builder
+            .with_dimension_override(*name, *size)
+            .map_err(recover)?;
     }
     if opts.threads > 0 {
         builder = builder.with_intra_threads(opts.threads).map_err(recover)?;
