@@ -1,5 +1,7 @@
-//! A synthetic real-size workload for benchmarks: a kohya LoRA of a given rank over all 192 attention
-//! modules of the SD1.5 UNet (16 transformer blocks × 10 + 16 proj_in/proj_out), with SD1.5 shapes.
+//! A synthetic real-size workload for benchmarks: a kohya LoRA/LoCon of a given rank over the SD1.5
+//! UNet with SD1.5 shapes: the 192 attention modules (16 transformer blocks × 10 + 16 proj_in/out),
+//! and with [`sd15_full_unet_lora`] also every resnet (3×3 conv1/conv2, time_emb_proj, shortcut),
+//! the down/upsampler convs, conv_in/conv_out and the time embedding: 282 layers.
 //!
 //! Use: `let w = stipple::lora::bench::sd15_unet_lora(32); stipple::lora::bench::run(&w)?;`
 
@@ -55,8 +57,62 @@ pub fn sd15_targets() -> Vec<(String, Vec<usize>)> {
     t
 }
 
-/// Builds the workload in memory (F16 factors, deterministic values).
+/// `(module path, target shape)` of every resnet, sampler and stem layer of SD1.5 (LoCon's share).
+pub fn sd15_conv_targets() -> Vec<(String, Vec<usize>)> {
+    let mut t = vec![
+        ("conv_in".to_string(), vec![320, 4, 3, 3]),
+        ("conv_out".to_string(), vec![4, 320, 3, 3]),
+        ("time_embedding.linear_1".to_string(), vec![1280, 320]),
+        ("time_embedding.linear_2".to_string(), vec![1280, 1280]),
+    ];
+    let mut resnet = |path: String, cin: usize, cout: usize| {
+        t.push((format!("{path}.conv1"), vec![cout, cin, 3, 3]));
+        t.push((format!("{path}.conv2"), vec![cout, cout, 3, 3]));
+        t.push((format!("{path}.time_emb_proj"), vec![cout, 1280]));
+        if cin != cout {
+            t.push((format!("{path}.conv_shortcut"), vec![cout, cin, 1, 1]));
+        }
+    };
+    // Down path: (block, in channels of its first resnet, out channels).
+    for (b, cin, c) in [(0, 320, 320), (1, 320, 640), (2, 640, 1280), (3, 1280, 1280)] {
+        resnet(format!("down_blocks.{b}.resnets.0"), cin, c);
+        resnet(format!("down_blocks.{b}.resnets.1"), c, c);
+    }
+    resnet("mid_block.resnets.0".into(), 1280, 1280);
+    resnet("mid_block.resnets.1".into(), 1280, 1280);
+    // Up path: input channels are the previous output plus the skip connection.
+    for (b, c, ins) in [
+        (0, 1280, [2560, 2560, 2560]),
+        (1, 1280, [2560, 2560, 1920]),
+        (2, 640, [1920, 1280, 960]),
+        (3, 320, [960, 640, 640]),
+    ] {
+        for (j, cin) in ins.into_iter().enumerate() {
+            resnet(format!("up_blocks.{b}.resnets.{j}"), cin, c);
+        }
+    }
+    for (b, c) in [(0, 320), (1, 640), (2, 1280)] {
+        t.push((format!("down_blocks.{b}.downsamplers.0.conv"), vec![c, c, 3, 3]));
+    }
+    for (b, c) in [(0, 1280), (1, 1280), (2, 640)] {
+        t.push((format!("up_blocks.{b}.upsamplers.0.conv"), vec![c, c, 3, 3]));
+    }
+    t
+}
+
+/// Builds the attention-only workload in memory (F16 factors, deterministic values).
 pub fn sd15_unet_lora(rank: usize) -> Workload {
+    workload(rank, sd15_targets())
+}
+
+/// Attention plus every conv/linear layer of the UNet (LoCon: k×k down, 1×1 up).
+pub fn sd15_full_unet_lora(rank: usize) -> Workload {
+    let mut targets = sd15_targets();
+    targets.extend(sd15_conv_targets());
+    workload(rank, targets)
+}
+
+fn workload(rank: usize, targets: Vec<(String, Vec<usize>)>) -> Workload {
     let mut header = serde_json::Map::new();
     let mut data: Vec<u8> = Vec::new();
     let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -78,14 +134,15 @@ pub fn sd15_unet_lora(rank: usize) -> Workload {
         );
     };
     let mut params = Vec::new();
-    for (path, shape) in sd15_targets() {
+    for (path, shape) in targets {
         let stem = format!("lora_unet_{}", path.replace('.', "_"));
         let (o, i) = (shape[0], shape[1]);
         let conv = shape.len() == 4;
+        let rank = rank.min(o).min(i * shape.get(2).copied().unwrap_or(1).pow(2));
         push(
             format!("{stem}.lora_down.weight"),
             if conv {
-                vec![rank, i, 1, 1]
+                vec![rank, i, shape[2], shape[3]]
             } else {
                 vec![rank, i]
             },
