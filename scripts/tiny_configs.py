@@ -166,16 +166,22 @@ SDXL_TEXT_ENCODER_2 = dict(TEXT_ENCODER, hidden_act="gelu", pad_token_id=0)
 # SDXL's VAE config differs from SD1's in scaling_factor (and force_upcast); the architecture is the tiny one.
 SDXL_VAE = dict(VAE, scaling_factor=0.13025, force_upcast=True)
 
-# stabilityai/stable-diffusion-xl-base-1.0 scheduler/scheduler_config.json
+# stabilityai/stable-diffusion-xl-base-1.0 scheduler/scheduler_config.json. It keeps DDIM/PNDM keys
+# (clip_sample, set_alpha_to_one) that Euler ignores but other schedulers built from it read.
 SDXL_SCHEDULER = dict(
     beta_start=0.00085,
     beta_end=0.012,
     beta_schedule="scaled_linear",
+    clip_sample=False,
+    interpolation_type="linear",
     num_train_timesteps=1000,
+    prediction_type="epsilon",
+    sample_max_value=1.0,
+    set_alpha_to_one=False,
+    skip_prk_steps=True,
     steps_offset=1,
     timestep_spacing="leading",
-    interpolation_type="linear",
-    prediction_type="epsilon",
+    trained_betas=None,
     use_karras_sigmas=False,
 )
 
@@ -189,7 +195,7 @@ def build_sdxl(seed=SEED):
     te = randomize_(CLIPTextModel(CLIPTextConfig(**SDXL_TEXT_ENCODER)), seed + 11).eval()
     te2 = randomize_(CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_ENCODER_2)), seed + 12).eval()
     vae = randomize_(AutoencoderKL(**SDXL_VAE), seed + 13).eval()
-    return unet, te, te2, vae, EulerDiscreteScheduler(**SDXL_SCHEDULER)
+    return unet, te, te2, vae, EulerDiscreteScheduler.from_config(SDXL_SCHEDULER)
 
 
 # Full-size SDXL base architecture (random weights): for benchmarks on the GPU machine (gpu/README.md §2).
@@ -233,4 +239,4 @@ def build_sdxl_random(device="cpu", seed=SEED):
         te = randomize_(CLIPTextModel(CLIPTextConfig(**SDXL_FULL_TEXT_ENCODER)), seed + 1).eval()
         te2 = randomize_(CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_FULL_TEXT_ENCODER_2)), seed + 2).eval()
         vae = randomize_(AutoencoderKL(**SDXL_FULL_VAE), seed + 3).eval()
-    return unet, te, te2, vae, EulerDiscreteScheduler(**SDXL_SCHEDULER)
+    return unet, te, te2, vae, EulerDiscreteScheduler.from_config(SDXL_SCHEDULER)

@@ -5,4 +5,5 @@ mod foundation;
 mod lora;
 mod pipeline_reference;
 mod prompt;
+mod sdxl;
 mod util;
