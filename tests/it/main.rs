@@ -6,4 +6,5 @@ mod lora;
 mod pipeline_reference;
 mod prompt;
 mod sdxl;
+mod sdxl_adapters;
 mod util;
