@@ -562,10 +562,7 @@ impl Generator {
         // Conditioning per distinct set of text-encoder strengths: a schedule with k distinct
         // values encodes k times, not once per step.
         let mut contexts: HashMap<String, Arc<BatchCond>> = HashMap::new();
-        // SDXL's micro-conditioning as diffusers' defaults: original size = target size = the
-        // image's (height, width), crop (0, 0); the same for both halves of the CFG batch.
-        let (ih, iw) = (job.height as f32, job.width as f32);
-        let time_ids: Vec<f32> = [ih, iw, 0.0, 0.0, ih, iw].repeat(2);
+        let time_ids = time_ids(job.width, job.height, 2);
         on_event(Event::Started {
             id,
             images: job.batch,
@@ -640,6 +637,13 @@ impl Generator {
         }
         Ok(Outcome::Done)
     }
+}
+
+/// SDXL's micro-conditioning `[batch, 6]` as diffusers' defaults: original size = target size =
+/// the image's (height, width), crop top-left (0, 0); the same for every row of the batch.
+pub fn time_ids(width: u32, height: u32, batch: usize) -> Vec<f32> {
+    let (h, w) = (height as f32, width as f32);
+    [h, w, 0.0, 0.0, h, w].repeat(batch)
 }
 
 /// Hidden states `[tokens, d_i]` of several encoders → `[tokens, Σ d_i]` (torch.concat on the last

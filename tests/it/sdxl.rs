@@ -253,3 +253,11 @@ fn sdxl_every_scheduler_image_matches_diffusers() {
         assert!(*mad <= 1.0, "{file}: mean abs difference {mad}/255");
     }
 }
+
+#[test]
+fn sdxl_bench_runs_with_the_added_conditioning() {
+    let r = stipple::bench::run(&tiny_sdxl(), runtime(), SessionOptions::default(), None, 1)
+        .expect("bench on SDXL");
+    assert_eq!((r.width, r.height), (64, 64));
+    assert!(r.unet_step_ms > 0.0 && r.image_s > 0.0);
+}
