@@ -90,6 +90,7 @@ struct QueueState {
 /// Front ends' side of the engine. Cheap to clone.
 #[derive(Clone)]
 pub struct EngineHandle {
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     queue: Arc<Queue>,
     next_id: Arc<AtomicU64>,
     cancel: CancelToken,
@@ -147,6 +148,17 @@ impl EngineHandle {
         self.cancel.set(Stop::Interrupt);
         self.queue.wake.notify_all();
     }
+
+    /// [`shutdown`](Self::shutdown), then waits for the thread to end, so the runner (and its ONNX
+    /// Runtime sessions) is dropped now: a CUDA session freed during process exit, after the driver
+    /// has shut down, aborts the process.
+    pub fn shutdown_and_wait(&self) {
+        self.shutdown();
+        let handle = lock(&self.thread).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -170,13 +182,14 @@ impl Engine {
             wake: Condvar::new(),
         });
         let handle = EngineHandle {
+            thread: Arc::new(Mutex::new(None)),
             queue: queue.clone(),
             next_id: Arc::new(AtomicU64::new(1)),
             cancel: CancelToken::default(),
             events: tx.clone(),
         };
         let cancel = handle.cancel.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("stipple-engine".into())
             .spawn(move || loop {
                 let (id, job) = {
@@ -211,6 +224,7 @@ impl Engine {
                 let _ = tx.send(last);
             })
             .expect("spawning the engine thread");
+        *lock(&handle.thread) = Some(thread);
         (handle, rx)
     }
 }

@@ -26,6 +26,8 @@ struct Cli {
 enum Command {
     /// Make images from a prompt, without the TUI
     Generate(GenerateArgs),
+    /// Run a JSON-lines job file or a sweep on warm engines; resumable and shardable
+    Batch(stipple::batch::BatchArgs),
     /// Check ONNX Runtime, execution providers and a model folder
     Doctor(DoctorArgs),
     /// Measure load time, UNet steps per second, VAE decode and a whole image
@@ -84,6 +86,9 @@ struct BenchArgs {
     /// Print the report as JSON
     #[arg(long)]
     json: bool,
+    /// Also measure an adapter swap (fuse) and the step time with it fused
+    #[arg(long, value_name = "FILE")]
+    lora: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -240,7 +245,7 @@ fn cmd_bench(cli: &Cli, a: &BenchArgs) -> Result<()> {
         (None, None) => None,
         _ => bail!("give both --width and --height, or neither"),
     };
-    let report = stipple::bench::run(&dir, rt, opts, size, a.repeats)
+    let report = stipple::bench::run(&dir, rt, opts, size, a.repeats, a.lora.as_deref())
         .with_context(|| format!("benchmark of {}", dir.display()))?;
     if a.json {
         emit(&format!("{}\n", serde_json::to_string(&report)?))
@@ -408,6 +413,9 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Some(Command::Generate(a)) => cmd_generate(&cli, a),
         Some(Command::Doctor(a)) => cmd_doctor(&cli, a),
+        Some(Command::Batch(a)) => {
+            stipple::batch::run(a, cli.ort_lib.as_deref(), default_model()).map_err(Into::into)
+        }
         Some(Command::Bench(a)) => cmd_bench(&cli, a),
         Some(Command::Lora(LoraCommand::Inspect(a))) => cmd_lora_inspect(a),
         Some(Command::Bake(a)) => cmd_bake(a),

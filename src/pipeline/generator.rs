@@ -225,6 +225,15 @@ impl Generator {
         })
     }
 
+    /// Resolves the job's adapters and fuses them at their first-step strengths, without sampling:
+    /// what a front end calls to have the next image start at once.
+    pub fn prepare(&mut self, job: &Job) -> Result<(), PipelineError> {
+        let (pos, _) = parse_prompts(job)?;
+        let loras = self.adapters.resolve(&pos, &job.prompt)?;
+        let first = adapters::strengths_at(&loras, 0, job.steps.max(1) as usize);
+        self.fuse(&loras, &first)
+    }
+
     /// The folders `<lora:NAME>` tags are looked up in.
     pub fn set_lora_dirs(&mut self, dirs: Vec<PathBuf>) {
         self.adapters = AdapterCache::new(dirs);

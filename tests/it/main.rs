@@ -1,5 +1,7 @@
 //! One integration-test binary (one link step on 2 cores).
+
 mod adapters;
+mod batch;
 mod cli;
 mod foundation;
 mod lora;
@@ -7,4 +9,8 @@ mod pipeline_reference;
 mod prompt;
 mod sdxl;
 mod sdxl_adapters;
+mod tui_config;
+mod tui_flows;
+mod tui_screens;
+mod tui_support;
 mod util;

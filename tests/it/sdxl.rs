@@ -256,8 +256,15 @@ fn sdxl_every_scheduler_image_matches_diffusers() {
 
 #[test]
 fn sdxl_bench_runs_with_the_added_conditioning() {
-    let r = stipple::bench::run(&tiny_sdxl(), runtime(), SessionOptions::default(), None, 1)
-        .expect("bench on SDXL");
+    let r = stipple::bench::run(
+        &tiny_sdxl(),
+        runtime(),
+        SessionOptions::default(),
+        None,
+        1,
+        None,
+    )
+    .expect("bench on SDXL");
     assert_eq!((r.width, r.height), (64, 64));
     assert!(r.unet_step_ms > 0.0 && r.image_s > 0.0);
 }
