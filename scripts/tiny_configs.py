@@ -1,7 +1,8 @@
-"""Configurations of the tiny test models (diffusers' test-sized SD1.x pipeline, real CLIP vocabulary).
+"""Configurations of the tiny test models (diffusers' test-sized SD1.x and SDXL pipelines, real CLIP
+vocabulary) and of the full-size random-weight models for GPU benchmarks.
 
-Imported by scripts/export_model.py (which writes tests/fixtures/tiny-sd15/) and by the adapter-fixture
-scripts, so every fixture is made against the same architecture. Needs torch, diffusers, transformers.
+Imported by scripts/export_model.py (which writes tests/fixtures/tiny-sd15/ and tiny-sdxl/) and by the
+adapter-fixture scripts, so every fixture is made against the same architecture. Needs torch, diffusers, transformers.
 """
 
 import torch
