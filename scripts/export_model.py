@@ -1,29 +1,37 @@
 #!/usr/bin/env python3
-"""Writes a stipple model folder from a diffusers SD1.x pipeline, and the tiny test fixtures.
+"""Writes a stipple model folder from a diffusers SD1.x or SDXL pipeline, and the tiny test fixtures.
 
     python scripts/export_model.py --tiny                       # tests/fixtures/tiny-sd15 + references
-    python scripts/export_model.py --from DIR --out models/NAME [--dtype fp16]
+    python scripts/export_model.py --tiny --family sdxl         # tests/fixtures/tiny-sdxl + references
+    python scripts/export_model.py --from DIR --out models/NAME [--dtype fp16]     # SD1.x or SDXL folder
     python scripts/export_model.py --random sd15 --dtype fp16 --device cuda --out /tmp/sd15   # benchmarks
+    python scripts/export_model.py --random sdxl --dtype fp16 --device cuda --out /tmp/sdxl
 
 Needs PyTorch, diffusers, transformers and onnx (a virtual environment outside the repo:
 `python3 -m venv ~/venv && ~/venv/bin/pip install torch diffusers transformers onnx`, about two minutes
 and 5 GB). `--tiny` takes about a minute on 2 CPU cores; a real SD1.5 export about 5 minutes.
 
-The layout (DESIGN.md §3), per component (text_encoder, unet, vae_decoder):
+The layout (DESIGN.md §3), per component (text_encoder, text_encoder_2 for SDXL, unet, vae_decoder):
   model.onnx          graph; every parameter initializer stored as external data in `weights.bin`, a file
                       that never exists on disk: stipple assembles it in memory from weights.safetensors
   weights.safetensors the parameters under their diffusers names (text encoder with the classic
                       `text_model.` level), torch layout
   weightmap.json      initializer -> source parameter, transform (identity|transpose), dtype, offset, length
   config.json         the diffusers/transformers config the component was built from
-plus model_index.json (family, dtype, defaults) and tokenizer/ (vocab.json, merges.txt).
+plus model_index.json (family, dtype, defaults) and tokenizer/ (vocab.json, merges.txt; SDXL also
+tokenizer_2/, which pads with "!" where tokenizer/ pads with <|endoftext|>).
+
+Text encoders output last_hidden_state, the pooled output (`pooler_output`; `text_embeds`, pooled and
+projected, for SDXL's second encoder) and penultimate_hidden_state (what SDXL conditions on). The SDXL
+UNet takes `text_embeds` and `time_ids` (the added conditioning) besides sample, timestep and context.
 
 Two export facts keep every weight under its own name: no constant folding (Linear weights stay
 `...to_q.weight` behind an explicit Transpose, so every transform is the identity) and no parameters
 with equal values at export time (the exporter would merge them into one initializer).
 
-With --tiny it also writes tests/fixtures/tiny-sd15/reference/: token ids, text embeddings, torch.randn
-latents, one UNet output and the final images of the diffusers pipeline for each scheduler.
+With --tiny it also writes <fixture>/reference/: token ids, text embeddings, torch.randn latents (SD1),
+one UNet output and the final images of the diffusers pipeline (StableDiffusionPipeline or
+StableDiffusionXLPipeline) for each scheduler.
 """
 
 import argparse
@@ -50,8 +58,10 @@ class TextEncoderWrapper(torch.nn.Module):
 
     def forward(self, input_ids):
         out = self.m(input_ids, output_hidden_states=True, return_dict=True)
+        # CLIPTextModelWithProjection (SDXL's second encoder) pools and projects: `text_embeds`.
+        pooled = out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output
         # The penultimate hidden state (before the final norm) is what clip-skip and SDXL use.
-        return out.last_hidden_state, out.pooler_output, out.hidden_states[-2]
+        return out.last_hidden_state, pooled, out.hidden_states[-2]
 
 
 class UnetWrapper(torch.nn.Module):
@@ -61,6 +71,18 @@ class UnetWrapper(torch.nn.Module):
 
     def forward(self, sample, timestep, encoder_hidden_states):
         return self.m(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+
+class UnetAddedWrapper(torch.nn.Module):
+    """SDXL's UNet: the added conditioning (pooled text embedding, size/crop time ids) as graph inputs."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids):
+        added = {"text_embeds": text_embeds, "time_ids": time_ids}
+        return self.m(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
 
 
 class VaeDecoderWrapper(torch.nn.Module):
@@ -77,7 +99,9 @@ def source_name(component, init_name):
     if not init_name.startswith("m."):
         return None
     name = init_name[2:]
-    if component == "text_encoder" and not name.startswith("text_model."):
+    # transformers 5 flattened CLIPTextModel; released checkpoints (and adapter keys) have `text_model.`.
+    # CLIPTextModelWithProjection keeps it, and its `text_projection` sits beside it.
+    if component.startswith("text_encoder") and not name.startswith(("text_model.", "text_projection.")):
         name = "text_model." + name
     return name
 
@@ -170,52 +194,64 @@ def write_config(module, out_dir):
         json.dump(data, f, indent=1, default=str)
 
 
-def export_pipeline(unet, text_encoder, vae, scheduler, tokenizer_dir, out, dtype, storage_dtype):
-    """Writes the model folder `out` from diffusers/transformers modules."""
-    os.makedirs(out, exist_ok=True)
-    ctx = text_encoder.config.hidden_size
-    dev = next(unet.parameters()).device
-    te_dir = os.path.join(out, "text_encoder")
-    ids = torch.zeros((1, 77), dtype=torch.int64, device=dev)
+def export_text_encoder(component, text_encoder, out, storage_dtype):
+    """One CLIP text encoder: input_ids -> last_hidden_state, pooled (or text_embeds), penultimate."""
+    dev = next(text_encoder.parameters()).device
+    te_dir = os.path.join(out, component)
+    pooled = "text_embeds" if hasattr(text_encoder, "text_projection") else "pooler_output"
     # The text encoder runs in fp32 whatever the model dtype: transformers' CLIP mixes fp32 and fp16
     # in its LayerNorms when exported in fp16, and it costs ~1% of an image. Its weights are still
     # stored in the model dtype.
     text_encoder = text_encoder.float()
     export_component(
-        "text_encoder",
+        component,
         TextEncoderWrapper(text_encoder),
-        (ids,),
-        (["input_ids"], ["last_hidden_state", "pooler_output", "penultimate_hidden_state"]),
+        (torch.zeros((1, 77), dtype=torch.int64, device=dev),),
+        (["input_ids"], ["last_hidden_state", pooled, "penultimate_hidden_state"]),
         {"input_ids": {0: "batch", 1: "sequence"}},
         te_dir,
         storage_dtype,
     )
     write_config(text_encoder, te_dir)
 
+
+def export_unet(unet, out, dtype, storage_dtype):
+    """The UNet; with SDXL's added conditioning (`addition_embed_type` text_time) as two more inputs."""
+    dev = next(unet.parameters()).device
     lat = unet.config.sample_size
+    ctx = unet.config.cross_attention_dim
     un_dir = os.path.join(out, "unet")
-    export_component(
-        "unet",
-        UnetWrapper(unet),
-        (
-            torch.randn(2, unet.config.in_channels, lat, lat, dtype=dtype, device=dev),
-            torch.tensor([500.0, 500.0], dtype=dtype, device=dev),
-            torch.randn(2, 77, ctx, dtype=dtype, device=dev),
-        ),
-        (["sample", "timestep", "encoder_hidden_states"], ["out_sample"]),
-        {
-            "sample": {0: "batch", 2: "height", 3: "width"},
-            "timestep": {0: "batch"},
-            "encoder_hidden_states": {0: "batch", 1: "sequence"},
-            "out_sample": {0: "batch", 2: "height", 3: "width"},
-        },
-        un_dir,
-        storage_dtype,
-    )
+    args = [
+        torch.randn(2, unet.config.in_channels, lat, lat, dtype=dtype, device=dev),
+        torch.tensor([500.0, 500.0], dtype=dtype, device=dev),
+        torch.randn(2, 77, ctx, dtype=dtype, device=dev),
+    ]
+    names = ["sample", "timestep", "encoder_hidden_states"]
+    axes = {
+        "sample": {0: "batch", 2: "height", 3: "width"},
+        "timestep": {0: "batch"},
+        "encoder_hidden_states": {0: "batch", 1: "sequence"},
+        "out_sample": {0: "batch", 2: "height", 3: "width"},
+    }
+    wrapper = UnetWrapper(unet)
+    if unet.config.addition_embed_type == "text_time":
+        n_ids = 6  # original size, crop top-left, target size
+        pooled = unet.config.projection_class_embeddings_input_dim - n_ids * unet.config.addition_time_embed_dim
+        args += [
+            torch.randn(2, pooled, dtype=dtype, device=dev),
+            torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]] * 2, dtype=dtype, device=dev),
+        ]
+        names += ["text_embeds", "time_ids"]
+        axes.update({"text_embeds": {0: "batch"}, "time_ids": {0: "batch"}})
+        wrapper = UnetAddedWrapper(unet)
+    export_component("unet", wrapper, tuple(args), (names, ["out_sample"]), axes, un_dir, storage_dtype)
     write_config(unet, un_dir)
 
+
+def export_vae_decoder(vae, lat, out, dtype, storage_dtype):
+    dev = next(vae.parameters()).device
     vae_dir = os.path.join(out, "vae_decoder")
-    vae32 = vae.float()  # fp16 VAEs overflow (NaN / black images); the decoder stays fp32
+    vae32 = vae.float()  # fp16 VAEs overflow (NaN / black images; SDXL's force_upcast); the decoder stays fp32
     export_component(
         "vae_decoder",
         VaeDecoderWrapper(vae32),
@@ -227,26 +263,63 @@ def export_pipeline(unet, text_encoder, vae, scheduler, tokenizer_dir, out, dtyp
     )
     write_config(vae, vae_dir)
 
+
+def write_tokenizer(src_dir, out_dir, pad_token=None):
+    """Copies a CLIP tokenizer folder; `pad_token` rewrites its pad token (SDXL's tokenizer_2 pads "!")."""
+    if os.path.abspath(src_dir) != os.path.abspath(out_dir):
+        shutil.copytree(src_dir, out_dir, dirs_exist_ok=True)
+    if pad_token is None:
+        return
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = os.path.join(out_dir, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                cfg = json.load(f)
+            cfg["pad_token"] = pad_token
+            with open(path, "w") as f:
+                json.dump(cfg, f, indent=2)
+
+
+def export_pipeline(unet, text_encoders, vae, scheduler, tokenizer_dirs, out, dtype, storage_dtype,
+                    family="sd1", force_zeros_for_empty_prompt=None):
+    """Writes the model folder `out` from diffusers/transformers modules.
+
+    text_encoders: [text_encoder] (SD1.x) or [text_encoder, text_encoder_2] (SDXL); tokenizer_dirs: one
+    (source folder, pad token or None) per encoder, written to tokenizer/ and tokenizer_2/.
+    """
+    os.makedirs(out, exist_ok=True)
+    components = []
+    for i, te in enumerate(text_encoders):
+        component = "text_encoder" if i == 0 else f"text_encoder_{i + 1}"
+        export_text_encoder(component, te, out, storage_dtype)
+        components.append(component)
+    export_unet(unet, out, dtype, storage_dtype)
+    lat = unet.config.sample_size
+    export_vae_decoder(vae, lat, out, dtype, storage_dtype)
+    components += ["unet", "vae_decoder"]
+
     sched_dir = os.path.join(out, "scheduler")
     os.makedirs(sched_dir, exist_ok=True)
     with open(os.path.join(sched_dir, "scheduler_config.json"), "w") as f:
         json.dump(dict(scheduler.config), f, indent=1, default=str)
 
-    tok_out = os.path.join(out, "tokenizer")
-    if os.path.abspath(tokenizer_dir) != os.path.abspath(tok_out):
-        shutil.copytree(tokenizer_dir, tok_out, dirs_exist_ok=True)
+    for i, (src, pad) in enumerate(tokenizer_dirs):
+        write_tokenizer(src, os.path.join(out, "tokenizer" if i == 0 else f"tokenizer_{i + 1}"), pad)
 
     vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
     index = {
         "format": 1,
-        "family": "sd1",
+        "family": family,
         "dtype": "fp16" if dtype == torch.float16 else "fp32",
         "vae_scale_factor": vae_factor,
         "vae_scaling_factor": vae.config.scaling_factor,
         "default_width": lat * vae_factor,
         "default_height": lat * vae_factor,
-        "components": ["text_encoder", "unet", "vae_decoder"],
+        "components": components,
     }
+    if force_zeros_for_empty_prompt is not None:
+        # diffusers' SDXL pipeline config: an absent negative prompt conditions on zeros, not on "".
+        index["force_zeros_for_empty_prompt"] = bool(force_zeros_for_empty_prompt)
     with open(os.path.join(out, "model_index.json"), "w") as f:
         json.dump(index, f, indent=1)
 
@@ -371,8 +444,111 @@ def write_references(out, unet, text_encoder, vae, scheduler, tokenizer_dir):
         )
 
 
-def tiny(out):
+def write_references_sdxl(out, unet, text_encoder, text_encoder_2, vae, scheduler, tok_dirs):
+    """The SDXL references: ids per tokenizer, each encoder's penultimate hidden state, diffusers'
+    concatenated conditioning and pooled embedding, one UNet output with the added conditioning, images."""
+    import diffusers
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import save_file
+    from transformers import CLIPTokenizer
+
+    ref = os.path.join(out, "reference")
+    os.makedirs(ref, exist_ok=True)
+    tok = CLIPTokenizer.from_pretrained(tok_dirs[0])
+    tok2 = CLIPTokenizer.from_pretrained(tok_dirs[1])
+    assert tok2.pad_token_id == 0, tok2.pad_token_id
+
+    def padded(t, p):
+        return t(p, padding="max_length", max_length=77, truncation=True).input_ids
+
+    tokens = [
+        {"prompt": p, "ids": tok(p, add_special_tokens=False).input_ids, "padded": padded(tok, p),
+         "padded_2": padded(tok2, p)}
+        for p in PROMPTS
+    ]
+    with open(os.path.join(ref, "tokens.json"), "w") as f:
+        json.dump(tokens, f, indent=1, ensure_ascii=False)
+
+    def pipeline(sched):
+        pipe = StableDiffusionXLPipeline(
+            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tok,
+            tokenizer_2=tok2, unet=unet, scheduler=sched, add_watermarker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    tensors = {}
+    pipe = pipeline(scheduler)
+    with torch.no_grad():
+        for i, p in enumerate(PROMPTS[:3]):
+            ids = torch.tensor([padded(tok, p)])
+            ids2 = torch.tensor([padded(tok2, p)])
+            o1 = text_encoder(ids, output_hidden_states=True)
+            o2 = text_encoder_2(ids2, output_hidden_states=True)
+            tensors[f"te1.penultimate.{i}"] = o1.hidden_states[-2][0]
+            tensors[f"te2.penultimate.{i}"] = o2.hidden_states[-2][0]
+            # diffusers' own conditioning: [77, 64] and the pooled, projected [32].
+            embeds, _, pooled, _ = pipe.encode_prompt(p, do_classifier_free_guidance=False)
+            tensors[f"embedding.{i}"] = embeds[0]
+            tensors[f"pooled.{i}"] = pooled[0]
+        g = torch.Generator("cpu").manual_seed(5)
+        sample = torch.randn(2, 4, 32, 32, generator=g)
+        ehs = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
+        text_embeds = torch.randn(2, text_encoder_2.config.projection_dim, generator=g)
+        time_ids = torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0], [128.0, 96.0, 8.0, 16.0, 64.0, 64.0]])
+        t = torch.tensor([981.0, 981.0])
+        tensors["unet.sample"] = sample
+        tensors["unet.timestep"] = t
+        tensors["unet.encoder_hidden_states"] = ehs
+        tensors["unet.text_embeds"] = text_embeds
+        tensors["unet.time_ids"] = time_ids
+        tensors["unet.out"] = unet(
+            sample, t, ehs, added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids}
+        ).sample
+    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(ref, "tensors.safetensors"))
+
+    images = []
+    cases = [(slug, steps, IMAGE_NEGATIVE) for slug in SCHEDULERS for steps in (4, 8)]
+    # No negative prompt: SDXL's force_zeros_for_empty_prompt conditions the negative half on zeros.
+    cases.append(("euler", 4, None))
+    for slug, steps, negative in cases:
+        cls_name, extra = SCHEDULERS[slug]
+        pipe = pipeline(getattr(diffusers, cls_name).from_config(scheduler.config, **extra))
+        g = torch.Generator("cpu").manual_seed(IMAGE_SEED)
+        img = pipe(IMAGE_PROMPT, negative_prompt=negative, num_inference_steps=steps, guidance_scale=7.0,
+                   generator=g, height=64, width=64).images[0]
+        name = f"image.{slug}.{steps}" + ("" if negative is not None else ".no-negative") + ".png"
+        img.save(os.path.join(ref, name))
+        images.append({"file": name, "sampler": slug, "steps": steps, "negative": negative or ""})
+    with open(os.path.join(ref, "images.json"), "w") as f:
+        json.dump(
+            {
+                "prompt": IMAGE_PROMPT,
+                "seed": IMAGE_SEED,
+                "cfg": 7.0,
+                "width": 64,
+                "height": 64,
+                "images": images,
+                "made_with": {"torch": torch.__version__, "diffusers": diffusers.__version__},
+            },
+            f,
+            indent=1,
+        )
+
+
+def tiny_tokenizer(dest):
+    """The real CLIP vocabulary: the SD1 fixture's copy when present, else built by clip_vocab."""
     import clip_vocab
+
+    existing = os.path.join(ROOT, "tests", "fixtures", "tiny-sd15", "tokenizer")
+    if os.path.abspath(existing) != os.path.abspath(dest) and os.path.exists(os.path.join(existing, "vocab.json")):
+        shutil.copytree(existing, dest, dirs_exist_ok=True)
+    else:
+        os.makedirs(dest, exist_ok=True)
+        clip_vocab.main([dest])
+
+
+def tiny(out):
     import tiny_configs
 
     torch.manual_seed(0)
@@ -380,62 +556,95 @@ def tiny(out):
     for m in (unet, text_encoder, vae):
         round_to_fp16_(m)
     tok_dir = os.path.join(out, "tokenizer")
-    os.makedirs(tok_dir, exist_ok=True)
-    clip_vocab.main([tok_dir])
+    tiny_tokenizer(tok_dir)
     # Weights are fp16 values stored as F16 (half the fixture size) under an fp32 graph: the patch
     # step converts, and the references are computed from the same rounded values.
-    export_pipeline(unet, text_encoder, vae, scheduler, tok_dir, out, torch.float32, torch.float16)
+    export_pipeline(unet, [text_encoder], vae, scheduler, [(tok_dir, None)], out, torch.float32, torch.float16)
     write_references(out, unet, text_encoder, vae, scheduler, tok_dir)
 
 
+def tiny_sdxl(out):
+    import tiny_configs
+
+    torch.manual_seed(0)
+    unet, te, te2, vae, scheduler = tiny_configs.build_sdxl()
+    for m in (unet, te, te2, vae):
+        round_to_fp16_(m)
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny_tokenizer(tmp)
+        export_pipeline(unet, [te, te2], vae, scheduler, [(tmp, None), (tmp, "!")], out, torch.float32,
+                        torch.float16, family="sdxl", force_zeros_for_empty_prompt=True)
+    tok_dirs = [os.path.join(out, "tokenizer"), os.path.join(out, "tokenizer_2")]
+    write_references_sdxl(out, unet, te, te2, vae, scheduler, tok_dirs)
+
+
 def from_diffusers(src, out, dtype_name):
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
     dtype = torch.float16 if dtype_name == "fp16" else torch.float32
-    pipe = StableDiffusionPipeline.from_pretrained(src, torch_dtype=torch.float32, safety_checker=None)
+    pipe = DiffusionPipeline.from_pretrained(src, torch_dtype=torch.float32, safety_checker=None)
     unet = pipe.unet.to(dtype).eval()
-    te = pipe.text_encoder.to(dtype).eval()
+    sdxl = getattr(pipe, "text_encoder_2", None) is not None
+    encoders = [pipe.text_encoder.to(dtype).eval()]
+    tokenizers = [pipe.tokenizer]
+    if sdxl:
+        encoders.append(pipe.text_encoder_2.to(dtype).eval())
+        tokenizers.append(pipe.tokenizer_2)
     with tempfile.TemporaryDirectory() as tmp:
-        pipe.tokenizer.save_pretrained(tmp)
-        export_pipeline(unet, te, pipe.vae.eval(), pipe.scheduler, tmp, out, dtype, dtype)
+        dirs = []
+        for i, t in enumerate(tokenizers):
+            d = os.path.join(tmp, str(i))
+            t.save_pretrained(d)
+            dirs.append((d, None))
+        export_pipeline(unet, encoders, pipe.vae.eval(), pipe.scheduler, dirs, out, dtype, dtype,
+                        family="sdxl" if sdxl else "sd1",
+                        force_zeros_for_empty_prompt=pipe.config.get("force_zeros_for_empty_prompt") if sdxl else None)
 
 
-def random_sd15(out, dtype_name, tokenizer_dir, device):
-    """Full-size SD1.5 architecture with random weights: true speed figures, no download."""
+def random_model(family, out, dtype_name, tokenizer_dir, device):
+    """Full-size SD1.5 or SDXL architecture with random weights: true speed figures, no download."""
     import tiny_configs
 
     dtype = torch.float16 if dtype_name == "fp16" else torch.float32
-    unet, te, vae, sched = tiny_configs.build_sd15_random(device)
-    unet, te = unet.to(dtype), te.to(dtype)
     with torch.no_grad():
-        export_pipeline(unet, te, vae, sched, tokenizer_dir, out, dtype, dtype)
+        if family == "sdxl":
+            unet, te, te2, vae, sched = tiny_configs.build_sdxl_random(device)
+            export_pipeline(unet.to(dtype), [te.to(dtype), te2.to(dtype)], vae, sched,
+                            [(tokenizer_dir, None), (tokenizer_dir, "!")], out, dtype, dtype, family="sdxl",
+                            force_zeros_for_empty_prompt=True)
+        else:
+            unet, te, vae, sched = tiny_configs.build_sd15_random(device)
+            export_pipeline(unet.to(dtype), [te.to(dtype)], vae, sched, [(tokenizer_dir, None)], out, dtype, dtype)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="write the tiny test model and its references")
-    ap.add_argument("--from", dest="src", help="a diffusers SD1.x pipeline folder (or hub id in the cache)")
+    ap.add_argument("--tiny-sdxl", action="store_true", help="same as --tiny --family sdxl")
+    ap.add_argument("--family", choices=["sd1", "sdxl"], default="sd1", help="which tiny model --tiny writes")
+    ap.add_argument("--from", dest="src", help="a diffusers SD1.x or SDXL pipeline folder (or hub id in the cache)")
     ap.add_argument("--out", help="output model folder")
     ap.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
-    ap.add_argument("--random", choices=["sd15"], help="full-size architecture with random weights")
+    ap.add_argument("--random", choices=["sd15", "sdxl"], help="full-size architecture with random weights")
     ap.add_argument("--tokenizer", help="tokenizer folder for --random (default: the tiny fixture's)")
     ap.add_argument("--device", default="cpu", help="torch device to build and export on (cuda for --random)")
     a = ap.parse_args()
-    if a.tiny:
-        out = a.out or os.path.join(ROOT, "tests", "fixtures", "tiny-sd15")
+    if a.tiny or a.tiny_sdxl:
+        sdxl = a.tiny_sdxl or a.family == "sdxl"
+        out = a.out or os.path.join(ROOT, "tests", "fixtures", "tiny-sdxl" if sdxl else "tiny-sd15")
         if os.path.exists(out):
             shutil.rmtree(out)
-        tiny(out)
+        (tiny_sdxl if sdxl else tiny)(out)
         print(f"wrote {out}")
     elif a.random and a.out:
         tok = a.tokenizer or os.path.join(ROOT, "tests", "fixtures", "tiny-sd15", "tokenizer")
-        random_sd15(a.out, a.dtype, tok, a.device)
+        random_model(a.random, a.out, a.dtype, tok, a.device)
         print(f"wrote {a.out}")
     elif a.src and a.out:
         from_diffusers(a.src, a.out, a.dtype)
         print(f"wrote {a.out}")
     else:
-        ap.error("give --tiny, or --from DIR --out DIR")
+        ap.error("give --tiny [--family sdxl], --random sd15|sdxl --out DIR, or --from DIR --out DIR")
 
 
 if __name__ == "__main__":

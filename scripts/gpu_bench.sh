@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs stipple on the GPU machine (../shared/gpu/README.md): a full-size SD1.5-architecture model with
-# random fp16 weights (exported there), a random rank-32 LoRA, then doctor, generate and bench on
+# Runs stipple on the GPU machine (../shared/gpu/README.md): a full-size SD1.5-architecture model
+# (FAMILY=sdxl: SDXL, 1024x1024) with random fp16 weights (exported there), a random rank-32 LoRA, then doctor, generate and bench on
 # cuda:0, with peak device memory and ONNX Runtime's per-operator profile. Results go to $OUT.
 #
 # Expects: ONNX Runtime GPU parts in /tmp/parts (or unpacked in /tmp/ort), the diffusers wheels in
@@ -19,10 +19,11 @@ if ! python3 -c "import diffusers" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site
 fi
-MODEL=${MODEL:-/tmp/sd15}
+FAMILY=${FAMILY:-sd15}
+MODEL=${MODEL:-/tmp/$FAMILY}
 if [ ! -f "$MODEL/model_index.json" ]; then
   t=$(date +%s)
-  python3 scripts/export_model.py --random sd15 --dtype fp16 --device cuda --out "$MODEL" > "$OUT/export.log" 2>&1
+  python3 scripts/export_model.py --random "$FAMILY" --dtype fp16 --device cuda --out "$MODEL" > "$OUT/export.log" 2>&1
   echo "export: $(( $(date +%s) - t )) s" | tee -a "$OUT/summary.txt"
 fi
 mkdir -p /tmp/loras

@@ -5,7 +5,10 @@ factor), peft + diffusers (`save_lora_weights`, `convert_state_dict_to_kohya`/`_
 kohya files (diffusers names and LDM names; the LDM map is checked against diffusers' own converter).
 References: the weight delta each tool's forward pass applies (LyCORIS: captured from the module's own
 `forward`, so the §6 double-scaling of `get_diff_weight` cannot leak in) or peft `merge_and_unload` minus base.
-Run: /work/venv/bin/python scripts/lora_fixtures.py
+Run: /work/venv/bin/python scripts/lora_fixtures.py [--sdxl]
+With --sdxl it writes tests/fixtures/lora-sdxl/ for the tiny SDXL model (tests/fixtures/tiny-sdxl, same
+weights): both text encoders (`lora_te1_`/`lora_te2_`, `text_encoder_2.`), kohya's SDXL UNet names
+(`input_blocks`, computed from the SDXL UNet and checked against diffusers' converter), LyCORIS and peft.
 """
 
 import copy
@@ -410,7 +413,122 @@ def bad_files():
         json.dump({"trainedWords": ["tiny trigger", "red hat"], "baseModel": "SD 1.5"}, f)
 
 
+# ---------------------------------------------------------------- SDXL
+
+XA = "down_blocks.1.attentions"
+XL_LIN = [f"{XA}.0.transformer_blocks.1.attn2.to_k", f"{XA}.1.transformer_blocks.0.attn1.to_q",
+          f"{XA}.0.proj_in", "mid_block.attentions.0.transformer_blocks.1.ff.net.2",
+          "up_blocks.0.attentions.2.transformer_blocks.1.attn2.to_v"]
+XL_CONV = ["down_blocks.0.resnets.1.conv1", "down_blocks.0.downsamplers.0.conv", "up_blocks.0.upsamplers.0.conv",
+           "up_blocks.1.resnets.0.conv_shortcut"]
+XL_TOP = ["add_embedding.linear_1", "time_embedding.linear_2"]
+XL_TE1 = ["encoder.layers.0.self_attn.q_proj", "encoder.layers.4.mlp.fc2"]
+XL_TE2 = ["text_model.encoder.layers.1.self_attn.v_proj", "text_model.encoder.layers.3.mlp.fc1"]
+
+
+def build_sdxl_base():
+    unet, te, te2, _, _ = tiny_configs.build_sdxl()
+    with torch.no_grad():
+        for m in (unet, te, te2):
+            for p in m.parameters():
+                p.copy_(p.half().float())
+    return unet, te, te2
+
+
+def ldm_rename(ldm_map, prefix="lora_unet_"):
+    """LyCORIS key `lycoris_<diffusers_path>.x` -> kohya's SDXL key `lora_unet_<ldm_path>.x`."""
+    u = {k[: -len(".weight")].replace(".", "_"): m[: -len(".weight")].replace(".", "_")
+         for k, m in ldm_map.items() if k.endswith(".weight")}
+
+    def rename(k):
+        mod, rest = k.split(".", 1)
+        return prefix + u[mod[len("lycoris_"):]] + "." + rest
+
+    return rename
+
+
+def sdxl_fixtures():
+    unet, te, te2 = build_sdxl_base()
+    ldm_map = check_ldm_map(unet)
+    to_ldm = ldm_rename(ldm_map)
+    with open(os.path.join(OUT, "ldm_names.json"), "w") as f:
+        json.dump({k: v for k, v in ldm_map.items() if k.endswith(".weight")}, f, indent=0, sort_keys=True)
+    # kohya's SDXL naming: UNet by LDM block names, te1/te2 with the `text_model` level.
+    lyco_fixture("xl_kohya_locon", unet, "unet", XL_LIN + XL_CONV + XL_TOP, "locon", mus=(1.0, 0.5),
+                 rename=to_ldm, alpha=3.0)
+    lyco_fixture("xl_te1_locon", te, "te", XL_TE1, "locon",
+                 rename=lambda k: k.replace("lycoris_", "lora_te1_text_model_", 1))
+    lyco_fixture("xl_te2_locon", te2, "te2", XL_TE2, "locon", rename=lambda k: k.replace("lycoris_", "lora_te2_", 1))
+    lyco_fixture("xl_loha", unet, "unet", XL_LIN[:2] + XL_CONV[:1], "loha", rename=to_ldm)
+    lyco_fixture("xl_lokr", unet, "unet", XL_LIN[:2] + XL_CONV[:1], "lokr", factor=4, dim=2)
+    sdxl_peft(unet, te, te2)
+
+
+def sdxl_peft(unet, te, te2):
+    from diffusers import StableDiffusionXLPipeline
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+
+    u, t, t2 = copy.deepcopy(unet), copy.deepcopy(te), copy.deepcopy(te2)
+    ucfg = LoraConfig(r=4, lora_alpha=6, init_lora_weights=False,
+                      target_modules=r".*(down_blocks\.1\.attentions\.1|mid_block\.attentions\.0).*\.(to_q|to_k|to_out\.0|proj_in)$")
+    tcfg = LoraConfig(r=2, lora_alpha=3, init_lora_weights=False,
+                      target_modules=r".*layers\.[02]\.(self_attn\.q_proj|mlp\.fc2)$")
+    t2cfg = LoraConfig(r=2, lora_alpha=4, init_lora_weights=False,
+                       target_modules=r".*layers\.[14]\.(self_attn\.k_proj|self_attn\.out_proj|mlp\.fc1)$")
+    for cfg, m in ((ucfg, u), (tcfg, t), (t2cfg, t2)):
+        inject_adapter_in_model(cfg, m)
+    usd = get_peft_model_state_dict(u)
+    tsd = {te_param_name(k): v for k, v in get_peft_model_state_dict(t).items()}
+    t2sd = get_peft_model_state_dict(t2)
+    StableDiffusionXLPipeline.save_lora_weights(
+        OUT, unet_lora_layers=usd, text_encoder_lora_layers=tsd, text_encoder_2_lora_layers=t2sd,
+        weight_name="xl_peft_diffusers.safetensors", unet_lora_adapter_metadata=ucfg.to_dict(),
+        text_encoder_lora_adapter_metadata=tcfg.to_dict(), text_encoder_2_lora_adapter_metadata=t2cfg.to_dict())
+    refs = {}
+    for comp, model, base in (("unet", u, unet), ("te", t, te), ("te2", t2, te2)):
+        bsd = dict(base.named_parameters())
+        for name, mod in model.named_modules():
+            if isinstance(mod, LoraLayer):
+                before = mod.get_base_layer().weight.detach().clone()
+                mod.merge()
+                pn = name + ".weight"
+                key = te_param_name(pn) if comp == "te" else pn
+                refs[(comp, key)] = mod.get_base_layer().weight.detach() - before
+                BASE_USED[(comp, key)] = bsd[pn].detach().clone()
+    record("xl_peft_diffusers", {"1.0": refs}, ["1.0"], "peft + StableDiffusionXLPipeline.save_lora_weights")
+
+    # diffusers' kohya converter (alpha stored as the rank: fold alpha/r into B first).
+    full = {"unet." + k: v for k, v in usd.items()}
+    full.update({"text_encoder." + k: v for k, v in tsd.items()})
+    full.update({"text_encoder_2." + k: v for k, v in t2sd.items()})
+    scale = {"unet.": 6 / 4, "text_encoder.": 3 / 2, "text_encoder_2.": 4 / 2}
+    scaled = {}
+    for k, v in full.items():
+        if "lora_B" in k:
+            v = v * scale[max((p for p in scale if k.startswith(p)), key=len)]
+        scaled[k] = v
+    kohya = {k: v.contiguous() for k, v in convert_state_dict_to_kohya(scaled).items()}
+    assert any(k.startswith("lora_te2_") for k in kohya), sorted(kohya)[:5]
+    save_file(kohya, os.path.join(OUT, "xl_kohya_from_peft.safetensors"),
+              {"ss_network_module": "networks.lora", "ss_base_model_version": "sdxl_base_v1-0"})
+    record("xl_kohya_from_peft", {"1.0": refs}, ["1.0"], "convert_state_dict_to_kohya of the SDXL peft adapter",
+           ref_file="xl_peft_diffusers")
+
+
+def main_sdxl():
+    global OUT
+    OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "lora-sdxl")
+    os.makedirs(OUT, exist_ok=True)
+    sdxl_fixtures()
+    with open(os.path.join(OUT, "manifest.json"), "w") as f:
+        json.dump(MANIFEST, f, indent=1)
+
+
 def main():
+    if "--sdxl" in sys.argv[1:]:
+        return main_sdxl()
     os.makedirs(OUT, exist_ok=True)
     unet, te = build_base()
     write_params(unet, te)

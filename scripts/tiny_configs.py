@@ -1,7 +1,8 @@
-"""Configurations of the tiny test models (diffusers' test-sized SD1.x pipeline, real CLIP vocabulary).
+"""Configurations of the tiny test models (diffusers' test-sized SD1.x and SDXL pipelines, real CLIP
+vocabulary) and of the full-size random-weight models for GPU benchmarks.
 
-Imported by scripts/export_model.py (which writes tests/fixtures/tiny-sd15/) and by the adapter-fixture
-scripts, so every fixture is made against the same architecture. Needs torch, diffusers, transformers.
+Imported by scripts/export_model.py (which writes tests/fixtures/tiny-sd15/ and tiny-sdxl/) and by the
+adapter-fixture scripts, so every fixture is made against the same architecture. Needs torch, diffusers, transformers.
 """
 
 import torch
@@ -137,3 +138,106 @@ def build_sd15_random(device="cpu", seed=SEED):
         text_encoder = randomize_(CLIPTextModel(CLIPTextConfig(**SD15_TEXT_ENCODER)), seed + 1).eval()
         vae = randomize_(AutoencoderKL(**SD15_VAE), seed + 2).eval()
     return unet, text_encoder, vae, PNDMScheduler(**SCHEDULER)
+
+
+# Tiny SDXL: diffusers' test-sized SDXL pipeline (tests/pipelines/stable_diffusion_xl, get_dummy_components)
+# with the real CLIP vocabulary. Context 64 = 32 + 32 (both encoders' hidden states concatenated);
+# the added embedding takes 6 time ids × 8 + the second encoder's 32-wide projection = 80.
+SDXL_UNET = dict(
+    block_out_channels=(32, 64),
+    layers_per_block=2,
+    sample_size=32,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=(2, 4),
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=8,
+    transformer_layers_per_block=(1, 2),
+    projection_class_embeddings_input_dim=80,
+    cross_attention_dim=64,
+)
+
+SDXL_TEXT_ENCODER = dict(TEXT_ENCODER)
+# The second encoder is OpenCLIP bigG's shape in SDXL: gelu, with a text projection.
+SDXL_TEXT_ENCODER_2 = dict(TEXT_ENCODER, hidden_act="gelu", pad_token_id=0)
+
+# SDXL's VAE config differs from SD1's in scaling_factor (and force_upcast); the architecture is the tiny one.
+SDXL_VAE = dict(VAE, scaling_factor=0.13025, force_upcast=True)
+
+# stabilityai/stable-diffusion-xl-base-1.0 scheduler/scheduler_config.json. It keeps DDIM/PNDM keys
+# (clip_sample, set_alpha_to_one) that Euler ignores but other schedulers built from it read.
+SDXL_SCHEDULER = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    interpolation_type="linear",
+    num_train_timesteps=1000,
+    prediction_type="epsilon",
+    sample_max_value=1.0,
+    set_alpha_to_one=False,
+    skip_prk_steps=True,
+    steps_offset=1,
+    timestep_spacing="leading",
+    trained_betas=None,
+    use_karras_sigmas=False,
+)
+
+
+def build_sdxl(seed=SEED):
+    """Returns (unet, text_encoder, text_encoder_2, vae, scheduler): tiny SDXL, random weights, fp32, eval."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    unet = randomize_(UNet2DConditionModel(**SDXL_UNET), seed + 10).eval()
+    te = randomize_(CLIPTextModel(CLIPTextConfig(**SDXL_TEXT_ENCODER)), seed + 11).eval()
+    te2 = randomize_(CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_ENCODER_2)), seed + 12).eval()
+    vae = randomize_(AutoencoderKL(**SDXL_VAE), seed + 13).eval()
+    return unet, te, te2, vae, EulerDiscreteScheduler.from_config(SDXL_SCHEDULER)
+
+
+# Full-size SDXL base architecture (random weights): for benchmarks on the GPU machine (gpu/README.md §2).
+SDXL_FULL_UNET = dict(
+    sample_size=128,
+    block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20),
+    cross_attention_dim=2048,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+)
+SDXL_FULL_TEXT_ENCODER = dict(SD15_TEXT_ENCODER)
+SDXL_FULL_TEXT_ENCODER_2 = dict(
+    vocab_size=49408,
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_attention_heads=20,
+    num_hidden_layers=32,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    projection_dim=1280,
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=0,
+)
+SDXL_FULL_VAE = dict(SD15_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+
+
+def build_sdxl_random(device="cpu", seed=SEED):
+    """Full-size SDXL-architecture components with random weights (fp32, on `device`)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    with torch.device(device):
+        unet = randomize_(UNet2DConditionModel(**SDXL_FULL_UNET), seed).eval()
+        te = randomize_(CLIPTextModel(CLIPTextConfig(**SDXL_FULL_TEXT_ENCODER)), seed + 1).eval()
+        te2 = randomize_(CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_FULL_TEXT_ENCODER_2)), seed + 2).eval()
+        vae = randomize_(AutoencoderKL(**SDXL_FULL_VAE), seed + 3).eval()
+    return unet, te, te2, vae, EulerDiscreteScheduler.from_config(SDXL_SCHEDULER)

@@ -1,7 +1,9 @@
-//! Per-family facts (SD1.x, SDXL) in one table: VAE scaling, text-encoder widths, pad ids, defaults.
+//! Per-family facts (SD1.x, SDXL) in one table: VAE scaling, text encoders and what the UNet takes
+//! from them, pad ids, defaults.
 //!
 //! Code asks [`Family::facts`] instead of matching on the family, so adding a family is one row.
 
+use crate::model::layout::ComponentKind;
 use serde::{Deserialize, Serialize};
 
 /// A base-model family. Adapters are checked against it before any weight is touched.
@@ -13,6 +15,18 @@ pub enum Family {
     Sdxl,
 }
 
+/// One text encoder of a family, in the order its hidden states are concatenated.
+#[derive(Debug, Clone, Copy)]
+pub struct TextEncoder {
+    pub component: ComponentKind,
+    /// The tokenizer folder inside the model folder.
+    pub tokenizer: &'static str,
+    /// Pad token id (SD1's and SDXL's CLIP-L pad with EOS 49407; SDXL's OpenCLIP-bigG with "!" = 0).
+    pub pad_id: u32,
+    /// The graph output the UNet is conditioned on: SD1 the final hidden state, SDXL the penultimate.
+    pub hidden_output: &'static str,
+}
+
 /// What differs between families.
 #[derive(Debug, Clone, Copy)]
 pub struct Facts {
@@ -21,8 +35,14 @@ pub struct Facts {
     pub vae_scale: f32,
     /// Width of the UNet's cross-attention context (768 SD1, 2048 SDXL); the family check's evidence.
     pub context_dim: usize,
-    /// Pad token id per text encoder (SD1 CLIP-L pads with EOS; SDXL's second encoder with "!").
-    pub pad_ids: &'static [u32],
+    /// The text encoders; the UNet context is their hidden states concatenated per token.
+    pub encoders: &'static [TextEncoder],
+    /// SDXL's added conditioning: the last encoder's pooled, projected output (this graph output,
+    /// from a prompt's first chunk) goes to the UNet's `text_embeds`, with size/crop `time_ids`.
+    pub pooled_output: Option<&'static str>,
+    /// diffusers' `force_zeros_for_empty_prompt` when `model_index.json` does not say: an empty
+    /// negative prompt conditions on zeros instead of on the encoded "".
+    pub zeros_for_empty_negative: bool,
     pub default_size: (u32, u32),
     pub default_steps: u32,
     pub default_cfg: f32,
@@ -32,7 +52,14 @@ const SD1: Facts = Facts {
     name: "SD1.x",
     vae_scale: 0.18215,
     context_dim: 768,
-    pad_ids: &[49407],
+    encoders: &[TextEncoder {
+        component: ComponentKind::TextEncoder,
+        tokenizer: "tokenizer",
+        pad_id: 49407,
+        hidden_output: "last_hidden_state",
+    }],
+    pooled_output: None,
+    zeros_for_empty_negative: false,
     default_size: (512, 512),
     default_steps: 20,
     default_cfg: 7.0,
@@ -42,7 +69,22 @@ const SDXL: Facts = Facts {
     name: "SDXL",
     vae_scale: 0.13025,
     context_dim: 2048,
-    pad_ids: &[49407, 0],
+    encoders: &[
+        TextEncoder {
+            component: ComponentKind::TextEncoder,
+            tokenizer: "tokenizer",
+            pad_id: 49407,
+            hidden_output: "penultimate_hidden_state",
+        },
+        TextEncoder {
+            component: ComponentKind::TextEncoder2,
+            tokenizer: "tokenizer_2",
+            pad_id: 0,
+            hidden_output: "penultimate_hidden_state",
+        },
+    ],
+    pooled_output: Some("text_embeds"),
+    zeros_for_empty_negative: true,
     default_size: (1024, 1024),
     default_steps: 30,
     default_cfg: 7.0,

@@ -1,7 +1,8 @@
 //! Base-model family of an adapter from its tensor shapes (authoritative) with metadata as a hint,
 //! checked against the loaded model before any delta is computed (lora-formats.md §3).
 //!
-//! Evidence: the cross-attention context width (`attn2.to_k`/`to_v` down input) and the text-encoder width.
+//! Evidence: the cross-attention context width (`attn2.to_k`/`to_v` down input), the text-encoder
+//! widths, and keys for a second text encoder (`lora_te2_`, `text_encoder_2.`: SDXL only).
 
 use serde::Serialize;
 
@@ -26,6 +27,10 @@ pub struct FamilyGuess {
     pub context_width: Option<usize>,
     /// Width of the first text encoder's q_proj input, when present.
     pub te_width: Option<usize>,
+    /// Width of the second text encoder's q_proj input, when present.
+    pub te2_width: Option<usize>,
+    /// The file has keys for a second text encoder (SDXL's).
+    pub has_te2: bool,
     pub family: Option<String>,
     pub evidence: Vec<String>,
     /// From `ss_base_model_version` / `modelspec.architecture`; a hint only.
@@ -41,15 +46,30 @@ const DOWN_SUFFIXES: [&str; 6] = [
     ".lora_A",
 ];
 
+fn is_te2_key(key: &str) -> bool {
+    key.starts_with("lora_te2_") || key.starts_with("text_encoder_2.")
+}
+
 pub fn guess(adapter: &Adapter) -> FamilyGuess {
     let mut g = FamilyGuess::default();
-    for (key, info) in adapter.tensors() {
+    // Keys in sorted order, so the evidence quoted is the same on every run.
+    let mut tensors: Vec<_> = adapter.tensors().iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(b.0));
+    for (key, info) in tensors {
+        let te2 = is_te2_key(key);
+        if te2 && !g.has_te2 {
+            g.has_te2 = true;
+            g.evidence
+                .push(format!("{key} is for a second text encoder (SDXL)"));
+        }
         if !DOWN_SUFFIXES.iter().any(|s| key.ends_with(s)) || info.shape.len() < 2 {
             continue;
         }
+        if te2 && key.contains("q_proj") && g.te2_width.is_none() {
+            g.te2_width = Some(info.shape[1]);
+        }
         let is_ctx = key.contains("attn2") && (key.contains("to_k") || key.contains("to_v"));
-        let is_te =
-            key.contains("q_proj") && !key.contains("te2") && !key.contains("text_encoder_2");
+        let is_te = key.contains("q_proj") && !te2;
         if is_ctx && g.context_width.is_none() {
             g.context_width = Some(info.shape[1]);
             g.evidence.push(format!(
@@ -65,7 +85,11 @@ pub fn guess(adapter: &Adapter) -> FamilyGuess {
             ));
         }
     }
-    g.family = g.context_width.map(|w| family_of_context(w).to_string());
+    g.family = match g.context_width.map(family_of_context) {
+        Some("unknown") | None if g.has_te2 => Some("SDXL".to_string()),
+        Some(f) => Some(f.to_string()),
+        None => None,
+    };
     let md = adapter.metadata();
     g.metadata_hint = md
         .get("modelspec.architecture")
@@ -79,7 +103,8 @@ pub fn guess(adapter: &Adapter) -> FamilyGuess {
     g
 }
 
-/// Compares the adapter's widths with the model's; Err(message with the evidence) on a mismatch.
+/// Compares the adapter's evidence with the loaded model (whose family is `family`, from
+/// `model_index.json`); Err(message with the evidence) on a mismatch.
 pub fn check(
     g: &FamilyGuess,
     family: crate::family::Family,
@@ -91,33 +116,44 @@ pub fn check(
             .find(|p| p.component == comp && p.name.contains(needle))
             .and_then(|p| p.shape.get(1).copied())
     };
+    let model = family.facts().name;
+    let evidence = || g.evidence.join("; ");
+    let model_has_te2 = params
+        .iter()
+        .any(|p| p.component == Component::TextEncoder2);
+    if g.has_te2 && !model_has_te2 {
+        return Err(format!(
+            "adapter is for SDXL (it has keys for a second text encoder), the loaded model is {model} with one text encoder; evidence: {}",
+            evidence()
+        ));
+    }
     if let (Some(a), Some(m)) = (
         g.context_width,
         model_width(Component::Unet, "attn2.to_k.weight"),
     ) {
         if a != m {
-            let facts = family.facts();
-            let model = if facts.context_dim == m {
-                facts.name
-            } else {
-                family_of_context(m)
+            let adapter = match (family_of_context(a), g.has_te2) {
+                ("unknown", true) => "SDXL".to_string(),
+                ("unknown", false) => "another model".to_string(),
+                (f, _) => f.to_string(),
             };
             return Err(format!(
-                "adapter is for {} (cross-attention width {a}), the loaded model is {model} (width {m}); evidence: {}",
-                family_of_context(a),
-                g.evidence.join("; ")
+                "adapter is for {adapter} (cross-attention width {a}), the loaded model is {model} (width {m}); evidence: {}",
+                evidence()
             ));
         }
     }
-    if let (Some(a), Some(m)) = (
-        g.te_width,
-        model_width(Component::TextEncoder, "q_proj.weight"),
-    ) {
-        if a != m {
-            return Err(format!(
-                "text-encoder width {a} in the adapter, {m} in the model; evidence: {}",
-                g.evidence.join("; ")
-            ));
+    for (comp, width, what) in [
+        (Component::TextEncoder, g.te_width, "text-encoder"),
+        (Component::TextEncoder2, g.te2_width, "second text-encoder"),
+    ] {
+        if let (Some(a), Some(m)) = (width, model_width(comp, "q_proj.weight")) {
+            if a != m {
+                return Err(format!(
+                    "{what} width {a} in the adapter, {m} in the loaded model ({model}); evidence: {}",
+                    evidence()
+                ));
+            }
         }
     }
     Ok(())

@@ -185,4 +185,47 @@ mod tests {
         );
         assert_eq!(l.to_ldm("conv_out").as_deref(), Some("out.2"));
     }
+
+    /// SDXL's real layout (three levels, attention at 1 and 2, up levels 0 and 1; 10 transformer
+    /// blocks at the deepest level, which pass through as inner names). lora-formats.md §2.3.
+    #[test]
+    fn sdxl_examples() {
+        let names = [
+            "down_blocks.0.resnets.1.conv1.weight",
+            "down_blocks.2.attentions.1.transformer_blocks.9.ff.net.2.weight",
+            "up_blocks.0.attentions.2.proj_in.weight",
+            "up_blocks.1.attentions.2.proj_in.weight",
+            "up_blocks.2.resnets.2.conv2.weight",
+        ];
+        let l = UnetLayout::from_names(names);
+        let cases = [
+            (
+                "down_blocks.2.attentions.0.transformer_blocks.9.ff.net.2",
+                "input_blocks.7.1.transformer_blocks.9.ff.net.2",
+            ),
+            (
+                "down_blocks.1.attentions.1.transformer_blocks.1.attn2.to_k",
+                "input_blocks.5.1.transformer_blocks.1.attn2.to_k",
+            ),
+            ("down_blocks.1.downsamplers.0.conv", "input_blocks.6.0.op"),
+            (
+                "mid_block.attentions.0.transformer_blocks.9.attn1.to_q",
+                "middle_block.1.transformer_blocks.9.attn1.to_q",
+            ),
+            (
+                "up_blocks.0.attentions.1.proj_out",
+                "output_blocks.1.1.proj_out",
+            ),
+            ("up_blocks.0.upsamplers.0.conv", "output_blocks.2.2.conv"),
+            ("up_blocks.1.upsamplers.0.conv", "output_blocks.5.2.conv"),
+            (
+                "up_blocks.2.resnets.2.conv_shortcut",
+                "output_blocks.8.0.skip_connection",
+            ),
+            ("add_embedding.linear_1", "label_emb.0.0"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(l.to_ldm(d).as_deref(), Some(want), "{d}");
+        }
+    }
 }

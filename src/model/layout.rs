@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 #[serde(rename_all = "snake_case")]
 pub enum ComponentKind {
     TextEncoder,
+    // snake_case would spell it `text_encoder2`; the folder (and diffusers) say `text_encoder_2`.
+    #[serde(rename = "text_encoder_2")]
     TextEncoder2,
     Unet,
     VaeDecoder,
@@ -53,6 +55,10 @@ pub struct ModelIndex {
     pub default_width: Option<u32>,
     pub default_height: Option<u32>,
     pub components: Vec<ComponentKind>,
+    /// diffusers' pipeline setting (SDXL): an empty negative prompt conditions on zeros. When
+    /// absent, the family's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_zeros_for_empty_prompt: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,24 +132,28 @@ impl Model {
             return Err(ModelError::Missing(dir.to_path_buf()));
         }
         let index: ModelIndex = read_json(&dir.join("model_index.json"), "the model index")?;
-        for file in ["vocab.json", "merges.txt"] {
-            let p = dir.join("tokenizer").join(file);
-            if !p.is_file() {
-                return Err(ModelError::MissingFile {
-                    path: p,
-                    what: "a tokenizer file",
-                });
+        let facts = index.family.facts();
+        for enc in facts.encoders {
+            for file in ["vocab.json", "merges.txt"] {
+                let p = dir.join(enc.tokenizer).join(file);
+                if !p.is_file() {
+                    return Err(ModelError::MissingFile {
+                        path: p,
+                        what: "a tokenizer file",
+                    });
+                }
             }
         }
         let mut components = HashMap::new();
         for &kind in &index.components {
             components.insert(kind, Component::open(dir, kind)?);
         }
-        for needed in [
-            ComponentKind::TextEncoder,
-            ComponentKind::Unet,
-            ComponentKind::VaeDecoder,
-        ] {
+        let needed = facts
+            .encoders
+            .iter()
+            .map(|e| e.component)
+            .chain([ComponentKind::Unet, ComponentKind::VaeDecoder]);
+        for needed in needed {
             if !components.contains_key(&needed) {
                 return Err(ModelError::MissingFile {
                     path: dir.join(needed.dir_name()),
@@ -167,6 +177,13 @@ impl Model {
         self.index
             .vae_scaling_factor
             .unwrap_or(self.index.family.facts().vae_scale)
+    }
+
+    /// Whether an empty negative prompt conditions on zeros (model index first, then the family).
+    pub fn zeros_for_empty_negative(&self) -> bool {
+        self.index
+            .force_zeros_for_empty_prompt
+            .unwrap_or(self.index.family.facts().zeros_for_empty_negative)
     }
 
     /// Default image size: the model index, else the family's.

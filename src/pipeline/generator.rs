@@ -1,5 +1,6 @@
 //! Text-to-image on ONNX Runtime: the [`Generator`] owns a model's sessions and turns a [`Job`] into
-//! images, as diffusers' `StableDiffusionPipeline` does (same tokens, noise, CFG and schedulers).
+//! images, as diffusers' `StableDiffusionPipeline` / `StableDiffusionXLPipeline` do (same tokens,
+//! noise, CFG, added conditioning and schedulers). What differs per family comes from [`crate::family`].
 //!
 //! Sessions are built from the memory-mapped base weights through the in-memory external-data path,
 //! with adapter deltas added by [`Generator::rebuild`]; [`Generator`] is the engine's [`Runner`].
@@ -61,13 +62,36 @@ fn run_err(what: &'static str) -> impl Fn(ort::Error) -> PipelineError {
 pub type ComponentDeltas = HashMap<ComponentKind, HashMap<String, Vec<f32>>>;
 
 struct Sessions {
-    text: Session,
+    /// One per text encoder of the family, in its order.
+    text: Vec<Session>,
     unet: Session,
     vae: Session,
 }
 
+/// A prompt's conditioning: the UNet context (`[tokens, context_dim]`, chunks concatenated) and, for
+/// families with added conditioning, the pooled embedding of its first chunk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conditioning {
+    pub chunks: Vec<Vec<f32>>,
+    pub pooled: Option<Vec<f32>>,
+}
+
+/// SDXL's added conditioning for a UNet call: pooled text embeddings `[b, n]` and time ids `[b, 6]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Added<'a> {
+    pub text_embeds: &'a [f32],
+    pub time_ids: &'a [f32],
+}
+
+/// The context and added conditioning of one CFG batch `[uncond, cond]`, cached per text-encoder state.
+struct BatchCond {
+    context: Vec<f32>,
+    text_embeds: Option<Vec<f32>>,
+}
+
 /// What the text-encoder and UNet sessions currently have fused in, so a session is rebuilt only
 /// when its part of the adapter strengths changes. Adapters at strength 0 are left out: the base.
+/// `te` covers every text encoder of the family (they share the `te` strength).
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Fused {
     te: Vec<(PathBuf, String)>,
@@ -117,7 +141,8 @@ impl Fused {
 /// A loaded model with its sessions, ready to run jobs.
 pub struct Generator {
     pub model: Model,
-    tokenizer: ClipTokenizer,
+    /// One per text encoder, from its tokenizer folder.
+    tokenizers: Vec<ClipTokenizer>,
     scheduler: SchedulerConfig,
     runtime: &'static Runtime,
     opts: SessionOptions,
@@ -186,7 +211,14 @@ impl Generator {
         opts: SessionOptions,
     ) -> Result<Self, PipelineError> {
         let model = Model::open(dir)?;
-        let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
+        let tokenizers = model
+            .index
+            .family
+            .facts()
+            .encoders
+            .iter()
+            .map(|e| ClipTokenizer::from_dir(&dir.join(e.tokenizer)))
+            .collect::<Result<Vec<_>, _>>()?;
         let scheduler =
             SchedulerConfig::from_file(&dir.join("scheduler").join("scheduler_config.json"))?;
         let sessions = build_sessions(&model, runtime, &opts, &ComponentDeltas::new())?;
@@ -203,7 +235,7 @@ impl Generator {
             .unwrap_or_else(|| "model".into());
         Ok(Generator {
             model,
-            tokenizer,
+            tokenizers,
             scheduler,
             runtime,
             opts,
@@ -254,12 +286,12 @@ impl Generator {
         };
         stats.deltas_s = t.elapsed().as_secs_f64();
         let te = if want.te != self.fused.te {
-            Some(self.build_one(
-                ComponentKind::TextEncoder,
-                &deltas,
-                &self.te_dims(),
-                &mut stats,
-            )?)
+            let te_dims = self.te_dims();
+            let mut built = Vec::new();
+            for enc in self.model.index.family.facts().encoders {
+                built.push(self.build_one(enc.component, &deltas, &te_dims, &mut stats)?);
+            }
+            Some(built)
         } else {
             None
         };
@@ -343,25 +375,42 @@ impl Generator {
         &self.model_name
     }
 
+    /// The first text encoder's tokenizer.
     pub fn tokenizer(&self) -> &ClipTokenizer {
-        &self.tokenizer
+        &self.tokenizers[0]
     }
 
-    /// Token ids of one 77-token chunk as the text encoder sees them.
-    fn padded_ids(&self, text: &str) -> Vec<i64> {
-        let pad = self.model.index.family.facts().pad_ids[0];
-        self.tokenizer
-            .encode_padded(text, pad)
-            .into_iter()
-            .map(i64::from)
-            .collect()
+    /// One tokenizer per text encoder, in the family's order.
+    pub fn tokenizers(&self) -> &[ClipTokenizer] {
+        &self.tokenizers
     }
 
-    /// The text encoder's output for `text` as one plain 77-token chunk (diffusers' way, truncating):
+    /// The conditioning for `text` as one plain 77-token chunk (diffusers' way, truncating):
     /// `[77, context_dim]`.
     pub fn encode_text(&mut self, text: &str) -> Result<Vec<f32>, PipelineError> {
-        let ids = self.padded_ids(text);
-        self.encode_ids(ids)
+        Ok(self.encode_text_pooled(text)?.0)
+    }
+
+    /// [`Self::encode_text`] with the pooled embedding of families that have one (SDXL's
+    /// `text_embeds`), as diffusers' `encode_prompt` gives them.
+    pub fn encode_text_pooled(
+        &mut self,
+        text: &str,
+    ) -> Result<(Vec<f32>, Option<Vec<f32>>), PipelineError> {
+        let encoders = self.model.index.family.facts().encoders;
+        let mut parts = Vec::with_capacity(encoders.len());
+        let mut pooled = None;
+        for (i, enc) in encoders.iter().enumerate() {
+            let ids = self.tokenizers[i]
+                .encode_padded(text, enc.pad_id)
+                .into_iter()
+                .map(i64::from)
+                .collect();
+            let (z, p) = self.encode_ids(i, ids)?;
+            parts.push(z);
+            pooled = pooled.or(p);
+        }
+        Ok((concat_per_token(&parts), pooled))
     }
 
     /// A1111-style conditioning for a prompt: 75-token chunks (BREAK, long prompts), each encoded to
@@ -371,58 +420,130 @@ impl Generator {
         &mut self,
         fragments: &[Fragment],
     ) -> Result<Vec<Vec<f32>>, PipelineError> {
-        let tok = &self.tokenizer;
-        let mut chunks = chunk(fragments, |t| tok.encode(t), &ChunkConfig::default());
-        if chunks.is_empty() {
-            chunks.push(Chunk {
-                tokens: Vec::new(),
-                weights: Vec::new(),
-            });
-        }
-        let pad = self.model.index.family.facts().pad_ids[0];
-        let (bos, eos) = (self.tokenizer.bos_id(), self.tokenizer.eos_id());
-        let mut out = Vec::with_capacity(chunks.len());
-        for c in &chunks {
-            let (ids, weights) = c.padded(bos, eos, pad);
-            let mut z = self.encode_ids(ids.into_iter().map(i64::from).collect())?;
-            apply_emphasis(&mut z, &weights);
-            out.push(z);
-        }
-        Ok(out)
+        Ok(self.encode_prompt_pooled(fragments)?.chunks)
     }
 
-    /// Length of the conditioning for these prompts (77 per chunk of the longer one), without
-    /// running the text encoder.
+    /// Length of the conditioning for these prompts (77 per chunk of the longest), without running
+    /// a text encoder.
     fn context_len(&self, pos: &Prompt, neg: &Prompt) -> usize {
-        let tok = &self.tokenizer;
-        let n = |p: &Prompt| {
-            chunk(&p.fragments, |t| tok.encode(t), &ChunkConfig::default())
-                .len()
-                .max(1)
-        };
-        77 * n(pos).max(n(neg))
+        let mut n = 1;
+        for tok in &self.tokenizers {
+            for p in [pos, neg] {
+                let k = chunk(&p.fragments, |t| tok.encode(t), &ChunkConfig::default()).len();
+                n = n.max(k);
+            }
+        }
+        77 * n
     }
 
-    fn encode_ids(&mut self, ids: Vec<i64>) -> Result<Vec<f32>, PipelineError> {
+    /// [`Self::encode_prompt`] for every text encoder of the family: each encoder chunks the prompt
+    /// with its own tokenizer (SDXL's second one splits out its pad token "!"), pads with its own pad
+    /// id and weighs emphasis on its own (as A1111 does per embedder); the encoders' hidden states are
+    /// then concatenated per token, chunk by chunk (an encoder with fewer chunks gets the empty
+    /// prompt's). The pooled embedding comes from the first chunk, as in A1111 and diffusers.
+    pub fn encode_prompt_pooled(
+        &mut self,
+        fragments: &[Fragment],
+    ) -> Result<Conditioning, PipelineError> {
+        let encoders = self.model.index.family.facts().encoders;
+        let mut per_encoder: Vec<Vec<Vec<f32>>> = Vec::with_capacity(encoders.len());
+        let mut pooled = None;
+        for (i, enc) in encoders.iter().enumerate() {
+            let tok = &self.tokenizers[i];
+            let mut chunks = chunk(fragments, |t| tok.encode(t), &ChunkConfig::default());
+            if chunks.is_empty() {
+                chunks.push(Chunk {
+                    tokens: Vec::new(),
+                    weights: Vec::new(),
+                });
+            }
+            let (bos, eos) = (tok.bos_id(), tok.eos_id());
+            let mut zs = Vec::with_capacity(chunks.len());
+            for (n, c) in chunks.iter().enumerate() {
+                let (ids, weights) = c.padded(bos, eos, enc.pad_id);
+                let (mut z, p) = self.encode_ids(i, ids.into_iter().map(i64::from).collect())?;
+                apply_emphasis(&mut z, &weights);
+                zs.push(z);
+                if n == 0 {
+                    pooled = pooled.or(p);
+                }
+            }
+            per_encoder.push(zs);
+        }
+        let n = per_encoder.iter().map(Vec::len).max().unwrap_or(1);
+        for (i, zs) in per_encoder.iter_mut().enumerate() {
+            if zs.len() < n {
+                let empty = Chunk {
+                    tokens: Vec::new(),
+                    weights: Vec::new(),
+                };
+                let tok = &self.tokenizers[i];
+                let (ids, _) = empty.padded(tok.bos_id(), tok.eos_id(), encoders[i].pad_id);
+                let (z, _) = self.encode_ids(i, ids.into_iter().map(i64::from).collect())?;
+                zs.resize(n, z);
+            }
+        }
+        let chunks = (0..n)
+            .map(|c| {
+                let parts: Vec<Vec<f32>> = per_encoder.iter().map(|zs| zs[c].clone()).collect();
+                concat_per_token(&parts)
+            })
+            .collect();
+        Ok(Conditioning { chunks, pooled })
+    }
+
+    /// Runs text encoder `i` on one chunk of ids: its conditioning output and, for the encoder that
+    /// has it, the pooled output.
+    fn encode_ids(
+        &mut self,
+        i: usize,
+        ids: Vec<i64>,
+    ) -> Result<(Vec<f32>, Option<Vec<f32>>), PipelineError> {
+        let facts = self.model.index.family.facts();
+        let hidden = facts.encoders[i].hidden_output;
+        // The pooled output belongs to the last encoder (diffusers: "the final text encoder").
+        let pooled = facts
+            .pooled_output
+            .filter(|_| i + 1 == facts.encoders.len());
+        let mut names = vec![hidden];
+        names.extend(pooled);
         let n = ids.len();
-        let out = run(
-            &mut self.sessions.text,
+        let session = self.sessions.text.get_mut(i).ok_or_else(|| {
+            PipelineError::Job(format!("the model has no text encoder number {}", i + 1))
+        })?;
+        let mut out = run(
+            session,
             vec![Input::I64("input_ids", vec![1, n], ids)],
-            &["last_hidden_state"],
+            &names,
         )
-        .map_err(run_err("text encoder"))?;
-        Ok(out.into_iter().next().map(|(_, d)| d).unwrap_or_default())
+        .map_err(run_err("text encoder"))?
+        .into_iter()
+        .map(|(_, d)| d);
+        let z = out.next().unwrap_or_default();
+        Ok((z, pooled.and(out.next())))
     }
 
-    /// Conditioning for the positive and negative prompts, padded to the same number of chunks with
-    /// the empty prompt's encoding (A1111 does the same so both halves of the CFG batch match).
+    /// The CFG batch `[uncond, cond]` for the positive and negative prompts, padded to the same
+    /// number of chunks with the empty prompt's encoding (A1111 does the same so both halves match).
+    /// An empty negative prompt is all zeros (context and pooled) where the model asks for it
+    /// (diffusers' `force_zeros_for_empty_prompt`, SDXL).
     fn conditioning(
         &mut self,
         pos: &Prompt,
         neg: &Prompt,
-    ) -> Result<(Vec<f32>, Vec<f32>), PipelineError> {
-        let mut c = self.encode_prompt(&pos.fragments)?;
-        let mut u = self.encode_prompt(&neg.fragments)?;
+        negative_text: &str,
+    ) -> Result<BatchCond, PipelineError> {
+        let zero_negative =
+            negative_text.trim().is_empty() && self.model.zeros_for_empty_negative();
+        let c = self.encode_prompt_pooled(&pos.fragments)?;
+        let (mut c, c_pooled) = (c.chunks, c.pooled);
+        let (mut u, u_pooled) = if zero_negative {
+            let zeros = vec![vec![0.0; c[0].len()]; c.len()];
+            (zeros, c_pooled.as_ref().map(|p| vec![0.0; p.len()]))
+        } else {
+            let u = self.encode_prompt_pooled(&neg.fragments)?;
+            (u.chunks, u.pooled)
+        };
         if c.len() != u.len() {
             let empty = self.encode_prompt(&[])?.remove(0);
             while c.len() < u.len() {
@@ -432,7 +553,16 @@ impl Generator {
                 u.push(empty.clone());
             }
         }
-        Ok((c.concat(), u.concat()))
+        // diffusers batches CFG as [uncond, cond].
+        let context = u.concat().into_iter().chain(c.concat()).collect();
+        let text_embeds = match (u_pooled, c_pooled) {
+            (Some(u), Some(c)) => Some(u.into_iter().chain(c).collect()),
+            _ => None,
+        };
+        Ok(BatchCond {
+            context,
+            text_embeds,
+        })
     }
 
     /// One UNet evaluation: `sample` `[b, 4, h, w]`, one timestep for all, context `[b, n, c]`.
@@ -443,23 +573,43 @@ impl Generator {
         timestep: f32,
         context: &[f32],
     ) -> Result<Vec<f32>, PipelineError> {
+        self.unet_added(sample, shape, timestep, context, None)
+    }
+
+    /// [`Self::unet`] with SDXL's added conditioning (required by UNets that take it).
+    pub fn unet_added(
+        &mut self,
+        sample: &[f32],
+        shape: [usize; 4],
+        timestep: f32,
+        context: &[f32],
+        added: Option<Added<'_>>,
+    ) -> Result<Vec<f32>, PipelineError> {
         let b = shape[0];
         let seq = context.len() / (b * self.context_dim);
         let t = vec![timestep; b];
-        let out = run(
-            &mut self.sessions.unet,
-            vec![
-                Input::F32("sample", shape.to_vec(), sample),
-                Input::F32("timestep", vec![b], &t),
-                Input::F32(
-                    "encoder_hidden_states",
-                    vec![b, seq, self.context_dim],
-                    context,
-                ),
-            ],
-            &["out_sample"],
-        )
-        .map_err(run_err("UNet"))?;
+        let mut inputs = vec![
+            Input::F32("sample", shape.to_vec(), sample),
+            Input::F32("timestep", vec![b], &t),
+            Input::F32(
+                "encoder_hidden_states",
+                vec![b, seq, self.context_dim],
+                context,
+            ),
+        ];
+        if let Some(a) = added {
+            inputs.push(Input::F32(
+                "text_embeds",
+                vec![b, a.text_embeds.len() / b],
+                a.text_embeds,
+            ));
+            inputs.push(Input::F32(
+                "time_ids",
+                vec![b, a.time_ids.len() / b],
+                a.time_ids,
+            ));
+        }
+        let out = run(&mut self.sessions.unet, inputs, &["out_sample"]).map_err(run_err("UNet"))?;
         Ok(out.into_iter().next().map(|(_, d)| d).unwrap_or_default())
     }
 
@@ -509,7 +659,8 @@ impl Generator {
         self.ensure_vae_dims(h, w)?;
         // Conditioning per distinct set of text-encoder strengths: a schedule with k distinct
         // values encodes k times, not once per step.
-        let mut contexts: HashMap<String, Arc<Vec<f32>>> = HashMap::new();
+        let mut contexts: HashMap<String, Arc<BatchCond>> = HashMap::new();
+        let time_ids = time_ids(job.width, job.height, 2);
         on_event(Event::Started {
             id,
             images: job.batch,
@@ -529,13 +680,10 @@ impl Generator {
                 let key = adapters::strengths_at(&loras, i, timesteps.len());
                 self.fuse(&loras, &key, dims)?;
                 let te_key = format!("{:?}", self.fused.te);
-                let context = match contexts.get(&te_key) {
+                let cond = match contexts.get(&te_key) {
                     Some(c) => c.clone(),
                     None => {
-                        let (cond, uncond) = self.conditioning(&pos, &neg)?;
-                        // diffusers batches CFG as [uncond, cond].
-                        let c: Arc<Vec<f32>> =
-                            Arc::new(uncond.iter().chain(cond.iter()).copied().collect());
+                        let c = Arc::new(self.conditioning(&pos, &neg, &job.negative)?);
                         contexts.insert(te_key, c.clone());
                         c
                     }
@@ -550,7 +698,12 @@ impl Generator {
                 }
                 let x = sched.scale_model_input(&latents, i);
                 let doubled: Vec<f32> = x.iter().chain(x.iter()).copied().collect();
-                let out = self.unet(&doubled, [2, 4, h, w], t as f32, context.as_slice())?;
+                let added = cond.text_embeds.as_deref().map(|e| Added {
+                    text_embeds: e,
+                    time_ids: &time_ids,
+                });
+                let out =
+                    self.unet_added(&doubled, [2, 4, h, w], t as f32, &cond.context, added)?;
                 let (u, c) = out.split_at(n);
                 let guided: Vec<f32> = u
                     .iter()
@@ -582,6 +735,30 @@ impl Generator {
         }
         Ok(Outcome::Done)
     }
+}
+
+/// SDXL's micro-conditioning `[batch, 6]` as diffusers' defaults: original size = target size =
+/// the image's (height, width), crop top-left (0, 0); the same for every row of the batch.
+pub fn time_ids(width: u32, height: u32, batch: usize) -> Vec<f32> {
+    let (h, w) = (height as f32, width as f32);
+    [h, w, 0.0, 0.0, h, w].repeat(batch)
+}
+
+/// Hidden states `[tokens, d_i]` of several encoders → `[tokens, Σ d_i]` (torch.concat on the last
+/// axis). One encoder: its states unchanged.
+fn concat_per_token(parts: &[Vec<f32>]) -> Vec<f32> {
+    if parts.len() == 1 {
+        return parts[0].clone();
+    }
+    let tokens = crate::pipeline::tokenizer::CONTEXT_LEN;
+    let widths: Vec<usize> = parts.iter().map(|p| p.len() / tokens).collect();
+    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+    for t in 0..tokens {
+        for (p, &w) in parts.iter().zip(&widths) {
+            out.extend_from_slice(&p[t * w..(t + 1) * w]);
+        }
+    }
+    out
 }
 
 /// A1111's emphasis: scale each token's hidden state by its weight, then restore the chunk's mean.
@@ -653,7 +830,14 @@ fn build_sessions(
     deltas: &ComponentDeltas,
 ) -> Result<Sessions, PipelineError> {
     let build = |kind| {
-        let dims: &[(&str, i64)] = if opts.static_shapes && kind == ComponentKind::TextEncoder {
+        let is_text = model
+            .index
+            .family
+            .facts()
+            .encoders
+            .iter()
+            .any(|e| e.component == kind);
+        let dims: &[(&str, i64)] = if opts.static_shapes && is_text {
             &[("batch", 1), ("sequence", 77)]
         } else {
             &[]
@@ -668,8 +852,12 @@ fn build_sessions(
             &mut FuseStats::default(),
         )
     };
+    let mut text = Vec::new();
+    for enc in model.index.family.facts().encoders {
+        text.push(build(enc.component)?);
+    }
     Ok(Sessions {
-        text: build(ComponentKind::TextEncoder)?,
+        text,
         unet: build(ComponentKind::Unet)?,
         vae: build(ComponentKind::VaeDecoder)?,
     })

@@ -4,6 +4,9 @@
 //!
 //! Normalisation follows HF, not OpenAI: NFC, runs of whitespace to one space, per-character
 //! lowercase; no ftfy and no HTML unescaping (`&amp;` stays literal, as in diffusers).
+//! A folder whose `tokenizer_config.json` names an ordinary token as its pad token (SDXL's
+//! `tokenizer_2/` pads with "!") gets HF's behaviour for it: every "!" in a prompt is that special
+//! token, id 0, split out before BPE (so "wow!!!" is `wow</w> 0 0 0`, not `wow</w> !!!</w>`).
 
 use regex::Regex;
 use std::collections::HashMap;
@@ -63,12 +66,46 @@ pub struct ClipTokenizer {
     words: Regex,
     bos: u32,
     eos: u32,
+    /// The pad token when it is an ordinary vocabulary entry: (text, id), matched verbatim.
+    special_pad: Option<(String, u32)>,
 }
 
 impl ClipTokenizer {
-    /// Load `vocab.json` and `merges.txt` from a tokenizer folder (e.g. `<model>/tokenizer`).
+    /// Load `vocab.json` and `merges.txt` from a tokenizer folder (e.g. `<model>/tokenizer`), and
+    /// the pad token of its `tokenizer_config.json` when there is one.
     pub fn from_dir(dir: &Path) -> Result<Self, TokenizerError> {
-        Self::from_files(&dir.join("vocab.json"), &dir.join("merges.txt"))
+        let mut t = Self::from_files(&dir.join("vocab.json"), &dir.join("merges.txt"))?;
+        let config = dir.join("tokenizer_config.json");
+        if config.is_file() {
+            let text = std::fs::read_to_string(&config).map_err(|source| TokenizerError::Io {
+                path: config.clone(),
+                source,
+            })?;
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|source| TokenizerError::Vocab {
+                    file: config.display().to_string(),
+                    source,
+                })?;
+            // Written either as a string or as an AddedToken object with `content`.
+            let pad = value.get("pad_token").and_then(|p| {
+                p.as_str()
+                    .or_else(|| p.get("content").and_then(|c| c.as_str()))
+            });
+            if let Some(pad) = pad {
+                t.set_pad_token(pad);
+            }
+        }
+        Ok(t)
+    }
+
+    /// Declares the pad token. BOS/EOS are special already; another vocabulary token becomes one.
+    pub fn set_pad_token(&mut self, token: &str) {
+        self.special_pad = match self.vocab.get(token) {
+            Some(&id) if id != self.bos && id != self.eos && !token.is_empty() => {
+                Some((token.to_string(), id))
+            }
+            _ => None,
+        };
     }
 
     pub fn from_files(vocab: &Path, merges: &Path) -> Result<Self, TokenizerError> {
@@ -147,6 +184,7 @@ impl ClipTokenizer {
             words: Regex::new(WORD_PATTERN).expect("constant pattern compiles"),
             bos,
             eos,
+            special_pad: None,
         })
     }
 
@@ -171,12 +209,21 @@ impl ClipTokenizer {
             if raw.is_empty() {
                 continue;
             }
-            for (j, part) in normalize(raw).split(BOS).enumerate() {
-                if j > 0 {
-                    ids.push(self.bos);
+            let pieces: Vec<&str> = match &self.special_pad {
+                Some((pad, _)) => raw.split(pad.as_str()).collect(),
+                None => vec![raw],
+            };
+            for (k, piece) in pieces.into_iter().enumerate() {
+                if let (true, Some((_, id))) = (k > 0, &self.special_pad) {
+                    ids.push(*id);
                 }
-                for word in self.words.find_iter(part) {
-                    self.bpe(word.as_str(), &mut ids);
+                for (j, part) in normalize(piece).split(BOS).enumerate() {
+                    if j > 0 {
+                        ids.push(self.bos);
+                    }
+                    for word in self.words.find_iter(part) {
+                        self.bpe(word.as_str(), &mut ids);
+                    }
                 }
             }
         }
@@ -290,6 +337,25 @@ mod tests {
         let padded = t.encode_padded("cat", 9);
         assert_eq!(padded.len(), CONTEXT_LEN);
         assert_eq!(&padded[..4], &[8, 7, 9, 9]);
+    }
+
+    #[test]
+    fn an_ordinary_pad_token_is_split_out_like_hf() {
+        let vocab = r#"{"!":0,"c":1,"a":2,"t":3,"t</w>":4,"ca":5,"cat</w>":6,"!</w>":7,
+            "<|startoftext|>":8,"<|endoftext|>":9}"#;
+        let mut t = ClipTokenizer::from_strs(
+            vocab,
+            "#version: 0.2
+c a
+ca t</w>
+",
+        )
+        .unwrap();
+        assert_eq!(t.encode("cat!"), vec![6, 7]);
+        t.set_pad_token("!");
+        assert_eq!(t.encode("cat!!"), vec![6, 0, 0]);
+        t.set_pad_token("<|endoftext|>");
+        assert_eq!(t.encode("cat!"), vec![6, 7], "EOS stays what it was");
     }
 
     #[test]

@@ -7,6 +7,8 @@ mod foundation;
 mod lora;
 mod pipeline_reference;
 mod prompt;
+mod sdxl;
+mod sdxl_adapters;
 mod tui_config;
 mod tui_flows;
 mod tui_screens;
