@@ -8,6 +8,7 @@
 pub mod bake;
 pub mod bench;
 pub mod engine;
+pub mod export;
 pub mod family;
 pub mod headless;
 pub mod image;
@@ -18,4 +19,5 @@ pub mod patch;
 pub mod pipeline;
 pub mod prompt;
 pub mod runtime;
+pub mod safetensors_out;
 pub mod tui;
