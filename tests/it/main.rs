@@ -3,6 +3,7 @@ mod adapters;
 mod cli;
 mod foundation;
 mod lora;
+mod merge;
 mod pipeline_reference;
 mod prompt;
 mod util;
