@@ -96,7 +96,7 @@ fn exact_merge_bakes_like_the_sources_applied_together() {
     let inputs = vec![
         format!("{}:0.7", fixture("lyco_locon.safetensors")),
         format!("{}:0.5", fixture("lyco_locon_tucker.safetensors")),
-        format!("{}:-0.6:te=0.3", fixture("peft_diffusers.safetensors")),
+        format!("{}:unet=-0.6:te=0.3", fixture("peft_diffusers.safetensors")),
         fixture("lyco_te.safetensors"),
         format!("{}:0.4:mid=0:out=1.5", fixture("kohya_ldm.safetensors")),
     ];
@@ -149,7 +149,7 @@ fn exact_merge_bakes_like_the_sources_applied_together() {
 fn a_prompt_merge_honours_component_and_block_strengths_and_refuses_schedules() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("from-prompt.safetensors");
-    let prompt = "a fox <lora:lyco_locon:0.7:in=0.2> <lora:peft_diffusers:0.4:te=0> \
+    let prompt = "a fox <lora:lyco_locon:0.7:in=0.2> <lora:peft_diffusers:unet=0.4:te=0> \
                   <lora:kohya_ldm:1:lbw=1,0,0.5,1,1,0,1,1,1,1,1,1,0.5,1,1,1,1>";
     let dir = lora_dir();
     ok(&stipple(&[
