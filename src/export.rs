@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::bake::{self, BakeError};
 use crate::lora::extract::{self, ExtractError, ExtractOptions};
-use crate::lora::merge::{self, Merged, MergeError, MergeOptions, Mode};
+use crate::lora::merge::{self, MergeError, MergeOptions, Merged, Mode};
 use crate::lora::write::{self, ErrorSummary, LoraLayer, Provenance, SourceRecord, WriteError};
 use crate::lora::{Adapter, ModelParams};
 use crate::model::{Model, ModelError};

@@ -422,7 +422,9 @@ fn cmd_lora_merge(a: &MergeArgs) -> Result<()> {
         None => Mode::Exact,
     };
     if mode == Mode::Exact && (a.rank.given() || a.rank.clamp_quantile.is_some()) {
-        bail!("exact mode keeps every rank; --rank, --sv-* and --clamp-quantile belong to --mode svd");
+        bail!(
+            "exact mode keeps every rank; --rank, --sv-* and --clamp-quantile belong to --mode svd"
+        );
     }
     let model = a.model.clone().unwrap_or_else(default_model);
     let outcome = stipple::export::merge(&stipple::export::MergeRequest {
@@ -484,7 +486,10 @@ fn outcome_text(o: &stipple::export::Outcome, verbose: bool) -> String {
         _ => String::new(),
     };
     if o.unchanged > 0 {
-        s.push_str(&format!("{} weights are the same in both models\n", o.unchanged));
+        s.push_str(&format!(
+            "{} weights are the same in both models\n",
+            o.unchanged
+        ));
     }
     s.push_str(&format!(
         "wrote {}: {} layers, {rank}; relative reconstruction error mean {:.2e}, max {:.2e} ({})\n",

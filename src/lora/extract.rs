@@ -104,11 +104,16 @@ fn layer(
     }
     let path = p.name.trim_end_matches(".weight").to_string();
     let a = linalg::from_rows(&diff, shape.o, shape.c);
-    let t = svd::truncate(&shape, Source::Dense(a), &opts.svd, super::merge::seed(&path))
-        .map_err(|source| ExtractError::Svd {
-            module: path.clone(),
-            source,
-        })?;
+    let t = svd::truncate(
+        &shape,
+        Source::Dense(a),
+        &opts.svd,
+        super::merge::seed(&path),
+    )
+    .map_err(|source| ExtractError::Svd {
+        module: path.clone(),
+        source,
+    })?;
     Ok(Some(LoraLayer {
         component: p.component,
         path,

@@ -39,53 +39,86 @@ pub fn mul(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> Mat<f64> {
     out
 }
 
+/// Thin QR of a tall matrix, with `Q` kept as Householder reflectors: multiplying by `Q` costs as much
+/// as forming it, so callers that need only a few columns of `Q·X` never form `Q`.
+pub struct ThinQr {
+    basis: Mat<f64>,
+    coeff: Mat<f64>,
+    /// `[n, n]`, upper triangular (echelon when `a` is rank-deficient).
+    pub r: Mat<f64>,
+}
+
+impl ThinQr {
+    /// Factors `a` `[m, n]`, `m ≥ n`.
+    pub fn new(a: MatRef<'_, f64>) -> ThinQr {
+        let (m, n) = a.shape();
+        debug_assert!(m >= n);
+        let mut f = a.to_owned();
+        let bs = qr::recommended_block_size::<f64>(m, n);
+        let mut coeff = Mat::<f64>::zeros(bs, n);
+        qr::qr_in_place(
+            f.as_mut(),
+            coeff.as_mut(),
+            Par::Seq,
+            MemStack::new(&mut MemBuffer::new(qr::qr_in_place_scratch::<f64>(
+                m,
+                n,
+                bs,
+                Par::Seq,
+                Default::default(),
+            ))),
+            Default::default(),
+        );
+        let mut r = Mat::zeros(n, n);
+        for j in 0..n {
+            for i in 0..=j {
+                r[(i, j)] = f[(i, j)];
+            }
+        }
+        // The reflectors are the unit lower trapezoid (as faer's own `Qr::compute_thin_Q` reads them).
+        for j in 0..n {
+            for i in 0..j {
+                f[(i, j)] = 0.0;
+            }
+            f[(j, j)] = 1.0;
+        }
+        ThinQr { basis: f, coeff, r }
+    }
+
+    /// `Q·x` for `x` `[n, k]`: `[m, k]`.
+    pub fn q_times(&self, x: MatRef<'_, f64>) -> Mat<f64> {
+        let (m, n) = self.basis.shape();
+        let k = x.ncols();
+        let mut out = Mat::<f64>::zeros(m, k);
+        for j in 0..k {
+            for i in 0..n {
+                out[(i, j)] = x[(i, j)];
+            }
+        }
+        householder::apply_block_householder_sequence_on_the_left_in_place_with_conj(
+            self.basis.as_ref(),
+            self.coeff.as_ref(),
+            Conj::No,
+            out.as_mut(),
+            Par::Seq,
+            MemStack::new(&mut MemBuffer::new(
+                householder::apply_block_householder_sequence_on_the_left_in_place_scratch::<f64>(
+                    m,
+                    self.coeff.nrows(),
+                    k,
+                ),
+            )),
+        );
+        out
+    }
+}
+
 /// Thin QR of a tall `a` (`m ≥ n`): `a = Q·R`, `Q` `[m, n]` with orthonormal columns, `R` `[n, n]`.
 pub fn thin_qr(a: MatRef<'_, f64>) -> (Mat<f64>, Mat<f64>) {
-    let (m, n) = a.shape();
-    debug_assert!(m >= n);
-    let mut f = a.to_owned();
-    let bs = qr::recommended_block_size::<f64>(m, n);
-    let mut coeff = Mat::<f64>::zeros(bs, n);
-    qr::qr_in_place(
-        f.as_mut(),
-        coeff.as_mut(),
-        Par::Seq,
-        MemStack::new(&mut MemBuffer::new(qr::qr_in_place_scratch::<f64>(
-            m,
-            n,
-            bs,
-            Par::Seq,
-            Default::default(),
-        ))),
-        Default::default(),
-    );
-    let mut r = Mat::zeros(n, n);
-    for j in 0..n {
-        for i in 0..=j {
-            r[(i, j)] = f[(i, j)];
-        }
-    }
-    // The Householder basis is the unit lower trapezoid of the factored matrix.
-    for j in 0..n {
-        for i in 0..j {
-            f[(i, j)] = 0.0;
-        }
-        f[(j, j)] = 1.0;
-    }
-    let mut q = Mat::<f64>::identity(m, n);
-    householder::apply_block_householder_sequence_on_the_left_in_place_with_conj(
-        f.as_ref(),
-        coeff.as_ref(),
-        Conj::No,
-        q.as_mut(),
-        Par::Seq,
-        MemStack::new(&mut MemBuffer::new(
-            householder::apply_block_householder_sequence_on_the_left_in_place_scratch::<f64>(
-                m, bs, n,
-            ),
-        )),
-    );
-    (q, r)
+    let f = ThinQr::new(a);
+    let n = a.ncols();
+    let q = f.q_times(Mat::<f64>::identity(n, n).as_ref());
+    (q, f.r)
 }
 
 /// Thin SVD `a = U·diag(S)·Vᵀ`, singular values non-increasing; `U` `[m, k]`, `V` `[n, k]`, `k = min(m, n)`.
@@ -185,18 +218,54 @@ mod tests {
 
     #[test]
     fn qr_and_svd_reconstruct() {
-        let a = Mat::from_fn(7, 3, |i, j| ((i * 3 + j) as f64).sin() + (i == j) as u8 as f64);
+        let a = Mat::from_fn(7, 3, |i, j| {
+            ((i * 3 + j) as f64).sin() + (i == j) as u8 as f64
+        });
         let (q, r) = thin_qr(a.as_ref());
-        assert!(close(mul(q.as_ref(), r.as_ref()).as_ref(), a.as_ref(), 1e-12));
+        assert!(close(
+            mul(q.as_ref(), r.as_ref()).as_ref(),
+            a.as_ref(),
+            1e-12
+        ));
         let qtq = mul(q.transpose(), q.as_ref());
-        assert!(close(qtq.as_ref(), Mat::<f64>::identity(3, 3).as_ref(), 1e-12));
+        assert!(close(
+            qtq.as_ref(),
+            Mat::<f64>::identity(3, 3).as_ref(),
+            1e-12
+        ));
         let (u, s, v) = thin_svd(a.as_ref()).unwrap_or_else(|e| panic!("{e}"));
         assert!(s.windows(2).all(|w| w[0] >= w[1]));
         let us = Mat::from_fn(7, 3, |i, j| u[(i, j)] * s[j]);
-        assert!(close(mul(us.as_ref(), v.transpose()).as_ref(), a.as_ref(), 1e-12));
+        assert!(close(
+            mul(us.as_ref(), v.transpose()).as_ref(),
+            a.as_ref(),
+            1e-12
+        ));
+        // Rank-deficient input (faer's QR then builds an echelon R): still a = Q·R with orthonormal Q.
+        let d = Mat::from_fn(9, 4, |i, j| match j {
+            0 | 2 => (i as f64).cos(),
+            1 => 0.0,
+            _ => (i as f64 * 0.3).sin(),
+        });
+        let (q, r) = thin_qr(d.as_ref());
+        assert!(close(
+            mul(q.as_ref(), r.as_ref()).as_ref(),
+            d.as_ref(),
+            1e-12
+        ));
+        let qtq = mul(q.transpose(), q.as_ref());
+        assert!(close(
+            qtq.as_ref(),
+            Mat::<f64>::identity(4, 4).as_ref(),
+            1e-12
+        ));
         // A rank-3 matrix is recovered exactly by a sketch of 5 columns.
         let (u2, s2, v2) = randomized_svd(a.as_ref(), 5, 1, 7).unwrap_or_else(|e| panic!("{e}"));
         let us2 = Mat::from_fn(7, s2.len(), |i, j| u2[(i, j)] * s2[j]);
-        assert!(close(mul(us2.as_ref(), v2.transpose()).as_ref(), a.as_ref(), 1e-10));
+        assert!(close(
+            mul(us2.as_ref(), v2.transpose()).as_ref(),
+            a.as_ref(),
+            1e-10
+        ));
     }
 }

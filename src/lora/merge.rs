@@ -193,7 +193,8 @@ fn contribution(
     let Some(target) = job.params.get(&(module.component, wname.as_str())) else {
         return Ok(None);
     };
-    let (t, warnings) = load_module(job.adapter, kinds, job.peft, module).map_err(LoraError::from)?;
+    let (t, warnings) =
+        load_module(job.adapter, kinds, job.peft, module).map_err(LoraError::from)?;
     let Some(det) = super::detect::detect(&t) else {
         return Ok(None);
     };
@@ -367,7 +368,12 @@ fn assemble(
         let mut down = Vec::with_capacity(total * c);
         let mut col = 0;
         for p in &parts {
-            if let Part::Factors { up: b, down: a, rank } = p {
+            if let Part::Factors {
+                up: b,
+                down: a,
+                rank,
+            } = p
+            {
                 for row in 0..o {
                     up[row * total + col..row * total + col + rank]
                         .copy_from_slice(&b[row * rank..(row + 1) * rank]);
@@ -384,7 +390,11 @@ fn assemble(
     let mut col = 0;
     for p in &parts {
         match p {
-            Part::Factors { up: b, down: a, rank } => {
+            Part::Factors {
+                up: b,
+                down: a,
+                rank,
+            } => {
                 for j in 0..*rank {
                     for row in 0..o {
                         up[(row, col + j)] = f64::from(b[row * rank + j]);

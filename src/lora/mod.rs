@@ -13,10 +13,10 @@ use thiserror::Error;
 pub mod bench;
 pub mod delta;
 pub mod detect;
+pub mod extract;
 pub mod family;
 pub mod file;
 pub mod inspect;
-pub mod extract;
 pub mod keys;
 pub mod ldm;
 pub mod linalg;
@@ -31,9 +31,9 @@ pub mod write;
 
 pub use delta::DeltaError;
 pub use detect::{AdapterType, Detected};
-pub use merge::{merge, MergeError, MergeOptions, Mode};
 pub use file::{Adapter, FileError};
 pub use inspect::{inspect, Inspection};
+pub use merge::{merge, MergeError, MergeOptions, Mode};
 pub use region::Region;
 pub use report::{AdapterReport, Applied, ApplyReport, Skipped};
 
@@ -279,7 +279,9 @@ pub(crate) fn group_keys<'a>(
     let mut groups: BTreeMap<usize, BTreeMap<Kind, &str>> = BTreeMap::new();
     for key in adapter.tensors().keys() {
         match index.parse(key) {
-            Some((_, Kind::Unsupported)) => rep.skip(key, "known key kind that stipple does not apply"),
+            Some((_, Kind::Unsupported)) => {
+                rep.skip(key, "known key kind that stipple does not apply")
+            }
             Some((id, kind)) => {
                 if let Some(prev) = groups.entry(id).or_default().insert(kind, key) {
                     rep.skip(

@@ -37,7 +37,7 @@ impl RankRule {
         }
         match self.dynamic {
             None if self.rank.is_none() => {
-                Err("svd mode needs --rank R or one of --sv-ratio, --sv-fro, --sv-cumulative".into())
+                Err("give --rank R or one of --sv-ratio, --sv-fro, --sv-cumulative".into())
             }
             Some(Dynamic::SvRatio(p)) if !(p.is_finite() && p > 0.0) => {
                 Err(format!("--sv-ratio {p}: give a number > 0"))
@@ -45,7 +45,9 @@ impl RankRule {
             Some(Dynamic::SvFro(p) | Dynamic::SvCumulative(p))
                 if !(p.is_finite() && p > 0.0 && p <= 1.0) =>
             {
-                Err(format!("{p}: --sv-fro and --sv-cumulative take a fraction in (0, 1]"))
+                Err(format!(
+                    "{p}: --sv-fro and --sv-cumulative take a fraction in (0, 1]"
+                ))
             }
             _ => Ok(()),
         }
@@ -60,7 +62,11 @@ impl RankRule {
             Some(Dynamic::SvCumulative(p)) => parts.push(format!("sv_cumulative={p}")),
             None => {}
         }
-        let key = if self.dynamic.is_some() { "max" } else { "rank" };
+        let key = if self.dynamic.is_some() {
+            "max"
+        } else {
+            "rank"
+        };
         if let Some(r) = self.rank {
             parts.push(format!("{key}={r}"));
         }
@@ -193,37 +199,33 @@ pub fn truncate(
         }
         s => s,
     };
-    let (u, s, v, norm2, dense) = match source {
+    let (vectors, s, norm2, dense) = match source {
         Source::Factors { up, down_t } => {
-            let (qu, ru) = linalg::thin_qr(up.as_ref());
-            let (qd, rd) = linalg::thin_qr(down_t.as_ref());
-            let core = linalg::mul(ru.as_ref(), rd.transpose());
+            let qu = linalg::ThinQr::new(up.as_ref());
+            let qd = linalg::ThinQr::new(down_t.as_ref());
+            let core = linalg::mul(qu.r.as_ref(), qd.r.transpose());
             let (uc, s, vc) = linalg::thin_svd(core.as_ref())?;
             let norm2 = s.iter().map(|x| x * x).sum();
             let dense = opts
                 .clamp
                 .map(|_| linalg::mul(up.as_ref(), down_t.transpose()));
-            (
-                linalg::mul(qu.as_ref(), uc.as_ref()),
-                s,
-                linalg::mul(qd.as_ref(), vc.as_ref()),
-                norm2,
-                dense,
-            )
+            (Vectors::Factored { qu, qd, uc, vc }, s, norm2, dense)
         }
         Source::Dense(a) => {
             let norm2 = a.as_ref().squared_norm_l2();
             let fixed = opts.rule.choose(&[1.0], full_len, shape);
-            let (u, s, v) = if opts.randomized && opts.rule.dynamic.is_none() && 2 * (fixed + 10) < full_len {
-                linalg::randomized_svd(a.as_ref(), fixed + 10, 2, seed)?
-            } else {
-                linalg::thin_svd(a.as_ref())?
-            };
-            (u, s, v, norm2, Some(a))
+            let (u, s, v) =
+                if opts.randomized && opts.rule.dynamic.is_none() && 2 * (fixed + 10) < full_len {
+                    linalg::randomized_svd(a.as_ref(), fixed + 10, 2, seed)?
+                } else {
+                    linalg::thin_svd(a.as_ref())?
+                };
+            (Vectors::Dense { u, v }, s, norm2, Some(a))
         }
     };
     let chosen = opts.rule.choose(&s, full_len, shape);
     let k = chosen.min(s.len());
+    let (u, v) = vectors.first(k);
     let mut up = Mat::from_fn(shape.o, k, |r, j| u[(r, j)] * s[j]);
     let mut down = Mat::from_fn(k, shape.c, |j, col| v[(col, j)]);
     canonical_signs(&mut up, &mut down);
@@ -244,6 +246,33 @@ pub fn truncate(
         chosen,
         error,
     })
+}
+
+/// Singular vectors, formed only for the columns that are kept.
+enum Vectors {
+    /// `U = Q_u·U_core`, `V = Q_d·V_core`: multiplying through the reflectors costs as much as forming
+    /// `Q`, so only the first `k` columns are ever computed.
+    Factored {
+        qu: linalg::ThinQr,
+        qd: linalg::ThinQr,
+        uc: Mat<f64>,
+        vc: Mat<f64>,
+    },
+    Dense {
+        u: Mat<f64>,
+        v: Mat<f64>,
+    },
+}
+
+impl Vectors {
+    fn first(&self, k: usize) -> (Mat<f64>, Mat<f64>) {
+        match self {
+            Vectors::Factored { qu, qd, uc, vc } => {
+                (qu.q_times(uc.get(.., ..k)), qd.q_times(vc.get(.., ..k)))
+            }
+            Vectors::Dense { u, v } => (u.get(.., ..k).to_owned(), v.get(.., ..k).to_owned()),
+        }
+    }
 }
 
 fn ratio(resid2: f64, norm2: f64) -> f64 {
@@ -278,7 +307,8 @@ pub fn canonical_signs(up: &mut Mat<f64>, down: &mut Mat<f64>) {
 
 /// kohya: `hi = quantile(cat(up, down), q)` (signed values, linear interpolation), both to `[-hi, hi]`.
 fn clamp(up: &mut Mat<f64>, down: &mut Mat<f64>, q: f64) {
-    let mut vals: Vec<f64> = Vec::with_capacity(up.nrows() * up.ncols() + down.nrows() * down.ncols());
+    let mut vals: Vec<f64> =
+        Vec::with_capacity(up.nrows() * up.ncols() + down.nrows() * down.ncols());
     vals.extend(flat(up.as_ref()));
     vals.extend(flat(down.as_ref()));
     if vals.is_empty() {
@@ -325,15 +355,33 @@ mod tests {
     fn kohya_rank_rules_by_hand() {
         let s = [8.0, 4.0, 2.0, 1.0, 0.5, 0.25];
         // sv_ratio 5: #{S > 1.6} = 3, rank 3 + 1.
-        assert_eq!(rule(None, Some(Dynamic::SvRatio(5.0))).choose(&s, 6, &LIN), 4);
+        assert_eq!(
+            rule(None, Some(Dynamic::SvRatio(5.0))).choose(&s, 6, &LIN),
+            4
+        );
         // cumulative: cumsum/Σ = .5079, .7619, .8889, .9524, ...; 0.9 → index 3, +1, +1.
-        assert_eq!(rule(None, Some(Dynamic::SvCumulative(0.9))).choose(&s, 6, &LIN), 5);
+        assert_eq!(
+            rule(None, Some(Dynamic::SvCumulative(0.9))).choose(&s, 6, &LIN),
+            5
+        );
         // fro: S² cumsum/Σ = .7529, .9412, .9882, ...; 0.95² = .9025 → index 1, +1, +1.
-        assert_eq!(rule(None, Some(Dynamic::SvFro(0.95))).choose(&s, 6, &LIN), 3);
+        assert_eq!(
+            rule(None, Some(Dynamic::SvFro(0.95))).choose(&s, 6, &LIN),
+            3
+        );
         // Capped by --rank; clamped below len - 1; a zero matrix gets rank 1.
-        assert_eq!(rule(Some(2), Some(Dynamic::SvCumulative(0.9))).choose(&s, 6, &LIN), 2);
-        assert_eq!(rule(None, Some(Dynamic::SvRatio(1e9))).choose(&s, 6, &LIN), 6);
-        assert_eq!(rule(None, Some(Dynamic::SvRatio(2.0))).choose(&[0.0; 6], 6, &LIN), 1);
+        assert_eq!(
+            rule(Some(2), Some(Dynamic::SvCumulative(0.9))).choose(&s, 6, &LIN),
+            2
+        );
+        assert_eq!(
+            rule(None, Some(Dynamic::SvRatio(1e9))).choose(&s, 6, &LIN),
+            6
+        );
+        assert_eq!(
+            rule(None, Some(Dynamic::SvRatio(2.0))).choose(&[0.0; 6], 6, &LIN),
+            1
+        );
         assert_eq!(rule(Some(32), None).choose(&s, 6, &LIN), 6);
     }
 
@@ -346,8 +394,10 @@ mod tests {
             rule: rule(Some(2), None),
             ..Options::default()
         };
-        let a = truncate(&LIN, Source::Factors { up, down_t }, &opts, 1).unwrap_or_else(|e| panic!("{e}"));
-        let b = truncate(&LIN, Source::Dense(dense.clone()), &opts, 1).unwrap_or_else(|e| panic!("{e}"));
+        let a = truncate(&LIN, Source::Factors { up, down_t }, &opts, 1)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let b = truncate(&LIN, Source::Dense(dense.clone()), &opts, 1)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((a.rank, b.rank), (2, 2));
         for (x, y) in a.up.iter().zip(&b.up).chain(a.down.iter().zip(&b.down)) {
             assert!((x - y).abs() < 1e-5, "{x} vs {y}");

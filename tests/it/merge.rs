@@ -111,7 +111,10 @@ fn exact_merge_bakes_like_the_sources_applied_together() {
     let got = deltas(&model, &active(&[out.display().to_string()]));
     let errs = compare(&got, &want);
     let worst = errs.values().fold(0f32, |m, e| m.max(e.0));
-    println!("exact merge: {} params, max relative |Δ| {worst:.2e}", errs.len());
+    println!(
+        "exact merge: {} params, max relative |Δ| {worst:.2e}",
+        errs.len()
+    );
     assert!(worst <= 1e-5, "{errs:?}");
 
     // kohya metadata, the record of sources, and no silent overwrite.
@@ -127,7 +130,8 @@ fn exact_merge_bakes_like_the_sources_applied_together() {
     assert_eq!(sources[2]["name"], "peft_diffusers");
     assert_eq!(sources[2]["te"], 0.3);
     assert_eq!(sources[2]["in"], -0.6);
-    let errs: serde_json::Value = serde_json::from_str(&md["stipple.reconstruction_error"]).unwrap();
+    let errs: serde_json::Value =
+        serde_json::from_str(&md["stipple.reconstruction_error"]).unwrap();
     assert_eq!(errs["max"], 0.0);
     // Every module is kohya-named with alpha = rank.
     for (key, info) in merged.tensors() {
@@ -219,7 +223,9 @@ fn svd_merge_reports_the_error_it_makes_and_is_lossless_at_full_rank() {
     let want = deltas(&model, &active(&inputs));
     for (rank, label) in [(Some(2), "rank 2"), (Some(100_000), "full rank")] {
         for clamp in [None, Some(0.99)] {
-            let out = tmp.path().join(format!("svd-{label}-{clamp:?}.safetensors"));
+            let out = tmp
+                .path()
+                .join(format!("svd-{label}-{clamp:?}.safetensors"));
             let outcome = stipple::export::merge(&stipple::export::MergeRequest {
                 model_dir: &tiny_model(),
                 files: &inputs,
@@ -251,16 +257,38 @@ fn svd_merge_reports_the_error_it_makes_and_is_lossless_at_full_rank() {
                 outcome.summary.mean,
                 outcome.summary.max
             );
-            assert!(worst_gap < 1e-5, "{label}: reported vs measured {worst_gap}");
+            assert!(
+                worst_gap < 1e-5,
+                "{label}: reported vs measured {worst_gap}"
+            );
             if rank == Some(2) && clamp.is_none() {
                 assert!(outcome.summary.max > 0.05, "rank 2 loses something");
             }
         }
     }
+    // The same LoRA twice: stacked factors are rank-deficient, and rank 4 still holds all of it.
+    let twice = vec![
+        format!("{}:0.5", fixture("lyco_locon.safetensors")),
+        format!("{}:0.5", fixture("lyco_locon.safetensors")),
+    ];
+    for l in merge_fixtures(&twice, &svd_opts(Some(4), None, None)) {
+        assert!(
+            l.error < 1e-6 && l.rank == 4,
+            "{} {} {}",
+            l.path,
+            l.rank,
+            l.error
+        );
+    }
     // sv_fro keeps at least that fraction of the Frobenius norm: error ≤ √(1 − p²).
     let merged = merge_fixtures(&inputs, &svd_opts(None, Some(Dynamic::SvFro(0.9)), None));
     for l in &merged {
-        assert!(l.error <= (1.0f64 - 0.81).sqrt() + 1e-9, "{} {}", l.path, l.error);
+        assert!(
+            l.error <= (1.0f64 - 0.81).sqrt() + 1e-9,
+            "{} {}",
+            l.path,
+            l.error
+        );
     }
 }
 
@@ -312,13 +340,19 @@ fn svd_merge_matches_kohya_svd_merge_lora() {
         for l in &layers {
             let stem = kohya_stem(l.component, &l.path, family);
             let want_rank = refs.tensor(&format!("{prefix}{stem}.rank")).unwrap().data[0];
-            assert_eq!(l.chosen_rank, want_rank as usize, "{cfg} {stem}: rank choice");
+            assert_eq!(
+                l.chosen_rank, want_rank as usize,
+                "{cfg} {stem}: rank choice"
+            );
             let want = refs.tensor(&format!("{prefix}{stem}")).unwrap().data;
             let (o, c) = (l.shape[0], want.len() / l.shape[0]);
             let got = stipple::lora::tensor::matmul(&l.up, o, l.rank, &l.down, c);
             worst = worst.max(max_rel_err(&got, &want));
         }
-        println!("kohya {cfg}: {} layers, same ranks, max relative |Δ| {worst:.2e}", layers.len());
+        println!(
+            "kohya {cfg}: {} layers, same ranks, max relative |Δ| {worst:.2e}",
+            layers.len()
+        );
         assert!(worst <= 1e-4, "{cfg}: {worst}");
     }
 }
@@ -396,7 +430,10 @@ fn extract_recovers_a_baked_lora() {
     let got = deltas(&model, &active(&[out.display().to_string()]));
     let errs = compare(&got, &want);
     let worst = errs.values().fold(0f32, |m, e| m.max(e.0));
-    println!("extract: {} layers, max relative |Δ| {worst:.2e}", errs.len());
+    println!(
+        "extract: {} layers, max relative |Δ| {worst:.2e}",
+        errs.len()
+    );
     assert!(worst <= 1e-4, "{errs:?}");
     let md = Adapter::open(&out).unwrap().metadata().clone();
     assert_eq!(md["ss_network_dim"], "4");
