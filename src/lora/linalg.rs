@@ -121,15 +121,26 @@ pub fn thin_qr(a: MatRef<'_, f64>) -> (Mat<f64>, Mat<f64>) {
     (q, f.r)
 }
 
+/// `a = U·diag(S)·Vᵀ`, singular values non-increasing.
+pub struct Svd {
+    pub u: Mat<f64>,
+    pub s: Vec<f64>,
+    pub v: Mat<f64>,
+}
+
 /// Thin SVD `a = U·diag(S)·Vᵀ`, singular values non-increasing; `U` `[m, k]`, `V` `[n, k]`, `k = min(m, n)`.
-pub fn thin_svd(a: MatRef<'_, f64>) -> Result<(Mat<f64>, Vec<f64>, Mat<f64>), NoConvergence> {
+pub fn thin_svd(a: MatRef<'_, f64>) -> Result<Svd, NoConvergence> {
     let (m, n) = a.shape();
     let k = m.min(n);
     let mut u = Mat::zeros(m, k);
     let mut v = Mat::zeros(n, k);
     let mut s = Diag::<f64>::zeros(k);
     if k == 0 {
-        return Ok((u, Vec::new(), v));
+        return Ok(Svd {
+            u,
+            s: Vec::new(),
+            v,
+        });
     }
     svd::svd(
         a,
@@ -149,7 +160,7 @@ pub fn thin_svd(a: MatRef<'_, f64>) -> Result<(Mat<f64>, Vec<f64>, Mat<f64>), No
     )
     .map_err(|_| NoConvergence)?;
     let s = (0..k).map(|i| s[i]).collect();
-    Ok((u, s, v))
+    Ok(Svd { u, s, v })
 }
 
 /// Randomized SVD (Halko, Martinsson & Tropp 2011, alg. 4.4): the top `l` singular triplets of `a`
@@ -161,7 +172,7 @@ pub fn randomized_svd(
     l: usize,
     power: usize,
     seed: u64,
-) -> Result<(Mat<f64>, Vec<f64>, Mat<f64>), NoConvergence> {
+) -> Result<Svd, NoConvergence> {
     let (m, n) = a.shape();
     let l = l.min(m).min(n);
     let mut rng = Normal::new(seed);
@@ -172,8 +183,12 @@ pub fn randomized_svd(
         q = thin_qr(mul(a, z.as_ref()).as_ref()).0;
     }
     let b = mul(q.transpose(), a); // [l, n]
-    let (ub, s, v) = thin_svd(b.as_ref())?;
-    Ok((mul(q.as_ref(), ub.as_ref()), s, v))
+    let Svd { u: ub, s, v } = thin_svd(b.as_ref())?;
+    Ok(Svd {
+        u: mul(q.as_ref(), ub.as_ref()),
+        s,
+        v,
+    })
 }
 
 /// Standard normal values from xorshift64* and Box–Muller: deterministic, no dependency.
@@ -233,7 +248,7 @@ mod tests {
             Mat::<f64>::identity(3, 3).as_ref(),
             1e-12
         ));
-        let (u, s, v) = thin_svd(a.as_ref()).unwrap_or_else(|e| panic!("{e}"));
+        let Svd { u, s, v } = thin_svd(a.as_ref()).unwrap_or_else(|e| panic!("{e}"));
         assert!(s.windows(2).all(|w| w[0] >= w[1]));
         let us = Mat::from_fn(7, 3, |i, j| u[(i, j)] * s[j]);
         assert!(close(
@@ -260,7 +275,11 @@ mod tests {
             1e-12
         ));
         // A rank-3 matrix is recovered exactly by a sketch of 5 columns.
-        let (u2, s2, v2) = randomized_svd(a.as_ref(), 5, 1, 7).unwrap_or_else(|e| panic!("{e}"));
+        let Svd {
+            u: u2,
+            s: s2,
+            v: v2,
+        } = randomized_svd(a.as_ref(), 5, 1, 7).unwrap_or_else(|e| panic!("{e}"));
         let us2 = Mat::from_fn(7, s2.len(), |i, j| u2[(i, j)] * s2[j]);
         assert!(close(
             mul(us2.as_ref(), v2.transpose()).as_ref(),

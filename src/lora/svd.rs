@@ -204,17 +204,22 @@ pub fn truncate(
             let qu = linalg::ThinQr::new(up.as_ref());
             let qd = linalg::ThinQr::new(down_t.as_ref());
             let core = linalg::mul(qu.r.as_ref(), qd.r.transpose());
-            let (uc, s, vc) = linalg::thin_svd(core.as_ref())?;
+            let linalg::Svd { u: uc, s, v: vc } = linalg::thin_svd(core.as_ref())?;
             let norm2 = s.iter().map(|x| x * x).sum();
             let dense = opts
                 .clamp
                 .map(|_| linalg::mul(up.as_ref(), down_t.transpose()));
-            (Vectors::Factored { qu, qd, uc, vc }, s, norm2, dense)
+            (
+                Vectors::Factored(Box::new((qu, qd)), uc, vc),
+                s,
+                norm2,
+                dense,
+            )
         }
         Source::Dense(a) => {
             let norm2 = a.as_ref().squared_norm_l2();
             let fixed = opts.rule.choose(&[1.0], full_len, shape);
-            let (u, s, v) =
+            let linalg::Svd { u, s, v } =
                 if opts.randomized && opts.rule.dynamic.is_none() && 2 * (fixed + 10) < full_len {
                     linalg::randomized_svd(a.as_ref(), fixed + 10, 2, seed)?
                 } else {
@@ -252,12 +257,7 @@ pub fn truncate(
 enum Vectors {
     /// `U = Q_u·U_core`, `V = Q_d·V_core`: multiplying through the reflectors costs as much as forming
     /// `Q`, so only the first `k` columns are ever computed.
-    Factored {
-        qu: linalg::ThinQr,
-        qd: linalg::ThinQr,
-        uc: Mat<f64>,
-        vc: Mat<f64>,
-    },
+    Factored(Box<(linalg::ThinQr, linalg::ThinQr)>, Mat<f64>, Mat<f64>),
     Dense {
         u: Mat<f64>,
         v: Mat<f64>,
@@ -267,8 +267,8 @@ enum Vectors {
 impl Vectors {
     fn first(&self, k: usize) -> (Mat<f64>, Mat<f64>) {
         match self {
-            Vectors::Factored { qu, qd, uc, vc } => {
-                (qu.q_times(uc.get(.., ..k)), qd.q_times(vc.get(.., ..k)))
+            Vectors::Factored(q, uc, vc) => {
+                (q.0.q_times(uc.get(.., ..k)), q.1.q_times(vc.get(.., ..k)))
             }
             Vectors::Dense { u, v } => (u.get(.., ..k).to_owned(), v.get(.., ..k).to_owned()),
         }
