@@ -144,6 +144,7 @@ pub fn merge(req: &MergeRequest) -> Result<Outcome, ExportError> {
         title: title(req.out),
         method: if svd { "merge-svd" } else { "merge-exact" },
         rank_rule: svd.then(|| req.options.svd.rule.describe()),
+        dynamic: svd && req.options.svd.rule.dynamic.is_some(),
         clamp: req.options.svd.clamp.filter(|_| svd),
         sources,
         models: None,
@@ -191,6 +192,7 @@ pub fn extract(req: &ExtractRequest) -> Result<Outcome, ExportError> {
         title: title(req.out),
         method: "extract",
         rank_rule: Some(req.options.svd.rule.describe()),
+        dynamic: req.options.svd.rule.dynamic.is_some(),
         clamp: req.options.svd.clamp,
         sources: Vec::new(),
         models: Some((

@@ -491,13 +491,18 @@ fn outcome_text(o: &stipple::export::Outcome, verbose: bool) -> String {
             o.unchanged
         ));
     }
+    let error = if o.summary.max == 0.0 {
+        "exact".to_string()
+    } else {
+        format!(
+            "relative reconstruction error mean {:.2e}, max {:.2e} ({})",
+            o.summary.mean, o.summary.max, o.summary.worst
+        )
+    };
     s.push_str(&format!(
-        "wrote {}: {} layers, {rank}; relative reconstruction error mean {:.2e}, max {:.2e} ({})\n",
+        "wrote {}: {} layers, {rank}; {error}\n",
         o.out.display(),
-        o.summary.layers,
-        o.summary.mean,
-        o.summary.max,
-        o.summary.worst
+        o.summary.layers
     ));
     s
 }

@@ -97,6 +97,8 @@ pub struct Provenance {
     /// `merge-exact`, `merge-svd` or `extract`.
     pub method: &'static str,
     pub rank_rule: Option<String>,
+    /// A dynamic rank rule was used: `ss_network_dim` is "Dynamic" as kohya's resize writes it.
+    pub dynamic: bool,
     pub clamp: Option<f64>,
     pub sources: Vec<SourceRecord>,
     /// Extract: the base and tuned model folders.
@@ -129,7 +131,11 @@ pub fn metadata(layers: &[LoraLayer], p: &Provenance) -> BTreeMap<String, String
     let mut put = |k: &str, v: String| {
         m.insert(k.to_string(), v);
     };
-    let dim = uniform_or_dynamic(layers);
+    let dim = if p.dynamic {
+        "Dynamic".into()
+    } else {
+        uniform_or_dynamic(layers)
+    };
     put("ss_network_module", "networks.lora".into());
     put("ss_network_dim", dim.clone());
     put("ss_network_alpha", dim);
