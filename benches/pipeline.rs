@@ -16,7 +16,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    match stipple::bench::run(&model, rt, SessionOptions::default(), None, 5) {
+    match stipple::bench::run(&model, rt, SessionOptions::default(), None, 5, None) {
         Ok(report) => println!("{report}"),
         Err(e) => {
             eprintln!("benchmark failed: {e}");

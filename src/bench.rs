@@ -25,6 +25,14 @@ pub struct BenchReport {
     pub vae_decode_ms: f64,
     /// A whole 20-step image, median.
     pub image_s: f64,
+    /// First UNet step after the sessions were built (includes lazy initialisation, e.g. cuDNN).
+    pub first_step_ms: f64,
+    /// Fuse mode: time from a new adapter set to sessions ready (ΔW + patch + session builds).
+    pub adapter_swap_s: Option<f64>,
+    /// One CFG step with the adapter fused (should equal the plain step: fused weights cost nothing).
+    pub unet_step_with_adapter_ms: Option<f64>,
+    /// Peak resident memory of the process (VmHWM), MB.
+    pub peak_rss_mb: Option<f64>,
     pub repeats: usize,
 }
 
@@ -51,8 +59,30 @@ impl fmt::Display for BenchReport {
             "  VAE decode                {:>9.3} ms",
             self.vae_decode_ms
         )?;
+        writeln!(
+            f,
+            "  first step after load     {:>9.3} ms",
+            self.first_step_ms
+        )?;
+        if let Some(s) = self.adapter_swap_s {
+            writeln!(f, "  adapter swap (fuse)       {:>9.3} s", s)?;
+        }
+        if let Some(s) = self.unet_step_with_adapter_ms {
+            writeln!(f, "  UNet step, adapter fused  {:>9.3} ms", s)?;
+        }
+        if let Some(m) = self.peak_rss_mb {
+            writeln!(f, "  peak host memory (RSS)    {:>9.1} MB", m)?;
+        }
         write!(f, "  image, 20 steps Euler a   {:>9.3} s", self.image_s)
     }
+}
+
+/// Peak resident set size of this process in MB (Linux `VmHWM`).
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 fn median(mut v: Vec<Duration>) -> f64 {
@@ -67,6 +97,7 @@ pub fn run(
     opts: SessionOptions,
     size: Option<(u32, u32)>,
     repeats: usize,
+    lora: Option<&Path>,
 ) -> Result<BenchReport, PipelineError> {
     let repeats = repeats.max(1);
     let device = opts.device.to_string();
@@ -87,6 +118,9 @@ pub fn run(
     te.remove(0);
     let context: Vec<f32> = ctx.iter().chain(ctx.iter()).copied().collect();
     let sample = vec![0.1f32; 2 * 4 * lh * lw];
+    let t = Instant::now();
+    g.unet(&sample, [2, 4, lh, lw], 500.0, &context)?;
+    let first_step_ms = t.elapsed().as_secs_f64() * 1e3;
     let mut unet = Vec::new();
     for i in 0..repeats * 5 + 2 {
         let t = Instant::now();
@@ -122,6 +156,36 @@ pub fn run(
         image.push(t.elapsed());
     }
     let unet_step = median(unet);
+    let (mut adapter_swap_s, mut unet_step_with_adapter_ms) = (None, None);
+    if let Some(path) = lora {
+        let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        g.set_lora_dirs(vec![dir]);
+        let mut with = job.clone();
+        with.prompt = format!("a red fox in the snow <lora:{stem}:0.8>");
+        with.steps = 1;
+        // Swap in, out and in again at another strength; each is a full fuse (ΔW, patch, sessions).
+        let mut swaps = Vec::new();
+        for s in ["0.8", "0", "0.6"] {
+            with.prompt = format!("a red fox in the snow <lora:{stem}:{s}>");
+            let t = Instant::now();
+            g.prepare(&with)?;
+            swaps.push(t.elapsed());
+        }
+        adapter_swap_s = Some(median(swaps));
+        let mut steps = Vec::new();
+        for i in 0..repeats * 5 + 2 {
+            let t = Instant::now();
+            g.unet(&sample, [2, 4, lh, lw], 500.0, &context)?;
+            if i >= 2 {
+                steps.push(t.elapsed());
+            }
+        }
+        unet_step_with_adapter_ms = Some(median(steps) * 1e3);
+    }
     Ok(BenchReport {
         model: g.model_name().to_string(),
         device,
@@ -133,6 +197,10 @@ pub fn run(
         steps_per_s: 1.0 / unet_step,
         vae_decode_ms: median(vae) * 1e3,
         image_s: median(image),
+        first_step_ms,
+        adapter_swap_s,
+        unet_step_with_adapter_ms,
+        peak_rss_mb: peak_rss_mb(),
         repeats,
     })
 }

@@ -48,17 +48,34 @@ impl CancelToken {
     }
 }
 
+/// Sees each event before it is sent (see [`Reporter::tap`]).
+type Tap<'a> = Box<dyn Fn(&Event) + 'a>;
+
 /// Where a runner sends its events.
 pub struct Reporter<'a> {
     pub id: JobId,
     tx: &'a UnboundedSender<Event>,
     pub cancel: &'a CancelToken,
+    tap: Option<Tap<'a>>,
 }
 
-impl Reporter<'_> {
+impl<'a> Reporter<'a> {
     pub fn send(&self, event: Event) {
+        if let Some(tap) = &self.tap {
+            tap(&event);
+        }
         // A closed receiver means the front end went away; nothing useful to do with the event.
         let _ = self.tx.send(event);
+    }
+
+    /// A reporter that shows every event to `f` before sending it on (e.g. to save images).
+    pub fn tap(parent: &Reporter<'a>, f: impl Fn(&Event) + 'a) -> Reporter<'a> {
+        Reporter {
+            id: parent.id,
+            tx: parent.tx,
+            cancel: parent.cancel,
+            tap: Some(Box::new(f)),
+        }
     }
 }
 
@@ -90,6 +107,7 @@ struct QueueState {
 /// Front ends' side of the engine. Cheap to clone.
 #[derive(Clone)]
 pub struct EngineHandle {
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     queue: Arc<Queue>,
     next_id: Arc<AtomicU64>,
     cancel: CancelToken,
@@ -147,6 +165,17 @@ impl EngineHandle {
         self.cancel.set(Stop::Interrupt);
         self.queue.wake.notify_all();
     }
+
+    /// [`shutdown`](Self::shutdown), then waits for the thread to end, so the runner (and its ONNX
+    /// Runtime sessions) is dropped now: a CUDA session freed during process exit, after the driver
+    /// has shut down, aborts the process.
+    pub fn shutdown_and_wait(&self) {
+        self.shutdown();
+        let handle = lock(&self.thread).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -170,13 +199,14 @@ impl Engine {
             wake: Condvar::new(),
         });
         let handle = EngineHandle {
+            thread: Arc::new(Mutex::new(None)),
             queue: queue.clone(),
             next_id: Arc::new(AtomicU64::new(1)),
             cancel: CancelToken::default(),
             events: tx.clone(),
         };
         let cancel = handle.cancel.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("stipple-engine".into())
             .spawn(move || loop {
                 let (id, job) = {
@@ -197,6 +227,7 @@ impl Engine {
                     id,
                     tx: &tx,
                     cancel: &cancel,
+                    tap: None,
                 };
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     runner.run(&job, &reporter)
@@ -211,6 +242,7 @@ impl Engine {
                 let _ = tx.send(last);
             })
             .expect("spawning the engine thread");
+        *lock(&handle.thread) = Some(thread);
         (handle, rx)
     }
 }

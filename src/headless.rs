@@ -64,7 +64,7 @@ pub fn generate(generator: Generator, args: GenerateArgs) -> Result<Vec<PathBuf>
             break Err(HeadlessError::Failed("the engine stopped".into()));
         };
         match event {
-            Event::Started { .. } => {}
+            Event::Started { .. } | Event::Preview { .. } => {}
             Event::Step(p) => {
                 if let Some(pb) = &bar {
                     pb.set_prefix(format!("image {}/{}", p.image + 1, job.batch));
@@ -111,7 +111,7 @@ pub fn generate(generator: Generator, args: GenerateArgs) -> Result<Vec<PathBuf>
     if let Some(pb) = bar {
         pb.finish_and_clear();
     }
-    engine.shutdown();
+    engine.shutdown_and_wait();
     result.map(|()| saved)
 }
 

@@ -130,6 +130,15 @@ pub enum Event {
         steps: u32,
     },
     Step(Progress),
+    /// A cheap look at the image being sampled (e.g. latent→RGB), small and sent at a few Hz at most;
+    /// front ends show the latest one and may drop any.
+    Preview {
+        id: JobId,
+        /// Which image of the batch (0-based).
+        image: u32,
+        step: u32,
+        preview: RgbImage,
+    },
     Image {
         id: JobId,
         index: u32,

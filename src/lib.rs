@@ -6,7 +6,9 @@
 //! only jobs and events.
 
 pub mod bake;
+pub mod batch;
 pub mod bench;
+pub mod config;
 pub mod engine;
 pub mod export;
 pub mod family;

@@ -18,14 +18,38 @@ struct Cli {
     /// The ONNX Runtime library (default: ORT_DYLIB_PATH, then .ort/ from scripts/setup)
     #[arg(long, global = true, value_name = "FILE")]
     ort_lib: Option<PathBuf>,
+    #[command(flatten)]
+    tui: TuiArgs,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// Flags of the workstation (`stipple` with no subcommand).
+#[derive(Args)]
+struct TuiArgs {
+    /// Model folder (default: the bundled tiny model)
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// Where to run: cpu, cuda:N or dml:N
+    #[arg(long)]
+    device: Option<String>,
+    /// A folder of LoRA files (repeatable; adds to `lora_folders` of the config)
+    #[arg(long = "lora-dir", value_name = "DIR")]
+    lora_dirs: Vec<PathBuf>,
+    /// Where finished images are saved (default: `outputs` in stipple's data folder)
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Picture protocol: auto, kitty, sixel, iterm2 or halfblocks
+    #[arg(long, value_name = "NAME")]
+    image_protocol: Option<String>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Make images from a prompt, without the TUI
     Generate(GenerateArgs),
+    /// Run a JSON-lines job file or a sweep on warm engines; resumable and shardable
+    Batch(stipple::batch::BatchArgs),
     /// Check ONNX Runtime, execution providers and a model folder
     Doctor(DoctorArgs),
     /// Measure load time, UNet steps per second, VAE decode and a whole image
@@ -229,6 +253,9 @@ struct BenchArgs {
     /// Print the report as JSON
     #[arg(long)]
     json: bool,
+    /// Also measure an adapter swap (fuse) and the step time with it fused
+    #[arg(long, value_name = "FILE")]
+    lora: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -385,13 +412,63 @@ fn cmd_bench(cli: &Cli, a: &BenchArgs) -> Result<()> {
         (None, None) => None,
         _ => bail!("give both --width and --height, or neither"),
     };
-    let report = stipple::bench::run(&dir, rt, opts, size, a.repeats)
+    let report = stipple::bench::run(&dir, rt, opts, size, a.repeats, a.lora.as_deref())
         .with_context(|| format!("benchmark of {}", dir.display()))?;
     if a.json {
         emit(&format!("{}\n", serde_json::to_string(&report)?))
     } else {
         emit(&format!("{report}\n"))
     }
+}
+
+fn cmd_tui(cli: &Cli) -> Result<()> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        bail!("the workstation needs a terminal; for scripts use `stipple generate` or `stipple batch`");
+    }
+    let a = &cli.tui;
+    let bundled = a.model.is_none();
+    let dir = a.model.clone().unwrap_or_else(default_model);
+    // Check the folder now (cheap: headers only); sessions are built on the first job.
+    let model = stipple::model::Model::open(&dir)
+        .with_context(|| format!("cannot open the model in {}", dir.display()))?;
+    let device: Device = a.device.as_deref().unwrap_or("cpu").parse()?;
+    let dirs = stipple::config::Dirs::discover();
+    let mut overrides: Vec<(&str, String)> = Vec::new();
+    if let Some(p) = &a.image_protocol {
+        overrides.push(("image.protocol", p.clone()));
+    }
+    if bundled {
+        // The bundled tiny model makes 64x64 images; the configured size is for real models.
+        let (w, h) = model.default_size();
+        overrides.push(("generation.width", w.to_string()));
+        overrides.push(("generation.height", h.to_string()));
+    }
+    let mut config = stipple::config::load(&dirs, &overrides)?;
+    config.lora_folders.extend(lora_dirs(&a.lora_dirs));
+    let rt = Runtime::get(cli.ort_lib.as_deref(), device.is_gpu())?;
+    let out_dir = a.out.clone().unwrap_or_else(|| dirs.data.join("outputs"));
+    let runner = stipple::pipeline::SavingRunner {
+        inner: stipple::pipeline::LazyGenerator::new(
+            dir,
+            rt,
+            SessionOptions { device, threads: 0 },
+            config.lora_folders.clone(),
+        ),
+        out_dir,
+    };
+    let family = model.index.family;
+    drop(model);
+    let (engine, events) = stipple::engine::Engine::spawn(runner);
+    let keep = engine.clone();
+    let result = stipple::tui::run(
+        stipple::tui::TuiOptions::new(config, dirs, Some(family)),
+        engine,
+        events,
+    );
+    keep.shutdown_and_wait();
+    result?;
+    Ok(())
 }
 
 /// `--lora-dir` flags, then `STIPPLE_LORA_DIRS`.
@@ -647,14 +724,15 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Some(Command::Generate(a)) => cmd_generate(&cli, a),
         Some(Command::Doctor(a)) => cmd_doctor(&cli, a),
+        Some(Command::Batch(a)) => {
+            stipple::batch::run(a, cli.ort_lib.as_deref(), default_model()).map_err(Into::into)
+        }
         Some(Command::Bench(a)) => cmd_bench(&cli, a),
         Some(Command::Lora(LoraCommand::Inspect(a))) => cmd_lora_inspect(a),
         Some(Command::Lora(LoraCommand::Merge(a))) => cmd_lora_merge(a),
         Some(Command::Lora(LoraCommand::Extract(a))) => cmd_lora_extract(a),
         Some(Command::Bake(a)) => cmd_bake(a),
-        None => Err(anyhow::anyhow!(
-            "the terminal workstation is not wired in yet; try `stipple generate --prompt ...`"
-        )),
+        None => cmd_tui(&cli),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -193,6 +193,15 @@ impl Generator {
         })
     }
 
+    /// Resolves the job's adapters and fuses them at their first-step strengths, without sampling:
+    /// what a front end calls to have the next image start at once.
+    pub fn prepare(&mut self, job: &Job) -> Result<(), PipelineError> {
+        let (pos, _) = parse_prompts(job)?;
+        let loras = self.adapters.resolve(&pos, &job.prompt)?;
+        let first = adapters::strengths_at(&loras, 0, job.steps.max(1) as usize);
+        self.fuse(&loras, &first)
+    }
+
     /// The folders `<lora:NAME>` tags are looked up in.
     pub fn set_lora_dirs(&mut self, dirs: Vec<PathBuf>) {
         self.adapters = AdapterCache::new(dirs);
@@ -541,6 +550,82 @@ fn build_sessions(
         unet: build(ComponentKind::Unet)?,
         vae: build(ComponentKind::VaeDecoder)?,
     })
+}
+
+/// Saves every finished image (PNG with both chunks) before passing its event on: what the TUI uses,
+/// since a workstation's images must land on disk like the headless ones.
+pub struct SavingRunner<R> {
+    pub inner: R,
+    pub out_dir: PathBuf,
+}
+
+impl<R: Runner> Runner for SavingRunner<R> {
+    fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome {
+        let dir = self.out_dir.clone();
+        let tap = Reporter::tap(out, move |e: &Event| {
+            if let Event::Image {
+                seed,
+                image,
+                infotext,
+                ..
+            } = e
+            {
+                let mut record = job.clone();
+                record.seed = *seed;
+                record.batch = 1;
+                let json = serde_json::to_string(&record).unwrap_or_default();
+                if let Err(err) = crate::image::save_png(&dir, image, *seed, infotext, &json) {
+                    tracing::error!("saving an image: {err}");
+                }
+            }
+        });
+        self.inner.run(job, &tap)
+    }
+}
+
+/// Loads the model on the first job, so a front end can start at once; a load failure fails that
+/// job (and is retried with the next one).
+pub struct LazyGenerator {
+    pub dir: PathBuf,
+    pub runtime: &'static Runtime,
+    pub opts: SessionOptions,
+    pub lora_dirs: Vec<PathBuf>,
+    generator: Option<Generator>,
+}
+
+impl LazyGenerator {
+    pub fn new(
+        dir: PathBuf,
+        runtime: &'static Runtime,
+        opts: SessionOptions,
+        lora_dirs: Vec<PathBuf>,
+    ) -> Self {
+        LazyGenerator {
+            dir,
+            runtime,
+            opts,
+            lora_dirs,
+            generator: None,
+        }
+    }
+}
+
+impl Runner for LazyGenerator {
+    fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome {
+        if self.generator.is_none() {
+            match Generator::load(&self.dir, self.runtime, self.opts.clone()) {
+                Ok(mut g) => {
+                    g.set_lora_dirs(self.lora_dirs.clone());
+                    self.generator = Some(g);
+                }
+                Err(e) => return Outcome::Failed(format!("loading {}: {e}", self.dir.display())),
+            }
+        }
+        match self.generator.as_mut() {
+            Some(g) => g.run(job, out),
+            None => Outcome::Failed("the model is not loaded".into()),
+        }
+    }
 }
 
 impl Runner for Generator {

@@ -11,4 +11,6 @@ pub mod tensor_io;
 pub mod tokenizer;
 pub mod vae;
 
-pub use generator::{validate_job, ComponentDeltas, Generator, PipelineError};
+pub use generator::{
+    validate_job, ComponentDeltas, Generator, LazyGenerator, PipelineError, SavingRunner,
+};

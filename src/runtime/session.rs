@@ -49,6 +49,19 @@ pub fn build_session(
         .map_err(recover)?
         .with_external_initializer_file_in_memory(external_file, weights)
         .map_err(recover)?;
+    // ONNX Runtime's own per-operator profiler, for `stipple bench` on a GPU box:
+    // STIPPLE_ORT_PROFILE=/tmp/prof writes /tmp/prof-<component>_<time>.json when the session ends.
+    if let Some(prefix) = std::env::var_os("STIPPLE_ORT_PROFILE") {
+        let mut p = std::path::PathBuf::from(prefix);
+        let name = format!(
+            "{}-{what}",
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        );
+        p.set_file_name(name);
+        builder = builder.with_profiling(p).map_err(recover)?;
+    }
     if opts.threads > 0 {
         builder = builder.with_intra_threads(opts.threads).map_err(recover)?;
     }

@@ -1,9 +1,16 @@
 //! One integration-test binary (one link step on 2 cores).
+
 mod adapters;
+mod batch;
 mod cli;
 mod foundation;
 mod lora;
 mod merge;
 mod pipeline_reference;
 mod prompt;
+mod tui_config;
+mod tui_flows;
+mod tui_screens;
+mod tui_smoke;
+mod tui_support;
 mod util;

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Runs stipple on the GPU machine (../shared/gpu/README.md): a full-size SD1.5-architecture model with
+# random fp16 weights (exported there), a random rank-32 LoRA, then doctor, generate and bench on
+# cuda:0, with peak device memory and ONNX Runtime's per-operator profile. Results go to $OUT.
+#
+# Expects: ONNX Runtime GPU parts in /tmp/parts (or unpacked in /tmp/ort), the diffusers wheels in
+# .whl/, and a release build at target/release/stipple (carried). Needs the machine's PyTorch.
+set -euo pipefail
+OUT=${OUT:-/tmp/stipple-gpu}
+mkdir -p "$OUT"
+NV=${NV:-/opt/torch/.venv/lib/python3.12/site-packages/nvidia}
+if [ ! -f /tmp/ort/onnxruntime/capi/libonnxruntime.so.1.31.1 ]; then
+  mkdir -p /tmp/ort && cat /tmp/parts/part* | xz -d | tar x -C /tmp/ort
+fi
+export ORT_DYLIB_PATH=/tmp/ort/onnxruntime/capi/libonnxruntime.so.1.31.1
+# stipple finds and preloads the CUDA libraries itself; this only says where this machine keeps them.
+export STIPPLE_CUDA_LIBS=$NV/cu13/lib:$NV/cudnn/lib:/usr/local/cuda-13.0/lib64
+if ! python3 -c "import diffusers" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+MODEL=${MODEL:-/tmp/sd15}
+if [ ! -f "$MODEL/model_index.json" ]; then
+  t=$(date +%s)
+  python3 scripts/export_model.py --random sd15 --dtype fp16 --device cuda --out "$MODEL" > "$OUT/export.log" 2>&1
+  echo "export: $(( $(date +%s) - t )) s" | tee -a "$OUT/summary.txt"
+fi
+mkdir -p /tmp/loras
+[ -f /tmp/loras/synth32.safetensors ] || python3 scripts/synth_lora.py "$MODEL" /tmp/loras/synth32.safetensors --rank 32 --te
+BIN=${BIN:-target/release/stipple}
+chmod +x "$BIN"
+"$BIN" doctor --model "$MODEL" | tee "$OUT/doctor.txt"
+# Peak device memory while the commands below run.
+nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$OUT/gpumem.txt" 2>/dev/null &
+smi=$!
+"$BIN" generate --device cuda:0 --model "$MODEL" --prompt "a red fox <lora:synth32:0.8>" --lora-dir /tmp/loras \
+  --steps 20 --seed 1 --out "$OUT/img" --no-preview > "$OUT/generate.jsonl" || echo "generate failed: $?"
+cat "$OUT/generate.jsonl"
+"$BIN" bench --device cuda:0 --model "$MODEL" --lora /tmp/loras/synth32.safetensors --repeats ${REPEATS:-5} > "$OUT/bench.txt" || echo "bench failed: $?"
+cat "$OUT/bench.txt"
+kill $smi 2>/dev/null || true
+echo "peak device memory: $(sort -n "$OUT/gpumem.txt" | tail -1) MiB" | tee -a "$OUT/summary.txt"
+if [ "${PROFILE:-1}" = 1 ]; then
+  rm -f /tmp/prof-*
+  STIPPLE_ORT_PROFILE=/tmp/prof "$BIN" bench --device cuda:0 --model "$MODEL" --repeats 1 > /dev/null
+  python3 - /tmp/prof-unet*.json > "$OUT/profile.txt" <<'PY'
+import json, sys, collections
+events = json.load(open(sys.argv[1]))
+by_op, runs = collections.defaultdict(lambda: [0, 0]), 0
+for e in events:
+    if e.get("cat") == "Session" and e.get("name") == "model_run":
+        runs += 1
+    if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+        continue
+    op = e.get("args", {}).get("op_name", "?")
+    by_op[op][0] += e.get("dur", 0)
+    by_op[op][1] += 1
+total = sum(v[0] for v in by_op.values())
+print(f"UNet runs profiled: {runs}; kernel time per run: {total / max(runs, 1) / 1000:.2f} ms")
+for op, (dur, n) in sorted(by_op.items(), key=lambda kv: -kv[1][0])[:25]:
+    print(f"{op:<28} {dur / max(runs, 1) / 1000:8.3f} ms/run  {100 * dur / max(total, 1):5.1f}%  {n // max(runs, 1):5d} nodes/run")
+PY
+  cat "$OUT/profile.txt"
+fi

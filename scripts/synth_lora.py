@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Writes a kohya-format LoRA with random factors for a model folder's UNet (and text encoder):
+every attention, feed-forward and projection Linear / 1x1 conv, at real shapes. For benchmarks.
+
+    python scripts/synth_lora.py MODEL_DIR OUT.safetensors [--rank 32] [--te]
+
+Needs numpy and safetensors only (reads the model's weights.safetensors headers).
+"""
+import argparse
+import json
+import struct
+
+import numpy as np
+from safetensors.numpy import save_file
+
+TARGETS = ("to_q.", "to_k.", "to_v.", "to_out.0.", "ff.net.0.proj.", "ff.net.2.", "proj_in.", "proj_out.",
+           "q_proj.", "k_proj.", "v_proj.", "out_proj.", "fc1.", "fc2.")
+
+
+def shapes(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("out")
+    ap.add_argument("--rank", type=int, default=32)
+    ap.add_argument("--te", action="store_true", help="also the text encoder")
+    a = ap.parse_args()
+    rng = np.random.default_rng(0)
+    tensors = {}
+    parts = [("unet", "lora_unet_")] + ([("text_encoder", "lora_te_")] if a.te else [])
+    for comp, prefix in parts:
+        for name, shape in shapes(f"{a.model}/{comp}/weights.safetensors").items():
+            if not name.endswith(".weight") or not any(t in name for t in TARGETS):
+                continue
+            if len(shape) == 4 and shape[2:] != [1, 1]:
+                continue
+            module = name[: -len(".weight")]
+            if comp == "text_encoder":
+                module = module.removeprefix("text_model.")
+            key = prefix + module.replace(".", "_")
+            out_f, in_f = shape[0], shape[1]
+            extra = [1, 1] if len(shape) == 4 else []
+            r = min(a.rank, out_f, in_f)
+            tensors[key + ".lora_down.weight"] = (rng.standard_normal([r, in_f] + extra) / in_f**0.5).astype(np.float16)
+            tensors[key + ".lora_up.weight"] = (rng.standard_normal([out_f, r] + extra) * 0.01).astype(np.float16)
+            tensors[key + ".alpha"] = np.array(float(r), dtype=np.float16)
+    save_file(tensors, a.out, metadata={"ss_network_module": "networks.lora", "ss_network_dim": str(a.rank)})
+    print(f"wrote {a.out}: {len(tensors) // 3} modules, rank {a.rank}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+//! Job files: JSON lines, one job (or one sweep template) per line, read with line numbers so every
+//! problem is reported as `FILE:LINE: reason` and the other lines still run.
+//!
+//! [`read_source`] loads a file or stdin; [`entries`] turns its text into [`Entry`]s (sweeps
+//! expanded); [`JobSpec::from_fields`] checks an entry's fields. Blank lines and `#` lines are skipped.
+
+use super::sweep::{self, Axis, Expanded};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobfileError {
+    #[error("cannot read the job file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Where an entry came from, for messages: `jobs.jsonl:6` or `jobs.jsonl:6 (sweep item 3)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub source: String,
+    /// 1-based line number.
+    pub line: usize,
+    /// Position in the line's sweep (0 without one).
+    pub item: usize,
+    /// Whether the line is a sweep (then `item` is worth showing).
+    pub swept: bool,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.source, self.line)?;
+        if self.swept {
+            write!(f, " (sweep item {})", self.item)?;
+        }
+        Ok(())
+    }
+}
+
+/// One job of the file after sweep expansion, or the reason its line gives none.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub origin: Origin,
+    pub body: Result<Expanded, String>,
+}
+
+/// The text of `path`, or of stdin for `-`.
+pub fn read_source(path: &Path) -> Result<Vec<u8>, JobfileError> {
+    let err = |source| JobfileError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path == Path::new("-") {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf).map_err(err)?;
+        Ok(buf)
+    } else {
+        std::fs::read(path).map_err(err)
+    }
+}
+
+/// Every job of `text`, in file order. `axes` (from `--sweep`) apply to every line, after the
+/// line's own `sweep` object.
+pub fn entries(source: &str, text: &[u8], axes: &[Axis]) -> Vec<Entry> {
+    let mut out = Vec::new();
+    for (i, raw) in text.split(|&b| b == b'\n').enumerate() {
+        let origin = Origin {
+            source: source.to_string(),
+            line: i + 1,
+            item: 0,
+            swept: false,
+        };
+        let line = match std::str::from_utf8(raw) {
+            Ok(s) => s.trim(),
+            Err(e) => {
+                out.push(Entry {
+                    origin,
+                    body: Err(format!("not UTF-8 text (byte {})", e.valid_up_to())),
+                });
+                continue;
+            }
+        };
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match expand_line(line, axes) {
+            Ok(jobs) => {
+                let swept = jobs.len() > 1 || jobs.first().is_some_and(|j| !j.vars.is_empty());
+                out.extend(jobs.into_iter().enumerate().map(|(item, e)| Entry {
+                    origin: Origin {
+                        item,
+                        swept,
+                        ..origin.clone()
+                    },
+                    body: Ok(e),
+                }));
+            }
+            Err(reason) => out.push(Entry {
+                origin,
+                body: Err(reason),
+            }),
+        }
+    }
+    out
+}
+
+fn expand_line(line: &str, axes: &[Axis]) -> Result<Vec<Expanded>, String> {
+    let value: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
+    let Value::Object(mut fields) = value else {
+        return Err("a job line must be a JSON object ({\"prompt\": ...})".into());
+    };
+    let mut all = Vec::new();
+    match fields.remove("sweep") {
+        None => {}
+        Some(Value::Object(m)) => {
+            for (name, v) in &m {
+                all.push(Axis::from_json(name, v).map_err(|e| e.to_string())?);
+            }
+        }
+        Some(_) => return Err("`sweep` must be an object: {\"seed\": \"1..8\", ...}".into()),
+    }
+    all.extend(axes.iter().cloned());
+    sweep::expand(&fields, &all).map_err(|e| e.to_string())
+}
+
+/// The fields of one job line, checked; unknown fields are errors (a typo must not be ignored).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub prompt: String,
+    #[serde(default)]
+    pub negative: String,
+    /// A1111 name or slug; default "Euler a", as `generate`.
+    pub sampler: Option<String>,
+    pub steps: Option<u32>,
+    pub cfg: Option<f32>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// Omitted: derived from the job, so reruns find it again. Negative values are refused.
+    pub seed: Option<i64>,
+    pub batch: Option<u32>,
+    /// Model folder (default: `--model`).
+    pub model: Option<PathBuf>,
+    /// Output name template, relative to `--out`.
+    pub out: Option<String>,
+}
+
+impl JobSpec {
+    pub fn from_fields(fields: &Map<String, Value>) -> Result<JobSpec, String> {
+        serde_json::from_value(Value::Object(fields.clone())).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reasons(text: &str) -> Vec<(usize, String)> {
+        entries("jobs.jsonl", text.as_bytes(), &[])
+            .into_iter()
+            .filter_map(|e| e.body.err().map(|r| (e.origin.line, r)))
+            .collect()
+    }
+
+    #[test]
+    fn bad_lines_are_reported_with_their_number_and_the_rest_survive() {
+        let text = "{\"prompt\": \"a\"}\n\n# comment\n{\"prompt\": \"b\",}\n[1]\n{\"prompt\": \"c\", \"sweep\": 3}\n{\"prompt\": \"d\"}\n";
+        let all = entries("jobs.jsonl", text.as_bytes(), &[]);
+        let lines: Vec<usize> = all.iter().map(|e| e.origin.line).collect();
+        assert_eq!(lines, vec![1, 4, 5, 6, 7]);
+        let bad = reasons(text);
+        assert_eq!(bad.len(), 3, "{bad:?}");
+        assert_eq!(bad[0].0, 4);
+        assert!(bad[0].1.contains("not valid JSON"), "{}", bad[0].1);
+        assert!(bad[1].1.contains("JSON object"), "{}", bad[1].1);
+        assert!(
+            bad[2].1.contains("`sweep` must be an object"),
+            "{}",
+            bad[2].1
+        );
+    }
+
+    #[test]
+    fn non_utf8_lines_are_errors_not_panics() {
+        let text = b"{\"prompt\": \"a\"}\n{\"prompt\": \"\xff\"}\n";
+        let all = entries("j", text, &[]);
+        assert!(all[0].body.is_ok());
+        assert!(all[1].body.as_ref().unwrap_err().contains("UTF-8"));
+    }
+
+    #[test]
+    fn a_line_sweep_and_command_line_axes_multiply() {
+        let text = r#"{"prompt": "fox {s}", "sweep": {"seed": "1..2"}}"#;
+        let axes = [Axis::parse("s=0,1").unwrap()];
+        let all = entries("j", text.as_bytes(), &axes);
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[3].origin.to_string(), "j:1 (sweep item 3)");
+        let f = &all[3].body.as_ref().unwrap().fields;
+        assert_eq!(
+            (f["seed"].clone(), f["prompt"].clone()),
+            (2.into(), "fox 1".into())
+        );
+    }
+
+    #[test]
+    fn field_errors_name_the_field() {
+        let fields = |s: &str| serde_json::from_str::<Map<String, Value>>(s).unwrap();
+        let e = JobSpec::from_fields(&fields(r#"{"prompt": "a", "stesp": 4}"#)).unwrap_err();
+        assert!(e.contains("unknown field `stesp`"), "{e}");
+        let e = JobSpec::from_fields(&fields(r#"{"negative": "a"}"#)).unwrap_err();
+        assert!(e.contains("missing field `prompt`"), "{e}");
+        let e = JobSpec::from_fields(&fields(r#"{"prompt": "a", "steps": "four"}"#)).unwrap_err();
+        assert!(e.contains("invalid type"), "{e}");
+        let ok = JobSpec::from_fields(&fields(r#"{"prompt": "a", "seed": 3}"#)).unwrap();
+        assert_eq!(ok.seed, Some(3));
+    }
+}

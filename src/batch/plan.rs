@@ -1,0 +1,160 @@
+//! Resolving job-file entries into runnable jobs: defaults from the model folder, a seed when none
+//! is given, the prompt and its `<lora:...>` tags checked, the job hash and the output name.
+//!
+//! [`Planner::plan`] does one entry; models and adapters are identified once per batch, not per job.
+
+use super::hash::{derived_seed, file_identity, job_hash, model_identity, JobHash};
+use super::jobfile::JobSpec;
+use super::naming::OutName;
+use crate::job::{Job, Sampler};
+use crate::model::Model;
+use crate::pipeline::validate_job;
+use crate::prompt::{self, Catalog, LoraDirs};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// What the command line gives every job that does not say otherwise.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub model: PathBuf,
+    /// `--lora-dir` folders, where `<lora:NAME>` is looked up.
+    pub lora_dirs: LoraDirs,
+}
+
+/// A job ready to run.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub job: Job,
+    pub model: PathBuf,
+    pub hash: JobHash,
+    pub out: OutName,
+    /// Sweep variables that made this job (for the manifest).
+    pub vars: Vec<(String, Value)>,
+}
+
+struct ModelFacts {
+    width: u32,
+    height: u32,
+    steps: u32,
+    cfg: f32,
+    identity: String,
+}
+
+/// Resolves entries; caches what it learns about models and adapters.
+pub struct Planner {
+    defaults: Defaults,
+    models: HashMap<PathBuf, Result<ModelFacts, String>>,
+    catalog: Option<Catalog>,
+    adapters: HashMap<PathBuf, Result<String, String>>,
+}
+
+impl Planner {
+    pub fn new(defaults: Defaults) -> Planner {
+        Planner {
+            defaults,
+            models: HashMap::new(),
+            catalog: None,
+            adapters: HashMap::new(),
+        }
+    }
+
+    pub fn plan(&mut self, spec: JobSpec, vars: Vec<(String, Value)>) -> Result<Planned, String> {
+        let sampler: Sampler = match &spec.sampler {
+            Some(s) => s
+                .parse()
+                .map_err(|e: crate::job::UnknownSampler| e.to_string())?,
+            None => Sampler::EulerA,
+        };
+        let seed = match spec.seed {
+            Some(s) if s < 0 => {
+                return Err(format!(
+                    "seed {s}: a batch job needs a fixed seed so a rerun can find it; \
+                     leave `seed` out for one derived from the job"
+                ))
+            }
+            other => other.map(|s| s as u64),
+        };
+        let model = spec
+            .model
+            .clone()
+            .unwrap_or_else(|| self.defaults.model.clone());
+        let facts = self.model_facts(&model)?;
+        let mut job = Job {
+            prompt: spec.prompt,
+            negative: spec.negative,
+            sampler,
+            steps: spec.steps.unwrap_or(facts.steps),
+            cfg: spec.cfg.unwrap_or(facts.cfg),
+            width: spec.width.unwrap_or(facts.width),
+            height: spec.height.unwrap_or(facts.height),
+            seed: 0,
+            batch: spec.batch.unwrap_or(1),
+        };
+        let model_id = facts.identity.clone();
+        job.seed = seed.unwrap_or_else(|| derived_seed(&job, &model_id));
+        validate_job(&job).map_err(|e| plain(e.to_string()))?;
+        let adapters = self.adapter_identities(&job)?;
+        let out = OutName::parse(spec.out.as_deref(), job.batch).map_err(|e| e.to_string())?;
+        Ok(Planned {
+            hash: job_hash(&job, &model_id, &adapters),
+            job,
+            model,
+            out,
+            vars,
+        })
+    }
+
+    fn model_facts(&mut self, dir: &Path) -> Result<&ModelFacts, String> {
+        let facts = self.models.entry(dir.to_path_buf()).or_insert_with(|| {
+            // Opening checks the folder (the same errors `generate` gives) without building sessions.
+            let m = Model::open(dir)
+                .map_err(|e| format!("cannot open the model {}: {e}", dir.display()))?;
+            let (width, height) = m.default_size();
+            let family = m.index.family.facts();
+            let names: Vec<&str> = m.index.components.iter().map(|k| k.dir_name()).collect();
+            let identity = model_identity(dir, &names).map_err(|e| e.to_string())?;
+            Ok(ModelFacts {
+                width,
+                height,
+                steps: family.default_steps,
+                cfg: family.default_cfg,
+                identity,
+            })
+        });
+        facts.as_ref().map_err(Clone::clone)
+    }
+
+    /// Each `<lora:NAME>` of the prompt resolved in the LoRA folders and fingerprinted, so editing an
+    /// adapter file makes its jobs new jobs. A name that resolves nowhere fails the job here, before
+    /// any model is loaded.
+    fn adapter_identities(&mut self, job: &Job) -> Result<BTreeMap<String, String>, String> {
+        let parsed = prompt::parse(&job.prompt).map_err(|e| plain(e.render(&job.prompt)))?;
+        let mut out = BTreeMap::new();
+        if parsed.loras.is_empty() {
+            return Ok(out);
+        }
+        let dirs = &self.defaults.lora_dirs;
+        let catalog = self.catalog.get_or_insert_with(|| Catalog::scan(dirs));
+        let resolved = catalog
+            .resolve_prompt(&parsed)
+            .map_err(|e| plain(e.render(&job.prompt)))?;
+        for (tag, adapter) in resolved {
+            let id = self
+                .adapters
+                .entry(adapter.path.clone())
+                .or_insert_with(|| file_identity(&adapter.path).map_err(|e| e.to_string()))
+                .clone()?;
+            out.insert(tag.name.clone(), id);
+        }
+        Ok(out)
+    }
+}
+
+/// A rendered prompt error without its leading `error: `: it is printed after `FILE:LINE: `.
+fn plain(text: String) -> String {
+    match text.strip_prefix("error: ") {
+        Some(rest) => rest.trim_end().to_string(),
+        None => text.trim_end().to_string(),
+    }
+}

@@ -1,0 +1,697 @@
+//! The application state and its update function: `App::update(input) -> effects`. Inputs are
+//! keys, pastes, engine events and ticks; effects (submit, cancel, quit, ...) are carried out by the
+//! event loop. No terminal and no engine here, so every flow is testable with plain values.
+
+use crate::config::Config;
+use crate::job::{Event, Job, JobId, RgbImage};
+use crate::tui::catalog::LoraEntry;
+use crate::tui::components::gallery::{Gallery, GalleryItem};
+use crate::tui::components::lora_browser::LoraBrowser;
+use crate::tui::components::preview::Preview;
+use crate::tui::components::prompt::PromptEditor;
+use crate::tui::components::queue::{JobState, Queue};
+use crate::tui::components::schedule::{Edit, ScheduleEditor};
+use crate::tui::components::settings::{SeedMode, Settings};
+use crate::tui::keymap::{Action, Context, Keymap};
+use crate::tui::overlays::confirm::Confirm;
+use crate::tui::overlays::error::ErrorPopup;
+use crate::tui::overlays::help::Help;
+use crate::tui::overlays::palette::Palette;
+use crate::tui::overlays::Overlay;
+use crate::tui::theme::Theme;
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use ratatui_image::picker::Picker;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Generate,
+    Loras,
+    Schedule,
+    Settings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Focus {
+    Prompt,
+    Negative,
+    Queue,
+    Gallery,
+}
+
+/// Everything that can happen to the app.
+#[derive(Debug, Clone)]
+pub enum Input {
+    Key(KeyEvent),
+    Paste(String),
+    Engine(Event),
+    /// The engine accepted a job the app asked for.
+    Submitted {
+        id: JobId,
+        job: Job,
+    },
+    Catalog(Vec<LoraEntry>),
+    /// A LoRA's sidecar picture, loaded after [`Effect::LoadPreview`].
+    LoraPreview {
+        path: std::path::PathBuf,
+        image: RgbImage,
+    },
+    Tick,
+    Resize,
+}
+
+/// What the app asks the outside world to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Submit(Job),
+    Cancel(JobId),
+    Interrupt,
+    Skip,
+    Quit,
+    Suspend,
+    /// Clear and repaint everything.
+    Redraw,
+    RescanLoras,
+    /// Load a picture file for the LoRA browser.
+    LoadPreview(std::path::PathBuf),
+    /// Persist a prompt to the history file.
+    SaveHistory(String),
+}
+
+/// A one-line message in the status bar until the next key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub text: String,
+    pub error: bool,
+}
+
+pub struct App {
+    pub theme: Theme,
+    pub keymap: Keymap,
+    /// `None` when pictures are off.
+    pub picker: Option<Picker>,
+    pub view: View,
+    pub focus: Focus,
+    pub prompt: PromptEditor,
+    pub negative: PromptEditor,
+    pub queue: Queue,
+    pub gallery: Gallery,
+    pub preview: Preview,
+    pub loras: LoraBrowser,
+    pub schedule: ScheduleEditor,
+    pub settings: Settings,
+    pub overlays: Vec<Overlay>,
+    pub status: Option<Status>,
+    /// Counts ticks while something runs; drives the spinner.
+    pub ticks: u64,
+    /// Something visible changed since the last draw.
+    pub dirty: bool,
+    pub history_size: usize,
+    names: Vec<String>,
+    rng: u64,
+    last_seed: Option<u64>,
+}
+
+const STRENGTH_STEP: f32 = 0.05;
+
+impl App {
+    /// `seed` seeds the random job seeds, so tests are repeatable.
+    pub fn new(
+        config: &Config,
+        theme: Theme,
+        keymap: Keymap,
+        picker: Option<Picker>,
+        seed: u64,
+    ) -> App {
+        App {
+            theme,
+            keymap,
+            picker,
+            view: View::Generate,
+            focus: Focus::Prompt,
+            prompt: PromptEditor::new("Prompt", ""),
+            negative: PromptEditor::new("Negative", ""),
+            queue: Queue::default(),
+            gallery: Gallery::default(),
+            preview: Preview::default(),
+            loras: LoraBrowser::default(),
+            schedule: ScheduleEditor::default(),
+            settings: Settings::from_config(config),
+            overlays: Vec::new(),
+            status: None,
+            ticks: 0,
+            dirty: true,
+            history_size: config.history_size,
+            names: Vec::new(),
+            rng: seed | 1,
+            last_seed: None,
+        }
+    }
+
+    /// The keymap context of what has focus.
+    pub fn context(&self) -> Context {
+        match self.view {
+            View::Generate => match self.focus {
+                Focus::Prompt | Focus::Negative => Context::Prompt,
+                Focus::Queue => Context::Queue,
+                Focus::Gallery => Context::Gallery,
+            },
+            View::Loras => Context::Loras,
+            View::Schedule => Context::Schedule,
+            View::Settings => Context::Settings,
+        }
+    }
+
+    fn editor(&mut self) -> &mut PromptEditor {
+        if self.focus == Focus::Negative {
+            &mut self.negative
+        } else {
+            &mut self.prompt
+        }
+    }
+
+    fn info(&mut self, text: impl Into<String>) {
+        self.status = Some(Status {
+            text: text.into(),
+            error: false,
+        });
+    }
+
+    fn error(&mut self, text: impl Into<String>) {
+        self.status = Some(Status {
+            text: text.into(),
+            error: true,
+        });
+    }
+
+    pub fn update(&mut self, input: Input) -> Vec<Effect> {
+        match input {
+            Input::Tick => {
+                if self.queue.running().is_some() {
+                    self.ticks = self.ticks.wrapping_add(1);
+                    self.dirty = true;
+                }
+                Vec::new()
+            }
+            Input::Key(key) if key.kind == KeyEventKind::Release => Vec::new(),
+            Input::Key(key) => {
+                self.dirty = true;
+                self.status = None;
+                let mut effects = self.on_key(key);
+                if self.view == View::Loras {
+                    effects.extend(self.loras.wanted_preview().map(Effect::LoadPreview));
+                }
+                effects
+            }
+            Input::LoraPreview { path, image } => {
+                if self.loras.preview_path.as_ref() == Some(&path) {
+                    self.dirty = true;
+                    self.loras.preview.show(image, String::new());
+                }
+                Vec::new()
+            }
+            Input::Paste(text) => {
+                self.dirty = true;
+                match self.context() {
+                    Context::Prompt => {
+                        let names = self.names.clone();
+                        self.editor().paste(&text, &names);
+                    }
+                    Context::Loras => {
+                        for c in text.lines().next().unwrap_or("").chars() {
+                            self.loras.type_char(c);
+                        }
+                    }
+                    _ => {}
+                }
+                Vec::new()
+            }
+            Input::Engine(ev) => {
+                self.dirty = true;
+                self.on_engine(ev);
+                Vec::new()
+            }
+            Input::Submitted { id, job } => {
+                self.dirty = true;
+                self.queue.push(id, job);
+                Vec::new()
+            }
+            Input::Catalog(entries) => {
+                self.dirty = true;
+                self.loras.set_entries(entries);
+                self.names = self.loras.names();
+                Vec::new()
+            }
+            Input::Resize => {
+                self.dirty = true;
+                Vec::new()
+            }
+        }
+    }
+
+    fn on_engine(&mut self, ev: Event) {
+        self.queue.on_event(&ev);
+        match ev {
+            Event::Image {
+                id,
+                index,
+                seed,
+                image,
+                infotext,
+            } => {
+                self.last_seed = Some(seed);
+                let job = self.queue.get(id).map(|e| e.job.clone());
+                self.preview
+                    .show(image.clone(), format!("#{id}.{} seed {seed}", index + 1));
+                if let Some(job) = job {
+                    self.gallery.push(GalleryItem {
+                        job_id: id,
+                        index,
+                        seed,
+                        image,
+                        infotext,
+                        job,
+                    });
+                }
+            }
+            Event::Preview {
+                id, step, preview, ..
+            } => {
+                self.preview.show(preview, format!("#{id} step {step}"));
+            }
+            Event::Failed { id, message } => {
+                self.overlays.push(Overlay::Error(ErrorPopup {
+                    title: format!("Job #{id} failed"),
+                    message,
+                }));
+            }
+            _ => {}
+        }
+    }
+
+    fn on_key(&mut self, key: KeyEvent) -> Vec<Effect> {
+        if !self.overlays.is_empty() {
+            return self.on_overlay_key(key);
+        }
+        let ctx = self.context();
+        let plain = !key
+            .modifiers
+            .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT);
+        if ctx == Context::Prompt && plain {
+            let names = self.names.clone();
+            if self.editor().completion_key(key.code, &names) {
+                return Vec::new();
+            }
+        }
+        if ctx == Context::Loras && plain {
+            match key.code {
+                KeyCode::Backspace => {
+                    self.loras.backspace();
+                    return Vec::new();
+                }
+                KeyCode::Esc if !self.loras.filter.is_empty() => {
+                    self.loras.filter.clear();
+                    return Vec::new();
+                }
+                _ => {}
+            }
+        }
+        match self.keymap.lookup(ctx, &key) {
+            Some(action) => self.apply(ctx, action),
+            None => {
+                if let (KeyCode::Char(c), true) = (key.code, plain) {
+                    match ctx {
+                        Context::Prompt => {
+                            let names = self.names.clone();
+                            self.editor().type_char(c, &names);
+                        }
+                        Context::Loras => self.loras.type_char(c),
+                        _ => {}
+                    }
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    fn on_overlay_key(&mut self, key: KeyEvent) -> Vec<Effect> {
+        let ctx = self.context();
+        let Some(top) = self.overlays.last_mut() else {
+            return Vec::new();
+        };
+        match top {
+            Overlay::Help(h) => match key.code {
+                KeyCode::Up | KeyCode::Char('k') => h.scroll = h.scroll.saturating_sub(1),
+                KeyCode::Down | KeyCode::Char('j') => h.scroll = h.scroll.saturating_add(1),
+                KeyCode::PageUp => h.scroll = h.scroll.saturating_sub(10),
+                KeyCode::PageDown => h.scroll = h.scroll.saturating_add(10),
+                KeyCode::Esc | KeyCode::Char('q') | KeyCode::Char('?') | KeyCode::F(1) => {
+                    self.overlays.pop();
+                }
+                _ => {}
+            },
+            Overlay::Palette(p) => match key.code {
+                KeyCode::Esc => {
+                    self.overlays.pop();
+                }
+                KeyCode::Up => p.selected = p.selected.saturating_sub(1),
+                KeyCode::Down => p.selected += 1,
+                KeyCode::Backspace => {
+                    p.query.pop();
+                    p.selected = 0;
+                }
+                KeyCode::Enter => {
+                    let chosen = p
+                        .entries(&self.keymap, ctx)
+                        .get(p.selected)
+                        .map(|e| (e.0, e.1));
+                    self.overlays.pop();
+                    if let Some((c, action)) = chosen {
+                        return self.apply(c, action);
+                    }
+                }
+                KeyCode::Char(c) if !key.modifiers.contains(KeyModifiers::CONTROL) => {
+                    p.query.push(c);
+                    p.selected = 0;
+                }
+                _ => {}
+            },
+            Overlay::Confirm(c) => match key.code {
+                KeyCode::Char('y') | KeyCode::Char('Y') => {
+                    let action = c.action;
+                    self.overlays.pop();
+                    if action == Action::Quit {
+                        return vec![Effect::Quit];
+                    }
+                    return self.apply(Context::Global, action);
+                }
+                KeyCode::Char('n') | KeyCode::Esc => {
+                    self.overlays.pop();
+                }
+                _ => {}
+            },
+            Overlay::Error(_) => {
+                if matches!(key.code, KeyCode::Esc | KeyCode::Enter) {
+                    self.overlays.pop();
+                }
+            }
+        }
+        if let Some(Overlay::Palette(p)) = self.overlays.last_mut() {
+            let n = p.entries(&self.keymap, ctx).len();
+            p.selected = p.selected.min(n.saturating_sub(1));
+        }
+        Vec::new()
+    }
+
+    /// Runs one action in `ctx`. Public so tests and the palette can drive the app by name.
+    pub fn apply(&mut self, ctx: Context, action: Action) -> Vec<Effect> {
+        use Action as A;
+        let names = self.names.clone();
+        match (ctx, action) {
+            (_, A::Submit) => return self.submit(),
+            (Context::Queue, A::Cancel) => match self.queue.entries.get(self.queue.selected) {
+                Some(e) if matches!(e.state, JobState::Queued | JobState::Running { .. }) => {
+                    return vec![Effect::Cancel(e.id)]
+                }
+                Some(_) => self.error("that job has already ended"),
+                None => {}
+            },
+            (_, A::Interrupt) => {
+                if self.queue.running().is_some() {
+                    self.info("interrupting…");
+                    return vec![Effect::Interrupt];
+                }
+                self.error("nothing is running");
+            }
+            (_, A::Skip) => {
+                if self.queue.running().is_some() {
+                    return vec![Effect::Skip];
+                }
+                self.error("nothing is running");
+            }
+            (_, A::Help) => self.overlays.push(Overlay::Help(Help::default())),
+            (_, A::Palette) => self.overlays.push(Overlay::Palette(Palette::default())),
+            (_, A::FocusNext) | (_, A::FocusPrev) => {
+                let order = [Focus::Prompt, Focus::Negative, Focus::Queue, Focus::Gallery];
+                let i = order.iter().position(|f| *f == self.focus).unwrap_or(0);
+                let d = if action == A::FocusNext { 1 } else { 3 };
+                self.view = View::Generate;
+                self.focus = order[(i + d) % 4];
+            }
+            (_, A::ViewGenerate) => self.view = View::Generate,
+            (_, A::ViewLoras) => self.view = View::Loras,
+            (_, A::ViewSettings) => self.view = View::Settings,
+            (_, A::ViewSchedule) => {
+                if self.view == View::Generate {
+                    if let Some(i) = self.prompt.analysis.tag_at(self.prompt.buf.cursor()) {
+                        self.schedule.tag = i;
+                        self.schedule.point = 0;
+                    }
+                }
+                self.view = View::Schedule;
+            }
+            (_, A::Back) => {
+                self.view = View::Generate;
+            }
+            (_, A::Quit) => {
+                if self.queue.active() > 0 {
+                    self.overlays.push(Overlay::Confirm(Confirm {
+                        question: format!(
+                            "{} job(s) are queued or running. Quit anyway?",
+                            self.queue.active()
+                        ),
+                        action: A::Quit,
+                    }));
+                } else {
+                    return vec![Effect::Quit];
+                }
+            }
+            (_, A::Suspend) => return vec![Effect::Suspend],
+            (_, A::Redraw) => return vec![Effect::Redraw],
+            (Context::Prompt, A::StrengthUp | A::StrengthDown) => {
+                let d = if action == A::StrengthUp {
+                    STRENGTH_STEP
+                } else {
+                    -STRENGTH_STEP
+                };
+                if let Err(e) = self.prompt.nudge_tag_at_cursor(d, &names) {
+                    self.error(e);
+                }
+            }
+            (Context::Prompt, a) => {
+                self.editor().apply(a, &names);
+            }
+            (Context::Queue, A::SelectPrev) => self.queue.select(-1),
+            (Context::Queue, A::SelectNext) => self.queue.select(1),
+            (Context::Gallery, A::SelectPrev) => self.gallery.select(-1),
+            (Context::Gallery, A::SelectNext) => self.gallery.select(1),
+            (Context::Gallery, A::Show) => {
+                if let Some(it) = self.gallery.selected() {
+                    let caption = format!("#{}.{} seed {}", it.job_id, it.index + 1, it.seed);
+                    let image = it.image.clone();
+                    self.preview.show(image, caption);
+                }
+            }
+            (Context::Gallery, A::SendToPrompt) => self.send_to_prompt(),
+            (Context::Loras, A::SelectPrev) => self.loras.select(-1),
+            (Context::Loras, A::SelectNext) => self.loras.select(1),
+            (Context::Loras, A::Insert) => self.insert_lora(),
+            (Context::Loras, A::StrengthUp | A::StrengthDown) => {
+                let d = if action == A::StrengthUp {
+                    STRENGTH_STEP
+                } else {
+                    -STRENGTH_STEP
+                };
+                self.nudge_selected_lora(d);
+            }
+            (Context::Loras, A::Rescan) => return vec![Effect::RescanLoras],
+            (Context::Schedule, a) => self.schedule_action(a),
+            (Context::Settings, A::SelectPrev) => self.settings.select(-1),
+            (Context::Settings, A::SelectNext) => self.settings.select(1),
+            (Context::Settings, A::Increase | A::Toggle) => self.settings.adjust(1),
+            (Context::Settings, A::Decrease) => self.settings.adjust(-1),
+            (Context::Settings, A::RandomSeed) => {
+                self.settings.seed = self.next_seed();
+                self.settings.seed_mode = SeedMode::Fixed;
+            }
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    fn next_seed(&mut self) -> u64 {
+        // xorshift64*: deterministic from the seed given to `new`, good enough for picking seeds.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32
+    }
+
+    /// The job the editor and settings describe now, with the seed resolved.
+    pub fn build_job(&mut self) -> Result<Job, String> {
+        if self.prompt.text().trim().is_empty() {
+            return Err("the prompt is empty".into());
+        }
+        for (which, ed) in [
+            ("prompt", &self.prompt),
+            ("negative prompt", &self.negative),
+        ] {
+            if let Some(e) = &ed.analysis.error {
+                return Err(format!("fix the {which} first: {}", e.message));
+            }
+        }
+        let s = &self.settings;
+        let seed = match s.seed_mode {
+            SeedMode::Fixed => s.seed,
+            SeedMode::Reuse => match self.last_seed {
+                Some(seed) => seed,
+                None => self.next_seed(),
+            },
+            SeedMode::Random => self.next_seed(),
+        };
+        let s = &self.settings;
+        Ok(Job {
+            prompt: self.prompt.text().to_string(),
+            negative: self.negative.text().to_string(),
+            sampler: s.sampler,
+            steps: s.steps,
+            cfg: s.cfg,
+            width: s.width,
+            height: s.height,
+            seed,
+            batch: s.batch,
+        })
+    }
+
+    fn submit(&mut self) -> Vec<Effect> {
+        match self.build_job() {
+            Ok(job) => {
+                let text = job.prompt.clone();
+                self.prompt.push_history(&text, self.history_size);
+                self.info(format!("queued (seed {})", job.seed));
+                vec![Effect::Submit(job), Effect::SaveHistory(text)]
+            }
+            Err(e) => {
+                self.error(e);
+                Vec::new()
+            }
+        }
+    }
+
+    fn send_to_prompt(&mut self) {
+        let Some(it) = self.gallery.selected().cloned() else {
+            return;
+        };
+        let names = self.names.clone();
+        self.prompt.set_text(&it.job.prompt, &names);
+        self.negative.set_text(&it.job.negative, &names);
+        let s = &mut self.settings;
+        s.sampler = it.job.sampler;
+        s.steps = it.job.steps;
+        s.cfg = it.job.cfg;
+        s.width = it.job.width;
+        s.height = it.job.height;
+        s.seed = it.seed;
+        s.seed_mode = SeedMode::Fixed;
+        self.view = View::Generate;
+        self.focus = Focus::Prompt;
+        self.info(format!(
+            "prompt and settings of #{}.{} restored (seed {})",
+            it.job_id,
+            it.index + 1,
+            it.seed
+        ));
+    }
+
+    fn insert_lora(&mut self) {
+        let Some(e) = self.loras.current().cloned() else {
+            return;
+        };
+        if let crate::tui::catalog::Compat::No(why) = &e.compat {
+            self.error(format!("{} cannot be used: {why}", e.name));
+            return;
+        }
+        let mut text = format!("<lora:{}:1>", e.name);
+        if self.settings.trigger_words && !e.triggers.is_empty() {
+            let missing: Vec<&str> = e
+                .triggers
+                .iter()
+                .map(String::as_str)
+                .filter(|t| !self.prompt.text().contains(t))
+                .collect();
+            if !missing.is_empty() {
+                text = format!("{}, {text}", missing.join(", "));
+            }
+        }
+        let at = self.prompt.buf.cursor();
+        let before = self.prompt.text()[..at].chars().next_back();
+        if before.is_some_and(|c| !c.is_whitespace()) {
+            text.insert(0, ' ');
+        }
+        let names = self.names.clone();
+        self.prompt.buf.replace(at..at, &text);
+        self.prompt.refresh(&names);
+        self.info(format!("inserted <lora:{}:1>", e.name));
+    }
+
+    fn nudge_selected_lora(&mut self, d: f32) {
+        let Some(name) = self.loras.current().map(|e| e.name.clone()) else {
+            return;
+        };
+        let names = self.names.clone();
+        match self
+            .prompt
+            .analysis
+            .tags
+            .iter()
+            .position(|t| t.name == name)
+        {
+            Some(i) => {
+                if let Err(e) = self.prompt.nudge_tag(i, d, &names) {
+                    self.error(e);
+                }
+            }
+            None => self.error(format!("{name} is not in the prompt; Enter inserts it")),
+        }
+    }
+
+    fn schedule_action(&mut self, a: Action) {
+        use Action as A;
+        let n = self.prompt.analysis.tags.len();
+        let edit = match a {
+            A::PrevPoint => Edit::PrevPoint,
+            A::NextPoint => Edit::NextPoint,
+            A::ValueUp => Edit::Value(STRENGTH_STEP),
+            A::ValueDown => Edit::Value(-STRENGTH_STEP),
+            A::ValueUpBig => Edit::Value(0.25),
+            A::ValueDownBig => Edit::Value(-0.25),
+            A::MoveLeft => Edit::Move(-0.05),
+            A::MoveRight => Edit::Move(0.05),
+            A::AddPoint => Edit::Add,
+            A::DeletePoint => Edit::Delete,
+            A::MakeConstant => Edit::Constant,
+            A::NextComponent => return self.schedule.cycle_component(1),
+            A::PrevComponent => return self.schedule.cycle_component(-1),
+            A::NextTag | A::PrevTag => {
+                if n > 0 {
+                    let d = if a == A::NextTag { 1 } else { n - 1 };
+                    self.schedule.tag = (self.schedule.tag + d) % n;
+                    self.schedule.point = 0;
+                }
+                return;
+            }
+            _ => return,
+        };
+        let Some(tag) = self.prompt.analysis.tags.get(self.schedule.tag).cloned() else {
+            self.error("no <lora:…> tag to edit");
+            return;
+        };
+        match self.schedule.edit(&tag, edit, self.settings.steps) {
+            Ok(Some(new)) => {
+                let names = self.names.clone();
+                self.prompt.rewrite_tag(self.schedule.tag, &new, &names);
+            }
+            Ok(None) => {}
+            Err(e) => self.error(e),
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Generation settings (sampler, steps, CFG, size, seed, batch, LoRA method, trigger words) as a
+//! list of fields changed with Left/Right/Enter; the values a submitted job is built from.
+
+use crate::config::{Config, LoraMethod};
+use crate::job::Sampler;
+use crate::tui::theme::Theme;
+use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Paragraph, Widget};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeedMode {
+    Random,
+    Fixed,
+    /// The seed of the last image.
+    Reuse,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub sampler: Sampler,
+    pub steps: u32,
+    pub cfg: f32,
+    pub width: u32,
+    pub height: u32,
+    pub seed_mode: SeedMode,
+    pub seed: u64,
+    pub batch: u32,
+    pub lora_method: LoraMethod,
+    pub trigger_words: bool,
+    pub lora_folders: Vec<PathBuf>,
+    pub selected: usize,
+}
+
+const FIELDS: [&str; 11] = [
+    "sampler",
+    "steps",
+    "cfg",
+    "width",
+    "height",
+    "seed mode",
+    "seed",
+    "batch",
+    "LoRA method",
+    "trigger words",
+    "LoRA folders",
+];
+
+impl Settings {
+    pub fn from_config(c: &Config) -> Settings {
+        let g = &c.generation;
+        Settings {
+            sampler: g.sampler.parse().unwrap_or(Sampler::EulerA),
+            steps: g.steps,
+            cfg: g.cfg,
+            width: g.width,
+            height: g.height,
+            seed_mode: if g.seed < 0 {
+                SeedMode::Random
+            } else {
+                SeedMode::Fixed
+            },
+            seed: g.seed.max(0) as u64,
+            batch: g.batch,
+            lora_method: g.lora_method,
+            trigger_words: g.trigger_words,
+            lora_folders: c.lora_folders.clone(),
+            selected: 0,
+        }
+    }
+
+    pub fn select(&mut self, delta: isize) {
+        self.selected =
+            (self.selected as isize + delta).clamp(0, FIELDS.len() as isize - 1) as usize;
+    }
+
+    /// Changes the selected field one notch up (`dir` > 0) or down.
+    pub fn adjust(&mut self, dir: i32) {
+        let step = |v: u32, by: u32, lo: u32, hi: u32| -> u32 {
+            let v = i64::from(v) + i64::from(dir) * i64::from(by);
+            v.clamp(i64::from(lo), i64::from(hi)) as u32
+        };
+        match self.selected {
+            0 => {
+                let i = Sampler::ALL
+                    .iter()
+                    .position(|s| *s == self.sampler)
+                    .unwrap_or(0) as i32;
+                self.sampler =
+                    Sampler::ALL[(i + dir).rem_euclid(Sampler::ALL.len() as i32) as usize];
+            }
+            1 => self.steps = step(self.steps, 1, 1, 1000),
+            2 => self.cfg = ((self.cfg + 0.5 * dir as f32).clamp(0.0, 30.0) * 2.0).round() / 2.0,
+            3 => self.width = step(self.width, 64, 64, 4096),
+            4 => self.height = step(self.height, 64, 64, 4096),
+            5 => {
+                self.seed_mode = match (self.seed_mode, dir > 0) {
+                    (SeedMode::Random, true) | (SeedMode::Reuse, false) => SeedMode::Fixed,
+                    (SeedMode::Fixed, true) | (SeedMode::Random, false) => SeedMode::Reuse,
+                    (SeedMode::Reuse, true) | (SeedMode::Fixed, false) => SeedMode::Random,
+                }
+            }
+            6 => {
+                self.seed = if dir > 0 {
+                    self.seed.saturating_add(1)
+                } else {
+                    self.seed.saturating_sub(1)
+                };
+                self.seed_mode = SeedMode::Fixed;
+            }
+            7 => self.batch = step(self.batch, 1, 1, 64),
+            8 => {
+                self.lora_method = match self.lora_method {
+                    LoraMethod::Fuse => LoraMethod::Live,
+                    LoraMethod::Live => LoraMethod::Fuse,
+                }
+            }
+            9 => self.trigger_words = !self.trigger_words,
+            _ => {}
+        }
+    }
+
+    fn value(&self, i: usize) -> String {
+        match i {
+            0 => self.sampler.name().into(),
+            1 => self.steps.to_string(),
+            2 => format!("{:.1}", self.cfg),
+            3 => self.width.to_string(),
+            4 => self.height.to_string(),
+            5 => format!("{:?}", self.seed_mode).to_lowercase(),
+            6 => self.seed.to_string(),
+            7 => self.batch.to_string(),
+            8 => format!("{:?}", self.lora_method).to_lowercase(),
+            9 => if self.trigger_words {
+                "insert with the tag"
+            } else {
+                "off"
+            }
+            .into(),
+            _ => {
+                if self.lora_folders.is_empty() {
+                    "none (set lora_folders in config.toml)".into()
+                } else {
+                    self.lora_folders
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            }
+        }
+    }
+
+    /// One line for the generate view, shortened to fit `width`.
+    pub fn summary(&self, width: usize) -> String {
+        let seed = match self.seed_mode {
+            SeedMode::Random => "random".to_string(),
+            SeedMode::Fixed => self.seed.to_string(),
+            SeedMode::Reuse => "reuse".into(),
+        };
+        let full = format!(
+            "{} · {} steps · cfg {:.1} · {}×{} · seed {} · batch {}",
+            self.sampler, self.steps, self.cfg, self.width, self.height, seed, self.batch
+        );
+        if full.chars().count() <= width {
+            return full;
+        }
+        let batch = if self.batch > 1 {
+            format!(" ×{}", self.batch)
+        } else {
+            String::new()
+        };
+        format!(
+            "{}, {} steps, cfg {}, {}×{}, seed {seed}{batch}",
+            self.sampler,
+            self.steps,
+            crate::tui::lang::fmt_num(self.cfg),
+            self.width,
+            self.height
+        )
+    }
+
+    pub fn render(&self, area: Rect, buf: &mut Buffer, theme: &Theme) {
+        let block = Block::default()
+            .borders(Borders::ALL)
+            .border_style(theme.get("ui.border.focused"))
+            .title(Span::styled(" Settings ", theme.get("ui.title.focused")));
+        let inner = block.inner(area);
+        block.render(area, buf);
+        let lines: Vec<Line> = FIELDS
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let l = Line::from(vec![
+                    Span::styled(format!(" {name:<14}"), theme.get("ui.text.muted")),
+                    Span::styled(self.value(i), theme.get("settings.value")),
+                ]);
+                if i == self.selected {
+                    l.style(theme.get("ui.selection"))
+                } else {
+                    l
+                }
+            })
+            .collect();
+        Paragraph::new(lines).render(inner, buf);
+    }
+}

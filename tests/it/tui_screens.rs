@@ -1,0 +1,199 @@
+//! Whole-screen snapshots through TestBackend: main screen at 80×24 and 160×48, help overlay,
+//! LoRA browser with an incompatible adapter, schedule editor, parse error, small terminals.
+//! Also keeps src/tui/SCREEN.txt (100×30, for the README) in step with the code.
+
+use crate::tui_support::*;
+use crossterm::event::{KeyCode, KeyModifiers};
+use stipple::tui::app::View;
+
+#[test]
+fn main_screen_80x24() {
+    let mut app = busy_app();
+    insta::assert_snapshot!("main_80x24", render(&mut app, 80, 24));
+}
+
+#[test]
+fn main_screen_160x48() {
+    let mut app = busy_app();
+    insta::assert_snapshot!("main_160x48", render(&mut app, 160, 48));
+}
+
+#[test]
+fn small_terminals_degrade() {
+    let mut app = busy_app();
+    insta::assert_snapshot!("compact_60x18", render(&mut app, 60, 18));
+    let tiny = render(&mut app, 30, 6);
+    assert!(tiny.contains("needs at least"), "{tiny}");
+}
+
+#[test]
+fn help_overlay() {
+    let mut app = busy_app();
+    press(&mut app, KeyCode::F(1));
+    insta::assert_snapshot!("help_100x30", render(&mut app, 100, 30));
+}
+
+#[test]
+fn lora_browser_marks_incompatible_adapters() {
+    let mut app = busy_app();
+    press(&mut app, KeyCode::F(2));
+    assert_eq!(app.view, View::Loras);
+    type_text(&mut app, "xl");
+    let screen = render(&mut app, 100, 30);
+    assert!(screen.contains("not insertable"), "{screen}");
+    insta::assert_snapshot!("lora_browser_incompatible", screen);
+    let before = app.prompt.text().to_string();
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(
+        app.prompt.text(),
+        before,
+        "an incompatible adapter must not be inserted"
+    );
+    assert!(app.status.as_ref().is_some_and(|s| s.error));
+}
+
+#[test]
+fn schedule_editor() {
+    let mut app = busy_app();
+    // Put the cursor inside the tag, then open the editor for it.
+    let at = app.prompt.text().find("<lora:").unwrap() + 3;
+    app.prompt.buf.set_cursor(at);
+    press(&mut app, KeyCode::F(3));
+    press(&mut app, KeyCode::Char('a'));
+    press(&mut app, KeyCode::Down);
+    press(&mut app, KeyCode::Down);
+    insta::assert_snapshot!("schedule_editor", render(&mut app, 100, 30));
+}
+
+#[test]
+fn parse_error_is_shown_at_its_span() {
+    let mut app = app();
+    type_text(&mut app, "a fox <lora:ink-style:strong=2>");
+    let screen = render(&mut app, 80, 24);
+    assert!(screen.contains("unknown key `strong`"), "{screen}");
+    insta::assert_snapshot!("prompt_error", screen);
+}
+
+#[test]
+fn error_popup_over_the_queue() {
+    let mut app = busy_app();
+    app.update(stipple::tui::app::Input::Engine(
+        stipple::job::Event::Failed {
+            id: 2,
+            message: "CUDA out of memory while decoding".into(),
+        },
+    ));
+    let screen = render(&mut app, 80, 24);
+    assert!(screen.contains("Job #2 failed"), "{screen}");
+    insta::assert_snapshot!("error_popup", screen);
+    key(&mut app, KeyCode::Enter, KeyModifiers::NONE);
+    assert!(app.overlays.is_empty());
+}
+
+#[test]
+fn screen_txt_is_current() {
+    let mut app = busy_app();
+    let screen = render(&mut app, 100, 30);
+    let text: String = screen
+        .lines()
+        .map(|l| {
+            // TestBackend's Display quotes each row; the README wants the bare rows.
+            let l = l.strip_prefix('"').unwrap_or(l);
+            let l = l.strip_suffix('"').unwrap_or(l);
+            format!("{}\n", l.trim_end())
+        })
+        .collect();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/tui/SCREEN.txt");
+    if std::env::var_os("STIPPLE_WRITE_SCREEN").is_some() {
+        std::fs::write(path, &text).unwrap();
+    }
+    let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+    assert_eq!(
+        on_disk, text,
+        "src/tui/SCREEN.txt is stale: rerun with STIPPLE_WRITE_SCREEN=1"
+    );
+}
+
+/// Column of the first cell of `needle` in `row`, comparing cell symbols.
+fn find_in_row(buf: &ratatui::buffer::Buffer, row: u16, needle: &str) -> Option<u16> {
+    let syms: Vec<&str> = (0..buf.area.width)
+        .map(|x| buf[(x, row)].symbol())
+        .collect();
+    let n: Vec<String> = needle.chars().map(String::from).collect();
+    (0..syms.len().saturating_sub(n.len()))
+        .find(|&i| syms[i..i + n.len()].iter().zip(&n).all(|(a, b)| a == b))
+        .map(|i| i as u16)
+}
+
+#[test]
+fn highlighting_colours_tags_weights_break_and_errors() {
+    use stipple::tui::event_loop::Screen;
+    let mut app = app();
+    type_text(
+        &mut app,
+        "fox <lora:ink-style:0.8> BREAK (red:1.2) <lora:pixel-art:te=x>",
+    );
+    let mut screen = stipple::tui::terminal::TestScreen::new(160, 40);
+    screen.draw(&mut app).unwrap();
+    let buf = screen.terminal.backend().buffer().clone();
+    let t = &app.theme;
+    let at = |needle: &str| {
+        buf[(
+            find_in_row(&buf, 2, needle).unwrap_or_else(|| panic!("{needle}")),
+            2,
+        )]
+            .clone()
+    };
+    assert_eq!(at("ink-style").fg, t.get("prompt.lora.name").fg.unwrap());
+    assert_eq!(at("0.8").fg, t.get("prompt.lora.value").fg.unwrap());
+    assert_eq!(at("BREAK").fg, t.get("prompt.break").fg.unwrap());
+    assert_eq!(at(":1.2").fg, t.get("prompt.weight").fg.unwrap());
+    assert!(
+        at("x>")
+            .modifier
+            .contains(ratatui::style::Modifier::UNDERLINED),
+        "the error span is underlined"
+    );
+}
+
+#[test]
+fn every_view_and_overlay_draws_at_any_size() {
+    let sizes = [
+        (1, 1),
+        (20, 5),
+        (40, 10),
+        (45, 12),
+        (79, 23),
+        (80, 24),
+        (120, 40),
+    ];
+    let keys = [KeyCode::F(2), KeyCode::F(3), KeyCode::F(4), KeyCode::Esc];
+    let mut app = busy_app();
+    app.update(stipple::tui::app::Input::Engine(
+        stipple::job::Event::Failed {
+            id: 3,
+            message: "a\nmulti-line\nmessage".into(),
+        },
+    ));
+    for (w, h) in sizes {
+        render(&mut app, w, h);
+    }
+    press(&mut app, KeyCode::Esc);
+    for k in keys {
+        press(&mut app, k);
+        for (w, h) in sizes {
+            render(&mut app, w, h);
+        }
+    }
+    for overlay in [KeyCode::F(1)] {
+        press(&mut app, overlay);
+        for (w, h) in sizes {
+            render(&mut app, w, h);
+        }
+        press(&mut app, KeyCode::Esc);
+    }
+    key(&mut app, KeyCode::Char('p'), KeyModifiers::CONTROL);
+    for (w, h) in sizes {
+        render(&mut app, w, h);
+    }
+}
