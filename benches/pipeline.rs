@@ -26,7 +26,7 @@ fn main() {
     // ΔW of a rank-32 LoRA/LoCon at real SD1.5 shapes (DESIGN.md §4 target: ≤ 1 s on 2 cores).
     for (label, w) in [
         ("attention (192 layers)", stipple::lora::bench::sd15_unet_lora(32)),
-        ("whole UNet (282 layers)", stipple::lora::bench::sd15_full_unet_lora(32)),
+        ("whole UNet", stipple::lora::bench::sd15_full_unet_lora(32)),
     ] {
         let flops: f64 = w
             .params
@@ -45,7 +45,8 @@ fn main() {
         times.sort_by(f64::total_cmp);
         let t = times[1];
         println!(
-            "ΔW rank 32, {label}: {:.3} s median of 3, {:.1} GFLOP/s ({:.1} GFLOP)",
+            "ΔW rank 32, {label} ({} layers): {:.3} s median of 3, {:.1} GFLOP/s ({:.1} GFLOP)",
+            w.params.len(),
             t,
             flops / t / 1e9,
             flops / 1e9

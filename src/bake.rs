@@ -10,9 +10,9 @@ use crate::model::{Model, ModelError};
 use crate::pipeline::adapters::{self, ActiveLora};
 use crate::pipeline::PipelineError;
 use crate::prompt;
+use crate::safetensors_out::{Dtype as OutDtype, OutTensor};
 use safetensors::Dtype;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -153,14 +153,6 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn dtype_name(d: Dtype) -> &'static str {
-    match d {
-        Dtype::F16 => "F16",
-        Dtype::BF16 => "BF16",
-        _ => "F32",
-    }
-}
-
 /// Writes `base` with `deltas` added (stored dtype kept) as a new safetensors file.
 fn write_patched(
     base: &crate::model::Checkpoint,
@@ -169,11 +161,14 @@ fn write_patched(
 ) -> std::io::Result<()> {
     let mut names: Vec<String> = base.shapes().into_keys().collect();
     names.sort();
-    let mut header = BTreeMap::new();
-    let mut blobs: Vec<Vec<u8>> = Vec::new();
-    let mut offset = 0usize;
+    let mut tensors = Vec::with_capacity(names.len());
     for name in &names {
         let Some(t) = base.tensor(name) else { continue };
+        let dtype = match t.dtype {
+            Dtype::F16 => OutDtype::F16,
+            Dtype::BF16 => OutDtype::BF16,
+            _ => OutDtype::F32,
+        };
         let bytes = match deltas.get(name) {
             None => t.data.to_vec(),
             Some(d) => {
@@ -181,55 +176,20 @@ fn write_patched(
                 for (x, dx) in v.iter_mut().zip(d) {
                     *x += dx;
                 }
-                match t.dtype {
-                    Dtype::F16 => v
-                        .iter()
-                        .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
-                        .collect(),
-                    Dtype::BF16 => v
-                        .iter()
-                        .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
-                        .collect(),
-                    _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                }
+                dtype.encode(&v)
             }
         };
-        header.insert(
-            name.clone(),
-            serde_json::json!({
-                "dtype": dtype_name(t.dtype),
-                "shape": t.shape,
-                "data_offsets": [offset, offset + bytes.len()],
-            }),
-        );
-        offset += bytes.len();
-        blobs.push(bytes);
+        tensors.push(OutTensor {
+            name: name.clone(),
+            dtype,
+            shape: t.shape.to_vec(),
+            bytes,
+        });
     }
-    let mut meta = serde_json::Map::new();
-    if let Some(m) = base.metadata() {
-        for (k, v) in m {
-            meta.insert(k.clone(), serde_json::Value::String(v.clone()));
-        }
-    }
-    meta.insert(
-        "stipple.baked".into(),
-        serde_json::Value::String("true".into()),
-    );
-    let mut obj = serde_json::Map::new();
-    obj.insert("__metadata__".into(), serde_json::Value::Object(meta));
-    for (k, v) in header {
-        obj.insert(k, v);
-    }
-    let mut head =
-        serde_json::to_vec(&serde_json::Value::Object(obj)).map_err(std::io::Error::other)?;
-    while head.len() % 8 != 0 {
-        head.push(b' ');
-    }
-    let mut f = std::io::BufWriter::new(std::fs::File::create(dest)?);
-    f.write_all(&(head.len() as u64).to_le_bytes())?;
-    f.write_all(&head)?;
-    for b in blobs {
-        f.write_all(&b)?;
-    }
-    f.flush()
+    let mut meta: BTreeMap<String, String> = base
+        .metadata()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    meta.insert("stipple.baked".into(), "true".into());
+    crate::safetensors_out::write(dest, &tensors, &meta)
 }

@@ -54,7 +54,7 @@ enum Command {
     Doctor(DoctorArgs),
     /// Measure load time, UNet steps per second, VAE decode and a whole image
     Bench(BenchArgs),
-    /// Adapter files: inspect (and more to come)
+    /// Adapter files: inspect, merge, extract
     #[command(subcommand)]
     Lora(LoraCommand),
     /// Write a model folder with adapters fused into its weights
@@ -65,6 +65,151 @@ enum Command {
 enum LoraCommand {
     /// Type per module, base family with evidence, rank/alpha, trigger words, metadata, hashes
     Inspect(InspectArgs),
+    /// Several adapters at their strengths as one kohya LoRA (exact concatenation, or SVD)
+    Merge(MergeArgs),
+    /// A kohya LoRA from the difference of two models (tuned − base), by truncated SVD
+    Extract(ExtractArgs),
+}
+
+#[derive(Args)]
+struct RankArgs {
+    /// Rank of every layer (with --sv-*: the largest rank allowed)
+    #[arg(long)]
+    rank: Option<usize>,
+    /// Rank of 3×3 convolutions (default: --rank)
+    #[arg(long)]
+    conv_rank: Option<usize>,
+    /// Rank per layer: singular values above S[0]/X (kohya resize sv_ratio)
+    #[arg(long, value_name = "X", group = "dynamic")]
+    sv_ratio: Option<f64>,
+    /// Rank per layer: keep this fraction of the Frobenius norm (kohya resize sv_fro)
+    #[arg(long, value_name = "X", group = "dynamic")]
+    sv_fro: Option<f64>,
+    /// Rank per layer: keep this fraction of the sum of singular values (kohya resize sv_cumulative)
+    #[arg(long, value_name = "X", group = "dynamic")]
+    sv_cumulative: Option<f64>,
+    /// Clamp both factors to this quantile of their values, as kohya's scripts do (e.g. 0.99)
+    #[arg(long, value_name = "Q")]
+    clamp_quantile: Option<f64>,
+}
+
+impl RankArgs {
+    fn given(&self) -> bool {
+        self.rank.is_some()
+            || self.conv_rank.is_some()
+            || self.sv_ratio.is_some()
+            || self.sv_fro.is_some()
+            || self.sv_cumulative.is_some()
+    }
+
+    fn options(&self, randomized: bool) -> Result<stipple::lora::svd::Options> {
+        use stipple::lora::svd::{Dynamic, Options, RankRule};
+        let dynamic = self
+            .sv_ratio
+            .map(Dynamic::SvRatio)
+            .or(self.sv_fro.map(Dynamic::SvFro))
+            .or(self.sv_cumulative.map(Dynamic::SvCumulative));
+        if let Some(q) = self.clamp_quantile {
+            if !(0.0..=1.0).contains(&q) {
+                bail!("--clamp-quantile {q}: give a number between 0 and 1");
+            }
+        }
+        Ok(Options {
+            rule: RankRule {
+                rank: self.rank,
+                conv_rank: self.conv_rank,
+                dynamic,
+            },
+            clamp: self.clamp_quantile,
+            randomized,
+        })
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MergeMode {
+    Exact,
+    Svd,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SaveDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<SaveDtype> for stipple::safetensors_out::Dtype {
+    fn from(d: SaveDtype) -> Self {
+        match d {
+            SaveDtype::F32 => Self::F32,
+            SaveDtype::F16 => Self::F16,
+            SaveDtype::Bf16 => Self::BF16,
+        }
+    }
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// FILE[:STRENGTH][:KEY=VALUE...] with the keys of a <lora:...> tag (te, unet, in, mid, out, lbw, dyn)
+    inputs: Vec<String>,
+    /// A prompt whose <lora:...> tags are merged too (constant strengths only)
+    #[arg(long, short)]
+    prompt: Option<String>,
+    /// A folder of LoRA files for the prompt's tags (repeatable; also STIPPLE_LORA_DIRS)
+    #[arg(long = "lora-dir", value_name = "DIR")]
+    lora_dirs: Vec<PathBuf>,
+    /// The model the adapters are for (default: the bundled tiny model)
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// The merged LoRA (.safetensors)
+    #[arg(long)]
+    out: PathBuf,
+    /// exact: concatenate LoRA/LoCon factors (lossless); svd: sum ΔW and truncate (any type).
+    /// Default: svd when a rank option is given, else exact
+    #[arg(long, value_enum)]
+    mode: Option<MergeMode>,
+    #[command(flatten)]
+    rank: RankArgs,
+    /// Stored dtype of the factors
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: SaveDtype,
+    /// Replace --out if it exists
+    #[arg(long)]
+    overwrite: bool,
+    /// List every merged module and the error of every layer
+    #[arg(long)]
+    verbose: bool,
+}
+
+#[derive(Args)]
+struct ExtractArgs {
+    /// The original model folder
+    #[arg(long, value_name = "DIR")]
+    base: PathBuf,
+    /// The fine-tuned model folder (same architecture)
+    #[arg(long, value_name = "DIR")]
+    tuned: PathBuf,
+    /// The extracted LoRA (.safetensors)
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    rank: RankArgs,
+    /// Exact SVD even for a fixed rank (default: randomized, much faster on large layers)
+    #[arg(long)]
+    full_svd: bool,
+    /// Leave out layers whose largest change is at most this
+    #[arg(long, default_value_t = 0.0)]
+    min_diff: f32,
+    /// Stored dtype of the factors
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: SaveDtype,
+    /// Replace --out if it exists
+    #[arg(long)]
+    overwrite: bool,
+    /// List the error of every layer
+    #[arg(long)]
+    verbose: bool,
 }
 
 #[derive(Args)]
@@ -354,6 +499,100 @@ fn cmd_lora_inspect(a: &InspectArgs) -> Result<()> {
     }
 }
 
+fn cmd_lora_merge(a: &MergeArgs) -> Result<()> {
+    use stipple::lora::merge::{MergeOptions, Mode};
+    let mode = match a.mode {
+        Some(MergeMode::Exact) => Mode::Exact,
+        Some(MergeMode::Svd) => Mode::Svd,
+        None if a.rank.given() => Mode::Svd,
+        None => Mode::Exact,
+    };
+    if mode == Mode::Exact && (a.rank.given() || a.rank.clamp_quantile.is_some()) {
+        bail!(
+            "exact mode keeps every rank; --rank, --sv-* and --clamp-quantile belong to --mode svd"
+        );
+    }
+    let model = a.model.clone().unwrap_or_else(default_model);
+    let outcome = stipple::export::merge(&stipple::export::MergeRequest {
+        model_dir: &model,
+        files: &a.inputs,
+        prompt: a.prompt.as_deref(),
+        lora_dirs: lora_dirs(&a.lora_dirs),
+        out: &a.out,
+        options: MergeOptions {
+            mode,
+            svd: a.rank.options(false)?,
+        },
+        dtype: a.dtype.into(),
+        overwrite: a.overwrite,
+    })?;
+    emit(&outcome_text(&outcome, a.verbose))
+}
+
+fn cmd_lora_extract(a: &ExtractArgs) -> Result<()> {
+    if !a.rank.given() {
+        bail!("give --rank R (or --sv-ratio, --sv-fro, --sv-cumulative)");
+    }
+    let outcome = stipple::export::extract(&stipple::export::ExtractRequest {
+        base: &a.base,
+        tuned: &a.tuned,
+        out: &a.out,
+        options: stipple::lora::extract::ExtractOptions {
+            svd: a.rank.options(!a.full_svd)?,
+            min_diff: a.min_diff,
+        },
+        dtype: a.dtype.into(),
+        overwrite: a.overwrite,
+    })?;
+    emit(&outcome_text(&outcome, a.verbose))
+}
+
+fn outcome_text(o: &stipple::export::Outcome, verbose: bool) -> String {
+    let mut s = String::new();
+    if let Some((report, dropped)) = &o.merged {
+        if verbose {
+            s.push_str(&format!("{report}"));
+        }
+        for d in dropped {
+            s.push_str(&format!("not carried: {d}\n"));
+        }
+    }
+    if verbose {
+        for l in &o.layers {
+            s.push_str(&format!(
+                "  {:?} {} rank {} (chosen {}), error {:.3e}\n",
+                l.component, l.path, l.rank, l.chosen_rank, l.error
+            ));
+        }
+    }
+    let ranks: std::collections::BTreeSet<usize> = o.layers.iter().map(|l| l.rank).collect();
+    let rank = match (ranks.first(), ranks.last()) {
+        (Some(a), Some(b)) if a == b => format!("rank {a}"),
+        (Some(a), Some(b)) => format!("ranks {a}–{b}"),
+        _ => String::new(),
+    };
+    if o.unchanged > 0 {
+        s.push_str(&format!(
+            "{} weights are the same in both models\n",
+            o.unchanged
+        ));
+    }
+    let error = if o.summary.max == 0.0 {
+        "exact".to_string()
+    } else {
+        format!(
+            "relative reconstruction error mean {:.2e}, max {:.2e} ({})",
+            o.summary.mean, o.summary.max, o.summary.worst
+        )
+    };
+    s.push_str(&format!(
+        "wrote {}: {} layers, {rank}; {error}\n",
+        o.out.display(),
+        o.summary.layers
+    ));
+    s
+}
+
 fn cmd_bake(a: &BakeArgs) -> Result<()> {
     let dir = a.model.clone().unwrap_or_else(default_model);
     let loras = a
@@ -499,6 +738,8 @@ fn main() -> ExitCode {
         }
         Some(Command::Bench(a)) => cmd_bench(&cli, a),
         Some(Command::Lora(LoraCommand::Inspect(a))) => cmd_lora_inspect(a),
+        Some(Command::Lora(LoraCommand::Merge(a))) => cmd_lora_merge(a),
+        Some(Command::Lora(LoraCommand::Extract(a))) => cmd_lora_extract(a),
         Some(Command::Bake(a)) => cmd_bake(a),
         None => cmd_tui(&cli),
     };

@@ -13,21 +13,27 @@ use thiserror::Error;
 pub mod bench;
 pub mod delta;
 pub mod detect;
+pub mod extract;
 pub mod family;
 pub mod file;
 pub mod inspect;
 pub mod keys;
 pub mod ldm;
+pub mod linalg;
+pub mod merge;
 pub mod peft;
 pub mod region;
 pub mod report;
+pub mod svd;
 pub mod tensor;
 pub mod triggers;
+pub mod write;
 
 pub use delta::DeltaError;
 pub use detect::{AdapterType, Detected};
 pub use file::{Adapter, FileError};
 pub use inspect::{inspect, Inspection};
+pub use merge::{merge, MergeError, MergeOptions, Mode};
 pub use region::Region;
 pub use report::{AdapterReport, Applied, ApplyReport, Skipped};
 
@@ -181,15 +187,7 @@ pub fn compute_deltas(
     adapters: &[(&Adapter, Strengths)],
     model: &ModelParams,
 ) -> Result<(Deltas, ApplyReport), LoraError> {
-    let mut guesses = Vec::with_capacity(adapters.len());
-    for (a, _) in adapters {
-        let g = family::guess(a);
-        family::check(&g, model.family, &model.params).map_err(|message| LoraError::Family {
-            adapter: a.name(),
-            message,
-        })?;
-        guesses.push(g);
-    }
+    let guesses = check_families(adapters.iter().map(|(a, _)| *a), model)?;
     let index = KeyIndex::build(&model.params);
     let params: HashMap<(Component, &str), &TargetParam> = model
         .params
@@ -204,23 +202,7 @@ pub fn compute_deltas(
             family: guess,
             ..Default::default()
         };
-        let mut groups: BTreeMap<usize, BTreeMap<Kind, &str>> = BTreeMap::new();
-        for key in adapter.tensors().keys() {
-            match index.parse(key) {
-                Some((_, Kind::Unsupported)) => {
-                    rep.skip(key, "known key kind that stipple does not apply")
-                }
-                Some((id, kind)) => {
-                    if let Some(prev) = groups.entry(id).or_default().insert(kind, key) {
-                        rep.skip(
-                            prev,
-                            "a second key of the same kind for one module; the other one is used",
-                        );
-                    }
-                }
-                None => rep.skip(key, "no module of the model has this name"),
-            }
-        }
+        let groups = group_keys(adapter, &index, &mut rep);
         let peft = peft::PeftAlpha::from_metadata(adapter.metadata());
         let job = Job {
             adapter,
@@ -263,23 +245,104 @@ pub fn compute_deltas(
                 }
             }
         }
-        // Incomplete modules are reported through `skipped` by module_delta returning None.
-        for (id, kinds) in &groups {
-            if detect::detect(&kinds_only(kinds)).is_none() {
-                for key in kinds.values() {
-                    rep.skip(
-                        key,
-                        &format!(
-                            "module {} has no complete adapter type",
-                            index.module(*id).path
-                        ),
-                    );
-                }
-            }
-        }
+        skip_incomplete(&groups, &index, &mut rep);
         report.adapters.push(rep);
     }
     Ok((deltas, report))
+}
+
+/// Family checks for every adapter, before anything is computed (shared by apply, merge).
+pub(crate) fn check_families<'a>(
+    adapters: impl Iterator<Item = &'a Adapter>,
+    model: &ModelParams,
+) -> Result<Vec<family::FamilyGuess>, LoraError> {
+    adapters
+        .map(|a| {
+            let g = family::guess(a);
+            family::check(&g, model.family, &model.params).map_err(|message| {
+                LoraError::Family {
+                    adapter: a.name(),
+                    message,
+                }
+            })?;
+            Ok(g)
+        })
+        .collect()
+}
+
+/// An adapter's keys grouped by the model module they name; unplaceable keys go to `rep.skipped`.
+pub(crate) fn group_keys<'a>(
+    adapter: &'a Adapter,
+    index: &KeyIndex,
+    rep: &mut AdapterReport,
+) -> BTreeMap<usize, BTreeMap<Kind, &'a str>> {
+    let mut groups: BTreeMap<usize, BTreeMap<Kind, &str>> = BTreeMap::new();
+    for key in adapter.tensors().keys() {
+        match index.parse(key) {
+            Some((_, Kind::Unsupported)) => {
+                rep.skip(key, "known key kind that stipple does not apply")
+            }
+            Some((id, kind)) => {
+                if let Some(prev) = groups.entry(id).or_default().insert(kind, key) {
+                    rep.skip(
+                        prev,
+                        "a second key of the same kind for one module; the other one is used",
+                    );
+                }
+            }
+            None => rep.skip(key, "no module of the model has this name"),
+        }
+    }
+    groups
+}
+
+/// Reports the keys of modules whose kinds make no complete adapter type.
+pub(crate) fn skip_incomplete(
+    groups: &BTreeMap<usize, BTreeMap<Kind, &str>>,
+    index: &KeyIndex,
+    rep: &mut AdapterReport,
+) {
+    for (id, kinds) in groups {
+        if detect::detect(&kinds_only(kinds)).is_none() {
+            for key in kinds.values() {
+                rep.skip(
+                    key,
+                    &format!(
+                        "module {} has no complete adapter type",
+                        index.module(*id).path
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// A module's decoded tensors (PEFT alpha filled in from the file's metadata) with warnings about
+/// non-finite values.
+pub(crate) fn load_module(
+    adapter: &Adapter,
+    kinds: &BTreeMap<Kind, &str>,
+    peft: Option<&peft::PeftAlpha>,
+    module: &keys::ModuleRef,
+) -> Result<(ModuleTensors, Vec<String>), FileError> {
+    let mut t = ModuleTensors::default();
+    let mut warnings = Vec::new();
+    for (kind, key) in kinds {
+        let x = adapter.tensor(key)?;
+        let bad = x.data.iter().filter(|v| !v.is_finite()).count();
+        if bad > 0 {
+            warnings.push(format!("{key}: {bad} NaN/Inf values"));
+        }
+        t.by_kind.insert(*kind, x);
+    }
+    if let (Some(p), false, Some(down)) = (peft, t.has(Kind::Alpha), t.get(Kind::Down)) {
+        let rank = down.shape.first().copied().unwrap_or(0);
+        if let Some(a) = p.alpha(module.component, &module.path, rank) {
+            t.by_kind
+                .insert(Kind::Alpha, tensor::Tensor::new(vec![], vec![a]));
+        }
+    }
+    Ok((t, warnings))
 }
 
 /// A placeholder tensor set with only the kinds, for type detection without decoding.
@@ -311,26 +374,10 @@ fn module_delta(
     let Some(target) = params.get(&(module.component, wname.as_str())) else {
         return Ok(None);
     };
-    let mut t = ModuleTensors::default();
-    let mut warnings = Vec::new();
-    for (kind, key) in kinds {
-        let x = adapter.tensor(key)?;
-        let bad = x.data.iter().filter(|v| !v.is_finite()).count();
-        if bad > 0 {
-            warnings.push(format!("{key}: {bad} NaN/Inf values"));
-        }
-        t.by_kind.insert(*kind, x);
-    }
+    let (t, warnings) = load_module(adapter, kinds, peft, module)?;
     let Some(det) = detect::detect(&t) else {
         return Ok(None);
     };
-    if let (Some(p), false, Some(down)) = (peft, t.has(Kind::Alpha), t.get(Kind::Down)) {
-        let rank = down.shape.first().copied().unwrap_or(0);
-        if let Some(a) = p.alpha(module.component, &module.path, rank) {
-            t.by_kind
-                .insert(Kind::Alpha, tensor::Tensor::new(vec![], vec![a]));
-        }
-    }
     let mu = strengths.for_param(module.component, &wname);
     let conv = target.shape.len() == 4 && target.shape[2..].iter().product::<usize>() > 1;
     let label = det.label(conv);

@@ -169,6 +169,37 @@ pub fn target_params(model: &Model) -> Vec<TargetParam> {
     out
 }
 
+/// The pristine base weights of the model as f32, by component and diffusers name.
+pub fn base_weights(model: &Model) -> impl Fn(Component, &str) -> Option<Vec<f32>> + Sync + '_ {
+    move |c: Component, name: &str| {
+        model
+            .component(model_kind(c))?
+            .weights
+            .tensor(name)
+            .map(|t| t.to_f32())
+    }
+}
+
+/// The engine's strengths of adapter `i` at `key`: te, in/mid/out, block weights, DyLoRA rank.
+pub fn strengths_of(l: &ActiveLora, key: &StrengthKey, i: usize) -> Strengths {
+    let [unet_in, unet_mid, unet_out] = key.unet[i];
+    let blocks: Option<Arc<lora::BlockFn>> = l.tag.lbw.clone().map(|lbw| {
+        let f: Arc<lora::BlockFn> = Arc::new(move |c: Component, name: &str| match c {
+            Component::Unet => lbw.weight_for_unet_module(name),
+            _ => lbw.text_encoder_weight(),
+        });
+        f
+    });
+    Strengths {
+        te: key.te[i],
+        unet_in,
+        unet_mid,
+        unet_out,
+        blocks,
+        dyn_rank: l.tag.dyn_.map(|d| d as usize),
+    }
+}
+
 /// ΔW per component for `loras` at `key`'s strengths (te for the text encoders, in/mid/out for the
 /// UNet, each times its block weight), computed against the pristine base weights.
 pub fn compute(
@@ -176,13 +207,7 @@ pub fn compute(
     loras: &[ActiveLora],
     key: &StrengthKey,
 ) -> Result<(ComponentDeltas, ApplyReport), PipelineError> {
-    let base = |c: Component, name: &str| -> Option<Vec<f32>> {
-        model
-            .component(model_kind(c))?
-            .weights
-            .tensor(name)
-            .map(|t| t.to_f32())
-    };
+    let base = base_weights(model);
     let params = ModelParams {
         family: model.index.family,
         params: target_params(model),
@@ -191,27 +216,7 @@ pub fn compute(
     let pairs: Vec<(&Adapter, Strengths)> = loras
         .iter()
         .enumerate()
-        .map(|(i, l)| {
-            let [unet_in, unet_mid, unet_out] = key.unet[i];
-            let blocks: Option<Arc<lora::BlockFn>> = l.tag.lbw.clone().map(|lbw| {
-                let f: Arc<lora::BlockFn> = Arc::new(move |c: Component, name: &str| match c {
-                    Component::Unet => lbw.weight_for_unet_module(name),
-                    _ => lbw.text_encoder_weight(),
-                });
-                f
-            });
-            (
-                l.adapter.as_ref(),
-                Strengths {
-                    te: key.te[i],
-                    unet_in,
-                    unet_mid,
-                    unet_out,
-                    blocks,
-                    dyn_rank: l.tag.dyn_.map(|d| d as usize),
-                },
-            )
-        })
+        .map(|(i, l)| (l.adapter.as_ref(), strengths_of(l, key, i)))
         .collect();
     let (deltas, report) =
         lora::compute_deltas(&pairs, &params).map_err(|e| PipelineError::Adapter(e.to_string()))?;

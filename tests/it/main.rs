@@ -5,6 +5,7 @@ mod batch;
 mod cli;
 mod foundation;
 mod lora;
+mod merge;
 mod pipeline_reference;
 mod prompt;
 mod sdxl;
