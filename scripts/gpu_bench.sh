@@ -39,6 +39,11 @@ smi=$!
 cat "$OUT/generate.jsonl"
 "$BIN" bench --device cuda:0 --model "$MODEL" --lora /tmp/loras/synth32.safetensors --repeats ${REPEATS:-5} > "$OUT/bench.txt" || echo "bench failed: $?"
 cat "$OUT/bench.txt"
+if [ "${STATIC:-1}" = 1 ]; then
+  "$BIN" bench --device cuda:0 --model "$MODEL" --lora /tmp/loras/synth32.safetensors --repeats ${REPEATS:-5} \
+    --static-shapes > "$OUT/bench-static.txt" || echo "static bench failed: $?"
+  cat "$OUT/bench-static.txt"
+fi
 kill $smi 2>/dev/null || true
 echo "peak device memory: $(sort -n "$OUT/gpumem.txt" | tail -1) MiB" | tee -a "$OUT/summary.txt"
 if [ "${PROFILE:-1}" = 1 ]; then
