@@ -239,7 +239,7 @@ pub fn run(
         let mut steps = Vec::new();
         for i in 0..repeats * 5 + 2 {
             let t = Instant::now();
-            g.unet(&sample, [2, 4, lh, lw], 500.0, &context)?;
+            g.unet_added(&sample, [2, 4, lh, lw], 500.0, &context, added)?;
             if i >= 2 {
                 steps.push(t.elapsed());
             }
