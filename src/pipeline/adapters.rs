@@ -169,6 +169,28 @@ pub fn target_params(model: &Model) -> Vec<TargetParam> {
     out
 }
 
+/// The strengths of adapter `i` at `key` (te for the text encoders, in/mid/out for the UNet, each
+/// times its block weight): shared by the fuse path and live mode's scale vectors.
+pub fn strengths_for(loras: &[ActiveLora], key: &StrengthKey, i: usize) -> Strengths {
+    let l = &loras[i];
+    let [unet_in, unet_mid, unet_out] = key.unet[i];
+    let blocks: Option<Arc<lora::BlockFn>> = l.tag.lbw.clone().map(|lbw| {
+        let f: Arc<lora::BlockFn> = Arc::new(move |c: Component, name: &str| match c {
+            Component::Unet => lbw.weight_for_unet_module(name),
+            _ => lbw.text_encoder_weight(),
+        });
+        f
+    });
+    Strengths {
+        te: key.te[i],
+        unet_in,
+        unet_mid,
+        unet_out,
+        blocks,
+        dyn_rank: l.tag.dyn_.map(|d| d as usize),
+    }
+}
+
 /// ΔW per component for `loras` at `key`'s strengths (te for the text encoders, in/mid/out for the
 /// UNet, each times its block weight), computed against the pristine base weights.
 pub fn compute(
@@ -191,27 +213,7 @@ pub fn compute(
     let pairs: Vec<(&Adapter, Strengths)> = loras
         .iter()
         .enumerate()
-        .map(|(i, l)| {
-            let [unet_in, unet_mid, unet_out] = key.unet[i];
-            let blocks: Option<Arc<lora::BlockFn>> = l.tag.lbw.clone().map(|lbw| {
-                let f: Arc<lora::BlockFn> = Arc::new(move |c: Component, name: &str| match c {
-                    Component::Unet => lbw.weight_for_unet_module(name),
-                    _ => lbw.text_encoder_weight(),
-                });
-                f
-            });
-            (
-                l.adapter.as_ref(),
-                Strengths {
-                    te: key.te[i],
-                    unet_in,
-                    unet_mid,
-                    unet_out,
-                    blocks,
-                    dyn_rank: l.tag.dyn_.map(|d| d as usize),
-                },
-            )
-        })
+        .map(|(i, l)| (l.adapter.as_ref(), strengths_for(loras, key, i)))
         .collect();
     let (deltas, report) =
         lora::compute_deltas(&pairs, &params).map_err(|e| PipelineError::Adapter(e.to_string()))?;

@@ -13,6 +13,7 @@ use super::vae;
 use crate::engine::{Outcome, Reporter, Runner, Stop};
 use crate::image::format_infotext;
 use crate::job::{Event, Job, Progress, RgbImage};
+use crate::live::{self, Dials, LiveError, LiveOptions, LiveUnet, LoraMethod};
 use crate::lora::ApplyReport;
 use crate::model::layout::ComponentKind;
 use crate::model::{Model, ModelError};
@@ -48,6 +49,8 @@ pub enum PipelineError {
     Prompt(String),
     #[error("{0}")]
     Adapter(String),
+    #[error(transparent)]
+    Live(#[from] LiveError),
 }
 
 fn run_err(what: &'static str) -> impl Fn(ort::Error) -> PipelineError {
@@ -133,6 +136,13 @@ pub struct Generator {
     pub last_fuse: Option<FuseStats>,
     /// (latent height, latent width) the VAE session was built for, with static shapes.
     vae_dims: Option<[i64; 2]>,
+    /// Live mode (issue 5): how adapters reach the weights, the live UNet, strength dials.
+    pub lora_method: LoraMethod,
+    pub live_opts: LiveOptions,
+    live: Option<LiveUnet>,
+    dials: Dials,
+    /// How many times prompt conditioning was computed (one per distinct text-encoder strength set).
+    pub encodes: usize,
 }
 
 /// Parses the prompt and the negative prompt; LoRA tags belong in the prompt only.
@@ -215,6 +225,11 @@ impl Generator {
             last_report: None,
             last_fuse: None,
             vae_dims: None,
+            lora_method: LoraMethod::default(),
+            live_opts: LiveOptions::default(),
+            live: None,
+            dials: Dials::default(),
+            encodes: 0,
         })
     }
 
@@ -500,12 +515,13 @@ impl Generator {
         let loras = self.adapters.resolve(&pos, &job.prompt)?;
         let steps = job.steps as usize;
         // Everything that can fail on the adapters' side fails here, before the first step.
-        let first = adapters::strengths_at(&loras, 0, steps);
+        let first = self.step_key(&loras, 0, steps);
+        let mode = self.live_mask(&loras);
         let factor = self.model.index.vae_scale_factor.max(1) as usize;
         let (h, w) = (job.height as usize / factor, job.width as usize / factor);
         let seq = self.context_len(&pos, &neg) as i64;
         let dims = self.opts.static_shapes.then_some([h as i64, w as i64, seq]);
-        self.fuse(&loras, &first, dims)?;
+        self.fuse_step(&loras, &mode, &first, dims)?;
         self.ensure_vae_dims(h, w)?;
         // Conditioning per distinct set of text-encoder strengths: a schedule with k distinct
         // values encodes k times, not once per step.
@@ -526,13 +542,14 @@ impl Generator {
             let started = Instant::now();
             let mut skipped = false;
             for (i, &t) in timesteps.iter().enumerate() {
-                let key = adapters::strengths_at(&loras, i, timesteps.len());
-                self.fuse(&loras, &key, dims)?;
+                let key = self.step_key(&loras, i, timesteps.len());
+                self.fuse_step(&loras, &mode, &key, dims)?;
                 let te_key = format!("{:?}", self.fused.te);
                 let context = match contexts.get(&te_key) {
                     Some(c) => c.clone(),
                     None => {
                         let (cond, uncond) = self.conditioning(&pos, &neg)?;
+                        self.encodes += 1;
                         // diffusers batches CFG as [uncond, cond].
                         let c: Arc<Vec<f32>> =
                             Arc::new(uncond.iter().chain(cond.iter()).copied().collect());
@@ -550,7 +567,7 @@ impl Generator {
                 }
                 let x = sched.scale_model_input(&latents, i);
                 let doubled: Vec<f32> = x.iter().chain(x.iter()).copied().collect();
-                let out = self.unet(&doubled, [2, 4, h, w], t as f32, context.as_slice())?;
+                let out = self.unet_step(&loras, &key, &doubled, [2, 4, h, w], t as f32, context.as_slice())?;
                 let (u, c) = out.split_at(n);
                 let guided: Vec<f32> = u
                     .iter()
@@ -581,6 +598,182 @@ impl Generator {
             });
         }
         Ok(Outcome::Done)
+    }
+}
+
+// ---- Live mode (issue 5): strengths that change while sampling, without session rebuilds. ----
+impl Generator {
+    /// The dials front ends turn (shared with the engine handle).
+    pub fn dials(&self) -> Dials {
+        self.dials.clone()
+    }
+
+    pub fn set_dials(&mut self, dials: Dials) {
+        self.dials = dials;
+    }
+
+    /// The live UNet's factors (layers, SVD approximations), when the last job ran live.
+    pub fn live_factors(&self) -> Option<&live::factors::Factors> {
+        self.live.as_ref().map(|l| &l.factors)
+    }
+
+    /// Strengths at a step: the prompt's schedules with the front end's dials on top.
+    fn step_key(&self, loras: &[ActiveLora], step: usize, steps: usize) -> StrengthKey {
+        let mut key = adapters::strengths_at(loras, step, steps);
+        for (i, l) in loras.iter().enumerate() {
+            self.dials
+                .apply(&l.tag.name, &mut key.te[i], &mut key.unet[i]);
+        }
+        key
+    }
+
+    /// Which adapters run live on the UNet. The text encoder is always fused: it is small, and
+    /// conditioning is cached per distinct text-encoder strength set anyway.
+    fn live_mask(&self, loras: &[ActiveLora]) -> Vec<bool> {
+        loras
+            .iter()
+            .map(|l| match self.lora_method {
+                LoraMethod::Refuse => false,
+                LoraMethod::Live => true,
+                LoraMethod::Fuse => {
+                    [&l.tag.in_, &l.tag.mid, &l.tag.out]
+                        .iter()
+                        .any(|s| s.is_scheduled())
+                        || self.dials.dialled(&l.tag.name)
+                }
+            })
+            .collect()
+    }
+
+    /// Brings the sessions to `key`: the plain fuse path when nothing is live; otherwise the text
+    /// encoder is fused and the live UNet built (once per set of layers and static adapters).
+    fn fuse_step(
+        &mut self,
+        loras: &[ActiveLora],
+        mode: &[bool],
+        key: &StrengthKey,
+        dims: Option<[i64; 3]>,
+    ) -> Result<(), PipelineError> {
+        if !mode.iter().any(|&m| m) {
+            return self.fuse(loras, key, dims);
+        }
+        let want_te = Fused::of(loras, key).te;
+        if want_te != self.fused.te {
+            let mut te_key = key.clone();
+            te_key.unet.iter_mut().for_each(|u| *u = [0.0; 3]);
+            let (deltas, report) = adapters::compute(&self.model, loras, &te_key)?;
+            let mut stats = FuseStats::default();
+            let s = self.build_one(
+                ComponentKind::TextEncoder,
+                &deltas,
+                &self.te_dims(),
+                &mut stats,
+            )?;
+            self.sessions.text = s;
+            self.fused.te = want_te;
+            self.last_report = Some(report);
+        }
+        // Static adapters are fused into the live session's weights; live ones are branches.
+        let mut static_key = key.clone();
+        static_key.te.iter_mut().for_each(|t| *t = 0.0);
+        for (u, _) in static_key.unet.iter_mut().zip(mode).filter(|(_, &m)| m) {
+            *u = [0.0; 3];
+        }
+        let factors_key = loras
+            .iter()
+            .zip(mode)
+            .filter(|(_, &m)| m)
+            .map(|(l, _)| format!("{}/{:?}", l.path.display(), l.tag.dyn_))
+            .collect::<Vec<_>>()
+            .join(";");
+        let fresh = match &self.live {
+            Some(l) if l.factors_key == factors_key => None,
+            _ => {
+                let live: Vec<(usize, &ActiveLora)> = loras
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| mode[*i])
+                    .collect();
+                Some(live::factors::compute(
+                    &self.model,
+                    &live,
+                    self.live_opts.svd_max_error,
+                )?)
+            }
+        };
+        let layer_key = match &fresh {
+            Some(f) => live::layer_key(f),
+            None => self.live.as_ref().map(|l| live::layer_key(&l.factors)).unwrap_or_default(),
+        };
+        let session_key = format!(
+            "{layer_key}|{:?}|{dims:?}",
+            Fused::of(loras, &static_key).unet
+        );
+        match (&mut self.live, fresh) {
+            (Some(l), Some(f)) if l.session_key == session_key => l.set_factors(f, factors_key)?,
+            (Some(l), None) if l.session_key == session_key => {}
+            (current, fresh) => {
+                let factors = match (fresh, current.take()) {
+                    (Some(f), _) => f,
+                    (None, Some(l)) => l.factors,
+                    (None, None) => live::factors::Factors::default(),
+                };
+                let deltas = if static_key.unet_active() {
+                    let (mut d, _) = adapters::compute(&self.model, loras, &static_key)?;
+                    d.remove(&ComponentKind::Unet).unwrap_or_default()
+                } else {
+                    HashMap::new()
+                };
+                let built = LiveUnet::build(
+                    &self.model,
+                    self.runtime,
+                    &self.opts,
+                    &deltas,
+                    factors,
+                    &unet_dim_overrides(dims),
+                    session_key,
+                    factors_key,
+                )?;
+                self.last_fuse = Some(FuseStats {
+                    session_s: built.build_s,
+                    ..FuseStats::default()
+                });
+                *current = Some(built);
+            }
+        }
+        Ok(())
+    }
+
+    /// One CFG UNet evaluation on the live session when adapters are live, else the fused one.
+    fn unet_step(
+        &mut self,
+        loras: &[ActiveLora],
+        key: &StrengthKey,
+        sample: &[f32],
+        shape: [usize; 4],
+        timestep: f32,
+        context: &[f32],
+    ) -> Result<Vec<f32>, PipelineError> {
+        if self.live_mask(loras).iter().all(|&m| !m) {
+            return self.unet(sample, shape, timestep, context);
+        }
+        let Some(l) = self.live.as_mut() else {
+            return Err(PipelineError::Job("the live UNet is not built".into()));
+        };
+        let scales = live::scale::scales(&l.factors, loras, key);
+        let b = shape[0];
+        let seq = context.len() / (b * self.context_dim);
+        let t = vec![timestep; b];
+        let inputs = vec![
+            Input::F32("sample", shape.to_vec(), sample),
+            Input::F32("timestep", vec![b], &t),
+            Input::F32(
+                "encoder_hidden_states",
+                vec![b, seq, self.context_dim],
+                context,
+            ),
+        ];
+        Ok(l.run(inputs, &scales)?)
     }
 }
 
@@ -683,6 +876,10 @@ pub struct SavingRunner<R> {
 }
 
 impl<R: Runner> Runner for SavingRunner<R> {
+    fn dials(&self) -> Option<Dials> {
+        self.inner.dials()
+    }
+
     fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome {
         let dir = self.out_dir.clone();
         let tap = Reporter::tap(out, move |e: &Event| {
@@ -713,6 +910,8 @@ pub struct LazyGenerator {
     pub runtime: &'static Runtime,
     pub opts: SessionOptions,
     pub lora_dirs: Vec<PathBuf>,
+    pub lora_method: LoraMethod,
+    dials: Dials,
     generator: Option<Generator>,
 }
 
@@ -728,17 +927,25 @@ impl LazyGenerator {
             runtime,
             opts,
             lora_dirs,
+            lora_method: LoraMethod::default(),
+            dials: Dials::default(),
             generator: None,
         }
     }
 }
 
 impl Runner for LazyGenerator {
+    fn dials(&self) -> Option<Dials> {
+        Some(self.dials.clone())
+    }
+
     fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome {
         if self.generator.is_none() {
             match Generator::load(&self.dir, self.runtime, self.opts.clone()) {
                 Ok(mut g) => {
                     g.set_lora_dirs(self.lora_dirs.clone());
+                    g.lora_method = self.lora_method;
+                    g.set_dials(self.dials.clone());
                     self.generator = Some(g);
                 }
                 Err(e) => return Outcome::Failed(format!("loading {}: {e}", self.dir.display())),
@@ -752,6 +959,10 @@ impl Runner for LazyGenerator {
 }
 
 impl Runner for Generator {
+    fn dials(&self) -> Option<Dials> {
+        Some(self.dials.clone())
+    }
+
     fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome {
         let cancel = out.cancel.clone();
         let stop = move || {
