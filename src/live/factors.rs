@@ -93,7 +93,10 @@ pub fn compute(
         let adapter = l.adapter.as_ref();
         let g = lora::family::guess(adapter);
         lora::family::check(&g, model.index.family, &params).map_err(|message| {
-            LiveError::Adapter(format!("{}: refused, wrong base model: {message}", adapter.name()))
+            LiveError::Adapter(format!(
+                "{}: refused, wrong base model: {message}",
+                adapter.name()
+            ))
         })?;
         let dyn_rank = l.tag.dyn_.map(|d| d as usize);
         let peft = lora::peft::PeftAlpha::from_metadata(adapter.metadata());
@@ -131,9 +134,8 @@ pub fn compute(
                             .insert(Kind::Alpha, lora::tensor::Tensor::new(vec![], vec![a]));
                     }
                 }
-                let part = lora_part(&t, &target.shape, dyn_rank).map_err(|m| {
-                    LiveError::Adapter(format!("{}: {path}: {m}", adapter.name()))
-                })?;
+                let part = lora_part(&t, &target.shape, dyn_rank)
+                    .map_err(|m| LiveError::Adapter(format!("{}: {path}: {m}", adapter.name())))?;
                 per_layer.entry(wname).or_default().push((ai, part));
             } else {
                 others.push((wname, det.label(target.shape.len() == 4)));
@@ -254,7 +256,11 @@ fn svd_parts(
             Component::TextEncoder => crate::model::layout::ComponentKind::TextEncoder,
             Component::TextEncoder2 => crate::model::layout::ComponentKind::TextEncoder2,
         };
-        model.component(kind)?.weights.tensor(name).map(|t| t.to_f32())
+        model
+            .component(kind)?
+            .weights
+            .tensor(name)
+            .map(|t| t.to_f32())
     };
     let mp = ModelParams {
         family: model.index.family,
@@ -331,9 +337,7 @@ pub fn truncated_svd(
 ) -> Option<(Vec<f32>, Vec<f32>, usize, f32)> {
     let m = faer::Mat::<f32>::from_fn(o, n, |i, j| d[i * n + j]);
     let svd = m.thin_svd().ok()?;
-    let s: Vec<f64> = (0..o.min(n))
-        .map(|i| f64::from(svd.S()[i]))
-        .collect();
+    let s: Vec<f64> = (0..o.min(n)).map(|i| f64::from(svd.S()[i])).collect();
     let total: f64 = s.iter().map(|x| x * x).sum();
     if total == 0.0 {
         return None;

@@ -35,7 +35,15 @@ pub enum LiveError {
 
 /// How adapters reach the weights.
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum LoraMethod {
@@ -255,7 +263,11 @@ impl LiveUnet {
     }
 
     /// One UNet evaluation with the branches scaled by `scales` (one vector per layer).
-    pub fn run(&mut self, inputs: Vec<Input<'_>>, scales: &[Vec<f32>]) -> Result<Vec<f32>, LiveError> {
+    pub fn run(
+        &mut self,
+        inputs: Vec<Input<'_>>,
+        scales: &[Vec<f32>],
+    ) -> Result<Vec<f32>, LiveError> {
         let names: Vec<String> = (0..scales.len())
             .map(|k| rewrite::input_names(k)[2].clone())
             .collect();

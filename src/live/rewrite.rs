@@ -5,8 +5,7 @@
 use super::LiveError;
 use crate::model::onnx_proto::{
     tensor_shape_proto::{dimension, Dimension},
-    type_proto, AttributeProto, ModelProto, NodeProto, TensorShapeProto, TypeProto,
-    ValueInfoProto,
+    type_proto, AttributeProto, ModelProto, NodeProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use prost::Message;
 
@@ -64,7 +63,9 @@ fn find_site(nodes: &[NodeProto], init: &str) -> Result<Site, LiveError> {
         "Transpose" => {
             let t_out = n.output.first().cloned().unwrap_or_default();
             let mm: Vec<usize> = (0..nodes.len())
-                .filter(|&i| nodes[i].op_type() == "MatMul" && nodes[i].input.get(1) == Some(&t_out))
+                .filter(|&i| {
+                    nodes[i].op_type() == "MatMul" && nodes[i].input.get(1) == Some(&t_out)
+                })
                 .collect();
             match mm[..] {
                 [m] => site(m, Vec::new()),
@@ -73,13 +74,19 @@ fn find_site(nodes: &[NodeProto], init: &str) -> Result<Site, LiveError> {
         }
         "MatMul" if n.input.get(1).map(String::as_str) == Some(init) => site(user, Vec::new()),
         "Gemm" if n.input.get(1).map(String::as_str) == Some(init) => {
-            if n.attribute.iter().any(|a| a.name() == "transA" && a.i() != 0) {
+            if n.attribute
+                .iter()
+                .any(|a| a.name() == "transA" && a.i() != 0)
+            {
                 return Err(bad("Gemm with transA".into()));
             }
             site(user, Vec::new())
         }
         "Conv" if n.input.get(1).map(String::as_str) == Some(init) => {
-            if n.attribute.iter().any(|a| a.name() == "group" && a.i() != 1) {
+            if n.attribute
+                .iter()
+                .any(|a| a.name() == "group" && a.i() != 1)
+            {
                 return Err(bad("grouped Conv".into()));
             }
             let attrs = n
@@ -90,7 +97,9 @@ fn find_site(nodes: &[NodeProto], init: &str) -> Result<Site, LiveError> {
                 .collect();
             site(user, attrs)
         }
-        op => Err(bad(format!("consumed by {op}, which live mode does not handle"))),
+        op => Err(bad(format!(
+            "consumed by {op}, which live mode does not handle"
+        ))),
     }
 }
 
@@ -156,8 +165,11 @@ pub fn rewrite(graph: &[u8], layers: &[LiveLayer]) -> Result<Vec<u8>, LiveError>
             }
             Some([kh, kw]) => {
                 let (kh, kw) = (kh as i64, kw as i64);
-                g.input
-                    .push(tensor_input(&a, l.elem, &[r.clone(), Ok(i), Ok(kh), Ok(kw)]));
+                g.input.push(tensor_input(
+                    &a,
+                    l.elem,
+                    &[r.clone(), Ok(i), Ok(kh), Ok(kw)],
+                ));
                 g.input
                     .push(tensor_input(&b, l.elem, &[Ok(o), r.clone(), Ok(1), Ok(1)]));
                 g.input

@@ -567,7 +567,15 @@ impl Generator {
                 }
                 let x = sched.scale_model_input(&latents, i);
                 let doubled: Vec<f32> = x.iter().chain(x.iter()).copied().collect();
-                let out = self.unet_step(&loras, &key, &doubled, [2, 4, h, w], t as f32, context.as_slice())?;
+                let out = self.unet_step(
+                    &loras,
+                    &mode,
+                    &key,
+                    &doubled,
+                    [2, 4, h, w],
+                    t as f32,
+                    context.as_slice(),
+                )?;
                 let (u, c) = out.split_at(n);
                 let guided: Vec<f32> = u
                     .iter()
@@ -689,11 +697,8 @@ impl Generator {
         let fresh = match &self.live {
             Some(l) if l.factors_key == factors_key => None,
             _ => {
-                let live: Vec<(usize, &ActiveLora)> = loras
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| mode[*i])
-                    .collect();
+                let live: Vec<(usize, &ActiveLora)> =
+                    loras.iter().enumerate().filter(|(i, _)| mode[*i]).collect();
                 Some(live::factors::compute(
                     &self.model,
                     &live,
@@ -703,7 +708,11 @@ impl Generator {
         };
         let layer_key = match &fresh {
             Some(f) => live::layer_key(f),
-            None => self.live.as_ref().map(|l| live::layer_key(&l.factors)).unwrap_or_default(),
+            None => self
+                .live
+                .as_ref()
+                .map(|l| live::layer_key(&l.factors))
+                .unwrap_or_default(),
         };
         let session_key = format!(
             "{layer_key}|{:?}|{dims:?}",
@@ -748,13 +757,14 @@ impl Generator {
     fn unet_step(
         &mut self,
         loras: &[ActiveLora],
+        mode: &[bool],
         key: &StrengthKey,
         sample: &[f32],
         shape: [usize; 4],
         timestep: f32,
         context: &[f32],
     ) -> Result<Vec<f32>, PipelineError> {
-        if self.live_mask(loras).iter().all(|&m| !m) {
+        if mode.iter().all(|&m| !m) {
             return self.unet(sample, shape, timestep, context);
         }
         let Some(l) = self.live.as_mut() else {

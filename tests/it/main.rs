@@ -4,6 +4,7 @@ mod adapters;
 mod batch;
 mod cli;
 mod foundation;
+mod live;
 mod lora;
 mod pipeline_reference;
 mod prompt;
