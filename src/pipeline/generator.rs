@@ -568,9 +568,7 @@ impl Generator {
                 let x = sched.scale_model_input(&latents, i);
                 let doubled: Vec<f32> = x.iter().chain(x.iter()).copied().collect();
                 let out = self.unet_step(
-                    &loras,
-                    &mode,
-                    &key,
+                    mode.contains(&true).then_some((&loras[..], &key)),
                     &doubled,
                     [2, 4, h, w],
                     t as f32,
@@ -756,17 +754,15 @@ impl Generator {
     /// One CFG UNet evaluation on the live session when adapters are live, else the fused one.
     fn unet_step(
         &mut self,
-        loras: &[ActiveLora],
-        mode: &[bool],
-        key: &StrengthKey,
+        live: Option<(&[ActiveLora], &StrengthKey)>,
         sample: &[f32],
         shape: [usize; 4],
         timestep: f32,
         context: &[f32],
     ) -> Result<Vec<f32>, PipelineError> {
-        if mode.iter().all(|&m| !m) {
+        let Some((loras, key)) = live else {
             return self.unet(sample, shape, timestep, context);
-        }
+        };
         let Some(l) = self.live.as_mut() else {
             return Err(PipelineError::Job("the live UNet is not built".into()));
         };
