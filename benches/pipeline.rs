@@ -25,7 +25,10 @@ fn main() {
     }
     // ΔW of a rank-32 LoRA/LoCon at real SD1.5 shapes (DESIGN.md §4 target: ≤ 1 s on 2 cores).
     for (label, w) in [
-        ("attention (192 layers)", stipple::lora::bench::sd15_unet_lora(32)),
+        (
+            "attention (192 layers)",
+            stipple::lora::bench::sd15_unet_lora(32),
+        ),
         ("whole UNet", stipple::lora::bench::sd15_full_unet_lora(32)),
     ] {
         let flops: f64 = w

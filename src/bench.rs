@@ -267,3 +267,166 @@ pub fn run(
         repeats,
     })
 }
+
+/// `stipple bench --lora FILE --live`: a whole job's per-step time with the adapter fused vs live,
+/// and the time from a strength change to the end of the first step that uses it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LiveBench {
+    pub adapter: String,
+    pub steps: u32,
+    /// Median time of a sampling step (UNet with CFG + scheduler), adapter fused.
+    pub fused_step_ms: f64,
+    /// The same with the adapter live (branches, per-rank scales fed every step).
+    pub live_step_ms: f64,
+    pub overhead_pct: f64,
+    /// Live layers and their total rank.
+    pub live_layers: usize,
+    pub live_rank: usize,
+    /// Building the live UNet once (graph rewrite, weights, session).
+    pub live_build_s: f64,
+    /// Strength changed between steps → end of the next step (which uses it), live: no rebuild.
+    pub dial_to_step_live_ms: f64,
+    /// The same through the refuse path (a UNet session rebuild).
+    pub dial_to_step_refuse_ms: f64,
+}
+
+impl fmt::Display for LiveBench {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "live adapter {} ({} layers, total rank {}), {}-step jobs, medians",
+            self.adapter, self.live_layers, self.live_rank, self.steps
+        )?;
+        writeln!(
+            f,
+            "  step, adapter fused       {:>9.3} ms",
+            self.fused_step_ms
+        )?;
+        writeln!(
+            f,
+            "  step, adapter live        {:>9.3} ms  ({:+.1}%)",
+            self.live_step_ms, self.overhead_pct
+        )?;
+        writeln!(
+            f,
+            "  live UNet build (once)    {:>9.3} s",
+            self.live_build_s
+        )?;
+        writeln!(
+            f,
+            "  set_strength → step, live {:>9.3} ms",
+            self.dial_to_step_live_ms
+        )?;
+        write!(
+            f,
+            "  same, refuse (rebuild)    {:>9.3} ms",
+            self.dial_to_step_refuse_ms
+        )
+    }
+}
+
+/// Runs one job of `steps` steps with `method`; returns the step durations (the first left out:
+/// it includes session builds) and, when `dial_at` is given, the time from changing the adapter's
+/// UNet strength at that step's check to the end of the next step.
+fn timed_job(
+    g: &mut Generator,
+    job: &Job,
+    method: crate::live::LoraMethod,
+    dial: Option<(&str, u32)>,
+) -> Result<(Vec<Duration>, Option<Duration>), PipelineError> {
+    g.lora_method = method;
+    let dials = g.dials();
+    let calls = std::cell::Cell::new(0u32);
+    let dialled_at = std::cell::Cell::new(None::<Instant>);
+    let stop = || {
+        if let Some((name, at)) = dial {
+            if calls.get() == at {
+                dials.set(name, crate::prompt::Component::Unet, 0.3);
+                dialled_at.set(Some(Instant::now()));
+            }
+        }
+        calls.set(calls.get() + 1);
+        Stop::No
+    };
+    let mut marks = Vec::new();
+    let mut latency = None;
+    let r = g.generate(
+        job,
+        &stop,
+        &mut |e| {
+            if let crate::job::Event::Step(p) = e {
+                marks.push(Instant::now());
+                if let (Some((_, at)), Some(t)) = (dial, dialled_at.get()) {
+                    if p.step == at + 2 {
+                        latency = Some(t.elapsed());
+                    }
+                }
+            }
+        },
+        0,
+    );
+    dials.clear();
+    g.lora_method = crate::live::LoraMethod::default();
+    r?;
+    let steps = marks.windows(2).map(|w| w[1] - w[0]).collect();
+    Ok((steps, latency))
+}
+
+/// Measures live mode against fuse mode for the adapter `lora` on `model_dir`.
+pub fn live(
+    model_dir: &Path,
+    rt: &'static Runtime,
+    opts: SessionOptions,
+    lora: &Path,
+    steps: u32,
+) -> Result<LiveBench, PipelineError> {
+    use crate::live::LoraMethod;
+    let mut g = Generator::load(model_dir, rt, opts)?;
+    let (w, h) = g.model.default_size();
+    let dir = lora.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let stem = lora
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    g.set_lora_dirs(vec![dir]);
+    let job = Job {
+        prompt: format!("a red fox in the snow <lora:{stem}:0.8>"),
+        negative: String::new(),
+        sampler: Sampler::Euler,
+        steps: steps.max(4),
+        cfg: 7.0,
+        width: w,
+        height: h,
+        seed: 1,
+        batch: 1,
+    };
+    // Each method twice; the second run's steps count (sessions built, caches warm).
+    let mut fused = Vec::new();
+    let mut live = Vec::new();
+    for _ in 0..2 {
+        fused = timed_job(&mut g, &job, LoraMethod::Refuse, None)?.0;
+        live = timed_job(&mut g, &job, LoraMethod::Live, None)?.0;
+    }
+    let live_build_s = g.last_fuse.map_or(0.0, |f| f.session_s);
+    let (live_layers, live_rank) = g.live_factors().map_or((0, 0), |f| {
+        (f.layers.len(), f.layers.iter().map(|l| l.rank).sum())
+    });
+    let at = job.steps / 2;
+    let dial_live = timed_job(&mut g, &job, LoraMethod::Live, Some((&stem, at)))?.1;
+    let dial_refuse = timed_job(&mut g, &job, LoraMethod::Refuse, Some((&stem, at)))?.1;
+    let fused_step_ms = median(fused) * 1e3;
+    let live_step_ms = median(live) * 1e3;
+    let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+    Ok(LiveBench {
+        adapter: stem,
+        steps: job.steps,
+        fused_step_ms,
+        live_step_ms,
+        overhead_pct: (live_step_ms / fused_step_ms - 1.0) * 100.0,
+        live_layers,
+        live_rank,
+        live_build_s,
+        dial_to_step_live_ms: ms(dial_live),
+        dial_to_step_refuse_ms: ms(dial_refuse),
+    })
+}

@@ -4,6 +4,8 @@
 //! receiver. The real runner is [`crate::pipeline::Generator`]; front ends can be tested with a fake.
 
 use crate::job::{Event, Job, JobId};
+use crate::live::Dials;
+use crate::prompt::Component;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -91,6 +93,11 @@ pub enum Outcome {
 pub trait Runner: Send + 'static {
     /// Runs `job`, sending `Started`, `Step` and `Image` events; the engine sends the final one.
     fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome;
+
+    /// The strength dials the running job reads at every step, if this runner has any.
+    fn dials(&self) -> Option<Dials> {
+        None
+    }
 }
 
 struct Queue {
@@ -112,9 +119,31 @@ pub struct EngineHandle {
     next_id: Arc<AtomicU64>,
     cancel: CancelToken,
     events: UnboundedSender<Event>,
+    dials: Option<Dials>,
 }
 
 impl EngineHandle {
+    /// Changes adapter `name`'s strength for `component` (te, unet, in, mid, out) to `value`: the
+    /// running job uses it from its next step (no session rebuild when the adapter runs live), and
+    /// later jobs too until [`clear_strengths`](Self::clear_strengths). False when the runner has
+    /// no dials.
+    pub fn set_strength(&self, name: &str, component: Component, value: f32) -> bool {
+        match &self.dials {
+            Some(d) => {
+                d.set(name, component, value);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops every strength set through [`set_strength`](Self::set_strength).
+    pub fn clear_strengths(&self) {
+        if let Some(d) = &self.dials {
+            d.clear();
+        }
+    }
+
     /// Queues a job and returns its id. Jobs run in submission order.
     pub fn submit(&self, job: Job) -> JobId {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -204,6 +233,7 @@ impl Engine {
             next_id: Arc::new(AtomicU64::new(1)),
             cancel: CancelToken::default(),
             events: tx.clone(),
+            dials: runner.dials(),
         };
         let cancel = handle.cancel.clone();
         let thread = std::thread::Builder::new()

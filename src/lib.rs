@@ -15,6 +15,7 @@ pub mod family;
 pub mod headless;
 pub mod image;
 pub mod job;
+pub mod live;
 pub mod lora;
 pub mod model;
 pub mod patch;

@@ -42,6 +42,9 @@ struct TuiArgs {
     /// Picture protocol: auto, kitty, sixel, iterm2 or halfblocks
     #[arg(long, value_name = "NAME")]
     image_protocol: Option<String>,
+    /// How adapters reach the weights: fuse (static fused, scheduled or dialled ones live), live, refuse
+    #[arg(long, value_enum, default_value_t)]
+    lora_method: stipple::live::LoraMethod,
 }
 
 #[derive(Subcommand)]
@@ -256,6 +259,9 @@ struct BenchArgs {
     /// Also measure an adapter swap (fuse) and the step time with it fused
     #[arg(long, value_name = "FILE")]
     lora: Option<PathBuf>,
+    /// With --lora: also measure live mode (per-step time live vs fused, set_strength → next step)
+    #[arg(long, requires = "lora")]
+    live: bool,
 }
 
 #[derive(Args)]
@@ -312,6 +318,9 @@ struct GenerateArgs {
     /// A folder of LoRA files for <lora:NAME> tags (repeatable; also STIPPLE_LORA_DIRS, colon-separated)
     #[arg(long = "lora-dir", value_name = "DIR")]
     lora_dirs: Vec<PathBuf>,
+    /// How adapters reach the weights: fuse (static fused, scheduled ones live), live, refuse
+    #[arg(long, value_enum, default_value_t)]
+    lora_method: stipple::live::LoraMethod,
 }
 
 #[derive(Args)]
@@ -384,6 +393,7 @@ fn cmd_generate(cli: &Cli, a: &GenerateArgs) -> Result<()> {
     let mut generator = Generator::load(&dir, rt, opts)
         .with_context(|| format!("cannot load the model in {}", dir.display()))?;
     generator.set_lora_dirs(dirs);
+    generator.lora_method = a.lora_method;
     let facts = generator.model.index.family.facts();
     let (w, h) = generator.model.default_size();
     job.width = a.width.unwrap_or(w);
@@ -417,12 +427,27 @@ fn cmd_bench(cli: &Cli, a: &BenchArgs) -> Result<()> {
         (None, None) => None,
         _ => bail!("give both --width and --height, or neither"),
     };
-    let report = stipple::bench::run(&dir, rt, opts, size, a.repeats, a.lora.as_deref())
+    let report = stipple::bench::run(&dir, rt, opts.clone(), size, a.repeats, a.lora.as_deref())
         .with_context(|| format!("benchmark of {}", dir.display()))?;
+    let live = match (&a.lora, a.live) {
+        (Some(lora), true) => Some(
+            stipple::bench::live(&dir, rt, opts, lora, 20)
+                .with_context(|| format!("live benchmark of {}", lora.display()))?,
+        ),
+        _ => None,
+    };
     if a.json {
-        emit(&format!("{}\n", serde_json::to_string(&report)?))
+        emit(&format!("{}\n", serde_json::to_string(&report)?))?;
+        if let Some(l) = live {
+            emit(&format!("{}\n", serde_json::to_string(&l)?))?;
+        }
+        Ok(())
     } else {
-        emit(&format!("{report}\n"))
+        emit(&format!("{report}\n"))?;
+        if let Some(l) = live {
+            emit(&format!("{l}\n"))?;
+        }
+        Ok(())
     }
 }
 
@@ -453,19 +478,18 @@ fn cmd_tui(cli: &Cli) -> Result<()> {
     config.lora_folders.extend(lora_dirs(&a.lora_dirs));
     let rt = Runtime::get(cli.ort_lib.as_deref(), device.is_gpu())?;
     let out_dir = a.out.clone().unwrap_or_else(|| dirs.data.join("outputs"));
-    let runner = stipple::pipeline::SavingRunner {
-        inner: stipple::pipeline::LazyGenerator::new(
-            dir,
-            rt,
-            SessionOptions {
-                device,
-                threads: 0,
-                static_shapes: false,
-            },
-            config.lora_folders.clone(),
-        ),
-        out_dir,
-    };
+    let mut inner = stipple::pipeline::LazyGenerator::new(
+        dir,
+        rt,
+        SessionOptions {
+            device,
+            threads: 0,
+            static_shapes: false,
+        },
+        config.lora_folders.clone(),
+    );
+    inner.lora_method = a.lora_method;
+    let runner = stipple::pipeline::SavingRunner { inner, out_dir };
     let family = model.index.family;
     drop(model);
     let (engine, events) = stipple::engine::Engine::spawn(runner);

@@ -14,6 +14,7 @@ use super::vae;
 use crate::engine::{Outcome, Reporter, Runner, Stop};
 use crate::image::format_infotext;
 use crate::job::{Event, Job, Progress, RgbImage};
+use crate::live::{self, Dials, LiveError, LiveOptions, LiveUnet, LoraMethod};
 use crate::lora::ApplyReport;
 use crate::model::layout::ComponentKind;
 use crate::model::{Model, ModelError};
@@ -49,6 +50,8 @@ pub enum PipelineError {
     Prompt(String),
     #[error("{0}")]
     Adapter(String),
+    #[error(transparent)]
+    Live(#[from] LiveError),
 }
 
 fn run_err(what: &'static str) -> impl Fn(ort::Error) -> PipelineError {
@@ -158,6 +161,13 @@ pub struct Generator {
     pub last_fuse: Option<FuseStats>,
     /// (latent height, latent width) the VAE session was built for, with static shapes.
     vae_dims: Option<[i64; 2]>,
+    /// Live mode (issue 5): how adapters reach the weights, the live UNet, strength dials.
+    pub lora_method: LoraMethod,
+    pub live_opts: LiveOptions,
+    live: Option<LiveUnet>,
+    dials: Dials,
+    /// How many times prompt conditioning was computed (one per distinct text-encoder strength set).
+    pub encodes: usize,
 }
 
 /// Parses the prompt and the negative prompt; LoRA tags belong in the prompt only.
@@ -247,6 +257,11 @@ impl Generator {
             last_report: None,
             last_fuse: None,
             vae_dims: None,
+            lora_method: LoraMethod::default(),
+            live_opts: LiveOptions::default(),
+            live: None,
+            dials: Dials::default(),
+            encodes: 0,
         })
     }
 
@@ -650,12 +665,13 @@ impl Generator {
         let loras = self.adapters.resolve(&pos, &job.prompt)?;
         let steps = job.steps as usize;
         // Everything that can fail on the adapters' side fails here, before the first step.
-        let first = adapters::strengths_at(&loras, 0, steps);
+        let first = self.step_key(&loras, 0, steps);
+        let mode = self.live_mask(&loras);
         let factor = self.model.index.vae_scale_factor.max(1) as usize;
         let (h, w) = (job.height as usize / factor, job.width as usize / factor);
         let seq = self.context_len(&pos, &neg) as i64;
         let dims = self.opts.static_shapes.then_some([h as i64, w as i64, seq]);
-        self.fuse(&loras, &first, dims)?;
+        self.fuse_step(&loras, &mode, &first, dims)?;
         self.ensure_vae_dims(h, w)?;
         // Conditioning per distinct set of text-encoder strengths: a schedule with k distinct
         // values encodes k times, not once per step.
@@ -677,13 +693,14 @@ impl Generator {
             let started = Instant::now();
             let mut skipped = false;
             for (i, &t) in timesteps.iter().enumerate() {
-                let key = adapters::strengths_at(&loras, i, timesteps.len());
-                self.fuse(&loras, &key, dims)?;
+                let key = self.step_key(&loras, i, timesteps.len());
+                self.fuse_step(&loras, &mode, &key, dims)?;
                 let te_key = format!("{:?}", self.fused.te);
                 let cond = match contexts.get(&te_key) {
                     Some(c) => c.clone(),
                     None => {
                         let c = Arc::new(self.conditioning(&pos, &neg, &job.negative)?);
+                        self.encodes += 1;
                         contexts.insert(te_key, c.clone());
                         c
                     }
@@ -702,8 +719,14 @@ impl Generator {
                     text_embeds: e,
                     time_ids: &time_ids,
                 });
-                let out =
-                    self.unet_added(&doubled, [2, 4, h, w], t as f32, &cond.context, added)?;
+                let out = self.unet_step(
+                    mode.contains(&true).then_some((&loras[..], &key)),
+                    &doubled,
+                    [2, 4, h, w],
+                    t as f32,
+                    &cond.context,
+                    added,
+                )?;
                 let (u, c) = out.split_at(n);
                 let guided: Vec<f32> = u
                     .iter()
@@ -759,6 +782,194 @@ fn concat_per_token(parts: &[Vec<f32>]) -> Vec<f32> {
         }
     }
     out
+}
+
+// ---- Live mode (issue 5): strengths that change while sampling, without session rebuilds. ----
+impl Generator {
+    /// The dials front ends turn (shared with the engine handle).
+    pub fn dials(&self) -> Dials {
+        self.dials.clone()
+    }
+
+    pub fn set_dials(&mut self, dials: Dials) {
+        self.dials = dials;
+    }
+
+    /// The live UNet's factors (layers, SVD approximations), when the last job ran live.
+    pub fn live_factors(&self) -> Option<&live::factors::Factors> {
+        self.live.as_ref().map(|l| &l.factors)
+    }
+
+    /// Strengths at a step: the prompt's schedules with the front end's dials on top.
+    fn step_key(&self, loras: &[ActiveLora], step: usize, steps: usize) -> StrengthKey {
+        let mut key = adapters::strengths_at(loras, step, steps);
+        for (i, l) in loras.iter().enumerate() {
+            self.dials
+                .apply(&l.tag.name, &mut key.te[i], &mut key.unet[i]);
+        }
+        key
+    }
+
+    /// Which adapters run live on the UNet. The text encoder is always fused: it is small, and
+    /// conditioning is cached per distinct text-encoder strength set anyway.
+    fn live_mask(&self, loras: &[ActiveLora]) -> Vec<bool> {
+        loras
+            .iter()
+            .map(|l| match self.lora_method {
+                LoraMethod::Refuse => false,
+                LoraMethod::Live => true,
+                LoraMethod::Fuse => {
+                    [&l.tag.in_, &l.tag.mid, &l.tag.out]
+                        .iter()
+                        .any(|s| s.is_scheduled())
+                        || self.dials.dialled(&l.tag.name)
+                }
+            })
+            .collect()
+    }
+
+    /// Brings the sessions to `key`: the plain fuse path when nothing is live; otherwise the text
+    /// encoder is fused and the live UNet built (once per set of layers and static adapters).
+    fn fuse_step(
+        &mut self,
+        loras: &[ActiveLora],
+        mode: &[bool],
+        key: &StrengthKey,
+        dims: Option<[i64; 3]>,
+    ) -> Result<(), PipelineError> {
+        if !mode.iter().any(|&m| m) {
+            return self.fuse(loras, key, dims);
+        }
+        let want_te = Fused::of(loras, key).te;
+        if want_te != self.fused.te {
+            let mut te_key = key.clone();
+            te_key.unet.iter_mut().for_each(|u| *u = [0.0; 3]);
+            let (deltas, report) = adapters::compute(&self.model, loras, &te_key)?;
+            let mut stats = FuseStats::default();
+            let te_dims = self.te_dims();
+            let mut built = Vec::new();
+            for enc in self.model.index.family.facts().encoders {
+                built.push(self.build_one(enc.component, &deltas, &te_dims, &mut stats)?);
+            }
+            self.sessions.text = built;
+            self.fused.te = want_te;
+            self.last_report = Some(report);
+        }
+        // Static adapters are fused into the live session's weights; live ones are branches.
+        let mut static_key = key.clone();
+        static_key.te.iter_mut().for_each(|t| *t = 0.0);
+        for (u, _) in static_key.unet.iter_mut().zip(mode).filter(|(_, &m)| m) {
+            *u = [0.0; 3];
+        }
+        let factors_key = loras
+            .iter()
+            .zip(mode)
+            .filter(|(_, &m)| m)
+            .map(|(l, _)| format!("{}/{:?}", l.path.display(), l.tag.dyn_))
+            .collect::<Vec<_>>()
+            .join(";");
+        let fresh = match &self.live {
+            Some(l) if l.factors_key == factors_key => None,
+            _ => {
+                let live: Vec<(usize, &ActiveLora)> =
+                    loras.iter().enumerate().filter(|(i, _)| mode[*i]).collect();
+                Some(live::factors::compute(
+                    &self.model,
+                    &live,
+                    self.live_opts.svd_max_error,
+                )?)
+            }
+        };
+        let layer_key = match &fresh {
+            Some(f) => live::layer_key(f),
+            None => self
+                .live
+                .as_ref()
+                .map(|l| live::layer_key(&l.factors))
+                .unwrap_or_default(),
+        };
+        let session_key = format!(
+            "{layer_key}|{:?}|{dims:?}",
+            Fused::of(loras, &static_key).unet
+        );
+        match (&mut self.live, fresh) {
+            (Some(l), Some(f)) if l.session_key == session_key => l.set_factors(f, factors_key)?,
+            (Some(l), None) if l.session_key == session_key => {}
+            (current, fresh) => {
+                let factors = match (fresh, current.take()) {
+                    (Some(f), _) => f,
+                    (None, Some(l)) => l.factors,
+                    (None, None) => live::factors::Factors::default(),
+                };
+                let deltas = if static_key.unet_active() {
+                    let (mut d, _) = adapters::compute(&self.model, loras, &static_key)?;
+                    d.remove(&ComponentKind::Unet).unwrap_or_default()
+                } else {
+                    HashMap::new()
+                };
+                let built = LiveUnet::build(
+                    &self.model,
+                    self.runtime,
+                    &self.opts,
+                    &deltas,
+                    factors,
+                    &unet_dim_overrides(dims),
+                    session_key,
+                    factors_key,
+                )?;
+                self.last_fuse = Some(FuseStats {
+                    session_s: built.build_s,
+                    ..FuseStats::default()
+                });
+                *current = Some(built);
+            }
+        }
+        Ok(())
+    }
+
+    /// One CFG UNet evaluation on the live session when adapters are live, else the fused one.
+    fn unet_step(
+        &mut self,
+        live: Option<(&[ActiveLora], &StrengthKey)>,
+        sample: &[f32],
+        shape: [usize; 4],
+        timestep: f32,
+        context: &[f32],
+        added: Option<Added<'_>>,
+    ) -> Result<Vec<f32>, PipelineError> {
+        let Some((loras, key)) = live else {
+            return self.unet_added(sample, shape, timestep, context, added);
+        };
+        let Some(l) = self.live.as_mut() else {
+            return Err(PipelineError::Job("the live UNet is not built".into()));
+        };
+        let scales = live::scale::scales(&l.factors, loras, key);
+        let b = shape[0];
+        let seq = context.len() / (b * self.context_dim);
+        let t = vec![timestep; b];
+        let mut inputs = vec![
+            Input::F32("sample", shape.to_vec(), sample),
+            Input::F32("timestep", vec![b], &t),
+            Input::F32(
+                "encoder_hidden_states",
+                vec![b, seq, self.context_dim],
+                context,
+            ),
+        ];
+        if let Some(a) = added {
+            inputs.push(Input::F32(
+                "text_embeds",
+                vec![b, a.text_embeds.len() / b],
+                a.text_embeds,
+            ));
+            inputs.push(Input::F32(
+                "time_ids",
+                vec![b, a.time_ids.len() / b],
+                a.time_ids,
+            ));
+        }
+        Ok(l.run(inputs, &scales)?)
+    }
 }
 
 /// A1111's emphasis: scale each token's hidden state by its weight, then restore the chunk's mean.
@@ -871,6 +1082,10 @@ pub struct SavingRunner<R> {
 }
 
 impl<R: Runner> Runner for SavingRunner<R> {
+    fn dials(&self) -> Option<Dials> {
+        self.inner.dials()
+    }
+
     fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome {
         let dir = self.out_dir.clone();
         let tap = Reporter::tap(out, move |e: &Event| {
@@ -901,6 +1116,8 @@ pub struct LazyGenerator {
     pub runtime: &'static Runtime,
     pub opts: SessionOptions,
     pub lora_dirs: Vec<PathBuf>,
+    pub lora_method: LoraMethod,
+    dials: Dials,
     generator: Option<Generator>,
 }
 
@@ -916,17 +1133,25 @@ impl LazyGenerator {
             runtime,
             opts,
             lora_dirs,
+            lora_method: LoraMethod::default(),
+            dials: Dials::default(),
             generator: None,
         }
     }
 }
 
 impl Runner for LazyGenerator {
+    fn dials(&self) -> Option<Dials> {
+        Some(self.dials.clone())
+    }
+
     fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome {
         if self.generator.is_none() {
             match Generator::load(&self.dir, self.runtime, self.opts.clone()) {
                 Ok(mut g) => {
                     g.set_lora_dirs(self.lora_dirs.clone());
+                    g.lora_method = self.lora_method;
+                    g.set_dials(self.dials.clone());
                     self.generator = Some(g);
                 }
                 Err(e) => return Outcome::Failed(format!("loading {}: {e}", self.dir.display())),
@@ -940,6 +1165,10 @@ impl Runner for LazyGenerator {
 }
 
 impl Runner for Generator {
+    fn dials(&self) -> Option<Dials> {
+        Some(self.dials.clone())
+    }
+
     fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome {
         let cancel = out.cancel.clone();
         let stop = move || {

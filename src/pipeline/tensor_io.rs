@@ -3,8 +3,8 @@
 //! [`run`] takes named f32 (or i64) inputs and returns the named f32 outputs; fp16 graphs get their
 //! inputs converted on the way in and outputs on the way out, so the pipeline works in f32 throughout.
 
-use ort::session::Session;
-use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+use ort::session::{Session, SessionInputValue};
+use ort::value::{Tensor, TensorElementType, ValueType};
 
 /// One input: name, shape and data.
 pub enum Input<'a> {
@@ -12,7 +12,7 @@ pub enum Input<'a> {
     I64(&'a str, Vec<usize>, Vec<i64>),
 }
 
-fn input_is_f16(session: &Session, name: &str) -> bool {
+pub fn input_is_f16(session: &Session, name: &str) -> bool {
     session.inputs().iter().any(|o| {
         o.name() == name
             && matches!(
@@ -34,7 +34,19 @@ pub fn run(
     inputs: Vec<Input<'_>>,
     outputs: &[&str],
 ) -> Result<Vec<Output>, ort::Error> {
-    let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
+    run_with(session, inputs, Vec::new(), outputs)
+}
+
+/// [`run`] with extra inputs already made as values (live mode's adapter factors, made once per
+/// job and passed by reference every step).
+pub fn run_with<'v>(
+    session: &mut Session,
+    inputs: Vec<Input<'_>>,
+    extra: Vec<(String, SessionInputValue<'v>)>,
+    outputs: &[&str],
+) -> Result<Vec<Output>, ort::Error> {
+    let mut values: Vec<(String, SessionInputValue<'v>)> =
+        Vec::with_capacity(inputs.len() + extra.len());
     for input in inputs {
         match input {
             Input::F32(name, shape, data) => {
@@ -44,16 +56,17 @@ pub fn run(
                 } else {
                     Tensor::from_array((shape, data.to_vec()))?.into_dyn()
                 };
-                values.push((name.to_string(), v));
+                values.push((name.to_string(), v.into()));
             }
             Input::I64(name, shape, data) => {
                 values.push((
                     name.to_string(),
-                    Tensor::from_array((shape, data))?.into_dyn(),
+                    Tensor::from_array((shape, data))?.into_dyn().into(),
                 ));
             }
         }
     }
+    values.extend(extra);
     let out = session.run(values)?;
     let mut result = Vec::with_capacity(outputs.len());
     for name in outputs {

@@ -4,6 +4,7 @@ mod adapters;
 mod batch;
 mod cli;
 mod foundation;
+mod live;
 mod lora;
 mod merge;
 mod pipeline_reference;
