@@ -752,8 +752,25 @@ fn gpu_list() -> String {
         .collect()
 }
 
+/// Logging for the command-line commands: stderr, `STIPPLE_LOG` (default warnings), plus the LoRA
+/// debug log when asked for. The workstation logs to a file instead (never to its screen).
+fn init_cli_logging() {
+    let mut filter = std::env::var("STIPPLE_LOG").unwrap_or_else(|_| "warn,ort=error".into());
+    if stipple::pipeline::adapters::lora_debug() {
+        filter.push_str(",stipple::lora=info");
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_target(false)
+        .try_init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.command.is_some() {
+        init_cli_logging();
+    }
     let result = match &cli.command {
         Some(Command::Generate(a)) => cmd_generate(&cli, a),
         Some(Command::Doctor(a)) => cmd_doctor(&cli, a),

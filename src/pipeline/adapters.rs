@@ -22,6 +22,16 @@ pub struct ActiveLora {
     pub adapter: Arc<Adapter>,
 }
 
+/// `STIPPLE_LORA_DEBUG=1` (or SD.Next's `SD_LORA_DEBUG=true`): log per adapter what was read,
+/// detected, matched and how long each stage took (target `stipple::lora`).
+pub fn lora_debug() -> bool {
+    ["STIPPLE_LORA_DEBUG", "SD_LORA_DEBUG"].iter().any(|v| {
+        std::env::var(v)
+            .map(|x| matches!(x.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+            .unwrap_or(false)
+    })
+}
+
 /// Opened adapters, reused across jobs while the file is unchanged.
 #[derive(Default)]
 pub struct AdapterCache {
@@ -66,9 +76,19 @@ impl AdapterCache {
             let adapter = match self.open.get(&entry.path) {
                 Some((t, a)) if *t == mtime => a.clone(),
                 _ => {
+                    let t = std::time::Instant::now();
                     let a = Arc::new(Adapter::open(&entry.path).map_err(|e| {
                         PipelineError::Adapter(format!("<lora:{}>: {e}", tag.name))
                     })?);
+                    if lora_debug() {
+                        tracing::info!(
+                            target: "stipple::lora",
+                            "read {} ({} tensors) in {:.1} ms",
+                            entry.path.display(),
+                            a.tensors().len(),
+                            t.elapsed().as_secs_f64() * 1e3
+                        );
+                    }
                     self.open.insert(entry.path.clone(), (mtime, a.clone()));
                     a
                 }
@@ -218,8 +238,41 @@ pub fn compute(
         .enumerate()
         .map(|(i, l)| (l.adapter.as_ref(), strengths_of(l, key, i)))
         .collect();
-    let (deltas, report) =
-        lora::compute_deltas(&pairs, &params).map_err(|e| PipelineError::Adapter(e.to_string()))?;
+    let t = std::time::Instant::now();
+    let result = lora::compute_deltas(&pairs, &params);
+    if lora_debug() {
+        match &result {
+            Ok((_, report)) => {
+                for a in &report.adapters {
+                    tracing::info!(
+                        target: "stipple::lora",
+                        "{}: types {:?}; family evidence: context width {:?}, te width {:?}, te2 {}; \
+                         {} weights matched, {} keys skipped{}",
+                        a.name,
+                        a.types,
+                        a.family.context_width,
+                        a.family.te_width,
+                        a.family.has_te2,
+                        a.applied.len(),
+                        a.skipped.len(),
+                        a.skipped
+                            .iter()
+                            .take(5)
+                            .map(|k| format!("\n  skipped {}: {}", k.key, k.reason))
+                            .collect::<String>()
+                    );
+                }
+                tracing::info!(
+                    target: "stipple::lora",
+                    "ΔW of {} adapter(s) computed in {:.1} ms",
+                    loras.len(),
+                    t.elapsed().as_secs_f64() * 1e3
+                );
+            }
+            Err(e) => tracing::info!(target: "stipple::lora", "refused: {e}"),
+        }
+    }
+    let (deltas, report) = result.map_err(|e| PipelineError::Adapter(e.to_string()))?;
     let mut out = ComponentDeltas::new();
     for ((c, name), d) in deltas.by_param {
         out.entry(model_kind(c)).or_default().insert(name, d);

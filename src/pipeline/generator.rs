@@ -316,6 +316,15 @@ impl Generator {
         } else {
             None
         };
+        if adapters::lora_debug() {
+            tracing::info!(
+                target: "stipple::lora",
+                "fused: ΔW {:.3} s, patch {:.3} s, session builds {:.3} s",
+                stats.deltas_s,
+                stats.patch_s,
+                stats.session_s
+            );
+        }
         self.last_fuse = Some(stats);
         if let Some(s) = te {
             self.sessions.text = s;
