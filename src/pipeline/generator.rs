@@ -609,30 +609,8 @@ impl Generator {
         context: &[f32],
         added: Option<Added<'_>>,
     ) -> Result<Vec<f32>, PipelineError> {
-        let b = shape[0];
-        let seq = context.len() / (b * self.context_dim);
-        let t = vec![timestep; b];
-        let mut inputs = vec![
-            Input::F32("sample", shape.to_vec(), sample),
-            Input::F32("timestep", vec![b], &t),
-            Input::F32(
-                "encoder_hidden_states",
-                vec![b, seq, self.context_dim],
-                context,
-            ),
-        ];
-        if let Some(a) = added {
-            inputs.push(Input::F32(
-                "text_embeds",
-                vec![b, a.text_embeds.len() / b],
-                a.text_embeds,
-            ));
-            inputs.push(Input::F32(
-                "time_ids",
-                vec![b, a.time_ids.len() / b],
-                a.time_ids,
-            ));
-        }
+        let t = vec![timestep; shape[0]];
+        let inputs = unet_inputs(sample, shape, &t, context, self.context_dim, added);
         let out = run(&mut self.sessions.unet, inputs, &["out_sample"]).map_err(run_err("UNet"))?;
         Ok(out.into_iter().next().map(|(_, d)| d).unwrap_or_default())
     }
@@ -953,30 +931,8 @@ impl Generator {
             return Err(PipelineError::Job("the live UNet is not built".into()));
         };
         let scales = live::scale::scales(&l.factors, loras, key);
-        let b = shape[0];
-        let seq = context.len() / (b * self.context_dim);
-        let t = vec![timestep; b];
-        let mut inputs = vec![
-            Input::F32("sample", shape.to_vec(), sample),
-            Input::F32("timestep", vec![b], &t),
-            Input::F32(
-                "encoder_hidden_states",
-                vec![b, seq, self.context_dim],
-                context,
-            ),
-        ];
-        if let Some(a) = added {
-            inputs.push(Input::F32(
-                "text_embeds",
-                vec![b, a.text_embeds.len() / b],
-                a.text_embeds,
-            ));
-            inputs.push(Input::F32(
-                "time_ids",
-                vec![b, a.time_ids.len() / b],
-                a.time_ids,
-            ));
-        }
+        let t = vec![timestep; shape[0]];
+        let inputs = unet_inputs(sample, shape, &t, context, self.context_dim, added);
         Ok(l.run(inputs, &scales)?)
     }
 }
@@ -1002,6 +958,38 @@ fn apply_emphasis(z: &mut [f32], weights: &[f32]) {
             *x *= k;
         }
     }
+}
+
+/// The UNet's named inputs: sample, timestep (one per batch row), context and, for SDXL, the
+/// added conditioning.
+fn unet_inputs<'a>(
+    sample: &'a [f32],
+    shape: [usize; 4],
+    t: &'a [f32],
+    context: &'a [f32],
+    context_dim: usize,
+    added: Option<Added<'a>>,
+) -> Vec<Input<'a>> {
+    let b = shape[0];
+    let seq = context.len() / (b * context_dim);
+    let mut inputs = vec![
+        Input::F32("sample", shape.to_vec(), sample),
+        Input::F32("timestep", vec![b], t),
+        Input::F32("encoder_hidden_states", vec![b, seq, context_dim], context),
+    ];
+    if let Some(a) = added {
+        inputs.push(Input::F32(
+            "text_embeds",
+            vec![b, a.text_embeds.len() / b],
+            a.text_embeds,
+        ));
+        inputs.push(Input::F32(
+            "time_ids",
+            vec![b, a.time_ids.len() / b],
+            a.time_ids,
+        ));
+    }
+    inputs
 }
 
 /// Free-dimension overrides of the UNet for static shapes (CFG batch 2).
