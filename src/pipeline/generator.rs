@@ -274,6 +274,15 @@ impl Generator {
         self.fuse(&loras, &first, None)
     }
 
+    /// Returns every session to the pristine base weights (a no-op when nothing is fused).
+    pub fn reset_adapters(&mut self) -> Result<(), PipelineError> {
+        let none = StrengthKey {
+            te: Vec::new(),
+            unet: Vec::new(),
+        };
+        self.fuse(&[], &none, None)
+    }
+
     /// The folders `<lora:NAME>` tags are looked up in.
     pub fn set_lora_dirs(&mut self, dirs: Vec<PathBuf>) {
         self.adapters = AdapterCache::new(dirs);

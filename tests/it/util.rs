@@ -22,17 +22,23 @@ pub fn runtime() -> &'static Runtime {
     Runtime::get(None, false).expect("ONNX Runtime (run scripts/setup)")
 }
 
-/// One generator for the whole test binary: session creation costs ~1 s.
+/// One generator for the whole test binary: session creation costs ~1 s. Each test gets it back
+/// with the pristine base weights, whatever adapters the test before it fused.
 pub fn generator() -> std::sync::MutexGuard<'static, Generator> {
     static G: OnceLock<Mutex<Generator>> = OnceLock::new();
-    G.get_or_init(|| {
-        Mutex::new(
-            Generator::load(&tiny_model(), runtime(), SessionOptions::default())
-                .expect("tiny model loads"),
-        )
-    })
-    .lock()
-    .unwrap_or_else(|p| p.into_inner())
+    let mut g = G
+        .get_or_init(|| {
+            Mutex::new(
+                Generator::load(&tiny_model(), runtime(), SessionOptions::default())
+                    .expect("tiny model loads"),
+            )
+        })
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    g.lora_method = Default::default();
+    g.dials().clear();
+    g.reset_adapters().expect("back to the base weights");
+    g
 }
 
 pub fn ref_tensors() -> Checkpoint {
