@@ -46,6 +46,9 @@ pub struct Facts {
     pub default_size: (u32, u32),
     pub default_steps: u32,
     pub default_cfg: f32,
+    /// Linear map from the 4 latent channels to RGB in [-1, 1], for cheap previews while sampling
+    /// (the usual approximation of the VAE decoder, fitted per family).
+    pub latent_rgb: [[f32; 3]; 4],
 }
 
 const SD1: Facts = Facts {
@@ -63,6 +66,12 @@ const SD1: Facts = Facts {
     default_size: (512, 512),
     default_steps: 20,
     default_cfg: 7.0,
+    latent_rgb: [
+        [0.298, 0.207, 0.208],
+        [0.187, 0.286, 0.173],
+        [-0.158, 0.189, 0.264],
+        [-0.184, -0.271, -0.473],
+    ],
 };
 
 const SDXL: Facts = Facts {
@@ -88,6 +97,12 @@ const SDXL: Facts = Facts {
     default_size: (1024, 1024),
     default_steps: 30,
     default_cfg: 7.0,
+    latent_rgb: [
+        [0.3651, 0.4232, 0.4341],
+        [-0.2533, -0.0042, 0.1068],
+        [0.1076, 0.1111, -0.0362],
+        [-0.3165, -0.2492, -0.2188],
+    ],
 };
 
 impl Family {

@@ -159,6 +159,8 @@ pub struct Generator {
     pub last_report: Option<ApplyReport>,
     /// Timings of the last adapter change.
     pub last_fuse: Option<FuseStats>,
+    /// Send `Event::Preview` while sampling (the workstation shows them).
+    pub previews: bool,
     /// (latent height, latent width) the VAE session was built for, with static shapes.
     vae_dims: Option<[i64; 2]>,
     /// Live mode (issue 5): how adapters reach the weights, the live UNet, strength dials.
@@ -256,6 +258,7 @@ impl Generator {
             fused: Fused::default(),
             last_report: None,
             last_fuse: None,
+            previews: false,
             vae_dims: None,
             lora_method: LoraMethod::default(),
             live_opts: LiveOptions::default(),
@@ -687,6 +690,7 @@ impl Generator {
             let mut latents: Vec<f32> = rng.randn(n).into_iter().map(|x| x * sigma0).collect();
             let timesteps = sched.timesteps().to_vec();
             let started = Instant::now();
+            let mut last_preview = started;
             let mut skipped = false;
             for (i, &t) in timesteps.iter().enumerate() {
                 let key = self.step_key(&loras, i, timesteps.len());
@@ -730,6 +734,17 @@ impl Generator {
                     .map(|(u, c)| u + job.cfg * (c - u))
                     .collect();
                 latents = sched.step(&guided, i, &latents, &mut |k| rng.randn(k));
+                // Live previews for front ends, at most ten a second (cheap: no VAE).
+                if self.previews && last_preview.elapsed().as_millis() >= 100 {
+                    last_preview = Instant::now();
+                    let factors = &self.model.index.family.facts().latent_rgb;
+                    on_event(Event::Preview {
+                        id,
+                        image: index,
+                        step: i as u32 + 1,
+                        preview: vae::preview(&latents, w, h, factors),
+                    });
+                }
                 let elapsed = started.elapsed().as_secs_f32().max(1e-6);
                 on_event(Event::Step(Progress {
                     id,
@@ -1156,6 +1171,7 @@ impl Runner for LazyGenerator {
             match Generator::load(&self.dir, self.runtime, self.opts.clone()) {
                 Ok(mut g) => {
                     g.set_lora_dirs(self.lora_dirs.clone());
+                    g.previews = true;
                     g.lora_method = self.lora_method;
                     g.set_dials(self.dials.clone());
                     self.generator = Some(g);

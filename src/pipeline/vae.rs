@@ -20,9 +20,33 @@ pub fn to_rgb(chw: &[f32], width: usize, height: usize) -> RgbImage {
     }
 }
 
+/// A cheap preview of latents `[4, h, w]` (no VAE): each pixel is a fixed linear mix of the four
+/// channels, at latent resolution.
+pub fn preview(latents: &[f32], width: usize, height: usize, factors: &[[f32; 3]; 4]) -> RgbImage {
+    let plane = width * height;
+    let mut chw = vec![0f32; 3 * plane];
+    for i in 0..plane {
+        for (c, f) in factors.iter().enumerate() {
+            let v = latents[c * plane + i];
+            for (k, w) in f.iter().enumerate() {
+                chw[k * plane + i] += v * w;
+            }
+        }
+    }
+    to_rgb(&chw, width, height)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preview_mixes_channels_with_the_factors() {
+        // One pixel: channel 0 = 1, others 0 -> the first row of factors, mapped from [-1, 1].
+        let f = [[1.0, 0.0, -1.0], [0.0; 3], [0.0; 3], [0.0; 3]];
+        let img = preview(&[1.0, 0.0, 0.0, 0.0], 1, 1, &f);
+        assert_eq!(img.pixels, vec![255, 128, 0]);
+    }
 
     #[test]
     fn values_map_like_diffusers_postprocess() {
