@@ -204,7 +204,7 @@ impl LiveUnet {
             "live UNet",
             &graph,
             &c.weightmap.external_file,
-            buf.into(),
+            buf,
             opts,
             dims,
         )

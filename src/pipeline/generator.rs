@@ -1039,7 +1039,6 @@ fn build_component(
         .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
     let t = Instant::now();
     let (buf, _stats) = patch::assemble(c, deltas.get(&kind).unwrap_or(&empty))?;
-    let buf: Arc<[u8]> = buf.into();
     stats.patch_s += t.elapsed().as_secs_f64();
     let t = Instant::now();
     let session = build_session(
