@@ -215,12 +215,14 @@ def export_text_encoder(component, text_encoder, out, storage_dtype):
     write_config(text_encoder, te_dir)
 
 
-def export_unet(unet, out, dtype, storage_dtype):
-    """The UNet; with SDXL's added conditioning (`addition_embed_type` text_time) as two more inputs."""
+def unet_export_spec(unet, dtype):
+    """(wrapper, example args, (input names, output names), dynamic axes) of the UNet's ONNX export.
+
+    SDXL's added conditioning (`addition_embed_type` text_time) makes two more inputs.
+    """
     dev = next(unet.parameters()).device
     lat = unet.config.sample_size
     ctx = unet.config.cross_attention_dim
-    un_dir = os.path.join(out, "unet")
     args = [
         torch.randn(2, unet.config.in_channels, lat, lat, dtype=dtype, device=dev),
         torch.tensor([500.0, 500.0], dtype=dtype, device=dev),
@@ -244,7 +246,13 @@ def export_unet(unet, out, dtype, storage_dtype):
         names += ["text_embeds", "time_ids"]
         axes.update({"text_embeds": {0: "batch"}, "time_ids": {0: "batch"}})
         wrapper = UnetAddedWrapper(unet)
-    export_component("unet", wrapper, tuple(args), (names, ["out_sample"]), axes, un_dir, storage_dtype)
+    return wrapper, tuple(args), (names, ["out_sample"]), axes
+
+
+def export_unet(unet, out, dtype, storage_dtype):
+    un_dir = os.path.join(out, "unet")
+    wrapper, args, names, axes = unet_export_spec(unet, dtype)
+    export_component("unet", wrapper, args, names, axes, un_dir, storage_dtype)
     write_config(unet, un_dir)
 
 
@@ -628,23 +636,45 @@ def main():
     ap.add_argument("--random", choices=["sd15", "sdxl"], help="full-size architecture with random weights")
     ap.add_argument("--tokenizer", help="tokenizer folder for --random (default: the tiny fixture's)")
     ap.add_argument("--device", default="cpu", help="torch device to build and export on (cuda for --random)")
+    ap.add_argument("--optimize", choices=["cuda"], help="also write ONNX Runtime's SD-fused CUDA graph of the UNet")
+    ap.add_argument("--model", help="with --optimize: an existing stipple model folder to add the fused graph to")
     a = ap.parse_args()
+    if a.optimize and a.model and not (a.tiny or a.tiny_sdxl or a.random or a.src):
+        import ort_fused
+
+        ort_fused.optimize_cuda(a.model)
+        return
     if a.tiny or a.tiny_sdxl:
         sdxl = a.tiny_sdxl or a.family == "sdxl"
         out = a.out or os.path.join(ROOT, "tests", "fixtures", "tiny-sdxl" if sdxl else "tiny-sd15")
         if os.path.exists(out):
             shutil.rmtree(out)
         (tiny_sdxl if sdxl else tiny)(out)
+        if not sdxl:
+            # The fused graph of the tiny UNet, and the optimizer's own packed weights to test against.
+            import ort_fused
+
+            ref = os.path.join(out, "reference", "unet_cuda_initializers.safetensors")
+            ort_fused.optimize_cuda(out, reference_out=ref)
         print(f"wrote {out}")
     elif a.random and a.out:
         tok = a.tokenizer or os.path.join(ROOT, "tests", "fixtures", "tiny-sd15", "tokenizer")
         random_model(a.random, a.out, a.dtype, tok, a.device)
+        if a.optimize:
+            import ort_fused
+
+            ort_fused.optimize_cuda(a.out)
         print(f"wrote {a.out}")
     elif a.src and a.out:
         from_diffusers(a.src, a.out, a.dtype)
+        if a.optimize:
+            import ort_fused
+
+            ort_fused.optimize_cuda(a.out)
         print(f"wrote {a.out}")
     else:
-        ap.error("give --tiny [--family sdxl], --random sd15|sdxl --out DIR, or --from DIR --out DIR")
+        ap.error("give --tiny [--family sdxl], --random sd15|sdxl --out DIR, --from DIR --out DIR, "
+                 "or --optimize cuda --model DIR")
 
 
 if __name__ == "__main__":

@@ -278,6 +278,9 @@ struct ModelArgs {
     /// Build sessions for the job's exact shapes (faster steps; a new size rebuilds the UNet)
     #[arg(long)]
     static_shapes: bool,
+    /// UNet graph: auto (the fused CUDA graph on CUDA when the model has one), plain, cuda
+    #[arg(long, default_value = "auto")]
+    graph: String,
 }
 
 #[derive(Args)]
@@ -389,6 +392,7 @@ fn cmd_generate(cli: &Cli, a: &GenerateArgs) -> Result<()> {
         device,
         threads: a.model.threads,
         static_shapes: a.model.static_shapes,
+        graph: a.model.graph.parse().map_err(anyhow::Error::msg)?,
     };
     let mut generator = Generator::load(&dir, rt, opts)
         .with_context(|| format!("cannot load the model in {}", dir.display()))?;
@@ -421,6 +425,7 @@ fn cmd_bench(cli: &Cli, a: &BenchArgs) -> Result<()> {
         device,
         threads: a.model.threads,
         static_shapes: a.model.static_shapes,
+        graph: a.model.graph.parse().map_err(anyhow::Error::msg)?,
     };
     let size = match (a.width, a.height) {
         (Some(w), Some(h)) => Some((w, h)),
@@ -483,8 +488,7 @@ fn cmd_tui(cli: &Cli) -> Result<()> {
         rt,
         SessionOptions {
             device,
-            threads: 0,
-            static_shapes: false,
+            ..Default::default()
         },
         config.lora_folders.clone(),
     );

@@ -45,7 +45,7 @@ impl Loader for GeneratorLoader {
         let opts = SessionOptions {
             device,
             threads: self.threads,
-            static_shapes: false,
+            ..Default::default()
         };
         let mut g = Generator::load(model, self.runtime, opts).map_err(|e| e.to_string())?;
         g.set_lora_dirs(self.lora_dirs.roots.clone());

@@ -5,7 +5,7 @@
 
 use super::checkpoint::{Checkpoint, CheckpointError};
 use super::graph::{ElemType, Graph, GraphError};
-use super::weightmap::{Transform, WeightMap};
+use super::weightmap::{Transform, WeightMap, WeightMapEntry};
 use crate::family::Family;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -97,6 +97,25 @@ pub struct Component {
     pub weights: Checkpoint,
     /// The diffusers/transformers `config.json` the component was exported from.
     pub config: serde_json::Value,
+    /// ONNX Runtime's SD-fused CUDA graph (`model.cuda.onnx` + `weightmap.cuda.json`), when the
+    /// folder has one (`scripts/export_model.py --optimize cuda`). Same weights file.
+    pub cuda: Option<GraphFiles>,
+}
+
+/// A second graph of a component over the same base weights.
+pub struct GraphFiles {
+    pub graph: Graph,
+    pub weightmap: WeightMap,
+}
+
+/// Which of a component's graphs a session runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GraphKind {
+    /// `model.onnx`: every execution provider.
+    #[default]
+    Plain,
+    /// `model.cuda.onnx`: ONNX Runtime's fused operators, CUDA only.
+    Cuda,
 }
 
 /// An opened model folder.
@@ -223,115 +242,156 @@ impl Component {
         let config = read_json(&cdir.join("config.json"), "the component's config.json")?;
         let graph = Graph::read(&graph_path)?;
         let weights = Checkpoint::open(&weights_path)?;
-        let c = Component {
-            kind,
-            dir: cdir,
-            graph,
-            weightmap,
-            weights,
-            config,
-        };
-        let problems = c.consistency_problems();
+        let problems = consistency_problems(&graph, &weightmap, &weights);
         if !problems.is_empty() {
             return Err(ModelError::Inconsistent {
                 component: kind,
                 problems,
             });
         }
-        Ok(c)
+        let cuda_path = cdir.join("model.cuda.onnx");
+        let cuda = if cuda_path.is_file() {
+            let weightmap: WeightMap = read_json(
+                &cdir.join("weightmap.cuda.json"),
+                "the weight map of the fused CUDA graph",
+            )?;
+            let graph = Graph::read(&cuda_path)?;
+            let mut problems = consistency_problems(&graph, &weightmap, &weights);
+            if !problems.is_empty() {
+                problems.insert(0, format!("in {}:", cuda_path.display()));
+                return Err(ModelError::Inconsistent {
+                    component: kind,
+                    problems,
+                });
+            }
+            Some(GraphFiles { graph, weightmap })
+        } else {
+            None
+        };
+        Ok(Component {
+            kind,
+            dir: cdir,
+            graph,
+            weightmap,
+            weights,
+            config,
+            cuda,
+        })
     }
 
-    /// Everything that makes the three files disagree, at most 20 lines.
-    fn consistency_problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        let entries: HashMap<&str, _> = self
-            .weightmap
-            .initializers
-            .iter()
-            .map(|e| (e.name.as_str(), e))
-            .collect();
-        for ext in &self.graph.externals {
-            if ext.location.trim_start_matches("./") != self.weightmap.external_file {
-                problems.push(format!(
-                    "initializer {} refers to external file {:?}, the weight map to {:?}",
-                    ext.name, ext.location, self.weightmap.external_file
-                ));
-                continue;
-            }
-            let Some(e) = entries.get(ext.name.as_str()) else {
-                problems.push(format!("initializer {} has no weight-map entry", ext.name));
-                continue;
-            };
-            if e.offset != ext.offset || e.length != ext.length || e.shape != ext.dims {
-                problems.push(format!(
-                    "initializer {}: graph says offset {} length {} shape {:?}, weight map {} {} {:?}",
-                    ext.name, ext.offset, ext.length, ext.dims, e.offset, e.length, e.shape
-                ));
-            }
-            if e.dtype != ext.elem.name() || ext.elem.size().is_none() {
-                problems.push(format!(
-                    "initializer {}: graph type {}, weight map {}",
-                    ext.name,
-                    ext.elem.name(),
-                    e.dtype
-                ));
-            }
-            match self.weights.tensor(&e.source) {
-                None => problems.push(format!(
+    /// The graph and weight map of `kind`, when the component has that graph.
+    pub fn graph_of(&self, kind: GraphKind) -> Option<(&Graph, &WeightMap)> {
+        match kind {
+            GraphKind::Plain => Some((&self.graph, &self.weightmap)),
+            GraphKind::Cuda => self.cuda.as_ref().map(|g| (&g.graph, &g.weightmap)),
+        }
+    }
+
+    /// Size of the assembled external-data buffer of the plain graph.
+    pub fn buffer_len(&self) -> usize {
+        buffer_len(&self.graph)
+    }
+
+    /// The element type of an initializer of the plain graph as ONNX Runtime will see it.
+    pub fn elem_of(&self, init: &str) -> Option<ElemType> {
+        elem_of(&self.graph, init)
+    }
+}
+
+/// Size of a graph's assembled external-data buffer.
+pub fn buffer_len(graph: &Graph) -> usize {
+    graph
+        .externals
+        .iter()
+        .map(|e| e.offset + e.length)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The element type of one of a graph's external initializers.
+pub fn elem_of(graph: &Graph, init: &str) -> Option<ElemType> {
+    graph
+        .externals
+        .iter()
+        .find(|e| e.name == init)
+        .map(|e| e.elem)
+}
+
+/// The shape a source parameter must have for `e` to build an initializer of `dims` from it.
+fn source_shape(e: &WeightMapEntry, dims: &[usize]) -> Option<Vec<usize>> {
+    match (e.transform, dims) {
+        (Transform::Identity, _) => Some(dims.to_vec()),
+        (Transform::Transpose, [r, c]) => Some(vec![*c, *r]),
+        (Transform::Nhwc, [o, kh, kw, i]) => Some(vec![*o, *i, *kh, *kw]),
+        (Transform::PackHeads, [c, m]) => {
+            let k = e.parts.len();
+            (k > 0 && e.heads > 0 && m % k == 0 && (m / k) % e.heads == 0).then(|| vec![m / k, *c])
+        }
+        _ => None,
+    }
+}
+
+/// Everything that makes a graph, its weight map and the weights disagree, at most 20 lines.
+fn consistency_problems(graph: &Graph, weightmap: &WeightMap, weights: &Checkpoint) -> Vec<String> {
+    let mut problems = Vec::new();
+    let entries: HashMap<&str, _> = weightmap
+        .initializers
+        .iter()
+        .map(|e| (e.name.as_str(), e))
+        .collect();
+    for ext in &graph.externals {
+        if ext.location.trim_start_matches("./") != weightmap.external_file {
+            problems.push(format!(
+                "initializer {} refers to external file {:?}, the weight map to {:?}",
+                ext.name, ext.location, weightmap.external_file
+            ));
+            continue;
+        }
+        let Some(e) = entries.get(ext.name.as_str()) else {
+            problems.push(format!("initializer {} has no weight-map entry", ext.name));
+            continue;
+        };
+        if e.offset != ext.offset || e.length != ext.length || e.shape != ext.dims {
+            problems.push(format!(
+                "initializer {}: graph says offset {} length {} shape {:?}, weight map {} {} {:?}",
+                ext.name, ext.offset, ext.length, ext.dims, e.offset, e.length, e.shape
+            ));
+        }
+        if e.dtype != ext.elem.name() || ext.elem.size().is_none() {
+            problems.push(format!(
+                "initializer {}: graph type {}, weight map {}",
+                ext.name,
+                ext.elem.name(),
+                e.dtype
+            ));
+        }
+        let want = source_shape(e, &ext.dims);
+        for src in e.sources() {
+            match (weights.tensor(src), &want) {
+                (None, _) => problems.push(format!(
                     "initializer {}: source weight {} is not in {}",
                     ext.name,
-                    e.source,
-                    self.weights.path().display()
+                    src,
+                    weights.path().display()
                 )),
-                Some(t) => {
-                    let want: Vec<usize> = match e.transform {
-                        Transform::Identity => ext.dims.clone(),
-                        Transform::Transpose => ext.dims.iter().rev().copied().collect(),
-                    };
-                    let ok_transpose = e.transform == Transform::Identity || ext.dims.len() == 2;
-                    if t.shape != want.as_slice() || !ok_transpose {
-                        problems.push(format!(
-                            "initializer {}: source weight {} has shape {:?}, expected {:?}",
-                            ext.name, e.source, t.shape, want
-                        ));
-                    }
-                }
+                (Some(t), Some(want)) if t.shape == want.as_slice() => {}
+                (Some(t), _) => problems.push(format!(
+                    "initializer {}: source weight {} has shape {:?}, which {:?} cannot make {:?}",
+                    ext.name, src, t.shape, e.transform, ext.dims
+                )),
             }
         }
-        let externals: std::collections::HashSet<&str> = self
-            .graph
-            .externals
-            .iter()
-            .map(|e| e.name.as_str())
-            .collect();
-        for e in &self.weightmap.initializers {
-            if !externals.contains(e.name.as_str()) {
-                problems.push(format!(
-                    "weight-map entry {} is not an external initializer of the graph",
-                    e.name
-                ));
-            }
+    }
+    let externals: std::collections::HashSet<&str> =
+        graph.externals.iter().map(|e| e.name.as_str()).collect();
+    for e in &weightmap.initializers {
+        if !externals.contains(e.name.as_str()) {
+            problems.push(format!(
+                "weight-map entry {} is not an external initializer of the graph",
+                e.name
+            ));
         }
-        problems.truncate(20);
-        problems
     }
-
-    /// Size of the assembled external-data buffer.
-    pub fn buffer_len(&self) -> usize {
-        self.graph
-            .externals
-            .iter()
-            .map(|e| e.offset + e.length)
-            .max()
-            .unwrap_or(0)
-    }
-
-    /// The element type of an initializer as ONNX Runtime will see it.
-    pub fn elem_of(&self, init: &str) -> Option<ElemType> {
-        self.graph
-            .externals
-            .iter()
-            .find(|e| e.name == init)
-            .map(|e| e.elem)
-    }
+    problems.truncate(20);
+    problems
 }

@@ -16,7 +16,7 @@ use crate::image::format_infotext;
 use crate::job::{Event, Job, Progress, RgbImage};
 use crate::live::{self, Dials, LiveError, LiveOptions, LiveUnet, LoraMethod};
 use crate::lora::ApplyReport;
-use crate::model::layout::ComponentKind;
+use crate::model::layout::{ComponentKind, GraphKind};
 use crate::model::{Model, ModelError};
 use crate::patch::{self, PatchError};
 use crate::prompt::{self, chunk, Chunk, ChunkConfig, Fragment, Prompt};
@@ -1037,15 +1037,26 @@ fn build_component(
     let c = model
         .component(kind)
         .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
+    let which = opts
+        .graph
+        .resolve(opts.device, c)
+        .map_err(PipelineError::Job)?;
+    let Some((graph, weightmap)) = c.graph_of(which) else {
+        return Err(PipelineError::Job(format!("{kind}: no {which:?} graph")));
+    };
     let t = Instant::now();
-    let (buf, _stats) = patch::assemble(c, deltas.get(&kind).unwrap_or(&empty))?;
+    let (buf, _stats) = patch::assemble_graph(c, which, deltas.get(&kind).unwrap_or(&empty))?;
     stats.patch_s += t.elapsed().as_secs_f64();
     let t = Instant::now();
+    let what = match which {
+        GraphKind::Plain => kind.dir_name().to_string(),
+        GraphKind::Cuda => format!("{kind} (fused CUDA graph)"),
+    };
     let session = build_session(
         rt,
-        kind.dir_name(),
-        &c.graph.bytes,
-        &c.weightmap.external_file,
+        &what,
+        &graph.bytes,
+        &weightmap.external_file,
         buf,
         opts,
         dims,

@@ -5,6 +5,7 @@
 
 use super::ep::{Device, DeviceError};
 use super::library::Runtime;
+use crate::model::layout::{Component, ComponentKind, GraphKind};
 use ort::session::Session;
 use std::sync::Arc;
 
@@ -17,6 +18,56 @@ pub struct SessionOptions {
     /// Build sessions for fixed input shapes (free-dimension overrides), so ONNX Runtime folds the
     /// shape arithmetic of the graph away; a new image size or prompt length rebuilds the UNet.
     pub static_shapes: bool,
+    /// Which UNet graph runs: the plain export or ONNX Runtime's SD-fused CUDA graph.
+    pub graph: GraphChoice,
+}
+
+/// `--graph auto|plain|cuda`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GraphChoice {
+    /// The fused CUDA graph on a CUDA device when the model folder has one, else the plain graph.
+    #[default]
+    Auto,
+    Plain,
+    /// The fused CUDA graph, or an error saying why it cannot run.
+    Cuda,
+}
+
+impl std::str::FromStr for GraphChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(GraphChoice::Auto),
+            "plain" => Ok(GraphChoice::Plain),
+            "cuda" | "fused" => Ok(GraphChoice::Cuda),
+            _ => Err(format!("unknown graph {s:?}; use auto, plain or cuda")),
+        }
+    }
+}
+
+impl GraphChoice {
+    /// The graph `component` runs on `device`. Components without a fused graph (text encoders,
+    /// VAE) always run the plain one; asking for the fused UNet where it cannot run is an error.
+    pub fn resolve(self, device: Device, component: &Component) -> Result<GraphKind, String> {
+        let is_cuda = matches!(device, Device::Cuda(_));
+        let has = component.cuda.is_some();
+        match self {
+            GraphChoice::Plain => Ok(GraphKind::Plain),
+            GraphChoice::Auto if is_cuda && has => Ok(GraphKind::Cuda),
+            GraphChoice::Auto => Ok(GraphKind::Plain),
+            GraphChoice::Cuda if component.kind != ComponentKind::Unet => Ok(GraphKind::Plain),
+            GraphChoice::Cuda if !is_cuda => Err(format!(
+                "the fused CUDA graph runs only on a CUDA device (--device cuda:N), not {device}"
+            )),
+            GraphChoice::Cuda if !has => Err(format!(
+                "{} has no fused CUDA graph (model.cuda.onnx); make one with \
+                 `scripts/export_model.py --optimize cuda --model {}`",
+                component.dir.display(),
+                component.dir.parent().unwrap_or(&component.dir).display()
+            )),
+            GraphChoice::Cuda => Ok(GraphKind::Cuda),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -359,7 +359,7 @@ fn svd_merge_matches_kohya_svd_merge_lora() {
 
 /// The tiny model with its UNet and text-encoder weights stored as F32 (baking then adds no f16 rounding).
 fn f32_model(dest: &Path) {
-    copy_tree(&tiny_model(), dest);
+    copy_dir(&tiny_model(), dest);
     for comp in ["unet", "text_encoder"] {
         let path = dest.join(comp).join("weights.safetensors");
         let ck = stipple::model::Checkpoint::open(&path).unwrap();
@@ -379,20 +379,6 @@ fn f32_model(dest: &Path) {
             .collect();
         drop(ck);
         stipple::safetensors_out::write_atomic(&path, &tensors, &Default::default()).unwrap();
-    }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            if e.file_name() != "reference" {
-                copy_tree(&e.path(), &to.join(e.file_name()));
-            }
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
     }
 }
 

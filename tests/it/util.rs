@@ -41,6 +41,21 @@ pub fn generator() -> std::sync::MutexGuard<'static, Generator> {
     g
 }
 
+/// Copies a folder tree (the fixtures' `reference/` folders are skipped: tests never need them).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            if e.file_name() != "reference" {
+                copy_dir(&e.path(), &to.join(e.file_name()));
+            }
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
 pub fn ref_tensors() -> Checkpoint {
     Checkpoint::open(&reference("tensors.safetensors")).expect("reference tensors")
 }
