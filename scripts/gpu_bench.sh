@@ -2,6 +2,8 @@
 # Runs stipple on the GPU machine (../shared/gpu/README.md): a full-size SD1.5-architecture model
 # (FAMILY=sdxl: SDXL, 1024x1024) with random fp16 weights (exported there), a random rank-32 LoRA, then doctor, generate and bench on
 # cuda:0, with peak device memory and ONNX Runtime's per-operator profile. Results go to $OUT.
+# OPTIMIZE=1 (the default for sd15) also writes ORT's SD-fused graph (--optimize cuda) and runs
+# generate and bench on both UNet graphs, comparing their images; STAGE=export stops after the export.
 #
 # Expects: ONNX Runtime GPU parts in /tmp/parts (or unpacked in /tmp/ort), the diffusers wheels in
 # .whl/, and a release build at target/release/stipple (carried). Needs the machine's PyTorch.
@@ -26,6 +28,18 @@ if [ ! -f "$MODEL/model_index.json" ]; then
   python3 scripts/export_model.py --random "$FAMILY" --dtype fp16 --device cuda --out "$MODEL" > "$OUT/export.log" 2>&1
   echo "export: $(( $(date +%s) - t )) s" | tee -a "$OUT/summary.txt"
 fi
+OPTIMIZE=${OPTIMIZE:-$([ "$FAMILY" = sd15 ] && echo 1 || echo 0)}
+if [ "$OPTIMIZE" = 1 ] && [ ! -f "$MODEL/unet/model.cuda.onnx" ]; then
+  t=$(date +%s)
+  # ORT's optimizer from the GPU wheel (the machine's own onnxruntime is another version).
+  PYTHONPATH=/tmp/ort:${PYTHONPATH:-} python3 scripts/export_model.py --optimize cuda --model "$MODEL" \
+    > "$OUT/optimize.log" 2>&1 || { tail -30 "$OUT/optimize.log"; exit 1; }
+  tail -1 "$OUT/optimize.log"
+  echo "optimize --cuda: $(( $(date +%s) - t )) s" | tee -a "$OUT/summary.txt"
+fi
+[ "${STAGE:-all}" = export ] && exit 0
+GRAPHS=plain
+[ -f "$MODEL/unet/model.cuda.onnx" ] && GRAPHS="cuda plain"
 mkdir -p /tmp/loras
 [ -f /tmp/loras/synth32.safetensors ] || python3 scripts/synth_lora.py "$MODEL" /tmp/loras/synth32.safetensors --rank 32 --te
 BIN=${BIN:-target/release/stipple}
@@ -34,21 +48,35 @@ chmod +x "$BIN"
 # Peak device memory while the commands below run.
 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$OUT/gpumem.txt" 2>/dev/null &
 smi=$!
-"$BIN" generate --device cuda:0 --model "$MODEL" --prompt "a red fox <lora:synth32:0.8>" --lora-dir /tmp/loras \
-  --steps 20 --seed 1 --out "$OUT/img" --no-preview > "$OUT/generate.jsonl" || echo "generate failed: $?"
-cat "$OUT/generate.jsonl"
-"$BIN" bench --device cuda:0 --model "$MODEL" --lora /tmp/loras/synth32.safetensors --repeats ${REPEATS:-5} > "$OUT/bench.txt" || echo "bench failed: $?"
-cat "$OUT/bench.txt"
-if [ "${STATIC:-1}" = 1 ]; then
-  "$BIN" bench --device cuda:0 --model "$MODEL" --lora /tmp/loras/synth32.safetensors --repeats ${REPEATS:-5} \
-    --static-shapes > "$OUT/bench-static.txt" || echo "static bench failed: $?"
-  cat "$OUT/bench-static.txt"
+for G in $GRAPHS; do
+  "$BIN" generate --device cuda:0 --graph $G --model "$MODEL" --prompt "a red fox <lora:synth32:0.8>" \
+    --lora-dir /tmp/loras --steps 20 --seed 1 --out "$OUT/img-$G" --no-preview > "$OUT/generate-$G.jsonl" \
+    || echo "generate ($G) failed: $?"
+  tail -2 "$OUT/generate-$G.jsonl"
+  "$BIN" bench --device cuda:0 --graph $G --model "$MODEL" --lora /tmp/loras/synth32.safetensors \
+    --repeats ${REPEATS:-5} > "$OUT/bench-$G.txt" || echo "bench ($G) failed: $?"
+  cat "$OUT/bench-$G.txt"
+  if [ "${STATIC:-0}" = 1 ]; then
+    "$BIN" bench --device cuda:0 --graph $G --model "$MODEL" --lora /tmp/loras/synth32.safetensors \
+      --repeats ${REPEATS:-5} --static-shapes > "$OUT/bench-$G-static.txt" || echo "static bench failed: $?"
+    cat "$OUT/bench-$G-static.txt"
+  fi
+done
+if [ -d "$OUT/img-cuda" ] && [ -d "$OUT/img-plain" ]; then
+  # The same seed and LoRA through both graphs: fp16 kernels differ, the pictures must not.
+  python3 - "$OUT"/img-cuda/*.png "$OUT"/img-plain/*.png <<'PY' | tee -a "$OUT/summary.txt"
+import sys
+import numpy as np
+from PIL import Image
+a, b = (np.asarray(Image.open(p).convert("RGB"), dtype=np.float64) for p in sys.argv[1:3])
+print(f"fused vs plain image: mean abs diff {np.abs(a - b).mean():.3f}/255, max {np.abs(a - b).max():.0f}/255")
+PY
 fi
 kill $smi 2>/dev/null || true
 echo "peak device memory: $(sort -n "$OUT/gpumem.txt" | tail -1) MiB" | tee -a "$OUT/summary.txt"
 if [ "${PROFILE:-1}" = 1 ]; then
   rm -f /tmp/prof-*
-  STIPPLE_ORT_PROFILE=/tmp/prof "$BIN" bench --device cuda:0 --model "$MODEL" --repeats 1 > /dev/null
+  STIPPLE_ORT_PROFILE=/tmp/prof "$BIN" bench --device cuda:0 --graph ${GRAPHS%% *} --model "$MODEL" --repeats 1 > /dev/null
   python3 - /tmp/prof-unet*.json > "$OUT/profile.txt" <<'PY'
 import json, sys, collections
 events = json.load(open(sys.argv[1]))

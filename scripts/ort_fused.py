@@ -190,7 +190,9 @@ def _load_unet(unet_dir):
     unet.load_state_dict(state, strict=True)
     unet.set_attn_processor(AttnProcessor())
     params = {k: v.numpy() for k, v in state.items()}
-    return unet.float().eval(), params
+    # Tracing is much faster on a GPU; the exported graph is the same.
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    return unet.float().eval().to(dev), params
 
 
 def optimize_cuda(model_dir, reference_out=None):

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 pub struct BenchReport {
     pub model: String,
     pub device: String,
+    /// The UNet graph that ran: `plain` or `cuda` (ONNX Runtime's SD-fused graph).
+    pub unet_graph: String,
     pub width: u32,
     pub height: u32,
     pub load_s: f64,
@@ -46,8 +48,8 @@ impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "model {} on {} at {}x{} ({} repeats, medians)",
-            self.model, self.device, self.width, self.height, self.repeats
+            "model {} on {} at {}x{}, {} UNet graph ({} repeats, medians)",
+            self.model, self.device, self.width, self.height, self.unet_graph, self.repeats
         )?;
         writeln!(f, "  load (open + sessions)    {:>9.3} s", self.load_s)?;
         writeln!(
@@ -249,6 +251,7 @@ pub fn run(
     Ok(BenchReport {
         model: g.model_name().to_string(),
         device,
+        unet_graph: g.unet_graph().to_string(),
         width: w,
         height: h,
         load_s,

@@ -286,6 +286,18 @@ impl Generator {
         self.fuse(&[], &none, None)
     }
 
+    /// Which UNet graph the fused path runs (`plain` or `cuda`); live adapters always use the plain one.
+    pub fn unet_graph(&self) -> &'static str {
+        let kind = self
+            .model
+            .component(ComponentKind::Unet)
+            .and_then(|c| self.opts.graph.resolve(self.opts.device, c).ok());
+        match kind {
+            Some(GraphKind::Cuda) => "cuda",
+            _ => "plain",
+        }
+    }
+
     /// The folders `<lora:NAME>` tags are looked up in.
     pub fn set_lora_dirs(&mut self, dirs: Vec<PathBuf>) {
         self.adapters = AdapterCache::new(dirs);

@@ -108,8 +108,12 @@ pub fn build_session(
     // STIPPLE_ORT_PROFILE=/tmp/prof writes /tmp/prof-<component>_<time>.json when the session ends.
     if let Some(prefix) = std::env::var_os("STIPPLE_ORT_PROFILE") {
         let mut p = std::path::PathBuf::from(prefix);
+        let tag: String = what
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
         let name = format!(
-            "{}-{what}",
+            "{}-{tag}",
             p.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
