@@ -5,9 +5,10 @@
 //! f32, adding the delta (torch layout) before the transform (transpose, NHWC, per-head packing).
 
 use crate::model::layout::{buffer_len, elem_of, Component, GraphKind};
-use crate::model::weightmap::Transform;
+use crate::model::weightmap::{Transform, WeightMapEntry};
 use crate::model::ElemType;
-use std::collections::HashMap;
+use rayon::prelude::*;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,8 @@ pub enum PatchError {
         init: String,
         elem: String,
     },
+    #[error("{component}: initializer {init} overlaps another or does not fit its place in the weights buffer")]
+    Layout { component: String, init: String },
     #[error("{component}: the model folder has no {kind:?} graph")]
     NoGraph { component: String, kind: GraphKind },
 }
@@ -59,6 +62,8 @@ pub fn assemble(
 }
 
 /// [`assemble`] for one of the component's graphs (the fused CUDA graph repacks weights).
+///
+/// Initializers are filled in parallel, each into its own slice of the buffer.
 pub fn assemble_graph(
     component: &Component,
     kind: GraphKind,
@@ -71,83 +76,48 @@ pub fn assemble_graph(
             component: cname.clone(),
             kind,
         })?;
-    let mut used = std::collections::HashSet::new();
     // Allocated as the Arc ONNX Runtime takes: turning a Vec into an Arc<[u8]> would copy the whole
     // buffer once more (1.7 GB for an SD1.5 UNet). A fresh Arc has one owner, so get_mut succeeds.
     let mut arc: Arc<[u8]> = std::iter::repeat_n(0u8, buffer_len(graph)).collect();
     let Some(buf) = Arc::get_mut(&mut arc) else {
         unreachable!("a freshly collected Arc has a single owner")
     };
+    let bytes = buf.len();
+    let mut order: Vec<&WeightMapEntry> = weightmap.initializers.iter().collect();
+    order.sort_by_key(|e| e.offset);
+    let mut jobs = Vec::with_capacity(order.len());
+    let mut rest: &mut [u8] = buf;
+    let mut pos = 0usize;
+    for e in order {
+        let skip = e.offset.checked_sub(pos);
+        let fits = skip.is_some_and(|s| s + e.length <= rest.len());
+        let (Some(skip), true) = (skip, fits) else {
+            return Err(PatchError::Layout {
+                component: cname,
+                init: e.name.clone(),
+            });
+        };
+        let (mine, tail) = std::mem::take(&mut rest)[skip..].split_at_mut(e.length);
+        jobs.push((e, mine));
+        rest = tail;
+        pos = e.offset + e.length;
+    }
+    let filled: Vec<Result<Vec<&str>, PatchError>> = jobs
+        .into_par_iter()
+        .map(|(e, out)| fill(component, graph, &cname, e, deltas, out))
+        .collect();
+    let mut used = HashSet::new();
     let mut stats = PatchStats {
-        bytes: buf.len(),
+        bytes,
         ..Default::default()
     };
-    for entry in &weightmap.initializers {
-        let mut parts = Vec::new();
-        for src in entry.sources() {
-            let tensor =
-                component
-                    .weights
-                    .tensor(src)
-                    .ok_or_else(|| PatchError::MissingSource {
-                        component: cname.clone(),
-                        source_name: src.to_string(),
-                    })?;
-            parts.push((src, tensor));
-        }
-        let elem = elem_of(graph, &entry.name)
-            .filter(|e| e.size().is_some())
-            .ok_or_else(|| PatchError::Elem {
-                component: cname.clone(),
-                init: entry.name.clone(),
-                elem: entry.dtype.clone(),
-            })?;
-        let out = &mut buf[entry.offset..entry.offset + entry.length];
+    for r in filled {
+        let u = r?;
         stats.initializers += 1;
-        if let [(src, tensor)] = parts[..] {
-            let same_dtype = matches!(
-                (tensor.dtype, elem),
-                (safetensors::Dtype::F32, ElemType::F32)
-                    | (safetensors::Dtype::F16, ElemType::F16)
-                    | (safetensors::Dtype::BF16, ElemType::Bf16)
-            );
-            if !deltas.contains_key(src) && same_dtype && entry.transform == Transform::Identity {
-                out.copy_from_slice(tensor.data);
-                continue;
-            }
-        }
-        let mut values = Vec::with_capacity(parts.len());
-        let mut patched = false;
-        for (src, tensor) in &parts {
-            let mut v = tensor.to_f32();
-            if let Some(d) = deltas.get(*src) {
-                if d.len() != v.len() {
-                    return Err(PatchError::DeltaSize {
-                        component: cname,
-                        param: src.to_string(),
-                        got: d.len(),
-                        want: v.len(),
-                    });
-                }
-                for (x, dx) in v.iter_mut().zip(d) {
-                    *x += dx;
-                }
-                used.insert(*src);
-                patched = true;
-            }
-            values.push(v);
-        }
-        if patched {
+        if !u.is_empty() {
             stats.patched += 1;
         }
-        let shape = parts[0].1.shape;
-        let values = match entry.transform {
-            Transform::Identity => values.swap_remove(0),
-            Transform::Transpose => transpose(&values[0], shape),
-            Transform::Nhwc => nhwc(&values[0], shape),
-            Transform::PackHeads => pack_heads(&values, shape, entry.heads),
-        };
-        write_elems(&values, elem, out);
+        used.extend(u);
     }
     if used.len() != deltas.len() {
         let mut names: Vec<String> = deltas
@@ -164,9 +134,143 @@ pub fn assemble_graph(
     Ok((arc, stats))
 }
 
-fn transpose(values: &[f32], shape: &[usize]) -> Vec<f32> {
+/// Writes one initializer into `out`; returns the delta names it used.
+fn fill<'e>(
+    component: &Component,
+    graph: &crate::model::Graph,
+    cname: &str,
+    entry: &'e WeightMapEntry,
+    deltas: &HashMap<String, Vec<f32>>,
+    out: &mut [u8],
+) -> Result<Vec<&'e str>, PatchError> {
+    let mut parts = Vec::new();
+    for src in entry.sources() {
+        let tensor = component
+            .weights
+            .tensor(src)
+            .ok_or_else(|| PatchError::MissingSource {
+                component: cname.to_string(),
+                source_name: src.to_string(),
+            })?;
+        parts.push((src, tensor));
+    }
+    let elem = elem_of(graph, &entry.name)
+        .filter(|e| e.size().is_some())
+        .ok_or_else(|| PatchError::Elem {
+            component: cname.to_string(),
+            init: entry.name.clone(),
+            elem: entry.dtype.clone(),
+        })?;
+    let esize = elem.size().unwrap_or(4);
+    let numel: usize = parts.iter().map(|(_, t)| t.numel()).sum();
+    if out.len() != numel * esize || parts.iter().any(|(_, t)| t.shape != parts[0].1.shape) {
+        return Err(PatchError::Layout {
+            component: cname.to_string(),
+            init: entry.name.clone(),
+        });
+    }
+    let shape = parts[0].1.shape;
+    let same_dtype = parts.iter().all(|(_, t)| {
+        matches!(
+            (t.dtype, elem),
+            (safetensors::Dtype::F32, ElemType::F32)
+                | (safetensors::Dtype::F16, ElemType::F16)
+                | (safetensors::Dtype::BF16, ElemType::Bf16)
+        )
+    });
+    let touched = parts.iter().any(|(src, _)| deltas.contains_key(*src));
+    if !touched && same_dtype {
+        // Nothing to add: move the stored elements as they are (no rounding, no f32 pass).
+        match esize {
+            2 => {
+                let parts: Vec<Vec<u16>> = parts.iter().map(|(_, t)| elems(t.data)).collect();
+                put(&arrange(entry, parts, shape), out);
+            }
+            _ => {
+                let parts: Vec<Vec<u32>> = parts.iter().map(|(_, t)| elems(t.data)).collect();
+                put(&arrange(entry, parts, shape), out);
+            }
+        }
+        return Ok(Vec::new());
+    }
+    let mut used = Vec::new();
+    let mut values = Vec::with_capacity(parts.len());
+    for (src, tensor) in &parts {
+        let mut v = tensor.to_f32();
+        if let Some(d) = deltas.get(*src) {
+            if d.len() != v.len() {
+                return Err(PatchError::DeltaSize {
+                    component: cname.to_string(),
+                    param: src.to_string(),
+                    got: d.len(),
+                    want: v.len(),
+                });
+            }
+            for (x, dx) in v.iter_mut().zip(d) {
+                *x += dx;
+            }
+            used.push(*src);
+        }
+        values.push(v);
+    }
+    write_elems(&arrange(entry, values, shape), elem, out);
+    Ok(used)
+}
+
+/// Applies the entry's transform to its parts (each of `shape`, torch layout).
+fn arrange<T: Copy + Default>(
+    entry: &WeightMapEntry,
+    mut parts: Vec<Vec<T>>,
+    shape: &[usize],
+) -> Vec<T> {
+    match entry.transform {
+        Transform::Identity => parts.swap_remove(0),
+        Transform::Transpose => transpose(&parts[0], shape),
+        Transform::Nhwc => nhwc(&parts[0], shape),
+        Transform::PackHeads => pack_heads(&parts, shape, entry.heads),
+    }
+}
+
+/// Little-endian elements of 2 or 4 bytes, read without assuming alignment.
+trait Elem: Copy + Default {
+    const SIZE: usize;
+    fn read(b: &[u8]) -> Self;
+    fn write(self, b: &mut [u8]);
+}
+
+impl Elem for u16 {
+    const SIZE: usize = 2;
+    fn read(b: &[u8]) -> Self {
+        u16::from_le_bytes([b[0], b[1]])
+    }
+    fn write(self, b: &mut [u8]) {
+        b.copy_from_slice(&self.to_le_bytes());
+    }
+}
+
+impl Elem for u32 {
+    const SIZE: usize = 4;
+    fn read(b: &[u8]) -> Self {
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+    fn write(self, b: &mut [u8]) {
+        b.copy_from_slice(&self.to_le_bytes());
+    }
+}
+
+fn elems<T: Elem>(data: &[u8]) -> Vec<T> {
+    data.chunks_exact(T::SIZE).map(T::read).collect()
+}
+
+fn put<T: Elem>(values: &[T], out: &mut [u8]) {
+    for (v, o) in values.iter().zip(out.chunks_exact_mut(T::SIZE)) {
+        v.write(o);
+    }
+}
+
+fn transpose<T: Copy + Default>(values: &[T], shape: &[usize]) -> Vec<T> {
     let (rows, cols) = (shape[0], shape[1]);
-    let mut out = vec![0f32; values.len()];
+    let mut out = vec![T::default(); values.len()];
     for r in 0..rows {
         for c in 0..cols {
             out[c * rows + r] = values[r * cols + c];
@@ -176,16 +280,14 @@ fn transpose(values: &[f32], shape: &[usize]) -> Vec<f32> {
 }
 
 /// `[out, in, kh, kw]` → `[out, kh, kw, in]`.
-fn nhwc(values: &[f32], shape: &[usize]) -> Vec<f32> {
+fn nhwc<T: Copy + Default>(values: &[T], shape: &[usize]) -> Vec<T> {
     let (o, i, kh, kw) = (shape[0], shape[1], shape[2], shape[3]);
-    let mut out = vec![0f32; values.len()];
+    let mut out = Vec::with_capacity(values.len());
+    // Written in output order: the writes stream, the reads stride by kh*kw.
     for a in 0..o {
-        for b in 0..i {
-            for y in 0..kh {
-                for x in 0..kw {
-                    out[((a * kh + y) * kw + x) * i + b] = values[((a * i + b) * kh + y) * kw + x];
-                }
-            }
+        let filt = &values[a * i * kh * kw..(a + 1) * i * kh * kw];
+        for pos in 0..kh * kw {
+            out.extend((0..i).map(|b| filt[b * kh * kw + pos]));
         }
     }
     out
@@ -193,12 +295,12 @@ fn nhwc(values: &[f32], shape: &[usize]) -> Vec<f32> {
 
 /// Parts `[heads*dim, in]` → `[in, heads*k*dim]` with column `(n*k + p)*dim + d` = row `n*dim + d`
 /// of part `p`: the layout ONNX Runtime's MultiHeadAttention reads packed QKV/KV in.
-fn pack_heads(parts: &[Vec<f32>], shape: &[usize], heads: usize) -> Vec<f32> {
+fn pack_heads<T: Copy + Default>(parts: &[Vec<T>], shape: &[usize], heads: usize) -> Vec<T> {
     let (rows, cin) = (shape[0], shape[1]);
     let k = parts.len();
     let dim = rows / heads;
     let width = rows * k;
-    let mut out = vec![0f32; cin * width];
+    let mut out = vec![T::default(); cin * width];
     for (p, part) in parts.iter().enumerate() {
         for n in 0..heads {
             for d in 0..dim {
