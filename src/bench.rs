@@ -78,7 +78,7 @@ impl fmt::Display for BenchReport {
         if let Some(b) = self.swap_breakdown {
             writeln!(
                 f,
-                "    of which ΔW {:.3} s, patch {:.3} s, sessions {:.3} s",
+                "    ΔW {:.3} s, patch {:.3} s, sessions {:.3} s (summed; built side by side)",
                 b.deltas_s, b.patch_s, b.session_s
             )?;
         }

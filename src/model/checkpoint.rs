@@ -127,6 +127,17 @@ impl Checkpoint {
         &self.path
     }
 
+    /// Drops the mapped pages from this process's resident set once a buffer has been assembled:
+    /// they are file-backed, so a later read faults them back in from the page cache. Without it
+    /// every weight counts twice in RSS (the mapping and ONNX Runtime's copy).
+    pub fn release_pages(&self) {
+        // SAFETY: MADV_DONTNEED on a read-only, file-backed shared mapping only discards the
+        // process's page-table entries; contents are re-read from the file on the next access, so
+        // no borrowed slice can observe different data (stipple never writes a mapped file).
+        #[cfg(unix)]
+        let _ = unsafe { self.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+    }
+
     pub fn tensor(&self, name: &str) -> Option<Tensor<'_>> {
         let info = self.meta.info(name)?;
         let start = 8 + self.header_len + info.data_offsets.0;

@@ -109,9 +109,10 @@ struct Fused {
 pub struct FuseStats {
     /// ΔW of every adapter and layer.
     pub deltas_s: f64,
-    /// Assembling the weight buffers (base + ΔW, dtype conversion).
+    /// Assembling the weight buffers (base + ΔW, dtype conversion), summed over components.
     pub patch_s: f64,
-    /// ONNX Runtime session creation.
+    /// ONNX Runtime session creation, summed over components (text encoders and UNet are built
+    /// side by side, so the swap's wall time can be less than ΔW + patch + sessions).
     pub session_s: f64,
 }
 
@@ -324,22 +325,57 @@ impl Generator {
             (d, Some(r))
         };
         stats.deltas_s = t.elapsed().as_secs_f64();
-        let te = if want.te != self.fused.te {
-            let te_dims = self.te_dims();
-            let mut built = Vec::new();
-            for enc in self.model.index.family.facts().encoders {
-                built.push(self.build_one(enc.component, &deltas, &te_dims, &mut stats)?);
-            }
-            Some(built)
-        } else {
-            None
-        };
-        let unet = if want.unet != self.fused.unet || want.unet_dims != self.fused.unet_dims {
-            let dims = unet_dim_overrides(want.unet_dims);
-            Some(self.build_one(ComponentKind::Unet, &deltas, &dims, &mut stats)?)
-        } else {
-            None
-        };
+        let rebuild_te = want.te != self.fused.te;
+        let rebuild_unet = want.unet != self.fused.unet || want.unet_dims != self.fused.unet_dims;
+        let te_dims = self.te_dims();
+        let unet_dims = unet_dim_overrides(want.unet_dims);
+        let (model, rt, opts) = (&self.model, self.runtime, &self.opts);
+        // The text encoders and the UNet are built side by side: session creation is mostly
+        // single-threaded inside ONNX Runtime, so a swap costs the slower of the two, not the sum.
+        let (te, unet) = std::thread::scope(|s| {
+            let te = s.spawn(|| -> Result<_, PipelineError> {
+                let mut st = FuseStats::default();
+                if !rebuild_te {
+                    return Ok((None, st));
+                }
+                let mut built = Vec::new();
+                for enc in model.index.family.facts().encoders {
+                    built.push(build_component(
+                        model,
+                        rt,
+                        opts,
+                        enc.component,
+                        &deltas,
+                        &te_dims,
+                        &mut st,
+                    )?);
+                }
+                Ok((Some(built), st))
+            });
+            let mut st = FuseStats::default();
+            let unet = if rebuild_unet {
+                build_component(
+                    model,
+                    rt,
+                    opts,
+                    ComponentKind::Unet,
+                    &deltas,
+                    &unet_dims,
+                    &mut st,
+                )
+                .map(|u| (Some(u), st))
+            } else {
+                Ok((None, st))
+            };
+            let te = te
+                .join()
+                .unwrap_or_else(|_| Err(PipelineError::Job("text encoder build panicked".into())));
+            (te, unet)
+        });
+        let (te, te_stats) = te?;
+        let (unet, unet_stats) = unet?;
+        stats.patch_s = te_stats.patch_s + unet_stats.patch_s;
+        stats.session_s = te_stats.session_s + unet_stats.session_s;
         if adapters::lora_debug() {
             tracing::info!(
                 target: "stipple::lora",
@@ -1058,6 +1094,7 @@ fn build_component(
     };
     let t = Instant::now();
     let (buf, _stats) = patch::assemble_graph(c, which, deltas.get(&kind).unwrap_or(&empty))?;
+    c.weights.release_pages();
     stats.patch_s += t.elapsed().as_secs_f64();
     let t = Instant::now();
     let what = match which {

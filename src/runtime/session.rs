@@ -121,6 +121,21 @@ pub fn build_session(
         p.set_file_name(name);
         builder = builder.with_profiling(p).map_err(recover)?;
     }
+    // A benchmarking knob: STIPPLE_ORT_OPT_LEVEL=0..3 (ONNX Runtime's graph optimisation level;
+    // default all). An offline-fused graph may not need level 3, and a lower level builds faster.
+    if let Some(level) = std::env::var("STIPPLE_ORT_OPT_LEVEL")
+        .ok()
+        .and_then(|v| v.parse::<u8>().ok())
+    {
+        use ort::session::builder::GraphOptimizationLevel as L;
+        let level = match level {
+            0 => L::Disable,
+            1 => L::Level1,
+            2 => L::Level2,
+            _ => L::All,
+        };
+        builder = builder.with_optimization_level(level).map_err(recover)?;
+    }
     for (name, size) in dims {
         builder = builder
             .with_dimension_override(*name, *size)
