@@ -1,9 +1,10 @@
 //! Everything that talks to ONNX Runtime: finding and loading the library ([`library`]), the execution
 //! providers ([`ep`], CUDA's settings in [`cuda_opts`]), building sessions from a graph plus an
-//! in-memory weights buffer ([`session`]).
+//! in-memory weights buffer ([`session`]), and the GPU's memory in use ([`device_mem`], NVML).
 
 pub mod cuda_libs;
 pub mod cuda_opts;
+pub mod device_mem;
 pub mod ep;
 pub mod library;
 pub mod session;
