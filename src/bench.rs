@@ -1,13 +1,15 @@
 //! Benchmarks behind `stipple bench` and `cargo bench`: session creation, text encoding, UNet steps
 //! with CFG (the figure that matters), VAE decode and a whole image, on a given model and device.
 //!
-//! [`run`] measures and returns a [`BenchReport`]; its `Display` is what both commands print.
+//! [`run`] measures and returns a [`BenchReport`]; its `Display` is what both commands print. On CUDA
+//! it also samples the GPU's memory in use through NVML ([`crate::runtime::device_mem`]).
 
 use crate::engine::Stop;
 use crate::job::{Job, Sampler};
 use crate::pipeline::generator::{time_ids, Added};
 use crate::pipeline::{Generator, PipelineError};
-use crate::runtime::{Runtime, SessionOptions};
+use crate::runtime::device_mem::{self, MemoryPeak};
+use crate::runtime::{Device, Runtime, SessionOptions};
 use std::fmt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -36,6 +38,14 @@ pub struct BenchReport {
     pub unet_step_with_adapter_ms: Option<f64>,
     /// Peak resident memory of the process (VmHWM), MB.
     pub peak_rss_mb: Option<f64>,
+    /// CUDA: the most memory in use on the GPU during the run (NVML, every process), MB; null on
+    /// other devices and where NVML could not be read.
+    pub peak_device_mb: Option<f64>,
+    /// CUDA: memory in use on the GPU before the model was loaded, MB; peak − baseline is this
+    /// run's share (as long as nothing else on the GPU changed meanwhile).
+    pub device_baseline_mb: Option<f64>,
+    /// CUDA: why the device memory could not be read (NVML missing, ...).
+    pub device_memory_error: Option<String>,
     /// Where the adapter swap's time went.
     pub swap_breakdown: Option<crate::pipeline::generator::FuseStats>,
     /// One CFG step after swapping back to the plain model (a rebuilt session, no adapter).
@@ -91,6 +101,20 @@ impl fmt::Display for BenchReport {
         if let Some(m) = self.peak_rss_mb {
             writeln!(f, "  peak host memory (RSS)    {:>9.1} MB", m)?;
         }
+        match (self.peak_device_mb, self.device_baseline_mb) {
+            (Some(peak), Some(base)) => writeln!(
+                f,
+                "  peak device memory        {:>9.1} MB  (+{:.1} MB over the {:.1} MB in use before loading)",
+                peak,
+                (peak - base).max(0.0),
+                base
+            )?,
+            _ => {
+                if let Some(e) = &self.device_memory_error {
+                    writeln!(f, "  peak device memory              n/a  ({e})")?;
+                }
+            }
+        }
         write!(f, "  image, 20 steps Euler a   {:>9.3} s", self.image_s)
     }
 }
@@ -101,6 +125,11 @@ pub fn peak_rss_mb() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// Bytes in MB as the rest of the report counts them (MiB, like VmHWM and nvidia-smi).
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
 fn median(mut v: Vec<Duration>) -> f64 {
@@ -118,8 +147,14 @@ pub fn run(
     lora: Option<&Path>,
 ) -> Result<BenchReport, PipelineError> {
     let repeats = repeats.max(1);
+    let opts = opts.resolved();
     let device = opts.device.to_string();
     let static_shapes = opts.static_shapes;
+    // Started before the model loads: its first reading is the baseline.
+    let device_mem = match opts.device {
+        Device::Cuda(i) => Some(device_mem::Sampler::for_cuda(i)),
+        _ => None,
+    };
     let t0 = Instant::now();
     let mut g = Generator::load(model_dir, rt, opts)?;
     let load_s = t0.elapsed().as_secs_f64();
@@ -248,6 +283,17 @@ pub fn run(
         }
         unet_step_after_rebuild_ms = Some(median(steps) * 1e3);
     }
+    let (peak_device_mb, device_baseline_mb, device_memory_error) = match device_mem {
+        None => (None, None, None),
+        Some(Ok(sampler)) => {
+            let MemoryPeak { baseline, peak } = sampler.finish();
+            (Some(mb(peak)), Some(mb(baseline)), None)
+        }
+        Some(Err(e)) => {
+            tracing::warn!("device memory not measured: {e}");
+            (None, None, Some(e.to_string()))
+        }
+    };
     Ok(BenchReport {
         model: g.model_name().to_string(),
         device,
@@ -264,6 +310,9 @@ pub fn run(
         adapter_swap_s,
         unet_step_with_adapter_ms,
         peak_rss_mb: peak_rss_mb(),
+        peak_device_mb,
+        device_baseline_mb,
+        device_memory_error,
         swap_breakdown,
         unet_step_after_rebuild_ms,
         static_shapes,

@@ -2,6 +2,7 @@
 //! variables (`STIPPLE_GENERATION__STEPS=30`) → command-line flags, deserialized into [`Config`].
 //! Folders follow XDG on Linux and macOS (etcetera); `STIPPLE_CONFIG_HOME` moves the config folder.
 
+use crate::runtime::CudaOptions;
 use ::config::{Environment, File, FileFormat};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -35,16 +36,36 @@ lora_method = "fuse"
 # Insert an adapter's trigger words with its tag.
 trigger_words = true
 
+# CUDA execution provider (--device cuda:N); other devices ignore this section.
+[cuda]
+# How cuDNN picks convolution algorithms: heuristic (quick start), exhaustive (times every
+# algorithm on the first step of each shape: slow start, more memory) or default (least memory).
+conv_algo_search = "heuristic"
+# Cap on ONNX Runtime's GPU memory arena in GiB; 0 = no cap.
+memory_limit_gb = 0
+# Capture the UNet as a CUDA graph and replay it every step. Forces static shapes (a new size or
+# prompt length rebuilds the UNet) and cannot run adapters live (schedules, dials, lora_method live).
+cuda_graph = false
+# TensorFloat-32 math on Ampere and newer GPUs; false gives full fp32 precision, a little slower.
+tf32 = true
+
 # Replace the keys of an action: "context.action" = ["key", ...]; see the help overlay (F1).
 [keys]
 "#;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    // Not marked as the source: the message already holds it, and `{:#}` would print it twice.
     #[error("configuration: {0}")]
-    Load(#[from] ::config::ConfigError),
+    Load(::config::ConfigError),
     #[error("configuration key `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+}
+
+impl From<::config::ConfigError> for ConfigError {
+    fn from(e: ::config::ConfigError) -> Self {
+        ConfigError::Load(e)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +106,41 @@ pub struct GenerationConfig {
     pub trigger_words: bool,
 }
 
+/// `[cuda]`: what CUDA sessions are built with (see [`crate::runtime::CudaOptions`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CudaConfig {
+    /// heuristic, exhaustive or default; checked by [`CudaConfig::options`].
+    pub conv_algo_search: String,
+    /// GiB, 0 for no cap.
+    pub memory_limit_gb: f64,
+    pub cuda_graph: bool,
+    pub tf32: bool,
+}
+
+impl CudaConfig {
+    /// The section as session options; a bad value is an error naming its key.
+    pub fn options(&self) -> Result<CudaOptions, ConfigError> {
+        let conv_algo_search =
+            self.conv_algo_search
+                .parse()
+                .map_err(|message| ConfigError::Invalid {
+                    key: "cuda.conv_algo_search",
+                    message,
+                })?;
+        let o = CudaOptions {
+            conv_algo_search,
+            memory_limit_gb: self.memory_limit_gb,
+            cuda_graph: self.cuda_graph,
+            tf32: self.tf32,
+        };
+        o.validate().map_err(|e| ConfigError::Invalid {
+            key: "cuda.memory_limit_gb",
+            message: e.message,
+        })?;
+        Ok(o)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
     pub theme: String,
@@ -92,6 +148,7 @@ pub struct Config {
     pub history_size: usize,
     pub image: ImageConfig,
     pub generation: GenerationConfig,
+    pub cuda: CudaConfig,
     #[serde(default)]
     pub keys: BTreeMap<String, Vec<String>>,
 }
@@ -148,7 +205,8 @@ impl Config {
             g.seed >= -1,
             "generation.seed",
             "must be -1 (random) or a seed ≥ 0",
-        )
+        )?;
+        self.cuda.options().map(drop)
     }
 }
 
@@ -206,12 +264,47 @@ pub fn load(dirs: &Dirs, overrides: &[(&str, String)]) -> Result<Config, ConfigE
     Ok(cfg)
 }
 
+/// Only the `[cuda]` section, layered like [`load`] and checked: what the headless commands
+/// (`generate`, `bench`, `batch`) read, so a mistake in a section they do not use stops nothing.
+pub fn load_cuda(dirs: &Dirs) -> Result<CudaOptions, ConfigError> {
+    cuda_layers(Some(&dirs.config_file()), None)
+}
+
+/// [`load_cuda`] from given layers; `env: Some(map)` replaces the process environment (for tests).
+pub fn cuda_layers(
+    user_file: Option<&Path>,
+    env: Option<HashMap<String, String>>,
+) -> Result<CudaOptions, ConfigError> {
+    cuda_section(&layers(user_file, env, &[])?)?.options()
+}
+
+/// `[cuda]` read key by key, so that a value of the wrong type is reported with its full key
+/// (`cuda.cuda_graph`), not just `cuda` as a deserialization of the whole section would.
+fn cuda_section(c: &::config::Config) -> Result<CudaConfig, ConfigError> {
+    Ok(CudaConfig {
+        conv_algo_search: c.get("cuda.conv_algo_search")?,
+        memory_limit_gb: c.get("cuda.memory_limit_gb")?,
+        cuda_graph: c.get("cuda.cuda_graph")?,
+        tf32: c.get("cuda.tf32")?,
+    })
+}
+
 /// The layering itself; `env: Some(map)` replaces the process environment (for tests).
 pub fn load_layers(
     user_file: Option<&Path>,
     env: Option<HashMap<String, String>>,
     overrides: &[(&str, String)],
 ) -> Result<Config, ConfigError> {
+    let c = layers(user_file, env, overrides)?;
+    cuda_section(&c)?;
+    Ok(c.try_deserialize()?)
+}
+
+fn layers(
+    user_file: Option<&Path>,
+    env: Option<HashMap<String, String>>,
+    overrides: &[(&str, String)],
+) -> Result<::config::Config, ConfigError> {
     let mut b = ::config::Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
     if let Some(path) = user_file {
         b = b.add_source(File::from(path).format(FileFormat::Toml).required(false));
@@ -228,7 +321,7 @@ pub fn load_layers(
     for (key, value) in overrides {
         b = b.set_override(*key, value.as_str())?;
     }
-    Ok(b.build()?.try_deserialize()?)
+    Ok(b.build()?)
 }
 
 #[cfg(test)]
@@ -280,5 +373,73 @@ mod tests {
             e.contains("generation.sampler") && e.contains("heun"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_cuda_section_has_defaults_and_layers() {
+        let c = Config::default();
+        let o = c.cuda.options().unwrap();
+        assert_eq!(o, CudaOptions::default());
+        assert_eq!(cuda_layers(None, Some(HashMap::new())).unwrap(), o);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(
+            &file,
+            "[cuda]\nconv_algo_search = \"Exhaustive\"\nmemory_limit_gb = 7.5\ncuda_graph = true\n",
+        )
+        .unwrap();
+        let env = HashMap::from([("STIPPLE_CUDA__TF32".to_string(), "false".to_string())]);
+        let o = cuda_layers(Some(&file), Some(env.clone())).unwrap();
+        assert_eq!(
+            o.conv_algo_search,
+            crate::runtime::ConvAlgoSearch::Exhaustive
+        );
+        assert_eq!(o.memory_limit_bytes(), Some(7 * (1 << 30) + (1 << 29)));
+        assert!(o.cuda_graph);
+        assert!(!o.tf32);
+        // The whole configuration agrees with the section read alone.
+        let c = load_layers(Some(&file), Some(env), &[]).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.cuda.options().unwrap(), o);
+        // An integer limit from the environment is read as GiB too.
+        let env = HashMap::from([(
+            "STIPPLE_CUDA__MEMORY_LIMIT_GB".to_string(),
+            "12".to_string(),
+        )]);
+        let o = cuda_layers(None, Some(env)).unwrap();
+        assert_eq!(o.memory_limit_bytes(), Some(12 << 30));
+    }
+
+    #[test]
+    fn bad_cuda_values_name_their_key() {
+        let cases: [(&str, &str, &str); 4] = [
+            (
+                "conv_algo_search = \"fast\"",
+                "cuda.conv_algo_search",
+                "exhaustive",
+            ),
+            ("memory_limit_gb = -2", "cuda.memory_limit_gb", "GiB"),
+            (
+                "memory_limit_gb = 24000000000",
+                "cuda.memory_limit_gb",
+                "not bytes",
+            ),
+            ("cuda_graph = \"sometimes\"", "cuda.cuda_graph", "bool"),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        for (line, key, hint) in cases {
+            std::fs::write(&file, format!("[cuda]\n{line}\n")).unwrap();
+            let e = cuda_layers(Some(&file), Some(HashMap::new()))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains(hint), "{line}: {e}");
+            // The workstation reads the whole file: the same error.
+            let whole = load_layers(Some(&file), Some(HashMap::new()), &[])
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate().map_err(|e| e.to_string()))
+                .unwrap_err();
+            assert!(whole.contains(key), "{line}: {whole}");
+        }
     }
 }

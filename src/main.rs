@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use stipple::job::{Job, Sampler};
 use stipple::pipeline::{validate_job, Generator};
-use stipple::runtime::{Device, Runtime, SessionOptions};
+use stipple::runtime::{CudaArgs, CudaOptions, Device, Runtime, SessionOptions};
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +45,8 @@ struct TuiArgs {
     /// How adapters reach the weights: fuse (static fused, scheduled or dialled ones live), live, refuse
     #[arg(long, value_enum, default_value_t)]
     lora_method: stipple::live::LoraMethod,
+    #[command(flatten)]
+    cuda: CudaArgs,
 }
 
 #[derive(Subcommand)]
@@ -281,6 +283,35 @@ struct ModelArgs {
     /// UNet graph: auto (the fused CUDA graph on CUDA when the model has one), plain, cuda
     #[arg(long, default_value = "auto")]
     graph: String,
+    #[command(flatten)]
+    cuda: CudaArgs,
+}
+
+impl ModelArgs {
+    /// Session options from these flags and the `[cuda]` section of the config.
+    fn session_options(&self, device: Device) -> Result<SessionOptions> {
+        Ok(SessionOptions {
+            device,
+            threads: self.threads,
+            static_shapes: self.static_shapes,
+            graph: self.graph.parse().map_err(anyhow::Error::msg)?,
+            cuda: cuda_options(
+                stipple::config::load_cuda(&stipple::config::Dirs::discover())?,
+                &self.cuda,
+                &[device],
+            )?,
+        })
+    }
+}
+
+/// `base` (the config's `[cuda]`) with the `--cuda-*` flags on top. Flags given for a run with no
+/// CUDA device are ignored, with a warning.
+fn cuda_options(base: CudaOptions, flags: &CudaArgs, devices: &[Device]) -> Result<CudaOptions> {
+    let opts = flags.apply(base)?;
+    if flags.given() && !devices.iter().any(|d| matches!(d, Device::Cuda(_))) {
+        tracing::warn!("the --cuda-* flags apply to CUDA devices only; ignored here");
+    }
+    Ok(opts)
 }
 
 #[derive(Args)]
@@ -387,13 +418,8 @@ fn cmd_generate(cli: &Cli, a: &GenerateArgs) -> Result<()> {
     validate_job(&job)?;
     let dirs = lora_dirs(&a.lora_dirs);
     stipple::pipeline::adapters::check_names(&job.prompt, &dirs)?;
+    let opts = a.model.session_options(device)?;
     let rt = Runtime::get(cli.ort_lib.as_deref(), device.is_gpu())?;
-    let opts = SessionOptions {
-        device,
-        threads: a.model.threads,
-        static_shapes: a.model.static_shapes,
-        graph: a.model.graph.parse().map_err(anyhow::Error::msg)?,
-    };
     let mut generator = Generator::load(&dir, rt, opts)
         .with_context(|| format!("cannot load the model in {}", dir.display()))?;
     generator.set_lora_dirs(dirs);
@@ -420,13 +446,8 @@ fn cmd_generate(cli: &Cli, a: &GenerateArgs) -> Result<()> {
 fn cmd_bench(cli: &Cli, a: &BenchArgs) -> Result<()> {
     let device: Device = a.model.device.parse()?;
     let dir = a.model.model.clone().unwrap_or_else(default_model);
+    let opts = a.model.session_options(device)?;
     let rt = Runtime::get(cli.ort_lib.as_deref(), device.is_gpu())?;
-    let opts = SessionOptions {
-        device,
-        threads: a.model.threads,
-        static_shapes: a.model.static_shapes,
-        graph: a.model.graph.parse().map_err(anyhow::Error::msg)?,
-    };
     let size = match (a.width, a.height) {
         (Some(w), Some(h)) => Some((w, h)),
         (None, None) => None,
@@ -456,6 +477,22 @@ fn cmd_bench(cli: &Cli, a: &BenchArgs) -> Result<()> {
     }
 }
 
+fn cmd_batch(cli: &Cli, a: &stipple::batch::BatchArgs) -> Result<()> {
+    // Devices are parsed (and checked) by the batch itself; here only to tell whether one is CUDA.
+    let devices: Vec<Device> = a
+        .devices
+        .iter()
+        .filter_map(|d| d.trim().parse().ok())
+        .collect();
+    let cuda = cuda_options(
+        stipple::config::load_cuda(&stipple::config::Dirs::discover())?,
+        &a.cuda,
+        &devices,
+    )?;
+    stipple::batch::run(a, cli.ort_lib.as_deref(), default_model(), cuda)?;
+    Ok(())
+}
+
 fn cmd_tui(cli: &Cli) -> Result<()> {
     use std::io::IsTerminal;
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
@@ -481,6 +518,7 @@ fn cmd_tui(cli: &Cli) -> Result<()> {
     }
     let mut config = stipple::config::load(&dirs, &overrides)?;
     config.lora_folders.extend(lora_dirs(&a.lora_dirs));
+    let cuda = cuda_options(config.cuda.options()?, &a.cuda, &[device])?;
     let rt = Runtime::get(cli.ort_lib.as_deref(), device.is_gpu())?;
     let out_dir = a.out.clone().unwrap_or_else(|| dirs.data.join("outputs"));
     let mut inner = stipple::pipeline::LazyGenerator::new(
@@ -488,7 +526,8 @@ fn cmd_tui(cli: &Cli) -> Result<()> {
         rt,
         SessionOptions {
             device,
-            ..Default::default()
+            cuda,
+            ..SessionOptions::default()
         },
         config.lora_folders.clone(),
     );
@@ -803,9 +842,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Some(Command::Generate(a)) => cmd_generate(&cli, a),
         Some(Command::Doctor(a)) => cmd_doctor(&cli, a),
-        Some(Command::Batch(a)) => {
-            stipple::batch::run(a, cli.ort_lib.as_deref(), default_model()).map_err(Into::into)
-        }
+        Some(Command::Batch(a)) => cmd_batch(&cli, a),
         Some(Command::Bench(a)) => cmd_bench(&cli, a),
         Some(Command::Lora(LoraCommand::Inspect(a))) => cmd_lora_inspect(a),
         Some(Command::Lora(LoraCommand::Merge(a))) => cmd_lora_merge(a),

@@ -43,4 +43,6 @@ pub struct BatchArgs {
     /// Folder of LoRA files that `<lora:NAME>` tags name; repeatable
     #[arg(long = "lora-dir", value_name = "DIR")]
     pub lora_dirs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub cuda: crate::runtime::CudaArgs,
 }

@@ -14,7 +14,7 @@ use super::{invalid_line, signal, BatchError, Item};
 use crate::job::Job;
 use crate::pipeline::Generator;
 use crate::prompt::LoraDirs;
-use crate::runtime::{Device, Runtime, SessionOptions};
+use crate::runtime::{CudaOptions, Device, Runtime, SessionOptions};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -27,6 +27,8 @@ pub struct Options {
     pub manifest: PathBuf,
     pub devices: Vec<Device>,
     pub threads: usize,
+    /// `[cuda]` of the config with the `--cuda-*` flags; for the CUDA devices.
+    pub cuda: CudaOptions,
     pub lora_dirs: LoraDirs,
     pub ort_lib: Option<PathBuf>,
 }
@@ -36,6 +38,7 @@ pub struct Options {
 pub struct GeneratorLoader {
     pub runtime: &'static Runtime,
     pub threads: usize,
+    pub cuda: CudaOptions,
     pub lora_dirs: LoraDirs,
 }
 
@@ -45,7 +48,8 @@ impl Loader for GeneratorLoader {
         let opts = SessionOptions {
             device,
             threads: self.threads,
-            ..Default::default()
+            cuda: self.cuda,
+            ..SessionOptions::default()
         };
         let mut g = Generator::load(model, self.runtime, opts).map_err(|e| e.to_string())?;
         g.set_lora_dirs(self.lora_dirs.roots.clone());
@@ -160,6 +164,7 @@ pub fn execute(
         let loader = Arc::new(GeneratorLoader {
             runtime,
             threads: opts.threads,
+            cuda: opts.cuda,
             lora_dirs: opts.lora_dirs.clone(),
         });
         let reports = pool::run(loader, &opts.devices, tasks, stop.clone());

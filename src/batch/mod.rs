@@ -69,6 +69,7 @@ pub fn run(
     args: &BatchArgs,
     ort_lib: Option<&Path>,
     default_model: PathBuf,
+    cuda: crate::runtime::CudaOptions,
 ) -> Result<(), BatchError> {
     let shard: Shard = match &args.shard {
         Some(s) => s.parse()?,
@@ -106,6 +107,7 @@ pub fn run(
         manifest: args.out.join(manifest::file_name(shard)),
         devices,
         threads: args.threads,
+        cuda,
         lora_dirs: LoraDirs::new(args.lora_dirs.clone()),
         ort_lib: ort_lib.map(Path::to_path_buf),
     };

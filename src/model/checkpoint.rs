@@ -135,7 +135,10 @@ impl Checkpoint {
         // process's page-table entries; contents are re-read from the file on the next access, so
         // no borrowed slice can observe different data (stipple never writes a mapped file).
         #[cfg(unix)]
-        let _ = unsafe { self.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        let _ = unsafe {
+            self.map
+                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+        };
     }
 
     pub fn tensor(&self, name: &str) -> Option<Tensor<'_>> {

@@ -8,7 +8,7 @@
 use super::adapters::{self, ActiveLora, AdapterCache, StrengthKey};
 use super::rng::TorchRng;
 use super::schedulers::{self, SchedulerConfig, SchedulerError};
-use super::tensor_io::{run, Input};
+use super::tensor_io::{run, Bound, Input};
 use super::tokenizer::{ClipTokenizer, TokenizerError};
 use super::vae;
 use crate::engine::{Outcome, Reporter, Runner, Stop};
@@ -52,6 +52,12 @@ pub enum PipelineError {
     Adapter(String),
     #[error(transparent)]
     Live(#[from] LiveError),
+    #[error(
+        "a UNet captured as a CUDA graph (cuda_graph in [cuda] of the config, --cuda-graph) cannot \
+         run adapters live, and {0}. Use constant strengths with lora_method fuse, or turn \
+         cuda_graph off"
+    )]
+    CudaGraph(&'static str),
 }
 
 fn run_err(what: &'static str) -> impl Fn(ort::Error) -> PipelineError {
@@ -171,6 +177,12 @@ pub struct Generator {
     dials: Dials,
     /// How many times prompt conditioning was computed (one per distinct text-encoder strength set).
     pub encodes: usize,
+    /// The UNet's fixed input and output buffers, when it runs as a CUDA graph.
+    unet_io: Option<Bound>,
+    /// Run the UNet through fixed buffers ([`Bound`]) without a CUDA graph too: how tests check
+    /// that path on the CPU.
+    #[doc(hidden)]
+    pub bound_unet: bool,
 }
 
 /// Parses the prompt and the negative prompt; LoRA tags belong in the prompt only.
@@ -223,6 +235,7 @@ impl Generator {
         runtime: &'static Runtime,
         opts: SessionOptions,
     ) -> Result<Self, PipelineError> {
+        let opts = opts.resolved();
         let model = Model::open(dir)?;
         let tokenizers = model
             .index
@@ -266,6 +279,8 @@ impl Generator {
             live: None,
             dials: Dials::default(),
             encodes: 0,
+            unet_io: None,
+            bound_unet: false,
         })
     }
 
@@ -390,6 +405,7 @@ impl Generator {
             self.sessions.text = s;
         }
         if let Some(s) = unet {
+            self.unet_io = None;
             self.sessions.unet = s;
         }
         self.fused = want;
@@ -447,6 +463,7 @@ impl Generator {
     /// On error the current sessions stay as they were.
     pub fn rebuild(&mut self, deltas: &ComponentDeltas) -> Result<(), PipelineError> {
         self.sessions = build_sessions(&self.model, self.runtime, &self.opts, deltas)?;
+        self.unet_io = None;
         self.fused = Fused {
             te: vec![(PathBuf::from("<deltas>"), String::new())],
             unet: vec![(PathBuf::from("<deltas>"), String::new())],
@@ -671,7 +688,24 @@ impl Generator {
     ) -> Result<Vec<f32>, PipelineError> {
         let t = vec![timestep; shape[0]];
         let inputs = unet_inputs(sample, shape, &t, context, self.context_dim, added);
-        let out = run(&mut self.sessions.unet, inputs, &["out_sample"]).map_err(run_err("UNet"))?;
+        let out = if self.opts.cuda_graph() || self.bound_unet {
+            let session = &mut self.sessions.unet;
+            let io = match self.unet_io.take() {
+                Some(io) if io.fits(session, &inputs) => io,
+                // New shapes or a new session: new buffers (the old ones are freed first).
+                _ => Bound::new(
+                    session,
+                    self.opts.device,
+                    &inputs,
+                    &[("out_sample", shape.to_vec())],
+                )
+                .map_err(run_err("UNet"))?,
+            };
+            let io = self.unet_io.insert(io);
+            io.run(session, inputs).map_err(run_err("UNet"))?
+        } else {
+            run(&mut self.sessions.unet, inputs, &["out_sample"]).map_err(run_err("UNet"))?
+        };
         Ok(out.into_iter().next().map(|(_, d)| d).unwrap_or_default())
     }
 
@@ -899,6 +933,12 @@ impl Generator {
         if !mode.iter().any(|&m| m) {
             return self.fuse(loras, key, dims);
         }
+        if self.opts.cuda_graph() {
+            return Err(PipelineError::CudaGraph(match self.lora_method {
+                LoraMethod::Live => "lora_method live (--lora-method live) runs every adapter live",
+                _ => "strength schedules (`te=0.1@1,0.6@6`) and dialled strengths run live",
+            }));
+        }
         let want_te = Fused::of(loras, key).te;
         if want_te != self.fused.te {
             let mut te_key = key.clone();
@@ -1100,6 +1140,16 @@ fn build_component(
     let what = match which {
         GraphKind::Plain => kind.dir_name().to_string(),
         GraphKind::Cuda => format!("{kind} (fused CUDA graph)"),
+    };
+    // Only a UNet with fixed shapes is captured as a CUDA graph: it is what runs every step, and
+    // capture needs the shapes settled (the load-time UNet, built without them, is replaced by the
+    // first job's).
+    let plain;
+    let opts = if kind == ComponentKind::Unet && !dims.is_empty() {
+        opts
+    } else {
+        plain = opts.without_cuda_graph();
+        &plain
     };
     let session = build_session(
         rt,

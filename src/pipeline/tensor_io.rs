@@ -2,9 +2,13 @@
 //!
 //! [`run`] takes named f32 (or i64) inputs and returns the named f32 outputs; fp16 graphs get their
 //! inputs converted on the way in and outputs on the way out, so the pipeline works in f32 throughout.
+//! [`Bound`] does the same through fixed buffers, for a UNet captured as a CUDA graph.
 
-use ort::session::{Session, SessionInputValue};
-use ort::value::{Tensor, TensorElementType, ValueType};
+use crate::runtime::Device;
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::{IoBinding, Session, SessionInputValue, SharedSessionInner};
+use ort::value::{DynTensor, Tensor, TensorElementType, ValueType};
+use std::sync::Arc;
 
 /// One input: name, shape and data.
 pub enum Input<'a> {
@@ -84,4 +88,147 @@ pub fn run_with<'v>(
         result.push((dims, data));
     }
     Ok(result)
+}
+
+/// Inputs and outputs that stay at one place in device memory from run to run, as ONNX Runtime's
+/// CUDA graphs need: a captured graph replays with the addresses it was captured with and reads no
+/// new inputs, so every run copies its data into the same buffers instead of handing over new
+/// tensors. Made for one session and one set of shapes ([`Bound::fits`]).
+pub struct Bound {
+    binding: IoBinding,
+    session: Arc<SharedSessionInner>,
+    inputs: Vec<(String, Vec<usize>, DynTensor)>,
+    outputs: Vec<(String, Vec<usize>, DynTensor)>,
+}
+
+impl Bound {
+    /// Buffers on `device` for `inputs` as given and `outputs` (name, shape) of `session`.
+    pub fn new(
+        session: &Session,
+        device: Device,
+        inputs: &[Input<'_>],
+        outputs: &[(&str, Vec<usize>)],
+    ) -> Result<Bound, ort::Error> {
+        let allocator = match device {
+            Device::Cuda(id) => Allocator::new(
+                session,
+                MemoryInfo::new(
+                    AllocationDevice::CUDA,
+                    id,
+                    AllocatorType::Device,
+                    MemoryType::Default,
+                )?,
+            )?,
+            // Other devices run from host memory (what the tests exercise on the CPU).
+            _ => Allocator::default(),
+        };
+        let mut binding = session.create_binding()?;
+        let mut ins = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let (name, shape) = input.name_shape();
+            let ty = match input {
+                Input::F32(..) if input_is_f16(session, name) => TensorElementType::Float16,
+                Input::F32(..) => TensorElementType::Float32,
+                Input::I64(..) => TensorElementType::Int64,
+            };
+            let t = DynTensor::new(&allocator, ty, shape.clone())?;
+            binding.bind_input(name, &t)?;
+            ins.push((name.to_string(), shape.clone(), t));
+        }
+        let mut outs = Vec::with_capacity(outputs.len());
+        for (name, shape) in outputs {
+            let ty = if output_is_f16(session, name) {
+                TensorElementType::Float16
+            } else {
+                TensorElementType::Float32
+            };
+            let mut t = DynTensor::new(&allocator, ty, shape.clone())?;
+            // By reference: the binding shares this buffer (a clone would be a copy).
+            binding.bind_output(*name, &mut t)?;
+            outs.push((name.to_string(), shape.clone(), t));
+        }
+        Ok(Bound {
+            binding,
+            session: session.inner(),
+            inputs: ins,
+            outputs: outs,
+        })
+    }
+
+    /// Whether these buffers are `session`'s and have the shapes of `inputs`.
+    pub fn fits(&self, session: &Session, inputs: &[Input<'_>]) -> bool {
+        Arc::ptr_eq(&self.session, &session.inner())
+            && self.inputs.len() == inputs.len()
+            && self.inputs.iter().zip(inputs).all(|((n, s, _), i)| {
+                let (name, shape) = i.name_shape();
+                n == name && s == shape
+            })
+    }
+
+    /// Copies `inputs` into the bound buffers (same names, order and shapes as at [`Bound::new`]),
+    /// runs `session` and returns every bound output as (shape, f32 values).
+    pub fn run(
+        &mut self,
+        session: &mut Session,
+        inputs: Vec<Input<'_>>,
+    ) -> Result<Vec<Output>, ort::Error> {
+        if !self.fits(session, &inputs) {
+            return Err(ort::Error::new(
+                "the inputs do not match the buffers bound for the CUDA graph",
+            ));
+        }
+        for (input, (_, _, target)) in inputs.into_iter().zip(self.inputs.iter_mut()) {
+            let host = match input {
+                Input::F32(_, shape, data) if *target.data_type() == TensorElementType::Float16 => {
+                    let h: Vec<half::f16> = data.iter().map(|&x| half::f16::from_f32(x)).collect();
+                    Tensor::from_array((shape, h))?.upcast()
+                }
+                Input::F32(_, shape, data) => Tensor::from_array((shape, data.to_vec()))?.upcast(),
+                Input::I64(_, shape, data) => Tensor::from_array((shape, data))?.upcast(),
+            };
+            // In place: the buffer keeps its address, which the captured graph reads from.
+            host.copy_into(&mut *target)?;
+        }
+        drop(session.run_binding(&self.binding)?);
+        let mut result = Vec::with_capacity(self.outputs.len());
+        for (_, shape, t) in &self.outputs {
+            let host;
+            let v = if t.memory_info().is_cpu_accessible() {
+                t
+            } else {
+                host = t.to(AllocationDevice::CPU, 0)?;
+                &host
+            };
+            let data = match v.try_extract_tensor::<f32>() {
+                Ok((_, d)) => d.to_vec(),
+                Err(_) => {
+                    let (_, d) = v.try_extract_tensor::<half::f16>()?;
+                    d.iter().map(|x| x.to_f32()).collect()
+                }
+            };
+            result.push((shape.clone(), data));
+        }
+        Ok(result)
+    }
+}
+
+impl Input<'_> {
+    fn name_shape(&self) -> (&str, &Vec<usize>) {
+        match self {
+            Input::F32(n, s, _) | Input::I64(n, s, _) => (n, s),
+        }
+    }
+}
+
+fn output_is_f16(session: &Session, name: &str) -> bool {
+    session.outputs().iter().any(|o| {
+        o.name() == name
+            && matches!(
+                o.dtype(),
+                ValueType::Tensor {
+                    ty: TensorElementType::Float16,
+                    ..
+                }
+            )
+    })
 }

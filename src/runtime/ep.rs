@@ -1,9 +1,11 @@
 //! Execution providers: `--device cpu|cuda:N|dml:N`, registered so that a failure is an error the user
 //! sees, never a silent fall back to the CPU.
 //!
-//! [`Device`] parses the flag; [`Device::dispatch`] gives the provider list for a session; CUDA's
-//! libraries are preloaded from `STIPPLE_CUDA_LIBS` (colon-separated folders) when set.
+//! [`Device`] parses the flag; [`Device::dispatch`] gives the provider list for a session (CUDA with
+//! the [`CudaOptions`] of the config and flags); CUDA's libraries are preloaded from
+//! `STIPPLE_CUDA_LIBS` (colon-separated folders) when set.
 
+use super::cuda_opts::CudaOptions;
 use ort::ep::ExecutionProvider;
 use std::fmt;
 use std::str::FromStr;
@@ -93,10 +95,12 @@ impl Device {
         !matches!(self, Device::Cpu)
     }
 
-    /// Provider list for a session on this device; registration failures are errors.
+    /// Provider list for a session on this device; registration failures are errors. `cuda` is
+    /// used on CUDA devices only.
     pub fn dispatch(
         self,
         library: &str,
+        cuda: &CudaOptions,
     ) -> Result<Vec<ort::ep::ExecutionProviderDispatch>, DeviceError> {
         match self {
             Device::Cpu => Ok(vec![ort::ep::CPU::default().build().error_on_failure()]),
@@ -109,11 +113,16 @@ impl Device {
                     });
                 }
                 preload_cuda()?;
-                Ok(vec![ort::ep::CUDA::default()
-                    .with_device_id(id)
-                    .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic)
-                    .build()
-                    .error_on_failure()])
+                // The CPU provider (shape arithmetic) without its arena: session creation stages
+                // every weight in CPU memory on its way to the GPU, and an arena would keep that
+                // memory (the size of the model) for the life of the process.
+                Ok(vec![
+                    cuda.provider(id).build().error_on_failure(),
+                    ort::ep::CPU::default()
+                        .with_arena_allocator(false)
+                        .build()
+                        .error_on_failure(),
+                ])
             }
             Device::DirectMl(id) => directml(id, library),
         }

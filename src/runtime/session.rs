@@ -3,6 +3,7 @@
 //! [`build_session`] hands the buffer over with `with_external_initializer_file_in_memory`, so weights
 //! are in place before graph optimisation and the external file named in the graph never exists.
 
+use super::cuda_opts::CudaOptions;
 use super::ep::{Device, DeviceError};
 use super::library::Runtime;
 use crate::model::layout::{Component, ComponentKind, GraphKind};
@@ -10,7 +11,7 @@ use ort::session::Session;
 use std::sync::Arc;
 
 /// Load-time options (what forces a new session), separate from per-image parameters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SessionOptions {
     pub device: Device,
     /// Intra-op threads; 0 lets ONNX Runtime decide.
@@ -20,6 +21,32 @@ pub struct SessionOptions {
     pub static_shapes: bool,
     /// Which UNet graph runs: the plain export or ONNX Runtime's SD-fused CUDA graph.
     pub graph: GraphChoice,
+    /// CUDA execution-provider settings (`[cuda]` in the config, `--cuda-*` flags); other devices
+    /// ignore them.
+    pub cuda: CudaOptions,
+}
+
+impl SessionOptions {
+    /// Whether the UNet is captured as a CUDA graph: asked for, and on a CUDA device.
+    pub fn cuda_graph(&self) -> bool {
+        self.cuda.cuda_graph && matches!(self.device, Device::Cuda(_))
+    }
+
+    /// The options sessions are built with: a CUDA graph replays the shapes it was captured with,
+    /// so it turns static shapes on.
+    pub fn resolved(mut self) -> Self {
+        if self.cuda_graph() {
+            self.static_shapes = true;
+        }
+        self
+    }
+
+    /// The same options without graph capture: for every session but a UNet with fixed shapes.
+    pub fn without_cuda_graph(&self) -> Self {
+        let mut o = self.clone();
+        o.cuda.cuda_graph = false;
+        o
+    }
 }
 
 /// `--graph auto|plain|cuda`.
@@ -76,6 +103,12 @@ pub enum SessionError {
     Device(#[from] DeviceError),
     #[error("ONNX Runtime could not create the {what} session: {message}")]
     Ort { what: String, message: String },
+    #[error(
+        "ONNX Runtime could not create the {what} session as a CUDA graph: {message}\n\
+         (cuda_graph needs every node of the graph on the CUDA execution provider and fixed shapes; \
+         turn it off with `cuda_graph = false` in [cuda] of the config, or --cuda-graph=false)"
+    )]
+    CudaGraph { what: String, message: String },
 }
 
 fn ort_err(what: &str) -> impl Fn(ort::Error) -> SessionError + '_ {
@@ -95,7 +128,9 @@ pub fn build_session(
     opts: &SessionOptions,
     dims: &[(&str, i64)],
 ) -> Result<Session, SessionError> {
-    let providers = opts.device.dispatch(&rt.path.display().to_string())?;
+    let providers = opts
+        .device
+        .dispatch(&rt.path.display().to_string(), &opts.cuda)?;
     let e = ort_err(what);
     let recover = |err: ort::Error<ort::session::builder::SessionBuilder>| e(err.into());
     let mut builder = Session::builder(rt.environment())
@@ -152,5 +187,44 @@ pub fn build_session(
             .with_memory_pattern(false)
             .map_err(recover)?;
     }
-    builder.commit_from_memory(graph).map_err(&e)
+    builder.commit_from_memory(graph).map_err(|err| {
+        if opts.cuda_graph() {
+            SessionError::CudaGraph {
+                what: what.to_string(),
+                message: err.to_string(),
+            }
+        } else {
+            e(err)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cuda_graph_forces_static_shapes_on_cuda_only() {
+        let graph = CudaOptions {
+            cuda_graph: true,
+            ..CudaOptions::default()
+        };
+        let cpu = SessionOptions {
+            cuda: graph,
+            ..SessionOptions::default()
+        };
+        assert!(!cpu.cuda_graph());
+        assert!(
+            !cpu.clone().resolved().static_shapes,
+            "the CPU ignores [cuda]"
+        );
+        let gpu = SessionOptions {
+            device: Device::Cuda(1),
+            ..cpu
+        };
+        assert!(gpu.cuda_graph());
+        assert!(gpu.clone().resolved().static_shapes);
+        assert!(!gpu.without_cuda_graph().cuda_graph());
+        assert_eq!(gpu.without_cuda_graph().cuda.tf32, gpu.cuda.tf32);
+    }
 }

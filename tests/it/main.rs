@@ -3,6 +3,7 @@
 mod adapters;
 mod batch;
 mod cli;
+mod cuda;
 mod foundation;
 mod fused_graph;
 mod live;
