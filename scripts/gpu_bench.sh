@@ -38,8 +38,20 @@ if [ "$OPTIMIZE" = 1 ] && [ ! -f "$MODEL/unet/model.cuda.onnx" ]; then
   echo "optimize --cuda: $(( $(date +%s) - t )) s" | tee -a "$OUT/summary.txt"
 fi
 [ "${STAGE:-all}" = export ] && exit 0
-GRAPHS=plain
-[ -f "$MODEL/unet/model.cuda.onnx" ] && GRAPHS="cuda plain"
+if [ -z "${GRAPHS:-}" ]; then
+  GRAPHS=plain
+  [ -f "$MODEL/unet/model.cuda.onnx" ] && GRAPHS="cuda plain"
+fi
+G0=${GRAPHS%% *}
+compare() {  # compare DIR_A DIR_B LABEL: the same seed through two paths, fp16 kernels differ
+  python3 - "$1"/*.png "$2"/*.png "$3" <<'PY' | tee -a "$OUT/summary.txt"
+import sys
+import numpy as np
+from PIL import Image
+a, b = (np.asarray(Image.open(p).convert("RGB"), dtype=np.float64) for p in sys.argv[1:3])
+print(f"{sys.argv[3]}: mean abs diff {np.abs(a - b).mean():.3f}/255, max {np.abs(a - b).max():.0f}/255")
+PY
+}
 mkdir -p /tmp/loras
 [ -f /tmp/loras/synth32.safetensors ] || python3 scripts/synth_lora.py "$MODEL" /tmp/loras/synth32.safetensors --rank 32 --te
 BIN=${BIN:-target/release/stipple}
@@ -63,20 +75,28 @@ for G in $GRAPHS; do
   fi
 done
 if [ -d "$OUT/img-cuda" ] && [ -d "$OUT/img-plain" ]; then
-  # The same seed and LoRA through both graphs: fp16 kernels differ, the pictures must not.
-  python3 - "$OUT"/img-cuda/*.png "$OUT"/img-plain/*.png <<'PY' | tee -a "$OUT/summary.txt"
-import sys
-import numpy as np
-from PIL import Image
-a, b = (np.asarray(Image.open(p).convert("RGB"), dtype=np.float64) for p in sys.argv[1:3])
-print(f"fused vs plain image: mean abs diff {np.abs(a - b).mean():.3f}/255, max {np.abs(a - b).max():.0f}/255")
-PY
+  compare "$OUT/img-cuda" "$OUT/img-plain" "fused vs plain image"
+fi
+for L in ${OPT_LEVELS:-}; do  # ONNX Runtime graph optimisation levels to compare (session time, step)
+  STIPPLE_ORT_OPT_LEVEL=$L "$BIN" bench --device cuda:0 --graph $G0 --model "$MODEL" \
+    --lora /tmp/loras/synth32.safetensors --repeats ${REPEATS:-5} > "$OUT/bench-$G0-opt$L.txt" || echo "bench opt $L failed"
+  cat "$OUT/bench-$G0-opt$L.txt"
+done
+if [ "${CUDA_GRAPH:-0}" = 1 ]; then  # the UNet captured as a CUDA graph, against the same graph without
+  "$BIN" generate --device cuda:0 --graph $G0 --cuda-graph --static-shapes --model "$MODEL" \
+    --prompt "a red fox <lora:synth32:0.8>" --lora-dir /tmp/loras --steps 20 --seed 1 --out "$OUT/img-cudagraph" \
+    --no-preview > "$OUT/generate-cudagraph.jsonl" || echo "generate (cuda graph) failed: $?"
+  tail -1 "$OUT/generate-cudagraph.jsonl"
+  [ -d "$OUT/img-cudagraph" ] && [ -d "$OUT/img-$G0" ] && compare "$OUT/img-cudagraph" "$OUT/img-$G0" "CUDA graph vs not"
+  "$BIN" bench --device cuda:0 --graph $G0 --cuda-graph --static-shapes --model "$MODEL" \
+    --lora /tmp/loras/synth32.safetensors --repeats ${REPEATS:-5} > "$OUT/bench-$G0-cudagraph.txt" || echo "bench (cuda graph) failed"
+  cat "$OUT/bench-$G0-cudagraph.txt"
 fi
 kill $smi 2>/dev/null || true
 echo "peak device memory: $(sort -n "$OUT/gpumem.txt" | tail -1) MiB" | tee -a "$OUT/summary.txt"
 if [ "${PROFILE:-1}" = 1 ]; then
   rm -f /tmp/prof-*
-  STIPPLE_ORT_PROFILE=/tmp/prof "$BIN" bench --device cuda:0 --graph ${GRAPHS%% *} --model "$MODEL" --repeats 1 > /dev/null
+  STIPPLE_ORT_PROFILE=/tmp/prof "$BIN" bench --device cuda:0 --graph $G0 --model "$MODEL" --repeats 1 > /dev/null
   python3 - /tmp/prof-unet*.json > "$OUT/profile.txt" <<'PY'
 import json, sys, collections
 events = json.load(open(sys.argv[1]))
