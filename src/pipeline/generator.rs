@@ -120,6 +120,10 @@ pub struct FuseStats {
     /// ONNX Runtime session creation, summed over components (text encoders and UNet are built
     /// side by side, so the swap's wall time can be less than ΔW + patch + sessions).
     pub session_s: f64,
+    /// Wall time of the patch and session builds together.
+    pub build_wall_s: f64,
+    /// Dropping the replaced sessions (ONNX Runtime frees their device memory).
+    pub free_s: f64,
 }
 
 impl Fused {
@@ -345,6 +349,7 @@ impl Generator {
         let te_dims = self.te_dims();
         let unet_dims = unet_dim_overrides(want.unet_dims);
         let (model, rt, opts) = (&self.model, self.runtime, &self.opts);
+        let t = Instant::now();
         // The text encoders and the UNet are built side by side: session creation is mostly
         // single-threaded inside ONNX Runtime, so a swap costs the slower of the two, not the sum.
         let (te, unet) = std::thread::scope(|s| {
@@ -391,6 +396,7 @@ impl Generator {
         let (unet, unet_stats) = unet?;
         stats.patch_s = te_stats.patch_s + unet_stats.patch_s;
         stats.session_s = te_stats.session_s + unet_stats.session_s;
+        stats.build_wall_s = t.elapsed().as_secs_f64();
         if adapters::lora_debug() {
             tracing::info!(
                 target: "stipple::lora",
@@ -400,7 +406,7 @@ impl Generator {
                 stats.session_s
             );
         }
-        self.last_fuse = Some(stats);
+        let t = Instant::now();
         if let Some(s) = te {
             self.sessions.text = s;
         }
@@ -408,6 +414,8 @@ impl Generator {
             self.unet_io = None;
             self.sessions.unet = s;
         }
+        stats.free_s = t.elapsed().as_secs_f64();
+        self.last_fuse = Some(stats);
         self.fused = want;
         if report.is_some() {
             self.last_report = report;

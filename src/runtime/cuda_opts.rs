@@ -163,7 +163,7 @@ pub struct CudaArgs {
         require_equals = true,
         default_missing_value = "true"
     )]
-    pub graph: Option<bool>,
+    pub cuda_graph: Option<bool>,
     /// TF32 math on Ampere and newer (ONNX Runtime's default); --cuda-tf32=false for full fp32
     /// (config: cuda.tf32)
     #[arg(
@@ -195,7 +195,7 @@ impl CudaArgs {
             })?;
             o.memory_limit_gb = gb;
         }
-        if let Some(g) = self.graph {
+        if let Some(g) = self.cuda_graph {
             o.cuda_graph = g;
         }
         if let Some(t) = self.tf32 {
@@ -243,7 +243,7 @@ mod tests {
         assert!(o.tf32, "not given: the config's value stays");
         // A bare --cuda-graph turns it on and does not swallow the next argument.
         let c = Cli::try_parse_from(["t", "--cuda-graph", "jobs.jsonl"]).unwrap();
-        assert_eq!(c.cuda.graph, Some(true));
+        assert_eq!(c.cuda.cuda_graph, Some(true));
         assert_eq!(c.jobs.as_deref(), Some("jobs.jsonl"));
         assert!(!parse(&[]).unwrap().given());
     }
