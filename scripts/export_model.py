@@ -6,9 +6,10 @@
     python scripts/export_model.py --from DIR --out models/NAME [--dtype fp16]     # SD1.x or SDXL folder
     python scripts/export_model.py --random sd15 --dtype fp16 --device cuda --out /tmp/sd15   # benchmarks
     python scripts/export_model.py --random sdxl --dtype fp16 --device cuda --out /tmp/sdxl
+    python scripts/export_model.py --optimize cuda --model models/NAME   # + ORT's fused CUDA UNet (ort_fused.py)
 
 Needs PyTorch, diffusers, transformers and onnx (a virtual environment outside the repo:
-`python3 -m venv ~/venv && ~/venv/bin/pip install torch diffusers transformers onnx`, about two minutes
+`python3 -m venv ~/venv && ~/venv/bin/pip install torch diffusers transformers onnx onnxruntime`, about two minutes
 and 5 GB). `--tiny` takes about a minute on 2 CPU cores; a real SD1.5 export about 5 minutes.
 
 The layout (DESIGN.md §3), per component (text_encoder, text_encoder_2 for SDXL, unet, vae_decoder):
@@ -29,7 +30,8 @@ Two export facts keep every weight under its own name: no constant folding (Line
 `...to_q.weight` behind an explicit Transpose, so every transform is the identity) and no parameters
 with equal values at export time (the exporter would merge them into one initializer).
 
-With --tiny it also writes <fixture>/reference/: token ids, text embeddings, torch.randn latents (SD1),
+With --tiny it also writes the tiny SD1.5 UNet's fused CUDA graph and the optimizer's own weights
+(reference/unet_cuda_initializers.safetensors), and <fixture>/reference/: token ids, text embeddings, torch.randn latents (SD1),
 one UNet output and the final images of the diffusers pipeline (StableDiffusionPipeline or
 StableDiffusionXLPipeline) for each scheduler.
 """
