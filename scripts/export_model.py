@@ -30,9 +30,9 @@ Two export facts keep every weight under its own name: no constant folding (Line
 `...to_q.weight` behind an explicit Transpose, so every transform is the identity) and no parameters
 with equal values at export time (the exporter would merge them into one initializer).
 
-With --tiny it also writes the tiny SD1.5 UNet's fused CUDA graph and the optimizer's own weights
-(reference/unet_cuda_initializers.safetensors), and <fixture>/reference/: token ids, text embeddings, torch.randn latents (SD1),
-one UNet output and the final images of the diffusers pipeline (StableDiffusionPipeline or
+With --tiny it also writes the tiny UNet's fused CUDA graph (--optimize cuda) with the sha256 of each
+weight the optimizer wrote (reference/unet_cuda_initializers.json), and <fixture>/reference/: token ids,
+text embeddings, torch.randn latents (SD1), one UNet output and the final images of the diffusers pipeline (StableDiffusionPipeline or
 StableDiffusionXLPipeline) for each scheduler.
 """
 
@@ -652,12 +652,11 @@ def main():
         if os.path.exists(out):
             shutil.rmtree(out)
         (tiny_sdxl if sdxl else tiny)(out)
-        if not sdxl:
-            # The fused graph of the tiny UNet, and the optimizer's own packed weights to test against.
-            import ort_fused
+        # The fused graph of the tiny UNet, and hashes of the optimizer's own weights to test against.
+        import ort_fused
 
-            ref = os.path.join(out, "reference", "unet_cuda_initializers.safetensors")
-            ort_fused.optimize_cuda(out, reference_out=ref)
+        ref = os.path.join(out, "reference", "unet_cuda_initializers.json")
+        ort_fused.optimize_cuda(out, reference_out=ref)
         print(f"wrote {out}")
     elif a.random and a.out:
         tok = a.tokenizer or os.path.join(ROOT, "tests", "fixtures", "tiny-sd15", "tokenizer")

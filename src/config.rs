@@ -26,8 +26,9 @@ protocol = "auto"
 sampler = "Euler a"
 steps = 20
 cfg = 7.0
-width = 512
-height = 512
+# Image size in pixels; 0 = the model's own (512 for SD1.x, 1024 for SDXL).
+width = 0
+height = 0
 # -1 picks a new random seed for every job.
 seed = -1
 batch = 1
@@ -97,6 +98,7 @@ pub struct GenerationConfig {
     pub sampler: String,
     pub steps: u32,
     pub cfg: f32,
+    /// Pixels; 0 = the model's default size (filled in when the model is known).
     pub width: u32,
     pub height: u32,
     /// `-1` for random.
@@ -162,6 +164,17 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Fills a width or height of 0 (the default) with the model's own size.
+    pub fn with_model_size(mut self, (w, h): (u32, u32)) -> Config {
+        if self.generation.width == 0 {
+            self.generation.width = w;
+        }
+        if self.generation.height == 0 {
+            self.generation.height = h;
+        }
+        self
+    }
+
     /// Checks what serde cannot: value ranges and names.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let g = &self.generation;
@@ -191,10 +204,11 @@ impl Config {
             "generation.cfg",
             "must be ≥ 0",
         )?;
+        let size_ok = |v: u32| v == 0 || (v % 8 == 0 && v >= 64);
         check(
-            g.width % 8 == 0 && g.height % 8 == 0 && g.width >= 64 && g.height >= 64,
+            size_ok(g.width) && size_ok(g.height),
             "generation.width/height",
-            "must be multiples of 8, at least 64",
+            "must be multiples of 8, at least 64 (or 0 for the model's own size)",
         )?;
         check(
             (1..=64).contains(&g.batch),
@@ -357,7 +371,7 @@ mod tests {
             c.lora_folders,
             vec![PathBuf::from("/a"), PathBuf::from("/b")]
         );
-        assert_eq!(c.generation.width, 512);
+        assert_eq!(c.generation.width, 0, "0 = the model's own size");
     }
 
     #[test]

@@ -511,12 +511,14 @@ fn cmd_tui(cli: &Cli) -> Result<()> {
         overrides.push(("image.protocol", p.clone()));
     }
     if bundled {
-        // The bundled tiny model makes 64x64 images; the configured size is for real models.
+        // The bundled tiny model makes 64x64 images; a configured size is for real models.
         let (w, h) = model.default_size();
         overrides.push(("generation.width", w.to_string()));
         overrides.push(("generation.height", h.to_string()));
     }
-    let mut config = stipple::config::load(&dirs, &overrides)?;
+    // Width/height 0 in the config: the model's own size (an SDXL model makes 1024×1024).
+    let mut config =
+        stipple::config::load(&dirs, &overrides)?.with_model_size(model.default_size());
     config.lora_folders.extend(lora_dirs(&a.lora_dirs));
     let cuda = cuda_options(config.cuda.options()?, &a.cuda, &[device])?;
     let rt = Runtime::get(cli.ort_lib.as_deref(), device.is_gpu())?;

@@ -1,21 +1,37 @@
-//! ONNX Runtime's SD-fused CUDA graph (`unet/model.cuda.onnx`): its weights, assembled from the
-//! diffusers parameters by the recorded recipes, must equal what ORT's optimizer wrote
-//! (reference/unet_cuda_initializers.safetensors, saved by scripts/ort_fused.py), and adapters must
-//! reach packed QKV/KV and NHWC weights. The graph itself needs CUDA; CI checks the CPU refusal.
+//! ONNX Runtime's SD-fused CUDA graph (`unet/model.cuda.onnx`) of both tiny models: its weights,
+//! assembled from the diffusers parameters by the recorded recipes, must be byte for byte what ORT's
+//! optimizer wrote (the sha256 of each in reference/unet_cuda_initializers.json, saved by
+//! scripts/ort_fused.py), and adapters must reach packed QKV/KV and NHWC weights. The graph itself
+//! needs CUDA; CI checks the CPU refusal.
 
 use crate::util::*;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use stipple::lora::Adapter;
 use stipple::model::layout::{ComponentKind, GraphKind};
-use stipple::model::{Checkpoint, Model, Transform};
+use stipple::model::{Model, Transform};
 use stipple::patch::assemble_graph;
 use stipple::pipeline::adapters::{self, ActiveLora};
 use stipple::runtime::session::GraphChoice;
 use stipple::runtime::Device;
 
-fn optimizer_weights() -> Checkpoint {
-    Checkpoint::open(&reference("unet_cuda_initializers.safetensors")).expect("reference weights")
+#[derive(serde::Deserialize)]
+struct RefInit {
+    sha256: String,
+    dtype: String,
+    shape: Vec<usize>,
+}
+
+/// The optimizer's initializers of `model`'s fused graph: name → sha256, dtype, shape.
+fn optimizer_weights(model: &Path) -> HashMap<String, RefInit> {
+    let path = model.join("reference/unet_cuda_initializers.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn models() -> [PathBuf; 2] {
+    [tiny_model(), crate::sdxl::tiny_sdxl()]
 }
 
 fn values(bytes: &[u8], dtype: &str) -> Vec<f32> {
@@ -34,37 +50,47 @@ fn values(bytes: &[u8], dtype: &str) -> Vec<f32> {
 
 #[test]
 fn fused_graph_weights_equal_what_the_optimizer_wrote() {
-    let model = Model::open(&tiny_model()).unwrap();
-    let unet = model.component(ComponentKind::Unet).unwrap();
-    let (_, wm) = unet
-        .graph_of(GraphKind::Cuda)
-        .expect("the tiny model has a fused graph");
-    let (buf, stats) = assemble_graph(unet, GraphKind::Cuda, &HashMap::new()).unwrap();
-    let refs = optimizer_weights();
-    let mut seen = HashMap::new();
-    for e in &wm.initializers {
-        let want = refs
-            .tensor(&e.name)
-            .unwrap_or_else(|| panic!("{} is not in the optimizer's output", e.name));
-        assert_eq!(want.shape, e.shape.as_slice(), "{}", e.name);
-        assert!(
-            buf[e.offset..e.offset + e.length] == *want.data,
-            "{} ({:?}) differs from ORT's optimizer",
-            e.name,
-            e.transform
-        );
-        *seen.entry(e.transform).or_insert(0) += 1;
-    }
-    assert_eq!(stats.initializers, wm.initializers.len());
-    assert_eq!(refs.shapes().len(), wm.initializers.len());
-    // The tiny UNet has every kind of repacked weight the SD1.5 one has.
-    for t in [
-        Transform::Identity,
-        Transform::Transpose,
-        Transform::Nhwc,
-        Transform::PackHeads,
-    ] {
-        assert!(seen.get(&t).copied().unwrap_or(0) > 0, "no {t:?} weight");
+    for dir in models() {
+        let model = Model::open(&dir).unwrap();
+        let unet = model.component(ComponentKind::Unet).unwrap();
+        let (_, wm) = unet
+            .graph_of(GraphKind::Cuda)
+            .expect("the tiny model has a fused graph");
+        let (buf, stats) = assemble_graph(unet, GraphKind::Cuda, &HashMap::new()).unwrap();
+        let refs = optimizer_weights(&dir);
+        let mut seen = HashMap::new();
+        for e in &wm.initializers {
+            let want = refs
+                .get(&e.name)
+                .unwrap_or_else(|| panic!("{} is not in the optimizer's output", e.name));
+            assert_eq!(want.shape, e.shape, "{}", e.name);
+            assert_eq!(want.dtype, e.dtype, "{}", e.name);
+            let got = format!("{:x}", Sha256::digest(&buf[e.offset..e.offset + e.length]));
+            assert_eq!(
+                got,
+                want.sha256,
+                "{} ({:?}) differs from ORT's optimizer in {}",
+                e.name,
+                e.transform,
+                dir.display()
+            );
+            *seen.entry(e.transform).or_insert(0) += 1;
+        }
+        assert_eq!(stats.initializers, wm.initializers.len());
+        assert_eq!(refs.len(), wm.initializers.len());
+        // Each tiny UNet has every kind of repacked weight the full-size ones have.
+        for t in [
+            Transform::Identity,
+            Transform::Transpose,
+            Transform::Nhwc,
+            Transform::PackHeads,
+        ] {
+            assert!(
+                seen.get(&t).copied().unwrap_or(0) > 0,
+                "no {t:?} weight in {}",
+                dir.display()
+            );
+        }
     }
 }
 
@@ -76,10 +102,21 @@ fn packed_col(r: usize, p: usize, k: usize, heads: usize, rows: usize) -> usize 
 
 #[test]
 fn adapters_reach_packed_attention_and_nhwc_conv_weights() {
-    let model = Model::open(&tiny_model()).unwrap();
+    adapter_reaches_fused_weights(&tiny_model(), "tests/fixtures/lora/lyco_locon.safetensors");
+    adapter_reaches_fused_weights(
+        &crate::sdxl::tiny_sdxl(),
+        "tests/fixtures/lora-sdxl/xl_kohya_locon.safetensors",
+    );
+}
+
+fn adapter_reaches_fused_weights(dir: &Path, lora: &str) {
+    let model = Model::open(dir).unwrap();
     let unet = model.component(ComponentKind::Unet).unwrap();
     let (_, wm) = unet.graph_of(GraphKind::Cuda).unwrap();
-    let path = root().join("tests/fixtures/lora/lyco_locon.safetensors");
+    // The unpatched fused buffer is ORT's own (the test above); the patched one must differ from it
+    // by exactly the deltas, moved where the recipe puts their elements.
+    let (base_buf, _) = assemble_graph(unet, GraphKind::Cuda, &HashMap::new()).unwrap();
+    let path = root().join(lora);
     let (_, mut tag) = stipple::bake::parse_lora_arg(&path.display().to_string()).unwrap();
     let adapter = Adapter::open(&path).unwrap();
     tag.name = adapter.name();
@@ -92,12 +129,11 @@ fn adapters_reach_packed_attention_and_nhwc_conv_weights() {
     let deltas = adapters::compute(&model, &loras, &key).unwrap().0;
     let d = &deltas[&ComponentKind::Unet];
     let (buf, stats) = assemble_graph(unet, GraphKind::Cuda, d).unwrap();
-    let refs = optimizer_weights();
     let mut patched = HashMap::new();
     for e in &wm.initializers {
-        let base = values(refs.tensor(&e.name).unwrap().data, &e.dtype);
+        let base = values(&base_buf[e.offset..e.offset + e.length], &e.dtype);
         let got = values(&buf[e.offset..e.offset + e.length], &e.dtype);
-        // Expected: ORT's own base value plus the delta element that lands there, rounded once.
+        // Expected: the base value plus the delta element that lands there, rounded once.
         let mut want: Vec<f32> = base.clone();
         let mut touched = false;
         for (p, src) in e.sources().iter().enumerate() {
@@ -140,7 +176,7 @@ fn adapters_reach_packed_attention_and_nhwc_conv_weights() {
     for t in [Transform::Nhwc, Transform::PackHeads, Transform::Transpose] {
         assert!(
             patched.get(&t).copied().unwrap_or(0) > 0,
-            "the LoCon fixture patches no {t:?} weight, so the test proves nothing about it"
+            "{lora} patches no {t:?} weight, so the test proves nothing about it"
         );
     }
 }

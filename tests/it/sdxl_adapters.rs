@@ -325,3 +325,106 @@ fn sdxl_prompt_adapters_reach_both_text_encoders_and_refusals_touch_nothing() {
     assert_eq!(zero, base, "strength 0 is the base, bit for bit");
     assert_eq!(image(&mut g, "a red fox").unwrap(), base);
 }
+
+/// `lbw=` with SDXL's 12-slot layout (BASE, IN04, IN05, IN07, IN08, M00, OUT00–OUT05) through the
+/// pipeline: BASE reaches only the text encoders, M00 only the middle block, OUT only the up blocks,
+/// and a slot at 1 gives exactly the full-strength ΔW of its layers.
+#[test]
+fn sdxl_lbw_vectors_reach_the_blocks_they_name() {
+    use std::sync::Arc;
+    use stipple::model::ComponentKind;
+    use stipple::pipeline::adapters::{self, ActiveLora};
+    use stipple::pipeline::ComponentDeltas;
+    let model = Model::open(&tiny_sdxl()).unwrap();
+    let run = |file: &str, spec: &str| {
+        let arg = format!("{}:{spec}", xl_dir().join(file).display());
+        let (path, mut tag) = stipple::bake::parse_lora_arg(&arg).unwrap();
+        let adapter = Adapter::open(&path).unwrap();
+        tag.name = adapter.name();
+        let loras = vec![ActiveLora {
+            tag,
+            path,
+            adapter: Arc::new(adapter),
+        }];
+        let key = adapters::strengths_at(&loras, 0, 1);
+        adapters::compute(&model, &loras, &key).unwrap().0
+    };
+    let names = |d: &ComponentDeltas, kind: ComponentKind| -> Vec<String> {
+        let mut v: Vec<String> = d
+            .get(&kind)
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, x)| x.iter().any(|v| *v != 0.0))
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    // (file, lbw, UNet layers that must stay, text encoders kept). kohya_from_peft has both text
+    // encoders and the middle block; kohya_locon has output blocks in LDM names. Modules outside
+    // the block chain (time and add embeddings, conv_out) keep strength 1, as the extension does.
+    type Keep = fn(&str) -> bool;
+    fn outside(n: &str) -> bool {
+        !["down_blocks.", "mid_block.", "up_blocks.", "conv_in."]
+            .iter()
+            .any(|p| n.starts_with(p))
+    }
+    let cases: [(&str, &str, Keep, bool); 4] = [
+        (
+            "xl_kohya_from_peft.safetensors",
+            "lbw=1,0,0,0,0,0,0,0,0,0,0,0",
+            outside,
+            true,
+        ),
+        (
+            "xl_kohya_from_peft.safetensors",
+            "lbw=0,0,0,0,0,1,0,0,0,0,0,0",
+            |n| n.starts_with("mid_block.") || outside(n),
+            false,
+        ),
+        (
+            "xl_kohya_locon.safetensors",
+            "lbw=0,0,0,0,0,1,0,0,0,0,0,0",
+            |n| n.starts_with("mid_block.") || outside(n),
+            false,
+        ),
+        (
+            "xl_kohya_locon.safetensors",
+            "lbw=0,0,0,0,0,0,1,1,1,1,1,1",
+            |n| n.starts_with("up_blocks.") || outside(n),
+            false,
+        ),
+    ];
+    for (file, spec, keep, te) in cases {
+        let full = run(file, "1");
+        let d = run(file, spec);
+        let want: Vec<String> = names(&full, ComponentKind::Unet)
+            .into_iter()
+            .filter(|n| keep(n))
+            .collect();
+        assert_eq!(
+            te,
+            want.is_empty(),
+            "{file} {spec}: the fixture has layers there"
+        );
+        assert_eq!(
+            names(&d, ComponentKind::Unet),
+            want,
+            "{file} {spec}: UNet layers"
+        );
+        for kind in [ComponentKind::TextEncoder, ComponentKind::TextEncoder2] {
+            let kept = names(&d, kind);
+            assert_eq!(
+                kept,
+                if te { names(&full, kind) } else { Vec::new() },
+                "{file} {spec}: {kind}"
+            );
+        }
+        for n in &want {
+            let (got, full) = (&d[&ComponentKind::Unet][n], &full[&ComponentKind::Unet][n]);
+            assert_eq!(got, full, "{file} {spec}: {n} at 1 is the full ΔW");
+        }
+    }
+}

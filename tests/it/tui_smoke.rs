@@ -1,7 +1,8 @@
-//! The real binary in tmux with the tiny model (half-blocks forced): start, type a prompt, generate,
+//! The real binary in tmux with the tiny models (half-blocks forced): start, type a prompt, generate,
 //! see the picture fill, open help, quit, and the shell gets its terminal back. Skipped without tmux.
 
 use crate::util::root;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,16 @@ fn tmux(args: &[&str]) -> String {
 
 #[test]
 fn workstation_generates_in_tmux_and_restores_the_terminal() {
+    smoke(None);
+}
+
+/// The same flow on the tiny SDXL folder: two text encoders and the added conditioning, unchanged UI.
+#[test]
+fn workstation_runs_an_sdxl_model_unchanged() {
+    smoke(Some(&crate::sdxl::tiny_sdxl()));
+}
+
+fn smoke(model: Option<&Path>) {
     if Command::new("tmux").arg("-V").output().is_err() {
         eprintln!("tmux is not installed: smoke test skipped");
         return;
@@ -21,10 +32,13 @@ fn workstation_generates_in_tmux_and_restores_the_terminal() {
     let socket = tmp.path().join("tmux.sock");
     let sock = socket.to_str().unwrap();
     let cmd = format!(
-        "STIPPLE_CONFIG_HOME={cfg} {bin} --image-protocol halfblocks --out {out}; echo EXITED $?; sleep 60",
+        "STIPPLE_CONFIG_HOME={cfg} {bin} --image-protocol halfblocks --out {out}{model}; echo EXITED $?; sleep 60",
         cfg = tmp.path().join("config").display(),
         bin = env!("CARGO_BIN_EXE_stipple"),
         out = tmp.path().join("out").display(),
+        model = model
+            .map(|m| format!(" --model {}", m.display()))
+            .unwrap_or_default(),
     );
     let run = |args: &[&str]| {
         let mut full = vec!["-S", sock];

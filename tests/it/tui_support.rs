@@ -162,7 +162,7 @@ pub fn catalog() -> Vec<LoraEntry> {
 pub fn app() -> App {
     let theme = Theme::load("dark", None).expect("dark theme");
     let mut app = App::new(
-        &Config::default(),
+        &Config::default().with_model_size((512, 512)),
         theme,
         Keymap::default(),
         Some(Picker::halfblocks()),
