@@ -118,6 +118,38 @@ def component_params(component, module):
     return params
 
 
+def make_external(init, offset, length):
+    """Turns `init` into external data in EXTERNAL_FILE at the next aligned offset; returns it."""
+    import onnx
+
+    offset = (offset + ALIGN - 1) // ALIGN * ALIGN
+    init.ClearField("raw_data")
+    for field in ("float_data", "int32_data", "int64_data", "double_data"):
+        init.ClearField(field)
+    init.data_location = onnx.TensorProto.EXTERNAL
+    del init.external_data[:]
+    for k, v in (("location", EXTERNAL_FILE), ("offset", str(offset)), ("length", str(length))):
+        e = init.external_data.add()
+        e.key, e.value = k, v
+    return offset
+
+
+def onnx_export(wrapper, args, path, names, dynamic_axes, fold_constants):
+    """torch.onnx.export with the settings every stipple graph uses (TorchScript exporter, opset 17)."""
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper,
+            args,
+            path,
+            input_names=names[0],
+            output_names=names[1],
+            dynamic_axes=dynamic_axes,
+            opset_version=17,
+            do_constant_folding=fold_constants,
+            dynamo=False,
+        )
+
+
 def export_component(component, wrapper, args, names, dynamic_axes, out_dir, storage_dtype):
     """Exports one component and rewrites it into the stipple layout."""
     import onnx
@@ -127,17 +159,7 @@ def export_component(component, wrapper, args, names, dynamic_axes, out_dir, sto
     os.makedirs(out_dir, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
-        torch.onnx.export(
-            wrapper,
-            args,
-            path,
-            input_names=names[0],
-            output_names=names[1],
-            dynamic_axes=dynamic_axes,
-            opset_version=17,
-            do_constant_folding=False,
-            dynamo=False,
-        )
+        onnx_export(wrapper, args, path, names, dynamic_axes, fold_constants=False)
         model = onnx.load(path, load_external_data=True)
 
     params = component_params(component, wrapper.m)
@@ -153,15 +175,7 @@ def export_component(component, wrapper, args, names, dynamic_axes, out_dir, sto
         if value.shape != expect.shape:
             raise SystemExit(f"{component}: initializer {init.name} has shape {value.shape}, parameter {expect.shape}")
         data = value.tobytes()
-        offset = (offset + ALIGN - 1) // ALIGN * ALIGN
-        init.ClearField("raw_data")
-        for field in ("float_data", "int32_data", "int64_data", "double_data"):
-            init.ClearField(field)
-        init.data_location = onnx.TensorProto.EXTERNAL
-        del init.external_data[:]
-        for k, v in (("location", EXTERNAL_FILE), ("offset", str(offset)), ("length", str(len(data)))):
-            e = init.external_data.add()
-            e.key, e.value = k, v
+        offset = make_external(init, offset, len(data))
         entries.append(
             {
                 "name": init.name,

@@ -31,7 +31,6 @@ import tempfile
 import numpy as np
 
 EXTERNAL_FILE = "weights.bin"
-ALIGN = 64
 # Float initializers at least this large must be traced back to parameters (constants are smaller).
 MIN_TRACED = 1024
 
@@ -127,6 +126,7 @@ def _heads_hints(graph):
 
 def _externalize(model, index, reference=None):
     import onnx
+    from export_model import make_external
     from onnx import numpy_helper
 
     hints = _heads_hints(model.graph)
@@ -149,15 +149,7 @@ def _externalize(model, index, reference=None):
                 "dtype": arr.dtype.name,
                 "shape": list(arr.shape),
             }
-        offset = (offset + ALIGN - 1) // ALIGN * ALIGN
-        init.ClearField("raw_data")
-        for field in ("float_data", "int32_data", "int64_data", "double_data"):
-            init.ClearField(field)
-        init.data_location = onnx.TensorProto.EXTERNAL
-        del init.external_data[:]
-        for k, v in (("location", EXTERNAL_FILE), ("offset", str(offset)), ("length", str(len(data)))):
-            e = init.external_data.add()
-            e.key, e.value = k, v
+        offset = make_external(init, offset, len(data))
         entry = {
             "name": init.name,
             "source": sources[0],
@@ -206,7 +198,7 @@ def optimize_cuda(model_dir, reference_out=None):
     """
     import onnx
     import torch
-    from export_model import unet_export_spec
+    from export_model import onnx_export, unet_export_spec
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -215,18 +207,8 @@ def optimize_cuda(model_dir, reference_out=None):
     wrapper, args, names, axes = unet_export_spec(unet, torch.float32)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
-        with torch.no_grad():
-            torch.onnx.export(
-                wrapper,
-                args,
-                path,
-                input_names=names[0],
-                output_names=names[1],
-                dynamic_axes=axes,
-                opset_version=17,
-                do_constant_folding=True,
-                dynamo=False,
-            )
+        # Constant folding makes MatMul weights plain initializers, which the attention fusion needs.
+        onnx_export(wrapper, args, path, names, axes, fold_constants=True)
         del unet, wrapper
         opts = FusionOptions("unet")
         # What ORT's SD pipeline script sets for an fp16 UNet on CUDA.

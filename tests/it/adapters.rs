@@ -4,41 +4,10 @@
 use crate::util::*;
 use std::path::{Path, PathBuf};
 use stipple::engine::Stop;
-use stipple::job::{Event, Job, Sampler};
 use stipple::model::Checkpoint;
 
 fn lora_dir() -> PathBuf {
     root().join("tests/fixtures/lora")
-}
-
-fn job(prompt: &str) -> Job {
-    Job {
-        prompt: prompt.into(),
-        negative: String::new(),
-        sampler: Sampler::Euler,
-        steps: 3,
-        cfg: 7.0,
-        width: 64,
-        height: 64,
-        seed: 11,
-        batch: 1,
-    }
-}
-
-fn image(g: &mut stipple::pipeline::Generator, prompt: &str) -> Vec<u8> {
-    let mut out = None;
-    g.generate(
-        &job(prompt),
-        &|| Stop::No,
-        &mut |e| {
-            if let Event::Image { image, .. } = e {
-                out = Some(image.pixels)
-            }
-        },
-        1,
-    )
-    .unwrap_or_else(|e| panic!("{prompt}: {e}"));
-    out.unwrap()
 }
 
 #[test]
@@ -94,7 +63,7 @@ fn refused_adapters_leave_the_model_as_it_was() {
         ("a red fox <lora:no_such_lora:1>", "no LoRA named"),
     ] {
         let err = g
-            .generate(&job(prompt), &|| Stop::No, &mut |_| {}, 2)
+            .generate(&small_job(prompt, 11), &|| Stop::No, &mut |_| {}, 2)
             .err()
             .unwrap_or_else(|| panic!("{prompt} should be refused"))
             .to_string();
@@ -200,4 +169,8 @@ fn bake_writes_what_lycoris_and_peft_compute() {
         .unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+}
+
+fn image(g: &mut stipple::pipeline::Generator, prompt: &str) -> Vec<u8> {
+    try_image(g, &small_job(prompt, 11)).unwrap_or_else(|e| panic!("{prompt}: {e}"))
 }

@@ -6,8 +6,6 @@
 use crate::util::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use stipple::engine::Stop;
-use stipple::job::{Event, Job, Sampler};
 use stipple::pipeline::Generator;
 use stipple::runtime::{CudaOptions, SessionOptions};
 
@@ -165,36 +163,6 @@ fn bench_json_reports_device_memory_as_null_on_the_cpu() {
     assert!(!text.contains("device memory"), "{text}");
 }
 
-fn job(prompt: &str) -> Job {
-    Job {
-        prompt: prompt.into(),
-        negative: String::new(),
-        sampler: Sampler::Euler,
-        steps: 3,
-        cfg: 7.0,
-        width: 64,
-        height: 64,
-        seed: 5,
-        batch: 1,
-    }
-}
-
-fn image(g: &mut Generator, prompt: &str) -> Vec<u8> {
-    let mut out = None;
-    g.generate(
-        &job(prompt),
-        &|| Stop::No,
-        &mut |e| {
-            if let Event::Image { image, .. } = e {
-                out = Some(image.pixels)
-            }
-        },
-        1,
-    )
-    .unwrap_or_else(|e| panic!("{prompt}: {e}"));
-    out.unwrap()
-}
-
 fn lora_dir() -> PathBuf {
     root().join("tests/fixtures/lora")
 }
@@ -243,4 +211,8 @@ fn fixed_unet_buffers_give_the_same_images() {
             "{prompt}"
         );
     }
+}
+
+fn image(g: &mut stipple::pipeline::Generator, prompt: &str) -> Vec<u8> {
+    try_image(g, &small_job(prompt, 5)).unwrap_or_else(|e| panic!("{prompt}: {e}"))
 }

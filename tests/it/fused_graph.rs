@@ -8,12 +8,9 @@ use crate::util::*;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use stipple::lora::Adapter;
 use stipple::model::layout::{ComponentKind, GraphKind};
 use stipple::model::{Model, Transform};
 use stipple::patch::assemble_graph;
-use stipple::pipeline::adapters::{self, ActiveLora};
 use stipple::runtime::session::GraphChoice;
 use stipple::runtime::Device;
 
@@ -116,17 +113,8 @@ fn adapter_reaches_fused_weights(dir: &Path, lora: &str) {
     // The unpatched fused buffer is ORT's own (the test above); the patched one must differ from it
     // by exactly the deltas, moved where the recipe puts their elements.
     let (base_buf, _) = assemble_graph(unet, GraphKind::Cuda, &HashMap::new()).unwrap();
-    let path = root().join(lora);
-    let (_, mut tag) = stipple::bake::parse_lora_arg(&path.display().to_string()).unwrap();
-    let adapter = Adapter::open(&path).unwrap();
-    tag.name = adapter.name();
-    let loras = vec![ActiveLora {
-        tag,
-        path,
-        adapter: Arc::new(adapter),
-    }];
-    let key = adapters::strengths_at(&loras, 0, 1);
-    let deltas = adapters::compute(&model, &loras, &key).unwrap().0;
+    let loras = active_loras(&[root().join(lora).display().to_string()]);
+    let deltas = fused_deltas(&model, &loras);
     let d = &deltas[&ComponentKind::Unet];
     let (buf, stats) = assemble_graph(unet, GraphKind::Cuda, d).unwrap();
     let mut patched = HashMap::new();

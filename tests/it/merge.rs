@@ -5,13 +5,12 @@
 use crate::util::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use stipple::lora::merge::{merge, MergeOptions, Mode};
 use stipple::lora::svd::{Dynamic, Options, RankRule};
 use stipple::lora::write::kohya_stem;
 use stipple::lora::{Adapter, ModelParams, Strengths};
 use stipple::model::Model;
-use stipple::pipeline::adapters::{self, ActiveLora};
+use stipple::pipeline::adapters;
 use stipple::pipeline::ComponentDeltas;
 
 fn lora_dir() -> PathBuf {
@@ -37,27 +36,6 @@ fn ok(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `FILE[:spec]` arguments as the engine resolves them (the same parser `bake --lora` uses).
-fn active(args: &[String]) -> Vec<ActiveLora> {
-    args.iter()
-        .map(|a| {
-            let (path, mut tag) = stipple::bake::parse_lora_arg(a).unwrap();
-            let adapter = Adapter::open(&path).unwrap();
-            tag.name = adapter.name();
-            ActiveLora {
-                tag,
-                path,
-                adapter: Arc::new(adapter),
-            }
-        })
-        .collect()
-}
-
-fn deltas(model: &Model, loras: &[ActiveLora]) -> ComponentDeltas {
-    let key = adapters::strengths_at(loras, 0, 1);
-    adapters::compute(model, loras, &key).unwrap().0
 }
 
 /// Per parameter: (max |a − b| / max |b|, ‖a − b‖_F / ‖b‖_F). Both sides must change the same params.
@@ -107,8 +85,8 @@ fn exact_merge_bakes_like_the_sources_applied_together() {
     assert!(text.contains("wrote"), "{text}");
 
     let model = Model::open(&tiny_model()).unwrap();
-    let want = deltas(&model, &active(&inputs));
-    let got = deltas(&model, &active(&[out.display().to_string()]));
+    let want = fused_deltas(&model, &active_loras(&inputs));
+    let got = fused_deltas(&model, &active_loras(&[out.display().to_string()]));
     let errs = compare(&got, &want);
     let worst = errs.values().fold(0f32, |m, e| m.max(e.0));
     println!(
@@ -171,8 +149,8 @@ fn a_prompt_merge_honours_component_and_block_strengths_and_refuses_schedules() 
     let loras = adapters::AdapterCache::new(vec![dir.clone()])
         .resolve(&parsed, prompt)
         .unwrap();
-    let want = deltas(&model, &loras);
-    let got = deltas(&model, &active(&[out.display().to_string()]));
+    let want = fused_deltas(&model, &loras);
+    let got = fused_deltas(&model, &active_loras(&[out.display().to_string()]));
     let errs = compare(&got, &want);
     let worst = errs.values().fold(0f32, |m, e| m.max(e.0));
     assert!(worst <= 1e-5, "{errs:?}");
@@ -220,7 +198,7 @@ fn svd_merge_reports_the_error_it_makes_and_is_lossless_at_full_rank() {
         format!("{}:0.8", fixture("lyco_lokr.safetensors")),
     ];
     let model = Model::open(&tiny_model()).unwrap();
-    let want = deltas(&model, &active(&inputs));
+    let want = fused_deltas(&model, &active_loras(&inputs));
     for (rank, label) in [(Some(2), "rank 2"), (Some(100_000), "full rank")] {
         for clamp in [None, Some(0.99)] {
             let out = tmp
@@ -237,7 +215,7 @@ fn svd_merge_reports_the_error_it_makes_and_is_lossless_at_full_rank() {
                 overwrite: false,
             })
             .unwrap();
-            let got = deltas(&model, &active(&[out.display().to_string()]));
+            let got = fused_deltas(&model, &active_loras(&[out.display().to_string()]));
             let measured = compare(&got, &want);
             let mut worst_gap = 0f64;
             for l in &outcome.layers {
@@ -294,7 +272,7 @@ fn svd_merge_reports_the_error_it_makes_and_is_lossless_at_full_rank() {
 
 fn merge_fixtures(inputs: &[String], opts: &MergeOptions) -> Vec<stipple::lora::write::LoraLayer> {
     let model = Model::open(&tiny_model()).unwrap();
-    let loras = active(inputs);
+    let loras = active_loras(inputs);
     let key = adapters::strengths_at(&loras, 0, 1);
     let base = adapters::base_weights(&model);
     let params = ModelParams {
@@ -412,8 +390,8 @@ fn extract_recovers_a_baked_lora() {
     ]));
     println!("{text}");
     let model = Model::open(&base).unwrap();
-    let want = deltas(&model, &active(&sources));
-    let got = deltas(&model, &active(&[out.display().to_string()]));
+    let want = fused_deltas(&model, &active_loras(&sources));
+    let got = fused_deltas(&model, &active_loras(&[out.display().to_string()]));
     let errs = compare(&got, &want);
     let worst = errs.values().fold(0f32, |m, e| m.max(e.0));
     println!(

@@ -5,8 +5,6 @@
 use crate::sdxl::{sdxl_generator, tiny_sdxl};
 use crate::util::*;
 use std::path::{Path, PathBuf};
-use stipple::engine::Stop;
-use stipple::job::{Event, Job, Sampler};
 use stipple::lora::{compute_deltas, Adapter, Component, LoraError, ModelParams, Strengths};
 use stipple::model::{Checkpoint, Model};
 use stipple::pipeline::adapters::target_params;
@@ -269,36 +267,6 @@ fn sd1_adapters_on_sdxl_and_sdxl_adapters_on_sd1_are_refused_with_evidence() {
     }
 }
 
-fn job(prompt: &str) -> Job {
-    Job {
-        prompt: prompt.into(),
-        negative: String::new(),
-        sampler: Sampler::Euler,
-        steps: 3,
-        cfg: 7.0,
-        width: 64,
-        height: 64,
-        seed: 11,
-        batch: 1,
-    }
-}
-
-fn image(g: &mut stipple::pipeline::Generator, prompt: &str) -> Result<Vec<u8>, String> {
-    let mut out = None;
-    g.generate(
-        &job(prompt),
-        &|| Stop::No,
-        &mut |e| {
-            if let Event::Image { image, .. } = e {
-                out = Some(image.pixels)
-            }
-        },
-        1,
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(out.unwrap())
-}
-
 #[test]
 fn sdxl_prompt_adapters_reach_both_text_encoders_and_refusals_touch_nothing() {
     let mut g = sdxl_generator();
@@ -331,23 +299,12 @@ fn sdxl_prompt_adapters_reach_both_text_encoders_and_refusals_touch_nothing() {
 /// and a slot at 1 gives exactly the full-strength ΔW of its layers.
 #[test]
 fn sdxl_lbw_vectors_reach_the_blocks_they_name() {
-    use std::sync::Arc;
     use stipple::model::ComponentKind;
-    use stipple::pipeline::adapters::{self, ActiveLora};
     use stipple::pipeline::ComponentDeltas;
     let model = Model::open(&tiny_sdxl()).unwrap();
     let run = |file: &str, spec: &str| {
-        let arg = format!("{}:{spec}", xl_dir().join(file).display());
-        let (path, mut tag) = stipple::bake::parse_lora_arg(&arg).unwrap();
-        let adapter = Adapter::open(&path).unwrap();
-        tag.name = adapter.name();
-        let loras = vec![ActiveLora {
-            tag,
-            path,
-            adapter: Arc::new(adapter),
-        }];
-        let key = adapters::strengths_at(&loras, 0, 1);
-        adapters::compute(&model, &loras, &key).unwrap().0
+        let loras = active_loras(&[format!("{}:{spec}", xl_dir().join(file).display())]);
+        fused_deltas(&model, &loras)
     };
     let names = |d: &ComponentDeltas, kind: ComponentKind| -> Vec<String> {
         let mut v: Vec<String> = d
@@ -427,4 +384,8 @@ fn sdxl_lbw_vectors_reach_the_blocks_they_name() {
             assert_eq!(got, full, "{file} {spec}: {n} at 1 is the full ΔW");
         }
     }
+}
+
+fn image(g: &mut stipple::pipeline::Generator, prompt: &str) -> Result<Vec<u8>, String> {
+    try_image(g, &small_job(prompt, 11))
 }

@@ -41,6 +41,65 @@ pub fn generator() -> std::sync::MutexGuard<'static, Generator> {
     g
 }
 
+/// A 64×64, 3-step Euler job: what the image tests compare.
+pub fn small_job(prompt: &str, seed: u64) -> stipple::job::Job {
+    stipple::job::Job {
+        prompt: prompt.into(),
+        negative: String::new(),
+        sampler: stipple::job::Sampler::Euler,
+        steps: 3,
+        cfg: 7.0,
+        width: 64,
+        height: 64,
+        seed,
+        batch: 1,
+    }
+}
+
+/// The pixels of the first image `g` makes for `job`, or the generator's error.
+pub fn try_image(g: &mut Generator, job: &stipple::job::Job) -> Result<Vec<u8>, String> {
+    let mut out = None;
+    g.generate(
+        job,
+        &|| stipple::engine::Stop::No,
+        &mut |e| {
+            if let stipple::job::Event::Image { image, .. } = e {
+                out.get_or_insert(image.pixels);
+            }
+        },
+        1,
+    )
+    .map_err(|e| e.to_string())?;
+    out.ok_or_else(|| "no image".to_string())
+}
+
+/// `FILE[:spec]` arguments as the engine resolves them (the parser `bake --lora` uses).
+pub fn active_loras(args: &[String]) -> Vec<stipple::pipeline::adapters::ActiveLora> {
+    args.iter()
+        .map(|a| {
+            let (path, mut tag) = stipple::bake::parse_lora_arg(a).unwrap();
+            let adapter = stipple::lora::Adapter::open(&path).unwrap();
+            tag.name = adapter.name();
+            stipple::pipeline::adapters::ActiveLora {
+                tag,
+                path,
+                adapter: std::sync::Arc::new(adapter),
+            }
+        })
+        .collect()
+}
+
+/// The deltas the engine fuses for `loras` at their first-step strengths.
+pub fn fused_deltas(
+    model: &stipple::model::Model,
+    loras: &[stipple::pipeline::adapters::ActiveLora],
+) -> stipple::pipeline::ComponentDeltas {
+    let key = stipple::pipeline::adapters::strengths_at(loras, 0, 1);
+    stipple::pipeline::adapters::compute(model, loras, &key)
+        .unwrap()
+        .0
+}
+
 /// Copies a folder tree (the fixtures' `reference/` folders are skipped: tests never need them).
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
