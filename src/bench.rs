@@ -88,8 +88,8 @@ impl fmt::Display for BenchReport {
         if let Some(b) = self.swap_breakdown {
             writeln!(
                 f,
-                "    ΔW {:.3} s, then patch + sessions {:.3} s wall (patch {:.3} s, sessions {:.3} s, \
-                 summed over components built side by side), old sessions freed {:.3} s",
+                "    plan {:.3} s, then ΔW + patch + sessions {:.3} s wall (ΔW + patch {:.3} s, sessions \
+                 {:.3} s, summed over components built side by side), old sessions freed {:.3} s",
                 b.deltas_s, b.build_wall_s, b.patch_s, b.session_s, b.free_s
             )?;
         }

@@ -22,6 +22,7 @@ pub mod ldm;
 pub mod linalg;
 pub mod merge;
 pub mod peft;
+pub mod planned;
 pub mod region;
 pub mod report;
 pub mod svd;

@@ -8,6 +8,7 @@ use crate::model::layout::{buffer_len, elem_of, Component, GraphKind};
 use crate::model::weightmap::{Transform, WeightMapEntry};
 use crate::model::ElemType;
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -36,10 +37,38 @@ pub enum PatchError {
         init: String,
         elem: String,
     },
+    #[error("{component}: {param}: {message}")]
+    Delta {
+        component: String,
+        param: String,
+        message: String,
+    },
     #[error("{component}: initializer {init} overlaps another or does not fit its place in the weights buffer")]
     Layout { component: String, init: String },
     #[error("{component}: the model folder has no {kind:?} graph")]
     NoGraph { component: String, kind: GraphKind },
+}
+
+/// Where the patch gets ΔW from: a map of dense deltas (bake, live, tests), or deltas computed
+/// when the patch asks for them (the fuse path), in its parallel loop.
+pub trait DeltaSource: Sync {
+    /// Every parameter this source may change; each must feed some initializer of the graph.
+    fn params(&self) -> Vec<&str>;
+    fn may_change(&self, param: &str) -> bool;
+    /// Σ strength·ΔW of `param` (torch layout, f32); None when nothing adds to it.
+    fn delta(&self, param: &str) -> Result<Option<Cow<'_, [f32]>>, String>;
+}
+
+impl DeltaSource for HashMap<String, Vec<f32>> {
+    fn params(&self) -> Vec<&str> {
+        self.keys().map(String::as_str).collect()
+    }
+    fn may_change(&self, param: &str) -> bool {
+        self.contains_key(param)
+    }
+    fn delta(&self, param: &str) -> Result<Option<Cow<'_, [f32]>>, String> {
+        Ok(self.get(param).map(|d| Cow::Borrowed(d.as_slice())))
+    }
 }
 
 /// What [`assemble`] did.
@@ -56,7 +85,7 @@ pub struct PatchStats {
 /// Fails before returning anything if a delta does not fit, so a model is never half-patched.
 pub fn assemble(
     component: &Component,
-    deltas: &HashMap<String, Vec<f32>>,
+    deltas: &dyn DeltaSource,
 ) -> Result<(Arc<[u8]>, PatchStats), PatchError> {
     assemble_graph(component, GraphKind::Plain, deltas)
 }
@@ -67,7 +96,7 @@ pub fn assemble(
 pub fn assemble_graph(
     component: &Component,
     kind: GraphKind,
-    deltas: &HashMap<String, Vec<f32>>,
+    deltas: &dyn DeltaSource,
 ) -> Result<(Arc<[u8]>, PatchStats), PatchError> {
     let cname = component.kind.to_string();
     let (graph, weightmap) = component
@@ -102,7 +131,7 @@ pub fn assemble_graph(
         rest = tail;
         pos = e.offset + e.length;
     }
-    let filled: Vec<Result<Vec<&str>, PatchError>> = jobs
+    let filled: Vec<Result<(Vec<&str>, bool), PatchError>> = jobs
         .into_par_iter()
         .map(|(e, out)| fill(component, graph, &cname, e, deltas, out))
         .collect();
@@ -112,18 +141,19 @@ pub fn assemble_graph(
         ..Default::default()
     };
     for r in filled {
-        let u = r?;
+        let (asked, patched) = r?;
         stats.initializers += 1;
-        if !u.is_empty() {
+        if patched {
             stats.patched += 1;
         }
-        used.extend(u);
+        used.extend(asked);
     }
-    if used.len() != deltas.len() {
-        let mut names: Vec<String> = deltas
-            .keys()
-            .filter(|k| !used.contains(k.as_str()))
-            .cloned()
+    let params = deltas.params();
+    if params.iter().any(|p| !used.contains(p)) {
+        let mut names: Vec<String> = params
+            .into_iter()
+            .filter(|k| !used.contains(k))
+            .map(str::to_string)
             .collect();
         names.sort();
         return Err(PatchError::UnusedDeltas {
@@ -134,15 +164,16 @@ pub fn assemble_graph(
     Ok((arc, stats))
 }
 
-/// Writes one initializer into `out`; returns the delta names it used.
+/// Writes one initializer into `out`; returns the parameters it asked `deltas` for, and whether a
+/// ΔW was added.
 fn fill<'e>(
     component: &Component,
     graph: &crate::model::Graph,
     cname: &str,
     entry: &'e WeightMapEntry,
-    deltas: &HashMap<String, Vec<f32>>,
+    deltas: &dyn DeltaSource,
     out: &mut [u8],
-) -> Result<Vec<&'e str>, PatchError> {
+) -> Result<(Vec<&'e str>, bool), PatchError> {
     let mut parts = Vec::new();
     for src in entry.sources() {
         let tensor = component
@@ -178,8 +209,22 @@ fn fill<'e>(
                 | (safetensors::Dtype::BF16, ElemType::Bf16)
         )
     });
-    let touched = parts.iter().any(|(src, _)| deltas.contains_key(*src));
-    if !touched && same_dtype {
+    let mut asked = Vec::new();
+    let mut ds = Vec::with_capacity(parts.len());
+    for (src, _) in &parts {
+        if !deltas.may_change(src) {
+            ds.push(None);
+            continue;
+        }
+        asked.push(*src);
+        ds.push(deltas.delta(src).map_err(|message| PatchError::Delta {
+            component: cname.to_string(),
+            param: src.to_string(),
+            message,
+        })?);
+    }
+    let patched = ds.iter().any(Option::is_some);
+    if !patched && same_dtype {
         // Nothing to add: move the stored elements as they are (no rounding, no f32 pass).
         match esize {
             2 => {
@@ -191,13 +236,12 @@ fn fill<'e>(
                 put(&arrange(entry, parts, shape), out);
             }
         }
-        return Ok(Vec::new());
+        return Ok((asked, false));
     }
-    let mut used = Vec::new();
     let mut values = Vec::with_capacity(parts.len());
-    for (src, tensor) in &parts {
+    for ((src, tensor), d) in parts.iter().zip(&ds) {
         let mut v = tensor.to_f32();
-        if let Some(d) = deltas.get(*src) {
+        if let Some(d) = d {
             if d.len() != v.len() {
                 return Err(PatchError::DeltaSize {
                     component: cname.to_string(),
@@ -206,15 +250,14 @@ fn fill<'e>(
                     want: v.len(),
                 });
             }
-            for (x, dx) in v.iter_mut().zip(d) {
+            for (x, dx) in v.iter_mut().zip(d.iter()) {
                 *x += dx;
             }
-            used.push(*src);
         }
         values.push(v);
     }
     write_elems(&arrange(entry, values, shape), elem, out);
-    Ok(used)
+    Ok((asked, patched))
 }
 
 /// Applies the entry's transform to its parts (each of `shape`, torch layout).

@@ -3,4 +3,4 @@
 
 pub mod buffer;
 
-pub use buffer::{assemble, assemble_graph, PatchError, PatchStats};
+pub use buffer::{assemble, assemble_graph, DeltaSource, PatchError, PatchStats};

@@ -154,7 +154,8 @@ pub fn strengths_at(loras: &[ActiveLora], step: usize, steps: usize) -> Strength
     }
 }
 
-fn lora_component(kind: ComponentKind) -> Option<Component> {
+/// The lora module's component of a model component (the UNet and both text encoders).
+pub fn lora_component(kind: ComponentKind) -> Option<Component> {
     match kind {
         ComponentKind::TextEncoder => Some(Component::TextEncoder),
         ComponentKind::TextEncoder2 => Some(Component::TextEncoder2),
@@ -220,6 +221,85 @@ pub fn strengths_of(l: &ActiveLora, key: &StrengthKey, i: usize) -> Strengths {
     }
 }
 
+/// The `STIPPLE_LORA_DEBUG` lines of an application: types, family evidence, matched and skipped
+/// keys per adapter, and the time ΔW took.
+pub fn log_report(report: &ApplyReport, took: std::time::Duration) {
+    for a in &report.adapters {
+        tracing::info!(
+            target: "stipple::lora",
+            "{}: types {:?}; family evidence: context width {:?}, te width {:?}, te2 {}; \
+             {} weights matched, {} keys skipped{}",
+            a.name,
+            a.types,
+            a.family.context_width,
+            a.family.te_width,
+            a.family.has_te2,
+            a.applied.len(),
+            a.skipped.len(),
+            a.skipped
+                .iter()
+                .take(5)
+                .map(|k| format!("\n  skipped {}: {}", k.key, k.reason))
+                .collect::<String>()
+        );
+    }
+    tracing::info!(
+        target: "stipple::lora",
+        "ΔW of {} adapter(s) computed in {:.1} ms",
+        report.adapters.len(),
+        took.as_secs_f64() * 1e3
+    );
+}
+
+/// One component's view of planned deltas: what the fuse path hands the patch step.
+pub struct PlannedView<'p, 'a> {
+    pub plan: &'p lora::planned::Planned<'a>,
+    pub component: Component,
+}
+
+impl crate::patch::DeltaSource for PlannedView<'_, '_> {
+    fn params(&self) -> Vec<&str> {
+        self.plan.params_of(self.component)
+    }
+    fn may_change(&self, param: &str) -> bool {
+        self.plan.may_change(self.component, param)
+    }
+    fn delta(&self, param: &str) -> Result<Option<std::borrow::Cow<'_, [f32]>>, String> {
+        self.plan
+            .delta(self.component, param)
+            .map(|d| d.map(std::borrow::Cow::Owned))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Plans `loras` at `key` against `model` (family checks, keys, types: errors come here) and runs
+/// `f` with the plan; ΔW is computed only as the patch step asks for each parameter.
+pub fn with_plan<R>(
+    model: &Model,
+    loras: &[ActiveLora],
+    key: &StrengthKey,
+    f: impl FnOnce(lora::planned::Planned<'_>) -> R,
+) -> Result<R, PipelineError> {
+    let base = base_weights(model);
+    let params = ModelParams {
+        family: model.index.family,
+        params: target_params(model),
+        base: &base,
+    };
+    let pairs: Vec<(&Adapter, Strengths)> = loras
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.adapter.as_ref(), strengths_of(l, key, i)))
+        .collect();
+    let plan = lora::planned::plan(&pairs, &params).map_err(|e| {
+        if lora_debug() {
+            tracing::info!(target: "stipple::lora", "refused: {e}");
+        }
+        PipelineError::Adapter(e.to_string())
+    })?;
+    Ok(f(plan))
+}
+
 /// ΔW per component for `loras` at `key`'s strengths (te for the text encoders, in/mid/out for the
 /// UNet, each times its block weight), computed against the pristine base weights.
 pub fn compute(
@@ -242,33 +322,7 @@ pub fn compute(
     let result = lora::compute_deltas(&pairs, &params);
     if lora_debug() {
         match &result {
-            Ok((_, report)) => {
-                for a in &report.adapters {
-                    tracing::info!(
-                        target: "stipple::lora",
-                        "{}: types {:?}; family evidence: context width {:?}, te width {:?}, te2 {}; \
-                         {} weights matched, {} keys skipped{}",
-                        a.name,
-                        a.types,
-                        a.family.context_width,
-                        a.family.te_width,
-                        a.family.has_te2,
-                        a.applied.len(),
-                        a.skipped.len(),
-                        a.skipped
-                            .iter()
-                            .take(5)
-                            .map(|k| format!("\n  skipped {}: {}", k.key, k.reason))
-                            .collect::<String>()
-                    );
-                }
-                tracing::info!(
-                    target: "stipple::lora",
-                    "ΔW of {} adapter(s) computed in {:.1} ms",
-                    loras.len(),
-                    t.elapsed().as_secs_f64() * 1e3
-                );
-            }
+            Ok((_, report)) => log_report(report, t.elapsed()),
             Err(e) => tracing::info!(target: "stipple::lora", "refused: {e}"),
         }
     }

@@ -113,9 +113,10 @@ struct Fused {
 /// Where the time of the last adapter change went.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct FuseStats {
-    /// ΔW of every adapter and layer.
+    /// Planning the adapters: family checks, keys, module types (ΔW itself is computed in the patch
+    /// step, each parameter's where it is added).
     pub deltas_s: f64,
-    /// Assembling the weight buffers (base + ΔW, dtype conversion), summed over components.
+    /// Assembling the weight buffers (ΔW, base + ΔW, dtype conversion), summed over components.
     pub patch_s: f64,
     /// ONNX Runtime session creation, summed over components (text encoders and UNet are built
     /// side by side, so the swap's wall time can be less than ΔW + patch + sessions).
@@ -337,70 +338,79 @@ impl Generator {
         }
         let mut stats = FuseStats::default();
         let t = Instant::now();
-        let (deltas, report) = if loras.is_empty() {
-            (ComponentDeltas::new(), None)
-        } else {
-            let (d, r) = adapters::compute(&self.model, loras, key)?;
-            (d, Some(r))
-        };
-        stats.deltas_s = t.elapsed().as_secs_f64();
         let rebuild_te = want.te != self.fused.te;
         let rebuild_unet = want.unet != self.fused.unet || want.unet_dims != self.fused.unet_dims;
         let te_dims = self.te_dims();
         let unet_dims = unet_dim_overrides(want.unet_dims);
         let (model, rt, opts) = (&self.model, self.runtime, &self.opts);
-        let t = Instant::now();
-        // The text encoders and the UNet are built side by side: session creation is mostly
-        // single-threaded inside ONNX Runtime, so a swap costs the slower of the two, not the sum.
-        let (te, unet) = std::thread::scope(|s| {
-            let te = s.spawn(|| -> Result<_, PipelineError> {
+        let planned = adapters::with_plan(model, loras, key, |plan| {
+            let plan_s = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let view = |kind: ComponentKind| adapters::PlannedView {
+                plan: &plan,
+                component: adapters::lora_component(kind).unwrap_or(crate::lora::Component::Unet),
+            };
+            // The text encoders and the UNet are built side by side: session creation is mostly
+            // single-threaded inside ONNX Runtime, so a swap costs the slower of the two. Each
+            // ΔW is computed inside the patch step, where it is added (never all at once).
+            let (te, unet) = std::thread::scope(|s| {
+                let te = s.spawn(|| -> Result<_, PipelineError> {
+                    let mut st = FuseStats::default();
+                    if !rebuild_te {
+                        return Ok((None, st));
+                    }
+                    let mut built = Vec::new();
+                    for enc in model.index.family.facts().encoders {
+                        built.push(build_component(
+                            model,
+                            rt,
+                            opts,
+                            enc.component,
+                            &view(enc.component),
+                            &te_dims,
+                            &mut st,
+                        )?);
+                    }
+                    Ok((Some(built), st))
+                });
                 let mut st = FuseStats::default();
-                if !rebuild_te {
-                    return Ok((None, st));
-                }
-                let mut built = Vec::new();
-                for enc in model.index.family.facts().encoders {
-                    built.push(build_component(
+                let unet = if rebuild_unet {
+                    build_component(
                         model,
                         rt,
                         opts,
-                        enc.component,
-                        &deltas,
-                        &te_dims,
+                        ComponentKind::Unet,
+                        &view(ComponentKind::Unet),
+                        &unet_dims,
                         &mut st,
-                    )?);
-                }
-                Ok((Some(built), st))
+                    )
+                    .map(|u| (Some(u), st))
+                } else {
+                    Ok((None, st))
+                };
+                let te = te.join().unwrap_or_else(|_| {
+                    Err(PipelineError::Job("text encoder build panicked".into()))
+                });
+                (te, unet)
             });
-            let mut st = FuseStats::default();
-            let unet = if rebuild_unet {
-                build_component(
-                    model,
-                    rt,
-                    opts,
-                    ComponentKind::Unet,
-                    &deltas,
-                    &unet_dims,
-                    &mut st,
-                )
-                .map(|u| (Some(u), st))
-            } else {
-                Ok((None, st))
-            };
-            let te = te
-                .join()
-                .unwrap_or_else(|_| Err(PipelineError::Job("text encoder build panicked".into())));
-            (te, unet)
-        });
+            let wall = t.elapsed().as_secs_f64();
+            let report = (!loras.is_empty()).then(|| plan.into_report());
+            (te, unet, plan_s, wall, report)
+        })?;
+        let (te, unet, plan_s, wall, report) = planned;
         let (te, te_stats) = te?;
         let (unet, unet_stats) = unet?;
+        stats.deltas_s = plan_s;
         stats.patch_s = te_stats.patch_s + unet_stats.patch_s;
         stats.session_s = te_stats.session_s + unet_stats.session_s;
-        stats.build_wall_s = t.elapsed().as_secs_f64();
+        stats.build_wall_s = wall;
         if adapters::lora_debug() {
+            if let Some(r) = &report {
+                adapters::log_report(r, std::time::Duration::from_secs_f64(wall));
+            }
             tracing::info!(
                 target: "stipple::lora",
-                "fused: ΔW {:.3} s, patch {:.3} s, session builds {:.3} s",
+                "fused: plan {:.3} s, ΔW + patch {:.3} s, session builds {:.3} s",
                 stats.deltas_s,
                 stats.patch_s,
                 stats.session_s
@@ -430,12 +440,13 @@ impl Generator {
         dims: &[(&str, i64)],
         stats: &mut FuseStats,
     ) -> Result<Session, PipelineError> {
+        let empty = HashMap::new();
         build_component(
             &self.model,
             self.runtime,
             &self.opts,
             kind,
-            deltas,
+            deltas.get(&kind).unwrap_or(&empty),
             dims,
             stats,
         )
@@ -1125,11 +1136,10 @@ fn build_component(
     rt: &'static Runtime,
     opts: &SessionOptions,
     kind: ComponentKind,
-    deltas: &ComponentDeltas,
+    deltas: &dyn patch::DeltaSource,
     dims: &[(&str, i64)],
     stats: &mut FuseStats,
 ) -> Result<Session, PipelineError> {
-    let empty = HashMap::new();
     let c = model
         .component(kind)
         .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
@@ -1141,7 +1151,11 @@ fn build_component(
         return Err(PipelineError::Job(format!("{kind}: no {which:?} graph")));
     };
     let t = Instant::now();
-    let (buf, _stats) = patch::assemble_graph(c, which, deltas.get(&kind).unwrap_or(&empty))?;
+    let (buf, _stats) = patch::assemble_graph(c, which, deltas).map_err(|e| match e {
+        // A ΔW that cannot be computed is the adapter's fault, as when it was computed up front.
+        patch::PatchError::Delta { message, .. } => PipelineError::Adapter(message),
+        e => e.into(),
+    })?;
     c.weights.release_pages();
     stats.patch_s += t.elapsed().as_secs_f64();
     let t = Instant::now();
@@ -1196,7 +1210,7 @@ fn build_sessions(
             rt,
             opts,
             kind,
-            deltas,
+            deltas.get(&kind).unwrap_or(&HashMap::new()),
             dims,
             &mut FuseStats::default(),
         )

@@ -1,0 +1,195 @@
+//! Deltas planned up front and computed one parameter at a time, for the fuse path.
+//!
+//! [`plan`] does everything [`super::compute_deltas`] checks first (families, keys, module types)
+//! without a single ΔW; [`Planned::delta`] computes a parameter's Σ strength·ΔW when the patch step
+//! asks for it, inside its parallel loop, so a whole model's dense ΔW is never held at once.
+
+use super::keys::{KeyIndex, Kind};
+use super::{
+    check_families, group_keys, module_delta, peft, skip_incomplete, Adapter, AdapterReport,
+    Applied, ApplyReport, Component, Job, LoraError, ModelParams, Strengths, TargetParam,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+struct PlannedAdapter<'a> {
+    adapter: &'a Adapter,
+    strengths: &'a Strengths,
+    groups: BTreeMap<usize, BTreeMap<Kind, &'a str>>,
+    peft: Option<peft::PeftAlpha>,
+}
+
+/// What a computed module adds to the report.
+struct ModuleInfo {
+    label: String,
+    strength: f32,
+    warnings: Vec<String>,
+    /// `.weight` / `.bias` parameters it produced a ΔW for.
+    outputs: Vec<String>,
+}
+
+/// Adapters checked against a model, with each parameter's ΔW computed on demand.
+pub struct Planned<'a> {
+    model: &'a ModelParams<'a>,
+    index: KeyIndex,
+    params: HashMap<(Component, &'a str), &'a TargetParam>,
+    adapters: Vec<PlannedAdapter<'a>>,
+    /// (component, parameter) → the (adapter, module) pairs whose ΔW lands there, in order.
+    by_param: HashMap<(Component, String), Vec<(usize, usize)>>,
+    reports: Vec<AdapterReport>,
+    computed: Mutex<BTreeMap<(usize, usize), ModuleInfo>>,
+}
+
+/// Checks families and groups keys for every adapter; no ΔW is computed yet.
+pub fn plan<'a>(
+    adapters: &'a [(&'a Adapter, Strengths)],
+    model: &'a ModelParams<'a>,
+) -> Result<Planned<'a>, LoraError> {
+    let guesses = check_families(adapters.iter().map(|(a, _)| *a), model)?;
+    let index = KeyIndex::build(&model.params);
+    let params: HashMap<(Component, &str), &TargetParam> = model
+        .params
+        .iter()
+        .map(|p| ((p.component, p.name.as_str()), p))
+        .collect();
+    let mut planned = Vec::new();
+    let mut reports = Vec::new();
+    let mut by_param: HashMap<(Component, String), Vec<(usize, usize)>> = HashMap::new();
+    for (ai, ((adapter, strengths), guess)) in adapters.iter().zip(guesses).enumerate() {
+        let mut rep = AdapterReport {
+            name: adapter.name(),
+            family: guess,
+            ..Default::default()
+        };
+        let groups = group_keys(adapter, &index, &mut rep);
+        skip_incomplete(&groups, &index, &mut rep);
+        for &id in groups.keys() {
+            let module = index.module(id);
+            for suffix in [".weight", ".bias"] {
+                let name = format!("{}{suffix}", module.path);
+                if params.contains_key(&(module.component, name.as_str())) {
+                    by_param
+                        .entry((module.component, name))
+                        .or_default()
+                        .push((ai, id));
+                }
+            }
+        }
+        reports.push(rep);
+        planned.push(PlannedAdapter {
+            adapter,
+            strengths,
+            groups,
+            peft: peft::PeftAlpha::from_metadata(adapter.metadata()),
+        });
+    }
+    Ok(Planned {
+        model,
+        index,
+        params,
+        adapters: planned,
+        by_param,
+        reports,
+        computed: Mutex::new(BTreeMap::new()),
+    })
+}
+
+impl Planned<'_> {
+    /// The parameters of `component` some adapter may change (each must be patched or asked for).
+    pub fn params_of(&self, component: Component) -> Vec<&str> {
+        self.by_param
+            .keys()
+            .filter(|(c, _)| *c == component)
+            .map(|(_, n)| n.as_str())
+            .collect()
+    }
+
+    pub fn may_change(&self, component: Component, param: &str) -> bool {
+        self.by_param.contains_key(&(component, param.to_string()))
+    }
+
+    /// Σ strength·ΔW of every adapter for one parameter (torch layout), None when none adds to it.
+    pub fn delta(&self, component: Component, param: &str) -> Result<Option<Vec<f32>>, LoraError> {
+        let Some(list) = self.by_param.get(&(component, param.to_string())) else {
+            return Ok(None);
+        };
+        let mut sum: Option<Vec<f32>> = None;
+        for &(ai, id) in list {
+            let pa = &self.adapters[ai];
+            let job = Job {
+                adapter: pa.adapter,
+                strengths: pa.strengths,
+                model: self.model,
+                index: &self.index,
+                params: &self.params,
+                peft: pa.peft.as_ref(),
+            };
+            let Some(kinds) = pa.groups.get(&id) else {
+                continue;
+            };
+            let Some(m) = module_delta(&job, id, kinds)? else {
+                continue;
+            };
+            let path = &self.index.module(id).path;
+            let mut outputs = Vec::new();
+            for (suffix, out) in [(".weight", &m.out.weight), (".bias", &m.out.bias)] {
+                if out.is_some() {
+                    outputs.push(format!("{path}{suffix}"));
+                }
+            }
+            let d = if param.ends_with(".bias") {
+                m.out.bias
+            } else {
+                m.out.weight
+            };
+            if let Ok(mut c) = self.computed.lock() {
+                c.entry((ai, id)).or_insert(ModuleInfo {
+                    label: m.label,
+                    strength: m.strength,
+                    warnings: m.warnings,
+                    outputs,
+                });
+            }
+            let Some(d) = d else { continue };
+            match &mut sum {
+                Some(s) => s.iter_mut().zip(&d).for_each(|(a, b)| *a += b),
+                None => sum = Some(d),
+            }
+        }
+        Ok(sum)
+    }
+
+    /// The report of what was applied, as [`super::compute_deltas`] gives it, for the modules
+    /// whose parameters were asked for.
+    pub fn into_report(self) -> ApplyReport {
+        let computed = self
+            .computed
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut report = ApplyReport::default();
+        for (ai, mut rep) in self.reports.into_iter().enumerate() {
+            for (&(a, id), info) in computed.range((ai, 0)..(ai + 1, 0)) {
+                debug_assert_eq!(a, ai);
+                let module = self.index.module(id);
+                rep.warnings.extend(info.warnings.iter().cloned());
+                *rep.types.entry(info.label.clone()).or_default() += 1;
+                for name in &info.outputs {
+                    let shape = self
+                        .params
+                        .get(&(module.component, name.as_str()))
+                        .map(|p| p.shape.clone())
+                        .unwrap_or_default();
+                    rep.applied.push(Applied {
+                        component: module.component,
+                        param: name.clone(),
+                        label: info.label.clone(),
+                        shape,
+                        strength: info.strength,
+                    });
+                }
+            }
+            report.adapters.push(rep);
+        }
+        report
+    }
+}
