@@ -188,21 +188,14 @@ pub fn compute_deltas(
     adapters: &[(&Adapter, Strengths)],
     model: &ModelParams,
 ) -> Result<(Deltas, ApplyReport), LoraError> {
-    let guesses = check_families(adapters.iter().map(|(a, _)| *a), model)?;
-    let index = KeyIndex::build(&model.params);
-    let params: HashMap<(Component, &str), &TargetParam> = model
-        .params
-        .iter()
-        .map(|p| ((p.component, p.name.as_str()), p))
-        .collect();
+    let Setup {
+        index,
+        params,
+        reports,
+    } = setup(adapters, model)?;
     let mut deltas = Deltas::default();
     let mut report = ApplyReport::default();
-    for ((adapter, strengths), guess) in adapters.iter().zip(guesses) {
-        let mut rep = AdapterReport {
-            name: adapter.name(),
-            family: guess,
-            ..Default::default()
-        };
+    for ((adapter, strengths), mut rep) in adapters.iter().zip(reports) {
         let groups = group_keys(adapter, &index, &mut rep);
         let peft = peft::PeftAlpha::from_metadata(adapter.metadata());
         let job = Job {
@@ -250,6 +243,39 @@ pub fn compute_deltas(
         report.adapters.push(rep);
     }
     Ok((deltas, report))
+}
+
+/// What every application starts with: the family checks (a refusal comes before anything is
+/// computed), the model's key index, its parameters by (component, name), one report per adapter.
+pub(crate) struct Setup<'m> {
+    pub index: KeyIndex,
+    pub params: HashMap<(Component, &'m str), &'m TargetParam>,
+    pub reports: Vec<AdapterReport>,
+}
+
+pub(crate) fn setup<'m>(
+    adapters: &[(&Adapter, Strengths)],
+    model: &'m ModelParams,
+) -> Result<Setup<'m>, LoraError> {
+    let guesses = check_families(adapters.iter().map(|(a, _)| *a), model)?;
+    let reports = adapters
+        .iter()
+        .zip(guesses)
+        .map(|((adapter, _), family)| AdapterReport {
+            name: adapter.name(),
+            family,
+            ..Default::default()
+        })
+        .collect();
+    Ok(Setup {
+        index: KeyIndex::build(&model.params),
+        params: model
+            .params
+            .iter()
+            .map(|p| ((p.component, p.name.as_str()), p))
+            .collect(),
+        reports,
+    })
 }
 
 /// Family checks for every adapter, before anything is computed (shared by apply, merge).

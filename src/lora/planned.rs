@@ -6,8 +6,8 @@
 
 use super::keys::{KeyIndex, Kind};
 use super::{
-    check_families, group_keys, module_delta, peft, skip_incomplete, Adapter, AdapterReport,
-    Applied, ApplyReport, Component, Job, LoraError, ModelParams, Strengths, TargetParam,
+    group_keys, module_delta, peft, setup, skip_incomplete, Adapter, AdapterReport, Applied,
+    ApplyReport, Component, Job, LoraError, ModelParams, Setup, Strengths, TargetParam,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -45,22 +45,15 @@ pub fn plan<'a>(
     adapters: &'a [(&'a Adapter, Strengths)],
     model: &'a ModelParams<'a>,
 ) -> Result<Planned<'a>, LoraError> {
-    let guesses = check_families(adapters.iter().map(|(a, _)| *a), model)?;
-    let index = KeyIndex::build(&model.params);
-    let params: HashMap<(Component, &str), &TargetParam> = model
-        .params
-        .iter()
-        .map(|p| ((p.component, p.name.as_str()), p))
-        .collect();
+    let Setup {
+        index,
+        params,
+        reports: fresh,
+    } = setup(adapters, model)?;
     let mut planned = Vec::new();
     let mut reports = Vec::new();
     let mut by_param: HashMap<(Component, String), Vec<(usize, usize)>> = HashMap::new();
-    for (ai, ((adapter, strengths), guess)) in adapters.iter().zip(guesses).enumerate() {
-        let mut rep = AdapterReport {
-            name: adapter.name(),
-            family: guess,
-            ..Default::default()
-        };
+    for (ai, ((adapter, strengths), mut rep)) in adapters.iter().zip(fresh).enumerate() {
         let groups = group_keys(adapter, &index, &mut rep);
         skip_incomplete(&groups, &index, &mut rep);
         for &id in groups.keys() {
