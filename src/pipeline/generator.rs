@@ -167,7 +167,8 @@ pub struct Generator {
     model_name: String,
     adapters: AdapterCache,
     fused: Fused,
-    /// The report of the last adapter application, for front ends.
+    /// The report of the last adapter application, for front ends: the modules of the components
+    /// that change rebuilt (a text encoder whose strengths did not change keeps its last weights).
     pub last_report: Option<ApplyReport>,
     /// Timings of the last adapter change.
     pub last_fuse: Option<FuseStats>,
