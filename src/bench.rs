@@ -200,14 +200,19 @@ pub fn run(
     let t = Instant::now();
     g.unet_added(&sample, [2, 4, lh, lw], 500.0, &context, added)?;
     let first_step_ms = t.elapsed().as_secs_f64() * 1e3;
-    let mut unet = Vec::new();
-    for i in 0..repeats * 5 + 2 {
-        let t = Instant::now();
-        g.unet_added(&sample, [2, 4, lh, lw], 500.0, &context, added)?;
-        if i >= 2 {
-            unet.push(t.elapsed());
+    // Median CFG step over repeats·5 steps after two warm-up steps.
+    let step_s = |g: &mut Generator| -> Result<f64, PipelineError> {
+        let mut steps = Vec::new();
+        for i in 0..repeats * 5 + 2 {
+            let t = Instant::now();
+            g.unet_added(&sample, [2, 4, lh, lw], 500.0, &context, added)?;
+            if i >= 2 {
+                steps.push(t.elapsed());
+            }
         }
-    }
+        Ok(median(steps))
+    };
+    let unet_step = step_s(&mut g)?;
     let latents = vec![0.1f32; 4 * lh * lw];
     let mut vae = Vec::new();
     for i in 0..repeats + 1 {
@@ -223,7 +228,6 @@ pub fn run(
         g.generate(&job, &|| Stop::No, &mut |_| {}, 0)?;
         image.push(t.elapsed());
     }
-    let unet_step = median(unet);
     let (mut adapter_swap_s, mut unet_step_with_adapter_ms) = (None, None);
     let (mut swap_breakdown, mut unet_step_after_rebuild_ms) = (None, None);
     if let Some(path) = lora {
@@ -261,15 +265,7 @@ pub fn run(
         order.sort_by_key(|&i| swaps[i]);
         swap_breakdown = breakdown[order[order.len() / 2]];
         adapter_swap_s = Some(median(swaps));
-        let mut steps = Vec::new();
-        for i in 0..repeats * 5 + 2 {
-            let t = Instant::now();
-            g.unet_added(&sample, [2, 4, lh, lw], 500.0, &context, added)?;
-            if i >= 2 {
-                steps.push(t.elapsed());
-            }
-        }
-        unet_step_with_adapter_ms = Some(median(steps) * 1e3);
+        unet_step_with_adapter_ms = Some(step_s(&mut g)? * 1e3);
         // Back to the plain model: a rebuilt session without adapter, to tell "rebuilt" from "fused".
         let plain = dims_job("a red fox in the snow".into());
         if static_shapes {
@@ -277,15 +273,7 @@ pub fn run(
         } else {
             g.prepare(&plain)?;
         }
-        let mut steps = Vec::new();
-        for i in 0..repeats * 5 + 2 {
-            let t = Instant::now();
-            g.unet_added(&sample, [2, 4, lh, lw], 500.0, &context, added)?;
-            if i >= 2 {
-                steps.push(t.elapsed());
-            }
-        }
-        unet_step_after_rebuild_ms = Some(median(steps) * 1e3);
+        unet_step_after_rebuild_ms = Some(step_s(&mut g)? * 1e3);
     }
     let (peak_device_mb, device_baseline_mb, device_memory_error) = match device_mem {
         None => (None, None, None),

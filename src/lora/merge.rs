@@ -3,7 +3,7 @@
 //!
 //! Modules are matched through the model's parameter list, so every key scheme the engine reads merges.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use faer::Mat;
 use rayon::prelude::*;
@@ -17,8 +17,8 @@ use super::svd::{self, Shape, Source};
 use super::tensor::{matmul, transpose};
 use super::write::LoraLayer;
 use super::{
-    check_families, group_keys, load_module, peft, skip_incomplete, Adapter, AdapterReport,
-    Applied, ApplyReport, Component, LoraError, ModelParams, Strengths, TargetParam,
+    group_keys, load_module, peft, setup, skip_incomplete, Adapter, Applied, ApplyReport,
+    Component, LoraError, ModelParams, Setup, Strengths, TargetParam,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +90,7 @@ struct Job<'a> {
     strengths: &'a Strengths,
     model: &'a ModelParams<'a>,
     index: &'a KeyIndex,
-    params: &'a BTreeMap<(Component, &'a str), &'a TargetParam>,
+    params: &'a HashMap<(Component, &'a str), &'a TargetParam>,
     peft: Option<&'a peft::PeftAlpha>,
     mode: Mode,
 }
@@ -104,22 +104,15 @@ pub fn merge(
     if opts.mode == Mode::Svd {
         opts.svd.rule.validate().map_err(MergeError::Options)?;
     }
-    let guesses = check_families(adapters.iter().map(|(a, _)| *a), model)?;
-    let index = KeyIndex::build(&model.params);
-    let params: BTreeMap<(Component, &str), &TargetParam> = model
-        .params
-        .iter()
-        .map(|p| ((p.component, p.name.as_str()), p))
-        .collect();
+    let Setup {
+        index,
+        params,
+        reports,
+    } = setup(adapters, model)?;
     let mut report = ApplyReport::default();
     let mut parts: BTreeMap<usize, Vec<Part>> = BTreeMap::new();
     let mut dropped = Vec::new();
-    for ((adapter, strengths), guess) in adapters.iter().zip(guesses) {
-        let mut rep = AdapterReport {
-            name: adapter.name(),
-            family: guess,
-            ..Default::default()
-        };
+    for ((adapter, strengths), mut rep) in adapters.iter().zip(reports) {
         let groups = group_keys(adapter, &index, &mut rep);
         let peft = peft::PeftAlpha::from_metadata(adapter.metadata());
         let job = Job {

@@ -280,6 +280,25 @@ pub fn with_plan<R>(
     key: &StrengthKey,
     f: impl FnOnce(lora::planned::Planned<'_>) -> R,
 ) -> Result<R, PipelineError> {
+    with_inputs(model, loras, key, |pairs, params| {
+        let plan = lora::planned::plan(pairs, params).map_err(|e| {
+            if lora_debug() {
+                tracing::info!(target: "stipple::lora", "refused: {e}");
+            }
+            PipelineError::Adapter(e.to_string())
+        })?;
+        Ok(f(plan))
+    })
+}
+
+/// Runs `f` with what the lora module applies against: the adapters with their strengths at `key`,
+/// and the model's parameters with its pristine base weights.
+fn with_inputs<R>(
+    model: &Model,
+    loras: &[ActiveLora],
+    key: &StrengthKey,
+    f: impl FnOnce(&[(&Adapter, Strengths)], &ModelParams) -> R,
+) -> R {
     let base = base_weights(model);
     let params = ModelParams {
         family: model.index.family,
@@ -291,13 +310,7 @@ pub fn with_plan<R>(
         .enumerate()
         .map(|(i, l)| (l.adapter.as_ref(), strengths_of(l, key, i)))
         .collect();
-    let plan = lora::planned::plan(&pairs, &params).map_err(|e| {
-        if lora_debug() {
-            tracing::info!(target: "stipple::lora", "refused: {e}");
-        }
-        PipelineError::Adapter(e.to_string())
-    })?;
-    Ok(f(plan))
+    f(&pairs, &params)
 }
 
 /// ΔW per component for `loras` at `key`'s strengths (te for the text encoders, in/mid/out for the
@@ -307,19 +320,8 @@ pub fn compute(
     loras: &[ActiveLora],
     key: &StrengthKey,
 ) -> Result<(ComponentDeltas, ApplyReport), PipelineError> {
-    let base = base_weights(model);
-    let params = ModelParams {
-        family: model.index.family,
-        params: target_params(model),
-        base: &base,
-    };
-    let pairs: Vec<(&Adapter, Strengths)> = loras
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.adapter.as_ref(), strengths_of(l, key, i)))
-        .collect();
     let t = std::time::Instant::now();
-    let result = lora::compute_deltas(&pairs, &params);
+    let result = with_inputs(model, loras, key, lora::compute_deltas);
     if lora_debug() {
         match &result {
             Ok((_, report)) => log_report(report, t.elapsed()),
