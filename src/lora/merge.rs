@@ -17,7 +17,7 @@ use super::svd::{self, Shape, Source};
 use super::tensor::{matmul, transpose};
 use super::write::LoraLayer;
 use super::{
-    group_keys, load_module, peft, setup, skip_incomplete, Adapter, Applied, ApplyReport,
+    applied, group_keys, load_module, peft, setup, skip_incomplete, Adapter, ApplyReport,
     Component, LoraError, ModelParams, Setup, Strengths, TargetParam,
 };
 
@@ -135,16 +135,13 @@ pub fn merge(
             dropped.extend(c.dropped);
             *rep.types.entry(c.label.clone()).or_default() += 1;
             let name = format!("{}.weight", module.path);
-            rep.applied.push(Applied {
-                component: module.component,
-                shape: params
-                    .get(&(module.component, name.as_str()))
-                    .map(|p| p.shape.clone())
-                    .unwrap_or_default(),
-                param: name,
-                label: c.label,
-                strength: c.strength,
-            });
+            rep.applied.push(applied(
+                &params,
+                module.component,
+                &name,
+                &c.label,
+                c.strength,
+            ));
             if let Some(p) = c.part {
                 parts.entry(c.id).or_default().push(p);
             }

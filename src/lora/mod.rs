@@ -218,17 +218,13 @@ pub fn compute_deltas(
             for (suffix, d) in [(".weight", m.out.weight), (".bias", m.out.bias)] {
                 let Some(d) = d else { continue };
                 let name = format!("{}{suffix}", module.path);
-                let shape = params
-                    .get(&(module.component, name.as_str()))
-                    .map(|p| p.shape.clone())
-                    .unwrap_or_default();
-                rep.applied.push(Applied {
-                    component: module.component,
-                    param: name.clone(),
-                    label: m.label.clone(),
-                    shape,
-                    strength: m.strength,
-                });
+                rep.applied.push(applied(
+                    &params,
+                    module.component,
+                    &name,
+                    &m.label,
+                    m.strength,
+                ));
                 match deltas.by_param.entry((module.component, name)) {
                     std::collections::hash_map::Entry::Occupied(mut e) => {
                         e.get_mut().iter_mut().zip(&d).for_each(|(a, b)| *a += b);
@@ -276,6 +272,26 @@ pub(crate) fn setup<'m>(
             .collect(),
         reports,
     })
+}
+
+/// The report line of one patched parameter.
+pub(crate) fn applied(
+    params: &HashMap<(Component, &str), &TargetParam>,
+    component: Component,
+    name: &str,
+    label: &str,
+    strength: f32,
+) -> Applied {
+    Applied {
+        component,
+        param: name.to_string(),
+        label: label.to_string(),
+        shape: params
+            .get(&(component, name))
+            .map(|p| p.shape.clone())
+            .unwrap_or_default(),
+        strength,
+    }
 }
 
 /// Family checks for every adapter, before anything is computed (shared by apply, merge).

@@ -6,7 +6,7 @@
 
 use super::keys::{KeyIndex, Kind};
 use super::{
-    group_keys, module_delta, peft, setup, skip_incomplete, Adapter, AdapterReport, Applied,
+    applied, group_keys, module_delta, peft, setup, skip_incomplete, Adapter, AdapterReport,
     ApplyReport, Component, Job, LoraError, ModelParams, Setup, Strengths, TargetParam,
 };
 use std::collections::{BTreeMap, HashMap};
@@ -167,18 +167,13 @@ impl Planned<'_> {
                 rep.warnings.extend(info.warnings.iter().cloned());
                 *rep.types.entry(info.label.clone()).or_default() += 1;
                 for name in &info.outputs {
-                    let shape = self
-                        .params
-                        .get(&(module.component, name.as_str()))
-                        .map(|p| p.shape.clone())
-                        .unwrap_or_default();
-                    rep.applied.push(Applied {
-                        component: module.component,
-                        param: name.clone(),
-                        label: info.label.clone(),
-                        shape,
-                        strength: info.strength,
-                    });
+                    rep.applied.push(applied(
+                        &self.params,
+                        module.component,
+                        name,
+                        &info.label,
+                        info.strength,
+                    ));
                 }
             }
             report.adapters.push(rep);
