@@ -20,6 +20,9 @@ pub struct BenchReport {
     pub device: String,
     /// The UNet graph that ran: `plain` or `cuda` (ONNX Runtime's SD-fused graph).
     pub unet_graph: String,
+    /// Whether text encoders and UNet held their weights as bound inputs (swaps rewrite them in
+    /// place) rather than baked into the sessions.
+    pub resident_weights: bool,
     pub width: u32,
     pub height: u32,
     pub load_s: f64,
@@ -58,8 +61,18 @@ impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "model {} on {} at {}x{}, {} UNet graph ({} repeats, medians)",
-            self.model, self.device, self.width, self.height, self.unet_graph, self.repeats
+            "model {} on {} at {}x{}, {} UNet graph, {} weights ({} repeats, medians)",
+            self.model,
+            self.device,
+            self.width,
+            self.height,
+            self.unet_graph,
+            if self.resident_weights {
+                "resident"
+            } else {
+                "baked-in"
+            },
+            self.repeats
         )?;
         writeln!(f, "  load (open + sessions)    {:>9.3} s", self.load_s)?;
         writeln!(
@@ -89,8 +102,9 @@ impl fmt::Display for BenchReport {
             writeln!(
                 f,
                 "    plan {:.3} s, then ΔW + patch + sessions {:.3} s wall (ΔW + patch {:.3} s, sessions \
-                 {:.3} s, summed over components built side by side), old sessions freed {:.3} s",
-                b.deltas_s, b.build_wall_s, b.patch_s, b.session_s, b.free_s
+                 {:.3} s, summed over components done side by side), resident weights uploaded \
+                 {:.3} s, old sessions freed {:.3} s",
+                b.deltas_s, b.build_wall_s, b.patch_s, b.session_s, b.upload_s, b.free_s
             )?;
         }
         if let Some(s) = self.unet_step_with_adapter_ms {
@@ -290,6 +304,7 @@ pub fn run(
         model: g.model_name().to_string(),
         device,
         unet_graph: g.unet_graph().to_string(),
+        resident_weights: g.resident_weights(),
         width: w,
         height: h,
         load_s,

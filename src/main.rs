@@ -283,6 +283,10 @@ struct ModelArgs {
     /// UNet graph: auto (the fused CUDA graph on CUDA when the model has one), plain, cuda
     #[arg(long, default_value = "auto")]
     graph: String,
+    /// Keep text-encoder and UNet weights as inputs in device buffers, so an adapter change
+    /// rewrites them in place instead of building new sessions (default: on CUDA only)
+    #[arg(long, value_name = "BOOL")]
+    resident_weights: Option<bool>,
     #[command(flatten)]
     cuda: CudaArgs,
 }
@@ -295,6 +299,7 @@ impl ModelArgs {
             threads: self.threads,
             static_shapes: self.static_shapes,
             graph: self.graph.parse().map_err(anyhow::Error::msg)?,
+            resident: self.resident_weights,
             cuda: cuda_options(
                 stipple::config::load_cuda(&stipple::config::Dirs::discover())?,
                 &self.cuda,

@@ -1,8 +1,13 @@
 //! Reads an ONNX `model.onnx` and indexes its external-data initializers (name, type, dims, offset).
 //!
-//! [`Graph::read`] keeps the serialized bytes (handed to ONNX Runtime unchanged) and the index.
+//! [`Graph::read`] keeps the serialized bytes (handed to ONNX Runtime unchanged) and the index;
+//! [`Graph::weights_as_inputs`] turns the external initializers into graph inputs (resident weights).
 
-use super::onnx_proto::{tensor_proto::DataLocation, ModelProto};
+use super::onnx_proto::{
+    tensor_proto::DataLocation,
+    tensor_shape_proto::{dimension, Dimension},
+    type_proto, ModelProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
 use prost::Message;
 use std::path::{Path, PathBuf};
 
@@ -165,5 +170,55 @@ impl Graph {
             inputs: graph.input.iter().map(|v| v.name().to_string()).collect(),
             outputs: graph.output.iter().map(|v| v.name().to_string()).collect(),
         })
+    }
+
+    /// The model with every external initializer turned into a graph input of the same name, type
+    /// and shape: the weights then come from buffers bound at run time, which can be rewritten in
+    /// place (an adapter swap without a new session). Small inline initializers stay constants.
+    pub fn weights_as_inputs(&self) -> Result<Vec<u8>, GraphError> {
+        let mut model =
+            ModelProto::decode(self.bytes.as_slice()).map_err(|source| GraphError::Decode {
+                path: self.path.clone(),
+                source,
+            })?;
+        let graph = model.graph.as_mut().ok_or_else(|| GraphError::NoGraph {
+            path: self.path.clone(),
+        })?;
+        let (external, inline): (Vec<_>, Vec<_>) = std::mem::take(&mut graph.initializer)
+            .into_iter()
+            .partition(|i| i.data_location() == DataLocation::External);
+        graph.initializer = inline;
+        for init in external {
+            let dims: Vec<Result<i64, String>> = init.dims.iter().map(|&d| Ok(d)).collect();
+            graph
+                .input
+                .push(tensor_value_info(init.name(), init.data_type(), &dims));
+        }
+        Ok(model.encode_to_vec())
+    }
+}
+
+/// A tensor-typed input or output: `dims` are fixed sizes or named free dimensions.
+pub fn tensor_value_info(name: &str, elem: i32, dims: &[Result<i64, String>]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            denotation: None,
+            value: Some(match d {
+                Ok(v) => dimension::Value::DimValue(*v),
+                Err(p) => dimension::Value::DimParam(p.clone()),
+            }),
+        })
+        .collect();
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            denotation: None,
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(elem),
+                shape: Some(TensorShapeProto { dim }),
+            })),
+        }),
+        ..Default::default()
     }
 }

@@ -148,20 +148,97 @@ pub fn assemble_graph(
         }
         used.extend(asked);
     }
-    let params = deltas.params();
-    if params.iter().any(|p| !used.contains(p)) {
-        let mut names: Vec<String> = params
-            .into_iter()
-            .filter(|k| !used.contains(k))
-            .map(str::to_string)
-            .collect();
-        names.sort();
-        return Err(PatchError::UnusedDeltas {
-            component: cname,
-            names,
-        });
-    }
+    check_used(&cname, deltas, &used)?;
     Ok((arc, stats))
+}
+
+/// One initializer's elements, in a buffer aligned for its element size (so it becomes a typed
+/// tensor without a copy).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Elems {
+    Two(Vec<u16>),
+    Four(Vec<u32>),
+}
+
+impl Elems {
+    fn zeroed(bytes: usize, esize: usize) -> Elems {
+        match esize {
+            2 => Elems::Two(vec![0; bytes / 2]),
+            _ => Elems::Four(vec![0; bytes / 4]),
+        }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Elems::Two(v) => bytemuck::cast_slice_mut(v),
+            Elems::Four(v) => bytemuck::cast_slice_mut(v),
+        }
+    }
+}
+
+/// One initializer filled on its own by [`fill_each`]: its elements, and whether a ΔW was added.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filled {
+    pub elems: Elems,
+    pub patched: bool,
+}
+
+/// Fills each of `entries` (initializers of the component's `kind` graph) into its own buffer, in
+/// parallel, with `deltas` added; the results are in the order of `entries`. Every parameter
+/// `deltas` may change must feed one of `entries`. Fails before returning anything.
+pub fn fill_each(
+    component: &Component,
+    kind: GraphKind,
+    entries: &[&WeightMapEntry],
+    deltas: &dyn DeltaSource,
+) -> Result<Vec<Filled>, PatchError> {
+    let cname = component.kind.to_string();
+    let (graph, _) = component
+        .graph_of(kind)
+        .ok_or_else(|| PatchError::NoGraph {
+            component: cname.clone(),
+            kind,
+        })?;
+    let filled: Vec<Result<(Vec<&str>, Filled), PatchError>> = entries
+        .par_iter()
+        .map(|e| {
+            let esize = elem_of(graph, &e.name).and_then(|t| t.size()).unwrap_or(4);
+            let mut elems = Elems::zeroed(e.length, esize);
+            let (asked, patched) = fill(component, graph, &cname, e, deltas, elems.bytes_mut())?;
+            Ok((asked, Filled { elems, patched }))
+        })
+        .collect();
+    let mut used = HashSet::new();
+    let mut out = Vec::with_capacity(filled.len());
+    for r in filled {
+        let (asked, f) = r?;
+        used.extend(asked);
+        out.push(f);
+    }
+    check_used(&cname, deltas, &used)?;
+    Ok(out)
+}
+
+/// Every parameter `deltas` may change must have been asked for by some initializer.
+fn check_used(
+    cname: &str,
+    deltas: &dyn DeltaSource,
+    used: &HashSet<&str>,
+) -> Result<(), PatchError> {
+    let params = deltas.params();
+    if params.iter().all(|p| used.contains(p)) {
+        return Ok(());
+    }
+    let mut names: Vec<String> = params
+        .into_iter()
+        .filter(|k| !used.contains(k))
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    Err(PatchError::UnusedDeltas {
+        component: cname.to_string(),
+        names,
+    })
 }
 
 /// Writes one initializer into `out`; returns the parameters it asked `deltas` for, and whether a

@@ -3,4 +3,6 @@
 
 pub mod buffer;
 
-pub use buffer::{assemble, assemble_graph, DeltaSource, PatchError, PatchStats};
+pub use buffer::{
+    assemble, assemble_graph, fill_each, DeltaSource, Elems, Filled, PatchError, PatchStats,
+};

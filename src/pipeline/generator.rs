@@ -6,6 +6,7 @@
 //! with adapter deltas added by [`Generator::rebuild`]; [`Generator`] is the engine's [`Runner`].
 
 use super::adapters::{self, ActiveLora, AdapterCache, StrengthKey};
+use super::resident::{self, Net, ResidentError, Staged};
 use super::rng::TorchRng;
 use super::schedulers::{self, SchedulerConfig, SchedulerError};
 use super::tensor_io::{run, Bound, Input};
@@ -52,6 +53,8 @@ pub enum PipelineError {
     Adapter(String),
     #[error(transparent)]
     Live(#[from] LiveError),
+    #[error("{0}")]
+    Resident(String),
     #[error(
         "a UNet captured as a CUDA graph (cuda_graph in [cuda] of the config, --cuda-graph) cannot \
          run adapters live, and {0}. Use constant strengths with lora_method fuse, or turn \
@@ -72,8 +75,8 @@ pub type ComponentDeltas = HashMap<ComponentKind, HashMap<String, Vec<f32>>>;
 
 struct Sessions {
     /// One per text encoder of the family, in its order.
-    text: Vec<Session>,
-    unet: Session,
+    text: Vec<Net>,
+    unet: Net,
     vae: Session,
 }
 
@@ -123,8 +126,36 @@ pub struct FuseStats {
     pub session_s: f64,
     /// Wall time of the patch and session builds together.
     pub build_wall_s: f64,
+    /// Uploading resident weights rewritten in place (0 when sessions were built instead).
+    pub upload_s: f64,
     /// Dropping the replaced sessions (ONNX Runtime frees their device memory).
     pub free_s: f64,
+}
+
+/// What an adapter change does to one component's session.
+enum Change {
+    /// A new session (baked weights, or resident ones filled at build).
+    Built(Box<Net>),
+    /// New contents for some resident weights.
+    Staged(Staged),
+}
+
+/// A patch failure as the pipeline reports it: a ΔW that cannot be computed is the adapter's fault.
+fn patch_err(e: PatchError) -> PipelineError {
+    match e {
+        PatchError::Delta { message, .. } => PipelineError::Adapter(message),
+        e => PipelineError::Patch(e),
+    }
+}
+
+impl From<ResidentError> for PipelineError {
+    fn from(e: ResidentError) -> Self {
+        match e {
+            ResidentError::Session(e) => PipelineError::Session(e),
+            ResidentError::Patch(e) => patch_err(e),
+            e => PipelineError::Resident(e.to_string()),
+        }
+    }
 }
 
 impl Fused {
@@ -320,6 +351,12 @@ impl Generator {
         }
     }
 
+    /// Whether the text encoders and UNet hold resident weights (adapter changes rewrite them in
+    /// place instead of building sessions).
+    pub fn resident_weights(&self) -> bool {
+        self.sessions.unet.is_resident()
+    }
+
     /// The folders `<lora:NAME>` tags are looked up in.
     pub fn set_lora_dirs(&mut self, dirs: Vec<PathBuf>) {
         self.adapters = AdapterCache::new(dirs);
@@ -343,7 +380,14 @@ impl Generator {
         let rebuild_unet = want.unet != self.fused.unet || want.unet_dims != self.fused.unet_dims;
         let te_dims = self.te_dims();
         let unet_dims = unet_dim_overrides(want.unet_dims);
+        // Resident weights are rewritten in place; a UNet whose shapes change needs a new session.
+        let te_in_place = self.sessions.text.iter().all(Net::is_resident);
+        let unet_in_place =
+            self.sessions.unet.is_resident() && want.unet_dims == self.fused.unet_dims;
         let (model, rt, opts) = (&self.model, self.runtime, &self.opts);
+        let te_layouts: Vec<Option<&resident::Layout>> =
+            self.sessions.text.iter().map(Net::layout).collect();
+        let unet_layout = self.sessions.unet.layout();
         let planned = adapters::with_plan(model, loras, key, |plan| {
             let plan_s = t.elapsed().as_secs_f64();
             let t = Instant::now();
@@ -351,37 +395,53 @@ impl Generator {
                 plan: &plan,
                 component: adapters::lora_component(kind).unwrap_or(crate::lora::Component::Unet),
             };
-            // The text encoders and the UNet are built side by side: session creation is mostly
-            // single-threaded inside ONNX Runtime, so a swap costs the slower of the two. Each
-            // ΔW is computed inside the patch step, where it is added (never all at once).
+            // Staged in place, or built anew; each ΔW is computed inside the patch step, where it
+            // is added (never all at once).
+            let change = |kind: ComponentKind,
+                          layout: Option<&resident::Layout>,
+                          in_place: bool,
+                          dims: &[(&str, i64)],
+                          st: &mut FuseStats|
+             -> Result<Change, PipelineError> {
+                let Some(layout) = layout.filter(|_| in_place) else {
+                    return build_component(model, rt, opts, kind, &view(kind), dims, st)
+                        .map(|n| Change::Built(Box::new(n)));
+                };
+                let t = Instant::now();
+                let c = model
+                    .component(kind)
+                    .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
+                let staged = layout.stage(c, &view(kind)).map_err(patch_err)?;
+                st.patch_s += t.elapsed().as_secs_f64();
+                Ok(Change::Staged(staged))
+            };
+            // The text encoders and the UNet are done side by side: session creation is mostly
+            // single-threaded inside ONNX Runtime, so a swap costs the slower of the two.
             let (te, unet) = std::thread::scope(|s| {
                 let te = s.spawn(|| -> Result<_, PipelineError> {
                     let mut st = FuseStats::default();
                     if !rebuild_te {
                         return Ok((None, st));
                     }
-                    let mut built = Vec::new();
-                    for enc in model.index.family.facts().encoders {
-                        built.push(build_component(
-                            model,
-                            rt,
-                            opts,
+                    let encoders = model.index.family.facts().encoders;
+                    let mut changes = Vec::new();
+                    for (enc, layout) in encoders.iter().zip(&te_layouts) {
+                        changes.push(change(
                             enc.component,
-                            &view(enc.component),
+                            *layout,
+                            te_in_place,
                             &te_dims,
                             &mut st,
                         )?);
                     }
-                    Ok((Some(built), st))
+                    Ok((Some(changes), st))
                 });
                 let mut st = FuseStats::default();
                 let unet = if rebuild_unet {
-                    build_component(
-                        model,
-                        rt,
-                        opts,
+                    change(
                         ComponentKind::Unet,
-                        &view(ComponentKind::Unet),
+                        unet_layout,
+                        unet_in_place,
                         &unet_dims,
                         &mut st,
                     )
@@ -418,13 +478,23 @@ impl Generator {
             );
         }
         let t = Instant::now();
-        if let Some(s) = te {
-            self.sessions.text = s;
-        }
-        if let Some(s) = unet {
-            self.unet_io = None;
-            self.sessions.unet = s;
-        }
+        let uploaded = self.apply_changes(te, unet);
+        stats.upload_s = t.elapsed().as_secs_f64();
+        let replaced = match uploaded {
+            Ok(r) => r,
+            Err(e) => {
+                // Some weights may hold the new adapters and some the old: the next change rewrites
+                // every buffer the failed one touched.
+                self.fused = Fused {
+                    te: vec![(PathBuf::from("<failed upload>"), String::new())],
+                    unet: vec![(PathBuf::from("<failed upload>"), String::new())],
+                    unet_dims: self.fused.unet_dims,
+                };
+                return Err(e);
+            }
+        };
+        let t = Instant::now();
+        drop(replaced);
         stats.free_s = t.elapsed().as_secs_f64();
         self.last_fuse = Some(stats);
         self.fused = want;
@@ -434,13 +504,39 @@ impl Generator {
         Ok(())
     }
 
+    /// Puts new sessions in place and uploads staged weights; returns the replaced sessions.
+    fn apply_changes(
+        &mut self,
+        te: Option<Vec<Change>>,
+        unet: Option<Change>,
+    ) -> Result<Vec<Net>, PipelineError> {
+        let mut replaced = Vec::new();
+        let mut apply = |net: &mut Net, change: Change| -> Result<(), PipelineError> {
+            match change {
+                Change::Built(new) => replaced.push(std::mem::replace(net, *new)),
+                Change::Staged(staged) => net.commit(staged)?,
+            }
+            Ok(())
+        };
+        for (net, change) in self.sessions.text.iter_mut().zip(te.into_iter().flatten()) {
+            apply(net, change)?;
+        }
+        if let Some(change) = unet {
+            if matches!(change, Change::Built(_)) {
+                self.unet_io = None;
+            }
+            apply(&mut self.sessions.unet, change)?;
+        }
+        Ok(replaced)
+    }
+
     fn build_one(
         &self,
         kind: ComponentKind,
         deltas: &ComponentDeltas,
         dims: &[(&str, i64)],
         stats: &mut FuseStats,
-    ) -> Result<Session, PipelineError> {
+    ) -> Result<Net, PipelineError> {
         let empty = HashMap::new();
         build_component(
             &self.model,
@@ -469,12 +565,14 @@ impl Generator {
         }
         let dims = [("batch", 1), ("height", want[0]), ("width", want[1])];
         let mut stats = FuseStats::default();
-        self.sessions.vae = self.build_one(
-            ComponentKind::VaeDecoder,
-            &ComponentDeltas::new(),
-            &dims,
-            &mut stats,
-        )?;
+        self.sessions.vae = self
+            .build_one(
+                ComponentKind::VaeDecoder,
+                &ComponentDeltas::new(),
+                &dims,
+                &mut stats,
+            )?
+            .session;
         self.vae_dims = Some(want);
         Ok(())
     }
@@ -632,14 +730,11 @@ impl Generator {
         let session = self.sessions.text.get_mut(i).ok_or_else(|| {
             PipelineError::Job(format!("the model has no text encoder number {}", i + 1))
         })?;
-        let mut out = run(
-            session,
-            vec![Input::I64("input_ids", vec![1, n], ids)],
-            &names,
-        )
-        .map_err(run_err("text encoder"))?
-        .into_iter()
-        .map(|(_, d)| d);
+        let mut out = session
+            .run(vec![Input::I64("input_ids", vec![1, n], ids)], &names)
+            .map_err(run_err("text encoder"))?
+            .into_iter()
+            .map(|(_, d)| d);
         let z = out.next().unwrap_or_default();
         Ok((z, pooled.and(out.next())))
     }
@@ -709,22 +804,26 @@ impl Generator {
         let t = vec![timestep; shape[0]];
         let inputs = unet_inputs(sample, shape, &t, context, self.context_dim, added);
         let out = if self.opts.cuda_graph() || self.bound_unet {
-            let session = &mut self.sessions.unet;
+            let net = &mut self.sessions.unet;
             let io = match self.unet_io.take() {
-                Some(io) if io.fits(session, &inputs) => io,
+                Some(io) if io.fits(&net.session, &inputs) => io,
                 // New shapes or a new session: new buffers (the old ones are freed first).
                 _ => Bound::new(
-                    session,
+                    &net.session,
                     self.opts.device,
                     &inputs,
                     &[("out_sample", shape.to_vec())],
+                    &net.weights(),
                 )
                 .map_err(run_err("UNet"))?,
             };
             let io = self.unet_io.insert(io);
-            io.run(session, inputs).map_err(run_err("UNet"))?
+            io.run(&mut net.session, inputs).map_err(run_err("UNet"))?
         } else {
-            run(&mut self.sessions.unet, inputs, &["out_sample"]).map_err(run_err("UNet"))?
+            self.sessions
+                .unet
+                .run(inputs, &["out_sample"])
+                .map_err(run_err("UNet"))?
         };
         Ok(out.into_iter().next().map(|(_, d)| d).unwrap_or_default())
     }
@@ -1132,6 +1231,8 @@ fn unet_dim_overrides(dims: Option<[i64; 3]>) -> Vec<(&'static str, i64)> {
     }
 }
 
+/// Builds `kind`'s session with `deltas` added: with resident weights for the components adapters
+/// patch when the options ask for them, else with the weights baked in.
 fn build_component(
     model: &Model,
     rt: &'static Runtime,
@@ -1140,7 +1241,7 @@ fn build_component(
     deltas: &dyn patch::DeltaSource,
     dims: &[(&str, i64)],
     stats: &mut FuseStats,
-) -> Result<Session, PipelineError> {
+) -> Result<Net, PipelineError> {
     let c = model
         .component(kind)
         .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
@@ -1151,15 +1252,6 @@ fn build_component(
     let Some((graph, weightmap)) = c.graph_of(which) else {
         return Err(PipelineError::Job(format!("{kind}: no {which:?} graph")));
     };
-    let t = Instant::now();
-    let (buf, _stats) = patch::assemble_graph(c, which, deltas).map_err(|e| match e {
-        // A ΔW that cannot be computed is the adapter's fault, as when it was computed up front.
-        patch::PatchError::Delta { message, .. } => PipelineError::Adapter(message),
-        e => e.into(),
-    })?;
-    c.weights.release_pages();
-    stats.patch_s += t.elapsed().as_secs_f64();
-    let t = Instant::now();
     let what = match which {
         GraphKind::Plain => kind.dir_name().to_string(),
         GraphKind::Cuda => format!("{kind} (fused CUDA graph)"),
@@ -1174,6 +1266,18 @@ fn build_component(
         plain = opts.without_cuda_graph();
         &plain
     };
+    if opts.resident_weights() && kind != ComponentKind::VaeDecoder {
+        let t = Instant::now();
+        let net = resident::build(rt, &what, c, which, deltas, opts, dims)?;
+        // Filling, the session build and the upload are one step here.
+        stats.session_s += t.elapsed().as_secs_f64();
+        return Ok(net);
+    }
+    let t = Instant::now();
+    let (buf, _stats) = patch::assemble_graph(c, which, deltas)?;
+    c.weights.release_pages();
+    stats.patch_s += t.elapsed().as_secs_f64();
+    let t = Instant::now();
     let session = build_session(
         rt,
         &what,
@@ -1184,7 +1288,7 @@ fn build_component(
         dims,
     )?;
     stats.session_s += t.elapsed().as_secs_f64();
-    Ok(session)
+    Ok(Net::baked(session))
 }
 
 fn build_sessions(
@@ -1223,7 +1327,7 @@ fn build_sessions(
     Ok(Sessions {
         text,
         unet: build(ComponentKind::Unet)?,
-        vae: build(ComponentKind::VaeDecoder)?,
+        vae: build(ComponentKind::VaeDecoder)?.session,
     })
 }
 

@@ -5,6 +5,7 @@
 
 pub mod adapters;
 pub mod generator;
+pub mod resident;
 pub mod rng;
 pub mod schedulers;
 pub mod tensor_io;

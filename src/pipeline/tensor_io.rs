@@ -6,8 +6,8 @@
 
 use crate::runtime::Device;
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
-use ort::session::{IoBinding, Session, SessionInputValue, SharedSessionInner};
-use ort::value::{DynTensor, Tensor, TensorElementType, ValueType};
+use ort::session::{IoBinding, Session, SessionInputValue, SessionOutputs, SharedSessionInner};
+use ort::value::{DynTensor, DynTensorValueType, DynValue, Tensor, TensorElementType, ValueType};
 use std::sync::Arc;
 
 /// One input: name, shape and data.
@@ -52,42 +52,66 @@ pub fn run_with<'v>(
     let mut values: Vec<(String, SessionInputValue<'v>)> =
         Vec::with_capacity(inputs.len() + extra.len());
     for input in inputs {
-        match input {
-            Input::F32(name, shape, data) => {
-                let v = if input_is_f16(session, name) {
-                    let h: Vec<half::f16> = data.iter().map(|&x| half::f16::from_f32(x)).collect();
-                    Tensor::from_array((shape, h))?.into_dyn()
-                } else {
-                    Tensor::from_array((shape, data.to_vec()))?.into_dyn()
-                };
-                values.push((name.to_string(), v.into()));
-            }
-            Input::I64(name, shape, data) => {
-                values.push((
-                    name.to_string(),
-                    Tensor::from_array((shape, data))?.into_dyn().into(),
-                ));
-            }
-        }
+        let (name, value) = host_value(session, input)?;
+        values.push((name, value.into()));
     }
     values.extend(extra);
     let out = session.run(values)?;
-    let mut result = Vec::with_capacity(outputs.len());
-    for name in outputs {
+    outputs_of(&out, outputs)
+}
+
+/// `input` as a host tensor of the element type the session wants for it.
+pub fn host_value(session: &Session, input: Input<'_>) -> Result<(String, DynValue), ort::Error> {
+    Ok(match input {
+        Input::F32(name, shape, data) => {
+            let v = if input_is_f16(session, name) {
+                let h: Vec<half::f16> = data.iter().map(|&x| half::f16::from_f32(x)).collect();
+                Tensor::from_array((shape, h))?.into_dyn()
+            } else {
+                Tensor::from_array((shape, data.to_vec()))?.into_dyn()
+            };
+            (name.to_string(), v)
+        }
+        Input::I64(name, shape, data) => (
+            name.to_string(),
+            Tensor::from_array((shape, data))?.into_dyn(),
+        ),
+    })
+}
+
+/// Each of `names` from a run's outputs, as (shape, f32 values); outputs on a device are copied
+/// to the host first.
+pub fn outputs_of(out: &SessionOutputs<'_>, names: &[&str]) -> Result<Vec<Output>, ort::Error> {
+    let mut result = Vec::with_capacity(names.len());
+    for name in names {
         let v = out
             .get(*name)
             .ok_or_else(|| ort::Error::new(format!("the graph has no output {name:?}")))?;
-        let (shape, data) = match v.try_extract_tensor::<f32>() {
-            Ok((shape, data)) => (shape.clone(), data.to_vec()),
-            Err(_) => {
-                let (shape, data) = v.try_extract_tensor::<half::f16>()?;
-                (shape.clone(), data.iter().map(|x| x.to_f32()).collect())
-            }
-        };
-        let dims = shape.iter().map(|&d| d.max(0) as usize).collect();
-        result.push((dims, data));
+        result.push(to_host(v)?);
     }
     Ok(result)
+}
+
+fn to_host(v: &DynValue) -> Result<Output, ort::Error> {
+    tensor_to_host(&*v.view().downcast::<DynTensorValueType>()?)
+}
+
+fn tensor_to_host(t: &DynTensor) -> Result<Output, ort::Error> {
+    let host;
+    let v = if t.memory_info().is_cpu_accessible() {
+        t
+    } else {
+        host = t.to(AllocationDevice::CPU, 0)?;
+        &host
+    };
+    let (shape, data) = match v.try_extract_tensor::<f32>() {
+        Ok((shape, data)) => (shape.clone(), data.to_vec()),
+        Err(_) => {
+            let (shape, data) = v.try_extract_tensor::<half::f16>()?;
+            (shape.clone(), data.iter().map(|x| x.to_f32()).collect())
+        }
+    };
+    Ok((shape.iter().map(|&d| d.max(0) as usize).collect(), data))
 }
 
 /// Inputs and outputs that stay at one place in device memory from run to run, as ONNX Runtime's
@@ -102,12 +126,14 @@ pub struct Bound {
 }
 
 impl Bound {
-    /// Buffers on `device` for `inputs` as given and `outputs` (name, shape) of `session`.
+    /// Buffers on `device` for `inputs` as given and `outputs` (name, shape) of `session`, which
+    /// also reads `weights` (resident weights, bound as they are).
     pub fn new(
         session: &Session,
         device: Device,
         inputs: &[Input<'_>],
         outputs: &[(&str, Vec<usize>)],
+        weights: &[(&str, &DynTensor)],
     ) -> Result<Bound, ort::Error> {
         let allocator = match device {
             Device::Cuda(id) => Allocator::new(
@@ -123,6 +149,10 @@ impl Bound {
             _ => Allocator::default(),
         };
         let mut binding = session.create_binding()?;
+        // Resident weights stay where they are: the binding shares their buffers.
+        for (name, t) in weights {
+            binding.bind_input(*name, *t)?;
+        }
         let mut ins = Vec::with_capacity(inputs.len());
         for input in inputs {
             let (name, shape) = input.name_shape();
@@ -190,25 +220,10 @@ impl Bound {
             host.copy_into(&mut *target)?;
         }
         drop(session.run_binding(&self.binding)?);
-        let mut result = Vec::with_capacity(self.outputs.len());
-        for (_, shape, t) in &self.outputs {
-            let host;
-            let v = if t.memory_info().is_cpu_accessible() {
-                t
-            } else {
-                host = t.to(AllocationDevice::CPU, 0)?;
-                &host
-            };
-            let data = match v.try_extract_tensor::<f32>() {
-                Ok((_, d)) => d.to_vec(),
-                Err(_) => {
-                    let (_, d) = v.try_extract_tensor::<half::f16>()?;
-                    d.iter().map(|x| x.to_f32()).collect()
-                }
-            };
-            result.push((shape.clone(), data));
-        }
-        Ok(result)
+        self.outputs
+            .iter()
+            .map(|(_, _, t)| tensor_to_host(t))
+            .collect()
     }
 }
 

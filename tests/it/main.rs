@@ -11,6 +11,7 @@ mod lora;
 mod merge;
 mod pipeline_reference;
 mod prompt;
+mod resident;
 mod sdxl;
 mod sdxl_adapters;
 mod tui_config;

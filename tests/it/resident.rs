@@ -1,0 +1,125 @@
+//! Resident weights (CUDA's default, forced here on the CPU): adapter changes rewrite the weight
+//! buffers in place without building a session, every adapter state equals a fresh load of the same
+//! state, and a refused adapter leaves the buffers as they were.
+
+use crate::util::*;
+use std::path::PathBuf;
+use stipple::pipeline::Generator;
+use stipple::runtime::SessionOptions;
+
+fn lora_dir() -> PathBuf {
+    root().join("tests/fixtures/lora")
+}
+
+fn load(resident: bool, bound: bool) -> Generator {
+    let opts = SessionOptions {
+        resident: Some(resident),
+        ..SessionOptions::default()
+    };
+    let mut g = Generator::load(&tiny_model(), runtime(), opts).expect("tiny model loads");
+    g.bound_unet = bound;
+    g.set_lora_dirs(vec![lora_dir()]);
+    g
+}
+
+fn image(g: &mut Generator, prompt: &str) -> Vec<u8> {
+    try_image(g, &small_job(prompt, 23)).unwrap_or_else(|e| panic!("{prompt}: {e}"))
+}
+
+/// Largest per-channel difference of two images of the same size.
+fn max_diff(a: &[u8], b: &[u8]) -> u8 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap_or(0)
+}
+
+const BASE: &str = "a red fox";
+const A: &str = "a red fox <lora:lyco_locon:1>";
+const AB: &str = "a red fox <lora:lyco_locon:1> <lora:peft_diffusers:0.7>";
+const B: &str = "a red fox <lora:peft_diffusers:0.7>";
+const TE: &str = "a red fox <lora:lyco_te:1>";
+
+#[test]
+fn swaps_rewrite_weights_in_place_and_equal_fresh_loads() {
+    let mut g = load(true, false);
+    assert!(g.resident_weights());
+    let base = image(&mut g, BASE);
+    let mut seen = Vec::new();
+    for prompt in [A, AB, B, TE, BASE] {
+        let got = image(&mut g, prompt);
+        let stats = g.last_fuse.expect("an adapter change was timed");
+        assert_eq!(stats.session_s, 0.0, "{prompt}: no session was built");
+        assert!(stats.upload_s > 0.0, "{prompt}: weights were uploaded");
+        // Each state after the swaps before it equals the same state reached first after a load:
+        // the swap restored what the previous adapters touched.
+        let fresh = image(&mut load(true, false), prompt);
+        assert_eq!(got, fresh, "{prompt}: after the swaps before it");
+        seen.push(got);
+    }
+    assert_eq!(seen.last(), Some(&base), "back to the base, bit for bit");
+    assert!(
+        seen[..4].iter().all(|s| *s != base),
+        "every adapter changes the image"
+    );
+    assert_ne!(seen[0], seen[1]);
+    assert_ne!(seen[1], seen[2]);
+}
+
+#[test]
+fn resident_and_baked_weights_give_the_same_images() {
+    let mut resident = load(true, false);
+    let mut baked = load(false, false);
+    assert!(!baked.resident_weights());
+    for prompt in [BASE, AB, TE] {
+        let (r, b) = (image(&mut resident, prompt), image(&mut baked, prompt));
+        // ONNX Runtime pre-packs constant weights on the CPU and not inputs: sums may round
+        // differently, never by more than a step of 8 bits.
+        assert!(max_diff(&r, &b) <= 1, "{prompt}: {}", max_diff(&r, &b));
+    }
+    // The UNet's output itself, on the same inputs.
+    let sample: Vec<f32> = (0..2 * 4 * 8 * 8)
+        .map(|i| ((i % 17) as f32 - 8.0) / 8.0)
+        .collect();
+    let context: Vec<f32> = (0..2 * 77 * 32)
+        .map(|i| ((i % 13) as f32 - 6.0) / 6.0)
+        .collect();
+    let run = |g: &mut Generator| {
+        g.unet(&sample, [2, 4, 8, 8], 500.0, &context)
+            .expect("UNet runs")
+    };
+    let (r, b) = (run(&mut resident), run(&mut baked));
+    let err = max_rel_err(&r, &b);
+    assert!(err < 1e-4, "UNet output differs by {err}");
+}
+
+#[test]
+fn fixed_unet_buffers_read_resident_weights() {
+    // The path a CUDA graph takes: inputs and outputs in fixed buffers, weights bound beside them.
+    let mut bound = load(true, true);
+    let mut plain = load(true, false);
+    for prompt in [BASE, A, BASE] {
+        assert_eq!(
+            image(&mut bound, prompt),
+            image(&mut plain, prompt),
+            "{prompt}"
+        );
+    }
+}
+
+#[test]
+fn a_refused_adapter_leaves_resident_weights_as_they_were() {
+    let mut g = load(true, false);
+    let before = image(&mut g, A);
+    for prompt in [
+        "a red fox <lora:mismatch_shape:1>",
+        "a red fox <lora:bad_truncated:1>",
+        "a red fox <lora:wrong_family_sd1:1>",
+    ] {
+        let err = try_image(&mut g, &small_job(prompt, 23)).expect_err(prompt);
+        assert!(!err.is_empty());
+    }
+    assert_eq!(image(&mut g, A), before);
+}
