@@ -1,7 +1,6 @@
 //! Reads an ONNX `model.onnx` and indexes its external-data initializers (name, type, dims, offset).
 //!
-//! [`Graph::read`] keeps the serialized bytes (handed to ONNX Runtime unchanged) and the index;
-//! [`Graph::weights_as_inputs`] turns the external initializers into graph inputs (resident weights).
+//! [`Graph::read`] keeps the serialized bytes (handed to ONNX Runtime unchanged) and the index.
 
 use super::onnx_proto::{
     tensor_proto::DataLocation,
@@ -170,31 +169,6 @@ impl Graph {
             inputs: graph.input.iter().map(|v| v.name().to_string()).collect(),
             outputs: graph.output.iter().map(|v| v.name().to_string()).collect(),
         })
-    }
-
-    /// The model with every external initializer turned into a graph input of the same name, type
-    /// and shape: the weights then come from buffers bound at run time, which can be rewritten in
-    /// place (an adapter swap without a new session). Small inline initializers stay constants.
-    pub fn weights_as_inputs(&self) -> Result<Vec<u8>, GraphError> {
-        let mut model =
-            ModelProto::decode(self.bytes.as_slice()).map_err(|source| GraphError::Decode {
-                path: self.path.clone(),
-                source,
-            })?;
-        let graph = model.graph.as_mut().ok_or_else(|| GraphError::NoGraph {
-            path: self.path.clone(),
-        })?;
-        let (external, inline): (Vec<_>, Vec<_>) = std::mem::take(&mut graph.initializer)
-            .into_iter()
-            .partition(|i| i.data_location() == DataLocation::External);
-        graph.initializer = inline;
-        for init in external {
-            let dims: Vec<Result<i64, String>> = init.dims.iter().map(|&d| Ok(d)).collect();
-            graph
-                .input
-                .push(tensor_value_info(init.name(), init.data_type(), &dims));
-        }
-        Ok(model.encode_to_vec())
     }
 }
 

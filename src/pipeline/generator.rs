@@ -813,7 +813,6 @@ impl Generator {
                     self.opts.device,
                     &inputs,
                     &[("out_sample", shape.to_vec())],
-                    &net.weights(),
                 )
                 .map_err(run_err("UNet"))?,
             };

@@ -1,16 +1,18 @@
-//! Resident weights: a session built from its graph with the weights turned into inputs, bound to
-//! buffers on the session's device. An adapter change rewrites, in place, only the initializers it
-//! or the previous change touched ([`Net::stage`], then [`Net::commit`]): a swap costs ΔW and an
-//! upload, never a new session. [`Net`] is a session with resident weights or with baked-in ones.
+//! Resident weights: a session whose weight initializers are buffers stipple owns (ONNX Runtime's
+//! shared initializers, placed on the session's device, with pre-packing off so kernels read them
+//! at every run). An adapter change rewrites, in place, only the initializers it or the previous
+//! change touched ([`Layout::stage`], then [`Net::commit`]): a swap costs ΔW and an upload, never a
+//! new session. [`Net`] is a session with resident weights or with baked-in ones.
 
-use super::tensor_io::{host_value, outputs_of, Input, Output};
-use crate::model::layout::{Component, GraphKind};
+use super::tensor_io::{Input, Output};
+use crate::model::layout::{buffer_len, Component, GraphKind};
 use crate::model::{ElemType, WeightMapEntry};
 use crate::patch::{self, DeltaSource, Elems, Filled, PatchError};
-use crate::runtime::{build_session, Device, Runtime, SessionError, SessionOptions};
-use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
-use ort::session::{IoBinding, Session};
-use ort::value::{DynTensor, Tensor, TensorElementType};
+use crate::runtime::{build_session_with, Device, Runtime, SessionError, SessionOptions};
+use ort::memory::AllocationDevice;
+use ort::session::Session;
+use ort::value::PrimitiveTensorElementType;
+use ort::value::{DynTensor, DynTensorValueType, DynValue, Tensor, TensorRefMut};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -32,17 +34,15 @@ pub struct Net {
     resident: Option<Resident>,
 }
 
-/// The weight buffers of a session built by [`build`], bound once as its inputs.
+/// The weight buffers a session built by [`build`] reads its initializers from.
 struct Resident {
     layout: Layout,
-    /// `tensors[i]` holds `layout.names[i]`.
-    tensors: Vec<DynTensor>,
-    binding: IoBinding,
+    /// `tensors[i]` holds `layout.names[i]`; the session holds the other reference.
+    tensors: Vec<Arc<DynValue>>,
 }
 
-// SAFETY: the tensors and the binding are owned here and used from one thread at a time (the
-// generator moves between threads whole); ONNX Runtime values and bindings have no thread
-// affinity, and the host values bound as inputs own their data.
+// SAFETY: the tensors are owned here and by the session beside them, and used from one thread at a
+// time (the generator moves between threads whole); ONNX Runtime values have no thread affinity.
 unsafe impl Send for Resident {}
 
 /// Which initializer each resident buffer holds and which hold base + ΔW: plain data, so adapter
@@ -57,7 +57,7 @@ pub struct Layout {
     patched: HashSet<usize>,
 }
 
-/// New contents for some weights, computed by [`Net::stage`] and not yet on the device.
+/// New contents for some weights, computed by [`Layout::stage`] and not yet on the device.
 pub struct Staged {
     writes: Vec<(usize, Filled)>,
     patched: HashSet<usize>,
@@ -87,35 +87,9 @@ impl Net {
         self.resident.is_some()
     }
 
-    /// The bound weight buffers (none for a baked session), for a caller that binds its own inputs.
-    pub fn weights(&self) -> Vec<(&str, &DynTensor)> {
-        self.resident
-            .iter()
-            .flat_map(|r| r.layout.names.iter().map(String::as_str).zip(&r.tensors))
-            .collect()
-    }
-
     /// Runs the session on `inputs` and returns `outputs` as (shape, f32 values).
-    pub fn run(
-        &mut self,
-        inputs: Vec<Input<'_>>,
-        outputs: &[&str],
-    ) -> Result<Vec<Output>, ort::Error> {
-        let Some(r) = self.resident.as_mut() else {
-            return super::tensor_io::run(&mut self.session, inputs, outputs);
-        };
-        for input in inputs {
-            let (name, value) = host_value(&self.session, input)?;
-            r.binding.bind_input(name, &value)?;
-        }
-        // Bound anew each run: a bound output keeps its last shape, and shapes change with the
-        // image size and prompt length.
-        let host = host_memory()?;
-        for name in outputs {
-            r.binding.bind_output_to_device(*name, &host)?;
-        }
-        let out = self.session.run_binding(&r.binding)?;
-        outputs_of(&out, outputs)
+    pub fn run(&mut self, inputs: Vec<Input<'_>>, outputs: &[&str]) -> Result<Vec<Output>, ort::Error> {
+        super::tensor_io::run(&mut self.session, inputs, outputs)
     }
 
     /// Where the resident weights are (None for a baked session), to [`Layout::stage`] a change.
@@ -123,8 +97,8 @@ impl Net {
         self.resident.as_ref().map(|r| &r.layout)
     }
 
-    /// Uploads staged weights into the bound buffers, in place (their addresses do not change, so
-    /// a captured CUDA graph sees them too).
+    /// Writes staged weights into the session's buffers, in place (their addresses do not change,
+    /// so a captured CUDA graph sees them too). Call between runs, never during one.
     pub fn commit(&mut self, staged: Staged) -> Result<(), ResidentError> {
         let Some(r) = self.resident.as_mut() else {
             return Ok(());
@@ -133,11 +107,11 @@ impl Net {
         // Until every write lands, what each written buffer holds is not known.
         layout.patched.extend(staged.writes.iter().map(|(i, _)| *i));
         for (i, filled) in staged.writes {
-            let target = r.tensors.get_mut(i).ok_or_else(|| ResidentError::Upload {
+            let target = r.tensors.get(i).ok_or_else(|| ResidentError::Upload {
                 what: layout.what.clone(),
                 message: format!("no weight buffer {i}"),
             })?;
-            upload(filled.elems, target).map_err(|e| ResidentError::Upload {
+            overwrite(filled.elems, target).map_err(|e| ResidentError::Upload {
                 what: layout.what.clone(),
                 message: format!("{}: {e}", layout.names[i]),
             })?;
@@ -193,47 +167,60 @@ impl Layout {
     }
 }
 
-fn host_memory() -> Result<MemoryInfo<'static>, ort::Error> {
-    MemoryInfo::new(
-        AllocationDevice::CPU,
-        0,
-        AllocatorType::Device,
-        MemoryType::Default,
-    )
-}
-
-/// Copies `elems` into `target` (same element type and size), wherever `target` lives.
-fn upload(elems: Elems, target: &mut DynTensor) -> Result<(), ort::Error> {
-    let shape: Vec<i64> = target.shape().to_vec();
-    let host: DynTensor = match (elems, *target.data_type()) {
-        (Elems::Four(v), TensorElementType::Float32) => {
+/// A host tensor of `shape` holding `elems`, typed as the graph's initializer.
+fn host_tensor(elems: Elems, elem: ElemType, shape: Vec<i64>) -> Result<DynTensor, ort::Error> {
+    Ok(match (elems, elem) {
+        (Elems::Four(v), ElemType::F32) => {
             Tensor::from_array((shape, bytemuck::cast_vec::<u32, f32>(v)))?.upcast()
         }
-        (Elems::Two(v), TensorElementType::Float16) => {
+        (Elems::Two(v), ElemType::F16) => {
             Tensor::from_array((shape, bytemuck::cast_vec::<u16, half::f16>(v)))?.upcast()
         }
-        (Elems::Two(v), TensorElementType::Bfloat16) => {
+        (Elems::Two(v), ElemType::Bf16) => {
             Tensor::from_array((shape, bytemuck::cast_vec::<u16, half::bf16>(v)))?.upcast()
         }
-        (_, ty) => {
+        (_, elem) => {
             return Err(ort::Error::new(format!(
-                "no upload of these elements into a {ty:?} tensor"
+                "no resident weights of element type {}",
+                elem.name()
             )))
         }
-    };
-    host.copy_into(target)
+    })
 }
 
-fn tensor_type(elem: ElemType) -> Option<TensorElementType> {
-    match elem {
-        ElemType::F32 => Some(TensorElementType::Float32),
-        ElemType::F16 => Some(TensorElementType::Float16),
-        ElemType::Bf16 => Some(TensorElementType::Bfloat16),
-        ElemType::Other(_) => None,
+/// Copies `elems` over the data of `target` (same element type and size), wherever it lives.
+fn overwrite(elems: Elems, target: &DynValue) -> Result<(), ort::Error> {
+    let target = target.view().downcast::<DynTensorValueType>()?;
+    let shape: Vec<i64> = target.shape().to_vec();
+    match elems {
+        Elems::Four(v) => write_typed(bytemuck::cast_vec::<u32, f32>(v), &target, shape),
+        Elems::Two(v) if *target.data_type() == ort::value::TensorElementType::Bfloat16 => {
+            write_typed(bytemuck::cast_vec::<u16, half::bf16>(v), &target, shape)
+        }
+        Elems::Two(v) => write_typed(bytemuck::cast_vec::<u16, half::f16>(v), &target, shape),
     }
 }
 
-/// Builds `component`'s `which` graph with its weights as inputs, and fills them with the base
+fn write_typed<T: PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static>(
+    data: Vec<T>,
+    target: &DynTensor,
+    shape: Vec<i64>,
+) -> Result<(), ort::Error> {
+    let host = Tensor::from_array((shape.clone(), data))?;
+    // SAFETY: the view covers exactly `target`'s buffer (same element type and shape, checked by
+    // copy_into), which outlives it; ONNX Runtime only reads that buffer during a run, and commits
+    // happen between runs on the thread that runs the session.
+    let view = unsafe {
+        TensorRefMut::<T>::from_raw(
+            target.memory_info().clone(),
+            target.data_ptr().cast_mut(),
+            shape.into(),
+        )?
+    };
+    host.copy_into(view)
+}
+
+/// Builds `component`'s `which` graph with its weights as resident buffers, holding the base
 /// weights plus `deltas`.
 pub fn build(
     rt: &Runtime,
@@ -248,6 +235,10 @@ pub fn build(
         what: what.to_string(),
         message,
     };
+    let upload_err = |message: String| ResidentError::Upload {
+        what: what.to_string(),
+        message,
+    };
     let Some((graph, weightmap)) = component.graph_of(which) else {
         return Err(PatchError::NoGraph {
             component: component.kind.to_string(),
@@ -259,45 +250,17 @@ pub fn build(
     let entries: Vec<&WeightMapEntry> = weightmap.initializers.iter().collect();
     let filled = patch::fill_each(component, which, &entries, deltas)?;
     component.weights.release_pages();
-    let bytes = graph
-        .weights_as_inputs()
-        .map_err(|e| graph_err(e.to_string()))?;
-    let no_file: Arc<[u8]> = Arc::from(Vec::new());
-    let session = build_session(
-        rt,
-        what,
-        &bytes,
-        &weightmap.external_file,
-        no_file,
-        opts,
-        dims,
-    )?;
-    let upload_err = |message: String| ResidentError::Upload {
-        what: what.to_string(),
-        message,
-    };
-    let allocator = match opts.device {
-        Device::Cuda(id) => Allocator::new(
-            &session,
-            MemoryInfo::new(
-                AllocationDevice::CUDA,
-                id,
-                AllocatorType::Device,
-                MemoryType::Default,
-            )
-            .map_err(|e| upload_err(e.to_string()))?,
-        )
-        .map_err(|e| upload_err(e.to_string()))?,
-        _ => Allocator::default(),
-    };
-    let mut binding = session
-        .create_binding()
-        .map_err(|e| upload_err(e.to_string()))?;
     let externals: HashMap<&str, _> = graph
         .externals
         .iter()
         .map(|x| (x.name.as_str(), x))
         .collect();
+    // The external-data file too, for anything ONNX Runtime loads itself (an initializer it plans
+    // on another device than the buffer's keeps its own copy).
+    let mut file: Arc<[u8]> = std::iter::repeat_n(0u8, buffer_len(graph)).collect();
+    let Some(buf) = Arc::get_mut(&mut file) else {
+        unreachable!("a freshly collected Arc has a single owner")
+    };
     let mut names = Vec::with_capacity(entries.len());
     let mut tensors = Vec::with_capacity(entries.len());
     let mut patched = HashSet::new();
@@ -305,20 +268,44 @@ pub fn build(
         let x = externals
             .get(e.name.as_str())
             .ok_or_else(|| graph_err(format!("{} is not an external initializer", e.name)))?;
-        let ty = tensor_type(x.elem)
-            .ok_or_else(|| graph_err(format!("{} has element type {}", e.name, x.elem.name())))?;
-        let mut t = DynTensor::new(&allocator, ty, x.dims.clone())
-            .map_err(|err| upload_err(format!("{}: {err}", e.name)))?;
+        let bytes: &[u8] = match &f.elems {
+            Elems::Two(v) => bytemuck::cast_slice(v),
+            Elems::Four(v) => bytemuck::cast_slice(v),
+        };
+        let place = buf
+            .get_mut(x.offset..x.offset + bytes.len())
+            .ok_or_else(|| graph_err(format!("{} does not fit the weights buffer", e.name)))?;
+        place.copy_from_slice(bytes);
         if f.patched {
             patched.insert(i);
         }
-        upload(f.elems, &mut t).map_err(|err| upload_err(format!("{}: {err}", e.name)))?;
-        binding
-            .bind_input(e.name.as_str(), &t)
+        let shape = x.dims.iter().map(|&d| d as i64).collect();
+        let host = host_tensor(f.elems, x.elem, shape)
             .map_err(|err| upload_err(format!("{}: {err}", e.name)))?;
+        let value = match opts.device {
+            Device::Cuda(id) => host
+                .to(AllocationDevice::CUDA, id)
+                .map_err(|err| upload_err(format!("{}: {err}", e.name)))?,
+            _ => host,
+        };
         names.push(e.name.clone());
-        tensors.push(t);
+        tensors.push(Arc::new(value.into_dyn()));
     }
+    let shared: Vec<(&str, Arc<DynValue>)> = names
+        .iter()
+        .map(String::as_str)
+        .zip(tensors.iter().cloned())
+        .collect();
+    let session = build_session_with(
+        rt,
+        what,
+        &graph.bytes,
+        &weightmap.external_file,
+        file,
+        opts,
+        dims,
+        &shared,
+    )?;
     Ok(Net {
         session,
         resident: Some(Resident {
@@ -329,7 +316,6 @@ pub fn build(
                 patched,
             },
             tensors,
-            binding,
         }),
     })
 }

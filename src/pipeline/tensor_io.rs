@@ -126,14 +126,12 @@ pub struct Bound {
 }
 
 impl Bound {
-    /// Buffers on `device` for `inputs` as given and `outputs` (name, shape) of `session`, which
-    /// also reads `weights` (resident weights, bound as they are).
+    /// Buffers on `device` for `inputs` as given and `outputs` (name, shape) of `session`.
     pub fn new(
         session: &Session,
         device: Device,
         inputs: &[Input<'_>],
         outputs: &[(&str, Vec<usize>)],
-        weights: &[(&str, &DynTensor)],
     ) -> Result<Bound, ort::Error> {
         let allocator = match device {
             Device::Cuda(id) => Allocator::new(
@@ -149,10 +147,6 @@ impl Bound {
             _ => Allocator::default(),
         };
         let mut binding = session.create_binding()?;
-        // Resident weights stay where they are: the binding shares their buffers.
-        for (name, t) in weights {
-            binding.bind_input(*name, *t)?;
-        }
         let mut ins = Vec::with_capacity(inputs.len());
         for input in inputs {
             let (name, shape) = input.name_shape();

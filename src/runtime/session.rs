@@ -8,6 +8,7 @@ use super::ep::{Device, DeviceError};
 use super::library::Runtime;
 use crate::model::layout::{Component, ComponentKind, GraphKind};
 use ort::session::Session;
+use ort::value::DynValue;
 use std::sync::Arc;
 
 /// Load-time options (what forces a new session), separate from per-image parameters.
@@ -139,6 +140,25 @@ pub fn build_session(
     opts: &SessionOptions,
     dims: &[(&str, i64)],
 ) -> Result<Session, SessionError> {
+    build_session_with(rt, what, graph, external_file, weights, opts, dims, &[])
+}
+
+/// [`build_session`] with `shared` initializers: buffers the caller owns (on the session's device),
+/// which the session reads at every run instead of copies of its own, so writing them changes the
+/// weights. Kernels must not pre-pack them and no optimisation may fold them into new constants
+/// (even the basic level does: the text encoder's weights stopped reaching it), so such sessions
+/// run without pre-packing or graph optimisations; the fused CUDA graph is optimised offline.
+#[allow(clippy::too_many_arguments)]
+pub fn build_session_with(
+    rt: &Runtime,
+    what: &str,
+    graph: &[u8],
+    external_file: &str,
+    weights: Arc<[u8]>,
+    opts: &SessionOptions,
+    dims: &[(&str, i64)],
+    shared: &[(&str, Arc<DynValue>)],
+) -> Result<Session, SessionError> {
     let providers = opts
         .device
         .dispatch(&rt.path.display().to_string(), &opts.cuda)?;
@@ -150,6 +170,19 @@ pub fn build_session(
         .map_err(recover)?
         .with_external_initializer_file_in_memory(external_file, weights)
         .map_err(recover)?;
+    if !shared.is_empty() {
+        use ort::session::builder::GraphOptimizationLevel as L;
+        builder = builder
+            .with_config_entry("session.disable_prepacking", "1")
+            .map_err(recover)?
+            .with_optimization_level(L::Disable)
+            .map_err(recover)?;
+        for (name, value) in shared {
+            builder = builder
+                .with_initializer(*name, Arc::clone(value))
+                .map_err(recover)?;
+        }
+    }
     // ONNX Runtime's own per-operator profiler, for `stipple bench` on a GPU box:
     // STIPPLE_ORT_PROFILE=/tmp/prof writes /tmp/prof-<component>_<time>.json when the session ends.
     if let Some(prefix) = std::env::var_os("STIPPLE_ORT_PROFILE") {

@@ -62,7 +62,8 @@ fn swaps_rewrite_weights_in_place_and_equal_fresh_loads() {
     assert_eq!(seen.last(), Some(&base), "back to the base, bit for bit");
     assert!(
         seen[..4].iter().all(|s| *s != base),
-        "every adapter changes the image"
+        "every adapter changes the image: {:?}",
+        seen[..4].iter().map(|s| *s != base).collect::<Vec<_>>()
     );
     assert_ne!(seen[0], seen[1]);
     assert_ne!(seen[1], seen[2]);
