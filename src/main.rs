@@ -283,8 +283,9 @@ struct ModelArgs {
     /// UNet graph: auto (the fused CUDA graph on CUDA when the model has one), plain, cuda
     #[arg(long, default_value = "auto")]
     graph: String,
-    /// Keep text-encoder and UNet weights as inputs in device buffers, so an adapter change
-    /// rewrites them in place instead of building new sessions (default: on CUDA only)
+    /// Keep text-encoder and UNet weights in buffers stipple rewrites in place on an adapter
+    /// change, instead of building new sessions (faster swaps, less host memory; steps run
+    /// without ONNX Runtime's graph optimisations)
     #[arg(long, value_name = "BOOL")]
     resident_weights: Option<bool>,
     #[command(flatten)]

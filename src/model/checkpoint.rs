@@ -58,11 +58,20 @@ impl Tensor<'_> {
                     *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
                 }
             }
-            Dtype::F16 => {
-                for (o, c) in out.iter_mut().zip(self.data.chunks_exact(2)) {
-                    *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+            Dtype::F16 => match bytemuck::try_cast_slice::<u8, half::f16>(self.data) {
+                // Whole slices at once: the conversion runs in SIMD lanes (F16C where the CPU has
+                // it); stored data not aligned to 2 bytes takes the element-wise path.
+                Ok(h) => {
+                    use half::slice::HalfFloatSliceExt;
+                    let n = h.len().min(out.len());
+                    h[..n].convert_to_f32_slice(&mut out[..n]);
                 }
-            }
+                Err(_) => {
+                    for (o, c) in out.iter_mut().zip(self.data.chunks_exact(2)) {
+                        *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+                    }
+                }
+            },
             Dtype::BF16 => {
                 for (o, c) in out.iter_mut().zip(self.data.chunks_exact(2)) {
                     *o = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();

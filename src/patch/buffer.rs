@@ -148,6 +148,7 @@ pub fn assemble_graph(
         }
         used.extend(asked);
     }
+    free_scratch();
     check_used(&cname, deltas, &used)?;
     Ok((arc, stats))
 }
@@ -208,6 +209,7 @@ pub fn fill_each(
             Ok((asked, Filled { elems, patched }))
         })
         .collect();
+    free_scratch();
     let mut used = HashSet::new();
     let mut out = Vec::with_capacity(filled.len());
     for r in filled {
@@ -315,26 +317,63 @@ fn fill<'e>(
         }
         return Ok((asked, false));
     }
-    let mut values = Vec::with_capacity(parts.len());
-    for ((src, tensor), d) in parts.iter().zip(&ds) {
-        let mut v = tensor.to_f32();
-        if let Some(d) = d {
-            if d.len() != v.len() {
-                return Err(PatchError::DeltaSize {
-                    component: cname.to_string(),
-                    param: src.to_string(),
-                    got: d.len(),
-                    want: v.len(),
-                });
-            }
-            for (x, dx) in v.iter_mut().zip(d.iter()) {
-                *x += dx;
+    // Working copies live in per-thread scratch buffers: fresh multi-megabyte allocations per
+    // weight cost more in page faults than the arithmetic (and scale badly across many threads).
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let Scratch {
+            parts: work,
+            arranged,
+        } = &mut *scratch;
+        if work.len() < parts.len() {
+            work.resize_with(parts.len(), Vec::new);
+        }
+        for (((src, tensor), d), v) in parts.iter().zip(&ds).zip(work.iter_mut()) {
+            v.clear();
+            v.resize(tensor.numel(), 0.0);
+            tensor.read_f32_into(v);
+            if let Some(d) = d {
+                if d.len() != v.len() {
+                    return Err(PatchError::DeltaSize {
+                        component: cname.to_string(),
+                        param: src.to_string(),
+                        got: d.len(),
+                        want: v.len(),
+                    });
+                }
+                for (x, dx) in v.iter_mut().zip(d.iter()) {
+                    *x += dx;
+                }
             }
         }
-        values.push(v);
-    }
-    write_elems(&arrange(entry, values, shape), elem, out);
-    Ok((asked, patched))
+        let views: Vec<&[f32]> = work[..parts.len()].iter().map(Vec::as_slice).collect();
+        if entry.transform == Transform::Identity {
+            write_elems(views[0], elem, out);
+        } else {
+            arranged.clear();
+            arranged.resize(numel, 0.0);
+            arrange_into(entry, &views, shape, arranged);
+            write_elems(arranged, elem, out);
+        }
+        Ok((asked, patched))
+    })
+}
+
+/// Per-thread working buffers of [`fill`]: f32 copies of the parts and the arranged result.
+#[derive(Default)]
+struct Scratch {
+    parts: Vec<Vec<f32>>,
+    arranged: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
+/// Frees every thread's scratch buffers (they are as large as the largest weight).
+fn free_scratch() {
+    rayon::broadcast(|_| SCRATCH.with(|s| *s.borrow_mut() = Scratch::default()));
+    SCRATCH.with(|s| *s.borrow_mut() = Scratch::default());
 }
 
 /// Applies the entry's transform to its parts (each of `shape`, torch layout).
@@ -343,11 +382,22 @@ fn arrange<T: Copy + Default>(
     mut parts: Vec<Vec<T>>,
     shape: &[usize],
 ) -> Vec<T> {
+    if entry.transform == Transform::Identity {
+        return parts.swap_remove(0);
+    }
+    let views: Vec<&[T]> = parts.iter().map(Vec::as_slice).collect();
+    let mut out = vec![T::default(); views.iter().map(|v| v.len()).sum()];
+    arrange_into(entry, &views, shape, &mut out);
+    out
+}
+
+/// [`arrange`] into `out` (as long as all parts together).
+fn arrange_into<T: Copy>(entry: &WeightMapEntry, parts: &[&[T]], shape: &[usize], out: &mut [T]) {
     match entry.transform {
-        Transform::Identity => parts.swap_remove(0),
-        Transform::Transpose => transpose(&parts[0], shape),
-        Transform::Nhwc => nhwc(&parts[0], shape),
-        Transform::PackHeads => pack_heads(&parts, shape, entry.heads),
+        Transform::Identity => out.copy_from_slice(parts[0]),
+        Transform::Transpose => transpose_into(parts[0], shape, out),
+        Transform::Nhwc => nhwc_into(parts[0], shape, out),
+        Transform::PackHeads => pack_heads_into(parts, shape, entry.heads, out),
     }
 }
 
@@ -388,39 +438,44 @@ fn put<T: Elem>(values: &[T], out: &mut [u8]) {
     }
 }
 
-fn transpose<T: Copy + Default>(values: &[T], shape: &[usize]) -> Vec<T> {
+/// `[rows, cols]` → `[cols, rows]`, in tiles so that reads and writes both stay in cache.
+fn transpose_into<T: Copy>(values: &[T], shape: &[usize], out: &mut [T]) {
+    const TILE: usize = 32;
     let (rows, cols) = (shape[0], shape[1]);
-    let mut out = vec![T::default(); values.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = values[r * cols + c];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    out[c * rows + r] = values[r * cols + c];
+                }
+            }
         }
     }
-    out
 }
 
 /// `[out, in, kh, kw]` → `[out, kh, kw, in]`.
-fn nhwc<T: Copy + Default>(values: &[T], shape: &[usize]) -> Vec<T> {
+fn nhwc_into<T: Copy>(values: &[T], shape: &[usize], out: &mut [T]) {
     let (o, i, kh, kw) = (shape[0], shape[1], shape[2], shape[3]);
-    let mut out = Vec::with_capacity(values.len());
+    let k = kh * kw;
     // Written in output order: the writes stream, the reads stride by kh*kw.
     for a in 0..o {
-        let filt = &values[a * i * kh * kw..(a + 1) * i * kh * kw];
-        for pos in 0..kh * kw {
-            out.extend((0..i).map(|b| filt[b * kh * kw + pos]));
+        let filt = &values[a * i * k..(a + 1) * i * k];
+        let dst = &mut out[a * i * k..(a + 1) * i * k];
+        for pos in 0..k {
+            for b in 0..i {
+                dst[pos * i + b] = filt[b * k + pos];
+            }
         }
     }
-    out
 }
 
 /// Parts `[heads*dim, in]` → `[in, heads*k*dim]` with column `(n*k + p)*dim + d` = row `n*dim + d`
 /// of part `p`: the layout ONNX Runtime's MultiHeadAttention reads packed QKV/KV in.
-fn pack_heads<T: Copy + Default>(parts: &[Vec<T>], shape: &[usize], heads: usize) -> Vec<T> {
+fn pack_heads_into<T: Copy>(parts: &[&[T]], shape: &[usize], heads: usize, out: &mut [T]) {
     let (rows, cin) = (shape[0], shape[1]);
     let k = parts.len();
     let dim = rows / heads;
     let width = rows * k;
-    let mut out = vec![T::default(); cin * width];
     for (p, part) in parts.iter().enumerate() {
         for n in 0..heads {
             for d in 0..dim {
@@ -432,7 +487,6 @@ fn pack_heads<T: Copy + Default>(parts: &[Vec<T>], shape: &[usize], heads: usize
             }
         }
     }
-    out
 }
 
 /// Rounds once from f32 to the initializer's type, little-endian.
@@ -443,11 +497,19 @@ fn write_elems(values: &[f32], elem: ElemType, out: &mut [u8]) {
                 o.copy_from_slice(&v.to_le_bytes());
             }
         }
-        ElemType::F16 => {
-            for (v, o) in values.iter().zip(out.chunks_exact_mut(2)) {
-                o.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes());
+        ElemType::F16 => match bytemuck::try_cast_slice_mut::<u8, half::f16>(out) {
+            // Whole slices at once: the conversion runs in SIMD lanes (F16C where the CPU has it).
+            Ok(o) => {
+                use half::slice::HalfFloatSliceExt;
+                let n = o.len().min(values.len());
+                o[..n].convert_from_f32_slice(&values[..n]);
             }
-        }
+            Err(_) => {
+                for (v, o) in values.iter().zip(out.chunks_exact_mut(2)) {
+                    o.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes());
+                }
+            }
+        },
         ElemType::Bf16 => {
             for (v, o) in values.iter().zip(out.chunks_exact_mut(2)) {
                 o.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes());
@@ -460,6 +522,37 @@ fn write_elems(values: &[f32], elem: ElemType, out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn transpose(v: &[f32], shape: &[usize]) -> Vec<f32> {
+        let mut out = vec![0.0; v.len()];
+        transpose_into(v, shape, &mut out);
+        out
+    }
+
+    fn nhwc(v: &[f32], shape: &[usize]) -> Vec<f32> {
+        let mut out = vec![0.0; v.len()];
+        nhwc_into(v, shape, &mut out);
+        out
+    }
+
+    fn pack_heads(parts: &[Vec<f32>], shape: &[usize], heads: usize) -> Vec<f32> {
+        let views: Vec<&[f32]> = parts.iter().map(Vec::as_slice).collect();
+        let mut out = vec![0.0; parts.iter().map(Vec::len).sum()];
+        pack_heads_into(&views, shape, heads, &mut out);
+        out
+    }
+
+    #[test]
+    fn tiled_transpose_covers_ragged_edges() {
+        let (r, c) = (37, 70);
+        let v: Vec<f32> = (0..r * c).map(|x| x as f32).collect();
+        let t = transpose(&v, &[r, c]);
+        for i in 0..r {
+            for j in 0..c {
+                assert_eq!(t[j * r + i], v[i * c + j]);
+            }
+        }
+    }
 
     #[test]
     fn transpose_swaps_rows_and_columns() {

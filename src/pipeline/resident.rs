@@ -39,6 +39,8 @@ struct Resident {
     layout: Layout,
     /// `tensors[i]` holds `layout.names[i]`; the session holds the other reference.
     tensors: Vec<Arc<DynValue>>,
+    /// On CUDA, the device buffers `tensors` point into.
+    _owners: Vec<DynTensor>,
 }
 
 // SAFETY: the tensors are owned here and by the session beside them, and used from one thread at a
@@ -88,7 +90,11 @@ impl Net {
     }
 
     /// Runs the session on `inputs` and returns `outputs` as (shape, f32 values).
-    pub fn run(&mut self, inputs: Vec<Input<'_>>, outputs: &[&str]) -> Result<Vec<Output>, ort::Error> {
+    pub fn run(
+        &mut self,
+        inputs: Vec<Input<'_>>,
+        outputs: &[&str],
+    ) -> Result<Vec<Output>, ort::Error> {
         super::tensor_io::run(&mut self.session, inputs, outputs)
     }
 
@@ -246,6 +252,11 @@ pub fn build(
         }
         .into());
     };
+    // The CUDA libraries are loaded before the first buffer is placed on the device (placing it
+    // starts ONNX Runtime's CUDA provider).
+    opts.device
+        .dispatch(&rt.path.display().to_string(), &opts.cuda)
+        .map_err(SessionError::from)?;
     // Filled first: a delta that does not fit fails before any session is built.
     let entries: Vec<&WeightMapEntry> = weightmap.initializers.iter().collect();
     let filled = patch::fill_each(component, which, &entries, deltas)?;
@@ -264,6 +275,7 @@ pub fn build(
     let mut names = Vec::with_capacity(entries.len());
     let mut tensors = Vec::with_capacity(entries.len());
     let mut patched = HashSet::new();
+    let mut owners = Vec::new();
     for (i, (e, f)) in entries.iter().zip(filled).enumerate() {
         let x = externals
             .get(e.name.as_str())
@@ -283,13 +295,22 @@ pub fn build(
         let host = host_tensor(f.elems, x.elem, shape)
             .map_err(|err| upload_err(format!("{}: {err}", e.name)))?;
         let value = match opts.device {
-            Device::Cuda(id) => host
-                .to(AllocationDevice::CUDA, id)
-                .map_err(|err| upload_err(format!("{}: {err}", e.name)))?,
-            _ => host,
+            Device::Cuda(id) => {
+                let placed = host
+                    .to(AllocationDevice::CUDA, id)
+                    .map_err(|err| upload_err(format!("{}: {err}", e.name)))?;
+                // ONNX Runtime shares only buffers it does not own: the session gets a value that
+                // points at the placed buffer, which lives beside it.
+                // SAFETY: `placed` is kept in `owners` for as long as the view is used.
+                let view = unsafe { borrowed_view(&placed) }
+                    .map_err(|err| upload_err(format!("{}: {err}", e.name)))?;
+                owners.push(placed);
+                view
+            }
+            _ => host.into_dyn(),
         };
         names.push(e.name.clone());
-        tensors.push(Arc::new(value.into_dyn()));
+        tensors.push(Arc::new(value));
     }
     let shared: Vec<(&str, Arc<DynValue>)> = names
         .iter()
@@ -316,6 +337,54 @@ pub fn build(
                 patched,
             },
             tensors,
+            _owners: owners,
         }),
     })
+}
+
+/// A value over `placed`'s buffer that does not own it (what ONNX Runtime accepts as a shared
+/// initializer).
+///
+/// # Safety
+/// `placed` must outlive the returned value.
+unsafe fn borrowed_view(placed: &DynTensor) -> Result<DynValue, ort::Error> {
+    use ort::value::TensorElementType as T;
+    let shape: Vec<i64> = placed.shape().to_vec();
+    let info = placed.memory_info().clone();
+    let ptr = placed.data_ptr().cast_mut();
+    // SAFETY (all arms): `ptr` is `placed`'s buffer of `shape` elements of this type; the
+    // caller keeps `placed` alive. The view's value is moved out of its guard (which only ties
+    // it to a lifetime) so that it can be shared with the session.
+    unsafe {
+        match *placed.data_type() {
+            T::Float32 => owned(TensorRefMut::<f32>::from_raw(info, ptr, shape.into())?),
+            T::Float16 => owned(TensorRefMut::<half::f16>::from_raw(
+                info,
+                ptr,
+                shape.into(),
+            )?),
+            T::Bfloat16 => owned(TensorRefMut::<half::bf16>::from_raw(
+                info,
+                ptr,
+                shape.into(),
+            )?),
+            ty => Err(ort::Error::new(format!(
+                "no resident weights of type {ty:?}"
+            ))),
+        }
+    }
+}
+
+/// The value inside a view, without the view's lifetime.
+///
+/// # Safety
+/// The data the view points at must outlive the value.
+unsafe fn owned<T: PrimitiveTensorElementType + std::fmt::Debug>(
+    view: TensorRefMut<'_, T>,
+) -> Result<DynValue, ort::Error> {
+    let view = std::mem::ManuallyDrop::new(view);
+    // SAFETY: the guard is never dropped, so the value read out of it is the only owner of its
+    // handle.
+    let value: Tensor<T> = unsafe { std::ptr::read(&**view) };
+    Ok(value.into_dyn())
 }

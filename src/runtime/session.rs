@@ -25,18 +25,17 @@ pub struct SessionOptions {
     /// CUDA execution-provider settings (`[cuda]` in the config, `--cuda-*` flags); other devices
     /// ignore them.
     pub cuda: CudaOptions,
-    /// Whether text encoders and UNet hold their weights as inputs in device buffers, so an adapter
+    /// Whether text encoders and UNet read their weights from buffers stipple owns, so an adapter
     /// change rewrites them in place instead of building new sessions (`--resident-weights`).
-    /// None: on CUDA devices only (on the CPU, ONNX Runtime pre-packs constant weights, which
-    /// inputs forgo: faster swaps, slower steps).
+    /// Off unless asked for: such sessions run without ONNX Runtime's graph optimisations and
+    /// weight pre-packing (faster swaps and less host memory, slower steps on the plain graph).
     pub resident: Option<bool>,
 }
 
 impl SessionOptions {
     /// Whether adapter-patched components run with resident weights.
     pub fn resident_weights(&self) -> bool {
-        self.resident
-            .unwrap_or(matches!(self.device, Device::Cuda(_)))
+        self.resident.unwrap_or(false)
     }
 
     /// Whether the UNet is captured as a CUDA graph: asked for, and on a CUDA device.

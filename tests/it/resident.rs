@@ -1,4 +1,4 @@
-//! Resident weights (CUDA's default, forced here on the CPU): adapter changes rewrite the weight
+//! Resident weights (`--resident-weights true`): adapter changes rewrite the weight
 //! buffers in place without building a session, every adapter state equals a fresh load of the same
 //! state, and a refused adapter leaves the buffers as they were.
 
