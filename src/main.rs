@@ -45,6 +45,10 @@ struct TuiArgs {
     /// How adapters reach the weights: fuse (static fused, scheduled or dialled ones live), live, refuse
     #[arg(long, value_enum, default_value_t)]
     lora_method: stipple::live::LoraMethod,
+    /// Keep text-encoder and UNet weights in buffers rewritten in place on an adapter change
+    /// (faster swaps, less host memory; steps without ONNX Runtime's graph optimisations)
+    #[arg(long, value_name = "BOOL")]
+    resident_weights: Option<bool>,
     #[command(flatten)]
     cuda: CudaArgs,
 }
@@ -535,6 +539,7 @@ fn cmd_tui(cli: &Cli) -> Result<()> {
         SessionOptions {
             device,
             cuda,
+            resident: a.resident_weights,
             ..SessionOptions::default()
         },
         config.lora_folders.clone(),

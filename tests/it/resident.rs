@@ -124,3 +124,58 @@ fn a_refused_adapter_leaves_resident_weights_as_they_were() {
     }
     assert_eq!(image(&mut g, A), before);
 }
+
+#[test]
+fn resident_weights_and_a_cuda_graph_are_refused_together() {
+    let opts = SessionOptions {
+        device: stipple::runtime::Device::Cuda(0),
+        resident: Some(true),
+        cuda: stipple::runtime::CudaOptions {
+            cuda_graph: true,
+            ..Default::default()
+        },
+        ..SessionOptions::default()
+    };
+    // Refused before anything touches a GPU, so this runs on the CPU.
+    let err = Generator::load(&tiny_model(), runtime(), opts)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("--resident-weights") && err.contains("--cuda-graph"),
+        "{err}"
+    );
+}
+
+#[test]
+fn generate_with_resident_weights_writes_the_same_picture() {
+    let lora = lora_dir();
+    let run = |resident: &str, out: &std::path::Path| {
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_stipple"))
+            .current_dir(root())
+            .args(["generate", "--prompt", A, "--steps", "3", "--seed", "4"])
+            .args(["--width", "64", "--height", "64", "--no-preview"])
+            .args(["--resident-weights", resident, "--lora-dir"])
+            .arg(&lora)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .expect("stipple runs");
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let png = std::fs::read_dir(out)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "png"))
+            .expect("a PNG");
+        read_rgb(&png).2
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let resident = run("true", &dir.path().join("r"));
+    let baked = run("false", &dir.path().join("b"));
+    assert!(max_diff(&resident, &baked) <= 1);
+}
