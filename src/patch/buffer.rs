@@ -99,15 +99,8 @@ pub fn assemble_graph(
     deltas: &dyn DeltaSource,
 ) -> Result<(Arc<[u8]>, PatchStats), PatchError> {
     let cname = component.kind.to_string();
-    let (graph, weightmap) = component
-        .graph_of(kind)
-        .ok_or_else(|| PatchError::NoGraph {
-            component: cname.clone(),
-            kind,
-        })?;
-    // Allocated as the Arc ONNX Runtime takes: turning a Vec into an Arc<[u8]> would copy the whole
-    // buffer once more (1.7 GB for an SD1.5 UNet). A fresh Arc has one owner, so get_mut succeeds.
-    let mut arc: Arc<[u8]> = std::iter::repeat_n(0u8, buffer_len(graph)).collect();
+    let (graph, weightmap) = graph_of(component, kind)?;
+    let mut arc = zeroed_buffer(buffer_len(graph));
     let Some(buf) = Arc::get_mut(&mut arc) else {
         unreachable!("a freshly collected Arc has a single owner")
     };
@@ -153,6 +146,24 @@ pub fn assemble_graph(
     Ok((arc, stats))
 }
 
+/// The component's `kind` graph and weight map, or the error saying it has none.
+pub fn graph_of(
+    component: &Component,
+    kind: GraphKind,
+) -> Result<(&crate::model::Graph, &crate::model::WeightMap), PatchError> {
+    component.graph_of(kind).ok_or_else(|| PatchError::NoGraph {
+        component: component.kind.to_string(),
+        kind,
+    })
+}
+
+/// A zeroed external-data buffer of `len` bytes, allocated as the Arc ONNX Runtime takes: turning
+/// a Vec into an Arc<[u8]> would copy the whole buffer once more (1.7 GB for an SD1.5 UNet). A
+/// fresh Arc has one owner, so `Arc::get_mut` on it succeeds.
+pub fn zeroed_buffer(len: usize) -> Arc<[u8]> {
+    std::iter::repeat_n(0u8, len).collect()
+}
+
 /// One initializer's elements, in a buffer aligned for its element size (so it becomes a typed
 /// tensor without a copy).
 #[derive(Debug, Clone, PartialEq)]
@@ -194,12 +205,7 @@ pub fn fill_each(
     deltas: &dyn DeltaSource,
 ) -> Result<Vec<Filled>, PatchError> {
     let cname = component.kind.to_string();
-    let (graph, _) = component
-        .graph_of(kind)
-        .ok_or_else(|| PatchError::NoGraph {
-            component: cname.clone(),
-            kind,
-        })?;
+    let (graph, _) = graph_of(component, kind)?;
     let filled: Vec<Result<(Vec<&str>, Filled), PatchError>> = entries
         .par_iter()
         .map(|e| {

@@ -138,12 +138,7 @@ impl Layout {
         deltas: &dyn DeltaSource,
     ) -> Result<Staged, PatchError> {
         let r = self;
-        let Some((_, weightmap)) = component.graph_of(r.graph) else {
-            return Err(PatchError::NoGraph {
-                component: component.kind.to_string(),
-                kind: r.graph,
-            });
-        };
+        let (_, weightmap) = patch::graph_of(component, r.graph)?;
         let by_name: HashMap<&str, &WeightMapEntry> = weightmap
             .initializers
             .iter()
@@ -245,13 +240,7 @@ pub fn build(
         what: what.to_string(),
         message,
     };
-    let Some((graph, weightmap)) = component.graph_of(which) else {
-        return Err(PatchError::NoGraph {
-            component: component.kind.to_string(),
-            kind: which,
-        }
-        .into());
-    };
+    let (graph, weightmap) = patch::graph_of(component, which)?;
     // The CUDA libraries are loaded before the first buffer is placed on the device (placing it
     // starts ONNX Runtime's CUDA provider).
     opts.device
@@ -268,7 +257,7 @@ pub fn build(
         .collect();
     // The external-data file too, for anything ONNX Runtime loads itself (an initializer it plans
     // on another device than the buffer's keeps its own copy).
-    let mut file: Arc<[u8]> = std::iter::repeat_n(0u8, buffer_len(graph)).collect();
+    let mut file = patch::zeroed_buffer(buffer_len(graph));
     let Some(buf) = Arc::get_mut(&mut file) else {
         unreachable!("a freshly collected Arc has a single owner")
     };
