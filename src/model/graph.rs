@@ -96,6 +96,11 @@ impl Graph {
             path: path.to_path_buf(),
             source,
         })?;
+        Graph::from_bytes(path, bytes)
+    }
+
+    /// Indexes the ONNX model `bytes` (`path` names it in errors).
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Graph, GraphError> {
         let model = ModelProto::decode(bytes.as_slice()).map_err(|source| GraphError::Decode {
             path: path.to_path_buf(),
             source,

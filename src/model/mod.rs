@@ -4,6 +4,7 @@
 //! [`Model::open`] checks the folder and gives [`Component`]s; [`Model::check`] is what `doctor` prints.
 
 pub mod checkpoint;
+pub mod fold;
 pub mod graph;
 pub mod layout;
 #[allow(clippy::all)]

@@ -204,8 +204,18 @@ pub fn fill_each(
     entries: &[&WeightMapEntry],
     deltas: &dyn DeltaSource,
 ) -> Result<Vec<Filled>, PatchError> {
+    fill_each_in(component, graph_of(component, kind)?.0, entries, deltas)
+}
+
+/// [`fill_each`] for initializers of `graph`, a graph built over the component's weights (one
+/// with weight-only nodes folded in, say).
+pub fn fill_each_in(
+    component: &Component,
+    graph: &crate::model::Graph,
+    entries: &[&WeightMapEntry],
+    deltas: &dyn DeltaSource,
+) -> Result<Vec<Filled>, PatchError> {
     let cname = component.kind.to_string();
-    let (graph, _) = graph_of(component, kind)?;
     let filled: Vec<Result<(Vec<&str>, Filled), PatchError>> = entries
         .par_iter()
         .map(|e| {

@@ -4,6 +4,6 @@
 pub mod buffer;
 
 pub use buffer::{
-    assemble, assemble_graph, fill_each, graph_of, zeroed_buffer, DeltaSource, Elems, Filled,
-    PatchError, PatchStats,
+    assemble, assemble_graph, fill_each, fill_each_in, graph_of, zeroed_buffer, DeltaSource, Elems,
+    Filled, PatchError, PatchStats,
 };

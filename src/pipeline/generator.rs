@@ -273,16 +273,6 @@ impl Generator {
         opts: SessionOptions,
     ) -> Result<Self, PipelineError> {
         let opts = opts.resolved();
-        if opts.resident_weights() && opts.cuda_graph() {
-            // Resident sessions run without graph optimisations, so their shape arithmetic stays
-            // on the CPU, and ONNX Runtime captures only graphs that run wholly on the GPU.
-            return Err(PipelineError::Job(
-                "--resident-weights and --cuda-graph cannot be combined (a UNet without ONNX \
-                 Runtime's graph optimisations keeps shape arithmetic on the CPU, which a CUDA \
-                 graph cannot capture); turn one of them off"
-                    .into(),
-            ));
-        }
         let model = Model::open(dir)?;
         let tokenizers = model
             .index

@@ -5,8 +5,9 @@
 //! new session. [`Net`] is a session with resident weights or with baked-in ones.
 
 use super::tensor_io::{Input, Output};
+use crate::model::fold::fold_weights;
 use crate::model::layout::{buffer_len, Component, GraphKind};
-use crate::model::{ElemType, WeightMapEntry};
+use crate::model::{ElemType, Graph, WeightMapEntry};
 use crate::patch::{self, DeltaSource, Elems, Filled, PatchError};
 use crate::runtime::{build_session_with, Device, Runtime, SessionError, SessionOptions};
 use ort::memory::AllocationDevice;
@@ -51,9 +52,10 @@ unsafe impl Send for Resident {}
 /// changes can be staged on other threads.
 pub struct Layout {
     what: String,
-    graph: GraphKind,
-    /// Initializer names, in the weight map's order.
-    names: Vec<String>,
+    /// The graph the session runs (weight-only nodes folded in) and its initializers' recipes;
+    /// buffer `i` holds `entries[i]`.
+    graph: Graph,
+    entries: Vec<WeightMapEntry>,
     /// Initializers that hold base + ΔW (or whatever a failed upload left): the next change
     /// rewrites them even if it does not touch them.
     patched: HashSet<usize>,
@@ -119,7 +121,7 @@ impl Net {
             })?;
             overwrite(filled.elems, target).map_err(|e| ResidentError::Upload {
                 what: layout.what.clone(),
-                message: format!("{}: {e}", layout.names[i]),
+                message: format!("{}: {e}", layout.entries[i].name),
             })?;
         }
         layout.patched = staged.patched;
@@ -137,32 +139,25 @@ impl Layout {
         component: &Component,
         deltas: &dyn DeltaSource,
     ) -> Result<Staged, PatchError> {
-        let r = self;
-        let (_, weightmap) = patch::graph_of(component, r.graph)?;
-        let by_name: HashMap<&str, &WeightMapEntry> = weightmap
-            .initializers
-            .iter()
-            .map(|e| (e.name.as_str(), e))
+        let picked: Vec<usize> = (0..self.entries.len())
+            .filter(|i| {
+                self.patched.contains(i)
+                    || self.entries[*i]
+                        .sources()
+                        .iter()
+                        .any(|s| deltas.may_change(s))
+            })
             .collect();
-        let mut picked: Vec<(usize, &WeightMapEntry)> = Vec::new();
-        for (i, name) in r.names.iter().enumerate() {
-            let Some(e) = by_name.get(name.as_str()) else {
-                continue;
-            };
-            if r.patched.contains(&i) || e.sources().iter().any(|s| deltas.may_change(s)) {
-                picked.push((i, e));
-            }
-        }
-        let entries: Vec<&WeightMapEntry> = picked.iter().map(|(_, e)| *e).collect();
-        let filled = patch::fill_each(component, r.graph, &entries, deltas)?;
+        let entries: Vec<&WeightMapEntry> = picked.iter().map(|&i| &self.entries[i]).collect();
+        let filled = patch::fill_each_in(component, &self.graph, &entries, deltas)?;
         let patched = picked
             .iter()
             .zip(&filled)
             .filter(|(_, f)| f.patched)
-            .map(|((i, _), _)| *i)
+            .map(|(i, _)| *i)
             .collect();
         Ok(Staged {
-            writes: picked.into_iter().map(|(i, _)| i).zip(filled).collect(),
+            writes: picked.into_iter().zip(filled).collect(),
             patched,
         })
     }
@@ -241,6 +236,10 @@ pub fn build(
         message,
     };
     let (graph, weightmap) = patch::graph_of(component, which)?;
+    // ONNX Runtime folds weight-only nodes into constants of its own even at the basic level, which
+    // would cut those weights off from the buffers; folded here, they stay stipple's.
+    let folded = fold_weights(graph, weightmap).map_err(|e| graph_err(e.to_string()))?;
+    let (graph, weightmap) = (&folded.graph, &folded.weightmap);
     // The CUDA libraries are loaded before the first buffer is placed on the device (placing it
     // starts ONNX Runtime's CUDA provider).
     opts.device
@@ -248,7 +247,7 @@ pub fn build(
         .map_err(SessionError::from)?;
     // Filled first: a delta that does not fit fails before any session is built.
     let entries: Vec<&WeightMapEntry> = weightmap.initializers.iter().collect();
-    let filled = patch::fill_each(component, which, &entries, deltas)?;
+    let filled = patch::fill_each_in(component, graph, &entries, deltas)?;
     component.weights.release_pages();
     let externals: HashMap<&str, _> = graph
         .externals
@@ -261,7 +260,6 @@ pub fn build(
     let Some(buf) = Arc::get_mut(&mut file) else {
         unreachable!("a freshly collected Arc has a single owner")
     };
-    let mut names = Vec::with_capacity(entries.len());
     let mut tensors = Vec::with_capacity(entries.len());
     let mut patched = HashSet::new();
     let mut owners = Vec::new();
@@ -298,12 +296,11 @@ pub fn build(
             }
             _ => host.into_dyn(),
         };
-        names.push(e.name.clone());
         tensors.push(Arc::new(value));
     }
-    let shared: Vec<(&str, Arc<DynValue>)> = names
+    let shared: Vec<(&str, Arc<DynValue>)> = entries
         .iter()
-        .map(String::as_str)
+        .map(|e| e.name.as_str())
         .zip(tensors.iter().cloned())
         .collect();
     let session = build_session_with(
@@ -321,8 +318,8 @@ pub fn build(
         resident: Some(Resident {
             layout: Layout {
                 what: what.to_string(),
-                graph: which,
-                names,
+                entries: entries.into_iter().cloned().collect(),
+                graph: folded.graph,
                 patched,
             },
             tensors,

@@ -144,9 +144,10 @@ pub fn build_session(
 
 /// [`build_session`] with `shared` initializers: buffers the caller owns (on the session's device),
 /// which the session reads at every run instead of copies of its own, so writing them changes the
-/// weights. Kernels must not pre-pack them and no optimisation may fold them into new constants
-/// (even the basic level does: the text encoder's weights stopped reaching it), so such sessions
-/// run without pre-packing or graph optimisations; the fused CUDA graph is optimised offline.
+/// weights. Kernels must not pre-pack them and no optimisation may fold them into new constants:
+/// such sessions run without pre-packing and at the basic optimisation level, on a graph whose
+/// weight-only nodes stipple folded itself ([`crate::model::fold`]); higher levels fuse and repack
+/// weights (attention, NCHWc) into constants of their own.
 #[allow(clippy::too_many_arguments)]
 pub fn build_session_with(
     rt: &Runtime,
@@ -174,7 +175,7 @@ pub fn build_session_with(
         builder = builder
             .with_config_entry("session.disable_prepacking", "1")
             .map_err(recover)?
-            .with_optimization_level(L::Disable)
+            .with_optimization_level(L::Level1)
             .map_err(recover)?;
         for (name, value) in shared {
             builder = builder

@@ -126,28 +126,6 @@ fn a_refused_adapter_leaves_resident_weights_as_they_were() {
 }
 
 #[test]
-fn resident_weights_and_a_cuda_graph_are_refused_together() {
-    let opts = SessionOptions {
-        device: stipple::runtime::Device::Cuda(0),
-        resident: Some(true),
-        cuda: stipple::runtime::CudaOptions {
-            cuda_graph: true,
-            ..Default::default()
-        },
-        ..SessionOptions::default()
-    };
-    // Refused before anything touches a GPU, so this runs on the CPU.
-    let err = Generator::load(&tiny_model(), runtime(), opts)
-        .err()
-        .expect("refused")
-        .to_string();
-    assert!(
-        err.contains("--resident-weights") && err.contains("--cuda-graph"),
-        "{err}"
-    );
-}
-
-#[test]
 fn generate_with_resident_weights_writes_the_same_picture() {
     let lora = lora_dir();
     let run = |resident: &str, out: &std::path::Path| {
