@@ -38,7 +38,14 @@ pub struct Planned<'a> {
     by_param: HashMap<(Component, String), Vec<(usize, usize)>>,
     reports: Vec<AdapterReport>,
     computed: Mutex<BTreeMap<(usize, usize), ModuleInfo>>,
+    /// A module's ΔW for the parameter not asked yet, kept from computing the one that was: (adapter,
+    /// module, is bias) → that ΔW, or None when the module adds nothing there. A module yields its
+    /// weight and bias ΔW together, and the patch asks for both of a module with a bias.
+    other: Mutex<HashMap<OtherKey, Option<Vec<f32>>>>,
 }
+
+/// (adapter, module, is bias).
+type OtherKey = (usize, usize, bool);
 
 /// Checks families and groups keys for every adapter; no ΔW is computed yet.
 pub fn plan<'a>(
@@ -84,6 +91,7 @@ pub fn plan<'a>(
         by_param,
         reports,
         computed: Mutex::new(BTreeMap::new()),
+        other: Mutex::new(HashMap::new()),
     })
 }
 
@@ -106,43 +114,18 @@ impl Planned<'_> {
         let Some(list) = self.by_param.get(&(component, param.to_string())) else {
             return Ok(None);
         };
+        let want_bias = param.ends_with(".bias");
         let mut sum: Option<Vec<f32>> = None;
         for &(ai, id) in list {
-            let pa = &self.adapters[ai];
-            let job = Job {
-                adapter: pa.adapter,
-                strengths: pa.strengths,
-                model: self.model,
-                index: &self.index,
-                params: &self.params,
-                peft: pa.peft.as_ref(),
+            let kept = self
+                .other
+                .lock()
+                .ok()
+                .and_then(|mut o| o.remove(&(ai, id, want_bias)));
+            let d = match kept {
+                Some(d) => d,
+                None => self.compute(component, ai, id, want_bias)?,
             };
-            let Some(kinds) = pa.groups.get(&id) else {
-                continue;
-            };
-            let Some(m) = module_delta(&job, id, kinds)? else {
-                continue;
-            };
-            let path = &self.index.module(id).path;
-            let mut outputs = Vec::new();
-            for (suffix, out) in [(".weight", &m.out.weight), (".bias", &m.out.bias)] {
-                if out.is_some() {
-                    outputs.push(format!("{path}{suffix}"));
-                }
-            }
-            let d = if param.ends_with(".bias") {
-                m.out.bias
-            } else {
-                m.out.weight
-            };
-            if let Ok(mut c) = self.computed.lock() {
-                c.entry((ai, id)).or_insert(ModuleInfo {
-                    label: m.label,
-                    strength: m.strength,
-                    warnings: m.warnings,
-                    outputs,
-                });
-            }
             let Some(d) = d else { continue };
             match &mut sum {
                 Some(s) => s.iter_mut().zip(&d).for_each(|(a, b)| *a += b),
@@ -150,6 +133,69 @@ impl Planned<'_> {
             }
         }
         Ok(sum)
+    }
+
+    /// Computes module `id` of adapter `ai` once and returns the ΔW of its weight (or bias, with
+    /// `want_bias`), keeping the other one for when its parameter is asked for.
+    fn compute(
+        &self,
+        component: Component,
+        ai: usize,
+        id: usize,
+        want_bias: bool,
+    ) -> Result<Option<Vec<f32>>, LoraError> {
+        let path = &self.index.module(id).path;
+        let other_param = format!("{path}{}", if want_bias { ".weight" } else { ".bias" });
+        let keep = |other: Option<Vec<f32>>| {
+            if self
+                .by_param
+                .contains_key(&(component, other_param.clone()))
+            {
+                if let Ok(mut o) = self.other.lock() {
+                    o.insert((ai, id, !want_bias), other);
+                }
+            }
+        };
+        let pa = &self.adapters[ai];
+        let job = Job {
+            adapter: pa.adapter,
+            strengths: pa.strengths,
+            model: self.model,
+            index: &self.index,
+            params: &self.params,
+            peft: pa.peft.as_ref(),
+        };
+        let Some(m) = pa
+            .groups
+            .get(&id)
+            .map(|kinds| module_delta(&job, id, kinds))
+            .transpose()?
+            .flatten()
+        else {
+            keep(None);
+            return Ok(None);
+        };
+        let mut outputs = Vec::new();
+        for (suffix, out) in [(".weight", &m.out.weight), (".bias", &m.out.bias)] {
+            if out.is_some() {
+                outputs.push(format!("{path}{suffix}"));
+            }
+        }
+        if let Ok(mut c) = self.computed.lock() {
+            c.entry((ai, id)).or_insert(ModuleInfo {
+                label: m.label,
+                strength: m.strength,
+                warnings: m.warnings,
+                outputs,
+            });
+        }
+        let (mine, other) = if want_bias {
+            (m.out.bias, m.out.weight)
+        } else {
+            (m.out.weight, m.out.bias)
+        };
+        keep(other);
+        Ok(mine)
     }
 
     /// The report of what was applied, as [`super::compute_deltas`] gives it, for the modules
