@@ -38,7 +38,7 @@ pub struct Net {
 /// The weight buffers a session built by [`build`] reads its initializers from.
 struct Resident {
     layout: Layout,
-    /// `tensors[i]` holds `layout.names[i]`; the session holds the other reference.
+    /// `tensors[i]` holds `layout.entries[i]`; the session holds the other reference.
     tensors: Vec<Arc<DynValue>>,
     /// On CUDA, the device buffers `tensors` point into.
     _owners: Vec<DynTensor>,
@@ -271,8 +271,10 @@ pub fn build(
             Elems::Two(v) => bytemuck::cast_slice(v),
             Elems::Four(v) => bytemuck::cast_slice(v),
         };
-        let place = buf
-            .get_mut(x.offset..x.offset + bytes.len())
+        let place = x
+            .offset
+            .checked_add(bytes.len())
+            .and_then(|end| buf.get_mut(x.offset..end))
             .ok_or_else(|| graph_err(format!("{} does not fit the weights buffer", e.name)))?;
         place.copy_from_slice(bytes);
         if f.patched {

@@ -83,7 +83,8 @@ fn smoke(model: Option<&Path>) {
         "the picture area shows the image:\n{screen}"
     );
     run(&["send-keys", "-t", &session, "F1"]);
-    let help = capture("Keys", 10);
+    // Waits for the popup's text, not just its title: a capture can land mid-redraw.
+    let help = capture("submit the prompt", 10);
     assert!(
         help.contains("Keys") && help.contains("submit the prompt"),
         "{help}"
