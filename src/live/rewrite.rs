@@ -3,8 +3,10 @@
 //! dimension. Done once per set of live layers; every other node and initializer is left as it was.
 
 use super::LiveError;
-use crate::model::graph::tensor_value_info;
-use crate::model::onnx_proto::{AttributeProto, ModelProto, NodeProto};
+use crate::model::onnx_proto::{
+    tensor_shape_proto::{dimension, Dimension},
+    type_proto, AttributeProto, ModelProto, NodeProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
 use prost::Message;
 
 /// One layer to give a branch: its initializer (ONNX name) and the torch shape of its weight.
@@ -101,6 +103,30 @@ fn find_site(nodes: &[NodeProto], init: &str) -> Result<Site, LiveError> {
     }
 }
 
+fn tensor_input(name: &str, elem: i32, dims: &[Result<i64, String>]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            denotation: None,
+            value: Some(match d {
+                Ok(v) => dimension::Value::DimValue(*v),
+                Err(p) => dimension::Value::DimParam(p.clone()),
+            }),
+        })
+        .collect();
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            denotation: None,
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(elem),
+                shape: Some(TensorShapeProto { dim }),
+            })),
+        }),
+        ..Default::default()
+    }
+}
+
 fn node(op: &str, name: String, inputs: &[&str], output: &str) -> NodeProto {
     NodeProto {
         input: inputs.iter().map(|s| s.to_string()).collect(),
@@ -132,27 +158,22 @@ pub fn rewrite(graph: &[u8], layers: &[LiveLayer]) -> Result<Vec<u8>, LiveError>
         let mut nodes = Vec::with_capacity(4);
         match l.kernel {
             None => {
-                g.input
-                    .push(tensor_value_info(&a, l.elem, &[Ok(i), r.clone()]));
-                g.input
-                    .push(tensor_value_info(&b, l.elem, &[r.clone(), Ok(o)]));
-                g.input.push(tensor_value_info(&s, l.elem, &[r]));
+                g.input.push(tensor_input(&a, l.elem, &[Ok(i), r.clone()]));
+                g.input.push(tensor_input(&b, l.elem, &[r.clone(), Ok(o)]));
+                g.input.push(tensor_input(&s, l.elem, &[r]));
                 nodes.push(node("MatMul", name("down"), &[&site.x, &a], &t(1)));
             }
             Some([kh, kw]) => {
                 let (kh, kw) = (kh as i64, kw as i64);
-                g.input.push(tensor_value_info(
+                g.input.push(tensor_input(
                     &a,
                     l.elem,
                     &[r.clone(), Ok(i), Ok(kh), Ok(kw)],
                 ));
-                g.input.push(tensor_value_info(
-                    &b,
-                    l.elem,
-                    &[Ok(o), r.clone(), Ok(1), Ok(1)],
-                ));
                 g.input
-                    .push(tensor_value_info(&s, l.elem, &[Ok(1), r, Ok(1), Ok(1)]));
+                    .push(tensor_input(&b, l.elem, &[Ok(o), r.clone(), Ok(1), Ok(1)]));
+                g.input
+                    .push(tensor_input(&s, l.elem, &[Ok(1), r, Ok(1), Ok(1)]));
                 // The down conv sees the input as the base conv does (same pads, strides, dilations).
                 let mut down = node("Conv", name("down"), &[&site.x, &a], &t(1));
                 down.attribute = site.conv_attrs.clone();

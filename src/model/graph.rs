@@ -2,11 +2,7 @@
 //!
 //! [`Graph::read`] keeps the serialized bytes (handed to ONNX Runtime unchanged) and the index.
 
-use super::onnx_proto::{
-    tensor_proto::DataLocation,
-    tensor_shape_proto::{dimension, Dimension},
-    type_proto, ModelProto, TensorShapeProto, TypeProto, ValueInfoProto,
-};
+use super::onnx_proto::{tensor_proto::DataLocation, ModelProto};
 use prost::Message;
 use std::path::{Path, PathBuf};
 
@@ -174,30 +170,5 @@ impl Graph {
             inputs: graph.input.iter().map(|v| v.name().to_string()).collect(),
             outputs: graph.output.iter().map(|v| v.name().to_string()).collect(),
         })
-    }
-}
-
-/// A tensor-typed input or output: `dims` are fixed sizes or named free dimensions.
-pub fn tensor_value_info(name: &str, elem: i32, dims: &[Result<i64, String>]) -> ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|d| Dimension {
-            denotation: None,
-            value: Some(match d {
-                Ok(v) => dimension::Value::DimValue(*v),
-                Err(p) => dimension::Value::DimParam(p.clone()),
-            }),
-        })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            denotation: None,
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(elem),
-                shape: Some(TensorShapeProto { dim }),
-            })),
-        }),
-        ..Default::default()
     }
 }

@@ -67,17 +67,6 @@ pub struct Staged {
     patched: HashSet<usize>,
 }
 
-impl Staged {
-    /// How many initializers the commit rewrites.
-    pub fn len(&self) -> usize {
-        self.writes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.writes.is_empty()
-    }
-}
-
 impl Net {
     /// A session whose weights were baked in when it was built.
     pub fn baked(session: Session) -> Net {

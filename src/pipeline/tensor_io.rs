@@ -7,7 +7,9 @@
 use crate::runtime::Device;
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{IoBinding, Session, SessionInputValue, SessionOutputs, SharedSessionInner};
-use ort::value::{DynTensor, DynTensorValueType, DynValue, Tensor, TensorElementType, ValueType};
+use ort::value::{
+    DynTensor, DynTensorValueType, DynValue, Outlet, Tensor, TensorElementType, ValueType,
+};
 use std::sync::Arc;
 
 /// One input: name, shape and data.
@@ -17,7 +19,12 @@ pub enum Input<'a> {
 }
 
 pub fn input_is_f16(session: &Session, name: &str) -> bool {
-    session.inputs().iter().any(|o| {
+    is_f16(session.inputs(), name)
+}
+
+/// Whether `name` among a session's inputs or outputs is an f16 tensor.
+fn is_f16(outlets: &[Outlet], name: &str) -> bool {
+    outlets.iter().any(|o| {
         o.name() == name
             && matches!(
                 o.dtype(),
@@ -230,14 +237,5 @@ impl Input<'_> {
 }
 
 fn output_is_f16(session: &Session, name: &str) -> bool {
-    session.outputs().iter().any(|o| {
-        o.name() == name
-            && matches!(
-                o.dtype(),
-                ValueType::Tensor {
-                    ty: TensorElementType::Float16,
-                    ..
-                }
-            )
-    })
+    is_f16(session.outputs(), name)
 }
