@@ -2,6 +2,7 @@
 //! on a model folder, without building sessions: what a swap costs before ONNX Runtime is involved.
 //!
 //! `cargo run --release --example patch_bench -- MODEL_DIR LORA.safetensors[:STRENGTH] ...`
+//! (`GRAPH=cuda` patches the fused CUDA graph's weights; `RAYON_NUM_THREADS` sets the threads).
 
 use std::time::Instant;
 use stipple::model::layout::GraphKind;
@@ -26,6 +27,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             adapter: std::sync::Arc::new(adapter),
         });
     }
+    let graph = match std::env::var("GRAPH").as_deref() {
+        Ok("cuda") => GraphKind::Cuda,
+        _ => GraphKind::Plain,
+    };
+    println!(
+        "{} threads, {graph:?} graph, model dtype {}",
+        rayon::current_num_threads(),
+        model.index.dtype
+    );
     let key = adapters::strengths_at(&loras, 0, 1);
     for round in 1..=3 {
         let t = Instant::now();
@@ -41,14 +51,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     plan: &plan,
                     component,
                 };
-                let entries: Vec<&WeightMapEntry> = c
-                    .weightmap
+                let Some((_, weightmap)) = c.graph_of(graph) else {
+                    continue;
+                };
+                let entries: Vec<&WeightMapEntry> = weightmap
                     .initializers
                     .iter()
                     .filter(|e| e.sources().iter().any(|s| view.may_change(s)))
                     .collect();
                 let t = Instant::now();
-                match stipple::patch::fill_each(c, GraphKind::Plain, &entries, &view) {
+                match stipple::patch::fill_each(c, graph, &entries, &view) {
                     Ok(f) => println!(
                         "round {round}: {kind}: {} initializers filled in {:.3} s (plan {planned:.3} s)",
                         f.len(),

@@ -4,8 +4,8 @@
 # cuda:0, with peak device memory and ONNX Runtime's per-operator profile. Results go to $OUT.
 # OPTIMIZE=1 (the default for sd15) also writes ORT's SD-fused graph (--optimize cuda) and runs
 # generate and bench on both UNet graphs, comparing their images; STAGE=export stops after the export.
-# RESIDENT=1 adds resident weights (--resident-weights true: swaps rewrite them in place) next to the
-# default baked-in ones, with the picture compared.
+# BAKED=1 adds weights baked into new sessions on a swap (--resident-weights false) next to the
+# resident default, with the picture compared.
 #
 # Expects: ONNX Runtime GPU parts in /tmp/parts (or unpacked in /tmp/ort), the diffusers wheels in
 # .whl/, and a release build at target/release/stipple (carried). Needs the machine's PyTorch.
@@ -84,14 +84,14 @@ for L in ${OPT_LEVELS:-}; do  # ONNX Runtime graph optimisation levels to compar
     --lora /tmp/loras/synth32.safetensors --repeats ${REPEATS:-5} > "$OUT/bench-$G0-opt$L.txt" || echo "bench opt $L failed"
   cat "$OUT/bench-$G0-opt$L.txt"
 done
-if [ "${RESIDENT:-0}" = 1 ]; then  # resident weights (swaps rewrite them in place) next to baked-in ones
-  "$BIN" generate --device cuda:0 --graph $G0 --resident-weights true --model "$MODEL" \
-    --prompt "a red fox <lora:synth32:0.8>" --lora-dir /tmp/loras --steps 20 --seed 1 --out "$OUT/img-resident" \
-    --no-preview > "$OUT/generate-resident.jsonl" || echo "generate (resident) failed: $?"
-  [ -d "$OUT/img-resident" ] && [ -d "$OUT/img-$G0" ] && compare "$OUT/img-resident" "$OUT/img-$G0" "resident vs baked weights"
-  "$BIN" bench --device cuda:0 --graph $G0 --resident-weights true --model "$MODEL" \
-    --lora /tmp/loras/synth32.safetensors --repeats ${REPEATS:-5} > "$OUT/bench-$G0-resident.txt" || echo "bench (resident) failed"
-  cat "$OUT/bench-$G0-resident.txt"
+if [ "${BAKED:-0}" = 1 ]; then  # weights baked into new sessions on a swap, next to the resident default
+  "$BIN" generate --device cuda:0 --graph $G0 --resident-weights false --model "$MODEL" \
+    --prompt "a red fox <lora:synth32:0.8>" --lora-dir /tmp/loras --steps 20 --seed 1 --out "$OUT/img-baked" \
+    --no-preview > "$OUT/generate-baked.jsonl" || echo "generate (baked) failed: $?"
+  [ -d "$OUT/img-baked" ] && [ -d "$OUT/img-$G0" ] && compare "$OUT/img-baked" "$OUT/img-$G0" "baked vs resident weights"
+  "$BIN" bench --device cuda:0 --graph $G0 --resident-weights false --model "$MODEL" \
+    --lora /tmp/loras/synth32.safetensors --repeats ${REPEATS:-5} > "$OUT/bench-$G0-baked.txt" || echo "bench (baked) failed"
+  cat "$OUT/bench-$G0-baked.txt"
 fi
 if [ "${CUDA_GRAPH:-0}" = 1 ]; then  # the UNet captured as a CUDA graph, against the same graph without
   "$BIN" generate --device cuda:0 --graph $G0 --cuda-graph --static-shapes --model "$MODEL" \

@@ -46,7 +46,8 @@ struct TuiArgs {
     #[arg(long, value_enum, default_value_t)]
     lora_method: stipple::live::LoraMethod,
     /// Keep text-encoder and UNet weights in buffers rewritten in place on an adapter change
-    /// (faster swaps, less host memory; steps without ONNX Runtime's graph optimisations)
+    /// (faster swaps, less host memory; on CPU, steps without weight pre-packing). Default: true
+    /// on CUDA, false elsewhere
     #[arg(long, value_name = "BOOL")]
     resident_weights: Option<bool>,
     #[command(flatten)]
@@ -288,8 +289,8 @@ struct ModelArgs {
     #[arg(long, default_value = "auto")]
     graph: String,
     /// Keep text-encoder and UNet weights in buffers stipple rewrites in place on an adapter
-    /// change, instead of building new sessions (faster swaps, less host memory; steps run
-    /// without ONNX Runtime's graph optimisations)
+    /// change, instead of building new sessions (faster swaps, less host memory; on CPU, steps
+    /// without weight pre-packing). Default: true on CUDA, false elsewhere
     #[arg(long, value_name = "BOOL")]
     resident_weights: Option<bool>,
     #[command(flatten)]
