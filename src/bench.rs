@@ -20,8 +20,8 @@ pub struct BenchReport {
     pub device: String,
     /// The UNet graph that ran: `plain` or `cuda` (ONNX Runtime's SD-fused graph).
     pub unet_graph: String,
-    /// Whether text encoders and UNet held their weights as bound inputs (swaps rewrite them in
-    /// place) rather than baked into the sessions.
+    /// Whether text encoders and UNet read their weights from buffers stipple rewrites in place on
+    /// a swap, rather than having them baked into the sessions.
     pub resident_weights: bool,
     pub width: u32,
     pub height: u32,
@@ -41,6 +41,10 @@ pub struct BenchReport {
     pub unet_step_with_adapter_ms: Option<f64>,
     /// Peak resident memory of the process (VmHWM), MB.
     pub peak_rss_mb: Option<f64>,
+    /// Resident memory (VmRSS) once the model has loaded, and at the end of the run (after the
+    /// adapter swaps), MB: what a session holds between jobs, without the peaks of a swap.
+    pub loaded_rss_mb: Option<f64>,
+    pub end_rss_mb: Option<f64>,
     /// CUDA: the most memory in use on the GPU during the run (NVML, every process), MB; null on
     /// other devices and where NVML could not be read.
     pub peak_device_mb: Option<f64>,
@@ -116,6 +120,12 @@ impl fmt::Display for BenchReport {
         if let Some(m) = self.peak_rss_mb {
             writeln!(f, "  peak host memory (RSS)    {:>9.1} MB", m)?;
         }
+        if let (Some(a), Some(b)) = (self.loaded_rss_mb, self.end_rss_mb) {
+            writeln!(
+                f,
+                "  host memory after load    {a:>9.1} MB, {b:.1} MB at the end"
+            )?;
+        }
         match (self.peak_device_mb, self.device_baseline_mb) {
             (Some(peak), Some(base)) => writeln!(
                 f,
@@ -136,8 +146,17 @@ impl fmt::Display for BenchReport {
 
 /// Peak resident set size of this process in MB (Linux `VmHWM`).
 pub fn peak_rss_mb() -> Option<f64> {
+    proc_status_mb("VmHWM:")
+}
+
+/// Resident set size of this process now, in MB (Linux `VmRSS`).
+pub fn rss_mb() -> Option<f64> {
+    proc_status_mb("VmRSS:")
+}
+
+fn proc_status_mb(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }
@@ -173,6 +192,7 @@ pub fn run(
     let t0 = Instant::now();
     let mut g = Generator::load(model_dir, rt, opts)?;
     let load_s = t0.elapsed().as_secs_f64();
+    let loaded_rss_mb = rss_mb();
     let (w, h) = size.unwrap_or_else(|| g.model.default_size());
     let factor = g.model.index.vae_scale_factor.max(1) as usize;
     let (lh, lw) = (h as usize / factor, w as usize / factor);
@@ -317,6 +337,8 @@ pub fn run(
         adapter_swap_s,
         unet_step_with_adapter_ms,
         peak_rss_mb: peak_rss_mb(),
+        loaded_rss_mb,
+        end_rss_mb: rss_mb(),
         peak_device_mb,
         device_baseline_mb,
         device_memory_error,

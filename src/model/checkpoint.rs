@@ -150,6 +150,34 @@ impl Checkpoint {
         };
     }
 
+    /// [`Checkpoint::release_pages`] for one tensor, once it has been read: a patch that reads
+    /// weights one after another then holds only those in flight. Pages it shares with a
+    /// neighbour are dropped too, which costs that neighbour a fault from the page cache.
+    pub fn release_tensor(&self, name: &str) {
+        #[cfg(unix)]
+        if let Some(info) = self.meta.info(name) {
+            let start = 8 + self.header_len + info.data_offsets.0;
+            let end = 8 + self.header_len + info.data_offsets.1;
+            // SAFETY: sysconf has no preconditions.
+            let page =
+                usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+            let from = start - start % page.max(1);
+            if end > from && end <= self.map.len() {
+                // SAFETY: as in `release_pages`: the range lies in a read-only, file-backed
+                // mapping.
+                let _ = unsafe {
+                    self.map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        from,
+                        end - from,
+                    )
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = name;
+    }
+
     pub fn tensor(&self, name: &str) -> Option<Tensor<'_>> {
         let info = self.meta.info(name)?;
         let start = 8 + self.header_len + info.data_offsets.0;

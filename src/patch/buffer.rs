@@ -159,9 +159,11 @@ pub fn graph_of(
 
 /// A zeroed external-data buffer of `len` bytes, allocated as the Arc ONNX Runtime takes: turning
 /// a Vec into an Arc<[u8]> would copy the whole buffer once more (1.7 GB for an SD1.5 UNet). A
-/// fresh Arc has one owner, so `Arc::get_mut` on it succeeds.
+/// fresh Arc has one owner, so `Arc::get_mut` on it succeeds. The zeroes come from the allocator
+/// (fresh pages from the kernel for a large buffer), so bytes never written cost no memory.
 pub fn zeroed_buffer(len: usize) -> Arc<[u8]> {
-    std::iter::repeat_n(0u8, len).collect()
+    // SAFETY: all-zero bytes are valid `u8`s.
+    unsafe { Arc::<[u8]>::new_zeroed_slice(len).assume_init() }
 }
 
 /// One initializer's elements, in a buffer aligned for its element size (so it becomes a typed
@@ -222,6 +224,9 @@ pub fn fill_each_in(
             let esize = elem_of(graph, &e.name).and_then(|t| t.size()).unwrap_or(4);
             let mut elems = Elems::zeroed(e.length, esize);
             let (asked, patched) = fill(component, graph, &cname, e, deltas, elems.bytes_mut())?;
+            for source in e.sources() {
+                component.weights.release_tensor(source);
+            }
             Ok((asked, Filled { elems, patched }))
         })
         .collect();
@@ -384,6 +389,18 @@ struct Scratch {
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
+/// Hands memory freed after a swap (staged weights, old sessions' buffers) back to the system:
+/// glibc keeps freed blocks in its arenas once they are under its adaptive mmap threshold, which
+/// grows to the size of the largest block freed (a whole weight), so without this a swap leaves
+/// about a gigabyte of an SD1.5 UNet's weights' worth in the process.
+pub fn return_freed_memory() {
+    // SAFETY: malloc_trim only gives free memory back.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Frees every thread's scratch buffers (they are as large as the largest weight).

@@ -4,6 +4,6 @@
 pub mod buffer;
 
 pub use buffer::{
-    assemble, assemble_graph, fill_each, fill_each_in, graph_of, zeroed_buffer, DeltaSource, Elems,
-    Filled, PatchError, PatchStats,
+    assemble, assemble_graph, fill_each, fill_each_in, graph_of, return_freed_memory,
+    zeroed_buffer, DeltaSource, Elems, Filled, PatchError, PatchStats,
 };

@@ -285,6 +285,7 @@ impl Generator {
         let scheduler =
             SchedulerConfig::from_file(&dir.join("scheduler").join("scheduler_config.json"))?;
         let sessions = build_sessions(&model, runtime, &opts, &ComponentDeltas::new())?;
+        crate::patch::return_freed_memory();
         let context_dim = model
             .component(ComponentKind::Unet)
             .and_then(|c| c.config.get("cross_attention_dim"))
@@ -495,6 +496,7 @@ impl Generator {
         };
         let t = Instant::now();
         drop(replaced);
+        crate::patch::return_freed_memory();
         stats.free_s = t.elapsed().as_secs_f64();
         self.last_fuse = Some(stats);
         self.fused = want;

@@ -243,12 +243,11 @@ pub fn build(
         .iter()
         .map(|x| (x.name.as_str(), x))
         .collect();
-    // The external-data file too, for anything ONNX Runtime loads itself (an initializer it plans
-    // on another device than the buffer's keeps its own copy).
-    let mut file = patch::zeroed_buffer(buffer_len(graph));
-    let Some(buf) = Arc::get_mut(&mut file) else {
-        unreachable!("a freshly collected Arc has a single owner")
-    };
+    // ONNX Runtime still wants the external-data file the graph names, but reads none of it:
+    // every initializer there is shared. Its weight regions stay unwritten (zero pages that cost
+    // no memory), so one host copy of the weights is held, not two; anything ONNX Runtime did load
+    // from the file would show as zeros, not as weights silently cut off from the buffers.
+    let file = patch::zeroed_buffer(buffer_len(graph));
     let mut tensors = Vec::with_capacity(entries.len());
     let mut patched = HashSet::new();
     let mut owners = Vec::new();
@@ -260,12 +259,10 @@ pub fn build(
             Elems::Two(v) => bytemuck::cast_slice(v),
             Elems::Four(v) => bytemuck::cast_slice(v),
         };
-        let place = x
-            .offset
+        x.offset
             .checked_add(bytes.len())
-            .and_then(|end| buf.get_mut(x.offset..end))
+            .filter(|&end| end <= file.len())
             .ok_or_else(|| graph_err(format!("{} does not fit the weights buffer", e.name)))?;
-        place.copy_from_slice(bytes);
         if f.patched {
             patched.insert(i);
         }
