@@ -204,7 +204,7 @@ impl Config {
             "generation.cfg",
             "must be ≥ 0",
         )?;
-        let size_ok = |v: u32| v == 0 || (v % 8 == 0 && v >= 64);
+        let size_ok = |v: u32| v == 0 || (v.is_multiple_of(8) && v >= 64);
         check(
             size_ok(g.width) && size_ok(g.height),
             "generation.width/height",

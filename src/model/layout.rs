@@ -325,7 +325,8 @@ fn source_shape(e: &WeightMapEntry, dims: &[usize]) -> Option<Vec<usize>> {
         (Transform::Nhwc, [o, kh, kw, i]) => Some(vec![*o, *i, *kh, *kw]),
         (Transform::PackHeads, [c, m]) => {
             let k = e.parts.len();
-            (k > 0 && e.heads > 0 && m % k == 0 && (m / k) % e.heads == 0).then(|| vec![m / k, *c])
+            (k > 0 && e.heads > 0 && m % k == 0 && (m / k).is_multiple_of(e.heads))
+                .then(|| vec![m / k, *c])
         }
         _ => None,
     }

@@ -240,7 +240,11 @@ fn parse_prompts(job: &Job) -> Result<(Prompt, Prompt), PipelineError> {
 
 /// Checks what a job asks of the model before any work starts.
 pub fn validate_job(job: &Job) -> Result<(), PipelineError> {
-    if job.width == 0 || job.height == 0 || job.width % 8 != 0 || job.height % 8 != 0 {
+    if job.width == 0
+        || job.height == 0
+        || !job.width.is_multiple_of(8)
+        || !job.height.is_multiple_of(8)
+    {
         return Err(PipelineError::Job(format!(
             "size {}x{}: width and height must be positive multiples of 8",
             job.width, job.height
