@@ -556,6 +556,16 @@ fn write_elems(values: &[f32], elem: ElemType, out: &mut [u8]) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_zeroed_buffer_is_zero_and_writable_in_place() {
+        let mut b = zeroed_buffer(3 << 20);
+        assert!(b.iter().all(|&x| x == 0));
+        let w = Arc::get_mut(&mut b).expect("one owner");
+        w[(3 << 20) - 1] = 7;
+        assert_eq!(b.len(), 3 << 20);
+        assert_eq!(b[(3 << 20) - 1], 7);
+    }
+
     fn transpose(v: &[f32], shape: &[usize]) -> Vec<f32> {
         let mut out = vec![0.0; v.len()];
         transpose_into(v, shape, &mut out);

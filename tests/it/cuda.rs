@@ -151,7 +151,15 @@ fn bench_json_reports_device_memory_as_null_on_the_cpu() {
             "{key} missing: {r}"
         );
     }
-    assert!(r["peak_rss_mb"].as_f64().unwrap() > 0.0, "{r}");
+    let peak = r["peak_rss_mb"].as_f64().unwrap();
+    assert!(peak > 0.0, "{r}");
+    for key in ["loaded_rss_mb", "end_rss_mb"] {
+        let now = r[key].as_f64().unwrap();
+        assert!(
+            now > 0.0 && now <= peak,
+            "{key} is a reading under the peak: {r}"
+        );
+    }
     assert!(r["unet_step_ms"].as_f64().unwrap() > 0.0, "{r}");
     assert_eq!(
         r["static_shapes"], false,
@@ -160,6 +168,7 @@ fn bench_json_reports_device_memory_as_null_on_the_cpu() {
     let (ok, text, stderr) = run(home.path(), &["bench", "--repeats", "1"]);
     assert!(ok, "{stderr}");
     assert!(text.contains("peak host memory"), "{text}");
+    assert!(text.contains("host memory after load"), "{text}");
     assert!(!text.contains("device memory"), "{text}");
 }
 
