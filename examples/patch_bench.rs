@@ -70,7 +70,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
         })?;
-        println!("round {round}: {:.3} s in all", t.elapsed().as_secs_f64());
+        println!(
+            "round {round}: {:.3} s in all; peak RSS so far {:.0} MB",
+            t.elapsed().as_secs_f64(),
+            stipple::bench::peak_rss_mb().unwrap_or(0.0)
+        );
     }
     Ok(())
 }
