@@ -147,9 +147,9 @@ pub fn build_session(
 /// [`build_session`] with `shared` initializers: buffers the caller owns (on the session's device),
 /// which the session reads at every run instead of copies of its own, so writing them changes the
 /// weights. Kernels must not pre-pack them into copies and no optimisation may fold them into new
-/// constants: such sessions run without CPU pre-packing and at the basic optimisation level, on a graph whose
-/// weight-only nodes stipple folded itself ([`crate::model::fold`]); higher levels fuse and repack
-/// weights (attention, NCHWc) into constants of their own.
+/// constants: such sessions run without CPU pre-packing and at the basic optimisation level, on a
+/// graph whose weight-only nodes stipple folded itself ([`crate::model::fold`]); higher levels fuse
+/// and repack weights (attention, NCHWc) into constants of their own.
 #[allow(clippy::too_many_arguments)]
 pub fn build_session_with(
     rt: &Runtime,
