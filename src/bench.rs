@@ -55,7 +55,8 @@ pub struct BenchReport {
     pub device_memory_error: Option<String>,
     /// Where the adapter swap's time went.
     pub swap_breakdown: Option<crate::pipeline::generator::FuseStats>,
-    /// One CFG step after swapping back to the plain model (a rebuilt session, no adapter).
+    /// One CFG step after swapping back to the plain model (a rebuilt session, or the base
+    /// weights written back in place with resident weights).
     pub unet_step_after_rebuild_ms: Option<f64>,
     pub static_shapes: bool,
     pub repeats: usize,
@@ -115,7 +116,7 @@ impl fmt::Display for BenchReport {
             writeln!(f, "  UNet step, adapter fused  {:>9.3} ms", s)?;
         }
         if let Some(s) = self.unet_step_after_rebuild_ms {
-            writeln!(f, "  UNet step, base rebuilt   {:>9.3} ms", s)?;
+            writeln!(f, "  UNet step, back to base   {:>9.3} ms", s)?;
         }
         if let Some(m) = self.peak_rss_mb {
             writeln!(f, "  peak host memory (RSS)    {:>9.1} MB", m)?;
