@@ -157,3 +157,45 @@ fn generate_with_resident_weights_writes_the_same_picture() {
     let baked = run("false", &dir.path().join("b"));
     assert!(max_diff(&resident, &baked) <= 1);
 }
+
+/// SDXL: two text encoders (the second with its projection) and a UNet, each rewritten in place.
+#[test]
+fn sdxl_swaps_in_place_equal_fresh_loads_and_baked_weights() {
+    let load_xl = |resident: bool| {
+        let opts = SessionOptions {
+            resident: Some(resident),
+            ..SessionOptions::default()
+        };
+        let mut g =
+            Generator::load(&crate::sdxl::tiny_sdxl(), runtime(), opts).expect("tiny SDXL loads");
+        g.set_lora_dirs(vec![root().join("tests/fixtures/lora-sdxl")]);
+        g
+    };
+    let mut g = load_xl(true);
+    let base = image(&mut g, BASE);
+    let states = [
+        "a red fox <lora:xl_te2_locon:1>",
+        "a red fox <lora:xl_kohya_locon:0.8> <lora:xl_te1_locon:1>",
+        "a red fox <lora:xl_lokr:1>",
+        BASE,
+    ];
+    let mut seen = Vec::new();
+    for prompt in states {
+        let got = image(&mut g, prompt);
+        let stats = g.last_fuse.expect("an adapter change was timed");
+        assert_eq!(stats.session_s, 0.0, "{prompt}: no session was built");
+        let fresh = image(&mut load_xl(true), prompt);
+        assert_eq!(got, fresh, "{prompt}: after the swaps before it");
+        seen.push(got);
+    }
+    assert_eq!(seen.last(), Some(&base), "back to the base, bit for bit");
+    for (prompt, s) in states.iter().zip(&seen).take(3) {
+        assert_ne!(*s, base, "{prompt} changes the image");
+    }
+    let baked = image(&mut load_xl(false), states[1]);
+    assert!(
+        max_diff(&seen[1], &baked) <= 1,
+        "resident vs baked: {}",
+        max_diff(&seen[1], &baked)
+    );
+}
