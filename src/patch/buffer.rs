@@ -4,6 +4,7 @@
 //! weights byte for byte when the stored dtype matches the graph's, and otherwise convert through
 //! f32, adding the delta (torch layout) before the transform (transpose, NHWC, per-head packing).
 
+use super::inflight::InFlight;
 use crate::model::layout::{buffer_len, elem_of, Component, GraphKind};
 use crate::model::weightmap::{Transform, WeightMapEntry};
 use crate::model::ElemType;
@@ -209,6 +210,11 @@ pub fn fill_each(
     fill_each_in(component, graph_of(component, kind)?.0, entries, deltas)
 }
 
+/// Working memory the weights being filled at once may take (the outputs they are done with are
+/// not counted): without a cap every thread works on one of the largest weights at the same time
+/// (they sit together in the graph), several gigabytes at a swap's peak on a many-core box.
+const IN_FLIGHT_BYTES: usize = 1 << 30;
+
 /// [`fill_each`] for initializers of `graph`, a graph built over the component's weights (one
 /// with weight-only nodes folded in, say).
 pub fn fill_each_in(
@@ -218,10 +224,13 @@ pub fn fill_each_in(
     deltas: &dyn DeltaSource,
 ) -> Result<Vec<Filled>, PatchError> {
     let cname = component.kind.to_string();
+    let budget = InFlight::new(IN_FLIGHT_BYTES);
     let filled: Vec<Result<(Vec<&str>, Filled), PatchError>> = entries
         .par_iter()
         .map(|e| {
             let esize = elem_of(graph, &e.name).and_then(|t| t.size()).unwrap_or(4);
+            // f32 working copies of the parts, the ΔW and the arranged result, and the output.
+            let _permit = budget.take((e.length / esize.max(1)) * 12 + e.length);
             let mut elems = Elems::zeroed(e.length, esize);
             let (asked, patched) = fill(component, graph, &cname, e, deltas, elems.bytes_mut())?;
             for source in e.sources() {
@@ -376,9 +385,20 @@ fn fill<'e>(
             arrange_into(entry, &views, shape, arranged);
             write_elems(arranged, elem, out);
         }
+        // The few largest weights (3×3 convs) would otherwise pin their size on every thread that
+        // met one, outside the in-flight budget, for the rest of the patch.
+        for v in work.iter_mut().chain(std::iter::once(arranged)) {
+            if v.capacity() > SCRATCH_KEPT {
+                *v = Vec::new();
+            }
+        }
         Ok((asked, patched))
     })
 }
+
+/// Scratch buffers up to this many elements (16 MB: every SD1.5 attention weight and most convs)
+/// stay with their thread between weights; larger ones are freed after use.
+const SCRATCH_KEPT: usize = 4 << 20;
 
 /// Per-thread working buffers of [`fill`]: f32 copies of the parts and the arranged result.
 #[derive(Default)]

@@ -2,6 +2,7 @@
 //! pristine base weights plus adapter deltas (`base ⊕ Σ strength·ΔW`, f32 accumulation, one rounding).
 
 pub mod buffer;
+mod inflight;
 
 pub use buffer::{
     assemble, assemble_graph, fill_each, fill_each_in, graph_of, return_freed_memory,
