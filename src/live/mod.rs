@@ -207,6 +207,7 @@ impl LiveUnet {
             buf,
             opts,
             dims,
+            &[],
         )
         .map_err(|e| LiveError::Build(e.to_string()))?;
         let mut live = LiveUnet {

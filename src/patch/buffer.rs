@@ -183,6 +183,14 @@ impl Elems {
         }
     }
 
+    /// The size of the elements in bytes.
+    pub fn byte_len(&self) -> usize {
+        match self {
+            Elems::Two(v) => v.len() * 2,
+            Elems::Four(v) => v.len() * 4,
+        }
+    }
+
     fn bytes_mut(&mut self) -> &mut [u8] {
         match self {
             Elems::Two(v) => bytemuck::cast_slice_mut(v),

@@ -1291,6 +1291,7 @@ fn build_component(
         buf,
         opts,
         dims,
+        &[],
     )?;
     stats.session_s += t.elapsed().as_secs_f64();
     Ok(Net::baked(session))

@@ -9,7 +9,7 @@ use crate::model::fold::fold_weights;
 use crate::model::layout::{buffer_len, Component, GraphKind};
 use crate::model::{ElemType, Graph, WeightMapEntry};
 use crate::patch::{self, DeltaSource, Elems, Filled, PatchError};
-use crate::runtime::{build_session_with, Device, Runtime, SessionError, SessionOptions};
+use crate::runtime::{build_session, Device, Runtime, SessionError, SessionOptions};
 use ort::memory::AllocationDevice;
 use ort::session::Session;
 use ort::value::PrimitiveTensorElementType;
@@ -255,12 +255,8 @@ pub fn build(
         let x = externals
             .get(e.name.as_str())
             .ok_or_else(|| graph_err(format!("{} is not an external initializer", e.name)))?;
-        let bytes: &[u8] = match &f.elems {
-            Elems::Two(v) => bytemuck::cast_slice(v),
-            Elems::Four(v) => bytemuck::cast_slice(v),
-        };
         x.offset
-            .checked_add(bytes.len())
+            .checked_add(f.elems.byte_len())
             .filter(|&end| end <= file.len())
             .ok_or_else(|| graph_err(format!("{} does not fit the weights buffer", e.name)))?;
         if f.patched {
@@ -291,7 +287,7 @@ pub fn build(
         .map(|e| e.name.as_str())
         .zip(tensors.iter().cloned())
         .collect();
-    let session = build_session_with(
+    let session = build_session(
         rt,
         what,
         &graph.bytes,

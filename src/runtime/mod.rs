@@ -12,4 +12,4 @@ pub mod session;
 pub use cuda_opts::{ConvAlgoSearch, CudaArgs, CudaOptions, CudaOptionsError};
 pub use ep::Device;
 pub use library::{Runtime, RuntimeError};
-pub use session::{build_session, build_session_with, SessionError, SessionOptions};
+pub use session::{build_session, SessionError, SessionOptions};

@@ -132,26 +132,15 @@ fn ort_err(what: &str) -> impl Fn(ort::Error) -> SessionError + '_ {
 }
 
 /// Creates a session for `graph` (ONNX bytes) whose external file `external_file` is `weights`.
-pub fn build_session(
-    rt: &Runtime,
-    what: &str,
-    graph: &[u8],
-    external_file: &str,
-    weights: Arc<[u8]>,
-    opts: &SessionOptions,
-    dims: &[(&str, i64)],
-) -> Result<Session, SessionError> {
-    build_session_with(rt, what, graph, external_file, weights, opts, dims, &[])
-}
-
-/// [`build_session`] with `shared` initializers: buffers the caller owns (on the session's device),
-/// which the session reads at every run instead of copies of its own, so writing them changes the
-/// weights. Kernels must not pre-pack them into copies and no optimisation may fold them into new
-/// constants: such sessions run without CPU pre-packing and at the basic optimisation level, on a
-/// graph whose weight-only nodes stipple folded itself ([`crate::model::fold`]); higher levels fuse
-/// and repack weights (attention, NCHWc) into constants of their own.
+///
+/// `shared` initializers (none for most sessions) are buffers the caller owns (on the session's
+/// device), which the session reads at every run instead of copies of its own, so writing them
+/// changes the weights. Kernels must not pre-pack them into copies and no optimisation may fold them
+/// into new constants: such sessions run without CPU pre-packing and at the basic optimisation level,
+/// on a graph whose weight-only nodes stipple folded itself ([`crate::model::fold`]); higher levels
+/// fuse and repack weights (attention, NCHWc) into constants of their own.
 #[allow(clippy::too_many_arguments)]
-pub fn build_session_with(
+pub fn build_session(
     rt: &Runtime,
     what: &str,
     graph: &[u8],
