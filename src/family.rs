@@ -23,6 +23,8 @@ pub struct TextEncoder {
     pub tokenizer: &'static str,
     /// Pad token id (SD1's and SDXL's CLIP-L pad with EOS 49407; SDXL's OpenCLIP-bigG with "!" = 0).
     pub pad_id: u32,
+    /// The pad token's text (for the bundled vocabulary, when a model has no tokenizer folder).
+    pub pad_token: &'static str,
     /// The graph output the UNet is conditioned on: SD1 the final hidden state, SDXL the penultimate.
     pub hidden_output: &'static str,
 }
@@ -59,6 +61,7 @@ const SD1: Facts = Facts {
         component: ComponentKind::TextEncoder,
         tokenizer: "tokenizer",
         pad_id: 49407,
+        pad_token: "<|endoftext|>",
         hidden_output: "last_hidden_state",
     }],
     pooled_output: None,
@@ -83,12 +86,14 @@ const SDXL: Facts = Facts {
             component: ComponentKind::TextEncoder,
             tokenizer: "tokenizer",
             pad_id: 49407,
+            pad_token: "<|endoftext|>",
             hidden_output: "penultimate_hidden_state",
         },
         TextEncoder {
             component: ComponentKind::TextEncoder2,
             tokenizer: "tokenizer_2",
             pad_id: 0,
+            pad_token: "!",
             hidden_output: "penultimate_hidden_state",
         },
     ],

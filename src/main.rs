@@ -27,8 +27,8 @@ struct Cli {
 /// Flags of the workstation (`stipple` with no subcommand).
 #[derive(Args)]
 struct TuiArgs {
-    /// Model folder (default: the bundled tiny model)
-    #[arg(long, value_name = "DIR")]
+    /// Model: a .safetensors checkpoint, a diffusers folder or a stipple folder (default: the bundled tiny model)
+    #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
     /// Where to run: cpu, cuda:N or dml:N
     #[arg(long)]
@@ -233,8 +233,8 @@ struct InspectArgs {
 
 #[derive(Args)]
 struct BakeArgs {
-    /// Model folder (default: the bundled tiny model)
-    #[arg(long, value_name = "DIR")]
+    /// Model: a .safetensors checkpoint, a diffusers folder or a stipple folder (default: the bundled tiny model)
+    #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
     /// FILE[:STRENGTH][:KEY=VALUE...] with the keys of a <lora:...> tag (te, unet, in, mid, out, lbw, dyn)
     #[arg(long, required = true)]
@@ -273,8 +273,8 @@ struct BenchArgs {
 
 #[derive(Args)]
 struct ModelArgs {
-    /// Model folder (default: the bundled tiny model, tests/fixtures/tiny-sd15)
-    #[arg(long, value_name = "DIR")]
+    /// Model: a .safetensors checkpoint, a diffusers folder or a stipple folder (default: the bundled tiny model, tests/fixtures/tiny-sd15)
+    #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
     /// Where to run: cpu, cuda:N or dml:N
     #[arg(long, default_value = "cpu")]
@@ -293,6 +293,9 @@ struct ModelArgs {
     /// without weight pre-packing). Default: true on CUDA, false elsewhere
     #[arg(long, value_name = "BOOL")]
     resident_weights: Option<bool>,
+    /// Use a single-file checkpoint's EMA UNet weights (`model_ema.*`) instead of the trained ones
+    #[arg(long)]
+    ema: bool,
     #[command(flatten)]
     cuda: CudaArgs,
 }
@@ -306,6 +309,7 @@ impl ModelArgs {
             static_shapes: self.static_shapes,
             graph: self.graph.parse().map_err(anyhow::Error::msg)?,
             resident: self.resident_weights,
+            ema: self.ema,
             cuda: cuda_options(
                 stipple::config::load_cuda(&stipple::config::Dirs::discover())?,
                 &self.cuda,
@@ -370,8 +374,8 @@ struct GenerateArgs {
 
 #[derive(Args)]
 struct DoctorArgs {
-    /// Model folder to check (default: the bundled tiny model)
-    #[arg(long, value_name = "DIR")]
+    /// Model to check: a .safetensors checkpoint, a diffusers folder or a stipple folder (default: the bundled tiny model)
+    #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
 }
 

@@ -25,8 +25,9 @@ pub struct BatchArgs {
     /// Output folder; also holds the manifest (results.jsonl) that reruns use to skip finished jobs
     #[arg(long, default_value = "out", value_name = "DIR")]
     pub out: PathBuf,
-    /// Model folder for jobs that do not name one (default: the bundled tiny model)
-    #[arg(long, value_name = "DIR")]
+    /// Model for jobs that do not name one: a .safetensors checkpoint, a diffusers folder or a
+    /// stipple folder (default: the bundled tiny model)
+    #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// Devices to spread the jobs over, one engine each: cpu, cuda:0,cuda:1, ...
     #[arg(

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::ldm::UnetLayout;
 use super::{Component, TargetParam};
+use crate::model::ldm::UnetLayout;
 
 /// What one file key holds for its module (lora-formats.md §1, §2.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -18,7 +18,6 @@ pub mod family;
 pub mod file;
 pub mod inspect;
 pub mod keys;
-pub mod ldm;
 pub mod linalg;
 pub mod merge;
 pub mod peft;

@@ -1,7 +1,9 @@
-//! Base weights: a memory-mapped `weights.safetensors`, never written.
+//! Base weights: a memory-mapped safetensors file, never written.
 //!
 //! [`Checkpoint::open`] validates the header (offsets inside the file, no overlap); [`Checkpoint::tensor`]
-//! gives a borrowed view, [`Tensor::to_f32`] a converted copy.
+//! gives a borrowed view, [`Tensor::to_f32`] a converted copy. [`Checkpoint::view`] shows a file
+//! under other names (a single-file checkpoint's LDM keys as diffusers parameters): whole tensors,
+//! row ranges of packed ones, reshaped or transposed ones, over the same mapping.
 
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata};
@@ -9,6 +11,7 @@ use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -28,6 +31,48 @@ pub enum CheckpointError {
         name: String,
         dtype: Dtype,
     },
+    #[error("{path}: tensor {key:?} (shape {shape:?}) cannot be read as {name} {want:?}: {why}")]
+    View {
+        path: PathBuf,
+        key: String,
+        name: String,
+        shape: Vec<usize>,
+        want: Vec<usize>,
+        why: &'static str,
+    },
+}
+
+/// How one name of a [`Checkpoint::view`] is read from the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The tensor `key`, reshaped to the wanted shape (same element count: a 1×1 conv as linear).
+    Whole { key: String },
+    /// Rows `start..end` of the 2-D or 1-D tensor `key` (a packed `in_proj` split into q, k, v).
+    Rows {
+        key: String,
+        start: usize,
+        end: usize,
+    },
+    /// The 2-D tensor `key` transposed (OpenCLIP's `text_projection`); copied once at open.
+    Transposed { key: String },
+}
+
+impl Source {
+    pub fn key(&self) -> &str {
+        match self {
+            Source::Whole { key } | Source::Rows { key, .. } | Source::Transposed { key } => key,
+        }
+    }
+}
+
+/// A name of a view, resolved: where its bytes are and the shape it has.
+struct Resolved {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    /// Byte range in the mapping.
+    range: (usize, usize),
+    /// The values, when they are not a range of the file (transposed).
+    owned: Option<Vec<u8>>,
 }
 
 /// A borrowed tensor of a checkpoint.
@@ -82,12 +127,14 @@ impl Tensor<'_> {
     }
 }
 
-/// A memory-mapped safetensors file with its parsed header.
+/// A memory-mapped safetensors file with its parsed header, optionally seen under other names.
 pub struct Checkpoint {
     path: PathBuf,
-    map: Mmap,
+    map: Arc<Mmap>,
     header_len: usize,
-    meta: Metadata,
+    meta: Arc<Metadata>,
+    /// For a view: every name it shows. `None`: the file's own names.
+    names: Option<HashMap<String, Resolved>>,
 }
 
 /// Maps `file` read-only.
@@ -103,7 +150,18 @@ fn map_file(file: &File) -> std::io::Result<Mmap> {
 }
 
 impl Checkpoint {
+    /// Opens a weights file whose every tensor must be a weight (F32, F16 or BF16).
     pub fn open(path: &Path) -> Result<Checkpoint, CheckpointError> {
+        let ck = Checkpoint::open_any(path)?;
+        for (name, info) in ck.meta.tensors() {
+            check_dtype(path, &name, info.dtype)?;
+        }
+        Ok(ck)
+    }
+
+    /// Opens a safetensors file checking only its header: a single-file checkpoint also holds
+    /// integer buffers and tensors no component reads; [`Checkpoint::view`] checks what is used.
+    pub fn open_any(path: &Path) -> Result<Checkpoint, CheckpointError> {
         let io = |source| CheckpointError::Io {
             path: path.to_path_buf(),
             source,
@@ -115,21 +173,152 @@ impl Checkpoint {
                 path: path.to_path_buf(),
                 source,
             })?;
-        for (name, info) in meta.tensors() {
-            if !matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-                return Err(CheckpointError::Dtype {
-                    path: path.to_path_buf(),
-                    name,
-                    dtype: info.dtype,
-                });
-            }
-        }
         Ok(Checkpoint {
             path: path.to_path_buf(),
-            map,
+            map: Arc::new(map),
             header_len,
-            meta,
+            meta: Arc::new(meta),
+            names: None,
         })
+    }
+
+    /// The same file under other names: `names` maps each name the view shows to where it is read
+    /// from and the shape it must have. Fails on a missing key, a shape the source cannot give or
+    /// a dtype that is not a weight; nothing is read but the (small) transposed tensors.
+    pub fn view(
+        &self,
+        names: impl IntoIterator<Item = (String, Source, Vec<usize>)>,
+    ) -> Result<Checkpoint, CheckpointError> {
+        let mut table = HashMap::new();
+        for (name, source, want) in names {
+            let resolved = self.resolve(&name, &source, want)?;
+            table.insert(name, resolved);
+        }
+        Ok(Checkpoint {
+            path: self.path.clone(),
+            map: Arc::clone(&self.map),
+            header_len: self.header_len,
+            meta: Arc::clone(&self.meta),
+            names: Some(table),
+        })
+    }
+
+    /// Whether `source` gives `name` with shape `want` (the check [`Checkpoint::view`] makes).
+    pub fn probe(
+        &self,
+        name: &str,
+        source: &Source,
+        want: &[usize],
+    ) -> Result<(), CheckpointError> {
+        self.resolve(name, source, want.to_vec()).map(|_| ())
+    }
+
+    fn resolve(
+        &self,
+        name: &str,
+        source: &Source,
+        want: Vec<usize>,
+    ) -> Result<Resolved, CheckpointError> {
+        let key = source.key();
+        let info = self.meta.info(key).ok_or_else(|| CheckpointError::View {
+            path: self.path.clone(),
+            key: key.to_string(),
+            name: name.to_string(),
+            shape: vec![],
+            want: want.clone(),
+            why: "the file has no such tensor",
+        })?;
+        check_dtype(&self.path, key, info.dtype)?;
+        let bad = |why| CheckpointError::View {
+            path: self.path.clone(),
+            key: key.to_string(),
+            name: name.to_string(),
+            shape: info.shape.clone(),
+            want: want.clone(),
+            why,
+        };
+        let esize = info.dtype.bitsize() / 8;
+        let start = 8 + self.header_len + info.data_offsets.0;
+        let end = 8 + self.header_len + info.data_offsets.1;
+        let numel: usize = want.iter().product();
+        match source {
+            Source::Whole { .. } => {
+                if info.shape.iter().product::<usize>() != numel
+                    || !same_but_ones(&info.shape, &want)
+                {
+                    return Err(bad("the shapes differ"));
+                }
+                Ok(Resolved {
+                    dtype: info.dtype,
+                    shape: want,
+                    range: (start, end),
+                    owned: None,
+                })
+            }
+            Source::Rows {
+                start: r0, end: r1, ..
+            } => {
+                let rows = *info
+                    .shape
+                    .first()
+                    .ok_or_else(|| bad("a scalar has no rows"))?;
+                let row: usize = info.shape[1..].iter().product();
+                if r0 >= r1
+                    || *r1 > rows
+                    || (r1 - r0) * row != numel
+                    || want.first() != Some(&(r1 - r0))
+                {
+                    return Err(bad("the rows do not make that shape"));
+                }
+                let from = start + r0 * row * esize;
+                Ok(Resolved {
+                    dtype: info.dtype,
+                    shape: want,
+                    range: (from, from + (r1 - r0) * row * esize),
+                    owned: None,
+                })
+            }
+            Source::Transposed { .. } => {
+                let [r, c] = info.shape[..] else {
+                    return Err(bad("only a matrix can be transposed"));
+                };
+                if want != [c, r] {
+                    return Err(bad("the transposed shape differs"));
+                }
+                let data = self
+                    .map
+                    .get(start..end)
+                    .ok_or_else(|| bad("data past the end"))?;
+                let mut out = vec![0u8; data.len()];
+                for i in 0..r {
+                    for j in 0..c {
+                        let from = (i * c + j) * esize;
+                        let to = (j * r + i) * esize;
+                        out[to..to + esize].copy_from_slice(&data[from..from + esize]);
+                    }
+                }
+                Ok(Resolved {
+                    dtype: info.dtype,
+                    shape: want,
+                    range: (start, end),
+                    owned: Some(out),
+                })
+            }
+        }
+    }
+
+    /// The file's own tensor names and shapes, whatever names a view shows.
+    pub fn file_shapes(&self) -> HashMap<String, Vec<usize>> {
+        self.meta
+            .tensors()
+            .into_iter()
+            .map(|(k, v)| (k, v.shape.clone()))
+            .collect()
+    }
+
+    /// The dtype of one of the file's own tensors.
+    pub fn file_dtype(&self, key: &str) -> Option<Dtype> {
+        self.meta.info(key).map(|i| i.dtype)
     }
 
     pub fn path(&self) -> &Path {
@@ -140,6 +329,13 @@ impl Checkpoint {
     /// they are file-backed, so a later read faults them back in from the page cache. Without it
     /// every weight counts twice in RSS (the mapping and ONNX Runtime's copy).
     pub fn release_pages(&self) {
+        if let Some(names) = &self.names {
+            // A view shares the mapping with the other components' views: release its own ranges.
+            for r in names.values() {
+                self.release_range(r.range);
+            }
+            return;
+        }
         // SAFETY: MADV_DONTNEED on a read-only, file-backed shared mapping only discards the
         // process's page-table entries; contents are re-read from the file on the next access, so
         // no borrowed slice can observe different data (stipple never writes a mapped file).
@@ -154,10 +350,27 @@ impl Checkpoint {
     /// weights one after another then holds only those in flight. Pages it shares with a
     /// neighbour are dropped too, which costs that neighbour a fault from the page cache.
     pub fn release_tensor(&self, name: &str) {
+        if let Some(range) = self.range_of(name) {
+            self.release_range(range);
+        }
+    }
+
+    /// Byte range of a shown name in the mapping.
+    fn range_of(&self, name: &str) -> Option<(usize, usize)> {
+        match &self.names {
+            Some(names) => names.get(name).map(|r| r.range),
+            None => self.meta.info(name).map(|info| {
+                (
+                    8 + self.header_len + info.data_offsets.0,
+                    8 + self.header_len + info.data_offsets.1,
+                )
+            }),
+        }
+    }
+
+    fn release_range(&self, (start, end): (usize, usize)) {
         #[cfg(unix)]
-        if let Some(info) = self.meta.info(name) {
-            let start = 8 + self.header_len + info.data_offsets.0;
-            let end = 8 + self.header_len + info.data_offsets.1;
+        {
             // SAFETY: sysconf has no preconditions.
             let page =
                 usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
@@ -175,10 +388,22 @@ impl Checkpoint {
             }
         }
         #[cfg(not(unix))]
-        let _ = name;
+        let _ = (start, end);
     }
 
     pub fn tensor(&self, name: &str) -> Option<Tensor<'_>> {
+        if let Some(names) = &self.names {
+            let r = names.get(name)?;
+            let data = match &r.owned {
+                Some(v) => v.as_slice(),
+                None => self.map.get(r.range.0..r.range.1)?,
+            };
+            return Some(Tensor {
+                dtype: r.dtype,
+                shape: &r.shape,
+                data,
+            });
+        }
         let info = self.meta.info(name)?;
         let start = 8 + self.header_len + info.data_offsets.0;
         let end = 8 + self.header_len + info.data_offsets.1;
@@ -189,19 +414,39 @@ impl Checkpoint {
         })
     }
 
-    /// Names and shapes of every tensor.
+    /// Names and shapes of every tensor it shows.
     pub fn shapes(&self) -> HashMap<String, Vec<usize>> {
-        self.meta
-            .tensors()
-            .into_iter()
-            .map(|(k, v)| (k, v.shape.clone()))
-            .collect()
+        match &self.names {
+            Some(names) => names
+                .iter()
+                .map(|(k, r)| (k.clone(), r.shape.clone()))
+                .collect(),
+            None => self.file_shapes(),
+        }
     }
 
     /// The `__metadata__` map of the header.
     pub fn metadata(&self) -> Option<&HashMap<String, String>> {
         self.meta.metadata().as_ref()
     }
+}
+
+fn check_dtype(path: &Path, name: &str, dtype: Dtype) -> Result<(), CheckpointError> {
+    if matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+        Ok(())
+    } else {
+        Err(CheckpointError::Dtype {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            dtype,
+        })
+    }
+}
+
+/// Whether two shapes are equal once their dimensions of size 1 are dropped.
+fn same_but_ones(a: &[usize], b: &[usize]) -> bool {
+    let strip = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
+    strip(a) == strip(b)
 }
 
 #[cfg(test)]

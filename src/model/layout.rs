@@ -1,7 +1,8 @@
-//! The model folder: `model_index.json`, `tokenizer/`, `scheduler/` and one folder per component.
+//! A model: its components (graph, weight map, base weights), index, tokenizers and scheduler.
 //!
-//! [`Model::open`] reads and cross-checks everything that can be checked without ONNX Runtime: each
-//! external initializer has a weight-map entry, and each entry a base weight of the right size.
+//! [`Model::open`] takes a stipple folder, a diffusers folder or a single-file checkpoint and
+//! cross-checks everything that can be checked without ONNX Runtime: each external initializer has
+//! a weight-map entry, and each entry a base weight of the right size.
 
 use super::checkpoint::{Checkpoint, CheckpointError};
 use super::graph::{ElemType, Graph, GraphError};
@@ -22,6 +23,8 @@ pub enum ComponentKind {
     TextEncoder2,
     Unet,
     VaeDecoder,
+    /// Image → latent moments (image-to-image); opened when a model has it, unused by text-to-image.
+    VaeEncoder,
 }
 
 impl ComponentKind {
@@ -31,6 +34,7 @@ impl ComponentKind {
             ComponentKind::TextEncoder2 => "text_encoder_2",
             ComponentKind::Unet => "unet",
             ComponentKind::VaeDecoder => "vae_decoder",
+            ComponentKind::VaeEncoder => "vae_encoder",
         }
     }
 }
@@ -86,6 +90,10 @@ pub enum ModelError {
         component: ComponentKind,
         problems: Vec<String>,
     },
+    #[error(transparent)]
+    Template(#[from] super::template::TemplateError),
+    #[error("{path}: {message}")]
+    Refused { path: PathBuf, message: String },
 }
 
 /// One component: graph, weight map and base weights, checked against each other.
@@ -118,14 +126,49 @@ pub enum GraphKind {
     Cuda,
 }
 
-/// An opened model folder.
+/// Where a text encoder's tokenizer comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenizerFiles {
+    /// A tokenizer folder: `vocab.json` + `merges.txt` or `tokenizer.json`, and its config.
+    Folder(PathBuf),
+    /// The CLIP vocabulary embedded in stipple, with this pad token.
+    Bundled { pad: &'static str },
+}
+
+/// What kind of thing a model was opened from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSource {
+    /// A stipple folder (graphs and weights side by side).
+    Folder,
+    /// A diffusers (Hugging Face) folder, read through the embedded template `template`.
+    Diffusers { template: &'static str },
+    /// A single-file checkpoint, read through the embedded template `template`.
+    SingleFile { template: &'static str },
+}
+
+/// How to open a model: which template precision to prefer, and whether to read EMA weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OpenOptions {
+    /// Prefer fp16 graphs (GPU) over fp32 ones (CPU) when a checkpoint fits both.
+    pub prefer_fp16: bool,
+    /// Read a single-file checkpoint's `model_ema.*` UNet weights instead of the trained ones.
+    pub ema: bool,
+}
+
+/// An opened model.
 pub struct Model {
+    /// The folder or file it was opened from.
     pub dir: PathBuf,
     pub index: ModelIndex,
     pub components: HashMap<ComponentKind, Component>,
+    /// One per text encoder, in the family's order.
+    pub tokenizers: Vec<TokenizerFiles>,
+    /// The scheduler's `scheduler_config.json`.
+    pub scheduler_config: String,
+    pub source: ModelSource,
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(
+pub(super) fn read_json<T: serde::de::DeserializeOwned>(
     path: &Path,
     what: &'static str,
 ) -> Result<T, ModelError> {
@@ -146,45 +189,85 @@ fn read_json<T: serde::de::DeserializeOwned>(
 }
 
 impl Model {
-    pub fn open(dir: &Path) -> Result<Model, ModelError> {
-        if !dir.is_dir() {
-            return Err(ModelError::Missing(dir.to_path_buf()));
+    /// Opens a stipple folder, a diffusers folder or a single-file checkpoint with the default
+    /// options (fp32 templates first, trained weights).
+    pub fn open(path: &Path) -> Result<Model, ModelError> {
+        Model::open_with(path, OpenOptions::default())
+    }
+
+    pub fn open_with(path: &Path, opts: OpenOptions) -> Result<Model, ModelError> {
+        if path.is_file() {
+            return super::single_file::open(path, opts);
         }
+        if !path.is_dir() {
+            return Err(ModelError::Missing(path.to_path_buf()));
+        }
+        let index_path = path.join("model_index.json");
+        if index_path.is_file() {
+            let value: serde_json::Value = read_json(&index_path, "the model index")?;
+            if value.get("_class_name").is_some() {
+                return super::diffusers_dir::open(path, &value, opts);
+            }
+        }
+        Model::open_folder(path)
+    }
+
+    /// Opens a stipple folder.
+    fn open_folder(dir: &Path) -> Result<Model, ModelError> {
         let index: ModelIndex = read_json(&dir.join("model_index.json"), "the model index")?;
         let facts = index.family.facts();
+        let mut tokenizers = Vec::new();
         for enc in facts.encoders {
-            for file in ["vocab.json", "merges.txt"] {
-                let p = dir.join(enc.tokenizer).join(file);
-                if !p.is_file() {
-                    return Err(ModelError::MissingFile {
-                        path: p,
-                        what: "a tokenizer file",
-                    });
-                }
+            let tdir = dir.join(enc.tokenizer);
+            let both = ["vocab.json", "merges.txt"]
+                .iter()
+                .all(|f| tdir.join(f).is_file());
+            if !both && !tdir.join("tokenizer.json").is_file() {
+                return Err(ModelError::MissingFile {
+                    path: tdir.join("vocab.json"),
+                    what: "a tokenizer file (vocab.json and merges.txt, or tokenizer.json)",
+                });
             }
+            tokenizers.push(TokenizerFiles::Folder(tdir));
         }
         let mut components = HashMap::new();
         for &kind in &index.components {
             components.insert(kind, Component::open(dir, kind)?);
         }
-        let needed = facts
-            .encoders
-            .iter()
-            .map(|e| e.component)
-            .chain([ComponentKind::Unet, ComponentKind::VaeDecoder]);
-        for needed in needed {
-            if !components.contains_key(&needed) {
-                return Err(ModelError::MissingFile {
-                    path: dir.join(needed.dir_name()),
-                    what: "a component the pipeline needs (not listed in model_index.json)",
-                });
+        check_needed(&index, &components, dir)?;
+        let sched = dir.join("scheduler").join("scheduler_config.json");
+        let scheduler_config = std::fs::read_to_string(&sched).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                ModelError::MissingFile {
+                    path: sched.clone(),
+                    what: "the scheduler config",
+                }
+            } else {
+                ModelError::Io {
+                    path: sched.clone(),
+                    source,
+                }
             }
-        }
+        })?;
         Ok(Model {
             dir: dir.to_path_buf(),
             index,
             components,
+            tokenizers,
+            scheduler_config,
+            source: ModelSource::Folder,
         })
+    }
+
+    /// A short name for infotext and logs: the folder's name, or the file's without extension.
+    pub fn name(&self) -> String {
+        let p = self.dir.canonicalize().unwrap_or_else(|_| self.dir.clone());
+        let name = match self.source {
+            ModelSource::SingleFile { .. } => p.file_stem(),
+            _ => p.file_name(),
+        };
+        name.map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into())
     }
 
     pub fn component(&self, kind: ComponentKind) -> Option<&Component> {
@@ -242,13 +325,6 @@ impl Component {
         let config = read_json(&cdir.join("config.json"), "the component's config.json")?;
         let graph = Graph::read(&graph_path)?;
         let weights = Checkpoint::open(&weights_path)?;
-        let problems = consistency_problems(&graph, &weightmap, &weights);
-        if !problems.is_empty() {
-            return Err(ModelError::Inconsistent {
-                component: kind,
-                problems,
-            });
-        }
         let cuda_path = cdir.join("model.cuda.onnx");
         let cuda = if cuda_path.is_file() {
             let weightmap: WeightMap = read_json(
@@ -256,23 +332,51 @@ impl Component {
                 "the weight map of the fused CUDA graph",
             )?;
             let graph = Graph::read(&cuda_path)?;
-            let mut problems = consistency_problems(&graph, &weightmap, &weights);
+            Some(GraphFiles { graph, weightmap })
+        } else {
+            None
+        };
+        Component::new(
+            kind,
+            cdir,
+            GraphFiles { graph, weightmap },
+            cuda,
+            weights,
+            config,
+        )
+    }
+
+    /// A component from its parts, checked against each other.
+    pub fn new(
+        kind: ComponentKind,
+        dir: PathBuf,
+        plain: GraphFiles,
+        cuda: Option<GraphFiles>,
+        weights: Checkpoint,
+        config: serde_json::Value,
+    ) -> Result<Component, ModelError> {
+        let problems = consistency_problems(&plain.graph, &plain.weightmap, &weights);
+        if !problems.is_empty() {
+            return Err(ModelError::Inconsistent {
+                component: kind,
+                problems,
+            });
+        }
+        if let Some(c) = &cuda {
+            let mut problems = consistency_problems(&c.graph, &c.weightmap, &weights);
             if !problems.is_empty() {
-                problems.insert(0, format!("in {}:", cuda_path.display()));
+                problems.insert(0, format!("in {}:", c.graph.path.display()));
                 return Err(ModelError::Inconsistent {
                     component: kind,
                     problems,
                 });
             }
-            Some(GraphFiles { graph, weightmap })
-        } else {
-            None
-        };
+        }
         Ok(Component {
             kind,
-            dir: cdir,
-            graph,
-            weightmap,
+            dir,
+            graph: plain.graph,
+            weightmap: plain.weightmap,
             weights,
             config,
             cuda,
@@ -317,8 +421,32 @@ pub fn elem_of(graph: &Graph, init: &str) -> Option<ElemType> {
         .map(|e| e.elem)
 }
 
+/// The components every pipeline of the model's family needs must be there.
+pub(super) fn check_needed(
+    index: &ModelIndex,
+    components: &HashMap<ComponentKind, Component>,
+    dir: &Path,
+) -> Result<(), ModelError> {
+    let needed = index
+        .family
+        .facts()
+        .encoders
+        .iter()
+        .map(|e| e.component)
+        .chain([ComponentKind::Unet, ComponentKind::VaeDecoder]);
+    for needed in needed {
+        if !components.contains_key(&needed) {
+            return Err(ModelError::MissingFile {
+                path: dir.join(needed.dir_name()),
+                what: "a component the pipeline needs (not listed in model_index.json)",
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The shape a source parameter must have for `e` to build an initializer of `dims` from it.
-fn source_shape(e: &WeightMapEntry, dims: &[usize]) -> Option<Vec<usize>> {
+pub(super) fn source_shape(e: &WeightMapEntry, dims: &[usize]) -> Option<Vec<usize>> {
     match (e.transform, dims) {
         (Transform::Identity, _) => Some(dims.to_vec()),
         (Transform::Transpose, [r, c]) => Some(vec![*c, *r]),

@@ -1,17 +1,26 @@
-//! A stipple model folder: per component an ONNX graph with external weights, the base weights
-//! (memory-mapped safetensors) and the weight map between them; plus `model_index.json` and the tokenizer.
+//! A model: per component an ONNX graph with external weights, the base weights (memory-mapped
+//! safetensors) and the weight map between them; plus the index, tokenizers and scheduler.
 //!
-//! [`Model::open`] checks the folder and gives [`Component`]s; [`Model::check`] is what `doctor` prints.
+//! [`Model::open`] takes a stipple folder, a diffusers folder or a single-file checkpoint (the
+//! last two through an embedded architecture template, `template.rs`), checks it and gives
+//! [`Component`]s.
 
+pub mod assemble;
 pub mod checkpoint;
+pub mod diffusers_dir;
 pub mod fold;
 pub mod graph;
 pub mod layout;
+pub mod ldm;
 #[allow(clippy::all)]
 pub mod onnx_proto;
+pub mod single_file;
+pub mod template;
 pub mod weightmap;
 
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use graph::{ElemType, ExternalInit, Graph, GraphError};
-pub use layout::{ComponentKind, Model, ModelError, ModelIndex};
+pub use layout::{
+    ComponentKind, Model, ModelError, ModelIndex, ModelSource, OpenOptions, TokenizerFiles,
+};
 pub use weightmap::{Transform, WeightMap, WeightMapEntry};

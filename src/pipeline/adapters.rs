@@ -160,7 +160,7 @@ pub fn lora_component(kind: ComponentKind) -> Option<Component> {
         ComponentKind::TextEncoder => Some(Component::TextEncoder),
         ComponentKind::TextEncoder2 => Some(Component::TextEncoder2),
         ComponentKind::Unet => Some(Component::Unet),
-        ComponentKind::VaeDecoder => None,
+        ComponentKind::VaeDecoder | ComponentKind::VaeEncoder => None,
     }
 }
 

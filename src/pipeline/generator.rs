@@ -18,7 +18,7 @@ use crate::job::{Event, Job, Progress, RgbImage};
 use crate::live::{self, Dials, LiveError, LiveOptions, LiveUnet, LoraMethod};
 use crate::lora::ApplyReport;
 use crate::model::layout::{ComponentKind, GraphKind};
-use crate::model::{Model, ModelError};
+use crate::model::{Model, ModelError, TokenizerFiles};
 use crate::patch::{self, PatchError};
 use crate::prompt::{self, chunk, Chunk, ChunkConfig, Fragment, Prompt};
 use crate::runtime::{build_session, Runtime, RuntimeError, SessionError, SessionOptions};
@@ -277,17 +277,16 @@ impl Generator {
         opts: SessionOptions,
     ) -> Result<Self, PipelineError> {
         let opts = opts.resolved();
-        let model = Model::open(dir)?;
+        let model = Model::open_with(dir, opts.open_options())?;
         let tokenizers = model
-            .index
-            .family
-            .facts()
-            .encoders
+            .tokenizers
             .iter()
-            .map(|e| ClipTokenizer::from_dir(&dir.join(e.tokenizer)))
+            .map(|t| match t {
+                TokenizerFiles::Folder(d) => ClipTokenizer::from_dir(d),
+                TokenizerFiles::Bundled { pad } => ClipTokenizer::bundled(pad),
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let scheduler =
-            SchedulerConfig::from_file(&dir.join("scheduler").join("scheduler_config.json"))?;
+        let scheduler = SchedulerConfig::from_json_str(&model.scheduler_config)?;
         let sessions = build_sessions(&model, runtime, &opts, &ComponentDeltas::new())?;
         crate::patch::return_freed_memory();
         let context_dim = model
@@ -296,11 +295,7 @@ impl Generator {
             .and_then(|v| v.as_u64())
             .unwrap_or(model.index.family.facts().context_dim as u64)
             as usize;
-        let model_name = dir
-            .canonicalize()
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "model".into());
+        let model_name = model.name();
         Ok(Generator {
             model,
             tokenizers,

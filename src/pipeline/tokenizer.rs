@@ -51,6 +51,10 @@ pub enum TokenizerError {
         left: String,
         right: String,
     },
+    #[error("{0} is not a BPE tokenizer.json (no model.vocab / model.merges)")]
+    NotBpe(String),
+    #[error("the bundled CLIP vocabulary: {0}")]
+    Bundled(String),
     #[error("the vocabulary has no {0:?} token, so it is not a CLIP vocabulary")]
     MissingToken(String),
 }
@@ -73,8 +77,14 @@ pub struct ClipTokenizer {
 impl ClipTokenizer {
     /// Load `vocab.json` and `merges.txt` from a tokenizer folder (e.g. `<model>/tokenizer`), and
     /// the pad token of its `tokenizer_config.json` when there is one.
+    /// A folder with only `tokenizer.json` (what transformers 5.x saves) is read too.
     pub fn from_dir(dir: &Path) -> Result<Self, TokenizerError> {
-        let mut t = Self::from_files(&dir.join("vocab.json"), &dir.join("merges.txt"))?;
+        let json = dir.join("tokenizer.json");
+        let mut t = if !dir.join("vocab.json").is_file() && json.is_file() {
+            Self::from_tokenizer_json(&json)?
+        } else {
+            Self::from_files(&dir.join("vocab.json"), &dir.join("merges.txt"))?
+        };
         let config = dir.join("tokenizer_config.json");
         if config.is_file() {
             let text = std::fs::read_to_string(&config).map_err(|source| TokenizerError::Io {
@@ -121,6 +131,59 @@ impl ClipTokenizer {
             &vocab.display().to_string(),
             &merges.display().to_string(),
         )
+    }
+
+    /// The CLIP vocabulary embedded in stipple, with `pad` as the pad token (SDXL's second text
+    /// encoder pads with "!"; the others with `<|endoftext|>`, which is EOS).
+    pub fn bundled(pad: &str) -> Result<Self, TokenizerError> {
+        let (vocab, merges) = crate::model::template::clip_vocab()
+            .map_err(|e| TokenizerError::Bundled(e.to_string()))?;
+        let mut t = Self::from_strs(&vocab, &merges)?;
+        t.set_pad_token(pad);
+        Ok(t)
+    }
+
+    /// Reads a Hugging Face `tokenizer.json` (a BPE model: `model.vocab`, and `model.merges` as
+    /// "a b" strings or `["a", "b"]` pairs).
+    pub fn from_tokenizer_json(path: &Path) -> Result<Self, TokenizerError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| TokenizerError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| TokenizerError::Vocab {
+                file: file.clone(),
+                source,
+            })?;
+        let model = value.get("model");
+        let vocab = model.and_then(|m| m.get("vocab")).filter(|v| v.is_object());
+        let merges = model
+            .and_then(|m| m.get("merges"))
+            .and_then(|m| m.as_array());
+        let (Some(vocab), Some(merges)) = (vocab, merges) else {
+            return Err(TokenizerError::NotBpe(file));
+        };
+        let mut lines = String::new();
+        for m in merges {
+            let pair = match (m.as_str(), m.as_array()) {
+                (Some(s), _) => Some(s.to_string()),
+                (None, Some(a)) => match (
+                    a.first().and_then(|x| x.as_str()),
+                    a.get(1).and_then(|x| x.as_str()),
+                ) {
+                    (Some(l), Some(r)) if a.len() == 2 => Some(format!("{l} {r}")),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let Some(pair) = pair else {
+                return Err(TokenizerError::NotBpe(file));
+            };
+            lines.push_str(&pair);
+            lines.push('\n');
+        }
+        Self::parse(&vocab.to_string(), &lines, &file, &file)
     }
 
     /// Build from the files' contents (names in errors are "vocab.json" / "merges.txt").

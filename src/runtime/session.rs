@@ -31,6 +31,8 @@ pub struct SessionOptions {
     /// the same step time), off elsewhere (the CPU kernels' weight pre-packing is worth more there
     /// than a faster swap).
     pub resident: Option<bool>,
+    /// Read a single-file checkpoint's EMA UNet weights (`--ema`).
+    pub ema: bool,
 }
 
 impl SessionOptions {
@@ -38,6 +40,14 @@ impl SessionOptions {
     pub fn resident_weights(&self) -> bool {
         self.resident
             .unwrap_or(matches!(self.device, Device::Cuda(_)))
+    }
+
+    /// How the model is opened: fp16 templates on a GPU, fp32 ones on the CPU.
+    pub fn open_options(&self) -> crate::model::OpenOptions {
+        crate::model::OpenOptions {
+            prefer_fp16: !matches!(self.device, Device::Cpu),
+            ema: self.ema,
+        }
     }
 
     /// Whether the UNet is captured as a CUDA graph: asked for, and on a CUDA device.

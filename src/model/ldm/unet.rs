@@ -12,7 +12,7 @@ pub struct UnetLayout {
     pub up_levels_with_attention: BTreeSet<usize>,
 }
 
-fn num_after(s: &str, prefix: &str) -> Option<(usize, String)> {
+pub(super) fn num_after(s: &str, prefix: &str) -> Option<(usize, String)> {
     let rest = s.strip_prefix(prefix)?;
     let (n, tail) = rest.split_once('.').unwrap_or((rest, ""));
     Some((n.parse().ok()?, tail.to_string()))
@@ -40,7 +40,8 @@ impl UnetLayout {
         }
     }
 
-    /// LDM name of a diffusers UNet module path (no `.weight`), or None when it has no LDM counterpart.
+    /// LDM name of a diffusers UNet module path or parameter name (the leaf passes through), or
+    /// None when it has no LDM counterpart.
     pub fn to_ldm(&self, p: &str) -> Option<String> {
         let lpb = self.layers_per_block;
         if let Some((x, t)) = num_after(p, "down_blocks.") {

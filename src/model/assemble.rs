@@ -1,0 +1,196 @@
+//! A model from an embedded template and the user's weights: each template component's diffusers
+//! parameters are looked up in a weights file through a [`Naming`], and the best-fitting template
+//! is chosen by whether every parameter is there with the shape its graph needs.
+//!
+//! [`fit`] tries one template; [`build`] makes the components of a fitted one.
+
+use super::checkpoint::{Checkpoint, Source};
+use super::graph::Graph;
+use super::layout::{source_shape, Component, ComponentKind, GraphFiles, ModelError};
+use super::ldm::Naming;
+use super::template::Template;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// One component's weights: the file and how it names the diffusers parameters.
+pub struct Part<'a> {
+    pub file: &'a Checkpoint,
+    pub naming: Naming,
+}
+
+/// A template every parameter of which was found: per component, the view to open.
+pub struct Fitted {
+    pub template: Template,
+    views: Vec<(ComponentKind, Vec<(String, Source, Vec<usize>)>)>,
+}
+
+/// Why a template does not fit: what was looked for and not found, the first few of them.
+pub struct Misfit {
+    pub template: Template,
+    /// How many parameters were missing or of the wrong shape.
+    pub count: usize,
+    pub examples: Vec<String>,
+}
+
+/// The diffusers parameters a component's graphs read, with the shape each must have.
+fn wanted(
+    template: &Template,
+    kind: ComponentKind,
+) -> Result<BTreeMap<String, Vec<usize>>, ModelError> {
+    let mut out = BTreeMap::new();
+    for cuda in [false, true] {
+        let Some(wm) = template.weightmap(kind, cuda)? else {
+            continue;
+        };
+        for e in &wm.initializers {
+            // An entry whose shape the transform cannot explain is the template's own fault;
+            // the consistency check of the built component reports it.
+            let Some(shape) = source_shape(e, &e.shape) else {
+                continue;
+            };
+            for src in e.sources() {
+                out.entry(src.to_string()).or_insert_with(|| shape.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Looks every parameter of `template` up in `parts`. Components the template has but `parts`
+/// lacks are a misfit, except the VAE encoder, which text-to-image does without.
+pub fn fit(
+    template: Template,
+    parts: &HashMap<ComponentKind, Part>,
+) -> Result<Result<Fitted, Misfit>, ModelError> {
+    let index = template.index()?;
+    let mut views = Vec::new();
+    let mut count = 0;
+    let mut examples = Vec::new();
+    for &kind in &index.components {
+        let Some(part) = parts.get(&kind) else {
+            if kind != ComponentKind::VaeEncoder {
+                count += 1;
+                examples.push(format!("{kind}: the file has no weights for it"));
+            }
+            continue;
+        };
+        let mut view = Vec::new();
+        let wanted = wanted(&template, kind)?;
+        let naming = part.naming.with_names(wanted.keys().map(String::as_str));
+        for (name, shape) in wanted {
+            let candidates = naming.sources(&name, &shape);
+            let found = candidates
+                .iter()
+                .find(|s| part.file.probe(&name, s, &shape).is_ok());
+            match found {
+                Some(s) => view.push((name, s.clone(), shape)),
+                None => {
+                    count += 1;
+                    if examples.len() < 4 {
+                        let why = match candidates.first() {
+                            None => "no place for it in this naming".to_string(),
+                            Some(s) => match part.file.probe(&name, s, &shape) {
+                                Err(e) => e.to_string(),
+                                Ok(()) => "unreadable".to_string(),
+                            },
+                        };
+                        examples.push(format!("{kind} {name}: {why}"));
+                    }
+                }
+            }
+        }
+        views.push((kind, view));
+    }
+    Ok(if count == 0 {
+        Ok(Fitted { template, views })
+    } else {
+        Err(Misfit {
+            template,
+            count,
+            examples,
+        })
+    })
+}
+
+/// The components of a fitted template, their weights read through views of `parts`' files.
+pub fn build(
+    fitted: Fitted,
+    parts: &HashMap<ComponentKind, Part>,
+    path: &Path,
+) -> Result<HashMap<ComponentKind, Component>, ModelError> {
+    let t = fitted.template;
+    let mut components = HashMap::new();
+    for (kind, view) in fitted.views {
+        let Some(part) = parts.get(&kind) else {
+            continue;
+        };
+        let weights = part.file.view(view)?;
+        let graph_of = |cuda: bool| -> Result<Option<GraphFiles>, ModelError> {
+            let Some(weightmap) = t.weightmap(kind, cuda)? else {
+                return Ok(None);
+            };
+            let file = if cuda {
+                "model.cuda.onnx"
+            } else {
+                "model.onnx"
+            };
+            let label = Path::new("template")
+                .join(t.name)
+                .join(kind.dir_name())
+                .join(file);
+            let bytes = t.file(&format!("{kind}/{file}"))?;
+            let graph = Graph::from_bytes(&label, bytes)?;
+            Ok(Some(GraphFiles { graph, weightmap }))
+        };
+        let plain = graph_of(false)?.ok_or_else(|| ModelError::MissingFile {
+            path: Path::new("template").join(t.name).join(kind.dir_name()),
+            what: "the component's weight map",
+        })?;
+        let cuda = graph_of(true)?;
+        let component = Component::new(
+            kind,
+            path.to_path_buf(),
+            plain,
+            cuda,
+            weights,
+            t.config(kind)?,
+        )?;
+        components.insert(kind, component);
+    }
+    Ok(components)
+}
+
+/// The first template of `candidates` that fits, or an error naming the closest one and what it
+/// missed.
+pub fn choose(
+    candidates: Vec<Template>,
+    parts: &HashMap<ComponentKind, Part>,
+    path: &Path,
+    what: &str,
+) -> Result<Fitted, ModelError> {
+    let mut best: Option<Misfit> = None;
+    for t in candidates {
+        match fit(t, parts)? {
+            Ok(f) => return Ok(f),
+            Err(m) => {
+                if best.as_ref().is_none_or(|b| m.count < b.count) {
+                    best = Some(m);
+                }
+            }
+        }
+    }
+    let message = match best {
+        None => format!("no template for {what} is built into this stipple"),
+        Some(m) => format!(
+            "the weights do not fit the {what} architecture stipple knows: closest template {}, \
+             {} parameter(s) missing or of another shape, e.g.\n  {}",
+            m.template.name,
+            m.count,
+            m.examples.join("\n  ")
+        ),
+    };
+    Err(ModelError::Refused {
+        path: path.to_path_buf(),
+        message,
+    })
+}

@@ -1,0 +1,352 @@
+//! Single-file checkpoints (A1111/Civitai `.safetensors` in LDM naming): what architecture a file
+//! is, from its keys and shapes, with the evidence; and the model it makes with an embedded template.
+//!
+//! [`open`] is what [`super::Model::open`] calls for a file; [`detect`] alone is the architecture
+//! check (refiner, SD3, Flux, a LoRA or a VAE given as a model are refused, naming the key).
+
+use super::assemble::{self, Part};
+use super::checkpoint::Checkpoint;
+use super::layout::{
+    check_needed, ComponentKind, Model, ModelError, ModelSource, OpenOptions, TokenizerFiles,
+};
+use super::ldm::{Naming, UnetLayout};
+use super::template::Template;
+use crate::family::Family;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+const UNET: &str = "model.diffusion_model.";
+const VAE: &str = "first_stage_model.";
+
+/// What a checkpoint file is: its family and where each component's weights are.
+#[derive(Debug, Clone)]
+pub struct Architecture {
+    pub family: Family,
+    /// One line of evidence for the family (the keys and widths it was told by).
+    pub evidence: String,
+    pub parts: Vec<(ComponentKind, Naming)>,
+}
+
+/// Tells a checkpoint's architecture from its tensor names and shapes; `Err` is the refusal, with
+/// the key that shows what the file is.
+pub fn detect(shapes: &BTreeMap<String, Vec<usize>>, ema: bool) -> Result<Architecture, String> {
+    let first = |p: &str| shapes.keys().find(|k| k.starts_with(p)).cloned();
+    let containing = |p: &str| shapes.keys().find(|k| k.contains(p)).cloned();
+    let adapter_marks = [
+        "lora_down",
+        "lora_up",
+        "lora_A.",
+        "lora_B.",
+        "hada_w1",
+        "lokr_w1",
+        "oft_blocks",
+        "oft_diag",
+    ];
+    if let Some(k) = adapter_marks.iter().find_map(|m| containing(m)) {
+        return Err(format!(
+            "this is a LoRA-family adapter, not a model (key `{k}`): put it in a LoRA folder and \
+             use it in a prompt as <lora:NAME>"
+        ));
+    }
+    if let Some(k) = containing("joint_blocks.") {
+        return Err(format!(
+            "this is an SD3-family (MMDiT) checkpoint (key `{k}`); stipple runs SD 1.x and SDXL"
+        ));
+    }
+    if let Some(k) =
+        containing("double_blocks.").or_else(|| containing("single_transformer_blocks."))
+    {
+        return Err(format!(
+            "this is a Flux-family checkpoint (key `{k}`); stipple runs SD 1.x and SDXL"
+        ));
+    }
+    let Some(unet_key) = first(UNET) else {
+        let vae = first(VAE)
+            .or_else(|| first("encoder.down."))
+            .or_else(|| first("decoder.up."))
+            .or_else(|| first("decoder.up_blocks."));
+        if let Some(k) = vae {
+            return Err(format!(
+                "this is a VAE, not a model (key `{k}`, no `{UNET}*` keys)"
+            ));
+        }
+        let te = first("cond_stage_model.").or_else(|| first("conditioner."));
+        return Err(match (te, shapes.keys().next()) {
+            (Some(k), _) => format!("the file has no UNet (no `{UNET}*` keys; it has `{k}`)"),
+            (None, Some(k)) => format!(
+                "not a Stable Diffusion checkpoint: none of its {} tensors is `{UNET}*` (first: `{k}`)",
+                shapes.len()
+            ),
+            (None, None) => "the file holds no tensors".to_string(),
+        });
+    };
+    let width = shapes
+        .iter()
+        .find(|(k, _)| k.starts_with(UNET) && k.ends_with("attn2.to_k.weight"))
+        .and_then(|(_, s)| s.get(1).copied());
+    let width_note = width
+        .map(|w| format!("cross-attention width {w}"))
+        .unwrap_or_else(|| "no cross-attention".into());
+    let in_key = format!("{UNET}input_blocks.0.0.weight");
+    if let Some(ch) = shapes.get(&in_key).and_then(|s| s.get(1)) {
+        if *ch != 4 {
+            let what = if *ch == 9 {
+                "an inpainting UNet (9 input channels)".to_string()
+            } else {
+                format!("a UNet with {ch} input channels")
+            };
+            return Err(format!(
+                "this is {what} (`{in_key}`); stipple runs 4-channel text-to-image UNets for now"
+            ));
+        }
+    }
+    let unet_naming = if ema {
+        if first("model_ema.").is_none() {
+            return Err(
+                "--ema asks for EMA weights, but the file has no `model_ema.*` keys".into(),
+            );
+        }
+        Naming::UnetEma {
+            layout: UnetLayout::default(),
+        }
+    } else {
+        Naming::unet(UNET, [])
+    };
+    let vae = Naming::vae(VAE, []);
+    let unet_and_vae = [
+        (ComponentKind::Unet, unet_naming),
+        (ComponentKind::VaeDecoder, vae.clone()),
+        (ComponentKind::VaeEncoder, vae),
+    ];
+    let clip_l = |prefix: &str| Naming::ClipL {
+        prefix: prefix.to_string(),
+    };
+    let (family, evidence, encoders) = if first("conditioner.embedders.1.model.").is_some() {
+        (
+            Family::Sdxl,
+            format!("SDXL (`conditioner.embedders.1.model.*`: OpenCLIP-G; {width_note})"),
+            vec![
+                (
+                    ComponentKind::TextEncoder,
+                    clip_l("conditioner.embedders.0.transformer."),
+                ),
+                (
+                    ComponentKind::TextEncoder2,
+                    Naming::OpenClip {
+                        prefix: "conditioner.embedders.1.model.".into(),
+                    },
+                ),
+            ],
+        )
+    } else if let Some(k) = first("conditioner.embedders.0.model.") {
+        return Err(format!(
+            "this is an SDXL refiner (only an OpenCLIP-G text encoder, `{k}`; {width_note}); \
+             stipple runs SDXL base models and their finetunes"
+        ));
+    } else if let Some(k) = first("cond_stage_model.model.") {
+        return Err(format!(
+            "this is an SD 2.x checkpoint (OpenCLIP-H text encoder, `{k}`; {width_note}); \
+             stipple runs SD 1.x and SDXL for now"
+        ));
+    } else if first("cond_stage_model.transformer.").is_some() {
+        (
+            Family::Sd1,
+            format!("SD 1.x (`cond_stage_model.transformer.*`: CLIP-L; {width_note})"),
+            vec![(
+                ComponentKind::TextEncoder,
+                clip_l("cond_stage_model.transformer."),
+            )],
+        )
+    } else {
+        return Err(format!(
+            "the file has a UNet (`{unet_key}`) but no text encoder stipple knows \
+             (`cond_stage_model.transformer.*` or `conditioner.embedders.*`)"
+        ));
+    };
+    let mut parts = encoders;
+    parts.extend(unet_and_vae);
+    if first(VAE).is_none() {
+        return Err(format!(
+            "the file has no VAE (no `{VAE}*` keys); {evidence}"
+        ));
+    }
+    Ok(Architecture {
+        family,
+        evidence,
+        parts,
+    })
+}
+
+/// Templates of `family`, the preferred precision first.
+pub(super) fn candidates(family: Family, prefer_fp16: bool) -> Result<Vec<Template>, ModelError> {
+    let mut out = Vec::new();
+    for t in Template::all() {
+        let index = t.index()?;
+        if index.family == family {
+            let rank = u8::from((index.dtype == "fp16") != prefer_fp16);
+            out.push((rank, t));
+        }
+    }
+    out.sort_by_key(|(rank, _)| *rank);
+    Ok(out.into_iter().map(|(_, t)| t).collect())
+}
+
+/// Opens a `.safetensors` single-file checkpoint (pickled `.ckpt`/`.pt`/`.bin` files are refused).
+pub fn open(path: &Path, opts: OpenOptions) -> Result<Model, ModelError> {
+    let refuse = |message: String| ModelError::Refused {
+        path: path.to_path_buf(),
+        message,
+    };
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "safetensors" => {}
+        "ckpt" | "pt" | "pth" | "bin" | "pkl" => {
+            return Err(refuse(format!(
+                "a .{ext} file is a Python pickle, and loading one can run code; stipple reads \
+                 .safetensors checkpoints only (most models are published in both forms)"
+            )))
+        }
+        _ => {
+            return Err(refuse(
+                "not a model: give a .safetensors checkpoint or a model folder".into(),
+            ))
+        }
+    }
+    let file = Checkpoint::open_any(path)?;
+    let shapes: BTreeMap<String, Vec<usize>> = file.file_shapes().into_iter().collect();
+    let arch = detect(&shapes, opts.ema).map_err(refuse)?;
+    let parts: HashMap<ComponentKind, Part> = arch
+        .parts
+        .into_iter()
+        .map(|(kind, naming)| {
+            (
+                kind,
+                Part {
+                    file: &file,
+                    naming,
+                },
+            )
+        })
+        .collect();
+    let fitted = assemble::choose(
+        candidates(arch.family, opts.prefer_fp16)?,
+        &parts,
+        path,
+        &arch.evidence,
+    )?;
+    let template = fitted.template;
+    let index = template.index()?;
+    let components = assemble::build(fitted, &parts, path)?;
+    check_needed(&index, &components, path)?;
+    let tokenizers = arch
+        .family
+        .facts()
+        .encoders
+        .iter()
+        .map(|e| TokenizerFiles::Bundled { pad: e.pad_token })
+        .collect();
+    tracing::info!(
+        "{}: {} through template {}",
+        path.display(),
+        arch.evidence,
+        template.name
+    );
+    Ok(Model {
+        dir: path.to_path_buf(),
+        index,
+        components,
+        tokenizers,
+        scheduler_config: template.scheduler_config()?,
+        source: ModelSource::SingleFile {
+            template: template.name,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shapes(keys: &[(&str, &[usize])]) -> BTreeMap<String, Vec<usize>> {
+        keys.iter()
+            .map(|(k, s)| (k.to_string(), s.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn refusals_name_the_key_that_shows_what_the_file_is() {
+        let lora = shapes(&[(
+            "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight",
+            &[4, 320],
+        )]);
+        assert!(detect(&lora, false).unwrap_err().contains("LoRA"));
+        let sd3 = shapes(&[(
+            "model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight",
+            &[4, 4],
+        )]);
+        assert!(detect(&sd3, false).unwrap_err().contains("SD3"));
+        let flux = shapes(&[("double_blocks.0.img_attn.qkv.weight", &[4, 4])]);
+        assert!(detect(&flux, false).unwrap_err().contains("Flux"));
+        let vae = shapes(&[("encoder.down.0.block.0.conv1.weight", &[4, 4, 3, 3])]);
+        assert!(detect(&vae, false).unwrap_err().contains("VAE"));
+        let refiner = shapes(&[
+            (
+                "model.diffusion_model.input_blocks.0.0.weight",
+                &[384, 4, 3, 3],
+            ),
+            ("conditioner.embedders.0.model.ln_final.weight", &[1280]),
+            ("first_stage_model.decoder.conv_in.weight", &[512, 4, 3, 3]),
+        ]);
+        assert!(detect(&refiner, false).unwrap_err().contains("refiner"));
+        let inpaint = shapes(&[
+            (
+                "model.diffusion_model.input_blocks.0.0.weight",
+                &[320, 9, 3, 3],
+            ),
+            (
+                "cond_stage_model.transformer.text_model.final_layer_norm.weight",
+                &[768],
+            ),
+        ]);
+        assert!(detect(&inpaint, false).unwrap_err().contains("inpainting"));
+    }
+
+    #[test]
+    fn sd1_and_sdxl_are_told_by_their_text_encoders() {
+        let sd1 = shapes(&[
+            (
+                "model.diffusion_model.input_blocks.0.0.weight",
+                &[320, 4, 3, 3],
+            ),
+            (
+                "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+                &[320, 768],
+            ),
+            (
+                "cond_stage_model.transformer.text_model.final_layer_norm.weight",
+                &[768],
+            ),
+            ("first_stage_model.decoder.conv_in.weight", &[512, 4, 3, 3]),
+        ]);
+        let a = detect(&sd1, false).unwrap();
+        assert_eq!(a.family, Family::Sd1);
+        assert!(a.evidence.contains("768"), "{}", a.evidence);
+        let xl = shapes(&[
+            (
+                "model.diffusion_model.input_blocks.0.0.weight",
+                &[320, 4, 3, 3],
+            ),
+            (
+                "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight",
+                &[768],
+            ),
+            ("conditioner.embedders.1.model.ln_final.weight", &[1280]),
+            ("first_stage_model.decoder.conv_in.weight", &[512, 4, 3, 3]),
+        ]);
+        assert_eq!(detect(&xl, false).unwrap().family, Family::Sdxl);
+        assert!(detect(&xl, true).unwrap_err().contains("model_ema"));
+    }
+}
