@@ -92,7 +92,8 @@ pub enum ModelError {
     },
     #[error(transparent)]
     Template(#[from] super::template::TemplateError),
-    #[error("{path}: {message}")]
+    /// A file or folder that is not a model stipple runs; `message` says what it is instead.
+    #[error("{message}")]
     Refused { path: PathBuf, message: String },
 }
 

@@ -61,6 +61,11 @@ pub fn detect(shapes: &BTreeMap<String, Vec<usize>>, ema: bool) -> Result<Archit
         ));
     }
     let Some(unet_key) = first(UNET) else {
+        if let Some(k) = first("cond_stage_model.").or_else(|| first("conditioner.")) {
+            return Err(format!(
+                "the file has no UNet (no `{UNET}*` keys; it has `{k}`)"
+            ));
+        }
         let vae = first(VAE)
             .or_else(|| first("encoder.down."))
             .or_else(|| first("decoder.up."))
@@ -70,14 +75,12 @@ pub fn detect(shapes: &BTreeMap<String, Vec<usize>>, ema: bool) -> Result<Archit
                 "this is a VAE, not a model (key `{k}`, no `{UNET}*` keys)"
             ));
         }
-        let te = first("cond_stage_model.").or_else(|| first("conditioner."));
-        return Err(match (te, shapes.keys().next()) {
-            (Some(k), _) => format!("the file has no UNet (no `{UNET}*` keys; it has `{k}`)"),
-            (None, Some(k)) => format!(
+        return Err(match shapes.keys().next() {
+            Some(k) => format!(
                 "not a Stable Diffusion checkpoint: none of its {} tensors is `{UNET}*` (first: `{k}`)",
                 shapes.len()
             ),
-            (None, None) => "the file holds no tensors".to_string(),
+            None => "the file holds no tensors".to_string(),
         });
     };
     let width = shapes
@@ -218,6 +221,22 @@ pub fn open(path: &Path, opts: OpenOptions) -> Result<Model, ModelError> {
     let file = Checkpoint::open_any(path)?;
     let shapes: BTreeMap<String, Vec<usize>> = file.file_shapes().into_iter().collect();
     let arch = detect(&shapes, opts.ema).map_err(refuse)?;
+    // A weight stored in a type stipple does not read (F8, say) is named here rather than as one
+    // of many misfits; integer buffers (position ids, EMA counters) are not weights.
+    for key in shapes.keys() {
+        if let Some(dtype) = file.file_dtype(key) {
+            use safetensors::Dtype;
+            let weight_like = !matches!(
+                dtype,
+                Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::I64 | Dtype::I32 | Dtype::F64
+            );
+            if weight_like {
+                return Err(refuse(format!(
+                    "tensor `{key}` is stored as {dtype:?}; stipple reads F32, F16 and BF16 weights"
+                )));
+            }
+        }
+    }
     let parts: HashMap<ComponentKind, Part> = arch
         .parts
         .into_iter()

@@ -14,6 +14,7 @@ mod prompt;
 mod resident;
 mod sdxl;
 mod sdxl_adapters;
+mod single_file;
 mod tui_config;
 mod tui_flows;
 mod tui_screens;

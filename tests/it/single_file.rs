@@ -1,0 +1,272 @@
+//! Models as people have them: single-file LDM checkpoints and diffusers folders, opened through
+//! the embedded templates. The fixtures are written by `scripts/single_file_fixtures.py` from the
+//! tiny models and checked there by diffusers' own converters, so a stipple image from a file must
+//! equal the folder model's, and diffusers' references where the weights differ.
+
+use crate::util::*;
+use std::path::{Path, PathBuf};
+use stipple::job::{Job, Sampler};
+use stipple::model::{Model, ModelSource, OpenOptions};
+use stipple::pipeline::Generator;
+use stipple::runtime::SessionOptions;
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures/single-file").join(name)
+}
+
+fn load(path: &Path, opts: SessionOptions) -> Generator {
+    Generator::load(path, runtime(), opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The settings of the fixtures' reference images.
+fn job(sampler: Sampler, steps: u32) -> Job {
+    Job {
+        prompt: "a red fox in the snow".into(),
+        negative: "blurry".into(),
+        sampler,
+        steps,
+        cfg: 7.0,
+        width: 64,
+        height: 64,
+        seed: 42,
+        batch: 1,
+    }
+}
+
+fn image(g: &mut Generator, job: &Job) -> Vec<u8> {
+    try_image(g, job).unwrap_or_else(|e| panic!("{job:?}: {e}"))
+}
+
+fn png_pixels(path: &Path) -> Vec<u8> {
+    let img = image::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_rgb8();
+    img.into_raw()
+}
+
+/// (largest, mean) per-channel difference.
+fn diff(a: &[u8], b: &[u8]) -> (u8, f64) {
+    assert_eq!(a.len(), b.len());
+    let max = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap_or(0);
+    let sum: u64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| u64::from(x.abs_diff(*y)))
+        .sum();
+    (max, sum as f64 / a.len().max(1) as f64)
+}
+
+const SAMPLERS: [Sampler; 5] = [
+    Sampler::Euler,
+    Sampler::EulerA,
+    Sampler::Ddim,
+    Sampler::DpmPp2m,
+    Sampler::DpmPp2mKarras,
+];
+
+#[test]
+fn sd15_single_file_equals_the_folder_model_for_every_sampler() {
+    let mut file = load(&fixture("tiny-sd15.safetensors"), SessionOptions::default());
+    assert!(matches!(
+        file.model.source,
+        ModelSource::SingleFile {
+            template: "tiny-sd15"
+        }
+    ));
+    let mut folder = generator();
+    for s in SAMPLERS {
+        let j = job(s, 4);
+        assert_eq!(image(&mut file, &j), image(&mut folder, &j), "{s:?}");
+    }
+    // diffusers' own image of these weights (the fixture's reference) within rounding.
+    let reference = png_pixels(&reference("image.euler.4.png"));
+    let (max, mean) = diff(&image(&mut file, &job(Sampler::Euler, 4)), &reference);
+    assert!(
+        max <= 1 && mean < 0.01,
+        "vs diffusers: max {max}, mean {mean}"
+    );
+}
+
+#[test]
+fn old_clip_layout_in_f32_equals_the_folder_model() {
+    let mut file = load(
+        &fixture("tiny-sd15-oldclip-f32.safetensors"),
+        SessionOptions::default(),
+    );
+    let j = job(Sampler::DpmPp2m, 4);
+    assert_eq!(image(&mut file, &j), image(&mut generator(), &j));
+}
+
+#[test]
+fn sdxl_single_file_equals_the_folder_model() {
+    let mut file = load(&fixture("tiny-sdxl.safetensors"), SessionOptions::default());
+    let mut folder = load(&crate::sdxl::tiny_sdxl(), SessionOptions::default());
+    for s in [Sampler::Euler, Sampler::DpmPp2mKarras] {
+        let j = job(s, 4);
+        assert_eq!(image(&mut file, &j), image(&mut folder, &j), "{s:?}");
+    }
+}
+
+/// BF16 weights (and their EMA copy, with `ema`) against diffusers' images of the same values.
+#[test]
+fn bf16_and_ema_weights_match_diffusers() {
+    for (ema, reference) in [
+        (false, "tiny-sd15-bf16-ema.euler.4.png"),
+        (true, "tiny-sd15-bf16-ema.ema.euler.4.png"),
+    ] {
+        let mut g = load(
+            &fixture("tiny-sd15-bf16-ema.safetensors"),
+            SessionOptions {
+                ema,
+                ..SessionOptions::default()
+            },
+        );
+        let ours = image(&mut g, &job(Sampler::Euler, 4));
+        let (max, mean) = diff(&ours, &png_pixels(&fixture("reference").join(reference)));
+        assert!(max <= 1 && mean < 0.01, "ema {ema}: max {max}, mean {mean}");
+    }
+}
+
+/// A Hugging Face folder (fp16 variant, `tokenizer.json` only, text encoder without
+/// `text_model.`): with the fixture folder's scheduler config it is the same model; with its own
+/// (PNDM's, "leading" spacing written out) the scheduler follows it, as diffusers does.
+#[test]
+fn diffusers_folder_is_the_same_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hf");
+    copy_dir(&fixture("tiny-sd15-diffusers"), &dir);
+    assert!(!dir.join("tokenizer/vocab.json").exists());
+    let own = image(
+        &mut load(&dir, SessionOptions::default()),
+        &job(Sampler::Euler, 4),
+    );
+    std::fs::copy(
+        tiny_model().join("scheduler/scheduler_config.json"),
+        dir.join("scheduler/scheduler_config.json"),
+    )
+    .unwrap();
+    let mut g = load(&dir, SessionOptions::default());
+    assert!(matches!(g.model.source, ModelSource::Diffusers { .. }));
+    let j = job(Sampler::Euler, 4);
+    let same = image(&mut g, &j);
+    assert_eq!(same, image(&mut generator(), &j));
+    assert_ne!(own, same, "the folder's own scheduler config was not used");
+}
+
+/// Adapters reach a single file's weights under their diffusers names, in both weight modes.
+#[test]
+fn adapters_on_a_single_file_equal_the_folder_model() {
+    let prompt = "a red fox <lora:lyco_locon:0.8> <lora:lyco_te:0.6>";
+    let mut j = small_job(prompt, 7);
+    j.steps = 2;
+    let mut folder = generator();
+    folder.set_lora_dirs(vec![root().join("tests/fixtures/lora")]);
+    let want = image(&mut folder, &j);
+    for resident in [false, true] {
+        let mut g = load(
+            &fixture("tiny-sd15.safetensors"),
+            SessionOptions {
+                resident: Some(resident),
+                ..SessionOptions::default()
+            },
+        );
+        g.set_lora_dirs(vec![root().join("tests/fixtures/lora")]);
+        let got = image(&mut g, &j);
+        let (max, _) = diff(&got, &want);
+        assert!(max <= 1, "resident {resident}: max {max}");
+        if !resident {
+            assert_eq!(got, want);
+        }
+    }
+}
+
+/// Every parameter of the tiny architectures is read by exactly one initializer of the plain
+/// graph of its template, and the template reaches nothing else.
+#[test]
+fn tiny_templates_reach_every_parameter_once() {
+    use stipple::model::template::Template;
+    for (name, dir) in [
+        ("tiny-sd15", tiny_model()),
+        ("tiny-sdxl", crate::sdxl::tiny_sdxl()),
+    ] {
+        let t = Template::named(name).unwrap();
+        for kind in t.index().unwrap().components {
+            let wm = t.weightmap(kind, false).unwrap().unwrap();
+            let mut reached: Vec<String> = wm
+                .initializers
+                .iter()
+                .flat_map(|e| e.sources().into_iter().map(str::to_string))
+                .collect();
+            reached.sort();
+            let n = reached.len();
+            reached.dedup();
+            assert_eq!(n, reached.len(), "{name} {kind}: a parameter read twice");
+            let weights = stipple::model::Checkpoint::open(
+                &dir.join(kind.dir_name()).join("weights.safetensors"),
+            )
+            .unwrap();
+            let mut params: Vec<String> = weights.shapes().into_keys().collect();
+            params.sort();
+            assert_eq!(reached, params, "{name} {kind}");
+        }
+    }
+}
+
+/// Each bad input: one clear error naming what the file is, exit status 1, nothing written.
+#[test]
+fn files_that_are_not_models_are_refused_with_the_evidence() {
+    let out = tempfile::tempdir().unwrap();
+    let cases: [(PathBuf, &str); 10] = [
+        (fixture("bad/refiner.safetensors"), "SDXL refiner"),
+        (fixture("bad/sd3.safetensors"), "joint_blocks"),
+        (fixture("bad/flux.safetensors"), "Flux"),
+        (
+            fixture("bad/truncated.safetensors"),
+            "not a valid safetensors file",
+        ),
+        (
+            fixture("bad/header_past_end.safetensors"),
+            "invalid header length",
+        ),
+        (fixture("bad/f8.safetensors"), "F8_E4M3"),
+        (fixture("bad/model.ckpt"), "pickle"),
+        (fixture("bad/no_unet.safetensors"), "no UNet"),
+        (fixture("tiny-vae.safetensors"), "this is a VAE"),
+        (
+            root().join("tests/fixtures/lora/lyco_locon.safetensors"),
+            "LoRA-family adapter",
+        ),
+    ];
+    for (path, needle) in cases {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_stipple"))
+            .current_dir(root())
+            .args(["generate", "--prompt", "x", "--steps", "1", "--model"])
+            .arg(&path)
+            .arg("--out")
+            .arg(out.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{}: {stderr}", path.display());
+        assert!(stderr.contains(needle), "{}: {stderr}", path.display());
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        let errors = stderr.lines().filter(|l| l.starts_with("error")).count();
+        assert_eq!(errors, 1, "{stderr}");
+    }
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+    // A diffusers folder missing a component.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hf");
+    copy_dir(&fixture("tiny-sd15-diffusers"), &dir);
+    std::fs::remove_dir_all(dir.join("unet")).unwrap();
+    let err = Model::open_with(&dir, OpenOptions::default())
+        .err()
+        .expect("a folder without a UNet is refused")
+        .to_string();
+    assert!(err.contains("unet"), "{err}");
+}
