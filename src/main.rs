@@ -296,6 +296,9 @@ struct ModelArgs {
     /// Use a single-file checkpoint's EMA UNet weights (`model_ema.*`) instead of the trained ones
     #[arg(long)]
     ema: bool,
+    /// A separate VAE (.safetensors, LDM or diffusers naming) to use instead of the model's own
+    #[arg(long, value_name = "FILE")]
+    vae: Option<PathBuf>,
     #[command(flatten)]
     cuda: CudaArgs,
 }
@@ -310,6 +313,7 @@ impl ModelArgs {
             graph: self.graph.parse().map_err(anyhow::Error::msg)?,
             resident: self.resident_weights,
             ema: self.ema,
+            vae: self.vae.clone(),
             cuda: cuda_options(
                 stipple::config::load_cuda(&stipple::config::Dirs::discover())?,
                 &self.cuda,

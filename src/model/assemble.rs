@@ -2,13 +2,15 @@
 //! parameters are looked up in a weights file through a [`Naming`], and the best-fitting template
 //! is chosen by whether every parameter is there with the shape its graph needs.
 //!
-//! [`fit`] tries one template; [`build`] makes the components of a fitted one.
+//! [`fit`] tries one template; [`build`] makes the components of a fitted one; [`lookup`] finds
+//! one component's parameters in a file (a separate VAE, say).
 
 use super::checkpoint::{Checkpoint, Source};
 use super::graph::Graph;
 use super::layout::{source_shape, Component, ComponentKind, GraphFiles, ModelError};
 use super::ldm::Naming;
 use super::template::Template;
+use super::weightmap::WeightMap;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -32,16 +34,12 @@ pub struct Misfit {
     pub examples: Vec<String>,
 }
 
-/// The diffusers parameters a component's graphs read, with the shape each must have.
-fn wanted(
-    template: &Template,
-    kind: ComponentKind,
-) -> Result<BTreeMap<String, Vec<usize>>, ModelError> {
+/// The diffusers parameters `maps` (a component's weight maps) read, with the shape each must have.
+pub fn wanted_in<'a>(
+    maps: impl IntoIterator<Item = &'a WeightMap>,
+) -> BTreeMap<String, Vec<usize>> {
     let mut out = BTreeMap::new();
-    for cuda in [false, true] {
-        let Some(wm) = template.weightmap(kind, cuda)? else {
-            continue;
-        };
+    for wm in maps {
         for e in &wm.initializers {
             // An entry whose shape the transform cannot explain is the template's own fault;
             // the consistency check of the built component reports it.
@@ -53,7 +51,58 @@ fn wanted(
             }
         }
     }
-    Ok(out)
+    out
+}
+
+fn wanted(
+    template: &Template,
+    kind: ComponentKind,
+) -> Result<BTreeMap<String, Vec<usize>>, ModelError> {
+    let maps = [
+        template.weightmap(kind, false)?,
+        template.weightmap(kind, true)?,
+    ];
+    Ok(wanted_in(maps.iter().flatten()))
+}
+
+/// Finds each of `wanted` in `part`: the view to open, or how many were not found (with the first
+/// few, prefixed by `kind`, added to `examples`).
+pub fn lookup(
+    part: &Part,
+    kind: ComponentKind,
+    wanted: BTreeMap<String, Vec<usize>>,
+    examples: &mut Vec<String>,
+) -> Result<Vec<(String, Source, Vec<usize>)>, usize> {
+    let naming = part.naming.with_names(wanted.keys().map(String::as_str));
+    let mut view = Vec::new();
+    let mut missing = 0;
+    for (name, shape) in wanted {
+        let candidates = naming.sources(&name, &shape);
+        let found = candidates
+            .iter()
+            .find(|s| part.file.probe(&name, s, &shape).is_ok());
+        match found {
+            Some(s) => view.push((name, s.clone(), shape)),
+            None => {
+                missing += 1;
+                if examples.len() < 4 {
+                    let why = match candidates.first() {
+                        None => "no place for it in this naming".to_string(),
+                        Some(s) => match part.file.probe(&name, s, &shape) {
+                            Err(e) => e.to_string(),
+                            Ok(()) => "unreadable".to_string(),
+                        },
+                    };
+                    examples.push(format!("{kind} {name}: {why}"));
+                }
+            }
+        }
+    }
+    if missing == 0 {
+        Ok(view)
+    } else {
+        Err(missing)
+    }
 }
 
 /// Looks every parameter of `template` up in `parts`. Components the template has but `parts`
@@ -74,32 +123,10 @@ pub fn fit(
             }
             continue;
         };
-        let mut view = Vec::new();
-        let wanted = wanted(&template, kind)?;
-        let naming = part.naming.with_names(wanted.keys().map(String::as_str));
-        for (name, shape) in wanted {
-            let candidates = naming.sources(&name, &shape);
-            let found = candidates
-                .iter()
-                .find(|s| part.file.probe(&name, s, &shape).is_ok());
-            match found {
-                Some(s) => view.push((name, s.clone(), shape)),
-                None => {
-                    count += 1;
-                    if examples.len() < 4 {
-                        let why = match candidates.first() {
-                            None => "no place for it in this naming".to_string(),
-                            Some(s) => match part.file.probe(&name, s, &shape) {
-                                Err(e) => e.to_string(),
-                                Ok(()) => "unreadable".to_string(),
-                            },
-                        };
-                        examples.push(format!("{kind} {name}: {why}"));
-                    }
-                }
-            }
+        match lookup(part, kind, wanted(&template, kind)?, &mut examples) {
+            Ok(view) => views.push((kind, view)),
+            Err(missing) => count += missing,
         }
-        views.push((kind, view));
     }
     Ok(if count == 0 {
         Ok(Fitted { template, views })

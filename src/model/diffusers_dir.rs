@@ -89,7 +89,11 @@ fn family_of(dir: &Path, class: &str) -> Result<Family, String> {
     ))
 }
 
-pub fn open(dir: &Path, index: &serde_json::Value, opts: OpenOptions) -> Result<Model, ModelError> {
+pub fn open(
+    dir: &Path,
+    index: &serde_json::Value,
+    opts: &OpenOptions,
+) -> Result<Model, ModelError> {
     let refuse = |message: String| ModelError::Refused {
         path: dir.to_path_buf(),
         message,
@@ -177,5 +181,6 @@ pub fn open(dir: &Path, index: &serde_json::Value, opts: OpenOptions) -> Result<
         source: ModelSource::Diffusers {
             template: template.name,
         },
+        vae: None,
     })
 }

@@ -147,13 +147,16 @@ pub enum ModelSource {
     SingleFile { template: &'static str },
 }
 
-/// How to open a model: which template precision to prefer, and whether to read EMA weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How to open a model: which template precision to prefer, whether to read EMA weights, and a
+/// separate VAE.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct OpenOptions {
     /// Prefer fp16 graphs (GPU) over fp32 ones (CPU) when a checkpoint fits both.
     pub prefer_fp16: bool,
     /// Read a single-file checkpoint's `model_ema.*` UNet weights instead of the trained ones.
     pub ema: bool,
+    /// A VAE file read instead of the model's own VAE (`--vae`).
+    pub vae: Option<PathBuf>,
 }
 
 /// An opened model.
@@ -167,6 +170,8 @@ pub struct Model {
     /// The scheduler's `scheduler_config.json`.
     pub scheduler_config: String,
     pub source: ModelSource,
+    /// The separate VAE file read instead of the model's own, if any.
+    pub vae: Option<PathBuf>,
 }
 
 pub(super) fn read_json<T: serde::de::DeserializeOwned>(
@@ -197,6 +202,14 @@ impl Model {
     }
 
     pub fn open_with(path: &Path, opts: OpenOptions) -> Result<Model, ModelError> {
+        let mut model = Model::open_base(path, &opts)?;
+        if let Some(vae) = &opts.vae {
+            super::vae_file::replace_vae(&mut model, vae)?;
+        }
+        Ok(model)
+    }
+
+    fn open_base(path: &Path, opts: &OpenOptions) -> Result<Model, ModelError> {
         if path.is_file() {
             return super::single_file::open(path, opts);
         }
@@ -257,6 +270,7 @@ impl Model {
             tokenizers,
             scheduler_config,
             source: ModelSource::Folder,
+            vae: None,
         })
     }
 

@@ -16,6 +16,7 @@ pub mod ldm;
 pub mod onnx_proto;
 pub mod single_file;
 pub mod template;
+pub mod vae_file;
 pub mod weightmap;
 
 pub use checkpoint::{Checkpoint, CheckpointError};

@@ -195,7 +195,7 @@ pub(super) fn candidates(family: Family, prefer_fp16: bool) -> Result<Vec<Templa
 }
 
 /// Opens a `.safetensors` single-file checkpoint (pickled `.ckpt`/`.pt`/`.bin` files are refused).
-pub fn open(path: &Path, opts: OpenOptions) -> Result<Model, ModelError> {
+pub fn open(path: &Path, opts: &OpenOptions) -> Result<Model, ModelError> {
     let refuse = |message: String| ModelError::Refused {
         path: path.to_path_buf(),
         message,
@@ -282,6 +282,7 @@ pub fn open(path: &Path, opts: OpenOptions) -> Result<Model, ModelError> {
         source: ModelSource::SingleFile {
             template: template.name,
         },
+        vae: None,
     })
 }
 

@@ -33,6 +33,8 @@ pub struct SessionOptions {
     pub resident: Option<bool>,
     /// Read a single-file checkpoint's EMA UNet weights (`--ema`).
     pub ema: bool,
+    /// A separate VAE file to read instead of the model's own (`--vae`).
+    pub vae: Option<std::path::PathBuf>,
 }
 
 impl SessionOptions {
@@ -47,6 +49,7 @@ impl SessionOptions {
         crate::model::OpenOptions {
             prefer_fp16: !matches!(self.device, Device::Cpu),
             ema: self.ema,
+            vae: self.vae.clone(),
         }
     }
 

@@ -270,3 +270,57 @@ fn files_that_are_not_models_are_refused_with_the_evidence() {
         .to_string();
     assert!(err.contains("unet"), "{err}");
 }
+
+/// `--vae`: a standalone VAE in LDM naming without a prefix replaces the model's own, for a
+/// stipple folder and a single file alike, and matches diffusers with that VAE swapped in; a VAE
+/// of another shape is refused and a LoRA given as a VAE too.
+#[test]
+fn a_separate_vae_replaces_the_models_own() {
+    let vae = fixture("tiny-vae.safetensors");
+    let reference = png_pixels(&fixture("reference/tiny-sd15+vae.euler.4.png"));
+    let with_vae = || SessionOptions {
+        vae: Some(vae.clone()),
+        ..SessionOptions::default()
+    };
+    let j = job(Sampler::Euler, 4);
+    let mut images = Vec::new();
+    for model in [tiny_model(), fixture("tiny-sd15.safetensors")] {
+        let mut g = load(&model, with_vae());
+        assert_eq!(g.model.vae.as_deref(), Some(vae.as_path()));
+        let ours = image(&mut g, &j);
+        let (max, mean) = diff(&ours, &reference);
+        assert!(
+            max <= 1 && mean < 0.01,
+            "{}: max {max}, mean {mean}",
+            model.display()
+        );
+        images.push(ours);
+    }
+    assert_eq!(images[0], images[1]);
+    assert_ne!(
+        images[0],
+        image(&mut generator(), &j),
+        "the VAE made no difference"
+    );
+
+    let refused = |vae: PathBuf, model: PathBuf| {
+        Model::open_with(
+            &model,
+            OpenOptions {
+                vae: Some(vae),
+                ..OpenOptions::default()
+            },
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
+    };
+    let err = refused(
+        root().join("tests/fixtures/lora/lyco_locon.safetensors"),
+        tiny_model(),
+    );
+    assert!(err.contains("not a VAE"), "{err}");
+    // A whole checkpoint given as a VAE.
+    let err = refused(fixture("tiny-sd15.safetensors"), tiny_model());
+    assert!(err.contains("whole checkpoint"), "{err}");
+}
