@@ -24,6 +24,8 @@ pub enum BakeError {
     Pipeline(#[from] PipelineError),
     #[error("{0} already exists; bake never writes into an existing folder")]
     Exists(PathBuf),
+    #[error("{0}: bake writes a stipple folder from a stipple folder; a checkpoint file or diffusers folder keeps its adapters in the prompt (or use `lora merge`)")]
+    NotAFolder(PathBuf),
     #[error("--lora {arg:?}: {message}")]
     Spec { arg: String, message: String },
     #[error("cannot write {path}: {source}")]
@@ -82,6 +84,9 @@ pub fn bake(
         return Err(BakeError::Exists(out.to_path_buf()));
     }
     let model = Model::open(model_dir)?;
+    if model.source != crate::model::ModelSource::Folder {
+        return Err(BakeError::NotAFolder(model_dir.to_path_buf()));
+    }
     let mut active = Vec::new();
     for (path, tag) in loras {
         let adapter = Adapter::open(path).map_err(|e| PipelineError::Adapter(e.to_string()))?;

@@ -194,11 +194,11 @@ struct MergeArgs {
 
 #[derive(Args)]
 struct ExtractArgs {
-    /// The original model folder
-    #[arg(long, value_name = "DIR")]
+    /// The original model (checkpoint file, diffusers folder or stipple folder)
+    #[arg(long, value_name = "PATH")]
     base: PathBuf,
-    /// The fine-tuned model folder (same architecture)
-    #[arg(long, value_name = "DIR")]
+    /// The fine-tuned model (same architecture; any of the three forms)
+    #[arg(long, value_name = "PATH")]
     tuned: PathBuf,
     /// The extracted LoRA (.safetensors)
     #[arg(long)]
@@ -233,8 +233,8 @@ struct InspectArgs {
 
 #[derive(Args)]
 struct BakeArgs {
-    /// Model: a .safetensors checkpoint, a diffusers folder or a stipple folder (default: the bundled tiny model)
-    #[arg(long, value_name = "PATH")]
+    /// Stipple model folder to bake into (default: the bundled tiny model)
+    #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
     /// FILE[:STRENGTH][:KEY=VALUE...] with the keys of a <lora:...> tag (te, unet, in, mid, out, lbw, dyn)
     #[arg(long, required = true)]
@@ -769,6 +769,17 @@ fn cmd_doctor(cli: &Cli, a: &DoctorArgs) -> Result<()> {
                 m.index.family.facts().name,
                 m.index.dtype
             )?;
+            match &m.source {
+                stipple::model::ModelSource::Folder => {}
+                stipple::model::ModelSource::SingleFile { template } => writeln!(
+                    s,
+                    "  single-file checkpoint, graphs of the built-in template {template}"
+                )?,
+                stipple::model::ModelSource::Diffusers { template } => writeln!(
+                    s,
+                    "  diffusers folder, graphs of the built-in template {template}"
+                )?,
+            }
             let mut kinds: Vec<_> = m.components.keys().copied().collect();
             kinds.sort_by_key(|k| k.dir_name());
             for k in kinds {

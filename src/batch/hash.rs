@@ -105,7 +105,11 @@ pub fn file_identity(path: &Path) -> Result<String, IdentityError> {
 
 /// A model folder's identity: the index, the tokenizer, the scheduler and every file of the listed
 /// components, by relative path and content. Copying the folder elsewhere keeps it.
+/// A single-file checkpoint's identity is its own.
 pub fn model_identity(dir: &Path, components: &[&str]) -> Result<String, IdentityError> {
+    if dir.is_file() {
+        return file_identity(dir);
+    }
     let mut files = vec![PathBuf::from("model_index.json")];
     let subdirs = ["tokenizer", "tokenizer_2", "scheduler"]
         .into_iter()

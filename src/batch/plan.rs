@@ -112,7 +112,13 @@ impl Planner {
                 .map_err(|e| format!("cannot open the model {}: {e}", dir.display()))?;
             let (width, height) = m.default_size();
             let family = m.index.family.facts();
-            let names: Vec<&str> = m.index.components.iter().map(|k| k.dir_name()).collect();
+            let names: Vec<&str> = match m.source {
+                // A diffusers folder keeps both VAE halves in `vae/`.
+                crate::model::ModelSource::Diffusers { .. } => {
+                    vec!["text_encoder", "text_encoder_2", "unet", "vae"]
+                }
+                _ => m.index.components.iter().map(|k| k.dir_name()).collect(),
+            };
             let identity = model_identity(dir, &names).map_err(|e| e.to_string())?;
             Ok(ModelFacts {
                 width,
