@@ -299,6 +299,9 @@ struct ModelArgs {
     /// A separate VAE (.safetensors, LDM or diffusers naming) to use instead of the model's own
     #[arg(long, value_name = "FILE")]
     vae: Option<PathBuf>,
+    /// A1111's clip skip: 2 conditions SD 1.x on the penultimate CLIP layer
+    #[arg(long, value_name = "N")]
+    clip_skip: Option<u32>,
     #[command(flatten)]
     cuda: CudaArgs,
 }
@@ -314,6 +317,7 @@ impl ModelArgs {
             resident: self.resident_weights,
             ema: self.ema,
             vae: self.vae.clone(),
+            clip_skip: self.clip_skip,
             cuda: cuda_options(
                 stipple::config::load_cuda(&stipple::config::Dirs::discover())?,
                 &self.cuda,

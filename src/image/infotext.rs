@@ -37,8 +37,20 @@ fn quote(v: &str) -> String {
     }
 }
 
-/// The infotext of image `seed` of `job` made with the model called `model`.
-pub fn format_infotext(job: &Job, seed: u64, model: &str, model_hash: Option<&str>) -> String {
+/// What an image was made with besides the job: A1111's resource fields.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resources {
+    pub model: String,
+    /// A1111's short hash: the first 10 hex digits of the file's sha256.
+    pub model_hash: Option<String>,
+    pub vae: Option<String>,
+    pub vae_hash: Option<String>,
+    /// A1111's clip skip when above 1.
+    pub clip_skip: Option<u32>,
+}
+
+/// The infotext of image `seed` of `job` made with `res`.
+pub fn format_infotext(job: &Job, seed: u64, res: &Resources) -> String {
     let mut out = job.prompt.clone();
     if !job.negative.is_empty() {
         out.push_str("\nNegative prompt: ");
@@ -51,10 +63,19 @@ pub fn format_infotext(job: &Job, seed: u64, model: &str, model_hash: Option<&st
         ("Seed", seed.to_string()),
         ("Size", format!("{}x{}", job.width, job.height)),
     ];
-    if let Some(h) = model_hash {
-        params.push(("Model hash", h.to_string()));
+    if let Some(h) = &res.model_hash {
+        params.push(("Model hash", h.clone()));
     }
-    params.push(("Model", quote(model)));
+    params.push(("Model", quote(&res.model)));
+    if let Some(h) = &res.vae_hash {
+        params.push(("VAE hash", h.clone()));
+    }
+    if let Some(v) = &res.vae {
+        params.push(("VAE", quote(v)));
+    }
+    if let Some(c) = res.clip_skip.filter(|&c| c > 1) {
+        params.push(("Clip skip", c.to_string()));
+    }
     if job.batch > 1 {
         params.push(("Batch size", job.batch.to_string()));
     }
@@ -165,7 +186,15 @@ mod tests {
 
     #[test]
     fn written_infotext_has_a1111_shape() {
-        let t = format_infotext(&job(), 6, "tiny-sd15", Some("0123456789"));
+        let t = format_infotext(
+            &job(),
+            6,
+            &Resources {
+                model: "tiny-sd15".into(),
+                model_hash: Some("0123456789".into()),
+                ..Resources::default()
+            },
+        );
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines[0], "a red fox, (snow:1.2)");
         assert_eq!(lines[1], "Negative prompt: blurry");
@@ -188,7 +217,14 @@ mod tests {
 
     #[test]
     fn our_infotext_round_trips() {
-        let t = format_infotext(&job(), 6, "my, model", None);
+        let t = format_infotext(
+            &job(),
+            6,
+            &Resources {
+                model: "my, model".into(),
+                ..Resources::default()
+            },
+        );
         let p = parse_infotext(&t).unwrap();
         assert_eq!(p.prompt, job().prompt);
         assert_eq!(p.negative, "blurry");

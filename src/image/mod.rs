@@ -4,5 +4,5 @@
 pub mod infotext;
 pub mod png;
 
-pub use infotext::{format_infotext, parse_infotext, Infotext, InfotextError};
+pub use infotext::{format_infotext, parse_infotext, Infotext, InfotextError, Resources};
 pub use png::{read_text_chunks, save_png, PngError, SavedImage};

@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod diffusers_dir;
 pub mod fold;
 pub mod graph;
+pub mod hash;
 pub mod layout;
 pub mod ldm;
 #[allow(clippy::all)]

@@ -13,7 +13,7 @@ use super::tensor_io::{run, Bound, Input};
 use super::tokenizer::{ClipTokenizer, TokenizerError};
 use super::vae;
 use crate::engine::{Outcome, Reporter, Runner, Stop};
-use crate::image::format_infotext;
+use crate::image::{format_infotext, Resources};
 use crate::job::{Event, Job, Progress, RgbImage};
 use crate::live::{self, Dials, LiveError, LiveOptions, LiveUnet, LoraMethod};
 use crate::lora::ApplyReport;
@@ -196,6 +196,11 @@ pub struct Generator {
     /// Which output of the text encoder conditions the UNet.
     context_dim: usize,
     model_name: String,
+    /// The infotext's resource fields; the file hashes arrive from `hashing`.
+    resources: Resources,
+    hashing: Option<std::thread::JoinHandle<(Option<String>, Option<String>)>>,
+    /// The text encoder's final layer norm (weight, bias, eps) when clip skip 2 needs it.
+    final_norm: Option<(Vec<f32>, Vec<f32>, f32)>,
     adapters: AdapterCache,
     fused: Fused,
     /// The report of the last adapter application, for front ends: the modules of the components
@@ -296,6 +301,37 @@ impl Generator {
             .unwrap_or(model.index.family.facts().context_dim as u64)
             as usize;
         let model_name = model.name();
+        let clip_skip = opts.clip_skip.unwrap_or(1);
+        if !(1..=2).contains(&clip_skip) {
+            return Err(PipelineError::Job(format!(
+                "--clip-skip {clip_skip}: stipple's text-encoder graphs give the last two layers,                  so clip skip is 1 or 2"
+            )));
+        }
+        let final_norm = if clip_skip == 2 {
+            final_layer_norm(&model)
+        } else {
+            None
+        };
+        // Hashing a multi-gigabyte file takes seconds the first time: it runs beside the
+        // session builds and is waited for at the first image.
+        let hash_model = matches!(model.source, crate::model::ModelSource::SingleFile { .. })
+            .then(|| model.dir.clone());
+        let hash_vae = model.vae.clone();
+        let hashing = Some(std::thread::spawn(move || {
+            (
+                hash_model.and_then(|p| crate::model::hash::short_hash(&p)),
+                hash_vae.and_then(|p| crate::model::hash::short_hash(&p)),
+            )
+        }));
+        let resources = Resources {
+            model: model_name.clone(),
+            vae: model
+                .vae
+                .as_ref()
+                .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned())),
+            clip_skip: (clip_skip > 1).then_some(clip_skip),
+            ..Resources::default()
+        };
         Ok(Generator {
             model,
             tokenizers,
@@ -305,6 +341,9 @@ impl Generator {
             sessions,
             context_dim,
             model_name,
+            resources,
+            hashing,
+            final_norm,
             adapters: AdapterCache::default(),
             fused: Fused::default(),
             last_report: None,
@@ -725,6 +764,13 @@ impl Generator {
         let pooled = facts
             .pooled_output
             .filter(|_| i + 1 == facts.encoders.len());
+        // Clip skip 2 (SD 1.x): the penultimate layer through the final layer norm, as A1111.
+        let skip = self.final_norm.is_some() && hidden == "last_hidden_state";
+        let hidden = if skip {
+            "penultimate_hidden_state"
+        } else {
+            hidden
+        };
         let mut names = vec![hidden];
         names.extend(pooled);
         let n = ids.len();
@@ -736,7 +782,10 @@ impl Generator {
             .map_err(run_err("text encoder"))?
             .into_iter()
             .map(|(_, d)| d);
-        let z = out.next().unwrap_or_default();
+        let mut z = out.next().unwrap_or_default();
+        if let (true, Some((w, b, eps))) = (skip, &self.final_norm) {
+            layer_norm(&mut z, w, b, *eps);
+        }
         Ok((z, pooled.and(out.next())))
     }
 
@@ -959,7 +1008,13 @@ impl Generator {
                 continue;
             }
             let image = self.decode(&latents, h, w)?;
-            let infotext = format_infotext(job, seed, &self.model_name, None);
+            if let Some(h) = self.hashing.take() {
+                if let Ok((model, vae)) = h.join() {
+                    self.resources.model_hash = model;
+                    self.resources.vae_hash = vae;
+                }
+            }
+            let infotext = format_infotext(job, seed, &self.resources);
             on_event(Event::Image {
                 id,
                 index,
@@ -981,6 +1036,42 @@ pub fn time_ids(width: u32, height: u32, batch: usize) -> Vec<f32> {
 
 /// Hidden states `[tokens, d_i]` of several encoders → `[tokens, Σ d_i]` (torch.concat on the last
 /// axis). One encoder: its states unchanged.
+/// The first text encoder's final layer norm (weight, bias, eps), read from its base weights.
+fn final_layer_norm(model: &Model) -> Option<(Vec<f32>, Vec<f32>, f32)> {
+    let te = model.component(ComponentKind::TextEncoder)?;
+    let w = te
+        .weights
+        .tensor("text_model.final_layer_norm.weight")?
+        .to_f32();
+    let b = te
+        .weights
+        .tensor("text_model.final_layer_norm.bias")?
+        .to_f32();
+    let eps = te
+        .config
+        .get("layer_norm_eps")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(1e-5) as f32;
+    Some((w, b, eps))
+}
+
+/// Layer norm over the last dimension (the width of `weight`) of each token of `z`.
+fn layer_norm(z: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    let d = weight.len().max(1);
+    for t in z.chunks_exact_mut(d) {
+        let mean = t.iter().map(|&x| f64::from(x)).sum::<f64>() / d as f64;
+        let var = t
+            .iter()
+            .map(|&x| (f64::from(x) - mean).powi(2))
+            .sum::<f64>()
+            / d as f64;
+        let inv = 1.0 / (var + f64::from(eps)).sqrt();
+        for (i, x) in t.iter_mut().enumerate() {
+            *x = ((f64::from(*x) - mean) * inv) as f32 * weight[i] + bias[i];
+        }
+    }
+}
+
 fn concat_per_token(parts: &[Vec<f32>]) -> Vec<f32> {
     if parts.len() == 1 {
         return parts[0].clone();

@@ -35,6 +35,9 @@ pub struct SessionOptions {
     pub ema: bool,
     /// A separate VAE file to read instead of the model's own (`--vae`).
     pub vae: Option<std::path::PathBuf>,
+    /// A1111's clip skip: 2 conditions SD 1.x on the penultimate CLIP layer (after the final
+    /// layer norm); unset or 1 on the last. SDXL always uses the penultimate layer.
+    pub clip_skip: Option<u32>,
 }
 
 impl SessionOptions {
