@@ -29,7 +29,10 @@ fn main() {
     let templates = manifest.join("templates");
     println!("cargo:rerun-if-changed={}", templates.display());
     if let Ok(rd) = std::fs::read_dir(&templates) {
-        let mut dirs: Vec<_> = rd.flatten().filter(|e| e.path().is_dir()).collect();
+        let mut dirs: Vec<_> = rd
+            .flatten()
+            .filter(|e| e.path().join("model_index.json").is_file())
+            .collect();
         dirs.sort_by_key(|e| e.file_name());
         for d in dirs {
             sources.push((d.file_name().to_string_lossy().into_owned(), d.path()));
