@@ -47,7 +47,8 @@ model.cuda.onnx / weightmap.cuda.json with --optimize cuda) are stored as determ
 scheduler/scheduler_config.json. Weight-map sources are the diffusers parameter names, as in a model folder.
 The graphs are traced at an 8x8 example latent: they do not depend on it (checked byte for byte against
 the sample_size exports, SD1.5 fp32 and the tiny UNets in fp32/fp16), and fp16 tracing on a CPU without
-AVX-512 FP16 is otherwise too slow. An SD1.5 template takes ~2.5 min on 2 CPU cores (7.6 GB peak in fp16).
+AVX-512 FP16 is otherwise too slow. On 2 CPU cores an SD1.5 template takes ~2.5 min (7.6 GB peak in
+fp16), an SDXL one ~7 min (14.8 GB peak in fp32).
 --template clip writes templates/clip/vocab.json.gz and merges.txt.gz from the tiny fixture's tokenizer.
 Each template is checked after writing (scripts/check_template.py).
 
