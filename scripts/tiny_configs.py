@@ -130,14 +130,8 @@ SD15_VAE = dict(
 
 def build_sd15_random(device="cpu", seed=SEED):
     """Full-size SD1.5-architecture components with random weights (fp32, on `device`)."""
-    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    with torch.device(device):
-        unet = randomize_(UNet2DConditionModel(**SD15_UNET), seed).eval()
-        text_encoder = randomize_(CLIPTextModel(CLIPTextConfig(**SD15_TEXT_ENCODER)), seed + 1).eval()
-        vae = randomize_(AutoencoderKL(**SD15_VAE), seed + 2).eval()
-    return unet, text_encoder, vae, PNDMScheduler(**SCHEDULER)
+    parts = [random_component("sd15", c, device, seed) for c in ("unet", "text_encoder", "vae")]
+    return (*parts, random_scheduler("sd15"))
 
 
 # Tiny SDXL: diffusers' test-sized SDXL pipeline (tests/pipelines/stable_diffusion_xl, get_dummy_components)
@@ -232,12 +226,44 @@ SDXL_FULL_VAE = dict(SD15_VAE, sample_size=1024, scaling_factor=0.13025, force_u
 
 def build_sdxl_random(device="cpu", seed=SEED):
     """Full-size SDXL-architecture components with random weights (fp32, on `device`)."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    parts = [random_component("sdxl", c, device, seed) for c in ("unet", "text_encoder", "text_encoder_2", "vae")]
+    return (*parts, random_scheduler("sdxl"))
+
+
+# Full-size components: (config, seed offset) per family. Each component has its own generator, so one
+# built alone equals the same component of build_*_random (export_model.py --template builds them one at
+# a time: SDXL in fp32 is 14 GB of parameters).
+RANDOM_COMPONENTS = {
+    "sd15": {"unet": (SD15_UNET, 0), "text_encoder": (SD15_TEXT_ENCODER, 1), "vae": (SD15_VAE, 2)},
+    "sdxl": {
+        "unet": (SDXL_FULL_UNET, 0),
+        "text_encoder": (SDXL_FULL_TEXT_ENCODER, 1),
+        "text_encoder_2": (SDXL_FULL_TEXT_ENCODER_2, 2),
+        "vae": (SDXL_FULL_VAE, 3),
+    },
+}
+
+
+def random_component(family, component, device="cpu", seed=SEED):
+    """One full-size component ("unet", "text_encoder", "text_encoder_2" or "vae") with random weights,
+    fp32, eval mode, on `device`."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    cfg, offset = RANDOM_COMPONENTS[family][component]
     with torch.device(device):
-        unet = randomize_(UNet2DConditionModel(**SDXL_FULL_UNET), seed).eval()
-        te = randomize_(CLIPTextModel(CLIPTextConfig(**SDXL_FULL_TEXT_ENCODER)), seed + 1).eval()
-        te2 = randomize_(CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_FULL_TEXT_ENCODER_2)), seed + 2).eval()
-        vae = randomize_(AutoencoderKL(**SDXL_FULL_VAE), seed + 3).eval()
-    return unet, te, te2, vae, EulerDiscreteScheduler.from_config(SDXL_SCHEDULER)
+        if component == "unet":
+            m = UNet2DConditionModel(**cfg)
+        elif component == "vae":
+            m = AutoencoderKL(**cfg)
+        elif component == "text_encoder_2":
+            m = CLIPTextModelWithProjection(CLIPTextConfig(**cfg))
+        else:
+            m = CLIPTextModel(CLIPTextConfig(**cfg))
+        return randomize_(m, seed + offset).eval()
+
+
+def random_scheduler(family):
+    from diffusers import EulerDiscreteScheduler, PNDMScheduler
+
+    return EulerDiscreteScheduler.from_config(SDXL_SCHEDULER) if family == "sdxl" else PNDMScheduler(**SCHEDULER)
