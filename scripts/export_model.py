@@ -471,6 +471,15 @@ IMAGE_SEED = 42
 LATENT_CASES = [(0, [1, 4, 8, 8]), (1, [1, 4, 32, 32]), (42, [2, 4, 32, 32]), (2**32 + 7, [1, 4, 16, 24]), (7, [1, 3])]
 
 
+def reference_image(pipe, steps, negative=IMAGE_NEGATIVE, height=64, width=64, **kwargs):
+    """The reference settings on a diffusers pipeline: IMAGE_PROMPT, seed IMAGE_SEED through a CPU generator
+    (the pipeline draws the initial latents from it), cfg 7. Returns the PIL image."""
+    g = torch.Generator("cpu").manual_seed(IMAGE_SEED)
+    with torch.no_grad():
+        return pipe(IMAGE_PROMPT, negative_prompt=negative, num_inference_steps=steps, guidance_scale=7.0,
+                    generator=g, height=height, width=width, **kwargs).images[0]
+
+
 def round_to_fp16_(module):
     with torch.no_grad():
         for p in module.parameters():
@@ -536,16 +545,7 @@ def write_references(out, unet, text_encoder, vae, scheduler, tokenizer_dir):
         )
         pipe.set_progress_bar_config(disable=True)
         for steps in (4, 8):
-            g = torch.Generator("cpu").manual_seed(IMAGE_SEED)
-            img = pipe(
-                IMAGE_PROMPT,
-                negative_prompt=IMAGE_NEGATIVE,
-                num_inference_steps=steps,
-                guidance_scale=7.0,
-                generator=g,
-                height=64,
-                width=64,
-            ).images[0]
+            img = reference_image(pipe, steps)
             name = f"image.{slug}.{steps}.png"
             img.save(os.path.join(ref, name))
             images.append({"file": name, "sampler": slug, "steps": steps})
@@ -636,9 +636,7 @@ def write_references_sdxl(out, unet, text_encoder, text_encoder_2, vae, schedule
     for slug, steps, negative in cases:
         cls_name, extra = SCHEDULERS[slug]
         pipe = pipeline(getattr(diffusers, cls_name).from_config(scheduler.config, **extra))
-        g = torch.Generator("cpu").manual_seed(IMAGE_SEED)
-        img = pipe(IMAGE_PROMPT, negative_prompt=negative, num_inference_steps=steps, guidance_scale=7.0,
-                   generator=g, height=64, width=64).images[0]
+        img = reference_image(pipe, steps, negative)
         name = f"image.{slug}.{steps}" + ("" if negative is not None else ".no-negative") + ".png"
         img.save(os.path.join(ref, name))
         images.append({"file": name, "sampler": slug, "steps": steps, "negative": negative or ""})

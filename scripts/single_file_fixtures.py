@@ -22,8 +22,11 @@ What it writes (the weights are the tiny fixtures', tests/fixtures/tiny-sd15 and
                                       component as *.fp16.safetensors; transformers 5 writes the text encoder
                                       without the `text_model.` level and the tokenizer as tokenizer.json only
   reference/                          diffusers images (euler, 4 steps, the settings of tiny-sd15's
-                                      reference/images.json) from the bf16 file (its UNet; its EMA UNet) and
-                                      from tiny-sd15 with tiny-vae swapped in; images.json describes them
+                                      reference/images.json) from the bf16 file (its UNet; its EMA UNet),
+                                      from tiny-sd15 with tiny-vae swapped in, from tiny-sd15-diffusers/ as
+                                      from_pretrained(variant="fp16", torch_dtype=float32) loads it, and from
+                                      tiny-sd15 with diffusers' clip_skip=1 (A1111's "Clip skip: 2"; also
+                                      clip_skip.safetensors: encode_prompt's embeddings); images.json describes them
   bad/                                refiner, SD3, Flux, truncated, header past the end, an F8 tensor,
                                       a pickle .ckpt (never to be unpickled), no UNet; f8 and no_unet carry
                                       tiny-sd15's key names with 1-element placeholders (the F8 tensor has its
@@ -74,6 +77,7 @@ from export_model import (  # noqa: E402
     ROOT,
     SCHEDULERS,
     component_params,
+    reference_image,
     round_to_fp16_,
 )
 
@@ -87,6 +91,7 @@ EMA_DECAY = 0.9999
 EMA_UPDATES = 1234
 LOGIT_SCALE = 4.6052  # ln(100), OpenCLIP's trained value
 REF_SAMPLER, REF_STEPS = "euler", 4
+CLIP_SKIP = 1  # diffusers' clip_skip=1: one layer skipped, A1111's "Clip skip: 2"
 MANIFEST = {"files": {}, "from_single_file": {}, "rebuild": {}}
 VERIFY_LOG = []
 
@@ -391,33 +396,13 @@ def te_expected(te, dtype, text_model_level=True):
     return cast(sd, dtype)
 
 
-def verify_sd1(path, unet, te, vae, dtype, text_model_level=True, ema_expected=None):
-    from diffusers.loaders.single_file_utils import (
-        convert_ldm_clip_checkpoint,
-        convert_ldm_unet_checkpoint,
-        convert_ldm_vae_checkpoint,
-    )
+def convert_component(ck, comp, module, text_model_level=True, extract_ema=False, label=""):
+    """One component of a loaded LDM checkpoint through diffusers' own converter, for `module`'s config.
 
-    ck = load_file(path)
-    name = os.path.basename(path)
-    counts = {}
-    counts["unet"] = expect_equal(f"{name} unet", convert_ldm_unet_checkpoint(ck, dict(unet.config)),
-                                  cast(unet.state_dict(), dtype))
-    if ema_expected is not None:
-        counts["unet_ema"] = expect_equal(f"{name} unet ema",
-                                          convert_ldm_unet_checkpoint(ck, dict(unet.config), extract_ema=True),
-                                          ema_expected)
-    counts["vae"] = expect_equal(f"{name} vae", convert_ldm_vae_checkpoint(ck, dict(vae.config)),
-                                 cast(vae.state_dict(), dtype))
-    conv = convert_ldm_clip_checkpoint(ck)
-    split_position_ids(name, conv, te, ("text_model." if text_model_level else "") + "embeddings.position_ids")
-    counts["text_encoder"] = expect_equal(f"{name} text encoder", conv, te_expected(te, dtype, text_model_level))
-    for comp, c in counts.items():
-        log(f"verify {name}: {comp}: {c} tensors given back by diffusers' converter, all equal")
-    return counts
-
-
-def verify_sdxl(path, unet, te, te2, vae, dtype):
+    comp: unet | vae | text_encoder (CLIP-L: SD1's cond_stage_model.transformer., SDXL's
+    conditioner.embedders.0.transformer.; its position_ids buffer is checked against the module's and dropped)
+    | text_encoder_2 (SDXL's OpenCLIP, conditioner.embedders.1.model.). The names are diffusers' (CLIP with
+    `text_model.` when the file has that level)."""
     from diffusers.loaders.single_file_utils import (
         convert_ldm_clip_checkpoint,
         convert_ldm_unet_checkpoint,
@@ -425,18 +410,53 @@ def verify_sdxl(path, unet, te, te2, vae, dtype):
         convert_open_clip_checkpoint,
     )
 
+    if comp == "unet":
+        return convert_ldm_unet_checkpoint(ck, dict(module.config), extract_ema=extract_ema)
+    if comp == "vae":
+        return convert_ldm_vae_checkpoint(ck, dict(module.config))
+    if comp == "text_encoder":
+        # convert_ldm_clip_checkpoint takes every `cond_stage_model.transformer.` or
+        # `conditioner.embedders.0.transformer.` key.
+        conv = convert_ldm_clip_checkpoint(ck)
+        split_position_ids(label, conv, module, ("text_model." if text_model_level else "") + "embeddings.position_ids")
+        return conv
+    if comp == "text_encoder_2":
+        return convert_open_clip_checkpoint(module, ck, prefix="conditioner.embedders.1.model.")
+    raise ValueError(comp)
+
+
+def expected_state(comp, module, dtype, text_model_level=True):
+    """What convert_component must give back: the module's state in `dtype` (CLIP-L under its file names)."""
+    if comp == "text_encoder":
+        return te_expected(module, dtype, text_model_level)
+    return cast(module.state_dict(), dtype)
+
+
+def verify_sd1(path, unet, te, vae, dtype, text_model_level=True, ema_expected=None):
     ck = load_file(path)
     name = os.path.basename(path)
-    counts = {"unet": expect_equal(f"{name} unet", convert_ldm_unet_checkpoint(ck, dict(unet.config)),
-                                   cast(unet.state_dict(), dtype)),
-              "vae": expect_equal(f"{name} vae", convert_ldm_vae_checkpoint(ck, dict(vae.config)),
-                                  cast(vae.state_dict(), dtype))}
-    # convert_ldm_clip_checkpoint takes every `conditioner.embedders.0.transformer.` key.
-    conv = convert_ldm_clip_checkpoint(ck)
-    split_position_ids(name, conv, te, "text_model.embeddings.position_ids")
-    counts["text_encoder"] = expect_equal(f"{name} text encoder", conv, te_expected(te, dtype))
-    conv2 = convert_open_clip_checkpoint(te2, ck, prefix="conditioner.embedders.1.model.")
-    counts["text_encoder_2"] = expect_equal(f"{name} text encoder 2", conv2, cast(te2.state_dict(), dtype))
+    counts = {}
+    counts["unet"] = expect_equal(f"{name} unet", convert_component(ck, "unet", unet),
+                                  expected_state("unet", unet, dtype))
+    if ema_expected is not None:
+        counts["unet_ema"] = expect_equal(f"{name} unet ema", convert_component(ck, "unet", unet, extract_ema=True),
+                                          ema_expected)
+    counts["vae"] = expect_equal(f"{name} vae", convert_component(ck, "vae", vae), expected_state("vae", vae, dtype))
+    counts["text_encoder"] = expect_equal(
+        f"{name} text encoder", convert_component(ck, "text_encoder", te, text_model_level, label=name),
+        expected_state("text_encoder", te, dtype, text_model_level))
+    for comp, c in counts.items():
+        log(f"verify {name}: {comp}: {c} tensors given back by diffusers' converter, all equal")
+    return counts
+
+
+def verify_sdxl(path, unet, te, te2, vae, dtype):
+    ck = load_file(path)
+    name = os.path.basename(path)
+    counts = {}
+    for comp, m in (("unet", unet), ("vae", vae), ("text_encoder", te), ("text_encoder_2", te2)):
+        counts[comp] = expect_equal(f"{name} {comp.replace('_', ' ')}", convert_component(ck, comp, m, label=name),
+                                    expected_state(comp, m, dtype))
     for comp, c in counts.items():
         log(f"verify {name}: {comp}: {c} tensors given back by diffusers' converter, all equal")
     return counts
@@ -532,14 +552,19 @@ def write_sd15_files(unet, te, vae, sched):
     return counts
 
 
-def write_sdxl_file(unet, te, te2, vae):
-    rel = "tiny-sdxl.safetensors"
+def sdxl_checkpoint(unet, te, te2, vae, dtype):
+    """An SDXL single-file state (no DDPM buffers, as SDXL's releases) from any diffusers SDXL models."""
     state = {}
     state.update(unet_to_ldm(unet))
     state.update(vae_to_ldm(vae))
     state.update(clip_to_ldm(te, "conditioner.embedders.0.transformer."))
     state.update(open_clip_to_ldm(te2))
-    state = cast(state, torch.float16)
+    return cast(state, dtype)
+
+
+def write_sdxl_file(unet, te, te2, vae):
+    rel = "tiny-sdxl.safetensors"
+    state = sdxl_checkpoint(unet, te, te2, vae, torch.float16)
     path = write_safetensors(
         rel, state, what="tiny-sdxl as an SDXL single-file checkpoint", dtype="F16",
         layout={"unet": "model.diffusion_model.* (label_emb.0.0/0.2 = add_embedding)",
@@ -738,18 +763,125 @@ def models_from_file(path, unet, te, vae, extract_ema=False, vae_path=None):
     return nu.eval(), nt.eval(), nv.eval()
 
 
-def render(models, sched, path):
-    pipe = sd15_pipeline(*models, sched_name=REF_SAMPLER, base_sched=sched)
-    g = torch.Generator("cpu").manual_seed(IMAGE_SEED)
-    with torch.no_grad():
-        img = pipe(IMAGE_PROMPT, negative_prompt=IMAGE_NEGATIVE, num_inference_steps=REF_STEPS, guidance_scale=7.0,
-                   generator=g, height=64, width=64).images[0]
+def render_pipe(pipe, path, **kwargs):
+    """export_model.reference_image (its prompt, negative, seed, cfg, 64x64) with REF_STEPS; saved when `path`."""
+    img = reference_image(pipe, REF_STEPS, **kwargs)
     if path:
         img.save(path)
     return np.asarray(img)
 
 
-def write_references(unet, te, vae, sched):
+def render(models, sched, path, **kwargs):
+    return render_pipe(sd15_pipeline(*models, sched_name=REF_SAMPLER, base_sched=sched), path, **kwargs)
+
+
+def schedule_of(pipe):
+    """The timesteps and sigmas the pipeline's scheduler ran with (after a render)."""
+    sc = pipe.scheduler
+    return {"timestep_spacing": sc.config.timestep_spacing, "timesteps": [round(float(t), 4) for t in sc.timesteps],
+            "sigmas": [round(float(x), 4) for x in sc.sigmas]}
+
+
+def diffusers_folder_reference(folder, ref, own, models):
+    """tiny-sd15-diffusers/ rendered as a diffusers user would: from_pretrained(variant="fp16") in float32 (the fp16
+    values computed in fp32), the scheduler swapped by from_config of the folder's PNDM config (its tokenizer too)."""
+    import diffusers
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, variant="fp16", torch_dtype=torch.float32,
+                                                   local_files_only=True)
+    assert pipe.safety_checker is None and pipe.scheduler.config.timestep_spacing == "leading"
+    for m in (pipe.unet, pipe.vae, pipe.text_encoder):
+        assert all(p.dtype == torch.float32 for p in m.parameters())
+    cls_name, extra = SCHEDULERS[REF_SAMPLER]
+    pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **extra)
+    pipe.set_progress_bar_config(disable=True)
+    name = f"tiny-sd15-diffusers.{REF_SAMPLER}.{REF_STEPS}.png"
+    img = render_pipe(pipe, os.path.join(ref, name))
+    diff = np.abs(img.astype(int) - own.astype(int))
+    # Only the schedule differs: tiny-sd15.safetensors' models under this scheduler render the same image.
+    same = render_pipe(sd15_pipeline(*models, base_sched=pipe.scheduler), None)
+    assert np.array_equal(img, same), "the folder renders differently from tiny-sd15.safetensors under its scheduler"
+    log(f"reference: {name}: from_pretrained(variant='fp16', torch_dtype=float32); vs tiny-sd15.safetensors through "
+        f"the converters: max diff {diff.max()}/255 in {(diff > 0).sum()} of {diff.size} values (timestep_spacing "
+        f"{pipe.scheduler.config.timestep_spacing} vs linspace); with the folder's scheduler: identical")
+    entry = {"file": name, "checkpoint": "tiny-sd15-diffusers/", "unet_weights": "unet/diffusion_pytorch_model.fp16.safetensors",
+             "vae": "tiny-sd15-diffusers/", "sampler": REF_SAMPLER, "steps": REF_STEPS,
+             "loaded_with": "StableDiffusionPipeline.from_pretrained(folder, variant='fp16', torch_dtype=torch.float32)",
+             "scheduler": f"{cls_name}.from_config(pipe.scheduler.config) (tiny-sd15-diffusers/scheduler/"
+                          "scheduler_config.json: PNDMScheduler, timestep_spacing 'leading' written out)",
+             "tokenizer": "tiny-sd15-diffusers/tokenizer (tokenizer.json)",
+             **schedule_of(pipe),
+             "why_it_differs": "the other images' Euler comes from PNDMScheduler(**tiny_configs.SCHEDULER).config, "
+                               "which lists timestep_spacing in _use_default_values, so from_config takes Euler's "
+                               "default 'linspace'; this folder's config writes 'leading' out. tiny-sd15.safetensors "
+                               "through the converters under this scheduler renders this image exactly"}
+    return entry, img
+
+
+def give_text_model_alias(te):
+    """diffusers 0.42.1's encode_prompt(clip_skip=...) reads text_encoder.text_model.final_layer_norm, which
+    transformers >= 5.6 no longer has: CLIPTextModel was flattened (huggingface/diffusers#14124, open). An alias of
+    the model to itself, set outside nn.Module's registry (so no cycle in modules() or state_dict()), lets diffusers'
+    own code run unchanged."""
+    if "text_model" not in te._modules and "text_model" not in te.__dict__:
+        object.__setattr__(te, "text_model", te)
+        return True
+    return False
+
+
+def clip_skip_reference(models, sched, ref):
+    """tiny-sd15 (tests/fixtures/tiny-sd15's weights, here from tiny-sd15.safetensors through the converters) with
+    diffusers' clip_skip=CLIP_SKIP, and the prompt embeddings diffusers' encode_prompt gives with it."""
+    from safetensors.torch import save_file as save
+
+    aliased = give_text_model_alias(models[1])
+    pipe = sd15_pipeline(*models, sched_name=REF_SAMPLER, base_sched=sched)
+    name = f"tiny-sd15.clip-skip-{CLIP_SKIP + 1}.{REF_SAMPLER}.{REF_STEPS}.png"
+    img = render_pipe(pipe, os.path.join(ref, name), clip_skip=CLIP_SKIP)
+    with torch.no_grad():
+        pos, neg = pipe.encode_prompt(IMAGE_PROMPT, torch.device("cpu"), 1, True, IMAGE_NEGATIVE, clip_skip=CLIP_SKIP)
+        # What encode_prompt's clip_skip means: the hidden state CLIP_SKIP layers before the last, through the
+        # final layer norm; diffusers applies it to the prompt only (the negative stays last_hidden_state).
+        te, tok = pipe.text_encoder, pipe.tokenizer
+
+        def ids(p):
+            return torch.tensor([tok(p, padding="max_length", max_length=77, truncation=True).input_ids])
+
+        def skipped(p):
+            out = te(ids(p), output_hidden_states=True)
+            return te.text_model.final_layer_norm(out.hidden_states[-(CLIP_SKIP + 1)]), out.last_hidden_state
+
+        pos_skip, pos_last = skipped(IMAGE_PROMPT)
+        neg_skip, neg_last = skipped(IMAGE_NEGATIVE)
+        assert torch.equal(pos, pos_skip) and not torch.equal(pos, pos_last)
+    if torch.equal(neg, neg_last):
+        negative_note = ("diffusers applies clip_skip to the prompt only: negative_prompt_embeds is the negative's "
+                         "last_hidden_state (all layers + final layer norm), as without clip skip")
+    else:
+        assert torch.equal(neg, neg_skip)
+        negative_note = "clip_skip applied to the negative as to the prompt"
+    assert pos.shape == neg.shape == (1, 77, te.config.hidden_size) and pos.dtype == neg.dtype == torch.float32
+    save({"prompt_embeds": pos.contiguous(), "negative_prompt_embeds": neg.contiguous()},
+         os.path.join(ref, "clip_skip.safetensors"), metadata={"format": "pt"})
+    layers = te.config.num_hidden_layers
+    log(f"reference: {name} and clip_skip.safetensors (diffusers clip_skip={CLIP_SKIP}; {negative_note})")
+    entry = {"file": name, "checkpoint": "tiny-sd15.safetensors", "model_folder": "tests/fixtures/tiny-sd15",
+             "unet_weights": "model.diffusion_model", "vae": "tiny-sd15.safetensors", "sampler": REF_SAMPLER,
+             "steps": REF_STEPS, "clip_skip_a1111": CLIP_SKIP + 1, "diffusers_clip_skip": CLIP_SKIP, **schedule_of(pipe),
+             "prompt_embeds": f"final_layer_norm(hidden_states[-{CLIP_SKIP + 1}]): the text encoder's final layer norm "
+                              f"on the output of layer {layers - CLIP_SKIP} of {layers}",
+             "negative_prompt_embeds": negative_note,
+             "embeddings": f"clip_skip.safetensors: prompt_embeds, negative_prompt_embeds {list(pos.shape)} F32, from "
+                           f"pipe.encode_prompt(prompt, negative_prompt=negative, clip_skip={CLIP_SKIP})"}
+    if aliased:
+        entry["text_encoder_alias"] = ("transformers' flattened CLIPTextModel has no text_model, which diffusers' "
+                                       "clip_skip path reads (huggingface/diffusers#14124): the encoder was given an "
+                                       "unregistered text_model alias to itself so diffusers' own code ran")
+    return entry, img
+
+
+def write_references(unet, te, vae, sched, diffusers_folder):
     import diffusers
     from PIL import Image
 
@@ -788,6 +920,13 @@ def write_references(unet, te, vae, sched):
         for j in range(i + 1, len(names)):
             assert not np.array_equal(arrays[names[i]], arrays[names[j]]), (names[i], names[j])
     assert not np.array_equal(arrays[names[2]], own) and not np.array_equal(arrays[names[1]], own)
+    sd15_file = os.path.join(OUT, "tiny-sd15.safetensors")
+    for entry, img in (diffusers_folder_reference(diffusers_folder, ref, own, models_from_file(sd15_file, unet, te, vae)),
+                       clip_skip_reference(models_from_file(sd15_file, unet, te, vae), sched, ref)):
+        images.append(entry)
+        names.append(entry["file"])
+        arrays[entry["file"]] = img
+    assert not np.array_equal(arrays[names[-1]], own), "clip skip did not change the picture"
     with open(os.path.join(ref, "images.json"), "w") as f:
         json.dump({
             "prompt": IMAGE_PROMPT, "negative": IMAGE_NEGATIVE, "seed": IMAGE_SEED, "cfg": 7.0, "width": 64,
@@ -795,11 +934,12 @@ def write_references(unet, te, vae, sched):
                          "as export_model.write_references (tiny-sd15/reference/images.json)",
             "tokenizer": "tiny-sd15/tokenizer",
             "computed_in": "float32 (the file's values, loaded through diffusers' single-file converters)",
+            "per_image": "an image's own scheduler, tokenizer and loaded_with override the above",
             "images": images,
             "made_with": {"torch": torch.__version__, "diffusers": diffusers.__version__},
         }, f, indent=1)
     MANIFEST["files"]["reference/"] = {"what": "diffusers StableDiffusionPipeline images, see reference/images.json",
-                                       "files": names + ["images.json"]}
+                                       "files": names + ["clip_skip.safetensors", "images.json"]}
     log(f"reference: wrote {', '.join(names)}")
 
 
@@ -923,7 +1063,7 @@ def main():
         MANIFEST["files"][rel]["verified"] = {comp: f"{n} tensors given back by diffusers' converter, all equal"
                                               for comp, n in c.items()}
     folder, _ = write_diffusers_folder(unet, te, vae, sched)
-    write_references(unet, te, vae, sched)
+    write_references(unet, te, vae, sched, folder)
     write_bad(load_file(os.path.join(OUT, "tiny-sd15.safetensors")))
     from_single_file_checks(folder, unet, te, vae, pvae, sdxl)
 

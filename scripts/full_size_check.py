@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""Full-size single-file check (a developer tool; no test runs it): the full-size SD1.5 or SDXL architecture with
+random weights, written as an LDM single-file checkpoint in F16, read back through diffusers' converters and rendered.
+
+    /usr/bin/time -v /work/venv/bin/python scripts/full_size_check.py --family sd15 --out /tmp/fullsize
+    /usr/bin/time -v /work/venv/bin/python scripts/full_size_check.py --family sdxl --out /tmp/fullsize
+
+Steps (CPU only):
+  1. tiny_configs.build_sd15_random / build_sdxl_random (fp32), then each module cast to fp16 in place: the values
+     the file will hold (half the memory from here on);
+  2. DIR/<family>-random.safetensors written by single_file_fixtures' config-driven writer (sd1_checkpoint with the
+     DDPM buffers, or sdxl_checkpoint), F16;
+  3. the file read back and every component put through diffusers' own converter (single_file_fixtures.
+     convert_component, as the fixture script verifies): every tensor must come back, bit for bit;
+  4. each module's weights replaced, tensor by tensor, by the read-back tensors in float32 (the built values are
+     freed as it goes, so the fp16 and fp32 copies of a model never coexist);
+  5. the diffusers pipeline (StableDiffusionPipeline / StableDiffusionXLPipeline) in float32 on the CPU renders
+     DIR/<family>-random.euler.4.png with export_model.reference_image: "a red fox in the snow", negative "blurry",
+     seed 42, cfg 7, Euler 4 steps (EulerDiscreteScheduler.from_config of the model's scheduler), 64x64 for SD1.5,
+     128x128 for SDXL. The settings (and what was verified, timings, peak RSS) are printed as one JSON line and
+     written to DIR/<family>-random.json.
+
+Memory: SD1.5 about 4.5 GB; SDXL about 14 GB (the fp32 models, at build time and in the pipeline).
+"""
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tiny_configs  # noqa: E402
+from export_model import IMAGE_NEGATIVE, IMAGE_PROMPT, IMAGE_SEED, ROOT, SCHEDULERS, reference_image  # noqa: E402
+from single_file_fixtures import (  # noqa: E402
+    ST_DTYPE,
+    convert_component,
+    expect_equal,
+    expected_state,
+    sd1_checkpoint,
+    sdxl_checkpoint,
+)
+
+SAMPLER, STEPS, CFG = "euler", 4, 7.0
+SIZE = {"sd15": 64, "sdxl": 128}
+TOKENIZERS = {"sd15": [os.path.join(ROOT, "tests", "fixtures", "tiny-sd15", "tokenizer")],
+              "sdxl": [os.path.join(ROOT, "tests", "fixtures", "tiny-sdxl", "tokenizer"),
+                       os.path.join(ROOT, "tests", "fixtures", "tiny-sdxl", "tokenizer_2")]}
+
+
+def peak_rss_mib():
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def build(family):
+    """{component: module} in fp16 (the file's values) and the scheduler."""
+    if family == "sd15":
+        unet, te, vae, sched = tiny_configs.build_sd15_random("cpu")
+        models = {"unet": unet, "text_encoder": te, "vae": vae}
+    else:
+        unet, te, te2, vae, sched = tiny_configs.build_sdxl_random("cpu")
+        models = {"unet": unet, "text_encoder": te, "text_encoder_2": te2, "vae": vae}
+    for m in models.values():
+        m.half()
+    return models, sched
+
+
+def write_checkpoint(family, models, sched, path):
+    if family == "sd15":
+        state = sd1_checkpoint(models["unet"], models["text_encoder"], models["vae"], sched, torch.float16)
+    else:
+        state = sdxl_checkpoint(models["unet"], models["text_encoder"], models["text_encoder_2"], models["vae"],
+                                torch.float16)
+    save_file(state, path, metadata={"format": "pt"})
+    dtypes = {}
+    for v in state.values():
+        dtypes[ST_DTYPE[v.dtype]] = dtypes.get(ST_DTYPE[v.dtype], 0) + 1
+    return {"tensors": len(state), "tensor_dtypes": dtypes, "bytes": os.path.getsize(path)}
+
+
+def replace_with_fp32_(module, state):
+    """Puts `state` (names as the converter gives them) into `module` as fresh float32 tensors, one at a time."""
+    own = set(module.state_dict())
+    named = {}
+    for k, t in state.items():
+        name = k if k in own else k[len("text_model."):] if k.startswith("text_model.") else k
+        assert name in own and name not in named, k
+        named[name] = k
+    assert set(named) == own, own ^ set(named)
+    for name, k in named.items():
+        mod_name, _, attr = name.rpartition(".")
+        sub = module.get_submodule(mod_name)
+        t = state.pop(k).to(torch.float32, copy=True)
+        if attr in sub._parameters:
+            sub._parameters[attr] = torch.nn.Parameter(t, requires_grad=False)
+        elif attr in sub._buffers:
+            sub._buffers[attr] = t
+        else:
+            raise KeyError(name)
+    bad = [n for n, t in list(module.named_parameters()) + list(module.named_buffers())
+           if t.is_floating_point() and t.dtype != torch.float32]
+    assert not bad, bad[:5]
+
+
+def read_back(path, models):
+    """diffusers' converters on the file: every component given back exactly, then loaded as float32."""
+    ck = load_file(path)
+    name = os.path.basename(path)
+    counts = {}
+    for comp, module in models.items():
+        conv = convert_component(ck, comp, module, label=name)
+        counts[comp] = expect_equal(f"{name} {comp}", conv, expected_state(comp, module, torch.float16))
+        print(f"verify {name}: {comp}: {counts[comp]} tensors given back by diffusers' converter, all equal",
+              flush=True)
+        replace_with_fp32_(module, conv)
+        del conv
+    del ck
+    return counts
+
+
+def pipeline(family, models, sched):
+    import diffusers
+    from transformers import CLIPTokenizer
+
+    cls_name, extra = SCHEDULERS[SAMPLER]
+    scheduler = getattr(diffusers, cls_name).from_config(sched.config, **extra)
+    toks = [CLIPTokenizer.from_pretrained(d) for d in TOKENIZERS[family]]
+    if family == "sd15":
+        pipe = diffusers.StableDiffusionPipeline(
+            vae=models["vae"], text_encoder=models["text_encoder"], tokenizer=toks[0], unet=models["unet"],
+            scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    else:
+        pipe = diffusers.StableDiffusionXLPipeline(
+            vae=models["vae"], text_encoder=models["text_encoder"], text_encoder_2=models["text_encoder_2"],
+            tokenizer=toks[0], tokenizer_2=toks[1], unet=models["unet"], scheduler=scheduler,
+            add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def main():
+    import diffusers
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--family", choices=sorted(SIZE), required=True)
+    ap.add_argument("--out", required=True, help="output folder (not part of the repository)")
+    a = ap.parse_args()
+    torch.set_grad_enabled(False)
+    os.makedirs(a.out, exist_ok=True)
+    stem = os.path.join(a.out, f"{a.family}-random")
+    ckpt, png = stem + ".safetensors", f"{stem}.{SAMPLER}.{STEPS}.png"
+    seconds = {}
+
+    t0 = time.time()
+    models, sched = build(a.family)
+    seconds["build"] = round(time.time() - t0, 1)
+    t0 = time.time()
+    file_info = write_checkpoint(a.family, models, sched, ckpt)
+    seconds["write"] = round(time.time() - t0, 1)
+    print(f"wrote {ckpt}: {file_info}", flush=True)
+    t0 = time.time()
+    counts = read_back(ckpt, models)
+    seconds["read_back"] = round(time.time() - t0, 1)
+
+    pipe = pipeline(a.family, models, sched)
+    size = SIZE[a.family]
+    t0 = time.time()
+    img = reference_image(pipe, STEPS, height=size, width=size, output_type="np")
+    seconds["render"] = round(time.time() - t0, 1)
+    finite = bool(np.isfinite(img).all())
+    pipe.numpy_to_pil(np.nan_to_num(img)[None])[0].save(png)
+
+    sc = pipe.scheduler
+    settings = {
+        "family": a.family, "checkpoint": os.path.basename(ckpt), "checkpoint_dtype": "F16", **file_info,
+        "verified": {c: f"{n} tensors given back by diffusers' converter, all equal" for c, n in counts.items()},
+        "pipeline": type(pipe).__name__, "computed_in": "float32 on the CPU (the file's fp16 values)",
+        "image": os.path.basename(png), "prompt": IMAGE_PROMPT, "negative": IMAGE_NEGATIVE, "seed": IMAGE_SEED,
+        "generator": "torch.Generator('cpu').manual_seed(seed), latents drawn by the pipeline", "cfg": CFG,
+        "sampler": SAMPLER, "steps": STEPS, "width": size, "height": size,
+        "scheduler": f"{type(sc).__name__}.from_config({type(sched).__name__} config)",
+        "timestep_spacing": sc.config.timestep_spacing, "timesteps": [round(float(t), 4) for t in sc.timesteps],
+        "sigmas": [round(float(x), 4) for x in sc.sigmas],
+        "tokenizers": [os.path.relpath(d, ROOT) for d in TOKENIZERS[a.family]],
+        "image_finite": finite, "image_mean": round(float(np.nan_to_num(img).mean()), 6),
+        "seconds": seconds, "peak_rss_mib": peak_rss_mib(),
+        "made_with": {"torch": torch.__version__, "diffusers": diffusers.__version__},
+    }
+    with open(stem + ".json", "w") as f:
+        json.dump(settings, f, indent=1)
+    print(json.dumps(settings), flush=True)
+    if not finite:
+        sys.exit("the image has non-finite values")
+
+
+if __name__ == "__main__":
+    main()
