@@ -48,7 +48,8 @@ scheduler/scheduler_config.json. Weight-map sources are the diffusers parameter 
 The graphs are traced at an 8x8 example latent: they do not depend on it (checked byte for byte against
 the sample_size exports, SD1.5 fp32 and the tiny UNets in fp32/fp16), and fp16 tracing on a CPU without
 AVX-512 FP16 is otherwise too slow. On 2 CPU cores an SD1.5 template takes ~2.5 min (7.6 GB peak in
-fp16), an SDXL one ~7 min (14.8 GB peak in fp32).
+fp16), an SDXL one ~7 min (14.8 GB peak in fp32). With --optimize cuda, sd15-fp16 went over 24 GB here (ORT's
+optimizer on the 3.4 GB fp32 graph; killed): make it on a machine with more memory (the GPU machine).
 --template clip writes templates/clip/vocab.json.gz and merges.txt.gz from the tiny fixture's tokenizer.
 Each template is checked after writing (scripts/check_template.py).
 
