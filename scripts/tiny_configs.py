@@ -5,6 +5,8 @@ Imported by scripts/export_model.py (which writes tests/fixtures/tiny-sd15/ and 
 adapter-fixture scripts, so every fixture is made against the same architecture. Needs torch, diffusers, transformers.
 """
 
+import contextlib
+
 import torch
 
 SEED = 1234
@@ -80,6 +82,17 @@ def randomize_(module, seed):
     return module
 
 
+@contextlib.contextmanager
+def default_dtype(dtype):
+    """Modules built inside get `dtype` parameters (torch's default dtype, restored on exit)."""
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(prev)
+
+
 def build_sd15(seed=SEED):
     """Returns (unet, text_encoder, vae, scheduler) with random weights, fp32, eval mode."""
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
@@ -128,12 +141,15 @@ SD15_VAE = dict(
 )
 
 
-def build_sd15_random(device="cpu", seed=SEED):
-    """Full-size SD1.5-architecture components with random weights (fp32, on `device`)."""
+def build_sd15_random(device="cpu", seed=SEED, dtype=torch.float32):
+    """Full-size SD1.5-architecture components with random weights (on `device`, fp32).
+
+    dtype=torch.float16 builds them in half the memory with the same values rounded: randomize_ draws the same
+    float32 noise either way, and storing it rounds to nearest as .half() of the fp32 build does."""
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    with torch.device(device):
+    with torch.device(device), default_dtype(dtype):
         unet = randomize_(UNet2DConditionModel(**SD15_UNET), seed).eval()
         text_encoder = randomize_(CLIPTextModel(CLIPTextConfig(**SD15_TEXT_ENCODER)), seed + 1).eval()
         vae = randomize_(AutoencoderKL(**SD15_VAE), seed + 2).eval()
@@ -230,12 +246,12 @@ SDXL_FULL_TEXT_ENCODER_2 = dict(
 SDXL_FULL_VAE = dict(SD15_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
 
 
-def build_sdxl_random(device="cpu", seed=SEED):
-    """Full-size SDXL-architecture components with random weights (fp32, on `device`)."""
+def build_sdxl_random(device="cpu", seed=SEED, dtype=torch.float32):
+    """Full-size SDXL-architecture components with random weights (on `device`, fp32; dtype as build_sd15_random)."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    with torch.device(device):
+    with torch.device(device), default_dtype(dtype):
         unet = randomize_(UNet2DConditionModel(**SDXL_FULL_UNET), seed).eval()
         te = randomize_(CLIPTextModel(CLIPTextConfig(**SDXL_FULL_TEXT_ENCODER)), seed + 1).eval()
         te2 = randomize_(CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_FULL_TEXT_ENCODER_2)), seed + 2).eval()
