@@ -3,7 +3,6 @@
 random weights, written as an LDM single-file checkpoint in F16, read back through diffusers' converters and rendered.
 
     /usr/bin/time -v /work/venv/bin/python scripts/full_size_check.py --family sd15 --out /tmp/fullsize
-    /usr/bin/time -v /work/venv/bin/python scripts/full_size_check.py --family sdxl --out /tmp/fullsize
 
 Steps (CPU only):
   1. tiny_configs.build_sd15_random / build_sdxl_random (fp32), then each module cast to fp16 in place: the values
@@ -20,13 +19,26 @@ Steps (CPU only):
      128x128 for SDXL. The settings (and what was verified, timings, peak RSS) are printed as one JSON line and
      written to DIR/<family>-random.json.
 
-Memory: SD1.5 about 4.5 GB; SDXL about 14 GB (the fp32 models, at build time and in the pipeline).
+    /usr/bin/time -v /work/venv/bin/python scripts/full_size_check.py --family sdxl --out /tmp/fullsize \
+        --build fp16 --fp32-weights mmap       # SDXL on a shared 24 GB machine
+
+Memory (2 CPU cores): the default path holds the fp32 models in process memory: SD1.5 peaks at 6.7 GB RSS (3.5 min);
+SDXL would need over 14 GB of process memory. Two flags bring SDXL within a shared 24 GB machine, with the same file
+and the same arithmetic (SDXL: 7.4 GB of process memory at most, 15.4 GB peak RSS counting the mapped weights, 8 min):
+  --build fp16          build_*_random(dtype=float16): the modules are built in fp16 directly (randomize_ draws the
+                        same fp32 noise and rounds it when storing, as .half() of the fp32 build does: for SD1.5 the
+                        written file is byte-identical either way);
+  --fp32-weights mmap   each component's read-back weights are streamed in float32, one tensor at a time, to a scratch
+                        file DIR/<family>-random.fp32.<component>.safetensors and the modules take them memory-mapped
+                        (safetensors' load_file maps, it does not copy): the fp32 weights are page cache the kernel can
+                        drop and re-read, not process memory. The scratch files are deleted at the end.
 """
 
 import argparse
 import json
 import os
 import resource
+import struct
 import sys
 import time
 
@@ -57,13 +69,13 @@ def peak_rss_mib():
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def build(family):
+def build(family, dtype):
     """{component: module} in fp16 (the file's values) and the scheduler."""
     if family == "sd15":
-        unet, te, vae, sched = tiny_configs.build_sd15_random("cpu")
+        unet, te, vae, sched = tiny_configs.build_sd15_random("cpu", dtype=dtype)
         models = {"unet": unet, "text_encoder": te, "vae": vae}
     else:
-        unet, te, te2, vae, sched = tiny_configs.build_sdxl_random("cpu")
+        unet, te, te2, vae, sched = tiny_configs.build_sdxl_random("cpu", dtype=dtype)
         models = {"unet": unet, "text_encoder": te, "text_encoder_2": te2, "vae": vae}
     for m in models.values():
         m.half()
@@ -83,8 +95,29 @@ def write_checkpoint(family, models, sched, path):
     return {"tensors": len(state), "tensor_dtypes": dtypes, "bytes": os.path.getsize(path)}
 
 
-def replace_with_fp32_(module, state):
-    """Puts `state` (names as the converter gives them) into `module` as fresh float32 tensors, one at a time."""
+def stream_fp32(path, state):
+    """Writes `state` as a safetensors file with every float tensor in float32, converting one tensor at a time."""
+    items = [(k, t) for k, t in state.items()]
+    header, off = {}, 0
+    for k, t in items:
+        dtype = torch.float32 if t.is_floating_point() else t.dtype
+        n = t.numel() * dtype.itemsize
+        header[k] = {"dtype": ST_DTYPE[dtype], "shape": list(t.shape), "data_offsets": [off, off + n]}
+        off += n
+    header["__metadata__"] = {"format": "pt"}
+    hb = json.dumps(header, separators=(",", ":")).encode()
+    hb += b" " * (-len(hb) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(hb)) + hb)
+        for k, t in items:
+            t = t.to(torch.float32) if t.is_floating_point() else t
+            f.write(t.contiguous().view(torch.uint8).reshape(-1).numpy().data)
+    assert os.path.getsize(path) == 8 + len(hb) + off, path
+
+
+def replace_with_fp32_(module, state, mapped=False):
+    """Puts `state` (names as the converter gives them) into `module` as float32 tensors, one at a time (fresh
+    copies, or `state`'s own tensors where they already are float32: the memory-mapped scratch file)."""
     own = set(module.state_dict())
     named = {}
     for k, t in state.items():
@@ -95,7 +128,8 @@ def replace_with_fp32_(module, state):
     for name, k in named.items():
         mod_name, _, attr = name.rpartition(".")
         sub = module.get_submodule(mod_name)
-        t = state.pop(k).to(torch.float32, copy=True)
+        t = state.pop(k)
+        t = t if t.dtype == torch.float32 and mapped else t.to(torch.float32, copy=True)
         if attr in sub._parameters:
             sub._parameters[attr] = torch.nn.Parameter(t, requires_grad=False)
         elif attr in sub._buffers:
@@ -107,20 +141,25 @@ def replace_with_fp32_(module, state):
     assert not bad, bad[:5]
 
 
-def read_back(path, models):
-    """diffusers' converters on the file: every component given back exactly, then loaded as float32."""
+def read_back(path, models, scratch=None):
+    """diffusers' converters on the file: every component given back exactly, then loaded as float32 (through a
+    memory-mapped scratch file `scratch % component` when given). Returns the counts and the scratch files."""
     ck = load_file(path)
     name = os.path.basename(path)
-    counts = {}
+    counts, files = {}, []
     for comp, module in models.items():
         conv = convert_component(ck, comp, module, label=name)
         counts[comp] = expect_equal(f"{name} {comp}", conv, expected_state(comp, module, torch.float16))
         print(f"verify {name}: {comp}: {counts[comp]} tensors given back by diffusers' converter, all equal",
               flush=True)
-        replace_with_fp32_(module, conv)
+        if scratch:
+            files.append(scratch % comp)
+            stream_fp32(files[-1], conv)
+            conv = load_file(files[-1])
+        replace_with_fp32_(module, conv, mapped=bool(scratch))
         del conv
     del ck
-    return counts
+    return counts, files
 
 
 def pipeline(family, models, sched):
@@ -149,6 +188,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--family", choices=sorted(SIZE), required=True)
     ap.add_argument("--out", required=True, help="output folder (not part of the repository)")
+    ap.add_argument("--build", choices=["fp32", "fp16"], default="fp32",
+                    help="dtype the random modules are built in (fp16: same file, half the memory)")
+    ap.add_argument("--fp32-weights", choices=["memory", "mmap"], default="memory",
+                    help="where the pipeline's float32 weights live (mmap: a memory-mapped scratch file)")
     a = ap.parse_args()
     torch.set_grad_enabled(False)
     os.makedirs(a.out, exist_ok=True)
@@ -157,14 +200,14 @@ def main():
     seconds = {}
 
     t0 = time.time()
-    models, sched = build(a.family)
+    models, sched = build(a.family, torch.float16 if a.build == "fp16" else torch.float32)
     seconds["build"] = round(time.time() - t0, 1)
     t0 = time.time()
     file_info = write_checkpoint(a.family, models, sched, ckpt)
     seconds["write"] = round(time.time() - t0, 1)
     print(f"wrote {ckpt}: {file_info}", flush=True)
     t0 = time.time()
-    counts = read_back(ckpt, models)
+    counts, scratch = read_back(ckpt, models, stem + ".fp32.%s.safetensors" if a.fp32_weights == "mmap" else None)
     seconds["read_back"] = round(time.time() - t0, 1)
 
     pipe = pipeline(a.family, models, sched)
@@ -173,11 +216,14 @@ def main():
     img = reference_image(pipe, STEPS, height=size, width=size, output_type="np")
     seconds["render"] = round(time.time() - t0, 1)
     finite = bool(np.isfinite(img).all())
+    for f in scratch:
+        os.remove(f)  # still mapped until the process ends; the space comes back then
     pipe.numpy_to_pil(np.nan_to_num(img)[None])[0].save(png)
 
     sc = pipe.scheduler
     settings = {
         "family": a.family, "checkpoint": os.path.basename(ckpt), "checkpoint_dtype": "F16", **file_info,
+        "built_in": a.build, "fp32_weights": a.fp32_weights,
         "verified": {c: f"{n} tensors given back by diffusers' converter, all equal" for c, n in counts.items()},
         "pipeline": type(pipe).__name__, "computed_in": "float32 on the CPU (the file's fp16 values)",
         "image": os.path.basename(png), "prompt": IMAGE_PROMPT, "negative": IMAGE_NEGATIVE, "seed": IMAGE_SEED,

@@ -5,6 +5,8 @@ Imported by scripts/export_model.py (which writes tests/fixtures/tiny-sd15/ and 
 adapter-fixture scripts, so every fixture is made against the same architecture. Needs torch, diffusers, transformers.
 """
 
+import contextlib
+
 import torch
 
 SEED = 1234
@@ -80,6 +82,17 @@ def randomize_(module, seed):
     return module
 
 
+@contextlib.contextmanager
+def default_dtype(dtype):
+    """Modules built inside get `dtype` parameters (torch's default dtype, restored on exit)."""
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(prev)
+
+
 def build_sd15(seed=SEED):
     """Returns (unet, text_encoder, vae, scheduler) with random weights, fp32, eval mode."""
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
@@ -128,9 +141,12 @@ SD15_VAE = dict(
 )
 
 
-def build_sd15_random(device="cpu", seed=SEED):
-    """Full-size SD1.5-architecture components with random weights (fp32, on `device`)."""
-    parts = [random_component("sd15", c, device, seed) for c in ("unet", "text_encoder", "vae")]
+def build_sd15_random(device="cpu", seed=SEED, dtype=torch.float32):
+    """Full-size SD1.5-architecture components with random weights (on `device`, fp32).
+
+    dtype=torch.float16 builds them in half the memory with the same values rounded: randomize_ draws the same
+    float32 noise either way, and storing it rounds to nearest as .half() of the fp32 build does."""
+    parts = [random_component("sd15", c, device, seed, dtype) for c in ("unet", "text_encoder", "vae")]
     return (*parts, random_scheduler("sd15"))
 
 
@@ -224,9 +240,9 @@ SDXL_FULL_TEXT_ENCODER_2 = dict(
 SDXL_FULL_VAE = dict(SD15_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
 
 
-def build_sdxl_random(device="cpu", seed=SEED):
-    """Full-size SDXL-architecture components with random weights (fp32, on `device`)."""
-    parts = [random_component("sdxl", c, device, seed) for c in ("unet", "text_encoder", "text_encoder_2", "vae")]
+def build_sdxl_random(device="cpu", seed=SEED, dtype=torch.float32):
+    """Full-size SDXL-architecture components with random weights (on `device`, fp32; dtype as build_sd15_random)."""
+    parts = [random_component("sdxl", c, device, seed, dtype) for c in ("unet", "text_encoder", "text_encoder_2", "vae")]
     return (*parts, random_scheduler("sdxl"))
 
 
@@ -244,14 +260,14 @@ RANDOM_COMPONENTS = {
 }
 
 
-def random_component(family, component, device="cpu", seed=SEED):
+def random_component(family, component, device="cpu", seed=SEED, dtype=torch.float32):
     """One full-size component ("unet", "text_encoder", "text_encoder_2" or "vae") with random weights,
-    fp32, eval mode, on `device`."""
+    `dtype` (fp32 by default), eval mode, on `device`."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     cfg, offset = RANDOM_COMPONENTS[family][component]
-    with torch.device(device):
+    with torch.device(device), default_dtype(dtype):
         if component == "unet":
             m = UNet2DConditionModel(**cfg)
         elif component == "vae":
