@@ -142,6 +142,80 @@ fn gunzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::graph::Graph;
+    use std::collections::HashMap;
+
+    /// Every embedded template: its graphs decode, every external initializer has exactly one
+    /// weight-map entry of the same place, shape and type (and no entry is left over), and the plain
+    /// graph reads each diffusers parameter once. What a checkpoint must then supply is exactly the
+    /// weight map's sources (the tests in tests/it/single_file.rs check that on the tiny ones).
+    #[test]
+    fn every_template_is_consistent() {
+        let all = Template::all();
+        let names: Vec<&str> = all.iter().map(|t| t.name).collect();
+        assert!(
+            names.contains(&"tiny-sd15") && names.contains(&"tiny-sdxl"),
+            "{names:?}"
+        );
+        for t in all {
+            let index = t.index().unwrap_or_else(|e| panic!("{e}"));
+            assert!(t.scheduler_config().is_ok(), "{}", t.name);
+            for kind in index.components {
+                for cuda in [false, true] {
+                    let Some(wm) = t.weightmap(kind, cuda).unwrap() else {
+                        assert!(cuda, "{} {kind}: no weight map", t.name);
+                        continue;
+                    };
+                    let file = if cuda {
+                        "model.cuda.onnx"
+                    } else {
+                        "model.onnx"
+                    };
+                    let bytes = t.file(&format!("{kind}/{file}")).unwrap();
+                    let graph = Graph::from_bytes(std::path::Path::new(file), bytes)
+                        .unwrap_or_else(|e| panic!("{} {kind}: {e}", t.name));
+                    let entries: HashMap<&str, _> = wm
+                        .initializers
+                        .iter()
+                        .map(|e| (e.name.as_str(), e))
+                        .collect();
+                    assert_eq!(entries.len(), wm.initializers.len(), "{} {kind}", t.name);
+                    assert_eq!(
+                        graph.externals.len(),
+                        entries.len(),
+                        "{} {kind} {file}",
+                        t.name
+                    );
+                    for x in &graph.externals {
+                        let e = entries.get(x.name.as_str()).unwrap_or_else(|| {
+                            panic!("{} {kind}: {} has no weight-map entry", t.name, x.name)
+                        });
+                        assert_eq!(
+                            (e.offset, e.length, &e.shape, e.dtype.as_str()),
+                            (x.offset, x.length, &x.dims, x.elem.name().as_str()),
+                            "{} {kind} {}",
+                            t.name,
+                            x.name
+                        );
+                    }
+                    if !cuda {
+                        let mut sources: Vec<&str> =
+                            wm.initializers.iter().flat_map(|e| e.sources()).collect();
+                        let n = sources.len();
+                        sources.sort();
+                        sources.dedup();
+                        assert_eq!(
+                            n,
+                            sources.len(),
+                            "{} {kind}: a parameter read twice",
+                            t.name
+                        );
+                    }
+                }
+                assert!(t.config(kind).is_ok(), "{} {kind}", t.name);
+            }
+        }
+    }
 
     #[test]
     fn tiny_templates_are_embedded_without_weights() {

@@ -179,7 +179,8 @@ fn sdxl_model_facts_come_from_the_index_and_the_family_table() {
     assert_eq!(g.model.vae_scaling(), 0.13025);
     assert_eq!(g.model.default_size(), (64, 64));
     assert!(g.model.zeros_for_empty_negative());
-    assert_eq!(g.model.components.len(), 4);
+    // Two text encoders, the UNet and both VAE halves.
+    assert_eq!(g.model.components.len(), 5);
 }
 
 #[derive(serde::Deserialize)]

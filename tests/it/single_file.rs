@@ -150,6 +150,13 @@ fn diffusers_folder_is_the_same_model() {
         dir.join("scheduler/scheduler_config.json"),
     )
     .unwrap();
+    // diffusers' own image of the folder, with its own scheduler config.
+    let reference = png_pixels(&fixture("reference/tiny-sd15-diffusers.euler.4.png"));
+    let (max, mean) = diff(&own, &reference);
+    assert!(
+        max <= 1 && mean < 0.01,
+        "vs diffusers: max {max}, mean {mean}"
+    );
     let mut g = load(&dir, SessionOptions::default());
     assert!(matches!(g.model.source, ModelSource::Diffusers { .. }));
     let j = job(Sampler::Euler, 4);
@@ -323,4 +330,80 @@ fn a_separate_vae_replaces_the_models_own() {
     // A whole checkpoint given as a VAE.
     let err = refused(fixture("tiny-sd15.safetensors"), tiny_model());
     assert!(err.contains("whole checkpoint"), "{err}");
+}
+
+/// `--clip-skip 2`: SD 1.x conditioned on the penultimate CLIP layer through the final layer norm,
+/// as diffusers' `clip_skip=1` encodes the prompt, and said in the infotext as A1111 does. (diffusers
+/// leaves the negative prompt at full depth where A1111 skips both, so its image is not the
+/// reference here: the prompt embeddings are.)
+#[test]
+fn clip_skip_two_matches_diffusers() {
+    let mut g = load(
+        &fixture("tiny-sd15.safetensors"),
+        SessionOptions {
+            clip_skip: Some(2),
+            ..SessionOptions::default()
+        },
+    );
+    let refs =
+        stipple::model::Checkpoint::open(&fixture("reference/clip_skip.safetensors")).unwrap();
+    let want = refs.tensor("prompt_embeds").unwrap().to_f32();
+    let prompt = stipple::prompt::parse("a red fox in the snow").unwrap();
+    let got = g
+        .encode_prompt_pooled(&prompt.fragments)
+        .unwrap()
+        .chunks
+        .remove(0);
+    assert_eq!(got.len(), want.len());
+    let err = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(err < 1e-4, "prompt embeddings differ by {err}");
+    let full = generator()
+        .encode_prompt_pooled(&prompt.fragments)
+        .unwrap()
+        .chunks
+        .remove(0);
+    assert!(full.iter().zip(&want).any(|(a, b)| (a - b).abs() > 1e-3));
+
+    let j = job(Sampler::Euler, 4);
+    let mut info = String::new();
+    let mut pixels = None;
+    g.generate(
+        &j,
+        &|| stipple::engine::Stop::No,
+        &mut |e| {
+            if let stipple::job::Event::Image {
+                image, infotext, ..
+            } = e
+            {
+                pixels.get_or_insert(image.pixels);
+                info = infotext;
+            }
+        },
+        1,
+    )
+    .unwrap();
+    let ours = pixels.unwrap();
+    assert_ne!(
+        ours,
+        image(&mut generator(), &j),
+        "clip skip changed nothing"
+    );
+    assert!(info.contains("Clip skip: 2"), "{info}");
+    assert!(info.contains("Model hash: "), "{info}");
+    let err = Generator::load(
+        &tiny_model(),
+        runtime(),
+        SessionOptions {
+            clip_skip: Some(3),
+            ..SessionOptions::default()
+        },
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(err.contains("clip skip is 1 or 2"), "{err}");
 }
