@@ -52,7 +52,7 @@ fn main() {
             && !p.starts_with("tokenizer")
             && !p.starts_with("tokenizer_2")
     };
-    let mut code = String::from("/// (template name, [(relative path, bytes)])\npub static EMBEDDED: &[(&str, &[(&str, &[u8])])] = &[\n");
+    let mut code = String::from("/// (relative path, bytes)\npub type Files = &'static [(&'static str, &'static [u8])];\n/// (template name, files)\npub static EMBEDDED: &[(&str, Files)] = &[\n");
     for (name, dir) in &sources {
         println!("cargo:rerun-if-changed={}", dir.display());
         let mut list = Vec::new();

@@ -51,6 +51,8 @@ struct TuiArgs {
     #[arg(long, value_name = "BOOL")]
     resident_weights: Option<bool>,
     #[command(flatten)]
+    weights: WeightArgs,
+    #[command(flatten)]
     cuda: CudaArgs,
 }
 
@@ -293,6 +295,15 @@ struct ModelArgs {
     /// without weight pre-packing). Default: true on CUDA, false elsewhere
     #[arg(long, value_name = "BOOL")]
     resident_weights: Option<bool>,
+    #[command(flatten)]
+    weights: WeightArgs,
+    #[command(flatten)]
+    cuda: CudaArgs,
+}
+
+/// How a model's weights are read: the flags of the workstation, `generate` and `bench`.
+#[derive(Args)]
+struct WeightArgs {
     /// Use a single-file checkpoint's EMA UNet weights (`model_ema.*`) instead of the trained ones
     #[arg(long)]
     ema: bool,
@@ -302,8 +313,17 @@ struct ModelArgs {
     /// A1111's clip skip: 2 conditions SD 1.x on the penultimate CLIP layer
     #[arg(long, value_name = "N")]
     clip_skip: Option<u32>,
-    #[command(flatten)]
-    cuda: CudaArgs,
+}
+
+impl WeightArgs {
+    fn apply(&self, opts: SessionOptions) -> SessionOptions {
+        SessionOptions {
+            ema: self.ema,
+            vae: self.vae.clone(),
+            clip_skip: self.clip_skip,
+            ..opts
+        }
+    }
 }
 
 impl ModelArgs {
@@ -315,9 +335,9 @@ impl ModelArgs {
             static_shapes: self.static_shapes,
             graph: self.graph.parse().map_err(anyhow::Error::msg)?,
             resident: self.resident_weights,
-            ema: self.ema,
-            vae: self.vae.clone(),
-            clip_skip: self.clip_skip,
+            ema: self.weights.ema,
+            vae: self.weights.vae.clone(),
+            clip_skip: self.weights.clip_skip,
             cuda: cuda_options(
                 stipple::config::load_cuda(&stipple::config::Dirs::discover())?,
                 &self.cuda,
@@ -524,10 +544,17 @@ fn cmd_tui(cli: &Cli) -> Result<()> {
     let a = &cli.tui;
     let bundled = a.model.is_none();
     let dir = a.model.clone().unwrap_or_else(default_model);
-    // Check the folder now (cheap: headers only); sessions are built on the first job.
-    let model = stipple::model::Model::open(&dir)
-        .with_context(|| format!("cannot open the model in {}", dir.display()))?;
     let device: Device = a.device.as_deref().unwrap_or("cpu").parse()?;
+    // Check the model now (cheap: headers only); sessions are built on the first job.
+    let open = a
+        .weights
+        .apply(SessionOptions {
+            device,
+            ..SessionOptions::default()
+        })
+        .open_options();
+    let model = stipple::model::Model::open_with(&dir, open)
+        .with_context(|| format!("cannot open the model in {}", dir.display()))?;
     let dirs = stipple::config::Dirs::discover();
     let mut overrides: Vec<(&str, String)> = Vec::new();
     if let Some(p) = &a.image_protocol {
@@ -549,12 +576,12 @@ fn cmd_tui(cli: &Cli) -> Result<()> {
     let mut inner = stipple::pipeline::LazyGenerator::new(
         dir,
         rt,
-        SessionOptions {
+        a.weights.apply(SessionOptions {
             device,
             cuda,
             resident: a.resident_weights,
             ..SessionOptions::default()
-        },
+        }),
         config.lora_folders.clone(),
     );
     inner.lora_method = a.lora_method;

@@ -20,10 +20,13 @@ pub struct Part<'a> {
     pub naming: Naming,
 }
 
+/// One component's view: each diffusers name, where it is read from and its shape.
+pub type View = Vec<(String, Source, Vec<usize>)>;
+
 /// A template every parameter of which was found: per component, the view to open.
 pub struct Fitted {
     pub template: Template,
-    views: Vec<(ComponentKind, Vec<(String, Source, Vec<usize>)>)>,
+    views: Vec<(ComponentKind, View)>,
 }
 
 /// Why a template does not fit: what was looked for and not found, the first few of them.
@@ -72,7 +75,7 @@ pub fn lookup(
     kind: ComponentKind,
     wanted: BTreeMap<String, Vec<usize>>,
     examples: &mut Vec<String>,
-) -> Result<Vec<(String, Source, Vec<usize>)>, usize> {
+) -> Result<View, usize> {
     let naming = part.naming.with_names(wanted.keys().map(String::as_str));
     let mut view = Vec::new();
     let mut missing = 0;

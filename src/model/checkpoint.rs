@@ -31,15 +31,21 @@ pub enum CheckpointError {
         name: String,
         dtype: Dtype,
     },
-    #[error("{path}: tensor {key:?} (shape {shape:?}) cannot be read as {name} {want:?}: {why}")]
-    View {
-        path: PathBuf,
-        key: String,
-        name: String,
-        shape: Vec<usize>,
-        want: Vec<usize>,
-        why: &'static str,
-    },
+    /// Boxed: the error type travels in every `Result` of the model code.
+    #[error(transparent)]
+    View(Box<ViewError>),
+}
+
+/// A name of a [`Checkpoint::view`] its source cannot give.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: tensor {key:?} (shape {shape:?}) cannot be read as {name} {want:?}: {why}")]
+pub struct ViewError {
+    pub path: PathBuf,
+    pub key: String,
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub want: Vec<usize>,
+    pub why: &'static str,
 }
 
 /// How one name of a [`Checkpoint::view`] is read from the file.
@@ -220,22 +226,26 @@ impl Checkpoint {
         want: Vec<usize>,
     ) -> Result<Resolved, CheckpointError> {
         let key = source.key();
-        let info = self.meta.info(key).ok_or_else(|| CheckpointError::View {
-            path: self.path.clone(),
-            key: key.to_string(),
-            name: name.to_string(),
-            shape: vec![],
-            want: want.clone(),
-            why: "the file has no such tensor",
+        let info = self.meta.info(key).ok_or_else(|| {
+            CheckpointError::View(Box::new(ViewError {
+                path: self.path.clone(),
+                key: key.to_string(),
+                name: name.to_string(),
+                shape: vec![],
+                want: want.clone(),
+                why: "the file has no such tensor",
+            }))
         })?;
         check_dtype(&self.path, key, info.dtype)?;
-        let bad = |why| CheckpointError::View {
-            path: self.path.clone(),
-            key: key.to_string(),
-            name: name.to_string(),
-            shape: info.shape.clone(),
-            want: want.clone(),
-            why,
+        let bad = |why| {
+            CheckpointError::View(Box::new(ViewError {
+                path: self.path.clone(),
+                key: key.to_string(),
+                name: name.to_string(),
+                shape: info.shape.clone(),
+                want: want.clone(),
+                why,
+            }))
         };
         let esize = info.dtype.bitsize() / 8;
         let start = 8 + self.header_len + info.data_offsets.0;
