@@ -313,36 +313,61 @@ struct WeightArgs {
     /// A1111's clip skip: 2 conditions SD 1.x on the penultimate CLIP layer
     #[arg(long, value_name = "N")]
     clip_skip: Option<u32>,
+    /// An A1111, Forge, SD.Next or ComfyUI folder: --model and --vae may then be names found in its
+    /// models/ folders, and its LoRA folders are searched for <lora:...> tags
+    #[arg(long, value_name = "DIR")]
+    models_root: Option<PathBuf>,
 }
 
 impl WeightArgs {
-    fn apply(&self, opts: SessionOptions) -> SessionOptions {
-        SessionOptions {
+    fn root(&self) -> Result<Option<stipple::model::models_root::ModelsRoot>> {
+        Ok(self
+            .models_root
+            .as_deref()
+            .map(stipple::model::models_root::ModelsRoot::new)
+            .transpose()?)
+    }
+
+    /// The model to open (a name is looked up in --models-root), and the root's LoRA folders.
+    fn resolve_model(&self, model: Option<&PathBuf>) -> Result<(PathBuf, Vec<PathBuf>)> {
+        let root = self.root()?;
+        let path = match (model, &root) {
+            (None, _) => default_model(),
+            (Some(m), Some(r)) => r.resolve_checkpoint(m)?,
+            (Some(m), None) => m.clone(),
+        };
+        Ok((path, root.map(|r| r.lora_dirs()).unwrap_or_default()))
+    }
+
+    fn apply(&self, opts: SessionOptions) -> Result<SessionOptions> {
+        let vae = match (&self.vae, self.root()?) {
+            (Some(v), Some(r)) => Some(r.resolve_vae(v)?),
+            (v, _) => v.clone(),
+        };
+        Ok(SessionOptions {
             ema: self.ema,
-            vae: self.vae.clone(),
+            vae,
             clip_skip: self.clip_skip,
             ..opts
-        }
+        })
     }
 }
 
 impl ModelArgs {
     /// Session options from these flags and the `[cuda]` section of the config.
     fn session_options(&self, device: Device) -> Result<SessionOptions> {
-        Ok(SessionOptions {
+        self.weights.apply(SessionOptions {
             device,
             threads: self.threads,
             static_shapes: self.static_shapes,
             graph: self.graph.parse().map_err(anyhow::Error::msg)?,
             resident: self.resident_weights,
-            ema: self.weights.ema,
-            vae: self.weights.vae.clone(),
-            clip_skip: self.weights.clip_skip,
             cuda: cuda_options(
                 stipple::config::load_cuda(&stipple::config::Dirs::discover())?,
                 &self.cuda,
                 &[device],
             )?,
+            ..SessionOptions::default()
         })
     }
 }
@@ -440,7 +465,7 @@ fn random_seed() -> u64 {
 fn cmd_generate(cli: &Cli, a: &GenerateArgs) -> Result<()> {
     let sampler: Sampler = a.sampler.parse()?;
     let device: Device = a.model.device.parse()?;
-    let dir = a.model.model.clone().unwrap_or_else(default_model);
+    let (dir, root_loras) = a.model.weights.resolve_model(a.model.model.as_ref())?;
     let seed = match a.seed {
         -1 => random_seed(),
         s if s < 0 => bail!("seed {s}: use -1 for a random seed, or a number ≥ 0"),
@@ -459,7 +484,8 @@ fn cmd_generate(cli: &Cli, a: &GenerateArgs) -> Result<()> {
         batch: a.batch,
     };
     validate_job(&job)?;
-    let dirs = lora_dirs(&a.lora_dirs);
+    let mut dirs = lora_dirs(&a.lora_dirs);
+    dirs.extend(root_loras);
     stipple::pipeline::adapters::check_names(&job.prompt, &dirs)?;
     let opts = a.model.session_options(device)?;
     let rt = Runtime::get(cli.ort_lib.as_deref(), device.is_gpu())?;
@@ -488,7 +514,7 @@ fn cmd_generate(cli: &Cli, a: &GenerateArgs) -> Result<()> {
 
 fn cmd_bench(cli: &Cli, a: &BenchArgs) -> Result<()> {
     let device: Device = a.model.device.parse()?;
-    let dir = a.model.model.clone().unwrap_or_else(default_model);
+    let (dir, _) = a.model.weights.resolve_model(a.model.model.as_ref())?;
     let opts = a.model.session_options(device)?;
     let rt = Runtime::get(cli.ort_lib.as_deref(), device.is_gpu())?;
     let size = match (a.width, a.height) {
@@ -543,7 +569,7 @@ fn cmd_tui(cli: &Cli) -> Result<()> {
     }
     let a = &cli.tui;
     let bundled = a.model.is_none();
-    let dir = a.model.clone().unwrap_or_else(default_model);
+    let (dir, root_loras) = a.weights.resolve_model(a.model.as_ref())?;
     let device: Device = a.device.as_deref().unwrap_or("cpu").parse()?;
     // Check the model now (cheap: headers only); sessions are built on the first job.
     let open = a
@@ -551,7 +577,7 @@ fn cmd_tui(cli: &Cli) -> Result<()> {
         .apply(SessionOptions {
             device,
             ..SessionOptions::default()
-        })
+        })?
         .open_options();
     let model = stipple::model::Model::open_with(&dir, open)
         .with_context(|| format!("cannot open the model in {}", dir.display()))?;
@@ -570,6 +596,7 @@ fn cmd_tui(cli: &Cli) -> Result<()> {
     let mut config =
         stipple::config::load(&dirs, &overrides)?.with_model_size(model.default_size());
     config.lora_folders.extend(lora_dirs(&a.lora_dirs));
+    config.lora_folders.extend(root_loras);
     let cuda = cuda_options(config.cuda.options()?, &a.cuda, &[device])?;
     let rt = Runtime::get(cli.ort_lib.as_deref(), device.is_gpu())?;
     let out_dir = a.out.clone().unwrap_or_else(|| dirs.data.join("outputs"));
@@ -581,7 +608,7 @@ fn cmd_tui(cli: &Cli) -> Result<()> {
             cuda,
             resident: a.resident_weights,
             ..SessionOptions::default()
-        }),
+        })?,
         config.lora_folders.clone(),
     );
     inner.lora_method = a.lora_method;

@@ -13,6 +13,7 @@ pub mod graph;
 pub mod hash;
 pub mod layout;
 pub mod ldm;
+pub mod models_root;
 #[allow(clippy::all)]
 pub mod onnx_proto;
 pub mod single_file;

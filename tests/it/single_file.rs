@@ -407,3 +407,73 @@ fn clip_skip_two_matches_diffusers() {
     .unwrap_or_default();
     assert!(err.contains("clip skip is 1 or 2"), "{err}");
 }
+
+/// `--models-root`: an A1111-style install; the model, the VAE and a LoRA are found by name.
+#[test]
+fn a_models_root_finds_checkpoints_vaes_and_loras_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("webui");
+    for (from, to) in [
+        (
+            fixture("tiny-sd15.safetensors"),
+            "models/Stable-diffusion/tiny.safetensors",
+        ),
+        (
+            fixture("tiny-vae.safetensors"),
+            "models/VAE/ink-vae.safetensors",
+        ),
+        (
+            root_lora("lyco_locon.safetensors"),
+            "models/Lora/styles/locon.safetensors",
+        ),
+    ] {
+        let to = root.join(to);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap();
+    }
+    let out = tmp.path().join("out");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_stipple"))
+        .current_dir(root())
+        .args([
+            "generate",
+            "--steps",
+            "1",
+            "--prompt",
+            "a fox <lora:locon:0.5>",
+        ])
+        .args(["--model", "tiny", "--vae", "ink-vae", "--models-root"])
+        .arg(&root)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout.contains("VAE: ink-vae") && stdout.contains("Model: tiny"),
+        "{stdout}"
+    );
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_stipple"))
+        .current_dir(root())
+        .args([
+            "generate",
+            "--prompt",
+            "x",
+            "--model",
+            "missing",
+            "--models-root",
+        ])
+        .arg(&root)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no checkpoint called \"missing\""),
+        "{stderr}"
+    );
+}
+
+fn root_lora(name: &str) -> PathBuf {
+    root().join("tests/fixtures/lora").join(name)
+}
