@@ -412,7 +412,7 @@ fn clip_skip_two_matches_diffusers() {
 #[test]
 fn a_models_root_finds_checkpoints_vaes_and_loras_by_name() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("webui");
+    let webui = tmp.path().join("webui");
     for (from, to) in [
         (
             fixture("tiny-sd15.safetensors"),
@@ -427,7 +427,7 @@ fn a_models_root_finds_checkpoints_vaes_and_loras_by_name() {
             "models/Lora/styles/locon.safetensors",
         ),
     ] {
-        let to = root.join(to);
+        let to = webui.join(to);
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(from, to).unwrap();
     }
@@ -442,7 +442,7 @@ fn a_models_root_finds_checkpoints_vaes_and_loras_by_name() {
             "a fox <lora:locon:0.5>",
         ])
         .args(["--model", "tiny", "--vae", "ink-vae", "--models-root"])
-        .arg(&root)
+        .arg(&webui)
         .arg("--out")
         .arg(&out)
         .output()
@@ -463,7 +463,7 @@ fn a_models_root_finds_checkpoints_vaes_and_loras_by_name() {
             "missing",
             "--models-root",
         ])
-        .arg(&root)
+        .arg(&webui)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
