@@ -155,7 +155,8 @@ fn bake_writes_what_lycoris_and_peft_compute() {
     check_baked(&peft_out, "peft_diffusers.ref.safetensors", "1.0");
     // The baked folder is a model: it opens and generates.
     let m = stipple::model::Model::open(&peft_out).unwrap();
-    assert_eq!(m.components.len(), 3);
+    // Text encoder, UNet and both VAE halves.
+    assert_eq!(m.components.len(), 4);
     // Never written over.
     let again = std::process::Command::new(env!("CARGO_BIN_EXE_stipple"))
         .args([
