@@ -47,6 +47,8 @@ pub struct Resources {
     pub vae_hash: Option<String>,
     /// A1111's clip skip when above 1.
     pub clip_skip: Option<u32>,
+    /// (tag name, addnet short hash) of the job's LoRAs: A1111's `Lora hashes`.
+    pub lora_hashes: Vec<(String, String)>,
 }
 
 /// The infotext of image `seed` of `job` made with `res`.
@@ -75,6 +77,18 @@ pub fn format_infotext(job: &Job, seed: u64, res: &Resources) -> String {
     }
     if let Some(c) = res.clip_skip.filter(|&c| c > 1) {
         params.push(("Clip skip", c.to_string()));
+    }
+    if !res.lora_hashes.is_empty() {
+        let list: Vec<String> = res
+            .lora_hashes
+            .iter()
+            .map(|(n, h)| format!("{n}: {h}"))
+            .collect();
+        // Always quoted, as A1111 writes it.
+        params.push((
+            "Lora hashes",
+            serde_json::to_string(&list.join(", ")).unwrap_or_default(),
+        ));
     }
     if job.batch > 1 {
         params.push(("Batch size", job.batch.to_string()));

@@ -1,7 +1,7 @@
-//! A1111's short model hash (the first 10 hex digits of a file's sha256), cached by path, size and
-//! modification time in `$XDG_CACHE_HOME/stipple/hashes.json`, so a big file is hashed once.
-//!
-//! [`short_hash`] never fails: an unreadable file has no hash, an unwritable cache is skipped.
+//! A1111's hashes, cached by path, size and modification time in `$XDG_CACHE_HOME/stipple/hashes.json`,
+//! so a big file is hashed once: [`short_hash`] (a model's or VAE's: the first 10 hex digits of the
+//! file's sha256) and [`addnet_short_hash`] (a LoRA's: the first 12 of the sha256 of a safetensors
+//! file's data, its header skipped). Neither fails: an unreadable file has no hash.
 
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -24,7 +24,21 @@ fn cache_file() -> Option<PathBuf> {
 }
 
 fn sha256_of(path: &Path) -> std::io::Result<String> {
+    sha256_from(path, 0)
+}
+
+/// The sha256 of a safetensors file's data: what follows the 8-byte length and the header.
+fn addnet_sha256_of(path: &Path) -> std::io::Result<String> {
     let mut f = std::fs::File::open(path)?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)?;
+    sha256_from(path, u64::from_le_bytes(len).saturating_add(8))
+}
+
+fn sha256_from(path: &Path, skip: u64) -> std::io::Result<String> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    f.seek(SeekFrom::Start(skip))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -39,6 +53,21 @@ fn sha256_of(path: &Path) -> std::io::Result<String> {
 
 /// The first 10 hex digits of `path`'s sha256 (what A1111 writes as `Model hash`).
 pub fn short_hash(path: &Path) -> Option<String> {
+    cached(path, "", sha256_of).map(|h| h.chars().take(10).collect())
+}
+
+/// The first 12 hex digits of the sha256 of a safetensors file's data (A1111's `Lora hashes`).
+pub fn addnet_short_hash(path: &Path) -> Option<String> {
+    cached(path, "addnet:", addnet_sha256_of).map(|h| h.chars().take(12).collect())
+}
+
+/// The full hex hash of `path` by `compute`, from the cache when the file is unchanged; `kind`
+/// keeps hashes of different kinds of the same file apart.
+fn cached(
+    path: &Path,
+    kind: &str,
+    compute: fn(&Path) -> std::io::Result<String>,
+) -> Option<String> {
     let meta = std::fs::metadata(path).ok()?;
     let mtime_ns = meta
         .modified()
@@ -46,7 +75,7 @@ pub fn short_hash(path: &Path) -> Option<String> {
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?
         .as_nanos();
-    let key = path.canonicalize().ok()?.to_string_lossy().into_owned();
+    let key = format!("{kind}{}", path.canonicalize().ok()?.display());
     let cache = cache_file();
     let mut entries: BTreeMap<String, Entry> = cache
         .as_ref()
@@ -57,7 +86,7 @@ pub fn short_hash(path: &Path) -> Option<String> {
     let sha = match entries.get(&key).filter(|e| fresh(e)) {
         Some(e) => e.sha256.clone(),
         None => {
-            let sha = sha256_of(path).ok()?;
+            let sha = compute(path).ok()?;
             entries.insert(
                 key,
                 Entry {
@@ -73,7 +102,7 @@ pub fn short_hash(path: &Path) -> Option<String> {
             sha
         }
     };
-    Some(sha.chars().take(10).collect())
+    Some(sha)
 }
 
 /// Writes the cache atomically (temporary file, then rename).
@@ -99,5 +128,9 @@ mod tests {
         assert_eq!(sha256_of(&f).unwrap()[..10], *"ba7816bf8f");
         assert_eq!(short_hash(&f).as_deref(), Some("ba7816bf8f"));
         assert_eq!(short_hash(&f).as_deref(), Some("ba7816bf8f"));
+        // A header of 3 bytes, then "abc": the addnet hash skips the 8 + 3 bytes.
+        let g = dir.path().join("l.safetensors");
+        std::fs::write(&g, [&3u64.to_le_bytes()[..], b"{} ", b"abc"].concat()).unwrap();
+        assert_eq!(addnet_short_hash(&g).as_deref(), Some("ba7816bf8f01"));
     }
 }

@@ -1014,7 +1014,9 @@ impl Generator {
                     self.resources.vae_hash = vae;
                 }
             }
-            let infotext = format_infotext(job, seed, &self.resources);
+            let mut resources = self.resources.clone();
+            resources.lora_hashes = lora_hashes(&loras);
+            let infotext = format_infotext(job, seed, &resources);
             on_event(Event::Image {
                 id,
                 index,
@@ -1036,6 +1038,20 @@ pub fn time_ids(width: u32, height: u32, batch: usize) -> Vec<f32> {
 
 /// Hidden states `[tokens, d_i]` of several encoders → `[tokens, Σ d_i]` (torch.concat on the last
 /// axis). One encoder: its states unchanged.
+/// (tag name, A1111's short LoRA hash) of each adapter of a job, once per name.
+fn lora_hashes(loras: &[ActiveLora]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for l in loras {
+        if out.iter().any(|(n, _)| *n == l.tag.name) {
+            continue;
+        }
+        if let Some(h) = crate::model::hash::addnet_short_hash(&l.path) {
+            out.push((l.tag.name.clone(), h));
+        }
+    }
+    out
+}
+
 /// The first text encoder's final layer norm (weight, bias, eps), read from its base weights.
 fn final_layer_norm(model: &Model) -> Option<(Vec<f32>, Vec<f32>, f32)> {
     let te = model.component(ComponentKind::TextEncoder)?;

@@ -477,3 +477,43 @@ fn a_models_root_finds_checkpoints_vaes_and_loras_by_name() {
 fn root_lora(name: &str) -> PathBuf {
     root().join("tests/fixtures/lora").join(name)
 }
+
+/// `Lora hashes` as A1111 writes them: the first 12 hex digits of the sha256 of the file's data
+/// (after the safetensors header), quoted, one per tag name.
+#[test]
+fn infotext_names_the_loras_by_their_a1111_hash() {
+    use sha2::{Digest, Sha256};
+    let path = root_lora("lyco_locon.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let want: String = Sha256::digest(&bytes[8 + n..])
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .take(6)
+        .collect();
+    let mut g = generator();
+    g.set_lora_dirs(vec![root().join("tests/fixtures/lora")]);
+    let mut j = small_job("a fox <lora:lyco_locon:0.5> <lora:lyco_locon:te=0.2>", 3);
+    j.steps = 1;
+    let mut info = String::new();
+    g.generate(
+        &j,
+        &|| stipple::engine::Stop::No,
+        &mut |e| {
+            if let stipple::job::Event::Image { infotext, .. } = e {
+                info = infotext;
+            }
+        },
+        1,
+    )
+    .unwrap();
+    assert!(
+        info.contains(&format!("Lora hashes: \"lyco_locon: {want}\"")),
+        "{info}"
+    );
+    let parsed = stipple::image::parse_infotext(&info).unwrap();
+    assert_eq!(
+        parsed.get("Lora hashes"),
+        Some(format!("lyco_locon: {want}").as_str())
+    );
+}
