@@ -15,7 +15,7 @@ Needs PyTorch, diffusers, transformers and onnx (a virtual environment outside t
 `python3 -m venv ~/venv && ~/venv/bin/pip install torch diffusers transformers onnx onnxruntime`, about two minutes
 and 5 GB). `--tiny` takes about a minute on 2 CPU cores; a real SD1.5 export about 5 minutes.
 
-The layout (DESIGN.md §3), per component (text_encoder, text_encoder_2 for SDXL, unet, vae_decoder,
+The layout (README, "Models"), per component (text_encoder, text_encoder_2 for SDXL, unet, vae_decoder,
 vae_encoder):
   model.onnx          graph; every parameter initializer stored as external data in `weights.bin`, a file
                       that never exists on disk: stipple assembles it in memory from weights.safetensors
@@ -39,7 +39,7 @@ Two export facts keep every weight under its own name: no constant folding (Line
 with equal values at export time (the exporter would merge them into one initializer).
 
 --template NAME (sd15-fp32, sd15-fp16, sdxl-fp32, sdxl-fp16) writes the architecture template stipple
-embeds (DESIGN.md §3) to templates/NAME: the full-size architecture with random weights (tiny_configs,
+embeds to templates/NAME: the full-size architecture with random weights (tiny_configs,
 built and exported one component at a time: SDXL fp32 is 14 GB of parameters), kept as the layout above
 without weights.safetensors and tokenizers; model.onnx and weightmap.json (and the fused
 model.cuda.onnx / weightmap.cuda.json with --optimize cuda) are stored as deterministic `gzip -9` files
@@ -811,7 +811,7 @@ def random_model(family, out, dtype_name, tokenizer_dir, device):
 
 
 # ---------------------------------------------------------------------------------------------
-# Architecture templates (DESIGN.md §3): the graphs and weight maps without weights, gzip-compressed
+# Architecture templates: the graphs and weight maps without weights, gzip-compressed
 
 TEMPLATES = {
     "sd15-fp32": ("sd15", "fp32"),

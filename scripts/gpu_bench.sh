@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs stipple on the GPU machine (../shared/gpu/README.md): a full-size SD1.5-architecture model
+# Runs stipple on the GPU machine (a GPU box with ONNX Runtime GPU and PyTorch): a full-size SD1.5-architecture model
 # (FAMILY=sdxl: SDXL, 1024x1024) with random fp16 weights (exported there), a random rank-32 LoRA, then doctor, generate and bench on
 # cuda:0, with peak device memory and ONNX Runtime's per-operator profile. Results go to $OUT.
 # OPTIMIZE=1 (the default for sd15) also writes ORT's SD-fused graph (--optimize cuda) and runs

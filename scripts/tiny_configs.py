@@ -64,7 +64,7 @@ SCHEDULER = dict(
 def randomize_(module, seed):
     """Gives every parameter distinct random values.
 
-    The ONNX exporter merges parameters with equal values into one initializer (DESIGN.md §3), and a
+    The ONNX exporter merges parameters with equal values into one initializer, and a
     default-initialised model has every norm weight 1.0, so norms get 1 + small noise and biases small noise.
     """
     device = next(module.parameters()).device

@@ -1,6 +1,6 @@
 //! stipple: Stable Diffusion with LoRA-family adapters on ONNX Runtime, for the terminal.
 //!
-//! The data path (see DESIGN.md): [`prompt`] parses the prompt language, a [`job::Job`] goes to the
+//! The data path (README, "Working on stipple"): [`prompt`] parses the prompt language, a [`job::Job`] goes to the
 //! [`engine`], which owns the [`model`], applies [`lora`] adapters through [`patch`], builds ONNX
 //! Runtime sessions in [`runtime`] and runs the [`pipeline`]; front ends ([`tui`], [`headless`]) see
 //! only jobs and events.

@@ -66,7 +66,7 @@ pub fn sd15_unet_lora(rank: usize) -> Workload {
     synth_lora(rank, &targets, 0x2545_f491_4f6c_dd1d)
 }
 
-/// Every UNet layer of [`sd15_all_targets`] (attention, resnets, samplers, stem): the DESIGN.md
+/// Every UNet layer of [`sd15_all_targets`] (attention, resnets, samplers, stem): the design
 /// target "ΔW for a rank-32 LoRA over all SD1.5 UNet layers ≤ 1 s on 2 cores" is measured on it.
 pub fn sd15_full_unet_lora(rank: usize) -> Workload {
     let targets: Vec<_> = sd15_all_targets()

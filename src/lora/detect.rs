@@ -1,4 +1,4 @@
-//! Type detection per module from the set of key kinds it has (lora-formats.md §1.0 R2), and the
+//! Type detection per module from the set of key kinds it has, and the
 //! module's decoded tensors.
 
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
 //! Base-model family of an adapter from its tensor shapes (authoritative) with metadata as a hint,
-//! checked against the loaded model before any delta is computed (lora-formats.md §3).
+//! checked against the loaded model before any delta is computed.
 //!
 //! Evidence: the cross-attention context width (`attn2.to_k`/`to_v` down input), the text-encoder
 //! widths, and keys for a second text encoder (`lora_te2_`, `text_encoder_2.`: SDXL only).

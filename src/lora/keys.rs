@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::{Component, TargetParam};
 use crate::model::ldm::UnetLayout;
 
-/// What one file key holds for its module (lora-formats.md §1, §2.1).
+/// What one file key holds for its module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum Kind {
     Up,

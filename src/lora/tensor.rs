@@ -21,7 +21,7 @@ impl Tensor {
         self.data.len()
     }
 
-    /// `[shape[0], prod(rest)]`: the `flat()` of lora-formats.md.
+    /// `[shape[0], prod(rest)]` (LyCORIS' `flat()`).
     pub fn rows_cols(&self) -> (usize, usize) {
         let rows = self.shape.first().copied().unwrap_or(1);
         let cols = self.data.len().checked_div(rows).unwrap_or(0);

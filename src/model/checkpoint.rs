@@ -197,7 +197,7 @@ impl Checkpoint {
     ) -> Result<Checkpoint, CheckpointError> {
         let mut table = HashMap::new();
         for (name, source, want) in names {
-            let resolved = self.resolve(&name, &source, want)?;
+            let resolved = self.resolve(&name, &source, want, true)?;
             table.insert(name, resolved);
         }
         Ok(Checkpoint {
@@ -216,14 +216,16 @@ impl Checkpoint {
         source: &Source,
         want: &[usize],
     ) -> Result<(), CheckpointError> {
-        self.resolve(name, source, want.to_vec()).map(|_| ())
+        self.resolve(name, source, want.to_vec(), false).map(|_| ())
     }
 
+    /// Where `name` is read from; `copy`: make the transposed copy (a probe only checks shapes).
     fn resolve(
         &self,
         name: &str,
         source: &Source,
         want: Vec<usize>,
+        copy: bool,
     ) -> Result<Resolved, CheckpointError> {
         let key = source.key();
         let info = self.meta.info(key).ok_or_else(|| {
@@ -299,12 +301,15 @@ impl Checkpoint {
                     .map
                     .get(start..end)
                     .ok_or_else(|| bad("data past the end"))?;
-                let mut out = vec![0u8; data.len()];
-                for i in 0..r {
-                    for j in 0..c {
-                        let from = (i * c + j) * esize;
-                        let to = (j * r + i) * esize;
-                        out[to..to + esize].copy_from_slice(&data[from..from + esize]);
+                let mut out = Vec::new();
+                if copy {
+                    out = vec![0u8; data.len()];
+                    for i in 0..r {
+                        for j in 0..c {
+                            let from = (i * c + j) * esize;
+                            let to = (j * r + i) * esize;
+                            out[to..to + esize].copy_from_slice(&data[from..from + esize]);
+                        }
                     }
                 }
                 Ok(Resolved {

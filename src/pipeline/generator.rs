@@ -920,6 +920,8 @@ impl Generator {
         let (h, w) = (job.height as usize / factor, job.width as usize / factor);
         let seq = self.context_len(&pos, &neg) as i64;
         let dims = self.opts.static_shapes.then_some([h as i64, w as i64, seq]);
+        // The infotext's resources, once per job (file hashes are read from their cache).
+        let mut resources: Option<Resources> = None;
         self.fuse_step(&loras, &mode, &first, dims)?;
         self.ensure_vae_dims(h, w)?;
         // Conditioning per distinct set of text-encoder strengths: a schedule with k distinct
@@ -1014,9 +1016,11 @@ impl Generator {
                     self.resources.vae_hash = vae;
                 }
             }
-            let mut resources = self.resources.clone();
-            resources.lora_hashes = lora_hashes(&loras);
-            let infotext = format_infotext(job, seed, &resources);
+            let resources = resources.get_or_insert_with(|| Resources {
+                lora_hashes: lora_hashes(&loras),
+                ..self.resources.clone()
+            });
+            let infotext = format_infotext(job, seed, resources);
             on_event(Event::Image {
                 id,
                 index,

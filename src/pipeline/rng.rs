@@ -1,6 +1,6 @@
 //! [`TorchRng`]: the normal draws of `torch.randn(n, generator=torch.Generator("cpu").manual_seed(seed))`
 //! for f32, so a seed gives the same latents (and Euler-a noise) as diffusers on CPU (x86-64 torch builds).
-//! Public surface: `TorchRng::new(seed)`, `TorchRng::randn(n)`. Algorithm: research/rust-ecosystem.md §A7, except
+//! Public surface: `TorchRng::new(seed)`, `TorchRng::randn(n)`. Algorithm: torch's CPU generator (mt19937 + Box-Muller), except
 //! that torch 2.15 runs the AVX2 Box–Muller (avx_mathfun) on AVX-512 CPUs too; that is what this matches.
 
 /// A torch-compatible CPU generator: MT19937 plus torch's two Box–Muller paths for f32 `randn`.
@@ -242,7 +242,7 @@ mod tests {
         }
     }
 
-    /// Golden values printed by torch (4 decimals), research/rust-ecosystem.md §A7.
+    /// Golden values printed by torch (4 decimals).
     #[test]
     fn golden_values_for_seed_zero() {
         close(

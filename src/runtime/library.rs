@@ -2,7 +2,7 @@
 //!
 //! Order: `--ort-lib`, `ORT_DYLIB_PATH`, `STIPPLE_ORT_LIB` (config), then the copy `scripts/setup`
 //! put under `.ort/{gpu,cpu}/` of the project (searched from the executable and the working folder).
-//! (Named `library` rather than DESIGN.md's `ort` so it cannot shadow the `ort` crate in paths.)
+//! (Named `library` rather than `ort` so it cannot shadow the `ort` crate in paths.)
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

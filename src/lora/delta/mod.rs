@@ -1,4 +1,4 @@
-//! ΔW per module type (lora-formats.md §1), one file per type, all f32 in torch layout.
+//! ΔW per module type, one file per type, all f32 in torch layout.
 //!
 //! Linear types return `μ·ΔW`; the weight-dependent ones (DoRA, OFT, BOFT) take μ inside as LyCORIS does.
 

@@ -1,7 +1,7 @@
 //! diffusers ↔ LDM (`input_blocks.N.M`) UNet module names, computed from the UNet's own parameter names.
 //!
 //! Levels, layers per block and which up levels have attention are read off the names, so the map is
-//! right for SD1/SD2/SDXL and for the tiny test UNet alike (lora-formats.md §2.3).
+//! right for SD1/SD2/SDXL and for the tiny test UNet alike.
 
 use std::collections::BTreeSet;
 
@@ -149,7 +149,7 @@ fn resnet_inner(rest: &str) -> String {
 mod tests {
     use super::*;
 
-    /// SD1.5's real layout (lora-formats.md §2.3 worked examples).
+    /// SD1.5's real layout.
     #[test]
     fn sd15_examples() {
         let names = [
@@ -188,7 +188,7 @@ mod tests {
     }
 
     /// SDXL's real layout (three levels, attention at 1 and 2, up levels 0 and 1; 10 transformer
-    /// blocks at the deepest level, which pass through as inner names). lora-formats.md §2.3.
+    /// blocks at the deepest level, which pass through as inner names).
     #[test]
     fn sdxl_examples() {
         let names = [
