@@ -1,7 +1,10 @@
 //! Layered configuration: embedded defaults → the user's `config.toml` → `STIPPLE_*` environment
 //! variables (`STIPPLE_GENERATION__STEPS=30`) → command-line flags, deserialized into [`Config`].
 //! Folders follow XDG on Linux and macOS (etcetera); `STIPPLE_CONFIG_HOME` moves the config folder.
+//! A key the defaults do not define (in the file, or as `STIPPLE_SECTION__KEY`) is an error that
+//! names the closest known key.
 
+pub use crate::live::LoraMethod;
 use crate::runtime::CudaOptions;
 use ::config::{Environment, File, FileFormat};
 use serde::{Deserialize, Serialize};
@@ -24,7 +27,8 @@ protocol = "auto"
 
 [generation]
 sampler = "Euler a"
-steps = 20
+# Sampling steps; 0 = the model family's (20 for SD 1.x, 30 for SDXL).
+steps = 0
 cfg = 7.0
 # Image size in pixels; 0 = the model's own (512 for SD1.x, 1024 for SDXL).
 width = 0
@@ -32,7 +36,8 @@ height = 0
 # -1 picks a new random seed for every job.
 seed = -1
 batch = 1
-# fuse: adapters are merged into the weights; live: strengths can change while sampling.
+# fuse: static adapters are merged into the weights, scheduled or dialled ones run live;
+# live: every adapter runs live; refuse: everything merged, re-merged when a strength changes.
 lora_method = "fuse"
 # Insert an adapter's trigger words with its tag.
 trigger_words = true
@@ -61,6 +66,15 @@ pub enum ConfigError {
     Load(::config::ConfigError),
     #[error("configuration key `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+    #[error("configuration: unknown key `{key}` in {origin}{hint}")]
+    UnknownKey {
+        key: String,
+        origin: String,
+        /// `; did you mean `generation.steps`?`, or empty.
+        hint: String,
+    },
+    #[error("configuration: {path}: {message}")]
+    File { path: PathBuf, message: String },
 }
 
 impl From<::config::ConfigError> for ConfigError {
@@ -80,13 +94,6 @@ pub enum ImageProtocol {
     Off,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LoraMethod {
-    Fuse,
-    Live,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageConfig {
     pub protocol: ImageProtocol,
@@ -96,6 +103,7 @@ pub struct ImageConfig {
 pub struct GenerationConfig {
     /// A1111 name or slug; checked by [`Config::validate`].
     pub sampler: String,
+    /// 0 = the model family's default (filled in when the model is known).
     pub steps: u32,
     pub cfg: f32,
     /// Pixels; 0 = the model's default size (filled in when the model is known).
@@ -175,6 +183,14 @@ impl Config {
         self
     }
 
+    /// Fills steps of 0 (the default) with the model family's.
+    pub fn with_model_steps(mut self, steps: u32) -> Config {
+        if self.generation.steps == 0 {
+            self.generation.steps = steps;
+        }
+        self
+    }
+
     /// Checks what serde cannot: value ranges and names.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let g = &self.generation;
@@ -195,9 +211,9 @@ impl Config {
             }
         };
         check(
-            (1..=1000).contains(&g.steps),
+            g.steps <= 1000,
             "generation.steps",
-            "must be 1..=1000",
+            "must be 1..=1000 (or 0 for the model family's)",
         )?;
         check(
             g.cfg.is_finite() && g.cfg >= 0.0,
@@ -320,9 +336,17 @@ fn layers(
     overrides: &[(&str, String)],
 ) -> Result<::config::Config, ConfigError> {
     let mut b = ::config::Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
-    if let Some(path) = user_file {
-        b = b.add_source(File::from(path).format(FileFormat::Toml).required(false));
+    let known = known_keys();
+    if let Some(text) = user_file.map(read_user_file).transpose()?.flatten() {
+        let path = user_file.unwrap_or(Path::new("config.toml"));
+        let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        check_table(&table, "", &known, &path.display().to_string())?;
+        b = b.add_source(File::from_str(&text, FileFormat::Toml));
     }
+    check_env(env.as_ref(), &known)?;
     b = b.add_source(
         Environment::with_prefix("STIPPLE")
             .prefix_separator("_")
@@ -338,6 +362,104 @@ fn layers(
     Ok(b.build()?)
 }
 
+/// The user's file, or `None` when there is none (it is optional).
+fn read_user_file(path: &Path) -> Result<Option<String>, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ConfigError::File {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Every key of the defaults, dotted (`generation.steps`); the tables themselves too.
+fn known_keys() -> Vec<String> {
+    fn walk(t: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+        for (k, v) in t {
+            let key = format!("{prefix}{k}");
+            if let toml::Value::Table(sub) = v {
+                walk(sub, &format!("{key}."), out);
+            }
+            out.push(key);
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(t) = toml::from_str::<toml::Table>(DEFAULTS) {
+        walk(&t, "", &mut out);
+    }
+    out
+}
+
+/// `key` is unknown: the error, with the closest known key when one is close.
+fn unknown(
+    key: &str,
+    origin: &str,
+    known: &[String],
+    shown: impl Fn(&str) -> String,
+) -> ConfigError {
+    let hint = crate::prompt::did_you_mean(key, known.iter().map(String::as_str))
+        .map(|h| {
+            // Name the candidates as the user would write them (an environment variable, say).
+            let mut h = h;
+            for k in known {
+                h = h.replace(&format!("`{k}`"), &format!("`{}`", shown(k)));
+            }
+            format!("; {h}")
+        })
+        .unwrap_or_default();
+    ConfigError::UnknownKey {
+        key: shown(key),
+        origin: origin.to_string(),
+        hint,
+    }
+}
+
+/// Every key of the user's file must be one the defaults define; `[keys]` holds key bindings.
+fn check_table(
+    t: &toml::Table,
+    prefix: &str,
+    known: &[String],
+    origin: &str,
+) -> Result<(), ConfigError> {
+    for (k, v) in t {
+        let key = format!("{prefix}{k}");
+        if !known.contains(&key) {
+            return Err(unknown(&key, origin, known, str::to_string));
+        }
+        if let (toml::Value::Table(sub), false) = (v, key == "keys") {
+            check_table(sub, &format!("{key}."), known, origin)?;
+        }
+    }
+    Ok(())
+}
+
+/// `STIPPLE_SECTION__KEY` variables must name a known key. Variables without `__` are also
+/// stipple's other settings (`STIPPLE_LOG`, `STIPPLE_LORA_DIRS`), so only those are checked.
+fn check_env(env: Option<&HashMap<String, String>>, known: &[String]) -> Result<(), ConfigError> {
+    let vars: Vec<String> = match env {
+        Some(m) => m.keys().cloned().collect(),
+        None => std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .collect(),
+    };
+    let to_env = |k: &str| format!("STIPPLE_{}", k.to_uppercase().replace('.', "__"));
+    for var in vars {
+        let Some(rest) = var.strip_prefix("STIPPLE_") else {
+            continue;
+        };
+        if !rest.contains("__") || rest.to_lowercase().starts_with("keys__") {
+            continue;
+        }
+        let key = rest.to_lowercase().replace("__", ".");
+        if !known.contains(&key) {
+            return Err(unknown(&key, "the environment", known, to_env));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,7 +468,8 @@ mod tests {
     fn defaults_parse_and_validate() {
         let c = Config::default();
         c.validate().unwrap();
-        assert_eq!(c.generation.steps, 20);
+        assert_eq!(c.generation.steps, 0, "0 = the model family's");
+        assert_eq!(c.clone().with_model_steps(30).generation.steps, 30);
         assert_eq!(c.image.protocol, ImageProtocol::Auto);
     }
 

@@ -8,6 +8,7 @@
 pub mod bake;
 pub mod batch;
 pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod export;

@@ -1,5 +1,5 @@
-//! The flags of `stipple batch`, declared here so `main` stays a dispatch line and the library owns
-//! their meaning. [`BatchArgs`] is a clap `Args` struct.
+//! The flags of `stipple batch`: its own (job file, sweeps, shard, dry run, output folder) and the
+//! engine flags every command shares. [`BatchArgs`] is a clap `Args` struct.
 
 use clap::Args;
 use std::path::PathBuf;
@@ -22,28 +22,12 @@ pub struct BatchArgs {
     /// Run only slice I of N of the jobs (1-based), e.g. 2/8, for job arrays on a cluster
     #[arg(long, value_name = "I/N")]
     pub shard: Option<String>,
-    /// Output folder; also holds the manifest (results.jsonl) that reruns use to skip finished jobs
-    #[arg(long, default_value = "out", value_name = "DIR")]
-    pub out: PathBuf,
-    /// Model for jobs that do not name one: a .safetensors checkpoint, a diffusers folder or a
-    /// stipple folder (default: the bundled tiny model)
-    #[arg(long, value_name = "PATH")]
-    pub model: Option<PathBuf>,
-    /// Devices to spread the jobs over, one engine each: cpu, cuda:0,cuda:1, ...
-    #[arg(
-        long = "device",
-        visible_alias = "devices",
-        value_delimiter = ',',
-        default_value = "cpu",
-        value_name = "LIST"
-    )]
-    pub devices: Vec<String>,
-    /// Intra-op threads per engine for ONNX Runtime (0 = its default)
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// Folder of LoRA files that `<lora:NAME>` tags name; repeatable
-    #[arg(long = "lora-dir", value_name = "DIR")]
-    pub lora_dirs: Vec<PathBuf>,
+    /// Output folder (default: out); also holds the manifest (results.jsonl) that reruns use to
+    /// skip finished jobs
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// The model for jobs that do not name one, the devices to spread the jobs over (one engine
+    /// each), and the rest of the load-time flags every command shares
     #[command(flatten)]
-    pub cuda: crate::runtime::CudaArgs,
+    pub engine: crate::cli::flags::EngineFlags,
 }

@@ -12,9 +12,10 @@ use super::report::{Reporter, ResultLine};
 use super::store::Store;
 use super::{invalid_line, signal, BatchError, Item};
 use crate::job::Job;
+use crate::live::LoraMethod;
 use crate::pipeline::Generator;
 use crate::prompt::LoraDirs;
-use crate::runtime::{CudaOptions, Device, Runtime, SessionOptions};
+use crate::runtime::{Device, Runtime, SessionOptions};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -26,9 +27,9 @@ pub struct Options {
     pub out: PathBuf,
     pub manifest: PathBuf,
     pub devices: Vec<Device>,
-    pub threads: usize,
-    /// `[cuda]` of the config with the `--cuda-*` flags; for the CUDA devices.
-    pub cuda: CudaOptions,
+    /// Load-time options of every engine (each with its own device).
+    pub session: SessionOptions,
+    pub lora_method: LoraMethod,
     pub lora_dirs: LoraDirs,
     pub ort_lib: Option<PathBuf>,
 }
@@ -37,8 +38,8 @@ pub struct Options {
 /// tags once the generator takes LoRA folders; the planner already resolves and fingerprints them.
 pub struct GeneratorLoader {
     pub runtime: &'static Runtime,
-    pub threads: usize,
-    pub cuda: CudaOptions,
+    pub session: SessionOptions,
+    pub lora_method: LoraMethod,
     pub lora_dirs: LoraDirs,
 }
 
@@ -47,12 +48,11 @@ impl Loader for GeneratorLoader {
     fn load(&self, model: &Path, device: Device) -> Result<Generator, String> {
         let opts = SessionOptions {
             device,
-            threads: self.threads,
-            cuda: self.cuda,
-            ..SessionOptions::default()
+            ..self.session.clone()
         };
         let mut g = Generator::load(model, self.runtime, opts).map_err(|e| e.to_string())?;
         g.set_lora_dirs(self.lora_dirs.roots.clone());
+        g.lora_method = self.lora_method;
         Ok(g)
     }
 }
@@ -163,8 +163,8 @@ pub fn execute(
         reporter = Reporter::new(to_run);
         let loader = Arc::new(GeneratorLoader {
             runtime,
-            threads: opts.threads,
-            cuda: opts.cuda,
+            session: opts.session.clone(),
+            lora_method: opts.lora_method,
             lora_dirs: opts.lora_dirs.clone(),
         });
         let reports = pool::run(loader, &opts.devices, tasks, stop.clone());
@@ -333,7 +333,8 @@ pub fn execute(
     }
     if failed + invalid > 0 {
         return Err(BatchError::Failed {
-            failed: failed + invalid,
+            failed,
+            invalid,
             total,
         });
     }

@@ -149,8 +149,23 @@ pub struct JobSpec {
     pub out: Option<String>,
 }
 
+/// The fields a job line may have (`sweep` is taken out before the rest is read).
+pub const FIELDS: [&str; 12] = [
+    "prompt", "negative", "sampler", "steps", "cfg", "width", "height", "seed", "batch", "model",
+    "out", "sweep",
+];
+
 impl JobSpec {
     pub fn from_fields(fields: &Map<String, Value>) -> Result<JobSpec, String> {
+        if let Some(bad) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            let hint = crate::prompt::did_you_mean(bad, FIELDS)
+                .map(|h| format!("; {h}"))
+                .unwrap_or_default();
+            return Err(format!(
+                "unknown field `{bad}`{hint} (a job line has: {})",
+                FIELDS.join(", ")
+            ));
+        }
         serde_json::from_value(Value::Object(fields.clone())).map_err(|e| e.to_string())
     }
 }
@@ -211,6 +226,11 @@ mod tests {
         let fields = |s: &str| serde_json::from_str::<Map<String, Value>>(s).unwrap();
         let e = JobSpec::from_fields(&fields(r#"{"prompt": "a", "stesp": 4}"#)).unwrap_err();
         assert!(e.contains("unknown field `stesp`"), "{e}");
+        assert!(e.contains("did you mean `steps`?"), "{e}");
+        assert!(
+            e.contains("sweep"),
+            "the expected fields include `sweep`: {e}"
+        );
         let e = JobSpec::from_fields(&fields(r#"{"negative": "a"}"#)).unwrap_err();
         assert!(e.contains("missing field `prompt`"), "{e}");
         let e = JobSpec::from_fields(&fields(r#"{"prompt": "a", "steps": "four"}"#)).unwrap_err();

@@ -22,13 +22,12 @@ pub mod sweep;
 pub use args::BatchArgs;
 
 use crate::prompt::LoraDirs;
-use crate::runtime::Device;
 use jobfile::{Entry, JobSpec, Origin};
 use plan::{Defaults, Planned, Planner};
 use report::{Reporter, ResultLine};
 use shard::Shard;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use sweep::Axis;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,10 +50,30 @@ pub enum BatchError {
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Runtime(#[from] crate::runtime::RuntimeError),
-    #[error("{failed} of {total} jobs failed (see above)")]
-    Failed { failed: usize, total: usize },
+    #[error("configuration key `generation.sampler`: {0}")]
+    Config(String),
+    #[error("{}", failed_text(*failed, *invalid, *total))]
+    Failed {
+        failed: usize,
+        invalid: usize,
+        total: usize,
+    },
     #[error("interrupted: {done} jobs finished, {left} left for a rerun")]
     Interrupted { done: usize, left: usize },
+}
+
+/// `2 of 5 jobs failed; 1 job line is invalid (see above)`.
+fn failed_text(failed: usize, invalid: usize, total: usize) -> String {
+    let mut parts = Vec::new();
+    if failed > 0 {
+        parts.push(format!("{failed} of {total} jobs failed"));
+    }
+    match invalid {
+        0 => {}
+        1 => parts.push("1 job line is invalid".to_string()),
+        n => parts.push(format!("{n} job lines are invalid")),
+    }
+    format!("{} (see above)", parts.join("; "))
 }
 
 /// One entry of this shard, resolved or not.
@@ -63,13 +82,14 @@ pub struct Item {
     pub planned: Result<Planned, String>,
 }
 
-/// Runs `stipple batch`. `default_model` is used for jobs that name no model when `--model` is not
-/// given. Returns an error when any job failed, so the exit status tells.
+/// Runs `stipple batch` with the resolved load-time settings (`engine.model` is the model of jobs
+/// that name none), the output folder and the config's `[generation]` defaults for job fields.
+/// Returns an error when any job failed, so the exit status tells.
 pub fn run(
     args: &BatchArgs,
-    ort_lib: Option<&Path>,
-    default_model: PathBuf,
-    cuda: crate::runtime::CudaOptions,
+    engine: &crate::cli::resolve::EngineSettings,
+    out: &Path,
+    generation: &crate::config::GenerationConfig,
 ) -> Result<(), BatchError> {
     let shard: Shard = match &args.shard {
         Some(s) => s.parse()?,
@@ -80,36 +100,35 @@ pub fn run(
         .iter()
         .map(|s| Axis::parse(s))
         .collect::<Result<Vec<_>, _>>()?;
-    let devices = args
-        .devices
-        .iter()
-        .map(|d| d.trim().parse::<Device>())
-        .collect::<Result<Vec<_>, _>>()?;
     let all = read_entries(args, &axes)?;
-    let defaults = Defaults {
-        model: args.model.clone().unwrap_or(default_model),
-        lora_dirs: LoraDirs::new(args.lora_dirs.clone()),
-    };
+    let lora_dirs = LoraDirs::new(engine.lora_dirs.clone());
+    let defaults = Defaults::new(
+        engine.model.clone(),
+        lora_dirs.clone(),
+        generation,
+        engine.bundled,
+    )
+    .map_err(BatchError::Config)?;
     let items = plan_shard(all, shard, defaults);
-    let (finished, unreadable) = manifest::finished(&args.out)?;
+    let (finished, unreadable) = manifest::finished(out)?;
     let mut reporter = Reporter::without_bar();
     if unreadable > 0 {
         reporter.note(&format!(
             "stipple batch: {unreadable} unreadable manifest line(s) in {} ignored (a run killed while writing)",
-            args.out.display()
+            out.display()
         ));
     }
     if args.dry_run {
-        return dry_run(&items, &finished, &args.out, &mut reporter);
+        return dry_run(&items, &finished, out, &mut reporter);
     }
     let opts = execute::Options {
-        out: args.out.clone(),
-        manifest: args.out.join(manifest::file_name(shard)),
-        devices,
-        threads: args.threads,
-        cuda,
-        lora_dirs: LoraDirs::new(args.lora_dirs.clone()),
-        ort_lib: ort_lib.map(Path::to_path_buf),
+        out: out.to_path_buf(),
+        manifest: out.join(manifest::file_name(shard)),
+        devices: engine.devices.clone(),
+        session: engine.session.clone(),
+        lora_method: engine.lora_method,
+        lora_dirs,
+        ort_lib: engine.ort_lib.clone(),
     };
     execute::execute(items, &finished, &opts)
 }
@@ -216,7 +235,8 @@ fn dry_run(
     }
     if bad > 0 {
         return Err(BatchError::Failed {
-            failed: bad,
+            failed: 0,
+            invalid: bad,
             total: items.len(),
         });
     }

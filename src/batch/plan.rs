@@ -14,12 +14,46 @@ use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-/// What the command line gives every job that does not say otherwise.
+/// What the command line and the config's `[generation]` give every job that does not say
+/// otherwise. Steps, width and height of 0 mean the model's own.
 #[derive(Debug, Clone)]
 pub struct Defaults {
     pub model: PathBuf,
     /// `--lora-dir` folders, where `<lora:NAME>` is looked up.
     pub lora_dirs: LoraDirs,
+    pub sampler: Sampler,
+    pub steps: u32,
+    pub cfg: f32,
+    pub width: u32,
+    pub height: u32,
+    pub batch: u32,
+}
+
+impl Defaults {
+    /// From `[generation]` of the config; with the bundled tiny model, its own size (a
+    /// configured size is for real models). The config's seed is not used: a batch job's seed
+    /// is fixed or derived from the job, so reruns find it.
+    pub fn new(
+        model: PathBuf,
+        lora_dirs: LoraDirs,
+        g: &crate::config::GenerationConfig,
+        bundled: bool,
+    ) -> Result<Defaults, String> {
+        let (width, height) = if bundled { (0, 0) } else { (g.width, g.height) };
+        Ok(Defaults {
+            model,
+            lora_dirs,
+            sampler: g
+                .sampler
+                .parse()
+                .map_err(|e: crate::job::UnknownSampler| e.to_string())?,
+            steps: g.steps,
+            cfg: g.cfg,
+            width,
+            height,
+            batch: g.batch,
+        })
+    }
 }
 
 /// A job ready to run.
@@ -37,7 +71,6 @@ struct ModelFacts {
     width: u32,
     height: u32,
     steps: u32,
-    cfg: f32,
     identity: String,
 }
 
@@ -64,7 +97,7 @@ impl Planner {
             Some(s) => s
                 .parse()
                 .map_err(|e: crate::job::UnknownSampler| e.to_string())?,
-            None => Sampler::EulerA,
+            None => self.defaults.sampler,
         };
         let seed = match spec.seed {
             Some(s) if s < 0 => {
@@ -79,17 +112,25 @@ impl Planner {
             .model
             .clone()
             .unwrap_or_else(|| self.defaults.model.clone());
+        let d = (
+            self.defaults.steps,
+            self.defaults.cfg,
+            self.defaults.width,
+            self.defaults.height,
+            self.defaults.batch,
+        );
         let facts = self.model_facts(&model)?;
+        let or_model = |v: u32, model: u32| if v == 0 { model } else { v };
         let mut job = Job {
             prompt: spec.prompt,
             negative: spec.negative,
             sampler,
-            steps: spec.steps.unwrap_or(facts.steps),
-            cfg: spec.cfg.unwrap_or(facts.cfg),
-            width: spec.width.unwrap_or(facts.width),
-            height: spec.height.unwrap_or(facts.height),
+            steps: spec.steps.unwrap_or(or_model(d.0, facts.steps)),
+            cfg: spec.cfg.unwrap_or(d.1),
+            width: spec.width.unwrap_or(or_model(d.2, facts.width)),
+            height: spec.height.unwrap_or(or_model(d.3, facts.height)),
             seed: 0,
-            batch: spec.batch.unwrap_or(1),
+            batch: spec.batch.unwrap_or(d.4),
         };
         let model_id = facts.identity.clone();
         job.seed = seed.unwrap_or_else(|| derived_seed(&job, &model_id));
@@ -124,7 +165,6 @@ impl Planner {
                 width,
                 height,
                 steps: family.default_steps,
-                cfg: family.default_cfg,
                 identity,
             })
         });

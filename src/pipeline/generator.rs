@@ -1528,7 +1528,11 @@ impl Runner for LazyGenerator {
             }
         }
         match self.generator.as_mut() {
-            Some(g) => g.run(job, out),
+            Some(g) => {
+                // The method may change between jobs (the workstation's Settings toggle).
+                g.lora_method = self.lora_method;
+                g.run(job, out)
+            }
             None => Outcome::Failed("the model is not loaded".into()),
         }
     }

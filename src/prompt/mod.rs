@@ -105,6 +105,7 @@ pub use parse::{parse, parse_with_warnings, Prompt};
 pub use print::{append_tag, print, print_tag, remove_tag, rewrite_tag};
 pub use resolve::{Adapter, Catalog, LoraDirs, Refusal, Refused, ResolveError};
 pub use schedule::{Position, Strength};
+pub(crate) use suggest::did_you_mean;
 
 #[cfg(test)]
 mod proptests;

@@ -106,6 +106,8 @@ pub struct App {
     /// Something visible changed since the last draw.
     pub dirty: bool,
     pub history_size: usize,
+    /// Where a submitted job's LoRA method (the Settings toggle) reaches the engine.
+    pub method_sink: Option<crate::tui::MethodSink>,
     names: Vec<String>,
     rng: u64,
     last_seed: Option<u64>,
@@ -141,6 +143,7 @@ impl App {
             ticks: 0,
             dirty: true,
             history_size: config.history_size,
+            method_sink: None,
             names: Vec::new(),
             rng: seed | 1,
             last_seed: None,

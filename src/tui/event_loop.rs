@@ -45,6 +45,9 @@ pub fn perform(
     for effect in effects {
         match effect {
             Effect::Submit(job) => {
+                if let Some(sink) = &app.method_sink {
+                    *sink.lock().unwrap_or_else(|p| p.into_inner()) = app.settings.lora_method;
+                }
                 let id = svc.engine.submit(job.clone());
                 tracing::info!(id, seed = job.seed, "submitted");
                 let more = app.update(Input::Submitted { id, job });

@@ -30,11 +30,16 @@ pub enum TuiError {
     Keymap(#[from] keymap::KeymapError),
 }
 
+/// The LoRA method the engine uses for the next job, set from the Settings toggle at each submit.
+pub type MethodSink = std::sync::Arc<std::sync::Mutex<crate::live::LoraMethod>>;
+
 /// What the TUI needs besides the engine.
 pub struct TuiOptions {
     pub config: Config,
     pub dirs: Dirs,
     pub catalog: Box<dyn LoraCatalog>,
+    /// Shared with the runner, which reads it before each job.
+    pub lora_method: Option<MethodSink>,
 }
 
 impl TuiOptions {
@@ -52,6 +57,7 @@ impl TuiOptions {
             config,
             dirs,
             catalog,
+            lora_method: None,
         }
     }
 }
@@ -127,6 +133,7 @@ pub fn run(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
     let mut app = app::App::new(&opts.config, theme, keymap, picker, seed);
+    app.method_sink = opts.lora_method.clone();
     app.prompt.set_history(history);
     app.update(app::Input::Catalog(opts.catalog.scan()));
     let svc = event_loop::Services {

@@ -1,8 +1,9 @@
 //! Generation settings (sampler, steps, CFG, size, seed, batch, LoRA method, trigger words) as a
 //! list of fields changed with Left/Right/Enter; the values a submitted job is built from.
 
-use crate::config::{Config, LoraMethod};
+use crate::config::Config;
 use crate::job::Sampler;
+use crate::live::LoraMethod;
 use crate::tui::theme::Theme;
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
@@ -112,10 +113,10 @@ impl Settings {
             }
             7 => self.batch = step(self.batch, 1, 1, 64),
             8 => {
-                self.lora_method = match self.lora_method {
-                    LoraMethod::Fuse => LoraMethod::Live,
-                    LoraMethod::Live => LoraMethod::Fuse,
-                }
+                const ALL: [LoraMethod; 3] =
+                    [LoraMethod::Fuse, LoraMethod::Live, LoraMethod::Refuse];
+                let i = ALL.iter().position(|m| *m == self.lora_method).unwrap_or(0) as i32;
+                self.lora_method = ALL[(i + dir).rem_euclid(ALL.len() as i32) as usize];
             }
             9 => self.trigger_words = !self.trigger_words,
             _ => {}

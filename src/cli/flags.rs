@@ -1,0 +1,116 @@
+//! The flags every command that builds an engine shares ([`EngineFlags`]: model, device, weights,
+//! LoRA folders and method, `--cuda-*`), flattened into the workstation, `generate`, `batch` and
+//! `bench`. [`EngineFlags::under`] lets flags given before the subcommand fill the subcommand's.
+
+use crate::live::LoraMethod;
+use crate::runtime::CudaArgs;
+use clap::Args;
+use std::path::PathBuf;
+
+/// How a model's weights are read.
+#[derive(Debug, Clone, Default, PartialEq, Args)]
+pub struct WeightArgs {
+    /// Use a single-file checkpoint's EMA UNet weights (`model_ema.*`) instead of the trained ones
+    #[arg(long)]
+    pub ema: bool,
+    /// A separate VAE (.safetensors, LDM or diffusers naming) to use instead of the model's own
+    #[arg(long, value_name = "FILE")]
+    pub vae: Option<PathBuf>,
+    /// A1111's clip skip: 2 conditions SD 1.x on the penultimate CLIP layer
+    #[arg(long, value_name = "N")]
+    pub clip_skip: Option<u32>,
+    /// An A1111, Forge, SD.Next or ComfyUI folder: --model and --vae may then be names found in its
+    /// models/ folders, and its LoRA folders are searched for <lora:...> tags
+    #[arg(long, value_name = "DIR")]
+    pub models_root: Option<PathBuf>,
+}
+
+/// The load-time flags shared by every command that runs the model.
+#[derive(Debug, Clone, Default, PartialEq, Args)]
+pub struct EngineFlags {
+    /// Model: a .safetensors checkpoint, a diffusers folder or a stipple folder (default: the
+    /// bundled tiny model, tests/fixtures/tiny-sd15)
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Where to run: cpu, cuda:N or dml:N (`batch` takes a list: cuda:0,cuda:1). Default: cpu
+    #[arg(
+        long = "device",
+        visible_alias = "devices",
+        value_delimiter = ',',
+        value_name = "DEVICE"
+    )]
+    pub devices: Vec<String>,
+    /// Intra-op threads for ONNX Runtime (0 = its default)
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Build sessions for the job's exact shapes (faster steps; a new size rebuilds the UNet)
+    #[arg(long)]
+    pub static_shapes: bool,
+    /// UNet graph: auto (the fused CUDA graph on CUDA when the model has one), plain, cuda
+    #[arg(long, value_name = "GRAPH")]
+    pub graph: Option<String>,
+    /// Keep text-encoder and UNet weights in buffers rewritten in place on an adapter change
+    /// (faster swaps, less host memory; on CPU, steps without weight pre-packing). Default: true
+    /// on CUDA, false elsewhere
+    #[arg(long, value_name = "BOOL")]
+    pub resident_weights: Option<bool>,
+    /// How adapters reach the weights: fuse (static fused, scheduled or dialled ones live), live,
+    /// refuse (config: generation.lora_method)
+    #[arg(long, value_enum)]
+    pub lora_method: Option<LoraMethod>,
+    /// A folder of LoRA files for <lora:NAME> tags (repeatable; adds to `lora_folders` of the
+    /// config and STIPPLE_LORA_DIRS, colon-separated)
+    #[arg(long = "lora-dir", value_name = "DIR")]
+    pub lora_dirs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub weights: WeightArgs,
+    #[command(flatten)]
+    pub cuda: CudaArgs,
+}
+
+impl EngineFlags {
+    /// These flags (given after the subcommand) with `outer` (given before it) filling what is not
+    /// given here; lists add up, outer first.
+    pub fn under(&self, outer: &EngineFlags) -> EngineFlags {
+        let w = &self.weights;
+        let ow = &outer.weights;
+        let c = &self.cuda;
+        let oc = &outer.cuda;
+        EngineFlags {
+            model: self.model.clone().or(outer.model.clone()),
+            devices: if self.devices.is_empty() {
+                outer.devices.clone()
+            } else {
+                self.devices.clone()
+            },
+            threads: self.threads.or(outer.threads),
+            static_shapes: self.static_shapes || outer.static_shapes,
+            graph: self.graph.clone().or(outer.graph.clone()),
+            resident_weights: self.resident_weights.or(outer.resident_weights),
+            lora_method: self.lora_method.or(outer.lora_method),
+            lora_dirs: outer
+                .lora_dirs
+                .iter()
+                .chain(&self.lora_dirs)
+                .cloned()
+                .collect(),
+            weights: WeightArgs {
+                ema: w.ema || ow.ema,
+                vae: w.vae.clone().or(ow.vae.clone()),
+                clip_skip: w.clip_skip.or(ow.clip_skip),
+                models_root: w.models_root.clone().or(ow.models_root.clone()),
+            },
+            cuda: CudaArgs {
+                conv_search: c.conv_search.or(oc.conv_search),
+                mem_limit_gb: c.mem_limit_gb.or(oc.mem_limit_gb),
+                cuda_graph: c.cuda_graph.or(oc.cuda_graph),
+                tf32: c.tf32.or(oc.tf32),
+            },
+        }
+    }
+
+    /// Whether any flag was given.
+    pub fn given(&self) -> bool {
+        *self != EngineFlags::default()
+    }
+}

@@ -1,0 +1,190 @@
+//! The `stipple` command line: the clap structs ([`Cli`]), the shared [`flags`], the one
+//! [`resolve`] step, one module per command, and [`run`], which dispatches and returns a typed
+//! [`CliError`] whose [`CliError::exit_code`] is the process's exit status (0 done, 1 failed, 2 usage).
+
+pub mod bake;
+pub mod batch;
+pub mod bench;
+pub mod doctor;
+pub mod error;
+pub mod flags;
+pub mod generate;
+pub mod lora;
+pub mod resolve;
+pub mod workstation;
+
+pub use error::CliError;
+
+use clap::{Args, Parser, Subcommand};
+use flags::EngineFlags;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(
+    name = "stipple",
+    version,
+    about = "Stable Diffusion with LoRA-family adapters, in the terminal"
+)]
+pub struct Cli {
+    /// The ONNX Runtime library (default: ORT_DYLIB_PATH, then .ort/ from scripts/setup)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ort_lib: Option<PathBuf>,
+    #[command(flatten)]
+    pub tui: TuiArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Flags of the workstation (`stipple` with no subcommand). The engine flags and `--out` also
+/// work before `generate`, `batch` and `bench` (`stipple --lora-dir X generate ...`).
+#[derive(Args)]
+pub struct TuiArgs {
+    #[command(flatten)]
+    pub engine: EngineFlags,
+    /// Where finished images are saved (default: `outputs` in stipple's data folder; for
+    /// `generate` and `batch`: `out`)
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Picture protocol of the workstation: auto, kitty, sixel, iterm2 or halfblocks
+    #[arg(long, value_name = "NAME")]
+    pub image_protocol: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Make images from a prompt, without the TUI
+    Generate(GenerateArgs),
+    /// Run a JSON-lines job file or a sweep on warm engines; resumable and shardable
+    Batch(crate::batch::BatchArgs),
+    /// Check ONNX Runtime, execution providers and a model folder
+    Doctor(doctor::DoctorArgs),
+    /// Measure load time, UNet steps per second, VAE decode and a whole image
+    Bench(bench::BenchArgs),
+    /// Adapter files: inspect, merge, extract
+    #[command(subcommand)]
+    Lora(lora::LoraCommand),
+    /// Write a model folder with adapters fused into its weights
+    Bake(bake::BakeArgs),
+}
+
+/// `generate`'s flags; what is not given comes from `[generation]` of the config.
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub engine: EngineFlags,
+    #[arg(long, short)]
+    pub prompt: String,
+    #[arg(long, short, default_value = "")]
+    pub negative: String,
+    /// Sampling steps (config: generation.steps; default: the model family's)
+    #[arg(long)]
+    pub steps: Option<u32>,
+    /// Classifier-free guidance scale (config: generation.cfg)
+    #[arg(long)]
+    pub cfg: Option<f32>,
+    /// Seed; -1 picks one at random, and the seed used is always reported (config: generation.seed)
+    #[arg(long, allow_negative_numbers = true)]
+    pub seed: Option<i64>,
+    /// Euler, "Euler a", DDIM, "DPM++ 2M", "DPM++ 2M Karras" (or euler-a, dpmpp-2m-karras, ...)
+    /// (config: generation.sampler)
+    #[arg(long)]
+    pub sampler: Option<String>,
+    /// Image width in pixels, a multiple of 8 (config: generation.width; default: the model's)
+    #[arg(long)]
+    pub width: Option<u32>,
+    /// Image height in pixels, a multiple of 8 (config: generation.height; default: the model's)
+    #[arg(long)]
+    pub height: Option<u32>,
+    /// Images to make; image i uses seed + i (config: generation.batch)
+    #[arg(long)]
+    pub batch: Option<u32>,
+    /// Output folder (default: out)
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Do not print the image in the terminal
+    #[arg(long)]
+    pub no_preview: bool,
+}
+
+/// Runs the command `cli` names (the workstation without one).
+pub fn run(cli: &Cli) -> Result<(), CliError> {
+    let outer = &cli.tui;
+    let ort_lib = cli.ort_lib.as_deref();
+    let Some(command) = &cli.command else {
+        return workstation::run(outer, ort_lib);
+    };
+    if outer.image_protocol.is_some() {
+        return Err(CliError::Usage(
+            "--image-protocol is a flag of the workstation (`stipple` without a subcommand)".into(),
+        ));
+    }
+    let takes_engine = matches!(
+        command,
+        Command::Generate(_) | Command::Batch(_) | Command::Bench(_)
+    );
+    if !takes_engine && (outer.engine.given() || outer.out.is_some()) {
+        return Err(CliError::Usage(
+            "the flags before the subcommand go with the workstation, generate, batch and bench; \
+             put them after this subcommand"
+                .into(),
+        ));
+    }
+    match command {
+        Command::Generate(a) => generate::run(a, outer, ort_lib),
+        Command::Batch(a) => batch::run(a, outer, ort_lib),
+        Command::Bench(a) => {
+            if outer.out.is_some() {
+                return Err(CliError::Usage(
+                    "bench saves no images; --out does not apply".into(),
+                ));
+            }
+            bench::run(a, &outer.engine, ort_lib)
+        }
+        Command::Doctor(a) => doctor::run(a, ort_lib),
+        Command::Lora(c) => lora::run(c),
+        Command::Bake(a) => bake::run(a),
+    }
+}
+
+/// The bundled tiny model: next to the executable's project, or the source tree it was built from.
+pub fn default_model() -> PathBuf {
+    let rel = Path::new("tests").join("fixtures").join("tiny-sd15");
+    let mut starts: Vec<PathBuf> = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        starts.extend(exe.ancestors().map(Path::to_path_buf));
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        starts.extend(cwd.ancestors().map(Path::to_path_buf));
+    }
+    starts
+        .into_iter()
+        .map(|s| s.join(&rel))
+        .find(|p| p.join("model_index.json").is_file())
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(rel))
+}
+
+/// Writes `text` to stdout; a closed pipe (`stipple doctor | head`) is not an error.
+pub fn emit(text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::failed(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Logging for the command-line commands: stderr, `STIPPLE_LOG` (default warnings), plus the LoRA
+/// debug log when asked for; colours only on a terminal. The workstation logs to a file instead.
+pub fn init_logging() {
+    use std::io::IsTerminal;
+    let mut filter = std::env::var("STIPPLE_LOG").unwrap_or_else(|_| "warn,ort=error".into());
+    if crate::pipeline::adapters::lora_debug() {
+        filter.push_str(",stipple::lora=info");
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_target(false)
+        .try_init();
+}

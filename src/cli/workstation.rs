@@ -1,0 +1,84 @@
+//! The workstation (`stipple` without a subcommand): the shared resolve, then the TUI on an
+//! engine that loads the model on the first job. The Settings toggle's LoRA method reaches the
+//! engine through a [`MethodSink`] read before each job ([`FollowMethod`]).
+
+use super::error::{Classify, CliError};
+use super::{resolve, TuiArgs};
+use crate::engine::{Outcome, Reporter, Runner};
+use crate::job::Job;
+use crate::live::{Dials, LoraMethod};
+use crate::pipeline::{LazyGenerator, SavingRunner};
+use crate::runtime::Runtime;
+use crate::tui::MethodSink;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+pub fn run(a: &TuiArgs, ort_lib: Option<&Path>) -> Result<(), CliError> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        return Err(CliError::Usage(
+            "the workstation needs a terminal; for scripts use `stipple generate` or `stipple batch`"
+                .into(),
+        ));
+    }
+    let dirs = crate::config::Dirs::discover();
+    let mut config = resolve::config(&dirs)?;
+    if let Some(p) = &a.image_protocol {
+        config.image.protocol = serde_json::from_value(serde_json::Value::String(p.clone()))
+            .map_err(|_| {
+                CliError::Usage(format!(
+                    "--image-protocol {p}: use auto, kitty, sixel, iterm2, halfblocks or off"
+                ))
+            })?;
+    }
+    let e = resolve::engine(&a.engine, ort_lib, &config)?;
+    if e.devices.len() > 1 {
+        return Err(CliError::Usage("the workstation runs on one device".into()));
+    }
+    // Check the model now (cheap: headers only); sessions are built on the first job.
+    let model = resolve::open_model(&e)?;
+    let family = model.index.family;
+    let mut config = resolve::generation_defaults(config, &model, e.bundled);
+    drop(model);
+    config.lora_folders = e.lora_dirs.clone();
+    config.generation.lora_method = e.lora_method;
+    let rt = Runtime::get(e.ort_lib.as_deref(), e.session.device.is_gpu()).failed()?;
+    let out_dir = a.out.clone().unwrap_or_else(|| dirs.data.join("outputs"));
+    let mut inner = LazyGenerator::new(e.model.clone(), rt, e.session.clone(), e.lora_dirs.clone());
+    inner.lora_method = e.lora_method;
+    let method: MethodSink = Arc::new(Mutex::new(e.lora_method));
+    let runner = FollowMethod {
+        inner: SavingRunner { inner, out_dir },
+        method: method.clone(),
+    };
+    let (engine, events) = crate::engine::Engine::spawn(runner);
+    let keep = engine.clone();
+    let mut opts = crate::tui::TuiOptions::new(config, dirs, Some(family));
+    opts.lora_method = Some(method);
+    let result = crate::tui::run(opts, engine, events);
+    keep.shutdown_and_wait();
+    result.failed()
+}
+
+/// The workstation's runner: takes the LoRA method the Settings toggle last submitted with.
+pub struct FollowMethod {
+    pub inner: SavingRunner<LazyGenerator>,
+    pub method: MethodSink,
+}
+
+impl FollowMethod {
+    pub fn method(&self) -> LoraMethod {
+        *self.method.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Runner for FollowMethod {
+    fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome {
+        self.inner.inner.lora_method = self.method();
+        self.inner.run(job, out)
+    }
+
+    fn dials(&self) -> Option<Dials> {
+        self.inner.dials()
+    }
+}
