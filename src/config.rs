@@ -392,19 +392,34 @@ fn known_keys() -> Vec<String> {
     out
 }
 
-/// `key` is unknown: the error, with the closest known key when one is close.
+/// `key` is unknown: the error, with the closest key of the same section when one is close.
 fn unknown(
     key: &str,
     origin: &str,
     known: &[String],
     shown: impl Fn(&str) -> String,
 ) -> ConfigError {
-    let hint = crate::prompt::did_you_mean(key, known.iter().map(String::as_str))
-        .map(|h| {
-            // Name the candidates as the user would write them (an environment variable, say).
-            let mut h = h;
-            for k in known {
-                h = h.replace(&format!("`{k}`"), &format!("`{}`", shown(k)));
+    let split = |k: &str| -> (String, String) {
+        match k.rsplit_once('.') {
+            Some((p, l)) => (format!("{p}."), l.to_string()),
+            None => (String::new(), k.to_string()),
+        }
+    };
+    let (parent, leaf) = split(key);
+    let siblings: Vec<String> = known
+        .iter()
+        .map(|k| split(k))
+        .filter(|(p, _)| *p == parent)
+        .map(|(_, l)| l)
+        .collect();
+    let hint = crate::prompt::did_you_mean(&leaf, siblings.iter().map(String::as_str))
+        .map(|mut h| {
+            // Name the candidates as the user writes them (a full key, or a variable).
+            for l in &siblings {
+                h = h.replace(
+                    &format!("`{l}`"),
+                    &format!("`{}`", shown(&format!("{parent}{l}"))),
+                );
             }
             format!("; {h}")
         })

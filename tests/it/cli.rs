@@ -190,3 +190,265 @@ fn doctor_reports_runtime_providers_and_model() {
     assert!(!ok);
     assert!(stdout.contains("NOT LOADED"), "{stdout}");
 }
+
+/// Runs the binary with `env` added and `STIPPLE_CONFIG_HOME` at `config` (an empty folder: no
+/// user file), and the user's own stipple variables taken away. Returns (exit code, stdout, stderr).
+fn run_in(config: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+    let mut c = stipple();
+    for (k, _) in std::env::vars() {
+        if k.starts_with("STIPPLE_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("STIPPLE_CONFIG_HOME", config);
+    c.envs(env.iter().copied());
+    let out = c.args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The infotext of the one image a `generate` run printed.
+fn infotext_of(stdout: &str) -> stipple::image::Infotext {
+    let line: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let chunks = read_text_chunks(std::path::Path::new(line["path"].as_str().unwrap())).unwrap();
+    parse_infotext(&chunks["parameters"]).unwrap()
+}
+
+#[test]
+fn generate_honours_config_toml_and_stipple_variables() {
+    let cfg = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let loras = root().join("tests/fixtures/lora");
+    std::fs::write(
+        cfg.path().join("config.toml"),
+        format!(
+            "lora_folders = [{:?}]\n[generation]\nsteps = 3\ncfg = 5.5\nsampler = \"DDIM\"\nlora_method = \"live\"\n",
+            loras.display().to_string()
+        ),
+    )
+    .unwrap();
+    let args = [
+        "generate",
+        "--prompt",
+        "a fox <lora:lyco_locon:0.5>",
+        "--seed",
+        "3",
+        "--no-preview",
+        "--out",
+        out.path().to_str().unwrap(),
+    ];
+    // The file alone: its steps, CFG and sampler, its LoRA folder, its LoRA method.
+    let (code, stdout, stderr) = run_in(cfg.path(), &[("STIPPLE_LOG", "debug")], &args);
+    assert_eq!(code, 0, "{stderr}");
+    let info = infotext_of(&stdout);
+    assert_eq!(info.get("Steps"), Some("3"));
+    assert_eq!(info.get("CFG scale"), Some("5.5"));
+    assert_eq!(info.get("Sampler"), Some("DDIM"));
+    assert!(info
+        .get("Lora hashes")
+        .is_some_and(|h| h.contains("lyco_locon")));
+    assert!(stderr.contains("lora_method: Live"), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "no colours into a pipe: {stderr}");
+    // The environment over the file, a flag over both.
+    let env = [
+        ("STIPPLE_GENERATION__STEPS", "2"),
+        ("STIPPLE_GENERATION__CFG", "4"),
+    ];
+    let (code, stdout, stderr) = run_in(cfg.path(), &env, &args);
+    assert_eq!(code, 0, "{stderr}");
+    let info = infotext_of(&stdout);
+    assert_eq!(info.get("Steps"), Some("2"));
+    assert_eq!(info.get("CFG scale"), Some("4"));
+    let mut with_flag = args.to_vec();
+    with_flag.extend(["--steps", "1"]);
+    let (code, stdout, stderr) = run_in(cfg.path(), &env, &with_flag);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(infotext_of(&stdout).get("Steps"), Some("1"));
+}
+
+#[test]
+fn flags_before_the_subcommand_apply_to_it_or_are_refused() {
+    let cfg = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let loras = root().join("tests/fixtures/lora");
+    let (code, stdout, stderr) = run_in(
+        cfg.path(),
+        &[],
+        &[
+            "--lora-dir",
+            loras.to_str().unwrap(),
+            "--out",
+            out.path().to_str().unwrap(),
+            "generate",
+            "--prompt",
+            "a fox <lora:lyco_locon>",
+            "--steps",
+            "1",
+            "--no-preview",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let line: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(line["path"]
+        .as_str()
+        .unwrap()
+        .starts_with(out.path().to_str().unwrap()));
+    let (code, _, stderr) = run_in(
+        cfg.path(),
+        &[],
+        &["--lora-dir", "x", "lora", "inspect", "x.safetensors"],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("after this subcommand"), "{stderr}");
+}
+
+#[test]
+fn exit_codes_tell_done_failed_and_usage_apart() {
+    let cfg = tempfile::tempdir().unwrap();
+    let quick = ["--ort-lib", "/nonexistent/libonnxruntime.so"];
+    let code = |args: &[&str]| {
+        let mut all = quick.to_vec();
+        all.extend(args);
+        run_in(cfg.path(), &[], &all)
+    };
+    // Usage: clap's own errors, a bad flag value, a bad prompt.
+    assert_eq!(code(&["generate"]).0, 2, "missing --prompt");
+    assert_eq!(code(&["generate", "--prompt", "x", "--steps", "0"]).0, 2);
+    assert_eq!(
+        code(&["generate", "--prompt", "x", "--sampler", "heun"]).0,
+        2
+    );
+    assert_eq!(code(&["generate", "--prompt", "x", "--device", "tpu"]).0, 2);
+    assert_eq!(code(&["generate", "--prompt", "<lora:>"]).0, 2);
+    // Failed: a missing model, a missing file, an ONNX Runtime that does not load.
+    let (c, _, e) = code(&["generate", "--prompt", "x", "--model", "/nonexistent/m"]);
+    assert_eq!(c, 1, "{e}");
+    assert_eq!(code(&["lora", "inspect", "/nonexistent.safetensors"]).0, 1);
+    let (c, _, e) = code(&["generate", "--prompt", "x"]);
+    assert_eq!(c, 1, "{e}");
+    assert!(
+        e.contains("ONNX Runtime") || e.contains("onnxruntime"),
+        "{e}"
+    );
+    // A config mistake is a usage error, named.
+    std::fs::write(cfg.path().join("config.toml"), "[generation]\nstesp = 4\n").unwrap();
+    let (c, _, e) = code(&["generate", "--prompt", "x"]);
+    assert_eq!(c, 2, "{e}");
+    assert!(e.contains("did you mean `generation.steps`?"), "{e}");
+}
+
+/// One `error:` line at the start, none further on (no `error: ... error: ...`).
+fn one_error(stderr: &str) {
+    assert_eq!(stderr.matches("error").count(), 1, "{stderr}");
+    assert!(stderr.lines().any(|l| l.starts_with("error: ")), "{stderr}");
+}
+
+#[test]
+fn errors_say_the_right_thing() {
+    let cfg = tempfile::tempdir().unwrap();
+    let loras = root().join("tests/fixtures/lora");
+    let loras = loras.to_str().unwrap();
+    // An ONNX Runtime that cannot load: whatever is reported instead was found before loading.
+    let before_load = |args: &[&str]| {
+        let mut all = vec!["--ort-lib", "/nonexistent/libonnxruntime.so", "generate"];
+        all.extend(args);
+        run_in(cfg.path(), &[], &all)
+    };
+    let (c, _, e) = before_load(&["--prompt", "x", "--width", "100"]);
+    assert_eq!(c, 2);
+    assert!(e.contains("--width 100") && !e.contains("x8"), "{e}");
+    one_error(&e);
+    // The OS error once.
+    let (_, _, e) = run_in(
+        cfg.path(),
+        &[],
+        &["lora", "inspect", "/nonexistent.safetensors"],
+    );
+    assert_eq!(e.matches("os error 2").count(), 1, "{e}");
+    // An SD 1.x adapter on an SDXL model, refused before the model loads.
+    let sdxl = root().join("tests/fixtures/tiny-sdxl");
+    let (c, _, e) = before_load(&[
+        "--prompt",
+        "x <lora:wrong_family_sd1>",
+        "--lora-dir",
+        loras,
+        "--model",
+        sdxl.to_str().unwrap(),
+    ]);
+    assert_eq!(c, 1);
+    assert!(e.contains("wrong base model") && e.contains("SDXL"), "{e}");
+    assert!(!e.contains("ONNX Runtime"), "{e}");
+    // An SDXL `lbw=` vector (12 weights) on an SD 1.x model, before loading, one prefix.
+    let (c, _, e) = before_load(&[
+        "--prompt",
+        "x <lora:lyco_locon:lbw=1,1,1,1,1,1,1,1,1,1,1,1>",
+        "--lora-dir",
+        loras,
+    ]);
+    assert_eq!(c, 2, "{e}");
+    assert!(e.contains("lbw") || e.contains("block"), "{e}");
+    assert!(!e.contains("generation failed"), "{e}");
+    one_error(&e);
+    // A LoRA folder that does not exist.
+    let (c, _, e) = before_load(&[
+        "--prompt",
+        "x <lora:ok>",
+        "--lora-dir",
+        "/nonexistent/loras",
+    ]);
+    assert_eq!(c, 1);
+    assert!(
+        e.contains("/nonexistent/loras") && e.contains("cannot be read"),
+        "{e}"
+    );
+    // An unclosed bracket warns, as the workstation does, and the run goes on.
+    let out = tempfile::tempdir().unwrap();
+    let (c, _, e) = run_in(
+        cfg.path(),
+        &[],
+        &[
+            "generate",
+            "--prompt",
+            "a (fox",
+            "--steps",
+            "1",
+            "--no-preview",
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(c, 0, "{e}");
+    assert!(e.contains("warning: `(` is never closed"), "{e}");
+}
+
+#[test]
+fn batch_dry_run_reports_an_invalid_line_as_invalid() {
+    let cfg = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs.jsonl");
+    std::fs::write(
+        &jobs,
+        "{\"prompt\": \"a\"}\n{\"prompt\": \"b\"}\n{\"prompt\": \"c\", \"stesp\": 4}\n{\"prompt\": \"d\"}\n{\"prompt\": \"e\"}\n",
+    )
+    .unwrap();
+    let (c, _, e) = run_in(
+        cfg.path(),
+        &[],
+        &[
+            "batch",
+            jobs.to_str().unwrap(),
+            "--dry-run",
+            "--out",
+            dir.path().join("out").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(c, 1, "{e}");
+    assert!(e.contains("jobs.jsonl:3: unknown field `stesp`"), "{e}");
+    assert!(e.contains("did you mean `steps`?"), "{e}");
+    assert!(e.contains("sweep"), "the fields listed include sweep: {e}");
+    assert!(e.contains("1 job line is invalid"), "{e}");
+    assert!(!e.contains("jobs failed"), "{e}");
+}

@@ -54,7 +54,11 @@ impl Settings {
         let g = &c.generation;
         Settings {
             sampler: g.sampler.parse().unwrap_or(Sampler::EulerA),
-            steps: g.steps,
+            // 0 = the family's; the workstation fills it in, a bare config means SD 1.x's.
+            steps: match g.steps {
+                0 => crate::family::Family::Sd1.facts().default_steps,
+                n => n,
+            },
             cfg: g.cfg,
             width: g.width,
             height: g.height,
