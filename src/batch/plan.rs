@@ -71,6 +71,7 @@ struct ModelFacts {
     width: u32,
     height: u32,
     steps: u32,
+    family: crate::family::Family,
     identity: String,
 }
 
@@ -133,9 +134,10 @@ impl Planner {
             batch: spec.batch.unwrap_or(d.4),
         };
         let model_id = facts.identity.clone();
+        let family = facts.family;
         job.seed = seed.unwrap_or_else(|| derived_seed(&job, &model_id));
         validate_job(&job).map_err(|e| plain(e.to_string()))?;
-        let adapters = self.adapter_identities(&job)?;
+        let adapters = self.adapter_identities(&job, family)?;
         let out = OutName::parse(spec.out.as_deref(), job.batch).map_err(|e| e.to_string())?;
         Ok(Planned {
             hash: job_hash(&job, &model_id, &adapters),
@@ -165,17 +167,26 @@ impl Planner {
                 width,
                 height,
                 steps: family.default_steps,
+                family: m.index.family,
                 identity,
             })
         });
         facts.as_ref().map_err(Clone::clone)
     }
 
-    /// Each `<lora:NAME>` of the prompt resolved in the LoRA folders and fingerprinted, so editing an
+    /// `lbw=` vectors checked against the model's family, then each `<lora:NAME>` of the prompt resolved in the LoRA folders and fingerprinted, so editing an
     /// adapter file makes its jobs new jobs. A name that resolves nowhere fails the job here, before
     /// any model is loaded.
-    fn adapter_identities(&mut self, job: &Job) -> Result<BTreeMap<String, String>, String> {
+    fn adapter_identities(
+        &mut self,
+        job: &Job,
+        family: crate::family::Family,
+    ) -> Result<BTreeMap<String, String>, String> {
         let parsed = prompt::parse(&job.prompt).map_err(|e| plain(e.render(&job.prompt)))?;
+        // `lbw=` layouts are per family: a wrong one fails the job here, not after a load.
+        parsed
+            .check_family(family)
+            .map_err(|e| plain(e.render(&job.prompt)))?;
         let mut out = BTreeMap::new();
         if parsed.loras.is_empty() {
             return Ok(out);

@@ -431,7 +431,7 @@ fn batch_dry_run_reports_an_invalid_line_as_invalid() {
     let jobs = dir.path().join("jobs.jsonl");
     std::fs::write(
         &jobs,
-        "{\"prompt\": \"a\"}\n{\"prompt\": \"b\"}\n{\"prompt\": \"c\", \"stesp\": 4}\n{\"prompt\": \"d\"}\n{\"prompt\": \"e\"}\n",
+        "{\"prompt\": \"a\"}\n{\"prompt\": \"b\"}\n{\"prompt\": \"c\", \"stesp\": 4}\n{\"prompt\": \"d <lora:x:lbw=1,1,1,1,1,1,1,1,1,1,1,1>\"}\n{\"prompt\": \"e\"}\n",
     )
     .unwrap();
     let (c, _, e) = run_in(
@@ -449,6 +449,8 @@ fn batch_dry_run_reports_an_invalid_line_as_invalid() {
     assert!(e.contains("jobs.jsonl:3: unknown field `stesp`"), "{e}");
     assert!(e.contains("did you mean `steps`?"), "{e}");
     assert!(e.contains("sweep"), "the fields listed include sweep: {e}");
-    assert!(e.contains("1 job line is invalid"), "{e}");
+    // An SDXL `lbw=` layout on the SD 1.x model: found by the plan, before any load.
+    assert!(e.contains("jobs.jsonl:4:") && e.contains("lbw"), "{e}");
+    assert!(e.contains("2 job lines are invalid"), "{e}");
     assert!(!e.contains("jobs failed"), "{e}");
 }
