@@ -197,3 +197,123 @@ fn every_view_and_overlay_draws_at_any_size() {
         render(&mut app, w, h);
     }
 }
+
+/// The inner area of the picture pane (the block whose title starts with `caption`) and the
+/// bounding box of the half-block cells drawn inside it.
+fn picture_in_pane(
+    buf: &ratatui::buffer::Buffer,
+    caption: &str,
+) -> (ratatui::layout::Rect, ratatui::layout::Rect) {
+    use ratatui::layout::Rect;
+    let (x0, y0) = (0..buf.area.height)
+        .find_map(|y| find_in_row(buf, y, &format!("┌ {caption}")).map(|x| (x, y)))
+        .unwrap_or_else(|| panic!("no pane titled {caption}"));
+    let x1 = (x0 + 1..buf.area.width)
+        .find(|&x| buf[(x, y0)].symbol() == "┐")
+        .expect("right corner");
+    let y1 = (y0 + 1..buf.area.height)
+        .find(|&y| buf[(x0, y)].symbol() == "└")
+        .expect("bottom corner");
+    let inner = Rect::new(x0 + 1, y0 + 1, x1 - x0 - 1, y1 - y0 - 1);
+    let drawn: Vec<(u16, u16)> = inner
+        .positions()
+        .filter(|p| {
+            // Half-blocks draw ▀/▄, or a space when both halves have one colour (fg = bg).
+            let c = &buf[(p.x, p.y)];
+            matches!(c.symbol(), "▀" | "▄")
+                || (c.symbol() == " "
+                    && c.fg == c.bg
+                    && matches!(c.bg, ratatui::style::Color::Rgb(..)))
+        })
+        .map(|p| (p.x, p.y))
+        .collect();
+    assert!(!drawn.is_empty(), "no picture in the pane");
+    let (xs, ys): (Vec<u16>, Vec<u16>) = drawn.into_iter().unzip();
+    let (left, top) = (*xs.iter().min().unwrap(), *ys.iter().min().unwrap());
+    let (right, bottom) = (*xs.iter().max().unwrap(), *ys.iter().max().unwrap());
+    (
+        inner,
+        Rect::new(left, top, right - left + 1, bottom - top + 1),
+    )
+}
+
+/// A picture of `n`×`n` pixels fills its pane at `w`×`h`: one side spans the pane, the other
+/// keeps the square's ratio (cells are 10×20 px for half-blocks), and it is centred.
+fn assert_fills(app: &mut stipple::tui::app::App, w: u16, h: u16, caption: &str) -> String {
+    use stipple::tui::event_loop::Screen;
+    let mut screen = stipple::tui::terminal::TestScreen::new(w, h);
+    screen.draw(app).unwrap();
+    let buf = screen.terminal.backend().buffer().clone();
+    let (inner, pic) = picture_in_pane(&buf, caption);
+    assert!(
+        pic.width == inner.width || pic.height == inner.height,
+        "{pic:?} does not fill {inner:?}"
+    );
+    // Square picture: columns ≈ 2 × rows, within one cell of rounding.
+    let (cols, rows) = (i32::from(pic.width), i32::from(pic.height));
+    assert!((cols - 2 * rows).abs() <= 2, "ratio lost: {pic:?}");
+    let gap_l = pic.x - inner.x;
+    let gap_r = inner.right() - pic.right();
+    let gap_t = pic.y - inner.y;
+    let gap_b = inner.bottom() - pic.bottom();
+    assert!(
+        gap_l.abs_diff(gap_r) <= 1 && gap_t.abs_diff(gap_b) <= 1,
+        "not centred: {pic:?} in {inner:?}"
+    );
+    format!("{}", screen.terminal.backend())
+}
+
+#[test]
+fn pictures_fill_their_pane_at_80x24_and_160x48() {
+    for n in [64, 512] {
+        let mut app = busy_app();
+        app.preview
+            .show(gradient(n, n, 7), format!("{n}px seed 1001"));
+        for (w, h) in [(80, 24), (160, 48)] {
+            let screen = assert_fills(&mut app, w, h, &format!("{n}px"));
+            insta::assert_snapshot!(format!("picture_{n}px_{w}x{h}"), screen);
+        }
+    }
+}
+
+#[test]
+fn a_live_preview_fills_the_pane_too() {
+    let mut app = busy_app();
+    app.update(stipple::tui::app::Input::Engine(
+        stipple::job::Event::Preview {
+            id: 2,
+            image: 0,
+            step: 7,
+            preview: gradient(8, 8, 3),
+        },
+    ));
+    assert_fills(&mut app, 160, 48, "#2 step 7");
+}
+
+#[test]
+fn f8_shows_the_picture_full_screen_and_esc_returns() {
+    let mut app = busy_app();
+    press(&mut app, KeyCode::F(8));
+    assert!(app.fullscreen);
+    let screen = assert_fills(&mut app, 160, 48, "#1.1 seed 1001");
+    assert!(
+        !screen.contains("Queue"),
+        "only the picture is shown:\n{screen}"
+    );
+    assert!(
+        screen.contains("back"),
+        "the status bar says how to leave:\n{screen}"
+    );
+    // Typing does not reach the hidden prompt.
+    let before = app.prompt.text().to_string();
+    press(&mut app, KeyCode::Char('x'));
+    assert_eq!(app.prompt.text(), before);
+    press(&mut app, KeyCode::Esc);
+    assert!(!app.fullscreen);
+    assert!(render(&mut app, 160, 48).contains("Queue"));
+    // Without a picture there is nothing to show.
+    let mut empty = crate::tui_support::app();
+    press(&mut empty, KeyCode::F(8));
+    assert!(!empty.fullscreen);
+    assert!(empty.status.as_ref().is_some_and(|s| s.error));
+}
