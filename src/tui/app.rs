@@ -346,10 +346,10 @@ impl App {
         };
         match top {
             Overlay::Help(h) => match key.code {
-                KeyCode::Up | KeyCode::Char('k') => h.scroll = h.scroll.saturating_sub(1),
-                KeyCode::Down | KeyCode::Char('j') => h.scroll = h.scroll.saturating_add(1),
-                KeyCode::PageUp => h.scroll = h.scroll.saturating_sub(10),
-                KeyCode::PageDown => h.scroll = h.scroll.saturating_add(10),
+                KeyCode::Up | KeyCode::Char('k') => h.scroll_by(-1),
+                KeyCode::Down | KeyCode::Char('j') => h.scroll_by(1),
+                KeyCode::PageUp => h.scroll_by(-10),
+                KeyCode::PageDown => h.scroll_by(10),
                 KeyCode::Esc | KeyCode::Char('q') | KeyCode::Char('?') | KeyCode::F(1) => {
                     self.overlays.pop();
                 }
