@@ -156,6 +156,9 @@ fn highlighting_colours_tags_weights_break_and_errors() {
     );
 }
 
+/// Every view and overlay at sizes from 1×1 up: below 40×10 the screen says how much room it
+/// needs; from there on the header, the view's own pane and the overlay's box are on screen,
+/// and no row is wider than the terminal.
 #[test]
 fn every_view_and_overlay_draws_at_any_size() {
     let sizes = [
@@ -167,7 +170,44 @@ fn every_view_and_overlay_draws_at_any_size() {
         (80, 24),
         (120, 40),
     ];
-    let keys = [KeyCode::F(2), KeyCode::F(3), KeyCode::F(4), KeyCode::Esc];
+    let check = |app: &mut stipple::tui::app::App, what: &str, marker: &str| {
+        for (w, h) in sizes {
+            let screen = render(app, w, h);
+            let rows: Vec<&str> = screen.lines().collect();
+            assert_eq!(rows.len(), usize::from(h), "{what} at {w}×{h}");
+            for r in &rows {
+                // Each row is quoted by TestBackend; wide glyphs fill two cells.
+                let cells: usize = r
+                    .trim_matches('"')
+                    .chars()
+                    .map(|c| unicode_width::UnicodeWidthChar::width(c).unwrap_or(0))
+                    .sum();
+                assert_eq!(cells, usize::from(w), "{what} at {w}×{h}: {r}");
+            }
+            if (w, h) == (1, 1) {
+                assert_eq!(rows[0], "\"s\"", "{what} at 1×1 starts the message");
+            } else if w < 40 || h < 10 {
+                let words: Vec<&str> = rows
+                    .iter()
+                    .flat_map(|r| r.trim_matches('"').split_whitespace())
+                    .collect();
+                assert!(
+                    words.join(" ").contains("needs at least 40×10"),
+                    "{what} at {w}×{h}:\n{screen}"
+                );
+            } else {
+                // A popup may cover the header in a small terminal.
+                assert!(
+                    rows[0].contains("stipple") || !app.overlays.is_empty(),
+                    "{what} at {w}×{h}:\n{screen}"
+                );
+                assert!(
+                    screen.contains(marker),
+                    "{what} at {w}×{h} lacks {marker:?}:\n{screen}"
+                );
+            }
+        }
+    };
     let mut app = busy_app();
     app.update(stipple::tui::app::Input::Engine(
         stipple::job::Event::Failed {
@@ -175,27 +215,29 @@ fn every_view_and_overlay_draws_at_any_size() {
             message: "a\nmulti-line\nmessage".into(),
         },
     ));
-    for (w, h) in sizes {
-        render(&mut app, w, h);
-    }
+    check(&mut app, "error popup", "Job #3 failed");
     press(&mut app, KeyCode::Esc);
-    for k in keys {
+    assert!(app.overlays.is_empty());
+    let views = [
+        (KeyCode::F(2), View::Loras, "LoRAs — filter"),
+        (KeyCode::F(3), View::Schedule, "Schedule"),
+        (KeyCode::F(4), View::Settings, "Settings"),
+        (KeyCode::Esc, View::Generate, "Prompt"),
+    ];
+    for (k, view, marker) in views {
         press(&mut app, k);
-        for (w, h) in sizes {
-            render(&mut app, w, h);
-        }
+        assert_eq!(app.view, view);
+        check(&mut app, &format!("{view:?} view"), marker);
     }
-    for overlay in [KeyCode::F(1)] {
-        press(&mut app, overlay);
-        for (w, h) in sizes {
-            render(&mut app, w, h);
-        }
-        press(&mut app, KeyCode::Esc);
-    }
+    press(&mut app, KeyCode::F(1));
+    check(&mut app, "help", "Keys");
+    press(&mut app, KeyCode::Esc);
     key(&mut app, KeyCode::Char('p'), KeyModifiers::CONTROL);
-    for (w, h) in sizes {
-        render(&mut app, w, h);
-    }
+    check(&mut app, "palette", " > ");
+    press(&mut app, KeyCode::Esc);
+    press(&mut app, KeyCode::F(8));
+    assert!(app.fullscreen);
+    check(&mut app, "full-screen picture", "#1.1 seed 1001");
 }
 
 /// The inner area of the picture pane (the block whose title starts with `caption`) and the
