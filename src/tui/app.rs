@@ -12,6 +12,7 @@ use crate::tui::components::prompt::PromptEditor;
 use crate::tui::components::queue::{JobState, Queue};
 use crate::tui::components::schedule::{Edit, ScheduleEditor};
 use crate::tui::components::settings::{SeedMode, Settings};
+use crate::tui::graphics::Graphics;
 use crate::tui::keymap::{Action, Context, Keymap};
 use crate::tui::overlays::confirm::Confirm;
 use crate::tui::overlays::error::ErrorPopup;
@@ -20,7 +21,6 @@ use crate::tui::overlays::palette::Palette;
 use crate::tui::overlays::Overlay;
 use crate::tui::theme::Theme;
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use ratatui_image::picker::Picker;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum View {
@@ -88,7 +88,7 @@ pub struct App {
     pub theme: Theme,
     pub keymap: Keymap,
     /// `None` when pictures are off.
-    pub picker: Option<Picker>,
+    pub picker: Option<Graphics>,
     pub view: View,
     pub focus: Focus,
     pub prompt: PromptEditor,
@@ -100,6 +100,8 @@ pub struct App {
     pub schedule: ScheduleEditor,
     pub settings: Settings,
     pub overlays: Vec<Overlay>,
+    /// The preview's picture fills the screen.
+    pub fullscreen: bool,
     pub status: Option<Status>,
     /// Counts ticks while something runs; drives the spinner.
     pub ticks: u64,
@@ -121,7 +123,7 @@ impl App {
         config: &Config,
         theme: Theme,
         keymap: Keymap,
-        picker: Option<Picker>,
+        picker: Option<Graphics>,
         seed: u64,
     ) -> App {
         App {
@@ -139,6 +141,7 @@ impl App {
             schedule: ScheduleEditor::default(),
             settings: Settings::from_config(config),
             overlays: Vec::new(),
+            fullscreen: false,
             status: None,
             ticks: 0,
             dirty: true,
@@ -152,6 +155,9 @@ impl App {
 
     /// The keymap context of what has focus.
     pub fn context(&self) -> Context {
+        if self.fullscreen {
+            return Context::Picture;
+        }
         match self.view {
             View::Generate => match self.focus {
                 Focus::Prompt | Focus::Negative => Context::Prompt,
@@ -343,10 +349,10 @@ impl App {
         };
         match top {
             Overlay::Help(h) => match key.code {
-                KeyCode::Up | KeyCode::Char('k') => h.scroll = h.scroll.saturating_sub(1),
-                KeyCode::Down | KeyCode::Char('j') => h.scroll = h.scroll.saturating_add(1),
-                KeyCode::PageUp => h.scroll = h.scroll.saturating_sub(10),
-                KeyCode::PageDown => h.scroll = h.scroll.saturating_add(10),
+                KeyCode::Up | KeyCode::Char('k') => h.scroll_by(-1),
+                KeyCode::Down | KeyCode::Char('j') => h.scroll_by(1),
+                KeyCode::PageUp => h.scroll_by(-10),
+                KeyCode::PageDown => h.scroll_by(10),
                 KeyCode::Esc | KeyCode::Char('q') | KeyCode::Char('?') | KeyCode::F(1) => {
                     self.overlays.pop();
                 }
@@ -430,6 +436,14 @@ impl App {
                     return vec![Effect::Skip];
                 }
                 self.error("nothing is running");
+            }
+            (Context::Picture, A::Back | A::Fullscreen) => self.fullscreen = false,
+            (_, A::Fullscreen) => {
+                if self.preview.image().is_some() {
+                    self.fullscreen = true;
+                } else {
+                    self.error("no picture yet");
+                }
             }
             (_, A::Help) => self.overlays.push(Overlay::Help(Help::default())),
             (_, A::Palette) => self.overlays.push(Overlay::Palette(Palette::default())),

@@ -16,10 +16,12 @@ pub enum Context {
     Loras,
     Schedule,
     Settings,
+    /// The picture shown full screen.
+    Picture,
 }
 
 impl Context {
-    pub const ALL: [Context; 7] = [
+    pub const ALL: [Context; 8] = [
         Context::Global,
         Context::Prompt,
         Context::Queue,
@@ -27,6 +29,7 @@ impl Context {
         Context::Loras,
         Context::Schedule,
         Context::Settings,
+        Context::Picture,
     ];
 
     pub fn name(self) -> &'static str {
@@ -38,6 +41,7 @@ impl Context {
             Context::Loras => "loras",
             Context::Schedule => "schedule",
             Context::Settings => "settings",
+            Context::Picture => "picture",
         }
     }
 
@@ -50,6 +54,7 @@ impl Context {
             Context::Loras => "LoRA browser",
             Context::Schedule => "Schedule editor",
             Context::Settings => "Settings",
+            Context::Picture => "Full-screen picture",
         }
     }
 }
@@ -69,7 +74,7 @@ actions! {
     Submit => "submit", Interrupt => "interrupt", Skip => "skip", Help => "help", Palette => "palette",
     FocusNext => "focus_next", FocusPrev => "focus_prev", ViewGenerate => "view_generate",
     ViewLoras => "view_loras", ViewSchedule => "view_schedule", ViewSettings => "view_settings",
-    Quit => "quit", Suspend => "suspend", Redraw => "redraw", Back => "back",
+    Quit => "quit", Fullscreen => "fullscreen", Suspend => "suspend", Redraw => "redraw", Back => "back",
     Left => "left", Right => "right", Up => "up", Down => "down", WordLeft => "word_left",
     WordRight => "word_right", LineStart => "line_start", LineEnd => "line_end",
     Backspace => "backspace", Delete => "delete", DeleteWord => "delete_word", KillToEnd => "kill_to_end",
@@ -273,6 +278,13 @@ const DEFAULTS: &[(Context, &str, Action, &str, &str)] = {
         ),
         (Global, "F4 M-4", ViewSettings, "settings", "settings"),
         (Global, "Esc", Back, "close / back to the generate view", ""),
+        (
+            Global,
+            "F8",
+            Fullscreen,
+            "show the picture full screen",
+            "full screen",
+        ),
         (Global, "C-q", Quit, "quit (asks if jobs are running)", ""),
         (
             Global,
@@ -380,7 +392,6 @@ const DEFAULTS: &[(Context, &str, Action, &str, &str)] = {
             "interrupt",
         ),
         (Queue, "s", Skip, "skip the image being made", "skip"),
-        (Queue, "q", Quit, "quit", ""),
         (Queue, "?", Help, "help", ""),
         (Gallery, "Up k", SelectPrev, "previous image", ""),
         (Gallery, "Down j", SelectNext, "next image", ""),
@@ -392,7 +403,6 @@ const DEFAULTS: &[(Context, &str, Action, &str, &str)] = {
             "send prompt and settings back to the editor",
             "to prompt",
         ),
-        (Gallery, "q", Quit, "quit", ""),
         (Gallery, "?", Help, "help", ""),
         (Loras, "Up", SelectPrev, "previous adapter", ""),
         (Loras, "Down", SelectNext, "next adapter", ""),
@@ -463,6 +473,13 @@ const DEFAULTS: &[(Context, &str, Action, &str, &str)] = {
         ),
         (Settings, "Enter Space", Toggle, "toggle / cycle", "toggle"),
         (Settings, "r", RandomSeed, "new random seed", ""),
+        (
+            Picture,
+            "Esc F8 q Enter",
+            Back,
+            "back from the full-screen picture",
+            "back",
+        ),
     ]
 };
 

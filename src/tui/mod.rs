@@ -5,7 +5,9 @@
 pub mod app;
 pub mod catalog;
 pub mod components;
+pub mod early_input;
 pub mod event_loop;
+pub mod graphics;
 pub mod keymap;
 pub mod lang;
 pub mod overlays;
@@ -13,11 +15,10 @@ pub mod terminal;
 pub mod theme;
 pub mod view;
 
-use crate::config::{Config, Dirs, ImageProtocol};
+use crate::config::{Config, Dirs};
 use crate::engine::EngineHandle;
 use crate::job::Event;
 use catalog::{FsCatalog, LoraCatalog};
-use ratatui_image::picker::{Picker, ProtocolType};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,35 +63,6 @@ impl TuiOptions {
     }
 }
 
-/// The picture protocol: the terminal's answer to a query unless the config names one.
-fn picker_for(protocol: ImageProtocol) -> Option<Picker> {
-    // ratatui-image's query leaves a thread reading stdin when nothing answers, which would eat
-    // the user's keys; only ask a terminal that answers a cursor-position request (crossterm
-    // times that out cleanly), else fall back to halfblocks.
-    let answers = crossterm::cursor::position().is_ok();
-    let queried = || {
-        if answers {
-            Picker::from_query_stdio().unwrap_or_else(|_| Picker::halfblocks())
-        } else {
-            tracing::warn!("the terminal does not answer queries; pictures use halfblocks");
-            Picker::halfblocks()
-        }
-    };
-    let forced = |p: ProtocolType| {
-        let mut picker = queried();
-        picker.set_protocol_type(p);
-        Some(picker)
-    };
-    match protocol {
-        ImageProtocol::Off => None,
-        ImageProtocol::Auto => Some(queried()),
-        ImageProtocol::Halfblocks => Some(Picker::halfblocks()),
-        ImageProtocol::Kitty => forced(ProtocolType::Kitty),
-        ImageProtocol::Sixel => forced(ProtocolType::Sixel),
-        ImageProtocol::Iterm2 => forced(ProtocolType::Iterm2),
-    }
-}
-
 /// Logs go to `<state dir>/stipple.log`, never to the screen. Returns the writer's guard, or
 /// `None` when a global subscriber was already installed by the caller.
 fn init_logging(dirs: &Dirs) -> Option<tracing_appender::non_blocking::WorkerGuard> {
@@ -127,8 +99,9 @@ pub fn run(
         .build()?;
     terminal::install_panic_hook();
     let mut term = terminal::Term::enter()?;
-    // The query must happen before the event stream starts reading stdin.
-    let picker = picker_for(opts.config.image.protocol);
+    // The query must happen before the event stream starts reading stdin; what the user typed
+    // meanwhile is replayed first.
+    let (picker, typed) = graphics::detect(opts.config.image.protocol);
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
@@ -142,7 +115,9 @@ pub fn run(
         history_file: Some(history_file),
     };
     let result = runtime.block_on(async {
-        let input = crossterm::event::EventStream::new();
+        use futures_util::StreamExt;
+        let input = futures_util::stream::iter(typed.into_iter().map(Ok))
+            .chain(crossterm::event::EventStream::new());
         let main = event_loop::run(&mut app, &mut term, input, &svc, &mut events);
         // A closed SSH connection (SIGHUP) or a kill (SIGTERM) ends the session like a quit,
         // so the engine is shut down and the terminal restored where it still exists.

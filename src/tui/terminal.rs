@@ -6,9 +6,10 @@ use crate::tui::app::App;
 use crate::tui::event_loop::Screen;
 use crate::tui::view;
 use crossterm::event::{DisableBracketedPaste, EnableBracketedPaste};
+use crossterm::style::ResetColor;
 use crossterm::terminal::{
-    disable_raw_mode, enable_raw_mode, BeginSynchronizedUpdate, EndSynchronizedUpdate,
-    EnterAlternateScreen, LeaveAlternateScreen,
+    disable_raw_mode, enable_raw_mode, BeginSynchronizedUpdate, Clear, ClearType,
+    EndSynchronizedUpdate, EnterAlternateScreen, LeaveAlternateScreen,
 };
 use crossterm::{cursor, execute};
 use ratatui::backend::CrosstermBackend;
@@ -24,12 +25,17 @@ fn setup() -> io::Result<()> {
     execute!(io::stdout(), EnterAlternateScreen, EnableBracketedPaste)
 }
 
-/// Puts the terminal back as the shell expects it; safe to call twice.
+/// Puts the terminal back as the shell expects it; safe to call twice. The alternate screen is
+/// wiped before it is left: after a resize, tmux (3.3) carries lines of it over to the shell's
+/// screen, and blank lines there are harmless where the workstation's were not.
 pub fn restore() -> io::Result<()> {
     let r = disable_raw_mode();
     execute!(
         io::stdout(),
         DisableBracketedPaste,
+        ResetColor,
+        Clear(ClearType::All),
+        cursor::MoveTo(0, 0),
         LeaveAlternateScreen,
         cursor::Show
     )?;

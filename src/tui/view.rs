@@ -38,6 +38,12 @@ pub fn draw(frame: &mut Frame, app: &mut App) {
     .areas(area);
     draw_header(app, header, buf);
     let cursor = match app.view {
+        _ if app.fullscreen => {
+            let covered = !app.overlays.is_empty();
+            app.preview
+                .render(body, buf, &app.theme, app.picker.as_ref(), covered);
+            None
+        }
         View::Generate => draw_generate(app, body, buf),
         View::Loras => {
             let [p, rest] =

@@ -342,3 +342,137 @@ fn lora_browser_shows_the_sidecar_picture() {
     assert!(press(&mut app, KeyCode::Down).is_empty());
     engine.shutdown();
 }
+
+/// C-p, "sett", Enter opens Settings: the word match ranks above "submit", which "sett" also
+/// matches as a subsequence.
+#[test]
+fn palette_ranks_a_word_match_above_a_scattered_one() {
+    let mut app = app();
+    type_text(&mut app, "a fox");
+    key(&mut app, KeyCode::Char('p'), KeyModifiers::CONTROL);
+    type_text(&mut app, "sett");
+    let effects = press(&mut app, KeyCode::Enter);
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Submit(_))),
+        "nothing is submitted: {effects:?}"
+    );
+    assert_eq!(app.view, View::Settings);
+    assert!(app.overlays.is_empty());
+}
+
+/// At 80 columns the settings line keeps a ten-digit seed whole; when even the shortest form
+/// does not fit, the cut is marked with "…".
+#[test]
+fn the_seed_is_never_cut_silently() {
+    let mut app = busy_app();
+    app.settings.seed = 1_654_944_266;
+    app.settings.seed_mode = stipple::tui::components::settings::SeedMode::Fixed;
+    let screen = render(&mut app, 80, 24);
+    assert!(screen.contains("seed 1654944266"), "{screen}");
+    let s = app.settings.summary(20);
+    assert!(s.chars().count() <= 20 && s.ends_with('…'), "{s}");
+}
+
+/// F1 help stops scrolling at its last line instead of scrolling into an empty box.
+#[test]
+fn help_scrolls_no_further_than_its_end() {
+    let mut app = app();
+    press(&mut app, KeyCode::F(1));
+    render(&mut app, 100, 30);
+    for _ in 0..500 {
+        press(&mut app, KeyCode::PageDown);
+        render(&mut app, 100, 30);
+    }
+    let screen = render(&mut app, 100, 30);
+    let last = stipple::tui::keymap::Keymap::default()
+        .in_context(stipple::tui::keymap::Context::Picture)
+        .last()
+        .map(|b| b.desc)
+        .unwrap();
+    // The last context's last binding is on screen, on the box's last filled row or so.
+    assert!(screen.contains(last), "{screen}");
+    let rows: Vec<&str> = screen.lines().collect();
+    let at = rows.iter().position(|r| r.contains(last)).unwrap();
+    let bottom = rows.iter().rposition(|r| r.contains('└')).unwrap();
+    assert!(bottom - at <= 3, "blank space after the end:\n{screen}");
+    // One step up moves at once (the scroll did not run on past the end).
+    press(&mut app, KeyCode::Up);
+    let up = render(&mut app, 100, 30);
+    assert_ne!(up, screen);
+}
+
+/// Job `done` finishes and job `next` starts.
+fn next_job(app: &mut App, done: u64, next: u64) {
+    app.update(Input::Engine(Event::Finished { id: done }));
+    app.update(Input::Engine(Event::Started {
+        id: next,
+        images: 1,
+        steps: 20,
+    }));
+}
+
+/// When the next job starts, the queue's selection moves to it, unless it rests on a queued job.
+#[test]
+fn the_queue_follows_the_running_job() {
+    let mut app = busy_app();
+    // busy_app: #1 done, #2 running, #3 queued; the selection was left on #1.
+    app.queue.selected = 0;
+    next_job(&mut app, 2, 3);
+    assert_eq!(app.queue.selected_id(), Some(3));
+    // A selection on a queued job stays put.
+    let job = app.build_job().unwrap();
+    app.update(Input::Submitted {
+        id: 4,
+        job: job.clone(),
+    });
+    app.update(Input::Submitted { id: 5, job });
+    app.queue.selected = 4;
+    next_job(&mut app, 3, 4);
+    assert_eq!(app.queue.selected_id(), Some(5));
+    // Focused on the queue, the running job is on screen with the one before it.
+    press(&mut app, KeyCode::Tab);
+    press(&mut app, KeyCode::Tab);
+    press(&mut app, KeyCode::Up);
+    let screen = render(&mut app, 80, 24);
+    assert!(screen.contains("#4") && screen.contains("#3"), "{screen}");
+}
+
+/// Below one step a second the queue and header show seconds per step, not "0.0 it/s".
+#[test]
+fn slow_steps_show_seconds_per_step() {
+    let mut app = busy_app();
+    app.update(Input::Engine(Event::Step(stipple::job::Progress {
+        id: 2,
+        image: 0,
+        step: 8,
+        steps: 20,
+        it_per_s: 0.04,
+    })));
+    let screen = render(&mut app, 120, 30);
+    assert!(screen.contains("25.0 s/it"), "{screen}");
+    assert!(!screen.contains("0.0 it/s"), "{screen}");
+}
+
+/// `q` in the queue and gallery is not a quit (C-q is), and is not listed as one.
+#[test]
+fn q_does_not_quit_from_the_queue_or_gallery() {
+    let mut app = busy_app();
+    for _ in 0..2 {
+        press(&mut app, KeyCode::Tab);
+    }
+    for pane in ["queue", "gallery"] {
+        let effects = press(&mut app, KeyCode::Char('q'));
+        assert!(!effects.contains(&Effect::Quit), "{pane}: {effects:?}");
+        assert!(app.overlays.is_empty(), "{pane}: no quit question");
+        press(&mut app, KeyCode::Tab);
+    }
+    let map = stipple::tui::keymap::Keymap::default();
+    let quits: Vec<String> = map
+        .bindings
+        .iter()
+        .filter(|b| b.action == stipple::tui::keymap::Action::Quit)
+        .map(|b| format!("{}:{:?}", b.ctx.name(), b.keys))
+        .collect();
+    assert_eq!(quits.len(), 1, "quit is one global binding: {quits:?}");
+    assert!(quits[0].starts_with("global"), "{quits:?}");
+}

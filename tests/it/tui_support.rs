@@ -2,7 +2,6 @@
 //! catalog, key helpers, and rendering to text through ratatui's TestBackend.
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use ratatui_image::picker::Picker;
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::Duration;
 use stipple::config::Config;
@@ -11,6 +10,7 @@ use stipple::job::{Event, Job, Progress, RgbImage};
 use stipple::tui::app::{App, Effect, Input};
 use stipple::tui::catalog::{Compat, LoraEntry};
 use stipple::tui::event_loop::Screen;
+use stipple::tui::graphics::Graphics;
 use stipple::tui::keymap::Keymap;
 use stipple::tui::terminal::TestScreen;
 use stipple::tui::theme::Theme;
@@ -165,7 +165,7 @@ pub fn app() -> App {
         &Config::default().with_model_size((512, 512)),
         theme,
         Keymap::default(),
-        Some(Picker::halfblocks()),
+        Some(Graphics::halfblocks()),
         42,
     );
     app.update(Input::Catalog(catalog()));

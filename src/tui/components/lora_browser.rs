@@ -3,13 +3,13 @@
 
 use crate::tui::catalog::{Compat, LoraEntry};
 use crate::tui::components::preview::Preview;
+use crate::tui::graphics::Graphics;
 use crate::tui::lang::{fmt_strength, LoraTag};
 use crate::tui::theme::Theme;
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Widget, Wrap};
-use ratatui_image::picker::Picker;
 use std::path::PathBuf;
 
 #[derive(Debug, Default)]
@@ -96,7 +96,7 @@ impl LoraBrowser {
         buf: &mut Buffer,
         theme: &Theme,
         tags: &[LoraTag],
-        picker: Option<&Picker>,
+        picker: Option<&Graphics>,
         covered: bool,
     ) {
         let [list_area, detail_area] =

@@ -1,16 +1,16 @@
-//! The picture pane: the latest image (or live preview) drawn with ratatui-image in whatever
-//! protocol the terminal answered to (kitty, sixel, iTerm2) or halfblocks; text when images are off.
-//! Encoding happens once per new image or new pane size, not on every frame.
+//! The picture pane: the latest image (or live preview) fitted to the pane with its ratio kept
+//! (small pictures scaled up), drawn in the protocol [`Graphics`] chose (kitty, sixel, iTerm2,
+//! halfblocks); text when images are off. Encoding happens once per new image or pane size.
 
 use crate::job::RgbImage;
+use crate::tui::graphics::Graphics;
 use crate::tui::theme::Theme;
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 use ratatui::text::Span;
 use ratatui::widgets::{Block, Borders, Paragraph, StatefulWidget, Widget, Wrap};
-use ratatui_image::picker::Picker;
 use ratatui_image::protocol::StatefulProtocol;
-use ratatui_image::StatefulImage;
+use ratatui_image::{FilterType, Resize, StatefulImage};
 
 #[derive(Default)]
 pub struct Preview {
@@ -48,7 +48,7 @@ impl Preview {
         area: Rect,
         buf: &mut Buffer,
         theme: &Theme,
-        picker: Option<&Picker>,
+        picker: Option<&Graphics>,
         covered: bool,
     ) {
         let title = if self.caption.is_empty() {
@@ -85,13 +85,16 @@ impl Preview {
                 .render(inner, buf);
             return;
         };
+        let fitted = picker.fit((img.width, img.height), inner);
         if self.protocol.is_none() {
             if let Some(dynimg) = to_dynamic(img) {
-                self.protocol = Some(picker.new_resize_protocol(dynimg));
+                self.protocol = Some(picker.protocol(dynimg));
             }
         }
         if let Some(p) = self.protocol.as_mut() {
-            StatefulImage::default().render(inner, buf, p);
+            StatefulImage::default()
+                .resize(Resize::Scale(Some(FilterType::Triangle)))
+                .render(fitted, buf, p);
         }
     }
 }

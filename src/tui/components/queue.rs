@@ -105,6 +105,15 @@ impl Queue {
     pub fn on_event(&mut self, ev: &Event) {
         match ev {
             Event::Started { id, images, steps } => {
+                // The selection follows the running job unless it rests on a queued one (the
+                // user may be about to cancel that).
+                let resting = self
+                    .entries
+                    .get(self.selected)
+                    .is_some_and(|e| e.state == JobState::Queued);
+                if let (false, Some(i)) = (resting, self.entries.iter().position(|e| e.id == *id)) {
+                    self.selected = i;
+                }
                 if let Some(e) = self.get_mut(*id) {
                     e.state = JobState::Running {
                         image: 0,
@@ -187,8 +196,8 @@ impl Queue {
             ));
         }
         let room = usize::from(inner.height).saturating_sub(lines.len());
-        // Keep the selection visible: show the window of entries ending at it.
-        // Keep in view the selection when focused, else the running job (what people watch).
+        // Keep in view the selection when focused, else the running job (what people watch),
+        // with the job before it above (given room) and what waits below.
         let anchor = if focused {
             self.selected
         } else {
@@ -197,7 +206,9 @@ impl Queue {
                 .position(|e| matches!(e.state, JobState::Running { .. }))
                 .unwrap_or(self.entries.len().saturating_sub(1))
         };
-        let first = (anchor + 1).saturating_sub(room);
+        let first = anchor
+            .saturating_sub(usize::from(room > 2))
+            .min(self.entries.len().saturating_sub(room));
         for (i, e) in self.entries.iter().enumerate().skip(first).take(room) {
             lines.push(entry_line(
                 e,
@@ -230,12 +241,13 @@ fn entry_line<'a>(
             spinner,
             theme.get("queue.running"),
             format!(
-                "{}step {step}/{steps} {it_per_s:.1} it/s{}",
+                "{}step {step}/{steps}{}{}",
                 if *images > 1 {
                     format!("img {}/{images} ", image + 1)
                 } else {
                     String::new()
                 },
+                fmt_rate(*it_per_s),
                 e.eta_s()
                     .map(|s| format!(" ETA {}", fmt_secs(s)))
                     .unwrap_or_default()
@@ -292,6 +304,18 @@ fn progress_line<'a>(e: &QueueEntry, width: u16, theme: &Theme) -> Line<'a> {
         Span::styled("░".repeat(bar_w - filled), theme.get("progress.empty")),
         Span::styled(label, Style::default()),
     ])
+}
+
+/// Speed as people read it: "2.5 it/s", or "4.0 s/it" below one step a second; nothing before
+/// the first step.
+pub fn fmt_rate(it_per_s: f32) -> String {
+    if it_per_s >= 1.0 {
+        format!(" {it_per_s:.1} it/s")
+    } else if it_per_s > 0.0 {
+        format!(" {:.1} s/it", 1.0 / it_per_s)
+    } else {
+        String::new()
+    }
 }
 
 pub fn fmt_secs(s: f32) -> String {

@@ -177,14 +177,30 @@ impl Settings {
         } else {
             String::new()
         };
-        format!(
-            "{}, {} steps, cfg {}, {}×{}, seed {seed}{batch}",
-            self.sampler,
+        let rest = format!(
+            "{} steps, cfg {}, {}×{}, seed {seed}{batch}",
             self.steps,
             crate::tui::lang::fmt_num(self.cfg),
             self.width,
             self.height
-        )
+        );
+        // Shorter and shorter, the seed whole for as long as possible; a cut says so with "…".
+        let compact = format!("{}, {rest}", self.sampler);
+        [compact, rest]
+            .into_iter()
+            .find(|s| s.chars().count() <= width)
+            .unwrap_or_else(|| {
+                let rest = format!(
+                    "{} steps, {}×{}, seed {seed}",
+                    self.steps, self.width, self.height
+                );
+                if rest.chars().count() <= width {
+                    return rest;
+                }
+                let mut cut: String = rest.chars().take(width.saturating_sub(1)).collect();
+                cut.push('…');
+                cut
+            })
     }
 
     pub fn render(&self, area: Rect, buf: &mut Buffer, theme: &Theme) {

@@ -12,6 +12,16 @@ use ratatui::widgets::{Block, Borders, Clear, Paragraph, Widget};
 #[derive(Debug, Clone, Default)]
 pub struct Help {
     pub scroll: u16,
+    /// The furthest scroll that still fills the box, as of the last frame; keys stop there.
+    pub max_scroll: std::cell::Cell<u16>,
+}
+
+impl Help {
+    /// Scrolls by `delta` lines, never past the last line.
+    pub fn scroll_by(&mut self, delta: i32) {
+        let to = (i32::from(self.scroll) + delta).clamp(0, i32::from(self.max_scroll.get()));
+        self.scroll = to as u16;
+    }
 }
 
 /// The help text, the focused context first.
@@ -57,9 +67,15 @@ impl Help {
             .border_style(theme.get("ui.popup.border"))
             .style(theme.get("ui.popup"))
             .title(" Keys — ↑/↓ scroll, Esc closes ");
-        Paragraph::new(lines(keymap, ctx, theme))
+        let text = lines(keymap, ctx, theme);
+        let room = block.inner(rect).height;
+        let max = u16::try_from(text.len())
+            .unwrap_or(u16::MAX)
+            .saturating_sub(room);
+        self.max_scroll.set(max);
+        Paragraph::new(text)
             .block(block)
-            .scroll((self.scroll, 0))
+            .scroll((self.scroll.min(max), 0))
             .render(rect, buf);
     }
 }

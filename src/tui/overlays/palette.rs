@@ -1,5 +1,6 @@
-//! The command palette (C-p): every action with its description and keys, filtered by typing;
-//! Enter runs the selected one as if its key had been pressed.
+//! The command palette (C-p): every action with its description and keys, filtered by typing
+//! and ranked (whole words, then word starts, substrings, subsequences); Enter runs the selected
+//! one as if its key had been pressed.
 
 use super::centered;
 use crate::tui::keymap::{Action, Context, Keymap};
@@ -18,33 +19,50 @@ pub struct Palette {
 /// An entry: where the action applies, the action, its description and keys.
 pub type Entry = (Context, Action, &'static str, String);
 
-/// Case-insensitive subsequence match, so "subq" finds "submit the prompt to the queue".
-fn matches(query: &str, text: &str) -> bool {
-    let mut chars = text.chars().flat_map(char::to_lowercase);
-    query
-        .chars()
-        .flat_map(char::to_lowercase)
-        .all(|q| chars.any(|c| c == q))
+/// How well `query` matches `text`, best first: a whole word, the start of a word, a substring,
+/// then a case-insensitive subsequence (so "subq" finds "submit the prompt to the queue").
+fn rank(query: &str, text: &str) -> Option<u8> {
+    let q = query.to_lowercase();
+    let t = text.to_lowercase();
+    let words = || t.split(|c: char| !c.is_alphanumeric());
+    if q.is_empty() || words().any(|w| w == q) {
+        return Some(0);
+    }
+    if words().any(|w| w.starts_with(&q)) {
+        return Some(1);
+    }
+    if t.contains(&q) {
+        return Some(2);
+    }
+    let mut chars = t.chars();
+    q.chars().all(|c| chars.any(|x| x == c)).then_some(3)
 }
 
 impl Palette {
     /// Global actions and those of the focused context.
     pub fn entries(&self, keymap: &Keymap, ctx: Context) -> Vec<Entry> {
-        keymap
+        let mut ranked: Vec<(u8, Entry)> = keymap
             .bindings
             .iter()
             .filter(|b| b.ctx == Context::Global || b.ctx == ctx)
-            .filter(|b| matches(&self.query, b.desc) || matches(&self.query, b.action.name()))
-            .map(|b| {
+            .filter_map(|b| {
+                let name = b.action.name().replace('_', " ");
+                let r = [rank(&self.query, b.desc), rank(&self.query, &name)]
+                    .into_iter()
+                    .flatten()
+                    .min()?;
                 let keys = b
                     .keys
                     .iter()
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join(" ");
-                (b.ctx, b.action, b.desc, keys)
+                Some((r, (b.ctx, b.action, b.desc, keys)))
             })
-            .collect()
+            .collect();
+        // Stable: within a rank, the keymap's order.
+        ranked.sort_by_key(|(r, _)| *r);
+        ranked.into_iter().map(|(_, e)| e).collect()
     }
 
     pub fn render(
