@@ -4,6 +4,7 @@ mod adapters;
 mod batch;
 mod cli;
 mod cuda;
+mod deps;
 mod foundation;
 mod fused_graph;
 mod live;
