@@ -26,6 +26,17 @@ import os
 import sys
 import tempfile
 
+
+def arg_parser():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("paths", nargs="*", help="templates or model folders")
+    ap.add_argument("--vae-encoder", action="append", default=[], help="also run DIR's vae_encoder graph")
+    return ap
+
+
+if __name__ == "__main__":
+    arg_parser().parse_args()  # --help and argument errors come before the heavy imports below
+
 import numpy as np
 
 ALIGN = 64
@@ -268,10 +279,7 @@ def verify_vae_encoder(model_dir, tol=1e-4):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("paths", nargs="*", help="templates or model folders")
-    ap.add_argument("--vae-encoder", action="append", default=[], help="also run DIR's vae_encoder graph")
-    a = ap.parse_args(argv)
+    a = arg_parser().parse_args(argv)
     total = 0
     for p in a.paths:
         total += check(p)

@@ -42,21 +42,31 @@ import struct
 import sys
 import time
 
+
+def arg_parser():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--family", choices=["sd15", "sdxl"], required=True)
+    ap.add_argument("--out", required=True, help="output folder (not part of the repository)")
+    ap.add_argument("--build", choices=["fp32", "fp16"], default="fp32",
+                    help="dtype the random modules are built in (fp16: same file, half the memory)")
+    ap.add_argument("--fp32-weights", choices=["memory", "mmap"], default="memory",
+                    help="where the pipeline's float32 weights live (mmap: a memory-mapped scratch file)")
+    return ap
+
+
+if __name__ == "__main__":
+    arg_parser().parse_args()  # --help and argument errors come before the heavy imports below
+
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tiny_configs  # noqa: E402
-from export_model import IMAGE_NEGATIVE, IMAGE_PROMPT, IMAGE_SEED, ROOT, SCHEDULERS, reference_image  # noqa: E402
-from single_file_fixtures import (  # noqa: E402
-    ST_DTYPE,
-    convert_component,
-    expect_equal,
-    expected_state,
-    sd1_checkpoint,
-    sdxl_checkpoint,
-)
+from diffusers_reference import IMAGE_NEGATIVE, IMAGE_PROMPT, IMAGE_SEED, SCHEDULERS, reference_image  # noqa: E402
+from model_folder import ROOT  # noqa: E402
+from ldm_verify import convert_component, expect_equal, expected_state  # noqa: E402
+from single_file_fixtures import ST_DTYPE, sd1_checkpoint, sdxl_checkpoint  # noqa: E402
 
 SAMPLER, STEPS, CFG = "euler", 4, 7.0
 SIZE = {"sd15": 64, "sdxl": 128}
@@ -185,14 +195,7 @@ def pipeline(family, models, sched):
 def main():
     import diffusers
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--family", choices=sorted(SIZE), required=True)
-    ap.add_argument("--out", required=True, help="output folder (not part of the repository)")
-    ap.add_argument("--build", choices=["fp32", "fp16"], default="fp32",
-                    help="dtype the random modules are built in (fp16: same file, half the memory)")
-    ap.add_argument("--fp32-weights", choices=["memory", "mmap"], default="memory",
-                    help="where the pipeline's float32 weights live (mmap: a memory-mapped scratch file)")
-    a = ap.parse_args()
+    a = arg_parser().parse_args()
     torch.set_grad_enabled(False)
     os.makedirs(a.out, exist_ok=True)
     stem = os.path.join(a.out, f"{a.family}-random")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates src/model/onnx_proto.rs from onnx.proto with protox + prost-build (pure Rust, no protoc).
+# Regenerates src/model/onnx_proto/ (split by scripts/split_onnx_proto.py) from onnx.proto with protox + prost-build (pure Rust, no protoc).
 # Needs: a Python environment with the `onnx` package (for onnx.proto) as $PYTHON (default python3).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,13 +19,6 @@ RS
 mkdir -p out
 cargo run -q
 ver=$("${PYTHON:-python3}" -c 'import onnx; print(onnx.__version__)')
-{
-  echo "//! Generated ONNX protobuf types (prost), from onnx.proto of the \`onnx\` Python package $ver."
-  echo '//!'
-  echo '//! Regenerate with `scripts/gen_onnx_proto.sh`; never edit by hand.'
-  echo
-  echo '#![allow(clippy::all, missing_docs, rustdoc::all)]'
-  echo
-  cat out/onnx.rs
-} > "$here/src/model/onnx_proto.rs"
-echo "wrote src/model/onnx_proto.rs"
+rm -rf "$here/src/model/onnx_proto"
+"${PYTHON:-python3}" "$here/scripts/split_onnx_proto.py" out/onnx.rs "$ver" "$here/src/model/onnx_proto"
+echo "wrote src/model/onnx_proto/"

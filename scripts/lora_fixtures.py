@@ -11,10 +11,21 @@ weights): both text encoders (`lora_te1_`/`lora_te2_`, `text_encoder_2.`), kohya
 (`input_blocks`, computed from the SDXL UNet and checked against diffusers' converter), LyCORIS and peft.
 """
 
+import argparse
 import copy
 import json
 import os
 import sys
+
+
+def arg_parser():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sdxl", action="store_true", help="write tests/fixtures/lora-sdxl instead")
+    return ap
+
+
+if __name__ == "__main__":
+    arg_parser().parse_args()  # --help and argument errors come before the heavy imports below
 
 import torch
 from safetensors.torch import save_file

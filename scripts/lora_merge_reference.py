@@ -10,8 +10,18 @@ clamping each singular pair is flipped to make the largest-magnitude entry of it
 Run: /work/venv/bin/python scripts/lora_merge_reference.py
 """
 
+import argparse
 import json
 import os
+
+
+def arg_parser():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return ap
+
+
+if __name__ == "__main__":
+    arg_parser().parse_args()  # --help and argument errors come before the heavy imports below
 
 import torch
 from safetensors.torch import load_file, save_file

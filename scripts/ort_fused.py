@@ -126,7 +126,7 @@ def _heads_hints(graph):
 
 def _externalize(model, index, reference=None):
     import onnx
-    from export_model import make_external
+    from onnx_export import make_external
     from onnx import numpy_helper
 
     hints = _heads_hints(model.graph)
@@ -198,7 +198,7 @@ def optimize_cuda(model_dir, reference_out=None):
     """
     import onnx
     import torch
-    from export_model import onnx_export, unet_export_spec
+    from onnx_export import onnx_export, unet_export_spec
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 

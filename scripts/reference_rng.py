@@ -7,9 +7,19 @@ with each call's shape and values. Large tensors keep only a sample of indices (
 a stride) to keep the file small, plus the f64 sum of all values.
 Needs: torch (the /work/venv one). Run: /work/venv/bin/python scripts/reference_rng.py
 """
+import argparse
 import json
 import math
 import pathlib
+
+
+def arg_parser():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return ap
+
+
+if __name__ == "__main__":
+    arg_parser().parse_args()  # --help and argument errors come before the heavy imports below
 
 import torch
 

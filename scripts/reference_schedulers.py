@@ -14,9 +14,18 @@ with the closed-form fake model (computed in float64, stored as float32; Rust co
 Per step it keeps a sample of output values; the final latents are kept every 2nd element.
 Needs: torch, diffusers (the /work/venv ones). Run: /work/venv/bin/python scripts/reference_schedulers.py
 """
+import argparse
 import json
-import math
 import pathlib
+
+
+def arg_parser():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return ap
+
+
+if __name__ == "__main__":
+    arg_parser().parse_args()  # --help and argument errors come before the heavy imports below
 
 import diffusers
 import torch

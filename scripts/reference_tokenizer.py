@@ -15,6 +15,17 @@ import pathlib
 import sys
 import tempfile
 
+
+def arg_parser():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--full", help="existing full CLIP tokenizer folder (vocab.json, merges.txt)")
+    ap.add_argument("--source", help="bpe_simple_vocab_16e6.txt.gz or an open-clip-torch wheel")
+    return ap
+
+
+if __name__ == "__main__":
+    arg_parser().parse_args()  # --help and argument errors come before the heavy imports below
+
 from transformers import CLIPTokenizer
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -96,10 +107,7 @@ def ids(tok, p):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--full", help="existing full CLIP tokenizer folder (vocab.json, merges.txt)")
-    ap.add_argument("--source", help="bpe_simple_vocab_16e6.txt.gz or an open-clip-torch wheel")
-    args = ap.parse_args()
+    args = arg_parser().parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         full = pathlib.Path(args.full) if args.full else pathlib.Path(tmp) / "full"
         if not args.full:

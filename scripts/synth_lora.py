@@ -10,6 +10,19 @@ import argparse
 import json
 import struct
 
+
+def arg_parser():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("out")
+    ap.add_argument("--rank", type=int, default=32)
+    ap.add_argument("--te", action="store_true", help="also the text encoder")
+    return ap
+
+
+if __name__ == "__main__":
+    arg_parser().parse_args()  # --help and argument errors come before the heavy imports below
+
 import numpy as np
 from safetensors.numpy import save_file
 
@@ -25,12 +38,7 @@ def shapes(path):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("model")
-    ap.add_argument("out")
-    ap.add_argument("--rank", type=int, default=32)
-    ap.add_argument("--te", action="store_true", help="also the text encoder")
-    a = ap.parse_args()
+    a = arg_parser().parse_args()
     rng = np.random.default_rng(0)
     tensors = {}
     parts = [("unet", "lora_unet_")] + ([("text_encoder", "lora_te_")] if a.te else [])

@@ -20,7 +20,7 @@ use crate::lora::ApplyReport;
 use crate::model::layout::{ComponentKind, GraphKind};
 use crate::model::{Model, ModelError, TokenizerFiles};
 use crate::patch::{self, PatchError};
-use crate::prompt::{self, chunk, Chunk, ChunkConfig, Fragment, Prompt};
+use crate::prompt::{self, chunk, Chunk, ChunkConfig, Fragment, Prompt, MAX_CHUNKS};
 use crate::runtime::{build_session, Runtime, RuntimeError, SessionError, SessionOptions};
 use ort::session::Session;
 use std::collections::HashMap;
@@ -688,7 +688,8 @@ impl Generator {
         let mut n = 1;
         for tok in &self.tokenizers {
             for p in [pos, neg] {
-                let k = chunk(&p.fragments, |t| tok.encode(t), &ChunkConfig::default()).len();
+                let k = chunk(&p.fragments, |t| tok.encode(t), &ChunkConfig::default())
+                    .map_or(MAX_CHUNKS, |c| c.len()); // too long: encoding refuses it
                 n = n.max(k);
             }
         }
@@ -709,7 +710,8 @@ impl Generator {
         let mut pooled = None;
         for (i, enc) in encoders.iter().enumerate() {
             let tok = &self.tokenizers[i];
-            let mut chunks = chunk(fragments, |t| tok.encode(t), &ChunkConfig::default());
+            let mut chunks = chunk(fragments, |t| tok.encode(t), &ChunkConfig::default())
+                .map_err(|e| PipelineError::Prompt(e.to_string()))?;
             if chunks.is_empty() {
                 chunks.push(Chunk {
                     tokens: Vec::new(),

@@ -1,12 +1,18 @@
 //! Long prompts: [`chunk`] packs the fragments' tokens into chunks of at most 75 with their weights,
 //! the way A1111 does (BREAK starts a new chunk; a full chunk hands the words after its last comma to
 //! the next one). Generic over the tokenizer so it is testable without CLIP; [`Chunk::padded`] adds
-//! BOS/EOS/padding for the text encoder.
+//! BOS/EOS/padding for the text encoder. A prompt longer than [`MAX_CHUNKS`] chunks is refused: each
+//! chunk is one more text-encoder run and 77 more context tokens in every UNet step.
 
 use super::emphasis::Fragment;
+use super::error::PromptError;
 
 /// Tokens per chunk, not counting BOS and EOS (CLIP's 77-token window).
 pub const CHUNK_LEN: usize = 75;
+
+/// The most chunks a prompt may have (2,400 tokens): far past real prompts (A1111 users rarely pass
+/// 4), and it keeps one pasted text from holding the engine for minutes.
+pub const MAX_CHUNKS: usize = 32;
 
 /// CLIP's `,</w>` token id.
 pub const CLIP_COMMA: u32 = 267;
@@ -58,8 +64,13 @@ impl Chunk {
 }
 
 /// Tokenizes each text fragment with `tokenize` (no BOS/EOS) and packs the tokens into chunks.
-/// Always returns at least one chunk (an empty prompt is one empty chunk, as in A1111).
-pub fn chunk<F>(fragments: &[Fragment], tokenize: F, cfg: &ChunkConfig) -> Vec<Chunk>
+/// Always returns at least one chunk (an empty prompt is one empty chunk, as in A1111). Errs, without
+/// tokenizing the rest, as soon as the prompt needs more than [`MAX_CHUNKS`] chunks.
+pub fn chunk<F>(
+    fragments: &[Fragment],
+    tokenize: F,
+    cfg: &ChunkConfig,
+) -> Result<Vec<Chunk>, PromptError>
 where
     F: Fn(&str) -> Vec<u32>,
 {
@@ -74,6 +85,7 @@ where
     for f in fragments {
         let (text, weight) = match f {
             Fragment::Break => {
+                check_room(&done)?;
                 done.push(std::mem::replace(
                     &mut cur,
                     Chunk {
@@ -98,11 +110,13 @@ where
                     // Move the words after the comma to the next chunk, so a phrase is not cut.
                     let tokens = cur.tokens.split_off(c + 1);
                     let weights = cur.weights.split_off(c + 1);
+                    check_room(&done)?;
                     done.push(std::mem::replace(&mut cur, Chunk { tokens, weights }));
                     last_comma = None;
                 }
             }
             if cur.tokens.len() == CHUNK_LEN {
+                check_room(&done)?;
                 done.push(std::mem::replace(
                     &mut cur,
                     Chunk {
@@ -119,7 +133,27 @@ where
     if !cur.tokens.is_empty() || done.is_empty() {
         done.push(cur);
     }
-    done
+    Ok(done)
+}
+
+/// Errs when `done` already holds the last chunk allowed, so one more would pass [`MAX_CHUNKS`].
+fn check_room(done: &[Chunk]) -> Result<(), PromptError> {
+    if done.len() + 1 < MAX_CHUNKS {
+        return Ok(());
+    }
+    let found = format!("more than {MAX_CHUNKS} chunks");
+    Err(PromptError::new(0..0, too_long(&found)).with_hint(SHORTEN))
+}
+
+/// The hint for a prompt over a size limit.
+pub(crate) const SHORTEN: &str = "shorten the prompt or use fewer BREAKs";
+
+/// The message for a prompt over [`MAX_CHUNKS`]; `found` says by how much.
+pub(crate) fn too_long(found: &str) -> String {
+    format!(
+        "prompt too long: {found}; the limit is {MAX_CHUNKS} chunks of {CHUNK_LEN} tokens ({} tokens)",
+        MAX_CHUNKS * CHUNK_LEN
+    )
 }
 
 #[cfg(test)]
@@ -152,7 +186,7 @@ mod tests {
 
     #[test]
     fn short_and_empty_prompts_are_one_chunk() {
-        let c = chunk(&[t("5 6", 1.0), t("7", 1.5)], fake, &ChunkConfig::default());
+        let c = chunk(&[t("5 6", 1.0), t("7", 1.5)], fake, &ChunkConfig::default()).unwrap();
         assert_eq!(
             c,
             vec![Chunk {
@@ -160,7 +194,7 @@ mod tests {
                 weights: vec![1.0, 1.0, 1.5]
             }]
         );
-        let c = chunk(&[], fake, &ChunkConfig::default());
+        let c = chunk(&[], fake, &ChunkConfig::default()).unwrap();
         assert_eq!(
             c,
             vec![Chunk {
@@ -176,14 +210,15 @@ mod tests {
             &[Fragment::Break, t("5", 1.0), Fragment::Break, t("6", 1.0)],
             fake,
             &ChunkConfig::default(),
-        );
+        )
+        .unwrap();
         let toks: Vec<Vec<u32>> = c.into_iter().map(|c| c.tokens).collect();
         assert_eq!(toks, vec![vec![], vec![5], vec![6]]);
     }
 
     #[test]
     fn full_chunk_without_comma_splits_at_75() {
-        let c = chunk(&[t(&words(1000..1080), 1.0)], fake, &ChunkConfig::default());
+        let c = chunk(&[t(&words(1000..1080), 1.0)], fake, &ChunkConfig::default()).unwrap();
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].tokens, (1000..1075).collect::<Vec<_>>());
         assert_eq!(c[1].tokens, (1075..1080).collect::<Vec<_>>());
@@ -194,7 +229,7 @@ mod tests {
         // 60 words, a comma at index 60, then 20 words: the 76th token arrives with the comma 15
         // back (75 - 60 <= 20), so tokens 61..75 move and chunk 1 ends at the comma.
         let text = format!("{} , {}", words(1000..1060), words(2000..2020));
-        let c = chunk(&[t(&text, 1.2)], fake, &ChunkConfig::default());
+        let c = chunk(&[t(&text, 1.2)], fake, &ChunkConfig::default()).unwrap();
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].tokens.len(), 61);
         assert_eq!(c[0].tokens[60], CLIP_COMMA);
@@ -206,20 +241,23 @@ mod tests {
     fn a_far_comma_or_backtrack_zero_does_not_move_words() {
         // Comma at index 40: 75 - 40 = 35 > 20.
         let text = format!("{} , {}", words(1000..1040), words(2000..2040));
-        let c = chunk(&[t(&text, 1.0)], fake, &ChunkConfig::default());
+        let c = chunk(&[t(&text, 1.0)], fake, &ChunkConfig::default()).unwrap();
         assert_eq!(c[0].tokens.len(), 75);
         let text = format!("{} , {}", words(1000..1060), words(2000..2020));
         let cfg = ChunkConfig {
             comma_padding_backtrack: 0,
             ..ChunkConfig::default()
         };
-        assert_eq!(chunk(&[t(&text, 1.0)], fake, &cfg)[0].tokens.len(), 75);
+        assert_eq!(
+            chunk(&[t(&text, 1.0)], fake, &cfg).unwrap()[0].tokens.len(),
+            75
+        );
     }
 
     #[test]
     fn a_comma_arriving_at_a_full_chunk_starts_the_next() {
         let text = format!("{} , 5", words(1000..1075));
-        let c = chunk(&[t(&text, 1.0)], fake, &ChunkConfig::default());
+        let c = chunk(&[t(&text, 1.0)], fake, &ChunkConfig::default()).unwrap();
         assert_eq!(c.len(), 2);
         assert_eq!(c[1].tokens, vec![CLIP_COMMA, 5]);
     }
@@ -236,5 +274,49 @@ mod tests {
         assert_eq!(ids[76], 0);
         assert_eq!(&w[..4], &[1.0, 1.1, 0.9, 1.0]);
         assert_eq!(w[76], 1.0);
+    }
+
+    #[test]
+    fn a_prompt_past_the_chunk_limit_is_refused_without_tokenizing_the_rest() {
+        let calls = std::cell::Cell::new(0);
+        let counting = |text: &str| {
+            calls.set(calls.get() + 1);
+            fake(text)
+        };
+        let at_limit: Vec<Fragment> = (0..MAX_CHUNKS)
+            .flat_map(|_| [t("5", 1.0), Fragment::Break])
+            .take(2 * MAX_CHUNKS - 1)
+            .collect();
+        assert_eq!(
+            chunk(&at_limit, fake, &ChunkConfig::default())
+                .unwrap()
+                .len(),
+            MAX_CHUNKS
+        );
+
+        let flood: Vec<Fragment> = (0..5000)
+            .flat_map(|_| [t("5", 1.0), Fragment::Break])
+            .collect();
+        let e = chunk(&flood, counting, &ChunkConfig::default()).unwrap_err();
+        assert!(
+            e.message
+                .contains("limit is 32 chunks of 75 tokens (2400 tokens)"),
+            "{}",
+            e.message
+        );
+        assert!(
+            calls.get() <= MAX_CHUNKS,
+            "tokenized {} fragments",
+            calls.get()
+        );
+
+        let long = t(&words(0..(MAX_CHUNKS * CHUNK_LEN) as u32 + 1), 1.0);
+        let e = chunk(&[long], fake, &ChunkConfig::default()).unwrap_err();
+        assert!(
+            e.message
+                .starts_with("prompt too long: more than 32 chunks"),
+            "{}",
+            e.message
+        );
     }
 }

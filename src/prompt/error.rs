@@ -74,6 +74,9 @@ fn floor_boundary(text: &str, mut i: usize) -> usize {
     i
 }
 
+/// The most characters of a line shown under a message.
+const MAX_SHOWN: usize = 100;
+
 /// Never panics, whatever the span: the renderer is also used on spans from edited text.
 fn render(
     kind: &str,
@@ -93,17 +96,37 @@ fn render(
     let underline_end = end.min(line_end);
     let width = text[start..underline_end].chars().count().max(1);
 
+    // A long line (a pasted text) is shown as a window around the span, `…` where it is cut.
+    let chars: Vec<char> = line.chars().collect();
+    let at = col - 1;
+    let (from, to) = if chars.len() > MAX_SHOWN {
+        let to = (at.saturating_sub(MAX_SHOWN / 2) + MAX_SHOWN).min(chars.len());
+        (to - MAX_SHOWN, to)
+    } else {
+        (0, chars.len())
+    };
+    let shown: String = chars[from..to].iter().collect();
+    let (open, close) = (
+        if from > 0 { "…" } else { "" },
+        if to < chars.len() { "…" } else { "" },
+    );
+    let width = width.min(to.saturating_sub(at)).max(1);
+
     let gutter = line_no.to_string();
     let pad = " ".repeat(gutter.len());
     let mut out = String::new();
     let _ = writeln!(out, "{kind}: {message}");
     let _ = writeln!(out, "{pad}--> line {line_no}, column {col}");
     let _ = writeln!(out, "{pad} |");
-    let _ = writeln!(out, "{gutter} | {line}");
+    let _ = writeln!(out, "{gutter} | {open}{shown}{close}");
     // Tabs are copied so that the carets line up under tab-indented text.
-    let lead: String = text[line_start..start]
+    let lead: String = (if from > 0 { " " } else { "" })
         .chars()
-        .map(|c| if c == '\t' { '\t' } else { ' ' })
+        .chain(
+            chars[from..at]
+                .iter()
+                .map(|&c| if c == '\t' { '\t' } else { ' ' }),
+        )
         .collect();
     let _ = writeln!(out, "{pad} | {lead}{}", "^".repeat(width));
     if let Some(h) = hint {
@@ -145,5 +168,24 @@ mod tests {
         #[allow(clippy::reversed_empty_ranges)]
         let backwards = 5..1;
         let _ = PromptError::new(backwards, "m").render(text);
+    }
+
+    #[test]
+    fn a_long_line_is_shown_as_a_window_around_the_span() {
+        let text = format!("{}<lora:x:tee=1>{}", "a".repeat(500), "b".repeat(500));
+        let start = text.find("tee").unwrap();
+        let r = PromptError::new(start..start + 3, "unknown key `tee`").render(&text);
+        let lines: Vec<&str> = r.lines().collect();
+        assert_eq!(lines[1], " --> line 1, column 509");
+        let shown = lines[3].strip_prefix("1 | ").unwrap();
+        assert!(shown.starts_with('…') && shown.ends_with('…'), "{shown}");
+        assert_eq!(shown.chars().count(), MAX_SHOWN + 2);
+        let carets = lines[4].strip_prefix("  | ").unwrap();
+        let under = carets.find('^').unwrap();
+        assert_eq!(
+            &shown[shown.char_indices().nth(under).unwrap().0..][..3],
+            "tee"
+        );
+        assert_eq!(carets.trim(), "^^^");
     }
 }

@@ -96,12 +96,12 @@ pub mod resolve;
 mod schedule;
 mod suggest;
 
-pub use chunk::{chunk, Chunk, ChunkConfig, CHUNK_LEN, CLIP_COMMA};
+pub use chunk::{chunk, Chunk, ChunkConfig, CHUNK_LEN, CLIP_COMMA, MAX_CHUNKS};
 pub use emphasis::Fragment;
 pub use error::{PromptError, PromptWarning};
 pub use lbw::{slot_block, Block, Lbw, LbwLayout, UnetRegion, PRESETS};
 pub use lora_tag::{Component, LoraTag, KEYS};
-pub use parse::{parse, parse_with_warnings, Prompt};
+pub use parse::{parse, parse_with_warnings, Prompt, MAX_PROMPT_BYTES};
 pub use print::{append_tag, print, print_tag, remove_tag, rewrite_tag};
 pub use resolve::{Adapter, Catalog, LoraDirs, Refusal, Refused, ResolveError};
 pub use schedule::{Position, Strength};

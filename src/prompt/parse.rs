@@ -1,7 +1,10 @@
 //! The entry point: [`parse`] / [`parse_with_warnings`] turn prompt text into a [`Prompt`] — LoRA
 //! tags taken out (with the whitespace around them tidied), the rest split into weighted fragments.
-//! Syntax only; names are resolved against the LoRA folders by `resolve`.
+//! Syntax only; names are resolved against the LoRA folders by `resolve`. Size is bounded here, before
+//! any tokenizer or model sees the text: at most [`MAX_PROMPT_BYTES`] bytes and [`MAX_CHUNKS`] chunks
+//! from `BREAK`s (the chunker bounds the tokens).
 
+use super::chunk::{too_long, MAX_CHUNKS, SHORTEN};
 use super::emphasis::{attention, Fragment};
 use super::error::{PromptError, PromptWarning};
 use super::lora_tag::{parse_tag_args, LoraTag};
@@ -44,6 +47,10 @@ impl Prompt {
     }
 }
 
+/// The longest prompt text accepted, in bytes: well past [`MAX_CHUNKS`] chunks of English (about
+/// 10 KB), and it keeps parsing and tokenizing a pasted file quick.
+pub const MAX_PROMPT_BYTES: usize = 32 * 1024;
+
 /// Parses prompt text. Any error refuses the whole prompt.
 pub fn parse(text: &str) -> Result<Prompt, PromptError> {
     parse_with_warnings(text).map(|(p, _)| p)
@@ -51,6 +58,17 @@ pub fn parse(text: &str) -> Result<Prompt, PromptError> {
 
 /// As [`parse`], plus warnings for what A1111 accepts but is probably a typo (unbalanced brackets).
 pub fn parse_with_warnings(text: &str) -> Result<(Prompt, Vec<PromptWarning>), PromptError> {
+    if text.len() > MAX_PROMPT_BYTES {
+        let mut at = MAX_PROMPT_BYTES;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        let message = format!(
+            "prompt too long: {} bytes; the limit is {MAX_PROMPT_BYTES} bytes",
+            text.len()
+        );
+        return Err(PromptError::new(at..text.len(), message).with_hint(SHORTEN));
+    }
     let all: Vec<(usize, char)> = text.char_indices().collect();
     let mut kept: Vec<(usize, char)> = Vec::with_capacity(all.len());
     let mut loras = Vec::new();
@@ -75,7 +93,31 @@ pub fn parse_with_warnings(text: &str) -> Result<(Prompt, Vec<PromptWarning>), P
     }
     let mut warnings = Vec::new();
     let fragments = attention(text, &kept, &mut warnings)?;
+    check_breaks(&fragments, &kept)?;
     Ok((Prompt { fragments, loras }, warnings))
+}
+
+/// Errs when the `BREAK`s alone make more than [`MAX_CHUNKS`] chunks, pointing at the first `BREAK`
+/// past the limit (found in `kept`, the text without tags, as emphasis reads it).
+fn check_breaks(fragments: &[Fragment], kept: &[(usize, char)]) -> Result<(), PromptError> {
+    let breaks = fragments
+        .iter()
+        .filter(|f| matches!(f, Fragment::Break))
+        .count();
+    if breaks < MAX_CHUNKS {
+        return Ok(());
+    }
+    let word = |c: Option<&(usize, char)>| c.is_some_and(|c| c.1.is_alphanumeric() || c.1 == '_');
+    let span = (0..kept.len())
+        .filter(|&i| {
+            kept[i..].iter().map(|c| c.1).take(5).eq("BREAK".chars())
+                && (i == 0 || !word(kept.get(i - 1)))
+                && !word(kept.get(i + 5))
+        })
+        .nth(MAX_CHUNKS - 1)
+        .map_or(0..0, |i| kept[i].0..kept[i].0 + 5);
+    let found = format!("{} chunks from {breaks} BREAKs", breaks + 1);
+    Err(PromptError::new(span, too_long(&found)).with_hint(SHORTEN))
 }
 
 /// After a tag (ending before `all[next]`): takes any further tags separated only by whitespace, and
@@ -278,5 +320,36 @@ mod tests {
         assert_eq!(texts(&p), vec![("a".to_string(), 1.1)]);
         assert_eq!(w.len(), 1);
         assert_eq!(w[0].span, 9..10);
+    }
+
+    #[test]
+    fn a_break_flood_is_refused_at_the_first_break_past_the_limit() {
+        let ok = "a BREAK ".repeat(MAX_CHUNKS - 1);
+        assert!(parse(&ok).is_ok());
+
+        let text = "BREAK ".repeat(5000);
+        let started = std::time::Instant::now();
+        let e = parse(&text).unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(
+            e.message,
+            "prompt too long: 5001 chunks from 5000 BREAKs; \
+             the limit is 32 chunks of 75 tokens (2400 tokens)"
+        );
+        // The 32nd BREAK (0-based 31) starts chunk 33.
+        assert_eq!(e.span, 31 * 6..31 * 6 + 5);
+        assert_eq!(
+            e.hint.as_deref(),
+            Some("shorten the prompt or use fewer BREAKs")
+        );
+    }
+
+    #[test]
+    fn text_past_the_byte_limit_is_refused_on_a_char_boundary() {
+        assert!(parse(&"a".repeat(MAX_PROMPT_BYTES)).is_ok());
+        let text = format!("{}é", "a".repeat(MAX_PROMPT_BYTES - 1));
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.span, MAX_PROMPT_BYTES - 1..text.len());
+        assert!(e.message.contains("limit is 32768 bytes"), "{}", e.message);
     }
 }

@@ -137,7 +137,8 @@ proptest! {
     #[test]
     fn chunking_keeps_every_token_in_order(text in prompt_text(), reps in 1usize..40) {
         let Ok(p) = parse(&text.repeat(reps)) else { return Ok(()) };
-        let chunks = chunk(&p.fragments, fake_tokens, &ChunkConfig::default());
+        // Past MAX_CHUNKS the chunker refuses (tested in chunk.rs); the property is about the rest.
+        let Ok(chunks) = chunk(&p.fragments, fake_tokens, &ChunkConfig::default()) else { return Ok(()) };
         prop_assert!(!chunks.is_empty());
         let mut all = Vec::new();
         for c in &chunks {

@@ -33,7 +33,7 @@ fn parse_resolve_chunk() {
             .map(|w| if w == "," { CLIP_COMMA } else { 7 })
             .collect()
     };
-    let chunks = chunk(&p.fragments, tok, &ChunkConfig::default());
+    let chunks = chunk(&p.fragments, tok, &ChunkConfig::default()).unwrap();
     assert_eq!(chunks.len(), 2);
     assert_eq!(chunks[0].tokens, vec![7, 7, CLIP_COMMA, 7]);
     assert_eq!(chunks[0].weights, vec![1.0, 1.0, 1.0, 1.2]);
@@ -63,4 +63,51 @@ fn tui_edit_loop() {
     assert_eq!(q.loras[1], b);
     assert!(q.loras[1].is_scheduled());
     assert_eq!(q.fragments, p.fragments);
+}
+
+/// Issue 18: `"BREAK " × 5000` ran for minutes (5,000 chunks). The binary refuses it at once, before
+/// any model is loaded, naming the limit.
+#[test]
+fn a_break_flood_is_refused_by_the_binary_in_under_a_second() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stipple"))
+        .args([
+            "generate",
+            "--steps",
+            "1",
+            "--prompt",
+            &"BREAK ".repeat(5000),
+        ])
+        .arg("--out")
+        .arg(out_dir.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("prompt too long: 5001 chunks from 5000 BREAKs; the limit is 32 chunks"),
+        "{err}"
+    );
+    assert!(
+        err.lines().all(|l| l.chars().count() < 200),
+        "a line of the message is too long:\n{err}"
+    );
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+}
+
+/// A prompt of more than 32 × 75 tokens without BREAK is refused by the engine's chunker.
+#[test]
+fn a_prompt_past_the_token_limit_is_refused_by_the_engine() {
+    let p = parse(&"a ".repeat(32 * 75 + 1)).unwrap();
+    let err = match crate::util::generator().encode_prompt_pooled(&p.fragments) {
+        Ok(_) => panic!("a 2,401-token prompt was encoded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("prompt too long: more than 32 chunks"),
+        "{err}"
+    );
 }
