@@ -613,12 +613,16 @@ fn cmd_tui(cli: &Cli) -> Result<()> {
     );
     inner.lora_method = a.lora_method;
     let runner = stipple::pipeline::SavingRunner { inner, out_dir };
-    let family = model.index.family;
+    // The browser checks adapters against the same widths `generate` refuses by.
+    let widths = stipple::lora::family::ModelWidths::of(
+        model.index.family,
+        &stipple::pipeline::adapters::target_params(&model),
+    );
     drop(model);
     let (engine, events) = stipple::engine::Engine::spawn(runner);
     let keep = engine.clone();
     let result = stipple::tui::run(
-        stipple::tui::TuiOptions::new(config, dirs, Some(family)),
+        stipple::tui::TuiOptions::new(config, dirs, Some(widths)),
         engine,
         events,
     );

@@ -1,7 +1,8 @@
 //! The LoRA engine: adapter files → per-parameter weight deltas `Σ strength·ΔW` (f32, torch layout),
 //! with a report of what was applied. The model's patch step adds the deltas to pristine base weights.
 //!
-//! Public surface: [`Adapter`], [`compute_deltas`], [`inspect()`], and the types they take and return.
+//! Public surface: [`Adapter`], [`compute_deltas`], [`inspect()`], and the types they take and return;
+//! [`catalog`] and [`entry`] list the adapter files of the LoRA folders for every front end.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -11,11 +12,14 @@ use serde::Serialize;
 use thiserror::Error;
 
 pub mod bench;
+pub mod catalog;
 pub mod delta;
 pub mod detect;
+pub mod entry;
 pub mod extract;
 pub mod family;
 pub mod file;
+pub mod header;
 pub mod inspect;
 pub mod keys;
 pub mod linalg;
@@ -298,14 +302,13 @@ pub(crate) fn check_families<'a>(
     adapters: impl Iterator<Item = &'a Adapter>,
     model: &ModelParams,
 ) -> Result<Vec<family::FamilyGuess>, LoraError> {
+    let widths = family::ModelWidths::of(model.family, &model.params);
     adapters
         .map(|a| {
             let g = family::guess(a);
-            family::check(&g, model.family, &model.params).map_err(|message| {
-                LoraError::Family {
-                    adapter: a.name(),
-                    message,
-                }
+            family::check_widths(&g, &widths).map_err(|message| LoraError::Family {
+                adapter: a.name(),
+                message,
             })?;
             Ok(g)
         })
@@ -345,7 +348,7 @@ pub(crate) fn skip_incomplete(
     rep: &mut AdapterReport,
 ) {
     for (id, kinds) in groups {
-        if detect::detect(&kinds_only(kinds)).is_none() {
+        if detect::detect_by_dims(|k| kinds.contains_key(&k).then_some(1)).is_none() {
             for key in kinds.values() {
                 rep.skip(
                     key,
@@ -385,16 +388,6 @@ pub(crate) fn load_module(
         }
     }
     Ok((t, warnings))
-}
-
-/// A placeholder tensor set with only the kinds, for type detection without decoding.
-fn kinds_only(kinds: &BTreeMap<Kind, &str>) -> ModuleTensors {
-    let mut t = ModuleTensors::default();
-    for k in kinds.keys() {
-        t.by_kind
-            .insert(*k, tensor::Tensor::new(vec![1, 1, 1], vec![0.0]));
-    }
-    t
 }
 
 fn module_delta(

@@ -3,7 +3,6 @@
 //! State lives in [`app::App`] (pure updates), drawing in [`view`], I/O in [`event_loop`].
 
 pub mod app;
-pub mod catalog;
 pub mod components;
 pub mod event_loop;
 pub mod keymap;
@@ -16,7 +15,7 @@ pub mod view;
 use crate::config::{Config, Dirs, ImageProtocol};
 use crate::engine::EngineHandle;
 use crate::job::Event;
-use catalog::{FsCatalog, LoraCatalog};
+use crate::lora::entry::{FolderSource, LoraSource};
 use ratatui_image::picker::{Picker, ProtocolType};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -34,19 +33,19 @@ pub enum TuiError {
 pub struct TuiOptions {
     pub config: Config,
     pub dirs: Dirs,
-    pub catalog: Box<dyn LoraCatalog>,
+    pub catalog: Box<dyn LoraSource>,
 }
 
 impl TuiOptions {
-    /// Adapters from the configured folders, checked against the loaded model's family if known.
+    /// Adapters from the configured folders, checked against the loaded model's widths if known.
     pub fn new(
         config: Config,
         dirs: Dirs,
-        model_family: Option<crate::family::Family>,
+        model: Option<crate::lora::family::ModelWidths>,
     ) -> TuiOptions {
-        let catalog = Box::new(FsCatalog {
-            folders: config.lora_folders.clone(),
-            model_family,
+        let catalog = Box::new(FolderSource {
+            dirs: crate::lora::catalog::LoraDirs::new(config.lora_folders.clone()),
+            model,
         });
         TuiOptions {
             config,
