@@ -188,9 +188,12 @@ impl Adapter {
         let hlen = u64::from_le_bytes(len8);
         let avail = buf.len() as u64 - 8;
         if hlen > MAX_HEADER || hlen > avail {
-            return Err(bad(format!(
-                "header length {hlen} runs past the end of the file ({avail} bytes follow)"
-            )));
+            return Err(bad(match crate::model::checkpoint::text_start(buf) {
+                Some(text) => format!("it begins with text ({text:?}), not a header length"),
+                None => format!(
+                    "its first 8 bytes say the header is {hlen} bytes, which runs past the end of the file ({avail} bytes follow)"
+                ),
+            }));
         }
         let data_start = 8 + hlen as usize;
         let header = std::str::from_utf8(&buf[8..data_start])
@@ -359,4 +362,32 @@ fn arr8(c: &[u8]) -> [u8; 8] {
     let mut a = [0u8; 8];
     a.copy_from_slice(c);
     a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_file_is_not_a_safetensors_file() {
+        let e = Adapter::from_bytes(
+            "notes.safetensors",
+            b"hello world, these are notes\n".to_vec(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not a safetensors file"), "{e}");
+        assert!(e.contains("begins with text (\"hello world"), "{e}");
+        assert!(!e.contains("header is"), "{e}");
+        // Binary junk still gets the length it claims.
+        let mut junk = u64::MAX.to_le_bytes().to_vec();
+        junk.extend_from_slice(&[0, 1, 2]);
+        let e = Adapter::from_bytes("junk.safetensors", junk)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not a safetensors file") && e.contains("runs past the end"),
+            "{e}"
+        );
+    }
 }

@@ -248,7 +248,10 @@ fn lora_refuses_bad_files() {
     let t = err_of("bad_truncated.safetensors");
     assert!(t.contains("outside the data section"), "{t}");
     let h = err_of("bad_header_past_end.safetensors");
-    assert!(h.contains("runs past the end"), "{h}");
+    assert!(
+        h.contains("not a safetensors file") && h.contains("runs past the end"),
+        "{h}"
+    );
     let o = err_of("bad_overlap.safetensors");
     assert!(o.contains("overlap"), "{o}");
     let p = err_of("bad_pickle.pt");
