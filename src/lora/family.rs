@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use super::file::Adapter;
-use super::{Component, TargetParam};
+use super::{TargetComponent, TargetParam};
 
 /// Family names by cross-attention context width.
 pub fn family_of_context(width: usize) -> &'static str {
@@ -122,7 +122,7 @@ pub struct ModelWidths {
 impl ModelWidths {
     /// The widths of a model with these parameters.
     pub fn of(family: crate::family::Family, params: &[TargetParam]) -> ModelWidths {
-        let width = |comp: Component, needle: &str| {
+        let width = |comp: TargetComponent, needle: &str| {
             params
                 .iter()
                 .find(|p| p.component == comp && p.name.contains(needle))
@@ -130,12 +130,12 @@ impl ModelWidths {
         };
         ModelWidths {
             family,
-            context: width(Component::Unet, "attn2.to_k.weight"),
-            te: width(Component::TextEncoder, "q_proj.weight"),
-            te2: width(Component::TextEncoder2, "q_proj.weight"),
+            context: width(TargetComponent::Unet, "attn2.to_k.weight"),
+            te: width(TargetComponent::TextEncoder, "q_proj.weight"),
+            te2: width(TargetComponent::TextEncoder2, "q_proj.weight"),
             has_te2: params
                 .iter()
-                .any(|p| p.component == Component::TextEncoder2),
+                .any(|p| p.component == TargetComponent::TextEncoder2),
         }
     }
 }

@@ -7,14 +7,14 @@ use std::collections::BTreeMap;
 use super::detect::{detect_by_dims, Detected};
 use super::file::Adapter;
 use super::keys::{split_key, Kind};
-use super::Component;
+use super::TargetComponent;
 
 /// One module as the file names it.
 #[derive(Debug, Clone)]
 pub struct FileModule<'a> {
     /// The key stem shared by the module's tensors.
     pub stem: &'a str,
-    pub component: Component,
+    pub component: TargetComponent,
     pub detected: Detected,
     /// "LoRA", "LoCon (Tucker)", ... (a conv kernel makes a LoRA a LoCon).
     pub label: String,
@@ -53,17 +53,17 @@ impl HeaderModules<'_> {
 }
 
 /// The component a key stem targets, from its prefix (kohya, diffusers, LyCORIS spellings).
-pub fn component_of(stem: &str) -> Component {
+pub fn component_of(stem: &str) -> TargetComponent {
     if stem.starts_with("lora_te2_") || stem.starts_with("text_encoder_2.") {
-        Component::TextEncoder2
+        TargetComponent::TextEncoder2
     } else if stem.starts_with("lora_te")
         || stem.starts_with("text_encoder.")
         || stem.starts_with("lycoris_encoder_")
         || stem.starts_with("lycoris_text_model_")
     {
-        Component::TextEncoder
+        TargetComponent::TextEncoder
     } else {
-        Component::Unet
+        TargetComponent::Unet
     }
 }
 

@@ -14,13 +14,13 @@ use sha2::{Digest, Sha256};
 use super::family::{self, FamilyGuess};
 use super::file::Adapter;
 use super::keys::Kind;
-use super::{header, triggers, Component};
+use super::{header, triggers, TargetComponent};
 
 #[derive(Debug, Serialize)]
 pub struct ModuleInfo {
     /// The module's name as spelled in the file.
     pub name: String,
-    pub component: Component,
+    pub component: TargetComponent,
     pub label: String,
     pub rank: Option<usize>,
     pub alpha: Option<f32>,

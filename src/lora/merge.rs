@@ -64,7 +64,7 @@ pub struct Merged {
 }
 
 /// One adapter's part of one layer: scaled factors (`up·down` = μ·s·ΔW) or a dense μ·ΔW.
-enum Part {
+enum LayerPart {
     Factors {
         up: Vec<f32>,
         down: Vec<f32>,
@@ -75,7 +75,7 @@ enum Part {
 
 struct Contribution {
     id: usize,
-    part: Option<Part>,
+    part: Option<LayerPart>,
     label: String,
     strength: f32,
     warnings: Vec<String>,
@@ -93,7 +93,7 @@ pub fn merge(
     }
     let mut walk = Walk::new(adapters, model)?;
     let mut reports = std::mem::take(&mut walk.reports);
-    let mut parts: BTreeMap<usize, Vec<Part>> = BTreeMap::new();
+    let mut parts: BTreeMap<usize, Vec<LayerPart>> = BTreeMap::new();
     let mut dropped = Vec::new();
     for ((ai, a), rep) in walk.adapters.iter().enumerate().zip(&mut reports) {
         let results: Vec<Result<Option<Contribution>, MergeError>> = a
@@ -194,13 +194,13 @@ fn contribution(
             p.module.path
         ));
     }
-    c.part = out.weight.map(Part::Dense);
+    c.part = out.weight.map(LayerPart::Dense);
     Ok(Some(c))
 }
 
 /// LoRA/LoCon factors with `μ·alpha/rank` split as `sign·√|c|` on up and `√|c|` on down; a Tucker
 /// `lora_mid` is folded into down (`down'[p, i, k] = Σ_q mid[p, q, k]·down[q, i]`), which is exact.
-fn factors(ctx: &Ctx, t: &ModuleTensors, shape: &Shape) -> Result<Part, DeltaError> {
+fn factors(ctx: &Ctx, t: &ModuleTensors, shape: &Shape) -> Result<LayerPart, DeltaError> {
     let down = ctx.get(Kind::Down)?;
     let up = ctx.get(Kind::Up)?;
     let r = down.shape.first().copied().unwrap_or(0);
@@ -249,7 +249,7 @@ fn factors(ctx: &Ctx, t: &ModuleTensors, shape: &Shape) -> Result<Part, DeltaErr
     let signed = root * c.signum();
     b.iter_mut().for_each(|x| *x *= signed);
     a.iter_mut().for_each(|x| *x *= root);
-    Ok(Part::Factors {
+    Ok(LayerPart::Factors {
         up: b,
         down: a,
         rank,
@@ -260,7 +260,7 @@ fn factors(ctx: &Ctx, t: &ModuleTensors, shape: &Shape) -> Result<Part, DeltaErr
 fn assemble(
     module: &ModuleRef,
     target: &TargetParam,
-    parts: Vec<Part>,
+    parts: Vec<LayerPart>,
     opts: &MergeOptions,
 ) -> Result<Option<LoraLayer>, MergeError> {
     let Some(shape) = Shape::of(&target.shape) else {
@@ -270,11 +270,11 @@ fn assemble(
     let total: usize = parts
         .iter()
         .map(|p| match p {
-            Part::Factors { rank, .. } => *rank,
-            Part::Dense(_) => 0,
+            LayerPart::Factors { rank, .. } => *rank,
+            LayerPart::Dense(_) => 0,
         })
         .sum();
-    let any_dense = parts.iter().any(|p| matches!(p, Part::Dense(_)));
+    let any_dense = parts.iter().any(|p| matches!(p, LayerPart::Dense(_)));
     if total == 0 && !any_dense {
         return Ok(None);
     }
@@ -293,7 +293,7 @@ fn assemble(
         let mut down = Vec::with_capacity(total * c);
         let mut col = 0;
         for p in &parts {
-            if let Part::Factors {
+            if let LayerPart::Factors {
                 up: b,
                 down: a,
                 rank,
@@ -315,7 +315,7 @@ fn assemble(
     let mut col = 0;
     for p in &parts {
         match p {
-            Part::Factors {
+            LayerPart::Factors {
                 up: b,
                 down: a,
                 rank,
@@ -330,7 +330,7 @@ fn assemble(
                 }
                 col += rank;
             }
-            Part::Dense(d) => {
+            LayerPart::Dense(d) => {
                 if let Some(m) = dense.as_mut() {
                     for row in 0..o {
                         for x in 0..c {

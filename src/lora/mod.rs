@@ -46,7 +46,7 @@ use walk::Walk;
 
 /// A model component adapters can target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub enum Component {
+pub enum TargetComponent {
     TextEncoder,
     TextEncoder2,
     Unet,
@@ -57,13 +57,13 @@ pub enum Component {
 /// `text_model.encoder.layers.0.self_attn.q_proj.weight` (always with the `text_model.` level).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetParam {
-    pub component: Component,
+    pub component: TargetComponent,
     pub name: String,
     pub shape: Vec<usize>,
 }
 
 /// Base-weight lookup: f32 torch layout, for weight-dependent types (DoRA, OFT, BOFT, GLoRA, IA3).
-pub type BaseFn<'a> = dyn Fn(Component, &str) -> Option<Vec<f32>> + Sync + 'a;
+pub type BaseFn<'a> = dyn Fn(TargetComponent, &str) -> Option<Vec<f32>> + Sync + 'a;
 
 /// The loaded model as the engine sees it.
 pub struct ModelParams<'a> {
@@ -73,7 +73,7 @@ pub struct ModelParams<'a> {
 }
 
 /// Per-block multiplier (LBW-style): gets the component and diffusers parameter name, returns a factor.
-pub type BlockFn = dyn Fn(Component, &str) -> f32 + Send + Sync;
+pub type BlockFn = dyn Fn(TargetComponent, &str) -> f32 + Send + Sync;
 
 /// Strengths of one adapter. The UNet region multipliers follow [`region`]; `blocks` multiplies on top.
 #[derive(Clone)]
@@ -101,7 +101,7 @@ impl Strengths {
     }
 
     /// Strength for one parameter.
-    pub fn for_param(&self, component: Component, name: &str) -> f32 {
+    pub fn for_param(&self, component: TargetComponent, name: &str) -> f32 {
         let base = match region::region(component, name) {
             Region::TextEncoder => self.te,
             Region::In => self.unet_in,
@@ -134,7 +134,7 @@ impl std::fmt::Debug for Strengths {
 /// Σ strength·ΔW per target parameter, f32, torch layout (same shape as the param).
 #[derive(Debug, Default)]
 pub struct Deltas {
-    pub by_param: HashMap<(Component, String), Vec<f32>>,
+    pub by_param: HashMap<(TargetComponent, String), Vec<f32>>,
 }
 
 #[derive(Debug, Error)]

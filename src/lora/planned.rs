@@ -1,18 +1,19 @@
 //! Deltas planned up front and computed one parameter at a time, for the fuse path.
 //!
 //! [`plan`] does everything [`super::compute_deltas`] checks first (families, keys, module types)
-//! without a single ΔW; [`Planned::delta`] computes a parameter's Σ strength·ΔW when the patch step
+//! without a single ΔW; [`PlannedDeltas::delta`] computes a parameter's Σ strength·ΔW when the patch step
 //! asks for it, inside its parallel loop, so a whole model's dense ΔW is never held at once.
 
 use super::walk::Walk;
 use super::{
-    module_delta, Adapter, AdapterReport, ApplyReport, Component, LoraError, ModelParams, Strengths,
+    module_delta, Adapter, AdapterReport, ApplyReport, LoraError, ModelParams, Strengths,
+    TargetComponent,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 /// What a computed module adds to the report.
-struct ModuleInfo {
+struct ComputedModule {
     label: String,
     strength: f32,
     warnings: Vec<String>,
@@ -21,12 +22,12 @@ struct ModuleInfo {
 }
 
 /// Adapters checked against a model, with each parameter's ΔW computed on demand.
-pub struct Planned<'a> {
+pub struct PlannedDeltas<'a> {
     walk: Walk<'a>,
     /// (component, parameter) → the (adapter, module) pairs whose ΔW lands there, in order.
-    by_param: HashMap<(Component, String), Vec<(usize, usize)>>,
+    by_param: HashMap<(TargetComponent, String), Vec<(usize, usize)>>,
     reports: Vec<AdapterReport>,
-    computed: Mutex<BTreeMap<(usize, usize), ModuleInfo>>,
+    computed: Mutex<BTreeMap<(usize, usize), ComputedModule>>,
     /// A module's ΔW for the parameter not asked yet, kept from computing the one that was: (adapter,
     /// module, is bias) → that ΔW, or None when the module adds nothing there. A module yields its
     /// weight and bias ΔW together, and the patch asks for both of a module with a bias.
@@ -40,10 +41,10 @@ type OtherKey = (usize, usize, bool);
 pub fn plan<'a>(
     adapters: &'a [(&'a Adapter, Strengths)],
     model: &'a ModelParams<'a>,
-) -> Result<Planned<'a>, LoraError> {
+) -> Result<PlannedDeltas<'a>, LoraError> {
     let mut walk = Walk::new(adapters, model)?;
     let reports = std::mem::take(&mut walk.reports);
-    let mut by_param: HashMap<(Component, String), Vec<(usize, usize)>> = HashMap::new();
+    let mut by_param: HashMap<(TargetComponent, String), Vec<(usize, usize)>> = HashMap::new();
     for (ai, a) in walk.adapters.iter().enumerate() {
         for &id in a.groups.keys() {
             let module = walk.index.module(id);
@@ -58,7 +59,7 @@ pub fn plan<'a>(
             }
         }
     }
-    Ok(Planned {
+    Ok(PlannedDeltas {
         walk,
         by_param,
         reports,
@@ -67,9 +68,9 @@ pub fn plan<'a>(
     })
 }
 
-impl Planned<'_> {
+impl PlannedDeltas<'_> {
     /// The parameters of `component` some adapter may change (each must be patched or asked for).
-    pub fn params_of(&self, component: Component) -> Vec<&str> {
+    pub fn params_of(&self, component: TargetComponent) -> Vec<&str> {
         self.by_param
             .keys()
             .filter(|(c, _)| *c == component)
@@ -77,12 +78,16 @@ impl Planned<'_> {
             .collect()
     }
 
-    pub fn may_change(&self, component: Component, param: &str) -> bool {
+    pub fn may_change(&self, component: TargetComponent, param: &str) -> bool {
         self.by_param.contains_key(&(component, param.to_string()))
     }
 
     /// Σ strength·ΔW of every adapter for one parameter (torch layout), None when none adds to it.
-    pub fn delta(&self, component: Component, param: &str) -> Result<Option<Vec<f32>>, LoraError> {
+    pub fn delta(
+        &self,
+        component: TargetComponent,
+        param: &str,
+    ) -> Result<Option<Vec<f32>>, LoraError> {
         let Some(list) = self.by_param.get(&(component, param.to_string())) else {
             return Ok(None);
         };
@@ -111,7 +116,7 @@ impl Planned<'_> {
     /// `want_bias`), keeping the other one for when its parameter is asked for.
     fn compute(
         &self,
-        component: Component,
+        component: TargetComponent,
         ai: usize,
         id: usize,
         want_bias: bool,
@@ -139,7 +144,7 @@ impl Planned<'_> {
             }
         }
         if let Ok(mut c) = self.computed.lock() {
-            c.entry((ai, id)).or_insert(ModuleInfo {
+            c.entry((ai, id)).or_insert(ComputedModule {
                 label: m.label,
                 strength: m.strength,
                 warnings: m.warnings,

@@ -10,7 +10,7 @@ use super::detect::{self, AdapterType, Detected, ModuleTensors};
 use super::keys::{KeyIndex, Kind, ModuleRef};
 use super::report::{AdapterReport, Applied};
 use super::{
-    family, peft, tensor, Adapter, Component, FileError, LoraError, ModelParams, Strengths,
+    family, peft, tensor, Adapter, FileError, LoraError, ModelParams, Strengths, TargetComponent,
     TargetParam,
 };
 
@@ -30,7 +30,7 @@ pub(crate) struct Walk<'a> {
     pub model: &'a ModelParams<'a>,
     pub index: KeyIndex,
     /// The model's parameters by (component, diffusers name).
-    pub params: HashMap<(Component, &'a str), &'a TargetParam>,
+    pub params: HashMap<(TargetComponent, &'a str), &'a TargetParam>,
     pub adapters: Vec<AdapterModules<'a>>,
     /// One per adapter: family evidence and skipped keys; the caller takes them and adds what it
     /// applies.
@@ -140,7 +140,13 @@ impl<'a> Walk<'a> {
     }
 
     /// The report line of one patched parameter.
-    pub fn applied(&self, component: Component, name: &str, label: &str, strength: f32) -> Applied {
+    pub fn applied(
+        &self,
+        component: TargetComponent,
+        name: &str,
+        label: &str,
+        strength: f32,
+    ) -> Applied {
         Applied {
             component,
             param: name.to_string(),

@@ -7,23 +7,24 @@ use std::path::{Path, PathBuf};
 use stipple::family::Family;
 use stipple::lora::keys::KeyIndex;
 use stipple::lora::{
-    compute_deltas, inspect, Adapter, Component, LoraError, ModelParams, Strengths, TargetParam,
+    compute_deltas, inspect, Adapter, LoraError, ModelParams, Strengths, TargetComponent,
+    TargetParam,
 };
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lora")
 }
 
-fn comp(s: &str) -> Component {
+fn comp(s: &str) -> TargetComponent {
     match s {
-        "te" => Component::TextEncoder,
-        _ => Component::Unet,
+        "te" => TargetComponent::TextEncoder,
+        _ => TargetComponent::Unet,
     }
 }
 
-fn comp_tag(c: Component) -> &'static str {
+fn comp_tag(c: TargetComponent) -> &'static str {
     match c {
-        Component::Unet => "unet",
+        TargetComponent::Unet => "unet",
         _ => "te",
     }
 }
@@ -58,7 +59,7 @@ fn run(
     fx: &Fixture,
     adapters: &[(&Adapter, Strengths)],
 ) -> Result<(stipple::lora::Deltas, stipple::lora::ApplyReport), LoraError> {
-    let base = |c: Component, n: &str| fx.base.get(&format!("{}/{n}", comp_tag(c))).cloned();
+    let base = |c: TargetComponent, n: &str| fx.base.get(&format!("{}/{n}", comp_tag(c))).cloned();
     let model = ModelParams {
         family: Family::Sd1,
         params: fx.params.clone(),
@@ -172,7 +173,7 @@ fn lora_region_strengths_scale_linear_types() {
             0.25
         };
         let want = refs.tensor(key).expect("ref").data;
-        let Some(got) = deltas.by_param.get(&(Component::Unet, p.to_string())) else {
+        let Some(got) = deltas.by_param.get(&(TargetComponent::Unet, p.to_string())) else {
             assert_eq!(k, 0.0, "{p} missing");
             continue;
         };
@@ -350,7 +351,7 @@ fn lora_bench_workload_runs() {
     );
     assert_eq!(d.by_param.len(), 192);
     let q = &d.by_param[&(
-        Component::Unet,
+        TargetComponent::Unet,
         "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight".into(),
     )];
     assert_eq!(q.len(), 320 * 768);
@@ -382,7 +383,7 @@ fn catalog_compatibility_agrees_with_what_generate_refuses() {
             listing.entries.len() > 40,
             "both fixture folders are listed"
         );
-        let base = |_: Component, _: &str| None;
+        let base = |_: TargetComponent, _: &str| None;
         let mp = ModelParams {
             family: model.index.family,
             params,
