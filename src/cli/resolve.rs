@@ -270,11 +270,8 @@ fn check_adapters(
         return Ok(());
     }
     let catalog = Catalog::scan(&LoraDirs::new(dirs.to_vec()));
-    if let Some(dir) = catalog.unreadable.first() {
-        return Err(CliError::Failed(format!(
-            "the LoRA folder {} cannot be read (does it exist?)",
-            dir.display()
-        )));
+    if let Some(e) = catalog.unreadable.first() {
+        return Err(CliError::Failed(format!("{e} ({})", e.hint())));
     }
     let resolved = catalog.resolve_prompt(prompt).map_err(|e| {
         let mut msg = rendered(&e.render(text));

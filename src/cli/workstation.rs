@@ -37,7 +37,11 @@ pub fn run(a: &TuiArgs, ort_lib: Option<&Path>) -> Result<(), CliError> {
     }
     // Check the model now (cheap: headers only); sessions are built on the first job.
     let model = resolve::open_model(&e)?;
-    let family = model.index.family;
+    // The browser checks adapters against the same widths `generate` refuses by.
+    let widths = crate::lora::family::ModelWidths::of(
+        model.index.family,
+        &crate::pipeline::adapters::target_params(&model),
+    );
     let mut config = resolve::generation_defaults(config, &model, e.bundled);
     drop(model);
     config.lora_folders = e.lora_dirs.clone();
@@ -53,7 +57,7 @@ pub fn run(a: &TuiArgs, ort_lib: Option<&Path>) -> Result<(), CliError> {
     };
     let (engine, events) = crate::engine::Engine::spawn(runner);
     let keep = engine.clone();
-    let mut opts = crate::tui::TuiOptions::new(config, dirs, Some(family));
+    let mut opts = crate::tui::TuiOptions::new(config, dirs, Some(widths));
     opts.lora_method = Some(method);
     let result = crate::tui::run(opts, engine, events);
     keep.shutdown_and_wait();

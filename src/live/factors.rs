@@ -5,7 +5,7 @@
 use super::LiveError;
 use crate::lora::detect::{self, AdapterType, ModuleTensors};
 use crate::lora::keys::{KeyIndex, Kind};
-use crate::lora::{self, Adapter, Component, ModelParams, Strengths, TargetParam};
+use crate::lora::{self, Adapter, ModelParams, Strengths, TargetComponent, TargetParam};
 use crate::model::Model;
 use crate::pipeline::adapters::{target_params, ActiveLora};
 use std::collections::{BTreeMap, HashMap};
@@ -84,7 +84,7 @@ pub fn compute(
     let index = KeyIndex::build(&params);
     let shapes: HashMap<&str, &TargetParam> = params
         .iter()
-        .filter(|p| p.component == Component::Unet)
+        .filter(|p| p.component == TargetComponent::Unet)
         .map(|p| (p.name.as_str(), p))
         .collect();
     let mut per_layer: BTreeMap<String, Vec<(usize, Part)>> = BTreeMap::new();
@@ -103,7 +103,8 @@ pub fn compute(
         let mut groups: BTreeMap<usize, BTreeMap<Kind, &str>> = BTreeMap::new();
         for key in adapter.tensors().keys() {
             if let Some((id, kind)) = index.parse(key) {
-                if kind != Kind::Unsupported && index.module(id).component == Component::Unet {
+                if kind != Kind::Unsupported && index.module(id).component == TargetComponent::Unet
+                {
                     groups.entry(id).or_default().entry(kind).or_insert(key);
                 }
             }
@@ -129,7 +130,7 @@ pub fn compute(
                 if let (Some(p), false, Some(down)) = (&peft, t.has(Kind::Alpha), t.get(Kind::Down))
                 {
                     let rank = down.shape.first().copied().unwrap_or(0);
-                    if let Some(a) = p.alpha(Component::Unet, path, rank) {
+                    if let Some(a) = p.alpha(TargetComponent::Unet, path, rank) {
                         t.by_kind
                             .insert(Kind::Alpha, lora::tensor::Tensor::new(vec![], vec![a]));
                     }
@@ -250,11 +251,11 @@ fn svd_parts(
     per_layer: &mut BTreeMap<String, Vec<(usize, Part)>>,
     approximations: &mut Vec<Approximation>,
 ) -> Result<(), LiveError> {
-    let base = |c: Component, name: &str| -> Option<Vec<f32>> {
+    let base = |c: TargetComponent, name: &str| -> Option<Vec<f32>> {
         let kind = match c {
-            Component::Unet => crate::model::layout::ComponentKind::Unet,
-            Component::TextEncoder => crate::model::layout::ComponentKind::TextEncoder,
-            Component::TextEncoder2 => crate::model::layout::ComponentKind::TextEncoder2,
+            TargetComponent::Unet => crate::model::layout::ComponentKind::Unet,
+            TargetComponent::TextEncoder => crate::model::layout::ComponentKind::TextEncoder,
+            TargetComponent::TextEncoder2 => crate::model::layout::ComponentKind::TextEncoder2,
         };
         model
             .component(kind)?
@@ -275,12 +276,12 @@ fn svd_parts(
     let (deltas, _) = lora::compute_deltas(&[(adapter, strengths)], &mp)
         .map_err(|e| LiveError::Adapter(e.to_string()))?;
     for (param, label) in others {
-        let Some(d) = deltas.by_param.get(&(Component::Unet, param.clone())) else {
+        let Some(d) = deltas.by_param.get(&(TargetComponent::Unet, param.clone())) else {
             continue;
         };
         let Some(shape) = params
             .iter()
-            .find(|p| p.component == Component::Unet && &p.name == param)
+            .find(|p| p.component == TargetComponent::Unet && &p.name == param)
             .map(|p| &p.shape)
         else {
             continue;
@@ -317,7 +318,7 @@ fn svd_parts(
     if let Some(((_, p), _)) = deltas
         .by_param
         .iter()
-        .find(|((c, p), _)| *c == Component::Unet && !p.ends_with(".weight"))
+        .find(|((c, p), _)| *c == TargetComponent::Unet && !p.ends_with(".weight"))
     {
         return Err(LiveError::Adapter(format!(
             "{}: {p}: bias deltas cannot run live; use --lora-method refuse",

@@ -3,7 +3,7 @@
 //! the fuse path multiplies ΔW by.
 
 use super::factors::Factors;
-use crate::lora::Component;
+use crate::lora::TargetComponent;
 use crate::pipeline::adapters::{strengths_of, ActiveLora, StrengthKey};
 
 /// One `s` vector per layer of `factors` (same order), for `key`'s strengths.
@@ -19,7 +19,7 @@ pub fn scales(factors: &Factors, loras: &[ActiveLora], key: &StrengthKey) -> Vec
             for seg in &l.segments {
                 let mu = strengths
                     .get(seg.adapter)
-                    .map_or(0.0, |st| st.for_param(Component::Unet, &l.param));
+                    .map_or(0.0, |st| st.for_param(TargetComponent::Unet, &l.param));
                 s[seg.start..seg.start + seg.len].fill(mu * seg.scale);
             }
             s

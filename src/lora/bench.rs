@@ -8,7 +8,8 @@
 use half::f16;
 
 use super::{
-    compute_deltas, Adapter, Component, Deltas, LoraError, ModelParams, Strengths, TargetParam,
+    compute_deltas, Adapter, Deltas, LoraError, ModelParams, Strengths, TargetComponent,
+    TargetParam,
 };
 
 pub struct Workload {
@@ -61,7 +62,7 @@ pub fn sd15_targets() -> Vec<(String, Vec<usize>)> {
 pub fn sd15_unet_lora(rank: usize) -> Workload {
     let targets: Vec<_> = sd15_targets()
         .into_iter()
-        .map(|(p, s)| (Component::Unet, p, s))
+        .map(|(p, s)| (TargetComponent::Unet, p, s))
         .collect();
     synth_lora(rank, &targets, 0x2545_f491_4f6c_dd1d)
 }
@@ -71,37 +72,37 @@ pub fn sd15_unet_lora(rank: usize) -> Workload {
 pub fn sd15_full_unet_lora(rank: usize) -> Workload {
     let targets: Vec<_> = sd15_all_targets()
         .into_iter()
-        .filter(|(c, _, _)| *c == Component::Unet)
+        .filter(|(c, _, _)| *c == TargetComponent::Unet)
         .collect();
     synth_lora(rank, &targets, 0x2545_f491_4f6c_dd1d)
 }
 
 /// Every layer a kohya LoCon trains on SD1.5: the attention side ([`sd15_targets`]), the resnets
 /// (3×3 convs, shortcuts, time projections), down/upsamplers, and the text encoder's 72 Linear layers.
-pub fn sd15_all_targets() -> Vec<(Component, String, Vec<usize>)> {
+pub fn sd15_all_targets() -> Vec<(TargetComponent, String, Vec<usize>)> {
     let mut t: Vec<_> = sd15_targets()
         .into_iter()
-        .map(|(p, s)| (Component::Unet, p, s))
+        .map(|(p, s)| (TargetComponent::Unet, p, s))
         .collect();
     let mut resnet = |blk: String, cin: usize, cout: usize| {
         t.push((
-            Component::Unet,
+            TargetComponent::Unet,
             format!("{blk}.conv1"),
             vec![cout, cin, 3, 3],
         ));
         t.push((
-            Component::Unet,
+            TargetComponent::Unet,
             format!("{blk}.conv2"),
             vec![cout, cout, 3, 3],
         ));
         t.push((
-            Component::Unet,
+            TargetComponent::Unet,
             format!("{blk}.time_emb_proj"),
             vec![cout, 1280],
         ));
         if cin != cout {
             t.push((
-                Component::Unet,
+                TargetComponent::Unet,
                 format!("{blk}.conv_shortcut"),
                 vec![cout, cin, 1, 1],
             ));
@@ -137,14 +138,14 @@ pub fn sd15_all_targets() -> Vec<(Component, String, Vec<usize>)> {
     }
     for (x, c) in [(0usize, 320usize), (1, 640), (2, 1280)] {
         t.push((
-            Component::Unet,
+            TargetComponent::Unet,
             format!("down_blocks.{x}.downsamplers.0.conv"),
             vec![c, c, 3, 3],
         ));
     }
     for (x, c) in [(0usize, 1280usize), (1, 1280), (2, 640)] {
         t.push((
-            Component::Unet,
+            TargetComponent::Unet,
             format!("up_blocks.{x}.upsamplers.0.conv"),
             vec![c, c, 3, 3],
         ));
@@ -153,18 +154,18 @@ pub fn sd15_all_targets() -> Vec<(Component, String, Vec<usize>)> {
         let p = format!("text_model.encoder.layers.{l}");
         for q in ["q_proj", "k_proj", "v_proj", "out_proj"] {
             t.push((
-                Component::TextEncoder,
+                TargetComponent::TextEncoder,
                 format!("{p}.self_attn.{q}"),
                 vec![768, 768],
             ));
         }
         t.push((
-            Component::TextEncoder,
+            TargetComponent::TextEncoder,
             format!("{p}.mlp.fc1"),
             vec![3072, 768],
         ));
         t.push((
-            Component::TextEncoder,
+            TargetComponent::TextEncoder,
             format!("{p}.mlp.fc2"),
             vec![768, 3072],
         ));
@@ -193,7 +194,7 @@ pub fn run_merge(
     w: &MergeWorkload,
     opts: &super::merge::MergeOptions,
 ) -> Result<super::merge::Merged, super::merge::MergeError> {
-    let no_base = |_: Component, _: &str| None;
+    let no_base = |_: TargetComponent, _: &str| None;
     let model = ModelParams {
         family: crate::family::Family::Sd1,
         params: w.params.clone(),
@@ -207,7 +208,11 @@ pub fn run_merge(
 }
 
 /// A kohya LoRA of `rank` over `targets`, F16 factors from an xorshift stream seeded by `seed`.
-fn synth_lora(rank: usize, targets: &[(Component, String, Vec<usize>)], seed: u64) -> Workload {
+fn synth_lora(
+    rank: usize,
+    targets: &[(TargetComponent, String, Vec<usize>)],
+    seed: u64,
+) -> Workload {
     let mut header = serde_json::Map::new();
     let mut data: Vec<u8> = Vec::new();
     let mut state = seed;
@@ -271,7 +276,7 @@ fn synth_lora(rank: usize, targets: &[(Component, String, Vec<usize>)], seed: u6
 
 /// `compute_deltas` on the workload at strength 1 (no base weights needed for plain LoRA).
 pub fn run(w: &Workload) -> Result<Deltas, LoraError> {
-    let no_base = |_: Component, _: &str| None;
+    let no_base = |_: TargetComponent, _: &str| None;
     let model = ModelParams {
         family: crate::family::Family::Sd1,
         params: w.params.clone(),

@@ -71,36 +71,43 @@ impl ModuleTensors {
 
 /// The type of a module, or None when its keys make no known type (e.g. an `alpha` alone).
 pub fn detect(t: &ModuleTensors) -> Option<Detected> {
-    let dora = t.has(Kind::DoraScale);
+    detect_by_dims(|k| t.get(k).map(|x| x.shape.len()))
+}
+
+/// [`detect`] from the header alone: `dims(kind)` is the number of dimensions of the module's
+/// tensor of that kind, None when the module has none. Only OFT's blocks need more than presence.
+pub fn detect_by_dims(dims: impl Fn(Kind) -> Option<usize>) -> Option<Detected> {
+    let has = |k| dims(k).is_some();
+    let dora = has(Kind::DoraScale);
     let d = |kind, tucker| Some(Detected { kind, tucker, dora });
-    if t.has(Kind::Up) && t.has(Kind::Down) {
-        return d(AdapterType::Lora, t.has(Kind::Mid));
+    if has(Kind::Up) && has(Kind::Down) {
+        return d(AdapterType::Lora, has(Kind::Mid));
     }
-    if t.has(Kind::HadaW1A) {
-        return d(AdapterType::LoHa, t.has(Kind::HadaT1));
+    if has(Kind::HadaW1A) {
+        return d(AdapterType::LoHa, has(Kind::HadaT1));
     }
     if [Kind::LokrW1, Kind::LokrW1A, Kind::LokrW2, Kind::LokrW2A]
         .iter()
-        .any(|k| t.has(*k))
+        .any(|k| has(*k))
     {
-        return d(AdapterType::LoKr, t.has(Kind::LokrT2));
+        return d(AdapterType::LoKr, has(Kind::LokrT2));
     }
-    if t.has(Kind::GloraA1) {
+    if has(Kind::GloraA1) {
         return d(AdapterType::Glora, false);
     }
-    if let Some(b) = t.get(Kind::OftBlocks) {
-        return match b.shape.len() {
+    if let Some(n) = dims(Kind::OftBlocks) {
+        return match n {
             4 => d(AdapterType::Boft, false),
             _ => d(AdapterType::DiagOft, false),
         };
     }
-    if t.has(Kind::Ia3Weight) {
+    if has(Kind::Ia3Weight) {
         return d(AdapterType::Ia3, false);
     }
-    if t.has(Kind::Diff) || t.has(Kind::DiffB) {
+    if has(Kind::Diff) || has(Kind::DiffB) {
         return d(AdapterType::Full, false);
     }
-    if t.has(Kind::WNorm) || t.has(Kind::BNorm) {
+    if has(Kind::WNorm) || has(Kind::BNorm) {
         return d(AdapterType::Norm, false);
     }
     None

@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use super::file::Adapter;
-use super::{Component, TargetParam};
+use super::{TargetComponent, TargetParam};
 
 /// Family names by cross-attention context width.
 pub fn family_of_context(width: usize) -> &'static str {
@@ -103,6 +103,43 @@ pub fn guess(adapter: &Adapter) -> FamilyGuess {
     g
 }
 
+/// The loaded model as the family check sees it: its family and the widths adapters are checked
+/// against. Built from the model's parameters, so the workstation's browser and `generate` judge
+/// an adapter by the same numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelWidths {
+    pub family: crate::family::Family,
+    /// Input width of the UNet's cross-attention `to_k` (the text context width).
+    pub context: Option<usize>,
+    /// Input width of the first text encoder's `q_proj`.
+    pub te: Option<usize>,
+    /// Input width of the second text encoder's `q_proj`.
+    pub te2: Option<usize>,
+    /// The model has a second text encoder.
+    pub has_te2: bool,
+}
+
+impl ModelWidths {
+    /// The widths of a model with these parameters.
+    pub fn of(family: crate::family::Family, params: &[TargetParam]) -> ModelWidths {
+        let width = |comp: TargetComponent, needle: &str| {
+            params
+                .iter()
+                .find(|p| p.component == comp && p.name.contains(needle))
+                .and_then(|p| p.shape.get(1).copied())
+        };
+        ModelWidths {
+            family,
+            context: width(TargetComponent::Unet, "attn2.to_k.weight"),
+            te: width(TargetComponent::TextEncoder, "q_proj.weight"),
+            te2: width(TargetComponent::TextEncoder2, "q_proj.weight"),
+            has_te2: params
+                .iter()
+                .any(|p| p.component == TargetComponent::TextEncoder2),
+        }
+    }
+}
+
 /// Compares the adapter's evidence with the loaded model (whose family is `family`, from
 /// `model_index.json`); Err(message with the evidence) on a mismatch.
 pub fn check(
@@ -110,47 +147,40 @@ pub fn check(
     family: crate::family::Family,
     params: &[TargetParam],
 ) -> Result<(), String> {
-    let model_width = |comp: Component, needle: &str| {
-        params
-            .iter()
-            .find(|p| p.component == comp && p.name.contains(needle))
-            .and_then(|p| p.shape.get(1).copied())
-    };
-    let model = family.facts().name;
+    check_widths(g, &ModelWidths::of(family, params))
+}
+
+/// [`check`] against a model's widths.
+pub fn check_widths(g: &FamilyGuess, m: &ModelWidths) -> Result<(), String> {
+    let model = m.family.facts().name;
     let evidence = || g.evidence.join("; ");
-    let model_has_te2 = params
-        .iter()
-        .any(|p| p.component == Component::TextEncoder2);
-    if g.has_te2 && !model_has_te2 {
+    if g.has_te2 && !m.has_te2 {
         return Err(format!(
             "adapter is for SDXL (it has keys for a second text encoder), the loaded model is {model} with one text encoder; evidence: {}",
             evidence()
         ));
     }
-    if let (Some(a), Some(m)) = (
-        g.context_width,
-        model_width(Component::Unet, "attn2.to_k.weight"),
-    ) {
-        if a != m {
+    if let (Some(a), Some(w)) = (g.context_width, m.context) {
+        if a != w {
             let adapter = match (family_of_context(a), g.has_te2) {
                 ("unknown", true) => "SDXL".to_string(),
                 ("unknown", false) => "another model".to_string(),
                 (f, _) => f.to_string(),
             };
             return Err(format!(
-                "adapter is for {adapter} (cross-attention width {a}), the loaded model is {model} (width {m}); evidence: {}",
+                "adapter is for {adapter} (cross-attention width {a}), the loaded model is {model} (width {w}); evidence: {}",
                 evidence()
             ));
         }
     }
-    for (comp, width, what) in [
-        (Component::TextEncoder, g.te_width, "text-encoder"),
-        (Component::TextEncoder2, g.te2_width, "second text-encoder"),
+    for (width, model_width, what) in [
+        (g.te_width, m.te, "text-encoder"),
+        (g.te2_width, m.te2, "second text-encoder"),
     ] {
-        if let (Some(a), Some(m)) = (width, model_width(comp, "q_proj.weight")) {
-            if a != m {
+        if let (Some(a), Some(w)) = (width, model_width) {
+            if a != w {
                 return Err(format!(
-                    "{what} width {a} in the adapter, {m} in the loaded model ({model}); evidence: {}",
+                    "{what} width {a} in the adapter, {w} in the loaded model ({model}); evidence: {}",
                     evidence()
                 ));
             }

@@ -43,7 +43,7 @@ pub enum FileError {
 
 /// Element types we decode. Integers appear only as scalars (alpha written by svd_merge, IA3 `on_input`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub enum Dtype {
+pub enum StoredDtype {
     F32,
     F16,
     BF16,
@@ -52,23 +52,23 @@ pub enum Dtype {
     I32,
 }
 
-impl Dtype {
-    fn parse(s: &str) -> Option<Dtype> {
+impl StoredDtype {
+    fn parse(s: &str) -> Option<StoredDtype> {
         Some(match s {
-            "F32" => Dtype::F32,
-            "F16" => Dtype::F16,
-            "BF16" => Dtype::BF16,
-            "F64" => Dtype::F64,
-            "I64" => Dtype::I64,
-            "I32" => Dtype::I32,
+            "F32" => StoredDtype::F32,
+            "F16" => StoredDtype::F16,
+            "BF16" => StoredDtype::BF16,
+            "F64" => StoredDtype::F64,
+            "I64" => StoredDtype::I64,
+            "I32" => StoredDtype::I32,
             _ => return None,
         })
     }
     pub fn size(self) -> usize {
         match self {
-            Dtype::F16 | Dtype::BF16 => 2,
-            Dtype::F32 | Dtype::I32 => 4,
-            Dtype::F64 | Dtype::I64 => 8,
+            StoredDtype::F16 | StoredDtype::BF16 => 2,
+            StoredDtype::F32 | StoredDtype::I32 => 4,
+            StoredDtype::F64 | StoredDtype::I64 => 8,
         }
     }
 }
@@ -76,7 +76,7 @@ impl Dtype {
 /// Where one tensor lives in the data section.
 #[derive(Debug, Clone)]
 pub struct TensorInfo {
-    pub dtype: Dtype,
+    pub dtype: StoredDtype,
     pub shape: Vec<usize>,
     /// Byte range inside the data section (after the 8-byte length and the header).
     pub start: usize,
@@ -188,9 +188,12 @@ impl Adapter {
         let hlen = u64::from_le_bytes(len8);
         let avail = buf.len() as u64 - 8;
         if hlen > MAX_HEADER || hlen > avail {
-            return Err(bad(format!(
-                "header length {hlen} runs past the end of the file ({avail} bytes follow)"
-            )));
+            return Err(bad(match crate::model::checkpoint::text_start(buf) {
+                Some(text) => format!("it begins with text ({text:?}), not a header length"),
+                None => format!(
+                    "its first 8 bytes say the header is {hlen} bytes, which runs past the end of the file ({avail} bytes follow)"
+                ),
+            }));
         }
         let data_start = 8 + hlen as usize;
         let header = std::str::from_utf8(&buf[8..data_start])
@@ -223,7 +226,7 @@ impl Adapter {
                 .get("dtype")
                 .and_then(Value::as_str)
                 .ok_or_else(|| tbad("no dtype".into()))?;
-            let dtype = Dtype::parse(dtype_s)
+            let dtype = StoredDtype::parse(dtype_s)
                 .ok_or_else(|| tbad(format!("unsupported dtype {dtype_s}")))?;
             let shape: Vec<usize> = v
                 .get("shape")
@@ -326,27 +329,27 @@ impl Adapter {
         })?;
         let raw = &self.bytes.as_slice()[self.data_start + info.start..self.data_start + info.end];
         let data: Vec<f32> = match info.dtype {
-            Dtype::F32 => raw
+            StoredDtype::F32 => raw
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect(),
-            Dtype::F16 => raw
+            StoredDtype::F16 => raw
                 .chunks_exact(2)
                 .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
-            Dtype::BF16 => raw
+            StoredDtype::BF16 => raw
                 .chunks_exact(2)
                 .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
-            Dtype::F64 => raw
+            StoredDtype::F64 => raw
                 .chunks_exact(8)
                 .map(|c| f64::from_le_bytes(arr8(c)) as f32)
                 .collect(),
-            Dtype::I64 => raw
+            StoredDtype::I64 => raw
                 .chunks_exact(8)
                 .map(|c| i64::from_le_bytes(arr8(c)) as f32)
                 .collect(),
-            Dtype::I32 => raw
+            StoredDtype::I32 => raw
                 .chunks_exact(4)
                 .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
                 .collect(),
@@ -359,4 +362,32 @@ fn arr8(c: &[u8]) -> [u8; 8] {
     let mut a = [0u8; 8];
     a.copy_from_slice(c);
     a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_file_is_not_a_safetensors_file() {
+        let e = Adapter::from_bytes(
+            "notes.safetensors",
+            b"hello world, these are notes\n".to_vec(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not a safetensors file"), "{e}");
+        assert!(e.contains("begins with text (\"hello world"), "{e}");
+        assert!(!e.contains("header is"), "{e}");
+        // Binary junk still gets the length it claims.
+        let mut junk = u64::MAX.to_le_bytes().to_vec();
+        junk.extend_from_slice(&[0, 1, 2]);
+        let e = Adapter::from_bytes("junk.safetensors", junk)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not a safetensors file") && e.contains("runs past the end"),
+            "{e}"
+        );
+    }
 }

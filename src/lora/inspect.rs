@@ -1,5 +1,6 @@
 //! `lora inspect`: what an adapter file holds without a model: types per module, ranks/alphas, module
 //! counts per component, family guess with evidence, trigger words, metadata summary and hashes.
+//! Types, ranks and family come from the same header reading the LoRA catalog uses.
 //!
 //! Hashes: SHA-256 of the file (AutoV2 = first 10 hex), and of the tensor data after the header
 //! (AutoV3 = its first 12 hex, the value Civitai stores and A1111-style infotexts carry).
@@ -10,18 +11,16 @@ use std::fmt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::detect::{detect, ModuleTensors};
 use super::family::{self, FamilyGuess};
 use super::file::Adapter;
-use super::keys::{split_key, Kind};
-use super::tensor::Tensor;
-use super::{triggers, Component};
+use super::keys::Kind;
+use super::{header, triggers, TargetComponent};
 
 #[derive(Debug, Serialize)]
 pub struct ModuleInfo {
     /// The module's name as spelled in the file.
     pub name: String,
-    pub component: Component,
+    pub component: TargetComponent,
     pub label: String,
     pub rank: Option<usize>,
     pub alpha: Option<f32>,
@@ -52,36 +51,11 @@ fn hex(d: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn component_of(stem: &str) -> Component {
-    if stem.starts_with("lora_te2_") || stem.starts_with("text_encoder_2.") {
-        Component::TextEncoder2
-    } else if stem.starts_with("lora_te")
-        || stem.starts_with("text_encoder.")
-        || stem.starts_with("lycoris_encoder_")
-        || stem.starts_with("lycoris_text_model_")
-    {
-        Component::TextEncoder
-    } else {
-        Component::Unet
-    }
-}
-
-fn rank_of(t: &ModuleTensors) -> Option<usize> {
-    let first = |k| t.get(k).and_then(|x: &Tensor| x.shape.first().copied());
-    first(Kind::Down)
-        .or_else(|| first(Kind::HadaW1B))
-        .or_else(|| first(Kind::LokrW2B))
-        .or_else(|| first(Kind::LokrW1B))
-        .or_else(|| first(Kind::GloraA2))
-}
-
 /// Inspects an opened adapter (reads every tensor once for the NaN/Inf check).
 pub fn inspect(adapter: &Adapter) -> Inspection {
     let raw = adapter.raw_bytes();
     let sha = hex(&Sha256::digest(raw));
     let tsha = hex(&Sha256::digest(&raw[adapter.data_start()..]));
-    let mut groups: BTreeMap<&str, ModuleTensors> = BTreeMap::new();
-    let mut unrecognised = Vec::new();
     let mut warnings = Vec::new();
     for key in adapter.tensors().keys() {
         let Ok(t) = adapter.tensor(key) else { continue };
@@ -89,45 +63,30 @@ pub fn inspect(adapter: &Adapter) -> Inspection {
         if bad > 0 {
             warnings.push(format!("{key}: {bad} NaN/Inf values"));
         }
-        match split_key(key) {
-            Some((stem, kind)) if kind != Kind::Unsupported => {
-                groups.entry(stem).or_default().by_kind.insert(kind, t);
-            }
-            _ => unrecognised.push(key.clone()),
-        }
     }
-    let mut modules = Vec::new();
-    let (mut types, mut per_component, mut ranks) =
-        (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let header = header::modules(adapter);
+    let mut per_component = BTreeMap::new();
     let mut alphas: Vec<f32> = Vec::new();
-    for (stem, t) in &groups {
-        let Some(det) = detect(t) else {
-            unrecognised.extend(t.by_kind.keys().map(|k| format!("{stem} ({k:?})")));
-            continue;
-        };
-        let conv = t
-            .by_kind
-            .values()
-            .any(|x| x.shape.len() == 4 && x.shape[2..].iter().product::<usize>() > 1);
-        let label = det.label(conv);
-        let rank = rank_of(t);
-        let alpha = t.get(Kind::Alpha).and_then(Tensor::scalar);
-        *types.entry(label.clone()).or_insert(0) += 1;
-        let component = component_of(stem);
-        *per_component.entry(format!("{component:?}")).or_insert(0) += 1;
-        if let Some(r) = rank {
-            *ranks.entry(r).or_insert(0) += 1;
-        }
+    let mut modules = Vec::new();
+    for m in &header.modules {
+        let alpha = m
+            .keys
+            .get(&Kind::Alpha)
+            .and_then(|key| adapter.tensor(key).ok())
+            .and_then(|t| t.scalar());
+        *per_component
+            .entry(format!("{:?}", m.component))
+            .or_insert(0) += 1;
         if let Some(a) = alpha {
             if !alphas.contains(&a) {
                 alphas.push(a);
             }
         }
         modules.push(ModuleInfo {
-            name: stem.to_string(),
-            component,
-            label,
-            rank,
+            name: m.stem.to_string(),
+            component: m.component,
+            label: m.label.clone(),
+            rank: m.rank,
             alpha,
         });
     }
@@ -150,15 +109,15 @@ pub fn inspect(adapter: &Adapter) -> Inspection {
         autov3: tsha[..12].to_uppercase(),
         tensor_sha256: tsha,
         tensors: adapter.tensors().len(),
+        types: header.types(),
+        ranks: header.ranks(),
         modules,
-        types,
         per_component,
-        ranks,
         alphas,
         family: family::guess(adapter),
         triggers: triggers::triggers(adapter.path(), adapter.metadata()),
         metadata,
-        unrecognised_keys: unrecognised,
+        unrecognised_keys: header.unrecognised,
         warnings,
     }
 }

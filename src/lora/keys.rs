@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::{Component, TargetParam};
+use super::{TargetComponent, TargetParam};
 use crate::model::ldm::UnetLayout;
 
 /// What one file key holds for its module.
@@ -103,7 +103,7 @@ const SUFFIXES: &[(&str, Kind)] = &[
 /// A module of the base model that adapters can target: its component and diffusers path (no `.weight`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct ModuleRef {
-    pub component: Component,
+    pub component: TargetComponent,
     pub path: String,
 }
 
@@ -122,7 +122,7 @@ impl KeyIndex {
         let layout = UnetLayout::from_names(
             params
                 .iter()
-                .filter(|p| p.component == Component::Unet)
+                .filter(|p| p.component == TargetComponent::Unet)
                 .map(|p| p.name.as_str()),
         );
         let mut idx = KeyIndex {
@@ -177,10 +177,10 @@ pub fn split_key(key: &str) -> Option<(&str, Kind)> {
 }
 
 /// All spellings a file may use for one module.
-pub fn spellings(component: Component, path: &str, layout: &UnetLayout) -> Vec<String> {
+pub fn spellings(component: TargetComponent, path: &str, layout: &UnetLayout) -> Vec<String> {
     let mut out = Vec::new();
     match component {
-        Component::Unet => {
+        TargetComponent::Unet => {
             out.push(format!("lora_unet_{}", u(path)));
             out.push(format!("lycoris_{}", u(path)));
             out.push(format!("unet.{path}"));
@@ -199,12 +199,12 @@ pub fn spellings(component: Component, path: &str, layout: &UnetLayout) -> Vec<S
                 }
             }
         }
-        Component::TextEncoder | Component::TextEncoder2 => {
+        TargetComponent::TextEncoder | TargetComponent::TextEncoder2 => {
             let bodies: Vec<&str> = match path.strip_prefix("text_model.") {
                 Some(inner) => vec![path, inner],
                 None => vec![path],
             };
-            let (kohya, dotted): (&[&str], &str) = if component == Component::TextEncoder {
+            let (kohya, dotted): (&[&str], &str) = if component == TargetComponent::TextEncoder {
                 (&["lora_te_", "lora_te1_"], "text_encoder.")
             } else {
                 (&["lora_te2_"], "text_encoder_2.")
@@ -214,7 +214,7 @@ pub fn spellings(component: Component, path: &str, layout: &UnetLayout) -> Vec<S
                     out.push(format!("{k}{}", u(b)));
                 }
                 out.push(format!("{dotted}{b}"));
-                if component == Component::TextEncoder {
+                if component == TargetComponent::TextEncoder {
                     out.push(format!("lycoris_{}", u(b)));
                 }
             }
@@ -234,22 +234,28 @@ mod tests {
             shape: vec![4, 4],
         };
         vec![
-            p(Component::Unet, "down_blocks.0.resnets.0.conv1.weight"),
-            p(Component::Unet, "down_blocks.0.resnets.1.conv1.weight"),
             p(
-                Component::Unet,
+                TargetComponent::Unet,
+                "down_blocks.0.resnets.0.conv1.weight",
+            ),
+            p(
+                TargetComponent::Unet,
+                "down_blocks.0.resnets.1.conv1.weight",
+            ),
+            p(
+                TargetComponent::Unet,
                 "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight",
             ),
             p(
-                Component::Unet,
+                TargetComponent::Unet,
                 "up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_out.0.weight",
             ),
             p(
-                Component::TextEncoder,
+                TargetComponent::TextEncoder,
                 "text_model.encoder.layers.0.self_attn.q_proj.weight",
             ),
             p(
-                Component::TextEncoder2,
+                TargetComponent::TextEncoder2,
                 "text_model.encoder.layers.0.mlp.fc1.weight",
             ),
         ]
@@ -294,7 +300,7 @@ mod tests {
         let te2 = idx
             .parse("lora_te2_text_model_encoder_layers_0_mlp_fc1.alpha")
             .map(|(i, _)| idx.module(i).component);
-        assert_eq!(te2, Some(Component::TextEncoder2));
+        assert_eq!(te2, Some(TargetComponent::TextEncoder2));
         assert!(idx
             .parse("lora_unet_down_blocks_9_attentions_0_proj_in.lora_up.weight")
             .is_none());

@@ -3,7 +3,7 @@
 //!
 //! Modules are matched through the model's parameter list, so every key scheme the engine reads merges.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use faer::Mat;
 use rayon::prelude::*;
@@ -11,15 +11,13 @@ use thiserror::Error;
 
 use super::delta::{self, Ctx, DeltaError};
 use super::detect::{AdapterType, ModuleTensors};
-use super::keys::{KeyIndex, Kind, ModuleRef};
+use super::keys::{Kind, ModuleRef};
 use super::linalg::NoConvergence;
 use super::svd::{self, Shape, Source};
 use super::tensor::{matmul, transpose};
+use super::walk::Walk;
 use super::write::LoraLayer;
-use super::{
-    applied, group_keys, load_module, peft, setup, skip_incomplete, Adapter, ApplyReport,
-    Component, LoraError, ModelParams, Setup, Strengths, TargetParam,
-};
+use super::{Adapter, ApplyReport, LoraError, ModelParams, Strengths, TargetParam};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -66,7 +64,7 @@ pub struct Merged {
 }
 
 /// One adapter's part of one layer: scaled factors (`up·down` = μ·s·ΔW) or a dense μ·ΔW.
-enum Part {
+enum LayerPart {
     Factors {
         up: Vec<f32>,
         down: Vec<f32>,
@@ -77,22 +75,11 @@ enum Part {
 
 struct Contribution {
     id: usize,
-    part: Option<Part>,
+    part: Option<LayerPart>,
     label: String,
     strength: f32,
     warnings: Vec<String>,
     dropped: Vec<String>,
-}
-
-/// What every module of one adapter shares.
-struct Job<'a> {
-    adapter: &'a Adapter,
-    strengths: &'a Strengths,
-    model: &'a ModelParams<'a>,
-    index: &'a KeyIndex,
-    params: &'a HashMap<(Component, &'a str), &'a TargetParam>,
-    peft: Option<&'a peft::PeftAlpha>,
-    mode: Mode,
 }
 
 /// Merges `adapters` into one LoRA over `model`'s layers. Nothing is written here.
@@ -104,57 +91,37 @@ pub fn merge(
     if opts.mode == Mode::Svd {
         opts.svd.rule.validate().map_err(MergeError::Options)?;
     }
-    let Setup {
-        index,
-        params,
-        reports,
-    } = setup(adapters, model)?;
-    let mut report = ApplyReport::default();
-    let mut parts: BTreeMap<usize, Vec<Part>> = BTreeMap::new();
+    let mut walk = Walk::new(adapters, model)?;
+    let mut reports = std::mem::take(&mut walk.reports);
+    let mut parts: BTreeMap<usize, Vec<LayerPart>> = BTreeMap::new();
     let mut dropped = Vec::new();
-    for ((adapter, strengths), mut rep) in adapters.iter().zip(reports) {
-        let groups = group_keys(adapter, &index, &mut rep);
-        let peft = peft::PeftAlpha::from_metadata(adapter.metadata());
-        let job = Job {
-            adapter,
-            strengths,
-            model,
-            index: &index,
-            params: &params,
-            peft: peft.as_ref(),
-            mode: opts.mode,
-        };
-        let results: Vec<Result<Option<Contribution>, MergeError>> = groups
+    for ((ai, a), rep) in walk.adapters.iter().enumerate().zip(&mut reports) {
+        let results: Vec<Result<Option<Contribution>, MergeError>> = a
+            .groups
             .par_iter()
-            .map(|(&id, kinds)| contribution(&job, id, kinds))
+            .map(|(&id, _)| contribution(&walk, ai, id, opts.mode))
             .collect();
         for r in results {
             let Some(c) = r? else { continue };
-            let module = index.module(c.id);
+            let module = walk.index.module(c.id);
             rep.warnings.extend(c.warnings);
             dropped.extend(c.dropped);
             *rep.types.entry(c.label.clone()).or_default() += 1;
             let name = format!("{}.weight", module.path);
-            rep.applied.push(applied(
-                &params,
-                module.component,
-                &name,
-                &c.label,
-                c.strength,
-            ));
+            rep.applied
+                .push(walk.applied(module.component, &name, &c.label, c.strength));
             if let Some(p) = c.part {
                 parts.entry(c.id).or_default().push(p);
             }
         }
-        skip_incomplete(&groups, &index, &mut rep);
-        report.adapters.push(rep);
     }
+    let report = ApplyReport { adapters: reports };
     let layers: Vec<Result<Option<LoraLayer>, MergeError>> = parts
         .into_par_iter()
         .map(|(id, parts)| {
-            let module = index.module(id);
+            let module = walk.index.module(id);
             let name = format!("{}.weight", module.path);
-            match params.get(&(module.component, name.as_str())) {
+            match walk.params.get(&(module.component, name.as_str())) {
                 Some(target) => assemble(module, target, parts, opts),
                 None => Ok(None),
             }
@@ -173,99 +140,67 @@ pub fn merge(
 }
 
 fn contribution(
-    job: &Job,
+    walk: &Walk,
+    ai: usize,
     id: usize,
-    kinds: &BTreeMap<Kind, &str>,
+    mode: Mode,
 ) -> Result<Option<Contribution>, MergeError> {
-    let module = job.index.module(id);
-    let wname = format!("{}.weight", module.path);
-    let bname = format!("{}.bias", module.path);
-    let Some(target) = job.params.get(&(module.component, wname.as_str())) else {
+    let Some(p) = walk.prepare(ai, id)? else {
         return Ok(None);
     };
-    let (t, warnings) =
-        load_module(job.adapter, kinds, job.peft, module).map_err(LoraError::from)?;
-    let Some(det) = super::detect::detect(&t) else {
-        return Ok(None);
-    };
-    let conv = target.shape.len() == 4 && target.shape[2..].iter().product::<usize>() > 1;
-    let label = det.label(conv);
-    let mu = job.strengths.for_param(module.component, &wname);
     let mut c = Contribution {
         id,
         part: None,
-        label,
-        strength: mu,
-        warnings,
+        label: p.label.clone(),
+        strength: p.mu,
+        warnings: p.warnings.clone(),
         dropped: Vec::new(),
     };
-    let Some(shape) = Shape::of(&target.shape) else {
+    let Some(shape) = Shape::of(&p.target.shape) else {
         c.dropped.push(format!(
             "{}: {} change to a {}-D weight cannot be a LoRA layer",
-            job.adapter.name(),
+            p.adapter.name(),
             c.label,
-            target.shape.len()
+            p.target.shape.len()
         ));
         return Ok(Some(c));
     };
-    let plain = det.kind == AdapterType::Lora && !det.dora;
-    if !plain && job.mode == Mode::Exact {
+    let plain = p.det.kind == AdapterType::Lora && !p.det.dora;
+    if !plain && mode == Mode::Exact {
         return Err(MergeError::NotExact {
-            adapter: job.adapter.name(),
-            module: module.path.clone(),
+            adapter: p.adapter.name(),
+            module: p.module.path.clone(),
             label: c.label,
         });
     }
-    let linear_in_mu = !det.dora && !matches!(det.kind, AdapterType::DiagOft | AdapterType::Boft);
-    if mu == 0.0 && linear_in_mu {
+    if p.adds_nothing() {
         return Ok(Some(c));
     }
-    let needs_base = det.dora
-        || matches!(
-            det.kind,
-            AdapterType::DiagOft | AdapterType::Boft | AdapterType::Glora | AdapterType::Ia3
-        );
-    let base = if needs_base {
-        (job.model.base)(module.component, &wname)
-    } else {
-        None
-    };
-    let ctx = Ctx {
-        t: &t,
-        shape: &target.shape,
-        bias_shape: job
-            .params
-            .get(&(module.component, bname.as_str()))
-            .map(|p| p.shape.as_slice()),
-        base: base.as_deref(),
-        mu,
-        dyn_rank: job.strengths.dyn_rank,
-    };
-    let err = |source: DeltaError| LoraError::Module {
-        adapter: job.adapter.name(),
-        module: module.path.clone(),
-        source,
-    };
     if plain {
-        c.part = Some(factors(&ctx, &t, &shape).map_err(err)?);
+        c.part = Some(
+            p.with_ctx(|ctx| factors(ctx, &p.tensors, &shape))
+                .map_err(|e| p.module_error(e))?,
+        );
         return Ok(Some(c));
     }
-    let out = delta::compute(det, &ctx).map_err(err)?;
+    let out = p
+        .with_ctx(|ctx| delta::compute(p.det, ctx))
+        .map_err(|e| p.module_error(e))?;
     if out.bias.is_some() {
         c.dropped.push(format!(
             "{}: {} bias change at {} (a LoRA has no bias)",
-            job.adapter.name(),
+            p.adapter.name(),
             c.label,
-            module.path
+            p.module.path
         ));
     }
-    c.part = out.weight.map(Part::Dense);
+    c.part = out.weight.map(LayerPart::Dense);
     Ok(Some(c))
 }
 
 /// LoRA/LoCon factors with `μ·alpha/rank` split as `sign·√|c|` on up and `√|c|` on down; a Tucker
 /// `lora_mid` is folded into down (`down'[p, i, k] = Σ_q mid[p, q, k]·down[q, i]`), which is exact.
-fn factors(ctx: &Ctx, t: &ModuleTensors, shape: &Shape) -> Result<Part, DeltaError> {
+fn factors(ctx: &Ctx, t: &ModuleTensors, shape: &Shape) -> Result<LayerPart, DeltaError> {
     let down = ctx.get(Kind::Down)?;
     let up = ctx.get(Kind::Up)?;
     let r = down.shape.first().copied().unwrap_or(0);
@@ -314,7 +249,7 @@ fn factors(ctx: &Ctx, t: &ModuleTensors, shape: &Shape) -> Result<Part, DeltaErr
     let signed = root * c.signum();
     b.iter_mut().for_each(|x| *x *= signed);
     a.iter_mut().for_each(|x| *x *= root);
-    Ok(Part::Factors {
+    Ok(LayerPart::Factors {
         up: b,
         down: a,
         rank,
@@ -325,7 +260,7 @@ fn factors(ctx: &Ctx, t: &ModuleTensors, shape: &Shape) -> Result<Part, DeltaErr
 fn assemble(
     module: &ModuleRef,
     target: &TargetParam,
-    parts: Vec<Part>,
+    parts: Vec<LayerPart>,
     opts: &MergeOptions,
 ) -> Result<Option<LoraLayer>, MergeError> {
     let Some(shape) = Shape::of(&target.shape) else {
@@ -335,11 +270,11 @@ fn assemble(
     let total: usize = parts
         .iter()
         .map(|p| match p {
-            Part::Factors { rank, .. } => *rank,
-            Part::Dense(_) => 0,
+            LayerPart::Factors { rank, .. } => *rank,
+            LayerPart::Dense(_) => 0,
         })
         .sum();
-    let any_dense = parts.iter().any(|p| matches!(p, Part::Dense(_)));
+    let any_dense = parts.iter().any(|p| matches!(p, LayerPart::Dense(_)));
     if total == 0 && !any_dense {
         return Ok(None);
     }
@@ -358,7 +293,7 @@ fn assemble(
         let mut down = Vec::with_capacity(total * c);
         let mut col = 0;
         for p in &parts {
-            if let Part::Factors {
+            if let LayerPart::Factors {
                 up: b,
                 down: a,
                 rank,
@@ -380,7 +315,7 @@ fn assemble(
     let mut col = 0;
     for p in &parts {
         match p {
-            Part::Factors {
+            LayerPart::Factors {
                 up: b,
                 down: a,
                 rank,
@@ -395,7 +330,7 @@ fn assemble(
                 }
                 col += rank;
             }
-            Part::Dense(d) => {
+            LayerPart::Dense(d) => {
                 if let Some(m) = dense.as_mut() {
                     for row in 0..o {
                         for x in 0..c {

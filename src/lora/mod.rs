@@ -1,9 +1,10 @@
 //! The LoRA engine: adapter files → per-parameter weight deltas `Σ strength·ΔW` (f32, torch layout),
 //! with a report of what was applied. The model's patch step adds the deltas to pristine base weights.
 //!
-//! Public surface: [`Adapter`], [`compute_deltas`], [`inspect()`], and the types they take and return.
+//! Public surface: [`Adapter`], [`compute_deltas`], [`inspect()`], and the types they take and return;
+//! [`catalog`] and [`entry`] list the adapter files of the LoRA folders for every front end.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -11,11 +12,14 @@ use serde::Serialize;
 use thiserror::Error;
 
 pub mod bench;
+pub mod catalog;
 pub mod delta;
 pub mod detect;
+pub mod entry;
 pub mod extract;
 pub mod family;
 pub mod file;
+pub mod header;
 pub mod inspect;
 pub mod keys;
 pub mod linalg;
@@ -27,6 +31,7 @@ pub mod report;
 pub mod svd;
 pub mod tensor;
 pub mod triggers;
+pub mod walk;
 pub mod write;
 
 pub use delta::DeltaError;
@@ -37,12 +42,11 @@ pub use merge::{merge, MergeError, MergeOptions, Mode};
 pub use region::Region;
 pub use report::{AdapterReport, Applied, ApplyReport, Skipped};
 
-use detect::ModuleTensors;
-use keys::{KeyIndex, Kind};
+use walk::Walk;
 
 /// A model component adapters can target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub enum Component {
+pub enum TargetComponent {
     TextEncoder,
     TextEncoder2,
     Unet,
@@ -53,13 +57,13 @@ pub enum Component {
 /// `text_model.encoder.layers.0.self_attn.q_proj.weight` (always with the `text_model.` level).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetParam {
-    pub component: Component,
+    pub component: TargetComponent,
     pub name: String,
     pub shape: Vec<usize>,
 }
 
 /// Base-weight lookup: f32 torch layout, for weight-dependent types (DoRA, OFT, BOFT, GLoRA, IA3).
-pub type BaseFn<'a> = dyn Fn(Component, &str) -> Option<Vec<f32>> + Sync + 'a;
+pub type BaseFn<'a> = dyn Fn(TargetComponent, &str) -> Option<Vec<f32>> + Sync + 'a;
 
 /// The loaded model as the engine sees it.
 pub struct ModelParams<'a> {
@@ -69,7 +73,7 @@ pub struct ModelParams<'a> {
 }
 
 /// Per-block multiplier (LBW-style): gets the component and diffusers parameter name, returns a factor.
-pub type BlockFn = dyn Fn(Component, &str) -> f32 + Send + Sync;
+pub type BlockFn = dyn Fn(TargetComponent, &str) -> f32 + Send + Sync;
 
 /// Strengths of one adapter. The UNet region multipliers follow [`region`]; `blocks` multiplies on top.
 #[derive(Clone)]
@@ -97,7 +101,7 @@ impl Strengths {
     }
 
     /// Strength for one parameter.
-    pub fn for_param(&self, component: Component, name: &str) -> f32 {
+    pub fn for_param(&self, component: TargetComponent, name: &str) -> f32 {
         let base = match region::region(component, name) {
             Region::TextEncoder => self.te,
             Region::In => self.unet_in,
@@ -130,7 +134,7 @@ impl std::fmt::Debug for Strengths {
 /// Σ strength·ΔW per target parameter, f32, torch layout (same shape as the param).
 #[derive(Debug, Default)]
 pub struct Deltas {
-    pub by_param: HashMap<(Component, String), Vec<f32>>,
+    pub by_param: HashMap<(TargetComponent, String), Vec<f32>>,
 }
 
 #[derive(Debug, Error)]
@@ -161,16 +165,6 @@ pub struct ShapeMismatch {
     pub want: Vec<usize>,
 }
 
-/// What every module computation of one adapter shares.
-struct Job<'a> {
-    adapter: &'a Adapter,
-    strengths: &'a Strengths,
-    model: &'a ModelParams<'a>,
-    index: &'a KeyIndex,
-    params: &'a HashMap<(Component, &'a str), &'a TargetParam>,
-    peft: Option<&'a peft::PeftAlpha>,
-}
-
 struct ModuleResult {
     id: usize,
     label: String,
@@ -187,43 +181,25 @@ pub fn compute_deltas(
     adapters: &[(&Adapter, Strengths)],
     model: &ModelParams,
 ) -> Result<(Deltas, ApplyReport), LoraError> {
-    let Setup {
-        index,
-        params,
-        reports,
-    } = setup(adapters, model)?;
+    let mut walk = Walk::new(adapters, model)?;
+    let mut reports = std::mem::take(&mut walk.reports);
     let mut deltas = Deltas::default();
-    let mut report = ApplyReport::default();
-    for ((adapter, strengths), mut rep) in adapters.iter().zip(reports) {
-        let groups = group_keys(adapter, &index, &mut rep);
-        let peft = peft::PeftAlpha::from_metadata(adapter.metadata());
-        let job = Job {
-            adapter,
-            strengths,
-            model,
-            index: &index,
-            params: &params,
-            peft: peft.as_ref(),
-        };
-        let results: Vec<Result<Option<ModuleResult>, LoraError>> = groups
+    for ((ai, a), rep) in walk.adapters.iter().enumerate().zip(&mut reports) {
+        let results: Vec<Result<Option<ModuleResult>, LoraError>> = a
+            .groups
             .par_iter()
-            .map(|(&id, kinds)| module_delta(&job, id, kinds))
+            .map(|(&id, _)| module_delta(&walk, ai, id))
             .collect();
         for r in results {
             let Some(m) = r? else { continue };
-            let module = index.module(m.id);
+            let module = walk.index.module(m.id);
             rep.warnings.extend(m.warnings);
             *rep.types.entry(m.label.clone()).or_default() += 1;
             for (suffix, d) in [(".weight", m.out.weight), (".bias", m.out.bias)] {
                 let Some(d) = d else { continue };
                 let name = format!("{}{suffix}", module.path);
-                rep.applied.push(applied(
-                    &params,
-                    module.component,
-                    &name,
-                    &m.label,
-                    m.strength,
-                ));
+                rep.applied
+                    .push(walk.applied(module.component, &name, &m.label, m.strength));
                 match deltas.by_param.entry((module.component, name)) {
                     std::collections::hash_map::Entry::Occupied(mut e) => {
                         e.get_mut().iter_mut().zip(&d).for_each(|(a, b)| *a += b);
@@ -234,249 +210,42 @@ pub fn compute_deltas(
                 }
             }
         }
-        skip_incomplete(&groups, &index, &mut rep);
-        report.adapters.push(rep);
     }
-    Ok((deltas, report))
+    Ok((deltas, ApplyReport { adapters: reports }))
 }
 
-/// What every application starts with: the family checks (a refusal comes before anything is
-/// computed), the model's key index, its parameters by (component, name), one report per adapter.
-pub(crate) struct Setup<'m> {
-    pub index: KeyIndex,
-    pub params: HashMap<(Component, &'m str), &'m TargetParam>,
-    pub reports: Vec<AdapterReport>,
-}
-
-pub(crate) fn setup<'m>(
-    adapters: &[(&Adapter, Strengths)],
-    model: &'m ModelParams,
-) -> Result<Setup<'m>, LoraError> {
-    let guesses = check_families(adapters.iter().map(|(a, _)| *a), model)?;
-    let reports = adapters
-        .iter()
-        .zip(guesses)
-        .map(|((adapter, _), family)| AdapterReport {
-            name: adapter.name(),
-            family,
-            ..Default::default()
-        })
-        .collect();
-    Ok(Setup {
-        index: KeyIndex::build(&model.params),
-        params: model
-            .params
-            .iter()
-            .map(|p| ((p.component, p.name.as_str()), p))
-            .collect(),
-        reports,
-    })
-}
-
-/// The report line of one patched parameter.
-pub(crate) fn applied(
-    params: &HashMap<(Component, &str), &TargetParam>,
-    component: Component,
-    name: &str,
-    label: &str,
-    strength: f32,
-) -> Applied {
-    Applied {
-        component,
-        param: name.to_string(),
-        label: label.to_string(),
-        shape: params
-            .get(&(component, name))
-            .map(|p| p.shape.clone())
-            .unwrap_or_default(),
-        strength,
-    }
-}
-
-/// Family checks for every adapter, before anything is computed (shared by apply, merge).
-pub(crate) fn check_families<'a>(
-    adapters: impl Iterator<Item = &'a Adapter>,
-    model: &ModelParams,
-) -> Result<Vec<family::FamilyGuess>, LoraError> {
-    adapters
-        .map(|a| {
-            let g = family::guess(a);
-            family::check(&g, model.family, &model.params).map_err(|message| {
-                LoraError::Family {
-                    adapter: a.name(),
-                    message,
-                }
-            })?;
-            Ok(g)
-        })
-        .collect()
-}
-
-/// An adapter's keys grouped by the model module they name; unplaceable keys go to `rep.skipped`.
-pub(crate) fn group_keys<'a>(
-    adapter: &'a Adapter,
-    index: &KeyIndex,
-    rep: &mut AdapterReport,
-) -> BTreeMap<usize, BTreeMap<Kind, &'a str>> {
-    let mut groups: BTreeMap<usize, BTreeMap<Kind, &str>> = BTreeMap::new();
-    for key in adapter.tensors().keys() {
-        match index.parse(key) {
-            Some((_, Kind::Unsupported)) => {
-                rep.skip(key, "known key kind that stipple does not apply")
-            }
-            Some((id, kind)) => {
-                if let Some(prev) = groups.entry(id).or_default().insert(kind, key) {
-                    rep.skip(
-                        prev,
-                        "a second key of the same kind for one module; the other one is used",
-                    );
-                }
-            }
-            None => rep.skip(key, "no module of the model has this name"),
-        }
-    }
-    groups
-}
-
-/// Reports the keys of modules whose kinds make no complete adapter type.
-pub(crate) fn skip_incomplete(
-    groups: &BTreeMap<usize, BTreeMap<Kind, &str>>,
-    index: &KeyIndex,
-    rep: &mut AdapterReport,
-) {
-    for (id, kinds) in groups {
-        if detect::detect(&kinds_only(kinds)).is_none() {
-            for key in kinds.values() {
-                rep.skip(
-                    key,
-                    &format!(
-                        "module {} has no complete adapter type",
-                        index.module(*id).path
-                    ),
-                );
-            }
-        }
-    }
-}
-
-/// A module's decoded tensors (PEFT alpha filled in from the file's metadata) with warnings about
-/// non-finite values.
-pub(crate) fn load_module(
-    adapter: &Adapter,
-    kinds: &BTreeMap<Kind, &str>,
-    peft: Option<&peft::PeftAlpha>,
-    module: &keys::ModuleRef,
-) -> Result<(ModuleTensors, Vec<String>), FileError> {
-    let mut t = ModuleTensors::default();
-    let mut warnings = Vec::new();
-    for (kind, key) in kinds {
-        let x = adapter.tensor(key)?;
-        let bad = x.data.iter().filter(|v| !v.is_finite()).count();
-        if bad > 0 {
-            warnings.push(format!("{key}: {bad} NaN/Inf values"));
-        }
-        t.by_kind.insert(*kind, x);
-    }
-    if let (Some(p), false, Some(down)) = (peft, t.has(Kind::Alpha), t.get(Kind::Down)) {
-        let rank = down.shape.first().copied().unwrap_or(0);
-        if let Some(a) = p.alpha(module.component, &module.path, rank) {
-            t.by_kind
-                .insert(Kind::Alpha, tensor::Tensor::new(vec![], vec![a]));
-        }
-    }
-    Ok((t, warnings))
-}
-
-/// A placeholder tensor set with only the kinds, for type detection without decoding.
-fn kinds_only(kinds: &BTreeMap<Kind, &str>) -> ModuleTensors {
-    let mut t = ModuleTensors::default();
-    for k in kinds.keys() {
-        t.by_kind
-            .insert(*k, tensor::Tensor::new(vec![1, 1, 1], vec![0.0]));
-    }
-    t
-}
-
-fn module_delta(
-    job: &Job,
-    id: usize,
-    kinds: &BTreeMap<Kind, &str>,
-) -> Result<Option<ModuleResult>, LoraError> {
-    let Job {
-        adapter,
-        strengths,
-        model,
-        index,
-        params,
-        peft,
-    } = *job;
-    let module = index.module(id);
-    let wname = format!("{}.weight", module.path);
-    let bname = format!("{}.bias", module.path);
-    let Some(target) = params.get(&(module.component, wname.as_str())) else {
+/// ΔW of module `id` of adapter `ai` (weight and bias), at its strength.
+fn module_delta(walk: &Walk, ai: usize, id: usize) -> Result<Option<ModuleResult>, LoraError> {
+    let Some(p) = walk.prepare(ai, id)? else {
         return Ok(None);
     };
-    let (t, warnings) = load_module(adapter, kinds, peft, module)?;
-    let Some(det) = detect::detect(&t) else {
-        return Ok(None);
-    };
-    let mu = strengths.for_param(module.component, &wname);
-    let conv = target.shape.len() == 4 && target.shape[2..].iter().product::<usize>() > 1;
-    let label = det.label(conv);
-    let linear_in_mu = !det.dora && !matches!(det.kind, AdapterType::DiagOft | AdapterType::Boft);
-    if mu == 0.0 && linear_in_mu {
-        return Ok(Some(ModuleResult {
-            id,
-            label,
-            strength: mu,
-            out: delta::Out::default(),
-            warnings,
-        }));
-    }
-    let needs_base = det.dora
-        || matches!(
-            det.kind,
-            AdapterType::DiagOft | AdapterType::Boft | AdapterType::Glora | AdapterType::Ia3
-        );
-    let base = if needs_base {
-        (model.base)(module.component, &wname)
+    let out = if p.adds_nothing() {
+        delta::Out::default()
     } else {
-        None
+        p.with_ctx(|ctx| delta::compute(p.det, ctx))
+            .map_err(|e| match e {
+                DeltaError::Shape { what, got, want } => {
+                    LoraError::Mismatch(Box::new(ShapeMismatch {
+                        adapter: p.adapter.name(),
+                        module: p.module.path.clone(),
+                        what,
+                        got,
+                        param: if want == p.target.shape {
+                            p.wname.clone()
+                        } else {
+                            p.bname.clone()
+                        },
+                        want,
+                    }))
+                }
+                source => p.module_error(source),
+            })?
     };
-    let ctx = delta::Ctx {
-        t: &t,
-        shape: &target.shape,
-        bias_shape: params
-            .get(&(module.component, bname.as_str()))
-            .map(|p| p.shape.as_slice()),
-        base: base.as_deref(),
-        mu,
-        dyn_rank: strengths.dyn_rank,
-    };
-    let out = delta::compute(det, &ctx).map_err(|e| match e {
-        DeltaError::Shape { what, got, want } => LoraError::Mismatch(Box::new(ShapeMismatch {
-            adapter: adapter.name(),
-            module: module.path.clone(),
-            what,
-            got,
-            param: if want == target.shape {
-                wname.clone()
-            } else {
-                bname.clone()
-            },
-            want,
-        })),
-        source => LoraError::Module {
-            adapter: adapter.name(),
-            module: module.path.clone(),
-            source,
-        },
-    })?;
     Ok(Some(ModuleResult {
         id,
-        label,
-        strength: mu,
+        label: p.label,
+        strength: p.mu,
         out,
-        warnings,
+        warnings: p.warnings,
     }))
 }

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use super::Component;
+use super::TargetComponent;
 
 /// The per-component alpha settings of a PEFT adapter file.
 #[derive(Debug, Default)]
@@ -13,11 +13,11 @@ pub struct PeftAlpha {
     root: serde_json::Map<String, Value>,
 }
 
-fn prefix(c: Component) -> &'static str {
+fn prefix(c: TargetComponent) -> &'static str {
     match c {
-        Component::Unet => "unet",
-        Component::TextEncoder => "text_encoder",
-        Component::TextEncoder2 => "text_encoder_2",
+        TargetComponent::Unet => "unet",
+        TargetComponent::TextEncoder => "text_encoder",
+        TargetComponent::TextEncoder2 => "text_encoder_2",
     }
 }
 
@@ -32,7 +32,7 @@ impl PeftAlpha {
 
     /// The `alpha` to store for a module of rank `rank` so that `alpha/rank` is PEFT's scaling
     /// (`lora_alpha/r`, or `lora_alpha/√r` with rsLoRA); `alpha_pattern` entries match name suffixes.
-    pub fn alpha(&self, c: Component, module: &str, rank: usize) -> Option<f32> {
+    pub fn alpha(&self, c: TargetComponent, module: &str, rank: usize) -> Option<f32> {
         let p = prefix(c);
         let get = |k: &str| self.root.get(&format!("{p}.{k}"));
         let mut alpha = get("lora_alpha")?.as_f64()?;

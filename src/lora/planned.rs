@@ -1,26 +1,19 @@
 //! Deltas planned up front and computed one parameter at a time, for the fuse path.
 //!
 //! [`plan`] does everything [`super::compute_deltas`] checks first (families, keys, module types)
-//! without a single ΔW; [`Planned::delta`] computes a parameter's Σ strength·ΔW when the patch step
+//! without a single ΔW; [`PlannedDeltas::delta`] computes a parameter's Σ strength·ΔW when the patch step
 //! asks for it, inside its parallel loop, so a whole model's dense ΔW is never held at once.
 
-use super::keys::{KeyIndex, Kind};
+use super::walk::Walk;
 use super::{
-    applied, group_keys, module_delta, peft, setup, skip_incomplete, Adapter, AdapterReport,
-    ApplyReport, Component, Job, LoraError, ModelParams, Setup, Strengths, TargetParam,
+    module_delta, Adapter, AdapterReport, ApplyReport, LoraError, ModelParams, Strengths,
+    TargetComponent,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-struct PlannedAdapter<'a> {
-    adapter: &'a Adapter,
-    strengths: &'a Strengths,
-    groups: BTreeMap<usize, BTreeMap<Kind, &'a str>>,
-    peft: Option<peft::PeftAlpha>,
-}
-
 /// What a computed module adds to the report.
-struct ModuleInfo {
+struct ComputedModule {
     label: String,
     strength: f32,
     warnings: Vec<String>,
@@ -29,15 +22,12 @@ struct ModuleInfo {
 }
 
 /// Adapters checked against a model, with each parameter's ΔW computed on demand.
-pub struct Planned<'a> {
-    model: &'a ModelParams<'a>,
-    index: KeyIndex,
-    params: HashMap<(Component, &'a str), &'a TargetParam>,
-    adapters: Vec<PlannedAdapter<'a>>,
+pub struct PlannedDeltas<'a> {
+    walk: Walk<'a>,
     /// (component, parameter) → the (adapter, module) pairs whose ΔW lands there, in order.
-    by_param: HashMap<(Component, String), Vec<(usize, usize)>>,
+    by_param: HashMap<(TargetComponent, String), Vec<(usize, usize)>>,
     reports: Vec<AdapterReport>,
-    computed: Mutex<BTreeMap<(usize, usize), ModuleInfo>>,
+    computed: Mutex<BTreeMap<(usize, usize), ComputedModule>>,
     /// A module's ΔW for the parameter not asked yet, kept from computing the one that was: (adapter,
     /// module, is bias) → that ΔW, or None when the module adds nothing there. A module yields its
     /// weight and bias ΔW together, and the patch asks for both of a module with a bias.
@@ -51,23 +41,16 @@ type OtherKey = (usize, usize, bool);
 pub fn plan<'a>(
     adapters: &'a [(&'a Adapter, Strengths)],
     model: &'a ModelParams<'a>,
-) -> Result<Planned<'a>, LoraError> {
-    let Setup {
-        index,
-        params,
-        reports: fresh,
-    } = setup(adapters, model)?;
-    let mut planned = Vec::new();
-    let mut reports = Vec::new();
-    let mut by_param: HashMap<(Component, String), Vec<(usize, usize)>> = HashMap::new();
-    for (ai, ((adapter, strengths), mut rep)) in adapters.iter().zip(fresh).enumerate() {
-        let groups = group_keys(adapter, &index, &mut rep);
-        skip_incomplete(&groups, &index, &mut rep);
-        for &id in groups.keys() {
-            let module = index.module(id);
+) -> Result<PlannedDeltas<'a>, LoraError> {
+    let mut walk = Walk::new(adapters, model)?;
+    let reports = std::mem::take(&mut walk.reports);
+    let mut by_param: HashMap<(TargetComponent, String), Vec<(usize, usize)>> = HashMap::new();
+    for (ai, a) in walk.adapters.iter().enumerate() {
+        for &id in a.groups.keys() {
+            let module = walk.index.module(id);
             for suffix in [".weight", ".bias"] {
                 let name = format!("{}{suffix}", module.path);
-                if params.contains_key(&(module.component, name.as_str())) {
+                if walk.params.contains_key(&(module.component, name.as_str())) {
                     by_param
                         .entry((module.component, name))
                         .or_default()
@@ -75,19 +58,9 @@ pub fn plan<'a>(
                 }
             }
         }
-        reports.push(rep);
-        planned.push(PlannedAdapter {
-            adapter,
-            strengths,
-            groups,
-            peft: peft::PeftAlpha::from_metadata(adapter.metadata()),
-        });
     }
-    Ok(Planned {
-        model,
-        index,
-        params,
-        adapters: planned,
+    Ok(PlannedDeltas {
+        walk,
         by_param,
         reports,
         computed: Mutex::new(BTreeMap::new()),
@@ -95,9 +68,9 @@ pub fn plan<'a>(
     })
 }
 
-impl Planned<'_> {
+impl PlannedDeltas<'_> {
     /// The parameters of `component` some adapter may change (each must be patched or asked for).
-    pub fn params_of(&self, component: Component) -> Vec<&str> {
+    pub fn params_of(&self, component: TargetComponent) -> Vec<&str> {
         self.by_param
             .keys()
             .filter(|(c, _)| *c == component)
@@ -105,12 +78,16 @@ impl Planned<'_> {
             .collect()
     }
 
-    pub fn may_change(&self, component: Component, param: &str) -> bool {
+    pub fn may_change(&self, component: TargetComponent, param: &str) -> bool {
         self.by_param.contains_key(&(component, param.to_string()))
     }
 
     /// Σ strength·ΔW of every adapter for one parameter (torch layout), None when none adds to it.
-    pub fn delta(&self, component: Component, param: &str) -> Result<Option<Vec<f32>>, LoraError> {
+    pub fn delta(
+        &self,
+        component: TargetComponent,
+        param: &str,
+    ) -> Result<Option<Vec<f32>>, LoraError> {
         let Some(list) = self.by_param.get(&(component, param.to_string())) else {
             return Ok(None);
         };
@@ -139,12 +116,12 @@ impl Planned<'_> {
     /// `want_bias`), keeping the other one for when its parameter is asked for.
     fn compute(
         &self,
-        component: Component,
+        component: TargetComponent,
         ai: usize,
         id: usize,
         want_bias: bool,
     ) -> Result<Option<Vec<f32>>, LoraError> {
-        let path = &self.index.module(id).path;
+        let path = &self.walk.index.module(id).path;
         let other_param = format!("{path}{}", if want_bias { ".weight" } else { ".bias" });
         let keep = |other: Option<Vec<f32>>| {
             if self
@@ -156,22 +133,7 @@ impl Planned<'_> {
                 }
             }
         };
-        let pa = &self.adapters[ai];
-        let job = Job {
-            adapter: pa.adapter,
-            strengths: pa.strengths,
-            model: self.model,
-            index: &self.index,
-            params: &self.params,
-            peft: pa.peft.as_ref(),
-        };
-        let Some(m) = pa
-            .groups
-            .get(&id)
-            .map(|kinds| module_delta(&job, id, kinds))
-            .transpose()?
-            .flatten()
-        else {
+        let Some(m) = module_delta(&self.walk, ai, id)? else {
             keep(None);
             return Ok(None);
         };
@@ -182,7 +144,7 @@ impl Planned<'_> {
             }
         }
         if let Ok(mut c) = self.computed.lock() {
-            c.entry((ai, id)).or_insert(ModuleInfo {
+            c.entry((ai, id)).or_insert(ComputedModule {
                 label: m.label,
                 strength: m.strength,
                 warnings: m.warnings,
@@ -209,12 +171,11 @@ impl Planned<'_> {
         for (ai, mut rep) in self.reports.into_iter().enumerate() {
             for (&(a, id), info) in computed.range((ai, 0)..(ai + 1, 0)) {
                 debug_assert_eq!(a, ai);
-                let module = self.index.module(id);
+                let module = self.walk.index.module(id);
                 rep.warnings.extend(info.warnings.iter().cloned());
                 *rep.types.entry(info.label.clone()).or_default() += 1;
                 for name in &info.outputs {
-                    rep.applied.push(applied(
-                        &self.params,
+                    rep.applied.push(self.walk.applied(
                         module.component,
                         name,
                         &info.label,

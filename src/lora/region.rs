@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use super::Component;
+use super::TargetComponent;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum Region {
@@ -16,10 +16,10 @@ pub enum Region {
     Out,
 }
 
-pub fn region(component: Component, name: &str) -> Region {
+pub fn region(component: TargetComponent, name: &str) -> Region {
     match component {
-        Component::TextEncoder | Component::TextEncoder2 => Region::TextEncoder,
-        Component::Unet => {
+        TargetComponent::TextEncoder | TargetComponent::TextEncoder2 => Region::TextEncoder,
+        TargetComponent::Unet => {
             if name.starts_with("mid_block.") {
                 Region::Mid
             } else if name.starts_with("up_blocks.")
@@ -40,7 +40,7 @@ mod tests {
 
     #[test]
     fn regions() {
-        let r = |n| region(Component::Unet, n);
+        let r = |n| region(TargetComponent::Unet, n);
         assert_eq!(r("down_blocks.1.attentions.0.proj_in.weight"), Region::In);
         assert_eq!(r("conv_in.weight"), Region::In);
         assert_eq!(r("time_embedding.linear_1.weight"), Region::In);
@@ -50,7 +50,7 @@ mod tests {
         assert_eq!(r("conv_norm_out.bias"), Region::Out);
         assert_eq!(
             region(
-                Component::TextEncoder2,
+                TargetComponent::TextEncoder2,
                 "text_model.final_layer_norm.weight"
             ),
             Region::TextEncoder

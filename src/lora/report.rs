@@ -7,7 +7,7 @@ use std::fmt;
 use serde::Serialize;
 
 use super::family::FamilyGuess;
-use super::Component;
+use super::TargetComponent;
 
 #[derive(Debug, Default, Serialize)]
 pub struct ApplyReport {
@@ -27,7 +27,7 @@ pub struct AdapterReport {
 
 #[derive(Debug, Serialize)]
 pub struct Applied {
-    pub component: Component,
+    pub component: TargetComponent,
     pub param: String,
     pub label: String,
     pub shape: Vec<usize>,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use thiserror::Error;
 
-use super::Component;
+use super::TargetComponent;
 use crate::family::Family;
 use crate::safetensors_out::{self, Dtype, OutTensor};
 
@@ -28,7 +28,7 @@ pub enum WriteError {
 /// One layer of the output, factors row-major: `up` `[O, rank]`, `down` `[rank, I·kh·kw]`.
 #[derive(Debug, Clone)]
 pub struct LoraLayer {
-    pub component: Component,
+    pub component: TargetComponent,
     /// diffusers module path (no `.weight`).
     pub path: String,
     /// Shape of the target weight (torch layout).
@@ -106,12 +106,12 @@ pub struct Provenance {
 }
 
 /// The kohya module name of a layer.
-pub fn kohya_stem(component: Component, path: &str, family: Family) -> String {
+pub fn kohya_stem(component: TargetComponent, path: &str, family: Family) -> String {
     let prefix = match (component, family) {
-        (Component::Unet, _) => "lora_unet_",
-        (Component::TextEncoder, Family::Sd1) => "lora_te_",
-        (Component::TextEncoder, Family::Sdxl) => "lora_te1_",
-        (Component::TextEncoder2, _) => "lora_te2_",
+        (TargetComponent::Unet, _) => "lora_unet_",
+        (TargetComponent::TextEncoder, Family::Sd1) => "lora_te_",
+        (TargetComponent::TextEncoder, Family::Sdxl) => "lora_te1_",
+        (TargetComponent::TextEncoder2, _) => "lora_te2_",
     };
     format!("{prefix}{}", path.replace('.', "_"))
 }

@@ -20,10 +20,12 @@ pub enum CheckpointError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is not a valid safetensors file ({source}); re-export or re-download it")]
+    #[error("{path} is not a safetensors file ({}); re-export or re-download it", text.as_ref().map_or_else(|| source.to_string(), |t| format!("it begins with text: {t:?}")))]
     Format {
         path: PathBuf,
         source: safetensors::SafeTensorError,
+        /// The file's first characters when it is text (a renamed text file).
+        text: Option<String>,
     },
     #[error("{path}: tensor {name:?} has dtype {dtype:?}, which stipple cannot use as a weight")]
     Dtype {
@@ -178,6 +180,7 @@ impl Checkpoint {
             SafeTensors::read_metadata(&map).map_err(|source| CheckpointError::Format {
                 path: path.to_path_buf(),
                 source,
+                text: text_start(&map),
             })?;
         Ok(Checkpoint {
             path: path.to_path_buf(),
@@ -446,6 +449,18 @@ impl Checkpoint {
     }
 }
 
+/// The first characters of `buf` when it starts like a text file (8 printable bytes), so an error
+/// can say what the file is instead of quoting the header length those bytes make.
+pub fn text_start(buf: &[u8]) -> Option<String> {
+    let head = buf.get(..8)?;
+    let printable = |b: &u8| b.is_ascii_graphic() || b.is_ascii_whitespace();
+    if !head.iter().all(printable) {
+        return None;
+    }
+    let n = buf.iter().take(32).take_while(|b| printable(b)).count();
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 fn check_dtype(path: &Path, name: &str, dtype: Dtype) -> Result<(), CheckpointError> {
     if matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
         Ok(())
@@ -467,6 +482,16 @@ fn same_but_ones(a: &[usize], b: &[usize]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_text_file_is_not_a_safetensors_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        std::fs::write(&path, "these are my notes about models\n").unwrap();
+        let e = Checkpoint::open(&path).err().expect("refused").to_string();
+        assert!(e.contains("is not a safetensors file"), "{e}");
+        assert!(e.contains("begins with text: \"these are my notes"), "{e}");
+    }
 
     #[test]
     fn released_pages_read_back_the_same_weights() {

@@ -5,7 +5,9 @@
 //! [`StrengthKey`] (what decides whether a session must be rebuilt); [`compute`] produces the deltas.
 
 use super::generator::{ComponentDeltas, PipelineError};
-use crate::lora::{self, Adapter, ApplyReport, Component, ModelParams, Strengths, TargetParam};
+use crate::lora::{
+    self, Adapter, ApplyReport, ModelParams, Strengths, TargetComponent, TargetParam,
+};
 use crate::model::layout::ComponentKind;
 use crate::model::Model;
 use crate::prompt::{Catalog, LoraDirs, LoraTag, Prompt};
@@ -155,20 +157,20 @@ pub fn strengths_at(loras: &[ActiveLora], step: usize, steps: usize) -> Strength
 }
 
 /// The lora module's component of a model component (the UNet and both text encoders).
-pub fn lora_component(kind: ComponentKind) -> Option<Component> {
+pub fn lora_component(kind: ComponentKind) -> Option<TargetComponent> {
     match kind {
-        ComponentKind::TextEncoder => Some(Component::TextEncoder),
-        ComponentKind::TextEncoder2 => Some(Component::TextEncoder2),
-        ComponentKind::Unet => Some(Component::Unet),
+        ComponentKind::TextEncoder => Some(TargetComponent::TextEncoder),
+        ComponentKind::TextEncoder2 => Some(TargetComponent::TextEncoder2),
+        ComponentKind::Unet => Some(TargetComponent::Unet),
         ComponentKind::VaeDecoder | ComponentKind::VaeEncoder => None,
     }
 }
 
-fn model_kind(c: Component) -> ComponentKind {
+fn model_kind(c: TargetComponent) -> ComponentKind {
     match c {
-        Component::TextEncoder => ComponentKind::TextEncoder,
-        Component::TextEncoder2 => ComponentKind::TextEncoder2,
-        Component::Unet => ComponentKind::Unet,
+        TargetComponent::TextEncoder => ComponentKind::TextEncoder,
+        TargetComponent::TextEncoder2 => ComponentKind::TextEncoder2,
+        TargetComponent::Unet => ComponentKind::Unet,
     }
 }
 
@@ -191,8 +193,10 @@ pub fn target_params(model: &Model) -> Vec<TargetParam> {
 }
 
 /// The pristine base weights of the model as f32, by component and diffusers name.
-pub fn base_weights(model: &Model) -> impl Fn(Component, &str) -> Option<Vec<f32>> + Sync + '_ {
-    move |c: Component, name: &str| {
+pub fn base_weights(
+    model: &Model,
+) -> impl Fn(TargetComponent, &str) -> Option<Vec<f32>> + Sync + '_ {
+    move |c: TargetComponent, name: &str| {
         model
             .component(model_kind(c))?
             .weights
@@ -205,8 +209,8 @@ pub fn base_weights(model: &Model) -> impl Fn(Component, &str) -> Option<Vec<f32
 pub fn strengths_of(l: &ActiveLora, key: &StrengthKey, i: usize) -> Strengths {
     let [unet_in, unet_mid, unet_out] = key.unet[i];
     let blocks: Option<Arc<lora::BlockFn>> = l.tag.lbw.clone().map(|lbw| {
-        let f: Arc<lora::BlockFn> = Arc::new(move |c: Component, name: &str| match c {
-            Component::Unet => lbw.weight_for_unet_module(name),
+        let f: Arc<lora::BlockFn> = Arc::new(move |c: TargetComponent, name: &str| match c {
+            TargetComponent::Unet => lbw.weight_for_unet_module(name),
             _ => lbw.text_encoder_weight(),
         });
         f
@@ -253,8 +257,8 @@ pub fn log_report(report: &ApplyReport, took: std::time::Duration) {
 
 /// One component's view of planned deltas: what the fuse path hands the patch step.
 pub struct PlannedView<'p, 'a> {
-    pub plan: &'p lora::planned::Planned<'a>,
-    pub component: Component,
+    pub plan: &'p lora::planned::PlannedDeltas<'a>,
+    pub component: TargetComponent,
 }
 
 impl crate::patch::DeltaSource for PlannedView<'_, '_> {
@@ -278,7 +282,7 @@ pub fn with_plan<R>(
     model: &Model,
     loras: &[ActiveLora],
     key: &StrengthKey,
-    f: impl FnOnce(lora::planned::Planned<'_>) -> R,
+    f: impl FnOnce(lora::planned::PlannedDeltas<'_>) -> R,
 ) -> Result<R, PipelineError> {
     with_inputs(model, loras, key, |pairs, params| {
         let plan = lora::planned::plan(pairs, params).map_err(|e| {

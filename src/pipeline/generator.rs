@@ -432,7 +432,8 @@ impl Generator {
             let t = Instant::now();
             let view = |kind: ComponentKind| adapters::PlannedView {
                 plan: &plan,
-                component: adapters::lora_component(kind).unwrap_or(crate::lora::Component::Unet),
+                component: adapters::lora_component(kind)
+                    .unwrap_or(crate::lora::TargetComponent::Unet),
             };
             // Staged in place, or built anew; each ΔW is computed inside the patch step, where it
             // is added (never all at once).

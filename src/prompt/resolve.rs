@@ -1,71 +1,24 @@
-//! LoRA names → files. [`LoraDirs`] is the caller's list of LoRA folders; [`Catalog::scan`] lists the
-//! adapters in them (name, path, size; the TUI browser shows it) and [`Catalog::resolve`] /
-//! [`Catalog::resolve_prompt`] look names up: file stem, then path relative to a folder, ignoring case.
+//! LoRA names → files: [`Catalog::resolve`] and [`Catalog::resolve_prompt`] look `<lora:NAME>`
+//! names up in the LoRA catalog (`lora::catalog`, which walks the folders): file stem, then path
+//! relative to a folder, ignoring case, with "did you mean" suggestions.
 //!
-//! Names only ever match files found by walking inside the folders, so no name can reach outside
-//! them: `..` and absolute names are refused, and symlinks whose target lies outside their folder
-//! are not followed. Only `.safetensors` files are adapters; pickle files (`.ckpt`, `.pt`, `.pth`,
-//! `.bin`) are refused by name because loading them can run code.
+//! `..` and absolute names are refused, so no name can reach outside the folders; pickle files are
+//! refused by name; a LoRA folder that does not exist fails every lookup, naming the folder.
 
-use std::collections::HashSet;
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use crate::lora::catalog::ext_lower;
+pub use crate::lora::catalog::{Catalog, FolderError, LoraDirs, LoraFile, Refusal, Refused};
 
 use super::error::PromptError;
 use super::lora_tag::LoraTag;
 use super::parse::Prompt;
 use super::suggest::closest;
 
-const PICKLE_EXTS: [&str; 4] = ["ckpt", "pt", "pth", "bin"];
-const MAX_DEPTH: usize = 16;
-
-/// The folders LoRA names are looked up in, first match wins only when a name is unambiguous.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LoraDirs {
-    pub roots: Vec<PathBuf>,
-}
-
-impl LoraDirs {
-    pub fn new(roots: impl IntoIterator<Item = impl Into<PathBuf>>) -> Self {
-        LoraDirs {
-            roots: roots.into_iter().map(Into::into).collect(),
-        }
-    }
-}
-
-/// An adapter file found in a LoRA folder.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Adapter {
-    /// File stem: what `<lora:NAME>` usually says.
-    pub name: String,
-    /// Path relative to its folder, `/`-separated, with the extension.
-    pub rel_path: String,
-    /// Where to read it (inside its folder; symlinks resolved).
-    pub path: PathBuf,
-    pub size: u64,
-    /// Index into [`LoraDirs::roots`].
-    pub root: usize,
-}
-
-/// Why a file that a name may point at is not offered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// `.ckpt`/`.pt`/`.pth`/`.bin`: Python pickle, which can run code when loaded.
-    Pickle,
-    /// A symlink whose target is outside its LoRA folder.
-    OutsideFolder,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refused {
-    pub name: String,
-    pub rel_path: String,
-    pub root: usize,
-    pub reason: Refusal,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveError {
+    #[error(transparent)]
+    Folder(#[from] FolderError),
     #[error("no LoRA named `{name}` in the LoRA folders")]
     NotFound {
         name: String,
@@ -89,6 +42,7 @@ pub enum ResolveError {
 impl ResolveError {
     pub fn hint(&self) -> Option<String> {
         match self {
+            ResolveError::Folder(e) => Some(e.hint().into()),
             ResolveError::NotFound { suggestions, .. } if !suggestions.is_empty() => {
                 let q: Vec<String> = suggestions.iter().map(|s| format!("`{s}`")).collect();
                 Some(format!("did you mean {}?", q.join(" or ")))
@@ -108,122 +62,13 @@ impl ResolveError {
     }
 }
 
-/// The adapters (and refused files) in a set of LoRA folders, at scan time.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Catalog {
-    pub adapters: Vec<Adapter>,
-    pub refused: Vec<Refused>,
-    /// Folders that could not be read (missing, not a folder, no permission).
-    pub unreadable: Vec<PathBuf>,
-}
-
-fn ext_lower(p: &Path) -> String {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase()
-}
-
+/// Name lookup over the LoRA catalog (kept here, next to the prompt's error rendering, so the
+/// catalog itself knows nothing of prompts).
 impl Catalog {
-    /// Walks every folder (depth ≤ 16), sorted by folder then path.
-    pub fn scan(dirs: &LoraDirs) -> Catalog {
-        let mut cat = Catalog::default();
-        for (root_idx, root) in dirs.roots.iter().enumerate() {
-            let Ok(canon_root) = fs::canonicalize(root) else {
-                cat.unreadable.push(root.clone());
-                continue;
-            };
-            if !canon_root.is_dir() {
-                cat.unreadable.push(root.clone());
-                continue;
-            }
-            let mut seen = HashSet::new();
-            seen.insert(canon_root.clone());
-            cat.walk(&canon_root, &canon_root, "", root_idx, 0, &mut seen);
-        }
-        cat.adapters.sort_by(|a, b| {
-            (a.root, a.rel_path.to_lowercase()).cmp(&(b.root, b.rel_path.to_lowercase()))
-        });
-        cat
-    }
-
-    fn walk(
-        &mut self,
-        root: &Path,
-        dir: &Path,
-        rel: &str,
-        root_idx: usize,
-        depth: usize,
-        seen: &mut HashSet<PathBuf>,
-    ) {
-        let Ok(entries) = fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let Some(fname) = entry.file_name().to_str().map(str::to_string) else {
-                continue; // Not UTF-8: no prompt can name it.
-            };
-            let rel_path = if rel.is_empty() {
-                fname.clone()
-            } else {
-                format!("{rel}/{fname}")
-            };
-            let path = entry.path();
-            let Ok(meta) = fs::symlink_metadata(&path) else {
-                continue;
-            };
-            let (target, meta) = if meta.file_type().is_symlink() {
-                let Ok(t) = fs::canonicalize(&path) else {
-                    continue;
-                };
-                let Ok(m) = fs::metadata(&t) else { continue };
-                if !t.starts_with(root) {
-                    if m.is_file() {
-                        self.refused.push(Refused {
-                            name: stem(&fname),
-                            rel_path,
-                            root: root_idx,
-                            reason: Refusal::OutsideFolder,
-                        });
-                    }
-                    continue;
-                }
-                (t, m)
-            } else {
-                (path.clone(), meta)
-            };
-            if meta.is_dir() {
-                if depth < MAX_DEPTH && seen.insert(target.clone()) {
-                    self.walk(root, &target, &rel_path, root_idx, depth + 1, seen);
-                }
-                continue;
-            }
-            if !meta.is_file() {
-                continue;
-            }
-            let ext = ext_lower(Path::new(&fname));
-            if ext == "safetensors" {
-                self.adapters.push(Adapter {
-                    name: stem(&fname),
-                    rel_path,
-                    path: target,
-                    size: meta.len(),
-                    root: root_idx,
-                });
-            } else if PICKLE_EXTS.contains(&ext.as_str()) {
-                self.refused.push(Refused {
-                    name: stem(&fname),
-                    rel_path,
-                    root: root_idx,
-                    reason: Refusal::Pickle,
-                });
-            }
-        }
-    }
-
     /// The adapter a tag name means: a unique file stem, else a unique relative path (with or
     /// without `.safetensors`), compared without case.
-    pub fn resolve(&self, name: &str) -> Result<&Adapter, ResolveError> {
+    pub fn resolve(&self, name: &str) -> Result<&LoraFile, ResolveError> {
+        self.check_folders()?;
         let norm = name.trim().replace('\\', "/");
         let escapes = norm.starts_with('/')
             || norm.split('/').any(|c| c == "..")
@@ -247,7 +92,7 @@ impl Catalog {
                 .map_or(rel.to_string(), |(a, _)| a.to_string())
         };
 
-        let by_stem: Vec<&Adapter> = if want_no_ext.contains('/') {
+        let by_stem: Vec<&LoraFile> = if want_no_ext.contains('/') {
             Vec::new()
         } else {
             self.adapters
@@ -307,7 +152,7 @@ impl Catalog {
     pub fn resolve_prompt<'a>(
         &'a self,
         prompt: &'a Prompt,
-    ) -> Result<Vec<(&'a LoraTag, &'a Adapter)>, PromptError> {
+    ) -> Result<Vec<(&'a LoraTag, &'a LoraFile)>, PromptError> {
         prompt
             .loras
             .iter()
@@ -320,17 +165,11 @@ impl Catalog {
     }
 }
 
-fn stem(fname: &str) -> String {
-    match fname.rsplit_once('.') {
-        Some((s, _)) if !s.is_empty() => s.to_string(),
-        _ => fname.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::prompt::parse::parse;
+    use std::fs;
 
     fn touch(p: &Path, bytes: usize) {
         fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -465,9 +304,17 @@ mod tests {
     }
 
     #[test]
-    fn missing_folders_are_reported_not_fatal() {
-        let cat = Catalog::scan(&LoraDirs::new(["/nonexistent/stipple/loras"]));
-        assert!(cat.adapters.is_empty());
-        assert_eq!(cat.unreadable.len(), 1);
+    fn a_missing_folder_fails_every_lookup_naming_the_folder() {
+        let (t, mut dirs) = setup();
+        let gone = t.path().join("typo");
+        dirs.roots.push(gone.clone());
+        let cat = Catalog::scan(&dirs);
+        let e = cat.resolve("Detail").unwrap_err();
+        assert_eq!(e, ResolveError::Folder(FolderError::Missing(gone.clone())));
+        assert!(e.to_string().contains(&gone.display().to_string()), "{e}");
+        let text = "a <lora:Detail:0.5>";
+        let pe = cat.resolve_prompt(&parse(text).unwrap()).unwrap_err();
+        assert!(pe.message.contains("does not exist"), "{}", pe.message);
+        assert!(pe.hint.as_deref().is_some_and(|h| h.contains("--lora-dir")));
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::job::{Event, Job, JobId, RgbImage};
-use crate::tui::catalog::LoraEntry;
+use crate::lora::entry::Listing;
 use crate::tui::components::gallery::{Gallery, GalleryItem};
 use crate::tui::components::lora_browser::LoraBrowser;
 use crate::tui::components::preview::Preview;
@@ -49,7 +49,7 @@ pub enum Input {
         id: JobId,
         job: Job,
     },
-    Catalog(Vec<LoraEntry>),
+    Catalog(Listing),
     /// A LoRA's sidecar picture, loaded after [`Effect::LoadPreview`].
     LoraPreview {
         path: std::path::PathBuf,
@@ -244,9 +244,9 @@ impl App {
                 self.queue.push(id, job);
                 Vec::new()
             }
-            Input::Catalog(entries) => {
+            Input::Catalog(listing) => {
                 self.dirty = true;
-                self.loras.set_entries(entries);
+                self.loras.set_listing(listing);
                 self.names = self.loras.names();
                 Vec::new()
             }
@@ -623,29 +623,18 @@ impl App {
         let Some(e) = self.loras.current().cloned() else {
             return;
         };
-        if let crate::tui::catalog::Compat::No(why) = &e.compat {
+        if let crate::lora::entry::Compat::No(why) = &e.compat {
             self.error(format!("{} cannot be used: {why}", e.name));
             return;
         }
-        let mut text = format!("<lora:{}:1>", e.name);
-        if self.settings.trigger_words && !e.triggers.is_empty() {
-            let missing: Vec<&str> = e
-                .triggers
-                .iter()
-                .map(String::as_str)
-                .filter(|t| !self.prompt.text().contains(t))
-                .collect();
-            if !missing.is_empty() {
-                text = format!("{}, {text}", missing.join(", "));
-            }
-        }
-        let at = self.prompt.buf.cursor();
-        let before = self.prompt.text()[..at].chars().next_back();
-        if before.is_some_and(|c| !c.is_whitespace()) {
-            text.insert(0, ' ');
-        }
+        let (range, text) = crate::tui::components::lora_browser::insertion(
+            &e,
+            self.prompt.text(),
+            self.prompt.buf.cursor(),
+            self.settings.trigger_words,
+        );
         let names = self.names.clone();
-        self.prompt.buf.replace(at..at, &text);
+        self.prompt.buf.replace(range, &text);
         self.prompt.refresh(&names);
         self.info(format!("inserted <lora:{}:1>", e.name));
     }
@@ -667,6 +656,8 @@ impl App {
                     self.error(e);
                 }
             }
+            // → on an adapter not in the prompt adds it, as the key table says (raise its strength).
+            None if d > 0.0 => self.insert_lora(),
             None => self.error(format!("{name} is not in the prompt; Enter inserts it")),
         }
     }

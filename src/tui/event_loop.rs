@@ -5,8 +5,8 @@
 
 use crate::engine::EngineHandle;
 use crate::job::Event;
+use crate::lora::entry::LoraSource;
 use crate::tui::app::{App, Effect, Input};
-use crate::tui::catalog::LoraCatalog;
 use crossterm::event::Event as TermEvent;
 use futures_util::{Stream, StreamExt};
 use std::io;
@@ -26,7 +26,7 @@ pub trait Screen {
 /// What effects act on.
 pub struct Services<'a> {
     pub engine: &'a EngineHandle,
-    pub catalog: &'a dyn LoraCatalog,
+    pub catalog: &'a dyn LoraSource,
     /// Prompt history, one JSON string per line; `None` keeps history in memory only.
     pub history_file: Option<PathBuf>,
 }

@@ -3,7 +3,6 @@
 //! State lives in [`app::App`] (pure updates), drawing in [`view`], I/O in [`event_loop`].
 
 pub mod app;
-pub mod catalog;
 pub mod components;
 pub mod early_input;
 pub mod event_loop;
@@ -18,7 +17,7 @@ pub mod view;
 use crate::config::{Config, Dirs};
 use crate::engine::EngineHandle;
 use crate::job::Event;
-use catalog::{FsCatalog, LoraCatalog};
+use crate::lora::entry::{FolderSource, LoraSource};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,21 +37,21 @@ pub type MethodSink = std::sync::Arc<std::sync::Mutex<crate::live::LoraMethod>>;
 pub struct TuiOptions {
     pub config: Config,
     pub dirs: Dirs,
-    pub catalog: Box<dyn LoraCatalog>,
+    pub catalog: Box<dyn LoraSource>,
     /// Shared with the runner, which reads it before each job.
     pub lora_method: Option<MethodSink>,
 }
 
 impl TuiOptions {
-    /// Adapters from the configured folders, checked against the loaded model's family if known.
+    /// Adapters from the configured folders, checked against the loaded model's widths if known.
     pub fn new(
         config: Config,
         dirs: Dirs,
-        model_family: Option<crate::family::Family>,
+        model: Option<crate::lora::family::ModelWidths>,
     ) -> TuiOptions {
-        let catalog = Box::new(FsCatalog {
-            folders: config.lora_folders.clone(),
-            model_family,
+        let catalog = Box::new(FolderSource {
+            dirs: crate::lora::catalog::LoraDirs::new(config.lora_folders.clone()),
+            model,
         });
         TuiOptions {
             config,

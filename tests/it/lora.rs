@@ -7,23 +7,24 @@ use std::path::{Path, PathBuf};
 use stipple::family::Family;
 use stipple::lora::keys::KeyIndex;
 use stipple::lora::{
-    compute_deltas, inspect, Adapter, Component, LoraError, ModelParams, Strengths, TargetParam,
+    compute_deltas, inspect, Adapter, LoraError, ModelParams, Strengths, TargetComponent,
+    TargetParam,
 };
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lora")
 }
 
-fn comp(s: &str) -> Component {
+fn comp(s: &str) -> TargetComponent {
     match s {
-        "te" => Component::TextEncoder,
-        _ => Component::Unet,
+        "te" => TargetComponent::TextEncoder,
+        _ => TargetComponent::Unet,
     }
 }
 
-fn comp_tag(c: Component) -> &'static str {
+fn comp_tag(c: TargetComponent) -> &'static str {
     match c {
-        Component::Unet => "unet",
+        TargetComponent::Unet => "unet",
         _ => "te",
     }
 }
@@ -58,7 +59,7 @@ fn run(
     fx: &Fixture,
     adapters: &[(&Adapter, Strengths)],
 ) -> Result<(stipple::lora::Deltas, stipple::lora::ApplyReport), LoraError> {
-    let base = |c: Component, n: &str| fx.base.get(&format!("{}/{n}", comp_tag(c))).cloned();
+    let base = |c: TargetComponent, n: &str| fx.base.get(&format!("{}/{n}", comp_tag(c))).cloned();
     let model = ModelParams {
         family: Family::Sd1,
         params: fx.params.clone(),
@@ -172,7 +173,7 @@ fn lora_region_strengths_scale_linear_types() {
             0.25
         };
         let want = refs.tensor(key).expect("ref").data;
-        let Some(got) = deltas.by_param.get(&(Component::Unet, p.to_string())) else {
+        let Some(got) = deltas.by_param.get(&(TargetComponent::Unet, p.to_string())) else {
             assert_eq!(k, 0.0, "{p} missing");
             continue;
         };
@@ -248,7 +249,10 @@ fn lora_refuses_bad_files() {
     let t = err_of("bad_truncated.safetensors");
     assert!(t.contains("outside the data section"), "{t}");
     let h = err_of("bad_header_past_end.safetensors");
-    assert!(h.contains("runs past the end"), "{h}");
+    assert!(
+        h.contains("not a safetensors file") && h.contains("runs past the end"),
+        "{h}"
+    );
     let o = err_of("bad_overlap.safetensors");
     assert!(o.contains("overlap"), "{o}");
     let p = err_of("bad_pickle.pt");
@@ -347,8 +351,155 @@ fn lora_bench_workload_runs() {
     );
     assert_eq!(d.by_param.len(), 192);
     let q = &d.by_param[&(
-        Component::Unet,
+        TargetComponent::Unet,
         "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight".into(),
     )];
     assert_eq!(q.len(), 320 * 768);
+}
+
+/// The browser's verdict on every fixture adapter against the tiny SD1 and SDXL models agrees with
+/// what the engine refuses (the plan step `generate` runs before any ΔW): not insertable exactly
+/// when the engine refuses the family or cannot read the file.
+#[test]
+fn catalog_compatibility_agrees_with_what_generate_refuses() {
+    use stipple::lora::catalog::LoraDirs;
+    use stipple::lora::entry::{Compat, FolderSource, LoraSource};
+    use stipple::lora::family::ModelWidths;
+    use stipple::model::Model;
+    use stipple::pipeline::adapters::target_params;
+    let xl_dir = dir().with_file_name("lora-sdxl");
+    let mut checked = HashMap::new();
+    for model_dir in [crate::util::tiny_model(), crate::sdxl::tiny_sdxl()] {
+        let model = Model::open(&model_dir).expect("tiny model opens");
+        let params = target_params(&model);
+        let widths = ModelWidths::of(model.index.family, &params);
+        let listing = FolderSource {
+            dirs: LoraDirs::new([dir(), xl_dir.clone()]),
+            model: Some(widths),
+        }
+        .scan();
+        assert!(listing.problems.is_empty(), "{:?}", listing.problems);
+        assert!(
+            listing.entries.len() > 40,
+            "both fixture folders are listed"
+        );
+        let base = |_: TargetComponent, _: &str| None;
+        let mp = ModelParams {
+            family: model.index.family,
+            params,
+            base: &base,
+        };
+        for e in &listing.entries {
+            let engine = match Adapter::open(&e.path) {
+                Err(err) => Err(err.to_string()),
+                Ok(a) => match stipple::lora::planned::plan(&[(&a, Strengths::default())], &mp) {
+                    Err(LoraError::Family { message, .. }) => Err(message),
+                    _ => Ok(()),
+                },
+            };
+            match (&e.compat, &engine) {
+                (Compat::Yes, Ok(())) => {}
+                (Compat::No(why), Err(refusal)) => {
+                    assert!(refusal.contains(why.as_str()) || why.contains(refusal.as_str()))
+                }
+                (c, r) => panic!("{}: browser says {c:?}, the engine {r:?}", e.name),
+            }
+            checked.insert((model.index.family, e.name.clone()), e.compat.clone());
+        }
+    }
+    // The cases the issue names, both ways.
+    let verdict = |f: Family, name: &str| checked.get(&(f, name.to_string())).cloned();
+    assert_eq!(verdict(Family::Sd1, "lyco_locon"), Some(Compat::Yes));
+    assert_eq!(verdict(Family::Sdxl, "xl_kohya_locon"), Some(Compat::Yes));
+    for (f, name, needle) in [
+        (Family::Sd1, "xl_kohya_locon", "width 64"),
+        (Family::Sd1, "xl_te2_locon", "second text encoder"),
+        (Family::Sdxl, "lyco_locon", "width 32"),
+        (Family::Sdxl, "wrong_family_sd1", "SD1.x"),
+    ] {
+        match verdict(f, name) {
+            Some(Compat::No(why)) => assert!(why.contains(needle), "{name}: {why}"),
+            other => panic!("{name} on {f:?}: {other:?}"),
+        }
+    }
+    assert!(
+        matches!(verdict(Family::Sd1, "bad_header_past_end"), Some(Compat::No(why)) if why.contains("not a safetensors file"))
+    );
+}
+
+/// The catalog walks subfolders: a LoRA two folders down is listed by the browser with its type
+/// and family, and a prompt names it by its file stem or its path relative to the folder.
+#[test]
+fn catalog_finds_a_lora_in_a_subfolder_for_the_browser_and_the_prompt() {
+    use stipple::lora::catalog::LoraDirs;
+    use stipple::lora::entry::{FolderSource, LoraSource};
+    let t = tempfile::tempdir().unwrap();
+    let deep = t.path().join("styles/ink");
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::copy(
+        dir().join("lyco_locon.safetensors"),
+        deep.join("inkwash.safetensors"),
+    )
+    .unwrap();
+    let listing = FolderSource {
+        dirs: LoraDirs::new([t.path()]),
+        model: None,
+    }
+    .scan();
+    assert_eq!(listing.entries.len(), 1, "{listing:?}");
+    let e = &listing.entries[0];
+    assert_eq!(e.name, "inkwash");
+    // Type, rank and family as `lora inspect` reads them from the same file.
+    let i = inspect(&Adapter::open(&e.path).expect("open"));
+    let most = |m: &std::collections::BTreeMap<String, usize>| {
+        m.iter().max_by_key(|(_, n)| **n).map(|(k, _)| k.clone())
+    };
+    assert_eq!(e.kind, most(&i.types), "{e:?}");
+    let rank = i
+        .ranks
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(r, _)| *r as u32);
+    assert_eq!(e.rank, rank);
+    assert_eq!(e.family, i.family.family, "{e:?}");
+    assert_eq!(e.evidence, i.family.evidence);
+    assert!(!e.evidence.is_empty());
+    let dirs = vec![t.path().to_path_buf()];
+    for text in [
+        "a fox <lora:inkwash:1>",
+        "a fox <lora:styles/ink/inkwash:0.5>",
+    ] {
+        stipple::pipeline::adapters::check_names(text, &dirs)
+            .unwrap_or_else(|e| panic!("{text}: {e}"));
+    }
+}
+
+/// A LoRA folder that does not exist is an error that names it, before any model is loaded (not
+/// "no LoRA named ..."), and the browser shows it.
+#[test]
+fn a_missing_lora_folder_is_an_error_naming_it() {
+    use stipple::lora::catalog::LoraDirs;
+    use stipple::lora::entry::{FolderSource, LoraSource};
+    let t = tempfile::tempdir().unwrap();
+    let gone = t.path().join("no-such-loras");
+    let err =
+        stipple::pipeline::adapters::check_names("a fox <lora:ok:1>", std::slice::from_ref(&gone))
+            .expect_err("refused")
+            .to_string();
+    assert!(
+        err.contains(&gone.display().to_string()) && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(!err.contains("no LoRA named"), "{err}");
+    let listing = FolderSource {
+        dirs: LoraDirs::new([&gone]),
+        model: None,
+    }
+    .scan();
+    assert!(listing.entries.is_empty());
+    assert_eq!(listing.problems.len(), 1);
+    assert!(
+        listing.problems[0].contains("does not exist"),
+        "{listing:?}"
+    );
 }

@@ -220,7 +220,7 @@ fn svd_merge_reports_the_error_it_makes_and_is_lossless_at_full_rank() {
             let mut worst_gap = 0f64;
             for l in &outcome.layers {
                 let kind = match l.component {
-                    stipple::lora::Component::Unet => "unet",
+                    stipple::lora::TargetComponent::Unet => "unet",
                     _ => "text_encoder",
                 };
                 let (_, m) = measured[&format!("{kind}/{}.weight", l.path)];

@@ -5,7 +5,7 @@
 use crate::sdxl::{sdxl_generator, tiny_sdxl};
 use crate::util::*;
 use std::path::{Path, PathBuf};
-use stipple::lora::{compute_deltas, Adapter, Component, LoraError, ModelParams, Strengths};
+use stipple::lora::{compute_deltas, Adapter, LoraError, ModelParams, Strengths, TargetComponent};
 use stipple::model::{Checkpoint, Model};
 use stipple::pipeline::adapters::target_params;
 
@@ -17,29 +17,29 @@ fn sd1_dir() -> PathBuf {
     root().join("tests/fixtures/lora")
 }
 
-fn comp(tag: &str) -> Component {
+fn comp(tag: &str) -> TargetComponent {
     match tag {
-        "te" => Component::TextEncoder,
-        "te2" => Component::TextEncoder2,
-        _ => Component::Unet,
+        "te" => TargetComponent::TextEncoder,
+        "te2" => TargetComponent::TextEncoder2,
+        _ => TargetComponent::Unet,
     }
 }
 
-fn dir_of(c: Component) -> &'static str {
+fn dir_of(c: TargetComponent) -> &'static str {
     match c {
-        Component::TextEncoder => "text_encoder",
-        Component::TextEncoder2 => "text_encoder_2",
-        Component::Unet => "unet",
+        TargetComponent::TextEncoder => "text_encoder",
+        TargetComponent::TextEncoder2 => "text_encoder_2",
+        TargetComponent::Unet => "unet",
     }
 }
 
 /// ΔW of `adapter` at `mu` against the model in `dir`, through the engine's public API.
 fn deltas(model: &Model, adapter: &Adapter, mu: f32) -> Result<stipple::lora::Deltas, LoraError> {
-    let base = |c: Component, name: &str| {
+    let base = |c: TargetComponent, name: &str| {
         let kind = match c {
-            Component::TextEncoder => stipple::model::ComponentKind::TextEncoder,
-            Component::TextEncoder2 => stipple::model::ComponentKind::TextEncoder2,
-            Component::Unet => stipple::model::ComponentKind::Unet,
+            TargetComponent::TextEncoder => stipple::model::ComponentKind::TextEncoder,
+            TargetComponent::TextEncoder2 => stipple::model::ComponentKind::TextEncoder2,
+            TargetComponent::Unet => stipple::model::ComponentKind::Unet,
         };
         model
             .component(kind)?

@@ -151,7 +151,7 @@ fn the_settings_toggle_sets_the_method_of_the_next_job() {
     use crate::tui_support::{app, catalog, press, type_text, ScriptedRunner};
     use crossterm::event::KeyCode;
     use stipple::live::LoraMethod;
-    use stipple::tui::catalog::LoraCatalog;
+    use stipple::lora::entry::LoraSource;
     use stipple::tui::event_loop::{perform, Services};
     use stipple::tui::terminal::TestScreen;
     let mut app = app();
@@ -170,7 +170,7 @@ fn the_settings_toggle_sets_the_method_of_the_next_job() {
     let cat = catalog();
     let svc = Services {
         engine: &engine,
-        catalog: &cat as &dyn LoraCatalog,
+        catalog: &cat as &dyn LoraSource,
         history_file: None,
     };
     let job = app.build_job().unwrap();

@@ -7,8 +7,8 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use std::time::{Duration, Instant};
 use stipple::engine::{Engine, EngineHandle};
 use stipple::job::Event;
+use stipple::lora::entry::LoraSource;
 use stipple::tui::app::{App, Effect, Input, View};
-use stipple::tui::catalog::LoraCatalog;
 use stipple::tui::components::queue::JobState;
 use stipple::tui::event_loop::{perform, Services};
 use stipple::tui::terminal::TestScreen;
@@ -18,7 +18,7 @@ fn run_effects(app: &mut App, effects: Vec<Effect>, engine: &EngineHandle) -> bo
     let cat = catalog();
     let svc = Services {
         engine,
-        catalog: &cat as &dyn LoraCatalog,
+        catalog: &cat as &dyn LoraSource,
         history_file: None,
     };
     let mut screen = TestScreen::new(80, 24);
@@ -146,13 +146,37 @@ fn lora_browser_inserts_and_adjusts_strength() {
     press(&mut app, KeyCode::Enter);
     assert_eq!(
         app.prompt.text(),
-        "portrait ink wash, <lora:ink-style:1>",
-        "trigger words come with the tag"
+        "portrait, ink wash, <lora:ink-style:1>",
+        "trigger words come with the tag, set off by a comma"
     );
     press(&mut app, KeyCode::Left);
     press(&mut app, KeyCode::Left);
-    assert_eq!(app.prompt.text(), "portrait ink wash, <lora:ink-style:0.9>");
+    assert_eq!(
+        app.prompt.text(),
+        "portrait, ink wash, <lora:ink-style:0.9>"
+    );
     assert!(render(&mut app, 100, 30).contains("0.9"));
+}
+
+#[test]
+fn lora_browser_right_adds_an_adapter_not_yet_in_the_prompt_then_raises_it() {
+    let mut app = app();
+    type_text(&mut app, "portrait");
+    press(&mut app, KeyCode::F(2));
+    type_text(&mut app, "pixel");
+    press(&mut app, KeyCode::Right);
+    assert_eq!(app.prompt.text(), "portrait <lora:pixel-art:1>");
+    press(&mut app, KeyCode::Right);
+    assert_eq!(app.prompt.text(), "portrait <lora:pixel-art:1.05>");
+    // ← on an adapter that is not in the prompt changes nothing.
+    press(&mut app, KeyCode::Backspace);
+    press(&mut app, KeyCode::Backspace);
+    press(&mut app, KeyCode::Backspace);
+    press(&mut app, KeyCode::Backspace);
+    press(&mut app, KeyCode::Backspace);
+    type_text(&mut app, "ink");
+    press(&mut app, KeyCode::Left);
+    assert_eq!(app.prompt.text(), "portrait <lora:pixel-art:1.05>");
 }
 
 #[test]
@@ -249,7 +273,7 @@ fn event_loop_end_to_end() {
     let cat = catalog();
     let svc = Services {
         engine: &engine,
-        catalog: &cat as &dyn LoraCatalog,
+        catalog: &cat as &dyn LoraSource,
         history_file: Some(history.clone()),
     };
     let mut screen = TestScreen::new(80, 24);
@@ -304,18 +328,20 @@ fn command_palette_runs_actions_by_description() {
 #[test]
 fn lora_browser_shows_the_sidecar_picture() {
     let dir = tempfile::tempdir().unwrap();
-    let header = br#"{"__metadata__":{"ss_network_module":"networks.lora","ss_network_dim":"8","ss_base_model_version":"sd_v1"}}"#;
-    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(header);
-    std::fs::write(dir.path().join("watercolor.safetensors"), &bytes).unwrap();
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/lora/lyco_locon.safetensors"),
+        dir.path().join("watercolor.safetensors"),
+    )
+    .unwrap();
     image::RgbImage::from_fn(64, 64, |x, y| {
         image::Rgb([(x * 4) as u8, (y * 4) as u8, 90])
     })
     .save(dir.path().join("watercolor.png"))
     .unwrap();
-    let cat = stipple::tui::catalog::FsCatalog {
-        folders: vec![dir.path().to_path_buf()],
-        model_family: Some(stipple::family::Family::Sd1),
+    let cat = stipple::lora::entry::FolderSource {
+        dirs: stipple::lora::catalog::LoraDirs::new([dir.path()]),
+        model: None,
     };
     let mut app = app();
     app.update(Input::Catalog(cat.scan()));
@@ -335,7 +361,7 @@ fn lora_browser_shows_the_sidecar_picture() {
     assert!(app.loras.preview.image().is_some());
     let shown = render(&mut app, 100, 30);
     assert!(
-        shown.contains("rank     8") && shown.contains('▄'),
+        shown.contains("rank     4") && shown.contains('▄'),
         "{shown}"
     );
     // Moving the selection to the same adapter does not reload it.

@@ -7,8 +7,8 @@ use std::time::Duration;
 use stipple::config::Config;
 use stipple::engine::{Outcome, Reporter, Runner, Stop};
 use stipple::job::{Event, Job, Progress, RgbImage};
+use stipple::lora::entry::{Compat, LoraEntry};
 use stipple::tui::app::{App, Effect, Input};
-use stipple::tui::catalog::{Compat, LoraEntry};
 use stipple::tui::event_loop::Screen;
 use stipple::tui::graphics::Graphics;
 use stipple::tui::keymap::Keymap;
@@ -127,6 +127,7 @@ pub fn catalog() -> Vec<LoraEntry> {
         triggers: triggers.iter().map(|s| s.to_string()).collect(),
         preview: Some(format!("/loras/{name}.png").into()),
         compat,
+        ..LoraEntry::default()
     };
     vec![
         e(
@@ -168,7 +169,7 @@ pub fn app() -> App {
         Some(Graphics::halfblocks()),
         42,
     );
-    app.update(Input::Catalog(catalog()));
+    app.update(Input::Catalog(catalog().into()));
     app
 }
 

@@ -1,7 +1,8 @@
-//! The LoRA browser: adapters from the catalog, filtered by typing, with their details; incompatible
-//! ones are marked and cannot be inserted. Tags already in the prompt show their strength.
+//! The LoRA browser: adapters from the LoRA catalog (`lora::entry`), filtered by typing, with their
+//! details and family evidence; incompatible ones are marked and cannot be inserted. Tags already in
+//! the prompt show their strength. [`insertion`] says what inserting an adapter adds to the prompt.
 
-use crate::tui::catalog::{Compat, LoraEntry};
+use crate::lora::entry::{Compat, Listing, LoraEntry};
 use crate::tui::components::preview::Preview;
 use crate::tui::graphics::Graphics;
 use crate::tui::lang::{fmt_strength, LoraTag};
@@ -15,6 +16,8 @@ use std::path::PathBuf;
 #[derive(Debug, Default)]
 pub struct LoraBrowser {
     pub entries: Vec<LoraEntry>,
+    /// Why some adapters may be missing (a LoRA folder that does not exist), shown above the list.
+    pub problems: Vec<String>,
     pub filter: String,
     /// Index into [`visible`](Self::visible).
     pub selected: usize,
@@ -28,6 +31,12 @@ impl LoraBrowser {
     pub fn set_entries(&mut self, entries: Vec<LoraEntry>) {
         self.entries = entries;
         self.clamp();
+    }
+
+    /// A fresh scan: its adapters and its problems.
+    pub fn set_listing(&mut self, listing: Listing) {
+        self.problems = listing.problems;
+        self.set_entries(listing.entries);
     }
 
     /// Names for `<lora:` completion: insertable adapters only.
@@ -47,7 +56,9 @@ impl LoraBrowser {
             .filter(|e| {
                 f.is_empty()
                     || e.name.to_lowercase().contains(&f)
-                    || e.family.as_deref().is_some_and(|x| x.contains(&f))
+                    || e.family
+                        .as_deref()
+                        .is_some_and(|x| x.to_lowercase().contains(&f))
                     || e.triggers.iter().any(|t| t.to_lowercase().contains(&f))
             })
             .collect()
@@ -107,8 +118,19 @@ impl LoraBrowser {
             .borders(Borders::ALL)
             .border_style(theme.get("ui.border.focused"))
             .title(Span::styled(title, theme.get("ui.title.focused")));
-        let inner = block.inner(list_area);
+        let mut inner = block.inner(list_area);
         block.render(list_area, buf);
+        for p in self.problems.iter().take(usize::from(inner.height / 2)) {
+            buf.set_stringn(
+                inner.x,
+                inner.y,
+                format!("! {p}"),
+                usize::from(inner.width),
+                theme.get("lora.incompatible"),
+            );
+            inner.y += 1;
+            inner.height -= 1;
+        }
         let visible = self.visible();
         if visible.is_empty() {
             let msg = if self.entries.is_empty() {
@@ -199,6 +221,9 @@ impl LoraBrowser {
                     .map_or("none".into(), |n| n.to_string_lossy().into_owned()),
             ),
         ];
+        if !e.evidence.is_empty() {
+            lines.insert(3, field("evidence", e.evidence.join("; ")));
+        }
         match &e.compat {
             Compat::No(why) => lines.push(Line::styled(
                 format!("✗ not insertable: {why}"),
@@ -219,6 +244,50 @@ impl LoraBrowser {
     }
 }
 
+/// What inserting `entry` at byte `cursor` of the prompt `text` does: the range to replace and
+/// its new text. The tag comes with the trigger words the prompt lacks (when `with_triggers`),
+/// and those words are set off by commas from the prompt text before them.
+pub fn insertion(
+    entry: &LoraEntry,
+    text: &str,
+    cursor: usize,
+    with_triggers: bool,
+) -> (std::ops::Range<usize>, String) {
+    let cursor = cursor.min(text.len());
+    let tag = format!("<lora:{}:1>", entry.name);
+    let missing: Vec<&str> = entry
+        .triggers
+        .iter()
+        .map(String::as_str)
+        .filter(|t| with_triggers && !text.contains(t))
+        .collect();
+    let before = &text[..cursor];
+    let after_is_word = text[cursor..]
+        .chars()
+        .next()
+        .is_some_and(|c| !c.is_whitespace());
+    let (start, mut new) = if missing.is_empty() {
+        let space = before
+            .chars()
+            .next_back()
+            .is_some_and(|c| !c.is_whitespace());
+        (cursor, format!("{}{tag}", if space { " " } else { "" }))
+    } else {
+        // Words join the prompt's words: after a comma, in place of the blanks before the cursor.
+        let trimmed = before.trim_end();
+        let sep = match trimmed.chars().next_back() {
+            None => "",
+            Some(',') => " ",
+            Some(_) => ", ",
+        };
+        (trimmed.len(), format!("{sep}{}, {tag}", missing.join(", ")))
+    };
+    if after_is_word {
+        new.push(' ');
+    }
+    (start..cursor, new)
+}
+
 pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut v = bytes as f64;
@@ -231,5 +300,61 @@ pub fn human_size(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ink() -> LoraEntry {
+        LoraEntry {
+            name: "ink".into(),
+            triggers: vec!["ink wash".into(), "lineart".into()],
+            ..LoraEntry::default()
+        }
+    }
+
+    fn insert(text: &str, cursor: usize, triggers: bool) -> String {
+        let (range, new) = insertion(&ink(), text, cursor, triggers);
+        let mut out = text.to_string();
+        out.replace_range(range, &new);
+        out
+    }
+
+    #[test]
+    fn trigger_words_are_set_off_by_commas() {
+        assert_eq!(
+            insert("portrait", 8, true),
+            "portrait, ink wash, lineart, <lora:ink:1>"
+        );
+        assert_eq!(
+            insert("portrait  ", 10, true),
+            "portrait, ink wash, lineart, <lora:ink:1>"
+        );
+        assert_eq!(
+            insert("portrait,", 9, true),
+            "portrait, ink wash, lineart, <lora:ink:1>"
+        );
+        assert_eq!(insert("", 0, true), "ink wash, lineart, <lora:ink:1>");
+        assert_eq!(
+            insert("portrait", 0, true),
+            "ink wash, lineart, <lora:ink:1> portrait"
+        );
+        // Words already in the prompt are not repeated.
+        assert_eq!(
+            insert("lineart portrait", 16, true),
+            "lineart portrait, ink wash, <lora:ink:1>"
+        );
+    }
+
+    #[test]
+    fn a_tag_alone_is_set_off_by_a_space() {
+        assert_eq!(insert("portrait", 8, false), "portrait <lora:ink:1>");
+        assert_eq!(insert("portrait ", 9, false), "portrait <lora:ink:1>");
+        assert_eq!(
+            insert("ink wash, lineart", 17, true),
+            "ink wash, lineart <lora:ink:1>"
+        );
     }
 }
