@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use stipple::job::{Job, Sampler};
-use stipple::pipeline::{validate_job, Generator};
+use stipple::pipeline::{validate_job, EngineSpec, Generator};
 use stipple::runtime::{CudaArgs, CudaOptions, Device, Runtime, SessionOptions};
 
 #[derive(Parser)]
@@ -489,10 +489,14 @@ fn cmd_generate(cli: &Cli, a: &GenerateArgs) -> Result<()> {
     stipple::pipeline::adapters::check_names(&job.prompt, &dirs)?;
     let opts = a.model.session_options(device)?;
     let rt = Runtime::get(cli.ort_lib.as_deref(), device.is_gpu())?;
-    let mut generator = Generator::load(&dir, rt, opts)
+    let spec = EngineSpec {
+        session: opts,
+        lora_dirs: dirs,
+        lora_method: a.lora_method,
+        ..EngineSpec::new(&dir)
+    };
+    let generator = Generator::load(spec, rt)
         .with_context(|| format!("cannot load the model in {}", dir.display()))?;
-    generator.set_lora_dirs(dirs);
-    generator.lora_method = a.lora_method;
     let facts = generator.model.index.family.facts();
     let (w, h) = generator.model.default_size();
     job.width = a.width.unwrap_or(w);
@@ -522,11 +526,17 @@ fn cmd_bench(cli: &Cli, a: &BenchArgs) -> Result<()> {
         (None, None) => None,
         _ => bail!("give both --width and --height, or neither"),
     };
-    let report = stipple::bench::run(&dir, rt, opts.clone(), size, a.repeats, a.lora.as_deref())
-        .with_context(|| format!("benchmark of {}", dir.display()))?;
+    let report = stipple::bench::run(
+        EngineSpec::new(&dir).with_session(opts.clone()),
+        rt,
+        size,
+        a.repeats,
+        a.lora.as_deref(),
+    )
+    .with_context(|| format!("benchmark of {}", dir.display()))?;
     let live = match (&a.lora, a.live) {
         (Some(lora), true) => Some(
-            stipple::bench::live(&dir, rt, opts, lora, 20)
+            stipple::bench::live(EngineSpec::new(&dir).with_session(opts), rt, lora, 20)
                 .with_context(|| format!("live benchmark of {}", lora.display()))?,
         ),
         _ => None,
@@ -600,19 +610,20 @@ fn cmd_tui(cli: &Cli) -> Result<()> {
     let cuda = cuda_options(config.cuda.options()?, &a.cuda, &[device])?;
     let rt = Runtime::get(cli.ort_lib.as_deref(), device.is_gpu())?;
     let out_dir = a.out.clone().unwrap_or_else(|| dirs.data.join("outputs"));
-    let mut inner = stipple::pipeline::LazyGenerator::new(
-        dir,
-        rt,
-        a.weights.apply(SessionOptions {
+    let spec = EngineSpec {
+        session: a.weights.apply(SessionOptions {
             device,
             cuda,
             resident: a.resident_weights,
             ..SessionOptions::default()
         })?,
-        config.lora_folders.clone(),
-    );
-    inner.lora_method = a.lora_method;
-    let runner = stipple::pipeline::SavingRunner { inner, out_dir };
+        lora_dirs: config.lora_folders.clone(),
+        lora_method: a.lora_method,
+        previews: true,
+        ..EngineSpec::new(dir)
+    };
+    let inner = stipple::engine::runners::LazyGenerator::new(spec, rt);
+    let runner = stipple::engine::runners::SavingRunner { inner, out_dir };
     let family = model.index.family;
     drop(model);
     let (engine, events) = stipple::engine::Engine::spawn(runner);

@@ -12,7 +12,7 @@ use super::report::{Reporter, ResultLine};
 use super::store::Store;
 use super::{invalid_line, signal, BatchError, Item};
 use crate::job::Job;
-use crate::pipeline::Generator;
+use crate::pipeline::{EngineSpec, Generator};
 use crate::prompt::LoraDirs;
 use crate::runtime::{CudaOptions, Device, Runtime, SessionOptions};
 use serde::Serialize;
@@ -45,15 +45,15 @@ pub struct GeneratorLoader {
 impl Loader for GeneratorLoader {
     type Runner = Generator;
     fn load(&self, model: &Path, device: Device) -> Result<Generator, String> {
-        let opts = SessionOptions {
-            device,
-            threads: self.threads,
-            cuda: self.cuda,
-            ..SessionOptions::default()
-        };
-        let mut g = Generator::load(model, self.runtime, opts).map_err(|e| e.to_string())?;
-        g.set_lora_dirs(self.lora_dirs.roots.clone());
-        Ok(g)
+        let spec = EngineSpec::new(model)
+            .with_session(SessionOptions {
+                device,
+                threads: self.threads,
+                cuda: self.cuda,
+                ..SessionOptions::default()
+            })
+            .with_lora_dirs(self.lora_dirs.roots.clone());
+        Generator::load(spec, self.runtime).map_err(|e| e.to_string())
     }
 }
 
