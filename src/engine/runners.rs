@@ -73,7 +73,13 @@ impl Runner for LazyGenerator {
     }
 
     fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome {
+        // A job interrupted before or while the model loads ends before it starts; a finished
+        // load is kept for the next job.
+        let interrupted = || out.cancel.get() == Stop::Interrupt;
         if self.generator.is_none() {
+            if interrupted() {
+                return Outcome::Cancelled;
+            }
             match Generator::load(self.spec.clone(), self.runtime) {
                 Ok(mut g) => {
                     g.set_dials(self.dials.clone());
@@ -83,6 +89,9 @@ impl Runner for LazyGenerator {
                     return Outcome::Failed(format!("loading {}: {e}", self.spec.model.display()))
                 }
             }
+        }
+        if interrupted() {
+            return Outcome::Cancelled;
         }
         match self.generator.as_mut() {
             Some(g) => g.run(job, out),
@@ -111,5 +120,50 @@ impl Runner for Generator {
             Ok(Ended::Cancelled) => Outcome::Cancelled,
             Err(e) => Outcome::Failed(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::CancelToken;
+
+    #[test]
+    fn a_job_interrupted_before_the_model_loads_is_cancelled_without_loading() {
+        let Ok(rt) = Runtime::get(None, false) else {
+            assert!(
+                std::env::var("CI").is_err(),
+                "ONNX Runtime is missing (run scripts/setup)"
+            );
+            return;
+        };
+        // A model that cannot load: trying would fail the job instead of cancelling it.
+        let mut lazy = LazyGenerator::new(EngineSpec::new("/nonexistent/model"), rt);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let cancel = CancelToken::default();
+        let out = Reporter {
+            id: 7,
+            tx: &tx,
+            cancel: &cancel,
+            tap: None,
+        };
+        let job = Job {
+            prompt: "a fox".into(),
+            negative: String::new(),
+            sampler: crate::job::Sampler::Euler,
+            steps: 1,
+            cfg: 7.0,
+            width: 64,
+            height: 64,
+            seed: 1,
+            batch: 1,
+        };
+        cancel.set(Stop::Interrupt);
+        assert!(matches!(lazy.run(&job, &out), Outcome::Cancelled));
+        assert!(rx.try_recv().is_err(), "no event before the job starts");
+        cancel.set(Stop::No);
+        assert!(
+            matches!(lazy.run(&job, &out), Outcome::Failed(m) if m.contains("/nonexistent/model"))
+        );
     }
 }
