@@ -2,7 +2,7 @@
 //! `stipple bench`. Under `cargo test --all-targets` it does nothing.
 
 use std::path::Path;
-use stipple::runtime::{Runtime, SessionOptions};
+use stipple::runtime::Runtime;
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -16,7 +16,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    match stipple::bench::run(&model, rt, SessionOptions::default(), None, 5, None) {
+    match stipple::bench::run(stipple::engine::EngineSpec::new(&model), rt, None, 5, None) {
         Ok(report) => println!("{report}"),
         Err(e) => {
             eprintln!("benchmark failed: {e}");

@@ -7,9 +7,9 @@
 use crate::engine::Stop;
 use crate::job::{Job, Sampler};
 use crate::pipeline::generator::{time_ids, Added};
-use crate::pipeline::{Generator, PipelineError};
+use crate::pipeline::{EngineSpec, Generator, PipelineError};
 use crate::runtime::device_mem::{self, MemoryPeak};
-use crate::runtime::{Device, Runtime, SessionOptions};
+use crate::runtime::{Device, Runtime};
 use std::fmt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -172,17 +172,16 @@ fn median(mut v: Vec<Duration>) -> f64 {
     v[v.len() / 2].as_secs_f64()
 }
 
-/// Measures `model_dir` on `opts.device` with `repeats` repetitions of each part.
+/// Measures `spec`'s model on its device with `repeats` repetitions of each part.
 pub fn run(
-    model_dir: &Path,
+    spec: EngineSpec,
     rt: &'static Runtime,
-    opts: SessionOptions,
     size: Option<(u32, u32)>,
     repeats: usize,
     lora: Option<&Path>,
 ) -> Result<BenchReport, PipelineError> {
     let repeats = repeats.max(1);
-    let opts = opts.resolved();
+    let opts = spec.session.clone().resolved();
     let device = opts.device.to_string();
     let static_shapes = opts.static_shapes;
     // Started before the model loads: its first reading is the baseline.
@@ -191,7 +190,7 @@ pub fn run(
         _ => None,
     };
     let t0 = Instant::now();
-    let mut g = Generator::load(model_dir, rt, opts)?;
+    let mut g = Generator::load(spec, rt)?;
     let load_s = t0.elapsed().as_secs_f64();
     let loaded_rss_mb = rss_mb();
     let (w, h) = size.unwrap_or_else(|| g.model.default_size());
@@ -293,7 +292,7 @@ pub fn run(
                 g.prepare(&with)?;
             }
             swaps.push(t.elapsed());
-            breakdown.push(g.last_fuse);
+            breakdown.push(g.last_fuse());
         }
         // The breakdown of the swap whose time is the median, so the parts add up to the figure.
         let mut order: Vec<usize> = (0..swaps.len()).collect();
@@ -416,7 +415,7 @@ fn timed_job(
     method: crate::live::LoraMethod,
     dial: Option<(&str, u32)>,
 ) -> Result<(Vec<Duration>, Option<Duration>), PipelineError> {
-    g.lora_method = method;
+    g.set_lora_method(method);
     let dials = g.dials();
     let calls = std::cell::Cell::new(0u32);
     let dialled_at = std::cell::Cell::new(None::<Instant>);
@@ -448,22 +447,21 @@ fn timed_job(
         0,
     );
     dials.clear();
-    g.lora_method = crate::live::LoraMethod::default();
+    g.set_lora_method(crate::live::LoraMethod::default());
     r?;
     let steps = marks.windows(2).map(|w| w[1] - w[0]).collect();
     Ok((steps, latency))
 }
 
-/// Measures live mode against fuse mode for the adapter `lora` on `model_dir`.
+/// Measures live mode against fuse mode for the adapter `lora` on `spec`'s model.
 pub fn live(
-    model_dir: &Path,
+    spec: EngineSpec,
     rt: &'static Runtime,
-    opts: SessionOptions,
     lora: &Path,
     steps: u32,
 ) -> Result<LiveBench, PipelineError> {
     use crate::live::LoraMethod;
-    let mut g = Generator::load(model_dir, rt, opts)?;
+    let mut g = Generator::load(spec, rt)?;
     let (w, h) = g.model.default_size();
     let dir = lora.parent().unwrap_or(Path::new(".")).to_path_buf();
     let stem = lora
@@ -489,7 +487,7 @@ pub fn live(
         fused = timed_job(&mut g, &job, LoraMethod::Refuse, None)?.0;
         live = timed_job(&mut g, &job, LoraMethod::Live, None)?.0;
     }
-    let live_build_s = g.last_fuse.map_or(0.0, |f| f.session_s);
+    let live_build_s = g.last_fuse().map_or(0.0, |f| f.session_s);
     let (live_layers, live_rank) = g.live_factors().map_or((0, 0), |f| {
         (f.layers.len(), f.layers.iter().map(|l| l.rank).sum())
     });

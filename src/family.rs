@@ -3,8 +3,41 @@
 //!
 //! Code asks [`Family::facts`] instead of matching on the family, so adding a family is one row.
 
-use crate::model::layout::ComponentKind;
 use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The components a pipeline is made of (which ones a family has: [`Facts::encoders`], plus the
+/// UNet and VAE every family has). `model::layout` re-exports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComponentKind {
+    TextEncoder,
+    // snake_case would spell it `text_encoder2`; the folder (and diffusers) say `text_encoder_2`.
+    #[serde(rename = "text_encoder_2")]
+    TextEncoder2,
+    Unet,
+    VaeDecoder,
+    /// Image → latent moments (image-to-image); opened when a model has it, unused by text-to-image.
+    VaeEncoder,
+}
+
+impl ComponentKind {
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            ComponentKind::TextEncoder => "text_encoder",
+            ComponentKind::TextEncoder2 => "text_encoder_2",
+            ComponentKind::Unet => "unet",
+            ComponentKind::VaeDecoder => "vae_decoder",
+            ComponentKind::VaeEncoder => "vae_encoder",
+        }
+    }
+}
+
+impl fmt::Display for ComponentKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.dir_name())
+    }
+}
 
 /// A base-model family. Adapters are checked against it before any weight is touched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use super::store::Store;
 use super::{invalid_line, signal, BatchError, Item};
 use crate::job::Job;
 use crate::live::LoraMethod;
-use crate::pipeline::Generator;
+use crate::pipeline::{EngineSpec, Generator};
 use crate::prompt::LoraDirs;
 use crate::runtime::{Device, Runtime, SessionOptions};
 use serde::Serialize;
@@ -46,14 +46,14 @@ pub struct GeneratorLoader {
 impl Loader for GeneratorLoader {
     type Runner = Generator;
     fn load(&self, model: &Path, device: Device) -> Result<Generator, String> {
-        let opts = SessionOptions {
-            device,
-            ..self.session.clone()
-        };
-        let mut g = Generator::load(model, self.runtime, opts).map_err(|e| e.to_string())?;
-        g.set_lora_dirs(self.lora_dirs.roots.clone());
-        g.lora_method = self.lora_method;
-        Ok(g)
+        let mut spec = EngineSpec::new(model)
+            .with_session(SessionOptions {
+                device,
+                ..self.session.clone()
+            })
+            .with_lora_dirs(self.lora_dirs.roots.clone());
+        spec.lora_method = self.lora_method;
+        Generator::load(spec, self.runtime).map_err(|e| e.to_string())
     }
 }
 

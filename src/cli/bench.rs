@@ -50,19 +50,12 @@ pub fn run(a: &BenchArgs, outer: &EngineFlags, ort_lib: Option<&Path>) -> Result
     };
     let rt = Runtime::get(e.ort_lib.as_deref(), e.session.device.is_gpu()).failed()?;
     let bench_of = |what: &Path| format!("benchmark of {}", what.display());
-    let report = crate::bench::run(
-        &e.model,
-        rt,
-        e.session.clone(),
-        size,
-        a.repeats,
-        a.lora.as_deref(),
-    )
-    .failed()
-    .map_err(|err| err.context(bench_of(&e.model)))?;
+    let report = crate::bench::run(e.spec(), rt, size, a.repeats, a.lora.as_deref())
+        .failed()
+        .map_err(|err| err.context(bench_of(&e.model)))?;
     let live = match (&a.lora, a.live) {
         (Some(lora), true) => Some(
-            crate::bench::live(&e.model, rt, e.session.clone(), lora, 20)
+            crate::bench::live(e.spec(), rt, lora, 20)
                 .failed()
                 .map_err(|err| err.context(format!("live {}", bench_of(lora))))?,
         ),

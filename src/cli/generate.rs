@@ -44,15 +44,10 @@ pub fn run(a: &GenerateArgs, outer: &TuiArgs, ort_lib: Option<&Path>) -> Result<
 /// The generator for `e`: runtime, sessions, LoRA folders and method, all from the one resolve.
 pub fn load(e: &EngineSettings) -> Result<Generator, CliError> {
     let rt = Runtime::get(e.ort_lib.as_deref(), e.session.device.is_gpu()).failed()?;
-    let mut g = Generator::load(&e.model, rt, e.session.clone())
-        .failed()
-        .map_err(|err| {
-            err.context(format_args!(
-                "cannot load the model in {}",
-                e.model.display()
-            ))
-        })?;
-    g.set_lora_dirs(e.lora_dirs.clone());
-    g.lora_method = e.lora_method;
-    Ok(g)
+    Generator::load(e.spec(), rt).failed().map_err(|err| {
+        err.context(format_args!(
+            "cannot load the model in {}",
+            e.model.display()
+        ))
+    })
 }

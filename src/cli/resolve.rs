@@ -31,6 +31,17 @@ pub struct EngineSettings {
     pub ort_lib: Option<PathBuf>,
 }
 
+impl EngineSettings {
+    /// The engine's load-time spec (on the first device; a batch engine swaps its own in).
+    pub fn spec(&self) -> crate::engine::EngineSpec {
+        let mut spec = crate::engine::EngineSpec::new(&self.model)
+            .with_session(self.session.clone())
+            .with_lora_dirs(self.lora_dirs.clone());
+        spec.lora_method = self.lora_method;
+        spec
+    }
+}
+
 /// A `generate` run: the job and the engine it needs.
 #[derive(Debug, Clone)]
 pub struct Resolved {

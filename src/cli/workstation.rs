@@ -4,10 +4,11 @@
 
 use super::error::{Classify, CliError};
 use super::{resolve, TuiArgs};
+use crate::engine::runners::{LazyGenerator, SavingRunner};
 use crate::engine::{Outcome, Reporter, Runner};
 use crate::job::Job;
-use crate::live::{Dials, LoraMethod};
-use crate::pipeline::{LazyGenerator, SavingRunner};
+use crate::live::LoraMethod;
+use crate::pipeline::Dials;
 use crate::runtime::Runtime;
 use crate::tui::MethodSink;
 use std::path::Path;
@@ -48,8 +49,9 @@ pub fn run(a: &TuiArgs, ort_lib: Option<&Path>) -> Result<(), CliError> {
     config.generation.lora_method = e.lora_method;
     let rt = Runtime::get(e.ort_lib.as_deref(), e.session.device.is_gpu()).failed()?;
     let out_dir = a.out.clone().unwrap_or_else(|| dirs.data.join("outputs"));
-    let mut inner = LazyGenerator::new(e.model.clone(), rt, e.session.clone(), e.lora_dirs.clone());
-    inner.lora_method = e.lora_method;
+    let mut spec = e.spec();
+    spec.previews = true;
+    let inner = LazyGenerator::new(spec, rt);
     let method: MethodSink = Arc::new(Mutex::new(e.lora_method));
     let runner = FollowMethod {
         inner: SavingRunner { inner, out_dir },
@@ -78,7 +80,8 @@ impl FollowMethod {
 
 impl Runner for FollowMethod {
     fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome {
-        self.inner.inner.lora_method = self.method();
+        let method = self.method();
+        self.inner.inner.set_lora_method(method);
         self.inner.run(job, out)
     }
 

@@ -2,12 +2,12 @@
 //! Tucker core is folded into the down conv); other types give ΔW at unit strength, truncated by SVD
 //! at the smallest rank under a relative Frobenius error bound, and the error is reported.
 
+use super::strengths::{target_params, ActiveLora};
 use super::LiveError;
 use crate::lora::detect::{self, AdapterType, ModuleTensors};
 use crate::lora::keys::{KeyIndex, Kind};
 use crate::lora::{self, Adapter, ModelParams, Strengths, TargetComponent, TargetParam};
 use crate::model::Model;
-use crate::pipeline::adapters::{target_params, ActiveLora};
 use std::collections::{BTreeMap, HashMap};
 
 /// The ranks one adapter contributes to a layer: `len` ranks from `start`, each scaled by `scale`

@@ -1,23 +1,22 @@
 //! Live adapters: strengths that change while sampling without a session rebuild. The UNet graph gets
 //! low-rank branches once per set of live layers ([`rewrite`]); the factors come from the adapters
-//! ([`factors`]); per step only the per-rank scales change ([`scale`]). [`Dials`] carry strength
-//! changes from a front end to the running job.
+//! ([`factors`]); per step only the per-rank scales change ([`scale`]). The strengths of a prompt's adapters at a
+//! step ([`strengths`]) are shared with the fused path.
 
 pub mod factors;
 pub mod rewrite;
 pub mod scale;
+pub mod strengths;
 
 use crate::model::layout::ComponentKind;
 use crate::model::Model;
 use crate::patch;
-use crate::pipeline::tensor_io::{input_is_f16, run_with, Input};
-use crate::prompt::Component as Part;
+use crate::runtime::tensor_io::{input_is_f16, run_with, Input};
 use crate::runtime::{build_session, Runtime, SessionOptions};
 use factors::Factors;
 use ort::session::Session;
 use ort::value::{DynValue, Tensor};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 pub use factors::{Approximation, LayerFactors};
 
@@ -57,57 +56,6 @@ pub enum LoraMethod {
     Refuse,
 }
 
-/// Strength changes from a front end, read by the running job at every step. Cheap to clone.
-#[derive(Debug, Clone, Default)]
-pub struct Dials(Arc<Mutex<HashMap<String, [Option<f32>; 4]>>>);
-
-impl Dials {
-    /// Sets adapter `name`'s `part` (te, unet = in+mid+out, in, mid, out) to `value`, overriding
-    /// the prompt's strength or schedule until [`clear`](Self::clear).
-    pub fn set(&self, name: &str, part: Part, value: f32) {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = m.entry(name.to_string()).or_default();
-        match part {
-            Part::Te => slot[0] = Some(value),
-            Part::Unet => {
-                slot[1] = Some(value);
-                slot[2] = Some(value);
-                slot[3] = Some(value);
-            }
-            Part::In => slot[1] = Some(value),
-            Part::Mid => slot[2] = Some(value),
-            Part::Out => slot[3] = Some(value),
-        }
-    }
-
-    pub fn clear(&self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    }
-
-    /// True when a front end has dialled `name` (it then runs live, so later changes are free).
-    pub fn dialled(&self, name: &str) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(name)
-    }
-
-    /// Applies the overrides to adapter `i` named `name` of `key`.
-    pub fn apply(&self, name: &str, te: &mut f32, unet: &mut [f32; 3]) {
-        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = m.get(name) {
-            if let Some(v) = slot[0] {
-                *te = v;
-            }
-            for (dst, src) in unet.iter_mut().zip(&slot[1..]) {
-                if let Some(v) = src {
-                    *dst = *v;
-                }
-            }
-        }
-    }
-}
-
 /// Options of live mode.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LiveOptions {
@@ -126,10 +74,6 @@ impl Default for LiveOptions {
 /// The live UNet: a session of the rewritten graph and the factor values it is fed every step.
 pub struct LiveUnet {
     session: Session,
-    /// What the session was built for (layers, statically fused adapters, shapes).
-    pub session_key: String,
-    /// Which adapters the factors come from.
-    pub factors_key: String,
     pub factors: Factors,
     values: Vec<(String, DynValue)>,
     /// Seconds spent building the session (graph rewrite, weights, ONNX Runtime).
@@ -169,20 +113,15 @@ fn layers(model: &Model, factors: &Factors) -> Result<Vec<rewrite::LiveLayer>, L
         .collect()
 }
 
-/// The key of the session a set of layers needs.
-pub fn layer_key(factors: &Factors) -> String {
-    factors
-        .layers
-        .iter()
-        .map(|l| l.param.as_str())
-        .collect::<Vec<_>>()
-        .join(",")
+/// The branch layers of a set of factors (the parameters they patch): what a live session is
+/// built for.
+pub fn layer_key(factors: &Factors) -> Vec<String> {
+    factors.layers.iter().map(|l| l.param.clone()).collect()
 }
 
 impl LiveUnet {
     /// Builds the session: the rewritten graph over the base weights plus `deltas` (the statically
     /// fused adapters), with branches for `factors`' layers.
-    #[allow(clippy::too_many_arguments)]
     pub fn build(
         model: &Model,
         rt: &'static Runtime,
@@ -190,8 +129,6 @@ impl LiveUnet {
         deltas: &HashMap<String, Vec<f32>>,
         factors: Factors,
         dims: &[(&str, i64)],
-        session_key: String,
-        factors_key: String,
     ) -> Result<LiveUnet, LiveError> {
         let t = std::time::Instant::now();
         let c = model
@@ -212,19 +149,17 @@ impl LiveUnet {
         .map_err(|e| LiveError::Build(e.to_string()))?;
         let mut live = LiveUnet {
             session,
-            session_key,
-            factors_key: String::new(),
             factors: Factors::default(),
             values: Vec::new(),
             build_s: 0.0,
         };
-        live.set_factors(factors, factors_key)?;
+        live.set_factors(factors)?;
         live.build_s = t.elapsed().as_secs_f64();
         Ok(live)
     }
 
     /// New factors for the same layers (other adapters, same targets): no rebuild.
-    pub fn set_factors(&mut self, factors: Factors, key: String) -> Result<(), LiveError> {
+    pub fn set_factors(&mut self, factors: Factors) -> Result<(), LiveError> {
         let mut values = Vec::with_capacity(2 * factors.layers.len());
         for (k, l) in factors.layers.iter().enumerate() {
             let [a, b, _] = rewrite::input_names(k);
@@ -249,7 +184,6 @@ impl LiveUnet {
         }
         self.values = values;
         self.factors = factors;
-        self.factors_key = key;
         Ok(())
     }
 

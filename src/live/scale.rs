@@ -3,8 +3,8 @@
 //! the fuse path multiplies ΔW by.
 
 use super::factors::Factors;
+use super::strengths::{strengths_of, ActiveLora, StrengthKey};
 use crate::lora::TargetComponent;
-use crate::pipeline::adapters::{strengths_of, ActiveLora, StrengthKey};
 
 /// One `s` vector per layer of `factors` (same order), for `key`'s strengths.
 pub fn scales(factors: &Factors, loras: &[ActiveLora], key: &StrengthKey) -> Vec<Vec<f32>> {

@@ -7,43 +7,11 @@
 use super::checkpoint::{Checkpoint, CheckpointError};
 use super::graph::{ElemType, Graph, GraphError};
 use super::weightmap::{Transform, WeightMap, WeightMapEntry};
+pub use crate::family::ComponentKind;
 use crate::family::Family;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
-
-/// The components a pipeline is made of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ComponentKind {
-    TextEncoder,
-    // snake_case would spell it `text_encoder2`; the folder (and diffusers) say `text_encoder_2`.
-    #[serde(rename = "text_encoder_2")]
-    TextEncoder2,
-    Unet,
-    VaeDecoder,
-    /// Image → latent moments (image-to-image); opened when a model has it, unused by text-to-image.
-    VaeEncoder,
-}
-
-impl ComponentKind {
-    pub fn dir_name(self) -> &'static str {
-        match self {
-            ComponentKind::TextEncoder => "text_encoder",
-            ComponentKind::TextEncoder2 => "text_encoder_2",
-            ComponentKind::Unet => "unet",
-            ComponentKind::VaeDecoder => "vae_decoder",
-            ComponentKind::VaeEncoder => "vae_encoder",
-        }
-    }
-}
-
-impl fmt::Display for ComponentKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.dir_name())
-    }
-}
 
 /// `model_index.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,28 +1,22 @@
 //! The adapters a prompt asks for: tags resolved to files in the LoRA folders, opened once (cached by
 //! path and modification time), their strengths evaluated per step, and ΔW per component computed.
 //!
-//! [`AdapterSet::from_prompt`] resolves; [`AdapterSet::strengths_at`] gives the strengths at a step as a
-//! [`StrengthKey`] (what decides whether a session must be rebuilt); [`compute`] produces the deltas.
+//! [`AdapterCache::resolve`] resolves; the strengths at a step ([`StrengthKey`]) come from
+//! [`crate::live::strengths`] (re-exported here); [`with_plan`] and [`compute`] produce the deltas.
 
-use super::generator::{ComponentDeltas, PipelineError};
-use crate::lora::{
-    self, Adapter, ApplyReport, ModelParams, Strengths, TargetComponent, TargetParam,
+use super::error::{ComponentDeltas, PipelineError};
+use crate::live::strengths::model_kind;
+pub use crate::live::strengths::{
+    base_weights, lora_component, strengths_at, strengths_of, target_params, ActiveLora,
+    StrengthKey,
 };
-use crate::model::layout::ComponentKind;
+use crate::lora::{self, Adapter, ApplyReport, ModelParams, Strengths, TargetComponent};
 use crate::model::Model;
-use crate::prompt::{Catalog, LoraDirs, LoraTag, Prompt};
+use crate::prompt::{Catalog, LoraDirs, Prompt};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
-
-/// One adapter of a prompt.
-#[derive(Clone)]
-pub struct ActiveLora {
-    pub tag: LoraTag,
-    pub path: PathBuf,
-    pub adapter: Arc<Adapter>,
-}
 
 /// `STIPPLE_LORA_DEBUG=1` (or SD.Next's `SD_LORA_DEBUG=true`): log per adapter what was read,
 /// detected, matched and how long each stage took (target `stipple::lora`).
@@ -119,110 +113,6 @@ pub fn check_names(text: &str, dirs: &[PathBuf]) -> Result<(), PipelineError> {
         }
         PipelineError::Prompt(msg)
     })
-}
-
-/// The strengths of every adapter at one step, split by what they force to be rebuilt.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StrengthKey {
-    /// Per adapter: text-encoder strength.
-    pub te: Vec<f32>,
-    /// Per adapter: in, mid, out.
-    pub unet: Vec<[f32; 3]>,
-}
-
-impl StrengthKey {
-    pub fn te_active(&self) -> bool {
-        self.te.iter().any(|&s| s != 0.0)
-    }
-    pub fn unet_active(&self) -> bool {
-        self.unet.iter().flatten().any(|&s| s != 0.0)
-    }
-}
-
-/// Strengths at 0-based `step` of `steps`.
-pub fn strengths_at(loras: &[ActiveLora], step: usize, steps: usize) -> StrengthKey {
-    StrengthKey {
-        te: loras.iter().map(|l| l.tag.te.at(step, steps)).collect(),
-        unet: loras
-            .iter()
-            .map(|l| {
-                [
-                    l.tag.in_.at(step, steps),
-                    l.tag.mid.at(step, steps),
-                    l.tag.out.at(step, steps),
-                ]
-            })
-            .collect(),
-    }
-}
-
-/// The lora module's component of a model component (the UNet and both text encoders).
-pub fn lora_component(kind: ComponentKind) -> Option<TargetComponent> {
-    match kind {
-        ComponentKind::TextEncoder => Some(TargetComponent::TextEncoder),
-        ComponentKind::TextEncoder2 => Some(TargetComponent::TextEncoder2),
-        ComponentKind::Unet => Some(TargetComponent::Unet),
-        ComponentKind::VaeDecoder | ComponentKind::VaeEncoder => None,
-    }
-}
-
-fn model_kind(c: TargetComponent) -> ComponentKind {
-    match c {
-        TargetComponent::TextEncoder => ComponentKind::TextEncoder,
-        TargetComponent::TextEncoder2 => ComponentKind::TextEncoder2,
-        TargetComponent::Unet => ComponentKind::Unet,
-    }
-}
-
-/// The parameters adapters may target: every base weight of the text encoders and the UNet.
-pub fn target_params(model: &Model) -> Vec<TargetParam> {
-    let mut out = Vec::new();
-    for (kind, comp) in &model.components {
-        let Some(component) = lora_component(*kind) else {
-            continue;
-        };
-        let mut shapes: Vec<_> = comp.weights.shapes().into_iter().collect();
-        shapes.sort();
-        out.extend(shapes.into_iter().map(|(name, shape)| TargetParam {
-            component,
-            name,
-            shape,
-        }));
-    }
-    out
-}
-
-/// The pristine base weights of the model as f32, by component and diffusers name.
-pub fn base_weights(
-    model: &Model,
-) -> impl Fn(TargetComponent, &str) -> Option<Vec<f32>> + Sync + '_ {
-    move |c: TargetComponent, name: &str| {
-        model
-            .component(model_kind(c))?
-            .weights
-            .tensor(name)
-            .map(|t| t.to_f32())
-    }
-}
-
-/// The engine's strengths of adapter `i` at `key`: te, in/mid/out, block weights, DyLoRA rank.
-pub fn strengths_of(l: &ActiveLora, key: &StrengthKey, i: usize) -> Strengths {
-    let [unet_in, unet_mid, unet_out] = key.unet[i];
-    let blocks: Option<Arc<lora::BlockFn>> = l.tag.lbw.clone().map(|lbw| {
-        let f: Arc<lora::BlockFn> = Arc::new(move |c: TargetComponent, name: &str| match c {
-            TargetComponent::Unet => lbw.weight_for_unet_module(name),
-            _ => lbw.text_encoder_weight(),
-        });
-        f
-    });
-    Strengths {
-        te: key.te[i],
-        unet_in,
-        unet_mid,
-        unet_out,
-        blocks,
-        dyn_rank: l.tag.dyn_.map(|d| d as usize),
-    }
 }
 
 /// The `STIPPLE_LORA_DEBUG` lines of an application: types, family evidence, matched and skipped

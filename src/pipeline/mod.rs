@@ -1,17 +1,27 @@
 //! The sampling pipeline: tokenizer, text encoder, noise, scheduler loop with CFG, VAE decode.
 //!
-//! [`Generator`] runs it on ONNX Runtime; the numerical pieces ([`rng`], [`tokenizer`],
-//! [`schedulers`]) are pure Rust and checked against torch / transformers / diffusers.
+//! [`Generator`] runs it on ONNX Runtime, loaded from an [`EngineSpec`] and composed of parts that
+//! own their state ([`text`], [`sessions`], [`stepping`]); the numerical pieces ([`rng`],
+//! [`tokenizer`], [`schedulers`]) are pure Rust and checked against torch / transformers / diffusers.
 
 pub mod adapters;
+pub mod dials;
+pub mod error;
 pub mod generator;
+pub mod keys;
 pub mod resident;
 pub mod rng;
 pub mod schedulers;
-pub mod tensor_io;
+pub mod sessions;
+pub mod spec;
+pub mod stepping;
+pub mod stop;
+pub mod text;
 pub mod tokenizer;
 pub mod vae;
 
-pub use generator::{
-    validate_job, ComponentDeltas, Generator, LazyGenerator, PipelineError, SavingRunner,
-};
+pub use dials::Dials;
+pub use error::{ComponentDeltas, PipelineError};
+pub use generator::{validate_job, Generator};
+pub use spec::EngineSpec;
+pub use stop::{Ended, Stop};

@@ -4,11 +4,11 @@
 //! change touched ([`Layout::stage`], then [`Net::commit`]): a swap costs ΔW and an upload, never a
 //! new session. [`Net`] is a session with resident weights or with baked-in ones.
 
-use super::tensor_io::{Input, Output};
 use crate::model::fold::fold_weights;
 use crate::model::layout::{buffer_len, Component, GraphKind};
 use crate::model::{ElemType, Graph, WeightMapEntry};
 use crate::patch::{self, DeltaSource, Elems, Filled, PatchError};
+use crate::runtime::tensor_io::{Input, Output};
 use crate::runtime::{build_session, Device, Runtime, SessionError, SessionOptions};
 use ort::memory::AllocationDevice;
 use ort::session::Session;
@@ -86,7 +86,7 @@ impl Net {
         inputs: Vec<Input<'_>>,
         outputs: &[&str],
     ) -> Result<Vec<Output>, ort::Error> {
-        super::tensor_io::run(&mut self.session, inputs, outputs)
+        crate::runtime::tensor_io::run(&mut self.session, inputs, outputs)
     }
 
     /// Where the resident weights are (None for a baked session), to [`Layout::stage`] a change.

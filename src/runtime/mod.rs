@@ -1,6 +1,6 @@
 //! Everything that talks to ONNX Runtime: finding and loading the library ([`library`]), the execution
 //! providers ([`ep`], CUDA's settings in [`cuda_opts`]), building sessions from a graph plus an
-//! in-memory weights buffer ([`session`]), and the GPU's memory in use ([`device_mem`], NVML).
+//! in-memory weights buffer ([`session`]), feeding and reading their tensors ([`tensor_io`]), and the GPU's memory in use ([`device_mem`], NVML).
 
 pub mod cuda_libs;
 pub mod cuda_opts;
@@ -8,6 +8,7 @@ pub mod device_mem;
 pub mod ep;
 pub mod library;
 pub mod session;
+pub mod tensor_io;
 
 pub use cuda_opts::{ConvAlgoSearch, CudaArgs, CudaOptions, CudaOptionsError};
 pub use ep::Device;

@@ -188,10 +188,7 @@ fn load(static_shapes: bool, bound: bool) -> Generator {
         },
         ..SessionOptions::default()
     };
-    let mut g = Generator::load(&tiny_model(), runtime(), opts).expect("tiny model loads");
-    g.bound_unet = bound;
-    g.set_lora_dirs(vec![lora_dir()]);
-    g
+    tiny_generator(opts, vec![lora_dir()], bound)
 }
 
 #[test]

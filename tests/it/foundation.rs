@@ -205,12 +205,12 @@ fn skip_and_interrupt_are_honoured_between_steps() {
             1,
         )
         .unwrap();
-    assert!(matches!(outcome, stipple::engine::Outcome::Done));
+    assert!(matches!(outcome, stipple::pipeline::Ended::Done));
     assert_eq!(seeds, vec![4]);
     let outcome = g
         .generate(&job, &|| Stop::Interrupt, &mut |_| {}, 2)
         .unwrap();
-    assert!(matches!(outcome, stipple::engine::Outcome::Cancelled));
+    assert!(matches!(outcome, stipple::pipeline::Ended::Cancelled));
 }
 
 #[test]

@@ -36,7 +36,7 @@ fn image_with(
     on_step: &dyn Fn(u32),
 ) -> Vec<u8> {
     g.set_lora_dirs(vec![lora_dir()]);
-    g.lora_method = method;
+    g.set_lora_method(method);
     let calls = std::cell::Cell::new(0u32);
     let stop = || {
         on_step(calls.get());
@@ -54,7 +54,7 @@ fn image_with(
         },
         1,
     );
-    g.lora_method = LoraMethod::default();
+    g.set_lora_method(LoraMethod::default());
     g.dials().clear();
     r.unwrap_or_else(|e| panic!("{prompt} ({method:?}): {e}"));
     out.unwrap()
@@ -125,14 +125,14 @@ fn a_text_encoder_schedule_encodes_once_per_distinct_value() {
     // The README's example: 0.1 at step 1 rising to 0.6 at step 6, then held: over 8 steps the
     // values are 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6, 0.6, six distinct.
     for method in [LoraMethod::Fuse, LoraMethod::Refuse] {
-        let before = g.encodes;
+        let before = g.encodes();
         image(
             &mut g,
             method,
             "a fox <lora:peft_diffusers:te=0.1@1,0.6@6>",
             8,
         );
-        assert_eq!(g.encodes - before, 6, "{method:?}");
+        assert_eq!(g.encodes() - before, 6, "{method:?}");
     }
 }
 

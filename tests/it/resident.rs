@@ -4,7 +4,7 @@
 
 use crate::util::*;
 use std::path::PathBuf;
-use stipple::pipeline::Generator;
+use stipple::pipeline::{EngineSpec, Generator};
 use stipple::runtime::SessionOptions;
 
 fn lora_dir() -> PathBuf {
@@ -16,10 +16,7 @@ fn load(resident: bool, bound: bool) -> Generator {
         resident: Some(resident),
         ..SessionOptions::default()
     };
-    let mut g = Generator::load(&tiny_model(), runtime(), opts).expect("tiny model loads");
-    g.bound_unet = bound;
-    g.set_lora_dirs(vec![lora_dir()]);
-    g
+    tiny_generator(opts, vec![lora_dir()], bound)
 }
 
 fn image(g: &mut Generator, prompt: &str) -> Vec<u8> {
@@ -50,7 +47,7 @@ fn swaps_rewrite_weights_in_place_and_equal_fresh_loads() {
     let mut seen = Vec::new();
     for prompt in [A, AB, B, TE, BASE] {
         let got = image(&mut g, prompt);
-        let stats = g.last_fuse.expect("an adapter change was timed");
+        let stats = g.last_fuse().expect("an adapter change was timed");
         assert_eq!(stats.session_s, 0.0, "{prompt}: no session was built");
         assert!(stats.upload_s > 0.0, "{prompt}: weights were uploaded");
         // Each state after the swaps before it equals the same state reached first after a load:
@@ -166,8 +163,11 @@ fn sdxl_swaps_in_place_equal_fresh_loads_and_baked_weights() {
             resident: Some(resident),
             ..SessionOptions::default()
         };
-        let mut g =
-            Generator::load(&crate::sdxl::tiny_sdxl(), runtime(), opts).expect("tiny SDXL loads");
+        let mut g = Generator::load(
+            EngineSpec::new(crate::sdxl::tiny_sdxl()).with_session(opts),
+            runtime(),
+        )
+        .expect("tiny SDXL loads");
         g.set_lora_dirs(vec![root().join("tests/fixtures/lora-sdxl")]);
         g
     };
@@ -182,7 +182,7 @@ fn sdxl_swaps_in_place_equal_fresh_loads_and_baked_weights() {
     let mut seen = Vec::new();
     for prompt in states {
         let got = image(&mut g, prompt);
-        let stats = g.last_fuse.expect("an adapter change was timed");
+        let stats = g.last_fuse().expect("an adapter change was timed");
         assert_eq!(stats.session_s, 0.0, "{prompt}: no session was built");
         let fresh = image(&mut load_xl(true), prompt);
         assert_eq!(got, fresh, "{prompt}: after the swaps before it");

@@ -9,8 +9,7 @@ use stipple::engine::Stop;
 use stipple::job::{Event, Job, Sampler};
 use stipple::model::Checkpoint;
 use stipple::pipeline::generator::Added;
-use stipple::pipeline::Generator;
-use stipple::runtime::SessionOptions;
+use stipple::pipeline::{EngineSpec, Generator};
 
 pub fn tiny_sdxl() -> PathBuf {
     root().join("tests/fixtures/tiny-sdxl")
@@ -25,7 +24,7 @@ pub fn sdxl_generator() -> std::sync::MutexGuard<'static, Generator> {
     static G: OnceLock<Mutex<Generator>> = OnceLock::new();
     G.get_or_init(|| {
         Mutex::new(
-            Generator::load(&tiny_sdxl(), runtime(), SessionOptions::default())
+            Generator::load(EngineSpec::new(tiny_sdxl()), runtime())
                 .expect("tiny SDXL model loads"),
         )
     })
@@ -257,15 +256,8 @@ fn sdxl_every_scheduler_image_matches_diffusers() {
 
 #[test]
 fn sdxl_bench_runs_with_the_added_conditioning() {
-    let r = stipple::bench::run(
-        &tiny_sdxl(),
-        runtime(),
-        SessionOptions::default(),
-        None,
-        1,
-        None,
-    )
-    .expect("bench on SDXL");
+    let r = stipple::bench::run(EngineSpec::new(tiny_sdxl()), runtime(), None, 1, None)
+        .expect("bench on SDXL");
     assert_eq!((r.width, r.height), (64, 64));
     assert!(r.unet_step_ms > 0.0 && r.image_s > 0.0);
 }

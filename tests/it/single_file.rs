@@ -7,7 +7,7 @@ use crate::util::*;
 use std::path::{Path, PathBuf};
 use stipple::job::{Job, Sampler};
 use stipple::model::{Model, ModelSource, OpenOptions};
-use stipple::pipeline::Generator;
+use stipple::pipeline::{EngineSpec, Generator};
 use stipple::runtime::SessionOptions;
 
 fn fixture(name: &str) -> PathBuf {
@@ -15,7 +15,8 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn load(path: &Path, opts: SessionOptions) -> Generator {
-    Generator::load(path, runtime(), opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    Generator::load(EngineSpec::new(path).with_session(opts), runtime())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The settings of the fixtures' reference images.
@@ -395,12 +396,11 @@ fn clip_skip_two_matches_diffusers() {
     assert!(info.contains("Clip skip: 2"), "{info}");
     assert!(info.contains("Model hash: "), "{info}");
     let err = Generator::load(
-        &tiny_model(),
-        runtime(),
-        SessionOptions {
+        EngineSpec::new(tiny_model()).with_session(SessionOptions {
             clip_skip: Some(3),
             ..SessionOptions::default()
-        },
+        }),
+        runtime(),
     )
     .err()
     .map(|e| e.to_string())

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use stipple::model::Checkpoint;
-use stipple::pipeline::Generator;
-use stipple::runtime::{Runtime, SessionOptions};
+use stipple::pipeline::{EngineSpec, Generator};
+use stipple::runtime::Runtime;
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -29,16 +29,32 @@ pub fn generator() -> std::sync::MutexGuard<'static, Generator> {
     let mut g = G
         .get_or_init(|| {
             Mutex::new(
-                Generator::load(&tiny_model(), runtime(), SessionOptions::default())
+                Generator::load(EngineSpec::new(tiny_model()), runtime())
                     .expect("tiny model loads"),
             )
         })
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    g.lora_method = Default::default();
+    g.set_lora_method(Default::default());
     g.dials().clear();
     g.reset_adapters().expect("back to the base weights");
     g
+}
+
+/// A generator of its own for the tiny model, with `opts`, LoRA folders `lora_dirs` and the UNet
+/// run through fixed buffers when `bound_unet`.
+pub fn tiny_generator(
+    opts: stipple::runtime::SessionOptions,
+    lora_dirs: Vec<PathBuf>,
+    bound_unet: bool,
+) -> Generator {
+    let spec = EngineSpec {
+        session: opts,
+        lora_dirs,
+        bound_unet,
+        ..EngineSpec::new(tiny_model())
+    };
+    Generator::load(spec, runtime()).expect("tiny model loads")
 }
 
 /// A 64×64, 3-step Euler job: what the image tests compare.

@@ -1,26 +1,20 @@
 //! The engine thread: a queue of [`Job`]s run one at a time by a [`Runner`], reporting [`Event`]s.
 //!
 //! [`Engine::spawn`] returns an [`EngineHandle`] (submit, cancel, interrupt, skip) and the event
-//! receiver. The real runner is [`crate::pipeline::Generator`]; front ends can be tested with a fake.
+//! receiver. The real runners ([`runners`]) wrap [`crate::pipeline::Generator`]; front ends can be
+//! tested with a fake. [`EngineSpec`] (defined beside the generator, re-exported here) holds every
+//! load-time setting.
+
+pub mod runners;
 
 use crate::job::{Event, Job, JobId};
-use crate::live::Dials;
+use crate::pipeline::Dials;
+pub use crate::pipeline::{EngineSpec, Stop};
 use crate::prompt::Component;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-
-/// What the running job should do at its next check point.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
-    /// Keep going.
-    No,
-    /// Abandon the current image, go on with the next one of the batch.
-    SkipImage,
-    /// Abandon the whole job.
-    Interrupt,
-}
 
 /// Shared flag the runner polls once per sampling step.
 #[derive(Debug, Default, Clone)]

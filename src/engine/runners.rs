@@ -1,0 +1,177 @@
+//! The engine's runners over the pipeline: [`Runner`] for a loaded [`Generator`], [`LazyGenerator`]
+//! (loads the model on the first job) and [`SavingRunner`] (saves each image before passing it on).
+
+use super::{Outcome, Reporter, Runner, Stop};
+use crate::job::{Event, Job};
+use crate::pipeline::{Dials, Ended, EngineSpec, Generator};
+use crate::runtime::Runtime;
+use std::path::PathBuf;
+
+/// Saves every finished image (PNG with both chunks) before passing its event on: what the TUI uses,
+/// since a workstation's images must land on disk like the headless ones.
+pub struct SavingRunner<R> {
+    pub inner: R,
+    pub out_dir: PathBuf,
+}
+
+impl<R: Runner> Runner for SavingRunner<R> {
+    fn dials(&self) -> Option<Dials> {
+        self.inner.dials()
+    }
+
+    fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome {
+        let dir = self.out_dir.clone();
+        let tap = Reporter::tap(out, move |e: &Event| {
+            if let Event::Image {
+                seed,
+                image,
+                infotext,
+                ..
+            } = e
+            {
+                let mut record = job.clone();
+                record.seed = *seed;
+                record.batch = 1;
+                let json = serde_json::to_string(&record).unwrap_or_default();
+                if let Err(err) = crate::image::save_png(&dir, image, *seed, infotext, &json) {
+                    tracing::error!("saving an image: {err}");
+                }
+            }
+        });
+        self.inner.run(job, &tap)
+    }
+}
+
+/// Loads the model on the first job, so a front end can start at once; a load failure fails that
+/// job (and is retried with the next one).
+pub struct LazyGenerator {
+    spec: EngineSpec,
+    runtime: &'static Runtime,
+    dials: Dials,
+    generator: Option<Generator>,
+}
+
+impl LazyGenerator {
+    pub fn new(spec: EngineSpec, runtime: &'static Runtime) -> Self {
+        LazyGenerator {
+            spec,
+            runtime,
+            dials: Dials::default(),
+            generator: None,
+        }
+    }
+
+    /// What the model is (or will be) loaded with.
+    pub fn spec(&self) -> &EngineSpec {
+        &self.spec
+    }
+
+    /// The LoRA method of the next job (the workstation's Settings toggle changes it between jobs).
+    pub fn set_lora_method(&mut self, method: crate::live::LoraMethod) {
+        self.spec.lora_method = method;
+    }
+}
+
+impl Runner for LazyGenerator {
+    fn dials(&self) -> Option<Dials> {
+        Some(self.dials.clone())
+    }
+
+    fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome {
+        // A job interrupted before or while the model loads ends before it starts; a finished
+        // load is kept for the next job.
+        let interrupted = || out.cancel.get() == Stop::Interrupt;
+        if self.generator.is_none() {
+            if interrupted() {
+                return Outcome::Cancelled;
+            }
+            match Generator::load(self.spec.clone(), self.runtime) {
+                Ok(mut g) => {
+                    g.set_dials(self.dials.clone());
+                    self.generator = Some(g);
+                }
+                Err(e) => {
+                    return Outcome::Failed(format!("loading {}: {e}", self.spec.model.display()))
+                }
+            }
+        }
+        if interrupted() {
+            return Outcome::Cancelled;
+        }
+        match self.generator.as_mut() {
+            Some(g) => {
+                g.set_lora_method(self.spec.lora_method);
+                g.run(job, out)
+            }
+            None => Outcome::Failed("the model is not loaded".into()),
+        }
+    }
+}
+
+impl Runner for Generator {
+    fn dials(&self) -> Option<Dials> {
+        Some(Generator::dials(self))
+    }
+
+    fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome {
+        let cancel = out.cancel.clone();
+        let stop = move || {
+            let s = cancel.get();
+            if s == Stop::SkipImage {
+                cancel.take_skip();
+            }
+            s
+        };
+        let id = out.id;
+        match self.generate(job, &stop, &mut |e| out.send(e), id) {
+            Ok(Ended::Done) => Outcome::Done,
+            Ok(Ended::Cancelled) => Outcome::Cancelled,
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::CancelToken;
+
+    #[test]
+    fn a_job_interrupted_before_the_model_loads_is_cancelled_without_loading() {
+        let Ok(rt) = Runtime::get(None, false) else {
+            assert!(
+                std::env::var("CI").is_err(),
+                "ONNX Runtime is missing (run scripts/setup)"
+            );
+            return;
+        };
+        // A model that cannot load: trying would fail the job instead of cancelling it.
+        let mut lazy = LazyGenerator::new(EngineSpec::new("/nonexistent/model"), rt);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let cancel = CancelToken::default();
+        let out = Reporter {
+            id: 7,
+            tx: &tx,
+            cancel: &cancel,
+            tap: None,
+        };
+        let job = Job {
+            prompt: "a fox".into(),
+            negative: String::new(),
+            sampler: crate::job::Sampler::Euler,
+            steps: 1,
+            cfg: 7.0,
+            width: 64,
+            height: 64,
+            seed: 1,
+            batch: 1,
+        };
+        cancel.set(Stop::Interrupt);
+        assert!(matches!(lazy.run(&job, &out), Outcome::Cancelled));
+        assert!(rx.try_recv().is_err(), "no event before the job starts");
+        cancel.set(Stop::No);
+        assert!(
+            matches!(lazy.run(&job, &out), Outcome::Failed(m) if m.contains("/nonexistent/model"))
+        );
+    }
+}

@@ -1,0 +1,632 @@
+//! The sessions of a loaded model and what is fused into them: [`Sessions`] owns the text-encoder,
+//! UNet and VAE sessions, brings them to a set of adapter strengths ([`Sessions::fuse`]: rebuilt, or
+//! resident weights staged and rewritten in place), rebuilds the VAE for new static shapes and runs
+//! the UNet (through fixed buffers for a CUDA graph) and the VAE decoder.
+
+use super::adapters::{self, ActiveLora, StrengthKey};
+use super::error::{patch_err, run_err, ComponentDeltas, PipelineError};
+use super::keys::{FusedKey, Fusion};
+use super::resident::{self, Net, Staged};
+use super::vae;
+use crate::job::RgbImage;
+use crate::lora::ApplyReport;
+use crate::model::layout::{ComponentKind, GraphKind};
+use crate::model::Model;
+use crate::patch;
+use crate::runtime::tensor_io::{run, Bound, Input};
+use crate::runtime::{build_session, Runtime, SessionOptions};
+use ort::session::Session;
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// SDXL's added conditioning for a UNet call: pooled text embeddings `[b, n]` and time ids `[b, 6]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Added<'a> {
+    pub text_embeds: &'a [f32],
+    pub time_ids: &'a [f32],
+}
+
+/// One UNet evaluation: `sample` `[b, 4, h, w]`, one timestep for all, context `[b, n, c]` and,
+/// for SDXL, the added conditioning.
+#[derive(Debug, Clone, Copy)]
+pub struct UnetCall<'a> {
+    pub sample: &'a [f32],
+    pub shape: [usize; 4],
+    pub timestep: f32,
+    pub context: &'a [f32],
+    pub added: Option<Added<'a>>,
+}
+
+/// Where the time of the last adapter change went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct FuseStats {
+    /// Planning the adapters: family checks, keys, module types (ΔW itself is computed in the patch
+    /// step, each parameter's where it is added).
+    pub deltas_s: f64,
+    /// Assembling the weight buffers (ΔW, base + ΔW, dtype conversion), summed over components.
+    pub patch_s: f64,
+    /// ONNX Runtime session creation, summed over components (text encoders and UNet are built
+    /// side by side, so the swap's wall time can be less than ΔW + patch + sessions).
+    pub session_s: f64,
+    /// Wall time of the patch and session builds together.
+    pub build_wall_s: f64,
+    /// Uploading resident weights rewritten in place (0 when sessions were built instead).
+    pub upload_s: f64,
+    /// Dropping the replaced sessions (ONNX Runtime frees their device memory).
+    pub free_s: f64,
+}
+
+/// What an adapter change does to one component's session.
+enum Change {
+    /// A new session (baked weights, or resident ones filled at build).
+    Built(Box<Net>),
+    /// New contents for some resident weights.
+    Staged(Staged),
+}
+
+/// A model's sessions, the adapters fused into them and the timings of the last change.
+pub struct Sessions {
+    runtime: &'static Runtime,
+    opts: SessionOptions,
+    /// Run the UNet through fixed buffers ([`Bound`]) without a CUDA graph too (tests).
+    bound_unet: bool,
+    /// Width of the UNet's context (its `cross_attention_dim`).
+    context_dim: usize,
+    /// One per text encoder of the family, in its order.
+    text: Vec<Net>,
+    unet: Net,
+    vae: Session,
+    fused: FusedKey,
+    /// (latent height, latent width) the VAE session was built for, with static shapes.
+    vae_dims: Option<[i64; 2]>,
+    /// The UNet's fixed input and output buffers, when it runs as a CUDA graph.
+    unet_io: Option<Bound>,
+    /// The report of the last adapter application (the components that changed).
+    last_report: Option<ApplyReport>,
+    /// Timings of the last adapter change.
+    last_fuse: Option<FuseStats>,
+}
+
+impl Sessions {
+    /// Builds every session of `model` from its pristine base weights.
+    pub fn load(
+        model: &Model,
+        runtime: &'static Runtime,
+        opts: SessionOptions,
+        bound_unet: bool,
+    ) -> Result<Sessions, PipelineError> {
+        let (text, unet, vae) = build_sessions(model, runtime, &opts, &ComponentDeltas::new())?;
+        let context_dim = model
+            .component(ComponentKind::Unet)
+            .and_then(|c| c.config.get("cross_attention_dim"))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(model.index.family.facts().context_dim as u64)
+            as usize;
+        Ok(Sessions {
+            runtime,
+            opts,
+            bound_unet,
+            context_dim,
+            text,
+            unet,
+            vae,
+            fused: FusedKey::default(),
+            vae_dims: None,
+            unet_io: None,
+            last_report: None,
+            last_fuse: None,
+        })
+    }
+
+    pub fn opts(&self) -> &SessionOptions {
+        &self.opts
+    }
+
+    pub fn runtime(&self) -> &'static Runtime {
+        self.runtime
+    }
+
+    pub fn context_dim(&self) -> usize {
+        self.context_dim
+    }
+
+    /// The text-encoder sessions, in the family's order.
+    pub fn text_mut(&mut self) -> &mut [Net] {
+        &mut self.text
+    }
+
+    /// What the text encoders have fused in (the key of cached conditioning).
+    pub fn fused_te(&self) -> &Fusion {
+        &self.fused.te
+    }
+
+    /// The report of the last adapter application.
+    pub fn last_report(&self) -> Option<&ApplyReport> {
+        self.last_report.as_ref()
+    }
+
+    /// Timings of the last adapter change.
+    pub fn last_fuse(&self) -> Option<FuseStats> {
+        self.last_fuse
+    }
+
+    /// Records the timings of a change made elsewhere (the live UNet's build).
+    pub fn set_last_fuse(&mut self, stats: FuseStats) {
+        self.last_fuse = Some(stats);
+    }
+
+    /// Whether the text encoders and UNet hold resident weights.
+    pub fn resident_weights(&self) -> bool {
+        self.unet.is_resident()
+    }
+
+    /// Which UNet graph the fused path runs (`plain` or `cuda`).
+    pub fn unet_graph(&self, model: &Model) -> &'static str {
+        let kind = model
+            .component(ComponentKind::Unet)
+            .and_then(|c| self.opts.graph.resolve(self.opts.device, c).ok());
+        match kind {
+            Some(GraphKind::Cuda) => "cuda",
+            _ => "plain",
+        }
+    }
+
+    /// Rebuilds the text encoders with `loras` at `key`'s text-encoder strengths (the UNet
+    /// strengths are ignored), when they changed: the live path, whose UNet is its own session.
+    pub fn fuse_text(
+        &mut self,
+        model: &Model,
+        loras: &[ActiveLora],
+        key: &StrengthKey,
+    ) -> Result<(), PipelineError> {
+        let want_te = FusedKey::of(loras, key).te;
+        if want_te == self.fused.te {
+            return Ok(());
+        }
+        let mut te_key = key.clone();
+        te_key.unet.iter_mut().for_each(|u| *u = [0.0; 3]);
+        let (deltas, report) = adapters::compute(model, loras, &te_key)?;
+        let mut stats = FuseStats::default();
+        let te_dims = self.te_dims();
+        let mut built = Vec::new();
+        for enc in model.index.family.facts().encoders {
+            built.push(self.build_one(model, enc.component, &deltas, &te_dims, &mut stats)?);
+        }
+        self.text = built;
+        self.fused.te = want_te;
+        self.last_report = Some(report);
+        Ok(())
+    }
+
+    /// Brings the text-encoder and UNet sessions to `key`'s strengths of `loras`, rebuilding only the
+    /// sessions whose part changed. On error nothing is changed.
+    pub fn fuse(
+        &mut self,
+        model: &Model,
+        loras: &[ActiveLora],
+        key: &StrengthKey,
+        unet_dims: Option<[i64; 3]>,
+    ) -> Result<(), PipelineError> {
+        let want = FusedKey::of(loras, key).with_dims(unet_dims.or(self.fused.unet_dims));
+        if want == self.fused {
+            return Ok(());
+        }
+        let mut stats = FuseStats::default();
+        let t = Instant::now();
+        let rebuild_te = want.te != self.fused.te;
+        let rebuild_unet = want.unet != self.fused.unet || want.unet_dims != self.fused.unet_dims;
+        let te_dims = self.te_dims();
+        let unet_dims = unet_dim_overrides(want.unet_dims);
+        // Resident weights are rewritten in place; a UNet whose shapes change needs a new session.
+        let te_in_place = self.text.iter().all(Net::is_resident);
+        let unet_in_place = self.unet.is_resident() && want.unet_dims == self.fused.unet_dims;
+        let (rt, opts) = (self.runtime, &self.opts);
+        let te_layouts: Vec<Option<&resident::Layout>> =
+            self.text.iter().map(Net::layout).collect();
+        let unet_layout = self.unet.layout();
+        let planned = adapters::with_plan(model, loras, key, |plan| {
+            let plan_s = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let view = |kind: ComponentKind| adapters::PlannedView {
+                plan: &plan,
+                component: adapters::lora_component(kind)
+                    .unwrap_or(crate::lora::TargetComponent::Unet),
+            };
+            // Staged in place, or built anew; each ΔW is computed inside the patch step, where it
+            // is added (never all at once).
+            let change = |kind: ComponentKind,
+                          layout: Option<&resident::Layout>,
+                          in_place: bool,
+                          dims: &[(&str, i64)],
+                          st: &mut FuseStats|
+             -> Result<Change, PipelineError> {
+                let Some(layout) = layout.filter(|_| in_place) else {
+                    return build_component(model, rt, opts, kind, &view(kind), dims, st)
+                        .map(|n| Change::Built(Box::new(n)));
+                };
+                let t = Instant::now();
+                let c = model
+                    .component(kind)
+                    .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
+                let staged = layout.stage(c, &view(kind)).map_err(patch_err)?;
+                st.patch_s += t.elapsed().as_secs_f64();
+                Ok(Change::Staged(staged))
+            };
+            // The text encoders and the UNet are done side by side: session creation is mostly
+            // single-threaded inside ONNX Runtime, so a swap costs the slower of the two.
+            let (te, unet) = std::thread::scope(|s| {
+                let te = s.spawn(|| -> Result<_, PipelineError> {
+                    let mut st = FuseStats::default();
+                    if !rebuild_te {
+                        return Ok((None, st));
+                    }
+                    let encoders = model.index.family.facts().encoders;
+                    let mut changes = Vec::new();
+                    for (enc, layout) in encoders.iter().zip(&te_layouts) {
+                        changes.push(change(
+                            enc.component,
+                            *layout,
+                            te_in_place,
+                            &te_dims,
+                            &mut st,
+                        )?);
+                    }
+                    Ok((Some(changes), st))
+                });
+                let mut st = FuseStats::default();
+                let unet = if rebuild_unet {
+                    change(
+                        ComponentKind::Unet,
+                        unet_layout,
+                        unet_in_place,
+                        &unet_dims,
+                        &mut st,
+                    )
+                    .map(|u| (Some(u), st))
+                } else {
+                    Ok((None, st))
+                };
+                let te = te.join().unwrap_or_else(|_| {
+                    Err(PipelineError::Job("text encoder build panicked".into()))
+                });
+                (te, unet)
+            });
+            let wall = t.elapsed().as_secs_f64();
+            let report = (!loras.is_empty()).then(|| plan.into_report());
+            (te, unet, plan_s, wall, report)
+        })?;
+        let (te, unet, plan_s, wall, report) = planned;
+        let (te, te_stats) = te?;
+        let (unet, unet_stats) = unet?;
+        stats.deltas_s = plan_s;
+        stats.patch_s = te_stats.patch_s + unet_stats.patch_s;
+        stats.session_s = te_stats.session_s + unet_stats.session_s;
+        stats.build_wall_s = wall;
+        if adapters::lora_debug() {
+            if let Some(r) = &report {
+                adapters::log_report(r, std::time::Duration::from_secs_f64(wall));
+            }
+            tracing::info!(
+                target: "stipple::lora",
+                "fused: plan {:.3} s, ΔW + patch {:.3} s, session builds {:.3} s",
+                stats.deltas_s,
+                stats.patch_s,
+                stats.session_s
+            );
+        }
+        let t = Instant::now();
+        let uploaded = self.apply_changes(te, unet);
+        stats.upload_s = t.elapsed().as_secs_f64();
+        let replaced = match uploaded {
+            Ok(r) => r,
+            Err(e) => {
+                // Some weights may hold the new adapters and some the old: the next change rewrites
+                // every buffer the failed one touched.
+                self.fused = FusedKey::unknown(self.fused.unet_dims);
+                return Err(e);
+            }
+        };
+        let t = Instant::now();
+        drop(replaced);
+        crate::patch::return_freed_memory();
+        stats.free_s = t.elapsed().as_secs_f64();
+        self.last_fuse = Some(stats);
+        self.fused = want;
+        if report.is_some() {
+            self.last_report = report;
+        }
+        Ok(())
+    }
+
+    /// Puts new sessions in place and uploads staged weights; returns the replaced sessions.
+    fn apply_changes(
+        &mut self,
+        te: Option<Vec<Change>>,
+        unet: Option<Change>,
+    ) -> Result<Vec<Net>, PipelineError> {
+        let mut replaced = Vec::new();
+        let mut apply = |net: &mut Net, change: Change| -> Result<(), PipelineError> {
+            match change {
+                Change::Built(new) => replaced.push(std::mem::replace(net, *new)),
+                Change::Staged(staged) => net.commit(staged)?,
+            }
+            Ok(())
+        };
+        for (net, change) in self.text.iter_mut().zip(te.into_iter().flatten()) {
+            apply(net, change)?;
+        }
+        if let Some(change) = unet {
+            if matches!(change, Change::Built(_)) {
+                self.unet_io = None;
+            }
+            apply(&mut self.unet, change)?;
+        }
+        Ok(replaced)
+    }
+
+    fn build_one(
+        &self,
+        model: &Model,
+        kind: ComponentKind,
+        deltas: &ComponentDeltas,
+        dims: &[(&str, i64)],
+        stats: &mut FuseStats,
+    ) -> Result<Net, PipelineError> {
+        let empty = HashMap::new();
+        build_component(
+            model,
+            self.runtime,
+            &self.opts,
+            kind,
+            deltas.get(&kind).unwrap_or(&empty),
+            dims,
+            stats,
+        )
+    }
+
+    fn te_dims(&self) -> Vec<(&'static str, i64)> {
+        if self.opts.static_shapes {
+            vec![("batch", 1), ("sequence", 77)]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// With static shapes, rebuilds the VAE decoder for latents of `h` × `w` when they changed.
+    pub fn ensure_vae_dims(
+        &mut self,
+        model: &Model,
+        h: usize,
+        w: usize,
+    ) -> Result<(), PipelineError> {
+        let want = [h as i64, w as i64];
+        if !self.opts.static_shapes || self.vae_dims == Some(want) {
+            return Ok(());
+        }
+        let dims = [("batch", 1), ("height", want[0]), ("width", want[1])];
+        let mut stats = FuseStats::default();
+        self.vae = self
+            .build_one(
+                model,
+                ComponentKind::VaeDecoder,
+                &ComponentDeltas::new(),
+                &dims,
+                &mut stats,
+            )?
+            .session;
+        self.vae_dims = Some(want);
+        Ok(())
+    }
+
+    /// Rebuilds every session from the base weights plus `deltas` (empty = the pristine model).
+    /// On error the current sessions stay as they were.
+    pub fn rebuild(
+        &mut self,
+        model: &Model,
+        deltas: &ComponentDeltas,
+    ) -> Result<(), PipelineError> {
+        let (text, unet, vae) = build_sessions(model, self.runtime, &self.opts, deltas)?;
+        (self.text, self.unet, self.vae) = (text, unet, vae);
+        self.unet_io = None;
+        self.fused = FusedKey::unknown(None);
+        Ok(())
+    }
+
+    /// One UNet evaluation on the fused session.
+    pub fn unet(&mut self, call: UnetCall<'_>) -> Result<Vec<f32>, PipelineError> {
+        let shape = call.shape;
+        let t = vec![call.timestep; shape[0]];
+        let inputs = unet_inputs(call, &t, self.context_dim);
+        let out = if self.opts.cuda_graph() || self.bound_unet {
+            let net = &mut self.unet;
+            let io = match self.unet_io.take() {
+                Some(io) if io.fits(&net.session, &inputs) => io,
+                // New shapes or a new session: new buffers (the old ones are freed first).
+                _ => Bound::new(
+                    &net.session,
+                    self.opts.device,
+                    &inputs,
+                    &[("out_sample", shape.to_vec())],
+                )
+                .map_err(run_err("UNet"))?,
+            };
+            let io = self.unet_io.insert(io);
+            io.run(&mut net.session, inputs).map_err(run_err("UNet"))?
+        } else {
+            self.unet
+                .run(inputs, &["out_sample"])
+                .map_err(run_err("UNet"))?
+        };
+        Ok(out.into_iter().next().map(|(_, d)| d).unwrap_or_default())
+    }
+
+    /// Decodes latents `[1, 4, h, w]` to an image.
+    pub fn decode(
+        &mut self,
+        model: &Model,
+        latents: &[f32],
+        h: usize,
+        w: usize,
+    ) -> Result<RgbImage, PipelineError> {
+        let scale = model.vae_scaling();
+        let z: Vec<f32> = latents.iter().map(|x| x / scale).collect();
+        let out = run(
+            &mut self.vae,
+            vec![Input::F32("latent_sample", vec![1, 4, h, w], &z)],
+            &["sample"],
+        )
+        .map_err(run_err("VAE decoder"))?;
+        let (shape, data) = out.into_iter().next().unwrap_or_default();
+        let (ih, iw) = (
+            shape.get(2).copied().unwrap_or(0),
+            shape.get(3).copied().unwrap_or(0),
+        );
+        Ok(vae::to_rgb(&data, iw, ih))
+    }
+}
+
+/// The UNet's named inputs: sample, timestep (one per batch row), context and, for SDXL, the
+/// added conditioning.
+pub(crate) fn unet_inputs<'a>(
+    call: UnetCall<'a>,
+    t: &'a [f32],
+    context_dim: usize,
+) -> Vec<Input<'a>> {
+    let UnetCall {
+        sample,
+        shape,
+        context,
+        added,
+        ..
+    } = call;
+    let b = shape[0];
+    let seq = context.len() / (b * context_dim);
+    let mut inputs = vec![
+        Input::F32("sample", shape.to_vec(), sample),
+        Input::F32("timestep", vec![b], t),
+        Input::F32("encoder_hidden_states", vec![b, seq, context_dim], context),
+    ];
+    if let Some(a) = added {
+        inputs.push(Input::F32(
+            "text_embeds",
+            vec![b, a.text_embeds.len() / b],
+            a.text_embeds,
+        ));
+        inputs.push(Input::F32(
+            "time_ids",
+            vec![b, a.time_ids.len() / b],
+            a.time_ids,
+        ));
+    }
+    inputs
+}
+
+/// Free-dimension overrides of the UNet for static shapes (CFG batch 2).
+pub(crate) fn unet_dim_overrides(dims: Option<[i64; 3]>) -> Vec<(&'static str, i64)> {
+    match dims {
+        Some([h, w, seq]) => vec![("batch", 2), ("height", h), ("width", w), ("sequence", seq)],
+        None => Vec::new(),
+    }
+}
+
+/// Builds `kind`'s session with `deltas` added: with resident weights for the components adapters
+/// patch when the options ask for them, else with the weights baked in.
+fn build_component(
+    model: &Model,
+    rt: &'static Runtime,
+    opts: &SessionOptions,
+    kind: ComponentKind,
+    deltas: &dyn patch::DeltaSource,
+    dims: &[(&str, i64)],
+    stats: &mut FuseStats,
+) -> Result<Net, PipelineError> {
+    let c = model
+        .component(kind)
+        .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
+    let which = opts
+        .graph
+        .resolve(opts.device, c)
+        .map_err(PipelineError::Job)?;
+    let Some((graph, weightmap)) = c.graph_of(which) else {
+        return Err(PipelineError::Job(format!("{kind}: no {which:?} graph")));
+    };
+    let what = match which {
+        GraphKind::Plain => kind.dir_name().to_string(),
+        GraphKind::Cuda => format!("{kind} (fused CUDA graph)"),
+    };
+    // Only a UNet with fixed shapes is captured as a CUDA graph: it is what runs every step, and
+    // capture needs the shapes settled (the load-time UNet, built without them, is replaced by the
+    // first job's).
+    let plain;
+    let opts = if kind == ComponentKind::Unet && !dims.is_empty() {
+        opts
+    } else {
+        plain = opts.without_cuda_graph();
+        &plain
+    };
+    if opts.resident_weights() && kind != ComponentKind::VaeDecoder {
+        let t = Instant::now();
+        let net = resident::build(rt, &what, c, which, deltas, opts, dims)?;
+        // Filling, the session build and the upload are one step here.
+        stats.session_s += t.elapsed().as_secs_f64();
+        return Ok(net);
+    }
+    let t = Instant::now();
+    let (buf, _stats) = patch::assemble_graph(c, which, deltas)?;
+    c.weights.release_pages();
+    stats.patch_s += t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let session = build_session(
+        rt,
+        &what,
+        &graph.bytes,
+        &weightmap.external_file,
+        buf,
+        opts,
+        dims,
+        &[],
+    )?;
+    stats.session_s += t.elapsed().as_secs_f64();
+    Ok(Net::baked(session))
+}
+
+/// The text encoders, UNet and VAE decoder of `model` with `deltas` added.
+fn build_sessions(
+    model: &Model,
+    rt: &'static Runtime,
+    opts: &SessionOptions,
+    deltas: &ComponentDeltas,
+) -> Result<(Vec<Net>, Net, Session), PipelineError> {
+    let build = |kind| {
+        let is_text = model
+            .index
+            .family
+            .facts()
+            .encoders
+            .iter()
+            .any(|e| e.component == kind);
+        let dims: &[(&str, i64)] = if opts.static_shapes && is_text {
+            &[("batch", 1), ("sequence", 77)]
+        } else {
+            &[]
+        };
+        build_component(
+            model,
+            rt,
+            opts,
+            kind,
+            deltas.get(&kind).unwrap_or(&HashMap::new()),
+            dims,
+            &mut FuseStats::default(),
+        )
+    };
+    let mut text = Vec::new();
+    for enc in model.index.family.facts().encoders {
+        text.push(build(enc.component)?);
+    }
+    Ok((
+        text,
+        build(ComponentKind::Unet)?,
+        build(ComponentKind::VaeDecoder)?.session,
+    ))
+}

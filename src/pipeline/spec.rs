@@ -1,0 +1,58 @@
+//! [`EngineSpec`]: every load-time setting of an engine in one value (model, sessions, LoRA folders
+//! and method, live mode, previews), built once by a front end and handed to
+//! [`crate::pipeline::Generator::load`]. Per-image parameters stay in the [`crate::job::Job`].
+//! The engine module re-exports it; it lives here so the pipeline can be built from it.
+
+use crate::live::{LiveOptions, LoraMethod};
+use crate::runtime::SessionOptions;
+use std::path::PathBuf;
+
+/// What an engine is loaded with; a change to any of it means a new engine (or, for the LoRA
+/// folders and method, [`crate::pipeline::Generator::set_lora_dirs`] /
+/// [`crate::pipeline::Generator::set_lora_method`] on a loaded one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineSpec {
+    /// A stipple folder, a diffusers folder or a single-file checkpoint.
+    pub model: PathBuf,
+    /// Device, threads, shapes, graph, CUDA settings, resident weights, EMA, VAE, clip skip.
+    pub session: SessionOptions,
+    /// The folders `<lora:NAME>` tags are looked up in.
+    pub lora_dirs: Vec<PathBuf>,
+    /// How adapters reach the weights.
+    pub lora_method: LoraMethod,
+    /// Options of live mode (SVD truncation error).
+    pub live: LiveOptions,
+    /// Send `Event::Preview` while sampling (the workstation shows them).
+    pub previews: bool,
+    /// Run the UNet through fixed buffers without a CUDA graph too: how tests check that path on
+    /// the CPU.
+    #[doc(hidden)]
+    pub bound_unet: bool,
+}
+
+impl EngineSpec {
+    /// The defaults for `model`: CPU, no LoRA folders, `fuse`, no previews.
+    pub fn new(model: impl Into<PathBuf>) -> Self {
+        EngineSpec {
+            model: model.into(),
+            session: SessionOptions::default(),
+            lora_dirs: Vec::new(),
+            lora_method: LoraMethod::default(),
+            live: LiveOptions::default(),
+            previews: false,
+            bound_unet: false,
+        }
+    }
+
+    /// The same spec with `session` options.
+    pub fn with_session(mut self, session: SessionOptions) -> Self {
+        self.session = session;
+        self
+    }
+
+    /// The same spec with `dirs` as its LoRA folders.
+    pub fn with_lora_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.lora_dirs = dirs;
+        self
+    }
+}
