@@ -1,8 +1,9 @@
 //! Deltas planned up front and computed one parameter at a time, for the fuse path.
 //!
 //! [`plan`] does everything [`super::compute_deltas`] checks first (families, keys, module types)
-//! without a single ΔW; [`PlannedDeltas::delta`] computes a parameter's Σ strength·ΔW when the patch step
-//! asks for it, inside its parallel loop, so a whole model's dense ΔW is never held at once.
+//! without a single ΔW; [`PlannedDeltas::delta`] computes a parameter's Σ strength·ΔW when the
+//! patch step asks for it, inside its parallel loop, so a whole model's dense ΔW is never held at
+//! once.
 
 use super::walk::Walk;
 use super::{

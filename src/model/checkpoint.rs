@@ -20,7 +20,7 @@ pub enum CheckpointError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is not a safetensors file ({}); re-export or re-download it", text.as_ref().map_or_else(|| source.to_string(), |t| format!("it begins with text: {t:?}")))]
+    #[error("{path} is not a valid safetensors file ({}); re-export or re-download it", text.as_ref().map_or_else(|| source.to_string(), |t| format!("it begins with text: {t:?}")))]
     Format {
         path: PathBuf,
         source: safetensors::SafeTensorError,
@@ -489,7 +489,7 @@ mod tests {
         let path = dir.path().join("model.safetensors");
         std::fs::write(&path, "these are my notes about models\n").unwrap();
         let e = Checkpoint::open(&path).err().expect("refused").to_string();
-        assert!(e.contains("is not a safetensors file"), "{e}");
+        assert!(e.contains("is not a valid safetensors file"), "{e}");
         assert!(e.contains("begins with text: \"these are my notes"), "{e}");
     }
 
