@@ -1,11 +1,11 @@
 //! `stipple batch`: many jobs per process start, from a JSON-lines file or a sweep, on warm engines
 //! over one or several devices, resumable and shardable for cluster schedulers.
 //!
-//! Public surface: [`BatchArgs`] (the flags) and [`run`] (the whole command). The parts: [`jobfile`]
+//! Public surface: [`Request`] (what to run), [`Engines`] (what to run it on) and [`run`] (the whole
+//! command; its flags live in the CLI). The parts: [`jobfile`]
 //! (lines → entries), [`sweep`], [`shard`], [`plan`] (entries → jobs with hashes), [`naming`],
 //! [`manifest`], [`store`] (atomic images), [`pool`] (work queue over engines), [`report`].
 
-pub mod args;
 pub mod execute;
 pub mod hash;
 pub mod jobfile;
@@ -19,7 +19,31 @@ mod signal;
 pub mod store;
 pub mod sweep;
 
-pub use args::BatchArgs;
+/// What `stipple batch` runs: job lines from a file or a template, expanded over sweeps, one shard.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// JSON-lines job file (`-` is stdin).
+    pub jobs: Option<std::path::PathBuf>,
+    /// One job line given inline instead of a file.
+    pub template: Option<String>,
+    /// `NAME=VALUES` axes; they multiply.
+    pub sweep: Vec<String>,
+    /// Print the expanded jobs without running anything.
+    pub dry_run: bool,
+    /// `I/N`: run only that slice of the jobs.
+    pub shard: Option<String>,
+}
+
+/// The engines a batch runs on: the spec of jobs that name no model (each engine swaps in its own
+/// device and model), the devices, and where ONNX Runtime comes from.
+#[derive(Debug, Clone)]
+pub struct Engines {
+    pub spec: crate::engine::EngineSpec,
+    /// `spec.model` is the bundled tiny model (no `--model` given).
+    pub bundled: bool,
+    pub devices: Vec<crate::runtime::Device>,
+    pub ort_lib: Option<std::path::PathBuf>,
+}
 
 use crate::prompt::LoraDirs;
 use jobfile::{Entry, JobSpec, Origin};
@@ -82,12 +106,12 @@ pub struct Item {
     pub planned: Result<Planned, String>,
 }
 
-/// Runs `stipple batch` with the resolved load-time settings (`engine.model` is the model of jobs
-/// that name none), the output folder and the config's `[generation]` defaults for job fields.
+/// Runs `stipple batch` on `engine` (`engine.spec.model` is the model of jobs that name none), the
+/// output folder and the config's `[generation]` defaults for job fields.
 /// Returns an error when any job failed, so the exit status tells.
 pub fn run(
-    args: &BatchArgs,
-    engine: &crate::cli::resolve::EngineSettings,
+    args: &Request,
+    engine: &Engines,
     out: &Path,
     generation: &crate::config::GenerationConfig,
 ) -> Result<(), BatchError> {
@@ -101,9 +125,9 @@ pub fn run(
         .map(|s| Axis::parse(s))
         .collect::<Result<Vec<_>, _>>()?;
     let all = read_entries(args, &axes)?;
-    let lora_dirs = LoraDirs::new(engine.lora_dirs.clone());
+    let lora_dirs = LoraDirs::new(engine.spec.lora_dirs.clone());
     let defaults = Defaults::new(
-        engine.model.clone(),
+        engine.spec.model.clone(),
         lora_dirs.clone(),
         generation,
         engine.bundled,
@@ -125,15 +149,15 @@ pub fn run(
         out: out.to_path_buf(),
         manifest: out.join(manifest::file_name(shard)),
         devices: engine.devices.clone(),
-        session: engine.session.clone(),
-        lora_method: engine.lora_method,
+        session: engine.spec.session.clone(),
+        lora_method: engine.spec.lora_method,
         lora_dirs,
         ort_lib: engine.ort_lib.clone(),
     };
     execute::execute(items, &finished, &opts)
 }
 
-fn read_entries(args: &BatchArgs, axes: &[Axis]) -> Result<Vec<Entry>, BatchError> {
+fn read_entries(args: &Request, axes: &[Axis]) -> Result<Vec<Entry>, BatchError> {
     match (&args.jobs, &args.template) {
         (_, Some(t)) => {
             if t.contains('\n') {

@@ -55,7 +55,7 @@ pub enum Command {
     /// Make images from a prompt, without the TUI
     Generate(GenerateArgs),
     /// Run a JSON-lines job file or a sweep on warm engines; resumable and shardable
-    Batch(crate::batch::BatchArgs),
+    Batch(batch::BatchArgs),
     /// Check ONNX Runtime, execution providers and a model folder
     Doctor(doctor::DoctorArgs),
     /// Measure load time, UNet steps per second, VAE decode and a whole image
