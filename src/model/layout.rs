@@ -6,32 +6,11 @@
 
 use super::checkpoint::{Checkpoint, CheckpointError};
 use super::graph::{ElemType, Graph, GraphError};
+pub use super::index::ModelIndex;
 use super::weightmap::{Transform, WeightMap, WeightMapEntry};
 pub use crate::family::ComponentKind;
-use crate::family::Family;
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-/// `model_index.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelIndex {
-    pub format: u32,
-    pub family: Family,
-    /// `fp32` or `fp16`: the dtype of the UNet and text encoders.
-    pub dtype: String,
-    /// Image pixels per latent pixel (8 for real models).
-    pub vae_scale_factor: u32,
-    /// The VAE's `scaling_factor`; when absent, the family's.
-    pub vae_scaling_factor: Option<f32>,
-    pub default_width: Option<u32>,
-    pub default_height: Option<u32>,
-    pub components: Vec<ComponentKind>,
-    /// diffusers' pipeline setting (SDXL): an empty negative prompt conditions on zeros. When
-    /// absent, the family's default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub force_zeros_for_empty_prompt: Option<bool>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -163,39 +142,8 @@ pub(super) fn read_json<T: serde::de::DeserializeOwned>(
 }
 
 impl Model {
-    /// Opens a stipple folder, a diffusers folder or a single-file checkpoint with the default
-    /// options (fp32 templates first, trained weights).
-    pub fn open(path: &Path) -> Result<Model, ModelError> {
-        Model::open_with(path, OpenOptions::default())
-    }
-
-    pub fn open_with(path: &Path, opts: OpenOptions) -> Result<Model, ModelError> {
-        let mut model = Model::open_base(path, &opts)?;
-        if let Some(vae) = &opts.vae {
-            super::vae_file::replace_vae(&mut model, vae)?;
-        }
-        Ok(model)
-    }
-
-    fn open_base(path: &Path, opts: &OpenOptions) -> Result<Model, ModelError> {
-        if path.is_file() {
-            return super::single_file::open(path, opts);
-        }
-        if !path.is_dir() {
-            return Err(ModelError::Missing(path.to_path_buf()));
-        }
-        let index_path = path.join("model_index.json");
-        if index_path.is_file() {
-            let value: serde_json::Value = read_json(&index_path, "the model index")?;
-            if value.get("_class_name").is_some() {
-                return super::diffusers_dir::open(path, &value, opts);
-            }
-        }
-        Model::open_folder(path)
-    }
-
-    /// Opens a stipple folder.
-    fn open_folder(dir: &Path) -> Result<Model, ModelError> {
+    /// Opens a stipple folder ([`crate::model::open`] dispatches other kinds elsewhere).
+    pub(super) fn open_folder(dir: &Path) -> Result<Model, ModelError> {
         let index: ModelIndex = read_json(&dir.join("model_index.json"), "the model index")?;
         let facts = index.family.facts();
         let mut tokenizers = Vec::new();

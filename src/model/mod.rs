@@ -11,11 +11,13 @@ pub mod diffusers_dir;
 pub mod fold;
 pub mod graph;
 pub mod hash;
+pub mod index;
 pub mod layout;
 pub mod ldm;
 pub mod models_root;
 #[allow(clippy::all)]
 pub mod onnx_proto;
+pub mod open;
 pub mod single_file;
 pub mod template;
 pub mod vae_file;

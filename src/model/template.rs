@@ -4,8 +4,9 @@
 //!
 //! [`Template::all`] lists them; [`Template::file`] reads one file (gzip-compressed ones inflated).
 
-use super::layout::{ComponentKind, ModelIndex};
+use super::index::ModelIndex;
 use super::weightmap::WeightMap;
+use crate::family::ComponentKind;
 use std::io::Read;
 
 mod embedded {

@@ -401,7 +401,7 @@ fn errors_say_the_right_thing() {
     ]);
     assert_eq!(c, 1);
     assert!(
-        e.contains("/nonexistent/loras") && e.contains("cannot be read"),
+        e.contains("/nonexistent/loras") && e.contains("does not exist"),
         "{e}"
     );
     // An unclosed bracket warns, as the workstation does, and the run goes on.

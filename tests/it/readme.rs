@@ -129,21 +129,60 @@ fn examples(readme: &str, home: &Path) -> Vec<Example> {
     out
 }
 
-/// Runs the binary on `ex` in `dir`: `None` when accepted, else why not.
+/// Runs the binary on `ex` in `dir`: `None` when accepted, else why not. The workstation refuses
+/// to start without a terminal (after its command line is parsed), so such a line runs again
+/// under `script`, which gives it one, and its flags are checked there too.
 fn refusal(ex: &Example, dir: &Path) -> Option<String> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stipple"))
-        .args(&ex.args)
-        .envs(ex.env.iter().map(|(k, v)| (k, v)))
+    let (status, err) = run(ex, dir, false)?;
+    let (status, err) = if err.contains("the workstation needs a terminal") {
+        run(ex, dir, true)?
+    } else {
+        (status, err)
+    };
+    let usage = status.code() == Some(2) || err.contains("Usage:");
+    usage.then(|| {
+        format!(
+            "README line {}: stipple {:?}: {status}\n{err}",
+            ex.line, ex.args
+        )
+    })
+}
+
+/// Single quotes for `sh`.
+fn quoted(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+/// The exit status and what was printed (stderr; the terminal's output under `script`), or `None`
+/// when the command was still running after [`ACCEPTED_AFTER`] (then it is killed).
+fn run(ex: &Example, dir: &Path, in_terminal: bool) -> Option<(std::process::ExitStatus, String)> {
+    let bin = env!("CARGO_BIN_EXE_stipple");
+    let mut cmd = if in_terminal {
+        let line: Vec<String> = std::iter::once(bin.to_string())
+            .chain(ex.args.iter().cloned())
+            .map(|w| quoted(&w))
+            .collect();
+        let mut c = Command::new("script");
+        c.args(["-qec", &line.join(" "), "/dev/null"]);
+        c
+    } else {
+        let mut c = Command::new(bin);
+        c.args(&ex.args);
+        c
+    };
+    cmd.envs(ex.env.iter().map(|(k, v)| (k, v)))
         .env("HOME", dir)
         .env("XDG_CONFIG_HOME", dir.join(".config"))
         .env("XDG_DATA_HOME", dir.join(".local/share"))
         .env("NO_COLOR", "1")
         .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the stipple binary starts");
+        .stdin(Stdio::null());
+    if in_terminal {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    } else {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    }
+    let mut child = cmd.spawn().expect("the stipple binary starts");
     let started = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait for stipple") {
@@ -157,17 +196,21 @@ fn refusal(ex: &Example, dir: &Path) -> Option<String> {
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
+    let pipe: Option<Box<dyn std::io::Read>> = if in_terminal {
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read>)
+    } else {
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read>)
+    };
+    if let Some(mut p) = pipe {
+        let _ = p.read_to_string(&mut err);
     }
-    let status = status?;
-    let usage = status.code() == Some(2) || err.contains("Usage:");
-    usage.then(|| {
-        format!(
-            "README line {}: stipple {:?}: {status}\n{err}",
-            ex.line, ex.args
-        )
-    })
+    Some((status?, err))
 }
 
 #[test]
