@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("model folder {0} does not exist")]
+    #[error(
+        "{0} does not exist (a model is a checkpoint file, a diffusers folder or a stipple folder)"
+    )]
     Missing(PathBuf),
     #[error("{path} is missing: {what}")]
     MissingFile { path: PathBuf, what: &'static str },
