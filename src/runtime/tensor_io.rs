@@ -64,7 +64,7 @@ pub fn run_with<'v>(
     }
     values.extend(extra);
     let guard = super::run_guard::current();
-    let out = match &guard {
+    let out = match guard.as_ref().and_then(|g| g.options()) {
         Some(opts) => session.run_with_options(values, opts)?,
         None => session.run(values)?,
     };
@@ -224,8 +224,9 @@ impl Bound {
             // In place: the buffer keeps its address, which the captured graph reads from.
             host.copy_into(&mut *target)?;
         }
-        match super::run_guard::current() {
-            Some(opts) => drop(session.run_binding_with_options(&self.binding, &opts)?),
+        let guard = super::run_guard::current();
+        match guard.as_ref().and_then(|g| g.options()) {
+            Some(opts) => drop(session.run_binding_with_options(&self.binding, opts)?),
             None => drop(session.run_binding(&self.binding)?),
         }
         self.outputs
