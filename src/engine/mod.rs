@@ -11,14 +11,16 @@ use crate::job::{Event, Job, JobId};
 use crate::pipeline::Dials;
 pub use crate::pipeline::{EngineSpec, Stop};
 use crate::prompt::Component;
+use crate::runtime::run_guard::RunGuard;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-/// Shared flag the runner polls once per sampling step.
+/// Shared flag the runner polls once per sampling step; an interrupt also terminates the ONNX
+/// Runtime run in flight on the engine thread (through its [`RunGuard`]).
 #[derive(Debug, Default, Clone)]
-pub struct CancelToken(Arc<AtomicU8>);
+pub struct CancelToken(Arc<AtomicU8>, RunGuard);
 
 impl CancelToken {
     pub fn get(&self) -> Stop {
@@ -35,6 +37,16 @@ impl CancelToken {
             Stop::Interrupt => 2,
         };
         self.0.store(v, Ordering::Release);
+        match stop {
+            Stop::Interrupt => self.1.terminate(),
+            Stop::No => self.1.reset(),
+            Stop::SkipImage => {}
+        }
+    }
+
+    /// The run options this token terminates; the engine thread installs them.
+    pub fn run_guard(&self) -> &RunGuard {
+        &self.1
     }
     /// Clears a `SkipImage` once the runner has acted on it, leaving `Interrupt` in place.
     pub fn take_skip(&self) -> bool {
@@ -233,6 +245,7 @@ impl Engine {
         let thread = std::thread::Builder::new()
             .name("stipple-engine".into())
             .spawn(move || loop {
+                cancel.run_guard().install();
                 let (id, job) = {
                     let mut q = lock(&queue.jobs);
                     loop {

@@ -126,6 +126,8 @@ impl Runner for Generator {
         match self.generate(job, &stop, &mut |e| out.send(e), id) {
             Ok(Ended::Done) => Outcome::Done,
             Ok(Ended::Cancelled) => Outcome::Cancelled,
+            // An interrupt terminates the run in flight, which then fails: that is a cancel.
+            Err(_) if out.cancel.get() == Stop::Interrupt => Outcome::Cancelled,
             Err(e) => Outcome::Failed(e.to_string()),
         }
     }

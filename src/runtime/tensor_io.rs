@@ -63,7 +63,11 @@ pub fn run_with<'v>(
         values.push((name, value.into()));
     }
     values.extend(extra);
-    let out = session.run(values)?;
+    let guard = super::run_guard::current();
+    let out = match guard.as_ref().and_then(|g| g.options()) {
+        Some(opts) => session.run_with_options(values, opts)?,
+        None => session.run(values)?,
+    };
     outputs_of(&out, outputs)
 }
 
@@ -220,7 +224,11 @@ impl Bound {
             // In place: the buffer keeps its address, which the captured graph reads from.
             host.copy_into(&mut *target)?;
         }
-        drop(session.run_binding(&self.binding)?);
+        let guard = super::run_guard::current();
+        match guard.as_ref().and_then(|g| g.options()) {
+            Some(opts) => drop(session.run_binding_with_options(&self.binding, opts)?),
+            None => drop(session.run_binding(&self.binding)?),
+        }
         self.outputs
             .iter()
             .map(|(_, _, t)| tensor_to_host(t))

@@ -240,3 +240,107 @@ fn long_prompts_use_several_chunks_and_emphasis_changes_the_conditioning() {
         .unwrap();
     assert_ne!(weighted, plain);
 }
+
+/// Events of one engine job until its last one, each with when it arrived; `on_step` sees every
+/// step as it comes (to interrupt from here, another thread than the engine's).
+fn job_events(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
+    mut on_step: impl FnMut(u32),
+) -> Vec<(std::time::Instant, Event)> {
+    let mut seen = Vec::new();
+    while let Some(e) = rx.blocking_recv() {
+        if let Event::Step(p) = &e {
+            on_step(p.step);
+        }
+        let last = matches!(
+            e,
+            Event::Finished { .. } | Event::Cancelled { .. } | Event::Failed { .. }
+        );
+        seen.push((std::time::Instant::now(), e));
+        if last {
+            break;
+        }
+    }
+    seen
+}
+
+fn image_bytes(events: &[(std::time::Instant, Event)]) -> Vec<Vec<u8>> {
+    events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Image { image, .. } => Some(image.pixels.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_interrupt_stops_the_running_step_and_the_engine_goes_on() {
+    use stipple::engine::Engine;
+    use stipple::pipeline::{EngineSpec, Generator};
+    let load = || Generator::load(EngineSpec::new(tiny_model()), runtime()).expect("tiny model");
+    // Big enough that one step of the tiny UNet takes a while on a CPU.
+    let big = Job {
+        prompt: "a fox".into(),
+        negative: String::new(),
+        sampler: Sampler::Euler,
+        steps: 2,
+        cfg: 7.0,
+        width: 256,
+        height: 256,
+        seed: 3,
+        batch: 1,
+    };
+    let small = Job {
+        width: 64,
+        height: 64,
+        seed: 11,
+        ..big.clone()
+    };
+    let (engine, mut rx) = Engine::spawn(load());
+
+    // Uninterrupted: how long the second step takes.
+    engine.submit(big.clone());
+    let full = job_events(&mut rx, |_| {});
+    let at_step = |events: &[(std::time::Instant, Event)], n: u32| {
+        events
+            .iter()
+            .find(|(_, e)| matches!(e, Event::Step(p) if p.step == n))
+            .map(|(t, _)| *t)
+            .expect("the step was reported")
+    };
+    let step = at_step(&full, 2) - at_step(&full, 1);
+
+    // Interrupted a quarter into the second step: without a mid-step stop the job would end only
+    // after the rest of that step.
+    engine.submit(big);
+    let mut sent = None;
+    let cut = job_events(&mut rx, |n| {
+        if n == 1 {
+            std::thread::sleep(step / 4);
+            sent = Some(std::time::Instant::now());
+            engine.interrupt();
+        }
+    });
+    let (end, last) = cut.last().expect("the job ended");
+    assert!(matches!(last, Event::Cancelled { .. }), "{last:?}");
+    assert!(image_bytes(&cut).is_empty());
+    let sent = sent.expect("interrupted after the first step");
+    let took = *end - sent;
+    eprintln!("one step {step:?}, cancel took {took:?}");
+    assert!(
+        took < step / 2,
+        "the cancel took {took:?}, one step takes {step:?}"
+    );
+
+    // The same engine then makes the image a fresh engine makes.
+    engine.submit(small.clone());
+    let after = image_bytes(&job_events(&mut rx, |_| {}));
+    engine.shutdown_and_wait();
+    let (fresh, mut rx) = Engine::spawn(load());
+    fresh.submit(small);
+    let expected = image_bytes(&job_events(&mut rx, |_| {}));
+    fresh.shutdown_and_wait();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after, expected);
+}
