@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 
 pub fn run(a: &GenerateArgs, outer: &TuiArgs, ort_lib: Option<&Path>) -> Result<(), CliError> {
     let (r, model) = resolve::generate(a, &outer.engine, ort_lib, &Dirs::discover())?;
-    drop(model);
     for w in &r.warnings {
         eprintln!("{}", w.trim_end());
     }
@@ -22,7 +21,7 @@ pub fn run(a: &GenerateArgs, outer: &TuiArgs, ort_lib: Option<&Path>) -> Result<
         .clone()
         .or_else(|| outer.out.clone())
         .unwrap_or_else(|| PathBuf::from("out"));
-    let generator = load(&r.engine)?;
+    let generator = load_opened(&r.engine, model)?;
     eprintln!("seed {}", r.job.seed);
     crate::headless::generate(
         generator,
@@ -41,13 +40,16 @@ pub fn run(a: &GenerateArgs, outer: &TuiArgs, ort_lib: Option<&Path>) -> Result<
     Ok(())
 }
 
-/// The generator for `e`: runtime, sessions, LoRA folders and method, all from the one resolve.
-pub fn load(e: &EngineSettings) -> Result<Generator, CliError> {
+/// The generator for `e` on the model the resolve step opened (it is not opened twice): runtime,
+/// sessions, LoRA folders and method, all from the one resolve.
+fn load_opened(e: &EngineSettings, model: crate::model::Model) -> Result<Generator, CliError> {
     let rt = Runtime::get(e.ort_lib.as_deref(), e.session.device.is_gpu()).failed()?;
-    Generator::load(e.spec(), rt).failed().map_err(|err| {
-        err.context(format_args!(
-            "cannot load the model in {}",
-            e.model.display()
-        ))
-    })
+    Generator::with_model(e.spec(), model, rt)
+        .failed()
+        .map_err(|err| {
+            err.context(format_args!(
+                "cannot load the model in {}",
+                e.model.display()
+            ))
+        })
 }

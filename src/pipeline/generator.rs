@@ -99,8 +99,18 @@ pub fn validate_job(job: &Job) -> Result<(), PipelineError> {
 impl Generator {
     /// Opens `spec.model` and builds its sessions from the pristine base weights.
     pub fn load(spec: EngineSpec, runtime: &'static Runtime) -> Result<Self, PipelineError> {
+        let model = Model::open_with(&spec.model, spec.session.open_options())?;
+        Generator::with_model(spec, model, runtime)
+    }
+
+    /// [`Generator::load`] on a model the caller already opened from `spec.model` with
+    /// `spec.session.open_options()` (a front end that read it to check the job first).
+    pub fn with_model(
+        spec: EngineSpec,
+        model: Model,
+        runtime: &'static Runtime,
+    ) -> Result<Self, PipelineError> {
         let opts = spec.session.clone().resolved();
-        let model = Model::open_with(&spec.model, opts.open_options())?;
         let clip_skip = opts.clip_skip.unwrap_or(1);
         if !(1..=2).contains(&clip_skip) {
             return Err(PipelineError::Job(format!(
