@@ -9,6 +9,7 @@ pub mod assemble;
 pub mod checkpoint;
 pub mod diffusers_dir;
 pub mod fold;
+pub mod foldable;
 pub mod graph;
 pub mod hash;
 pub mod index;

@@ -46,6 +46,8 @@ pub enum PatchError {
     },
     #[error("{component}: initializer {init} overlaps another or does not fit its place in the weights buffer")]
     Layout { component: String, init: String },
+    #[error("{component}: {param} is folded into a constant when the session is built (static shapes), so an adapter cannot change it in place; run without --static-shapes or --cuda-graph")]
+    Folded { component: String, param: String },
     #[error("{component}: the model folder has no {kind:?} graph")]
     NoGraph { component: String, kind: GraphKind },
 }
@@ -188,6 +190,13 @@ impl Elems {
         match self {
             Elems::Two(v) => v.len() * 2,
             Elems::Four(v) => v.len() * 4,
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Elems::Two(v) => bytemuck::cast_slice(v),
+            Elems::Four(v) => bytemuck::cast_slice(v),
         }
     }
 

@@ -5,6 +5,7 @@
 //! new session. [`Net`] is a session with resident weights or with baked-in ones.
 
 use crate::model::fold::fold_weights;
+use crate::model::foldable::constant_fed_weights;
 use crate::model::layout::{buffer_len, Component, GraphKind};
 use crate::model::{ElemType, Graph, WeightMapEntry};
 use crate::patch::{self, DeltaSource, Elems, Filled, PatchError};
@@ -59,6 +60,11 @@ pub struct Layout {
     /// Initializers that hold base + ΔW (or whatever a failed upload left): the next change
     /// rewrites them even if it does not touch them.
     patched: HashSet<usize>,
+    /// Weights ONNX Runtime may fold into constants of its own when it builds the session (a
+    /// position embedding under static shapes): baked into the session, not resident, so no
+    /// change may reach them. `true` when the session holds one with a ΔW.
+    pinned: Vec<WeightMapEntry>,
+    pinned_patched: bool,
 }
 
 /// New contents for some weights, computed by [`Layout::stage`] and not yet on the device.
@@ -128,6 +134,15 @@ impl Layout {
         component: &Component,
         deltas: &dyn DeltaSource,
     ) -> Result<Staged, PatchError> {
+        for e in &self.pinned {
+            let reached = e.sources().into_iter().find(|s| deltas.may_change(s));
+            if let Some(param) = reached.or(self.pinned_patched.then_some(e.name.as_str())) {
+                return Err(PatchError::Folded {
+                    component: self.what.clone(),
+                    param: param.to_string(),
+                });
+            }
+        }
         let picked: Vec<usize> = (0..self.entries.len())
             .filter(|i| {
                 self.patched.contains(i)
@@ -234,31 +249,54 @@ pub fn build(
     opts.device
         .dispatch(&rt.path.display().to_string(), &opts.cuda)
         .map_err(SessionError::from)?;
+    // Weights a constant-foldable node reads are folded by ONNX Runtime from the external-data
+    // file when the session is built, whatever buffer is shared for them: they go in the file.
+    let folds =
+        constant_fed_weights(graph, !dims.is_empty()).map_err(|e| graph_err(e.to_string()))?;
+    let (pinned, entries): (Vec<&WeightMapEntry>, Vec<&WeightMapEntry>) = weightmap
+        .initializers
+        .iter()
+        .partition(|e| folds.contains(&e.name));
     // Filled first: a delta that does not fit fails before any session is built.
-    let entries: Vec<&WeightMapEntry> = weightmap.initializers.iter().collect();
-    let filled = patch::fill_each_in(component, graph, &entries, deltas)?;
+    let every: Vec<&WeightMapEntry> = entries.iter().chain(&pinned).copied().collect();
+    let mut filled = patch::fill_each_in(component, graph, &every, deltas)?;
+    let pinned_filled = filled.split_off(entries.len());
     component.weights.release_pages();
     let externals: HashMap<&str, _> = graph
         .externals
         .iter()
         .map(|x| (x.name.as_str(), x))
         .collect();
-    // ONNX Runtime still wants the external-data file the graph names, but reads none of it:
-    // every initializer there is shared. Its weight regions stay unwritten (zero pages that cost
-    // no memory), so one host copy of the weights is held, not two; anything ONNX Runtime did load
-    // from the file would show as zeros, not as weights silently cut off from the buffers.
-    let file = patch::zeroed_buffer(buffer_len(graph));
+    let place = |name: &str, len: usize| {
+        let x = externals
+            .get(name)
+            .ok_or_else(|| graph_err(format!("{name} is not an external initializer")))?;
+        x.offset
+            .checked_add(len)
+            .filter(|&end| end <= buffer_len(graph))
+            .ok_or_else(|| graph_err(format!("{name} does not fit the weights buffer")))?;
+        Ok::<_, ResidentError>(*x)
+    };
+    // ONNX Runtime still wants the external-data file the graph names, and reads from it only the
+    // pinned weights: every other initializer there is shared. Its other regions stay unwritten
+    // (zero pages that cost no memory), so one host copy of the weights is held, not two; anything
+    // else ONNX Runtime did load from the file would show as zeros, not as weights silently cut
+    // off from the buffers.
+    let mut file = patch::zeroed_buffer(buffer_len(graph));
+    let pinned_patched = pinned_filled.iter().any(|f| f.patched);
+    if !pinned.is_empty() {
+        let bytes = Arc::get_mut(&mut file)
+            .ok_or_else(|| graph_err("the weights buffer is shared".to_string()))?;
+        for (e, f) in pinned.iter().zip(&pinned_filled) {
+            let x = place(&e.name, f.elems.byte_len())?;
+            bytes[x.offset..x.offset + f.elems.byte_len()].copy_from_slice(f.elems.bytes());
+        }
+    }
     let mut tensors = Vec::with_capacity(entries.len());
     let mut patched = HashSet::new();
     let mut owners = Vec::new();
     for (i, (e, f)) in entries.iter().zip(filled).enumerate() {
-        let x = externals
-            .get(e.name.as_str())
-            .ok_or_else(|| graph_err(format!("{} is not an external initializer", e.name)))?;
-        x.offset
-            .checked_add(f.elems.byte_len())
-            .filter(|&end| end <= file.len())
-            .ok_or_else(|| graph_err(format!("{} does not fit the weights buffer", e.name)))?;
+        let x = place(&e.name, f.elems.byte_len())?;
         if f.patched {
             patched.insert(i);
         }
@@ -305,6 +343,8 @@ pub fn build(
                 entries: entries.into_iter().cloned().collect(),
                 graph: folded.graph,
                 patched,
+                pinned: pinned.into_iter().cloned().collect(),
+                pinned_patched,
             },
             tensors,
             _owners: owners,

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The GPU check: every GPU mode's pictures against the plain reference of the same jobs.
+# Runs one jobs file (a base picture, an adapter, back to the base, a strength schedule, the adapter
+# again: each swap happens inside one engine) through `stipple batch --device cuda:0` once per mode,
+# and compares each picture with the reference mode's: the plain UNet graph, no CUDA graph, no static
+# shapes, weights baked into the sessions (--resident-weights false). Prints mean and max absolute
+# difference per job and PASS/FAIL against TOL (mean, in 1/255; default 0.5). Exit 1 if any fails.
+# Run it before reporting any GPU figure. FAMILY=sdxl checks SDXL at 1024x1024.
+#
+# Expects what scripts/gpu_bench.sh expects (ONNX Runtime GPU parts in /tmp/parts or unpacked in
+# /tmp/ort, the diffusers wheels in .whl/, target/release/stipple) and reuses its model if present.
+# DEVICE=cpu with MODEL, LORA_DIR and LORA (a file name there) runs the same comparison on the CPU.
+set -euo pipefail
+OUT=${OUT:-/tmp/stipple-gpu}
+mkdir -p "$OUT"
+DEVICE=${DEVICE:-cuda:0}
+FAMILY=${FAMILY:-sd15}
+MODEL=${MODEL:-/tmp/$FAMILY}
+LORA_DIR=${LORA_DIR:-/tmp/loras}
+LORA=${LORA:-synth32}
+if [ "${DEVICE%%:*}" = cuda ]; then
+. "$(dirname "$0")/gpu_env.sh"
+if [ ! -f "$MODEL/model_index.json" ]; then
+  python3 scripts/export_model.py --random "$FAMILY" --dtype fp16 --device cuda --out "$MODEL" > "$OUT/export.log" 2>&1
+fi
+mkdir -p "$LORA_DIR"
+[ -f "$LORA_DIR/$LORA.safetensors" ] || python3 scripts/synth_lora.py "$MODEL" "$LORA_DIR/$LORA.safetensors" --rank 32 --te
+fi
+BIN=${BIN:-target/release/stipple}
+chmod +x "$BIN"
+TOL=${TOL:-0.5}
+STEPS=${STEPS:-20}
+jobs="$OUT/check-jobs.jsonl"
+cat > "$jobs" <<JOBS
+{"prompt": "a red fox", "seed": 1, "steps": $STEPS, "out": "j1-base"}
+{"prompt": "a red fox <lora:$LORA:0.8>", "seed": 2, "steps": $STEPS, "out": "j2-adapter"}
+{"prompt": "a red fox", "seed": 3, "steps": $STEPS, "out": "j3-back"}
+{"prompt": "a red fox <lora:$LORA:te=0.8:unet=1@0,0.2@1>", "seed": 4, "steps": $STEPS, "out": "j4-schedule"}
+{"prompt": "a red fox <lora:$LORA:0.5>", "seed": 5, "steps": $STEPS, "out": "j5-again"}
+JOBS
+run() {  # run NAME FLAGS...: the jobs through one engine with FLAGS
+  local name=$1; shift
+  local t; t=$(date +%s.%N)
+  rm -rf "$OUT/check-$name"
+  "$BIN" batch "$jobs" --device "$DEVICE" --model "$MODEL" --lora-dir "$LORA_DIR" "$@" --out "$OUT/check-$name" \
+    > "$OUT/check-$name.log" 2>&1 || echo "$name: stipple exited $? (see check-$name.log)"
+  printf '%s: %.1f s\n' "$name" "$(echo "$(date +%s.%N) - $t" | bc)" >> "$OUT/check-times.txt"
+}
+: > "$OUT/check-times.txt"
+run reference --graph plain --resident-weights false
+MODES=${MODES:-"default|
+plain-resident|--graph plain
+fused-baked|--graph cuda --resident-weights false
+static|--static-shapes
+static-plain|--graph plain --static-shapes
+cudagraph|--cuda-graph --static-shapes
+cudagraph-plain|--graph plain --cuda-graph --static-shapes
+live|--lora-method live
+refuse|--lora-method refuse"}
+names=()
+while IFS='|' read -r name flags; do
+  [ -z "$name" ] && continue
+  # shellcheck disable=SC2086
+  run "$name" $flags
+  names+=("$name")
+done <<< "$MODES"
+${PYTHON:-python3} - "$OUT" "$TOL" "${names[@]}" <<'PY' | tee "$OUT/check-summary.txt"
+import glob, os, sys
+import numpy as np
+from PIL import Image
+out, tol, names = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+def pictures(mode):
+    found = {}
+    for p in glob.glob(os.path.join(out, f"check-{mode}", "**", "*.png"), recursive=True):
+        found[os.path.basename(p).split("-")[0]] = p
+    return found
+ref = pictures("reference")
+print(f"GPU check: each mode vs the reference (plain graph, no CUDA graph, no static shapes, baked weights); "
+      f"tolerance mean abs <= {tol}/255")
+failed = 0
+for mode in names:
+    got = pictures(mode)
+    cells = []
+    ok = True
+    for job in sorted(ref):
+        if job not in got:
+            cells.append(f"{job}: missing")
+            ok = False
+            continue
+        a = np.asarray(Image.open(ref[job]).convert("RGB"), dtype=np.float64)
+        b = np.asarray(Image.open(got[job]).convert("RGB"), dtype=np.float64)
+        d = np.abs(a - b)
+        ok &= d.mean() <= tol
+        cells.append(f"{job} {d.mean():.3f}/{d.max():.0f}")
+    failed += not ok
+    print(f"{'PASS' if ok else 'FAIL'} {mode:<16} " + "  ".join(cells))
+if not ref:
+    print("FAIL: the reference made no pictures")
+    failed += 1
+print(f"{len(names) - failed} of {len(names)} modes pass (cells: job mean/max abs difference in 1/255)")
+sys.exit(1 if failed else 0)
+PY
+cat "$OUT/check-times.txt"
