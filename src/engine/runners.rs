@@ -2,7 +2,8 @@
 //! (loads the model on the first job) and [`SavingRunner`] (saves each image before passing it on).
 
 use super::{Outcome, Reporter, Runner, Stop};
-use crate::job::{Event, Job};
+use crate::job::{Event, Job, JobId};
+use crate::pipeline::generator::GroupJob;
 use crate::pipeline::{Dials, Ended, EngineSpec, Generator};
 use crate::runtime::Runtime;
 use std::path::PathBuf;
@@ -114,22 +115,47 @@ impl Runner for Generator {
     }
 
     fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome {
-        let cancel = out.cancel.clone();
-        let stop = move || {
-            let s = cancel.get();
-            if s == Stop::SkipImage {
-                cancel.take_skip();
-            }
-            s
-        };
+        let stop = skip_once(out);
         let id = out.id;
-        match self.generate(job, &stop, &mut |e| out.send(e), id) {
-            Ok(Ended::Done) => Outcome::Done,
-            Ok(Ended::Cancelled) => Outcome::Cancelled,
-            // An interrupt terminates the run in flight, which then fails: that is a cancel.
-            Err(_) if out.cancel.get() == Stop::Interrupt => Outcome::Cancelled,
-            Err(e) => Outcome::Failed(e.to_string()),
+        let ended = self
+            .generate(job, &stop, &mut |e| out.send(e), id)
+            .map_err(|e| e.to_string());
+        outcome(ended, out)
+    }
+
+    fn run_group(&mut self, jobs: &[(JobId, Job)], out: &Reporter<'_>) -> Vec<Outcome> {
+        let stop = skip_once(out);
+        let group: Vec<GroupJob<'_>> = jobs
+            .iter()
+            .map(|(id, job)| GroupJob { id: *id, job })
+            .collect();
+        self.generate_group(&group, &stop, &mut |e| out.send(e))
+            .into_iter()
+            .map(|ended| outcome(ended, out))
+            .collect()
+    }
+}
+
+/// The stop check a generator polls: a skip is acted on once, an interrupt stays.
+fn skip_once(out: &Reporter<'_>) -> impl Fn() -> Stop {
+    let cancel = out.cancel.clone();
+    move || {
+        let s = cancel.get();
+        if s == Stop::SkipImage {
+            cancel.take_skip();
         }
+        s
+    }
+}
+
+/// How a job the generator ran ended, for the engine.
+fn outcome(ended: Result<Ended, String>, out: &Reporter<'_>) -> Outcome {
+    match ended {
+        Ok(Ended::Done) => Outcome::Done,
+        Ok(Ended::Cancelled) => Outcome::Cancelled,
+        // An interrupt terminates the run in flight, which then fails: that is a cancel.
+        Err(_) if out.cancel.get() == Stop::Interrupt => Outcome::Cancelled,
+        Err(e) => Outcome::Failed(e),
     }
 }
 

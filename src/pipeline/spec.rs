@@ -24,6 +24,9 @@ pub struct EngineSpec {
     pub live: LiveOptions,
     /// Send `Event::Preview` while sampling (the workstation shows them).
     pub previews: bool,
+    /// At most this many images go through the UNet together (a job's batch, or the jobs of a
+    /// group); 1 samples one image at a time.
+    pub unet_batch: usize,
     /// Run the UNet through fixed buffers without a CUDA graph too: how tests check that path on
     /// the CPU.
     #[doc(hidden)]
@@ -40,6 +43,7 @@ impl EngineSpec {
             lora_method: LoraMethod::default(),
             live: LiveOptions::default(),
             previews: false,
+            unet_batch: super::generator::DEFAULT_UNET_BATCH,
             bound_unet: false,
         }
     }
