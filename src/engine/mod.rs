@@ -225,7 +225,8 @@ impl EngineHandle {
         }
     }
 
-    /// Skips the image being made now; the job goes on with the next one of its batch.
+    /// Skips the image being made now (with the images sharing its UNet calls); the job goes on
+    /// with the next ones of its batch.
     pub fn skip(&self) {
         if !lock(&self.queue.jobs).running.is_empty() {
             self.cancel.set(Stop::SkipImage);
