@@ -171,7 +171,7 @@ impl Generator {
         );
         let n = 4 * h * w;
         let total: usize = jobs.iter().map(|r| r.job.batch as usize).sum();
-        let width = self.unet_batch.max(1).min(total);
+        let width = self.unet_batch.min(total).max(1);
         let static_shapes = self.sessions.opts().static_shapes;
         // With fixed shapes every call has the same batch (a short last one is padded), so one
         // session serves the whole run.
