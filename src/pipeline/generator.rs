@@ -29,8 +29,9 @@ use std::path::PathBuf;
 mod batched;
 
 pub use super::sessions::{Added, FuseStats};
+pub use super::spec::DEFAULT_UNET_BATCH;
 pub use super::text::Conditioning;
-pub use batched::{GroupJob, DEFAULT_UNET_BATCH};
+pub use batched::GroupJob;
 
 /// A loaded model with its sessions, ready to run jobs.
 pub struct Generator {

@@ -7,6 +7,10 @@ use crate::live::{LiveOptions, LoraMethod};
 use crate::runtime::SessionOptions;
 use std::path::PathBuf;
 
+/// At most this many images go through the UNet together unless the engine says otherwise
+/// (`--unet-batch`). On the CPU sharing calls neither gains nor loses; 4 waits for a GPU figure.
+pub const DEFAULT_UNET_BATCH: usize = 4;
+
 /// What an engine is loaded with; a change to any of it means a new engine (or, for the LoRA
 /// folders and method, [`crate::pipeline::Generator::set_lora_dirs`] /
 /// [`crate::pipeline::Generator::set_lora_method`] on a loaded one).
@@ -43,7 +47,7 @@ impl EngineSpec {
             lora_method: LoraMethod::default(),
             live: LiveOptions::default(),
             previews: false,
-            unet_batch: super::generator::DEFAULT_UNET_BATCH,
+            unet_batch: DEFAULT_UNET_BATCH,
             bound_unet: false,
         }
     }

@@ -21,10 +21,6 @@ use crate::prompt::Prompt;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// At most this many images go through the UNet together unless the engine says otherwise
-/// (`--unet-batch`): measured on the CPU (see the batching note); a GPU wants its own figure.
-pub const DEFAULT_UNET_BATCH: usize = 4;
-
 /// One job of [`Generator::generate_group`], with the id its events carry.
 #[derive(Debug, Clone, Copy)]
 pub struct GroupJob<'a> {
