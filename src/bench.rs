@@ -3,6 +3,9 @@
 //!
 //! [`run`] measures and returns a [`BenchReport`]; its `Display` is what both commands print. On CUDA
 //! it also samples the GPU's memory in use through NVML ([`crate::runtime::device_mem`]).
+//! [`throughput`] measures images per second with and without shared UNet calls.
+
+pub mod throughput;
 
 use crate::engine::Stop;
 use crate::job::{Job, Sampler};

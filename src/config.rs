@@ -36,6 +36,9 @@ height = 0
 # -1 picks a new random seed for every job.
 seed = -1
 batch = 1
+# At most this many images go through the UNet together: the images of a job, and in
+# `stipple batch` the images of compatible jobs (--unet-batch). 1 makes one image at a time.
+unet_batch = 4
 # fuse: static adapters are merged into the weights, scheduled or dialled ones run live;
 # live: every adapter runs live; refuse: everything merged, re-merged when a strength changes.
 lora_method = "fuse"
@@ -112,6 +115,8 @@ pub struct GenerationConfig {
     /// `-1` for random.
     pub seed: i64,
     pub batch: u32,
+    /// Images per UNet call at most (a job's batch, or compatible jobs of `stipple batch`).
+    pub unet_batch: u32,
     pub lora_method: LoraMethod,
     pub trigger_words: bool,
 }
@@ -229,6 +234,11 @@ impl Config {
         check(
             (1..=64).contains(&g.batch),
             "generation.batch",
+            "must be 1..=64",
+        )?;
+        check(
+            (1..=64).contains(&g.unet_batch),
+            "generation.unet_batch",
             "must be 1..=64",
         )?;
         check(

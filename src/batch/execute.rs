@@ -30,6 +30,8 @@ pub struct Options {
     /// Load-time options of every engine (each with its own device).
     pub session: SessionOptions,
     pub lora_method: LoraMethod,
+    /// Images per UNet call at most: a job's batch, or compatible jobs run together.
+    pub unet_batch: usize,
     pub lora_dirs: LoraDirs,
     pub ort_lib: Option<PathBuf>,
 }
@@ -40,6 +42,7 @@ pub struct GeneratorLoader {
     pub runtime: &'static Runtime,
     pub session: SessionOptions,
     pub lora_method: LoraMethod,
+    pub unet_batch: usize,
     pub lora_dirs: LoraDirs,
 }
 
@@ -53,6 +56,7 @@ impl Loader for GeneratorLoader {
             })
             .with_lora_dirs(self.lora_dirs.roots.clone());
         spec.lora_method = self.lora_method;
+        spec.unet_batch = self.unet_batch;
         Generator::load(spec, self.runtime).map_err(|e| e.to_string())
     }
 }
@@ -165,9 +169,10 @@ pub fn execute(
             runtime,
             session: opts.session.clone(),
             lora_method: opts.lora_method,
+            unet_batch: opts.unet_batch,
             lora_dirs: opts.lora_dirs.clone(),
         });
-        let reports = pool::run(loader, &opts.devices, tasks, stop.clone());
+        let reports = pool::run(loader, &opts.devices, tasks, opts.unet_batch, stop.clone());
         let mut progress: HashMap<usize, Progress> = HashMap::new();
         for report in reports {
             match report {

@@ -4,9 +4,11 @@
 //! Public surface: [`Request`] (what to run), [`Engines`] (what to run it on) and [`run`] (the whole
 //! command; its flags live in the CLI). The parts: [`jobfile`]
 //! (lines → entries), [`sweep`], [`shard`], [`plan`] (entries → jobs with hashes), [`naming`],
-//! [`manifest`], [`store`] (atomic images), [`pool`] (work queue over engines), [`report`].
+//! [`manifest`], [`store`] (atomic images), [`group`] (which jobs share UNet calls), [`pool`] (work
+//! queue over engines), [`report`].
 
 pub mod execute;
+pub mod group;
 pub mod hash;
 pub mod jobfile;
 pub mod manifest;
@@ -151,6 +153,7 @@ pub fn run(
         devices: engine.devices.clone(),
         session: engine.spec.session.clone(),
         lora_method: engine.spec.lora_method,
+        unet_batch: engine.spec.unet_batch,
         lora_dirs,
         ort_lib: engine.ort_lib.clone(),
     };

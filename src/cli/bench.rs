@@ -31,6 +31,13 @@ pub struct BenchArgs {
     /// With --lora: also measure live mode (per-step time live vs fused, set_strength → next step)
     #[arg(long, requires = "lora")]
     pub live: bool,
+    /// Instead: images per second over N one-image jobs, one UNet call per image and then with
+    /// compatible jobs sharing calls (up to --unet-batch images)
+    #[arg(long, value_name = "N", conflicts_with_all = ["lora", "live"])]
+    pub throughput: Option<usize>,
+    /// With --throughput: sampling steps per image (default: the model family's)
+    #[arg(long, requires = "throughput")]
+    pub steps: Option<u32>,
 }
 
 pub fn run(a: &BenchArgs, outer: &EngineFlags, ort_lib: Option<&Path>) -> Result<(), CliError> {
@@ -50,6 +57,24 @@ pub fn run(a: &BenchArgs, outer: &EngineFlags, ort_lib: Option<&Path>) -> Result
     };
     let rt = Runtime::get(e.ort_lib.as_deref(), e.session.device.is_gpu()).failed()?;
     let bench_of = |what: &Path| format!("benchmark of {}", what.display());
+    if let Some(n) = a.throughput {
+        if n == 0 {
+            return Err(CliError::Usage(
+                "--throughput 0: give at least 1 image".into(),
+            ));
+        }
+        let r = crate::bench::throughput::throughput(e.spec(), rt, n, size, a.steps.unwrap_or(0))
+            .failed()
+            .map_err(|err| err.context(format!("throughput {}", bench_of(&e.model))))?;
+        return super::emit(&if a.json {
+            json(&r)?
+        } else {
+            format!(
+                "{r}
+"
+            )
+        });
+    }
     let report = crate::bench::run(e.spec(), rt, size, a.repeats, a.lora.as_deref())
         .failed()
         .map_err(|err| err.context(bench_of(&e.model)))?;

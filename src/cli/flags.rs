@@ -62,6 +62,10 @@ pub struct EngineFlags {
     /// config and STIPPLE_LORA_DIRS, colon-separated)
     #[arg(long = "lora-dir", value_name = "DIR")]
     pub lora_dirs: Vec<PathBuf>,
+    /// At most N images go through the UNet together: a job's batch, and in `batch` the images
+    /// of compatible jobs (config: generation.unet_batch; 1 = one image at a time)
+    #[arg(long, value_name = "N")]
+    pub unet_batch: Option<u32>,
     #[command(flatten)]
     pub weights: WeightArgs,
     #[command(flatten)]
@@ -88,6 +92,7 @@ impl EngineFlags {
             graph: self.graph.clone().or(outer.graph.clone()),
             resident_weights: self.resident_weights.or(outer.resident_weights),
             lora_method: self.lora_method.or(outer.lora_method),
+            unet_batch: self.unet_batch.or(outer.unet_batch),
             lora_dirs: outer
                 .lora_dirs
                 .iter()

@@ -26,6 +26,8 @@ pub struct EngineSettings {
     /// Session options for the first device (a batch engine swaps its own device in).
     pub session: SessionOptions,
     pub lora_method: LoraMethod,
+    /// Images per UNet call at most.
+    pub unet_batch: usize,
     /// Where `<lora:NAME>` is looked up, in order.
     pub lora_dirs: Vec<PathBuf>,
     pub ort_lib: Option<PathBuf>,
@@ -38,6 +40,7 @@ impl EngineSettings {
             .with_session(self.session.clone())
             .with_lora_dirs(self.lora_dirs.clone());
         spec.lora_method = self.lora_method;
+        spec.unet_batch = self.unet_batch;
         spec
     }
 }
@@ -107,6 +110,12 @@ pub fn engine(
         vae,
         clip_skip: flags.weights.clip_skip,
     };
+    let unet_batch = flags.unet_batch.unwrap_or(config.generation.unet_batch);
+    if !(1..=64).contains(&unet_batch) {
+        return Err(CliError::Usage(format!(
+            "--unet-batch {unet_batch}: give 1 to 64 images per UNet call"
+        )));
+    }
     let mut lora_dirs = lora_dirs(&flags.lora_dirs, config);
     lora_dirs.extend(root.map(|r| r.lora_dirs()).unwrap_or_default());
     Ok(EngineSettings {
@@ -115,6 +124,7 @@ pub fn engine(
         devices,
         session,
         lora_method: flags.lora_method.unwrap_or(config.generation.lora_method),
+        unet_batch: unet_batch as usize,
         lora_dirs,
         ort_lib: ort_lib.map(Path::to_path_buf),
     })

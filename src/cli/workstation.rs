@@ -54,7 +54,7 @@ pub fn run(a: &TuiArgs, ort_lib: Option<&Path>) -> Result<(), CliError> {
     let inner = LazyGenerator::new(spec, rt);
     let method: MethodSink = Arc::new(Mutex::new(e.lora_method));
     let runner = FollowMethod {
-        inner: SavingRunner { inner, out_dir },
+        inner: SavingRunner::new(inner, out_dir),
         method: method.clone(),
     };
     let (engine, events) = crate::engine::Engine::spawn(runner);

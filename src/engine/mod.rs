@@ -76,6 +76,15 @@ impl<'a> Reporter<'a> {
         let _ = self.tx.send(event);
     }
 
+    /// The same channel and cancel token for job `id` of a group (without a tap).
+    pub fn for_job(&self, id: JobId) -> Reporter<'a> {
+        Reporter {
+            id,
+            tx: self.tx,
+            cancel: self.cancel,
+            tap: None,
+        }
+    }
     /// A reporter that shows every event to `f` before sending it on (e.g. to save images).
     pub fn tap(parent: &Reporter<'a>, f: impl Fn(&Event) + 'a) -> Reporter<'a> {
         Reporter {
@@ -100,6 +109,21 @@ pub trait Runner: Send + 'static {
     /// Runs `job`, sending `Started`, `Step` and `Image` events; the engine sends the final one.
     fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome;
 
+    /// Runs jobs submitted together ([`EngineHandle::submit_group`]), sending each one's events
+    /// under its own id; one outcome per job, in order. A runner that can share work between them
+    /// (one UNet batch) overrides this; the default runs them one after another.
+    fn run_group(&mut self, jobs: &[(JobId, Job)], out: &Reporter<'_>) -> Vec<Outcome> {
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for (id, job) in jobs {
+            let cancelled = matches!(outcomes.last(), Some(Outcome::Cancelled));
+            outcomes.push(if cancelled {
+                Outcome::Cancelled
+            } else {
+                self.run(job, &out.for_job(*id))
+            });
+        }
+        outcomes
+    }
     /// The strength dials the running job reads at every step, if this runner has any.
     fn dials(&self) -> Option<Dials> {
         None
@@ -112,8 +136,9 @@ struct Queue {
 }
 
 struct QueueState {
-    pending: VecDeque<(JobId, Job)>,
-    running: Option<JobId>,
+    /// Groups of jobs submitted together (most hold one job).
+    pending: VecDeque<Vec<(JobId, Job)>>,
+    running: Vec<JobId>,
     closed: bool,
 }
 
@@ -154,32 +179,56 @@ impl EngineHandle {
     pub fn submit(&self, job: Job) -> JobId {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut q = lock(&self.queue.jobs);
-        q.pending.push_back((id, job));
+        q.pending.push_back(vec![(id, job)]);
         self.queue.wake.notify_one();
         id
+    }
+    /// Queues jobs to run together (the runner may put their images through the UNet as one
+    /// batch); returns their ids, in order. Cancelling one while they run interrupts them all.
+    pub fn submit_group(&self, jobs: Vec<Job>) -> Vec<JobId> {
+        let group: Vec<(JobId, Job)> = jobs
+            .into_iter()
+            .map(|job| (self.next_id.fetch_add(1, Ordering::Relaxed), job))
+            .collect();
+        let ids = group.iter().map(|(id, _)| *id).collect();
+        if !group.is_empty() {
+            let mut q = lock(&self.queue.jobs);
+            q.pending.push_back(group);
+            self.queue.wake.notify_one();
+        }
+        ids
     }
 
     /// Removes a queued job, or interrupts it if it is running. Unknown ids are ignored.
     pub fn cancel(&self, id: JobId) {
         let mut q = lock(&self.queue.jobs);
-        if q.running == Some(id) {
+        if q.running.contains(&id) {
             self.cancel.set(Stop::Interrupt);
-        } else if let Some(pos) = q.pending.iter().position(|(j, _)| *j == id) {
-            q.pending.remove(pos);
-            let _ = self.events.send(Event::Cancelled { id });
+            return;
+        }
+        for g in 0..q.pending.len() {
+            if let Some(pos) = q.pending[g].iter().position(|(j, _)| *j == id) {
+                q.pending[g].remove(pos);
+                if q.pending[g].is_empty() {
+                    q.pending.remove(g);
+                }
+                let _ = self.events.send(Event::Cancelled { id });
+                return;
+            }
         }
     }
 
     /// Interrupts the running job (if any).
     pub fn interrupt(&self) {
-        if lock(&self.queue.jobs).running.is_some() {
+        if !lock(&self.queue.jobs).running.is_empty() {
             self.cancel.set(Stop::Interrupt);
         }
     }
 
-    /// Skips the image being made now; the job goes on with the next one of its batch.
+    /// Skips the image being made now (with the images sharing its UNet calls); the job goes on
+    /// with the next ones of its batch.
     pub fn skip(&self) {
-        if lock(&self.queue.jobs).running.is_some() {
+        if !lock(&self.queue.jobs).running.is_empty() {
             self.cancel.set(Stop::SkipImage);
         }
     }
@@ -189,6 +238,7 @@ impl EngineHandle {
         lock(&self.queue.jobs)
             .pending
             .iter()
+            .flatten()
             .map(|(id, _)| *id)
             .collect()
     }
@@ -228,7 +278,7 @@ impl Engine {
         let queue = Arc::new(Queue {
             jobs: Mutex::new(QueueState {
                 pending: VecDeque::new(),
-                running: None,
+                running: Vec::new(),
                 closed: false,
             }),
             wake: Condvar::new(),
@@ -246,19 +296,22 @@ impl Engine {
             .name("stipple-engine".into())
             .spawn(move || loop {
                 cancel.run_guard().install();
-                let (id, job) = {
+                let group = {
                     let mut q = lock(&queue.jobs);
                     loop {
                         if q.closed {
                             return;
                         }
                         if let Some(next) = q.pending.pop_front() {
-                            q.running = Some(next.0);
+                            q.running = next.iter().map(|(id, _)| *id).collect();
                             cancel.set(Stop::No);
                             break next;
                         }
                         q = queue.wake.wait(q).unwrap_or_else(|p| p.into_inner());
                     }
+                };
+                let Some(&(id, _)) = group.first() else {
+                    continue;
                 };
                 let reporter = Reporter {
                     id,
@@ -266,17 +319,27 @@ impl Engine {
                     cancel: &cancel,
                     tap: None,
                 };
-                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    runner.run(&job, &reporter)
-                }))
-                .unwrap_or_else(|_| Outcome::Failed("internal error: the engine panicked".into()));
-                let last = match outcome {
-                    Outcome::Done => Event::Finished { id },
-                    Outcome::Cancelled => Event::Cancelled { id },
-                    Outcome::Failed(message) => Event::Failed { id, message },
-                };
-                lock(&queue.jobs).running = None;
-                let _ = tx.send(last);
+                let outcomes =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &group[..] {
+                        [(_, job)] => vec![runner.run(job, &reporter)],
+                        _ => runner.run_group(&group, &reporter),
+                    }))
+                    .unwrap_or_default();
+                lock(&queue.jobs).running.clear();
+                let mut outcomes = outcomes.into_iter();
+                for (id, _) in &group {
+                    let last = match outcomes.next() {
+                        Some(Outcome::Done) => Event::Finished { id: *id },
+                        Some(Outcome::Cancelled) => Event::Cancelled { id: *id },
+                        Some(Outcome::Failed(message)) => Event::Failed { id: *id, message },
+                        // A panic (or a runner that lost count) ends the job as failed.
+                        None => Event::Failed {
+                            id: *id,
+                            message: "internal error: the engine panicked".into(),
+                        },
+                    };
+                    let _ = tx.send(last);
+                }
             })
             .expect("spawning the engine thread");
         *lock(&handle.thread) = Some(thread);

@@ -1,17 +1,40 @@
 //! The engine's runners over the pipeline: [`Runner`] for a loaded [`Generator`], [`LazyGenerator`]
-//! (loads the model on the first job) and [`SavingRunner`] (saves each image before passing it on).
+//! (loads the model on the first job) and [`SavingRunner`] (has each image saved on a writer thread
+//! as it passes it on).
 
 use super::{Outcome, Reporter, Runner, Stop};
-use crate::job::{Event, Job};
+use crate::image::writer::{Save, Writer};
+use crate::job::{Event, Job, JobId};
+use crate::pipeline::generator::GroupJob;
 use crate::pipeline::{Dials, Ended, EngineSpec, Generator};
 use crate::runtime::Runtime;
 use std::path::PathBuf;
 
-/// Saves every finished image (PNG with both chunks) before passing its event on: what the TUI uses,
-/// since a workstation's images must land on disk like the headless ones.
+/// Saves every finished image (PNG with both chunks) as it passes its event on: what the TUI uses,
+/// since a workstation's images must land on disk like the headless ones. The PNG is encoded and
+/// written on a writer thread, so the engine goes on sampling meanwhile; without one (it could not
+/// be started) the engine thread writes.
 pub struct SavingRunner<R> {
     pub inner: R,
     pub out_dir: PathBuf,
+    writer: Option<Writer>,
+}
+
+impl<R> SavingRunner<R> {
+    pub fn new(inner: R, out_dir: PathBuf) -> Self {
+        let writer = Writer::spawn(|(_, saved)| {
+            if let Err(err) = saved {
+                tracing::error!("saving an image: {err}");
+            }
+        })
+        .map_err(|e| tracing::warn!("no writer thread ({e}); images are written in line"))
+        .ok();
+        SavingRunner {
+            inner,
+            out_dir,
+            writer,
+        }
+    }
 }
 
 impl<R: Runner> Runner for SavingRunner<R> {
@@ -21,6 +44,7 @@ impl<R: Runner> Runner for SavingRunner<R> {
 
     fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome {
         let dir = self.out_dir.clone();
+        let writer = self.writer.as_ref();
         let tap = Reporter::tap(out, move |e: &Event| {
             if let Event::Image {
                 seed,
@@ -32,8 +56,30 @@ impl<R: Runner> Runner for SavingRunner<R> {
                 let mut record = job.clone();
                 record.seed = *seed;
                 record.batch = 1;
-                let json = serde_json::to_string(&record).unwrap_or_default();
-                if let Err(err) = crate::image::save_png(&dir, image, *seed, infotext, &json) {
+                let save = Save {
+                    tag: *seed,
+                    dir: dir.clone(),
+                    image: image.clone(),
+                    seed: *seed,
+                    parameters: infotext.clone(),
+                    stipple_json: serde_json::to_string(&record).unwrap_or_default(),
+                };
+                // Written in line only when the writer thread is missing or gone.
+                let save = match writer {
+                    Some(w) => match w.save(save) {
+                        Ok(()) => return,
+                        Err(save) => save,
+                    },
+                    None => save,
+                };
+                let saved = crate::image::save_png(
+                    &save.dir,
+                    &save.image,
+                    save.seed,
+                    &save.parameters,
+                    &save.stipple_json,
+                );
+                if let Err(err) = saved {
                     tracing::error!("saving an image: {err}");
                 }
             }
@@ -114,22 +160,47 @@ impl Runner for Generator {
     }
 
     fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome {
-        let cancel = out.cancel.clone();
-        let stop = move || {
-            let s = cancel.get();
-            if s == Stop::SkipImage {
-                cancel.take_skip();
-            }
-            s
-        };
+        let stop = skip_once(out);
         let id = out.id;
-        match self.generate(job, &stop, &mut |e| out.send(e), id) {
-            Ok(Ended::Done) => Outcome::Done,
-            Ok(Ended::Cancelled) => Outcome::Cancelled,
-            // An interrupt terminates the run in flight, which then fails: that is a cancel.
-            Err(_) if out.cancel.get() == Stop::Interrupt => Outcome::Cancelled,
-            Err(e) => Outcome::Failed(e.to_string()),
+        let ended = self
+            .generate(job, &stop, &mut |e| out.send(e), id)
+            .map_err(|e| e.to_string());
+        outcome(ended, out)
+    }
+
+    fn run_group(&mut self, jobs: &[(JobId, Job)], out: &Reporter<'_>) -> Vec<Outcome> {
+        let stop = skip_once(out);
+        let group: Vec<GroupJob<'_>> = jobs
+            .iter()
+            .map(|(id, job)| GroupJob { id: *id, job })
+            .collect();
+        self.generate_group(&group, &stop, &mut |e| out.send(e))
+            .into_iter()
+            .map(|ended| outcome(ended, out))
+            .collect()
+    }
+}
+
+/// The stop check a generator polls: a skip is acted on once, an interrupt stays.
+fn skip_once(out: &Reporter<'_>) -> impl Fn() -> Stop {
+    let cancel = out.cancel.clone();
+    move || {
+        let s = cancel.get();
+        if s == Stop::SkipImage {
+            cancel.take_skip();
         }
+        s
+    }
+}
+
+/// How a job the generator ran ended, for the engine.
+fn outcome(ended: Result<Ended, String>, out: &Reporter<'_>) -> Outcome {
+    match ended {
+        Ok(Ended::Done) => Outcome::Done,
+        Ok(Ended::Cancelled) => Outcome::Cancelled,
+        // An interrupt terminates the run in flight, which then fails: that is a cancel.
+        Err(_) if out.cancel.get() == Stop::Interrupt => Outcome::Cancelled,
+        Err(e) => Outcome::Failed(e),
     }
 }
 

@@ -10,27 +10,28 @@
 use super::adapters::{self, ActiveLora, AdapterCache, StrengthKey};
 use super::dials::Dials;
 use super::error::{ComponentDeltas, PipelineError};
-use super::rng::TorchRng;
-use super::schedulers::{self, SchedulerConfig};
+use super::schedulers::SchedulerConfig;
 use super::sessions::{Sessions, UnetCall};
 use super::spec::EngineSpec;
 use super::stepping::LiveStepper;
 use super::stop::{Ended, Stop};
 use super::text::TextConditioner;
 use super::tokenizer::ClipTokenizer;
-use super::vae;
-use crate::image::{format_infotext, Resources};
-use crate::job::{Event, Job, Progress, RgbImage};
+use crate::image::Resources;
+use crate::job::{Event, Job, RgbImage};
 use crate::live::{self, LoraMethod};
 use crate::lora::ApplyReport;
 use crate::model::Model;
 use crate::prompt::{self, Fragment, Prompt};
 use crate::runtime::Runtime;
 use std::path::PathBuf;
-use std::time::Instant;
+
+mod batched;
 
 pub use super::sessions::{Added, FuseStats};
+pub use super::spec::DEFAULT_UNET_BATCH;
 pub use super::text::Conditioning;
+pub use batched::GroupJob;
 
 /// A loaded model with its sessions, ready to run jobs.
 pub struct Generator {
@@ -47,6 +48,8 @@ pub struct Generator {
     text: TextConditioner,
     sessions: Sessions,
     live: LiveStepper,
+    /// At most this many images share a UNet call.
+    unet_batch: usize,
 }
 
 /// Parses the prompt and the negative prompt; LoRA tags belong in the prompt only.
@@ -154,6 +157,7 @@ impl Generator {
             text,
             sessions,
             live: LiveStepper::new(spec.lora_method, spec.live),
+            unet_batch: spec.unet_batch.max(1),
         })
     }
 
@@ -325,7 +329,8 @@ impl Generator {
         self.sessions.decode(&self.model, latents, h, w)
     }
 
-    /// Runs `job`, calling `on_event` with progress and each image. Returns how it ended.
+    /// Runs `job`, calling `on_event` with progress and each image. Returns how it ended. Its
+    /// images go through the UNet together, at most [`Generator::unet_batch`] at a time.
     pub fn generate(
         &mut self,
         job: &Job,
@@ -333,129 +338,18 @@ impl Generator {
         on_event: &mut dyn FnMut(Event),
         id: u64,
     ) -> Result<Ended, PipelineError> {
-        let (pos, neg) = parse_prompts(job)?;
-        pos.check_family(self.model.index.family)
-            .map_err(|e| PipelineError::Prompt(e.render(&job.prompt)))?;
-        let loras = self.adapters.resolve(&pos, &job.prompt)?;
-        let steps = job.steps as usize;
-        // Everything that can fail on the adapters' side fails here, before the first step.
-        let first = self.live.step_key(&loras, 0, steps);
-        let mode = self.live.live_mask(&loras);
-        let factor = self.model.index.vae_scale_factor.max(1) as usize;
-        let (h, w) = (job.height as usize / factor, job.width as usize / factor);
-        let seq = self.text.context_len(&pos, &neg) as i64;
-        let dims = self
-            .sessions
-            .opts()
-            .static_shapes
-            .then_some([h as i64, w as i64, seq]);
-        // The infotext's resources, once per job (file hashes are read from their cache).
-        let mut resources: Option<Resources> = None;
-        self.live
-            .fuse_step(&self.model, &mut self.sessions, &loras, &mode, &first, dims)?;
-        self.sessions.ensure_vae_dims(&self.model, h, w)?;
-        self.text.begin_job();
-        let time_ids = time_ids(job.width, job.height, 2);
-        on_event(Event::Started {
-            id,
-            images: job.batch,
-            steps: job.steps,
-        });
-        for index in 0..job.batch {
-            let seed = job.seed.wrapping_add(u64::from(index));
-            let mut rng = TorchRng::new(seed);
-            let mut sched = schedulers::build(job.sampler, &self.scheduler, job.steps as usize);
-            let n = 4 * h * w;
-            let sigma0 = sched.init_noise_sigma();
-            let mut latents: Vec<f32> = rng.randn(n).into_iter().map(|x| x * sigma0).collect();
-            let timesteps = sched.timesteps().to_vec();
-            let started = Instant::now();
-            let mut last_preview = started;
-            let mut skipped = false;
-            for (i, &t) in timesteps.iter().enumerate() {
-                let key = self.live.step_key(&loras, i, timesteps.len());
-                self.live
-                    .fuse_step(&self.model, &mut self.sessions, &loras, &mode, &key, dims)?;
-                let te = self.sessions.fused_te().clone();
-                let cond =
-                    self.text
-                        .batch(self.sessions.text_mut(), &te, &pos, &neg, &job.negative)?;
-                match stop() {
-                    Stop::Interrupt => return Ok(Ended::Cancelled),
-                    Stop::SkipImage => {
-                        skipped = true;
-                        break;
-                    }
-                    Stop::No => {}
-                }
-                let x = sched.scale_model_input(&latents, i);
-                let doubled: Vec<f32> = x.iter().chain(x.iter()).copied().collect();
-                let added = cond.text_embeds.as_deref().map(|e| Added {
-                    text_embeds: e,
-                    time_ids: &time_ids,
-                });
-                let out = self.live.unet_step(
-                    &mut self.sessions,
-                    mode.contains(&true).then_some((&loras[..], &key)),
-                    UnetCall {
-                        sample: &doubled,
-                        shape: [2, 4, h, w],
-                        timestep: t as f32,
-                        context: &cond.context,
-                        added,
-                    },
-                )?;
-                let (u, c) = out.split_at(n);
-                let guided: Vec<f32> = u
-                    .iter()
-                    .zip(c)
-                    .map(|(u, c)| u + job.cfg * (c - u))
-                    .collect();
-                latents = sched.step(&guided, i, &latents, &mut |k| rng.randn(k));
-                // Live previews for front ends, at most ten a second (cheap: no VAE).
-                if self.previews && last_preview.elapsed().as_millis() >= 100 {
-                    last_preview = Instant::now();
-                    let factors = &self.model.index.family.facts().latent_rgb;
-                    on_event(Event::Preview {
-                        id,
-                        image: index,
-                        step: i as u32 + 1,
-                        preview: vae::preview(&latents, w, h, factors),
-                    });
-                }
-                let elapsed = started.elapsed().as_secs_f32().max(1e-6);
-                on_event(Event::Step(Progress {
-                    id,
-                    image: index,
-                    step: i as u32 + 1,
-                    steps: timesteps.len() as u32,
-                    it_per_s: (i + 1) as f32 / elapsed,
-                }));
-            }
-            if skipped {
-                continue;
-            }
-            let image = self.sessions.decode(&self.model, &latents, h, w)?;
-            if let Some(h) = self.hashing.take() {
-                if let Ok((model, vae)) = h.join() {
-                    self.resources.model_hash = model;
-                    self.resources.vae_hash = vae;
-                }
-            }
-            let resources = resources.get_or_insert_with(|| Resources {
-                lora_hashes: lora_hashes(&loras),
-                ..self.resources.clone()
-            });
-            let infotext = format_infotext(job, seed, resources);
-            on_event(Event::Image {
-                id,
-                index,
-                seed,
-                image,
-                infotext,
-            });
-        }
-        Ok(Ended::Done)
+        let ready = self.ready(job, id)?;
+        self.sample(&[ready], stop, on_event, &mut [batched::State::Running])
+    }
+
+    /// How many images go through the UNet together at most.
+    pub fn unet_batch(&self) -> usize {
+        self.unet_batch
+    }
+
+    /// Changes [`Self::unet_batch`] from the next job on (1 samples one image at a time).
+    pub fn set_unet_batch(&mut self, images: usize) {
+        self.unet_batch = images.max(1);
     }
 }
 

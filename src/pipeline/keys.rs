@@ -46,7 +46,7 @@ pub struct FusedKey {
     pub unet: Fusion,
     /// (latent height, latent width, context length) the UNet session was built for, with
     /// static shapes.
-    pub unet_dims: Option<[i64; 3]>,
+    pub unet_dims: Option<[i64; 4]>,
 }
 
 impl Default for FusedKey {
@@ -80,13 +80,13 @@ impl FusedKey {
         }
     }
 
-    pub fn with_dims(mut self, dims: Option<[i64; 3]>) -> FusedKey {
+    pub fn with_dims(mut self, dims: Option<[i64; 4]>) -> FusedKey {
         self.unet_dims = dims;
         self
     }
 
     /// Nothing known about either part (the UNet's shapes are kept).
-    pub fn unknown(unet_dims: Option<[i64; 3]>) -> FusedKey {
+    pub fn unknown(unet_dims: Option<[i64; 4]>) -> FusedKey {
         FusedKey {
             te: None,
             unet: None,
@@ -104,7 +104,7 @@ pub type FactorsKey = Vec<(PathBuf, Option<u32>)>;
 pub struct LiveSessionKey {
     pub layers: Vec<String>,
     pub fused_unet: Fusion,
-    pub dims: Option<[i64; 3]>,
+    pub dims: Option<[i64; 4]>,
 }
 
 #[cfg(test)]

@@ -205,7 +205,7 @@ impl Sessions {
         model: &Model,
         loras: &[ActiveLora],
         key: &StrengthKey,
-        unet_dims: Option<[i64; 3]>,
+        unet_dims: Option<[i64; 4]>,
     ) -> Result<(), PipelineError> {
         let want = FusedKey::of(loras, key).with_dims(unet_dims.or(self.fused.unet_dims));
         if want == self.fused {
@@ -521,10 +521,11 @@ pub(crate) fn unet_inputs<'a>(
     inputs
 }
 
-/// Free-dimension overrides of the UNet for static shapes (CFG batch 2).
-pub(crate) fn unet_dim_overrides(dims: Option<[i64; 3]>) -> Vec<(&'static str, i64)> {
+/// Free-dimension overrides of the UNet for static shapes: `[batch, height, width, sequence]`, the
+/// batch being the CFG batch (twice the images sampled together).
+pub(crate) fn unet_dim_overrides(dims: Option<[i64; 4]>) -> Vec<(&'static str, i64)> {
     match dims {
-        Some([h, w, seq]) => vec![("batch", 2), ("height", h), ("width", w), ("sequence", seq)],
+        Some([b, h, w, seq]) => vec![("batch", b), ("height", h), ("width", w), ("sequence", seq)],
         None => Vec::new(),
     }
 }

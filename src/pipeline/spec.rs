@@ -7,6 +7,10 @@ use crate::live::{LiveOptions, LoraMethod};
 use crate::runtime::SessionOptions;
 use std::path::PathBuf;
 
+/// At most this many images go through the UNet together unless the engine says otherwise
+/// (`--unet-batch`). On the CPU sharing calls neither gains nor loses; 4 waits for a GPU figure.
+pub const DEFAULT_UNET_BATCH: usize = 4;
+
 /// What an engine is loaded with; a change to any of it means a new engine (or, for the LoRA
 /// folders and method, [`crate::pipeline::Generator::set_lora_dirs`] /
 /// [`crate::pipeline::Generator::set_lora_method`] on a loaded one).
@@ -24,6 +28,9 @@ pub struct EngineSpec {
     pub live: LiveOptions,
     /// Send `Event::Preview` while sampling (the workstation shows them).
     pub previews: bool,
+    /// At most this many images go through the UNet together (a job's batch, or the jobs of a
+    /// group); 1 samples one image at a time.
+    pub unet_batch: usize,
     /// Run the UNet through fixed buffers without a CUDA graph too: how tests check that path on
     /// the CPU.
     #[doc(hidden)]
@@ -40,6 +47,7 @@ impl EngineSpec {
             lora_method: LoraMethod::default(),
             live: LiveOptions::default(),
             previews: false,
+            unet_batch: DEFAULT_UNET_BATCH,
             bound_unet: false,
         }
     }

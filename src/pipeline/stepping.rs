@@ -100,7 +100,7 @@ impl LiveStepper {
         loras: &[ActiveLora],
         mode: &[bool],
         key: &StrengthKey,
-        dims: Option<[i64; 3]>,
+        dims: Option<[i64; 4]>,
     ) -> Result<(), PipelineError> {
         if !mode.iter().any(|&m| m) {
             return sessions.fuse(model, loras, key, dims);

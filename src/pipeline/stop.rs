@@ -6,7 +6,7 @@
 pub enum Stop {
     /// Keep going.
     No,
-    /// Abandon the current image, go on with the next one of the batch.
+    /// Abandon the current image (every image sharing its UNet calls), go on with the next ones.
     SkipImage,
     /// Abandon the whole job.
     Interrupt,

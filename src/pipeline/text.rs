@@ -39,9 +39,9 @@ pub struct TextConditioner {
     zeros_for_empty_negative: bool,
     /// How many times prompt conditioning was computed.
     encodes: usize,
-    /// The running job's CFG conditioning per text-encoder state: a schedule with k distinct
-    /// text-encoder strengths encodes k times, not once per step.
-    cache: HashMap<Fusion, Arc<BatchCond>>,
+    /// The running jobs' CFG conditioning per (text-encoder state, job of the group): a schedule
+    /// with k distinct text-encoder strengths encodes k times per job, not once per step.
+    cache: HashMap<(Fusion, usize), Arc<BatchCond>>,
 }
 
 impl TextConditioner {
@@ -85,22 +85,24 @@ impl TextConditioner {
         self.cache.clear();
     }
 
-    /// The CFG batch for the job's prompts with the text encoders in state `te`: cached, or
-    /// encoded on `nets` now.
+    /// The CFG batch for the prompts of job `job` (its place in a group sampled together) with the
+    /// text encoders in state `te`: cached, or encoded on `nets` now.
     pub fn batch(
         &mut self,
         nets: &mut [Net],
         te: &Fusion,
+        job: usize,
         pos: &Prompt,
         neg: &Prompt,
         negative_text: &str,
     ) -> Result<Arc<BatchCond>, PipelineError> {
-        if let Some(c) = self.cache.get(te) {
+        let key = (te.clone(), job);
+        if let Some(c) = self.cache.get(&key) {
             return Ok(c.clone());
         }
         let c = Arc::new(self.conditioning(nets, pos, neg, negative_text)?);
         self.encodes += 1;
-        self.cache.insert(te.clone(), c.clone());
+        self.cache.insert(key, c.clone());
         Ok(c)
     }
 

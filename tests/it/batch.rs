@@ -434,3 +434,82 @@ fn an_unusable_output_folder_or_shard_is_one_clear_error() {
     assert!(!r.ok);
     assert!(r.stderr.contains("cannot read the job file") && r.stderr.contains("missing.jsonl"));
 }
+
+/// The pixels of every listed image, by (line, index).
+fn listed_pixels(out: &Path) -> std::collections::BTreeMap<(u64, u64), Vec<u8>> {
+    manifest(out, "results.jsonl")
+        .iter()
+        .flat_map(|r| {
+            let line = r["line"].as_u64().unwrap();
+            r["images"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |i| {
+                    let path = out.join(i["path"].as_str().unwrap());
+                    ((line, i["index"].as_u64().unwrap()), read_rgb(&path).2)
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn grouped_jobs_make_the_images_of_ungrouped_ones_and_a_broken_adapter_fails_only_its_jobs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lines = vec![
+        job_line("a fox", 1),
+        r#"{"prompt": "a cat", "steps": 2, "seed": 2, "batch": 2, "cfg": 5}"#.to_string(),
+        job_line("a fox <lora:bad_truncated:1>", 3),
+        r#"{"prompt": "a dog", "negative": "blurry", "steps": 2, "seed": 4}"#.to_string(),
+        r#"{"prompt": "a cow", "steps": 3, "seed": 5}"#.to_string(),
+        job_line("a hen", 6),
+    ];
+    let jobs = write_jobs(tmp.path(), &lines);
+    let lora = root().join("tests/fixtures/lora");
+    let run = |out: &Path, per_call: &str| {
+        batch(&[
+            jobs.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--lora-dir",
+            lora.to_str().unwrap(),
+            "--unet-batch",
+            per_call,
+        ])
+    };
+    let (alone, grouped) = (tmp.path().join("alone"), tmp.path().join("grouped"));
+    let one = run(&alone, "1");
+    let four = run(&grouped, "4");
+    for r in [&one, &four] {
+        assert!(!r.ok, "a failed job makes the exit status non-zero");
+        let failed = r.with("failed");
+        assert_eq!(failed.len(), 1, "{}", r.stderr);
+        assert_eq!(failed[0]["line"], 3);
+        assert!(failed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("bad_truncated"));
+        assert_eq!(r.with("done").len(), 5, "{}", r.stderr);
+    }
+    // Grouped: lines 1, 2 (two images) and 4 share calls (line 6 would overflow 4 images); then
+    // line 3 alone (another adapter), line 5 (other steps), line 6. Results come in that order.
+    let done: Vec<u64> = four
+        .with("done")
+        .iter()
+        .map(|l| l["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(done, [1, 2, 4, 5, 6]);
+    let listed = manifest(&grouped, "results.jsonl");
+    assert_eq!(listed.len(), 5, "one manifest line per job");
+    for r in &listed {
+        assert_complete(&grouped, r);
+    }
+    let (a, g) = (listed_pixels(&alone), listed_pixels(&grouped));
+    assert_eq!(a.len(), 6);
+    assert_eq!(a, g, "grouping changed an image");
+    // A rerun skips every finished job, grouped or not.
+    let again = run(&grouped, "4");
+    assert_eq!(again.with("skipped").len(), 5);
+    assert_eq!(again.with("done").len(), 0);
+}

@@ -2,6 +2,7 @@
 
 mod adapters;
 mod batch;
+mod batching;
 mod cli;
 mod cuda;
 mod deps;

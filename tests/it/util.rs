@@ -36,6 +36,7 @@ pub fn generator() -> std::sync::MutexGuard<'static, Generator> {
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     g.set_lora_method(Default::default());
+    g.set_unet_batch(stipple::pipeline::generator::DEFAULT_UNET_BATCH);
     g.dials().clear();
     g.reset_adapters().expect("back to the base weights");
     g

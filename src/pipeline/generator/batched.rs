@@ -1,0 +1,398 @@
+//! Sampling several images through the UNet together: the images of one job, or of several
+//! compatible jobs ([`Generator::generate_group`]), share each UNet call as one batch
+//! `[uncond × k, cond × k]`, while each keeps its own seed, noise, scheduler state and prompts, so
+//! it comes out as it would alone.
+//!
+//! Jobs share a UNet batch when they agree on everything the weights and the timesteps depend on
+//! ([`Ready::shares_batch_with`]); prompts, negative prompts, seeds, CFG scale and batch size may
+//! differ.
+
+use super::super::adapters::ActiveLora;
+use super::super::rng::TorchRng;
+use super::super::schedulers::{self, Scheduler};
+use super::super::sessions::{Added, UnetCall};
+use super::super::stop::{Ended, Stop};
+use super::super::text::BatchCond;
+use super::super::vae;
+use super::{lora_hashes, parse_prompts, time_ids, Generator, PipelineError};
+use crate::image::{format_infotext, Resources};
+use crate::job::{Event, Job, Progress};
+use crate::prompt::Prompt;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// One job of [`Generator::generate_group`], with the id its events carry.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupJob<'a> {
+    pub id: u64,
+    pub job: &'a Job,
+}
+
+/// A job read and resolved: what sampling it needs besides the model.
+pub(super) struct Ready<'a> {
+    id: u64,
+    job: &'a Job,
+    pos: Prompt,
+    neg: Prompt,
+    loras: Vec<ActiveLora>,
+    /// Context length in tokens: rows of one UNet batch must agree on it.
+    seq: usize,
+}
+
+impl Ready<'_> {
+    /// Whether the two jobs can share UNet calls: same weights at every step (adapters, their
+    /// strengths and schedules), same timesteps (sampler, steps), same latent and context shapes.
+    fn shares_batch_with(&self, o: &Ready<'_>) -> bool {
+        let (a, b) = (self.job, o.job);
+        a.sampler == b.sampler
+            && a.steps == b.steps
+            && a.width == b.width
+            && a.height == b.height
+            && self.seq == o.seq
+            && self.loras.len() == o.loras.len()
+            && self
+                .loras
+                .iter()
+                .zip(&o.loras)
+                .all(|(x, y)| x.tag == y.tag && x.path == y.path)
+    }
+}
+
+/// Where a job of a group stands.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum State {
+    Running,
+    Done,
+    Failed(String),
+}
+
+/// One image under way: its job (index into the group), place in that job and sampling state.
+struct Slot {
+    job: usize,
+    index: u32,
+    seed: u64,
+    rng: TorchRng,
+    sched: Box<dyn Scheduler>,
+    latents: Vec<f32>,
+}
+
+impl Generator {
+    /// Reads and resolves `job` (prompts, family checks, adapters) without running anything.
+    pub(super) fn ready<'a>(&mut self, job: &'a Job, id: u64) -> Result<Ready<'a>, PipelineError> {
+        let (pos, neg) = parse_prompts(job)?;
+        pos.check_family(self.model.index.family)
+            .map_err(|e| PipelineError::Prompt(e.render(&job.prompt)))?;
+        let loras = self.adapters.resolve(&pos, &job.prompt)?;
+        let seq = self.text.context_len(&pos, &neg);
+        Ok(Ready {
+            id,
+            job,
+            pos,
+            neg,
+            loras,
+            seq,
+        })
+    }
+
+    /// Runs several jobs, putting the images of compatible ones through the UNet together (at most
+    /// the engine's UNet batch at a time); one result per job, in order. A job that fails on its
+    /// own (its prompt, its adapters) fails alone; a failure of a shared UNet call fails the jobs
+    /// of that batch that had images left. Images arrive in job order, each job's in index order.
+    pub fn generate_group(
+        &mut self,
+        jobs: &[GroupJob<'_>],
+        stop: &dyn Fn() -> Stop,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Vec<Result<Ended, String>> {
+        let mut ends: Vec<Option<Result<Ended, String>>> = vec![None; jobs.len()];
+        let mut ready: Vec<(usize, Ready<'_>)> = Vec::new();
+        for (k, g) in jobs.iter().enumerate() {
+            match self.ready(g.job, g.id) {
+                Ok(r) => ready.push((k, r)),
+                Err(e) => ends[k] = Some(Err(e.to_string())),
+            }
+        }
+        while !ready.is_empty() {
+            // The first job left and every later one compatible with it run together.
+            let (mut together, rest): (Vec<_>, Vec<_>) = {
+                let first = &ready[0].1;
+                let keep: Vec<bool> = ready
+                    .iter()
+                    .map(|(_, r)| r.shares_batch_with(first))
+                    .collect();
+                let mut flags = keep.into_iter();
+                ready
+                    .into_iter()
+                    .partition(|_| flags.next().unwrap_or(false))
+            };
+            ready = rest;
+            let (keys, rs): (Vec<usize>, Vec<Ready<'_>>) = together.drain(..).unzip();
+            let mut states = vec![State::Running; rs.len()];
+            let ended = self.sample(&rs, stop, on_event, &mut states);
+            for (k, s) in keys.into_iter().zip(states) {
+                ends[k] = Some(match (s, &ended) {
+                    (State::Done, _) => Ok(Ended::Done),
+                    (State::Failed(m), _) => Err(m),
+                    (State::Running, Ok(e)) => Ok(*e),
+                    (State::Running, Err(e)) => Err(e.to_string()),
+                });
+            }
+            if matches!(ended, Ok(Ended::Cancelled)) {
+                break;
+            }
+        }
+        ends.into_iter()
+            .map(|e| e.unwrap_or(Ok(Ended::Cancelled)))
+            .collect()
+    }
+
+    /// Samples the images of `jobs` (compatible with each other) in UNet batches of at most the
+    /// engine's UNet batch. `states` says per job whether all its images were sent (`Done`) or it
+    /// failed on its own (`Failed`, only with more than one job: a lone job's error is returned).
+    pub(super) fn sample(
+        &mut self,
+        jobs: &[Ready<'_>],
+        stop: &dyn Fn() -> Stop,
+        on_event: &mut dyn FnMut(Event),
+        states: &mut [State],
+    ) -> Result<Ended, PipelineError> {
+        let Some(lead) = jobs.first() else {
+            return Ok(Ended::Done);
+        };
+        let (loras, steps) = (&lead.loras, lead.job.steps as usize);
+        let factor = self.model.index.vae_scale_factor.max(1) as usize;
+        let (h, w) = (
+            lead.job.height as usize / factor,
+            lead.job.width as usize / factor,
+        );
+        let n = 4 * h * w;
+        let total: usize = jobs.iter().map(|r| r.job.batch as usize).sum();
+        let width = self.unet_batch.min(total).max(1);
+        let static_shapes = self.sessions.opts().static_shapes;
+        // With fixed shapes every call has the same batch (a short last one is padded), so one
+        // session serves the whole run.
+        let dims = static_shapes.then_some([2 * width as i64, h as i64, w as i64, lead.seq as i64]);
+        // Everything that can fail on the adapters' side fails here, before the first step.
+        let first = self.live.step_key(loras, 0, steps);
+        let mode = self.live.live_mask(loras);
+        self.live
+            .fuse_step(&self.model, &mut self.sessions, loras, &mode, &first, dims)?;
+        self.sessions.ensure_vae_dims(&self.model, h, w)?;
+        self.text.begin_job();
+        // A prompt that cannot be encoded fails its own job only.
+        let te = self.sessions.fused_te().clone();
+        for (j, r) in jobs.iter().enumerate() {
+            let got = self.text.batch(
+                self.sessions.text_mut(),
+                &te,
+                j,
+                &r.pos,
+                &r.neg,
+                &r.job.negative,
+            );
+            if let Err(e) = got {
+                if jobs.len() == 1 {
+                    return Err(e);
+                }
+                states[j] = State::Failed(e.to_string());
+            }
+        }
+        let mut resources: Option<Resources> = None;
+        let mut pending: Vec<(usize, u32)> = Vec::new();
+        for (j, r) in jobs.iter().enumerate() {
+            if states[j] != State::Running {
+                continue;
+            }
+            on_event(Event::Started {
+                id: r.id,
+                images: r.job.batch,
+                steps: r.job.steps,
+            });
+            pending.extend((0..r.job.batch).map(|i| (j, i)));
+        }
+        let mut left: Vec<u32> = jobs.iter().map(|r| r.job.batch).collect();
+        for chunk in pending.chunks(width) {
+            let mut slots: Vec<Slot> = chunk
+                .iter()
+                .map(|&(j, index)| {
+                    let seed = jobs[j].job.seed.wrapping_add(u64::from(index));
+                    let mut rng = TorchRng::new(seed);
+                    let sched = schedulers::build(jobs[j].job.sampler, &self.scheduler, steps);
+                    let sigma0 = sched.init_noise_sigma();
+                    let latents = rng.randn(n).into_iter().map(|x| x * sigma0).collect();
+                    Slot {
+                        job: j,
+                        index,
+                        seed,
+                        rng,
+                        sched,
+                        latents,
+                    }
+                })
+                .collect();
+            let rows = if static_shapes { width } else { slots.len() };
+            let ended = self.sample_chunk(jobs, &mut slots, rows, (h, w), dims, stop, on_event)?;
+            match ended {
+                Some(Ended::Cancelled) => return Ok(Ended::Cancelled),
+                // Skipped: the images of this UNet batch are dropped, as one image alone would be.
+                Some(Ended::Done) => {}
+                None => {
+                    for s in &slots {
+                        let image = self.sessions.decode(&self.model, &s.latents, h, w)?;
+                        self.take_hashes();
+                        let resources = resources.get_or_insert_with(|| Resources {
+                            lora_hashes: lora_hashes(loras),
+                            ..self.resources.clone()
+                        });
+                        let infotext = format_infotext(jobs[s.job].job, s.seed, resources);
+                        on_event(Event::Image {
+                            id: jobs[s.job].id,
+                            index: s.index,
+                            seed: s.seed,
+                            image,
+                            infotext,
+                        });
+                    }
+                }
+            }
+            for s in &slots {
+                left[s.job] -= 1;
+                if left[s.job] == 0 {
+                    states[s.job] = State::Done;
+                }
+            }
+        }
+        Ok(Ended::Done)
+    }
+
+    /// Runs every step for `slots` as one UNet batch of `rows` images (the last slot repeated to
+    /// fill it). `Some(Ended::Done)` when the images were skipped, `Some(Cancelled)` when
+    /// interrupted, `None` when their latents are ready to decode.
+    #[allow(clippy::too_many_arguments)]
+    fn sample_chunk(
+        &mut self,
+        jobs: &[Ready<'_>],
+        slots: &mut [Slot],
+        rows: usize,
+        (h, w): (usize, usize),
+        dims: Option<[i64; 4]>,
+        stop: &dyn Fn() -> Stop,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<Option<Ended>, PipelineError> {
+        let lead = &jobs[slots[0].job];
+        let loras = &lead.loras;
+        let n = 4 * h * w;
+        let mode = self.live.live_mask(loras);
+        let time_ids = time_ids(lead.job.width, lead.job.height, 2 * rows);
+        let timesteps = slots[0].sched.timesteps().to_vec();
+        let last = slots.len() - 1;
+        let row = |r: usize| r.min(last);
+        let started = Instant::now();
+        let mut last_preview = started;
+        for (i, &t) in timesteps.iter().enumerate() {
+            let key = self.live.step_key(loras, i, timesteps.len());
+            self.live
+                .fuse_step(&self.model, &mut self.sessions, loras, &mode, &key, dims)?;
+            let te = self.sessions.fused_te().clone();
+            let mut conds: Vec<Arc<BatchCond>> = Vec::with_capacity(slots.len());
+            for s in slots.iter() {
+                let r = &jobs[s.job];
+                conds.push(self.text.batch(
+                    self.sessions.text_mut(),
+                    &te,
+                    s.job,
+                    &r.pos,
+                    &r.neg,
+                    &r.job.negative,
+                )?);
+            }
+            match stop() {
+                Stop::Interrupt => return Ok(Some(Ended::Cancelled)),
+                Stop::SkipImage => return Ok(Some(Ended::Done)),
+                Stop::No => {}
+            }
+            // diffusers' CFG layout, widened: every image's uncond row, then every cond row.
+            let xs: Vec<Vec<f32>> = slots
+                .iter()
+                .map(|s| s.sched.scale_model_input(&s.latents, i))
+                .collect();
+            let mut sample = Vec::with_capacity(2 * rows * n);
+            let mut context = Vec::new();
+            let mut embeds: Option<Vec<f32>> = None;
+            for half in 0..2 {
+                for r in 0..rows {
+                    sample.extend_from_slice(&xs[row(r)]);
+                    let c = &conds[row(r)];
+                    let cl = c.context.len() / 2;
+                    context.extend_from_slice(&c.context[half * cl..(half + 1) * cl]);
+                    if let Some(e) = &c.text_embeds {
+                        let el = e.len() / 2;
+                        embeds
+                            .get_or_insert_with(Vec::new)
+                            .extend_from_slice(&e[half * el..(half + 1) * el]);
+                    }
+                }
+            }
+            let added = embeds.as_deref().map(|e| Added {
+                text_embeds: e,
+                time_ids: &time_ids,
+            });
+            let out = self.live.unet_step(
+                &mut self.sessions,
+                mode.contains(&true).then_some((&loras[..], &key)),
+                UnetCall {
+                    sample: &sample,
+                    shape: [2 * rows, 4, h, w],
+                    timestep: t as f32,
+                    context: &context,
+                    added,
+                },
+            )?;
+            for (r, s) in slots.iter_mut().enumerate() {
+                let u = &out[r * n..(r + 1) * n];
+                let c = &out[(rows + r) * n..(rows + r + 1) * n];
+                let cfg = jobs[s.job].job.cfg;
+                let guided: Vec<f32> = u.iter().zip(c).map(|(u, c)| u + cfg * (c - u)).collect();
+                let rng = &mut s.rng;
+                s.latents = s.sched.step(&guided, i, &s.latents, &mut |k| rng.randn(k));
+            }
+            // Live previews for front ends, at most ten a second (cheap: no VAE).
+            if self.previews && last_preview.elapsed().as_millis() >= 100 {
+                last_preview = Instant::now();
+                let factors = &self.model.index.family.facts().latent_rgb;
+                on_event(Event::Preview {
+                    id: jobs[slots[0].job].id,
+                    image: slots[0].index,
+                    step: i as u32 + 1,
+                    preview: vae::preview(&slots[0].latents, w, h, factors),
+                });
+            }
+            let elapsed = started.elapsed().as_secs_f32().max(1e-6);
+            // One step event per job in this batch, for its first image here.
+            for (k, s) in slots.iter().enumerate() {
+                if k > 0 && slots[k - 1].job == s.job {
+                    continue;
+                }
+                on_event(Event::Step(Progress {
+                    id: jobs[s.job].id,
+                    image: s.index,
+                    step: i as u32 + 1,
+                    steps: timesteps.len() as u32,
+                    it_per_s: (i + 1) as f32 / elapsed,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Takes the model and VAE file hashes once their thread is done (waited for at the first
+    /// image).
+    fn take_hashes(&mut self) {
+        if let Some(h) = self.hashing.take() {
+            if let Ok((model, vae)) = h.join() {
+                self.resources.model_hash = model;
+                self.resources.vae_hash = vae;
+            }
+        }
+    }
+}
