@@ -12,6 +12,7 @@ mod lora;
 mod merge;
 mod pipeline_reference;
 mod prompt;
+mod prompt_check;
 mod readme;
 mod resident;
 mod sdxl;
