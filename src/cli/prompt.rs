@@ -208,7 +208,7 @@ pub fn check(text: &str, steps: u32, dirs: &[PathBuf], tokenizer: &ClipTokenizer
         .map(|w| Diagnostic::of_warning(w, text))
         .collect();
     let n = steps as usize;
-    match parts(&prompt, n, tokenizer) {
+    match parts(&prompt, text, n, tokenizer) {
         Ok(parts) => report.parts = parts,
         Err(e) => report.errors.push(Diagnostic::of_error(&e, text)),
     }
@@ -222,21 +222,43 @@ pub fn check(text: &str, steps: u32, dirs: &[PathBuf], tokenizer: &ClipTokenizer
 /// The prompt's text per step, as segments of equal text, with fragments and chunks.
 fn parts(
     prompt: &Prompt,
+    src: &str,
     steps: usize,
     tokenizer: &ClipTokenizer,
 ) -> Result<Vec<PartReport>, PromptError> {
     let vocab = tokenizer.id_to_text();
-    let segment = SegmentReport {
-        from_step: 1,
-        until_step: steps,
-        text: prompt.plain_text(),
-        fragments: fragments(&prompt.fragments),
-        chunks: chunks(&prompt.fragments, tokenizer, &vocab),
+    let segment =
+        |from_step: usize, until_step: usize, text: String, f: &[Fragment]| SegmentReport {
+            from_step,
+            until_step,
+            text,
+            fragments: fragments(f),
+            chunks: chunks(f, tokenizer, &vocab),
+        };
+    let Some(editing) = &prompt.editing else {
+        let only = segment(1, steps, prompt.plain_text(), &prompt.fragments);
+        return Ok(vec![PartReport {
+            weight: 1.0,
+            segments: vec![only],
+        }]);
     };
-    Ok(vec![PartReport {
-        weight: 1.0,
-        segments: vec![segment],
-    }])
+    editing
+        .schedule(steps)
+        .into_iter()
+        .map(|(weight, segs)| {
+            let mut from = 1;
+            let mut out = Vec::with_capacity(segs.len());
+            for s in segs {
+                let f = s.fragments(src)?;
+                out.push(segment(from, s.until_step, s.text(), &f));
+                from = s.until_step + 1;
+            }
+            Ok(PartReport {
+                weight,
+                segments: out,
+            })
+        })
+        .collect()
 }
 
 fn fragments(fragments: &[Fragment]) -> Vec<FragmentReport> {

@@ -86,6 +86,7 @@
 //! byte, so the TUI can edit a strength without reformatting the prompt.
 
 mod chunk;
+mod editing;
 mod emphasis;
 mod error;
 mod lbw;
@@ -97,6 +98,7 @@ mod schedule;
 mod suggest;
 
 pub use chunk::{chunk, Chunk, ChunkConfig, CHUNK_LEN, CLIP_COMMA, MAX_CHUNKS};
+pub use editing::{Editing, Node, Part, Segment, When};
 pub use emphasis::Fragment;
 pub use error::{PromptError, PromptWarning};
 pub use lbw::{slot_block, Block, Lbw, LbwLayout, UnetRegion, PRESETS};

@@ -13,6 +13,7 @@ mod merge;
 mod pipeline_reference;
 mod prompt;
 mod prompt_check;
+mod prompt_editing;
 mod readme;
 mod resident;
 mod sdxl;
