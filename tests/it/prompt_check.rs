@@ -161,3 +161,107 @@ fn bad_steps_are_a_usage_error() {
     assert_eq!(code, 2);
     assert!(err.contains("--steps 0"), "{err}");
 }
+
+#[test]
+fn prompt_editing_shows_its_switch_points_per_part() {
+    let text = "a [cat:dog:0.5] in [snow|rain] :1.2 AND a (sunset:1.1)";
+    let (code, out, _) = check(&[text, "--steps", "4"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("part 1 (AND), weight 1.2:"), "{out}");
+    assert!(out.contains("steps 2-2: \"a cat in rain\""), "{out}");
+    assert!(out.contains("steps 3-3: \"a dog in snow\""), "{out}");
+    assert!(out.contains("chunk 1 (2 tokens): a sunset×1.1"), "{out}");
+
+    let (code, v) = json(&[text, "--steps", "4"]);
+    assert_eq!(code, 0);
+    let parts = v["parts"].as_array().unwrap();
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[0]["weight"], 1.2);
+    let segs = parts[0]["segments"].as_array().unwrap();
+    let ends: Vec<(u64, u64, &str)> = segs
+        .iter()
+        .map(|s| {
+            (
+                s["from_step"].as_u64().unwrap(),
+                s["until_step"].as_u64().unwrap(),
+                s["text"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ends,
+        [
+            (1, 1, "a cat in snow"),
+            (2, 2, "a cat in rain"),
+            (3, 3, "a dog in snow"),
+            (4, 4, "a dog in rain")
+        ]
+    );
+    // An edit alone switches once: [from:to:when] with a step number.
+    let (_, v) = json(&["[red:blue:3] fox", "--steps", "10"]);
+    let segs = v["parts"][0]["segments"].as_array().unwrap();
+    assert_eq!(segs.len(), 2);
+    assert_eq!(segs[0]["until_step"], 3);
+    assert_eq!(segs[0]["text"], "red fox");
+    assert_eq!(segs[1]["text"], "blue fox");
+    assert_eq!(tokens(&v)[0].0, "red</w>");
+}
+
+#[test]
+fn malformed_editing_is_an_error_with_its_span() {
+    let text = "a [cat:dog:2] | b";
+    let (code, _, err) = check(&[text]);
+    assert_eq!(code, 1);
+    assert!(err.contains("outside `[a|b]`"), "{err}");
+    let (code, v) = json(&[text]);
+    assert_eq!(code, 1);
+    assert_eq!(v["errors"][0]["span"], serde_json::json!([14, 15]));
+    // An emphasis error inside an edit's branch is found though step 1 does not show it.
+    let text = "[a:(b:1.2.3):5]";
+    let (code, v) = json(&[text]);
+    assert_eq!(code, 1);
+    assert_eq!(v["errors"][0]["span"], serde_json::json!([6, 11]));
+}
+
+#[test]
+fn generate_refuses_editing_and_and_rather_than_ignoring_them() {
+    for (prompt, needle) in [
+        (
+            "a [cat:dog:0.5]",
+            "prompt editing and alternation are not supported",
+        ),
+        (
+            "a [cat|dog]",
+            "prompt editing and alternation are not supported",
+        ),
+        (
+            "a cat AND a dog",
+            "`AND` (composable diffusion) is not supported",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_stipple"))
+            .current_dir(root())
+            .args(["generate", "--steps", "1", "--prompt", prompt])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{prompt}: {err}");
+        assert!(err.contains(needle), "{prompt}: {err}");
+    }
+}
+
+#[test]
+fn the_engine_refuses_editing_too() {
+    let job = crate::util::small_job("a [cat|dog]", 1);
+    let e = stipple::pipeline::validate_job(&job)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not supported by generation yet"), "{e}");
+    let mut job = crate::util::small_job("a cat", 1);
+    job.negative = "[blurry:sharp:0.5]".into();
+    let e = stipple::pipeline::validate_job(&job)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("negative prompt: "), "{e}");
+    assert!(stipple::pipeline::validate_job(&crate::util::small_job("a cat", 1)).is_ok());
+}
