@@ -10,6 +10,7 @@ pub mod error;
 pub mod flags;
 pub mod generate;
 pub mod lora;
+pub mod prompt;
 pub mod resolve;
 pub mod workstation;
 
@@ -65,6 +66,9 @@ pub enum Command {
     Lora(lora::LoraCommand),
     /// Write a model folder with adapters fused into its weights
     Bake(bake::BakeArgs),
+    /// The prompt language: `prompt check TEXT` shows how a prompt parses, or its errors
+    #[command(subcommand)]
+    Prompt(prompt::PromptCommand),
 }
 
 /// `generate`'s flags; what is not given comes from `[generation]` of the config.
@@ -143,6 +147,7 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Doctor(a) => doctor::run(a, ort_lib),
         Command::Lora(c) => lora::run(c),
         Command::Bake(a) => bake::run(a),
+        Command::Prompt(c) => prompt::run(c),
     }
 }
 

@@ -54,11 +54,14 @@ pub struct Generator {
 
 /// Parses the prompt and the negative prompt; LoRA tags belong in the prompt only.
 fn parse_prompts(job: &Job) -> Result<(Prompt, Prompt), PipelineError> {
-    let pos =
-        prompt::parse(&job.prompt).map_err(|e| PipelineError::Prompt(e.render(&job.prompt)))?;
-    let neg = prompt::parse(&job.negative).map_err(|e| {
-        PipelineError::Prompt(format!("negative prompt: {}", e.render(&job.negative)))
-    })?;
+    let pos = prompt::parse(&job.prompt)
+        .and_then(|p| p.check_runnable(&job.prompt).map(|()| p))
+        .map_err(|e| PipelineError::Prompt(e.render(&job.prompt)))?;
+    let neg = prompt::parse(&job.negative)
+        .and_then(|p| p.check_runnable(&job.negative).map(|()| p))
+        .map_err(|e| {
+            PipelineError::Prompt(format!("negative prompt: {}", e.render(&job.negative)))
+        })?;
     if let Some(tag) = neg.loras.first() {
         return Err(PipelineError::Prompt(format!(
             "negative prompt: <lora:{}> at byte {}: LoRA tags belong in the prompt, not the negative prompt",
@@ -92,10 +95,11 @@ pub fn validate_job(job: &Job) -> Result<(), PipelineError> {
     if job.batch == 0 {
         return Err(PipelineError::Job("batch must be at least 1".into()));
     }
-    prompt::parse(&job.prompt).map_err(|e| PipelineError::Prompt(e.render(&job.prompt)))?;
-    prompt::parse(&job.negative).map_err(|e| {
-        PipelineError::Prompt(format!("negative prompt: {}", e.render(&job.negative)))
-    })?;
+    for (text, what) in [(&job.prompt, ""), (&job.negative, "negative prompt: ")] {
+        prompt::parse(text)
+            .and_then(|p| p.check_runnable(text))
+            .map_err(|e| PipelineError::Prompt(format!("{what}{}", e.render(text))))?;
+    }
     Ok(())
 }
 

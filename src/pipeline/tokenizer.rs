@@ -251,6 +251,11 @@ impl ClipTokenizer {
         })
     }
 
+    /// Every token's vocabulary text by id (`cat</w>`), for showing what a prompt tokenized to.
+    pub fn id_to_text(&self) -> HashMap<u32, String> {
+        self.vocab.iter().map(|(t, &id)| (id, t.clone())).collect()
+    }
+
     pub fn bos_id(&self) -> u32 {
         self.bos
     }

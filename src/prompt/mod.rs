@@ -5,7 +5,8 @@
 //! [`Strength`] / [`Position`] (schedules); [`Lbw`], [`Block`], [`slot_block`] (block weights);
 //! [`chunk`] (75-token chunks, tokenizer-generic); [`print`], [`print_tag`], [`rewrite_tag`],
 //! [`append_tag`], [`remove_tag`] (edit the user's text in place);
-//! [`LoraDirs`] / [`Catalog`] (names → files); [`PromptError`] / [`PromptWarning`] with `render`.
+//! [`LoraDirs`] / [`Catalog`] (names → files); [`PromptError`] / [`PromptWarning`] with `render`;
+//! [`Editing`] (A1111 prompt editing, alternation and `AND`: `Prompt::editing`, text per step).
 //!
 //! # LoRA tags
 //!
@@ -79,6 +80,17 @@
 //!   the prompt's outer whitespace is trimmed; the tokenizer ignores both.
 //! - Empty pieces are dropped before neighbours of equal weight are merged.
 //!
+//! # Prompt editing, alternation and `AND`
+//!
+//! Read from the tag-free text as A1111's `prompt_parser` reads it (see `editing.rs`): `AND` splits
+//! the text into parts first (anywhere, as a word), each with an optional trailing `:WEIGHT`; in
+//! each part `[from:to:when]`, `[to:when]`, `[from::when]` and `[a|b|...]` are recognised where
+//! their insides are well formed (balanced emphasis, no stray `:` or `|`), anything else stays text
+//! for the emphasis parser. `when` with a `.` is a fraction of the steps (`int(when × steps)`),
+//! without one a step number. A prompt without any of these parses exactly as before
+//! (`editing` is `None`). Deviation: a `|` outside an alternation (or a trailing lone `\`) makes
+//! A1111 drop every edit of the part silently; with an edit in the part it is an error here.
+//!
 //! # Printing
 //!
 //! [`print`] writes text that parses back to an equal [`Prompt`] (tags last, shortest tag form,
@@ -86,6 +98,7 @@
 //! byte, so the TUI can edit a strength without reformatting the prompt.
 
 mod chunk;
+mod editing;
 mod emphasis;
 mod error;
 mod lbw;
@@ -97,6 +110,7 @@ mod schedule;
 mod suggest;
 
 pub use chunk::{chunk, Chunk, ChunkConfig, CHUNK_LEN, CLIP_COMMA, MAX_CHUNKS};
+pub use editing::{Editing, Node, Part, Segment, When};
 pub use emphasis::Fragment;
 pub use error::{PromptError, PromptWarning};
 pub use lbw::{slot_block, Block, Lbw, LbwLayout, UnetRegion, PRESETS};

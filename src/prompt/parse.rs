@@ -5,6 +5,7 @@
 //! from `BREAK`s (the chunker bounds the tokens).
 
 use super::chunk::{too_long, MAX_CHUNKS, SHORTEN};
+use super::editing::{self, Editing};
 use super::emphasis::{attention, Fragment};
 use super::error::{PromptError, PromptWarning};
 use super::lora_tag::{parse_tag_args, LoraTag};
@@ -18,6 +19,9 @@ pub struct Prompt {
     pub fragments: Vec<Fragment>,
     /// The LoRA tags, in the order written.
     pub loras: Vec<LoraTag>,
+    /// Prompt editing, alternation and `AND` parts; `None` when the prompt has none. With them,
+    /// `fragments` is the first part at step 1 only, and [`Editing::schedule`] gives each step's.
+    pub editing: Option<Editing>,
 }
 
 impl Prompt {
@@ -31,6 +35,12 @@ impl Prompt {
             }
         }
         out.trim().to_string()
+    }
+
+    /// Errs when the prompt uses what generation does not run yet (`AND`, prompt editing,
+    /// alternation), rather than generating from the first step's text alone.
+    pub fn check_runnable(&self, src: &str) -> Result<(), PromptError> {
+        self.editing.as_ref().map_or(Ok(()), |e| e.refuse(src))
     }
 
     /// Errs at the first tag whose `lbw=` vector is laid out for another model family.
@@ -92,9 +102,18 @@ pub fn parse_with_warnings(text: &str) -> Result<(Prompt, Vec<PromptWarning>), P
         i += 1;
     }
     let mut warnings = Vec::new();
-    let fragments = attention(text, &kept, &mut warnings)?;
+    let editing = editing::read(text, &kept)?;
+    let fragments = match &editing {
+        None => attention(text, &kept, &mut warnings)?,
+        Some(e) => e.first_fragments(text, &mut warnings)?,
+    };
     check_breaks(&fragments, &kept)?;
-    Ok((Prompt { fragments, loras }, warnings))
+    let prompt = Prompt {
+        fragments,
+        loras,
+        editing,
+    };
+    Ok((prompt, warnings))
 }
 
 /// Errs when the `BREAK`s alone make more than [`MAX_CHUNKS`] chunks, pointing at the first `BREAK`

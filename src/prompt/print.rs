@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 
+use super::editing::{ends_like_weight, print_nodes, Editing};
 use super::emphasis::Fragment;
 use super::error::PromptError;
 use super::lora_tag::LoraTag;
@@ -14,7 +15,15 @@ use super::schedule::Strength;
 /// The prompt's text with weights as `(text:W)`, `BREAK`s, then its tags.
 pub fn print(p: &Prompt) -> String {
     let mut out = String::new();
-    for f in &p.fragments {
+    if let Some(e) = &p.editing {
+        print_editing(e, &mut out);
+    }
+    let fragments = if p.editing.is_some() {
+        &[][..]
+    } else {
+        &p.fragments[..]
+    };
+    for f in fragments {
         match f {
             Fragment::Break => out.push_str(" BREAK "),
             Fragment::Text { text, weight } if *weight == 1.0 => escape_into(&mut out, text),
@@ -35,6 +44,24 @@ pub fn print(p: &Prompt) -> String {
         out.push_str(&print_tag(tag));
     }
     out
+}
+
+/// The parts as written, ` AND ` between them; a part's weight when it is not 1 or its text
+/// would read as one. No space after `AND`: the part's own leading whitespace is kept.
+fn print_editing(e: &Editing, out: &mut String) {
+    for (k, part) in e.parts.iter().enumerate() {
+        if k > 0 {
+            out.push_str(" AND");
+        }
+        let mut text = String::new();
+        print_nodes(&part.nodes, &mut text);
+        out.push_str(&text);
+        let chars: Vec<(usize, char)> = text.char_indices().collect();
+        let many = e.parts.len() > 1;
+        if many && (part.weight != 1.0 || ends_like_weight(&chars)) {
+            let _ = write!(out, " :{}", part.weight);
+        }
+    }
 }
 
 fn is_word(c: char) -> bool {

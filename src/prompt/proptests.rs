@@ -49,6 +49,19 @@ fn piece() -> impl Strategy<Value = &'static str> {
         "<lora:u:0@0,1@0.5;1@1>",
         "<lyco:t:-1>",
         "<lora:s:lbw=1,0,0,0,0,1,1,1,1,1,1,1>",
+        "[a:b:2]",
+        "[dog:0.5]",
+        "[x::.25]",
+        "[",
+        ":3]",
+        ":0.5]",
+        "|",
+        "[a|b]",
+        "[fe|]",
+        " AND ",
+        "AND",
+        " :1.5",
+        "e1",
     ])
 }
 
@@ -119,6 +132,24 @@ proptest! {
     }
 
     #[test]
+    fn schedules_cover_every_step_once(text in prompt_text(), steps in 1usize..30) {
+        let Ok(p) = parse(&text) else { return Ok(()) };
+        let Some(e) = &p.editing else { return Ok(()) };
+        for (_, segments) in e.schedule(steps) {
+            let ends: Vec<usize> = segments.iter().map(|s| s.until_step).collect();
+            prop_assert_eq!(ends.last().copied(), Some(steps));
+            prop_assert!(ends.windows(2).all(|w| w[0] < w[1]), "{:?}", ends);
+            prop_assert!(ends[0] >= 1);
+            for s in &segments {
+                // Offsets point into the prompt, at the char they stand for.
+                for &(o, c) in &s.chars {
+                    prop_assert_eq!(text[o..].chars().next(), Some(c));
+                }
+            }
+        }
+    }
+
+    #[test]
     fn rewriting_a_tag_keeps_every_other_byte(text in prompt_text(), pick in any::<prop::sample::Index>(), v in -3.0f32..3.0) {
         let Ok(p) = parse(&text) else { return Ok(()) };
         if p.loras.is_empty() { return Ok(()) }
@@ -161,7 +192,7 @@ fn generated_prompts_mostly_parse() {
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
     let strategy = prompt_text();
-    let (mut ok, mut with_tags, n) = (0, 0, 400);
+    let (mut ok, mut with_tags, mut with_editing, n) = (0, 0, 0, 400);
     for _ in 0..n {
         let Ok(tree) = strategy.new_tree(&mut runner) else {
             continue;
@@ -169,8 +200,13 @@ fn generated_prompts_mostly_parse() {
         if let Ok(p) = parse(&tree.current()) {
             ok += 1;
             with_tags += usize::from(!p.loras.is_empty());
+            with_editing += usize::from(p.editing.is_some());
         }
     }
     assert!(ok * 3 > n, "only {ok} of {n} parse");
     assert!(with_tags * 6 > n, "only {with_tags} of {n} have tags");
+    assert!(
+        with_editing * 6 > n,
+        "only {with_editing} of {n} use editing or AND"
+    );
 }

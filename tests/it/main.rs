@@ -13,6 +13,8 @@ mod lora;
 mod merge;
 mod pipeline_reference;
 mod prompt;
+mod prompt_check;
+mod prompt_editing;
 mod readme;
 mod resident;
 mod sdxl;
