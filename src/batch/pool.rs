@@ -308,6 +308,7 @@ mod tests {
                 prompt: prompt.into(),
                 negative: String::new(),
                 sampler: Sampler::Euler,
+                schedule: Default::default(),
                 steps: 3,
                 cfg: 7.0,
                 width: 8,

@@ -89,6 +89,7 @@ pub fn validate_job(job: &Job) -> Result<(), PipelineError> {
     if job.batch == 0 {
         return Err(PipelineError::Job("batch must be at least 1".into()));
     }
+    schedulers::check_schedule(job.sampler, job.schedule)?;
     prompt::parse(&job.prompt).map_err(|e| PipelineError::Prompt(e.render(&job.prompt)))?;
     prompt::parse(&job.negative).map_err(|e| {
         PipelineError::Prompt(format!("negative prompt: {}", e.render(&job.negative)))
@@ -364,7 +365,13 @@ impl Generator {
         for index in 0..job.batch {
             let seed = job.seed.wrapping_add(u64::from(index));
             let mut rng = TorchRng::new(seed);
-            let mut sched = schedulers::build(job.sampler, &self.scheduler, job.steps as usize);
+            let mut sched = schedulers::build_with(
+                job.sampler,
+                job.schedule,
+                self.model.index.family,
+                &self.scheduler,
+                job.steps as usize,
+            )?;
             let n = 4 * h * w;
             let sigma0 = sched.init_noise_sigma();
             let mut latents: Vec<f32> = rng.randn(n).into_iter().map(|x| x * sigma0).collect();

@@ -14,6 +14,7 @@ mod pipeline_reference;
 mod prompt;
 mod readme;
 mod resident;
+mod samplers;
 mod sdxl;
 mod sdxl_adapters;
 mod single_file;
