@@ -26,7 +26,10 @@ history_size = 500
 protocol = "auto"
 
 [generation]
+# A1111's name or a short one (euler-a, dpmpp-2m-sde, unipc, ...); `stipple generate --help` lists them.
 sampler = "Euler a"
+# Schedule type: automatic (the sampler's own), karras, exponential, sgm-uniform, simple, beta, ays.
+schedule = "automatic"
 # Sampling steps; 0 = the model family's (20 for SD 1.x, 30 for SDXL).
 steps = 0
 cfg = 7.0
@@ -106,6 +109,8 @@ pub struct ImageConfig {
 pub struct GenerationConfig {
     /// A1111 name or slug; checked by [`Config::validate`].
     pub sampler: String,
+    /// A1111's "Schedule type" or its slug; checked by [`Config::validate`].
+    pub schedule: String,
     /// 0 = the model family's default (filled in when the model is known).
     pub steps: u32,
     pub cfg: f32,
@@ -199,12 +204,24 @@ impl Config {
     /// Checks what serde cannot: value ranges and names.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let g = &self.generation;
-        g.sampler
-            .parse::<crate::job::Sampler>()
-            .map_err(|e| ConfigError::Invalid {
+        let (sampler, suffix) =
+            crate::job::parse_sampler(&g.sampler).map_err(|e| ConfigError::Invalid {
                 key: "generation.sampler",
                 message: e.to_string(),
             })?;
+        let schedule =
+            g.schedule
+                .parse::<crate::job::Schedule>()
+                .map_err(|e| ConfigError::Invalid {
+                    key: "generation.schedule",
+                    message: e.to_string(),
+                })?;
+        crate::pipeline::schedulers::check_schedule(sampler, suffix.unwrap_or(schedule)).map_err(
+            |e| ConfigError::Invalid {
+                key: "generation.schedule",
+                message: e.to_string(),
+            },
+        )?;
         let check = |ok: bool, key: &'static str, message: &str| {
             if ok {
                 Ok(())
@@ -527,14 +544,31 @@ mod tests {
         let c = load_layers(
             None,
             Some(HashMap::new()),
-            &[("generation.sampler", "heun".into())],
+            &[("generation.sampler", "hune".into())],
         )
         .unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(
-            e.contains("generation.sampler") && e.contains("heun"),
+            e.contains("generation.sampler") && e.contains("hune"),
             "{e}"
         );
+        for (sampler, schedule, bad) in [
+            ("Euler", "karas", "karas"),
+            ("DDIM", "karras", "DDIM"),
+            ("DDIM Karras", "automatic", "DDIM"),
+        ] {
+            let c = load_layers(
+                None,
+                Some(HashMap::new()),
+                &[
+                    ("generation.sampler", sampler.into()),
+                    ("generation.schedule", schedule.into()),
+                ],
+            )
+            .unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("generation.schedule") && e.contains(bad), "{e}");
+        }
     }
 
     #[test]

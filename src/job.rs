@@ -10,50 +10,82 @@ use std::str::FromStr;
 /// Identifies one submitted job for the lifetime of an engine.
 pub type JobId = u64;
 
-/// The samplers stipple offers, named as A1111 shows them.
+/// The samplers stipple offers, named as A1111 shows them. Each is one diffusers scheduler class
+/// (see [`crate::pipeline::schedulers::build`]); the noise levels it walks are the [`Schedule`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Sampler {
     #[serde(rename = "Euler")]
     Euler,
     #[serde(rename = "Euler a")]
     EulerA,
+    #[serde(rename = "Heun")]
+    Heun,
+    #[serde(rename = "LMS")]
+    Lms,
     #[serde(rename = "DDIM")]
     Ddim,
     #[serde(rename = "DPM++ 2M")]
     DpmPp2m,
+    /// A1111's pre-1.9 name for DPM++ 2M with the Karras schedule; kept so old jobs replay.
     #[serde(rename = "DPM++ 2M Karras")]
     DpmPp2mKarras,
+    #[serde(rename = "DPM++ 2M SDE")]
+    DpmPp2mSde,
+    #[serde(rename = "UniPC")]
+    UniPc,
+    #[serde(rename = "LCM")]
+    Lcm,
 }
 
 impl Sampler {
-    pub const ALL: [Sampler; 5] = [
+    pub const ALL: [Sampler; 10] = [
         Sampler::Euler,
         Sampler::EulerA,
+        Sampler::Heun,
+        Sampler::Lms,
         Sampler::Ddim,
         Sampler::DpmPp2m,
         Sampler::DpmPp2mKarras,
+        Sampler::DpmPp2mSde,
+        Sampler::UniPc,
+        Sampler::Lcm,
     ];
 
     /// The name A1111 shows (and writes into the `parameters` chunk).
     pub fn name(self) -> &'static str {
-        match self {
-            Sampler::Euler => "Euler",
-            Sampler::EulerA => "Euler a",
-            Sampler::Ddim => "DDIM",
-            Sampler::DpmPp2m => "DPM++ 2M",
-            Sampler::DpmPp2mKarras => "DPM++ 2M Karras",
-        }
+        self.names().0
     }
 
-    /// A spelling without spaces for command lines (`euler-a`, `dpmpp-2m-karras`).
+    /// A spelling without spaces for command lines (`euler-a`, `dpmpp-2m-sde`).
     pub fn slug(self) -> &'static str {
+        self.names().1
+    }
+}
+
+impl Named for Sampler {
+    const ALL: &'static [Self] = &Sampler::ALL;
+
+    fn names(self) -> (&'static str, &'static str) {
         match self {
-            Sampler::Euler => "euler",
-            Sampler::EulerA => "euler-a",
-            Sampler::Ddim => "ddim",
-            Sampler::DpmPp2m => "dpmpp-2m",
-            Sampler::DpmPp2mKarras => "dpmpp-2m-karras",
+            Sampler::Euler => ("Euler", "euler"),
+            Sampler::EulerA => ("Euler a", "euler-a"),
+            Sampler::Heun => ("Heun", "heun"),
+            Sampler::Lms => ("LMS", "lms"),
+            Sampler::Ddim => ("DDIM", "ddim"),
+            Sampler::DpmPp2m => ("DPM++ 2M", "dpmpp-2m"),
+            Sampler::DpmPp2mKarras => ("DPM++ 2M Karras", "dpmpp-2m-karras"),
+            Sampler::DpmPp2mSde => ("DPM++ 2M SDE", "dpmpp-2m-sde"),
+            Sampler::UniPc => ("UniPC", "unipc"),
+            Sampler::Lcm => ("LCM", "lcm"),
         }
+    }
+}
+
+impl Sampler {
+    /// Whether the sampler walks a σ schedule, so a [`Schedule`] other than automatic applies.
+    /// DDIM and LCM step between training timesteps of their own.
+    pub fn takes_schedule(self) -> bool {
+        !matches!(self, Sampler::Ddim | Sampler::Lcm)
     }
 }
 
@@ -65,17 +97,40 @@ impl fmt::Display for Sampler {
 
 /// An unknown sampler name; lists the known ones.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("unknown sampler {given:?}; known samplers: {}", known_samplers())]
+#[error("unknown sampler {given:?}; known samplers: {}", known::<Sampler>())]
 pub struct UnknownSampler {
     pub given: String,
 }
 
-fn known_samplers() -> String {
-    Sampler::ALL
+/// The enums named both A1111's way and by a slug.
+trait Named: Copy + 'static {
+    const ALL: &'static [Self];
+    /// (A1111's name, slug).
+    fn names(self) -> (&'static str, &'static str);
+}
+
+/// Every value as `slug (Name)`, for error messages.
+fn known<T: Named>() -> String {
+    T::ALL
         .iter()
-        .map(|s| format!("{} ({})", s.slug(), s.name()))
+        .map(|v| format!("{} ({})", v.names().1, v.names().0))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The value whose name or slug is `s`, compared case-insensitively, with `_`, `-` and spaces
+/// alike and `++` as `pp`.
+fn lookup<T: Named>(s: &str) -> Option<T> {
+    let norm = |x: &str| {
+        x.to_ascii_lowercase()
+            .replace(['_', '-', ' '], "")
+            .replace("++", "pp")
+    };
+    let want = norm(s);
+    T::ALL.iter().copied().find(|v| {
+        let (name, slug) = v.names();
+        norm(name) == want || norm(slug) == want
+    })
 }
 
 impl FromStr for Sampler {
@@ -83,18 +138,134 @@ impl FromStr for Sampler {
 
     /// Accepts the A1111 name or the slug, case-insensitively, with `_`, `-` and spaces alike.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let norm = |x: &str| {
-            x.to_ascii_lowercase()
-                .replace(['_', '-', ' '], "")
-                .replace("++", "pp")
-        };
-        let want = norm(s);
-        Sampler::ALL
-            .into_iter()
-            .find(|c| norm(c.name()) == want || norm(c.slug()) == want)
-            .ok_or_else(|| UnknownSampler {
-                given: s.to_string(),
-            })
+        lookup(s).ok_or_else(|| UnknownSampler {
+            given: s.to_string(),
+        })
+    }
+}
+
+/// Reads a sampler the way A1111 before 1.9 named it, with the schedule type as a suffix
+/// (`DPM++ 2M SDE Karras`, `Euler a Exponential`), besides the plain names: the sampler and, where
+/// a suffix was split off, its schedule. `DPM++ 2M Karras` stays the sampler of that name.
+pub fn parse_sampler(s: &str) -> Result<(Sampler, Option<Schedule>), UnknownSampler> {
+    if let Ok(sampler) = s.parse::<Sampler>() {
+        return Ok((sampler, None));
+    }
+    let trimmed = s.trim_end();
+    for schedule in Schedule::ALL {
+        if schedule == Schedule::Automatic {
+            continue;
+        }
+        for suffix in [schedule.name(), schedule.slug()] {
+            let n = trimmed.len().saturating_sub(suffix.len());
+            let (head, tail) = (trimmed.get(..n), trimmed.get(n..));
+            if let (Some(head), Some(tail)) = (head, tail) {
+                let separated = head.ends_with([' ', '-', '_']);
+                if separated && tail.eq_ignore_ascii_case(suffix) {
+                    if let Ok(sampler) = head.trim_end_matches([' ', '-', '_']).parse::<Sampler>() {
+                        return Ok((sampler, Some(schedule)));
+                    }
+                }
+            }
+        }
+    }
+    Err(UnknownSampler {
+        given: s.to_string(),
+    })
+}
+
+/// The noise levels a sampler walks, A1111's "Schedule type" (1.9+), independent of the sampler.
+/// `Automatic` is the sampler's own (diffusers' default for its class; Karras for DPM++ 2M Karras).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Schedule {
+    #[default]
+    #[serde(rename = "Automatic")]
+    Automatic,
+    /// Karras et al. 2022 (arXiv:2206.00364), ρ = 7.
+    #[serde(rename = "Karras")]
+    Karras,
+    /// Evenly spaced in log σ.
+    #[serde(rename = "Exponential")]
+    Exponential,
+    /// Evenly spaced training timesteps counted down from the last: diffusers' `trailing`
+    /// spacing, which its docs give for A1111's "sgm_uniform" (whose timesteps are the same
+    /// before rounding).
+    #[serde(rename = "SGM Uniform")]
+    SgmUniform,
+    /// Every (train / steps)-th training σ, counted down from the largest (ComfyUI's "simple").
+    #[serde(rename = "Simple")]
+    Simple,
+    /// Beta(0.6, 0.6) quantiles between σ_min and σ_max (arXiv:2407.12173).
+    #[serde(rename = "Beta")]
+    Beta,
+    /// NVIDIA's Align Your Steps tables (arXiv:2404.14507), log-linearly resampled.
+    #[serde(rename = "Align Your Steps")]
+    AlignYourSteps,
+}
+
+impl Schedule {
+    pub const ALL: [Schedule; 7] = [
+        Schedule::Automatic,
+        Schedule::Karras,
+        Schedule::Exponential,
+        Schedule::SgmUniform,
+        Schedule::Simple,
+        Schedule::Beta,
+        Schedule::AlignYourSteps,
+    ];
+
+    /// The name A1111 shows (its infotext's `Schedule type`).
+    pub fn name(self) -> &'static str {
+        self.names().0
+    }
+
+    /// The command-line spelling (`sgm-uniform`, `ays`).
+    pub fn slug(self) -> &'static str {
+        self.names().1
+    }
+
+    pub fn is_automatic(&self) -> bool {
+        *self == Schedule::Automatic
+    }
+}
+
+impl Named for Schedule {
+    const ALL: &'static [Self] = &Schedule::ALL;
+
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Schedule::Automatic => ("Automatic", "automatic"),
+            Schedule::Karras => ("Karras", "karras"),
+            Schedule::Exponential => ("Exponential", "exponential"),
+            Schedule::SgmUniform => ("SGM Uniform", "sgm-uniform"),
+            Schedule::Simple => ("Simple", "simple"),
+            Schedule::Beta => ("Beta", "beta"),
+            Schedule::AlignYourSteps => ("Align Your Steps", "ays"),
+        }
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An unknown schedule type; lists the known ones.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown schedule type {given:?}; known: {}", known::<Schedule>())]
+pub struct UnknownSchedule {
+    pub given: String,
+}
+
+impl FromStr for Schedule {
+    type Err = UnknownSchedule;
+
+    /// The A1111 name or the slug, spelled as loosely as sampler names.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        lookup(s).ok_or_else(|| UnknownSchedule {
+            given: s.to_string(),
+        })
     }
 }
 
@@ -106,6 +277,9 @@ pub struct Job {
     #[serde(default)]
     pub negative: String,
     pub sampler: Sampler,
+    /// Left out of the JSON when automatic, so jobs written before it existed keep their hash.
+    #[serde(default, skip_serializing_if = "Schedule::is_automatic")]
+    pub schedule: Schedule,
     pub steps: u32,
     pub cfg: f32,
     pub width: u32,
@@ -200,8 +374,49 @@ mod tests {
             Sampler::DpmPp2mKarras
         );
         assert_eq!("EULER_A".parse::<Sampler>().unwrap(), Sampler::EulerA);
-        let err = "heun".parse::<Sampler>().unwrap_err().to_string();
-        assert!(err.contains("heun") && err.contains("euler-a"), "{err}");
+        let err = "hune".parse::<Sampler>().unwrap_err().to_string();
+        assert!(err.contains("hune") && err.contains("euler-a"), "{err}");
+    }
+
+    #[test]
+    fn schedule_names_parse_in_every_spelling() {
+        for s in Schedule::ALL {
+            assert_eq!(s.name().parse::<Schedule>().unwrap(), s);
+            assert_eq!(s.slug().parse::<Schedule>().unwrap(), s);
+        }
+        assert_eq!(
+            "sgm_uniform".parse::<Schedule>().unwrap(),
+            Schedule::SgmUniform
+        );
+        let err = "karas".parse::<Schedule>().unwrap_err().to_string();
+        assert!(
+            err.contains("karas") && err.contains("sgm-uniform"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn old_a1111_names_split_into_sampler_and_schedule() {
+        assert_eq!(
+            parse_sampler("DPM++ 2M SDE Karras").unwrap(),
+            (Sampler::DpmPp2mSde, Some(Schedule::Karras))
+        );
+        assert_eq!(
+            parse_sampler("euler-a-exponential").unwrap(),
+            (Sampler::EulerA, Some(Schedule::Exponential))
+        );
+        assert_eq!(
+            parse_sampler("LMS Karras").unwrap(),
+            (Sampler::Lms, Some(Schedule::Karras))
+        );
+        // The name that is itself a sampler stays one.
+        assert_eq!(
+            parse_sampler("DPM++ 2M Karras").unwrap(),
+            (Sampler::DpmPp2mKarras, None)
+        );
+        assert!(parse_sampler("Karras").is_err());
+        assert!(parse_sampler("DPM++ 9M Karras").is_err());
+        assert!(parse_sampler("Euler aKarras").is_err());
     }
 
     #[test]
@@ -210,6 +425,7 @@ mod tests {
             prompt: "a red fox".into(),
             negative: String::new(),
             sampler: Sampler::DpmPp2mKarras,
+            schedule: Schedule::Automatic,
             steps: 4,
             cfg: 7.0,
             width: 64,
@@ -219,6 +435,15 @@ mod tests {
         };
         let text = serde_json::to_string(&job).unwrap();
         assert!(text.contains("\"DPM++ 2M Karras\""), "{text}");
+        assert!(!text.contains("schedule"), "automatic is left out: {text}");
+        assert_eq!(serde_json::from_str::<Job>(&text).unwrap(), job);
+        let job = Job {
+            sampler: Sampler::DpmPp2mSde,
+            schedule: Schedule::AlignYourSteps,
+            ..job
+        };
+        let text = serde_json::to_string(&job).unwrap();
+        assert!(text.contains("\"Align Your Steps\""), "{text}");
         assert_eq!(serde_json::from_str::<Job>(&text).unwrap(), job);
     }
 }

@@ -1,5 +1,5 @@
 //! Which batch jobs may share UNet calls: [`ShareKey`] holds what the weights and the timesteps
-//! depend on (sampler, steps, size, the prompt's `<lora:...>` tags with their strengths); jobs with
+//! depend on (sampler, schedule type, steps, size, the prompt's `<lora:...>` tags with their strengths); jobs with
 //! equal keys on one model are run together, up to the engine's UNet batch of images.
 //!
 //! Prompts, negative prompts, seeds, CFG scale and batch size may differ within a group: each
@@ -7,13 +7,14 @@
 //! prompts need different context lengths (a long prompt's extra 75-token chunks) into separate
 //! UNet calls, so grouping never changes an image.
 
-use crate::job::{Job, Sampler};
+use crate::job::{Job, Sampler, Schedule};
 use crate::prompt::LoraTag;
 
 /// What jobs must agree on to share UNet calls.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShareKey {
     sampler: Sampler,
+    schedule: Schedule,
     steps: u32,
     width: u32,
     height: u32,
@@ -27,6 +28,7 @@ impl ShareKey {
         let parsed = crate::prompt::parse(&job.prompt).ok()?;
         Some(ShareKey {
             sampler: job.sampler,
+            schedule: job.schedule,
             steps: job.steps,
             width: job.width,
             height: job.height,
@@ -74,6 +76,7 @@ mod tests {
             height: 512,
             seed: 1,
             batch,
+            schedule: Schedule::default(),
         }
     }
 
@@ -105,10 +108,13 @@ mod tests {
         size.width = 768;
         let mut sampler = base.clone();
         sampler.sampler = Sampler::EulerA;
+        let mut schedule = base.clone();
+        schedule.schedule = Schedule::Karras;
         let others = [
             steps,
             size,
             sampler,
+            schedule,
             job("a fox <lora:ink:0.7>", 1),
             job("a fox <lora:ink:0.8:unet=0.5>", 1),
             job("a fox <lora:ink:te=0.8@0,0@1>", 1),

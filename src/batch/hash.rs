@@ -167,6 +167,7 @@ mod tests {
             prompt: "a fox".into(),
             negative: String::new(),
             sampler: Sampler::EulerA,
+            schedule: Default::default(),
             steps: 4,
             cfg: 7.0,
             width: 64,

@@ -6,7 +6,7 @@
 use super::hash::{derived_seed, file_identity, job_hash, model_identity, JobHash};
 use super::jobfile::JobSpec;
 use super::naming::OutName;
-use crate::job::{Job, Sampler};
+use crate::job::{parse_sampler, Job, Sampler, Schedule, UnknownSchedule};
 use crate::model::Model;
 use crate::pipeline::validate_job;
 use crate::prompt::{self, Catalog, LoraDirs};
@@ -22,6 +22,7 @@ pub struct Defaults {
     /// `--lora-dir` folders, where `<lora:NAME>` is looked up.
     pub lora_dirs: LoraDirs,
     pub sampler: Sampler,
+    pub schedule: Schedule,
     pub steps: u32,
     pub cfg: f32,
     pub width: u32,
@@ -40,13 +41,19 @@ impl Defaults {
         bundled: bool,
     ) -> Result<Defaults, String> {
         let (width, height) = if bundled { (0, 0) } else { (g.width, g.height) };
+        let (sampler, suffix) = parse_sampler(&g.sampler).map_err(|e| e.to_string())?;
+        let schedule = match suffix {
+            Some(s) => s,
+            None => g
+                .schedule
+                .parse()
+                .map_err(|e: UnknownSchedule| e.to_string())?,
+        };
         Ok(Defaults {
             model,
             lora_dirs,
-            sampler: g
-                .sampler
-                .parse()
-                .map_err(|e: crate::job::UnknownSampler| e.to_string())?,
+            sampler,
+            schedule,
             steps: g.steps,
             cfg: g.cfg,
             width,
@@ -94,12 +101,16 @@ impl Planner {
     }
 
     pub fn plan(&mut self, spec: JobSpec, vars: Vec<(String, Value)>) -> Result<Planned, String> {
-        let sampler: Sampler = match &spec.sampler {
-            Some(s) => s
-                .parse()
-                .map_err(|e: crate::job::UnknownSampler| e.to_string())?,
-            None => self.defaults.sampler,
+        // An old A1111 name carries its schedule type (`DPM++ 2M SDE Karras`).
+        let (sampler, schedule) = match &spec.sampler {
+            Some(s) => {
+                let (sampler, suffix) = parse_sampler(s).map_err(|e| e.to_string())?;
+                (sampler, suffix.unwrap_or(self.defaults.schedule))
+            }
+            None => (self.defaults.sampler, self.defaults.schedule),
         };
+        crate::pipeline::schedulers::check_schedule(sampler, schedule)
+            .map_err(|e| e.to_string())?;
         let seed = match spec.seed {
             Some(s) if s < 0 => {
                 return Err(format!(
@@ -126,6 +137,7 @@ impl Planner {
             prompt: spec.prompt,
             negative: spec.negative,
             sampler,
+            schedule,
             steps: spec.steps.unwrap_or(or_model(d.0, facts.steps)),
             cfg: spec.cfg.unwrap_or(d.1),
             width: spec.width.unwrap_or(or_model(d.2, facts.width)),

@@ -392,6 +392,7 @@ mod tests {
                 prompt: prompt.into(),
                 negative: String::new(),
                 sampler: Sampler::Euler,
+                schedule: Default::default(),
                 steps: 3,
                 cfg: 7.0,
                 width: 8,

@@ -81,6 +81,7 @@ pub fn throughput(
             height,
             seed: 1000 + i as u64,
             batch: 1,
+            schedule: Default::default(),
         })
         .collect();
     let one = images_per_s(&mut g, &jobs, 1)?;

@@ -89,10 +89,15 @@ pub struct GenerateArgs {
     /// Seed; -1 picks one at random, and the seed used is always reported (config: generation.seed)
     #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<i64>,
-    /// Euler, "Euler a", DDIM, "DPM++ 2M", "DPM++ 2M Karras" (or euler-a, dpmpp-2m-karras, ...)
+    /// Euler, "Euler a", Heun, LMS, DDIM, "DPM++ 2M", "DPM++ 2M SDE", UniPC, LCM (or euler-a,
+    /// dpmpp-2m-sde, ...); an old A1111 name with a schedule ("DPM++ 2M SDE Karras") sets both
     /// (config: generation.sampler)
     #[arg(long)]
     pub sampler: Option<String>,
+    /// Schedule type: automatic, karras, exponential, sgm-uniform, simple, beta, ays (Align Your
+    /// Steps) (config: generation.schedule)
+    #[arg(long)]
+    pub schedule: Option<String>,
     /// Image width in pixels, a multiple of 8 (config: generation.width; default: the model's)
     #[arg(long)]
     pub width: Option<u32>,

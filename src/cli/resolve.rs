@@ -6,7 +6,7 @@ use super::error::{Classify, CliError};
 use super::flags::EngineFlags;
 use super::GenerateArgs;
 use crate::config::{Config, Dirs};
-use crate::job::{Job, Sampler};
+use crate::job::{parse_sampler, Job, Sampler, Schedule};
 use crate::live::LoraMethod;
 use crate::model::models_root::ModelsRoot;
 use crate::model::Model;
@@ -183,7 +183,11 @@ pub fn generate(
         ));
     }
     let g = &config.generation;
-    let sampler: Sampler = a.sampler.as_deref().unwrap_or(&g.sampler).parse().usage()?;
+    let (sampler, schedule) = sampler_and_schedule(
+        a.sampler.as_deref().unwrap_or(&g.sampler),
+        a.schedule.as_deref().unwrap_or(&g.schedule),
+        a.schedule.is_some(),
+    )?;
     let seed = match a.seed.unwrap_or(g.seed) {
         -1 => random_seed(),
         s if s < 0 => {
@@ -202,6 +206,7 @@ pub fn generate(
         prompt: a.prompt.clone(),
         negative: a.negative.clone(),
         sampler,
+        schedule,
         steps: a.steps.unwrap_or(g.steps),
         cfg: a.cfg.unwrap_or(g.cfg),
         width: a.width.unwrap_or(g.width),
@@ -218,6 +223,28 @@ pub fn generate(
         },
         model,
     ))
+}
+
+/// The sampler and schedule type a job runs: an old A1111 name's schedule suffix (`DPM++ 2M SDE
+/// Karras`) stands for `--schedule`, and a `--schedule` flag that says otherwise is an error.
+pub fn sampler_and_schedule(
+    sampler: &str,
+    schedule: &str,
+    schedule_flag_given: bool,
+) -> Result<(Sampler, Schedule), CliError> {
+    let (sampler, suffix) = parse_sampler(sampler).usage()?;
+    let named: Schedule = schedule.parse().usage()?;
+    let schedule = match suffix {
+        Some(s) if schedule_flag_given && s != named => {
+            return Err(CliError::Usage(format!(
+                "the sampler name says the {s} schedule and --schedule says {named}; give one"
+            )))
+        }
+        Some(s) => s,
+        None => named,
+    };
+    crate::pipeline::schedulers::check_schedule(sampler, schedule).usage()?;
+    Ok((sampler, schedule))
 }
 
 /// The flags given, each checked on its own, so an error names the flag and its value.

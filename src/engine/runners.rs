@@ -232,6 +232,7 @@ mod tests {
             prompt: "a fox".into(),
             negative: String::new(),
             sampler: crate::job::Sampler::Euler,
+            schedule: Default::default(),
             steps: 1,
             cfg: 7.0,
             width: 64,

@@ -61,10 +61,16 @@ pub fn format_infotext(job: &Job, seed: u64, res: &Resources) -> String {
     let mut params = vec![
         ("Steps", job.steps.to_string()),
         ("Sampler", job.sampler.name().to_string()),
+    ];
+    // A1111 1.9+ writes the schedule type after the sampler; automatic is left out, as it does.
+    if !job.schedule.is_automatic() {
+        params.push(("Schedule type", job.schedule.name().to_string()));
+    }
+    params.extend([
         ("CFG scale", trim_float(job.cfg)),
         ("Seed", seed.to_string()),
         ("Size", format!("{}x{}", job.width, job.height)),
-    ];
+    ]);
     if let Some(h) = &res.model_hash {
         params.push(("Model hash", h.clone()));
     }
@@ -182,13 +188,14 @@ fn split_params(line: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::Sampler;
+    use crate::job::{Sampler, Schedule};
 
     fn job() -> Job {
         Job {
             prompt: "a red fox, (snow:1.2)".into(),
             negative: "blurry".into(),
             sampler: Sampler::DpmPp2mKarras,
+            schedule: Schedule::Automatic,
             steps: 20,
             cfg: 7.5,
             width: 512,
@@ -215,6 +222,22 @@ mod tests {
         assert!(lines[2].starts_with(
             "Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 6, Size: 512x768, Model hash: 0123456789, Model: tiny-sd15"
         ), "{}", lines[2]);
+    }
+
+    #[test]
+    fn a_schedule_type_follows_the_sampler_as_a1111_writes_it() {
+        let job = Job {
+            sampler: Sampler::DpmPp2mSde,
+            schedule: Schedule::AlignYourSteps,
+            ..job()
+        };
+        let t = format_infotext(&job, 6, &Resources::default());
+        assert!(
+            t.contains("Sampler: DPM++ 2M SDE, Schedule type: Align Your Steps, CFG scale: 7.5"),
+            "{t}"
+        );
+        let p = parse_infotext(&t).unwrap();
+        assert_eq!(p.get("Schedule type"), Some("Align Your Steps"));
     }
 
     #[test]

@@ -95,6 +95,7 @@ pub fn validate_job(job: &Job) -> Result<(), PipelineError> {
     if job.batch == 0 {
         return Err(PipelineError::Job("batch must be at least 1".into()));
     }
+    super::schedulers::check_schedule(job.sampler, job.schedule)?;
     for (text, what) in [(&job.prompt, ""), (&job.negative, "negative prompt: ")] {
         prompt::parse(text)
             .and_then(|p| p.check_runnable(text))

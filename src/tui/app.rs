@@ -570,6 +570,7 @@ impl App {
             prompt: self.prompt.text().to_string(),
             negative: self.negative.text().to_string(),
             sampler: s.sampler,
+            schedule: s.schedule,
             steps: s.steps,
             cfg: s.cfg,
             width: s.width,
@@ -603,6 +604,7 @@ impl App {
         self.negative.set_text(&it.job.negative, &names);
         let s = &mut self.settings;
         s.sampler = it.job.sampler;
+        s.schedule = it.job.schedule;
         s.steps = it.job.steps;
         s.cfg = it.job.cfg;
         s.width = it.job.width;

@@ -25,6 +25,7 @@ fn job(prompt: &str, sampler: Sampler, seed: u64, batch: u32) -> Job {
         height: 64,
         seed,
         batch,
+        schedule: Default::default(),
     }
 }
 

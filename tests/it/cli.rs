@@ -134,8 +134,8 @@ fn bad_input_gives_one_clear_error() {
         "multiples of 8",
     );
     assert_clear_error(
-        &["generate", "--prompt", "x", "--sampler", "heun"],
-        "unknown sampler \"heun\"",
+        &["generate", "--prompt", "x", "--sampler", "hune"],
+        "unknown sampler \"hune\"",
     );
     assert_clear_error(
         &["generate", "--prompt", "x", "--device", "tpu"],
@@ -318,7 +318,7 @@ fn exit_codes_tell_done_failed_and_usage_apart() {
     assert_eq!(code(&["generate"]).0, 2, "missing --prompt");
     assert_eq!(code(&["generate", "--prompt", "x", "--steps", "0"]).0, 2);
     assert_eq!(
-        code(&["generate", "--prompt", "x", "--sampler", "heun"]).0,
+        code(&["generate", "--prompt", "x", "--sampler", "hune"]).0,
         2
     );
     assert_eq!(code(&["generate", "--prompt", "x", "--device", "tpu"]).0, 2);

@@ -18,6 +18,7 @@ fn job(prompt: &str, steps: u32) -> Job {
         prompt: prompt.into(),
         negative: String::new(),
         sampler: Sampler::Euler,
+        schedule: Default::default(),
         steps,
         cfg: 7.0,
         width: 64,

@@ -17,6 +17,7 @@ mod prompt_check;
 mod prompt_editing;
 mod readme;
 mod resident;
+mod samplers;
 mod sdxl;
 mod sdxl_adapters;
 mod single_file;

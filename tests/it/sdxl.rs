@@ -213,6 +213,7 @@ fn sdxl_every_scheduler_image_matches_diffusers() {
             prompt: spec.prompt.clone(),
             negative: case.negative.clone(),
             sampler: case.sampler.parse::<Sampler>().unwrap(),
+            schedule: Default::default(),
             steps: case.steps,
             cfg: spec.cfg,
             width: spec.width,

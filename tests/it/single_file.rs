@@ -25,6 +25,7 @@ fn job(sampler: Sampler, steps: u32) -> Job {
         prompt: "a red fox in the snow".into(),
         negative: "blurry".into(),
         sampler,
+        schedule: Default::default(),
         steps,
         cfg: 7.0,
         width: 64,

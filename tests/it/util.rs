@@ -64,6 +64,7 @@ pub fn small_job(prompt: &str, seed: u64) -> stipple::job::Job {
         prompt: prompt.into(),
         negative: String::new(),
         sampler: stipple::job::Sampler::Euler,
+        schedule: Default::default(),
         steps: 3,
         cfg: 7.0,
         width: 64,

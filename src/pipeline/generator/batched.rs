@@ -41,10 +41,12 @@ pub(super) struct Ready<'a> {
 
 impl Ready<'_> {
     /// Whether the two jobs can share UNet calls: same weights at every step (adapters, their
-    /// strengths and schedules), same timesteps (sampler, steps), same latent and context shapes.
+    /// strengths and schedules), same timesteps (sampler, schedule type, steps), same latent and
+    /// context shapes.
     fn shares_batch_with(&self, o: &Ready<'_>) -> bool {
         let (a, b) = (self.job, o.job);
         a.sampler == b.sampler
+            && a.schedule == b.schedule
             && a.steps == b.steps
             && a.width == b.width
             && a.height == b.height
@@ -212,24 +214,28 @@ impl Generator {
         }
         let mut left: Vec<u32> = jobs.iter().map(|r| r.job.batch).collect();
         for chunk in pending.chunks(width) {
-            let mut slots: Vec<Slot> = chunk
-                .iter()
-                .map(|&(j, index)| {
-                    let seed = jobs[j].job.seed.wrapping_add(u64::from(index));
-                    let mut rng = TorchRng::new(seed);
-                    let sched = schedulers::build(jobs[j].job.sampler, &self.scheduler, steps);
-                    let sigma0 = sched.init_noise_sigma();
-                    let latents = rng.randn(n).into_iter().map(|x| x * sigma0).collect();
-                    Slot {
-                        job: j,
-                        index,
-                        seed,
-                        rng,
-                        sched,
-                        latents,
-                    }
-                })
-                .collect();
+            let mut slots: Vec<Slot> = Vec::with_capacity(chunk.len());
+            for &(j, index) in chunk {
+                let seed = jobs[j].job.seed.wrapping_add(u64::from(index));
+                let mut rng = TorchRng::new(seed);
+                let sched = schedulers::build_with(
+                    jobs[j].job.sampler,
+                    jobs[j].job.schedule,
+                    self.model.index.family,
+                    &self.scheduler,
+                    steps,
+                )?;
+                let sigma0 = sched.init_noise_sigma();
+                let latents = rng.randn(n).into_iter().map(|x| x * sigma0).collect();
+                slots.push(Slot {
+                    job: j,
+                    index,
+                    seed,
+                    rng,
+                    sched,
+                    latents,
+                });
+            }
             let rows = if static_shapes { width } else { slots.len() };
             let ended = self.sample_chunk(jobs, &mut slots, rows, (h, w), dims, stop, on_event)?;
             match ended {

@@ -2,11 +2,11 @@
 //! A1111's "DDIM". Integer timesteps, no input scaling, deterministic (never draws noise).
 
 use super::noise_schedule::alphas_cumprod;
-use super::{PredictionType, Scheduler, SchedulerConfig, TimestepSpacing};
+use super::{Plan, PredictionType, Scheduler, SchedulerConfig, TimestepSpacing};
 
 #[derive(Debug, Clone)]
 pub struct DdimScheduler {
-    timesteps: Vec<f64>,
+    plan: Plan,
     /// ᾱ at each step's timestep and at the timestep it steps to (float32).
     alpha_prod: Vec<(f32, f32)>,
     prediction: PredictionType,
@@ -51,7 +51,10 @@ impl DdimScheduler {
             })
             .collect();
         DdimScheduler {
-            timesteps: timesteps.into_iter().map(|t| t as f64).collect(),
+            plan: Plan::unscaled(
+                timesteps.into_iter().map(|t| t as f64).collect(),
+                Vec::new(),
+            ),
             alpha_prod,
             prediction: cfg.prediction_type,
             clip: cfg
@@ -67,20 +70,8 @@ impl Scheduler for DdimScheduler {
         "DDIMScheduler"
     }
 
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        None
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn input_divisor(&self, _i: usize) -> f32 {
-        1.0
+    fn plan(&self) -> &Plan {
+        &self.plan
     }
 
     fn step(

@@ -1,35 +1,55 @@
 //! [`EulerDiscreteScheduler`]: diffusers' `EulerDiscreteScheduler` (Karras et al. 2022,
 //! arXiv:2206.00364, Algorithm 2 without churn), A1111's "Euler". Linear sigma interpolation,
-//! final sigma 0, no Karras sigmas; `s_churn` = 0 as diffusers' pipelines use it.
+//! final sigma 0; `s_churn` = 0 as diffusers' pipelines use it. [`discrete_schedule`] is the
+//! σ schedule the Euler-family classes (Euler, Euler a, Heun, LMS) share, schedule types included.
 
-use super::noise_schedule::{alphas_cumprod, interp, train_sigmas};
-use super::{euler_timesteps, PredictionType, Scheduler, SchedulerConfig, TimestepSpacing};
+use super::noise_schedule::{alphas_cumprod, interp, sigma_to_t, train_sigmas};
+use super::sigma_schedules::Typed;
+use super::{euler_timesteps, Plan, PredictionType, Scheduler, SchedulerConfig, TimestepSpacing};
+
+/// The Euler family's [`Plan`] (σ with the final 0, input scaled), as diffusers' `set_timesteps`
+/// of those classes: σ interpolated at the spaced timesteps, or, for
+/// a schedule type, its σ between the first and last of those, with fractional timesteps from
+/// `_sigma_to_t`.
+pub(super) fn discrete_schedule(cfg: &SchedulerConfig, steps: usize, typed: Option<Typed>) -> Plan {
+    let steps = steps.max(1);
+    let spacing = cfg.timestep_spacing.unwrap_or(TimestepSpacing::Linspace);
+    let mut timesteps: Vec<f32> = euler_timesteps(cfg, spacing, steps);
+    let train = train_sigmas(&alphas_cumprod(cfg));
+    let mut sigmas: Vec<f64> = timesteps
+        .iter()
+        .map(|&t| interp(f64::from(t), &train))
+        .collect();
+    if let Some(typed) = typed {
+        let (lo, hi) = (sigmas[sigmas.len() - 1], sigmas[0]);
+        sigmas = typed.sigmas(steps, lo, hi, &train);
+        let logs: Vec<f32> = train.iter().map(|s| s.ln()).collect();
+        timesteps = sigmas
+            .iter()
+            .map(|&s| sigma_to_t(s, &logs) as f32)
+            .collect();
+    }
+    let mut sigmas: Vec<f64> = sigmas.into_iter().map(|s| f64::from(s as f32)).collect();
+    sigmas.push(0.0);
+    Plan {
+        timesteps: timesteps.into_iter().map(f64::from).collect(),
+        init_noise_sigma: sigma_max_noise(&sigmas, spacing),
+        sigmas,
+        scales_input: true,
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct EulerDiscreteScheduler {
-    timesteps: Vec<f64>,
-    /// One per step plus the final 0 (float32 values).
-    sigmas: Vec<f64>,
-    init_noise_sigma: f32,
+    plan: Plan,
     prediction: PredictionType,
 }
 
 impl EulerDiscreteScheduler {
-    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Self {
-        let steps = steps.max(1);
-        let spacing = cfg.timestep_spacing.unwrap_or(TimestepSpacing::Linspace);
-        let timesteps = euler_timesteps(cfg, spacing, steps);
-        let train = train_sigmas(&alphas_cumprod(cfg));
-        let mut sigmas: Vec<f64> = timesteps
-            .iter()
-            .map(|&t| f64::from(interp(f64::from(t), &train) as f32))
-            .collect();
-        sigmas.push(0.0);
-        let init_noise_sigma = sigma_max_noise(&sigmas, spacing);
+    /// `typed`: a schedule type other than automatic (diffusers' `use_karras_sigmas` and kin).
+    pub fn new(cfg: &SchedulerConfig, steps: usize, typed: Option<Typed>) -> Self {
         EulerDiscreteScheduler {
-            timesteps: timesteps.into_iter().map(f64::from).collect(),
-            sigmas,
-            init_noise_sigma,
+            plan: discrete_schedule(cfg, steps, typed),
             prediction: cfg.prediction_type,
         }
     }
@@ -61,21 +81,8 @@ impl Scheduler for EulerDiscreteScheduler {
         "EulerDiscreteScheduler"
     }
 
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        self.init_noise_sigma
-    }
-
-    fn input_divisor(&self, i: usize) -> f32 {
-        let s = self.sigmas[i] as f32;
-        (s * s + 1.0).sqrt()
+    fn plan(&self) -> &Plan {
+        &self.plan
     }
 
     fn step(
@@ -85,8 +92,8 @@ impl Scheduler for EulerDiscreteScheduler {
         sample: &[f32],
         _noise: &mut dyn FnMut(usize) -> Vec<f32>,
     ) -> Vec<f32> {
-        let sigma = self.sigmas[i] as f32;
-        let dt = self.sigmas[i + 1] as f32 - sigma;
+        let sigma = self.plan.sigmas[i] as f32;
+        let dt = self.plan.sigmas[i + 1] as f32 - sigma;
         sample
             .iter()
             .zip(model_output)

@@ -1,6 +1,7 @@
 //! Samplers as diffusers implements them: one file per diffusers scheduler class, a shared
 //! [`SchedulerConfig`] (a model's `scheduler/scheduler_config.json`), the [`Scheduler`] trait and
-//! [`build`], which maps the A1111 sampler names of [`crate::job::Sampler`] to them.
+//! [`build_with`], which maps the A1111 sampler names of [`crate::job::Sampler`] and the schedule
+//! types of [`crate::job::Schedule`] (`sigma_schedules`) to them.
 //!
 //! Schedules are f64 arrays holding the values diffusers computes (float32-rounded where it stores
 //! float32); per-element step arithmetic is f32 in diffusers' order. Noise is always passed in.
@@ -9,15 +10,26 @@ mod ddim;
 mod dpmpp_2m;
 mod euler;
 mod euler_ancestral;
+mod heun;
+mod lcm;
+mod lms;
 mod noise_schedule;
+pub mod sigma_schedules;
+mod unipc;
 
 pub use ddim::DdimScheduler;
 pub use dpmpp_2m::DpmSolverMultistepScheduler;
 pub use euler::EulerDiscreteScheduler;
 pub use euler_ancestral::EulerAncestralDiscreteScheduler;
+pub use heun::HeunDiscreteScheduler;
+pub use lcm::LcmScheduler;
+pub use lms::LmsDiscreteScheduler;
+pub use unipc::UniPcMultistepScheduler;
 
-use crate::job::Sampler;
+use crate::family::Family;
+use crate::job::{Sampler, Schedule};
 use serde::Deserialize;
+use sigma_schedules::Typed;
 use std::path::Path;
 
 /// How betas grow over the training timesteps (diffusers' `beta_schedule`).
@@ -120,6 +132,15 @@ pub enum SchedulerError {
     },
     #[error("scheduler config {path}: {message}")]
     Unsupported { path: String, message: String },
+    #[error("the {sampler} sampler has no schedule types: it steps through training timesteps of its own (use --schedule automatic)")]
+    NoScheduleTypes { sampler: &'static str },
+    #[error(
+        "{sampler} is DPM++ 2M with the Karras schedule; for the {schedule} schedule use DPM++ 2M"
+    )]
+    ScheduleConflict {
+        sampler: &'static str,
+        schedule: &'static str,
+    },
 }
 
 impl SchedulerConfig {
@@ -184,20 +205,69 @@ impl SchedulerConfig {
     }
 }
 
+/// What a scheduler was set up with for a run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The timestep to give the UNet at each call (fractional for Euler's linspace spacing).
+    pub timesteps: Vec<f64>,
+    /// σ per call plus the final one (float32 values); empty for the classes without (DDIM, LCM).
+    pub sigmas: Vec<f64>,
+    /// Factor for the initial `randn` latents.
+    pub init_noise_sigma: f32,
+    /// Whether the UNet input is divided by √(σ² + 1) (the k-diffusion classes).
+    pub scales_input: bool,
+}
+
+impl Plan {
+    /// The classes that step in ᾱ (or λ) and never scale the input: initial noise factor 1.
+    fn unscaled(timesteps: Vec<f64>, sigmas: Vec<f64>) -> Plan {
+        Plan {
+            timesteps,
+            sigmas,
+            init_noise_sigma: 1.0,
+            scales_input: false,
+        }
+    }
+}
+
+/// `noise(n)` checked to return `n` values.
+fn draw(noise: &mut dyn FnMut(usize) -> Vec<f32>, n: usize) -> Vec<f32> {
+    let z = noise(n);
+    assert_eq!(z.len(), n, "noise source returned the wrong length");
+    z
+}
+
 /// One sampler run: build it for a step count, then for each `i` in `0..timesteps().len()`
 /// feed the UNet `scale_model_input(x, i)` at `timesteps()[i]` and call `step` with its output.
 /// Calls to `step` must come in order; `i == 0` starts a new run.
 pub trait Scheduler: Send {
     /// The diffusers class this reproduces.
     fn name(&self) -> &'static str;
+    /// Timesteps, σ and input scaling of this run.
+    fn plan(&self) -> &Plan;
     /// The timestep to give the UNet at each step (fractional for Euler's linspace spacing).
-    fn timesteps(&self) -> &[f64];
+    fn timesteps(&self) -> &[f64] {
+        &self.plan().timesteps
+    }
     /// Noise levels σ per step plus the final one, for schedulers that have them (not DDIM).
-    fn sigmas(&self) -> Option<&[f64]>;
+    fn sigmas(&self) -> Option<&[f64]> {
+        let s = &self.plan().sigmas;
+        (!s.is_empty()).then_some(s.as_slice())
+    }
     /// Factor for the initial `randn` latents.
-    fn init_noise_sigma(&self) -> f32;
+    fn init_noise_sigma(&self) -> f32 {
+        self.plan().init_noise_sigma
+    }
     /// The divisor diffusers applies to the UNet input at step `i` (1 for DDIM and DPM-Solver).
-    fn input_divisor(&self, i: usize) -> f32;
+    fn input_divisor(&self, i: usize) -> f32 {
+        let plan = self.plan();
+        if plan.scales_input {
+            let s = plan.sigmas[i] as f32;
+            (s * s + 1.0).sqrt()
+        } else {
+            1.0
+        }
+    }
     /// The UNet input for step `i`: `sample / input_divisor(i)`.
     fn scale_model_input(&self, sample: &[f32], i: usize) -> Vec<f32> {
         let d = self.input_divisor(i);
@@ -214,16 +284,74 @@ pub trait Scheduler: Send {
     ) -> Vec<f32>;
 }
 
-/// The scheduler for an A1111 sampler name, configured from the model's scheduler config the way
-/// diffusers' `XScheduler.from_config(config)` would be, and set to `steps` steps (≥ 1).
+/// The scheduler for an A1111 sampler name with its automatic schedule, configured from the
+/// model's scheduler config the way diffusers' `XScheduler.from_config(config)` would be, and set
+/// to `steps` steps (≥ 1).
 pub fn build(sampler: Sampler, cfg: &SchedulerConfig, steps: usize) -> Box<dyn Scheduler> {
+    make(sampler, None, cfg, steps)
+}
+
+/// [`build`] with a schedule type; `family` picks the Align Your Steps table. SGM uniform is
+/// diffusers' `trailing` timestep spacing. DDIM and LCM take only the automatic schedule, and
+/// DPM++ 2M Karras only its own.
+pub fn build_with(
+    sampler: Sampler,
+    schedule: Schedule,
+    family: Family,
+    cfg: &SchedulerConfig,
+    steps: usize,
+) -> Result<Box<dyn Scheduler>, SchedulerError> {
+    check_schedule(sampler, schedule)?;
+    if schedule == Schedule::SgmUniform {
+        let trailing = SchedulerConfig {
+            timestep_spacing: Some(TimestepSpacing::Trailing),
+            ..cfg.clone()
+        };
+        return Ok(make(sampler, None, &trailing, steps));
+    }
+    Ok(make(sampler, Typed::new(schedule, family), cfg, steps))
+}
+
+/// Whether `sampler` can walk `schedule`: the error [`build_with`] would give, before any work.
+pub fn check_schedule(sampler: Sampler, schedule: Schedule) -> Result<(), SchedulerError> {
+    if schedule.is_automatic() {
+        return Ok(());
+    }
+    if !sampler.takes_schedule() {
+        return Err(SchedulerError::NoScheduleTypes {
+            sampler: sampler.name(),
+        });
+    }
+    if sampler == Sampler::DpmPp2mKarras && schedule != Schedule::Karras {
+        return Err(SchedulerError::ScheduleConflict {
+            sampler: sampler.name(),
+            schedule: schedule.name(),
+        });
+    }
+    Ok(())
+}
+
+fn make(
+    sampler: Sampler,
+    typed: Option<Typed>,
+    cfg: &SchedulerConfig,
+    steps: usize,
+) -> Box<dyn Scheduler> {
     let steps = steps.max(1);
     match sampler {
-        Sampler::Euler => Box::new(EulerDiscreteScheduler::new(cfg, steps)),
-        Sampler::EulerA => Box::new(EulerAncestralDiscreteScheduler::new(cfg, steps)),
+        Sampler::Euler => Box::new(EulerDiscreteScheduler::new(cfg, steps, typed)),
+        Sampler::EulerA => Box::new(EulerAncestralDiscreteScheduler::new(cfg, steps, typed)),
+        Sampler::Heun => Box::new(HeunDiscreteScheduler::new(cfg, steps, typed)),
+        Sampler::Lms => Box::new(LmsDiscreteScheduler::new(cfg, steps, typed)),
         Sampler::Ddim => Box::new(DdimScheduler::new(cfg, steps)),
-        Sampler::DpmPp2m => Box::new(DpmSolverMultistepScheduler::new(cfg, steps, false)),
-        Sampler::DpmPp2mKarras => Box::new(DpmSolverMultistepScheduler::new(cfg, steps, true)),
+        Sampler::DpmPp2m => Box::new(DpmSolverMultistepScheduler::new(cfg, steps, typed, false)),
+        Sampler::DpmPp2mKarras => {
+            let karras = Typed::new(Schedule::Karras, Family::Sd1);
+            Box::new(DpmSolverMultistepScheduler::new(cfg, steps, karras, false))
+        }
+        Sampler::DpmPp2mSde => Box::new(DpmSolverMultistepScheduler::new(cfg, steps, typed, true)),
+        Sampler::UniPc => Box::new(UniPcMultistepScheduler::new(cfg, steps, typed)),
+        Sampler::Lcm => Box::new(LcmScheduler::new(cfg, steps)),
     }
 }
 
@@ -281,15 +409,51 @@ mod tests {
     fn every_sampler_builds_with_the_requested_steps() {
         for s in Sampler::ALL {
             let sch = build(s, &SchedulerConfig::default(), 7);
-            assert_eq!(sch.timesteps().len(), 7, "{}", sch.name());
+            // Heun calls the UNet twice per step but once on the last.
+            let calls = if s == Sampler::Heun { 13 } else { 7 };
+            assert_eq!(sch.timesteps().len(), calls, "{}", sch.name());
         }
+    }
+
+    #[test]
+    fn schedule_types_build_where_the_sampler_walks_sigmas() {
+        let cfg = SchedulerConfig::default();
+        for s in Sampler::ALL {
+            for schedule in Schedule::ALL {
+                let built = build_with(s, schedule, Family::Sdxl, &cfg, 5);
+                let allowed = schedule.is_automatic()
+                    || (s.takes_schedule()
+                        && (s != Sampler::DpmPp2mKarras || schedule == Schedule::Karras));
+                assert_eq!(built.is_ok(), allowed, "{s} {schedule}");
+                if let Ok(sch) = built {
+                    let sigmas = sch.sigmas().map(<[f64]>::to_vec).unwrap_or_default();
+                    assert!(
+                        sigmas.windows(2).all(|w| w[0] >= w[1])
+                            && sigmas.iter().all(|v| v.is_finite()),
+                        "{s} {schedule}: {sigmas:?}"
+                    );
+                }
+            }
+        }
+        let err = build_with(Sampler::Ddim, Schedule::Karras, Family::Sd1, &cfg, 4)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("DDIM") && err.contains("automatic"), "{err}");
     }
 
     #[test]
     fn short_runs_stay_finite_for_every_sampler() {
         for s in Sampler::ALL {
-            for steps in [0, 1, 2, 3] {
-                let mut sch = build(s, &SchedulerConfig::default(), steps);
+            for (steps, schedule) in [0, 1, 2, 3]
+                .into_iter()
+                .flat_map(|n| Schedule::ALL.map(|k| (n, k)))
+            {
+                let Ok(mut sch) =
+                    build_with(s, schedule, Family::Sd1, &SchedulerConfig::default(), steps)
+                else {
+                    continue;
+                };
                 let mut x = vec![sch.init_noise_sigma(); 16];
                 for i in 0..sch.timesteps().len() {
                     let input = sch.scale_model_input(&x, i);
@@ -298,7 +462,7 @@ mod tests {
                 }
                 assert!(
                     x.iter().all(|v| v.is_finite()),
-                    "{} {steps}: {x:?}",
+                    "{} {schedule} {steps}: {x:?}",
                     sch.name()
                 );
             }

@@ -2,7 +2,7 @@
 //! list of fields changed with Left/Right/Enter; the values a submitted job is built from.
 
 use crate::config::Config;
-use crate::job::Sampler;
+use crate::job::{parse_sampler, Sampler, Schedule};
 use crate::live::LoraMethod;
 use crate::tui::theme::Theme;
 use ratatui::buffer::Buffer;
@@ -22,6 +22,9 @@ pub enum SeedMode {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub sampler: Sampler,
+    /// From `generation.schedule` (or the sampler name's suffix), or an image sent back; not a
+    /// field of the list yet.
+    pub schedule: Schedule,
     pub steps: u32,
     pub cfg: f32,
     pub width: u32,
@@ -52,8 +55,10 @@ const FIELDS: [&str; 11] = [
 impl Settings {
     pub fn from_config(c: &Config) -> Settings {
         let g = &c.generation;
+        let (sampler, suffix) = parse_sampler(&g.sampler).unwrap_or((Sampler::EulerA, None));
         Settings {
-            sampler: g.sampler.parse().unwrap_or(Sampler::EulerA),
+            sampler,
+            schedule: suffix.unwrap_or_else(|| g.schedule.parse().unwrap_or_default()),
             // 0 = the family's; the workstation fills it in, a bare config means SD 1.x's.
             steps: match g.steps {
                 0 => crate::family::Family::Sd1.facts().default_steps,

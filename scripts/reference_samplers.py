@@ -1,0 +1,267 @@
+#!/usr/bin/env python3
+"""Reference runs of the samplers and schedule types added after the first five (issue 22).
+
+    reference_samplers.py --schedulers   # tests/fixtures/reference/samplers.json (closed-form model)
+    reference_samplers.py --images       # <tiny fixture>/reference/samplers.json + image.*.png, SD1.5 and SDXL
+
+--schedulers runs each diffusers scheduler class as reference_schedulers.py does (same closed-form fake
+model, same recorded fields) for the new samplers and for every sampler x schedule type, plus the
+case's `schedule` (slug) and `family`. --images rebuilds the tiny models exactly as
+`export_model.py --tiny` does (it first checks that one existing reference image comes out identical)
+and writes diffusers pipeline images with the reference settings of diffusers_reference.py.
+
+How a schedule type reaches diffusers:
+  karras, exponential, beta: the class's own use_karras_sigmas / use_exponential_sigmas /
+      use_beta_sigmas (scipy needed for beta).
+  sgm-uniform: timestep_spacing="trailing", which diffusers' scheduler docs give as A1111's
+      "sgm_uniform" (A1111 and ComfyUI space the timesteps as linspace(999, 0, n+1)[:-1], fractional;
+      trailing rounds them to integers).
+  simple, ays: diffusers has no flag. The sigmas are computed here (below: simple as ComfyUI's
+      `simple_scheduler`: every
+      (1000/n)-th training sigma from the top; Align Your Steps: NVIDIA's published table, log-linear
+      resampling to n+1 points as ComfyUI's `loglinear_interp`, last value dropped) and handed to the
+      class through its Karras path (the instance's `_convert_to_karras` returns them), so diffusers
+      itself derives the timesteps and runs the steps.
+  Euler a has no schedule flags in diffusers: its sigmas and timesteps are copied from an
+      EulerDiscreteScheduler set up as above.
+Align Your Steps tables: the first ten sigmas are diffusers' AysSchedules (the published values),
+the eleventh (sigma_min) is the published 0.029, which diffusers replaces by 0.
+
+Needs: torch, diffusers, scipy (the /work/venv ones). Run: /work/venv/bin/python scripts/reference_samplers.py --schedulers
+"""
+import argparse
+import json
+import os
+import pathlib
+import sys
+
+
+def arg_parser():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--schedulers", action="store_true", help="write tests/fixtures/reference/samplers.json")
+    ap.add_argument("--images", action="store_true", help="write the tiny fixtures' sampler images")
+    return ap
+
+
+if __name__ == "__main__":
+    ARGS = arg_parser().parse_args()  # --help and argument errors come before the heavy imports below
+    if not (ARGS.schedulers or ARGS.images):
+        arg_parser().error("give --schedulers and/or --images")
+
+import inspect
+
+import diffusers
+import numpy as np
+import torch
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                       EulerDiscreteScheduler, HeunDiscreteScheduler, LCMScheduler, LMSDiscreteScheduler,
+                       UniPCMultistepScheduler)
+from diffusers.schedulers.scheduling_utils import AysSchedules
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from reference_schedulers import SD15, SHAPE, STEP_SAMPLE, f32, fake_model  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+OUT = ROOT / "tests/fixtures/reference/samplers.json"
+
+# A1111 name -> (diffusers class, extra config); slugs as stipple's.
+SAMPLERS = {
+    "Euler": (EulerDiscreteScheduler, {}, "euler"),
+    "Euler a": (EulerAncestralDiscreteScheduler, {}, "euler-a"),
+    "Heun": (HeunDiscreteScheduler, {}, "heun"),
+    "LMS": (LMSDiscreteScheduler, {}, "lms"),
+    "DDIM": (DDIMScheduler, {}, "ddim"),
+    "DPM++ 2M": (DPMSolverMultistepScheduler, {}, "dpmpp-2m"),
+    "DPM++ 2M SDE": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}, "dpmpp-2m-sde"),
+    "UniPC": (UniPCMultistepScheduler, {}, "unipc"),
+    "LCM": (LCMScheduler, {}, "lcm"),
+}
+NEW = ["Heun", "LMS", "DPM++ 2M SDE", "UniPC", "LCM"]
+SIGMA_SAMPLERS = ["Euler", "Euler a", "Heun", "LMS", "DPM++ 2M", "DPM++ 2M SDE", "UniPC"]
+SCHEDULES = ["karras", "exponential", "sgm-uniform", "simple", "beta", "ays"]
+FLAGS = {"karras": "use_karras_sigmas", "exponential": "use_exponential_sigmas", "beta": "use_beta_sigmas"}
+AYS = {
+    "sd1": list(AysSchedules["StableDiffusionSigmas"][:10]) + [0.029],
+    "sdxl": list(AysSchedules["StableDiffusionXLSigmas"][:10]) + [0.029],
+}
+
+
+def train_sigmas(sch):
+    ac = sch.alphas_cumprod.numpy().astype(np.float64)
+    return np.sqrt((1 - ac) / ac)
+
+
+def custom_sigmas(schedule, family, steps, train):
+    """The schedule types diffusers has no flag for, largest sigma first, without the final 0."""
+    if schedule == "simple":
+        ss = len(train) / steps
+        return np.array([train[-(1 + int(x * ss))] for x in range(steps)])
+    if schedule == "ays":
+        table = np.array(AYS[family])
+        if steps + 1 != len(table):
+            xs = np.linspace(0, 1, len(table))
+            ys = np.log(table[::-1])
+            table = np.exp(np.interp(np.linspace(0, 1, steps + 1), xs, ys))[::-1]
+        return table[:-1].copy()
+    raise ValueError(schedule)
+
+
+def with_schedule(sch, schedule, family):
+    """Sets `sch` (a fresh diffusers scheduler) to walk `schedule`; returns it."""
+    if schedule == "automatic":
+        return sch
+    if schedule == "sgm-uniform":
+        return sch.__class__.from_config(sch.config, timestep_spacing="trailing")
+    if isinstance(sch, EulerAncestralDiscreteScheduler):
+        donor = with_schedule(EulerDiscreteScheduler.from_config(sch.config), schedule, family)
+        plain = sch.set_timesteps
+
+        def set_timesteps(num_inference_steps, device=None, **kw):
+            plain(num_inference_steps, device=device)
+            donor.set_timesteps(num_inference_steps, device=device)
+            sch.sigmas = donor.sigmas.clone()
+            sch.timesteps = donor.timesteps.clone()
+
+        sch.set_timesteps = set_timesteps
+        return sch
+    if schedule in FLAGS:
+        return sch.__class__.from_config(sch.config, **{FLAGS[schedule]: True})
+    sch = sch.__class__.from_config(sch.config, use_karras_sigmas=True)
+    train = train_sigmas(sch)
+    sch._convert_to_karras = lambda in_sigmas, num_inference_steps=None: custom_sigmas(
+        schedule, family, num_inference_steps or sch.num_inference_steps, train)
+    return sch
+
+
+def make(name, schedule, family, config):
+    cls, extra, _ = SAMPLERS[name]
+    return with_schedule(cls.from_config({**config, **extra}), schedule, family)
+
+
+def step_kwargs(sch, g):
+    params = inspect.signature(sch.step).parameters
+    kw = {}
+    if "generator" in params:
+        kw["generator"] = g
+    if "eta" in params:
+        kw["eta"] = 0.0
+    return kw
+
+
+def run(name, schedule, family, steps, overrides, seed):
+    sch = make(name, schedule, family, {**SD15, **overrides})
+    sch.set_timesteps(steps)
+    g = torch.Generator("cpu").manual_seed(seed)
+    init = float(sch.init_noise_sigma)
+    latents = torch.randn(SHAPE, generator=g, dtype=torch.float32) * sch.init_noise_sigma
+    divisors, per_step = [], []
+    for t in sch.timesteps:
+        x_in = sch.scale_model_input(latents, t)
+        divisors.append(f32((latents.flatten()[0] / x_in.flatten()[0]).item()))
+        out = fake_model(x_in, t)
+        latents = sch.step(out, t, latents, return_dict=False, **step_kwargs(sch, g))[0]
+        flat = latents.flatten()
+        per_step.append([f32(flat[i].item()) for i in STEP_SAMPLE])
+    sigmas = getattr(sch, "sigmas", None)
+    has_sigmas = sigmas is not None and not isinstance(sch, (DDIMScheduler, LCMScheduler))
+    return {
+        "sampler": name, "schedule": schedule, "family": family, "steps": steps, "overrides": overrides,
+        "seed": seed, "class": type(sch).__name__,
+        "timesteps": [float(t) for t in sch.timesteps.tolist()],
+        "sigmas": [f32(s) for s in sigmas.tolist()] if has_sigmas else None,
+        "init_noise_sigma": f32(init),
+        "input_divisors": divisors,
+        "step_samples": per_step,
+        "final": [f32(v) for v in latents.flatten().tolist()[::2]],
+    }
+
+
+def scheduler_cases():
+    cases = [(n, "automatic", "sd1", s, {}) for n in NEW for s in (4, 8, 20)]
+    cases += [(n, k, "sd1", s, {}) for n in SIGMA_SAMPLERS for k in SCHEDULES for s in (4, 8)]
+    cases += [("Euler", "ays", "sdxl", s, {}) for s in (4, 10, 12)]
+    cases += [("DPM++ 2M SDE", "ays", "sdxl", 7, {})]
+    # The tiny fixtures' (and SD1.5's and SDXL's own) "leading" spacing, and v-prediction.
+    leading = {"timestep_spacing": "leading"}
+    cases += [(n, "automatic", "sd1", 6, leading) for n in NEW]
+    cases += [(n, k, "sd1", 6, leading) for n in ("Euler", "DPM++ 2M SDE", "Heun") for k in SCHEDULES]
+    cases += [(n, "automatic", "sd1", 8, {"prediction_type": "v_prediction"}) for n in NEW]
+    return cases
+
+
+def write_schedulers():
+    cases = [run(*c, seed=2000 + i) for i, c in enumerate(scheduler_cases())]
+    meta = {"diffusers": diffusers.__version__, "torch": torch.__version__, "shape": list(SHAPE),
+            "step_sample_indices": STEP_SAMPLE, "final_stride": 2, "base_config": SD15, "ays": AYS}
+    OUT.write_text(json.dumps({"meta": meta, "cases": cases}, separators=(",", ":")) + "\n")
+    print(f"wrote {OUT} ({OUT.stat().st_size} bytes, {len(cases)} cases)")
+
+
+IMAGE_CASES = [(n, "automatic", s) for n in NEW for s in (4, 8)]
+IMAGE_CASES += [("Euler", k, s) for k in SCHEDULES for s in (4, 8)]
+IMAGE_CASES += [("DPM++ 2M SDE", "karras", s) for s in (4, 8)]
+IMAGE_CASES += [("UniPC", "ays", 4), ("Heun", "karras", 4), ("LMS", "karras", 4)]
+
+
+def write_images(family):
+    from PIL import Image
+
+    import model_folder
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers_reference import IMAGE_NEGATIVE, IMAGE_PROMPT, IMAGE_SEED, reference_image
+    from transformers import CLIPTokenizer
+
+    fixture = ROOT / "tests/fixtures" / ("tiny-sdxl" if family == "sdxl" else "tiny-sd15")
+    ref = fixture / "reference"
+    unet, encoders, vae, scheduler = model_folder.tiny_models(family)
+    tok = CLIPTokenizer.from_pretrained(fixture / "tokenizer")
+
+    def pipeline(sched):
+        if family == "sdxl":
+            pipe = StableDiffusionXLPipeline(
+                vae=vae, text_encoder=encoders[0], text_encoder_2=encoders[1], tokenizer=tok,
+                tokenizer_2=CLIPTokenizer.from_pretrained(fixture / "tokenizer_2"), unet=unet, scheduler=sched,
+                add_watermarker=False)
+        else:
+            pipe = StableDiffusionPipeline(vae=vae, text_encoder=encoders[0], tokenizer=tok, unet=unet,
+                                           scheduler=sched, safety_checker=None, feature_extractor=None,
+                                           requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    # The rebuilt model must be the fixture's: its UNet weights bit for bit, and one existing reference
+    # image within rounding (a pixel value may land on the other side of .5 from run to run).
+    from safetensors.torch import load_file
+    stored = load_file(fixture / "unet" / "weights.safetensors")
+    rebuilt = unet.state_dict()
+    if set(stored) != set(rebuilt) or any(not torch.equal(v.float(), rebuilt[k].float()) for k, v in stored.items()):
+        raise SystemExit(f"{fixture}: the rebuilt tiny UNet differs from unet/weights.safetensors")
+    check = np.asarray(reference_image(pipeline(EulerDiscreteScheduler.from_config(scheduler.config)), 4))
+    want = np.asarray(Image.open(ref / "image.euler.4.png").convert("RGB"))
+    diff = np.abs(check.astype(int) - want.astype(int))
+    if diff.mean() > 0.01 or diff.max() > 1:
+        raise SystemExit(f"{fixture}: the rebuilt tiny model does not reproduce image.euler.4.png ({diff.mean()})")
+
+    images = []
+    for name, schedule, steps in IMAGE_CASES:
+        sched = make(name, schedule, family, dict(scheduler.config))
+        img = reference_image(pipeline(sched), steps)
+        slug = SAMPLERS[name][2]
+        file = f"image.{slug}.{steps}.png" if schedule == "automatic" else f"image.{slug}.{schedule}.{steps}.png"
+        img.save(ref / file)
+        images.append({"file": file, "sampler": slug, "schedule": schedule, "steps": steps})
+    spec = {"prompt": IMAGE_PROMPT, "negative": IMAGE_NEGATIVE, "seed": IMAGE_SEED, "cfg": 7.0, "width": 64,
+            "height": 64, "family": family, "images": images,
+            "made_with": {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                          "script": "scripts/reference_samplers.py --images"}}
+    (ref / "samplers.json").write_text(json.dumps(spec, indent=1) + "\n")
+    print(f"wrote {len(images)} images and samplers.json to {ref}")
+
+
+if __name__ == "__main__":
+    if ARGS.schedulers:
+        write_schedulers()
+    if ARGS.images:
+        os.environ.setdefault("PYTHONHASHSEED", "0")
+        write_images("sd1")
+        write_images("sdxl")
