@@ -173,6 +173,7 @@ mod tests {
             height: 64,
             seed: 1,
             batch: 1,
+            init: None,
         }
     }
 

@@ -314,6 +314,7 @@ mod tests {
                 height: 8,
                 seed: key as u64,
                 batch: 1,
+                init: None,
             },
         }
     }

@@ -1,7 +1,9 @@
 //! Output images: PNG files with an A1111-compatible `parameters` chunk and a `stipple` JSON chunk
-//! ([`png`]), and the A1111 infotext format itself ([`infotext`]).
+//! ([`png`]), the A1111 infotext format itself ([`infotext`]), and the pictures image-to-image starts
+//! from ([`init`]).
 
 pub mod infotext;
+pub mod init;
 pub mod png;
 
 pub use infotext::{format_infotext, parse_infotext, Infotext, InfotextError, Resources};

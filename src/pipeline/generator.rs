@@ -10,6 +10,7 @@
 use super::adapters::{self, ActiveLora, AdapterCache, StrengthKey};
 use super::dials::Dials;
 use super::error::{ComponentDeltas, PipelineError};
+use super::img2img::Init;
 use super::rng::TorchRng;
 use super::schedulers::{self, SchedulerConfig};
 use super::sessions::{Sessions, UnetCall};
@@ -354,6 +355,7 @@ impl Generator {
         self.live
             .fuse_step(&self.model, &mut self.sessions, &loras, &mode, &first, dims)?;
         self.sessions.ensure_vae_dims(&self.model, h, w)?;
+        let init = Init::prepare(&mut self.sessions, &self.model, job, h, w)?;
         self.text.begin_job();
         let time_ids = time_ids(job.width, job.height, 2);
         on_event(Event::Started {
@@ -367,12 +369,16 @@ impl Generator {
             let mut sched = schedulers::build(job.sampler, &self.scheduler, job.steps as usize);
             let n = 4 * h * w;
             let sigma0 = sched.init_noise_sigma();
-            let mut latents: Vec<f32> = rng.randn(n).into_iter().map(|x| x * sigma0).collect();
+            let (mut latents, blend) = match &init {
+                Some(init) => init.start(&mut rng, &*sched, &self.scheduler),
+                None => (rng.randn(n).into_iter().map(|x| x * sigma0).collect(), None),
+            };
+            let first = init.as_ref().map_or(0, Init::first_step);
             let timesteps = sched.timesteps().to_vec();
             let started = Instant::now();
             let mut last_preview = started;
             let mut skipped = false;
-            for (i, &t) in timesteps.iter().enumerate() {
+            for (i, &t) in timesteps.iter().enumerate().skip(first) {
                 let key = self.live.step_key(&loras, i, timesteps.len());
                 self.live
                     .fuse_step(&self.model, &mut self.sessions, &loras, &mode, &key, dims)?;
@@ -412,6 +418,9 @@ impl Generator {
                     .map(|(u, c)| u + job.cfg * (c - u))
                     .collect();
                 latents = sched.step(&guided, i, &latents, &mut |k| rng.randn(k));
+                if let Some(b) = &blend {
+                    b.apply(&mut latents, &*sched, &self.scheduler, i);
+                }
                 // Live previews for front ends, at most ten a second (cheap: no VAE).
                 if self.previews && last_preview.elapsed().as_millis() >= 100 {
                     last_preview = Instant::now();
@@ -419,7 +428,7 @@ impl Generator {
                     on_event(Event::Preview {
                         id,
                         image: index,
-                        step: i as u32 + 1,
+                        step: (i - first) as u32 + 1,
                         preview: vae::preview(&latents, w, h, factors),
                     });
                 }
@@ -427,9 +436,9 @@ impl Generator {
                 on_event(Event::Step(Progress {
                     id,
                     image: index,
-                    step: i as u32 + 1,
-                    steps: timesteps.len() as u32,
-                    it_per_s: (i + 1) as f32 / elapsed,
+                    step: (i - first) as u32 + 1,
+                    steps: (timesteps.len() - first) as u32,
+                    it_per_s: (i + 1 - first) as f32 / elapsed,
                 }));
             }
             if skipped {

@@ -576,6 +576,7 @@ impl App {
             height: s.height,
             seed,
             batch: s.batch,
+            init: None,
         })
     }
 

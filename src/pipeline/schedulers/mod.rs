@@ -9,7 +9,7 @@ mod ddim;
 mod dpmpp_2m;
 mod euler;
 mod euler_ancestral;
-mod noise_schedule;
+pub(crate) mod noise_schedule;
 
 pub use ddim::DdimScheduler;
 pub use dpmpp_2m::DpmSolverMultistepScheduler;
