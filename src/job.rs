@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
-pub use crate::image::init::InitImage;
+pub use crate::init_image::InitImage;
 
 /// Identifies one submitted job for the lifetime of an engine.
 pub type JobId = u64;

@@ -152,7 +152,7 @@ pub struct JobSpec {
     /// With `init_image`: how much is redrawn, 0 to 1 (default 0.75).
     pub denoise: Option<f64>,
     /// With `init_image`: `just`, `crop` or `fill`.
-    pub resize_mode: Option<crate::image::init::ResizeMode>,
+    pub resize_mode: Option<crate::init_image::ResizeMode>,
     /// With `init_image`: inpainting mask, white repaints.
     pub mask: Option<PathBuf>,
     pub mask_blur: Option<u32>,
@@ -173,12 +173,9 @@ impl JobSpec {
                 Ok(None)
             };
         };
-        let mut init = crate::job::InitImage::from_files(
-            path,
-            self.denoise.unwrap_or(0.75),
-            self.mask.as_deref(),
-        )
-        .map_err(|e| e.to_string())?;
+        let mut init =
+            crate::image::init::pin(path, self.denoise.unwrap_or(0.75), self.mask.as_deref())
+                .map_err(|e| e.to_string())?;
         init.resize_mode = self.resize_mode.unwrap_or_default();
         init.mask_blur = self.mask_blur.unwrap_or(0);
         Ok(Some(init))

@@ -119,10 +119,10 @@ pub struct InitFlags {
     pub denoise: Option<f64>,
     /// How the picture is fitted to --width × --height: just (stretch), crop, fill
     #[arg(long, value_name = "MODE")]
-    pub resize_mode: Option<crate::image::init::ResizeMode>,
+    pub resize_mode: Option<crate::init_image::ResizeMode>,
     /// Steps run for a denoise value: diffusers (int(steps × denoise)) or a1111 (one more)
     #[arg(long, value_name = "COUNT")]
-    pub denoise_steps: Option<crate::image::init::StepCount>,
+    pub denoise_steps: Option<crate::init_image::StepCount>,
     /// Inpainting mask, white repaints (default: the init image's transparent pixels, if any)
     #[arg(long, value_name = "FILE")]
     pub mask: Option<PathBuf>,

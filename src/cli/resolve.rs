@@ -233,13 +233,21 @@ fn init_image(f: &super::InitFlags) -> Result<Option<crate::job::InitImage>, Cli
             Ok(None)
         };
     };
-    let mut init =
-        crate::job::InitImage::from_files(path, f.denoise.unwrap_or(0.75), f.mask.as_deref())
-            .map_err(|e| CliError::Usage(e.to_string()))?;
+    let mut init = crate::image::init::pin(path, f.denoise.unwrap_or(0.75), f.mask.as_deref())
+        .map_err(init_error)?;
     init.resize_mode = f.resize_mode.unwrap_or_default();
     init.step_count = f.denoise_steps.unwrap_or_default();
     init.mask_blur = f.mask_blur.unwrap_or(0);
     Ok(Some(init))
+}
+
+/// A bad denoise value is a usage error (exit 2); a picture that cannot be read, a failure (exit 1).
+fn init_error(e: crate::image::init::InitError) -> CliError {
+    use crate::image::init::InitError::Denoise;
+    match e {
+        Denoise(_) => CliError::Usage(e.to_string()),
+        e => CliError::Failed(e.to_string()),
+    }
 }
 
 /// The flags given, each checked on its own, so an error names the flag and its value.

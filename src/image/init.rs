@@ -1,12 +1,12 @@
-//! The picture an image-to-image or inpainting job starts from: [`InitImage`] (what a [`crate::job::Job`]
-//! stores: paths, sha256 of the contents, denoise, resize mode, mask), [`read_picture`] (PNG, JPEG,
-//! WebP; the header's size is checked before anything is decoded) and [`InitImage::load`] (resized to
-//! the job's size, the mask blurred and made binary as diffusers' mask processor does).
+//! The pictures of an image-to-image or inpainting job ([`InitImage`]): [`read_picture`] (PNG, JPEG,
+//! WebP; the header's size is checked before anything is decoded), [`pin`] (an [`InitImage`] naming
+//! them by path and sha256) and [`load`] (resized to the job's size, the mask blurred and made
+//! binary as diffusers' mask processor does).
 
+use crate::init_image::{check_denoise, DenoiseError, FileRef, InitImage, ResizeMode, StepCount};
 use crate::job::RgbImage;
 use image::imageops::FilterType;
 use image::{DynamicImage, GrayImage, ImageReader, Limits};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -39,87 +39,8 @@ pub enum InitError {
         expected: String,
         found: String,
     },
-    #[error("--denoise {0}: must be between 0 and 1")]
-    Denoise(f64),
-    #[error("denoise {denoise} with {steps} steps runs no step (diffusers runs int(steps × denoise) of them); raise --denoise or --steps")]
-    NoSteps { denoise: f64, steps: u32 },
-}
-
-/// How the picture is fitted to the job's size (A1111's resize modes).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ResizeMode {
-    /// Stretched to the size ("Just resize").
-    #[default]
-    Just,
-    /// Scaled to cover the size, the overflow cut off equally on both sides ("Crop and resize").
-    Crop,
-    /// Scaled to fit inside, the empty bands filled with the picture's edge pixels ("Resize and fill").
-    Fill,
-}
-
-impl std::str::FromStr for ResizeMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "just" => Ok(ResizeMode::Just),
-            "crop" => Ok(ResizeMode::Crop),
-            "fill" => Ok(ResizeMode::Fill),
-            _ => Err(format!("resize mode {s:?}: use just, crop or fill")),
-        }
-    }
-}
-
-/// How many of the schedule's steps a denoise value runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StepCount {
-    /// diffusers' img2img pipelines: the last `int(steps × denoise)` steps.
-    #[default]
-    Diffusers,
-    /// A1111: the last `int(steps × min(denoise, 0.999)) + 1` steps.
-    A1111,
-}
-
-impl std::str::FromStr for StepCount {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "diffusers" => Ok(StepCount::Diffusers),
-            "a1111" => Ok(StepCount::A1111),
-            _ => Err(format!("step count {s:?}: use diffusers or a1111")),
-        }
-    }
-}
-
-/// A file a job depends on, named by path and pinned by the sha256 of its contents.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileRef {
-    pub path: PathBuf,
-    pub sha256: String,
-}
-
-/// Image-to-image settings of a job (inpainting when there is a mask, or when the picture has
-/// transparent pixels: those are repainted).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InitImage {
-    pub image: FileRef,
-    /// 0 keeps the picture, 1 redraws it entirely (diffusers' `strength`).
-    pub denoise: f64,
-    #[serde(default)]
-    pub resize_mode: ResizeMode,
-    #[serde(default)]
-    pub step_count: StepCount,
-    /// White repaints, black keeps.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mask: Option<FileRef>,
-    /// Gaussian blur of the mask in pixels (σ) before it is made binary.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub mask_blur: u32,
-}
-
-fn is_zero(v: &u32) -> bool {
-    *v == 0
+    #[error(transparent)]
+    Denoise(#[from] DenoiseError),
 }
 
 /// A decoded picture: RGB, the alpha channel if it has one, and the sha256 of the file.
@@ -198,112 +119,83 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Checks a denoise value given on a command line or in a job file.
-pub fn check_denoise(denoise: f64) -> Result<f64, InitError> {
-    if (0.0..=1.0).contains(&denoise) {
-        Ok(denoise)
-    } else {
-        Err(InitError::Denoise(denoise))
-    }
+/// Reads the picture (and mask) from `path` and pins them by hash, with the default resize mode and
+/// step count.
+pub fn pin(path: &Path, denoise: f64, mask: Option<&Path>) -> Result<InitImage, InitError> {
+    let denoise = check_denoise(denoise)?;
+    let pin = |p: &Path| -> Result<FileRef, InitError> {
+        Ok(FileRef {
+            path: p.to_path_buf(),
+            sha256: read_picture(p)?.sha256,
+        })
+    };
+    Ok(InitImage {
+        image: pin(path)?,
+        denoise,
+        resize_mode: ResizeMode::default(),
+        step_count: StepCount::default(),
+        mask: mask.map(pin).transpose()?,
+        mask_blur: 0,
+    })
 }
 
-impl InitImage {
-    /// Reads the picture (and mask) from `path` and pins them by hash.
-    pub fn from_files(
-        path: &Path,
-        denoise: f64,
-        mask: Option<&Path>,
-    ) -> Result<InitImage, InitError> {
-        let denoise = check_denoise(denoise)?;
-        let pin = |p: &Path| -> Result<FileRef, InitError> {
-            Ok(FileRef {
-                path: p.to_path_buf(),
-                sha256: read_picture(p)?.sha256,
-            })
-        };
-        Ok(InitImage {
-            image: pin(path)?,
-            denoise,
-            resize_mode: ResizeMode::default(),
-            step_count: StepCount::default(),
-            mask: mask.map(pin).transpose()?,
-            mask_blur: 0,
-        })
-    }
-
-    /// The index of the first of `steps` schedule steps that runs.
-    pub fn first_step(&self, steps: u32) -> Result<usize, InitError> {
-        let denoise = check_denoise(self.denoise)?;
-        let n = steps as usize;
-        // f64 as Python computes `int(num_inference_steps * strength)`.
-        let runs = match self.step_count {
-            StepCount::Diffusers => ((f64::from(steps) * denoise) as usize).min(n),
-            StepCount::A1111 => ((f64::from(steps) * denoise.min(0.999)) as usize + 1).min(n),
-        };
-        if runs == 0 {
-            return Err(InitError::NoSteps { denoise, steps });
+/// The picture and mask of `init` at `width`×`height`, checked against the hashes the job holds.
+pub fn load(init: &InitImage, width: u32, height: u32) -> Result<Loaded, InitError> {
+    let pic = read_pinned(&init.image)?;
+    let mask = match &init.mask {
+        Some(m) => {
+            let mp = read_pinned(m)?;
+            let gray: Vec<u8> = mp.rgb.pixels.chunks(3).map(luma).collect();
+            Some(GrayImage::from_raw(mp.rgb.width, mp.rgb.height, gray))
         }
-        Ok(n - runs)
-    }
-
-    /// The picture and mask at `width`×`height`, checked against the hashes the job holds.
-    pub fn load(&self, width: u32, height: u32) -> Result<Loaded, InitError> {
-        let pic = read_pinned(&self.image)?;
-        let mask = match &self.mask {
-            Some(m) => {
-                let mp = read_pinned(m)?;
-                let gray: Vec<u8> = mp.rgb.pixels.chunks(3).map(luma).collect();
-                Some(GrayImage::from_raw(mp.rgb.width, mp.rgb.height, gray))
-            }
-            // Transparent pixels are the hole to fill.
-            None => pic
-                .alpha
-                .as_ref()
-                .filter(|a| a.iter().any(|&v| v < 255))
-                .map(|a| {
-                    GrayImage::from_raw(
-                        pic.rgb.width,
-                        pic.rgb.height,
-                        a.iter().map(|v| 255 - v).collect(),
-                    )
-                }),
-        };
-        let rgb = image::RgbImage::from_raw(pic.rgb.width, pic.rgb.height, pic.rgb.pixels)
-            .map(|img| {
-                fit(
-                    &DynamicImage::ImageRgb8(img),
-                    width,
-                    height,
-                    self.resize_mode,
+        // Transparent pixels are the hole to fill.
+        None => pic
+            .alpha
+            .as_ref()
+            .filter(|a| a.iter().any(|&v| v < 255))
+            .map(|a| {
+                GrayImage::from_raw(
+                    pic.rgb.width,
+                    pic.rgb.height,
+                    a.iter().map(|v| 255 - v).collect(),
                 )
-            })
-            .map(|d| d.to_rgb8());
-        let Some(rgb) = rgb else {
-            return Err(InitError::Decode {
-                path: self.image.path.clone(),
-                message: "pixel buffer of the wrong size".into(),
-            });
-        };
-        let mask = mask.map(|m| {
-            let m = m.map(|g| {
-                fit(
-                    &DynamicImage::ImageLuma8(g),
-                    width,
-                    height,
-                    self.resize_mode,
-                )
-            });
-            binary_mask(m.map(|d| d.to_luma8()), self.mask_blur)
-        });
-        Ok(Loaded {
-            rgb: RgbImage {
-                width: rgb.width(),
-                height: rgb.height(),
-                pixels: rgb.into_raw(),
-            },
-            mask: mask.flatten(),
+            }),
+    };
+    let rgb = image::RgbImage::from_raw(pic.rgb.width, pic.rgb.height, pic.rgb.pixels)
+        .map(|img| {
+            fit(
+                &DynamicImage::ImageRgb8(img),
+                width,
+                height,
+                init.resize_mode,
+            )
         })
-    }
+        .map(|d| d.to_rgb8());
+    let Some(rgb) = rgb else {
+        return Err(InitError::Decode {
+            path: init.image.path.clone(),
+            message: "pixel buffer of the wrong size".into(),
+        });
+    };
+    let mask = mask.map(|m| {
+        let m = m.map(|g| {
+            fit(
+                &DynamicImage::ImageLuma8(g),
+                width,
+                height,
+                init.resize_mode,
+            )
+        });
+        binary_mask(m.map(|d| d.to_luma8()), init.mask_blur)
+    });
+    Ok(Loaded {
+        rgb: RgbImage {
+            width: rgb.width(),
+            height: rgb.height(),
+            pixels: rgb.into_raw(),
+        },
+        mask: mask.flatten(),
+    })
 }
 
 fn read_pinned(f: &FileRef) -> Result<Picture, InitError> {
@@ -398,40 +290,6 @@ pub fn fit(img: &DynamicImage, width: u32, height: u32, mode: ResizeMode) -> Dyn
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn init(denoise: f64, count: StepCount) -> InitImage {
-        InitImage {
-            image: FileRef {
-                path: "x.png".into(),
-                sha256: String::new(),
-            },
-            denoise,
-            resize_mode: ResizeMode::Just,
-            step_count: count,
-            mask: None,
-            mask_blur: 0,
-        }
-    }
-
-    #[test]
-    fn first_step_follows_diffusers_and_a1111_counts() {
-        // diffusers: int(20 × 0.75) = 15 steps run, from index 5; A1111: int(20 × 0.75) + 1 = 16.
-        assert_eq!(init(0.75, StepCount::Diffusers).first_step(20).unwrap(), 5);
-        assert_eq!(init(0.75, StepCount::A1111).first_step(20).unwrap(), 4);
-        // Python's float64 product: 0.7 × 10 = 7.000000000000001 -> 7 (f32 would give 6).
-        assert_eq!(init(0.7, StepCount::Diffusers).first_step(10).unwrap(), 3);
-        // Denoise 1: every step (A1111 caps it at 0.999: int(19.98) + 1 = 20).
-        assert_eq!(init(1.0, StepCount::Diffusers).first_step(20).unwrap(), 0);
-        assert_eq!(init(1.0, StepCount::A1111).first_step(20).unwrap(), 0);
-        // A1111 always runs at least one step; diffusers refuses to run none.
-        assert_eq!(init(0.01, StepCount::A1111).first_step(20).unwrap(), 19);
-        let err = init(0.01, StepCount::Diffusers).first_step(20).unwrap_err();
-        assert!(err.to_string().contains("runs no step"), "{err}");
-        assert!(matches!(
-            init(1.5, StepCount::Diffusers).first_step(20),
-            Err(InitError::Denoise(_))
-        ));
-    }
 
     fn gradient(w: u32, h: u32) -> DynamicImage {
         DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| {

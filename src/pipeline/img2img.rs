@@ -45,9 +45,9 @@ impl Init {
         let Some(init) = &job.init else {
             return Ok(None);
         };
-        let bad = |e: crate::image::init::InitError| PipelineError::Job(e.to_string());
-        let first = init.first_step(job.steps).map_err(bad)?;
-        let loaded = init.load(job.width, job.height).map_err(bad)?;
+        let bad = |e: &dyn std::fmt::Display| PipelineError::Job(e.to_string());
+        let first = init.first_step(job.steps).map_err(|e| bad(&e))?;
+        let loaded = crate::image::init::load(init, job.width, job.height).map_err(|e| bad(&e))?;
         // diffusers' preprocessing: x / 255 then 2x - 1, channels first.
         let plane = (job.width * job.height) as usize;
         let mut chw = vec![0f32; 3 * plane];

@@ -38,8 +38,9 @@ struct Spec {
 /// The job diffusers' reference image `case` was made with.
 fn job_for(spec: &Spec, case: &Case) -> Job {
     let mask = case.mask.as_ref().map(|m| pictures().join(m));
-    let init = InitImage::from_files(&pictures().join(&spec.init), case.denoise, mask.as_deref())
-        .expect("the test pictures read");
+    let init =
+        stipple::image::init::pin(&pictures().join(&spec.init), case.denoise, mask.as_deref())
+            .expect("the test pictures read");
     Job {
         prompt: spec.prompt.clone(),
         negative: spec.negative.clone(),
@@ -112,13 +113,14 @@ fn alpha_of_the_init_image_is_the_mask() {
     let mut g = generator();
     let with_mask = try_image(&mut g, &job_for(&spec, case)).unwrap();
     let mut job = job_for(&spec, case);
-    job.init =
-        Some(InitImage::from_files(&pictures().join("init_rgba.png"), case.denoise, None).unwrap());
+    job.init = Some(
+        stipple::image::init::pin(&pictures().join("init_rgba.png"), case.denoise, None).unwrap(),
+    );
     let with_alpha = try_image(&mut g, &job).unwrap();
     assert_eq!(with_mask, with_alpha);
     // And the mask matters: plain img2img of the same picture differs.
     job.init =
-        Some(InitImage::from_files(&pictures().join("init.png"), case.denoise, None).unwrap());
+        Some(stipple::image::init::pin(&pictures().join("init.png"), case.denoise, None).unwrap());
     assert_ne!(try_image(&mut g, &job).unwrap(), with_alpha);
 }
 
@@ -129,7 +131,7 @@ fn a_changed_picture_is_refused() {
     let path = dir.path().join("p.png");
     std::fs::copy(pictures().join("init.png"), &path).unwrap();
     let mut job = crate::util::small_job("a fox", 1);
-    job.init = Some(InitImage::from_files(&path, 0.5, None).unwrap());
+    job.init = Some(stipple::image::init::pin(&path, 0.5, None).unwrap());
     std::fs::copy(pictures().join("mask.png"), &path).unwrap();
     let err = try_image(&mut generator(), &job).unwrap_err();
     assert!(err.contains("changed since the job was made"), "{err}");
@@ -306,11 +308,11 @@ fn generate_from_an_image_records_and_replays_it() {
         init.image.sha256,
         stipple::image::init::hex(&sha2::Sha256::digest(&bytes))
     );
-    assert_eq!(init.resize_mode, stipple::image::init::ResizeMode::Crop);
+    assert_eq!(init.resize_mode, stipple::init_image::ResizeMode::Crop);
     // The recorded job makes the same picture in the library (paths relative to the repository).
     let mut replay = job;
     replay.init = Some(InitImage {
-        image: stipple::image::init::FileRef {
+        image: stipple::init_image::FileRef {
             path: root().join(&init.image.path),
             ..init.image.clone()
         },
