@@ -362,3 +362,52 @@ fn bad_image_inputs_are_refused_and_nothing_is_written() {
         assert!(!out.exists(), "{extra:?} wrote {}", out.display());
     }
 }
+
+/// A batch job line with `init_image`: planned with the picture pinned by sha256, so the job hash
+/// changes when the picture's contents change (same path); a bad `denoise` is an invalid line.
+#[test]
+fn batch_jobs_from_an_image_are_hashed_by_its_contents() {
+    let dir = tempfile::tempdir().unwrap();
+    let pic = dir.path().join("p.png");
+    std::fs::copy(pictures().join("init.png"), &pic).unwrap();
+    let out = dir.path().join("out");
+    let plan = |denoise: &str| {
+        let template = format!(
+            r#"{{"prompt": "a fox", "steps": 4, "seed": 1, "init_image": {}, "denoise": {denoise}}}"#,
+            serde_json::to_string(pic.to_str().unwrap()).unwrap()
+        );
+        let (ok, stdout, stderr) = crate::cli::run(&[
+            "batch",
+            "--template",
+            &template,
+            "--out",
+            out.to_str().unwrap(),
+            "--dry-run",
+        ]);
+        let lines: Vec<serde_json::Value> = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        (ok, lines, stderr)
+    };
+    let (ok, first, stderr) = plan("0.5");
+    assert!(ok, "{stderr}");
+    let planned = first
+        .iter()
+        .find(|l| l["status"] == "planned")
+        .expect("a planned job");
+    assert_eq!(planned["job"]["init"]["denoise"], 0.5);
+    let sha = planned["job"]["init"]["image"]["sha256"].as_str().unwrap();
+    assert_eq!(sha.len(), 64);
+    std::fs::copy(pictures().join("mask.png"), &pic).unwrap();
+    let (ok, second, stderr) = plan("0.5");
+    assert!(ok, "{stderr}");
+    let again = second.iter().find(|l| l["status"] == "planned").unwrap();
+    assert_ne!(again["hash"], planned["hash"]);
+    assert_ne!(again["job"]["init"]["image"]["sha256"], sha);
+    let (ok, bad, stderr) = plan("2");
+    assert!(!ok);
+    let text = format!("{bad:?} {stderr}");
+    assert!(text.contains("between 0 and 1"), "{text}");
+    assert!(!out.exists(), "a dry run wrote files");
+}
