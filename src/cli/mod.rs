@@ -115,7 +115,7 @@ pub struct InitFlags {
     #[arg(long, value_name = "FILE")]
     pub init_image: Option<PathBuf>,
     /// How much of the picture is redrawn, 0 to 1 (diffusers' strength; default 0.75)
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub denoise: Option<f64>,
     /// How the picture is fitted to --width × --height: just (stretch), crop, fill
     #[arg(long, value_name = "MODE")]

@@ -361,7 +361,8 @@ impl Generator {
         on_event(Event::Started {
             id,
             images: job.batch,
-            steps: job.steps,
+            // The steps that run: all of them but img2img's skipped first ones.
+            steps: job.steps - init.as_ref().map_or(0, |i| i.first_step() as u32),
         });
         for index in 0..job.batch {
             let seed = job.seed.wrapping_add(u64::from(index));
