@@ -228,6 +228,7 @@ pub fn run(
         height: h,
         seed: 1,
         batch: 1,
+        init: None,
     };
     if static_shapes {
         // One short job builds the sessions for this exact shape, as a real job would.
@@ -484,6 +485,7 @@ pub fn live(
         height: h,
         seed: 1,
         batch: 1,
+        init: None,
     };
     // Each method twice; the second run's steps count (sessions built, caches warm).
     let mut fused = Vec::new();

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
+pub use crate::init_image::InitImage;
+
 /// Identifies one submitted job for the lifetime of an engine.
 pub type JobId = u64;
 
@@ -288,6 +290,10 @@ pub struct Job {
     pub seed: u64,
     #[serde(default = "one")]
     pub batch: u32,
+    /// Image-to-image or inpainting: the picture to start from (absent for text-to-image, and then
+    /// left out of the JSON, so text-to-image jobs keep their form and hashes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitImage>,
 }
 
 fn one() -> u32 {
@@ -432,6 +438,7 @@ mod tests {
             height: 64,
             seed: 1,
             batch: 1,
+            init: None,
         };
         let text = serde_json::to_string(&job).unwrap();
         assert!(text.contains("\"DPM++ 2M Karras\""), "{text}");

@@ -15,6 +15,7 @@ pub mod export;
 pub mod family;
 pub mod headless;
 pub mod image;
+pub mod init_image;
 pub mod job;
 pub mod live;
 pub mod lora;

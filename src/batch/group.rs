@@ -25,6 +25,10 @@ pub struct ShareKey {
 impl ShareKey {
     /// The key of `job`; `None` when its prompt does not parse (it runs alone and fails there).
     pub fn of(job: &Job) -> Option<ShareKey> {
+        // An image-to-image job starts from its own picture at its own step: it runs alone.
+        if job.init.is_some() {
+            return None;
+        }
         let parsed = crate::prompt::parse(&job.prompt).ok()?;
         Some(ShareKey {
             sampler: job.sampler,
@@ -77,6 +81,7 @@ mod tests {
             seed: 1,
             batch,
             schedule: Schedule::default(),
+            init: None,
         }
     }
 

@@ -174,6 +174,7 @@ mod tests {
             height: 64,
             seed: 1,
             batch: 1,
+            init: None,
         }
     }
 

@@ -147,12 +147,60 @@ pub struct JobSpec {
     pub model: Option<PathBuf>,
     /// Output name template, relative to `--out`.
     pub out: Option<String>,
+    /// Image-to-image: the picture to start from (PNG, JPEG, WebP).
+    pub init_image: Option<PathBuf>,
+    /// With `init_image`: how much is redrawn, 0 to 1 (default 0.75).
+    pub denoise: Option<f64>,
+    /// With `init_image`: `just`, `crop` or `fill`.
+    pub resize_mode: Option<crate::init_image::ResizeMode>,
+    /// With `init_image`: inpainting mask, white repaints.
+    pub mask: Option<PathBuf>,
+    pub mask_blur: Option<u32>,
+}
+
+impl JobSpec {
+    /// The image-to-image settings of the line, the pictures read and pinned by hash (so the job's
+    /// hash covers their contents).
+    pub fn init(&self) -> Result<Option<crate::job::InitImage>, String> {
+        let Some(path) = &self.init_image else {
+            let given = self.denoise.is_some()
+                || self.resize_mode.is_some()
+                || self.mask.is_some()
+                || self.mask_blur.is_some();
+            return if given {
+                Err("`denoise`, `resize_mode`, `mask` and `mask_blur` need `init_image`".into())
+            } else {
+                Ok(None)
+            };
+        };
+        let mut init =
+            crate::image::init::pin(path, self.denoise.unwrap_or(0.75), self.mask.as_deref())
+                .map_err(|e| e.to_string())?;
+        init.resize_mode = self.resize_mode.unwrap_or_default();
+        init.mask_blur = self.mask_blur.unwrap_or(0);
+        Ok(Some(init))
+    }
 }
 
 /// The fields a job line may have (`sweep` is taken out before the rest is read).
-pub const FIELDS: [&str; 12] = [
-    "prompt", "negative", "sampler", "steps", "cfg", "width", "height", "seed", "batch", "model",
-    "out", "sweep",
+pub const FIELDS: [&str; 17] = [
+    "prompt",
+    "negative",
+    "sampler",
+    "steps",
+    "cfg",
+    "width",
+    "height",
+    "seed",
+    "batch",
+    "model",
+    "out",
+    "sweep",
+    "init_image",
+    "denoise",
+    "resize_mode",
+    "mask",
+    "mask_blur",
 ];
 
 impl JobSpec {

@@ -132,6 +132,7 @@ impl Planner {
             self.defaults.batch,
         );
         let facts = self.model_facts(&model)?;
+        let init = spec.init()?;
         let or_model = |v: u32, model: u32| if v == 0 { model } else { v };
         let mut job = Job {
             prompt: spec.prompt,
@@ -144,6 +145,7 @@ impl Planner {
             height: spec.height.unwrap_or(or_model(d.3, facts.height)),
             seed: 0,
             batch: spec.batch.unwrap_or(d.4),
+            init,
         };
         let model_id = facts.identity.clone();
         let family = facts.family;

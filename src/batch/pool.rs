@@ -399,6 +399,7 @@ mod tests {
                 height: 8,
                 seed: key as u64,
                 batch: 1,
+                init: None,
             },
         }
     }

@@ -82,6 +82,7 @@ pub fn throughput(
             seed: 1000 + i as u64,
             batch: 1,
             schedule: Default::default(),
+            init: None,
         })
         .collect();
     let one = images_per_s(&mut g, &jobs, 1)?;

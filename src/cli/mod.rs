@@ -113,6 +113,31 @@ pub struct GenerateArgs {
     /// Do not print the image in the terminal
     #[arg(long)]
     pub no_preview: bool,
+    #[command(flatten)]
+    pub init: InitFlags,
+}
+
+/// `generate`'s image-to-image and inpainting flags.
+#[derive(Args, Default)]
+pub struct InitFlags {
+    /// Start from this picture (PNG, JPEG, WebP): image-to-image, inpainting with --mask
+    #[arg(long, value_name = "FILE")]
+    pub init_image: Option<PathBuf>,
+    /// How much of the picture is redrawn, 0 to 1 (diffusers' strength; default 0.75)
+    #[arg(long, allow_negative_numbers = true)]
+    pub denoise: Option<f64>,
+    /// How the picture is fitted to --width × --height: just (stretch), crop, fill
+    #[arg(long, value_name = "MODE")]
+    pub resize_mode: Option<crate::init_image::ResizeMode>,
+    /// Steps run for a denoise value: diffusers (int(steps × denoise)) or a1111 (one more)
+    #[arg(long, value_name = "COUNT")]
+    pub denoise_steps: Option<crate::init_image::StepCount>,
+    /// Inpainting mask, white repaints (default: the init image's transparent pixels, if any)
+    #[arg(long, value_name = "FILE")]
+    pub mask: Option<PathBuf>,
+    /// Gaussian blur of the mask in pixels before it is made binary
+    #[arg(long, value_name = "N")]
+    pub mask_blur: Option<u32>,
 }
 
 /// Runs the command `cli` names (the workstation without one).

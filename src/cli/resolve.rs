@@ -213,7 +213,12 @@ pub fn generate(
         height: a.height.unwrap_or(g.height),
         seed,
         batch: a.batch.unwrap_or(g.batch),
+        init: init_image(&a.init)?,
     };
+    if let Some(init) = &job.init {
+        init.first_step(job.steps)
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+    }
     check_adapters(&prompt, &job.prompt, &model, &engine.lora_dirs)?;
     Ok((
         Resolved {
@@ -245,6 +250,41 @@ pub fn sampler_and_schedule(
     };
     crate::pipeline::schedulers::check_schedule(sampler, schedule).usage()?;
     Ok((sampler, schedule))
+}
+
+/// The image-to-image settings of the flags: the picture (and mask) read, checked and pinned by hash
+/// before the model loads.
+fn init_image(f: &super::InitFlags) -> Result<Option<crate::job::InitImage>, CliError> {
+    let Some(path) = &f.init_image else {
+        let given = f.denoise.is_some()
+            || f.resize_mode.is_some()
+            || f.denoise_steps.is_some()
+            || f.mask.is_some()
+            || f.mask_blur.is_some();
+        return if given {
+            Err(CliError::Usage(
+                "--denoise, --resize-mode, --denoise-steps, --mask and --mask-blur need --init-image"
+                    .into(),
+            ))
+        } else {
+            Ok(None)
+        };
+    };
+    let mut init = crate::image::init::pin(path, f.denoise.unwrap_or(0.75), f.mask.as_deref())
+        .map_err(init_error)?;
+    init.resize_mode = f.resize_mode.unwrap_or_default();
+    init.step_count = f.denoise_steps.unwrap_or_default();
+    init.mask_blur = f.mask_blur.unwrap_or(0);
+    Ok(Some(init))
+}
+
+/// A bad denoise value is a usage error (exit 2); a picture that cannot be read, a failure (exit 1).
+fn init_error(e: crate::image::init::InitError) -> CliError {
+    use crate::image::init::InitError::Denoise;
+    match e {
+        Denoise(_) => CliError::Usage(e.to_string()),
+        e => CliError::Failed(e.to_string()),
+    }
 }
 
 /// The flags given, each checked on its own, so an error names the flag and its value.

@@ -239,6 +239,7 @@ mod tests {
             height: 64,
             seed: 1,
             batch: 1,
+            init: None,
         };
         cancel.set(Stop::Interrupt);
         assert!(matches!(lazy.run(&job, &out), Outcome::Cancelled));

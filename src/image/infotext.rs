@@ -81,6 +81,12 @@ pub fn format_infotext(job: &Job, seed: u64, res: &Resources) -> String {
     if let Some(v) = &res.vae {
         params.push(("VAE", quote(v)));
     }
+    if let Some(init) = &job.init {
+        params.push(("Denoising strength", init.denoise.to_string()));
+        if init.mask.is_some() || init.mask_blur > 0 {
+            params.push(("Mask blur", init.mask_blur.to_string()));
+        }
+    }
     if let Some(c) = res.clip_skip.filter(|&c| c > 1) {
         params.push(("Clip skip", c.to_string()));
     }
@@ -202,6 +208,7 @@ mod tests {
             height: 768,
             seed: 5,
             batch: 1,
+            init: None,
         }
     }
 

@@ -1,8 +1,9 @@
 //! Output images: PNG files with an A1111-compatible `parameters` chunk and a `stipple` JSON chunk
-//! ([`png`]), written on a thread of their own ([`writer`]), and the A1111 infotext format itself
-//! ([`infotext`]).
+//! ([`png`]), written on a thread of their own ([`writer`]), the A1111 infotext format itself
+//! ([`infotext`]), and the pictures image-to-image starts from ([`init`]).
 
 pub mod infotext;
+pub mod init;
 pub mod png;
 pub mod writer;
 

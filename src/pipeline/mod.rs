@@ -8,6 +8,7 @@ pub mod adapters;
 pub mod dials;
 pub mod error;
 pub mod generator;
+pub mod img2img;
 pub mod keys;
 pub mod resident;
 pub mod rng;

@@ -76,6 +76,8 @@ pub struct Sessions {
     text: Vec<Net>,
     unet: Net,
     vae: Session,
+    /// The VAE encoder, built at the first image-to-image job.
+    encoder: Option<Session>,
     fused: FusedKey,
     /// (latent height, latent width) the VAE session was built for, with static shapes.
     vae_dims: Option<[i64; 2]>,
@@ -110,6 +112,7 @@ impl Sessions {
             text,
             unet,
             vae,
+            encoder: None,
             fused: FusedKey::default(),
             vae_dims: None,
             unet_io: None,
@@ -485,6 +488,42 @@ impl Sessions {
     }
 }
 
+impl Sessions {
+    /// Encodes an image `[1, 3, h, w]` in [-1, 1] to the VAE encoder's `latent_parameters`
+    /// `[1, 8, h/f, w/f]` (mean and log-variance).
+    pub fn encode(
+        &mut self,
+        model: &Model,
+        chw: &[f32],
+        h: usize,
+        w: usize,
+    ) -> Result<Vec<f32>, PipelineError> {
+        let session = match &mut self.encoder {
+            Some(s) => s,
+            None => {
+                let none = HashMap::new();
+                let net = build_component(
+                    model,
+                    self.runtime,
+                    &self.opts,
+                    ComponentKind::VaeEncoder,
+                    &none,
+                    &[],
+                    &mut FuseStats::default(),
+                )?;
+                self.encoder.insert(net.session)
+            }
+        };
+        let out = run(
+            session,
+            vec![Input::F32("sample", vec![1, 3, h, w], chw)],
+            &["latent_parameters"],
+        )
+        .map_err(run_err("VAE encoder"))?;
+        Ok(out.into_iter().next().map(|(_, d)| d).unwrap_or_default())
+    }
+}
+
 /// The UNet's named inputs: sample, timestep (one per batch row), context and, for SDXL, the
 /// added conditioning.
 pub(crate) fn unet_inputs<'a>(
@@ -565,7 +604,9 @@ fn build_component(
         plain = opts.without_cuda_graph();
         &plain
     };
-    if opts.resident_weights() && kind != ComponentKind::VaeDecoder {
+    if opts.resident_weights()
+        && !matches!(kind, ComponentKind::VaeDecoder | ComponentKind::VaeEncoder)
+    {
         let t = Instant::now();
         let net = resident::build(rt, &what, c, which, deltas, opts, dims)?;
         // Filling, the session build and the upload are one step here.

@@ -577,6 +577,7 @@ impl App {
             height: s.height,
             seed,
             batch: s.batch,
+            init: None,
         })
     }
 

@@ -11,7 +11,7 @@ fn stipple() -> Command {
     c
 }
 
-fn run(args: &[&str]) -> (bool, String, String) {
+pub fn run(args: &[&str]) -> (bool, String, String) {
     let out = stipple().args(args).output().unwrap();
     (
         out.status.success(),

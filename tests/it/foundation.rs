@@ -133,6 +133,7 @@ fn every_scheduler_image_matches_diffusers() {
             height: spec.height,
             seed: spec.seed,
             batch: 1,
+            init: None,
         };
         let mut image = None;
         g.generate(
@@ -184,6 +185,7 @@ fn skip_and_interrupt_are_honoured_between_steps() {
         height: 64,
         seed: 3,
         batch: 2,
+        init: None,
     };
     // One image per UNet call: a skip drops the images of the call under way (batching.rs).
     g.set_unet_batch(1);
@@ -295,6 +297,7 @@ fn an_interrupt_stops_the_running_step_and_the_engine_goes_on() {
         height: 256,
         seed: 3,
         batch: 1,
+        init: None,
     };
     let small = Job {
         width: 64,

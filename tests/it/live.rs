@@ -25,6 +25,7 @@ fn job(prompt: &str, steps: u32) -> Job {
         height: 64,
         seed: 5,
         batch: 1,
+        init: None,
     }
 }
 

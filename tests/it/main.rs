@@ -8,6 +8,7 @@ mod cuda;
 mod deps;
 mod foundation;
 mod fused_graph;
+mod img2img;
 mod live;
 mod lora;
 mod merge;

@@ -62,6 +62,7 @@ fn check_images(model: &Path, g: &mut Generator) {
             height: spec.height,
             seed: spec.seed,
             batch: 1,
+            init: None,
         };
         let got = image(g, &job);
         let (w, h, want) = read_rgb(&reference.join(&case.file));

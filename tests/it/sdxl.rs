@@ -220,6 +220,7 @@ fn sdxl_every_scheduler_image_matches_diffusers() {
             height: spec.height,
             seed: spec.seed,
             batch: 1,
+            init: None,
         };
         let mut image = None;
         g.generate(

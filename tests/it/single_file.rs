@@ -32,6 +32,7 @@ fn job(sampler: Sampler, steps: u32) -> Job {
         height: 64,
         seed: 42,
         batch: 1,
+        init: None,
     }
 }
 

@@ -71,6 +71,7 @@ pub fn small_job(prompt: &str, seed: u64) -> stipple::job::Job {
         height: 64,
         seed,
         batch: 1,
+        init: None,
     }
 }
 

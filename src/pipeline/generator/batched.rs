@@ -8,6 +8,7 @@
 //! differ.
 
 use super::super::adapters::ActiveLora;
+use super::super::img2img::{Blend, Init};
 use super::super::rng::TorchRng;
 use super::super::schedulers::{self, Scheduler};
 use super::super::sessions::{Added, UnetCall};
@@ -45,7 +46,10 @@ impl Ready<'_> {
     /// context shapes.
     fn shares_batch_with(&self, o: &Ready<'_>) -> bool {
         let (a, b) = (self.job, o.job);
-        a.sampler == b.sampler
+        // An image-to-image job starts at its own step from its own picture: it runs alone.
+        a.init.is_none()
+            && b.init.is_none()
+            && a.sampler == b.sampler
             && a.schedule == b.schedule
             && a.steps == b.steps
             && a.width == b.width
@@ -76,6 +80,8 @@ struct Slot {
     rng: TorchRng,
     sched: Box<dyn Scheduler>,
     latents: Vec<f32>,
+    /// Inpainting: the picture's latents, put back outside the mask after every step.
+    blend: Option<Blend>,
 }
 
 impl Generator {
@@ -180,6 +186,12 @@ impl Generator {
         self.live
             .fuse_step(&self.model, &mut self.sessions, loras, &mode, &first, dims)?;
         self.sessions.ensure_vae_dims(&self.model, h, w)?;
+        let mut inits: Vec<Option<Init>> = Vec::with_capacity(jobs.len());
+        for r in jobs {
+            inits.push(Init::prepare(&mut self.sessions, &self.model, r.job, h, w)?);
+        }
+        // img2img skips the schedule's first steps (the same for every image: it runs alone).
+        let first_step = inits[0].as_ref().map_or(0, Init::first_step);
         self.text.begin_job();
         // A prompt that cannot be encoded fails its own job only.
         let te = self.sessions.fused_te().clone();
@@ -208,7 +220,8 @@ impl Generator {
             on_event(Event::Started {
                 id: r.id,
                 images: r.job.batch,
-                steps: r.job.steps,
+                // The steps that run: all of them but img2img's skipped first ones.
+                steps: r.job.steps - inits[j].as_ref().map_or(0, |i| i.first_step() as u32),
             });
             pending.extend((0..r.job.batch).map(|i| (j, i)));
         }
@@ -226,7 +239,10 @@ impl Generator {
                     steps,
                 )?;
                 let sigma0 = sched.init_noise_sigma();
-                let latents = rng.randn(n).into_iter().map(|x| x * sigma0).collect();
+                let (latents, blend) = match &inits[j] {
+                    Some(init) => init.start(&mut rng, &*sched, &self.scheduler),
+                    None => (rng.randn(n).into_iter().map(|x| x * sigma0).collect(), None),
+                };
                 slots.push(Slot {
                     job: j,
                     index,
@@ -234,10 +250,20 @@ impl Generator {
                     rng,
                     sched,
                     latents,
+                    blend,
                 });
             }
             let rows = if static_shapes { width } else { slots.len() };
-            let ended = self.sample_chunk(jobs, &mut slots, rows, (h, w), dims, stop, on_event)?;
+            let ended = self.sample_chunk(
+                jobs,
+                &mut slots,
+                rows,
+                first_step,
+                (h, w),
+                dims,
+                stop,
+                on_event,
+            )?;
             match ended {
                 Some(Ended::Cancelled) => return Ok(Ended::Cancelled),
                 // Skipped: the images of this UNet batch are dropped, as one image alone would be.
@@ -271,8 +297,8 @@ impl Generator {
         Ok(Ended::Done)
     }
 
-    /// Runs every step for `slots` as one UNet batch of `rows` images (the last slot repeated to
-    /// fill it). `Some(Ended::Done)` when the images were skipped, `Some(Cancelled)` when
+    /// Runs every step from `first` on for `slots` as one UNet batch of `rows` images (the last
+    /// slot repeated to fill it). `Some(Ended::Done)` when the images were skipped, `Some(Cancelled)` when
     /// interrupted, `None` when their latents are ready to decode.
     #[allow(clippy::too_many_arguments)]
     fn sample_chunk(
@@ -280,6 +306,7 @@ impl Generator {
         jobs: &[Ready<'_>],
         slots: &mut [Slot],
         rows: usize,
+        first: usize,
         (h, w): (usize, usize),
         dims: Option<[i64; 4]>,
         stop: &dyn Fn() -> Stop,
@@ -295,7 +322,7 @@ impl Generator {
         let row = |r: usize| r.min(last);
         let started = Instant::now();
         let mut last_preview = started;
-        for (i, &t) in timesteps.iter().enumerate() {
+        for (i, &t) in timesteps.iter().enumerate().skip(first) {
             let key = self.live.step_key(loras, i, timesteps.len());
             self.live
                 .fuse_step(&self.model, &mut self.sessions, loras, &mode, &key, dims)?;
@@ -361,6 +388,9 @@ impl Generator {
                 let guided: Vec<f32> = u.iter().zip(c).map(|(u, c)| u + cfg * (c - u)).collect();
                 let rng = &mut s.rng;
                 s.latents = s.sched.step(&guided, i, &s.latents, &mut |k| rng.randn(k));
+                if let Some(b) = &s.blend {
+                    b.apply(&mut s.latents, &*s.sched, &self.scheduler, i);
+                }
             }
             // Live previews for front ends, at most ten a second (cheap: no VAE).
             if self.previews && last_preview.elapsed().as_millis() >= 100 {
@@ -369,7 +399,7 @@ impl Generator {
                 on_event(Event::Preview {
                     id: jobs[slots[0].job].id,
                     image: slots[0].index,
-                    step: i as u32 + 1,
+                    step: (i - first) as u32 + 1,
                     preview: vae::preview(&slots[0].latents, w, h, factors),
                 });
             }
@@ -382,9 +412,9 @@ impl Generator {
                 on_event(Event::Step(Progress {
                     id: jobs[s.job].id,
                     image: s.index,
-                    step: i as u32 + 1,
-                    steps: timesteps.len() as u32,
-                    it_per_s: (i + 1) as f32 / elapsed,
+                    step: (i - first) as u32 + 1,
+                    steps: (timesteps.len() - first) as u32,
+                    it_per_s: (i + 1 - first) as f32 / elapsed,
                 }));
             }
         }

@@ -13,7 +13,7 @@ mod euler_ancestral;
 mod heun;
 mod lcm;
 mod lms;
-mod noise_schedule;
+pub(crate) mod noise_schedule;
 pub mod sigma_schedules;
 mod unipc;
 

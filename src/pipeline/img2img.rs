@@ -1,0 +1,233 @@
+//! Image-to-image and inpainting on top of the sampling loop, as diffusers'
+//! `StableDiffusion(XL)Img2ImgPipeline` and `StableDiffusionInpaintPipeline` (4-channel UNet) do:
+//! [`Init::prepare`] encodes the job's picture once; per image, [`Init::start`] gives the first
+//! latents (posterior sample, then the seed's noise at the first step that runs) and [`Blend`]
+//! puts the kept part of the picture back after each step of an inpainting run.
+
+use super::error::PipelineError;
+use super::rng::TorchRng;
+use super::schedulers::noise_schedule::alphas_cumprod;
+use super::schedulers::{Scheduler, SchedulerConfig};
+use super::sessions::Sessions;
+use crate::job::Job;
+use crate::model::Model;
+
+/// The encoded picture of a job, shared by every image of it.
+pub struct Init {
+    /// The VAE encoder's mean and log-variance (clamped to [-30, 20]), `[4, h, w]` each.
+    mean: Vec<f32>,
+    std: Vec<f32>,
+    /// Latent-size mask (1 repaints), nearest-sampled from the pixel mask as torch's `interpolate`.
+    mask: Option<Vec<f32>>,
+    /// The first schedule step that runs.
+    first: usize,
+    /// Inpainting at denoise 1 starts from pure noise (diffusers' `is_strength_max`).
+    pure_noise: bool,
+    scaling: f32,
+}
+
+/// What an inpainting run blends back after each step.
+pub struct Blend {
+    image: Vec<f32>,
+    noise: Vec<f32>,
+    mask: Vec<f32>,
+}
+
+impl Init {
+    /// Loads, resizes and encodes the job's picture; `None` for a text-to-image job.
+    pub fn prepare(
+        sessions: &mut Sessions,
+        model: &Model,
+        job: &Job,
+        h: usize,
+        w: usize,
+    ) -> Result<Option<Init>, PipelineError> {
+        let Some(init) = &job.init else {
+            return Ok(None);
+        };
+        let bad = |e: &dyn std::fmt::Display| PipelineError::Job(e.to_string());
+        let first = init.first_step(job.steps).map_err(|e| bad(&e))?;
+        let loaded = crate::image::init::load(init, job.width, job.height).map_err(|e| bad(&e))?;
+        // diffusers' preprocessing: x / 255 then 2x - 1, channels first.
+        let plane = (job.width * job.height) as usize;
+        let mut chw = vec![0f32; 3 * plane];
+        for (i, px) in loaded.rgb.pixels.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                chw[c * plane + i] = 2.0 * (f32::from(px[c]) / 255.0) - 1.0;
+            }
+        }
+        let moments = sessions.encode(model, &chw, job.height as usize, job.width as usize)?;
+        let n = 4 * h * w;
+        if moments.len() != 2 * n {
+            return Err(PipelineError::Run {
+                what: "VAE encoder",
+                message: format!("gave {} values, expected {}", moments.len(), 2 * n),
+            });
+        }
+        let (mean, logvar) = moments.split_at(n);
+        let std = logvar
+            .iter()
+            .map(|&l| (0.5 * l.clamp(-30.0, 20.0)).exp())
+            .collect();
+        let factor = (job.width as usize / w).max(1);
+        let mask = loaded.mask.map(|m| {
+            let lm: Vec<f32> = (0..h * w)
+                .map(|k| m[(k / w) * factor * job.width as usize + (k % w) * factor])
+                .collect();
+            lm.repeat(4)
+        });
+        Ok(Some(Init {
+            mean: mean.to_vec(),
+            std,
+            pure_noise: mask.is_some() && init.denoise >= 1.0,
+            mask,
+            first,
+            scaling: model.vae_scaling(),
+        }))
+    }
+
+    /// The first schedule step that runs.
+    pub fn first_step(&self) -> usize {
+        self.first
+    }
+
+    /// The latents to start sampling from at step [`Self::first_step`], drawing from the image's
+    /// generator as diffusers does: the posterior sample, the noise and, when inpainting, the masked
+    /// picture's posterior sample (unused by a 4-channel UNet, drawn to keep the generator in step).
+    pub fn start(
+        &self,
+        rng: &mut TorchRng,
+        sched: &dyn Scheduler,
+        cfg: &SchedulerConfig,
+    ) -> (Vec<f32>, Option<Blend>) {
+        let n = self.mean.len();
+        let eps = rng.randn(n);
+        let image: Vec<f32> = self
+            .mean
+            .iter()
+            .zip(&self.std)
+            .zip(&eps)
+            .map(|((m, s), e)| self.scaling * (m + s * e))
+            .collect();
+        let noise = rng.randn(n);
+        let latents = if self.pure_noise {
+            let s = sched.init_noise_sigma();
+            noise.iter().map(|x| x * s).collect()
+        } else {
+            add_noise(sched, cfg, &image, &noise, self.first)
+        };
+        let blend = self.mask.as_ref().map(|mask| {
+            rng.randn(n);
+            Blend {
+                image,
+                noise,
+                mask: mask.clone(),
+            }
+        });
+        (latents, blend)
+    }
+}
+
+impl Blend {
+    /// After step `i` of the schedule: the kept part is the picture noised to the next step's level
+    /// (the clean picture after the last step), the repainted part the sampler's latents.
+    pub fn apply(
+        &self,
+        latents: &mut [f32],
+        sched: &dyn Scheduler,
+        cfg: &SchedulerConfig,
+        i: usize,
+    ) {
+        let next = i + 1;
+        let kept = if next < sched.timesteps().len() {
+            add_noise(sched, cfg, &self.image, &self.noise, next)
+        } else {
+            self.image.clone()
+        };
+        for ((x, k), m) in latents.iter_mut().zip(&kept).zip(&self.mask) {
+            *x = (1.0 - m) * k + m * *x;
+        }
+    }
+}
+
+/// diffusers' `scheduler.add_noise(original, noise, t)` at schedule step `i`, for every scheduler
+/// from its noise level σ: samplers whose latents carry σ (they divide the UNet input, Euler's
+/// family) take `original + σ·noise`; the variance-preserving ones (DDIM, DPM-Solver) take
+/// `(original + σ·noise) / √(σ² + 1)` = `√ᾱ·original + √(1-ᾱ)·noise`. DDIM has no σ list: its σ
+/// comes from ᾱ at the step's timestep.
+pub fn add_noise(
+    sched: &dyn Scheduler,
+    cfg: &SchedulerConfig,
+    original: &[f32],
+    noise: &[f32],
+    i: usize,
+) -> Vec<f32> {
+    let variance_preserving = sched.input_divisor(i) == 1.0;
+    let (a, b) = match sched.sigmas() {
+        Some(s) => {
+            let sigma = s[i] as f32;
+            if variance_preserving {
+                let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+                (alpha, sigma * alpha)
+            } else {
+                (1.0, sigma)
+            }
+        }
+        None => {
+            let t = sched.timesteps()[i].round() as usize;
+            let ac = alphas_cumprod(cfg);
+            let abar = ac.get(t).copied().unwrap_or(1.0);
+            (abar.sqrt(), (1.0 - abar).sqrt())
+        }
+    };
+    original
+        .iter()
+        .zip(noise)
+        .map(|(o, e)| a * o + b * e)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::Sampler;
+    use crate::pipeline::schedulers::build;
+
+    fn sd15() -> SchedulerConfig {
+        SchedulerConfig::from_json_str(
+            r#"{"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+            "beta_schedule": "scaled_linear", "steps_offset": 1, "set_alpha_to_one": false}"#,
+        )
+        .unwrap()
+    }
+
+    /// Each kind of scheduler noises a zero picture with unit noise to its own level: Euler to σ,
+    /// DPM-Solver and DDIM to √(1-ᾱ) (both variance preserving, so √ᾱ² + √(1-ᾱ)² = 1).
+    #[test]
+    fn add_noise_uses_each_schedulers_noise_level() {
+        let cfg = sd15();
+        let ac = alphas_cumprod(&cfg);
+        for sampler in [Sampler::Euler, Sampler::DpmPp2m, Sampler::Ddim] {
+            let s = build(sampler, &cfg, 10);
+            let got = add_noise(&*s, &cfg, &[0.0, 1.0], &[1.0, 0.0], 3);
+            let t = s.timesteps()[3];
+            match sampler {
+                Sampler::Euler => {
+                    let sigma = s.sigmas().unwrap()[3] as f32;
+                    assert!((got[0] - sigma).abs() < 1e-5, "{sampler:?} {got:?}");
+                    assert_eq!(got[1], 1.0);
+                }
+                _ => {
+                    // The σ list of DPM-Solver is interpolated at fractional t; DDIM's t is whole.
+                    let abar = ac[t.round() as usize];
+                    let tol = if sampler == Sampler::Ddim { 1e-6 } else { 1e-2 };
+                    assert!(
+                        (got[0] - (1.0 - abar).sqrt()).abs() < tol,
+                        "{sampler:?} {got:?}"
+                    );
+                    assert!((got[0].powi(2) + got[1].powi(2) - 1.0).abs() < 1e-5);
+                }
+            }
+        }
+    }
+}
