@@ -136,6 +136,8 @@ pub struct JobSpec {
     pub negative: String,
     /// A1111 name or slug; default "Euler a", as `generate`.
     pub sampler: Option<String>,
+    /// Schedule type (`karras`, `ays`, ...); default `generation.schedule`, as `--schedule`.
+    pub schedule: Option<String>,
     pub steps: Option<u32>,
     pub cfg: Option<f32>,
     pub width: Option<u32>,
@@ -183,10 +185,11 @@ impl JobSpec {
 }
 
 /// The fields a job line may have (`sweep` is taken out before the rest is read).
-pub const FIELDS: [&str; 17] = [
+pub const FIELDS: [&str; 18] = [
     "prompt",
     "negative",
     "sampler",
+    "schedule",
     "steps",
     "cfg",
     "width",

@@ -101,13 +101,29 @@ impl Planner {
     }
 
     pub fn plan(&mut self, spec: JobSpec, vars: Vec<(String, Value)>) -> Result<Planned, String> {
+        let named: Option<Schedule> = spec
+            .schedule
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| format!("schedule: {e}"))?;
         // An old A1111 name carries its schedule type (`DPM++ 2M SDE Karras`).
         let (sampler, schedule) = match &spec.sampler {
             Some(s) => {
                 let (sampler, suffix) = parse_sampler(s).map_err(|e| e.to_string())?;
-                (sampler, suffix.unwrap_or(self.defaults.schedule))
+                match (suffix, named) {
+                    (Some(a), Some(b)) if a != b => {
+                        let msg = "says one schedule type and `schedule` another; give one";
+                        return Err(format!("the sampler name ({a}) {msg} ({b})"));
+                    }
+                    (Some(a), _) | (None, Some(a)) => (sampler, a),
+                    (None, None) => (sampler, self.defaults.schedule),
+                }
             }
-            None => (self.defaults.sampler, self.defaults.schedule),
+            None => (
+                self.defaults.sampler,
+                named.unwrap_or(self.defaults.schedule),
+            ),
         };
         crate::pipeline::schedulers::check_schedule(sampler, schedule)
             .map_err(|e| e.to_string())?;

@@ -12,9 +12,9 @@ pub const MAX_JOBS_PER_TEMPLATE: usize = 1_000_000;
 pub const RESERVED: [&str; 4] = ["hash", "index", "line", "item"];
 
 /// Job fields an axis may set directly, without a `{name}` in the template.
-pub const JOB_FIELDS: [&str; 11] = [
-    "prompt", "negative", "sampler", "steps", "cfg", "width", "height", "seed", "batch", "model",
-    "out",
+pub const JOB_FIELDS: [&str; 12] = [
+    "prompt", "negative", "sampler", "schedule", "steps", "cfg", "width", "height", "seed",
+    "batch", "model", "out",
 ];
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -513,3 +513,37 @@ fn grouped_jobs_make_the_images_of_ungrouped_ones_and_a_broken_adapter_fails_onl
     assert_eq!(again.with("skipped").len(), 5);
     assert_eq!(again.with("done").len(), 0);
 }
+
+#[test]
+fn a_job_line_takes_a_schedule_type_and_refuses_one_its_sampler_contradicts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let jobs = write_jobs(
+        tmp.path(),
+        &[
+            r#"{"prompt": "a fox", "seed": 1, "sampler": "DPM++ 2M SDE", "schedule": "karras"}"#.into(),
+            r#"{"prompt": "a fox", "seed": 2, "sampler": "DPM++ 2M SDE Karras", "schedule": "beta"}"#.into(),
+            r#"{"prompt": "a fox", "seed": 3, "schedule": "karas"}"#.into(),
+            r#"{"prompt": "a fox", "seed": 4, "sampler": "ddim", "schedule": "ays"}"#.into(),
+            r#"{"prompt": "a fox", "seed": 5}"#.into(),
+        ],
+    );
+    let r = batch(&[jobs.to_str().unwrap(), "--dry-run"]);
+    let planned = r.with("planned");
+    assert_eq!(planned.len(), 2, "{}", r.stderr);
+    assert_eq!(planned[0]["job"]["schedule"], "Karras", "{:?}", planned[0]);
+    // Automatic is left out of the job, so jobs written before schedule types keep their hashes.
+    assert!(
+        planned[1]["job"].get("schedule").is_none(),
+        "{:?}",
+        planned[1]
+    );
+    let invalid: Vec<String> = r
+        .with("invalid")
+        .iter()
+        .map(|l| l["error"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(invalid.len(), 3, "{invalid:?}");
+    assert!(invalid[0].contains("give one"), "{}", invalid[0]);
+    assert!(invalid[1].contains("karas"), "{}", invalid[1]);
+    assert!(invalid[2].to_lowercase().contains("ddim"), "{}", invalid[2]);
+}
