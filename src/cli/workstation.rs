@@ -1,6 +1,6 @@
 //! The workstation (`stipple` without a subcommand): the shared resolve, then the TUI on an
-//! engine that loads the model on the first job. The Settings toggle's LoRA method reaches the
-//! engine through a [`MethodSink`] read before each job ([`FollowMethod`]).
+//! engine that loads the model on the first job. The Settings toggle's LoRA method and the model
+//! picker's model reach the engine through sinks read before each job ([`FollowMethod`]).
 
 use super::error::{Classify, CliError};
 use super::{resolve, TuiArgs};
@@ -44,7 +44,15 @@ pub fn run(a: &TuiArgs, ort_lib: Option<&Path>) -> Result<(), CliError> {
         &crate::pipeline::adapters::target_params(&model),
     );
     let mut config = resolve::generation_defaults(config, &model, e.bundled);
+    let in_use = crate::tui::app::ModelInUse {
+        name: model.name(),
+        path: e.model.clone(),
+        family: Some(model.index.family.facts().name),
+        start_family: Some(model.index.family.facts().name),
+        loading: false,
+    };
     drop(model);
+    let models = model_picker(a, &config, &e.model);
     config.lora_folders = e.lora_dirs.clone();
     config.generation.lora_method = e.lora_method;
     let rt = Runtime::get(e.ort_lib.as_deref(), e.session.device.is_gpu()).failed()?;
@@ -56,20 +64,51 @@ pub fn run(a: &TuiArgs, ort_lib: Option<&Path>) -> Result<(), CliError> {
     let runner = FollowMethod {
         inner: SavingRunner::new(inner, out_dir),
         method: method.clone(),
+        model: Some(models.sink.clone()),
     };
     let (engine, events) = crate::engine::Engine::spawn(runner);
     let keep = engine.clone();
     let mut opts = crate::tui::TuiOptions::new(config, dirs, Some(widths));
     opts.lora_method = Some(method);
+    opts.models = Some(models);
+    opts.model = in_use;
     let result = crate::tui::run(opts, engine, events);
     keep.shutdown_and_wait();
     result.failed()
 }
 
-/// The workstation's runner: takes the LoRA method the Settings toggle last submitted with.
+/// Where the model picker looks: `model_folders` from the config, the checkpoint folders of
+/// `--models-root`, and the start model with the other checkpoints beside it.
+fn model_picker(a: &TuiArgs, config: &crate::config::Config, start: &Path) -> crate::tui::Models {
+    let mut folders = config.model_folders.clone();
+    if let Some(root) = a.engine.weights.models_root.as_deref() {
+        if let Ok(r) = crate::model::models_root::ModelsRoot::new(root) {
+            folders.extend(r.checkpoint_dirs());
+        }
+    }
+    let mut extra = vec![start.to_path_buf()];
+    // Only a checkpoint's neighbours: the folder around a model folder may be anything.
+    if let (true, Some(dir)) = (start.is_file(), start.parent()) {
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            extra.extend(rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| {
+                p.extension()
+                    .is_some_and(|x| x.eq_ignore_ascii_case("safetensors"))
+            }));
+        }
+    }
+    crate::tui::Models {
+        folders,
+        extra,
+        ..crate::tui::Models::default()
+    }
+}
+
+/// The workstation's runner: takes the LoRA method the Settings toggle last submitted with and
+/// the model the picker last chose.
 pub struct FollowMethod {
     pub inner: SavingRunner<LazyGenerator>,
     pub method: MethodSink,
+    pub model: Option<crate::tui::ModelSink>,
 }
 
 impl FollowMethod {
@@ -82,6 +121,13 @@ impl Runner for FollowMethod {
     fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome {
         let method = self.method();
         self.inner.inner.set_lora_method(method);
+        let picked = self
+            .model
+            .as_ref()
+            .and_then(|s| s.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(choice) = picked {
+            self.inner.inner.set_model(choice.path, choice.keep_vae);
+        }
         self.inner.run(job, out)
     }
 

@@ -95,11 +95,14 @@ pub struct LazyGenerator {
     runtime: &'static Runtime,
     dials: Dials,
     generator: Option<Generator>,
+    /// The `--vae` given at start: it follows model switches within its family only.
+    start_vae: Option<std::path::PathBuf>,
 }
 
 impl LazyGenerator {
     pub fn new(spec: EngineSpec, runtime: &'static Runtime) -> Self {
         LazyGenerator {
+            start_vae: spec.session.vae.clone(),
             spec,
             runtime,
             dials: Dials::default(),
@@ -110,6 +113,21 @@ impl LazyGenerator {
     /// What the model is (or will be) loaded with.
     pub fn spec(&self) -> &EngineSpec {
         &self.spec
+    }
+
+    /// The model of the next jobs (the workstation's model picker): the loaded one is dropped
+    /// first, so two models never sit in memory together. `keep_vae: false` drops a `--vae`.
+    pub fn set_model(&mut self, model: std::path::PathBuf, keep_vae: bool) {
+        if model == self.spec.model {
+            return;
+        }
+        self.spec.model = model;
+        self.spec.session.vae = if keep_vae {
+            self.start_vae.clone()
+        } else {
+            None
+        };
+        self.generator = None;
     }
 
     /// The LoRA method of the next job (the workstation's Settings toggle changes it between jobs).

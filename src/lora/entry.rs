@@ -138,6 +138,10 @@ impl From<Vec<LoraEntry>> for Listing {
 /// A source of adapters for the browser. `scan` may touch the disk; call it outside of drawing.
 pub trait LoraSource: Send {
     fn scan(&self) -> Listing;
+    /// [`scan`](LoraSource::scan) checked against another model's widths (after a model switch).
+    fn scan_for(&self, _model: Option<&ModelWidths>) -> Listing {
+        self.scan()
+    }
 }
 
 /// A fixed list, for tests and for front ends that already know their adapters.
@@ -156,11 +160,16 @@ pub struct FolderSource {
 
 impl LoraSource for FolderSource {
     fn scan(&self) -> Listing {
+        self.scan_for(None)
+    }
+
+    fn scan_for(&self, model: Option<&ModelWidths>) -> Listing {
+        let model = model.or(self.model.as_ref());
         let catalog = Catalog::scan(&self.dirs);
         let mut entries: Vec<LoraEntry> = catalog
             .adapters
             .iter()
-            .map(|f| LoraEntry::read(f, self.model.as_ref()))
+            .map(|f| LoraEntry::read(f, model))
             .collect();
         entries.sort_by_key(|e| e.name.to_lowercase());
         Listing {

@@ -339,6 +339,19 @@ impl Checkpoint {
         self.meta.info(key).map(|i| i.dtype)
     }
 
+    /// The dtype holding most of the file's bytes (what a download calls "fp16" or "fp32").
+    pub fn dominant_dtype(&self) -> Option<Dtype> {
+        let mut bytes: Vec<(Dtype, usize)> = Vec::new();
+        for (_, info) in self.meta.tensors() {
+            let n = info.data_offsets.1 - info.data_offsets.0;
+            match bytes.iter_mut().find(|(d, _)| *d == info.dtype) {
+                Some((_, b)) => *b += n,
+                None => bytes.push((info.dtype, n)),
+            }
+        }
+        bytes.into_iter().max_by_key(|(_, b)| *b).map(|(d, _)| d)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

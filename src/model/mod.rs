@@ -15,6 +15,7 @@ pub mod hash;
 pub mod index;
 pub mod layout;
 pub mod ldm;
+pub mod listing;
 pub mod models_root;
 #[allow(clippy::all)]
 pub mod onnx_proto;

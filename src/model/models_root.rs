@@ -45,6 +45,11 @@ impl ModelsRoot {
             .collect()
     }
 
+    /// The checkpoint folders of the install that exist.
+    pub fn checkpoint_dirs(&self) -> Vec<PathBuf> {
+        self.existing(&CHECKPOINTS)
+    }
+
     /// The LoRA folders of the install that exist.
     pub fn lora_dirs(&self) -> Vec<PathBuf> {
         self.existing(&LORAS)

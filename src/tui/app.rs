@@ -5,6 +5,7 @@
 use crate::config::Config;
 use crate::job::{Event, Job, JobId, RgbImage};
 use crate::lora::entry::Listing;
+use crate::model::listing::ModelListing;
 use crate::tui::components::gallery::{Gallery, GalleryItem};
 use crate::tui::components::lora_browser::LoraBrowser;
 use crate::tui::components::preview::Preview;
@@ -17,6 +18,7 @@ use crate::tui::keymap::{Action, Context, Keymap};
 use crate::tui::overlays::confirm::Confirm;
 use crate::tui::overlays::error::ErrorPopup;
 use crate::tui::overlays::help::Help;
+use crate::tui::overlays::models::ModelPicker;
 use crate::tui::overlays::palette::Palette;
 use crate::tui::overlays::Overlay;
 use crate::tui::theme::Theme;
@@ -50,6 +52,8 @@ pub enum Input {
         job: Job,
     },
     Catalog(Listing),
+    /// The model folders, scanned after [`Effect::ScanModels`]: opens the model picker.
+    Models(ModelListing),
     /// A LoRA's sidecar picture, loaded after [`Effect::LoadPreview`].
     LoraPreview {
         path: std::path::PathBuf,
@@ -75,6 +79,30 @@ pub enum Effect {
     LoadPreview(std::path::PathBuf),
     /// Persist a prompt to the history file.
     SaveHistory(String),
+    /// Scan the model folders for the model picker.
+    ScanModels,
+    /// Use this model from the next job on (the engine loads it then).
+    SwitchModel(ModelChoice),
+}
+
+/// A model the user picked: where it is, and whether the `--vae` given at start still applies
+/// (only while the family stays the same).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelChoice {
+    pub path: std::path::PathBuf,
+    pub keep_vae: bool,
+}
+
+/// The model jobs run on, as the header shows it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelInUse {
+    pub name: String,
+    pub path: std::path::PathBuf,
+    pub family: Option<&'static str>,
+    /// The family of the model the workstation started with (a `--vae` belongs to it).
+    pub start_family: Option<&'static str>,
+    /// Picked, not yet loaded: set until the engine starts a job on it.
+    pub loading: bool,
 }
 
 /// A one-line message in the status bar until the next key.
@@ -110,6 +138,10 @@ pub struct App {
     pub history_size: usize,
     /// Where a submitted job's LoRA method (the Settings toggle) reaches the engine.
     pub method_sink: Option<crate::tui::MethodSink>,
+    /// The model in use; empty when the front end does not know it (tests).
+    pub model: ModelInUse,
+    /// The widths adapters are checked against after a model switch (`None`: the start model's).
+    pub model_widths: Option<crate::lora::family::ModelWidths>,
     names: Vec<String>,
     rng: u64,
     last_seed: Option<u64>,
@@ -147,6 +179,8 @@ impl App {
             dirty: true,
             history_size: config.history_size,
             method_sink: None,
+            model: ModelInUse::default(),
+            model_widths: None,
             names: Vec::new(),
             rng: seed | 1,
             last_seed: None,
@@ -250,6 +284,13 @@ impl App {
                 self.names = self.loras.names();
                 Vec::new()
             }
+            Input::Models(listing) => {
+                self.dirty = true;
+                let current = self.model.path.clone();
+                self.overlays
+                    .push(Overlay::Models(ModelPicker::new(listing, current)));
+                Vec::new()
+            }
             Input::Resize => {
                 self.dirty = true;
                 Vec::new()
@@ -259,6 +300,9 @@ impl App {
 
     fn on_engine(&mut self, ev: Event) {
         self.queue.on_event(&ev);
+        if matches!(ev, Event::Started { .. } | Event::Failed { .. }) {
+            self.model.loading = false;
+        }
         match ev {
             Event::Image {
                 id,
@@ -403,6 +447,29 @@ impl App {
                     self.overlays.pop();
                 }
             }
+            Overlay::Models(m) => match key.code {
+                KeyCode::Esc => {
+                    self.overlays.pop();
+                }
+                KeyCode::Up => m.select(-1),
+                KeyCode::Down => m.select(1),
+                KeyCode::Backspace => m.edit_filter(None),
+                KeyCode::Enter => {
+                    let Some(e) = m.current_entry().cloned() else {
+                        return Vec::new();
+                    };
+                    if let Some(why) = &e.problem {
+                        self.error(format!("{}: {why}", e.name));
+                        return Vec::new();
+                    }
+                    self.overlays.pop();
+                    return self.switch_model(e);
+                }
+                KeyCode::Char(c) if !key.modifiers.contains(KeyModifiers::CONTROL) => {
+                    m.edit_filter(Some(c))
+                }
+                _ => {}
+            },
         }
         if let Some(Overlay::Palette(p)) = self.overlays.last_mut() {
             let n = p.entries(&self.keymap, ctx).len();
@@ -482,6 +549,7 @@ impl App {
                     return vec![Effect::Quit];
                 }
             }
+            (_, A::PickModel) => return vec![Effect::ScanModels],
             (_, A::Suspend) => return vec![Effect::Suspend],
             (_, A::Redraw) => return vec![Effect::Redraw],
             (Context::Prompt, A::StrengthUp | A::StrengthDown) => {
@@ -533,6 +601,46 @@ impl App {
             _ => {}
         }
         Vec::new()
+    }
+
+    /// Makes `e` the model of the next jobs: the header names it, adapters are checked against its
+    /// widths (a rescan), and the engine loads it with the next job. The prompt stays.
+    fn switch_model(&mut self, e: crate::model::listing::ModelEntry) -> Vec<Effect> {
+        let same = |a: &std::path::Path, b: &std::path::Path| {
+            a.canonicalize()
+                .ok()
+                .zip(b.canonicalize().ok())
+                .is_some_and(|(a, b)| a == b)
+        };
+        if same(&e.path, &self.model.path) {
+            self.info(format!("{} is already the model", e.name));
+            return Vec::new();
+        }
+        let keep_vae = e.family.is_some() && e.family == self.model.start_family;
+        let mut note = format!(
+            "model {} ({}): loads with the next job",
+            e.name,
+            e.family.unwrap_or("?")
+        );
+        if e.family != self.model.family {
+            note.push_str("; adapters rechecked for it, image size unchanged (F4)");
+        }
+        self.info(note);
+        self.model = ModelInUse {
+            name: e.name.clone(),
+            path: e.path.clone(),
+            family: e.family,
+            start_family: self.model.start_family,
+            loading: true,
+        };
+        self.model_widths = e.widths;
+        vec![
+            Effect::SwitchModel(ModelChoice {
+                path: e.path,
+                keep_vae,
+            }),
+            Effect::RescanLoras,
+        ]
     }
 
     fn next_seed(&mut self) -> u64 {

@@ -29,6 +29,8 @@ pub struct Services<'a> {
     pub catalog: &'a dyn LoraSource,
     /// Prompt history, one JSON string per line; `None` keeps history in memory only.
     pub history_file: Option<PathBuf>,
+    /// The model picker's folders and the engine's model sink; `None`: no picker.
+    pub models: Option<&'a crate::tui::Models>,
 }
 
 /// Floods of step events are folded into one frame per interval.
@@ -68,8 +70,20 @@ pub fn perform(
                 app.dirty = true;
             }
             Effect::RescanLoras => {
-                let entries = svc.catalog.scan();
+                let entries = svc.catalog.scan_for(app.model_widths.as_ref());
                 app.update(Input::Catalog(entries));
+            }
+            Effect::ScanModels => match svc.models {
+                Some(m) => {
+                    app.update(Input::Models(m.scan()));
+                }
+                None => tracing::info!("no model picker in this front end"),
+            },
+            Effect::SwitchModel(choice) => {
+                if let Some(m) = svc.models {
+                    tracing::info!(model = %choice.path.display(), "model picked");
+                    *m.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(choice);
+                }
             }
             Effect::LoadPreview(path) => match load_picture(&path) {
                 Ok(image) => {

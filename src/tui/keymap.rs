@@ -89,6 +89,7 @@ actions! {
     NextComponent => "next_component", PrevComponent => "prev_component", PrevTag => "prev_tag",
     NextTag => "next_tag", MakeConstant => "make_constant",
     Increase => "increase", Decrease => "decrease", Toggle => "toggle", RandomSeed => "random_seed",
+    PickModel => "pick_model",
 }
 
 /// A key with its modifiers, written `C-g`, `M-z`, `S-Up`, `F5`, `Enter`, `?`.
@@ -277,6 +278,13 @@ const DEFAULTS: &[(Context, &str, Action, &str, &str)] = {
             "schedule",
         ),
         (Global, "F4 M-4", ViewSettings, "settings", "settings"),
+        (
+            Global,
+            "F9 M-m",
+            PickModel,
+            "choose the model (checkpoints and model folders)",
+            "model",
+        ),
         (Global, "Esc", Back, "close / back to the generate view", ""),
         (
             Global,

@@ -33,6 +33,25 @@ pub enum TuiError {
 /// The LoRA method the engine uses for the next job, set from the Settings toggle at each submit.
 pub type MethodSink = std::sync::Arc<std::sync::Mutex<crate::live::LoraMethod>>;
 
+/// The model the engine loads for the next job, set by the model picker (`None`: unchanged).
+pub type ModelSink = std::sync::Arc<std::sync::Mutex<Option<app::ModelChoice>>>;
+
+/// Where the model picker looks and where its choice goes.
+#[derive(Default)]
+pub struct Models {
+    pub folders: Vec<std::path::PathBuf>,
+    /// Listed even outside the folders (the start model and its neighbours).
+    pub extra: Vec<std::path::PathBuf>,
+    pub cache: crate::model::listing::ScanCache,
+    pub sink: ModelSink,
+}
+
+impl Models {
+    pub fn scan(&self) -> crate::model::listing::ModelListing {
+        crate::model::listing::scan(&self.folders, &self.extra, &self.cache)
+    }
+}
+
 /// What the TUI needs besides the engine.
 pub struct TuiOptions {
     pub config: Config,
@@ -40,6 +59,10 @@ pub struct TuiOptions {
     pub catalog: Box<dyn LoraSource>,
     /// Shared with the runner, which reads it before each job.
     pub lora_method: Option<MethodSink>,
+    /// The model picker; `None` hides it.
+    pub models: Option<Models>,
+    /// The model the workstation starts with, for the header.
+    pub model: app::ModelInUse,
 }
 
 impl TuiOptions {
@@ -58,6 +81,8 @@ impl TuiOptions {
             dirs,
             catalog,
             lora_method: None,
+            models: None,
+            model: app::ModelInUse::default(),
         }
     }
 }
@@ -106,12 +131,14 @@ pub fn run(
         .map_or(1, |d| d.as_nanos() as u64);
     let mut app = app::App::new(&opts.config, theme, keymap, picker, seed);
     app.method_sink = opts.lora_method.clone();
+    app.model = opts.model.clone();
     app.prompt.set_history(history);
     app.update(app::Input::Catalog(opts.catalog.scan()));
     let svc = event_loop::Services {
         engine: &engine,
         catalog: opts.catalog.as_ref(),
         history_file: Some(history_file),
+        models: opts.models.as_ref(),
     };
     let result = runtime.block_on(async {
         use futures_util::StreamExt;

@@ -81,6 +81,7 @@ pub fn draw(frame: &mut Frame, app: &mut App) {
             Overlay::Palette(p) => p.render(area, buf, &app.theme, &app.keymap, ctx),
             Overlay::Confirm(c) => c.render(area, buf, &app.theme),
             Overlay::Error(e) => e.render(area, buf, &app.theme),
+            Overlay::Models(m) => m.render(area, buf, &app.theme),
         }
     }
     if let (Some(pos), true) = (cursor, app.overlays.is_empty()) {
@@ -124,6 +125,12 @@ fn draw_header(app: &App, area: Rect, buf: &mut ratatui::buffer::Buffer) {
         }
         None if app.queue.active() > 0 => format!("{} queued ", app.queue.active()),
         None => "idle ".into(),
+    };
+    // The model in use leads the engine's state; a picked one not yet loaded says so.
+    let engine = match (&app.model.name, app.model.loading) {
+        (n, _) if n.is_empty() => engine,
+        (n, true) => format!("{n} (loads with the next job) · {engine}"),
+        (n, false) => format!("{n} · {engine}"),
     };
     let left: usize = spans.iter().map(|s| s.width()).sum();
     let pad = usize::from(area.width).saturating_sub(left + engine.chars().count());

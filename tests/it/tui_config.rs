@@ -172,6 +172,7 @@ fn the_settings_toggle_sets_the_method_of_the_next_job() {
         engine: &engine,
         catalog: &cat as &dyn LoraSource,
         history_file: None,
+        models: None,
     };
     let job = app.build_job().unwrap();
     let mut screen = TestScreen::new(80, 24);

@@ -20,6 +20,7 @@ fn run_effects(app: &mut App, effects: Vec<Effect>, engine: &EngineHandle) -> bo
         engine,
         catalog: &cat as &dyn LoraSource,
         history_file: None,
+        models: None,
     };
     let mut screen = TestScreen::new(80, 24);
     perform(app, effects, &svc, &mut screen).expect("perform")
@@ -275,6 +276,7 @@ fn event_loop_end_to_end() {
         engine: &engine,
         catalog: &cat as &dyn LoraSource,
         history_file: Some(history.clone()),
+        models: None,
     };
     let mut screen = TestScreen::new(80, 24);
     let (tx, mut input) = tokio::sync::mpsc::unbounded_channel();
@@ -355,6 +357,7 @@ fn lora_browser_shows_the_sidecar_picture() {
         engine: &engine,
         catalog: &cat,
         history_file: None,
+        models: None,
     };
     let mut screen = TestScreen::new(100, 30);
     perform(&mut app, effects, &svc, &mut screen).unwrap();

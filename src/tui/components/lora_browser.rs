@@ -69,10 +69,7 @@ impl LoraBrowser {
     }
 
     pub fn select(&mut self, delta: isize) {
-        let n = self.visible().len() as isize;
-        if n > 0 {
-            self.selected = (self.selected as isize + delta).rem_euclid(n) as usize;
-        }
+        self.selected = super::wrap_select(self.selected, delta, self.visible().len());
     }
 
     pub fn type_char(&mut self, c: char) {

@@ -9,3 +9,11 @@ pub mod prompt;
 pub mod queue;
 pub mod schedule;
 pub mod settings;
+
+/// A list selection moved by `delta` among `n` entries, wrapping at both ends (unchanged if empty).
+pub fn wrap_select(selected: usize, delta: isize, n: usize) -> usize {
+    if n == 0 {
+        return selected;
+    }
+    (selected as isize + delta).rem_euclid(n as isize) as usize
+}

@@ -1,9 +1,10 @@
-//! Layers drawn over the screen (help, palette, confirm, error). The top one gets keys first;
+//! Layers drawn over the screen (help, palette, confirm, error, the model picker). The top one gets keys first;
 //! Esc closes it. Each file holds one overlay's state and drawing.
 
 pub mod confirm;
 pub mod error;
 pub mod help;
+pub mod models;
 pub mod palette;
 
 use ratatui::layout::Rect;
@@ -15,6 +16,7 @@ pub enum Overlay {
     Palette(palette::Palette),
     Confirm(confirm::Confirm),
     Error(error::ErrorPopup),
+    Models(models::ModelPicker),
 }
 
 /// A centred rectangle of at most `w`×`h` inside `area`.
