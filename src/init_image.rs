@@ -100,6 +100,18 @@ pub fn check_denoise(denoise: f64) -> Result<f64, DenoiseError> {
 }
 
 impl InitImage {
+    /// Image-to-image from `image` at `denoise`: just resize, diffusers' step count, no mask.
+    pub fn new(image: FileRef, denoise: f64) -> InitImage {
+        InitImage {
+            image,
+            denoise,
+            resize_mode: ResizeMode::default(),
+            step_count: StepCount::default(),
+            mask: None,
+            mask_blur: 0,
+        }
+    }
+
     /// The index of the first of `steps` schedule steps that runs.
     pub fn first_step(&self, steps: u32) -> Result<usize, DenoiseError> {
         let denoise = check_denoise(self.denoise)?;

@@ -3,7 +3,7 @@
 //! them by path and sha256) and [`load`] (resized to the job's size, the mask blurred and made
 //! binary as diffusers' mask processor does).
 
-use crate::init_image::{check_denoise, DenoiseError, FileRef, InitImage, ResizeMode, StepCount};
+use crate::init_image::{check_denoise, DenoiseError, FileRef, InitImage, ResizeMode};
 use crate::job::RgbImage;
 use image::imageops::FilterType;
 use image::{DynamicImage, GrayImage, ImageReader, Limits};
@@ -129,14 +129,9 @@ pub fn pin(path: &Path, denoise: f64, mask: Option<&Path>) -> Result<InitImage, 
             sha256: read_picture(p)?.sha256,
         })
     };
-    Ok(InitImage {
-        image: pin(path)?,
-        denoise,
-        resize_mode: ResizeMode::default(),
-        step_count: StepCount::default(),
-        mask: mask.map(pin).transpose()?,
-        mask_blur: 0,
-    })
+    let mut init = InitImage::new(pin(path)?, denoise);
+    init.mask = mask.map(pin).transpose()?;
+    Ok(init)
 }
 
 /// The picture and mask of `init` at `width`×`height`, checked against the hashes the job holds.

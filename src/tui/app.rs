@@ -52,6 +52,12 @@ pub enum Input {
         job: Job,
     },
     Catalog(Listing),
+    /// A gallery picture written to the inputs folder after [`Effect::PinInit`]: jobs start from it.
+    InitPinned {
+        file: crate::init_image::FileRef,
+        caption: String,
+        image: RgbImage,
+    },
     /// The model folders, scanned after [`Effect::ScanModels`]: opens the model picker.
     Models(ModelListing),
     /// A LoRA's sidecar picture, loaded after [`Effect::LoadPreview`].
@@ -81,6 +87,12 @@ pub enum Effect {
     SaveHistory(String),
     /// Scan the model folders for the model picker.
     ScanModels,
+    /// Write a picture into `dir` as a PNG and pin it by hash, to start jobs from it.
+    PinInit {
+        image: RgbImage,
+        caption: String,
+        dir: std::path::PathBuf,
+    },
     /// Use this model from the next job on (the engine loads it then).
     SwitchModel(ModelChoice),
 }
@@ -140,6 +152,8 @@ pub struct App {
     pub method_sink: Option<crate::tui::MethodSink>,
     /// The model in use; empty when the front end does not know it (tests).
     pub model: ModelInUse,
+    /// Where pictures sent to img2img are written (`None`: sending is refused).
+    pub inputs_dir: Option<std::path::PathBuf>,
     /// The widths adapters are checked against after a model switch (`None`: the start model's).
     pub model_widths: Option<crate::lora::family::ModelWidths>,
     names: Vec<String>,
@@ -181,6 +195,7 @@ impl App {
             method_sink: None,
             model: ModelInUse::default(),
             model_widths: None,
+            inputs_dir: None,
             names: Vec::new(),
             rng: seed | 1,
             last_seed: None,
@@ -282,6 +297,20 @@ impl App {
                 self.dirty = true;
                 self.loras.set_listing(listing);
                 self.names = self.loras.names();
+                Vec::new()
+            }
+            Input::InitPinned {
+                file,
+                caption,
+                image,
+            } => {
+                self.dirty = true;
+                self.preview.show(image, format!("init image {caption}"));
+                self.info(format!(
+                    "img2img from {caption} at denoise {:.2} (F4: denoise, resize mode; Enter on \"init image\" drops it)",
+                    self.settings.denoise
+                ));
+                self.settings.init = Some((file, caption));
                 Vec::new()
             }
             Input::Models(listing) => {
@@ -577,6 +606,7 @@ impl App {
                 }
             }
             (Context::Gallery, A::SendToPrompt) => self.send_to_prompt(),
+            (Context::Gallery, A::SendToImg2img) => return self.send_to_img2img(),
             (Context::Loras, A::SelectPrev) => self.loras.select(-1),
             (Context::Loras, A::SelectNext) => self.loras.select(1),
             (Context::Loras, A::Insert) => self.insert_lora(),
@@ -674,6 +704,15 @@ impl App {
             SeedMode::Random => self.next_seed(),
         };
         let s = &self.settings;
+        let init = match &s.init {
+            Some((file, _)) => {
+                let mut init = crate::init_image::InitImage::new(file.clone(), s.denoise);
+                init.resize_mode = s.resize_mode;
+                init.first_step(s.steps).map_err(|e| e.to_string())?;
+                Some(init)
+            }
+            None => None,
+        };
         Ok(Job {
             prompt: self.prompt.text().to_string(),
             negative: self.negative.text().to_string(),
@@ -685,7 +724,7 @@ impl App {
             height: s.height,
             seed,
             batch: s.batch,
-            init: None,
+            init,
         })
     }
 
@@ -702,6 +741,23 @@ impl App {
                 Vec::new()
             }
         }
+    }
+
+    /// Asks for the selected gallery picture to be written and pinned; jobs then start from it.
+    fn send_to_img2img(&mut self) -> Vec<Effect> {
+        let Some(it) = self.gallery.selected() else {
+            self.error("no picture in the gallery yet");
+            return Vec::new();
+        };
+        let Some(dir) = self.inputs_dir.clone() else {
+            self.error("no folder for input pictures in this front end");
+            return Vec::new();
+        };
+        vec![Effect::PinInit {
+            image: it.image.clone(),
+            caption: format!("#{}.{} seed {}", it.job_id, it.index + 1, it.seed),
+            dir,
+        }]
     }
 
     fn send_to_prompt(&mut self) {

@@ -73,6 +73,28 @@ pub fn perform(
                 let entries = svc.catalog.scan_for(app.model_widths.as_ref());
                 app.update(Input::Catalog(entries));
             }
+            Effect::PinInit {
+                image,
+                caption,
+                dir,
+            } => match pin_picture(&image, &dir) {
+                Ok(file) => {
+                    app.update(Input::InitPinned {
+                        file,
+                        caption,
+                        image,
+                    });
+                }
+                Err(e) => {
+                    app.dirty = true;
+                    app.overlays.push(crate::tui::overlays::Overlay::Error(
+                        crate::tui::overlays::error::ErrorPopup {
+                            title: "img2img".into(),
+                            message: format!("cannot keep the picture in {}: {e}", dir.display()),
+                        },
+                    ));
+                }
+            },
             Effect::ScanModels => match svc.models {
                 Some(m) => {
                     app.update(Input::Models(m.scan()));
@@ -101,6 +123,28 @@ pub fn perform(
         }
     }
     Ok(true)
+}
+
+/// Writes `image` as `<dir>/<sha256 of the pixels, 16 digits>.png` (once per picture) and pins it
+/// by the file's hash, as `--init-image` would.
+fn pin_picture(
+    image: &crate::job::RgbImage,
+    dir: &std::path::Path,
+) -> Result<crate::init_image::FileRef, String> {
+    use sha2::Digest;
+    let digest = crate::image::init::hex(&sha2::Sha256::digest(&image.pixels));
+    let path = dir.join(format!("{}.png", &digest[..16]));
+    if !path.is_file() {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let tmp = path.with_extension("png.part");
+        image::RgbImage::from_raw(image.width, image.height, image.pixels.clone())
+            .ok_or("the picture's size does not match its pixels")?
+            .save_with_format(&tmp, image::ImageFormat::Png)
+            .map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, &path).map_err(|e| e.to_string())?;
+    }
+    let init = crate::image::init::pin(&path, 0.75, None).map_err(|e| e.to_string())?;
+    Ok(init.image)
 }
 
 /// A picture file, shrunk to at most 512 px a side (the pane is smaller than that anyway).

@@ -89,7 +89,7 @@ actions! {
     NextComponent => "next_component", PrevComponent => "prev_component", PrevTag => "prev_tag",
     NextTag => "next_tag", MakeConstant => "make_constant",
     Increase => "increase", Decrease => "decrease", Toggle => "toggle", RandomSeed => "random_seed",
-    PickModel => "pick_model",
+    PickModel => "pick_model", SendToImg2img => "send_to_img2img",
 }
 
 /// A key with its modifiers, written `C-g`, `M-z`, `S-Up`, `F5`, `Enter`, `?`.
@@ -404,6 +404,13 @@ const DEFAULTS: &[(Context, &str, Action, &str, &str)] = {
         (Gallery, "Up k", SelectPrev, "previous image", ""),
         (Gallery, "Down j", SelectNext, "next image", ""),
         (Gallery, "Enter", Show, "show in the preview", "show"),
+        (
+            Gallery,
+            "i",
+            SendToImg2img,
+            "start the next jobs from this picture (img2img)",
+            "img2img",
+        ),
         (
             Gallery,
             "p",

@@ -132,6 +132,7 @@ pub fn run(
     let mut app = app::App::new(&opts.config, theme, keymap, picker, seed);
     app.method_sink = opts.lora_method.clone();
     app.model = opts.model.clone();
+    app.inputs_dir = Some(opts.dirs.data.join("inputs"));
     app.prompt.set_history(history);
     app.update(app::Input::Catalog(opts.catalog.scan()));
     let svc = event_loop::Services {

@@ -24,6 +24,7 @@ mod sdxl_adapters;
 mod single_file;
 mod tui_config;
 mod tui_flows;
+mod tui_img2img;
 mod tui_models;
 mod tui_screens;
 mod tui_smoke;

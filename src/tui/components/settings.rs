@@ -1,7 +1,9 @@
-//! Generation settings (sampler, steps, CFG, size, seed, batch, LoRA method, trigger words) as a
-//! list of fields changed with Left/Right/Enter; the values a submitted job is built from.
+//! Generation settings (sampler, steps, CFG, size, seed, batch, LoRA method, trigger words, the
+//! img2img picture with its denoise and resize mode) as a list of fields changed with
+//! Left/Right/Enter; the values a submitted job is built from.
 
 use crate::config::Config;
+use crate::init_image::{FileRef, ResizeMode};
 use crate::job::{parse_sampler, Sampler, Schedule};
 use crate::live::LoraMethod;
 use crate::tui::theme::Theme;
@@ -35,10 +37,14 @@ pub struct Settings {
     pub lora_method: LoraMethod,
     pub trigger_words: bool,
     pub lora_folders: Vec<PathBuf>,
+    /// The picture jobs start from (sent from the gallery), with its caption; `None`: text-to-image.
+    pub init: Option<(FileRef, String)>,
+    pub denoise: f64,
+    pub resize_mode: ResizeMode,
     pub selected: usize,
 }
 
-const FIELDS: [&str; 11] = [
+const FIELDS: [&str; 14] = [
     "sampler",
     "steps",
     "cfg",
@@ -50,6 +56,9 @@ const FIELDS: [&str; 11] = [
     "LoRA method",
     "trigger words",
     "LoRA folders",
+    "init image",
+    "denoise",
+    "resize mode",
 ];
 
 impl Settings {
@@ -77,8 +86,16 @@ impl Settings {
             lora_method: g.lora_method,
             trigger_words: g.trigger_words,
             lora_folders: c.lora_folders.clone(),
+            init: None,
+            denoise: 0.75,
+            resize_mode: ResizeMode::default(),
             selected: 0,
         }
+    }
+
+    /// The name of the selected field, as the Settings view shows it.
+    pub fn field_name(&self) -> &'static str {
+        FIELDS[self.selected.min(FIELDS.len() - 1)]
     }
 
     pub fn select(&mut self, delta: isize) {
@@ -128,6 +145,17 @@ impl Settings {
                 self.lora_method = ALL[(i + dir).rem_euclid(ALL.len() as i32) as usize];
             }
             9 => self.trigger_words = !self.trigger_words,
+            // A picture comes from the gallery (`i`); here it can only be dropped.
+            11 => self.init = None,
+            12 => {
+                self.denoise =
+                    ((self.denoise + 0.05 * f64::from(dir)).clamp(0.0, 1.0) * 20.0).round() / 20.0
+            }
+            13 => {
+                const ALL: [ResizeMode; 3] = [ResizeMode::Just, ResizeMode::Crop, ResizeMode::Fill];
+                let i = ALL.iter().position(|m| *m == self.resize_mode).unwrap_or(0) as i32;
+                self.resize_mode = ALL[(i + dir).rem_euclid(ALL.len() as i32) as usize];
+            }
             _ => {}
         }
     }
@@ -149,6 +177,12 @@ impl Settings {
                 "off"
             }
             .into(),
+            11 => match &self.init {
+                Some((_, caption)) => format!("{caption} (Enter drops it)"),
+                None => "none (send one from the gallery with i)".into(),
+            },
+            12 => format!("{:.2}", self.denoise),
+            13 => format!("{:?}", self.resize_mode).to_lowercase(),
             _ => {
                 if self.lora_folders.is_empty() {
                     "none (set lora_folders in config.toml)".into()
@@ -170,8 +204,12 @@ impl Settings {
             SeedMode::Fixed => self.seed.to_string(),
             SeedMode::Reuse => "reuse".into(),
         };
+        let img2img = match self.init {
+            Some(_) => format!("img2img {:.2} · ", self.denoise),
+            None => String::new(),
+        };
         let full = format!(
-            "{} · {} steps · cfg {:.1} · {}×{} · seed {} · batch {}",
+            "{img2img}{} · {} steps · cfg {:.1} · {}×{} · seed {} · batch {}",
             self.sampler, self.steps, self.cfg, self.width, self.height, seed, self.batch
         );
         if full.chars().count() <= width {
@@ -182,8 +220,13 @@ impl Settings {
         } else {
             String::new()
         };
+        // The img2img marker stays in every shortened form: it changes what a job does.
+        let short = match self.init {
+            Some(_) => format!("img2img {:.2}, ", self.denoise),
+            None => String::new(),
+        };
         let rest = format!(
-            "{} steps, cfg {}, {}×{}, seed {seed}{batch}",
+            "{short}{} steps, cfg {}, {}×{}, seed {seed}{batch}",
             self.steps,
             crate::tui::lang::fmt_num(self.cfg),
             self.width,
@@ -196,7 +239,7 @@ impl Settings {
             .find(|s| s.chars().count() <= width)
             .unwrap_or_else(|| {
                 let rest = format!(
-                    "{} steps, {}×{}, seed {seed}",
+                    "{short}{} steps, {}×{}, seed {seed}",
                     self.steps, self.width, self.height
                 );
                 if rest.chars().count() <= width {
