@@ -148,11 +148,11 @@ fn the_config_lora_method_and_the_flag_reach_the_engine_settings() {
 
 #[test]
 fn the_settings_toggle_sets_the_method_of_the_next_job() {
+    use crate::tui_support::services;
     use crate::tui_support::{app, catalog, press, type_text, ScriptedRunner};
     use crossterm::event::KeyCode;
     use stipple::live::LoraMethod;
-    use stipple::lora::entry::LoraSource;
-    use stipple::tui::event_loop::{perform, Services};
+    use stipple::tui::event_loop::perform;
     use stipple::tui::terminal::TestScreen;
     let mut app = app();
     let sink: stipple::tui::MethodSink = Default::default();
@@ -168,12 +168,7 @@ fn the_settings_toggle_sets_the_method_of_the_next_job() {
     assert_eq!(app.settings.lora_method, LoraMethod::Live);
     let (engine, _rx) = stipple::engine::Engine::spawn(ScriptedRunner::free());
     let cat = catalog();
-    let svc = Services {
-        engine: &engine,
-        catalog: &cat as &dyn LoraSource,
-        history_file: None,
-        models: None,
-    };
+    let svc = services(&engine, &cat, None);
     let job = app.build_job().unwrap();
     let mut screen = TestScreen::new(80, 24);
     perform(

@@ -5,9 +5,8 @@
 use crate::tui_support::*;
 use crossterm::event::{KeyCode, KeyModifiers};
 use stipple::init_image::ResizeMode;
-use stipple::lora::entry::LoraSource;
 use stipple::tui::app::{Effect, Focus};
-use stipple::tui::event_loop::{perform, Services};
+use stipple::tui::event_loop::perform;
 use stipple::tui::terminal::TestScreen;
 
 #[test]
@@ -16,12 +15,7 @@ fn i_in_the_gallery_starts_the_next_jobs_from_that_picture() {
     let (runner, _gate) = ScriptedRunner::gated();
     let (engine, _events) = stipple::engine::Engine::spawn(runner);
     let cat = catalog();
-    let svc = Services {
-        engine: &engine,
-        catalog: &cat as &dyn LoraSource,
-        history_file: None,
-        models: None,
-    };
+    let svc = services(&engine, &cat, None);
     let mut screen = TestScreen::new(100, 30);
     let mut app = busy_app();
     app.inputs_dir = Some(inputs.path().join("inputs"));

@@ -10,11 +10,11 @@ use stipple::cli::workstation::FollowMethod;
 use stipple::engine::runners::{LazyGenerator, SavingRunner};
 use stipple::engine::Engine;
 use stipple::job::Event;
-use stipple::lora::entry::{Compat, FolderSource, LoraSource};
+use stipple::lora::entry::{Compat, FolderSource};
 use stipple::model::listing::{ModelEntry, ModelListing};
 use stipple::pipeline::EngineSpec;
 use stipple::tui::app::{Effect, Input, ModelChoice, ModelInUse};
-use stipple::tui::event_loop::{perform, Services};
+use stipple::tui::event_loop::perform;
 use stipple::tui::overlays::Overlay;
 use stipple::tui::terminal::TestScreen;
 use stipple::tui::Models;
@@ -63,12 +63,7 @@ fn f9_lists_the_folder_and_enter_switches_the_model_for_the_next_job() {
     let (runner, _gate) = ScriptedRunner::gated();
     let (engine, _events) = Engine::spawn(runner);
     let cat = lora_source();
-    let svc = Services {
-        engine: &engine,
-        catalog: &cat as &dyn LoraSource,
-        history_file: None,
-        models: Some(&models),
-    };
+    let svc = services(&engine, &cat, Some(&models));
     let mut app = app();
     app.model = ModelInUse {
         name: "dreamy-sd15".into(),

@@ -173,6 +173,21 @@ pub fn app() -> App {
     app
 }
 
+/// What effects act on in a test: `engine`, the adapters of `cat`, no history file, and the model
+/// picker's folders when given.
+pub fn services<'a>(
+    engine: &'a stipple::engine::EngineHandle,
+    cat: &'a dyn stipple::lora::entry::LoraSource,
+    models: Option<&'a stipple::tui::Models>,
+) -> stipple::tui::event_loop::Services<'a> {
+    stipple::tui::event_loop::Services {
+        engine,
+        catalog: cat,
+        history_file: None,
+        models,
+    }
+}
+
 pub fn key(app: &mut App, code: KeyCode, mods: KeyModifiers) -> Vec<Effect> {
     app.update(Input::Key(KeyEvent::new(code, mods)))
 }
