@@ -18,6 +18,7 @@ use crate::tui::keymap::{Action, Context, Keymap};
 use crate::tui::overlays::confirm::Confirm;
 use crate::tui::overlays::error::ErrorPopup;
 use crate::tui::overlays::help::Help;
+use crate::tui::overlays::mask::MaskEditor;
 use crate::tui::overlays::models::ModelPicker;
 use crate::tui::overlays::palette::Palette;
 use crate::tui::overlays::Overlay;
@@ -58,6 +59,10 @@ pub enum Input {
         caption: String,
         image: RgbImage,
     },
+    /// A drawn mask written after [`Effect::PinMask`]: the next jobs inpaint.
+    MaskPinned {
+        file: crate::init_image::FileRef,
+    },
     /// The model folders, scanned after [`Effect::ScanModels`]: opens the model picker.
     Models(ModelListing),
     /// A LoRA's sidecar picture, loaded after [`Effect::LoadPreview`].
@@ -85,6 +90,11 @@ pub enum Effect {
     LoadPreview(std::path::PathBuf),
     /// Persist a prompt to the history file.
     SaveHistory(String),
+    /// Write a drawn mask into `dir` as a PNG and pin it (after the picture's [`Effect::PinInit`]).
+    PinMask {
+        image: RgbImage,
+        dir: std::path::PathBuf,
+    },
     /// Scan the model folders for the model picker.
     ScanModels,
     /// Write a picture into `dir` as a PNG and pin it by hash, to start jobs from it.
@@ -311,6 +321,17 @@ impl App {
                     self.settings.denoise
                 ));
                 self.settings.init = Some((file, caption));
+                // A mask belongs to the picture it was drawn on.
+                self.settings.mask = None;
+                Vec::new()
+            }
+            Input::MaskPinned { file } => {
+                self.dirty = true;
+                self.settings.mask = Some(file);
+                self.info(format!(
+                    "inpainting the masked part at denoise {:.2}, mask blur {} px (F4 to change)",
+                    self.settings.denoise, self.settings.mask_blur
+                ));
                 Vec::new()
             }
             Input::Models(listing) => {
@@ -476,6 +497,7 @@ impl App {
                     self.overlays.pop();
                 }
             }
+            Overlay::Mask(_) => return self.mask_key(key),
             Overlay::Models(m) => match key.code {
                 KeyCode::Esc => {
                     self.overlays.pop();
@@ -607,6 +629,15 @@ impl App {
             }
             (Context::Gallery, A::SendToPrompt) => self.send_to_prompt(),
             (Context::Gallery, A::SendToImg2img) => return self.send_to_img2img(),
+            (Context::Gallery, A::SendToInpaint) => {
+                if let Some(it) = self.gallery.selected() {
+                    let caption = format!("#{}.{} seed {}", it.job_id, it.index + 1, it.seed);
+                    self.overlays
+                        .push(Overlay::Mask(MaskEditor::new(it.image.clone(), caption)));
+                } else {
+                    self.error("no picture in the gallery yet");
+                }
+            }
             (Context::Loras, A::SelectPrev) => self.loras.select(-1),
             (Context::Loras, A::SelectNext) => self.loras.select(1),
             (Context::Loras, A::Insert) => self.insert_lora(),
@@ -708,6 +739,10 @@ impl App {
             Some((file, _)) => {
                 let mut init = crate::init_image::InitImage::new(file.clone(), s.denoise);
                 init.resize_mode = s.resize_mode;
+                if let Some(mask) = &s.mask {
+                    init.mask = Some(mask.clone());
+                    init.mask_blur = s.mask_blur;
+                }
                 init.first_step(s.steps).map_err(|e| e.to_string())?;
                 Some(init)
             }
@@ -741,6 +776,57 @@ impl App {
                 Vec::new()
             }
         }
+    }
+
+    /// Keys of the mask editor: drawing, then Enter pins the picture and its mask (inpainting).
+    fn mask_key(&mut self, key: KeyEvent) -> Vec<Effect> {
+        let Some(Overlay::Mask(m)) = self.overlays.last_mut() else {
+            return Vec::new();
+        };
+        let by = if key.modifiers.contains(KeyModifiers::SHIFT) {
+            4
+        } else {
+            1
+        };
+        match key.code {
+            KeyCode::Left => m.move_cursor(-by, 0),
+            KeyCode::Right => m.move_cursor(by, 0),
+            KeyCode::Up => m.move_cursor(0, -by),
+            KeyCode::Down => m.move_cursor(0, by),
+            KeyCode::Char(' ') => m.corner(),
+            KeyCode::Char('e') => m.toggle_shape(),
+            KeyCode::Char('a') => m.subtract = false,
+            KeyCode::Char('s') => m.subtract = true,
+            KeyCode::Char('v') => m.invert(),
+            KeyCode::Char('c') => m.clear(),
+            KeyCode::Esc if m.anchor.is_some() => m.anchor = None,
+            KeyCode::Esc => {
+                self.overlays.pop();
+            }
+            KeyCode::Enter => {
+                if m.is_empty() {
+                    self.error("the mask is empty: draw a shape first (Space at two corners)");
+                    return Vec::new();
+                }
+                let Some(dir) = self.inputs_dir.clone() else {
+                    self.error("no folder for input pictures in this front end");
+                    return Vec::new();
+                };
+                let mask = m.mask_image();
+                let (image, caption) = (m.image.clone(), m.caption.clone());
+                self.overlays.pop();
+                return vec![
+                    Effect::PinInit {
+                        image,
+                        caption,
+                        dir: dir.clone(),
+                    },
+                    Effect::PinMask { image: mask, dir },
+                ];
+            }
+            _ => {}
+        }
+        Vec::new()
     }
 
     /// Asks for the selected gallery picture to be written and pinned; jobs then start from it.

@@ -85,15 +85,21 @@ pub fn perform(
                         image,
                     });
                 }
-                Err(e) => {
-                    app.dirty = true;
-                    app.overlays.push(crate::tui::overlays::Overlay::Error(
-                        crate::tui::overlays::error::ErrorPopup {
-                            title: "img2img".into(),
-                            message: format!("cannot keep the picture in {}: {e}", dir.display()),
-                        },
-                    ));
+                Err(e) => popup(
+                    app,
+                    "img2img",
+                    format!("cannot keep the picture in {}: {e}", dir.display()),
+                ),
+            },
+            Effect::PinMask { image, dir } => match pin_picture(&image, &dir) {
+                Ok(file) => {
+                    app.update(Input::MaskPinned { file });
                 }
+                Err(e) => popup(
+                    app,
+                    "inpainting",
+                    format!("cannot keep the mask in {}: {e}", dir.display()),
+                ),
             },
             Effect::ScanModels => match svc.models {
                 Some(m) => {
@@ -123,6 +129,17 @@ pub fn perform(
         }
     }
     Ok(true)
+}
+
+/// A failure the user must acknowledge, over whatever is on screen.
+fn popup(app: &mut App, title: &str, message: String) {
+    app.dirty = true;
+    app.overlays.push(crate::tui::overlays::Overlay::Error(
+        crate::tui::overlays::error::ErrorPopup {
+            title: title.into(),
+            message,
+        },
+    ));
 }
 
 /// Writes `image` as `<dir>/<sha256 of the pixels, 16 digits>.png` (once per picture) and pins it

@@ -89,7 +89,7 @@ actions! {
     NextComponent => "next_component", PrevComponent => "prev_component", PrevTag => "prev_tag",
     NextTag => "next_tag", MakeConstant => "make_constant",
     Increase => "increase", Decrease => "decrease", Toggle => "toggle", RandomSeed => "random_seed",
-    PickModel => "pick_model", SendToImg2img => "send_to_img2img",
+    PickModel => "pick_model", SendToImg2img => "send_to_img2img", SendToInpaint => "send_to_inpaint",
 }
 
 /// A key with its modifiers, written `C-g`, `M-z`, `S-Up`, `F5`, `Enter`, `?`.
@@ -410,6 +410,13 @@ const DEFAULTS: &[(Context, &str, Action, &str, &str)] = {
             SendToImg2img,
             "start the next jobs from this picture (img2img)",
             "img2img",
+        ),
+        (
+            Gallery,
+            "m",
+            SendToInpaint,
+            "draw a mask over this picture and inpaint it",
+            "inpaint",
         ),
         (
             Gallery,

@@ -82,6 +82,7 @@ pub fn draw(frame: &mut Frame, app: &mut App) {
             Overlay::Confirm(c) => c.render(area, buf, &app.theme),
             Overlay::Error(e) => e.render(area, buf, &app.theme),
             Overlay::Models(m) => m.render(area, buf, &app.theme),
+            Overlay::Mask(m) => m.render(area, buf, &app.theme),
         }
     }
     if let (Some(pos), true) = (cursor, app.overlays.is_empty()) {

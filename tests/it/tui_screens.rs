@@ -238,6 +238,12 @@ fn every_view_and_overlay_draws_at_any_size() {
     press(&mut app, KeyCode::F(8));
     assert!(app.fullscreen);
     check(&mut app, "full-screen picture", "#1.1 seed 1001");
+    press(&mut app, KeyCode::Esc);
+    while app.focus != stipple::tui::app::Focus::Gallery {
+        press(&mut app, KeyCode::Tab);
+    }
+    press(&mut app, KeyCode::Char('m'));
+    check(&mut app, "mask editor", "Mask #1.1");
 }
 
 /// The inner area of the picture pane (the block whose title starts with `caption`) and the

@@ -41,10 +41,13 @@ pub struct Settings {
     pub init: Option<(FileRef, String)>,
     pub denoise: f64,
     pub resize_mode: ResizeMode,
+    /// The inpainting mask drawn over the init image; dropped with it.
+    pub mask: Option<FileRef>,
+    pub mask_blur: u32,
     pub selected: usize,
 }
 
-const FIELDS: [&str; 14] = [
+const FIELDS: [&str; 16] = [
     "sampler",
     "steps",
     "cfg",
@@ -59,6 +62,8 @@ const FIELDS: [&str; 14] = [
     "init image",
     "denoise",
     "resize mode",
+    "mask",
+    "mask blur",
 ];
 
 impl Settings {
@@ -89,6 +94,8 @@ impl Settings {
             init: None,
             denoise: 0.75,
             resize_mode: ResizeMode::default(),
+            mask: None,
+            mask_blur: 4,
             selected: 0,
         }
     }
@@ -146,7 +153,10 @@ impl Settings {
             }
             9 => self.trigger_words = !self.trigger_words,
             // A picture comes from the gallery (`i`); here it can only be dropped.
-            11 => self.init = None,
+            11 => {
+                self.init = None;
+                self.mask = None;
+            }
             12 => {
                 self.denoise =
                     ((self.denoise + 0.05 * f64::from(dir)).clamp(0.0, 1.0) * 20.0).round() / 20.0
@@ -156,6 +166,8 @@ impl Settings {
                 let i = ALL.iter().position(|m| *m == self.resize_mode).unwrap_or(0) as i32;
                 self.resize_mode = ALL[(i + dir).rem_euclid(ALL.len() as i32) as usize];
             }
+            14 => self.mask = None,
+            15 => self.mask_blur = step(self.mask_blur, 1, 0, 64),
             _ => {}
         }
     }
@@ -183,6 +195,11 @@ impl Settings {
             },
             12 => format!("{:.2}", self.denoise),
             13 => format!("{:?}", self.resize_mode).to_lowercase(),
+            14 => match self.mask {
+                Some(_) => "drawn: inpaint (Enter drops it)".into(),
+                None => "none (m in the gallery draws one)".into(),
+            },
+            15 => format!("{} px", self.mask_blur),
             _ => {
                 if self.lora_folders.is_empty() {
                     "none (set lora_folders in config.toml)".into()
@@ -205,6 +222,7 @@ impl Settings {
             SeedMode::Reuse => "reuse".into(),
         };
         let img2img = match self.init {
+            Some(_) if self.mask.is_some() => format!("inpaint {:.2} · ", self.denoise),
             Some(_) => format!("img2img {:.2} · ", self.denoise),
             None => String::new(),
         };
@@ -222,6 +240,7 @@ impl Settings {
         };
         // The img2img marker stays in every shortened form: it changes what a job does.
         let short = match self.init {
+            Some(_) if self.mask.is_some() => format!("inpaint {:.2}, ", self.denoise),
             Some(_) => format!("img2img {:.2}, ", self.denoise),
             None => String::new(),
         };

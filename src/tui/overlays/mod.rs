@@ -1,9 +1,10 @@
-//! Layers drawn over the screen (help, palette, confirm, error, the model picker). The top one gets keys first;
+//! Layers drawn over the screen (help, palette, confirm, error, the model picker, the mask editor). The top one gets keys first;
 //! Esc closes it. Each file holds one overlay's state and drawing.
 
 pub mod confirm;
 pub mod error;
 pub mod help;
+pub mod mask;
 pub mod models;
 pub mod palette;
 
@@ -17,6 +18,7 @@ pub enum Overlay {
     Confirm(confirm::Confirm),
     Error(error::ErrorPopup),
     Models(models::ModelPicker),
+    Mask(mask::MaskEditor),
 }
 
 /// A centred rectangle of at most `w`×`h` inside `area`.

@@ -1,0 +1,291 @@
+//! The inpainting mask editor (`m` on a gallery picture): the picture in half-blocks under a grid
+//! of mask dots, shapes (rectangles, ellipses) drawn with the keys between two corners, added or
+//! subtracted, inverted or cleared. [`MaskEditor::mask_image`] is the mask at the picture's size.
+
+use super::centered;
+use crate::job::RgbImage;
+use crate::tui::theme::Theme;
+use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
+use ratatui::style::{Color, Style};
+use ratatui::text::Line;
+use ratatui::widgets::{Block, Borders, Clear, Paragraph, Widget};
+
+/// Mask dots across the picture; a terminal cell shows two dots stacked (half-blocks).
+const DOTS_ACROSS: u32 = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Rectangle,
+    Ellipse,
+}
+
+#[derive(Debug, Clone)]
+pub struct MaskEditor {
+    pub image: RgbImage,
+    /// Which picture, for titles and messages.
+    pub caption: String,
+    /// Mask dots across and down.
+    pub size: (u32, u32),
+    /// Row-major; `true` repaints.
+    pub dots: Vec<bool>,
+    pub cursor: (u32, u32),
+    /// The first corner of the shape being drawn.
+    pub anchor: Option<(u32, u32)>,
+    pub shape: Shape,
+    /// Shapes take away from the mask instead of adding.
+    pub subtract: bool,
+}
+
+impl MaskEditor {
+    pub fn new(image: RgbImage, caption: String) -> MaskEditor {
+        let w = DOTS_ACROSS;
+        let h = ((f64::from(image.height) / f64::from(image.width.max(1)) * f64::from(w)).round()
+            as u32)
+            .clamp(8, 2 * DOTS_ACROSS);
+        MaskEditor {
+            image,
+            caption,
+            size: (w, h),
+            dots: vec![false; (w * h) as usize],
+            cursor: (w / 2, h / 2),
+            anchor: None,
+            shape: Shape::Rectangle,
+            subtract: false,
+        }
+    }
+
+    pub fn move_cursor(&mut self, dx: i32, dy: i32) {
+        let (w, h) = self.size;
+        self.cursor.0 = (self.cursor.0 as i32 + dx).clamp(0, w as i32 - 1) as u32;
+        self.cursor.1 = (self.cursor.1 as i32 + dy).clamp(0, h as i32 - 1) as u32;
+    }
+
+    /// The first press sets a corner; the second draws the shape between it and the cursor.
+    pub fn corner(&mut self) {
+        match self.anchor.take() {
+            None => self.anchor = Some(self.cursor),
+            Some(a) => {
+                let value = !self.subtract;
+                for y in 0..self.size.1 {
+                    for x in 0..self.size.0 {
+                        if self.inside(a, self.cursor, x, y) {
+                            self.dots[(y * self.size.0 + x) as usize] = value;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether dot (x, y) lies in the shape spanned by corners `a` and `b` (both included).
+    fn inside(&self, a: (u32, u32), b: (u32, u32), x: u32, y: u32) -> bool {
+        let (x0, x1) = (a.0.min(b.0), a.0.max(b.0));
+        let (y0, y1) = (a.1.min(b.1), a.1.max(b.1));
+        if x < x0 || x > x1 || y < y0 || y > y1 {
+            return false;
+        }
+        match self.shape {
+            Shape::Rectangle => true,
+            Shape::Ellipse => {
+                let (cx, cy) = (f64::from(x0 + x1) / 2.0, f64::from(y0 + y1) / 2.0);
+                let (rx, ry) = (
+                    f64::from(x1 - x0) / 2.0 + 0.5,
+                    f64::from(y1 - y0) / 2.0 + 0.5,
+                );
+                let (dx, dy) = ((f64::from(x) - cx) / rx, (f64::from(y) - cy) / ry);
+                dx * dx + dy * dy <= 1.0
+            }
+        }
+    }
+
+    pub fn toggle_shape(&mut self) {
+        self.shape = match self.shape {
+            Shape::Rectangle => Shape::Ellipse,
+            Shape::Ellipse => Shape::Rectangle,
+        };
+    }
+
+    pub fn invert(&mut self) {
+        self.dots.iter_mut().for_each(|d| *d = !*d);
+    }
+
+    pub fn clear(&mut self) {
+        self.dots.iter_mut().for_each(|d| *d = false);
+        self.anchor = None;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.dots.contains(&true)
+    }
+
+    /// The mask at the picture's size: white where a dot is set (nearest dot), black elsewhere.
+    pub fn mask_image(&self) -> RgbImage {
+        let (w, h) = (self.image.width, self.image.height);
+        let (gw, gh) = self.size;
+        let mut pixels = Vec::with_capacity((w * h * 3) as usize);
+        for y in 0..h {
+            let gy = (u64::from(y) * u64::from(gh) / u64::from(h.max(1))) as u32;
+            for x in 0..w {
+                let gx = (u64::from(x) * u64::from(gw) / u64::from(w.max(1))) as u32;
+                let v = if self.dots[(gy * gw + gx) as usize] {
+                    255
+                } else {
+                    0
+                };
+                pixels.extend_from_slice(&[v, v, v]);
+            }
+        }
+        RgbImage {
+            width: w,
+            height: h,
+            pixels,
+        }
+    }
+
+    /// The picture's colour at dot (x, y), tinted where the mask repaints or a shape is pending.
+    fn colour(&self, x: u32, y: u32) -> Color {
+        let (gw, gh) = self.size;
+        let px = ((f64::from(x) + 0.5) / f64::from(gw) * f64::from(self.image.width)) as u32;
+        let py = ((f64::from(y) + 0.5) / f64::from(gh) * f64::from(self.image.height)) as u32;
+        let i = ((py.min(self.image.height - 1) * self.image.width + px.min(self.image.width - 1))
+            * 3) as usize;
+        let p = self.image.pixels.get(i..i + 3).unwrap_or(&[0, 0, 0]);
+        let pending = self
+            .anchor
+            .is_some_and(|a| self.inside(a, self.cursor, x, y));
+        let masked = self.dots[(y * gw + x) as usize];
+        let (r, g, b) = (p[0], p[1], p[2]);
+        if pending {
+            Color::Rgb(r / 2 + 127, g / 2 + 127, b / 4)
+        } else if masked {
+            Color::Rgb(r / 2 + 127, g / 3, b / 3)
+        } else {
+            Color::Rgb(r, g, b)
+        }
+    }
+
+    pub fn render(&self, area: Rect, buf: &mut Buffer, theme: &Theme) {
+        let (gw, gh) = self.size;
+        let rows = gh.div_ceil(2);
+        let rect = centered(area, gw as u16 + 2, rows as u16 + 4);
+        Clear.render(rect, buf);
+        let mode = match (self.shape, self.subtract) {
+            (Shape::Rectangle, false) => "add rectangle",
+            (Shape::Rectangle, true) => "subtract rectangle",
+            (Shape::Ellipse, false) => "add ellipse",
+            (Shape::Ellipse, true) => "subtract ellipse",
+        };
+        let block = Block::default()
+            .borders(Borders::ALL)
+            .border_style(theme.get("ui.popup.border"))
+            .style(theme.get("ui.popup"))
+            .title(format!(" Mask {} · {mode} ", self.caption));
+        let inner = block.inner(rect);
+        block.render(rect, buf);
+        // A terminal smaller than the grid shows it scaled down, its ratio kept; the cursor's dot
+        // is shown where it falls.
+        let room = (
+            u32::from(inner.width),
+            2 * u32::from(inner.height.saturating_sub(2)),
+        );
+        let scale = (f64::from(room.0) / f64::from(gw))
+            .min(f64::from(room.1) / f64::from(gh))
+            .min(1.0);
+        let (dw, dh) = (
+            ((f64::from(gw) * scale) as u32).max(1),
+            ((f64::from(gh) * scale) as u32).max(1),
+        );
+        let cursor = (self.cursor.0 * dw / gw, self.cursor.1 * dh / gh);
+        let colour = |u: u32, v: u32| {
+            if (u, v) == cursor {
+                Color::Rgb(255, 255, 255)
+            } else {
+                self.colour(u * gw / dw, v * gh / dh)
+            }
+        };
+        for row in 0..dh.div_ceil(2) {
+            for u in 0..dw {
+                let top = colour(u, 2 * row);
+                let bottom = if 2 * row + 1 < dh {
+                    colour(u, 2 * row + 1)
+                } else {
+                    Color::Reset
+                };
+                if let Some(cell) = buf.cell_mut((inner.x + u as u16, inner.y + row as u16)) {
+                    cell.set_symbol("▀")
+                        .set_style(Style::default().fg(top).bg(bottom));
+                }
+            }
+        }
+        let help = if self.anchor.is_some() {
+            "move to the other corner, Space draws the shape · Esc drops the corner"
+        } else {
+            "arrows move (S- ×4) · Space corner · e shape · a/s add/subtract · v invert · c clear · Enter use · Esc cancel"
+        };
+        let y = inner.y + inner.height.saturating_sub(2);
+        Paragraph::new(Line::styled(help, theme.get("ui.text.muted")))
+            .render(Rect::new(inner.x, y, inner.width, 2.min(inner.height)), buf);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn editor(w: u32, h: u32) -> MaskEditor {
+        MaskEditor::new(
+            RgbImage {
+                width: w,
+                height: h,
+                pixels: vec![100; (w * h * 3) as usize],
+            },
+            "#1.1".into(),
+        )
+    }
+
+    #[test]
+    fn a_rectangle_between_two_corners_becomes_white_pixels_at_the_picture_size() {
+        let mut e = editor(128, 64);
+        assert_eq!(e.size, (64, 32));
+        e.cursor = (0, 0);
+        e.corner();
+        e.cursor = (31, 31);
+        e.corner();
+        let m = e.mask_image();
+        assert_eq!((m.width, m.height), (128, 64));
+        let at = |x: u32, y: u32| m.pixels[((y * 128 + x) * 3) as usize];
+        // Dots 0..=31 across of 64 are the left half of the picture, all rows.
+        assert_eq!(
+            (at(0, 0), at(63, 63), at(64, 0), at(127, 63)),
+            (255, 255, 0, 0)
+        );
+        e.invert();
+        let m = e.mask_image();
+        assert_eq!(m.pixels[0], 0);
+        assert_eq!(m.pixels[(64 * 3) as usize], 255);
+    }
+
+    #[test]
+    fn ellipses_subtract_and_clear() {
+        let mut e = editor(64, 64);
+        e.invert();
+        e.subtract = true;
+        e.toggle_shape();
+        e.cursor = (16, 16);
+        e.corner();
+        e.cursor = (47, 47);
+        e.corner();
+        let dot = |e: &MaskEditor, x: u32, y: u32| e.dots[(y * e.size.0 + x) as usize];
+        assert!(!dot(&e, 32, 32), "the centre is taken away");
+        assert!(
+            dot(&e, 16, 16),
+            "an ellipse leaves its bounding box's corners"
+        );
+        assert!(dot(&e, 0, 0));
+        e.clear();
+        assert!(e.is_empty());
+        e.move_cursor(-1000, 1000);
+        assert_eq!(e.cursor, (0, 63));
+    }
+}
