@@ -107,12 +107,12 @@ fn sdxl_samplers_and_schedule_types_match_diffusers() {
 /// there; DPM++ SDE with the same seeded Brownian noise as stipple's).
 #[test]
 fn sd15_more_samplers_match_their_references() {
-    check_images(&tiny_model(), &mut generator(), "samplers_more.json", 20);
+    check_images(&tiny_model(), &mut generator(), "samplers_more.json", 15);
 }
 
 #[test]
 fn sdxl_more_samplers_match_their_references() {
-    check_images(&tiny_sdxl(), &mut sdxl_generator(), "samplers_more.json", 4);
+    check_images(&tiny_sdxl(), &mut sdxl_generator(), "samplers_more.json", 2);
 }
 
 /// The SDE and ancestral-noise samplers draw from the seed's torch generator only: the same job
