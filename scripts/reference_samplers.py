@@ -203,7 +203,9 @@ IMAGE_CASES += [("DPM++ 2M SDE", "karras", s) for s in (4, 8)]
 IMAGE_CASES += [("UniPC", "ays", 4), ("Heun", "karras", 4), ("LMS", "karras", 4)]
 
 
-def write_images(family):
+def load_tiny(family):
+    """The tiny model of `family` rebuilt (checked against the fixture): (reference folder, its
+    scheduler, a function making a diffusers pipeline for a scheduler)."""
     from PIL import Image
 
     import model_folder
@@ -241,7 +243,13 @@ def write_images(family):
     diff = np.abs(check.astype(int) - want.astype(int))
     if diff.mean() > 0.01 or diff.max() > 1:
         raise SystemExit(f"{fixture}: the rebuilt tiny model does not reproduce image.euler.4.png ({diff.mean()})")
+    return ref, scheduler, pipeline
 
+
+def write_images(family):
+    from diffusers_reference import IMAGE_NEGATIVE, IMAGE_PROMPT, IMAGE_SEED, reference_image
+
+    ref, scheduler, pipeline = load_tiny(family)
     images = []
     for name, schedule, steps in IMAGE_CASES:
         sched = make(name, schedule, family, dict(scheduler.config))

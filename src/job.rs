@@ -37,10 +37,29 @@ pub enum Sampler {
     UniPc,
     #[serde(rename = "LCM")]
     Lcm,
+    #[serde(rename = "DPM2")]
+    Dpm2,
+    #[serde(rename = "DPM2 a")]
+    Dpm2A,
+    #[serde(rename = "DPM++ 2S a")]
+    DpmPp2sA,
+    #[serde(rename = "DPM++ SDE")]
+    DpmPpSde,
+    #[serde(rename = "DPM++ 3M SDE")]
+    DpmPp3mSde,
+    #[serde(rename = "DEIS")]
+    Deis,
+    #[serde(rename = "DDPM")]
+    Ddpm,
+    #[serde(rename = "TCD")]
+    Tcd,
+    /// ComfyUI's `euler_cfg_pp`; uses the unconditional prediction itself (small CFG scales).
+    #[serde(rename = "Euler CFG++")]
+    EulerCfgPp,
 }
 
 impl Sampler {
-    pub const ALL: [Sampler; 10] = [
+    pub const ALL: [Sampler; 19] = [
         Sampler::Euler,
         Sampler::EulerA,
         Sampler::Heun,
@@ -51,6 +70,15 @@ impl Sampler {
         Sampler::DpmPp2mSde,
         Sampler::UniPc,
         Sampler::Lcm,
+        Sampler::Dpm2,
+        Sampler::Dpm2A,
+        Sampler::DpmPp2sA,
+        Sampler::DpmPpSde,
+        Sampler::DpmPp3mSde,
+        Sampler::Deis,
+        Sampler::Ddpm,
+        Sampler::Tcd,
+        Sampler::EulerCfgPp,
     ];
 
     /// The name A1111 shows (and writes into the `parameters` chunk).
@@ -79,15 +107,27 @@ impl Named for Sampler {
             Sampler::DpmPp2mSde => ("DPM++ 2M SDE", "dpmpp-2m-sde"),
             Sampler::UniPc => ("UniPC", "unipc"),
             Sampler::Lcm => ("LCM", "lcm"),
+            Sampler::Dpm2 => ("DPM2", "dpm2"),
+            Sampler::Dpm2A => ("DPM2 a", "dpm2-a"),
+            Sampler::DpmPp2sA => ("DPM++ 2S a", "dpmpp-2s-a"),
+            Sampler::DpmPpSde => ("DPM++ SDE", "dpmpp-sde"),
+            Sampler::DpmPp3mSde => ("DPM++ 3M SDE", "dpmpp-3m-sde"),
+            Sampler::Deis => ("DEIS", "deis"),
+            Sampler::Ddpm => ("DDPM", "ddpm"),
+            Sampler::Tcd => ("TCD", "tcd"),
+            Sampler::EulerCfgPp => ("Euler CFG++", "euler-cfg-pp"),
         }
     }
 }
 
 impl Sampler {
     /// Whether the sampler walks a σ schedule, so a [`Schedule`] other than automatic applies.
-    /// DDIM and LCM step between training timesteps of their own.
+    /// DDIM, DDPM, LCM and TCD step between training timesteps of their own.
     pub fn takes_schedule(self) -> bool {
-        !matches!(self, Sampler::Ddim | Sampler::Lcm)
+        !matches!(
+            self,
+            Sampler::Ddim | Sampler::Lcm | Sampler::Ddpm | Sampler::Tcd
+        )
     }
 }
 

@@ -172,6 +172,22 @@ fn samplers_and_schedule_types_match_diffusers() {
     );
 }
 
+/// DPM2, DPM2 a, DPM++ 2S a, DPM++ SDE, DPM++ 3M SDE, DEIS, DDPM and TCD × every schedule type
+/// they take, against `scripts/reference_samplers_more.py` (diffusers' classes; k-diffusion's
+/// `sample_dpmpp_2s_ancestral` re-implemented there; DPM++ SDE with the script's seeded Brownian
+/// noise), within 1e-4 relative: DPM2 a's σ_down² = σ_next² − σ_up² cancels to three digits at
+/// the last steps, so torch's float32 `sqrt` (on this CPU one ulp off the correctly rounded one
+/// that Rust and numpy give) moves its midpoint σ by ~5e-5. Midpoint timesteps agree to 1e-5
+/// relative (1e-4 absolute below 10, where diffusers clips some to 0): diffusers derives DPM++
+/// SDE's from float64 σ and KDPM2's in float32, stipple from the float32 σ in float64.
+#[test]
+fn more_samplers_match_their_references() {
+    let (worst_schedule, worst_run) = check_runs("samplers_more.json", 1e-5, 10.0, 1e-4);
+    eprintln!(
+        "more samplers: max rel error, schedules {worst_schedule:e}, sampling runs {worst_run:e}"
+    );
+}
+
 /// The Align Your Steps tables are the published ones: the script takes their first ten values
 /// from diffusers' `AysSchedules`.
 #[test]
@@ -187,7 +203,12 @@ fn align_your_steps_tables_are_the_published_ones() {
 /// and returns the worst relative errors (schedules, sampling runs), failing above 1e-5 (timesteps
 /// above `timestep_tol`).
 fn check_scheduler_runs(file: &str, timestep_tol: f64) -> (f64, f64) {
-    const TOL: f64 = 1e-5;
+    check_runs(file, timestep_tol, 0.0, 1e-5)
+}
+
+/// [`check_scheduler_runs`] with timesteps compared relative to at least `floor` (timesteps near
+/// 0 that one side clips to 0).
+fn check_runs(file: &str, timestep_tol: f64, floor: f64, tol: f64) -> (f64, f64) {
     let reference = load(file);
     let meta = &reference["meta"];
     let numel: usize = meta["shape"]
@@ -230,7 +251,7 @@ fn check_scheduler_runs(file: &str, timestep_tol: f64) -> (f64, f64) {
         assert_eq!(sch.timesteps().len(), want.len(), "{label}: timestep count");
         for (&g, &w) in sch.timesteps().iter().zip(&want) {
             assert!(
-                (g - w).abs() <= timestep_tol * w.abs(),
+                (g - w).abs() <= timestep_tol * w.abs().max(floor),
                 "{label}: timesteps {:?} vs {want:?}",
                 sch.timesteps()
             );
@@ -243,7 +264,7 @@ fn check_scheduler_runs(file: &str, timestep_tol: f64) -> (f64, f64) {
                 for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
                     let e = rel_err(g, w, 0.0);
                     worst_schedule = worst_schedule.max(e);
-                    assert!(e <= TOL, "{label}: sigma[{i}] {g} vs {w}");
+                    assert!(e <= tol, "{label}: sigma[{i}] {g} vs {w}");
                 }
             }
             (want, got) => panic!("{label}: sigmas {want:?} vs {got:?}"),
@@ -252,7 +273,7 @@ fn check_scheduler_runs(file: &str, timestep_tol: f64) -> (f64, f64) {
         let e = rel_err(f64::from(sch.init_noise_sigma()), init, 0.0);
         worst_schedule = worst_schedule.max(e);
         assert!(
-            e <= TOL,
+            e <= tol,
             "{label}: init_noise_sigma {} vs {init}",
             sch.init_noise_sigma()
         );
@@ -260,7 +281,7 @@ fn check_scheduler_runs(file: &str, timestep_tol: f64) -> (f64, f64) {
             let e = rel_err(f64::from(sch.input_divisor(i)), d, 0.0);
             worst_schedule = worst_schedule.max(e);
             assert!(
-                e <= TOL,
+                e <= tol,
                 "{label}: input divisor {i}: {} vs {d}",
                 sch.input_divisor(i)
             );
@@ -284,7 +305,7 @@ fn check_scheduler_runs(file: &str, timestep_tol: f64) -> (f64, f64) {
             for (&k, &w) in picks.iter().zip(&want) {
                 let e = rel_err(f64::from(latents[k]), w, scale);
                 worst_run = worst_run.max(e);
-                assert!(e <= TOL, "{label}: step {i} [{k}]: {} vs {w}", latents[k]);
+                assert!(e <= tol, "{label}: step {i} [{k}]: {} vs {w}", latents[k]);
             }
         }
         let want = f64s(&case["final"]);
@@ -293,7 +314,7 @@ fn check_scheduler_runs(file: &str, timestep_tol: f64) -> (f64, f64) {
             let e = rel_err(f64::from(latents[j * stride]), w, scale);
             worst_run = worst_run.max(e);
             assert!(
-                e <= TOL,
+                e <= tol,
                 "{label}: final [{}]: {} vs {w}",
                 j * stride,
                 latents[j * stride]

@@ -14,6 +14,9 @@ struct ImageCase {
     sampler: String,
     schedule: String,
     steps: u32,
+    /// The case's own CFG scale (Euler CFG++), else the spec's.
+    #[serde(default)]
+    cfg: Option<f32>,
 }
 
 #[derive(serde::Deserialize)]
@@ -43,12 +46,13 @@ fn image(g: &mut Generator, job: &Job) -> stipple::job::RgbImage {
     image.expect("an image")
 }
 
-/// Every image of `<model>/reference/samplers.json` within mean abs 1/255 of diffusers'.
-fn check_images(model: &Path, g: &mut Generator) {
+/// Every image of `<model>/reference/<file>` (at least `min` of them) within mean abs 1/255 of
+/// diffusers'.
+fn check_images(model: &Path, g: &mut Generator, file: &str, min: usize) {
     let reference = model.join("reference");
-    let text = std::fs::read_to_string(reference.join("samplers.json")).unwrap();
+    let text = std::fs::read_to_string(reference.join(file)).unwrap();
     let spec: Images = serde_json::from_str(&text).unwrap();
-    assert!(spec.images.len() >= 20, "{} cases", spec.images.len());
+    assert!(spec.images.len() >= min, "{} cases", spec.images.len());
     let mut report = Vec::new();
     for case in &spec.images {
         let job = Job {
@@ -57,7 +61,7 @@ fn check_images(model: &Path, g: &mut Generator) {
             sampler: case.sampler.parse::<Sampler>().unwrap(),
             schedule: case.schedule.parse::<Schedule>().unwrap(),
             steps: case.steps,
-            cfg: spec.cfg,
+            cfg: case.cfg.unwrap_or(spec.cfg),
             width: spec.width,
             height: spec.height,
             seed: spec.seed,
@@ -89,12 +93,26 @@ fn check_images(model: &Path, g: &mut Generator) {
 
 #[test]
 fn sd15_samplers_and_schedule_types_match_diffusers() {
-    check_images(&tiny_model(), &mut generator());
+    check_images(&tiny_model(), &mut generator(), "samplers.json", 20);
 }
 
 #[test]
 fn sdxl_samplers_and_schedule_types_match_diffusers() {
-    check_images(&tiny_sdxl(), &mut sdxl_generator());
+    check_images(&tiny_sdxl(), &mut sdxl_generator(), "samplers.json", 20);
+}
+
+/// DPM2, DPM2 a, DPM++ 2S a, DPM++ SDE, DPM++ 3M SDE, DEIS, DDPM, TCD and Euler CFG++ at 4 and 8
+/// steps and a few schedule types, 32×32, against `scripts/reference_samplers_more.py --images`
+/// (diffusers' pipeline with the classes, or the k-diffusion / ComfyUI algorithm re-implemented
+/// there; DPM++ SDE with the same seeded Brownian noise as stipple's).
+#[test]
+fn sd15_more_samplers_match_their_references() {
+    check_images(&tiny_model(), &mut generator(), "samplers_more.json", 15);
+}
+
+#[test]
+fn sdxl_more_samplers_match_their_references() {
+    check_images(&tiny_sdxl(), &mut sdxl_generator(), "samplers_more.json", 2);
 }
 
 /// The SDE and ancestral-noise samplers draw from the seed's torch generator only: the same job
@@ -106,15 +124,38 @@ fn sde_samplers_are_reproducible_from_the_seed() {
         (Sampler::DpmPp2mSde, Schedule::Karras),
         (Sampler::Lcm, Schedule::Automatic),
     ] {
-        let mut job = crate::util::small_job("a red fox", 7);
-        job.sampler = sampler;
-        job.schedule = schedule;
-        job.steps = 4;
-        let a = image(&mut g, &job);
-        let b = image(&mut g, &job);
-        assert_eq!(a.pixels, b.pixels, "{sampler}");
-        job.seed = 8;
-        let c = image(&mut g, &job);
-        assert_ne!(a.pixels, c.pixels, "{sampler}: another seed");
+        assert_reproducible(&mut g, sampler, schedule, 64);
     }
+}
+
+/// The same for the stochastic samplers of the second part (DPM++ SDE's Brownian noise
+/// included), on 32×32 images.
+#[test]
+fn more_stochastic_samplers_are_reproducible_from_the_seed() {
+    let mut g = generator();
+    for (sampler, schedule) in [
+        (Sampler::Dpm2A, Schedule::Automatic),
+        (Sampler::DpmPp2sA, Schedule::Karras),
+        (Sampler::DpmPpSde, Schedule::Karras),
+        (Sampler::DpmPp3mSde, Schedule::Exponential),
+        (Sampler::Ddpm, Schedule::Automatic),
+        (Sampler::Tcd, Schedule::Automatic),
+    ] {
+        assert_reproducible(&mut g, sampler, schedule, 32);
+    }
+}
+
+/// Runs one 4-step job twice and once with another seed.
+fn assert_reproducible(g: &mut Generator, sampler: Sampler, schedule: Schedule, size: u32) {
+    let mut job = crate::util::small_job("a red fox", 7);
+    job.sampler = sampler;
+    job.schedule = schedule;
+    job.steps = 4;
+    (job.width, job.height) = (size, size);
+    let a = image(g, &job);
+    let b = image(g, &job);
+    assert_eq!(a.pixels, b.pixels, "{sampler}");
+    job.seed = 8;
+    let c = image(g, &job);
+    assert_ne!(a.pixels, c.pixels, "{sampler}: another seed");
 }

@@ -384,10 +384,15 @@ impl Generator {
             for (r, s) in slots.iter_mut().enumerate() {
                 let u = &out[r * n..(r + 1) * n];
                 let c = &out[(rows + r) * n..(rows + r + 1) * n];
-                let cfg = jobs[s.job].job.cfg;
-                let guided: Vec<f32> = u.iter().zip(c).map(|(u, c)| u + cfg * (c - u)).collect();
+                let guidance = schedulers::Guidance {
+                    uncond: u,
+                    cond: c,
+                    scale: jobs[s.job].job.cfg,
+                };
                 let rng = &mut s.rng;
-                s.latents = s.sched.step(&guided, i, &s.latents, &mut |k| rng.randn(k));
+                s.latents = s
+                    .sched
+                    .step_guided(guidance, i, &s.latents, &mut |k| rng.randn(k));
                 if let Some(b) = &s.blend {
                     b.apply(&mut s.latents, &*s.sched, &self.scheduler, i);
                 }

@@ -8,16 +8,21 @@ use super::noise_schedule::{
     alphas_cumprod, interp, numpy_arange_down, numpy_linspace, sigma_to_t, train_sigmas,
 };
 use super::sigma_schedules::Typed;
-use super::{draw, Plan, PredictionType, Scheduler, SchedulerConfig, TimestepSpacing};
+use super::{
+    draw, At, Method, Noise, Plan, PredictionType, Sampling, SchedulerConfig, TimestepSpacing,
+};
 
 #[derive(Debug, Clone)]
 pub struct DpmSolverMultistepScheduler {
-    plan: Plan,
     prediction: PredictionType,
     /// `algorithm_type="sde-dpmsolver++"`: each step adds fresh noise (A1111's "DPM++ 2M SDE").
     sde: bool,
     /// The data prediction x₀ of the previous step (the multistep history).
     previous_x0: Option<Vec<f32>>,
+    /// `solver_order=3` (with `sde`: A1111's "DPM++ 3M SDE"), and the x₀ of the step before the
+    /// previous one.
+    third_order: bool,
+    older_x0: Option<Vec<f32>>,
 }
 
 /// The multistep classes' schedule (DPM-Solver, UniPC): integer timesteps over `steps + 1` spaced
@@ -89,13 +94,62 @@ pub(super) fn multistep_schedule(
 
 impl DpmSolverMultistepScheduler {
     /// `typed`: a schedule type other than automatic (DPM++ 2M Karras passes Karras).
-    pub fn new(cfg: &SchedulerConfig, steps: usize, typed: Option<Typed>, sde: bool) -> Self {
-        DpmSolverMultistepScheduler {
-            plan: multistep_schedule(cfg, steps, typed),
+    pub fn new(
+        cfg: &SchedulerConfig,
+        steps: usize,
+        typed: Option<Typed>,
+        sde: bool,
+    ) -> Sampling<Self> {
+        let method = DpmSolverMultistepScheduler {
             prediction: cfg.prediction_type,
             sde,
             previous_x0: None,
-        }
+            third_order: false,
+            older_x0: None,
+        };
+        Sampling::new(multistep_schedule(cfg, steps, typed), method)
+    }
+
+    /// `algorithm_type="sde-dpmsolver++"`, `solver_order=3`: A1111's "DPM++ 3M SDE". Third order
+    /// from the third step on, except on the last step and, under 15 steps, the one before.
+    pub fn third_order_sde(
+        cfg: &SchedulerConfig,
+        steps: usize,
+        typed: Option<Typed>,
+    ) -> Sampling<Self> {
+        let mut s = Self::new(cfg, steps, typed, true);
+        s.method.third_order = true;
+        s
+    }
+
+    /// diffusers' `multistep_dpm_solver_third_order_update` for `sde-dpmsolver++`, from the x₀
+    /// of this step and the two before (`m`, newest first) at λ `lambdas` = (λ_s0, λ_s1, λ_s2).
+    #[allow(clippy::too_many_arguments)]
+    fn third_order_update(
+        x: &[f32],
+        m: [&[f32]; 3],
+        lambdas: (f32, f32, f32),
+        (alpha_t, sigma_t, sigma_s0): (f32, f32, f32),
+        h: f32,
+        noise: &[f32],
+    ) -> Vec<f32> {
+        let (l0, l1, l2) = lambdas;
+        let (r0, r1) = ((l0 - l1) / h, (l1 - l2) / h);
+        let e2 = 1.0 - (-2.0 * h).exp();
+        let ratio = sigma_t / sigma_s0 * (-h).exp();
+        let c0 = alpha_t * e2;
+        let c1 = alpha_t * (e2 / (-2.0 * h) + 1.0);
+        let c2 = alpha_t * ((1.0 - (-2.0 * h).exp() - 2.0 * h) / ((2.0 * h) * (2.0 * h)) - 0.5);
+        let c_noise = sigma_t * (1.0 - (-2.0 * h).exp()).sqrt();
+        (0..x.len())
+            .map(|k| {
+                let d1_0 = (1.0 / r0) * (m[0][k] - m[1][k]);
+                let d1_1 = (1.0 / r1) * (m[1][k] - m[2][k]);
+                let d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1);
+                let d2 = (1.0 / (r0 + r1)) * (d1_0 - d1_1);
+                ratio * x[k] + c0 * m[0][k] + c1 * d1 + c2 * d2 + c_noise * noise[k]
+            })
+            .collect()
     }
 }
 
@@ -110,36 +164,40 @@ pub(super) fn lambda(alpha: f32, sigma: f32) -> f32 {
     alpha.ln() - sigma.ln()
 }
 
-impl Scheduler for DpmSolverMultistepScheduler {
-    fn name(&self) -> &'static str {
-        "DPMSolverMultistepScheduler"
-    }
+impl Method for DpmSolverMultistepScheduler {
+    const NAME: &'static str = "DPMSolverMultistepScheduler";
 
-    fn plan(&self) -> &Plan {
-        &self.plan
-    }
-
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        i: usize,
-        sample: &[f32],
-        noise: &mut dyn FnMut(usize) -> Vec<f32>,
-    ) -> Vec<f32> {
+    fn advance(&mut self, plan: &Plan, at: At<'_>, noise: Noise<'_>) -> Vec<f32> {
+        let (i, sample, model_output) = (at.i, at.x, at.out);
         if i == 0 {
             self.previous_x0 = None;
+            self.older_x0 = None;
         }
-        let (alpha_s0, sigma_s0) = alpha_sigma(self.plan.sigmas[i] as f32);
-        let (alpha_t, sigma_t) = alpha_sigma(self.plan.sigmas[i + 1] as f32);
+        let (alpha_s0, sigma_s0) = alpha_sigma(plan.sigmas[i] as f32);
+        let (alpha_t, sigma_t) = alpha_sigma(plan.sigmas[i + 1] as f32);
         let x0 = data_prediction(self.prediction, alpha_s0, sigma_s0, sample, model_output);
         let lambda_s0 = lambda(alpha_s0, sigma_s0);
         let h = lambda(alpha_t, sigma_t) - lambda_s0;
-        let last = i + 1 == self.plan.timesteps.len();
+        let n = plan.timesteps.len();
+        let last = i + 1 == n;
+        let third = self.third_order && !last && !(i + 2 == n && n < 15);
+        if let (true, Some(m1), Some(m2)) = (third, &self.previous_x0, &self.older_x0) {
+            let lambda_at = |j: usize| {
+                let (a, s) = alpha_sigma(plan.sigmas[j] as f32);
+                lambda(a, s)
+            };
+            let lambdas = (lambda_s0, lambda_at(i - 1), lambda_at(i - 2));
+            let noise = draw(noise, sample.len());
+            let scales = (alpha_t, sigma_t, sigma_s0);
+            let out = Self::third_order_update(sample, [&x0, m1, m2], lambdas, scales, h, &noise);
+            self.older_x0 = self.previous_x0.replace(x0);
+            return out;
+        }
         // D1 = (x0_s0 - x0_s1) / r0 with r0 = h_prev / h, second order (midpoint) between the
         // first step and the last.
         let d1_scale = match (&self.previous_x0, last) {
             (Some(_), false) => {
-                let (alpha_s1, sigma_s1) = alpha_sigma(self.plan.sigmas[i - 1] as f32);
+                let (alpha_s1, sigma_s1) = alpha_sigma(plan.sigmas[i - 1] as f32);
                 let r0 = (lambda_s0 - lambda(alpha_s1, sigma_s1)) / h;
                 Some(1.0 / r0)
             }
@@ -162,7 +220,7 @@ impl Scheduler for DpmSolverMultistepScheduler {
                 .map(|k| ratio * sample[k] - c0 * x0[k] - 0.5 * c0 * d1(k))
                 .collect()
         };
-        self.previous_x0 = Some(x0);
+        self.older_x0 = self.previous_x0.replace(x0);
         out
     }
 }

@@ -5,7 +5,10 @@
 
 use super::noise_schedule::{alphas_cumprod, interp, sigma_to_t, train_sigmas};
 use super::sigma_schedules::Typed;
-use super::{euler_timesteps, Plan, PredictionType, Scheduler, SchedulerConfig, TimestepSpacing};
+use super::{
+    euler_timesteps, At, Method, Noise, Plan, PredictionType, Sampling, SchedulerConfig,
+    TimestepSpacing,
+};
 
 /// The Euler family's [`Plan`] (σ with the final 0, input scaled), as diffusers' `set_timesteps`
 /// of those classes: σ interpolated at the spaced timesteps, or, for
@@ -41,17 +44,16 @@ pub(super) fn discrete_schedule(cfg: &SchedulerConfig, steps: usize, typed: Opti
 
 #[derive(Debug, Clone)]
 pub struct EulerDiscreteScheduler {
-    plan: Plan,
     prediction: PredictionType,
 }
 
 impl EulerDiscreteScheduler {
     /// `typed`: a schedule type other than automatic (diffusers' `use_karras_sigmas` and kin).
-    pub fn new(cfg: &SchedulerConfig, steps: usize, typed: Option<Typed>) -> Self {
-        EulerDiscreteScheduler {
-            plan: discrete_schedule(cfg, steps, typed),
+    pub fn new(cfg: &SchedulerConfig, steps: usize, typed: Option<Typed>) -> Sampling<Self> {
+        let method = EulerDiscreteScheduler {
             prediction: cfg.prediction_type,
-        }
+        };
+        Sampling::new(discrete_schedule(cfg, steps, typed), method)
     }
 }
 
@@ -76,31 +78,25 @@ pub(super) fn predict_x0(prediction: PredictionType, sigma: f32, sample: f32, ou
     }
 }
 
-impl Scheduler for EulerDiscreteScheduler {
-    fn name(&self) -> &'static str {
-        "EulerDiscreteScheduler"
-    }
+/// The ODE slopes (x − x₀) / σ of k-diffusion's `to_d` for the model output at σ.
+pub(super) fn slopes(prediction: PredictionType, sigma: f32, x: &[f32], out: &[f32]) -> Vec<f32> {
+    x.iter()
+        .zip(out)
+        .map(|(&x, &m)| (x - predict_x0(prediction, sigma, x, m)) / sigma)
+        .collect()
+}
 
-    fn plan(&self) -> &Plan {
-        &self.plan
-    }
+/// `x + d·dt` per element.
+pub(super) fn euler_move(x: &[f32], d: &[f32], dt: f32) -> Vec<f32> {
+    x.iter().zip(d).map(|(&x, &d)| x + d * dt).collect()
+}
 
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        i: usize,
-        sample: &[f32],
-        _noise: &mut dyn FnMut(usize) -> Vec<f32>,
-    ) -> Vec<f32> {
-        let sigma = self.plan.sigmas[i] as f32;
-        let dt = self.plan.sigmas[i + 1] as f32 - sigma;
-        sample
-            .iter()
-            .zip(model_output)
-            .map(|(&x, &m)| {
-                let derivative = (x - predict_x0(self.prediction, sigma, x, m)) / sigma;
-                x + derivative * dt
-            })
-            .collect()
+impl Method for EulerDiscreteScheduler {
+    const NAME: &'static str = "EulerDiscreteScheduler";
+
+    fn advance(&mut self, plan: &Plan, at: At<'_>, _noise: Noise<'_>) -> Vec<f32> {
+        let sigma = plan.sigmas[at.i] as f32;
+        let dt = plan.sigmas[at.i + 1] as f32 - sigma;
+        euler_move(at.x, &slopes(self.prediction, sigma, at.x, at.out), dt)
     }
 }

@@ -4,50 +4,42 @@
 
 use super::euler::{discrete_schedule, predict_x0};
 use super::sigma_schedules::Typed;
-use super::{draw, Plan, PredictionType, Scheduler, SchedulerConfig};
+use super::{draw, At, Method, Noise, Plan, PredictionType, Sampling, SchedulerConfig};
 
 #[derive(Debug, Clone)]
 pub struct EulerAncestralDiscreteScheduler {
-    plan: Plan,
     prediction: PredictionType,
 }
 
 impl EulerAncestralDiscreteScheduler {
     /// `typed`: a schedule type other than automatic. diffusers' class has none; they are set up
     /// as its `EulerDiscreteScheduler` sets them up.
-    pub fn new(cfg: &SchedulerConfig, steps: usize, typed: Option<Typed>) -> Self {
-        EulerAncestralDiscreteScheduler {
-            plan: discrete_schedule(cfg, steps, typed),
+    pub fn new(cfg: &SchedulerConfig, steps: usize, typed: Option<Typed>) -> Sampling<Self> {
+        let method = EulerAncestralDiscreteScheduler {
             prediction: cfg.prediction_type,
-        }
+        };
+        Sampling::new(discrete_schedule(cfg, steps, typed), method)
     }
 }
 
-impl Scheduler for EulerAncestralDiscreteScheduler {
-    fn name(&self) -> &'static str {
-        "EulerAncestralDiscreteScheduler"
-    }
+/// k-diffusion's `get_ancestral_step` (η = 1), in float32 as diffusers: (σ_down, σ_up). (σ_up
+/// ≤ σ_to but for rounding, so k-diffusion's `min(σ_to, σ_up)` is left out, as diffusers does.)
+pub(super) fn ancestral_step(from: f32, to: f32) -> (f32, f32) {
+    let (from2, to2) = (from * from, to * to);
+    let sigma_up = (to2 * (from2 - to2) / from2).sqrt();
+    ((to2 - sigma_up * sigma_up).sqrt(), sigma_up)
+}
 
-    fn plan(&self) -> &Plan {
-        &self.plan
-    }
+impl Method for EulerAncestralDiscreteScheduler {
+    const NAME: &'static str = "EulerAncestralDiscreteScheduler";
 
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        i: usize,
-        sample: &[f32],
-        noise: &mut dyn FnMut(usize) -> Vec<f32>,
-    ) -> Vec<f32> {
-        let (from, to) = (self.plan.sigmas[i] as f32, self.plan.sigmas[i + 1] as f32);
-        let (from2, to2) = (from * from, to * to);
-        let sigma_up = (to2 * (from2 - to2) / from2).sqrt();
-        let sigma_down = (to2 - sigma_up * sigma_up).sqrt();
+    fn advance(&mut self, plan: &Plan, at: At<'_>, noise: Noise<'_>) -> Vec<f32> {
+        let (from, to) = (plan.sigmas[at.i] as f32, plan.sigmas[at.i + 1] as f32);
+        let (sigma_down, sigma_up) = ancestral_step(from, to);
         let dt = sigma_down - from;
-        let noise = draw(noise, sample.len());
-        sample
-            .iter()
-            .zip(model_output)
+        let noise = draw(noise, at.x.len());
+        at.x.iter()
+            .zip(at.out)
             .zip(&noise)
             .map(|((&x, &m), &z)| {
                 let derivative = (x - predict_x0(self.prediction, from, x, m)) / from;

@@ -5,61 +5,51 @@
 //! made `steps` long instead (diffusers refuses them).
 
 use super::noise_schedule::alphas_cumprod;
-use super::{draw, Plan, PredictionType, Scheduler, SchedulerConfig};
+use super::{draw, At, Method, Noise, Plan, PredictionType, Sampling, SchedulerConfig};
 
 /// diffusers' `original_inference_steps` default: the distillation schedule's length.
 const ORIGINAL_STEPS: usize = 50;
 /// diffusers' `timestep_scaling` default for the boundary-condition scalings.
 const TIMESTEP_SCALING: f32 = 10.0;
 
+/// `steps` (1 ≤ steps ≤ n) of the distillation schedule's timesteps, as LCM and TCD pick them.
+pub(super) fn distilled_timesteps(n: usize, steps: usize) -> Vec<f64> {
+    let original = ORIGINAL_STEPS.max(steps).min(n);
+    let k = n / original;
+    // The distillation timesteps k-1, 2k-1, ..., counted down, sampled at floor(i * original / steps).
+    let origin: Vec<usize> = (1..=original).rev().map(|i| i * k - 1).collect();
+    (0..steps)
+        .map(|i| origin[(i as f64 * original as f64 / steps as f64).floor() as usize] as f64)
+        .collect()
+}
+
 #[derive(Debug, Clone)]
 pub struct LcmScheduler {
-    plan: Plan,
     alphas_cumprod: Vec<f32>,
     prediction: PredictionType,
     clip: Option<f32>,
 }
 
 impl LcmScheduler {
-    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Self {
+    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Sampling<Self> {
         let n = cfg.num_train_timesteps;
         let steps = steps.clamp(1, n);
-        let original = ORIGINAL_STEPS.max(steps).min(n);
-        let k = n / original;
-        // The distillation timesteps k-1, 2k-1, ..., counted down, sampled at floor(i * original / steps).
-        let origin: Vec<usize> = (1..=original).rev().map(|i| i * k - 1).collect();
-        let timesteps = (0..steps)
-            .map(|i| origin[(i as f64 * original as f64 / steps as f64).floor() as usize] as f64)
-            .collect();
-        LcmScheduler {
-            plan: Plan::unscaled(timesteps, Vec::new()),
+        let timesteps = distilled_timesteps(n, steps);
+        let method = LcmScheduler {
             alphas_cumprod: alphas_cumprod(cfg),
             prediction: cfg.prediction_type,
-            clip: cfg
-                .clip_sample
-                .unwrap_or(false)
-                .then_some(cfg.clip_sample_range as f32),
-        }
+            clip: super::clip_range(cfg, false),
+        };
+        Sampling::new(Plan::unscaled(timesteps, Vec::new()), method)
     }
 }
 
-impl Scheduler for LcmScheduler {
-    fn name(&self) -> &'static str {
-        "LCMScheduler"
-    }
+impl Method for LcmScheduler {
+    const NAME: &'static str = "LCMScheduler";
 
-    fn plan(&self) -> &Plan {
-        &self.plan
-    }
-
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        i: usize,
-        sample: &[f32],
-        noise: &mut dyn FnMut(usize) -> Vec<f32>,
-    ) -> Vec<f32> {
-        let t = self.plan.timesteps[i] as usize;
+    fn advance(&mut self, plan: &Plan, at: At<'_>, noise: Noise<'_>) -> Vec<f32> {
+        let (i, sample, model_output) = (at.i, at.x, at.out);
+        let t = plan.timesteps[i] as usize;
         let a_t = self.alphas_cumprod[t];
         let (sqrt_a, sqrt_b) = (a_t.sqrt(), (1.0 - a_t).sqrt());
         let scaled = t as f32 * TIMESTEP_SCALING;
@@ -80,7 +70,7 @@ impl Scheduler for LcmScheduler {
                 c_out * x0 + c_skip * x
             })
             .collect();
-        let Some(&next) = self.plan.timesteps.get(i + 1) else {
+        let Some(&next) = plan.timesteps.get(i + 1) else {
             return denoised;
         };
         let a_prev = self.alphas_cumprod[next as usize];

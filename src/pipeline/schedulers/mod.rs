@@ -7,23 +7,38 @@
 //! float32); per-element step arithmetic is f32 in diffusers' order. Noise is always passed in.
 
 mod ddim;
+mod ddpm;
+mod deis;
 mod dpmpp_2m;
+mod dpmpp_2s_ancestral;
+mod dpmpp_sde;
 mod euler;
 mod euler_ancestral;
+mod euler_cfg_pp;
 mod heun;
+mod kdpm2;
 mod lcm;
 mod lms;
+mod midpoint;
 pub(crate) mod noise_schedule;
 pub mod sigma_schedules;
+mod tcd;
 mod unipc;
 
 pub use ddim::DdimScheduler;
+pub use ddpm::Ddpm;
+pub use deis::Deis;
 pub use dpmpp_2m::DpmSolverMultistepScheduler;
+pub use dpmpp_2s_ancestral::DpmPp2sAncestral;
+pub use dpmpp_sde::DpmPpSde;
 pub use euler::EulerDiscreteScheduler;
 pub use euler_ancestral::EulerAncestralDiscreteScheduler;
+pub use euler_cfg_pp::EulerCfgPp;
 pub use heun::HeunDiscreteScheduler;
+pub use kdpm2::Kdpm2;
 pub use lcm::LcmScheduler;
 pub use lms::LmsDiscreteScheduler;
+pub use tcd::{Tcd, GAMMA as TCD_GAMMA};
 pub use unipc::UniPcMultistepScheduler;
 
 use crate::family::Family;
@@ -230,11 +245,73 @@ impl Plan {
     }
 }
 
+/// DDIM's, DDPM's and LCM's `clip_sample` (`default`: the class's) as the clamp range of x₀.
+fn clip_range(cfg: &SchedulerConfig, default: bool) -> Option<f32> {
+    cfg.clip_sample
+        .unwrap_or(default)
+        .then_some(cfg.clip_sample_range as f32)
+}
+
 /// `noise(n)` checked to return `n` values.
 fn draw(noise: &mut dyn FnMut(usize) -> Vec<f32>, n: usize) -> Vec<f32> {
     let z = noise(n);
     assert_eq!(z.len(), n, "noise source returned the wrong length");
     z
+}
+
+/// The noise source a step may draw from: `noise(n)` returns `n` standard normals.
+pub type Noise<'a> = &'a mut dyn FnMut(usize) -> Vec<f32>;
+
+/// What one step works on: its index, the UNet's (guided) output and the sample it was run on;
+/// with [`Scheduler::step_guided`] also the unconditional output (Euler CFG++ uses it).
+pub struct At<'a> {
+    pub i: usize,
+    pub out: &'a [f32],
+    pub x: &'a [f32],
+    pub uncond: Option<&'a [f32]>,
+}
+
+/// The CFG pair of one UNet call and its scale, for samplers that use the unconditional
+/// prediction itself (Euler CFG++).
+#[derive(Debug, Clone, Copy)]
+pub struct Guidance<'a> {
+    pub uncond: &'a [f32],
+    pub cond: &'a [f32],
+    pub scale: f32,
+}
+
+impl Guidance<'_> {
+    /// Classifier-free guidance as diffusers combines it: `u + scale·(c − u)`.
+    pub fn combined(&self) -> Vec<f32> {
+        let s = self.scale;
+        self.uncond
+            .iter()
+            .zip(self.cond)
+            .map(|(u, c)| u + s * (c - u))
+            .collect()
+    }
+}
+
+/// A sampler's stepping rule with its state between steps; [`Sampling`] pairs it with the
+/// [`Plan`] to make a [`Scheduler`].
+pub trait Method: Send + 'static {
+    /// The diffusers class (or the k-diffusion / ComfyUI function) this reproduces.
+    const NAME: &'static str;
+    /// One step; `at.i == 0` starts a new run.
+    fn advance(&mut self, plan: &Plan, at: At<'_>, noise: Noise<'_>) -> Vec<f32>;
+}
+
+/// A [`Method`] set up for one run: the scheduler [`build_with`] returns.
+#[derive(Debug, Clone)]
+pub struct Sampling<M> {
+    plan: Plan,
+    method: M,
+}
+
+impl<M: Method> Sampling<M> {
+    pub(super) fn new(plan: Plan, method: M) -> Self {
+        Sampling { plan, method }
+    }
 }
 
 /// One sampler run: build it for a step count, then for each `i` in `0..timesteps().len()`
@@ -282,6 +359,46 @@ pub trait Scheduler: Send {
         sample: &[f32],
         noise: &mut dyn FnMut(usize) -> Vec<f32>,
     ) -> Vec<f32>;
+    /// [`Self::step`] from the UNet's unconditional and conditional predictions: the one place
+    /// classifier-free guidance is combined, so a sampler may use the unconditional one itself.
+    fn step_guided(
+        &mut self,
+        guidance: Guidance<'_>,
+        i: usize,
+        sample: &[f32],
+        noise: &mut dyn FnMut(usize) -> Vec<f32>,
+    ) -> Vec<f32>;
+}
+
+impl<M: Method> Scheduler for Sampling<M> {
+    fn name(&self) -> &'static str {
+        M::NAME
+    }
+
+    fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    fn step(&mut self, out: &[f32], i: usize, x: &[f32], noise: Noise<'_>) -> Vec<f32> {
+        let at = At {
+            i,
+            out,
+            x,
+            uncond: None,
+        };
+        self.method.advance(&self.plan, at, noise)
+    }
+
+    fn step_guided(&mut self, g: Guidance<'_>, i: usize, x: &[f32], noise: Noise<'_>) -> Vec<f32> {
+        let out = g.combined();
+        let at = At {
+            i,
+            out: &out,
+            x,
+            uncond: Some(g.uncond),
+        };
+        self.method.advance(&self.plan, at, noise)
+    }
 }
 
 /// The scheduler for an A1111 sampler name with its automatic schedule, configured from the
@@ -352,6 +469,17 @@ fn make(
         Sampler::DpmPp2mSde => Box::new(DpmSolverMultistepScheduler::new(cfg, steps, typed, true)),
         Sampler::UniPc => Box::new(UniPcMultistepScheduler::new(cfg, steps, typed)),
         Sampler::Lcm => Box::new(LcmScheduler::new(cfg, steps)),
+        Sampler::Dpm2 => Box::new(Kdpm2::new(cfg, steps, typed, false)),
+        Sampler::Dpm2A => Box::new(Kdpm2::new(cfg, steps, typed, true)),
+        Sampler::DpmPp2sA => Box::new(DpmPp2sAncestral::new(cfg, steps, typed)),
+        Sampler::DpmPpSde => Box::new(DpmPpSde::new(cfg, steps, typed)),
+        Sampler::DpmPp3mSde => Box::new(DpmSolverMultistepScheduler::third_order_sde(
+            cfg, steps, typed,
+        )),
+        Sampler::Deis => Box::new(Deis::new(cfg, steps, typed)),
+        Sampler::Ddpm => Box::new(Ddpm::new(cfg, steps)),
+        Sampler::Tcd => Box::new(Tcd::new(cfg, steps)),
+        Sampler::EulerCfgPp => Box::new(EulerCfgPp::new(cfg, steps, typed)),
     }
 }
 
@@ -409,8 +537,16 @@ mod tests {
     fn every_sampler_builds_with_the_requested_steps() {
         for s in Sampler::ALL {
             let sch = build(s, &SchedulerConfig::default(), 7);
-            // Heun calls the UNet twice per step but once on the last.
-            let calls = if s == Sampler::Heun { 13 } else { 7 };
+            // The second-order single-step samplers call the UNet twice per step but once on
+            // the last.
+            let twice = [
+                Sampler::Heun,
+                Sampler::Dpm2,
+                Sampler::Dpm2A,
+                Sampler::DpmPp2sA,
+                Sampler::DpmPpSde,
+            ];
+            let calls = if twice.contains(&s) { 13 } else { 7 };
             assert_eq!(sch.timesteps().len(), calls, "{}", sch.name());
         }
     }
@@ -427,8 +563,9 @@ mod tests {
                 assert_eq!(built.is_ok(), allowed, "{s} {schedule}");
                 if let Ok(sch) = built {
                     let sigmas = sch.sigmas().map(<[f64]>::to_vec).unwrap_or_default();
+                    // DPM2 a's midpoint √(σ·σ_down) is σ_next but for float32 cancellation in σ_down.
                     assert!(
-                        sigmas.windows(2).all(|w| w[0] >= w[1])
+                        sigmas.windows(2).all(|w| w[0] >= w[1] * (1.0 - 1e-4))
                             && sigmas.iter().all(|v| v.is_finite()),
                         "{s} {schedule}: {sigmas:?}"
                     );

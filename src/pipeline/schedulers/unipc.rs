@@ -4,11 +4,10 @@
 
 use super::dpmpp_2m::{alpha_sigma, data_prediction, lambda, multistep_schedule};
 use super::sigma_schedules::Typed;
-use super::{Plan, PredictionType, Scheduler, SchedulerConfig};
+use super::{At, Method, Noise, Plan, PredictionType, Sampling, SchedulerConfig};
 
 #[derive(Debug, Clone)]
 pub struct UniPcMultistepScheduler {
-    plan: Plan,
     prediction: PredictionType,
     /// Data predictions x₀ of the last two steps, newest last.
     history: Vec<Vec<f32>>,
@@ -17,18 +16,13 @@ pub struct UniPcMultistepScheduler {
 }
 
 impl UniPcMultistepScheduler {
-    pub fn new(cfg: &SchedulerConfig, steps: usize, typed: Option<Typed>) -> Self {
-        UniPcMultistepScheduler {
-            plan: multistep_schedule(cfg, steps, typed),
+    pub fn new(cfg: &SchedulerConfig, steps: usize, typed: Option<Typed>) -> Sampling<Self> {
+        let method = UniPcMultistepScheduler {
             prediction: cfg.prediction_type,
             history: Vec::new(),
             last: None,
-        }
-    }
-
-    fn lambda_at(&self, i: usize) -> f32 {
-        let (a, s) = alpha_sigma(self.plan.sigmas[i] as f32);
-        lambda(a, s)
+        };
+        Sampling::new(multistep_schedule(cfg, steps, typed), method)
     }
 
     /// The ρ of the corrector of order 2: the solution of `R ρ = b` with `R = [[1, 1], [r, 1]]`.
@@ -43,33 +37,26 @@ impl UniPcMultistepScheduler {
     }
 }
 
-impl Scheduler for UniPcMultistepScheduler {
-    fn name(&self) -> &'static str {
-        "UniPCMultistepScheduler"
-    }
+impl Method for UniPcMultistepScheduler {
+    const NAME: &'static str = "UniPCMultistepScheduler";
 
-    fn plan(&self) -> &Plan {
-        &self.plan
-    }
-
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        i: usize,
-        sample: &[f32],
-        _noise: &mut dyn FnMut(usize) -> Vec<f32>,
-    ) -> Vec<f32> {
+    fn advance(&mut self, plan: &Plan, at: At<'_>, _noise: Noise<'_>) -> Vec<f32> {
+        let (i, sample, model_output) = (at.i, at.x, at.out);
+        let lambda_at = |i: usize| {
+            let (a, s) = alpha_sigma(plan.sigmas[i] as f32);
+            lambda(a, s)
+        };
         if i == 0 {
             self.history.clear();
             self.last = None;
         }
-        let (alpha_i, sigma_i) = alpha_sigma(self.plan.sigmas[i] as f32);
+        let (alpha_i, sigma_i) = alpha_sigma(plan.sigmas[i] as f32);
         let x0 = data_prediction(self.prediction, alpha_i, sigma_i, sample, model_output);
 
         // UniC: correct this sample with the model output at it, from the previous step's start.
         let corrected = match (&self.last, self.history.last()) {
             (Some((last_sample, order)), Some(m0)) => {
-                let (alpha_s0, sigma_s0) = alpha_sigma(self.plan.sigmas[i - 1] as f32);
+                let (alpha_s0, sigma_s0) = alpha_sigma(plan.sigmas[i - 1] as f32);
                 let h = lambda(alpha_i, sigma_i) - lambda(alpha_s0, sigma_s0);
                 let hh = -h;
                 let (h_phi_1, b_h) = (hh.exp_m1(), hh.exp_m1());
@@ -77,7 +64,7 @@ impl Scheduler for UniPcMultistepScheduler {
                 let older = (*order == 2).then(|| &self.history[self.history.len() - 2]);
                 let (rho_d1, rho_t, r) = match older {
                     Some(_) => {
-                        let r = (self.lambda_at(i - 2) - lambda(alpha_s0, sigma_s0)) / h;
+                        let r = (lambda_at(i - 2) - lambda(alpha_s0, sigma_s0)) / h;
                         let (r0, r1) = Self::corrector_rhos(hh, r);
                         (r0, r1, r)
                     }
@@ -99,13 +86,13 @@ impl Scheduler for UniPcMultistepScheduler {
             self.history.remove(0);
         }
         // Order 2 once there is a history, 1 on the first and the last step.
-        let order = if i == 0 || i + 1 == self.plan.timesteps.len() {
+        let order = if i == 0 || i + 1 == plan.timesteps.len() {
             1
         } else {
             2
         };
         // UniP: the predictor from the corrected sample.
-        let (alpha_t, sigma_t) = alpha_sigma(self.plan.sigmas[i + 1] as f32);
+        let (alpha_t, sigma_t) = alpha_sigma(plan.sigmas[i + 1] as f32);
         let h = lambda(alpha_t, sigma_t) - lambda(alpha_i, sigma_i);
         let hh = -h;
         let (h_phi_1, b_h) = (hh.exp_m1(), hh.exp_m1());
@@ -113,7 +100,7 @@ impl Scheduler for UniPcMultistepScheduler {
         let m0 = &self.history[self.history.len() - 1];
         let out = if order == 2 {
             let m1 = &self.history[self.history.len() - 2];
-            let r = (self.lambda_at(i - 1) - lambda(alpha_i, sigma_i)) / h;
+            let r = (lambda_at(i - 1) - lambda(alpha_i, sigma_i)) / h;
             (0..sample.len())
                 .map(|k| {
                     let base = ratio * corrected[k] - alpha_t * h_phi_1 * m0[k];
