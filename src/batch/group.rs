@@ -1,5 +1,6 @@
 //! Which batch jobs may share UNet calls: [`ShareKey`] holds what the weights and the timesteps
-//! depend on (sampler, schedule type, steps, size, the prompt's `<lora:...>` tags with their strengths); jobs with
+//! depend on (sampler, schedule type, steps, size, the prompt's `<lora:...>` tags with their
+//! strengths) and the number of `AND` parts (UNet rows per image); jobs with
 //! equal keys on one model are run together, up to the engine's UNet batch of images.
 //!
 //! Prompts, negative prompts, seeds, CFG scale and batch size may differ within a group: each
@@ -20,6 +21,8 @@ pub struct ShareKey {
     height: u32,
     /// The prompt's adapters with their strengths, schedules and block weights, in order.
     loras: Vec<LoraTag>,
+    /// The prompt's `AND` parts: each is a UNet row per image, so the batch layout follows it.
+    parts: usize,
 }
 
 impl ShareKey {
@@ -36,6 +39,7 @@ impl ShareKey {
             steps: job.steps,
             width: job.width,
             height: job.height,
+            parts: parsed.editing.as_ref().map_or(1, |e| e.parts.len()),
             loras: parsed.loras,
         })
     }
@@ -125,12 +129,22 @@ mod tests {
             job("a fox <lora:ink:te=0.8@0,0@1>", 1),
             job("a fox <lora:paper:0.8>", 1),
             job("a fox", 1),
+            job("a fox AND snow <lora:ink:0.8>", 1),
         ];
         for o in others {
             assert_eq!(picked(&[base.clone(), o.clone()], 8), [0], "{o:?}");
         }
-        // The same tag in another prompt shares the group.
+        // The same tag in another prompt shares the group, edits and alternations too.
+        let edited = job("a [dog|cat] <lora:ink:0.8>", 1);
+        assert_eq!(picked(&[base.clone(), edited], 8), [0, 1]);
         assert_eq!(picked(&[base, job("a dog <lora:ink:0.8>", 1)], 8), [0, 1]);
+        // As many AND parts: one UNet row per part for every image of the group.
+        let and = |p: &str| job(p, 1);
+        let pair = [
+            and("a AND b <lora:ink:0.8>"),
+            and("c :2 AND [d|e] <lora:ink:0.8>"),
+        ];
+        assert_eq!(picked(&pair, 8), [0, 1]);
     }
 
     #[test]

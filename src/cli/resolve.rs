@@ -312,17 +312,14 @@ fn check_flags(a: &GenerateArgs) -> Result<(), CliError> {
 /// The prompt parsed once (the negative one checked too), with its rendered warnings.
 fn parse_prompts(text: &str, negative: &str) -> Result<(Prompt, Vec<String>), CliError> {
     let (prompt, warns) = crate::prompt::parse_with_warnings(text)
-        .and_then(|(p, w)| p.check_runnable(text).map(|()| (p, w)))
         .map_err(|e| CliError::Usage(rendered(&e.render(text))))?;
     let mut warnings: Vec<String> = warns.iter().map(|w| w.render(text)).collect();
-    let (neg, neg_warns) = crate::prompt::parse_with_warnings(negative)
-        .and_then(|(p, w)| p.check_runnable(negative).map(|()| (p, w)))
-        .map_err(|e| {
-            CliError::Usage(format!(
-                "negative prompt: {}",
-                rendered(&e.render(negative))
-            ))
-        })?;
+    let (neg, neg_warns) = crate::prompt::parse_negative_with_warnings(negative).map_err(|e| {
+        CliError::Usage(format!(
+            "negative prompt: {}",
+            rendered(&e.render(negative))
+        ))
+    })?;
     if let Some(tag) = neg.loras.first() {
         return Err(CliError::Usage(format!(
             "negative prompt: <lora:{}>: LoRA tags belong in the prompt, not the negative prompt",

@@ -54,14 +54,11 @@ pub struct Generator {
 
 /// Parses the prompt and the negative prompt; LoRA tags belong in the prompt only.
 fn parse_prompts(job: &Job) -> Result<(Prompt, Prompt), PipelineError> {
-    let pos = prompt::parse(&job.prompt)
-        .and_then(|p| p.check_runnable(&job.prompt).map(|()| p))
-        .map_err(|e| PipelineError::Prompt(e.render(&job.prompt)))?;
-    let neg = prompt::parse(&job.negative)
-        .and_then(|p| p.check_runnable(&job.negative).map(|()| p))
-        .map_err(|e| {
-            PipelineError::Prompt(format!("negative prompt: {}", e.render(&job.negative)))
-        })?;
+    let pos =
+        prompt::parse(&job.prompt).map_err(|e| PipelineError::Prompt(e.render(&job.prompt)))?;
+    let neg = prompt::parse_negative(&job.negative).map_err(|e| {
+        PipelineError::Prompt(format!("negative prompt: {}", e.render(&job.negative)))
+    })?;
     if let Some(tag) = neg.loras.first() {
         return Err(PipelineError::Prompt(format!(
             "negative prompt: <lora:{}> at byte {}: LoRA tags belong in the prompt, not the negative prompt",
@@ -96,11 +93,10 @@ pub fn validate_job(job: &Job) -> Result<(), PipelineError> {
         return Err(PipelineError::Job("batch must be at least 1".into()));
     }
     super::schedulers::check_schedule(job.sampler, job.schedule)?;
-    for (text, what) in [(&job.prompt, ""), (&job.negative, "negative prompt: ")] {
-        prompt::parse(text)
-            .and_then(|p| p.check_runnable(text))
-            .map_err(|e| PipelineError::Prompt(format!("{what}{}", e.render(text))))?;
-    }
+    prompt::parse(&job.prompt).map_err(|e| PipelineError::Prompt(e.render(&job.prompt)))?;
+    prompt::parse_negative(&job.negative).map_err(|e| {
+        PipelineError::Prompt(format!("negative prompt: {}", e.render(&job.negative)))
+    })?;
     Ok(())
 }
 
@@ -229,7 +225,7 @@ impl Generator {
         self.sessions.last_fuse()
     }
 
-    /// How many times prompt conditioning was computed (one per distinct text-encoder strength set).
+    /// How many texts were encoded (one per distinct text and text-encoder strength set).
     pub fn encodes(&self) -> usize {
         self.text.encodes()
     }

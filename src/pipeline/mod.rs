@@ -15,6 +15,7 @@ pub mod rng;
 pub mod schedulers;
 pub mod sessions;
 pub mod spec;
+pub mod step_texts;
 pub mod stepping;
 pub mod stop;
 pub mod text;

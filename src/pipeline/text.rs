@@ -1,5 +1,5 @@
 //! Text conditioning: [`TextConditioner`] owns the tokenizers, clip skip's final layer norm and
-//! the cache of CFG conditioning per text-encoder state, and runs the text-encoder sessions it is
+//! the cache of conditioning per (text-encoder state, text), and runs the text-encoder sessions it is
 //! handed (A1111 chunks and emphasis, SDXL's two encoders and pooled embedding).
 
 use super::error::{run_err, PipelineError};
@@ -9,7 +9,7 @@ use super::tokenizer::ClipTokenizer;
 use crate::family::Family;
 use crate::model::layout::ComponentKind;
 use crate::model::{Model, TokenizerFiles};
-use crate::prompt::{chunk, Chunk, ChunkConfig, Fragment, Prompt, MAX_CHUNKS};
+use crate::prompt::{chunk, Chunk, ChunkConfig, Fragment, MAX_CHUNKS};
 use crate::runtime::tensor_io::Input;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,12 +22,6 @@ pub struct Conditioning {
     pub pooled: Option<Vec<f32>>,
 }
 
-/// The context and added conditioning of one CFG batch `[uncond, cond]`, cached per text-encoder state.
-pub struct BatchCond {
-    pub context: Vec<f32>,
-    pub text_embeds: Option<Vec<f32>>,
-}
-
 /// The tokenizers and text-side state of a loaded model.
 pub struct TextConditioner {
     family: Family,
@@ -37,11 +31,12 @@ pub struct TextConditioner {
     final_norm: Option<(Vec<f32>, Vec<f32>, f32)>,
     /// An empty negative prompt is all zeros (SDXL's `force_zeros_for_empty_prompt`).
     zeros_for_empty_negative: bool,
-    /// How many times prompt conditioning was computed.
+    /// How many texts were encoded.
     encodes: usize,
-    /// The running jobs' CFG conditioning per (text-encoder state, job of the group): a schedule
-    /// with k distinct text-encoder strengths encodes k times per job, not once per step.
-    cache: HashMap<(Fusion, usize), Arc<BatchCond>>,
+    /// The running jobs' conditioning per (text-encoder state, text): each distinct text (a prompt
+    /// editing step, an `AND` part, a negative prompt) is encoded once per text-encoder strength
+    /// set, not once per step.
+    cache: HashMap<(Fusion, String), Arc<Conditioning>>,
 }
 
 impl TextConditioner {
@@ -75,7 +70,7 @@ impl TextConditioner {
         &self.tokenizers
     }
 
-    /// How many times prompt conditioning was computed (one per distinct text-encoder strength set).
+    /// How many texts were encoded (one per distinct text and text-encoder strength set).
     pub fn encodes(&self) -> usize {
         self.encodes
     }
@@ -85,22 +80,24 @@ impl TextConditioner {
         self.cache.clear();
     }
 
-    /// The CFG batch for the prompts of job `job` (its place in a group sampled together) with the
-    /// text encoders in state `te`: cached, or encoded on `nets` now.
-    pub fn batch(
+    /// Whether an empty negative prompt is all zeros for this model (SDXL).
+    pub fn zeros_for_empty_negative(&self) -> bool {
+        self.zeros_for_empty_negative
+    }
+
+    /// The conditioning of one text (emphasis fragments) with the text encoders in state `te`:
+    /// cached for the job, or encoded on `nets` now.
+    pub fn cond(
         &mut self,
         nets: &mut [Net],
         te: &Fusion,
-        job: usize,
-        pos: &Prompt,
-        neg: &Prompt,
-        negative_text: &str,
-    ) -> Result<Arc<BatchCond>, PipelineError> {
-        let key = (te.clone(), job);
+        text: &[Fragment],
+    ) -> Result<Arc<Conditioning>, PipelineError> {
+        let key = (te.clone(), format!("{text:?}"));
         if let Some(c) = self.cache.get(&key) {
             return Ok(c.clone());
         }
-        let c = Arc::new(self.conditioning(nets, pos, neg, negative_text)?);
+        let c = Arc::new(self.encode_prompt_pooled(nets, text)?);
         self.encodes += 1;
         self.cache.insert(key, c.clone());
         Ok(c)
@@ -146,13 +143,13 @@ impl TextConditioner {
         Ok(self.encode_prompt_pooled(nets, fragments)?.chunks)
     }
 
-    /// Length of the conditioning for these prompts (77 per chunk of the longest), without running
+    /// Length of the conditioning for these texts (77 per chunk of the longest), without running
     /// a text encoder.
-    pub fn context_len(&self, pos: &Prompt, neg: &Prompt) -> usize {
+    pub fn context_len(&self, texts: &[Vec<Fragment>]) -> usize {
         let mut n = 1;
         for tok in &self.tokenizers {
-            for p in [pos, neg] {
-                let k = chunk(&p.fragments, |t| tok.encode(t), &ChunkConfig::default())
+            for t in texts {
+                let k = chunk(t, |t| tok.encode(t), &ChunkConfig::default())
                     .map_or(MAX_CHUNKS, |c| c.len()); // too long: encoding refuses it
                 n = n.max(k);
             }
@@ -256,48 +253,6 @@ impl TextConditioner {
             layer_norm(&mut z, w, b, *eps);
         }
         Ok((z, pooled.and(out.next())))
-    }
-
-    /// The CFG batch `[uncond, cond]` for the positive and negative prompts, padded to the same
-    /// number of chunks with the empty prompt's encoding (A1111 does the same so both halves match).
-    /// An empty negative prompt is all zeros (context and pooled) where the model asks for it
-    /// (diffusers' `force_zeros_for_empty_prompt`, SDXL).
-    fn conditioning(
-        &mut self,
-        nets: &mut [Net],
-        pos: &Prompt,
-        neg: &Prompt,
-        negative_text: &str,
-    ) -> Result<BatchCond, PipelineError> {
-        let zero_negative = negative_text.trim().is_empty() && self.zeros_for_empty_negative;
-        let c = self.encode_prompt_pooled(nets, &pos.fragments)?;
-        let (mut c, c_pooled) = (c.chunks, c.pooled);
-        let (mut u, u_pooled) = if zero_negative {
-            let zeros = vec![vec![0.0; c[0].len()]; c.len()];
-            (zeros, c_pooled.as_ref().map(|p| vec![0.0; p.len()]))
-        } else {
-            let u = self.encode_prompt_pooled(nets, &neg.fragments)?;
-            (u.chunks, u.pooled)
-        };
-        if c.len() != u.len() {
-            let empty = self.encode_prompt(nets, &[])?.remove(0);
-            while c.len() < u.len() {
-                c.push(empty.clone());
-            }
-            while u.len() < c.len() {
-                u.push(empty.clone());
-            }
-        }
-        // diffusers batches CFG as [uncond, cond].
-        let context = u.concat().into_iter().chain(c.concat()).collect();
-        let text_embeds = match (u_pooled, c_pooled) {
-            (Some(u), Some(c)) => Some(u.into_iter().chain(c).collect()),
-            _ => None,
-        };
-        Ok(BatchCond {
-            context,
-            text_embeds,
-        })
     }
 }
 

@@ -238,8 +238,13 @@ fn render(nodes: &[Node], step: usize, last_from: &dyn Fn(&When) -> i64, out: &m
 }
 
 /// The editing of the tag-free text `kept` (outer whitespace ignored): `None` for a prompt with no
-/// `AND`, no edit and no alternation, which reads as before.
-pub(crate) fn read(src: &str, kept: &[(usize, char)]) -> Result<Option<Editing>, PromptError> {
+/// `AND`, no edit and no alternation, which reads as before. Without `split_and` (the negative
+/// prompt, which A1111 never splits) `AND` and a trailing `:WEIGHT` are text.
+pub(crate) fn read(
+    src: &str,
+    kept: &[(usize, char)],
+    split_and: bool,
+) -> Result<Option<Editing>, PromptError> {
     let mut a = 0;
     let mut b = kept.len();
     while a < b && kept[a].1.is_whitespace() {
@@ -249,7 +254,12 @@ pub(crate) fn read(src: &str, kept: &[(usize, char)]) -> Result<Option<Editing>,
         b -= 1;
     }
     let kept = &kept[a..b];
-    let parts = match split_and(kept) {
+    let split = if split_and {
+        self::split_and(kept)
+    } else {
+        None
+    };
+    let parts = match split {
         Some(texts) => texts
             .into_iter()
             .map(|t| {
@@ -291,47 +301,6 @@ impl Editing {
             None => Ok(Vec::new()),
         }
     }
-}
-
-impl Editing {
-    /// Errs for a prompt that generation cannot run yet: `AND` (composable diffusion), or an edit
-    /// or alternation (the text would change between steps). `src` is the original prompt.
-    pub fn refuse(&self, src: &str) -> Result<(), PromptError> {
-        if self.parts.len() > 1 {
-            let at = and_at(src).unwrap_or(0);
-            return Err(PromptError::new(
-                at..(at + 3).min(src.len()),
-                "`AND` (composable diffusion) is not supported by generation yet",
-            )
-            .with_hint(
-                "`stipple prompt check` shows how the parts parse; write `and` for the word",
-            ));
-        }
-        let first = self
-            .parts
-            .iter()
-            .flat_map(|p| &p.nodes)
-            .find_map(|n| match n {
-                Node::Edit { at, .. } | Node::Alt(_, at) => Some(*at),
-                Node::Text(_) => None,
-            });
-        let at = first.unwrap_or(0);
-        Err(PromptError::new(
-            at..(at + 1).min(src.len()),
-            "prompt editing and alternation are not supported by generation yet",
-        )
-        .with_hint(
-            "`stipple prompt check` shows the text per step; write `\\[` for a literal bracket",
-        ))
-    }
-}
-
-/// Byte offset of the first `AND` standing as a word in `src`.
-fn and_at(src: &str) -> Option<usize> {
-    let chars: Vec<(usize, char)> = src.char_indices().collect();
-    split_and(&chars)
-        .and_then(|parts| parts.first().map(|p| p.len()))
-        .map(|n| chars[n].0)
 }
 
 impl Segment {

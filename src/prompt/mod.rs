@@ -115,7 +115,10 @@ pub use emphasis::Fragment;
 pub use error::{PromptError, PromptWarning};
 pub use lbw::{slot_block, Block, Lbw, LbwLayout, UnetRegion, PRESETS};
 pub use lora_tag::{Component, LoraTag, KEYS};
-pub use parse::{parse, parse_with_warnings, Prompt, MAX_PROMPT_BYTES};
+pub use parse::{
+    parse, parse_negative, parse_negative_with_warnings, parse_with_warnings, Prompt,
+    MAX_PROMPT_BYTES,
+};
 pub use print::{append_tag, print, print_tag, remove_tag, rewrite_tag};
 pub use resolve::{Catalog, FolderError, LoraDirs, LoraFile, Refusal, Refused, ResolveError};
 pub use schedule::{Position, Strength};

@@ -37,12 +37,6 @@ impl Prompt {
         out.trim().to_string()
     }
 
-    /// Errs when the prompt uses what generation does not run yet (`AND`, prompt editing,
-    /// alternation), rather than generating from the first step's text alone.
-    pub fn check_runnable(&self, src: &str) -> Result<(), PromptError> {
-        self.editing.as_ref().map_or(Ok(()), |e| e.refuse(src))
-    }
-
     /// Errs at the first tag whose `lbw=` vector is laid out for another model family.
     pub fn check_family(&self, family: Family) -> Result<(), PromptError> {
         for tag in &self.loras {
@@ -68,6 +62,23 @@ pub fn parse(text: &str) -> Result<Prompt, PromptError> {
 
 /// As [`parse`], plus warnings for what A1111 accepts but is probably a typo (unbalanced brackets).
 pub fn parse_with_warnings(text: &str) -> Result<(Prompt, Vec<PromptWarning>), PromptError> {
+    read(text, true)
+}
+
+/// Parses a negative prompt: as [`parse`], but `AND` is text, as A1111 reads the negative prompt
+/// (prompt editing and alternation still apply; there is one conditioning per step).
+pub fn parse_negative(text: &str) -> Result<Prompt, PromptError> {
+    parse_negative_with_warnings(text).map(|(p, _)| p)
+}
+
+/// As [`parse_negative`], with warnings.
+pub fn parse_negative_with_warnings(
+    text: &str,
+) -> Result<(Prompt, Vec<PromptWarning>), PromptError> {
+    read(text, false)
+}
+
+fn read(text: &str, split_and: bool) -> Result<(Prompt, Vec<PromptWarning>), PromptError> {
     if text.len() > MAX_PROMPT_BYTES {
         let mut at = MAX_PROMPT_BYTES;
         while !text.is_char_boundary(at) {
@@ -102,7 +113,7 @@ pub fn parse_with_warnings(text: &str) -> Result<(Prompt, Vec<PromptWarning>), P
         i += 1;
     }
     let mut warnings = Vec::new();
-    let editing = editing::read(text, &kept)?;
+    let editing = editing::read(text, &kept, split_and)?;
     let fragments = match &editing {
         None => attention(text, &kept, &mut warnings)?,
         Some(e) => e.first_fragments(text, &mut warnings)?,

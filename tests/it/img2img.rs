@@ -56,7 +56,7 @@ fn job_for(spec: &Spec, case: &Case) -> Job {
     }
 }
 
-fn mean_abs(a: &[u8], b: &[u8]) -> f32 {
+pub fn mean_abs(a: &[u8], b: &[u8]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
         .zip(b)

@@ -125,7 +125,8 @@ fn live_schedules_equal_the_refuse_reference() {
 fn a_text_encoder_schedule_encodes_once_per_distinct_value() {
     let mut g = generator();
     // The README's example: 0.1 at step 1 rising to 0.6 at step 6, then held: over 8 steps the
-    // values are 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6, 0.6, six distinct.
+    // values are 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6, 0.6, six distinct; each encodes the prompt
+    // and the (empty) negative prompt.
     for method in [LoraMethod::Fuse, LoraMethod::Refuse] {
         let before = g.encodes();
         image(
@@ -134,7 +135,7 @@ fn a_text_encoder_schedule_encodes_once_per_distinct_value() {
             "a fox <lora:peft_diffusers:te=0.1@1,0.6@6>",
             8,
         );
-        assert_eq!(g.encodes() - before, 6, "{method:?}");
+        assert_eq!(g.encodes() - before, 2 * 6, "{method:?}");
     }
 }
 

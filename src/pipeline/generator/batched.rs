@@ -12,14 +12,12 @@ use super::super::img2img::{Blend, Init};
 use super::super::rng::TorchRng;
 use super::super::schedulers::{self, Scheduler};
 use super::super::sessions::{Added, UnetCall};
+use super::super::step_texts::{self, StepCond, StepTexts};
 use super::super::stop::{Ended, Stop};
-use super::super::text::BatchCond;
 use super::super::vae;
 use super::{lora_hashes, parse_prompts, time_ids, Generator, PipelineError};
 use crate::image::{format_infotext, Resources};
 use crate::job::{Event, Job, Progress};
-use crate::prompt::Prompt;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// One job of [`Generator::generate_group`], with the id its events carry.
@@ -33,8 +31,10 @@ pub struct GroupJob<'a> {
 pub(super) struct Ready<'a> {
     id: u64,
     job: &'a Job,
-    pos: Prompt,
-    neg: Prompt,
+    /// The texts of the prompt's `AND` parts and of the negative prompt per UNet call.
+    texts: StepTexts,
+    /// UNet calls per image over the whole schedule (img2img skips the first ones).
+    calls: usize,
     loras: Vec<ActiveLora>,
     /// Context length in tokens: rows of one UNet batch must agree on it.
     seq: usize,
@@ -55,6 +55,8 @@ impl Ready<'_> {
             && a.width == b.width
             && a.height == b.height
             && self.seq == o.seq
+            // One UNet row per `AND` part: the batch layout is the same for every image.
+            && self.texts.parts() == o.texts.parts()
             && self.loras.len() == o.loras.len()
             && self
                 .loras
@@ -91,12 +93,26 @@ impl Generator {
         pos.check_family(self.model.index.family)
             .map_err(|e| PipelineError::Prompt(e.render(&job.prompt)))?;
         let loras = self.adapters.resolve(&pos, &job.prompt)?;
-        let seq = self.text.context_len(&pos, &neg);
+        let steps = job.steps.max(1) as usize;
+        let calls = schedulers::build_with(
+            job.sampler,
+            job.schedule,
+            self.model.index.family,
+            &self.scheduler,
+            steps,
+        )?
+        .timesteps()
+        .len();
+        let schedule = step_texts::schedule_steps(steps, calls);
+        let mut texts = StepTexts::new((&pos, &job.prompt), (&neg, &job.negative), schedule)?;
+        texts.zero_negative =
+            job.negative.trim().is_empty() && self.text.zeros_for_empty_negative();
+        let seq = self.text.context_len(&texts.texts);
         Ok(Ready {
             id,
             job,
-            pos,
-            neg,
+            texts,
+            calls,
             loras,
             seq,
         })
@@ -179,7 +195,8 @@ impl Generator {
         let static_shapes = self.sessions.opts().static_shapes;
         // With fixed shapes every call has the same batch (a short last one is padded), so one
         // session serves the whole run.
-        let dims = static_shapes.then_some([2 * width as i64, h as i64, w as i64, lead.seq as i64]);
+        let rows = (1 + lead.texts.parts()) * width;
+        let dims = static_shapes.then_some([rows as i64, h as i64, w as i64, lead.seq as i64]);
         // Everything that can fail on the adapters' side fails here, before the first step.
         let first = self.live.step_key(loras, 0, steps);
         let mode = self.live.live_mask(loras);
@@ -196,14 +213,11 @@ impl Generator {
         // A prompt that cannot be encoded fails its own job only.
         let te = self.sessions.fused_te().clone();
         for (j, r) in jobs.iter().enumerate() {
-            let got = self.text.batch(
-                self.sessions.text_mut(),
-                &te,
-                j,
-                &r.pos,
-                &r.neg,
-                &r.job.negative,
-            );
+            let got = (0..r.calls.saturating_sub(first_step)).try_for_each(|call| {
+                r.texts
+                    .conds(&mut self.text, self.sessions.text_mut(), &te, call)
+                    .map(drop)
+            });
             if let Err(e) = got {
                 if jobs.len() == 1 {
                     return Err(e);
@@ -316,7 +330,9 @@ impl Generator {
         let loras = &lead.loras;
         let n = 4 * h * w;
         let mode = self.live.live_mask(loras);
-        let time_ids = time_ids(lead.job.width, lead.job.height, 2 * rows);
+        let blocks = 1 + lead.texts.parts();
+        let chunks = lead.seq / 77;
+        let time_ids = time_ids(lead.job.width, lead.job.height, blocks * rows);
         let timesteps = slots[0].sched.timesteps().to_vec();
         let last = slots.len() - 1;
         let row = |r: usize| r.min(last);
@@ -327,43 +343,40 @@ impl Generator {
             self.live
                 .fuse_step(&self.model, &mut self.sessions, loras, &mode, &key, dims)?;
             let te = self.sessions.fused_te().clone();
-            let mut conds: Vec<Arc<BatchCond>> = Vec::with_capacity(slots.len());
+            let mut conds: Vec<StepCond> = Vec::with_capacity(slots.len());
             for s in slots.iter() {
-                let r = &jobs[s.job];
-                conds.push(self.text.batch(
-                    self.sessions.text_mut(),
-                    &te,
-                    s.job,
-                    &r.pos,
-                    &r.neg,
-                    &r.job.negative,
-                )?);
+                let nets = self.sessions.text_mut();
+                conds.push(
+                    jobs[s.job]
+                        .texts
+                        .conds(&mut self.text, nets, &te, i - first)?,
+                );
             }
+            let padded = conds
+                .iter()
+                .any(|c| (0..blocks).any(|b| c.needs_padding(b, chunks)));
+            let empty = match padded {
+                true => self.text.cond(self.sessions.text_mut(), &te, &[])?.chunks[0].clone(),
+                false => Vec::new(),
+            };
             match stop() {
                 Stop::Interrupt => return Ok(Some(Ended::Cancelled)),
                 Stop::SkipImage => return Ok(Some(Ended::Done)),
                 Stop::No => {}
             }
-            // diffusers' CFG layout, widened: every image's uncond row, then every cond row.
+            // diffusers' CFG layout, widened: every image's uncond row, then every image's row of
+            // the first `AND` part, and so on (one part: `[uncond × k, cond × k]`).
             let xs: Vec<Vec<f32>> = slots
                 .iter()
                 .map(|s| s.sched.scale_model_input(&s.latents, i))
                 .collect();
-            let mut sample = Vec::with_capacity(2 * rows * n);
+            let mut sample = Vec::with_capacity(blocks * rows * n);
             let mut context = Vec::new();
             let mut embeds: Option<Vec<f32>> = None;
-            for half in 0..2 {
+            for b in 0..blocks {
                 for r in 0..rows {
                     sample.extend_from_slice(&xs[row(r)]);
-                    let c = &conds[row(r)];
-                    let cl = c.context.len() / 2;
-                    context.extend_from_slice(&c.context[half * cl..(half + 1) * cl]);
-                    if let Some(e) = &c.text_embeds {
-                        let el = e.len() / 2;
-                        embeds
-                            .get_or_insert_with(Vec::new)
-                            .extend_from_slice(&e[half * el..(half + 1) * el]);
-                    }
+                    conds[row(r)].push_row(b, chunks, &empty, &mut context, &mut embeds);
                 }
             }
             let added = embeds.as_deref().map(|e| Added {
@@ -375,18 +388,30 @@ impl Generator {
                 mode.contains(&true).then_some((&loras[..], &key)),
                 UnetCall {
                     sample: &sample,
-                    shape: [2 * rows, 4, h, w],
+                    shape: [blocks * rows, 4, h, w],
                     timestep: t as f32,
                     context: &context,
                     added,
                 },
             )?;
             for (r, s) in slots.iter_mut().enumerate() {
-                let u = &out[r * n..(r + 1) * n];
-                let c = &out[(rows + r) * n..(rows + r + 1) * n];
+                let at = |b: usize| &out[(b * rows + r) * n..(b * rows + r + 1) * n];
+                let parts: Vec<(f32, &[f32])> = (1..blocks)
+                    .map(|b| (conds[r].parts[b - 1].0, at(b)))
+                    .collect();
+                // Samplers that need the unconditional prediction (CFG++) get it; with `AND` parts
+                // the condition is their weighted sum, so `u + cfg (c − u)` stays A1111's guidance.
+                let summed;
+                let cond: &[f32] = match parts.as_slice() {
+                    [(w, c)] if *w == 1.0 => c,
+                    _ => {
+                        summed = step_texts::guide(at(0), &parts, 1.0);
+                        &summed
+                    }
+                };
                 let guidance = schedulers::Guidance {
-                    uncond: u,
-                    cond: c,
+                    uncond: at(0),
+                    cond,
                     scale: jobs[s.job].job.cfg,
                 };
                 let rng = &mut s.rng;
