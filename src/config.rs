@@ -18,6 +18,8 @@ pub const DEFAULTS: &str = r#"# stipple configuration. Copy to ~/.config/stipple
 theme = "dark"
 # Folders searched for LoRA-family adapters (*.safetensors), in order.
 lora_folders = []
+# Folders searched for textual-inversion embeddings (*.safetensors), used by file name in prompts.
+embedding_folders = []
 # Prompts kept in the history (Up/Down in the prompt editor).
 history_size = 500
 
@@ -165,6 +167,8 @@ impl CudaConfig {
 pub struct Config {
     pub theme: String,
     pub lora_folders: Vec<PathBuf>,
+    #[serde(default)]
+    pub embedding_folders: Vec<PathBuf>,
     pub history_size: usize,
     pub image: ImageConfig,
     pub generation: GenerationConfig,
@@ -381,6 +385,7 @@ fn layers(
             .try_parsing(true)
             .list_separator(",")
             .with_list_parse_key("lora_folders")
+            .with_list_parse_key("embedding_folders")
             .source(env),
     );
     for (key, value) in overrides {

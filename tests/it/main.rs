@@ -6,6 +6,7 @@ mod batching;
 mod cli;
 mod cuda;
 mod deps;
+mod embeddings;
 mod foundation;
 mod fused_graph;
 mod img2img;
