@@ -235,3 +235,94 @@ fn to_f32(dtype: safetensors::Dtype, data: &[u8]) -> Option<Vec<f32>> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors image of F32 tensors (name, shape, values) or raw (name, dtype, shape, bytes).
+    fn file(tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) -> tempfile::NamedTempFile {
+        let mut header = serde_json::Map::new();
+        let mut data = Vec::new();
+        for (name, dtype, shape, bytes) in tensors {
+            let start = data.len();
+            data.extend_from_slice(bytes);
+            header.insert(
+                name.to_string(),
+                serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}),
+            );
+        }
+        let h = serde_json::to_vec(&header).unwrap();
+        let mut out = (h.len() as u64).to_le_bytes().to_vec();
+        out.extend(h);
+        out.extend(data);
+        let f = tempfile::Builder::new()
+            .suffix(".safetensors")
+            .tempfile()
+            .unwrap();
+        std::fs::write(f.path(), out).unwrap();
+        f
+    }
+
+    fn f32s(n: usize, v: f32) -> Vec<u8> {
+        std::iter::repeat_n(v, n)
+            .flat_map(f32::to_le_bytes)
+            .collect()
+    }
+
+    fn read_err(f: &tempfile::NamedTempFile) -> String {
+        Embedding::read(f.path(), "x").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn formats_are_read_with_their_vector_counts() {
+        let one = file(&[("emb_params", "F32", vec![8], f32s(8, 0.5))]);
+        let e = Embedding::read(one.path(), "one").unwrap();
+        assert_eq!(e.count, 1);
+        assert_eq!(e.rows_for(&[8], "SD1.x").unwrap()[0], &[0.5; 8]);
+        assert!(e.rows_for(&[8, 8], "SDXL").is_err());
+        let star = file(&[
+            ("string_to_param.*", "F32", vec![3, 8], f32s(24, 1.0)),
+            ("string_to_token.*", "F32", vec![1], f32s(1, 265.0)),
+        ]);
+        assert_eq!(Embedding::read(star.path(), "s").unwrap().count, 3);
+        let xl = file(&[
+            ("clip_g", "F32", vec![2, 12], f32s(24, 1.0)),
+            ("clip_l", "F32", vec![2, 8], f32s(16, 2.0)),
+        ]);
+        let e = Embedding::read(xl.path(), "xl").unwrap();
+        let rows = e.rows_for(&[8, 12], "SDXL").unwrap();
+        assert_eq!((rows[0].len(), rows[1].len()), (16, 24));
+        assert!(e.rows_for(&[768], "SD1.x").is_err());
+        // The hash is the whole file's.
+        let bytes = std::fs::read(xl.path()).unwrap();
+        let want: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(e.short_hash(), &want[..12]);
+    }
+
+    #[test]
+    fn shapes_counts_and_types_that_are_no_embedding_are_refused() {
+        let uneven = file(&[
+            ("clip_g", "F32", vec![3, 8], f32s(24, 1.0)),
+            ("clip_l", "F32", vec![2, 8], f32s(16, 1.0)),
+        ]);
+        assert!(read_err(&uneven).contains("as many of each"));
+        let long = file(&[("emb_params", "F32", vec![76, 2], f32s(152, 1.0))]);
+        assert!(read_err(&long).contains("76 vectors"));
+        let cube = file(&[("emb_params", "F32", vec![2, 2, 2], f32s(8, 1.0))]);
+        assert!(read_err(&cube).contains("shape [2, 2, 2]"));
+        let ints = file(&[("emb_params", "I32", vec![2], vec![0; 8])]);
+        assert!(read_err(&ints).contains("not a float"));
+        let empty = file(&[("emb_params", "F32", vec![0, 8], Vec::new())]);
+        assert!(read_err(&empty).contains("empty"));
+        let text = tempfile::Builder::new()
+            .suffix(".safetensors")
+            .tempfile()
+            .unwrap();
+        std::fs::write(text.path(), "hello, this is text").unwrap();
+        assert!(read_err(&text).contains("begins with text"));
+    }
+}
