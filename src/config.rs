@@ -21,6 +21,8 @@ lora_folders = []
 # Folders the workstation's model picker (F9) lists checkpoints and model folders from, besides
 # --models-root's and the start model's own folder.
 model_folders = []
+# Folders searched for textual-inversion embeddings (*.safetensors), used by file name in prompts.
+embedding_folders = []
 # Prompts kept in the history (Up/Down in the prompt editor).
 history_size = 500
 
@@ -169,6 +171,8 @@ pub struct Config {
     pub theme: String,
     pub lora_folders: Vec<PathBuf>,
     pub model_folders: Vec<PathBuf>,
+    #[serde(default)]
+    pub embedding_folders: Vec<PathBuf>,
     pub history_size: usize,
     pub image: ImageConfig,
     pub generation: GenerationConfig,
@@ -386,6 +390,7 @@ fn layers(
             .list_separator(",")
             .with_list_parse_key("lora_folders")
             .with_list_parse_key("model_folders")
+            .with_list_parse_key("embedding_folders")
             .source(env),
     );
     for (key, value) in overrides {

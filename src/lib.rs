@@ -10,6 +10,7 @@ pub mod batch;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod embedding;
 pub mod engine;
 pub mod export;
 pub mod family;

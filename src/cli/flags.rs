@@ -62,6 +62,10 @@ pub struct EngineFlags {
     /// config and STIPPLE_LORA_DIRS, colon-separated)
     #[arg(long = "lora-dir", value_name = "DIR")]
     pub lora_dirs: Vec<PathBuf>,
+    /// A folder of textual-inversion embeddings (*.safetensors), used by file name in prompts
+    /// (repeatable; adds to `embedding_folders` of the config)
+    #[arg(long = "embeddings", value_name = "DIR")]
+    pub embedding_dirs: Vec<PathBuf>,
     /// At most N images go through the UNet together: a job's batch, and in `batch` the images
     /// of compatible jobs (config: generation.unet_batch; 1 = one image at a time)
     #[arg(long, value_name = "N")]
@@ -93,6 +97,12 @@ impl EngineFlags {
             resident_weights: self.resident_weights.or(outer.resident_weights),
             lora_method: self.lora_method.or(outer.lora_method),
             unet_batch: self.unet_batch.or(outer.unet_batch),
+            embedding_dirs: outer
+                .embedding_dirs
+                .iter()
+                .chain(&self.embedding_dirs)
+                .cloned()
+                .collect(),
             lora_dirs: outer
                 .lora_dirs
                 .iter()

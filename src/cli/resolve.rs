@@ -30,6 +30,8 @@ pub struct EngineSettings {
     pub unet_batch: usize,
     /// Where `<lora:NAME>` is looked up, in order.
     pub lora_dirs: Vec<PathBuf>,
+    /// Where textual-inversion embeddings are looked up, in order.
+    pub embedding_dirs: Vec<PathBuf>,
     pub ort_lib: Option<PathBuf>,
 }
 
@@ -38,7 +40,8 @@ impl EngineSettings {
     pub fn spec(&self) -> crate::engine::EngineSpec {
         let mut spec = crate::engine::EngineSpec::new(&self.model)
             .with_session(self.session.clone())
-            .with_lora_dirs(self.lora_dirs.clone());
+            .with_lora_dirs(self.lora_dirs.clone())
+            .with_embedding_dirs(self.embedding_dirs.clone());
         spec.lora_method = self.lora_method;
         spec.unet_batch = self.unet_batch;
         spec
@@ -117,7 +120,10 @@ pub fn engine(
         )));
     }
     let mut lora_dirs = lora_dirs(&flags.lora_dirs, config);
-    lora_dirs.extend(root.map(|r| r.lora_dirs()).unwrap_or_default());
+    lora_dirs.extend(root.as_ref().map(|r| r.lora_dirs()).unwrap_or_default());
+    let mut embedding_dirs = flags.embedding_dirs.clone();
+    embedding_dirs.extend(config.embedding_folders.iter().cloned());
+    embedding_dirs.extend(root.map(|r| r.embedding_dirs()).unwrap_or_default());
     Ok(EngineSettings {
         model,
         bundled,
@@ -126,6 +132,7 @@ pub fn engine(
         lora_method: flags.lora_method.unwrap_or(config.generation.lora_method),
         unet_batch: unet_batch as usize,
         lora_dirs,
+        embedding_dirs,
         ort_lib: ort_lib.map(Path::to_path_buf),
     })
 }

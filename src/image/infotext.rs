@@ -49,6 +49,8 @@ pub struct Resources {
     pub clip_skip: Option<u32>,
     /// (tag name, addnet short hash) of the job's LoRAs: A1111's `Lora hashes`.
     pub lora_hashes: Vec<(String, String)>,
+    /// (name, file sha256 prefix) of the job's textual-inversion embeddings: A1111's `TI hashes`.
+    pub ti_hashes: Vec<(String, String)>,
 }
 
 /// The infotext of image `seed` of `job` made with `res`.
@@ -90,15 +92,21 @@ pub fn format_infotext(job: &Job, seed: u64, res: &Resources) -> String {
     if let Some(c) = res.clip_skip.filter(|&c| c > 1) {
         params.push(("Clip skip", c.to_string()));
     }
-    if !res.lora_hashes.is_empty() {
-        let list: Vec<String> = res
-            .lora_hashes
+    for (key, hashes) in [
+        ("Lora hashes", &res.lora_hashes),
+        ("TI hashes", &res.ti_hashes),
+    ] {
+        if hashes.is_empty() {
+            continue;
+        }
+        // A1111 drops `:` and `,` from the names, so the list parses back.
+        let list: Vec<String> = hashes
             .iter()
-            .map(|(n, h)| format!("{n}: {h}"))
+            .map(|(n, h)| format!("{}: {h}", n.replace([':', ','], "")))
             .collect();
         // Always quoted, as A1111 writes it.
         params.push((
-            "Lora hashes",
+            key,
             serde_json::to_string(&list.join(", ")).unwrap_or_default(),
         ));
     }

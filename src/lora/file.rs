@@ -126,7 +126,7 @@ fn map_file(file: &File) -> std::io::Result<Mmap> {
     unsafe { Mmap::map(file) }
 }
 
-fn pickle_kind(path: &Path, head: &[u8]) -> Option<String> {
+pub(crate) fn pickle_kind(path: &Path, head: &[u8]) -> Option<String> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())

@@ -305,6 +305,21 @@ impl Component {
                 });
             }
         }
+        // Text encoders take textual-inversion vectors through one more input (extra_tokens.rs).
+        let (plain, cuda) = if matches!(
+            kind,
+            ComponentKind::TextEncoder | ComponentKind::TextEncoder2
+        ) {
+            let with_rows = |f: GraphFiles| -> Result<GraphFiles, ModelError> {
+                Ok(GraphFiles {
+                    graph: super::extra_tokens::add_extra_rows(f.graph)?,
+                    weightmap: f.weightmap,
+                })
+            };
+            (with_rows(plain)?, cuda.map(with_rows).transpose()?)
+        } else {
+            (plain, cuda)
+        };
         Ok(Component {
             kind,
             dir,

@@ -8,6 +8,7 @@
 pub mod assemble;
 pub mod checkpoint;
 pub mod diffusers_dir;
+pub mod extra_tokens;
 pub mod fold;
 pub mod foldable;
 pub mod graph;

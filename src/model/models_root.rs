@@ -1,14 +1,16 @@
 //! An A1111, Forge, SD.Next or ComfyUI install used as a models root (`--models-root`): checkpoints,
-//! LoRAs and VAEs are found by name in the folders those tools keep them in.
+//! LoRAs, VAEs and embeddings are found by name in the folders those tools keep them in.
 //!
 //! [`ModelsRoot::resolve_checkpoint`] and [`ModelsRoot::resolve_vae`] turn a name into a path;
-//! [`ModelsRoot::lora_dirs`] lists the LoRA folders that exist.
+//! [`ModelsRoot::lora_dirs`] and [`ModelsRoot::embedding_dirs`] list the folders that exist.
 
 use std::path::{Path, PathBuf};
 
 const CHECKPOINTS: [&str; 2] = ["models/Stable-diffusion", "models/checkpoints"];
 const LORAS: [&str; 3] = ["models/Lora", "models/LyCORIS", "models/loras"];
 const VAES: [&str; 2] = ["models/VAE", "models/vae"];
+/// A1111 and Forge keep embeddings beside `models/`, ComfyUI and SD.Next inside it.
+const EMBEDDINGS: [&str; 2] = ["embeddings", "models/embeddings"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelsRootError {
@@ -53,6 +55,11 @@ impl ModelsRoot {
     /// The LoRA folders of the install that exist.
     pub fn lora_dirs(&self) -> Vec<PathBuf> {
         self.existing(&LORAS)
+    }
+
+    /// The embedding folders of the install that exist.
+    pub fn embedding_dirs(&self) -> Vec<PathBuf> {
+        self.existing(&EMBEDDINGS)
     }
 
     /// `name` as given when it exists, else a checkpoint of that name (with or without

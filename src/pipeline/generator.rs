@@ -122,7 +122,7 @@ impl Generator {
                  so clip skip is 1 or 2"
             )));
         }
-        let text = TextConditioner::load(&model, clip_skip)?;
+        let text = TextConditioner::load(&model, clip_skip, spec.embedding_dirs.clone())?;
         let scheduler = SchedulerConfig::from_json_str(&model.scheduler_config)?;
         let sessions = Sessions::load(&model, runtime, opts, spec.bound_unet)?;
         crate::patch::return_freed_memory();
@@ -280,6 +280,19 @@ impl Generator {
         fragments: &[Fragment],
     ) -> Result<Vec<Vec<f32>>, PipelineError> {
         self.text.encode_prompt(self.sessions.text_mut(), fragments)
+    }
+
+    /// The padded token ids per text encoder and chunk of a prompt, embeddings included.
+    pub fn prompt_ids(
+        &mut self,
+        fragments: &[Fragment],
+    ) -> Result<Vec<Vec<Vec<u32>>>, PipelineError> {
+        self.text.prompt_ids(fragments)
+    }
+
+    /// The textual-inversion embeddings the embedding folders hold, by name.
+    pub fn embedding_names(&self) -> Vec<String> {
+        self.text.embedding_names()
     }
 
     /// [`Self::encode_prompt`] for every text encoder of the family, with the pooled embedding.

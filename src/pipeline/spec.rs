@@ -22,6 +22,8 @@ pub struct EngineSpec {
     pub session: SessionOptions,
     /// The folders `<lora:NAME>` tags are looked up in.
     pub lora_dirs: Vec<PathBuf>,
+    /// The folders textual-inversion embeddings are looked up in.
+    pub embedding_dirs: Vec<PathBuf>,
     /// How adapters reach the weights.
     pub lora_method: LoraMethod,
     /// Options of live mode (SVD truncation error).
@@ -44,6 +46,7 @@ impl EngineSpec {
             model: model.into(),
             session: SessionOptions::default(),
             lora_dirs: Vec::new(),
+            embedding_dirs: Vec::new(),
             lora_method: LoraMethod::default(),
             live: LiveOptions::default(),
             previews: false,
@@ -61,6 +64,12 @@ impl EngineSpec {
     /// The same spec with `dirs` as its LoRA folders.
     pub fn with_lora_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
         self.lora_dirs = dirs;
+        self
+    }
+
+    /// The same spec with `dirs` as its embedding folders.
+    pub fn with_embedding_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.embedding_dirs = dirs;
         self
     }
 }

@@ -1,17 +1,21 @@
 //! Text conditioning: [`TextConditioner`] owns the tokenizers, clip skip's final layer norm and
 //! the cache of conditioning per (text-encoder state, text), and runs the text-encoder sessions it is
-//! handed (A1111 chunks and emphasis, SDXL's two encoders and pooled embedding).
+//! handed (A1111 chunks and emphasis, SDXL's two encoders and pooled embedding, textual-inversion
+//! embeddings fed as extra token rows).
 
 use super::error::{run_err, PipelineError};
 use super::keys::Fusion;
 use super::resident::Net;
 use super::tokenizer::ClipTokenizer;
+use crate::embedding::{Prompter, Rows};
 use crate::family::Family;
+use crate::model::extra_tokens::{takes_extra_rows, token_table, EXTRA_INPUT};
 use crate::model::layout::ComponentKind;
 use crate::model::{Model, TokenizerFiles};
-use crate::prompt::{chunk, Chunk, ChunkConfig, Fragment, MAX_CHUNKS};
+use crate::prompt::{chunk_units, Chunk, ChunkConfig, Fragment, MAX_CHUNKS};
 use crate::runtime::tensor_io::Input;
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// A prompt's conditioning: the UNet context (`[tokens, context_dim]`, chunks concatenated) and, for
@@ -20,6 +24,8 @@ use std::sync::Arc;
 pub struct Conditioning {
     pub chunks: Vec<Vec<f32>>,
     pub pooled: Option<Vec<f32>>,
+    /// (name, A1111 short hash) of the embeddings the prompt used.
+    pub embeddings: Vec<(String, String)>,
 }
 
 /// The tokenizers and text-side state of a loaded model.
@@ -33,15 +39,22 @@ pub struct TextConditioner {
     zeros_for_empty_negative: bool,
     /// How many texts were encoded.
     encodes: usize,
-    /// The running jobs' conditioning per (text-encoder state, text): each distinct text (a prompt
-    /// editing step, an `AND` part, a negative prompt) is encoded once per text-encoder strength
-    /// set, not once per step.
-    cache: HashMap<(Fusion, String), Arc<Conditioning>>,
+    /// Textual-inversion embeddings: the folders, the files read, the names in token streams.
+    embeddings: Prompter,
+    /// The running jobs' conditioning per (text-encoder state, text, embedding files' stamp): each
+    /// distinct text (a prompt editing step, an `AND` part, a negative prompt) is encoded once per
+    /// text-encoder strength set, not once per step.
+    cache: HashMap<(Fusion, String, u64), Arc<Conditioning>>,
 }
 
 impl TextConditioner {
-    /// The tokenizers of `model`; `clip_skip` 2 reads the final layer norm from its weights.
-    pub fn load(model: &Model, clip_skip: u32) -> Result<Self, PipelineError> {
+    /// The tokenizers of `model`; `clip_skip` 2 reads the final layer norm from its weights;
+    /// embeddings are looked up in `embedding_dirs`.
+    pub fn load(
+        model: &Model,
+        clip_skip: u32,
+        embedding_dirs: Vec<PathBuf>,
+    ) -> Result<Self, PipelineError> {
         let tokenizers = model
             .tokenizers
             .iter()
@@ -55,12 +68,26 @@ impl TextConditioner {
         } else {
             None
         };
+        let family = model.index.family;
+        // Per encoder, the token table its graph extends with embedding rows.
+        let tables = family
+            .facts()
+            .encoders
+            .iter()
+            .map(|enc| {
+                let c = model.component(enc.component)?;
+                takes_extra_rows(&c.graph)
+                    .then(|| token_table(&c.graph))
+                    .flatten()
+            })
+            .collect();
         Ok(TextConditioner {
-            family: model.index.family,
+            family,
             tokenizers,
             final_norm,
             zeros_for_empty_negative: model.zeros_for_empty_negative(),
             encodes: 0,
+            embeddings: Prompter::new(embedding_dirs, family.facts().name, tables),
             cache: HashMap::new(),
         })
     }
@@ -75,9 +102,32 @@ impl TextConditioner {
         self.encodes
     }
 
-    /// Forgets the last job's conditioning.
+    /// Forgets the last job's conditioning and lists the embedding folders again.
     pub fn begin_job(&mut self) {
         self.cache.clear();
+        self.embeddings.refresh();
+    }
+
+    /// The embedding names the folders hold, sorted.
+    pub fn embedding_names(&self) -> Vec<String> {
+        self.embeddings.names()
+    }
+
+    /// `TI hashes` of a job whose texts are `texts`: the embeddings its encoded texts used.
+    pub fn ti_hashes(&self, texts: &[Vec<Fragment>]) -> Vec<(String, String)> {
+        let wanted: Vec<String> = texts.iter().map(|t| format!("{t:?}")).collect();
+        let mut out: Vec<(String, String)> = Vec::new();
+        for ((_, text, _), c) in &self.cache {
+            if wanted.contains(text) {
+                for e in &c.embeddings {
+                    if !out.contains(e) {
+                        out.push(e.clone());
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
     }
 
     /// Whether an empty negative prompt is all zeros for this model (SDXL).
@@ -93,7 +143,7 @@ impl TextConditioner {
         te: &Fusion,
         text: &[Fragment],
     ) -> Result<Arc<Conditioning>, PipelineError> {
-        let key = (te.clone(), format!("{text:?}"));
+        let key = (te.clone(), format!("{text:?}"), self.embeddings.stamp());
         if let Some(c) = self.cache.get(&key) {
             return Ok(c.clone());
         }
@@ -125,7 +175,8 @@ impl TextConditioner {
                 .into_iter()
                 .map(i64::from)
                 .collect();
-            let (z, p) = self.encode_ids(nets, i, ids)?;
+            let rows = self.embeddings.rows(i);
+            let (z, p) = self.encode_ids(nets, i, ids, &rows)?;
             parts.push(z);
             pooled = pooled.or(p);
         }
@@ -145,16 +196,64 @@ impl TextConditioner {
 
     /// Length of the conditioning for these texts (77 per chunk of the longest), without running
     /// a text encoder.
-    pub fn context_len(&self, texts: &[Vec<Fragment>]) -> usize {
+    pub fn context_len(&mut self, texts: &[Vec<Fragment>]) -> usize {
         let mut n = 1;
-        for tok in &self.tokenizers {
+        for i in 0..self.tokenizers.len() {
             for t in texts {
-                let k = chunk(t, |t| tok.encode(t), &ChunkConfig::default())
-                    .map_or(MAX_CHUNKS, |c| c.len()); // too long: encoding refuses it
+                let k = self.chunks(i, t).map_or(MAX_CHUNKS, |(c, _)| c.len()); // too long or refused: encoding says why
                 n = n.max(k);
             }
         }
         77 * n
+    }
+
+    /// The padded ids of each chunk of `fragments` for each text encoder (embedding vectors as ids
+    /// from the vocabulary size on, numbered in order of first use), as the encoders get them.
+    pub fn prompt_ids(
+        &mut self,
+        fragments: &[Fragment],
+    ) -> Result<Vec<Vec<Vec<u32>>>, PipelineError> {
+        let encoders = self.family.facts().encoders;
+        let mut out = Vec::with_capacity(encoders.len());
+        for (i, enc) in encoders.iter().enumerate() {
+            let (chunks, _) = self.chunks(i, fragments)?;
+            let tok = &self.tokenizers[i];
+            let ids = chunks
+                .iter()
+                .map(|c| c.padded(tok.bos_id(), tok.eos_id(), enc.pad_id).0)
+                .collect();
+            out.push(ids);
+        }
+        Ok(out)
+    }
+
+    /// `fragments` in chunks for text encoder `i`, embeddings as vector ids, and their rows.
+    fn chunks(
+        &mut self,
+        i: usize,
+        fragments: &[Fragment],
+    ) -> Result<(Vec<Chunk>, Rows), PipelineError> {
+        let tok = &self.tokenizers[i];
+        let embeddings = &mut self.embeddings;
+        let mut rows = embeddings.rows(i);
+        let mut failed = None;
+        let chunks = chunk_units(
+            fragments,
+            |t| {
+                embeddings
+                    .units(i, &|s| tok.encode(s), t, &mut rows)
+                    .unwrap_or_else(|e| {
+                        failed.get_or_insert(e);
+                        Vec::new()
+                    })
+            },
+            &ChunkConfig::default(),
+        )
+        .map_err(|e| PipelineError::Prompt(e.to_string()))?;
+        if let Some(e) = failed {
+            return Err(PipelineError::Prompt(e.to_string()));
+        }
+        Ok((chunks, rows))
     }
 
     /// [`Self::encode_prompt`] for every text encoder of the family: each encoder chunks the prompt
@@ -170,22 +269,25 @@ impl TextConditioner {
         let encoders = self.family.facts().encoders;
         let mut per_encoder: Vec<Vec<Vec<f32>>> = Vec::with_capacity(encoders.len());
         let mut pooled = None;
+        let mut used = Vec::new();
         for (i, enc) in encoders.iter().enumerate() {
-            let tok = &self.tokenizers[i];
-            let mut chunks = chunk(fragments, |t| tok.encode(t), &ChunkConfig::default())
-                .map_err(|e| PipelineError::Prompt(e.to_string()))?;
-            if chunks.is_empty() {
-                chunks.push(Chunk {
-                    tokens: Vec::new(),
-                    weights: Vec::new(),
-                });
+            let (mut chunks, rows) = self.chunks(i, fragments)?;
+            if i == 0 {
+                used = rows
+                    .used()
+                    .map(|(n, h)| (n.to_string(), h.to_string()))
+                    .collect();
             }
+            if chunks.is_empty() {
+                chunks.push(Chunk::default());
+            }
+            let tok = &self.tokenizers[i];
             let (bos, eos) = (tok.bos_id(), tok.eos_id());
             let mut zs = Vec::with_capacity(chunks.len());
             for (n, c) in chunks.iter().enumerate() {
                 let (ids, weights) = c.padded(bos, eos, enc.pad_id);
                 let (mut z, p) =
-                    self.encode_ids(nets, i, ids.into_iter().map(i64::from).collect())?;
+                    self.encode_ids(nets, i, ids.into_iter().map(i64::from).collect(), &rows)?;
                 apply_emphasis(&mut z, &weights);
                 zs.push(z);
                 if n == 0 {
@@ -203,7 +305,9 @@ impl TextConditioner {
                 };
                 let tok = &self.tokenizers[i];
                 let (ids, _) = empty.padded(tok.bos_id(), tok.eos_id(), encoders[i].pad_id);
-                let (z, _) = self.encode_ids(nets, i, ids.into_iter().map(i64::from).collect())?;
+                let rows = self.embeddings.rows(i);
+                let ids = ids.into_iter().map(i64::from).collect();
+                let (z, _) = self.encode_ids(nets, i, ids, &rows)?;
                 zs.resize(n, z);
             }
         }
@@ -213,16 +317,21 @@ impl TextConditioner {
                 concat_per_token(&parts)
             })
             .collect();
-        Ok(Conditioning { chunks, pooled })
+        Ok(Conditioning {
+            chunks,
+            pooled,
+            embeddings: used,
+        })
     }
 
-    /// Runs text encoder `i` on one chunk of ids: its conditioning output and, for the encoder that
-    /// has it, the pooled output.
+    /// Runs text encoder `i` on one chunk of ids (embedding vectors from `rows`): its conditioning
+    /// output and, for the encoder that has it, the pooled output.
     fn encode_ids(
         &mut self,
         nets: &mut [Net],
         i: usize,
         ids: Vec<i64>,
+        rows: &Rows,
     ) -> Result<(Vec<f32>, Option<Vec<f32>>), PipelineError> {
         let facts = self.family.facts();
         let hidden = facts.encoders[i].hidden_output;
@@ -243,8 +352,14 @@ impl TextConditioner {
         let session = nets.get_mut(i).ok_or_else(|| {
             PipelineError::Job(format!("the model has no text encoder number {}", i + 1))
         })?;
+        let mut inputs = vec![Input::I64("input_ids", vec![1, n], ids)];
+        let (extra_n, extra) = rows.feed();
+        if self.embeddings.takes_rows(i) {
+            let width = extra.len() / extra_n;
+            inputs.push(Input::F32(EXTRA_INPUT, vec![extra_n, width], &extra));
+        }
         let mut out = session
-            .run(vec![Input::I64("input_ids", vec![1, n], ids)], &names)
+            .run(inputs, &names)
             .map_err(run_err("text encoder"))?
             .into_iter()
             .map(|(_, d)| d);

@@ -17,7 +17,7 @@ pub const MAX_CHUNKS: usize = 32;
 /// CLIP's `,</w>` token id.
 pub const CLIP_COMMA: u32 = 267;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Chunk {
     /// At most [`CHUNK_LEN`], without BOS/EOS/padding.
     pub tokens: Vec<u32>,
@@ -74,6 +74,30 @@ pub fn chunk<F>(
 where
     F: Fn(&str) -> Vec<u32>,
 {
+    chunk_units(
+        fragments,
+        |t| tokenize(t).into_iter().map(Unit::Token).collect(),
+        cfg,
+    )
+}
+
+/// What a fragment tokenizes to: tokens, and the vectors of textual-inversion embeddings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unit {
+    Token(u32),
+    /// An embedding's vector ids: kept in one chunk, each counted as a token (A1111's rule).
+    Vectors(Vec<u32>),
+}
+
+/// [`chunk`] over units: an embedding that does not fit in the current chunk starts the next.
+pub fn chunk_units<F>(
+    fragments: &[Fragment],
+    mut tokenize: F,
+    cfg: &ChunkConfig,
+) -> Result<Vec<Chunk>, PromptError>
+where
+    F: FnMut(&str) -> Vec<Unit>,
+{
     let mut done: Vec<Chunk> = Vec::new();
     let mut cur = Chunk {
         tokens: Vec::new(),
@@ -86,20 +110,14 @@ where
         let (text, weight) = match f {
             Fragment::Break => {
                 check_room(&done)?;
-                done.push(std::mem::replace(
-                    &mut cur,
-                    Chunk {
-                        tokens: Vec::new(),
-                        weights: Vec::new(),
-                    },
-                ));
+                done.push(std::mem::take(&mut cur));
                 last_comma = None;
                 continue;
             }
             Fragment::Text { text, weight } => (text, *weight as f32),
         };
-        for token in tokenize(text) {
-            if token == cfg.comma_token {
+        for unit in tokenize(text) {
+            if unit == Unit::Token(cfg.comma_token) {
                 last_comma = Some(cur.tokens.len());
             } else if let Some(c) = last_comma {
                 let full = cur.tokens.len() == CHUNK_LEN;
@@ -117,17 +135,24 @@ where
             }
             if cur.tokens.len() == CHUNK_LEN {
                 check_room(&done)?;
-                done.push(std::mem::replace(
-                    &mut cur,
-                    Chunk {
-                        tokens: Vec::new(),
-                        weights: Vec::new(),
-                    },
-                ));
+                done.push(std::mem::take(&mut cur));
                 last_comma = None;
             }
-            cur.tokens.push(token);
-            cur.weights.push(weight);
+            match unit {
+                Unit::Token(token) => {
+                    cur.tokens.push(token);
+                    cur.weights.push(weight);
+                }
+                Unit::Vectors(ids) => {
+                    if cur.tokens.len() + ids.len() > CHUNK_LEN {
+                        check_room(&done)?;
+                        done.push(std::mem::take(&mut cur));
+                        last_comma = None;
+                    }
+                    cur.weights.extend(std::iter::repeat_n(weight, ids.len()));
+                    cur.tokens.extend(ids);
+                }
+            }
         }
     }
     if !cur.tokens.is_empty() || done.is_empty() {
@@ -260,6 +285,30 @@ mod tests {
         let c = chunk(&[t(&text, 1.0)], fake, &ChunkConfig::default()).unwrap();
         assert_eq!(c.len(), 2);
         assert_eq!(c[1].tokens, vec![CLIP_COMMA, 5]);
+    }
+
+    #[test]
+    fn an_embedding_stays_in_one_chunk_and_takes_its_weight() {
+        // 70 tokens, then a 10-vector embedding: 80 > 75, so it starts chunk 2 whole.
+        let mut calls = 0;
+        let units = |text: &str| {
+            calls += 1;
+            let mut u: Vec<Unit> = fake(text).into_iter().map(Unit::Token).collect();
+            if calls == 2 {
+                u.push(Unit::Vectors((900..910).collect()));
+            }
+            u
+        };
+        let c = chunk_units(
+            &[t(&words(1000..1070), 1.0), t("5", 1.3)],
+            units,
+            &ChunkConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].tokens.len(), 71);
+        assert_eq!(c[1].tokens, (900..910).collect::<Vec<_>>());
+        assert!(c[1].weights.iter().all(|w| (*w - 1.3).abs() < 1e-6));
     }
 
     #[test]

@@ -109,7 +109,7 @@ pub mod resolve;
 mod schedule;
 mod suggest;
 
-pub use chunk::{chunk, Chunk, ChunkConfig, CHUNK_LEN, CLIP_COMMA, MAX_CHUNKS};
+pub use chunk::{chunk, chunk_units, Chunk, ChunkConfig, Unit, CHUNK_LEN, CLIP_COMMA, MAX_CHUNKS};
 pub use editing::{Editing, Node, Part, Segment, When};
 pub use emphasis::Fragment;
 pub use error::{PromptError, PromptWarning};

@@ -7,6 +7,7 @@ mod cli;
 mod cuda;
 mod deps;
 mod editing_images;
+mod embeddings;
 mod foundation;
 mod fused_graph;
 mod img2img;

@@ -77,13 +77,24 @@ pub fn small_job(prompt: &str, seed: u64) -> stipple::job::Job {
 
 /// The pixels of the first image `g` makes for `job`, or the generator's error.
 pub fn try_image(g: &mut Generator, job: &stipple::job::Job) -> Result<Vec<u8>, String> {
+    Ok(try_image_and_infotext(g, job)?.0)
+}
+
+/// The pixels and infotext of the first image `g` makes for `job`, or the generator's error.
+pub fn try_image_and_infotext(
+    g: &mut Generator,
+    job: &stipple::job::Job,
+) -> Result<(Vec<u8>, String), String> {
     let mut out = None;
     g.generate(
         job,
         &|| stipple::engine::Stop::No,
         &mut |e| {
-            if let stipple::job::Event::Image { image, .. } = e {
-                out.get_or_insert(image.pixels);
+            if let stipple::job::Event::Image {
+                image, infotext, ..
+            } = e
+            {
+                out.get_or_insert((image.pixels, infotext));
             }
         },
         1,

@@ -290,7 +290,11 @@ impl Generator {
                             lora_hashes: lora_hashes(loras),
                             ..self.resources.clone()
                         });
-                        let infotext = format_infotext(jobs[s.job].job, s.seed, resources);
+                        let resources = Resources {
+                            ti_hashes: self.text.ti_hashes(&jobs[s.job].texts.texts),
+                            ..resources.clone()
+                        };
+                        let infotext = format_infotext(jobs[s.job].job, s.seed, &resources);
                         on_event(Event::Image {
                             id: jobs[s.job].id,
                             index: s.index,
