@@ -82,6 +82,7 @@ mod tests {
             batch,
             schedule: Schedule::default(),
             init: None,
+            hires: None,
         }
     }
 

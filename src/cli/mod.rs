@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod error;
 pub mod flags;
 pub mod generate;
+pub mod hires_flags;
 pub mod lora;
 pub mod prompt;
 pub mod resolve;
@@ -54,7 +55,7 @@ pub struct TuiArgs {
 #[derive(Subcommand)]
 pub enum Command {
     /// Make images from a prompt, without the TUI
-    Generate(GenerateArgs),
+    Generate(Box<GenerateArgs>),
     /// Run a JSON-lines job file or a sweep on warm engines; resumable and shardable
     Batch(batch::BatchArgs),
     /// Check ONNX Runtime, execution providers and a model folder
@@ -115,6 +116,8 @@ pub struct GenerateArgs {
     pub no_preview: bool,
     #[command(flatten)]
     pub init: InitFlags,
+    #[command(flatten)]
+    pub hires: hires_flags::HiresFlags,
 }
 
 /// `generate`'s image-to-image and inpainting flags.

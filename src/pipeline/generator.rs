@@ -27,6 +27,7 @@ use crate::runtime::Runtime;
 use std::path::PathBuf;
 
 mod batched;
+mod hires;
 
 pub use super::sessions::{Added, FuseStats};
 pub use super::spec::DEFAULT_UNET_BATCH;
@@ -50,6 +51,8 @@ pub struct Generator {
     live: LiveStepper,
     /// At most this many images share a UNet call.
     unet_batch: usize,
+    /// The hires fix's ONNX upscaler, opened at its first use.
+    upscaler: Option<hires::CachedUpscaler>,
 }
 
 /// Parses the prompt and the negative prompt; LoRA tags belong in the prompt only.
@@ -163,6 +166,7 @@ impl Generator {
             sessions,
             live: LiveStepper::new(spec.lora_method, spec.live),
             unet_batch: spec.unet_batch.max(1),
+            upscaler: None,
         })
     }
 

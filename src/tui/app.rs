@@ -578,6 +578,7 @@ impl App {
             seed,
             batch: s.batch,
             init: None,
+            hires: None,
         })
     }
 

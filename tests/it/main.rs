@@ -8,6 +8,7 @@ mod cuda;
 mod deps;
 mod foundation;
 mod fused_graph;
+mod hires;
 mod img2img;
 mod live;
 mod lora;
