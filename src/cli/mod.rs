@@ -13,6 +13,7 @@ pub mod hires_flags;
 pub mod lora;
 pub mod prompt;
 pub mod resolve;
+pub mod upscale;
 pub mod workstation;
 
 pub use error::CliError;
@@ -70,6 +71,8 @@ pub enum Command {
     /// The prompt language: `prompt check TEXT` shows how a prompt parses, or its errors
     #[command(subcommand)]
     Prompt(prompt::PromptCommand),
+    /// Upscale a picture with an ONNX image upscaler (e.g. Real-ESRGAN), in tiles
+    Upscale(upscale::UpscaleArgs),
 }
 
 /// `generate`'s flags; what is not given comes from `[generation]` of the config.
@@ -181,6 +184,7 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Lora(c) => lora::run(c),
         Command::Bake(a) => bake::run(a),
         Command::Prompt(c) => prompt::run(c),
+        Command::Upscale(a) => upscale::run(a, ort_lib),
     }
 }
 

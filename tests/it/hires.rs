@@ -299,3 +299,38 @@ fn batch_hires_field_is_hashed() {
     assert!(stderr.contains("scael"), "{stderr}");
     assert!(!out.exists(), "a dry run wrote files");
 }
+
+/// `stipple upscale` as a user runs it: the PNG is torch's untiled output within 1/255; a graph
+/// that is not an upscaler and a tiling that cannot work are refused, nothing written.
+#[test]
+fn upscale_command_writes_the_models_picture() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("big.png");
+    let model = upscalers().join("tiny-2x.onnx");
+    let run = |model: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "upscale",
+            "tests/fixtures/img2img/init.png",
+            "--upscaler",
+            model.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        crate::cli::run(&args)
+    };
+    let (ok, stdout, stderr) = run(&model, &["--tile", "24", "--tile-overlap", "8"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("128x128"), "{stdout}");
+    let (w, h, got) = read_rgb(&out);
+    let (_, _, torch) = read_rgb(&upscalers().join("init.2x.png"));
+    assert_eq!((w, h), (128, 128));
+    let (mad, _) = diff(&got, &torch);
+    assert!(mad <= 1.0, "{mad}");
+    std::fs::remove_file(&out).unwrap();
+    let (ok, _, stderr) = run(&upscalers().join("two-inputs.onnx"), &[]);
+    assert!(!ok && stderr.contains("2 inputs"), "{stderr}");
+    let (ok, _, stderr) = run(&model, &["--tile", "8", "--tile-overlap", "4"]);
+    assert!(!ok && stderr.contains("twice the overlap"), "{stderr}");
+    assert!(!out.exists());
+}
