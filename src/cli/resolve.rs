@@ -28,6 +28,8 @@ pub struct EngineSettings {
     pub lora_method: LoraMethod,
     /// Images per UNet call at most.
     pub unet_batch: usize,
+    /// When the VAE decodes in tiles.
+    pub vae_tiles: crate::pipeline::vae_tiles::TileMode,
     /// Where `<lora:NAME>` is looked up, in order.
     pub lora_dirs: Vec<PathBuf>,
     pub ort_lib: Option<PathBuf>,
@@ -41,6 +43,7 @@ impl EngineSettings {
             .with_lora_dirs(self.lora_dirs.clone());
         spec.lora_method = self.lora_method;
         spec.unet_batch = self.unet_batch;
+        spec.vae_tiling.mode = self.vae_tiles;
         spec
     }
 }
@@ -125,6 +128,7 @@ pub fn engine(
         session,
         lora_method: flags.lora_method.unwrap_or(config.generation.lora_method),
         unet_batch: unet_batch as usize,
+        vae_tiles: flags.vae_tiles.unwrap_or_default(),
         lora_dirs,
         ort_lib: ort_lib.map(Path::to_path_buf),
     })

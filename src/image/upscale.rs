@@ -253,7 +253,7 @@ pub fn starts(len: usize, tile: usize, overlap: usize) -> Vec<usize> {
 
 /// A tile's weights along one side (output pixels): 1 inside, rising over the overlap on each side
 /// that has a neighbour, from 0 at a quarter of the overlap in to 1 at three quarters.
-fn ramp(start: usize, tile: usize, len: usize, overlap: usize, s: usize) -> Vec<f32> {
+pub fn ramp(start: usize, tile: usize, len: usize, overlap: usize, s: usize) -> Vec<f32> {
     let n = tile * s;
     let margin = (overlap * s) as f32 / 4.0;
     let width = ((overlap * s) as f32 / 2.0).max(1.0);

@@ -29,3 +29,4 @@ mod tui_screens;
 mod tui_smoke;
 mod tui_support;
 mod util;
+mod vae_tiles;

@@ -296,7 +296,7 @@ impl Generator {
                 Some(Ended::Done) => {}
                 None => {
                     for s in &slots {
-                        let image = self.sessions.decode(&self.model, &s.latents, h, w)?;
+                        let image = self.decode_image(&s.latents, h, w)?;
                         self.take_hashes();
                         let resources = resources.get_or_insert_with(|| Resources {
                             lora_hashes: lora_hashes(loras),
