@@ -229,6 +229,7 @@ pub fn run(
         seed: 1,
         batch: 1,
         init: None,
+        hires: None,
     };
     if static_shapes {
         // One short job builds the sessions for this exact shape, as a real job would.
@@ -486,6 +487,7 @@ pub fn live(
         seed: 1,
         batch: 1,
         init: None,
+        hires: None,
     };
     // Each method twice; the second run's steps count (sessions built, caches warm).
     let mut fused = Vec::new();

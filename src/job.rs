@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
+pub use crate::hires::HiresFix;
 pub use crate::init_image::InitImage;
 
 /// Identifies one submitted job for the lifetime of an engine.
@@ -334,6 +335,10 @@ pub struct Job {
     /// left out of the JSON, so text-to-image jobs keep their form and hashes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<InitImage>,
+    /// A1111's hires fix: made at `width` × `height`, then upscaled and redrawn (absent, and left
+    /// out of the JSON, without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hires: Option<Box<HiresFix>>,
 }
 
 fn one() -> u32 {
@@ -479,6 +484,7 @@ mod tests {
             seed: 1,
             batch: 1,
             init: None,
+            hires: None,
         };
         let text = serde_json::to_string(&job).unwrap();
         assert!(text.contains("\"DPM++ 2M Karras\""), "{text}");

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod export;
 pub mod family;
 pub mod headless;
+pub mod hires;
 pub mod image;
 pub mod init_image;
 pub mod job;

@@ -86,6 +86,7 @@ mod tests {
             batch,
             schedule: Schedule::default(),
             init: None,
+            hires: None,
         }
     }
 

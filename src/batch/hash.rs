@@ -175,6 +175,7 @@ mod tests {
             seed: 1,
             batch: 1,
             init: None,
+            hires: None,
         }
     }
 

@@ -158,6 +158,22 @@ pub struct JobSpec {
     /// With `init_image`: inpainting mask, white repaints.
     pub mask: Option<PathBuf>,
     pub mask_blur: Option<u32>,
+    /// A1111's hires fix: `{"scale": 2, "upscaler": "Latent", "steps": 0, "denoise": 0.7}`, or
+    /// `width`/`height` for the size, `model` for an ONNX upscaler.
+    pub hires: Option<HiresSpec>,
+}
+
+/// The `hires` object of a job line; every key may be left out (`{}` is a 2× latent hires fix).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HiresSpec {
+    pub scale: Option<f64>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub upscaler: Option<String>,
+    pub model: Option<PathBuf>,
+    pub steps: Option<u32>,
+    pub denoise: Option<f64>,
 }
 
 impl JobSpec {
@@ -184,8 +200,43 @@ impl JobSpec {
     }
 }
 
+impl JobSpec {
+    /// The hires fix of the line for a job of `width` × `height`, its model pinned by hash (so
+    /// the job's hash covers its contents).
+    pub fn hires(
+        &self,
+        width: u32,
+        height: u32,
+    ) -> Result<Option<Box<crate::job::HiresFix>>, String> {
+        let Some(h) = &self.hires else {
+            return Ok(None);
+        };
+        if self.init_image.is_some() {
+            return Err("`hires` is for text-to-image jobs, not with `init_image`".into());
+        }
+        let model = h
+            .model
+            .as_deref()
+            .map(crate::hires::pin_model)
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let mut fix = crate::job::HiresFix::new(
+            h.upscaler.as_deref().unwrap_or("Latent"),
+            model,
+            (width, height),
+            h.scale,
+            (h.width, h.height),
+        )
+        .map_err(|e| format!("hires: {e}"))?;
+        fix.steps = h.steps.unwrap_or(0);
+        fix.denoise = h.denoise.unwrap_or(0.7);
+        fix.check().map_err(|e| format!("hires: {e}"))?;
+        Ok(Some(Box::new(fix)))
+    }
+}
+
 /// The fields a job line may have (`sweep` is taken out before the rest is read).
-pub const FIELDS: [&str; 18] = [
+pub const FIELDS: [&str; 19] = [
     "prompt",
     "negative",
     "sampler",
@@ -204,6 +255,7 @@ pub const FIELDS: [&str; 18] = [
     "resize_mode",
     "mask",
     "mask_blur",
+    "hires",
 ];
 
 impl JobSpec {

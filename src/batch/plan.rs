@@ -150,6 +150,11 @@ impl Planner {
         let facts = self.model_facts(&model)?;
         let init = spec.init()?;
         let or_model = |v: u32, model: u32| if v == 0 { model } else { v };
+        let (width, height) = (
+            spec.width.unwrap_or(or_model(d.2, facts.width)),
+            spec.height.unwrap_or(or_model(d.3, facts.height)),
+        );
+        let hires = spec.hires(width, height)?;
         let mut job = Job {
             prompt: spec.prompt,
             negative: spec.negative,
@@ -157,11 +162,12 @@ impl Planner {
             schedule,
             steps: spec.steps.unwrap_or(or_model(d.0, facts.steps)),
             cfg: spec.cfg.unwrap_or(d.1),
-            width: spec.width.unwrap_or(or_model(d.2, facts.width)),
-            height: spec.height.unwrap_or(or_model(d.3, facts.height)),
+            width,
+            height,
             seed: 0,
             batch: spec.batch.unwrap_or(d.4),
             init,
+            hires,
         };
         let model_id = facts.identity.clone();
         let family = facts.family;

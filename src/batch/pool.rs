@@ -400,6 +400,7 @@ mod tests {
                 seed: key as u64,
                 batch: 1,
                 init: None,
+                hires: None,
             },
         }
     }

@@ -83,6 +83,7 @@ pub fn throughput(
             batch: 1,
             schedule: Default::default(),
             init: None,
+            hires: None,
         })
         .collect();
     let one = images_per_s(&mut g, &jobs, 1)?;

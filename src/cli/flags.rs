@@ -70,6 +70,10 @@ pub struct EngineFlags {
     /// of compatible jobs (config: generation.unet_batch; 1 = one image at a time)
     #[arg(long, value_name = "N")]
     pub unet_batch: Option<u32>,
+    /// VAE decoding in overlapping tiles, so large images fit in memory: off (default, exact), on,
+    /// auto (above 128×128 latents, a 1024² SD image); tiles change the image's tones slightly
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub vae_tiles: Option<crate::pipeline::vae_tiles::TileMode>,
     #[command(flatten)]
     pub weights: WeightArgs,
     #[command(flatten)]
@@ -103,6 +107,7 @@ impl EngineFlags {
                 .chain(&self.embedding_dirs)
                 .cloned()
                 .collect(),
+            vae_tiles: self.vae_tiles.or(outer.vae_tiles),
             lora_dirs: outer
                 .lora_dirs
                 .iter()

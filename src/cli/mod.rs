@@ -9,9 +9,11 @@ pub mod doctor;
 pub mod error;
 pub mod flags;
 pub mod generate;
+pub mod hires_flags;
 pub mod lora;
 pub mod prompt;
 pub mod resolve;
+pub mod upscale;
 pub mod workstation;
 
 pub use error::CliError;
@@ -54,7 +56,7 @@ pub struct TuiArgs {
 #[derive(Subcommand)]
 pub enum Command {
     /// Make images from a prompt, without the TUI
-    Generate(GenerateArgs),
+    Generate(Box<GenerateArgs>),
     /// Run a JSON-lines job file or a sweep on warm engines; resumable and shardable
     Batch(batch::BatchArgs),
     /// Check ONNX Runtime, execution providers and a model folder
@@ -69,6 +71,8 @@ pub enum Command {
     /// The prompt language: `prompt check TEXT` shows how a prompt parses, or its errors
     #[command(subcommand)]
     Prompt(prompt::PromptCommand),
+    /// Upscale a picture with an ONNX image upscaler (e.g. Real-ESRGAN), in tiles
+    Upscale(upscale::UpscaleArgs),
 }
 
 /// `generate`'s flags; what is not given comes from `[generation]` of the config.
@@ -115,6 +119,8 @@ pub struct GenerateArgs {
     pub no_preview: bool,
     #[command(flatten)]
     pub init: InitFlags,
+    #[command(flatten)]
+    pub hires: hires_flags::HiresFlags,
 }
 
 /// `generate`'s image-to-image and inpainting flags.
@@ -178,6 +184,7 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Lora(c) => lora::run(c),
         Command::Bake(a) => bake::run(a),
         Command::Prompt(c) => prompt::run(c),
+        Command::Upscale(a) => upscale::run(a, ort_lib),
     }
 }
 

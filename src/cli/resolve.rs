@@ -28,6 +28,8 @@ pub struct EngineSettings {
     pub lora_method: LoraMethod,
     /// Images per UNet call at most.
     pub unet_batch: usize,
+    /// When the VAE decodes in tiles.
+    pub vae_tiles: crate::pipeline::vae_tiles::TileMode,
     /// Where `<lora:NAME>` is looked up, in order.
     pub lora_dirs: Vec<PathBuf>,
     /// Where textual-inversion embeddings are looked up, in order.
@@ -44,6 +46,7 @@ impl EngineSettings {
             .with_embedding_dirs(self.embedding_dirs.clone());
         spec.lora_method = self.lora_method;
         spec.unet_batch = self.unet_batch;
+        spec.vae_tiling.mode = self.vae_tiles;
         spec
     }
 }
@@ -131,6 +134,7 @@ pub fn engine(
         session,
         lora_method: flags.lora_method.unwrap_or(config.generation.lora_method),
         unet_batch: unet_batch as usize,
+        vae_tiles: flags.vae_tiles.unwrap_or_default(),
         lora_dirs,
         embedding_dirs,
         ort_lib: ort_lib.map(Path::to_path_buf),
@@ -209,7 +213,7 @@ pub fn generate(
     let model = open_model(&engine)?;
     // The config is checked (sizes multiples of 8, steps in range); its 0s are the model's now.
     let g = generation_defaults(config, &model, engine.bundled).generation;
-    let job = Job {
+    let mut job = Job {
         prompt: a.prompt.clone(),
         negative: a.negative.clone(),
         sampler,
@@ -221,11 +225,13 @@ pub fn generate(
         seed,
         batch: a.batch.unwrap_or(g.batch),
         init: init_image(&a.init)?,
+        hires: None,
     };
     if let Some(init) = &job.init {
         init.first_step(job.steps)
             .map_err(|e| CliError::Usage(e.to_string()))?;
     }
+    job.hires = super::hires_flags::hires_fix(&a.hires, &a.init, &job)?;
     check_adapters(&prompt, &job.prompt, &model, &engine.lora_dirs)?;
     Ok((
         Resolved {
@@ -263,15 +269,14 @@ pub fn sampler_and_schedule(
 /// before the model loads.
 fn init_image(f: &super::InitFlags) -> Result<Option<crate::job::InitImage>, CliError> {
     let Some(path) = &f.init_image else {
+        // --denoise-steps also sets the hires fix's step count.
         let given = f.denoise.is_some()
             || f.resize_mode.is_some()
-            || f.denoise_steps.is_some()
             || f.mask.is_some()
             || f.mask_blur.is_some();
         return if given {
             Err(CliError::Usage(
-                "--denoise, --resize-mode, --denoise-steps, --mask and --mask-blur need --init-image"
-                    .into(),
+                "--denoise, --resize-mode, --mask and --mask-blur need --init-image".into(),
             ))
         } else {
             Ok(None)

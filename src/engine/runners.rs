@@ -258,6 +258,7 @@ mod tests {
             seed: 1,
             batch: 1,
             init: None,
+            hires: None,
         };
         cancel.set(Stop::Interrupt);
         assert!(matches!(lazy.run(&job, &out), Outcome::Cancelled));

@@ -89,6 +89,18 @@ pub fn format_infotext(job: &Job, seed: u64, res: &Resources) -> String {
             params.push(("Mask blur", init.mask_blur.to_string()));
         }
     }
+    if let Some(fix) = &job.hires {
+        // As A1111's txt2img writes them: the factor or the size, steps only when set.
+        params.push(("Denoising strength", fix.denoise.to_string()));
+        match fix.scale {
+            Some(s) => params.push(("Hires upscale", s.to_string())),
+            None => params.push(("Hires resize", format!("{}x{}", fix.width, fix.height))),
+        }
+        if fix.steps > 0 {
+            params.push(("Hires steps", fix.steps.to_string()));
+        }
+        params.push(("Hires upscaler", quote(&fix.upscaler)));
+    }
     if let Some(c) = res.clip_skip.filter(|&c| c > 1) {
         params.push(("Clip skip", c.to_string()));
     }
@@ -217,6 +229,7 @@ mod tests {
             seed: 5,
             batch: 1,
             init: None,
+            hires: None,
         }
     }
 

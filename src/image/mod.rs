@@ -1,10 +1,13 @@
 //! Output images: PNG files with an A1111-compatible `parameters` chunk and a `stipple` JSON chunk
 //! ([`png`]), written on a thread of their own ([`writer`]), the A1111 infotext format itself
-//! ([`infotext`]), and the pictures image-to-image starts from ([`init`]).
+//! ([`infotext`]), the pictures image-to-image starts from ([`init`]), and resizing and upscaling
+//! them ([`resample`], [`upscale`]).
 
 pub mod infotext;
 pub mod init;
 pub mod png;
+pub mod resample;
+pub mod upscale;
 pub mod writer;
 
 pub use infotext::{format_infotext, parse_infotext, Infotext, InfotextError, Resources};

@@ -27,6 +27,7 @@ use crate::runtime::Runtime;
 use std::path::PathBuf;
 
 mod batched;
+mod hires;
 
 pub use super::sessions::{Added, FuseStats};
 pub use super::spec::DEFAULT_UNET_BATCH;
@@ -50,6 +51,10 @@ pub struct Generator {
     live: LiveStepper,
     /// At most this many images share a UNet call.
     unet_batch: usize,
+    /// The hires fix's ONNX upscaler, opened at its first use.
+    upscaler: Option<hires::CachedUpscaler>,
+    /// When the VAE decodes in tiles.
+    vae_tiling: super::vae_tiles::VaeTiling,
 }
 
 /// Parses the prompt and the negative prompt; LoRA tags belong in the prompt only.
@@ -159,6 +164,8 @@ impl Generator {
             sessions,
             live: LiveStepper::new(spec.lora_method, spec.live),
             unet_batch: spec.unet_batch.max(1),
+            upscaler: None,
+            vae_tiling: spec.vae_tiling,
         })
     }
 
@@ -341,6 +348,33 @@ impl Generator {
         w: usize,
     ) -> Result<RgbImage, PipelineError> {
         self.sessions.decode(&self.model, latents, h, w)
+    }
+
+    /// Decodes latents `[1, 4, h, w]` as images are decoded: in tiles when the engine's
+    /// [`VaeTiling`](super::vae_tiles::VaeTiling) says so.
+    pub fn decode_image(
+        &mut self,
+        latents: &[f32],
+        h: usize,
+        w: usize,
+    ) -> Result<RgbImage, PipelineError> {
+        if self.vae_tiling.applies(h, w) {
+            super::vae_tiles::decode(
+                &mut self.sessions,
+                &self.model,
+                self.vae_tiling,
+                latents,
+                h,
+                w,
+            )
+        } else {
+            self.sessions.decode(&self.model, latents, h, w)
+        }
+    }
+
+    /// Changes when the VAE decodes in tiles, from the next image on.
+    pub fn set_vae_tiling(&mut self, tiling: super::vae_tiles::VaeTiling) {
+        self.vae_tiling = tiling;
     }
 
     /// Runs `job`, calling `on_event` with progress and each image. Returns how it ended. Its

@@ -128,6 +128,28 @@ impl Init {
     }
 }
 
+impl Init {
+    /// An image-to-image start from VAE encoder moments `[8, h, w]` made elsewhere (the hires
+    /// fix's upscaled picture), no mask; `None` when they do not split into mean and log-variance.
+    pub(crate) fn from_moments(moments: &[f32], first: usize, scaling: f32) -> Option<Init> {
+        if moments.is_empty() || !moments.len().is_multiple_of(2) {
+            return None;
+        }
+        let (mean, logvar) = moments.split_at(moments.len() / 2);
+        Some(Init {
+            mean: mean.to_vec(),
+            std: logvar
+                .iter()
+                .map(|&l| (0.5 * l.clamp(-30.0, 20.0)).exp())
+                .collect(),
+            mask: None,
+            first,
+            pure_noise: false,
+            scaling,
+        })
+    }
+}
+
 impl Blend {
     /// After step `i` of the schedule: the kept part is the picture noised to the next step's level
     /// (the clean picture after the last step), the repainted part the sampler's latents.

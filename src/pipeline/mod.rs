@@ -21,6 +21,7 @@ pub mod stop;
 pub mod text;
 pub mod tokenizer;
 pub mod vae;
+pub mod vae_tiles;
 
 pub use dials::Dials;
 pub use error::{ComponentDeltas, PipelineError};

@@ -33,6 +33,8 @@ pub struct EngineSpec {
     /// At most this many images go through the UNet together (a job's batch, or the jobs of a
     /// group); 1 samples one image at a time.
     pub unet_batch: usize,
+    /// When the VAE decodes in tiles (large images).
+    pub vae_tiling: super::vae_tiles::VaeTiling,
     /// Run the UNet through fixed buffers without a CUDA graph too: how tests check that path on
     /// the CPU.
     #[doc(hidden)]
@@ -51,6 +53,7 @@ impl EngineSpec {
             live: LiveOptions::default(),
             previews: false,
             unet_batch: DEFAULT_UNET_BATCH,
+            vae_tiling: Default::default(),
             bound_unet: false,
         }
     }

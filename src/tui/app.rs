@@ -760,6 +760,7 @@ impl App {
             seed,
             batch: s.batch,
             init,
+            hires: None,
         })
     }
 

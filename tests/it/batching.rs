@@ -27,6 +27,7 @@ fn job(prompt: &str, sampler: Sampler, seed: u64, batch: u32) -> Job {
         batch,
         schedule: Default::default(),
         init: None,
+        hires: None,
     }
 }
 

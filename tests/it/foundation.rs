@@ -134,6 +134,7 @@ fn every_scheduler_image_matches_diffusers() {
             seed: spec.seed,
             batch: 1,
             init: None,
+            hires: None,
         };
         let mut image = None;
         g.generate(
@@ -186,6 +187,7 @@ fn skip_and_interrupt_are_honoured_between_steps() {
         seed: 3,
         batch: 2,
         init: None,
+        hires: None,
     };
     // One image per UNet call: a skip drops the images of the call under way (batching.rs).
     g.set_unet_batch(1);
@@ -298,6 +300,7 @@ fn an_interrupt_stops_the_running_step_and_the_engine_goes_on() {
         seed: 3,
         batch: 1,
         init: None,
+        hires: None,
     };
     let small = Job {
         width: 64,

@@ -53,6 +53,7 @@ fn job_for(spec: &Spec, case: &Case) -> Job {
         batch: 1,
         schedule: Default::default(),
         init: Some(init),
+        hires: None,
     }
 }
 
@@ -353,14 +354,7 @@ fn bad_image_inputs_are_refused_and_nothing_is_written() {
         (&["--denoise", "0.5"], "need --init-image"),
     ];
     for (extra, needle) in cases {
-        let mut args = vec!["generate", "--prompt", "x", "--steps", "4", "--out"];
-        args.push(out.to_str().unwrap());
-        args.extend_from_slice(extra);
-        let (ok, _, stderr) = crate::cli::run(&args);
-        assert!(!ok, "{extra:?} should fail");
-        assert!(stderr.contains(needle), "{extra:?}: {stderr}");
-        assert!(!stderr.contains("panicked"), "{extra:?}: {stderr}");
-        assert!(!out.exists(), "{extra:?} wrote {}", out.display());
+        crate::util::assert_refused(&out, extra, needle);
     }
 }
 
@@ -377,19 +371,7 @@ fn batch_jobs_from_an_image_are_hashed_by_its_contents() {
             r#"{{"prompt": "a fox", "steps": 4, "seed": 1, "init_image": {}, "denoise": {denoise}}}"#,
             serde_json::to_string(pic.to_str().unwrap()).unwrap()
         );
-        let (ok, stdout, stderr) = crate::cli::run(&[
-            "batch",
-            "--template",
-            &template,
-            "--out",
-            out.to_str().unwrap(),
-            "--dry-run",
-        ]);
-        let lines: Vec<serde_json::Value> = stdout
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        (ok, lines, stderr)
+        crate::util::dry_run(&template, &out)
     };
     let (ok, first, stderr) = plan("0.5");
     assert!(ok, "{stderr}");

@@ -26,6 +26,7 @@ fn job(prompt: &str, steps: u32) -> Job {
         seed: 5,
         batch: 1,
         init: None,
+        hires: None,
     }
 }
 

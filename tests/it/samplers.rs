@@ -67,6 +67,7 @@ fn check_images(model: &Path, g: &mut Generator, file: &str, min: usize) {
             seed: spec.seed,
             batch: 1,
             init: None,
+            hires: None,
         };
         let got = image(g, &job);
         let (w, h, want) = read_rgb(&reference.join(&case.file));

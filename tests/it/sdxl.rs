@@ -221,6 +221,7 @@ fn sdxl_every_scheduler_image_matches_diffusers() {
             seed: spec.seed,
             batch: 1,
             init: None,
+            hires: None,
         };
         let mut image = None;
         g.generate(

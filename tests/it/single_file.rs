@@ -33,6 +33,7 @@ fn job(sampler: Sampler, steps: u32) -> Job {
         seed: 42,
         batch: 1,
         init: None,
+        hires: None,
     }
 }
 
@@ -48,7 +49,7 @@ fn png_pixels(path: &Path) -> Vec<u8> {
 }
 
 /// (largest, mean) per-channel difference.
-fn diff(a: &[u8], b: &[u8]) -> (u8, f64) {
+pub fn diff(a: &[u8], b: &[u8]) -> (u8, f64) {
     assert_eq!(a.len(), b.len());
     let max = a
         .iter()

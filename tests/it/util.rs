@@ -72,6 +72,7 @@ pub fn small_job(prompt: &str, seed: u64) -> stipple::job::Job {
         seed,
         batch: 1,
         init: None,
+        hires: None,
     }
 }
 
@@ -101,6 +102,37 @@ pub fn try_image_and_infotext(
     )
     .map_err(|e| e.to_string())?;
     out.ok_or_else(|| "no image".to_string())
+}
+
+/// `generate --prompt x --steps 4 --out OUT EXTRA` fails with `needle` in its error, without a
+/// panic and without writing `out`.
+pub fn assert_refused(out: &Path, extra: &[&str], needle: &str) {
+    let mut args = vec!["generate", "--prompt", "x", "--steps", "4", "--out"];
+    args.push(out.to_str().unwrap());
+    args.extend_from_slice(extra);
+    let (ok, _, stderr) = crate::cli::run(&args);
+    assert!(!ok, "{extra:?} should fail");
+    assert!(stderr.contains(needle), "{extra:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{extra:?}: {stderr}");
+    assert!(!out.exists(), "{extra:?} wrote {}", out.display());
+}
+
+/// `batch --template TEMPLATE --out OUT --dry-run`: whether it succeeded, the JSON lines it
+/// printed, and its stderr.
+pub fn dry_run(template: &str, out: &Path) -> (bool, Vec<serde_json::Value>, String) {
+    let (ok, stdout, stderr) = crate::cli::run(&[
+        "batch",
+        "--template",
+        template,
+        "--out",
+        out.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    let lines = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    (ok, lines, stderr)
 }
 
 /// `FILE[:spec]` arguments as the engine resolves them (the parser `bake --lora` uses).

@@ -29,15 +29,15 @@ pub struct GroupJob<'a> {
 
 /// A job read and resolved: what sampling it needs besides the model.
 pub(super) struct Ready<'a> {
-    id: u64,
-    job: &'a Job,
+    pub(super) id: u64,
+    pub(super) job: &'a Job,
     /// The texts of the prompt's `AND` parts and of the negative prompt per UNet call.
     texts: StepTexts,
     /// UNet calls per image over the whole schedule (img2img skips the first ones).
     calls: usize,
     loras: Vec<ActiveLora>,
     /// Context length in tokens: rows of one UNet batch must agree on it.
-    seq: usize,
+    pub(super) seq: usize,
 }
 
 impl Ready<'_> {
@@ -49,6 +49,8 @@ impl Ready<'_> {
         // An image-to-image job starts at its own step from its own picture: it runs alone.
         a.init.is_none()
             && b.init.is_none()
+            && a.hires.is_none()
+            && b.hires.is_none()
             && a.sampler == b.sampler
             && a.schedule == b.schedule
             && a.steps == b.steps
@@ -75,15 +77,15 @@ pub(super) enum State {
 }
 
 /// One image under way: its job (index into the group), place in that job and sampling state.
-struct Slot {
+pub(super) struct Slot {
     job: usize,
     index: u32,
-    seed: u64,
-    rng: TorchRng,
-    sched: Box<dyn Scheduler>,
-    latents: Vec<f32>,
+    pub(super) seed: u64,
+    pub(super) rng: TorchRng,
+    pub(super) sched: Box<dyn Scheduler>,
+    pub(super) latents: Vec<f32>,
     /// Inpainting: the picture's latents, put back outside the mask after every step.
-    blend: Option<Blend>,
+    pub(super) blend: Option<Blend>,
 }
 
 impl Generator {
@@ -234,8 +236,10 @@ impl Generator {
             on_event(Event::Started {
                 id: r.id,
                 images: r.job.batch,
-                // The steps that run: all of them but img2img's skipped first ones.
-                steps: r.job.steps - inits[j].as_ref().map_or(0, |i| i.first_step() as u32),
+                // The steps that run: all of them but img2img's skipped first ones, and the
+                // hires fix's second pass.
+                steps: r.job.steps - inits[j].as_ref().map_or(0, |i| i.first_step() as u32)
+                    + r.job.hires.as_ref().map_or(0, |f| f.runs(r.job.steps)),
             });
             pending.extend((0..r.job.batch).map(|i| (j, i)));
         }
@@ -278,13 +282,23 @@ impl Generator {
                 stop,
                 on_event,
             )?;
+            // The hires fix redraws the images larger: the latents change size.
+            let (ended, (h, w)) = match ended {
+                None => {
+                    match self.hires_pass(&jobs[0], &mut slots, rows, (h, w), stop, on_event)? {
+                        Ok(size) => (None, size),
+                        Err(e) => (Some(e), (h, w)),
+                    }
+                }
+                other => (other, (h, w)),
+            };
             match ended {
                 Some(Ended::Cancelled) => return Ok(Ended::Cancelled),
                 // Skipped: the images of this UNet batch are dropped, as one image alone would be.
                 Some(Ended::Done) => {}
                 None => {
                     for s in &slots {
-                        let image = self.sessions.decode(&self.model, &s.latents, h, w)?;
+                        let image = self.decode_image(&s.latents, h, w)?;
                         self.take_hashes();
                         let resources = resources.get_or_insert_with(|| Resources {
                             lora_hashes: lora_hashes(loras),
@@ -319,7 +333,7 @@ impl Generator {
     /// slot repeated to fill it). `Some(Ended::Done)` when the images were skipped, `Some(Cancelled)` when
     /// interrupted, `None` when their latents are ready to decode.
     #[allow(clippy::too_many_arguments)]
-    fn sample_chunk(
+    pub(super) fn sample_chunk(
         &mut self,
         jobs: &[Ready<'_>],
         slots: &mut [Slot],

@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Hires-fix and upscaler references for the tiny SD1.5 fixture.
+
+    /work/venv/bin/python scripts/hires_reference.py [--upscaler-only]   # (a venv with torch, diffusers, onnx)
+
+1. tests/fixtures/upscaler/tiny-2x.onnx: a tiny image upscaler with random weights, shaped like
+   Real-ESRGAN's exports (input `[1, 3, H, W]` RGB in 0..1, output `[1, 3, 2H, 2W]`): two 3x3
+   convolutions and a PixelShuffle x2 added to the nearest-neighbour upscale of the input. Its
+   untiled torch output on tests/fixtures/img2img/init.png is upscaler/init.2x.png
+   (clamped to 0..1, x255, rounded, as A1111 and Real-ESRGAN convert it). two-inputs.onnx is a graph
+   that is not an image upscaler (two inputs), for the error stipple gives.
+2. tests/fixtures/upscaler/interpolate.json: torch's F.interpolate of a small random tensor in every
+   latent mode of A1111 (`shared.latent_upscale_modes`), up and down.
+3. tests/fixtures/tiny-sd15/reference/hires.json and its images: A1111's hires fix rebuilt on diffusers
+   pipelines. First pass: StableDiffusionPipeline at 64x64 (output_type="latent", or the decoded picture
+   for the pixel upscalers). Upscale: the latents by F.interpolate(size=..., mode, antialias) as A1111
+   does, or the picture by Pillow's LANCZOS / the upscaler model. Second pass:
+   StableDiffusionImg2ImgPipeline on those latents (4 channels are taken as they are) or that picture,
+   with a fresh generator of the same seed (A1111 draws the second pass's noise from the image's seed
+   again), num_inference_steps = hires steps (0: the first pass's), strength = hires denoise.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import diffusers_reference as ref
+from img2img_reference import FIXTURES, check_decoder, scheduler_for
+from model_folder import tiny_models
+
+STEPS = 8
+SIZE = 64
+LATENT_MODES = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+# (upscaler, sampler, hires steps, hires denoise, scale)
+CASES = [
+    ("Latent", "euler-a", 0, 0.6, 2),
+    ("Latent (bicubic antialiased)", "dpmpp-2m", 6, 0.5, 2),
+    ("Latent (nearest-exact)", "ddim", 0, 0.7, 1.5),
+    ("Lanczos", "euler", 0, 0.5, 2),
+    ("tiny-2x", "euler-a", 4, 0.75, 2),
+]
+
+
+class TinyUpscaler(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = torch.nn.Conv2d(8, 12, 3, padding=1)
+        self.shuffle = torch.nn.PixelShuffle(2)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.mul_(0.3)
+
+    def forward(self, x):
+        detail = self.shuffle(self.c2(torch.relu(self.c1(x))))
+        return F.interpolate(x, scale_factor=2, mode="nearest") + 0.2 * detail
+
+
+def make_upscaler(out):
+    os.makedirs(out, exist_ok=True)
+    torch.manual_seed(0)
+    model = TinyUpscaler().eval()
+    path = os.path.join(out, "tiny-2x.onnx")
+    x = torch.rand(1, 3, 16, 16)
+    torch.onnx.export(model, (x,), path, input_names=["image"], output_names=["upscaled"], opset_version=17,
+                      dynamic_axes={"image": {2: "h", 3: "w"}, "upscaled": {2: "h2", 3: "w2"}}, dynamo=False)
+    return model
+
+
+class TwoInputs(torch.nn.Module):
+    """Not an image upscaler: two inputs (stipple must refuse it with a clear error)."""
+
+    def forward(self, x, y):
+        return F.interpolate(x + y, scale_factor=2, mode="nearest")
+
+
+def make_wrong_upscaler(out):
+    x = torch.rand(1, 3, 8, 8)
+    torch.onnx.export(TwoInputs(), (x, x), os.path.join(out, "two-inputs.onnx"), input_names=["a", "b"],
+                      output_names=["out"], opset_version=17, dynamo=False)
+
+
+def run_upscaler(model, img):
+    x = torch.from_numpy(np.asarray(img, np.float32) / 255.0).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        y = model(x).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    return Image.fromarray(np.round(y * 255).astype(np.uint8), "RGB")
+
+
+def interpolate_cases(out):
+    torch.manual_seed(1)
+    x = torch.randn(1, 2, 5, 7)
+    cases = []
+    for name, (mode, aa) in LATENT_MODES.items():
+        for size in [(10, 14), (8, 11), (3, 4)]:
+            y = F.interpolate(x, size=size, mode=mode, antialias=aa)
+            cases.append({"mode": name, "size": list(size), "out": y.flatten().tolist()})
+    with open(os.path.join(out, "interpolate.json"), "w") as f:
+        json.dump({"shape": list(x.shape), "input": x.flatten().tolist(), "cases": cases}, f)
+
+
+def main():
+    import diffusers
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    up_dir = os.path.join(FIXTURES, "upscaler")
+    upscaler = make_upscaler(up_dir)
+    make_wrong_upscaler(up_dir)
+    init = Image.open(os.path.join(FIXTURES, "img2img", "init.png")).convert("RGB")
+    run_upscaler(upscaler, init).save(os.path.join(up_dir, "init.2x.png"))
+    interpolate_cases(up_dir)
+    if "--upscaler-only" in sys.argv:
+        return
+
+    sd15 = os.path.join(FIXTURES, "tiny-sd15")
+    unet, (te,), vae, sched = tiny_models("sd1")
+    check_decoder(sd15, vae)
+    tok = CLIPTokenizer.from_pretrained(os.path.join(sd15, "tokenizer"))
+    common = dict(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, safety_checker=None,
+                  feature_extractor=None, requires_safety_checker=False)
+
+    def pipe(cls, slug):
+        p = cls(scheduler=scheduler_for(sched, slug), **common)
+        p.set_progress_bar_config(disable=True)
+        return p
+
+    def call(p, steps, **kwargs):
+        g = torch.Generator("cpu").manual_seed(ref.IMAGE_SEED)
+        with torch.no_grad():
+            return p(ref.IMAGE_PROMPT, negative_prompt=ref.IMAGE_NEGATIVE, num_inference_steps=steps,
+                     guidance_scale=7.0, generator=g, **kwargs).images
+
+    images = []
+    for upscaler_name, slug, hires_steps, denoise, scale in CASES:
+        target = int(SIZE * scale)
+        first = pipe(StableDiffusionPipeline, slug)
+        if upscaler_name in LATENT_MODES:
+            latents = call(first, STEPS, height=SIZE, width=SIZE, output_type="latent")
+            mode, aa = LATENT_MODES[upscaler_name]
+            factor = SIZE // latents.shape[-1]
+            image = F.interpolate(latents, size=(target // factor, target // factor), mode=mode, antialias=aa)
+        else:
+            picture = call(first, STEPS, height=SIZE, width=SIZE)[0]
+            if upscaler_name == "Lanczos":
+                image = picture.resize((target, target), Image.LANCZOS)
+            else:
+                image = run_upscaler(upscaler, picture)
+        second = pipe(StableDiffusionImg2ImgPipeline, slug)
+        out = call(second, hires_steps or STEPS, image=image, strength=denoise)[0]
+        name = f"hires.{upscaler_name.replace(' ', '_').replace('(', '').replace(')', '')}.{slug}.png"
+        out.save(os.path.join(sd15, "reference", name))
+        images.append({"file": name, "upscaler": upscaler_name, "sampler": slug, "hires_steps": hires_steps,
+                       "denoise": denoise, "scale": scale,
+                       "model": "tiny-2x.onnx" if upscaler_name == "tiny-2x" else None})
+    meta = {"prompt": ref.IMAGE_PROMPT, "negative": ref.IMAGE_NEGATIVE, "seed": ref.IMAGE_SEED, "cfg": 7.0,
+            "steps": STEPS, "width": SIZE, "height": SIZE,
+            "made_with": {"torch": torch.__version__, "diffusers": diffusers.__version__}}
+    with open(os.path.join(sd15, "reference", "hires.json"), "w") as f:
+        json.dump(dict(meta, images=images), f, indent=1)
+    print("wrote the hires references")
+
+
+if __name__ == "__main__":
+    main()
