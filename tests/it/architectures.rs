@@ -220,3 +220,61 @@ fn doctor_and_generate_show_the_sd2_variant() {
     let j = job(Sampler::Euler, 4);
     assert_ne!(image(&mut v, &j), image(&mut eps, &j));
 }
+
+fn tiny_inpaint() -> PathBuf {
+    root().join("tests/fixtures/tiny-sd15-inpaint")
+}
+
+/// A 9-channel inpainting UNet takes the mask and the masked picture's latents beside the
+/// latents (no blending), as diffusers' inpaint pipeline gives them: within 1/255 of its images
+/// at two denoise values and two samplers, and with no mask (all of it repainted, A1111's
+/// reading) against diffusers given an all-white mask.
+#[test]
+fn inpainting_unet_matches_diffusers() {
+    let fixture = tiny_inpaint();
+    let mut g = load(&fixture, SessionOptions::default());
+    assert_eq!(crate::img2img::check_fixture(&fixture, &mut g, true), 4);
+    assert_eq!(crate::img2img::check_fixture(&fixture, &mut g, false), 1);
+}
+
+/// The inpainting single file is the folder model bit for bit, for text-to-image (a zero picture
+/// under an all-white mask) and inpainting; doctor shows the 9 input channels as evidence.
+#[test]
+fn inpainting_single_file_equals_the_folder_model() {
+    let path = arch_file("tiny-sd15-inpaint.safetensors");
+    let mut file = load(&path, SessionOptions::default());
+    assert!(matches!(
+        file.model.source,
+        ModelSource::SingleFile {
+            template: "tiny-sd15-inpaint"
+        }
+    ));
+    assert!(
+        file.model.evidence[0].contains("inpainting UNet"),
+        "{:?}",
+        file.model.evidence
+    );
+    let mut folder = load(&tiny_inpaint(), SessionOptions::default());
+    let t2i = job(Sampler::EulerA, 4);
+    assert_eq!(image(&mut file, &t2i), image(&mut folder, &t2i));
+    let mut inpaint = job(Sampler::Ddim, 4);
+    let pics = crate::img2img::pictures();
+    inpaint.init = Some(
+        stipple::image::init::pin(&pics.join("init.png"), 0.75, Some(&pics.join("mask.png")))
+            .unwrap(),
+    );
+    let a = image(&mut file, &inpaint);
+    assert_eq!(a, image(&mut folder, &inpaint));
+    assert_ne!(a, image(&mut file, &t2i));
+
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_stipple"))
+        .current_dir(root())
+        .args(["doctor", "--model"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("inpainting UNet"), "{out}");
+    assert!(out.contains("9 input channels"), "{out}");
+}

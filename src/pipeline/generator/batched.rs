@@ -355,6 +355,9 @@ impl Generator {
             for half in 0..2 {
                 for r in 0..rows {
                     sample.extend_from_slice(&xs[row(r)]);
+                    if let Some(b) = &slots[row(r)].blend {
+                        sample.extend_from_slice(b.unet_channels());
+                    }
                     let c = &conds[row(r)];
                     let cl = c.context.len() / 2;
                     context.extend_from_slice(&c.context[half * cl..(half + 1) * cl]);
@@ -375,7 +378,7 @@ impl Generator {
                 mode.contains(&true).then_some((&loras[..], &key)),
                 UnetCall {
                     sample: &sample,
-                    shape: [2 * rows, 4, h, w],
+                    shape: [2 * rows, sample.len() / (2 * rows * h * w), h, w],
                     timestep: t as f32,
                     context: &context,
                     added,
