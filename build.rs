@@ -38,7 +38,7 @@ fn main() {
             sources.push((d.file_name().to_string_lossy().into_owned(), d.path()));
         }
     }
-    for tiny in ["tiny-sd15", "tiny-sdxl"] {
+    for tiny in ["tiny-sd15", "tiny-sdxl", "tiny-sd2", "tiny-sd15-inpaint"] {
         let dir = manifest.join("tests/fixtures").join(tiny);
         if dir.join("model_index.json").is_file() {
             sources.push((tiny.to_string(), dir));

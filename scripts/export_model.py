@@ -3,6 +3,8 @@
 
     python scripts/export_model.py --tiny                       # tests/fixtures/tiny-sd15 + references
     python scripts/export_model.py --tiny --family sdxl         # tests/fixtures/tiny-sdxl + references
+    python scripts/export_model.py --tiny --family sd2          # tests/fixtures/tiny-sd2 (v-prediction)
+    python scripts/export_model.py --tiny --family sd1-inpaint  # tests/fixtures/tiny-sd15-inpaint (9-ch UNet)
     python scripts/export_model.py --from DIR --out models/NAME [--dtype fp16]     # SD1.x or SDXL folder
     python scripts/export_model.py --random sd15 --dtype fp16 --device cuda --out /tmp/sd15   # benchmarks
     python scripts/export_model.py --random sdxl --dtype fp16 --device cuda --out /tmp/sdxl
@@ -38,7 +40,8 @@ Two export facts keep every weight under its own name: no constant folding (Line
 `...to_q.weight` behind an explicit Transpose, so every transform is the identity) and no parameters
 with equal values at export time (the exporter would merge them into one initializer).
 
---template NAME (sd15-fp32, sd15-fp16, sdxl-fp32, sdxl-fp16) writes the architecture template stipple
+--template NAME (sd15-fp32, sd15-fp16, sdxl-fp32, sdxl-fp16, sd2-fp32, sd2-fp16, sd15-inpaint-fp32,
+sd15-inpaint-fp16) writes the architecture template stipple
 embeds to templates/NAME: the full-size architecture with random weights (tiny_configs,
 built and exported one component at a time: SDXL fp32 is 14 GB of parameters), kept as the layout above
 without weights.safetensors and tokenizers; model.onnx and weightmap.json (and the fused
@@ -80,7 +83,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="write the tiny test model and its references")
     ap.add_argument("--tiny-sdxl", action="store_true", help="same as --tiny --family sdxl")
-    ap.add_argument("--family", choices=["sd1", "sdxl"], default="sd1", help="which tiny model --tiny writes")
+    ap.add_argument("--family", choices=["sd1", "sdxl", "sd2", "sd1-inpaint"], default="sd1",
+                    help="which tiny model --tiny writes")
     ap.add_argument("--from", dest="src", help="a diffusers SD1.x or SDXL pipeline folder (or hub id in the cache)")
     ap.add_argument("--out", help="output model folder")
     ap.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
@@ -115,6 +119,16 @@ def main():
         import ort_fused
 
         ort_fused.optimize_cuda(a.model)
+        return
+    if a.tiny and a.family in ("sd2", "sd1-inpaint"):
+        # No fused CUDA graph for these: their tests run on the CPU.
+        name, writer = {"sd2": ("tiny-sd2", model_folder.tiny_sd2),
+                        "sd1-inpaint": ("tiny-sd15-inpaint", model_folder.tiny_sd15_inpaint)}[a.family]
+        out = a.out or os.path.join(ROOT, "tests", "fixtures", name)
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        writer(out)
+        print(f"wrote {out}")
         return
     if a.tiny or a.tiny_sdxl:
         sdxl = a.tiny_sdxl or a.family == "sdxl"

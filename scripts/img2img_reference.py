@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """diffusers' image-to-image and inpainting references for the tiny fixtures.
 
-    /work/venv/bin/python scripts/img2img_reference.py [--sd15-only]    # (a venv with torch, diffusers)
+    /work/venv/bin/python scripts/img2img_reference.py [--sd15-only | --inpaint-unet-only]   # (torch, diffusers)
 
 Writes tests/fixtures/img2img/ (init.png, a 64x64 test picture; mask.png, white = repaint; init_rgba.png,
 init.png with mask.png's inverse as alpha; small.webp and cmyk.jpg for the decoders) and, per fixture, <fixture>/reference/img2img.json with the
 images it lists: StableDiffusionImg2ImgPipeline / StableDiffusionXLImg2ImgPipeline and, for tiny SD1.5,
 StableDiffusionInpaintPipeline on the 4-channel UNet (latent blending), each at several `strength`
-values and samplers. The tiny modules are rebuilt as `export_model.py --tiny` builds them (the VAE
+values and samplers; for tiny-sd15-inpaint the same pipeline on its 9-channel UNet (inpaint_unet_references). The tiny modules are rebuilt as `export_model.py --tiny` builds them (the VAE
 decoder is checked bit for bit against the fixture's weights first).
 
 The init latents are diffusers' default: `vae.encode(x).latent_dist.sample(generator)` with the
@@ -95,6 +95,39 @@ def write(fixture, cases, make_pipe, kind, **kwargs):
     return images
 
 
+def inpaint_unet_references(init, mask, meta):
+    """tiny-sd15-inpaint (9-channel UNet): StableDiffusionInpaintPipeline concatenates the mask and the
+    masked picture's latents to the UNet input and does not blend; with the mask and with none (an
+    all-white mask, A1111's reading of a 9-channel model given no mask)."""
+    from diffusers import StableDiffusionInpaintPipeline
+    from transformers import CLIPTokenizer
+
+    fixture = os.path.join(FIXTURES, "tiny-sd15-inpaint")
+    if not os.path.isdir(fixture):
+        return
+    os.makedirs(os.path.join(fixture, "reference"), exist_ok=True)
+    unet, (te,), vae, sched = tiny_models("sd1-inpaint")
+    check_decoder(fixture, vae)
+    assert unet.config.in_channels == 9
+    tok = CLIPTokenizer.from_pretrained(os.path.join(fixture, "tokenizer"))
+
+    def make(slug):
+        p = StableDiffusionInpaintPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
+                                           scheduler=scheduler_for(sched, slug), safety_checker=None,
+                                           feature_extractor=None, requires_safety_checker=False)
+        p.set_progress_bar_config(disable=True)
+        return p
+
+    images = [dict(c, mask="mask.png") for c in
+              write(fixture, INPAINT_CASES, make, "inpaint", image=init, mask_image=mask, height=64, width=64)]
+    white = Image.new("L", (64, 64), 255)
+    images += [dict(c, mask=None) for c in
+               write(fixture, [("euler-a", 0.75)], make, "nomask", image=init, mask_image=white, height=64,
+                     width=64)]
+    with open(os.path.join(fixture, "reference", "img2img.json"), "w") as f:
+        json.dump(dict(meta, images=images), f, indent=1)
+
+
 def main():
     import diffusers
     from diffusers import (
@@ -131,6 +164,9 @@ def main():
         json.dump(dict(meta, images=images), f, indent=1)
 
     if "--sd15-only" in sys.argv:
+        return
+    inpaint_unet_references(init, mask, meta)
+    if "--inpaint-unet-only" in sys.argv:
         return
     sdxl = os.path.join(FIXTURES, "tiny-sdxl")
     unet, (te1, te2), vae, sched = tiny_models("sdxl")

@@ -100,12 +100,45 @@ def tiny_models(family):
     if family == "sdxl":
         unet, te, te2, vae, scheduler = tiny_configs.build_sdxl()
         encoders = [te, te2]
+    elif family == "sd2":
+        unet, te, vae, scheduler = tiny_configs.build_sd2()
+        encoders = [te]
+    elif family == "sd1-inpaint":
+        unet, te, vae, scheduler = tiny_configs.build_sd15_inpaint()
+        encoders = [te]
     else:
         unet, te, vae, scheduler = tiny_configs.build_sd15()
         encoders = [te]
     for m in (unet, *encoders, vae):
         round_to_fp16_(m)
+    if family == "sd2":
+        shift_to_v_test(unet, V_TEST_TARGET)
     return unet, encoders, vae, scheduler
+
+
+# A1111's test of an SD2 UNet for v-prediction (modules/sd_models_config.py): every latent 0.5, timestep
+# 999, a two-token context of 0.5; v-prediction when the output's mean minus 0.5 is below -1. Random tiny
+# weights answer it by chance, so the tiny SD2 UNet's conv_out bias is shifted to make the answer v
+# (mean -2.5): files of it without metadata are then v-prediction by the test as a real 768-v file is.
+V_TEST_TARGET = -2.5
+
+
+def v_test_value(unet):
+    """The mean A1111's one-step test compares with -1 (fp32, CPU)."""
+    ctx = unet.config.cross_attention_dim
+    x = torch.full((1, unet.config.in_channels, 8, 8), 0.5)
+    with torch.no_grad():
+        out = unet(x, torch.tensor([999.0]), torch.full((1, 2, ctx), 0.5)).sample
+    return float((out - x[:, : out.shape[1]]).mean())
+
+
+def shift_to_v_test(unet, target):
+    """Moves conv_out's bias (fp16-representable) so v_test_value is about `target`."""
+    m = v_test_value(unet)
+    with torch.no_grad():
+        unet.conv_out.bias.add_(target - m)
+        unet.conv_out.bias.copy_(unet.conv_out.bias.half().float())
+    return v_test_value(unet)
 
 
 def add_component(model_dir, component):
@@ -182,6 +215,26 @@ def tiny_sdxl(out):
     tok_dirs = [os.path.join(out, "tokenizer"), os.path.join(out, "tokenizer_2")]
     write_references_sdxl(out, unet, te, te2, vae, scheduler, tok_dirs)
     write_vae_encoder_reference(out, vae)
+
+
+def tiny_sd2(out):
+    """tests/fixtures/tiny-sd2: SD 2.x-shaped (linear projections, gelu encoder padding with "!",
+    v-prediction), no fused CUDA graph."""
+    unet, (te,), vae, scheduler = tiny_models("sd2")
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny_tokenizer(tmp)
+        export_pipeline(unet, [te], vae, scheduler, [(tmp, "!")], out, torch.float32, torch.float16, family="sd2")
+    write_references(out, unet, te, vae, scheduler, os.path.join(out, "tokenizer"))
+    write_vae_encoder_reference(out, vae)
+
+
+def tiny_sd15_inpaint(out):
+    """tests/fixtures/tiny-sd15-inpaint: tiny-sd15's architecture with a 9-channel inpainting UNet.
+    Its references (diffusers' StableDiffusionInpaintPipeline) come from scripts/img2img_reference.py."""
+    unet, (te,), vae, scheduler = tiny_models("sd1-inpaint")
+    tok_dir = os.path.join(out, "tokenizer")
+    tiny_tokenizer(tok_dir)
+    export_pipeline(unet, [te], vae, scheduler, [(tok_dir, None)], out, torch.float32, torch.float16)
 
 
 def from_diffusers(src, out, dtype_name):

@@ -12,7 +12,13 @@ TEMPLATES = {
     "sd15-fp16": ("sd15", "fp16"),
     "sdxl-fp32": ("sdxl", "fp32"),
     "sdxl-fp16": ("sdxl", "fp16"),
+    "sd2-fp32": ("sd2", "fp32"),
+    "sd2-fp16": ("sd2", "fp16"),
+    "sd15-inpaint-fp32": ("sd15-inpaint", "fp32"),
+    "sd15-inpaint-fp16": ("sd15-inpaint", "fp16"),
 }
+# The family model_index.json names for each architecture.
+INDEX_FAMILY = {"sd15": "sd1", "sd15-inpaint": "sd1", "sd2": "sd2", "sdxl": "sdxl"}
 # The example latent size the template graphs are traced at. The graphs do not depend on it (checked:
 # byte-identical to the sample_size exports), and it keeps fp16 tracing possible on a CPU (fp16 matmul
 # without AVX-512 FP16 runs at ~1 GFLOP/s).
@@ -62,7 +68,7 @@ def export_template(name, out, device="cpu", optimize=None):
             export_vae_encoder(vae, lat_example * vae_scale_factor(vae), tmp, dtype, None)
         components += ["unet", "vae_decoder", "vae_encoder"]
         write_scheduler(tiny_configs.random_scheduler(family), tmp)
-        write_index(tmp, "sdxl" if family == "sdxl" else "sd1", dtype, vae, lat, components,
+        write_index(tmp, INDEX_FAMILY[family], dtype, vae, lat, components,
                     True if family == "sdxl" else None)
         del vae
         if optimize:

@@ -246,11 +246,72 @@ def build_sdxl_random(device="cpu", seed=SEED, dtype=torch.float32):
     return (*parts, random_scheduler("sdxl"))
 
 
+# Full-size SD 2.x (stabilityai/stable-diffusion-2-1 and -2-base configs): the UNet with linear
+# projections and per-level head counts, context 1024; upcast_attention as 2.1 has it (fp16 attention
+# of the 768-v model overflows without it; a no-op in fp32). The text encoder is OpenCLIP-H as diffusers
+# keeps it: 23 of its 24 layers, since SD2 conditions on the penultimate layer's output through the final
+# norm (diffusers' SD2 text_encoder/config.json: num_hidden_layers 23), so last_hidden_state is SD2's context.
+SD2_FULL_UNET = dict(
+    sample_size=64,
+    cross_attention_dim=1024,
+    attention_head_dim=(5, 10, 20, 20),
+    use_linear_projection=True,
+    upcast_attention=True,
+)
+SD2_FULL_TEXT_ENCODER = dict(
+    SD15_TEXT_ENCODER,
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_attention_heads=16,
+    num_hidden_layers=23,
+    hidden_act="gelu",
+    projection_dim=512,
+    pad_token_id=0,
+)
+# stabilityai/stable-diffusion-2-base's scheduler (epsilon); a 768-v checkpoint gets
+# prediction_type v_prediction when it is opened.
+SD2_SCHEDULER = dict(SCHEDULER, prediction_type="epsilon")
+# SD1.5 inpainting (runwayml/stable-diffusion-inpainting): 9 input channels (latents, mask, masked image).
+SD15_INPAINT_UNET = dict(SD15_UNET, in_channels=9)
+
+# Tiny SD 2.x: tiny-sd15's sizes with SD2's linear projections and a gelu text encoder that pads with "!"
+# (OpenCLIP's tokenizer as SD2 ships it); v-prediction, as stable-diffusion-2-1.
+SD2_TINY_UNET = dict(UNET, use_linear_projection=True)
+SD2_TINY_TEXT_ENCODER = dict(TEXT_ENCODER, hidden_act="gelu", pad_token_id=0)
+SD2_TINY_SCHEDULER = dict(SD2_SCHEDULER, prediction_type="v_prediction")
+# Tiny SD1 inpainting: tiny-sd15's architecture with a 9-channel conv_in.
+INPAINT_TINY_UNET = dict(UNET, in_channels=9)
+
+
+def build_one_encoder(unet_cfg, te_cfg, sched_cfg, seed):
+    """(unet, text_encoder, vae, scheduler) of a one-encoder tiny model (SD2, SD1 inpainting): random
+    weights from seed, seed + 1, seed + 2; fp32, eval; the tiny VAE; a PNDM scheduler."""
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    unet = randomize_(UNet2DConditionModel(**unet_cfg), seed).eval()
+    te = randomize_(CLIPTextModel(CLIPTextConfig(**te_cfg)), seed + 1).eval()
+    vae = randomize_(AutoencoderKL(**VAE), seed + 2).eval()
+    return unet, te, vae, PNDMScheduler(**sched_cfg)
+
+
+def build_sd2(seed=SEED):
+    """Tiny SD 2.x: (unet, text_encoder, vae, scheduler)."""
+    return build_one_encoder(SD2_TINY_UNET, SD2_TINY_TEXT_ENCODER, SD2_TINY_SCHEDULER, seed + 20)
+
+
+def build_sd15_inpaint(seed=SEED):
+    """Tiny SD1 with a 9-channel inpainting UNet: (unet, text_encoder, vae, scheduler)."""
+    return build_one_encoder(INPAINT_TINY_UNET, TEXT_ENCODER, SCHEDULER, seed + 30)
+
+
 # Full-size components: (config, seed offset) per family. Each component has its own generator, so one
 # built alone equals the same component of build_*_random (export_model.py --template builds them one at
 # a time: SDXL in fp32 is 14 GB of parameters).
 RANDOM_COMPONENTS = {
     "sd15": {"unet": (SD15_UNET, 0), "text_encoder": (SD15_TEXT_ENCODER, 1), "vae": (SD15_VAE, 2)},
+    "sd2": {"unet": (SD2_FULL_UNET, 0), "text_encoder": (SD2_FULL_TEXT_ENCODER, 1), "vae": (SD15_VAE, 2)},
+    "sd15-inpaint": {"unet": (SD15_INPAINT_UNET, 0), "text_encoder": (SD15_TEXT_ENCODER, 1), "vae": (SD15_VAE, 2)},
     "sdxl": {
         "unet": (SDXL_FULL_UNET, 0),
         "text_encoder": (SDXL_FULL_TEXT_ENCODER, 1),
@@ -282,4 +343,6 @@ def random_component(family, component, device="cpu", seed=SEED, dtype=torch.flo
 def random_scheduler(family):
     from diffusers import EulerDiscreteScheduler, PNDMScheduler
 
-    return EulerDiscreteScheduler.from_config(SDXL_SCHEDULER) if family == "sdxl" else PNDMScheduler(**SCHEDULER)
+    if family == "sdxl":
+        return EulerDiscreteScheduler.from_config(SDXL_SCHEDULER)
+    return PNDMScheduler(**(SD2_SCHEDULER if family == "sd2" else SCHEDULER))

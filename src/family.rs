@@ -44,6 +44,10 @@ impl fmt::Display for ComponentKind {
 pub enum Family {
     #[serde(rename = "sd1")]
     Sd1,
+    /// SD 2.x: one OpenCLIP-H text encoder (context 1024); 512 epsilon and 768 v-prediction models
+    /// differ only in their scheduler's `prediction_type`.
+    #[serde(rename = "sd2")]
+    Sd2,
     #[serde(rename = "sdxl")]
     Sdxl,
 }
@@ -110,6 +114,28 @@ const SD1: Facts = Facts {
     ],
 };
 
+const SD2: Facts = Facts {
+    name: "SD2.x",
+    vae_scale: 0.18215,
+    context_dim: 1024,
+    // diffusers keeps OpenCLIP-H's first 23 layers (SD2 conditions on the penultimate layer through
+    // the final norm), so the graph's last hidden state is SD2's context. Its tokenizer pads with "!".
+    encoders: &[TextEncoder {
+        component: ComponentKind::TextEncoder,
+        tokenizer: "tokenizer",
+        pad_id: 0,
+        pad_token: "!",
+        hidden_output: "last_hidden_state",
+    }],
+    pooled_output: None,
+    zeros_for_empty_negative: false,
+    default_size: (512, 512),
+    default_steps: 20,
+    default_cfg: 7.0,
+    // SD2 shares SD1's VAE and latent space.
+    latent_rgb: SD1.latent_rgb,
+};
+
 const SDXL: Facts = Facts {
     name: "SDXL",
     vae_scale: 0.13025,
@@ -144,9 +170,19 @@ const SDXL: Facts = Facts {
 };
 
 impl Family {
+    /// The family whose UNet block layout this one has (SD 2.x's UNet has SD1's blocks), for
+    /// block-weight vectors.
+    pub fn block_layout(self) -> Family {
+        match self {
+            Family::Sd2 => Family::Sd1,
+            f => f,
+        }
+    }
+
     pub fn facts(self) -> &'static Facts {
         match self {
             Family::Sd1 => &SD1,
+            Family::Sd2 => &SD2,
             Family::Sdxl => &SDXL,
         }
     }

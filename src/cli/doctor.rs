@@ -62,7 +62,16 @@ pub fn report(ort_lib: Option<&Path>, dir: &Path) -> Result<(String, bool), std:
         cuda_libs(&mut s)?;
     }
     match crate::model::Model::open(dir) {
-        Ok(m) => model(&mut s, dir, &m)?,
+        Ok(mut m) => {
+            // An SD 2.x file that does not say what it predicts is tested as generation would.
+            if let (true, Ok(rt)) = (m.prediction_pending, Runtime::get(ort_lib, false)) {
+                if let Err(e) = crate::pipeline::prediction_test::settle(&mut m, rt) {
+                    ok = false;
+                    writeln!(s, "prediction test FAILED: {}", super::error::chain(&e))?;
+                }
+            }
+            model(&mut s, dir, &m)?
+        }
         Err(e) => {
             ok = false;
             writeln!(
@@ -98,6 +107,17 @@ fn model(s: &mut String, dir: &Path, m: &crate::model::Model) -> std::fmt::Resul
         m.index.family.facts().name,
         m.index.dtype
     )?;
+    for line in &m.evidence {
+        writeln!(s, "  {line}")?;
+    }
+    if !m
+        .evidence
+        .iter()
+        .any(|l| l.starts_with(crate::model::prediction::EVIDENCE_PREFIX))
+    {
+        let p = crate::model::prediction::of_config(&m.scheduler_config);
+        writeln!(s, "  prediction: {p:?} (scheduler config)")?;
+    }
     match &m.source {
         ModelSource::Folder => {}
         ModelSource::SingleFile { template } => writeln!(

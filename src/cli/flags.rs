@@ -19,6 +19,10 @@ pub struct WeightArgs {
     /// A1111's clip skip: 2 conditions SD 1.x on the penultimate CLIP layer
     #[arg(long, value_name = "N")]
     pub clip_skip: Option<u32>,
+    /// What the UNet predicts: epsilon or v. Overrides the model's scheduler config and the
+    /// detection of an SD 2.x checkpoint (its metadata, else A1111's one-step test)
+    #[arg(long, value_enum, value_name = "TYPE")]
+    pub prediction: Option<crate::model::prediction::Prediction>,
     /// An A1111, Forge, SD.Next or ComfyUI folder: --model and --vae may then be names found in its
     /// models/ folders, and its LoRA folders are searched for <lora:...> tags
     #[arg(long, value_name = "DIR")]
@@ -118,6 +122,7 @@ impl EngineFlags {
                 ema: w.ema || ow.ema,
                 vae: w.vae.clone().or(ow.vae.clone()),
                 clip_skip: w.clip_skip.or(ow.clip_skip),
+                prediction: w.prediction.or(ow.prediction),
                 models_root: w.models_root.clone().or(ow.models_root.clone()),
             },
             cuda: CudaArgs {

@@ -115,6 +115,7 @@ pub fn engine(
         ema: flags.weights.ema,
         vae,
         clip_skip: flags.weights.clip_skip,
+        prediction: flags.weights.prediction,
     };
     let unet_batch = flags.unet_batch.unwrap_or(config.generation.unet_batch);
     if !(1..=64).contains(&unet_batch) {

@@ -109,7 +109,7 @@ pub struct Provenance {
 pub fn kohya_stem(component: TargetComponent, path: &str, family: Family) -> String {
     let prefix = match (component, family) {
         (TargetComponent::Unet, _) => "lora_unet_",
-        (TargetComponent::TextEncoder, Family::Sd1) => "lora_te_",
+        (TargetComponent::TextEncoder, Family::Sd1 | Family::Sd2) => "lora_te_",
         (TargetComponent::TextEncoder, Family::Sdxl) => "lora_te1_",
         (TargetComponent::TextEncoder2, _) => "lora_te2_",
     };
@@ -141,10 +141,16 @@ pub fn metadata(layers: &[LoraLayer], p: &Provenance) -> BTreeMap<String, String
     put("ss_network_alpha", dim);
     let (version, arch) = match p.family {
         Family::Sd1 => ("sd_v1", "stable-diffusion-v1/lora"),
+        Family::Sd2 => ("sd_v2", "stable-diffusion-v2-512/lora"),
         Family::Sdxl => ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora"),
     };
     put("ss_base_model_version", version.into());
-    put("ss_v2", "False".into());
+    let v2 = if p.family == Family::Sd2 {
+        "True"
+    } else {
+        "False"
+    };
+    put("ss_v2", v2.into());
     put("modelspec.sai_model_spec", "1.0.0".into());
     put("modelspec.architecture", arch.into());
     put(

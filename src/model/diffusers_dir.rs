@@ -76,10 +76,7 @@ fn family_of(dir: &Path, class: &str) -> Result<Family, String> {
     }
     if class.starts_with("StableDiffusion") && !class.contains('3') {
         if te_width() == Some(1024) {
-            return Err(format!(
-                "this is an SD 2.x pipeline ({class}, text encoder width 1024); stipple runs \
-                 SD 1.x and SDXL for now"
-            ));
+            return Ok(Family::Sd2);
         }
         return Ok(Family::Sd1);
     }
@@ -164,7 +161,8 @@ pub fn open(
         })
         .collect();
     let sched = dir.join("scheduler").join("scheduler_config.json");
-    let scheduler_config = if sched.is_file() {
+    let has_scheduler = sched.is_file();
+    let scheduler_config = if has_scheduler {
         std::fs::read_to_string(&sched).map_err(|source| ModelError::Io {
             path: sched.clone(),
             source,
@@ -182,5 +180,17 @@ pub fn open(
             template: template.name,
         },
         vae: None,
+        evidence: vec![format!(
+            "{} ({class}{})",
+            family.facts().name,
+            if family == Family::Sd2 {
+                ", text encoder width 1024"
+            } else {
+                ""
+            }
+        )],
+        // A folder's scheduler config says the prediction type; without one an SD 2.x folder is
+        // tested like a checkpoint file.
+        prediction_pending: family == Family::Sd2 && !has_scheduler,
     })
 }

@@ -7,8 +7,10 @@
 use super::checkpoint::{Checkpoint, CheckpointError};
 use super::graph::{ElemType, Graph, GraphError};
 pub use super::index::ModelIndex;
+use super::prediction::{self, Prediction};
 use super::weightmap::{Transform, WeightMap, WeightMapEntry};
 pub use crate::family::ComponentKind;
+use crate::family::Family;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -106,6 +108,9 @@ pub struct OpenOptions {
     pub ema: bool,
     /// A VAE file read instead of the model's own VAE (`--vae`).
     pub vae: Option<PathBuf>,
+    /// What the UNet predicts, overriding the model's scheduler config and any detection
+    /// (`--prediction`).
+    pub prediction: Option<Prediction>,
 }
 
 /// An opened model.
@@ -121,6 +126,12 @@ pub struct Model {
     pub source: ModelSource,
     /// The separate VAE file read instead of the model's own, if any.
     pub vae: Option<PathBuf>,
+    /// What the model was told to be by, one line each (family, variant, prediction): `doctor`
+    /// shows them. Empty for a stipple folder, which says what it is.
+    pub evidence: Vec<String>,
+    /// An SD 2.x checkpoint that does not say whether it predicts v: the pipeline runs the
+    /// one-step test at load ([`crate::model::prediction`]).
+    pub prediction_pending: bool,
 }
 
 pub(super) fn read_json<T: serde::de::DeserializeOwned>(
@@ -189,7 +200,36 @@ impl Model {
             scheduler_config,
             source: ModelSource::Folder,
             vae: None,
+            evidence: Vec::new(),
+            prediction_pending: false,
         })
+    }
+
+    /// Sets what the UNet predicts: the scheduler config's `prediction_type`, and for an SD 2.x
+    /// 768-v checkpoint read through a full-size template its 768 default size; `why` becomes
+    /// the evidence line.
+    pub fn set_prediction(&mut self, p: Prediction, why: &str) -> Result<(), ModelError> {
+        self.scheduler_config =
+            prediction::rewrite_config(&self.scheduler_config, p).map_err(|source| {
+                ModelError::Json {
+                    path: self.dir.join("scheduler/scheduler_config.json"),
+                    source,
+                }
+            })?;
+        let from_template = !matches!(self.source, ModelSource::Folder);
+        let sd2_base_size =
+            self.index.default_width == Some(512) && self.index.default_height == Some(512);
+        if self.index.family == Family::Sd2 && from_template && p == Prediction::V && sd2_base_size
+        {
+            // SD 2.x's v-prediction model is the 768 one; the template says the base model's 512.
+            self.index.default_width = Some(768);
+            self.index.default_height = Some(768);
+        }
+        self.prediction_pending = false;
+        self.evidence
+            .retain(|l| !l.starts_with(prediction::EVIDENCE_PREFIX));
+        self.evidence.push(prediction::evidence_line(p, why));
+        Ok(())
     }
 
     /// A short name for infotext and logs: the folder's name, or the file's without extension.

@@ -17,6 +17,9 @@ impl Model {
         if let Some(vae) = &opts.vae {
             super::vae_file::replace_vae(&mut model, vae)?;
         }
+        if let Some(p) = opts.prediction {
+            model.set_prediction(p, "--prediction")?;
+        }
         Ok(model)
     }
 

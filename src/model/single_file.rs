@@ -10,6 +10,7 @@ use super::layout::{
     check_needed, ComponentKind, Model, ModelError, ModelSource, OpenOptions, TokenizerFiles,
 };
 use super::ldm::{Naming, UnetLayout};
+use super::prediction;
 use super::template::Template;
 use crate::family::Family;
 use std::collections::{BTreeMap, HashMap};
@@ -91,16 +92,15 @@ pub fn detect(shapes: &BTreeMap<String, Vec<usize>>, ema: bool) -> Result<Archit
         .map(|w| format!("cross-attention width {w}"))
         .unwrap_or_else(|| "no cross-attention".into());
     let in_key = format!("{UNET}input_blocks.0.0.weight");
-    if let Some(ch) = shapes.get(&in_key).and_then(|s| s.get(1)) {
-        if *ch != 4 {
-            let what = if *ch == 9 {
-                "an inpainting UNet (9 input channels)".to_string()
-            } else {
-                format!("a UNet with {ch} input channels")
-            };
+    let in_channels = shapes.get(&in_key).and_then(|s| s.get(1)).copied();
+    let inpaint = in_channels == Some(9);
+    match in_channels {
+        None | Some(4) | Some(9) => {}
+        Some(ch) => {
             return Err(format!(
-                "this is {what} (`{in_key}`); stipple runs 4-channel text-to-image UNets for now"
-            ));
+                "this is a UNet with {ch} input channels (`{in_key}`; 8 is instruct-pix2pix); \
+                 stipple runs 4-channel text-to-image and 9-channel inpainting UNets"
+            ))
         }
     }
     let unet_naming = if ema {
@@ -124,7 +124,7 @@ pub fn detect(shapes: &BTreeMap<String, Vec<usize>>, ema: bool) -> Result<Archit
     let clip_l = |prefix: &str| Naming::ClipL {
         prefix: prefix.to_string(),
     };
-    let (family, evidence, encoders) = if first("conditioner.embedders.1.model.").is_some() {
+    let (family, mut evidence, encoders) = if first("conditioner.embedders.1.model.").is_some() {
         (
             Family::Sdxl,
             format!("SDXL (`conditioner.embedders.1.model.*`: OpenCLIP-G; {width_note})"),
@@ -146,11 +146,17 @@ pub fn detect(shapes: &BTreeMap<String, Vec<usize>>, ema: bool) -> Result<Archit
             "this is an SDXL refiner (only an OpenCLIP-G text encoder, `{k}`; {width_note}); \
              stipple runs SDXL base models and their finetunes"
         ));
-    } else if let Some(k) = first("cond_stage_model.model.") {
-        return Err(format!(
-            "this is an SD 2.x checkpoint (OpenCLIP-H text encoder, `{k}`; {width_note}); \
-             stipple runs SD 1.x and SDXL for now"
-        ));
+    } else if first("cond_stage_model.model.").is_some() {
+        (
+            Family::Sd2,
+            format!("SD 2.x (`cond_stage_model.model.*`: OpenCLIP-H; {width_note})"),
+            vec![(
+                ComponentKind::TextEncoder,
+                Naming::OpenClip {
+                    prefix: "cond_stage_model.model.".into(),
+                },
+            )],
+        )
     } else if first("cond_stage_model.transformer.").is_some() {
         (
             Family::Sd1,
@@ -166,6 +172,16 @@ pub fn detect(shapes: &BTreeMap<String, Vec<usize>>, ema: bool) -> Result<Archit
              (`cond_stage_model.transformer.*` or `conditioner.embedders.*`)"
         ));
     };
+    if inpaint {
+        if family != Family::Sd1 {
+            return Err(format!(
+                "this is an {} inpainting UNet (9 input channels, `{in_key}`); stipple runs \
+                 SD 1.x inpainting UNets only",
+                family.facts().name
+            ));
+        }
+        evidence.push_str(&format!("; inpainting UNet (`{in_key}`: 9 input channels)"));
+    }
     let mut parts = encoders;
     parts.extend(unet_and_vae);
     if first(VAE).is_none() {
@@ -273,7 +289,8 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Model, ModelError> {
         arch.evidence,
         template.name
     );
-    Ok(Model {
+    let said = prediction::from_file(file.metadata(), &shapes);
+    let mut model = Model {
         dir: path.to_path_buf(),
         index,
         components,
@@ -283,7 +300,18 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Model, ModelError> {
             template: template.name,
         },
         vae: None,
-    })
+        evidence: vec![arch.evidence],
+        prediction_pending: false,
+    };
+    match said {
+        Some((p, why)) => model.set_prediction(p, &why)?,
+        // An SD 2.x file that does not say is tested at load (unless --prediction says).
+        None if arch.family == Family::Sd2 && opts.prediction.is_none() => {
+            model.prediction_pending = true;
+        }
+        None => {}
+    }
+    Ok(model)
 }
 
 #[cfg(test)]
@@ -321,6 +349,50 @@ mod tests {
             ("first_stage_model.decoder.conv_in.weight", &[512, 4, 3, 3]),
         ]);
         assert!(detect(&refiner, false).unwrap_err().contains("refiner"));
+        let pix2pix = shapes(&[
+            (
+                "model.diffusion_model.input_blocks.0.0.weight",
+                &[320, 8, 3, 3],
+            ),
+            (
+                "cond_stage_model.transformer.text_model.final_layer_norm.weight",
+                &[768],
+            ),
+            ("first_stage_model.decoder.conv_in.weight", &[512, 4, 3, 3]),
+        ]);
+        assert!(detect(&pix2pix, false)
+            .unwrap_err()
+            .contains("8 input channels"));
+        let sd2_inpaint = shapes(&[
+            (
+                "model.diffusion_model.input_blocks.0.0.weight",
+                &[320, 9, 3, 3],
+            ),
+            ("cond_stage_model.model.ln_final.weight", &[1024]),
+            ("first_stage_model.decoder.conv_in.weight", &[512, 4, 3, 3]),
+        ]);
+        let e = detect(&sd2_inpaint, false).unwrap_err();
+        assert!(e.contains("SD2.x inpainting"), "{e}");
+    }
+
+    #[test]
+    fn sd2_and_sd1_inpainting_are_told_with_their_evidence() {
+        let sd2 = shapes(&[
+            (
+                "model.diffusion_model.input_blocks.0.0.weight",
+                &[320, 4, 3, 3],
+            ),
+            (
+                "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+                &[320, 1024],
+            ),
+            ("cond_stage_model.model.ln_final.weight", &[1024]),
+            ("first_stage_model.decoder.conv_in.weight", &[512, 4, 3, 3]),
+        ]);
+        let a = detect(&sd2, false).unwrap();
+        assert_eq!(a.family, Family::Sd2);
+        assert!(a.evidence.contains("OpenCLIP-H"), "{}", a.evidence);
+        assert!(a.evidence.contains("1024"), "{}", a.evidence);
         let inpaint = shapes(&[
             (
                 "model.diffusion_model.input_blocks.0.0.weight",
@@ -330,8 +402,12 @@ mod tests {
                 "cond_stage_model.transformer.text_model.final_layer_norm.weight",
                 &[768],
             ),
+            ("first_stage_model.decoder.conv_in.weight", &[512, 4, 3, 3]),
         ]);
-        assert!(detect(&inpaint, false).unwrap_err().contains("inpainting"));
+        let a = detect(&inpaint, false).unwrap();
+        assert_eq!(a.family, Family::Sd1);
+        assert!(a.evidence.contains("inpainting UNet"), "{}", a.evidence);
+        assert!(a.evidence.contains("9 input channels"), "{}", a.evidence);
     }
 
     #[test]

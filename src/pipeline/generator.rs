@@ -116,9 +116,10 @@ impl Generator {
     /// `spec.session.open_options()` (a front end that read it to check the job first).
     pub fn with_model(
         spec: EngineSpec,
-        model: Model,
+        mut model: Model,
         runtime: &'static Runtime,
     ) -> Result<Self, PipelineError> {
+        super::prediction_test::settle(&mut model, runtime)?;
         let opts = spec.session.clone().resolved();
         let clip_skip = opts.clip_skip.unwrap_or(1);
         if !(1..=2).contains(&clip_skip) {

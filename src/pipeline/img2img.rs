@@ -24,6 +24,20 @@ pub struct Init {
     /// Inpainting at denoise 1 starts from pure noise (diffusers' `is_strength_max`).
     pure_noise: bool,
     scaling: f32,
+    /// A 9-channel inpainting UNet's conditioning ([`UnetCondition`]); `None` for a 4-channel UNet.
+    unet_condition: Option<UnetCondition>,
+}
+
+/// What a 9-channel inpainting UNet takes besides the latents, as diffusers'
+/// `StableDiffusionInpaintPipeline` gives it: the latent-size mask and the latents of the picture
+/// with the repainted part zeroed. Without an init picture (text-to-image) the mask is all ones
+/// and the picture is zero, A1111's conditioning for an inpainting model; the picture's posterior
+/// mean is used then, so text-to-image draws nothing more from the seed's generator.
+struct UnetCondition {
+    mask: Vec<f32>,
+    mean: Vec<f32>,
+    std: Vec<f32>,
+    text_to_image: bool,
 }
 
 /// What an inpainting run blends back after each step.
@@ -31,6 +45,9 @@ pub struct Blend {
     image: Vec<f32>,
     noise: Vec<f32>,
     mask: Vec<f32>,
+    /// A 9-channel UNet's extra input planes (mask, masked-picture latents): it repaints by
+    /// itself, so nothing is blended back.
+    unet_channels: Vec<f32>,
 }
 
 impl Init {
@@ -43,7 +60,7 @@ impl Init {
         w: usize,
     ) -> Result<Option<Init>, PipelineError> {
         let Some(init) = &job.init else {
-            return Ok(None);
+            return inpaint_unet_text_to_image(sessions, model, job, h, w);
         };
         let bad = |e: &dyn std::fmt::Display| PipelineError::Job(e.to_string());
         let first = init.first_step(job.steps).map_err(|e| bad(&e))?;
@@ -56,33 +73,37 @@ impl Init {
                 chw[c * plane + i] = 2.0 * (f32::from(px[c]) / 255.0) - 1.0;
             }
         }
-        let moments = sessions.encode(model, &chw, job.height as usize, job.width as usize)?;
-        let n = 4 * h * w;
-        if moments.len() != 2 * n {
-            return Err(PipelineError::Run {
-                what: "VAE encoder",
-                message: format!("gave {} values, expected {}", moments.len(), 2 * n),
-            });
-        }
-        let (mean, logvar) = moments.split_at(n);
-        let std = logvar
-            .iter()
-            .map(|&l| (0.5 * l.clamp(-30.0, 20.0)).exp())
-            .collect();
+        let (mean, std) = encode(sessions, model, &chw, job, h, w)?;
         let factor = (job.width as usize / w).max(1);
-        let mask = loaded.mask.map(|m| {
-            let lm: Vec<f32> = (0..h * w)
+        let nearest = |m: &[f32]| -> Vec<f32> {
+            (0..h * w)
                 .map(|k| m[(k / w) * factor * job.width as usize + (k % w) * factor])
-                .collect();
-            lm.repeat(4)
-        });
+                .collect()
+        };
+        let unet_condition = if inpaint_unet(model) {
+            // No mask: all of it repaints (A1111 reads an inpainting model so).
+            let pixel_mask = loaded.mask.clone().unwrap_or_else(|| vec![1.0; plane]);
+            Some(masked_condition(
+                sessions,
+                model,
+                &chw,
+                &pixel_mask,
+                nearest(&pixel_mask),
+                job,
+                (h, w),
+            )?)
+        } else {
+            None
+        };
+        let mask = loaded.mask.map(|m| nearest(&m).repeat(4));
         Ok(Some(Init {
-            mean: mean.to_vec(),
+            mean,
             std,
-            pure_noise: mask.is_some() && init.denoise >= 1.0,
+            pure_noise: (mask.is_some() || unet_condition.is_some()) && init.denoise >= 1.0,
             mask,
             first,
             scaling: model.vae_scaling(),
+            unet_condition,
         }))
     }
 
@@ -100,6 +121,9 @@ impl Init {
         sched: &dyn Scheduler,
         cfg: &SchedulerConfig,
     ) -> (Vec<f32>, Option<Blend>) {
+        if let Some(c) = &self.unet_condition {
+            return self.start_inpaint_unet(c, rng, sched, cfg);
+        }
         let n = self.mean.len();
         let eps = rng.randn(n);
         let image: Vec<f32> = self
@@ -122,10 +146,147 @@ impl Init {
                 image,
                 noise,
                 mask: mask.clone(),
+                unet_channels: Vec::new(),
             }
         });
         (latents, blend)
     }
+
+    /// [`Self::start`] for a 9-channel UNet, drawing as diffusers' inpaint pipeline does for one:
+    /// the picture's posterior sample only when it is noised (denoise below 1), the noise, then
+    /// the masked picture's posterior sample. Text-to-image draws the noise alone.
+    fn start_inpaint_unet(
+        &self,
+        c: &UnetCondition,
+        rng: &mut TorchRng,
+        sched: &dyn Scheduler,
+        cfg: &SchedulerConfig,
+    ) -> (Vec<f32>, Option<Blend>) {
+        let n = self.mean.len();
+        let latents = if self.pure_noise {
+            let s = sched.init_noise_sigma();
+            rng.randn(n).iter().map(|x| x * s).collect()
+        } else {
+            let image = self.posterior(&self.mean, &self.std, &rng.randn(n));
+            let noise = rng.randn(n);
+            add_noise(sched, cfg, &image, &noise, self.first)
+        };
+        let masked = if c.text_to_image {
+            c.mean.iter().map(|m| self.scaling * m).collect()
+        } else {
+            self.posterior(&c.mean, &c.std, &rng.randn(n))
+        };
+        let mut unet_channels = c.mask.clone();
+        unet_channels.extend(masked);
+        let blend = Blend {
+            image: Vec::new(),
+            noise: Vec::new(),
+            mask: Vec::new(),
+            unet_channels,
+        };
+        (latents, Some(blend))
+    }
+
+    /// A posterior sample `scaling · (mean + std · eps)`.
+    fn posterior(&self, mean: &[f32], std: &[f32], eps: &[f32]) -> Vec<f32> {
+        mean.iter()
+            .zip(std)
+            .zip(eps)
+            .map(|((m, s), e)| self.scaling * (m + s * e))
+            .collect()
+    }
+}
+
+/// Whether the model's UNet is a 9-channel inpainting one.
+pub fn inpaint_unet(model: &Model) -> bool {
+    model
+        .component(crate::model::ComponentKind::Unet)
+        .and_then(|u| u.config.get("in_channels"))
+        .and_then(|c| c.as_u64())
+        == Some(9)
+}
+
+/// The VAE encoder's mean and standard deviation (log-variance clamped to [-30, 20]) of a picture
+/// `chw` in [-1, 1].
+fn encode(
+    sessions: &mut Sessions,
+    model: &Model,
+    chw: &[f32],
+    job: &Job,
+    h: usize,
+    w: usize,
+) -> Result<(Vec<f32>, Vec<f32>), PipelineError> {
+    let moments = sessions.encode(model, chw, job.height as usize, job.width as usize)?;
+    let n = 4 * h * w;
+    if moments.len() != 2 * n {
+        return Err(PipelineError::Run {
+            what: "VAE encoder",
+            message: format!("gave {} values, expected {}", moments.len(), 2 * n),
+        });
+    }
+    let (mean, logvar) = moments.split_at(n);
+    let std = logvar
+        .iter()
+        .map(|&l| (0.5 * l.clamp(-30.0, 20.0)).exp())
+        .collect();
+    Ok((mean.to_vec(), std))
+}
+
+/// The 9-channel UNet's conditioning of a picture: the picture with the repainted part (mask at
+/// or above one half, diffusers' binarised mask) set to 0, encoded, and the latent-size mask.
+fn masked_condition(
+    sessions: &mut Sessions,
+    model: &Model,
+    chw: &[f32],
+    pixel_mask: &[f32],
+    latent_mask: Vec<f32>,
+    job: &Job,
+    (h, w): (usize, usize),
+) -> Result<UnetCondition, PipelineError> {
+    let plane = pixel_mask.len();
+    let masked: Vec<f32> = chw
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| if pixel_mask[i % plane] < 0.5 { v } else { 0.0 })
+        .collect();
+    let (mean, std) = encode(sessions, model, &masked, job, h, w)?;
+    Ok(UnetCondition {
+        mask: latent_mask,
+        mean,
+        std,
+        text_to_image: false,
+    })
+}
+
+/// A text-to-image job on a 9-channel inpainting UNet: everything repaints from a zero picture
+/// (A1111's conditioning); `None` for other UNets.
+fn inpaint_unet_text_to_image(
+    sessions: &mut Sessions,
+    model: &Model,
+    job: &Job,
+    h: usize,
+    w: usize,
+) -> Result<Option<Init>, PipelineError> {
+    if !inpaint_unet(model) {
+        return Ok(None);
+    }
+    let plane = (job.width * job.height) as usize;
+    let zero = vec![0f32; 3 * plane];
+    let (mean, std) = encode(sessions, model, &zero, job, h, w)?;
+    Ok(Some(Init {
+        mean: vec![0.0; 4 * h * w],
+        std: vec![0.0; 4 * h * w],
+        mask: None,
+        first: 0,
+        pure_noise: true,
+        scaling: model.vae_scaling(),
+        unet_condition: Some(UnetCondition {
+            mask: vec![1.0; h * w],
+            mean,
+            std,
+            text_to_image: true,
+        }),
+    }))
 }
 
 impl Init {
@@ -146,11 +307,17 @@ impl Init {
             first,
             pure_noise: false,
             scaling,
+            unet_condition: None,
         })
     }
 }
 
 impl Blend {
+    /// The planes a 9-channel UNet takes after the latents (empty for a 4-channel one).
+    pub fn unet_channels(&self) -> &[f32] {
+        &self.unet_channels
+    }
+
     /// After step `i` of the schedule: the kept part is the picture noised to the next step's level
     /// (the clean picture after the last step), the repainted part the sampler's latents.
     pub fn apply(
@@ -160,6 +327,9 @@ impl Blend {
         cfg: &SchedulerConfig,
         i: usize,
     ) {
+        if !self.unet_channels.is_empty() {
+            return;
+        }
         let next = i + 1;
         let kept = if next < sched.timesteps().len() {
             add_noise(sched, cfg, &self.image, &self.noise, next)

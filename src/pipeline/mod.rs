@@ -10,6 +10,7 @@ pub mod error;
 pub mod generator;
 pub mod img2img;
 pub mod keys;
+pub mod prediction_test;
 pub mod resident;
 pub mod rng;
 pub mod schedulers;

@@ -222,7 +222,7 @@ impl LbwLayout {
 /// is not a layout of that family or the index is past its end.
 pub fn slot_block(family: Family, slots: usize, index: usize) -> Option<Block> {
     let layout = LbwLayout::from_len(slots)?;
-    if layout.family() != family {
+    if layout.family() != family.block_layout() {
         return None;
     }
     layout.slots().get(index).copied()
@@ -325,11 +325,11 @@ impl Lbw {
                 self.values.len()
             ));
         }
-        if layout.family() == family {
+        if layout.family() == family.block_layout() {
             return Ok(());
         }
         let takes = match family {
-            Family::Sd1 => "17 or 26",
+            Family::Sd1 | Family::Sd2 => "17 or 26",
             Family::Sdxl => "12 or 20",
         };
         Err(format!(

@@ -38,6 +38,9 @@ pub struct SessionOptions {
     /// A1111's clip skip: 2 conditions SD 1.x on the penultimate CLIP layer (after the final
     /// layer norm); unset or 1 on the last. SDXL always uses the penultimate layer.
     pub clip_skip: Option<u32>,
+    /// What the UNet predicts, overriding the model's scheduler config and detection
+    /// (`--prediction`).
+    pub prediction: Option<crate::model::prediction::Prediction>,
 }
 
 impl SessionOptions {
@@ -53,6 +56,7 @@ impl SessionOptions {
             prefer_fp16: !matches!(self.device, Device::Cpu),
             ema: self.ema,
             vae: self.vae.clone(),
+            prediction: self.prediction,
         }
     }
 

@@ -142,6 +142,7 @@ fn image_matches(model: &str, family: &str) {
         seed: r.seed,
         batch: 1,
         init: None,
+        hires: None,
     };
     let (ours, info) = try_image_and_infotext(&mut g, &job).unwrap();
     let want = image::open(reference(&r.file))

@@ -67,7 +67,7 @@ pub fn mean_abs(a: &[u8], b: &[u8]) -> f32 {
 }
 
 /// Every reference image of `fixture` within 1/255 mean abs; returns how many there were.
-fn check_fixture(fixture: &Path, g: &mut Generator, inpaint: bool) -> usize {
+pub(crate) fn check_fixture(fixture: &Path, g: &mut Generator, inpaint: bool) -> usize {
     let text = std::fs::read_to_string(fixture.join("reference/img2img.json")).unwrap();
     let spec: Spec = serde_json::from_str(&text).unwrap();
     let mut report = Vec::new();

@@ -1,6 +1,7 @@
 //! One integration-test binary (one link step on 2 cores).
 
 mod adapters;
+mod architectures;
 mod batch;
 mod batching;
 mod cli;

@@ -14,13 +14,13 @@ fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures/single-file").join(name)
 }
 
-fn load(path: &Path, opts: SessionOptions) -> Generator {
+pub(crate) fn load(path: &Path, opts: SessionOptions) -> Generator {
     Generator::load(EngineSpec::new(path).with_session(opts), runtime())
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The settings of the fixtures' reference images.
-fn job(sampler: Sampler, steps: u32) -> Job {
+pub(crate) fn job(sampler: Sampler, steps: u32) -> Job {
     Job {
         prompt: "a red fox in the snow".into(),
         negative: "blurry".into(),
@@ -37,7 +37,7 @@ fn job(sampler: Sampler, steps: u32) -> Job {
     }
 }
 
-fn image(g: &mut Generator, job: &Job) -> Vec<u8> {
+pub(crate) fn image(g: &mut Generator, job: &Job) -> Vec<u8> {
     try_image(g, job).unwrap_or_else(|e| panic!("{job:?}: {e}"))
 }
 

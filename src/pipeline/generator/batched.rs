@@ -394,6 +394,10 @@ impl Generator {
             for b in 0..blocks {
                 for r in 0..rows {
                     sample.extend_from_slice(&xs[row(r)]);
+                    // A 9-channel inpainting UNet also reads the mask and the masked picture.
+                    if let Some(blend) = &slots[row(r)].blend {
+                        sample.extend_from_slice(blend.unet_channels());
+                    }
                     conds[row(r)].push_row(b, chunks, &empty, &mut context, &mut embeds);
                 }
             }
@@ -406,7 +410,7 @@ impl Generator {
                 mode.contains(&true).then_some((&loras[..], &key)),
                 UnetCall {
                     sample: &sample,
-                    shape: [blocks * rows, 4, h, w],
+                    shape: [blocks * rows, sample.len() / (blocks * rows * h * w), h, w],
                     timestep: t as f32,
                     context: &context,
                     added,

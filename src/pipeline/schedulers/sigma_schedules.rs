@@ -20,7 +20,8 @@ const AYS_SDXL: [f64; 11] = [
 /// The published Align Your Steps table for a model family.
 pub fn ays_table(family: Family) -> &'static [f64; 11] {
     match family {
-        Family::Sd1 => &AYS_SD1,
+        // No table was published for SD 2.x; its schedule is SD1's (same betas and UNet levels).
+        Family::Sd1 | Family::Sd2 => &AYS_SD1,
         Family::Sdxl => &AYS_SDXL,
     }
 }
