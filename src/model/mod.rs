@@ -16,7 +16,6 @@ pub mod hash;
 pub mod index;
 pub mod layout;
 pub mod ldm;
-pub mod listing;
 pub mod models_root;
 #[allow(clippy::all)]
 pub mod onnx_proto;

@@ -5,7 +5,6 @@
 use crate::config::Config;
 use crate::job::{Event, Job, JobId, RgbImage};
 use crate::lora::entry::Listing;
-use crate::model::listing::ModelListing;
 use crate::tui::components::gallery::{Gallery, GalleryItem};
 use crate::tui::components::lora_browser::LoraBrowser;
 use crate::tui::components::preview::Preview;
@@ -15,6 +14,7 @@ use crate::tui::components::schedule::{Edit, ScheduleEditor};
 use crate::tui::components::settings::{SeedMode, Settings};
 use crate::tui::graphics::Graphics;
 use crate::tui::keymap::{Action, Context, Keymap};
+use crate::tui::model_folders::ModelListing;
 use crate::tui::overlays::confirm::Confirm;
 use crate::tui::overlays::error::ErrorPopup;
 use crate::tui::overlays::help::Help;
@@ -666,7 +666,7 @@ impl App {
 
     /// Makes `e` the model of the next jobs: the header names it, adapters are checked against its
     /// widths (a rescan), and the engine loads it with the next job. The prompt stays.
-    fn switch_model(&mut self, e: crate::model::listing::ModelEntry) -> Vec<Effect> {
+    fn switch_model(&mut self, e: crate::tui::model_folders::ModelEntry) -> Vec<Effect> {
         let same = |a: &std::path::Path, b: &std::path::Path| {
             a.canonicalize()
                 .ok()

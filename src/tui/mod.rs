@@ -9,6 +9,7 @@ pub mod event_loop;
 pub mod graphics;
 pub mod keymap;
 pub mod lang;
+pub mod model_folders;
 pub mod overlays;
 pub mod terminal;
 pub mod theme;
@@ -42,13 +43,13 @@ pub struct Models {
     pub folders: Vec<std::path::PathBuf>,
     /// Listed even outside the folders (the start model and its neighbours).
     pub extra: Vec<std::path::PathBuf>,
-    pub cache: crate::model::listing::ScanCache,
+    pub cache: crate::tui::model_folders::ScanCache,
     pub sink: ModelSink,
 }
 
 impl Models {
-    pub fn scan(&self) -> crate::model::listing::ModelListing {
-        crate::model::listing::scan(&self.folders, &self.extra, &self.cache)
+    pub fn scan(&self) -> crate::tui::model_folders::ModelListing {
+        crate::tui::model_folders::scan(&self.folders, &self.extra, &self.cache)
     }
 }
 

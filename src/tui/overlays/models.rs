@@ -3,8 +3,8 @@
 //! Enter picks one; it loads in the engine with the next job. Unusable files show why.
 
 use super::centered;
-use crate::model::listing::{human_size, ModelEntry, ModelListing};
 use crate::tui::components::wrap_select;
+use crate::tui::model_folders::{human_size, ModelEntry, ModelListing};
 use crate::tui::theme::Theme;
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;

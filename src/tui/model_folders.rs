@@ -3,8 +3,8 @@
 //! (family, precision, size, whether ONNX Runtime's fused CUDA UNet exists, adapter widths).
 //! Files that are not models (a LoRA, a pickle) are listed with the reason, never opened twice.
 
-use super::layout::{ComponentKind, Model, ModelSource, OpenOptions};
 use crate::lora::family::ModelWidths;
+use crate::model::layout::{ComponentKind, Model, ModelSource, OpenOptions};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -219,7 +219,7 @@ fn describe(entry: &mut ModelEntry, model: &Model) {
 
 /// The dtype holding most of a checkpoint's bytes (F16 for most downloads).
 fn checkpoint_dtype(path: &Path) -> Option<String> {
-    let ck = super::Checkpoint::open_any(path).ok()?;
+    let ck = crate::model::Checkpoint::open_any(path).ok()?;
     ck.dominant_dtype().map(|d| format!("{d:?}"))
 }
 
