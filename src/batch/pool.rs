@@ -179,7 +179,7 @@ fn worker<L: Loader>(
         };
         if warm.as_ref().map(|w| &w.model) != Some(&model) {
             if let Some(w) = warm.take() {
-                w.handle.shutdown();
+                w.handle.shutdown_and_wait();
             }
             let loaded = match broken.get(&model) {
                 Some(msg) => Err(msg.clone()),
@@ -272,8 +272,10 @@ fn worker<L: Loader>(
             warm = None;
         }
     }
+    // Waits for the engine thread, so its CUDA sessions are freed before the process exits (freed
+    // during exit, after the driver shut down, `stipple batch` ended with SIGSEGV on the GPU).
     if let Some(w) = warm {
-        w.handle.shutdown();
+        w.handle.shutdown_and_wait();
     }
 }
 
