@@ -243,20 +243,17 @@ fn parts(
         }]);
     };
     editing
-        .schedule(steps)
+        .runs(steps)
         .into_iter()
-        .map(|(weight, segs)| {
-            let mut from = 1;
-            let mut out = Vec::with_capacity(segs.len());
-            for s in segs {
-                let f = s.fragments(src)?;
-                out.push(segment(from, s.until_step, s.text(), &f));
-                from = s.until_step + 1;
-            }
-            Ok(PartReport {
-                weight,
-                segments: out,
-            })
+        .map(|(weight, runs)| {
+            let segments = runs
+                .iter()
+                .map(|r| {
+                    let f = r.segment.fragments(src)?;
+                    Ok(segment(r.from, r.until, r.segment.text(), &f))
+                })
+                .collect::<Result<_, PromptError>>()?;
+            Ok(PartReport { weight, segments })
         })
         .collect()
 }

@@ -127,6 +127,13 @@ impl Segment {
     }
 }
 
+/// The 1-based steps `from..=until` of a run use `segment`'s text.
+pub struct Run {
+    pub from: usize,
+    pub until: usize,
+    pub segment: Segment,
+}
+
 impl Editing {
     /// Per part: its weight and its text per step over a run of `steps` steps (A1111's
     /// `get_learned_conditioning_prompt_schedules`, identical on its examples).
@@ -134,6 +141,29 @@ impl Editing {
         self.parts
             .iter()
             .map(|p| (p.weight, p.schedule(steps)))
+            .collect()
+    }
+
+    /// [`schedule`](Self::schedule) with each segment's first step.
+    pub fn runs(&self, steps: usize) -> Vec<(f64, Vec<Run>)> {
+        self.schedule(steps)
+            .into_iter()
+            .map(|(weight, segments)| {
+                let mut from = 1;
+                let runs = segments
+                    .into_iter()
+                    .map(|segment| {
+                        let run = Run {
+                            from,
+                            until: segment.until_step,
+                            segment,
+                        };
+                        from = run.until + 1;
+                        run
+                    })
+                    .collect();
+                (weight, runs)
+            })
             .collect()
     }
 }

@@ -110,7 +110,7 @@ mod schedule;
 mod suggest;
 
 pub use chunk::{chunk, chunk_units, Chunk, ChunkConfig, Unit, CHUNK_LEN, CLIP_COMMA, MAX_CHUNKS};
-pub use editing::{Editing, Node, Part, Segment, When};
+pub use editing::{Editing, Node, Part, Run, Segment, When};
 pub use emphasis::Fragment;
 pub use error::{PromptError, PromptWarning};
 pub use lbw::{slot_block, Block, Lbw, LbwLayout, UnetRegion, PRESETS};

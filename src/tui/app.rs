@@ -21,6 +21,7 @@ use crate::tui::overlays::help::Help;
 use crate::tui::overlays::mask::MaskEditor;
 use crate::tui::overlays::models::ModelPicker;
 use crate::tui::overlays::palette::Palette;
+use crate::tui::overlays::steps::PromptSteps;
 use crate::tui::overlays::Overlay;
 use crate::tui::theme::Theme;
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
@@ -442,16 +443,18 @@ impl App {
             return Vec::new();
         };
         match top {
-            Overlay::Help(h) => match key.code {
-                KeyCode::Up | KeyCode::Char('k') => h.scroll_by(-1),
-                KeyCode::Down | KeyCode::Char('j') => h.scroll_by(1),
-                KeyCode::PageUp => h.scroll_by(-10),
-                KeyCode::PageDown => h.scroll_by(10),
-                KeyCode::Esc | KeyCode::Char('q') | KeyCode::Char('?') | KeyCode::F(1) => {
-                    self.overlays.pop();
+            Overlay::Help(Help { scroll }) | Overlay::Steps(PromptSteps { scroll, .. }) => {
+                match key.code {
+                    KeyCode::Up | KeyCode::Char('k') => scroll.by(-1),
+                    KeyCode::Down | KeyCode::Char('j') => scroll.by(1),
+                    KeyCode::PageUp => scroll.by(-10),
+                    KeyCode::PageDown => scroll.by(10),
+                    KeyCode::Esc | KeyCode::Char('q') | KeyCode::Char('?') | KeyCode::F(1) => {
+                        self.overlays.pop();
+                    }
+                    _ => {}
                 }
-                _ => {}
-            },
+            }
             Overlay::Palette(p) => match key.code {
                 KeyCode::Esc => {
                     self.overlays.pop();
@@ -564,6 +567,14 @@ impl App {
                 }
             }
             (_, A::Help) => self.overlays.push(Overlay::Help(Help::default())),
+            (_, A::PromptSteps) => {
+                let steps = PromptSteps::new(
+                    self.prompt.text(),
+                    self.negative.text(),
+                    self.settings.steps as usize,
+                );
+                self.overlays.push(Overlay::Steps(steps));
+            }
             (_, A::Palette) => self.overlays.push(Overlay::Palette(Palette::default())),
             (_, A::FocusNext) | (_, A::FocusPrev) => {
                 let order = [Focus::Prompt, Focus::Negative, Focus::Queue, Focus::Gallery];

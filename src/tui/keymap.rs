@@ -90,6 +90,7 @@ actions! {
     NextTag => "next_tag", MakeConstant => "make_constant",
     Increase => "increase", Decrease => "decrease", Toggle => "toggle", RandomSeed => "random_seed",
     PickModel => "pick_model", SendToImg2img => "send_to_img2img", SendToInpaint => "send_to_inpaint",
+    PromptSteps => "prompt_steps",
 }
 
 /// A key with its modifiers, written `C-g`, `M-z`, `S-Up`, `F5`, `Enter`, `?`.
@@ -284,6 +285,13 @@ const DEFAULTS: &[(Context, &str, Action, &str, &str)] = {
             PickModel,
             "choose the model (checkpoints and model folders)",
             "model",
+        ),
+        (
+            Global,
+            "F10 M-s",
+            PromptSteps,
+            "the prompt's text at each step (prompt editing, alternation, AND)",
+            "",
         ),
         (Global, "Esc", Back, "close / back to the generate view", ""),
         (

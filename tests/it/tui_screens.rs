@@ -34,6 +34,20 @@ fn help_overlay() {
 }
 
 #[test]
+fn f10_shows_the_text_at_each_step_and_esc_closes_it() {
+    let mut app = busy_app();
+    app.prompt.set_text("a [cat:dog:0.5] in snow", &[]);
+    app.settings.steps = 10;
+    press(&mut app, KeyCode::F(10));
+    let screen = render(&mut app, 100, 30);
+    // [cat:dog:0.5] over 10 steps: "cat" until step 5, "dog" from step 6 (A1111's rule).
+    assert!(screen.contains("steps 1–5    a cat in snow"), "{screen}");
+    assert!(screen.contains("steps 6–10   a dog in snow"), "{screen}");
+    press(&mut app, KeyCode::Esc);
+    assert!(!render(&mut app, 100, 30).contains("Text at each step"));
+}
+
+#[test]
 fn lora_browser_marks_incompatible_adapters() {
     let mut app = busy_app();
     press(&mut app, KeyCode::F(2));

@@ -1,5 +1,6 @@
-//! Layers drawn over the screen (help, palette, confirm, error, the model picker, the mask editor). The top one gets keys first;
-//! Esc closes it. Each file holds one overlay's state and drawing.
+//! Layers drawn over the screen (help, palette, confirm, error, the model picker, the mask editor,
+//! the prompt's steps). The top one gets keys first; Esc closes it. Each file holds one overlay's
+//! state and drawing; [`Scroll`] is the scrolling text box two of them share.
 
 pub mod confirm;
 pub mod error;
@@ -7,8 +8,14 @@ pub mod help;
 pub mod mask;
 pub mod models;
 pub mod palette;
+pub mod steps;
 
+use crate::tui::theme::Theme;
+use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
+use ratatui::text::Line;
+use ratatui::widgets::{Block, Borders, Clear, Paragraph, Widget};
+use std::cell::Cell;
 
 /// One layer of the overlay stack.
 #[derive(Debug, Clone)]
@@ -19,6 +26,49 @@ pub enum Overlay {
     Error(error::ErrorPopup),
     Models(models::ModelPicker),
     Mask(mask::MaskEditor),
+    Steps(steps::PromptSteps),
+}
+
+/// A popup of lines that scroll: where it is, and how far it may go.
+#[derive(Debug, Clone, Default)]
+pub struct Scroll {
+    pub at: u16,
+    /// The furthest scroll that still fills the box, as of the last frame; keys stop there.
+    pub max: Cell<u16>,
+}
+
+impl Scroll {
+    /// Scrolls by `delta` lines, never past the last line.
+    pub fn by(&mut self, delta: i32) {
+        let to = (i32::from(self.at) + delta).clamp(0, i32::from(self.max.get()));
+        self.at = to as u16;
+    }
+
+    /// Draws `text` in a bordered popup at `rect`, scrolled, and remembers how far it may scroll.
+    pub fn render(
+        &self,
+        rect: Rect,
+        buf: &mut Buffer,
+        theme: &Theme,
+        title: &str,
+        text: Vec<Line<'_>>,
+    ) {
+        Clear.render(rect, buf);
+        let block = Block::default()
+            .borders(Borders::ALL)
+            .border_style(theme.get("ui.popup.border"))
+            .style(theme.get("ui.popup"))
+            .title(title.to_string());
+        let room = block.inner(rect).height;
+        let max = u16::try_from(text.len())
+            .unwrap_or(u16::MAX)
+            .saturating_sub(room);
+        self.max.set(max);
+        Paragraph::new(text)
+            .block(block)
+            .scroll((self.at.min(max), 0))
+            .render(rect, buf);
+    }
 }
 
 /// A centred rectangle of at most `w`×`h` inside `area`.
