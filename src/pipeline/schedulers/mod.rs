@@ -6,6 +6,7 @@
 //! Schedules are f64 arrays holding the values diffusers computes (float32-rounded where it stores
 //! float32); per-element step arithmetic is f32 in diffusers' order. Noise is always passed in.
 
+pub mod brownian;
 mod ddim;
 mod ddpm;
 mod deis;
