@@ -68,6 +68,11 @@ pub fn format_infotext(job: &Job, seed: u64, res: &Resources) -> String {
     if !job.schedule.is_automatic() {
         params.push(("Schedule type", job.schedule.name().to_string()));
     }
+    // A1111 always gives these samplers its Brownian tree and writes nothing for it; stipple's
+    // other noise is named so the picture can be made again (A1111 keeps unknown keys).
+    if job.sampler.uses_brownian_noise() && !job.sde_noise.is_brownian() {
+        params.push(("SDE noise", job.sde_noise.name().to_string()));
+    }
     params.extend([
         ("CFG scale", trim_float(job.cfg)),
         ("Seed", seed.to_string()),
@@ -222,6 +227,7 @@ mod tests {
             negative: "blurry".into(),
             sampler: Sampler::DpmPp2mKarras,
             schedule: Schedule::Automatic,
+            sde_noise: Default::default(),
             steps: 20,
             cfg: 7.5,
             width: 512,

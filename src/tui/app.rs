@@ -753,6 +753,7 @@ impl App {
             negative: self.negative.text().to_string(),
             sampler: s.sampler,
             schedule: s.schedule,
+            sde_noise: s.sde_noise,
             steps: s.steps,
             cfg: s.cfg,
             width: s.width,
@@ -857,6 +858,7 @@ impl App {
         let s = &mut self.settings;
         s.sampler = it.job.sampler;
         s.schedule = it.job.schedule;
+        s.sde_noise = it.job.sde_noise;
         s.steps = it.job.steps;
         s.cfg = it.job.cfg;
         s.width = it.job.width;
