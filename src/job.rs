@@ -574,6 +574,33 @@ mod tests {
         };
         let text = serde_json::to_string(&job).unwrap();
         assert!(text.contains("\"Align Your Steps\""), "{text}");
+        assert!(
+            !text.contains("sde_noise"),
+            "Brownian noise is left out: {text}"
+        );
         assert_eq!(serde_json::from_str::<Job>(&text).unwrap(), job);
+        let job = Job {
+            sde_noise: SdeNoise::Step,
+            ..job
+        };
+        let text = serde_json::to_string(&job).unwrap();
+        assert!(text.contains("\"sde_noise\":\"step\""), "{text}");
+        assert_eq!(serde_json::from_str::<Job>(&text).unwrap(), job);
+    }
+
+    #[test]
+    fn sde_noise_names_parse_and_only_sde_samplers_use_the_tree() {
+        assert_eq!("brownian".parse::<SdeNoise>().unwrap(), SdeNoise::Brownian);
+        assert_eq!("Step".parse::<SdeNoise>().unwrap(), SdeNoise::Step);
+        let err = "tree".parse::<SdeNoise>().unwrap_err().to_string();
+        assert!(err.contains("brownian") && err.contains("step"), "{err}");
+        let sde: Vec<Sampler> = Sampler::ALL
+            .into_iter()
+            .filter(|s| s.uses_brownian_noise())
+            .collect();
+        assert_eq!(
+            sde,
+            [Sampler::DpmPp2mSde, Sampler::DpmPpSde, Sampler::DpmPp3mSde]
+        );
     }
 }

@@ -259,6 +259,40 @@ mod tests {
     }
 
     #[test]
+    fn step_noise_of_an_sde_sampler_is_named_and_brownian_is_not() {
+        use crate::job::SdeNoise;
+        let sde = Job {
+            sampler: Sampler::DpmPpSde,
+            ..job()
+        };
+        let t = format_infotext(&sde, 6, &Resources::default());
+        assert!(
+            !t.contains("SDE noise"),
+            "A1111 writes nothing for its tree: {t}"
+        );
+        let step = Job {
+            sde_noise: SdeNoise::Step,
+            ..sde
+        };
+        let t = format_infotext(&step, 6, &Resources::default());
+        assert_eq!(
+            parse_infotext(&t).unwrap().get("SDE noise"),
+            Some("step"),
+            "{t}"
+        );
+        // Samplers without SDE noise do not mention it, whatever the job says.
+        let t = format_infotext(
+            &Job {
+                sde_noise: SdeNoise::Step,
+                ..job()
+            },
+            6,
+            &Resources::default(),
+        );
+        assert!(!t.contains("SDE noise"), "{t}");
+    }
+
+    #[test]
     fn a_schedule_type_follows_the_sampler_as_a1111_writes_it() {
         let job = Job {
             sampler: Sampler::DpmPp2mSde,

@@ -651,6 +651,42 @@ mod tests {
 }
 
 #[cfg(test)]
+mod brownian_tests {
+    use super::*;
+
+    /// Runs `sampler` over a fixed fake model with normals of 0.25 from the generator.
+    fn run(sampler: Sampler, tree_seed: Option<u64>) -> Vec<f32> {
+        let mut sch = build(sampler, &SchedulerConfig::default(), 5);
+        if let Some(seed) = tree_seed {
+            sch.use_brownian_noise(seed, 16, 0);
+        }
+        let mut x = vec![sch.init_noise_sigma(); 16];
+        for i in 0..sch.timesteps().len() {
+            let out: Vec<f32> = sch
+                .scale_model_input(&x, i)
+                .iter()
+                .map(|v| 0.5 * v)
+                .collect();
+            x = sch.step(&out, i, &x, &mut |n| vec![0.25; n]);
+        }
+        x
+    }
+
+    #[test]
+    fn only_the_sde_samplers_take_the_tree_and_it_depends_on_the_seed() {
+        for s in Sampler::ALL {
+            let (step, tree) = (run(s, None), run(s, Some(1)));
+            assert!(tree.iter().all(|v| v.is_finite()), "{s}");
+            assert_eq!(step != tree, s.uses_brownian_noise(), "{s}");
+            if s.uses_brownian_noise() {
+                assert_eq!(run(s, Some(1)), tree, "{s}: same seed");
+                assert_ne!(run(s, Some(2)), tree, "{s}: other seed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod config_tests {
     use super::*;
 
