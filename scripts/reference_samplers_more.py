@@ -4,6 +4,7 @@ DPM++ 3M SDE, DEIS, DDPM, TCD and Euler CFG++.
 
     reference_samplers_more.py --schedulers   # tests/fixtures/reference/samplers_more.json (closed-form model)
     reference_samplers_more.py --images       # <tiny fixture>/reference/samplers_more.json + image.*.png
+    reference_samplers_more.py --brownian     # <tiny fixture>/reference/samplers_brownian.json + images
 
 --schedulers runs each sampler as reference_samplers.py does (same closed-form fake model, same
 recorded fields, schedule types set up the same way) for every sampler x schedule type it takes at 4 and
@@ -28,6 +29,15 @@ Where each reference comes from:
       re-implemented below as `EulerCfgPp` over EulerDiscreteScheduler's sigmas; in the pipeline a forward
       hook on the UNet hands it the unconditional prediction. Guidance 1.5 (CFG++ is meant for small scales).
 
+--brownian: the SDE samplers with A1111's noise (k-diffusion's BrownianTreeNoiseSampler, torchsde's Brownian
+tree seeded with the image seed; stipple's default `--sde-noise brownian`), against `with_tree_noise` below:
+  DPM++ SDE: diffusers' DPMSolverSDEScheduler itself, its own torchsde tree seeded with noise_sampler_seed =
+      the image seed (the same tree and queries as k-diffusion's sample_dpmpp_sde).
+  DPM++ 2M SDE, DPM++ 3M SDE: diffusers' DPMSolverMultistepScheduler with each step's variance_noise taken
+      from `TreeNoise` (scripts/reference_brownian.py) over (sigma_i, sigma_i+1), the query of k-diffusion's
+      sample_dpmpp_2m_sde / sample_dpmpp_3m_sde (none on the last step, whose sigma_next is 0).
+The images written by --images keep diffusers' per-step generator noise (stipple's `--sde-noise step`).
+
 Needs: torch, diffusers, scipy, torchsde (the /work/venv ones).
 Run: /work/venv/bin/python scripts/reference_samplers_more.py --schedulers --images
 """
@@ -42,14 +52,16 @@ def arg_parser():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--schedulers", action="store_true", help="write tests/fixtures/reference/samplers_more.json")
     ap.add_argument("--images", action="store_true", help="write the tiny fixtures' images of these samplers")
+    ap.add_argument("--brownian", action="store_true",
+                    help="write the tiny fixtures' SDE sampler images with Brownian-tree noise")
     ap.add_argument("--resume", action="store_true", help="with --images: keep the images already written")
     return ap
 
 
 if __name__ == "__main__":
     ARGS = arg_parser().parse_args()  # --help and argument errors come before the heavy imports below
-    if not (ARGS.schedulers or ARGS.images):
-        arg_parser().error("give --schedulers and/or --images")
+    if not (ARGS.schedulers or ARGS.images or ARGS.brownian):
+        arg_parser().error("give --schedulers, --images and/or --brownian")
 
 import diffusers
 import numpy as np
@@ -61,6 +73,7 @@ from diffusers import (DDPMScheduler, DEISMultistepScheduler, DPMSolverMultistep
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import reference_samplers as rs  # noqa: E402
 from reference_schedulers import SD15, SHAPE, STEP_SAMPLE, f32, fake_model  # noqa: E402
+from reference_brownian import TreeNoise  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests/fixtures/reference/samplers_more.json"
@@ -308,25 +321,62 @@ CFG = {"Euler CFG++": 1.5}
 RESUME = False
 
 
-def write_images(family):
+BROWNIAN_CASES = {
+    "sd1": [("DPM++ SDE", "automatic", 4), ("DPM++ SDE", "karras", 8), ("DPM++ 2M SDE", "karras", 4),
+            ("DPM++ 2M SDE", "karras", 8), ("DPM++ 3M SDE", "exponential", 8)],
+    "sdxl": [("DPM++ 2M SDE", "karras", 4)],
+}
+
+
+def with_tree_noise(sch, seed, shape):
+    """A1111's Brownian-tree noise for diffusers' SDE schedulers (see the module doc)."""
+    if isinstance(sch, DPMSolverSDEScheduler):
+        sch.noise_sampler_seed = seed
+        return sch
+    plain_set, plain_step, state = sch.set_timesteps, sch.step, {}
+
+    def set_timesteps(*a, **kw):
+        plain_set(*a, **kw)
+        s = sch.sigmas
+        state["tree"] = TreeNoise(shape, float(s[s > 0].min()), float(s.max()), seed)
+
+    def step(model_output, timestep, sample, generator=None, variance_noise=None, return_dict=True):
+        if sch.step_index is None:
+            sch._init_step_index(timestep)
+        sigma, sigma_next = float(sch.sigmas[sch.step_index]), float(sch.sigmas[sch.step_index + 1])
+        noise = (state["tree"](sigma, sigma_next).reshape(sample.shape) if sigma_next > 0
+                 else torch.zeros_like(sample))
+        return plain_step(model_output, timestep, sample, variance_noise=noise, return_dict=return_dict)
+
+    sch.set_timesteps, sch.step = set_timesteps, step
+    return sch
+
+
+def write_images(family, brownian=False):
     from diffusers_reference import IMAGE_NEGATIVE, IMAGE_PROMPT, IMAGE_SEED
 
     ref, scheduler, pipeline = rs.load_tiny(family)
     images = []
-    for name, schedule, steps in IMAGE_CASES[family]:
-        slug = MORE[name][2]
+    for name, schedule, steps in (BROWNIAN_CASES if brownian else IMAGE_CASES)[family]:
+        slug = rs.SAMPLERS[name][2]
         file = f"image.{slug}.{steps}.png" if schedule == "automatic" else f"image.{slug}.{schedule}.{steps}.png"
+        if brownian:
+            file = file.replace("image.", "image.brownian.", 1)
         cfg = CFG.get(name, 7.0)
-        images.append({"file": file, "sampler": slug, "schedule": schedule, "steps": steps, "cfg": cfg})
+        images.append({"file": file, "sampler": slug, "schedule": schedule, "steps": steps, "cfg": cfg,
+                       "sde_noise": "brownian" if brownian else "step"})
         if RESUME and (ref / file).exists():
             continue
         g = torch.Generator("cpu").manual_seed(IMAGE_SEED)
         sched = rs.make(name, schedule, family, dict(scheduler.config))
         pipe = pipeline(sched)
         hook = None
-        if isinstance(sched, DPMSolverSDEScheduler):
-            side = SIZE // pipe.vae_scale_factor
-            with_seeded_brownian(sched, g, (1, pipe.unet.config.in_channels, side, side))
+        side = SIZE // pipe.vae_scale_factor
+        latent_shape = (1, pipe.unet.config.in_channels, side, side)
+        if brownian:
+            with_tree_noise(sched, IMAGE_SEED, latent_shape)
+        elif isinstance(sched, DPMSolverSDEScheduler):
+            with_seeded_brownian(sched, g, latent_shape)
         if isinstance(sched, EulerCfgPp):
             def keep_uncond(module, args, output, sched=sched):
                 sched.uncond = output[0][:1]
@@ -341,9 +391,10 @@ def write_images(family):
     spec = {"prompt": IMAGE_PROMPT, "negative": IMAGE_NEGATIVE, "seed": IMAGE_SEED, "cfg": 7.0, "width": SIZE,
             "height": SIZE, "family": family, "images": images,
             "made_with": {"torch": torch.__version__, "diffusers": diffusers.__version__,
-                          "script": "scripts/reference_samplers_more.py --images"}}
-    (ref / "samplers_more.json").write_text(json.dumps(spec, indent=1) + "\n")
-    print(f"wrote {len(images)} images and samplers_more.json to {ref}")
+                          "script": "scripts/reference_samplers_more.py " + ("--brownian" if brownian else "--images")}}
+    out = "samplers_brownian.json" if brownian else "samplers_more.json"
+    (ref / out).write_text(json.dumps(spec, indent=1) + "\n")
+    print(f"wrote {len(images)} images and {out} to {ref}")
 
 
 if __name__ == "__main__":
@@ -353,3 +404,6 @@ if __name__ == "__main__":
     for family in ("sd1", "sdxl") if ARGS.images else ():
         os.environ.setdefault("PYTHONHASHSEED", "0")
         write_images(family)
+    for family in ("sd1", "sdxl") if ARGS.brownian else ():
+        os.environ.setdefault("PYTHONHASHSEED", "0")
+        write_images(family, brownian=True)

@@ -35,6 +35,9 @@ protocol = "auto"
 sampler = "Euler a"
 # Schedule type: automatic (the sampler's own), karras, exponential, sgm-uniform, simple, beta, ays.
 schedule = "automatic"
+# Noise of the SDE samplers (DPM++ SDE, 2M SDE, 3M SDE): brownian (A1111's Brownian tree from the seed)
+# or step (fresh noise from the seed's generator every step, as diffusers).
+sde_noise = "brownian"
 # Sampling steps; 0 = the model family's (20 for SD 1.x, 30 for SDXL).
 steps = 0
 cfg = 7.0
@@ -116,6 +119,9 @@ pub struct GenerationConfig {
     pub sampler: String,
     /// A1111's "Schedule type" or its slug; checked by [`Config::validate`].
     pub schedule: String,
+    /// The SDE samplers' noise (`brownian` or `step`).
+    #[serde(default)]
+    pub sde_noise: crate::job::SdeNoise,
     /// 0 = the model family's default (filled in when the model is known).
     pub steps: u32,
     pub cfg: f32,

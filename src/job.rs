@@ -132,6 +132,17 @@ impl Sampler {
     }
 }
 
+impl Sampler {
+    /// The SDE samplers, which A1111 gives k-diffusion's Brownian-tree noise (its
+    /// `brownian_noise` sampler option): DPM++ SDE, DPM++ 2M SDE and DPM++ 3M SDE.
+    pub fn uses_brownian_noise(self) -> bool {
+        matches!(
+            self,
+            Sampler::DpmPpSde | Sampler::DpmPp2mSde | Sampler::DpmPp3mSde
+        )
+    }
+}
+
 impl fmt::Display for Sampler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -312,6 +323,66 @@ impl FromStr for Schedule {
     }
 }
 
+/// Where the SDE samplers ([`Sampler::uses_brownian_noise`]) take their per-step noise from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SdeNoise {
+    /// A1111's: k-diffusion's `BrownianTreeNoiseSampler` (torchsde's Brownian tree) seeded with
+    /// the image's seed, so a seed gives A1111's picture (with its CPU RNG source).
+    #[default]
+    Brownian,
+    /// Fresh normals from the image's generator at every step, as diffusers' multistep SDE
+    /// schedulers draw them (stipple before the Brownian tree).
+    Step,
+}
+
+impl SdeNoise {
+    pub const ALL: [SdeNoise; 2] = [SdeNoise::Brownian, SdeNoise::Step];
+
+    /// The command-line and infotext spelling.
+    pub fn name(self) -> &'static str {
+        self.names().1
+    }
+
+    pub fn is_brownian(&self) -> bool {
+        *self == SdeNoise::Brownian
+    }
+}
+
+impl Named for SdeNoise {
+    const ALL: &'static [Self] = &SdeNoise::ALL;
+
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            SdeNoise::Brownian => ("Brownian tree", "brownian"),
+            SdeNoise::Step => ("per step", "step"),
+        }
+    }
+}
+
+impl fmt::Display for SdeNoise {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An unknown SDE noise source; lists the known ones.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown SDE noise {given:?}; known: {}", known::<SdeNoise>())]
+pub struct UnknownSdeNoise {
+    pub given: String,
+}
+
+impl FromStr for SdeNoise {
+    type Err = UnknownSdeNoise;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        lookup(s).ok_or_else(|| UnknownSdeNoise {
+            given: s.to_string(),
+        })
+    }
+}
+
 /// One request for images. Everything needed to reproduce them, nothing about the device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
@@ -323,6 +394,11 @@ pub struct Job {
     /// Left out of the JSON when automatic, so jobs written before it existed keep their hash.
     #[serde(default, skip_serializing_if = "Schedule::is_automatic")]
     pub schedule: Schedule,
+    /// The SDE samplers' noise; left out of the JSON when Brownian (the default), so jobs keep
+    /// their form and hashes. Older jobs of these samplers ran with per-step noise: replaying one
+    /// exactly needs `step`.
+    #[serde(default, skip_serializing_if = "SdeNoise::is_brownian")]
+    pub sde_noise: SdeNoise,
     pub steps: u32,
     pub cfg: f32,
     pub width: u32,
@@ -477,6 +553,7 @@ mod tests {
             negative: String::new(),
             sampler: Sampler::DpmPp2mKarras,
             schedule: Schedule::Automatic,
+            sde_noise: Default::default(),
             steps: 4,
             cfg: 7.0,
             width: 64,
@@ -497,6 +574,33 @@ mod tests {
         };
         let text = serde_json::to_string(&job).unwrap();
         assert!(text.contains("\"Align Your Steps\""), "{text}");
+        assert!(
+            !text.contains("sde_noise"),
+            "Brownian noise is left out: {text}"
+        );
         assert_eq!(serde_json::from_str::<Job>(&text).unwrap(), job);
+        let job = Job {
+            sde_noise: SdeNoise::Step,
+            ..job
+        };
+        let text = serde_json::to_string(&job).unwrap();
+        assert!(text.contains("\"sde_noise\":\"step\""), "{text}");
+        assert_eq!(serde_json::from_str::<Job>(&text).unwrap(), job);
+    }
+
+    #[test]
+    fn sde_noise_names_parse_and_only_sde_samplers_use_the_tree() {
+        assert_eq!("brownian".parse::<SdeNoise>().unwrap(), SdeNoise::Brownian);
+        assert_eq!("Step".parse::<SdeNoise>().unwrap(), SdeNoise::Step);
+        let err = "tree".parse::<SdeNoise>().unwrap_err().to_string();
+        assert!(err.contains("brownian") && err.contains("step"), "{err}");
+        let sde: Vec<Sampler> = Sampler::ALL
+            .into_iter()
+            .filter(|s| s.uses_brownian_noise())
+            .collect();
+        assert_eq!(
+            sde,
+            [Sampler::DpmPp2mSde, Sampler::DpmPpSde, Sampler::DpmPp3mSde]
+        );
     }
 }

@@ -85,6 +85,7 @@ mod tests {
             seed: 1,
             batch,
             schedule: Schedule::default(),
+            sde_noise: Default::default(),
             init: None,
             hires: None,
         }

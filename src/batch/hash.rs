@@ -168,6 +168,7 @@ mod tests {
             negative: String::new(),
             sampler: Sampler::EulerA,
             schedule: Default::default(),
+            sde_noise: Default::default(),
             steps: 4,
             cfg: 7.0,
             width: 64,

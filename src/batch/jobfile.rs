@@ -138,6 +138,9 @@ pub struct JobSpec {
     pub sampler: Option<String>,
     /// Schedule type (`karras`, `ays`, ...); default `generation.schedule`, as `--schedule`.
     pub schedule: Option<String>,
+    /// `brownian` or `step`; default `generation.sde_noise`, as `--sde-noise`.
+    #[serde(default)]
+    pub sde_noise: Option<String>,
     pub steps: Option<u32>,
     pub cfg: Option<f32>,
     pub width: Option<u32>,
@@ -236,11 +239,12 @@ impl JobSpec {
 }
 
 /// The fields a job line may have (`sweep` is taken out before the rest is read).
-pub const FIELDS: [&str; 19] = [
+pub const FIELDS: [&str; 20] = [
     "prompt",
     "negative",
     "sampler",
     "schedule",
+    "sde_noise",
     "steps",
     "cfg",
     "width",

@@ -6,7 +6,7 @@
 use super::hash::{derived_seed, file_identity, job_hash, model_identity, JobHash};
 use super::jobfile::JobSpec;
 use super::naming::OutName;
-use crate::job::{parse_sampler, Job, Sampler, Schedule, UnknownSchedule};
+use crate::job::{parse_sampler, Job, Sampler, Schedule, SdeNoise, UnknownSchedule};
 use crate::model::Model;
 use crate::pipeline::validate_job;
 use crate::prompt::{self, Catalog, LoraDirs};
@@ -23,6 +23,7 @@ pub struct Defaults {
     pub lora_dirs: LoraDirs,
     pub sampler: Sampler,
     pub schedule: Schedule,
+    pub sde_noise: SdeNoise,
     pub steps: u32,
     pub cfg: f32,
     pub width: u32,
@@ -54,6 +55,7 @@ impl Defaults {
             lora_dirs,
             sampler,
             schedule,
+            sde_noise: g.sde_noise,
             steps: g.steps,
             cfg: g.cfg,
             width,
@@ -127,6 +129,12 @@ impl Planner {
         };
         crate::pipeline::schedulers::check_schedule(sampler, schedule)
             .map_err(|e| e.to_string())?;
+        let sde_noise = match spec.sde_noise.as_deref() {
+            Some(v) => v
+                .parse::<SdeNoise>()
+                .map_err(|e| format!("sde_noise: {e}"))?,
+            None => self.defaults.sde_noise,
+        };
         let seed = match spec.seed {
             Some(s) if s < 0 => {
                 return Err(format!(
@@ -160,6 +168,7 @@ impl Planner {
             negative: spec.negative,
             sampler,
             schedule,
+            sde_noise,
             steps: spec.steps.unwrap_or(or_model(d.0, facts.steps)),
             cfg: spec.cfg.unwrap_or(d.1),
             width,

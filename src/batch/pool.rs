@@ -395,6 +395,7 @@ mod tests {
                 negative: String::new(),
                 sampler: Sampler::Euler,
                 schedule: Default::default(),
+                sde_noise: Default::default(),
                 steps: 3,
                 cfg: 7.0,
                 width: 8,

@@ -82,6 +82,7 @@ pub fn throughput(
             seed: 1000 + i as u64,
             batch: 1,
             schedule: Default::default(),
+            sde_noise: Default::default(),
             init: None,
             hires: None,
         })

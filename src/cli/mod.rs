@@ -102,6 +102,10 @@ pub struct GenerateArgs {
     /// Steps) (config: generation.schedule)
     #[arg(long)]
     pub schedule: Option<String>,
+    /// Noise of the SDE samplers (DPM++ SDE, 2M SDE, 3M SDE): brownian (A1111's Brownian tree
+    /// from the seed) or step (fresh noise every step, as diffusers) (config: generation.sde_noise)
+    #[arg(long)]
+    pub sde_noise: Option<String>,
     /// Image width in pixels, a multiple of 8 (config: generation.width; default: the model's)
     #[arg(long)]
     pub width: Option<u32>,

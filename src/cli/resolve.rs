@@ -200,6 +200,10 @@ pub fn generate(
         a.schedule.as_deref().unwrap_or(&g.schedule),
         a.schedule.is_some(),
     )?;
+    let sde_noise = match &a.sde_noise {
+        Some(v) => v.parse::<crate::job::SdeNoise>().usage()?,
+        None => g.sde_noise,
+    };
     let seed = match a.seed.unwrap_or(g.seed) {
         -1 => random_seed(),
         s if s < 0 => {
@@ -219,6 +223,7 @@ pub fn generate(
         negative: a.negative.clone(),
         sampler,
         schedule,
+        sde_noise,
         steps: a.steps.unwrap_or(g.steps),
         cfg: a.cfg.unwrap_or(g.cfg),
         width: a.width.unwrap_or(g.width),

@@ -251,6 +251,7 @@ mod tests {
             negative: String::new(),
             sampler: crate::job::Sampler::Euler,
             schedule: Default::default(),
+            sde_noise: Default::default(),
             steps: 1,
             cfg: 7.0,
             width: 64,

@@ -68,6 +68,11 @@ pub fn format_infotext(job: &Job, seed: u64, res: &Resources) -> String {
     if !job.schedule.is_automatic() {
         params.push(("Schedule type", job.schedule.name().to_string()));
     }
+    // A1111 always gives these samplers its Brownian tree and writes nothing for it; stipple's
+    // other noise is named so the picture can be made again (A1111 keeps unknown keys).
+    if job.sampler.uses_brownian_noise() && !job.sde_noise.is_brownian() {
+        params.push(("SDE noise", job.sde_noise.name().to_string()));
+    }
     params.extend([
         ("CFG scale", trim_float(job.cfg)),
         ("Seed", seed.to_string()),
@@ -222,6 +227,7 @@ mod tests {
             negative: "blurry".into(),
             sampler: Sampler::DpmPp2mKarras,
             schedule: Schedule::Automatic,
+            sde_noise: Default::default(),
             steps: 20,
             cfg: 7.5,
             width: 512,
@@ -250,6 +256,40 @@ mod tests {
         assert!(lines[2].starts_with(
             "Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 6, Size: 512x768, Model hash: 0123456789, Model: tiny-sd15"
         ), "{}", lines[2]);
+    }
+
+    #[test]
+    fn step_noise_of_an_sde_sampler_is_named_and_brownian_is_not() {
+        use crate::job::SdeNoise;
+        let sde = Job {
+            sampler: Sampler::DpmPpSde,
+            ..job()
+        };
+        let t = format_infotext(&sde, 6, &Resources::default());
+        assert!(
+            !t.contains("SDE noise"),
+            "A1111 writes nothing for its tree: {t}"
+        );
+        let step = Job {
+            sde_noise: SdeNoise::Step,
+            ..sde
+        };
+        let t = format_infotext(&step, 6, &Resources::default());
+        assert_eq!(
+            parse_infotext(&t).unwrap().get("SDE noise"),
+            Some("step"),
+            "{t}"
+        );
+        // Samplers without SDE noise do not mention it, whatever the job says.
+        let t = format_infotext(
+            &Job {
+                sde_noise: SdeNoise::Step,
+                ..job()
+            },
+            6,
+            &Resources::default(),
+        );
+        assert!(!t.contains("SDE noise"), "{t}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod prediction_test;
 pub mod resident;
 pub mod rng;
 pub mod schedulers;
+pub mod seed_sequence;
 pub mod sessions;
 pub mod spec;
 pub mod step_texts;

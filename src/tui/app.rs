@@ -764,6 +764,7 @@ impl App {
             negative: self.negative.text().to_string(),
             sampler: s.sampler,
             schedule: s.schedule,
+            sde_noise: s.sde_noise,
             steps: s.steps,
             cfg: s.cfg,
             width: s.width,
@@ -868,6 +869,7 @@ impl App {
         let s = &mut self.settings;
         s.sampler = it.job.sampler;
         s.schedule = it.job.schedule;
+        s.sde_noise = it.job.sde_noise;
         s.steps = it.job.steps;
         s.cfg = it.job.cfg;
         s.width = it.job.width;

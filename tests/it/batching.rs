@@ -26,6 +26,7 @@ fn job(prompt: &str, sampler: Sampler, seed: u64, batch: u32) -> Job {
         seed,
         batch,
         schedule: Default::default(),
+        sde_noise: Default::default(),
         init: None,
         hires: None,
     }

@@ -135,6 +135,7 @@ fn image_matches(model: &str, family: &str) {
         negative: r.negative.clone(),
         sampler: Sampler::Euler,
         schedule: Default::default(),
+        sde_noise: Default::default(),
         steps: r.steps,
         cfg: r.cfg,
         width: r.width,

@@ -52,6 +52,7 @@ fn job_for(spec: &Spec, case: &Case) -> Job {
         seed: spec.seed,
         batch: 1,
         schedule: Default::default(),
+        sde_noise: Default::default(),
         init: Some(init),
         hires: None,
     }

@@ -19,6 +19,7 @@ fn job(prompt: &str, steps: u32) -> Job {
         negative: String::new(),
         sampler: Sampler::Euler,
         schedule: Default::default(),
+        sde_noise: Default::default(),
         steps,
         cfg: 7.0,
         width: 64,

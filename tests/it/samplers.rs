@@ -17,6 +17,9 @@ struct ImageCase {
     /// The case's own CFG scale (Euler CFG++), else the spec's.
     #[serde(default)]
     cfg: Option<f32>,
+    /// The SDE samplers' noise; absent in the diffusers references, which draw it per step.
+    #[serde(default)]
+    sde_noise: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -60,6 +63,7 @@ fn check_images(model: &Path, g: &mut Generator, file: &str, min: usize) {
             negative: spec.negative.clone(),
             sampler: case.sampler.parse::<Sampler>().unwrap(),
             schedule: case.schedule.parse::<Schedule>().unwrap(),
+            sde_noise: case.sde_noise.as_deref().unwrap_or("step").parse().unwrap(),
             steps: case.steps,
             cfg: case.cfg.unwrap_or(spec.cfg),
             width: spec.width,
@@ -114,6 +118,24 @@ fn sd15_more_samplers_match_their_references() {
 #[test]
 fn sdxl_more_samplers_match_their_references() {
     check_images(&tiny_sdxl(), &mut sdxl_generator(), "samplers_more.json", 2);
+}
+
+/// DPM++ SDE, DPM++ 2M SDE and DPM++ 3M SDE with A1111's noise (the default `--sde-noise
+/// brownian`) against `scripts/reference_samplers_more.py --brownian`: diffusers' schedulers with
+/// torchsde's Brownian tree seeded by the image seed, queried as k-diffusion queries it.
+#[test]
+fn sd15_sde_samplers_with_brownian_noise_match_torchsde() {
+    check_images(&tiny_model(), &mut generator(), "samplers_brownian.json", 5);
+}
+
+#[test]
+fn sdxl_sde_samplers_with_brownian_noise_match_torchsde() {
+    check_images(
+        &tiny_sdxl(),
+        &mut sdxl_generator(),
+        "samplers_brownian.json",
+        1,
+    );
 }
 
 /// The SDE and ancestral-noise samplers draw from the seed's torch generator only: the same job

@@ -214,6 +214,7 @@ fn sdxl_every_scheduler_image_matches_diffusers() {
             negative: case.negative.clone(),
             sampler: case.sampler.parse::<Sampler>().unwrap(),
             schedule: Default::default(),
+            sde_noise: Default::default(),
             steps: case.steps,
             cfg: spec.cfg,
             width: spec.width,

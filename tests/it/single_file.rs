@@ -26,6 +26,7 @@ pub(crate) fn job(sampler: Sampler, steps: u32) -> Job {
         negative: "blurry".into(),
         sampler,
         schedule: Default::default(),
+        sde_noise: Default::default(),
         steps,
         cfg: 7.0,
         width: 64,

@@ -65,6 +65,7 @@ pub fn small_job(prompt: &str, seed: u64) -> stipple::job::Job {
         negative: String::new(),
         sampler: stipple::job::Sampler::Euler,
         schedule: Default::default(),
+        sde_noise: Default::default(),
         steps: 3,
         cfg: 7.0,
         width: 64,

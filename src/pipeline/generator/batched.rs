@@ -249,13 +249,16 @@ impl Generator {
             for &(j, index) in chunk {
                 let seed = jobs[j].job.seed.wrapping_add(u64::from(index));
                 let mut rng = TorchRng::new(seed);
-                let sched = schedulers::build_with(
+                let mut sched = schedulers::build_with(
                     jobs[j].job.sampler,
                     jobs[j].job.schedule,
                     self.model.index.family,
                     &self.scheduler,
                     steps,
                 )?;
+                if jobs[j].job.sde_noise.is_brownian() {
+                    sched.use_brownian_noise(seed, n, first_step);
+                }
                 let sigma0 = sched.init_noise_sigma();
                 let (latents, blend) = match &inits[j] {
                     Some(init) => init.start(&mut rng, &*sched, &self.scheduler),

@@ -118,13 +118,16 @@ impl Generator {
         self.sessions.ensure_vae_dims(&self.model, h, w)?;
         for s in slots.iter_mut() {
             let mut rng = TorchRng::new(s.seed);
-            let sched = schedulers::build_with(
+            let mut sched = schedulers::build_with(
                 job.sampler,
                 job.schedule,
                 self.model.index.family,
                 &self.scheduler,
                 total as usize,
             )?;
+            if job.sde_noise.is_brownian() {
+                sched.use_brownian_noise(s.seed, n2, first);
+            }
             let latents = match &upscaler {
                 Upscaler::Latent(mode) => {
                     let up = interpolate(&s.latents, 4, (h, w), (h2, w2), *mode);

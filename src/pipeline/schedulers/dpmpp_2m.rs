@@ -1,16 +1,15 @@
 //! [`DpmSolverMultistepScheduler`]: diffusers' `DPMSolverMultistepScheduler` with
 //! `algorithm_type="dpmsolver++"`, `solver_order=2`, midpoint solver (Lu et al. 2022,
 //! arXiv:2211.01095), A1111's "DPM++ 2M" and, with Karras sigmas, "DPM++ 2M Karras"; with
-//! `algorithm_type="sde-dpmsolver++"` "DPM++ 2M SDE" (noise drawn every step, the last too).
+//! `algorithm_type="sde-dpmsolver++"` "DPM++ 2M SDE" (noise every step, the last too: fresh
+//! normals as diffusers draws them, or A1111's Brownian tree, k-diffusion's query (σ_i, σ_i+1)).
 //! First-order on the first and the last step (final sigma 0), second-order in between.
 
 use super::noise_schedule::{
     alphas_cumprod, interp, numpy_arange_down, numpy_linspace, sigma_to_t, train_sigmas,
 };
 use super::sigma_schedules::Typed;
-use super::{
-    draw, At, Method, Noise, Plan, PredictionType, Sampling, SchedulerConfig, TimestepSpacing,
-};
+use super::{At, Method, Noise, Plan, PredictionType, Sampling, SchedulerConfig, TimestepSpacing};
 
 #[derive(Debug, Clone)]
 pub struct DpmSolverMultistepScheduler {
@@ -167,8 +166,13 @@ pub(super) fn lambda(alpha: f32, sigma: f32) -> f32 {
 impl Method for DpmSolverMultistepScheduler {
     const NAME: &'static str = "DPMSolverMultistepScheduler";
 
-    fn advance(&mut self, plan: &Plan, at: At<'_>, noise: Noise<'_>) -> Vec<f32> {
+    fn brownian(&self) -> bool {
+        self.sde
+    }
+
+    fn advance(&mut self, plan: &Plan, mut at: At<'_>, noise: Noise<'_>) -> Vec<f32> {
         let (i, sample, model_output) = (at.i, at.x, at.out);
+        let (sigma, next) = (plan.sigmas[i] as f32, plan.sigmas[i + 1] as f32);
         if i == 0 {
             self.previous_x0 = None;
             self.older_x0 = None;
@@ -187,7 +191,7 @@ impl Method for DpmSolverMultistepScheduler {
                 lambda(a, s)
             };
             let lambdas = (lambda_s0, lambda_at(i - 1), lambda_at(i - 2));
-            let noise = draw(noise, sample.len());
+            let noise = at.sde_noise(noise, sigma, next, sample.len());
             let scales = (alpha_t, sigma_t, sigma_s0);
             let out = Self::third_order_update(sample, [&x0, m1, m2], lambdas, scales, h, &noise);
             self.older_x0 = self.previous_x0.replace(x0);
@@ -206,7 +210,7 @@ impl Method for DpmSolverMultistepScheduler {
         let prev = self.previous_x0.as_deref().unwrap_or(&[]);
         let d1 = |k: usize| d1_scale.map_or(0.0, |inv_r0| inv_r0 * (x0[k] - prev[k]));
         let out: Vec<f32> = if self.sde {
-            let noise = draw(noise, sample.len());
+            let noise = at.sde_noise(noise, sigma, next, sample.len());
             let e = (-h).exp();
             let (ratio, c0) = (sigma_t / sigma_s0 * e, alpha_t * (1.0 - (-2.0 * h).exp()));
             let c_noise = sigma_t * (1.0 - (-2.0 * h).exp()).sqrt();

@@ -4,12 +4,14 @@
 //! step is Euler to 0.
 //!
 //! Noise: diffusers and k-diffusion query a Brownian motion W(σ) (torchsde's Brownian tree) for
-//! the increments over [σ_mid, σ_j] and [σ_j+1, σ_j], normalised to unit variance. stipple
-//! samples the same motion at those points from the seed's generator: two standard normals z₁,
-//! z₂ per step (z₁ the first increment, z₂ the one from σ_mid to σ_j+1), so the second query is
-//! (√a·z₁ + √b·z₂)/√(a+b) with a, b the two interval lengths. The law is the tree's; the
-//! numbers are not (torchsde derives them from its own seeded tree of PRNG splits).
+//! the increments over [σ_mid, σ_j] and [σ_j+1, σ_j], normalised to unit variance. With
+//! [`super::Scheduler::use_brownian_noise`] (A1111's way, the default of a job) those are the
+//! values of A1111's tree ([`BrownianNoise`]). Without it ("step" noise) stipple samples the same
+//! motion at those points from the seed's generator: two standard normals z₁, z₂ per step (z₁
+//! the first increment, z₂ the one from σ_mid to σ_j+1), so the second query is
+//! (√a·z₁ + √b·z₂)/√(a+b) with a, b the two interval lengths: the tree's law, not its numbers.
 
+use super::brownian::BrownianNoise;
 use super::euler::{discrete_schedule, predict_x0};
 use super::midpoint::{call, euler_to_zero, with_midpoints, Call};
 use super::sigma_schedules::Typed;
@@ -66,6 +68,33 @@ impl DpmPpSde {
         Sampling::new(plan, method)
     }
 
+    /// k-diffusion's `sample_dpmpp_sde` with A1111's Brownian tree: the noise of each half step is
+    /// the tree's `noise_sampler(σ_fn(t), σ_fn(s))` over the σ that half step moves between.
+    fn with_tree(
+        &mut self,
+        plan: &Plan,
+        i: usize,
+        (out, x): (&[f32], &[f32]),
+        tree: &mut BrownianNoise,
+    ) -> Vec<f32> {
+        match call(plan, i) {
+            Call::Last { sigma } => euler_to_zero(self.prediction, sigma, x, out),
+            Call::First { sigma, next, .. } => {
+                let t = t_of(sigma);
+                let t_mid = t + (t_of(next) - t) * 0.5;
+                let z = tree.between(sigma_of(t), sigma_of(t_mid));
+                self.pending = Some((x.to_vec(), Vec::new()));
+                half_step(x, &self.denoised(sigma, x, out), t, t_mid, &z)
+            }
+            Call::Second { sigma, mid, next } => {
+                let start = self.pending.take().map_or_else(|| x.to_vec(), |p| p.0);
+                let (t, t_next) = (t_of(sigma), t_of(next));
+                let z = tree.between(sigma_of(t), sigma_of(t_next));
+                half_step(&start, &self.denoised(mid, x, out), t, t_next, &z)
+            }
+        }
+    }
+
     fn denoised(&self, sigma: f32, x: &[f32], out: &[f32]) -> Vec<f32> {
         x.iter()
             .zip(out)
@@ -77,8 +106,15 @@ impl DpmPpSde {
 impl Method for DpmPpSde {
     const NAME: &'static str = "DPMSolverSDEScheduler";
 
+    fn brownian(&self) -> bool {
+        true
+    }
+
     fn advance(&mut self, plan: &Plan, at: At<'_>, noise: Noise<'_>) -> Vec<f32> {
-        let At { i, out, x, .. } = at;
+        let (i, out, x) = (at.i, at.out, at.x);
+        if let Some(tree) = at.brownian {
+            return self.with_tree(plan, i, (out, x), tree);
+        }
         match call(plan, i) {
             Call::Last { sigma } => euler_to_zero(self.prediction, sigma, x, out),
             Call::First { sigma, next, .. } => {

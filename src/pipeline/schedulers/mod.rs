@@ -6,6 +6,7 @@
 //! Schedules are f64 arrays holding the values diffusers computes (float32-rounded where it stores
 //! float32); per-element step arithmetic is f32 in diffusers' order. Noise is always passed in.
 
+pub mod brownian;
 mod ddim;
 mod ddpm;
 mod deis;
@@ -43,6 +44,7 @@ pub use unipc::UniPcMultistepScheduler;
 
 use crate::family::Family;
 use crate::job::{Sampler, Schedule};
+use brownian::BrownianNoise;
 use serde::Deserialize;
 use sigma_schedules::Typed;
 use std::path::Path;
@@ -263,12 +265,26 @@ fn draw(noise: &mut dyn FnMut(usize) -> Vec<f32>, n: usize) -> Vec<f32> {
 pub type Noise<'a> = &'a mut dyn FnMut(usize) -> Vec<f32>;
 
 /// What one step works on: its index, the UNet's (guided) output and the sample it was run on;
-/// with [`Scheduler::step_guided`] also the unconditional output (Euler CFG++ uses it).
+/// with [`Scheduler::step_guided`] also the unconditional output (Euler CFG++ uses it), and the
+/// run's Brownian tree when [`Scheduler::use_brownian_noise`] gave it one.
 pub struct At<'a> {
     pub i: usize,
     pub out: &'a [f32],
     pub x: &'a [f32],
     pub uncond: Option<&'a [f32]>,
+    pub brownian: Option<&'a mut BrownianNoise>,
+}
+
+impl At<'_> {
+    /// The unit-variance noise of a move from σ to `next`: the Brownian tree's increment when the
+    /// run has one (zeros where `next` is 0: k-diffusion adds none there), else `n` fresh normals.
+    fn sde_noise(&mut self, noise: Noise<'_>, sigma: f32, next: f32, n: usize) -> Vec<f32> {
+        match self.brownian.as_deref_mut() {
+            Some(_) if next <= 0.0 => vec![0.0; n],
+            Some(tree) => tree.between(sigma, next),
+            None => draw(noise, n),
+        }
+    }
 }
 
 /// The CFG pair of one UNet call and its scale, for samplers that use the unconditional
@@ -299,6 +315,10 @@ pub trait Method: Send + 'static {
     const NAME: &'static str;
     /// One step; `at.i == 0` starts a new run.
     fn advance(&mut self, plan: &Plan, at: At<'_>, noise: Noise<'_>) -> Vec<f32>;
+    /// Whether this sampler takes A1111's Brownian-tree noise ([`Scheduler::use_brownian_noise`]).
+    fn brownian(&self) -> bool {
+        false
+    }
 }
 
 /// A [`Method`] set up for one run: the scheduler [`build_with`] returns.
@@ -306,11 +326,16 @@ pub trait Method: Send + 'static {
 pub struct Sampling<M> {
     plan: Plan,
     method: M,
+    brownian: Option<BrownianNoise>,
 }
 
 impl<M: Method> Sampling<M> {
     pub(super) fn new(plan: Plan, method: M) -> Self {
-        Sampling { plan, method }
+        Sampling {
+            plan,
+            method,
+            brownian: None,
+        }
     }
 }
 
@@ -368,6 +393,10 @@ pub trait Scheduler: Send {
         sample: &[f32],
         noise: &mut dyn FnMut(usize) -> Vec<f32>,
     ) -> Vec<f32>;
+    /// Gives an SDE sampler (DPM++ SDE, 2M SDE, 3M SDE) A1111's noise for an image of `n` latent
+    /// values: k-diffusion's `BrownianTreeNoiseSampler` seeded with `seed`, over the σ range from
+    /// call `first` on (img2img and the hires fix start later). Other samplers ignore it.
+    fn use_brownian_noise(&mut self, seed: u64, n: usize, first: usize);
 }
 
 impl<M: Method> Scheduler for Sampling<M> {
@@ -385,6 +414,7 @@ impl<M: Method> Scheduler for Sampling<M> {
             out,
             x,
             uncond: None,
+            brownian: self.brownian.as_mut(),
         };
         self.method.advance(&self.plan, at, noise)
     }
@@ -396,8 +426,21 @@ impl<M: Method> Scheduler for Sampling<M> {
             out: &out,
             x,
             uncond: Some(g.uncond),
+            brownian: self.brownian.as_mut(),
         };
         self.method.advance(&self.plan, at, noise)
+    }
+
+    fn use_brownian_noise(&mut self, seed: u64, n: usize, first: usize) {
+        if !self.method.brownian() {
+            return;
+        }
+        // k-diffusion's `sigmas[sigmas > 0].min(), sigmas.max()` of the σ this run walks.
+        let walked = self.plan.sigmas.get(first..).unwrap_or_default();
+        let positive = walked.iter().filter(|&&s| s > 0.0).map(|&s| s as f32);
+        let lo = positive.clone().fold(f32::INFINITY, f32::min);
+        let hi = positive.fold(0.0, f32::max);
+        self.brownian = (lo < hi).then(|| BrownianNoise::new(seed, n, lo, hi));
     }
 }
 
@@ -602,6 +645,42 @@ mod tests {
                     "{} {schedule} {steps}: {x:?}",
                     sch.name()
                 );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod brownian_tests {
+    use super::*;
+
+    /// Runs `sampler` over a fixed fake model with normals of 0.25 from the generator.
+    fn run(sampler: Sampler, tree_seed: Option<u64>) -> Vec<f32> {
+        let mut sch = build(sampler, &SchedulerConfig::default(), 5);
+        if let Some(seed) = tree_seed {
+            sch.use_brownian_noise(seed, 16, 0);
+        }
+        let mut x = vec![sch.init_noise_sigma(); 16];
+        for i in 0..sch.timesteps().len() {
+            let out: Vec<f32> = sch
+                .scale_model_input(&x, i)
+                .iter()
+                .map(|v| 0.5 * v)
+                .collect();
+            x = sch.step(&out, i, &x, &mut |n| vec![0.25; n]);
+        }
+        x
+    }
+
+    #[test]
+    fn only_the_sde_samplers_take_the_tree_and_it_depends_on_the_seed() {
+        for s in Sampler::ALL {
+            let (step, tree) = (run(s, None), run(s, Some(1)));
+            assert!(tree.iter().all(|v| v.is_finite()), "{s}");
+            assert_eq!(step != tree, s.uses_brownian_noise(), "{s}");
+            if s.uses_brownian_noise() {
+                assert_eq!(run(s, Some(1)), tree, "{s}: same seed");
+                assert_ne!(run(s, Some(2)), tree, "{s}: other seed");
             }
         }
     }

@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::init_image::{FileRef, ResizeMode};
-use crate::job::{parse_sampler, Sampler, Schedule};
+use crate::job::{parse_sampler, Sampler, Schedule, SdeNoise};
 use crate::live::LoraMethod;
 use crate::tui::theme::Theme;
 use ratatui::buffer::Buffer;
@@ -27,6 +27,8 @@ pub struct Settings {
     /// From `generation.schedule` (or the sampler name's suffix), or an image sent back; not a
     /// field of the list yet.
     pub schedule: Schedule,
+    /// From `generation.sde_noise`, or an image sent back.
+    pub sde_noise: SdeNoise,
     pub steps: u32,
     pub cfg: f32,
     pub width: u32,
@@ -73,6 +75,7 @@ impl Settings {
         Settings {
             sampler,
             schedule: suffix.unwrap_or_else(|| g.schedule.parse().unwrap_or_default()),
+            sde_noise: g.sde_noise,
             // 0 = the family's; the workstation fills it in, a bare config means SD 1.x's.
             steps: match g.steps {
                 0 => crate::family::Family::Sd1.facts().default_steps,
