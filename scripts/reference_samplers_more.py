@@ -31,25 +31,24 @@ Where each reference comes from:
 Needs: torch, diffusers, scipy, torchsde (the /work/venv ones).
 Run: /work/venv/bin/python scripts/reference_samplers_more.py --schedulers --images
 """
-import argparse
 import json
 import os
 import pathlib
 import sys
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from sampler_args import parse_sampler_args, sampler_arg_parser  # noqa: E402
+
 
 def arg_parser():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--schedulers", action="store_true", help="write tests/fixtures/reference/samplers_more.json")
-    ap.add_argument("--images", action="store_true", help="write the tiny fixtures' images of these samplers")
+    ap = sampler_arg_parser(__doc__, "write tests/fixtures/reference/samplers_more.json",
+                            "write the tiny fixtures' images of these samplers")
     ap.add_argument("--resume", action="store_true", help="with --images: keep the images already written")
     return ap
 
 
 if __name__ == "__main__":
-    ARGS = arg_parser().parse_args()  # --help and argument errors come before the heavy imports below
-    if not (ARGS.schedulers or ARGS.images):
-        arg_parser().error("give --schedulers and/or --images")
+    ARGS = parse_sampler_args(arg_parser())  # --help and argument errors come before the heavy imports below
 
 import diffusers
 import numpy as np
@@ -58,7 +57,6 @@ from diffusers import (DDPMScheduler, DEISMultistepScheduler, DPMSolverMultistep
                        DPMSolverSDEScheduler, EulerDiscreteScheduler, KDPM2AncestralDiscreteScheduler,
                        KDPM2DiscreteScheduler, TCDScheduler)
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import reference_samplers as rs  # noqa: E402
 from reference_schedulers import SD15, SHAPE, STEP_SAMPLE, f32, fake_model  # noqa: E402
 
