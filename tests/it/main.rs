@@ -29,6 +29,7 @@ mod sdxl_adapters;
 mod sharded;
 mod single_file;
 mod tui_config;
+mod tui_embeddings;
 mod tui_flows;
 mod tui_img2img;
 mod tui_models;
