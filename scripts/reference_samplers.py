@@ -29,24 +29,22 @@ the eleventh (sigma_min) is the published 0.029, which diffusers replaces by 0.
 
 Needs: torch, diffusers, scipy (the /work/venv ones). Run: /work/venv/bin/python scripts/reference_samplers.py --schedulers
 """
-import argparse
 import json
 import os
 import pathlib
 import sys
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from sampler_args import parse_sampler_args, sampler_arg_parser  # noqa: E402
+
 
 def arg_parser():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--schedulers", action="store_true", help="write tests/fixtures/reference/samplers.json")
-    ap.add_argument("--images", action="store_true", help="write the tiny fixtures' sampler images")
-    return ap
+    return sampler_arg_parser(__doc__, "write tests/fixtures/reference/samplers.json",
+                              "write the tiny fixtures' sampler images")
 
 
 if __name__ == "__main__":
-    ARGS = arg_parser().parse_args()  # --help and argument errors come before the heavy imports below
-    if not (ARGS.schedulers or ARGS.images):
-        arg_parser().error("give --schedulers and/or --images")
+    ARGS = parse_sampler_args(arg_parser())  # --help and argument errors come before the heavy imports below
 
 import inspect
 
@@ -58,7 +56,6 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestra
                        UniPCMultistepScheduler)
 from diffusers.schedulers.scheduling_utils import AysSchedules
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from reference_schedulers import SD15, SHAPE, STEP_SAMPLE, f32, fake_model  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

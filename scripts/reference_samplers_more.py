@@ -41,17 +41,18 @@ The images written by --images keep diffusers' per-step generator noise (stipple
 Needs: torch, diffusers, scipy, torchsde (the /work/venv ones).
 Run: /work/venv/bin/python scripts/reference_samplers_more.py --schedulers --images
 """
-import argparse
 import json
 import os
 import pathlib
 import sys
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from sampler_args import parse_sampler_args, sampler_arg_parser  # noqa: E402
+
 
 def arg_parser():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--schedulers", action="store_true", help="write tests/fixtures/reference/samplers_more.json")
-    ap.add_argument("--images", action="store_true", help="write the tiny fixtures' images of these samplers")
+    ap = sampler_arg_parser(__doc__, "write tests/fixtures/reference/samplers_more.json",
+                            "write the tiny fixtures' images of these samplers")
     ap.add_argument("--brownian", action="store_true",
                     help="write the tiny fixtures' SDE sampler images with Brownian-tree noise")
     ap.add_argument("--resume", action="store_true", help="with --images: keep the images already written")
@@ -59,9 +60,8 @@ def arg_parser():
 
 
 if __name__ == "__main__":
-    ARGS = arg_parser().parse_args()  # --help and argument errors come before the heavy imports below
-    if not (ARGS.schedulers or ARGS.images or ARGS.brownian):
-        arg_parser().error("give --schedulers, --images and/or --brownian")
+    # --help and argument errors come before the heavy imports below
+    ARGS = parse_sampler_args(arg_parser(), "brownian")
 
 import diffusers
 import numpy as np
@@ -70,7 +70,6 @@ from diffusers import (DDPMScheduler, DEISMultistepScheduler, DPMSolverMultistep
                        DPMSolverSDEScheduler, EulerDiscreteScheduler, KDPM2AncestralDiscreteScheduler,
                        KDPM2DiscreteScheduler, TCDScheduler)
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import reference_samplers as rs  # noqa: E402
 from reference_schedulers import SD15, SHAPE, STEP_SAMPLE, f32, fake_model  # noqa: E402
 from reference_brownian import TreeNoise  # noqa: E402

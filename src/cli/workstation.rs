@@ -72,6 +72,7 @@ pub fn run(a: &TuiArgs, ort_lib: Option<&Path>) -> Result<(), CliError> {
     opts.lora_method = Some(method);
     opts.models = Some(models);
     opts.model = in_use;
+    opts.embedding_dirs = e.embedding_dirs.clone();
     let result = crate::tui::run(opts, engine, events);
     keep.shutdown_and_wait();
     result.failed()

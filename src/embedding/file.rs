@@ -205,7 +205,7 @@ impl Embedding {
 }
 
 /// The family an embedding of one tensor `width` wide was made for.
-fn family_of_width(width: usize) -> Option<&'static str> {
+pub(super) fn family_of_width(width: usize) -> Option<&'static str> {
     match width {
         768 => Some("SD 1.x"),
         1024 => Some("SD 2.x"),

@@ -8,6 +8,7 @@
 
 mod file;
 mod library;
+pub mod listing;
 mod matching;
 mod rows;
 

@@ -4,9 +4,10 @@
 //! gives a borrowed view, [`Tensor::to_f32`] a converted copy. [`Checkpoint::view`] shows a file
 //! under other names (a single-file checkpoint's LDM keys as diffusers parameters): whole tensors,
 //! row ranges of packed ones, reshaped or transposed ones, over the same mapping.
+//! [`Checkpoint::open_sharded`] shows several files (a Hugging Face shard set) as one.
 
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype, Metadata};
+use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::fs::File;
@@ -36,6 +37,21 @@ pub enum CheckpointError {
     /// Boxed: the error type travels in every `Result` of the model code.
     #[error(transparent)]
     View(Box<ViewError>),
+    #[error(
+        "{index}: tensor {name:?} is in two shards, {first} and {second}; re-download the model"
+    )]
+    TwoShards {
+        index: PathBuf,
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error("{index}: tensor {name:?} is listed in shard {shard}, which does not hold it; re-download the model")]
+    NotInShard {
+        index: PathBuf,
+        name: String,
+        shard: PathBuf,
+    },
 }
 
 /// A name of a [`Checkpoint::view`] its source cannot give.
@@ -75,6 +91,8 @@ impl Source {
 
 /// A name of a view, resolved: where its bytes are and the shape it has.
 struct Resolved {
+    /// Which of the checkpoint's files holds it.
+    file: usize,
     dtype: Dtype,
     shape: Vec<usize>,
     /// Byte range in the mapping.
@@ -135,12 +153,53 @@ impl Tensor<'_> {
     }
 }
 
-/// A memory-mapped safetensors file with its parsed header, optionally seen under other names.
-pub struct Checkpoint {
+/// One memory-mapped safetensors file and its parsed header.
+struct Mapped {
     path: PathBuf,
-    map: Arc<Mmap>,
+    map: Mmap,
     header_len: usize,
-    meta: Arc<Metadata>,
+    meta: Metadata,
+}
+
+impl Mapped {
+    fn open(path: &Path) -> Result<Mapped, CheckpointError> {
+        let io = |source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        let map = map_file(&file).map_err(io)?;
+        let (header_len, meta) =
+            SafeTensors::read_metadata(&map).map_err(|source| CheckpointError::Format {
+                path: path.to_path_buf(),
+                source,
+                text: text_start(&map),
+            })?;
+        Ok(Mapped {
+            path: path.to_path_buf(),
+            map,
+            header_len,
+            meta,
+        })
+    }
+
+    /// Byte range of a tensor in the mapping.
+    fn range(&self, info: &TensorInfo) -> (usize, usize) {
+        (
+            8 + self.header_len + info.data_offsets.0,
+            8 + self.header_len + info.data_offsets.1,
+        )
+    }
+}
+
+/// Memory-mapped safetensors weights (one file, or the shards of one component) with their parsed
+/// headers, optionally seen under other names.
+pub struct Checkpoint {
+    /// The file, or a shard set's index.
+    path: PathBuf,
+    files: Arc<Vec<Mapped>>,
+    /// A shard set: which file holds each tensor. Empty: the one file holds them all.
+    owner: Arc<HashMap<String, usize>>,
     /// For a view: every name it shows. `None`: the file's own names.
     names: Option<HashMap<String, Resolved>>,
 }
@@ -161,7 +220,7 @@ impl Checkpoint {
     /// Opens a weights file whose every tensor must be a weight (F32, F16 or BF16).
     pub fn open(path: &Path) -> Result<Checkpoint, CheckpointError> {
         let ck = Checkpoint::open_any(path)?;
-        for (name, info) in ck.meta.tensors() {
+        for (name, info) in ck.files[0].meta.tensors() {
             check_dtype(path, &name, info.dtype)?;
         }
         Ok(ck)
@@ -170,25 +229,67 @@ impl Checkpoint {
     /// Opens a safetensors file checking only its header: a single-file checkpoint also holds
     /// integer buffers and tensors no component reads; [`Checkpoint::view`] checks what is used.
     pub fn open_any(path: &Path) -> Result<Checkpoint, CheckpointError> {
-        let io = |source| CheckpointError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = File::open(path).map_err(io)?;
-        let map = map_file(&file).map_err(io)?;
-        let (header_len, meta) =
-            SafeTensors::read_metadata(&map).map_err(|source| CheckpointError::Format {
-                path: path.to_path_buf(),
-                source,
-                text: text_start(&map),
-            })?;
         Ok(Checkpoint {
             path: path.to_path_buf(),
-            map: Arc::new(map),
-            header_len,
-            meta: Arc::new(meta),
+            files: Arc::new(vec![Mapped::open(path)?]),
+            owner: Arc::new(HashMap::new()),
             names: None,
         })
+    }
+
+    /// Opens the shards of one set as one checkpoint, headers only (as [`Checkpoint::open_any`]).
+    /// `weight_map` is the index's: each tensor and the shard (an index into `shards`) that holds
+    /// it. A listed tensor its shard lacks, or a tensor two shards hold, is an error naming them.
+    pub fn open_sharded(
+        index: &Path,
+        shards: &[PathBuf],
+        weight_map: &[(String, usize)],
+    ) -> Result<Checkpoint, CheckpointError> {
+        let files = shards
+            .iter()
+            .map(|p| Mapped::open(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut holder: HashMap<String, usize> = HashMap::new();
+        for (i, f) in files.iter().enumerate() {
+            for (name, _) in f.meta.tensors() {
+                if let Some(&j) = holder.get(&name) {
+                    return Err(CheckpointError::TwoShards {
+                        index: index.to_path_buf(),
+                        name,
+                        first: files[j].path.clone(),
+                        second: f.path.clone(),
+                    });
+                }
+                holder.insert(name, i);
+            }
+        }
+        let mut owner = HashMap::new();
+        for (name, shard) in weight_map {
+            if holder.get(name) != Some(shard) {
+                return Err(CheckpointError::NotInShard {
+                    index: index.to_path_buf(),
+                    name: name.clone(),
+                    shard: files[*shard].path.clone(),
+                });
+            }
+            owner.insert(name.clone(), *shard);
+        }
+        Ok(Checkpoint {
+            path: index.to_path_buf(),
+            files: Arc::new(files),
+            owner: Arc::new(owner),
+            names: None,
+        })
+    }
+
+    /// The file holding one of the checkpoint's own tensors and its header entry.
+    fn find(&self, key: &str) -> Option<(usize, &TensorInfo)> {
+        let file = if self.owner.is_empty() {
+            0
+        } else {
+            *self.owner.get(key)?
+        };
+        self.files[file].meta.info(key).map(|info| (file, info))
     }
 
     /// The same file under other names: `names` maps each name the view shows to where it is read
@@ -205,9 +306,8 @@ impl Checkpoint {
         }
         Ok(Checkpoint {
             path: self.path.clone(),
-            map: Arc::clone(&self.map),
-            header_len: self.header_len,
-            meta: Arc::clone(&self.meta),
+            files: Arc::clone(&self.files),
+            owner: Arc::clone(&self.owner),
             names: Some(table),
         })
     }
@@ -231,7 +331,7 @@ impl Checkpoint {
         copy: bool,
     ) -> Result<Resolved, CheckpointError> {
         let key = source.key();
-        let info = self.meta.info(key).ok_or_else(|| {
+        let (file, info) = self.find(key).ok_or_else(|| {
             CheckpointError::View(Box::new(ViewError {
                 path: self.path.clone(),
                 key: key.to_string(),
@@ -241,10 +341,11 @@ impl Checkpoint {
                 why: "the file has no such tensor",
             }))
         })?;
-        check_dtype(&self.path, key, info.dtype)?;
+        let mapped = &self.files[file];
+        check_dtype(&mapped.path, key, info.dtype)?;
         let bad = |why| {
             CheckpointError::View(Box::new(ViewError {
-                path: self.path.clone(),
+                path: mapped.path.clone(),
                 key: key.to_string(),
                 name: name.to_string(),
                 shape: info.shape.clone(),
@@ -253,8 +354,7 @@ impl Checkpoint {
             }))
         };
         let esize = info.dtype.bitsize() / 8;
-        let start = 8 + self.header_len + info.data_offsets.0;
-        let end = 8 + self.header_len + info.data_offsets.1;
+        let (start, end) = mapped.range(info);
         let numel: usize = want.iter().product();
         match source {
             Source::Whole { .. } => {
@@ -264,6 +364,7 @@ impl Checkpoint {
                     return Err(bad("the shapes differ"));
                 }
                 Ok(Resolved {
+                    file,
                     dtype: info.dtype,
                     shape: want,
                     range: (start, end),
@@ -287,6 +388,7 @@ impl Checkpoint {
                 }
                 let from = start + r0 * row * esize;
                 Ok(Resolved {
+                    file,
                     dtype: info.dtype,
                     shape: want,
                     range: (from, from + (r1 - r0) * row * esize),
@@ -300,7 +402,7 @@ impl Checkpoint {
                 if want != [c, r] {
                     return Err(bad("the transposed shape differs"));
                 }
-                let data = self
+                let data = mapped
                     .map
                     .get(start..end)
                     .ok_or_else(|| bad("data past the end"))?;
@@ -316,6 +418,7 @@ impl Checkpoint {
                     }
                 }
                 Ok(Resolved {
+                    file,
                     dtype: info.dtype,
                     shape: want,
                     range: (start, end),
@@ -327,22 +430,26 @@ impl Checkpoint {
 
     /// The file's own tensor names and shapes, whatever names a view shows.
     pub fn file_shapes(&self) -> HashMap<String, Vec<usize>> {
-        self.meta
-            .tensors()
-            .into_iter()
-            .map(|(k, v)| (k, v.shape.clone()))
-            .collect()
+        let mut out = HashMap::new();
+        for (i, f) in self.files.iter().enumerate() {
+            for (k, v) in f.meta.tensors() {
+                if self.owner.is_empty() || self.owner.get(&k) == Some(&i) {
+                    out.insert(k, v.shape.clone());
+                }
+            }
+        }
+        out
     }
 
     /// The dtype of one of the file's own tensors.
     pub fn file_dtype(&self, key: &str) -> Option<Dtype> {
-        self.meta.info(key).map(|i| i.dtype)
+        self.find(key).map(|(_, i)| i.dtype)
     }
 
     /// The dtype holding most of the file's bytes (what a download calls "fp16" or "fp32").
     pub fn dominant_dtype(&self) -> Option<Dtype> {
         let mut bytes: Vec<(Dtype, usize)> = Vec::new();
-        for (_, info) in self.meta.tensors() {
+        for (_, info) in self.files.iter().flat_map(|f| f.meta.tensors()) {
             let n = info.data_offsets.1 - info.data_offsets.0;
             match bytes.iter_mut().find(|(d, _)| *d == info.dtype) {
                 Some((_, b)) => *b += n,
@@ -363,7 +470,7 @@ impl Checkpoint {
         if let Some(names) = &self.names {
             // A view shares the mapping with the other components' views: release its own ranges.
             for r in names.values() {
-                self.release_range(r.range);
+                self.release_range(r.file, r.range);
             }
             return;
         }
@@ -371,55 +478,48 @@ impl Checkpoint {
         // process's page-table entries; contents are re-read from the file on the next access, so
         // no borrowed slice can observe different data (stipple never writes a mapped file).
         #[cfg(unix)]
-        let _ = unsafe {
-            self.map
-                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
-        };
+        for f in self.files.iter() {
+            let _ = unsafe { f.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        }
     }
 
     /// [`Checkpoint::release_pages`] for one tensor, once it has been read: a patch that reads
     /// weights one after another then holds only those in flight. Pages it shares with a
     /// neighbour are dropped too, which costs that neighbour a fault from the page cache.
     pub fn release_tensor(&self, name: &str) {
-        if let Some(range) = self.range_of(name) {
-            self.release_range(range);
+        if let Some((file, range)) = self.range_of(name) {
+            self.release_range(file, range);
         }
     }
 
-    /// Byte range of a shown name in the mapping.
-    fn range_of(&self, name: &str) -> Option<(usize, usize)> {
+    /// The file and byte range of a shown name in its mapping.
+    fn range_of(&self, name: &str) -> Option<(usize, (usize, usize))> {
         match &self.names {
-            Some(names) => names.get(name).map(|r| r.range),
-            None => self.meta.info(name).map(|info| {
-                (
-                    8 + self.header_len + info.data_offsets.0,
-                    8 + self.header_len + info.data_offsets.1,
-                )
-            }),
+            Some(names) => names.get(name).map(|r| (r.file, r.range)),
+            None => self
+                .find(name)
+                .map(|(file, info)| (file, self.files[file].range(info))),
         }
     }
 
-    fn release_range(&self, (start, end): (usize, usize)) {
+    fn release_range(&self, file: usize, (start, end): (usize, usize)) {
+        let map = &self.files[file].map;
         #[cfg(unix)]
         {
             // SAFETY: sysconf has no preconditions.
             let page =
                 usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
             let from = start - start % page.max(1);
-            if end > from && end <= self.map.len() {
+            if end > from && end <= map.len() {
                 // SAFETY: as in `release_pages`: the range lies in a read-only, file-backed
                 // mapping.
                 let _ = unsafe {
-                    self.map.unchecked_advise_range(
-                        memmap2::UncheckedAdvice::DontNeed,
-                        from,
-                        end - from,
-                    )
+                    map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, end - from)
                 };
             }
         }
         #[cfg(not(unix))]
-        let _ = (start, end);
+        let _ = (map, start, end);
     }
 
     pub fn tensor(&self, name: &str) -> Option<Tensor<'_>> {
@@ -427,7 +527,7 @@ impl Checkpoint {
             let r = names.get(name)?;
             let data = match &r.owned {
                 Some(v) => v.as_slice(),
-                None => self.map.get(r.range.0..r.range.1)?,
+                None => self.files[r.file].map.get(r.range.0..r.range.1)?,
             };
             return Some(Tensor {
                 dtype: r.dtype,
@@ -435,13 +535,12 @@ impl Checkpoint {
                 data,
             });
         }
-        let info = self.meta.info(name)?;
-        let start = 8 + self.header_len + info.data_offsets.0;
-        let end = 8 + self.header_len + info.data_offsets.1;
+        let (file, info) = self.find(name)?;
+        let (start, end) = self.files[file].range(info);
         Some(Tensor {
             dtype: info.dtype,
             shape: &info.shape,
-            data: self.map.get(start..end)?,
+            data: self.files[file].map.get(start..end)?,
         })
     }
 
@@ -456,9 +555,9 @@ impl Checkpoint {
         }
     }
 
-    /// The `__metadata__` map of the header.
+    /// The `__metadata__` map of the header (of the first shard of a shard set).
     pub fn metadata(&self) -> Option<&HashMap<String, String>> {
-        self.meta.metadata().as_ref()
+        self.files[0].meta.metadata().as_ref()
     }
 }
 

@@ -1,5 +1,6 @@
 //! diffusers (Hugging Face) pipeline folders: `model_index.json` with `_class_name`, one folder per
-//! component with `diffusion_pytorch_model[.fp16].safetensors` or `model[.fp16].safetensors`.
+//! component with `diffusion_pytorch_model[.fp16].safetensors` or `model[.fp16].safetensors`, or
+//! those weights as shards with their index (`shards.rs`).
 //!
 //! [`open`] reads the weights under their own names through an embedded template, the folder's
 //! tokenizer (either form) and scheduler config when it has them.
@@ -10,6 +11,7 @@ use super::layout::{
     check_needed, ComponentKind, Model, ModelError, ModelSource, OpenOptions, TokenizerFiles,
 };
 use super::ldm::Naming;
+use super::shards;
 use super::single_file::candidates;
 use crate::family::Family;
 use std::collections::HashMap;
@@ -25,37 +27,44 @@ fn location(kind: ComponentKind) -> (&'static str, &'static str) {
     }
 }
 
-/// The weights file of a component folder: the full-precision file, else the `fp16` variant.
+/// The weights of a component folder, a file or a shard set's index: full precision first, then
+/// the `fp16` variant, each as one file before shards (the order diffusers' `from_pretrained`
+/// looks in).
 fn weights_file(dir: &Path, folder: &str, stem: &str) -> Result<PathBuf, ModelError> {
     let d = dir.join(folder);
+    let [index, index_fp16] = shards::index_names(stem);
     for name in [
         format!("{stem}.safetensors"),
+        index,
         format!("{stem}.fp16.safetensors"),
+        index_fp16,
     ] {
         if d.join(&name).is_file() {
             return Ok(d.join(name));
         }
     }
-    let refuse = |message: String| ModelError::Refused {
-        path: d.clone(),
-        message,
-    };
-    if d.join(format!("{stem}.safetensors.index.json")).is_file() {
-        return Err(refuse(
-            "the weights are sharded (`.safetensors.index.json`), which stipple does not read yet"
-                .into(),
-        ));
-    }
     if d.join(format!("{stem}.bin")).is_file() || d.join(format!("{stem}.fp16.bin")).is_file() {
-        return Err(refuse(format!(
-            "only `{stem}.bin` is there: a Python pickle, and loading one can run code; stipple \
-             reads `.safetensors` weights only"
-        )));
+        return Err(ModelError::Refused {
+            path: d.clone(),
+            message: format!(
+                "only `{stem}.bin` is there: a Python pickle, and loading one can run code; \
+                 stipple reads `.safetensors` weights only"
+            ),
+        });
     }
     Err(ModelError::MissingFile {
         path: d.join(format!("{stem}.safetensors")),
         what: "a component's weights",
     })
+}
+
+/// Opens a component's weights: one file, or the shards its index lists.
+fn open_weights(path: &Path) -> Result<Checkpoint, ModelError> {
+    if path.extension().is_some_and(|e| e == "json") {
+        Ok(shards::open(path)?)
+    } else {
+        Ok(Checkpoint::open_any(path)?)
+    }
 }
 
 /// The family of a pipeline class, or the refusal.
@@ -117,7 +126,7 @@ pub fn open(
         let (folder, stem) = location(kind);
         let p = weights_file(dir, folder, stem)?;
         if !files.contains_key(&p) {
-            files.insert(p.clone(), Checkpoint::open_any(&p)?);
+            files.insert(p.clone(), open_weights(&p)?);
         }
         paths.push((kind, p));
     }

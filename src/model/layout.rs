@@ -36,6 +36,8 @@ pub enum ModelError {
     Graph(#[from] GraphError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Shards(#[from] super::shards::ShardError),
     #[error("{component}: the graph, weight map and weights disagree:\n  {}", problems.join("\n  "))]
     Inconsistent {
         component: ComponentKind,

@@ -8,7 +8,7 @@ use crate::lora::entry::Listing;
 use crate::tui::components::gallery::{Gallery, GalleryItem};
 use crate::tui::components::lora_browser::LoraBrowser;
 use crate::tui::components::preview::Preview;
-use crate::tui::components::prompt::PromptEditor;
+use crate::tui::components::prompt::{EmbeddingChoice, PromptEditor};
 use crate::tui::components::queue::{JobState, Queue};
 use crate::tui::components::schedule::{Edit, ScheduleEditor};
 use crate::tui::components::settings::{SeedMode, Settings};
@@ -54,6 +54,8 @@ pub enum Input {
         job: Job,
     },
     Catalog(Listing),
+    /// The embedding folders' files: the prompt editors complete their names.
+    Embeddings(Vec<crate::embedding::listing::Listed>),
     /// A gallery picture written to the inputs folder after [`Effect::PinInit`]: jobs start from it.
     InitPinned {
         file: crate::init_image::FileRef,
@@ -167,6 +169,9 @@ pub struct App {
     pub inputs_dir: Option<std::path::PathBuf>,
     /// The widths adapters are checked against after a model switch (`None`: the start model's).
     pub model_widths: Option<crate::lora::family::ModelWidths>,
+    /// The start model's widths, which embeddings are checked against before a switch.
+    pub start_widths: Option<crate::lora::family::ModelWidths>,
+    embeddings: Vec<crate::embedding::listing::Listed>,
     names: Vec<String>,
     rng: u64,
     last_seed: Option<u64>,
@@ -207,6 +212,8 @@ impl App {
             model: ModelInUse::default(),
             model_widths: None,
             inputs_dir: None,
+            start_widths: None,
+            embeddings: Vec::new(),
             names: Vec::new(),
             rng: seed | 1,
             last_seed: None,
@@ -310,6 +317,12 @@ impl App {
                 self.names = self.loras.names();
                 Vec::new()
             }
+            Input::Embeddings(listed) => {
+                self.dirty = true;
+                self.embeddings = listed;
+                self.offer_embeddings();
+                Vec::new()
+            }
             Input::InitPinned {
                 file,
                 caption,
@@ -402,8 +415,13 @@ impl App {
             .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT);
         if ctx == Context::Prompt && plain {
             let names = self.names.clone();
-            if self.editor().completion_key(key.code, &names) {
-                return Vec::new();
+            match self.editor().completion_key(key.code, &names) {
+                Some(Ok(())) => return Vec::new(),
+                Some(Err(why)) => {
+                    self.error(why);
+                    return Vec::new();
+                }
+                None => {}
             }
         }
         if ctx == Context::Loras && plain {
@@ -706,6 +724,7 @@ impl App {
             loading: true,
         };
         self.model_widths = e.widths;
+        self.offer_embeddings();
         vec![
             Effect::SwitchModel(ModelChoice {
                 path: e.path,
@@ -884,6 +903,36 @@ impl App {
             it.index + 1,
             it.seed
         ));
+    }
+
+    /// Gives both prompt editors the embeddings to complete, each checked against the model's text
+    /// encoder widths (those of the model picked last, else the start model's).
+    fn offer_embeddings(&mut self) {
+        let widths = self.model_widths.or(self.start_widths);
+        let choices: Vec<EmbeddingChoice> = self
+            .embeddings
+            .iter()
+            .map(|l| {
+                let refused = match widths {
+                    Some(w) if w.te.is_some() => {
+                        let te: Vec<usize> = w.te.into_iter().chain(w.te2).collect();
+                        l.fits(&te, w.family.facts().name).err()
+                    }
+                    _ => l.read.as_ref().err().map(|u| u.message.clone()),
+                };
+                let note = match &refused {
+                    None => l.summary(),
+                    Some(_) => format!("✗ {}", l.made_for()),
+                };
+                EmbeddingChoice {
+                    name: l.name.clone(),
+                    note,
+                    refused,
+                }
+            })
+            .collect();
+        self.prompt.embeddings = choices.clone();
+        self.negative.embeddings = choices;
     }
 
     fn insert_lora(&mut self) {

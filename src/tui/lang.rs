@@ -213,6 +213,31 @@ pub fn completion_at(text: &str, cursor: usize) -> Option<Range<usize>> {
     Some(start..cursor)
 }
 
+/// If the cursor ends a word that may be an embedding's name, its range and whether it follows
+/// `embedding:` (ComfyUI's form). A plain word needs two characters; nothing inside a `<...>` tag.
+pub fn embedding_completion_at(text: &str, cursor: usize) -> Option<(Range<usize>, bool)> {
+    let before = text.get(..cursor)?;
+    let is_name = |c: char| c.is_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if text[cursor..].starts_with(is_name) {
+        return None;
+    }
+    if let Some(open) = before.rfind('<') {
+        if before.rfind('>').is_none_or(|close| close < open) {
+            return None;
+        }
+    }
+    let start = before
+        .char_indices()
+        .rev()
+        .take_while(|&(_, c)| is_name(c))
+        .last()
+        .map_or(cursor, |(i, _)| i);
+    if before[..start].ends_with("embedding:") {
+        return Some((start..cursor, true));
+    }
+    (before[start..].chars().count() >= 2).then_some((start..cursor, false))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +269,37 @@ mod tests {
     fn completion_only_while_typing_a_name() {
         assert_eq!(completion_at("a <lora:in", 10), Some(8..10));
         assert_eq!(completion_at("a <lora:ink:1", 13), None);
+    }
+
+    #[test]
+    fn embedding_completion_while_typing_a_word() {
+        assert_eq!(
+            embedding_completion_at("a fox, easy", 11),
+            Some((7..11, false))
+        );
+        assert_eq!(
+            embedding_completion_at("embedding:ea", 12),
+            Some((10..12, true))
+        );
+        assert_eq!(
+            embedding_completion_at("embedding:", 10),
+            Some((10..10, true))
+        );
+        assert_eq!(embedding_completion_at("a e", 3), None, "one character");
+        assert_eq!(
+            embedding_completion_at("easy fox", 3),
+            None,
+            "inside a word"
+        );
+        assert_eq!(
+            embedding_completion_at("a <lora:ink:1", 13),
+            None,
+            "inside a tag"
+        );
+        assert_eq!(
+            embedding_completion_at("<lora:ink:1> ea", 15),
+            Some((13..15, false))
+        );
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub struct TuiOptions {
     pub models: Option<Models>,
     /// The model the workstation starts with, for the header.
     pub model: app::ModelInUse,
+    /// Its widths, which adapters and embeddings are checked against.
+    pub widths: Option<crate::lora::family::ModelWidths>,
+    /// The embedding folders, whose names the prompt editors complete.
+    pub embedding_dirs: Vec<std::path::PathBuf>,
 }
 
 impl TuiOptions {
@@ -84,6 +88,8 @@ impl TuiOptions {
             lora_method: None,
             models: None,
             model: app::ModelInUse::default(),
+            widths: model,
+            embedding_dirs: Vec::new(),
         }
     }
 }
@@ -136,6 +142,10 @@ pub fn run(
     app.inputs_dir = Some(opts.dirs.data.join("inputs"));
     app.prompt.set_history(history);
     app.update(app::Input::Catalog(opts.catalog.scan()));
+    app.start_widths = opts.widths;
+    app.update(app::Input::Embeddings(crate::embedding::listing::list(
+        opts.embedding_dirs.clone(),
+    )));
     let svc = event_loop::Services {
         engine: &engine,
         catalog: opts.catalog.as_ref(),

@@ -4,12 +4,13 @@
 //! sharing UNet calls without changing an image.
 
 use crate::img2img::mean_abs;
+use crate::reference_spec::Spec;
 use crate::sdxl::{sdxl_generator, tiny_sdxl};
 use crate::util::{generator, read_rgb, root, small_job, tiny_generator, tiny_model, try_image};
 use serde::Deserialize;
 use std::path::Path;
 use stipple::engine::Stop;
-use stipple::job::{Event, Job, Sampler};
+use stipple::job::{Event, Job};
 use stipple::pipeline::generator::GroupJob;
 use stipple::pipeline::{Ended, Generator};
 use stipple::runtime::SessionOptions;
@@ -22,31 +23,16 @@ struct Case {
     negative: String,
 }
 
-#[derive(Deserialize)]
-struct Spec {
-    seed: u64,
-    cfg: f32,
-    steps: u32,
-    width: u32,
-    height: u32,
-    images: Vec<Case>,
-}
-
 /// The bound the reference images are held to, in 1/255 (mean abs): far below the project's
 /// usual 1/255, because on the tiny model a wrong text changes an image by less than that.
 const TIGHT: f32 = 0.02;
 
 /// Every reference image of `fixture` within [`TIGHT`] mean abs; returns how many there were.
 fn check_fixture(fixture: &Path, g: &mut Generator) -> usize {
-    let text = std::fs::read_to_string(fixture.join("reference/prompt_editing.json")).unwrap();
-    let spec: Spec = serde_json::from_str(&text).unwrap();
+    let spec: Spec<Case> = Spec::read(&fixture.join("reference/prompt_editing.json"));
     let mut report = Vec::new();
     for case in &spec.images {
-        let mut job = small_job(&case.prompt, spec.seed);
-        job.negative = case.negative.clone();
-        job.sampler = case.sampler.parse::<Sampler>().unwrap();
-        (job.steps, job.cfg) = (spec.steps, spec.cfg);
-        (job.width, job.height) = (spec.width, spec.height);
+        let job = spec.job(&case.prompt, &case.negative, &case.sampler);
         let got = try_image(g, &job).unwrap();
         let (_, _, want) = read_rgb(&fixture.join("reference").join(&case.file));
         let mad = mean_abs(&got, &want);

@@ -2,12 +2,13 @@
 //! `F.interpolate`, and the ONNX upscaler (tiled) against torch's untiled output; all written by
 //! `scripts/hires_reference.py` (`tests/fixtures/upscaler/`, `<fixture>/reference/hires.json`).
 
+use crate::reference_spec::{planned, Spec};
 use crate::util::{generator, read_rgb, root, runtime, try_image};
 use serde::Deserialize;
 use std::path::PathBuf;
 use stipple::image::resample::{interpolate, LatentMode};
 use stipple::image::upscale::ModelUpscaler;
-use stipple::job::{HiresFix, Job, RgbImage, Sampler};
+use stipple::job::{HiresFix, Job, RgbImage};
 
 pub fn upscalers() -> PathBuf {
     root().join("tests/fixtures/upscaler")
@@ -24,19 +25,7 @@ struct Case {
     model: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct Spec {
-    prompt: String,
-    negative: String,
-    seed: u64,
-    cfg: f32,
-    steps: u32,
-    width: u32,
-    height: u32,
-    images: Vec<Case>,
-}
-
-fn job_for(spec: &Spec, case: &Case) -> Job {
+fn job_for(spec: &Spec<Case>, case: &Case) -> Job {
     let model = case
         .model
         .as_ref()
@@ -52,13 +41,8 @@ fn job_for(spec: &Spec, case: &Case) -> Job {
     fix.steps = case.hires_steps;
     fix.denoise = case.denoise;
     Job {
-        prompt: spec.prompt.clone(),
-        negative: spec.negative.clone(),
-        sampler: case.sampler.parse::<Sampler>().unwrap(),
-        steps: spec.steps,
-        cfg: spec.cfg,
         hires: Some(Box::new(fix)),
-        ..crate::util::small_job("", spec.seed)
+        ..spec.job(&spec.prompt, &spec.negative, &case.sampler)
     }
 }
 
@@ -72,8 +56,7 @@ fn diff(a: &[u8], b: &[u8]) -> (f64, u8) {
 /// steps and denoise values: within 1/255 mean abs of the two-pass diffusers reference.
 #[test]
 fn hires_fix_matches_a_two_pass_diffusers_reference() {
-    let text = std::fs::read_to_string(crate::util::reference("hires.json")).unwrap();
-    let spec: Spec = serde_json::from_str(&text).unwrap();
+    let spec: Spec<Case> = Spec::read(&crate::util::reference("hires.json"));
     let mut g = generator();
     let mut report = Vec::new();
     for case in &spec.images {
@@ -272,9 +255,7 @@ fn batch_hires_field_is_hashed() {
     let out = dir.path().join("out");
     let plan = |hires: &str| {
         let template = format!(r#"{{"prompt": "a fox", "steps": 4, "seed": 1, "hires": {hires}}}"#);
-        let (ok, lines, stderr) = crate::util::dry_run(&template, &out);
-        let planned = lines.iter().find(|l| l["status"] == "planned").cloned();
-        (ok, planned, format!("{lines:?} {stderr}"))
+        planned(&template, &out)
     };
     let (ok, two, stderr) = plan(r#"{"scale": 2}"#);
     assert!(ok, "{stderr}");

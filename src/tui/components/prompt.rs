@@ -1,5 +1,6 @@
 //! The prompt editor: a text buffer plus prompt-language highlighting, the parse error shown at
-//! its span, `<lora:` name completion from the catalog, and Up/Down history.
+//! its span, `<lora:` name completion from the catalog, embedding name completion (a word being
+//! typed, or `embedding:`), and Up/Down history.
 //! Used twice, for the positive and the negative prompt.
 
 use super::editor::{cursor_row, display_width, layout, TextBuffer};
@@ -13,14 +14,41 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Widget};
 use std::ops::Range;
 
-/// The open `<lora:` completion menu.
+/// What a completion menu completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompletionKind {
+    /// A `<lora:` tag's name; accepting closes the tag.
+    Lora,
+    /// An embedding's name, the word itself.
+    Embedding,
+}
+
+/// The open completion menu.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
     /// The name typed so far.
     pub range: Range<usize>,
     pub items: Vec<String>,
     pub selected: usize,
+    pub kind: CompletionKind,
+    /// Per item, what the menu shows beside the name (empty for adapters).
+    pub notes: Vec<String>,
+    /// Per item, why accepting it is refused (an embedding made for another model family).
+    pub refusals: Vec<Option<String>>,
 }
+
+/// An embedding the editor offers while a word is typed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingChoice {
+    pub name: String,
+    /// Shown beside the name: how many vectors, or that it does not fit the model.
+    pub note: String,
+    /// Why it cannot be used with the model (the message a prompt using it would get).
+    pub refused: Option<String>,
+}
+
+/// Menu entries at most.
+const MENU_LEN: usize = 8;
 
 #[derive(Debug, Clone)]
 pub struct PromptEditor {
@@ -28,6 +56,8 @@ pub struct PromptEditor {
     pub buf: TextBuffer,
     pub analysis: Analysis,
     pub completion: Option<Completion>,
+    /// The embeddings completion offers, usable ones first.
+    pub embeddings: Vec<EmbeddingChoice>,
     history: Vec<String>,
     /// Position while browsing history; `None` when editing the draft.
     hist_pos: Option<usize>,
@@ -51,6 +81,7 @@ impl PromptEditor {
             buf: TextBuffer::new(text),
             analysis: lang::analyze(text),
             completion: None,
+            embeddings: Vec::new(),
             history: Vec::new(),
             hist_pos: None,
             draft: String::new(),
@@ -86,25 +117,56 @@ impl PromptEditor {
 
     /// Re-parses after any change; cheap enough for prompt-sized text.
     pub fn refresh(&mut self, catalog: &[String]) {
-        self.analysis = lang::analyze(self.buf.text());
-        self.completion =
-            lang::completion_at(self.buf.text(), self.buf.cursor()).and_then(|range| {
-                let typed = self.buf.text()[range.clone()].to_lowercase();
-                let mut items: Vec<String> = catalog
-                    .iter()
-                    .filter(|n| n.to_lowercase().contains(&typed))
-                    .cloned()
-                    .collect();
-                // Prefix matches first: that is what people are usually typing.
-                items.sort_by_key(|n| !n.to_lowercase().starts_with(&typed));
-                items.truncate(8);
-                let keep = self.completion.as_ref().map_or(0, |c| c.selected);
-                (!items.is_empty()).then(|| Completion {
-                    range,
-                    selected: keep.min(items.len() - 1),
-                    items,
+        let (text, cursor) = (self.buf.text(), self.buf.cursor());
+        self.analysis = lang::analyze(text);
+        let (range, kind, typed, offered) = if let Some(range) = lang::completion_at(text, cursor) {
+            let typed = text[range.clone()].to_lowercase();
+            let offered: Vec<(String, String, Option<String>)> = catalog
+                .iter()
+                .filter(|n| n.to_lowercase().contains(&typed))
+                .map(|n| (n.clone(), String::new(), None))
+                .collect();
+            (range, CompletionKind::Lora, typed, offered)
+        } else if let Some((range, named)) = lang::embedding_completion_at(text, cursor) {
+            let typed = text[range.clone()].to_lowercase();
+            // A plain word offers the names it begins; after `embedding:` any name containing it.
+            let offered = self
+                .embeddings
+                .iter()
+                .filter(|e| {
+                    let n = e.name.to_lowercase();
+                    if named {
+                        n.contains(&typed)
+                    } else {
+                        n.starts_with(&typed) && n != typed
+                    }
                 })
-            });
+                .map(|e| (e.name.clone(), e.note.clone(), e.refused.clone()))
+                .collect();
+            (range, CompletionKind::Embedding, typed, offered)
+        } else {
+            self.completion = None;
+            return;
+        };
+        let mut offered = offered;
+        // Usable names first, then prefix matches: that is what people are usually typing.
+        offered.sort_by_key(|(n, _, refused)| {
+            (refused.is_some(), !n.to_lowercase().starts_with(&typed))
+        });
+        offered.truncate(MENU_LEN);
+        let keep = self
+            .completion
+            .as_ref()
+            .filter(|c| c.kind == kind)
+            .map_or(0, |c| c.selected);
+        self.completion = (!offered.is_empty()).then(|| Completion {
+            range,
+            selected: keep.min(offered.len() - 1),
+            kind,
+            items: offered.iter().map(|o| o.0.clone()).collect(),
+            notes: offered.iter().map(|o| o.1.clone()).collect(),
+            refusals: offered.into_iter().map(|o| o.2).collect(),
+        });
     }
 
     pub fn set_text(&mut self, text: &str, catalog: &[String]) {
@@ -112,12 +174,15 @@ impl PromptEditor {
         self.refresh(catalog);
     }
 
-    /// Keys the completion menu takes while it is open; returns whether it used the key.
-    pub fn completion_key(&mut self, code: crossterm::event::KeyCode, catalog: &[String]) -> bool {
+    /// Keys the completion menu takes while it is open: `None` when it did not use the key,
+    /// `Some(Err(why))` when it refused the chosen name (an embedding for another family).
+    pub fn completion_key(
+        &mut self,
+        code: crossterm::event::KeyCode,
+        catalog: &[String],
+    ) -> Option<Result<(), String>> {
         use crossterm::event::KeyCode;
-        let Some(c) = self.completion.as_mut() else {
-            return false;
-        };
+        let c = self.completion.as_mut()?;
         match code {
             KeyCode::Up => c.selected = c.selected.checked_sub(1).unwrap_or(c.items.len() - 1),
             KeyCode::Down => c.selected = (c.selected + 1) % c.items.len(),
@@ -125,17 +190,31 @@ impl PromptEditor {
             KeyCode::Tab | KeyCode::Enter => {
                 let name = c.items[c.selected].clone();
                 let range = c.range.clone();
-                // Complete the whole tag when nothing follows the name yet.
-                let closed = self.buf.text()[range.end..].starts_with([':', '>']);
-                let with = if closed { name } else { format!("{name}:1>") };
+                if let Some(Some(why)) = c.refusals.get(c.selected) {
+                    let why = why.clone();
+                    self.completion = None;
+                    return Some(Err(why));
+                }
+                let with = match c.kind {
+                    CompletionKind::Embedding => name,
+                    CompletionKind::Lora => {
+                        // Complete the whole tag when nothing follows the name yet.
+                        let closed = self.buf.text()[range.end..].starts_with([':', '>']);
+                        if closed {
+                            name
+                        } else {
+                            format!("{name}:1>")
+                        }
+                    }
+                };
                 self.buf.replace(range, &with);
                 self.completion = None;
                 self.analysis = lang::analyze(self.buf.text());
                 let _ = catalog;
             }
-            _ => return false,
+            _ => return None,
         }
-        true
+        Some(Ok(()))
     }
 
     /// Applies an editing action; `None` for actions this component does not handle.
@@ -405,7 +484,10 @@ fn styled_row<'a>(text: &'a str, r: Range<usize>, paint: &[Style]) -> Line<'a> {
 }
 
 fn render_completion(c: &Completion, at: Position, bounds: Rect, buf: &mut Buffer, theme: &Theme) {
-    let width = c.items.iter().map(|s| display_width(s)).max().unwrap_or(0) as u16 + 2;
+    let name_w = c.items.iter().map(|s| display_width(s)).max().unwrap_or(0);
+    let note_w = c.notes.iter().map(|s| display_width(s)).max().unwrap_or(0);
+    // Never wider than the pane: the panes drawn after it would cut it.
+    let width = ((name_w + if note_w > 0 { note_w + 2 } else { 0 }) as u16 + 2).min(bounds.width);
     let height = c.items.len() as u16;
     let x = at.x.min((bounds.x + bounds.width).saturating_sub(width));
     let below = at.y + 1;
@@ -422,7 +504,12 @@ fn render_completion(c: &Completion, at: Position, bounds: Rect, buf: &mut Buffe
         } else {
             theme.get("prompt.completion")
         };
-        let line = format!(" {item:<w$} ", w = usize::from(width.saturating_sub(2)));
+        let note = c.notes.get(i).map_or("", String::as_str);
+        let line = if note_w > 0 {
+            format!(" {item:<name_w$}  {note:<note_w$} ")
+        } else {
+            format!(" {item:<w$} ", w = usize::from(width.saturating_sub(2)))
+        };
         buf.set_stringn(
             area.x,
             area.y + i as u16,
