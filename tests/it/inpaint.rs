@@ -302,3 +302,57 @@ fn batch_lines_carry_the_inpaint_settings() {
     assert!(text.contains("must be 0 to 4096"), "{text}");
     assert!(!out.exists(), "a dry run wrote files");
 }
+
+/// `generate` with "only masked" records A1111's fields and the settings in the `stipple` chunk,
+/// and the recorded job makes the same picture again (at the picture's size).
+#[test]
+fn only_masked_records_and_replays_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let args = [
+        "generate",
+        "--init-image",
+        "tests/fixtures/img2img/init.png",
+        "--mask",
+        "tests/fixtures/img2img/mask_small.png",
+        "--inpaint-area",
+        "masked",
+        "--inpaint-padding",
+        "6",
+        "--masked-content",
+        "latent-nothing",
+        "--prompt",
+        "a red fox",
+        "--steps",
+        "4",
+        "--seed",
+        "3",
+        "--width",
+        "64",
+        "--height",
+        "32",
+        "--out",
+        out,
+    ];
+    let (ok, stdout, stderr) = crate::cli::run(&args);
+    assert!(ok, "{stderr}");
+    let line: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let path = std::path::PathBuf::from(line["path"].as_str().unwrap());
+    let chunks = stipple::image::read_text_chunks(&path).unwrap();
+    let info = stipple::image::parse_infotext(&chunks["parameters"]).unwrap();
+    assert_eq!(info.get("Inpaint area"), Some("Only masked"));
+    assert_eq!(info.get("Masked area padding"), Some("6"));
+    assert_eq!(info.get("Masked content"), Some("latent nothing"));
+    let mut job: Job = serde_json::from_str(&chunks["stipple"]).unwrap();
+    let (w, h, pixels) = read_rgb(&path);
+    assert_eq!((w, h), (64, 64), "the picture's size, not the job's 64x32");
+    let init = job.init.as_mut().unwrap();
+    assert_eq!(
+        (init.inpaint_area, init.inpaint_padding, init.masked_content),
+        (InpaintArea::Masked, 6, MaskedContent::LatentNothing)
+    );
+    for f in [&mut init.image, init.mask.as_mut().unwrap()] {
+        f.path = root().join(&f.path);
+    }
+    assert_eq!(try_image(&mut generator(), &job).unwrap(), pixels);
+}
