@@ -7,7 +7,7 @@ Writes tests/fixtures/img2img/ (init.png, a 64x64 test picture; mask.png, white 
 init.png with mask.png's inverse as alpha; small.webp and cmyk.jpg for the decoders) and, per fixture, <fixture>/reference/img2img.json with the
 images it lists: StableDiffusionImg2ImgPipeline / StableDiffusionXLImg2ImgPipeline and, for tiny SD1.5,
 StableDiffusionInpaintPipeline on the 4-channel UNet (latent blending), each at several `strength`
-values and samplers; for tiny-sd15-inpaint the same pipeline on its 9-channel UNet (inpaint_unet_references). The tiny modules are rebuilt as `export_model.py --tiny` builds them (the VAE
+values and samplers, and the same with `padding_mask_crop` ("only masked", only_masked.json, mask_small.png); for tiny-sd15-inpaint the same pipeline on its 9-channel UNet (inpaint_unet_references). The tiny modules are rebuilt as `export_model.py --tiny` builds them (the VAE
 decoder is checked bit for bit against the fixture's weights first).
 
 The init latents are diffusers' default: `vae.encode(x).latent_dist.sample(generator)` with the
@@ -32,6 +32,9 @@ STEPS = 8
 SD15_CASES = [(s, d) for s in ("euler-a", "ddim", "dpmpp-2m") for d in (0.3, 0.75, 1.0)]
 SDXL_CASES = [(s, d) for s in ("euler", "euler-a") for d in (0.5, 0.8)]
 INPAINT_CASES = [(s, d) for s in ("euler-a", "ddim") for d in (0.75, 1.0)]
+# "Only masked" (padding_mask_crop): sampler, strength, padding, job size.
+ONLY_MASKED_CASES = [("euler-a", 0.75, 8, (64, 64)), ("ddim", 1.0, 4, (64, 64)), ("euler", 0.75, 8, (64, 32))]
+ONLY_MASKED_UNET_CASES = [("euler-a", 0.75, 8, (64, 64))]
 
 
 def test_pictures(out):
@@ -55,6 +58,11 @@ def test_pictures(out):
     # Other formats: a lossless WebP of the picture at 16x16 and an 8x8 CMYK JPEG (pure red).
     Image.fromarray(img, "RGB").resize((16, 16)).save(os.path.join(out, "small.webp"), lossless=True)
     Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(os.path.join(out, "cmyk.jpg"), quality=95)
+    # A small mask for "only masked" (its padded box is a part of the picture): a disc and a bar.
+    small = np.zeros((64, 64), np.uint8)
+    small[((x - 40) ** 2 + (y - 20) ** 2) < 36] = 255
+    small[24:28, 30:42] = 255
+    Image.fromarray(small, "L").save(os.path.join(out, "mask_small.png"))
     return Image.fromarray(img, "RGB"), Image.fromarray(mask, "L")
 
 
@@ -95,6 +103,24 @@ def write(fixture, cases, make_pipe, kind, **kwargs):
     return images
 
 
+def only_masked_references(fixture, make_pipe, cases, init, meta):
+    """StableDiffusionInpaintPipeline with `padding_mask_crop` (A1111's "Only masked"): the mask's box
+    plus the padding, widened to the job's aspect, is cropped, redrawn at the job's size and pasted back
+    over the picture (`apply_overlay`); listed in <fixture>/reference/only_masked.json."""
+    mask = Image.open(os.path.join(FIXTURES, "img2img", "mask_small.png"))
+    out = os.path.join(fixture, "reference")
+    images = []
+    for slug, strength, pad, (w, h) in cases:
+        img = run(make_pipe(slug), strength=strength, image=init, mask_image=mask, height=h, width=w,
+                  padding_mask_crop=pad)
+        name = f"only_masked.{slug}.{strength}.pad{pad}.{w}x{h}.png"
+        img.save(os.path.join(out, name))
+        images.append({"file": name, "sampler": slug, "denoise": strength, "padding": pad, "width": w,
+                       "height": h, "mask": "mask_small.png"})
+    with open(os.path.join(out, "only_masked.json"), "w") as f:
+        json.dump(dict(meta, images=images), f, indent=1)
+
+
 def inpaint_unet_references(init, mask, meta):
     """tiny-sd15-inpaint (9-channel UNet): StableDiffusionInpaintPipeline concatenates the mask and the
     masked picture's latents to the UNet input and does not blend; with the mask and with none (an
@@ -126,6 +152,7 @@ def inpaint_unet_references(init, mask, meta):
                      width=64)]
     with open(os.path.join(fixture, "reference", "img2img.json"), "w") as f:
         json.dump(dict(meta, images=images), f, indent=1)
+    only_masked_references(fixture, make, ONLY_MASKED_UNET_CASES, init, meta)
 
 
 def main():
@@ -162,6 +189,7 @@ def main():
             "made_with": {"torch": torch.__version__, "diffusers": diffusers.__version__}}
     with open(os.path.join(sd15, "reference", "img2img.json"), "w") as f:
         json.dump(dict(meta, images=images), f, indent=1)
+    only_masked_references(sd15, sd_pipe(StableDiffusionInpaintPipeline), ONLY_MASKED_CASES, init, meta)
 
     if "--sd15-only" in sys.argv:
         return

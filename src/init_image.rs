@@ -60,6 +60,109 @@ impl std::str::FromStr for StepCount {
     }
 }
 
+/// Which part of the picture an inpainting job redraws at the job's size (A1111's "Inpaint area").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InpaintArea {
+    /// The whole picture, fitted to the job's size.
+    #[default]
+    Whole,
+    /// The mask's bounding box plus the padding, widened to the job's aspect, redrawn at the job's
+    /// size and pasted back over the picture at its own size ("Only masked").
+    Masked,
+}
+
+impl std::str::FromStr for InpaintArea {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "whole" => Ok(InpaintArea::Whole),
+            "masked" | "only-masked" => Ok(InpaintArea::Masked),
+            _ => Err(format!("inpaint area {s:?}: use whole or masked")),
+        }
+    }
+}
+
+/// What the masked part starts from before it is noised (A1111's "Masked content").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MaskedContent {
+    /// The picture itself.
+    #[default]
+    Original,
+    /// The picture with the masked part painted over from its surroundings (blurred inwards).
+    Fill,
+    /// The picture's latents with the masked part replaced by unit Gaussian noise.
+    LatentNoise,
+    /// The picture's latents with the masked part set to zero.
+    LatentNothing,
+}
+
+impl MaskedContent {
+    /// The name A1111's infotext uses.
+    pub fn label(self) -> &'static str {
+        match self {
+            MaskedContent::Original => "original",
+            MaskedContent::Fill => "fill",
+            MaskedContent::LatentNoise => "latent noise",
+            MaskedContent::LatentNothing => "latent nothing",
+        }
+    }
+}
+
+impl std::str::FromStr for MaskedContent {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().replace(' ', "-").as_str() {
+            "original" => Ok(MaskedContent::Original),
+            "fill" => Ok(MaskedContent::Fill),
+            "latent-noise" => Ok(MaskedContent::LatentNoise),
+            "latent-nothing" => Ok(MaskedContent::LatentNothing),
+            _ => Err(format!(
+                "masked content {s:?}: use original, fill, latent-noise or latent-nothing"
+            )),
+        }
+    }
+}
+
+/// Pixels added on each side of the picture before inpainting (outpainting).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outpaint {
+    pub left: u32,
+    pub right: u32,
+    pub up: u32,
+    pub down: u32,
+}
+
+impl Outpaint {
+    /// Whether it adds nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == Outpaint::default()
+    }
+}
+
+impl std::str::FromStr for Outpaint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("outpaint {s:?}: give four pixel counts L,R,U,D (0 to 4096), e.g. 64,64,0,0")
+        };
+        let v: Vec<i64> = s
+            .split(',')
+            .map(|p| p.trim().parse::<i64>().map_err(|_| bad()))
+            .collect::<Result<_, _>>()?;
+        if v.len() != 4 || v.iter().any(|&p| !(0..=4096).contains(&p)) {
+            return Err(bad());
+        }
+        Ok(Outpaint {
+            left: v[0] as u32,
+            right: v[1] as u32,
+            up: v[2] as u32,
+            down: v[3] as u32,
+        })
+    }
+}
+
 /// A file a job depends on, named by path and pinned by the sha256 of its contents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRef {
@@ -84,10 +187,53 @@ pub struct InitImage {
     /// Gaussian blur of the mask in pixels (σ) before it is made binary.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub mask_blur: u32,
+    /// The whole picture or only the masked part redrawn (left out of the JSON when whole, so
+    /// older jobs keep their hash).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub inpaint_area: InpaintArea,
+    /// Pixels around the mask's bounding box taken into the redrawn part ([`InpaintArea::Masked`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub inpaint_padding: u32,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub masked_content: MaskedContent,
+    /// Canvas added around the picture and repainted.
+    #[serde(default, skip_serializing_if = "Outpaint::is_empty")]
+    pub outpaint: Outpaint,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 fn is_zero(v: &u32) -> bool {
     *v == 0
+}
+
+/// Default "only masked" padding in pixels (A1111's).
+pub const DEFAULT_PADDING: u32 = 32;
+
+/// Sets the inpaint area and padding given on a command line or in a job file: padding only with
+/// the masked area, never negative (default [`DEFAULT_PADDING`]).
+pub fn set_area(
+    init: &mut InitImage,
+    area: Option<InpaintArea>,
+    padding: Option<i64>,
+) -> Result<(), String> {
+    init.inpaint_area = area.unwrap_or_default();
+    init.inpaint_padding = match (init.inpaint_area, padding) {
+        (InpaintArea::Masked, None) => DEFAULT_PADDING,
+        (InpaintArea::Masked, Some(p)) => u32::try_from(p)
+            .ok()
+            .filter(|&p| p <= 4096)
+            .ok_or_else(|| format!("inpaint padding {p}: must be 0 to 4096 pixels"))?,
+        (InpaintArea::Whole, Some(_)) => {
+            return Err(
+                "inpaint padding is for the masked inpaint area (--inpaint-area masked)".into(),
+            )
+        }
+        (InpaintArea::Whole, None) => 0,
+    };
+    Ok(())
 }
 
 /// Checks a denoise value given on a command line or in a job file.
@@ -109,7 +255,17 @@ impl InitImage {
             step_count: StepCount::default(),
             mask: None,
             mask_blur: 0,
+            inpaint_area: InpaintArea::Whole,
+            inpaint_padding: 0,
+            masked_content: MaskedContent::Original,
+            outpaint: Outpaint::default(),
         }
+    }
+
+    /// Whether the job repaints part of the picture: a mask, or a canvas to outpaint (the
+    /// picture's transparent pixels are found only when it is read).
+    pub fn has_mask(&self) -> bool {
+        self.mask.is_some() || !self.outpaint.is_empty()
     }
 
     /// The index of the first of `steps` schedule steps that runs.
@@ -141,8 +297,13 @@ mod tests {
             denoise,
             resize_mode: ResizeMode::Just,
             step_count: count,
-            mask: None,
-            mask_blur: 0,
+            ..InitImage::new(
+                FileRef {
+                    path: "x.png".into(),
+                    sha256: String::new(),
+                },
+                denoise,
+            )
         }
     }
 
@@ -164,5 +325,47 @@ mod tests {
             init(1.5, StepCount::Diffusers).first_step(20),
             Err(DenoiseError::Range(1.5))
         );
+    }
+
+    #[test]
+    fn padding_goes_with_the_masked_area_and_is_never_negative() {
+        let mut i = init(0.5, StepCount::Diffusers);
+        set_area(&mut i, Some(InpaintArea::Masked), None).unwrap();
+        assert_eq!(i.inpaint_padding, DEFAULT_PADDING);
+        set_area(&mut i, Some(InpaintArea::Masked), Some(0)).unwrap();
+        assert_eq!(i.inpaint_padding, 0);
+        let neg = set_area(&mut i, Some(InpaintArea::Masked), Some(-4)).unwrap_err();
+        assert!(neg.contains("must be 0 to 4096"), "{neg}");
+        let whole = set_area(&mut i, None, Some(8)).unwrap_err();
+        assert!(whole.contains("masked inpaint area"), "{whole}");
+        set_area(&mut i, None, None).unwrap();
+        assert_eq!((i.inpaint_area, i.inpaint_padding), (InpaintArea::Whole, 0));
+    }
+
+    #[test]
+    fn outpaint_and_content_names_parse() {
+        let o: Outpaint = "64, 0,8,16".parse().unwrap();
+        assert_eq!((o.left, o.right, o.up, o.down), (64, 0, 8, 16));
+        for bad in ["64,0,8", "1,2,3,-4", "a,b,c,d", "1,2,3,5000"] {
+            assert!(bad.parse::<Outpaint>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            "latent noise".parse::<MaskedContent>(),
+            Ok(MaskedContent::LatentNoise)
+        );
+        assert_eq!(
+            "Latent-Nothing".parse::<MaskedContent>(),
+            Ok(MaskedContent::LatentNothing)
+        );
+        // Defaults stay out of the JSON, so jobs made before these fields keep their hash.
+        let json = serde_json::to_value(init(0.5, StepCount::Diffusers)).unwrap();
+        for key in [
+            "inpaint_area",
+            "inpaint_padding",
+            "masked_content",
+            "outpaint",
+        ] {
+            assert!(json.get(key).is_none(), "{key} in {json}");
+        }
     }
 }

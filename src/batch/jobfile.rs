@@ -161,6 +161,14 @@ pub struct JobSpec {
     /// With `init_image`: inpainting mask, white repaints.
     pub mask: Option<PathBuf>,
     pub mask_blur: Option<u32>,
+    /// With `init_image`: `whole` or `masked` (A1111's "Only masked").
+    pub inpaint_area: Option<crate::init_image::InpaintArea>,
+    /// With `inpaint_area: masked`: pixels around the mask's box (default 32).
+    pub inpaint_padding: Option<i64>,
+    /// With `init_image`: `original`, `fill`, `latent-noise` or `latent-nothing`.
+    pub masked_content: Option<crate::init_image::MaskedContent>,
+    /// With `init_image`: `"L,R,U,D"` pixels of canvas added and repainted.
+    pub outpaint: Option<String>,
     /// A1111's hires fix: `{"scale": 2, "upscaler": "Latent", "steps": 0, "denoise": 0.7}`, or
     /// `width`/`height` for the size, `model` for an ONNX upscaler.
     pub hires: Option<HiresSpec>,
@@ -187,9 +195,17 @@ impl JobSpec {
             let given = self.denoise.is_some()
                 || self.resize_mode.is_some()
                 || self.mask.is_some()
-                || self.mask_blur.is_some();
+                || self.mask_blur.is_some()
+                || self.inpaint_area.is_some()
+                || self.inpaint_padding.is_some()
+                || self.masked_content.is_some()
+                || self.outpaint.is_some();
             return if given {
-                Err("`denoise`, `resize_mode`, `mask` and `mask_blur` need `init_image`".into())
+                Err(
+                    "`denoise`, `resize_mode`, `mask`, `mask_blur`, `inpaint_area`, \
+                     `inpaint_padding`, `masked_content` and `outpaint` need `init_image`"
+                        .into(),
+                )
             } else {
                 Ok(None)
             };
@@ -199,6 +215,14 @@ impl JobSpec {
                 .map_err(|e| e.to_string())?;
         init.resize_mode = self.resize_mode.unwrap_or_default();
         init.mask_blur = self.mask_blur.unwrap_or(0);
+        init.masked_content = self.masked_content.unwrap_or_default();
+        init.outpaint = self
+            .outpaint
+            .as_deref()
+            .map(str::parse)
+            .transpose()?
+            .unwrap_or_default();
+        crate::init_image::set_area(&mut init, self.inpaint_area, self.inpaint_padding)?;
         Ok(Some(init))
     }
 }
@@ -239,7 +263,7 @@ impl JobSpec {
 }
 
 /// The fields a job line may have (`sweep` is taken out before the rest is read).
-pub const FIELDS: [&str; 20] = [
+pub const FIELDS: &[&str] = &[
     "prompt",
     "negative",
     "sampler",
@@ -259,6 +283,10 @@ pub const FIELDS: [&str; 20] = [
     "resize_mode",
     "mask",
     "mask_blur",
+    "inpaint_area",
+    "inpaint_padding",
+    "masked_content",
+    "outpaint",
     "hires",
 ];
 

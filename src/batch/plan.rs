@@ -182,6 +182,11 @@ impl Planner {
         let family = facts.family;
         job.seed = seed.unwrap_or_else(|| derived_seed(&job, &model_id));
         validate_job(&job).map_err(|e| plain(e.to_string()))?;
+        if let Some(init) = &job.init {
+            // The mask's size and region are checked before anything runs.
+            crate::image::init::load(init, job.width, job.height)
+                .map_err(|e| plain(e.to_string()))?;
+        }
         let adapters = self.adapter_identities(&job, family)?;
         let out = OutName::parse(spec.out.as_deref(), job.batch).map_err(|e| e.to_string())?;
         Ok(Planned {

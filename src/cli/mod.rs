@@ -148,6 +148,20 @@ pub struct InitFlags {
     /// Gaussian blur of the mask in pixels before it is made binary
     #[arg(long, value_name = "N")]
     pub mask_blur: Option<u32>,
+    /// What is redrawn: whole (the picture at the job's size) or masked (the mask's region plus
+    /// --inpaint-padding at the job's size, pasted back over the picture; A1111's "Only masked")
+    #[arg(long, value_name = "AREA")]
+    pub inpaint_area: Option<crate::init_image::InpaintArea>,
+    /// With --inpaint-area masked: pixels around the mask's bounding box redrawn too (default 32)
+    #[arg(long, value_name = "PX", allow_negative_numbers = true)]
+    pub inpaint_padding: Option<i64>,
+    /// What the masked part starts from: original, fill (painted from the surroundings),
+    /// latent-noise or latent-nothing
+    #[arg(long, value_name = "CONTENT")]
+    pub masked_content: Option<crate::init_image::MaskedContent>,
+    /// Outpainting: pixels added left,right,up,down (e.g. 64,64,0,0); the new border repaints
+    #[arg(long, value_name = "L,R,U,D", allow_hyphen_values = true)]
+    pub outpaint: Option<crate::init_image::Outpaint>,
 }
 
 /// Runs the command `cli` names (the workstation without one).

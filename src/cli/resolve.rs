@@ -236,6 +236,8 @@ pub fn generate(
     if let Some(init) = &job.init {
         init.first_step(job.steps)
             .map_err(|e| CliError::Usage(e.to_string()))?;
+        // The mask's size, region and the rest are checked before any session is built.
+        crate::image::init::load(init, job.width, job.height).map_err(init_error)?;
     }
     job.hires = super::hires_flags::hires_fix(&a.hires, &a.init, &job)?;
     check_adapters(&prompt, &job.prompt, &model, &engine.lora_dirs)?;
@@ -279,10 +281,16 @@ fn init_image(f: &super::InitFlags) -> Result<Option<crate::job::InitImage>, Cli
         let given = f.denoise.is_some()
             || f.resize_mode.is_some()
             || f.mask.is_some()
-            || f.mask_blur.is_some();
+            || f.mask_blur.is_some()
+            || f.inpaint_area.is_some()
+            || f.inpaint_padding.is_some()
+            || f.masked_content.is_some()
+            || f.outpaint.is_some();
         return if given {
             Err(CliError::Usage(
-                "--denoise, --resize-mode, --mask and --mask-blur need --init-image".into(),
+                "--denoise, --resize-mode, --mask, --mask-blur, --inpaint-area, --inpaint-padding, \
+                 --masked-content and --outpaint need --init-image"
+                    .into(),
             ))
         } else {
             Ok(None)
@@ -293,14 +301,20 @@ fn init_image(f: &super::InitFlags) -> Result<Option<crate::job::InitImage>, Cli
     init.resize_mode = f.resize_mode.unwrap_or_default();
     init.step_count = f.denoise_steps.unwrap_or_default();
     init.mask_blur = f.mask_blur.unwrap_or(0);
+    init.masked_content = f.masked_content.unwrap_or_default();
+    init.outpaint = f.outpaint.unwrap_or_default();
+    crate::init_image::set_area(&mut init, f.inpaint_area, f.inpaint_padding)
+        .map_err(CliError::Usage)?;
     Ok(Some(init))
 }
 
 /// A bad denoise value is a usage error (exit 2); a picture that cannot be read, a failure (exit 1).
 fn init_error(e: crate::image::init::InitError) -> CliError {
-    use crate::image::init::InitError::Denoise;
+    use crate::image::init::InitError::{Denoise, EmptyMask, MaskSize, NoMask};
     match e {
-        Denoise(_) => CliError::Usage(e.to_string()),
+        Denoise(_) | MaskSize { .. } | NoMask { .. } | EmptyMask { .. } => {
+            CliError::Usage(e.to_string())
+        }
         e => CliError::Failed(e.to_string()),
     }
 }

@@ -93,6 +93,21 @@ pub fn format_infotext(job: &Job, seed: u64, res: &Resources) -> String {
         if init.mask.is_some() || init.mask_blur > 0 {
             params.push(("Mask blur", init.mask_blur.to_string()));
         }
+        // As A1111 writes them: the area and padding only for "Only masked".
+        if init.inpaint_area == crate::init_image::InpaintArea::Masked {
+            params.push(("Inpaint area", "Only masked".into()));
+            params.push(("Masked area padding", init.inpaint_padding.to_string()));
+        }
+        if init.masked_content != crate::init_image::MaskedContent::Original {
+            params.push(("Masked content", init.masked_content.label().into()));
+        }
+        let o = init.outpaint;
+        if !o.is_empty() {
+            params.push((
+                "Outpaint",
+                format!("{},{},{},{}", o.left, o.right, o.up, o.down),
+            ));
+        }
     }
     if let Some(fix) = &job.hires {
         // As A1111's txt2img writes them: the factor or the size, steps only when set.

@@ -3,7 +3,11 @@
 //! them by path and sha256) and [`load`] (resized to the job's size, the mask blurred and made
 //! binary as diffusers' mask processor does).
 
-use crate::init_image::{check_denoise, DenoiseError, FileRef, InitImage, ResizeMode};
+use super::inpaint_area::{crop, crop_region, fill_resize, grey_to_rgb, PasteBack};
+use crate::init_image::{
+    check_denoise, DenoiseError, FileRef, InitImage, InpaintArea, MaskedContent, Outpaint,
+    ResizeMode,
+};
 use crate::job::RgbImage;
 use image::imageops::FilterType;
 use image::{DynamicImage, GrayImage, ImageReader, Limits};
@@ -39,6 +43,18 @@ pub enum InitError {
         expected: String,
         found: String,
     },
+    #[error("mask {path} is {}x{}, the picture {}x{}: with --inpaint-area masked or --outpaint they must be the same size", mask.0, mask.1, picture.0, picture.1)]
+    MaskSize {
+        path: PathBuf,
+        mask: (u32, u32),
+        picture: (u32, u32),
+    },
+    #[error(
+        "{path}: --inpaint-area masked needs a mask (--mask, or transparent pixels in the picture)"
+    )]
+    NoMask { path: PathBuf },
+    #[error("{path}: the mask is empty (all black): --inpaint-area masked has nothing to redraw")]
+    EmptyMask { path: PathBuf },
     #[error(transparent)]
     Denoise(#[from] DenoiseError),
 }
@@ -56,6 +72,8 @@ pub struct Loaded {
     pub rgb: RgbImage,
     /// Per pixel 1 (repaint) or 0 (keep); `None` for plain image-to-image.
     pub mask: Option<Vec<f32>>,
+    /// "Only masked": how the redrawn image goes back over the picture.
+    pub paste: Option<PasteBack>,
 }
 
 /// Reads a PNG (any bit depth, palette), JPEG or WebP file. The size in the header is checked
@@ -135,13 +153,15 @@ pub fn pin(path: &Path, denoise: f64, mask: Option<&Path>) -> Result<InitImage, 
 }
 
 /// The picture and mask of `init` at `width`×`height`, checked against the hashes the job holds.
+/// Outpainting first widens the canvas (the new border repaints); "only masked" then takes the
+/// mask's padded region instead of the whole picture; masked content "fill" paints the hole over.
 pub fn load(init: &InitImage, width: u32, height: u32) -> Result<Loaded, InitError> {
     let pic = read_pinned(&init.image)?;
     let mask = match &init.mask {
         Some(m) => {
             let mp = read_pinned(m)?;
             let gray: Vec<u8> = mp.rgb.pixels.chunks(3).map(luma).collect();
-            Some(GrayImage::from_raw(mp.rgb.width, mp.rgb.height, gray))
+            Some((gray, mp.rgb.width, mp.rgb.height, m.path.clone()))
         }
         // Transparent pixels are the hole to fill.
         None => pic
@@ -149,48 +169,162 @@ pub fn load(init: &InitImage, width: u32, height: u32) -> Result<Loaded, InitErr
             .as_ref()
             .filter(|a| a.iter().any(|&v| v < 255))
             .map(|a| {
-                GrayImage::from_raw(
-                    pic.rgb.width,
-                    pic.rgb.height,
-                    a.iter().map(|v| 255 - v).collect(),
-                )
+                let gray = a.iter().map(|v| 255 - v).collect();
+                (gray, pic.rgb.width, pic.rgb.height, init.image.path.clone())
             }),
     };
-    let rgb = image::RgbImage::from_raw(pic.rgb.width, pic.rgb.height, pic.rgb.pixels)
-        .map(|img| {
-            fit(
-                &DynamicImage::ImageRgb8(img),
-                width,
-                height,
-                init.resize_mode,
-            )
-        })
-        .map(|d| d.to_rgb8());
-    let Some(rgb) = rgb else {
-        return Err(InitError::Decode {
-            path: init.image.path.clone(),
-            message: "pixel buffer of the wrong size".into(),
-        });
+    let placed = init.inpaint_area == InpaintArea::Masked || !init.outpaint.is_empty();
+    if let (true, Some((_, mw, mh, path))) = (placed, &mask) {
+        if (*mw, *mh) != (pic.rgb.width, pic.rgb.height) {
+            return Err(InitError::MaskSize {
+                path: path.clone(),
+                mask: (*mw, *mh),
+                picture: (pic.rgb.width, pic.rgb.height),
+            });
+        }
+    }
+    let mut mask = mask.map(|(gray, w, h, _)| Plane { gray, w, h });
+    let mut rgb = pic.rgb;
+    if !init.outpaint.is_empty() {
+        (rgb, mask) = outpaint(&rgb, mask.as_ref(), init.outpaint);
+    }
+    let mut loaded = match init.inpaint_area {
+        InpaintArea::Masked => only_masked(init, rgb, mask, (width, height))?,
+        InpaintArea::Whole => whole(init, rgb, mask, (width, height))?,
     };
-    let mask = mask.map(|m| {
-        let m = m.map(|g| {
-            fit(
+    if let (MaskedContent::Fill, Some(m)) = (init.masked_content, &loaded.mask) {
+        loaded.rgb = super::fill::fill(&loaded.rgb, m);
+    }
+    Ok(loaded)
+}
+
+/// A grey picture (a mask), one byte a pixel.
+struct Plane {
+    gray: Vec<u8>,
+    w: u32,
+    h: u32,
+}
+
+/// The whole picture fitted to the job's size by the resize mode, the mask likewise.
+fn whole(
+    init: &InitImage,
+    rgb: RgbImage,
+    mask: Option<Plane>,
+    (width, height): (u32, u32),
+) -> Result<Loaded, InitError> {
+    let bad_buffer = || InitError::Decode {
+        path: init.image.path.clone(),
+        message: "pixel buffer of the wrong size".into(),
+    };
+    let rgb =
+        image::RgbImage::from_raw(rgb.width, rgb.height, rgb.pixels).ok_or_else(bad_buffer)?;
+    let rgb = fit(
+        &DynamicImage::ImageRgb8(rgb),
+        width,
+        height,
+        init.resize_mode,
+    )
+    .to_rgb8();
+    // A mask of another size than the picture is fitted the same way (a documented choice).
+    let mask = match mask {
+        Some(m) => {
+            let g = GrayImage::from_raw(m.w, m.h, m.gray).ok_or_else(bad_buffer)?;
+            let fitted = fit(
                 &DynamicImage::ImageLuma8(g),
                 width,
                 height,
                 init.resize_mode,
-            )
-        });
-        binary_mask(m.map(|d| d.to_luma8()), init.mask_blur)
-    });
+            );
+            binary_mask(Some(fitted.to_luma8()), init.mask_blur)
+        }
+        None => None,
+    };
     Ok(Loaded {
         rgb: RgbImage {
             width: rgb.width(),
             height: rgb.height(),
             pixels: rgb.into_raw(),
         },
-        mask: mask.flatten(),
+        mask,
+        paste: None,
     })
+}
+
+/// "Only masked": the mask (blurred) decides the region; the region of the picture and of the mask
+/// are brought to the job's size, the mask made binary there; the picture and the blurred mask at
+/// full size are kept for pasting back.
+fn only_masked(
+    init: &InitImage,
+    rgb: RgbImage,
+    mask: Option<Plane>,
+    (width, height): (u32, u32),
+) -> Result<Loaded, InitError> {
+    let path = init.image.path.clone();
+    let mask = mask.ok_or_else(|| InitError::NoMask { path: path.clone() })?;
+    let soft = if init.mask_blur > 0 {
+        let g =
+            GrayImage::from_raw(mask.w, mask.h, mask.gray).ok_or_else(|| InitError::Decode {
+                path: path.clone(),
+                message: "mask buffer of the wrong size".into(),
+            })?;
+        image::imageops::blur(&g, init.mask_blur as f32).into_raw()
+    } else {
+        mask.gray
+    };
+    let region = crop_region(
+        &soft,
+        (mask.w, mask.h),
+        init.inpaint_padding,
+        (width, height),
+    )
+    .ok_or(InitError::EmptyMask { path })?;
+    let picture = fill_resize(&crop(&rgb, region), width, height);
+    let grey = grey_to_rgb(&soft, mask.w, mask.h);
+    let small = fill_resize(&crop(&grey, region), width, height);
+    let small: Vec<u8> = small.pixels.chunks_exact(3).map(|p| p[0]).collect();
+    let binary = GrayImage::from_raw(width, height, small);
+    Ok(Loaded {
+        rgb: picture,
+        mask: binary_mask(binary, 0),
+        paste: Some(PasteBack {
+            original: rgb,
+            mask: soft,
+            region,
+        }),
+    })
+}
+
+/// The picture on a canvas grown by `by` on each side, the new border holding the nearest edge
+/// pixels; the mask grown alike, the border white (repaint). Without a mask only the border
+/// repaints.
+fn outpaint(img: &RgbImage, mask: Option<&Plane>, by: Outpaint) -> (RgbImage, Option<Plane>) {
+    let (w, h) = (img.width + by.left + by.right, img.height + by.up + by.down);
+    let inside = |x: u32, y: u32| {
+        (by.left..by.left + img.width).contains(&x) && (by.up..by.up + img.height).contains(&y)
+    };
+    let mut pixels = Vec::with_capacity((w * h * 3) as usize);
+    let mut gray = Vec::with_capacity((w * h) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            let sx = x.saturating_sub(by.left).min(img.width - 1);
+            let sy = y.saturating_sub(by.up).min(img.height - 1);
+            let s = (sy * img.width + sx) as usize;
+            pixels.extend_from_slice(&img.pixels[s * 3..s * 3 + 3]);
+            gray.push(match (inside(x, y), mask) {
+                (false, _) => 255,
+                (true, Some(m)) => m.gray[s],
+                (true, None) => 0,
+            });
+        }
+    }
+    (
+        RgbImage {
+            width: w,
+            height: h,
+            pixels,
+        },
+        Some(Plane { gray, w, h }),
+    )
 }
 
 fn read_pinned(f: &FileRef) -> Result<Picture, InitError> {

@@ -9,7 +9,9 @@ use super::rng::TorchRng;
 use super::schedulers::noise_schedule::alphas_cumprod;
 use super::schedulers::{Scheduler, SchedulerConfig};
 use super::sessions::Sessions;
-use crate::job::Job;
+use crate::image::inpaint_area::PasteBack;
+use crate::init_image::MaskedContent;
+use crate::job::{Job, RgbImage};
 use crate::model::Model;
 
 /// The encoded picture of a job, shared by every image of it.
@@ -26,6 +28,11 @@ pub struct Init {
     scaling: f32,
     /// A 9-channel inpainting UNet's conditioning ([`UnetCondition`]); `None` for a 4-channel UNet.
     unet_condition: Option<UnetCondition>,
+    /// What the masked latents start from (latent noise and latent nothing act here; fill acted
+    /// on the picture).
+    content: MaskedContent,
+    /// "Only masked": the decoded image goes back over the picture.
+    paste: Option<PasteBack>,
 }
 
 /// What a 9-channel inpainting UNet takes besides the latents, as diffusers'
@@ -104,7 +111,33 @@ impl Init {
             first,
             scaling: model.vae_scaling(),
             unet_condition,
+            content: init.masked_content,
+            paste: loaded.paste,
         }))
+    }
+
+    /// The decoded image as the job's output: "only masked" pastes it back over the picture.
+    pub fn finish(&self, image: RgbImage) -> RgbImage {
+        match &self.paste {
+            Some(p) => p.apply(&image),
+            None => image,
+        }
+    }
+
+    /// Latent noise and latent nothing: the masked part of the picture's latents replaced by unit
+    /// Gaussian noise (drawn last from the image's generator, so the draws before it are as
+    /// without) or by zeros. `mask` is the latent-size mask of one channel.
+    fn masked_content(&self, image: &mut [f32], mask: &[f32], rng: &mut TorchRng) {
+        let fill: Vec<f32> = match self.content {
+            MaskedContent::LatentNoise => rng.randn(image.len()),
+            MaskedContent::LatentNothing => vec![0.0; image.len()],
+            MaskedContent::Original | MaskedContent::Fill => return,
+        };
+        let plane = mask.len().max(1);
+        for (i, (x, f)) in image.iter_mut().zip(fill).enumerate() {
+            let m = mask[i % plane];
+            *x = (1.0 - m) * *x + m * f;
+        }
     }
 
     /// The first schedule step that runs.
@@ -134,20 +167,33 @@ impl Init {
             .map(|((m, s), e)| self.scaling * (m + s * e))
             .collect();
         let noise = rng.randn(n);
+        let mut start = None;
+        if let Some(mask) = &self.mask {
+            rng.randn(n);
+            if self.content != MaskedContent::Original {
+                let mut changed = image.clone();
+                self.masked_content(&mut changed, mask, rng);
+                start = Some(changed);
+            }
+        }
         let latents = if self.pure_noise {
             let s = sched.init_noise_sigma();
             noise.iter().map(|x| x * s).collect()
         } else {
-            add_noise(sched, cfg, &image, &noise, self.first)
+            add_noise(
+                sched,
+                cfg,
+                start.as_ref().unwrap_or(&image),
+                &noise,
+                self.first,
+            )
         };
-        let blend = self.mask.as_ref().map(|mask| {
-            rng.randn(n);
-            Blend {
-                image,
-                noise,
-                mask: mask.clone(),
-                unet_channels: Vec::new(),
-            }
+        // The kept part blends back from the picture itself (the masked part is never blended).
+        let blend = self.mask.as_ref().map(|mask| Blend {
+            image,
+            noise,
+            mask: mask.clone(),
+            unet_channels: Vec::new(),
         });
         (latents, blend)
     }
@@ -163,18 +209,24 @@ impl Init {
         cfg: &SchedulerConfig,
     ) -> (Vec<f32>, Option<Blend>) {
         let n = self.mean.len();
-        let latents = if self.pure_noise {
+        let start = if self.pure_noise {
             let s = sched.init_noise_sigma();
-            rng.randn(n).iter().map(|x| x * s).collect()
+            Err(rng.randn(n).iter().map(|x| x * s).collect())
         } else {
             let image = self.posterior(&self.mean, &self.std, &rng.randn(n));
-            let noise = rng.randn(n);
-            add_noise(sched, cfg, &image, &noise, self.first)
+            Ok((image, rng.randn(n)))
         };
         let masked = if c.text_to_image {
             c.mean.iter().map(|m| self.scaling * m).collect()
         } else {
             self.posterior(&c.mean, &c.std, &rng.randn(n))
+        };
+        let latents = match start {
+            Err(latents) => latents,
+            Ok((mut image, noise)) => {
+                self.masked_content(&mut image, &c.mask, rng);
+                add_noise(sched, cfg, &image, &noise, self.first)
+            }
         };
         let mut unet_channels = c.mask.clone();
         unet_channels.extend(masked);
@@ -286,6 +338,8 @@ fn inpaint_unet_text_to_image(
             std,
             text_to_image: true,
         }),
+        content: MaskedContent::Original,
+        paste: None,
     }))
 }
 
@@ -308,6 +362,8 @@ impl Init {
             pure_noise: false,
             scaling,
             unet_condition: None,
+            content: MaskedContent::Original,
+            paste: None,
         })
     }
 }
@@ -421,5 +477,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Latent noise and latent nothing replace exactly the masked latents (zeros, or unit noise
+    /// drawn from the generator); original leaves them and draws nothing.
+    #[test]
+    fn masked_content_replaces_only_the_masked_latents() {
+        let mut init = Init::from_moments(&[0.5; 16], 0, 1.0).unwrap();
+        let mask = [1.0, 0.0, 0.0, 1.0];
+        let picture = vec![3.0f32; 8];
+        let mut rng = TorchRng::new(7);
+        init.content = MaskedContent::LatentNothing;
+        let mut x = picture.clone();
+        init.masked_content(&mut x, &mask, &mut rng);
+        assert_eq!(x, [0.0, 3.0, 3.0, 0.0, 0.0, 3.0, 3.0, 0.0]);
+        init.content = MaskedContent::LatentNoise;
+        let mut x = picture.clone();
+        init.masked_content(&mut x, &mask, &mut rng);
+        let noise = TorchRng::new(7).randn(8);
+        for (i, v) in x.iter().enumerate() {
+            let want = if mask[i % 4] == 1.0 { noise[i] } else { 3.0 };
+            assert_eq!(*v, want, "latent {i}");
+        }
+        init.content = MaskedContent::Original;
+        let mut x = picture.clone();
+        init.masked_content(&mut x, &mask, &mut rng);
+        assert_eq!(x, picture);
+        assert_eq!(rng.randn(1), TorchRng::new(7).randn(9)[8..].to_vec());
     }
 }

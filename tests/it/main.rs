@@ -13,6 +13,7 @@ mod foundation;
 mod fused_graph;
 mod hires;
 mod img2img;
+mod inpaint;
 mod live;
 mod lora;
 mod merge;

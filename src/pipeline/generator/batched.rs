@@ -92,6 +92,13 @@ impl Generator {
     /// Reads and resolves `job` (prompts, family checks, adapters) without running anything.
     pub(super) fn ready<'a>(&mut self, job: &'a Job, id: u64) -> Result<Ready<'a>, PipelineError> {
         let (pos, neg) = parse_prompts(job)?;
+        // Refused here, before any job of the group samples, rather than after the first pass.
+        if job.hires.is_some() && crate::pipeline::img2img::inpaint_unet(&self.model) {
+            return Err(PipelineError::Job(
+                "the hires fix does not run on a 9-channel inpainting model yet; use an ordinary one"
+                    .into(),
+            ));
+        }
         pos.check_family(self.model.index.family)
             .map_err(|e| PipelineError::Prompt(e.render(&job.prompt)))?;
         let loras = self.adapters.resolve(&pos, &job.prompt)?;
@@ -302,6 +309,10 @@ impl Generator {
                 None => {
                     for s in &slots {
                         let image = self.decode_image(&s.latents, h, w)?;
+                        let image = match &inits[s.job] {
+                            Some(init) => init.finish(image),
+                            None => image,
+                        };
                         self.take_hashes();
                         let resources = resources.get_or_insert_with(|| Resources {
                             lora_hashes: lora_hashes(loras),

@@ -102,11 +102,6 @@ impl Generator {
             return Ok(Ok((h, w)));
         };
         let bad = |e: &dyn std::fmt::Display| PipelineError::Job(e.to_string());
-        if crate::pipeline::img2img::inpaint_unet(&self.model) {
-            return Err(bad(
-                &"the hires fix does not run on a 9-channel inpainting model yet; use an ordinary one",
-            ));
-        }
         let upscaler = fix.upscaler().map_err(|e| bad(&e))?;
         let (total, first) = fix.second_pass(lead.job.steps).map_err(|e| bad(&e))?;
         let job = second_job(lead.job, fix, total);
