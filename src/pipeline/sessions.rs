@@ -631,7 +631,10 @@ fn build_component(
     Ok(Net::baked(session))
 }
 
-/// The text encoders, UNet and VAE decoder of `model` with `deltas` added.
+/// The text encoders, UNet and VAE decoder of `model` with `deltas` added, built side by side:
+/// each build is independent, and much of ONNX Runtime's session creation (graph optimisation,
+/// initializer placement) runs on one thread. An error names its component; with several, the
+/// first in the family's order (text encoders, UNet, VAE decoder) is returned.
 fn build_sessions(
     model: &Model,
     rt: &'static Runtime,
@@ -661,13 +664,36 @@ fn build_sessions(
             &mut FuseStats::default(),
         )
     };
-    let mut text = Vec::new();
-    for enc in model.index.family.facts().encoders {
-        text.push(build(enc.component)?);
+    let mut kinds: Vec<ComponentKind> = model
+        .index
+        .family
+        .facts()
+        .encoders
+        .iter()
+        .map(|e| e.component)
+        .collect();
+    kinds.extend([ComponentKind::Unet, ComponentKind::VaeDecoder]);
+    let built: Vec<Result<Net, PipelineError>> = std::thread::scope(|s| {
+        let builds: Vec<_> = kinds
+            .iter()
+            .map(|&kind| (kind, s.spawn(move || build(kind))))
+            .collect();
+        builds
+            .into_iter()
+            .map(|(kind, b)| {
+                b.join().unwrap_or_else(|_| {
+                    Err(PipelineError::Job(format!(
+                        "{kind}: the session build panicked"
+                    )))
+                })
+            })
+            .collect()
+    });
+    let mut nets = built.into_iter().collect::<Result<Vec<Net>, _>>()?;
+    let vae = nets.pop();
+    let unet = nets.pop();
+    match (unet, vae) {
+        (Some(unet), Some(vae)) => Ok((nets, unet, vae.session)),
+        _ => Err(PipelineError::Job("a session build went missing".into())),
     }
-    Ok((
-        text,
-        build(ComponentKind::Unet)?,
-        build(ComponentKind::VaeDecoder)?.session,
-    ))
 }
