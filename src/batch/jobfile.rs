@@ -293,7 +293,7 @@ pub const FIELDS: &[&str] = &[
 impl JobSpec {
     pub fn from_fields(fields: &Map<String, Value>) -> Result<JobSpec, String> {
         if let Some(bad) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-            let hint = crate::prompt::did_you_mean(bad, FIELDS)
+            let hint = crate::prompt::did_you_mean(bad, FIELDS.iter().copied())
                 .map(|h| format!("; {h}"))
                 .unwrap_or_default();
             return Err(format!(

@@ -1,9 +1,11 @@
 //! `stipple bench --throughput N`: images per second over N images of a batch-like workload (N
 //! one-image jobs with their own prompts and seeds), made one UNet call per image and then with the
-//! engine's UNet batch of compatible jobs sharing each call, on one loaded model.
+//! engine's UNet batch of compatible jobs sharing each call, on one loaded model; the grouped run
+//! once more with the VAE decode on the engine thread instead of beside the next UNet call.
 //!
 //! [`throughput`] measures and returns a [`ThroughputReport`]; the time covers sampling and VAE
-//! decode (what the engine thread does), not PNG encoding or writing (another thread's work).
+//! decode (the engine thread and its decode worker), not PNG encoding or writing (another thread's
+//! work).
 
 use crate::engine::Stop;
 use crate::job::{Event, Job, Sampler};
@@ -29,6 +31,9 @@ pub struct ThroughputReport {
     pub grouped_images_per_s: f64,
     /// grouped ÷ one at a time.
     pub speedup: f64,
+    /// Grouped, each call's images decoded on the engine thread before the next call (no
+    /// pipelining): what the decode worker gains is grouped ÷ this.
+    pub grouped_decode_inline_images_per_s: f64,
 }
 
 impl fmt::Display for ThroughputReport {
@@ -43,10 +48,19 @@ impl fmt::Display for ThroughputReport {
             "  one image per UNet call        {:>8.3} images/s",
             self.one_at_a_time_images_per_s
         )?;
-        write!(
+        writeln!(
             f,
             "  up to {:>2} images per UNet call  {:>8.3} images/s  (×{:.2})",
             self.unet_batch, self.grouped_images_per_s, self.speedup
+        )?;
+        write!(
+            f,
+            "  the same, decode not pipelined {:>8.3} images/s  (pipelining ×{:.2})",
+            self.grouped_decode_inline_images_per_s,
+            self.grouped_images_per_s
+                / self
+                    .grouped_decode_inline_images_per_s
+                    .max(f64::MIN_POSITIVE)
         )
     }
 }
@@ -89,6 +103,10 @@ pub fn throughput(
         .collect();
     let one = images_per_s(&mut g, &jobs, 1)?;
     let grouped = images_per_s(&mut g, &jobs, unet_batch)?;
+    g.set_pipelined(false);
+    let inline = images_per_s(&mut g, &jobs, unet_batch);
+    g.set_pipelined(true);
+    let inline = inline?;
     Ok(ThroughputReport {
         model: g.model_name().to_string(),
         device,
@@ -100,6 +118,7 @@ pub fn throughput(
         unet_batch,
         grouped_images_per_s: grouped,
         speedup: grouped / one.max(f64::MIN_POSITIVE),
+        grouped_decode_inline_images_per_s: inline,
     })
 }
 

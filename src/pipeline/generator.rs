@@ -27,6 +27,7 @@ use crate::runtime::Runtime;
 use std::path::PathBuf;
 
 mod batched;
+mod decodes;
 mod hires;
 
 pub use super::sessions::{Added, FuseStats};
@@ -55,6 +56,10 @@ pub struct Generator {
     upscaler: Option<hires::CachedUpscaler>,
     /// When the VAE decodes in tiles.
     vae_tiling: super::vae_tiles::VaeTiling,
+    /// Decode one UNet call's images on a worker thread while the next call samples.
+    pipelined: bool,
+    /// Tests: the seed whose VAE decode fails.
+    fail_decode: Option<u64>,
 }
 
 /// Parses the prompt and the negative prompt; LoRA tags belong in the prompt only.
@@ -167,6 +172,8 @@ impl Generator {
             unet_batch: spec.unet_batch.max(1),
             upscaler: None,
             vae_tiling: spec.vae_tiling,
+            pipelined: true,
+            fail_decode: None,
         })
     }
 
@@ -399,6 +406,24 @@ impl Generator {
     /// Changes [`Self::unet_batch`] from the next job on (1 samples one image at a time).
     pub fn set_unet_batch(&mut self, images: usize) {
         self.unet_batch = images.max(1);
+    }
+
+    /// Whether one UNet call's images are decoded on a worker thread while the next call samples
+    /// (on by default; the images are the same either way).
+    pub fn pipelined(&self) -> bool {
+        self.pipelined
+    }
+
+    /// Turns [`Self::pipelined`] on or off from the next job on (benchmarks compare the two).
+    pub fn set_pipelined(&mut self, on: bool) {
+        self.pipelined = on;
+    }
+
+    /// Tests: makes the VAE decode of the image with `seed` fail, to check that the failure stays
+    /// with its job.
+    #[doc(hidden)]
+    pub fn fail_decode_of(&mut self, seed: Option<u64>) {
+        self.fail_decode = seed;
     }
 }
 

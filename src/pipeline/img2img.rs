@@ -11,7 +11,7 @@ use super::schedulers::{Scheduler, SchedulerConfig};
 use super::sessions::Sessions;
 use crate::image::inpaint_area::PasteBack;
 use crate::init_image::MaskedContent;
-use crate::job::{Job, RgbImage};
+use crate::job::Job;
 use crate::model::Model;
 
 /// The encoded picture of a job, shared by every image of it.
@@ -116,12 +116,9 @@ impl Init {
         }))
     }
 
-    /// The decoded image as the job's output: "only masked" pastes it back over the picture.
-    pub fn finish(&self, image: RgbImage) -> RgbImage {
-        match &self.paste {
-            Some(p) => p.apply(&image),
-            None => image,
-        }
+    /// "Only masked": what pastes the decoded image back over the picture.
+    pub fn paste_back(&self) -> Option<&PasteBack> {
+        self.paste.as_ref()
     }
 
     /// Latent noise and latent nothing: the masked part of the picture's latents replaced by unit

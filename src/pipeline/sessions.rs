@@ -1,13 +1,14 @@
 //! The sessions of a loaded model and what is fused into them: [`Sessions`] owns the text-encoder,
 //! UNet and VAE sessions, brings them to a set of adapter strengths ([`Sessions::fuse`]: rebuilt, or
 //! resident weights staged and rewritten in place), rebuilds the VAE for new static shapes and runs
-//! the UNet (through fixed buffers for a CUDA graph) and the VAE decoder.
+//! the UNet (through fixed buffers for a CUDA graph) and the VAE decoder, whose session is shared
+//! with a decode worker through a [`VaeDecoder`] handle.
 
 use super::adapters::{self, ActiveLora, StrengthKey};
 use super::error::{patch_err, run_err, ComponentDeltas, PipelineError};
 use super::keys::{FusedKey, Fusion};
 use super::resident::{self, Net, Staged};
-use super::vae;
+use super::vae::{self, VaeDecoder};
 use crate::job::RgbImage;
 use crate::lora::ApplyReport;
 use crate::model::layout::{ComponentKind, GraphKind};
@@ -17,6 +18,7 @@ use crate::runtime::tensor_io::{run, Bound, Input};
 use crate::runtime::{build_session, Runtime, SessionOptions};
 use ort::session::Session;
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// SDXL's added conditioning for a UNet call: pooled text embeddings `[b, n]` and time ids `[b, 6]`.
@@ -75,7 +77,8 @@ pub struct Sessions {
     /// One per text encoder of the family, in its order.
     text: Vec<Net>,
     unet: Net,
-    vae: Session,
+    /// Shared with the decode worker, which runs it beside the UNet ([`Sessions::vae_decoder`]).
+    vae: Arc<Mutex<Session>>,
     /// The VAE encoder, built at the first image-to-image job.
     encoder: Option<Session>,
     fused: FusedKey,
@@ -111,7 +114,7 @@ impl Sessions {
             context_dim,
             text,
             unet,
-            vae,
+            vae: Arc::new(Mutex::new(vae)),
             encoder: None,
             fused: FusedKey::default(),
             vae_dims: None,
@@ -408,7 +411,7 @@ impl Sessions {
         }
         let dims = [("batch", 1), ("height", want[0]), ("width", want[1])];
         let mut stats = FuseStats::default();
-        self.vae = self
+        let session = self
             .build_one(
                 model,
                 ComponentKind::VaeDecoder,
@@ -417,6 +420,8 @@ impl Sessions {
                 &mut stats,
             )?
             .session;
+        // A decode under way on the worker finishes with the old session first.
+        *vae::lock(&self.vae) = session;
         self.vae_dims = Some(want);
         Ok(())
     }
@@ -429,7 +434,8 @@ impl Sessions {
         deltas: &ComponentDeltas,
     ) -> Result<(), PipelineError> {
         let (text, unet, vae) = build_sessions(model, self.runtime, &self.opts, deltas)?;
-        (self.text, self.unet, self.vae) = (text, unet, vae);
+        (self.text, self.unet) = (text, unet);
+        *vae::lock(&self.vae) = vae;
         self.unet_io = None;
         self.fused = FusedKey::unknown(None);
         Ok(())
@@ -471,20 +477,13 @@ impl Sessions {
         h: usize,
         w: usize,
     ) -> Result<RgbImage, PipelineError> {
-        let scale = model.vae_scaling();
-        let z: Vec<f32> = latents.iter().map(|x| x / scale).collect();
-        let out = run(
-            &mut self.vae,
-            vec![Input::F32("latent_sample", vec![1, 4, h, w], &z)],
-            &["sample"],
-        )
-        .map_err(run_err("VAE decoder"))?;
-        let (shape, data) = out.into_iter().next().unwrap_or_default();
-        let (ih, iw) = (
-            shape.get(2).copied().unwrap_or(0),
-            shape.get(3).copied().unwrap_or(0),
-        );
-        Ok(vae::to_rgb(&data, iw, ih))
+        self.vae_decoder(model).decode(latents, h, w)
+    }
+
+    /// A handle on the VAE decoder session that another thread can decode with; it always runs the
+    /// current session (a rebuild for new static shapes waits for a decode under way).
+    pub fn vae_decoder(&self, model: &Model) -> VaeDecoder {
+        VaeDecoder::new(Arc::clone(&self.vae), model.vae_scaling())
     }
 }
 
@@ -632,7 +631,10 @@ fn build_component(
     Ok(Net::baked(session))
 }
 
-/// The text encoders, UNet and VAE decoder of `model` with `deltas` added.
+/// The text encoders, UNet and VAE decoder of `model` with `deltas` added, built side by side:
+/// each build is independent, and much of ONNX Runtime's session creation (graph optimisation,
+/// initializer placement) runs on one thread. An error names its component; with several, the
+/// first in the family's order (text encoders, UNet, VAE decoder) is returned.
 fn build_sessions(
     model: &Model,
     rt: &'static Runtime,
@@ -662,13 +664,36 @@ fn build_sessions(
             &mut FuseStats::default(),
         )
     };
-    let mut text = Vec::new();
-    for enc in model.index.family.facts().encoders {
-        text.push(build(enc.component)?);
+    let mut kinds: Vec<ComponentKind> = model
+        .index
+        .family
+        .facts()
+        .encoders
+        .iter()
+        .map(|e| e.component)
+        .collect();
+    kinds.extend([ComponentKind::Unet, ComponentKind::VaeDecoder]);
+    let built: Vec<Result<Net, PipelineError>> = std::thread::scope(|s| {
+        let builds: Vec<_> = kinds
+            .iter()
+            .map(|&kind| (kind, s.spawn(move || build(kind))))
+            .collect();
+        builds
+            .into_iter()
+            .map(|(kind, b)| {
+                b.join().unwrap_or_else(|_| {
+                    Err(PipelineError::Job(format!(
+                        "{kind}: the session build panicked"
+                    )))
+                })
+            })
+            .collect()
+    });
+    let mut nets = built.into_iter().collect::<Result<Vec<Net>, _>>()?;
+    let vae = nets.pop();
+    let unet = nets.pop();
+    match (unet, vae) {
+        (Some(unet), Some(vae)) => Ok((nets, unet, vae.session)),
+        _ => Err(PipelineError::Job("a session build went missing".into())),
     }
-    Ok((
-        text,
-        build(ComponentKind::Unet)?,
-        build(ComponentKind::VaeDecoder)?.session,
-    ))
 }

@@ -1,7 +1,49 @@
 //! Latents to pixels: the VAE decoder output in [-1, 1] to 8-bit RGB, as diffusers post-processes it
-//! (`(x / 2 + 0.5).clamp(0, 1)`, then `round(x * 255)`).
+//! (`(x / 2 + 0.5).clamp(0, 1)`, then `round(x * 255)`). [`VaeDecoder`] is a handle on the decoder
+//! session that any thread may decode with (the engine thread, or the decode worker beside it).
 
+use super::error::{run_err, PipelineError};
 use crate::job::RgbImage;
+use crate::runtime::tensor_io::{run, Input};
+use ort::session::Session;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The VAE decoder session, shared: whoever decodes holds it for that one run.
+#[derive(Clone)]
+pub struct VaeDecoder {
+    session: Arc<Mutex<Session>>,
+    /// The latents are divided by it before the decoder (the model's `scaling_factor`).
+    scale: f32,
+}
+
+/// Locks a shared session; one left poisoned by a panicking run is still whole (ONNX Runtime holds
+/// no half-written state of ours), so it is used on.
+pub(crate) fn lock(session: &Mutex<Session>) -> MutexGuard<'_, Session> {
+    session.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl VaeDecoder {
+    pub(crate) fn new(session: Arc<Mutex<Session>>, scale: f32) -> Self {
+        VaeDecoder { session, scale }
+    }
+
+    /// Decodes latents `[1, 4, h, w]` to an image.
+    pub fn decode(&self, latents: &[f32], h: usize, w: usize) -> Result<RgbImage, PipelineError> {
+        let z: Vec<f32> = latents.iter().map(|x| x / self.scale).collect();
+        let out = run(
+            &mut lock(&self.session),
+            vec![Input::F32("latent_sample", vec![1, 4, h, w], &z)],
+            &["sample"],
+        )
+        .map_err(run_err("VAE decoder"))?;
+        let (shape, data) = out.into_iter().next().unwrap_or_default();
+        let (ih, iw) = (
+            shape.get(2).copied().unwrap_or(0),
+            shape.get(3).copied().unwrap_or(0),
+        );
+        Ok(to_rgb(&data, iw, ih))
+    }
+}
 
 /// Converts one CHW image (3 × h × w, values in [-1, 1]) to interleaved RGB bytes.
 pub fn to_rgb(chw: &[f32], width: usize, height: usize) -> RgbImage {

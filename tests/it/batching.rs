@@ -14,7 +14,7 @@ use stipple::runtime::SessionOptions;
 /// (job id, index, seed, pixels) of every image, in the order they came.
 type Made = Vec<(u64, u32, u64, Vec<u8>)>;
 
-fn job(prompt: &str, sampler: Sampler, seed: u64, batch: u32) -> Job {
+pub(crate) fn job(prompt: &str, sampler: Sampler, seed: u64, batch: u32) -> Job {
     Job {
         prompt: prompt.into(),
         negative: String::new(),
@@ -87,7 +87,7 @@ fn differing(a: &[u8], b: &[u8]) -> usize {
 }
 
 /// The tiny SD1.5 model with the adapter fixtures as its LoRA folder.
-fn sd15() -> Generator {
+pub(crate) fn sd15() -> Generator {
     tiny_generator(
         SessionOptions::default(),
         vec![root().join("tests/fixtures/lora")],

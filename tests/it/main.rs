@@ -18,6 +18,7 @@ mod live;
 mod lora;
 mod merge;
 mod pipeline_reference;
+mod pipelining;
 mod prompt;
 mod prompt_check;
 mod prompt_editing;

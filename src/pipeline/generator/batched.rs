@@ -15,8 +15,9 @@ use super::super::sessions::{Added, UnetCall};
 use super::super::step_texts::{self, StepCond, StepTexts};
 use super::super::stop::{Ended, Stop};
 use super::super::vae;
+use super::decodes::{Decodes, Request, Worker};
 use super::{lora_hashes, parse_prompts, time_ids, Generator, PipelineError};
-use crate::image::{format_infotext, Resources};
+use crate::image::Resources;
 use crate::job::{Event, Job, Progress};
 use std::time::Instant;
 
@@ -66,6 +67,20 @@ impl Ready<'_> {
                 .zip(&o.loras)
                 .all(|(x, y)| x.tag == y.tag && x.path == y.path)
     }
+}
+
+/// What every UNet call of a run shares, settled before the first.
+struct Run<'r> {
+    /// Latent (height, width) of the first pass.
+    size: (usize, usize),
+    /// Images per UNet call at most.
+    width: usize,
+    static_shapes: bool,
+    dims: Option<[i64; 4]>,
+    /// img2img's first step (0 otherwise).
+    first_step: usize,
+    steps: usize,
+    inits: &'r [Option<Init>],
 }
 
 /// Where a job of a group stands.
@@ -182,9 +197,9 @@ impl Generator {
     /// Samples the images of `jobs` (compatible with each other) in UNet batches of at most the
     /// engine's UNet batch. `states` says per job whether all its images were sent (`Done`) or it
     /// failed on its own (`Failed`, only with more than one job: a lone job's error is returned).
-    pub(super) fn sample(
+    pub(super) fn sample<'a>(
         &mut self,
-        jobs: &[Ready<'_>],
+        jobs: &[Ready<'a>],
         stop: &dyn Fn() -> Stop,
         on_event: &mut dyn FnMut(Event),
         states: &mut [State],
@@ -198,7 +213,6 @@ impl Generator {
             lead.job.height as usize / factor,
             lead.job.width as usize / factor,
         );
-        let n = 4 * h * w;
         let total: usize = jobs.iter().map(|r| r.job.batch as usize).sum();
         let width = self.unet_batch.min(total).max(1);
         let static_shapes = self.sessions.opts().static_shapes;
@@ -234,7 +248,6 @@ impl Generator {
                 states[j] = State::Failed(e.to_string());
             }
         }
-        let mut resources: Option<Resources> = None;
         let mut pending: Vec<(usize, u32)> = Vec::new();
         for (j, r) in jobs.iter().enumerate() {
             if states[j] != State::Running {
@@ -250,10 +263,65 @@ impl Generator {
             });
             pending.extend((0..r.job.batch).map(|i| (j, i)));
         }
-        let mut left: Vec<u32> = jobs.iter().map(|r| r.job.batch).collect();
-        for chunk in pending.chunks(width) {
+        let run = Run {
+            size: (h, w),
+            width,
+            static_shapes,
+            dims,
+            first_step,
+            steps,
+            inits: &inits,
+        };
+        // The decode of one UNet call's images overlaps the next call where the decoded image is
+        // final and whole: not with the hires fix (its second pass decodes and encodes inside the
+        // job) nor with tiled decoding (which rebuilds a static-shape decoder per tile size).
+        let overlap = self.pipelined && lead.job.hires.is_none() && !self.vae_tiling.applies(h, w);
+        let vae = self.sessions.vae_decoder(&self.model);
+        let fail = self.fail_decode;
+        std::thread::scope(|scope| {
+            let worker = overlap.then(|| Worker::start(scope, vae, fail));
+            let mut decodes = Decodes::new(worker, jobs);
+            let ended =
+                self.sample_calls(jobs, &run, pending, &mut decodes, stop, on_event, states);
+            // What the worker holds is sent however the run ended (interrupted, a UNet failure):
+            // those images were finished before it.
+            decodes.send_finished(true, jobs, states, on_event);
+            match decodes.take_error() {
+                Some(e) if ended.is_ok() => Err(e),
+                _ => ended,
+            }
+        })
+    }
+
+    /// Samples `pending` (job, image index) in UNet calls of `run.width` images, handing each
+    /// call's final latents to `decodes`; a job that failed meanwhile has its images left out.
+    #[allow(clippy::too_many_arguments)]
+    fn sample_calls<'a>(
+        &mut self,
+        jobs: &[Ready<'a>],
+        run: &Run<'_>,
+        pending: Vec<(usize, u32)>,
+        decodes: &mut Decodes<'a>,
+        stop: &dyn Fn() -> Stop,
+        on_event: &mut dyn FnMut(Event),
+        states: &mut [State],
+    ) -> Result<Ended, PipelineError> {
+        let loras = &jobs[0].loras;
+        let (h, w) = run.size;
+        let n = 4 * h * w;
+        let mut resources: Option<Resources> = None;
+        let mut pending = pending.into_iter();
+        loop {
+            let chunk: Vec<(usize, u32)> = pending
+                .by_ref()
+                .filter(|&(j, _)| states[j] == State::Running)
+                .take(run.width)
+                .collect();
+            if chunk.is_empty() {
+                return Ok(Ended::Done);
+            }
             let mut slots: Vec<Slot> = Vec::with_capacity(chunk.len());
-            for &(j, index) in chunk {
+            for &(j, index) in &chunk {
                 let seed = jobs[j].job.seed.wrapping_add(u64::from(index));
                 let mut rng = TorchRng::new(seed);
                 let mut sched = schedulers::build_with(
@@ -261,13 +329,13 @@ impl Generator {
                     jobs[j].job.schedule,
                     self.model.index.family,
                     &self.scheduler,
-                    steps,
+                    run.steps,
                 )?;
                 if jobs[j].job.sde_noise.is_brownian() {
-                    sched.use_brownian_noise(seed, n, first_step);
+                    sched.use_brownian_noise(seed, n, run.first_step);
                 }
                 let sigma0 = sched.init_noise_sigma();
-                let (latents, blend) = match &inits[j] {
+                let (latents, blend) = match &run.inits[j] {
                     Some(init) => init.start(&mut rng, &*sched, &self.scheduler),
                     None => (rng.randn(n).into_iter().map(|x| x * sigma0).collect(), None),
                 };
@@ -281,21 +349,30 @@ impl Generator {
                     blend,
                 });
             }
-            let rows = if static_shapes { width } else { slots.len() };
+            let rows = if run.static_shapes {
+                run.width
+            } else {
+                slots.len()
+            };
+            // Images the worker finished go out between steps, ahead of the step's own event.
+            let mut emit = |e: Event| {
+                decodes.send_finished(false, jobs, states, on_event);
+                on_event(e);
+            };
             let ended = self.sample_chunk(
                 jobs,
                 &mut slots,
                 rows,
-                first_step,
+                run.first_step,
                 (h, w),
-                dims,
+                run.dims,
                 stop,
-                on_event,
+                &mut emit,
             )?;
             // The hires fix redraws the images larger: the latents change size.
             let (ended, (h, w)) = match ended {
                 None => {
-                    match self.hires_pass(&jobs[0], &mut slots, rows, (h, w), stop, on_event)? {
+                    match self.hires_pass(&jobs[0], &mut slots, rows, (h, w), stop, &mut emit)? {
                         Ok(size) => (None, size),
                         Err(e) => (Some(e), (h, w)),
                     }
@@ -305,42 +382,67 @@ impl Generator {
             match ended {
                 Some(Ended::Cancelled) => return Ok(Ended::Cancelled),
                 // Skipped: the images of this UNet batch are dropped, as one image alone would be.
-                Some(Ended::Done) => {}
+                Some(Ended::Done) => slots.iter().for_each(|s| decodes.count(s.job, states)),
                 None => {
-                    for s in &slots {
-                        let image = self.decode_image(&s.latents, h, w)?;
-                        let image = match &inits[s.job] {
-                            Some(init) => init.finish(image),
-                            None => image,
-                        };
-                        self.take_hashes();
-                        let resources = resources.get_or_insert_with(|| Resources {
-                            lora_hashes: lora_hashes(loras),
-                            ..self.resources.clone()
-                        });
-                        let resources = Resources {
-                            ti_hashes: self.text.ti_hashes(&jobs[s.job].texts.texts),
-                            ..resources.clone()
-                        };
-                        let infotext = format_infotext(jobs[s.job].job, s.seed, &resources);
-                        on_event(Event::Image {
-                            id: jobs[s.job].id,
-                            index: s.index,
-                            seed: s.seed,
-                            image,
-                            infotext,
-                        });
+                    let mut batch = Vec::with_capacity(slots.len());
+                    for s in slots {
+                        let mut r = self.request(jobs, s, (h, w), loras, &mut resources);
+                        // "Only masked" pastes the decoded image back over the picture.
+                        r.paste = run.inits[r.job]
+                            .as_ref()
+                            .and_then(Init::paste_back)
+                            .cloned();
+                        batch.push(r);
+                    }
+                    if decodes.overlapped() {
+                        decodes.hand(batch, jobs, states, on_event);
+                    } else {
+                        let fail = self.fail_decode;
+                        let mut decode = |l: &[f32], h, w| self.decode_image(l, h, w);
+                        for r in batch {
+                            if decodes.failed() {
+                                break;
+                            }
+                            let d = r.finish(&mut decode, fail);
+                            decodes.take(d, jobs, states, on_event);
+                        }
                     }
                 }
             }
-            for s in &slots {
-                left[s.job] -= 1;
-                if left[s.job] == 0 {
-                    states[s.job] = State::Done;
-                }
+            if let Some(e) = decodes.take_error() {
+                return Err(e);
             }
         }
-        Ok(Ended::Done)
+    }
+
+    /// What the decode of `slot`'s final latents needs, its infotext's resources included.
+    fn request<'a>(
+        &mut self,
+        jobs: &[Ready<'a>],
+        slot: Slot,
+        size: (usize, usize),
+        loras: &[ActiveLora],
+        resources: &mut Option<Resources>,
+    ) -> Request<'a> {
+        self.take_hashes();
+        let resources = resources.get_or_insert_with(|| Resources {
+            lora_hashes: lora_hashes(loras),
+            ..self.resources.clone()
+        });
+        let ready = &jobs[slot.job];
+        Request {
+            job: slot.job,
+            index: slot.index,
+            seed: slot.seed,
+            latents: slot.latents,
+            size,
+            spec: ready.job,
+            resources: Resources {
+                ti_hashes: self.text.ti_hashes(&ready.texts.texts),
+                ..resources.clone()
+            },
+            paste: None,
+        }
     }
 
     /// Runs every step from `first` on for `slots` as one UNet batch of `rows` images (the last
