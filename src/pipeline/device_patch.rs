@@ -9,44 +9,11 @@ use crate::model::ElemType;
 use crate::model::{Graph, WeightMapEntry};
 use crate::patch::program::{self, Part, Site, Term};
 use crate::patch::{self, DeltaSource, Elems, PatchError};
-use crate::runtime::{build_session, Device, Runtime, SessionOptions};
+use crate::runtime::{build_session, Runtime, SessionOptions};
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::Session;
 use ort::value::{DynTensor, DynValue, Tensor};
 use std::collections::HashSet;
-
-/// Where adapter changes of resident weights are computed (`--patch-on`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PatchOn {
-    /// ΔW and base + ΔW on the host, then uploaded.
-    Host,
-    /// A patch program on the session's device, from base copies kept there.
-    Device,
-    /// Device with resident weights on CUDA, host elsewhere.
-    #[default]
-    Auto,
-}
-
-impl PatchOn {
-    /// Whether a resident session on `device` patches on the device.
-    pub fn on_device(self, device: Device) -> bool {
-        match self {
-            PatchOn::Host => false,
-            PatchOn::Device => true,
-            PatchOn::Auto => matches!(device, Device::Cuda(_)),
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<PatchOn> {
-        match s {
-            "host" => Some(PatchOn::Host),
-            "device" => Some(PatchOn::Device),
-            "auto" => Some(PatchOn::Auto),
-            _ => None,
-        }
-    }
-}
 
 /// A patch program built for one adapter set, not yet run.
 pub struct DeviceStaged {
@@ -67,7 +34,8 @@ impl DeviceStaged {
     /// Breaks the program so that its run fails (tests of a failed patch).
     #[doc(hidden)]
     pub fn break_for_test(&mut self) {
-        self.strengths.push(0.0);
+        // Two more than the input takes (an empty list is run as one zero).
+        self.strengths.extend([0.0, 0.0]);
     }
 }
 
