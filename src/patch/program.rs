@@ -435,3 +435,147 @@ pub fn build(sites: &[Site], slots: usize) -> Result<Program, ProgramError> {
         slots,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(transform: Transform, shape: &[usize], parts: usize) -> WeightMapEntry {
+        WeightMapEntry {
+            name: "w".into(),
+            source: "p0".into(),
+            transform,
+            parts: if parts > 1 {
+                (0..parts).map(|i| format!("p{i}")).collect()
+            } else {
+                Vec::new()
+            },
+            heads: 2,
+            dtype: "float16".into(),
+            shape: shape.to_vec(),
+            offset: 0,
+            length: shape.iter().product::<usize>() * 2,
+        }
+    }
+
+    fn ops(p: &Program) -> Vec<String> {
+        let m = ModelProto::decode(p.model.as_slice()).unwrap();
+        m.graph
+            .unwrap()
+            .node
+            .iter()
+            .map(|n| n.op_type().to_string())
+            .collect()
+    }
+
+    /// A site of one part.
+    fn site<'a>(e: &'a WeightMapEntry, elems: [ElemType; 2], part: Part) -> Site<'a> {
+        Site {
+            entry: e,
+            elem: elems[0],
+            base_elem: elems[1],
+            parts: vec![part],
+        }
+    }
+
+    fn lora(o: usize, i: usize, slot: Option<usize>) -> Term {
+        Term {
+            slot,
+            delta: Delta::Factors {
+                up: vec![1.0; o * 2],
+                down: vec![1.0; 2 * i],
+                rank: 2,
+            },
+        }
+    }
+
+    #[test]
+    fn a_low_rank_term_is_one_mul_and_one_matmul_then_one_rounding() {
+        let e = entry(Transform::Identity, &[4, 3], 1);
+        let site = site(
+            &e,
+            [ElemType::F16, ElemType::F32],
+            Part {
+                shape: vec![4, 3],
+                terms: vec![lora(4, 3, Some(0))],
+            },
+        );
+        let p = build(&[site], 1).unwrap();
+        assert_eq!(
+            ops(&p),
+            ["Gather", "Mul", "MatMul", "Reshape", "Add", "Cast"]
+        );
+        // up [4, 2] and down [2, 3] in the data file, 64-byte aligned.
+        assert_eq!(p.data.len(), 64 + 2 * 3 * 4);
+    }
+
+    #[test]
+    fn a_term_that_holds_its_strength_is_added_as_it_is() {
+        let e = entry(Transform::Transpose, &[3, 4], 1);
+        let site = site(
+            &e,
+            [ElemType::F32, ElemType::F32],
+            Part {
+                shape: vec![4, 3],
+                terms: vec![Term {
+                    slot: None,
+                    delta: Delta::Dense(vec![0.5; 12]),
+                }],
+            },
+        );
+        assert_eq!(ops(&build(&[site], 0).unwrap()), ["Transpose", "Add"]);
+    }
+
+    #[test]
+    fn packed_heads_fill_parts_without_terms_with_zeros() {
+        let e = entry(Transform::PackHeads, &[3, 8], 2);
+        let site = Site {
+            entry: &e,
+            elem: ElemType::F16,
+            base_elem: ElemType::F16,
+            parts: vec![
+                Part {
+                    shape: vec![4, 3],
+                    terms: vec![lora(4, 3, Some(0))],
+                },
+                Part {
+                    shape: vec![4, 3],
+                    terms: Vec::new(),
+                },
+            ],
+        };
+        let got = ops(&build(&[site], 1).unwrap());
+        assert!(got.contains(&"ConstantOfShape".to_string()), "{got:?}");
+        assert!(got.contains(&"Concat".to_string()), "{got:?}");
+        assert_eq!(got.last().map(String::as_str), Some("Cast"));
+    }
+
+    #[test]
+    fn a_weight_no_term_reaches_is_its_base() {
+        let e = entry(Transform::Nhwc, &[2, 1, 1, 3], 1);
+        let site = site(
+            &e,
+            [ElemType::F16, ElemType::F16],
+            Part {
+                shape: vec![2, 3, 1, 1],
+                terms: Vec::new(),
+            },
+        );
+        assert_eq!(ops(&build(&[site], 0).unwrap()), ["Identity"]);
+    }
+
+    #[test]
+    fn factors_that_do_not_make_the_weight_are_refused() {
+        let e = entry(Transform::Identity, &[4, 3], 1);
+        let site = site(
+            &e,
+            [ElemType::F32, ElemType::F32],
+            Part {
+                shape: vec![4, 3],
+                terms: vec![lora(4, 5, Some(0))],
+            },
+        );
+        let err = build(&[site], 1).err().expect("refused").to_string();
+        assert!(err.starts_with("w: factors of"), "{err}");
+    }
+}

@@ -39,6 +39,46 @@ impl DeviceStaged {
     }
 }
 
+/// Device memory a patch program takes beyond what the session holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Need {
+    /// Factors and dense ΔW (the program's initializers).
+    pub factors: u64,
+    /// Pristine base copies not on the device yet.
+    pub bases: u64,
+    /// A guess at the program's own buffers: f32 copies of its largest weight (12× its bytes).
+    pub working: u64,
+}
+
+impl Need {
+    pub fn total(&self) -> u64 {
+        self.factors + self.bases + self.working
+    }
+}
+
+/// Refuses a program that does not fit the free memory of CUDA device `id` (read through NVML;
+/// when NVML cannot be read, the check is skipped and ONNX Runtime's allocation fails instead,
+/// which leaves the weights as they were too).
+fn check_fits(what: &str, id: i32, need: Need) -> Result<(), ResidentError> {
+    use crate::runtime::device_mem::{Nvml, Target};
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    let free = Target::for_cuda(id.max(0) as u32, visible.as_deref())
+        .and_then(|t| Nvml::open(&t))
+        .and_then(|n| n.free_bytes());
+    match free {
+        Ok(free) if need.total() > free => Err(ResidentError::DeviceMemory {
+            what: what.to_string(),
+            need,
+            free,
+        }),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::debug!("{what}: free device memory unknown ({e}); patch not checked");
+            Ok(())
+        }
+    }
+}
+
 /// A host tensor holding `elems` as `elem`, shaped `dims`.
 fn host_tensor(elems: Elems, elem: ElemType, dims: &[usize]) -> Result<DynTensor, ort::Error> {
     super::resident::host_tensor(elems, elem, dims.iter().map(|&d| d as i64).collect())
@@ -97,6 +137,7 @@ fn stage_entries(
     let mut new_bases = Vec::new();
     let mut patched = HashSet::new();
     let mut factor_bytes = 0;
+    let mut need = Need::default();
     for &(i, entry) in entries {
         let mut parts = Vec::new();
         for src in entry.sources() {
@@ -135,6 +176,7 @@ fn stage_entries(
             Some(e) => e,
             None => {
                 let (base_elem, elems) = patch::pristine(component, graph, entry)?;
+                need.bases += elems.byte_len() as u64;
                 let host = host_tensor(elems, base_elem, &entry.shape).map_err(|e| {
                     ResidentError::Upload {
                         what: what.clone(),
@@ -159,6 +201,16 @@ fn stage_entries(
         });
     }
     patch::buffer::check_used(&cname, deltas, &used)?;
+    if let crate::runtime::Device::Cuda(id) = opts.device {
+        need.factors = factor_bytes as u64;
+        need.working = 12
+            * entries
+                .iter()
+                .map(|(_, e)| e.length as u64)
+                .max()
+                .unwrap_or(0);
+        check_fits(&what, id, need)?;
+    }
     let built = program::build(&sites, strengths.len()).map_err(|e| ResidentError::Graph {
         what: what.clone(),
         message: e.to_string(),

@@ -29,6 +29,12 @@ pub enum ResidentError {
     Graph { what: String, message: String },
     #[error("{what}: placing the weights on the device: {message}")]
     Upload { what: String, message: String },
+    #[error("{what}: the adapter set needs about {} MiB on the device for the patch (factors and dense ΔW {} MiB, new base copies {} MiB, working memory {} MiB), {} MiB is free; nothing was changed", need.total() >> 20, need.factors >> 20, need.bases >> 20, need.working >> 20, free >> 20)]
+    DeviceMemory {
+        what: String,
+        need: super::device_patch::Need,
+        free: u64,
+    },
 }
 
 /// A component's session, and its weights when they are resident.
