@@ -58,6 +58,11 @@ pub struct EngineFlags {
     /// on CUDA, false elsewhere
     #[arg(long, value_name = "BOOL")]
     pub resident_weights: Option<bool>,
+    /// Where an adapter change of resident weights is computed: device (a patch program on the
+    /// GPU, from base copies kept there) or host (ΔW on the CPU, then uploaded). Default: device
+    /// on CUDA, host elsewhere
+    #[arg(long, value_name = "WHERE", value_parser = ["host", "device"])]
+    pub patch_on: Option<String>,
     /// How adapters reach the weights: fuse (static fused, scheduled or dialled ones live), live,
     /// refuse (config: generation.lora_method)
     #[arg(long, value_enum)]
@@ -103,6 +108,7 @@ impl EngineFlags {
             static_shapes: self.static_shapes || outer.static_shapes,
             graph: self.graph.clone().or(outer.graph.clone()),
             resident_weights: self.resident_weights.or(outer.resident_weights),
+            patch_on: self.patch_on.clone().or(outer.patch_on.clone()),
             lora_method: self.lora_method.or(outer.lora_method),
             unet_batch: self.unet_batch.or(outer.unet_batch),
             embedding_dirs: outer

@@ -112,6 +112,7 @@ pub fn engine(
         graph,
         cuda,
         resident: flags.resident_weights,
+        patch_on_device: flags.patch_on.as_deref().map(|w| w == "device"),
         ema: flags.weights.ema,
         vae,
         clip_skip: flags.weights.clip_skip,

@@ -3,10 +3,8 @@
 //! dimension. Done once per set of live layers; every other node and initializer is left as it was.
 
 use super::LiveError;
-use crate::model::onnx_proto::{
-    tensor_shape_proto::{dimension, Dimension},
-    type_proto, AttributeProto, ModelProto, NodeProto, TensorShapeProto, TypeProto, ValueInfoProto,
-};
+use crate::model::onnx_proto::{AttributeProto, ModelProto, NodeProto};
+use crate::patch::program::value_info as tensor_input;
 use prost::Message;
 
 /// One layer to give a branch: its initializer (ONNX name) and the torch shape of its weight.
@@ -100,30 +98,6 @@ fn find_site(nodes: &[NodeProto], init: &str) -> Result<Site, LiveError> {
         op => Err(bad(format!(
             "consumed by {op}, which live mode does not handle"
         ))),
-    }
-}
-
-fn tensor_input(name: &str, elem: i32, dims: &[Result<i64, String>]) -> ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|d| Dimension {
-            denotation: None,
-            value: Some(match d {
-                Ok(v) => dimension::Value::DimValue(*v),
-                Err(p) => dimension::Value::DimParam(p.clone()),
-            }),
-        })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            denotation: None,
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(elem),
-                shape: Some(TensorShapeProto { dim }),
-            })),
-        }),
-        ..Default::default()
     }
 }
 

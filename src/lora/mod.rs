@@ -30,6 +30,7 @@ pub mod region;
 pub mod report;
 pub mod svd;
 pub mod tensor;
+pub mod terms;
 pub mod triggers;
 pub mod walk;
 pub mod write;
@@ -219,6 +220,11 @@ fn module_delta(walk: &Walk, ai: usize, id: usize) -> Result<Option<ModuleResult
     let Some(p) = walk.prepare(ai, id)? else {
         return Ok(None);
     };
+    prepared_delta(p, id).map(Some)
+}
+
+/// ΔW of a prepared module (weight and bias), at `p.mu`.
+fn prepared_delta(p: walk::Prepared<'_>, id: usize) -> Result<ModuleResult, LoraError> {
     let out = if p.adds_nothing() {
         delta::Out::default()
     } else {
@@ -241,11 +247,11 @@ fn module_delta(walk: &Walk, ai: usize, id: usize) -> Result<Option<ModuleResult
                 source => p.module_error(source),
             })?
     };
-    Ok(Some(ModuleResult {
+    Ok(ModuleResult {
         id,
         label: p.label,
         strength: p.mu,
         out,
         warnings: p.warnings,
-    }))
+    })
 }

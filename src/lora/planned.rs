@@ -113,6 +113,24 @@ impl PlannedDeltas<'_> {
         Ok(sum)
     }
 
+    /// The terms of every adapter for one parameter, in the order [`Self::delta`] sums them, for a
+    /// patch that applies the strengths itself; empty when none adds to it.
+    pub fn terms(
+        &self,
+        component: TargetComponent,
+        param: &str,
+    ) -> Result<Vec<super::terms::Term>, LoraError> {
+        let Some(list) = self.by_param.get(&(component, param.to_string())) else {
+            return Ok(Vec::new());
+        };
+        let want_bias = param.ends_with(".bias");
+        let mut out = Vec::with_capacity(list.len());
+        for &(ai, id) in list {
+            out.extend(super::terms::module_term(&self.walk, ai, id, want_bias)?);
+        }
+        Ok(out)
+    }
+
     /// Computes module `id` of adapter `ai` once and returns the ΔW of its weight (or bias, with
     /// `want_bias`), keeping the other one for when its parameter is asked for.
     fn compute(

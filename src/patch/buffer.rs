@@ -5,6 +5,7 @@
 //! f32, adding the delta (torch layout) before the transform (transpose, NHWC, per-head packing).
 
 use super::inflight::InFlight;
+use super::program::Delta;
 use crate::model::layout::{buffer_len, elem_of, Component, GraphKind};
 use crate::model::weightmap::{Transform, WeightMapEntry};
 use crate::model::ElemType;
@@ -60,6 +61,29 @@ pub trait DeltaSource: Sync {
     fn may_change(&self, param: &str) -> bool;
     /// Σ strength·ΔW of `param` (torch layout, f32); None when nothing adds to it.
     fn delta(&self, param: &str) -> Result<Option<Cow<'_, [f32]>>, String>;
+    /// The terms of `param`'s sum with their strengths, for a patch that applies the strengths
+    /// itself (the device patch), in the order [`Self::delta`] adds them; by default the whole
+    /// delta as one term that holds its strength.
+    fn terms(&self, param: &str) -> Result<Vec<SourceTerm>, String> {
+        Ok(self
+            .delta(param)?
+            .map(|d| SourceTerm {
+                strength: 1.0,
+                linear: false,
+                delta: Delta::Dense(d.into_owned()),
+            })
+            .into_iter()
+            .collect())
+    }
+}
+
+/// One term of a parameter's `Σ sᵢ·ΔWᵢ`: `strength·delta` when `linear`, else `delta` as it is
+/// (it already holds its strength).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceTerm {
+    pub strength: f32,
+    pub linear: bool,
+    pub delta: Delta,
 }
 
 impl DeltaSource for HashMap<String, Vec<f32>> {
@@ -268,8 +292,62 @@ pub fn fill_each_in(
     Ok(out)
 }
 
+/// The pristine base of `entry` in the graph's layout, for a patch that adds ΔW elsewhere: in the
+/// graph's element type when the stored weights have it (no rounding), else in f32.
+pub fn pristine(
+    component: &Component,
+    graph: &crate::model::Graph,
+    entry: &WeightMapEntry,
+) -> Result<(ElemType, Elems), PatchError> {
+    let cname = component.kind.to_string();
+    let elem = patch_elem(graph, &cname, entry)?;
+    let parts: Vec<_> = source_tensors(component, &cname, entry)?
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    let same = parts.iter().all(|t| stored_as(t.dtype, elem));
+    if parts.iter().any(|t| t.shape != parts[0].shape) {
+        return Err(PatchError::Layout {
+            component: cname,
+            init: entry.name.clone(),
+        });
+    }
+    let shape = parts[0].shape;
+    let out = if same {
+        let e = if elem.size() == Some(2) {
+            Elems::Two(arrange(
+                entry,
+                parts.iter().map(|t| elems(t.data)).collect(),
+                shape,
+            ))
+        } else {
+            Elems::Four(arrange(
+                entry,
+                parts.iter().map(|t| elems(t.data)).collect(),
+                shape,
+            ))
+        };
+        (elem, e)
+    } else {
+        let ps: Vec<Vec<f32>> = parts
+            .iter()
+            .map(|t| {
+                let mut v = vec![0.0; t.numel()];
+                t.read_f32_into(&mut v);
+                v
+            })
+            .collect();
+        let v = arrange(entry, ps, shape);
+        (ElemType::F32, Elems::Four(bytemuck::cast_vec(v)))
+    };
+    for src in entry.sources() {
+        component.weights.release_tensor(src);
+    }
+    Ok(out)
+}
+
 /// Every parameter `deltas` may change must have been asked for by some initializer.
-fn check_used(
+pub(crate) fn check_used(
     cname: &str,
     deltas: &dyn DeltaSource,
     used: &HashSet<&str>,
@@ -290,6 +368,53 @@ fn check_used(
     })
 }
 
+/// Whether weights stored as `dtype` are already elements of type `elem`.
+fn stored_as(dtype: safetensors::Dtype, elem: ElemType) -> bool {
+    matches!(
+        (dtype, elem),
+        (safetensors::Dtype::F32, ElemType::F32)
+            | (safetensors::Dtype::F16, ElemType::F16)
+            | (safetensors::Dtype::BF16, ElemType::Bf16)
+    )
+}
+
+/// The element type of `entry` in `graph`, when it is one a patch writes.
+fn patch_elem(
+    graph: &crate::model::Graph,
+    cname: &str,
+    entry: &WeightMapEntry,
+) -> Result<ElemType, PatchError> {
+    elem_of(graph, &entry.name)
+        .filter(|e| e.size().is_some())
+        .ok_or_else(|| PatchError::Elem {
+            component: cname.to_string(),
+            init: entry.name.clone(),
+            elem: entry.dtype.clone(),
+        })
+}
+
+/// The stored tensors `entry` is made from, by source name.
+fn source_tensors<'c, 'e>(
+    component: &'c Component,
+    cname: &str,
+    entry: &'e WeightMapEntry,
+) -> Result<Vec<(&'e str, crate::model::checkpoint::Tensor<'c>)>, PatchError> {
+    entry
+        .sources()
+        .into_iter()
+        .map(|src| {
+            let t = component
+                .weights
+                .tensor(src)
+                .ok_or_else(|| PatchError::MissingSource {
+                    component: cname.to_string(),
+                    source_name: src.to_string(),
+                })?;
+            Ok((src, t))
+        })
+        .collect()
+}
+
 /// Writes one initializer into `out`; returns the parameters it asked `deltas` for, and whether a
 /// ΔW was added.
 fn fill<'e>(
@@ -300,24 +425,8 @@ fn fill<'e>(
     deltas: &dyn DeltaSource,
     out: &mut [u8],
 ) -> Result<(Vec<&'e str>, bool), PatchError> {
-    let mut parts = Vec::new();
-    for src in entry.sources() {
-        let tensor = component
-            .weights
-            .tensor(src)
-            .ok_or_else(|| PatchError::MissingSource {
-                component: cname.to_string(),
-                source_name: src.to_string(),
-            })?;
-        parts.push((src, tensor));
-    }
-    let elem = elem_of(graph, &entry.name)
-        .filter(|e| e.size().is_some())
-        .ok_or_else(|| PatchError::Elem {
-            component: cname.to_string(),
-            init: entry.name.clone(),
-            elem: entry.dtype.clone(),
-        })?;
+    let parts = source_tensors(component, cname, entry)?;
+    let elem = patch_elem(graph, cname, entry)?;
     let esize = elem.size().unwrap_or(4);
     let numel: usize = parts.iter().map(|(_, t)| t.numel()).sum();
     if out.len() != numel * esize || parts.iter().any(|(_, t)| t.shape != parts[0].1.shape) {
@@ -327,14 +436,7 @@ fn fill<'e>(
         });
     }
     let shape = parts[0].1.shape;
-    let same_dtype = parts.iter().all(|(_, t)| {
-        matches!(
-            (t.dtype, elem),
-            (safetensors::Dtype::F32, ElemType::F32)
-                | (safetensors::Dtype::F16, ElemType::F16)
-                | (safetensors::Dtype::BF16, ElemType::Bf16)
-        )
-    });
+    let same_dtype = parts.iter().all(|(_, t)| stored_as(t.dtype, elem));
     let mut asked = Vec::new();
     let mut ds = Vec::with_capacity(parts.len());
     for (src, _) in &parts {

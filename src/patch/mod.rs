@@ -3,8 +3,9 @@
 
 pub mod buffer;
 mod inflight;
+pub mod program;
 
 pub use buffer::{
-    assemble, assemble_graph, fill_each, fill_each_in, graph_of, return_freed_memory,
-    zeroed_buffer, DeltaSource, Elems, Filled, PatchError, PatchStats,
+    assemble, assemble_graph, fill_each, fill_each_in, graph_of, pristine, return_freed_memory,
+    zeroed_buffer, DeltaSource, Elems, Filled, PatchError, PatchStats, SourceTerm,
 };

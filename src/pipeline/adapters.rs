@@ -164,6 +164,20 @@ impl crate::patch::DeltaSource for PlannedView<'_, '_> {
             .map(|d| d.map(std::borrow::Cow::Owned))
             .map_err(|e| e.to_string())
     }
+    fn terms(&self, param: &str) -> Result<Vec<crate::patch::SourceTerm>, String> {
+        let terms = self
+            .plan
+            .terms(self.component, param)
+            .map_err(|e| e.to_string())?;
+        Ok(terms
+            .into_iter()
+            .map(|t| crate::patch::SourceTerm {
+                strength: t.strength,
+                linear: t.linear,
+                delta: t.data,
+            })
+            .collect())
+    }
 }
 
 /// Plans `loras` at `key` against `model` (family checks, keys, types: errors come here) and runs

@@ -5,6 +5,7 @@
 //! [`tokenizer`], [`schedulers`]) are pure Rust and checked against torch / transformers / diffusers.
 
 pub mod adapters;
+pub mod device_patch;
 pub mod dials;
 pub mod error;
 pub mod generator;

@@ -4,6 +4,7 @@
 //! change touched ([`Layout::stage`], then [`Net::commit`]): a swap costs ΔW and an upload, never a
 //! new session. [`Net`] is a session with resident weights or with baked-in ones.
 
+use super::device_patch::{self, DeviceStaged, Sink};
 use crate::model::fold::fold_weights;
 use crate::model::foldable::constant_fed_weights;
 use crate::model::layout::{buffer_len, Component, GraphKind};
@@ -28,6 +29,12 @@ pub enum ResidentError {
     Graph { what: String, message: String },
     #[error("{what}: placing the weights on the device: {message}")]
     Upload { what: String, message: String },
+    #[error("{what}: the adapter set needs about {} MiB on the device for the patch (factors and dense ΔW {} MiB, new base copies {} MiB, working memory {} MiB), {} MiB is free; nothing was changed", need.total() >> 20, need.factors >> 20, need.bases >> 20, need.working >> 20, free >> 20)]
+    DeviceMemory {
+        what: String,
+        need: super::device_patch::Need,
+        free: u64,
+    },
 }
 
 /// A component's session, and its weights when they are resident.
@@ -41,8 +48,12 @@ struct Resident {
     layout: Layout,
     /// `tensors[i]` holds `layout.entries[i]`; the session holds the other reference.
     tensors: Vec<Arc<DynValue>>,
-    /// On CUDA, the device buffers `tensors` point into.
-    _owners: Vec<DynTensor>,
+    /// On CUDA, the device buffers `tensors` point into (one per entry).
+    owners: Vec<DynTensor>,
+    /// Pristine base copies on the session's device, by entry, for the device patch.
+    bases: HashMap<usize, DynValue>,
+    /// The last patch program run, kept to put its weights back when a later one fails midway.
+    last_program: Option<DeviceStaged>,
 }
 
 // SAFETY: the tensors are owned here and by the session beside them, and used from one thread at a
@@ -65,6 +76,8 @@ pub struct Layout {
     /// change may reach them. `true` when the session holds one with a ΔW.
     pinned: Vec<WeightMapEntry>,
     pinned_patched: bool,
+    /// The element type of each base copy the device holds ([`Resident::bases`]).
+    based: HashMap<usize, ElemType>,
 }
 
 /// New contents for some weights, computed by [`Layout::stage`] and not yet on the device.
@@ -106,6 +119,8 @@ impl Net {
         let Some(r) = self.resident.as_mut() else {
             return Ok(());
         };
+        // The weights are no longer the last program's: it cannot put them back.
+        r.last_program = None;
         let layout = &mut r.layout;
         // Until every write lands, what each written buffer holds is not known.
         layout.patched.extend(staged.writes.iter().map(|(i, _)| *i));
@@ -124,6 +139,102 @@ impl Net {
     }
 }
 
+impl Net {
+    /// Runs a staged patch program into the session's weight buffers (between runs, never during
+    /// one). Base copies it needs go to the device first. If the program fails, the weights it may
+    /// have half-written are put back by running the previous program again, so the session
+    /// keeps the weights it had.
+    pub fn commit_device(&mut self, staged: DeviceStaged) -> Result<(), ResidentError> {
+        let Some(r) = self.resident.as_mut() else {
+            return Ok(());
+        };
+        let what = r.layout.what.clone();
+        let upload_err = |message: String| ResidentError::Upload {
+            what: what.clone(),
+            message,
+        };
+        let mut staged = staged;
+        for (i, elem, host) in std::mem::take(&mut staged.new_bases) {
+            let value = match r.owners.first() {
+                Some(owner) => {
+                    let info = owner.memory_info();
+                    host.to(info.allocation_device(), info.device_id())
+                        .map_err(|e| upload_err(format!("base copy: {e}")))?
+                        .into_dyn()
+                }
+                None => host.into_dyn(),
+            };
+            r.bases.insert(i, value);
+            r.layout.based.insert(i, elem);
+        }
+        match run_program(r, &mut staged) {
+            Ok(()) => {
+                r.layout.patched = std::mem::take(&mut staged.patched);
+                r.last_program = Some(staged);
+                Ok(())
+            }
+            Err(e) => {
+                let message = format!("patch program: {e}");
+                // What a failed run wrote is unknown: the previous program writes its weights
+                // again; without one, those buffers are rewritten by the next change.
+                let restored = match r.last_program.take() {
+                    Some(mut prev) => {
+                        let ok = run_program(r, &mut prev).is_ok();
+                        r.last_program = Some(prev);
+                        ok
+                    }
+                    None => false,
+                };
+                if !restored {
+                    r.layout.patched.extend(staged.entries.iter().copied());
+                }
+                Err(upload_err(message))
+            }
+        }
+    }
+
+    /// The bytes of resident weight `name` when they are in host memory (tests).
+    pub fn host_weight(&self, name: &str) -> Option<Vec<u8>> {
+        let r = self.resident.as_ref()?;
+        let i = r.layout.entries.iter().position(|e| e.name == name)?;
+        let t = r.tensors[i].view().downcast::<DynTensorValueType>().ok()?;
+        if !t.memory_info().is_cpu_accessible() {
+            return None;
+        }
+        let len = r.layout.entries[i].length;
+        // SAFETY: the buffer holds the entry's `length` bytes and lives as long as `r`.
+        Some(unsafe { std::slice::from_raw_parts(t.data_ptr().cast::<u8>(), len) }.to_vec())
+    }
+}
+
+/// Runs `staged` on `r`'s buffers: bound to the device buffers on CUDA, copied on the CPU.
+fn run_program(r: &mut Resident, staged: &mut DeviceStaged) -> Result<(), ort::Error> {
+    let mut bases = Vec::with_capacity(staged.entries.len());
+    for i in &staged.entries {
+        bases.push(
+            r.bases
+                .get(i)
+                .ok_or_else(|| ort::Error::new(format!("no base copy of weight {i}")))?,
+        );
+    }
+    let sink = if r.owners.is_empty() {
+        Sink::Copied(staged.entries.iter().map(|&i| &*r.tensors[i]).collect())
+    } else {
+        let mut slots: Vec<Option<&mut DynTensor>> = r.owners.iter_mut().map(Some).collect();
+        let mut out = Vec::with_capacity(staged.entries.len());
+        for &i in &staged.entries {
+            out.push(
+                slots
+                    .get_mut(i)
+                    .and_then(Option::take)
+                    .ok_or_else(|| ort::Error::new(format!("no device buffer {i}")))?,
+            );
+        }
+        Sink::Bound(out)
+    };
+    device_patch::run(staged.session.as_mut(), &staged.strengths, &bases, sink)
+}
+
 impl Layout {
     /// Computes what `deltas` (the whole adapter set wanted, not a difference) changes in the
     /// resident weights: every initializer a delta reaches, and every one the last change left
@@ -134,6 +245,24 @@ impl Layout {
         component: &Component,
         deltas: &dyn DeltaSource,
     ) -> Result<Staged, PatchError> {
+        let picked = self.picked(deltas)?;
+        let entries: Vec<&WeightMapEntry> = picked.iter().map(|&i| &self.entries[i]).collect();
+        let filled = patch::fill_each_in(component, &self.graph, &entries, deltas)?;
+        let patched = picked
+            .iter()
+            .zip(&filled)
+            .filter(|(_, f)| f.patched)
+            .map(|(i, _)| *i)
+            .collect();
+        Ok(Staged {
+            writes: picked.into_iter().zip(filled).collect(),
+            patched,
+        })
+    }
+
+    /// The buffers a change to `deltas` writes: every one a delta reaches and every one the last
+    /// change left patched; an error when a delta reaches a weight folded into the session.
+    pub(super) fn picked(&self, deltas: &dyn DeltaSource) -> Result<Vec<usize>, PatchError> {
         for e in &self.pinned {
             let reached = e.sources().into_iter().find(|s| deltas.may_change(s));
             if let Some(param) = reached.or(self.pinned_patched.then_some(e.name.as_str())) {
@@ -152,23 +281,33 @@ impl Layout {
                         .any(|s| deltas.may_change(s))
             })
             .collect();
-        let entries: Vec<&WeightMapEntry> = picked.iter().map(|&i| &self.entries[i]).collect();
-        let filled = patch::fill_each_in(component, &self.graph, &entries, deltas)?;
-        let patched = picked
-            .iter()
-            .zip(&filled)
-            .filter(|(_, f)| f.patched)
-            .map(|(i, _)| *i)
-            .collect();
-        Ok(Staged {
-            writes: picked.into_iter().zip(filled).collect(),
-            patched,
-        })
+        Ok(picked)
+    }
+
+    pub(super) fn what(&self) -> &str {
+        &self.what
+    }
+
+    pub(super) fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    pub(super) fn entry(&self, i: usize) -> &WeightMapEntry {
+        &self.entries[i]
+    }
+
+    /// The element type of entry `i`'s base copy on the device, None when it has none yet.
+    pub(super) fn base_elem(&self, i: usize) -> Option<ElemType> {
+        self.based.get(&i).copied()
     }
 }
 
 /// A host tensor of `shape` holding `elems`, typed as the graph's initializer.
-fn host_tensor(elems: Elems, elem: ElemType, shape: Vec<i64>) -> Result<DynTensor, ort::Error> {
+pub(super) fn host_tensor(
+    elems: Elems,
+    elem: ElemType,
+    shape: Vec<i64>,
+) -> Result<DynTensor, ort::Error> {
     Ok(match (elems, elem) {
         (Elems::Four(v), ElemType::F32) => {
             Tensor::from_array((shape, bytemuck::cast_vec::<u32, f32>(v)))?.upcast()
@@ -345,9 +484,12 @@ pub fn build(
                 patched,
                 pinned: pinned.into_iter().cloned().collect(),
                 pinned_patched,
+                based: HashMap::new(),
             },
             tensors,
-            _owners: owners,
+            owners,
+            bases: HashMap::new(),
+            last_program: None,
         }),
     })
 }

@@ -5,6 +5,7 @@
 //! with a decode worker through a [`VaeDecoder`] handle.
 
 use super::adapters::{self, ActiveLora, StrengthKey};
+use super::device_patch::{self, DeviceStaged};
 use super::error::{patch_err, run_err, ComponentDeltas, PipelineError};
 use super::keys::{FusedKey, Fusion};
 use super::resident::{self, Net, Staged};
@@ -64,6 +65,8 @@ enum Change {
     Built(Box<Net>),
     /// New contents for some resident weights.
     Staged(Staged),
+    /// A patch program that writes them on the device.
+    Device(Box<DeviceStaged>),
 }
 
 /// A model's sessions, the adapters fused into them and the timings of the last change.
@@ -254,6 +257,11 @@ impl Sessions {
                 let c = model
                     .component(kind)
                     .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
+                if opts.patch_on_device() {
+                    let staged = device_patch::stage(rt, opts, layout, c, &view(kind))?;
+                    st.patch_s += t.elapsed().as_secs_f64();
+                    return Ok(Change::Device(Box::new(staged)));
+                }
                 let staged = layout.stage(c, &view(kind)).map_err(patch_err)?;
                 st.patch_s += t.elapsed().as_secs_f64();
                 Ok(Change::Staged(staged))
@@ -355,6 +363,7 @@ impl Sessions {
             match change {
                 Change::Built(new) => replaced.push(std::mem::replace(net, *new)),
                 Change::Staged(staged) => net.commit(staged)?,
+                Change::Device(staged) => net.commit_device(*staged)?,
             }
             Ok(())
         };

@@ -173,6 +173,15 @@ impl Nvml {
 
     /// Bytes in use on the device, by every process (NVML's `used`).
     pub fn used_bytes(&self) -> Result<u64, DeviceMemError> {
+        self.memory().map(|m| m.used)
+    }
+
+    /// Bytes free on the device (NVML's `free`).
+    pub fn free_bytes(&self) -> Result<u64, DeviceMemError> {
+        self.memory().map(|m| m.free)
+    }
+
+    fn memory(&self) -> Result<NvmlMemory, DeviceMemError> {
         let mut m = NvmlMemory::default();
         // SAFETY: `device` came from NVML and NVML is initialised; `m` is a valid nvmlMemory_t.
         let code = unsafe { (self.get_memory)(self.device, &mut m) };
@@ -182,7 +191,7 @@ impl Nvml {
                 message: error_message(self.error_string, code),
             });
         }
-        Ok(m.used)
+        Ok(m)
     }
 }
 

@@ -31,6 +31,11 @@ pub struct SessionOptions {
     /// the same step time), off elsewhere (the CPU kernels' weight pre-packing is worth more there
     /// than a faster swap).
     pub resident: Option<bool>,
+    /// Where an adapter change of resident weights is computed (`--patch-on host|device`): on the
+    /// session's device by a patch program, from base copies kept there (`Some(true)`), or on the
+    /// host and uploaded. Unset: on the device on CUDA, on the host elsewhere (on the CPU a
+    /// device patch costs a second copy of the reached weights and saves no transfer).
+    pub patch_on_device: Option<bool>,
     /// Read a single-file checkpoint's EMA UNet weights (`--ema`).
     pub ema: bool,
     /// A separate VAE file to read instead of the model's own (`--vae`).
@@ -47,6 +52,12 @@ impl SessionOptions {
     /// Whether adapter-patched components run with resident weights.
     pub fn resident_weights(&self) -> bool {
         self.resident
+            .unwrap_or(matches!(self.device, Device::Cuda(_)))
+    }
+
+    /// Whether adapter changes of resident weights run as a patch program on the device.
+    pub fn patch_on_device(&self) -> bool {
+        self.patch_on_device
             .unwrap_or(matches!(self.device, Device::Cuda(_)))
     }
 
@@ -291,19 +302,26 @@ mod tests {
     }
 
     #[test]
-    fn resident_weights_default_to_cuda_only_and_yield_to_an_explicit_choice() {
-        let on = |device, resident| {
-            SessionOptions {
-                device,
-                resident,
-                ..SessionOptions::default()
-            }
-            .resident_weights()
-        };
-        assert!(on(Device::Cuda(0), None));
-        assert!(!on(Device::Cpu, None));
-        assert!(!on(Device::DirectMl(0), None));
-        assert!(!on(Device::Cuda(0), Some(false)));
-        assert!(on(Device::Cpu, Some(true)));
+    fn resident_weights_and_the_device_patch_default_to_cuda_only_and_yield_to_a_choice() {
+        for patch in [false, true] {
+            let on = |device, choice| {
+                let o = SessionOptions {
+                    device,
+                    resident: choice,
+                    patch_on_device: choice,
+                    ..SessionOptions::default()
+                };
+                if patch {
+                    o.patch_on_device()
+                } else {
+                    o.resident_weights()
+                }
+            };
+            assert!(on(Device::Cuda(0), None));
+            assert!(!on(Device::Cpu, None));
+            assert!(!on(Device::DirectMl(0), None));
+            assert!(!on(Device::Cuda(0), Some(false)));
+            assert!(on(Device::Cpu, Some(true)));
+        }
     }
 }

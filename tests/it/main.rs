@@ -7,6 +7,7 @@ mod batching;
 mod cli;
 mod cuda;
 mod deps;
+mod device_patch;
 mod editing_images;
 mod embeddings;
 mod foundation;

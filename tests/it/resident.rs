@@ -19,12 +19,12 @@ fn load(resident: bool, bound: bool) -> Generator {
     tiny_generator(opts, vec![lora_dir()], bound)
 }
 
-fn image(g: &mut Generator, prompt: &str) -> Vec<u8> {
+pub fn image(g: &mut Generator, prompt: &str) -> Vec<u8> {
     try_image(g, &small_job(prompt, 23)).unwrap_or_else(|e| panic!("{prompt}: {e}"))
 }
 
 /// Largest per-channel difference of two images of the same size.
-fn max_diff(a: &[u8], b: &[u8]) -> u8 {
+pub fn max_diff(a: &[u8], b: &[u8]) -> u8 {
     assert_eq!(a.len(), b.len());
     a.iter()
         .zip(b)

@@ -1,0 +1,581 @@
+//! The patch program: an ONNX graph that writes each weight an adapter set reaches as
+//! `base + Σ sᵢ·ΔWᵢ` (f32, one rounding to the graph's type) in the graph's layout, so the sum runs
+//! where the weights live. [`build`] makes it from [`Site`]s; inputs are the pristine bases
+//! ([`base_input`]) and the strengths ([`STRENGTHS`]), outputs the weights ([`output`]).
+//!
+//! The factors and dense ΔW are initializers in an in-memory external-data file ([`DATA_FILE`]), so
+//! they go to the device once per adapter set; a strength change only re-runs the program. The
+//! strength multiplies the small factor (`(s·up)·down`), so low-rank terms are one Mul and one
+//! MatMul. Dense terms are `s·ΔW` exactly as the host fuse computes them, summed in its order.
+
+use crate::model::onnx_proto::{
+    attribute_proto::AttributeType,
+    tensor_proto::{DataLocation, DataType},
+    tensor_shape_proto::{dimension, Dimension},
+    type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
+    StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+use crate::model::weightmap::{Transform, WeightMapEntry};
+use crate::model::ElemType;
+use prost::Message;
+use std::sync::Arc;
+
+/// The external-data file name the program's initializers refer to (held in memory).
+pub const DATA_FILE: &str = "patch_program.bin";
+/// The program's strengths input: `[slots]` f32, one per strength a term scales with.
+pub const STRENGTHS: &str = "strengths";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramError {
+    #[error("{init}: {message}")]
+    Site { init: String, message: String },
+}
+
+/// What one term adds before its strength (torch layout).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delta {
+    /// `up·down`, `up` `[out, rank]`, `down` `[rank, numel/out]`.
+    Factors {
+        up: Vec<f32>,
+        down: Vec<f32>,
+        rank: usize,
+    },
+    Dense(Vec<f32>),
+}
+
+/// One term of a parameter's sum: scaled by `strengths[slot]`, or added as it is (`None`: a ΔW that
+/// already holds its strength).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Term {
+    pub slot: Option<usize>,
+    pub delta: Delta,
+}
+
+/// One source parameter of a weight: its torch shape and its terms, in the host fuse's order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Part {
+    pub shape: Vec<usize>,
+    pub terms: Vec<Term>,
+}
+
+/// One weight the program writes.
+#[derive(Debug, Clone)]
+pub struct Site<'a> {
+    pub entry: &'a WeightMapEntry,
+    /// The graph's element type of the weight (the output's).
+    pub elem: ElemType,
+    /// The base input's element type: the graph's when the stored weights have it (no rounding),
+    /// else f32.
+    pub base_elem: ElemType,
+    /// One per source of the entry, in its order.
+    pub parts: Vec<Part>,
+}
+
+/// A built program: the model, its initializers' data, and how many strengths it reads.
+pub struct Program {
+    pub model: Vec<u8>,
+    pub data: Arc<[u8]>,
+    pub slots: usize,
+}
+
+/// Input name of site `k`'s pristine base (graph layout, `base_elem`).
+pub fn base_input(k: usize) -> String {
+    format!("base.{k}")
+}
+
+/// Output name of site `k`'s weight.
+pub fn output(k: usize) -> String {
+    format!("weight.{k}")
+}
+
+fn onnx_elem(e: ElemType) -> i32 {
+    match e {
+        ElemType::F32 => DataType::Float as i32,
+        ElemType::F16 => DataType::Float16 as i32,
+        ElemType::Bf16 => DataType::Bfloat16 as i32,
+        ElemType::Other(c) => c,
+    }
+}
+
+/// A tensor's name, element type (ONNX code) and dimensions (`Err`: a named free dimension), as a
+/// graph input or output.
+pub fn value_info(name: &str, elem: i32, dims: &[Result<i64, String>]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            denotation: None,
+            value: Some(match d {
+                Ok(v) => dimension::Value::DimValue(*v),
+                Err(p) => dimension::Value::DimParam(p.clone()),
+            }),
+        })
+        .collect();
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            denotation: None,
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(elem),
+                shape: Some(TensorShapeProto { dim }),
+            })),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Fixed dimensions for [`value_info`].
+fn fixed(dims: &[i64]) -> Vec<Result<i64, String>> {
+    dims.iter().map(|&d| Ok(d)).collect()
+}
+
+fn int_attr(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Int as i32),
+        i: Some(v),
+        ..Default::default()
+    }
+}
+
+fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Ints as i32),
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// The graph being built: nodes, initializers and the external data they point into.
+#[derive(Default)]
+struct Builder {
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+    data: Vec<u8>,
+    next: usize,
+    shapes: std::collections::HashMap<Vec<i64>, String>,
+    slots: std::collections::HashMap<usize, String>,
+}
+
+impl Builder {
+    fn fresh(&mut self, what: &str) -> String {
+        self.next += 1;
+        format!("{what}.{}", self.next)
+    }
+
+    fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+        let out = self.fresh(op);
+        self.nodes.push(NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.clone()],
+            name: Some(format!("{out}.node")),
+            op_type: Some(op.into()),
+            attribute: attrs,
+            ..Default::default()
+        });
+        out
+    }
+
+    /// An f32 initializer in the external data (64-byte aligned).
+    fn external(&mut self, what: &str, dims: &[i64], values: &[f32]) -> String {
+        let name = self.fresh(what);
+        let pad = self.data.len().next_multiple_of(64) - self.data.len();
+        self.data.extend(std::iter::repeat_n(0u8, pad));
+        let offset = self.data.len();
+        self.data.extend_from_slice(bytemuck::cast_slice(values));
+        let entry = |k: &str, v: String| StringStringEntryProto {
+            key: Some(k.into()),
+            value: Some(v),
+        };
+        self.inits.push(TensorProto {
+            dims: dims.to_vec(),
+            data_type: Some(DataType::Float as i32),
+            name: Some(name.clone()),
+            data_location: Some(DataLocation::External as i32),
+            external_data: vec![
+                entry("location", DATA_FILE.into()),
+                entry("offset", offset.to_string()),
+                entry("length", (values.len() * 4).to_string()),
+            ],
+            ..Default::default()
+        });
+        name
+    }
+
+    /// An int64 initializer held in the graph (shapes, indices), shared between users.
+    fn ints(&mut self, dims: &[i64], values: &[i64]) -> String {
+        let name = self.fresh("ints");
+        self.inits.push(TensorProto {
+            dims: dims.to_vec(),
+            data_type: Some(DataType::Int64 as i32),
+            name: Some(name.clone()),
+            int64_data: values.to_vec(),
+            ..Default::default()
+        });
+        name
+    }
+
+    fn shape(&mut self, dims: &[i64]) -> String {
+        if let Some(n) = self.shapes.get(dims) {
+            return n.clone();
+        }
+        let n = self.ints(&[dims.len() as i64], dims);
+        self.shapes.insert(dims.to_vec(), n.clone());
+        n
+    }
+
+    fn reshape(&mut self, x: &str, dims: &[i64]) -> String {
+        let s = self.shape(dims);
+        self.node("Reshape", &[x, &s], Vec::new())
+    }
+
+    fn transpose(&mut self, x: &str, perm: &[i64]) -> String {
+        self.node("Transpose", &[x], vec![ints_attr("perm", perm)])
+    }
+
+    fn cast(&mut self, x: &str, to: ElemType) -> String {
+        self.node("Cast", &[x], vec![int_attr("to", onnx_elem(to) as i64)])
+    }
+
+    /// The scalar `strengths[slot]`.
+    fn strength(&mut self, slot: usize) -> String {
+        if let Some(n) = self.slots.get(&slot) {
+            return n.clone();
+        }
+        let idx = self.ints(&[], &[slot as i64]);
+        let n = self.node("Gather", &[STRENGTHS, &idx], Vec::new());
+        self.slots.insert(slot, n.clone());
+        n
+    }
+
+    /// One part's `Σ sᵢ·ΔWᵢ` as `[out, numel/out]`, None when it has no terms.
+    fn part_sum(&mut self, init: &str, part: &Part) -> Result<Option<String>, ProgramError> {
+        let bad = |message: String| ProgramError::Site {
+            init: init.to_string(),
+            message,
+        };
+        let numel: usize = part.shape.iter().product();
+        let o = part.shape.first().copied().unwrap_or(1).max(1);
+        let cols = numel / o;
+        let mut sum: Option<String> = None;
+        for t in &part.terms {
+            let s = t.slot.map(|slot| self.strength(slot));
+            let d = match &t.delta {
+                Delta::Factors { up, down, rank } => {
+                    if up.len() != o * rank || down.len() != rank * cols {
+                        return Err(bad(format!(
+                            "factors of {} and {} values do not make {:?} at rank {rank}",
+                            up.len(),
+                            down.len(),
+                            part.shape
+                        )));
+                    }
+                    let (r, o, c) = (*rank as i64, o as i64, cols as i64);
+                    let up = self.external("up", &[o, r], up);
+                    let down = self.external("down", &[r, c], down);
+                    let up = match &s {
+                        Some(s) => self.node("Mul", &[&up, s], Vec::new()),
+                        None => up,
+                    };
+                    self.node("MatMul", &[&up, &down], Vec::new())
+                }
+                Delta::Dense(v) => {
+                    if v.len() != numel {
+                        return Err(bad(format!(
+                            "a ΔW of {} values for a weight of {numel}",
+                            v.len()
+                        )));
+                    }
+                    let d = self.external("delta", &[o as i64, cols as i64], v);
+                    match &s {
+                        Some(s) => self.node("Mul", &[&d, s], Vec::new()),
+                        None => d,
+                    }
+                }
+            };
+            sum = Some(match sum {
+                Some(acc) => self.node("Add", &[&acc, &d], Vec::new()),
+                None => d,
+            });
+        }
+        Ok(sum)
+    }
+
+    /// The summed ΔW of `site` in the graph's layout, None when no part has terms.
+    fn arranged(&mut self, site: &Site) -> Result<Option<String>, ProgramError> {
+        let e = site.entry;
+        let bad = |message: String| ProgramError::Site {
+            init: e.name.clone(),
+            message,
+        };
+        let mut sums = Vec::with_capacity(site.parts.len());
+        for p in &site.parts {
+            sums.push(self.part_sum(&e.name, p)?);
+        }
+        if sums.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let graph_dims: Vec<i64> = e.shape.iter().map(|&d| d as i64).collect();
+        let torch: Vec<i64> = site.parts[0].shape.iter().map(|&d| d as i64).collect();
+        let one = |sums: &[Option<String>]| sums[0].clone().ok_or_else(|| bad("no ΔW".into()));
+        Ok(Some(match e.transform {
+            Transform::Identity => {
+                let d = one(&sums)?;
+                self.reshape(&d, &graph_dims)
+            }
+            Transform::Transpose => {
+                if torch.len() != 2 {
+                    return Err(bad(format!("transpose of a {:?} weight", torch)));
+                }
+                let d = one(&sums)?;
+                self.transpose(&d, &[1, 0])
+            }
+            Transform::Nhwc => {
+                if torch.len() != 4 {
+                    return Err(bad(format!("NHWC of a {:?} weight", torch)));
+                }
+                let d = one(&sums)?;
+                let d = self.reshape(&d, &torch);
+                self.transpose(&d, &[0, 2, 3, 1])
+            }
+            Transform::PackHeads => {
+                let heads = e.heads as i64;
+                if torch.len() != 2 || heads == 0 || torch[0] % heads != 0 {
+                    return Err(bad(format!("{heads} heads of a {:?} weight", torch)));
+                }
+                let (rows, cin) = (torch[0], torch[1]);
+                let dim = rows / heads;
+                let mut pieces = Vec::with_capacity(sums.len());
+                for s in &sums {
+                    let d = match s {
+                        Some(d) => d.clone(),
+                        None => {
+                            let shape = self.shape(&[rows, cin]);
+                            self.node("ConstantOfShape", &[&shape], Vec::new())
+                        }
+                    };
+                    pieces.push(self.reshape(&d, &[heads, 1, dim, cin]));
+                }
+                let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+                let cat = self.node("Concat", &refs, vec![int_attr("axis", 1)]);
+                let k = sums.len() as i64;
+                let flat = self.reshape(&cat, &[rows * k, cin]);
+                self.transpose(&flat, &[1, 0])
+            }
+        }))
+    }
+}
+
+/// The program writing every one of `sites`; `slots` is the length of its strengths input.
+pub fn build(sites: &[Site], slots: usize) -> Result<Program, ProgramError> {
+    let mut b = Builder::default();
+    let mut inputs = vec![value_info(
+        STRENGTHS,
+        DataType::Float as i32,
+        &fixed(&[slots.max(1) as i64]),
+    )];
+    let mut outputs = Vec::with_capacity(sites.len());
+    for (k, site) in sites.iter().enumerate() {
+        let e = site.entry;
+        if site.parts.len() != e.sources().len() {
+            return Err(ProgramError::Site {
+                init: e.name.clone(),
+                message: format!(
+                    "{} parts for {} sources",
+                    site.parts.len(),
+                    e.sources().len()
+                ),
+            });
+        }
+        let dims: Vec<i64> = e.shape.iter().map(|&d| d as i64).collect();
+        let base = base_input(k);
+        inputs.push(value_info(&base, onnx_elem(site.base_elem), &fixed(&dims)));
+        // The last node each arm adds writes the weight: its output is renamed to the program's.
+        match b.arranged(site)? {
+            Some(delta) => {
+                let base32 = match site.base_elem {
+                    ElemType::F32 => base.clone(),
+                    _ => b.cast(&base, ElemType::F32),
+                };
+                let sum = b.node("Add", &[&base32, &delta], Vec::new());
+                match site.elem {
+                    ElemType::F32 => sum,
+                    elem => b.cast(&sum, elem),
+                }
+            }
+            None if site.base_elem == site.elem => b.node("Identity", &[&base], Vec::new()),
+            None => b.cast(&base, site.elem),
+        };
+        let name = output(k);
+        if let Some(n) = b.nodes.last_mut() {
+            n.output[0] = name.clone();
+        }
+        outputs.push(value_info(&name, onnx_elem(site.elem), &fixed(&dims)));
+    }
+    let model = ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        producer_name: Some("stipple patch program".into()),
+        graph: Some(GraphProto {
+            node: b.nodes,
+            name: Some("patch".into()),
+            initializer: b.inits,
+            input: inputs,
+            output: outputs,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Ok(Program {
+        model: model.encode_to_vec(),
+        data: Arc::from(b.data),
+        slots,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(transform: Transform, shape: &[usize], parts: usize) -> WeightMapEntry {
+        WeightMapEntry {
+            name: "w".into(),
+            source: "p0".into(),
+            transform,
+            parts: if parts > 1 {
+                (0..parts).map(|i| format!("p{i}")).collect()
+            } else {
+                Vec::new()
+            },
+            heads: 2,
+            dtype: "float16".into(),
+            shape: shape.to_vec(),
+            offset: 0,
+            length: shape.iter().product::<usize>() * 2,
+        }
+    }
+
+    fn ops(p: &Program) -> Vec<String> {
+        let m = ModelProto::decode(p.model.as_slice()).unwrap();
+        m.graph
+            .unwrap()
+            .node
+            .iter()
+            .map(|n| n.op_type().to_string())
+            .collect()
+    }
+
+    /// A site of one part.
+    fn site<'a>(e: &'a WeightMapEntry, elems: [ElemType; 2], part: Part) -> Site<'a> {
+        Site {
+            entry: e,
+            elem: elems[0],
+            base_elem: elems[1],
+            parts: vec![part],
+        }
+    }
+
+    fn lora(o: usize, i: usize, slot: Option<usize>) -> Term {
+        Term {
+            slot,
+            delta: Delta::Factors {
+                up: vec![1.0; o * 2],
+                down: vec![1.0; 2 * i],
+                rank: 2,
+            },
+        }
+    }
+
+    #[test]
+    fn a_low_rank_term_is_one_mul_and_one_matmul_then_one_rounding() {
+        let e = entry(Transform::Identity, &[4, 3], 1);
+        let site = site(
+            &e,
+            [ElemType::F16, ElemType::F32],
+            Part {
+                shape: vec![4, 3],
+                terms: vec![lora(4, 3, Some(0))],
+            },
+        );
+        let p = build(&[site], 1).unwrap();
+        assert_eq!(
+            ops(&p),
+            ["Gather", "Mul", "MatMul", "Reshape", "Add", "Cast"]
+        );
+        // up [4, 2] and down [2, 3] in the data file, 64-byte aligned.
+        assert_eq!(p.data.len(), 64 + 2 * 3 * 4);
+    }
+
+    #[test]
+    fn a_term_that_holds_its_strength_is_added_as_it_is() {
+        let e = entry(Transform::Transpose, &[3, 4], 1);
+        let site = site(
+            &e,
+            [ElemType::F32, ElemType::F32],
+            Part {
+                shape: vec![4, 3],
+                terms: vec![Term {
+                    slot: None,
+                    delta: Delta::Dense(vec![0.5; 12]),
+                }],
+            },
+        );
+        assert_eq!(ops(&build(&[site], 0).unwrap()), ["Transpose", "Add"]);
+    }
+
+    #[test]
+    fn packed_heads_fill_parts_without_terms_with_zeros() {
+        let e = entry(Transform::PackHeads, &[3, 8], 2);
+        let site = Site {
+            entry: &e,
+            elem: ElemType::F16,
+            base_elem: ElemType::F16,
+            parts: vec![
+                Part {
+                    shape: vec![4, 3],
+                    terms: vec![lora(4, 3, Some(0))],
+                },
+                Part {
+                    shape: vec![4, 3],
+                    terms: Vec::new(),
+                },
+            ],
+        };
+        let got = ops(&build(&[site], 1).unwrap());
+        assert!(got.contains(&"ConstantOfShape".to_string()), "{got:?}");
+        assert!(got.contains(&"Concat".to_string()), "{got:?}");
+        assert_eq!(got.last().map(String::as_str), Some("Cast"));
+    }
+
+    #[test]
+    fn a_weight_no_term_reaches_is_its_base() {
+        let e = entry(Transform::Nhwc, &[2, 1, 1, 3], 1);
+        let site = site(
+            &e,
+            [ElemType::F16, ElemType::F16],
+            Part {
+                shape: vec![2, 3, 1, 1],
+                terms: Vec::new(),
+            },
+        );
+        assert_eq!(ops(&build(&[site], 0).unwrap()), ["Identity"]);
+    }
+
+    #[test]
+    fn factors_that_do_not_make_the_weight_are_refused() {
+        let e = entry(Transform::Identity, &[4, 3], 1);
+        let site = site(
+            &e,
+            [ElemType::F32, ElemType::F32],
+            Part {
+                shape: vec![4, 3],
+                terms: vec![lora(4, 5, Some(0))],
+            },
+        );
+        let err = build(&[site], 1).err().expect("refused").to_string();
+        assert!(err.starts_with("w: factors of"), "{err}");
+    }
+}

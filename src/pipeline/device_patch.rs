@@ -1,0 +1,389 @@
+//! The device patch: a resident session's adapter change computed by a patch program
+//! ([`crate::patch::program`]) on the session's own device, from pristine base copies kept there.
+//! [`stage`] builds the program for an adapter set (dense ΔW on the host only for types without
+//! factors); [`super::resident::Net::commit_device`] runs it into the weight buffers ([`run`]).
+
+use super::resident::{Layout, ResidentError};
+use crate::model::layout::{Component, GraphKind};
+use crate::model::ElemType;
+use crate::model::{Graph, WeightMapEntry};
+use crate::patch::program::{self, Part, Site, Term};
+use crate::patch::{self, DeltaSource, Elems, PatchError};
+use crate::runtime::{build_session, Runtime, SessionOptions};
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::Session;
+use ort::value::{DynTensor, DynValue, Tensor};
+use std::collections::HashSet;
+
+/// A patch program built for one adapter set, not yet run.
+pub struct DeviceStaged {
+    /// None when no weight changes.
+    pub(super) session: Option<Session>,
+    /// The layout index of the weight each output writes.
+    pub(super) entries: Vec<usize>,
+    pub(super) strengths: Vec<f32>,
+    /// Base copies the device does not hold yet (layout index, element type, host tensor).
+    pub(super) new_bases: Vec<(usize, ElemType, DynTensor)>,
+    /// The weights that hold base + ΔW once it has run.
+    pub(super) patched: HashSet<usize>,
+    /// Bytes of factors and dense ΔW the program holds (what goes to the device per adapter set).
+    pub factor_bytes: usize,
+}
+
+impl DeviceStaged {
+    /// Breaks the program so that its run fails (tests of a failed patch).
+    #[doc(hidden)]
+    pub fn break_for_test(&mut self) {
+        // Two more than the input takes (an empty list is run as one zero).
+        self.strengths.extend([0.0, 0.0]);
+    }
+}
+
+/// Device memory a patch program takes beyond what the session holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Need {
+    /// Factors and dense ΔW (the program's initializers).
+    pub factors: u64,
+    /// Pristine base copies not on the device yet.
+    pub bases: u64,
+    /// A guess at the program's own buffers: f32 copies of its largest weight (12× its bytes).
+    pub working: u64,
+}
+
+impl Need {
+    pub fn total(&self) -> u64 {
+        self.factors + self.bases + self.working
+    }
+}
+
+/// Refuses a program that does not fit the free memory of CUDA device `id` (read through NVML;
+/// when NVML cannot be read, the check is skipped and ONNX Runtime's allocation fails instead,
+/// which leaves the weights as they were too).
+fn check_fits(what: &str, id: i32, need: Need) -> Result<(), ResidentError> {
+    use crate::runtime::device_mem::{Nvml, Target};
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    let free = Target::for_cuda(id.max(0) as u32, visible.as_deref())
+        .and_then(|t| Nvml::open(&t))
+        .and_then(|n| n.free_bytes());
+    match free {
+        Ok(free) if need.total() > free => Err(ResidentError::DeviceMemory {
+            what: what.to_string(),
+            need,
+            free,
+        }),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::debug!("{what}: free device memory unknown ({e}); patch not checked");
+            Ok(())
+        }
+    }
+}
+
+/// A host tensor holding `elems` as `elem`, shaped `dims`.
+fn host_tensor(elems: Elems, elem: ElemType, dims: &[usize]) -> Result<DynTensor, ort::Error> {
+    super::resident::host_tensor(elems, elem, dims.iter().map(|&d| d as i64).collect())
+}
+
+/// Builds the patch program that brings `layout`'s weights to `deltas` (the whole adapter set
+/// wanted): every weight a delta reaches and every one the last change left patched. Nothing on
+/// the device changes here.
+pub fn stage(
+    rt: &Runtime,
+    opts: &SessionOptions,
+    layout: &Layout,
+    component: &Component,
+    deltas: &dyn DeltaSource,
+) -> Result<DeviceStaged, ResidentError> {
+    let picked = layout.picked(deltas)?;
+    let entries: Vec<(usize, &WeightMapEntry)> =
+        picked.iter().map(|&i| (i, layout.entry(i))).collect();
+    let based = |i: usize| layout.base_elem(i);
+    let what = layout.what();
+    stage_entries(
+        rt,
+        opts,
+        what,
+        layout.graph(),
+        component,
+        &entries,
+        &based,
+        deltas,
+    )
+}
+
+/// [`stage`] for `entries` (index, weight) of `graph`; `based` gives the element type of the base
+/// copies the device already holds.
+#[allow(clippy::too_many_arguments)]
+fn stage_entries(
+    rt: &Runtime,
+    opts: &SessionOptions,
+    what: &str,
+    graph: &Graph,
+    component: &Component,
+    entries: &[(usize, &WeightMapEntry)],
+    based: &dyn Fn(usize) -> Option<ElemType>,
+    deltas: &dyn DeltaSource,
+) -> Result<DeviceStaged, ResidentError> {
+    let what = what.to_string();
+    let cname = component.kind.to_string();
+    let patch_err = |param: &str, message: String| PatchError::Delta {
+        component: cname.clone(),
+        param: param.to_string(),
+        message,
+    };
+    let mut strengths = Vec::new();
+    let mut used = HashSet::new();
+    let mut sites = Vec::with_capacity(entries.len());
+    let mut new_bases = Vec::new();
+    let mut patched = HashSet::new();
+    let mut factor_bytes = 0;
+    let mut need = Need::default();
+    for &(i, entry) in entries {
+        let mut parts = Vec::new();
+        for src in entry.sources() {
+            let shape = component
+                .weights
+                .tensor(src)
+                .map(|t| t.shape.to_vec())
+                .ok_or_else(|| PatchError::MissingSource {
+                    component: cname.clone(),
+                    source_name: src.to_string(),
+                })?;
+            let mut terms = Vec::new();
+            if deltas.may_change(src) {
+                used.insert(src);
+                for t in deltas.terms(src).map_err(|m| patch_err(src, m))? {
+                    factor_bytes += match &t.delta {
+                        program::Delta::Factors { up, down, .. } => (up.len() + down.len()) * 4,
+                        program::Delta::Dense(d) => d.len() * 4,
+                    };
+                    let slot = t.linear.then(|| {
+                        strengths.push(t.strength);
+                        strengths.len() - 1
+                    });
+                    terms.push(Term {
+                        slot,
+                        delta: t.delta,
+                    });
+                }
+            }
+            parts.push(Part { shape, terms });
+        }
+        if parts.iter().any(|p| !p.terms.is_empty()) {
+            patched.insert(i);
+        }
+        let base_elem = match based(i) {
+            Some(e) => e,
+            None => {
+                let (base_elem, elems) = patch::pristine(component, graph, entry)?;
+                need.bases += elems.byte_len() as u64;
+                let host = host_tensor(elems, base_elem, &entry.shape).map_err(|e| {
+                    ResidentError::Upload {
+                        what: what.clone(),
+                        message: format!("{}: {e}", entry.name),
+                    }
+                })?;
+                new_bases.push((i, base_elem, host));
+                base_elem
+            }
+        };
+        let elem =
+            crate::model::layout::elem_of(graph, &entry.name).ok_or_else(|| PatchError::Elem {
+                component: cname.clone(),
+                init: entry.name.clone(),
+                elem: entry.dtype.clone(),
+            })?;
+        sites.push(Site {
+            entry,
+            elem,
+            base_elem,
+            parts,
+        });
+    }
+    patch::buffer::check_used(&cname, deltas, &used)?;
+    if let crate::runtime::Device::Cuda(id) = opts.device {
+        need.factors = factor_bytes as u64;
+        need.working = 12
+            * entries
+                .iter()
+                .map(|(_, e)| e.length as u64)
+                .max()
+                .unwrap_or(0);
+        check_fits(&what, id, need)?;
+    }
+    let built = program::build(&sites, strengths.len()).map_err(|e| ResidentError::Graph {
+        what: what.clone(),
+        message: e.to_string(),
+    })?;
+    let mut popts = opts.clone();
+    popts.cuda.cuda_graph = false;
+    let session = if sites.is_empty() {
+        None
+    } else {
+        Some(build_session(
+            rt,
+            &format!("{what} patch program"),
+            &built.model,
+            program::DATA_FILE,
+            built.data,
+            &popts,
+            &[],
+            &[],
+        )?)
+    };
+    Ok(DeviceStaged {
+        session,
+        entries: entries.iter().map(|(i, _)| *i).collect(),
+        strengths,
+        new_bases,
+        patched,
+        factor_bytes,
+    })
+}
+
+/// Where a program's outputs go.
+pub(super) enum Sink<'a> {
+    /// Bound to the weight buffers themselves (device memory ONNX Runtime allocated).
+    Bound(Vec<&'a mut DynTensor>),
+    /// Host buffers the outputs are copied into after the run.
+    Copied(Vec<&'a DynValue>),
+}
+
+/// Runs `session` (a patch program; none writes nothing) with `strengths` and the base copies
+/// `bases` (one per output), writing its outputs into `sink`.
+pub(super) fn run(
+    session: Option<&mut Session>,
+    strengths: &[f32],
+    bases: &[&DynValue],
+    sink: Sink<'_>,
+) -> Result<(), ort::Error> {
+    let Some(session) = session else {
+        return Ok(());
+    };
+    let mut binding = session.create_binding()?;
+    let s: Vec<f32> = if strengths.is_empty() {
+        vec![0.0]
+    } else {
+        strengths.to_vec()
+    };
+    let s = Tensor::from_array((vec![s.len() as i64], s))?;
+    binding.bind_input(program::STRENGTHS, &s)?;
+    for (k, b) in bases.iter().enumerate() {
+        binding.bind_input(program::base_input(k), *b)?;
+    }
+    match sink {
+        Sink::Bound(targets) => {
+            for (k, t) in targets.into_iter().enumerate() {
+                binding.bind_output(program::output(k), t)?;
+            }
+            session.run_binding(&binding)?;
+            binding.synchronize_outputs()?;
+        }
+        Sink::Copied(targets) => {
+            let cpu = MemoryInfo::new(
+                AllocationDevice::CPU,
+                0,
+                AllocatorType::Device,
+                MemoryType::Default,
+            )?;
+            for k in 0..targets.len() {
+                binding.bind_output_to_device(program::output(k), &cpu)?;
+            }
+            let mut outs = session.run_binding(&binding)?;
+            // Every output is checked before any buffer is written: a bad one changes nothing.
+            let mut got = Vec::with_capacity(targets.len());
+            for (k, t) in targets.iter().enumerate() {
+                let name = program::output(k);
+                let v = outs
+                    .remove(name.as_str())
+                    .ok_or_else(|| ort::Error::new(format!("the program gave no {name}")))?;
+                let (src, dst) = (tensor_bytes(&v)?, tensor_bytes(t)?);
+                if src.1 != dst.1 {
+                    return Err(ort::Error::new(format!(
+                        "{name}: {} bytes for a buffer of {}",
+                        src.1, dst.1
+                    )));
+                }
+                got.push((v, src.0, dst.0, src.1));
+            }
+            for (_v, src, dst, len) in got {
+                // SAFETY: both are host tensors of `len` bytes (checked above); the source is held
+                // by `_v` and the target by the session's resident weights, which are not read
+                // while the program runs (patches happen between runs).
+                unsafe { std::ptr::copy_nonoverlapping(src, dst.cast_mut(), len) };
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The data pointer and byte size of a host tensor.
+fn tensor_bytes(v: &DynValue) -> Result<(*const u8, usize), ort::Error> {
+    let t = v.view().downcast::<ort::value::DynTensorValueType>()?;
+    if !t.memory_info().is_cpu_accessible() {
+        return Err(ort::Error::new("the tensor is not in host memory"));
+    }
+    let n: i64 = t.shape().iter().product();
+    let esize = match *t.data_type() {
+        ort::value::TensorElementType::Float32 => 4,
+        ort::value::TensorElementType::Float16 | ort::value::TensorElementType::Bfloat16 => 2,
+        ty => return Err(ort::Error::new(format!("a weight of type {ty:?}"))),
+    };
+    Ok((t.data_ptr().cast(), n.max(0) as usize * esize))
+}
+
+/// The weights the patch program writes for `deltas` on `component`'s `which` graph, run on the
+/// CPU from fresh base copies: (initializer, bytes) of every weight a delta reaches, in the weight
+/// map's order. What the device patch computes, for checks against the host fuse.
+pub fn program_weights(
+    rt: &Runtime,
+    component: &Component,
+    which: GraphKind,
+    deltas: &dyn DeltaSource,
+) -> Result<Vec<(String, Vec<u8>)>, ResidentError> {
+    let (graph, map) = patch::graph_of(component, which)?;
+    let entries: Vec<(usize, &WeightMapEntry)> = map
+        .initializers
+        .iter()
+        .filter(|e| e.sources().iter().any(|s| deltas.may_change(s)))
+        .enumerate()
+        .collect();
+    let opts = SessionOptions::default();
+    let what = component.kind.to_string();
+    let none = |_: usize| None;
+    let mut staged = stage_entries(rt, &opts, &what, graph, component, &entries, &none, deltas)?;
+    let err = |e: ort::Error| ResidentError::Upload {
+        what: what.clone(),
+        message: e.to_string(),
+    };
+    let mut targets = Vec::with_capacity(entries.len());
+    for (_, e) in &entries {
+        let elem = crate::model::layout::elem_of(graph, &e.name).unwrap_or(ElemType::F32);
+        let esize = elem.size().unwrap_or(4);
+        let zeros = match esize {
+            2 => Elems::Two(vec![0; e.length / 2]),
+            _ => Elems::Four(vec![0; e.length / 4]),
+        };
+        targets.push(host_tensor(zeros, elem, &e.shape).map_err(err)?.into_dyn());
+    }
+    let bases: Vec<DynValue> = std::mem::take(&mut staged.new_bases)
+        .into_iter()
+        .map(|(_, _, t)| t.into_dyn())
+        .collect();
+    let base_refs: Vec<&DynValue> = bases.iter().collect();
+    run(
+        staged.session.as_mut(),
+        &staged.strengths,
+        &base_refs,
+        Sink::Copied(targets.iter().collect()),
+    )
+    .map_err(err)?;
+    let mut out = Vec::with_capacity(entries.len());
+    for ((_, e), t) in entries.iter().zip(&targets) {
+        let (ptr, len) = tensor_bytes(t).map_err(err)?;
+        // SAFETY: `t` is a host tensor of `len` bytes, alive here.
+        let bytes = unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec();
+        out.push((e.name.clone(), bytes));
+    }
+    Ok(out)
+}

@@ -1,0 +1,296 @@
+//! The device patch (`--patch-on device`): the patch program, run on the CPU provider, writes the
+//! weights the host fuse writes for every adapter fixture of both tiny models, on the plain graph
+//! (identity) and the SD-fused CUDA graph (transpose, NHWC, packed heads, f16); images through it
+//! equal images through the host patch, a swap back restores the base bit for bit, and a failed
+//! program leaves the weights as they were.
+
+use crate::resident::{image, max_diff};
+use crate::sdxl::tiny_sdxl;
+use crate::util::*;
+use std::path::{Path, PathBuf};
+use stipple::model::layout::GraphKind;
+use stipple::model::{ComponentKind, Model};
+use stipple::patch::program::Delta;
+use stipple::patch::DeltaSource;
+use stipple::pipeline::adapters::{self, PlannedView};
+use stipple::pipeline::device_patch::{self, program_weights};
+use stipple::pipeline::resident::{self, Net};
+use stipple::pipeline::Generator;
+use stipple::runtime::SessionOptions;
+
+#[derive(serde::Deserialize)]
+struct Entry {
+    name: String,
+    mus: Vec<String>,
+}
+
+fn manifest(dir: &Path) -> Vec<Entry> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
+}
+
+/// The values of a weight of element size `esize` (f32, or f16 for the fused graph).
+fn values(b: &[u8], esize: usize) -> Vec<f32> {
+    match esize {
+        2 => b
+            .chunks_exact(2)
+            .map(|x| half::f16::from_le_bytes([x[0], x[1]]).to_f32())
+            .collect(),
+        _ => b
+            .chunks_exact(4)
+            .map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]]))
+            .collect(),
+    }
+}
+
+/// How far `got` is from `want`: 0 when the bits are the same, else the largest difference in
+/// units in the last place of the weight's type at its largest magnitude (a rounding of a sum that
+/// cancels is an ulp of the terms, not of the small result).
+fn distance(got: &[u8], want: &[u8], esize: usize) -> f64 {
+    assert_eq!(got.len(), want.len());
+    if got == want {
+        return 0.0;
+    }
+    let (g, w) = (values(got, esize), values(want, esize));
+    let top = w.iter().fold(0.0f32, |m, x| m.max(x.abs())) as f64;
+    let mantissa = if esize == 2 { 10 } else { 23 };
+    let ulp = 2f64.powi(top.log2().floor() as i32 - mantissa);
+    let worst = g
+        .iter()
+        .zip(&w)
+        .map(|(a, b)| (*a as f64 - *b as f64).abs())
+        .fold(0.0, f64::max);
+    // Bits that differ with equal values (±0) still count as a difference.
+    (worst / ulp).max(f64::MIN_POSITIVE)
+}
+
+/// What one adapter at one strength gave: weights compared, those through factors, and the
+/// largest distance of each kind.
+#[derive(Default, Debug)]
+struct Tally {
+    weights: usize,
+    factored: usize,
+    dense: f64,
+    /// The largest distance of factored weights in f32 and in f16.
+    factored_f32: f64,
+    factored_f16: f64,
+}
+
+/// Compares the program's weights with the host fuse's for `adapter` at `mu` on every component
+/// and graph of `model`.
+fn compare(model: &Model, adapter: &Path, mu: &str, kinds: &[ComponentKind]) -> Tally {
+    let arg = format!("{}:{mu}", adapter.display());
+    let loras = active_loras(&[arg]);
+    let key = adapters::strengths_at(&loras, 0, 1);
+    let mut tally = Tally::default();
+    adapters::with_plan(model, &loras, &key, |plan| {
+        for &kind in kinds {
+            let c = model.component(kind).expect("component");
+            let view = PlannedView {
+                plan: &plan,
+                component: adapters::lora_component(kind).unwrap(),
+            };
+            for which in [GraphKind::Plain, GraphKind::Cuda] {
+                let Some((graph, map)) = c.graph_of(which) else {
+                    continue;
+                };
+                let got = program_weights(runtime(), c, which, &view)
+                    .unwrap_or_else(|e| panic!("{}: {kind} {which:?}: {e}", adapter.display()));
+                let entries: Vec<_> = map
+                    .initializers
+                    .iter()
+                    .filter(|e| e.sources().iter().any(|s| view.may_change(s)))
+                    .collect();
+                assert_eq!(got.len(), entries.len());
+                let want = stipple::patch::fill_each(c, which, &entries, &view).unwrap();
+                for ((name, bytes), (e, w)) in got.iter().zip(entries.iter().zip(&want)) {
+                    assert_eq!(name, &e.name);
+                    let esize = stipple::model::layout::elem_of(graph, &e.name)
+                        .and_then(|t| t.size())
+                        .unwrap();
+                    let d = distance(bytes, w.elems.bytes(), esize);
+                    let factored = e.sources().iter().any(|s| {
+                        view.terms(s)
+                            .unwrap()
+                            .iter()
+                            .any(|t| matches!(t.delta, Delta::Factors { .. }))
+                    });
+                    tally.weights += 1;
+                    if factored {
+                        tally.factored += 1;
+                        let m = if esize == 2 {
+                            &mut tally.factored_f16
+                        } else {
+                            &mut tally.factored_f32
+                        };
+                        *m = m.max(d);
+                    } else {
+                        tally.dense = tally.dense.max(d);
+                    }
+                }
+            }
+        }
+    })
+    .unwrap();
+    tally
+}
+
+fn check_all(model_dir: &Path, lora_dir: &Path, kinds: &[ComponentKind]) {
+    let model = Model::open(model_dir).unwrap();
+    let mut factored = 0;
+    let mut checked = 0;
+    for e in manifest(lora_dir) {
+        for mu in &e.mus {
+            let path = lora_dir.join(format!("{}.safetensors", e.name));
+            let t = compare(&model, &path, mu, kinds);
+            println!("{} at {mu}: {t:?}", e.name);
+            assert!(t.weights > 0, "{} reaches no weight", e.name);
+            // Dense ΔW is scaled, summed and added as the host fuse does: the same bits.
+            assert_eq!(t.dense, 0.0, "{} at {mu}: {t:?}", e.name);
+            // Low-rank terms are multiplied out in another order (s·up first, ONNX Runtime's
+            // MatMul) while the host rounds ΔW three times (product, α/r, s): the f32 sums differ
+            // by at most two f32 steps at the weight's scale, which after the rounding to f16 of
+            // the fused graph is at most one f16 step.
+            assert!(t.factored_f32 <= 2.0, "{} at {mu}: {t:?}", e.name);
+            assert!(t.factored_f16 <= 1.0, "{} at {mu}: {t:?}", e.name);
+            factored += t.factored;
+            checked += t.weights;
+        }
+    }
+    assert!(
+        factored > 0 && factored < checked,
+        "{factored} of {checked}"
+    );
+}
+
+#[test]
+fn the_patch_program_writes_the_host_fuse_weights_on_tiny_sd15() {
+    check_all(
+        &tiny_model(),
+        &root().join("tests/fixtures/lora"),
+        &[ComponentKind::TextEncoder, ComponentKind::Unet],
+    );
+}
+
+#[test]
+fn the_patch_program_writes_the_host_fuse_weights_on_tiny_sdxl() {
+    check_all(
+        &tiny_sdxl(),
+        &root().join("tests/fixtures/lora-sdxl"),
+        &[
+            ComponentKind::TextEncoder,
+            ComponentKind::TextEncoder2,
+            ComponentKind::Unet,
+        ],
+    );
+}
+
+fn lora_dir() -> PathBuf {
+    root().join("tests/fixtures/lora")
+}
+
+/// The tiny model with resident weights, patched on the device or on the host.
+fn load(on_device: bool) -> Generator {
+    let opts = SessionOptions {
+        resident: Some(true),
+        patch_on_device: Some(on_device),
+        ..SessionOptions::default()
+    };
+    tiny_generator(opts, vec![lora_dir()], false)
+}
+
+const BASE: &str = "a red fox";
+/// Dense ΔW only (the same bits as the host patch).
+const DENSE: &str = "a red fox <lora:lyco_loha:0.8> <lora:lyco_oft:0.5>";
+const MIXED: &str = "a red fox <lora:lyco_locon:1> <lora:peft_diffusers:0.7> <lora:lyco_lokr:0.6>";
+const TE: &str = "a red fox <lora:lyco_te:1>";
+
+#[test]
+fn swaps_through_the_patch_program_give_the_host_patch_images_and_return_to_the_base() {
+    let mut device = load(true);
+    let mut host = load(false);
+    let base = image(&mut device, BASE);
+    assert_eq!(base, image(&mut host, BASE));
+    for prompt in [DENSE, MIXED, TE, DENSE, BASE] {
+        let (d, h) = (image(&mut device, prompt), image(&mut host, prompt));
+        let stats = device.last_fuse().expect("an adapter change was timed");
+        assert_eq!(stats.session_s, 0.0, "{prompt}: no model session was built");
+        if prompt == DENSE || prompt == BASE {
+            assert_eq!(d, h, "{prompt}: the same weights, bit for bit");
+        } else {
+            // Low-rank sums round in another order (a step of f32): never a step of 8 bits more.
+            assert!(max_diff(&d, &h) <= 1, "{prompt}: {}", max_diff(&d, &h));
+        }
+        if prompt != BASE {
+            assert_ne!(d, base, "{prompt} changes the image");
+        }
+    }
+    assert_eq!(
+        image(&mut device, BASE),
+        base,
+        "back to the base, bit for bit"
+    );
+}
+
+#[test]
+fn a_failed_patch_program_leaves_the_weights_as_they_were() {
+    let model = Model::open(&tiny_model()).unwrap();
+    let c = model.component(ComponentKind::Unet).unwrap();
+    let opts = SessionOptions {
+        resident: Some(true),
+        patch_on_device: Some(true),
+        ..SessionOptions::default()
+    };
+    let none: std::collections::HashMap<String, Vec<f32>> = Default::default();
+    let mut net =
+        resident::build(runtime(), "unet", c, GraphKind::Plain, &none, &opts, &[]).unwrap();
+    let stage = |net: &Net, file: &str, mu: &str, broken: bool| {
+        let loras = active_loras(&[format!("{}:{mu}", lora_dir().join(file).display())]);
+        let key = adapters::strengths_at(&loras, 0, 1);
+        adapters::with_plan(&model, &loras, &key, |plan| {
+            let view = PlannedView {
+                plan: &plan,
+                component: stipple::lora::TargetComponent::Unet,
+            };
+            let mut s =
+                device_patch::stage(runtime(), &opts, net.layout().unwrap(), c, &view).unwrap();
+            if broken {
+                s.break_for_test();
+            }
+            s
+        })
+        .unwrap()
+    };
+    let names: Vec<String> = c
+        .weightmap
+        .initializers
+        .iter()
+        .map(|e| e.name.clone())
+        .collect();
+    let weights = |net: &Net| -> Vec<Vec<u8>> {
+        // Weights folded into the session at build are not resident: left out.
+        names.iter().filter_map(|n| net.host_weight(n)).collect()
+    };
+    let pristine = weights(&net);
+    assert!(pristine.len() > 100, "{} resident weights", pristine.len());
+    net.commit_device(stage(&net, "lyco_locon.safetensors", "1", false))
+        .unwrap();
+    let with_a = weights(&net);
+    assert_ne!(with_a, pristine);
+    // Another adapter set, whose program fails: nothing changes.
+    let err = net
+        .commit_device(stage(&net, "lyco_loha.safetensors", "1", true))
+        .expect_err("a broken program fails");
+    assert!(err.to_string().contains("patch program"), "{err}");
+    assert_eq!(weights(&net), with_a);
+    // The same change, unbroken, then back to the base: every weight as loaded, bit for bit.
+    net.commit_device(stage(&net, "lyco_loha.safetensors", "1", false))
+        .unwrap();
+    let with_b = weights(&net);
+    assert!(with_b != with_a && with_b != pristine);
+    let back = {
+        let view: std::collections::HashMap<String, Vec<f32>> = Default::default();
+        device_patch::stage(runtime(), &opts, net.layout().unwrap(), c, &view).unwrap()
+    };
+    net.commit_device(back).unwrap();
+    assert_eq!(weights(&net), pristine);
+}
