@@ -50,6 +50,7 @@ run() {  # run NAME FLAGS...: the jobs through one engine with FLAGS
 : > "$OUT/check-times.txt"
 run reference --graph plain --resident-weights false --unet-batch 1
 MODES=${MODES:-"default|
+patch-host|--patch-on host
 plain-resident|--graph plain
 fused-baked|--graph cuda --resident-weights false
 static|--static-shapes
