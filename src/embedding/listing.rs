@@ -1,6 +1,6 @@
 //! What the workstation offers of the embedding folders: [`list`] reads every listed file once
-//! (they are a few KB) and keeps it, or why it cannot be used; [`Listed::fits`] says whether it
-//! fits a model's text encoders, with the same message a prompt using it would get.
+//! (they are a few KB) and keeps it, or why it cannot be used; [`Listed::refusal`] says, in one
+//! status line, why it does not fit a model's text encoders.
 
 use super::file::family_of_width;
 use super::{Embedding, EmbeddingError, Library, Vectors};
@@ -25,13 +25,17 @@ pub struct Unreadable {
 }
 
 impl Listed {
-    /// Ok when its vectors fit text encoders of `widths` (a model of `family`), else the error a
-    /// prompt naming it would give.
-    pub fn fits(&self, widths: &[usize], family: &str) -> Result<(), String> {
-        let e = self.read.as_ref().map_err(|u| u.message.clone())?;
-        e.rows_for(widths, family)
-            .map(|_| ())
-            .map_err(|err| err.to_string())
+    /// Why it cannot be used with a model of `family` whose text encoders have `widths` (none
+    /// known: only an unreadable file is refused); `None` when it fits. One status line.
+    pub fn refusal(&self, widths: Option<&[usize]>, family: &str) -> Option<String> {
+        let why = match (&self.read, widths) {
+            (Err(u), _) => u.message.clone(),
+            (Ok(e), Some(w)) if e.rows_for(w, family).is_err() => {
+                format!("{}, the model is {family}", e.kind())
+            }
+            _ => return None,
+        };
+        Some(format!("{} cannot be used: {why}", self.name))
     }
 
     /// How many tokens it takes: "2 vectors", "1 vector".
@@ -69,7 +73,12 @@ pub fn list(dirs: Vec<PathBuf>) -> Vec<Listed> {
                     EmbeddingError::Pickle { .. } => "pickle",
                     _ => "unreadable",
                 },
-                message: e.to_string(),
+                message: match e {
+                    EmbeddingError::Pickle { .. } => "a pickle file, which can run code when \
+                        loaded: convert it to .safetensors"
+                        .into(),
+                    other => other.to_string(),
+                },
             });
             Listed { name, read }
         })
@@ -86,15 +95,18 @@ mod tests {
         let all = list(vec![root.join("embeddings"), root.join("embeddings-bad")]);
         let get = |n: &str| all.iter().find(|l| l.name == n).expect(n);
         // The tiny models' text encoders are 32 wide (SDXL: two of them).
-        assert_eq!(get("stipplestyle").fits(&[32], "SD1.x"), Ok(()));
-        let xl = get("stipplexl").fits(&[32], "SD1.x").unwrap_err();
+        let sd1: Option<&[usize]> = Some(&[32]);
+        assert_eq!(get("stipplestyle").refusal(sd1, "SD1.x"), None);
+        assert_eq!(get("stipplestyle").refusal(None, "SD1.x"), None);
+        let xl = get("stipplexl").refusal(sd1, "SD1.x").unwrap();
         assert!(
-            xl.contains("is an SDXL embedding") && xl.contains("SD1.x"),
+            xl.starts_with("stipplexl cannot be used: an SDXL embedding")
+                && xl.ends_with("the model is SD1.x"),
             "{xl}"
         );
-        assert_eq!(get("stipplexl").fits(&[32, 32], "SDXL"), Ok(()));
-        let pickle = get("oldstyle").fits(&[32], "SD1.x").unwrap_err();
-        assert!(pickle.contains("pickle"), "{pickle}");
+        assert_eq!(get("stipplexl").refusal(Some(&[32, 32]), "SDXL"), None);
+        let pickle = get("oldstyle").refusal(None, "SD1.x").unwrap();
+        assert!(pickle.contains("a pickle file"), "{pickle}");
         assert_eq!(get("stipplemulti").summary(), "5 vectors");
         assert_eq!(get("stipplestyle").summary(), "1 vector");
         assert_eq!(get("stipplexl").made_for(), "SDXL");

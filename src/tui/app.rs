@@ -913,13 +913,11 @@ impl App {
             .embeddings
             .iter()
             .map(|l| {
-                let refused = match widths {
-                    Some(w) if w.te.is_some() => {
-                        let te: Vec<usize> = w.te.into_iter().chain(w.te2).collect();
-                        l.fits(&te, w.family.facts().name).err()
-                    }
-                    _ => l.read.as_ref().err().map(|u| u.message.clone()),
-                };
+                let te: Option<Vec<usize>> = widths
+                    .filter(|w| w.te.is_some())
+                    .map(|w| w.te.into_iter().chain(w.te2).collect());
+                let family = widths.map_or("?", |w| w.family.facts().name);
+                let refused = l.refusal(te.as_deref(), family);
                 let note = match &refused {
                     None => l.summary(),
                     Some(_) => format!("✗ {}", l.made_for()),
