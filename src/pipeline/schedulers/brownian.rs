@@ -18,8 +18,8 @@ const POOL_SIZE: usize = 24;
 /// Past this depth a node is not split again (the spawn key is 128 bits; a real query never
 /// goes below ~30 levels, where nodes are a few 1e-6 wide).
 const MAX_DEPTH: u32 = 120;
-/// Cached node values, in floats (a few dozen latents' worth).
-const CACHE_FLOATS: usize = 1 << 23;
+/// Cached node values, in floats (8 MiB an image; a full query path of a 512² SD1.5 latent fits).
+const CACHE_FLOATS: usize = 1 << 21;
 
 /// One node of the tree: `[start, end]` (rounded) and its place (`key`, `depth`).
 #[derive(Debug, Clone, Copy)]
