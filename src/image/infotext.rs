@@ -105,7 +105,7 @@ pub fn format_infotext(job: &Job, seed: u64, res: &Resources) -> String {
         if !o.is_empty() {
             params.push((
                 "Outpaint",
-                format!("{},{},{},{}", o.left, o.right, o.up, o.down),
+                quote(&format!("{},{},{},{}", o.left, o.right, o.up, o.down)),
             ));
         }
     }

@@ -194,7 +194,11 @@ fn outpainting_grows_the_canvas_and_keeps_the_picture() {
         init.masked_content = MaskedContent::Fill;
     }
     let (img, info) = try_image_and_infotext(&mut g, &job).unwrap();
-    assert!(info.contains("Outpaint: 32,0,0,0"), "{info}");
+    // Quoted: the value has commas.
+    assert!(info.contains("Outpaint: \"32,0,0,0\""), "{info}");
+    let fields = stipple::image::parse_infotext(&info).unwrap();
+    assert_eq!(fields.get("Outpaint"), Some("32,0,0,0"));
+    assert_eq!(fields.get("Masked content"), Some("fill"));
     assert_eq!(img.len(), 96 * 64 * 3);
     for y in 0..64 {
         let row = &img[(y * 96 + 32) * 3..(y * 96 + 96) * 3];
