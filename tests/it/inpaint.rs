@@ -47,6 +47,7 @@ fn inpaint_job(sampler: Sampler, denoise: f64, mask: &str, (w, h): (u32, u32)) -
         negative: "blurry".into(),
         sampler,
         schedule: Default::default(),
+        sde_noise: Default::default(),
         steps: 8,
         cfg: 7.0,
         width: w,
