@@ -4,7 +4,7 @@
 //! change touched ([`Layout::stage`], then [`Net::commit`]): a swap costs ΔW and an upload, never a
 //! new session. [`Net`] is a session with resident weights or with baked-in ones.
 
-use super::device_patch::{self, DeviceStaged, Sink};
+use super::device_run::{self, DeviceStaged, Sink};
 use crate::model::fold::fold_weights;
 use crate::model::foldable::constant_fed_weights;
 use crate::model::layout::{buffer_len, Component, GraphKind};
@@ -273,7 +273,7 @@ fn run_program(r: &mut Resident, staged: &mut DeviceStaged) -> Result<(), ort::E
         }
         Sink::Bound(out)
     };
-    device_patch::run(staged.session.as_mut(), &staged.strengths, &bases, sink)
+    device_run::run(staged.session.as_mut(), &staged.strengths, &bases, sink)
 }
 
 impl Layout {
