@@ -3,8 +3,8 @@
 //! [`stage`] builds the program for an adapter set (dense ΔW on the host only for types without
 //! factors); [`super::resident::Net::commit_device`] runs it into the weight buffers ([`run`]).
 
-pub use super::device_run::DeviceStaged;
 use super::device_run::{run, tensor_bytes, Sink};
+pub use super::device_run::{DeviceStaged, Need};
 use super::resident::{Layout, ResidentError};
 use crate::model::layout::{Component, GraphKind};
 use crate::model::ElemType;
@@ -14,23 +14,6 @@ use crate::patch::{self, DeltaSource, Elems, PatchError};
 use crate::runtime::{build_session, Runtime, SessionOptions};
 use ort::value::{DynTensor, DynValue};
 use std::collections::HashSet;
-
-/// Device memory a patch program takes beyond what the session holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Need {
-    /// Factors and dense ΔW (the program's initializers).
-    pub factors: u64,
-    /// Pristine base copies not on the device yet.
-    pub bases: u64,
-    /// A guess at the program's own buffers: f32 copies of its largest weight (12× its bytes).
-    pub working: u64,
-}
-
-impl Need {
-    pub fn total(&self) -> u64 {
-        self.factors + self.bases + self.working
-    }
-}
 
 /// Refuses a program that does not fit the free memory of CUDA device `id` (read through NVML;
 /// when NVML cannot be read, the check is skipped and ONNX Runtime's allocation fails instead,

@@ -123,3 +123,20 @@ pub(crate) fn tensor_bytes(v: &DynValue) -> Result<(*const u8, usize), ort::Erro
     };
     Ok((t.data_ptr().cast(), n.max(0) as usize * esize))
 }
+
+/// Device memory a patch program takes beyond what the session holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Need {
+    /// Factors and dense ΔW (the program's initializers).
+    pub factors: u64,
+    /// Pristine base copies not on the device yet.
+    pub bases: u64,
+    /// A guess at the program's own buffers: f32 copies of its largest weight (12× its bytes).
+    pub working: u64,
+}
+
+impl Need {
+    pub fn total(&self) -> u64 {
+        self.factors + self.bases + self.working
+    }
+}

@@ -32,7 +32,7 @@ pub enum ResidentError {
     #[error("{what}: the adapter set needs about {} MiB on the device for the patch (factors and dense ΔW {} MiB, new base copies {} MiB, working memory {} MiB), {} MiB is free; nothing was changed", need.total() >> 20, need.factors >> 20, need.bases >> 20, need.working >> 20, free >> 20)]
     DeviceMemory {
         what: String,
-        need: super::device_patch::Need,
+        need: super::device_run::Need,
         free: u64,
     },
 }
