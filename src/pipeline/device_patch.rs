@@ -3,6 +3,8 @@
 //! [`stage`] builds the program for an adapter set (dense ΔW on the host only for types without
 //! factors); [`super::resident::Net::commit_device`] runs it into the weight buffers ([`run`]).
 
+use super::device_run::{run, tensor_bytes, Sink};
+pub use super::device_run::{DeviceStaged, Need};
 use super::resident::{Layout, ResidentError};
 use crate::model::layout::{Component, GraphKind};
 use crate::model::ElemType;
@@ -10,51 +12,8 @@ use crate::model::{Graph, WeightMapEntry};
 use crate::patch::program::{self, Part, Site, Term};
 use crate::patch::{self, DeltaSource, Elems, PatchError};
 use crate::runtime::{build_session, Runtime, SessionOptions};
-use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
-use ort::session::Session;
-use ort::value::{DynTensor, DynValue, Tensor};
+use ort::value::{DynTensor, DynValue};
 use std::collections::HashSet;
-
-/// A patch program built for one adapter set, not yet run.
-pub struct DeviceStaged {
-    /// None when no weight changes.
-    pub(super) session: Option<Session>,
-    /// The layout index of the weight each output writes.
-    pub(super) entries: Vec<usize>,
-    pub(super) strengths: Vec<f32>,
-    /// Base copies the device does not hold yet (layout index, element type, host tensor).
-    pub(super) new_bases: Vec<(usize, ElemType, DynTensor)>,
-    /// The weights that hold base + ΔW once it has run.
-    pub(super) patched: HashSet<usize>,
-    /// Bytes of factors and dense ΔW the program holds (what goes to the device per adapter set).
-    pub factor_bytes: usize,
-}
-
-impl DeviceStaged {
-    /// Breaks the program so that its run fails (tests of a failed patch).
-    #[doc(hidden)]
-    pub fn break_for_test(&mut self) {
-        // Two more than the input takes (an empty list is run as one zero).
-        self.strengths.extend([0.0, 0.0]);
-    }
-}
-
-/// Device memory a patch program takes beyond what the session holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Need {
-    /// Factors and dense ΔW (the program's initializers).
-    pub factors: u64,
-    /// Pristine base copies not on the device yet.
-    pub bases: u64,
-    /// A guess at the program's own buffers: f32 copies of its largest weight (12× its bytes).
-    pub working: u64,
-}
-
-impl Need {
-    pub fn total(&self) -> u64 {
-        self.factors + self.bases + self.working
-    }
-}
 
 /// Refuses a program that does not fit the free memory of CUDA device `id` (read through NVML;
 /// when NVML cannot be read, the check is skipped and ONNX Runtime's allocation fails instead,
@@ -239,97 +198,6 @@ fn stage_entries(
         patched,
         factor_bytes,
     })
-}
-
-/// Where a program's outputs go.
-pub(super) enum Sink<'a> {
-    /// Bound to the weight buffers themselves (device memory ONNX Runtime allocated).
-    Bound(Vec<&'a mut DynTensor>),
-    /// Host buffers the outputs are copied into after the run.
-    Copied(Vec<&'a DynValue>),
-}
-
-/// Runs `session` (a patch program; none writes nothing) with `strengths` and the base copies
-/// `bases` (one per output), writing its outputs into `sink`.
-pub(super) fn run(
-    session: Option<&mut Session>,
-    strengths: &[f32],
-    bases: &[&DynValue],
-    sink: Sink<'_>,
-) -> Result<(), ort::Error> {
-    let Some(session) = session else {
-        return Ok(());
-    };
-    let mut binding = session.create_binding()?;
-    let s: Vec<f32> = if strengths.is_empty() {
-        vec![0.0]
-    } else {
-        strengths.to_vec()
-    };
-    let s = Tensor::from_array((vec![s.len() as i64], s))?;
-    binding.bind_input(program::STRENGTHS, &s)?;
-    for (k, b) in bases.iter().enumerate() {
-        binding.bind_input(program::base_input(k), *b)?;
-    }
-    match sink {
-        Sink::Bound(targets) => {
-            for (k, t) in targets.into_iter().enumerate() {
-                binding.bind_output(program::output(k), t)?;
-            }
-            session.run_binding(&binding)?;
-            binding.synchronize_outputs()?;
-        }
-        Sink::Copied(targets) => {
-            let cpu = MemoryInfo::new(
-                AllocationDevice::CPU,
-                0,
-                AllocatorType::Device,
-                MemoryType::Default,
-            )?;
-            for k in 0..targets.len() {
-                binding.bind_output_to_device(program::output(k), &cpu)?;
-            }
-            let mut outs = session.run_binding(&binding)?;
-            // Every output is checked before any buffer is written: a bad one changes nothing.
-            let mut got = Vec::with_capacity(targets.len());
-            for (k, t) in targets.iter().enumerate() {
-                let name = program::output(k);
-                let v = outs
-                    .remove(name.as_str())
-                    .ok_or_else(|| ort::Error::new(format!("the program gave no {name}")))?;
-                let (src, dst) = (tensor_bytes(&v)?, tensor_bytes(t)?);
-                if src.1 != dst.1 {
-                    return Err(ort::Error::new(format!(
-                        "{name}: {} bytes for a buffer of {}",
-                        src.1, dst.1
-                    )));
-                }
-                got.push((v, src.0, dst.0, src.1));
-            }
-            for (_v, src, dst, len) in got {
-                // SAFETY: both are host tensors of `len` bytes (checked above); the source is held
-                // by `_v` and the target by the session's resident weights, which are not read
-                // while the program runs (patches happen between runs).
-                unsafe { std::ptr::copy_nonoverlapping(src, dst.cast_mut(), len) };
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The data pointer and byte size of a host tensor.
-fn tensor_bytes(v: &DynValue) -> Result<(*const u8, usize), ort::Error> {
-    let t = v.view().downcast::<ort::value::DynTensorValueType>()?;
-    if !t.memory_info().is_cpu_accessible() {
-        return Err(ort::Error::new("the tensor is not in host memory"));
-    }
-    let n: i64 = t.shape().iter().product();
-    let esize = match *t.data_type() {
-        ort::value::TensorElementType::Float32 => 4,
-        ort::value::TensorElementType::Float16 | ort::value::TensorElementType::Bfloat16 => 2,
-        ty => return Err(ort::Error::new(format!("a weight of type {ty:?}"))),
-    };
-    Ok((t.data_ptr().cast(), n.max(0) as usize * esize))
 }
 
 /// The weights the patch program writes for `deltas` on `component`'s `which` graph, run on the

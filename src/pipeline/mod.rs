@@ -6,6 +6,7 @@
 
 pub mod adapters;
 pub mod device_patch;
+pub mod device_run;
 pub mod dials;
 pub mod error;
 pub mod generator;

@@ -4,7 +4,7 @@
 //! change touched ([`Layout::stage`], then [`Net::commit`]): a swap costs ΔW and an upload, never a
 //! new session. [`Net`] is a session with resident weights or with baked-in ones.
 
-use super::device_patch::{self, DeviceStaged, Sink};
+use super::device_run::{self, DeviceStaged, Sink};
 use crate::model::fold::fold_weights;
 use crate::model::foldable::constant_fed_weights;
 use crate::model::layout::{buffer_len, Component, GraphKind};
@@ -32,7 +32,7 @@ pub enum ResidentError {
     #[error("{what}: the adapter set needs about {} MiB on the device for the patch (factors and dense ΔW {} MiB, new base copies {} MiB, working memory {} MiB), {} MiB is free; nothing was changed", need.total() >> 20, need.factors >> 20, need.bases >> 20, need.working >> 20, free >> 20)]
     DeviceMemory {
         what: String,
-        need: super::device_patch::Need,
+        need: super::device_run::Need,
         free: u64,
     },
 }
@@ -193,6 +193,47 @@ impl Net {
         }
     }
 
+    /// The strengths the last patch program ran with (one per term that scales with its strength),
+    /// None when the weights were not written by one.
+    pub fn patch_strengths(&self) -> Option<&[f32]> {
+        let r = self.resident.as_ref()?;
+        r.last_program.as_ref().map(|p| p.strengths.as_slice())
+    }
+
+    /// Runs the last patch program again with new `strengths` (as many as
+    /// [`Self::patch_strengths`]): a strength change of the same adapter set, without a new program
+    /// or any upload but the strengths. On failure the previous strengths are run again.
+    pub fn rerun_patch(&mut self, strengths: &[f32]) -> Result<(), ResidentError> {
+        let Some(r) = self.resident.as_mut() else {
+            return Ok(());
+        };
+        let what = r.layout.what.clone();
+        let err = |message: String| ResidentError::Upload {
+            what: what.clone(),
+            message,
+        };
+        let Some(mut prog) = r.last_program.take() else {
+            return Err(err("no patch program has run".to_string()));
+        };
+        if prog.strengths.len() != strengths.len() {
+            let message = format!(
+                "{} strengths for a program that takes {}",
+                strengths.len(),
+                prog.strengths.len()
+            );
+            r.last_program = Some(prog);
+            return Err(err(message));
+        }
+        let old = std::mem::replace(&mut prog.strengths, strengths.to_vec());
+        let result = run_program(r, &mut prog);
+        if result.is_err() {
+            prog.strengths = old;
+            let _ = run_program(r, &mut prog);
+        }
+        r.last_program = Some(prog);
+        result.map_err(|e| err(format!("patch program: {e}")))
+    }
+
     /// The bytes of resident weight `name` when they are in host memory (tests).
     pub fn host_weight(&self, name: &str) -> Option<Vec<u8>> {
         let r = self.resident.as_ref()?;
@@ -232,7 +273,7 @@ fn run_program(r: &mut Resident, staged: &mut DeviceStaged) -> Result<(), ort::E
         }
         Sink::Bound(out)
     };
-    device_patch::run(staged.session.as_mut(), &staged.strengths, &bases, sink)
+    device_run::run(staged.session.as_mut(), &staged.strengths, &bases, sink)
 }
 
 impl Layout {

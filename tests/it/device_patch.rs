@@ -232,7 +232,7 @@ fn swaps_through_the_patch_program_give_the_host_patch_images_and_return_to_the_
 }
 
 #[test]
-fn a_failed_patch_program_leaves_the_weights_as_they_were() {
+fn a_failed_patch_program_leaves_the_weights_as_they_were_and_a_strength_change_reruns_it() {
     let model = Model::open(&tiny_model()).unwrap();
     let c = model.component(ComponentKind::Unet).unwrap();
     let opts = SessionOptions {
@@ -287,6 +287,26 @@ fn a_failed_patch_program_leaves_the_weights_as_they_were() {
         .unwrap();
     let with_b = weights(&net);
     assert!(with_b != with_a && with_b != pristine);
+    // A strength change re-runs the same program: the weights a new program at that strength
+    // writes, bit for bit.
+    net.commit_device(stage(&net, "lyco_locon.safetensors", "1", false))
+        .unwrap();
+    let halved: Vec<f32> = net
+        .patch_strengths()
+        .unwrap()
+        .iter()
+        .map(|s| s * 0.5)
+        .collect();
+    assert!(!halved.is_empty());
+    net.rerun_patch(&halved).unwrap();
+    let rerun = weights(&net);
+    net.commit_device(stage(&net, "lyco_locon.safetensors", "0.5", false))
+        .unwrap();
+    assert_eq!(net.patch_strengths().unwrap(), halved.as_slice());
+    assert_eq!(rerun, weights(&net));
+    assert_ne!(rerun, with_a);
+    assert!(net.rerun_patch(&[1.0]).is_err(), "a wrong count is refused");
+    assert_eq!(weights(&net), rerun, "and changes nothing");
     let back = {
         let view: std::collections::HashMap<String, Vec<f32>> = Default::default();
         device_patch::stage(runtime(), &opts, net.layout().unwrap(), c, &view).unwrap()
