@@ -33,8 +33,10 @@ pub struct SessionOptions {
     pub resident: Option<bool>,
     /// Where an adapter change of resident weights is computed (`--patch-on host|device`): on the
     /// session's device by a patch program, from base copies kept there (`Some(true)`), or on the
-    /// host and uploaded. Unset: on the device on CUDA, on the host elsewhere (on the CPU a
-    /// device patch costs a second copy of the reached weights and saves no transfer).
+    /// host and uploaded. Unset: on the host everywhere. Measured on the H200 (SD1.5 fp16,
+    /// rank-32 LoRA, one run, 2026-12-05): a device swap took 1.13 s against 0.69 s on the host,
+    /// and the UNet's step after it 33–47 ms against 9.7 ms (cause not found yet), so the device
+    /// patch is opt-in until that is understood.
     pub patch_on_device: Option<bool>,
     /// Read a single-file checkpoint's EMA UNet weights (`--ema`).
     pub ema: bool,
@@ -57,8 +59,7 @@ impl SessionOptions {
 
     /// Whether adapter changes of resident weights run as a patch program on the device.
     pub fn patch_on_device(&self) -> bool {
-        self.patch_on_device
-            .unwrap_or(matches!(self.device, Device::Cuda(_)))
+        self.patch_on_device.unwrap_or(false)
     }
 
     /// How the model is opened: fp16 templates on a GPU, fp32 ones on the CPU.
@@ -302,7 +303,8 @@ mod tests {
     }
 
     #[test]
-    fn resident_weights_and_the_device_patch_default_to_cuda_only_and_yield_to_a_choice() {
+    fn resident_weights_default_to_cuda_only_the_device_patch_to_nowhere_and_both_yield_to_a_choice(
+    ) {
         for patch in [false, true] {
             let on = |device, choice| {
                 let o = SessionOptions {
@@ -317,7 +319,8 @@ mod tests {
                     o.resident_weights()
                 }
             };
-            assert!(on(Device::Cuda(0), None));
+            // The device patch is opt-in (slower on the H200 so far): off on CUDA unless asked.
+            assert_eq!(on(Device::Cuda(0), None), !patch);
             assert!(!on(Device::Cpu, None));
             assert!(!on(Device::DirectMl(0), None));
             assert!(!on(Device::Cuda(0), Some(false)));
