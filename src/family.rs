@@ -72,6 +72,9 @@ pub struct Facts {
     pub name: &'static str,
     /// `vae.config.scaling_factor`
     pub vae_scale: f32,
+    /// Whether the family's own VAE decodes in fp16 without overflowing (SDXL's does not; its
+    /// fp16-fix retrain does).
+    pub vae_fp16_safe: bool,
     /// Width of the UNet's cross-attention context (768 SD1, 2048 SDXL); the family check's evidence.
     pub context_dim: usize,
     /// The text encoders; the UNet context is their hidden states concatenated per token.
@@ -93,6 +96,7 @@ pub struct Facts {
 const SD1: Facts = Facts {
     name: "SD1.x",
     vae_scale: 0.18215,
+    vae_fp16_safe: true,
     context_dim: 768,
     encoders: &[TextEncoder {
         component: ComponentKind::TextEncoder,
@@ -117,6 +121,7 @@ const SD1: Facts = Facts {
 const SD2: Facts = Facts {
     name: "SD2.x",
     vae_scale: 0.18215,
+    vae_fp16_safe: true,
     context_dim: 1024,
     // diffusers keeps OpenCLIP-H's first 23 layers (SD2 conditions on the penultimate layer through
     // the final norm), so the graph's last hidden state is SD2's context. Its tokenizer pads with "!".
@@ -139,6 +144,7 @@ const SD2: Facts = Facts {
 const SDXL: Facts = Facts {
     name: "SDXL",
     vae_scale: 0.13025,
+    vae_fp16_safe: false,
     context_dim: 2048,
     encoders: &[
         TextEncoder {

@@ -16,6 +16,11 @@ pub struct WeightArgs {
     /// A separate VAE (.safetensors, LDM or diffusers naming) to use instead of the model's own
     #[arg(long, value_name = "FILE")]
     pub vae: Option<PathBuf>,
+    /// The VAE's precision: auto (fp16 on a GPU where the VAE does not overflow in it: SD 1.x and
+    /// 2.x, SDXL only with an fp16-fix VAE file; fp32 elsewhere; an overflow is redone in fp32),
+    /// fp16 or fp32
+    #[arg(long, value_name = "P", value_parser = ["auto", "fp16", "fp32"])]
+    pub vae_precision: Option<String>,
     /// A1111's clip skip: 2 conditions SD 1.x on the penultimate CLIP layer
     #[arg(long, value_name = "N")]
     pub clip_skip: Option<u32>,
@@ -127,6 +132,7 @@ impl EngineFlags {
             weights: WeightArgs {
                 ema: w.ema || ow.ema,
                 vae: w.vae.clone().or(ow.vae.clone()),
+                vae_precision: w.vae_precision.clone().or(ow.vae_precision.clone()),
                 clip_skip: w.clip_skip.or(ow.clip_skip),
                 prediction: w.prediction.or(ow.prediction),
                 models_root: w.models_root.clone().or(ow.models_root.clone()),

@@ -117,6 +117,10 @@ pub fn engine(
         vae,
         clip_skip: flags.weights.clip_skip,
         prediction: flags.weights.prediction,
+        vae_precision: match &flags.weights.vae_precision {
+            Some(p) => p.parse().map_err(CliError::Usage)?,
+            None => Default::default(),
+        },
     };
     let unet_batch = flags.unet_batch.unwrap_or(config.generation.unet_batch);
     if !(1..=64).contains(&unet_batch) {

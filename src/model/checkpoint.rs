@@ -90,6 +90,7 @@ impl Source {
 }
 
 /// A name of a view, resolved: where its bytes are and the shape it has.
+#[derive(Clone)]
 struct Resolved {
     /// Which of the checkpoint's files holds it.
     file: usize,
@@ -193,7 +194,8 @@ impl Mapped {
 }
 
 /// Memory-mapped safetensors weights (one file, or the shards of one component) with their parsed
-/// headers, optionally seen under other names.
+/// headers, optionally seen under other names. A clone shares the mappings.
+#[derive(Clone)]
 pub struct Checkpoint {
     /// The file, or a shard set's index.
     path: PathBuf,

@@ -78,6 +78,7 @@ pub enum GraphError {
 }
 
 /// A decoded graph: the bytes for ONNX Runtime and the index of external initializers.
+#[derive(Clone)]
 pub struct Graph {
     pub path: PathBuf,
     pub bytes: Vec<u8>,

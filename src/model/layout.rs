@@ -256,6 +256,19 @@ impl Model {
             .unwrap_or(self.index.family.facts().vae_scale)
     }
 
+    /// Whether the model's VAE decodes in fp16 without overflowing: the family's own VAE says, and a
+    /// separate VAE file named as the fp16-fix retrain (`sdxl-vae-fp16-fix`, `..._fp16_fix`) is.
+    pub fn vae_fp16_safe(&self) -> bool {
+        let fix = self.vae.as_ref().is_some_and(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_ascii_lowercase().replace('_', "-"))
+                .unwrap_or_default();
+            name.contains("fp16-fix")
+        });
+        fix || self.index.family.facts().vae_fp16_safe
+    }
+
     /// Whether an empty negative prompt conditions on zeros (model index first, then the family).
     pub fn zeros_for_empty_negative(&self) -> bool {
         self.index
@@ -371,6 +384,20 @@ impl Component {
             config,
             cuda,
         })
+    }
+
+    /// The component with its plain graph only, sharing the mapped weights: what the VAE's fp32
+    /// fallback is built from, on whichever thread finds the fp16 decoder overflowing.
+    pub fn plain_twin(&self) -> Component {
+        Component {
+            kind: self.kind,
+            dir: self.dir.clone(),
+            graph: self.graph.clone(),
+            weightmap: self.weightmap.clone(),
+            weights: self.weights.clone(),
+            config: self.config.clone(),
+            cuda: None,
+        }
     }
 
     /// The graph and weight map of `kind`, when the component has that graph.

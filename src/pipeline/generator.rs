@@ -348,6 +348,14 @@ impl Generator {
         })
     }
 
+    /// "fp16" or "fp32": the graph the VAE decoder runs now (fp32 after an fp16 overflow).
+    pub fn vae_precision(&self) -> &'static str {
+        match self.sessions.vae_is_fp16() {
+            true => "fp16",
+            false => "fp32",
+        }
+    }
+
     /// Decodes latents `[1, 4, h, w]` to an image.
     pub fn decode(
         &mut self,

@@ -9,16 +9,18 @@ use super::device_patch::{self, DeviceStaged};
 use super::error::{patch_err, run_err, ComponentDeltas, PipelineError};
 use super::keys::{FusedKey, Fusion};
 use super::resident::{self, Net, Staged};
-use super::vae::{self, VaeDecoder};
+use super::vae::{self, Fallback, VaeDecoder, VaeSlot};
 use crate::job::RgbImage;
 use crate::lora::ApplyReport;
-use crate::model::layout::{ComponentKind, GraphKind};
+use crate::model::layout::{Component, ComponentKind, GraphKind};
 use crate::model::Model;
 use crate::patch;
+use crate::runtime::session::VaePrecision;
 use crate::runtime::tensor_io::{run, Bound, Input};
 use crate::runtime::{build_session, Runtime, SessionOptions};
 use ort::session::Session;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -81,9 +83,11 @@ pub struct Sessions {
     text: Vec<Net>,
     unet: Net,
     /// Shared with the decode worker, which runs it beside the UNet ([`Sessions::vae_decoder`]).
-    vae: Arc<Mutex<Session>>,
-    /// The VAE encoder, built at the first image-to-image job.
-    encoder: Option<Session>,
+    vae: Arc<Mutex<VaeSlot>>,
+    /// Set by a decoder handle when the fp16 VAE overflowed: VAE sessions built after it are fp32.
+    vae_overflowed: Arc<AtomicBool>,
+    /// The VAE encoder, built at the first image-to-image job, and whether it runs fp16.
+    encoder: Option<(Session, bool)>,
     fused: FusedKey,
     /// (latent height, latent width) the VAE session was built for, with static shapes.
     vae_dims: Option<[i64; 2]>,
@@ -118,6 +122,7 @@ impl Sessions {
             text,
             unet,
             vae: Arc::new(Mutex::new(vae)),
+            vae_overflowed: Arc::new(AtomicBool::new(false)),
             encoder: None,
             fused: FusedKey::default(),
             vae_dims: None,
@@ -419,18 +424,9 @@ impl Sessions {
             return Ok(());
         }
         let dims = [("batch", 1), ("height", want[0]), ("width", want[1])];
-        let mut stats = FuseStats::default();
-        let session = self
-            .build_one(
-                model,
-                ComponentKind::VaeDecoder,
-                &ComponentDeltas::new(),
-                &dims,
-                &mut stats,
-            )?
-            .session;
+        let slot = build_vae(model, self.runtime, &self.build_opts(), &dims)?;
         // A decode under way on the worker finishes with the old session first.
-        *vae::lock(&self.vae) = session;
+        *vae::lock(&self.vae) = slot;
         self.vae_dims = Some(want);
         Ok(())
     }
@@ -442,7 +438,7 @@ impl Sessions {
         model: &Model,
         deltas: &ComponentDeltas,
     ) -> Result<(), PipelineError> {
-        let (text, unet, vae) = build_sessions(model, self.runtime, &self.opts, deltas)?;
+        let (text, unet, vae) = build_sessions(model, self.runtime, &self.build_opts(), deltas)?;
         (self.text, self.unet) = (text, unet);
         *vae::lock(&self.vae) = vae;
         self.unet_io = None;
@@ -492,7 +488,25 @@ impl Sessions {
     /// A handle on the VAE decoder session that another thread can decode with; it always runs the
     /// current session (a rebuild for new static shapes waits for a decode under way).
     pub fn vae_decoder(&self, model: &Model) -> VaeDecoder {
-        VaeDecoder::new(Arc::clone(&self.vae), model.vae_scaling())
+        VaeDecoder::new(
+            Arc::clone(&self.vae),
+            model.vae_scaling(),
+            Arc::clone(&self.vae_overflowed),
+        )
+    }
+
+    /// The options sessions are built with now: fp32 VAEs once the fp16 one overflowed.
+    fn build_opts(&self) -> SessionOptions {
+        let mut o = self.opts.clone();
+        if self.vae_overflowed.load(Ordering::Relaxed) {
+            o.vae_precision = VaePrecision::Fp32;
+        }
+        o
+    }
+
+    /// The graph the VAE runs now (tests, `bench`): fp16 or fp32.
+    pub fn vae_is_fp16(&self) -> bool {
+        vae::lock(&self.vae).fallback.is_some()
     }
 }
 
@@ -506,29 +520,55 @@ impl Sessions {
         h: usize,
         w: usize,
     ) -> Result<Vec<f32>, PipelineError> {
-        let session = match &mut self.encoder {
-            Some(s) => s,
-            None => {
-                let none = HashMap::new();
-                let net = build_component(
-                    model,
-                    self.runtime,
-                    &self.opts,
-                    ComponentKind::VaeEncoder,
-                    &none,
-                    &[],
-                    &mut FuseStats::default(),
-                )?;
-                self.encoder.insert(net.session)
-            }
+        let encode = |session: &mut Session| {
+            run(
+                session,
+                vec![Input::F32("sample", vec![1, 3, h, w], chw)],
+                &["latent_parameters"],
+            )
+            .map_err(run_err("VAE encoder"))
+            .map(|out| out.into_iter().next().map(|(_, d)| d).unwrap_or_default())
         };
-        let out = run(
-            session,
-            vec![Input::F32("sample", vec![1, 3, h, w], chw)],
-            &["latent_parameters"],
-        )
-        .map_err(run_err("VAE encoder"))?;
-        Ok(out.into_iter().next().map(|(_, d)| d).unwrap_or_default())
+        if self.encoder.is_none() {
+            self.encoder = Some(self.build_encoder(model, &self.build_opts())?);
+        }
+        let Some((session, fp16)) = self.encoder.as_mut() else {
+            return Err(PipelineError::Job("the VAE encoder went missing".into()));
+        };
+        let out = encode(session)?;
+        if !*fp16 || out.iter().all(|x| x.is_finite()) {
+            return Ok(out);
+        }
+        tracing::warn!(
+            "the fp16 VAE encoder overflowed (non-finite latents); encoding in fp32 from now on \
+             (--vae-precision fp32 skips the fp16 try)"
+        );
+        self.vae_overflowed.store(true, Ordering::Relaxed);
+        let mut fp32 = self.build_opts();
+        fp32.vae_precision = VaePrecision::Fp32;
+        let (session, _) = self.encoder.insert(self.build_encoder(model, &fp32)?);
+        encode(session)
+    }
+
+    /// The VAE encoder session and whether it runs the fp16 graph.
+    fn build_encoder(
+        &self,
+        model: &Model,
+        opts: &SessionOptions,
+    ) -> Result<(Session, bool), PipelineError> {
+        let kind = ComponentKind::VaeEncoder;
+        let fp16 = vae_graph(model, opts, kind)? == GraphKind::Cuda;
+        let none = HashMap::new();
+        let net = build_component(
+            model,
+            self.runtime,
+            opts,
+            kind,
+            &none,
+            &[],
+            &mut FuseStats::default(),
+        )?;
+        Ok((net.session, fp16))
     }
 }
 
@@ -591,15 +631,17 @@ fn build_component(
     let c = model
         .component(kind)
         .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
-    let which = opts
-        .graph
-        .resolve(opts.device, c)
-        .map_err(PipelineError::Job)?;
-    let Some((graph, weightmap)) = c.graph_of(which) else {
-        return Err(PipelineError::Job(format!("{kind}: no {which:?} graph")));
+    let is_vae = matches!(kind, ComponentKind::VaeDecoder | ComponentKind::VaeEncoder);
+    let which = match is_vae {
+        true => vae_graph(model, opts, kind)?,
+        false => opts
+            .graph
+            .resolve(opts.device, c)
+            .map_err(PipelineError::Job)?,
     };
     let what = match which {
         GraphKind::Plain => kind.dir_name().to_string(),
+        GraphKind::Cuda if is_vae => format!("{kind} (fp16)"),
         GraphKind::Cuda => format!("{kind} (fused CUDA graph)"),
     };
     // Only a UNet with fixed shapes is captured as a CUDA graph: it is what runs every step, and
@@ -612,15 +654,34 @@ fn build_component(
         plain = opts.without_cuda_graph();
         &plain
     };
-    if opts.resident_weights()
-        && !matches!(kind, ComponentKind::VaeDecoder | ComponentKind::VaeEncoder)
-    {
+    if opts.resident_weights() && !is_vae {
         let t = Instant::now();
         let net = resident::build(rt, &what, c, which, deltas, opts, dims)?;
         // Filling, the session build and the upload are one step here.
         stats.session_s += t.elapsed().as_secs_f64();
         return Ok(net);
     }
+    bake(c, rt, opts, which, &what, deltas, dims, stats).map(Net::baked)
+}
+
+/// `c`'s `which` graph as a session with its weights (plus `deltas`) baked in.
+#[allow(clippy::too_many_arguments)]
+fn bake(
+    c: &Component,
+    rt: &'static Runtime,
+    opts: &SessionOptions,
+    which: GraphKind,
+    what: &str,
+    deltas: &dyn patch::DeltaSource,
+    dims: &[(&str, i64)],
+    stats: &mut FuseStats,
+) -> Result<Session, PipelineError> {
+    let Some((graph, weightmap)) = c.graph_of(which) else {
+        return Err(PipelineError::Job(format!(
+            "{}: no {which:?} graph",
+            c.kind
+        )));
+    };
     let t = Instant::now();
     let (buf, _stats) = patch::assemble_graph(c, which, deltas)?;
     c.weights.release_pages();
@@ -628,7 +689,7 @@ fn build_component(
     let t = Instant::now();
     let session = build_session(
         rt,
-        &what,
+        what,
         &graph.bytes,
         &weightmap.external_file,
         buf,
@@ -637,7 +698,71 @@ fn build_component(
         &[],
     )?;
     stats.session_s += t.elapsed().as_secs_f64();
-    Ok(Net::baked(session))
+    Ok(session)
+}
+
+/// The graph a VAE component of `model` runs with `opts` ([`VaePrecision::resolve`]).
+fn vae_graph(
+    model: &Model,
+    opts: &SessionOptions,
+    kind: ComponentKind,
+) -> Result<GraphKind, PipelineError> {
+    let c = model
+        .component(kind)
+        .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
+    opts.vae_precision
+        .resolve(opts.device, c, model.vae_fp16_safe())
+        .map_err(PipelineError::Job)
+}
+
+/// The VAE decoder for latents of `dims`: the fp16 graph where [`VaePrecision`] chooses it, with
+/// the fp32 build as its fallback (made from the component's plain twin, on first overflow).
+fn build_vae(
+    model: &Model,
+    rt: &'static Runtime,
+    opts: &SessionOptions,
+    dims: &[(&'static str, i64)],
+) -> Result<VaeSlot, PipelineError> {
+    let kind = ComponentKind::VaeDecoder;
+    let none = HashMap::new();
+    let net = build_component(
+        model,
+        rt,
+        opts,
+        kind,
+        &none,
+        dims,
+        &mut FuseStats::default(),
+    )?;
+    if vae_graph(model, opts, kind)? == GraphKind::Plain {
+        return Ok(VaeSlot::fp32(net.session));
+    }
+    let c = model
+        .component(kind)
+        .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
+    let twin = c.plain_twin();
+    let mut fp32 = opts.without_cuda_graph();
+    fp32.vae_precision = VaePrecision::Fp32;
+    let dims = dims.to_vec();
+    let fallback: Fallback = Box::new(move || {
+        let what = format!("{kind} (fp32, after an fp16 overflow)");
+        let none: HashMap<String, Vec<f32>> = HashMap::new();
+        let mut st = FuseStats::default();
+        bake(
+            &twin,
+            rt,
+            &fp32,
+            GraphKind::Plain,
+            &what,
+            &none,
+            &dims,
+            &mut st,
+        )
+    });
+    Ok(VaeSlot {
+        session: net.session,
+        fallback: Some(fallback),
+    })
 }
 
 /// The text encoders, UNet and VAE decoder of `model` with `deltas` added, built side by side:
@@ -649,8 +774,12 @@ fn build_sessions(
     rt: &'static Runtime,
     opts: &SessionOptions,
     deltas: &ComponentDeltas,
-) -> Result<(Vec<Net>, Net, Session), PipelineError> {
-    let build = |kind| {
+) -> Result<(Vec<Net>, Net, VaeSlot), PipelineError> {
+    let build = |kind| -> Result<(Net, Option<Fallback>), PipelineError> {
+        if kind == ComponentKind::VaeDecoder {
+            let slot = build_vae(model, rt, opts, &[])?;
+            return Ok((Net::baked(slot.session), slot.fallback));
+        }
         let is_text = model
             .index
             .family
@@ -672,6 +801,7 @@ fn build_sessions(
             dims,
             &mut FuseStats::default(),
         )
+        .map(|n| (n, None))
     };
     let mut kinds: Vec<ComponentKind> = model
         .index
@@ -682,7 +812,7 @@ fn build_sessions(
         .map(|e| e.component)
         .collect();
     kinds.extend([ComponentKind::Unet, ComponentKind::VaeDecoder]);
-    let built: Vec<Result<Net, PipelineError>> = std::thread::scope(|s| {
+    let built: Vec<Result<(Net, Option<Fallback>), PipelineError>> = std::thread::scope(|s| {
         let builds: Vec<_> = kinds
             .iter()
             .map(|&kind| (kind, s.spawn(move || build(kind))))
@@ -698,11 +828,19 @@ fn build_sessions(
             })
             .collect()
     });
-    let mut nets = built.into_iter().collect::<Result<Vec<Net>, _>>()?;
+    let mut nets = built.into_iter().collect::<Result<Vec<_>, _>>()?;
     let vae = nets.pop();
     let unet = nets.pop();
+    let text = nets.into_iter().map(|(n, _)| n).collect();
     match (unet, vae) {
-        (Some(unet), Some(vae)) => Ok((nets, unet, vae.session)),
+        (Some((unet, _)), Some((vae, fallback))) => Ok((
+            text,
+            unet,
+            VaeSlot {
+                session: vae.session,
+                fallback,
+            },
+        )),
         _ => Err(PipelineError::Job("a session build went missing".into())),
     }
 }

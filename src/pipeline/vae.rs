@@ -1,41 +1,85 @@
 //! Latents to pixels: the VAE decoder output in [-1, 1] to 8-bit RGB, as diffusers post-processes it
 //! (`(x / 2 + 0.5).clamp(0, 1)`, then `round(x * 255)`). [`VaeDecoder`] is a handle on the decoder
-//! session that any thread may decode with (the engine thread, or the decode worker beside it).
+//! session that any thread may decode with (the engine thread, or the decode worker beside it);
+//! an fp16 decoder whose output overflows is replaced by the fp32 one and the image decoded again.
 
 use super::error::{run_err, PipelineError};
 use crate::job::RgbImage;
 use crate::runtime::tensor_io::{run, Input};
 use ort::session::Session;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Builds the fp32 decoder session (called at most once, on the fp16 decoder's first overflow).
+pub(crate) type Fallback = Box<dyn FnOnce() -> Result<Session, PipelineError> + Send>;
+
+/// The decoder session and, when it runs the fp16 graph, the way to the fp32 one.
+pub(crate) struct VaeSlot {
+    pub session: Session,
+    pub fallback: Option<Fallback>,
+}
+
+impl VaeSlot {
+    pub(crate) fn fp32(session: Session) -> Self {
+        VaeSlot {
+            session,
+            fallback: None,
+        }
+    }
+}
 
 /// The VAE decoder session, shared: whoever decodes holds it for that one run.
 #[derive(Clone)]
 pub struct VaeDecoder {
-    session: Arc<Mutex<Session>>,
+    slot: Arc<Mutex<VaeSlot>>,
     /// The latents are divided by it before the decoder (the model's `scaling_factor`).
     scale: f32,
+    /// Set when the fp16 decoder overflowed: later builds of the decoder use fp32 directly.
+    overflowed: Arc<AtomicBool>,
 }
 
 /// Locks a shared session; one left poisoned by a panicking run is still whole (ONNX Runtime holds
 /// no half-written state of ours), so it is used on.
-pub(crate) fn lock(session: &Mutex<Session>) -> MutexGuard<'_, Session> {
+pub(crate) fn lock<T>(session: &Mutex<T>) -> MutexGuard<'_, T> {
     session.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl VaeDecoder {
-    pub(crate) fn new(session: Arc<Mutex<Session>>, scale: f32) -> Self {
-        VaeDecoder { session, scale }
+    pub(crate) fn new(slot: Arc<Mutex<VaeSlot>>, scale: f32, overflowed: Arc<AtomicBool>) -> Self {
+        VaeDecoder {
+            slot,
+            scale,
+            overflowed,
+        }
     }
 
-    /// Decodes latents `[1, 4, h, w]` to an image.
+    /// Decodes latents `[1, 4, h, w]` to an image. Non-finite output from the fp16 decoder (an
+    /// overflow) switches the shared session to fp32, says so once, and decodes again.
     pub fn decode(&self, latents: &[f32], h: usize, w: usize) -> Result<RgbImage, PipelineError> {
         let z: Vec<f32> = latents.iter().map(|x| x / self.scale).collect();
-        let out = run(
-            &mut lock(&self.session),
-            vec![Input::F32("latent_sample", vec![1, 4, h, w], &z)],
-            &["sample"],
-        )
-        .map_err(run_err("VAE decoder"))?;
+        let mut slot = lock(&self.slot);
+        let decode = |session: &mut Session| {
+            run(
+                session,
+                vec![Input::F32("latent_sample", vec![1, 4, h, w], &z)],
+                &["sample"],
+            )
+            .map_err(run_err("VAE decoder"))
+        };
+        let mut out = decode(&mut slot.session)?;
+        let finite =
+            |o: &[(Vec<usize>, Vec<f32>)]| o.iter().all(|(_, d)| d.iter().all(|x| x.is_finite()));
+        if !finite(&out) {
+            if let Some(build) = slot.fallback.take() {
+                tracing::warn!(
+                    "the fp16 VAE decoder overflowed (non-finite pixels); this image and the \
+                     next ones are decoded in fp32 (--vae-precision fp32 skips the fp16 try)"
+                );
+                slot.session = build()?;
+                self.overflowed.store(true, Ordering::Relaxed);
+                out = decode(&mut slot.session)?;
+            }
+        }
         let (shape, data) = out.into_iter().next().unwrap_or_default();
         let (ih, iw) = (
             shape.get(2).copied().unwrap_or(0),

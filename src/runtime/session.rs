@@ -48,6 +48,9 @@ pub struct SessionOptions {
     /// What the UNet predicts, overriding the model's scheduler config and detection
     /// (`--prediction`).
     pub prediction: Option<crate::model::prediction::Prediction>,
+    /// Which VAE graph runs: the fp16 one (`model.cuda.onnx` of the VAE folders) or the fp32 one
+    /// (`--vae-precision`).
+    pub vae_precision: VaePrecision,
 }
 
 impl SessionOptions {
@@ -94,6 +97,62 @@ impl SessionOptions {
     }
 }
 
+/// `--vae-precision auto|fp16|fp32`: the VAE's compute precision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VaePrecision {
+    /// fp16 on a GPU where the VAE is known not to overflow in it (SD 1.x and 2.x; SDXL only with
+    /// a VAE file named as the fp16-fix one); fp32 elsewhere. A decode that overflows is redone in
+    /// fp32 once, and fp32 is kept.
+    #[default]
+    Auto,
+    /// fp16 on any device (the graph has only standard operators; the CPU runs it slowly).
+    Fp16,
+    Fp32,
+}
+
+impl std::str::FromStr for VaePrecision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(VaePrecision::Auto),
+            "fp16" | "half" => Ok(VaePrecision::Fp16),
+            "fp32" | "float" => Ok(VaePrecision::Fp32),
+            _ => Err(format!(
+                "unknown VAE precision {s:?}; use auto, fp16 or fp32"
+            )),
+        }
+    }
+}
+
+impl VaePrecision {
+    /// The graph a VAE component runs: its fp16 graph (stored in the `cuda` slot of the folder,
+    /// `model.cuda.onnx`) or the plain fp32 one. `fp16_safe`: the model's VAE does not overflow in
+    /// fp16 (false for SDXL's own VAE).
+    pub fn resolve(
+        self,
+        device: Device,
+        component: &Component,
+        fp16_safe: bool,
+    ) -> Result<GraphKind, String> {
+        let has = component.cuda.is_some();
+        match self {
+            VaePrecision::Fp32 => Ok(GraphKind::Plain),
+            VaePrecision::Fp16 if has => Ok(GraphKind::Cuda),
+            VaePrecision::Fp16 => Err(format!(
+                "{} has no fp16 graph (model.cuda.onnx); make one with \
+                 `python scripts/vae_fp16.py {}`, or use --vae-precision fp32",
+                component.dir.display(),
+                component.dir.parent().unwrap_or(&component.dir).display()
+            )),
+            VaePrecision::Auto => Ok(if has && fp16_safe && !matches!(device, Device::Cpu) {
+                GraphKind::Cuda
+            } else {
+                GraphKind::Plain
+            }),
+        }
+    }
+}
+
 /// `--graph auto|plain|cuda`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum GraphChoice {
@@ -118,8 +177,9 @@ impl std::str::FromStr for GraphChoice {
 }
 
 impl GraphChoice {
-    /// The graph `component` runs on `device`. Components without a fused graph (text encoders,
-    /// VAE) always run the plain one; asking for the fused UNet where it cannot run is an error.
+    /// The graph `component` runs on `device`. Components without a fused graph (text encoders)
+    /// always run the plain one; asking for the fused UNet where it cannot run is an error. The
+    /// VAE's graph is [`VaePrecision`]'s choice, not this one.
     pub fn resolve(self, device: Device, component: &Component) -> Result<GraphKind, String> {
         let is_cuda = matches!(device, Device::Cuda(_));
         let has = component.cuda.is_some();

@@ -40,4 +40,5 @@ mod tui_screens;
 mod tui_smoke;
 mod tui_support;
 mod util;
+mod vae_precision;
 mod vae_tiles;
