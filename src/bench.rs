@@ -34,6 +34,8 @@ pub struct BenchReport {
     pub unet_step_ms: f64,
     pub steps_per_s: f64,
     pub vae_decode_ms: f64,
+    /// The VAE decoder's precision: `fp16` or `fp32` (`--vae-precision`).
+    pub vae_precision: String,
     /// A whole 20-step image, median.
     pub image_s: f64,
     /// First UNet step after the sessions were built (includes lazy initialisation, e.g. cuDNN).
@@ -95,8 +97,8 @@ impl fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
-            "  VAE decode                {:>9.3} ms",
-            self.vae_decode_ms
+            "  VAE decode ({})         {:>9.3} ms",
+            self.vae_precision, self.vae_decode_ms
         )?;
         writeln!(
             f,
@@ -339,6 +341,7 @@ pub fn run(
         unet_step_ms: unet_step * 1e3,
         steps_per_s: 1.0 / unet_step,
         vae_decode_ms: median(vae) * 1e3,
+        vae_precision: g.vae_precision().to_string(),
         image_s: median(image),
         first_step_ms,
         adapter_swap_s,
