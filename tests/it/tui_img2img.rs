@@ -245,10 +245,11 @@ fn inpaint_area_padding_content_and_outpaint_reach_the_job_as_the_flags_do() {
     want.outpaint = "16,0,0,0".parse().unwrap();
     stipple::init_image::set_area(&mut want, Some("masked".parse().unwrap()), None).unwrap();
     assert_eq!(job.init.as_ref(), Some(&want));
-    assert!(render(&mut app, 100, 30).contains("inpaint 0.75"));
+    press(&mut app, KeyCode::Esc);
+    let summary = render(&mut app, 100, 30);
+    assert!(summary.contains("inpaint 0.75"), "{summary}");
 
     // Now a drawn mask with padding 24 (two notches down), submitted with C-g.
-    press(&mut app, KeyCode::Esc);
     while app.focus != Focus::Gallery {
         press(&mut app, KeyCode::Tab);
     }
