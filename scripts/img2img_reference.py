@@ -7,8 +7,13 @@ Writes tests/fixtures/img2img/ (init.png, a 64x64 test picture; mask.png, white 
 init.png with mask.png's inverse as alpha; small.webp and cmyk.jpg for the decoders) and, per fixture, <fixture>/reference/img2img.json with the
 images it lists: StableDiffusionImg2ImgPipeline / StableDiffusionXLImg2ImgPipeline and, for tiny SD1.5,
 StableDiffusionInpaintPipeline on the 4-channel UNet (latent blending), each at several `strength`
-values and samplers, and the same with `padding_mask_crop` ("only masked", only_masked.json, mask_small.png); for tiny-sd15-inpaint the same pipeline on its 9-channel UNet (inpaint_unet_references). The tiny modules are rebuilt as `export_model.py --tiny` builds them (the VAE
-decoder is checked bit for bit against the fixture's weights first).
+values and samplers (also with the mask blurred first, as A1111 and diffusers' `mask_processor.blur`
+do: PIL's GaussianBlur, the blurred masks kept as mask_blur4.png and mask_blur8.png), and the same with
+`padding_mask_crop` ("only masked", only_masked.json, mask_small.png); for tiny-sd15-inpaint the same
+pipeline on its 9-channel UNet (inpaint_unet_references); for tiny SDXL StableDiffusionXLImg2ImgPipeline
+and StableDiffusionXLInpaintPipeline (4-channel UNet, latent blending). The tiny modules are rebuilt as
+`export_model.py --tiny` builds them (the VAE decoder is checked bit for bit against the fixture's
+weights first).
 
 The init latents are diffusers' default: `vae.encode(x).latent_dist.sample(generator)` with the
 pipeline's CPU generator (seeded IMAGE_SEED), so the generator's first draw is the posterior sample and
@@ -32,6 +37,10 @@ STEPS = 8
 SD15_CASES = [(s, d) for s in ("euler-a", "ddim", "dpmpp-2m") for d in (0.3, 0.75, 1.0)]
 SDXL_CASES = [(s, d) for s in ("euler", "euler-a") for d in (0.5, 0.8)]
 INPAINT_CASES = [(s, d) for s in ("euler-a", "ddim") for d in (0.75, 1.0)]
+# Inpainting with the mask blurred first (A1111's "Mask blur", diffusers' `mask_processor.blur`).
+BLUR_CASES = [("euler-a", 0.75, 4), ("ddim", 1.0, 8)]
+BLURS = (4, 8)
+SDXL_INPAINT_CASES = [(s, d) for s in ("euler", "euler-a") for d in (0.75, 1.0)]
 # "Only masked" (padding_mask_crop): sampler, strength, padding, job size.
 ONLY_MASKED_CASES = [("euler-a", 0.75, 8, (64, 64)), ("ddim", 1.0, 4, (64, 64)), ("euler", 0.75, 8, (64, 32))]
 ONLY_MASKED_UNET_CASES = [("euler-a", 0.75, 8, (64, 64))]
@@ -63,6 +72,10 @@ def test_pictures(out):
     small[((x - 40) ** 2 + (y - 20) ** 2) < 36] = 255
     small[24:28, 30:42] = 255
     Image.fromarray(small, "L").save(os.path.join(out, "mask_small.png"))
+    # The mask as diffusers' VaeImageProcessor.blur (PIL's GaussianBlur, sigma = the blur) leaves it.
+    from diffusers.image_processor import VaeImageProcessor
+    for blur in BLURS:
+        VaeImageProcessor.blur(Image.fromarray(mask, "L"), blur).save(os.path.join(out, f"mask_blur{blur}.png"))
     return Image.fromarray(img, "RGB"), Image.fromarray(mask, "L")
 
 
@@ -100,6 +113,22 @@ def write(fixture, cases, make_pipe, kind, **kwargs):
         name = f"{kind}.{slug}.{strength}.png"
         img.save(os.path.join(out, name))
         images.append({"file": name, "sampler": slug, "denoise": strength})
+    return images
+
+
+def blur_references(fixture, make_pipe, init, mask):
+    """The inpainting pipeline given the mask blurred by `mask_processor.blur` (the pipeline then makes
+    it binary at 0.5), as stipple's `mask_blur` does inside the job."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    out = os.path.join(fixture, "reference")
+    images = []
+    for slug, strength, blur in BLUR_CASES:
+        img = run(make_pipe(slug), strength=strength, image=init, mask_image=VaeImageProcessor.blur(mask, blur),
+                  height=64, width=64)
+        name = f"inpaint.{slug}.{strength}.blur{blur}.png"
+        img.save(os.path.join(out, name))
+        images.append({"file": name, "sampler": slug, "denoise": strength, "mask": "mask.png", "mask_blur": blur})
     return images
 
 
@@ -184,6 +213,7 @@ def main():
     images += [dict(c, mask="mask.png") for c in
                write(sd15, INPAINT_CASES, sd_pipe(StableDiffusionInpaintPipeline), "inpaint", image=init,
                      mask_image=mask, height=64, width=64)]
+    images += blur_references(sd15, sd_pipe(StableDiffusionInpaintPipeline), init, mask)
     meta = {"prompt": ref.IMAGE_PROMPT, "negative": ref.IMAGE_NEGATIVE, "seed": ref.IMAGE_SEED, "cfg": 7.0,
             "steps": STEPS, "width": 64, "height": 64, "init": "init.png",
             "made_with": {"torch": torch.__version__, "diffusers": diffusers.__version__}}
@@ -209,7 +239,20 @@ def main():
         p.set_progress_bar_config(disable=True)
         return p
 
+    def xl_inpaint_pipe(slug):
+        from diffusers import StableDiffusionXLInpaintPipeline
+
+        p = StableDiffusionXLInpaintPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok1,
+                                             tokenizer_2=tok2, unet=unet, scheduler=scheduler_for(sched, slug),
+                                             add_watermarker=False)
+        p.set_progress_bar_config(disable=True)
+        return p
+
+    assert unet.config.in_channels == 4
     images = write(sdxl, SDXL_CASES, xl_pipe, "img2img", image=init)
+    images += [dict(c, mask="mask.png") for c in
+               write(sdxl, SDXL_INPAINT_CASES, xl_inpaint_pipe, "inpaint", image=init, mask_image=mask,
+                     height=64, width=64)]
     with open(os.path.join(sdxl, "reference", "img2img.json"), "w") as f:
         json.dump(dict(meta, images=images), f, indent=1)
     print("wrote the img2img references")

@@ -56,6 +56,20 @@ lora_method = "fuse"
 # Insert an adapter's trigger words with its tag.
 trigger_words = true
 
+# What the workstation's image-to-image and inpainting settings (F4) start from; `generate` and
+# `batch` take these as flags and job fields instead.
+[img2img]
+# How much of the picture is redrawn, 0 to 1.
+denoise = 0.75
+# σ in pixels of the Gaussian blur of the mask before it is made binary (PIL's, as A1111), 0 to 64.
+mask_blur = 4
+# whole (the picture fitted to the job's size) or masked (A1111's "Only masked").
+inpaint_area = "whole"
+# With inpaint_area = "masked": pixels around the mask's box redrawn too, 0 to 1024.
+inpaint_padding = 32
+# What the masked part starts from: original, fill, latent-noise or latent-nothing.
+masked_content = "original"
+
 # CUDA execution provider (--device cuda:N); other devices ignore this section.
 [cuda]
 # How cuDNN picks convolution algorithms: heuristic (quick start), exhaustive (times every
@@ -137,6 +151,16 @@ pub struct GenerationConfig {
     pub trigger_words: bool,
 }
 
+/// `[img2img]`: the workstation's starting image-to-image and inpainting settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Img2imgConfig {
+    pub denoise: f64,
+    pub mask_blur: u32,
+    pub inpaint_area: crate::init_image::InpaintArea,
+    pub inpaint_padding: u32,
+    pub masked_content: crate::init_image::MaskedContent,
+}
+
 /// `[cuda]`: what CUDA sessions are built with (see [`crate::runtime::CudaOptions`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CudaConfig {
@@ -182,6 +206,7 @@ pub struct Config {
     pub history_size: usize,
     pub image: ImageConfig,
     pub generation: GenerationConfig,
+    pub img2img: Img2imgConfig,
     pub cuda: CudaConfig,
     #[serde(default)]
     pub keys: BTreeMap<String, Vec<String>>,
@@ -276,6 +301,18 @@ impl Config {
             g.seed >= -1,
             "generation.seed",
             "must be -1 (random) or a seed ≥ 0",
+        )?;
+        let i = &self.img2img;
+        check(
+            (0.0..=1.0).contains(&i.denoise),
+            "img2img.denoise",
+            "must be 0 to 1",
+        )?;
+        check(i.mask_blur <= 64, "img2img.mask_blur", "must be 0 to 64")?;
+        check(
+            i.inpaint_padding <= 1024,
+            "img2img.inpaint_padding",
+            "must be 0 to 1024",
         )?;
         self.cuda.options().map(drop)
     }
@@ -585,6 +622,54 @@ mod tests {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains("generation.schedule") && e.contains(bad), "{e}");
         }
+    }
+
+    #[test]
+    fn the_img2img_section_has_defaults_layers_and_ranges() {
+        use crate::init_image::{InpaintArea, MaskedContent};
+        let c = Config::default();
+        assert_eq!(
+            (
+                c.img2img.denoise,
+                c.img2img.mask_blur,
+                c.img2img.inpaint_area,
+                c.img2img.inpaint_padding,
+                c.img2img.masked_content
+            ),
+            (0.75, 4, InpaintArea::Whole, 32, MaskedContent::Original)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(
+            &file,
+            "[img2img]\ninpaint_area = \"masked\"\nmasked_content = \"latent-noise\"\n",
+        )
+        .unwrap();
+        let env = HashMap::from([(
+            "STIPPLE_IMG2IMG__INPAINT_PADDING".to_string(),
+            "8".to_string(),
+        )]);
+        let c = load_layers(Some(&file), Some(env), &[]).unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            (
+                c.img2img.inpaint_area,
+                c.img2img.inpaint_padding,
+                c.img2img.masked_content
+            ),
+            (InpaintArea::Masked, 8, MaskedContent::LatentNoise)
+        );
+        for (key, value) in [
+            ("img2img.denoise", "1.5"),
+            ("img2img.mask_blur", "65"),
+            ("img2img.inpaint_padding", "2000"),
+        ] {
+            let c = load_layers(None, Some(HashMap::new()), &[(key, value.into())]).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        std::fs::write(&file, "[img2img]\nmasked_content = \"noise\"\n").unwrap();
+        assert!(load_layers(Some(&file), Some(HashMap::new()), &[]).is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! them by path and sha256) and [`load`] (resized to the job's size, the mask blurred and made
 //! binary as diffusers' mask processor does).
 
+use super::blur::gaussian_blur;
 use super::inpaint_area::{crop, crop_region, fill_resize, grey_to_rgb, PasteBack};
 use crate::init_image::{
     check_denoise, DenoiseError, FileRef, InitImage, InpaintArea, MaskedContent, Outpaint,
@@ -262,12 +263,12 @@ fn only_masked(
     let path = init.image.path.clone();
     let mask = mask.ok_or_else(|| InitError::NoMask { path: path.clone() })?;
     let soft = if init.mask_blur > 0 {
-        let g =
-            GrayImage::from_raw(mask.w, mask.h, mask.gray).ok_or_else(|| InitError::Decode {
-                path: path.clone(),
-                message: "mask buffer of the wrong size".into(),
-            })?;
-        image::imageops::blur(&g, init.mask_blur as f32).into_raw()
+        gaussian_blur(
+            &mask.gray,
+            mask.w as usize,
+            mask.h as usize,
+            init.mask_blur as f32,
+        )
     } else {
         mask.gray
     };
@@ -345,23 +346,19 @@ fn luma(p: &[u8]) -> u8 {
     ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) as u8
 }
 
-/// diffusers' mask processing: blurred (σ = `blur`), scaled to [0, 1], then 0 below 0.5 and 1 from it.
+/// diffusers' mask processing: blurred as PIL's GaussianBlur(σ = `blur`) (what A1111 and
+/// `mask_processor.blur` do before), scaled to [0, 1], then 0 below 0.5 and 1 from it.
 fn binary_mask(mask: Option<GrayImage>, blur: u32) -> Option<Vec<f32>> {
     let mask = mask?;
+    let (w, h) = (mask.width() as usize, mask.height() as usize);
     let mask = if blur > 0 {
-        image::imageops::blur(&mask, blur as f32)
+        gaussian_blur(mask.as_raw(), w, h, blur as f32)
     } else {
-        mask
+        mask.into_raw()
     };
     Some(
-        mask.pixels()
-            .map(|p| {
-                if f32::from(p.0[0]) / 255.0 < 0.5 {
-                    0.0
-                } else {
-                    1.0
-                }
-            })
+        mask.iter()
+            .map(|&p| if f32::from(p) / 255.0 < 0.5 { 0.0 } else { 1.0 })
             .collect(),
     )
 }

@@ -1,9 +1,10 @@
 //! Output images: PNG files with an A1111-compatible `parameters` chunk and a `stipple` JSON chunk
 //! ([`png`]), written on a thread of their own ([`writer`]), the A1111 infotext format itself
 //! ([`infotext`]), the pictures image-to-image starts from ([`init`]; "only masked" in
-//! [`inpaint_area`], masked content fill in [`fill`]), and resizing and upscaling them
+//! [`inpaint_area`], masked content fill in [`fill`], PIL's mask blur in [`blur`]), and resizing and upscaling them
 //! ([`resample`], [`upscale`]).
 
+pub mod blur;
 pub mod fill;
 pub mod infotext;
 pub mod init;

@@ -765,19 +765,7 @@ impl App {
             SeedMode::Random => self.next_seed(),
         };
         let s = &self.settings;
-        let init = match &s.init {
-            Some((file, _)) => {
-                let mut init = crate::init_image::InitImage::new(file.clone(), s.denoise);
-                init.resize_mode = s.resize_mode;
-                if let Some(mask) = &s.mask {
-                    init.mask = Some(mask.clone());
-                    init.mask_blur = s.mask_blur;
-                }
-                init.first_step(s.steps).map_err(|e| e.to_string())?;
-                Some(init)
-            }
-            None => None,
-        };
+        let init = s.init_image()?;
         Ok(Job {
             prompt: self.prompt.text().to_string(),
             negative: self.negative.text().to_string(),

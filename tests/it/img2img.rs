@@ -20,6 +20,9 @@ struct Case {
     sampler: String,
     denoise: f64,
     mask: Option<String>,
+    /// σ of the mask blur (diffusers was given the mask blurred by PIL's GaussianBlur).
+    #[serde(default)]
+    mask_blur: u32,
 }
 
 #[derive(Deserialize)]
@@ -38,9 +41,10 @@ struct Spec {
 /// The job diffusers' reference image `case` was made with.
 fn job_for(spec: &Spec, case: &Case) -> Job {
     let mask = case.mask.as_ref().map(|m| pictures().join(m));
-    let init =
+    let mut init =
         stipple::image::init::pin(&pictures().join(&spec.init), case.denoise, mask.as_deref())
             .expect("the test pictures read");
+    init.mask_blur = case.mask_blur;
     Job {
         prompt: spec.prompt.clone(),
         negative: spec.negative.clone(),
@@ -100,9 +104,18 @@ fn img2img_matches_diffusers_sdxl() {
     assert_eq!(n, 4);
 }
 
+/// With the mask unblurred, and blurred by 4 and 8 (diffusers given `mask_processor.blur`'s mask).
 #[test]
 fn inpainting_matches_diffusers_sd15() {
     let n = check_fixture(&crate::util::tiny_model(), &mut generator(), true);
+    assert_eq!(n, 6);
+}
+
+/// StableDiffusionXLInpaintPipeline on the tiny SDXL's 4-channel UNet (latent blending): euler and
+/// euler-a at denoise 0.75 and 1.
+#[test]
+fn inpainting_matches_diffusers_sdxl() {
+    let n = check_fixture(&crate::sdxl::tiny_sdxl(), &mut sdxl_generator(), true);
     assert_eq!(n, 4);
 }
 

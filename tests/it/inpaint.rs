@@ -37,6 +37,46 @@ fn grey(path: &Path) -> Vec<u8> {
     image::open(path).unwrap().to_luma8().into_raw()
 }
 
+/// The mask blur is PIL's GaussianBlur (what A1111 and diffusers' `mask_processor.blur` use):
+/// mask.png blurred by stipple equals mask_blur4.png and mask_blur8.png, which PIL wrote, byte for
+/// byte. `image::imageops::blur` (a true Gaussian, stipple's blur before) is measured for the record.
+#[test]
+fn mask_blur_matches_pil() {
+    let mask = grey(&pictures().join("mask.png"));
+    for blur in [4u32, 8] {
+        let want = grey(&pictures().join(format!("mask_blur{blur}.png")));
+        let got = stipple::image::blur::gaussian_blur(&mask, 64, 64, blur as f32);
+        let gaussian = image::imageops::blur(
+            &image::GrayImage::from_raw(64, 64, mask.clone()).unwrap(),
+            blur as f32,
+        )
+        .into_raw();
+        let max = |a: &[u8]| {
+            a.iter()
+                .zip(&want)
+                .map(|(x, y)| x.abs_diff(*y))
+                .max()
+                .unwrap()
+        };
+        let binary_flips = |a: &[u8]| {
+            a.iter()
+                .zip(&want)
+                .filter(|(x, y)| (**x >= 128) != (**y >= 128))
+                .count()
+        };
+        eprintln!(
+            "mask blur {blur}: stipple vs PIL mean {:.4} max {}; image::imageops::blur vs PIL mean \
+             {:.4} max {}, {} of 4096 pixels on the other side of 0.5",
+            mean_abs(&got, &want),
+            max(&got),
+            mean_abs(&gaussian, &want),
+            max(&gaussian),
+            binary_flips(&gaussian)
+        );
+        assert_eq!(max(&got), 0, "blur {blur}: stipple's blur is not PIL's");
+    }
+}
+
 /// A job inpainting init.png under `mask` (a file of tests/fixtures/img2img).
 fn inpaint_job(sampler: Sampler, denoise: f64, mask: &str, (w, h): (u32, u32)) -> Job {
     let pics = pictures();

@@ -4,7 +4,7 @@
 
 use crate::tui_support::*;
 use crossterm::event::{KeyCode, KeyModifiers};
-use stipple::init_image::ResizeMode;
+use stipple::init_image::{InpaintArea, ResizeMode};
 use stipple::tui::app::{Effect, Focus};
 use stipple::tui::event_loop::perform;
 use stipple::tui::terminal::TestScreen;
@@ -163,4 +163,169 @@ fn m_in_the_gallery_draws_a_mask_and_the_next_jobs_inpaint() {
         (true, true)
     );
     engine.shutdown();
+}
+
+/// Sets the Settings field `name` by pressing Right (`dir` > 0) or Left `times` times.
+fn set_field(app: &mut stipple::tui::app::App, name: &str, dir: i32, times: usize) {
+    press(app, KeyCode::F(4));
+    while app.settings.field_name() != name {
+        let before = app.settings.field_name();
+        press(app, KeyCode::Down);
+        if app.settings.field_name() == before {
+            while app.settings.field_name() != name {
+                let before = app.settings.field_name();
+                press(app, KeyCode::Up);
+                assert_ne!(app.settings.field_name(), before, "no field {name}");
+            }
+        }
+    }
+    for _ in 0..times {
+        press(
+            app,
+            if dir > 0 {
+                KeyCode::Right
+            } else {
+                KeyCode::Left
+            },
+        );
+    }
+}
+
+/// Inpaint area, padding, masked content and outpainting set in Settings reach the submitted job
+/// exactly as `--mask-blur 4 --inpaint-area masked --inpaint-padding 24 --masked-content fill
+/// --outpaint 16,0,0,0` build it (the same library calls the CLI makes), and its infotext carries
+/// A1111's keys for them; the Settings view shows them, scrolled in a small terminal.
+#[test]
+fn inpaint_area_padding_content_and_outpaint_reach_the_job_as_the_flags_do() {
+    let inputs = tempfile::tempdir().unwrap();
+    let (engine, _events) = stipple::engine::Engine::spawn(ScriptedRunner::free());
+    let cat = catalog();
+    let svc = services(&engine, &cat, None);
+    let mut screen = TestScreen::new(100, 40);
+    let mut app = busy_app();
+    app.inputs_dir = Some(inputs.path().to_path_buf());
+    while app.focus != Focus::Gallery {
+        press(&mut app, KeyCode::Tab);
+    }
+    // Img2img without a mask: the inpainting settings stay out of the job.
+    let fx = press(&mut app, KeyCode::Char('i'));
+    assert!(perform(&mut app, fx, &svc, &mut screen).unwrap());
+    set_field(&mut app, "inpaint area", 1, 1);
+    set_field(&mut app, "masked content", 1, 1);
+    let plain = app.build_job().unwrap().init.unwrap();
+    let (file, _) = app.settings.init.clone().unwrap();
+    assert_eq!(
+        plain,
+        stipple::image::init::pin(&file.path, 0.75, None).unwrap()
+    );
+    // Outpainting alone inpaints (the grown border is the mask), as --outpaint without --mask.
+    set_field(&mut app, "outpaint", 1, 2);
+    set_field(&mut app, "outpaint sides", 1, 3);
+    let shown = render(&mut app, 100, 30);
+    for line in [
+        "inpaint area   only masked",
+        "masked padding 32 px",
+        "masked content fill",
+        "outpaint       16 px",
+        "outpaint sides left",
+    ] {
+        assert!(shown.contains(line), "{line:?} in\n{shown}");
+    }
+    insta::assert_snapshot!("settings_inpaint_100x30", shown);
+    // 80×24 has room for 20 of the 21 fields: the list scrolls to keep the last one in view.
+    let small = render(&mut app, 80, 24);
+    assert!(
+        small.contains("outpaint sides left") && !small.contains("│ sampler "),
+        "{small}"
+    );
+    let job = app.build_job().unwrap();
+    let mut want = stipple::image::init::pin(&file.path, 0.75, None).unwrap();
+    want.mask_blur = 4;
+    want.masked_content = "fill".parse().unwrap();
+    want.outpaint = "16,0,0,0".parse().unwrap();
+    stipple::init_image::set_area(&mut want, Some("masked".parse().unwrap()), None).unwrap();
+    assert_eq!(job.init.as_ref(), Some(&want));
+    press(&mut app, KeyCode::Esc);
+    let summary = render(&mut app, 100, 30);
+    assert!(summary.contains("inpaint 0.75"), "{summary}");
+
+    // Now a drawn mask with padding 24 (two notches down), submitted with C-g.
+    while app.focus != Focus::Gallery {
+        press(&mut app, KeyCode::Tab);
+    }
+    press(&mut app, KeyCode::Char('m'));
+    press(&mut app, KeyCode::Char(' '));
+    for _ in 0..4 {
+        key(&mut app, KeyCode::Right, KeyModifiers::SHIFT);
+    }
+    press(&mut app, KeyCode::Char(' '));
+    let fx = press(&mut app, KeyCode::Enter);
+    assert!(perform(&mut app, fx, &svc, &mut screen).unwrap());
+    set_field(&mut app, "masked padding", -1, 2);
+    let fx = key(&mut app, KeyCode::Char('g'), KeyModifiers::CONTROL);
+    let Some(Effect::Submit(job)) = fx.first() else {
+        panic!("C-g submits: {fx:?} {:?}", app.status);
+    };
+    let (file, _) = app.settings.init.clone().unwrap();
+    let mask = app.settings.mask.clone().expect("the drawn mask");
+    let mut want = stipple::image::init::pin(&file.path, 0.75, Some(&mask.path)).unwrap();
+    want.mask_blur = 4;
+    want.masked_content = "fill".parse().unwrap();
+    want.outpaint = "16,0,0,0".parse().unwrap();
+    stipple::init_image::set_area(&mut want, Some("masked".parse().unwrap()), Some(24)).unwrap();
+    assert_eq!(job.init.as_ref(), Some(&want));
+    let infotext =
+        stipple::image::format_infotext(job, job.seed, &stipple::image::Resources::default());
+    assert!(
+        infotext.contains(
+            "Mask blur: 4, Inpaint area: Only masked, Masked area padding: 24, \
+             Masked content: fill, Outpaint: \"16,0,0,0\""
+        ),
+        "{infotext}"
+    );
+    // Back to the whole picture: the padding leaves the job, as without --inpaint-area masked.
+    set_field(&mut app, "inpaint area", -1, 1);
+    let init = app.build_job().unwrap().init.unwrap();
+    assert_eq!(
+        (init.inpaint_area, init.inpaint_padding),
+        (InpaintArea::Whole, 0)
+    );
+    engine.shutdown();
+}
+
+/// The config's `[img2img]` is what the workstation's Settings start from.
+#[test]
+fn the_img2img_section_of_the_config_starts_the_settings() {
+    let mut config = stipple::config::Config::default().with_model_size((512, 512));
+    config.img2img.denoise = 0.4;
+    config.img2img.mask_blur = 8;
+    config.img2img.inpaint_area = InpaintArea::Masked;
+    config.img2img.inpaint_padding = 16;
+    config.img2img.masked_content = stipple::init_image::MaskedContent::LatentNothing;
+    let app = stipple::tui::app::App::new(
+        &config,
+        stipple::tui::theme::Theme::load("dark", None).unwrap(),
+        stipple::tui::keymap::Keymap::default(),
+        None,
+        42,
+    );
+    let s = &app.settings;
+    assert_eq!(
+        (
+            s.denoise,
+            s.mask_blur,
+            s.inpaint_area,
+            s.inpaint_padding,
+            s.masked_content,
+            s.outpaint
+        ),
+        (
+            0.4,
+            8,
+            InpaintArea::Masked,
+            16,
+            stipple::init_image::MaskedContent::LatentNothing,
+            0
+        )
+    );
 }

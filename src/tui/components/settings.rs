@@ -1,9 +1,10 @@
 //! Generation settings (sampler, steps, CFG, size, seed, batch, LoRA method, trigger words, the
-//! img2img picture with its denoise and resize mode) as a list of fields changed with
-//! Left/Right/Enter; the values a submitted job is built from.
+//! img2img picture with its denoise and resize mode, the inpainting mask, blur, area, padding,
+//! masked content and outpainting) as a list of fields changed with Left/Right/Enter; the values a
+//! submitted job is built from ([`Settings::init_image`]).
 
 use crate::config::Config;
-use crate::init_image::{FileRef, ResizeMode};
+use crate::init_image::{FileRef, InitImage, InpaintArea, MaskedContent, Outpaint, ResizeMode};
 use crate::job::{parse_sampler, Sampler, Schedule, SdeNoise};
 use crate::live::LoraMethod;
 use crate::tui::theme::Theme;
@@ -20,6 +21,59 @@ pub enum SeedMode {
     /// The seed of the last image.
     Reuse,
 }
+
+/// Which sides the outpaint setting grows the canvas on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OutpaintSides {
+    #[default]
+    All,
+    LeftRight,
+    UpDown,
+    Left,
+    Right,
+    Up,
+    Down,
+}
+
+impl OutpaintSides {
+    const ALL: [OutpaintSides; 7] = [
+        OutpaintSides::All,
+        OutpaintSides::LeftRight,
+        OutpaintSides::UpDown,
+        OutpaintSides::Left,
+        OutpaintSides::Right,
+        OutpaintSides::Up,
+        OutpaintSides::Down,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            OutpaintSides::All => "all four",
+            OutpaintSides::LeftRight => "left and right",
+            OutpaintSides::UpDown => "up and down",
+            OutpaintSides::Left => "left",
+            OutpaintSides::Right => "right",
+            OutpaintSides::Up => "up",
+            OutpaintSides::Down => "down",
+        }
+    }
+
+    /// `px` on these sides, as `--outpaint L,R,U,D` gives it.
+    pub fn outpaint(self, px: u32) -> Outpaint {
+        use OutpaintSides::*;
+        let on = |sides: &[OutpaintSides]| if sides.contains(&self) { px } else { 0 };
+        Outpaint {
+            left: on(&[All, LeftRight, Left]),
+            right: on(&[All, LeftRight, Right]),
+            up: on(&[All, UpDown, Up]),
+            down: on(&[All, UpDown, Down]),
+        }
+    }
+}
+
+/// Largest "only masked" padding and outpaint the fields step to, in pixels.
+const MAX_PADDING: u32 = 1024;
+const MAX_OUTPAINT: u32 = 1024;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -46,10 +100,18 @@ pub struct Settings {
     /// The inpainting mask drawn over the init image; dropped with it.
     pub mask: Option<FileRef>,
     pub mask_blur: u32,
+    /// The rest apply when a job inpaints (a mask, or outpainting), as their CLI flags.
+    pub inpaint_area: InpaintArea,
+    /// Pixels around the mask's box with [`InpaintArea::Masked`].
+    pub inpaint_padding: u32,
+    pub masked_content: MaskedContent,
+    /// Pixels the canvas grows by on `outpaint_sides`; 0: no outpainting.
+    pub outpaint: u32,
+    pub outpaint_sides: OutpaintSides,
     pub selected: usize,
 }
 
-const FIELDS: [&str; 16] = [
+const FIELDS: [&str; 21] = [
     "sampler",
     "steps",
     "cfg",
@@ -66,6 +128,11 @@ const FIELDS: [&str; 16] = [
     "resize mode",
     "mask",
     "mask blur",
+    "inpaint area",
+    "masked padding",
+    "masked content",
+    "outpaint",
+    "outpaint sides",
 ];
 
 impl Settings {
@@ -95,12 +162,44 @@ impl Settings {
             trigger_words: g.trigger_words,
             lora_folders: c.lora_folders.clone(),
             init: None,
-            denoise: 0.75,
+            denoise: c.img2img.denoise,
             resize_mode: ResizeMode::default(),
             mask: None,
-            mask_blur: 4,
+            mask_blur: c.img2img.mask_blur,
+            inpaint_area: c.img2img.inpaint_area,
+            inpaint_padding: c.img2img.inpaint_padding,
+            masked_content: c.img2img.masked_content,
+            outpaint: 0,
+            outpaint_sides: OutpaintSides::default(),
             selected: 0,
         }
+    }
+
+    /// Whether jobs inpaint: a mask is drawn, or the canvas grows.
+    pub fn inpaints(&self) -> bool {
+        self.init.is_some() && (self.mask.is_some() || self.outpaint > 0)
+    }
+
+    /// What a job starts from, built as `--init-image`, `--denoise`, `--resize-mode` and, when it
+    /// inpaints, `--mask`, `--mask-blur`, `--inpaint-area`, `--inpaint-padding`, `--masked-content`
+    /// and `--outpaint` build it; `None` for text-to-image.
+    pub fn init_image(&self) -> Result<Option<InitImage>, String> {
+        let Some((file, _)) = &self.init else {
+            return Ok(None);
+        };
+        let mut init = InitImage::new(file.clone(), self.denoise);
+        init.resize_mode = self.resize_mode;
+        if self.inpaints() {
+            init.mask = self.mask.clone();
+            init.mask_blur = self.mask_blur;
+            init.masked_content = self.masked_content;
+            init.outpaint = self.outpaint_sides.outpaint(self.outpaint);
+            let padding = (self.inpaint_area == InpaintArea::Masked)
+                .then_some(i64::from(self.inpaint_padding));
+            crate::init_image::set_area(&mut init, Some(self.inpaint_area), padding)?;
+        }
+        init.first_step(self.steps).map_err(|e| e.to_string())?;
+        Ok(Some(init))
     }
 
     /// The name of the selected field, as the Settings view shows it.
@@ -171,6 +270,36 @@ impl Settings {
             }
             14 => self.mask = None,
             15 => self.mask_blur = step(self.mask_blur, 1, 0, 64),
+            16 => {
+                self.inpaint_area = match self.inpaint_area {
+                    InpaintArea::Whole => InpaintArea::Masked,
+                    InpaintArea::Masked => InpaintArea::Whole,
+                }
+            }
+            17 => self.inpaint_padding = step(self.inpaint_padding, 4, 0, MAX_PADDING),
+            18 => {
+                const ALL: [MaskedContent; 4] = [
+                    MaskedContent::Original,
+                    MaskedContent::Fill,
+                    MaskedContent::LatentNoise,
+                    MaskedContent::LatentNothing,
+                ];
+                let i = ALL
+                    .iter()
+                    .position(|m| *m == self.masked_content)
+                    .unwrap_or(0) as i32;
+                self.masked_content = ALL[(i + dir).rem_euclid(ALL.len() as i32) as usize];
+            }
+            // In steps of 8: the VAE's factor, so a grown canvas stays a valid size.
+            19 => self.outpaint = step(self.outpaint, 8, 0, MAX_OUTPAINT),
+            20 => {
+                let all = OutpaintSides::ALL;
+                let i = all
+                    .iter()
+                    .position(|m| *m == self.outpaint_sides)
+                    .unwrap_or(0) as i32;
+                self.outpaint_sides = all[(i + dir).rem_euclid(all.len() as i32) as usize];
+            }
             _ => {}
         }
     }
@@ -203,6 +332,20 @@ impl Settings {
                 None => "none (m in the gallery draws one)".into(),
             },
             15 => format!("{} px", self.mask_blur),
+            16 => match self.inpaint_area {
+                InpaintArea::Whole => "whole picture".into(),
+                InpaintArea::Masked => "only masked".into(),
+            },
+            17 => match self.inpaint_area {
+                InpaintArea::Masked => format!("{} px", self.inpaint_padding),
+                InpaintArea::Whole => format!("{} px (with only masked)", self.inpaint_padding),
+            },
+            18 => self.masked_content.label().into(),
+            19 => match self.outpaint {
+                0 => "off".into(),
+                px => format!("{px} px"),
+            },
+            20 => self.outpaint_sides.label().into(),
             _ => {
                 if self.lora_folders.is_empty() {
                     "none (set lora_folders in config.toml)".into()
@@ -225,7 +368,7 @@ impl Settings {
             SeedMode::Reuse => "reuse".into(),
         };
         let img2img = match self.init {
-            Some(_) if self.mask.is_some() => format!("inpaint {:.2} · ", self.denoise),
+            Some(_) if self.inpaints() => format!("inpaint {:.2} · ", self.denoise),
             Some(_) => format!("img2img {:.2} · ", self.denoise),
             None => String::new(),
         };
@@ -243,7 +386,7 @@ impl Settings {
         };
         // The img2img marker stays in every shortened form: it changes what a job does.
         let short = match self.init {
-            Some(_) if self.mask.is_some() => format!("inpaint {:.2}, ", self.denoise),
+            Some(_) if self.inpaints() => format!("inpaint {:.2}, ", self.denoise),
             Some(_) => format!("img2img {:.2}, ", self.denoise),
             None => String::new(),
         };
@@ -280,12 +423,16 @@ impl Settings {
             .title(Span::styled(" Settings ", theme.get("ui.title.focused")));
         let inner = block.inner(area);
         block.render(area, buf);
+        // Scrolled so that the selected field stays in view in a short terminal.
+        let rows = usize::from(inner.height.max(1));
+        let skip = (self.selected + 1).saturating_sub(rows);
         let lines: Vec<Line> = FIELDS
             .iter()
             .enumerate()
+            .skip(skip)
             .map(|(i, name)| {
                 let l = Line::from(vec![
-                    Span::styled(format!(" {name:<14}"), theme.get("ui.text.muted")),
+                    Span::styled(format!(" {name:<15}"), theme.get("ui.text.muted")),
                     Span::styled(self.value(i), theme.get("settings.value")),
                 ]);
                 if i == self.selected {
