@@ -245,6 +245,12 @@ impl Generator {
         self.sessions.patch_counts()
     }
 
+    /// The bytes of the UNet's resident weight `name` when they are in host memory (tests).
+    #[doc(hidden)]
+    pub fn unet_host_weight(&self, name: &str) -> Option<Vec<u8>> {
+        self.sessions.unet_host_weight(name)
+    }
+
     /// How many texts were encoded (one per distinct text and text-encoder strength set).
     pub fn encodes(&self) -> usize {
         self.text.encodes()

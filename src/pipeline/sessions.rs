@@ -181,6 +181,12 @@ impl Sessions {
         self.counts
     }
 
+    /// The bytes of the UNet's resident weight `name` when they are in host memory (tests).
+    #[doc(hidden)]
+    pub fn unet_host_weight(&self, name: &str) -> Option<Vec<u8>> {
+        self.unet.host_weight(name)
+    }
+
     /// Whether adapter changes run as patch programs on resident weights, so that a strength
     /// change is a re-run (cheap enough for every step).
     pub fn device_patch(&self) -> bool {
@@ -257,7 +263,7 @@ impl Sessions {
         // Resident weights are rewritten in place; a UNet whose shapes change needs a new session.
         let te_in_place = self.text.iter().all(Net::is_resident);
         let unet_in_place = self.unet.is_resident() && want.unet_dims == self.fused.unet_dims;
-        let (rt, opts) = (self.runtime, &self.opts);
+        // A change of strengths alone re-runs the patch programs already on the device.
         if self.opts.patch_on_device() {
             if let Some((te, unet)) = self.rerun_plan(
                 model,
@@ -269,6 +275,7 @@ impl Sessions {
                 return self.rerun(want, te, unet, t);
             }
         }
+        let (rt, opts) = (self.runtime, &self.opts);
         let set = keys::adapter_set(loras);
         let te_layouts: Vec<Option<&resident::Layout>> =
             self.text.iter().map(Net::layout).collect();
