@@ -18,7 +18,8 @@ pub(crate) fn slots(
     key: &StrengthKey,
     component: TargetComponent,
 ) -> Option<Vec<f32>> {
-    if prog.adapters.as_deref() != Some(set) || key.te.len() != loras.len()
+    if prog.adapters.as_deref() != Some(set)
+        || key.te.len() != loras.len()
         || key.unet.len() != loras.len()
     {
         return None;

@@ -74,6 +74,9 @@ pub struct PatchCounts {
     pub reruns: u64,
 }
 
+/// The strengths inputs of a re-run: one per text encoder, then the UNet's (None: not re-run).
+type Reruns = (Vec<Option<Vec<f32>>>, Option<Vec<f32>>);
+
 /// What an adapter change does to one component's session.
 enum Change {
     /// A new session (baked weights, or resident ones filled at build).
@@ -272,7 +275,7 @@ impl Sessions {
                 (rebuild_te && te_in_place, rebuild_te),
                 (rebuild_unet && unet_in_place, rebuild_unet),
             ) {
-                return self.rerun(want, te, unet, t);
+                return self.rerun(want, (te, unet), t);
             }
         }
         let (rt, opts) = (self.runtime, &self.opts);
@@ -376,7 +379,11 @@ impl Sessions {
                 stats.session_s
             );
         }
-        let device = te.iter().flatten().chain(&unet).any(|c| matches!(c, Change::Device(_)));
+        let device = te
+            .iter()
+            .flatten()
+            .chain(&unet)
+            .any(|c| matches!(c, Change::Device(_)));
         let t = Instant::now();
         let uploaded = self.apply_changes(te, unet);
         stats.upload_s = t.elapsed().as_secs_f64();
@@ -415,7 +422,7 @@ impl Sessions {
         key: &StrengthKey,
         te: (bool, bool),
         unet: (bool, bool),
-    ) -> Option<(Vec<Option<Vec<f32>>>, Option<Vec<f32>>)> {
+    ) -> Option<Reruns> {
         if self.fused.te.is_none() || self.fused.unet.is_none() {
             return None;
         }
@@ -448,8 +455,7 @@ impl Sessions {
     fn rerun(
         &mut self,
         want: FusedKey,
-        te: Vec<Option<Vec<f32>>>,
-        unet: Option<Vec<f32>>,
+        (te, unet): Reruns,
         started: Instant,
     ) -> Result<(), PipelineError> {
         let deltas_s = started.elapsed().as_secs_f64();
@@ -459,7 +465,10 @@ impl Sessions {
         let mut failed = None;
         for (net, s) in nets.zip(te.into_iter().chain(std::iter::once(unet))) {
             let Some(s) = s else { continue };
-            let old = net.patch_strengths().map(<[f32]>::to_vec).unwrap_or_default();
+            let old = net
+                .patch_strengths()
+                .map(<[f32]>::to_vec)
+                .unwrap_or_default();
             match net.rerun_patch(&s) {
                 Ok(()) => done.push((net, old)),
                 Err(e) => {
