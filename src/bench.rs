@@ -377,8 +377,12 @@ pub struct LiveBench {
     pub live_build_s: f64,
     /// Strength changed between steps → end of the next step (which uses it), live: no rebuild.
     pub dial_to_step_live_ms: f64,
-    /// The same through the refuse path (a UNet session rebuild).
+    /// The same through the refuse path (a UNet session rebuild, or with resident weights a host
+    /// re-fuse and upload).
     pub dial_to_step_refuse_ms: f64,
+    /// With `--patch-on device`: the same through the device patch, which re-runs its patch
+    /// program with the new strength before the step (null without it).
+    pub dial_to_step_device_ms: Option<f64>,
 }
 
 impl fmt::Display for LiveBench {
@@ -412,7 +416,11 @@ impl fmt::Display for LiveBench {
             f,
             "  same, refuse (rebuild)    {:>9.3} ms",
             self.dial_to_step_refuse_ms
-        )
+        )?;
+        if let Some(ms) = self.dial_to_step_device_ms {
+            write!(f, "\n  same, device patch re-run {ms:>9.3} ms")?;
+        }
+        Ok(())
     }
 }
 
@@ -463,7 +471,9 @@ fn timed_job(
     Ok((steps, latency))
 }
 
-/// Measures live mode against fuse mode for the adapter `lora` on `spec`'s model.
+/// Measures live mode against fuse mode for the adapter `lora` on `spec`'s model; with the device
+/// patch (`--patch-on device`, resident weights) the refuse row is the host re-fuse and a third row
+/// the device patch's re-run, measured on a second load after the first is dropped.
 pub fn live(
     spec: EngineSpec,
     rt: &'static Runtime,
@@ -471,6 +481,10 @@ pub fn live(
     steps: u32,
 ) -> Result<LiveBench, PipelineError> {
     use crate::live::LoraMethod;
+    let device_spec =
+        (spec.session.patch_on_device() && spec.session.resident_weights()).then(|| spec.clone());
+    let mut spec = spec;
+    spec.session.patch_on_device = Some(false);
     let mut g = Generator::load(spec, rt)?;
     let (w, h) = g.model.default_size();
     let dir = lora.parent().unwrap_or(Path::new(".")).to_path_buf();
@@ -478,7 +492,7 @@ pub fn live(
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    g.set_lora_dirs(vec![dir]);
+    g.set_lora_dirs(vec![dir.clone()]);
     let job = Job {
         prompt: format!("a red fox in the snow <lora:{stem}:0.8>"),
         negative: String::new(),
@@ -508,6 +522,27 @@ pub fn live(
     let at = job.steps / 2;
     let dial_live = timed_job(&mut g, &job, LoraMethod::Live, Some((&stem, at)))?.1;
     let dial_refuse = timed_job(&mut g, &job, LoraMethod::Refuse, Some((&stem, at)))?.1;
+    drop(g);
+    let dial_device = match device_spec {
+        Some(spec) => {
+            let mut d = Generator::load(spec, rt)?;
+            d.set_lora_dirs(vec![dir]);
+            // Twice: the first stages the program (and warms the caches); the second's counts.
+            let mut latency = None;
+            for _ in 0..2 {
+                let before = d.patch_counts().reruns;
+                latency = timed_job(&mut d, &job, LoraMethod::Fuse, Some((&stem, at)))?.1;
+                if d.patch_counts().reruns == before {
+                    return Err(PipelineError::Job(
+                        "the device patch did not re-run its program for the dialled strength"
+                            .into(),
+                    ));
+                }
+            }
+            Some(latency)
+        }
+        None => None,
+    };
     let fused_step_ms = median(fused) * 1e3;
     let live_step_ms = median(live) * 1e3;
     let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
@@ -522,5 +557,6 @@ pub fn live(
         live_build_s,
         dial_to_step_live_ms: ms(dial_live),
         dial_to_step_refuse_ms: ms(dial_refuse),
+        dial_to_step_device_ms: dial_device.map(ms),
     })
 }

@@ -15,6 +15,9 @@ pub use crate::patch::program::Delta as TermData;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Term {
     pub adapter: usize,
+    /// The weight whose strength the term takes (`{module}.weight`, for its bias too): region and
+    /// block weights are looked up by it, so a new strength is found without the adapter's tensors.
+    pub at: String,
     pub strength: f32,
     pub linear: bool,
     pub data: TermData,
@@ -37,6 +40,7 @@ pub(super) fn module_term(
         if let Some((up, down, rank)) = p.with_ctx(factors) {
             return Ok(Some(Term {
                 adapter: ai,
+                at: p.wname.clone(),
                 strength,
                 linear,
                 data: TermData::Factors { up, down, rank },
@@ -46,10 +50,12 @@ pub(super) fn module_term(
     if linear {
         p.mu = 1.0;
     }
+    let at = p.wname.clone();
     let Out { weight, bias } = super::prepared_delta(p, id)?.out;
     let d = if want_bias { bias } else { weight };
     Ok(d.map(|d| Term {
         adapter: ai,
+        at,
         strength,
         linear,
         data: TermData::Dense(d),

@@ -70,6 +70,7 @@ pub trait DeltaSource: Sync {
             .map(|d| SourceTerm {
                 strength: 1.0,
                 linear: false,
+                origin: None,
                 delta: Delta::Dense(d.into_owned()),
             })
             .into_iter()
@@ -83,7 +84,18 @@ pub trait DeltaSource: Sync {
 pub struct SourceTerm {
     pub strength: f32,
     pub linear: bool,
+    /// Where the strength comes from, when the source knows: what lets a strength change re-run a
+    /// patch program instead of building a new one.
+    pub origin: Option<TermOrigin>,
     pub delta: Delta,
+}
+
+/// Where a term's strength comes from: adapter `adapter` (its index in the set) at weight `at`
+/// (`{module}.weight`, whose region and block weight scale it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TermOrigin {
+    pub adapter: usize,
+    pub at: String,
 }
 
 impl DeltaSource for HashMap<String, Vec<f32>> {

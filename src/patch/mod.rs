@@ -7,5 +7,5 @@ pub mod program;
 
 pub use buffer::{
     assemble, assemble_graph, fill_each, fill_each_in, graph_of, pristine, return_freed_memory,
-    zeroed_buffer, DeltaSource, Elems, Filled, PatchError, PatchStats, SourceTerm,
+    zeroed_buffer, DeltaSource, Elems, Filled, PatchError, PatchStats, SourceTerm, TermOrigin,
 };

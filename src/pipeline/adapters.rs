@@ -174,6 +174,10 @@ impl crate::patch::DeltaSource for PlannedView<'_, '_> {
             .map(|t| crate::patch::SourceTerm {
                 strength: t.strength,
                 linear: t.linear,
+                origin: Some(crate::patch::TermOrigin {
+                    adapter: t.adapter,
+                    at: t.at,
+                }),
                 delta: t.data,
             })
             .collect())

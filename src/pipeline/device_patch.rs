@@ -91,6 +91,7 @@ fn stage_entries(
         message,
     };
     let mut strengths = Vec::new();
+    let mut program_terms = Vec::new();
     let mut used = HashSet::new();
     let mut sites = Vec::with_capacity(entries.len());
     let mut new_bases = Vec::new();
@@ -116,6 +117,11 @@ fn stage_entries(
                         program::Delta::Factors { up, down, .. } => (up.len() + down.len()) * 4,
                         program::Delta::Dense(d) => d.len() * 4,
                     };
+                    program_terms.push(super::device_run::ProgramTerm {
+                        origin: t.origin,
+                        linear: t.linear,
+                        strength: t.strength,
+                    });
                     let slot = t.linear.then(|| {
                         strengths.push(t.strength);
                         strengths.len() - 1
@@ -194,6 +200,8 @@ fn stage_entries(
         session,
         entries: entries.iter().map(|(i, _)| *i).collect(),
         strengths,
+        terms: program_terms,
+        adapters: None,
         new_bases,
         patched,
         factor_bytes,

@@ -2,8 +2,9 @@
 //! needs on the device) and [`run`], which binds its inputs and writes its outputs into the resident
 //! weight buffers ([`Sink`]). Built by [`super::device_patch`], run by [`super::resident::Net`].
 
+use super::keys::FusedAdapter;
 use crate::model::ElemType;
-use crate::patch::program;
+use crate::patch::{program, TermOrigin};
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::Session;
 use ort::value::{DynTensor, DynValue, Tensor};
@@ -16,12 +17,26 @@ pub struct DeviceStaged {
     /// The layout index of the weight each output writes.
     pub(crate) entries: Vec<usize>,
     pub(crate) strengths: Vec<f32>,
+    /// Every term of the program, in site order; the linear ones read `strengths` in this order.
+    pub(crate) terms: Vec<ProgramTerm>,
+    /// The adapter set the program was planned for (files, block weights, DyLoRA rank; strengths
+    /// aside), stamped by the sessions: a change of strengths alone re-runs it.
+    pub(crate) adapters: Option<Vec<FusedAdapter>>,
     /// Base copies the device does not hold yet (layout index, element type, host tensor).
     pub(crate) new_bases: Vec<(usize, ElemType, DynTensor)>,
     /// The weights that hold base + ΔW once it has run.
     pub(crate) patched: HashSet<usize>,
     /// Bytes of factors and dense ΔW the program holds (what goes to the device per adapter set).
     pub factor_bytes: usize,
+}
+
+/// One term of a program: where its strength comes from, whether the program scales it (it reads
+/// the next slot of the strengths input) and the strength it was planned at.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ProgramTerm {
+    pub origin: Option<TermOrigin>,
+    pub linear: bool,
+    pub strength: f32,
 }
 
 impl DeviceStaged {

@@ -30,7 +30,7 @@ mod batched;
 mod decodes;
 mod hires;
 
-pub use super::sessions::{Added, FuseStats};
+pub use super::sessions::{Added, FuseStats, PatchCounts};
 pub use super::spec::DEFAULT_UNET_BATCH;
 pub use super::text::Conditioning;
 pub use batched::GroupJob;
@@ -238,6 +238,17 @@ impl Generator {
     /// Timings of the last adapter change.
     pub fn last_fuse(&self) -> Option<FuseStats> {
         self.sessions.last_fuse()
+    }
+
+    /// How the device patch has changed adapter strengths since the load (new programs, re-runs).
+    pub fn patch_counts(&self) -> PatchCounts {
+        self.sessions.patch_counts()
+    }
+
+    /// The bytes of the UNet's resident weight `name` when they are in host memory (tests).
+    #[doc(hidden)]
+    pub fn unet_host_weight(&self, name: &str) -> Option<Vec<u8>> {
+        self.sessions.unet_host_weight(name)
     }
 
     /// How many texts were encoded (one per distinct text and text-encoder strength set).

@@ -95,6 +95,12 @@ impl FusedKey {
     }
 }
 
+/// The adapters of `loras` as a patch program is planned for them, in order: files, block weights
+/// and DyLoRA ranks, strengths left out (a change of strengths alone keeps the set).
+pub fn adapter_set(loras: &[ActiveLora]) -> Vec<FusedAdapter> {
+    loras.iter().map(|l| FusedAdapter::of(l, &[])).collect()
+}
+
 /// Which adapters (file and DyLoRA rank) a live UNet's factors come from.
 pub type FactorsKey = Vec<(PathBuf, Option<u32>)>;
 

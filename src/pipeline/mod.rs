@@ -13,6 +13,7 @@ pub mod generator;
 pub mod img2img;
 pub mod keys;
 pub mod prediction_test;
+mod rerun;
 pub mod resident;
 pub mod rng;
 pub mod schedulers;

@@ -180,7 +180,10 @@ impl Net {
                 let restored = match r.last_program.take() {
                     Some(mut prev) => {
                         let ok = run_program(r, &mut prev).is_ok();
-                        r.last_program = Some(prev);
+                        // Kept only when it holds the weights again (a re-run may start from it).
+                        if ok {
+                            r.last_program = Some(prev);
+                        }
                         ok
                     }
                     None => false,
@@ -228,10 +231,20 @@ impl Net {
         let result = run_program(r, &mut prog);
         if result.is_err() {
             prog.strengths = old;
-            let _ = run_program(r, &mut prog);
+            if run_program(r, &mut prog).is_err() {
+                // What its weights hold is unknown: the next change rewrites them with a new
+                // program, never a re-run of this one.
+                r.layout.patched.extend(prog.entries.iter().copied());
+                return result.map_err(|e| err(format!("patch program: {e}")));
+            }
         }
         r.last_program = Some(prog);
         result.map_err(|e| err(format!("patch program: {e}")))
+    }
+
+    /// The patch program that last wrote the weights, None when they were not written by one.
+    pub(crate) fn patch_program(&self) -> Option<&DeviceStaged> {
+        self.resident.as_ref()?.last_program.as_ref()
     }
 
     /// The bytes of resident weight `name` when they are in host memory (tests).

@@ -1,13 +1,15 @@
 //! The sessions of a loaded model and what is fused into them: [`Sessions`] owns the text-encoder,
 //! UNet and VAE sessions, brings them to a set of adapter strengths ([`Sessions::fuse`]: rebuilt, or
-//! resident weights staged and rewritten in place), rebuilds the VAE for new static shapes and runs
+//! resident weights staged and rewritten in place, or, with the device patch, the kept patch
+//! programs re-run at new strengths), rebuilds the VAE for new static shapes and runs
 //! the UNet (through fixed buffers for a CUDA graph) and the VAE decoder, whose session is shared
 //! with a decode worker through a [`VaeDecoder`] handle.
 
 use super::adapters::{self, ActiveLora, StrengthKey};
 use super::device_patch::{self, DeviceStaged};
 use super::error::{patch_err, run_err, ComponentDeltas, PipelineError};
-use super::keys::{FusedKey, Fusion};
+use super::keys::{self, FusedKey, Fusion};
+use super::rerun;
 use super::resident::{self, Net, Staged};
 use super::vae::{self, Fallback, VaeDecoder, VaeSlot};
 use crate::job::RgbImage;
@@ -59,7 +61,23 @@ pub struct FuseStats {
     pub upload_s: f64,
     /// Dropping the replaced sessions (ONNX Runtime frees their device memory).
     pub free_s: f64,
+    /// The change re-ran the patch programs already on the device with new strengths (nothing
+    /// planned, built or uploaded but the strengths; its time is in `upload_s`).
+    pub rerun: bool,
 }
+
+/// How the device patch brought the weights to new adapter strengths, counted since the load.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PatchCounts {
+    /// Changes that staged new patch programs (a new adapter set, or a strength change a program
+    /// cannot re-run: DoRA, OFT, BOFT).
+    pub staged: u64,
+    /// Changes that re-ran the kept programs with new strengths.
+    pub reruns: u64,
+}
+
+/// The strengths inputs of a re-run: one per text encoder, then the UNet's (None: not re-run).
+type Reruns = (Vec<Option<Vec<f32>>>, Option<Vec<f32>>);
 
 /// What an adapter change does to one component's session.
 enum Change {
@@ -97,6 +115,7 @@ pub struct Sessions {
     last_report: Option<ApplyReport>,
     /// Timings of the last adapter change.
     last_fuse: Option<FuseStats>,
+    counts: PatchCounts,
 }
 
 impl Sessions {
@@ -129,6 +148,7 @@ impl Sessions {
             unet_io: None,
             last_report: None,
             last_fuse: None,
+            counts: PatchCounts::default(),
         })
     }
 
@@ -162,6 +182,23 @@ impl Sessions {
     /// Timings of the last adapter change.
     pub fn last_fuse(&self) -> Option<FuseStats> {
         self.last_fuse
+    }
+
+    /// How the device patch has changed strengths since the load.
+    pub fn patch_counts(&self) -> PatchCounts {
+        self.counts
+    }
+
+    /// The bytes of the UNet's resident weight `name` when they are in host memory (tests).
+    #[doc(hidden)]
+    pub fn unet_host_weight(&self, name: &str) -> Option<Vec<u8>> {
+        self.unet.host_weight(name)
+    }
+
+    /// Whether adapter changes run as patch programs on resident weights, so that a strength
+    /// change is a re-run (cheap enough for every step).
+    pub fn device_patch(&self) -> bool {
+        self.opts.patch_on_device() && self.unet.is_resident()
     }
 
     /// Records the timings of a change made elsewhere (the live UNet's build).
@@ -234,7 +271,20 @@ impl Sessions {
         // Resident weights are rewritten in place; a UNet whose shapes change needs a new session.
         let te_in_place = self.text.iter().all(Net::is_resident);
         let unet_in_place = self.unet.is_resident() && want.unet_dims == self.fused.unet_dims;
+        // A change of strengths alone re-runs the patch programs already on the device.
+        if self.opts.patch_on_device() {
+            if let Some((te, unet)) = self.rerun_plan(
+                model,
+                loras,
+                key,
+                (rebuild_te && te_in_place, rebuild_te),
+                (rebuild_unet && unet_in_place, rebuild_unet),
+            ) {
+                return self.rerun(want, (te, unet), t);
+            }
+        }
         let (rt, opts) = (self.runtime, &self.opts);
+        let set = keys::adapter_set(loras);
         let te_layouts: Vec<Option<&resident::Layout>> =
             self.text.iter().map(Net::layout).collect();
         let unet_layout = self.unet.layout();
@@ -263,7 +313,8 @@ impl Sessions {
                     .component(kind)
                     .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
                 if opts.patch_on_device() {
-                    let staged = device_patch::stage(rt, opts, layout, c, &view(kind))?;
+                    let mut staged = device_patch::stage(rt, opts, layout, c, &view(kind))?;
+                    staged.adapters = Some(set.clone());
                     st.patch_s += t.elapsed().as_secs_f64();
                     return Ok(Change::Device(Box::new(staged)));
                 }
@@ -333,6 +384,11 @@ impl Sessions {
                 stats.session_s
             );
         }
+        let device = te
+            .iter()
+            .flatten()
+            .chain(&unet)
+            .any(|c| matches!(c, Change::Device(_)));
         let t = Instant::now();
         let uploaded = self.apply_changes(te, unet);
         stats.upload_s = t.elapsed().as_secs_f64();
@@ -351,9 +407,98 @@ impl Sessions {
         stats.free_s = t.elapsed().as_secs_f64();
         self.last_fuse = Some(stats);
         self.fused = want;
+        if device {
+            self.counts.staged += 1;
+        }
         if report.is_some() {
             self.last_report = report;
         }
+        Ok(())
+    }
+
+    /// The strengths inputs that bring the kept patch programs to `key` (one per text encoder, then
+    /// the UNet's; None for a part that does not change), when every part that changes (`te`,
+    /// `unet`: (can be patched in place, changes)) can re-run its program; None when any needs a
+    /// new one, or when what the weights hold is not known.
+    fn rerun_plan(
+        &self,
+        model: &Model,
+        loras: &[ActiveLora],
+        key: &StrengthKey,
+        te: (bool, bool),
+        unet: (bool, bool),
+    ) -> Option<Reruns> {
+        if self.fused.te.is_none() || self.fused.unet.is_none() {
+            return None;
+        }
+        let set = keys::adapter_set(loras);
+        let slots = |net: &Net, kind: ComponentKind| {
+            let component = adapters::lora_component(kind)?;
+            rerun::slots(net.patch_program()?, &set, loras, key, component)
+        };
+        let encoders = model.index.family.facts().encoders;
+        let te_slots = match te {
+            (_, false) => vec![None; self.text.len()],
+            (false, true) => return None,
+            (true, true) => encoders
+                .iter()
+                .zip(&self.text)
+                .map(|(enc, net)| slots(net, enc.component).map(Some))
+                .collect::<Option<Vec<_>>>()?,
+        };
+        let unet_slots = match unet {
+            (_, false) => None,
+            (false, true) => return None,
+            (true, true) => Some(slots(&self.unet, ComponentKind::Unet)?),
+        };
+        Some((te_slots, unet_slots))
+    }
+
+    /// Re-runs the kept patch programs with new strengths (from [`Self::rerun_plan`]) and records
+    /// `want` as fused. On error the programs that ran go back to their old strengths; when that
+    /// fails too, what the weights hold is unknown and the next change stages new programs.
+    fn rerun(
+        &mut self,
+        want: FusedKey,
+        (te, unet): Reruns,
+        started: Instant,
+    ) -> Result<(), PipelineError> {
+        let deltas_s = started.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let nets = self.text.iter_mut().chain(std::iter::once(&mut self.unet));
+        let mut done: Vec<(&mut Net, Vec<f32>)> = Vec::new();
+        let mut failed = None;
+        for (net, s) in nets.zip(te.into_iter().chain(std::iter::once(unet))) {
+            let Some(s) = s else { continue };
+            let old = net
+                .patch_strengths()
+                .map(<[f32]>::to_vec)
+                .unwrap_or_default();
+            match net.rerun_patch(&s) {
+                Ok(()) => done.push((net, old)),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            let restored = done
+                .into_iter()
+                .all(|(net, old)| net.rerun_patch(&old).is_ok());
+            if !restored {
+                self.fused = FusedKey::unknown(self.fused.unet_dims);
+            }
+            return Err(e.into());
+        }
+        self.last_fuse = Some(FuseStats {
+            deltas_s,
+            upload_s: t.elapsed().as_secs_f64(),
+            rerun: true,
+            ..FuseStats::default()
+        });
+        self.counts.reruns += 1;
+        self.fused = want;
         Ok(())
     }
 

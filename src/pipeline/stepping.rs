@@ -74,13 +74,16 @@ impl LiveStepper {
     }
 
     /// Which adapters run live on the UNet. The text encoder is always fused: it is small, and
-    /// conditioning is cached per distinct text-encoder strength set anyway.
-    pub fn live_mask(&self, loras: &[ActiveLora]) -> Vec<bool> {
+    /// conditioning is cached per distinct text-encoder strength set anyway. With the device patch
+    /// (`device_patch`, [`Sessions::device_patch`]) schedules and dials are fused too: a strength
+    /// change there re-runs the patch program before the step, cheaper than live branches.
+    pub fn live_mask(&self, loras: &[ActiveLora], device_patch: bool) -> Vec<bool> {
         loras
             .iter()
             .map(|l| match self.method {
                 LoraMethod::Refuse => false,
                 LoraMethod::Live => true,
+                LoraMethod::Fuse if device_patch => false,
                 LoraMethod::Fuse => {
                     [&l.tag.in_, &l.tag.mid, &l.tag.out]
                         .iter()

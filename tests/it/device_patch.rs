@@ -2,20 +2,26 @@
 //! weights the host fuse writes for every adapter fixture of both tiny models, on the plain graph
 //! (identity) and the SD-fused CUDA graph (transpose, NHWC, packed heads, f16); images through it
 //! equal images through the host patch, a swap back restores the base bit for bit, and a failed
-//! program leaves the weights as they were.
+//! program leaves the weights as they were. Strength schedules and dials re-run the kept program
+//! per step (tiny SD1.5 and SDXL) and give the host patch's `refuse` images.
 
 use crate::resident::{image, max_diff};
 use crate::sdxl::tiny_sdxl;
 use crate::util::*;
 use std::path::{Path, PathBuf};
+use stipple::engine::Stop;
+use stipple::job::{Event, Job};
+use stipple::live::LoraMethod;
 use stipple::model::layout::GraphKind;
 use stipple::model::{ComponentKind, Model};
 use stipple::patch::program::Delta;
 use stipple::patch::DeltaSource;
 use stipple::pipeline::adapters::{self, PlannedView};
 use stipple::pipeline::device_patch::{self, program_weights};
+use stipple::pipeline::generator::PatchCounts;
 use stipple::pipeline::resident::{self, Net};
-use stipple::pipeline::Generator;
+use stipple::pipeline::{Dials, EngineSpec, Generator};
+use stipple::prompt::Component;
 use stipple::runtime::SessionOptions;
 
 #[derive(serde::Deserialize)]
@@ -313,4 +319,257 @@ fn a_failed_patch_program_leaves_the_weights_as_they_were_and_a_strength_change_
     };
     net.commit_device(back).unwrap();
     assert_eq!(weights(&net), pristine);
+}
+
+/// The image of `prompt` (seed 5, 64², Euler) over `steps` steps with `method`; `on_step(i)` runs at
+/// step `i`'s stop check, after that step's adapter change and before its UNet run (a dial set
+/// there counts from the next step).
+fn job_image(
+    g: &mut Generator,
+    method: LoraMethod,
+    prompt: &str,
+    steps: u32,
+    on_step: &dyn Fn(u32),
+) -> Vec<u8> {
+    g.set_lora_method(method);
+    let calls = std::cell::Cell::new(0u32);
+    let stop = || {
+        on_step(calls.get());
+        calls.set(calls.get() + 1);
+        Stop::No
+    };
+    let job = Job {
+        steps,
+        ..small_job(prompt, 5)
+    };
+    let mut out = None;
+    let r = g.generate(
+        &job,
+        &stop,
+        &mut |e| {
+            if let Event::Image { image, .. } = e {
+                out.get_or_insert(image.pixels);
+            }
+        },
+        1,
+    );
+    g.set_lora_method(LoraMethod::default());
+    g.dials().clear();
+    r.unwrap_or_else(|e| panic!("{prompt} ({method:?}): {e}"));
+    out.expect("an image")
+}
+
+/// Mean absolute difference in 0..1 units.
+fn mad(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs())
+        .sum::<f64>()
+        / a.len() as f64
+        / 255.0
+}
+
+/// Every UNet weight `g` holds in host memory (resident on the CPU), by name.
+fn unet_weights(g: &Generator) -> Vec<(String, Vec<u8>)> {
+    let c = g.model.component(ComponentKind::Unet).expect("a UNet");
+    c.weightmap
+        .initializers
+        .iter()
+        .filter_map(|e| g.unet_host_weight(&e.name).map(|b| (e.name.clone(), b)))
+        .collect()
+}
+
+/// Sets `name`'s UNet strength to `value` at step `at`'s stop check of `dials`' generator.
+fn dialler(dials: Dials, dial: Option<(u32, &str, f32)>) -> impl Fn(u32) + '_ {
+    move |i| {
+        if let Some((at, name, value)) = dial {
+            if i == at {
+                dials.set(name, Component::Unet, value);
+            }
+        }
+    }
+}
+
+/// `prompt` through the device patch with the default method (fuse) and through the host patch with
+/// `refuse` (the reference: weights re-fused on the host at every step whose strengths differ), with
+/// the same `dial`; (device image, host image, programs staged, programs re-run) for the job.
+fn device_vs_refuse(
+    device: &mut Generator,
+    host: &mut Generator,
+    prompt: &str,
+    steps: u32,
+    dial: Option<(u32, &str, f32)>,
+) -> (Vec<u8>, Vec<u8>, u64, u64) {
+    let before = device.patch_counts();
+    let on_step = dialler(device.dials(), dial);
+    let d = job_image(device, LoraMethod::Fuse, prompt, steps, &on_step);
+    let after = device.patch_counts();
+    let on_step = dialler(host.dials(), dial);
+    let h = job_image(host, LoraMethod::Refuse, prompt, steps, &on_step);
+    assert_eq!(
+        host.patch_counts(),
+        PatchCounts::default(),
+        "no program on the host"
+    );
+    (
+        d,
+        h,
+        after.staged - before.staged,
+        after.reruns - before.reruns,
+    )
+}
+
+/// Checks `prompt`'s device image against host refuse: the same bits for dense ΔW, else at most
+/// 1/255 mean and less than the adapter's own effect on the image (against `base`).
+fn assert_matches(prompt: &str, d: &[u8], h: &[u8], base: &[u8], dense: bool) {
+    let (diff, effect) = (mad(d, h), mad(h, base));
+    println!(
+        "{prompt}: device re-run vs host refuse mean {:.4}/255 (max {}/255), adapter effect {:.4}/255",
+        diff * 255.0,
+        max_diff(d, h),
+        effect * 255.0
+    );
+    assert!(effect > 0.0, "{prompt} changes the image");
+    if dense {
+        assert_eq!(d, h, "{prompt}: dense ΔW, the same bits");
+    } else {
+        assert!(diff <= 1.0 / 255.0, "{prompt}: mean abs diff {diff}");
+        assert!(effect > diff, "{prompt}: {diff} vs effect {effect}");
+    }
+}
+
+#[test]
+fn schedules_through_the_device_patch_rerun_its_program_and_equal_host_refuse() {
+    let (mut device, mut host) = (load(true), load(false));
+    let pristine = unet_weights(&device);
+    assert!(pristine.len() > 100, "{} resident weights", pristine.len());
+    let steps = 4;
+    let base = job_image(&mut host, LoraMethod::Refuse, "a fox", steps, &|_| {});
+    assert_eq!(
+        job_image(&mut device, LoraMethod::Refuse, "a fox", steps, &|_| {}),
+        base
+    );
+    // Fractions of the run over 4 steps: a new strength at every step.
+    for (prompt, dense) in [
+        ("a fox <lora:lyco_locon:unet=0.2@0,1@1>", false),
+        ("a fox <lora:lyco_loha:unet=1@0,0.3@1>", true),
+        ("a fox <lora:lyco_lokr:unet=0.2@0,1.2@1>", true),
+        ("a fox <lora:peft_diffusers:te=0.1@1,0.6@4>", false),
+        (
+            "a fox <lora:lyco_loha:unet=1@0,0.3@1> <lora:lyco_locon:0.6:unet=0@0,1@1>",
+            false,
+        ),
+    ] {
+        let (d, h, staged, reruns) = device_vs_refuse(&mut device, &mut host, prompt, steps, None);
+        assert_matches(prompt, &d, &h, &base, dense);
+        // The first step stages the adapter set's program; every later step only re-runs it.
+        assert_eq!((staged, reruns), (1, steps as u64 - 1), "{prompt}");
+        let last = device.last_fuse().expect("a change was timed");
+        assert!(last.rerun && last.session_s == 0.0, "{prompt}: {last:?}");
+        assert!(
+            device.live_factors().is_none(),
+            "{prompt}: nothing ran live"
+        );
+    }
+    // The adapters removed: the base image and every resident weight as loaded, bit for bit.
+    assert_eq!(
+        job_image(&mut device, LoraMethod::Fuse, "a fox", steps, &|_| {}),
+        base
+    );
+    assert!(
+        unet_weights(&device) == pristine,
+        "back to the base weights"
+    );
+}
+
+#[test]
+fn a_dora_schedule_stages_a_program_per_step_and_equals_host_refuse() {
+    let (mut device, mut host) = (load(true), load(false));
+    let steps = 4;
+    let base = job_image(&mut host, LoraMethod::Refuse, "a fox", steps, &|_| {});
+    // DoRA's ΔW is not linear in its strength: each new strength is a new program.
+    let prompt = "a fox <lora:lyco_dora_in:unet=0.2@0,1@1>";
+    let (d, h, staged, reruns) = device_vs_refuse(&mut device, &mut host, prompt, steps, None);
+    assert_matches(prompt, &d, &h, &base, true);
+    assert_eq!((staged, reruns), (steps as u64, 0), "{prompt}");
+    assert!(!device.last_fuse().unwrap().rerun);
+    // A DoRA at a constant strength beside a scheduled LoCon: the program re-runs, the DoRA term
+    // added as it is.
+    let prompt = "a fox <lora:lyco_dora_in:0.7> <lora:lyco_locon:unet=0.2@0,1@1>";
+    let (d, h, staged, reruns) = device_vs_refuse(&mut device, &mut host, prompt, steps, None);
+    assert_matches(prompt, &d, &h, &base, false);
+    assert_eq!((staged, reruns), (1, steps as u64 - 1), "{prompt}");
+}
+
+#[test]
+fn a_strength_dialled_mid_job_reruns_the_program_and_equals_host_refuse() {
+    let (mut device, mut host) = (load(true), load(false));
+    let steps = 6;
+    let prompt = "a fox <lora:lyco_loha:1>";
+    // Dialled at step 2's check (0-based 1): steps 3 on run at 4.
+    let dial = Some((1, "lyco_loha", 4.0));
+    let undialled = job_image(&mut host, LoraMethod::Refuse, prompt, steps, &|_| {});
+    let (d, h, staged, reruns) = device_vs_refuse(&mut device, &mut host, prompt, steps, dial);
+    assert_matches("dialled lyco_loha", &d, &h, &undialled, true);
+    assert_eq!(
+        (staged, reruns),
+        (1, 1),
+        "one program, one re-run for the dial"
+    );
+    // Asked for, live stays live on the device patch: no program runs for the dial.
+    let before = device.patch_counts();
+    let on_step = dialler(device.dials(), dial);
+    let live = job_image(&mut device, LoraMethod::Live, prompt, steps, &on_step);
+    assert_eq!(device.patch_counts(), before);
+    assert!(device.live_factors().is_some_and(|f| !f.layers.is_empty()));
+    println!(
+        "live (SVD of the LoHa) vs host refuse, dialled: mean {:.4}/255",
+        mad(&live, &h) * 255.0
+    );
+}
+
+/// The tiny SDXL model with resident weights, patched on the device or on the host.
+fn load_sdxl(on_device: bool) -> Generator {
+    let opts = SessionOptions {
+        resident: Some(true),
+        patch_on_device: Some(on_device),
+        ..SessionOptions::default()
+    };
+    let spec = EngineSpec::new(tiny_sdxl())
+        .with_session(opts)
+        .with_lora_dirs(vec![root().join("tests/fixtures/lora-sdxl")]);
+    Generator::load(spec, runtime()).expect("tiny SDXL loads")
+}
+
+#[test]
+fn sdxl_schedules_through_the_device_patch_rerun_its_program_and_equal_host_refuse() {
+    let (mut device, mut host) = (load_sdxl(true), load_sdxl(false));
+    let pristine = unet_weights(&device);
+    assert!(!pristine.is_empty());
+    let steps = 4;
+    let base = job_image(&mut host, LoraMethod::Refuse, "a fox", steps, &|_| {});
+    for (prompt, dense) in [
+        ("a fox <lora:xl_kohya_locon:unet=0.2@0,1@1>", false),
+        ("a fox <lora:xl_loha:unet=1@0,0.3@1>", true),
+        // The UNet follows `te`: every program re-runs, but only the first text encoder's writes.
+        ("a fox <lora:xl_te1_locon:te=0.2@0,1@1>", false),
+    ] {
+        let (d, h, staged, reruns) = device_vs_refuse(&mut device, &mut host, prompt, steps, None);
+        assert_matches(prompt, &d, &h, &base, dense);
+        assert_eq!((staged, reruns), (1, steps as u64 - 1), "{prompt}");
+    }
+    let dial = Some((1, "xl_loha", 0.4));
+    let prompt = "a fox <lora:xl_loha:1>";
+    let (d, h, staged, reruns) = device_vs_refuse(&mut device, &mut host, prompt, steps, dial);
+    assert_matches("dialled xl_loha", &d, &h, &base, true);
+    assert_eq!((staged, reruns), (1, 1));
+    assert_eq!(
+        job_image(&mut device, LoraMethod::Fuse, "a fox", steps, &|_| {}),
+        base
+    );
+    assert!(
+        unet_weights(&device) == pristine,
+        "back to the base weights"
+    );
 }

@@ -222,7 +222,7 @@ impl Generator {
         let dims = static_shapes.then_some([rows as i64, h as i64, w as i64, lead.seq as i64]);
         // Everything that can fail on the adapters' side fails here, before the first step.
         let first = self.live.step_key(loras, 0, steps);
-        let mode = self.live.live_mask(loras);
+        let mode = self.live.live_mask(loras, self.sessions.device_patch());
         self.live
             .fuse_step(&self.model, &mut self.sessions, loras, &mode, &first, dims)?;
         self.sessions.ensure_vae_dims(&self.model, h, w)?;
@@ -463,7 +463,7 @@ impl Generator {
         let lead = &jobs[slots[0].job];
         let loras = &lead.loras;
         let n = 4 * h * w;
-        let mode = self.live.live_mask(loras);
+        let mode = self.live.live_mask(loras, self.sessions.device_patch());
         let blocks = 1 + lead.texts.parts();
         let chunks = lead.seq / 77;
         let time_ids = time_ids(lead.job.width, lead.job.height, blocks * rows);
