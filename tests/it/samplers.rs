@@ -124,7 +124,12 @@ fn sd15_more_samplers_match_their_references() {
 
 #[test]
 fn sdxl_more_samplers_match_their_references() {
-    check_images(&tiny_sdxl(), &mut sdxl_generator(), "samplers_more.json", 116);
+    check_images(
+        &tiny_sdxl(),
+        &mut sdxl_generator(),
+        "samplers_more.json",
+        116,
+    );
 }
 
 /// The two image grids together hold every sampler × every schedule type it accepts
