@@ -7,8 +7,13 @@
 --schedulers runs each diffusers scheduler class as reference_schedulers.py does (same closed-form fake
 model, same recorded fields) for the new samplers and for every sampler x schedule type, plus the
 case's `schedule` (slug) and `family`. --images rebuilds the tiny models exactly as
-`export_model.py --tiny` does (it first checks that one existing reference image comes out identical)
-and writes diffusers pipeline images with the reference settings of diffusers_reference.py.
+`export_model.py --tiny` does (it first checks that its UNet weights and one existing reference image come
+out identical) and writes diffusers pipeline images (32x32, the reference prompt, seed and CFG of
+diffusers_reference.py) of the grid: every sampler of this script (Euler, Euler a, Heun, LMS, DDIM,
+DPM++ 2M, DPM++ 2M Karras, DPM++ 2M SDE, UniPC, LCM) x every schedule type it accepts in stipple
+(DDIM and LCM: automatic only; DPM++ 2M Karras: automatic and karras) x 4 and 8 steps, for tiny SD1.5
+and tiny SDXL (`grid.<sampler>.<schedule>.<steps>.png`, listed in reference/samplers.json).
+reference_samplers_more.py --images does the same for the other samplers.
 
 How a schedule type reaches diffusers:
   karras, exponential, beta: the class's own use_karras_sigmas / use_exponential_sigmas /
@@ -16,12 +21,15 @@ How a schedule type reaches diffusers:
   sgm-uniform: timestep_spacing="trailing", which diffusers' scheduler docs give as A1111's
       "sgm_uniform" (A1111 and ComfyUI space the timesteps as linspace(999, 0, n+1)[:-1], fractional;
       trailing rounds them to integers).
-  simple, ays: diffusers has no flag. The sigmas are computed here (below: simple as ComfyUI's
+  simple, ays, uniform: diffusers has no flag. The sigmas are computed here (below: simple as ComfyUI's
       `simple_scheduler`: every
       (1000/n)-th training sigma from the top; Align Your Steps: NVIDIA's published table, log-linear
-      resampling to n+1 points as ComfyUI's `loglinear_interp`, last value dropped) and handed to the
-      class through its Karras path (the instance's `_convert_to_karras` returns them), so diffusers
-      itself derives the timesteps and runs the steps.
+      resampling to n+1 points as ComfyUI's `loglinear_interp`, last value dropped; uniform as
+      k-diffusion's `DiscreteSchedule.get_sigmas(n)` (crowsonkb/k-diffusion, k_diffusion/external.py),
+      A1111's "Uniform" and the "Automatic" of its Euler, Euler a, Heun and LMS: float32 timesteps
+      torch.linspace(999, 0, n), log sigma interpolated linearly between the two neighbouring training
+      sigmas) and handed to the class through its Karras path (the instance's `_convert_to_karras` returns
+      them), so diffusers itself derives the timesteps and runs the steps.
   Euler a has no schedule flags in diffusers: its sigmas and timesteps are copied from an
       EulerDiscreteScheduler set up as above.
 Align Your Steps tables: the first ten sigmas are diffusers' AysSchedules (the published values),
@@ -58,6 +66,9 @@ from diffusers.schedulers.scheduling_utils import AysSchedules
 
 from reference_schedulers import SD15, SHAPE, STEP_SAMPLE, f32, fake_model  # noqa: E402
 
+# The tiny models run fastest on one thread, above all on a busy machine (the grid is ~500 images).
+torch.set_num_threads(1)
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests/fixtures/reference/samplers.json"
 
@@ -72,10 +83,11 @@ SAMPLERS = {
     "DPM++ 2M SDE": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}, "dpmpp-2m-sde"),
     "UniPC": (UniPCMultistepScheduler, {}, "unipc"),
     "LCM": (LCMScheduler, {}, "lcm"),
+    "DPM++ 2M Karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}, "dpmpp-2m-karras"),
 }
 NEW = ["Heun", "LMS", "DPM++ 2M SDE", "UniPC", "LCM"]
 SIGMA_SAMPLERS = ["Euler", "Euler a", "Heun", "LMS", "DPM++ 2M", "DPM++ 2M SDE", "UniPC"]
-SCHEDULES = ["karras", "exponential", "sgm-uniform", "simple", "beta", "ays"]
+SCHEDULES = ["karras", "exponential", "sgm-uniform", "simple", "beta", "ays", "uniform"]
 FLAGS = {"karras": "use_karras_sigmas", "exponential": "use_exponential_sigmas", "beta": "use_beta_sigmas"}
 AYS = {
     "sd1": list(AysSchedules["StableDiffusionSigmas"][:10]) + [0.029],
@@ -100,6 +112,12 @@ def custom_sigmas(schedule, family, steps, train):
             ys = np.log(table[::-1])
             table = np.exp(np.interp(np.linspace(0, 1, steps + 1), xs, ys))[::-1]
         return table[:-1].copy()
+    if schedule == "uniform":
+        # k-diffusion's DiscreteSchedule.get_sigmas(n) / t_to_sigma, in its float32 arithmetic.
+        log_sigmas = torch.tensor(train, dtype=torch.float32).log()
+        t = torch.linspace(len(train) - 1, 0, steps)
+        low, high, w = t.floor().long(), t.ceil().long(), t.frac()
+        return ((1 - w) * log_sigmas[low] + w * log_sigmas[high]).exp().double().numpy()
     raise ValueError(schedule)
 
 
@@ -194,10 +212,26 @@ def write_schedulers():
     print(f"wrote {OUT} ({OUT.stat().st_size} bytes, {len(cases)} cases)")
 
 
-IMAGE_CASES = [(n, "automatic", s) for n in NEW for s in (4, 8)]
-IMAGE_CASES += [("Euler", k, s) for k in SCHEDULES for s in (4, 8)]
-IMAGE_CASES += [("DPM++ 2M SDE", "karras", s) for s in (4, 8)]
-IMAGE_CASES += [("UniPC", "ays", 4), ("Heun", "karras", 4), ("LMS", "karras", 4)]
+GRID_STEPS = (4, 8)
+GRID_SIZE = 32
+# The samplers of this script's grid, and those that take no schedule type (stipple's
+# `Sampler::takes_schedule`); DPM++ 2M Karras takes only its own.
+GRID = ["Euler", "Euler a", "Heun", "LMS", "DDIM", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE", "UniPC", "LCM"]
+NO_SCHEDULES = ["DDIM", "LCM", "DDPM", "TCD"]
+OWN_SCHEDULE = {"DPM++ 2M Karras": ["karras"]}
+
+
+def grid_cases(names):
+    """Every sampler of `names` x every schedule type it accepts x GRID_STEPS: (name, schedule, steps)."""
+    cases = []
+    for name in names:
+        kinds = [] if name in NO_SCHEDULES else OWN_SCHEDULE.get(name, SCHEDULES)
+        cases += [(name, k, s) for k in ["automatic", *kinds] for s in GRID_STEPS]
+    return cases
+
+
+def grid_file(slug, schedule, steps):
+    return f"grid.{slug}.{schedule}.{steps}.png"
 
 
 def load_tiny(family):
@@ -248,22 +282,26 @@ def write_images(family):
 
     ref, scheduler, pipeline = load_tiny(family)
     images = []
-    for name, schedule, steps in IMAGE_CASES:
-        sched = make(name, schedule, family, dict(scheduler.config))
-        img = reference_image(pipeline(sched), steps)
+    for name, schedule, steps in grid_cases(GRID):
         slug = SAMPLERS[name][2]
-        file = f"image.{slug}.{steps}.png" if schedule == "automatic" else f"image.{slug}.{schedule}.{steps}.png"
-        img.save(ref / file)
+        file = grid_file(slug, schedule, steps)
         images.append({"file": file, "sampler": slug, "schedule": schedule, "steps": steps})
-    spec = {"prompt": IMAGE_PROMPT, "negative": IMAGE_NEGATIVE, "seed": IMAGE_SEED, "cfg": 7.0, "width": 64,
-            "height": 64, "family": family, "images": images,
+        if RESUME and (ref / file).exists():
+            continue
+        sched = make(name, schedule, family, dict(scheduler.config))
+        reference_image(pipeline(sched), steps, height=GRID_SIZE, width=GRID_SIZE).save(ref / file)
+    spec = {"prompt": IMAGE_PROMPT, "negative": IMAGE_NEGATIVE, "seed": IMAGE_SEED, "cfg": 7.0,
+            "width": GRID_SIZE, "height": GRID_SIZE, "family": family, "images": images,
             "made_with": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                           "script": "scripts/reference_samplers.py --images"}}
     (ref / "samplers.json").write_text(json.dumps(spec, indent=1) + "\n")
     print(f"wrote {len(images)} images and samplers.json to {ref}")
 
 
+RESUME = False
+
 if __name__ == "__main__":
+    RESUME = ARGS.resume
     if ARGS.schedulers:
         write_schedulers()
     if ARGS.images:

@@ -8,8 +8,11 @@ DPM++ 3M SDE, DEIS, DDPM, TCD and Euler CFG++.
 
 --schedulers runs each sampler as reference_samplers.py does (same closed-form fake model, same
 recorded fields, schedule types set up the same way) for every sampler x schedule type it takes at 4 and
-8 steps, plus leading spacing and v-prediction. --images writes diffusers pipeline images of the tiny SD1.5
-model (and a few of tiny SDXL) at 32x32, with the reference prompt and seed of diffusers_reference.py.
+8 steps, plus leading spacing and v-prediction. --images writes the grid of these samplers, as
+reference_samplers.py --images does for the others: every sampler x every schedule type it accepts in
+stipple (DDPM and TCD: automatic only) x 4 and 8 steps, pipeline images of tiny SD1.5 and tiny SDXL at
+32x32 with the reference prompt and seed of diffusers_reference.py (`grid.<sampler>.<schedule>.<steps>.png`,
+listed in reference/samplers_more.json). The SDE samplers there use diffusers' per-step noise.
 
 Where each reference comes from:
   DPM2, DPM2 a, DPM++ 3M SDE, DEIS, DDPM, TCD: diffusers' KDPM2DiscreteScheduler,
@@ -55,7 +58,6 @@ def arg_parser():
                             "write the tiny fixtures' images of these samplers")
     ap.add_argument("--brownian", action="store_true",
                     help="write the tiny fixtures' SDE sampler images with Brownian-tree noise")
-    ap.add_argument("--resume", action="store_true", help="with --images: keep the images already written")
     return ap
 
 
@@ -305,14 +307,7 @@ def write_schedulers():
     print(f"wrote {OUT} ({OUT.stat().st_size} bytes, {len(cases)} cases)")
 
 
-# Every sampler at 4 steps, five at 8, three with a schedule type (the closed-form cases cover every
-# sampler x schedule type; images are slow to make and to check).
-IMAGE_CASES = {
-    "sd1": [(n, "automatic", 4) for n in MORE]
-    + [(n, "automatic", 8) for n in ("DPM2", "DPM++ 2S a", "DPM++ SDE", "DPM++ 3M SDE", "DEIS")]
-    + [("DPM2", "karras", 4), ("DPM++ SDE", "karras", 4), ("Euler CFG++", "sgm-uniform", 4)],
-    "sdxl": [("DPM++ SDE", "karras", 4), ("Euler CFG++", "automatic", 4)],
-}
+IMAGE_CASES = {family: rs.grid_cases(MORE) for family in ("sd1", "sdxl")}
 SIZE = 32
 CFG = {"Euler CFG++": 1.5}
 
@@ -358,9 +353,11 @@ def write_images(family, brownian=False):
     images = []
     for name, schedule, steps in (BROWNIAN_CASES if brownian else IMAGE_CASES)[family]:
         slug = rs.SAMPLERS[name][2]
-        file = f"image.{slug}.{steps}.png" if schedule == "automatic" else f"image.{slug}.{schedule}.{steps}.png"
         if brownian:
-            file = file.replace("image.", "image.brownian.", 1)
+            file = f"image.brownian.{slug}.{steps}.png" if schedule == "automatic" else \
+                f"image.brownian.{slug}.{schedule}.{steps}.png"
+        else:
+            file = rs.grid_file(slug, schedule, steps)
         cfg = CFG.get(name, 7.0)
         images.append({"file": file, "sampler": slug, "schedule": schedule, "steps": steps, "cfg": cfg,
                        "sde_noise": "brownian" if brownian else "step"})

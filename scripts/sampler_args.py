@@ -11,6 +11,7 @@ def sampler_arg_parser(doc, schedulers_help, images_help):
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--schedulers", action="store_true", help=schedulers_help)
     ap.add_argument("--images", action="store_true", help=images_help)
+    ap.add_argument("--resume", action="store_true", help="with --images: keep the images already written")
     return ap
 
 

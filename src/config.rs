@@ -33,7 +33,8 @@ protocol = "auto"
 [generation]
 # A1111's name or a short one (euler-a, dpmpp-2m-sde, unipc, ...); `stipple generate --help` lists them.
 sampler = "Euler a"
-# Schedule type: automatic (the sampler's own), karras, exponential, sgm-uniform, simple, beta, ays.
+# Schedule type: automatic (the sampler's own), karras, exponential, sgm-uniform, simple, beta, ays,
+# uniform.
 schedule = "automatic"
 # Noise of the SDE samplers (DPM++ SDE, 2M SDE, 3M SDE): brownian (A1111's Brownian tree from the seed)
 # or step (fresh noise from the seed's generator every step, as diffusers).

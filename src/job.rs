@@ -255,10 +255,15 @@ pub enum Schedule {
     /// NVIDIA's Align Your Steps tables (arXiv:2404.14507), log-linearly resampled.
     #[serde(rename = "Align Your Steps")]
     AlignYourSteps,
+    /// The training σ log-interpolated at timesteps evenly from the last to the first
+    /// (k-diffusion's `get_sigmas`): A1111's "Uniform", which is also what A1111's "Automatic"
+    /// gives Euler, Euler a, LMS and Heun.
+    #[serde(rename = "Uniform")]
+    Uniform,
 }
 
 impl Schedule {
-    pub const ALL: [Schedule; 7] = [
+    pub const ALL: [Schedule; 8] = [
         Schedule::Automatic,
         Schedule::Karras,
         Schedule::Exponential,
@@ -266,6 +271,7 @@ impl Schedule {
         Schedule::Simple,
         Schedule::Beta,
         Schedule::AlignYourSteps,
+        Schedule::Uniform,
     ];
 
     /// The name A1111 shows (its infotext's `Schedule type`).
@@ -295,6 +301,7 @@ impl Named for Schedule {
             Schedule::Simple => ("Simple", "simple"),
             Schedule::Beta => ("Beta", "beta"),
             Schedule::AlignYourSteps => ("Align Your Steps", "ays"),
+            Schedule::Uniform => ("Uniform", "uniform"),
         }
     }
 }

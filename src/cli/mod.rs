@@ -99,7 +99,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub sampler: Option<String>,
     /// Schedule type: automatic, karras, exponential, sgm-uniform, simple, beta, ays (Align Your
-    /// Steps) (config: generation.schedule)
+    /// Steps), uniform (A1111's) (config: generation.schedule)
     #[arg(long)]
     pub schedule: Option<String>,
     /// Noise of the SDE samplers (DPM++ SDE, 2M SDE, 3M SDE): brownian (A1111's Brownian tree

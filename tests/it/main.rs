@@ -1,5 +1,6 @@
 //! One integration-test binary (one link step on 2 cores).
 
+mod a1111_sigmas;
 mod adapters;
 mod architectures;
 mod batch;

@@ -159,8 +159,8 @@ fn schedulers_match_diffusers() {
 
 /// The samplers added for issue 22 (Heun, LMS, DPM++ 2M SDE with torch-generator noise, UniPC,
 /// LCM) and every σ sampler under every schedule type (`scripts/reference_samplers.py`: diffusers'
-/// own flags for Karras, exponential and beta; SGM uniform, simple and Align Your Steps computed by
-/// the script and run through diffusers' Karras path), on the same terms as the first five, except
+/// own flags for Karras, exponential and beta; SGM uniform, simple, Align Your Steps and uniform
+/// computed by the script and run through diffusers' Karras path), on the same terms as the first five, except
 /// that fractional timesteps (Euler-family classes under a schedule type) agree to 1e-6 relative:
 /// diffusers interpolates them between numpy's float32 logs of the training σ, which are not the
 /// correctly rounded ones (197 of SD's 1000 differ in the last bit), so they move by ~1e-7.

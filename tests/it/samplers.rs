@@ -1,11 +1,15 @@
-//! The samplers and schedule types of issue 22 on the tiny SD1.5 and SDXL models against diffusers'
-//! pipeline images (`scripts/reference_samplers.py --images` writes `reference/samplers.json` and
-//! the images), and the SDE samplers' reproducibility.
+//! Every sampler × every schedule type it takes × 4 and 8 steps on the tiny SD1.5 and SDXL models,
+//! 32×32, against diffusers' pipeline images (or the k-diffusion / ComfyUI algorithm a script
+//! re-implements where diffusers has none): `scripts/reference_samplers.py --images` writes
+//! `reference/samplers.json` and `scripts/reference_samplers_more.py --images`
+//! `reference/samplers_more.json` with their `grid.*.png`. Also the SDE samplers with A1111's
+//! Brownian noise, and the stochastic samplers' reproducibility.
 
 use crate::sdxl::{sdxl_generator, tiny_sdxl};
 use crate::util::{generator, read_rgb, tiny_model};
 use std::path::Path;
 use stipple::job::{Event, Job, Sampler, Schedule};
+use stipple::pipeline::schedulers::check_schedule;
 use stipple::pipeline::{Generator, Stop};
 
 #[derive(serde::Deserialize)]
@@ -55,7 +59,6 @@ fn check_images(model: &Path, g: &mut Generator, file: &str, min: usize) {
     let reference = model.join("reference");
     let text = std::fs::read_to_string(reference.join(file)).unwrap();
     let spec: Images = serde_json::from_str(&text).unwrap();
-    assert!(spec.images.len() >= min, "{} cases", spec.images.len());
     let mut report = Vec::new();
     for case in &spec.images {
         let job = Job {
@@ -94,30 +97,70 @@ fn check_images(model: &Path, g: &mut Generator, file: &str, min: usize) {
     for (file, mad) in &report {
         assert!(*mad <= 1.0, "{file}: mean abs difference {mad}/255");
     }
+    assert!(report.len() >= min, "{} cases", report.len());
 }
 
+/// Euler, Euler a, Heun, LMS, DDIM, DPM++ 2M, DPM++ 2M Karras, DPM++ 2M SDE, UniPC and LCM, each
+/// with every schedule type it takes, against diffusers' pipeline (the SDE sampler with diffusers'
+/// per-step noise, `--sde-noise step`).
 #[test]
 fn sd15_samplers_and_schedule_types_match_diffusers() {
-    check_images(&tiny_model(), &mut generator(), "samplers.json", 20);
+    check_images(&tiny_model(), &mut generator(), "samplers.json", 120);
 }
 
 #[test]
 fn sdxl_samplers_and_schedule_types_match_diffusers() {
-    check_images(&tiny_sdxl(), &mut sdxl_generator(), "samplers.json", 20);
+    check_images(&tiny_sdxl(), &mut sdxl_generator(), "samplers.json", 120);
 }
 
-/// DPM2, DPM2 a, DPM++ 2S a, DPM++ SDE, DPM++ 3M SDE, DEIS, DDPM, TCD and Euler CFG++ at 4 and 8
-/// steps and a few schedule types, 32×32, against `scripts/reference_samplers_more.py --images`
-/// (diffusers' pipeline with the classes, or the k-diffusion / ComfyUI algorithm re-implemented
-/// there; DPM++ SDE with the same seeded Brownian noise as stipple's).
+/// DPM2, DPM2 a, DPM++ 2S a, DPM++ SDE, DPM++ 3M SDE, DEIS, DDPM, TCD and Euler CFG++, each with
+/// every schedule type it takes, against `scripts/reference_samplers_more.py --images` (diffusers'
+/// pipeline with the classes, or the k-diffusion / ComfyUI algorithm re-implemented there; DPM++
+/// SDE with the same seeded Brownian noise as stipple's `--sde-noise step`).
 #[test]
 fn sd15_more_samplers_match_their_references() {
-    check_images(&tiny_model(), &mut generator(), "samplers_more.json", 15);
+    check_images(&tiny_model(), &mut generator(), "samplers_more.json", 116);
 }
 
 #[test]
 fn sdxl_more_samplers_match_their_references() {
-    check_images(&tiny_sdxl(), &mut sdxl_generator(), "samplers_more.json", 2);
+    check_images(
+        &tiny_sdxl(),
+        &mut sdxl_generator(),
+        "samplers_more.json",
+        116,
+    );
+}
+
+/// The two image grids together hold every sampler × every schedule type it accepts
+/// (`check_schedule`) × 4 and 8 steps, for both tiny models.
+#[test]
+fn image_references_cover_every_sampler_and_schedule_type() {
+    for model in [tiny_model(), tiny_sdxl()] {
+        let mut have = std::collections::HashSet::new();
+        for file in ["samplers.json", "samplers_more.json"] {
+            let text = std::fs::read_to_string(model.join("reference").join(file)).unwrap();
+            let spec: Images = serde_json::from_str(&text).unwrap();
+            for case in spec.images {
+                let sampler = case.sampler.parse::<Sampler>().unwrap();
+                let schedule = case.schedule.parse::<Schedule>().unwrap();
+                have.insert((sampler, schedule, case.steps));
+            }
+        }
+        for sampler in Sampler::ALL {
+            for schedule in Schedule::ALL {
+                let accepted = check_schedule(sampler, schedule).is_ok();
+                for steps in [4, 8] {
+                    assert_eq!(
+                        have.contains(&(sampler, schedule, steps)),
+                        accepted,
+                        "{}: {sampler} {schedule} {steps} steps",
+                        model.display()
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// DPM++ SDE, DPM++ 2M SDE and DPM++ 3M SDE with A1111's noise (the default `--sde-noise

@@ -7,7 +7,7 @@ use super::{BetaSchedule, SchedulerConfig};
 /// `torch.linspace(start, end, n, dtype=float32)` as torch's CPU kernel forms each value: the
 /// first half counts up from `start`, the second half down from `end` (the vectorised kernel can
 /// differ in the last bit for some elements; that stays far below the tolerances here).
-fn linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
+pub(crate) fn linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
     let (start, end) = (start as f32, end as f32);
     if n == 1 {
         return vec![start];

@@ -1,9 +1,10 @@
 //! The σ values of the schedule types other than automatic ([`Typed::sigmas`]): Karras,
 //! exponential and beta as diffusers' `use_*_sigmas` compute them, simple as ComfyUI defines it,
-//! and NVIDIA's Align Your Steps tables resampled log-linearly. SGM uniform is a timestep spacing
-//! instead (diffusers' `trailing`), so it has no σ here.
+//! NVIDIA's Align Your Steps tables resampled log-linearly, and uniform as k-diffusion's
+//! `get_sigmas` (A1111). SGM uniform is a timestep spacing instead (diffusers' `trailing`), so it
+//! has no σ here.
 
-use super::noise_schedule::{karras_sigmas, numpy_linspace};
+use super::noise_schedule::{karras_sigmas, linspace_f32, numpy_linspace};
 use crate::family::Family;
 use crate::job::Schedule;
 
@@ -64,6 +65,7 @@ impl Typed {
                     .collect()
             }
             Schedule::AlignYourSteps => align_your_steps(ays_table(self.family), steps),
+            Schedule::Uniform => uniform(train, steps),
         }
     }
 
@@ -73,6 +75,23 @@ impl Typed {
     pub fn rounds_timesteps(&self) -> bool {
         !matches!(self.schedule, Schedule::Exponential | Schedule::Beta)
     }
+}
+
+/// k-diffusion's `DiscreteSchedule.get_sigmas(steps)` without its final 0, in its float32
+/// arithmetic: timesteps `torch.linspace(last, 0, steps)`, and at each the log of the training σ
+/// interpolated linearly between its two neighbours (`t_to_sigma`).
+fn uniform(train: &[f32], steps: usize) -> Vec<f64> {
+    let logs: Vec<f32> = train.iter().map(|s| s.ln()).collect();
+    let last = logs.len() - 1;
+    linspace_f32(last as f64, 0.0, steps)
+        .into_iter()
+        .map(|t| {
+            let t = t.clamp(0.0, last as f32);
+            let (low, high) = (t.floor() as usize, t.ceil() as usize);
+            let w = t.fract();
+            f64::from(((1.0 - w) * logs[low] + w * logs[high]).exp())
+        })
+        .collect()
 }
 
 /// The table resampled to `steps + 1` points evenly in its index, linearly in log σ (ComfyUI's
