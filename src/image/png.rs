@@ -1,12 +1,13 @@
 //! PNG output with text chunks: `parameters` (A1111 infotext; tEXt when Latin-1, else iTXt, as PIL
 //! writes it) and `stipple` (the whole job as JSON, iTXt). [`save_png`] is atomic and never overwrites.
 //!
-//! [`read_text_chunks`] reads every text chunk back, whichever tool wrote the file.
+//! [`read_text_chunks`] reads every text chunk back, whichever tool wrote the file
+//! ([`read_text_chunks_from`]: the same over bytes in memory).
 
 use crate::job::RgbImage;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -118,15 +119,24 @@ pub fn save_png(
 
 /// Every tEXt, zTXt and iTXt chunk of a PNG file, by keyword.
 pub fn read_text_chunks(path: &Path) -> Result<BTreeMap<String, String>, PngError> {
-    let err = |message: String| PngError::Decode {
-        path: path.to_path_buf(),
-        message,
-    };
     let file = File::open(path).map_err(|source| PngError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut reader = png::Decoder::new(BufReader::new(file))
+    read_text_chunks_from(BufReader::new(file), path)
+}
+
+/// [`read_text_chunks`] over any reader (`path` only names it in errors): a user's PNG is
+/// untrusted input, and the fuzz target feeds this bytes without a file.
+pub fn read_text_chunks_from(
+    source: impl BufRead + Seek,
+    path: &Path,
+) -> Result<BTreeMap<String, String>, PngError> {
+    let err = |message: String| PngError::Decode {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut reader = png::Decoder::new(source)
         .read_info()
         .map_err(|e| err(e.to_string()))?;
     // Chunks after the image data appear only once it has been read.

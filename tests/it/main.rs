@@ -11,6 +11,7 @@ mod device_patch;
 mod editing_images;
 mod embeddings;
 mod foundation;
+mod fuzz_corpus;
 mod fused_graph;
 mod hires;
 mod img2img;
