@@ -35,13 +35,21 @@ fn check_parse(
     let (p, warnings) = match parsed {
         Ok(ok) => ok,
         Err(e) => {
-            assert!(on_boundaries(&e.span), "error span {:?} in {text:?}", e.span);
+            assert!(
+                on_boundaries(&e.span),
+                "error span {:?} in {text:?}",
+                e.span
+            );
             let _ = e.render(text);
             return;
         }
     };
     for w in &warnings {
-        assert!(on_boundaries(&w.span), "warning span {:?} in {text:?}", w.span);
+        assert!(
+            on_boundaries(&w.span),
+            "warning span {:?} in {text:?}",
+            w.span
+        );
         let _ = w.render(text);
     }
     for t in &p.loras {
@@ -60,7 +68,10 @@ fn check_parse(
         prompt::parse_negative(&printed)
     };
     match again {
-        Ok(again) => assert_eq!(again, p, "{text:?} printed as {printed:?} reads back differently"),
+        Ok(again) => assert_eq!(
+            again, p,
+            "{text:?} printed as {printed:?} reads back differently"
+        ),
         Err(e) => panic!("{text:?} printed as {printed:?} does not parse: {e}"),
     }
 }

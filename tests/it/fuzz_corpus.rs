@@ -58,7 +58,8 @@ fn chunks(name: &str) -> std::collections::BTreeMap<String, String> {
 fn png_text_seeds_read_every_chunk_kind() {
     // The texts scripts/fuzz_seeds.py wrote, in tEXt, zTXt and iTXt (compressed and not), before
     // and after the image data.
-    let params = "a fox, (snow:1.2)\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, CFG scale: 7, \
+    let params =
+        "a fox, (snow:1.2)\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, CFG scale: 7, \
                   Seed: 1, Size: 512x512, Lora hashes: \"ink: abc, x: def\"";
     let stipple = "{\"prompt\":\"a fox\",\"seed\":1}";
     let text = chunks("seed-text.png");
