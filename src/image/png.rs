@@ -139,9 +139,12 @@ pub fn read_text_chunks_from(
     let mut reader = png::Decoder::new(source)
         .read_info()
         .map_err(|e| err(e.to_string()))?;
-    // Chunks after the image data appear only once it has been read.
+    // Chunks after the image data appear only once it has been read, and those between it and
+    // IEND only after `finish` (a file cut short there still gives what came before).
     let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
-    let _ = reader.next_frame(&mut buf);
+    if reader.next_frame(&mut buf).is_ok() {
+        let _ = reader.finish();
+    }
     let info = reader.info();
     let mut out = BTreeMap::new();
     for c in &info.uncompressed_latin1_text {
