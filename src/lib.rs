@@ -14,6 +14,7 @@ pub mod embedding;
 pub mod engine;
 pub mod export;
 pub mod family;
+pub mod fuzzing;
 pub mod headless;
 pub mod hires;
 pub mod image;

@@ -15,4 +15,4 @@ pub mod upscale;
 pub mod writer;
 
 pub use infotext::{format_infotext, parse_infotext, Infotext, InfotextError, Resources};
-pub use png::{read_text_chunks, save_png, PngError, SavedImage};
+pub use png::{read_text_chunks, read_text_chunks_from, save_png, PngError, SavedImage};

@@ -1,12 +1,13 @@
 //! PNG output with text chunks: `parameters` (A1111 infotext; tEXt when Latin-1, else iTXt, as PIL
 //! writes it) and `stipple` (the whole job as JSON, iTXt). [`save_png`] is atomic and never overwrites.
 //!
-//! [`read_text_chunks`] reads every text chunk back, whichever tool wrote the file.
+//! [`read_text_chunks`] reads every text chunk back, whichever tool wrote the file
+//! ([`read_text_chunks_from`]: the same over bytes in memory).
 
 use crate::job::RgbImage;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -118,20 +119,31 @@ pub fn save_png(
 
 /// Every tEXt, zTXt and iTXt chunk of a PNG file, by keyword.
 pub fn read_text_chunks(path: &Path) -> Result<BTreeMap<String, String>, PngError> {
-    let err = |message: String| PngError::Decode {
-        path: path.to_path_buf(),
-        message,
-    };
     let file = File::open(path).map_err(|source| PngError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut reader = png::Decoder::new(BufReader::new(file))
+    read_text_chunks_from(BufReader::new(file), path)
+}
+
+/// [`read_text_chunks`] over any reader (`path` only names it in errors): a user's PNG is
+/// untrusted input, and the fuzz target feeds this bytes without a file.
+pub fn read_text_chunks_from(
+    source: impl BufRead + Seek,
+    path: &Path,
+) -> Result<BTreeMap<String, String>, PngError> {
+    let err = |message: String| PngError::Decode {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut reader = png::Decoder::new(source)
         .read_info()
         .map_err(|e| err(e.to_string()))?;
-    // Chunks after the image data appear only once it has been read.
-    let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
-    let _ = reader.next_frame(&mut buf);
+    // Chunks after the image data appear only once `finish` has read on to IEND; it skips the
+    // pixels, so a header claiming a huge image costs nothing (decoding them into a buffer of the
+    // claimed size aborted on 264 bytes saying 64 × 838860864). A file cut short still gives the
+    // chunks before the cut.
+    let _ = reader.finish();
     let info = reader.info();
     let mut out = BTreeMap::new();
     for c in &info.uncompressed_latin1_text {
@@ -166,6 +178,36 @@ mod tests {
             height: 1,
             pixels: vec![255, 0, 0, 0, 0, 255],
         }
+    }
+
+    /// Found by the `png_text` fuzz target: a header saying 64 × 838860864 pixels made the reader
+    /// allocate the 54 GB image, and the process abort. (The fuzzer's input has bad CRCs, which png
+    /// checks only outside fuzzing builds, so the file is made here; fuzz/corpus/png_text/
+    /// regress-huge-image.png is the same file written by Python.)
+    #[test]
+    fn a_huge_claimed_image_is_not_decoded() {
+        fn chunk(kind: &[u8], body: &[u8]) -> Vec<u8> {
+            let mut crc = flate2::Crc::new();
+            crc.update(kind);
+            crc.update(body);
+            let mut out = (body.len() as u32).to_be_bytes().to_vec();
+            out.extend_from_slice(kind);
+            out.extend_from_slice(body);
+            out.extend_from_slice(&crc.sum().to_be_bytes());
+            out
+        }
+        let mut ihdr = 64u32.to_be_bytes().to_vec();
+        ihdr.extend_from_slice(&838_860_864u32.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(&[0; 65]).unwrap();
+        let mut file = b"\x89PNG\r\n\x1a\n".to_vec();
+        file.extend(chunk(b"IHDR", &ihdr));
+        file.extend(chunk(b"IDAT", &z.finish().unwrap()));
+        file.extend(chunk(b"tEXt", b"parameters\0x\nSteps: 1"));
+        file.extend(chunk(b"IEND", b""));
+        let got = read_text_chunks_from(std::io::Cursor::new(&file), Path::new("huge.png"));
+        assert_eq!(got.unwrap()["parameters"], "x\nSteps: 1");
     }
 
     #[test]

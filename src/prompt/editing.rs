@@ -292,8 +292,21 @@ pub(crate) fn read(
     let parts = match split {
         Some(texts) => texts
             .into_iter()
-            .map(|t| {
-                let (t, weight) = part_weight(t);
+            .map(|whole| {
+                let (t, weight) = part_weight(whole);
+                // `:` and 309 digits read as infinity, which would print as `:inf` and scale the
+                // part's CFG term to infinity: refused rather than run.
+                if !weight.is_finite() {
+                    let span = match (whole.first(), whole.last()) {
+                        (Some(a), Some(b)) => a.0..b.0 + b.1.len_utf8(),
+                        _ => 0..src.len(),
+                    };
+                    return Err(PromptError::new(
+                        span,
+                        format!("the weight of this `AND` part is too large ({weight})"),
+                    )
+                    .with_hint("write a weight such as `:1.5`"));
+                }
                 Ok(Part {
                     weight,
                     nodes: read_part(t, src.len())?,
@@ -832,5 +845,16 @@ mod tests {
         let c = chars("x: -.5 ");
         let (t, w) = part_weight(&c);
         assert_eq!((t.len(), w), (1, -0.5));
+    }
+
+    /// Found by the `prompt` fuzz target: 309 digits read as an infinite weight, which printed as
+    /// `:inf` (text, not a weight) and would have scaled the part's CFG term to infinity.
+    #[test]
+    fn an_infinite_and_weight_is_refused() {
+        let text = format!("a AND b :{}", "9".repeat(400));
+        let e = crate::prompt::parse(&text).unwrap_err();
+        assert!(e.message.contains("too large"), "{}", e.message);
+        assert_eq!(e.span, 5..text.len(), "the second part");
+        assert!(crate::prompt::parse(&format!("a AND b :{}", "9".repeat(300))).is_ok());
     }
 }

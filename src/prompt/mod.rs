@@ -89,7 +89,8 @@
 //! for the emphasis parser. `when` with a `.` is a fraction of the steps (`int(when × steps)`),
 //! without one a step number. A prompt without any of these parses exactly as before
 //! (`editing` is `None`). Deviation: a `|` outside an alternation (or a trailing lone `\`) makes
-//! A1111 drop every edit of the part silently; with an edit in the part it is an error here.
+//! A1111 drop every edit of the part silently; with an edit in the part it is an error here. A part
+//! weight too large to be a finite number is an error (A1111 would weigh the part by infinity).
 //!
 //! # Printing
 //!

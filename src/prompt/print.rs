@@ -68,8 +68,10 @@ fn is_word(c: char) -> bool {
     c.is_alphanumeric() || c == '_'
 }
 
-/// Escapes what the parser would read as syntax. A `BREAK` standing as a word is written `B\REAK`:
-/// a backslash that escapes nothing is dropped (as in A1111) and keeps the word from breaking.
+/// Escapes what the parser would read as syntax. A `BREAK` standing as a word is written `B\REAK`,
+/// an `AND` `A\ND`: a backslash that escapes nothing is dropped (as in A1111) and keeps the word
+/// from breaking or splitting the prompt. A word at the text's edge counts as standing (the
+/// neighbouring fragment may print as `(...)`).
 fn escape_into(out: &mut String, text: &str) {
     let chars: Vec<char> = text.chars().collect();
     for (i, &c) in chars.iter().enumerate() {
@@ -84,6 +86,13 @@ fn escape_into(out: &mut String, text: &str) {
                 && chars.get(i + 4).is_none_or(|c| !is_word(*c)) =>
             {
                 out.push_str("\\R");
+            }
+            'N' if i >= 1
+                && chars[i - 1..].starts_with(&['A', 'N', 'D'])
+                && (i == 1 || !is_word(chars[i - 2]))
+                && chars.get(i + 2).is_none_or(|c| !is_word(*c)) =>
+            {
+                out.push_str("\\N");
             }
             _ => out.push(c),
         }
@@ -196,6 +205,25 @@ mod tests {
         );
         assert_eq!(print(&p), "B\\REAK");
         assert_eq!(parse(&print(&p)).unwrap(), p);
+    }
+
+    /// Found by the `prompt` fuzz target: `A\ND` is the text "AND" (the backslash is dropped), which
+    /// printed bare would split the prompt into `AND` parts.
+    #[test]
+    fn literal_and_word_survives() {
+        let p = parse("cat A\\ND a dog").unwrap();
+        assert!(p.editing.is_none());
+        assert_eq!(print(&p), "cat A\\ND a dog");
+        assert_eq!(parse(&print(&p)).unwrap(), p);
+        let p = parse("[x] A\\ND (y:1.2)").unwrap();
+        assert_eq!(parse(&print(&p)).unwrap(), p, "{}", print(&p));
+        // The fuzzer's input, whole.
+        let found = b"u<<<<<<<<<<<<<<<<<<<<<<a [\xff\xff\xff<<<<<<\x1b\xff\xff\xff(nclo\xffo\xff\xff\xff(\x8b(ouap0-:t=0n\xff\xff\xff\xff\xffcat o\0\0\0A\\ND a d\xff";
+        let text = String::from_utf8_lossy(found);
+        let p = parse(&text).unwrap();
+        assert_eq!(parse(&print(&p)).unwrap(), p);
+        // Words that only contain AND stay as they are.
+        assert_eq!(print(&parse("ANDY BRAND").unwrap()), "ANDY BRAND");
     }
 
     #[test]
