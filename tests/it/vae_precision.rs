@@ -4,12 +4,12 @@
 //! automatic choice takes per device and family.
 
 use crate::sdxl::tiny_sdxl;
-use crate::util::{read_rgb, runtime, tiny_model};
+use crate::util::{read_rgb, runtime, tiny_model, try_image};
 use std::path::{Path, PathBuf};
-use stipple::job::{Event, Job, Sampler};
+use stipple::job::{Job, Sampler};
 use stipple::model::layout::{ComponentKind, GraphKind};
 use stipple::model::Model;
-use stipple::pipeline::{EngineSpec, Generator, Stop};
+use stipple::pipeline::{EngineSpec, Generator};
 use stipple::runtime::session::VaePrecision;
 use stipple::runtime::{Device, SessionOptions};
 
@@ -77,21 +77,7 @@ fn against_references(model: &Path, n: usize) -> Vec<(String, f32, f32)> {
             seed: spec.seed,
             ..crate::util::small_job("", 0)
         };
-        let image = |g: &mut Generator| {
-            let mut image = None;
-            g.generate(
-                &job,
-                &|| Stop::No,
-                &mut |e| {
-                    if let Event::Image { image: i, .. } = e {
-                        image = Some(i)
-                    }
-                },
-                1,
-            )
-            .unwrap();
-            image.expect("an image").pixels
-        };
+        let image = |g: &mut Generator| try_image(g, &job).expect("an image");
         let (a, b) = (image(&mut half), image(&mut full));
         let (_, _, want) = read_rgb(&reference.join(&case.file));
         out.push((case.file.clone(), mean_abs(&a, &want), mean_abs(&a, &b)));
