@@ -24,7 +24,8 @@ if [ ! -e "$MODEL" ]; then
   python3 scripts/export_model.py --random "$FAMILY" --dtype fp16 --device cuda --out "$MODEL" > "$OUT/export.log" 2>&1
 fi
 mkdir -p "$LORA_DIR"
-[ -f "$LORA_DIR/$LORA.safetensors" ] || python3 scripts/synth_lora.py "$MODEL" "$LORA_DIR/$LORA.safetensors" --rank 32 --te
+# synth_lora reads a stipple folder: for a checkpoint MODEL, LORA_FROM names the folder it was written from.
+[ -f "$LORA_DIR/$LORA.safetensors" ] || python3 scripts/synth_lora.py "${LORA_FROM:-$MODEL}" "$LORA_DIR/$LORA.safetensors" --rank 32 --te
 fi
 BIN=${BIN:-target/release/stipple}
 chmod +x "$BIN"
@@ -50,7 +51,8 @@ run() {  # run NAME FLAGS...: the jobs through one engine with FLAGS
 : > "$OUT/check-times.txt"
 run reference --graph plain --resident-weights false --unet-batch 1
 MODES=${MODES:-"default|
-patch-host|--patch-on host
+patch-device|--patch-on device
+vae-fp32|--vae-precision fp32
 plain-resident|--graph plain
 fused-baked|--graph cuda --resident-weights false
 static|--static-shapes
