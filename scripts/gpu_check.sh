@@ -59,6 +59,7 @@ static|--static-shapes
 static-plain|--graph plain --static-shapes
 cudagraph|--cuda-graph --static-shapes
 cudagraph-plain|--graph plain --cuda-graph --static-shapes
+cudagraph-device|--cuda-graph --static-shapes --patch-on device
 live|--lora-method live
 refuse|--lora-method refuse
 grouped|--unet-batch 8"}
