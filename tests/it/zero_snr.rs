@@ -96,7 +96,12 @@ fn zero_snr_is_refused_for_epsilon_models_and_samplers_without_it() {
         "{err}"
     );
     let mut g = load(&tiny_sd2());
-    for sampler in [Sampler::Heun, Sampler::Lms, Sampler::DpmPpSde, Sampler::EulerCfgPp] {
+    for sampler in [
+        Sampler::Heun,
+        Sampler::Lms,
+        Sampler::DpmPpSde,
+        Sampler::EulerCfgPp,
+    ] {
         job.sampler = sampler;
         let err = try_image(&mut g, &job).unwrap_err();
         assert!(
@@ -129,7 +134,9 @@ fn zero_snr_batch_field() {
     let out = tmp.path().join("out");
     let plan = |sampler: &str| {
         crate::reference_spec::planned(
-            &format!(r#"{{"prompt": "a fox", "steps": 4, "seed": 1, "zero_snr": true, "sampler": "{sampler}"}}"#),
+            &format!(
+                r#"{{"prompt": "a fox", "steps": 4, "seed": 1, "zero_snr": true, "sampler": "{sampler}"}}"#
+            ),
             &out,
         )
     };

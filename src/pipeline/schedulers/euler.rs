@@ -3,7 +3,7 @@
 //! final sigma 0; `s_churn` = 0 as diffusers' pipelines use it. [`discrete_schedule`] is the
 //! σ schedule the Euler-family classes (Euler, Euler a, Heun, LMS) share, schedule types included.
 
-use super::noise_schedule::{sigma_alphas_cumprod, interp, sigma_to_t, train_sigmas};
+use super::noise_schedule::{interp, sigma_alphas_cumprod, sigma_to_t, train_sigmas};
 use super::sigma_schedules::Typed;
 use super::{
     euler_timesteps, At, Method, Noise, Plan, PredictionType, Sampling, SchedulerConfig,

@@ -637,10 +637,18 @@ mod tests {
             assert_eq!(built.is_ok(), s.takes_zero_snr(), "{s}");
             if let Err(e) = built {
                 let e = e.to_string();
-                assert!(e.contains(s.name()) && e.contains("zero terminal SNR"), "{e}");
+                assert!(
+                    e.contains(s.name()) && e.contains("zero terminal SNR"),
+                    "{e}"
+                );
             }
         }
-        for s in [Sampler::Heun, Sampler::Lms, Sampler::DpmPpSde, Sampler::EulerCfgPp] {
+        for s in [
+            Sampler::Heun,
+            Sampler::Lms,
+            Sampler::DpmPpSde,
+            Sampler::EulerCfgPp,
+        ] {
             assert!(!s.takes_zero_snr(), "{s}");
         }
         // The same config off: every sampler builds.
@@ -648,9 +656,14 @@ mod tests {
             rescale_betas_zero_snr: false,
             ..v.clone()
         };
-        assert!(Sampler::ALL
-            .iter()
-            .all(|&s| build_with(s, Schedule::Automatic, Family::Sd1, &plain, 4).is_ok()));
+        assert!(Sampler::ALL.iter().all(|&s| build_with(
+            s,
+            Schedule::Automatic,
+            Family::Sd1,
+            &plain,
+            4
+        )
+        .is_ok()));
         // A job's switch turns it on; a model's config keeps it on.
         assert!(plain.for_job(true).rescale_betas_zero_snr);
         assert!(!plain.for_job(false).rescale_betas_zero_snr);
