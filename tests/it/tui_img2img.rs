@@ -166,7 +166,7 @@ fn m_in_the_gallery_draws_a_mask_and_the_next_jobs_inpaint() {
 }
 
 /// Sets the Settings field `name` by pressing Right (`dir` > 0) or Left `times` times.
-fn set_field(app: &mut stipple::tui::app::App, name: &str, dir: i32, times: usize) {
+pub(crate) fn set_field(app: &mut stipple::tui::app::App, name: &str, dir: i32, times: usize) {
     press(app, KeyCode::F(4));
     while app.settings.field_name() != name {
         let before = app.settings.field_name();

@@ -146,3 +146,25 @@ fn zero_snr_batch_field() {
     assert!(ok, "{report}");
     assert_eq!(planned.expect("a planned job")["job"]["zero_snr"], true);
 }
+
+/// The workstation: `generation.zero_snr` starts the Settings field "noise schedule", which
+/// reaches the submitted job and toggles with Right.
+#[test]
+fn zero_snr_setting_reaches_the_workstations_job() {
+    let mut app = crate::tui_support::busy_app();
+    assert!(!app.build_job().unwrap().zero_snr);
+    crate::tui_img2img::set_field(&mut app, "noise schedule", 1, 1);
+    assert!(app.build_job().unwrap().zero_snr);
+    crate::tui_img2img::set_field(&mut app, "noise schedule", 1, 1);
+    assert!(!app.build_job().unwrap().zero_snr);
+    let mut config = stipple::config::Config::default().with_model_size((512, 512));
+    config.generation.zero_snr = true;
+    let app = stipple::tui::app::App::new(
+        &config,
+        stipple::tui::theme::Theme::load("dark", None).unwrap(),
+        stipple::tui::keymap::Keymap::default(),
+        None,
+        42,
+    );
+    assert!(app.settings.zero_snr);
+}
