@@ -153,7 +153,8 @@ pub enum SchedulerError {
     #[error("the {sampler} sampler has no schedule types: it steps through training timesteps of its own (use --schedule automatic)")]
     NoScheduleTypes { sampler: &'static str },
     #[error(
-        "zero terminal SNR does not apply to the {sampler} sampler (diffusers' class for it has no \
+        "zero terminal SNR (--zero-snr, or rescale_betas_zero_snr in the model's scheduler config) \
+         does not apply to the {sampler} sampler (diffusers' class for it has no \
          rescale_betas_zero_snr); use Euler, Euler a, DDIM, DPM++ 2M (Karras, SDE), DPM++ 3M SDE, \
          UniPC, DDPM, LCM or TCD"
     )]

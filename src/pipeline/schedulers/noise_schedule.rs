@@ -1,5 +1,6 @@
 //! The training noise schedule and the numpy/torch helpers the diffusers schedulers build on:
-//! `alphas_cumprod`, `train_sigmas`, `interp`, `sigma_to_t`, `karras_sigmas`, spacing helpers.
+//! `alphas_cumprod` (zero-terminal-SNR rescaled when the config says so; `sigma_alphas_cumprod` for
+//! the σ classes), `train_sigmas`, `interp`, `sigma_to_t`, `karras_sigmas`, spacing helpers.
 //! Values are rounded to f32 wherever diffusers holds them in float32 tensors, so schedules match it.
 
 use super::{BetaSchedule, SchedulerConfig};
