@@ -39,6 +39,9 @@ schedule = "automatic"
 # Noise of the SDE samplers (DPM++ SDE, 2M SDE, 3M SDE): brownian (A1111's Brownian tree from the seed)
 # or step (fresh noise from the seed's generator every step, as diffusers).
 sde_noise = "brownian"
+# Rescale the noise schedule to zero terminal SNR (A1111's "Zero Terminal SNR"), for v-prediction
+# models trained that way; a model whose scheduler config says `rescale_betas_zero_snr` gets it anyway.
+zero_snr = false
 # Sampling steps; 0 = the model family's (20 for SD 1.x, 30 for SDXL).
 steps = 0
 cfg = 7.0
@@ -137,6 +140,9 @@ pub struct GenerationConfig {
     /// The SDE samplers' noise (`brownian` or `step`).
     #[serde(default)]
     pub sde_noise: crate::job::SdeNoise,
+    /// Zero terminal SNR for every job (`--zero-snr`).
+    #[serde(default)]
+    pub zero_snr: bool,
     /// 0 = the model family's default (filled in when the model is known).
     pub steps: u32,
     pub cfg: f32,

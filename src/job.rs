@@ -133,6 +133,28 @@ impl Sampler {
 }
 
 impl Sampler {
+    /// Whether zero terminal SNR (`--zero-snr`, `rescale_betas_zero_snr`) applies: the samplers
+    /// whose diffusers class takes `rescale_betas_zero_snr` (Euler, Euler a, DDIM, the DPM-Solver
+    /// multistep ones, UniPC, DDPM, LCM, TCD). The others are refused rather than guessed at.
+    pub fn takes_zero_snr(self) -> bool {
+        matches!(
+            self,
+            Sampler::Euler
+                | Sampler::EulerA
+                | Sampler::Ddim
+                | Sampler::DpmPp2m
+                | Sampler::DpmPp2mKarras
+                | Sampler::DpmPp2mSde
+                | Sampler::DpmPp3mSde
+                | Sampler::UniPc
+                | Sampler::Ddpm
+                | Sampler::Lcm
+                | Sampler::Tcd
+        )
+    }
+}
+
+impl Sampler {
     /// The SDE samplers, which A1111 gives k-diffusion's Brownian-tree noise (its
     /// `brownian_noise` sampler option): DPM++ SDE, DPM++ 2M SDE and DPM++ 3M SDE.
     pub fn uses_brownian_noise(self) -> bool {
@@ -406,6 +428,11 @@ pub struct Job {
     /// exactly needs `step`.
     #[serde(default, skip_serializing_if = "SdeNoise::is_brownian")]
     pub sde_noise: SdeNoise,
+    /// Sample with the noise schedule rescaled to zero terminal SNR (A1111's "Noise schedule for
+    /// sampling: Zero Terminal SNR"), for v-prediction models trained that way; the model's
+    /// scheduler config may say so too. Left out of the JSON when off, so jobs keep their hashes.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub zero_snr: bool,
     pub steps: u32,
     pub cfg: f32,
     pub width: u32,
@@ -426,6 +453,10 @@ pub struct Job {
 
 fn one() -> u32 {
     1
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// What the engine reports while working on a job. Every job ends with exactly one of
@@ -561,6 +592,7 @@ mod tests {
             sampler: Sampler::DpmPp2mKarras,
             schedule: Schedule::Automatic,
             sde_noise: Default::default(),
+            zero_snr: false,
             steps: 4,
             cfg: 7.0,
             width: 64,

@@ -16,6 +16,7 @@ use crate::prompt::LoraTag;
 pub struct ShareKey {
     sampler: Sampler,
     schedule: Schedule,
+    zero_snr: bool,
     steps: u32,
     width: u32,
     height: u32,
@@ -36,6 +37,7 @@ impl ShareKey {
         Some(ShareKey {
             sampler: job.sampler,
             schedule: job.schedule,
+            zero_snr: job.zero_snr,
             steps: job.steps,
             width: job.width,
             height: job.height,
@@ -86,6 +88,7 @@ mod tests {
             batch,
             schedule: Schedule::default(),
             sde_noise: Default::default(),
+            zero_snr: false,
             init: None,
             hires: None,
         }

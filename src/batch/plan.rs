@@ -24,6 +24,8 @@ pub struct Defaults {
     pub sampler: Sampler,
     pub schedule: Schedule,
     pub sde_noise: SdeNoise,
+    /// `generation.zero_snr` or `--zero-snr`.
+    pub zero_snr: bool,
     pub steps: u32,
     pub cfg: f32,
     pub width: u32,
@@ -56,6 +58,7 @@ impl Defaults {
             sampler,
             schedule,
             sde_noise: g.sde_noise,
+            zero_snr: g.zero_snr,
             steps: g.steps,
             cfg: g.cfg,
             width,
@@ -135,6 +138,11 @@ impl Planner {
                 .map_err(|e| format!("sde_noise: {e}"))?,
             None => self.defaults.sde_noise,
         };
+        let zero_snr = spec.zero_snr.unwrap_or(self.defaults.zero_snr);
+        if zero_snr {
+            crate::pipeline::schedulers::check_zero_snr_sampler(sampler)
+                .map_err(|e| e.to_string())?;
+        }
         let seed = match spec.seed {
             Some(s) if s < 0 => {
                 return Err(format!(
@@ -169,6 +177,7 @@ impl Planner {
             sampler,
             schedule,
             sde_noise,
+            zero_snr,
             steps: spec.steps.unwrap_or(or_model(d.0, facts.steps)),
             cfg: spec.cfg.unwrap_or(d.1),
             width,

@@ -106,6 +106,11 @@ pub struct GenerateArgs {
     /// from the seed) or step (fresh noise every step, as diffusers) (config: generation.sde_noise)
     #[arg(long)]
     pub sde_noise: Option<String>,
+    /// Sample with the noise schedule rescaled to zero terminal SNR (A1111's "Zero Terminal SNR"),
+    /// for v-prediction models trained that way; pair it with --schedule sgm-uniform (trailing
+    /// timesteps) (config: generation.zero_snr)
+    #[arg(long)]
+    pub zero_snr: bool,
     /// Image width in pixels, a multiple of 8 (config: generation.width; default: the model's)
     #[arg(long)]
     pub width: Option<u32>,

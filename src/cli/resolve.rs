@@ -229,6 +229,7 @@ pub fn generate(
         sampler,
         schedule,
         sde_noise,
+        zero_snr: a.zero_snr || g.zero_snr,
         steps: a.steps.unwrap_or(g.steps),
         cfg: a.cfg.unwrap_or(g.cfg),
         width: a.width.unwrap_or(g.width),

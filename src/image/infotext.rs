@@ -51,6 +51,9 @@ pub struct Resources {
     pub lora_hashes: Vec<(String, String)>,
     /// (name, file sha256 prefix) of the job's textual-inversion embeddings: A1111's `TI hashes`.
     pub ti_hashes: Vec<(String, String)>,
+    /// The model's scheduler config rescales to zero terminal SNR (`rescale_betas_zero_snr`), so
+    /// every image has it whatever the job says.
+    pub zero_snr: bool,
 }
 
 /// The infotext of image `seed` of `job` made with `res`.
@@ -123,6 +126,10 @@ pub fn format_infotext(job: &Job, seed: u64, res: &Resources) -> String {
     }
     if let Some(c) = res.clip_skip.filter(|&c| c > 1) {
         params.push(("Clip skip", c.to_string()));
+    }
+    // A1111 1.8+'s field for its "Noise schedule for sampling" setting.
+    if job.zero_snr || res.zero_snr {
+        params.push(("Noise Schedule", "Zero Terminal SNR".into()));
     }
     for (key, hashes) in [
         ("Lora hashes", &res.lora_hashes),
@@ -243,6 +250,7 @@ mod tests {
             sampler: Sampler::DpmPp2mKarras,
             schedule: Schedule::Automatic,
             sde_noise: Default::default(),
+            zero_snr: false,
             steps: 20,
             cfg: 7.5,
             width: 512,
@@ -305,6 +313,29 @@ mod tests {
             &Resources::default(),
         );
         assert!(!t.contains("SDE noise"), "{t}");
+    }
+
+    #[test]
+    fn zero_terminal_snr_is_written_as_a1111_names_it() {
+        let t = format_infotext(&job(), 6, &Resources::default());
+        assert!(!t.contains("Noise Schedule"), "{t}");
+        let zsnr = Job {
+            zero_snr: true,
+            ..job()
+        };
+        let t = format_infotext(&zsnr, 6, &Resources::default());
+        assert_eq!(
+            parse_infotext(&t).unwrap().get("Noise Schedule"),
+            Some("Zero Terminal SNR"),
+            "{t}"
+        );
+        // From the model's scheduler config alone too.
+        let model = Resources {
+            zero_snr: true,
+            ..Resources::default()
+        };
+        let t = format_infotext(&job(), 6, &model);
+        assert!(t.contains("Noise Schedule: Zero Terminal SNR"), "{t}");
     }
 
     #[test]

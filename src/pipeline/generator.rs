@@ -103,6 +103,9 @@ pub fn validate_job(job: &Job) -> Result<(), PipelineError> {
         return Err(PipelineError::Job("batch must be at least 1".into()));
     }
     super::schedulers::check_schedule(job.sampler, job.schedule)?;
+    if job.zero_snr {
+        super::schedulers::check_zero_snr_sampler(job.sampler)?;
+    }
     prompt::parse(&job.prompt).map_err(|e| PipelineError::Prompt(e.render(&job.prompt)))?;
     prompt::parse_negative(&job.negative).map_err(|e| {
         PipelineError::Prompt(format!("negative prompt: {}", e.render(&job.negative)))
@@ -156,6 +159,7 @@ impl Generator {
                 .as_ref()
                 .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned())),
             clip_skip: (clip_skip > 1).then_some(clip_skip),
+            zero_snr: scheduler.rescale_betas_zero_snr,
             ..Resources::default()
         };
         Ok(Generator {

@@ -772,6 +772,7 @@ impl App {
             sampler: s.sampler,
             schedule: s.schedule,
             sde_noise: s.sde_noise,
+            zero_snr: s.zero_snr,
             steps: s.steps,
             cfg: s.cfg,
             width: s.width,
@@ -877,6 +878,7 @@ impl App {
         s.sampler = it.job.sampler;
         s.schedule = it.job.schedule;
         s.sde_noise = it.job.sde_noise;
+        s.zero_snr = it.job.zero_snr;
         s.steps = it.job.steps;
         s.cfg = it.job.cfg;
         s.width = it.job.width;

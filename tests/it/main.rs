@@ -44,3 +44,4 @@ mod tui_support;
 mod util;
 mod vae_precision;
 mod vae_tiles;
+mod zero_snr;

@@ -188,6 +188,51 @@ fn more_samplers_match_their_references() {
     );
 }
 
+/// Zero terminal SNR (`rescale_betas_zero_snr`, v-prediction) for every sampler whose diffusers
+/// class takes it (Euler, Euler a, DDIM, DPM++ 2M / 2M Karras / 2M SDE / 3M SDE, UniPC, DDPM, LCM,
+/// TCD): trailing spacing at 4, 8 and 20 steps, the class's own spacing, and Euler and DPM++ 2M
+/// under the schedule types, against `scripts/reference_zero_snr.py --schedulers`. σ, initial
+/// noise factor and input divisors within 1e-5 relative, sampling runs within 1e-4, fractional
+/// timesteps within 1e-5 (1e-4 absolute below 10). Not bit for bit: the rescaling takes √ᾱ, and
+/// torch's float32 `sqrt` on the CPU that made the references is one ulp off the correctly
+/// rounded root (Rust's, numpy's) for 182 of SD's 1000 ᾱ; √ᾱ − √ᾱ_T cancels near the end of the
+/// schedule, so training σ move by up to 7e-6 relative, and σ_max = √((1 − 2⁻²⁴)/2⁻²⁴) is 4096 in
+/// torch, one ulp below in stipple. The first Euler-family step from σ_max cancels two latents
+/// of size ~4096·|z|, so that ulp of σ_max moves its result by one float32 ulp at 4096 (2.4e-4),
+/// up to 6.5e-5 of the run's values.
+#[test]
+fn zero_snr_schedulers_match_diffusers() {
+    let (worst_schedule, worst_run) = check_runs("zero_snr.json", 1e-5, 10.0, 1e-4);
+    assert!(worst_schedule <= 1e-5, "schedules: {worst_schedule:e}");
+    let reference = load("zero_snr.json");
+    let meta = &reference["meta"];
+    let mut worst_ulps = 0u32;
+    for case in reference["cases"].as_array().unwrap() {
+        let Some(want) = case["sigmas"].as_array() else {
+            continue;
+        };
+        let mut cfg_json = meta["base_config"].clone();
+        for (k, v) in case["overrides"].as_object().unwrap() {
+            cfg_json[k] = v.clone();
+        }
+        let cfg = SchedulerConfig::from_json_str(&cfg_json.to_string()).unwrap();
+        assert!(cfg.rescale_betas_zero_snr);
+        let sampler: Sampler = case["sampler"].as_str().unwrap().parse().unwrap();
+        let schedule: Schedule = case["schedule"].as_str().unwrap().parse().unwrap();
+        let steps = case["steps"].as_u64().unwrap() as usize;
+        let sch = build_with(sampler, schedule, Family::Sd1, &cfg, steps).unwrap();
+        for (g, w) in sch.sigmas().unwrap().iter().zip(want) {
+            let (g, w) = (*g as f32, w.as_f64().unwrap() as f32);
+            let ulps = (g.to_bits() as i64 - w.to_bits() as i64).unsigned_abs() as u32;
+            worst_ulps = worst_ulps.max(ulps);
+        }
+    }
+    eprintln!(
+        "zero SNR: max rel error, schedules {worst_schedule:e}, sampling runs {worst_run:e}; \
+         σ within {worst_ulps} float32 ulps"
+    );
+}
+
 /// The Align Your Steps tables are the published ones: the script takes their first ten values
 /// from diffusers' `AysSchedules`.
 #[test]

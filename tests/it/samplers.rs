@@ -37,7 +37,7 @@ struct Images {
     images: Vec<ImageCase>,
 }
 
-fn image(g: &mut Generator, job: &Job) -> stipple::job::RgbImage {
+pub(crate) fn image(g: &mut Generator, job: &Job) -> stipple::job::RgbImage {
     let mut image = None;
     g.generate(
         job,
@@ -56,17 +56,29 @@ fn image(g: &mut Generator, job: &Job) -> stipple::job::RgbImage {
 /// Every image of `<model>/reference/<file>` (at least `min` of them) within mean abs 1/255 of
 /// diffusers'.
 fn check_images(model: &Path, g: &mut Generator, file: &str, min: usize) {
-    let reference = model.join("reference");
+    check_images_in(&model.join("reference"), g, file, min, &|_| true);
+}
+
+/// [`check_images`] with the references in `reference`, each case's job changed by `adjust`
+/// first (a case it returns false for is left out). Returns the largest mean abs difference.
+pub(crate) fn check_images_in(
+    reference: &Path,
+    g: &mut Generator,
+    file: &str,
+    min: usize,
+    adjust: &dyn Fn(&mut Job) -> bool,
+) -> f32 {
     let text = std::fs::read_to_string(reference.join(file)).unwrap();
     let spec: Images = serde_json::from_str(&text).unwrap();
     let mut report = Vec::new();
     for case in &spec.images {
-        let job = Job {
+        let mut job = Job {
             prompt: spec.prompt.clone(),
             negative: spec.negative.clone(),
             sampler: case.sampler.parse::<Sampler>().unwrap(),
             schedule: case.schedule.parse::<Schedule>().unwrap(),
             sde_noise: case.sde_noise.as_deref().unwrap_or("step").parse().unwrap(),
+            zero_snr: false,
             steps: case.steps,
             cfg: case.cfg.unwrap_or(spec.cfg),
             width: spec.width,
@@ -76,6 +88,9 @@ fn check_images(model: &Path, g: &mut Generator, file: &str, min: usize) {
             init: None,
             hires: None,
         };
+        if !adjust(&mut job) {
+            continue;
+        }
         let got = image(g, &job);
         let (w, h, want) = read_rgb(&reference.join(&case.file));
         assert_eq!((got.width, got.height), (w, h));
@@ -91,13 +106,14 @@ fn check_images(model: &Path, g: &mut Generator, file: &str, min: usize) {
     let text: Vec<String> = report.iter().map(|(f, m)| format!("{f}: {m:.4}")).collect();
     eprintln!(
         "{}: mean abs difference per image (0-255): {}",
-        model.display(),
+        reference.display(),
         text.join(", ")
     );
     for (file, mad) in &report {
         assert!(*mad <= 1.0, "{file}: mean abs difference {mad}/255");
     }
     assert!(report.len() >= min, "{} cases", report.len());
+    report.iter().fold(0.0, |m, (_, d)| m.max(*d))
 }
 
 /// Euler, Euler a, Heun, LMS, DDIM, DPM++ 2M, DPM++ 2M Karras, DPM++ 2M SDE, UniPC and LCM, each

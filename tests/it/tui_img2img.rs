@@ -166,7 +166,7 @@ fn m_in_the_gallery_draws_a_mask_and_the_next_jobs_inpaint() {
 }
 
 /// Sets the Settings field `name` by pressing Right (`dir` > 0) or Left `times` times.
-fn set_field(app: &mut stipple::tui::app::App, name: &str, dir: i32, times: usize) {
+pub(crate) fn set_field(app: &mut stipple::tui::app::App, name: &str, dir: i32, times: usize) {
     press(app, KeyCode::F(4));
     while app.settings.field_name() != name {
         let before = app.settings.field_name();
@@ -232,7 +232,7 @@ fn inpaint_area_padding_content_and_outpaint_reach_the_job_as_the_flags_do() {
         assert!(shown.contains(line), "{line:?} in\n{shown}");
     }
     insta::assert_snapshot!("settings_inpaint_100x30", shown);
-    // 80×24 has room for 20 of the 21 fields: the list scrolls to keep the last one in view.
+    // 80×24 has room for 20 of the 22 fields: the list scrolls to keep the last one in view.
     let small = render(&mut app, 80, 24);
     assert!(
         small.contains("outpaint sides left") && !small.contains("│ sampler "),

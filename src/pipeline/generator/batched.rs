@@ -54,6 +54,7 @@ impl Ready<'_> {
             && b.hires.is_none()
             && a.sampler == b.sampler
             && a.schedule == b.schedule
+            && a.zero_snr == b.zero_snr
             && a.steps == b.steps
             && a.width == b.width
             && a.height == b.height
@@ -122,7 +123,7 @@ impl Generator {
             job.sampler,
             job.schedule,
             self.model.index.family,
-            &self.scheduler,
+            &self.scheduler.for_job(job.zero_snr),
             steps,
         )?
         .timesteps()
@@ -324,11 +325,12 @@ impl Generator {
             for &(j, index) in &chunk {
                 let seed = jobs[j].job.seed.wrapping_add(u64::from(index));
                 let mut rng = TorchRng::new(seed);
+                let cfg = self.scheduler.for_job(jobs[j].job.zero_snr);
                 let mut sched = schedulers::build_with(
                     jobs[j].job.sampler,
                     jobs[j].job.schedule,
                     self.model.index.family,
-                    &self.scheduler,
+                    &cfg,
                     run.steps,
                 )?;
                 if jobs[j].job.sde_noise.is_brownian() {
@@ -336,7 +338,7 @@ impl Generator {
                 }
                 let sigma0 = sched.init_noise_sigma();
                 let (latents, blend) = match &run.inits[j] {
-                    Some(init) => init.start(&mut rng, &*sched, &self.scheduler),
+                    Some(init) => init.start(&mut rng, &*sched, &cfg),
                     None => (rng.randn(n).into_iter().map(|x| x * sigma0).collect(), None),
                 };
                 slots.push(Slot {
@@ -557,7 +559,8 @@ impl Generator {
                     .sched
                     .step_guided(guidance, i, &s.latents, &mut |k| rng.randn(k));
                 if let Some(b) = &s.blend {
-                    b.apply(&mut s.latents, &*s.sched, &self.scheduler, i);
+                    let cfg = self.scheduler.for_job(jobs[s.job].job.zero_snr);
+                    b.apply(&mut s.latents, &*s.sched, &cfg, i);
                 }
             }
             // Live previews for front ends, at most ten a second (cheap: no VAE).

@@ -111,13 +111,14 @@ impl Generator {
         let (h2, w2) = (fix.height as usize / factor, fix.width as usize / factor);
         let n2 = 4 * h2 * w2;
         self.sessions.ensure_vae_dims(&self.model, h, w)?;
+        let cfg = self.scheduler.for_job(job.zero_snr).into_owned();
         for s in slots.iter_mut() {
             let mut rng = TorchRng::new(s.seed);
             let mut sched = schedulers::build_with(
                 job.sampler,
                 job.schedule,
                 self.model.index.family,
-                &self.scheduler,
+                &cfg,
                 total as usize,
             )?;
             if job.sde_noise.is_brownian() {
@@ -127,7 +128,7 @@ impl Generator {
                 Upscaler::Latent(mode) => {
                     let up = interpolate(&s.latents, 4, (h, w), (h2, w2), *mode);
                     let noise = rng.randn(n2);
-                    add_noise(&*sched, &self.scheduler, &up, &noise, first)
+                    add_noise(&*sched, &cfg, &up, &noise, first)
                 }
                 pixel => {
                     let img = self.sessions.decode(&self.model, &s.latents, h, w)?;
@@ -148,7 +149,7 @@ impl Generator {
                             what: "VAE encoder",
                             message: format!("gave {} values, expected {}", moments.len(), 2 * n2),
                         })?;
-                    init.start(&mut rng, &*sched, &self.scheduler).0
+                    init.start(&mut rng, &*sched, &cfg).0
                 }
             };
             (s.rng, s.sched, s.latents, s.blend) = (rng, sched, latents, None);

@@ -5,7 +5,7 @@
 //! not at 0, as diffusers does.
 
 use super::dpmpp_2m::{alpha_sigma, data_prediction, lambda, multistep_schedule};
-use super::noise_schedule::{alphas_cumprod, train_sigmas};
+use super::noise_schedule::{sigma_alphas_cumprod, train_sigmas};
 use super::sigma_schedules::Typed;
 use super::{At, Method, Noise, Plan, PredictionType, Sampling, SchedulerConfig};
 
@@ -22,7 +22,7 @@ impl Deis {
         let n = plan.sigmas.len();
         plan.sigmas[n - 1] = match typed {
             Some(_) => plan.sigmas[n - 2],
-            None => f64::from(train_sigmas(&alphas_cumprod(cfg))[0]),
+            None => f64::from(train_sigmas(&sigma_alphas_cumprod(cfg))[0]),
         };
         let method = Deis {
             prediction: cfg.prediction_type,

@@ -6,7 +6,7 @@
 //! First-order on the first and the last step (final sigma 0), second-order in between.
 
 use super::noise_schedule::{
-    alphas_cumprod, interp, numpy_arange_down, numpy_linspace, sigma_to_t, train_sigmas,
+    interp, numpy_arange_down, numpy_linspace, sigma_alphas_cumprod, sigma_to_t, train_sigmas,
 };
 use super::sigma_schedules::Typed;
 use super::{At, Method, Noise, Plan, PredictionType, Sampling, SchedulerConfig, TimestepSpacing};
@@ -57,7 +57,7 @@ pub(super) fn multistep_schedule(
             .map(|t| t.round_ties_even() - 1.0)
             .collect(),
     };
-    let train = train_sigmas(&alphas_cumprod(cfg));
+    let train = train_sigmas(&sigma_alphas_cumprod(cfg));
     let (timesteps, mut sigmas): (Vec<f64>, Vec<f64>) = match typed {
         Some(typed) => {
             let logs: Vec<f32> = train.iter().map(|s| s.ln()).collect();

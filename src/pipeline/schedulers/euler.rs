@@ -3,7 +3,7 @@
 //! final sigma 0; `s_churn` = 0 as diffusers' pipelines use it. [`discrete_schedule`] is the
 //! σ schedule the Euler-family classes (Euler, Euler a, Heun, LMS) share, schedule types included.
 
-use super::noise_schedule::{alphas_cumprod, interp, sigma_to_t, train_sigmas};
+use super::noise_schedule::{interp, sigma_alphas_cumprod, sigma_to_t, train_sigmas};
 use super::sigma_schedules::Typed;
 use super::{
     euler_timesteps, At, Method, Noise, Plan, PredictionType, Sampling, SchedulerConfig,
@@ -18,7 +18,7 @@ pub(super) fn discrete_schedule(cfg: &SchedulerConfig, steps: usize, typed: Opti
     let steps = steps.max(1);
     let spacing = cfg.timestep_spacing.unwrap_or(TimestepSpacing::Linspace);
     let mut timesteps: Vec<f32> = euler_timesteps(cfg, spacing, steps);
-    let train = train_sigmas(&alphas_cumprod(cfg));
+    let train = train_sigmas(&sigma_alphas_cumprod(cfg));
     let mut sigmas: Vec<f64> = timesteps
         .iter()
         .map(|&t| interp(f64::from(t), &train))

@@ -3,7 +3,7 @@
 //! [`call`] says what a call index is. The last step has no midpoint (it is an Euler step to 0).
 
 use super::euler::{euler_move, slopes};
-use super::noise_schedule::{alphas_cumprod, sigma_to_t, train_sigmas};
+use super::noise_schedule::{sigma_alphas_cumprod, sigma_to_t, train_sigmas};
 use super::{Plan, PredictionType, SchedulerConfig};
 
 /// Calls `[σ0, m0, σ1, m1, ..., σn-1]` and σ with the final 0, from an Euler-family plan of `n`
@@ -15,7 +15,7 @@ pub(super) fn with_midpoints(
     round: bool,
     mid: impl Fn(f32, f32) -> f32,
 ) -> Plan {
-    let logs: Vec<f32> = train_sigmas(&alphas_cumprod(cfg))
+    let logs: Vec<f32> = train_sigmas(&sigma_alphas_cumprod(cfg))
         .iter()
         .map(|s| s.ln())
         .collect();

@@ -111,7 +111,8 @@ pub struct SchedulerConfig {
     pub clip_sample_range: f64,
     /// `None`: the scheduler class's default (Euler, Euler a, DPM++: linspace; DDIM: leading).
     pub timestep_spacing: Option<TimestepSpacing>,
-    /// Zero-terminal-SNR rescaling; not supported, rejected when parsing.
+    /// Betas rescaled to zero terminal SNR (Lin et al. 2023) as diffusers' `rescale_betas_zero_snr`;
+    /// a job's `--zero-snr` switches it on too ([`SchedulerConfig::for_job`], [`check_zero_snr`]).
     pub rescale_betas_zero_snr: bool,
 }
 
@@ -151,6 +152,19 @@ pub enum SchedulerError {
     Unsupported { path: String, message: String },
     #[error("the {sampler} sampler has no schedule types: it steps through training timesteps of its own (use --schedule automatic)")]
     NoScheduleTypes { sampler: &'static str },
+    #[error(
+        "zero terminal SNR (--zero-snr, or rescale_betas_zero_snr in the model's scheduler config) \
+         does not apply to the {sampler} sampler (diffusers' class for it has no \
+         rescale_betas_zero_snr); use Euler, Euler a, DDIM, DPM++ 2M (Karras, SDE), DPM++ 3M SDE, \
+         UniPC, DDPM, LCM or TCD"
+    )]
+    ZeroSnrSampler { sampler: &'static str },
+    #[error(
+        "zero terminal SNR needs a v-prediction model: at the last timestep the picture is pure \
+         noise, which an {prediction} prediction cannot denoise (A1111 runs it and gives noise); \
+         if the model is a v model, say so with --prediction v"
+    )]
+    ZeroSnrPrediction { prediction: &'static str },
     #[error(
         "{sampler} is DPM++ 2M with the Karras schedule; for the {schedule} schedule use DPM++ 2M"
     )]
@@ -201,11 +215,6 @@ impl SchedulerConfig {
             path: path.to_string(),
             message,
         };
-        if cfg.rescale_betas_zero_snr {
-            return Err(unsupported(
-                "rescale_betas_zero_snr is not supported".into(),
-            ));
-        }
         let n = cfg.num_train_timesteps;
         if n < 2 {
             return Err(unsupported(format!("num_train_timesteps {n} is below 2")));
@@ -219,6 +228,48 @@ impl SchedulerConfig {
             }
         }
         Ok(cfg)
+    }
+}
+
+impl SchedulerConfig {
+    /// The config a job samples with: zero terminal SNR switched on when the job asks
+    /// (`--zero-snr`); a model whose config has it keeps it either way.
+    pub fn for_job(&self, zero_snr: bool) -> std::borrow::Cow<'_, SchedulerConfig> {
+        if zero_snr && !self.rescale_betas_zero_snr {
+            std::borrow::Cow::Owned(SchedulerConfig {
+                rescale_betas_zero_snr: true,
+                ..self.clone()
+            })
+        } else {
+            std::borrow::Cow::Borrowed(self)
+        }
+    }
+}
+
+/// Whether `sampler` can sample under `cfg`'s zero terminal SNR (when it has it): a sampler whose
+/// diffusers class takes `rescale_betas_zero_snr`, and a model that does not predict epsilon.
+pub fn check_zero_snr(sampler: Sampler, cfg: &SchedulerConfig) -> Result<(), SchedulerError> {
+    if !cfg.rescale_betas_zero_snr {
+        return Ok(());
+    }
+    check_zero_snr_sampler(sampler)?;
+    // diffusers only warns; an ε prediction at ᾱ = 0 gives x₀ = (x − ε)/0.
+    if cfg.prediction_type == PredictionType::Epsilon {
+        return Err(SchedulerError::ZeroSnrPrediction {
+            prediction: "epsilon",
+        });
+    }
+    Ok(())
+}
+
+/// The sampler half of [`check_zero_snr`], for a job checked before its model is known.
+pub fn check_zero_snr_sampler(sampler: Sampler) -> Result<(), SchedulerError> {
+    if sampler.takes_zero_snr() {
+        Ok(())
+    } else {
+        Err(SchedulerError::ZeroSnrSampler {
+            sampler: sampler.name(),
+        })
     }
 }
 
@@ -453,7 +504,7 @@ pub fn build(sampler: Sampler, cfg: &SchedulerConfig, steps: usize) -> Box<dyn S
 
 /// [`build`] with a schedule type; `family` picks the Align Your Steps table. SGM uniform is
 /// diffusers' `trailing` timestep spacing. DDIM and LCM take only the automatic schedule, and
-/// DPM++ 2M Karras only its own.
+/// DPM++ 2M Karras only its own. Zero terminal SNR (in `cfg`) is checked by [`check_zero_snr`].
 pub fn build_with(
     sampler: Sampler,
     schedule: Schedule,
@@ -462,6 +513,7 @@ pub fn build_with(
     steps: usize,
 ) -> Result<Box<dyn Scheduler>, SchedulerError> {
     check_schedule(sampler, schedule)?;
+    check_zero_snr(sampler, cfg)?;
     if schedule == Schedule::SgmUniform {
         let trailing = SchedulerConfig {
             timestep_spacing: Some(TimestepSpacing::Trailing),
@@ -571,9 +623,92 @@ mod tests {
     fn bad_configs_are_errors() {
         let err = SchedulerConfig::from_json_str(r#"{"beta_schedule": "cosine"}"#).unwrap_err();
         assert!(err.to_string().contains("cosine"), "{err}");
-        let err =
-            SchedulerConfig::from_json_str(r#"{"rescale_betas_zero_snr": true}"#).unwrap_err();
-        assert!(matches!(err, SchedulerError::Unsupported { .. }), "{err}");
+    }
+
+    #[test]
+    fn zero_snr_configs_parse_and_build_only_where_diffusers_has_it() {
+        let v = SchedulerConfig::from_json_str(
+            r#"{"rescale_betas_zero_snr": true, "prediction_type": "v_prediction",
+                "timestep_spacing": "trailing"}"#,
+        )
+        .unwrap();
+        assert!(v.rescale_betas_zero_snr);
+        for s in Sampler::ALL {
+            let built = build_with(s, Schedule::Automatic, Family::Sd1, &v, 4);
+            assert_eq!(built.is_ok(), s.takes_zero_snr(), "{s}");
+            if let Err(e) = built {
+                let e = e.to_string();
+                assert!(
+                    e.contains(s.name()) && e.contains("zero terminal SNR"),
+                    "{e}"
+                );
+            }
+        }
+        for s in [
+            Sampler::Heun,
+            Sampler::Lms,
+            Sampler::DpmPpSde,
+            Sampler::EulerCfgPp,
+        ] {
+            assert!(!s.takes_zero_snr(), "{s}");
+        }
+        // The same config off: every sampler builds.
+        let plain = SchedulerConfig {
+            rescale_betas_zero_snr: false,
+            ..v.clone()
+        };
+        assert!(Sampler::ALL.iter().all(|&s| build_with(
+            s,
+            Schedule::Automatic,
+            Family::Sd1,
+            &plain,
+            4
+        )
+        .is_ok()));
+        // A job's switch turns it on; a model's config keeps it on.
+        assert!(plain.for_job(true).rescale_betas_zero_snr);
+        assert!(!plain.for_job(false).rescale_betas_zero_snr);
+        assert!(v.for_job(false).rescale_betas_zero_snr);
+    }
+
+    #[test]
+    fn zero_snr_with_an_epsilon_model_is_refused() {
+        let eps = SchedulerConfig::from_json_str(r#"{"rescale_betas_zero_snr": true}"#).unwrap();
+        assert_eq!(eps.prediction_type, PredictionType::Epsilon);
+        for s in [Sampler::Euler, Sampler::Ddim, Sampler::DpmPp2m] {
+            let err = build_with(s, Schedule::Automatic, Family::Sd1, &eps, 4)
+                .err()
+                .unwrap();
+            assert!(
+                matches!(err, SchedulerError::ZeroSnrPrediction { .. }),
+                "{err}"
+            );
+            assert!(err.to_string().contains("v-prediction"), "{err}");
+        }
+        let sample = SchedulerConfig {
+            prediction_type: PredictionType::Sample,
+            ..eps
+        };
+        assert!(build_with(Sampler::Euler, Schedule::Automatic, Family::Sd1, &sample, 4).is_ok());
+    }
+
+    #[test]
+    fn zero_snr_sigmas_end_at_4096_and_stay_finite() {
+        let cfg = SchedulerConfig::from_json_str(
+            r#"{"rescale_betas_zero_snr": true, "prediction_type": "v_prediction",
+                "timestep_spacing": "trailing"}"#,
+        )
+        .unwrap();
+        let ac = noise_schedule::alphas_cumprod(&cfg);
+        assert_eq!(ac[999], 0.0);
+        // √ᾱ₀ is kept.
+        let plain = noise_schedule::alphas_cumprod(&SchedulerConfig::default());
+        assert!((ac[0].sqrt() - plain[0].sqrt()).abs() < 1e-6);
+        let sch = build(Sampler::Euler, &cfg, 4);
+        let sigmas = sch.sigmas().unwrap();
+        // √((1 − 2⁻²⁴) / 2⁻²⁴) ≈ 4096: finite, far above SD's 14.6.
+        assert!((sigmas[0] - 4096.0).abs() < 1e-2, "{sigmas:?}");
+        assert_eq!(sch.timesteps()[0], 999.0);
     }
 
     #[test]

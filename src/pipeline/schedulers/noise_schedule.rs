@@ -1,5 +1,6 @@
 //! The training noise schedule and the numpy/torch helpers the diffusers schedulers build on:
-//! `alphas_cumprod`, `train_sigmas`, `interp`, `sigma_to_t`, `karras_sigmas`, spacing helpers.
+//! `alphas_cumprod` (zero-terminal-SNR rescaled when the config says so; `sigma_alphas_cumprod` for
+//! the σ classes), `train_sigmas`, `interp`, `sigma_to_t`, `karras_sigmas`, spacing helpers.
 //! Values are rounded to f32 wherever diffusers holds them in float32 tensors, so schedules match it.
 
 use super::{BetaSchedule, SchedulerConfig};
@@ -55,15 +56,57 @@ fn betas(cfg: &SchedulerConfig) -> Vec<f32> {
 }
 
 /// `cumprod(1 - betas)`: torch accumulates a float32 cumprod in double and rounds each output.
-pub(crate) fn alphas_cumprod(cfg: &SchedulerConfig) -> Vec<f32> {
+fn cumprod(betas: &[f32]) -> Vec<f32> {
     let mut acc = 1.0f64;
-    betas(cfg)
-        .into_iter()
-        .map(|b| {
+    betas
+        .iter()
+        .map(|&b| {
             acc *= f64::from(1.0 - b);
             acc as f32
         })
         .collect()
+}
+
+/// diffusers' `rescale_zero_terminal_snr(betas)` (Lin et al. 2023, arXiv:2305.08891, Algorithm 1)
+/// in its float32 order: √ᾱ shifted so the last is 0 and scaled so the first is kept, then back
+/// to betas (the last becomes 1, so ᾱ ends at exactly 0).
+fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
+    let root: Vec<f32> = cumprod(betas).into_iter().map(f32::sqrt).collect();
+    let (first, last) = (root[0], root[root.len() - 1]);
+    let scale = first / (first - last);
+    let bar: Vec<f32> = root
+        .iter()
+        .map(|&r| {
+            let v = (r - last) * scale;
+            v * v
+        })
+        .collect();
+    std::iter::once(1.0 - bar[0])
+        .chain(bar.windows(2).map(|w| 1.0 - w[1] / w[0]))
+        .collect()
+}
+
+/// ᾱ = `cumprod(1 - betas)` as the scheduler classes hold it, with the betas rescaled to zero
+/// terminal SNR when the config asks (`rescale_betas_zero_snr`; the last ᾱ is then 0).
+pub(crate) fn alphas_cumprod(cfg: &SchedulerConfig) -> Vec<f32> {
+    let betas = betas(cfg);
+    if cfg.rescale_betas_zero_snr {
+        cumprod(&rescale_zero_terminal_snr(&betas))
+    } else {
+        cumprod(&betas)
+    }
+}
+
+/// The ᾱ the σ-based classes (Euler, Euler a, DPM-Solver, UniPC) build their σ from: under zero
+/// terminal SNR diffusers sets the last to 2⁻²⁴ so that σ_max (≈ 4096) is finite.
+pub(crate) fn sigma_alphas_cumprod(cfg: &SchedulerConfig) -> Vec<f32> {
+    let mut ac = alphas_cumprod(cfg);
+    if cfg.rescale_betas_zero_snr {
+        if let Some(last) = ac.last_mut() {
+            *last = 2f32.powi(-24);
+        }
+    }
+    ac
 }
 
 /// `((1 - ᾱ) / ᾱ) ** 0.5` in float32, indexed by training timestep (ascending).
@@ -151,6 +194,38 @@ mod tests {
         assert_eq!(ac[0], 0.999_15);
         assert_eq!(ac[999], 0.004_660_095);
         assert_eq!(train_sigmas(&ac)[999], 14.614_647);
+    }
+
+    #[test]
+    fn zero_snr_schedule_ends_match_diffusers() {
+        // Printed by diffusers 0.42.1 (DDIMScheduler, SD1.5's betas, rescale_betas_zero_snr;
+        // scripts/reference_zero_snr.py keeps them in zero_snr.json). Not bit for bit near the
+        // end: torch's float32 `sqrt` on the CPU that made them is one ulp off the correctly
+        // rounded root for 182 of the 1000 √ᾱ, and √ᾱ − √ᾱ_T cancels there (ᾱ[998] moves by
+        // 2.9e-7 relative; the largest move, 3.8e-6, is at ᾱ[989]).
+        let cfg = SchedulerConfig {
+            rescale_betas_zero_snr: true,
+            ..SchedulerConfig::default()
+        };
+        let ac = alphas_cumprod(&cfg);
+        let want = [
+            (0, 0.999_149_978_160_858_2),
+            (1, 0.998_233_497_142_791_7),
+            (998, 1.967_963_356_719_337_8e-7),
+            (999, 0.0),
+        ];
+        for (i, w) in want {
+            let got = f64::from(ac[i]);
+            assert!((got - w).abs() <= 1e-6 * w, "ᾱ[{i}] {got} vs {w}");
+        }
+        let sigma = sigma_alphas_cumprod(&cfg);
+        assert_eq!(sigma[999], 2f32.powi(-24));
+        assert_eq!(sigma[..999], ac[..999]);
+        // Without the flag nothing changes.
+        assert_eq!(
+            sigma_alphas_cumprod(&SchedulerConfig::default()),
+            alphas_cumprod(&SchedulerConfig::default())
+        );
     }
 
     #[test]

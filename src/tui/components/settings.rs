@@ -1,6 +1,6 @@
 //! Generation settings (sampler, steps, CFG, size, seed, batch, LoRA method, trigger words, the
 //! img2img picture with its denoise and resize mode, the inpainting mask, blur, area, padding,
-//! masked content and outpainting) as a list of fields changed with Left/Right/Enter; the values a
+//! masked content, outpainting and the noise schedule) as a list of fields changed with Left/Right/Enter; the values a
 //! submitted job is built from ([`Settings::init_image`]).
 
 use crate::config::Config;
@@ -83,6 +83,8 @@ pub struct Settings {
     pub schedule: Schedule,
     /// From `generation.sde_noise`, or an image sent back.
     pub sde_noise: SdeNoise,
+    /// Zero terminal SNR (`generation.zero_snr`, `--zero-snr`), or an image sent back.
+    pub zero_snr: bool,
     pub steps: u32,
     pub cfg: f32,
     pub width: u32,
@@ -111,7 +113,7 @@ pub struct Settings {
     pub selected: usize,
 }
 
-const FIELDS: [&str; 21] = [
+const FIELDS: [&str; 22] = [
     "sampler",
     "steps",
     "cfg",
@@ -133,6 +135,7 @@ const FIELDS: [&str; 21] = [
     "masked content",
     "outpaint",
     "outpaint sides",
+    "noise schedule",
 ];
 
 impl Settings {
@@ -143,6 +146,7 @@ impl Settings {
             sampler,
             schedule: suffix.unwrap_or_else(|| g.schedule.parse().unwrap_or_default()),
             sde_noise: g.sde_noise,
+            zero_snr: g.zero_snr,
             // 0 = the family's; the workstation fills it in, a bare config means SD 1.x's.
             steps: match g.steps {
                 0 => crate::family::Family::Sd1.facts().default_steps,
@@ -300,6 +304,7 @@ impl Settings {
                     .unwrap_or(0) as i32;
                 self.outpaint_sides = all[(i + dir).rem_euclid(all.len() as i32) as usize];
             }
+            21 => self.zero_snr = !self.zero_snr,
             _ => {}
         }
     }
@@ -346,6 +351,13 @@ impl Settings {
                 px => format!("{px} px"),
             },
             20 => self.outpaint_sides.label().into(),
+            // A1111's names for its "Noise schedule for sampling" setting.
+            21 => if self.zero_snr {
+                "Zero Terminal SNR (v-prediction models)"
+            } else {
+                "Default"
+            }
+            .into(),
             _ => {
                 if self.lora_folders.is_empty() {
                     "none (set lora_folders in config.toml)".into()
