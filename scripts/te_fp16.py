@@ -8,8 +8,10 @@ and -bigG alike) to stipple model folders and architecture templates: `model.cud
 
 The conversion is vae_fp16.py's (ONNX Runtime's float16 conversion of the fp32 graph with fp32 inputs
 and outputs; weight map entries redone, names and sources kept), from the fp32 graph, not a torch
-export in fp16: that one is what mixed fp16 and fp32 LayerNorm inputs (transformers' CLIP in half
-precision), and why the text encoders were exported in fp32 only. Every operator runs in fp16,
+export in fp16: transformers' CLIP exported in half precision feeds fp32 activations to LayerNorms
+with fp16 weights (24 of the 25 in the tiny SD1.5 encoder), a graph onnx.checker and ONNX Runtime
+refuse ("bound to different types"), which is why the text encoders are exported in fp32 only.
+Every operator of the converted graph runs in fp16,
 LayerNorm, Softmax and the final projection included: ONNX Runtime's LayerNormalization and Softmax
 accumulate in fp32 for fp16 inputs, and the checks (`--check`, tests/it/te_precision.rs) find the
 outputs within fp16 rounding of fp32. The causal mask's -inf constant stays -inf in fp16: every
