@@ -290,35 +290,50 @@ fn a_checkpoint_fills_the_fp16_text_encoder_as_the_folder_does() {
 }
 
 /// A LoRA's text-encoder part reaches the fp16 graph (its weight map keeps the fp32 one's names),
-/// with baked and with resident weights.
+/// with baked weights, resident ones patched on the host, and the device patch (its strength
+/// change a re-run of the kept program).
 #[test]
-fn a_lora_patches_the_fp16_text_encoder_baked_and_resident() {
+fn a_lora_patches_the_fp16_text_encoder_baked_resident_and_on_the_device() {
     let lora_dir = root().join("tests/fixtures/lora");
-    let job = small_job("a red fox <lora:peft_diffusers:te=1:unet=0>", 1);
+    let at = |te: f32| {
+        small_job(
+            &format!("a red fox <lora:peft_diffusers:te={te}:unet=0>"),
+            1,
+        )
+    };
+    // (base, LoRA at te=1, LoRA at te=0.5) conditioning of "a red fox".
     let with_lora = |session: SessionOptions| {
         let mut g = load_with(&tiny_model(), session, None);
         g.set_lora_dirs(vec![lora_dir.clone()]);
         let base = g.encode_text("a red fox").unwrap();
-        g.prepare(&job).unwrap();
-        (base, g.encode_text("a red fox").unwrap())
+        g.prepare(&at(1.0)).unwrap();
+        let one = g.encode_text("a red fox").unwrap();
+        g.prepare(&at(0.5)).unwrap();
+        (base, one, g.encode_text("a red fox").unwrap())
     };
-    let (base32, lora32) = with_lora(opts(TePrecision::Fp32));
-    let (base16, lora16) = with_lora(opts(TePrecision::Fp16));
-    let resident = SessionOptions {
-        resident: Some(true),
-        ..opts(TePrecision::Fp16)
-    };
-    let (base16r, lora16r) = with_lora(resident);
+    let full = with_lora(opts(TePrecision::Fp32));
+    let half = with_lora(opts(TePrecision::Fp16));
     assert!(
-        diff(&lora32, &base32).0 > 0.05,
+        diff(&full.1, &full.0).0 > 0.05,
         "the LoRA changes the text encoder"
     );
-    assert_close("LoRA, fp16 vs fp32", &lora16, &lora32);
-    assert_close("base, fp16 vs fp32", &base16, &base32);
-    let d = diff(&lora16r, &lora16);
-    eprintln!("LoRA: fp16 resident vs fp16 baked {d:?}");
-    assert!(d.0 <= 1e-3, "resident and baked fp16 weights: {d:?}");
-    assert!(diff(&base16r, &base16).0 <= 1e-3);
+    assert!(diff(&full.2, &full.1).0 > 0.01, "and its strength does");
+    assert_close("base, fp16 vs fp32", &half.0, &full.0);
+    assert_close("LoRA 1, fp16 vs fp32", &half.1, &full.1);
+    assert_close("LoRA 0.5, fp16 vs fp32", &half.2, &full.2);
+    for (name, device) in [("resident", false), ("device patch", true)] {
+        let session = SessionOptions {
+            resident: Some(true),
+            patch_on_device: Some(device),
+            ..opts(TePrecision::Fp16)
+        };
+        let got = with_lora(session);
+        for (a, b) in [(&got.0, &half.0), (&got.1, &half.1), (&got.2, &half.2)] {
+            let d = diff(a, b);
+            eprintln!("LoRA: fp16 {name} vs fp16 baked {d:?}");
+            assert!(d.0 <= 1e-3, "{name} and baked fp16 weights: {d:?}");
+        }
+    }
 }
 
 /// An embedding whose values overflow fp16 makes the fp16 encoder's output non-finite: it is
