@@ -55,9 +55,11 @@ def export_pipeline(unet, text_encoders, vae, scheduler, tokenizer_dirs, out, dt
     export_vae_decoder(vae, lat, out, dtype, storage_dtype)
     export_vae_encoder(vae, lat * vae_scale_factor(vae), out, dtype, storage_dtype)
     components += ["unet", "vae_decoder", "vae_encoder"]
+    import te_fp16  # the text encoders' fp16 graphs beside the fp32 ones (--te-precision)
     import vae_fp16  # the VAE's fp16 graphs beside the fp32 ones (--vae-precision)
 
     vae_fp16.add_to(out)
+    te_fp16.add_to(out)
 
     write_scheduler(scheduler, out)
     for i, (src, pad) in enumerate(tokenizer_dirs):

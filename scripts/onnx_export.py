@@ -208,9 +208,10 @@ def export_text_encoder(component, text_encoder, out, storage_dtype):
     dev = next(text_encoder.parameters()).device
     te_dir = os.path.join(out, component)
     pooled = "text_embeds" if hasattr(text_encoder, "text_projection") else "pooler_output"
-    # The text encoder runs in fp32 whatever the model dtype: transformers' CLIP mixes fp32 and fp16
-    # in its LayerNorms when exported in fp16, and it costs ~1% of an image. Its weights are still
-    # stored in the model dtype.
+    # The text encoder is exported in fp32 whatever the model dtype: transformers' CLIP exported in
+    # fp16 feeds fp32 activations to LayerNorms with fp16 weights (onnx.checker and ONNX Runtime refuse
+    # the graph). Its weights are still stored in the model dtype; the fp16 graph is converted from this
+    # one (te_fp16.py, --te-precision).
     text_encoder = text_encoder.float()
     export_component(
         component,

@@ -66,9 +66,11 @@ def export_template(name, out, device="cpu", optimize=None):
             vae = tiny_configs.random_component(family, "vae", device)
             export_vae_decoder(vae, lat_example, tmp, dtype, None)
             export_vae_encoder(vae, lat_example * vae_scale_factor(vae), tmp, dtype, None)
+            import te_fp16  # the text encoders' fp16 graphs (--te-precision)
             import vae_fp16  # the VAE's fp16 graphs (--vae-precision)
 
             vae_fp16.add_to(tmp)
+            te_fp16.add_to(tmp)
         components += ["unet", "vae_decoder", "vae_encoder"]
         write_scheduler(tiny_configs.random_scheduler(family), tmp)
         write_index(tmp, INDEX_FAMILY[family], dtype, vae, lat, components,

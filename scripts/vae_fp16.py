@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Adds the fp16 graph of each VAE component (`model.cuda.onnx` + `weightmap.cuda.json`) to stipple
 model folders and architecture templates, made from the fp32 graph already there (no weights needed).
+The conversion is shared: te_fp16.py does the same for the text encoders (`add_to(folder, components)`).
 
     python scripts/vae_fp16.py templates/sd15-fp16 tests/fixtures/tiny-sd15 ...
     python scripts/vae_fp16.py --check tests/fixtures/tiny-sd15    # also compares fp16 with fp32 in ORT
@@ -50,12 +51,17 @@ def _external_fields(init):
     return {e.key: e.value for e in init.external_data}
 
 
-def convert(model_bytes, weightmap):
-    """The fp16 graph bytes and its weight map, from the fp32 graph bytes and weight map."""
+def convert(model_bytes, weightmap, op_block_list=None):
+    """The fp16 graph bytes and its weight map, from the fp32 graph bytes and weight map.
+
+    `op_block_list`: operator types left in fp32 (None: the converter's default list)."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load_from_string(model_bytes)
+    # Shapes and types are inferred before the placeholder weights go in: the converter's own
+    # inference serializes the model, which cannot pass 2 GB (SDXL's OpenCLIP-bigG in fp32).
+    model = onnx.shape_inference.infer_shapes(model)
     entries = {e["name"]: e for e in weightmap["initializers"]}
     for init in model.graph.initializer:
         if init.data_location != onnx.TensorProto.EXTERNAL:
@@ -67,7 +73,7 @@ def convert(model_bytes, weightmap):
         init.raw_data = np.zeros(tuple(init.dims), dtype=dtype).tobytes()
         init.data_location = onnx.TensorProto.DEFAULT
         del init.external_data[:]
-    half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True, op_block_list=op_block_list)
     out_entries, offset = [], 0
     by_name = {i.name: i for i in half.graph.initializer}
     for e in weightmap["initializers"]:
@@ -91,15 +97,16 @@ def convert(model_bytes, weightmap):
     return half.SerializeToString(), wm
 
 
-def add_to(folder):
+def add_to(folder, components=COMPONENTS, op_block_list=None):
+    """Writes the fp16 graph and weight map of each of `components` that `folder` has; returns them."""
     done = []
-    for comp in COMPONENTS:
+    for comp in components:
         cdir = os.path.join(folder, comp)
         if not os.path.isdir(cdir):
             continue
         graph, gz = _read(os.path.join(cdir, "model.onnx"))
         wm_bytes, wm_gz = _read(os.path.join(cdir, "weightmap.json"))
-        half, wm = convert(graph, json.loads(wm_bytes))
+        half, wm = convert(graph, json.loads(wm_bytes), op_block_list)
         _write(os.path.join(cdir, "model.cuda.onnx"), half, gz)
         _write(os.path.join(cdir, "weightmap.cuda.json"), (json.dumps(wm, indent=1) + "\n").encode(), wm_gz)
         done.append(comp)
@@ -120,33 +127,51 @@ def _weights_bin(cdir, wm):
     return bytes(buf)
 
 
-def check(folder):
-    """Runs each VAE graph in fp32 and fp16 on ONNX Runtime's CPU provider; prints the difference."""
+def _vae_feeds(comp, rng):
+    shape = [1, 4, 8, 8] if comp == "vae_decoder" else [1, 3, 64, 64]
+    name = "latent_sample" if comp == "vae_decoder" else "sample"
+    return {name: rng.standard_normal(shape).astype(np.float32)}
+
+
+def run_both(cdir, feeds):
+    """The outputs of a component's fp32 and fp16 graphs on `feeds` (ONNX Runtime's CPU provider,
+    weights from the folder's weights.safetensors): ({name: fp32 output}, {name: fp16 output})."""
     import tempfile
 
+    import onnx
     import onnxruntime as ort
 
+    outs = []
+    for graph_name, wm_name in (("model.onnx", "weightmap.json"), ("model.cuda.onnx", "weightmap.cuda.json")):
+        graph, _ = _read(os.path.join(cdir, graph_name))
+        wm = json.loads(_read(os.path.join(cdir, wm_name))[0])
+        with tempfile.TemporaryDirectory() as tmp:
+            with open(os.path.join(tmp, "model.onnx"), "wb") as f:
+                f.write(graph)
+            with open(os.path.join(tmp, EXTERNAL_FILE), "wb") as f:
+                f.write(_weights_bin(cdir, wm))
+            onnx.checker.check_model(os.path.join(tmp, "model.onnx"), full_check=True)
+            s = ort.InferenceSession(os.path.join(tmp, "model.onnx"), providers=["CPUExecutionProvider"])
+            names = [o.name for o in s.get_outputs()]
+            outs.append(dict(zip(names, s.run(None, feeds))))
+    return outs[0], outs[1]
+
+
+def check(folder, components=COMPONENTS, feeds=_vae_feeds):
+    """Runs each graph of `components` in fp32 and fp16 on ONNX Runtime's CPU provider (after
+    onnx.checker); prints the difference of every output. `feeds(component, rng)`: the inputs."""
     rng = np.random.default_rng(0)
-    for comp in COMPONENTS:
+    for comp in components:
         cdir = os.path.join(folder, comp)
         if not os.path.isdir(cdir):
             continue
-        outs = []
-        for graph_name, wm_name in (("model.onnx", "weightmap.json"), ("model.cuda.onnx", "weightmap.cuda.json")):
-            graph, _ = _read(os.path.join(cdir, graph_name))
-            wm = json.loads(_read(os.path.join(cdir, wm_name))[0])
-            with tempfile.TemporaryDirectory() as tmp:
-                with open(os.path.join(tmp, "model.onnx"), "wb") as f:
-                    f.write(graph)
-                with open(os.path.join(tmp, EXTERNAL_FILE), "wb") as f:
-                    f.write(_weights_bin(cdir, wm))
-                s = ort.InferenceSession(os.path.join(tmp, "model.onnx"), providers=["CPUExecutionProvider"])
-                inp = s.get_inputs()[0]
-                shape = [1, 4, 8, 8] if comp == "vae_decoder" else [1, 3, 64, 64]
-                x = rng.standard_normal(shape).astype(np.float32) if not outs else x
-                outs.append(s.run(None, {inp.name: x})[0])
-        d = np.abs(outs[0].astype(np.float64) - outs[1])
-        print(f"{cdir}: fp16 vs fp32 mean abs {d.mean():.2e}, max {d.max():.2e} (output range {np.abs(outs[0]).max():.2f})")
+        full, half = run_both(cdir, feeds(comp, rng))
+        for name, a in full.items():
+            b = half[name]
+            assert b.dtype == np.float32 and np.isfinite(b).all(), (cdir, name)
+            d = np.abs(a.astype(np.float64) - b)
+            print(f"{cdir} {name}: fp16 vs fp32 mean abs {d.mean():.2e}, max {d.max():.2e} "
+                  f"(output range {np.abs(a).max():.2f})")
 
 
 def main():

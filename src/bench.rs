@@ -36,6 +36,8 @@ pub struct BenchReport {
     pub vae_decode_ms: f64,
     /// The VAE decoder's precision: `fp16` or `fp32` (`--vae-precision`).
     pub vae_precision: String,
+    /// The text encoders' precision: `fp16` or `fp32` (`--te-precision`).
+    pub te_precision: String,
     /// A whole 20-step image, median.
     pub image_s: f64,
     /// First UNet step after the sessions were built (includes lazy initialisation, e.g. cuDNN).
@@ -87,8 +89,8 @@ impl fmt::Display for BenchReport {
         writeln!(f, "  load (open + sessions)    {:>9.3} s", self.load_s)?;
         writeln!(
             f,
-            "  text encoder (1 prompt)   {:>9.3} ms",
-            self.text_encode_ms
+            "  text encoder ({}, 1 prompt) {:>7.3} ms",
+            self.te_precision, self.text_encode_ms
         )?;
         writeln!(
             f,
@@ -343,6 +345,7 @@ pub fn run(
         steps_per_s: 1.0 / unet_step,
         vae_decode_ms: median(vae) * 1e3,
         vae_precision: g.vae_precision().to_string(),
+        te_precision: g.te_precision().to_string(),
         image_s: median(image),
         first_step_ms,
         adapter_swap_s,

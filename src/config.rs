@@ -59,6 +59,10 @@ unet_batch = 4
 lora_method = "fuse"
 # Insert an adapter's trigger words with its tag.
 trigger_words = true
+# Compute precision of the VAE and of the text encoders (--vae-precision, --te-precision): auto (fp16
+# on a GPU where it is safe, fp32 on the CPU; an overflow is redone in fp32), fp16 or fp32.
+vae_precision = "auto"
+te_precision = "auto"
 
 # What the workstation's image-to-image and inpainting settings (F4) start from; `generate` and
 # `batch` take these as flags and job fields instead.
@@ -156,6 +160,12 @@ pub struct GenerationConfig {
     pub unet_batch: u32,
     pub lora_method: LoraMethod,
     pub trigger_words: bool,
+    /// `--vae-precision`'s default.
+    #[serde(default)]
+    pub vae_precision: crate::runtime::session::VaePrecision,
+    /// `--te-precision`'s default.
+    #[serde(default)]
+    pub te_precision: crate::runtime::session::TePrecision,
 }
 
 /// `[img2img]`: the workstation's starting image-to-image and inpainting settings.

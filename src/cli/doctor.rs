@@ -141,11 +141,17 @@ fn model(s: &mut String, dir: &Path, m: &crate::model::Model) -> std::fmt::Resul
             c.buffer_len() as f64 / 1e6
         )?;
         if let Some(f) = &c.cuda {
+            // The UNet's second graph is ORT's fused one; the VAE's and text encoders' are fp16.
+            let what = match k {
+                crate::model::layout::ComponentKind::Unet => {
+                    format!("fused CUDA graph: {}", fused_ops(&f.graph.bytes))
+                }
+                _ => "fp16 graph".to_string(),
+            };
             writeln!(
                 s,
-                "  {:<14} fused CUDA graph: {}, {} initializers, weight map consistent",
+                "  {:<14} {what}, {} initializers, weight map consistent",
                 "",
-                fused_ops(&f.graph.bytes),
                 f.graph.externals.len()
             )?;
         }

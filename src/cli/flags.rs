@@ -21,6 +21,10 @@ pub struct WeightArgs {
     /// fp16 or fp32
     #[arg(long, value_name = "P", value_parser = ["auto", "fp16", "fp32"])]
     pub vae_precision: Option<String>,
+    /// The text encoders' precision: auto (fp16 on a GPU, fp32 on the CPU; an overflow is redone
+    /// in fp32), fp16 or fp32
+    #[arg(long, value_name = "P", value_parser = ["auto", "fp16", "fp32"])]
+    pub te_precision: Option<String>,
     /// A1111's clip skip: 2 conditions SD 1.x on the penultimate CLIP layer
     #[arg(long, value_name = "N")]
     pub clip_skip: Option<u32>,
@@ -133,6 +137,7 @@ impl EngineFlags {
                 ema: w.ema || ow.ema,
                 vae: w.vae.clone().or(ow.vae.clone()),
                 vae_precision: w.vae_precision.clone().or(ow.vae_precision.clone()),
+                te_precision: w.te_precision.clone().or(ow.te_precision.clone()),
                 clip_skip: w.clip_skip.or(ow.clip_skip),
                 prediction: w.prediction.or(ow.prediction),
                 models_root: w.models_root.clone().or(ow.models_root.clone()),

@@ -119,7 +119,11 @@ pub fn engine(
         prediction: flags.weights.prediction,
         vae_precision: match &flags.weights.vae_precision {
             Some(p) => p.parse().map_err(CliError::Usage)?,
-            None => Default::default(),
+            None => config.generation.vae_precision,
+        },
+        te_precision: match &flags.weights.te_precision {
+            Some(p) => p.parse().map_err(CliError::Usage)?,
+            None => config.generation.te_precision,
         },
     };
     let unet_batch = flags.unet_batch.unwrap_or(config.generation.unet_batch);

@@ -7,7 +7,7 @@
 
 use super::graph::{Graph, GraphError};
 use super::onnx_proto::{
-    tensor_proto::DataType, tensor_shape_proto::dimension::Value as Dim,
+    attribute_proto, tensor_proto::DataType, tensor_shape_proto::dimension::Value as Dim,
     tensor_shape_proto::Dimension, type_proto, AttributeProto, ModelProto, NodeProto, TensorProto,
     TensorShapeProto, TypeProto, ValueInfoProto,
 };
@@ -62,6 +62,9 @@ pub fn add_extra_rows(graph: Graph) -> Result<Graph, GraphError> {
         return Ok(graph);
     };
     let (table_name, elem) = (table.name().to_string(), table.data_type());
+    if elem != DataType::Float as i32 && elem != DataType::Float16 as i32 {
+        return Ok(graph);
+    }
     let at = g.node.iter().position(|n| {
         n.op_type() == "Gather"
             && n.input.first() == Some(&table_name)
@@ -72,6 +75,10 @@ pub fn add_extra_rows(graph: Graph) -> Result<Graph, GraphError> {
     let Some(at) = at else {
         return Ok(graph);
     };
+    // An fp16 graph (te_fp16.py) takes the rows in fp32 too, cast inside: the text side feeds
+    // fp32 whatever graph runs.
+    let half = elem == DataType::Float16 as i32;
+    let extra_gathered = if half { "extra_rows32" } else { "extra_rows" };
     let ids = g.node[at].input[1].clone();
     let out = g.node[at].output[0].clone();
     let p = |s: &str| format!("stipple_extra/{s}");
@@ -87,13 +94,13 @@ pub fn add_extra_rows(graph: Graph) -> Result<Graph, GraphError> {
     g.node[at].input[1] = base_ids.clone();
     g.node[at].output[0] = base_out.clone();
     let before = node("Min", &[&ids, &last], &p("base_ids"), &p("Min"));
-    let after = [
+    let mut after = vec![
         node("Sub", &[&ids, &v], &p("rel_ids"), &p("Sub")),
         node("Max", &[&p("rel_ids"), &zero], &p("extra_ids"), &p("Max")),
         node(
             "Gather",
             &[EXTRA_INPUT, &p("extra_ids")],
-            &p("extra_rows"),
+            &p(extra_gathered),
             &p("Gather"),
         ),
         node("GreaterOrEqual", &[&ids, &v], &p("is_extra"), &p("Ge")),
@@ -110,13 +117,24 @@ pub fn add_extra_rows(graph: Graph) -> Result<Graph, GraphError> {
             &p("Where"),
         ),
     ];
+    if half {
+        // The rows come in fp32 whatever the graph computes in; an fp16 graph casts them.
+        let mut cast = node("Cast", &[&p("extra_rows32")], &p("extra_rows"), &p("Cast"));
+        cast.attribute.push(AttributeProto {
+            name: Some("to".into()),
+            r#type: Some(attribute_proto::AttributeType::Int as i32),
+            i: Some(i64::from(elem)),
+            ..Default::default()
+        });
+        after.insert(3, cast);
+    }
     g.node.splice(at + 1..at + 1, after);
     g.node.insert(at, before);
     g.input.push(ValueInfoProto {
         name: Some(EXTRA_INPUT.to_string()),
         r#type: Some(TypeProto {
             value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(elem),
+                elem_type: Some(DataType::Float as i32),
                 shape: Some(TensorShapeProto {
                     dim: vec![
                         Dimension {

@@ -43,6 +43,10 @@ pub enum PipelineError {
          cuda_graph off"
     )]
     CudaGraph(&'static str),
+    /// Text encoder `encoder` (1-based), running its fp16 graph, gave NaN or infinite conditioning:
+    /// an overflow, which [`super::sessions::Sessions::with_text`] redoes in fp32.
+    #[error("text encoder {encoder} overflowed in fp16 (non-finite conditioning)")]
+    TextNotFinite { encoder: usize },
 }
 
 pub(crate) fn run_err(what: &'static str) -> impl Fn(ort::Error) -> PipelineError {

@@ -291,7 +291,9 @@ impl Generator {
     /// The conditioning for `text` as one plain 77-token chunk (diffusers' way, truncating):
     /// `[77, context_dim]`.
     pub fn encode_text(&mut self, text: &str) -> Result<Vec<f32>, PipelineError> {
-        self.text.encode_text(self.sessions.text_mut(), text)
+        let text_side = &mut self.text;
+        self.sessions
+            .with_text(&self.model, |nets| text_side.encode_text(nets, text))
     }
 
     /// [`Self::encode_text`] with the pooled embedding of families that have one (SDXL's
@@ -300,7 +302,9 @@ impl Generator {
         &mut self,
         text: &str,
     ) -> Result<(Vec<f32>, Option<Vec<f32>>), PipelineError> {
-        self.text.encode_text_pooled(self.sessions.text_mut(), text)
+        let text_side = &mut self.text;
+        self.sessions
+            .with_text(&self.model, |nets| text_side.encode_text_pooled(nets, text))
     }
 
     /// A1111-style conditioning for a prompt: 75-token chunks (BREAK, long prompts), each encoded
@@ -309,7 +313,9 @@ impl Generator {
         &mut self,
         fragments: &[Fragment],
     ) -> Result<Vec<Vec<f32>>, PipelineError> {
-        self.text.encode_prompt(self.sessions.text_mut(), fragments)
+        let text_side = &mut self.text;
+        self.sessions
+            .with_text(&self.model, |nets| text_side.encode_prompt(nets, fragments))
     }
 
     /// The padded token ids per text encoder and chunk of a prompt, embeddings included.
@@ -330,8 +336,10 @@ impl Generator {
         &mut self,
         fragments: &[Fragment],
     ) -> Result<Conditioning, PipelineError> {
-        self.text
-            .encode_prompt_pooled(self.sessions.text_mut(), fragments)
+        let text_side = &mut self.text;
+        self.sessions.with_text(&self.model, |nets| {
+            text_side.encode_prompt_pooled(nets, fragments)
+        })
     }
 
     /// One UNet evaluation: `sample` `[b, 4, h, w]`, one timestep for all, context `[b, n, c]`.
@@ -366,6 +374,14 @@ impl Generator {
     /// "fp16" or "fp32": the graph the VAE decoder runs now (fp32 after an fp16 overflow).
     pub fn vae_precision(&self) -> &'static str {
         match self.sessions.vae_is_fp16() {
+            true => "fp16",
+            false => "fp32",
+        }
+    }
+
+    /// "fp16" or "fp32": the graphs the text encoders run now (fp32 after an fp16 overflow).
+    pub fn te_precision(&self) -> &'static str {
+        match self.sessions.te_is_fp16(&self.model) {
             true => "fp16",
             false => "fp32",
         }

@@ -41,6 +41,8 @@ pub enum ResidentError {
 pub struct Net {
     pub session: Session,
     resident: Option<Resident>,
+    /// A text encoder running its fp16 graph: non-finite output is an overflow, redone in fp32.
+    fp16: bool,
 }
 
 /// The weight buffers a session built by [`build`] reads its initializers from.
@@ -92,7 +94,19 @@ impl Net {
         Net {
             session,
             resident: None,
+            fp16: false,
         }
+    }
+
+    /// The same net, marked as a text encoder running its fp16 graph (or not).
+    pub fn with_fp16(mut self, fp16: bool) -> Net {
+        self.fp16 = fp16;
+        self
+    }
+
+    /// Whether it is a text encoder running its fp16 graph.
+    pub fn is_fp16(&self) -> bool {
+        self.fp16
     }
 
     pub fn is_resident(&self) -> bool {
@@ -530,6 +544,7 @@ pub fn build(
     )?;
     Ok(Net {
         session,
+        fp16: false,
         resident: Some(Resident {
             layout: Layout {
                 what: what.to_string(),

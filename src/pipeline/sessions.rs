@@ -3,7 +3,8 @@
 //! resident weights staged and rewritten in place, or, with the device patch, the kept patch
 //! programs re-run at new strengths), rebuilds the VAE for new static shapes and runs
 //! the UNet (through fixed buffers for a CUDA graph) and the VAE decoder, whose session is shared
-//! with a decode worker through a [`VaeDecoder`] handle.
+//! with a decode worker through a [`VaeDecoder`] handle. Text encoders that overflow in fp16 are
+//! rebuilt in fp32 ([`Sessions::with_text`]).
 
 use super::adapters::{self, ActiveLora, StrengthKey};
 use super::device_patch::{self, DeviceStaged};
@@ -17,7 +18,7 @@ use crate::lora::ApplyReport;
 use crate::model::layout::{Component, ComponentKind, GraphKind};
 use crate::model::Model;
 use crate::patch;
-use crate::runtime::session::VaePrecision;
+use crate::runtime::session::{TePrecision, VaePrecision};
 use crate::runtime::tensor_io::{run, Bound, Input};
 use crate::runtime::{build_session, Runtime, SessionOptions};
 use ort::session::Session;
@@ -79,6 +80,16 @@ pub struct PatchCounts {
 /// The strengths inputs of a re-run: one per text encoder, then the UNet's (None: not re-run).
 type Reruns = (Vec<Option<Vec<f32>>>, Option<Vec<f32>>);
 
+/// What the text encoders hold besides the base weights, so that an fp16 overflow can rebuild them
+/// in fp32 with the same adapters.
+#[derive(Clone)]
+enum TeSource {
+    /// These deltas (none: the base model).
+    Deltas(ComponentDeltas),
+    /// These adapters at these strengths (the UNet's strengths are not used).
+    Adapters(Vec<ActiveLora>, StrengthKey),
+}
+
 /// What an adapter change does to one component's session.
 enum Change {
     /// A new session (baked weights, or resident ones filled at build).
@@ -106,6 +117,10 @@ pub struct Sessions {
     vae_overflowed: Arc<AtomicBool>,
     /// The VAE encoder, built at the first image-to-image job, and whether it runs fp16.
     encoder: Option<(Session, bool)>,
+    /// Set when an fp16 text encoder gave non-finite output: text encoders are fp32 from then on.
+    te_overflowed: bool,
+    /// What the text encoders were last built or patched with.
+    te_source: TeSource,
     fused: FusedKey,
     /// (latent height, latent width) the VAE session was built for, with static shapes.
     vae_dims: Option<[i64; 2]>,
@@ -143,6 +158,8 @@ impl Sessions {
             vae: Arc::new(Mutex::new(vae)),
             vae_overflowed: Arc::new(AtomicBool::new(false)),
             encoder: None,
+            te_overflowed: false,
+            te_source: TeSource::Deltas(ComponentDeltas::new()),
             fused: FusedKey::default(),
             vae_dims: None,
             unet_io: None,
@@ -239,12 +256,21 @@ impl Sessions {
         let (deltas, report) = adapters::compute(model, loras, &te_key)?;
         let mut stats = FuseStats::default();
         let te_dims = self.te_dims();
+        let opts = self.build_opts();
         let mut built = Vec::new();
         for enc in model.index.family.facts().encoders {
-            built.push(self.build_one(model, enc.component, &deltas, &te_dims, &mut stats)?);
+            built.push(self.build_one(
+                model,
+                &opts,
+                enc.component,
+                &deltas,
+                &te_dims,
+                &mut stats,
+            )?);
         }
         self.text = built;
         self.fused.te = want_te;
+        self.te_source = TeSource::Adapters(loras.to_vec(), te_key);
         self.last_report = Some(report);
         Ok(())
     }
@@ -280,10 +306,15 @@ impl Sessions {
                 (rebuild_te && te_in_place, rebuild_te),
                 (rebuild_unet && unet_in_place, rebuild_unet),
             ) {
-                return self.rerun(want, (te, unet), t);
+                self.rerun(want, (te, unet), t)?;
+                if rebuild_te {
+                    self.te_source = TeSource::Adapters(loras.to_vec(), key.clone());
+                }
+                return Ok(());
             }
         }
-        let (rt, opts) = (self.runtime, &self.opts);
+        let build_opts = self.build_opts();
+        let (rt, opts) = (self.runtime, &build_opts);
         let set = keys::adapter_set(loras);
         let te_layouts: Vec<Option<&resident::Layout>> =
             self.text.iter().map(Net::layout).collect();
@@ -407,6 +438,9 @@ impl Sessions {
         stats.free_s = t.elapsed().as_secs_f64();
         self.last_fuse = Some(stats);
         self.fused = want;
+        if rebuild_te {
+            self.te_source = TeSource::Adapters(loras.to_vec(), key.clone());
+        }
         if device {
             self.counts.staged += 1;
         }
@@ -532,6 +566,7 @@ impl Sessions {
     fn build_one(
         &self,
         model: &Model,
+        opts: &SessionOptions,
         kind: ComponentKind,
         deltas: &ComponentDeltas,
         dims: &[(&str, i64)],
@@ -541,7 +576,7 @@ impl Sessions {
         build_component(
             model,
             self.runtime,
-            &self.opts,
+            opts,
             kind,
             deltas.get(&kind).unwrap_or(&empty),
             dims,
@@ -585,6 +620,13 @@ impl Sessions {
     ) -> Result<(), PipelineError> {
         let (text, unet, vae) = build_sessions(model, self.runtime, &self.build_opts(), deltas)?;
         (self.text, self.unet) = (text, unet);
+        let encoders = model.index.family.facts().encoders;
+        let te_deltas = deltas
+            .iter()
+            .filter(|(k, _)| encoders.iter().any(|e| e.component == **k))
+            .map(|(k, d)| (*k, d.clone()))
+            .collect();
+        self.te_source = TeSource::Deltas(te_deltas);
         *vae::lock(&self.vae) = vae;
         self.unet_io = None;
         self.fused = FusedKey::unknown(None);
@@ -640,13 +682,72 @@ impl Sessions {
         )
     }
 
-    /// The options sessions are built with now: fp32 VAEs once the fp16 one overflowed.
+    /// The options sessions are built with now: fp32 VAEs once the fp16 one overflowed, fp32 text
+    /// encoders once an fp16 one did.
     fn build_opts(&self) -> SessionOptions {
         let mut o = self.opts.clone();
         if self.vae_overflowed.load(Ordering::Relaxed) {
             o.vae_precision = VaePrecision::Fp32;
         }
+        if self.te_overflowed {
+            o.te_precision = TePrecision::Fp32;
+        }
         o
+    }
+
+    /// Whether the text encoders run their fp16 graphs now (tests, `bench`).
+    pub fn te_is_fp16(&self, model: &Model) -> bool {
+        let opts = self.build_opts();
+        model
+            .index
+            .family
+            .facts()
+            .encoders
+            .iter()
+            .any(|e| te_graph(model, &opts, e.component).ok() == Some(GraphKind::Cuda))
+    }
+
+    /// Runs `f` on the text-encoder sessions. When an fp16 text encoder gave non-finite output
+    /// ([`PipelineError::TextNotFinite`]), says so once, rebuilds the text encoders in fp32 (with
+    /// the adapters they held) and runs `f` again; they stay fp32.
+    pub fn with_text<R>(
+        &mut self,
+        model: &Model,
+        mut f: impl FnMut(&mut [Net]) -> Result<R, PipelineError>,
+    ) -> Result<R, PipelineError> {
+        match f(&mut self.text) {
+            Err(PipelineError::TextNotFinite { .. }) => {
+                tracing::warn!(
+                    "an fp16 text encoder gave non-finite conditioning (an overflow); the text \
+                     encoders run in fp32 from now on (--te-precision fp32 skips the fp16 try)"
+                );
+                self.te_to_fp32(model)?;
+                f(&mut self.text)
+            }
+            other => other,
+        }
+    }
+
+    /// Rebuilds the text encoders in fp32 with what they held ([`TeSource`]).
+    fn te_to_fp32(&mut self, model: &Model) -> Result<(), PipelineError> {
+        self.te_overflowed = true;
+        let opts = self.build_opts();
+        let deltas = match &self.te_source {
+            TeSource::Deltas(d) => d.clone(),
+            TeSource::Adapters(loras, key) => {
+                let mut te_key = key.clone();
+                te_key.unet.iter_mut().for_each(|u| *u = [0.0; 3]);
+                adapters::compute(model, loras, &te_key)?.0
+            }
+        };
+        let mut stats = FuseStats::default();
+        let dims = self.te_dims();
+        let mut built = Vec::new();
+        for enc in model.index.family.facts().encoders {
+            built.push(self.build_one(model, &opts, enc.component, &deltas, &dims, &mut stats)?);
+        }
+        self.text = built;
+        Ok(())
     }
 
     /// The graph the VAE runs now (tests, `bench`): fp16 or fp32.
@@ -777,16 +878,22 @@ fn build_component(
         .component(kind)
         .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
     let is_vae = matches!(kind, ComponentKind::VaeDecoder | ComponentKind::VaeEncoder);
-    let which = match is_vae {
-        true => vae_graph(model, opts, kind)?,
-        false => opts
-            .graph
+    let is_te = matches!(
+        kind,
+        ComponentKind::TextEncoder | ComponentKind::TextEncoder2
+    );
+    let which = if is_vae {
+        vae_graph(model, opts, kind)?
+    } else if is_te {
+        te_graph(model, opts, kind)?
+    } else {
+        opts.graph
             .resolve(opts.device, c)
-            .map_err(PipelineError::Job)?,
+            .map_err(PipelineError::Job)?
     };
     let what = match which {
         GraphKind::Plain => kind.dir_name().to_string(),
-        GraphKind::Cuda if is_vae => format!("{kind} (fp16)"),
+        GraphKind::Cuda if is_vae || is_te => format!("{kind} (fp16)"),
         GraphKind::Cuda => format!("{kind} (fused CUDA graph)"),
     };
     // Only a UNet with fixed shapes is captured as a CUDA graph: it is what runs every step, and
@@ -799,14 +906,15 @@ fn build_component(
         plain = opts.without_cuda_graph();
         &plain
     };
+    let fp16 = is_te && which == GraphKind::Cuda;
     if opts.resident_weights() && !is_vae {
         let t = Instant::now();
         let net = resident::build(rt, &what, c, which, deltas, opts, dims)?;
         // Filling, the session build and the upload are one step here.
         stats.session_s += t.elapsed().as_secs_f64();
-        return Ok(net);
+        return Ok(net.with_fp16(fp16));
     }
-    bake(c, rt, opts, which, &what, deltas, dims, stats).map(Net::baked)
+    bake(c, rt, opts, which, &what, deltas, dims, stats).map(|s| Net::baked(s).with_fp16(fp16))
 }
 
 /// `c`'s `which` graph as a session with its weights (plus `deltas`) baked in.
@@ -857,6 +965,21 @@ fn vae_graph(
         .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
     opts.vae_precision
         .resolve(opts.device, c, model.vae_fp16_safe())
+        .map_err(PipelineError::Job)
+}
+
+/// The graph a text encoder of `model` runs with `opts` (`--te-precision`, [`TePrecision`]): every
+/// family's text encoders are safe in fp16 (the overflow fallback is [`Sessions::with_text`]).
+fn te_graph(
+    model: &Model,
+    opts: &SessionOptions,
+    kind: ComponentKind,
+) -> Result<GraphKind, PipelineError> {
+    let c = model
+        .component(kind)
+        .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
+    opts.te_precision
+        .resolve(opts.device, c, true)
         .map_err(PipelineError::Job)
 }
 

@@ -18,7 +18,8 @@ pub const DEFAULT_UNET_BATCH: usize = 4;
 pub struct EngineSpec {
     /// A stipple folder, a diffusers folder or a single-file checkpoint.
     pub model: PathBuf,
-    /// Device, threads, shapes, graph, CUDA settings, resident weights, EMA, VAE, clip skip.
+    /// Device, threads, shapes, graph, CUDA settings, resident weights, EMA, VAE, clip skip, the
+    /// VAE's and text encoders' precision.
     pub session: SessionOptions,
     /// The folders `<lora:NAME>` tags are looked up in.
     pub lora_dirs: Vec<PathBuf>,

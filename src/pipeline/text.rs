@@ -364,10 +364,16 @@ impl TextConditioner {
             .into_iter()
             .map(|(_, d)| d);
         let mut z = out.next().unwrap_or_default();
+        let pooled = pooled.and(out.next());
+        let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
+        // Only an fp16 encoder's is an error: it is redone in fp32 (Sessions::with_text).
+        if session.is_fp16() && !(finite(&z) && pooled.as_deref().is_none_or(finite)) {
+            return Err(PipelineError::TextNotFinite { encoder: i + 1 });
+        }
         if let (true, Some((w, b, eps))) = (skip, &self.final_norm) {
             layer_norm(&mut z, w, b, *eps);
         }
-        Ok((z, pooled.and(out.next())))
+        Ok((z, pooled))
     }
 }
 

@@ -51,6 +51,9 @@ pub struct SessionOptions {
     /// Which VAE graph runs: the fp16 one (`model.cuda.onnx` of the VAE folders) or the fp32 one
     /// (`--vae-precision`).
     pub vae_precision: VaePrecision,
+    /// Which text-encoder graphs run: the fp16 ones (`model.cuda.onnx` of the text-encoder
+    /// folders) or the fp32 ones (`--te-precision`).
+    pub te_precision: TePrecision,
 }
 
 impl SessionOptions {
@@ -97,12 +100,14 @@ impl SessionOptions {
     }
 }
 
-/// `--vae-precision auto|fp16|fp32`: the VAE's compute precision.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum VaePrecision {
-    /// fp16 on a GPU where the VAE is known not to overflow in it (SD 1.x and 2.x; SDXL only with
-    /// a VAE file named as the fp16-fix one); fp32 elsewhere. A decode that overflows is redone in
-    /// fp32 once, and fp32 is kept.
+/// `--vae-precision` and `--te-precision` (`auto|fp16|fp32`): a component's compute precision,
+/// the graph its session runs (the fp16 one is stored in the `cuda` slot, `model.cuda.onnx`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// fp16 on a GPU (CUDA, DirectML) where the component is known not to overflow in it (the VAE
+    /// of SD 1.x and 2.x, SDXL's only with a VAE file named as the fp16-fix one; every text
+    /// encoder); fp32 on the CPU. A run that overflows is redone in fp32 once, and fp32 is kept.
     #[default]
     Auto,
     /// fp16 on any device (the graph has only standard operators; the CPU runs it slowly).
@@ -110,24 +115,26 @@ pub enum VaePrecision {
     Fp32,
 }
 
-impl std::str::FromStr for VaePrecision {
+/// The VAE's precision (`--vae-precision`).
+pub type VaePrecision = Precision;
+/// The text encoders' precision (`--te-precision`).
+pub type TePrecision = Precision;
+
+impl std::str::FromStr for Precision {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
-            "auto" => Ok(VaePrecision::Auto),
-            "fp16" | "half" => Ok(VaePrecision::Fp16),
-            "fp32" | "float" => Ok(VaePrecision::Fp32),
-            _ => Err(format!(
-                "unknown VAE precision {s:?}; use auto, fp16 or fp32"
-            )),
+            "auto" => Ok(Precision::Auto),
+            "fp16" | "half" => Ok(Precision::Fp16),
+            "fp32" | "float" => Ok(Precision::Fp32),
+            _ => Err(format!("unknown precision {s:?}; use auto, fp16 or fp32")),
         }
     }
 }
 
-impl VaePrecision {
-    /// The graph a VAE component runs: its fp16 graph (stored in the `cuda` slot of the folder,
-    /// `model.cuda.onnx`) or the plain fp32 one. `fp16_safe`: the model's VAE does not overflow in
-    /// fp16 (false for SDXL's own VAE).
+impl Precision {
+    /// The graph `component` (a VAE part or a text encoder) runs: its fp16 graph or the plain
+    /// fp32 one. `fp16_safe`: the component does not overflow in fp16 (false for SDXL's own VAE).
     pub fn resolve(
         self,
         device: Device,
@@ -135,16 +142,22 @@ impl VaePrecision {
         fp16_safe: bool,
     ) -> Result<GraphKind, String> {
         let has = component.cuda.is_some();
+        let (script, flag) = match component.kind {
+            ComponentKind::TextEncoder | ComponentKind::TextEncoder2 => {
+                ("te_fp16.py", "--te-precision")
+            }
+            _ => ("vae_fp16.py", "--vae-precision"),
+        };
         match self {
-            VaePrecision::Fp32 => Ok(GraphKind::Plain),
-            VaePrecision::Fp16 if has => Ok(GraphKind::Cuda),
-            VaePrecision::Fp16 => Err(format!(
+            Precision::Fp32 => Ok(GraphKind::Plain),
+            Precision::Fp16 if has => Ok(GraphKind::Cuda),
+            Precision::Fp16 => Err(format!(
                 "{} has no fp16 graph (model.cuda.onnx); make one with \
-                 `python scripts/vae_fp16.py {}`, or use --vae-precision fp32",
+                 `python scripts/{script} {}`, or use {flag} fp32",
                 component.dir.display(),
                 component.dir.parent().unwrap_or(&component.dir).display()
             )),
-            VaePrecision::Auto => Ok(if has && fp16_safe && !matches!(device, Device::Cpu) {
+            Precision::Auto => Ok(if has && fp16_safe && !matches!(device, Device::Cpu) {
                 GraphKind::Cuda
             } else {
                 GraphKind::Plain
@@ -177,9 +190,9 @@ impl std::str::FromStr for GraphChoice {
 }
 
 impl GraphChoice {
-    /// The graph `component` runs on `device`. Components without a fused graph (text encoders)
-    /// always run the plain one; asking for the fused UNet where it cannot run is an error. The
-    /// VAE's graph is [`VaePrecision`]'s choice, not this one.
+    /// The UNet graph `component` runs on `device`; asking for the fused UNet where it cannot run
+    /// is an error. The VAE's and the text encoders' graphs are [`Precision`]'s choice, not this
+    /// one (their `model.cuda.onnx` is an fp16 graph, not a fused one).
     pub fn resolve(self, device: Device, component: &Component) -> Result<GraphKind, String> {
         let is_cuda = matches!(device, Device::Cuda(_));
         let has = component.cuda.is_some();

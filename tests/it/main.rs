@@ -33,6 +33,7 @@ mod sdxl;
 mod sdxl_adapters;
 mod sharded;
 mod single_file;
+mod te_precision;
 mod tui_config;
 mod tui_embeddings;
 mod tui_flows;

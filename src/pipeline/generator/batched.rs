@@ -237,10 +237,10 @@ impl Generator {
         // A prompt that cannot be encoded fails its own job only.
         let te = self.sessions.fused_te().clone();
         for (j, r) in jobs.iter().enumerate() {
-            let got = (0..r.calls.saturating_sub(first_step)).try_for_each(|call| {
-                r.texts
-                    .conds(&mut self.text, self.sessions.text_mut(), &te, call)
-                    .map(drop)
+            let text_side = &mut self.text;
+            let got = self.sessions.with_text(&self.model, |nets| {
+                (0..r.calls.saturating_sub(first_step))
+                    .try_for_each(|call| r.texts.conds(text_side, nets, &te, call).map(drop))
             });
             if let Err(e) = got {
                 if jobs.len() == 1 {
@@ -481,18 +481,22 @@ impl Generator {
             let te = self.sessions.fused_te().clone();
             let mut conds: Vec<StepCond> = Vec::with_capacity(slots.len());
             for s in slots.iter() {
-                let nets = self.sessions.text_mut();
-                conds.push(
-                    jobs[s.job]
-                        .texts
-                        .conds(&mut self.text, nets, &te, i - first)?,
-                );
+                let text_side = &mut self.text;
+                conds.push(self.sessions.with_text(&self.model, |nets| {
+                    jobs[s.job].texts.conds(text_side, nets, &te, i - first)
+                })?);
             }
             let padded = conds
                 .iter()
                 .any(|c| (0..blocks).any(|b| c.needs_padding(b, chunks)));
             let empty = match padded {
-                true => self.text.cond(self.sessions.text_mut(), &te, &[])?.chunks[0].clone(),
+                true => {
+                    let text_side = &mut self.text;
+                    self.sessions
+                        .with_text(&self.model, |nets| text_side.cond(nets, &te, &[]))?
+                        .chunks[0]
+                        .clone()
+                }
                 false => Vec::new(),
             };
             match stop() {
