@@ -39,6 +39,9 @@ schedule = "automatic"
 # Noise of the SDE samplers (DPM++ SDE, 2M SDE, 3M SDE): brownian (A1111's Brownian tree from the seed)
 # or step (fresh noise from the seed's generator every step, as diffusers).
 sde_noise = "brownian"
+# Whose σ a schedule type means for the k-diffusion samplers: diffusers (the default) or a1111
+# (A1111 1.10's: its Automatic per sampler, the whole training range, ...; see the README).
+sigmas = "diffusers"
 # Sampling steps; 0 = the model family's (20 for SD 1.x, 30 for SDXL).
 steps = 0
 cfg = 7.0
@@ -137,6 +140,9 @@ pub struct GenerationConfig {
     /// The SDE samplers' noise (`brownian` or `step`).
     #[serde(default)]
     pub sde_noise: crate::job::SdeNoise,
+    /// Whose σ the schedule types mean (`diffusers` or `a1111`).
+    #[serde(default)]
+    pub sigmas: crate::job::SigmaStyle,
     /// 0 = the model family's default (filled in when the model is known).
     pub steps: u32,
     pub cfg: f32,

@@ -8,7 +8,7 @@
 //! prompts need different context lengths (a long prompt's extra 75-token chunks) into separate
 //! UNet calls, so grouping never changes an image.
 
-use crate::job::{Job, Sampler, Schedule};
+use crate::job::{Job, Sampler, Schedule, SigmaStyle};
 use crate::prompt::LoraTag;
 
 /// What jobs must agree on to share UNet calls.
@@ -16,6 +16,7 @@ use crate::prompt::LoraTag;
 pub struct ShareKey {
     sampler: Sampler,
     schedule: Schedule,
+    sigmas: SigmaStyle,
     steps: u32,
     width: u32,
     height: u32,
@@ -36,6 +37,7 @@ impl ShareKey {
         Some(ShareKey {
             sampler: job.sampler,
             schedule: job.schedule,
+            sigmas: job.sigmas,
             steps: job.steps,
             width: job.width,
             height: job.height,
@@ -86,6 +88,7 @@ mod tests {
             batch,
             schedule: Schedule::default(),
             sde_noise: Default::default(),
+            sigmas: Default::default(),
             init: None,
             hires: None,
         }

@@ -169,6 +169,7 @@ mod tests {
             sampler: Sampler::EulerA,
             schedule: Default::default(),
             sde_noise: Default::default(),
+            sigmas: Default::default(),
             steps: 4,
             cfg: 7.0,
             width: 64,

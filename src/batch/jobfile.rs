@@ -141,6 +141,9 @@ pub struct JobSpec {
     /// `brownian` or `step`; default `generation.sde_noise`, as `--sde-noise`.
     #[serde(default)]
     pub sde_noise: Option<String>,
+    /// `diffusers` or `a1111`; default `generation.sigmas`, as `--sigmas`.
+    #[serde(default)]
+    pub sigmas: Option<String>,
     pub steps: Option<u32>,
     pub cfg: Option<f32>,
     pub width: Option<u32>,
@@ -269,6 +272,7 @@ pub const FIELDS: &[&str] = &[
     "sampler",
     "schedule",
     "sde_noise",
+    "sigmas",
     "steps",
     "cfg",
     "width",

@@ -6,7 +6,7 @@
 use super::hash::{derived_seed, file_identity, job_hash, model_identity, JobHash};
 use super::jobfile::JobSpec;
 use super::naming::OutName;
-use crate::job::{parse_sampler, Job, Sampler, Schedule, SdeNoise, UnknownSchedule};
+use crate::job::{parse_sampler, Job, Sampler, Schedule, SdeNoise, SigmaStyle, UnknownSchedule};
 use crate::model::Model;
 use crate::pipeline::validate_job;
 use crate::prompt::{self, Catalog, LoraDirs};
@@ -24,6 +24,7 @@ pub struct Defaults {
     pub sampler: Sampler,
     pub schedule: Schedule,
     pub sde_noise: SdeNoise,
+    pub sigmas: SigmaStyle,
     pub steps: u32,
     pub cfg: f32,
     pub width: u32,
@@ -56,6 +57,7 @@ impl Defaults {
             sampler,
             schedule,
             sde_noise: g.sde_noise,
+            sigmas: g.sigmas,
             steps: g.steps,
             cfg: g.cfg,
             width,
@@ -135,6 +137,12 @@ impl Planner {
                 .map_err(|e| format!("sde_noise: {e}"))?,
             None => self.defaults.sde_noise,
         };
+        let sigmas = match spec.sigmas.as_deref() {
+            Some(v) => v
+                .parse::<SigmaStyle>()
+                .map_err(|e| format!("sigmas: {e}"))?,
+            None => self.defaults.sigmas,
+        };
         let seed = match spec.seed {
             Some(s) if s < 0 => {
                 return Err(format!(
@@ -169,6 +177,7 @@ impl Planner {
             sampler,
             schedule,
             sde_noise,
+            sigmas,
             steps: spec.steps.unwrap_or(or_model(d.0, facts.steps)),
             cfg: spec.cfg.unwrap_or(d.1),
             width,

@@ -396,6 +396,7 @@ mod tests {
                 sampler: Sampler::Euler,
                 schedule: Default::default(),
                 sde_noise: Default::default(),
+                sigmas: Default::default(),
                 steps: 3,
                 cfg: 7.0,
                 width: 8,

@@ -97,6 +97,7 @@ pub fn throughput(
             batch: 1,
             schedule: Default::default(),
             sde_noise: Default::default(),
+            sigmas: Default::default(),
             init: None,
             hires: None,
         })

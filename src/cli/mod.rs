@@ -106,6 +106,10 @@ pub struct GenerateArgs {
     /// from the seed) or step (fresh noise every step, as diffusers) (config: generation.sde_noise)
     #[arg(long)]
     pub sde_noise: Option<String>,
+    /// Whose σ the schedule type means: diffusers (the default) or a1111 (A1111's, for its
+    /// k-diffusion samplers) (config: generation.sigmas)
+    #[arg(long)]
+    pub sigmas: Option<String>,
     /// Image width in pixels, a multiple of 8 (config: generation.width; default: the model's)
     #[arg(long)]
     pub width: Option<u32>,

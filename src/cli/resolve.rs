@@ -209,6 +209,10 @@ pub fn generate(
         Some(v) => v.parse::<crate::job::SdeNoise>().usage()?,
         None => g.sde_noise,
     };
+    let sigmas = match &a.sigmas {
+        Some(v) => v.parse::<crate::job::SigmaStyle>().usage()?,
+        None => g.sigmas,
+    };
     let seed = match a.seed.unwrap_or(g.seed) {
         -1 => random_seed(),
         s if s < 0 => {
@@ -229,6 +233,7 @@ pub fn generate(
         sampler,
         schedule,
         sde_noise,
+        sigmas,
         steps: a.steps.unwrap_or(g.steps),
         cfg: a.cfg.unwrap_or(g.cfg),
         width: a.width.unwrap_or(g.width),

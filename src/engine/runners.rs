@@ -252,6 +252,7 @@ mod tests {
             sampler: crate::job::Sampler::Euler,
             schedule: Default::default(),
             sde_noise: Default::default(),
+            sigmas: Default::default(),
             steps: 1,
             cfg: 7.0,
             width: 64,

@@ -73,6 +73,10 @@ pub fn format_infotext(job: &Job, seed: u64, res: &Resources) -> String {
     if job.sampler.uses_brownian_noise() && !job.sde_noise.is_brownian() {
         params.push(("SDE noise", job.sde_noise.name().to_string()));
     }
+    // A1111 writes nothing (its σ are its own); stipple's A1111 σ are named where they apply.
+    if !job.sigmas.is_diffusers() && job.sampler.follows_a1111_sigmas() {
+        params.push(("Sigmas", job.sigmas.names_a1111().to_string()));
+    }
     params.extend([
         ("CFG scale", trim_float(job.cfg)),
         ("Seed", seed.to_string()),
@@ -243,6 +247,7 @@ mod tests {
             sampler: Sampler::DpmPp2mKarras,
             schedule: Schedule::Automatic,
             sde_noise: Default::default(),
+            sigmas: Default::default(),
             steps: 20,
             cfg: 7.5,
             width: 512,
@@ -287,6 +292,7 @@ mod tests {
         );
         let step = Job {
             sde_noise: SdeNoise::Step,
+            sigmas: Default::default(),
             ..sde
         };
         let t = format_infotext(&step, 6, &Resources::default());
@@ -299,6 +305,7 @@ mod tests {
         let t = format_infotext(
             &Job {
                 sde_noise: SdeNoise::Step,
+                sigmas: Default::default(),
                 ..job()
             },
             6,

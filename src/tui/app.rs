@@ -772,6 +772,7 @@ impl App {
             sampler: s.sampler,
             schedule: s.schedule,
             sde_noise: s.sde_noise,
+            sigmas: s.sigmas,
             steps: s.steps,
             cfg: s.cfg,
             width: s.width,
@@ -877,6 +878,7 @@ impl App {
         s.sampler = it.job.sampler;
         s.schedule = it.job.schedule;
         s.sde_noise = it.job.sde_noise;
+        s.sigmas = it.job.sigmas;
         s.steps = it.job.steps;
         s.cfg = it.job.cfg;
         s.width = it.job.width;

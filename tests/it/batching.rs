@@ -27,6 +27,7 @@ pub(crate) fn job(prompt: &str, sampler: Sampler, seed: u64, batch: u32) -> Job 
         batch,
         schedule: Default::default(),
         sde_noise: Default::default(),
+        sigmas: Default::default(),
         init: None,
         hires: None,
     }

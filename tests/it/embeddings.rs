@@ -136,6 +136,7 @@ fn image_matches(model: &str, family: &str) {
         sampler: Sampler::Euler,
         schedule: Default::default(),
         sde_noise: Default::default(),
+        sigmas: Default::default(),
         steps: r.steps,
         cfg: r.cfg,
         width: r.width,

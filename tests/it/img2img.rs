@@ -57,6 +57,7 @@ fn job_for(spec: &Spec, case: &Case) -> Job {
         batch: 1,
         schedule: Default::default(),
         sde_noise: Default::default(),
+        sigmas: Default::default(),
         init: Some(init),
         hires: None,
     }

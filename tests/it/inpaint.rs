@@ -88,6 +88,7 @@ fn inpaint_job(sampler: Sampler, denoise: f64, mask: &str, (w, h): (u32, u32)) -
         sampler,
         schedule: Default::default(),
         sde_noise: Default::default(),
+        sigmas: Default::default(),
         steps: 8,
         cfg: 7.0,
         width: w,

@@ -20,6 +20,7 @@ fn job(prompt: &str, steps: u32) -> Job {
         sampler: Sampler::Euler,
         schedule: Default::default(),
         sde_noise: Default::default(),
+        sigmas: Default::default(),
         steps,
         cfg: 7.0,
         width: 64,

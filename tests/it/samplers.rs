@@ -67,6 +67,7 @@ fn check_images(model: &Path, g: &mut Generator, file: &str, min: usize) {
             sampler: case.sampler.parse::<Sampler>().unwrap(),
             schedule: case.schedule.parse::<Schedule>().unwrap(),
             sde_noise: case.sde_noise.as_deref().unwrap_or("step").parse().unwrap(),
+            sigmas: Default::default(),
             steps: case.steps,
             cfg: case.cfg.unwrap_or(spec.cfg),
             width: spec.width,

@@ -215,6 +215,7 @@ fn sdxl_every_scheduler_image_matches_diffusers() {
             sampler: case.sampler.parse::<Sampler>().unwrap(),
             schedule: Default::default(),
             sde_noise: Default::default(),
+            sigmas: Default::default(),
             steps: case.steps,
             cfg: spec.cfg,
             width: spec.width,

@@ -27,6 +27,7 @@ pub(crate) fn job(sampler: Sampler, steps: u32) -> Job {
         sampler,
         schedule: Default::default(),
         sde_noise: Default::default(),
+        sigmas: Default::default(),
         steps,
         cfg: 7.0,
         width: 64,

@@ -66,6 +66,7 @@ pub fn small_job(prompt: &str, seed: u64) -> stipple::job::Job {
         sampler: stipple::job::Sampler::Euler,
         schedule: Default::default(),
         sde_noise: Default::default(),
+        sigmas: Default::default(),
         steps: 3,
         cfg: 7.0,
         width: 64,

@@ -54,6 +54,7 @@ impl Ready<'_> {
             && b.hires.is_none()
             && a.sampler == b.sampler
             && a.schedule == b.schedule
+            && a.sigmas == b.sigmas
             && a.steps == b.steps
             && a.width == b.width
             && a.height == b.height
@@ -118,9 +119,10 @@ impl Generator {
             .map_err(|e| PipelineError::Prompt(e.render(&job.prompt)))?;
         let loras = self.adapters.resolve(&pos, &job.prompt)?;
         let steps = job.steps.max(1) as usize;
-        let calls = schedulers::build_with(
+        let calls = schedulers::build_styled(
             job.sampler,
             job.schedule,
+            job.sigmas,
             self.model.index.family,
             &self.scheduler,
             steps,
@@ -324,9 +326,10 @@ impl Generator {
             for &(j, index) in &chunk {
                 let seed = jobs[j].job.seed.wrapping_add(u64::from(index));
                 let mut rng = TorchRng::new(seed);
-                let mut sched = schedulers::build_with(
+                let mut sched = schedulers::build_styled(
                     jobs[j].job.sampler,
                     jobs[j].job.schedule,
+                    jobs[j].job.sigmas,
                     self.model.index.family,
                     &self.scheduler,
                     run.steps,

@@ -113,9 +113,10 @@ impl Generator {
         self.sessions.ensure_vae_dims(&self.model, h, w)?;
         for s in slots.iter_mut() {
             let mut rng = TorchRng::new(s.seed);
-            let mut sched = schedulers::build_with(
+            let mut sched = schedulers::build_styled(
                 job.sampler,
                 job.schedule,
+                job.sigmas,
                 self.model.index.family,
                 &self.scheduler,
                 total as usize,

@@ -5,7 +5,7 @@
 
 use crate::config::Config;
 use crate::init_image::{FileRef, InitImage, InpaintArea, MaskedContent, Outpaint, ResizeMode};
-use crate::job::{parse_sampler, Sampler, Schedule, SdeNoise};
+use crate::job::{parse_sampler, Sampler, Schedule, SdeNoise, SigmaStyle};
 use crate::live::LoraMethod;
 use crate::tui::theme::Theme;
 use ratatui::buffer::Buffer;
@@ -83,6 +83,8 @@ pub struct Settings {
     pub schedule: Schedule,
     /// From `generation.sde_noise`, or an image sent back.
     pub sde_noise: SdeNoise,
+    /// From `generation.sigmas`, or an image sent back.
+    pub sigmas: SigmaStyle,
     pub steps: u32,
     pub cfg: f32,
     pub width: u32,
@@ -143,6 +145,7 @@ impl Settings {
             sampler,
             schedule: suffix.unwrap_or_else(|| g.schedule.parse().unwrap_or_default()),
             sde_noise: g.sde_noise,
+            sigmas: g.sigmas,
             // 0 = the family's; the workstation fills it in, a bare config means SD 1.x's.
             steps: match g.steps {
                 0 => crate::family::Family::Sd1.facts().default_steps,
