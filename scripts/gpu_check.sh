@@ -53,7 +53,7 @@ run reference --graph plain --resident-weights false --unet-batch 1
 MODES=${MODES:-"default|
 patch-device|--patch-on device
 vae-fp32|--vae-precision fp32
-te-fp32|--te-precision fp32
+te-fp16|--te-precision fp16
 plain-resident|--graph plain
 fused-baked|--graph cuda --resident-weights false
 static|--static-shapes

@@ -42,6 +42,9 @@ sde_noise = "brownian"
 # Rescale the noise schedule to zero terminal SNR (A1111's "Zero Terminal SNR"), for v-prediction
 # models trained that way; a model whose scheduler config says `rescale_betas_zero_snr` gets it anyway.
 zero_snr = false
+# Whose σ a schedule type means for the k-diffusion samplers: diffusers (the default) or a1111
+# (A1111 1.10's: its Automatic per sampler, the whole training range, ...; see the README).
+sigmas = "diffusers"
 # Sampling steps; 0 = the model family's (20 for SD 1.x, 30 for SDXL).
 steps = 0
 cfg = 7.0
@@ -60,7 +63,8 @@ lora_method = "fuse"
 # Insert an adapter's trigger words with its tag.
 trigger_words = true
 # Compute precision of the VAE and of the text encoders (--vae-precision, --te-precision): auto (fp16
-# on a GPU where it is safe, fp32 on the CPU; an overflow is redone in fp32), fp16 or fp32.
+# on a GPU where it is safe, fp32 on the CPU; an overflow is redone in fp32; the text encoders stay
+# fp32 under auto until checked on a GPU), fp16 or fp32.
 vae_precision = "auto"
 te_precision = "auto"
 
@@ -147,6 +151,9 @@ pub struct GenerationConfig {
     /// Zero terminal SNR for every job (`--zero-snr`).
     #[serde(default)]
     pub zero_snr: bool,
+    /// Whose σ the schedule types mean (`diffusers` or `a1111`).
+    #[serde(default)]
+    pub sigmas: crate::job::SigmaStyle,
     /// 0 = the model family's default (filled in when the model is known).
     pub steps: u32,
     pub cfg: f32,

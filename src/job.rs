@@ -155,6 +155,26 @@ impl Sampler {
 }
 
 impl Sampler {
+    /// The samplers A1111 runs through k-diffusion, whose σ [`SigmaStyle::A1111`] changes; the
+    /// others (UniPC, DEIS, Euler CFG++, DDIM, LCM, DDPM, TCD) keep diffusers' σ under either style.
+    pub fn follows_a1111_sigmas(self) -> bool {
+        matches!(
+            self,
+            Sampler::Euler
+                | Sampler::EulerA
+                | Sampler::Heun
+                | Sampler::Lms
+                | Sampler::Dpm2
+                | Sampler::Dpm2A
+                | Sampler::DpmPp2sA
+                | Sampler::DpmPp2m
+                | Sampler::DpmPp2mKarras
+                | Sampler::DpmPpSde
+                | Sampler::DpmPp2mSde
+                | Sampler::DpmPp3mSde
+        )
+    }
+
     /// The SDE samplers, which A1111 gives k-diffusion's Brownian-tree noise (its
     /// `brownian_noise` sampler option): DPM++ SDE, DPM++ 2M SDE and DPM++ 3M SDE.
     pub fn uses_brownian_noise(self) -> bool {
@@ -412,6 +432,74 @@ impl FromStr for SdeNoise {
     }
 }
 
+/// Whose σ a schedule type means for the k-diffusion samplers: diffusers' (the default, what the
+/// image references check) or A1111's, which differ for some schedule types (see the README's
+/// "A1111's own σ").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SigmaStyle {
+    /// diffusers' scheduler classes: `Automatic` is the class's default; Karras, exponential
+    /// and beta bounded by the sampler's spaced timesteps; SGM uniform as `trailing` spacing.
+    #[default]
+    Diffusers,
+    /// A1111 1.10 through k-diffusion: `Automatic` is the sampler's A1111 default, every type
+    /// bounded by the whole training range, fractional SGM uniform timesteps, Align Your Steps
+    /// resampled to n points, DPM2 / DPM2 a / DPM++ 3M SDE without the next-to-last σ.
+    A1111,
+}
+
+impl SigmaStyle {
+    pub const ALL: [SigmaStyle; 2] = [SigmaStyle::Diffusers, SigmaStyle::A1111];
+
+    /// The command-line and infotext spelling.
+    pub fn name(self) -> &'static str {
+        self.names().1
+    }
+
+    pub fn is_diffusers(&self) -> bool {
+        *self == SigmaStyle::Diffusers
+    }
+
+    /// The display spelling (`A1111`, `diffusers`).
+    pub fn names_a1111(self) -> &'static str {
+        self.names().0
+    }
+}
+
+impl Named for SigmaStyle {
+    const ALL: &'static [Self] = &SigmaStyle::ALL;
+
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            SigmaStyle::Diffusers => ("diffusers", "diffusers"),
+            SigmaStyle::A1111 => ("A1111", "a1111"),
+        }
+    }
+}
+
+impl fmt::Display for SigmaStyle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An unknown σ style; lists the known ones.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown sigma style {given:?}; known: {}", known::<SigmaStyle>())]
+pub struct UnknownSigmaStyle {
+    pub given: String,
+}
+
+impl FromStr for SigmaStyle {
+    type Err = UnknownSigmaStyle;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        lookup(s).ok_or_else(|| UnknownSigmaStyle {
+            given: s.to_string(),
+        })
+    }
+}
+
 /// One request for images. Everything needed to reproduce them, nothing about the device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
@@ -433,6 +521,10 @@ pub struct Job {
     /// scheduler config may say so too. Left out of the JSON when off, so jobs keep their hashes.
     #[serde(default, skip_serializing_if = "is_false")]
     pub zero_snr: bool,
+    /// Whose σ the schedule type means; left out of the JSON when diffusers' (the default), so
+    /// jobs keep their form and hashes.
+    #[serde(default, skip_serializing_if = "SigmaStyle::is_diffusers")]
+    pub sigmas: SigmaStyle,
     pub steps: u32,
     pub cfg: f32,
     pub width: u32,
@@ -593,6 +685,7 @@ mod tests {
             schedule: Schedule::Automatic,
             sde_noise: Default::default(),
             zero_snr: false,
+            sigmas: Default::default(),
             steps: 4,
             cfg: 7.0,
             width: 64,

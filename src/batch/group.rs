@@ -8,7 +8,7 @@
 //! prompts need different context lengths (a long prompt's extra 75-token chunks) into separate
 //! UNet calls, so grouping never changes an image.
 
-use crate::job::{Job, Sampler, Schedule};
+use crate::job::{Job, Sampler, Schedule, SigmaStyle};
 use crate::prompt::LoraTag;
 
 /// What jobs must agree on to share UNet calls.
@@ -17,6 +17,7 @@ pub struct ShareKey {
     sampler: Sampler,
     schedule: Schedule,
     zero_snr: bool,
+    sigmas: SigmaStyle,
     steps: u32,
     width: u32,
     height: u32,
@@ -38,6 +39,7 @@ impl ShareKey {
             sampler: job.sampler,
             schedule: job.schedule,
             zero_snr: job.zero_snr,
+            sigmas: job.sigmas,
             steps: job.steps,
             width: job.width,
             height: job.height,
@@ -89,6 +91,7 @@ mod tests {
             schedule: Schedule::default(),
             sde_noise: Default::default(),
             zero_snr: false,
+            sigmas: Default::default(),
             init: None,
             hires: None,
         }

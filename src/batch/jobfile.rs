@@ -144,6 +144,9 @@ pub struct JobSpec {
     /// Zero terminal SNR; default `generation.zero_snr`, as `--zero-snr`.
     #[serde(default)]
     pub zero_snr: Option<bool>,
+    /// `diffusers` or `a1111`; default `generation.sigmas`, as `--sigmas`.
+    #[serde(default)]
+    pub sigmas: Option<String>,
     pub steps: Option<u32>,
     pub cfg: Option<f32>,
     pub width: Option<u32>,
@@ -273,6 +276,7 @@ pub const FIELDS: &[&str] = &[
     "schedule",
     "sde_noise",
     "zero_snr",
+    "sigmas",
     "steps",
     "cfg",
     "width",

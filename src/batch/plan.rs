@@ -6,7 +6,7 @@
 use super::hash::{derived_seed, file_identity, job_hash, model_identity, JobHash};
 use super::jobfile::JobSpec;
 use super::naming::OutName;
-use crate::job::{parse_sampler, Job, Sampler, Schedule, SdeNoise, UnknownSchedule};
+use crate::job::{parse_sampler, Job, Sampler, Schedule, SdeNoise, SigmaStyle, UnknownSchedule};
 use crate::model::Model;
 use crate::pipeline::validate_job;
 use crate::prompt::{self, Catalog, LoraDirs};
@@ -26,6 +26,7 @@ pub struct Defaults {
     pub sde_noise: SdeNoise,
     /// `generation.zero_snr` or `--zero-snr`.
     pub zero_snr: bool,
+    pub sigmas: SigmaStyle,
     pub steps: u32,
     pub cfg: f32,
     pub width: u32,
@@ -59,6 +60,7 @@ impl Defaults {
             schedule,
             sde_noise: g.sde_noise,
             zero_snr: g.zero_snr,
+            sigmas: g.sigmas,
             steps: g.steps,
             cfg: g.cfg,
             width,
@@ -143,6 +145,12 @@ impl Planner {
             crate::pipeline::schedulers::check_zero_snr_sampler(sampler)
                 .map_err(|e| e.to_string())?;
         }
+        let sigmas = match spec.sigmas.as_deref() {
+            Some(v) => v
+                .parse::<SigmaStyle>()
+                .map_err(|e| format!("sigmas: {e}"))?,
+            None => self.defaults.sigmas,
+        };
         let seed = match spec.seed {
             Some(s) if s < 0 => {
                 return Err(format!(
@@ -178,6 +186,7 @@ impl Planner {
             schedule,
             sde_noise,
             zero_snr,
+            sigmas,
             steps: spec.steps.unwrap_or(or_model(d.0, facts.steps)),
             cfg: spec.cfg.unwrap_or(d.1),
             width,

@@ -397,6 +397,7 @@ mod tests {
                 schedule: Default::default(),
                 sde_noise: Default::default(),
                 zero_snr: false,
+                sigmas: Default::default(),
                 steps: 3,
                 cfg: 7.0,
                 width: 8,

@@ -98,6 +98,7 @@ pub fn throughput(
             schedule: Default::default(),
             sde_noise: Default::default(),
             zero_snr: false,
+            sigmas: Default::default(),
             init: None,
             hires: None,
         })

@@ -21,8 +21,8 @@ pub struct WeightArgs {
     /// fp16 or fp32
     #[arg(long, value_name = "P", value_parser = ["auto", "fp16", "fp32"])]
     pub vae_precision: Option<String>,
-    /// The text encoders' precision: auto (fp16 on a GPU, fp32 on the CPU; an overflow is redone
-    /// in fp32), fp16 or fp32
+    /// The text encoders' precision: auto (fp32 for now, also on a GPU, until the GPU check has
+    /// run with the fp16 encoders), fp16 (an overflow is redone in fp32) or fp32
     #[arg(long, value_name = "P", value_parser = ["auto", "fp16", "fp32"])]
     pub te_precision: Option<String>,
     /// A1111's clip skip: 2 conditions SD 1.x on the penultimate CLIP layer

@@ -111,6 +111,10 @@ pub struct GenerateArgs {
     /// timesteps) (config: generation.zero_snr)
     #[arg(long)]
     pub zero_snr: bool,
+    /// Whose σ the schedule type means: diffusers (the default) or a1111 (A1111's, for its
+    /// k-diffusion samplers) (config: generation.sigmas)
+    #[arg(long)]
+    pub sigmas: Option<String>,
     /// Image width in pixels, a multiple of 8 (config: generation.width; default: the model's)
     #[arg(long)]
     pub width: Option<u32>,

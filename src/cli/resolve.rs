@@ -213,6 +213,10 @@ pub fn generate(
         Some(v) => v.parse::<crate::job::SdeNoise>().usage()?,
         None => g.sde_noise,
     };
+    let sigmas = match &a.sigmas {
+        Some(v) => v.parse::<crate::job::SigmaStyle>().usage()?,
+        None => g.sigmas,
+    };
     let seed = match a.seed.unwrap_or(g.seed) {
         -1 => random_seed(),
         s if s < 0 => {
@@ -234,6 +238,7 @@ pub fn generate(
         schedule,
         sde_noise,
         zero_snr: a.zero_snr || g.zero_snr,
+        sigmas,
         steps: a.steps.unwrap_or(g.steps),
         cfg: a.cfg.unwrap_or(g.cfg),
         width: a.width.unwrap_or(g.width),

@@ -253,6 +253,7 @@ mod tests {
             schedule: Default::default(),
             sde_noise: Default::default(),
             zero_snr: false,
+            sigmas: Default::default(),
             steps: 1,
             cfg: 7.0,
             width: 64,

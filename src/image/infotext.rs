@@ -76,6 +76,10 @@ pub fn format_infotext(job: &Job, seed: u64, res: &Resources) -> String {
     if job.sampler.uses_brownian_noise() && !job.sde_noise.is_brownian() {
         params.push(("SDE noise", job.sde_noise.name().to_string()));
     }
+    // A1111 writes nothing (its σ are its own); stipple's A1111 σ are named where they apply.
+    if !job.sigmas.is_diffusers() && job.sampler.follows_a1111_sigmas() {
+        params.push(("Sigmas", job.sigmas.names_a1111().to_string()));
+    }
     params.extend([
         ("CFG scale", trim_float(job.cfg)),
         ("Seed", seed.to_string()),
@@ -251,6 +255,7 @@ mod tests {
             schedule: Schedule::Automatic,
             sde_noise: Default::default(),
             zero_snr: false,
+            sigmas: Default::default(),
             steps: 20,
             cfg: 7.5,
             width: 512,
@@ -295,6 +300,7 @@ mod tests {
         );
         let step = Job {
             sde_noise: SdeNoise::Step,
+            sigmas: Default::default(),
             ..sde
         };
         let t = format_infotext(&step, 6, &Resources::default());
@@ -307,6 +313,7 @@ mod tests {
         let t = format_infotext(
             &Job {
                 sde_noise: SdeNoise::Step,
+                sigmas: Default::default(),
                 ..job()
             },
             6,

@@ -968,8 +968,9 @@ fn vae_graph(
         .map_err(PipelineError::Job)
 }
 
-/// The graph a text encoder of `model` runs with `opts` (`--te-precision`, [`TePrecision`]): every
-/// family's text encoders are safe in fp16 (the overflow fallback is [`Sessions::with_text`]).
+/// The graph a text encoder of `model` runs with `opts` (`--te-precision`, [`TePrecision`]). `auto`
+/// keeps fp32 until the GPU check has run with the fp16 encoders (none was at hand when they
+/// came): `fp16` asks for them (the overflow fallback is [`Sessions::with_text`]).
 fn te_graph(
     model: &Model,
     opts: &SessionOptions,
@@ -979,9 +980,12 @@ fn te_graph(
         .component(kind)
         .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
     opts.te_precision
-        .resolve(opts.device, c, true)
+        .resolve(opts.device, c, TE_FP16_BY_DEFAULT)
         .map_err(PipelineError::Job)
 }
+
+/// Whether `--te-precision auto` picks the fp16 text encoders on a GPU.
+const TE_FP16_BY_DEFAULT: bool = false;
 
 /// The VAE decoder for latents of `dims`: the fp16 graph where [`VaePrecision`] chooses it, with
 /// the fp32 build as its fallback (made from the component's plain twin, on first overflow).

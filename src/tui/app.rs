@@ -773,6 +773,7 @@ impl App {
             schedule: s.schedule,
             sde_noise: s.sde_noise,
             zero_snr: s.zero_snr,
+            sigmas: s.sigmas,
             steps: s.steps,
             cfg: s.cfg,
             width: s.width,
@@ -879,6 +880,7 @@ impl App {
         s.schedule = it.job.schedule;
         s.sde_noise = it.job.sde_noise;
         s.zero_snr = it.job.zero_snr;
+        s.sigmas = it.job.sigmas;
         s.steps = it.job.steps;
         s.cfg = it.job.cfg;
         s.width = it.job.width;

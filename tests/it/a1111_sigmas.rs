@@ -4,12 +4,13 @@
 //!
 //! Where stipple's schedule is A1111's, they agree within 1e-5 relative. Where stipple follows
 //! diffusers and A1111 does not, the test asserts the difference is still there (so the README's
-//! list of differences stays true): see [`expected`].
+//! list of differences stays true): see [`expected`]. With A1111's σ (`--sigmas a1111`) every case
+//! agrees, A1111's `Automatic` of each sampler and its dropped next-to-last σ included.
 
 use crate::sdxl::tiny_sdxl;
 use stipple::family::Family;
-use stipple::job::{Sampler, Schedule};
-use stipple::pipeline::schedulers::{build_with, SchedulerConfig};
+use stipple::job::{Sampler, Schedule, SigmaStyle};
+use stipple::pipeline::schedulers::{build_styled, build_with, SchedulerConfig};
 
 #[derive(serde::Deserialize)]
 struct Case {
@@ -162,4 +163,150 @@ fn sigma_schedules_match_a1111_where_stipple_has_them() {
         same >= 150 && differ >= 50,
         "{same} equal, {differ} different"
     );
+}
+
+/// The σ a step starts from: for the samplers that call the UNet twice a step, every other entry
+/// of their plan (the midpoints between them left out), then the final 0.
+fn step_sigmas(sampler: Sampler, plan: &[f64]) -> Vec<f64> {
+    let two_calls = [
+        Sampler::Heun,
+        Sampler::Dpm2,
+        Sampler::Dpm2A,
+        Sampler::DpmPp2sA,
+        Sampler::DpmPpSde,
+    ];
+    if !two_calls.contains(&sampler) {
+        return plan.to_vec();
+    }
+    // Heun's plan repeats each σ after the first for its corrector call.
+    let mut out: Vec<f64> = if sampler == Sampler::Heun {
+        let mut v = vec![plan[0]];
+        v.extend(plan[1..plan.len() - 1].iter().step_by(2));
+        v
+    } else {
+        plan[..plan.len() - 1].iter().step_by(2).copied().collect()
+    };
+    out.push(0.0);
+    out
+}
+
+#[test]
+fn a1111_sigma_style_gives_a1111s_sigmas_in_every_case() {
+    let path = crate::util::root().join("tests/fixtures/reference/a1111_sigmas.json");
+    let reference: Reference =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut checked = 0;
+    for case in &reference.cases {
+        let family = if case.family == "sdxl" {
+            Family::Sdxl
+        } else {
+            Family::Sd1
+        };
+        let Ok(schedule) = case.schedule.parse::<Schedule>() else {
+            continue;
+        };
+        let samplers: Vec<Sampler> = match &case.sampler {
+            None => vec![Sampler::Euler, Sampler::DpmPp2m, Sampler::Lms],
+            Some(name) => vec![name.parse().unwrap()],
+        };
+        for sampler in samplers {
+            let sch = build_styled(
+                sampler,
+                schedule,
+                SigmaStyle::A1111,
+                family,
+                &config(family),
+                case.steps,
+            )
+            .unwrap();
+            let got = step_sigmas(sampler, sch.sigmas().unwrap());
+            // A1111's list ends with its 0; stipple's plan too.
+            let want = &case.sigmas;
+            let err = max_rel(&got, want);
+            assert!(
+                err <= 1e-5,
+                "{sampler} {schedule} {family:?} {} steps with A1111's σ: got {got:?}, A1111 {want:?} \
+                 (relative error {err:e})",
+                case.steps
+            );
+            checked += 1;
+        }
+    }
+    eprintln!("A1111 σ style: {checked} cases equal to A1111's within 1e-5");
+    assert!(checked >= 500, "only {checked} cases checked");
+}
+
+#[test]
+fn a1111_sigmas_change_the_picture_and_are_named_in_the_infotext() {
+    let mut g = crate::util::generator();
+    let diffusers = stipple::job::Job {
+        sampler: Sampler::DpmPp2m,
+        ..crate::util::small_job("a red fox", 5)
+    };
+    let a1111 = stipple::job::Job {
+        sigmas: SigmaStyle::A1111,
+        ..diffusers.clone()
+    };
+    let (d, d_info) = crate::util::try_image_and_infotext(&mut g, &diffusers).unwrap();
+    let (a, a_info) = crate::util::try_image_and_infotext(&mut g, &a1111).unwrap();
+    // DPM++ 2M's automatic: diffusers' own σ at linspace timesteps, A1111's Karras over the
+    // whole training range: another picture.
+    let diff: f64 = d
+        .iter()
+        .zip(&a)
+        .map(|(x, y)| f64::from((i16::from(*x) - i16::from(*y)).abs()))
+        .sum::<f64>()
+        / d.len() as f64;
+    assert!(
+        diff > 0.05,
+        "A1111's σ gave the diffusers picture (mean abs {diff})"
+    );
+    assert!(a_info.contains("Sigmas: A1111"), "{a_info}");
+    assert!(!d_info.contains("Sigmas:"), "{d_info}");
+    // UniPC keeps diffusers' σ under either style: the same picture, nothing in the infotext.
+    let unipc = |sigmas| stipple::job::Job {
+        sampler: Sampler::UniPc,
+        sigmas,
+        ..diffusers.clone()
+    };
+    let (u1, _) =
+        crate::util::try_image_and_infotext(&mut g, &unipc(SigmaStyle::Diffusers)).unwrap();
+    let (u2, u2_info) =
+        crate::util::try_image_and_infotext(&mut g, &unipc(SigmaStyle::A1111)).unwrap();
+    assert_eq!(u1, u2);
+    assert!(!u2_info.contains("Sigmas:"), "{u2_info}");
+}
+
+/// A batch line's `sigmas`: planned into the job (and so its hash), left out when diffusers'; a
+/// style that does not exist is an invalid line naming the known ones.
+#[test]
+fn batch_lines_carry_the_sigma_style() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let plan = |extra: &str| {
+        let template = format!(
+            r#"{{"prompt": "a fox", "steps": 4, "seed": 1, "sampler": "DPM++ 2M"{extra}}}"#
+        );
+        crate::util::dry_run(&template, &out)
+    };
+    let planned = |lines: &[serde_json::Value]| {
+        lines
+            .iter()
+            .find(|l| l["status"] == "planned")
+            .cloned()
+            .expect("a planned job")
+    };
+    let (ok, lines, stderr) = plan(r#", "sigmas": "a1111""#);
+    assert!(ok, "{stderr}");
+    let a1111 = planned(&lines);
+    assert_eq!(a1111["job"]["sigmas"], "a1111");
+    let (ok, lines, stderr) = plan("");
+    assert!(ok, "{stderr}");
+    let default = planned(&lines);
+    assert!(default["job"].get("sigmas").is_none(), "{default}");
+    assert_ne!(a1111["hash"], default["hash"]);
+    let (ok, lines, stderr) = plan(r#", "sigmas": "comfy""#);
+    assert!(!ok);
+    let text = format!("{lines:?} {stderr}");
+    assert!(text.contains("sigmas") && text.contains("a1111"), "{text}");
 }

@@ -28,6 +28,7 @@ pub(crate) fn job(prompt: &str, sampler: Sampler, seed: u64, batch: u32) -> Job 
         schedule: Default::default(),
         sde_noise: Default::default(),
         zero_snr: false,
+        sigmas: Default::default(),
         init: None,
         hires: None,
     }

@@ -137,6 +137,7 @@ fn image_matches(model: &str, family: &str) {
         schedule: Default::default(),
         sde_noise: Default::default(),
         zero_snr: false,
+        sigmas: Default::default(),
         steps: r.steps,
         cfg: r.cfg,
         width: r.width,

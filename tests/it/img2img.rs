@@ -58,6 +58,7 @@ fn job_for(spec: &Spec, case: &Case) -> Job {
         schedule: Default::default(),
         sde_noise: Default::default(),
         zero_snr: false,
+        sigmas: Default::default(),
         init: Some(init),
         hires: None,
     }

@@ -89,6 +89,7 @@ fn inpaint_job(sampler: Sampler, denoise: f64, mask: &str, (w, h): (u32, u32)) -
         schedule: Default::default(),
         sde_noise: Default::default(),
         zero_snr: false,
+        sigmas: Default::default(),
         steps: 8,
         cfg: 7.0,
         width: w,

@@ -21,6 +21,7 @@ fn job(prompt: &str, steps: u32) -> Job {
         schedule: Default::default(),
         sde_noise: Default::default(),
         zero_snr: false,
+        sigmas: Default::default(),
         steps,
         cfg: 7.0,
         width: 64,

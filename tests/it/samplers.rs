@@ -79,6 +79,7 @@ pub(crate) fn check_images_in(
             schedule: case.schedule.parse::<Schedule>().unwrap(),
             sde_noise: case.sde_noise.as_deref().unwrap_or("step").parse().unwrap(),
             zero_snr: false,
+            sigmas: Default::default(),
             steps: case.steps,
             cfg: case.cfg.unwrap_or(spec.cfg),
             width: spec.width,

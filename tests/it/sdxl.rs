@@ -216,6 +216,7 @@ fn sdxl_every_scheduler_image_matches_diffusers() {
             schedule: Default::default(),
             sde_noise: Default::default(),
             zero_snr: false,
+            sigmas: Default::default(),
             steps: case.steps,
             cfg: spec.cfg,
             width: spec.width,

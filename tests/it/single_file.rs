@@ -28,6 +28,7 @@ pub(crate) fn job(sampler: Sampler, steps: u32) -> Job {
         schedule: Default::default(),
         sde_noise: Default::default(),
         zero_snr: false,
+        sigmas: Default::default(),
         steps,
         cfg: 7.0,
         width: 64,

@@ -67,6 +67,7 @@ pub fn small_job(prompt: &str, seed: u64) -> stipple::job::Job {
         schedule: Default::default(),
         sde_noise: Default::default(),
         zero_snr: false,
+        sigmas: Default::default(),
         steps: 3,
         cfg: 7.0,
         width: 64,

@@ -55,6 +55,7 @@ impl Ready<'_> {
             && a.sampler == b.sampler
             && a.schedule == b.schedule
             && a.zero_snr == b.zero_snr
+            && a.sigmas == b.sigmas
             && a.steps == b.steps
             && a.width == b.width
             && a.height == b.height
@@ -119,9 +120,10 @@ impl Generator {
             .map_err(|e| PipelineError::Prompt(e.render(&job.prompt)))?;
         let loras = self.adapters.resolve(&pos, &job.prompt)?;
         let steps = job.steps.max(1) as usize;
-        let calls = schedulers::build_with(
+        let calls = schedulers::build_styled(
             job.sampler,
             job.schedule,
+            job.sigmas,
             self.model.index.family,
             &self.scheduler.for_job(job.zero_snr),
             steps,
@@ -326,9 +328,10 @@ impl Generator {
                 let seed = jobs[j].job.seed.wrapping_add(u64::from(index));
                 let mut rng = TorchRng::new(seed);
                 let cfg = self.scheduler.for_job(jobs[j].job.zero_snr);
-                let mut sched = schedulers::build_with(
+                let mut sched = schedulers::build_styled(
                     jobs[j].job.sampler,
                     jobs[j].job.schedule,
+                    jobs[j].job.sigmas,
                     self.model.index.family,
                     &cfg,
                     run.steps,

@@ -114,9 +114,10 @@ impl Generator {
         let cfg = self.scheduler.for_job(job.zero_snr).into_owned();
         for s in slots.iter_mut() {
             let mut rng = TorchRng::new(s.seed);
-            let mut sched = schedulers::build_with(
+            let mut sched = schedulers::build_styled(
                 job.sampler,
                 job.schedule,
+                job.sigmas,
                 self.model.index.family,
                 &cfg,
                 total as usize,

@@ -87,7 +87,10 @@ pub(super) fn multistep_schedule(
         }
     };
     sigmas.push(0.0);
-    // diffusers hands the UNet int64 timesteps.
+    // diffusers hands the UNet int64 timesteps; k-diffusion (A1111) fractional ones.
+    if typed.is_some_and(|t| t.a1111) {
+        return Plan::unscaled(timesteps, sigmas);
+    }
     Plan::unscaled(timesteps.into_iter().map(f64::trunc).collect(), sigmas)
 }
 

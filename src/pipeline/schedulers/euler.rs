@@ -34,9 +34,15 @@ pub(super) fn discrete_schedule(cfg: &SchedulerConfig, steps: usize, typed: Opti
     }
     let mut sigmas: Vec<f64> = sigmas.into_iter().map(|s| f64::from(s as f32)).collect();
     sigmas.push(0.0);
+    // k-diffusion (A1111) starts from noise × σ_max whatever the spacing.
+    let a1111 = typed.is_some_and(|t| t.a1111);
     Plan {
         timesteps: timesteps.into_iter().map(f64::from).collect(),
-        init_noise_sigma: sigma_max_noise(&sigmas, spacing),
+        init_noise_sigma: if a1111 {
+            sigma_max_noise(&sigmas, TimestepSpacing::Linspace)
+        } else {
+            sigma_max_noise(&sigmas, spacing)
+        },
         sigmas,
         scales_input: true,
     }

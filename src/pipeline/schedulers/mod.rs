@@ -43,7 +43,7 @@ pub use tcd::{Tcd, GAMMA as TCD_GAMMA};
 pub use unipc::UniPcMultistepScheduler;
 
 use crate::family::Family;
-use crate::job::{Sampler, Schedule};
+use crate::job::{Sampler, Schedule, SigmaStyle};
 use brownian::BrownianNoise;
 use serde::Deserialize;
 use sigma_schedules::Typed;
@@ -524,6 +524,49 @@ pub fn build_with(
     Ok(make(sampler, Typed::new(schedule, family), cfg, steps))
 }
 
+/// [`build_with`] with `style`'s σ: A1111's ([`SigmaStyle::A1111`]) for the samplers A1111 runs
+/// through k-diffusion ([`Sampler::follows_a1111_sigmas`]), its `Automatic` being the sampler's A1111
+/// default type; diffusers' otherwise.
+pub fn build_styled(
+    sampler: Sampler,
+    schedule: Schedule,
+    style: SigmaStyle,
+    family: Family,
+    cfg: &SchedulerConfig,
+    steps: usize,
+) -> Result<Box<dyn Scheduler>, SchedulerError> {
+    if style == SigmaStyle::Diffusers || !sampler.follows_a1111_sigmas() {
+        return build_with(sampler, schedule, family, cfg, steps);
+    }
+    check_schedule(sampler, schedule)?;
+    let schedule = if schedule.is_automatic() {
+        a1111_automatic(sampler)
+    } else {
+        schedule
+    };
+    let discard = matches!(
+        sampler,
+        Sampler::Dpm2 | Sampler::Dpm2A | Sampler::DpmPp3mSde
+    );
+    let typed = Typed::a1111(schedule, family, discard);
+    Ok(make(sampler, Some(typed), cfg, steps))
+}
+
+/// A1111 1.10's `Automatic` of a k-diffusion sampler (its `scheduler` sampler option; none means
+/// k-diffusion's own `get_sigmas`, the `Uniform` type).
+fn a1111_automatic(sampler: Sampler) -> Schedule {
+    match sampler {
+        Sampler::DpmPp2m
+        | Sampler::DpmPp2mKarras
+        | Sampler::DpmPpSde
+        | Sampler::DpmPp2sA
+        | Sampler::Dpm2
+        | Sampler::Dpm2A => Schedule::Karras,
+        Sampler::DpmPp2mSde | Sampler::DpmPp3mSde => Schedule::Exponential,
+        _ => Schedule::Uniform,
+    }
+}
+
 /// Whether `sampler` can walk `schedule`: the error [`build_with`] would give, before any work.
 pub fn check_schedule(sampler: Sampler, schedule: Schedule) -> Result<(), SchedulerError> {
     if schedule.is_automatic() {
@@ -558,7 +601,10 @@ fn make(
         Sampler::Ddim => Box::new(DdimScheduler::new(cfg, steps)),
         Sampler::DpmPp2m => Box::new(DpmSolverMultistepScheduler::new(cfg, steps, typed, false)),
         Sampler::DpmPp2mKarras => {
-            let karras = Typed::new(Schedule::Karras, Family::Sd1);
+            // A1111's σ keep their style; the sampler's own type is Karras either way.
+            let karras = typed
+                .filter(|t| t.a1111)
+                .or_else(|| Typed::new(Schedule::Karras, Family::Sd1));
             Box::new(DpmSolverMultistepScheduler::new(cfg, steps, karras, false))
         }
         Sampler::DpmPp2mSde => Box::new(DpmSolverMultistepScheduler::new(cfg, steps, typed, true)),

@@ -2,7 +2,8 @@
 //! exponential and beta as diffusers' `use_*_sigmas` compute them, simple as ComfyUI defines it,
 //! NVIDIA's Align Your Steps tables resampled log-linearly, and uniform as k-diffusion's
 //! `get_sigmas` (A1111). SGM uniform is a timestep spacing instead (diffusers' `trailing`), so it
-//! has no σ here.
+//! has no σ here. [`Typed::a1111`] gives A1111's own σ of each type instead (its k-diffusion
+//! schedules: the whole training range, fractional SGM uniform, AYS resampled to n points).
 
 use super::noise_schedule::{karras_sigmas, linspace_f32, numpy_linspace};
 use crate::family::Family;
@@ -32,6 +33,11 @@ pub fn ays_table(family: Family) -> &'static [f64; 11] {
 pub struct Typed {
     pub schedule: Schedule,
     pub family: Family,
+    /// A1111's σ of the type rather than diffusers'; its timesteps stay fractional.
+    pub a1111: bool,
+    /// A1111's `discard_next_to_last_sigma` (DPM2, DPM2 a, DPM++ 3M SDE): one step more is
+    /// scheduled and its next-to-last σ dropped.
+    pub discard_penultimate: bool,
 }
 
 impl Typed {
@@ -39,13 +45,31 @@ impl Typed {
     /// [`Schedule::SgmUniform`], which is a timestep spacing rather than a list of σ.
     pub fn new(schedule: Schedule, family: Family) -> Option<Typed> {
         let spacing = matches!(schedule, Schedule::Automatic | Schedule::SgmUniform);
-        (!spacing).then_some(Typed { schedule, family })
+        (!spacing).then_some(Typed {
+            schedule,
+            family,
+            a1111: false,
+            discard_penultimate: false,
+        })
+    }
+
+    /// A1111's σ of `schedule` (not automatic: A1111's automatic is a type per sampler).
+    pub fn a1111(schedule: Schedule, family: Family, discard_penultimate: bool) -> Typed {
+        Typed {
+            schedule,
+            family,
+            a1111: true,
+            discard_penultimate,
+        }
     }
 
     /// `steps` σ values, largest first, without the final 0. `sigma_min`/`sigma_max` bound
     /// Karras, exponential and beta (diffusers takes them from the sampler's own σ); the others use
     /// the training σ (`train`, ascending by timestep) or the table.
     pub fn sigmas(&self, steps: usize, sigma_min: f64, sigma_max: f64, train: &[f32]) -> Vec<f64> {
+        if self.a1111 {
+            return self.a1111_sigmas(steps, train);
+        }
         match self.schedule {
             Schedule::Automatic | Schedule::Karras => karras_sigmas(sigma_min, sigma_max, steps),
             Schedule::Exponential => numpy_linspace(sigma_max.ln(), sigma_min.ln(), steps)
@@ -73,7 +97,34 @@ impl Typed {
     /// from these σ: they do on their Karras path, which the schedules without a diffusers flag
     /// take too; exponential and beta timesteps are truncated instead.
     pub fn rounds_timesteps(&self) -> bool {
-        !matches!(self.schedule, Schedule::Exponential | Schedule::Beta)
+        !self.a1111 && !matches!(self.schedule, Schedule::Exponential | Schedule::Beta)
+    }
+
+    /// A1111 1.10's schedule functions over k-diffusion's `CompVisDenoiser`: Karras, exponential
+    /// and beta between the first and last training σ; SGM uniform as fractional timesteps evenly
+    /// from the last to the first, the final one dropped; Align Your Steps resampled to `steps`
+    /// points ending at σ_min; simple and uniform as everywhere.
+    fn a1111_sigmas(&self, steps: usize, train: &[f32]) -> Vec<f64> {
+        let n = steps + usize::from(self.discard_penultimate);
+        let (lo, hi) = (f64::from(train[0]), f64::from(train[train.len() - 1]));
+        let mut sigmas = match self.schedule {
+            Schedule::SgmUniform => {
+                let mut v = uniform(train, n + 1);
+                v.pop();
+                v
+            }
+            Schedule::AlignYourSteps => resample_log_linear(ays_table(self.family), n),
+            _ => Typed {
+                a1111: false,
+                discard_penultimate: false,
+                ..*self
+            }
+            .sigmas(n, lo, hi, train),
+        };
+        if self.discard_penultimate {
+            sigmas.pop();
+        }
+        sigmas
     }
 }
 
@@ -97,22 +148,27 @@ fn uniform(train: &[f32], steps: usize) -> Vec<f64> {
 /// The table resampled to `steps + 1` points evenly in its index, linearly in log σ (ComfyUI's
 /// `loglinear_interp`), the last (σ_min) dropped: the sampler appends its final 0.
 fn align_your_steps(table: &[f64; 11], steps: usize) -> Vec<f64> {
-    let knots = table.len();
-    let mut out: Vec<f64> = if steps + 1 == knots {
-        table.to_vec()
-    } else {
-        // Ascending in σ for the interpolation, as numpy's interp needs.
-        let ys: Vec<f64> = table.iter().rev().map(|s| s.ln()).collect();
-        let xs = numpy_linspace(0.0, 1.0, knots);
-        let mut v: Vec<f64> = numpy_linspace(0.0, 1.0, steps + 1)
-            .into_iter()
-            .map(|x| np_interp(x, &xs, &ys).exp())
-            .collect();
-        v.reverse();
-        v
-    };
+    let mut out = resample_log_linear(table, steps + 1);
     out.pop();
     out
+}
+
+/// The table at `points` points evenly in its index, linearly in log σ (`loglinear_interp`); the
+/// table itself at its own length.
+fn resample_log_linear(table: &[f64; 11], points: usize) -> Vec<f64> {
+    let knots = table.len();
+    if points == knots {
+        return table.to_vec();
+    }
+    // Ascending in σ for the interpolation, as numpy's interp needs.
+    let ys: Vec<f64> = table.iter().rev().map(|s| s.ln()).collect();
+    let xs = numpy_linspace(0.0, 1.0, knots);
+    let mut v: Vec<f64> = numpy_linspace(0.0, 1.0, points)
+        .into_iter()
+        .map(|x| np_interp(x, &xs, &ys).exp())
+        .collect();
+    v.reverse();
+    v
 }
 
 /// `np.interp(x, xs, ys)` for ascending `xs`, clamped at the ends.

@@ -5,7 +5,7 @@
 
 use crate::config::Config;
 use crate::init_image::{FileRef, InitImage, InpaintArea, MaskedContent, Outpaint, ResizeMode};
-use crate::job::{parse_sampler, Sampler, Schedule, SdeNoise};
+use crate::job::{parse_sampler, Sampler, Schedule, SdeNoise, SigmaStyle};
 use crate::live::LoraMethod;
 use crate::tui::theme::Theme;
 use ratatui::buffer::Buffer;
@@ -85,6 +85,8 @@ pub struct Settings {
     pub sde_noise: SdeNoise,
     /// Zero terminal SNR (`generation.zero_snr`, `--zero-snr`), or an image sent back.
     pub zero_snr: bool,
+    /// From `generation.sigmas`, or an image sent back.
+    pub sigmas: SigmaStyle,
     pub steps: u32,
     pub cfg: f32,
     pub width: u32,
@@ -147,6 +149,7 @@ impl Settings {
             schedule: suffix.unwrap_or_else(|| g.schedule.parse().unwrap_or_default()),
             sde_noise: g.sde_noise,
             zero_snr: g.zero_snr,
+            sigmas: g.sigmas,
             // 0 = the family's; the workstation fills it in, a bare config means SD 1.x's.
             steps: match g.steps {
                 0 => crate::family::Family::Sd1.facts().default_steps,
