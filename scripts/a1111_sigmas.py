@@ -33,6 +33,11 @@ and modules/sd_schedulers.py; read, not copied):
   * DPM2, DPM2 a and DPM++ 3M SDE discard the next-to-last sigma (`discard_next_to_last_sigma`):
     sigmas are made for n + 1 steps and the one before the final 0 is removed, whatever the schedule type.
 
+Zero terminal SNR ("Noise schedule for sampling: Zero Terminal SNR", modules/sd_models.py,
+`rescale_zero_terminal_snr_abar` applied to the float32 alphas_cumprod before the denoiser is made):
+sqrt(alphas_cumprod) shifted so the last is 0 and scaled so the first is kept, squared, the last set to
+4.8973451890853435e-08; cases with "zsnr": true (SD1.5's schedule; the sampler cases with Automatic).
+
 Each case holds the sigmas as A1111 hands them to the sampler (final 0 included, float32 values).
 Needs: torch, numpy, scipy, k-diffusion 0.1.1.post1 (imported without its package __init__, which wants
 torchvision, skimage, clip and more for training code this does not use).
@@ -95,9 +100,21 @@ SAMPLING, EXTERNAL = k_diffusion()
 class Model:
     """What CompVisDenoiser reads from an LDM model: its alphas_cumprod."""
 
-    def __init__(self):
+    def __init__(self, zsnr=False):
         betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
         self.alphas_cumprod = torch.tensor(np.cumprod(1.0 - betas.numpy()), dtype=torch.float32)
+        if zsnr:
+            self.alphas_cumprod = zero_terminal_snr(self.alphas_cumprod)
+
+
+def zero_terminal_snr(alphas_cumprod):
+    """A1111's zero-terminal-SNR rescaling of alphas_cumprod (see the module doc), in float32."""
+    root = alphas_cumprod.sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * (first / (first - last))
+    out = root ** 2
+    out[-1] = 4.8973451890853435e-08
+    return out
 
 
 def t_sigmas(wrap, start_sigma, end_sigma, n, drop_last):
@@ -174,6 +191,16 @@ def main():
                     sig = sampler_sigmas(sampler, label, n, wrap, family)
                     cases.append({"family": family, "sampler": sampler, "schedule": label, "steps": n,
                                   "sigmas": [f32(s) for s in sig]})
+    zwrap = EXTERNAL.CompVisDenoiser(Model(zsnr=True), quantize=False)
+    for n in STEPS:
+        for label in LABELS:
+            sig = schedule_sigmas(label, n, zwrap, "sd1")
+            cases.append({"family": "sd1", "schedule": label, "steps": n, "zsnr": True,
+                          "sigmas": [f32(s) for s in sig]})
+        for sampler in SAMPLERS:
+            sig = sampler_sigmas(sampler, "Automatic", n, zwrap, "sd1")
+            cases.append({"family": "sd1", "sampler": sampler, "schedule": "Automatic", "steps": n,
+                          "zsnr": True, "sigmas": [f32(s) for s in sig]})
     meta = {"torch": torch.__version__, "k_diffusion": "0.1.1.post1", "a1111": "1.10",
             "train_sigmas_ends": [f32(wrap.sigmas[0]), f32(wrap.sigmas[-1])],
             "samplers": {k: {"automatic": a, "discard_next_to_last_sigma": d} for k, (a, d) in SAMPLERS.items()},

@@ -141,16 +141,16 @@ impl Planner {
             None => self.defaults.sde_noise,
         };
         let zero_snr = spec.zero_snr.unwrap_or(self.defaults.zero_snr);
-        if zero_snr {
-            crate::pipeline::schedulers::check_zero_snr_sampler(sampler)
-                .map_err(|e| e.to_string())?;
-        }
         let sigmas = match spec.sigmas.as_deref() {
             Some(v) => v
                 .parse::<SigmaStyle>()
                 .map_err(|e| format!("sigmas: {e}"))?,
             None => self.defaults.sigmas,
         };
+        if zero_snr {
+            crate::pipeline::schedulers::check_zero_snr_sampler(sampler, sigmas)
+                .map_err(|e| e.to_string())?;
+        }
         let seed = match spec.seed {
             Some(s) if s < 0 => {
                 return Err(format!(

@@ -104,7 +104,7 @@ pub fn validate_job(job: &Job) -> Result<(), PipelineError> {
     }
     super::schedulers::check_schedule(job.sampler, job.schedule)?;
     if job.zero_snr {
-        super::schedulers::check_zero_snr_sampler(job.sampler)?;
+        super::schedulers::check_zero_snr_sampler(job.sampler, job.sigmas)?;
     }
     prompt::parse(&job.prompt).map_err(|e| PipelineError::Prompt(e.render(&job.prompt)))?;
     prompt::parse_negative(&job.negative).map_err(|e| {

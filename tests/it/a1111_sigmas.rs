@@ -20,6 +20,9 @@ struct Case {
     sigmas: Vec<f64>,
     #[serde(default)]
     sampler: Option<String>,
+    /// A1111's "Zero Terminal SNR" noise schedule.
+    #[serde(default)]
+    zsnr: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -99,7 +102,7 @@ fn sigma_schedules_match_a1111_where_stipple_has_them() {
     let reference: Reference =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let (mut same, mut differ) = (0, 0);
-    for case in &reference.cases {
+    for case in reference.cases.iter().filter(|c| !c.zsnr) {
         let family = if case.family == "sdxl" {
             Family::Sdxl
         } else {
@@ -195,7 +198,7 @@ fn a1111_sigma_style_gives_a1111s_sigmas_in_every_case() {
     let path = crate::util::root().join("tests/fixtures/reference/a1111_sigmas.json");
     let reference: Reference =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let mut checked = 0;
+    let (mut checked, mut zsnr) = (0, 0);
     for case in &reference.cases {
         let family = if case.family == "sdxl" {
             Family::Sdxl
@@ -210,12 +213,22 @@ fn a1111_sigma_style_gives_a1111s_sigmas_in_every_case() {
             Some(name) => vec![name.parse().unwrap()],
         };
         for sampler in samplers {
+            let cfg = if case.zsnr {
+                // Zero terminal SNR needs a v model; the σ do not depend on it.
+                SchedulerConfig {
+                    rescale_betas_zero_snr: true,
+                    prediction_type: stipple::pipeline::schedulers::PredictionType::VPrediction,
+                    ..config(family)
+                }
+            } else {
+                config(family)
+            };
             let sch = build_styled(
                 sampler,
                 schedule,
                 SigmaStyle::A1111,
                 family,
-                &config(family),
+                &cfg,
                 case.steps,
             )
             .unwrap();
@@ -225,15 +238,22 @@ fn a1111_sigma_style_gives_a1111s_sigmas_in_every_case() {
             let err = max_rel(&got, want);
             assert!(
                 err <= 1e-5,
-                "{sampler} {schedule} {family:?} {} steps with A1111's σ: got {got:?}, A1111 {want:?} \
-                 (relative error {err:e})",
-                case.steps
+                "{sampler} {schedule} {family:?} {} steps (zero SNR: {}) with A1111's σ: got \
+                 {got:?}, A1111 {want:?} (relative error {err:e})",
+                case.steps,
+                case.zsnr
             );
             checked += 1;
+            zsnr += usize::from(case.zsnr);
         }
     }
-    eprintln!("A1111 σ style: {checked} cases equal to A1111's within 1e-5");
-    assert!(checked >= 500, "only {checked} cases checked");
+    eprintln!(
+        "A1111 σ style: {checked} cases equal to A1111's within 1e-5 ({zsnr} with zero terminal SNR)"
+    );
+    assert!(
+        checked >= 900 && zsnr >= 250,
+        "only {checked} cases checked ({zsnr} zero SNR)"
+    );
 }
 
 #[test]
@@ -309,4 +329,56 @@ fn batch_lines_carry_the_sigma_style() {
     assert!(!ok);
     let text = format!("{lines:?} {stderr}");
     assert!(text.contains("sigmas") && text.contains("a1111"), "{text}");
+}
+
+/// Zero terminal SNR with A1111's σ takes the samplers diffusers has no zero-SNR form of (A1111
+/// rescales for every k-diffusion sampler): `generate` on the v-prediction tiny SD2 with Heun makes a
+/// picture naming both in its infotext, a batch line with them is planned, and without A1111's σ
+/// both are still refused.
+#[test]
+fn zero_snr_with_a1111_sigmas_takes_every_k_sampler() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let model = crate::util::root().join("tests/fixtures/tiny-sd2");
+    let (ok, stdout, stderr) = crate::cli::run(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "a red fox",
+        "--steps",
+        "4",
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--sampler",
+        "heun",
+        "--zero-snr",
+        "--sigmas",
+        "a1111",
+        "--no-preview",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("Noise Schedule: Zero Terminal SNR") && stdout.contains("Sigmas: A1111"),
+        "{stdout}"
+    );
+    let plan = |extra: &str| {
+        crate::reference_spec::planned(
+            &format!(
+                r#"{{"prompt": "a fox", "steps": 4, "seed": 1, "zero_snr": true, "sampler": "heun"{extra}}}"#
+            ),
+            &out,
+        )
+    };
+    let (ok, planned, report) = plan(r#", "sigmas": "a1111""#);
+    assert!(ok && planned.is_some(), "{report}");
+    let (_, planned, report) = plan("");
+    assert!(
+        planned.is_none() && report.contains("--sigmas a1111"),
+        "{report}"
+    );
 }

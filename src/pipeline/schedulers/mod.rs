@@ -114,6 +114,10 @@ pub struct SchedulerConfig {
     /// Betas rescaled to zero terminal SNR (Lin et al. 2023) as diffusers' `rescale_betas_zero_snr`;
     /// a job's `--zero-snr` switches it on too ([`SchedulerConfig::for_job`], [`check_zero_snr`]).
     pub rescale_betas_zero_snr: bool,
+    /// Zero terminal SNR the way A1111 applies it (set by [`build_styled`] for A1111's σ, never
+    /// read from a file): ᾱ rescaled directly, the last set to 4.9e-8 (σ_max ≈ 4519).
+    #[serde(skip)]
+    pub zero_snr_a1111: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -132,6 +136,7 @@ impl Default for SchedulerConfig {
             clip_sample_range: 1.0,
             timestep_spacing: None,
             rescale_betas_zero_snr: false,
+            zero_snr_a1111: false,
         }
     }
 }
@@ -156,7 +161,8 @@ pub enum SchedulerError {
         "zero terminal SNR (--zero-snr, or rescale_betas_zero_snr in the model's scheduler config) \
          does not apply to the {sampler} sampler (diffusers' class for it has no \
          rescale_betas_zero_snr); use Euler, Euler a, DDIM, DPM++ 2M (Karras, SDE), DPM++ 3M SDE, \
-         UniPC, DDPM, LCM or TCD"
+         UniPC, DDPM, LCM or TCD, or --sigmas a1111 (A1111's rescaling, for its k-diffusion \
+         samplers)"
     )]
     ZeroSnrSampler { sampler: &'static str },
     #[error(
@@ -252,7 +258,15 @@ pub fn check_zero_snr(sampler: Sampler, cfg: &SchedulerConfig) -> Result<(), Sch
     if !cfg.rescale_betas_zero_snr {
         return Ok(());
     }
-    check_zero_snr_sampler(sampler)?;
+    check_zero_snr_sampler(sampler, SigmaStyle::Diffusers)?;
+    check_zero_snr_prediction(cfg)
+}
+
+/// The prediction half of [`check_zero_snr`].
+fn check_zero_snr_prediction(cfg: &SchedulerConfig) -> Result<(), SchedulerError> {
+    if !cfg.rescale_betas_zero_snr {
+        return Ok(());
+    }
     // diffusers only warns; an ε prediction at ᾱ = 0 gives x₀ = (x − ε)/0.
     if cfg.prediction_type == PredictionType::Epsilon {
         return Err(SchedulerError::ZeroSnrPrediction {
@@ -262,9 +276,10 @@ pub fn check_zero_snr(sampler: Sampler, cfg: &SchedulerConfig) -> Result<(), Sch
     Ok(())
 }
 
-/// The sampler half of [`check_zero_snr`], for a job checked before its model is known.
-pub fn check_zero_snr_sampler(sampler: Sampler) -> Result<(), SchedulerError> {
-    if sampler.takes_zero_snr() {
+/// The sampler half of [`check_zero_snr`], for a job checked before its model is known: under
+/// A1111's σ every sampler A1111 runs through k-diffusion takes it, as A1111 rescales for all.
+pub fn check_zero_snr_sampler(sampler: Sampler, style: SigmaStyle) -> Result<(), SchedulerError> {
+    if sampler.takes_zero_snr() || (style == SigmaStyle::A1111 && sampler.follows_a1111_sigmas()) {
         Ok(())
     } else {
         Err(SchedulerError::ZeroSnrSampler {
@@ -539,6 +554,18 @@ pub fn build_styled(
         return build_with(sampler, schedule, family, cfg, steps);
     }
     check_schedule(sampler, schedule)?;
+    // Zero terminal SNR as A1111 applies it, to every k-diffusion sampler.
+    check_zero_snr_prediction(cfg)?;
+    let a1111_cfg;
+    let cfg = if cfg.rescale_betas_zero_snr {
+        a1111_cfg = SchedulerConfig {
+            zero_snr_a1111: true,
+            ..cfg.clone()
+        };
+        &a1111_cfg
+    } else {
+        cfg
+    };
     let schedule = if schedule.is_automatic() {
         a1111_automatic(sampler)
     } else {
@@ -736,6 +763,41 @@ mod tests {
             ..eps
         };
         assert!(build_with(Sampler::Euler, Schedule::Automatic, Family::Sd1, &sample, 4).is_ok());
+    }
+
+    #[test]
+    fn a1111_sigmas_under_zero_snr_are_a1111s_for_every_k_sampler() {
+        let cfg = SchedulerConfig::from_json_str(
+            r#"{"rescale_betas_zero_snr": true, "prediction_type": "v_prediction"}"#,
+        )
+        .unwrap();
+        let a1111 =
+            |s, schedule| build_styled(s, schedule, SigmaStyle::A1111, Family::Sd1, &cfg, 6);
+        for schedule in [Schedule::Automatic, Schedule::Karras, Schedule::SgmUniform] {
+            let sch = a1111(Sampler::Euler, schedule).unwrap();
+            let sigmas = sch.sigmas().unwrap();
+            assert!(
+                sigmas.iter().all(|s| s.is_finite()),
+                "{schedule}: {sigmas:?}"
+            );
+            // √((1 − 4.897e-8) / 4.897e-8) ≈ 4518.8: A1111's end, not diffusers' 4096.
+            assert!((sigmas[0] - 4518.8).abs() < 0.5, "{schedule}: {sigmas:?}");
+        }
+        // A1111 rescales for every k-diffusion sampler; diffusers' refusals stay without its σ.
+        assert!(a1111(Sampler::Heun, Schedule::Automatic).is_ok());
+        assert!(check_zero_snr_sampler(Sampler::Heun, SigmaStyle::A1111).is_ok());
+        assert!(check_zero_snr_sampler(Sampler::Heun, SigmaStyle::Diffusers).is_err());
+        assert!(check_zero_snr_sampler(Sampler::Deis, SigmaStyle::A1111).is_err());
+        let eps = SchedulerConfig::from_json_str(r#"{"rescale_betas_zero_snr": true}"#).unwrap();
+        let built = build_styled(
+            Sampler::Euler,
+            Schedule::Karras,
+            SigmaStyle::A1111,
+            Family::Sd1,
+            &eps,
+            6,
+        );
+        assert!(built.is_err());
     }
 
     #[test]

@@ -100,6 +100,9 @@ pub(crate) fn alphas_cumprod(cfg: &SchedulerConfig) -> Vec<f32> {
 /// The ᾱ the σ-based classes (Euler, Euler a, DPM-Solver, UniPC) build their σ from: under zero
 /// terminal SNR diffusers sets the last to 2⁻²⁴ so that σ_max (≈ 4096) is finite.
 pub(crate) fn sigma_alphas_cumprod(cfg: &SchedulerConfig) -> Vec<f32> {
+    if cfg.rescale_betas_zero_snr && cfg.zero_snr_a1111 {
+        return a1111_zero_snr(&cumprod(&betas(cfg)));
+    }
     let mut ac = alphas_cumprod(cfg);
     if cfg.rescale_betas_zero_snr {
         if let Some(last) = ac.last_mut() {
@@ -107,6 +110,26 @@ pub(crate) fn sigma_alphas_cumprod(cfg: &SchedulerConfig) -> Vec<f32> {
         }
     }
     ac
+}
+
+/// A1111's zero terminal SNR (`rescale_zero_terminal_snr_abar`, applied to the model's float32
+/// ᾱ for every k-diffusion sampler): √ᾱ shifted so the last is 0 and scaled so the first is kept,
+/// squared, the last then set to 4.8973451890853435e-8 so σ_max (≈ 4519) is finite.
+pub(crate) fn a1111_zero_snr(alphas_cumprod: &[f32]) -> Vec<f32> {
+    let roots: Vec<f32> = alphas_cumprod.iter().map(|a| a.sqrt()).collect();
+    let (first, last) = (roots[0], roots[roots.len() - 1]);
+    let scale = first / (first - last);
+    let mut out: Vec<f32> = roots
+        .iter()
+        .map(|&r| {
+            let v = (r - last) * scale;
+            v * v
+        })
+        .collect();
+    if let Some(end) = out.last_mut() {
+        *end = 4.897_345e-8;
+    }
+    out
 }
 
 /// `((1 - ᾱ) / ᾱ) ** 0.5` in float32, indexed by training timestep (ascending).
