@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One device call's worth of GPU work: a random full-size fp16 model written as a single-file
+# checkpoint, a random rank-32 LoRA, the GPU check on it, then the benchmarks (default flags, the
+# device patch, the fp16 text encoders, images/s with shared UNet calls). Summaries go to $OUT
+# (at most 8 files come back from the device tool); the GPU check's pictures stay in /tmp/gpu-check.
+#
+#   FAMILY=sd15|sdxl BIN=.gpubin/stipple scripts/gpu_session.sh
+#
+# Before the call, on the machine that calls: the ONNX Runtime GPU parts in /tmp/parts (carried one
+# per call, see gpu_env.sh), the diffusers wheels in .whl/ and a stripped release binary (BIN) carried
+# with this call. The checkout must travel under 64 MiB: move tests/fixtures out of it for the calls.
+# SDXL takes about 6 minutes for the export and the benches; its check runs fewer modes (MODES).
+set -uo pipefail
+OUT=${OUT:-/tmp/stipple-gpu}
+mkdir -p "$OUT"
+FAMILY=${FAMILY:-sd15}
+BIN=${BIN:-target/release/stipple}
+chmod +x "$BIN"
+. "$(dirname "$0")/gpu_env.sh"
+export PYTHONUNBUFFERED=1
+folder=/tmp/$FAMILY
+ckpt=/tmp/$FAMILY.safetensors
+lora=/tmp/loras/synth32.safetensors
+t=$(date +%s)
+if [ ! -f "$ckpt" ]; then
+  python3 scripts/export_model.py --random "$FAMILY" --dtype fp16 --device cuda --out "$folder" \
+    > "$OUT/export.log" 2>&1 || { tail -20 "$OUT/export.log"; exit 1; }
+  python3 scripts/folder_to_checkpoint.py "$folder" "$ckpt" >> "$OUT/export.log" 2>&1 \
+    || { tail -20 "$OUT/export.log"; exit 1; }
+fi
+mkdir -p /tmp/loras
+if [ ! -f "$lora" ]; then
+  # The text-encoder part uses SD1's key prefix; SDXL's LoRA covers the UNet only.
+  te=$([ "$FAMILY" = sd15 ] && echo --te)
+  python3 scripts/synth_lora.py "$folder" "$lora" --rank 32 $te >> "$OUT/export.log" 2>&1
+fi
+echo "model and LoRA ready: $(( $(date +%s) - t )) s" | tee "$OUT/session.txt"
+if [ "$FAMILY" = sdxl ]; then
+  export MODES=${MODES:-"default|
+patch-device|--patch-on device
+cudagraph|--cuda-graph --static-shapes
+grouped|--unet-batch 4"}
+  export STEPS=${STEPS:-8}
+fi
+OUT=/tmp/gpu-check MODEL=$ckpt LORA_FROM=$folder BIN=$BIN scripts/gpu_check.sh > "$OUT/gpu_check.txt" 2>&1
+echo "gpu_check exit $? after $(( $(date +%s) - t )) s" | tee -a "$OUT/session.txt"
+bench() {  # bench NAME FLAGS...
+  local name=$1; shift
+  "$BIN" bench --device cuda:0 --model "$ckpt" "$@" > "$OUT/bench-$name.txt" 2>&1 \
+    || echo "bench $name failed: $?" >> "$OUT/session.txt"
+}
+bench default --lora "$lora" --live
+bench device --lora "$lora" --patch-on device --live
+bench te-fp16 --te-precision fp16 --repeats 3
+[ "$FAMILY" = sd15 ] && bench throughput --throughput 16 --steps 20 --unet-batch 8 --repeats 1
+echo "done after $(( $(date +%s) - t )) s" | tee -a "$OUT/session.txt"
