@@ -19,8 +19,6 @@ row keeps its diagonal, so no softmax row is fully masked.
 
 Needs onnx and onnxruntime (the /work/venv ones).
 """
-import argparse
-import sys
 
 import numpy as np
 
@@ -52,17 +50,7 @@ def check(folder):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("folders", nargs="+")
-    ap.add_argument("--check", action="store_true", help="compare fp16 with fp32 (folders with weights)")
-    args = ap.parse_args()
-    for folder in args.folders:
-        done = add_to(folder)
-        if not done:
-            sys.exit(f"{folder}: no text_encoder folder")
-        print(f"{folder}: fp16 graphs for {', '.join(done)}")
-        if args.check:
-            check(folder)
+    vae_fp16.cli(__doc__, add_to, check, "text_encoder")
 
 
 if __name__ == "__main__":

@@ -174,18 +174,23 @@ def check(folder, components=COMPONENTS, feeds=_vae_feeds):
                   f"(output range {np.abs(a).max():.2f})")
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def cli(description, add, compare, missing):
+    """The command line both scripts share: `add` the fp16 graphs to each folder, `compare` with --check."""
+    ap = argparse.ArgumentParser(description=description.split("\n\n")[0])
     ap.add_argument("folders", nargs="+")
     ap.add_argument("--check", action="store_true", help="compare fp16 with fp32 (folders with weights)")
     args = ap.parse_args()
     for folder in args.folders:
-        done = add_to(folder)
+        done = add(folder)
         if not done:
-            sys.exit(f"{folder}: no vae_decoder or vae_encoder folder")
+            sys.exit(f"{folder}: no {missing} folder")
         print(f"{folder}: fp16 graphs for {', '.join(done)}")
         if args.check:
-            check(folder)
+            compare(folder)
+
+
+def main():
+    cli(__doc__, add_to, check, "vae_decoder or vae_encoder")
 
 
 if __name__ == "__main__":

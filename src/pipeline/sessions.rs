@@ -18,7 +18,7 @@ use crate::lora::ApplyReport;
 use crate::model::layout::{Component, ComponentKind, GraphKind};
 use crate::model::Model;
 use crate::patch;
-use crate::runtime::session::{TePrecision, VaePrecision};
+use crate::runtime::session::{Precision, TePrecision, VaePrecision};
 use crate::runtime::tensor_io::{run, Bound, Input};
 use crate::runtime::{build_session, Runtime, SessionOptions};
 use ort::session::Session;
@@ -960,12 +960,7 @@ fn vae_graph(
     opts: &SessionOptions,
     kind: ComponentKind,
 ) -> Result<GraphKind, PipelineError> {
-    let c = model
-        .component(kind)
-        .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
-    opts.vae_precision
-        .resolve(opts.device, c, model.vae_fp16_safe())
-        .map_err(PipelineError::Job)
+    precision_graph(model, opts, kind, opts.vae_precision, model.vae_fp16_safe())
 }
 
 /// The graph a text encoder of `model` runs with `opts` (`--te-precision`, [`TePrecision`]). `auto`
@@ -976,11 +971,22 @@ fn te_graph(
     opts: &SessionOptions,
     kind: ComponentKind,
 ) -> Result<GraphKind, PipelineError> {
+    precision_graph(model, opts, kind, opts.te_precision, TE_FP16_BY_DEFAULT)
+}
+
+/// The graph component `kind` of `model` runs at `precision` on `opts`' device.
+fn precision_graph(
+    model: &Model,
+    opts: &SessionOptions,
+    kind: ComponentKind,
+    precision: Precision,
+    fp16_safe: bool,
+) -> Result<GraphKind, PipelineError> {
     let c = model
         .component(kind)
         .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
-    opts.te_precision
-        .resolve(opts.device, c, TE_FP16_BY_DEFAULT)
+    precision
+        .resolve(opts.device, c, fp16_safe)
         .map_err(PipelineError::Job)
 }
 
