@@ -6,6 +6,9 @@
 #
 #   FAMILY=sd15|sdxl BIN=.gpubin/stipple scripts/gpu_session.sh
 #
+# PARTS=check or PARTS=bench runs half of it (each half fits the device tool's 10 minutes; the
+# second call must follow the first while the machine is warm: it reuses the model in /tmp).
+#
 # Before the call, on the machine that calls: the ONNX Runtime GPU parts in /tmp/parts (carried one
 # per call, see gpu_env.sh), the diffusers wheels in .whl/ and a stripped release binary (BIN) carried
 # with this call. The checkout must travel under 64 MiB: move tests/fixtures out of it for the calls.
@@ -42,8 +45,12 @@ cudagraph|--cuda-graph --static-shapes
 grouped|--unet-batch 4"}
   export STEPS=${STEPS:-8}
 fi
-OUT=/tmp/gpu-check MODEL=$ckpt LORA_FROM=$folder BIN=$BIN scripts/gpu_check.sh > "$OUT/gpu_check.txt" 2>&1
-echo "gpu_check exit $? after $(( $(date +%s) - t )) s" | tee -a "$OUT/session.txt"
+PARTS=${PARTS:-check,bench}
+if [[ $PARTS == *check* ]]; then
+  OUT=/tmp/gpu-check MODEL=$ckpt LORA_FROM=$folder BIN=$BIN scripts/gpu_check.sh > "$OUT/gpu_check.txt" 2>&1
+  echo "gpu_check exit $? after $(( $(date +%s) - t )) s" | tee -a "$OUT/session.txt"
+fi
+[[ $PARTS == *bench* ]] || exit 0
 bench() {  # bench NAME FLAGS...
   local name=$1; shift
   "$BIN" bench --device cuda:0 --model "$ckpt" "$@" > "$OUT/bench-$name.txt" 2>&1 \
@@ -51,6 +58,7 @@ bench() {  # bench NAME FLAGS...
 }
 bench default --lora "$lora" --live
 bench device --lora "$lora" --patch-on device --live
+bench device-uncaptured --lora "$lora" --patch-on device --live --cuda-patch-graph=false --repeats 2
 bench te-fp16 --te-precision fp16 --repeats 3
 [ "$FAMILY" = sd15 ] && bench throughput --throughput 16 --steps 20 --unet-batch 8 --repeats 1
 echo "done after $(( $(date +%s) - t )) s" | tee -a "$OUT/session.txt"

@@ -388,6 +388,9 @@ pub struct LiveBench {
     /// With `--patch-on device`: the same through the device patch, which re-runs its patch
     /// program with the new strength before the step (null without it).
     pub dial_to_step_device_ms: Option<f64>,
+    /// With `--patch-on device`: the median step of a job whose UNet strength changes every step
+    /// (a schedule), the program re-run before each step included (null without it).
+    pub scheduled_step_device_ms: Option<f64>,
 }
 
 impl fmt::Display for LiveBench {
@@ -424,6 +427,13 @@ impl fmt::Display for LiveBench {
         )?;
         if let Some(ms) = self.dial_to_step_device_ms {
             write!(f, "\n  same, device patch re-run {ms:>9.3} ms")?;
+        }
+        if let Some(ms) = self.scheduled_step_device_ms {
+            write!(
+                f,
+                "\n  step, schedule (device)   {ms:>9.3} ms  ({:+.1}%)",
+                (ms / self.fused_step_ms - 1.0) * 100.0
+            )?;
         }
         Ok(())
     }
@@ -530,7 +540,7 @@ pub fn live(
     let dial_live = timed_job(&mut g, &job, LoraMethod::Live, Some((&stem, at)))?.1;
     let dial_refuse = timed_job(&mut g, &job, LoraMethod::Refuse, Some((&stem, at)))?.1;
     drop(g);
-    let dial_device = match device_spec {
+    let (dial_device, scheduled) = match device_spec {
         Some(spec) => {
             let mut d = Generator::load(spec, rt)?;
             d.set_lora_dirs(vec![dir]);
@@ -546,9 +556,25 @@ pub fn live(
                     ));
                 }
             }
-            Some(latency)
+            // From 1 at the first step to 0.2 at the last: a new strength every step.
+            let sched = Job {
+                prompt: format!("a red fox in the snow <lora:{stem}:unet=1@0,0.2@1>"),
+                ..job.clone()
+            };
+            let mut sched_steps = Vec::new();
+            for _ in 0..2 {
+                let before = d.patch_counts().reruns;
+                sched_steps = timed_job(&mut d, &sched, LoraMethod::Fuse, None)?.0;
+                if d.patch_counts().reruns < before + u64::from(sched.steps) - 1 {
+                    return Err(PipelineError::Job(
+                        "the device patch did not re-run its program at every step of a schedule"
+                            .into(),
+                    ));
+                }
+            }
+            (Some(latency), Some(median(sched_steps) * 1e3))
         }
-        None => None,
+        None => (None, None),
     };
     let fused_step_ms = median(fused) * 1e3;
     let live_step_ms = median(live) * 1e3;
@@ -565,5 +591,6 @@ pub fn live(
         dial_to_step_live_ms: ms(dial_live),
         dial_to_step_refuse_ms: ms(dial_refuse),
         dial_to_step_device_ms: dial_device.map(ms),
+        scheduled_step_device_ms: scheduled,
     })
 }

@@ -92,6 +92,9 @@ memory_limit_gb = 0
 # Capture the UNet as a CUDA graph and replay it every step. Forces static shapes (a new size or
 # prompt length rebuilds the UNet) and cannot run adapters live (schedules, dials, lora_method live).
 cuda_graph = false
+# Replay the device patch's program (--patch-on device: adapter swaps, strength changes and
+# schedules computed on the GPU) as a CUDA graph; false runs it operation by operation.
+patch_graph = true
 # TensorFloat-32 math on Ampere and newer GPUs; false gives full fp32 precision, a little slower.
 tf32 = true
 
@@ -193,6 +196,7 @@ pub struct CudaConfig {
     /// GiB, 0 for no cap.
     pub memory_limit_gb: f64,
     pub cuda_graph: bool,
+    pub patch_graph: bool,
     pub tf32: bool,
 }
 
@@ -210,6 +214,7 @@ impl CudaConfig {
             conv_algo_search,
             memory_limit_gb: self.memory_limit_gb,
             cuda_graph: self.cuda_graph,
+            patch_graph: self.patch_graph,
             tf32: self.tf32,
         };
         o.validate().map_err(|e| ConfigError::Invalid {
@@ -417,6 +422,7 @@ fn cuda_section(c: &::config::Config) -> Result<CudaConfig, ConfigError> {
         conv_algo_search: c.get("cuda.conv_algo_search")?,
         memory_limit_gb: c.get("cuda.memory_limit_gb")?,
         cuda_graph: c.get("cuda.cuda_graph")?,
+        patch_graph: c.get("cuda.patch_graph")?,
         tf32: c.get("cuda.tf32")?,
     })
 }
@@ -706,7 +712,8 @@ mod tests {
         let file = dir.path().join("config.toml");
         std::fs::write(
             &file,
-            "[cuda]\nconv_algo_search = \"Exhaustive\"\nmemory_limit_gb = 7.5\ncuda_graph = true\n",
+            "[cuda]\nconv_algo_search = \"Exhaustive\"\nmemory_limit_gb = 7.5\ncuda_graph = true\n\
+             patch_graph = false\n",
         )
         .unwrap();
         let env = HashMap::from([("STIPPLE_CUDA__TF32".to_string(), "false".to_string())]);
@@ -717,6 +724,7 @@ mod tests {
         );
         assert_eq!(o.memory_limit_bytes(), Some(7 * (1 << 30) + (1 << 29)));
         assert!(o.cuda_graph);
+        assert!(!o.patch_graph);
         assert!(!o.tf32);
         // The whole configuration agrees with the section read alone.
         let c = load_layers(Some(&file), Some(env), &[]).unwrap();

@@ -146,6 +146,7 @@ impl EngineFlags {
                 conv_search: c.conv_search.or(oc.conv_search),
                 mem_limit_gb: c.mem_limit_gb.or(oc.mem_limit_gb),
                 cuda_graph: c.cuda_graph.or(oc.cuda_graph),
+                patch_graph: c.patch_graph.or(oc.patch_graph),
                 tf32: c.tf32.or(oc.tf32),
             },
         }

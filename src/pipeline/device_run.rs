@@ -1,13 +1,14 @@
 //! Running a patch program: [`DeviceStaged`] (a program built for one adapter set, with what it
 //! needs on the device) and [`run`], which binds its inputs and writes its outputs into the resident
-//! weight buffers ([`Sink`]). Built by [`super::device_patch`], run by [`super::resident::Net`].
+//! weight buffers ([`Sink`]); on CUDA the program replays as a CUDA graph ([`Captured`]). Built by
+//! [`super::device_patch`], run by [`super::resident::Net`].
 
 use super::keys::FusedAdapter;
 use crate::model::ElemType;
 use crate::patch::{program, TermOrigin};
-use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
-use ort::session::Session;
-use ort::value::{DynTensor, DynValue, Tensor};
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::{IoBinding, Session};
+use ort::value::{DynTensor, DynValue, Tensor, TensorElementType};
 use std::collections::HashSet;
 
 /// A patch program built for one adapter set, not yet run.
@@ -28,6 +29,18 @@ pub struct DeviceStaged {
     pub(crate) patched: HashSet<usize>,
     /// Bytes of factors and dense ΔW the program holds (what goes to the device per adapter set).
     pub factor_bytes: usize,
+    /// Whether the session was built to replay as a CUDA graph: its runs then keep one binding.
+    pub(crate) graph: bool,
+    /// That binding, made by the first run.
+    pub(crate) captured: Option<Captured>,
+}
+
+/// What a program captured as a CUDA graph keeps between runs: the graph replays the addresses it
+/// was captured with, so every run binds the same buffers and new strengths are copied into the
+/// same device buffer instead of being handed over as a new tensor.
+pub(crate) struct Captured {
+    binding: IoBinding,
+    strengths: DynTensor,
 }
 
 /// One term of a program: where its strength comes from, whether the program scales it (it reads
@@ -57,23 +70,41 @@ pub(crate) enum Sink<'a> {
 }
 
 /// Runs `session` (a patch program; none writes nothing) with `strengths` and the base copies
-/// `bases` (one per output), writing its outputs into `sink`.
+/// `bases` (one per output), writing its outputs into `sink`. With `captured` (a program built as
+/// a CUDA graph) and device buffers as the sink, the binding of the first run is kept there and
+/// reused: the later runs replay the graph.
 pub(crate) fn run(
     session: Option<&mut Session>,
     strengths: &[f32],
     bases: &[&DynValue],
     sink: Sink<'_>,
+    captured: Option<&mut Option<Captured>>,
 ) -> Result<(), ort::Error> {
     let Some(session) = session else {
         return Ok(());
     };
-    let mut binding = session.create_binding()?;
+    // An empty list is run as one zero (the input cannot be empty).
     let s: Vec<f32> = if strengths.is_empty() {
         vec![0.0]
     } else {
         strengths.to_vec()
     };
-    let s = Tensor::from_array((vec![s.len() as i64], s))?;
+    let s = Tensor::from_array((vec![s.len() as i64], s))?.upcast();
+    let sink = match (captured, sink) {
+        (Some(slot), Sink::Bound(mut targets)) => {
+            let c = match slot {
+                Some(c) => c,
+                None => slot.insert(bind_once(session, s.shape()[0], bases, &mut targets)?),
+            };
+            // In place: the captured graph reads the strengths from this buffer's address.
+            s.copy_into(&mut c.strengths)?;
+            session.run_binding(&c.binding)?;
+            c.binding.synchronize_outputs()?;
+            return Ok(());
+        }
+        (_, sink) => sink,
+    };
+    let mut binding = session.create_binding()?;
     binding.bind_input(program::STRENGTHS, &s)?;
     for (k, b) in bases.iter().enumerate() {
         binding.bind_input(program::base_input(k), *b)?;
@@ -122,6 +153,30 @@ pub(crate) fn run(
         }
     }
     Ok(())
+}
+
+/// The binding a captured program keeps: a device buffer of `n` strengths (on the device of the
+/// weight buffers), the base copies and the weight buffers as outputs.
+fn bind_once(
+    session: &Session,
+    n: i64,
+    bases: &[&DynValue],
+    targets: &mut [&mut DynTensor],
+) -> Result<Captured, ort::Error> {
+    let first = targets
+        .first()
+        .ok_or_else(|| ort::Error::new("a captured patch program with no outputs"))?;
+    let allocator = Allocator::new(session, first.memory_info().clone())?;
+    let strengths = DynTensor::new(&allocator, TensorElementType::Float32, vec![n])?;
+    let mut binding = session.create_binding()?;
+    binding.bind_input(program::STRENGTHS, &strengths)?;
+    for (k, b) in bases.iter().enumerate() {
+        binding.bind_input(program::base_input(k), *b)?;
+    }
+    for (k, t) in targets.iter_mut().enumerate() {
+        binding.bind_output(program::output(k), &mut **t)?;
+    }
+    Ok(Captured { binding, strengths })
 }
 
 /// The data pointer and byte size of a host tensor.

@@ -300,7 +300,14 @@ fn run_program(r: &mut Resident, staged: &mut DeviceStaged) -> Result<(), ort::E
         }
         Sink::Bound(out)
     };
-    device_run::run(staged.session.as_mut(), &staged.strengths, &bases, sink)
+    let captured = staged.graph.then_some(&mut staged.captured);
+    device_run::run(
+        staged.session.as_mut(),
+        &staged.strengths,
+        &bases,
+        sink,
+        captured,
+    )
 }
 
 impl Layout {

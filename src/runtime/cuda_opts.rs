@@ -72,6 +72,10 @@ pub struct CudaOptions {
     /// `enable_cuda_graph`). A captured graph only works for the shapes it was captured with, so
     /// this forces static shapes; adapters with changing (live) strengths cannot run with it.
     pub cuda_graph: bool,
+    /// Replay the device patch's program (adapter swaps, strength changes, schedules) as a CUDA
+    /// graph: a few launches instead of one per operation. Independent of `cuda_graph`, since the
+    /// program's shapes never change.
+    pub patch_graph: bool,
     /// TensorFloat-32 in convolutions and matrix products on Ampere and newer GPUs (ONNX Runtime's
     /// default, so `true`); `false` gives full fp32 precision at some speed.
     pub tf32: bool,
@@ -83,6 +87,7 @@ impl Default for CudaOptions {
             conv_algo_search: ConvAlgoSearch::Heuristic,
             memory_limit_gb: 0.0,
             cuda_graph: false,
+            patch_graph: true,
             tf32: true,
         }
     }
@@ -164,6 +169,16 @@ pub struct CudaArgs {
         default_missing_value = "true"
     )]
     pub cuda_graph: Option<bool>,
+    /// Replay the device patch's program as a CUDA graph (the default); --cuda-patch-graph=false
+    /// runs it launch by launch (config: cuda.patch_graph)
+    #[arg(
+        long = "cuda-patch-graph",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub patch_graph: Option<bool>,
     /// TF32 math on Ampere and newer (ONNX Runtime's default); --cuda-tf32=false for full fp32
     /// (config: cuda.tf32)
     #[arg(
@@ -197,6 +212,9 @@ impl CudaArgs {
         }
         if let Some(g) = self.cuda_graph {
             o.cuda_graph = g;
+        }
+        if let Some(g) = self.patch_graph {
+            o.patch_graph = g;
         }
         if let Some(t) = self.tf32 {
             o.tf32 = t;
@@ -234,9 +252,15 @@ mod tests {
             "--cuda-mem-limit-gb",
             "7.5",
             "--cuda-graph=false",
+            "--cuda-patch-graph=false",
         ])
         .unwrap();
+        assert!(
+            base.patch_graph,
+            "the device patch replays as a graph unless told"
+        );
         let o = a.apply(base).unwrap();
+        assert!(!o.patch_graph);
         assert_eq!(o.conv_algo_search, ConvAlgoSearch::Exhaustive);
         assert_eq!(o.memory_limit_bytes(), Some((7.5 * GIB) as usize));
         assert!(!o.cuda_graph);
