@@ -52,6 +52,7 @@ run() {  # run NAME FLAGS...: the jobs through one engine with FLAGS
 run reference --graph plain --resident-weights false --unet-batch 1
 MODES=${MODES:-"default|
 patch-device|--patch-on device
+patch-host|--patch-on host
 patch-device-uncaptured|--patch-on device --cuda-patch-graph=false
 vae-fp32|--vae-precision fp32
 te-fp16|--te-precision fp16

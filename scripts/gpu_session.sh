@@ -40,7 +40,7 @@ fi
 echo "model and LoRA ready: $(( $(date +%s) - t )) s" | tee "$OUT/session.txt"
 if [ "$FAMILY" = sdxl ]; then
   export MODES=${MODES:-"default|
-patch-device|--patch-on device
+patch-host|--patch-on host
 cudagraph|--cuda-graph --static-shapes
 grouped|--unet-batch 4"}
   export STEPS=${STEPS:-8}
@@ -57,7 +57,7 @@ bench() {  # bench NAME FLAGS...
     || echo "bench $name failed: $?" >> "$OUT/session.txt"
 }
 bench default --lora "$lora" --live
-bench device --lora "$lora" --patch-on device --live
+bench host --lora "$lora" --patch-on host --live --repeats 2
 bench device-uncaptured --lora "$lora" --patch-on device --live --cuda-patch-graph=false --repeats 2
 bench te-fp16 --te-precision fp16 --repeats 3
 [ "$FAMILY" = sd15 ] && bench throughput --throughput 16 --steps 20 --unet-batch 8 --repeats 1

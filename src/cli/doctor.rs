@@ -118,6 +118,17 @@ fn model(s: &mut String, dir: &Path, m: &crate::model::Model) -> std::fmt::Resul
         let p = crate::model::prediction::of_config(&m.scheduler_config);
         writeln!(s, "  prediction: {p:?} (scheduler config)")?;
     }
+    let sched: serde_json::Value = serde_json::from_str(&m.scheduler_config).unwrap_or_default();
+    if sched
+        .get("rescale_betas_zero_snr")
+        .and_then(|v| v.as_bool())
+        == Some(true)
+    {
+        writeln!(
+            s,
+            "  zero terminal SNR: on (rescale_betas_zero_snr in the scheduler config)"
+        )?;
+    }
     match &m.source {
         ModelSource::Folder => {}
         ModelSource::SingleFile { template } => writeln!(

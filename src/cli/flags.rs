@@ -68,8 +68,8 @@ pub struct EngineFlags {
     #[arg(long, value_name = "BOOL")]
     pub resident_weights: Option<bool>,
     /// Where an adapter change of resident weights is computed: device (a patch program on the
-    /// GPU, from base copies kept there; opt-in, slower than host on the H200 so far) or host (ΔW
-    /// on the CPU, then uploaded). Default: host
+    /// GPU, from base copies kept there) or host (ΔW on the CPU, then uploaded). Default: device
+    /// on CUDA, host elsewhere
     #[arg(long, value_name = "WHERE", value_parser = ["host", "device"])]
     pub patch_on: Option<String>,
     /// How adapters reach the weights: fuse (static fused, scheduled or dialled ones live), live,

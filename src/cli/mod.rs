@@ -108,9 +108,15 @@ pub struct GenerateArgs {
     pub sde_noise: Option<String>,
     /// Sample with the noise schedule rescaled to zero terminal SNR (A1111's "Zero Terminal SNR"),
     /// for v-prediction models trained that way; pair it with --schedule sgm-uniform (trailing
-    /// timesteps) (config: generation.zero_snr)
-    #[arg(long)]
-    pub zero_snr: bool,
+    /// timesteps); --zero-snr=false turns the config's off (config: generation.zero_snr)
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub zero_snr: Option<bool>,
     /// Whose σ the schedule type means: diffusers (the default) or a1111 (A1111's, for its
     /// k-diffusion samplers) (config: generation.sigmas)
     #[arg(long)]

@@ -237,7 +237,7 @@ pub fn generate(
         sampler,
         schedule,
         sde_noise,
-        zero_snr: a.zero_snr || g.zero_snr,
+        zero_snr: a.zero_snr.unwrap_or(g.zero_snr),
         sigmas,
         steps: a.steps.unwrap_or(g.steps),
         cfg: a.cfg.unwrap_or(g.cfg),

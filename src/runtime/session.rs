@@ -33,10 +33,9 @@ pub struct SessionOptions {
     pub resident: Option<bool>,
     /// Where an adapter change of resident weights is computed (`--patch-on host|device`): on the
     /// session's device by a patch program, from base copies kept there (`Some(true)`), or on the
-    /// host and uploaded. Unset: on the host everywhere. Measured on the H200 (SD1.5 fp16,
-    /// rank-32 LoRA, one run, 2026-12-05): a device swap took 1.13 s against 0.69 s on the host,
-    /// and the UNet's step after it 33–47 ms against 9.7 ms (cause not found yet), so the device
-    /// patch is opt-in until that is understood.
+    /// host and uploaded. Unset: on the device on CUDA (an H100, 2026-12-06: SD1.5 swap 0.020 s
+    /// against 0.61 s on the host, SDXL 0.048 s against 3.1 s, the step after it unchanged; the
+    /// H200 slowdown seen once on 2026-12-05 did not come back), on the host elsewhere.
     pub patch_on_device: Option<bool>,
     /// Read a single-file checkpoint's EMA UNet weights (`--ema`).
     pub ema: bool,
@@ -65,7 +64,8 @@ impl SessionOptions {
 
     /// Whether adapter changes of resident weights run as a patch program on the device.
     pub fn patch_on_device(&self) -> bool {
-        self.patch_on_device.unwrap_or(false)
+        self.patch_on_device
+            .unwrap_or(matches!(self.device, Device::Cuda(_)))
     }
 
     /// How the model is opened: fp16 templates on a GPU, fp32 ones on the CPU.
@@ -376,8 +376,7 @@ mod tests {
     }
 
     #[test]
-    fn resident_weights_default_to_cuda_only_the_device_patch_to_nowhere_and_both_yield_to_a_choice(
-    ) {
+    fn resident_weights_and_the_device_patch_default_to_cuda_only_and_yield_to_a_choice() {
         for patch in [false, true] {
             let on = |device, choice| {
                 let o = SessionOptions {
@@ -392,8 +391,7 @@ mod tests {
                     o.resident_weights()
                 }
             };
-            // The device patch is opt-in (slower on the H200 so far): off on CUDA unless asked.
-            assert_eq!(on(Device::Cuda(0), None), !patch);
+            assert!(on(Device::Cuda(0), None));
             assert!(!on(Device::Cpu, None));
             assert!(!on(Device::DirectMl(0), None));
             assert!(!on(Device::Cuda(0), Some(false)));

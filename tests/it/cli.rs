@@ -5,7 +5,7 @@ use std::process::Command;
 use stipple::image::{parse_infotext, read_text_chunks};
 use stipple::job::Job;
 
-fn stipple() -> Command {
+pub fn stipple() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_stipple"));
     c.current_dir(root());
     c

@@ -402,6 +402,17 @@ fn the_seed_is_never_cut_silently() {
     assert!(s.chars().count() <= 20 && s.ends_with('…'), "{s}");
 }
 
+/// A wide settings line names zero terminal SNR and A1111's σ when they are on, and only then.
+#[test]
+fn the_settings_line_names_the_noise_schedule() {
+    let mut app = busy_app();
+    assert!(!app.settings.summary(200).contains("SNR"));
+    app.settings.zero_snr = true;
+    app.settings.sigmas = stipple::job::SigmaStyle::A1111;
+    let s = app.settings.summary(200);
+    assert!(s.contains("(zero SNR, A1111 σ) · "), "{s}");
+}
+
 /// F1 help stops scrolling at its last line instead of scrolling into an empty box.
 #[test]
 fn help_scrolls_no_further_than_its_end() {

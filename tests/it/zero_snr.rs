@@ -168,3 +168,41 @@ fn zero_snr_setting_reaches_the_workstations_job() {
     );
     assert!(app.settings.zero_snr);
 }
+
+/// `--zero-snr=false` turns the config's `generation.zero_snr` off for one run (the bundled tiny
+/// model predicts epsilon: with it on, the run is refused); `doctor` names a model's own zero SNR.
+#[test]
+fn zero_snr_flag_turns_the_config_off_and_doctor_names_the_model_s() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gen = |extra: &[&str], out: &str| {
+        let out = tmp.path().join(out);
+        let mut args = vec![
+            "generate", "--prompt", "x", "--steps", "2", "--width", "32", "--height", "32", "--out",
+        ];
+        args.push(out.to_str().unwrap());
+        args.extend_from_slice(extra);
+        crate::cli::stipple()
+            .env("STIPPLE_GENERATION__ZERO_SNR", "true")
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let on = gen(&[], "on");
+    let stderr = String::from_utf8_lossy(&on.stderr);
+    assert!(
+        !on.status.success() && stderr.contains("v-prediction"),
+        "{stderr}"
+    );
+    let off = gen(&["--zero-snr=false"], "off");
+    assert!(
+        off.status.success(),
+        "{}",
+        String::from_utf8_lossy(&off.stderr)
+    );
+    let model = zero_snr_model(tmp.path());
+    let (ok, stdout, stderr) = crate::cli::run(&["doctor", "--model", model.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("zero terminal SNR: on"), "{stdout}");
+    let (_, plain, _) = crate::cli::run(&["doctor", "--model", tiny_sd2().to_str().unwrap()]);
+    assert!(!plain.contains("zero terminal SNR"), "{plain}");
+}

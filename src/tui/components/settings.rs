@@ -387,8 +387,21 @@ impl Settings {
             Some(_) => format!("img2img {:.2} · ", self.denoise),
             None => String::new(),
         };
+        // What changes the noise schedule is named in the full line only (the Settings show it).
+        let noise: Vec<&str> = [
+            self.zero_snr.then_some("zero SNR"),
+            (self.sigmas == crate::job::SigmaStyle::A1111).then_some("A1111 σ"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let noise = if noise.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", noise.join(", "))
+        };
         let full = format!(
-            "{img2img}{} · {} steps · cfg {:.1} · {}×{} · seed {} · batch {}",
+            "{img2img}{}{noise} · {} steps · cfg {:.1} · {}×{} · seed {} · batch {}",
             self.sampler, self.steps, self.cfg, self.width, self.height, seed, self.batch
         );
         if full.chars().count() <= width {
