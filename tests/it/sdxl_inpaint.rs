@@ -230,3 +230,73 @@ fn a_misshapen_sdxl_inpainting_file_is_refused_clearly() {
         .to_string();
     assert!(e.contains("no text encoder"), "{e}");
 }
+
+/// A Hugging Face folder of the same model (StableDiffusionXLInpaintPipeline's layout, written
+/// here from the stipple folder's diffusers-named weights; the VAE's two halves in one file): it
+/// runs through the widened tiny SDXL template and equals the stipple folder bit for bit.
+#[test]
+fn sdxl_inpainting_diffusers_folder_equals_the_stipple_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = folder(dir.path());
+    let hf = dir.path().join("hf");
+    for (from, to, file) in [
+        ("text_encoder", "text_encoder", "model.safetensors"),
+        ("text_encoder_2", "text_encoder_2", "model.safetensors"),
+        ("unet", "unet", "diffusion_pytorch_model.safetensors"),
+    ] {
+        std::fs::create_dir_all(hf.join(to)).unwrap();
+        std::fs::copy(
+            src.join(from).join("weights.safetensors"),
+            hf.join(to).join(file),
+        )
+        .unwrap();
+        std::fs::copy(
+            src.join(from).join("config.json"),
+            hf.join(to).join("config.json"),
+        )
+        .unwrap();
+    }
+    for d in ["tokenizer", "tokenizer_2", "scheduler"] {
+        copy_dir(&src.join(d), &hf.join(d));
+    }
+    let halves: Vec<Vec<u8>> = ["vae_decoder", "vae_encoder"]
+        .iter()
+        .map(|c| std::fs::read(src.join(c).join("weights.safetensors")).unwrap())
+        .collect();
+    let halves: Vec<safetensors::SafeTensors> = halves
+        .iter()
+        .map(|b| safetensors::SafeTensors::deserialize(b).unwrap())
+        .collect();
+    let vae: Vec<_> = halves.iter().flat_map(|h| h.tensors()).collect();
+    std::fs::create_dir_all(hf.join("vae")).unwrap();
+    std::fs::write(
+        hf.join("vae/diffusion_pytorch_model.safetensors"),
+        safetensors::serialize(vae, None).unwrap(),
+    )
+    .unwrap();
+    std::fs::copy(
+        src.join("vae_decoder/config.json"),
+        hf.join("vae/config.json"),
+    )
+    .unwrap();
+    std::fs::write(
+        hf.join("model_index.json"),
+        r#"{"_class_name": "StableDiffusionXLInpaintPipeline", "force_zeros_for_empty_prompt": true}"#,
+    )
+    .unwrap();
+    let mut g = load(&hf, SessionOptions::default());
+    assert!(
+        matches!(
+            g.model.source,
+            ModelSource::Diffusers {
+                template: "tiny-sdxl"
+            }
+        ),
+        "{:?}",
+        g.model.source
+    );
+    assert!(stipple::pipeline::img2img::inpaint_unet(&g.model));
+    let mut stipple_folder = load(&src, SessionOptions::default());
+    let j = inpaint_job(Sampler::EulerA, 0.75);
+    assert_eq!(image(&mut g, &j), image(&mut stipple_folder, &j));
+}
