@@ -300,3 +300,63 @@ fn sdxl_inpainting_diffusers_folder_equals_the_stipple_folder() {
     let j = inpaint_job(Sampler::EulerA, 0.75);
     assert_eq!(image(&mut g, &j), image(&mut stipple_folder, &j));
 }
+
+/// Every embedded SDXL template widens (the full-size sdxl-fp32 and sdxl-fp16 that real files such
+/// as stable-diffusion-xl-1.0-inpainting-0.1 fit, and tiny-sdxl): the widened graph decodes, each
+/// external initializer agrees with its weight-map entry, conv_in is `[320, 9, 3, 3]` on the full
+/// ones, and the `sample` input is 9 channels wide.
+#[test]
+fn every_sdxl_template_widens_consistently() {
+    use prost::Message;
+    use stipple::model::onnx_proto::{tensor_shape_proto::dimension::Value as Dim, type_proto};
+    use stipple::model::template::Template;
+    use stipple::model::ComponentKind;
+    let mut widened = Vec::new();
+    for base in Template::all() {
+        if base.index().unwrap().family != stipple::family::Family::Sdxl {
+            continue;
+        }
+        let t = base.inpainting().expect("an SDXL template widens");
+        let wm = t.weightmap(ComponentKind::Unet, false).unwrap().unwrap();
+        let bytes = t.file("unet/model.onnx").unwrap();
+        let g = stipple::model::graph::Graph::from_bytes(Path::new(t.name), bytes.clone()).unwrap();
+        assert_eq!(g.externals.len(), wm.initializers.len(), "{}", t.name);
+        for x in &g.externals {
+            let e = wm.initializers.iter().find(|e| e.name == x.name).unwrap();
+            assert_eq!(
+                (x.offset, x.length, &x.dims, x.elem.name()),
+                (e.offset, e.length, &e.shape, e.dtype.clone()),
+                "{} {}",
+                t.name,
+                x.name
+            );
+        }
+        let conv = wm
+            .initializers
+            .iter()
+            .find(|e| e.source == "conv_in.weight")
+            .unwrap();
+        if !t.name.starts_with("tiny") {
+            assert_eq!(conv.shape, vec![320, 9, 3, 3], "{}", t.name);
+        }
+        let model = stipple::model::onnx_proto::ModelProto::decode(bytes.as_slice()).unwrap();
+        let sample = model
+            .graph
+            .unwrap()
+            .input
+            .into_iter()
+            .find(|v| v.name() == "sample");
+        let Some(type_proto::Value::TensorType(tt)) = sample.and_then(|s| s.r#type?.value) else {
+            panic!("{}: no sample input", t.name)
+        };
+        assert_eq!(
+            tt.shape.unwrap().dim[1].value,
+            Some(Dim::DimValue(9)),
+            "{}",
+            t.name
+        );
+        widened.push(t.name);
+    }
+    eprintln!("widened: {widened:?}");
+    assert!(widened.contains(&"tiny-sdxl"), "{widened:?}");
+}
