@@ -145,7 +145,17 @@ pub fn open(
         })
         .collect();
     let what = format!("{} ({class})", facts.name);
-    let fitted = assemble::choose(candidates(family, opts.prefer_fp16)?, &parts, dir, &what)?;
+    // A 9-channel `conv_in` is an inpainting UNet (SDXL's runs through a widened template).
+    let inpaint = parts
+        .get(&ComponentKind::Unet)
+        .and_then(|p| p.file.tensor("conv_in.weight"))
+        .is_some_and(|t| t.shape.get(1) == Some(&9));
+    let fitted = assemble::choose(
+        candidates(family, opts.prefer_fp16, inpaint)?,
+        &parts,
+        dir,
+        &what,
+    )?;
     let template = fitted.template;
     let mut model_index = template.index()?;
     if let Some(v) = index

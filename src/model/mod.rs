@@ -26,6 +26,7 @@ pub mod single_file;
 pub mod template;
 pub mod vae_file;
 pub mod weightmap;
+pub mod widen;
 
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use graph::{ElemType, ExternalInit, Graph, GraphError};

@@ -26,6 +26,8 @@ pub struct Architecture {
     /// One line of evidence for the family (the keys and widths it was told by).
     pub evidence: String,
     pub parts: Vec<(ComponentKind, Naming)>,
+    /// A 9-channel inpainting UNet (latents, mask, masked-picture latents).
+    pub inpaint: bool,
 }
 
 /// Tells a checkpoint's architecture from its tensor names and shapes; `Err` is the refusal, with
@@ -173,10 +175,10 @@ pub fn detect(shapes: &BTreeMap<String, Vec<usize>>, ema: bool) -> Result<Archit
         ));
     };
     if inpaint {
-        if family != Family::Sd1 {
+        if family == Family::Sd2 {
             return Err(format!(
                 "this is an {} inpainting UNet (9 input channels, `{in_key}`); stipple runs \
-                 SD 1.x inpainting UNets only",
+                 SD 1.x and SDXL inpainting UNets",
                 family.facts().name
             ));
         }
@@ -193,11 +195,17 @@ pub fn detect(shapes: &BTreeMap<String, Vec<usize>>, ema: bool) -> Result<Archit
         family,
         evidence,
         parts,
+        inpaint,
     })
 }
 
-/// Templates of `family`, the preferred precision first.
-pub(super) fn candidates(family: Family, prefer_fp16: bool) -> Result<Vec<Template>, ModelError> {
+/// Templates of `family`, the preferred precision first; for a 9-channel (`inpaint`) SDXL UNet
+/// then the same templates widened to one ([`Template::inpainting`]: SD1 has its own templates).
+pub(super) fn candidates(
+    family: Family,
+    prefer_fp16: bool,
+    inpaint: bool,
+) -> Result<Vec<Template>, ModelError> {
     let mut out = Vec::new();
     for t in Template::all() {
         let index = t.index()?;
@@ -207,7 +215,12 @@ pub(super) fn candidates(family: Family, prefer_fp16: bool) -> Result<Vec<Templa
         }
     }
     out.sort_by_key(|(rank, _)| *rank);
-    Ok(out.into_iter().map(|(_, t)| t).collect())
+    let mut out: Vec<Template> = out.into_iter().map(|(_, t)| t).collect();
+    if inpaint && family == Family::Sdxl {
+        let widened: Vec<Template> = out.iter().filter_map(|t| t.inpainting()).collect();
+        out.extend(widened);
+    }
+    Ok(out)
 }
 
 /// Opens a `.safetensors` single-file checkpoint (pickled `.ckpt`/`.pt`/`.bin` files are refused).
@@ -267,7 +280,7 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Model, ModelError> {
         })
         .collect();
     let fitted = assemble::choose(
-        candidates(arch.family, opts.prefer_fp16)?,
+        candidates(arch.family, opts.prefer_fp16, arch.inpaint)?,
         &parts,
         path,
         &arch.evidence,
@@ -284,10 +297,15 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Model, ModelError> {
         .map(|e| TokenizerFiles::Bundled { pad: e.pad_token })
         .collect();
     tracing::info!(
-        "{}: {} through template {}",
+        "{}: {} through template {}{}",
         path.display(),
         arch.evidence,
-        template.name
+        template.name,
+        if template.widened() {
+            " (UNet conv_in widened to 9 channels)"
+        } else {
+            ""
+        }
     );
     let said = prediction::from_file(file.metadata(), &shapes);
     let mut model = Model {
@@ -444,5 +462,54 @@ mod tests {
         ]);
         assert_eq!(detect(&xl, false).unwrap().family, Family::Sdxl);
         assert!(detect(&xl, true).unwrap_err().contains("model_ema"));
+    }
+
+    /// An SDXL UNet with 9 input channels is an SDXL inpainting model, said in the evidence; its
+    /// templates are SDXL's own, then the same widened to 9 channels (SD1 keeps its own templates).
+    #[test]
+    fn sdxl_inpainting_is_told_and_gets_widened_templates() {
+        let xl = shapes(&[
+            (
+                "model.diffusion_model.input_blocks.0.0.weight",
+                &[320, 9, 3, 3],
+            ),
+            (
+                "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight",
+                &[768],
+            ),
+            ("conditioner.embedders.1.model.ln_final.weight", &[1280]),
+            ("first_stage_model.decoder.conv_in.weight", &[512, 4, 3, 3]),
+        ]);
+        let a = detect(&xl, false).unwrap();
+        assert_eq!(a.family, Family::Sdxl);
+        assert!(a.inpaint);
+        assert!(a.evidence.starts_with("SDXL"), "{}", a.evidence);
+        assert!(
+            a.evidence.contains("inpainting UNet") && a.evidence.contains("9 input channels"),
+            "{}",
+            a.evidence
+        );
+        let widened = |family, inpaint| -> Vec<&'static str> {
+            candidates(family, false, inpaint)
+                .unwrap()
+                .into_iter()
+                .filter(|t| t.widened())
+                .map(|t| t.name)
+                .collect()
+        };
+        let names = widened(Family::Sdxl, true);
+        assert!(names.contains(&"tiny-sdxl"), "{names:?}");
+        assert!(widened(Family::Sdxl, false).is_empty());
+        assert!(widened(Family::Sd1, true).is_empty());
+        // The widened ones come after every plain one.
+        let all = candidates(Family::Sdxl, false, true).unwrap();
+        let first = all.iter().position(|t| t.widened()).unwrap();
+        assert!(all[first..].iter().all(|t| t.widened()));
+        let mut four = xl.clone();
+        four.insert(
+            "model.diffusion_model.input_blocks.0.0.weight".into(),
+            vec![320, 4, 3, 3],
+        );
+        assert!(!detect(&four, false).unwrap().inpaint);
     }
 }

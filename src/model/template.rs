@@ -2,7 +2,8 @@
 //! external), weight maps over diffusers names, configs, `model_index.json` and scheduler config;
 //! plus the CLIP vocabulary. A checkpoint supplies only the weights.
 //!
-//! [`Template::all`] lists them; [`Template::file`] reads one file (gzip-compressed ones inflated).
+//! [`Template::all`] lists them; [`Template::file`] reads one file (gzip-compressed ones inflated);
+//! [`Template::inpainting`] is a template with its UNet widened to 9 channels (`widen.rs`).
 
 use super::index::ModelIndex;
 use super::weightmap::WeightMap;
@@ -30,6 +31,8 @@ pub enum TemplateError {
 pub struct Template {
     pub name: &'static str,
     files: &'static [(&'static str, &'static [u8])],
+    /// The UNet's `conv_in` and `sample` take 9 channels (an inpainting UNet); no fused UNet graph.
+    widened: bool,
 }
 
 impl Template {
@@ -37,7 +40,11 @@ impl Template {
     pub fn all() -> Vec<Template> {
         embedded::EMBEDDED
             .iter()
-            .map(|(name, files)| Template { name, files })
+            .map(|(name, files)| Template {
+                name,
+                files,
+                widened: false,
+            })
             .collect()
     }
 
@@ -46,17 +53,59 @@ impl Template {
         Template::all().into_iter().find(|t| t.name == name)
     }
 
+    /// This template with a 9-channel inpainting UNet (the graph edited at load time: an SDXL
+    /// graph is too large to embed twice); `None` when its UNet does not take 4 channels.
+    pub fn inpainting(self) -> Option<Template> {
+        let channels = self
+            .config(ComponentKind::Unet)
+            .ok()?
+            .get("in_channels")?
+            .as_u64();
+        (!self.widened && channels == Some(4)).then_some(Template {
+            widened: true,
+            ..self
+        })
+    }
+
+    /// Whether the UNet is this template's widened to 9 channels ([`Self::inpainting`]).
+    pub fn widened(&self) -> bool {
+        self.widened
+    }
+
+    /// Whether `rel` is the widened UNet's fused graph, which is not made.
+    fn dropped(&self, rel: &str) -> bool {
+        self.widened && matches!(rel, "unet/model.cuda.onnx" | "unet/weightmap.cuda.json")
+    }
+
     /// Whether the template has `rel` (plain or gzip-compressed).
     pub fn has(&self, rel: &str) -> bool {
-        self.raw(rel).is_some() || self.raw(&format!("{rel}.gz")).is_some()
+        !self.dropped(rel) && (self.raw(rel).is_some() || self.raw(&format!("{rel}.gz")).is_some())
     }
 
     fn raw(&self, rel: &str) -> Option<&'static [u8]> {
         self.files.iter().find(|(p, _)| *p == rel).map(|(_, b)| *b)
     }
 
-    /// The bytes of `rel`, inflated when the template stores it as `rel.gz`.
+    /// The bytes of `rel`, inflated when the template stores it as `rel.gz` (the widened UNet
+    /// graph edited).
     pub fn file(&self, rel: &str) -> Result<Vec<u8>, TemplateError> {
+        if self.dropped(rel) {
+            return Err(TemplateError::Missing {
+                template: self.name.to_string(),
+                file: rel.to_string(),
+            });
+        }
+        let bytes = self.stored(rel)?;
+        if !(self.widened && rel == "unet/model.onnx") {
+            return Ok(bytes);
+        }
+        let mut wm: WeightMap = self.json("unet/weightmap.json")?;
+        let placement = super::widen::weightmap(&mut wm).map_err(|e| self.bad(rel, e))?;
+        super::widen::graph(&bytes, &placement).map_err(|e| self.bad(rel, e))
+    }
+
+    /// The stored bytes of `rel`, inflated when the template stores it as `rel.gz`.
+    fn stored(&self, rel: &str) -> Result<Vec<u8>, TemplateError> {
         if let Some(b) = self.raw(rel) {
             return Ok(b.to_vec());
         }
@@ -102,11 +151,20 @@ impl Template {
         if cuda && !self.has(&rel) {
             return Ok(None);
         }
-        self.json(&rel).map(Some)
+        let mut wm: WeightMap = self.json(&rel)?;
+        if self.widened && kind == ComponentKind::Unet {
+            super::widen::weightmap(&mut wm).map_err(|e| self.bad(&rel, e))?;
+        }
+        Ok(Some(wm))
     }
 
     pub fn config(&self, kind: ComponentKind) -> Result<serde_json::Value, TemplateError> {
-        self.json(&format!("{kind}/config.json"))
+        let config = self.json(&format!("{kind}/config.json"))?;
+        Ok(if self.widened && kind == ComponentKind::Unet {
+            super::widen::config(config)
+        } else {
+            config
+        })
     }
 
     pub fn scheduler_config(&self) -> Result<String, TemplateError> {

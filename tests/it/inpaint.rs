@@ -103,7 +103,7 @@ fn inpaint_job(sampler: Sampler, denoise: f64, mask: &str, (w, h): (u32, u32)) -
 
 /// Every "only masked" reference of `fixture`: within 1/255 mean abs over the image and inside the
 /// mask, and bit for bit the picture wherever the mask is black. Returns how many there were.
-fn check_only_masked(fixture: &Path, g: &mut Generator) -> usize {
+pub(crate) fn check_only_masked(fixture: &Path, g: &mut Generator) -> usize {
     let text = std::fs::read_to_string(fixture.join("reference/only_masked.json")).unwrap();
     let spec: Spec = serde_json::from_str(&text).unwrap();
     let (_, _, picture) = read_rgb(&pictures().join(&spec.init));

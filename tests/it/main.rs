@@ -31,6 +31,7 @@ mod resident;
 mod samplers;
 mod sdxl;
 mod sdxl_adapters;
+mod sdxl_inpaint;
 mod sharded;
 mod single_file;
 mod te_precision;
