@@ -58,7 +58,10 @@ def export_pipeline(unet, text_encoders, vae, scheduler, tokenizer_dirs, out, dt
     import te_fp16  # the text encoders' fp16 graphs beside the fp32 ones (--te-precision)
     import vae_fp16  # the VAE's fp16 graphs beside the fp32 ones (--vae-precision)
 
+    import vae_fused  # the VAE decoder's fused CUDA graph (--vae-graph)
+
     vae_fp16.add_to(out)
+    vae_fused.fuse(out)
     te_fp16.add_to(out)
 
     write_scheduler(scheduler, out)

@@ -2,7 +2,8 @@
 """Adds ONNX Runtime's fused CUDA graph of the VAE decoder (`vae_decoder/model.fused.onnx` +
 `weightmap.fused.json`) to stipple model folders, tiny fixtures and architecture templates.
 
-    python scripts/vae_fused.py tests/fixtures/tiny-sd15 templates/sd15-fp16 ...
+    python scripts/vae_fused.py templates/sd15-fp16 models/NAME ...
+    python scripts/vae_fused.py --reference tests/fixtures/tiny-sd15 ...   # + the optimizer's hashes
 
 The decoder is rebuilt from vae_decoder/config.json (with the folder's weights.safetensors where there is
 one; a template has none: its parameters are filled with distinct random values, only to trace them),
@@ -19,9 +20,10 @@ mid-block attention stays MatMul/Softmax in fp16.
 
 Weights are traced back to the diffusers parameters by value and written as recipes into the weight map
 exactly as scripts/ort_fused.py does for the UNet (identity, transpose, nhwc); a parameter no recipe
-reaches or a large initializer not traced back fails the script. For a folder with weights, the sha256 of
-each of the optimizer's own initializers goes to reference/vae_decoder_fused_initializers.json (the
-tests compare stipple's assembly with it). The fused contrib operators run on CUDA only; the plain fp16
+reaches or a large initializer not traced back fails the script. With --reference (a folder with weights:
+the tiny fixtures), the sha256 of each of the optimizer's own initializers goes to
+reference/vae_decoder_fused_initializers.json (tests/it/fused_vae.rs compares stipple's assembly with it).
+export_model.py and template_export.py call it for every folder and template they write. The fused contrib operators run on CUDA only; the plain fp16
 graph stays for the CPU. Templates hold gzip-compressed files (written as found, like vae_fp16.py).
 Needs torch, diffusers, onnx and onnxruntime (the /work/venv ones).
 """
@@ -54,11 +56,13 @@ def _load_vae(cdir):
     wpath = os.path.join(cdir, "weights.safetensors")
     random = not os.path.isfile(wpath)
     if random:
-        # Distinct values, so that each initializer traces back to one parameter (norms start at 1 and 0).
+        # Distinct values, so that each initializer traces back to one parameter (norms start at 1
+        # and 0), none below ORT's fp16 conversion's clamp (|x| < 1e-7 becomes 1e-7, not a cast).
         g = torch.Generator().manual_seed(0)
         with torch.no_grad():
             for p in vae.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+                r = torch.rand(p.shape, generator=g) * 0.02 + 0.001
+                p.copy_(torch.where(torch.rand(p.shape, generator=g) < 0.5, -r, r))
     else:
         from safetensors.torch import load_file
 
@@ -75,7 +79,7 @@ def _load_vae(cdir):
     return vae.float().eval(), params, random
 
 
-def fuse(folder):
+def fuse(folder, reference=False):
     """Writes the fused decoder graph + weight map into `folder`; returns the fused operator counts."""
     import onnx
     import torch
@@ -103,7 +107,9 @@ def fuse(folder):
         after = _ops(model)
         index = ort_fused.ParamIndex(params)
         _unfold_reshapes(model, index)
-        reference = None if random else {}
+        if reference and random:
+            raise SystemExit(f"{folder}: --reference needs a folder with weights")
+        reference = {} if reference else None
         entries = ort_fused._externalize(model, index, reference)
         graph = model.SerializeToString()
     vae_fp16._write(os.path.join(cdir, "model.fused.onnx"), graph, compressed)
@@ -155,11 +161,12 @@ def _ops(model):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folders", nargs="+")
+    ap.add_argument("--reference", action="store_true", help="also write the optimizer's weight hashes")
     args = ap.parse_args()
     for folder in args.folders:
         if not os.path.isdir(os.path.join(folder, COMPONENT)):
             sys.exit(f"{folder}: no {COMPONENT} folder")
-        fuse(folder)
+        fuse(folder, args.reference)
 
 
 if __name__ == "__main__":
