@@ -79,8 +79,12 @@ fn fused_vae_weights_equal_what_the_optimizer_wrote() {
             assert!(seen.get(&t).copied().unwrap_or(0) > 0, "no {t:?} weight");
         }
         // Every parameter of the decoder reaches the fused graph (none silently left out).
-        let plain: std::collections::BTreeSet<&str> =
-            vae.weightmap.initializers.iter().map(|e| e.source.as_str()).collect();
+        let plain: std::collections::BTreeSet<&str> = vae
+            .weightmap
+            .initializers
+            .iter()
+            .map(|e| e.source.as_str())
+            .collect();
         let fused: std::collections::BTreeSet<&str> =
             wm.initializers.iter().flat_map(|e| e.sources()).collect();
         assert_eq!(plain, fused, "{}", path.display());
@@ -90,7 +94,10 @@ fn fused_vae_weights_equal_what_the_optimizer_wrote() {
 #[test]
 fn every_large_initializer_of_the_fused_vae_comes_from_a_recipe() {
     for fixture in ["tiny-sd15", "tiny-sd15-inpaint", "tiny-sd2", "tiny-sdxl"] {
-        let path = root().join("tests/fixtures").join(fixture).join("vae_decoder/model.fused.onnx");
+        let path = root()
+            .join("tests/fixtures")
+            .join(fixture)
+            .join("vae_decoder/model.fused.onnx");
         let model = ModelProto::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
         let graph = model.graph.unwrap();
         let (mut external, mut embedded_floats) = (0, Vec::new());
@@ -116,7 +123,10 @@ fn every_large_initializer_of_the_fused_vae_comes_from_a_recipe() {
             "{fixture}: {fused_ops:?}"
         );
         assert!(
-            !graph.node.iter().any(|n| n.op_type.as_deref() == Some("Conv")),
+            !graph
+                .node
+                .iter()
+                .any(|n| n.op_type.as_deref() == Some("Conv")),
             "{fixture}: a Conv was left unfused"
         );
         assert!(external > 0);
@@ -140,7 +150,7 @@ fn the_fused_vae_is_chosen_only_on_cuda_with_an_fp16_vae() {
     assert_eq!(pick(GraphChoice::Cuda, cuda, fp32), Ok(fp32));
     // Other devices run the plain graphs; the contrib operators are CUDA's.
     assert_eq!(pick(GraphChoice::Auto, Device::Cpu, fp16), Ok(fp16));
-    assert_eq!(pick(GraphChoice::Auto, Device::Dml(0), fp16), Ok(fp16));
+    assert_eq!(pick(GraphChoice::Auto, Device::DirectMl(0), fp16), Ok(fp16));
     let err = pick(GraphChoice::Cuda, Device::Cpu, fp16).unwrap_err();
     assert!(err.contains("only on a CUDA device"), "{err}");
     // The encoder has no fused graph: its precision's graph, whatever is asked.
