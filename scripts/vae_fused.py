@@ -4,6 +4,7 @@
 
     python scripts/vae_fused.py templates/sd15-fp16 models/NAME ...
     python scripts/vae_fused.py --reference tests/fixtures/tiny-sd15 ...   # + the optimizer's hashes
+    python scripts/vae_fused.py --check tests/fixtures/tiny-sd15    # + the CPU check (see check())
 
 The decoder is rebuilt from vae_decoder/config.json (with the folder's weights.safetensors where there is
 one; a template has none: its parameters are filled with distinct random values, only to trace them),
@@ -151,6 +152,106 @@ def _unfold_reshapes(model, index):
         model.graph.node.insert(0, node)
 
 
+def check(folder, lat=16):
+    """The fused graph on ONNX Runtime's CPU provider, its contrib operators (CUDA-only kernels) rewritten
+    as standard ones computing in fp32 (NhwcConv: Transposes around a Conv; GroupNorm: InstanceNormalization
+    over the groups, gamma, beta, SiLU; SkipGroupNorm: the sums first), weights assembled from the recipes
+    as stipple does; prints its difference from the plain fp32 graph's output, and the plain fp16 graph's.
+    A check of the graph's wiring and recipes, not of ORT's CUDA kernels (scripts/gpu_check.sh is that)."""
+
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    F16, F32 = TensorProto.FLOAT16, TensorProto.FLOAT
+    d = f"{folder}/vae_decoder"
+    m = onnx.load(f"{d}/model.fused.onnx", load_external_data=False)
+    g = m.graph
+    new_nodes, extra_inits = [], []
+    cnt = [0]
+    def nm(base):
+        cnt[0] += 1
+        return f"dec_{base}_{cnt[0]}"
+    def node(op, ins, outs=None, **kw):
+        outs = outs or [nm(op)]
+        new_nodes.append(helper.make_node(op, ins, outs, **kw))
+        return outs[0]
+    def const(arr):
+        n = nm("c"); extra_inits.append(numpy_helper.from_array(arr, n)); return n
+    def to32(x): return node("Cast", [x], to=F32)
+    def groupnorm_nhwc(x32, gamma, beta, eps, groups, act, out):
+        # x32: NHWC fp32
+        x = node("Transpose", [x32], perm=[0, 3, 1, 2])
+        shp = node("Shape", [x])
+        r = node("Reshape", [x, const(np.array([0, groups, -1], dtype=np.int64))])
+        ones = const(np.ones(groups, np.float32)); zeros = const(np.zeros(groups, np.float32))
+        nrm = node("InstanceNormalization", [r, ones, zeros], epsilon=eps)
+        y = node("Reshape", [nrm, shp])
+        gm = node("Reshape", [to32(gamma), const(np.array([-1, 1, 1], dtype=np.int64))])
+        bt = node("Reshape", [to32(beta), const(np.array([-1, 1, 1], dtype=np.int64))])
+        y = node("Add", [node("Mul", [y, gm]), bt])
+        if act == 1:
+            y = node("Mul", [y, node("Sigmoid", [y])])
+        y = node("Transpose", [y], perm=[0, 2, 3, 1])
+        node("Cast", [y], [out], to=F16)
+    for n in g.node:
+        if n.domain != "com.microsoft":
+            new_nodes.append(n); continue
+        at = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type == "NhwcConv":
+            x = node("Transpose", [to32(n.input[0])], perm=[0, 3, 1, 2])
+            w = node("Transpose", [to32(n.input[1])], perm=[0, 3, 1, 2])
+            ins = [x, w] + ([to32(n.input[2])] if len(n.input) > 2 and n.input[2] else [])
+            y = node("Conv", ins, **at)
+            node("Cast", [node("Transpose", [y], perm=[0, 2, 3, 1])], [n.output[0]], to=F16)
+        elif n.op_type == "GroupNorm":
+            assert at.get("channels_last", 1) == 1
+            groupnorm_nhwc(to32(n.input[0]), n.input[1], n.input[2], at["epsilon"], at["groups"], at["activation"], n.output[0])
+        elif n.op_type == "SkipGroupNorm":
+            s = node("Add", [to32(n.input[0]), to32(n.input[3])])
+            if len(n.input) > 4 and n.input[4]:
+                s = node("Add", [s, node("Reshape", [to32(n.input[4]), const(np.array([1, 1, 1, -1], dtype=np.int64))])])
+            if len(n.output) > 1 and n.output[1]:
+                node("Cast", [s], [n.output[1]], to=F16)
+            groupnorm_nhwc(s, n.input[1], n.input[2], at["epsilon"], at["groups"], at["activation"], n.output[0])
+        else:
+            raise SystemExit(f"unknown contrib op {n.op_type}")
+    del g.node[:]
+    g.node.extend(new_nodes)
+    g.initializer.extend(extra_inits)
+    wm = json.loads(vae_fp16._read(f"{d}/weightmap.fused.json")[0])
+    from safetensors.numpy import load_file
+    src = load_file(f"{d}/weights.safetensors")
+    buf = bytearray(max(e["offset"] + e["length"] for e in wm["initializers"]))
+    for e in wm["initializers"]:
+        a = src[e["source"]].astype(np.float32)
+        if e["transform"] == "nhwc": a = a.transpose(0, 2, 3, 1)
+        elif e["transform"] == "transpose": a = a.T
+        else: assert e["transform"] == "identity"
+        a = np.ascontiguousarray(a.astype(np.dtype(e["dtype"]))).reshape(e["shape"])
+        buf[e["offset"]:e["offset"] + e["length"]] = a.tobytes()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 4, lat, lat)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx.save(m, f"{tmp}/model.onnx")
+        open(f"{tmp}/weights.bin", "wb").write(bytes(buf))
+        s = ort.InferenceSession(f"{tmp}/model.onnx", providers=["CPUExecutionProvider"])
+        fused = s.run(None, {"latent_sample": x})[0]
+    def run_plain(graph_name, wm_name):
+        wm = json.loads(vae_fp16._read(f"{d}/{wm_name}")[0])
+        with tempfile.TemporaryDirectory() as tmp:
+            open(f"{tmp}/model.onnx", "wb").write(vae_fp16._read(f"{d}/{graph_name}")[0])
+            open(f"{tmp}/weights.bin", "wb").write(vae_fp16._weights_bin(d, wm))
+            s = ort.InferenceSession(f"{tmp}/model.onnx", providers=["CPUExecutionProvider"])
+            return s.run(None, {"latent_sample": x})[0]
+    full = run_plain("model.onnx", "weightmap.json")
+    half = run_plain("model.cuda.onnx", "weightmap.cuda.json")
+    for name, b in (("fused (decomposed)", fused), ("plain fp16", half)):
+        dd = np.abs(full.astype(np.float64) - b)
+        px = np.abs(np.clip((full + 1) * 127.5, 0, 255) - np.clip((b + 1) * 127.5, 0, 255))
+        print(f"{folder} {name} vs fp32: mean abs {dd.mean():.2e} max {dd.max():.2e}; pixels mean {px.mean():.3f}/255 max {px.max():.2f}/255; finite {np.isfinite(b).all()}")
+
+
 def _ops(model):
     ops = {}
     for n in model.graph.node:
@@ -162,11 +263,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folders", nargs="+")
     ap.add_argument("--reference", action="store_true", help="also write the optimizer's weight hashes")
+    ap.add_argument("--check", action="store_true", help="compare with the fp32 graph on the CPU (folders with weights)")
     args = ap.parse_args()
     for folder in args.folders:
         if not os.path.isdir(os.path.join(folder, COMPONENT)):
             sys.exit(f"{folder}: no {COMPONENT} folder")
         fuse(folder, args.reference)
+        if args.check:
+            check(folder)
 
 
 if __name__ == "__main__":
