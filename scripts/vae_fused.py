@@ -106,7 +106,7 @@ def fuse(folder, reference=False):
         m.convert_float_to_float16(keep_io_types=True, op_block_list=[])
         model = m.model
         after = _ops(model)
-        index = ort_fused.ParamIndex(params)
+        index = _param_index(params)
         _unfold_reshapes(model, index)
         if reference and random:
             raise SystemExit(f"{folder}: --reference needs a folder with weights")
@@ -126,6 +126,30 @@ def fuse(folder, reference=False):
           f"left {{Conv: {after.get('Conv', 0)}, InstanceNormalization: {after.get('InstanceNormalization', 0)}, "
           f"Softmax: {after.get('Softmax', 0)}}}, {len(entries)} weights")
     return fused
+
+
+def _param_index(params):
+    """ort_fused's index of the parameters, plus each fp16 view as ORT's float16 conversion writes it where
+    that differs from a cast: it clamps magnitudes below 5.96e-8 up to fp16's smallest subnormal (a cast
+    gives 0), which fp32 weights (every VAE's) can hold. stipple casts; the difference is that one ulp."""
+    import logging
+
+    from onnxruntime.transformers.float16 import convert_np_to_float16
+
+    logging.getLogger("onnxruntime.transformers.float16").setLevel(logging.ERROR)
+    index = ort_fused.ParamIndex(params)
+    for name, p in params.items():
+        views = [("identity", p)]
+        if p.ndim == 2:
+            views.append(("transpose", p.T))
+        if p.ndim == 4:
+            views.append(("nhwc", p.transpose(0, 2, 3, 1)))
+        for transform, v in views:
+            v = np.ascontiguousarray(v)
+            h = convert_np_to_float16(v)
+            if not np.array_equal(h.view(np.uint16), v.astype(np.float16).view(np.uint16)):
+                index.table.setdefault(ort_fused._key(h), []).append((name, transform))
+    return index
 
 
 def _unfold_reshapes(model, index):
