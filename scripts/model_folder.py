@@ -3,8 +3,8 @@
 models (random_model)."""
 import json
 import os
-import sys
 import shutil
+import sys
 import tempfile
 
 import torch
