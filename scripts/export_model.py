@@ -128,6 +128,9 @@ def main():
         if os.path.exists(out):
             shutil.rmtree(out)
         writer(out)
+        import vae_fused  # hashes of the optimizer's own fused VAE weights to test against
+
+        vae_fused.fuse(out, reference=True)
         print(f"wrote {out}")
         return
     if a.tiny or a.tiny_sdxl:
@@ -141,6 +144,9 @@ def main():
 
         ref = os.path.join(out, "reference", "unet_cuda_initializers.json")
         ort_fused.optimize_cuda(out, reference_out=ref)
+        import vae_fused
+
+        vae_fused.fuse(out, reference=True)
         print(f"wrote {out}")
     elif a.random and a.out:
         tok = a.tokenizer or os.path.join(ROOT, "tests", "fixtures", "tiny-sd15", "tokenizer")

@@ -2,14 +2,18 @@
 # The GPU check: every GPU mode's pictures against the plain reference of the same jobs.
 # Runs one jobs file (a base picture, an adapter, back to the base, a strength schedule, the adapter
 # again, a job of 3 images: each swap happens inside one engine) through `stipple batch --device cuda:0` once per mode,
-# and compares each picture with the reference mode's: the plain UNet graph, no CUDA graph, no static
-# shapes, weights baked into the sessions (--resident-weights false), one image per UNet call. Prints mean and max absolute
+# and compares each picture with the reference mode's: the plain UNet graph, the plain fp16 VAE graph
+# (--vae-graph plain), no CUDA graph, no static shapes, weights baked into the sessions
+# (--resident-weights false), one image per UNet call. Prints mean and max absolute
 # difference per job and PASS/FAIL against TOL (mean, in 1/255; default 0.5). Exit 1 if any fails.
 # Run it before reporting any GPU figure. FAMILY=sdxl checks SDXL at 1024x1024.
 #
 # Expects what scripts/gpu_bench.sh expects (ONNX Runtime GPU parts in /tmp/parts or unpacked in
 # /tmp/ort, the diffusers wheels in .whl/, target/release/stipple) and reuses its model if present.
 # DEVICE=cpu with MODEL, LORA_DIR and LORA (a file name there) runs the same comparison on the CPU.
+# Mode vae-fused runs the VAE decoder's fused CUDA graph (model.fused.onnx, fp16 asked for, so SDXL's
+# own VAE too); `default` runs it where auto picks it. MODES="vae-fused|--vae-precision fp16 --vae-graph fused"
+# checks only it. A model folder made before the fused VAE existed gets one (scripts/vae_fused.py).
 set -euo pipefail
 OUT=${OUT:-/tmp/stipple-gpu}
 mkdir -p "$OUT"
@@ -22,6 +26,10 @@ if [ "${DEVICE%%:*}" = cuda ]; then
 . "$(dirname "$0")/gpu_env.sh"
 if [ ! -e "$MODEL" ]; then
   python3 scripts/export_model.py --random "$FAMILY" --dtype fp16 --device cuda --out "$MODEL" > "$OUT/export.log" 2>&1
+fi
+if [ -d "$MODEL/vae_decoder" ] && [ ! -e "$MODEL/vae_decoder/model.fused.onnx" ]; then
+  python3 scripts/vae_fused.py "$MODEL" > "$OUT/vae-fused.log" 2>&1 \
+    || echo "scripts/vae_fused.py failed (see vae-fused.log): mode vae-fused will fail"
 fi
 mkdir -p "$LORA_DIR"
 # synth_lora reads a stipple folder: for a checkpoint MODEL, LORA_FROM names the folder it was written from.
@@ -49,12 +57,13 @@ run() {  # run NAME FLAGS...: the jobs through one engine with FLAGS
   echo "$name: $(( ($(date +%s%N) - t) / 1000000 )) ms" >> "$OUT/check-times.txt"
 }
 : > "$OUT/check-times.txt"
-run reference --graph plain --resident-weights false --unet-batch 1
+run reference --graph plain --vae-graph plain --resident-weights false --unet-batch 1
 MODES=${MODES:-"default|
 patch-device|--patch-on device
 patch-host|--patch-on host
 patch-device-uncaptured|--patch-on device --cuda-patch-graph=false
 vae-fp32|--vae-precision fp32
+vae-fused|--vae-precision fp16 --vae-graph fused
 te-fp16|--te-precision fp16
 plain-resident|--graph plain
 fused-baked|--graph cuda --resident-weights false
@@ -84,7 +93,7 @@ def pictures(mode):
         found[os.path.basename(p).rsplit("-", 1)[0]] = p
     return found
 ref = pictures("reference")
-print(f"GPU check: each mode vs the reference (plain graph, no CUDA graph, no static shapes, baked weights); "
+print(f"GPU check: each mode vs the reference (plain UNet and VAE graphs, no CUDA graph, no static shapes, baked weights); "
       f"tolerance mean abs <= {tol}/255")
 failed = 0
 for mode in names:

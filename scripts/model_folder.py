@@ -4,6 +4,7 @@ models (random_model)."""
 import json
 import os
 import shutil
+import sys
 import tempfile
 
 import torch
@@ -58,7 +59,13 @@ def export_pipeline(unet, text_encoders, vae, scheduler, tokenizer_dirs, out, dt
     import te_fp16  # the text encoders' fp16 graphs beside the fp32 ones (--te-precision)
     import vae_fp16  # the VAE's fp16 graphs beside the fp32 ones (--vae-precision)
 
+    import vae_fused  # the VAE decoder's fused CUDA graph (--vae-graph)
+
     vae_fp16.add_to(out)
+    try:
+        vae_fused.fuse(out)
+    except (SystemExit, Exception) as e:  # optional: the folder works without it (--vae-graph)
+        print(f"{out}: no fused VAE graph ({e}); the plain fp16 one serves", file=sys.stderr)
     te_fp16.add_to(out)
 
     write_scheduler(scheduler, out)

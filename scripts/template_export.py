@@ -23,7 +23,8 @@ INDEX_FAMILY = {"sd15": "sd1", "sd15-inpaint": "sd1", "sd2": "sd2", "sdxl": "sdx
 # byte-identical to the sample_size exports), and it keeps fp16 tracing possible on a CPU (fp16 matmul
 # without AVX-512 FP16 runs at ~1 GFLOP/s).
 TEMPLATE_LATENT = 8
-GZIPPED = ("model.onnx", "weightmap.json", "model.cuda.onnx", "weightmap.cuda.json")
+GZIPPED = ("model.onnx", "weightmap.json", "model.cuda.onnx", "weightmap.cuda.json", "model.fused.onnx",
+           "weightmap.fused.json")
 
 
 def gzip_file(src, dst):
@@ -69,7 +70,10 @@ def export_template(name, out, device="cpu", optimize=None):
             import te_fp16  # the text encoders' fp16 graphs (--te-precision)
             import vae_fp16  # the VAE's fp16 graphs (--vae-precision)
 
+            import vae_fused  # the VAE decoder's fused CUDA graph (--vae-graph)
+
             vae_fp16.add_to(tmp)
+            vae_fused.fuse(tmp)
             te_fp16.add_to(tmp)
         components += ["unet", "vae_decoder", "vae_encoder"]
         write_scheduler(tiny_configs.random_scheduler(family), tmp)

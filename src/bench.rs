@@ -36,6 +36,8 @@ pub struct BenchReport {
     pub vae_decode_ms: f64,
     /// The VAE decoder's precision: `fp16` or `fp32` (`--vae-precision`).
     pub vae_precision: String,
+    /// The VAE decoder's graph: `fused` (ONNX Runtime's fused CUDA graph) or `plain` (`--vae-graph`).
+    pub vae_graph: String,
     /// The text encoders' precision: `fp16` or `fp32` (`--te-precision`).
     pub te_precision: String,
     /// A whole 20-step image, median.
@@ -99,8 +101,8 @@ impl fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
-            "  VAE decode ({})         {:>9.3} ms",
-            self.vae_precision, self.vae_decode_ms
+            "  VAE decode ({}, {} graph) {:>9.3} ms",
+            self.vae_precision, self.vae_graph, self.vae_decode_ms
         )?;
         writeln!(
             f,
@@ -346,6 +348,7 @@ pub fn run(
         steps_per_s: 1.0 / unet_step,
         vae_decode_ms: median(vae) * 1e3,
         vae_precision: g.vae_precision().to_string(),
+        vae_graph: g.vae_graph().to_string(),
         te_precision: g.te_precision().to_string(),
         image_s: median(image),
         first_step_ms,

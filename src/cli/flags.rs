@@ -21,6 +21,10 @@ pub struct WeightArgs {
     /// fp16 or fp32
     #[arg(long, value_name = "P", value_parser = ["auto", "fp16", "fp32"])]
     pub vae_precision: Option<String>,
+    /// The fp16 VAE decoder's graph on CUDA: auto (the fused CUDA graph, model.fused.onnx, when the
+    /// model has one), plain (the plain fp16 graph) or fused
+    #[arg(long, value_name = "GRAPH", value_parser = ["auto", "plain", "fused"])]
+    pub vae_graph: Option<String>,
     /// The text encoders' precision: auto (fp32 for now, also on a GPU, until the GPU check has
     /// run with the fp16 encoders), fp16 (an overflow is redone in fp32) or fp32
     #[arg(long, value_name = "P", value_parser = ["auto", "fp16", "fp32"])]
@@ -137,6 +141,7 @@ impl EngineFlags {
                 ema: w.ema || ow.ema,
                 vae: w.vae.clone().or(ow.vae.clone()),
                 vae_precision: w.vae_precision.clone().or(ow.vae_precision.clone()),
+                vae_graph: w.vae_graph.clone().or(ow.vae_graph.clone()),
                 te_precision: w.te_precision.clone().or(ow.te_precision.clone()),
                 clip_skip: w.clip_skip.or(ow.clip_skip),
                 prediction: w.prediction.or(ow.prediction),

@@ -121,6 +121,10 @@ pub fn engine(
             Some(p) => p.parse().map_err(CliError::Usage)?,
             None => config.generation.vae_precision,
         },
+        vae_graph: match &flags.weights.vae_graph {
+            Some(g) => g.parse().map_err(CliError::Usage)?,
+            None => Default::default(),
+        },
         te_precision: match &flags.weights.te_precision {
             Some(p) => p.parse().map_err(CliError::Usage)?,
             None => config.generation.te_precision,

@@ -7,7 +7,7 @@
 
 use super::checkpoint::{Checkpoint, Source};
 use super::graph::Graph;
-use super::layout::{source_shape, Component, ComponentKind, GraphFiles, ModelError};
+use super::layout::{source_shape, Component, ComponentKind, GraphFiles, GraphKind, ModelError};
 use super::ldm::Naming;
 use super::template::Template;
 use super::weightmap::WeightMap;
@@ -155,15 +155,11 @@ pub fn build(
             continue;
         };
         let weights = part.file.view(view)?;
-        let graph_of = |cuda: bool| -> Result<Option<GraphFiles>, ModelError> {
-            let Some(weightmap) = t.weightmap(kind, cuda)? else {
+        let graph_of = |which: GraphKind| -> Result<Option<GraphFiles>, ModelError> {
+            let Some(weightmap) = t.graph_weightmap(kind, which)? else {
                 return Ok(None);
             };
-            let file = if cuda {
-                "model.cuda.onnx"
-            } else {
-                "model.onnx"
-            };
+            let file = super::template::graph_files(which).0;
             let label = Path::new("template")
                 .join(t.name)
                 .join(kind.dir_name())
@@ -172,11 +168,11 @@ pub fn build(
             let graph = Graph::from_bytes(&label, bytes)?;
             Ok(Some(GraphFiles { graph, weightmap }))
         };
-        let plain = graph_of(false)?.ok_or_else(|| ModelError::MissingFile {
+        let plain = graph_of(GraphKind::Plain)?.ok_or_else(|| ModelError::MissingFile {
             path: Path::new("template").join(t.name).join(kind.dir_name()),
             what: "the component's weight map",
         })?;
-        let cuda = graph_of(true)?;
+        let cuda = graph_of(GraphKind::Cuda)?;
         let component = Component::new(
             kind,
             path.to_path_buf(),
@@ -184,7 +180,8 @@ pub fn build(
             cuda,
             weights,
             t.config(kind)?,
-        )?;
+        )?
+        .with_fused(graph_of(GraphKind::Fused)?)?;
         components.insert(kind, component);
     }
     Ok(components)

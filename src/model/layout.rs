@@ -62,6 +62,10 @@ pub struct Component {
     /// ONNX Runtime's SD-fused CUDA graph (`model.cuda.onnx` + `weightmap.cuda.json`), when the
     /// folder has one (`scripts/export_model.py --optimize cuda`). Same weights file.
     pub cuda: Option<GraphFiles>,
+    /// The VAE decoder's fused CUDA graph (`model.fused.onnx` + `weightmap.fused.json`: ONNX
+    /// Runtime's NhwcConv and GroupNorm, fp16, CUDA only; `scripts/vae_fused.py`), beside its plain
+    /// fp16 graph in `cuda`. Same weights file.
+    pub fused: Option<GraphFiles>,
 }
 
 /// A second graph of a component over the same base weights.
@@ -76,8 +80,12 @@ pub enum GraphKind {
     /// `model.onnx`: every execution provider.
     #[default]
     Plain,
-    /// `model.cuda.onnx`: ONNX Runtime's fused operators, CUDA only.
+    /// `model.cuda.onnx`: ONNX Runtime's fused operators, CUDA only (the UNet); the fp16 graph of
+    /// the VAE and the text encoders (standard operators).
     Cuda,
+    /// `model.fused.onnx`: the VAE decoder's fused fp16 graph (ONNX Runtime's contrib operators,
+    /// CUDA only).
+    Fused,
 }
 
 /// Where a text encoder's tokenizer comes from.
@@ -324,6 +332,17 @@ impl Component {
         } else {
             None
         };
+        let fused_path = cdir.join("model.fused.onnx");
+        let fused = if fused_path.is_file() {
+            let weightmap: WeightMap = read_json(
+                &cdir.join("weightmap.fused.json"),
+                "the weight map of the fused VAE graph",
+            )?;
+            let graph = Graph::read(&fused_path)?;
+            Some(GraphFiles { graph, weightmap })
+        } else {
+            None
+        };
         Component::new(
             kind,
             cdir,
@@ -331,7 +350,25 @@ impl Component {
             cuda,
             weights,
             config,
-        )
+        )?
+        .with_fused(fused)
+    }
+
+    /// The component with `fused` as its fused VAE graph ([`GraphKind::Fused`]), checked against
+    /// the weights.
+    pub fn with_fused(mut self, fused: Option<GraphFiles>) -> Result<Component, ModelError> {
+        if let Some(f) = &fused {
+            let mut problems = consistency_problems(&f.graph, &f.weightmap, &self.weights);
+            if !problems.is_empty() {
+                problems.insert(0, format!("in {}:", f.graph.path.display()));
+                return Err(ModelError::Inconsistent {
+                    component: self.kind,
+                    problems,
+                });
+            }
+        }
+        self.fused = fused;
+        Ok(self)
     }
 
     /// A component from its parts, checked against each other.
@@ -383,6 +420,7 @@ impl Component {
             weights,
             config,
             cuda,
+            fused: None,
         })
     }
 
@@ -397,6 +435,7 @@ impl Component {
             weights: self.weights.clone(),
             config: self.config.clone(),
             cuda: None,
+            fused: None,
         }
     }
 
@@ -405,6 +444,7 @@ impl Component {
         match kind {
             GraphKind::Plain => Some((&self.graph, &self.weightmap)),
             GraphKind::Cuda => self.cuda.as_ref().map(|g| (&g.graph, &g.weightmap)),
+            GraphKind::Fused => self.fused.as_ref().map(|g| (&g.graph, &g.weightmap)),
         }
     }
 

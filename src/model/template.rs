@@ -6,6 +6,7 @@
 //! [`Template::inpainting`] is a template with its UNet widened to 9 channels (`widen.rs`).
 
 use super::index::ModelIndex;
+use super::layout::GraphKind;
 use super::weightmap::WeightMap;
 use crate::family::ComponentKind;
 use std::io::Read;
@@ -140,15 +141,22 @@ impl Template {
         kind: ComponentKind,
         cuda: bool,
     ) -> Result<Option<WeightMap>, TemplateError> {
-        let rel = format!(
-            "{kind}/{}",
-            if cuda {
-                "weightmap.cuda.json"
-            } else {
-                "weightmap.json"
-            }
-        );
-        if cuda && !self.has(&rel) {
+        let which = if cuda {
+            GraphKind::Cuda
+        } else {
+            GraphKind::Plain
+        };
+        self.graph_weightmap(kind, which)
+    }
+
+    /// The weight map of a component's `which` graph; `None` for a second graph it does not have.
+    pub fn graph_weightmap(
+        &self,
+        kind: ComponentKind,
+        which: GraphKind,
+    ) -> Result<Option<WeightMap>, TemplateError> {
+        let rel = format!("{kind}/{}", graph_files(which).1);
+        if which != GraphKind::Plain && !self.has(&rel) {
             return Ok(None);
         }
         let mut wm: WeightMap = self.json(&rel)?;
@@ -170,6 +178,15 @@ impl Template {
     pub fn scheduler_config(&self) -> Result<String, TemplateError> {
         let rel = "scheduler/scheduler_config.json";
         String::from_utf8(self.file(rel)?).map_err(|e| self.bad(rel, e.to_string()))
+    }
+}
+
+/// The graph and weight-map file names of a component's `which` graph.
+pub fn graph_files(which: GraphKind) -> (&'static str, &'static str) {
+    match which {
+        GraphKind::Plain => ("model.onnx", "weightmap.json"),
+        GraphKind::Cuda => ("model.cuda.onnx", "weightmap.cuda.json"),
+        GraphKind::Fused => ("model.fused.onnx", "weightmap.fused.json"),
     }
 }
 
@@ -220,16 +237,13 @@ mod tests {
             let index = t.index().unwrap_or_else(|e| panic!("{e}"));
             assert!(t.scheduler_config().is_ok(), "{}", t.name);
             for kind in index.components {
-                for cuda in [false, true] {
-                    let Some(wm) = t.weightmap(kind, cuda).unwrap() else {
+                for which in [GraphKind::Plain, GraphKind::Cuda, GraphKind::Fused] {
+                    let cuda = which != GraphKind::Plain;
+                    let Some(wm) = t.graph_weightmap(kind, which).unwrap() else {
                         assert!(cuda, "{} {kind}: no weight map", t.name);
                         continue;
                     };
-                    let file = if cuda {
-                        "model.cuda.onnx"
-                    } else {
-                        "model.onnx"
-                    };
+                    let file = graph_files(which).0;
                     let bytes = t.file(&format!("{kind}/{file}")).unwrap();
                     let graph = Graph::from_bytes(std::path::Path::new(file), bytes)
                         .unwrap_or_else(|e| panic!("{} {kind}: {e}", t.name));

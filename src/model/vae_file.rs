@@ -88,7 +88,8 @@ pub fn replace_vae(model: &mut Model, path: &Path) -> Result<(), ModelError> {
             c.cuda,
             weights,
             c.config,
-        )?;
+        )?
+        .with_fused(c.fused)?;
         model.components.insert(kind, rebuilt);
     }
     model.vae = Some(path.to_path_buf());

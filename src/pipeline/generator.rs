@@ -379,6 +379,14 @@ impl Generator {
         }
     }
 
+    /// "fused" or "plain": the VAE decoder's graph now (the fused CUDA one is fp16, CUDA only).
+    pub fn vae_graph(&self) -> &'static str {
+        match self.sessions.vae_is_fused(&self.model) {
+            true => "fused",
+            false => "plain",
+        }
+    }
+
     /// "fp16" or "fp32": the graphs the text encoders run now (fp32 after an fp16 overflow).
     pub fn te_precision(&self) -> &'static str {
         match self.sessions.te_is_fp16(&self.model) {

@@ -754,6 +754,14 @@ impl Sessions {
     pub fn vae_is_fp16(&self) -> bool {
         vae::lock(&self.vae).fallback.is_some()
     }
+
+    /// Whether the VAE decoder runs its fused CUDA graph now (`bench`): it was built from it and
+    /// has not fallen back to fp32.
+    pub fn vae_is_fused(&self, model: &Model) -> bool {
+        self.vae_is_fp16()
+            && vae_graph(model, &self.build_opts(), ComponentKind::VaeDecoder).ok()
+                == Some(GraphKind::Fused)
+    }
 }
 
 impl Sessions {
@@ -803,7 +811,7 @@ impl Sessions {
         opts: &SessionOptions,
     ) -> Result<(Session, bool), PipelineError> {
         let kind = ComponentKind::VaeEncoder;
-        let fp16 = vae_graph(model, opts, kind)? == GraphKind::Cuda;
+        let fp16 = vae_graph(model, opts, kind)? != GraphKind::Plain;
         let none = HashMap::new();
         let net = build_component(
             model,
@@ -895,6 +903,7 @@ fn build_component(
         GraphKind::Plain => kind.dir_name().to_string(),
         GraphKind::Cuda if is_vae || is_te => format!("{kind} (fp16)"),
         GraphKind::Cuda => format!("{kind} (fused CUDA graph)"),
+        GraphKind::Fused => format!("{kind} (fp16, fused CUDA graph)"),
     };
     // Only a UNet with fixed shapes is captured as a CUDA graph: it is what runs every step, and
     // capture needs the shapes settled (the load-time UNet, built without them, is replaced by the
@@ -954,13 +963,20 @@ fn bake(
     Ok(session)
 }
 
-/// The graph a VAE component of `model` runs with `opts` ([`VaePrecision::resolve`]).
+/// The graph a VAE component of `model` runs with `opts`: [`VaePrecision::resolve`]'s, then the
+/// fused one for the decoder where [`GraphChoice::resolve_vae`] picks it.
 fn vae_graph(
     model: &Model,
     opts: &SessionOptions,
     kind: ComponentKind,
 ) -> Result<GraphKind, PipelineError> {
-    precision_graph(model, opts, kind, opts.vae_precision, model.vae_fp16_safe())
+    let precision = precision_graph(model, opts, kind, opts.vae_precision, model.vae_fp16_safe())?;
+    let c = model
+        .component(kind)
+        .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
+    opts.vae_graph
+        .resolve_vae(opts.device, c, precision)
+        .map_err(PipelineError::Job)
 }
 
 /// The graph a text encoder of `model` runs with `opts` (`--te-precision`, [`TePrecision`]). `auto`

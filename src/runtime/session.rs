@@ -50,6 +50,9 @@ pub struct SessionOptions {
     /// Which VAE graph runs: the fp16 one (`model.cuda.onnx` of the VAE folders) or the fp32 one
     /// (`--vae-precision`).
     pub vae_precision: VaePrecision,
+    /// Whether the fp16 VAE decoder runs its fused CUDA graph (`model.fused.onnx`) or the plain fp16
+    /// one (`--vae-graph`, [`GraphChoice::resolve_vae`]).
+    pub vae_graph: GraphChoice,
     /// Which text-encoder graphs run: the fp16 ones (`model.cuda.onnx` of the text-encoder
     /// folders) or the fp32 ones (`--te-precision`).
     pub te_precision: TePrecision,
@@ -211,6 +214,42 @@ impl GraphChoice {
                 component.dir.parent().unwrap_or(&component.dir).display()
             )),
             GraphChoice::Cuda => Ok(GraphKind::Cuda),
+        }
+    }
+}
+
+impl GraphChoice {
+    /// The VAE graph `--vae-graph` makes of `precision` (the graph [`Precision::resolve`] chose):
+    /// on a CUDA device, the decoder's fused fp16 graph in place of its plain fp16 one where the
+    /// model has it (auto and `fused`); `plain` keeps the plain one. The fused graph is fp16 only,
+    /// so fp32 (asked for, SDXL's own VAE under auto, or after an fp16 overflow) stays fp32. Asking
+    /// for it on another device, or of a model without it, is an error; the encoder has none.
+    pub fn resolve_vae(
+        self,
+        device: Device,
+        component: &Component,
+        precision: GraphKind,
+    ) -> Result<GraphKind, String> {
+        let is_cuda = matches!(device, Device::Cuda(_));
+        let has = component.fused.is_some();
+        if component.kind != ComponentKind::VaeDecoder {
+            return Ok(precision);
+        }
+        match self {
+            GraphChoice::Plain => Ok(precision),
+            GraphChoice::Cuda if !is_cuda => Err(format!(
+                "the fused VAE graph runs only on a CUDA device (--device cuda:N), not {device}"
+            )),
+            _ if precision != GraphKind::Cuda => Ok(precision),
+            GraphChoice::Auto if is_cuda && has => Ok(GraphKind::Fused),
+            GraphChoice::Auto => Ok(precision),
+            GraphChoice::Cuda if !has => Err(format!(
+                "{} has no fused VAE graph (model.fused.onnx); make one with \
+                 `python scripts/vae_fused.py {}`, or use --vae-graph plain",
+                component.dir.display(),
+                component.dir.parent().unwrap_or(&component.dir).display()
+            )),
+            GraphChoice::Cuda => Ok(GraphKind::Fused),
         }
     }
 }

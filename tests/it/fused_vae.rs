@@ -1,0 +1,214 @@
+//! The VAE decoder's fused CUDA graph (`vae_decoder/model.fused.onnx`, scripts/vae_fused.py: ONNX
+//! Runtime's NhwcConv, GroupNorm and SkipGroupNorm in fp16): its weights, assembled by stipple from
+//! the diffusers parameters of a folder or a checkpoint by the recorded recipes, must be byte for
+//! byte what ORT's optimizer wrote (sha256 in reference/vae_decoder_fused_initializers.json), every
+//! large weight must come from a recipe, and the graph is picked only on CUDA with an fp16 VAE. The
+//! picture needs CUDA: scripts/gpu_check.sh (mode vae-fused) compares it with the plain graph's.
+
+use crate::util::*;
+use prost::Message;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use stipple::model::layout::{ComponentKind, GraphKind};
+use stipple::model::onnx_proto::ModelProto;
+use stipple::model::{Model, Transform};
+use stipple::patch::assemble_graph;
+use stipple::runtime::session::GraphChoice;
+use stipple::runtime::Device;
+
+#[derive(serde::Deserialize)]
+struct RefInit {
+    sha256: String,
+    dtype: String,
+    shape: Vec<usize>,
+}
+
+fn optimizer_weights(fixture: &Path) -> HashMap<String, RefInit> {
+    let path = fixture.join("reference/vae_decoder_fused_initializers.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// (model to open, fixture folder whose optimizer hashes it must match)
+fn cases() -> Vec<(PathBuf, PathBuf)> {
+    let fixtures = root().join("tests/fixtures");
+    vec![
+        (tiny_model(), tiny_model()),
+        (fixtures.join("tiny-sdxl"), fixtures.join("tiny-sdxl")),
+        (fixtures.join("tiny-sd2"), fixtures.join("tiny-sd2")),
+        // A single-file checkpoint: the graph and weight map come from the embedded template.
+        (
+            fixtures.join("single-file/tiny-sd15.safetensors"),
+            tiny_model(),
+        ),
+    ]
+}
+
+#[test]
+fn fused_vae_weights_equal_what_the_optimizer_wrote() {
+    for (path, fixture) in cases() {
+        let model = Model::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let vae = model.component(ComponentKind::VaeDecoder).unwrap();
+        let (_, wm) = vae
+            .graph_of(GraphKind::Fused)
+            .unwrap_or_else(|| panic!("{} has no fused VAE graph", path.display()));
+        let (buf, stats) = assemble_graph(vae, GraphKind::Fused, &HashMap::new()).unwrap();
+        let refs = optimizer_weights(&fixture);
+        let mut seen: HashMap<Transform, usize> = HashMap::new();
+        for e in &wm.initializers {
+            let want = refs
+                .get(&e.name)
+                .unwrap_or_else(|| panic!("{} is not in the optimizer's output", e.name));
+            assert_eq!(want.shape, e.shape, "{}", e.name);
+            assert_eq!(want.dtype, e.dtype, "{}", e.name);
+            let got = format!("{:x}", Sha256::digest(&buf[e.offset..e.offset + e.length]));
+            assert_eq!(
+                got,
+                want.sha256,
+                "{} ({:?}) differs from ORT's optimizer in {}",
+                e.name,
+                e.transform,
+                path.display()
+            );
+            *seen.entry(e.transform).or_insert(0) += 1;
+        }
+        assert_eq!(stats.initializers, wm.initializers.len());
+        assert_eq!(refs.len(), wm.initializers.len(), "{}", path.display());
+        // Convolutions are repacked channels-last; norms and biases are taken as they are.
+        for t in [Transform::Nhwc, Transform::Identity] {
+            assert!(seen.get(&t).copied().unwrap_or(0) > 0, "no {t:?} weight");
+        }
+        // Every parameter of the decoder reaches the fused graph (none silently left out).
+        let plain: std::collections::BTreeSet<&str> = vae
+            .weightmap
+            .initializers
+            .iter()
+            .map(|e| e.source.as_str())
+            .collect();
+        let fused: std::collections::BTreeSet<&str> =
+            wm.initializers.iter().flat_map(|e| e.sources()).collect();
+        assert_eq!(plain, fused, "{}", path.display());
+    }
+}
+
+#[test]
+fn every_large_initializer_of_the_fused_vae_comes_from_a_recipe() {
+    for fixture in ["tiny-sd15", "tiny-sd15-inpaint", "tiny-sd2", "tiny-sdxl"] {
+        let path = root()
+            .join("tests/fixtures")
+            .join(fixture)
+            .join("vae_decoder/model.fused.onnx");
+        let model = ModelProto::decode(std::fs::read(&path).unwrap().as_slice()).unwrap();
+        let graph = model.graph.unwrap();
+        let (mut external, mut embedded_floats) = (0, Vec::new());
+        for init in &graph.initializer {
+            // 1 = FLOAT, 10 = FLOAT16; 1 = EXTERNAL.
+            let float = matches!(init.data_type, Some(1) | Some(10));
+            let elements: i64 = init.dims.iter().product();
+            if init.data_location == Some(1) {
+                external += 1;
+            } else if float && elements >= 1024 {
+                embedded_floats.push(format!("{:?} {:?}", init.name, init.dims));
+            }
+        }
+        assert!(embedded_floats.is_empty(), "{fixture}: {embedded_floats:?}");
+        let fused_ops: Vec<&str> = graph
+            .node
+            .iter()
+            .filter_map(|n| n.op_type.as_deref())
+            .filter(|op| matches!(*op, "NhwcConv" | "GroupNorm" | "SkipGroupNorm"))
+            .collect();
+        assert!(
+            fused_ops.contains(&"NhwcConv") && fused_ops.contains(&"GroupNorm"),
+            "{fixture}: {fused_ops:?}"
+        );
+        assert!(
+            !graph
+                .node
+                .iter()
+                .any(|n| n.op_type.as_deref() == Some("Conv")),
+            "{fixture}: a Conv was left unfused"
+        );
+        assert!(external > 0);
+    }
+}
+
+#[test]
+fn the_fused_vae_is_chosen_only_on_cuda_with_an_fp16_vae() {
+    let model = Model::open(&tiny_model()).unwrap();
+    let dec = model.component(ComponentKind::VaeDecoder).unwrap();
+    let enc = model.component(ComponentKind::VaeEncoder).unwrap();
+    let cuda = Device::Cuda(0);
+    let fp16 = GraphKind::Cuda;
+    let fp32 = GraphKind::Plain;
+    let pick = |c: GraphChoice, d: Device, p: GraphKind| c.resolve_vae(d, dec, p);
+    assert_eq!(pick(GraphChoice::Auto, cuda, fp16), Ok(GraphKind::Fused));
+    assert_eq!(pick(GraphChoice::Cuda, cuda, fp16), Ok(GraphKind::Fused));
+    assert_eq!(pick(GraphChoice::Plain, cuda, fp16), Ok(fp16));
+    // fp32 (asked for, or after an fp16 overflow) stays fp32: the fused graph is fp16.
+    assert_eq!(pick(GraphChoice::Auto, cuda, fp32), Ok(fp32));
+    assert_eq!(pick(GraphChoice::Cuda, cuda, fp32), Ok(fp32));
+    // Other devices run the plain graphs; the contrib operators are CUDA's.
+    assert_eq!(pick(GraphChoice::Auto, Device::Cpu, fp16), Ok(fp16));
+    assert_eq!(pick(GraphChoice::Auto, Device::DirectMl(0), fp16), Ok(fp16));
+    let err = pick(GraphChoice::Cuda, Device::Cpu, fp16).unwrap_err();
+    assert!(err.contains("only on a CUDA device"), "{err}");
+    // The encoder has no fused graph: its precision's graph, whatever is asked.
+    assert_eq!(
+        GraphChoice::Cuda.resolve_vae(cuda, enc, fp16),
+        Ok(GraphKind::Cuda)
+    );
+    // A decoder without one: auto keeps the plain fp16 graph, asking for it says how to make it.
+    let twin = dec.plain_twin();
+    assert_eq!(
+        GraphChoice::Auto.resolve_vae(cuda, &twin, fp16),
+        Ok(GraphKind::Cuda)
+    );
+    let err = GraphChoice::Cuda
+        .resolve_vae(cuda, &twin, fp16)
+        .unwrap_err();
+    assert!(err.contains("vae_fused.py"), "{err}");
+}
+
+#[test]
+fn asking_for_the_fused_vae_on_cpu_is_one_clear_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stipple"))
+        .current_dir(root())
+        .args([
+            "generate",
+            "--vae-graph",
+            "fused",
+            "--prompt",
+            "a fox",
+            "--steps",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only on a CUDA device"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn a_wrong_recipe_in_the_fused_vae_weight_map_is_refused_on_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    copy_dir(&tiny_model(), &dir);
+    let path = dir.join("vae_decoder/weightmap.fused.json");
+    let mut wm: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let entry = wm["initializers"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|e| e["transform"] == "nhwc")
+        .unwrap();
+    let name = entry["name"].as_str().unwrap().to_string();
+    entry["transform"] = "identity".into();
+    std::fs::write(&path, serde_json::to_string(&wm).unwrap()).unwrap();
+    let err = Model::open(&dir).err().expect("refused").to_string();
+    assert!(err.contains(&name), "{err}");
+    assert!(err.contains("model.fused.onnx"), "{err}");
+}
