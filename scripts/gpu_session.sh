@@ -41,8 +41,7 @@ echo "model and LoRA ready: $(( $(date +%s) - t )) s" | tee "$OUT/session.txt"
 if [ "$FAMILY" = sdxl ]; then
   export MODES=${MODES:-"default|
 patch-host|--patch-on host
-cudagraph|--cuda-graph --static-shapes
-grouped|--unet-batch 4"}
+vae-fused|--vae-precision fp16 --vae-graph fused"}
   export STEPS=${STEPS:-8}
 fi
 PARTS=${PARTS:-check,bench}
@@ -56,9 +55,14 @@ bench() {  # bench NAME FLAGS...
   "$BIN" bench --device cuda:0 --model "$ckpt" "$@" > "$OUT/bench-$name.txt" 2>&1 \
     || echo "bench $name failed: $?" >> "$OUT/session.txt"
 }
-bench default --lora "$lora" --live
-bench host --lora "$lora" --patch-on host --live --repeats 2
-bench device-uncaptured --lora "$lora" --patch-on device --live --cuda-patch-graph=false --repeats 2
-bench te-fp16 --te-precision fp16 --repeats 3
-[ "$FAMILY" = sd15 ] && bench throughput --throughput 16 --steps 20 --unet-batch 8 --repeats 1
+if [ "$FAMILY" = sd15 ]; then
+  bench default --lora "$lora" --live
+  bench host --lora "$lora" --patch-on host --live --repeats 2
+  bench device-uncaptured --lora "$lora" --patch-on device --live --cuda-patch-graph=false --repeats 2
+  bench te-fp16 --te-precision fp16 --vae-graph plain --repeats 3
+  bench throughput --throughput 16 --steps 20 --unet-batch 8 --repeats 1
+else
+  bench default --lora "$lora" --vae-precision fp16 --repeats 2
+  bench host --lora "$lora" --patch-on host --vae-precision fp16 --vae-graph plain --te-precision fp16 --repeats 2
+fi
 echo "done after $(( $(date +%s) - t )) s" | tee -a "$OUT/session.txt"
