@@ -29,6 +29,10 @@ pub struct BenchReport {
     pub width: u32,
     pub height: u32,
     pub load_s: f64,
+    /// Of `load_s`: opening the model (reading its index and headers, detection).
+    pub open_s: f64,
+    /// Of `load_s`: each component's session build (side by side).
+    pub session_builds: Vec<(String, f64)>,
     pub text_encode_ms: f64,
     /// One CFG step (UNet on batch 2), median.
     pub unet_step_ms: f64,
@@ -89,6 +93,17 @@ impl fmt::Display for BenchReport {
             self.repeats
         )?;
         writeln!(f, "  load (open + sessions)    {:>9.3} s", self.load_s)?;
+        let builds: Vec<String> = self
+            .session_builds
+            .iter()
+            .map(|(what, s)| format!("{what} {s:.3} s"))
+            .collect();
+        writeln!(
+            f,
+            "    open {:.3} s; sessions built side by side: {}",
+            self.open_s,
+            builds.join(", ")
+        )?;
         writeln!(
             f,
             "  text encoder ({}, 1 prompt) {:>7.3} ms",
@@ -199,8 +214,15 @@ pub fn run(
         _ => None,
     };
     let t0 = Instant::now();
-    let mut g = Generator::load(spec, rt)?;
+    let model = crate::model::Model::open_with(&spec.model, spec.session.open_options())?;
+    let open_s = t0.elapsed().as_secs_f64();
+    let mut g = Generator::with_model(spec, model, rt)?;
     let load_s = t0.elapsed().as_secs_f64();
+    let session_builds = g
+        .load_times()
+        .iter()
+        .map(|(k, s)| (k.to_string(), *s))
+        .collect();
     let loaded_rss_mb = rss_mb();
     let (w, h) = size.unwrap_or_else(|| g.model.default_size());
     let factor = g.model.index.vae_scale_factor.max(1) as usize;
@@ -343,6 +365,8 @@ pub fn run(
         width: w,
         height: h,
         load_s,
+        open_s,
+        session_builds,
         text_encode_ms: median(te) * 1e3,
         unet_step_ms: unet_step * 1e3,
         steps_per_s: 1.0 / unet_step,

@@ -120,6 +120,11 @@ impl Generator {
         Generator::with_model(spec, model, runtime)
     }
 
+    /// How long each component's session took to build at load (side by side).
+    pub fn load_times(&self) -> &[(crate::model::ComponentKind, f64)] {
+        self.sessions.load_times()
+    }
+
     /// [`Generator::load`] on a model the caller already opened from `spec.model` with
     /// `spec.session.open_options()` (a front end that read it to check the job first).
     pub fn with_model(

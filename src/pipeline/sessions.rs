@@ -131,6 +131,7 @@ pub struct Sessions {
     /// Timings of the last adapter change.
     last_fuse: Option<FuseStats>,
     counts: PatchCounts,
+    load_times: Vec<(ComponentKind, f64)>,
 }
 
 impl Sessions {
@@ -141,7 +142,8 @@ impl Sessions {
         opts: SessionOptions,
         bound_unet: bool,
     ) -> Result<Sessions, PipelineError> {
-        let (text, unet, vae) = build_sessions(model, runtime, &opts, &ComponentDeltas::new())?;
+        let (text, unet, vae, load_times) =
+            build_sessions(model, runtime, &opts, &ComponentDeltas::new())?;
         let context_dim = model
             .component(ComponentKind::Unet)
             .and_then(|c| c.config.get("cross_attention_dim"))
@@ -166,7 +168,14 @@ impl Sessions {
             last_report: None,
             last_fuse: None,
             counts: PatchCounts::default(),
+            load_times,
         })
+    }
+
+    /// How long each component's session took to build at load (built side by side), in the
+    /// family's order: text encoders, UNet, VAE decoder.
+    pub fn load_times(&self) -> &[(ComponentKind, f64)] {
+        &self.load_times
     }
 
     pub fn opts(&self) -> &SessionOptions {
@@ -618,7 +627,7 @@ impl Sessions {
         model: &Model,
         deltas: &ComponentDeltas,
     ) -> Result<(), PipelineError> {
-        let (text, unet, vae) = build_sessions(model, self.runtime, &self.build_opts(), deltas)?;
+        let (text, unet, vae, _) = build_sessions(model, self.runtime, &self.build_opts(), deltas)?;
         (self.text, self.unet) = (text, unet);
         let encoders = model.index.family.facts().encoders;
         let te_deltas = deltas
@@ -1068,7 +1077,7 @@ fn build_sessions(
     rt: &'static Runtime,
     opts: &SessionOptions,
     deltas: &ComponentDeltas,
-) -> Result<(Vec<Net>, Net, VaeSlot), PipelineError> {
+) -> Result<(Vec<Net>, Net, VaeSlot, Vec<(ComponentKind, f64)>), PipelineError> {
     let build = |kind| -> Result<(Net, Option<Fallback>), PipelineError> {
         if kind == ComponentKind::VaeDecoder {
             let slot = build_vae(model, rt, opts, &[])?;
@@ -1106,10 +1115,19 @@ fn build_sessions(
         .map(|e| e.component)
         .collect();
     kinds.extend([ComponentKind::Unet, ComponentKind::VaeDecoder]);
-    let built: Vec<Result<(Net, Option<Fallback>), PipelineError>> = std::thread::scope(|s| {
+    type Built = ((Net, Option<Fallback>), f64);
+    let built: Vec<Result<Built, PipelineError>> = std::thread::scope(|s| {
         let builds: Vec<_> = kinds
             .iter()
-            .map(|&kind| (kind, s.spawn(move || build(kind))))
+            .map(|&kind| {
+                (
+                    kind,
+                    s.spawn(move || {
+                        let t = Instant::now();
+                        build(kind).map(|b| (b, t.elapsed().as_secs_f64()))
+                    }),
+                )
+            })
             .collect();
         builds
             .into_iter()
@@ -1122,7 +1140,12 @@ fn build_sessions(
             })
             .collect()
     });
-    let mut nets = built.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let (mut nets, secs): (Vec<_>, Vec<f64>) = built
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .unzip();
+    let times = kinds.iter().copied().zip(secs).collect();
     let vae = nets.pop();
     let unet = nets.pop();
     let text = nets.into_iter().map(|(n, _)| n).collect();
@@ -1134,6 +1157,7 @@ fn build_sessions(
                 session: vae.session,
                 fallback,
             },
+            times,
         )),
         _ => Err(PipelineError::Job("a session build went missing".into())),
     }
