@@ -173,3 +173,17 @@ impl Graph {
         })
     }
 }
+
+/// Which of a component's graphs a session runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GraphKind {
+    /// `model.onnx`: every execution provider.
+    #[default]
+    Plain,
+    /// `model.cuda.onnx`: ONNX Runtime's fused operators, CUDA only (the UNet); the fp16 graph of
+    /// the VAE and the text encoders (standard operators).
+    Cuda,
+    /// `model.fused.onnx`: the VAE decoder's fused fp16 graph (ONNX Runtime's contrib operators,
+    /// CUDA only).
+    Fused,
+}

@@ -74,19 +74,9 @@ pub struct GraphFiles {
     pub weightmap: WeightMap,
 }
 
-/// Which of a component's graphs a session runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum GraphKind {
-    /// `model.onnx`: every execution provider.
-    #[default]
-    Plain,
-    /// `model.cuda.onnx`: ONNX Runtime's fused operators, CUDA only (the UNet); the fp16 graph of
-    /// the VAE and the text encoders (standard operators).
-    Cuda,
-    /// `model.fused.onnx`: the VAE decoder's fused fp16 graph (ONNX Runtime's contrib operators,
-    /// CUDA only).
-    Fused,
-}
+/// Which of a component's graphs a session runs (defined beside [`Graph`], so that the
+/// templates can name it without depending on this module).
+pub use super::graph::GraphKind;
 
 /// Where a text encoder's tokenizer comes from.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,8 +5,8 @@
 //! [`Template::all`] lists them; [`Template::file`] reads one file (gzip-compressed ones inflated);
 //! [`Template::inpainting`] is a template with its UNet widened to 9 channels (`widen.rs`).
 
+use super::graph::GraphKind;
 use super::index::ModelIndex;
-use super::layout::GraphKind;
 use super::weightmap::WeightMap;
 use crate::family::ComponentKind;
 use std::io::Read;

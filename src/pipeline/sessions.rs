@@ -1072,12 +1072,15 @@ fn build_vae(
 /// each build is independent, and much of ONNX Runtime's session creation (graph optimisation,
 /// initializer placement) runs on one thread. An error names its component; with several, the
 /// first in the family's order (text encoders, UNet, VAE decoder) is returned.
+/// The text encoders, the UNet, the VAE and how long each took to build.
+type BuiltSessions = (Vec<Net>, Net, VaeSlot, Vec<(ComponentKind, f64)>);
+
 fn build_sessions(
     model: &Model,
     rt: &'static Runtime,
     opts: &SessionOptions,
     deltas: &ComponentDeltas,
-) -> Result<(Vec<Net>, Net, VaeSlot, Vec<(ComponentKind, f64)>), PipelineError> {
+) -> Result<BuiltSessions, PipelineError> {
     let build = |kind| -> Result<(Net, Option<Fallback>), PipelineError> {
         if kind == ComponentKind::VaeDecoder {
             let slot = build_vae(model, rt, opts, &[])?;
