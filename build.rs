@@ -40,6 +40,12 @@ fn main() {
     }
     for tiny in ["tiny-sd15", "tiny-sdxl", "tiny-sd2", "tiny-sd15-inpaint"] {
         let dir = manifest.join("tests/fixtures").join(tiny);
+        // Watched even when missing (a checkout without fixtures): when it comes back, the tiny
+        // templates are embedded again.
+        println!(
+            "cargo:rerun-if-changed={}",
+            dir.join("model_index.json").display()
+        );
         if dir.join("model_index.json").is_file() {
             sources.push((tiny.to_string(), dir));
         }

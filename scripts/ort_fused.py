@@ -40,6 +40,17 @@ def _key(arr):
     return (a.dtype.str, a.shape, hashlib.sha1(a.tobytes()).hexdigest())
 
 
+def views(p):
+    """The layouts a graph may hold parameter `p` in, as (recipe, array): as it is, transposed (a Linear
+    weight as MatMul takes it), NHWC (a Conv weight for NhwcConv)."""
+    out = [("identity", p)]
+    if p.ndim == 2:
+        out.append(("transpose", p.T))
+    if p.ndim == 4:
+        out.append(("nhwc", p.transpose(0, 2, 3, 1)))
+    return out
+
+
 class ParamIndex:
     """Hashes of every parameter in each layout and dtype an optimized graph may hold it in."""
 
@@ -47,12 +58,7 @@ class ParamIndex:
         self.params = params
         self.table = {}
         for name, p in params.items():
-            views = [("identity", p)]
-            if p.ndim == 2:
-                views.append(("transpose", p.T))
-            if p.ndim == 4:
-                views.append(("nhwc", p.transpose(0, 2, 3, 1)))
-            for transform, v in views:
+            for transform, v in views(p):
                 for dt in (np.float16, np.float32):
                     k = _key(v.astype(dt))
                     self.table.setdefault(k, []).append((name, transform))

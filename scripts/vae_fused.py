@@ -139,12 +139,7 @@ def _param_index(params):
     logging.getLogger("onnxruntime.transformers.float16").setLevel(logging.ERROR)
     index = ort_fused.ParamIndex(params)
     for name, p in params.items():
-        views = [("identity", p)]
-        if p.ndim == 2:
-            views.append(("transpose", p.T))
-        if p.ndim == 4:
-            views.append(("nhwc", p.transpose(0, 2, 3, 1)))
-        for transform, v in views:
+        for transform, v in ort_fused.views(p):
             v = np.ascontiguousarray(v)
             h = convert_np_to_float16(v)
             if not np.array_equal(h.view(np.uint16), v.astype(np.float16).view(np.uint16)):

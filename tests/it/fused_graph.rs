@@ -200,13 +200,12 @@ fn the_fused_graph_is_chosen_only_where_it_can_run() {
         .contains("auto, plain or cuda"));
 }
 
-#[test]
-fn asking_for_the_fused_graph_on_cpu_is_one_clear_error() {
+/// `generate` with `args` (a CUDA-only graph asked for) on the CPU fails with one clear error.
+pub fn refused_off_cuda(args: &[&str]) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_stipple"))
         .current_dir(root())
-        .args([
-            "generate", "--graph", "cuda", "--prompt", "a fox", "--steps", "1",
-        ])
+        .args(["generate", "--prompt", "a fox", "--steps", "1"])
+        .args(args)
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -215,24 +214,47 @@ fn asking_for_the_fused_graph_on_cpu_is_one_clear_error() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-#[test]
-fn a_wrong_recipe_in_the_fused_weight_map_is_refused_on_open() {
+/// A copy of the tiny model whose weight map `map` (relative to the model) has the first entry
+/// with `transform` changed by `edit` is refused on open, naming that initializer and `graph`.
+pub fn wrong_recipe_is_refused(
+    map: &str,
+    transform: &str,
+    graph: &str,
+    edit: impl Fn(&mut serde_json::Value),
+) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("m");
     copy_dir(&tiny_model(), &dir);
-    let path = dir.join("unet/weightmap.cuda.json");
+    let path = dir.join(map);
     let mut wm: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let entry = wm["initializers"]
         .as_array_mut()
         .unwrap()
         .iter_mut()
-        .find(|e| e["transform"] == "pack_heads")
+        .find(|e| e["transform"] == transform)
         .unwrap();
     let name = entry["name"].as_str().unwrap().to_string();
-    entry["parts"].as_array_mut().unwrap().pop();
+    edit(entry);
     std::fs::write(&path, serde_json::to_string(&wm).unwrap()).unwrap();
     let err = Model::open(&dir).err().expect("refused").to_string();
     assert!(err.contains(&name), "{err}");
-    assert!(err.contains("model.cuda.onnx"), "{err}");
+    assert!(err.contains(graph), "{err}");
+}
+
+#[test]
+fn asking_for_the_fused_graph_on_cpu_is_one_clear_error() {
+    refused_off_cuda(&["--graph", "cuda"]);
+}
+
+#[test]
+fn a_wrong_recipe_in_the_fused_weight_map_is_refused_on_open() {
+    wrong_recipe_is_refused(
+        "unet/weightmap.cuda.json",
+        "pack_heads",
+        "model.cuda.onnx",
+        |e| {
+            e["parts"].as_array_mut().unwrap().pop();
+        },
+    );
 }

@@ -172,43 +172,15 @@ fn the_fused_vae_is_chosen_only_on_cuda_with_an_fp16_vae() {
 
 #[test]
 fn asking_for_the_fused_vae_on_cpu_is_one_clear_error() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stipple"))
-        .current_dir(root())
-        .args([
-            "generate",
-            "--vae-graph",
-            "fused",
-            "--prompt",
-            "a fox",
-            "--steps",
-            "1",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("only on a CUDA device"), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
+    crate::fused_graph::refused_off_cuda(&["--vae-graph", "fused"]);
 }
 
 #[test]
 fn a_wrong_recipe_in_the_fused_vae_weight_map_is_refused_on_open() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("m");
-    copy_dir(&tiny_model(), &dir);
-    let path = dir.join("vae_decoder/weightmap.fused.json");
-    let mut wm: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let entry = wm["initializers"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|e| e["transform"] == "nhwc")
-        .unwrap();
-    let name = entry["name"].as_str().unwrap().to_string();
-    entry["transform"] = "identity".into();
-    std::fs::write(&path, serde_json::to_string(&wm).unwrap()).unwrap();
-    let err = Model::open(&dir).err().expect("refused").to_string();
-    assert!(err.contains(&name), "{err}");
-    assert!(err.contains("model.fused.onnx"), "{err}");
+    crate::fused_graph::wrong_recipe_is_refused(
+        "vae_decoder/weightmap.fused.json",
+        "nhwc",
+        "model.fused.onnx",
+        |e| e["transform"] = "identity".into(),
+    );
 }
