@@ -1,8 +1,25 @@
 #!/usr/bin/env python3
-"""Full-size single-file check (a developer tool; no test runs it): the full-size SD1.5 or SDXL architecture with
-random weights, written as an LDM single-file checkpoint in F16, read back through diffusers' converters and rendered.
+"""Full-size single-file check (a developer tool; no test runs it): the full-size SD1.5, SD 2.x or SDXL architecture
+with random weights, written as an LDM single-file checkpoint in F16, read back through diffusers' converters and
+rendered; with --stipple, the same job rendered by stipple from the same file and the two PNGs compared.
 
     /usr/bin/time -v /work/venv/bin/python scripts/full_size_check.py --family sd15 --out /tmp/fullsize
+    /work/venv/bin/python scripts/full_size_check.py --family sd2 --out /tmp/fullsize --build fp16 \
+        --stipple target/release/stipple      # ... then prints "sd2: ... mean abs 0.0002/255, max 1/255 -> PASS"
+
+Families: sd15 (SD1.5), sd2 (SD 2.x, the 2.x-base config: epsilon), sd2v (the same architecture with a v-prediction
+scheduler, as 2.x-768; rendered at 64x64 too), sdxl (SDXL base). The file is read back with the converter functions
+diffusers' from_single_file calls (convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint,
+convert_ldm_clip_checkpoint, convert_open_clip_checkpoint) on the modules' configs, every tensor checked bit for bit,
+rather than from_single_file itself: that needs a config folder or the Hub.
+
+--stipple BIN: the diffusers part runs in a child process (its memory is given back before stipple starts), then
+`BIN generate --model FILE --device cpu` with the same prompt, negative, seed, cfg, sampler, steps and size
+(stipple draws the initial latents with torch's CPU generator, as the pipeline does); the result is printed and
+written to DIR/<family>-random.compare.json; exit status 1 when the mean abs difference is over 1/255.
+Measured (2026-12-06, 2 cores, 24 GB): sd15 and sd2 mean 0.0002/255, sd2v 0.0001/255, max 1/255 each (stipple
+38-44 s, peak RSS 10.4, 12.1 and 12.2 GB). SDXL: the diffusers part runs (--build fp16 --fp32-weights mmap, 15.4 GB peak RSS), stipple's CPU fp32 load
+does not fit: killed by the kernel at 24.3 GB anonymous memory with --resident-weights=true (13.9 GB of fp32 weights).
 
 Steps (CPU only):
   1. tiny_configs.build_sd15_random / build_sdxl_random (fp32), then each module cast to fp16 in place: the values
@@ -45,7 +62,7 @@ import time
 
 def arg_parser():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--family", choices=["sd15", "sd2", "sdxl"], required=True)
+    ap.add_argument("--family", choices=["sd15", "sd2", "sd2v", "sdxl"], required=True)
     ap.add_argument("--out", required=True, help="output folder (not part of the repository)")
     ap.add_argument("--build", choices=["fp32", "fp16"], default="fp32",
                     help="dtype the random modules are built in (fp16: same file, half the memory)")
@@ -62,10 +79,10 @@ def arg_parser():
 
 
 SAMPLER, STEPS, CFG = "euler", 4, 7.0
-SIZE = {"sd15": 64, "sd2": 64, "sdxl": 128}
-# Random weights give SD2's one-step prediction test no meaning: the file is an epsilon model (2.x-base config),
-# and stipple is told so, as a user of a 2.x-base file without metadata would.
-STIPPLE_ARGS = {"sd2": ["--prediction", "epsilon"]}
+SIZE = {"sd15": 64, "sd2": 64, "sd2v": 64, "sdxl": 128}
+# Random weights give SD2's one-step prediction test no meaning: sd2 is the 2.x-base config (epsilon), sd2v the same
+# architecture as a 768-v model (v-prediction scheduler); stipple is told which, as for a file without metadata.
+STIPPLE_ARGS = {"sd2": ["--prediction", "epsilon"], "sd2v": ["--prediction", "v"]}
 
 
 def paths(out, family):
@@ -148,6 +165,7 @@ from single_file_fixtures import ST_DTYPE, sd1_checkpoint, sdxl_checkpoint  # no
 
 TOKENIZERS = {"sd15": [os.path.join(ROOT, "tests", "fixtures", "tiny-sd15", "tokenizer")],
               "sd2": [os.path.join(ROOT, "tests", "fixtures", "tiny-sd2", "tokenizer")],
+              "sd2v": [os.path.join(ROOT, "tests", "fixtures", "tiny-sd2", "tokenizer")],
               "sdxl": [os.path.join(ROOT, "tests", "fixtures", "tiny-sdxl", "tokenizer"),
                        os.path.join(ROOT, "tests", "fixtures", "tiny-sdxl", "tokenizer_2")]}
 
@@ -161,9 +179,13 @@ def build(family, dtype):
     if family == "sd15":
         unet, te, vae, sched = tiny_configs.build_sd15_random("cpu", dtype=dtype)
         models = {"unet": unet, "text_encoder": te, "vae": vae}
-    elif family == "sd2":
+    elif family in ("sd2", "sd2v"):
+        from diffusers import PNDMScheduler
+
         models = {c: tiny_configs.random_component("sd2", c, "cpu", dtype=dtype) for c in ("unet", "text_encoder", "vae")}
         sched = tiny_configs.random_scheduler("sd2")
+        if family == "sd2v":
+            sched = PNDMScheduler(**dict(tiny_configs.SD2_SCHEDULER, prediction_type="v_prediction"))
     else:
         unet, te, te2, vae, sched = tiny_configs.build_sdxl_random("cpu", dtype=dtype)
         models = {"unet": unet, "text_encoder": te, "text_encoder_2": te2, "vae": vae}
@@ -175,7 +197,7 @@ def build(family, dtype):
 def write_checkpoint(family, models, sched, path):
     if family == "sd15":
         state = sd1_checkpoint(models["unet"], models["text_encoder"], models["vae"], sched, torch.float16)
-    elif family == "sd2":
+    elif family in ("sd2", "sd2v"):
         from arch_fixtures import ldm_state, sd2_text_encoder
 
         te_state, _, _ = sd2_text_encoder(models["text_encoder"])
@@ -280,7 +302,7 @@ def pipeline(family, models, sched):
     cls_name, extra = SCHEDULERS[SAMPLER]
     scheduler = getattr(diffusers, cls_name).from_config(sched.config, **extra)
     toks = [CLIPTokenizer.from_pretrained(d) for d in TOKENIZERS[family]]
-    if family in ("sd15", "sd2"):
+    if family in ("sd15", "sd2", "sd2v"):
         pipe = diffusers.StableDiffusionPipeline(
             vae=models["vae"], text_encoder=models["text_encoder"], tokenizer=toks[0], unet=models["unet"],
             scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -311,7 +333,7 @@ def main():
     print(f"wrote {ckpt}: {file_info}", flush=True)
     t0 = time.time()
     counts, scratch = read_back(ckpt, models, stem + ".fp32.%s.safetensors" if a.fp32_weights == "mmap" else None,
-                               sd2=a.family == "sd2")
+                               sd2=a.family in ("sd2", "sd2v"))
     seconds["read_back"] = round(time.time() - t0, 1)
 
     pipe = pipeline(a.family, models, sched)
