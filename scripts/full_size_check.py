@@ -1,8 +1,25 @@
 #!/usr/bin/env python3
-"""Full-size single-file check (a developer tool; no test runs it): the full-size SD1.5 or SDXL architecture with
-random weights, written as an LDM single-file checkpoint in F16, read back through diffusers' converters and rendered.
+"""Full-size single-file check (a developer tool; no test runs it): the full-size SD1.5, SD 2.x or SDXL architecture
+with random weights, written as an LDM single-file checkpoint in F16, read back through diffusers' converters and
+rendered; with --stipple, the same job rendered by stipple from the same file and the two PNGs compared.
 
     /usr/bin/time -v /work/venv/bin/python scripts/full_size_check.py --family sd15 --out /tmp/fullsize
+    /work/venv/bin/python scripts/full_size_check.py --family sd2 --out /tmp/fullsize --build fp16 \
+        --stipple target/release/stipple      # ... then prints "sd2: ... mean abs 0.0002/255, max 1/255 -> PASS"
+
+Families: sd15 (SD1.5), sd2 (SD 2.x, the 2.x-base config: epsilon), sd2v (the same architecture with a v-prediction
+scheduler, as 2.x-768; rendered at 64x64 too), sdxl (SDXL base). The file is read back with the converter functions
+diffusers' from_single_file calls (convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint,
+convert_ldm_clip_checkpoint, convert_open_clip_checkpoint) on the modules' configs, every tensor checked bit for bit,
+rather than from_single_file itself: that needs a config folder or the Hub.
+
+--stipple BIN: the diffusers part runs in a child process (its memory is given back before stipple starts), then
+`BIN generate --model FILE --device cpu` with the same prompt, negative, seed, cfg, sampler, steps and size
+(stipple draws the initial latents with torch's CPU generator, as the pipeline does); the result is printed and
+written to DIR/<family>-random.compare.json; exit status 1 when the mean abs difference is over 1/255.
+Measured (2026-12-06, 2 cores, 24 GB): sd15 and sd2 mean 0.0002/255, sd2v 0.0001/255, max 1/255 each (stipple
+38-44 s, peak RSS 10.4, 12.1 and 12.2 GB). SDXL: the diffusers part runs (--build fp16 --fp32-weights mmap, 15.4 GB peak RSS), stipple's CPU fp32 load
+does not fit: killed by the kernel at 24.3 GB anonymous memory with --resident-weights=true (13.9 GB of fp32 weights).
 
 Steps (CPU only):
   1. tiny_configs.build_sd15_random / build_sdxl_random (fp32), then each module cast to fp16 in place: the values
@@ -45,17 +62,94 @@ import time
 
 def arg_parser():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--family", choices=["sd15", "sdxl"], required=True)
+    ap.add_argument("--family", choices=["sd15", "sd2", "sd2v", "sdxl"], required=True)
     ap.add_argument("--out", required=True, help="output folder (not part of the repository)")
     ap.add_argument("--build", choices=["fp32", "fp16"], default="fp32",
                     help="dtype the random modules are built in (fp16: same file, half the memory)")
     ap.add_argument("--fp32-weights", choices=["memory", "mmap"], default="memory",
                     help="where the pipeline's float32 weights live (mmap: a memory-mapped scratch file)")
+    ap.add_argument("--stipple", metavar="BIN",
+                    help="then render the same job with this stipple binary from the same file and compare the PNGs "
+                         "(the diffusers part runs in a child process first: the two models never share memory)")
+    ap.add_argument("--stipple-arg", action="append", default=[], metavar="ARG",
+                    help="one more argument for `stipple generate` (repeatable; --stipple-arg=--threads=2)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --stipple: keep DIR's checkpoint and diffusers image from an earlier run")
     return ap
 
 
+SAMPLER, STEPS, CFG = "euler", 4, 7.0
+SIZE = {"sd15": 64, "sd2": 64, "sd2v": 64, "sdxl": 128}
+# Random weights give SD2's one-step prediction test no meaning: sd2 is the 2.x-base config (epsilon), sd2v the same
+# architecture as a 768-v model (v-prediction scheduler); stipple is told which, as for a file without metadata.
+STIPPLE_ARGS = {"sd2": ["--prediction", "epsilon"], "sd2v": ["--prediction", "v"]}
+
+
+def paths(out, family):
+    stem = os.path.join(out, f"{family}-random")
+    return stem, stem + ".safetensors", f"{stem}.{SAMPLER}.{STEPS}.png"
+
+
+def drive(a):
+    """--stipple: the diffusers part in a child process (unless --reuse finds its outputs), then `stipple generate`
+    on the same file and job; prints mean and max abs difference and PASS/FAIL (mean <= 1/255). Needs no torch."""
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    stem, ckpt, png = paths(a.out, a.family)
+    if not (a.reuse and all(os.path.exists(f) for f in (ckpt, png, stem + ".json"))):
+        child = [sys.executable, os.path.abspath(__file__), "--family", a.family, "--out", a.out,
+                 "--build", a.build, "--fp32-weights", a.fp32_weights]
+        t0 = time.time()
+        p = subprocess.Popen(child)
+        _, status, ru = os.wait4(p.pid, 0)
+        if status:
+            sys.exit(f"the diffusers part failed ({status})")
+        print(f"diffusers part: {time.time() - t0:.0f} s, peak RSS {ru.ru_maxrss / 1024**2:.1f} GB", flush=True)
+    with open(stem + ".json") as f:
+        settings = json.load(f)
+    sdir = stem + ".stipple"
+    os.makedirs(sdir, exist_ok=True)
+    for f in os.listdir(sdir):  # stipple never writes over a file: start empty so its name is 00000-SEED.png
+        os.remove(os.path.join(sdir, f))
+    cmd = [a.stipple, "generate", "--model", ckpt, "--device", "cpu", "--prompt", settings["prompt"],
+           "--negative", settings["negative"], "--seed", str(settings["seed"]), "--cfg", str(settings["cfg"]),
+           "--sampler", settings["sampler"], "--steps", str(settings["steps"]), "--width", str(settings["width"]),
+           "--height", str(settings["height"]), "--out", sdir, "--no-preview",
+           *STIPPLE_ARGS.get(a.family, []), *a.stipple_arg]
+    print("running", " ".join(repr(c) if " " in c else c for c in cmd), flush=True)
+    t0 = time.time()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    stdout = p.stdout.read()
+    _, status, ru = os.wait4(p.pid, 0)
+    seconds = time.time() - t0
+    if status:
+        sys.exit(f"stipple failed ({status}): {stdout}")
+    out = json.loads(stdout.strip().splitlines()[-1])["path"]
+    want = np.asarray(Image.open(png).convert("RGB"), dtype=np.int16)
+    got = np.asarray(Image.open(out).convert("RGB"), dtype=np.int16)
+    if want.shape != got.shape:
+        sys.exit(f"FAIL: stipple's image is {got.shape}, diffusers' {want.shape}")
+    d = np.abs(want - got)
+    mean, peak = float(d.mean()), int(d.max())
+    verdict = "PASS" if mean <= 1.0 else "FAIL"
+    result = {"family": a.family, "mean_abs_255": round(mean, 4), "max_abs_255": peak, "verdict": verdict,
+              "stipple_seconds": round(seconds, 1), "stipple_peak_rss_gb": round(ru.ru_maxrss / 1024**2, 2),
+              "stipple_image": out, "diffusers_image": png, "command": cmd}
+    with open(stem + ".compare.json", "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"{a.family}: stipple vs diffusers, {settings['width']}x{settings['height']} euler 4 steps seed "
+          f"{settings['seed']}: mean abs {mean:.4f}/255, max {peak}/255 -> {verdict} (mean <= 1/255); stipple "
+          f"{seconds:.0f} s, peak RSS {ru.ru_maxrss / 1024**2:.1f} GB", flush=True)
+    return 0 if verdict == "PASS" else 1
+
+
 if __name__ == "__main__":
-    arg_parser().parse_args()  # --help and argument errors come before the heavy imports below
+    _args = arg_parser().parse_args()  # --help and argument errors come before the heavy imports below
+    if _args.stipple:
+        sys.exit(drive(_args))
 
 import numpy as np
 import torch
@@ -65,12 +159,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tiny_configs  # noqa: E402
 from diffusers_reference import IMAGE_NEGATIVE, IMAGE_PROMPT, IMAGE_SEED, SCHEDULERS, reference_image  # noqa: E402
 from model_folder import ROOT  # noqa: E402
+from ldm_names import cast  # noqa: E402
 from ldm_verify import convert_component, expect_equal, expected_state  # noqa: E402
 from single_file_fixtures import ST_DTYPE, sd1_checkpoint, sdxl_checkpoint  # noqa: E402
 
-SAMPLER, STEPS, CFG = "euler", 4, 7.0
-SIZE = {"sd15": 64, "sdxl": 128}
 TOKENIZERS = {"sd15": [os.path.join(ROOT, "tests", "fixtures", "tiny-sd15", "tokenizer")],
+              "sd2": [os.path.join(ROOT, "tests", "fixtures", "tiny-sd2", "tokenizer")],
+              "sd2v": [os.path.join(ROOT, "tests", "fixtures", "tiny-sd2", "tokenizer")],
               "sdxl": [os.path.join(ROOT, "tests", "fixtures", "tiny-sdxl", "tokenizer"),
                        os.path.join(ROOT, "tests", "fixtures", "tiny-sdxl", "tokenizer_2")]}
 
@@ -84,6 +179,13 @@ def build(family, dtype):
     if family == "sd15":
         unet, te, vae, sched = tiny_configs.build_sd15_random("cpu", dtype=dtype)
         models = {"unet": unet, "text_encoder": te, "vae": vae}
+    elif family in ("sd2", "sd2v"):
+        from diffusers import PNDMScheduler
+
+        models = {c: tiny_configs.random_component("sd2", c, "cpu", dtype=dtype) for c in ("unet", "text_encoder", "vae")}
+        sched = tiny_configs.random_scheduler("sd2")
+        if family == "sd2v":
+            sched = PNDMScheduler(**dict(tiny_configs.SD2_SCHEDULER, prediction_type="v_prediction"))
     else:
         unet, te, te2, vae, sched = tiny_configs.build_sdxl_random("cpu", dtype=dtype)
         models = {"unet": unet, "text_encoder": te, "text_encoder_2": te2, "vae": vae}
@@ -95,6 +197,11 @@ def build(family, dtype):
 def write_checkpoint(family, models, sched, path):
     if family == "sd15":
         state = sd1_checkpoint(models["unet"], models["text_encoder"], models["vae"], sched, torch.float16)
+    elif family in ("sd2", "sd2v"):
+        from arch_fixtures import ldm_state, sd2_text_encoder
+
+        te_state, _, _ = sd2_text_encoder(models["text_encoder"])
+        state = ldm_state(models["unet"], models["vae"], te_state, sched, torch.float16)
     else:
         state = sdxl_checkpoint(models["unet"], models["text_encoder"], models["text_encoder_2"], models["vae"],
                                 torch.float16)
@@ -151,15 +258,31 @@ def replace_with_fp32_(module, state, mapped=False):
     assert not bad, bad[:5]
 
 
-def read_back(path, models, scratch=None):
+def sd2_text_encoder_back(ck, te):
+    """SD2's OpenCLIP-H through diffusers' converter, less the 24th layer the file carries and SD2 does not use."""
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+
+    got = convert_open_clip_checkpoint(te, ck, prefix="cond_stage_model.model.")
+    last = te.config.num_hidden_layers
+    for k in [k for k in got if k.startswith(f"text_model.encoder.layers.{last}.")]:
+        del got[k]
+    return got
+
+
+def read_back(path, models, scratch=None, sd2=False):
     """diffusers' converters on the file: every component given back exactly, then loaded as float32 (through a
     memory-mapped scratch file `scratch % component` when given). Returns the counts and the scratch files."""
     ck = load_file(path)
     name = os.path.basename(path)
     counts, files = {}, []
     for comp, module in models.items():
-        conv = convert_component(ck, comp, module, label=name)
-        counts[comp] = expect_equal(f"{name} {comp}", conv, expected_state(comp, module, torch.float16))
+        if comp == "text_encoder" and sd2:
+            conv = sd2_text_encoder_back(ck, module)
+            want = cast(tiny_configs.text_encoder_state_dict(module), torch.float16)
+        else:
+            conv = convert_component(ck, comp, module, label=name)
+            want = expected_state(comp, module, torch.float16)
+        counts[comp] = expect_equal(f"{name} {comp}", conv, want)
         print(f"verify {name}: {comp}: {counts[comp]} tensors given back by diffusers' converter, all equal",
               flush=True)
         if scratch:
@@ -179,7 +302,7 @@ def pipeline(family, models, sched):
     cls_name, extra = SCHEDULERS[SAMPLER]
     scheduler = getattr(diffusers, cls_name).from_config(sched.config, **extra)
     toks = [CLIPTokenizer.from_pretrained(d) for d in TOKENIZERS[family]]
-    if family == "sd15":
+    if family in ("sd15", "sd2", "sd2v"):
         pipe = diffusers.StableDiffusionPipeline(
             vae=models["vae"], text_encoder=models["text_encoder"], tokenizer=toks[0], unet=models["unet"],
             scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -198,8 +321,7 @@ def main():
     a = arg_parser().parse_args()
     torch.set_grad_enabled(False)
     os.makedirs(a.out, exist_ok=True)
-    stem = os.path.join(a.out, f"{a.family}-random")
-    ckpt, png = stem + ".safetensors", f"{stem}.{SAMPLER}.{STEPS}.png"
+    stem, ckpt, png = paths(a.out, a.family)
     seconds = {}
 
     t0 = time.time()
@@ -210,7 +332,8 @@ def main():
     seconds["write"] = round(time.time() - t0, 1)
     print(f"wrote {ckpt}: {file_info}", flush=True)
     t0 = time.time()
-    counts, scratch = read_back(ckpt, models, stem + ".fp32.%s.safetensors" if a.fp32_weights == "mmap" else None)
+    counts, scratch = read_back(ckpt, models, stem + ".fp32.%s.safetensors" if a.fp32_weights == "mmap" else None,
+                               sd2=a.family in ("sd2", "sd2v"))
     seconds["read_back"] = round(time.time() - t0, 1)
 
     pipe = pipeline(a.family, models, sched)
