@@ -185,8 +185,15 @@ def main():
     ldm = write_unet(unet)
     made_with = references(unet, te, te2, vae, sched)
     if PREDICTION is not None:
+        # The tiny model's config with the prediction changed, its `_use_default_values` kept: it says
+        # which keys another scheduler class (Euler) replaces with its own default, as the references'
+        # from_config did (save_config would write them all as set).
+        with open(os.path.join(TINY_SDXL, "scheduler", "scheduler_config.json")) as f:
+            config = json.load(f)
+        config["prediction_type"] = PREDICTION
         os.makedirs(os.path.join(OUT, "scheduler"))
-        sched.save_config(os.path.join(OUT, "scheduler"))
+        with open(os.path.join(OUT, "scheduler", "scheduler_config.json"), "w") as f:
+            json.dump(config, f, indent=1)
     manifest = {"prediction_type": sched.config.prediction_type, "unet.ldm.safetensors": ldm, "unet_config": INPAINT_UNET, "unet_seed": UNET_SEED,
                 "made_with": made_with, "log": VERIFY_LOG}
     with open(os.path.join(OUT, "manifest.json"), "w") as f:
