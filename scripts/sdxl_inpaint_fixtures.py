@@ -1,9 +1,17 @@
 #!/usr/bin/env python3
 """Writes tests/fixtures/sdxl-inpaint/: a tiny SDXL 9-channel inpainting UNet (tiny-sdxl's architecture with
-conv_in 4 -> 9, as diffusers/stable-diffusion-xl-1.0-inpainting-0.1) and diffusers' references for it.
+conv_in 4 -> 9, as diffusers/stable-diffusion-xl-1.0-inpainting-0.1) and diffusers' references for it; with
+--family sd2, tests/fixtures/sd2-inpaint/ the same way for SD 2.x (tiny-sd2's architecture, as
+stabilityai/stable-diffusion-2-inpainting: epsilon-prediction, unlike tiny-sd2's v, so the fixture has its
+own scheduler/scheduler_config.json; StableDiffusionInpaintPipeline).
 
     /work/venv/bin/python scripts/sdxl_inpaint_fixtures.py   # after export_model.py --tiny --family sdxl
                                                               # and single_file_fixtures.py; ~2 min
+    /work/venv/bin/python scripts/sdxl_inpaint_fixtures.py --family sd2   # after export_model.py --tiny
+                                                              # --family sd2 and arch_fixtures.py; ~1 min
+
+For SD2 read tiny-sd2 for tiny-sdxl, single-file-arch/tiny-sd2.safetensors for the SDXL checkpoint and
+StableDiffusionInpaintPipeline for the SDXL one below.
 
 Only the UNet is new: the text encoders and the VAE are tiny-sdxl's (rebuilt here and checked bit for bit
 against tests/fixtures/tiny-sdxl), so the fixture keeps just the UNet, twice, and the tests put the whole
@@ -30,7 +38,9 @@ import shutil
 import sys
 
 if __name__ == "__main__":
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    _parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _parser.add_argument("--family", choices=["sdxl", "sd2"], default="sdxl")
+    ARGS = _parser.parse_args()
 
 import torch
 from PIL import Image
@@ -47,12 +57,22 @@ from model_folder import tiny_models  # noqa: E402
 from onnx_export import export_unet  # noqa: E402
 from single_file_fixtures import match_fixture  # noqa: E402
 
-OUT = os.path.join(FIXTURES, "sdxl-inpaint")
-TINY_SDXL = os.path.join(FIXTURES, "tiny-sdxl")
-CHECKPOINT = os.path.join(FIXTURES, "single-file", "tiny-sdxl.safetensors")
-# tiny-sdxl's UNet with a 9-channel conv_in (latents, mask, masked-image latents).
-INPAINT_UNET = dict(tiny_configs.SDXL_UNET, in_channels=9)
-UNET_SEED = tiny_configs.SEED + 40
+FAMILY = ARGS.family if __name__ == "__main__" else "sdxl"
+# Per family: the fixture written, the tiny model it extends, the single file whose UNet it replaces, the
+# tiny UNet config, the seed of the new UNet and the prediction type of the references.
+FAMILIES = {
+    "sdxl": ("sdxl-inpaint", "tiny-sdxl", os.path.join("single-file", "tiny-sdxl.safetensors"),
+             tiny_configs.SDXL_UNET, tiny_configs.SEED + 40, None),
+    # SD 2.x inpainting (stable-diffusion-2-inpainting, A1111's v2-inpainting-inference.yaml) is epsilon.
+    "sd2": ("sd2-inpaint", "tiny-sd2", os.path.join("single-file-arch", "tiny-sd2.safetensors"),
+            tiny_configs.SD2_TINY_UNET, tiny_configs.SEED + 50, "epsilon"),
+}
+_out, _tiny, _ckpt, _unet_config, UNET_SEED, PREDICTION = FAMILIES[FAMILY]
+OUT = os.path.join(FIXTURES, _out)
+TINY_SDXL = os.path.join(FIXTURES, _tiny)
+CHECKPOINT = os.path.join(FIXTURES, _ckpt)
+# The tiny UNet with a 9-channel conv_in (latents, mask, masked-image latents).
+INPAINT_UNET = dict(_unet_config, in_channels=9)
 CASES = [("euler", 0.5), ("euler", 0.75), ("euler", 1.0), ("euler-a", 0.75), ("euler-a", 1.0), ("ddim", 0.75),
          ("ddim", 1.0)]
 ONLY_MASKED = [("euler-a", 0.75, 8, (64, 64))]
@@ -67,10 +87,16 @@ def build():
     """tiny-sdxl's encoders, VAE and scheduler (checked against the fixture) and the 9-channel UNet."""
     from diffusers import UNet2DConditionModel
 
-    _, (te, te2), vae, sched = tiny_models("sdxl")
-    for comp, m in (("text_encoder", te), ("text_encoder_2", te2), ("vae_decoder", vae), ("vae_encoder", vae)):
-        assert match_fixture(TINY_SDXL, comp, m), f"tiny-sdxl/{comp}: the rebuilt weights differ"
-        log(f"rebuild tiny-sdxl/{comp}: bit-identical to the fixture")
+    _, encoders, vae, sched = tiny_models(FAMILY)
+    te, te2 = (encoders + [None])[:2]
+    comps = [("text_encoder", te), ("text_encoder_2", te2), ("vae_decoder", vae), ("vae_encoder", vae)]
+    for comp, m in comps:
+        if m is None:
+            continue
+        assert match_fixture(TINY_SDXL, comp, m), f"{_tiny}/{comp}: the rebuilt weights differ"
+        log(f"rebuild {_tiny}/{comp}: bit-identical to the fixture")
+    if PREDICTION is not None:
+        sched = type(sched).from_config(sched.config, prediction_type=PREDICTION)
     unet = tiny_configs.randomize_(UNet2DConditionModel(**INPAINT_UNET), UNET_SEED).eval()
     round_to_fp16_(unet)
     assert unet.conv_in.weight.shape[1] == 9
@@ -101,7 +127,7 @@ def write_unet(unet):
     merged.update(state)
     n = expect_equal("merged checkpoint unet", convert_component(merged, "unet", unet),
                      expected_state("unet", unet, torch.float16))
-    log(f"verify merge: tiny-sdxl.safetensors's {len(base_unet)} UNet keys are exactly the 9-channel UNet's; "
+    log(f"verify merge: {os.path.basename(CHECKPOINT)}'s {len(base_unet)} UNet keys are exactly the 9-channel UNet's; "
         f"the merged file's UNet converts back exactly ({n} tensors)")
     return {"tensors": len(state), "converter_tensors_equal": n, "sha256": sha256(path),
             "base_checkpoint_sha256": sha256(CHECKPOINT)}
@@ -109,7 +135,7 @@ def write_unet(unet):
 
 def references(unet, te, te2, vae, sched):
     import diffusers
-    from diffusers import StableDiffusionXLInpaintPipeline
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
     from transformers import CLIPTokenizer
 
     pics = os.path.join(FIXTURES, "img2img")  # written by img2img_reference.py; read, not rewritten
@@ -118,9 +144,15 @@ def references(unet, te, te2, vae, sched):
     ref = os.path.join(OUT, "reference")
     os.makedirs(ref, exist_ok=True)
     tok1 = CLIPTokenizer.from_pretrained(os.path.join(TINY_SDXL, "tokenizer"))
-    tok2 = CLIPTokenizer.from_pretrained(os.path.join(TINY_SDXL, "tokenizer_2"))
+    tok2 = CLIPTokenizer.from_pretrained(os.path.join(TINY_SDXL, "tokenizer_2")) if te2 is not None else None
 
     def make(slug):
+        if te2 is None:
+            p = StableDiffusionInpaintPipeline(vae=vae, text_encoder=te, tokenizer=tok1, unet=unet,
+                                               scheduler=scheduler_for(sched, slug), safety_checker=None,
+                                               feature_extractor=None, requires_safety_checker=False)
+            p.set_progress_bar_config(disable=True)
+            return p
         p = StableDiffusionXLInpaintPipeline(vae=vae, text_encoder=te, text_encoder_2=te2, tokenizer=tok1,
                                              tokenizer_2=tok2, unet=unet, scheduler=scheduler_for(sched, slug),
                                              add_watermarker=False)
@@ -152,7 +184,17 @@ def main():
     unet, te, te2, vae, sched = build()
     ldm = write_unet(unet)
     made_with = references(unet, te, te2, vae, sched)
-    manifest = {"unet.ldm.safetensors": ldm, "unet_config": INPAINT_UNET, "unet_seed": UNET_SEED,
+    if PREDICTION is not None:
+        # The tiny model's config with the prediction changed, its `_use_default_values` kept: it says
+        # which keys another scheduler class (Euler) replaces with its own default, as the references'
+        # from_config did (save_config would write them all as set).
+        with open(os.path.join(TINY_SDXL, "scheduler", "scheduler_config.json")) as f:
+            config = json.load(f)
+        config["prediction_type"] = PREDICTION
+        os.makedirs(os.path.join(OUT, "scheduler"))
+        with open(os.path.join(OUT, "scheduler", "scheduler_config.json"), "w") as f:
+            json.dump(config, f, indent=1)
+    manifest = {"prediction_type": sched.config.prediction_type, "unet.ldm.safetensors": ldm, "unet_config": INPAINT_UNET, "unet_seed": UNET_SEED,
                 "made_with": made_with, "log": VERIFY_LOG}
     with open(os.path.join(OUT, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True, default=list)

@@ -69,10 +69,9 @@ fn open_weights(path: &Path) -> Result<Checkpoint, ModelError> {
 
 /// The family of a pipeline class, or the refusal.
 fn family_of(dir: &Path, class: &str) -> Result<Family, String> {
-    let te_width = || -> Option<u64> {
+    let te_config = || -> Option<serde_json::Value> {
         let text = std::fs::read_to_string(dir.join("text_encoder/config.json")).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        v.get("hidden_size")?.as_u64()
+        serde_json::from_str(&text).ok()
     };
     if class.starts_with("StableDiffusionXL") {
         if !dir.join("text_encoder").is_dir() && dir.join("text_encoder_2").is_dir() {
@@ -84,7 +83,11 @@ fn family_of(dir: &Path, class: &str) -> Result<Family, String> {
         return Ok(Family::Sdxl);
     }
     if class.starts_with("StableDiffusion") && !class.contains('3') {
-        if te_width() == Some(1024) {
+        // SD 2.x's OpenCLIP-H is 1024 wide with gelu; SD 1.x's CLIP-L is 768 with quick_gelu.
+        let te = te_config().unwrap_or_default();
+        if te.get("hidden_size").and_then(|v| v.as_u64()) == Some(1024)
+            || te.get("hidden_act").and_then(|v| v.as_str()) == Some("gelu")
+        {
             return Ok(Family::Sd2);
         }
         return Ok(Family::Sd1);
@@ -145,7 +148,7 @@ pub fn open(
         })
         .collect();
     let what = format!("{} ({class})", facts.name);
-    // A 9-channel `conv_in` is an inpainting UNet (SDXL's runs through a widened template).
+    // A 9-channel `conv_in` is an inpainting UNet (SD2's and SDXL's run through a widened template).
     let inpaint = parts
         .get(&ComponentKind::Unet)
         .and_then(|p| p.file.tensor("conv_in.weight"))
@@ -189,7 +192,7 @@ pub fn open(
     } else {
         template.scheduler_config()?
     };
-    Ok(Model {
+    let mut model = Model {
         dir: dir.to_path_buf(),
         index: model_index,
         components,
@@ -211,5 +214,12 @@ pub fn open(
         // A folder's scheduler config says the prediction type; without one an SD 2.x folder is
         // tested like a checkpoint file.
         prediction_pending: family == Family::Sd2 && !has_scheduler,
-    })
+    };
+    if model.prediction_pending && inpaint {
+        model.set_prediction(
+            super::prediction::Prediction::Epsilon,
+            super::prediction::SD2_INPAINT,
+        )?;
+    }
+    Ok(model)
 }

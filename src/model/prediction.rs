@@ -1,6 +1,7 @@
 //! What a model's UNet predicts (noise or v), settled in this order: `--prediction`, the file's
 //! own word (metadata, a `v_pred` key), else for an SD 2.x checkpoint A1111's one-step UNet test,
-//! run at load by the pipeline ([`crate::pipeline::prediction_test`]); the answer is written into
+//! run at load by the pipeline ([`crate::pipeline::prediction_test`]), or epsilon for an SD 2.x
+//! inpainting UNet ([`SD2_INPAINT`], A1111's rule); the answer is written into
 //! the scheduler config (`prediction_type`) every sampler reads.
 //!
 //! [`from_file`] reads the file's word; `Model::set_prediction` (in `layout.rs`) sets a model's
@@ -103,6 +104,11 @@ pub fn evidence_line(p: Prediction, why: &str) -> String {
     };
     format!("{EVIDENCE_PREFIX}{name} ({why})")
 }
+
+/// Why an SD 2.x inpainting UNet that does not say is epsilon: A1111 reads every such file with
+/// `v2-inpainting-inference.yaml` (no one-step test), as stable-diffusion-2-inpainting predicts.
+pub const SD2_INPAINT: &str = "an SD 2.x inpainting UNet that does not say: A1111's \
+     v2-inpainting-inference.yaml, as stable-diffusion-2-inpainting; --prediction v overrides";
 
 /// How a model's evidence line about its prediction starts.
 pub const EVIDENCE_PREFIX: &str = "prediction: ";

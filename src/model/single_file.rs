@@ -10,7 +10,7 @@ use super::layout::{
     check_needed, ComponentKind, Model, ModelError, ModelSource, OpenOptions, TokenizerFiles,
 };
 use super::ldm::{Naming, UnetLayout};
-use super::prediction;
+use super::prediction::{self, Prediction};
 use super::template::Template;
 use crate::family::Family;
 use std::collections::{BTreeMap, HashMap};
@@ -175,13 +175,6 @@ pub fn detect(shapes: &BTreeMap<String, Vec<usize>>, ema: bool) -> Result<Archit
         ));
     };
     if inpaint {
-        if family == Family::Sd2 {
-            return Err(format!(
-                "this is an {} inpainting UNet (9 input channels, `{in_key}`); stipple runs \
-                 SD 1.x and SDXL inpainting UNets",
-                family.facts().name
-            ));
-        }
         evidence.push_str(&format!("; inpainting UNet (`{in_key}`: 9 input channels)"));
     }
     let mut parts = encoders;
@@ -199,8 +192,8 @@ pub fn detect(shapes: &BTreeMap<String, Vec<usize>>, ema: bool) -> Result<Archit
     })
 }
 
-/// Templates of `family`, the preferred precision first; for a 9-channel (`inpaint`) SDXL UNet
-/// then the same templates widened to one ([`Template::inpainting`]: SD1 has its own templates).
+/// Templates of `family`, the preferred precision first; for a 9-channel (`inpaint`) SD 2.x or
+/// SDXL UNet then the same templates widened to one ([`Template::inpainting`]: SD1 has its own).
 pub(super) fn candidates(
     family: Family,
     prefer_fp16: bool,
@@ -216,7 +209,7 @@ pub(super) fn candidates(
     }
     out.sort_by_key(|(rank, _)| *rank);
     let mut out: Vec<Template> = out.into_iter().map(|(_, t)| t).collect();
-    if inpaint && family == Family::Sdxl {
+    if inpaint && family != Family::Sd1 {
         let widened: Vec<Template> = out.iter().filter_map(|t| t.inpainting()).collect();
         out.extend(widened);
     }
@@ -323,6 +316,11 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Model, ModelError> {
     };
     match said {
         Some((p, why)) => model.set_prediction(p, &why)?,
+        // A1111 reads an SD 2.x inpainting file as v2-inpainting-inference.yaml (epsilon) without
+        // the one-step test, as stable-diffusion-2-inpainting is.
+        None if arch.family == Family::Sd2 && arch.inpaint && opts.prediction.is_none() => {
+            model.set_prediction(Prediction::Epsilon, prediction::SD2_INPAINT)?;
+        }
         // An SD 2.x file that does not say is tested at load (unless --prediction says).
         None if arch.family == Family::Sd2 && opts.prediction.is_none() => {
             model.prediction_pending = true;
@@ -381,16 +379,53 @@ mod tests {
         assert!(detect(&pix2pix, false)
             .unwrap_err()
             .contains("8 input channels"));
-        let sd2_inpaint = shapes(&[
+    }
+
+    /// An SD 2.x UNet with 9 input channels (stable-diffusion-2-inpainting) is an SD 2.x
+    /// inpainting model, said in the evidence; its templates are SD2's own, then the same widened.
+    /// Without its VAE it is still refused, naming what it is.
+    #[test]
+    fn sd2_inpainting_is_told_and_gets_widened_templates() {
+        let mut sd2 = shapes(&[
             (
                 "model.diffusion_model.input_blocks.0.0.weight",
                 &[320, 9, 3, 3],
             ),
+            (
+                "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+                &[320, 1024],
+            ),
             ("cond_stage_model.model.ln_final.weight", &[1024]),
             ("first_stage_model.decoder.conv_in.weight", &[512, 4, 3, 3]),
         ]);
-        let e = detect(&sd2_inpaint, false).unwrap_err();
-        assert!(e.contains("SD2.x inpainting"), "{e}");
+        let a = detect(&sd2, false).unwrap();
+        assert_eq!(a.family, Family::Sd2);
+        assert!(a.inpaint);
+        assert!(
+            a.evidence.starts_with("SD 2.x") && a.evidence.contains("OpenCLIP-H"),
+            "{}",
+            a.evidence
+        );
+        assert!(
+            a.evidence.contains("inpainting UNet") && a.evidence.contains("9 input channels"),
+            "{}",
+            a.evidence
+        );
+        let all = candidates(Family::Sd2, true, true).unwrap();
+        let names: Vec<&str> = all.iter().filter(|t| t.widened()).map(|t| t.name).collect();
+        for want in ["sd2-fp16", "sd2-fp32", "tiny-sd2"] {
+            assert!(names.contains(&want), "{names:?}");
+        }
+        let first = all.iter().position(|t| t.widened()).unwrap();
+        assert!(all[first..].iter().all(|t| t.widened()));
+        assert!(all[..first].iter().all(|t| !t.widened()));
+        assert!(candidates(Family::Sd2, true, false)
+            .unwrap()
+            .iter()
+            .all(|t| !t.widened()));
+        sd2.remove("first_stage_model.decoder.conv_in.weight");
+        let e = detect(&sd2, false).unwrap_err();
+        assert!(e.contains("no VAE") && e.contains("inpainting UNet"), "{e}");
     }
 
     #[test]

@@ -30,6 +30,7 @@ mod readme;
 mod reference_spec;
 mod resident;
 mod samplers;
+mod sd2_inpaint;
 mod sdxl;
 mod sdxl_adapters;
 mod sdxl_inpaint;
