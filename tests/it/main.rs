@@ -21,6 +21,7 @@ mod inpaint;
 mod live;
 mod lora;
 mod merge;
+mod nine_channel;
 mod pipeline_reference;
 mod pipelining;
 mod prompt;
