@@ -610,6 +610,9 @@ impl Builder {
 /// The program writing every one of `sites`; `slots` is the length of its strengths input.
 pub fn build(sites: &[Site], slots: usize) -> Result<Program, ProgramError> {
     let mut b = Builder::default();
+    // A benchmarking knob: STIPPLE_PATCH_F32=1 keeps every site on the f32 sum, for a side-by-side
+    // figure of the f16 Gemm path in one `stipple bench` session.
+    let f32_only = std::env::var_os("STIPPLE_PATCH_F32").is_some_and(|v| v == "1");
     let mut inputs = vec![value_info(
         STRENGTHS,
         DataType::Float as i32,
@@ -632,7 +635,7 @@ pub fn build(sites: &[Site], slots: usize) -> Result<Program, ProgramError> {
         let base = base_input(k);
         inputs.push(value_info(&base, onnx_elem(site.base_elem), &fixed(&dims)));
         // The last node each arm adds writes the weight: its output is renamed to the program's.
-        if !b.fast(site, &base) {
+        if f32_only || !b.fast(site, &base) {
             match b.arranged(site)? {
                 Some(delta) => {
                     let base32 = match site.base_elem {
