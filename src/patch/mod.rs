@@ -3,6 +3,7 @@
 
 pub mod buffer;
 mod inflight;
+pub mod lowrank;
 pub mod program;
 
 pub use buffer::{

@@ -8,6 +8,7 @@
 //! strength multiplies the small factor (`(s·up)·down`), so low-rank terms are one Mul and one
 //! MatMul. Dense terms are `s·ΔW` exactly as the host fuse computes them, summed in its order.
 
+use super::lowrank::{self, Arranged};
 use crate::model::onnx_proto::{
     attribute_proto::AttributeType,
     tensor_proto::{DataLocation, DataType},
@@ -384,226 +385,90 @@ impl Builder {
     }
 }
 
-/// The magnitude each factor of the f16 path is scaled to (by a power of two, undone by the
-/// Gemm's alpha): far from f16's subnormals, and `s·up` stays finite for strengths up to 1000.
-const F16_FACTOR_TOP: f32 = 64.0;
-
-/// The power of two that brings the largest magnitude of `v` near [`F16_FACTOR_TOP`] (0 for zeros).
-fn f16_exponent(v: &[f32]) -> i32 {
-    let top = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    if top > 0.0 && top.is_finite() {
-        (F16_FACTOR_TOP / top).log2().floor() as i32
-    } else {
-        0
-    }
-}
-
-fn scaled(v: &[f32], exp: i32) -> Vec<f32> {
-    let f = 2f32.powi(exp);
-    v.iter().map(|x| x * f).collect()
-}
-
-/// A site's low-rank sum as one product: `a` is `[m, k]` (strengths applied at run time), `b` the
-/// static `[k, n]`, so that `a·b` is ΔW with rows in the graph's order (before any transpose).
-struct Product {
-    a: String,
-    b: Vec<f32>,
-    k: usize,
-    n: usize,
-}
-
-/// `v` as f16 `hi` plus f16 `lo` with `hi + lo` = `v` to about 22 bits.
-fn split_f16(v: &[f32]) -> (Vec<half::f16>, Vec<half::f16>) {
-    let hi: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
-    let lo = v
-        .iter()
-        .zip(&hi)
-        .map(|(&x, h)| half::f16::from_f32(x - h.to_f32()))
-        .collect();
-    (hi, lo)
-}
-
 impl Builder {
-    /// The f16 path: a site of an f16 graph whose base copy is f16 and whose every term is low
-    /// rank becomes one Gemm, `base + A·B`, with the strengths folded into A. Each factor is
-    /// split into two f16 halves (`A·B ≈ Ahi·Bhi + Alo·Bhi + Ahi·Blo`, one Gemm over three times
-    /// the rank), so the f32-accumulating Gemm sees ΔW to about 22 bits, and the sum is rounded
-    /// to f16 once: the host fuse's weight within one f16 step, at a fraction of the f32 path's
-    /// memory traffic. Returns false, having added nothing, when the site does not qualify.
-    fn fast(&mut self, site: &Site, base: &str) -> bool {
-        let e = site.entry;
-        if site.elem != ElemType::F16 || site.base_elem != ElemType::F16 {
-            return false;
-        }
-        let terms = || site.parts.iter().flat_map(|p| &p.terms);
-        if terms().next().is_none() {
-            return false;
-        }
-        let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
-        // One power of two for every `up` of the site and one for every `down`, so terms of
-        // different magnitudes share the Gemm; an exponent beyond f32's reach keeps the f32 sum.
-        let (mut ups, mut downs) = (Vec::new(), Vec::new());
-        for t in terms() {
-            match &t.delta {
-                Delta::Factors { up, down, .. } if finite(up) && finite(down) => {
-                    ups.push(f16_exponent(up));
-                    downs.push(f16_exponent(down));
+    /// The f16 path's operations shared by all its sites: every entry of every A scaled by its
+    /// strength (one Gather, one Mul), split into f16 halves, and cut into one `[3k·m]` piece per
+    /// site holding A₃ᵀ (A's hi, lo and hi halves, each transposed), in `arranged`'s order. A few
+    /// launches for the whole program instead of several per site: replayed as a CUDA graph the
+    /// program's time is mostly its launches.
+    fn shared_halves(&mut self, arranged: &[&Arranged], slots: usize) -> Vec<String> {
+        let total: usize = arranged.iter().map(|x| 3 * x.k * x.m).sum();
+        let one = slots.max(1) as i32;
+        let mut values = Vec::with_capacity(total);
+        let mut idx = Vec::with_capacity(total);
+        let mut mask = Vec::with_capacity(total);
+        for x in arranged {
+            for half in 0..3 {
+                for j in 0..x.k {
+                    for r in 0..x.m {
+                        values.push(x.a[r * x.k + j]);
+                        let s = x.slots[r * x.k + j];
+                        idx.push(if s == lowrank::UNSCALED {
+                            one
+                        } else {
+                            s as i32
+                        });
+                        mask.push(u8::from(half == 1));
+                    }
                 }
-                _ => return false,
             }
         }
-        let (ea, eb) = (
-            ups.into_iter().min().unwrap_or(0),
-            downs.into_iter().min().unwrap_or(0),
-        );
-        if !(-100..=100).contains(&(ea + eb)) {
-            return false;
-        }
-        let graph_dims: Vec<i64> = e.shape.iter().map(|&d| d as i64).collect();
-        let torch = &site.parts[0].shape;
-        let numel: usize = torch.iter().product();
-        if numel * site.parts.len() != e.shape.iter().product::<usize>() || torch.is_empty() {
-            return false;
-        }
-        let (product, transposed) = match e.transform {
-            Transform::Identity if site.parts.len() == 1 => {
-                (self.product(&site.parts[0], None, ea), false)
-            }
-            Transform::Nhwc if site.parts.len() == 1 && torch.len() == 4 => {
-                (self.product(&site.parts[0], Some(torch), ea), false)
-            }
-            Transform::Transpose if site.parts.len() == 1 && torch.len() == 2 => {
-                (self.product(&site.parts[0], None, ea), true)
-            }
-            Transform::PackHeads => match self.packed(site, ea) {
-                Some(p) => (p, true),
-                None => return false,
-            },
-            _ => return false,
-        };
-        let Product { a, b, k, n } = product;
-        let m = (numel * site.parts.len() / n) as i64;
-        // A's split happens at run time (it carries the strengths), B's here.
-        let hi = self.cast(&a, ElemType::F16);
+        let n = [total as i64];
+        let values = self.external("a", &n, &values);
+        let idx = self.external_bytes("slot", &n, DataType::Int32, bytemuck::cast_slice(&idx));
+        let mask = self.external_bytes("lo", &n, DataType::Bool, &mask);
+        let unit = self.fresh("one");
+        self.inits.push(TensorProto {
+            dims: vec![1],
+            data_type: Some(DataType::Float as i32),
+            name: Some(unit.clone()),
+            float_data: vec![1.0],
+            ..Default::default()
+        });
+        let ext = self.node("Concat", &[STRENGTHS, &unit], vec![int_attr("axis", 0)]);
+        let s = self.node("Gather", &[&ext, &idx], Vec::new());
+        let x = self.node("Mul", &[&values, &s], Vec::new());
+        let hi = self.cast(&x, ElemType::F16);
         let back = self.cast(&hi, ElemType::F32);
-        let rest = self.node("Sub", &[&a, &back], Vec::new());
+        let rest = self.node("Sub", &[&x, &back], Vec::new());
         let lo = self.cast(&rest, ElemType::F16);
-        let a3 = self.node("Concat", &[&hi, &lo, &hi], vec![int_attr("axis", 1)]);
-        let (bhi, blo) = split_f16(&scaled(&b, eb));
-        let b3: Vec<half::f16> = [&bhi, &bhi, &blo].into_iter().flatten().copied().collect();
-        let b3 = self.external_f16("down16", &[3 * k as i64, n as i64], &b3);
-        let (rows, cols) = if transposed {
-            (n as i64, m)
-        } else {
-            (m, n as i64)
-        };
-        let c = if graph_dims == [rows, cols] {
+        let a = self.node("Where", &[&mask, &lo, &hi], Vec::new());
+        let sizes: Vec<i64> = arranged.iter().map(|x| (3 * x.k * x.m) as i64).collect();
+        let sizes = self.ints(&[sizes.len() as i64], &sizes);
+        let pieces: Vec<String> = arranged.iter().map(|_| self.fresh("piece")).collect();
+        let out = self.fresh("Split");
+        self.nodes.push(NodeProto {
+            input: vec![a, sizes],
+            output: pieces.clone(),
+            name: Some(format!("{out}.node")),
+            op_type: Some("Split".into()),
+            attribute: vec![int_attr("axis", 0)],
+            ..Default::default()
+        });
+        pieces
+    }
+
+    /// One f16 site: `base + α·A₃·B₃` (or its transpose) as one Gemm, in the graph's shape.
+    fn gemm_site(&mut self, x: &Arranged, piece: &str, base: &str, graph_dims: &[i64]) {
+        let (m, k, n) = (x.m as i64, x.k as i64, x.n as i64);
+        let a3t = self.reshape(piece, &[3 * k, m]);
+        let b3 = self.external_f16("b3", &[3 * k, n], &x.b3);
+        let (rows, cols) = if x.transposed { (n, m) } else { (m, n) };
+        let flat = graph_dims == [rows, cols];
+        let c = if flat {
             base.to_string()
         } else {
             self.reshape(base, &[rows, cols])
         };
-        let alpha = float_attr("alpha", 2f32.powi(-(ea + eb)));
-        let y = if transposed {
-            self.node(
-                "Gemm",
-                &[&b3, &a3, &c],
-                vec![alpha, int_attr("transA", 1), int_attr("transB", 1)],
-            )
+        let attrs = vec![float_attr("alpha", x.alpha), int_attr("transA", 1)];
+        let y = if x.transposed {
+            self.node("Gemm", &[&b3, &a3t, &c], attrs)
         } else {
-            self.node("Gemm", &[&a3, &b3, &c], vec![alpha])
+            self.node("Gemm", &[&a3t, &b3, &c], attrs)
         };
-        if graph_dims != [rows, cols] {
-            self.reshape(&y, &graph_dims);
+        if !flat {
+            self.reshape(&y, graph_dims);
         }
-        true
-    }
-
-    /// One part's terms as `[out, Σ rank]` times `[Σ rank, numel/out]`; `nhwc` (the torch shape
-    /// of a conv weight) reorders B's columns from (cin, kh, kw) to (kh, kw, cin).
-    fn product(&mut self, part: &Part, nhwc: Option<&[usize]>, exp: i32) -> Product {
-        let o = part.shape[0].max(1);
-        let n = part.shape.iter().product::<usize>() / o;
-        let mut ups = Vec::new();
-        let mut b = Vec::new();
-        let mut k = 0;
-        for t in &part.terms {
-            let Delta::Factors { up, down, rank } = &t.delta else {
-                continue;
-            };
-            let up = self.external("up", &[o as i64, *rank as i64], &scaled(up, exp));
-            ups.push(match t.slot {
-                Some(slot) => {
-                    let s = self.strength(slot);
-                    self.node("Mul", &[&up, &s], Vec::new())
-                }
-                None => up,
-            });
-            match nhwc {
-                Some(&[_, cin, kh, kw]) => {
-                    for r in 0..*rank {
-                        let row = &down[r * n..(r + 1) * n];
-                        for y in 0..kh {
-                            for x in 0..kw {
-                                b.extend((0..cin).map(|c| row[(c * kh + y) * kw + x]));
-                            }
-                        }
-                    }
-                }
-                _ => b.extend_from_slice(down),
-            }
-            k += rank;
-        }
-        let a = if ups.len() == 1 {
-            ups.remove(0)
-        } else {
-            let refs: Vec<&str> = ups.iter().map(String::as_str).collect();
-            self.node("Concat", &refs, vec![int_attr("axis", 1)])
-        };
-        Product { a, b, k, n }
-    }
-
-    /// Packed heads: each part's A placed in its own columns of a shared `[rows, Σ rank]`
-    /// (zeros elsewhere, a part without terms all zeros), the parts' rows interleaved by head as
-    /// the graph packs them; B stacks the parts' B. None when the heads do not divide the rows.
-    fn packed(&mut self, site: &Site, exp: i32) -> Option<Product> {
-        let heads = site.entry.heads as i64;
-        let shape = &site.parts[0].shape;
-        if shape.len() != 2 || heads == 0 || site.parts.iter().any(|p| &p.shape != shape) {
-            return None;
-        }
-        let (rows, cin) = (shape[0] as i64, shape[1]);
-        if rows % heads != 0 {
-            return None;
-        }
-        let products: Vec<Option<Product>> = site
-            .parts
-            .iter()
-            .map(|p| (!p.terms.is_empty()).then(|| self.product(p, None, exp)))
-            .collect();
-        let k: usize = products.iter().flatten().map(|p| p.k).sum();
-        let mut pieces = Vec::with_capacity(products.len());
-        let mut b = Vec::with_capacity(k * cin);
-        let mut at = 0;
-        for p in &products {
-            let piece = match p {
-                Some(p) => {
-                    let pads = self.ints(&[4], &[0, at as i64, 0, (k - at - p.k) as i64]);
-                    at += p.k;
-                    b.extend_from_slice(&p.b);
-                    self.node("Pad", &[&p.a, &pads], Vec::new())
-                }
-                None => {
-                    let zeros = self.shape(&[rows, k as i64]);
-                    self.node("ConstantOfShape", &[&zeros], Vec::new())
-                }
-            };
-            pieces.push(self.reshape(&piece, &[heads, 1, rows / heads, k as i64]));
-        }
-        let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
-        let cat = self.node("Concat", &refs, vec![int_attr("axis", 1)]);
-        let parts = products.len() as i64;
-        let a = self.reshape(&cat, &[rows * parts, k as i64]);
-        Some(Product { a, b, k, n: cin })
     }
 }
 
@@ -619,6 +484,17 @@ pub fn build(sites: &[Site], slots: usize) -> Result<Program, ProgramError> {
         &fixed(&[slots.max(1) as i64]),
     )];
     let mut outputs = Vec::with_capacity(sites.len());
+    let arranged: Vec<Option<Arranged>> = sites
+        .iter()
+        .map(|s| if f32_only { None } else { lowrank::arrange(s) })
+        .collect();
+    let fast: Vec<&Arranged> = arranged.iter().flatten().collect();
+    let mut pieces = if fast.is_empty() {
+        Vec::new()
+    } else {
+        b.shared_halves(&fast, slots)
+    }
+    .into_iter();
     for (k, site) in sites.iter().enumerate() {
         let e = site.entry;
         if site.parts.len() != e.sources().len() {
@@ -635,7 +511,12 @@ pub fn build(sites: &[Site], slots: usize) -> Result<Program, ProgramError> {
         let base = base_input(k);
         inputs.push(value_info(&base, onnx_elem(site.base_elem), &fixed(&dims)));
         // The last node each arm adds writes the weight: its output is renamed to the program's.
-        if f32_only || !b.fast(site, &base) {
+        if let (Some(x), Some(piece)) = (
+            &arranged[k],
+            arranged[k].as_ref().and_then(|_| pieces.next()),
+        ) {
+            b.gemm_site(x, &piece, &base, &dims);
+        } else {
             match b.arranged(site)? {
                 Some(delta) => {
                     let base32 = match site.base_elem {
@@ -775,10 +656,11 @@ mod tests {
     #[test]
     fn packed_heads_fill_parts_without_terms_with_zeros() {
         let e = entry(Transform::PackHeads, &[3, 8], 2);
+        // An f32 base takes the f32 sum (the f16 path arranges its zeros on the host).
         let site = Site {
             entry: &e,
             elem: ElemType::F16,
-            base_elem: ElemType::F16,
+            base_elem: ElemType::F32,
             parts: vec![
                 Part {
                     shape: vec![4, 3],
@@ -793,12 +675,11 @@ mod tests {
         let got = ops(&build(&[site], 1).unwrap());
         assert!(got.contains(&"ConstantOfShape".to_string()), "{got:?}");
         assert!(got.contains(&"Concat".to_string()), "{got:?}");
-        // f16 base and weight: the packed sum is one Gemm over the base.
-        assert_eq!(got.last().map(String::as_str), Some("Gemm"));
+        assert_eq!(got.last().map(String::as_str), Some("Cast"));
     }
 
     #[test]
-    fn f16_low_rank_sites_are_one_gemm_and_f32_bases_keep_the_f32_sum() {
+    fn f16_low_rank_sites_are_one_gemm_each_after_shared_operations() {
         let cases = [
             (Transform::Identity, vec![4, 3], vec![4, 3], "Gemm"),
             (
@@ -821,73 +702,20 @@ mod tests {
                 shape: torch.clone(),
                 terms: vec![lora(4, 3, Some(0)), lora(4, 3, None)],
             };
-            let got = ops(&build(&[site(&e, [ElemType::F16, ElemType::F16], part())], 1).unwrap());
-            assert_eq!(got.iter().filter(|o| *o == "Gemm").count(), 1, "{got:?}");
+            let two = [
+                site(&e, [ElemType::F16, ElemType::F16], part()),
+                site(&e, [ElemType::F16, ElemType::F16], part()),
+            ];
+            let got = ops(&build(&two, 1).unwrap());
+            assert_eq!(got.iter().filter(|o| *o == "Gemm").count(), 2, "{got:?}");
+            // Strengths, the f16 split and the Split into sites happen once for both.
+            for shared in ["Gather", "Where", "Split"] {
+                assert_eq!(got.iter().filter(|o| *o == shared).count(), 1, "{got:?}");
+            }
             assert!(!got.contains(&"MatMul".to_string()), "{got:?}");
             assert_eq!(got.last().map(String::as_str), Some(last), "{transform:?}");
             let got = ops(&build(&[site(&e, [ElemType::F16, ElemType::F32], part())], 1).unwrap());
             assert!(!got.contains(&"Gemm".to_string()), "{got:?}");
         }
-        // A dense term, or a factor that is not finite, keeps the f32 sum.
-        let e = entry(Transform::Identity, &[4, 3], 1);
-        let mut big = lora(4, 3, Some(0));
-        if let Delta::Factors { up, .. } = &mut big.delta {
-            up[0] = f32::INFINITY;
-        }
-        let dense = Term {
-            slot: Some(0),
-            delta: Delta::Dense(vec![0.5; 12]),
-        };
-        for t in [big, dense] {
-            let part = Part {
-                shape: vec![4, 3],
-                terms: vec![t],
-            };
-            let got = ops(&build(&[site(&e, [ElemType::F16, ElemType::F16], part)], 1).unwrap());
-            assert!(!got.contains(&"Gemm".to_string()), "{got:?}");
-        }
-    }
-
-    #[test]
-    fn scaled_f16_halves_hold_about_22_bits_of_the_largest_factor() {
-        for top in [3.7f32, 0.013, 2.0e-5, 900.0] {
-            let v: Vec<f32> = (1..200).map(|i| (i as f32 * 0.7131).sin() * top).collect();
-            let exp = f16_exponent(&v);
-            let (hi, lo) = split_f16(&scaled(&v, exp));
-            let back = 2f32.powi(-exp);
-            for ((x, h), l) in v.iter().zip(&hi).zip(&lo) {
-                let err = (x - (h.to_f32() + l.to_f32()) * back).abs();
-                assert!(err <= top * 2f32.powi(-21), "{top}: {x}: {err}");
-            }
-        }
-    }
-
-    #[test]
-    fn a_weight_no_term_reaches_is_its_base() {
-        let e = entry(Transform::Nhwc, &[2, 1, 1, 3], 1);
-        let site = site(
-            &e,
-            [ElemType::F16, ElemType::F16],
-            Part {
-                shape: vec![2, 3, 1, 1],
-                terms: Vec::new(),
-            },
-        );
-        assert_eq!(ops(&build(&[site], 0).unwrap()), ["Identity"]);
-    }
-
-    #[test]
-    fn factors_that_do_not_make_the_weight_are_refused() {
-        let e = entry(Transform::Identity, &[4, 3], 1);
-        let site = site(
-            &e,
-            [ElemType::F32, ElemType::F32],
-            Part {
-                shape: vec![4, 3],
-                terms: vec![lora(4, 5, Some(0))],
-            },
-        );
-        let err = build(&[site], 1).err().expect("refused").to_string();
-        assert!(err.starts_with("w: factors of"), "{err}");
     }
 }
