@@ -59,7 +59,7 @@ if [ "$FAMILY" = sd15 ]; then
   bench default --lora "$lora" --live
   bench host --lora "$lora" --patch-on host --live --repeats 2
   bench device-uncaptured --lora "$lora" --patch-on device --live --cuda-patch-graph=false --repeats 2
-  STIPPLE_PATCH_F32=1 bench device-f32 --lora "$lora" --live --repeats 2
+  STIPPLE_PATCH_F16=1 bench device-f16 --lora "$lora" --live --repeats 2
   bench te-fp16 --te-precision fp16 --vae-graph plain --repeats 3
   bench throughput --throughput 16 --steps 20 --unet-batch 8 --repeats 1
 else

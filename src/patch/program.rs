@@ -472,12 +472,18 @@ impl Builder {
     }
 }
 
-/// The program writing every one of `sites`; `slots` is the length of its strengths input.
-pub fn build(sites: &[Site], slots: usize) -> Result<Program, ProgramError> {
+/// Whether f16 low-rank sites take the Gemm path ([`lowrank`]): off unless STIPPLE_PATCH_F16=1.
+/// Measured on an H100 (2026-12-06, SD1.5, rank-32 LoRA on 192 layers, runs alternated in one
+/// lease) it made a strength-scheduled step slower, 15.7–16.1 ms against 13.9–14.4 ms with the f32
+/// sum, though it moves a quarter of the bytes: kept for the work on the program's launches.
+pub fn f16_gemm_wanted() -> bool {
+    std::env::var_os("STIPPLE_PATCH_F16").is_some_and(|v| v == "1")
+}
+
+/// The program writing every one of `sites`; `slots` is the length of its strengths input;
+/// `f16_gemm` lets f16 low-rank sites take the Gemm path.
+pub fn build(sites: &[Site], slots: usize, f16_gemm: bool) -> Result<Program, ProgramError> {
     let mut b = Builder::default();
-    // A benchmarking knob: STIPPLE_PATCH_F32=1 keeps every site on the f32 sum, for a side-by-side
-    // figure of the f16 Gemm path in one `stipple bench` session.
-    let f32_only = std::env::var_os("STIPPLE_PATCH_F32").is_some_and(|v| v == "1");
     let mut inputs = vec![value_info(
         STRENGTHS,
         DataType::Float as i32,
@@ -486,7 +492,7 @@ pub fn build(sites: &[Site], slots: usize) -> Result<Program, ProgramError> {
     let mut outputs = Vec::with_capacity(sites.len());
     let arranged: Vec<Option<Arranged>> = sites
         .iter()
-        .map(|s| if f32_only { None } else { lowrank::arrange(s) })
+        .map(|s| if f16_gemm { lowrank::arrange(s) } else { None })
         .collect();
     let fast: Vec<&Arranged> = arranged.iter().flatten().collect();
     let mut pieces = if fast.is_empty() {
@@ -627,7 +633,7 @@ mod tests {
                 terms: vec![lora(4, 3, Some(0))],
             },
         );
-        let p = build(&[site], 1).unwrap();
+        let p = build(&[site], 1, true).unwrap();
         assert_eq!(
             ops(&p),
             ["Gather", "Mul", "MatMul", "Reshape", "Add", "Cast"]
@@ -650,7 +656,7 @@ mod tests {
                 }],
             },
         );
-        assert_eq!(ops(&build(&[site], 0).unwrap()), ["Transpose", "Add"]);
+        assert_eq!(ops(&build(&[site], 0, true).unwrap()), ["Transpose", "Add"]);
     }
 
     #[test]
@@ -672,7 +678,7 @@ mod tests {
                 },
             ],
         };
-        let got = ops(&build(&[site], 1).unwrap());
+        let got = ops(&build(&[site], 1, true).unwrap());
         assert!(got.contains(&"ConstantOfShape".to_string()), "{got:?}");
         assert!(got.contains(&"Concat".to_string()), "{got:?}");
         assert_eq!(got.last().map(String::as_str), Some("Cast"));
@@ -706,7 +712,7 @@ mod tests {
                 site(&e, [ElemType::F16, ElemType::F16], part()),
                 site(&e, [ElemType::F16, ElemType::F16], part()),
             ];
-            let got = ops(&build(&two, 1).unwrap());
+            let got = ops(&build(&two, 1, true).unwrap());
             assert_eq!(got.iter().filter(|o| *o == "Gemm").count(), 2, "{got:?}");
             // Strengths, the f16 split and the Split into sites happen once for both.
             for shared in ["Gather", "Where", "Split"] {
@@ -714,7 +720,11 @@ mod tests {
             }
             assert!(!got.contains(&"MatMul".to_string()), "{got:?}");
             assert_eq!(got.last().map(String::as_str), Some(last), "{transform:?}");
-            let got = ops(&build(&[site(&e, [ElemType::F16, ElemType::F32], part())], 1).unwrap());
+            let got =
+                ops(&build(&[site(&e, [ElemType::F16, ElemType::F32], part())], 1, true).unwrap());
+            assert!(!got.contains(&"Gemm".to_string()), "{got:?}");
+            // Without the f16 path (the default), the same sites take the f32 sum.
+            let got = ops(&build(&two, 1, false).unwrap());
             assert!(!got.contains(&"Gemm".to_string()), "{got:?}");
         }
     }

@@ -67,6 +67,7 @@ pub fn stage(
         &entries,
         &based,
         deltas,
+        program::f16_gemm_wanted(),
     )
 }
 
@@ -82,6 +83,7 @@ fn stage_entries(
     entries: &[(usize, &WeightMapEntry)],
     based: &dyn Fn(usize) -> Option<ElemType>,
     deltas: &dyn DeltaSource,
+    f16_gemm: bool,
 ) -> Result<DeviceStaged, ResidentError> {
     let what = what.to_string();
     let cname = component.kind.to_string();
@@ -176,10 +178,11 @@ fn stage_entries(
                 .unwrap_or(0);
         check_fits(&what, id, need)?;
     }
-    let built = program::build(&sites, strengths.len()).map_err(|e| ResidentError::Graph {
-        what: what.clone(),
-        message: e.to_string(),
-    })?;
+    let built =
+        program::build(&sites, strengths.len(), f16_gemm).map_err(|e| ResidentError::Graph {
+            what: what.clone(),
+            message: e.to_string(),
+        })?;
     let (session, graph) = if sites.is_empty() {
         (None, false)
     } else {
@@ -226,12 +229,14 @@ fn stage_entries(
 
 /// The weights the patch program writes for `deltas` on `component`'s `which` graph, run on the
 /// CPU from fresh base copies: (initializer, bytes) of every weight a delta reaches, in the weight
-/// map's order. What the device patch computes, for checks against the host fuse.
+/// map's order. What the device patch computes (`f16_gemm`: with the f16 Gemm path), for checks
+/// against the host fuse.
 pub fn program_weights(
     rt: &Runtime,
     component: &Component,
     which: GraphKind,
     deltas: &dyn DeltaSource,
+    f16_gemm: bool,
 ) -> Result<Vec<(String, Vec<u8>)>, ResidentError> {
     let (graph, map) = patch::graph_of(component, which)?;
     let entries: Vec<(usize, &WeightMapEntry)> = map
@@ -243,7 +248,9 @@ pub fn program_weights(
     let opts = SessionOptions::default();
     let what = component.kind.to_string();
     let none = |_: usize| None;
-    let mut staged = stage_entries(rt, &opts, &what, graph, component, &entries, &none, deltas)?;
+    let mut staged = stage_entries(
+        rt, &opts, &what, graph, component, &entries, &none, deltas, f16_gemm,
+    )?;
     let err = |e: ort::Error| ResidentError::Upload {
         what: what.clone(),
         message: e.to_string(),

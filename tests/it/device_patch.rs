@@ -95,11 +95,16 @@ fn compare(model: &Model, adapter: &Path, mu: &str, kinds: &[ComponentKind]) -> 
                 plan: &plan,
                 component: adapters::lora_component(kind).unwrap(),
             };
-            for which in [GraphKind::Plain, GraphKind::Cuda] {
+            // The f16 Gemm path (STIPPLE_PATCH_F16=1) only changes the f16 graph's sites.
+            for (which, f16_gemm) in [
+                (GraphKind::Plain, false),
+                (GraphKind::Cuda, false),
+                (GraphKind::Cuda, true),
+            ] {
                 let Some((graph, map)) = c.graph_of(which) else {
                     continue;
                 };
-                let got = program_weights(runtime(), c, which, &view)
+                let got = program_weights(runtime(), c, which, &view, f16_gemm)
                     .unwrap_or_else(|e| panic!("{}: {kind} {which:?}: {e}", adapter.display()));
                 let entries: Vec<_> = map
                     .initializers
