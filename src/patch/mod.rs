@@ -5,6 +5,8 @@ pub mod buffer;
 mod inflight;
 pub mod program;
 
+#[cfg(unix)]
+pub use buffer::assemble_graph_to;
 pub use buffer::{
     assemble, assemble_graph, fill_each, fill_each_in, graph_of, pristine, return_freed_memory,
     zeroed_buffer, DeltaSource, Elems, Filled, PatchError, PatchStats, SourceTerm, TermOrigin,
