@@ -216,6 +216,11 @@ pub fn assemble_graph_to(
         }
         end = e.offset + e.length;
     }
+    let staging = |err: std::io::Error| PatchError::Staging {
+        component: cname.clone(),
+        message: err.to_string(),
+    };
+    file.set_len(bytes as u64).map_err(staging)?;
     let budget = InFlight::new(IN_FLIGHT_BYTES);
     let filled: Vec<Result<(Vec<&str>, bool), PatchError>> = order
         .par_iter()
@@ -228,10 +233,7 @@ pub fn assemble_graph_to(
                 component.weights.release_tensor(source);
             }
             file.write_all_at(elems.bytes(), e.offset as u64)
-                .map_err(|err| PatchError::Staging {
-                    component: cname.clone(),
-                    message: err.to_string(),
-                })?;
+                .map_err(staging)?;
             Ok((asked, patched))
         })
         .collect();
