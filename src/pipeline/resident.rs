@@ -511,13 +511,19 @@ pub fn build(
             &place,
         )
         .map_err(|e| {
-            tracing::warn!("{what}: staging the weights on disk failed ({e}); building from memory");
+            tracing::warn!(
+                "{what}: staging the weights on disk failed ({e}); building from memory"
+            );
         })
         .ok()
     } else {
         None
     };
-    let mut file = patch::zeroed_buffer(if staged.is_some() { 0 } else { buffer_len(graph) });
+    let mut file = patch::zeroed_buffer(if staged.is_some() {
+        0
+    } else {
+        buffer_len(graph)
+    });
     if !pinned.is_empty() && staged.is_none() {
         let bytes = Arc::get_mut(&mut file)
             .ok_or_else(|| graph_err("the weights buffer is shared".to_string()))?;
@@ -604,9 +610,12 @@ fn stage_pinned<'g>(
     filled: &[Filled],
     place: &dyn Fn(&str, usize) -> Result<&'g crate::model::graph::ExternalInit, ResidentError>,
 ) -> Result<crate::runtime::staged::Staged, String> {
-    let (staged, file) =
-        crate::runtime::staged::Staged::create(&graph.bytes, external_file, buffer_len(graph) as u64)
-            .map_err(|e| e.to_string())?;
+    let (staged, file) = crate::runtime::staged::Staged::create(
+        &graph.bytes,
+        external_file,
+        buffer_len(graph) as u64,
+    )
+    .map_err(|e| e.to_string())?;
     for (e, f) in pinned.iter().zip(filled) {
         let x = place(&e.name, f.elems.byte_len()).map_err(|e| e.to_string())?;
         write_at(&file, f.elems.bytes(), x.offset as u64).map_err(|e| e.to_string())?;

@@ -937,7 +937,7 @@ fn build_component(
 
 /// `c`'s `which` graph as a session with its weights (plus `deltas`) baked in.
 #[allow(clippy::too_many_arguments)]
-fn bake(
+pub(super) fn bake(
     c: &Component,
     rt: &'static Runtime,
     opts: &SessionOptions,
@@ -1004,15 +1004,14 @@ fn bake_staged(
         };
         let t = Instant::now();
         let len = crate::model::layout::buffer_len(graph) as u64;
-        let staged = crate::runtime::staged::Staged::create(
-            &graph.bytes,
-            &weightmap.external_file,
-            len,
-        );
+        let staged =
+            crate::runtime::staged::Staged::create(&graph.bytes, &weightmap.external_file, len);
         let (staged, file) = match staged {
             Ok(s) => s,
             Err(err) => {
-                tracing::warn!("{what}: staging the weights on disk failed ({err}); building from memory");
+                tracing::warn!(
+                    "{what}: staging the weights on disk failed ({err}); building from memory"
+                );
                 return Ok(None);
             }
         };
@@ -1020,7 +1019,9 @@ fn bake_staged(
             Ok(_) => {}
             Err(patch::PatchError::Staging { message, .. }) => {
                 c.weights.release_pages();
-                tracing::warn!("{what}: staging the weights on disk failed ({message}); building from memory");
+                tracing::warn!(
+                    "{what}: staging the weights on disk failed ({message}); building from memory"
+                );
                 return Ok(None);
             }
             Err(err) => return Err(err.into()),
@@ -1030,14 +1031,8 @@ fn bake_staged(
         stats.patch_s += t.elapsed().as_secs_f64();
         crate::runtime::host_mem::trace(&format!("{what}: weights staged"));
         let t = Instant::now();
-        let session = crate::runtime::build_session_staged(
-            rt,
-            what,
-            &staged.graph_path(),
-            opts,
-            dims,
-            &[],
-        )?;
+        let session =
+            crate::runtime::build_session_staged(rt, what, &staged.graph_path(), opts, dims, &[])?;
         // The session maps what it still reads; the names go now.
         drop(staged);
         stats.session_s += t.elapsed().as_secs_f64();
@@ -1198,16 +1193,7 @@ fn build_sessions(
         .collect();
     kinds.extend([ComponentKind::Unet, ComponentKind::VaeDecoder]);
     type Built = ((Net, Option<Fallback>), f64);
-    let built: Vec<Result<Built, PipelineError>> = if std::env::var_os("STIPPLE_SERIAL_LOAD").is_some() {
-        kinds
-            .iter()
-            .map(|&kind| {
-                let t = Instant::now();
-                build(kind).map(|b| (b, t.elapsed().as_secs_f64()))
-            })
-            .collect()
-    } else {
-        std::thread::scope(|s| {
+    let built: Vec<Result<Built, PipelineError>> = std::thread::scope(|s| {
         let builds: Vec<_> = kinds
             .iter()
             .map(|&kind| {
@@ -1230,8 +1216,7 @@ fn build_sessions(
                 })
             })
             .collect()
-    })
-    };
+    });
     let (mut nets, secs): (Vec<_>, Vec<f64>) = built
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?

@@ -43,6 +43,7 @@ impl Staged {
         }
         static NEXT: AtomicU64 = AtomicU64::new(0);
         std::fs::create_dir_all(root)?;
+        remove_abandoned(root);
         let dir = root.join(format!(
             "{}-{}",
             std::process::id(),
@@ -72,6 +73,42 @@ impl Drop for Staged {
         // Unlinked files a session still maps live on until it unmaps them.
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Removes the folders of processes that are gone (killed while building a session: their
+/// folder, gigabytes, was never dropped). Folders are named `PID-N`.
+fn remove_abandoned(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if pid != std::process::id() && !alive(pid) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+/// Whether process `pid` exists (signal 0 checks without sending anything).
+#[cfg(unix)]
+fn alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return true;
+    };
+    // SAFETY: kill with signal 0 sends nothing; it only reports whether the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+#[cfg(not(unix))]
+fn alive(_: u32) -> bool {
+    true
 }
 
 /// Whether sessions on `device` read their weights from a staging file: on the CPU and Unix only (a
@@ -117,6 +154,17 @@ mod tests {
         assert!(dir.join("weights.bin").exists());
         drop(staged);
         assert!(!dir.exists());
+        // A folder left by a process that is gone goes at the next staging; a live one stays.
+        let gone = tmp.path().join(format!("{}-0", i32::MAX));
+        let live = tmp
+            .path()
+            .join(format!("{}-{}", std::process::id(), u64::MAX));
+        std::fs::create_dir(&gone).expect("gone");
+        std::fs::create_dir(&live).expect("live");
+        let (again, _) = Staged::create_in(tmp.path(), b"g", "w", 1).expect("staged again");
+        assert!(!gone.exists(), "an abandoned folder is removed");
+        assert!(live.exists(), "this process's folders stay");
+        drop(again);
         for bad in ["../x", "a/b", "model.onnx", ""] {
             assert!(
                 Staged::create_in(tmp.path(), b"g", bad, 1).is_err(),
