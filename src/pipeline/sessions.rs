@@ -1035,6 +1035,7 @@ fn bake_staged(
             crate::runtime::build_session_staged(rt, what, &staged.graph_path(), opts, dims, &[])?;
         // The session maps what it still reads; the names go now.
         drop(staged);
+        crate::runtime::staged::count_baked();
         stats.session_s += t.elapsed().as_secs_f64();
         crate::runtime::host_mem::trace(&format!("{what}: session built"));
         Ok(Some(session))

@@ -75,6 +75,20 @@ impl Drop for Staged {
     }
 }
 
+/// Sessions built with their baked weights read from a staging file, since the process started.
+static BAKED: AtomicU64 = AtomicU64::new(0);
+
+/// How many sessions with baked weights were built from a staging file so far: the check that CPU
+/// loads take this path (an in-memory build holds the weights two and a half times over).
+pub fn baked_sessions() -> u64 {
+    BAKED.load(Ordering::Relaxed)
+}
+
+/// Counts one session built by `bake` from a staging file.
+pub(crate) fn count_baked() {
+    BAKED.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Removes the folders of processes that are gone (killed while building a session: their
 /// folder, gigabytes, was never dropped). Folders are named `PID-N`.
 fn remove_abandoned(root: &Path) {

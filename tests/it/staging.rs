@@ -1,13 +1,15 @@
 //! Weights staged on disk for CPU sessions (`stipple::runtime::staged`): the staging file must
 //! hold exactly the bytes of the in-memory buffer it replaces (which the reference-image tests
 //! check against diffusers), with and without an adapter delta, for a model folder and for a
-//! single file whose fp16 weights the CPU graph reads as fp32.
+//! single file whose fp16 weights the CPU graph reads as fp32; and a CPU load must take that path.
 
 use crate::util::*;
 use std::collections::HashMap;
 use stipple::model::layout::{GraphKind, OpenOptions};
 use stipple::model::Model;
 use stipple::patch::{assemble_graph, assemble_graph_to};
+use stipple::pipeline::{EngineSpec, Generator};
+use stipple::runtime::staged;
 
 #[test]
 fn the_staging_file_holds_the_in_memory_buffer_byte_for_byte() {
@@ -45,4 +47,17 @@ fn the_staging_file_holds_the_in_memory_buffer_byte_for_byte() {
             }
         }
     }
+}
+
+#[test]
+fn a_cpu_load_builds_its_sessions_from_staging_files() {
+    // Other tests load models beside this one and may only add to the count, never take it back:
+    // a build that went back to the in-memory buffer leaves it at zero.
+    let g = Generator::load(EngineSpec::new(tiny_model()), runtime()).unwrap();
+    drop(g);
+    assert!(
+        staged::baked_sessions() >= 3,
+        "the text encoder, UNet and VAE decoder of a CPU load come from staging files: {} did",
+        staged::baked_sessions()
+    );
 }
