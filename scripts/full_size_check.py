@@ -18,8 +18,10 @@ rather than from_single_file itself: that needs a config folder or the Hub.
 (stipple draws the initial latents with torch's CPU generator, as the pipeline does); the result is printed and
 written to DIR/<family>-random.compare.json; exit status 1 when the mean abs difference is over 1/255.
 Measured (2026-12-06, 2 cores, 24 GB): sd15 and sd2 mean 0.0002/255, sd2v 0.0001/255, max 1/255 each (stipple
-38-44 s, peak RSS 10.4, 12.1 and 12.2 GB). SDXL: the diffusers part runs (--build fp16 --fp32-weights mmap, 15.4 GB peak RSS), stipple's CPU fp32 load
-does not fit: killed by the kernel at 24.3 GB anonymous memory with --resident-weights=true (13.9 GB of fp32 weights).
+38-44 s, peak RSS 10.4, 12.1 and 12.2 GB, with the weights handed to ONNX Runtime in memory; since they are staged on
+disk, SD1.5 peaks at 4.3 GB). SDXL: the diffusers part runs (--build fp16 --fp32-weights mmap, 15.4 GB peak RSS);
+stipple's CPU fp32 load was killed by the kernel at 24.3 GB anonymous memory (13.9 GB of fp32 weights) before the weights
+were staged on disk, and now peaks at 15.3 GB: mean abs 0.0003/255, max 1/255 -> PASS (stipple 154 s).
 
 Steps (CPU only):
   1. tiny_configs.build_sd15_random / build_sdxl_random (fp32), then each module cast to fp16 in place: the values

@@ -49,6 +49,8 @@ pub enum PatchError {
     Layout { component: String, init: String },
     #[error("{component}: {param} is folded into a constant when the session is built (static shapes), so an adapter cannot change it in place; run without --static-shapes or --cuda-graph")]
     Folded { component: String, param: String },
+    #[error("{component}: writing its weights to the staging file: {message}")]
+    Staging { component: String, message: String },
     #[error("{component}: the model folder has no {kind:?} graph")]
     NoGraph { component: String, kind: GraphKind },
 }
@@ -183,6 +185,74 @@ pub fn assemble_graph(
     free_scratch();
     check_used(&cname, deltas, &used)?;
     Ok((arc, stats))
+}
+
+/// [`assemble_graph`] into `file` (a staging file, [`crate::runtime::staged`]) instead of a
+/// buffer: each initializer is filled on its own and written at its offset, so what is held at once
+/// is the weights in flight, never the whole buffer; the file's pages are page cache, not this
+/// process's memory. Unwritten gaps read as zeroes. Fails before the file is complete if a delta
+/// does not fit (the caller drops the file).
+#[cfg(unix)]
+pub fn assemble_graph_to(
+    component: &Component,
+    kind: GraphKind,
+    deltas: &dyn DeltaSource,
+    file: &std::fs::File,
+) -> Result<PatchStats, PatchError> {
+    use std::os::unix::fs::FileExt;
+    let cname = component.kind.to_string();
+    let (graph, weightmap) = graph_of(component, kind)?;
+    let bytes = buffer_len(graph);
+    let mut order: Vec<&WeightMapEntry> = weightmap.initializers.iter().collect();
+    order.sort_by_key(|e| e.offset);
+    let mut end = 0usize;
+    for e in &order {
+        let fits = e.offset >= end && e.offset.checked_add(e.length).is_some_and(|x| x <= bytes);
+        if !fits {
+            return Err(PatchError::Layout {
+                component: cname,
+                init: e.name.clone(),
+            });
+        }
+        end = e.offset + e.length;
+    }
+    let staging = |err: std::io::Error| PatchError::Staging {
+        component: cname.clone(),
+        message: err.to_string(),
+    };
+    file.set_len(bytes as u64).map_err(staging)?;
+    let budget = InFlight::new(IN_FLIGHT_BYTES);
+    let filled: Vec<Result<(Vec<&str>, bool), PatchError>> = order
+        .par_iter()
+        .map(|e| {
+            let esize = elem_of(graph, &e.name).and_then(|t| t.size()).unwrap_or(4);
+            let _permit = budget.take((e.length / esize.max(1)) * 12 + e.length);
+            let mut elems = Elems::zeroed(e.length, esize);
+            let (asked, patched) = fill(component, graph, &cname, e, deltas, elems.bytes_mut())?;
+            for source in e.sources() {
+                component.weights.release_tensor(source);
+            }
+            file.write_all_at(elems.bytes(), e.offset as u64)
+                .map_err(staging)?;
+            Ok((asked, patched))
+        })
+        .collect();
+    free_scratch();
+    let mut used = HashSet::new();
+    let mut stats = PatchStats {
+        bytes,
+        ..Default::default()
+    };
+    for r in filled {
+        let (asked, patched) = r?;
+        stats.initializers += 1;
+        if patched {
+            stats.patched += 1;
+        }
+        used.extend(asked);
+    }
+    check_used(&cname, deltas, &used)?;
+    Ok(stats)
 }
 
 /// The component's `kind` graph and weight map, or the error saying it has none.

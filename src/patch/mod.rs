@@ -6,6 +6,8 @@ mod inflight;
 pub mod lowrank;
 pub mod program;
 
+#[cfg(unix)]
+pub use buffer::assemble_graph_to;
 pub use buffer::{
     assemble, assemble_graph, fill_each, fill_each_in, graph_of, pristine, return_freed_memory,
     zeroed_buffer, DeltaSource, Elems, Filled, PatchError, PatchStats, SourceTerm, TermOrigin,

@@ -143,8 +143,10 @@ impl Generator {
         }
         let text = TextConditioner::load(&model, clip_skip, spec.embedding_dirs.clone())?;
         let scheduler = SchedulerConfig::from_json_str(&model.scheduler_config)?;
+        crate::runtime::host_mem::trace("model opened");
         let sessions = Sessions::load(&model, runtime, opts, spec.bound_unet)?;
         crate::patch::return_freed_memory();
+        crate::runtime::host_mem::trace("sessions ready");
         let model_name = model.name();
         // Hashing a multi-gigabyte file takes seconds the first time: it runs beside the
         // session builds and is waited for at the first image.

@@ -9,9 +9,8 @@ use super::error::{run_err, PipelineError};
 use crate::model::layout::{ComponentKind, GraphKind};
 use crate::model::prediction::{self, Prediction};
 use crate::model::Model;
-use crate::patch;
 use crate::runtime::tensor_io::{run, Input};
-use crate::runtime::{build_session, Runtime, SessionOptions};
+use crate::runtime::{Runtime, SessionOptions};
 use std::collections::HashMap;
 
 /// The test's latent side, context tokens, timestep and fill value (A1111's).
@@ -59,20 +58,17 @@ pub fn one_step_mean(model: &Model, rt: &'static Runtime) -> Result<f32, Pipelin
         model.index.family.facts().context_dim as u64,
     );
     let none: HashMap<String, Vec<f32>> = HashMap::new();
-    let (buf, _) = patch::assemble_graph(unet, GraphKind::Plain, &none)?;
-    unet.weights.release_pages();
-    let Some((graph, weightmap)) = unet.graph_of(GraphKind::Plain) else {
-        return Err(PipelineError::Job("the UNet has no plain graph".into()));
-    };
-    let mut session = build_session(
+    // Built as the load's sessions are (staged on disk on the CPU), so the test costs no more
+    // memory than the UNet session that follows it.
+    let mut session = super::sessions::bake(
+        unet,
         rt,
-        "unet (prediction test)",
-        &graph.bytes,
-        &weightmap.external_file,
-        buf,
         &SessionOptions::default(),
+        GraphKind::Plain,
+        "unet (prediction test)",
+        &none,
         &[],
-        &[],
+        &mut Default::default(),
     )?;
     let sample = vec![FILL; in_channels * SIDE * SIDE];
     let context = vec![FILL; TOKENS * context_dim];

@@ -11,7 +11,9 @@ use crate::model::layout::{buffer_len, Component, GraphKind};
 use crate::model::{ElemType, Graph, WeightMapEntry};
 use crate::patch::{self, DeltaSource, Elems, Filled, PatchError};
 use crate::runtime::tensor_io::{Input, Output};
-use crate::runtime::{build_session, Device, Runtime, SessionError, SessionOptions};
+use crate::runtime::{
+    build_session, build_session_staged, Device, Runtime, SessionError, SessionOptions,
+};
 use ort::memory::AllocationDevice;
 use ort::session::Session;
 use ort::value::PrimitiveTensorElementType;
@@ -476,6 +478,7 @@ pub fn build(
     let mut filled = patch::fill_each_in(component, graph, &every, deltas)?;
     let pinned_filled = filled.split_off(entries.len());
     component.weights.release_pages();
+    crate::runtime::host_mem::trace(&format!("{what}: resident weights filled"));
     let externals: HashMap<&str, _> = graph
         .externals
         .iter()
@@ -496,9 +499,32 @@ pub fn build(
     // (zero pages that cost no memory), so one host copy of the weights is held, not two; anything
     // else ONNX Runtime did load from the file would show as zeros, not as weights silently cut
     // off from the buffers.
-    let mut file = patch::zeroed_buffer(buffer_len(graph));
     let pinned_patched = pinned_filled.iter().any(|f| f.patched);
-    if !pinned.is_empty() {
+    // On the CPU the file is staged on disk: ONNX Runtime copies an in-memory file whole, zeroes
+    // included (3.3 GB more at an SD1.5 UNet's build), and maps a file on disk lazily.
+    let staged = if crate::runtime::staged::enabled(opts.device) {
+        stage_pinned(
+            graph,
+            &weightmap.external_file,
+            &pinned,
+            &pinned_filled,
+            &place,
+        )
+        .map_err(|e| {
+            tracing::warn!(
+                "{what}: staging the weights on disk failed ({e}); building from memory"
+            );
+        })
+        .ok()
+    } else {
+        None
+    };
+    let mut file = patch::zeroed_buffer(if staged.is_some() {
+        0
+    } else {
+        buffer_len(graph)
+    });
+    if !pinned.is_empty() && staged.is_none() {
         let bytes = Arc::get_mut(&mut file)
             .ok_or_else(|| graph_err("the weights buffer is shared".to_string()))?;
         for (e, f) in pinned.iter().zip(&pinned_filled) {
@@ -539,16 +565,21 @@ pub fn build(
         .map(|e| e.name.as_str())
         .zip(tensors.iter().cloned())
         .collect();
-    let session = build_session(
-        rt,
-        what,
-        &graph.bytes,
-        &weightmap.external_file,
-        file,
-        opts,
-        dims,
-        &shared,
-    )?;
+    let session = match &staged {
+        Some(staged) => build_session_staged(rt, what, &staged.graph_path(), opts, dims, &shared)?,
+        None => build_session(
+            rt,
+            what,
+            &graph.bytes,
+            &weightmap.external_file,
+            file,
+            opts,
+            dims,
+            &shared,
+        )?,
+    };
+    drop(staged);
+    crate::runtime::host_mem::trace(&format!("{what}: session built"));
     Ok(Net {
         session,
         fp16: false,
@@ -568,6 +599,38 @@ pub fn build(
             last_program: None,
         }),
     })
+}
+
+/// The staging folder of a resident session: the graph and its external-data file, which holds
+/// only the pinned weights (the rest is a hole: every other initializer is shared).
+fn stage_pinned<'g>(
+    graph: &Graph,
+    external_file: &str,
+    pinned: &[&WeightMapEntry],
+    filled: &[Filled],
+    place: &dyn Fn(&str, usize) -> Result<&'g crate::model::graph::ExternalInit, ResidentError>,
+) -> Result<crate::runtime::staged::Staged, String> {
+    let (staged, file) = crate::runtime::staged::Staged::create(
+        &graph.bytes,
+        external_file,
+        buffer_len(graph) as u64,
+    )
+    .map_err(|e| e.to_string())?;
+    for (e, f) in pinned.iter().zip(filled) {
+        let x = place(&e.name, f.elems.byte_len()).map_err(|e| e.to_string())?;
+        write_at(&file, f.elems.bytes(), x.offset as u64).map_err(|e| e.to_string())?;
+    }
+    Ok(staged)
+}
+
+#[cfg(unix)]
+fn write_at(file: &std::fs::File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
+}
+
+#[cfg(not(unix))]
+fn write_at(_: &std::fs::File, _: &[u8], _: u64) -> std::io::Result<()> {
+    Err(std::io::Error::other("staging is for Unix"))
 }
 
 /// A value over `placed`'s buffer that does not own it (what ONNX Runtime accepts as a shared

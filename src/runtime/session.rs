@@ -1,7 +1,9 @@
-//! Builds an ONNX Runtime session from a graph and its weights buffer (assembled in memory).
+//! Builds an ONNX Runtime session from a graph and its weights buffer (assembled in memory, or
+//! staged on disk).
 //!
 //! [`build_session`] hands the buffer over with `with_external_initializer_file_in_memory`, so weights
-//! are in place before graph optimisation and the external file named in the graph never exists.
+//! are in place before graph optimisation and the external file named in the graph never exists;
+//! [`build_session_staged`] points ONNX Runtime at a staged graph whose data file it maps.
 
 use super::cuda_opts::CudaOptions;
 use super::ep::{Device, DeviceError};
@@ -294,6 +296,48 @@ pub fn build_session(
     dims: &[(&str, i64)],
     shared: &[(&str, Arc<DynValue>)],
 ) -> Result<Session, SessionError> {
+    let source = Source::Memory {
+        graph,
+        external_file,
+        weights,
+    };
+    build(rt, what, source, opts, dims, shared)
+}
+
+/// [`build_session`] for a graph staged on disk with its external-data file beside it
+/// ([`super::staged::Staged`]): ONNX Runtime maps the file and reads the weights from the page
+/// cache, where the in-memory buffer would be copied whole while the session is built. On the CPU
+/// the kernels' pre-packed copies then replace most of the mapped weights; what stays mapped is
+/// file-backed memory the kernel can drop and read again.
+pub fn build_session_staged(
+    rt: &Runtime,
+    what: &str,
+    graph_path: &std::path::Path,
+    opts: &SessionOptions,
+    dims: &[(&str, i64)],
+    shared: &[(&str, Arc<DynValue>)],
+) -> Result<Session, SessionError> {
+    build(rt, what, Source::Staged(graph_path), opts, dims, shared)
+}
+
+/// Where a session's graph and external-data file come from.
+enum Source<'a> {
+    Memory {
+        graph: &'a [u8],
+        external_file: &'a str,
+        weights: Arc<[u8]>,
+    },
+    Staged(&'a std::path::Path),
+}
+
+fn build(
+    rt: &Runtime,
+    what: &str,
+    source: Source,
+    opts: &SessionOptions,
+    dims: &[(&str, i64)],
+    shared: &[(&str, Arc<DynValue>)],
+) -> Result<Session, SessionError> {
     let providers = opts
         .device
         .dispatch(&rt.path.display().to_string(), &opts.cuda)?;
@@ -302,9 +346,17 @@ pub fn build_session(
     let mut builder = Session::builder(rt.environment())
         .map_err(&e)?
         .with_execution_providers(providers)
-        .map_err(recover)?
-        .with_external_initializer_file_in_memory(external_file, weights)
         .map_err(recover)?;
+    if let Source::Memory {
+        external_file,
+        weights,
+        ..
+    } = &source
+    {
+        builder = builder
+            .with_external_initializer_file_in_memory(external_file, Arc::clone(weights))
+            .map_err(recover)?;
+    }
     if !shared.is_empty() {
         use ort::session::builder::GraphOptimizationLevel as L;
         builder = builder
@@ -373,7 +425,11 @@ pub fn build_session(
             .with_memory_pattern(false)
             .map_err(recover)?;
     }
-    builder.commit_from_memory(graph).map_err(|err| {
+    let committed = match source {
+        Source::Memory { graph, .. } => builder.commit_from_memory(graph),
+        Source::Staged(path) => builder.commit_from_file(path),
+    };
+    committed.map_err(|err| {
         if opts.cuda_graph() {
             SessionError::CudaGraph {
                 what: what.to_string(),

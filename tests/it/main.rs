@@ -37,6 +37,7 @@ mod sdxl_adapters;
 mod sdxl_inpaint;
 mod sharded;
 mod single_file;
+mod staging;
 mod te_precision;
 mod tui_config;
 mod tui_embeddings;
