@@ -419,14 +419,10 @@ impl Generator {
         w: usize,
     ) -> Result<RgbImage, PipelineError> {
         if self.vae_tiling.applies(h, w) {
-            super::vae_tiles::decode(
-                &mut self.sessions,
-                &self.model,
-                self.vae_tiling,
-                latents,
-                h,
-                w,
-            )
+            let tile = self.vae_tiling.tile;
+            self.sessions
+                .tiled_vae(&self.model)?
+                .decode(latents, h, w, tile)
         } else {
             self.sessions.decode(&self.model, latents, h, w)
         }

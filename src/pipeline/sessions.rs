@@ -124,6 +124,8 @@ pub struct Sessions {
     fused: FusedKey,
     /// (latent height, latent width) the VAE session was built for, with static shapes.
     vae_dims: Option<[i64; 2]>,
+    /// The decoder cut at its GroupNorms, built at the first tiled decode.
+    vae_tiled: Option<super::vae_tiles::TiledDecoder>,
     /// The UNet's fixed input and output buffers, when it runs as a CUDA graph.
     unet_io: Option<Bound>,
     /// The report of the last adapter application (the components that changed).
@@ -164,6 +166,7 @@ impl Sessions {
             te_source: TeSource::Deltas(ComponentDeltas::new()),
             fused: FusedKey::default(),
             vae_dims: None,
+            vae_tiled: None,
             unet_io: None,
             last_report: None,
             last_fuse: None,
@@ -679,6 +682,40 @@ impl Sessions {
         w: usize,
     ) -> Result<RgbImage, PipelineError> {
         self.vae_decoder(model).decode(latents, h, w)
+    }
+
+    /// The exact tiled decoder ([`super::vae_tiles`]): the plain fp32 decoder graph cut at its
+    /// GroupNorms, one session per segment, built on first use and kept (the VAE takes no adapters).
+    pub fn tiled_vae(
+        &mut self,
+        model: &Model,
+    ) -> Result<&mut super::vae_tiles::TiledDecoder, PipelineError> {
+        if self.vae_tiled.is_none() {
+            self.vae_tiled = Some(self.build_tiled_vae(model)?);
+        }
+        self.vae_tiled
+            .as_mut()
+            .ok_or_else(|| PipelineError::Job("no tiled VAE decoder".into()))
+    }
+
+    fn build_tiled_vae(
+        &self,
+        model: &Model,
+    ) -> Result<super::vae_tiles::TiledDecoder, PipelineError> {
+        let c = model
+            .component(ComponentKind::VaeDecoder)
+            .ok_or_else(|| PipelineError::Job("the model has no VAE decoder".into()))?;
+        let none: HashMap<String, Vec<f32>> = HashMap::new();
+        let (buf, _) = patch::assemble_graph(c, GraphKind::Plain, &none)?;
+        c.weights.release_pages();
+        super::vae_tiles::TiledDecoder::build(
+            self.runtime,
+            &self.opts,
+            &c.graph.bytes,
+            &c.weightmap.external_file,
+            buf,
+            model.vae_scaling(),
+        )
     }
 
     /// A handle on the VAE decoder session that another thread can decode with; it always runs the
