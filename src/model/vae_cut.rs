@@ -77,8 +77,8 @@ pub struct Plan {
 
 /// Operators a tile computes exactly given a halo (beside [`Conv`] and `Resize`, checked apart).
 const POINTWISE: &[&str] = &[
-    "Add", "Sub", "Mul", "Div", "Sigmoid", "Tanh", "Relu", "Identity", "Cast", "Erf", "Sqrt", "Pow",
-    "Neg", "Exp", "Clip",
+    "Add", "Sub", "Mul", "Div", "Sigmoid", "Tanh", "Relu", "Identity", "Cast", "Erf", "Sqrt",
+    "Pow", "Neg", "Exp", "Clip",
 ];
 
 /// Cuts the decoder graph `bytes` (the plain fp32 export) at every GroupNorm.
@@ -579,7 +579,10 @@ mod tests {
         assert_eq!(plan.segments.len(), 15);
         assert!(plan.norms.iter().all(|n| n.groups == 32));
         assert!(plan.norms.iter().all(|n| (n.eps - 1e-6).abs() < 1e-9));
-        assert_eq!((plan.input.as_str(), plan.output.as_str()), ("latent_sample", "sample"));
+        assert_eq!(
+            (plan.input.as_str(), plan.output.as_str()),
+            ("latent_sample", "sample")
+        );
         // Only the segment after the attention's GroupNorm (q, k, v, softmax) and the one that
         // flattens the picture for it cannot run on tiles.
         let whole: Vec<usize> = (0..15).filter(|&k| !plan.segments[k].tileable).collect();

@@ -267,7 +267,9 @@ fn run_segment(
                 .inputs
                 .iter()
                 .zip(ins.iter().zip(&ratios).zip(&crops))
-                .map(|(n, ((t, r), c))| Input::F32(n, vec![1, t.shape[1], wy.len * r, wx.len * r], c))
+                .map(|(n, ((t, r), c))| {
+                    Input::F32(n, vec![1, t.shape[1], wy.len * r, wx.len * r], c)
+                })
                 .collect();
             let got = run(session, inputs, &outs).map_err(run_err("VAE decoder (tiled)"))?;
             for ((shape, data), dst) in got.into_iter().zip(full.iter_mut()) {
@@ -433,7 +435,10 @@ mod tests {
                         assert_eq!(w.len, (core + 2 * halo).min(n));
                         assert!(w.start + w.len <= n);
                         assert!(w.start <= w.core0 && w.core1 <= w.start + w.len);
-                        assert!(w.core0 - w.start >= halo || w.start == 0, "{n} {core} {halo} {w:?}");
+                        assert!(
+                            w.core0 - w.start >= halo || w.start == 0,
+                            "{n} {core} {halo} {w:?}"
+                        );
                         assert!(
                             w.start + w.len - w.core1 >= halo || w.start + w.len == n,
                             "{n} {core} {halo} {w:?}"
