@@ -57,9 +57,11 @@ pub struct Segment {
     /// Whether it can run on tiles: convolutions with stride 1, nearest upsampling and element-wise
     /// operators only (no attention, no reshape); inputs and outputs are then `[1, C, H, W]`.
     pub tileable: bool,
-    /// Pixels of its input resolution an output pixel depends on, each way (an upper bound: every
-    /// 3×3 convolution counts 1, even after an upsampling, where it reaches half a pixel).
+    /// Pixels of its input resolution an output pixel depends on, each way (an upper bound: the
+    /// reaches of its convolutions, each in pixels of the input resolution, summed).
     pub halo: usize,
+    /// Its largest downsampling (2 after a stride-2 convolution): tiles start on multiples of it.
+    pub down: usize,
     /// Node count (0: nothing to run, e.g. two GroupNorms in a row).
     pub nodes: usize,
 }
@@ -412,7 +414,11 @@ impl Ctx<'_> {
         outs: Vec<String>,
     ) -> Result<Segment, CutError> {
         let mut tileable = true;
-        let mut halo = 0usize;
+        // How many input pixels one pixel of each tensor spans (2 after a stride-2 convolution,
+        // 1/2 after an upsampling); tensors not listed are at the input resolution.
+        let mut span: HashMap<&str, f64> = HashMap::new();
+        let mut reach = 0f64;
+        let mut down = 1f64;
         let mut used: HashSet<&str> = HashSet::new();
         for &i in part {
             let n = &self.nodes[i];
@@ -420,9 +426,22 @@ impl Ctx<'_> {
             if cheap[i] {
                 continue;
             }
+            let f = n
+                .input
+                .iter()
+                .filter_map(|x| match span.get(x.as_str()) {
+                    Some(&f) => Some(f),
+                    None => ins.contains(x).then_some(1.0),
+                })
+                .fold(0f64, f64::max)
+                .max(f64::MIN_POSITIVE);
+            let mut out = f;
             match n.op_type() {
                 "Conv" => match self.conv_reach(n) {
-                    Some(r) => halo += r,
+                    Some((r, stride)) => {
+                        reach += r as f64 * f;
+                        out = f * stride as f64;
+                    }
                     None => tileable = false,
                 },
                 "Resize" => {
@@ -433,13 +452,23 @@ impl Ctx<'_> {
                         .and_then(|a| a.s.as_deref())
                         .is_none_or(|m| m == b"nearest");
                     if !nearest {
-                        halo += 1;
+                        reach += f;
                     }
+                    // An upsampling (by 2 in the VAE; a larger one only makes this bound looser).
+                    out = f / 2.0;
                 }
+                // diffusers' Downsample2D pads one pixel right and below; counted twice as wide.
+                "Pad" => reach += 2.0 * f,
                 op if POINTWISE.contains(&op) => {}
                 _ => tileable = false,
             }
+            for o in &n.output {
+                span.insert(o.as_str(), out);
+            }
+            down = down.max(out);
         }
+        let halo = reach.ceil() as usize;
+        let down = down.round().max(1.0) as usize;
         let value = |name: &String| ValueInfoProto {
             name: Some(name.clone()),
             r#type: Some(TypeProto {
@@ -477,21 +506,20 @@ impl Ctx<'_> {
             outputs: outs,
             tileable,
             halo,
+            down,
             nodes: part.len(),
         })
     }
 
-    /// How far a stride-1, "same"-padded convolution reaches (None: any other convolution).
-    fn conv_reach(&self, n: &NodeProto) -> Option<usize> {
+    /// How far a convolution reaches (half its kernel when padded to keep the size, else all of
+    /// it) and its stride (None: strides that differ by axis).
+    fn conv_reach(&self, n: &NodeProto) -> Option<(usize, usize)> {
         let ints_of = |name: &str| {
             n.attribute
                 .iter()
                 .find(|a| a.name() == name)
                 .map(|a| a.ints.clone())
         };
-        if ints_of("strides").is_some_and(|s| s.iter().any(|&v| v != 1)) {
-            return None;
-        }
         let kernel = match ints_of("kernel_shape") {
             Some(k) => k,
             None => {
@@ -499,18 +527,22 @@ impl Ctx<'_> {
                 w.dims.get(2..)?.to_vec()
             }
         };
+        let strides = ints_of("strides").unwrap_or_else(|| vec![1; kernel.len()]);
+        let stride = *strides.first().unwrap_or(&1);
+        if strides.iter().any(|&s| s != stride) || stride < 1 {
+            return None;
+        }
         let dil = ints_of("dilations").unwrap_or_else(|| vec![1; kernel.len()]);
         let pads = ints_of("pads").unwrap_or_else(|| vec![0; 2 * kernel.len()]);
         let mut reach = 0i64;
         for (a, (&k, &d)) in kernel.iter().zip(&dil).enumerate() {
-            let r = d * (k - 1) / 2;
-            if (k - 1) % 2 != 0 || pads.get(a) != Some(&r) || pads.get(a + kernel.len()) != Some(&r)
-            {
-                return None;
-            }
-            reach = reach.max(r);
+            let half = d * (k - 1) / 2;
+            let same = (k - 1) % 2 == 0
+                && pads.get(a) == Some(&half)
+                && pads.get(a + kernel.len()) == Some(&half);
+            reach = reach.max(if same { half } else { d * (k - 1) });
         }
-        usize::try_from(reach).ok()
+        Some((usize::try_from(reach).ok()?, usize::try_from(stride).ok()?))
     }
 }
 
@@ -594,6 +626,23 @@ mod tests {
         assert_eq!(plan.segments[14].halo, 1);
         assert_eq!(plan.segments[14].outputs, vec!["sample".to_string()]);
         assert_eq!(plan.last_use["latent_sample"], 0);
+    }
+
+    /// The tiny encoder: 10 GroupNorms (down blocks 2 × 2, mid 2 + attention, conv_norm_out);
+    /// its first segment is conv_in (3×3) alone, and the one with the downsampler (pad, 3×3
+    /// stride-2 convolution) halves the resolution.
+    #[test]
+    fn tiny_encoder_cuts_too() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/tiny-sd15/vae_encoder/model.onnx"
+        );
+        let plan = cut(&std::fs::read(path).unwrap()).unwrap();
+        assert_eq!(plan.norms.len(), 10);
+        assert_eq!(plan.segments[0].halo, 1);
+        assert_eq!(plan.segments[0].down, 1);
+        assert_eq!(plan.segments.iter().filter(|s| s.down == 2).count(), 1);
+        assert_eq!(plan.segments.iter().filter(|s| !s.tileable).count(), 2);
     }
 
     #[test]

@@ -67,29 +67,27 @@ struct Host {
     data: Vec<f32>,
 }
 
-/// The decoder as segment sessions and host GroupNorms (built once, at the first tiled decode).
-pub struct TiledDecoder {
+/// A VAE graph cut at its GroupNorms: segment sessions and the GroupNorms' parameters.
+struct Tiled {
     plan: Plan,
     /// One per segment; None for an empty one.
     sessions: Vec<Option<Session>>,
     /// γ and β of each GroupNorm.
     affine: Vec<(Vec<f32>, Vec<f32>)>,
-    /// The latents are divided by it before the decoder (the model's `scaling_factor`).
-    scale: f32,
 }
 
-impl TiledDecoder {
-    /// Cuts the plain fp32 decoder `graph` (external file `external_file`, assembled as `weights`)
-    /// and builds a session per segment.
-    pub fn build(
+impl Tiled {
+    /// Cuts the plain fp32 `graph` (external file `external_file`, assembled as `weights`) and
+    /// builds a session per segment.
+    fn build(
         rt: &Runtime,
         opts: &SessionOptions,
+        what: &str,
         graph: &[u8],
         external_file: &str,
         weights: Arc<[u8]>,
-        scale: f32,
-    ) -> Result<TiledDecoder, PipelineError> {
-        let plan = vae_cut::cut(graph).map_err(|e| PipelineError::Job(e.to_string()))?;
+    ) -> Result<Tiled, PipelineError> {
+        let plan = vae_cut::cut(graph).map_err(|e| PipelineError::Job(format!("{what}: {e}")))?;
         let opts = opts.without_cuda_graph();
         let mut sessions = Vec::with_capacity(plan.segments.len());
         for (k, seg) in plan.segments.iter().enumerate() {
@@ -97,10 +95,9 @@ impl TiledDecoder {
                 sessions.push(None);
                 continue;
             }
-            let what = format!("VAE decoder segment {k}");
             sessions.push(Some(build_session(
                 rt,
-                &what,
+                &format!("{what} segment {k}"),
                 &seg.model,
                 external_file,
                 Arc::clone(&weights),
@@ -109,7 +106,7 @@ impl TiledDecoder {
                 &[],
             )?));
         }
-        let values = |p: &Param, c: &str| -> Result<Vec<f32>, PipelineError> {
+        let values = |p: &Param| -> Result<Vec<f32>, PipelineError> {
             match p {
                 Param::Values(v) => Ok(v.clone()),
                 Param::External { offset, length } => weights
@@ -121,7 +118,7 @@ impl TiledDecoder {
                     })
                     .ok_or_else(|| {
                         PipelineError::Job(format!(
-                            "VAE decoder: a GroupNorm {c} lies outside the weights"
+                            "{what}: a GroupNorm parameter lies outside the weights"
                         ))
                     }),
             }
@@ -129,49 +126,31 @@ impl TiledDecoder {
         let affine = plan
             .norms
             .iter()
-            .map(|n| Ok((values(&n.gamma, "scale")?, values(&n.beta, "bias")?)))
+            .map(|n| Ok((values(&n.gamma)?, values(&n.beta)?)))
             .collect::<Result<_, PipelineError>>()?;
-        Ok(TiledDecoder {
+        Ok(Tiled {
             plan,
             sessions,
             affine,
-            scale,
         })
     }
 
-    /// Number of segments (GroupNorms + 1) and of those that run whole.
-    pub fn segment_counts(&self) -> (usize, usize) {
-        let whole = self.plan.segments.iter().filter(|s| !s.tileable).count();
-        (self.plan.segments.len(), whole)
-    }
-
-    /// Decodes latents `[4, h, w]` with segments run on tiles of `tile` latent pixels (at each
-    /// segment's resolution: `tile` × its upsampling) plus their halo.
-    pub fn decode(
-        &mut self,
-        latents: &[f32],
-        h: usize,
-        w: usize,
-        tile: usize,
-    ) -> Result<RgbImage, PipelineError> {
+    /// Runs the graph on `input`, segments on tiles of `tile` latent pixels (`latent_h` is the
+    /// latents' height: a segment at 8 times it tiles by 8 × `tile`) plus their halo.
+    fn run(&mut self, input: Host, latent_h: usize, tile: usize) -> Result<Host, PipelineError> {
         let mut store: HashMap<String, Host> = HashMap::new();
-        store.insert(
-            self.plan.input.clone(),
-            Host {
-                shape: vec![1, latents.len() / (h * w).max(1), h, w],
-                data: latents.iter().map(|x| x / self.scale).collect(),
-            },
-        );
+        store.insert(self.plan.input.clone(), input);
         for k in 0..self.plan.segments.len() {
             if let Some(session) = self.sessions[k].as_mut() {
                 let seg = &self.plan.segments[k];
-                let outs = run_segment(session, seg, &store, h, tile.max(1))?;
+                let outs = run_segment(session, seg, &store, latent_h, tile.max(1))?;
                 for (name, t) in seg.outputs.iter().zip(outs) {
                     store.insert(name.clone(), t);
                 }
             }
             if let Some(norm) = self.plan.norms.get(k) {
                 let (gamma, beta) = &self.affine[k];
+                // Normalised in place when nothing after it reads the GroupNorm's input.
                 let x = if self.plan.last_use.get(&norm.x) == Some(&k) {
                     store.remove(&norm.x)
                 } else {
@@ -187,9 +166,62 @@ impl TiledDecoder {
             let plan = &self.plan;
             store.retain(|name, _| *name == plan.output || plan.last_use.get(name) != Some(&k));
         }
-        let out = store
+        store
             .remove(&self.plan.output)
-            .ok_or_else(|| missing(&self.plan.output))?;
+            .ok_or_else(|| missing(&self.plan.output))
+    }
+
+    /// Number of segments (GroupNorms + 1) and of those that run whole.
+    fn segment_counts(&self) -> (usize, usize) {
+        let whole = self.plan.segments.iter().filter(|s| !s.tileable).count();
+        (self.plan.segments.len(), whole)
+    }
+}
+
+/// The tiled VAE decoder (built once, at the first tiled decode).
+pub struct TiledDecoder {
+    graph: Tiled,
+    /// The latents are divided by it before the decoder (the model's `scaling_factor`).
+    scale: f32,
+}
+
+impl TiledDecoder {
+    /// Cuts the plain fp32 decoder `graph` (external file `external_file`, assembled as `weights`)
+    /// and builds a session per segment.
+    pub fn build(
+        rt: &Runtime,
+        opts: &SessionOptions,
+        graph: &[u8],
+        external_file: &str,
+        weights: Arc<[u8]>,
+        scale: f32,
+    ) -> Result<TiledDecoder, PipelineError> {
+        let what = "VAE decoder";
+        Ok(TiledDecoder {
+            graph: Tiled::build(rt, opts, what, graph, external_file, weights)?,
+            scale,
+        })
+    }
+
+    /// Number of segments (GroupNorms + 1) and of those that run whole.
+    pub fn segment_counts(&self) -> (usize, usize) {
+        self.graph.segment_counts()
+    }
+
+    /// Decodes latents `[4, h, w]` with segments run on tiles of `tile` latent pixels (at each
+    /// segment's resolution: `tile` × its upsampling) plus their halo.
+    pub fn decode(
+        &mut self,
+        latents: &[f32],
+        h: usize,
+        w: usize,
+        tile: usize,
+    ) -> Result<RgbImage, PipelineError> {
+        let input = Host {
+            shape: vec![1, latents.len() / (h * w).max(1), h, w],
+            data: latents.iter().map(|x| x / self.scale).collect(),
+        };
+        let out = self.graph.run(input, h, tile)?;
         match out.shape.as_slice() {
             [1, 3, oh, ow] => Ok(to_rgb(&out.data, *ow, *oh)),
             s => Err(PipelineError::Job(format!(
@@ -199,10 +231,46 @@ impl TiledDecoder {
     }
 }
 
+/// The tiled VAE encoder (image-to-image's first step), built at its first tiled encode.
+pub struct TiledEncoder {
+    graph: Tiled,
+}
+
+impl TiledEncoder {
+    /// Cuts the plain fp32 encoder `graph` and builds a session per segment.
+    pub fn build(
+        rt: &Runtime,
+        opts: &SessionOptions,
+        graph: &[u8],
+        external_file: &str,
+        weights: Arc<[u8]>,
+    ) -> Result<TiledEncoder, PipelineError> {
+        let what = "VAE encoder";
+        Ok(TiledEncoder {
+            graph: Tiled::build(rt, opts, what, graph, external_file, weights)?,
+        })
+    }
+
+    /// Encodes a picture `[3, h, w]` in [-1, 1] to the encoder's moments (`[8, h/f, w/f]` for a
+    /// downsampling factor f), tiling by `tile` latent pixels; `latent_h` is h/f.
+    pub fn encode(
+        &mut self,
+        chw: &[f32],
+        h: usize,
+        w: usize,
+        latent_h: usize,
+        tile: usize,
+    ) -> Result<Vec<f32>, PipelineError> {
+        let input = Host {
+            shape: vec![1, 3, h, w],
+            data: chw.to_vec(),
+        };
+        Ok(self.graph.run(input, latent_h, tile)?.data)
+    }
+}
+
 fn missing(name: &str) -> PipelineError {
-    PipelineError::Job(format!(
-        "VAE decoder: tiled decode has no {name:?} when it needs it"
-    ))
+    PipelineError::Job(format!("tiled VAE: no {name:?} when a step needs it"))
 }
 
 /// Runs segment `seg` on the host tensors it reads: whole, or tile by tile when it is tileable
@@ -227,15 +295,20 @@ fn run_segment(
         .map(|t| (t.shape[2], t.shape[3]))
         .min()
         .unwrap_or((0, 0));
-    let core = (tile * bh / h.max(1)).max(1);
-    if !seg.tileable || !four || bh == 0 || (core >= bh && core >= bw) {
+    // Tiles start on multiples of the segment's downsampling, so each tile's output pixels sit
+    // on the whole output's grid.
+    let d = seg.down.max(1);
+    let core = (tile * bh / h.max(1)).max(1).next_multiple_of(d);
+    let halo = seg.halo.next_multiple_of(d);
+    let aligned = bh.is_multiple_of(d) && bw.is_multiple_of(d);
+    if !seg.tileable || !four || !aligned || bh == 0 || (core >= bh && core >= bw) {
         let inputs = seg
             .inputs
             .iter()
             .zip(&ins)
             .map(|(n, t)| Input::F32(n, t.shape.clone(), &t.data))
             .collect();
-        let got = run(session, inputs, &outs).map_err(run_err("VAE decoder (tiled)"))?;
+        let got = run(session, inputs, &outs).map_err(run_err("tiled VAE"))?;
         return Ok(got
             .into_iter()
             .map(|(shape, data)| Host { shape, data })
@@ -250,7 +323,7 @@ fn run_segment(
                 Ok(r)
             } else {
                 Err(PipelineError::Job(format!(
-                    "VAE decoder: segment inputs of sizes {:?} and {bh}×{bw} do not tile together",
+                    "tiled VAE: segment inputs of sizes {:?} and {bh}×{bw} do not tile together",
                     t.shape
                 )))
             }
@@ -258,8 +331,8 @@ fn run_segment(
         .collect::<Result<_, _>>()?;
     let mut full: Vec<Option<Host>> = (0..outs.len()).map(|_| None).collect();
     let mut crops: Vec<Vec<f32>> = vec![Vec::new(); ins.len()];
-    for wy in windows(bh, core, seg.halo) {
-        for wx in windows(bw, core, seg.halo) {
+    for wy in windows(bh, core, halo) {
+        for wx in windows(bw, core, halo) {
             for ((t, r), crop) in ins.iter().zip(&ratios).zip(crops.iter_mut()) {
                 crop_into(t, wy.start * r, wy.len * r, wx.start * r, wx.len * r, crop);
             }
@@ -271,21 +344,31 @@ fn run_segment(
                     Input::F32(n, vec![1, t.shape[1], wy.len * r, wx.len * r], c)
                 })
                 .collect();
-            let got = run(session, inputs, &outs).map_err(run_err("VAE decoder (tiled)"))?;
+            let got = run(session, inputs, &outs).map_err(run_err("tiled VAE"))?;
             for ((shape, data), dst) in got.into_iter().zip(full.iter_mut()) {
-                let (q, c) = match shape.as_slice() {
-                    &[1, c, th, tw] if th % wy.len == 0 && th / wy.len * wx.len == tw && th > 0 => {
-                        (th / wy.len, c)
-                    }
+                let (c, th, tw) = match shape.as_slice() {
+                    &[1, c, th, tw] if th > 0 && tw > 0 => (c, th, tw),
                     s => {
                         return Err(PipelineError::Job(format!(
-                            "VAE decoder: a tile of segment output gave {s:?}, not an upscaled tile"
+                            "tiled VAE: a segment gave a {s:?} tile"
                         )))
                     }
                 };
+                // The output's size over the input's: an upsampling or a downsampling.
+                let q = if th >= wy.len {
+                    Ratio(th / wy.len, 1)
+                } else {
+                    Ratio(1, wy.len / th)
+                };
+                if q.of(wy.len) != th || q.of(wx.len) != tw || !d.is_multiple_of(q.1) {
+                    return Err(PipelineError::Job(format!(
+                        "tiled VAE: a {}×{} tile gave a {th}×{tw} output",
+                        wy.len, wx.len
+                    )));
+                }
                 let dst = dst.get_or_insert_with(|| Host {
-                    shape: vec![1, c, bh * q, bw * q],
-                    data: vec![0.0; c * bh * q * bw * q],
+                    shape: vec![1, c, q.of(bh), q.of(bw)],
+                    data: vec![0.0; c * q.of(bh) * q.of(bw)],
                 });
                 paste(&data, &shape, &wy, &wx, q, dst);
             }
@@ -337,17 +420,27 @@ fn crop_into(t: &Host, y0: usize, hh: usize, x0: usize, ww: usize, out: &mut Vec
     }
 }
 
-/// Writes the core of a tile's output (`data`, `shape`, upscaled `q` times) into `dst`.
-fn paste(data: &[f32], shape: &[usize], wy: &Window, wx: &Window, q: usize, dst: &mut Host) {
+/// A size ratio `.0 / .1` (an upsampling by 2 is 2/1, a stride-2 convolution 1/2).
+#[derive(Debug, Clone, Copy)]
+struct Ratio(usize, usize);
+
+impl Ratio {
+    fn of(self, n: usize) -> usize {
+        n * self.0 / self.1
+    }
+}
+
+/// Writes the core of a tile's output (`data`, `shape`; `q` times the tile's size) into `dst`.
+fn paste(data: &[f32], shape: &[usize], wy: &Window, wx: &Window, q: Ratio, dst: &mut Host) {
     let (c, th, tw) = (shape[1], shape[2], shape[3]);
     let (dh, dw) = (dst.shape[2], dst.shape[3]);
-    let (ty0, ty1) = ((wy.core0 - wy.start) * q, (wy.core1 - wy.start) * q);
-    let (tx0, tx1) = ((wx.core0 - wx.start) * q, (wx.core1 - wx.start) * q);
+    let (ty0, ty1) = (q.of(wy.core0 - wy.start), q.of(wy.core1 - wy.start));
+    let (tx0, tx1) = (q.of(wx.core0 - wx.start), q.of(wx.core1 - wx.start));
+    let (y0, x0) = (q.of(wy.start), q.of(wx.start));
     for ch in 0..c {
         for ty in ty0..ty1 {
             let src = ch * th * tw + ty * tw;
-            let y = wy.start * q + ty;
-            let d = ch * dh * dw + y * dw + wx.start * q;
+            let d = ch * dh * dw + (y0 + ty) * dw + x0;
             dst.data[d + tx0..d + tx1].copy_from_slice(&data[src + tx0..src + tx1]);
         }
     }
