@@ -2,8 +2,9 @@
 //! above [`AUTO_AREA`] latent pixels), [`TiledDecoder`] runs the fp32 decoder cut at its GroupNorms
 //! ([`crate::model::vae_cut`]) segment by segment, each on tiles with a halo of the segment's reach,
 //! and applies every GroupNorm on the host to the whole tensor, so the picture is the untiled one up
-//! to float rounding. Device memory is one tile of a segment (and the mid-block attention, run
-//! whole at latent resolution); the host holds a few full-size activations.
+//! to float rounding; [`TiledEncoder`] does the same for image-to-image's encoder. Device memory
+//! is one tile of a segment (and the mid-block attention, run whole at latent resolution); the
+//! host holds a few full-size activations.
 
 use super::error::{run_err, PipelineError};
 use super::vae::to_rgb;
