@@ -68,6 +68,57 @@ struct Host {
     data: Vec<f32>,
 }
 
+/// A tensor the host keeps between steps: stored, or a GroupNorm's output kept as the
+/// GroupNorm's input (which a later step reads too: a residual) and the per-channel affine that
+/// normalises it, applied to each crop as it is read (one full-size tensor less).
+enum Entry {
+    Stored(Host),
+    Normed {
+        src: String,
+        a: Vec<f32>,
+        b: Vec<f32>,
+    },
+}
+
+/// What a segment reads: a stored tensor and, for a GroupNorm's output, the affine to apply.
+struct View<'a> {
+    host: &'a Host,
+    affine: Option<(&'a [f32], &'a [f32])>,
+}
+
+fn view<'a>(store: &'a HashMap<String, Entry>, name: &str) -> Result<View<'a>, PipelineError> {
+    match store.get(name) {
+        Some(Entry::Stored(host)) => Ok(View { host, affine: None }),
+        Some(Entry::Normed { src, a, b }) => match store.get(src) {
+            Some(Entry::Stored(host)) => Ok(View {
+                host,
+                affine: Some((a, b)),
+            }),
+            _ => Err(missing(src)),
+        },
+        None => Err(missing(name)),
+    }
+}
+
+/// The full tensor an entry stands for.
+fn materialize(store: &HashMap<String, Entry>, e: &Entry) -> Result<Host, PipelineError> {
+    let (host, affine) = match e {
+        Entry::Stored(h) => (h, None),
+        Entry::Normed { src, a, b } => match store.get(src) {
+            Some(Entry::Stored(h)) => (h, Some((a, b))),
+            _ => return Err(missing(src)),
+        },
+    };
+    let mut data = host.data.clone();
+    if let Some((a, b)) = affine {
+        apply_affine(&mut data, a, b);
+    }
+    Ok(Host {
+        shape: host.shape.clone(),
+        data,
+    })
+}
+
 /// A VAE graph cut at its GroupNorms: segment sessions and the GroupNorms' parameters.
 struct Tiled {
     plan: Plan,
@@ -139,37 +190,65 @@ impl Tiled {
     /// Runs the graph on `input`, segments on tiles of `tile` latent pixels (`latent_h` is the
     /// latents' height: a segment at 8 times it tiles by 8 × `tile`) plus their halo.
     fn run(&mut self, input: Host, latent_h: usize, tile: usize) -> Result<Host, PipelineError> {
-        let mut store: HashMap<String, Host> = HashMap::new();
-        store.insert(self.plan.input.clone(), input);
+        let mut store: HashMap<String, Entry> = HashMap::new();
+        store.insert(self.plan.input.clone(), Entry::Stored(input));
         for k in 0..self.plan.segments.len() {
             if let Some(session) = self.sessions[k].as_mut() {
                 let seg = &self.plan.segments[k];
                 let outs = run_segment(session, seg, &store, latent_h, tile.max(1))?;
                 for (name, t) in seg.outputs.iter().zip(outs) {
-                    store.insert(name.clone(), t);
+                    store.insert(name.clone(), Entry::Stored(t));
                 }
             }
             if let Some(norm) = self.plan.norms.get(k) {
                 let (gamma, beta) = &self.affine[k];
-                // Normalised in place when nothing after it reads the GroupNorm's input.
-                let x = if self.plan.last_use.get(&norm.x) == Some(&k) {
-                    store.remove(&norm.x)
-                } else {
-                    store.get(&norm.x).map(|t| Host {
-                        shape: t.shape.clone(),
-                        data: t.data.clone(),
-                    })
+                let last = self.plan.last_use.get(&norm.x) == Some(&k);
+                let y = match store.remove(&norm.x) {
+                    // Normalised in place when nothing after it reads the GroupNorm's input ...
+                    Some(Entry::Stored(mut t)) if last => {
+                        let (a, b) = group_affine(&t, norm, gamma, beta)?;
+                        apply_affine(&mut t.data, &a, &b);
+                        Entry::Stored(t)
+                    }
+                    // ... else kept as its input and the affine, applied to each crop read.
+                    Some(Entry::Stored(t)) => {
+                        let (a, b) = group_affine(&t, norm, gamma, beta)?;
+                        store.insert(norm.x.clone(), Entry::Stored(t));
+                        Entry::Normed {
+                            src: norm.x.clone(),
+                            a,
+                            b,
+                        }
+                    }
+                    Some(e @ Entry::Normed { .. }) => {
+                        let mut t = materialize(&store, &e)?;
+                        if !last {
+                            store.insert(norm.x.clone(), e);
+                        }
+                        let (a, b) = group_affine(&t, norm, gamma, beta)?;
+                        apply_affine(&mut t.data, &a, &b);
+                        Entry::Stored(t)
+                    }
+                    None => return Err(missing(&norm.x)),
                 };
-                let mut t = x.ok_or_else(|| missing(&norm.x))?;
-                group_norm(&mut t, norm, gamma, beta)?;
-                store.insert(norm.y.clone(), t);
+                store.insert(norm.y.clone(), y);
             }
             let plan = &self.plan;
-            store.retain(|name, _| *name == plan.output || plan.last_use.get(name) != Some(&k));
+            let live = |name: &String| *name == plan.output || plan.last_use.get(name) != Some(&k);
+            let sources: Vec<String> = store
+                .iter()
+                .filter(|(n, _)| live(n))
+                .filter_map(|(_, e)| match e {
+                    Entry::Normed { src, .. } => Some(src.clone()),
+                    Entry::Stored(_) => None,
+                })
+                .collect();
+            store.retain(|name, _| live(name) || sources.contains(name));
         }
-        store
-            .remove(&self.plan.output)
-            .ok_or_else(|| missing(&self.plan.output))
+        match store.remove(&self.plan.output) {
+            Some(e) => materialize(&store, &e),
+            None => Err(missing(&self.plan.output)),
+        }
     }
 
     /// Number of segments (GroupNorms + 1) and of those that run whole.
@@ -279,15 +358,16 @@ fn missing(name: &str) -> PipelineError {
 fn run_segment(
     session: &mut Session,
     seg: &vae_cut::Segment,
-    store: &HashMap<String, Host>,
+    store: &HashMap<String, Entry>,
     h: usize,
     tile: usize,
 ) -> Result<Vec<Host>, PipelineError> {
-    let ins: Vec<&Host> = seg
+    let views: Vec<View> = seg
         .inputs
         .iter()
-        .map(|n| store.get(n).ok_or_else(|| missing(n)))
+        .map(|n| view(store, n))
         .collect::<Result<_, _>>()?;
+    let ins: Vec<&Host> = views.iter().map(|v| v.host).collect();
     let outs: Vec<&str> = seg.outputs.iter().map(String::as_str).collect();
     let four = ins.iter().all(|t| t.shape.len() == 4 && t.shape[0] == 1);
     let (bh, bw) = ins
@@ -303,11 +383,27 @@ fn run_segment(
     let halo = seg.halo.next_multiple_of(d);
     let aligned = bh.is_multiple_of(d) && bw.is_multiple_of(d);
     if !seg.tileable || !four || !aligned || bh == 0 || (core >= bh && core >= bw) {
+        let normed: Vec<Option<Vec<f32>>> = views
+            .iter()
+            .map(|v| {
+                v.affine.map(|(a, b)| {
+                    let mut d = v.host.data.clone();
+                    apply_affine(&mut d, a, b);
+                    d
+                })
+            })
+            .collect();
         let inputs = seg
             .inputs
             .iter()
-            .zip(&ins)
-            .map(|(n, t)| Input::F32(n, t.shape.clone(), &t.data))
+            .zip(views.iter().zip(&normed))
+            .map(|(n, (v, d))| {
+                Input::F32(
+                    n,
+                    v.host.shape.clone(),
+                    d.as_deref().unwrap_or(&v.host.data),
+                )
+            })
             .collect();
         let got = run(session, inputs, &outs).map_err(run_err("tiled VAE"))?;
         return Ok(got
@@ -334,8 +430,18 @@ fn run_segment(
     let mut crops: Vec<Vec<f32>> = vec![Vec::new(); ins.len()];
     for wy in windows(bh, core, halo) {
         for wx in windows(bw, core, halo) {
-            for ((t, r), crop) in ins.iter().zip(&ratios).zip(crops.iter_mut()) {
-                crop_into(t, wy.start * r, wy.len * r, wx.start * r, wx.len * r, crop);
+            for ((v, r), crop) in views.iter().zip(&ratios).zip(crops.iter_mut()) {
+                crop_into(
+                    v.host,
+                    wy.start * r,
+                    wy.len * r,
+                    wx.start * r,
+                    wx.len * r,
+                    crop,
+                );
+                if let Some((a, b)) = v.affine {
+                    apply_affine(crop, a, b);
+                }
             }
             let inputs = seg
                 .inputs
@@ -447,29 +553,34 @@ fn paste(data: &[f32], shape: &[usize], wy: &Window, wx: &Window, q: Ratio, dst:
     }
 }
 
-/// Applies `norm` to the whole of `t` in place: per group, mean and biased variance over its
-/// channels and pixels (in f64), then γ and β per channel.
-fn group_norm(t: &mut Host, norm: &Norm, gamma: &[f32], beta: &[f32]) -> Result<(), PipelineError> {
+/// The per-channel affine `x · a + b` that applies `norm` to the whole of `t`: per group, mean
+/// and biased variance over its channels and pixels (in f64), with γ and β.
+fn group_affine(
+    t: &Host,
+    norm: &Norm,
+    gamma: &[f32],
+    beta: &[f32],
+) -> Result<(Vec<f32>, Vec<f32>), PipelineError> {
     let c = t.shape.get(1).copied().unwrap_or(0);
     let pixels: usize = t.shape.iter().skip(2).product();
     if t.shape.first() != Some(&1)
         || c == 0
-        || c % norm.groups != 0
+        || !c.is_multiple_of(norm.groups)
         || gamma.len() != c
         || beta.len() != c
         || t.data.len() != c * pixels
     {
         return Err(PipelineError::Job(format!(
-            "VAE decoder: GroupNorm of {} groups on a {:?} tensor",
+            "tiled VAE: GroupNorm of {} groups on a {:?} tensor",
             norm.groups, t.shape
         )));
     }
     let per = c / norm.groups;
     let eps = f64::from(norm.eps);
-    t.data
-        .par_chunks_mut(per * pixels)
-        .enumerate()
-        .for_each(|(g, block)| {
+    let stats: Vec<(f64, f64)> = t
+        .data
+        .par_chunks(per * pixels)
+        .map(|block| {
             let n = block.len() as f64;
             let mean = block.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
             let var = block
@@ -477,18 +588,29 @@ fn group_norm(t: &mut Host, norm: &Norm, gamma: &[f32], beta: &[f32]) -> Result<
                 .map(|&x| (f64::from(x) - mean).powi(2))
                 .sum::<f64>()
                 / n;
-            let inv = 1.0 / (var + eps).sqrt();
-            for (i, chan) in block.chunks_mut(pixels).enumerate() {
-                let ch = g * per + i;
-                let a = inv * f64::from(gamma[ch]);
-                let b = f64::from(beta[ch]) - mean * a;
-                let (a, b) = (a as f32, b as f32);
-                for x in chan {
-                    *x = *x * a + b;
-                }
+            (mean, 1.0 / (var + eps).sqrt())
+        })
+        .collect();
+    let (mut a, mut b) = (Vec::with_capacity(c), Vec::with_capacity(c));
+    for ch in 0..c {
+        let (mean, inv) = stats[ch / per];
+        let s = inv * f64::from(gamma[ch]);
+        a.push(s as f32);
+        b.push((f64::from(beta[ch]) - mean * s) as f32);
+    }
+    Ok((a, b))
+}
+
+/// `x · a[c] + b[c]` over `data`, channel-major (`a.len()` channels of equal size).
+fn apply_affine(data: &mut [f32], a: &[f32], b: &[f32]) {
+    let plane = data.len() / a.len().max(1);
+    data.par_chunks_mut(plane.max(1))
+        .zip(a.par_iter().zip(b.par_iter()))
+        .for_each(|(chan, (&a, &b))| {
+            for x in chan {
+                *x = *x * a + b;
             }
         });
-    Ok(())
 }
 
 #[cfg(test)]
@@ -564,7 +686,8 @@ mod tests {
             gamma: Param::Values(vec![]),
             beta: Param::Values(vec![]),
         };
-        group_norm(&mut t, &norm, &[1.0, 2.0, 1.0, 1.0], &[0.0, 0.0, 0.0, 1.0]).unwrap();
+        let (a, b) = group_affine(&t, &norm, &[1.0, 2.0, 1.0, 1.0], &[0.0, 0.0, 0.0, 1.0]).unwrap();
+        apply_affine(&mut t.data, &a, &b);
         // torch's output, printed to four places.
         let want = [-1.3416, 0.4472, -0.8944, 2.6833, 0.0, 0.0, -0.4142, 2.4142];
         for (g, w) in t.data.iter().zip(want) {
