@@ -27,6 +27,11 @@ impl Rng {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // RUST_LOG=stipple=debug: the host memory and RSS after each step of the tiled run.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: vae_tile_bench GRAPH.onnx[.gz] H W [tiled|untiled|compare] [TILE]";
     let path = args.first().ok_or(usage)?;

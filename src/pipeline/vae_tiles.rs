@@ -244,6 +244,21 @@ impl Tiled {
                 })
                 .collect();
             store.retain(|name, _| live(name) || sources.contains(name));
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let held: usize = store
+                    .values()
+                    .map(|e| match e {
+                        Entry::Stored(h) => h.data.len() * 4,
+                        Entry::Normed { .. } => 0,
+                    })
+                    .sum();
+                tracing::debug!(
+                    "tiled VAE step {k}: {} MB held, RSS {:.0} MB (peak {:.0})",
+                    held >> 20,
+                    crate::bench::rss_mb().unwrap_or(0.0),
+                    crate::bench::peak_rss_mb().unwrap_or(0.0)
+                );
+            }
         }
         match store.remove(&self.plan.output) {
             Some(e) => materialize(&store, &e),
