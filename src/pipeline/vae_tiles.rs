@@ -255,8 +255,8 @@ impl Tiled {
                 tracing::debug!(
                     "tiled VAE step {k}: {} MB held, RSS {:.0} MB (peak {:.0})",
                     held >> 20,
-                    crate::bench::rss_mb().unwrap_or(0.0),
-                    crate::bench::peak_rss_mb().unwrap_or(0.0)
+                    proc_status_mb("VmRSS:"),
+                    proc_status_mb("VmHWM:")
                 );
             }
         }
@@ -362,6 +362,17 @@ impl TiledEncoder {
         };
         Ok(self.graph.run(input, latent_h, tile)?.data)
     }
+}
+
+/// A memory figure of this process from /proc/self/status in MB (0 where there is none).
+fn proc_status_mb(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with(field))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn missing(name: &str) -> PipelineError {
