@@ -2,16 +2,17 @@
 //! memory on a decoder graph with random weights (no model needed: a template's full-size graph
 //! will do), or the untiled decode, or compares the two.
 //!
-//! `cargo run --release --example vae_tile_bench -- GRAPH.onnx[.gz] H W [tiled|untiled|compare] [TILE]`
+//! `cargo run --release --example vae_tile_bench -- GRAPH.onnx[.gz] H W [tiled|untiled|compare|encode] [TILE]`
 //! (H and W in latent pixels; TILE default 64). One mode per process, so the peak resident
-//! memory (VmHWM) printed is that mode's; `compare` prints the difference in 0-255 levels.
+//! memory (VmHWM) printed is that mode's; `compare` prints the difference in 0-255 levels;
+//! `encode` takes an encoder graph and compares its tiled and untiled moments.
 
 use std::io::Read;
 use std::sync::Arc;
 use std::time::Instant;
 use stipple::model::Graph;
 use stipple::pipeline::vae::to_rgb;
-use stipple::pipeline::vae_tiles::TiledDecoder;
+use stipple::pipeline::vae_tiles::{TiledDecoder, TiledEncoder};
 use stipple::runtime::tensor_io::{run, Input};
 use stipple::runtime::{build_session, Runtime, SessionOptions};
 
@@ -33,7 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_writer(std::io::stderr)
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: vae_tile_bench GRAPH.onnx[.gz] H W [tiled|untiled|compare] [TILE]";
+    let usage = "usage: vae_tile_bench GRAPH.onnx[.gz] H W [tiled|untiled|compare|encode] [TILE]";
     let path = args.first().ok_or(usage)?;
     let h: usize = args.get(1).ok_or(usage)?.parse()?;
     let w: usize = args.get(2).ok_or(usage)?.parse()?;
@@ -62,6 +63,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rayon::current_num_threads()
     );
 
+    if mode == "encode" {
+        return encode_compare(rt, &opts, &graph, &file, weights, h, w, tile);
+    }
     let mut tiled = None;
     if mode != "untiled" {
         let t = Instant::now();
@@ -128,6 +132,57 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     }
+    Ok(())
+}
+
+/// `encode` mode, GRAPH an encoder: a random `8h × 8w` picture encoded tiled and untiled; prints
+/// the largest difference of the moments.
+#[allow(clippy::too_many_arguments)]
+fn encode_compare(
+    rt: &Runtime,
+    opts: &SessionOptions,
+    graph: &Graph,
+    file: &str,
+    weights: Arc<[u8]>,
+    h: usize,
+    w: usize,
+    tile: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (ih, iw) = (8 * h, 8 * w);
+    let mut rng = Rng(0x51ed270b27a1f2c3);
+    let picture: Vec<f32> = (0..3 * ih * iw).map(|_| 0.9 * rng.next()).collect();
+    let mut enc = TiledEncoder::build(rt, opts, &graph.bytes, file, Arc::clone(&weights))?;
+    let t = Instant::now();
+    let tiled = enc.encode(&picture, ih, iw, h, tile)?;
+    println!("tiled encode: {:.2} s", t.elapsed().as_secs_f64());
+    let mut s = build_session(
+        rt,
+        "VAE encoder",
+        &graph.bytes,
+        file,
+        weights,
+        opts,
+        &[],
+        &[],
+    )?;
+    let t = Instant::now();
+    let out = run(
+        &mut s,
+        vec![Input::F32("sample", vec![1, 3, ih, iw], &picture)],
+        &["latent_parameters"],
+    )?;
+    println!("untiled encode: {:.2} s", t.elapsed().as_secs_f64());
+    let whole = &out.first().ok_or("no output")?.1;
+    let max = tiled
+        .iter()
+        .zip(whole)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let scale = whole.iter().map(|x| x.abs()).fold(0f32, f32::max);
+    println!(
+        "tiled vs untiled moments: max abs difference {max:.3e} (largest moment {scale:.3}), {} values",
+        whole.len()
+    );
     Ok(())
 }
 
