@@ -92,8 +92,9 @@ pub struct EngineFlags {
     /// of compatible jobs (config: generation.unet_batch; 1 = one image at a time)
     #[arg(long, value_name = "N")]
     pub unet_batch: Option<u32>,
-    /// VAE decoding in overlapping tiles, so large images fit in memory: off (default, exact), on,
-    /// auto (above 128×128 latents, a 1024² SD image); tiles change the image's tones slightly
+    /// VAE decoding (and image-to-image's encoding) in tiles, so large images fit in memory: off
+    /// (default), on, auto (above 128×128 latents, a 1024² SD image); the same picture as
+    /// untiled, up to float rounding
     #[arg(long, value_enum, value_name = "WHEN")]
     pub vae_tiles: Option<crate::pipeline::vae_tiles::TileMode>,
     #[command(flatten)]

@@ -24,6 +24,7 @@ pub mod prediction;
 pub mod shards;
 pub mod single_file;
 pub mod template;
+pub mod vae_cut;
 pub mod vae_file;
 pub mod weightmap;
 pub mod widen;

@@ -144,7 +144,8 @@ impl Generator {
         let text = TextConditioner::load(&model, clip_skip, spec.embedding_dirs.clone())?;
         let scheduler = SchedulerConfig::from_json_str(&model.scheduler_config)?;
         crate::runtime::host_mem::trace("model opened");
-        let sessions = Sessions::load(&model, runtime, opts, spec.bound_unet)?;
+        let mut sessions = Sessions::load(&model, runtime, opts, spec.bound_unet)?;
+        sessions.set_vae_tiling(spec.vae_tiling);
         crate::patch::return_freed_memory();
         crate::runtime::host_mem::trace("sessions ready");
         let model_name = model.name();
@@ -421,22 +422,30 @@ impl Generator {
         w: usize,
     ) -> Result<RgbImage, PipelineError> {
         if self.vae_tiling.applies(h, w) {
-            super::vae_tiles::decode(
-                &mut self.sessions,
-                &self.model,
-                self.vae_tiling,
-                latents,
-                h,
-                w,
-            )
+            let tile = self.vae_tiling.tile;
+            self.sessions
+                .tiled_vae(&self.model)?
+                .decode(latents, h, w, tile)
         } else {
             self.sessions.decode(&self.model, latents, h, w)
         }
     }
 
-    /// Changes when the VAE decodes in tiles, from the next image on.
+    /// Encodes a picture `[3, h, w]` in [-1, 1] to the VAE encoder's moments `[8, h/f, w/f]`, as
+    /// image-to-image does (in tiles when the engine's tiling says so).
+    pub fn encode_image(
+        &mut self,
+        chw: &[f32],
+        h: usize,
+        w: usize,
+    ) -> Result<Vec<f32>, PipelineError> {
+        self.sessions.encode(&self.model, chw, h, w)
+    }
+
+    /// Changes when the VAE decodes (and encodes) in tiles, from the next image on.
     pub fn set_vae_tiling(&mut self, tiling: super::vae_tiles::VaeTiling) {
         self.vae_tiling = tiling;
+        self.sessions.set_vae_tiling(tiling);
     }
 
     /// Runs `job`, calling `on_event` with progress and each image. Returns how it ended. Its

@@ -124,6 +124,12 @@ pub struct Sessions {
     fused: FusedKey,
     /// (latent height, latent width) the VAE session was built for, with static shapes.
     vae_dims: Option<[i64; 2]>,
+    /// The decoder cut at its GroupNorms, built at the first tiled decode.
+    vae_tiled: Option<super::vae_tiles::TiledDecoder>,
+    /// The encoder likewise, built at the first tiled encode.
+    encoder_tiled: Option<super::vae_tiles::TiledEncoder>,
+    /// When the VAE encoder runs in tiles (the generator's setting, which decides the decoder's).
+    vae_tiling: super::vae_tiles::VaeTiling,
     /// The UNet's fixed input and output buffers, when it runs as a CUDA graph.
     unet_io: Option<Bound>,
     /// The report of the last adapter application (the components that changed).
@@ -164,6 +170,9 @@ impl Sessions {
             te_source: TeSource::Deltas(ComponentDeltas::new()),
             fused: FusedKey::default(),
             vae_dims: None,
+            vae_tiled: None,
+            encoder_tiled: None,
+            vae_tiling: Default::default(),
             unet_io: None,
             last_report: None,
             last_fuse: None,
@@ -681,6 +690,60 @@ impl Sessions {
         self.vae_decoder(model).decode(latents, h, w)
     }
 
+    /// The exact tiled decoder ([`super::vae_tiles`]): the plain fp32 decoder graph cut at its
+    /// GroupNorms, one session per segment, built on first use and kept (the VAE takes no adapters).
+    pub fn tiled_vae(
+        &mut self,
+        model: &Model,
+    ) -> Result<&mut super::vae_tiles::TiledDecoder, PipelineError> {
+        if self.vae_tiled.is_none() {
+            self.vae_tiled = Some(self.build_tiled_vae(model)?);
+        }
+        self.vae_tiled
+            .as_mut()
+            .ok_or_else(|| PipelineError::Job("no tiled VAE decoder".into()))
+    }
+
+    fn build_tiled_vae(
+        &self,
+        model: &Model,
+    ) -> Result<super::vae_tiles::TiledDecoder, PipelineError> {
+        let (c, buf) = plain_weights(model, ComponentKind::VaeDecoder)?;
+        super::vae_tiles::TiledDecoder::build(
+            self.runtime,
+            &self.opts,
+            &c.graph.bytes,
+            &c.weightmap.external_file,
+            buf,
+            model.vae_scaling(),
+        )
+    }
+
+    /// When the VAE encoder runs in tiles (the decoder's tiling is the generator's to apply).
+    pub fn set_vae_tiling(&mut self, tiling: super::vae_tiles::VaeTiling) {
+        self.vae_tiling = tiling;
+    }
+
+    /// The tiled encoder, as [`Sessions::tiled_vae`] for the decoder.
+    fn tiled_encoder(
+        &mut self,
+        model: &Model,
+    ) -> Result<&mut super::vae_tiles::TiledEncoder, PipelineError> {
+        if self.encoder_tiled.is_none() {
+            let (c, buf) = plain_weights(model, ComponentKind::VaeEncoder)?;
+            self.encoder_tiled = Some(super::vae_tiles::TiledEncoder::build(
+                self.runtime,
+                &self.opts,
+                &c.graph.bytes,
+                &c.weightmap.external_file,
+                buf,
+            )?);
+        }
+        self.encoder_tiled
+            .as_mut()
+            .ok_or_else(|| PipelineError::Job("no tiled VAE encoder".into()))
+    }
+
     /// A handle on the VAE decoder session that another thread can decode with; it always runs the
     /// current session (a rebuild for new static shapes waits for a decode under way).
     pub fn vae_decoder(&self, model: &Model) -> VaeDecoder {
@@ -783,6 +846,11 @@ impl Sessions {
         h: usize,
         w: usize,
     ) -> Result<Vec<f32>, PipelineError> {
+        let f = model.index.vae_scale_factor.max(1) as usize;
+        if self.vae_tiling.applies(h / f, w / f) {
+            let tile = self.vae_tiling.tile;
+            return self.tiled_encoder(model)?.encode(chw, h, w, h / f, tile);
+        }
         let encode = |session: &mut Session| {
             run(
                 session,
@@ -833,6 +901,20 @@ impl Sessions {
         )?;
         Ok((net.session, fp16))
     }
+}
+
+/// `kind`'s component of `model` and its plain (fp32) graph's weights, assembled with no adapter.
+fn plain_weights(
+    model: &Model,
+    kind: ComponentKind,
+) -> Result<(&Component, Arc<[u8]>), PipelineError> {
+    let c = model
+        .component(kind)
+        .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
+    let none: HashMap<String, Vec<f32>> = HashMap::new();
+    let (buf, _) = patch::assemble_graph(c, GraphKind::Plain, &none)?;
+    c.weights.release_pages();
+    Ok((c, buf))
 }
 
 /// The UNet's named inputs: sample, timestep (one per batch row), context and, for SDXL, the
