@@ -27,6 +27,11 @@
    the noise (A1111's `inpainting_image_conditioning` with no mask, inpainting_mask_weight 1). The
    latent upscalers give the pipeline 4-channel latents, taken as they are; the zero picture then
    goes in as `masked_image_latents` (3 channels, so the pipeline still encodes and samples it).
+   Each case is written twice: `file` all torch, and `file_onnx_zero` with the zero picture's VAE
+   moments from the fixture's own ONNX encoder through onnxruntime (the graph stipple runs; the same
+   posterior draw). On the tiny random VAE the encoding of a constant picture is ill-conditioned
+   (GroupNorm over a near-constant input): torch and onnxruntime differ by up to 2e-3 there (5e-6
+   on a real picture), which the tiny UNet turns into about 1/255 on the pixel upscalers' cases.
 """
 import json
 import os
@@ -127,6 +132,27 @@ INPAINT_CASES = [
 ]
 
 
+def onnx_encoder(folder):
+    """The fixture's VAE encoder graph with its weights (identity weight map) in onnxruntime:
+    picture [1, 3, H, W] in [-1, 1] -> moments [1, 8, H/f, W/f]."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+    from safetensors.numpy import load_file
+
+    m = onnx.load(os.path.join(folder, "model.onnx"), load_external_data=False)
+    with open(os.path.join(folder, "weightmap.json")) as f:
+        entries = {e["name"]: e for e in json.load(f)["initializers"]}
+    weights = load_file(os.path.join(folder, "weights.safetensors"))
+    assert all(e["transform"] == "identity" for e in entries.values())
+    inits = [numpy_helper.from_array(weights[entries[i.name]["source"]].astype(np.float32)
+                                     .reshape(entries[i.name]["shape"]), i.name) for i in m.graph.initializer]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(inits)
+    session = ort.InferenceSession(m.SerializeToString())
+    return lambda x: torch.from_numpy(session.run(None, {"sample": x.float().numpy()})[0])
+
+
 def inpaint_unet_references(upscaler):
     import diffusers
     from diffusers import StableDiffusionInpaintPipeline
@@ -138,11 +164,26 @@ def inpaint_unet_references(upscaler):
     assert unet.config.in_channels == 9
     tok = CLIPTokenizer.from_pretrained(os.path.join(fixture, "tokenizer"))
 
-    def pipe(slug):
+    from diffusers.utils.torch_utils import randn_tensor
+
+    ort_moments = onnx_encoder(os.path.join(fixture, "vae_encoder"))
+
+    def pipe(slug, onnx_zero=False):
         p = StableDiffusionInpaintPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
                                            scheduler=scheduler_for(sched, slug), safety_checker=None,
                                            feature_extractor=None, requires_safety_checker=False)
         p.set_progress_bar_config(disable=True)
+        if onnx_zero:
+            torch_encode = p._encode_vae_image
+
+            def encode(image, generator):
+                if torch.count_nonzero(image) > 0:
+                    return torch_encode(image, generator)
+                mean, logvar = ort_moments(image).chunk(2, 1)
+                std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+                return vae.config.scaling_factor * (mean + std * randn_tensor(mean.shape, generator=generator))
+
+            p._encode_vae_image = encode
         return p
 
     def call(p, steps, **kwargs):
@@ -173,11 +214,14 @@ def inpaint_unet_references(upscaler):
             else:
                 image = run_upscaler(upscaler, picture)
             extra = {}
-        out = call(pipe(slug), hires_steps or STEPS, image=image, mask_image=Image.new("L", (target, target), 255),
-                   strength=denoise, height=target, width=target, **extra)[0]
-        name = f"hires.{upscaler_name.replace(' ', '_').replace('(', '').replace(')', '')}.{slug}.png"
-        out.save(os.path.join(fixture, "reference", name))
-        images.append({"file": name, "upscaler": upscaler_name, "sampler": slug, "hires_steps": hires_steps,
+        stem = f"{upscaler_name.replace(' ', '_').replace('(', '').replace(')', '')}.{slug}.png"
+        for onnx_zero, name in [(False, f"hires.{stem}"), (True, f"hires_onnx_zero.{stem}")]:
+            out = call(pipe(slug, onnx_zero), hires_steps or STEPS, image=image,
+                       mask_image=Image.new("L", (target, target), 255), strength=denoise, height=target,
+                       width=target, **extra)[0]
+            out.save(os.path.join(fixture, "reference", name))
+        images.append({"file": f"hires.{stem}", "file_onnx_zero": f"hires_onnx_zero.{stem}",
+                       "upscaler": upscaler_name, "sampler": slug, "hires_steps": hires_steps,
                        "denoise": denoise, "scale": scale,
                        "model": "tiny-2x.onnx" if upscaler_name == "tiny-2x" else None})
     meta = {"prompt": ref.IMAGE_PROMPT, "negative": ref.IMAGE_NEGATIVE, "seed": ref.IMAGE_SEED, "cfg": 7.0,
