@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Hires-fix and upscaler references for the tiny SD1.5 fixture.
 
-    /work/venv/bin/python scripts/hires_reference.py [--upscaler-only]   # (a venv with torch, diffusers, onnx)
+    /work/venv/bin/python scripts/hires_reference.py [--upscaler-only | --inpaint-unet-only]   # (a venv with torch, diffusers, onnx)
 
 1. tests/fixtures/upscaler/tiny-2x.onnx: a tiny image upscaler with random weights, shaped like
    Real-ESRGAN's exports (input `[1, 3, H, W]` RGB in 0..1, output `[1, 3, 2H, 2W]`): two 3x3
@@ -18,6 +18,20 @@
    StableDiffusionImg2ImgPipeline on those latents (4 channels are taken as they are) or that picture,
    with a fresh generator of the same seed (A1111 draws the second pass's noise from the image's seed
    again), num_inference_steps = hires steps (0: the first pass's), strength = hires denoise.
+4. tests/fixtures/tiny-sd15-inpaint/reference/hires.json and its images (`--inpaint-unet-only` makes
+   only these): the same on the 9-channel inpainting UNet, on StableDiffusionInpaintPipeline. First
+   pass: text-to-image as stipple runs it on such a model (strength 1, an all-white mask, the UNet's
+   masked-picture planes the posterior mean of an all-zero picture, so only the noise is drawn).
+   Second pass: the pipeline on the upscaled picture under an all-white mask at strength = hires
+   denoise, so the masked picture is the picture times 0, encoded with a posterior sample drawn after
+   the noise (A1111's `inpainting_image_conditioning` with no mask, inpainting_mask_weight 1). The
+   latent upscalers give the pipeline 4-channel latents, taken as they are; the zero picture then
+   goes in as `masked_image_latents` (3 channels, so the pipeline still encodes and samples it).
+   Each case is written twice: `file` all torch, and `file_onnx_zero` with the zero picture's VAE
+   moments from the fixture's own ONNX encoder through onnxruntime (the graph stipple runs; the same
+   posterior draw). On the tiny random VAE the encoding of a constant picture is ill-conditioned
+   (GroupNorm over a near-constant input): torch and onnxruntime differ by up to 2e-3 there (5e-6
+   on a real picture), which the tiny UNet turns into about 1/255 on the pixel upscalers' cases.
 """
 import json
 import os
@@ -110,12 +124,128 @@ def interpolate_cases(out):
         json.dump({"shape": list(x.shape), "input": x.flatten().tolist(), "cases": cases}, f)
 
 
+# (upscaler, sampler, hires steps, hires denoise, scale) on the 9-channel inpainting UNet
+INPAINT_CASES = [
+    ("Latent", "euler-a", 0, 0.6, 2),
+    ("Lanczos", "euler", 0, 0.5, 2),
+    ("tiny-2x", "ddim", 4, 0.75, 2),
+]
+
+
+def onnx_encoder(folder):
+    """The fixture's VAE encoder graph with its weights (identity weight map) in onnxruntime:
+    picture [1, 3, H, W] in [-1, 1] -> moments [1, 8, H/f, W/f]."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+    from safetensors.numpy import load_file
+
+    m = onnx.load(os.path.join(folder, "model.onnx"), load_external_data=False)
+    with open(os.path.join(folder, "weightmap.json")) as f:
+        entries = {e["name"]: e for e in json.load(f)["initializers"]}
+    weights = load_file(os.path.join(folder, "weights.safetensors"))
+    assert all(e["transform"] == "identity" for e in entries.values())
+    inits = [numpy_helper.from_array(weights[entries[i.name]["source"]].astype(np.float32)
+                                     .reshape(entries[i.name]["shape"]), i.name) for i in m.graph.initializer]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(inits)
+    session = ort.InferenceSession(m.SerializeToString())
+    return lambda x: torch.from_numpy(session.run(None, {"sample": x.float().numpy()})[0])
+
+
+def inpaint_unet_references(upscaler):
+    import diffusers
+    from diffusers import StableDiffusionInpaintPipeline
+    from transformers import CLIPTokenizer
+
+    fixture = os.path.join(FIXTURES, "tiny-sd15-inpaint")
+    unet, (te,), vae, sched = tiny_models("sd1-inpaint")
+    check_decoder(fixture, vae)
+    assert unet.config.in_channels == 9
+    tok = CLIPTokenizer.from_pretrained(os.path.join(fixture, "tokenizer"))
+
+    from diffusers.utils.torch_utils import randn_tensor
+
+    ort_moments = onnx_encoder(os.path.join(fixture, "vae_encoder"))
+
+    def pipe(slug, onnx_zero=False):
+        p = StableDiffusionInpaintPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
+                                           scheduler=scheduler_for(sched, slug), safety_checker=None,
+                                           feature_extractor=None, requires_safety_checker=False)
+        p.set_progress_bar_config(disable=True)
+        if onnx_zero:
+            torch_encode = p._encode_vae_image
+
+            def encode(image, generator):
+                if torch.count_nonzero(image) > 0:
+                    return torch_encode(image, generator)
+                mean, logvar = ort_moments(image).chunk(2, 1)
+                std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+                return vae.config.scaling_factor * (mean + std * randn_tensor(mean.shape, generator=generator))
+
+            p._encode_vae_image = encode
+        return p
+
+    def call(p, steps, **kwargs):
+        g = torch.Generator("cpu").manual_seed(ref.IMAGE_SEED)
+        with torch.no_grad():
+            return p(ref.IMAGE_PROMPT, negative_prompt=ref.IMAGE_NEGATIVE, num_inference_steps=steps,
+                     guidance_scale=7.0, generator=g, **kwargs).images
+
+    with torch.no_grad():
+        zero_mean = vae.config.scaling_factor * vae.encode(torch.zeros(1, 3, SIZE, SIZE)).latent_dist.mean
+    white = Image.new("L", (SIZE, SIZE), 255)
+    grey = Image.new("RGB", (SIZE, SIZE), (128, 128, 128))  # unread at strength 1
+    images = []
+    for upscaler_name, slug, hires_steps, denoise, scale in INPAINT_CASES:
+        target = int(SIZE * scale)
+        latent = upscaler_name in LATENT_MODES
+        first = call(pipe(slug), STEPS, image=grey, mask_image=white, masked_image_latents=zero_mean,
+                     strength=1.0, height=SIZE, width=SIZE, output_type="latent" if latent else "pil")
+        if latent:
+            mode, aa = LATENT_MODES[upscaler_name]
+            factor = SIZE // first.shape[-1]
+            image = F.interpolate(first, size=(target // factor, target // factor), mode=mode, antialias=aa)
+            extra = dict(masked_image_latents=torch.zeros(1, 3, target, target))
+        else:
+            picture = first[0]
+            if upscaler_name == "Lanczos":
+                image = picture.resize((target, target), Image.LANCZOS)
+            else:
+                image = run_upscaler(upscaler, picture)
+            extra = {}
+        stem = f"{upscaler_name.replace(' ', '_').replace('(', '').replace(')', '')}.{slug}.png"
+        for onnx_zero, name in [(False, f"hires.{stem}"), (True, f"hires_onnx_zero.{stem}")]:
+            out = call(pipe(slug, onnx_zero), hires_steps or STEPS, image=image,
+                       mask_image=Image.new("L", (target, target), 255), strength=denoise, height=target,
+                       width=target, **extra)[0]
+            out.save(os.path.join(fixture, "reference", name))
+        images.append({"file": f"hires.{stem}", "file_onnx_zero": f"hires_onnx_zero.{stem}",
+                       "upscaler": upscaler_name, "sampler": slug, "hires_steps": hires_steps,
+                       "denoise": denoise, "scale": scale,
+                       "model": "tiny-2x.onnx" if upscaler_name == "tiny-2x" else None})
+    meta = {"prompt": ref.IMAGE_PROMPT, "negative": ref.IMAGE_NEGATIVE, "seed": ref.IMAGE_SEED, "cfg": 7.0,
+            "steps": STEPS, "width": SIZE, "height": SIZE,
+            "made_with": {"torch": torch.__version__, "diffusers": diffusers.__version__}}
+    with open(os.path.join(fixture, "reference", "hires.json"), "w") as f:
+        json.dump(dict(meta, images=images), f, indent=1)
+    print("wrote the inpainting UNet's hires references")
+
+
 def main():
     import diffusers
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
     up_dir = os.path.join(FIXTURES, "upscaler")
+    if "--inpaint-unet-only" in sys.argv:
+        torch.manual_seed(0)  # make_upscaler's weights, checked against its committed output
+        upscaler = TinyUpscaler().eval()
+        init = Image.open(os.path.join(FIXTURES, "img2img", "init.png")).convert("RGB")
+        if run_upscaler(upscaler, init).tobytes() != Image.open(os.path.join(up_dir, "init.2x.png")).tobytes():
+            raise SystemExit("the rebuilt tiny upscaler differs from upscaler/init.2x.png")
+        inpaint_unet_references(upscaler)
+        return
     upscaler = make_upscaler(up_dir)
     make_wrong_upscaler(up_dir)
     init = Image.open(os.path.join(FIXTURES, "img2img", "init.png")).convert("RGB")
@@ -170,6 +300,7 @@ def main():
     with open(os.path.join(sd15, "reference", "hires.json"), "w") as f:
         json.dump(dict(meta, images=images), f, indent=1)
     print("wrote the hires references")
+    inpaint_unet_references(upscaler)
 
 
 if __name__ == "__main__":

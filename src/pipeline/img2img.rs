@@ -340,6 +340,58 @@ fn inpaint_unet_text_to_image(
     }))
 }
 
+/// A 9-channel UNet's conditioning when a picture of its own repaints all over (the hires fix's
+/// second pass): an all-ones mask and the latents of an all-zero picture, as diffusers' inpaint
+/// pipeline makes them under an all-white mask (the masked picture is the picture times 0) and
+/// A1111's `inpainting_image_conditioning` with no mask.
+pub(crate) struct RepaintAll {
+    mean: Vec<f32>,
+    std: Vec<f32>,
+    scaling: f32,
+}
+
+impl RepaintAll {
+    /// Encodes the zero picture at `job`'s size (latents `h` × `w`); `None` for a 4-channel UNet.
+    pub(crate) fn encode(
+        sessions: &mut Sessions,
+        model: &Model,
+        job: &Job,
+        h: usize,
+        w: usize,
+    ) -> Result<Option<RepaintAll>, PipelineError> {
+        if !inpaint_unet(model) {
+            return Ok(None);
+        }
+        let zero = vec![0f32; 3 * (job.width * job.height) as usize];
+        let (mean, std) = encode(sessions, model, &zero, job, h, w)?;
+        Ok(Some(RepaintAll {
+            mean,
+            std,
+            scaling: model.vae_scaling(),
+        }))
+    }
+
+    /// The UNet's extra planes for one image: the zero picture's posterior sample is drawn from the
+    /// image's generator after its start latents, where diffusers' inpaint pipeline draws it.
+    pub(crate) fn blend(&self, rng: &mut TorchRng) -> Blend {
+        let eps = rng.randn(self.mean.len());
+        let mut unet_channels = vec![1.0; self.mean.len() / 4];
+        unet_channels.extend(
+            self.mean
+                .iter()
+                .zip(&self.std)
+                .zip(eps)
+                .map(|((m, s), e)| self.scaling * (m + s * e)),
+        );
+        Blend {
+            image: Vec::new(),
+            noise: Vec::new(),
+            mask: Vec::new(),
+            unet_channels,
+        }
+    }
+}
+
 impl Init {
     /// An image-to-image start from VAE encoder moments `[8, h, w]` made elsewhere (the hires
     /// fix's upscaled picture), no mask; `None` when they do not split into mean and log-variance.

@@ -278,28 +278,3 @@ fn inpainting_single_file_equals_the_folder_model() {
     assert!(out.contains("inpainting UNet"), "{out}");
     assert!(out.contains("9 input channels"), "{out}");
 }
-
-/// The hires fix on a 9-channel model is refused when the job is readied: the error comes before
-/// anything runs (no event at all, so no first pass was sampled).
-#[test]
-fn hires_fix_on_an_inpainting_model_is_refused_before_sampling() {
-    let mut g = load(&tiny_inpaint(), SessionOptions::default());
-    let mut t2i = job(Sampler::EulerA, 4);
-    t2i.hires = Some(Box::new(
-        stipple::job::HiresFix::new(
-            "Latent",
-            None,
-            (t2i.width, t2i.height),
-            Some(2.0),
-            (None, None),
-        )
-        .unwrap(),
-    ));
-    let mut events = 0;
-    let err = g
-        .generate(&t2i, &|| stipple::engine::Stop::No, &mut |_| events += 1, 1)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("9-channel"), "{err}");
-    assert_eq!(events, 0, "events were sent before the refusal");
-}

@@ -109,13 +109,6 @@ impl Generator {
     /// Reads and resolves `job` (prompts, family checks, adapters) without running anything.
     pub(super) fn ready<'a>(&mut self, job: &'a Job, id: u64) -> Result<Ready<'a>, PipelineError> {
         let (pos, neg) = parse_prompts(job)?;
-        // Refused here, before any job of the group samples, rather than after the first pass.
-        if job.hires.is_some() && crate::pipeline::img2img::inpaint_unet(&self.model) {
-            return Err(PipelineError::Job(
-                "the hires fix does not run on a 9-channel inpainting model yet; use an ordinary one"
-                    .into(),
-            ));
-        }
         pos.check_family(self.model.index.family)
             .map_err(|e| PipelineError::Prompt(e.render(&job.prompt)))?;
         let loras = self.adapters.resolve(&pos, &job.prompt)?;

@@ -1,9 +1,10 @@
 //! A1111's hires fix after the first pass ([`Generator::hires_pass`]): each image's latents are
 //! upscaled (torch's interpolation for the latent modes; decode, Lanczos or an ONNX model, encode
 //! for the pixel ones) and redrawn at the hires size as image-to-image, with the image's seed
-//! drawn afresh as A1111 does (so the noise is diffusers' img2img pipeline's for that seed).
+//! drawn afresh as A1111 does (so the noise is diffusers' img2img pipeline's for that seed). On a
+//! 9-channel inpainting UNet the second pass is diffusers' inpaint pipeline under an all-white mask.
 
-use super::super::img2img::{add_noise, Init};
+use super::super::img2img::{add_noise, Init, RepaintAll};
 use super::super::rng::TorchRng;
 use super::super::schedulers;
 use super::batched::{Ready, Slot};
@@ -112,6 +113,8 @@ impl Generator {
         let n2 = 4 * h2 * w2;
         self.sessions.ensure_vae_dims(&self.model, h, w)?;
         let cfg = self.scheduler.for_job(job.zero_snr).into_owned();
+        // A 9-channel UNet repaints the upscaled picture all over (A1111's conditioning with no mask).
+        let repaint = RepaintAll::encode(&mut self.sessions, &self.model, &job, h2, w2)?;
         for s in slots.iter_mut() {
             let mut rng = TorchRng::new(s.seed);
             let mut sched = schedulers::build_styled(
@@ -153,7 +156,8 @@ impl Generator {
                     init.start(&mut rng, &*sched, &cfg).0
                 }
             };
-            (s.rng, s.sched, s.latents, s.blend) = (rng, sched, latents, None);
+            let blend = repaint.as_ref().map(|r| r.blend(&mut rng));
+            (s.rng, s.sched, s.latents, s.blend) = (rng, sched, latents, blend);
         }
         let static_shapes = self.sessions.opts().static_shapes;
         let dims =
