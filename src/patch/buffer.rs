@@ -169,6 +169,18 @@ pub fn assemble_graph(
         .into_par_iter()
         .map(|(e, out)| fill(component, graph, &cname, e, deltas, out))
         .collect();
+    let (stats, used) = tally(filled, bytes)?;
+    free_scratch();
+    check_used(&cname, deltas, &used)?;
+    Ok((arc, stats))
+}
+
+/// The statistics of `filled` (one result per initializer) over a buffer of `bytes`, and the
+/// sources the deltas were asked for; the first error, if any.
+fn tally(
+    filled: Vec<Result<(Vec<&str>, bool), PatchError>>,
+    bytes: usize,
+) -> Result<(PatchStats, HashSet<&str>), PatchError> {
     let mut used = HashSet::new();
     let mut stats = PatchStats {
         bytes,
@@ -182,9 +194,7 @@ pub fn assemble_graph(
         }
         used.extend(asked);
     }
-    free_scratch();
-    check_used(&cname, deltas, &used)?;
-    Ok((arc, stats))
+    Ok((stats, used))
 }
 
 /// [`assemble_graph`] into `file` (a staging file, [`crate::runtime::staged`]) instead of a
@@ -238,19 +248,7 @@ pub fn assemble_graph_to(
         })
         .collect();
     free_scratch();
-    let mut used = HashSet::new();
-    let mut stats = PatchStats {
-        bytes,
-        ..Default::default()
-    };
-    for r in filled {
-        let (asked, patched) = r?;
-        stats.initializers += 1;
-        if patched {
-            stats.patched += 1;
-        }
-        used.extend(asked);
-    }
+    let (stats, used) = tally(filled, bytes)?;
     check_used(&cname, deltas, &used)?;
     Ok(stats)
 }

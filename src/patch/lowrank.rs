@@ -228,26 +228,8 @@ pub fn arrange(site: &Site) -> Option<Arranged> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::weightmap::WeightMapEntry;
+    use crate::patch::program::tests::entry;
     use crate::patch::program::{Part, Term};
-
-    fn entry(transform: Transform, shape: &[usize], parts: usize) -> WeightMapEntry {
-        WeightMapEntry {
-            name: "w".into(),
-            source: "p0".into(),
-            transform,
-            parts: if parts > 1 {
-                (0..parts).map(|i| format!("p{i}")).collect()
-            } else {
-                Vec::new()
-            },
-            heads: 2,
-            dtype: "float16".into(),
-            shape: shape.to_vec(),
-            offset: 0,
-            length: shape.iter().product::<usize>() * 2,
-        }
-    }
 
     /// A rank-2 term for a `[o, i]` weight with distinct values.
     fn lora(o: usize, i: usize, slot: Option<usize>, seed: f32) -> Term {

@@ -570,10 +570,11 @@ pub fn build(sites: &[Site], slots: usize, f16_gemm: bool) -> Result<Program, Pr
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn entry(transform: Transform, shape: &[usize], parts: usize) -> WeightMapEntry {
+    /// A weight map entry of an f16 weight for tests (`parts` > 1: packed sources `p0`, `p1`, …).
+    pub(crate) fn entry(transform: Transform, shape: &[usize], parts: usize) -> WeightMapEntry {
         WeightMapEntry {
             name: "w".into(),
             source: "p0".into(),
