@@ -244,7 +244,13 @@ pub fn run(
         text_embeds: e,
         time_ids: &ids,
     });
-    let sample = vec![0.1f32; 2 * 4 * lh * lw];
+    // A 9-channel inpainting UNet also reads the mask and the masked picture's latents.
+    let ch = if crate::pipeline::img2img::inpaint_unet(&g.model) {
+        9
+    } else {
+        4
+    };
+    let sample = vec![0.1f32; 2 * ch * lh * lw];
     let job = Job {
         prompt: "a red fox in the snow".into(),
         negative: String::new(),
@@ -269,14 +275,14 @@ pub fn run(
         g.generate(&warm, &|| Stop::No, &mut |_| {}, 0)?;
     }
     let t = Instant::now();
-    g.unet_added(&sample, [2, 4, lh, lw], 500.0, &context, added)?;
+    g.unet_added(&sample, [2, ch, lh, lw], 500.0, &context, added)?;
     let first_step_ms = t.elapsed().as_secs_f64() * 1e3;
     // Median CFG step over repeats·5 steps after two warm-up steps.
     let step_s = |g: &mut Generator| -> Result<f64, PipelineError> {
         let mut steps = Vec::new();
         for i in 0..repeats * 5 + 2 {
             let t = Instant::now();
-            g.unet_added(&sample, [2, 4, lh, lw], 500.0, &context, added)?;
+            g.unet_added(&sample, [2, ch, lh, lw], 500.0, &context, added)?;
             if i >= 2 {
                 steps.push(t.elapsed());
             }
@@ -418,6 +424,9 @@ pub struct LiveBench {
     /// With `--patch-on device`: the median step of a job whose UNet strength changes every step
     /// (a schedule), the program re-run before each step included (null without it).
     pub scheduled_step_device_ms: Option<f64>,
+    /// With `--patch-on device`: the program's mean re-run in that schedule (synchronized), what a
+    /// new strength adds to the step that uses it.
+    pub rerun_device_ms: Option<f64>,
 }
 
 impl fmt::Display for LiveBench {
@@ -461,6 +470,9 @@ impl fmt::Display for LiveBench {
                 "\n  step, schedule (device)   {ms:>9.3} ms  ({:+.1}%)",
                 (ms / self.fused_step_ms - 1.0) * 100.0
             )?;
+        }
+        if let Some(ms) = self.rerun_device_ms {
+            write!(f, "\n  patch re-run alone (mean) {ms:>9.3} ms")?;
         }
         Ok(())
     }
@@ -567,7 +579,7 @@ pub fn live(
     let dial_live = timed_job(&mut g, &job, LoraMethod::Live, Some((&stem, at)))?.1;
     let dial_refuse = timed_job(&mut g, &job, LoraMethod::Refuse, Some((&stem, at)))?.1;
     drop(g);
-    let (dial_device, scheduled) = match device_spec {
+    let (dial_device, scheduled, rerun_device_ms) = match device_spec {
         Some(spec) => {
             let mut d = Generator::load(spec, rt)?;
             d.set_lora_dirs(vec![dir]);
@@ -589,19 +601,27 @@ pub fn live(
                 ..job.clone()
             };
             let mut sched_steps = Vec::new();
+            let mut rerun_ms = f64::NAN;
             for _ in 0..2 {
-                let before = d.patch_counts().reruns;
+                let before = d.patch_counts();
                 sched_steps = timed_job(&mut d, &sched, LoraMethod::Fuse, None)?.0;
-                if d.patch_counts().reruns < before + u64::from(sched.steps) - 1 {
+                let after = d.patch_counts();
+                let n = after.reruns - before.reruns;
+                rerun_ms = (after.rerun_us - before.rerun_us) as f64 / 1e3 / n.max(1) as f64;
+                if n < u64::from(sched.steps) - 1 {
                     return Err(PipelineError::Job(
                         "the device patch did not re-run its program at every step of a schedule"
                             .into(),
                     ));
                 }
             }
-            (Some(latency), Some(median(sched_steps) * 1e3))
+            (
+                Some(latency),
+                Some(median(sched_steps) * 1e3),
+                Some(rerun_ms),
+            )
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     let fused_step_ms = median(fused) * 1e3;
     let live_step_ms = median(live) * 1e3;
@@ -619,5 +639,6 @@ pub fn live(
         dial_to_step_refuse_ms: ms(dial_refuse),
         dial_to_step_device_ms: dial_device.map(ms),
         scheduled_step_device_ms: scheduled,
+        rerun_device_ms,
     })
 }

@@ -155,7 +155,11 @@ fn model(s: &mut String, dir: &Path, m: &crate::model::Model) -> std::fmt::Resul
             // The UNet's second graph is ORT's fused one; the VAE's and text encoders' are fp16.
             let what = match k {
                 crate::model::layout::ComponentKind::Unet => {
-                    format!("fused CUDA graph: {}", fused_ops(&f.graph.bytes))
+                    let when = match c.cuda_opt_in {
+                        true => " (runs only with --graph cuda: not yet checked on a GPU)",
+                        false => "",
+                    };
+                    format!("fused CUDA graph{when}: {}", fused_ops(&f.graph.bytes))
                 }
                 _ => "fp16 graph".to_string(),
             };

@@ -181,7 +181,8 @@ pub fn build(
             weights,
             t.config(kind)?,
         )?
-        .with_fused(graph_of(GraphKind::Fused)?)?;
+        .with_fused(graph_of(GraphKind::Fused)?)?
+        .with_cuda_opt_in(kind == ComponentKind::Unet && t.fused_unet_opt_in());
         components.insert(kind, component);
     }
     Ok(components)

@@ -66,6 +66,9 @@ pub struct Component {
     /// Runtime's NhwcConv and GroupNorm, fp16, CUDA only; `scripts/vae_fused.py`), beside its plain
     /// fp16 graph in `cuda`. Same weights file.
     pub fused: Option<GraphFiles>,
+    /// The fused UNet graph in `cuda` runs only when asked for (`--graph cuda`), not by default:
+    /// a template's fused graph that has not passed the GPU check ([`super::template`]).
+    pub cuda_opt_in: bool,
 }
 
 /// A second graph of a component over the same base weights.
@@ -346,6 +349,12 @@ impl Component {
 
     /// The component with `fused` as its fused VAE graph ([`GraphKind::Fused`]), checked against
     /// the weights.
+    /// Marks the fused UNet graph as one that runs only when asked for.
+    pub fn with_cuda_opt_in(mut self, opt_in: bool) -> Component {
+        self.cuda_opt_in = opt_in;
+        self
+    }
+
     pub fn with_fused(mut self, fused: Option<GraphFiles>) -> Result<Component, ModelError> {
         if let Some(f) = &fused {
             let mut problems = consistency_problems(&f.graph, &f.weightmap, &self.weights);
@@ -411,6 +420,7 @@ impl Component {
             config,
             cuda,
             fused: None,
+            cuda_opt_in: false,
         })
     }
 
@@ -426,6 +436,7 @@ impl Component {
             config: self.config.clone(),
             cuda: None,
             fused: None,
+            cuda_opt_in: false,
         }
     }
 

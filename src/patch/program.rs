@@ -387,36 +387,39 @@ impl Builder {
 
 impl Builder {
     /// The f16 path's operations shared by all its sites: every entry of every A scaled by its
-    /// strength (one Gather, one Mul), split into f16 halves, and cut into one `[3k·m]` piece per
-    /// site holding A₃ᵀ (A's hi, lo and hi halves, each transposed), in `arranged`'s order. A few
-    /// launches for the whole program instead of several per site: replayed as a CUDA graph the
-    /// program's time is mostly its launches.
-    fn shared_halves(&mut self, arranged: &[&Arranged], slots: usize) -> Vec<String> {
-        let total: usize = arranged.iter().map(|x| 3 * x.k * x.m).sum();
+    /// strength (one Gather, one Mul), split into f16 halves, and cut into one `[3k'·m]` piece per
+    /// site holding A₃ᵀ (A's hi, lo and hi halves, each transposed, k' ≥ k rows with zero rows
+    /// added: [`block`]), in `arranged`'s order. A few launches for the whole program instead of
+    /// several per site: replayed as a CUDA graph the program's time is mostly its launches.
+    ///
+    /// The cut is a Split along an axis of `Σk'm/B` blocks of `B` entries: ONNX Runtime's CUDA
+    /// Split builds a host table as long as the axis it cuts and copies it to the device at every
+    /// run (measured: 259 MB and 4.8 ms per run for SD1.5 when it cut the flat vector).
+    fn shared_halves(&mut self, arranged: &[&Arranged], slots: usize) -> (Vec<String>, Vec<usize>) {
+        let (block, ks) = block(arranged);
+        let total: usize = arranged.iter().zip(&ks).map(|(x, k)| k * x.m).sum();
         let one = slots.max(1) as i32;
         let mut values = Vec::with_capacity(total);
         let mut idx = Vec::with_capacity(total);
-        let mut mask = Vec::with_capacity(total);
-        for x in arranged {
-            for half in 0..3 {
-                for j in 0..x.k {
-                    for r in 0..x.m {
-                        values.push(x.a[r * x.k + j]);
-                        let s = x.slots[r * x.k + j];
-                        idx.push(if s == lowrank::UNSCALED {
-                            one
-                        } else {
-                            s as i32
-                        });
-                        mask.push(u8::from(half == 1));
-                    }
+        for (x, &kp) in arranged.iter().zip(&ks) {
+            for j in 0..kp {
+                for r in 0..x.m {
+                    let (v, s) = match j < x.k {
+                        true => (x.a[r * x.k + j], x.slots[r * x.k + j]),
+                        false => (0.0, lowrank::UNSCALED),
+                    };
+                    values.push(v);
+                    idx.push(if s == lowrank::UNSCALED {
+                        one
+                    } else {
+                        s as i32
+                    });
                 }
             }
         }
         let n = [total as i64];
         let values = self.external("a", &n, &values);
         let idx = self.external_bytes("slot", &n, DataType::Int32, bytemuck::cast_slice(&idx));
-        let mask = self.external_bytes("lo", &n, DataType::Bool, &mask);
         let unit = self.fresh("one");
         self.inits.push(TensorProto {
             dims: vec![1],
@@ -432,8 +435,17 @@ impl Builder {
         let back = self.cast(&hi, ElemType::F32);
         let rest = self.node("Sub", &[&x, &back], Vec::new());
         let lo = self.cast(&rest, ElemType::F16);
-        let a = self.node("Where", &[&mask, &lo, &hi], Vec::new());
-        let sizes: Vec<i64> = arranged.iter().map(|x| (3 * x.k * x.m) as i64).collect();
+        let blocks = [1, (total / block) as i64, block as i64];
+        let hi = self.reshape(&hi, &blocks);
+        let lo = self.reshape(&lo, &blocks);
+        // [3, blocks, B]: a site's slice along axis 1 is its hi, lo, hi thirds one after another,
+        // which is A₃ᵀ `[3k', m]` in memory.
+        let a = self.node("Concat", &[&hi, &lo, &hi], vec![int_attr("axis", 0)]);
+        let sizes: Vec<i64> = arranged
+            .iter()
+            .zip(&ks)
+            .map(|(x, k)| (k * x.m / block) as i64)
+            .collect();
         let sizes = self.ints(&[sizes.len() as i64], &sizes);
         let pieces: Vec<String> = arranged.iter().map(|_| self.fresh("piece")).collect();
         let out = self.fresh("Split");
@@ -442,17 +454,24 @@ impl Builder {
             output: pieces.clone(),
             name: Some(format!("{out}.node")),
             op_type: Some("Split".into()),
-            attribute: vec![int_attr("axis", 0)],
+            attribute: vec![int_attr("axis", 1)],
             ..Default::default()
         });
-        pieces
+        (pieces, ks)
     }
 
-    /// One f16 site: `base + α·A₃·B₃` (or its transpose) as one Gemm, in the graph's shape.
-    fn gemm_site(&mut self, x: &Arranged, piece: &str, base: &str, graph_dims: &[i64]) {
-        let (m, k, n) = (x.m as i64, x.k as i64, x.n as i64);
+    /// One f16 site: `base + α·A₃·B₃` (or its transpose) as one Gemm, in the graph's shape; A₃
+    /// and B₃ have `kp` ≥ k rows per third, the added ones zero.
+    fn gemm_site(&mut self, x: &Arranged, kp: usize, piece: &str, base: &str, graph_dims: &[i64]) {
+        let (m, k, n) = (x.m as i64, kp as i64, x.n as i64);
         let a3t = self.reshape(piece, &[3 * k, m]);
-        let b3 = self.external_f16("b3", &[3 * k, n], &x.b3);
+        let zero = half::f16::from_f32(0.0);
+        let mut b3 = Vec::with_capacity(3 * kp * x.n);
+        for third in x.b3.chunks(x.k * x.n) {
+            b3.extend_from_slice(third);
+            b3.resize(b3.len() + (kp - x.k) * x.n, zero);
+        }
+        let b3 = self.external_f16("b3", &[3 * k, n], &b3);
         let (rows, cols) = if x.transposed { (n, m) } else { (m, n) };
         let flat = graph_dims == [rows, cols];
         let c = if flat {
@@ -472,12 +491,46 @@ impl Builder {
     }
 }
 
-/// Whether f16 low-rank sites take the Gemm path ([`lowrank`]): off unless STIPPLE_PATCH_F16=1.
-/// Measured on an H100 (2026-12-06, SD1.5, rank-32 LoRA on 192 layers, runs alternated in one
-/// lease) it made a strength-scheduled step slower, 15.7–16.1 ms against 13.9–14.4 ms with the f32
-/// sum, though it moves a quarter of the bytes: kept for the work on the program's launches.
+/// The block `B` the f16 path's Split cuts in, and each site's rows k' (a multiple of
+/// `B / gcd(B, m)`, so that `k'·m` is whole blocks): the largest power of two up to 512 that adds
+/// at most a quarter to the entries (zero rows cost a little arithmetic; a short axis saves a
+/// table copied at every run).
+fn block(arranged: &[&Arranged]) -> (usize, Vec<usize>) {
+    let rows = |b: usize| -> Vec<usize> {
+        arranged
+            .iter()
+            .map(|x| {
+                let step = b / gcd(b, x.m.max(1));
+                x.k.div_ceil(step) * step
+            })
+            .collect()
+    };
+    let size = |ks: &[usize]| -> usize { arranged.iter().zip(ks).map(|(x, k)| k * x.m).sum() };
+    let plain = size(&rows(1));
+    let mut b = 512;
+    loop {
+        let ks = rows(b);
+        if b == 1 || 4 * size(&ks) <= 5 * plain {
+            return (b, ks);
+        }
+        b /= 2;
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Whether f16 low-rank sites take the Gemm path ([`lowrank`]): on unless STIPPLE_PATCH_F16=0.
+/// Measured on an H100 (2026-12-06, SD1.5 fp16, rank-32 LoRA on 192 layers, one lease, programs
+/// alternated): a re-run takes 2.2–2.4 ms against 5.8 ms for the f32 sum, and a step whose
+/// strength changes every step +24.9/+25.5 % over a constant one against +51.8 %.
 pub fn f16_gemm_wanted() -> bool {
-    std::env::var_os("STIPPLE_PATCH_F16").is_some_and(|v| v == "1")
+    std::env::var_os("STIPPLE_PATCH_F16").is_none_or(|v| v != "0")
 }
 
 /// The program writing every one of `sites`; `slots` is the length of its strengths input;
@@ -495,12 +548,12 @@ pub fn build(sites: &[Site], slots: usize, f16_gemm: bool) -> Result<Program, Pr
         .map(|s| if f16_gemm { lowrank::arrange(s) } else { None })
         .collect();
     let fast: Vec<&Arranged> = arranged.iter().flatten().collect();
-    let mut pieces = if fast.is_empty() {
-        Vec::new()
+    let (pieces, ks) = if fast.is_empty() {
+        (Vec::new(), Vec::new())
     } else {
         b.shared_halves(&fast, slots)
-    }
-    .into_iter();
+    };
+    let mut pieces = pieces.into_iter().zip(ks);
     for (k, site) in sites.iter().enumerate() {
         let e = site.entry;
         if site.parts.len() != e.sources().len() {
@@ -521,7 +574,7 @@ pub fn build(sites: &[Site], slots: usize, f16_gemm: bool) -> Result<Program, Pr
             &arranged[k],
             arranged[k].as_ref().and_then(|_| pieces.next()),
         ) {
-            b.gemm_site(x, &piece, &base, &dims);
+            b.gemm_site(x, piece.1, &piece.0, &base, &dims);
         } else {
             match b.arranged(site)? {
                 Some(delta) => {
@@ -716,7 +769,7 @@ pub(crate) mod tests {
             let got = ops(&build(&two, 1, true).unwrap());
             assert_eq!(got.iter().filter(|o| *o == "Gemm").count(), 2, "{got:?}");
             // Strengths, the f16 split and the Split into sites happen once for both.
-            for shared in ["Gather", "Where", "Split"] {
+            for shared in ["Gather", "Mul", "Split"] {
                 assert_eq!(got.iter().filter(|o| *o == shared).count(), 1, "{got:?}");
             }
             assert!(!got.contains(&"MatMul".to_string()), "{got:?}");
@@ -724,9 +777,45 @@ pub(crate) mod tests {
             let got =
                 ops(&build(&[site(&e, [ElemType::F16, ElemType::F32], part())], 1, true).unwrap());
             assert!(!got.contains(&"Gemm".to_string()), "{got:?}");
-            // Without the f16 path (the default), the same sites take the f32 sum.
+            // Without the f16 path, the same sites take the f32 sum.
             let got = ops(&build(&two, 1, false).unwrap());
             assert!(!got.contains(&"Gemm".to_string()), "{got:?}");
+        }
+    }
+
+    fn arranged(m: usize, k: usize) -> Arranged {
+        Arranged {
+            a: vec![0.0; m * k],
+            slots: vec![0; m * k],
+            m,
+            k,
+            n: 1,
+            b3: Vec::new(),
+            transposed: false,
+            alpha: 1.0,
+        }
+    }
+
+    #[test]
+    fn the_f16_split_cuts_whole_blocks_and_pads_little() {
+        // SD-like sites: rank 32 over 320, 1280 and 2880 (a 3×3 conv of 320) columns.
+        let xs = [arranged(320, 32), arranged(1280, 96), arranged(2880, 32)];
+        let refs: Vec<&Arranged> = xs.iter().collect();
+        let (b, ks) = block(&refs);
+        assert_eq!((b, ks.clone()), (512, vec![32, 96, 32]));
+        // Ranks that do not fit a block get zero rows; an odd width gets small blocks instead.
+        let xs = [arranged(320, 4), arranged(320, 30), arranged(77, 5)];
+        let refs: Vec<&Arranged> = xs.iter().collect();
+        let (b, ks) = block(&refs);
+        let plain: usize = xs.iter().map(|x| x.k * x.m).sum();
+        let padded: usize = xs.iter().zip(&ks).map(|(x, k)| k * x.m).sum();
+        assert!(4 * padded <= 5 * plain, "{padded} for {plain}");
+        for (x, k) in xs.iter().zip(&ks) {
+            assert!(
+                *k >= x.k && (k * x.m) % b == 0,
+                "{k} rows of {} in blocks of {b}",
+                x.m
+            );
         }
     }
 }

@@ -183,6 +183,7 @@ fn stage_entries(
             what: what.clone(),
             message: e.to_string(),
         })?;
+    dump(&what, &built);
     let (session, graph) = if sites.is_empty() {
         (None, false)
     } else {
@@ -225,6 +226,32 @@ fn stage_entries(
         graph,
         captured: None,
     })
+}
+
+/// For profiling a program outside stipple (`scripts/patch_profile.py` on a GPU box):
+/// `STIPPLE_DUMP_PATCH=DIR` writes each program built to `DIR/<component>-<n>/` (its graph and the
+/// external-data file it names). A failure only warns: it is a diagnostic.
+fn dump(what: &str, built: &program::Program) {
+    let Some(dir) = std::env::var_os("STIPPLE_DUMP_PATCH") else {
+        return;
+    };
+    let tag: String = what
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::path::Path::new(&dir).join(format!("{tag}-{n}"));
+    let written = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(dir.join("program.onnx"), &built.model))
+        .and_then(|()| std::fs::write(dir.join(program::DATA_FILE), &built.data[..]));
+    match written {
+        Ok(()) => tracing::warn!("patch program written to {}", dir.display()),
+        Err(e) => tracing::warn!(
+            "could not write the patch program to {}: {e}",
+            dir.display()
+        ),
+    }
 }
 
 /// The weights the patch program writes for `deltas` on `component`'s `which` graph, run on the

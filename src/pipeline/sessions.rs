@@ -75,6 +75,9 @@ pub struct PatchCounts {
     pub staged: u64,
     /// Changes that re-ran the kept programs with new strengths.
     pub reruns: u64,
+    /// Wall time of those re-runs, summed (µs): each ends when its outputs are synchronized, so
+    /// it is what a strength change adds to the step that uses it.
+    pub rerun_us: u64,
 }
 
 /// The strengths inputs of a re-run: one per text encoder, then the UNet's (None: not re-run).
@@ -550,6 +553,7 @@ impl Sessions {
             ..FuseStats::default()
         });
         self.counts.reruns += 1;
+        self.counts.rerun_us += t.elapsed().as_micros() as u64;
         self.fused = want;
         Ok(())
     }

@@ -203,7 +203,7 @@ impl GraphChoice {
         let has = component.cuda.is_some();
         match self {
             GraphChoice::Plain => Ok(GraphKind::Plain),
-            GraphChoice::Auto if is_cuda && has => Ok(GraphKind::Cuda),
+            GraphChoice::Auto if is_cuda && has && !component.cuda_opt_in => Ok(GraphKind::Cuda),
             GraphChoice::Auto => Ok(GraphKind::Plain),
             GraphChoice::Cuda if component.kind != ComponentKind::Unet => Ok(GraphKind::Plain),
             GraphChoice::Cuda if !is_cuda => Err(format!(

@@ -193,11 +193,40 @@ fn the_fused_graph_is_chosen_only_where_it_can_run() {
     );
     let err = GraphChoice::Cuda.resolve(Device::Cpu, unet).unwrap_err();
     assert!(err.contains("only on a CUDA device"), "{err}");
+    // A fused graph not yet checked on a GPU runs only when asked for.
+    let mut opt_in = Model::open(&tiny_model()).unwrap();
+    let unet = opt_in.components.get_mut(&ComponentKind::Unet).unwrap();
+    unet.cuda_opt_in = true;
+    assert_eq!(
+        GraphChoice::Auto.resolve(cuda, unet).unwrap(),
+        GraphKind::Plain
+    );
+    assert_eq!(
+        GraphChoice::Cuda.resolve(cuda, unet).unwrap(),
+        GraphKind::Cuda
+    );
     assert!("fused".parse::<GraphChoice>().is_ok());
     assert!("nhwc"
         .parse::<GraphChoice>()
         .unwrap_err()
         .contains("auto, plain or cuda"));
+}
+
+#[test]
+fn templates_carry_fused_unets_and_only_checked_ones_run_by_default() {
+    use stipple::model::template::Template;
+    for (name, opt_in) in [
+        ("sd15-fp16", false),
+        ("sd2-fp16", true),
+        ("sd15-inpaint-fp16", true),
+    ] {
+        let t = Template::named(name).unwrap();
+        let wm = t
+            .graph_weightmap(ComponentKind::Unet, GraphKind::Cuda)
+            .unwrap();
+        assert!(wm.is_some(), "{name}: no fused UNet");
+        assert_eq!(t.fused_unet_opt_in(), opt_in, "{name}");
+    }
 }
 
 /// `generate` with `args` (a CUDA-only graph asked for) on the CPU fails with one clear error.
