@@ -315,8 +315,9 @@ mod tests {
             let mut reached: Vec<&str> = Vec::new();
             let mut packed = [0usize; 4];
             for e in &fused.initializers {
-                let want = source_shape(e, &e.shape)
-                    .unwrap_or_else(|| panic!("{name} {}: recipe does not fit {:?}", e.name, e.shape));
+                let want = source_shape(e, &e.shape).unwrap_or_else(|| {
+                    panic!("{name} {}: recipe does not fit {:?}", e.name, e.shape)
+                });
                 for s in e.sources() {
                     let have = shapes
                         .get(s)
@@ -332,7 +333,10 @@ mod tests {
             reached.dedup();
             let mut params: Vec<&str> = shapes.keys().copied().collect();
             params.sort_unstable();
-            assert_eq!(reached, params, "{name}: the fused graph reads other parameters");
+            assert_eq!(
+                reached, params,
+                "{name}: the fused graph reads other parameters"
+            );
             let count = |suffix: &str| params.iter().filter(|p| p.ends_with(suffix)).count();
             assert_eq!(packed[3], count("attn1.to_q.weight"), "{name}: packed QKV");
             assert_eq!(packed[2], count("attn2.to_k.weight"), "{name}: packed KV");
