@@ -10,6 +10,7 @@
     python scripts/export_model.py --random sdxl --dtype fp16 --device cuda --out /tmp/sdxl
     python scripts/export_model.py --optimize cuda --model models/NAME   # + ORT's fused CUDA UNet (ort_fused.py)
     python scripts/export_model.py --template sd15-fp16 [--optimize cuda] [--out DIR]   # templates/sd15-fp16
+    python scripts/export_model.py --template sdxl-fp16 --optimize cuda --lean   # + its fused UNet, 10 GB
     python scripts/export_model.py --template clip                        # templates/clip (CLIP BPE vocabulary)
     python scripts/export_model.py --add vae_encoder --model tests/fixtures/tiny-sd15   # one new component
 
@@ -52,7 +53,19 @@ The graphs are traced at an 8x8 example latent: they do not depend on it (checke
 the sample_size exports, SD1.5 fp32 and the tiny UNets in fp32/fp16), and fp16 tracing on a CPU without
 AVX-512 FP16 is otherwise too slow. On 2 CPU cores an SD1.5 template takes ~2.5 min (7.6 GB peak in
 fp16), an SDXL one ~7 min (14.8 GB peak in fp32). With --optimize cuda, sd15-fp16 went over 24 GB here (ORT's
-optimizer on the 3.4 GB fp32 graph; killed): make it on a machine with more memory (the GPU machine).
+optimizer on the 3.4 GB fp32 graph; killed): make it on a machine with more memory (the GPU machine), or
+add --lean: `--template sd15-fp16|sdxl-fp16 --optimize cuda --lean [--work DIR]` adds only the fused UNet
+(unet/model.cuda.onnx.gz + weightmap.cuda.json.gz) to the existing fp16 template, leaving its other files
+alone (ort_fused.optimize_cuda_lean): the random UNet is built in fp16 (the values of the fp32 build),
+exported in fp16 at the 8x8 latent, and ORT's optimizer reads its weights from the exporter's files on
+demand instead of holding the graph's weights in memory. For sd15-fp16 it writes the same graph as the
+fp32 route (node for node, initializer for initializer, the same weight map; only the name fields of
+Constant tensors and leftover value_info annotations differ). Measured with /usr/bin/time -v on 2 CPU
+cores shared with other jobs (load ~7): sdxl-fp16 20 min, peak RSS 10.0 GB (fp16 build + hashes ~5 min;
+export ~1 min, 7.6 GB; ORT's fusions 13.7 min, 10.0 GB at their end; fp16 conversion, trace and write
+<1 min), 4.8 GB of export on disk; sd15-fp16 3.8 min, peak 7.9 GB (a graph under 2 GB is exported
+with its weights embedded). --work DIR keeps the fp16 export there and a rerun reuses it (the
+optimizer alone).
 --template clip writes templates/clip/vocab.json.gz and merges.txt.gz from the tiny fixture's tokenizer.
 Each template is checked after writing (scripts/check_template.py).
 
@@ -92,6 +105,10 @@ def main():
     ap.add_argument("--tokenizer", help="tokenizer folder for --random (default: the tiny fixture's)")
     ap.add_argument("--device", default="cpu", help="torch device to build and export on (cuda for --random)")
     ap.add_argument("--optimize", choices=["cuda"], help="also write ONNX Runtime's SD-fused CUDA graph of the UNet")
+    ap.add_argument("--lean", action="store_true",
+                    help="with --template NAME --optimize cuda: add only the fused UNet to the existing fp16 "
+                         "template, exported in fp16 with its weights kept on disk (ort_fused.optimize_cuda_lean)")
+    ap.add_argument("--work", help="with --lean: keep the fp16 export in this folder and reuse it on a rerun")
     ap.add_argument("--model", help="with --optimize or --add: an existing stipple model folder")
     ap.add_argument("--template", choices=sorted(TEMPLATES) + ["clip"],
                     help="write an architecture template (default --out templates/NAME)")
@@ -104,6 +121,10 @@ def main():
         out = a.out or os.path.join(ROOT, "templates", a.template)
         if a.template == "clip":
             template_export.write_clip_template(out)
+        elif a.lean:
+            if a.optimize != "cuda":
+                ap.error("--lean goes with --optimize cuda")
+            template_export.add_fused_unet(a.template, out, a.work)
         else:
             template_export.export_template(a.template, out, a.device, a.optimize)
         import check_template

@@ -64,6 +64,8 @@ if [ "$FAMILY" = sd15 ]; then
   bench throughput --throughput 16 --steps 20 --unet-batch 8 --repeats 1
 else
   bench default --lora "$lora" --vae-precision fp16 --repeats 2
+  # The template's fused UNet (auto on CUDA) against its plain graph, in the same lease.
+  bench plain-unet --graph plain --vae-precision fp16 --repeats 2
   bench host --lora "$lora" --patch-on host --vae-precision fp16 --vae-graph plain --te-precision fp16 --repeats 2
 fi
 echo "done after $(( $(date +%s) - t )) s" | tee -a "$OUT/session.txt"

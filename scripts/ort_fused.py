@@ -21,11 +21,19 @@ adapters into this graph before session creation:
               column (n*k + i)*dim + d of the packed [in, heads*k*dim] is column n*dim + d of part i
 A parameter that no recipe reaches, or a large initializer that is not traced back, fails the export:
 an adapter must never be silently left out of the fused graph.
+
+optimize_cuda_lean is the same for a full-size fp16 UNet that does not fit this route's memory (SDXL:
+the fp32 route needs ~30 GB): exported in fp16, the optimizer reading its weights from disk on demand
+(`export_model.py --template sdxl-fp16 --optimize cuda --lean`; its docstring has the figures). On an
+fp16 graph two fusions pass arrays of another dtype than they declare (GroupNorm's fp32 gamma/beta, the
+attention's zero bias); _optimize casts them to the declared type, which the fp32 route never needs.
 """
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -130,8 +138,14 @@ def _heads_hints(graph):
     return heads
 
 
-def _externalize(model, index, reference=None):
+def _externalize(model, index, reference=None, base_dir=""):
+    """Makes every traced initializer external data in EXTERNAL_FILE; returns the weight-map entries.
+
+    base_dir: where initializers still stored as external data (the lean route's) are read from; one
+    that is not traced is embedded in the graph.
+    """
     import onnx
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
     from onnx_export import make_external
     from onnx import numpy_helper
 
@@ -140,12 +154,16 @@ def _externalize(model, index, reference=None):
     untraced = []
     for init in model.graph.initializer:
         if init.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+            if uses_external_data(init):
+                load_external_data_for_tensor(init, base_dir)
             continue
-        arr = numpy_helper.to_array(init)
+        arr = numpy_helper.to_array(init, base_dir)
         found = trace(index, arr, hints.get(init.name, 0))
         if found is None:
             if arr.size >= MIN_TRACED:
                 untraced.append(f"{init.name} {list(arr.shape)}")
+            elif uses_external_data(init):
+                load_external_data_for_tensor(init, base_dir)
             continue
         transform, sources, heads = found
         data = np.ascontiguousarray(arr).tobytes()
@@ -197,16 +215,77 @@ def _load_unet(unet_dir):
     return unet.float().eval().to(dev), params
 
 
+def _optimize(model):
+    """ORT's UNet fusions with the options of its own SD pipeline script for an fp16 UNet on CUDA
+    (packed QKV/KV, NhwcConv, GroupNorm, SkipGroupNorm, BiasAdd, BiasSplitGelu), then fp16; returns the
+    ModelProto. `model`: a path or a ModelProto."""
+    import onnx
+    import sys
+
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    # The fusions import their base class as the top-level module `fusion_base` (the package puts
+    # its folder on sys.path), a module object other than onnxruntime.transformers.fusion_base.
+    Fusion = sys.modules["fusion_base"].Fusion
+
+    opts = FusionOptions("unet")
+    opts.enable_packed_kv = True
+    opts.enable_packed_qkv = True
+    opts.enable_bias_add = True
+    add_initializer = Fusion.add_initializer
+
+    def add_float(self, name, data_type, dims, vals, raw=True):
+        # On an fp16 graph the fusions' arrays and declared types disagree (onnx refuses the size):
+        # GroupNorm declares its gamma/beta fp32 and passes the fp16 weights, the attention fusion
+        # declares its zero Q/K/V bias fp16 and passes fp32 zeros. Cast to the declared type: fp16 to
+        # fp32 is exact, and the fp16 conversion below narrows fp32 alike. A no-op on fp32 graphs.
+        if isinstance(vals, np.ndarray) and data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+            vals = vals.astype(onnx.helper.tensor_dtype_to_np_dtype(data_type))
+        return add_initializer(self, name, data_type, dims, vals, raw)
+
+    Fusion.add_initializer = add_float
+    try:
+        m = optimize_model(
+            model,
+            model_type="unet",
+            num_heads=0,
+            hidden_size=0,
+            opt_level=0,
+            optimization_options=opts,
+            use_gpu=True,
+        )
+    finally:
+        Fusion.add_initializer = add_initializer
+    m.convert_float_to_float16(keep_io_types=False, op_block_list=[])
+    return m.model
+
+
+def _op_counts(model):
+    ops = {}
+    for n in model.graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    return ops
+
+
+def _write(unet_dir, model, entries, ops):
+    import onnx
+
+    onnx.save(model, os.path.join(unet_dir, "model.cuda.onnx"))
+    with open(os.path.join(unet_dir, "weightmap.cuda.json"), "w") as f:
+        json.dump({"format": 1, "external_file": EXTERNAL_FILE, "initializers": entries}, f, indent=1)
+    fused = {k: v for k, v in sorted(ops.items()) if k in FUSED_OPS}
+    print(f"{unet_dir}/model.cuda.onnx: {len(model.graph.node)} nodes, fused {fused}, {len(entries)} weights")
+    return fused
+
+
 def optimize_cuda(model_dir, reference_out=None):
     """Writes unet/model.cuda.onnx + unet/weightmap.cuda.json into `model_dir`.
 
     reference_out: where to save the sha256 of each of the optimizer's own initializers (JSON), for tests.
     """
-    import onnx
     import torch
     from onnx_export import onnx_export, unet_export_spec
-    from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
 
     unet_dir = os.path.join(model_dir, "unet")
     unet, params = _load_unet(unet_dir)
@@ -216,36 +295,110 @@ def optimize_cuda(model_dir, reference_out=None):
         # Constant folding makes MatMul weights plain initializers, which the attention fusion needs.
         onnx_export(wrapper, args, path, names, axes, fold_constants=True)
         del unet, wrapper
-        opts = FusionOptions("unet")
-        # What ORT's SD pipeline script sets for an fp16 UNet on CUDA.
-        opts.enable_packed_kv = True
-        opts.enable_packed_qkv = True
-        opts.enable_bias_add = True
-        m = optimize_model(
-            path,
-            model_type="unet",
-            num_heads=0,
-            hidden_size=0,
-            opt_level=0,
-            optimization_options=opts,
-            use_gpu=True,
-        )
-        m.convert_float_to_float16(keep_io_types=False, op_block_list=[])
-        model = m.model
-        ops = {}
-        for n in model.graph.node:
-            ops[n.op_type] = ops.get(n.op_type, 0) + 1
+        model = _optimize(path)
+        ops = _op_counts(model)
         reference = {} if reference_out else None
         entries = _externalize(model, ParamIndex(params), reference)
-        onnx.save(model, os.path.join(unet_dir, "model.cuda.onnx"))
-    with open(os.path.join(unet_dir, "weightmap.cuda.json"), "w") as f:
-        json.dump({"format": 1, "external_file": EXTERNAL_FILE, "initializers": entries}, f, indent=1)
+        fused = _write(unet_dir, model, entries, ops)
     if reference_out:
         with open(reference_out, "w") as f:
             json.dump(reference, f, indent=1, sort_keys=True)
-    fused = {k: v for k, v in sorted(ops.items()) if k in FUSED_OPS}
-    print(f"{unet_dir}/model.cuda.onnx: {len(model.graph.node)} nodes, fused {fused}, {len(entries)} weights")
     return fused
+
+
+def optimize_cuda_lean(make_unet, unet_dir, lat, config_out=None, work_dir=None):
+    """The same fused graph for a full-size fp16 UNet in a fraction of the memory (the template route:
+    `export_model.py --template sdxl-fp16 --optimize cuda --lean`). Writes unet_dir/model.cuda.onnx +
+    weightmap.cuda.json; returns the fused-op counts.
+
+    make_unet() builds the fp16 UNet with distinct parameter values (tiny_configs.random_component). It is
+    hashed for the trace (ParamIndex; its config written to config_out/config.json when given), exported
+    in fp16 (classic attention, constant folding) at the example latent `lat` and dropped before the
+    optimizer runs. The optimizer then works on a graph whose large fp16 initializers stay in the
+    exporter's files on disk: onnx's numpy_helper.to_array reads them on demand without keeping them in
+    the graph, so only what the fusions write (packed QKV/KV, NHWC conv weights) is held in memory, and
+    _externalize reads the rest one at a time. work_dir: keep the export (model.onnx, its weight files,
+    index.pickle) there, and reuse it when it is there already (a rerun of the optimizer alone).
+
+    Measured for SDXL (2.6 B parameters) on 2 CPU cores: see export_model.py's docstring.
+    """
+    import gc
+    import pickle
+
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+
+    with contextlib.ExitStack() as stack:
+        tmp = work_dir or stack.enter_context(tempfile.TemporaryDirectory())
+        os.makedirs(tmp, exist_ok=True)
+        path = os.path.join(tmp, "model.onnx")
+        saved = os.path.join(tmp, "index.pickle")
+        if os.path.exists(saved) and os.path.exists(path):
+            with open(saved, "rb") as f:
+                index = pickle.load(f)
+            print(f"{tmp}: reusing the fp16 export")
+        else:
+            index = _export_fp16(make_unet, path, lat)
+            with open(saved, "wb") as f:
+                pickle.dump(index, f)
+        if config_out:
+            shutil.copy(os.path.join(tmp, "config.json"), os.path.join(config_out, "config.json"))
+        gc.collect()
+        model = onnx.load(path, load_external_data=False)
+        for i, init in enumerate(model.graph.initializer):
+            numel = int(np.prod(list(init.dims), dtype=np.int64))
+            # Only large fp16 weights stay on disk: the fp16 conversion rewrites fp32 tensors in place
+            # (it reads their bytes, not through to_array), and small ones are cheap.
+            if init.data_type != onnx.TensorProto.FLOAT16 or numel < MIN_TRACED:
+                if uses_external_data(init):
+                    load_external_data_for_tensor(init, tmp)
+            elif not uses_external_data(init):
+                # A graph under 2 GB comes back with its weights embedded: out they go too.
+                name = f"lean_{i}.bin"
+                with open(os.path.join(tmp, name), "wb") as f:
+                    f.write(init.raw_data)
+                _point_to(init, name, len(init.raw_data))
+        # numpy_helper.to_array resolves external locations against the working directory.
+        cwd = os.getcwd()
+        os.chdir(tmp)
+        try:
+            model = _optimize(model)
+            ops = _op_counts(model)
+            entries = _externalize(model, index, None, tmp)
+        finally:
+            os.chdir(cwd)
+    os.makedirs(unet_dir, exist_ok=True)
+    return _write(unet_dir, model, entries, ops)
+
+
+def _point_to(init, location, length):
+    import onnx
+
+    init.ClearField("raw_data")
+    init.data_location = onnx.TensorProto.EXTERNAL
+    del init.external_data[:]
+    for k, v in (("location", location), ("offset", "0"), ("length", str(length))):
+        e = init.external_data.add()
+        e.key, e.value = k, v
+
+
+def _export_fp16(make_unet, path, lat):
+    """Builds, hashes and exports the fp16 UNet to `path` (its config.json beside it); returns its
+    ParamIndex (hashes and names, no arrays)."""
+    import torch
+    from diffusers.models.attention_processor import AttnProcessor
+    from onnx_export import onnx_export, unet_export_spec, write_config
+
+    unet = make_unet()
+    write_config(unet, os.path.dirname(path))
+    unet.set_attn_processor(AttnProcessor())
+    params = {k: p.detach().cpu().numpy() for k, p in unet.named_parameters()}
+    index = ParamIndex(params)
+    index.params = dict.fromkeys(params)  # the names are all _externalize needs
+    del params
+    wrapper, args, names, axes = unet_export_spec(unet, torch.float16, lat)
+    onnx_export(wrapper, args, path, names, axes, fold_constants=True)
+    return index
 
 
 FUSED_OPS = ("MultiHeadAttention", "Attention", "NhwcConv", "GroupNorm", "SkipGroupNorm", "BiasAdd",

@@ -87,6 +87,45 @@ def export_template(name, out, device="cpu", optimize=None):
         pack_template(tmp, out, components)
 
 
+def add_fused_unet(name, out, work_dir=None):
+    """Adds ORT's fused CUDA UNet (unet/model.cuda.onnx.gz + weightmap.cuda.json.gz) to the existing
+    fp16 template NAME at `out`, by ort_fused's lean route, leaving its other files as they are (the lean
+    route's graph is the same as export_template(optimize="cuda")'s: see ort_fused.optimize_cuda_lean).
+    The random UNet is the one export_template builds (same seed, fp16 values); its config must equal
+    the template's. work_dir: where the fp16 export is kept and reused (ort_fused.optimize_cuda_lean)."""
+    import json
+
+    import torch
+
+    import ort_fused
+    import tiny_configs
+
+    family, dtype_name = TEMPLATES[name]
+    if dtype_name != "fp16":
+        raise SystemExit(f"--lean makes the fused graph of fp16 templates only, not {name}")
+    unet_out = os.path.join(out, "unet")
+    with open(os.path.join(unet_out, "config.json")) as f:
+        want = json.load(f)
+
+    def make_unet():
+        # Built in fp16: the same values as the fp32 build cast to fp16 (randomize_ draws in fp32).
+        return tiny_configs.random_component(family, "unet", "cpu", dtype=torch.float16)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        unet_dir = os.path.join(tmp, "unet")
+        os.makedirs(unet_dir)
+        fused = ort_fused.optimize_cuda_lean(make_unet, unet_dir, TEMPLATE_LATENT, config_out=unet_dir,
+                                             work_dir=work_dir)
+        with open(os.path.join(unet_dir, "config.json")) as f:
+            got = json.load(f)
+        if got != want:
+            raise SystemExit(f"{unet_out}/config.json is not the config of the UNet made here: "
+                             "re-export the template first")
+        for f in ("model.cuda.onnx", "weightmap.cuda.json"):
+            gzip_file(os.path.join(unet_dir, f), os.path.join(unet_out, f + ".gz"))
+    return fused
+
+
 def pack_template(src, out, components):
     """Copies a model folder's graphs (gzipped), weight maps (gzipped) and configs to `out`."""
     if os.path.exists(out):

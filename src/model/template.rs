@@ -301,6 +301,60 @@ mod tests {
         }
     }
 
+    /// The full-size fp16 templates ship ONNX Runtime's fused CUDA UNet (made by
+    /// `scripts/export_model.py --template NAME --optimize cuda [--lean]`), so a checkpoint file
+    /// read through them runs it on CUDA: its weight map reads every UNet parameter the plain graph
+    /// reads and nothing else, each recipe fits the parameter's shape there, and every attention is
+    /// packed (self-attention Q/K/V, cross-attention K/V), as the optimizer writes it.
+    #[test]
+    fn full_size_fp16_templates_carry_the_fused_unet() {
+        use super::super::layout::source_shape;
+        use super::super::weightmap::Transform;
+        for name in ["sd15-fp16", "sdxl-fp16"] {
+            let t = Template::named(name).unwrap();
+            assert!(t.has("unet/model.cuda.onnx"), "{name}: no fused UNet");
+            let plain = t.weightmap(ComponentKind::Unet, false).unwrap().unwrap();
+            let shapes: HashMap<&str, &Vec<usize>> = plain
+                .initializers
+                .iter()
+                .map(|e| {
+                    assert_eq!(e.transform, Transform::Identity, "{name} {}", e.name);
+                    (e.source.as_str(), &e.shape)
+                })
+                .collect();
+            let fused = t.weightmap(ComponentKind::Unet, true).unwrap().unwrap();
+            let mut reached: Vec<&str> = Vec::new();
+            let mut packed = [0usize; 4];
+            for e in &fused.initializers {
+                let want = source_shape(e, &e.shape).unwrap_or_else(|| {
+                    panic!("{name} {}: recipe does not fit {:?}", e.name, e.shape)
+                });
+                for s in e.sources() {
+                    let have = shapes
+                        .get(s)
+                        .unwrap_or_else(|| panic!("{name} {}: {s} is no UNet parameter", e.name));
+                    assert_eq!(**have, want, "{name} {} from {s}", e.name);
+                    reached.push(s);
+                }
+                if e.transform == Transform::PackHeads {
+                    packed[e.parts.len()] += 1;
+                }
+            }
+            reached.sort_unstable();
+            reached.dedup();
+            let mut params: Vec<&str> = shapes.keys().copied().collect();
+            params.sort_unstable();
+            assert_eq!(
+                reached, params,
+                "{name}: the fused graph reads other parameters"
+            );
+            let count = |suffix: &str| params.iter().filter(|p| p.ends_with(suffix)).count();
+            assert_eq!(packed[3], count("attn1.to_q.weight"), "{name}: packed QKV");
+            assert_eq!(packed[2], count("attn2.to_k.weight"), "{name}: packed KV");
+            assert!(packed[3] > 0, "{name}");
+        }
+    }
+
     #[test]
     fn tiny_templates_are_embedded_without_weights() {
         let t = Template::named("tiny-sd15").expect("the tiny SD1 template is embedded");
