@@ -593,7 +593,11 @@ impl Ctx<'_> {
             _ => return Err(format!("{} Softmax nodes in one segment", softmaxes.len())),
         };
         let sm = &self.nodes[s];
-        let axis = sm.attribute.iter().find(|a| a.name() == "axis").and_then(|a| a.i);
+        let axis = sm
+            .attribute
+            .iter()
+            .find(|a| a.name() == "axis")
+            .and_then(|a| a.i);
         let opset = model
             .opset_import
             .iter()
@@ -622,24 +626,41 @@ impl Ctx<'_> {
         if n2.input.first().map(String::as_str) != Some(probs) {
             return Err("the probabilities are the second factor of their MatMul".into());
         }
-        let (q, k, v, o) = match (n1.input.as_slice(), n2.input.as_slice(), n2.output.as_slice()) {
+        let (q, k, v, o) = match (
+            n1.input.as_slice(),
+            n2.input.as_slice(),
+            n2.output.as_slice(),
+        ) {
             ([q, k], [_, v], [o]) => (q.clone(), k.clone(), v.clone(), o.clone()),
-            _ => return Err("the attention's MatMuls do not have two inputs and one output".into()),
+            _ => {
+                return Err("the attention's MatMuls do not have two inputs and one output".into())
+            }
         };
         if q == k || q == v || k == v {
             return Err("q, k and v are not three tensors".into());
         }
         for t in [&q, &k, &v] {
-            if !self.producer.get(t.as_str()).is_some_and(|p| within.contains(p)) {
+            if !self
+                .producer
+                .get(t.as_str())
+                .is_some_and(|p| within.contains(p))
+            {
                 return Err(format!("{t:?} is not computed in the segment"));
             }
         }
-        if outs.iter().any(|x| [scores, probs, o.as_str()].contains(&x.as_str())) {
+        if outs
+            .iter()
+            .any(|x| [scores, probs, o.as_str()].contains(&x.as_str()))
+        {
             return Err("the attention's scores or output leave the segment".into());
         }
         let core_nodes = [m1, s, m2];
         let pre = self.closure(&within, &[&q, &k, &v], "");
-        let post = self.closure(&within, &outs.iter().map(String::as_str).collect::<Vec<_>>(), &o);
+        let post = self.closure(
+            &within,
+            &outs.iter().map(String::as_str).collect::<Vec<_>>(),
+            &o,
+        );
         if core_nodes
             .iter()
             .any(|c| pre.contains(c) || post.contains(c))
@@ -692,7 +713,12 @@ impl Ctx<'_> {
 
     /// What `nodes` read from outside themselves besides initializers: segment inputs `ins` (in
     /// their order) and `extra`; anything else is an error.
-    fn inputs_of(&self, nodes: &[usize], ins: &[String], extra: &str) -> Result<Vec<String>, String> {
+    fn inputs_of(
+        &self,
+        nodes: &[usize],
+        ins: &[String],
+        extra: &str,
+    ) -> Result<Vec<String>, String> {
         let produced: HashSet<&str> = nodes
             .iter()
             .flat_map(|&i| self.nodes[i].output.iter().map(String::as_str))
@@ -709,7 +735,11 @@ impl Ctx<'_> {
                 read.insert(x.as_str());
             }
         }
-        let mut out: Vec<String> = ins.iter().filter(|x| read.contains(x.as_str())).cloned().collect();
+        let mut out: Vec<String> = ins
+            .iter()
+            .filter(|x| read.contains(x.as_str()))
+            .cloned()
+            .collect();
         if read.contains(extra) {
             out.push(extra.to_string());
         }
@@ -902,7 +932,10 @@ mod tests {
                 assert_eq!((count(&post, "MatMul"), count(&post, "Softmax")), (2, 0));
                 assert!(a.pre_inputs.iter().all(|x| seg.inputs.contains(x)));
                 assert!(a.post_inputs.iter().all(|x| seg.inputs.contains(x)));
-                let g = ModelProto::decode(a.post.as_slice()).unwrap().graph.unwrap();
+                let g = ModelProto::decode(a.post.as_slice())
+                    .unwrap()
+                    .graph
+                    .unwrap();
                 assert_eq!(g.input[0].name(), a.o);
                 let outs: Vec<&str> = g.output.iter().map(|o| o.name()).collect();
                 assert_eq!(outs, seg.outputs);
@@ -1035,7 +1068,12 @@ pub(crate) mod synthetic {
             node("Transpose", &["k0"], "k", vec![ints("perm", &[0, 2, 1])]),
             node("MatMul", &["x", "wv"], "v", vec![]),
             node("MatMul", &["q", "k"], "s", vec![]),
-            node("Softmax", &["s"], "p", axis.map(|a| vec![int("axis", a)]).unwrap_or_default()),
+            node(
+                "Softmax",
+                &["s"],
+                "p",
+                axis.map(|a| vec![int("axis", a)]).unwrap_or_default(),
+            ),
             node("MatMul", &["p", "v"], "o", vec![]),
             node("MatMul", &["o", "wo"], "o2", vec![]),
         ];
@@ -1083,7 +1121,11 @@ pub(crate) mod synthetic {
             out
         };
         let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
-        let (q, k, v) = (mul(&x64, &w.w[0], n), mul(&x64, &w.w[1], n), mul(&x64, &w.w[2], n));
+        let (q, k, v) = (
+            mul(&x64, &w.w[0], n),
+            mul(&x64, &w.w[1], n),
+            mul(&x64, &w.w[2], n),
+        );
         let mut o = vec![0f64; n * c];
         for i in 0..n {
             let s: Vec<f64> = (0..n)

@@ -138,6 +138,8 @@ struct Tiled {
     affine: Vec<(Vec<f32>, Vec<f32>)>,
     /// Query chunks the attention ran in during the last run (0: it ran whole).
     chunks: usize,
+    /// Whether a split attention runs in chunks (else whole, as an unsplit one).
+    chunked: bool,
 }
 
 /// Sessions of an [`Attention`]'s three graphs.
@@ -229,6 +231,7 @@ impl Tiled {
             attention,
             affine,
             chunks: 0,
+            chunked: true,
         })
     }
 
@@ -242,7 +245,7 @@ impl Tiled {
             if let Some(session) = self.sessions[k].as_mut() {
                 let seg = &self.plan.segments[k];
                 let split = match (&seg.attention, self.attention[k].as_mut()) {
-                    (AttentionPlan::Split(a), Some(s)) => {
+                    (AttentionPlan::Split(a), Some(s)) if self.chunked => {
                         let rows = tile.max(1).saturating_mul(tile.max(1));
                         run_attention(s, a, &store, rows)?
                     }
@@ -382,7 +385,12 @@ fn run_attention(
         return Ok(None);
     }
     let lead: usize = q.shape[..r - 2].iter().product();
-    let (n, d, keys, dv) = (q.shape[r - 2], q.shape[r - 1], k.shape[r - 1], v.shape[r - 1]);
+    let (n, d, keys, dv) = (
+        q.shape[r - 2],
+        q.shape[r - 1],
+        k.shape[r - 1],
+        v.shape[r - 1],
+    );
     let per_row = 4 * lead.max(1) * keys.max(1);
     let rows = (ATTENTION_CHUNK_BYTES / per_row).clamp(1, max_rows.max(1));
     // k and v go to ONNX Runtime once and are passed by reference to every chunk.
@@ -404,9 +412,17 @@ fn run_attention(
         }
         let mut shape = q.shape.clone();
         shape[r - 2] = m;
-        let extra = kv.iter().map(|(name, t)| (name.clone(), t.into())).collect();
-        let got = run_with(&mut s.core, vec![Input::F32(&a.q, shape, &chunk)], extra, &[&a.o])
-            .map_err(&err)?;
+        let extra = kv
+            .iter()
+            .map(|(name, t)| (name.clone(), t.into()))
+            .collect();
+        let got = run_with(
+            &mut s.core,
+            vec![Input::F32(&a.q, shape, &chunk)],
+            extra,
+            &[&a.o],
+        )
+        .map_err(&err)?;
         let (shape, data) = got.into_iter().next().ok_or_else(|| missing(&a.o))?;
         let mut want = o_shape.clone();
         want[r - 2] = m;
@@ -501,6 +517,12 @@ impl TiledDecoder {
     /// Query chunks the mid-block attention ran in during the last decode (0: it ran whole).
     pub fn attention_chunks(&self) -> usize {
         self.graph.chunks
+    }
+
+    /// Whether the attention runs in query chunks (the default) or whole, as it did before it
+    /// was split (for measurements: `vae_tile_bench ... tiled-whole`).
+    pub fn set_attention_chunking(&mut self, on: bool) {
+        self.graph.chunked = on;
     }
 
     /// Decodes latents `[4, h, w]` with segments run on tiles of `tile` latent pixels (at each
@@ -903,8 +925,8 @@ mod tests {
         for (twice, tile, chunks) in [(false, 1, 10), (false, 2, 3), (false, 10, 1), (true, 2, 0)] {
             let graph = synthetic::graph(&w, Some(-1), twice);
             let opts = SessionOptions::default();
-            let mut t = Tiled::build(rt, &opts, "test", &graph, "w.bin", Arc::clone(&weights))
-                .unwrap();
+            let mut t =
+                Tiled::build(rt, &opts, "test", &graph, "w.bin", Arc::clone(&weights)).unwrap();
             let input = Host {
                 shape: vec![1, n, c],
                 data: x.clone(),

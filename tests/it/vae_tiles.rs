@@ -177,7 +177,8 @@ fn tiled_sdxl_vae_encode_matches_the_untiled_one() {
 fn plain_graph(dir: &Path, kind: ComponentKind) -> (Vec<u8>, String, Arc<[u8]>) {
     let model = Model::open_with(dir, OpenOptions::default()).unwrap();
     let c = model.component(kind).unwrap();
-    let (buf, _) = assemble_graph(c, GraphKind::Plain, &HashMap::<String, Vec<f32>>::new()).unwrap();
+    let (buf, _) =
+        assemble_graph(c, GraphKind::Plain, &HashMap::<String, Vec<f32>>::new()).unwrap();
     (
         c.graph.bytes.clone(),
         c.weightmap.external_file.clone(),
@@ -211,7 +212,10 @@ fn chunked_decode(g: &mut Generator, dir: &Path, scale: f32, h: usize, w: usize,
         dir.display(),
         dec.attention_chunks()
     );
-    assert!(mean <= 1.0 && max <= MAX_LEVELS, "mean {mean:.4}/255, max {max}/255");
+    assert!(
+        mean <= 1.0 && max <= MAX_LEVELS,
+        "mean {mean:.4}/255, max {max}/255"
+    );
 }
 
 /// 37×29 latents (1073 query pixels) in chunks of 49 (tile 7: 21 chunks and one of 44) and of 256
@@ -234,8 +238,14 @@ fn the_decoders_attention_runs_in_query_chunks() {
 fn the_encoders_attention_runs_in_query_chunks() {
     let mut g = generator();
     let (graph, file, weights) = plain_graph(&tiny_model(), ComponentKind::VaeEncoder);
-    let mut enc =
-        TiledEncoder::build(runtime(), &SessionOptions::default(), &graph, &file, weights).unwrap();
+    let mut enc = TiledEncoder::build(
+        runtime(),
+        &SessionOptions::default(),
+        &graph,
+        &file,
+        weights,
+    )
+    .unwrap();
     let (h, w) = (74, 58);
     let x = picture(h, w);
     let whole = g.encode_image(&x, h, w).unwrap();
