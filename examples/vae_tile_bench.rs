@@ -158,7 +158,11 @@ fn encode_compare(
     let mut enc = TiledEncoder::build(rt, opts, &graph.bytes, file, Arc::clone(&weights))?;
     let t = Instant::now();
     let tiled = enc.encode(&picture, ih, iw, h, tile)?;
-    println!("tiled encode: {:.2} s", t.elapsed().as_secs_f64());
+    println!(
+        "tiled encode: {:.2} s, attention in {} query chunks (0: whole)",
+        t.elapsed().as_secs_f64(),
+        enc.attention_chunks()
+    );
     let mut s = build_session(
         rt,
         "VAE encoder",
