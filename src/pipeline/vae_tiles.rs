@@ -247,7 +247,7 @@ impl Tiled {
                 let split = match (&seg.attention, self.attention[k].as_mut()) {
                     (AttentionPlan::Split(a), Some(s)) if self.chunked => {
                         let rows = tile.max(1).saturating_mul(tile.max(1));
-                        run_attention(s, a, &store, rows)?
+                        run_attention(s, a, &seg.outputs, &store, rows)?
                     }
                     _ => None,
                 };
@@ -337,12 +337,13 @@ impl Tiled {
 
 /// Runs the attention segment `a` in chunks of at most `max_rows` query rows (fewer where the
 /// scores would pass [`ATTENTION_CHUNK_BYTES`]): q, k, v for the whole picture, then o chunk by
-/// chunk, then the rest of the segment on the whole o. Returns the segment's outputs and the
-/// number of chunks, or None (with a warning) where q, k, v are not shaped as a MatMul →
+/// chunk, then the rest of the segment on the whole o. Returns the segment's `outputs` (in order)
+/// and the number of chunks, or None (with a warning) where q, k, v are not shaped as a MatMul →
 /// Softmax → MatMul attention without broadcasting: the caller then runs the segment whole.
 fn run_attention(
     s: &mut AttentionSessions,
     a: &Attention,
+    outputs: &[String],
     store: &HashMap<String, Entry>,
     max_rows: usize,
 ) -> Result<Option<(Vec<Host>, usize)>, PipelineError> {
@@ -452,8 +453,7 @@ fn run_attention(
             .zip(views.iter().zip(&data))
             .map(|(n, (v, d))| Input::F32(n, v.host.shape.clone(), d)),
     );
-    let outs = post_outputs(&s.post);
-    let names: Vec<&str> = outs.iter().map(String::as_str).collect();
+    let names: Vec<&str> = outputs.iter().map(String::as_str).collect();
     let got = run(&mut s.post, inputs, &names).map_err(&err)?;
     Ok(Some((
         got.into_iter()
@@ -461,15 +461,6 @@ fn run_attention(
             .collect(),
         chunks,
     )))
-}
-
-/// The names of a session's outputs.
-fn post_outputs(session: &Session) -> Vec<String> {
-    session
-        .outputs()
-        .iter()
-        .map(|o| o.name().to_string())
-        .collect()
 }
 
 /// A view's whole tensor: its data, or a normalised copy where a GroupNorm's affine applies.
