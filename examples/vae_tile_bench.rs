@@ -2,9 +2,10 @@
 //! memory on a decoder graph with random weights (no model needed: a template's full-size graph
 //! will do), or the untiled decode, or compares the two.
 //!
-//! `cargo run --release --example vae_tile_bench -- GRAPH.onnx[.gz] H W [tiled|untiled|compare|encode] [TILE]`
+//! `cargo run --release --example vae_tile_bench -- GRAPH.onnx[.gz] H W [tiled|tiled-whole|untiled|compare|encode] [TILE]`
 //! (H and W in latent pixels; TILE default 64). One mode per process, so the peak resident
-//! memory (VmHWM) printed is that mode's; `compare` prints the difference in 0-255 levels;
+//! memory (VmHWM) printed is that mode's; `tiled-whole` is `tiled` with the mid-block attention
+//! run whole, as before it ran in query chunks; `compare` prints the difference in 0-255 levels;
 //! `encode` takes an encoder graph and compares its tiled and untiled moments.
 
 use std::io::Read;
@@ -34,7 +35,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_writer(std::io::stderr)
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: vae_tile_bench GRAPH.onnx[.gz] H W [tiled|untiled|compare|encode] [TILE]";
+    let usage =
+        "usage: vae_tile_bench GRAPH.onnx[.gz] H W [tiled|tiled-whole|untiled|compare|encode] [TILE]";
     let path = args.first().ok_or(usage)?;
     let h: usize = args.get(1).ok_or(usage)?.parse()?;
     let w: usize = args.get(2).ok_or(usage)?.parse()?;
@@ -77,6 +79,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Arc::clone(&weights),
             0.18215,
         )?;
+        dec.set_attention_chunking(mode != "tiled-whole");
         let (segments, whole) = dec.segment_counts();
         println!(
             "tiled: {segments} segments ({whole} run whole), built in {:.2} s",
@@ -85,13 +88,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t = Instant::now();
         let img = dec.decode(&latents, h, w, tile)?;
         println!(
-            "tiled decode: {:.2} s, peak RSS {:.0} MB",
+            "tiled decode: {:.2} s, peak RSS {:.0} MB, attention in {} query chunks (0: whole)",
             t.elapsed().as_secs_f64(),
-            stipple::bench::peak_rss_mb().unwrap_or(0.0)
+            stipple::bench::peak_rss_mb().unwrap_or(0.0),
+            dec.attention_chunks()
         );
         tiled = Some(img);
     }
-    if mode != "tiled" {
+    if !mode.starts_with("tiled") {
         let t = Instant::now();
         let mut s = build_session(
             rt,
@@ -154,7 +158,11 @@ fn encode_compare(
     let mut enc = TiledEncoder::build(rt, opts, &graph.bytes, file, Arc::clone(&weights))?;
     let t = Instant::now();
     let tiled = enc.encode(&picture, ih, iw, h, tile)?;
-    println!("tiled encode: {:.2} s", t.elapsed().as_secs_f64());
+    println!(
+        "tiled encode: {:.2} s, attention in {} query chunks (0: whole)",
+        t.elapsed().as_secs_f64(),
+        enc.attention_chunks()
+    );
     let mut s = build_session(
         rt,
         "VAE encoder",

@@ -6,7 +6,8 @@
 //! whole picture; everything between two of them is convolutions and element-wise operators, which
 //! a tile with a halo of the segment's reach ([`Segment::halo`]) computes exactly. A torch export
 //! writes each GroupNorm as Reshape → InstanceNormalization → Reshape → Mul(γ) → Add(β); those are
-//! the nodes [`cut`] takes out.
+//! the nodes [`cut`] takes out. The segment holding the attention is split once more
+//! ([`Attention`]) so the host can run its `softmax(q·k)·v` on chunks of query rows.
 
 use super::onnx_proto::{
     tensor_proto::DataLocation, type_proto, GraphProto, ModelProto, NodeProto, TensorProto,
@@ -64,6 +65,42 @@ pub struct Segment {
     pub down: usize,
     /// Node count (0: nothing to run, e.g. two GroupNorms in a row).
     pub nodes: usize,
+    /// Whether it holds a softmax attention, and that attention split for query chunks.
+    pub attention: AttentionPlan,
+}
+
+/// What [`cut`] made of a segment's softmax.
+#[derive(Debug, Clone)]
+pub enum AttentionPlan {
+    /// The segment has no Softmax.
+    None,
+    /// One attention, split into three graphs.
+    Split(Box<Attention>),
+    /// A Softmax in a pattern the split does not know (why): the segment runs whole.
+    Unrecognised(String),
+}
+
+/// A segment's attention `o = softmax(q·k)·v` (MatMul → Softmax over the last axis → MatMul) as
+/// three graphs: `pre` computes q, k and v for the whole picture; `core` takes a chunk of q's rows
+/// (axis -2, the query pixels) with the whole k and v and returns the same rows of o, so its score
+/// matrix is the chunk's rows by all key pixels; `post` takes the whole o and finishes the segment.
+/// Each row of o depends on its own row of q only, so the chunks give the whole o exactly.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q: String,
+    pub k: String,
+    pub v: String,
+    pub o: String,
+    /// Reads the segment inputs `pre_inputs`, writes q, k, v (in that order).
+    pub pre: Vec<u8>,
+    pub pre_inputs: Vec<String>,
+    /// Reads q (a chunk of rows), k, v; writes o (the same rows).
+    pub core: Vec<u8>,
+    /// Reads o and the segment inputs `post_inputs`, writes the segment's outputs. It recomputes
+    /// whatever of `pre` it reads besides o (the export takes o's head count from k's shape, so
+    /// the key projection: pixels × channels², small beside the attention's pixels² × channels).
+    pub post: Vec<u8>,
+    pub post_inputs: Vec<String>,
 }
 
 /// The decoder as segments and GroupNorms: step `k` runs `segments[k]`, then `norms[k]` when
@@ -419,10 +456,8 @@ impl Ctx<'_> {
         let mut span: HashMap<&str, f64> = HashMap::new();
         let mut reach = 0f64;
         let mut down = 1f64;
-        let mut used: HashSet<&str> = HashSet::new();
         for &i in part {
             let n = &self.nodes[i];
-            used.extend(n.input.iter().map(String::as_str));
             if cheap[i] {
                 continue;
             }
@@ -469,6 +504,40 @@ impl Ctx<'_> {
         }
         let halo = reach.ceil() as usize;
         let down = down.round().max(1.0) as usize;
+        let attention = if part.iter().any(|&i| self.nodes[i].op_type() == "Softmax") {
+            match self.attention(model, graph, part, &ins, &outs) {
+                Ok(a) => AttentionPlan::Split(Box::new(a)),
+                Err(why) => AttentionPlan::Unrecognised(why),
+            }
+        } else {
+            AttentionPlan::None
+        };
+        Ok(Segment {
+            model: self.model(model, graph, part, &ins, &outs),
+            inputs: ins,
+            outputs: outs,
+            tileable,
+            halo,
+            down,
+            nodes: part.len(),
+            attention,
+        })
+    }
+
+    /// An ONNX model of `nodes` (indices, in graph order) reading `ins` and writing `outs`, with
+    /// the initializers they use (still in the external file).
+    fn model(
+        &self,
+        model: &ModelProto,
+        graph: &GraphProto,
+        nodes: &[usize],
+        ins: &[String],
+        outs: &[String],
+    ) -> Vec<u8> {
+        let used: HashSet<&str> = nodes
+            .iter()
+            .flat_map(|&i| self.nodes[i].input.iter().map(String::as_str))
+            .collect();
         let value = |name: &String| ValueInfoProto {
             name: Some(name.clone()),
             r#type: Some(TypeProto {
@@ -481,7 +550,7 @@ impl Ctx<'_> {
             ..Default::default()
         };
         let g = GraphProto {
-            node: part.iter().map(|&i| self.nodes[i].clone()).collect(),
+            node: nodes.iter().map(|&i| self.nodes[i].clone()).collect(),
             name: graph.name.clone(),
             initializer: graph
                 .initializer
@@ -500,15 +569,181 @@ impl Ctx<'_> {
             graph: Some(g),
             ..Default::default()
         };
-        Ok(Segment {
-            model: m.encode_to_vec(),
-            inputs: ins,
-            outputs: outs,
-            tileable,
-            halo,
-            down,
-            nodes: part.len(),
+        m.encode_to_vec()
+    }
+
+    /// Splits the segment of `part`'s nodes (inputs `ins`, outputs `outs`) around its one
+    /// attention; the error says what in the graph is not the pattern [`Attention`] describes.
+    fn attention(
+        &self,
+        model: &ModelProto,
+        graph: &GraphProto,
+        part: &[usize],
+        ins: &[String],
+        outs: &[String],
+    ) -> Result<Attention, String> {
+        let within: HashSet<usize> = part.iter().copied().collect();
+        let softmaxes: Vec<usize> = part
+            .iter()
+            .copied()
+            .filter(|&i| self.nodes[i].op_type() == "Softmax")
+            .collect();
+        let s = match softmaxes.as_slice() {
+            [s] => *s,
+            _ => return Err(format!("{} Softmax nodes in one segment", softmaxes.len())),
+        };
+        let sm = &self.nodes[s];
+        let axis = sm
+            .attribute
+            .iter()
+            .find(|a| a.name() == "axis")
+            .and_then(|a| a.i);
+        let opset = model
+            .opset_import
+            .iter()
+            .find(|o| o.domain().is_empty())
+            .and_then(|o| o.version)
+            .unwrap_or(0);
+        // Before opset 13 a Softmax without an axis flattens from axis 1; only the last axis
+        // makes each query row's scores its own.
+        if !(axis == Some(-1) || (axis.is_none() && opset >= 13)) {
+            return Err(format!("Softmax {:?} is not over the last axis", sm.name()));
+        }
+        let scores = sm.input.first().map(String::as_str).unwrap_or_default();
+        let probs = sm.output.first().map(String::as_str).unwrap_or_default();
+        let m1 = self
+            .made_by(scores, "MatMul")
+            .filter(|m| within.contains(m))
+            .ok_or("the Softmax does not read a MatMul")?;
+        if self.only_reader(scores, "Softmax") != Some(s) {
+            return Err("the scores are read by more than the Softmax".into());
+        }
+        let m2 = self
+            .only_reader(probs, "MatMul")
+            .filter(|m| within.contains(m))
+            .ok_or("the Softmax is not read by one MatMul alone")?;
+        let (n1, n2) = (&self.nodes[m1], &self.nodes[m2]);
+        if n2.input.first().map(String::as_str) != Some(probs) {
+            return Err("the probabilities are the second factor of their MatMul".into());
+        }
+        let (q, k, v, o) = match (
+            n1.input.as_slice(),
+            n2.input.as_slice(),
+            n2.output.as_slice(),
+        ) {
+            ([q, k], [_, v], [o]) => (q.clone(), k.clone(), v.clone(), o.clone()),
+            _ => {
+                return Err("the attention's MatMuls do not have two inputs and one output".into())
+            }
+        };
+        if q == k || q == v || k == v {
+            return Err("q, k and v are not three tensors".into());
+        }
+        for t in [&q, &k, &v] {
+            if !self
+                .producer
+                .get(t.as_str())
+                .is_some_and(|p| within.contains(p))
+            {
+                return Err(format!("{t:?} is not computed in the segment"));
+            }
+        }
+        if outs
+            .iter()
+            .any(|x| [scores, probs, o.as_str()].contains(&x.as_str()))
+        {
+            return Err("the attention's scores or output leave the segment".into());
+        }
+        let core_nodes = [m1, s, m2];
+        let pre = self.closure(&within, &[&q, &k, &v], "");
+        let post = self.closure(
+            &within,
+            &outs.iter().map(String::as_str).collect::<Vec<_>>(),
+            &o,
+        );
+        if core_nodes
+            .iter()
+            .any(|c| pre.contains(c) || post.contains(c))
+        {
+            return Err("the graph around the attention reads its scores".into());
+        }
+        let pre_inputs = self.inputs_of(&pre, ins, "")?;
+        let mut post_inputs = self.inputs_of(&post, ins, &o)?;
+        post_inputs.retain(|x| *x != o);
+        let mut post_all = vec![o.clone()];
+        post_all.extend(post_inputs.iter().cloned());
+        let qkv = [q.clone(), k.clone(), v.clone()];
+        Ok(Attention {
+            pre: self.model(model, graph, &pre, &pre_inputs, &qkv),
+            pre_inputs,
+            core: self.model(model, graph, &core_nodes, &qkv, std::slice::from_ref(&o)),
+            post: self.model(model, graph, &post, &post_all, outs),
+            post_inputs,
+            q,
+            k,
+            v,
+            o,
         })
+    }
+
+    /// The nodes of `within` that `from` depend on (not through `stop`), in graph order.
+    fn closure(&self, within: &HashSet<usize>, from: &[&str], stop: &str) -> Vec<usize> {
+        let mut have: HashSet<usize> = HashSet::new();
+        let mut todo: Vec<&str> = from.to_vec();
+        while let Some(t) = todo.pop() {
+            if t == stop {
+                continue;
+            }
+            if let Some(&p) = self.producer.get(t) {
+                if within.contains(&p) && have.insert(p) {
+                    todo.extend(
+                        self.nodes[p]
+                            .input
+                            .iter()
+                            .filter(|x| !x.is_empty())
+                            .map(String::as_str),
+                    );
+                }
+            }
+        }
+        let mut all: Vec<usize> = have.into_iter().collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// What `nodes` read from outside themselves besides initializers: segment inputs `ins` (in
+    /// their order) and `extra`; anything else is an error.
+    fn inputs_of(
+        &self,
+        nodes: &[usize],
+        ins: &[String],
+        extra: &str,
+    ) -> Result<Vec<String>, String> {
+        let produced: HashSet<&str> = nodes
+            .iter()
+            .flat_map(|&i| self.nodes[i].output.iter().map(String::as_str))
+            .collect();
+        let mut read: HashSet<&str> = HashSet::new();
+        for &i in nodes {
+            for x in self.nodes[i].input.iter().filter(|x| !x.is_empty()) {
+                if produced.contains(x.as_str()) || self.inits.contains_key(x.as_str()) {
+                    continue;
+                }
+                if *x != extra && !ins.contains(x) {
+                    return Err(format!("{x:?} is neither a segment input nor computed"));
+                }
+                read.insert(x.as_str());
+            }
+        }
+        let mut out: Vec<String> = ins
+            .iter()
+            .filter(|x| read.contains(x.as_str()))
+            .cloned()
+            .collect();
+        if read.contains(extra) {
+            out.push(extra.to_string());
+        }
+        Ok(out)
     }
 
     /// How far a convolution reaches (half its kernel when padded to keep the size, else all of
@@ -648,5 +883,267 @@ mod tests {
     #[test]
     fn not_a_model_is_an_error() {
         assert!(cut(b"not onnx at all").is_err());
+    }
+
+    fn ops(model: &[u8]) -> Vec<String> {
+        let m = ModelProto::decode(model).unwrap();
+        m.graph
+            .unwrap()
+            .node
+            .iter()
+            .map(|n| n.op_type().to_string())
+            .collect()
+    }
+
+    fn count(ops: &[String], op: &str) -> usize {
+        ops.iter().filter(|o| *o == op).count()
+    }
+
+    /// The tiny SD1.5 and SDXL decoders and encoders (diffusers exports, as the full-size ones):
+    /// one segment's attention is split, into q/k/v projections, MatMul → Softmax → MatMul, and
+    /// the output projection (with the key projection recomputed for the head count).
+    #[test]
+    fn the_tiny_vaes_attention_is_split() {
+        for model in ["tiny-sd15", "tiny-sdxl"] {
+            for part in ["vae_decoder", "vae_encoder"] {
+                let path = format!(
+                    "{}/tests/fixtures/{model}/{part}/model.onnx",
+                    env!("CARGO_MANIFEST_DIR")
+                );
+                let plan = cut(&std::fs::read(&path).unwrap()).unwrap();
+                let split: Vec<(&Segment, &Attention)> = plan
+                    .segments
+                    .iter()
+                    .filter_map(|s| match &s.attention {
+                        AttentionPlan::Split(a) => Some((s, a.as_ref())),
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(split.len(), 1, "{path}");
+                assert!(plan
+                    .segments
+                    .iter()
+                    .all(|s| !matches!(s.attention, AttentionPlan::Unrecognised(_))));
+                let (seg, a) = split[0];
+                assert!(!seg.tileable);
+                assert_eq!(ops(&a.core), ["MatMul", "Softmax", "MatMul"]);
+                let (pre, post) = (ops(&a.pre), ops(&a.post));
+                assert_eq!((count(&pre, "MatMul"), count(&pre, "Softmax")), (3, 0));
+                assert_eq!((count(&post, "MatMul"), count(&post, "Softmax")), (2, 0));
+                assert!(a.pre_inputs.iter().all(|x| seg.inputs.contains(x)));
+                assert!(a.post_inputs.iter().all(|x| seg.inputs.contains(x)));
+                let g = ModelProto::decode(a.post.as_slice())
+                    .unwrap()
+                    .graph
+                    .unwrap();
+                assert_eq!(g.input[0].name(), a.o);
+                let outs: Vec<&str> = g.output.iter().map(|o| o.name()).collect();
+                assert_eq!(outs, seg.outputs);
+            }
+        }
+    }
+
+    /// A Softmax over another axis, or probabilities read beside the second MatMul, are not
+    /// split (each query row would not be its own): named, and the segment runs whole.
+    #[test]
+    fn other_softmax_patterns_are_not_split() {
+        let w = synthetic::Weights::new(4);
+        let plain = cut(&synthetic::graph(&w, Some(-1), false)).unwrap();
+        assert!(matches!(
+            plain.segments[0].attention,
+            AttentionPlan::Split(_)
+        ));
+        let no_axis = cut(&synthetic::graph(&w, None, false)).unwrap();
+        assert!(matches!(
+            no_axis.segments[0].attention,
+            AttentionPlan::Split(_)
+        ));
+        for (axis, twice, why) in [
+            (Some(1), false, "last axis"),
+            (Some(-1), true, "one MatMul alone"),
+        ] {
+            let plan = cut(&synthetic::graph(&w, axis, twice)).unwrap();
+            match &plan.segments[0].attention {
+                AttentionPlan::Unrecognised(problem) => {
+                    assert!(problem.contains(why), "{problem}")
+                }
+                other => panic!("{axis:?} {twice}: {other:?}"),
+            }
+        }
+    }
+}
+
+/// A small attention graph for tests of the split: `x` `[1, N, C]` → q = x·Wq, kᵀ = (x·Wk)ᵀ,
+/// v = x·Wv, `y` = softmax(q·kᵀ)·v·Wo + x, and [`synthetic::reference`] computing it in f64.
+#[cfg(test)]
+pub(crate) mod synthetic {
+    use super::super::onnx_proto::{
+        attribute_proto::AttributeType, type_proto, AttributeProto, GraphProto, ModelProto,
+        NodeProto, OperatorSetIdProto, TensorProto, TypeProto, ValueInfoProto,
+    };
+    use prost::Message;
+
+    /// Four C × C matrices (row-major, applied as x·W), deterministic.
+    pub struct Weights {
+        pub c: usize,
+        pub w: [Vec<f32>; 4],
+    }
+
+    impl Weights {
+        pub fn new(c: usize) -> Weights {
+            let mut s = 0x2545f4914f6cdd1du64;
+            let mut next = || {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 1.5
+            };
+            let w = std::array::from_fn(|_| (0..c * c).map(|_| next()).collect());
+            Weights { c, w }
+        }
+    }
+
+    fn node(op: &str, ins: &[&str], out: &str, attrs: Vec<AttributeProto>) -> NodeProto {
+        NodeProto {
+            input: ins.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.to_string()],
+            name: Some(format!("{op}_{out}")),
+            op_type: Some(op.to_string()),
+            attribute: attrs,
+            ..Default::default()
+        }
+    }
+
+    fn ints(name: &str, v: &[i64]) -> AttributeProto {
+        AttributeProto {
+            name: Some(name.into()),
+            r#type: Some(AttributeType::Ints as i32),
+            ints: v.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn int(name: &str, v: i64) -> AttributeProto {
+        AttributeProto {
+            name: Some(name.into()),
+            r#type: Some(AttributeType::Int as i32),
+            i: Some(v),
+            ..Default::default()
+        }
+    }
+
+    fn value(name: &str) -> ValueInfoProto {
+        ValueInfoProto {
+            name: Some(name.into()),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type: Some(1),
+                    shape: None,
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The graph, its Softmax over `axis` (None: the attribute left out, opset 17's last axis);
+    /// `twice`: the probabilities' mean over the keys (1/N) added to y too.
+    pub fn graph(w: &Weights, axis: Option<i64>, twice: bool) -> Vec<u8> {
+        let c = w.c as i64;
+        let names = ["wq", "wk", "wv", "wo"];
+        let initializer = names
+            .iter()
+            .zip(&w.w)
+            .map(|(n, v)| TensorProto {
+                dims: vec![c, c],
+                data_type: Some(1),
+                float_data: v.clone(),
+                name: Some(n.to_string()),
+                ..Default::default()
+            })
+            .collect();
+        let mut nodes = vec![
+            node("MatMul", &["x", "wq"], "q", vec![]),
+            node("MatMul", &["x", "wk"], "k0", vec![]),
+            node("Transpose", &["k0"], "k", vec![ints("perm", &[0, 2, 1])]),
+            node("MatMul", &["x", "wv"], "v", vec![]),
+            node("MatMul", &["q", "k"], "s", vec![]),
+            node(
+                "Softmax",
+                &["s"],
+                "p",
+                axis.map(|a| vec![int("axis", a)]).unwrap_or_default(),
+            ),
+            node("MatMul", &["p", "v"], "o", vec![]),
+            node("MatMul", &["o", "wo"], "o2", vec![]),
+        ];
+        if twice {
+            nodes.push(node(
+                "ReduceMean",
+                &["p"],
+                "pm",
+                vec![ints("axes", &[-1]), int("keepdims", 1)],
+            ));
+            nodes.push(node("Add", &["o2", "x"], "r", vec![]));
+            nodes.push(node("Add", &["r", "pm"], "y", vec![]));
+        } else {
+            nodes.push(node("Add", &["o2", "x"], "y", vec![]));
+        }
+        ModelProto {
+            ir_version: Some(8),
+            opset_import: vec![OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(17),
+            }],
+            graph: Some(GraphProto {
+                node: nodes,
+                name: Some("attention".into()),
+                initializer,
+                input: vec![value("x")],
+                output: vec![value("y")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    /// `y` for `x` (`[n, c]`, row-major) in f64, Softmax over the keys.
+    pub fn reference(w: &Weights, x: &[f32], n: usize) -> Vec<f64> {
+        let c = w.c;
+        let mul = |a: &[f64], b: &[f32], rows: usize| -> Vec<f64> {
+            let mut out = vec![0f64; rows * c];
+            for i in 0..rows {
+                for j in 0..c {
+                    out[i * c + j] = (0..c).map(|t| a[i * c + t] * f64::from(b[t * c + j])).sum();
+                }
+            }
+            out
+        };
+        let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+        let (q, k, v) = (
+            mul(&x64, &w.w[0], n),
+            mul(&x64, &w.w[1], n),
+            mul(&x64, &w.w[2], n),
+        );
+        let mut o = vec![0f64; n * c];
+        for i in 0..n {
+            let s: Vec<f64> = (0..n)
+                .map(|j| (0..c).map(|t| q[i * c + t] * k[j * c + t]).sum())
+                .collect();
+            let top = s.iter().copied().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = s.iter().map(|x| (x - top).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for j in 0..n {
+                for t in 0..c {
+                    o[i * c + t] += e[j] / z * v[j * c + t];
+                }
+            }
+        }
+        mul(&o, &w.w[3], n)
+            .iter()
+            .zip(&x64)
+            .map(|(a, b)| a + b)
+            .collect()
     }
 }

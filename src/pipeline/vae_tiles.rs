@@ -3,23 +3,31 @@
 //! ([`crate::model::vae_cut`]) segment by segment, each on tiles with a halo of the segment's reach,
 //! and applies every GroupNorm on the host to the whole tensor, so the picture is the untiled one up
 //! to float rounding; [`TiledEncoder`] does the same for image-to-image's encoder. Device memory
-//! is one tile of a segment (and the mid-block attention, run whole at latent resolution); the
-//! host holds a few full-size activations.
+//! is one tile of a segment, and for the mid-block attention one chunk of query rows (at most a
+//! tile's pixels and [`ATTENTION_CHUNK_BYTES`] of scores) beside the whole q, k, v; the host holds a
+//! few full-size activations.
 
 use super::error::{run_err, PipelineError};
 use super::vae::to_rgb;
 use crate::job::RgbImage;
-use crate::model::vae_cut::{self, Norm, Param, Plan};
+use crate::model::vae_cut::{self, Attention, AttentionPlan, Norm, Param, Plan};
 use crate::runtime::session::build_session;
-use crate::runtime::tensor_io::{run, Input};
+use crate::runtime::tensor_io::{host_value, run, run_with, Input};
 use crate::runtime::{Runtime, SessionOptions};
 use ort::session::Session;
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Latent pixels above which `auto` tiles (128 × 128 latents: a 1024² SD image).
 pub const AUTO_AREA: usize = 128 * 128;
+
+/// The most bytes of attention scores (f32, query rows × key pixels × heads) one query chunk of
+/// the tiled VAE's attention computes; its softmax is as large again, so the attention's working
+/// memory beyond q, k, v and o is at most twice this (256 MiB). 128 MiB is 2048 query rows at
+/// 128×128 latents and 512 at 256×256, large enough for the matrix products to run at full speed.
+pub const ATTENTION_CHUNK_BYTES: usize = 128 << 20;
 
 /// When the VAE decodes in tiles.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -124,8 +132,21 @@ struct Tiled {
     plan: Plan,
     /// One per segment; None for an empty one.
     sessions: Vec<Option<Session>>,
+    /// The split attention's sessions, for a segment [`vae_cut::cut`] split.
+    attention: Vec<Option<AttentionSessions>>,
     /// γ and β of each GroupNorm.
     affine: Vec<(Vec<f32>, Vec<f32>)>,
+    /// Query chunks the attention ran in during the last run (0: it ran whole).
+    chunks: usize,
+    /// Whether a split attention runs in chunks (else whole, as an unsplit one).
+    chunked: bool,
+}
+
+/// Sessions of an [`Attention`]'s three graphs.
+struct AttentionSessions {
+    pre: Session,
+    core: Session,
+    post: Session,
 }
 
 impl Tiled {
@@ -141,22 +162,46 @@ impl Tiled {
     ) -> Result<Tiled, PipelineError> {
         let plan = vae_cut::cut(graph).map_err(|e| PipelineError::Job(format!("{what}: {e}")))?;
         let opts = opts.without_cuda_graph();
-        let mut sessions = Vec::with_capacity(plan.segments.len());
-        for (k, seg) in plan.segments.iter().enumerate() {
-            if seg.nodes == 0 {
-                sessions.push(None);
-                continue;
-            }
-            sessions.push(Some(build_session(
+        let session = |name: String, model: &[u8]| {
+            build_session(
                 rt,
-                &format!("{what} segment {k}"),
-                &seg.model,
+                &name,
+                model,
                 external_file,
                 Arc::clone(&weights),
                 &opts,
                 &[],
                 &[],
-            )?));
+            )
+        };
+        let mut sessions = Vec::with_capacity(plan.segments.len());
+        let mut attention = Vec::with_capacity(plan.segments.len());
+        for (k, seg) in plan.segments.iter().enumerate() {
+            attention.push(match &seg.attention {
+                AttentionPlan::Split(a) => {
+                    let name = |part: &str| format!("{what} segment {k} attention {part}");
+                    Some(AttentionSessions {
+                        pre: session(name("q, k, v"), &a.pre)?,
+                        core: session(name("chunk"), &a.core)?,
+                        post: session(name("output"), &a.post)?,
+                    })
+                }
+                AttentionPlan::Unrecognised(why) => {
+                    tracing::warn!(
+                        "{what}: the attention of segment {k} runs whole, not in query chunks \
+                         (its graph is not the pattern stipple splits: {why})"
+                    );
+                    None
+                }
+                AttentionPlan::None => None,
+            });
+            // The whole segment too: the attention's fallback when its tensors are not shaped
+            // as the split expects.
+            sessions.push(if seg.nodes == 0 {
+                None
+            } else {
+                Some(session(format!("{what} segment {k}"), &seg.model)?)
+            });
         }
         let values = |p: &Param| -> Result<Vec<f32>, PipelineError> {
             match p {
@@ -183,7 +228,10 @@ impl Tiled {
         Ok(Tiled {
             plan,
             sessions,
+            attention,
             affine,
+            chunks: 0,
+            chunked: true,
         })
     }
 
@@ -192,10 +240,24 @@ impl Tiled {
     fn run(&mut self, input: Host, latent_h: usize, tile: usize) -> Result<Host, PipelineError> {
         let mut store: HashMap<String, Entry> = HashMap::new();
         store.insert(self.plan.input.clone(), Entry::Stored(input));
+        self.chunks = 0;
         for k in 0..self.plan.segments.len() {
             if let Some(session) = self.sessions[k].as_mut() {
                 let seg = &self.plan.segments[k];
-                let outs = run_segment(session, seg, &store, latent_h, tile.max(1))?;
+                let split = match (&seg.attention, self.attention[k].as_mut()) {
+                    (AttentionPlan::Split(a), Some(s)) if self.chunked => {
+                        let rows = tile.max(1).saturating_mul(tile.max(1));
+                        run_attention(s, a, &seg.outputs, &store, rows)?
+                    }
+                    _ => None,
+                };
+                let outs = match split {
+                    Some((outs, chunks)) => {
+                        self.chunks += chunks;
+                        outs
+                    }
+                    None => run_segment(session, seg, &store, latent_h, tile.max(1))?,
+                };
                 for (name, t) in seg.outputs.iter().zip(outs) {
                     store.insert(name.clone(), Entry::Stored(t));
                 }
@@ -273,6 +335,146 @@ impl Tiled {
     }
 }
 
+/// Runs the attention segment `a` in chunks of at most `max_rows` query rows (fewer where the
+/// scores would pass [`ATTENTION_CHUNK_BYTES`]): q, k, v for the whole picture, then o chunk by
+/// chunk, then the rest of the segment on the whole o. Returns the segment's `outputs` (in order)
+/// and the number of chunks, or None (with a warning) where q, k, v are not shaped as a MatMul →
+/// Softmax → MatMul attention without broadcasting: the caller then runs the segment whole.
+fn run_attention(
+    s: &mut AttentionSessions,
+    a: &Attention,
+    outputs: &[String],
+    store: &HashMap<String, Entry>,
+    max_rows: usize,
+) -> Result<Option<(Vec<Host>, usize)>, PipelineError> {
+    let err = run_err("tiled VAE attention");
+    let [q, k, v] = {
+        let views: Vec<View> = a
+            .pre_inputs
+            .iter()
+            .map(|n| view(store, n))
+            .collect::<Result<_, _>>()?;
+        let data: Vec<Cow<[f32]>> = views.iter().map(whole).collect();
+        let inputs = a
+            .pre_inputs
+            .iter()
+            .zip(views.iter().zip(&data))
+            .map(|(n, (v, d))| Input::F32(n, v.host.shape.clone(), d))
+            .collect();
+        let got = run(&mut s.pre, inputs, &[&a.q, &a.k, &a.v]).map_err(&err)?;
+        match <[_; 3]>::try_from(got) {
+            Ok(qkv) => qkv.map(|(shape, data)| Host { shape, data }),
+            Err(_) => return Err(missing(&a.q)),
+        }
+    };
+    let r = q.shape.len();
+    let shaped = r >= 2
+        && k.shape.len() == r
+        && v.shape.len() == r
+        && q.shape[..r - 2] == k.shape[..r - 2]
+        && q.shape[..r - 2] == v.shape[..r - 2]
+        && q.shape[r - 1] == k.shape[r - 2]
+        && k.shape[r - 1] == v.shape[r - 2];
+    if !shaped {
+        tracing::warn!(
+            "tiled VAE: the attention runs whole (q {:?}, k {:?}, v {:?} are not shaped for \
+             query chunks)",
+            q.shape,
+            k.shape,
+            v.shape
+        );
+        return Ok(None);
+    }
+    let lead: usize = q.shape[..r - 2].iter().product();
+    let (n, d, keys, dv) = (
+        q.shape[r - 2],
+        q.shape[r - 1],
+        k.shape[r - 1],
+        v.shape[r - 1],
+    );
+    let per_row = 4 * lead.max(1) * keys.max(1);
+    let rows = (ATTENTION_CHUNK_BYTES / per_row).clamp(1, max_rows.max(1));
+    // k and v go to ONNX Runtime once and are passed by reference to every chunk.
+    let kv = [(&a.k, k), (&a.v, v)]
+        .into_iter()
+        .map(|(name, t)| host_value(&s.core, Input::F32(name, t.shape, &t.data)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(&err)?;
+    let mut o_shape = q.shape.clone();
+    o_shape[r - 1] = dv;
+    let mut o = vec![0f32; lead * n * dv];
+    let mut chunk = Vec::with_capacity(lead * rows.min(n) * d);
+    let mut chunks = 0;
+    for r0 in (0..n).step_by(rows) {
+        let m = rows.min(n - r0);
+        chunk.clear();
+        for l in 0..lead {
+            chunk.extend_from_slice(&q.data[(l * n + r0) * d..(l * n + r0 + m) * d]);
+        }
+        let mut shape = q.shape.clone();
+        shape[r - 2] = m;
+        let extra = kv
+            .iter()
+            .map(|(name, t)| (name.clone(), t.into()))
+            .collect();
+        let got = run_with(
+            &mut s.core,
+            vec![Input::F32(&a.q, shape, &chunk)],
+            extra,
+            &[&a.o],
+        )
+        .map_err(&err)?;
+        let (shape, data) = got.into_iter().next().ok_or_else(|| missing(&a.o))?;
+        let mut want = o_shape.clone();
+        want[r - 2] = m;
+        if shape != want {
+            return Err(PipelineError::Job(format!(
+                "tiled VAE: an attention chunk gave {shape:?}, not {want:?}"
+            )));
+        }
+        for l in 0..lead {
+            o[(l * n + r0) * dv..(l * n + r0 + m) * dv]
+                .copy_from_slice(&data[l * m * dv..(l + 1) * m * dv]);
+        }
+        chunks += 1;
+    }
+    drop(kv);
+    drop(q);
+    let views: Vec<View> = a
+        .post_inputs
+        .iter()
+        .map(|n| view(store, n))
+        .collect::<Result<_, _>>()?;
+    let data: Vec<Cow<[f32]>> = views.iter().map(whole).collect();
+    let mut inputs = vec![Input::F32(&a.o, o_shape, &o)];
+    inputs.extend(
+        a.post_inputs
+            .iter()
+            .zip(views.iter().zip(&data))
+            .map(|(n, (v, d))| Input::F32(n, v.host.shape.clone(), d)),
+    );
+    let names: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    let got = run(&mut s.post, inputs, &names).map_err(&err)?;
+    Ok(Some((
+        got.into_iter()
+            .map(|(shape, data)| Host { shape, data })
+            .collect(),
+        chunks,
+    )))
+}
+
+/// A view's whole tensor: its data, or a normalised copy where a GroupNorm's affine applies.
+fn whole<'a>(v: &View<'a>) -> Cow<'a, [f32]> {
+    match v.affine {
+        Some((a, b)) => {
+            let mut d = v.host.data.clone();
+            apply_affine(&mut d, a, b);
+            Cow::Owned(d)
+        }
+        None => Cow::Borrowed(&v.host.data),
+    }
+}
+
 /// The tiled VAE decoder (built once, at the first tiled decode).
 pub struct TiledDecoder {
     graph: Tiled,
@@ -301,6 +503,17 @@ impl TiledDecoder {
     /// Number of segments (GroupNorms + 1) and of those that run whole.
     pub fn segment_counts(&self) -> (usize, usize) {
         self.graph.segment_counts()
+    }
+
+    /// Query chunks the mid-block attention ran in during the last decode (0: it ran whole).
+    pub fn attention_chunks(&self) -> usize {
+        self.graph.chunks
+    }
+
+    /// Whether the attention runs in query chunks (the default) or whole, as it did before it
+    /// was split (for measurements: `vae_tile_bench ... tiled-whole`).
+    pub fn set_attention_chunking(&mut self, on: bool) {
+        self.graph.chunked = on;
     }
 
     /// Decodes latents `[4, h, w]` with segments run on tiles of `tile` latent pixels (at each
@@ -344,6 +557,11 @@ impl TiledEncoder {
         Ok(TiledEncoder {
             graph: Tiled::build(rt, opts, what, graph, external_file, weights)?,
         })
+    }
+
+    /// Query chunks the mid-block attention ran in during the last encode (0: it ran whole).
+    pub fn attention_chunks(&self) -> usize {
+        self.graph.chunks
     }
 
     /// Encodes a picture `[3, h, w]` in [-1, 1] to the encoder's moments (`[8, h/f, w/f]` for a
@@ -409,27 +627,12 @@ fn run_segment(
     let halo = seg.halo.next_multiple_of(d);
     let aligned = bh.is_multiple_of(d) && bw.is_multiple_of(d);
     if !seg.tileable || !four || !aligned || bh == 0 || (core >= bh && core >= bw) {
-        let normed: Vec<Option<Vec<f32>>> = views
-            .iter()
-            .map(|v| {
-                v.affine.map(|(a, b)| {
-                    let mut d = v.host.data.clone();
-                    apply_affine(&mut d, a, b);
-                    d
-                })
-            })
-            .collect();
+        let data: Vec<Cow<[f32]>> = views.iter().map(whole).collect();
         let inputs = seg
             .inputs
             .iter()
-            .zip(views.iter().zip(&normed))
-            .map(|(n, (v, d))| {
-                Input::F32(
-                    n,
-                    v.host.shape.clone(),
-                    d.as_deref().unwrap_or(&v.host.data),
-                )
-            })
+            .zip(views.iter().zip(&data))
+            .map(|(n, (v, d))| Input::F32(n, v.host.shape.clone(), d))
             .collect();
         let got = run(session, inputs, &outs).map_err(run_err("tiled VAE"))?;
         return Ok(got
@@ -691,6 +894,45 @@ mod tests {
                     }
                     assert!(seen.iter().all(|&s| s == 1));
                 }
+            }
+        }
+    }
+
+    /// The synthetic attention graph of [`vae_cut::synthetic`] (10 query pixels, 6 channels) run
+    /// through the split in chunks of 1, 4 (4 + 4 + 2) and 100 rows, against the attention
+    /// computed directly in f64: a chunk's rows in the wrong place or a chunk missing would show.
+    /// A Softmax the split does not know runs whole, and right.
+    #[test]
+    fn chunked_attention_matches_a_direct_computation() {
+        use crate::model::vae_cut::synthetic;
+        let rt = Runtime::get(None, false).expect("ONNX Runtime (run scripts/setup)");
+        let (n, c) = (10, 6);
+        let w = synthetic::Weights::new(c);
+        let x: Vec<f32> = (0..n * c)
+            .map(|i| ((i * 37 % 23) as f32 / 11.0 - 1.0) * 0.8)
+            .collect();
+        let want = synthetic::reference(&w, &x, n);
+        let weights: Arc<[u8]> = Arc::from(vec![0u8; 4]);
+        for (twice, tile, chunks) in [(false, 1, 10), (false, 2, 3), (false, 10, 1), (true, 2, 0)] {
+            let graph = synthetic::graph(&w, Some(-1), twice);
+            let opts = SessionOptions::default();
+            let mut t =
+                Tiled::build(rt, &opts, "test", &graph, "w.bin", Arc::clone(&weights)).unwrap();
+            let input = Host {
+                shape: vec![1, n, c],
+                data: x.clone(),
+            };
+            let got = t.run(input, n, tile).unwrap();
+            assert_eq!(got.shape, vec![1, n, c]);
+            assert_eq!(t.chunks, chunks, "tile {tile}");
+            // The probabilities' mean over the keys, added when `twice`.
+            let extra = if twice { 1.0 / n as f64 } else { 0.0 };
+            for (i, (g, w)) in got.data.iter().zip(&want).enumerate() {
+                assert!(
+                    (f64::from(*g) - w - extra).abs() < 1e-5,
+                    "tile {tile}, value {i}: {g} vs {}",
+                    w + extra
+                );
             }
         }
     }

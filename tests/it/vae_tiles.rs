@@ -1,11 +1,20 @@
 //! The exact tiled VAE decode against the untiled decode of the same latents, on the tiny SD1.5
 //! and SDXL models: within 1/255 on average (float rounding only: GroupNorm statistics summed in
 //! another order), at several tile sizes, sizes that are not a multiple of the tile, odd sizes;
-//! the tiled encode against the untiled encode the same way.
+//! the tiled encode against the untiled encode the same way. The mid-block attention runs in
+//! query chunks of at most a tile's pixels, so these sizes split it too, with a last chunk that is
+//! shorter; the tests at the end count the chunks.
 
-use crate::util::generator;
-use stipple::pipeline::vae_tiles::{TileMode, VaeTiling};
+use crate::util::{generator, root, runtime, tiny_model};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use stipple::model::layout::{GraphKind, OpenOptions};
+use stipple::model::{ComponentKind, Model};
+use stipple::patch::assemble_graph;
+use stipple::pipeline::vae_tiles::{TileMode, TiledDecoder, TiledEncoder, VaeTiling};
 use stipple::pipeline::Generator;
+use stipple::runtime::SessionOptions;
 
 /// Smooth pseudo-random latents `[4, h, w]` at the VAE's scale (a decoded image has structure at
 /// many scales; white noise alone would be the hardest case for the seams).
@@ -161,4 +170,92 @@ fn tiled_vae_encode_matches_the_untiled_one() {
 fn tiled_sdxl_vae_encode_matches_the_untiled_one() {
     let mut g = crate::sdxl::sdxl_generator();
     encode_tiled_against_whole(&mut g, "tiny SDXL", 80, 66, &[16]);
+}
+
+/// The plain fp32 graph of `kind` in the model folder `dir`, its external file's name and its
+/// assembled weights, as the generator builds its tiled VAE from.
+fn plain_graph(dir: &Path, kind: ComponentKind) -> (Vec<u8>, String, Arc<[u8]>) {
+    let model = Model::open_with(dir, OpenOptions::default()).unwrap();
+    let c = model.component(kind).unwrap();
+    let (buf, _) =
+        assemble_graph(c, GraphKind::Plain, &HashMap::<String, Vec<f32>>::new()).unwrap();
+    (
+        c.graph.bytes.clone(),
+        c.weightmap.external_file.clone(),
+        buf,
+    )
+}
+
+/// The tiled decoder with its attention in query chunks of `tile`² rows against the untiled
+/// decode; asserts the number of chunks (the last one shorter) and the same bounds as above.
+fn chunked_decode(g: &mut Generator, dir: &Path, scale: f32, h: usize, w: usize, tile: usize) {
+    let (graph, file, weights) = plain_graph(dir, ComponentKind::VaeDecoder);
+    let mut dec = TiledDecoder::build(
+        runtime(),
+        &SessionOptions::default(),
+        &graph,
+        &file,
+        weights,
+        scale,
+    )
+    .unwrap();
+    let z = latents(h, w);
+    let whole = g.decode(&z, h, w).unwrap();
+    let got = dec.decode(&z, h, w, tile).unwrap();
+    let rows = tile * tile;
+    assert_ne!((h * w) % rows, 0, "the last chunk should be shorter");
+    assert_eq!(dec.attention_chunks(), (h * w).div_ceil(rows));
+    let (max, mean) = crate::single_file::diff(&got.pixels, &whole.pixels);
+    eprintln!(
+        "{}: attention in {} chunks of {rows} query rows ({h}x{w} latents, tile {tile}), tiled vs \
+         untiled (0-255): mean {mean:.4} max {max}",
+        dir.display(),
+        dec.attention_chunks()
+    );
+    assert!(
+        mean <= 1.0 && max <= MAX_LEVELS,
+        "mean {mean:.4}/255, max {max}/255"
+    );
+}
+
+/// 37×29 latents (1073 query pixels) in chunks of 49 (tile 7: 21 chunks and one of 44) and of 256
+/// (tile 16: 4 and one of 49), on the tiny SD1.5 decoder; 40×33 in chunks of 576 (tile 24) on
+/// the tiny SDXL one.
+#[test]
+fn the_decoders_attention_runs_in_query_chunks() {
+    let mut g = generator();
+    chunked_decode(&mut g, &tiny_model(), 0.18215, 37, 29, 7);
+    chunked_decode(&mut g, &tiny_model(), 0.18215, 37, 29, 16);
+    drop(g);
+    let mut g = crate::sdxl::sdxl_generator();
+    let dir = root().join("tests/fixtures/tiny-sdxl");
+    chunked_decode(&mut g, &dir, 0.13025, 40, 33, 24);
+}
+
+/// The encoder's attention the same way: a 74×58 picture is 37×29 latents, chunks of 100 (tile
+/// 10: 10 chunks and one of 73); moments within [`MOMENTS_TOL`] of the untiled encode.
+#[test]
+fn the_encoders_attention_runs_in_query_chunks() {
+    let mut g = generator();
+    let (graph, file, weights) = plain_graph(&tiny_model(), ComponentKind::VaeEncoder);
+    let mut enc = TiledEncoder::build(
+        runtime(),
+        &SessionOptions::default(),
+        &graph,
+        &file,
+        weights,
+    )
+    .unwrap();
+    let (h, w) = (74, 58);
+    let x = picture(h, w);
+    let whole = g.encode_image(&x, h, w).unwrap();
+    let got = enc.encode(&x, h, w, 37, 10).unwrap();
+    assert_eq!(enc.attention_chunks(), 11);
+    let max = got
+        .iter()
+        .zip(&whole)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    eprintln!("tiny SD1.5 encoder, attention in 11 chunks: moments max difference {max:.2e}");
+    assert!(max <= MOMENTS_TOL, "max {max}");
 }
