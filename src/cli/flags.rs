@@ -63,7 +63,8 @@ pub struct EngineFlags {
     /// Build sessions for the job's exact shapes (faster steps; a new size rebuilds the UNet)
     #[arg(long)]
     pub static_shapes: bool,
-    /// UNet graph: auto (the fused CUDA graph on CUDA when the model has one), plain, cuda
+    /// UNet graph: auto (the fused CUDA graph on CUDA when the model has one, unless it is one of the
+    /// built-in templates' not yet checked on a GPU: SDXL, SD2, SD1 inpainting), plain, cuda
     #[arg(long, value_name = "GRAPH")]
     pub graph: Option<String>,
     /// Keep text-encoder and UNet weights in buffers rewritten in place on an adapter change

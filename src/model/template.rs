@@ -75,13 +75,13 @@ impl Template {
 
     /// Whether this template's fused UNet graph runs only when asked for (`--graph cuda`).
     ///
-    /// SD 2.x and SD 1.x inpainting: made by the same optimizer as SD 1.5's, but on random
+    /// SDXL, SD 2.x and SD 1.x inpainting: made by the same optimizer as SD 1.5's, but on random
     /// full-size checkpoints (H100, 2026-12-06, `scripts/random_checkpoint.py` + `gpu_check.sh`)
-    /// their pictures differed from the plain graph's by 0.54–0.59/255 (SD2) and 0.75–0.83/255
-    /// (inpainting) mean, above the check's 0.5 (SD 1.5's fused graph: 0.44–0.49), so they are not
-    /// the default until a check passes.
+    /// their pictures differed from the plain graph's by 0.80–0.89/255 (SDXL, 1024², 8 steps),
+    /// 0.54–0.59/255 (SD2) and 0.75–0.83/255 (inpainting) mean, max 5–7/255, above the check's
+    /// 0.5 (SD 1.5's fused graph: 0.44–0.49), so they are not the default until a check passes.
     pub fn fused_unet_opt_in(&self) -> bool {
-        matches!(self.name, "sd2-fp16" | "sd15-inpaint-fp16")
+        matches!(self.name, "sdxl-fp16" | "sd2-fp16" | "sd15-inpaint-fp16")
     }
 
     /// Whether `rel` is the widened UNet's fused graph, which is not made.

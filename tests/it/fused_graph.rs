@@ -217,6 +217,7 @@ fn templates_carry_fused_unets_and_only_checked_ones_run_by_default() {
     use stipple::model::template::Template;
     for (name, opt_in) in [
         ("sd15-fp16", false),
+        ("sdxl-fp16", true),
         ("sd2-fp16", true),
         ("sd15-inpaint-fp16", true),
     ] {
