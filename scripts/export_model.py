@@ -65,7 +65,7 @@ cores shared with other jobs (load ~7): sdxl-fp16 20 min, peak RSS 10.0 GB (fp16
 export ~1 min, 7.6 GB; ORT's fusions 13.7 min, 10.0 GB at their end; fp16 conversion, trace and write
 <1 min), 4.8 GB of export on disk; sd15-fp16 3.8 min, peak 7.9 GB (a graph under 2 GB is exported
 with its weights embedded). --work DIR keeps the fp16 export there and a rerun reuses it (the
-optimizer alone).
+optimizer alone: for sdxl-fp16 the same bytes again, 19.5 min under heavier load, peak 9.7 GB).
 --template clip writes templates/clip/vocab.json.gz and merges.txt.gz from the tiny fixture's tokenizer.
 Each template is checked after writing (scripts/check_template.py).
 
