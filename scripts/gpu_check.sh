@@ -58,6 +58,13 @@ run() {  # run NAME FLAGS...: the jobs through one engine with FLAGS
 }
 : > "$OUT/check-times.txt"
 run reference --graph plain --vae-graph plain --resident-weights false --unet-batch 1
+# FP32=1: the same jobs on the fp32 templates (a checkpoint's UNet, text encoders and VAE in fp32):
+# the summary then also says how far each mode and the reference stray from it, which tells a graph
+# whose fp16 pictures differ from the reference's by more than TOL but no more than the reference
+# strays from fp32 (fp16 noise) from one that computes something else.
+if [ "${FP32:-0}" = 1 ]; then
+  STIPPLE_TEMPLATE_FP32=1 run fp32 --graph plain --vae-precision fp32 --te-precision fp32 --resident-weights false --unet-batch 1
+fi
 MODES=${MODES:-"default|
 patch-device|--patch-on device
 patch-host|--patch-on host
@@ -93,6 +100,14 @@ def pictures(mode):
         found[os.path.basename(p).rsplit("-", 1)[0]] = p
     return found
 ref = pictures("reference")
+fp32 = pictures("fp32")
+def far(a_path, b_path):
+    a = np.asarray(Image.open(a_path).convert("RGB"), dtype=np.float64)
+    b = np.asarray(Image.open(b_path).convert("RGB"), dtype=np.float64)
+    return np.abs(a - b).mean()
+if fp32:
+    base = [far(ref[j], fp32[j]) for j in sorted(ref) if j in fp32]
+    print(f"fp32 pictures: the reference strays from them by {np.mean(base):.3f}/255 mean over {len(base)} jobs")
 print(f"GPU check: each mode vs the reference (plain UNet and VAE graphs, no CUDA graph, no static shapes, baked weights); "
       f"tolerance mean abs <= {tol}/255")
 failed = 0
@@ -118,6 +133,10 @@ for mode in names:
     ok &= bool(ref)
     failed += not ok
     print(f"{'PASS' if ok else 'FAIL'} {mode:<16} " + "  ".join(cells))
+    if fp32:
+        d = [far(got[j], fp32[j]) for j in sorted(got) if j in fp32]
+        if d:
+            print(f"     {mode:<16} from fp32: {np.mean(d):.3f}/255 mean (the reference: {np.mean(base):.3f})")
 if not ref:
     print("the reference made no pictures: every mode fails")
 print(f"{len(names) - failed} of {len(names)} modes pass (cells: job mean/max abs difference in 1/255)")

@@ -74,9 +74,12 @@ impl SessionOptions {
     }
 
     /// How the model is opened: fp16 templates on a GPU, fp32 ones on the CPU.
+    /// `STIPPLE_TEMPLATE_FP32=1` keeps fp32 templates on a GPU too: the GPU check's fp32 picture,
+    /// which tells whether a graph's fp16 pictures stray further than the plain graph's.
     pub fn open_options(&self) -> crate::model::OpenOptions {
+        let fp32 = std::env::var_os("STIPPLE_TEMPLATE_FP32").is_some_and(|v| v == "1");
         crate::model::OpenOptions {
-            prefer_fp16: !matches!(self.device, Device::Cpu),
+            prefer_fp16: !matches!(self.device, Device::Cpu) && !fp32,
             ema: self.ema,
             vae: self.vae.clone(),
             prediction: self.prediction,
