@@ -61,3 +61,35 @@ fn a_cpu_load_builds_its_sessions_from_staging_files() {
         staged::baked_sessions()
     );
 }
+
+#[test]
+fn a_staging_folder_that_cannot_be_made_falls_back_to_memory_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each run in its own process: the environment picks where staging goes (or whether it does).
+    let generate = |env: (&str, &str), name: &str| {
+        let out = dir.path().join(name);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_stipple"))
+            .current_dir(root())
+            .env(env.0, env.1)
+            .args(["generate", "--device", "cpu", "--prompt", "a red fox"])
+            .args(["--seed", "3", "--steps", "2", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{name}: {stderr}");
+        let line: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap())
+                .unwrap();
+        let png = std::path::PathBuf::from(line["path"].as_str().unwrap());
+        (read_rgb(&png), stderr)
+    };
+    // Nothing can make a folder under /dev/null: the staging file cannot be written.
+    let (fallback, warned) = generate(("STIPPLE_STAGING_DIR", "/dev/null/staging"), "fallback");
+    assert!(
+        warned.contains("staging the weights on disk failed") && warned.contains("from memory"),
+        "{warned}"
+    );
+    let (memory, _) = generate(("STIPPLE_STAGE_WEIGHTS", "0"), "memory");
+    assert_eq!(fallback, memory, "the in-memory build made another picture");
+}
