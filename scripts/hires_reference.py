@@ -153,6 +153,17 @@ def onnx_encoder(folder):
     return lambda x: torch.from_numpy(session.run(None, {"sample": x.float().numpy()})[0])
 
 
+def write_manifest(folder, images):
+    """folder/reference/hires.json: the first pass's job and every reference image's settings."""
+    import diffusers
+
+    meta = {"prompt": ref.IMAGE_PROMPT, "negative": ref.IMAGE_NEGATIVE, "seed": ref.IMAGE_SEED, "cfg": 7.0,
+            "steps": STEPS, "width": SIZE, "height": SIZE,
+            "made_with": {"torch": torch.__version__, "diffusers": diffusers.__version__}}
+    with open(os.path.join(folder, "reference", "hires.json"), "w") as f:
+        json.dump(dict(meta, images=images), f, indent=1)
+
+
 def inpaint_unet_references(upscaler):
     import diffusers
     from diffusers import StableDiffusionInpaintPipeline
@@ -224,11 +235,7 @@ def inpaint_unet_references(upscaler):
                        "upscaler": upscaler_name, "sampler": slug, "hires_steps": hires_steps,
                        "denoise": denoise, "scale": scale,
                        "model": "tiny-2x.onnx" if upscaler_name == "tiny-2x" else None})
-    meta = {"prompt": ref.IMAGE_PROMPT, "negative": ref.IMAGE_NEGATIVE, "seed": ref.IMAGE_SEED, "cfg": 7.0,
-            "steps": STEPS, "width": SIZE, "height": SIZE,
-            "made_with": {"torch": torch.__version__, "diffusers": diffusers.__version__}}
-    with open(os.path.join(fixture, "reference", "hires.json"), "w") as f:
-        json.dump(dict(meta, images=images), f, indent=1)
+    write_manifest(fixture, images)
     print("wrote the inpainting UNet's hires references")
 
 
@@ -294,11 +301,7 @@ def main():
         images.append({"file": name, "upscaler": upscaler_name, "sampler": slug, "hires_steps": hires_steps,
                        "denoise": denoise, "scale": scale,
                        "model": "tiny-2x.onnx" if upscaler_name == "tiny-2x" else None})
-    meta = {"prompt": ref.IMAGE_PROMPT, "negative": ref.IMAGE_NEGATIVE, "seed": ref.IMAGE_SEED, "cfg": 7.0,
-            "steps": STEPS, "width": SIZE, "height": SIZE,
-            "made_with": {"torch": torch.__version__, "diffusers": diffusers.__version__}}
-    with open(os.path.join(sd15, "reference", "hires.json"), "w") as f:
-        json.dump(dict(meta, images=images), f, indent=1)
+    write_manifest(sd15, images)
     print("wrote the hires references")
     inpaint_unet_references(upscaler)
 

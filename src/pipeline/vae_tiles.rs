@@ -355,12 +355,7 @@ fn run_attention(
             .map(|n| view(store, n))
             .collect::<Result<_, _>>()?;
         let data: Vec<Cow<[f32]>> = views.iter().map(whole).collect();
-        let inputs = a
-            .pre_inputs
-            .iter()
-            .zip(views.iter().zip(&data))
-            .map(|(n, (v, d))| Input::F32(n, v.host.shape.clone(), d))
-            .collect();
+        let inputs = whole_inputs(&a.pre_inputs, &views, &data).collect();
         let got = run(&mut s.pre, inputs, &[&a.q, &a.k, &a.v]).map_err(&err)?;
         match <[_; 3]>::try_from(got) {
             Ok(qkv) => qkv.map(|(shape, data)| Host { shape, data }),
@@ -447,12 +442,7 @@ fn run_attention(
         .collect::<Result<_, _>>()?;
     let data: Vec<Cow<[f32]>> = views.iter().map(whole).collect();
     let mut inputs = vec![Input::F32(&a.o, o_shape, &o)];
-    inputs.extend(
-        a.post_inputs
-            .iter()
-            .zip(views.iter().zip(&data))
-            .map(|(n, (v, d))| Input::F32(n, v.host.shape.clone(), d)),
-    );
+    inputs.extend(whole_inputs(&a.post_inputs, &views, &data));
     let names: Vec<&str> = outputs.iter().map(String::as_str).collect();
     let got = run(&mut s.post, inputs, &names).map_err(&err)?;
     Ok(Some((
@@ -461,6 +451,18 @@ fn run_attention(
             .collect(),
         chunks,
     )))
+}
+
+/// The session inputs `names` read from `views`, whose whole tensors (from [`whole`]) are `data`.
+fn whole_inputs<'a>(
+    names: &'a [String],
+    views: &'a [View],
+    data: &'a [Cow<[f32]>],
+) -> impl Iterator<Item = Input<'a>> {
+    names
+        .iter()
+        .zip(views.iter().zip(data))
+        .map(|(n, (v, d))| Input::F32(n, v.host.shape.clone(), d))
 }
 
 /// A view's whole tensor: its data, or a normalised copy where a GroupNorm's affine applies.
@@ -628,12 +630,7 @@ fn run_segment(
     let aligned = bh.is_multiple_of(d) && bw.is_multiple_of(d);
     if !seg.tileable || !four || !aligned || bh == 0 || (core >= bh && core >= bw) {
         let data: Vec<Cow<[f32]>> = views.iter().map(whole).collect();
-        let inputs = seg
-            .inputs
-            .iter()
-            .zip(views.iter().zip(&data))
-            .map(|(n, (v, d))| Input::F32(n, v.host.shape.clone(), d))
-            .collect();
+        let inputs = whole_inputs(&seg.inputs, &views, &data).collect();
         let got = run(session, inputs, &outs).map_err(run_err("tiled VAE"))?;
         return Ok(got
             .into_iter()
