@@ -132,6 +132,7 @@ impl Generator {
         mut model: Model,
         runtime: &'static Runtime,
     ) -> Result<Self, PipelineError> {
+        crate::runtime::host_mem::trace("opening");
         super::prediction_test::settle(&mut model, runtime)?;
         let opts = spec.session.clone().resolved();
         let clip_skip = opts.clip_skip.unwrap_or(1);

@@ -29,16 +29,22 @@ pub fn now() -> Option<HostMem> {
     })
 }
 
-/// With `STIPPLE_MEM_LOG` set, prints one line to stderr: `stage` and the memory now. Costs one
-/// environment lookup otherwise.
+/// With `STIPPLE_MEM_LOG` set, prints one line to stderr: `stage`, the seconds since the first
+/// traced stage (components build side by side, so the times say which phase of which one is
+/// slow) and the memory now. Costs one environment lookup otherwise.
 pub fn trace(stage: &str) {
+    static FIRST: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     if std::env::var_os("STIPPLE_MEM_LOG").is_none() {
         return;
     }
+    let t = FIRST.get_or_init(std::time::Instant::now).elapsed();
     if let Some(m) = now() {
         eprintln!(
-            "mem: {stage}: anon {:.0} MiB, file {:.0} MiB, peak {:.0} MiB",
-            m.anon_mb, m.file_mb, m.peak_mb
+            "mem: {stage} (+{:.2} s): anon {:.0} MiB, file {:.0} MiB, peak {:.0} MiB",
+            t.as_secs_f64(),
+            m.anon_mb,
+            m.file_mb,
+            m.peak_mb
         );
     }
 }

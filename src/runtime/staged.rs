@@ -127,11 +127,16 @@ fn alive(_: u32) -> bool {
 
 /// Whether sessions on `device` read their weights from a staging file: on the CPU and Unix only (a
 /// GPU session copies them to the device anyway; Windows cannot remove a mapped file), unless
-/// `STIPPLE_STAGE_WEIGHTS=0` (the in-memory path, for comparison).
+/// `STIPPLE_STAGE_WEIGHTS=0` (the in-memory path, for comparison); `STIPPLE_STAGE_WEIGHTS=1` stages
+/// on a GPU too (a measuring knob: ONNX Runtime copies an in-memory file whole, zeroes included).
 pub fn enabled(device: super::Device) -> bool {
+    let knob = std::env::var_os("STIPPLE_STAGE_WEIGHTS");
     cfg!(unix)
-        && matches!(device, super::Device::Cpu)
-        && std::env::var_os("STIPPLE_STAGE_WEIGHTS").is_none_or(|v| v != "0")
+        && match knob.as_deref().and_then(|v| v.to_str()) {
+            Some("0") => false,
+            Some("1") => true,
+            _ => matches!(device, super::Device::Cpu),
+        }
 }
 
 /// Where staging folders go: `STIPPLE_STAGING_DIR`, else `stipple/staging` in the user's cache
