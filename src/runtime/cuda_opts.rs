@@ -127,8 +127,37 @@ impl CudaOptions {
         if self.cuda_graph {
             ep = ep.with_cuda_graph(true);
         }
-        ep
+        bench_knobs(ep)
     }
+}
+
+/// Measuring knobs for the step-time work, read from the environment and off unless set (each one
+/// needs the GPU check before it could become a setting): `STIPPLE_CUDA_NHWC=1` (ONNX Runtime's
+/// `prefer_nhwc`), `STIPPLE_CUDA_FUSE_CONV_BIAS=1` (`fuse_conv_bias`), `STIPPLE_CUDA_SDPA=` a comma
+/// list of flash, efficient, cudnn, math (`sdpa_kernel`, the attention kernels it may pick).
+fn bench_knobs(mut ep: ort::ep::CUDA) -> ort::ep::CUDA {
+    use ort::ep::cuda::AttentionBackend as A;
+    let on = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
+    if on("STIPPLE_CUDA_NHWC") {
+        ep = ep.with_prefer_nhwc(true);
+    }
+    if on("STIPPLE_CUDA_FUSE_CONV_BIAS") {
+        ep = ep.with_fuse_conv_bias(true);
+    }
+    if let Ok(list) = std::env::var("STIPPLE_CUDA_SDPA") {
+        let flags = list
+            .split(',')
+            .filter_map(|k| match k.trim() {
+                "flash" => Some(A::FLASH_ATTENTION),
+                "efficient" => Some(A::EFFICIENT_ATTENTION),
+                "cudnn" => Some(A::CUDNN_FLASH_ATTENTION),
+                "math" => Some(A::MATH),
+                _ => None,
+            })
+            .fold(A::none(), |a, b| a | b);
+        ep = ep.with_attention_backend(flags);
+    }
+    ep
 }
 
 fn check_limit(gb: f64) -> Result<(), String> {
