@@ -207,9 +207,8 @@ pub fn assemble_graph_to(
     component: &Component,
     kind: GraphKind,
     deltas: &dyn DeltaSource,
-    file: &std::fs::File,
+    file: &crate::runtime::staged::StagingFile,
 ) -> Result<PatchStats, PatchError> {
-    use std::os::unix::fs::FileExt;
     let cname = component.kind.to_string();
     let (graph, weightmap) = graph_of(component, kind)?;
     let bytes = buffer_len(graph);

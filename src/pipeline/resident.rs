@@ -618,19 +618,10 @@ fn stage_pinned<'g>(
     .map_err(|e| e.to_string())?;
     for (e, f) in pinned.iter().zip(filled) {
         let x = place(&e.name, f.elems.byte_len()).map_err(|e| e.to_string())?;
-        write_at(&file, f.elems.bytes(), x.offset as u64).map_err(|e| e.to_string())?;
+        file.write_all_at(f.elems.bytes(), x.offset as u64)
+            .map_err(|e| e.to_string())?;
     }
     Ok(staged)
-}
-
-#[cfg(unix)]
-fn write_at(file: &std::fs::File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
-}
-
-#[cfg(not(unix))]
-fn write_at(_: &std::fs::File, _: &[u8], _: u64) -> std::io::Result<()> {
-    Err(std::io::Error::other("staging is for Unix"))
 }
 
 /// A value over `placed`'s buffer that does not own it (what ONNX Runtime accepts as a shared

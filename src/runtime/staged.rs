@@ -2,6 +2,8 @@
 //! external-data file, which ONNX Runtime maps instead of copying (an in-memory buffer it copies
 //! whole, so a build held two copies at once). [`Staged::create`] makes it; dropping it removes
 //! the folder (the session's mappings keep the data they still read until the session ends).
+//! The data file is a [`StagingFile`], whose writes a test hook can make fail as a full disk does
+//! (`STIPPLE_STAGING_FAIL_AFTER`, see [`StagingFile`]).
 
 use std::fs::File;
 use std::io;
@@ -20,7 +22,11 @@ impl Staged {
     /// Writes `graph` into a new folder under [`root`], and creates its external-data file
     /// `external_file` (a bare file name, as the graph names it), `len` bytes of zeroes that take
     /// no disk space until written. Returns the folder and the data file, open for writing.
-    pub fn create(graph: &[u8], external_file: &str, len: u64) -> io::Result<(Staged, File)> {
+    pub fn create(
+        graph: &[u8],
+        external_file: &str,
+        len: u64,
+    ) -> io::Result<(Staged, StagingFile)> {
         Staged::create_in(&root(), graph, external_file, len)
     }
 
@@ -30,7 +36,7 @@ impl Staged {
         graph: &[u8],
         external_file: &str,
         len: u64,
-    ) -> io::Result<(Staged, File)> {
+    ) -> io::Result<(Staged, StagingFile)> {
         let bare = Path::new(external_file)
             .file_name()
             .is_some_and(|n| n == external_file)
@@ -44,11 +50,8 @@ impl Staged {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         std::fs::create_dir_all(root)?;
         remove_abandoned(root);
-        let dir = root.join(format!(
-            "{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
+        let number = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = root.join(format!("{}-{number}", std::process::id()));
         std::fs::create_dir(&dir)?;
         // From here on the folder goes away with `staged`, whatever fails next.
         let staged = Staged { dir };
@@ -59,7 +62,14 @@ impl Staged {
             .create_new(true)
             .open(staged.dir.join(external_file))?;
         data.set_len(len)?;
-        Ok((staged, data))
+        let fault = fault_budget(number);
+        Ok((
+            staged,
+            StagingFile {
+                file: data,
+                fault: fault.map(|budget| (budget, AtomicU64::new(0))),
+            },
+        ))
     }
 
     /// The graph file, for `commit_from_file`: ONNX Runtime finds the data file beside it.
@@ -73,6 +83,71 @@ impl Drop for Staged {
         // Unlinked files a session still maps live on until it unmaps them.
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A staging data file. Its writes go through [`StagingFile::write_all_at`] so that a test can
+/// fill the disk without root: `STIPPLE_STAGING_FAIL_AFTER=BYTES[@K]` (a test hook, read only
+/// here) makes the writes into each staging file fail with `ENOSPC` once `BYTES` bytes went in
+/// (the write that crosses the mark is written in part, as a full disk leaves it), for the
+/// process's staging folders numbered `K` (from 0, default 0) and after; a load stages one per
+/// session, so `@K` spares the first `K` (a swap's re-bake comes after the load's).
+pub struct StagingFile {
+    file: File,
+    /// The bytes this file may take before writes fail, and the bytes written so far.
+    fault: Option<(u64, AtomicU64)>,
+}
+
+impl From<File> for StagingFile {
+    /// A file of the caller's, written without the test hook.
+    fn from(file: File) -> Self {
+        StagingFile { file, fault: None }
+    }
+}
+
+impl StagingFile {
+    /// Writes all of `bytes` at `offset` (safe to call from several threads at once).
+    #[cfg(unix)]
+    pub fn write_all_at(&self, bytes: &[u8], offset: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let Some((budget, written)) = &self.fault else {
+            return self.file.write_all_at(bytes, offset);
+        };
+        let len = bytes.len() as u64;
+        let before = written.fetch_add(len, Ordering::Relaxed);
+        let room = budget.saturating_sub(before).min(len);
+        self.file.write_all_at(&bytes[..room as usize], offset)?;
+        if room < len {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(())
+    }
+
+    #[cfg(not(unix))]
+    pub fn write_all_at(&self, _: &[u8], _: u64) -> io::Result<()> {
+        Err(io::Error::other("staging is for Unix"))
+    }
+
+    /// Sets the file's length (a sparse file: this takes no disk space).
+    pub fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    /// The file, to read back.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+/// The test hook's budget for the staging folder numbered `number`, if any (see [`StagingFile`]).
+/// A value that does not parse is ignored: the hook is for tests, never a user's setting.
+fn fault_budget(number: u64) -> Option<u64> {
+    let v = std::env::var("STIPPLE_STAGING_FAIL_AFTER").ok()?;
+    let (bytes, from) = match v.split_once('@') {
+        Some((b, k)) => (b, k.trim().parse::<u64>().ok()?),
+        None => (v.as_str(), 0),
+    };
+    let bytes = bytes.trim().parse::<u64>().ok()?;
+    (number >= from).then_some(bytes)
 }
 
 /// Sessions built with their baked weights read from a staging file, since the process started.
@@ -168,7 +243,7 @@ mod tests {
             Staged::create_in(tmp.path(), b"graph", "weights.bin", 4096).expect("staged");
         let graph = staged.graph_path();
         assert_eq!(std::fs::read(&graph).expect("graph"), b"graph");
-        assert_eq!(data.metadata().expect("meta").len(), 4096);
+        assert_eq!(data.file().metadata().expect("meta").len(), 4096);
         let dir = graph.parent().expect("dir").to_path_buf();
         assert!(dir.join("weights.bin").exists());
         drop(staged);
@@ -190,5 +265,25 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_fault_hook_writes_up_to_its_budget_then_fails_as_a_full_disk() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (_staged, mut data) =
+            Staged::create_in(tmp.path(), b"graph", "weights.bin", 16).expect("staged");
+        data.fault = Some((6, AtomicU64::new(0)));
+        data.write_all_at(&[1; 4], 0).expect("within the budget");
+        let err = data.write_all_at(&[2; 4], 8).expect_err("past the budget");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+        assert!(
+            data.write_all_at(&[3; 2], 12).is_err(),
+            "a full disk stays full"
+        );
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut data.file(), &mut bytes).expect("read");
+        // The crossing write went in part: two of its four bytes.
+        assert_eq!(bytes, [1, 1, 1, 1, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 0, 0]);
     }
 }
