@@ -72,6 +72,18 @@ pub struct Site<'a> {
     pub parts: Vec<Part>,
 }
 
+impl Site<'_> {
+    /// Whether the weight's value changes with the strengths input: some term scales with a slot.
+    /// A weight without (no term: a bias beside a weight an adapter reaches, a weight an earlier
+    /// set patched going back to its base; or only terms that hold their strength) is the same
+    /// at every run.
+    pub fn scales(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|p| p.terms.iter().any(|t| t.slot.is_some()))
+    }
+}
+
 /// A built program: the model, its initializers' data, and how many strengths it reads.
 pub struct Program {
     pub model: Vec<u8>,
