@@ -698,6 +698,7 @@ fn reruns_write_only_what_scales(
                 assert!(!rerun.contains(&i), "{name} does not scale but is re-run");
                 if t.is_empty() {
                     no_terms += 1;
+                    println!("  without terms: {name}");
                 } else {
                     fixed_terms += 1;
                 }
