@@ -709,6 +709,25 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn only_a_term_read_from_the_strengths_makes_a_site_scale() {
+        let e = entry(Transform::Identity, &[4, 3], 1);
+        let with = |terms: Vec<Term>| {
+            site(
+                &e,
+                [ElemType::F32, ElemType::F32],
+                Part {
+                    shape: vec![4, 3],
+                    terms,
+                },
+            )
+            .scales()
+        };
+        assert!(!with(Vec::new()));
+        assert!(!with(vec![lora(4, 3, None)]));
+        assert!(with(vec![lora(4, 3, None), lora(4, 3, Some(0))]));
+    }
+
+    #[test]
     fn a_term_that_holds_its_strength_is_added_as_it_is() {
         let e = entry(Transform::Transpose, &[3, 4], 1);
         let site = site(
