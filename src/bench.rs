@@ -427,6 +427,11 @@ pub struct LiveBench {
     /// With `--patch-on device`: the program's mean re-run in that schedule (synchronized), what a
     /// new strength adds to the step that uses it.
     pub rerun_device_ms: Option<f64>,
+    /// With `--patch-on device`: how many UNet weights the schedule's re-runs wrote each (mean),
+    /// and how many the commit of that program writes (the re-run skips those whose value does
+    /// not scale with a strength).
+    pub rerun_writes: Option<f64>,
+    pub commit_writes: Option<usize>,
 }
 
 impl fmt::Display for LiveBench {
@@ -473,6 +478,12 @@ impl fmt::Display for LiveBench {
         }
         if let Some(ms) = self.rerun_device_ms {
             write!(f, "\n  patch re-run alone (mean) {ms:>9.3} ms")?;
+        }
+        if let (Some(r), Some(c)) = (self.rerun_writes, self.commit_writes) {
+            write!(
+                f,
+                "\n  UNet weights written: {r:.0} per re-run, {c} at the commit"
+            )?;
         }
         Ok(())
     }
@@ -579,7 +590,7 @@ pub fn live(
     let dial_live = timed_job(&mut g, &job, LoraMethod::Live, Some((&stem, at)))?.1;
     let dial_refuse = timed_job(&mut g, &job, LoraMethod::Refuse, Some((&stem, at)))?.1;
     drop(g);
-    let (dial_device, scheduled, rerun_device_ms) = match device_spec {
+    let (dial_device, scheduled, rerun_device_ms, writes) = match device_spec {
         Some(spec) => {
             let mut d = Generator::load(spec, rt)?;
             d.set_lora_dirs(vec![dir]);
@@ -602,12 +613,14 @@ pub fn live(
             };
             let mut sched_steps = Vec::new();
             let mut rerun_ms = f64::NAN;
+            let mut rerun_writes = f64::NAN;
             for _ in 0..2 {
                 let before = d.patch_counts();
                 sched_steps = timed_job(&mut d, &sched, LoraMethod::Fuse, None)?.0;
                 let after = d.patch_counts();
                 let n = after.reruns - before.reruns;
                 rerun_ms = (after.rerun_us - before.rerun_us) as f64 / 1e3 / n.max(1) as f64;
+                rerun_writes = (after.rerun_writes - before.rerun_writes) as f64 / n.max(1) as f64;
                 if n < u64::from(sched.steps) - 1 {
                     return Err(PipelineError::Job(
                         "the device patch did not re-run its program at every step of a schedule"
@@ -615,13 +628,15 @@ pub fn live(
                     ));
                 }
             }
+            let commit_writes = d.unet_patch_writes().map(|(commit, _)| commit);
             (
                 Some(latency),
                 Some(median(sched_steps) * 1e3),
                 Some(rerun_ms),
+                Some((rerun_writes, commit_writes)),
             )
         }
-        None => (None, None, None),
+        None => (None, None, None, None),
     };
     let fused_step_ms = median(fused) * 1e3;
     let live_step_ms = median(live) * 1e3;
@@ -640,5 +655,7 @@ pub fn live(
         dial_to_step_device_ms: dial_device.map(ms),
         scheduled_step_device_ms: scheduled,
         rerun_device_ms,
+        rerun_writes: writes.map(|w| w.0),
+        commit_writes: writes.and_then(|w| w.1),
     })
 }

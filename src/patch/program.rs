@@ -72,6 +72,18 @@ pub struct Site<'a> {
     pub parts: Vec<Part>,
 }
 
+impl Site<'_> {
+    /// Whether the weight's value changes with the strengths input: some term scales with a slot.
+    /// A weight without (no term: a bias beside a weight an adapter reaches, a weight an earlier
+    /// set patched going back to its base; or only terms that hold their strength) is the same
+    /// at every run.
+    pub fn scales(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|p| p.terms.iter().any(|t| t.slot.is_some()))
+    }
+}
+
 /// A built program: the model, its initializers' data, and how many strengths it reads.
 pub struct Program {
     pub model: Vec<u8>,
@@ -694,6 +706,25 @@ pub(crate) mod tests {
         );
         // up [4, 2] and down [2, 3] in the data file, 64-byte aligned.
         assert_eq!(p.data.len(), 64 + 2 * 3 * 4);
+    }
+
+    #[test]
+    fn only_a_term_read_from_the_strengths_makes_a_site_scale() {
+        let e = entry(Transform::Identity, &[4, 3], 1);
+        let with = |terms: Vec<Term>| {
+            site(
+                &e,
+                [ElemType::F32, ElemType::F32],
+                Part {
+                    shape: vec![4, 3],
+                    terms,
+                },
+            )
+            .scales()
+        };
+        assert!(!with(Vec::new()));
+        assert!(!with(vec![lora(4, 3, None)]));
+        assert!(with(vec![lora(4, 3, None), lora(4, 3, Some(0))]));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! [`stage`] builds the program for an adapter set (dense ΔW on the host only for types without
 //! factors); [`super::resident::Net::commit_device`] runs it into the weight buffers ([`run`]).
 
-use super::device_run::{run, tensor_bytes, Sink};
+use super::device_run::{run, tensor_bytes, Pass, Sink};
 pub use super::device_run::{DeviceStaged, Need};
 use super::resident::{Layout, ResidentError};
 use crate::model::layout::{Component, GraphKind};
@@ -13,7 +13,7 @@ use crate::patch::program::{self, Part, Site, Term};
 use crate::patch::{self, DeltaSource, Elems, PatchError};
 use crate::runtime::{build_session, Runtime, SessionError, SessionOptions};
 use ort::value::{DynTensor, DynValue};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// Refuses a program that does not fit the free memory of CUDA device `id` (read through NVML;
 /// when NVML cannot be read, the check is skipped and ONNX Runtime's allocation fails instead,
@@ -160,12 +160,15 @@ fn stage_entries(
                 init: entry.name.clone(),
                 elem: entry.dtype.clone(),
             })?;
-        sites.push(Site {
-            entry,
-            elem,
-            base_elem,
-            parts,
-        });
+        sites.push((
+            i,
+            Site {
+                entry,
+                elem,
+                base_elem,
+                parts,
+            },
+        ));
     }
     patch::buffer::check_used(&cname, deltas, &used)?;
     if let crate::runtime::Device::Cuda(id) = opts.device {
@@ -178,60 +181,100 @@ fn stage_entries(
                 .unwrap_or(0);
         check_fits(&what, id, need)?;
     }
-    let built =
-        program::build(&sites, strengths.len(), f16_gemm).map_err(|e| ResidentError::Graph {
+    // A re-run (a strength change of the same set) writes only the weights whose value scales
+    // with a strength; the others are written once, at the commit.
+    let (scaled, fixed): (Vec<_>, Vec<_>) = sites.into_iter().partition(|(_, s)| s.scales());
+    let slots = strengths.len();
+    let build_pass = |sites: Vec<(usize, Site)>, kind: &str, graph: bool| {
+        let (entries, sites): (Vec<usize>, Vec<Site>) = sites.into_iter().unzip();
+        let built = program::build(&sites, slots, f16_gemm).map_err(|e| ResidentError::Graph {
             what: what.clone(),
             message: e.to_string(),
         })?;
-    dump(&what, &built);
-    let (session, graph) = if sites.is_empty() {
-        (None, false)
-    } else {
-        let name = format!("{what} patch program");
-        let build = |graph: bool| {
-            let mut popts = opts.clone();
-            popts.cuda.cuda_graph = graph;
-            build_session(
-                rt,
-                &name,
-                &built.model,
-                program::DATA_FILE,
-                built.data.clone(),
-                &popts,
-                &[],
-                &[],
-            )
-        };
-        // Replayed as a CUDA graph, a program is a few launches instead of one per operation
-        // (about 1200 for SD1.5); one that cannot be captured still runs, launch by launch.
-        let graph = opts.cuda.patch_graph && matches!(opts.device, crate::runtime::Device::Cuda(_));
-        match build(graph) {
-            Ok(s) => (Some(s), graph),
-            Err(e @ SessionError::CudaGraph { .. }) => {
-                tracing::warn!("{e}; the patch program runs uncaptured");
-                (Some(build(false)?), false)
-            }
-            Err(e) => return Err(e.into()),
+        if !entries.is_empty() {
+            dump(&what, kind, &built);
         }
+        pass(
+            rt,
+            opts,
+            &format!("{what} {kind} patch program"),
+            built,
+            entries,
+            graph,
+        )
     };
+    // Replayed as a CUDA graph, a program is a few launches instead of one per operation (about
+    // 1200 for SD1.5). Only the re-run program is captured: the fixed one runs once per commit,
+    // which a capture would not pay back.
+    let graph = opts.cuda.patch_graph && matches!(opts.device, crate::runtime::Device::Cuda(_));
+    let rerun = build_pass(scaled, "rerun", graph)?;
+    let fixed = build_pass(fixed, "commit", false)?;
     Ok(DeviceStaged {
-        session,
-        entries: entries.iter().map(|(i, _)| *i).collect(),
+        rerun,
+        fixed,
         strengths,
         terms: program_terms,
         adapters: None,
         new_bases,
         patched,
         factor_bytes,
+    })
+}
+
+/// The session of `built` (none when it writes no weight), replayed as a CUDA graph when `graph`
+/// and ONNX Runtime can capture it.
+fn pass(
+    rt: &Runtime,
+    opts: &SessionOptions,
+    name: &str,
+    built: program::Program,
+    entries: Vec<usize>,
+    graph: bool,
+) -> Result<Pass, ResidentError> {
+    if entries.is_empty() {
+        return Ok(Pass {
+            session: None,
+            entries,
+            graph: false,
+            captured: None,
+        });
+    }
+    let build = |graph: bool| {
+        let mut popts = opts.clone();
+        popts.cuda.cuda_graph = graph;
+        build_session(
+            rt,
+            name,
+            &built.model,
+            program::DATA_FILE,
+            built.data.clone(),
+            &popts,
+            &[],
+            &[],
+        )
+    };
+    // One that cannot be captured still runs, launch by launch.
+    let (session, graph) = match build(graph) {
+        Ok(s) => (s, graph),
+        Err(e @ SessionError::CudaGraph { .. }) => {
+            tracing::warn!("{e}; the patch program runs uncaptured");
+            (build(false)?, false)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Pass {
+        session: Some(session),
+        entries,
         graph,
         captured: None,
     })
 }
 
 /// For profiling a program outside stipple (`scripts/patch_profile.py` on a GPU box):
-/// `STIPPLE_DUMP_PATCH=DIR` writes each program built to `DIR/<component>-<n>/` (its graph and the
-/// external-data file it names). A failure only warns: it is a diagnostic.
-fn dump(what: &str, built: &program::Program) {
+/// `STIPPLE_DUMP_PATCH=DIR` writes each program built to `DIR/<component>-<n>-<kind>/` (its graph
+/// and the external-data file it names; `kind` is `rerun` or `commit`). A failure only warns: it is
+/// a diagnostic.
+fn dump(what: &str, kind: &str, built: &program::Program) {
     let Some(dir) = std::env::var_os("STIPPLE_DUMP_PATCH") else {
         return;
     };
@@ -241,7 +284,7 @@ fn dump(what: &str, built: &program::Program) {
         .collect();
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::path::Path::new(&dir).join(format!("{tag}-{n}"));
+    let dir = std::path::Path::new(&dir).join(format!("{tag}-{n}-{kind}"));
     let written = std::fs::create_dir_all(&dir)
         .and_then(|()| std::fs::write(dir.join("program.onnx"), &built.model))
         .and_then(|()| std::fs::write(dir.join(program::DATA_FILE), &built.data[..]));
@@ -282,31 +325,47 @@ pub fn program_weights(
         what: what.clone(),
         message: e.to_string(),
     };
-    let mut targets = Vec::with_capacity(entries.len());
-    for (_, e) in &entries {
-        let elem = crate::model::layout::elem_of(graph, &e.name).unwrap_or(ElemType::F32);
-        let esize = elem.size().unwrap_or(4);
-        let zeros = match esize {
-            2 => Elems::Two(vec![0; e.length / 2]),
-            _ => Elems::Four(vec![0; e.length / 4]),
-        };
-        targets.push(host_tensor(zeros, elem, &e.shape).map_err(err)?.into_dyn());
-    }
-    let bases: Vec<DynValue> = std::mem::take(&mut staged.new_bases)
+    let bases: HashMap<usize, DynValue> = std::mem::take(&mut staged.new_bases)
         .into_iter()
-        .map(|(_, _, t)| t.into_dyn())
+        .map(|(i, _, t)| (i, t.into_dyn()))
         .collect();
-    let base_refs: Vec<&DynValue> = bases.iter().collect();
-    run(
-        staged.session.as_mut(),
-        &staged.strengths,
-        &base_refs,
-        Sink::Copied(targets.iter().collect()),
-        None,
-    )
-    .map_err(err)?;
+    // Both programs, each into host buffers of its weights: (layout index, buffer).
+    let mut written = HashMap::new();
+    for pass in [&mut staged.rerun, &mut staged.fixed] {
+        let mut targets = Vec::with_capacity(pass.entries.len());
+        for &i in &pass.entries {
+            // Layout indices here are positions in `entries`.
+            let e = entries[i].1;
+            let elem = crate::model::layout::elem_of(graph, &e.name).unwrap_or(ElemType::F32);
+            let zeros = match elem.size().unwrap_or(4) {
+                2 => Elems::Two(vec![0; e.length / 2]),
+                _ => Elems::Four(vec![0; e.length / 4]),
+            };
+            targets.push(host_tensor(zeros, elem, &e.shape).map_err(err)?.into_dyn());
+        }
+        let mut base_refs = Vec::with_capacity(pass.entries.len());
+        for i in &pass.entries {
+            base_refs.push(bases.get(i).ok_or_else(|| ResidentError::Upload {
+                what: what.clone(),
+                message: format!("no base copy of weight {i}"),
+            })?);
+        }
+        run(
+            pass.session.as_mut(),
+            &staged.strengths,
+            &base_refs,
+            Sink::Copied(targets.iter().collect()),
+            None,
+        )
+        .map_err(err)?;
+        written.extend(pass.entries.iter().copied().zip(targets));
+    }
     let mut out = Vec::with_capacity(entries.len());
-    for ((_, e), t) in entries.iter().zip(&targets) {
+    for (i, e) in &entries {
+        let t = written.get(i).ok_or_else(|| ResidentError::Upload {
+            what: what.clone(),
+            message: format!("no program wrote {}", e.name),
+        })?;
         let (ptr, len) = tensor_bytes(t).map_err(err)?;
         // SAFETY: `t` is a host tensor of `len` bytes, alive here.
         let bytes = unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec();

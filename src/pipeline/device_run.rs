@@ -1,5 +1,5 @@
-//! Running a patch program: [`DeviceStaged`] (a program built for one adapter set, with what it
-//! needs on the device) and [`run`], which binds its inputs and writes its outputs into the resident
+//! Running a patch program: [`DeviceStaged`] (the programs built for one adapter set, one a strength
+//! change re-runs and one run at the commit only, with what they need on the device) and [`run`], which binds its inputs and writes its outputs into the resident
 //! weight buffers ([`Sink`]); on CUDA the program replays as a CUDA graph ([`Captured`]). Built by
 //! [`super::device_patch`], run by [`super::resident::Net`].
 
@@ -11,14 +11,20 @@ use ort::session::{IoBinding, Session};
 use ort::value::{DynTensor, DynValue, Tensor, TensorElementType};
 use std::collections::HashSet;
 
-/// A patch program built for one adapter set, not yet run.
+/// The patch programs built for one adapter set, not yet run: the weights are split between a
+/// program that a strength change re-runs ([`Self::rerun`]: every weight whose value scales with a
+/// strength) and one that runs only when the set is committed ([`Self::fixed`]: the weights it
+/// writes the same at any strength). Each initializer and base copy is in one program only.
 pub struct DeviceStaged {
-    /// None when no weight changes.
-    pub(crate) session: Option<Session>,
-    /// The layout index of the weight each output writes.
-    pub(crate) entries: Vec<usize>,
+    /// The weights whose value scales with the strengths: run at the commit and at every re-run.
+    pub(crate) rerun: Pass,
+    /// The other weights the change writes (no term: a bias beside a weight an adapter reaches, a
+    /// weight the last set patched going back to its base; or only terms that hold their
+    /// strength): run at the commit only.
+    pub(crate) fixed: Pass,
+    /// The strengths both programs take (the fixed one reads none of them).
     pub(crate) strengths: Vec<f32>,
-    /// Every term of the program, in site order; the linear ones read `strengths` in this order.
+    /// Every term of the programs, in site order; the linear ones read `strengths` in this order.
     pub(crate) terms: Vec<ProgramTerm>,
     /// The adapter set the program was planned for (files, block weights, DyLoRA rank; strengths
     /// aside), stamped by the sessions: a change of strengths alone re-runs it.
@@ -29,6 +35,14 @@ pub struct DeviceStaged {
     pub(crate) patched: HashSet<usize>,
     /// Bytes of factors and dense ΔW the program holds (what goes to the device per adapter set).
     pub factor_bytes: usize,
+}
+
+/// One patch program and the weights it writes.
+pub(crate) struct Pass {
+    /// None when it writes no weight.
+    pub(crate) session: Option<Session>,
+    /// The layout index of the weight each output writes.
+    pub(crate) entries: Vec<usize>,
     /// Whether the session was built to replay as a CUDA graph: its runs then keep one binding.
     pub(crate) graph: bool,
     /// That binding, made by the first run.
@@ -53,11 +67,29 @@ pub(crate) struct ProgramTerm {
 }
 
 impl DeviceStaged {
-    /// Breaks the program so that its run fails (tests of a failed patch).
+    /// Breaks the programs so that their runs fail (tests of a failed patch).
     #[doc(hidden)]
     pub fn break_for_test(&mut self) {
         // Two more than the input takes (an empty list is run as one zero).
         self.strengths.extend([0.0, 0.0]);
+    }
+
+    /// The strengths the programs were planned at (one per term that scales with its strength).
+    pub fn strengths(&self) -> &[f32] {
+        &self.strengths
+    }
+
+    /// The layout indices of the weights a re-run writes (those whose value scales with a
+    /// strength), in the re-run program's output order.
+    pub fn rerun_entries(&self) -> &[usize] {
+        &self.rerun.entries
+    }
+
+    /// The layout indices of every weight the commit writes: the re-run program's, then the fixed
+    /// program's.
+    pub fn commit_entries(&self) -> Vec<usize> {
+        let both = self.rerun.entries.iter().chain(&self.fixed.entries);
+        both.copied().collect()
     }
 }
 

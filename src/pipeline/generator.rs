@@ -264,6 +264,12 @@ impl Generator {
         self.sessions.unet_host_weight(name)
     }
 
+    /// How many weights the UNet's last patch programs write: (at the commit, at a re-run, which
+    /// writes only those whose value scales with a strength); None when no program wrote them.
+    pub fn unet_patch_writes(&self) -> Option<(usize, usize)> {
+        self.sessions.unet_patch_writes()
+    }
+
     /// How many texts were encoded (one per distinct text and text-encoder strength set).
     pub fn encodes(&self) -> usize {
         self.text.encodes()

@@ -4,7 +4,7 @@
 //! change touched ([`Layout::stage`], then [`Net::commit`]): a swap costs ΔW and an upload, never a
 //! new session. [`Net`] is a session with resident weights or with baked-in ones.
 
-use super::device_run::{self, DeviceStaged, Sink};
+use super::device_run::{self, DeviceStaged, Pass, Sink};
 use crate::model::fold::fold_weights;
 use crate::model::foldable::constant_fed_weights;
 use crate::model::layout::{buffer_len, Component, GraphKind};
@@ -183,7 +183,7 @@ impl Net {
             r.bases.insert(i, value);
             r.layout.based.insert(i, elem);
         }
-        match run_program(r, &mut staged) {
+        match run_both(r, &mut staged) {
             Ok(()) => {
                 r.layout.patched = std::mem::take(&mut staged.patched);
                 r.last_program = Some(staged);
@@ -191,25 +191,38 @@ impl Net {
             }
             Err(e) => {
                 let message = format!("patch program: {e}");
-                // What a failed run wrote is unknown: the previous program writes its weights
-                // again; without one, those buffers are rewritten by the next change.
-                let restored = match r.last_program.take() {
-                    Some(mut prev) => {
-                        let ok = run_program(r, &mut prev).is_ok();
-                        // Kept only when it holds the weights again (a re-run may start from it).
-                        if ok {
-                            r.last_program = Some(prev);
-                        }
-                        ok
+                // What a failed run wrote is unknown: the previous programs write their weights
+                // again. The failed ones may have written others too (the re-run program ran, the
+                // fixed one failed; a bound output half-written): those buffers are rewritten by
+                // the next change.
+                if let Some(mut prev) = r.last_program.take() {
+                    // Kept only when it holds the weights again (a re-run may start from it).
+                    if run_both(r, &mut prev).is_ok() {
+                        r.last_program = Some(prev);
                     }
-                    None => false,
-                };
-                if !restored {
-                    r.layout.patched.extend(staged.entries.iter().copied());
+                }
+                let written = staged.commit_entries();
+                match &r.last_program {
+                    Some(prev) => {
+                        let again: HashSet<usize> = prev.commit_entries().into_iter().collect();
+                        let unknown = written.into_iter().filter(|i| !again.contains(i));
+                        r.layout.patched.extend(unknown);
+                    }
+                    None => r.layout.patched.extend(written),
                 }
                 Err(upload_err(message))
             }
         }
+    }
+
+    /// How many weights the last patch programs write: (at the commit, at a re-run); None when
+    /// the weights were not written by one.
+    pub fn patch_writes(&self) -> Option<(usize, usize)> {
+        let p = self.resident.as_ref()?.last_program.as_ref()?;
+        Some((
+            p.rerun.entries.len() + p.fixed.entries.len(),
+            p.rerun.entries.len(),
+        ))
     }
 
     /// The strengths the last patch program ran with (one per term that scales with its strength),
@@ -243,14 +256,16 @@ impl Net {
             r.last_program = Some(prog);
             return Err(err(message));
         }
+        // Only the weights that scale with a strength: the fixed program's hold what its commit
+        // wrote.
         let old = std::mem::replace(&mut prog.strengths, strengths.to_vec());
-        let result = run_program(r, &mut prog);
+        let result = run_program(r, &mut prog.rerun, &prog.strengths);
         if result.is_err() {
             prog.strengths = old;
-            if run_program(r, &mut prog).is_err() {
+            if run_program(r, &mut prog.rerun, &prog.strengths).is_err() {
                 // What its weights hold is unknown: the next change rewrites them with a new
                 // program, never a re-run of this one.
-                r.layout.patched.extend(prog.entries.iter().copied());
+                r.layout.patched.extend(prog.rerun.entries.iter().copied());
                 return result.map_err(|e| err(format!("patch program: {e}")));
             }
         }
@@ -277,10 +292,18 @@ impl Net {
     }
 }
 
-/// Runs `staged` on `r`'s buffers: bound to the device buffers on CUDA, copied on the CPU.
-fn run_program(r: &mut Resident, staged: &mut DeviceStaged) -> Result<(), ort::Error> {
-    let mut bases = Vec::with_capacity(staged.entries.len());
-    for i in &staged.entries {
+/// Runs both programs of `staged` (a commit): the re-run one first, so that a run refused for its
+/// strengths has written nothing.
+fn run_both(r: &mut Resident, staged: &mut DeviceStaged) -> Result<(), ort::Error> {
+    run_program(r, &mut staged.rerun, &staged.strengths)?;
+    run_program(r, &mut staged.fixed, &staged.strengths)
+}
+
+/// Runs one program with `strengths` on `r`'s buffers: bound to the device buffers on CUDA, copied
+/// on the CPU.
+fn run_program(r: &mut Resident, pass: &mut Pass, strengths: &[f32]) -> Result<(), ort::Error> {
+    let mut bases = Vec::with_capacity(pass.entries.len());
+    for i in &pass.entries {
         bases.push(
             r.bases
                 .get(i)
@@ -288,11 +311,11 @@ fn run_program(r: &mut Resident, staged: &mut DeviceStaged) -> Result<(), ort::E
         );
     }
     let sink = if r.owners.is_empty() {
-        Sink::Copied(staged.entries.iter().map(|&i| &*r.tensors[i]).collect())
+        Sink::Copied(pass.entries.iter().map(|&i| &*r.tensors[i]).collect())
     } else {
         let mut slots: Vec<Option<&mut DynTensor>> = r.owners.iter_mut().map(Some).collect();
-        let mut out = Vec::with_capacity(staged.entries.len());
-        for &i in &staged.entries {
+        let mut out = Vec::with_capacity(pass.entries.len());
+        for &i in &pass.entries {
             out.push(
                 slots
                     .get_mut(i)
@@ -302,14 +325,8 @@ fn run_program(r: &mut Resident, staged: &mut DeviceStaged) -> Result<(), ort::E
         }
         Sink::Bound(out)
     };
-    let captured = staged.graph.then_some(&mut staged.captured);
-    device_run::run(
-        staged.session.as_mut(),
-        &staged.strengths,
-        &bases,
-        sink,
-        captured,
-    )
+    let captured = pass.graph.then_some(&mut pass.captured);
+    device_run::run(pass.session.as_mut(), strengths, &bases, sink, captured)
 }
 
 impl Layout {
@@ -371,6 +388,11 @@ impl Layout {
 
     pub(super) fn entry(&self, i: usize) -> &WeightMapEntry {
         &self.entries[i]
+    }
+
+    /// The weight buffer `i` holds (what a patch program's layout indices name).
+    pub fn weight(&self, i: usize) -> Option<&WeightMapEntry> {
+        self.entries.get(i)
     }
 
     /// The element type of entry `i`'s base copy on the device, None when it has none yet.

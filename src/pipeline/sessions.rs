@@ -78,6 +78,10 @@ pub struct PatchCounts {
     /// Wall time of those re-runs, summed (µs): each ends when its outputs are synchronized, so
     /// it is what a strength change adds to the step that uses it.
     pub rerun_us: u64,
+    /// Weights the staged programs wrote at their commits, summed over components and changes.
+    pub staged_writes: u64,
+    /// Weights the re-runs wrote, summed: only those whose value scales with a strength.
+    pub rerun_writes: u64,
 }
 
 /// The strengths inputs of a re-run: one per text encoder, then the UNet's (None: not re-run).
@@ -231,6 +235,11 @@ impl Sessions {
     #[doc(hidden)]
     pub fn unet_host_weight(&self, name: &str) -> Option<Vec<u8>> {
         self.unet.host_weight(name)
+    }
+
+    /// How many weights the UNet's patch programs write: (at the commit, at a re-run).
+    pub fn unet_patch_writes(&self) -> Option<(usize, usize)> {
+        self.unet.patch_writes()
     }
 
     /// Whether adapter changes run as patch programs on resident weights, so that a strength
@@ -441,6 +450,15 @@ impl Sessions {
             .flatten()
             .chain(&unet)
             .any(|c| matches!(c, Change::Device(_)));
+        let device_writes: usize = te
+            .iter()
+            .flatten()
+            .chain(&unet)
+            .map(|c| match c {
+                Change::Device(s) => s.commit_entries().len(),
+                _ => 0,
+            })
+            .sum();
         let t = Instant::now();
         let uploaded = self.apply_changes(te, unet);
         stats.upload_s = t.elapsed().as_secs_f64();
@@ -464,6 +482,7 @@ impl Sessions {
         }
         if device {
             self.counts.staged += 1;
+            self.counts.staged_writes += device_writes as u64;
         }
         if report.is_some() {
             self.last_report = report;
@@ -523,6 +542,7 @@ impl Sessions {
         let nets = self.text.iter_mut().chain(std::iter::once(&mut self.unet));
         let mut done: Vec<(&mut Net, Vec<f32>)> = Vec::new();
         let mut failed = None;
+        let mut writes = 0;
         for (net, s) in nets.zip(te.into_iter().chain(std::iter::once(unet))) {
             let Some(s) = s else { continue };
             let old = net
@@ -530,7 +550,10 @@ impl Sessions {
                 .map(<[f32]>::to_vec)
                 .unwrap_or_default();
             match net.rerun_patch(&s) {
-                Ok(()) => done.push((net, old)),
+                Ok(()) => {
+                    writes += net.patch_writes().map_or(0, |(_, rerun)| rerun);
+                    done.push((net, old));
+                }
                 Err(e) => {
                     failed = Some(e);
                     break;
@@ -554,6 +577,7 @@ impl Sessions {
         });
         self.counts.reruns += 1;
         self.counts.rerun_us += t.elapsed().as_micros() as u64;
+        self.counts.rerun_writes += writes as u64;
         self.fused = want;
         Ok(())
     }

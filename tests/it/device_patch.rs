@@ -578,3 +578,219 @@ fn sdxl_schedules_through_the_device_patch_rerun_its_program_and_equal_host_refu
         "back to the base weights"
     );
 }
+
+/// `files` (in `dir`) at `mus` as the UNet's deltas; `f` gets their view.
+fn unet_view<R>(
+    model: &Model,
+    dir: &Path,
+    files: &[&str],
+    mus: &[&str],
+    f: impl FnOnce(&PlannedView) -> R,
+) -> R {
+    let args: Vec<String> = files
+        .iter()
+        .zip(mus)
+        .map(|(f, mu)| format!("{}:{mu}", dir.join(f).display()))
+        .collect();
+    let loras = active_loras(&args);
+    let key = adapters::strengths_at(&loras, 0, 1);
+    adapters::with_plan(model, &loras, &key, |plan| {
+        f(&PlannedView {
+            plan: &plan,
+            component: stipple::lora::TargetComponent::Unet,
+        })
+    })
+    .unwrap()
+}
+
+/// Commits `files` at `mus[0]` through the device patch on the UNet of `model_dir` (plain graph,
+/// CPU), then re-runs the program at each later entry of `mus`. The re-run program writes exactly
+/// the weights whose sum has a term scaled by its strength (from the plan), none without a term;
+/// after the commit and every re-run each resident weight is the host patch's at those strengths
+/// (a second net patched on the host); removing the adapters gives the base back bit for bit.
+/// `held`: some weight has terms, all of which hold their strength (written at the commit only).
+fn reruns_write_only_what_scales(
+    model_dir: &Path,
+    dir: &Path,
+    files: &[&str],
+    mus: &[&[&str]],
+    held: bool,
+) {
+    let model = Model::open(model_dir).unwrap();
+    let c = model.component(ComponentKind::Unet).unwrap();
+    let opts = |on_device: bool| SessionOptions {
+        resident: Some(true),
+        patch_on_device: Some(on_device),
+        ..SessionOptions::default()
+    };
+    let none: std::collections::HashMap<String, Vec<f32>> = Default::default();
+    let build = |on_device: bool| {
+        resident::build(
+            runtime(),
+            "unet",
+            c,
+            GraphKind::Plain,
+            &none,
+            &opts(on_device),
+            &[],
+        )
+        .unwrap()
+    };
+    let (mut device, mut host) = (build(true), build(false));
+    let (graph, _) = c.graph_of(GraphKind::Plain).unwrap();
+    let names: Vec<String> = c
+        .weightmap
+        .initializers
+        .iter()
+        .map(|e| e.name.clone())
+        .collect();
+    let weights = |net: &Net| -> Vec<(String, Vec<u8>)> {
+        names
+            .iter()
+            .filter_map(|n| net.host_weight(n).map(|b| (n.clone(), b)))
+            .collect()
+    };
+    let pristine = weights(&device);
+    assert!(pristine.len() > 100, "{} resident weights", pristine.len());
+    let same_as_host = |device: &Net, host: &Net, what: &str| {
+        let (d, h) = (weights(device), weights(host));
+        assert_eq!(d.len(), h.len());
+        let mut worst = 0.0f64;
+        for ((name, got), (_, want)) in d.iter().zip(&h) {
+            let esize = stipple::model::layout::elem_of(graph, name)
+                .and_then(|t| t.size())
+                .unwrap();
+            let dist = distance(got, want, esize);
+            // Two f32 steps (one f16 step) at the weight's scale, as the program's checks above.
+            let limit = if esize == 2 { 1.0 } else { 2.0 };
+            assert!(
+                dist <= limit,
+                "{what}: {name} is {dist} steps off the host's"
+            );
+            worst = worst.max(dist);
+        }
+        assert_ne!(d, pristine, "{what}: the adapters change the weights");
+        println!("{what}: every weight within {worst} steps of the host patch");
+    };
+    let (staged, patched) = unet_view(&model, dir, files, mus[0], |view| {
+        let layout = device.layout().unwrap();
+        let staged = device_patch::stage(runtime(), &opts(true), layout, c, view).unwrap();
+        let commit = staged.commit_entries();
+        let rerun: std::collections::HashSet<usize> =
+            staged.rerun_entries().iter().copied().collect();
+        let terms = |i: usize| -> Vec<stipple::patch::SourceTerm> {
+            let e = layout.weight(i).unwrap();
+            e.sources()
+                .iter()
+                .flat_map(|s| view.terms(s).unwrap())
+                .collect()
+        };
+        let mut scaled = 0;
+        let mut no_terms = 0;
+        let mut fixed_terms = 0;
+        for &i in &commit {
+            let t = terms(i);
+            let name = &layout.weight(i).unwrap().name;
+            if t.iter().any(|t| t.linear) {
+                scaled += 1;
+                assert!(rerun.contains(&i), "{name} scales but is not re-run");
+            } else {
+                assert!(!rerun.contains(&i), "{name} does not scale but is re-run");
+                if t.is_empty() {
+                    no_terms += 1;
+                    println!("  without terms: {name}");
+                } else {
+                    fixed_terms += 1;
+                }
+            }
+        }
+        assert_eq!(rerun.len(), scaled);
+        assert_eq!(commit.len(), scaled + no_terms + fixed_terms);
+        assert!(
+            scaled > 0 && no_terms > 0,
+            "{scaled} scaled, {no_terms} without terms"
+        );
+        assert_eq!(
+            fixed_terms > 0,
+            held,
+            "{fixed_terms} weights with terms that hold"
+        );
+        println!(
+            "{files:?}: the commit writes {}, a re-run {scaled} ({no_terms} without terms and \
+             {fixed_terms} with only terms that hold their strength are left out)",
+            commit.len()
+        );
+        (staged, scaled + fixed_terms)
+    });
+    let counts = (staged.commit_entries().len(), staged.rerun_entries().len());
+    device.commit_device(staged).unwrap();
+    assert_eq!(device.patch_writes(), Some(counts));
+    let to_host = |host: &mut Net, mus: &[&str]| {
+        unet_view(&model, dir, files, mus, |view| {
+            let staged = host.layout().unwrap().stage(c, view).unwrap();
+            host.commit(staged).unwrap();
+        })
+    };
+    to_host(&mut host, mus[0]);
+    same_as_host(&device, &host, &format!("commit at {:?}", mus[0]));
+    for m in &mus[1..] {
+        let strengths = unet_view(&model, dir, files, m, |view| {
+            device_patch::stage(runtime(), &opts(true), device.layout().unwrap(), c, view)
+                .unwrap()
+                .strengths()
+                .to_vec()
+        });
+        assert_ne!(device.patch_strengths().unwrap(), strengths.as_slice());
+        device.rerun_patch(&strengths).unwrap();
+        assert_eq!(device.patch_writes(), Some(counts));
+        to_host(&mut host, m);
+        same_as_host(&device, &host, &format!("re-run at {m:?}"));
+    }
+    let back = device_patch::stage(runtime(), &opts(true), device.layout().unwrap(), c, &none);
+    let back = back.unwrap();
+    // Nothing scales: every weight the adapters changed goes back to its base at the commit.
+    assert!(back.rerun_entries().is_empty());
+    assert_eq!(back.commit_entries().len(), patched);
+    device.commit_device(back).unwrap();
+    assert!(
+        weights(&device) == pristine,
+        "back to the base, bit for bit"
+    );
+}
+
+#[test]
+fn a_rerun_writes_only_the_weights_that_scale_on_tiny_sd15() {
+    // LoCon (convolutions included) and LoHa factors.
+    reruns_write_only_what_scales(
+        &tiny_model(),
+        &lora_dir(),
+        &["lyco_locon.safetensors", "lyco_loha.safetensors"],
+        &[&["1", "1"], &["0.5", "1.5"], &["0.2", "0.3"], &["1.2", "2"]],
+        false,
+    );
+    // PEFT factors and a DoRA at a constant strength: its convolution, which PEFT does not
+    // reach, holds its strength, so only the commit writes it.
+    reruns_write_only_what_scales(
+        &tiny_model(),
+        &lora_dir(),
+        &["peft_diffusers.safetensors", "lyco_dora_in.safetensors"],
+        &[&["1", "0.7"], &["0.5", "0.7"], &["1.5", "0.7"]],
+        true,
+    );
+}
+
+#[test]
+fn a_rerun_writes_only_the_weights_that_scale_on_tiny_sdxl() {
+    reruns_write_only_what_scales(
+        &tiny_sdxl(),
+        &root().join("tests/fixtures/lora-sdxl"),
+        &["xl_kohya_locon.safetensors", "xl_loha.safetensors"],
+        &[
+            &["1", "1"],
+            &["0.3", "2"],
+            &["0.25", "0.5"],
+            &["1.7", "0.9"],
+        ],
+        false,
+    );
+}
