@@ -32,8 +32,10 @@ if [ -d "$MODEL/vae_decoder" ] && [ ! -e "$MODEL/vae_decoder/model.fused.onnx" ]
     || echo "scripts/vae_fused.py failed (see vae-fused.log): mode vae-fused will fail"
 fi
 mkdir -p "$LORA_DIR"
-# synth_lora reads a stipple folder: for a checkpoint MODEL, LORA_FROM names the folder it was written from.
-[ -f "$LORA_DIR/$LORA.safetensors" ] || python3 scripts/synth_lora.py "${LORA_FROM:-$MODEL}" "$LORA_DIR/$LORA.safetensors" --rank 32 --te
+# synth_lora reads a stipple folder or the --shapes folder of scripts/random_checkpoint.py: for a
+# checkpoint MODEL, LORA_FROM names it (SDXL: no text-encoder layers, as synth_lora makes them for SD1).
+te=--te; [ "$FAMILY" = sdxl ] && te=
+[ -f "$LORA_DIR/$LORA.safetensors" ] || python3 scripts/synth_lora.py "${LORA_FROM:-$MODEL}" "$LORA_DIR/$LORA.safetensors" --rank 32 $te
 fi
 BIN=${BIN:-target/release/stipple}
 chmod +x "$BIN"
@@ -83,10 +85,12 @@ live|--lora-method live
 refuse|--lora-method refuse
 grouped|--unet-batch 8"}
 names=()
-while IFS='|' read -r name flags; do
+while IFS='|' read -r name flags envs; do
   [ -z "$name" ] && continue
+  # A third field sets environment variables for that mode only (measuring knobs such as
+  # STIPPLE_STAGE_WEIGHTS=1): MODES="staged|--graph cuda|STIPPLE_STAGE_WEIGHTS=1".
   # shellcheck disable=SC2086
-  run "$name" $flags
+  ( for kv in $envs; do export "${kv?}"; done; run "$name" $flags )
   names+=("$name")
 done <<< "$MODES"
 ${PYTHON:-python3} - "$OUT" "$TOL" "${names[@]}" <<'PY' | tee "$OUT/check-summary.txt"

@@ -133,8 +133,9 @@ impl CudaOptions {
 
 /// Measuring knobs for the step-time work, read from the environment and off unless set (each one
 /// needs the GPU check before it could become a setting): `STIPPLE_CUDA_NHWC=1` (ONNX Runtime's
-/// `prefer_nhwc`), `STIPPLE_CUDA_FUSE_CONV_BIAS=1` (`fuse_conv_bias`), `STIPPLE_CUDA_SDPA=` a comma
-/// list of flash, efficient, cudnn, math (`sdpa_kernel`, the attention kernels it may pick).
+/// `prefer_nhwc`), `STIPPLE_CUDA_FUSE_CONV_BIAS=1` (`fuse_conv_bias`), `STIPPLE_CUDA_SLN_STRICT=1`
+/// (fp32 accumulation in SkipLayerNorm: a suspect for the fused SDXL graph's distance from fp32),
+/// `STIPPLE_CUDA_SDPA=` a comma list of flash, efficient, cudnn, math (`sdpa_kernel`).
 fn bench_knobs(mut ep: ort::ep::CUDA) -> ort::ep::CUDA {
     use ort::ep::cuda::AttentionBackend as A;
     let on = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
@@ -143,6 +144,9 @@ fn bench_knobs(mut ep: ort::ep::CUDA) -> ort::ep::CUDA {
     }
     if on("STIPPLE_CUDA_FUSE_CONV_BIAS") {
         ep = ep.with_fuse_conv_bias(true);
+    }
+    if on("STIPPLE_CUDA_SLN_STRICT") {
+        ep = ep.with_skip_layer_norm_strict_mode(true);
     }
     if let Ok(list) = std::env::var("STIPPLE_CUDA_SDPA") {
         let flags = list
