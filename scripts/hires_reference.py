@@ -130,6 +130,8 @@ INPAINT_CASES = [
     ("Lanczos", "euler", 0, 0.5, 2),
     ("tiny-2x", "ddim", 4, 0.75, 2),
 ]
+# The 9-channel fixtures written: tiny-sd15-inpaint, sd2-inpaint, sdxl-inpaint.
+INPAINT_FAMILIES = ["sd1", "sd2", "sdxl"]
 
 
 def onnx_encoder(folder):
@@ -164,25 +166,60 @@ def write_manifest(folder, images):
         json.dump(dict(meta, images=images), f, indent=1)
 
 
-def inpaint_unet_references(upscaler):
-    import diffusers
-    from diffusers import StableDiffusionInpaintPipeline
+def inpaint_models(family):
+    """(fixture, unet, [encoders], [tokenizers], vae, scheduler, pipeline class, VAE encoder folder) of a
+    9-channel fixture: `sd1` the tiny SD 1.5 inpainting model; `sd2`, `sdxl` the 9-channel UNet of
+    scripts/sdxl_inpaint_fixtures.py (rebuilt from its seed and checked bit for bit against the fixture's
+    unet/) with its base tiny model's encoders, VAE and scheduler (epsilon for SD2), as that script's
+    references are made."""
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
     from transformers import CLIPTokenizer
 
-    fixture = os.path.join(FIXTURES, "tiny-sd15-inpaint")
-    unet, (te,), vae, sched = tiny_models("sd1-inpaint")
-    check_decoder(fixture, vae)
-    assert unet.config.in_channels == 9
-    tok = CLIPTokenizer.from_pretrained(os.path.join(fixture, "tokenizer"))
+    if family == "sd1":
+        fixture = os.path.join(FIXTURES, "tiny-sd15-inpaint")
+        unet, encoders, vae, sched = tiny_models("sd1-inpaint")
+        base = fixture
+    else:
+        from diffusers import UNet2DConditionModel
 
+        import sdxl_inpaint_fixtures as nine
+        import tiny_configs
+        from diffusers_reference import round_to_fp16_
+        from single_file_fixtures import match_fixture
+
+        out, tiny, _, unet_config, seed, prediction = nine.FAMILIES[family]
+        fixture = os.path.join(FIXTURES, out)
+        base = os.path.join(FIXTURES, tiny)
+        _, encoders, vae, sched = tiny_models(family)
+        if prediction is not None:
+            sched = type(sched).from_config(sched.config, prediction_type=prediction)
+        unet = tiny_configs.randomize_(UNet2DConditionModel(**dict(unet_config, in_channels=9)), seed).eval()
+        round_to_fp16_(unet)
+        if not match_fixture(fixture, "unet", unet):
+            raise SystemExit(f"{fixture}: the rebuilt 9-channel UNet differs from unet/")
+    check_decoder(base, vae)
+    assert unet.config.in_channels == 9
+    toks = [CLIPTokenizer.from_pretrained(os.path.join(base, t)) for t in ["tokenizer", "tokenizer_2"][:len(encoders)]]
+    cls = StableDiffusionXLInpaintPipeline if family == "sdxl" else StableDiffusionInpaintPipeline
+    return fixture, unet, encoders, toks, vae, sched, cls, os.path.join(base, "vae_encoder")
+
+
+def inpaint_unet_references(upscaler, family="sd1"):
     from diffusers.utils.torch_utils import randn_tensor
 
-    ort_moments = onnx_encoder(os.path.join(fixture, "vae_encoder"))
+    fixture, unet, encoders, toks, vae, sched, cls, encoder_dir = inpaint_models(family)
+    ort_moments = onnx_encoder(encoder_dir)
 
     def pipe(slug, onnx_zero=False):
-        p = StableDiffusionInpaintPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
-                                           scheduler=scheduler_for(sched, slug), safety_checker=None,
-                                           feature_extractor=None, requires_safety_checker=False)
+        if family == "sdxl":
+            # As scripts/sdxl_inpaint_fixtures.py: both encoders, the size/crop conditioning left to the
+            # pipeline (original = target = the pass's size, crop (0, 0)), as stipple's time_ids.
+            p = cls(vae=vae, text_encoder=encoders[0], text_encoder_2=encoders[1], tokenizer=toks[0],
+                    tokenizer_2=toks[1], unet=unet, scheduler=scheduler_for(sched, slug), add_watermarker=False)
+        else:
+            p = cls(vae=vae, text_encoder=encoders[0], tokenizer=toks[0], unet=unet,
+                    scheduler=scheduler_for(sched, slug), safety_checker=None, feature_extractor=None,
+                    requires_safety_checker=False)
         p.set_progress_bar_config(disable=True)
         if onnx_zero:
             torch_encode = p._encode_vae_image
@@ -236,7 +273,7 @@ def inpaint_unet_references(upscaler):
                        "denoise": denoise, "scale": scale,
                        "model": "tiny-2x.onnx" if upscaler_name == "tiny-2x" else None})
     write_manifest(fixture, images)
-    print("wrote the inpainting UNet's hires references")
+    print(f"wrote {fixture}'s hires references")
 
 
 def main():
@@ -251,7 +288,8 @@ def main():
         init = Image.open(os.path.join(FIXTURES, "img2img", "init.png")).convert("RGB")
         if run_upscaler(upscaler, init).tobytes() != Image.open(os.path.join(up_dir, "init.2x.png")).tobytes():
             raise SystemExit("the rebuilt tiny upscaler differs from upscaler/init.2x.png")
-        inpaint_unet_references(upscaler)
+        for family in INPAINT_FAMILIES:
+            inpaint_unet_references(upscaler, family)
         return
     upscaler = make_upscaler(up_dir)
     make_wrong_upscaler(up_dir)
@@ -303,7 +341,8 @@ def main():
                        "model": "tiny-2x.onnx" if upscaler_name == "tiny-2x" else None})
     write_manifest(sd15, images)
     print("wrote the hires references")
-    inpaint_unet_references(upscaler)
+    for family in INPAINT_FAMILIES:
+        inpaint_unet_references(upscaler, family)
 
 
 if __name__ == "__main__":
