@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Hires-fix and upscaler references for the tiny SD1.5 fixture.
+"""Hires-fix and upscaler references for the tiny SD1.5 fixture (and the 9-channel SD1, SD2, SDXL ones).
 
     /work/venv/bin/python scripts/hires_reference.py [--upscaler-only | --inpaint-unet-only]   # (a venv with torch, diffusers, onnx)
 
@@ -32,6 +32,12 @@
    posterior draw). On the tiny random VAE the encoding of a constant picture is ill-conditioned
    (GroupNorm over a near-constant input): torch and onnxruntime differ by up to 2e-3 there (5e-6
    on a real picture), which the tiny UNet turns into about 1/255 on the pixel upscalers' cases.
+5. The same cases on the SD 2.x and SDXL 9-channel fixtures (`--inpaint-unet-only` makes these too):
+   tests/fixtures/sd2-inpaint/reference/hires.json (StableDiffusionInpaintPipeline, epsilon) and
+   tests/fixtures/sdxl-inpaint/reference/hires.json (StableDiffusionXLInpaintPipeline, both text
+   encoders, the size conditioning left to the pipeline: original = target = each pass's size, crop
+   (0, 0)), on the UNet scripts/sdxl_inpaint_fixtures.py made (rebuilt from its seed, checked against
+   the fixture's unet/) and the base tiny model's encoders, VAE and VAE encoder graph.
 """
 import json
 import os

@@ -116,6 +116,44 @@ fn hires_fix_on_an_inpainting_unet_matches_diffusers_inpaint_pipeline() {
     assert_eq!(n, 3);
 }
 
+/// The 9-channel fixture of another family (`scripts/sdxl_inpaint_fixtures.py`) put together with its
+/// base tiny model as its inpaint tests open it, against its `reference/hires.json` (the cases of the
+/// SD 1.x test, written by `scripts/hires_reference.py`): (report, cases).
+fn check_nine_channel(n: &crate::nine_channel::Nine, tol: f64) -> (String, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = crate::nine_channel::folder(n, dir.path());
+    let mut g = crate::single_file::load(&folder, stipple::runtime::SessionOptions::default());
+    assert!(stipple::pipeline::img2img::inpaint_unet(&g.model));
+    let spec = root().join(format!(
+        "tests/fixtures/{}-inpaint/reference/hires.json",
+        n.name
+    ));
+    check_cases(&mut g, &spec, tol)
+}
+
+/// The SD 1.x test's cases on the SD 2.x 9-channel UNet (epsilon, StableDiffusionInpaintPipeline):
+/// within 1/255 mean abs of diffusers with the zero picture encoded by the same ONNX encoder
+/// (measured 0.0003 latent, 0.0035 Lanczos, 0.0011 ONNX upscaler); within 3.5/255 of all-torch
+/// diffusers (measured 0.0003 latent, 2.86 Lanczos, 2.66 ONNX upscaler: torch and onnxruntime encode
+/// the constant picture up to 7e-3 apart on tiny-sd2's random VAE, more than SD 1.x's 2e-3).
+#[test]
+fn hires_fix_on_an_sd2_inpainting_unet_matches_diffusers_inpaint_pipeline() {
+    let (report, n) = check_nine_channel(&crate::sd2_inpaint::N, 3.5);
+    eprintln!("hires fix on the SD2 inpainting UNet vs diffusers (0-255): {report}");
+    assert_eq!(n, 3);
+}
+
+/// The same on the SDXL 9-channel UNet (StableDiffusionXLInpaintPipeline, both text encoders, the
+/// size/crop conditioning of the hires size): within 1/255 of diffusers with the ONNX-encoded zero
+/// picture (measured 0.0002 latent, 0.0015 Lanczos, 0.0008 ONNX upscaler); within 1/255 of all-torch
+/// diffusers (measured 0.0002, 0.69, 0.57; the constant picture's moments 2e-3 apart).
+#[test]
+fn hires_fix_on_an_sdxl_inpainting_unet_matches_diffusers_inpaint_pipeline() {
+    let (report, n) = check_nine_channel(&crate::sdxl_inpaint::N, 1.0);
+    eprintln!("hires fix on the SDXL inpainting UNet vs diffusers (0-255): {report}");
+    assert_eq!(n, 3);
+}
+
 #[derive(Deserialize)]
 struct InterpCase {
     mode: String,

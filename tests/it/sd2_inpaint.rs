@@ -9,7 +9,7 @@ use crate::nine_channel::{self as nine, Nine};
 use std::path::Path;
 use stipple::runtime::SessionOptions;
 
-const N: Nine = Nine {
+pub const N: Nine = Nine {
     name: "sd2",
     base: "tiny-sd2",
     checkpoint: "single-file-arch/tiny-sd2.safetensors",

@@ -6,7 +6,7 @@
 use crate::nine_channel::{self as nine, Nine};
 use std::path::Path;
 
-const N: Nine = Nine {
+pub const N: Nine = Nine {
     name: "sdxl",
     base: "tiny-sdxl",
     checkpoint: "single-file/tiny-sdxl.safetensors",
