@@ -1,6 +1,7 @@
 //! Running a patch program: [`DeviceStaged`] (the programs built for one adapter set, one a strength
-//! change re-runs and one run at the commit only, with what they need on the device) and [`run`], which binds its inputs and writes its outputs into the resident
-//! weight buffers ([`Sink`]); on CUDA the program replays as a CUDA graph ([`Captured`]). Built by
+//! change re-runs and one run at the commit only, with what they need on the device) and [`run`],
+//! which binds its inputs and writes its outputs into the resident weight buffers ([`Sink`]); on
+//! CUDA the program replays as a CUDA graph ([`Captured`]). Built by
 //! [`super::device_patch`], run by [`super::resident::Net`].
 
 use super::keys::FusedAdapter;

@@ -35,6 +35,15 @@ fn manifest(dir: &Path) -> Vec<Entry> {
 }
 
 /// The values of a weight of element size `esize` (f32, or f16 for the fused graph).
+/// The names of every initializer in `c`'s weight map (the weights a resident net may hold).
+fn initializer_names(c: &stipple::model::layout::Component) -> Vec<String> {
+    c.weightmap
+        .initializers
+        .iter()
+        .map(|e| e.name.clone())
+        .collect()
+}
+
 fn values(b: &[u8], esize: usize) -> Vec<f32> {
     match esize {
         2 => b
@@ -271,12 +280,7 @@ fn a_failed_patch_program_leaves_the_weights_as_they_were_and_a_strength_change_
         })
         .unwrap()
     };
-    let names: Vec<String> = c
-        .weightmap
-        .initializers
-        .iter()
-        .map(|e| e.name.clone())
-        .collect();
+    let names = initializer_names(c);
     let weights = |net: &Net| -> Vec<Vec<u8>> {
         // Weights folded into the session at build are not resident: left out.
         names.iter().filter_map(|n| net.host_weight(n)).collect()
@@ -638,12 +642,7 @@ fn reruns_write_only_what_scales(
     };
     let (mut device, mut host) = (build(true), build(false));
     let (graph, _) = c.graph_of(GraphKind::Plain).unwrap();
-    let names: Vec<String> = c
-        .weightmap
-        .initializers
-        .iter()
-        .map(|e| e.name.clone())
-        .collect();
+    let names = initializer_names(c);
     let weights = |net: &Net| -> Vec<(String, Vec<u8>)> {
         names
             .iter()
