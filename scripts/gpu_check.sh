@@ -50,6 +50,12 @@ cat > "$jobs" <<JOBS
 {"prompt": "a red fox <lora:$LORA:0.5>", "seed": 5, "steps": $STEPS, "out": "j5-again"}
 {"prompt": "a red fox, snow", "seed": 6, "batch": 3, "steps": $STEPS, "out": "j6-batch-{index}"}
 JOBS
+# ONLY="j1-base j2-adapter" keeps those jobs (a quick check where swaps are slow, e.g. SDXL with FP32=1).
+if [ -n "${ONLY:-}" ]; then
+  keep=$(for j in $ONLY; do printf '"out": "%s"\n' "$j"; done)
+  grep -F -e "$keep" "$jobs" > "$jobs.only" || true
+  mv "$jobs.only" "$jobs"
+fi
 run() {  # run NAME FLAGS...: the jobs through one engine with FLAGS
   local name=$1; shift
   local t; t=$(date +%s%N)
