@@ -8,7 +8,8 @@ use crate::runtime::SessionOptions;
 use std::path::PathBuf;
 
 /// At most this many images go through the UNet together unless the engine says otherwise
-/// (`--unet-batch`). On the CPU sharing calls neither gains nor loses; 4 waits for a GPU figure.
+/// (`--unet-batch`). On an H100 (SD1.5 512², 20 steps) 4 gave 6.4 images/s against 4.6 alone and 8
+/// only 6.7 for twice the activation memory; on the CPU sharing calls neither gains nor loses.
 pub const DEFAULT_UNET_BATCH: usize = 4;
 
 /// What an engine is loaded with; a change to any of it means a new engine (or, for the LoRA
