@@ -81,7 +81,9 @@ impl Template {
     /// 0.54–0.59/255 (SD2) and 0.75–0.83/255 (inpainting) mean, max 5–7/255, above the check's
     /// 0.5 (SD 1.5's fused graph: 0.44–0.49), so they are not the default until a check passes.
     /// Against an fp32 picture of the same jobs (`FP32=1`, H100, 2026-12-06) SDXL's fused graph
-    /// strays 0.79–0.88/255 where the plain fp16 graph strays 0.12: more than fp16 noise.
+    /// strays 0.79–0.88/255 where the plain fp16 graph strays 0.12: more than fp16 noise. Strict
+    /// fp32 SkipLayerNorm (`STIPPLE_CUDA_SLN_STRICT=1`) left it at 0.85 (same check, H100,
+    /// 2026-12-06), so that op is not the cause.
     pub fn fused_unet_opt_in(&self) -> bool {
         matches!(self.name, "sdxl-fp16" | "sd2-fp16" | "sd15-inpaint-fp16")
     }

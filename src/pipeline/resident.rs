@@ -522,9 +522,9 @@ pub fn build(
     // else ONNX Runtime did load from the file would show as zeros, not as weights silently cut
     // off from the buffers.
     let pinned_patched = pinned_filled.iter().any(|f| f.patched);
-    // On the CPU the file is staged on disk: ONNX Runtime copies an in-memory file whole, zeroes
-    // included (3.3 GB more at an SD1.5 UNet's build), and maps a file on disk lazily.
-    let staged = if crate::runtime::staged::enabled(opts.device) {
+    // The file is staged on disk: ONNX Runtime copies an in-memory file whole, zeroes included
+    // (3.3 GB more at an SD1.5 UNet's build on the CPU), and maps a file on disk lazily.
+    let staged = if crate::runtime::staged::enabled_resident() {
         stage_pinned(
             graph,
             &weightmap.external_file,
