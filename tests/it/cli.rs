@@ -269,6 +269,68 @@ fn generate_honours_config_toml_and_stipple_variables() {
     assert_eq!(infotext_of(&stdout).get("Steps"), Some("1"));
 }
 
+/// `models_root` in config.toml is what `--models-root` gives when the flag is absent; the flag
+/// wins when both are given; a configured root that is not an install is an error naming the key.
+#[test]
+fn models_root_comes_from_the_config_and_the_flag_wins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("config");
+    let webui = tmp.path().join("webui");
+    let comfy = tmp.path().join("comfy");
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&cfg).unwrap();
+    std::fs::create_dir_all(webui.join("models/Stable-diffusion")).unwrap();
+    std::fs::create_dir_all(comfy.join("models/checkpoints")).unwrap();
+    std::fs::copy(
+        root().join("tests/fixtures/single-file/tiny-sd15.safetensors"),
+        webui.join("models/Stable-diffusion/tiny.safetensors"),
+    )
+    .unwrap();
+    let write_config = |root: &std::path::Path| {
+        std::fs::write(
+            cfg.join("config.toml"),
+            format!("models_root = {:?}\n", root.display().to_string()),
+        )
+        .unwrap()
+    };
+    write_config(&webui);
+    let args = [
+        "generate",
+        "--model",
+        "tiny",
+        "--prompt",
+        "a fox",
+        "--steps",
+        "1",
+        "--no-preview",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    // The config alone: `tiny` is the install's checkpoint.
+    let (code, stdout, stderr) = run_in(&cfg, &[], &args);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(infotext_of(&stdout).get("Model"), Some("tiny"));
+    // The flag over the config: `tiny` is looked up in the flag's install only, where it is not.
+    let mut with_flag = args.to_vec();
+    with_flag.extend(["--models-root", comfy.to_str().unwrap()]);
+    let (code, _, stderr) = run_in(&cfg, &[], &with_flag);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("no checkpoint called \"tiny\"")
+            && stderr.contains(comfy.to_str().unwrap())
+            && !stderr.contains(webui.to_str().unwrap()),
+        "{stderr}"
+    );
+    // A configured folder that is not an install names the key.
+    write_config(&tmp.path().join("nowhere"));
+    let (code, _, stderr) = run_in(&cfg, &[], &args);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("configuration key `models_root`") && stderr.contains("nowhere"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn flags_before_the_subcommand_apply_to_it_or_are_refused() {
     let cfg = tempfile::tempdir().unwrap();
