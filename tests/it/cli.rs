@@ -516,3 +516,69 @@ fn batch_dry_run_reports_an_invalid_line_as_invalid() {
     assert!(e.contains("2 job lines are invalid"), "{e}");
     assert!(!e.contains("jobs failed"), "{e}");
 }
+
+/// `stipple bench --throughput N` on the tiny model: the three lines it promises, each with a
+/// figure above 0 and N images made (3 images at `--unet-batch 2`: a full group and a partial
+/// one), the same in `--json`; N = 0 is one clear usage error.
+#[test]
+fn bench_throughput_reports_images_per_second_for_n_images_alone_and_grouped() {
+    let cfg = tempfile::tempdir().unwrap();
+    let args = [
+        "bench",
+        "--throughput",
+        "3",
+        "--steps",
+        "2",
+        "--unet-batch",
+        "2",
+    ];
+    let (code, text, stderr) = run_in(cfg.path(), &[], &args);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        text.contains("throughput of") && text.contains("2 steps, 3 images"),
+        "{text}"
+    );
+    for label in [
+        "one image per UNet call",
+        "up to  2 images per UNet call",
+        "the same, decode not pipelined",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no line {label:?}: {text}"));
+        let rate: f64 = line[line.find(label).unwrap() + label.len()..]
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!(rate > 0.0, "{line}");
+        assert!(line.ends_with("3 images)"), "{line}");
+    }
+    let mut json = args.to_vec();
+    json.push("--json");
+    let (code, stdout, stderr) = run_in(cfg.path(), &[], &json);
+    assert_eq!(code, 0, "{stderr}");
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        (&r["images"], &r["steps"], &r["unet_batch"]),
+        (&3.into(), &2.into(), &2.into()),
+        "{r}"
+    );
+    assert_eq!(r["made"], serde_json::json!([3, 3, 3]), "{r}");
+    for key in [
+        "one_at_a_time_images_per_s",
+        "grouped_images_per_s",
+        "grouped_decode_inline_images_per_s",
+        "speedup",
+    ] {
+        assert!(r[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {r}");
+    }
+    let (code, stdout, stderr) = run_in(cfg.path(), &[], &["bench", "--throughput", "0"]);
+    assert_eq!(code, 2, "a usage error: {stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("--throughput 0: give at least 1 image"),
+        "{stderr}"
+    );
+}
