@@ -143,7 +143,8 @@ fn bad_input_gives_one_clear_error() {
     );
 
     // A model folder with a component missing.
-    let broken = tmp.path().join("no-unet");
+    // Its name does not say which: the error must.
+    let broken = tmp.path().join("broken");
     copy_dir(&tiny_model(), &broken);
     std::fs::remove_dir_all(broken.join("unet")).unwrap();
     assert_clear_error(
