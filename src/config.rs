@@ -21,6 +21,9 @@ lora_folders = []
 # Folders the workstation's model picker (F9) lists checkpoints and model folders from, besides
 # --models-root's and the start model's own folder.
 model_folders = []
+# An A1111, Forge, SD.Next or ComfyUI install whose checkpoints, VAEs, LoRAs and embeddings are
+# found by name (what --models-root gives, which wins over this); "" for none.
+models_root = ""
 # Folders searched for textual-inversion embeddings (*.safetensors), used by file name in prompts.
 embedding_folders = []
 # Prompts kept in the history (Up/Down in the prompt editor).
@@ -230,6 +233,9 @@ pub struct Config {
     pub theme: String,
     pub lora_folders: Vec<PathBuf>,
     pub model_folders: Vec<PathBuf>,
+    /// `--models-root`'s default; empty for none (see [`Config::models_root`]).
+    #[serde(default)]
+    pub models_root: PathBuf,
     #[serde(default)]
     pub embedding_folders: Vec<PathBuf>,
     pub history_size: usize,
@@ -250,6 +256,11 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The configured models root, `None` when the key is empty (the default).
+    pub fn models_root(&self) -> Option<&Path> {
+        (!self.models_root.as_os_str().is_empty()).then_some(self.models_root.as_path())
+    }
+
     /// Fills a width or height of 0 (the default) with the model's own size.
     pub fn with_model_size(mut self, (w, h): (u32, u32)) -> Config {
         if self.generation.width == 0 {
@@ -596,6 +607,24 @@ mod tests {
         assert_eq!(c.generation.steps, 0, "0 = the model family's");
         assert_eq!(c.clone().with_model_steps(30).generation.steps, 30);
         assert_eq!(c.image.protocol, ImageProtocol::Auto);
+        assert_eq!(c.models_root(), None, "no models root unless one is set");
+    }
+
+    #[test]
+    fn models_root_comes_from_the_file_or_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, "models_root = \"/srv/webui\"\n").unwrap();
+        let c = load_layers(Some(&file), Some(HashMap::new()), &[]).unwrap();
+        assert_eq!(c.models_root(), Some(Path::new("/srv/webui")));
+        let env = HashMap::from([("STIPPLE_MODELS_ROOT".to_string(), "/opt/comfy".to_string())]);
+        let c = load_layers(Some(&file), Some(env), &[]).unwrap();
+        assert_eq!(c.models_root(), Some(Path::new("/opt/comfy")));
+        std::fs::write(&file, "models_roots = \"/srv/webui\"\n").unwrap();
+        let e = load_layers(Some(&file), Some(HashMap::new()), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`models_root`"), "{e}");
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub struct ThroughputReport {
     /// Grouped, each call's images decoded on the engine thread before the next call (no
     /// pipelining): what the decode worker gains is grouped ÷ this.
     pub grouped_decode_inline_images_per_s: f64,
+    /// Images each timed pass made (one at a time, grouped, grouped with the decode inline):
+    /// `images` each, or a pass lost some and its figure is not one.
+    pub made: [usize; 3],
 }
 
 impl fmt::Display for ThroughputReport {
@@ -45,22 +48,23 @@ impl fmt::Display for ThroughputReport {
         )?;
         writeln!(
             f,
-            "  one image per UNet call        {:>8.3} images/s",
-            self.one_at_a_time_images_per_s
+            "  one image per UNet call        {:>8.3} images/s  ({} images)",
+            self.one_at_a_time_images_per_s, self.made[0]
         )?;
         writeln!(
             f,
-            "  up to {:>2} images per UNet call  {:>8.3} images/s  (×{:.2})",
-            self.unet_batch, self.grouped_images_per_s, self.speedup
+            "  up to {:>2} images per UNet call  {:>8.3} images/s  (×{:.2}, {} images)",
+            self.unet_batch, self.grouped_images_per_s, self.speedup, self.made[1]
         )?;
         write!(
             f,
-            "  the same, decode not pipelined {:>8.3} images/s  (pipelining ×{:.2})",
+            "  the same, decode not pipelined {:>8.3} images/s  (pipelining ×{:.2}, {} images)",
             self.grouped_decode_inline_images_per_s,
             self.grouped_images_per_s
                 / self
                     .grouped_decode_inline_images_per_s
-                    .max(f64::MIN_POSITIVE)
+                    .max(f64::MIN_POSITIVE),
+            self.made[2]
         )
     }
 }
@@ -103,12 +107,12 @@ pub fn throughput(
             hires: None,
         })
         .collect();
-    let one = images_per_s(&mut g, &jobs, 1)?;
-    let grouped = images_per_s(&mut g, &jobs, unet_batch)?;
+    let (one, one_made) = images_per_s(&mut g, &jobs, 1)?;
+    let (grouped, grouped_made) = images_per_s(&mut g, &jobs, unet_batch)?;
     g.set_pipelined(false);
     let inline = images_per_s(&mut g, &jobs, unet_batch);
     g.set_pipelined(true);
-    let inline = inline?;
+    let (inline, inline_made) = inline?;
     Ok(ThroughputReport {
         model: g.model_name().to_string(),
         device,
@@ -121,12 +125,17 @@ pub fn throughput(
         grouped_images_per_s: grouped,
         speedup: grouped / one.max(f64::MIN_POSITIVE),
         grouped_decode_inline_images_per_s: inline,
+        made: [one_made, grouped_made, inline_made],
     })
 }
 
-/// Runs `jobs` in groups of `per_call` (as `stipple batch` forms them) and returns images/s; a
-/// first group, not timed, builds what the shape needs.
-fn images_per_s(g: &mut Generator, jobs: &[Job], per_call: usize) -> Result<f64, PipelineError> {
+/// Runs `jobs` in groups of `per_call` (as `stipple batch` forms them) and returns images/s and
+/// the images made; a first group, not timed, builds what the shape needs.
+fn images_per_s(
+    g: &mut Generator,
+    jobs: &[Job],
+    per_call: usize,
+) -> Result<(f64, usize), PipelineError> {
     g.set_unet_batch(per_call);
     run_group(g, &jobs[..per_call.min(jobs.len())])?;
     let t = Instant::now();
@@ -134,7 +143,7 @@ fn images_per_s(g: &mut Generator, jobs: &[Job], per_call: usize) -> Result<f64,
     for group in jobs.chunks(per_call) {
         made += run_group(g, group)?;
     }
-    Ok(made as f64 / t.elapsed().as_secs_f64().max(1e-9))
+    Ok((made as f64 / t.elapsed().as_secs_f64().max(1e-9), made))
 }
 
 /// Runs `jobs` as one group; the number of images made.

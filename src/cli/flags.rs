@@ -37,7 +37,7 @@ pub struct WeightArgs {
     #[arg(long, value_enum, value_name = "TYPE")]
     pub prediction: Option<crate::model::prediction::Prediction>,
     /// An A1111, Forge, SD.Next or ComfyUI folder: --model and --vae may then be names found in its
-    /// models/ folders, and its LoRA folders are searched for <lora:...> tags
+    /// models/ folders, and its LoRA folders are searched for <lora:...> tags (config: models_root)
     #[arg(long, value_name = "DIR")]
     pub models_root: Option<PathBuf>,
 }

@@ -71,13 +71,7 @@ pub fn engine(
     ort_lib: Option<&Path>,
     config: &Config,
 ) -> Result<EngineSettings, CliError> {
-    let root = flags
-        .weights
-        .models_root
-        .as_deref()
-        .map(ModelsRoot::new)
-        .transpose()
-        .failed()?;
+    let root = models_root(flags, config)?;
     let (model, bundled) = match (&flags.model, &root) {
         (None, _) => (super::default_model(), true),
         (Some(m), Some(r)) => (r.resolve_checkpoint(m).failed()?, false),
@@ -153,6 +147,20 @@ pub fn engine(
         embedding_dirs,
         ort_lib: ort_lib.map(Path::to_path_buf),
     })
+}
+
+/// The models root: `--models-root`, else `models_root` of the config; an error names which one
+/// is not an install.
+pub fn models_root(flags: &EngineFlags, config: &Config) -> Result<Option<ModelsRoot>, CliError> {
+    let (path, origin) = match (&flags.weights.models_root, config.models_root()) {
+        (Some(p), _) => (p.as_path(), "--models-root"),
+        (None, Some(p)) => (p, "configuration key `models_root`"),
+        (None, None) => return Ok(None),
+    };
+    ModelsRoot::new(path)
+        .map(Some)
+        .failed()
+        .map_err(|e| e.context(origin))
 }
 
 /// Where `<lora:NAME>` is looked up: `--lora-dir` flags, then `STIPPLE_LORA_DIRS` (colon-separated

@@ -79,13 +79,12 @@ pub fn run(a: &TuiArgs, ort_lib: Option<&Path>) -> Result<(), CliError> {
 }
 
 /// Where the model picker looks: `model_folders` from the config, the checkpoint folders of
-/// `--models-root`, and the start model with the other checkpoints beside it.
+/// `--models-root` (or the config's `models_root`), and the start model with the other checkpoints beside it.
 fn model_picker(a: &TuiArgs, config: &crate::config::Config, start: &Path) -> crate::tui::Models {
     let mut folders = config.model_folders.clone();
-    if let Some(root) = a.engine.weights.models_root.as_deref() {
-        if let Ok(r) = crate::model::models_root::ModelsRoot::new(root) {
-            folders.extend(r.checkpoint_dirs());
-        }
+    // A bad root already stopped the start in `resolve::engine`.
+    if let Ok(Some(r)) = resolve::models_root(&a.engine, config) {
+        folders.extend(r.checkpoint_dirs());
     }
     let mut extra = vec![start.to_path_buf()];
     // Only a checkpoint's neighbours: the folder around a model folder may be anything.

@@ -14,7 +14,7 @@ const EMBEDDINGS: [&str; 2] = ["embeddings", "models/embeddings"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelsRootError {
-    #[error("--models-root {0}: no `models/` folder there (give the folder of an A1111, Forge, SD.Next or ComfyUI install)")]
+    #[error("{0} has no `models/` folder (give the folder of an A1111, Forge, SD.Next or ComfyUI install)")]
     NotAnInstall(PathBuf),
     #[error("no {what} called {name:?} in {}", searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
     NotFound {

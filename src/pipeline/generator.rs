@@ -163,10 +163,12 @@ impl Generator {
         }));
         let resources = Resources {
             model: model_name.clone(),
+            // A1111 writes the VAE's file name (`sd_vae.get_loaded_vae_name`: the basename, with
+            // its extension) where `Model` is the checkpoint's name without it.
             vae: model
                 .vae
                 .as_ref()
-                .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned())),
+                .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned())),
             clip_skip: (clip_skip > 1).then_some(clip_skip),
             zero_snr: scheduler.rescale_betas_zero_snr,
             ..Resources::default()

@@ -31,12 +31,23 @@ pub enum ResidentError {
     Graph { what: String, message: String },
     #[error("{what}: placing the weights on the device: {message}")]
     Upload { what: String, message: String },
-    #[error("{what}: the adapter set needs about {} MiB on the device for the patch (factors and dense ΔW {} MiB, new base copies {} MiB, working memory {} MiB), {} MiB is free; nothing was changed", need.total() >> 20, need.factors >> 20, need.bases >> 20, need.working >> 20, free >> 20)]
+    #[error("{what}: the adapter set needs about {} on the device for the patch (factors and dense ΔW {}, new base copies {}, working memory {}), {} is free; nothing was changed", size(need.total()), size(need.factors), size(need.bases), size(need.working), size(*free))]
     DeviceMemory {
         what: String,
         need: super::device_run::Need,
         free: u64,
     },
+}
+
+/// `bytes` for a message: KiB below a MiB (a tiny model's figures), MiB with a decimal below
+/// 100 MiB, whole MiB above.
+fn size(bytes: u64) -> String {
+    let (kib, mib) = (bytes as f64 / 1024.0, bytes as f64 / (1024.0 * 1024.0));
+    match bytes {
+        b if b < 1 << 20 => format!("{kib:.1} KiB"),
+        b if b < 100 << 20 => format!("{mib:.1} MiB"),
+        b => format!("{} MiB", b >> 20),
+    }
 }
 
 /// A component's session, and its weights when they are resident.

@@ -1175,8 +1175,9 @@ fn vae_graph(
 
 /// The graph a text encoder of `model` runs with `opts` (`--te-precision`, [`TePrecision`]). `auto`
 /// keeps fp32 until the GPU check has run with the fp16 encoders (none was at hand when they
-/// came): `fp16` asks for them (the overflow fallback is [`Sessions::with_text`]).
-fn te_graph(
+/// came): `fp16` asks for them (the overflow fallback is [`Sessions::with_text`]). Public for the
+/// test of the shipped default.
+pub fn te_graph(
     model: &Model,
     opts: &SessionOptions,
     kind: ComponentKind,

@@ -143,7 +143,8 @@ fn bad_input_gives_one_clear_error() {
     );
 
     // A model folder with a component missing.
-    let broken = tmp.path().join("no-unet");
+    // Its name does not say which: the error must.
+    let broken = tmp.path().join("broken");
     copy_dir(&tiny_model(), &broken);
     std::fs::remove_dir_all(broken.join("unet")).unwrap();
     assert_clear_error(
@@ -267,6 +268,68 @@ fn generate_honours_config_toml_and_stipple_variables() {
     let (code, stdout, stderr) = run_in(cfg.path(), &env, &with_flag);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(infotext_of(&stdout).get("Steps"), Some("1"));
+}
+
+/// `models_root` in config.toml is what `--models-root` gives when the flag is absent; the flag
+/// wins when both are given; a configured root that is not an install is an error naming the key.
+#[test]
+fn models_root_comes_from_the_config_and_the_flag_wins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("config");
+    let webui = tmp.path().join("webui");
+    let comfy = tmp.path().join("comfy");
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&cfg).unwrap();
+    std::fs::create_dir_all(webui.join("models/Stable-diffusion")).unwrap();
+    std::fs::create_dir_all(comfy.join("models/checkpoints")).unwrap();
+    std::fs::copy(
+        root().join("tests/fixtures/single-file/tiny-sd15.safetensors"),
+        webui.join("models/Stable-diffusion/tiny.safetensors"),
+    )
+    .unwrap();
+    let write_config = |root: &std::path::Path| {
+        std::fs::write(
+            cfg.join("config.toml"),
+            format!("models_root = {:?}\n", root.display().to_string()),
+        )
+        .unwrap()
+    };
+    write_config(&webui);
+    let args = [
+        "generate",
+        "--model",
+        "tiny",
+        "--prompt",
+        "a fox",
+        "--steps",
+        "1",
+        "--no-preview",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    // The config alone: `tiny` is the install's checkpoint.
+    let (code, stdout, stderr) = run_in(&cfg, &[], &args);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(infotext_of(&stdout).get("Model"), Some("tiny"));
+    // The flag over the config: `tiny` is looked up in the flag's install only, where it is not.
+    let mut with_flag = args.to_vec();
+    with_flag.extend(["--models-root", comfy.to_str().unwrap()]);
+    let (code, _, stderr) = run_in(&cfg, &[], &with_flag);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("no checkpoint called \"tiny\"")
+            && stderr.contains(comfy.to_str().unwrap())
+            && !stderr.contains(webui.to_str().unwrap()),
+        "{stderr}"
+    );
+    // A configured folder that is not an install names the key.
+    write_config(&tmp.path().join("nowhere"));
+    let (code, _, stderr) = run_in(&cfg, &[], &args);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("configuration key `models_root`") && stderr.contains("nowhere"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -453,4 +516,70 @@ fn batch_dry_run_reports_an_invalid_line_as_invalid() {
     assert!(e.contains("jobs.jsonl:4:") && e.contains("lbw"), "{e}");
     assert!(e.contains("2 job lines are invalid"), "{e}");
     assert!(!e.contains("jobs failed"), "{e}");
+}
+
+/// `stipple bench --throughput N` on the tiny model: the three lines it promises, each with a
+/// figure above 0 and N images made (3 images at `--unet-batch 2`: a full group and a partial
+/// one), the same in `--json`; N = 0 is one clear usage error.
+#[test]
+fn bench_throughput_reports_images_per_second_for_n_images_alone_and_grouped() {
+    let cfg = tempfile::tempdir().unwrap();
+    let args = [
+        "bench",
+        "--throughput",
+        "3",
+        "--steps",
+        "2",
+        "--unet-batch",
+        "2",
+    ];
+    let (code, text, stderr) = run_in(cfg.path(), &[], &args);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        text.contains("throughput of") && text.contains("2 steps, 3 images"),
+        "{text}"
+    );
+    for label in [
+        "one image per UNet call",
+        "up to  2 images per UNet call",
+        "the same, decode not pipelined",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no line {label:?}: {text}"));
+        let rate: f64 = line[line.find(label).unwrap() + label.len()..]
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!(rate > 0.0, "{line}");
+        assert!(line.ends_with("3 images)"), "{line}");
+    }
+    let mut json = args.to_vec();
+    json.push("--json");
+    let (code, stdout, stderr) = run_in(cfg.path(), &[], &json);
+    assert_eq!(code, 0, "{stderr}");
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        (&r["images"], &r["steps"], &r["unet_batch"]),
+        (&3.into(), &2.into(), &2.into()),
+        "{r}"
+    );
+    assert_eq!(r["made"], serde_json::json!([3, 3, 3]), "{r}");
+    for key in [
+        "one_at_a_time_images_per_s",
+        "grouped_images_per_s",
+        "grouped_decode_inline_images_per_s",
+        "speedup",
+    ] {
+        assert!(r[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {r}");
+    }
+    let (code, stdout, stderr) = run_in(cfg.path(), &[], &["bench", "--throughput", "0"]);
+    assert_eq!(code, 2, "a usage error: {stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("--throughput 0: give at least 1 image"),
+        "{stderr}"
+    );
 }

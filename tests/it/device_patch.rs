@@ -3,7 +3,8 @@
 //! (identity) and the SD-fused CUDA graph (transpose, NHWC, packed heads, f16); images through it
 //! equal images through the host patch, a swap back restores the base bit for bit, and a failed
 //! program leaves the weights as they were. Strength schedules and dials re-run the kept program
-//! per step (tiny SD1.5 and SDXL) and give the host patch's `refuse` images.
+//! per step (tiny SD1.5 and SDXL) and give the host patch's `refuse` images. An adapter set that
+//! does not fit the device's free memory (a test hook's figure) is refused with the numbers.
 
 use crate::resident::{image, max_diff};
 use crate::sdxl::tiny_sdxl;
@@ -791,5 +792,106 @@ fn a_rerun_writes_only_the_weights_that_scale_on_tiny_sdxl() {
             &["1.7", "0.9"],
         ],
         false,
+    );
+}
+
+/// A size as the device-memory refusal prints it (`12.5 KiB`, `3.0 MiB`), in bytes.
+fn printed_bytes(s: &str) -> f64 {
+    let (n, unit) = s.trim().split_once(' ').unwrap_or((s, ""));
+    let n: f64 = n.parse().unwrap_or_else(|e| panic!("{s:?}: {e}"));
+    match unit {
+        "KiB" => n * 1024.0,
+        "MiB" => n * 1024.0 * 1024.0,
+        _ => panic!("{s:?}: unit"),
+    }
+}
+
+#[test]
+fn an_adapter_set_that_does_not_fit_the_device_is_refused_with_the_numbers_and_changes_nothing() {
+    // STIPPLE_DEVICE_FREE_BYTES (device_patch's test hook) stands in for NVML's free figure, on
+    // the CPU too; "@1" spares the first patch program checked, the one of the adapter kept
+    // (lyco_locon reaches the UNet only: one program; a text encoder's program that writes
+    // nothing is not checked), and refuses every later one. One process
+    // (`stipple batch`, one image per UNet call, in file order): the base, A, B (refused), A again.
+    // The second A has another strength text (0.80) so that it is not a duplicate of the first;
+    // it is the same strength, so the same picture.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let lines = [
+        "a red fox",
+        "a red fox <lora:lyco_locon:0.8>",
+        "a red fox <lora:lyco_loha:1>",
+        "a red fox <lora:lyco_locon:0.80>",
+    ]
+    .map(|p| format!(r#"{{"prompt": "{p}", "steps": 2, "seed": 7, "width": 64, "height": 64}}"#));
+    let jobs = dir.path().join("jobs.jsonl");
+    std::fs::write(&jobs, lines.join("\n") + "\n").unwrap();
+    let free = 256 * 1024;
+    let o = crate::cli::stipple()
+        .env("STIPPLE_DEVICE_FREE_BYTES", format!("{free}@1"))
+        .arg("batch")
+        .arg(&jobs)
+        .arg("--out")
+        .arg(&out)
+        .args(["--unet-batch", "1", "--resident-weights", "true"])
+        .args(["--patch-on", "device", "--lora-dir"])
+        .arg(lora_dir())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "a job failed: {stderr}");
+    let results: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let by_line = |n: u64| {
+        results
+            .iter()
+            .find(|r| r["line"] == n)
+            .unwrap_or_else(|| panic!("line {n}: {results:?}"))
+    };
+    let picture = |n: u64| {
+        let r = by_line(n);
+        assert_eq!(r["status"], "done", "line {n}: {r}");
+        read_rgb(std::path::Path::new(
+            r["images"][0]["path"].as_str().unwrap(),
+        ))
+        .2
+    };
+    let refused = by_line(3);
+    assert_eq!(refused["status"], "failed", "{refused}");
+    let error = refused["error"].as_str().unwrap();
+    assert!(
+        error.contains("unet: the adapter set needs about")
+            && error.contains("256.0 KiB is free")
+            && error.contains("nothing was changed"),
+        "{error}"
+    );
+    let need = error
+        .split_once("needs about ")
+        .and_then(|(_, rest)| rest.split_once(" on the device"))
+        .map(|(n, _)| printed_bytes(n))
+        .unwrap_or_else(|| panic!("{error}"));
+    assert!(
+        need > free as f64,
+        "{need} bytes needed, {free} free: {error}"
+    );
+    // A stayed in place: the next job of A makes A's picture, which is not the base's.
+    let (base, a, a_again) = (picture(1), picture(2), picture(4));
+    assert_ne!(a, base, "the adapter changes the picture");
+    assert_eq!(a_again, a, "the refusal left A's weights as they were");
+    // Nothing else was written: the three pictures and the manifest.
+    let pngs = std::fs::read_dir(&out)
+        .unwrap()
+        .filter(|e| {
+            let p = e.as_ref().unwrap().path();
+            p.extension().is_some_and(|x| x == "png")
+        })
+        .count();
+    assert_eq!(
+        pngs,
+        3,
+        "{:?}",
+        std::fs::read_dir(&out).unwrap().collect::<Vec<_>>()
     );
 }

@@ -273,16 +273,38 @@ fn files_that_are_not_models_are_refused_with_the_evidence() {
         assert_eq!(errors, 1, "{stderr}");
     }
     assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
-    // A diffusers folder missing a component.
+    // A diffusers folder missing a component, through the command line as well: exit 1, one
+    // error naming the component, nothing written.
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("hf");
-    copy_dir(&fixture("tiny-sd15-diffusers"), &dir);
-    std::fs::remove_dir_all(dir.join("unet")).unwrap();
-    let err = Model::open_with(&dir, OpenOptions::default())
-        .err()
-        .expect("a folder without a UNet is refused")
-        .to_string();
-    assert!(err.contains("unet"), "{err}");
+    for (i, component) in ["unet", "text_encoder", "vae"].into_iter().enumerate() {
+        // A folder name that does not name the component: the message must.
+        let dir = tmp.path().join(format!("hf{i}"));
+        copy_dir(&fixture("tiny-sd15-diffusers"), &dir);
+        std::fs::remove_dir_all(dir.join(component)).unwrap();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_stipple"))
+            .current_dir(root())
+            .args(["generate", "--prompt", "x", "--steps", "1", "--model"])
+            .arg(&dir)
+            .arg("--out")
+            .arg(out.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{component}: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(
+            errors[0].contains(&format!("/{component}/")),
+            "{component}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        let err = Model::open_with(&dir, OpenOptions::default())
+            .err()
+            .unwrap_or_else(|| panic!("a folder without {component} is refused"))
+            .to_string();
+        assert!(err.contains(component), "{err}");
+    }
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
 }
 
 /// `--vae`: a standalone VAE in LDM naming without a prefix replaces the model's own, for a
@@ -522,4 +544,188 @@ fn infotext_names_the_loras_by_their_a1111_hash() {
         parsed.get("Lora hashes"),
         Some(format!("lyco_locon: {want}").as_str())
     );
+}
+
+/// Writes `to` from the safetensors file `from`: the tensors `keep` gives a name (the new name),
+/// each with its data rewritten where `change` returns new data; returns how many were rewritten.
+fn rewrite_safetensors(
+    from: &Path,
+    to: &Path,
+    keep: impl Fn(&str) -> Option<String>,
+    change: impl Fn(&str, &[usize], &[u8]) -> Option<Vec<u8>>,
+) -> usize {
+    use safetensors::tensor::{SafeTensors, TensorView};
+    let bytes = std::fs::read(from).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut changed = 0;
+    let mut out: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in st.tensors() {
+        let Some(new_name) = keep(&name) else {
+            continue;
+        };
+        let data = match change(&name, view.shape(), view.data()) {
+            Some(d) => {
+                changed += 1;
+                d
+            }
+            None => view.data().to_vec(),
+        };
+        out.push((new_name, view.dtype(), view.shape().to_vec(), data));
+    }
+    assert!(!out.is_empty(), "{}: nothing kept", from.display());
+    let views: Vec<(String, TensorView)> = out
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(to, safetensors::serialize(views, None).unwrap()).unwrap();
+    changed
+}
+
+/// `tiny-vae.safetensors`' change to tiny-sd15's VAE (`scripts/single_file_fixtures.py`'s
+/// `perturbed_vae`): every 4-D decoder weight of the diffusers module × VAE_SCALE, rounded to f16.
+fn perturbed(name: &str, shape: &[usize], data: &[u8]) -> Option<Vec<u8>> {
+    const VAE_SCALE: f32 = 1.05;
+    if !(name.starts_with("decoder.") && name.ends_with(".weight") && shape.len() == 4) {
+        return None;
+    }
+    Some(
+        data.chunks_exact(2)
+            .flat_map(|b| {
+                let w = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+                half::f16::from_f32(w * VAE_SCALE).to_le_bytes()
+            })
+            .collect(),
+    )
+}
+
+/// `--vae` in the two namings the first test does not use: diffusers' (the VAE file diffusers'
+/// `save_pretrained` wrote for tiny-sd15-diffusers/) and LDM's with the `first_stage_model.`
+/// prefix (the VAE keys of the fixture's single file). Each holding the model's own VAE gives the
+/// folder model's picture bit for bit; each holding `tiny-vae.safetensors`' weights (changed as the
+/// fixture script changes them, or prefixed) gives that file's picture bit for bit, and diffusers'
+/// picture with it.
+#[test]
+fn a_vae_in_diffusers_naming_or_with_the_ldm_prefix_is_read_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let diffusers_vae = fixture("tiny-sd15-diffusers/vae/diffusion_pytorch_model.fp16.safetensors");
+    let own_diffusers = tmp.path().join("own-diffusers.safetensors");
+    let own_prefixed = tmp.path().join("own-prefixed.safetensors");
+    let ink_diffusers = tmp.path().join("ink-diffusers.safetensors");
+    let ink_prefixed = tmp.path().join("ink-prefixed.safetensors");
+    std::fs::copy(&diffusers_vae, &own_diffusers).unwrap();
+    let all = |n: &str| Some(n.to_string());
+    let none = |_: &str, _: &[usize], _: &[u8]| None;
+    rewrite_safetensors(
+        &fixture("tiny-sd15.safetensors"),
+        &own_prefixed,
+        |n| n.starts_with("first_stage_model.").then(|| n.to_string()),
+        none,
+    );
+    let scaled = rewrite_safetensors(&diffusers_vae, &ink_diffusers, all, perturbed);
+    assert!(scaled > 10, "{scaled} decoder convolutions scaled");
+    rewrite_safetensors(
+        &fixture("tiny-vae.safetensors"),
+        &ink_prefixed,
+        |n| Some(format!("first_stage_model.{n}")),
+        none,
+    );
+    let j = job(Sampler::Euler, 4);
+    let with_vae = |vae: &Path| {
+        let mut g = load(
+            &tiny_model(),
+            SessionOptions {
+                vae: Some(vae.to_path_buf()),
+                ..SessionOptions::default()
+            },
+        );
+        assert_eq!(g.model.vae.as_deref(), Some(vae));
+        image(&mut g, &j)
+    };
+    let own = image(&mut generator(), &j);
+    let ink = with_vae(&fixture("tiny-vae.safetensors"));
+    assert_ne!(ink, own, "the VAE made no difference");
+    let reference = png_pixels(&fixture("reference/tiny-sd15+vae.euler.4.png"));
+    for (file, want) in [
+        (&own_diffusers, &own),
+        (&own_prefixed, &own),
+        (&ink_diffusers, &ink),
+        (&ink_prefixed, &ink),
+    ] {
+        let got = with_vae(file);
+        assert!(got == *want, "{}: another picture", file.display());
+        if want == &ink {
+            let (max, mean) = diff(&got, &reference);
+            assert!(
+                max <= 1 && mean < 0.01,
+                "{}: vs diffusers max {max}, mean {mean}",
+                file.display()
+            );
+        }
+    }
+}
+
+/// The infotext names a separate VAE as A1111 does: `VAE` is the file's stem and `VAE hash` the
+/// first 10 hex digits of the whole file's sha256 (A1111's `sd_vae` hash), beside `Model hash`
+/// (the same of the checkpoint); both computed here from the files.
+#[test]
+fn infotext_names_the_vae_and_its_a1111_hash() {
+    use sha2::{Digest, Sha256};
+    let short = |p: &Path| -> String {
+        Sha256::digest(std::fs::read(p).unwrap())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()[..10]
+            .to_string()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let vae = tmp.path().join("ink-vae.ft-mse.safetensors");
+    std::fs::copy(fixture("tiny-vae.safetensors"), &vae).unwrap();
+    let model = fixture("tiny-sd15.safetensors");
+    let mut g = load(
+        &model,
+        SessionOptions {
+            vae: Some(vae.clone()),
+            ..SessionOptions::default()
+        },
+    );
+    let mut info = String::new();
+    g.generate(
+        &job(Sampler::Euler, 2),
+        &|| stipple::engine::Stop::No,
+        &mut |e| {
+            if let stipple::job::Event::Image { infotext, .. } = e {
+                info = infotext;
+            }
+        },
+        1,
+    )
+    .unwrap();
+    let parsed = stipple::image::parse_infotext(&info).unwrap();
+    assert_eq!(
+        parsed.get("VAE"),
+        Some("ink-vae.ft-mse.safetensors"),
+        "{info}"
+    );
+    assert_eq!(parsed.get("VAE hash"), Some(short(&vae).as_str()), "{info}");
+    assert_eq!(parsed.get("Model"), Some("tiny-sd15"), "{info}");
+    assert_eq!(
+        parsed.get("Model hash"),
+        Some(short(&model).as_str()),
+        "{info}"
+    );
+    // Without --vae neither field is written.
+    let mut info = String::new();
+    load(&model, SessionOptions::default())
+        .generate(
+            &job(Sampler::Euler, 2),
+            &|| stipple::engine::Stop::No,
+            &mut |e| {
+                if let stipple::job::Event::Image { infotext, .. } = e {
+                    info = infotext;
+                }
+            },
+            1,
+        )
+        .unwrap();
+    assert!(!info.contains("VAE"), "{info}");
 }
