@@ -32,6 +32,13 @@ pub fn run(a: &TuiArgs, ort_lib: Option<&Path>) -> Result<(), CliError> {
                 ))
             })?;
     }
+    // The hires fix's upscalers are read (and pinned) at each submit; a missing one is a typo.
+    if let Some(p) = a.upscalers.iter().find(|p| !p.is_file()) {
+        return Err(CliError::Usage(format!(
+            "--upscaler {}: no such file",
+            p.display()
+        )));
+    }
     let e = resolve::engine(&a.engine, ort_lib, &config)?;
     if e.devices.len() > 1 {
         return Err(CliError::Usage("the workstation runs on one device".into()));
@@ -73,6 +80,7 @@ pub fn run(a: &TuiArgs, ort_lib: Option<&Path>) -> Result<(), CliError> {
     opts.models = Some(models);
     opts.model = in_use;
     opts.embedding_dirs = e.embedding_dirs.clone();
+    opts.upscalers = a.upscalers.clone();
     let result = crate::tui::run(opts, engine, events);
     keep.shutdown_and_wait();
     result.failed()
