@@ -933,14 +933,11 @@ impl App {
                 let fitted = if (rgb.width, rgb.height) == (m.image.width, m.image.height) {
                     String::new()
                 } else {
-                    format!(
-                        ", fitted to the picture's {}×{}",
-                        m.image.width, m.image.height
-                    )
+format!(", fitted to {}×{}", m.image.width, m.image.height)
                 };
                 self.overlays.truncate(i + 1);
                 self.info(format!(
-                    "mask {} ({}×{}{fitted}): Enter uses it, shapes draw over it",
+                    "mask {} ({}×{}{fitted}): Enter uses it",
                     path.display(),
                     rgb.width,
                     rgb.height

@@ -47,7 +47,7 @@ fn hires_settings_reach_the_job_as_the_generate_flags_build_it() {
     set_field(&mut app, "hires fix", 1, 1);
     set_field(&mut app, "hires scale", -1, 2);
     set_field(&mut app, "hires denoise", -1, 3);
-    let shown = render(&mut app, 100, 30);
+    let shown = render(&mut app, 100, 32);
     for line in [
         "hires fix      on: 512×512 → 768×768",
         "hires scale    1.5× (768×768)",
@@ -57,7 +57,7 @@ fn hires_settings_reach_the_job_as_the_generate_flags_build_it() {
     ] {
         assert!(shown.contains(line), "{line:?} in\n{shown}");
     }
-    insta::assert_snapshot!("settings_hires_100x30", shown);
+    insta::assert_snapshot!("settings_hires_100x32", shown);
     press(&mut app, KeyCode::Esc);
     assert!(
         app.settings
