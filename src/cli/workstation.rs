@@ -32,12 +32,10 @@ pub fn run(a: &TuiArgs, ort_lib: Option<&Path>) -> Result<(), CliError> {
                 ))
             })?;
     }
-    // The hires fix's upscalers are read (and pinned) at each submit; a missing one is a typo.
-    if let Some(p) = a.upscalers.iter().find(|p| !p.is_file()) {
-        return Err(CliError::Usage(format!(
-            "--upscaler {}: no such file",
-            p.display()
-        )));
+    // The hires fix's upscalers are pinned at each submit; one that cannot be read fails now, as
+    // `generate --upscaler` fails.
+    for p in &a.upscalers {
+        crate::hires::pin_model(p).map_err(|e| CliError::Failed(e.to_string()))?;
     }
     let e = resolve::engine(&a.engine, ort_lib, &config)?;
     if e.devices.len() > 1 {

@@ -865,7 +865,9 @@ impl App {
             KeyCode::Char('s') => m.subtract = true,
             KeyCode::Char('v') => m.invert(),
             KeyCode::Char('c') => m.clear(),
-            KeyCode::Char('o') => self.overlays.push(Overlay::Path(PathPrompt::new(PathFor::Mask))),
+            KeyCode::Char('o') => self
+                .overlays
+                .push(Overlay::Path(PathPrompt::new(PathFor::Mask))),
             KeyCode::Esc if m.anchor.is_some() => m.anchor = None,
             KeyCode::Esc => {
                 self.overlays.pop();
@@ -933,7 +935,7 @@ impl App {
                 let fitted = if (rgb.width, rgb.height) == (m.image.width, m.image.height) {
                     String::new()
                 } else {
-format!(", fitted to {}×{}", m.image.width, m.image.height)
+                    format!(", fitted to {}×{}", m.image.width, m.image.height)
                 };
                 self.overlays.truncate(i + 1);
                 self.info(format!(

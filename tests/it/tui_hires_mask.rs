@@ -185,7 +185,12 @@ fn hires_settings_reach_the_job_as_the_generate_flags_build_it() {
 
 /// The mask editor on top.
 fn editor(app: &App) -> &MaskEditor {
-    match app.overlays.iter().rev().find(|o| matches!(o, Overlay::Mask(_))) {
+    match app
+        .overlays
+        .iter()
+        .rev()
+        .find(|o| matches!(o, Overlay::Mask(_)))
+    {
         Some(Overlay::Mask(m)) => m,
         _ => panic!("no mask editor: {:?}", app.overlays),
     }
@@ -245,7 +250,11 @@ fn o_in_the_mask_editor_loads_a_mask_file_as_the_mask_flag_does() {
         Some(std::path::Path::new(MASK_64)),
     )
     .unwrap();
-    assert_eq!(e.file_as_is(), cli.mask.as_ref(), "pinned as --mask pins it");
+    assert_eq!(
+        e.file_as_is(),
+        cli.mask.as_ref(),
+        "pinned as --mask pins it"
+    );
     // The 64 dots across are the mask's 64 pixels: each dot shows its pixel, white or black.
     let (w, h, grey) = grey_of(std::path::Path::new(MASK_64));
     assert_eq!((w, h, e.size), (64, 64, (64, 64)));
@@ -397,7 +406,10 @@ fn a_bad_mask_file_leaves_the_mask_as_it_was_and_says_why() {
         let shown = render(&mut app, 100, 40);
         assert!(shown.contains(&message), "{shown}");
         let e = editor(&app);
-        assert!(e.loaded.is_none() && e.dots == before, "the mask is unchanged");
+        assert!(
+            e.loaded.is_none() && e.dots == before,
+            "the mask is unchanged"
+        );
         // The prompt stays open with the path, to be corrected.
         let Some(Overlay::Path(p)) = app.overlays.last() else {
             panic!("{:?}", app.overlays)
@@ -430,4 +442,20 @@ fn a_bad_mask_file_leaves_the_mask_as_it_was_and_says_why() {
     press(&mut app, KeyCode::Esc);
     assert!(matches!(app.overlays.last(), Some(Overlay::Mask(_))));
     engine.shutdown();
+}
+
+/// `--upscaler` before a subcommand is the workstation's flag: refused there (exit 2), where
+/// `generate` and `upscale` have their own.
+#[test]
+fn the_workstations_upscaler_flag_is_refused_before_a_subcommand() {
+    let out = crate::cli::stipple()
+        .args(["--upscaler", UPSCALER, "generate", "--prompt", "x"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--upscaler before a subcommand is the workstation's"),
+        "{stderr}"
+    );
 }

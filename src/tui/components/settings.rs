@@ -241,7 +241,12 @@ impl Settings {
             .iter()
             .map(|m| HiresUpscaler::Named(m.name()))
             .chain([HiresUpscaler::Named(LANCZOS)])
-            .chain(self.upscaler_models.iter().cloned().map(HiresUpscaler::Model))
+            .chain(
+                self.upscaler_models
+                    .iter()
+                    .cloned()
+                    .map(HiresUpscaler::Model),
+            )
             .collect()
     }
 
@@ -253,16 +258,20 @@ impl Settings {
             return Ok(None);
         }
         if job.init.is_some() {
-            return Err("the hires fix is for text-to-image: turn \"hires fix\" off (F4) or drop \
+            return Err(
+                "the hires fix is for text-to-image: turn \"hires fix\" off (F4) or drop \
                         the init image and set the width and height you want"
-                .into());
+                    .into(),
+            );
         }
         let s = |e: crate::hires::HiresError| e.to_string();
         // No --hires-upscaler with --upscaler: the name defaults to "Latent", which the
         // constructor turns into the model's file name.
         let (name, model) = match &self.hires_upscaler {
             HiresUpscaler::Named(n) => (*n, None),
-            HiresUpscaler::Model(p) => (LatentMode::Bilinear.name(), Some(pin_model(p).map_err(s)?)),
+            HiresUpscaler::Model(p) => {
+                (LatentMode::Bilinear.name(), Some(pin_model(p).map_err(s)?))
+            }
         };
         let mut fix = HiresFix::new(
             name,
@@ -443,10 +452,9 @@ impl Settings {
                 self.hires_scale = (v / by).round() * by;
             }
             24 => {
-                self.hires_denoise = ((self.hires_denoise + 0.05 * f64::from(dir)).clamp(0.0, 1.0)
-                    * 20.0)
-                    .round()
-                    / 20.0
+                self.hires_denoise =
+                    ((self.hires_denoise + 0.05 * f64::from(dir)).clamp(0.0, 1.0) * 20.0).round()
+                        / 20.0
             }
             25 => self.hires_steps = step(self.hires_steps, 1, 0, 1000),
             26 => {
