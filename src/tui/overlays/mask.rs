@@ -400,6 +400,40 @@ mod tests {
     }
 
     #[test]
+    fn a_loaded_mask_inverts_as_its_own_pixels_and_clear_drops_it() {
+        let mut e = editor(8, 8);
+        // Greys 0, 100, 200 and 255 along each row of an 8×8 picture.
+        let grey = [0u8, 100, 200, 255, 0, 0, 0, 0];
+        let rgb = RgbImage {
+            width: 8,
+            height: 8,
+            pixels: (0..64).flat_map(|i| [grey[i % 8]; 3]).collect(),
+        };
+        let file = FileRef {
+            path: "m.png".into(),
+            sha256: "00".into(),
+        };
+        e.load(file.clone(), &rgb, ResizeMode::Just, true).unwrap();
+        assert_eq!(e.file_as_is(), Some(&file));
+        assert_eq!(e.mask_image().pixels, rgb.pixels, "the file's own greys");
+        e.invert();
+        assert!(e.file_as_is().is_none());
+        let inverted: Vec<u8> = rgb.pixels.iter().map(|v| 255 - v).collect();
+        assert_eq!(e.mask_image().pixels, inverted);
+        e.clear();
+        assert!(e.loaded.is_none() && e.is_empty());
+        // Another size where the mask must match the picture: the loader's error, nothing loaded.
+        let small = RgbImage {
+            width: 4,
+            height: 4,
+            pixels: vec![255; 48],
+        };
+        let err = e.load(file, &small, ResizeMode::Just, true).unwrap_err();
+        assert!(err.to_string().contains("is 4x4, the picture 8x8"), "{err}");
+        assert!(e.loaded.is_none());
+    }
+
+    #[test]
     fn ellipses_subtract_and_clear() {
         let mut e = editor(64, 64);
         e.invert();
