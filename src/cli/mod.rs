@@ -51,6 +51,9 @@ pub struct TuiArgs {
     /// Picture protocol of the workstation: auto, kitty, sixel, iterm2 or halfblocks
     #[arg(long, value_name = "NAME")]
     pub image_protocol: Option<String>,
+    /// An ONNX image upscaler the workstation's hires fix offers (repeatable)
+    #[arg(long = "upscaler", value_name = "FILE.onnx")]
+    pub upscalers: Vec<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -189,6 +192,13 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
     if outer.image_protocol.is_some() {
         return Err(CliError::Usage(
             "--image-protocol is a flag of the workstation (`stipple` without a subcommand)".into(),
+        ));
+    }
+    if !outer.upscalers.is_empty() {
+        return Err(CliError::Usage(
+            "--upscaler before a subcommand is the workstation's; give it after `generate` or \
+             `upscale`"
+                .into(),
         ));
     }
     let takes_engine = matches!(

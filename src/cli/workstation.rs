@@ -32,6 +32,11 @@ pub fn run(a: &TuiArgs, ort_lib: Option<&Path>) -> Result<(), CliError> {
                 ))
             })?;
     }
+    // The hires fix's upscalers are pinned at each submit; one that cannot be read fails now, as
+    // `generate --upscaler` fails.
+    for p in &a.upscalers {
+        crate::hires::pin_model(p).map_err(|e| CliError::Failed(e.to_string()))?;
+    }
     let e = resolve::engine(&a.engine, ort_lib, &config)?;
     if e.devices.len() > 1 {
         return Err(CliError::Usage("the workstation runs on one device".into()));
@@ -73,6 +78,7 @@ pub fn run(a: &TuiArgs, ort_lib: Option<&Path>) -> Result<(), CliError> {
     opts.models = Some(models);
     opts.model = in_use;
     opts.embedding_dirs = e.embedding_dirs.clone();
+    opts.upscalers = a.upscalers.clone();
     let result = crate::tui::run(opts, engine, events);
     keep.shutdown_and_wait();
     result.failed()

@@ -21,6 +21,7 @@ use crate::tui::overlays::help::Help;
 use crate::tui::overlays::mask::MaskEditor;
 use crate::tui::overlays::models::ModelPicker;
 use crate::tui::overlays::palette::Palette;
+use crate::tui::overlays::path::{PathFor, PathPrompt};
 use crate::tui::overlays::steps::PromptSteps;
 use crate::tui::overlays::Overlay;
 use crate::tui::theme::Theme;
@@ -62,9 +63,15 @@ pub enum Input {
         caption: String,
         image: RgbImage,
     },
-    /// A drawn mask written after [`Effect::PinMask`]: the next jobs inpaint.
+    /// A drawn mask written after [`Effect::PinMask`] (or a loaded file, [`Effect::UseMask`]):
+    /// the next jobs inpaint.
     MaskPinned {
         file: crate::init_image::FileRef,
+    },
+    /// A mask file read after [`Effect::LoadMask`], pinned by hash, or the reader's error.
+    MaskRead {
+        path: std::path::PathBuf,
+        result: Result<(crate::init_image::FileRef, RgbImage), String>,
     },
     /// The model folders, scanned after [`Effect::ScanModels`]: opens the model picker.
     Models(ModelListing),
@@ -98,6 +105,10 @@ pub enum Effect {
         image: RgbImage,
         dir: std::path::PathBuf,
     },
+    /// Read a mask file for the mask editor, as `--mask` reads it.
+    LoadMask(std::path::PathBuf),
+    /// Inpaint with a mask file as loaded (after the picture's [`Effect::PinInit`]).
+    UseMask(crate::init_image::FileRef),
     /// Scan the model folders for the model picker.
     ScanModels,
     /// Write a picture into `dir` as a PNG and pin it by hash, to start jobs from it.
@@ -287,6 +298,10 @@ impl App {
             }
             Input::Paste(text) => {
                 self.dirty = true;
+                if let Some(Overlay::Path(p)) = self.overlays.last_mut() {
+                    p.paste(&text);
+                    return Vec::new();
+                }
                 match self.context() {
                     Context::Prompt => {
                         let names = self.names.clone();
@@ -346,6 +361,11 @@ impl App {
                     "inpainting the masked part at denoise {:.2}, mask blur {} px (F4 to change)",
                     self.settings.denoise, self.settings.mask_blur
                 ));
+                Vec::new()
+            }
+            Input::MaskRead { path, result } => {
+                self.dirty = true;
+                self.mask_read(&path, result);
                 Vec::new()
             }
             Input::Models(listing) => {
@@ -519,6 +539,23 @@ impl App {
                 }
             }
             Overlay::Mask(_) => return self.mask_key(key),
+            Overlay::Path(p) => match key.code {
+                KeyCode::Esc => {
+                    self.overlays.pop();
+                }
+                KeyCode::Backspace => p.backspace(),
+                KeyCode::Char('u') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+                    p.text.clear()
+                }
+                KeyCode::Enter => match (p.purpose, p.path()) {
+                    (_, None) => self.error("type the path of a picture file (PNG, JPEG or WebP)"),
+                    (PathFor::Mask, Some(path)) => return vec![Effect::LoadMask(path)],
+                },
+                KeyCode::Char(c) if !key.modifiers.contains(KeyModifiers::CONTROL) => {
+                    p.type_char(c)
+                }
+                _ => {}
+            },
             Overlay::Models(m) => match key.code {
                 KeyCode::Esc => {
                     self.overlays.pop();
@@ -766,7 +803,12 @@ impl App {
         };
         let s = &self.settings;
         let init = s.init_image()?;
-        Ok(Job {
+        if let Some(init) = &init {
+            // As `generate` checks its --init-image and --mask before submitting: read back,
+            // hashes, the mask's size and region, by the same loader.
+            crate::image::init::load(init, s.width, s.height).map_err(|e| e.to_string())?;
+        }
+        let mut job = Job {
             prompt: self.prompt.text().to_string(),
             negative: self.negative.text().to_string(),
             sampler: s.sampler,
@@ -782,7 +824,9 @@ impl App {
             batch: s.batch,
             init,
             hires: None,
-        })
+        };
+        job.hires = s.hires_fix(&job)?;
+        Ok(job)
     }
 
     fn submit(&mut self) -> Vec<Effect> {
@@ -821,6 +865,9 @@ impl App {
             KeyCode::Char('s') => m.subtract = true,
             KeyCode::Char('v') => m.invert(),
             KeyCode::Char('c') => m.clear(),
+            KeyCode::Char('o') => self
+                .overlays
+                .push(Overlay::Path(PathPrompt::new(PathFor::Mask))),
             KeyCode::Esc if m.anchor.is_some() => m.anchor = None,
             KeyCode::Esc => {
                 self.overlays.pop();
@@ -834,21 +881,72 @@ impl App {
                     self.error("no folder for input pictures in this front end");
                     return Vec::new();
                 };
-                let mask = m.mask_image();
+                // A loaded file nothing was drawn over is the job's mask itself, as `--mask FILE`.
+                let mask = match m.file_as_is() {
+                    Some(file) => Effect::UseMask(file.clone()),
+                    None => Effect::PinMask {
+                        image: m.mask_image(),
+                        dir: dir.clone(),
+                    },
+                };
                 let (image, caption) = (m.image.clone(), m.caption.clone());
                 self.overlays.pop();
                 return vec![
                     Effect::PinInit {
                         image,
                         caption,
-                        dir: dir.clone(),
+                        dir,
                     },
-                    Effect::PinMask { image: mask, dir },
+                    mask,
                 ];
             }
             _ => {}
         }
         Vec::new()
+    }
+
+    /// A mask file read for the mask editor under the path prompt: shown there (the prompt closes),
+    /// or the reader's or the size rule's error in the status line, the mask as it was.
+    fn mask_read(
+        &mut self,
+        path: &std::path::Path,
+        result: Result<(crate::init_image::FileRef, RgbImage), String>,
+    ) {
+        let (file, rgb) = match result {
+            Ok(r) => r,
+            Err(e) => return self.error(e),
+        };
+        // The size rule of the loader: only masked and outpainting place the mask on the picture.
+        let s = &self.settings;
+        let same_size = s.inpaint_area == crate::init_image::InpaintArea::Masked || s.outpaint > 0;
+        let mode = s.resize_mode;
+        let Some(i) = self
+            .overlays
+            .iter()
+            .rposition(|o| matches!(o, Overlay::Mask(_)))
+        else {
+            return self.error("the mask editor was closed");
+        };
+        let Overlay::Mask(m) = &mut self.overlays[i] else {
+            return;
+        };
+        match m.load(file, &rgb, mode, same_size) {
+            Ok(()) => {
+                let fitted = if (rgb.width, rgb.height) == (m.image.width, m.image.height) {
+                    String::new()
+                } else {
+                    format!(", fitted to {}×{}", m.image.width, m.image.height)
+                };
+                self.overlays.truncate(i + 1);
+                self.info(format!(
+                    "mask {} ({}×{}{fitted}): Enter uses it",
+                    path.display(),
+                    rgb.width,
+                    rgb.height
+                ));
+            }
+            Err(e) => self.error(e.to_string()),
+        }
     }
 
     /// Asks for the selected gallery picture to be written and pinned; jobs then start from it.
@@ -887,6 +985,7 @@ impl App {
         s.height = it.job.height;
         s.seed = it.seed;
         s.seed_mode = SeedMode::Fixed;
+        s.restore_hires(&it.job);
         self.view = View::Generate;
         self.focus = Focus::Prompt;
         self.info(format!(

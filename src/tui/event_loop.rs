@@ -101,6 +101,22 @@ pub fn perform(
                     format!("cannot keep the mask in {}: {e}", dir.display()),
                 ),
             },
+            Effect::LoadMask(path) => {
+                // The reader and the pin of `--mask`: same formats, size limits, errors and hash.
+                let result = crate::image::init::read_picture(&path)
+                    .map(|pic| {
+                        let file = crate::init_image::FileRef {
+                            path: path.clone(),
+                            sha256: pic.sha256,
+                        };
+                        (file, pic.rgb)
+                    })
+                    .map_err(|e| e.to_string());
+                app.update(Input::MaskRead { path, result });
+            }
+            Effect::UseMask(file) => {
+                app.update(Input::MaskPinned { file });
+            }
             Effect::ScanModels => match svc.models {
                 Some(m) => {
                     app.update(Input::Models(m.scan()));

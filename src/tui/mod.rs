@@ -68,6 +68,8 @@ pub struct TuiOptions {
     pub widths: Option<crate::lora::family::ModelWidths>,
     /// The embedding folders, whose names the prompt editors complete.
     pub embedding_dirs: Vec<std::path::PathBuf>,
+    /// ONNX image upscalers the hires fix offers (`--upscaler`).
+    pub upscalers: Vec<std::path::PathBuf>,
 }
 
 impl TuiOptions {
@@ -90,6 +92,7 @@ impl TuiOptions {
             model: app::ModelInUse::default(),
             widths: model,
             embedding_dirs: Vec::new(),
+            upscalers: Vec::new(),
         }
     }
 }
@@ -140,6 +143,7 @@ pub fn run(
     app.method_sink = opts.lora_method.clone();
     app.model = opts.model.clone();
     app.inputs_dir = Some(opts.dirs.data.join("inputs"));
+    app.settings.upscaler_models = opts.upscalers.clone();
     app.prompt.set_history(history);
     app.update(app::Input::Catalog(opts.catalog.scan()));
     app.start_widths = opts.widths;

@@ -83,6 +83,7 @@ pub fn draw(frame: &mut Frame, app: &mut App) {
             Overlay::Error(e) => e.render(area, buf, &app.theme),
             Overlay::Models(m) => m.render(area, buf, &app.theme),
             Overlay::Mask(m) => m.render(area, buf, &app.theme),
+            Overlay::Path(p) => p.render(area, buf, &app.theme),
             Overlay::Steps(s) => s.render(area, buf, &app.theme),
         }
     }

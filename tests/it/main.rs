@@ -42,6 +42,7 @@ mod te_precision;
 mod tui_config;
 mod tui_embeddings;
 mod tui_flows;
+mod tui_hires_mask;
 mod tui_img2img;
 mod tui_models;
 mod tui_screens;

@@ -232,7 +232,7 @@ fn inpaint_area_padding_content_and_outpaint_reach_the_job_as_the_flags_do() {
         assert!(shown.contains(line), "{line:?} in\n{shown}");
     }
     insta::assert_snapshot!("settings_inpaint_100x30", shown);
-    // 80×24 has room for 20 of the 22 fields: the list scrolls to keep the last one in view.
+    // 80×24 has room for 20 of the 27 fields: the list scrolls to keep the selected one in view.
     let small = render(&mut app, 80, 24);
     assert!(
         small.contains("outpaint sides left") && !small.contains("│ sampler "),

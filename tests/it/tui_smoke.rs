@@ -1,6 +1,7 @@
 //! The real binary in tmux with the tiny models: start, type a prompt, generate, see the picture
 //! fill, open help, quit, and the shell gets its terminal back; with the default picture protocol,
-//! keys typed right after start arrive; after a resize, quitting leaves nothing behind.
+//! keys typed right after start arrive; after a resize, quitting leaves nothing behind; the hires fix
+//! set in Settings runs with an `--upscaler` given to the workstation.
 //! Without tmux these tests are skipped with a note, or fail when `CI=true`.
 
 use crate::util::root;
@@ -217,4 +218,63 @@ fn quitting_after_a_resize_leaves_the_shell_screen_clean() {
             "{word:?} left on the shell screen:\n{end}"
         );
     }
+}
+
+/// The hires fix set in Settings runs on the real engine with an ONNX upscaler given to the
+/// workstation (`--upscaler`): the saved picture is twice the first pass's size and its infotext
+/// names the upscaler, as `generate --upscaler FILE.onnx` writes it.
+#[test]
+fn workstation_runs_the_hires_fix_with_an_onnx_upscaler() {
+    if !have_tmux("the tmux hires test") {
+        return;
+    }
+    let t = Tmux::start(
+        "--image-protocol halfblocks --upscaler tests/fixtures/upscaler/tiny-2x.onnx",
+        (100, 34),
+    );
+    let screen = t.wait_for("Prompt", 20);
+    assert!(screen.contains("Prompt"), "{screen}");
+    t.keys(&["-l", "a red fox in the snow"]);
+    t.keys(&["F4"]);
+    t.wait_for("hires upscaler", 10);
+    // "hires fix" is the 23rd field; Enter turns it on; Left on the upscaler comes round to the
+    // last one, the model.
+    for _ in 0..22 {
+        t.keys(&["Down"]);
+    }
+    t.keys(&["Enter"]);
+    let screen = t.wait_for("hires fix      on", 10);
+    assert!(screen.contains("hires fix      on"), "{screen}");
+    for _ in 0..4 {
+        t.keys(&["Down"]);
+    }
+    t.keys(&["Left"]);
+    let screen = t.wait_for("tiny-2x.onnx (model)", 10);
+    assert!(
+        screen.contains("hires upscaler tiny-2x.onnx (model)"),
+        "{screen}"
+    );
+    t.keys(&["Escape"]);
+    t.wait_gone("hires upscaler", 10);
+    t.keys(&["F5"]);
+    let screen = t.wait_for("done, 1 image", 120);
+    assert!(screen.contains("done, 1 image"), "{screen}");
+    t.keys(&["C-q"]);
+    let end = t.wait_for("EXITED", 20);
+    assert!(end.contains("EXITED 0"), "{end}");
+    let saved: Vec<_> = std::fs::read_dir(&t.out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(saved.len(), 1, "one PNG saved: {saved:?}");
+    let chunks = stipple::image::read_text_chunks(&saved[0]).unwrap();
+    let info = stipple::image::parse_infotext(&chunks["parameters"]).unwrap();
+    assert_eq!(info.get("Hires upscaler"), Some("tiny-2x"), "{info:?}");
+    assert_eq!(info.get("Hires upscale"), Some("2"), "{info:?}");
+    let (w, h) = info
+        .get("Size")
+        .and_then(|s| s.split_once('x'))
+        .map(|(w, h)| (w.parse::<u32>().unwrap(), h.parse::<u32>().unwrap()))
+        .expect("a Size");
+    assert_eq!(image::image_dimensions(&saved[0]).unwrap(), (2 * w, 2 * h));
 }

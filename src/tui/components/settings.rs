@@ -1,11 +1,15 @@
 //! Generation settings (sampler, steps, CFG, size, seed, batch, LoRA method, trigger words, the
 //! img2img picture with its denoise and resize mode, the inpainting mask, blur, area, padding,
-//! masked content, outpainting and the noise schedule) as a list of fields changed with Left/Right/Enter; the values a
-//! submitted job is built from ([`Settings::init_image`]).
+//! masked content, outpainting, the noise schedule and the hires fix) as a list of fields changed
+//! with Left/Right/Enter; the values a submitted job is built from ([`Settings::init_image`],
+//! [`Settings::hires_fix`]).
 
 use crate::config::Config;
-use crate::init_image::{FileRef, InitImage, InpaintArea, MaskedContent, Outpaint, ResizeMode};
-use crate::job::{parse_sampler, Sampler, Schedule, SdeNoise, SigmaStyle};
+use crate::hires::{pin_model, HiresFix, LatentMode, LANCZOS};
+use crate::init_image::{
+    FileRef, InitImage, InpaintArea, MaskedContent, Outpaint, ResizeMode, StepCount,
+};
+use crate::job::{parse_sampler, Job, Sampler, Schedule, SdeNoise, SigmaStyle};
 use crate::live::LoraMethod;
 use crate::tui::theme::Theme;
 use ratatui::buffer::Buffer;
@@ -71,6 +75,33 @@ impl OutpaintSides {
     }
 }
 
+/// How the hires fix upscales: a name `--hires-upscaler` takes (A1111's latent modes, Lanczos), or
+/// an ONNX image upscaler given to the workstation with `--upscaler FILE.onnx`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HiresUpscaler {
+    Named(&'static str),
+    Model(PathBuf),
+}
+
+impl HiresUpscaler {
+    /// As the Settings list shows it.
+    pub fn label(&self) -> String {
+        match self {
+            HiresUpscaler::Named(n) => (*n).to_string(),
+            HiresUpscaler::Model(p) => {
+                let name = p.file_name().map_or_else(
+                    || p.display().to_string(),
+                    |n| n.to_string_lossy().into_owned(),
+                );
+                format!("{name} (model)")
+            }
+        }
+    }
+}
+
+/// The hires fix's scale field: A1111's slider range, in steps a key press can reach 1.5 and 2 by.
+const HIRES_SCALE: (f64, f64, f64) = (1.0, 4.0, 0.25);
+
 /// Largest "only masked" padding and outpaint the fields step to, in pixels.
 const MAX_PADDING: u32 = 1024;
 const MAX_OUTPAINT: u32 = 1024;
@@ -112,10 +143,20 @@ pub struct Settings {
     /// Pixels the canvas grows by on `outpaint_sides`; 0: no outpainting.
     pub outpaint: u32,
     pub outpaint_sides: OutpaintSides,
+    /// A1111's hires fix, as `--hires-scale`, `--hires-denoise`, `--hires-steps` and
+    /// `--hires-upscaler`/`--upscaler` build it; off: none.
+    pub hires: bool,
+    pub hires_scale: f64,
+    pub hires_denoise: f64,
+    /// 0 = the job's steps (A1111's meaning).
+    pub hires_steps: u32,
+    pub hires_upscaler: HiresUpscaler,
+    /// The ONNX upscalers the upscaler field offers after the built-in ones (`--upscaler`).
+    pub upscaler_models: Vec<PathBuf>,
     pub selected: usize,
 }
 
-const FIELDS: [&str; 22] = [
+const FIELDS: [&str; 27] = [
     "sampler",
     "steps",
     "cfg",
@@ -138,6 +179,11 @@ const FIELDS: [&str; 22] = [
     "outpaint",
     "outpaint sides",
     "noise schedule",
+    "hires fix",
+    "hires scale",
+    "hires denoise",
+    "hires steps",
+    "hires upscaler",
 ];
 
 impl Settings {
@@ -178,8 +224,99 @@ impl Settings {
             masked_content: c.img2img.masked_content,
             outpaint: 0,
             outpaint_sides: OutpaintSides::default(),
+            // A1111's defaults, which the headless flags share.
+            hires: false,
+            hires_scale: 2.0,
+            hires_denoise: 0.7,
+            hires_steps: 0,
+            hires_upscaler: HiresUpscaler::Named(LatentMode::Bilinear.name()),
+            upscaler_models: Vec::new(),
             selected: 0,
         }
+    }
+
+    /// The upscalers the hires fix offers: A1111's latent modes, Lanczos, then the ONNX models.
+    pub fn hires_upscalers(&self) -> Vec<HiresUpscaler> {
+        LatentMode::ALL
+            .iter()
+            .map(|m| HiresUpscaler::Named(m.name()))
+            .chain([HiresUpscaler::Named(LANCZOS)])
+            .chain(
+                self.upscaler_models
+                    .iter()
+                    .cloned()
+                    .map(HiresUpscaler::Model),
+            )
+            .collect()
+    }
+
+    /// The hires fix of `job` (built from these settings) when it is on, made as
+    /// `--hires-scale S --hires-denoise D --hires-steps N` with `--hires-upscaler NAME` or
+    /// `--upscaler FILE.onnx` make it: the same constructor and checks, the model pinned by hash.
+    pub fn hires_fix(&self, job: &Job) -> Result<Option<Box<HiresFix>>, String> {
+        if !self.hires {
+            return Ok(None);
+        }
+        if job.init.is_some() {
+            return Err(
+                "the hires fix is for text-to-image: turn \"hires fix\" off (F4) or drop \
+                        the init image and set the width and height you want"
+                    .into(),
+            );
+        }
+        let s = |e: crate::hires::HiresError| e.to_string();
+        // No --hires-upscaler with --upscaler: the name defaults to "Latent", which the
+        // constructor turns into the model's file name.
+        let (name, model) = match &self.hires_upscaler {
+            HiresUpscaler::Named(n) => (*n, None),
+            HiresUpscaler::Model(p) => {
+                (LatentMode::Bilinear.name(), Some(pin_model(p).map_err(s)?))
+            }
+        };
+        let mut fix = HiresFix::new(
+            name,
+            model,
+            (job.width, job.height),
+            Some(self.hires_scale),
+            (None, None),
+        )
+        .map_err(s)?;
+        fix.steps = self.hires_steps;
+        fix.denoise = self.hires_denoise;
+        // The workstation has no --denoise-steps: diffusers' count, the flag's default.
+        fix.step_count = StepCount::default();
+        fix.check().map_err(s)?;
+        fix.second_pass(job.steps).map_err(s)?;
+        Ok(Some(Box::new(fix)))
+    }
+
+    /// Takes the hires fix of a job sent back from the gallery (off when it has none). A size given
+    /// in pixels instead of a factor comes back as the factor of its width.
+    pub fn restore_hires(&mut self, job: &Job) {
+        let Some(h) = &job.hires else {
+            self.hires = false;
+            return;
+        };
+        self.hires = true;
+        self.hires_scale = h
+            .scale
+            .unwrap_or_else(|| f64::from(h.width) / f64::from(job.width.max(1)));
+        self.hires_denoise = h.denoise;
+        self.hires_steps = h.steps;
+        self.hires_upscaler = match &h.model {
+            Some(m) => {
+                if !self.upscaler_models.contains(&m.path) {
+                    self.upscaler_models.push(m.path.clone());
+                }
+                HiresUpscaler::Model(m.path.clone())
+            }
+            None if h.upscaler.eq_ignore_ascii_case(LANCZOS) => HiresUpscaler::Named(LANCZOS),
+            None => HiresUpscaler::Named(
+                LatentMode::from_name(&h.upscaler)
+                    .unwrap_or(LatentMode::Bilinear)
+                    .name(),
+            ),
+        };
     }
 
     /// Whether jobs inpaint: a mask is drawn, or the canvas grows.
@@ -308,8 +445,41 @@ impl Settings {
                 self.outpaint_sides = all[(i + dir).rem_euclid(all.len() as i32) as usize];
             }
             21 => self.zero_snr = !self.zero_snr,
+            22 => self.hires = !self.hires,
+            23 => {
+                let (lo, hi, by) = HIRES_SCALE;
+                let v = (self.hires_scale + by * f64::from(dir)).clamp(lo, hi);
+                self.hires_scale = (v / by).round() * by;
+            }
+            24 => {
+                self.hires_denoise =
+                    ((self.hires_denoise + 0.05 * f64::from(dir)).clamp(0.0, 1.0) * 20.0).round()
+                        / 20.0
+            }
+            25 => self.hires_steps = step(self.hires_steps, 1, 0, 1000),
+            26 => {
+                let all = self.hires_upscalers();
+                let i = all
+                    .iter()
+                    .position(|u| *u == self.hires_upscaler)
+                    .unwrap_or(0) as i32;
+                self.hires_upscaler = all[(i + dir).rem_euclid(all.len() as i32) as usize].clone();
+            }
             _ => {}
         }
+    }
+
+    /// The hires size of the current width and height, as the job would get it.
+    fn hires_size(&self) -> Result<(u32, u32), String> {
+        HiresFix::new(
+            LatentMode::Bilinear.name(),
+            None,
+            (self.width, self.height),
+            Some(self.hires_scale),
+            (None, None),
+        )
+        .map(|f| (f.width, f.height))
+        .map_err(|e| e.to_string())
     }
 
     fn value(&self, i: usize) -> String {
@@ -336,8 +506,8 @@ impl Settings {
             12 => format!("{:.2}", self.denoise),
             13 => format!("{:?}", self.resize_mode).to_lowercase(),
             14 => match self.mask {
-                Some(_) => "drawn: inpaint (Enter drops it)".into(),
-                None => "none (m in the gallery draws one)".into(),
+                Some(_) => "set: inpaint (Enter drops it)".into(),
+                None => "none (m in the gallery draws or loads one)".into(),
             },
             15 => format!("{} px", self.mask_blur),
             16 => match self.inpaint_area {
@@ -361,6 +531,24 @@ impl Settings {
                 "Default"
             }
             .into(),
+            22 => match (self.hires, &self.init) {
+                (false, _) => "off".into(),
+                (true, Some(_)) => "on (text-to-image only: drop the init image)".into(),
+                (true, None) => match self.hires_size() {
+                    Ok((w, h)) => format!("on: {}×{} → {w}×{h}", self.width, self.height),
+                    Err(e) => format!("on: {e}"),
+                },
+            },
+            23 => match self.hires_size() {
+                Ok((w, h)) => format!("{}× ({w}×{h})", self.hires_scale),
+                Err(_) => format!("{}× (too large)", self.hires_scale),
+            },
+            24 => format!("{:.2}", self.hires_denoise),
+            25 => match self.hires_steps {
+                0 => format!("0 (= steps, {})", self.steps),
+                n => n.to_string(),
+            },
+            26 => self.hires_upscaler.label(),
             _ => {
                 if self.lora_folders.is_empty() {
                     "none (set lora_folders in config.toml)".into()
@@ -400,8 +588,18 @@ impl Settings {
         } else {
             format!(" ({})", noise.join(", "))
         };
+        let hires = if self.hires {
+            format!(
+                " · hires {}× {} {:.2}",
+                self.hires_scale,
+                self.hires_upscaler.label(),
+                self.hires_denoise
+            )
+        } else {
+            String::new()
+        };
         let full = format!(
-            "{img2img}{}{noise} · {} steps · cfg {:.1} · {}×{} · seed {} · batch {}",
+            "{img2img}{}{noise} · {} steps · cfg {:.1} · {}×{}{hires} · seed {} · batch {}",
             self.sampler, self.steps, self.cfg, self.width, self.height, seed, self.batch
         );
         if full.chars().count() <= width {
@@ -412,12 +610,15 @@ impl Settings {
         } else {
             String::new()
         };
-        // The img2img marker stays in every shortened form: it changes what a job does.
-        let short = match self.init {
+        // The img2img and hires markers stay in every shortened form: they change what a job does.
+        let mut short = match self.init {
             Some(_) if self.inpaints() => format!("inpaint {:.2}, ", self.denoise),
             Some(_) => format!("img2img {:.2}, ", self.denoise),
             None => String::new(),
         };
+        if self.hires {
+            short.push_str(&format!("hires {}×, ", self.hires_scale));
+        }
         let rest = format!(
             "{short}{} steps, cfg {}, {}×{}, seed {seed}{batch}",
             self.steps,

@@ -1,15 +1,19 @@
 //! The inpainting mask editor (`m` on a gallery picture): the picture in half-blocks under a grid
 //! of mask dots, shapes (rectangles, ellipses) drawn with the keys between two corners, added or
-//! subtracted, inverted or cleared. [`MaskEditor::mask_image`] is the mask at the picture's size.
+//! subtracted, inverted or cleared, or a mask file loaded as `--mask` reads it ([`MaskEditor::load`]).
+//! [`MaskEditor::mask_image`] is the mask at the picture's size; [`MaskEditor::file_as_is`] the
+//! loaded file while nothing was drawn over it.
 
 use super::centered;
+use crate::image::init::InitError;
+use crate::init_image::{FileRef, ResizeMode};
 use crate::job::RgbImage;
 use crate::tui::theme::Theme;
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Style};
 use ratatui::text::Line;
-use ratatui::widgets::{Block, Borders, Clear, Paragraph, Widget};
+use ratatui::widgets::{Block, Borders, Clear, Paragraph, Widget, Wrap};
 
 /// Mask dots across the picture; a terminal cell shows two dots stacked (half-blocks).
 const DOTS_ACROSS: u32 = 64;
@@ -18,6 +22,20 @@ const DOTS_ACROSS: u32 = 64;
 pub enum Shape {
     Rectangle,
     Ellipse,
+}
+
+/// A mask file loaded into the editor: its pixels are the mask wherever no shape was drawn since.
+#[derive(Debug, Clone)]
+pub struct LoadedMask {
+    /// The file, pinned by the sha256 of its contents as `--mask` pins it.
+    pub file: FileRef,
+    /// Its size in pixels.
+    pub size: (u32, u32),
+    /// Its grey (255 repaints) at the picture's size.
+    grey: Vec<u8>,
+    /// Dots a shape changed since: there the dots decide.
+    touched: Vec<bool>,
+    inverted: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +53,8 @@ pub struct MaskEditor {
     pub shape: Shape,
     /// Shapes take away from the mask instead of adding.
     pub subtract: bool,
+    /// A mask read from a file (`o`), under what is drawn after.
+    pub loaded: Option<LoadedMask>,
 }
 
 impl MaskEditor {
@@ -52,7 +72,86 @@ impl MaskEditor {
             anchor: None,
             shape: Shape::Rectangle,
             subtract: false,
+            loaded: None,
         }
+    }
+
+    /// Makes the mask the picture `rgb` read from `file` (white repaints, grey as its luma, as the
+    /// loader takes a mask). A mask of another size than the picture is refused with the loader's
+    /// error when `same_size` (only masked, outpainting), else fitted over the picture by `mode`
+    /// as the loader fits it. What was drawn before is replaced.
+    pub fn load(
+        &mut self,
+        file: FileRef,
+        rgb: &RgbImage,
+        mode: ResizeMode,
+        same_size: bool,
+    ) -> Result<(), InitError> {
+        let (pw, ph) = (self.image.width, self.image.height);
+        let size = (rgb.width, rgb.height);
+        if size != (pw, ph) && same_size {
+            return Err(InitError::MaskSize {
+                path: file.path.clone(),
+                mask: size,
+                picture: (pw, ph),
+            });
+        }
+        let bad = || InitError::Decode {
+            path: file.path.clone(),
+            message: "pixel buffer of the wrong size".into(),
+        };
+        let grey: Vec<u8> = rgb.pixels.chunks_exact(3).map(luma).collect();
+        let grey = if size == (pw, ph) {
+            grey
+        } else {
+            let g = image::GrayImage::from_raw(size.0, size.1, grey).ok_or_else(bad)?;
+            crate::image::init::fit(&image::DynamicImage::ImageLuma8(g), pw, ph, mode)
+                .to_luma8()
+                .into_raw()
+        };
+        if grey.len() != (pw * ph) as usize {
+            return Err(bad());
+        }
+        self.loaded = Some(LoadedMask {
+            file,
+            size,
+            grey,
+            touched: vec![false; self.dots.len()],
+            inverted: false,
+        });
+        self.anchor = None;
+        let (gw, gh) = self.size;
+        for y in 0..gh {
+            for x in 0..gw {
+                let p = self.pixel_of(x, y);
+                self.dots[(y * gw + x) as usize] = self.loaded_value(p).is_some_and(|v| v >= 128);
+            }
+        }
+        Ok(())
+    }
+
+    /// The loaded file, while nothing was drawn over it, inverted or cleared: the job takes it as
+    /// `--mask FILE` would.
+    pub fn file_as_is(&self) -> Option<&FileRef> {
+        self.loaded
+            .as_ref()
+            .filter(|l| !l.inverted && !l.touched.contains(&true))
+            .map(|l| &l.file)
+    }
+
+    /// The pixel index of the picture under the centre of dot (x, y).
+    fn pixel_of(&self, x: u32, y: u32) -> usize {
+        let (gw, gh) = self.size;
+        let px = ((f64::from(x) + 0.5) / f64::from(gw) * f64::from(self.image.width)) as u32;
+        let py = ((f64::from(y) + 0.5) / f64::from(gh) * f64::from(self.image.height)) as u32;
+        (py.min(self.image.height - 1) * self.image.width + px.min(self.image.width - 1)) as usize
+    }
+
+    /// The loaded mask's grey at pixel `p`, inverted as asked; `None` without one.
+    fn loaded_value(&self, p: usize) -> Option<u8> {
+        let l = self.loaded.as_ref()?;
+        let g = *l.grey.get(p)?;
+        Some(if l.inverted { 255 - g } else { g })
     }
 
     pub fn move_cursor(&mut self, dx: i32, dy: i32) {
@@ -70,7 +169,11 @@ impl MaskEditor {
                 for y in 0..self.size.1 {
                     for x in 0..self.size.0 {
                         if self.inside(a, self.cursor, x, y) {
-                            self.dots[(y * self.size.0 + x) as usize] = value;
+                            let i = (y * self.size.0 + x) as usize;
+                            self.dots[i] = value;
+                            if let Some(l) = &mut self.loaded {
+                                l.touched[i] = true;
+                            }
                         }
                     }
                 }
@@ -108,18 +211,28 @@ impl MaskEditor {
 
     pub fn invert(&mut self) {
         self.dots.iter_mut().for_each(|d| *d = !*d);
+        if let Some(l) = &mut self.loaded {
+            l.inverted = !l.inverted;
+        }
     }
 
+    /// Clears the dots and drops a loaded mask.
     pub fn clear(&mut self) {
         self.dots.iter_mut().for_each(|d| *d = false);
         self.anchor = None;
+        self.loaded = None;
     }
 
+    /// Whether nothing repaints (a loaded mask: no pixel at one half or above).
     pub fn is_empty(&self) -> bool {
+        if self.loaded.is_some() {
+            return !self.mask_image().pixels.iter().any(|&v| v >= 128);
+        }
         !self.dots.contains(&true)
     }
 
-    /// The mask at the picture's size: white where a dot is set (nearest dot), black elsewhere.
+    /// The mask at the picture's size: white where a dot is set (nearest dot), black elsewhere; a
+    /// loaded mask's own pixels where no shape was drawn over them.
     pub fn mask_image(&self) -> RgbImage {
         let (w, h) = (self.image.width, self.image.height);
         let (gw, gh) = self.size;
@@ -128,10 +241,12 @@ impl MaskEditor {
             let gy = (u64::from(y) * u64::from(gh) / u64::from(h.max(1))) as u32;
             for x in 0..w {
                 let gx = (u64::from(x) * u64::from(gw) / u64::from(w.max(1))) as u32;
-                let v = if self.dots[(gy * gw + gx) as usize] {
-                    255
-                } else {
-                    0
+                let dot = (gy * gw + gx) as usize;
+                let untouched = self.loaded.as_ref().is_some_and(|l| !l.touched[dot]);
+                let v = match self.loaded_value((y * w + x) as usize) {
+                    Some(v) if untouched => v,
+                    _ if self.dots[dot] => 255,
+                    _ => 0,
                 };
                 pixels.extend_from_slice(&[v, v, v]);
             }
@@ -145,11 +260,8 @@ impl MaskEditor {
 
     /// The picture's colour at dot (x, y), tinted where the mask repaints or a shape is pending.
     fn colour(&self, x: u32, y: u32) -> Color {
-        let (gw, gh) = self.size;
-        let px = ((f64::from(x) + 0.5) / f64::from(gw) * f64::from(self.image.width)) as u32;
-        let py = ((f64::from(y) + 0.5) / f64::from(gh) * f64::from(self.image.height)) as u32;
-        let i = ((py.min(self.image.height - 1) * self.image.width + px.min(self.image.width - 1))
-            * 3) as usize;
+        let gw = self.size.0;
+        let i = self.pixel_of(x, y) * 3;
         let p = self.image.pixels.get(i..i + 3).unwrap_or(&[0, 0, 0]);
         let pending = self
             .anchor
@@ -180,7 +292,21 @@ impl MaskEditor {
             .borders(Borders::ALL)
             .border_style(theme.get("ui.popup.border"))
             .style(theme.get("ui.popup"))
-            .title(format!(" Mask {} · {mode} ", self.caption));
+            .title(match &self.loaded {
+                Some(l) => {
+                    let name = l.file.path.file_name().map_or_else(
+                        || l.file.path.display().to_string(),
+                        |n| n.to_string_lossy().into_owned(),
+                    );
+                    let edited = if self.file_as_is().is_some() {
+                        ""
+                    } else {
+                        " (edited)"
+                    };
+                    format!(" Mask {} · {mode} · {name}{edited} ", self.caption)
+                }
+                None => format!(" Mask {} · {mode} ", self.caption),
+            });
         let inner = block.inner(rect);
         block.render(rect, buf);
         // A terminal smaller than the grid shows it scaled down, its ratio kept; the cursor's dot
@@ -221,12 +347,19 @@ impl MaskEditor {
         let help = if self.anchor.is_some() {
             "move to the other corner, Space draws the shape · Esc drops the corner"
         } else {
-            "arrows move (S- ×4) · Space corner · e shape · a/s add/subtract · v invert · c clear · Enter use · Esc cancel"
+            "arrows move (S- ×4) · Space corner · e shape · a/s add/subtract · v invert · c clear · o load a file · Enter use · Esc cancel"
         };
         let y = inner.y + inner.height.saturating_sub(2);
         Paragraph::new(Line::styled(help, theme.get("ui.text.muted")))
+            .wrap(Wrap { trim: true })
             .render(Rect::new(inner.x, y, inner.width, 2.min(inner.height)), buf);
     }
+}
+
+/// ITU-R 601 luma in PIL's fixed point (`convert("L")`), as the picture loader reads a mask.
+fn luma(p: &[u8]) -> u8 {
+    let (r, g, b) = (u32::from(p[0]), u32::from(p[1]), u32::from(p[2]));
+    ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) as u8
 }
 
 #[cfg(test)]
@@ -264,6 +397,40 @@ mod tests {
         let m = e.mask_image();
         assert_eq!(m.pixels[0], 0);
         assert_eq!(m.pixels[(64 * 3) as usize], 255);
+    }
+
+    #[test]
+    fn a_loaded_mask_inverts_as_its_own_pixels_and_clear_drops_it() {
+        let mut e = editor(8, 8);
+        // Greys 0, 100, 200 and 255 along each row of an 8×8 picture.
+        let grey = [0u8, 100, 200, 255, 0, 0, 0, 0];
+        let rgb = RgbImage {
+            width: 8,
+            height: 8,
+            pixels: (0..64).flat_map(|i| [grey[i % 8]; 3]).collect(),
+        };
+        let file = FileRef {
+            path: "m.png".into(),
+            sha256: "00".into(),
+        };
+        e.load(file.clone(), &rgb, ResizeMode::Just, true).unwrap();
+        assert_eq!(e.file_as_is(), Some(&file));
+        assert_eq!(e.mask_image().pixels, rgb.pixels, "the file's own greys");
+        e.invert();
+        assert!(e.file_as_is().is_none());
+        let inverted: Vec<u8> = rgb.pixels.iter().map(|v| 255 - v).collect();
+        assert_eq!(e.mask_image().pixels, inverted);
+        e.clear();
+        assert!(e.loaded.is_none() && e.is_empty());
+        // Another size where the mask must match the picture: the loader's error, nothing loaded.
+        let small = RgbImage {
+            width: 4,
+            height: 4,
+            pixels: vec![255; 48],
+        };
+        let err = e.load(file, &small, ResizeMode::Just, true).unwrap_err();
+        assert!(err.to_string().contains("is 4x4, the picture 8x8"), "{err}");
+        assert!(e.loaded.is_none());
     }
 
     #[test]

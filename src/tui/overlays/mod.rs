@@ -1,5 +1,5 @@
 //! Layers drawn over the screen (help, palette, confirm, error, the model picker, the mask editor,
-//! the prompt's steps). The top one gets keys first; Esc closes it. Each file holds one overlay's
+//! a file path prompt, the prompt's steps). The top one gets keys first; Esc closes it. Each file holds one overlay's
 //! state and drawing; [`Scroll`] is the scrolling text box two of them share.
 
 pub mod confirm;
@@ -8,6 +8,7 @@ pub mod help;
 pub mod mask;
 pub mod models;
 pub mod palette;
+pub mod path;
 pub mod steps;
 
 use crate::tui::theme::Theme;
@@ -26,6 +27,7 @@ pub enum Overlay {
     Error(error::ErrorPopup),
     Models(models::ModelPicker),
     Mask(mask::MaskEditor),
+    Path(path::PathPrompt),
     Steps(steps::PromptSteps),
 }
 
