@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Hires-fix and upscaler references for the tiny SD1.5 fixture (and the 9-channel SD1, SD2, SDXL ones).
+"""Hires-fix and upscaler references for the tiny SD1.5 and SDXL fixtures (and the 9-channel SD1, SD2, SDXL ones).
 
-    /work/venv/bin/python scripts/hires_reference.py [--upscaler-only | --inpaint-unet-only]   # (a venv with torch, diffusers, onnx)
+    /work/venv/bin/python scripts/hires_reference.py [--upscaler-only | --inpaint-unet-only | --sdxl-only]   # (a venv with torch, diffusers, onnx)
 
 1. tests/fixtures/upscaler/tiny-2x.onnx: a tiny image upscaler with random weights, shaped like
    Real-ESRGAN's exports (input `[1, 3, H, W]` RGB in 0..1, output `[1, 3, 2H, 2W]`): two 3x3
@@ -38,6 +38,14 @@
    encoders, the size conditioning left to the pipeline: original = target = each pass's size, crop
    (0, 0)), on the UNet scripts/sdxl_inpaint_fixtures.py made (rebuilt from its seed, checked against
    the fixture's unet/) and the base tiny model's encoders, VAE and VAE encoder graph.
+6. tests/fixtures/tiny-sdxl/reference/hires.json and its images (`--sdxl-only` makes only these): item 3
+   on the plain tiny SDXL model with StableDiffusionXLPipeline and StableDiffusionXLImg2ImgPipeline (both
+   text encoders), for a latent mode and Lanczos (SDXL_CASES). Each pass's size conditioning is given
+   explicitly as A1111 gives it: original_size = target_size = that pass's size (the first pass 64x64,
+   the second the hires size), crops_coords_top_left (0, 0) (A1111 builds the hires pass's prompts with
+   width/height = hr_upscale_to_x/y, and sd_models_xl.get_learned_conditioning makes both sizes from
+   them; its crop is the sdxl_crop_top/left options, default 0). That is also what the img2img pipeline
+   would default to; stipple's time_ids are the same. Each image records its six time ids per pass.
 """
 import json
 import os
@@ -282,35 +290,53 @@ def inpaint_unet_references(upscaler, family="sd1"):
     print(f"wrote {fixture}'s hires references")
 
 
-def main():
-    import diffusers
-    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+# (upscaler, sampler, hires steps, hires denoise, scale) on tiny SDXL: a latent mode and Lanczos
+SDXL_CASES = [
+    ("Latent", "euler-a", 0, 0.6, 2),
+    ("Lanczos", "dpmpp-2m", 6, 0.5, 1.5),
+]
+
+
+def size_conditioning(size):
+    """SDXL's size/crop conditioning of a pass made at size x size, as A1111 gives it
+    (sd_models_xl.get_learned_conditioning: original = target = the pass's size, crop (sdxl_crop_top,
+    sdxl_crop_left), default (0, 0); the hires pass's prompts are made at hr_upscale_to_x/y) and as stipple's
+    time_ids: the pipeline arguments and the six time ids they make."""
+    kwargs = dict(original_size=(size, size), crops_coords_top_left=(0, 0), target_size=(size, size))
+    return kwargs, [*kwargs["original_size"], *kwargs["crops_coords_top_left"], *kwargs["target_size"]]
+
+
+def two_pass_models(family):
+    """(fixture, text-to-image pipeline class, img2img pipeline class, their components, cases) of the plain
+    4-channel tiny model of `family` (`sd1`, `sdxl`)."""
+    from diffusers import (
+        StableDiffusionImg2ImgPipeline,
+        StableDiffusionPipeline,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLPipeline,
+    )
     from transformers import CLIPTokenizer
 
-    up_dir = os.path.join(FIXTURES, "upscaler")
-    if "--inpaint-unet-only" in sys.argv:
-        torch.manual_seed(0)  # make_upscaler's weights, checked against its committed output
-        upscaler = TinyUpscaler().eval()
-        init = Image.open(os.path.join(FIXTURES, "img2img", "init.png")).convert("RGB")
-        if run_upscaler(upscaler, init).tobytes() != Image.open(os.path.join(up_dir, "init.2x.png")).tobytes():
-            raise SystemExit("the rebuilt tiny upscaler differs from upscaler/init.2x.png")
-        for family in INPAINT_FAMILIES:
-            inpaint_unet_references(upscaler, family)
-        return
-    upscaler = make_upscaler(up_dir)
-    make_wrong_upscaler(up_dir)
-    init = Image.open(os.path.join(FIXTURES, "img2img", "init.png")).convert("RGB")
-    run_upscaler(upscaler, init).save(os.path.join(up_dir, "init.2x.png"))
-    interpolate_cases(up_dir)
-    if "--upscaler-only" in sys.argv:
-        return
-
-    sd15 = os.path.join(FIXTURES, "tiny-sd15")
-    unet, (te,), vae, sched = tiny_models("sd1")
-    check_decoder(sd15, vae)
-    tok = CLIPTokenizer.from_pretrained(os.path.join(sd15, "tokenizer"))
-    common = dict(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, safety_checker=None,
+    fixture = os.path.join(FIXTURES, "tiny-sdxl" if family == "sdxl" else "tiny-sd15")
+    unet, encoders, vae, sched = tiny_models(family)
+    check_decoder(fixture, vae)
+    assert unet.config.in_channels == 4
+    toks = [CLIPTokenizer.from_pretrained(os.path.join(fixture, t)) for t in ["tokenizer", "tokenizer_2"][:len(encoders)]]
+    if family == "sdxl":
+        common = dict(vae=vae, text_encoder=encoders[0], text_encoder_2=encoders[1], tokenizer=toks[0],
+                      tokenizer_2=toks[1], unet=unet, add_watermarker=False)
+        return fixture, StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline, common, sched, SDXL_CASES
+    common = dict(vae=vae, text_encoder=encoders[0], tokenizer=toks[0], unet=unet, safety_checker=None,
                   feature_extractor=None, requires_safety_checker=False)
+    return fixture, StableDiffusionPipeline, StableDiffusionImg2ImgPipeline, common, sched, CASES
+
+
+def two_pass_references(upscaler, family="sd1"):
+    """The hires fix on the plain tiny model of `family` as two diffusers pipelines (item 3 of the module
+    doc). On SDXL each pass gets its size conditioning explicitly (size_conditioning), recorded per image as
+    `time_ids` {first, second}."""
+    fixture, txt2img, img2img, common, sched, cases = two_pass_models(family)
+    xl = family == "sdxl"
 
     def pipe(cls, slug):
         p = cls(scheduler=scheduler_for(sched, slug), **common)
@@ -324,29 +350,66 @@ def main():
                      guidance_scale=7.0, generator=g, **kwargs).images
 
     images = []
-    for upscaler_name, slug, hires_steps, denoise, scale in CASES:
+    for upscaler_name, slug, hires_steps, denoise, scale in cases:
         target = int(SIZE * scale)
-        first = pipe(StableDiffusionPipeline, slug)
+        (first_cond, first_ids), (second_cond, second_ids) = size_conditioning(SIZE), size_conditioning(target)
+        first = pipe(txt2img, slug)
+        first_kwargs = dict(height=SIZE, width=SIZE, **(first_cond if xl else {}))
         if upscaler_name in LATENT_MODES:
-            latents = call(first, STEPS, height=SIZE, width=SIZE, output_type="latent")
+            latents = call(first, STEPS, output_type="latent", **first_kwargs)
             mode, aa = LATENT_MODES[upscaler_name]
             factor = SIZE // latents.shape[-1]
             image = F.interpolate(latents, size=(target // factor, target // factor), mode=mode, antialias=aa)
         else:
-            picture = call(first, STEPS, height=SIZE, width=SIZE)[0]
+            picture = call(first, STEPS, **first_kwargs)[0]
             if upscaler_name == "Lanczos":
                 image = picture.resize((target, target), Image.LANCZOS)
             else:
                 image = run_upscaler(upscaler, picture)
-        second = pipe(StableDiffusionImg2ImgPipeline, slug)
-        out = call(second, hires_steps or STEPS, image=image, strength=denoise)[0]
+        second = pipe(img2img, slug)
+        out = call(second, hires_steps or STEPS, image=image, strength=denoise, **(second_cond if xl else {}))[0]
+        assert out.size == (target, target)
         name = f"hires.{upscaler_name.replace(' ', '_').replace('(', '').replace(')', '')}.{slug}.png"
-        out.save(os.path.join(sd15, "reference", name))
+        out.save(os.path.join(fixture, "reference", name))
         images.append({"file": name, "upscaler": upscaler_name, "sampler": slug, "hires_steps": hires_steps,
                        "denoise": denoise, "scale": scale,
                        "model": "tiny-2x.onnx" if upscaler_name == "tiny-2x" else None})
-    write_manifest(sd15, images)
-    print("wrote the hires references")
+        if xl:
+            images[-1]["time_ids"] = {"first": first_ids, "second": second_ids}
+    write_manifest(fixture, images)
+    print(f"wrote {fixture}'s hires references")
+
+
+def rebuilt_upscaler():
+    """make_upscaler's model rebuilt from its seed, checked against its committed output."""
+    torch.manual_seed(0)
+    upscaler = TinyUpscaler().eval()
+    init = Image.open(os.path.join(FIXTURES, "img2img", "init.png")).convert("RGB")
+    committed = Image.open(os.path.join(FIXTURES, "upscaler", "init.2x.png"))
+    if run_upscaler(upscaler, init).tobytes() != committed.tobytes():
+        raise SystemExit("the rebuilt tiny upscaler differs from upscaler/init.2x.png")
+    return upscaler
+
+
+def main():
+    if "--inpaint-unet-only" in sys.argv:
+        upscaler = rebuilt_upscaler()
+        for family in INPAINT_FAMILIES:
+            inpaint_unet_references(upscaler, family)
+        return
+    if "--sdxl-only" in sys.argv:
+        two_pass_references(rebuilt_upscaler(), "sdxl")
+        return
+    up_dir = os.path.join(FIXTURES, "upscaler")
+    upscaler = make_upscaler(up_dir)
+    make_wrong_upscaler(up_dir)
+    init = Image.open(os.path.join(FIXTURES, "img2img", "init.png")).convert("RGB")
+    run_upscaler(upscaler, init).save(os.path.join(up_dir, "init.2x.png"))
+    interpolate_cases(up_dir)
+    if "--upscaler-only" in sys.argv:
+        return
+    for family in ["sd1", "sdxl"]:
+        two_pass_references(upscaler, family)
     for family in INPAINT_FAMILIES:
         inpaint_unet_references(upscaler, family)
 

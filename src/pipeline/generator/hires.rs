@@ -21,7 +21,9 @@ pub(super) struct CachedUpscaler {
     model: ModelUpscaler,
 }
 
-/// The job the second pass runs: the hires size, its schedule, no picture of its own.
+/// The job the second pass runs: the hires size, its schedule, no picture of its own. SDXL's size
+/// conditioning follows the job's size, so the hires size is both original and target size, as
+/// A1111's hires pass has it (its prompts are conditioned at `hr_upscale_to_x/y`).
 fn second_job(job: &Job, fix: &HiresFix, total: u32) -> Job {
     Job {
         width: fix.width,
