@@ -221,6 +221,24 @@ impl HiresFix {
     }
 
     /// Checks what a job file or a command line may have got wrong.
+    /// This fix with its second pass set: `steps` (0 = the job's), `denoise` and how steps are
+    /// counted, checked as the generator will run it after a job of `job_steps`. What the command
+    /// line and the workstation both build a fix with.
+    pub fn with_pass(
+        mut self,
+        steps: u32,
+        denoise: f64,
+        step_count: StepCount,
+        job_steps: u32,
+    ) -> Result<HiresFix, HiresError> {
+        self.steps = steps;
+        self.denoise = denoise;
+        self.step_count = step_count;
+        self.check()?;
+        self.second_pass(job_steps)?;
+        Ok(self)
+    }
+
     pub fn check(&self) -> Result<(), HiresError> {
         let ok = |v: u32| v > 0 && v.is_multiple_of(8) && v <= 16384;
         if !ok(self.width) || !ok(self.height) {

@@ -72,18 +72,21 @@ pub fn hires_fix(
         .map(pin_model)
         .transpose()
         .map_err(usage)?;
-    let mut fix = HiresFix::new(
+    let fix = HiresFix::new(
         f.hires_upscaler.as_deref().unwrap_or("Latent"),
         model,
         (job.width, job.height),
         f.hires_scale,
         (f.hires_width, f.hires_height),
     )
+    .and_then(|fix| {
+        fix.with_pass(
+            f.hires_steps.unwrap_or(0),
+            f.hires_denoise.unwrap_or(0.7),
+            init.denoise_steps.unwrap_or_default(),
+            job.steps,
+        )
+    })
     .map_err(usage)?;
-    fix.steps = f.hires_steps.unwrap_or(0);
-    fix.denoise = f.hires_denoise.unwrap_or(0.7);
-    fix.step_count = init.denoise_steps.unwrap_or_default();
-    fix.check().map_err(usage)?;
-    fix.second_pass(job.steps).map_err(usage)?;
     Ok(Some(Box::new(fix)))
 }

@@ -68,14 +68,6 @@ pub fn diff(a: &[u8], b: &[u8]) -> (u8, f64) {
     (max, sum as f64 / a.len().max(1) as f64)
 }
 
-const SAMPLERS: [Sampler; 5] = [
-    Sampler::Euler,
-    Sampler::EulerA,
-    Sampler::Ddim,
-    Sampler::DpmPp2m,
-    Sampler::DpmPp2mKarras,
-];
-
 #[test]
 fn sd15_single_file_equals_the_folder_model_for_every_sampler() {
     let mut file = load(&fixture("tiny-sd15.safetensors"), SessionOptions::default());
@@ -86,7 +78,7 @@ fn sd15_single_file_equals_the_folder_model_for_every_sampler() {
         }
     ));
     let mut folder = generator();
-    for s in SAMPLERS {
+    for s in Sampler::ALL {
         let j = job(s, 4);
         assert_eq!(image(&mut file, &j), image(&mut folder, &j), "{s:?}");
     }
@@ -110,10 +102,10 @@ fn old_clip_layout_in_f32_equals_the_folder_model() {
 }
 
 #[test]
-fn sdxl_single_file_equals_the_folder_model() {
+fn sdxl_single_file_equals_the_folder_model_for_every_sampler() {
     let mut file = load(&fixture("tiny-sdxl.safetensors"), SessionOptions::default());
     let mut folder = load(&crate::sdxl::tiny_sdxl(), SessionOptions::default());
-    for s in [Sampler::Euler, Sampler::DpmPp2mKarras] {
+    for s in Sampler::ALL {
         let j = job(s, 4);
         assert_eq!(image(&mut file, &j), image(&mut folder, &j), "{s:?}");
     }

@@ -273,20 +273,23 @@ impl Settings {
                 (LatentMode::Bilinear.name(), Some(pin_model(p).map_err(s)?))
             }
         };
-        let mut fix = HiresFix::new(
+        let fix = HiresFix::new(
             name,
             model,
             (job.width, job.height),
             Some(self.hires_scale),
             (None, None),
         )
+        .and_then(|fix| {
+            // The workstation has no --denoise-steps: diffusers' count, the flag's default.
+            fix.with_pass(
+                self.hires_steps,
+                self.hires_denoise,
+                StepCount::default(),
+                job.steps,
+            )
+        })
         .map_err(s)?;
-        fix.steps = self.hires_steps;
-        fix.denoise = self.hires_denoise;
-        // The workstation has no --denoise-steps: diffusers' count, the flag's default.
-        fix.step_count = StepCount::default();
-        fix.check().map_err(s)?;
-        fix.second_pass(job.steps).map_err(s)?;
         Ok(Some(Box::new(fix)))
     }
 
