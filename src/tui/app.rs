@@ -73,6 +73,12 @@ pub enum Input {
         path: std::path::PathBuf,
         result: Result<(crate::init_image::FileRef, RgbImage), String>,
     },
+    /// A picture file read after [`Effect::LoadInit`], pinned as `--init-image` pins it, or the
+    /// reader's error.
+    InitRead {
+        path: std::path::PathBuf,
+        result: Result<(crate::init_image::FileRef, RgbImage), String>,
+    },
     /// The model folders, scanned after [`Effect::ScanModels`]: opens the model picker.
     Models(ModelListing),
     /// A LoRA's sidecar picture, loaded after [`Effect::LoadPreview`].
@@ -107,6 +113,8 @@ pub enum Effect {
     },
     /// Read a mask file for the mask editor, as `--mask` reads it.
     LoadMask(std::path::PathBuf),
+    /// Read a picture file as `--init-image` reads it, to start the next jobs from it.
+    LoadInit(std::path::PathBuf),
     /// Inpaint with a mask file as loaded (after the picture's [`Effect::PinInit`]).
     UseMask(crate::init_image::FileRef),
     /// Scan the model folders for the model picker.
@@ -368,6 +376,30 @@ impl App {
                 self.mask_read(&path, result);
                 Vec::new()
             }
+            Input::InitRead { path, result } => {
+                self.dirty = true;
+                let (file, image) = match result {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // The prompt stays open with the path to correct; the init image stays.
+                        self.error(e);
+                        return Vec::new();
+                    }
+                };
+                if matches!(self.overlays.last(), Some(Overlay::Path(p)) if p.purpose == PathFor::Init)
+                {
+                    self.overlays.pop();
+                }
+                let caption = path.file_name().map_or_else(
+                    || path.display().to_string(),
+                    |n| n.to_string_lossy().into(),
+                );
+                self.update(Input::InitPinned {
+                    file,
+                    caption,
+                    image,
+                })
+            }
             Input::Models(listing) => {
                 self.dirty = true;
                 let current = self.model.path.clone();
@@ -550,6 +582,7 @@ impl App {
                 KeyCode::Enter => match (p.purpose, p.path()) {
                     (_, None) => self.error("type the path of a picture file (PNG, JPEG or WebP)"),
                     (PathFor::Mask, Some(path)) => return vec![Effect::LoadMask(path)],
+                    (PathFor::Init, Some(path)) => return vec![Effect::LoadInit(path)],
                 },
                 KeyCode::Char(c) if !key.modifiers.contains(KeyModifiers::CONTROL) => {
                     p.type_char(c)
@@ -667,6 +700,9 @@ impl App {
                 }
             }
             (_, A::PickModel) => return vec![Effect::ScanModels],
+            (_, A::OpenInit) => self
+                .overlays
+                .push(Overlay::Path(PathPrompt::new(PathFor::Init))),
             (_, A::Suspend) => return vec![Effect::Suspend],
             (_, A::Redraw) => return vec![Effect::Redraw],
             (Context::Prompt, A::StrengthUp | A::StrengthDown) => {

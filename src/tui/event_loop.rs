@@ -102,17 +102,12 @@ pub fn perform(
                 ),
             },
             Effect::LoadMask(path) => {
-                // The reader and the pin of `--mask`: same formats, size limits, errors and hash.
-                let result = crate::image::init::read_picture(&path)
-                    .map(|pic| {
-                        let file = crate::init_image::FileRef {
-                            path: path.clone(),
-                            sha256: pic.sha256,
-                        };
-                        (file, pic.rgb)
-                    })
-                    .map_err(|e| e.to_string());
+                let result = read_file(&path);
                 app.update(Input::MaskRead { path, result });
+            }
+            Effect::LoadInit(path) => {
+                let result = read_file(&path);
+                app.update(Input::InitRead { path, result });
             }
             Effect::UseMask(file) => {
                 app.update(Input::MaskPinned { file });
@@ -178,6 +173,19 @@ fn pin_picture(
     }
     let init = crate::image::init::pin(&path, 0.75, None).map_err(|e| e.to_string())?;
     Ok(init.image)
+}
+
+/// A picture file read and pinned as `--init-image` and `--mask` read and pin theirs (see
+/// [`crate::image::init::pin`]): same formats, size limits, errors and sha256, one read.
+fn read_file(
+    path: &std::path::Path,
+) -> Result<(crate::init_image::FileRef, crate::job::RgbImage), String> {
+    let pic = crate::image::init::read_picture(path).map_err(|e| e.to_string())?;
+    let file = crate::init_image::FileRef {
+        path: path.to_path_buf(),
+        sha256: pic.sha256,
+    };
+    Ok((file, pic.rgb))
 }
 
 /// A picture file, shrunk to at most 512 px a side (the pane is smaller than that anyway).

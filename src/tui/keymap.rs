@@ -90,7 +90,7 @@ actions! {
     NextTag => "next_tag", MakeConstant => "make_constant",
     Increase => "increase", Decrease => "decrease", Toggle => "toggle", RandomSeed => "random_seed",
     PickModel => "pick_model", SendToImg2img => "send_to_img2img", SendToInpaint => "send_to_inpaint",
-    PromptSteps => "prompt_steps",
+    PromptSteps => "prompt_steps", OpenInit => "open_init_image",
 }
 
 /// A key with its modifiers, written `C-g`, `M-z`, `S-Up`, `F5`, `Enter`, `?`.
@@ -285,6 +285,13 @@ const DEFAULTS: &[(Context, &str, Action, &str, &str)] = {
             PickModel,
             "choose the model (checkpoints and model folders)",
             "model",
+        ),
+        (
+            Global,
+            "M-o",
+            OpenInit,
+            "start the next jobs from a picture file (img2img)",
+            "",
         ),
         (
             Global,

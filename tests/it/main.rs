@@ -44,6 +44,7 @@ mod tui_embeddings;
 mod tui_flows;
 mod tui_hires_mask;
 mod tui_img2img;
+mod tui_init_file;
 mod tui_models;
 mod tui_screens;
 mod tui_smoke;

@@ -1,4 +1,5 @@
-//! A one-line prompt for a file path (`o` in the mask editor): typed or pasted (surrounding quotes
+//! A one-line prompt for a file path (`o` in the mask editor, `M-o` for an init image): typed or
+//! pasted (surrounding quotes
 //! dropped, `~/` the home folder). The app reads the file on Enter and keeps the prompt open, its
 //! text intact, when that fails. [`PathPrompt::path`] is the path as typed.
 
@@ -15,6 +16,8 @@ use std::path::PathBuf;
 pub enum PathFor {
     /// A mask for the mask editor below the prompt.
     Mask,
+    /// The init image of the next jobs, as `--init-image` reads it.
+    Init,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +69,7 @@ impl PathPrompt {
         Clear.render(rect, buf);
         let title = match self.purpose {
             PathFor::Mask => " Mask from a file (PNG, JPEG, WebP; white repaints) ",
+            PathFor::Init => " Init image from a file (PNG, JPEG, WebP) ",
         };
         let block = Block::default()
             .borders(Borders::ALL)
