@@ -515,18 +515,7 @@ fn infotext_names_the_loras_by_their_a1111_hash() {
     g.set_lora_dirs(vec![root().join("tests/fixtures/lora")]);
     let mut j = small_job("a fox <lora:lyco_locon:0.5> <lora:lyco_locon:te=0.2>", 3);
     j.steps = 1;
-    let mut info = String::new();
-    g.generate(
-        &j,
-        &|| stipple::engine::Stop::No,
-        &mut |e| {
-            if let stipple::job::Event::Image { infotext, .. } = e {
-                info = infotext;
-            }
-        },
-        1,
-    )
-    .unwrap();
+    let info = infotext_of(&mut g, &j);
     assert!(
         info.contains(&format!("Lora hashes: \"lyco_locon: {want}\"")),
         "{info}"
@@ -680,18 +669,7 @@ fn infotext_names_the_vae_and_its_a1111_hash() {
             ..SessionOptions::default()
         },
     );
-    let mut info = String::new();
-    g.generate(
-        &job(Sampler::Euler, 2),
-        &|| stipple::engine::Stop::No,
-        &mut |e| {
-            if let stipple::job::Event::Image { infotext, .. } = e {
-                info = infotext;
-            }
-        },
-        1,
-    )
-    .unwrap();
+    let info = infotext_of(&mut g, &job(Sampler::Euler, 2));
     let parsed = stipple::image::parse_infotext(&info).unwrap();
     assert_eq!(
         parsed.get("VAE"),
@@ -706,18 +684,26 @@ fn infotext_names_the_vae_and_its_a1111_hash() {
         "{info}"
     );
     // Without --vae neither field is written.
-    let mut info = String::new();
-    load(&model, SessionOptions::default())
-        .generate(
-            &job(Sampler::Euler, 2),
-            &|| stipple::engine::Stop::No,
-            &mut |e| {
-                if let stipple::job::Event::Image { infotext, .. } = e {
-                    info = infotext;
-                }
-            },
-            1,
-        )
-        .unwrap();
+    let info = infotext_of(
+        &mut load(&model, SessionOptions::default()),
+        &job(Sampler::Euler, 2),
+    );
     assert!(!info.contains("VAE"), "{info}");
+}
+
+/// The infotext of the (last) image `g` makes for `j`.
+fn infotext_of(g: &mut Generator, j: &Job) -> String {
+    let mut info = String::new();
+    g.generate(
+        j,
+        &|| stipple::engine::Stop::No,
+        &mut |e| {
+            if let stipple::job::Event::Image { infotext, .. } = e {
+                info = infotext;
+            }
+        },
+        1,
+    )
+    .unwrap();
+    info
 }
