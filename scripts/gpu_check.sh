@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: every GPU mode's pictures against the plain reference of the same jobs.
 # Runs one jobs file (a base picture, an adapter, back to the base, a strength schedule, the adapter
-# again, a job of 3 images: each swap happens inside one engine) through `stipple batch --device cuda:0` once per mode,
+# again, a job of 3 images, an adapter dialled mid-job: each swap happens inside one engine) through `stipple batch --device cuda:0` once per mode,
 # and compares each picture with the reference mode's: the plain UNet graph, the plain fp16 VAE graph
 # (--vae-graph plain), no CUDA graph, no static shapes, weights baked into the sessions
 # (--resident-weights false), one image per UNet call. Prints mean and max absolute
@@ -49,7 +49,13 @@ cat > "$jobs" <<JOBS
 {"prompt": "a red fox <lora:$LORA:te=0.8:unet=1@0,0.2@1>", "seed": 4, "steps": $STEPS, "out": "j4-schedule"}
 {"prompt": "a red fox <lora:$LORA:0.5>", "seed": 5, "steps": $STEPS, "out": "j5-again"}
 {"prompt": "a red fox, snow", "seed": 6, "batch": 3, "steps": $STEPS, "out": "j6-batch-{index}"}
+{"prompt": "a red fox <lora:dial:0.8>", "seed": 7, "cfg": 6.5, "steps": $STEPS, "out": "j7-dial"}
 JOBS
+# j7-dial: the adapter (as "dial", so no other job is dialled) turned to 0.3 halfway through the job,
+# as the workstation's dial does: STIPPLE_TEST_DIAL (a test hook of `stipple batch`) sets it at that
+# step's stop check, in every mode and the reference alike.
+cp "$LORA_DIR/$LORA.safetensors" "$LORA_DIR/dial.safetensors"
+export STIPPLE_TEST_DIAL="$((STEPS / 2)):dial:0.3"
 # ONLY="j1-base j2-adapter" keeps those jobs (a quick check where swaps are slow, e.g. SDXL with FP32=1).
 if [ -n "${ONLY:-}" ]; then
   keep=$(for j in $ONLY; do printf '"out": "%s"\n' "$j"; done)
@@ -129,7 +135,7 @@ for mode in names:
         if job not in got:
             # A CUDA graph cannot replay live adapters (a schedule): the documented refusal.
             log = open(os.path.join(out, f"check-{mode}.log"), errors="replace").read()
-            if job.startswith("j4") and "captured as a CUDA graph" in log:
+            if job.startswith(("j4", "j7")) and "captured as a CUDA graph" in log:
                 cells.append(f"{job}: refused as documented")
             else:
                 cells.append(f"{job}: missing")

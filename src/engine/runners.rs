@@ -178,31 +178,65 @@ impl Runner for Generator {
     }
 
     fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome {
-        let stop = skip_once(out);
+        let hook = test_dial();
+        let stop = skip_once(out, hook.clone().zip(Some(Generator::dials(self))));
         let id = out.id;
         let ended = self
             .generate(job, &stop, &mut |e| out.send(e), id)
             .map_err(|e| e.to_string());
+        if hook.is_some() {
+            Generator::dials(self).clear();
+        }
         outcome(ended, out)
     }
 
     fn run_group(&mut self, jobs: &[(JobId, Job)], out: &Reporter<'_>) -> Vec<Outcome> {
-        let stop = skip_once(out);
+        let hook = test_dial();
+        let stop = skip_once(out, hook.clone().zip(Some(Generator::dials(self))));
         let group: Vec<GroupJob<'_>> = jobs
             .iter()
             .map(|(id, job)| GroupJob { id: *id, job })
             .collect();
-        self.generate_group(&group, &stop, &mut |e| out.send(e))
-            .into_iter()
-            .map(|ended| outcome(ended, out))
-            .collect()
+        let ended = self.generate_group(&group, &stop, &mut |e| out.send(e));
+        if hook.is_some() {
+            Generator::dials(self).clear();
+        }
+        ended.into_iter().map(|ended| outcome(ended, out)).collect()
     }
 }
 
-/// The stop check a generator polls: a skip is acted on once, an interrupt stays.
-fn skip_once(out: &Reporter<'_>) -> impl Fn() -> Stop {
+/// A dial turned at a stop check of every job: (check index from 0, adapter name, UNet strength).
+type TestDial = (u32, String, f32);
+
+/// The test hook `STIPPLE_TEST_DIAL=CHECK:NAME:STRENGTH` (never a user's setting): at the
+/// generator's stop check number CHECK (0-based; one check per step) of every job, adapter NAME's
+/// UNet strength is dialled to STRENGTH, as the workstation's dial does, and the dial is cleared
+/// when the job ends. It lets `stipple batch` (the GPU check) run a mid-job dial headless.
+fn test_dial() -> Option<TestDial> {
+    let v = std::env::var("STIPPLE_TEST_DIAL").ok()?;
+    let mut it = v.splitn(3, ':');
+    let (at, name, value) = (it.next()?, it.next()?, it.next()?);
+    match (at.parse(), value.parse()) {
+        (Ok(at), Ok(value)) if !name.is_empty() => Some((at, name.to_string(), value)),
+        _ => {
+            tracing::warn!("STIPPLE_TEST_DIAL={v} is not CHECK:NAME:STRENGTH; ignored");
+            None
+        }
+    }
+}
+
+/// The stop check a generator polls: a skip is acted on once, an interrupt stays. With `dial`
+/// (the test hook), its strength is set at its check.
+fn skip_once(out: &Reporter<'_>, dial: Option<(TestDial, Dials)>) -> impl Fn() -> Stop {
     let cancel = out.cancel.clone();
+    let checks = std::cell::Cell::new(0u32);
     move || {
+        if let Some(((at, name, value), dials)) = &dial {
+            if checks.get() == *at {
+                dials.set(name, crate::prompt::Component::Unet, *value);
+            }
+            checks.set(checks.get() + 1);
+        }
         let s = cancel.get();
         if s == Stop::SkipImage {
             cancel.take_skip();

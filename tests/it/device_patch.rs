@@ -895,3 +895,60 @@ fn an_adapter_set_that_does_not_fit_the_device_is_refused_with_the_numbers_and_c
         std::fs::read_dir(&out).unwrap().collect::<Vec<_>>()
     );
 }
+
+/// One picture from `stipple batch` of `line` with `flags`, dialled through the test hook
+/// `STIPPLE_TEST_DIAL` when `dial` is given.
+fn batch_picture(line: &str, flags: &[&str], dial: Option<&str>) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs.jsonl");
+    std::fs::write(&jobs, format!("{line}\n")).unwrap();
+    let out = dir.path().join("out");
+    let mut cmd = crate::cli::stipple();
+    cmd.env_remove("STIPPLE_TEST_DIAL");
+    if let Some(d) = dial {
+        cmd.env("STIPPLE_TEST_DIAL", d);
+    }
+    let o = cmd
+        .arg("batch")
+        .arg(&jobs)
+        .arg("--out")
+        .arg(&out)
+        .args(["--unet-batch", "1", "--lora-dir"])
+        .arg(lora_dir())
+        .args(flags)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{flags:?}: {stdout} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    read_rgb(Path::new(r["images"][0]["path"].as_str().unwrap())).2
+}
+
+#[test]
+fn a_mid_job_dial_through_batchs_test_hook_reruns_the_program_and_equals_host_refuse() {
+    // The GPU check's mid-job dial: `STIPPLE_TEST_DIAL=CHECK:NAME:STRENGTH` turns NAME's UNet dial
+    // at that stop check, as the workstation does. Through the device patch it equals the host
+    // patch's refuse with the same dial bit for bit (lyco_loha: dense ΔW), and both differ from
+    // the undialled picture, so the hook reached the job.
+    let line = r#"{"prompt": "a fox <lora:lyco_loha:1>", "steps": 6, "seed": 5, "width": 64, "height": 64}"#;
+    let dial = Some("1:lyco_loha:4");
+    let resident = ["--resident-weights", "true"];
+    let device = [&resident[..], &["--patch-on", "device"]].concat();
+    let host = [
+        &resident[..],
+        &["--patch-on", "host", "--lora-method", "refuse"],
+    ]
+    .concat();
+    let dialled_device = batch_picture(line, &device, dial);
+    let dialled_host = batch_picture(line, &host, dial);
+    let undialled = batch_picture(line, &host, None);
+    assert_ne!(dialled_host, undialled, "the dial changes the picture");
+    assert_eq!(
+        dialled_device, dialled_host,
+        "device re-run vs host refuse, dialled"
+    );
+}
