@@ -305,6 +305,49 @@ mod tests {
         }
     }
 
+    /// The full-size plain graphs carry the shape of every intermediate value
+    /// (`scripts/template_shapes.py`): without them ONNX Runtime 1.31's memory planner spends
+    /// seconds comparing unknown symbolic shapes (8.8 s of an SDXL UNet session's build).
+    #[test]
+    fn full_size_plain_graphs_carry_every_values_shape() {
+        use super::super::onnx_proto::ModelProto;
+        use prost::Message;
+        let mut checked = 0;
+        for t in Template::all()
+            .into_iter()
+            .filter(|t| !t.name.starts_with("tiny-"))
+        {
+            let index = t.index().unwrap();
+            for kind in index.components {
+                let bytes = t.file(&format!("{kind}/model.onnx")).unwrap();
+                let model = ModelProto::decode(bytes.as_slice()).unwrap();
+                let g = model.graph.unwrap();
+                let known: std::collections::HashSet<&str> = g
+                    .value_info
+                    .iter()
+                    .chain(&g.output)
+                    .map(|v| v.name())
+                    .collect();
+                let missing: Vec<&str> = g
+                    .node
+                    .iter()
+                    .flat_map(|n| &n.output)
+                    .filter(|o| !o.is_empty() && !known.contains(o.as_str()))
+                    .map(String::as_str)
+                    .collect();
+                assert!(
+                    missing.is_empty(),
+                    "{} {kind}: {} values without a shape, e.g. {:?}",
+                    t.name,
+                    missing.len(),
+                    &missing[..missing.len().min(3)]
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 30, "{checked} graphs");
+    }
+
     /// The full-size fp16 templates ship ONNX Runtime's fused CUDA UNet (made by
     /// `scripts/export_model.py --template NAME --optimize cuda [--lean]`), so a checkpoint file
     /// read through them runs it on CUDA: its weight map reads every UNet parameter the plain graph
