@@ -114,7 +114,7 @@ def arg_parser():
                     help="cuda: the diffusers renders (fp16 and fp32) and stipple's on the GPU, at the family's native "
                          "size, 20 steps (see the docstring's GPU section)")
     ap.add_argument("--reuse", action="store_true",
-                    help="with --stipple: keep DIR's checkpoint and diffusers image from an earlier run")
+                    help="with --stipple: keep DIR's checkpoint and diffusers image(s) from an earlier run of the same --device")
     return ap
 
 
