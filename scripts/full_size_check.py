@@ -15,8 +15,8 @@ rather than from_single_file itself: that needs a config folder or the Hub.
 
 --stipple BIN: the diffusers part runs in a child process (its memory is given back before stipple starts), then
 `BIN generate --model FILE --device cpu` (cuda:0 with --device cuda) with the same prompt, negative, seed, cfg,
-sampler, steps and size (stipple draws the initial latents with torch's CPU generator, as the pipeline does); the result is printed and
-written to DIR/<family>-random.compare.json; exit status 1 when the mean abs difference is over 1/255.
+sampler, steps and size (stipple draws the initial latents with torch's CPU generator, as the pipeline does); the
+result is printed and written to DIR/<family>-random.compare.json; exit status 1 when the mean abs difference is over 1/255.
 Measured (2026-12-06, 2 cores, 24 GB): sd15 and sd2 mean 0.0002/255, sd2v 0.0001/255, max 1/255 each (stipple
 38-44 s, peak RSS 10.4, 12.1 and 12.2 GB, with the weights handed to ONNX Runtime in memory; since they are staged on
 disk, SD1.5 peaks at 4.3 GB). SDXL: the diffusers part runs (--build fp16 --fp32-weights mmap, 15.4 GB peak RSS);
@@ -114,7 +114,8 @@ def arg_parser():
                     help="cuda: the diffusers renders (fp16 and fp32) and stipple's on the GPU, at the family's native "
                          "size, 20 steps (see the docstring's GPU section)")
     ap.add_argument("--reuse", action="store_true",
-                    help="with --stipple: keep DIR's checkpoint and diffusers image(s) from an earlier run of the same --device")
+                    help="with --stipple: keep DIR's checkpoint and diffusers image(s) from an earlier run of the same "
+                         "--device")
     return ap
 
 
@@ -481,7 +482,8 @@ def render_cuda(a, p, pipe, models, pngs):
             vae = "float32 for the decode (StableDiffusionXLPipeline upcasts the VAE: its config has force_upcast)"
         renders[dtype_name] = {
             "image": os.path.basename(pngs[dtype_name]), "modules": dtype_name, "vae": vae, "device": str(dev),
-            "tf32": False if dev.type == "cuda" else None, "image_finite": finite, "image_mean": round(float(np.nan_to_num(img).mean()), 6),
+            "tf32": False if dev.type == "cuda" else None, "image_finite": finite,
+            "image_mean": round(float(np.nan_to_num(img).mean()), 6),
             "seconds_to_device": moved, "seconds_render": round(time.time() - t0, 1),
             "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if dev.type == "cuda" else None}
         print(f"rendered {pngs[dtype_name]}: {renders[dtype_name]}", flush=True)
