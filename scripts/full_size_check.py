@@ -16,7 +16,8 @@ rather than from_single_file itself: that needs a config folder or the Hub.
 --stipple BIN: the diffusers part runs in a child process (its memory is given back before stipple starts), then
 `BIN generate --model FILE --device cpu` (cuda:0 with --device cuda) with the same prompt, negative, seed, cfg,
 sampler, steps and size (stipple draws the initial latents with torch's CPU generator, as the pipeline does); the
-result is printed and written to DIR/<family>-random.compare.json; exit status 1 when the mean abs difference is over 1/255.
+result is printed and written to DIR/<family>-random.compare.json; exit status 1 when the mean abs difference is over
+1/255 (--device cuda: the rule in the GPU section below).
 Measured (2026-12-06, 2 cores, 24 GB): sd15 and sd2 mean 0.0002/255, sd2v 0.0001/255, max 1/255 each (stipple
 38-44 s, peak RSS 10.4, 12.1 and 12.2 GB, with the weights handed to ONNX Runtime in memory; since they are staged on
 disk, SD1.5 peaks at 4.3 GB). SDXL: the diffusers part runs (--build fp16 --fp32-weights mmap, 15.4 GB peak RSS);
