@@ -68,4 +68,7 @@ else
   bench plain-unet --graph plain --vae-precision fp16 --repeats 2
   bench host --lora "$lora" --patch-on host --vae-precision fp16 --vae-graph plain --te-precision fp16 --repeats 2
 fi
+# PyTorch's figures for the same architecture in the same lease (the anchors next to stipple's).
+python3 scripts/torch_anchor.py --family "$FAMILY" --batches 1,4,8 > "$OUT/torch-anchor.txt" 2>&1 \
+  || echo "torch_anchor failed: $?" >> "$OUT/session.txt"
 echo "done after $(( $(date +%s) - t )) s" | tee -a "$OUT/session.txt"
