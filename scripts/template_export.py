@@ -133,17 +133,14 @@ def pack_template(src, out, components):
     for c in components:
         os.makedirs(os.path.join(out, c))
         for f in GZIPPED:
-            if f == "model.onnx" and os.path.exists(os.path.join(src, c, f)):
+            if not os.path.exists(os.path.join(src, c, f)):
+                continue
+            if f == "model.onnx":
                 # The plain graph carries every value's shape (template_shapes.py says why).
-                import onnx
-                from template_shapes import annotate
+                from template_shapes import write_annotated
 
-                model = annotate(onnx.load(os.path.join(src, c, f), load_external_data=False))
-                raw = os.path.join(out, c, f)
-                onnx.save(model, raw)
-                gzip_file(raw, raw + ".gz")
-                os.remove(raw)
-            elif os.path.exists(os.path.join(src, c, f)):
+                write_annotated(os.path.join(src, c, f), os.path.join(out, c, f + ".gz"))
+            else:
                 gzip_file(os.path.join(src, c, f), os.path.join(out, c, f + ".gz"))
         shutil.copy(os.path.join(src, c, "config.json"), os.path.join(out, c, "config.json"))
     os.makedirs(os.path.join(out, "scheduler"))

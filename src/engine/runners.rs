@@ -178,31 +178,42 @@ impl Runner for Generator {
     }
 
     fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome {
-        let hook = test_dial();
-        let stop = skip_once(out, hook.clone().zip(Some(Generator::dials(self))));
         let id = out.id;
-        let ended = self
-            .generate(job, &stop, &mut |e| out.send(e), id)
-            .map_err(|e| e.to_string());
-        if hook.is_some() {
-            Generator::dials(self).clear();
-        }
-        outcome(ended, out)
+        let ended = checked(self, out, |g, stop| {
+            g.generate(job, stop, &mut |e| out.send(e), id)
+        });
+        outcome(ended.map_err(|e| e.to_string()), out)
     }
 
     fn run_group(&mut self, jobs: &[(JobId, Job)], out: &Reporter<'_>) -> Vec<Outcome> {
-        let hook = test_dial();
-        let stop = skip_once(out, hook.clone().zip(Some(Generator::dials(self))));
         let group: Vec<GroupJob<'_>> = jobs
             .iter()
             .map(|(id, job)| GroupJob { id: *id, job })
             .collect();
-        let ended = self.generate_group(&group, &stop, &mut |e| out.send(e));
-        if hook.is_some() {
-            Generator::dials(self).clear();
-        }
-        ended.into_iter().map(|ended| outcome(ended, out)).collect()
+        checked(self, out, |g, stop| {
+            g.generate_group(&group, stop, &mut |e| out.send(e))
+        })
+        .into_iter()
+        .map(|ended| outcome(ended, out))
+        .collect()
     }
+}
+
+/// Runs `f` with `out`'s stop check, which also turns the test dial when one is set; the dial is
+/// cleared when `f` returns.
+fn checked<R>(
+    g: &mut Generator,
+    out: &Reporter<'_>,
+    f: impl FnOnce(&mut Generator, &dyn Fn() -> Stop) -> R,
+) -> R {
+    let dial = test_dial().map(|d| (d, Generator::dials(g)));
+    let clear = dial.as_ref().map(|(_, dials)| dials.clone());
+    let stop = skip_once(out, dial);
+    let r = f(g, &stop);
+    if let Some(dials) = clear {
+        dials.clear();
+    }
+    r
 }
 
 /// A dial turned at a stop check of every job: (check index from 0, adapter name, UNet strength).
