@@ -9,7 +9,8 @@ unet/weights.safetensors. The UNet is rebuilt from unet/config.json and its weig
 classic attention (ORT's attention fusion does not recognise SDPA), exported in fp32 with constant
 folding, run through `onnxruntime.transformers.optimizer.optimize_model(model_type="unet")` with the
 options of ORT's own SD pipeline script (packed QKV/KV, NhwcConv, GroupNorm, SkipGroupNorm, BiasAdd,
-BiasSplitGelu) and converted to fp16.
+BiasSplitGelu) and converted to fp16, except the sinusoidal time projections, which stay fp32 as in
+diffusers and the plain graphs (scripts/fused_time.py).
 
 The optimizer renames and repacks weights. Every initializer of the result is then traced back to the
 diffusers parameters by value, and the recipe is written to the weight map, so stipple can patch
@@ -258,6 +259,10 @@ def _optimize(model):
     finally:
         Fusion.add_initializer = add_initializer
     m.convert_float_to_float16(keep_io_types=False, op_block_list=[])
+    # The conversion leaves no fp32 anywhere; the time embedding's `t * freqs` needs it (fused_time).
+    import fused_time
+
+    fused_time.keep_fp32(m.model)
     return m.model
 
 

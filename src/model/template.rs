@@ -36,6 +36,9 @@ pub struct Template {
     widened: bool,
 }
 
+/// Templates whose fused UNet runs only with `--graph cuda` ([`Template::fused_unet_opt_in`]).
+const UNCHECKED_FUSED_UNETS: &[&str] = &[];
+
 impl Template {
     /// Every embedded template, in name order (full-size ones first, the tiny test ones last).
     pub fn all() -> Vec<Template> {
@@ -73,19 +76,18 @@ impl Template {
         self.widened
     }
 
-    /// Whether this template's fused UNet graph runs only when asked for (`--graph cuda`).
+    /// Whether this template's fused UNet graph runs only when asked for (`--graph cuda`): one
+    /// that has not passed the GPU check (`scripts/gpu_check.sh`) yet. None is now.
     ///
-    /// SDXL, SD 2.x and SD 1.x inpainting: made by the same optimizer as SD 1.5's, but on random
-    /// full-size checkpoints (H100, 2026-12-06, `scripts/random_checkpoint.py` + `gpu_check.sh`)
-    /// their pictures differed from the plain graph's by 0.80–0.89/255 (SDXL, 1024², 8 steps),
-    /// 0.54–0.59/255 (SD2) and 0.75–0.83/255 (inpainting) mean, max 5–7/255, above the check's
-    /// 0.5 (SD 1.5's fused graph: 0.44–0.49), so they are not the default until a check passes.
-    /// Against an fp32 picture of the same jobs (`FP32=1`, H100, 2026-12-06) SDXL's fused graph
-    /// strays 0.79–0.88/255 where the plain fp16 graph strays 0.12: more than fp16 noise. Strict
-    /// fp32 SkipLayerNorm (`STIPPLE_CUDA_SLN_STRICT=1`) left it at 0.85 (same check, H100,
-    /// 2026-12-06), so that op is not the cause.
+    /// SDXL, SD 2.x and SD 1.x inpainting were until 2026-12-06: their fused pictures strayed
+    /// 0.54–0.89/255 mean from the plain graph's. The cause was ORT's fp16 conversion, which had put
+    /// the sinusoidal time projections (`t · freqs`, Sin, Cos) in fp16 (`scripts/fused_time.py`
+    /// keeps them fp32 now). With that fixed, every fused template passed on an H100 (random
+    /// full-size checkpoints): SD 1.5 0.18–0.22/255, SD 2 0.19–0.20, SD 1.5 inpainting 0.20–0.23
+    /// (20 steps), SDXL 0.119–0.122 at 1024² and 8 steps (0.111 from its fp32 picture, where the
+    /// plain graph strays 0.117).
     pub fn fused_unet_opt_in(&self) -> bool {
-        matches!(self.name, "sdxl-fp16" | "sd2-fp16" | "sd15-inpaint-fp16")
+        UNCHECKED_FUSED_UNETS.contains(&self.name)
     }
 
     /// Whether `rel` is the widened UNet's fused graph, which is not made.
@@ -400,6 +402,67 @@ mod tests {
             assert_eq!(packed[2], count("attn2.to_k.weight"), "{name}: packed KV");
             assert!(packed[3] > 0, "{name}");
         }
+    }
+
+    /// Every fused UNet computes its sinusoidal time projections (`t · freqs`, then Sin and Cos) in
+    /// fp32, as diffusers and the plain graphs do (`scripts/fused_time.py`): ORT's fp16 conversion
+    /// had put the product in fp16, 0.25 rad off near t = 999 and 0.5 rad for SDXL's size
+    /// conditioning, which is why the fused SDXL picture strayed.
+    #[test]
+    fn fused_unets_compute_the_time_embedding_in_fp32() {
+        use super::super::onnx_proto::{ModelProto, NodeProto};
+        use prost::Message;
+        const FLOAT: i32 = 1;
+        let mut checked = 0;
+        for t in Template::all()
+            .into_iter()
+            .filter(|t| t.has("unet/model.cuda.onnx"))
+        {
+            let bytes = t.file("unet/model.cuda.onnx").unwrap();
+            let g = ModelProto::decode(bytes.as_slice()).unwrap().graph.unwrap();
+            let by_output: HashMap<&str, &NodeProto> = g
+                .node
+                .iter()
+                .flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n)))
+                .collect();
+            let attr = |n: &NodeProto, name: &str| {
+                n.attribute
+                    .iter()
+                    .find(|a| a.name() == name)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("{}: {} has no {name}", t.name, n.name()))
+            };
+            let trig: Vec<&NodeProto> = g
+                .node
+                .iter()
+                .filter(|n| matches!(n.op_type(), "Sin" | "Cos"))
+                .collect();
+            let want = if t.name.contains("sdxl") { 4 } else { 2 };
+            assert_eq!(trig.len(), want, "{}: Sin/Cos nodes", t.name);
+            for n in trig {
+                let mul = by_output[n.input[0].as_str()];
+                assert_eq!(mul.op_type(), "Mul", "{} {}", t.name, n.name());
+                let (mut cast, mut freqs) = (false, false);
+                for i in &mul.input {
+                    let p = by_output[i.as_str()];
+                    match p.op_type() {
+                        "Cast" => cast = attr(p, "to").i == Some(FLOAT as i64),
+                        "Constant" => {
+                            freqs = attr(p, "value").t.and_then(|t| t.data_type) == Some(FLOAT)
+                        }
+                        other => panic!("{} {}: a {other} feeds the product", t.name, mul.name()),
+                    }
+                }
+                assert!(
+                    cast && freqs,
+                    "{} {}: the product is not fp32",
+                    t.name,
+                    mul.name()
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 10, "{checked} projections");
     }
 
     #[test]
