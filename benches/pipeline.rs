@@ -55,4 +55,26 @@ fn main() {
             flops / 1e9
         );
     }
+    // The UNet's inputs go to the session in f16 every step: SD1.5 (context 2·77·768 + latents
+    // 2·4·64·64) and SDXL (2·77·2048 + 2·4·128·128) values, one value per call against the slice
+    // conversion the runs use (`tensor_io::to_f16`).
+    for (label, n) in [("SD1.5 512²", 150_528usize), ("SDXL 1024²", 446_464)] {
+        let data: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.01).sin()).collect();
+        let time = |f: &dyn Fn() -> Vec<half::f16>| {
+            let mut times: Vec<f64> = (0..9)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    std::hint::black_box(f());
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            times.sort_by(f64::total_cmp);
+            times[4]
+        };
+        let per_value = time(&|| data.iter().map(|&x| half::f16::from_f32(x)).collect());
+        let slice = time(&|| stipple::runtime::tensor_io::to_f16(&data));
+        println!(
+            "UNet inputs to f16, {label} ({n} values): {slice:.3} ms as a slice, {per_value:.3} ms one value at a time (median of 9)"
+        );
+    }
 }
