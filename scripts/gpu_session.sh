@@ -62,6 +62,11 @@ if [ "$FAMILY" = sd15 ]; then
   STIPPLE_PATCH_F16=1 bench device-f16 --lora "$lora" --live --repeats 2
   bench te-fp16 --te-precision fp16 --vae-graph plain --repeats 3
   bench throughput --throughput 16 --steps 20 --unet-batch 8 --repeats 1
+  # The post-swap slowdown (README, Performance): an adapter with no text-encoder layers swapped in
+  # by the device patch, one repeat, with a sampling profile of each phase's UNet steps on stderr.
+  attn=/tmp/loras/attn32.safetensors
+  [ -f "$attn" ] || python3 scripts/synth_lora.py "$folder" "$attn" --rank 32 --layers attn >> "$OUT/export.log" 2>&1
+  STIPPLE_PROFILE=1 bench post-swap --lora "$attn" --repeats 1
 else
   bench default --lora "$lora" --vae-precision fp16 --repeats 2
   # The template's fused UNet (auto on CUDA) against its plain graph, in the same lease.

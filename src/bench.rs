@@ -3,8 +3,11 @@
 //!
 //! [`run`] measures and returns a [`BenchReport`]; its `Display` is what both commands print. On CUDA
 //! it also samples the GPU's memory in use through NVML ([`crate::runtime::device_mem`]).
-//! [`throughput`] measures images per second with and without shared UNet calls.
+//! [`throughput`] measures images per second with and without shared UNet calls; with
+//! `STIPPLE_PROFILE=1` each phase of UNet steps is also sampled ([`profile`]) and its profile
+//! printed to stderr.
 
+pub mod profile;
 pub mod throughput;
 
 use crate::engine::Stop;
@@ -278,7 +281,10 @@ pub fn run(
     g.unet_added(&sample, [2, ch, lh, lw], 500.0, &context, added)?;
     let first_step_ms = t.elapsed().as_secs_f64() * 1e3;
     // Median CFG step over repeats·5 steps after two warm-up steps.
-    let step_s = |g: &mut Generator| -> Result<f64, PipelineError> {
+    let step_s = |g: &mut Generator, phase: &str| -> Result<f64, PipelineError> {
+        let sampler = profile::wanted()
+            .then(|| profile::Sampler::start(phase))
+            .flatten();
         let mut steps = Vec::new();
         for i in 0..repeats * 5 + 2 {
             let t = Instant::now();
@@ -287,9 +293,12 @@ pub fn run(
                 steps.push(t.elapsed());
             }
         }
+        if let Some(sampler) = sampler {
+            eprint!("{}", sampler.stop());
+        }
         Ok(median(steps))
     };
-    let unet_step = step_s(&mut g)?;
+    let unet_step = step_s(&mut g, "UNet steps")?;
     let latents = vec![0.1f32; 4 * lh * lw];
     let mut vae = Vec::new();
     for i in 0..repeats + 1 {
@@ -342,7 +351,7 @@ pub fn run(
         order.sort_by_key(|&i| swaps[i]);
         swap_breakdown = breakdown[order[order.len() / 2]];
         adapter_swap_s = Some(median(swaps));
-        unet_step_with_adapter_ms = Some(step_s(&mut g)? * 1e3);
+        unet_step_with_adapter_ms = Some(step_s(&mut g, "UNet steps after the swaps")? * 1e3);
         // Back to the plain model: a rebuilt session without adapter, to tell "rebuilt" from "fused".
         let plain = dims_job("a red fox in the snow".into());
         if static_shapes {
@@ -350,7 +359,7 @@ pub fn run(
         } else {
             g.prepare(&plain)?;
         }
-        unet_step_after_rebuild_ms = Some(step_s(&mut g)? * 1e3);
+        unet_step_after_rebuild_ms = Some(step_s(&mut g, "UNet steps back to the base")? * 1e3);
     }
     let (peak_device_mb, device_baseline_mb, device_memory_error) = match device_mem {
         None => (None, None, None),
