@@ -77,7 +77,7 @@ impl Template {
     }
 
     /// Whether this template's fused UNet graph runs only when asked for (`--graph cuda`): one
-    /// that has not passed the GPU check (`scripts/gpu_check.sh`) yet. None is now.
+    /// that has not passed the GPU check (`scripts/gpu_check.sh`) yet. Since 2026-12-06 none.
     ///
     /// SDXL, SD 2.x and SD 1.x inpainting were until 2026-12-06: their fused pictures strayed
     /// 0.54–0.89/255 mean from the plain graph's. The cause was ORT's fp16 conversion, which had put
