@@ -75,12 +75,13 @@ impl Sampler {
             tracing::warn!("profile {label}: another profile is running");
             return None;
         }
-        for sample in &imp::FRAMES {
+        // Only the samples the last profile wrote hold frames.
+        let used = imp::NEXT.swap(0, Ordering::Relaxed).min(CAPACITY);
+        for sample in &imp::FRAMES[..used] {
             for slot in sample {
                 slot.store(0, Ordering::Relaxed);
             }
         }
-        imp::NEXT.store(0, Ordering::Relaxed);
         // SAFETY: plain libc calls on zero-initialised structs; the handler only touches atomics
         // and its own stack.
         unsafe {
@@ -203,14 +204,6 @@ impl Profile {
 
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()
-    }
-
-    /// Samples whose innermost frame is in library `name` (a file name, e.g. `libc.so.6`).
-    pub fn in_library(&self, name: &str) -> usize {
-        self.samples
-            .iter()
-            .filter(|s| s.first().is_some_and(|&a| locate(a).0 == name))
-            .count()
     }
 
     /// Samples with a frame within `[start, end)` (the code of one function) anywhere on the stack.

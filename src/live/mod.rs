@@ -11,7 +11,7 @@ pub mod strengths;
 use crate::model::layout::ComponentKind;
 use crate::model::Model;
 use crate::patch;
-use crate::runtime::tensor_io::{input_is_f16, run_with, Input};
+use crate::runtime::tensor_io::{input_is_f16, run_with, to_f16, Input};
 use crate::runtime::{build_session, Runtime, SessionOptions};
 use factors::Factors;
 use ort::session::Session;
@@ -190,8 +190,9 @@ impl LiveUnet {
     fn value(&self, name: &str, shape: Vec<usize>, data: Vec<f32>) -> Result<DynValue, LiveError> {
         let e = |e: ort::Error| LiveError::Build(e.to_string());
         Ok(if input_is_f16(&self.session, name) {
-            let h: Vec<half::f16> = data.iter().map(|&x| half::f16::from_f32(x)).collect();
-            Tensor::from_array((shape, h)).map_err(e)?.into_dyn()
+            Tensor::from_array((shape, to_f16(&data)))
+                .map_err(e)?
+                .into_dyn()
         } else {
             Tensor::from_array((shape, data)).map_err(e)?.into_dyn()
         })

@@ -244,8 +244,8 @@ impl Input<'_> {
 
 /// `data` as f16, eight values per instruction where the CPU has F16C. One value per call
 /// (`f16::from_f32`) took about a third of an 8 ms SD1.5 step for the inputs (the prompt context
-/// is 118 272 values), and 73 % of the 25–35 ms steps of the post-swap slowdown (H200 profiles of
-/// the main thread, 2026-12-06).
+/// is 118 272 values; an H200 profile of the main thread) and 73 % of the 30–35 ms steps of the
+/// post-swap slowdown (an H100's), 2026-12-06.
 pub fn to_f16(data: &[f32]) -> Vec<half::f16> {
     use half::slice::HalfFloatSliceExt;
     let mut out = vec![half::f16::ZERO; data.len()];
