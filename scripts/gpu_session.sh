@@ -67,6 +67,10 @@ if [ "$FAMILY" = sd15 ]; then
   attn=/tmp/loras/attn32.safetensors
   [ -f "$attn" ] || python3 scripts/synth_lora.py "$folder" "$attn" --rank 32 --layers attn >> "$OUT/export.log" 2>&1
   STIPPLE_PROFILE=1 bench post-swap --lora "$attn" --repeats 1
+  # LoCon on every Linear and conv: the heaviest per-step re-run (issue target 4 ms).
+  all=/tmp/loras/all32.safetensors
+  [ -f "$all" ] || python3 scripts/synth_lora.py "$folder" "$all" --rank 32 --layers all >> "$OUT/export.log" 2>&1
+  bench locon-all --lora "$all" --live --repeats 2
 else
   bench default --lora "$lora" --vae-precision fp16 --repeats 2
   # The template's fused UNet (auto on CUDA) against its plain graph, in the same lease.

@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""Where a UNet step's GPU time goes, outside stipple: a template's graph with random weights, run by
+ONNX Runtime's CUDA provider through device buffers, timed launch by launch and as a CUDA graph, and
+its GPU kernels summed by kind (torch.profiler sees every kernel of the process, ONNX Runtime's too).
+
+    PYTHONPATH=/tmp/ort python3 scripts/unet_profile.py templates/sd15-fp16 [--size 512] [--batch 2]
+        [--graphs cuda,cuda-shapes,plain] [--component unet]
+
+Graphs: `cuda` (the fused graph as shipped), `cuda-shapes` (the same after scripts/shape_transposes.py:
+its output is compared with `cuda`'s, which must be equal), `plain` (the plain export). Random weights
+give true speed figures (the kernels do not depend on the values); they are written once per template
+to /tmp/unet-profile/.
+"""
+import argparse
+import gzip
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def arg_parser():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("template", help="a template folder, e.g. templates/sd15-fp16")
+    ap.add_argument("--component", default="unet")
+    ap.add_argument("--graphs", default="cuda,cuda-shapes,plain")
+    ap.add_argument("--size", type=int, default=None, help="image side in pixels (default: the family's)")
+    ap.add_argument("--batch", type=int, default=2, help="UNet batch (2 = one image with CFG)")
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--work", default="/tmp/unet-profile")
+    return ap
+
+
+if __name__ == "__main__":
+    arg_parser().parse_args()
+
+import onnx  # noqa: E402
+import torch  # noqa: E402  (first: its CUDA libraries are the ones ONNX Runtime loads too)
+import onnxruntime as ort  # noqa: E402
+
+import shape_transposes  # noqa: E402
+
+NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16}
+
+
+def graph_file(template, component, name, work):
+    """Writes the graph `name` with random weights (weights.bin) into work/; returns its path."""
+    base = "model.cuda.onnx.gz" if name.startswith("cuda") else "model.onnx.gz"
+    m = onnx.ModelProto.FromString(gzip.open(os.path.join(template, component, base)).read())
+    tag = os.path.basename(os.path.normpath(template))
+    d = os.path.join(work, f"{tag}-{component}-{name}")
+    os.makedirs(d, exist_ok=True)
+    if name == "cuda-shapes":
+        print(f"{name}: {shape_transposes.drop(m)} Transposes read only by Shape dropped")
+    rng = np.random.default_rng(0)
+    spans = []
+    for init in m.graph.initializer:
+        if init.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        ext = {e.key: e.value for e in init.external_data}
+        spans.append((int(ext.get("offset", 0)), int(ext["length"]), init.data_type, ext["location"]))
+    weights = {}
+    for off, length, dt, loc in spans:
+        weights.setdefault(loc, []).append((off, length, dt))
+    for loc, parts in weights.items():
+        path = os.path.join(d, loc)
+        end = max(o + n for o, n, _ in parts)
+        if os.path.exists(path) and os.path.getsize(path) == end:
+            continue
+        with open(path, "wb") as f:
+            f.truncate(end)
+            for off, length, dt in parts:
+                np_t = NP.get(dt)
+                if np_t is None:
+                    continue  # integer tables are small and rare; zeros do
+                v = (rng.standard_normal(length // np.dtype(np_t).itemsize) * 0.02).astype(np_t)
+                f.seek(off)
+                f.write(v.tobytes())
+    path = os.path.join(d, "model.onnx")
+    onnx.save(m, path)
+    return path
+
+
+def session(path, graph):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    prov = [("CUDAExecutionProvider", {"device_id": 0, "enable_cuda_graph": "1" if graph else "0",
+                                       "cudnn_conv_algo_search": "HEURISTIC"})]
+    return ort.InferenceSession(path, so, providers=prov)
+
+
+def bind(sess, dims):
+    io = sess.io_binding()
+    keep = {}
+    rng = np.random.default_rng(1)
+    for i in sess.get_inputs():
+        shape = dims[i.name]
+        dt = np.float16 if i.type == "tensor(float16)" else np.float32
+        if i.name == "timestep":
+            v = np.full(shape, 500, dtype=dt)
+        else:
+            v = rng.standard_normal(shape).astype(dt)
+        o = ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0)
+        keep[i.name] = o
+        io.bind_ortvalue_input(i.name, o)
+    for o in sess.get_outputs():
+        dt = np.float16 if o.type == "tensor(float16)" else np.float32
+        v = ort.OrtValue.ortvalue_from_shape_and_type(dims["sample"], dt, "cuda", 0)
+        keep[o.name] = v
+        io.bind_ortvalue_output(o.name, v)
+    return io, keep
+
+
+def timed(sess, io, runs):
+    for _ in range(3):
+        sess.run_with_iobinding(io)
+    io.synchronize_outputs()
+    t = time.perf_counter()
+    for _ in range(runs):
+        sess.run_with_iobinding(io)
+    io.synchronize_outputs()
+    return (time.perf_counter() - t) / runs * 1e3
+
+
+KINDS = (("attention", ("fmha", "flash", "attention", "mha", "softmax")),
+         ("conv", ("conv", "implicit", "xmma", "cudnn", "sm90_xmma", "nhwc")),
+         ("gemm", ("gemm", "cutlass", "sm90", "ampere", "cublas")),
+         ("norm", ("groupnorm", "group_norm", "layernorm", "layer_norm", "skip")),
+         ("transpose", ("transpose",)),
+         ("copy", ("memcpy", "memset")))
+
+
+def kind(name):
+    n = name.lower()
+    for k, keys in KINDS:
+        if any(s in n for s in keys):
+            return k
+    return "elementwise/other"
+
+
+def profile(sess, io, top, runs=3):
+    from torch.profiler import ProfilerActivity, profile as tprofile
+
+    with tprofile(activities=[ProfilerActivity.CUDA]) as p:
+        for _ in range(runs):
+            sess.run_with_iobinding(io)
+        io.synchronize_outputs()
+        torch.cuda.synchronize()
+    rows, kinds = {}, {}
+    for e in p.events():
+        if e.device_type.name != "CUDA":
+            continue
+        r = rows.setdefault(e.name[:80], [0, 0.0])
+        r[0] += 1
+        r[1] += e.device_time / 1e3
+        k = kinds.setdefault(kind(e.name), [0, 0.0])
+        k[0] += 1
+        k[1] += e.device_time / 1e3
+    total = sum(v[1] for v in rows.values()) / runs
+    count = sum(v[0] for v in rows.values()) // runs
+    print(f"  GPU busy per run: {total:.3f} ms in {count} kernels")
+    for name, (n, ms) in sorted(kinds.items(), key=lambda kv: -kv[1][1]):
+        print(f"  {name:<18} {ms / runs:8.3f} ms {100 * ms / runs / max(total, 1e-9):5.1f}% {n // runs:5d} kernels")
+    for name, (n, ms) in sorted(rows.items(), key=lambda kv: -kv[1][1])[:top]:
+        print(f"    {ms / runs:8.3f} ms {n // runs:5d}x  {name}")
+    return total
+
+
+def main():
+    a = arg_parser().parse_args()
+    with open(os.path.join(a.template, "model_index.json")) as f:
+        xl = json.load(f).get("family") == "sdxl"
+    size = a.size or (1024 if xl else 512)
+    outputs = {}
+    for name in a.graphs.split(","):
+        path = graph_file(a.template, a.component, name, a.work)
+        m = onnx.load(path, load_external_data=False)
+        ctx = [d.dim_value for d in
+               next(i for i in m.graph.input if i.name == "encoder_hidden_states").type.tensor_type.shape.dim]
+        chans = [d.dim_value for d in
+                 next(i for i in m.graph.input if i.name == "sample").type.tensor_type.shape.dim][1]
+        dims = {"sample": [a.batch, chans, size // 8, size // 8], "timestep": [a.batch],
+                "encoder_hidden_states": [a.batch, 77, ctx[2]], "text_embeds": [a.batch, 1280],
+                "time_ids": [a.batch, 6]}
+        print(f"{name}: {len(m.graph.node)} nodes, batch {a.batch}, {size}x{size}")
+        s = session(path, False)
+        io, keep = bind(s, dims)
+        print(f"  launch by launch: {timed(s, io, a.runs):.3f} ms per run")
+        profile(s, io, a.top)
+        outputs[name] = keep[s.get_outputs()[0].name].numpy().astype(np.float32)
+        del io, keep, s
+        try:
+            g = session(path, True)
+            io, keep = bind(g, dims)
+            print(f"  CUDA graph:       {timed(g, io, a.runs):.3f} ms per run")
+            del io, keep, g
+        except Exception as e:  # a graph ORT cannot capture: say so, go on
+            print(f"  CUDA graph: not captured ({str(e).splitlines()[0][:120]})")
+        sys.stdout.flush()
+    if "cuda" in outputs and "cuda-shapes" in outputs:
+        d = np.abs(outputs["cuda"] - outputs["cuda-shapes"])
+        print(f"cuda-shapes vs cuda output: max abs difference {d.max():.3g} (must be 0)")
+
+
+if __name__ == "__main__":
+    main()
