@@ -14,14 +14,13 @@ permuted), to the output, and cancels a Transpose followed by its inverse, until
 SD1.5 graph keeps 8 (the input's, the output's and the three upsamplers' Resizes, which stay NCHW).
 Every value the graph computes is the same, element for element; only where it sits in memory moves.
 
-    python scripts/shape_transposes.py GRAPH.onnx[.gz] [OUT.onnx[.gz]]    # prints what it removed
+    python scripts/shape_transposes.py templates/sd15-fp16 tests/fixtures/tiny-sd15 ...   # in place
 """
-import gzip
-import sys
-
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+import fused_time
 
 
 def _consumers(graph):
@@ -160,29 +159,22 @@ def sink(model):
 
 
 
-def load(path):
-    data = gzip.open(path).read() if path.endswith(".gz") else open(path, "rb").read()
-    return onnx.ModelProto.FromString(data)
+def main():
+    import argparse
 
-
-def save(model, path):
-    data = model.SerializeToString()
-    if path.endswith(".gz"):
-        with gzip.GzipFile(path, "wb", mtime=0) as f:
-            f.write(data)
-    else:
-        with open(path, "wb") as f:
-            f.write(data)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("paths", nargs="+", help="model folders, template folders or fused graphs")
+    ap.add_argument("--dry-run", action="store_true", help="print what would go; write nothing")
+    args = ap.parse_args()
+    for arg in args.paths:
+        path = fused_time._graph_path(arg)
+        model = fused_time.load(path)
+        before = sum(n.op_type == "Transpose" for n in model.graph.node)
+        n = sink(model)
+        if n and not args.dry_run:
+            fused_time.save(model, path)
+        print(f"{path}: {n} of {before} Transposes removed")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (2, 3):
-        sys.exit(__doc__)
-    m = load(sys.argv[1])
-    n = drop(m)
-    print(f"{sys.argv[1]}: {n} Transposes read only by Shape dropped")
-    k = sink(m)
-    print(f"{sys.argv[1]}: {k} more after moving them through Add and Concat; "
-          f"{sum(x.op_type == 'Transpose' for x in m.graph.node)} left")
-    if len(sys.argv) == 3:
-        save(m, sys.argv[2])
+    main()
