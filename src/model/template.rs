@@ -486,8 +486,11 @@ mod tests {
                 .flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n)))
                 .collect();
             let outputs: Vec<&str> = g.output.iter().map(|o| o.name()).collect();
-            let transposes: Vec<&NodeProto> =
-                g.node.iter().filter(|n| n.op_type() == "Transpose").collect();
+            let transposes: Vec<&NodeProto> = g
+                .node
+                .iter()
+                .filter(|n| n.op_type() == "Transpose")
+                .collect();
             for n in &transposes {
                 let from = by_output.get(n.input[0].as_str()).map(|p| p.op_type());
                 let to_resize = g
@@ -504,7 +507,12 @@ mod tests {
                 );
             }
             // input + output + a pair per upsampler (SD1.5 and SD2: 3, SDXL: 2)
-            assert!(transposes.len() <= 8, "{}: {} Transposes", t.name, transposes.len());
+            assert!(
+                transposes.len() <= 8,
+                "{}: {} Transposes",
+                t.name,
+                transposes.len()
+            );
             checked += 1;
         }
         assert!(checked >= 4, "{checked} fused UNets");
