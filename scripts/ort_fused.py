@@ -10,8 +10,7 @@ classic attention (ORT's attention fusion does not recognise SDPA), exported in 
 folding, run through `onnxruntime.transformers.optimizer.optimize_model(model_type="unet")` with the
 options of ORT's own SD pipeline script (packed QKV/KV, NhwcConv, GroupNorm, SkipGroupNorm, BiasAdd,
 BiasSplitGelu) and converted to fp16, except the sinusoidal time projections, which stay fp32 as in
-diffusers and the plain graphs (scripts/fused_time.py), and without the Transposes back to NCHW that
-the fusions leave between their NHWC operators (scripts/shape_transposes.py).
+diffusers and the plain graphs (scripts/fused_time.py).
 
 The optimizer renames and repacks weights. Every initializer of the result is then traced back to the
 diffusers parameters by value, and the recipe is written to the weight map, so stipple can patch
@@ -264,10 +263,6 @@ def _optimize(model):
     import fused_time
 
     fused_time.keep_fp32(m.model)
-    # The fusions leave NCHW Transposes between their NHWC operators (shape_transposes).
-    import shape_transposes
-
-    shape_transposes.sink(m.model)
     return m.model
 
 
