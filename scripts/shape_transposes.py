@@ -13,7 +13,7 @@ moves a Transpose of one perm from both inputs of an Add, or every input of a Co
 permuted), to the output, and cancels a Transpose followed by its inverse, until nothing changes: the
 SD1.5 graph keeps 8 (the input's, the output's and the three upsamplers' Resizes, which stay NCHW).
 Every value the graph computes is the same, element for element; only where it sits in memory moves
-(checked on the CPU with standard operators; on a GPU by `scripts/unet_profile.py`, whose `cuda-layout`
+(`--self-test` checks both rules on a graph of standard operators on the CPU; on a GPU by `scripts/unet_profile.py`, whose `cuda-layout`
 graph is the shipped fused graph after `sink`, its output compared with the shipped one's).
 
 Not applied to the shipped templates yet: neither its speed nor the GPU check has been run on it, and
@@ -21,6 +21,7 @@ ONNX Runtime's own transpose optimizer may already do the same when it builds th
 (`unet_profile.py` prints how many Transposes are left after ONNX Runtime's passes).
 
     python scripts/shape_transposes.py templates/sd15-fp16 tests/fixtures/tiny-sd15 ...   # in place
+    python scripts/shape_transposes.py --self-test --dry-run templates/sd15-fp16   # check, count
 """
 import numpy as np
 import onnx
@@ -165,13 +166,55 @@ def sink(model):
 
 
 
+def self_test():
+    """Both rules on a small graph of standard operators, run by ONNX Runtime on the CPU before and
+    after: NHWC inputs transposed to NCHW, added, concatenated, measured and transposed back."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper as h
+
+    vi = lambda n, s: h.make_tensor_value_info(n, TensorProto.FLOAT, s)  # noqa: E731
+    nodes = [h.make_node("Transpose", [x], ["t" + x], perm=[0, 3, 1, 2]) for x in "xyz"]
+    nodes += [h.make_node("Add", ["tx", "ty"], ["a"]),
+              h.make_node("Concat", ["a", "tz"], ["c"], axis=1),
+              h.make_node("Transpose", ["c"], ["out"], perm=[0, 2, 3, 1]),
+              h.make_node("Transpose", ["c"], ["back"], perm=[0, 2, 3, 1]),
+              h.make_node("Relu", ["back"], ["out2"]),
+              h.make_node("Shape", ["tz"], ["sh"]),
+              h.make_node("Gather", ["sh", "i"], ["g"], axis=0),
+              h.make_node("Add", ["a", "a"], ["nchw"])]
+    graph = h.make_graph(nodes, "t", [vi("x", [2, 5, 6, 3]), vi("y", [2, 5, 6, 3]), vi("z", [2, 5, 6, 4])],
+                         [vi("out", [2, 5, 6, 7]), vi("out2", [2, 5, 6, 7]),
+                          h.make_tensor_value_info("g", TensorProto.INT64, []), vi("nchw", [2, 3, 5, 6])],
+                         [numpy_helper.from_array(np.array(2, dtype=np.int64), "i")])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    model.ir_version = 8
+    rng = np.random.default_rng(0)
+    feeds = {k: rng.standard_normal(s).astype(np.float32)
+             for k, s in (("x", [2, 5, 6, 3]), ("y", [2, 5, 6, 3]), ("z", [2, 5, 6, 4]))}
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+    before = run(model)
+    sunk = onnx.ModelProto()
+    sunk.CopyFrom(model)
+    removed = sink(sunk)
+    onnx.checker.check_model(sunk)
+    same = all(np.array_equal(a, b) for a, b in zip(before, run(sunk)))
+    print(f"self-test: {removed} Transposes removed, outputs {'equal' if same else 'DIFFER'}")
+    return same and removed == 2
+
+
 def main():
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("paths", nargs="+", help="model folders, template folders or fused graphs")
+    ap.add_argument("paths", nargs="*", help="model folders, template folders or fused graphs")
     ap.add_argument("--dry-run", action="store_true", help="print what would go; write nothing")
+    ap.add_argument("--self-test", action="store_true", help="check both rules on a CPU graph first")
     args = ap.parse_args()
+    if args.self_test and not self_test():
+        raise SystemExit("self-test failed")
     for arg in args.paths:
         path = fused_time._graph_path(arg)
         model = fused_time.load(path)
