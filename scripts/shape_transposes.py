@@ -13,8 +13,9 @@ moves a Transpose of one perm from both inputs of an Add, or every input of a Co
 permuted), to the output, and cancels a Transpose followed by its inverse, until nothing changes: the
 SD1.5 graph keeps 8 (the input's, the output's and the three upsamplers' Resizes, which stay NCHW).
 Every value the graph computes is the same, element for element; only where it sits in memory moves
-(`--self-test` checks both rules on a graph of standard operators on the CPU; on a GPU by `scripts/unet_profile.py`, whose `cuda-layout`
-graph is the shipped fused graph after `sink`, its output compared with the shipped one's).
+(`--self-test` checks both rules on a graph of standard operators on the CPU; on a GPU,
+`scripts/unet_profile.py`'s `cuda-layout` graph is the shipped fused graph after `sink`, its output
+compared with the shipped one's).
 
 Not applied to the shipped templates yet: neither its speed nor the GPU check has been run on it, and
 ONNX Runtime's own transpose optimizer may already do the same when it builds the session
