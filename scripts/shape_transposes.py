@@ -17,9 +17,11 @@ Every value the graph computes is the same, element for element; only where it s
 `scripts/unet_profile.py`'s `cuda-layout` graph is the shipped fused graph after `sink`, its output
 compared with the shipped one's).
 
-Not applied to the shipped templates yet: neither its speed nor the GPU check has been run on it, and
-ONNX Runtime's own transpose optimizer may already do the same when it builds the session
-(`unet_profile.py` prints how many Transposes are left after ONNX Runtime's passes).
+Not applied to the shipped templates: neither its speed nor the GPU check has been run on it, and
+ONNX Runtime's own transpose optimizer most likely does the same when it builds the session: on the
+self-test's graph (static shapes, CPU) it removes every Transpose already at the basic optimization
+level, the Shape's included. `unet_profile.py` prints how many Transposes are left after ONNX
+Runtime's passes on the fused graph; unless it finds some, this script gains nothing.
 
     python scripts/shape_transposes.py templates/sd15-fp16 tests/fixtures/tiny-sd15 ...   # in place
     python scripts/shape_transposes.py --self-test --dry-run templates/sd15-fp16   # check, count

@@ -40,8 +40,14 @@ def arg_parser():
 if __name__ == "__main__":
     arg_parser().parse_args()
 
+# UNET_PROFILE_DEVICE=cpu tries the script itself on a machine without a GPU (plain graphs, no kernel
+# profile, no CUDA graph).
+DEV = os.environ.get("UNET_PROFILE_DEVICE", "cuda")
+
 import onnx  # noqa: E402
-import torch  # noqa: E402  (first: its CUDA libraries are the ones ONNX Runtime loads too)
+
+if DEV == "cuda":
+    import torch  # noqa: E402, F401  (first: its CUDA libraries are the ones ONNX Runtime loads too)
 import onnxruntime as ort  # noqa: E402
 
 import shape_transposes  # noqa: E402
@@ -99,6 +105,10 @@ def session(path, graph, optimized=None):
         so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "opt.bin")
     prov = [("CUDAExecutionProvider", {"device_id": 0, "enable_cuda_graph": "1" if graph else "0",
                                        "cudnn_conv_algo_search": "HEURISTIC"})]
+    if DEV == "cpu":
+        if graph:
+            raise RuntimeError("no CUDA graph on the CPU")
+        prov = ["CPUExecutionProvider"]
     return ort.InferenceSession(path, so, providers=prov)
 
 
@@ -113,12 +123,12 @@ def bind(sess, dims):
             v = np.full(shape, 500, dtype=dt)
         else:
             v = rng.standard_normal(shape).astype(dt)
-        o = ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0)
+        o = ort.OrtValue.ortvalue_from_numpy(v, DEV, 0)
         keep[i.name] = o
         io.bind_ortvalue_input(i.name, o)
     for o in sess.get_outputs():
         dt = np.float16 if o.type == "tensor(float16)" else np.float32
-        v = ort.OrtValue.ortvalue_from_shape_and_type(dims["sample"], dt, "cuda", 0)
+        v = ort.OrtValue.ortvalue_from_shape_and_type(dims["sample"], dt, DEV, 0)
         keep[o.name] = v
         io.bind_ortvalue_output(o.name, v)
     return io, keep
@@ -152,6 +162,9 @@ def kind(name):
 
 
 def profile(sess, io, top, runs=3):
+    if DEV != "cuda":
+        return None
+    import torch
     from torch.profiler import ProfilerActivity, profile as tprofile
 
     with tprofile(activities=[ProfilerActivity.CUDA]) as p:
