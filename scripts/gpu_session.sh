@@ -8,6 +8,8 @@
 #
 # PARTS=check or PARTS=bench runs half of it (each half fits the device tool's 10 minutes; the
 # second call must follow the first while the machine is warm: it reuses the model in /tmp).
+# PARTS=quick is the least worth a lease: the default and captured paths' check, the step, the
+# post-swap case and the fused UNet's kernel profile.
 #
 # Before the call, on the machine that calls: the ONNX Runtime GPU parts in /tmp/parts (carried one
 # per call, see gpu_env.sh), the diffusers wheels in .whl/ and a stripped release binary (BIN) carried
@@ -45,6 +47,25 @@ vae-fused|--vae-precision fp16 --vae-graph fused"}
   export STEPS=${STEPS:-8}
 fi
 PARTS=${PARTS:-check,bench}
+if [ "$PARTS" = quick ]; then
+  # A short lease (about 6 minutes after the ONNX Runtime parts): the GPU check of the default and
+  # captured paths, the step and load figures, the post-swap case, and where the fused UNet's GPU
+  # time goes (scripts/unet_profile.py, the shipped graph against shape_transposes.py's layout).
+  MODES="default|
+cudagraph|--cuda-graph --static-shapes" OUT=/tmp/gpu-check MODEL=$ckpt LORA_FROM=$folder BIN=$BIN \
+    scripts/gpu_check.sh > "$OUT/gpu_check.txt" 2>&1
+  echo "gpu_check exit $? after $(( $(date +%s) - t )) s" | tee -a "$OUT/session.txt"
+  "$BIN" bench --device cuda:0 --model "$ckpt" --repeats 3 > "$OUT/bench-default.txt" 2>&1
+  attn=/tmp/loras/attn32.safetensors
+  [ -f "$attn" ] || python3 scripts/synth_lora.py "$folder" "$attn" --rank 32 --layers attn >> "$OUT/export.log" 2>&1
+  STIPPLE_PROFILE=1 "$BIN" bench --device cuda:0 --model "$ckpt" --lora "$attn" --repeats 1 \
+    > "$OUT/bench-post-swap.txt" 2>&1
+  template=templates/$([ "$FAMILY" = sdxl ] && echo sdxl || echo sd15)-fp16
+  PYTHONPATH=/tmp/ort:${PYTHONPATH:-} timeout 180 python3 scripts/unet_profile.py "$template" \
+    --graphs cuda,cuda-layout --top 10 > "$OUT/unet-profile.txt" 2>&1
+  echo "done after $(( $(date +%s) - t )) s" | tee -a "$OUT/session.txt"
+  exit 0
+fi
 if [[ $PARTS == *check* ]]; then
   OUT=/tmp/gpu-check MODEL=$ckpt LORA_FROM=$folder BIN=$BIN scripts/gpu_check.sh > "$OUT/gpu_check.txt" 2>&1
   echo "gpu_check exit $? after $(( $(date +%s) - t )) s" | tee -a "$OUT/session.txt"
