@@ -13,7 +13,6 @@ name (torch.profiler, which sees every kernel of the process, ONNX Runtime's inc
 import argparse
 import os
 import sys
-import time
 
 
 def arg_parser():
@@ -32,6 +31,7 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 import torch  # noqa: E402  (first: its CUDA libraries are the ones ONNX Runtime loads too)
 import onnxruntime as ort  # noqa: E402
+from ort_timing import timed  # noqa: E402
 
 # PATCH_PROFILE_DEVICE=cpu tries the script itself on a machine without a GPU.
 DEV = os.environ.get("PATCH_PROFILE_DEVICE", "cuda")
@@ -67,17 +67,6 @@ def bind(sess, rng):
         keep.append(v)
         io.bind_ortvalue_output(o.name, v)
     return io, keep
-
-
-def timed(sess, io, runs):
-    for _ in range(3):
-        sess.run_with_iobinding(io)
-    io.synchronize_outputs()
-    t = time.perf_counter()
-    for _ in range(runs):
-        sess.run_with_iobinding(io)
-        io.synchronize_outputs()
-    return (time.perf_counter() - t) / runs * 1e3
 
 
 def profile(sess, io, top):

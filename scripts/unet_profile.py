@@ -17,7 +17,6 @@ import gzip
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -49,6 +48,7 @@ import onnx  # noqa: E402
 if DEV == "cuda":
     import torch  # noqa: E402, F401  (first: its CUDA libraries are the ones ONNX Runtime loads too)
 import onnxruntime as ort  # noqa: E402
+from ort_timing import timed  # noqa: E402
 
 import shape_transposes  # noqa: E402
 
@@ -134,17 +134,6 @@ def bind(sess, dims):
     return io, keep
 
 
-def timed(sess, io, runs):
-    for _ in range(3):
-        sess.run_with_iobinding(io)
-    io.synchronize_outputs()
-    t = time.perf_counter()
-    for _ in range(runs):
-        sess.run_with_iobinding(io)
-    io.synchronize_outputs()
-    return (time.perf_counter() - t) / runs * 1e3
-
-
 KINDS = (("attention", ("fmha", "flash", "attention", "mha", "softmax")),
          ("conv", ("conv", "implicit", "xmma", "cudnn", "sm90_xmma", "nhwc")),
          ("gemm", ("gemm", "cutlass", "sm90", "ampere", "cublas")),
@@ -164,7 +153,6 @@ def kind(name):
 def profile(sess, io, top, runs=3):
     if DEV != "cuda":
         return None
-    import torch
     from torch.profiler import ProfilerActivity, profile as tprofile
 
     with tprofile(activities=[ProfilerActivity.CUDA]) as p:
