@@ -49,10 +49,11 @@ fi
 PARTS=${PARTS:-check,bench}
 if [ "$PARTS" = quick ]; then
   # A short lease (about 6 minutes after the ONNX Runtime parts): the GPU check of the default and
-  # captured paths, the step and load figures, the post-swap case, and where the fused UNet's GPU
+  # captured paths and the fp16 text encoders, the step and load figures, the post-swap case, and where the fused UNet's GPU
   # time goes (scripts/unet_profile.py, the shipped graph against shape_transposes.py's layout).
   MODES="default|
-cudagraph|--cuda-graph --static-shapes" OUT=/tmp/gpu-check MODEL=$ckpt LORA_FROM=$folder BIN=$BIN \
+cudagraph|--cuda-graph --static-shapes
+te-fp16|--te-precision fp16" OUT=/tmp/gpu-check MODEL=$ckpt LORA_FROM=$folder BIN=$BIN \
     scripts/gpu_check.sh > "$OUT/gpu_check.txt" 2>&1
   echo "gpu_check exit $? after $(( $(date +%s) - t )) s" | tee -a "$OUT/session.txt"
   "$BIN" bench --device cuda:0 --model "$ckpt" --repeats 3 > "$OUT/bench-default.txt" 2>&1
