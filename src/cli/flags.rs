@@ -60,7 +60,8 @@ pub struct EngineFlags {
     /// Intra-op threads for ONNX Runtime (0 = its default)
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// Build sessions for the job's exact shapes (faster steps; a new size rebuilds the UNet)
+    /// Build the UNet and VAE sessions for the job's exact shapes (faster steps; a new size rebuilds
+    /// the UNet). Text encoders always run on one fixed shape, so they are built for it regardless
     #[arg(long)]
     pub static_shapes: bool,
     /// UNet graph: auto (the fused CUDA graph on CUDA when the model has one, unless it is one of the

@@ -19,8 +19,9 @@ pub struct SessionOptions {
     pub device: Device,
     /// Intra-op threads; 0 lets ONNX Runtime decide.
     pub threads: usize,
-    /// Build sessions for fixed input shapes (free-dimension overrides), so ONNX Runtime folds the
-    /// shape arithmetic of the graph away; a new image size or prompt length rebuilds the UNet.
+    /// Build the UNet and VAE sessions for fixed input shapes (free-dimension overrides), so ONNX
+    /// Runtime folds the shape arithmetic of the graph away; a new image size or prompt length
+    /// rebuilds the UNet. (Text encoders are always built for their one shape.)
     pub static_shapes: bool,
     /// Which UNet graph runs: the plain export or ONNX Runtime's SD-fused CUDA graph.
     pub graph: GraphChoice,
