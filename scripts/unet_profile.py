@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
-"""Where a UNet step's GPU time goes, outside stipple: a template's graph with random weights, run by
+"""Where a component's GPU time goes, outside stipple: a template's graph with random weights, run by
 ONNX Runtime's CUDA provider through device buffers, timed launch by launch and as a CUDA graph, and
 its GPU kernels summed by kind (torch.profiler sees every kernel of the process, ONNX Runtime's too).
 
     PYTHONPATH=/tmp/ort python3 scripts/unet_profile.py templates/sd15-fp16 [--size 512] [--batch 2]
-        [--graphs cuda,cuda-shapes,plain] [--component unet]
+        [--graphs cuda,cuda-shapes,plain] [--component unet|vae_decoder|text_encoder|text_encoder_2]
+        [--static]
 
-Graphs: `cuda` (the fused graph as shipped), `cuda-shapes` and `cuda-layout` (the same after
+Graphs: `cuda` (the fused UNet as shipped; for a VAE or text encoder its fp16 graph), `fused` (the
+VAE decoder's fused graph), `cuda-shapes` and `cuda-layout` (the UNet after
 scripts/shape_transposes.py's `drop` or `sink`: their output is compared with `cuda`'s, which must be
-equal), `plain` (the plain export). Random weights
-give true speed figures (the kernels do not depend on the values); they are written once per template
-to /tmp/unet-profile/.
+equal), `plain` (the plain export). `--static` builds each session for the shapes it runs (ONNX
+Runtime's free-dimension overrides, as stipple's static shapes; its text encoders always are).
+Random weights give true speed figures (the kernels do not depend on the values); they are written
+once per template to /tmp/unet-profile/.
 """
 import argparse
 import gzip
@@ -33,6 +36,7 @@ def arg_parser():
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--work", default="/tmp/unet-profile")
+    ap.add_argument("--static", action="store_true", help="sessions built for the shapes they run")
     return ap
 
 
@@ -57,7 +61,7 @@ NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16}
 
 def graph_file(template, component, name, work):
     """Writes the graph `name` with random weights (weights.bin) into work/; returns its path."""
-    base = "model.cuda.onnx.gz" if name.startswith("cuda") else "model.onnx.gz"
+    base = {"fused": "model.fused.onnx.gz"}.get(name, "model.cuda.onnx.gz" if name.startswith("cuda") else "model.onnx.gz")
     m = onnx.ModelProto.FromString(gzip.open(os.path.join(template, component, base)).read())
     tag = os.path.basename(os.path.normpath(template))
     d = os.path.join(work, f"{tag}-{component}-{name}")
@@ -96,9 +100,11 @@ def graph_file(template, component, name, work):
     return path
 
 
-def session(path, graph, optimized=None):
+def session(path, graph, optimized=None, overrides=None):
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    for name, value in (overrides or {}).items():
+        so.add_free_dimension_override_by_name(name, value)
     if optimized:
         # What ONNX Runtime runs after its own graph passes (its transpose optimizer included).
         so.optimized_model_filepath = optimized
@@ -113,25 +119,55 @@ def session(path, graph, optimized=None):
 
 
 def bind(sess, dims):
+    """Device buffers for every input (random values; ids for a text encoder) and output of `sess`;
+    `dims` holds each one's shape by name."""
     io = sess.io_binding()
     keep = {}
     rng = np.random.default_rng(1)
+    types = {"tensor(float16)": np.float16, "tensor(int64)": np.int64}
     for i in sess.get_inputs():
         shape = dims[i.name]
-        dt = np.float16 if i.type == "tensor(float16)" else np.float32
+        dt = types.get(i.type, np.float32)
         if i.name == "timestep":
             v = np.full(shape, 500, dtype=dt)
+        elif dt == np.int64:
+            v = rng.integers(0, 49406, size=shape).astype(dt)
+            v[..., -1] = 49407  # an end token for the pooled output's lookup
         else:
             v = rng.standard_normal(shape).astype(dt)
         o = ort.OrtValue.ortvalue_from_numpy(v, DEV, 0)
         keep[i.name] = o
         io.bind_ortvalue_input(i.name, o)
     for o in sess.get_outputs():
-        dt = np.float16 if o.type == "tensor(float16)" else np.float32
-        v = ort.OrtValue.ortvalue_from_shape_and_type(dims["sample"], dt, DEV, 0)
+        dt = types.get(o.type, np.float32)
+        v = ort.OrtValue.ortvalue_from_shape_and_type(dims[o.name], dt, DEV, 0)
         keep[o.name] = v
         io.bind_ortvalue_output(o.name, v)
     return io, keep
+
+
+def shapes(m, component, size, batch):
+    """Each input's and output's shape by name, and the free dimensions they fix."""
+    def dims_of(name, values):
+        return [d.dim_value for d in next(v for v in values if v.name == name).type.tensor_type.shape.dim]
+
+    if component == "unet":
+        ctx = dims_of("encoder_hidden_states", m.graph.input)
+        chans = dims_of("sample", m.graph.input)[1]
+        lat = [batch, chans, size // 8, size // 8]
+        return ({"sample": lat, "out_sample": [batch, 4, size // 8, size // 8], "timestep": [batch],
+                 "encoder_hidden_states": [batch, 77, ctx[2]], "text_embeds": [batch, 1280],
+                 "time_ids": [batch, 6]},
+                {"batch": batch, "height": size // 8, "width": size // 8, "sequence": 77})
+    if component.startswith("vae"):
+        return ({"latent_sample": [1, 4, size // 8, size // 8], "sample": [1, 3, size, size]},
+                {"batch": 1, "height": size // 8, "width": size // 8})
+    # A text encoder: one 77-token chunk; [batch, sequence, width] or [batch, width] out.
+    out = {}
+    for o in m.graph.output:
+        d = [x.dim_value for x in o.type.tensor_type.shape.dim]
+        out[o.name] = [1, 77, d[2]] if len(d) == 3 else [1, d[1]]
+    return {"input_ids": [1, 77], **out}, {"batch": 1, "sequence": 77}
 
 
 KINDS = (("attention", ("fmha", "flash", "attention", "mha", "softmax")),
@@ -189,17 +225,13 @@ def main():
     for name in a.graphs.split(","):
         path = graph_file(a.template, a.component, name, a.work)
         m = onnx.load(path, load_external_data=False)
-        ctx = [d.dim_value for d in
-               next(i for i in m.graph.input if i.name == "encoder_hidden_states").type.tensor_type.shape.dim]
-        chans = [d.dim_value for d in
-                 next(i for i in m.graph.input if i.name == "sample").type.tensor_type.shape.dim][1]
-        dims = {"sample": [a.batch, chans, size // 8, size // 8], "timestep": [a.batch],
-                "encoder_hidden_states": [a.batch, 77, ctx[2]], "text_embeds": [a.batch, 1280],
-                "time_ids": [a.batch, 6]}
-        print(f"{name}: {len(m.graph.node)} nodes, batch {a.batch}, {size}x{size}")
+        dims, free = shapes(m, a.component, size, a.batch)
+        fixed = free if a.static else None
+        print(f"{name}: {a.component}, {len(m.graph.node)} nodes, batch {a.batch}, {size}x{size}"
+              f"{', static shapes' if a.static else ''}")
         opt = os.path.join(os.path.dirname(path), "optimized.onnx")
         try:
-            s = session(path, False, opt)
+            s = session(path, False, opt, fixed)
             om = onnx.load(opt, load_external_data=False)
             ops = {}
             for n in om.graph.node:
@@ -209,14 +241,14 @@ def main():
                   f"{sum(v for k, v in ops.items() if k.startswith('Memcpy'))} Memcpy")
         except Exception as e:  # the optimized graph could not be written: time the graph anyway
             print(f"  (optimized graph not written: {str(e).splitlines()[0][:120]})")
-            s = session(path, False)
+            s = session(path, False, overrides=fixed)
         io, keep = bind(s, dims)
         print(f"  launch by launch: {timed(s, io, a.runs):.3f} ms per run")
         profile(s, io, a.top)
         outputs[name] = keep[s.get_outputs()[0].name].numpy().astype(np.float32)
         del io, keep, s
         try:
-            g = session(path, True)
+            g = session(path, True, overrides=fixed)
             io, keep = bind(g, dims)
             print(f"  CUDA graph:       {timed(g, io, a.runs):.3f} ms per run")
             del io, keep, g
