@@ -77,4 +77,37 @@ fn main() {
             "UNet inputs to f16, {label} ({n} values): {slice:.3} ms as a slice, {per_value:.3} ms one value at a time (median of 9)"
         );
     }
+    // The VAE decoder's output to RGB bytes, every image, 512² and 1024²: `vae::to_rgb` against
+    // the same formula with `f32::round` (a library call per value).
+    for side in [512usize, 1024] {
+        let chw: Vec<f32> = (0..3 * side * side)
+            .map(|i| ((i as f32) * 0.001).sin())
+            .collect();
+        let time = |f: &dyn Fn() -> Vec<u8>| {
+            let mut times: Vec<f64> = (0..9)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    std::hint::black_box(f());
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            times.sort_by(f64::total_cmp);
+            times[4]
+        };
+        let fast = time(&|| stipple::pipeline::vae::to_rgb(&chw, side, side).pixels);
+        let plane = side * side;
+        let rounding = time(&|| {
+            let mut px = vec![0u8; 3 * plane];
+            for i in 0..plane {
+                for c in 0..3 {
+                    let x = (chw[c * plane + i] / 2.0 + 0.5).clamp(0.0, 1.0);
+                    px[i * 3 + c] = (x * 255.0).round() as u8;
+                }
+            }
+            px
+        });
+        println!(
+            "VAE output to RGB, {side}²: {fast:.3} ms, {rounding:.3} ms with f32::round (median of 9)"
+        );
+    }
 }
