@@ -60,19 +60,8 @@ fn main() {
     // conversion the runs use (`tensor_io::to_f16`).
     for (label, n) in [("SD1.5 512²", 150_528usize), ("SDXL 1024²", 446_464)] {
         let data: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.01).sin()).collect();
-        let time = |f: &dyn Fn() -> Vec<half::f16>| {
-            let mut times: Vec<f64> = (0..9)
-                .map(|_| {
-                    let t = std::time::Instant::now();
-                    std::hint::black_box(f());
-                    t.elapsed().as_secs_f64() * 1e3
-                })
-                .collect();
-            times.sort_by(f64::total_cmp);
-            times[4]
-        };
-        let per_value = time(&|| data.iter().map(|&x| half::f16::from_f32(x)).collect());
-        let slice = time(&|| stipple::runtime::tensor_io::to_f16(&data));
+        let per_value = median_ms(|| data.iter().map(|&x| half::f16::from_f32(x)).collect());
+        let slice = median_ms(|| stipple::runtime::tensor_io::to_f16(&data));
         println!(
             "UNet inputs to f16, {label} ({n} values): {slice:.3} ms as a slice, {per_value:.3} ms one value at a time (median of 9)"
         );
@@ -83,20 +72,9 @@ fn main() {
         let chw: Vec<f32> = (0..3 * side * side)
             .map(|i| ((i as f32) * 0.001).sin())
             .collect();
-        let time = |f: &dyn Fn() -> Vec<u8>| {
-            let mut times: Vec<f64> = (0..9)
-                .map(|_| {
-                    let t = std::time::Instant::now();
-                    std::hint::black_box(f());
-                    t.elapsed().as_secs_f64() * 1e3
-                })
-                .collect();
-            times.sort_by(f64::total_cmp);
-            times[4]
-        };
-        let fast = time(&|| stipple::pipeline::vae::to_rgb(&chw, side, side).pixels);
+        let fast = median_ms(|| stipple::pipeline::vae::to_rgb(&chw, side, side).pixels);
         let plane = side * side;
-        let rounding = time(&|| {
+        let rounding = median_ms(|| {
             let mut px = vec![0u8; 3 * plane];
             for i in 0..plane {
                 for c in 0..3 {
@@ -110,4 +88,17 @@ fn main() {
             "VAE output to RGB, {side}²: {fast:.3} ms, {rounding:.3} ms with f32::round (median of 9)"
         );
     }
+}
+
+/// The median of nine runs of `f`, in milliseconds.
+fn median_ms<T>(f: impl Fn() -> T) -> f64 {
+    let mut times: Vec<f64> = (0..9)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            std::hint::black_box(f());
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[4]
 }
