@@ -60,7 +60,11 @@ fn main() {
     // conversion the runs use (`tensor_io::to_f16`).
     for (label, n) in [("SD1.5 512²", 150_528usize), ("SDXL 1024²", 446_464)] {
         let data: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.01).sin()).collect();
-        let per_value = median_ms(|| data.iter().map(|&x| half::f16::from_f32(x)).collect());
+        let per_value = median_ms(|| {
+            data.iter()
+                .map(|&x| half::f16::from_f32(x))
+                .collect::<Vec<half::f16>>()
+        });
         let slice = median_ms(|| stipple::runtime::tensor_io::to_f16(&data));
         println!(
             "UNet inputs to f16, {label} ({n} values): {slice:.3} ms as a slice, {per_value:.3} ms one value at a time (median of 9)"

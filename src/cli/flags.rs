@@ -61,7 +61,7 @@ pub struct EngineFlags {
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Build the UNet and VAE sessions for the job's exact shapes (faster steps; a new size rebuilds
-    /// the UNet). Text encoders always run on one fixed shape, so they are built for it regardless
+    /// the UNet; the text encoders always get their one shape)
     #[arg(long)]
     pub static_shapes: bool,
     /// UNet graph: auto (the fused CUDA graph on CUDA when the model has one, unless it is one of the
