@@ -49,8 +49,9 @@ fi
 PARTS=${PARTS:-check,bench}
 if [ "$PARTS" = quick ]; then
   # A short lease (about 6 minutes after the ONNX Runtime parts): the GPU check of the default and
-  # captured paths and the fp16 text encoders, the step and load figures, the post-swap case, and where the fused UNet's GPU
-  # time goes (scripts/unet_profile.py, the shipped graph against shape_transposes.py's layout).
+  # captured paths and the fp16 text encoders, the step and load figures, the post-swap case, and
+  # where the fused UNet's GPU time goes (scripts/unet_profile.py, the shipped graph against
+  # shape_transposes.py's layout).
   MODES="default|
 cudagraph|--cuda-graph --static-shapes
 te-fp16|--te-precision fp16" OUT=/tmp/gpu-check MODEL=$ckpt LORA_FROM=$folder BIN=$BIN \

@@ -61,7 +61,10 @@ NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16}
 
 def graph_file(template, component, name, work):
     """Writes the graph `name` with random weights (weights.bin) into work/; returns its path."""
-    base = {"fused": "model.fused.onnx.gz"}.get(name, "model.cuda.onnx.gz" if name.startswith("cuda") else "model.onnx.gz")
+    if name == "fused":
+        base = "model.fused.onnx.gz"
+    else:
+        base = "model.cuda.onnx.gz" if name.startswith("cuda") else "model.onnx.gz"
     m = onnx.ModelProto.FromString(gzip.open(os.path.join(template, component, base)).read())
     tag = os.path.basename(os.path.normpath(template))
     d = os.path.join(work, f"{tag}-{component}-{name}")
@@ -230,7 +233,8 @@ def main():
         m = onnx.load(path, load_external_data=False)
         dims, free = shapes(m, a.component, size, a.batch)
         fixed = free if a.static else None
-        print(f"{name}: {a.component}, {len(m.graph.node)} nodes, batch {a.batch}, {size}x{size}"
+        batch = f", batch {a.batch}" if a.component == "unet" else ""
+        print(f"{name}: {a.component}, {len(m.graph.node)} nodes{batch}, {size}x{size}"
               f"{', static shapes' if a.static else ''}")
         opt = os.path.join(os.path.dirname(path), "optimized.onnx")
         try:

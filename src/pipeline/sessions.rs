@@ -285,7 +285,6 @@ impl Sessions {
         te_key.unet.iter_mut().for_each(|u| *u = [0.0; 3]);
         let (deltas, report) = adapters::compute(model, loras, &te_key)?;
         let mut stats = FuseStats::default();
-        let te_dims = self.te_dims();
         let opts = self.build_opts();
         let mut built = Vec::new();
         for enc in model.index.family.facts().encoders {
@@ -294,7 +293,7 @@ impl Sessions {
                 &opts,
                 enc.component,
                 &deltas,
-                &te_dims,
+                &TE_DIMS,
                 &mut stats,
             )?);
         }
@@ -322,7 +321,6 @@ impl Sessions {
         let t = Instant::now();
         let rebuild_te = want.te != self.fused.te;
         let rebuild_unet = want.unet != self.fused.unet || want.unet_dims != self.fused.unet_dims;
-        let te_dims = self.te_dims();
         let unet_dims = unet_dim_overrides(want.unet_dims);
         // Resident weights are rewritten in place; a UNet whose shapes change needs a new session.
         let te_in_place = self.text.iter().all(Net::is_resident);
@@ -398,7 +396,7 @@ impl Sessions {
                             enc.component,
                             *layout,
                             te_in_place,
-                            &te_dims,
+                            &TE_DIMS,
                             &mut st,
                         )?);
                     }
@@ -630,10 +628,6 @@ impl Sessions {
         )
     }
 
-    fn te_dims(&self) -> Vec<(&'static str, i64)> {
-        TE_DIMS.to_vec()
-    }
-
     /// With static shapes, rebuilds the VAE decoder for latents of `h` × `w` when they changed.
     pub fn ensure_vae_dims(
         &mut self,
@@ -837,10 +831,16 @@ impl Sessions {
             }
         };
         let mut stats = FuseStats::default();
-        let dims = self.te_dims();
         let mut built = Vec::new();
         for enc in model.index.family.facts().encoders {
-            built.push(self.build_one(model, &opts, enc.component, &deltas, &dims, &mut stats)?);
+            built.push(self.build_one(
+                model,
+                &opts,
+                enc.component,
+                &deltas,
+                &TE_DIMS,
+                &mut stats,
+            )?);
         }
         self.text = built;
         Ok(())
