@@ -47,6 +47,8 @@ pub struct BenchReport {
     pub vae_graph: String,
     /// The text encoders' precision: `fp16` or `fp32` (`--te-precision`).
     pub te_precision: String,
+    /// The text encoders' graph: `fused` or `plain` (`--te-graph`).
+    pub te_graph: String,
     /// A whole 20-step image, median.
     pub image_s: f64,
     /// First UNet step after the sessions were built (includes lazy initialisation, e.g. cuDNN).
@@ -109,8 +111,8 @@ impl fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
-            "  text encoder ({}, 1 prompt) {:>7.3} ms",
-            self.te_precision, self.text_encode_ms
+            "  text encoder ({}, {} graph, 1 prompt) {:>7.3} ms",
+            self.te_precision, self.te_graph, self.text_encode_ms
         )?;
         writeln!(
             f,
@@ -389,6 +391,7 @@ pub fn run(
         vae_precision: g.vae_precision().to_string(),
         vae_graph: g.vae_graph().to_string(),
         te_precision: g.te_precision().to_string(),
+        te_graph: g.te_graph().to_string(),
         image_s: median(image),
         first_step_ms,
         adapter_swap_s,

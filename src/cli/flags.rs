@@ -29,6 +29,10 @@ pub struct WeightArgs {
     /// run with the fp16 encoders), fp16 (an overflow is redone in fp32) or fp32
     #[arg(long, value_name = "P", value_parser = ["auto", "fp16", "fp32"])]
     pub te_precision: Option<String>,
+    /// The fp16 text encoders' graph on CUDA: auto (the fused graph, model.fused.onnx, when the
+    /// model has one), plain (the plain fp16 graph) or fused
+    #[arg(long, value_name = "GRAPH", value_parser = ["auto", "plain", "fused"])]
+    pub te_graph: Option<String>,
     /// A1111's clip skip: 2 conditions SD 1.x on the penultimate CLIP layer
     #[arg(long, value_name = "N")]
     pub clip_skip: Option<u32>,
@@ -146,6 +150,7 @@ impl EngineFlags {
                 vae_precision: w.vae_precision.clone().or(ow.vae_precision.clone()),
                 vae_graph: w.vae_graph.clone().or(ow.vae_graph.clone()),
                 te_precision: w.te_precision.clone().or(ow.te_precision.clone()),
+                te_graph: w.te_graph.clone().or(ow.te_graph.clone()),
                 clip_skip: w.clip_skip.or(ow.clip_skip),
                 prediction: w.prediction.or(ow.prediction),
                 models_root: w.models_root.clone().or(ow.models_root.clone()),

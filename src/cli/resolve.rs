@@ -119,6 +119,10 @@ pub fn engine(
             Some(g) => g.parse().map_err(CliError::Usage)?,
             None => Default::default(),
         },
+        te_graph: match &flags.weights.te_graph {
+            Some(g) => g.parse().map_err(CliError::Usage)?,
+            None => Default::default(),
+        },
         te_precision: match &flags.weights.te_precision {
             Some(p) => p.parse().map_err(CliError::Usage)?,
             None => config.generation.te_precision,

@@ -347,15 +347,26 @@ impl Component {
         .with_fused(fused)
     }
 
-    /// The component with `fused` as its fused VAE graph ([`GraphKind::Fused`]), checked against
-    /// the weights.
     /// Marks the fused UNet graph as one that runs only when asked for.
     pub fn with_cuda_opt_in(mut self, opt_in: bool) -> Component {
         self.cuda_opt_in = opt_in;
         self
     }
 
+    /// The component with `fused` as its fused graph ([`GraphKind::Fused`]: the VAE decoder's or a
+    /// text encoder's), checked against the weights.
     pub fn with_fused(mut self, fused: Option<GraphFiles>) -> Result<Component, ModelError> {
+        let fused = match fused {
+            Some(f)
+                if matches!(
+                    self.kind,
+                    ComponentKind::TextEncoder | ComponentKind::TextEncoder2
+                ) =>
+            {
+                Some(with_extra_rows(f)?)
+            }
+            other => other,
+        };
         if let Some(f) = &fused {
             let mut problems = consistency_problems(&f.graph, &f.weightmap, &self.weights);
             if !problems.is_empty() {
@@ -401,13 +412,10 @@ impl Component {
             kind,
             ComponentKind::TextEncoder | ComponentKind::TextEncoder2
         ) {
-            let with_rows = |f: GraphFiles| -> Result<GraphFiles, ModelError> {
-                Ok(GraphFiles {
-                    graph: super::extra_tokens::add_extra_rows(f.graph)?,
-                    weightmap: f.weightmap,
-                })
-            };
-            (with_rows(plain)?, cuda.map(with_rows).transpose()?)
+            (
+                with_extra_rows(plain)?,
+                cuda.map(with_extra_rows).transpose()?,
+            )
         } else {
             (plain, cuda)
         };
@@ -503,6 +511,14 @@ pub(super) fn check_needed(
     Ok(())
 }
 
+/// A text encoder's graph rewritten to take textual-inversion vectors ([`super::extra_tokens`]).
+fn with_extra_rows(f: GraphFiles) -> Result<GraphFiles, ModelError> {
+    Ok(GraphFiles {
+        graph: super::extra_tokens::add_extra_rows(f.graph)?,
+        weightmap: f.weightmap,
+    })
+}
+
 /// The shape a source parameter must have for `e` to build an initializer of `dims` from it.
 pub(super) fn source_shape(e: &WeightMapEntry, dims: &[usize]) -> Option<Vec<usize>> {
     match (e.transform, dims) {
@@ -513,6 +529,12 @@ pub(super) fn source_shape(e: &WeightMapEntry, dims: &[usize]) -> Option<Vec<usi
             let k = e.parts.len();
             (k > 0 && e.heads > 0 && m % k == 0 && (m / k).is_multiple_of(e.heads))
                 .then(|| vec![m / k, *c])
+        }
+        // The biases of packed projections, side by side in the same order.
+        (Transform::PackHeads, [m]) => {
+            let k = e.parts.len();
+            (k > 0 && e.heads > 0 && m % k == 0 && (m / k).is_multiple_of(e.heads))
+                .then(|| vec![m / k])
         }
         _ => None,
     }

@@ -16,7 +16,9 @@ pub enum Transform {
     Nhwc,
     /// Several Linear weights `[heads*dim, in]` (Q, K, V or K, V: the entry's `parts`) packed as
     /// `[in, heads*k*dim]`, interleaved per head: column `(n*k + i)*dim + d` is row `n*dim + d` of
-    /// part `i` (ONNX Runtime's packed QKV/KV for MultiHeadAttention).
+    /// part `i` (ONNX Runtime's packed QKV/KV for MultiHeadAttention). With one head, the weights'
+    /// transposes side by side (the Attention operator's QKV weight). Biases `[heads*dim]` pack the
+    /// same way into `[heads*k*dim]`.
     PackHeads,
 }
 

@@ -721,9 +721,10 @@ fn nhwc_into<T: Copy>(values: &[T], shape: &[usize], out: &mut [T]) {
 }
 
 /// Parts `[heads*dim, in]` → `[in, heads*k*dim]` with column `(n*k + p)*dim + d` = row `n*dim + d`
-/// of part `p`: the layout ONNX Runtime's MultiHeadAttention reads packed QKV/KV in.
+/// of part `p`: the layout ONNX Runtime's MultiHeadAttention reads packed QKV/KV in. A 1-D part (a
+/// bias) is one column.
 fn pack_heads_into<T: Copy>(parts: &[&[T]], shape: &[usize], heads: usize, out: &mut [T]) {
-    let (rows, cin) = (shape[0], shape[1]);
+    let (rows, cin) = (shape[0], shape.get(1).copied().unwrap_or(1));
     let k = parts.len();
     let dim = rows / heads;
     let width = rows * k;
@@ -837,6 +838,24 @@ mod tests {
             pack_heads(&[q, k], &[2, 1], 2),
             vec![10.0, 20.0, 11.0, 21.0]
         );
+    }
+
+    #[test]
+    fn one_head_packs_transposes_side_by_side_and_biases_pack_as_one_column() {
+        // q, k of [out = 2, in = 2]: [in, 2*out] whose row c is q[:, c] then k[:, c].
+        let q = vec![1.0, 2.0, 3.0, 4.0];
+        let k = vec![5.0, 6.0, 7.0, 8.0];
+        assert_eq!(
+            pack_heads(&[q, k], &[2, 2], 1),
+            vec![1.0, 3.0, 5.0, 7.0, 2.0, 4.0, 6.0, 8.0]
+        );
+        // Biases [2]: side by side with one head, interleaved per head with two.
+        let (bq, bk) = (vec![10.0, 11.0], vec![20.0, 21.0]);
+        assert_eq!(
+            pack_heads(&[bq.clone(), bk.clone()], &[2], 1),
+            vec![10.0, 11.0, 20.0, 21.0]
+        );
+        assert_eq!(pack_heads(&[bq, bk], &[2], 2), vec![10.0, 20.0, 11.0, 21.0]);
     }
 
     #[test]

@@ -369,6 +369,28 @@ impl Builder {
                 let d = self.reshape(&d, &torch);
                 self.transpose(&d, &[0, 2, 3, 1])
             }
+            Transform::PackHeads if torch.len() == 1 => {
+                // Biases: each part's [heads*dim] cut per head and laid side by side.
+                let heads = e.heads as i64;
+                if heads == 0 || torch[0] % heads != 0 {
+                    return Err(bad(format!("{heads} heads of a {:?} bias", torch)));
+                }
+                let rows = torch[0];
+                let mut pieces = Vec::with_capacity(sums.len());
+                for s in &sums {
+                    let d = match s {
+                        Some(d) => d.clone(),
+                        None => {
+                            let shape = self.shape(&[rows]);
+                            self.node("ConstantOfShape", &[&shape], Vec::new())
+                        }
+                    };
+                    pieces.push(self.reshape(&d, &[heads, 1, rows / heads]));
+                }
+                let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+                let cat = self.node("Concat", &refs, vec![int_attr("axis", 1)]);
+                self.reshape(&cat, &[rows * sums.len() as i64])
+            }
             Transform::PackHeads => {
                 let heads = e.heads as i64;
                 if torch.len() != 2 || heads == 0 || torch[0] % heads != 0 {

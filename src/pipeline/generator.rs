@@ -412,6 +412,14 @@ impl Generator {
         }
     }
 
+    /// "fused" or "plain": the text encoders' graph now (the fused one is fp16, CUDA only).
+    pub fn te_graph(&self) -> &'static str {
+        match self.sessions.te_is_fused(&self.model) {
+            true => "fused",
+            false => "plain",
+        }
+    }
+
     /// Decodes latents `[1, 4, h, w]` to an image.
     pub fn decode(
         &mut self,

@@ -788,13 +788,24 @@ impl Sessions {
     /// Whether the text encoders run their fp16 graphs now (tests, `bench`).
     pub fn te_is_fp16(&self, model: &Model) -> bool {
         let opts = self.build_opts();
+        model.index.family.facts().encoders.iter().any(|e| {
+            matches!(
+                te_graph(model, &opts, e.component),
+                Ok(GraphKind::Cuda | GraphKind::Fused)
+            )
+        })
+    }
+
+    /// Whether a text encoder runs its fused graph now (`bench`).
+    pub fn te_is_fused(&self, model: &Model) -> bool {
+        let opts = self.build_opts();
         model
             .index
             .family
             .facts()
             .encoders
             .iter()
-            .any(|e| te_graph(model, &opts, e.component).ok() == Some(GraphKind::Cuda))
+            .any(|e| te_graph(model, &opts, e.component).ok() == Some(GraphKind::Fused))
     }
 
     /// Runs `f` on the text-encoder sessions. When an fp16 text encoder gave non-finite output
@@ -1154,7 +1165,7 @@ fn bake_staged(
 }
 
 /// The graph a VAE component of `model` runs with `opts`: [`VaePrecision::resolve`]'s, then the
-/// fused one for the decoder where [`GraphChoice::resolve_vae`] picks it.
+/// fused one for the decoder where [`GraphChoice::resolve_fused`] picks it.
 fn vae_graph(
     model: &Model,
     opts: &SessionOptions,
@@ -1165,7 +1176,7 @@ fn vae_graph(
         .component(kind)
         .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
     opts.vae_graph
-        .resolve_vae(opts.device, c, precision)
+        .resolve_fused(opts.device, c, precision)
         .map_err(PipelineError::Job)
 }
 
@@ -1178,7 +1189,13 @@ pub fn te_graph(
     opts: &SessionOptions,
     kind: ComponentKind,
 ) -> Result<GraphKind, PipelineError> {
-    precision_graph(model, opts, kind, opts.te_precision, TE_FP16_BY_DEFAULT)
+    let precision = precision_graph(model, opts, kind, opts.te_precision, TE_FP16_BY_DEFAULT)?;
+    let c = model
+        .component(kind)
+        .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
+    opts.te_graph
+        .resolve_fused(opts.device, c, precision)
+        .map_err(PipelineError::Job)
 }
 
 /// The graph component `kind` of `model` runs at `precision` on `opts`' device.

@@ -54,8 +54,11 @@ pub struct SessionOptions {
     /// (`--vae-precision`).
     pub vae_precision: VaePrecision,
     /// Whether the fp16 VAE decoder runs its fused CUDA graph (`model.fused.onnx`) or the plain fp16
-    /// one (`--vae-graph`, [`GraphChoice::resolve_vae`]).
+    /// one (`--vae-graph`, [`GraphChoice::resolve_fused`]).
     pub vae_graph: GraphChoice,
+    /// The fp16 text encoders' graph on CUDA: their fused graph where the model has one, or the
+    /// plain fp16 one (`--te-graph`, [`GraphChoice::resolve_fused`]).
+    pub te_graph: GraphChoice,
     /// Which text-encoder graphs run: the fp16 ones (`model.cuda.onnx` of the text-encoder
     /// folders) or the fp32 ones (`--te-precision`).
     pub te_precision: TePrecision,
@@ -225,12 +228,15 @@ impl GraphChoice {
 }
 
 impl GraphChoice {
-    /// The VAE graph `--vae-graph` makes of `precision` (the graph [`Precision::resolve`] chose):
-    /// on a CUDA device, the decoder's fused fp16 graph in place of its plain fp16 one where the
-    /// model has it (auto and `fused`); `plain` keeps the plain one. The fused graph is fp16 only,
-    /// so fp32 (asked for, SDXL's own VAE under auto, or after an fp16 overflow) stays fp32. Asking
-    /// for it on another device, or of a model without it, is an error; the encoder has none.
-    pub fn resolve_vae(
+    /// The graph `--vae-graph` or `--te-graph` makes of `precision` (the graph
+    /// [`Precision::resolve`] chose) for the VAE decoder or a text encoder: on a CUDA device, the
+    /// component's fused fp16 graph (`model.fused.onnx`) in place of its plain fp16 one where the
+    /// model has it (auto and `fused`); `plain` keeps the plain one. The fused graphs are fp16
+    /// only, so fp32 (asked for, SDXL's own VAE under auto, or after an fp16 overflow) stays fp32.
+    /// Asking for one of a model without it is an error, as is the fused VAE (CUDA-only kernels)
+    /// on another device; the text encoders' runs on the CPU too when asked for (ONNX Runtime has
+    /// CPU kernels for its operators: how the tests check it). The VAE encoder has none.
+    pub fn resolve_fused(
         self,
         device: Device,
         component: &Component,
@@ -238,20 +244,25 @@ impl GraphChoice {
     ) -> Result<GraphKind, String> {
         let is_cuda = matches!(device, Device::Cuda(_));
         let has = component.fused.is_some();
-        if component.kind != ComponentKind::VaeDecoder {
-            return Ok(precision);
-        }
+        let (what, script, flag) = match component.kind {
+            ComponentKind::VaeDecoder => ("VAE", "vae_fused.py", "--vae-graph"),
+            ComponentKind::TextEncoder | ComponentKind::TextEncoder2 => {
+                ("text-encoder", "te_fused.py", "--te-graph")
+            }
+            _ => return Ok(precision),
+        };
+        let cuda_only = component.kind == ComponentKind::VaeDecoder;
         match self {
             GraphChoice::Plain => Ok(precision),
-            GraphChoice::Cuda if !is_cuda => Err(format!(
-                "the fused VAE graph runs only on a CUDA device (--device cuda:N), not {device}"
+            GraphChoice::Cuda if cuda_only && !is_cuda => Err(format!(
+                "the fused {what} graph runs only on a CUDA device (--device cuda:N), not {device}"
             )),
             _ if precision != GraphKind::Cuda => Ok(precision),
             GraphChoice::Auto if is_cuda && has => Ok(GraphKind::Fused),
             GraphChoice::Auto => Ok(precision),
             GraphChoice::Cuda if !has => Err(format!(
-                "{} has no fused VAE graph (model.fused.onnx); make one with \
-                 `python scripts/vae_fused.py {}`, or use --vae-graph plain",
+                "{} has no fused {what} graph (model.fused.onnx); make one with \
+                 `python scripts/{script} {}`, or use {flag} plain",
                 component.dir.display(),
                 component.dir.parent().unwrap_or(&component.dir).display()
             )),

@@ -141,7 +141,7 @@ fn the_fused_vae_is_chosen_only_on_cuda_with_an_fp16_vae() {
     let cuda = Device::Cuda(0);
     let fp16 = GraphKind::Cuda;
     let fp32 = GraphKind::Plain;
-    let pick = |c: GraphChoice, d: Device, p: GraphKind| c.resolve_vae(d, dec, p);
+    let pick = |c: GraphChoice, d: Device, p: GraphKind| c.resolve_fused(d, dec, p);
     assert_eq!(pick(GraphChoice::Auto, cuda, fp16), Ok(GraphKind::Fused));
     assert_eq!(pick(GraphChoice::Cuda, cuda, fp16), Ok(GraphKind::Fused));
     assert_eq!(pick(GraphChoice::Plain, cuda, fp16), Ok(fp16));
@@ -155,17 +155,17 @@ fn the_fused_vae_is_chosen_only_on_cuda_with_an_fp16_vae() {
     assert!(err.contains("only on a CUDA device"), "{err}");
     // The encoder has no fused graph: its precision's graph, whatever is asked.
     assert_eq!(
-        GraphChoice::Cuda.resolve_vae(cuda, enc, fp16),
+        GraphChoice::Cuda.resolve_fused(cuda, enc, fp16),
         Ok(GraphKind::Cuda)
     );
     // A decoder without one: auto keeps the plain fp16 graph, asking for it says how to make it.
     let twin = dec.plain_twin();
     assert_eq!(
-        GraphChoice::Auto.resolve_vae(cuda, &twin, fp16),
+        GraphChoice::Auto.resolve_fused(cuda, &twin, fp16),
         Ok(GraphKind::Cuda)
     );
     let err = GraphChoice::Cuda
-        .resolve_vae(cuda, &twin, fp16)
+        .resolve_fused(cuda, &twin, fp16)
         .unwrap_err();
     assert!(err.contains("vae_fused.py"), "{err}");
 }

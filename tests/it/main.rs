@@ -13,6 +13,7 @@ mod editing_images;
 mod embeddings;
 mod foundation;
 mod fused_graph;
+mod fused_te;
 mod fused_vae;
 mod fuzz_corpus;
 mod hires;

@@ -45,7 +45,7 @@ fn load(model: &Path, te: TePrecision) -> Generator {
 }
 
 /// (max abs, mean abs) difference.
-fn diff(a: &[f32], b: &[f32]) -> (f32, f32) {
+pub(crate) fn diff(a: &[f32], b: &[f32]) -> (f32, f32) {
     assert_eq!(a.len(), b.len());
     assert!(a.iter().chain(b).all(|x| x.is_finite()));
     let d: Vec<f32> = a.iter().zip(b).map(|(x, y)| (x - y).abs()).collect();
@@ -53,7 +53,7 @@ fn diff(a: &[f32], b: &[f32]) -> (f32, f32) {
     (max, d.iter().sum::<f32>() / d.len() as f32)
 }
 
-fn assert_close(what: &str, a: &[f32], b: &[f32]) -> (f32, f32) {
+pub(crate) fn assert_close(what: &str, a: &[f32], b: &[f32]) -> (f32, f32) {
     let (max, mean) = diff(a, b);
     assert!(
         max <= MAX_ABS && mean <= MEAN_ABS,
@@ -409,9 +409,10 @@ fn auto_precision_keeps_fp32_text_encoders_on_every_device_until_checked_on_a_gp
         // The fp16 graph is there (auto's fp32 is the default's choice, not a missing graph) and
         // is taken when asked for, on any device; fp32 when asked for, on a GPU too.
         assert_eq!(pick(TePrecision::Fp16, Device::Cpu), Ok(GraphKind::Cuda));
+        // On CUDA the fused fp16 graph (tests/it/fused_te.rs has the rest of that choice).
         assert_eq!(
             pick(TePrecision::Fp16, Device::Cuda(0)),
-            Ok(GraphKind::Cuda)
+            Ok(GraphKind::Fused)
         );
         assert_eq!(
             pick(TePrecision::Fp32, Device::Cuda(0)),

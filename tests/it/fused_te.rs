@@ -1,0 +1,411 @@
+//! The text encoders' fused fp16 graphs (`text_encoder*/model.fused.onnx`, scripts/te_fused.py:
+//! ONNX Runtime's Attention, SkipLayerNormalization, QuickGelu/BiasGelu). Their weights, assembled
+//! by stipple by the recorded recipes (the packed QKV weight among them), must be byte for byte what
+//! numpy makes of the same parameters; and since ONNX Runtime has CPU kernels for these operators,
+//! the graphs run here too (`--te-graph fused`): conditioning against the fp32 graphs and
+//! transformers, images against diffusers, textual inversion, clip skip and a LoRA's text-encoder
+//! part (baked, resident, device patch). On CUDA the automatic choice takes them with fp16 encoders.
+
+use crate::sdxl::tiny_sdxl;
+use crate::te_precision::{assert_close, diff};
+use crate::util::*;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use stipple::model::layout::{ComponentKind, GraphKind};
+use stipple::model::{Checkpoint, Model, Transform};
+use stipple::patch::assemble_graph;
+use stipple::pipeline::sessions::te_graph;
+use stipple::pipeline::{EngineSpec, Generator};
+use stipple::runtime::session::{GraphChoice, TePrecision};
+use stipple::runtime::{Device, SessionOptions};
+
+fn tiny_sd2() -> PathBuf {
+    root().join("tests/fixtures/tiny-sd2")
+}
+
+/// fp16 text encoders on their fused graph (CPU here: asked for by `--te-graph fused`).
+fn fused() -> SessionOptions {
+    SessionOptions {
+        te_precision: TePrecision::Fp16,
+        te_graph: GraphChoice::Cuda,
+        ..SessionOptions::default()
+    }
+}
+
+fn fp32() -> SessionOptions {
+    SessionOptions {
+        te_precision: TePrecision::Fp32,
+        ..SessionOptions::default()
+    }
+}
+
+fn load(model: &Path, session: SessionOptions, embeddings: Option<PathBuf>) -> Generator {
+    let spec = EngineSpec::new(model)
+        .with_session(session)
+        .with_embedding_dirs(embeddings.into_iter().collect());
+    Generator::load(spec, runtime()).unwrap_or_else(|e| panic!("{}: {e}", model.display()))
+}
+
+#[derive(serde::Deserialize)]
+struct RefInit {
+    sha256: String,
+    dtype: String,
+    shape: Vec<usize>,
+}
+
+#[test]
+fn fused_text_encoder_weights_equal_numpys() {
+    let fixtures = root().join("tests/fixtures");
+    // (model to open, fixture whose reference hashes it must match): folders, and single-file
+    // checkpoints whose graphs come from the embedded templates.
+    let cases = [
+        (tiny_model(), tiny_model()),
+        (tiny_sd2(), tiny_sd2()),
+        (tiny_sdxl(), tiny_sdxl()),
+        (
+            fixtures.join("single-file/tiny-sd15.safetensors"),
+            tiny_model(),
+        ),
+        (
+            fixtures.join("single-file/tiny-sdxl.safetensors"),
+            tiny_sdxl(),
+        ),
+    ];
+    for (path, fixture) in cases {
+        let model = Model::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let encoders = model.index.family.facts().encoders;
+        assert!(!encoders.is_empty());
+        for e in encoders {
+            let kind = e.component;
+            let c = model.component(kind).unwrap();
+            let (_, wm) = c
+                .graph_of(GraphKind::Fused)
+                .unwrap_or_else(|| panic!("{} {kind}: no fused graph", path.display()));
+            let (buf, stats) = assemble_graph(c, GraphKind::Fused, &HashMap::new()).unwrap();
+            let file = fixture.join(format!(
+                "reference/{}_fused_initializers.json",
+                kind.dir_name()
+            ));
+            let refs: HashMap<String, RefInit> =
+                serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+            let mut seen: HashMap<Transform, usize> = HashMap::new();
+            for e in &wm.initializers {
+                let want = &refs[&e.name];
+                assert_eq!(
+                    (&want.shape, &want.dtype),
+                    (&e.shape, &e.dtype),
+                    "{}",
+                    e.name
+                );
+                let got = format!("{:x}", Sha256::digest(&buf[e.offset..e.offset + e.length]));
+                assert_eq!(
+                    got,
+                    want.sha256,
+                    "{} ({:?}) in {}",
+                    e.name,
+                    e.transform,
+                    path.display()
+                );
+                *seen.entry(e.transform).or_insert(0) += 1;
+            }
+            assert_eq!(stats.initializers, wm.initializers.len());
+            assert_eq!(refs.len(), wm.initializers.len());
+            for t in [
+                Transform::PackHeads,
+                Transform::Transpose,
+                Transform::Identity,
+            ] {
+                assert!(
+                    seen.get(&t).copied().unwrap_or(0) > 0,
+                    "{kind}: no {t:?} weight"
+                );
+            }
+            // Every parameter of the encoder reaches the fused graph (none silently left out).
+            let plain: BTreeSet<&str> = c
+                .weightmap
+                .initializers
+                .iter()
+                .map(|e| e.source.as_str())
+                .collect();
+            let used: BTreeSet<&str> = wm.initializers.iter().flat_map(|e| e.sources()).collect();
+            assert_eq!(plain, used, "{} {kind}", path.display());
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct TokenCase {
+    prompt: String,
+}
+
+/// Each family's fused conditioning (and SDXL's pooled embedding) against its fp32 graph's and the
+/// transformers reference of the same prompt: within the fp16 graphs' tolerance.
+#[test]
+fn fused_text_encoders_match_fp32_and_transformers() {
+    for model in [tiny_model(), tiny_sd2(), tiny_sdxl()] {
+        let mut f = load(&model, fused(), None);
+        let mut full = load(&model, fp32(), None);
+        assert_eq!((f.te_precision(), f.te_graph()), ("fp16", "fused"));
+        assert_eq!(full.te_graph(), "plain");
+        let reference = model.join("reference");
+        let cases: Vec<TokenCase> =
+            serde_json::from_str(&std::fs::read_to_string(reference.join("tokens.json")).unwrap())
+                .unwrap();
+        let refs = Checkpoint::open(&reference.join("tensors.safetensors")).unwrap();
+        for (i, c) in cases.iter().take(3).enumerate() {
+            let (z, p) = f.encode_text_pooled(&c.prompt).unwrap();
+            let (z32, p32) = full.encode_text_pooled(&c.prompt).unwrap();
+            let (_, want) = ref_tensor(&refs, &format!("embedding.{i}"));
+            let what = format!("{} {:?}", model.display(), c.prompt);
+            let a = assert_close(&format!("{what} fused vs fp32"), &z, &z32);
+            let b = assert_close(&format!("{what} fused vs transformers"), &z, &want);
+            eprintln!("{what}: fused vs fp32 {a:?}, vs transformers {b:?}");
+            if model == tiny_sdxl() {
+                let (p, p32) = (p.expect("pooled"), p32.expect("pooled"));
+                let (_, want) = ref_tensor(&refs, &format!("pooled.{i}"));
+                assert_close(&format!("{what} pooled fused vs fp32"), &p, &p32);
+                assert_close(&format!("{what} pooled fused vs transformers"), &p, &want);
+            }
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Images {
+    prompt: String,
+    #[serde(default)]
+    negative: String,
+    seed: u64,
+    cfg: f32,
+    width: u32,
+    height: u32,
+    images: Vec<ImageCase>,
+}
+
+#[derive(serde::Deserialize)]
+struct ImageCase {
+    file: String,
+    sampler: String,
+    steps: u32,
+    #[serde(default)]
+    negative: Option<String>,
+}
+
+/// Images made with the fused text encoders against diffusers' (fp32) reference images: within
+/// 1/255 on average, as the fp32 path.
+#[test]
+fn fused_text_encoder_images_match_diffusers_within_one_level() {
+    for model in [tiny_model(), tiny_sdxl()] {
+        let reference = model.join("reference");
+        let spec: Images =
+            serde_json::from_str(&std::fs::read_to_string(reference.join("images.json")).unwrap())
+                .unwrap();
+        let mut g = load(&model, fused(), None);
+        let case = &spec.images[0];
+        let job = stipple::job::Job {
+            prompt: spec.prompt.clone(),
+            negative: case.negative.clone().unwrap_or(spec.negative.clone()),
+            sampler: case.sampler.parse().unwrap(),
+            steps: case.steps,
+            cfg: spec.cfg,
+            width: spec.width,
+            height: spec.height,
+            seed: spec.seed,
+            ..small_job("", 0)
+        };
+        let got = try_image(&mut g, &job).expect("an image");
+        let (_, _, want) = read_rgb(&reference.join(&case.file));
+        let d = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (*a as f32 - *b as f32).abs())
+            .sum::<f32>()
+            / got.len() as f32;
+        eprintln!(
+            "{} {}: fused text encoders, {d}/255 from diffusers",
+            model.display(),
+            case.file
+        );
+        assert!(d <= 1.0, "{}: {d}/255 from diffusers", case.file);
+        assert_eq!(g.te_graph(), "fused", "no overflow on an ordinary prompt");
+    }
+}
+
+/// Textual-inversion vectors reach the fused graph (its token lookup gets the same rewrite):
+/// equal to the plain fp16 graph's conditioning within the fp16 tolerance, SD1.5 and SDXL.
+#[test]
+fn embeddings_reach_the_fused_text_encoder() {
+    let dir = root().join("tests/fixtures/embeddings");
+    let plain16 = SessionOptions {
+        te_graph: GraphChoice::Plain,
+        ..fused()
+    };
+    let sd15 = ["a photo of stipplestyle", "stipplemulti, a red fox"];
+    for (model, prompts) in [
+        (tiny_model(), &sd15[..]),
+        (tiny_sdxl(), &["a stipplexl cat"][..]),
+    ] {
+        let mut f = load(&model, fused(), Some(dir.clone()));
+        let mut p = load(&model, plain16.clone(), Some(dir.clone()));
+        assert_eq!(p.te_graph(), "plain");
+        for text in prompts {
+            let prompt = stipple::prompt::parse(text).unwrap();
+            let a = f.encode_prompt_pooled(&prompt.fragments).unwrap();
+            let b = p.encode_prompt_pooled(&prompt.fragments).unwrap();
+            assert!(!a.embeddings.is_empty(), "{text:?}: an embedding found");
+            assert_eq!(
+                a.embeddings, b.embeddings,
+                "{text:?}: the same vectors found"
+            );
+            assert_close(
+                &format!("{} {text:?}", model.display()),
+                &a.chunks[0],
+                &b.chunks[0],
+            );
+        }
+    }
+}
+
+/// `--clip-skip 2` reads the fused graph's penultimate output: diffusers' `clip_skip=1` prompt
+/// embeddings within the fp16 tolerance.
+#[test]
+fn clip_skip_two_works_with_the_fused_text_encoder() {
+    let file = root().join("tests/fixtures/single-file/tiny-sd15.safetensors");
+    let mut g = load(
+        &file,
+        SessionOptions {
+            clip_skip: Some(2),
+            ..fused()
+        },
+        None,
+    );
+    assert_eq!(g.te_graph(), "fused");
+    let refs = Checkpoint::open(
+        &root().join("tests/fixtures/single-file/reference/clip_skip.safetensors"),
+    )
+    .unwrap();
+    let want = refs.tensor("prompt_embeds").unwrap().to_f32();
+    let prompt = stipple::prompt::parse("a red fox in the snow").unwrap();
+    let got = g
+        .encode_prompt_pooled(&prompt.fragments)
+        .unwrap()
+        .chunks
+        .remove(0);
+    let d = assert_close("clip skip 2, fused vs diffusers", &got, &want);
+    eprintln!("clip skip 2: fused vs diffusers {d:?}");
+}
+
+/// A LoRA's text-encoder part reaches the fused graph, its Q/K/V through the packed weight: with
+/// baked weights, resident ones patched on the host, and the device patch, at two strengths,
+/// against the fp32 graph with the same LoRA.
+#[test]
+fn a_lora_patches_the_fused_text_encoder_baked_resident_and_on_the_device() {
+    let lora_dir = root().join("tests/fixtures/lora");
+    let at = |te: f32| {
+        small_job(
+            &format!("a red fox <lora:peft_diffusers:te={te}:unet=0>"),
+            1,
+        )
+    };
+    let with_lora = |session: SessionOptions| {
+        let mut g = load(&tiny_model(), session, None);
+        g.set_lora_dirs(vec![lora_dir.clone()]);
+        let base = g.encode_text("a red fox").unwrap();
+        g.prepare(&at(1.0)).unwrap();
+        let one = g.encode_text("a red fox").unwrap();
+        g.prepare(&at(0.5)).unwrap();
+        let half = g.encode_text("a red fox").unwrap();
+        assert_eq!(g.te_graph(), "fused");
+        (base, one, half)
+    };
+    let full = {
+        let mut g = load(&tiny_model(), fp32(), None);
+        g.set_lora_dirs(vec![lora_dir.clone()]);
+        let base = g.encode_text("a red fox").unwrap();
+        g.prepare(&at(1.0)).unwrap();
+        let one = g.encode_text("a red fox").unwrap();
+        g.prepare(&at(0.5)).unwrap();
+        (base, one, g.encode_text("a red fox").unwrap())
+    };
+    assert!(
+        diff(&full.1, &full.0).0 > 0.05,
+        "the LoRA changes the text encoder"
+    );
+    for (name, resident, device) in [
+        ("baked", Some(false), None),
+        ("resident", Some(true), Some(false)),
+        ("device patch", Some(true), Some(true)),
+    ] {
+        let got = with_lora(SessionOptions {
+            resident,
+            patch_on_device: device,
+            ..fused()
+        });
+        assert_close(&format!("{name}: base"), &got.0, &full.0);
+        assert_close(&format!("{name}: LoRA 1"), &got.1, &full.1);
+        assert_close(&format!("{name}: LoRA 0.5"), &got.2, &full.2);
+    }
+}
+
+/// Which graph the sessions are built with: auto takes the fused graph for fp16 encoders on CUDA
+/// only, `plain` keeps the plain fp16 graph, fp32 stays fp32; a model without the fused graph
+/// runs its plain fp16 one under auto, and asking for the fused one is an error naming the script.
+#[test]
+fn the_fused_text_encoder_is_chosen_on_cuda_with_fp16_encoders() {
+    let sdxl = Model::open(&tiny_sdxl()).unwrap();
+    let pick = |model: &Model, kind, te_precision, choice, device| {
+        let opts = SessionOptions {
+            te_precision,
+            te_graph: choice,
+            device,
+            ..SessionOptions::default()
+        };
+        te_graph(model, &opts, kind).map_err(|e| e.to_string())
+    };
+    use GraphChoice as G;
+    use TePrecision as P;
+    for kind in [ComponentKind::TextEncoder, ComponentKind::TextEncoder2] {
+        let cuda = Device::Cuda(0);
+        assert_eq!(
+            pick(&sdxl, kind, P::Fp16, G::Auto, cuda),
+            Ok(GraphKind::Fused)
+        );
+        assert_eq!(
+            pick(&sdxl, kind, P::Fp16, G::Plain, cuda),
+            Ok(GraphKind::Cuda)
+        );
+        assert_eq!(
+            pick(&sdxl, kind, P::Fp32, G::Auto, cuda),
+            Ok(GraphKind::Plain)
+        );
+        assert_eq!(
+            pick(&sdxl, kind, P::Fp32, G::Cuda, cuda),
+            Ok(GraphKind::Plain)
+        );
+        assert_eq!(
+            pick(&sdxl, kind, P::Fp16, G::Auto, Device::Cpu),
+            Ok(GraphKind::Cuda)
+        );
+        assert_eq!(
+            pick(&sdxl, kind, P::Fp16, G::Cuda, Device::Cpu),
+            Ok(GraphKind::Fused)
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&tiny_model(), tmp.path());
+    for f in ["model.fused.onnx", "weightmap.fused.json"] {
+        std::fs::remove_file(tmp.path().join("text_encoder").join(f)).unwrap();
+    }
+    let without = Model::open(tmp.path()).unwrap();
+    let kind = ComponentKind::TextEncoder;
+    assert_eq!(
+        pick(&without, kind, P::Fp16, G::Auto, Device::Cuda(0)),
+        Ok(GraphKind::Cuda)
+    );
+    let err = pick(&without, kind, P::Fp16, G::Cuda, Device::Cuda(0)).unwrap_err();
+    assert!(
+        err.contains("te_fused.py") && err.contains("--te-graph plain"),
+        "{err}"
+    );
+}
