@@ -152,6 +152,9 @@ def main():
         import vae_fused  # hashes of the optimizer's own fused VAE weights to test against
 
         vae_fused.fuse(out, reference=True)
+        import te_fused  # the fused text encoders, with numpy's hashes of their weights
+
+        te_fused.add_to(out, reference=True)
         print(f"wrote {out}")
         return
     if a.tiny or a.tiny_sdxl:
@@ -168,6 +171,9 @@ def main():
         import vae_fused
 
         vae_fused.fuse(out, reference=True)
+        import te_fused  # the fused text encoders, with numpy's hashes of their weights
+
+        te_fused.add_to(out, reference=True)
         print(f"wrote {out}")
     elif a.random and a.out:
         tok = a.tokenizer or os.path.join(ROOT, "tests", "fixtures", "tiny-sd15", "tokenizer")

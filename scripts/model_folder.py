@@ -67,6 +67,9 @@ def export_pipeline(unet, text_encoders, vae, scheduler, tokenizer_dirs, out, dt
     except (SystemExit, Exception) as e:  # optional: the folder works without it (--vae-graph)
         print(f"{out}: no fused VAE graph ({e}); the plain fp16 one serves", file=sys.stderr)
     te_fp16.add_to(out)
+    import te_fused  # the text encoders' fused fp16 graphs (--te-graph)
+
+    te_fused.add_to(out)
 
     write_scheduler(scheduler, out)
     for i, (src, pad) in enumerate(tokenizer_dirs):

@@ -130,7 +130,7 @@ def build(cfg, plain_entries, outputs):
     tokens = b.node("Gather", [w("embeddings.token_embedding.weight"), ids], axis=0)
     x = b.node("Add", [tokens, w("embeddings.position_embedding.weight")])
     n = cfg["num_hidden_layers"]
-    resid, pending, pending_bias = x, None, None
+    resid, pending, pending_bias, resid_prev = x, None, None, None
     penultimate = None
     for i in range(n):
         L = f"encoder.layers.{i}."

@@ -75,6 +75,9 @@ def export_template(name, out, device="cpu", optimize=None):
             vae_fp16.add_to(tmp)
             vae_fused.fuse(tmp)
             te_fp16.add_to(tmp)
+            import te_fused  # the text encoders' fused fp16 graphs (--te-graph)
+
+            te_fused.add_to(tmp)
         components += ["unet", "vae_decoder", "vae_encoder"]
         write_scheduler(tiny_configs.random_scheduler(family), tmp)
         write_index(tmp, INDEX_FAMILY[family], dtype, vae, lat, components,
