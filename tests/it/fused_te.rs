@@ -7,7 +7,9 @@
 //! part (baked, resident, device patch). On CUDA the automatic choice takes them with fp16 encoders.
 
 use crate::sdxl::tiny_sdxl;
-use crate::te_precision::{assert_close, diff};
+use crate::te_precision::{
+    assert_close, conditioning, diff, images_match_diffusers, lora_conditionings,
+};
 use crate::util::*;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
@@ -171,63 +173,13 @@ fn fused_text_encoders_match_fp32_and_transformers() {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct Images {
-    prompt: String,
-    #[serde(default)]
-    negative: String,
-    seed: u64,
-    cfg: f32,
-    width: u32,
-    height: u32,
-    images: Vec<ImageCase>,
-}
-
-#[derive(serde::Deserialize)]
-struct ImageCase {
-    file: String,
-    sampler: String,
-    steps: u32,
-    #[serde(default)]
-    negative: Option<String>,
-}
-
 /// Images made with the fused text encoders against diffusers' (fp32) reference images: within
 /// 1/255 on average, as the fp32 path.
 #[test]
 fn fused_text_encoder_images_match_diffusers_within_one_level() {
     for model in [tiny_model(), tiny_sdxl()] {
-        let reference = model.join("reference");
-        let spec: Images =
-            serde_json::from_str(&std::fs::read_to_string(reference.join("images.json")).unwrap())
-                .unwrap();
         let mut g = load(&model, fused(), None);
-        let case = &spec.images[0];
-        let job = stipple::job::Job {
-            prompt: spec.prompt.clone(),
-            negative: case.negative.clone().unwrap_or(spec.negative.clone()),
-            sampler: case.sampler.parse().unwrap(),
-            steps: case.steps,
-            cfg: spec.cfg,
-            width: spec.width,
-            height: spec.height,
-            seed: spec.seed,
-            ..small_job("", 0)
-        };
-        let got = try_image(&mut g, &job).expect("an image");
-        let (_, _, want) = read_rgb(&reference.join(&case.file));
-        let d = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (*a as f32 - *b as f32).abs())
-            .sum::<f32>()
-            / got.len() as f32;
-        eprintln!(
-            "{} {}: fused text encoders, {d}/255 from diffusers",
-            model.display(),
-            case.file
-        );
-        assert!(d <= 1.0, "{}: {d}/255 from diffusers", case.file);
+        images_match_diffusers(&model, &mut g, 1, "fused text encoders");
         assert_eq!(g.te_graph(), "fused", "no overflow on an ordinary prompt");
     }
 }
@@ -286,12 +238,7 @@ fn clip_skip_two_works_with_the_fused_text_encoder() {
     )
     .unwrap();
     let want = refs.tensor("prompt_embeds").unwrap().to_f32();
-    let prompt = stipple::prompt::parse("a red fox in the snow").unwrap();
-    let got = g
-        .encode_prompt_pooled(&prompt.fragments)
-        .unwrap()
-        .chunks
-        .remove(0);
+    let got = conditioning(&mut g, "a red fox in the snow");
     let d = assert_close("clip skip 2, fused vs diffusers", &got, &want);
     eprintln!("clip skip 2: fused vs diffusers {d:?}");
 }
@@ -301,33 +248,7 @@ fn clip_skip_two_works_with_the_fused_text_encoder() {
 /// against the fp32 graph with the same LoRA.
 #[test]
 fn a_lora_patches_the_fused_text_encoder_baked_resident_and_on_the_device() {
-    let lora_dir = root().join("tests/fixtures/lora");
-    let at = |te: f32| {
-        small_job(
-            &format!("a red fox <lora:peft_diffusers:te={te}:unet=0>"),
-            1,
-        )
-    };
-    let with_lora = |session: SessionOptions| {
-        let mut g = load(&tiny_model(), session, None);
-        g.set_lora_dirs(vec![lora_dir.clone()]);
-        let base = g.encode_text("a red fox").unwrap();
-        g.prepare(&at(1.0)).unwrap();
-        let one = g.encode_text("a red fox").unwrap();
-        g.prepare(&at(0.5)).unwrap();
-        let half = g.encode_text("a red fox").unwrap();
-        assert_eq!(g.te_graph(), "fused");
-        (base, one, half)
-    };
-    let full = {
-        let mut g = load(&tiny_model(), fp32(), None);
-        g.set_lora_dirs(vec![lora_dir.clone()]);
-        let base = g.encode_text("a red fox").unwrap();
-        g.prepare(&at(1.0)).unwrap();
-        let one = g.encode_text("a red fox").unwrap();
-        g.prepare(&at(0.5)).unwrap();
-        (base, one, g.encode_text("a red fox").unwrap())
-    };
+    let (full, _) = lora_conditionings(fp32());
     assert!(
         diff(&full.1, &full.0).0 > 0.05,
         "the LoRA changes the text encoder"
@@ -337,11 +258,12 @@ fn a_lora_patches_the_fused_text_encoder_baked_resident_and_on_the_device() {
         ("resident", Some(true), Some(false)),
         ("device patch", Some(true), Some(true)),
     ] {
-        let got = with_lora(SessionOptions {
+        let (got, graph) = lora_conditionings(SessionOptions {
             resident,
             patch_on_device: device,
             ..fused()
         });
+        assert_eq!(graph, "fused", "{name}");
         assert_close(&format!("{name}: base"), &got.0, &full.0);
         assert_close(&format!("{name}: LoRA 1"), &got.1, &full.1);
         assert_close(&format!("{name}: LoRA 0.5"), &got.2, &full.2);

@@ -132,37 +132,43 @@ fn mean_abs_u8(a: &[u8], b: &[u8]) -> f32 {
         / a.len() as f32
 }
 
+/// The first `n` reference images of `model` (reference/images.json, diffusers') made by `g`:
+/// each within 1/255 on average.
+pub(crate) fn images_match_diffusers(model: &Path, g: &mut Generator, n: usize, what: &str) {
+    let reference = model.join("reference");
+    let text = std::fs::read_to_string(reference.join("images.json")).unwrap();
+    let spec: Images = serde_json::from_str(&text).unwrap();
+    for case in spec.images.iter().take(n) {
+        let job = Job {
+            prompt: spec.prompt.clone(),
+            negative: case.negative.clone().unwrap_or(spec.negative.clone()),
+            sampler: case.sampler.parse::<Sampler>().unwrap(),
+            steps: case.steps,
+            cfg: spec.cfg,
+            width: spec.width,
+            height: spec.height,
+            seed: spec.seed,
+            ..small_job("", 0)
+        };
+        let got = try_image(g, &job).expect("an image");
+        let (_, _, want) = read_rgb(&reference.join(&case.file));
+        let d = mean_abs_u8(&got, &want);
+        eprintln!(
+            "{} {}: {what}, mean abs {d}/255 from diffusers",
+            model.display(),
+            case.file
+        );
+        assert!(d <= 1.0, "{}: {d}/255 from diffusers", case.file);
+    }
+}
+
 /// Images made with the fp16 text encoders against diffusers' (fp32) reference images: within
 /// 1/255 on average, as the fp32 path.
 #[test]
 fn fp16_text_encoder_images_match_diffusers_within_one_level() {
     for model in [tiny_model(), tiny_sd2(), tiny_sdxl()] {
-        let reference = model.join("reference");
-        let text = std::fs::read_to_string(reference.join("images.json")).unwrap();
-        let spec: Images = serde_json::from_str(&text).unwrap();
         let mut half = load(&model, TePrecision::Fp16);
-        for case in spec.images.iter().take(2) {
-            let job = Job {
-                prompt: spec.prompt.clone(),
-                negative: case.negative.clone().unwrap_or(spec.negative.clone()),
-                sampler: case.sampler.parse::<Sampler>().unwrap(),
-                steps: case.steps,
-                cfg: spec.cfg,
-                width: spec.width,
-                height: spec.height,
-                seed: spec.seed,
-                ..small_job("", 0)
-            };
-            let got = try_image(&mut half, &job).expect("an image");
-            let (_, _, want) = read_rgb(&reference.join(&case.file));
-            let d = mean_abs_u8(&got, &want);
-            eprintln!(
-                "{} {}: fp16 text encoders, mean abs {d}/255 from diffusers",
-                model.display(),
-                case.file
-            );
-            assert!(d <= 1.0, "{}: {d}/255 from diffusers", case.file);
-        }
+        images_match_diffusers(&model, &mut half, 2, "fp16 text encoders");
         assert_eq!(
             half.te_precision(),
             "fp16",
@@ -226,7 +232,7 @@ fn embeddings_reach_the_fp16_text_encoder() {
     }
 }
 
-fn conditioning(g: &mut Generator, text: &str) -> Vec<f32> {
+pub(crate) fn conditioning(g: &mut Generator, text: &str) -> Vec<f32> {
     let prompt = stipple::prompt::parse(text).unwrap();
     g.encode_prompt_pooled(&prompt.fragments)
         .unwrap()
@@ -291,28 +297,36 @@ fn a_checkpoint_fills_the_fp16_text_encoder_as_the_folder_does() {
     );
 }
 
-/// A LoRA's text-encoder part reaches the fp16 graph (its weight map keeps the fp32 one's names),
-/// with baked weights, resident ones patched on the host, and the device patch (its strength
-/// change a re-run of the kept program).
-#[test]
-fn a_lora_patches_the_fp16_text_encoder_baked_resident_and_on_the_device() {
-    let lora_dir = root().join("tests/fixtures/lora");
+/// (without the adapter, at strength 1, at 0.5): conditioning of "a red fox".
+pub(crate) type LoraConditionings = (Vec<f32>, Vec<f32>, Vec<f32>);
+
+/// The conditioning of "a red fox" on the tiny SD1.5 model with `session`: without an adapter, with
+/// `peft_diffusers`' text-encoder part at strength 1 and then 0.5 (its UNet part off); and the
+/// text encoders' graph at the end ([`Generator::te_graph`]).
+pub(crate) fn lora_conditionings(session: SessionOptions) -> (LoraConditionings, &'static str) {
     let at = |te: f32| {
         small_job(
             &format!("a red fox <lora:peft_diffusers:te={te}:unet=0>"),
             1,
         )
     };
+    let mut g = load_with(&tiny_model(), session, None);
+    g.set_lora_dirs(vec![root().join("tests/fixtures/lora")]);
+    let base = g.encode_text("a red fox").unwrap();
+    g.prepare(&at(1.0)).unwrap();
+    let one = g.encode_text("a red fox").unwrap();
+    g.prepare(&at(0.5)).unwrap();
+    let half = g.encode_text("a red fox").unwrap();
+    ((base, one, half), g.te_graph())
+}
+
+/// A LoRA's text-encoder part reaches the fp16 graph (its weight map keeps the fp32 one's names),
+/// with baked weights, resident ones patched on the host, and the device patch (its strength
+/// change a re-run of the kept program).
+#[test]
+fn a_lora_patches_the_fp16_text_encoder_baked_resident_and_on_the_device() {
     // (base, LoRA at te=1, LoRA at te=0.5) conditioning of "a red fox".
-    let with_lora = |session: SessionOptions| {
-        let mut g = load_with(&tiny_model(), session, None);
-        g.set_lora_dirs(vec![lora_dir.clone()]);
-        let base = g.encode_text("a red fox").unwrap();
-        g.prepare(&at(1.0)).unwrap();
-        let one = g.encode_text("a red fox").unwrap();
-        g.prepare(&at(0.5)).unwrap();
-        (base, one, g.encode_text("a red fox").unwrap())
-    };
+    let with_lora = |session| lora_conditionings(session).0;
     let full = with_lora(opts(TePrecision::Fp32));
     let half = with_lora(opts(TePrecision::Fp16));
     assert!(
