@@ -85,7 +85,8 @@ patch-host|--patch-on host
 patch-device-uncaptured|--patch-on device --cuda-patch-graph=false
 vae-fp32|--vae-precision fp32
 vae-fused|--vae-precision fp16 --vae-graph fused
-te-fp16|--te-precision fp16
+te-fused|--te-precision fp16
+te-fp16-plain|--te-precision fp16 --te-graph plain
 plain-resident|--graph plain
 fused-baked|--graph cuda --resident-weights false
 static|--static-shapes

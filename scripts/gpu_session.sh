@@ -54,7 +54,7 @@ if [ "$PARTS" = quick ]; then
   # shape_transposes.py's layout).
   MODES="default|
 cudagraph|--cuda-graph --static-shapes
-te-fp16|--te-precision fp16" OUT=/tmp/gpu-check MODEL=$ckpt LORA_FROM=$folder BIN=$BIN \
+te-fused|--te-precision fp16" OUT=/tmp/gpu-check MODEL=$ckpt LORA_FROM=$folder BIN=$BIN \
     scripts/gpu_check.sh > "$OUT/gpu_check.txt" 2>&1
   echo "gpu_check exit $? after $(( $(date +%s) - t )) s" | tee -a "$OUT/session.txt"
   "$BIN" bench --device cuda:0 --model "$ckpt" --repeats 3 > "$OUT/bench-default.txt" 2>&1
@@ -83,7 +83,7 @@ if [ "$FAMILY" = sd15 ]; then
   bench host --lora "$lora" --patch-on host --live --repeats 2
   bench device-uncaptured --lora "$lora" --patch-on device --live --cuda-patch-graph=false --repeats 2
   STIPPLE_PATCH_F16=1 bench device-f16 --lora "$lora" --live --repeats 2
-  bench te-fp16 --te-precision fp16 --vae-graph plain --repeats 3
+  bench te-fused --te-precision fp16 --vae-graph plain --repeats 3
   bench throughput --throughput 16 --steps 20 --unet-batch 8 --repeats 1
   # The post-swap slowdown (README, Performance): an adapter with no text-encoder layers swapped in
   # by the device patch, one repeat, with a sampling profile of each phase's UNet steps on stderr.
