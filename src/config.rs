@@ -100,6 +100,8 @@ cuda_graph = false
 patch_graph = true
 # TensorFloat-32 math on Ampere and newer GPUs; false gives full fp32 precision, a little slower.
 tf32 = true
+# cuDNN's fused convolution + bias in the fused UNet and VAE graphs (one kernel instead of two).
+fuse_conv_bias = true
 
 # Replace the keys of an action: "context.action" = ["key", ...]; see the help overlay (F1).
 [keys]
@@ -201,6 +203,7 @@ pub struct CudaConfig {
     pub cuda_graph: bool,
     pub patch_graph: bool,
     pub tf32: bool,
+    pub fuse_conv_bias: bool,
 }
 
 impl CudaConfig {
@@ -219,6 +222,8 @@ impl CudaConfig {
             cuda_graph: self.cuda_graph,
             patch_graph: self.patch_graph,
             tf32: self.tf32,
+            fuse_conv_bias: self.fuse_conv_bias,
+            fused_graph: false,
         };
         o.validate().map_err(|e| ConfigError::Invalid {
             key: "cuda.memory_limit_gb",
@@ -435,6 +440,7 @@ fn cuda_section(c: &::config::Config) -> Result<CudaConfig, ConfigError> {
         cuda_graph: c.get("cuda.cuda_graph")?,
         patch_graph: c.get("cuda.patch_graph")?,
         tf32: c.get("cuda.tf32")?,
+        fuse_conv_bias: c.get("cuda.fuse_conv_bias")?,
     })
 }
 

@@ -161,6 +161,7 @@ impl EngineFlags {
                 cuda_graph: c.cuda_graph.or(oc.cuda_graph),
                 patch_graph: c.patch_graph.or(oc.patch_graph),
                 tf32: c.tf32.or(oc.tf32),
+                fuse_conv_bias: c.fuse_conv_bias.or(oc.fuse_conv_bias),
             },
         }
     }

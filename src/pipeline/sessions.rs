@@ -13,6 +13,7 @@ use super::keys::{self, FusedKey, Fusion};
 use super::rerun;
 use super::resident::{self, Net, Staged};
 use super::vae::{self, Fallback, VaeDecoder, VaeSlot};
+use crate::family::Family;
 use crate::job::RgbImage;
 use crate::lora::ApplyReport;
 use crate::model::layout::{Component, ComponentKind, GraphKind};
@@ -20,7 +21,7 @@ use crate::model::Model;
 use crate::patch;
 use crate::runtime::session::{Precision, TePrecision, VaePrecision};
 use crate::runtime::tensor_io::{run, Bound, Input};
-use crate::runtime::{build_session, Runtime, SessionOptions};
+use crate::runtime::{build_session, Device, Runtime, SessionOptions};
 use ort::session::Session;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -1034,14 +1035,14 @@ fn build_component(
     // Only a UNet with fixed shapes is captured as a CUDA graph: it is what runs every step, and
     // capture needs the shapes settled (the load-time UNet, built without them, is replaced by the
     // first job's).
-    let plain;
-    let opts = if kind == ComponentKind::Unet && !dims.is_empty() {
-        opts
+    let mut opts = if kind == ComponentKind::Unet && !dims.is_empty() {
+        opts.clone()
     } else {
-        plain = opts.without_cuda_graph();
-        &plain
+        opts.without_cuda_graph()
     };
-    let fp16 = is_te && which == GraphKind::Cuda;
+    opts.cuda.fused_graph = conv_bias_fusable(kind, which);
+    let opts = &opts;
+    let fp16 = is_te && matches!(which, GraphKind::Cuda | GraphKind::Fused);
     if opts.resident_weights() && !is_vae {
         let t = Instant::now();
         let net = resident::build(rt, &what, c, which, deltas, opts, dims)?;
@@ -1180,19 +1181,21 @@ fn vae_graph(
         .map_err(PipelineError::Job)
 }
 
-/// The graph a text encoder of `model` runs with `opts` (`--te-precision`, [`TePrecision`]). `auto`
-/// keeps fp32: the GPU check passed with the fp16 encoders for SD1.5 (H100, 2026-12-07) but they
-/// were no faster there (launch-bound) and SDXL's have not been checked; `fp16` asks for them (the
-/// overflow fallback is [`Sessions::with_text`]). Public for the test of the shipped default.
+/// The graph a text encoder of `model` runs with `opts` (`--te-precision`, [`TePrecision`], then
+/// `--te-graph`). `auto` takes the fused fp16 graph for SD 1.x on CUDA where the model has it (it
+/// passed the GPU check and is faster: see [`te_fp16_by_default`]) and fp32 elsewhere; `fp16` asks
+/// for the fp16 graphs anywhere (the overflow fallback is [`Sessions::with_text`]). Public for the
+/// test of the shipped default.
 pub fn te_graph(
     model: &Model,
     opts: &SessionOptions,
     kind: ComponentKind,
 ) -> Result<GraphKind, PipelineError> {
-    let precision = precision_graph(model, opts, kind, opts.te_precision, TE_FP16_BY_DEFAULT)?;
     let c = model
         .component(kind)
         .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
+    let by_default = te_fp16_by_default(model.index.family, opts.device, c.fused.is_some());
+    let precision = precision_graph(model, opts, kind, opts.te_precision, by_default)?;
     opts.te_graph
         .resolve_fused(opts.device, c, precision)
         .map_err(PipelineError::Job)
@@ -1214,8 +1217,23 @@ fn precision_graph(
         .map_err(PipelineError::Job)
 }
 
-/// Whether `--te-precision auto` picks the fp16 text encoders on a GPU.
-const TE_FP16_BY_DEFAULT: bool = false;
+/// Whether `--te-precision auto` picks the fp16 text encoders: SD 1.x's CLIP-L on CUDA with its
+/// fused graph, the one case the GPU check has passed with a gain (H100, 2026-12-07). SD 2.x's and
+/// SDXL's encoders and other GPUs keep fp32 until they have been checked.
+fn te_fp16_by_default(family: Family, device: Device, has_fused: bool) -> bool {
+    family == Family::Sd1 && matches!(device, Device::Cuda(_)) && has_fused
+}
+
+/// Whether cuDNN's fused convolution + bias (`[cuda] fuse_conv_bias`) may be used for `kind`'s
+/// `which` graph: the fused UNet and the fused VAE decoder, where it passed the GPU check (H100,
+/// 2026-12-07). The plain graphs' convolutions are left alone: there cuDNN's frontend finds no
+/// plan for the UNet's `conv_in` with its fused residual add, and the session fails at its first run.
+fn conv_bias_fusable(kind: ComponentKind, which: GraphKind) -> bool {
+    matches!(
+        (kind, which),
+        (ComponentKind::Unet, GraphKind::Cuda) | (ComponentKind::VaeDecoder, GraphKind::Fused)
+    )
+}
 
 /// A text encoder always runs on one 77-token chunk, so its session is built for that shape on
 /// every device: ONNX Runtime then folds the graph's shape arithmetic (about 40 % of the CLIP
@@ -1363,5 +1381,38 @@ fn build_sessions(
             times,
         )),
         _ => Err(PipelineError::Job("a session build went missing".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conv_bias_fusion_is_for_the_fused_unet_and_vae_only() {
+        use ComponentKind as C;
+        use GraphKind as G;
+        assert!(conv_bias_fusable(C::Unet, G::Cuda));
+        assert!(conv_bias_fusable(C::VaeDecoder, G::Fused));
+        for (kind, which) in [
+            (C::Unet, G::Plain),
+            (C::VaeDecoder, G::Cuda),
+            (C::VaeDecoder, G::Plain),
+            (C::VaeEncoder, G::Cuda),
+            (C::TextEncoder, G::Fused),
+            (C::TextEncoder2, G::Cuda),
+        ] {
+            assert!(!conv_bias_fusable(kind, which), "{kind} {which:?}");
+        }
+    }
+
+    #[test]
+    fn auto_takes_fp16_text_encoders_for_sd1_on_cuda_with_the_fused_graph_only() {
+        assert!(te_fp16_by_default(Family::Sd1, Device::Cuda(0), true));
+        assert!(!te_fp16_by_default(Family::Sd1, Device::Cuda(0), false));
+        assert!(!te_fp16_by_default(Family::Sd1, Device::Cpu, true));
+        assert!(!te_fp16_by_default(Family::Sd1, Device::DirectMl(0), true));
+        assert!(!te_fp16_by_default(Family::Sd2, Device::Cuda(0), true));
+        assert!(!te_fp16_by_default(Family::Sdxl, Device::Cuda(0), true));
     }
 }

@@ -79,6 +79,14 @@ pub struct CudaOptions {
     /// TensorFloat-32 in convolutions and matrix products on Ampere and newer GPUs (ONNX Runtime's
     /// default, so `true`); `false` gives full fp32 precision at some speed.
     pub tf32: bool,
+    /// cuDNN's fused convolution + bias (ONNX Runtime's `fuse_conv_bias`) in the fused graphs' sessions
+    /// (the UNet's and the VAE decoder's): one kernel instead of a convolution and a separate bias
+    /// add. Never in the plain graphs', where cuDNN's frontend finds no plan for some convolutions
+    /// (the UNet's `conv_in` with its residual add: HEURISTIC_QUERY_FAILED on an H100).
+    pub fuse_conv_bias: bool,
+    /// Set by the session builder (never by config or flags) for the fused graphs' sessions, the
+    /// only ones `fuse_conv_bias` applies to.
+    pub fused_graph: bool,
 }
 
 impl Default for CudaOptions {
@@ -89,6 +97,8 @@ impl Default for CudaOptions {
             cuda_graph: false,
             patch_graph: true,
             tf32: true,
+            fuse_conv_bias: true,
+            fused_graph: false,
         }
     }
 }
@@ -127,13 +137,16 @@ impl CudaOptions {
         if self.cuda_graph {
             ep = ep.with_cuda_graph(true);
         }
+        if self.fuse_conv_bias && self.fused_graph {
+            ep = ep.with_fuse_conv_bias(true);
+        }
         bench_knobs(ep)
     }
 }
 
 /// Measuring knobs for the step-time work, read from the environment and off unless set (each one
 /// needs the GPU check before it could become a setting): `STIPPLE_CUDA_NHWC=1` (ONNX Runtime's
-/// `prefer_nhwc`), `STIPPLE_CUDA_FUSE_CONV_BIAS=1` (`fuse_conv_bias`), `STIPPLE_CUDA_SLN_STRICT=1`
+/// `prefer_nhwc`), `STIPPLE_CUDA_SLN_STRICT=1`
 /// (fp32 accumulation in SkipLayerNorm: a suspect for the fused SDXL graph's distance from fp32),
 /// `STIPPLE_CUDA_SDPA=` a comma list of flash, efficient, cudnn, math (`sdpa_kernel`).
 fn bench_knobs(mut ep: ort::ep::CUDA) -> ort::ep::CUDA {
@@ -141,9 +154,6 @@ fn bench_knobs(mut ep: ort::ep::CUDA) -> ort::ep::CUDA {
     let on = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
     if on("STIPPLE_CUDA_NHWC") {
         ep = ep.with_prefer_nhwc(true);
-    }
-    if on("STIPPLE_CUDA_FUSE_CONV_BIAS") {
-        ep = ep.with_fuse_conv_bias(true);
     }
     if on("STIPPLE_CUDA_SLN_STRICT") {
         ep = ep.with_skip_layer_norm_strict_mode(true);
@@ -222,6 +232,16 @@ pub struct CudaArgs {
         default_missing_value = "true"
     )]
     pub tf32: Option<bool>,
+    /// cuDNN's fused convolution + bias in the fused UNet and VAE graphs (the default);
+    /// --cuda-fuse-conv-bias=false turns it off (config: cuda.fuse_conv_bias)
+    #[arg(
+        long = "cuda-fuse-conv-bias",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub fuse_conv_bias: Option<bool>,
 }
 
 impl CudaArgs {
@@ -251,6 +271,9 @@ impl CudaArgs {
         }
         if let Some(t) = self.tf32 {
             o.tf32 = t;
+        }
+        if let Some(f) = self.fuse_conv_bias {
+            o.fuse_conv_bias = f;
         }
         Ok(o)
     }

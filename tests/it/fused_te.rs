@@ -314,6 +314,27 @@ fn the_fused_text_encoder_is_chosen_on_cuda_with_fp16_encoders() {
             Ok(GraphKind::Fused)
         );
     }
+    // SD 1.x on CUDA: auto is the fused fp16 graph (it passed the GPU check, faster); not on the CPU.
+    let sd15 = Model::open(&tiny_model()).unwrap();
+    let te = ComponentKind::TextEncoder;
+    assert_eq!(
+        pick(&sd15, te, P::Auto, G::Auto, Device::Cuda(0)),
+        Ok(GraphKind::Fused)
+    );
+    assert_eq!(
+        pick(&sd15, te, P::Auto, G::Plain, Device::Cuda(0)),
+        Ok(GraphKind::Cuda)
+    );
+    assert_eq!(
+        pick(&sd15, te, P::Auto, G::Auto, Device::Cpu),
+        Ok(GraphKind::Plain)
+    );
+    for kind in [ComponentKind::TextEncoder, ComponentKind::TextEncoder2] {
+        assert_eq!(
+            pick(&sdxl, kind, P::Auto, G::Auto, Device::Cuda(0)),
+            Ok(GraphKind::Plain)
+        );
+    }
     let tmp = tempfile::tempdir().unwrap();
     copy_dir(&tiny_model(), tmp.path());
     for f in ["model.fused.onnx", "weightmap.fused.json"] {
@@ -330,4 +351,35 @@ fn the_fused_text_encoder_is_chosen_on_cuda_with_fp16_encoders() {
         err.contains("te_fused.py") && err.contains("--te-graph plain"),
         "{err}"
     );
+}
+
+/// Conditioning that comes out of the fused fp16 graph non-finite (an embedding with values fp16
+/// cannot hold) is encoded again in fp32, and fp32 is kept, as with the plain fp16 graph.
+#[test]
+fn an_overflowing_fused_text_encoder_is_redone_in_fp32() {
+    use stipple::safetensors_out::{write, Dtype, OutTensor};
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        &tmp.path().join("stipplehuge.safetensors"),
+        &[OutTensor {
+            name: "emb_params".into(),
+            dtype: Dtype::F32,
+            shape: vec![1, 32],
+            bytes: Dtype::F32.encode(&[1.0e5f32; 32]),
+        }],
+        &Default::default(),
+    )
+    .unwrap();
+    let dir = Some(tmp.path().to_path_buf());
+    let mut f = load(&tiny_model(), fused(), dir.clone());
+    let mut full = load(&tiny_model(), fp32(), dir);
+    assert_eq!(f.te_graph(), "fused");
+    let want = conditioning(&mut full, "a stipplehuge fox");
+    assert!(want.iter().all(|x| x.is_finite()));
+    assert_eq!(
+        conditioning(&mut f, "a stipplehuge fox"),
+        want,
+        "redone in fp32"
+    );
+    assert_eq!((f.te_precision(), f.te_graph()), ("fp32", "plain"));
 }
