@@ -66,8 +66,8 @@ lora_method = "fuse"
 # Insert an adapter's trigger words with its tag.
 trigger_words = true
 # Compute precision of the VAE and of the text encoders (--vae-precision, --te-precision): auto (fp16
-# on a GPU where it is safe, fp32 on the CPU; an overflow is redone in fp32; the text encoders stay
-# fp32 under auto until checked on a GPU), fp16 or fp32.
+# on a GPU where it is safe, fp32 on the CPU; an overflow is redone in fp32; of the text encoders
+# only SD 1.x's go fp16 under auto, on CUDA, until the others are checked on a GPU), fp16 or fp32.
 vae_precision = "auto"
 te_precision = "auto"
 

@@ -25,8 +25,8 @@ pub struct WeightArgs {
     /// model has one), plain (the plain fp16 graph) or fused
     #[arg(long, value_name = "GRAPH", value_parser = ["auto", "plain", "fused"])]
     pub vae_graph: Option<String>,
-    /// The text encoders' precision: auto (fp32 for now, also on a GPU, until the GPU check has
-    /// run with the fp16 encoders), fp16 (an overflow is redone in fp32) or fp32
+    /// The text encoders' precision: auto (fp16 on its fused graph for SD 1.x on CUDA, fp32
+    /// elsewhere until checked on a GPU), fp16 (an overflow is redone in fp32) or fp32
     #[arg(long, value_name = "P", value_parser = ["auto", "fp16", "fp32"])]
     pub te_precision: Option<String>,
     /// The fp16 text encoders' graph on CUDA: auto (the fused graph, model.fused.onnx, when the
