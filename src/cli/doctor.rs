@@ -170,6 +170,16 @@ fn model(s: &mut String, dir: &Path, m: &crate::model::Model) -> std::fmt::Resul
                 f.graph.externals.len()
             )?;
         }
+        if let Some(f) = &c.fused {
+            // The VAE decoder's and the text encoders' fused fp16 graphs (CUDA's default with fp16).
+            writeln!(
+                s,
+                "  {:<14} fused fp16 graph: {}, {} initializers, weight map consistent",
+                "",
+                fused_ops(&f.graph.bytes),
+                f.graph.externals.len()
+            )?;
+        }
     }
     Ok(())
 }

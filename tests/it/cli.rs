@@ -187,6 +187,12 @@ fn doctor_reports_runtime_providers_and_model() {
     );
     assert!(stdout.contains("unet"), "{stdout}");
     assert!(stdout.contains("weight map consistent"), "{stdout}");
+    // The bundled model's fused text encoder and VAE decoder, with their operators.
+    assert!(
+        stdout.contains("fused fp16 graph: 5 Attention, 5 QuickGelu, 10 SkipLayerNormalization"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("fused fp16 graph: 8 GroupNorm"), "{stdout}");
     let (ok, stdout, _) = run(&["--ort-lib", "/nonexistent/libonnxruntime.so.1", "doctor"]);
     assert!(!ok);
     assert!(stdout.contains("NOT LOADED"), "{stdout}");
