@@ -383,3 +383,69 @@ fn an_overflowing_fused_text_encoder_is_redone_in_fp32() {
     );
     assert_eq!((f.te_precision(), f.te_graph()), ("fp32", "plain"));
 }
+
+/// An adapter that changes only the Q and V biases of the first layer (LyCORIS full: a zero `diff`
+/// and a `diff_b`) reaches the fused graph's packed bias, the one `pack_heads` entry of one
+/// dimension: with baked weights, resident ones patched on the host, and the device patch's
+/// program, against the fp32 graph with the same adapter.
+#[test]
+fn an_adapter_on_the_qkv_biases_reaches_the_packed_bias() {
+    use stipple::safetensors_out::{write, Dtype, OutTensor};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut tensors = Vec::new();
+    for (p, scale) in [("q", 0.5f32), ("v", 0.8)] {
+        let name = format!("lora_te_text_model_encoder_layers_0_self_attn_{p}_proj");
+        let zeros = vec![0f32; 32 * 32];
+        let bias: Vec<f32> = (0..32).map(|i| scale * ((i % 7) as f32 - 3.0)).collect();
+        for (suffix, shape, values) in [("diff", vec![32, 32], zeros), ("diff_b", vec![32], bias)] {
+            tensors.push(OutTensor {
+                name: format!("{name}.{suffix}"),
+                dtype: Dtype::F32,
+                shape,
+                bytes: Dtype::F32.encode(&values),
+            });
+        }
+    }
+    write(
+        &tmp.path().join("qvbias.safetensors"),
+        &tensors,
+        &Default::default(),
+    )
+    .unwrap();
+    let conditionings = |session: SessionOptions| {
+        let mut g = load(&tiny_model(), session, None);
+        g.set_lora_dirs(vec![tmp.path().to_path_buf()]);
+        let base = g.encode_text("a red fox").unwrap();
+        g.prepare(&small_job("a red fox <lora:qvbias:1>", 1))
+            .unwrap();
+        let with = g.encode_text("a red fox").unwrap();
+        g.prepare(&small_job("a red fox", 1)).unwrap();
+        (
+            base,
+            with,
+            g.encode_text("a red fox").unwrap(),
+            g.te_graph(),
+        )
+    };
+    let full = conditionings(fp32());
+    assert!(
+        diff(&full.1, &full.0).0 > 0.05,
+        "the biases change the conditioning"
+    );
+    assert_eq!(full.2, full.0, "and back");
+    for (name, resident, device) in [
+        ("baked", Some(false), None),
+        ("resident", Some(true), Some(false)),
+        ("device patch", Some(true), Some(true)),
+    ] {
+        let got = conditionings(SessionOptions {
+            resident,
+            patch_on_device: device,
+            ..fused()
+        });
+        assert_eq!(got.3, "fused", "{name}");
+        assert_close(&format!("{name}: base"), &got.0, &full.0);
+        assert_close(&format!("{name}: Q/V biases"), &got.1, &full.1);
+        assert_close(&format!("{name}: back"), &got.2, &full.2);
+    }
+}
