@@ -8,17 +8,17 @@
 
 use crate::sdxl::tiny_sdxl;
 use crate::te_precision::{
-    assert_close, conditioning, diff, images_match_diffusers, lora_conditionings,
+    assert_clip_skip_two, assert_close, conditioning, conditioning_matches_fp32_and_transformers,
+    diff, huge_embedding, images_match_diffusers, load_with as load, lora_conditionings,
 };
 use crate::util::*;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use stipple::model::layout::{ComponentKind, GraphKind};
-use stipple::model::{Checkpoint, Model, Transform};
+use stipple::model::{Model, Transform};
 use stipple::patch::assemble_graph;
 use stipple::pipeline::sessions::te_graph;
-use stipple::pipeline::{EngineSpec, Generator};
 use stipple::runtime::session::{GraphChoice, TePrecision};
 use stipple::runtime::{Device, SessionOptions};
 
@@ -40,13 +40,6 @@ fn fp32() -> SessionOptions {
         te_precision: TePrecision::Fp32,
         ..SessionOptions::default()
     }
-}
-
-fn load(model: &Path, session: SessionOptions, embeddings: Option<PathBuf>) -> Generator {
-    let spec = EngineSpec::new(model)
-        .with_session(session)
-        .with_embedding_dirs(embeddings.into_iter().collect());
-    Generator::load(spec, runtime()).unwrap_or_else(|e| panic!("{}: {e}", model.display()))
 }
 
 #[derive(serde::Deserialize)]
@@ -136,11 +129,6 @@ fn fused_text_encoder_weights_equal_numpys() {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct TokenCase {
-    prompt: String,
-}
-
 /// Each family's fused conditioning (and SDXL's pooled embedding) against its fp32 graph's and the
 /// transformers reference of the same prompt: within the fp16 graphs' tolerance.
 #[test]
@@ -150,26 +138,7 @@ fn fused_text_encoders_match_fp32_and_transformers() {
         let mut full = load(&model, fp32(), None);
         assert_eq!((f.te_precision(), f.te_graph()), ("fp16", "fused"));
         assert_eq!(full.te_graph(), "plain");
-        let reference = model.join("reference");
-        let cases: Vec<TokenCase> =
-            serde_json::from_str(&std::fs::read_to_string(reference.join("tokens.json")).unwrap())
-                .unwrap();
-        let refs = Checkpoint::open(&reference.join("tensors.safetensors")).unwrap();
-        for (i, c) in cases.iter().take(3).enumerate() {
-            let (z, p) = f.encode_text_pooled(&c.prompt).unwrap();
-            let (z32, p32) = full.encode_text_pooled(&c.prompt).unwrap();
-            let (_, want) = ref_tensor(&refs, &format!("embedding.{i}"));
-            let what = format!("{} {:?}", model.display(), c.prompt);
-            let a = assert_close(&format!("{what} fused vs fp32"), &z, &z32);
-            let b = assert_close(&format!("{what} fused vs transformers"), &z, &want);
-            eprintln!("{what}: fused vs fp32 {a:?}, vs transformers {b:?}");
-            if model == tiny_sdxl() {
-                let (p, p32) = (p.expect("pooled"), p32.expect("pooled"));
-                let (_, want) = ref_tensor(&refs, &format!("pooled.{i}"));
-                assert_close(&format!("{what} pooled fused vs fp32"), &p, &p32);
-                assert_close(&format!("{what} pooled fused vs transformers"), &p, &want);
-            }
-        }
+        conditioning_matches_fp32_and_transformers(&model, &mut f, &mut full, "fused");
     }
 }
 
@@ -233,14 +202,7 @@ fn clip_skip_two_works_with_the_fused_text_encoder() {
         None,
     );
     assert_eq!(g.te_graph(), "fused");
-    let refs = Checkpoint::open(
-        &root().join("tests/fixtures/single-file/reference/clip_skip.safetensors"),
-    )
-    .unwrap();
-    let want = refs.tensor("prompt_embeds").unwrap().to_f32();
-    let got = conditioning(&mut g, "a red fox in the snow");
-    let d = assert_close("clip skip 2, fused vs diffusers", &got, &want);
-    eprintln!("clip skip 2: fused vs diffusers {d:?}");
+    assert_clip_skip_two(&mut g, "fused");
 }
 
 /// A LoRA's text-encoder part reaches the fused graph, its Q/K/V through the packed weight: with
@@ -357,19 +319,7 @@ fn the_fused_text_encoder_is_chosen_on_cuda_with_fp16_encoders() {
 /// cannot hold) is encoded again in fp32, and fp32 is kept, as with the plain fp16 graph.
 #[test]
 fn an_overflowing_fused_text_encoder_is_redone_in_fp32() {
-    use stipple::safetensors_out::{write, Dtype, OutTensor};
-    let tmp = tempfile::tempdir().unwrap();
-    write(
-        &tmp.path().join("stipplehuge.safetensors"),
-        &[OutTensor {
-            name: "emb_params".into(),
-            dtype: Dtype::F32,
-            shape: vec![1, 32],
-            bytes: Dtype::F32.encode(&[1.0e5f32; 32]),
-        }],
-        &Default::default(),
-    )
-    .unwrap();
+    let tmp = huge_embedding();
     let dir = Some(tmp.path().to_path_buf());
     let mut f = load(&tiny_model(), fused(), dir.clone());
     let mut full = load(&tiny_model(), fp32(), dir);

@@ -33,7 +33,11 @@ fn opts(te: TePrecision) -> SessionOptions {
     }
 }
 
-fn load_with(model: &Path, session: SessionOptions, embeddings: Option<PathBuf>) -> Generator {
+pub(crate) fn load_with(
+    model: &Path,
+    session: SessionOptions,
+    embeddings: Option<PathBuf>,
+) -> Generator {
     let spec = EngineSpec::new(model)
         .with_session(session)
         .with_embedding_dirs(embeddings.into_iter().collect());
@@ -76,28 +80,42 @@ fn fp16_text_encoders_match_fp32_and_transformers_within_fp16_rounding() {
         let mut full = load(&model, TePrecision::Fp32);
         assert_eq!(half.te_precision(), "fp16");
         assert_eq!(full.te_precision(), "fp32");
-        let reference = model.join("reference");
-        let cases: Vec<TokenCase> =
-            serde_json::from_str(&std::fs::read_to_string(reference.join("tokens.json")).unwrap())
-                .unwrap();
-        let refs = Checkpoint::open(&reference.join("tensors.safetensors")).unwrap();
-        let sdxl = model == tiny_sdxl();
-        for (i, c) in cases.iter().take(3).enumerate() {
-            let (z16, p16) = half.encode_text_pooled(&c.prompt).unwrap();
-            let (z32, p32) = full.encode_text_pooled(&c.prompt).unwrap();
-            assert_ne!(z16, z32, "the fp16 graph ran");
-            let (_, want) = ref_tensor(&refs, &format!("embedding.{i}"));
-            let what = format!("{} {:?}", model.display(), c.prompt);
-            let vs32 = assert_close(&format!("{what} fp16 vs fp32"), &z16, &z32);
-            let vsref = assert_close(&format!("{what} fp16 vs transformers"), &z16, &want);
-            eprintln!("{what}: conditioning fp16 vs fp32 {vs32:?}, vs transformers {vsref:?}");
-            if sdxl {
-                let (p16, p32) = (p16.expect("pooled"), p32.expect("pooled"));
-                let (_, want) = ref_tensor(&refs, &format!("pooled.{i}"));
-                let a = assert_close(&format!("{what} pooled fp16 vs fp32"), &p16, &p32);
-                let b = assert_close(&format!("{what} pooled fp16 vs transformers"), &p16, &want);
-                eprintln!("{what}: pooled fp16 vs fp32 {a:?}, vs transformers {b:?}");
-            }
+        conditioning_matches_fp32_and_transformers(&model, &mut half, &mut full, "fp16");
+    }
+}
+
+/// `g`'s conditioning of the first three reference prompts of `model` (and SDXL's pooled
+/// embedding) against `full`'s (fp32 graphs) and transformers' (`embedding.i`, `pooled.i`), within
+/// the fp16 tolerance; `g` must differ from fp32 (its fp16 graph ran).
+pub(crate) fn conditioning_matches_fp32_and_transformers(
+    model: &Path,
+    g: &mut Generator,
+    full: &mut Generator,
+    what: &str,
+) {
+    let reference = model.join("reference");
+    let cases: Vec<TokenCase> =
+        serde_json::from_str(&std::fs::read_to_string(reference.join("tokens.json")).unwrap())
+            .unwrap();
+    let refs = Checkpoint::open(&reference.join("tensors.safetensors")).unwrap();
+    for (i, c) in cases.iter().take(3).enumerate() {
+        let (z16, p16) = g.encode_text_pooled(&c.prompt).unwrap();
+        let (z32, p32) = full.encode_text_pooled(&c.prompt).unwrap();
+        assert_ne!(z16, z32, "the {what} graph ran");
+        let (_, want) = ref_tensor(&refs, &format!("embedding.{i}"));
+        let case = format!("{} {:?}", model.display(), c.prompt);
+        let vs32 = assert_close(&format!("{case} {what} vs fp32"), &z16, &z32);
+        let vsref = assert_close(&format!("{case} {what} vs transformers"), &z16, &want);
+        eprintln!("{case}: conditioning {what} vs fp32 {vs32:?}, vs transformers {vsref:?}");
+        if let (Some(p16), Some(p32)) = (p16, p32) {
+            let (_, want) = ref_tensor(&refs, &format!("pooled.{i}"));
+            let a = assert_close(&format!("{case} pooled {what} vs fp32"), &p16, &p32);
+            let b = assert_close(
+                &format!("{case} pooled {what} vs transformers"),
+                &p16,
+                &want,
+            );
+            eprintln!("{case}: pooled {what} vs fp32 {a:?}, vs transformers {b:?}");
         }
     }
 }
@@ -240,6 +258,20 @@ pub(crate) fn conditioning(g: &mut Generator, text: &str) -> Vec<f32> {
         .remove(0)
 }
 
+/// `g` (the tiny SD1.5 checkpoint with `--clip-skip 2`) against diffusers' `clip_skip=1` prompt
+/// embeddings of "a red fox in the snow", within the fp16 tolerance; returns those embeddings.
+pub(crate) fn assert_clip_skip_two(g: &mut Generator, what: &str) -> Vec<f32> {
+    let refs = Checkpoint::open(
+        &root().join("tests/fixtures/single-file/reference/clip_skip.safetensors"),
+    )
+    .unwrap();
+    let want = refs.tensor("prompt_embeds").unwrap().to_f32();
+    let got = conditioning(g, "a red fox in the snow");
+    let d = assert_close(&format!("clip skip 2, {what} vs diffusers"), &got, &want);
+    eprintln!("clip skip 2: {what} vs diffusers {d:?}");
+    want
+}
+
 /// `--clip-skip 2` reads the fp16 graph's penultimate output: diffusers' `clip_skip=1` prompt
 /// embeddings within the fp16 tolerance, and not the full-depth conditioning.
 #[test]
@@ -257,14 +289,7 @@ fn clip_skip_two_works_with_the_fp16_text_encoder() {
     };
     let mut half = skip(TePrecision::Fp16);
     assert_eq!(half.te_precision(), "fp16");
-    let refs = Checkpoint::open(
-        &root().join("tests/fixtures/single-file/reference/clip_skip.safetensors"),
-    )
-    .unwrap();
-    let want = refs.tensor("prompt_embeds").unwrap().to_f32();
-    let got = conditioning(&mut half, "a red fox in the snow");
-    let d = assert_close("clip skip 2, fp16 vs diffusers", &got, &want);
-    eprintln!("clip skip 2: fp16 vs diffusers {d:?}");
+    let want = assert_clip_skip_two(&mut half, "fp16");
     let full_depth = conditioning(&mut load(&file, TePrecision::Fp16), "a red fox in the snow");
     assert!(
         diff(&full_depth, &want).0 > 0.1,
@@ -352,24 +377,30 @@ fn a_lora_patches_the_fp16_text_encoder_baked_resident_and_on_the_device() {
     }
 }
 
-/// An embedding whose values overflow fp16 makes the fp16 encoder's output non-finite: it is
-/// encoded again in fp32 (the same conditioning as an fp32 engine's), and fp32 is kept.
-#[test]
-fn an_overflowing_fp16_text_encoder_is_redone_in_fp32_and_fp32_is_kept() {
+/// A folder holding `stipplehuge`, an embedding for the tiny SD1.5 model whose values (1e5) fp16
+/// cannot hold.
+pub(crate) fn huge_embedding() -> tempfile::TempDir {
     use stipple::safetensors_out::{write, Dtype, OutTensor};
     let tmp = tempfile::tempdir().unwrap();
-    let values = vec![1.0e5f32; 32];
     write(
         &tmp.path().join("stipplehuge.safetensors"),
         &[OutTensor {
             name: "emb_params".into(),
             dtype: Dtype::F32,
             shape: vec![1, 32],
-            bytes: Dtype::F32.encode(&values),
+            bytes: Dtype::F32.encode(&[1.0e5f32; 32]),
         }],
         &Default::default(),
     )
     .unwrap();
+    tmp
+}
+
+/// An embedding whose values overflow fp16 makes the fp16 encoder's output non-finite: it is
+/// encoded again in fp32 (the same conditioning as an fp32 engine's), and fp32 is kept.
+#[test]
+fn an_overflowing_fp16_text_encoder_is_redone_in_fp32_and_fp32_is_kept() {
+    let tmp = huge_embedding();
     let dir = Some(tmp.path().to_path_buf());
     let mut full = load_with(&tiny_model(), opts(TePrecision::Fp32), dir.clone());
     let mut half = load_with(&tiny_model(), opts(TePrecision::Fp16), dir);
