@@ -307,6 +307,18 @@ mod tests {
         }
     }
 
+    /// The embedded full-size templates (not the tiny test ones), each with its components.
+    fn full_size_templates() -> Vec<(Template, Vec<ComponentKind>)> {
+        Template::all()
+            .into_iter()
+            .filter(|t| !t.name.starts_with("tiny-"))
+            .map(|t| {
+                let kinds = t.index().unwrap().components;
+                (t, kinds)
+            })
+            .collect()
+    }
+
     /// The full-size plain graphs carry the shape of every intermediate value
     /// (`scripts/template_shapes.py`): without them ONNX Runtime 1.31's memory planner spends
     /// seconds comparing unknown symbolic shapes (8.8 s of an SDXL UNet session's build).
@@ -315,12 +327,8 @@ mod tests {
         use super::super::onnx_proto::ModelProto;
         use prost::Message;
         let mut checked = 0;
-        for t in Template::all()
-            .into_iter()
-            .filter(|t| !t.name.starts_with("tiny-"))
-        {
-            let index = t.index().unwrap();
-            for kind in index.components {
+        for (t, kinds) in full_size_templates() {
+            for kind in kinds {
                 let bytes = t.file(&format!("{kind}/model.onnx")).unwrap();
                 let model = ModelProto::decode(bytes.as_slice()).unwrap();
                 let g = model.graph.unwrap();
@@ -350,6 +358,51 @@ mod tests {
         assert!(checked >= 30, "{checked} graphs");
     }
 
+    /// `fused`'s recipes against `plain`'s parameters (every plain entry an identity recipe): each
+    /// recipe fits its parameters' shapes, and together they read every parameter and nothing
+    /// else. Returns the parameters and how many `pack_heads` entries pack 1, 2, 3 parts.
+    fn recipes_reach_every_parameter<'a>(
+        what: &str,
+        plain: &'a WeightMap,
+        fused: &WeightMap,
+    ) -> (Vec<&'a str>, [usize; 4]) {
+        use super::super::layout::source_shape;
+        use super::super::weightmap::Transform;
+        let shapes: HashMap<&str, &Vec<usize>> = plain
+            .initializers
+            .iter()
+            .map(|e| {
+                assert_eq!(e.transform, Transform::Identity, "{what} {}", e.name);
+                (e.source.as_str(), &e.shape)
+            })
+            .collect();
+        let mut reached: Vec<&str> = Vec::new();
+        let mut packed = [0usize; 4];
+        for e in &fused.initializers {
+            let want = source_shape(e, &e.shape)
+                .unwrap_or_else(|| panic!("{what} {}: recipe does not fit {:?}", e.name, e.shape));
+            for s in e.sources() {
+                let have = shapes
+                    .get(s)
+                    .unwrap_or_else(|| panic!("{what} {}: {s} is no parameter", e.name));
+                assert_eq!(**have, want, "{what} {} from {s}", e.name);
+                reached.push(s);
+            }
+            if e.transform == Transform::PackHeads {
+                packed[e.parts.len()] += 1;
+            }
+        }
+        reached.sort_unstable();
+        reached.dedup();
+        let mut params: Vec<&str> = shapes.keys().copied().collect();
+        params.sort_unstable();
+        assert_eq!(
+            reached, params,
+            "{what}: the fused graph reads other parameters"
+        );
+        (params, packed)
+    }
+
     /// The full-size fp16 templates ship ONNX Runtime's fused CUDA UNet (made by
     /// `scripts/export_model.py --template NAME --optimize cuda [--lean]`), so a checkpoint file
     /// read through them runs it on CUDA: its weight map reads every UNet parameter the plain graph
@@ -357,51 +410,54 @@ mod tests {
     /// packed (self-attention Q/K/V, cross-attention K/V), as the optimizer writes it.
     #[test]
     fn full_size_fp16_templates_carry_the_fused_unet() {
-        use super::super::layout::source_shape;
-        use super::super::weightmap::Transform;
         for name in ["sd15-fp16", "sdxl-fp16"] {
             let t = Template::named(name).unwrap();
             assert!(t.has("unet/model.cuda.onnx"), "{name}: no fused UNet");
             let plain = t.weightmap(ComponentKind::Unet, false).unwrap().unwrap();
-            let shapes: HashMap<&str, &Vec<usize>> = plain
-                .initializers
-                .iter()
-                .map(|e| {
-                    assert_eq!(e.transform, Transform::Identity, "{name} {}", e.name);
-                    (e.source.as_str(), &e.shape)
-                })
-                .collect();
             let fused = t.weightmap(ComponentKind::Unet, true).unwrap().unwrap();
-            let mut reached: Vec<&str> = Vec::new();
-            let mut packed = [0usize; 4];
-            for e in &fused.initializers {
-                let want = source_shape(e, &e.shape).unwrap_or_else(|| {
-                    panic!("{name} {}: recipe does not fit {:?}", e.name, e.shape)
-                });
-                for s in e.sources() {
-                    let have = shapes
-                        .get(s)
-                        .unwrap_or_else(|| panic!("{name} {}: {s} is no UNet parameter", e.name));
-                    assert_eq!(**have, want, "{name} {} from {s}", e.name);
-                    reached.push(s);
-                }
-                if e.transform == Transform::PackHeads {
-                    packed[e.parts.len()] += 1;
-                }
-            }
-            reached.sort_unstable();
-            reached.dedup();
-            let mut params: Vec<&str> = shapes.keys().copied().collect();
-            params.sort_unstable();
-            assert_eq!(
-                reached, params,
-                "{name}: the fused graph reads other parameters"
-            );
+            let (params, packed) = recipes_reach_every_parameter(name, &plain, &fused);
             let count = |suffix: &str| params.iter().filter(|p| p.ends_with(suffix)).count();
             assert_eq!(packed[3], count("attn1.to_q.weight"), "{name}: packed QKV");
             assert_eq!(packed[2], count("attn2.to_k.weight"), "{name}: packed KV");
             assert!(packed[3] > 0, "{name}");
         }
+    }
+
+    /// Every full-size template ships the fused fp16 text encoders (`scripts/te_fused.py`): their
+    /// recipes read every parameter of the plain graph with the right shapes, and each layer's
+    /// Q/K/V weight and bias are packed (`pack_heads` of 3 parts).
+    #[test]
+    fn full_size_templates_carry_the_fused_text_encoders() {
+        let mut checked = 0;
+        for (t, kinds) in full_size_templates() {
+            for kind in kinds {
+                if !matches!(
+                    kind,
+                    ComponentKind::TextEncoder | ComponentKind::TextEncoder2
+                ) {
+                    continue;
+                }
+                let what = format!("{} {kind}", t.name);
+                let plain = t.graph_weightmap(kind, GraphKind::Plain).unwrap().unwrap();
+                let fused = t
+                    .graph_weightmap(kind, GraphKind::Fused)
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("{what}: no fused text encoder"));
+                let (params, packed) = recipes_reach_every_parameter(&what, &plain, &fused);
+                let layers = params
+                    .iter()
+                    .filter(|p| p.ends_with("q_proj.weight"))
+                    .count();
+                assert!(layers >= 12, "{what}: {layers} layers");
+                assert_eq!(
+                    packed[3],
+                    2 * layers,
+                    "{what}: packed Q/K/V weights and biases"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 10, "{checked} text encoders");
     }
 
     /// Every fused UNet computes its sinusoidal time projections (`t · freqs`, then Sin and Cos) in
