@@ -287,18 +287,7 @@ impl Sessions {
         let (deltas, report) = adapters::compute(model, loras, &te_key)?;
         let mut stats = FuseStats::default();
         let opts = self.build_opts();
-        let mut built = Vec::new();
-        for enc in model.index.family.facts().encoders {
-            built.push(self.build_one(
-                model,
-                &opts,
-                enc.component,
-                &deltas,
-                &TE_DIMS,
-                &mut stats,
-            )?);
-        }
-        self.text = built;
+        self.text = self.build_text(model, &opts, &deltas, &mut stats)?;
         self.fused.te = want_te;
         self.te_source = TeSource::Adapters(loras.to_vec(), te_key);
         self.last_report = Some(report);
@@ -608,6 +597,24 @@ impl Sessions {
         Ok(replaced)
     }
 
+    /// Every text encoder of the family, built for its one shape ([`TE_DIMS`]).
+    fn build_text(
+        &self,
+        model: &Model,
+        opts: &SessionOptions,
+        deltas: &ComponentDeltas,
+        stats: &mut FuseStats,
+    ) -> Result<Vec<Net>, PipelineError> {
+        model
+            .index
+            .family
+            .facts()
+            .encoders
+            .iter()
+            .map(|enc| self.build_one(model, opts, enc.component, deltas, &TE_DIMS, stats))
+            .collect()
+    }
+
     fn build_one(
         &self,
         model: &Model,
@@ -788,17 +795,17 @@ impl Sessions {
 
     /// Whether the text encoders run their fp16 graphs now (tests, `bench`).
     pub fn te_is_fp16(&self, model: &Model) -> bool {
-        let opts = self.build_opts();
-        model.index.family.facts().encoders.iter().any(|e| {
-            matches!(
-                te_graph(model, &opts, e.component),
-                Ok(GraphKind::Cuda | GraphKind::Fused)
-            )
-        })
+        self.te_graphs(model)
+            .any(|g| matches!(g, GraphKind::Cuda | GraphKind::Fused))
     }
 
     /// Whether a text encoder runs its fused graph now (`bench`).
     pub fn te_is_fused(&self, model: &Model) -> bool {
+        self.te_graphs(model).any(|g| g == GraphKind::Fused)
+    }
+
+    /// The graph each text encoder runs now (those [`te_graph`] cannot resolve left out).
+    fn te_graphs<'m>(&self, model: &'m Model) -> impl Iterator<Item = GraphKind> + 'm {
         let opts = self.build_opts();
         model
             .index
@@ -806,7 +813,7 @@ impl Sessions {
             .facts()
             .encoders
             .iter()
-            .any(|e| te_graph(model, &opts, e.component).ok() == Some(GraphKind::Fused))
+            .filter_map(move |e| te_graph(model, &opts, e.component).ok())
     }
 
     /// Runs `f` on the text-encoder sessions. When an fp16 text encoder gave non-finite output
@@ -843,18 +850,7 @@ impl Sessions {
             }
         };
         let mut stats = FuseStats::default();
-        let mut built = Vec::new();
-        for enc in model.index.family.facts().encoders {
-            built.push(self.build_one(
-                model,
-                &opts,
-                enc.component,
-                &deltas,
-                &TE_DIMS,
-                &mut stats,
-            )?);
-        }
-        self.text = built;
+        self.text = self.build_text(model, &opts, &deltas, &mut stats)?;
         Ok(())
     }
 
@@ -1195,7 +1191,10 @@ pub fn te_graph(
         .component(kind)
         .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
     let by_default = te_fp16_by_default(model.index.family, opts.device, c.fused.is_some());
-    let precision = precision_graph(model, opts, kind, opts.te_precision, by_default)?;
+    let precision = opts
+        .te_precision
+        .resolve(opts.device, c, by_default)
+        .map_err(PipelineError::Job)?;
     opts.te_graph
         .resolve_fused(opts.device, c, precision)
         .map_err(PipelineError::Job)
