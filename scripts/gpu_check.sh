@@ -3,7 +3,7 @@
 # Runs one jobs file (a base picture, an adapter, back to the base, a strength schedule, the adapter
 # again, a job of 3 images, an adapter dialled mid-job: each swap happens inside one engine) through `stipple batch --device cuda:0` once per mode,
 # and compares each picture with the reference mode's: the plain UNet graph, the plain fp16 VAE graph
-# (--vae-graph plain), no CUDA graph, no static shapes, weights baked into the sessions
+# (--vae-graph plain), the plain fp32 text encoders, no CUDA graph, no static shapes, weights baked into the sessions
 # (--resident-weights false), one image per UNet call. Prints mean and max absolute
 # difference per job and PASS/FAIL against TOL (mean, in 1/255; default 0.5). Exit 1 if any fails.
 # Run it before reporting any GPU figure. FAMILY=sdxl checks SDXL at 1024x1024.
@@ -71,7 +71,7 @@ run() {  # run NAME FLAGS...: the jobs through one engine with FLAGS
   echo "$name: $(( ($(date +%s%N) - t) / 1000000 )) ms" >> "$OUT/check-times.txt"
 }
 : > "$OUT/check-times.txt"
-run reference --graph plain --vae-graph plain --resident-weights false --unet-batch 1
+run reference --graph plain --vae-graph plain --te-precision fp32 --resident-weights false --unet-batch 1
 # FP32=1: the same jobs on the fp32 templates (a checkpoint's UNet, text encoders and VAE in fp32):
 # the summary then also says how far each mode and the reference stray from it, which tells a graph
 # whose fp16 pictures differ from the reference's by more than TOL but no more than the reference
@@ -85,7 +85,7 @@ patch-host|--patch-on host
 patch-device-uncaptured|--patch-on device --cuda-patch-graph=false
 vae-fp32|--vae-precision fp32
 vae-fused|--vae-precision fp16 --vae-graph fused
-te-fused|--te-precision fp16
+te-fp32|--te-precision fp32
 te-fp16-plain|--te-precision fp16 --te-graph plain
 plain-resident|--graph plain
 fused-baked|--graph cuda --resident-weights false
@@ -125,7 +125,7 @@ def far(a_path, b_path):
 if fp32:
     base = [far(ref[j], fp32[j]) for j in sorted(ref) if j in fp32]
     print(f"fp32 pictures: the reference strays from them by {np.mean(base):.3f}/255 mean over {len(base)} jobs")
-print(f"GPU check: each mode vs the reference (plain UNet and VAE graphs, no CUDA graph, no static shapes, baked weights); "
+print(f"GPU check: each mode vs the reference (plain UNet and VAE graphs, fp32 text encoders, no CUDA graph, no static shapes, baked weights); "
       f"tolerance mean abs <= {tol}/255")
 failed = 0
 for mode in names:

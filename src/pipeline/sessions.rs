@@ -13,7 +13,6 @@ use super::keys::{self, FusedKey, Fusion};
 use super::rerun;
 use super::resident::{self, Net, Staged};
 use super::vae::{self, Fallback, VaeDecoder, VaeSlot};
-use crate::family::Family;
 use crate::job::RgbImage;
 use crate::lora::ApplyReport;
 use crate::model::layout::{Component, ComponentKind, GraphKind};
@@ -1178,8 +1177,8 @@ fn vae_graph(
 }
 
 /// The graph a text encoder of `model` runs with `opts` (`--te-precision`, [`TePrecision`], then
-/// `--te-graph`). `auto` takes the fused fp16 graph for SD 1.x on CUDA where the model has it (it
-/// passed the GPU check and is faster: see [`te_fp16_by_default`]) and fp32 elsewhere; `fp16` asks
+/// `--te-graph`). `auto` takes the fused fp16 graph on CUDA where the model has it (it passed the
+/// GPU check and is faster: see [`te_fp16_by_default`]) and fp32 elsewhere; `fp16` asks
 /// for the fp16 graphs anywhere (the overflow fallback is [`Sessions::with_text`]). Public for the
 /// test of the shipped default.
 pub fn te_graph(
@@ -1190,7 +1189,7 @@ pub fn te_graph(
     let c = model
         .component(kind)
         .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
-    let by_default = te_fp16_by_default(model.index.family, opts.device, c.fused.is_some());
+    let by_default = te_fp16_by_default(opts.device, c.fused.is_some());
     let precision = opts
         .te_precision
         .resolve(opts.device, c, by_default)
@@ -1216,11 +1215,11 @@ fn precision_graph(
         .map_err(PipelineError::Job)
 }
 
-/// Whether `--te-precision auto` picks the fp16 text encoders: SD 1.x's CLIP-L on CUDA with its
-/// fused graph, the one case the GPU check has passed with a gain (H100, 2026-12-07). SD 2.x's and
-/// SDXL's encoders and other GPUs keep fp32 until they have been checked.
-fn te_fp16_by_default(family: Family, device: Device, has_fused: bool) -> bool {
-    family == Family::Sd1 && matches!(device, Device::Cuda(_)) && has_fused
+/// Whether `--te-precision auto` picks the fp16 text encoders: on CUDA, with the encoder's fused
+/// graph, for every family (the GPU check passed with a gain for each: README, `--te-precision`).
+/// DirectML and the CPU keep fp32: neither has been checked with them, and the CPU gains nothing.
+fn te_fp16_by_default(device: Device, has_fused: bool) -> bool {
+    matches!(device, Device::Cuda(_)) && has_fused
 }
 
 /// Whether cuDNN's fused convolution + bias (`[cuda] fuse_conv_bias`) may be used for `kind`'s
@@ -1406,12 +1405,11 @@ mod tests {
     }
 
     #[test]
-    fn auto_takes_fp16_text_encoders_for_sd1_on_cuda_with_the_fused_graph_only() {
-        assert!(te_fp16_by_default(Family::Sd1, Device::Cuda(0), true));
-        assert!(!te_fp16_by_default(Family::Sd1, Device::Cuda(0), false));
-        assert!(!te_fp16_by_default(Family::Sd1, Device::Cpu, true));
-        assert!(!te_fp16_by_default(Family::Sd1, Device::DirectMl(0), true));
-        assert!(!te_fp16_by_default(Family::Sd2, Device::Cuda(0), true));
-        assert!(!te_fp16_by_default(Family::Sdxl, Device::Cuda(0), true));
+    fn auto_takes_fp16_text_encoders_on_cuda_with_the_fused_graph_only() {
+        assert!(te_fp16_by_default(Device::Cuda(0), true));
+        assert!(te_fp16_by_default(Device::Cuda(1), true));
+        assert!(!te_fp16_by_default(Device::Cuda(0), false));
+        assert!(!te_fp16_by_default(Device::Cpu, true));
+        assert!(!te_fp16_by_default(Device::DirectMl(0), true));
     }
 }

@@ -276,7 +276,7 @@ fn the_fused_text_encoder_is_chosen_on_cuda_with_fp16_encoders() {
             Ok(GraphKind::Fused)
         );
     }
-    // SD 1.x on CUDA: auto is the fused fp16 graph (it passed the GPU check, faster); not on the CPU.
+    // On CUDA auto is the fused fp16 graph for every family (GPU-checked, faster); not on the CPU.
     let sd15 = Model::open(&tiny_model()).unwrap();
     let te = ComponentKind::TextEncoder;
     assert_eq!(
@@ -294,6 +294,10 @@ fn the_fused_text_encoder_is_chosen_on_cuda_with_fp16_encoders() {
     for kind in [ComponentKind::TextEncoder, ComponentKind::TextEncoder2] {
         assert_eq!(
             pick(&sdxl, kind, P::Auto, G::Auto, Device::Cuda(0)),
+            Ok(GraphKind::Fused)
+        );
+        assert_eq!(
+            pick(&sdxl, kind, P::Auto, G::Auto, Device::Cpu),
             Ok(GraphKind::Plain)
         );
     }

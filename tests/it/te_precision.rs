@@ -429,11 +429,11 @@ fn component(model: &Model, kind: ComponentKind) -> &stipple::model::layout::Com
     model.component(kind).expect("component")
 }
 
-/// What `--te-precision auto` ships as: fp32 on every device, a GPU included, until the GPU check
-/// has run with the fp16 encoders (`pipeline::sessions::te_graph`, the choice the sessions are
-/// built with). This fails when the default changes, and must be changed with it.
+/// What `--te-precision auto` ships as for SDXL: the fused fp16 encoders on CUDA (GPU-checked), fp32
+/// on DirectML and the CPU (`pipeline::sessions::te_graph`, the choice the sessions are built
+/// with). This fails when the default changes, and must be changed with it.
 #[test]
-fn auto_precision_keeps_fp32_text_encoders_on_every_device_until_checked_on_a_gpu() {
+fn auto_precision_takes_fp16_text_encoders_on_cuda_and_fp32_elsewhere() {
     let sdxl = Model::open(&tiny_sdxl()).unwrap();
     for kind in [ComponentKind::TextEncoder, ComponentKind::TextEncoder2] {
         let pick = |te_precision: TePrecision, device: Device| {
@@ -444,15 +444,20 @@ fn auto_precision_keeps_fp32_text_encoders_on_every_device_until_checked_on_a_gp
             };
             te_graph(&sdxl, &opts, kind).map_err(|e| e.to_string())
         };
-        for device in [Device::Cuda(0), Device::DirectMl(0), Device::Cpu] {
+        assert_eq!(
+            pick(TePrecision::Auto, Device::Cuda(0)),
+            Ok(GraphKind::Fused),
+            "{kind} on CUDA"
+        );
+        for device in [Device::DirectMl(0), Device::Cpu] {
             assert_eq!(
                 pick(TePrecision::Auto, device),
                 Ok(GraphKind::Plain),
                 "{kind} on {device}"
             );
         }
-        // The fp16 graph is there (auto's fp32 is the default's choice, not a missing graph) and
-        // is taken when asked for, on any device; fp32 when asked for, on a GPU too.
+        // The fp16 graph is there (auto's fp32 off CUDA is the default's choice, not a missing
+        // graph) and is taken when asked for, on any device; fp32 when asked for, on a GPU too.
         assert_eq!(pick(TePrecision::Fp16, Device::Cpu), Ok(GraphKind::Cuda));
         // On CUDA the fused fp16 graph (tests/it/fused_te.rs has the rest of that choice).
         assert_eq!(
