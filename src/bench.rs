@@ -53,6 +53,8 @@ pub struct BenchReport {
     pub image_s: f64,
     /// First UNet step after the sessions were built (includes lazy initialisation, e.g. cuDNN).
     pub first_step_ms: f64,
+    /// First VAE decode after the sessions were built (the same, for the decoder).
+    pub first_decode_ms: f64,
     /// Fuse mode: time from a new adapter set to sessions ready (ΔW + patch + session builds).
     pub adapter_swap_s: Option<f64>,
     /// One CFG step with the adapter fused (should equal the plain step: fused weights cost nothing).
@@ -128,6 +130,11 @@ impl fmt::Display for BenchReport {
             f,
             "  first step after load     {:>9.3} ms",
             self.first_step_ms
+        )?;
+        writeln!(
+            f,
+            "  first decode after load   {:>9.3} ms",
+            self.first_decode_ms
         )?;
         if let Some(s) = self.adapter_swap_s {
             writeln!(f, "  adapter swap (fuse)       {:>9.3} s", s)?;
@@ -303,13 +310,12 @@ pub fn run(
     let unet_step = step_s(&mut g, "UNet steps")?;
     let latents = vec![0.1f32; 4 * lh * lw];
     let mut vae = Vec::new();
-    for i in 0..repeats + 1 {
+    for _ in 0..repeats + 1 {
         let t = Instant::now();
         g.decode(&latents, lh, lw)?;
-        if i > 0 {
-            vae.push(t.elapsed());
-        }
+        vae.push(t.elapsed());
     }
+    let first_decode_ms = vae.remove(0).as_secs_f64() * 1e3;
     let mut image = Vec::new();
     for _ in 0..repeats {
         let t = Instant::now();
@@ -394,6 +400,7 @@ pub fn run(
         te_graph: g.te_graph().to_string(),
         image_s: median(image),
         first_step_ms,
+        first_decode_ms,
         adapter_swap_s,
         unet_step_with_adapter_ms,
         peak_rss_mb: peak_rss_mb(),
