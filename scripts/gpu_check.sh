@@ -86,6 +86,7 @@ patch-device-uncaptured|--patch-on device --cuda-patch-graph=false
 vae-fp32|--vae-precision fp32
 vae-fused|--vae-precision fp16 --vae-graph fused
 te-fp32|--te-precision fp32
+fcb|--cuda-fuse-conv-bias
 te-fp16-plain|--te-precision fp16 --te-graph plain
 plain-resident|--graph plain
 fused-baked|--graph cuda --resident-weights false

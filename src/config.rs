@@ -100,8 +100,10 @@ cuda_graph = false
 patch_graph = true
 # TensorFloat-32 math on Ampere and newer GPUs; false gives full fp32 precision, a little slower.
 tf32 = true
-# cuDNN's fused convolution + bias in the fused UNet and VAE graphs (one kernel instead of two).
-fuse_conv_bias = true
+# cuDNN's fused convolution + bias in the fused UNet and VAE graphs (one kernel instead of two):
+# a little faster per step and decode, but cuDNN plans every convolution at the first run of each new
+# size (seconds: slow start), so it pays off in long runs of one size (stipple batch).
+fuse_conv_bias = false
 
 # Replace the keys of an action: "context.action" = ["key", ...]; see the help overlay (F1).
 [keys]

@@ -56,6 +56,9 @@ pub(crate) struct Pass {
 pub(crate) struct Captured {
     binding: IoBinding,
     strengths: DynTensor,
+    /// The weight buffers' addresses at the capture: a run with other buffers is refused (the
+    /// graph would write the old ones, which reshaped views do not keep alive).
+    targets: Vec<usize>,
 }
 
 /// One term of a program: where its strength comes from, whether the program scales it (it reads
@@ -129,6 +132,11 @@ pub(crate) fn run(
                 Some(c) => c,
                 None => slot.insert(bind_once(session, s.shape()[0], bases, &mut targets)?),
             };
+            if c.targets != addresses(&targets) {
+                return Err(ort::Error::new(
+                    "the weight buffers moved since the patch program was captured",
+                ));
+            }
             // In place: the captured graph reads the strengths from this buffer's address.
             s.copy_into(&mut c.strengths)?;
             session.run_binding(&c.binding)?;
@@ -143,10 +151,8 @@ pub(crate) fn run(
         binding.bind_input(program::base_input(k), *b)?;
     }
     match sink {
-        Sink::Bound(targets) => {
-            for (k, t) in targets.into_iter().enumerate() {
-                binding.bind_output(program::output(k), t)?;
-            }
+        Sink::Bound(mut targets) => {
+            let _views = bind_outputs(session, &mut binding, &mut targets)?;
             session.run_binding(&binding)?;
             binding.synchronize_outputs()?;
         }
@@ -206,10 +212,59 @@ fn bind_once(
     for (k, b) in bases.iter().enumerate() {
         binding.bind_input(program::base_input(k), *b)?;
     }
+    // The binding holds the views it is given (and through them nothing else): [`Captured`]
+    // checks the buffers' addresses at every run instead.
+    drop(bind_outputs(session, &mut binding, targets)?);
+    Ok(Captured {
+        binding,
+        strengths,
+        targets: addresses(targets),
+    })
+}
+
+fn addresses(targets: &[&mut DynTensor]) -> Vec<usize> {
+    targets.iter().map(|t| t.data_ptr() as usize).collect()
+}
+
+/// Binds each weight buffer to the program's output of the same index: as it is where the shapes
+/// agree, else as a view of the program's output shape (a Gemm's `[rows, cols]` over a conv's 4-D
+/// weight: same elements, same order). The views are returned: they must outlive the run.
+fn bind_outputs(
+    session: &Session,
+    binding: &mut IoBinding,
+    targets: &mut [&mut DynTensor],
+) -> Result<Vec<DynValue>, ort::Error> {
+    let mut views = Vec::new();
     for (k, t) in targets.iter_mut().enumerate() {
-        binding.bind_output(program::output(k), &mut **t)?;
+        let name = program::output(k);
+        let want = session
+            .outputs()
+            .iter()
+            .find(|o| o.name() == name)
+            .and_then(|o| match o.dtype() {
+                ort::value::ValueType::Tensor { shape, .. } => Some(shape.to_vec()),
+                _ => None,
+            })
+            .ok_or_else(|| ort::Error::new(format!("the program has no tensor output {name}")))?;
+        if want.as_slice() == &t.shape()[..] {
+            binding.bind_output(name, &mut **t)?;
+            continue;
+        }
+        let (n, m): (i64, i64) = (want.iter().product(), t.shape().iter().product());
+        if n != m || want.iter().any(|&d| d < 0) {
+            return Err(ort::Error::new(format!(
+                "{name}: the program writes {want:?} into a weight of {:?}",
+                t.shape()
+            )));
+        }
+        // SAFETY: the view covers the same elements of the same type as `t`'s buffer (checked
+        // above); it is bound for this run or, captured, used only while `Captured::targets`
+        // still names `t`'s address, i.e. while `t` (a resident weight) is alive.
+        let mut view = unsafe { super::resident::view_as(t, want)? };
+        binding.bind_output(name, &mut view)?;
+        views.push(view);
     }
-    Ok(Captured { binding, strengths })
+    Ok(views)
 }
 
 /// The data pointer and byte size of a host tensor.

@@ -23,7 +23,7 @@ use crate::live::{self, LoraMethod};
 use crate::lora::ApplyReport;
 use crate::model::Model;
 use crate::prompt::{self, Fragment, Prompt};
-use crate::runtime::Runtime;
+use crate::runtime::{Device, Runtime};
 use std::path::PathBuf;
 
 mod batched;
@@ -133,8 +133,14 @@ impl Generator {
         runtime: &'static Runtime,
     ) -> Result<Self, PipelineError> {
         crate::runtime::host_mem::trace("opening");
-        super::prediction_test::settle(&mut model, runtime)?;
         let opts = spec.session.clone().resolved();
+        // The prediction test builds a CPU session of the whole UNet (seconds): on a GPU it runs
+        // beside the GPU session builds, which do not depend on it. On the CPU it runs first, so
+        // that two UNet sessions are never built at once in the machine's memory.
+        let beside = model.prediction_pending && opts.device != Device::Cpu;
+        if !beside {
+            super::prediction_test::settle(&mut model, runtime)?;
+        }
         let clip_skip = opts.clip_skip.unwrap_or(1);
         if !(1..=2).contains(&clip_skip) {
             return Err(PipelineError::Job(format!(
@@ -143,9 +149,32 @@ impl Generator {
             )));
         }
         let text = TextConditioner::load(&model, clip_skip, spec.embedding_dirs.clone())?;
-        let scheduler = SchedulerConfig::from_json_str(&model.scheduler_config)?;
         crate::runtime::host_mem::trace("model opened");
-        let mut sessions = Sessions::load(&model, runtime, opts, spec.bound_unet)?;
+        let (sessions, test) = std::thread::scope(|s| {
+            let test = beside.then(|| {
+                s.spawn(|| {
+                    let t = std::time::Instant::now();
+                    super::prediction_test::one_step_mean(&model, runtime)
+                        .map(|mean| (mean, t.elapsed().as_secs_f64()))
+                })
+            });
+            let sessions = Sessions::load(&model, runtime, opts, spec.bound_unet);
+            let test = test.map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(PipelineError::Job(
+                        "the prediction test's thread panicked".into(),
+                    ))
+                })
+            });
+            (sessions, test)
+        });
+        if let Some(test) = test {
+            let (mean, secs) = test?;
+            super::prediction_test::apply(&mut model, mean, secs)?;
+        }
+        let mut sessions = sessions?;
+        // After the prediction test: its result goes into the scheduler's config.
+        let scheduler = SchedulerConfig::from_json_str(&model.scheduler_config)?;
         sessions.set_vae_tiling(spec.vae_tiling);
         crate::patch::return_freed_memory();
         crate::runtime::host_mem::trace("sessions ready");

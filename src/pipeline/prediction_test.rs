@@ -2,8 +2,8 @@
 //! plain UNet graph runs once on the CPU at an 8×8 latent, and the model's prediction is set from
 //! its output ([`crate::model::prediction::from_test_mean`]).
 //!
-//! [`settle`] runs it when the model asks ([`Model::prediction_pending`]); generation and `doctor`
-//! call it after opening.
+//! [`settle`] runs it when the model asks ([`Model::prediction_pending`]); `doctor` calls it after
+//! opening, generation on a GPU runs [`one_step_mean`] beside the session builds and [`apply`]s it.
 
 use super::error::{run_err, PipelineError};
 use crate::model::layout::{ComponentKind, GraphKind};
@@ -27,12 +27,17 @@ pub fn settle(model: &mut Model, rt: &'static Runtime) -> Result<(), PipelineErr
     }
     let t = std::time::Instant::now();
     let mean = one_step_mean(model, rt)?;
+    apply(model, mean, t.elapsed().as_secs_f64())
+}
+
+/// Sets `model`'s prediction from the test's `mean`, which took `secs`.
+pub fn apply(model: &mut Model, mean: f32, secs: f64) -> Result<(), PipelineError> {
     let p = prediction::from_test_mean(mean);
     let why = format!(
         "no metadata says; A1111's one-step UNet test: mean {mean:.3} {} -1, {:.1} s; \
          --prediction epsilon|v overrides",
         if p == Prediction::V { "<" } else { ">=" },
-        t.elapsed().as_secs_f64()
+        secs
     );
     tracing::info!("{}: prediction {p:?} ({why})", model.dir.display());
     model.set_prediction(p, &why)?;

@@ -663,8 +663,16 @@ fn stage_pinned<'g>(
 /// # Safety
 /// `placed` must outlive the returned value.
 unsafe fn borrowed_view(placed: &DynTensor) -> Result<DynValue, ort::Error> {
+    // SAFETY: the caller's promise, passed on.
+    unsafe { view_as(placed, placed.shape().to_vec()) }
+}
+
+/// [`borrowed_view`] with `shape` instead of `placed`'s own.
+///
+/// # Safety
+/// `placed` must outlive the returned value, and `shape` must not hold more elements than it.
+pub(super) unsafe fn view_as(placed: &DynTensor, shape: Vec<i64>) -> Result<DynValue, ort::Error> {
     use ort::value::TensorElementType as T;
-    let shape: Vec<i64> = placed.shape().to_vec();
     let info = placed.memory_info().clone();
     let ptr = placed.data_ptr().cast_mut();
     // SAFETY (all arms): `ptr` is `placed`'s buffer of `shape` elements of this type; the

@@ -82,7 +82,10 @@ pub struct CudaOptions {
     /// cuDNN's fused convolution + bias (ONNX Runtime's `fuse_conv_bias`) in the fused graphs' sessions
     /// (the UNet's and the VAE decoder's): one kernel instead of a convolution and a separate bias
     /// add. Never in the plain graphs', where cuDNN's frontend finds no plan for some convolutions
-    /// (the UNet's `conv_in` with its residual add: HEURISTIC_QUERY_FAILED on an H100).
+    /// (the UNet's `conv_in` with its residual add: HEURISTIC_QUERY_FAILED on an H100). Off by
+    /// default: cuDNN builds a plan for every convolution at the first run of each new shape, which
+    /// made the first SD1.5 step after load 3.4–8.0 s instead of 0.6–0.7 s (H100, 2026-12-07) for
+    /// 0.6 ms less per step after it; a long batch of one size gains, a new size pays again.
     pub fuse_conv_bias: bool,
     /// Set by the session builder (never by config or flags) for the fused graphs' sessions, the
     /// only ones `fuse_conv_bias` applies to.
@@ -97,7 +100,7 @@ impl Default for CudaOptions {
             cuda_graph: false,
             patch_graph: true,
             tf32: true,
-            fuse_conv_bias: true,
+            fuse_conv_bias: false,
             fused_graph: false,
         }
     }
@@ -232,8 +235,8 @@ pub struct CudaArgs {
         default_missing_value = "true"
     )]
     pub tf32: Option<bool>,
-    /// cuDNN's fused convolution + bias in the fused UNet and VAE graphs (the default);
-    /// --cuda-fuse-conv-bias=false turns it off (config: cuda.fuse_conv_bias)
+    /// cuDNN's fused convolution + bias in the fused UNet and VAE graphs: faster steps and decodes,
+    /// seconds more at the first run of each new size (config: cuda.fuse_conv_bias; off by default)
     #[arg(
         long = "cuda-fuse-conv-bias",
         value_name = "BOOL",
