@@ -23,7 +23,7 @@ use crate::live::{self, LoraMethod};
 use crate::lora::ApplyReport;
 use crate::model::Model;
 use crate::prompt::{self, Fragment, Prompt};
-use crate::runtime::{Device, Runtime};
+use crate::runtime::Runtime;
 use std::path::PathBuf;
 
 mod batched;
@@ -134,10 +134,8 @@ impl Generator {
     ) -> Result<Self, PipelineError> {
         crate::runtime::host_mem::trace("opening");
         let opts = spec.session.clone().resolved();
-        // The prediction test builds a CPU session of the whole UNet (seconds): on a GPU it runs
-        // beside the GPU session builds, which do not depend on it. On the CPU it runs first, so
-        // that two UNet sessions are never built at once in the machine's memory.
-        let beside = model.prediction_pending && opts.device != Device::Cpu;
+        let beside = model.prediction_pending
+            && super::prediction_test::beside_sessions(&model, opts.device);
         if !beside {
             super::prediction_test::settle(&mut model, runtime)?;
         }

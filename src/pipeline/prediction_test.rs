@@ -10,7 +10,7 @@ use crate::model::layout::{ComponentKind, GraphKind};
 use crate::model::prediction::{self, Prediction};
 use crate::model::Model;
 use crate::runtime::tensor_io::{run, Input};
-use crate::runtime::{Runtime, SessionOptions};
+use crate::runtime::{Device, Runtime, SessionOptions};
 use std::collections::HashMap;
 
 /// The test's latent side, context tokens, timestep and fill value (A1111's).
@@ -18,6 +18,22 @@ const SIDE: usize = 8;
 const TOKENS: usize = 2;
 const TIMESTEP: f32 = 999.0;
 const FILL: f32 = 0.5;
+
+/// UNet weights up to this many bytes make the test cheap enough to run beside the CPU's session
+/// builds too (the tiny test models; every real SD 2.x UNet is far above it).
+const SMALL_UNET: usize = 256 << 20;
+
+/// Whether the test runs beside the session builds (which do not depend on it) instead of before
+/// them. It builds a CPU session of the whole UNet (seconds for a real one): on a GPU that overlaps
+/// the GPU sessions' builds; on the CPU it runs first for a big UNet, so that two of its sessions
+/// are never built at once in the machine's memory.
+pub fn beside_sessions(model: &Model, device: Device) -> bool {
+    let unet_bytes: usize = model
+        .component(ComponentKind::Unet)
+        .map(|c| c.weightmap.initializers.iter().map(|e| e.length).sum())
+        .unwrap_or(0);
+    device != Device::Cpu || unet_bytes <= SMALL_UNET
+}
 
 /// Settles a pending prediction type with the one-step test; a model that already knows its
 /// prediction is left as it is.

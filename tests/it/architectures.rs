@@ -221,6 +221,48 @@ fn doctor_and_generate_show_the_sd2_variant() {
     assert_ne!(image(&mut v, &j), image(&mut eps, &j));
 }
 
+/// Loading a model runs the one-step test beside the session builds (on a GPU always, on the CPU
+/// for a small UNet such as the tiny one's), and its answer reaches the scheduler: a file whose
+/// test says epsilon (the template's own config says v) gives `--prediction epsilon`'s picture.
+#[test]
+fn the_prediction_test_beside_the_session_builds_reaches_the_scheduler() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raise = |b: &mut [u8]| {
+        for c in b.chunks_exact_mut(2) {
+            let v = half::f16::from_le_bytes([c[0], c[1]]).to_f32() + 3.0;
+            c.copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+        }
+    };
+    let file = rewrite(
+        &arch_file("tiny-sd2.safetensors"),
+        tmp.path(),
+        "eps-weights.safetensors",
+        &[("format", "pt")],
+        Some(("model.diffusion_model.out.2.bias", &raise)),
+    );
+    let opened = Model::open(&file).unwrap();
+    assert!(opened.prediction_pending);
+    assert!(stipple::pipeline::prediction_test::beside_sessions(
+        &opened,
+        stipple::runtime::Device::Cpu
+    ));
+    let with = |prediction| {
+        load(
+            &file,
+            SessionOptions {
+                prediction,
+                ..Default::default()
+            },
+        )
+    };
+    let mut tested = with(None);
+    let (mut eps, mut v) = (with(Some(Prediction::Epsilon)), with(Some(Prediction::V)));
+    let j = job(Sampler::Euler, 4);
+    let picture = image(&mut tested, &j);
+    assert_eq!(picture, image(&mut eps, &j));
+    assert_ne!(picture, image(&mut v, &j));
+}
+
 fn tiny_inpaint() -> PathBuf {
     root().join("tests/fixtures/tiny-sd15-inpaint")
 }
