@@ -298,3 +298,111 @@ impl Need {
         self.factors + self.bases + self.working
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::onnx_proto::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
+    use crate::runtime::{build_session, Runtime, SessionOptions};
+    use prost::Message;
+    use std::sync::Arc;
+
+    /// A program that copies its base `[4, 3]` into its output, declared `[4, 3]` (a stand-in for
+    /// a Gemm site's `[rows, cols]`).
+    fn copy_program(rt: &Runtime) -> Session {
+        let elem = crate::model::onnx_proto::tensor_proto::DataType::Float as i32;
+        let dims = |d: &[i64]| d.iter().map(|&v| Ok(v)).collect::<Vec<_>>();
+        let model = ModelProto {
+            ir_version: Some(8),
+            opset_import: vec![OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(17),
+            }],
+            graph: Some(GraphProto {
+                node: vec![NodeProto {
+                    input: vec![program::base_input(0)],
+                    output: vec![program::output(0)],
+                    op_type: Some("Identity".into()),
+                    ..Default::default()
+                }],
+                name: Some("copy".into()),
+                input: vec![
+                    program::value_info(program::STRENGTHS, elem, &dims(&[1])),
+                    program::value_info(&program::base_input(0), elem, &dims(&[4, 3])),
+                ],
+                output: vec![program::value_info(
+                    &program::output(0),
+                    elem,
+                    &dims(&[4, 3]),
+                )],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let bytes = model.encode_to_vec();
+        let opts = SessionOptions::default();
+        build_session(
+            rt,
+            "copy",
+            &bytes,
+            "none.bin",
+            Arc::from(vec![0u8; 1]),
+            &opts,
+            &[],
+            &[],
+        )
+        .expect("the copy program builds")
+    }
+
+    /// A program output declared `[4, 3]` writes a `[4, 3, 1, 1]` weight buffer through a view of
+    /// its memory, as a Gemm site writes a conv's weight; every element lands in place. A buffer of
+    /// another element count is refused before the run and keeps its values.
+    #[test]
+    fn an_output_of_another_shape_writes_the_weight_through_a_view() {
+        let rt = Runtime::get(None, false).expect("ONNX Runtime (run scripts/setup)");
+        let mut session = copy_program(rt);
+        let values: Vec<f32> = (0..12).map(|i| i as f32 * 0.5 - 2.0).collect();
+        let base = Tensor::from_array((vec![4i64, 3], values.clone()))
+            .unwrap()
+            .into_dyn();
+        let mut weight = DynTensor::new(
+            &Allocator::default(),
+            TensorElementType::Float32,
+            vec![4i64, 3, 1, 1],
+        )
+        .unwrap();
+        run(
+            Some(&mut session),
+            &[1.0],
+            &[&base],
+            Sink::Bound(vec![&mut weight]),
+            None,
+        )
+        .unwrap();
+        let (shape, got) = weight.try_extract_tensor::<f32>().unwrap();
+        assert_eq!(&shape[..], &[4, 3, 1, 1]);
+        assert_eq!(got, values.as_slice());
+
+        let mut wrong = Tensor::<f32>::new(&Allocator::default(), vec![4i64, 4, 1, 1])
+            .unwrap()
+            .upcast();
+        let before = wrong.try_extract_tensor::<f32>().unwrap().1.to_vec();
+        let err = run(
+            Some(&mut session),
+            &[1.0],
+            &[&base],
+            Sink::Bound(vec![&mut wrong]),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("writes [4, 3] into a weight of [4, 4, 1, 1]"),
+            "{err}"
+        );
+        assert_eq!(
+            wrong.try_extract_tensor::<f32>().unwrap().1,
+            before.as_slice()
+        );
+    }
+}
