@@ -9,7 +9,9 @@ use crate::model::ElemType;
 use crate::patch::{program, TermOrigin};
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{IoBinding, Session};
-use ort::value::{DynTensor, DynValue, Tensor, TensorElementType};
+use ort::value::{
+    DynTensor, DynValue, PrimitiveTensorElementType, Tensor, TensorElementType, TensorRefMut,
+};
 use std::collections::HashSet;
 
 /// The patch programs built for one adapter set, not yet run: the weights are split between a
@@ -260,11 +262,57 @@ fn bind_outputs(
         // SAFETY: the view covers the same elements of the same type as `t`'s buffer (checked
         // above); it is bound for this run or, captured, used only while `Captured::targets`
         // still names `t`'s address, i.e. while `t` (a resident weight) is alive.
-        let mut view = unsafe { super::resident::view_as(t, want)? };
+        let mut view = unsafe { view_as(t, want)? };
         binding.bind_output(name, &mut view)?;
         views.push(view);
     }
     Ok(views)
+}
+
+/// A value of `shape` over `placed`'s buffer that does not own it: what ONNX Runtime accepts as a
+/// shared initializer (`resident`'s views) or as a program's output of another shape.
+///
+/// # Safety
+/// `placed` must outlive the returned value, and `shape` must not hold more elements than it.
+pub(super) unsafe fn view_as(placed: &DynTensor, shape: Vec<i64>) -> Result<DynValue, ort::Error> {
+    use ort::value::TensorElementType as T;
+    let info = placed.memory_info().clone();
+    let ptr = placed.data_ptr().cast_mut();
+    // SAFETY (all arms): `ptr` is `placed`'s buffer of `shape` elements of this type; the
+    // caller keeps `placed` alive. The view's value is moved out of its guard (which only ties
+    // it to a lifetime) so that it can be shared with the session.
+    unsafe {
+        match *placed.data_type() {
+            T::Float32 => owned(TensorRefMut::<f32>::from_raw(info, ptr, shape.into())?),
+            T::Float16 => owned(TensorRefMut::<half::f16>::from_raw(
+                info,
+                ptr,
+                shape.into(),
+            )?),
+            T::Bfloat16 => owned(TensorRefMut::<half::bf16>::from_raw(
+                info,
+                ptr,
+                shape.into(),
+            )?),
+            ty => Err(ort::Error::new(format!(
+                "no resident weights of type {ty:?}"
+            ))),
+        }
+    }
+}
+
+/// The value inside a view, without the view's lifetime.
+///
+/// # Safety
+/// The data the view points at must outlive the value.
+unsafe fn owned<T: PrimitiveTensorElementType + std::fmt::Debug>(
+    view: TensorRefMut<'_, T>,
+) -> Result<DynValue, ort::Error> {
+    let view = std::mem::ManuallyDrop::new(view);
+    // SAFETY: the guard is never dropped, so the value read out of it is the only owner of its
+    // handle.
+    let value: Tensor<T> = unsafe { std::ptr::read(&**view) };
+    Ok(value.into_dyn())
 }
 
 /// The data pointer and byte size of a host tensor.

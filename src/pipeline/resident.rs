@@ -664,50 +664,5 @@ fn stage_pinned<'g>(
 /// `placed` must outlive the returned value.
 unsafe fn borrowed_view(placed: &DynTensor) -> Result<DynValue, ort::Error> {
     // SAFETY: the caller's promise, passed on.
-    unsafe { view_as(placed, placed.shape().to_vec()) }
-}
-
-/// [`borrowed_view`] with `shape` instead of `placed`'s own.
-///
-/// # Safety
-/// `placed` must outlive the returned value, and `shape` must not hold more elements than it.
-pub(super) unsafe fn view_as(placed: &DynTensor, shape: Vec<i64>) -> Result<DynValue, ort::Error> {
-    use ort::value::TensorElementType as T;
-    let info = placed.memory_info().clone();
-    let ptr = placed.data_ptr().cast_mut();
-    // SAFETY (all arms): `ptr` is `placed`'s buffer of `shape` elements of this type; the
-    // caller keeps `placed` alive. The view's value is moved out of its guard (which only ties
-    // it to a lifetime) so that it can be shared with the session.
-    unsafe {
-        match *placed.data_type() {
-            T::Float32 => owned(TensorRefMut::<f32>::from_raw(info, ptr, shape.into())?),
-            T::Float16 => owned(TensorRefMut::<half::f16>::from_raw(
-                info,
-                ptr,
-                shape.into(),
-            )?),
-            T::Bfloat16 => owned(TensorRefMut::<half::bf16>::from_raw(
-                info,
-                ptr,
-                shape.into(),
-            )?),
-            ty => Err(ort::Error::new(format!(
-                "no resident weights of type {ty:?}"
-            ))),
-        }
-    }
-}
-
-/// The value inside a view, without the view's lifetime.
-///
-/// # Safety
-/// The data the view points at must outlive the value.
-unsafe fn owned<T: PrimitiveTensorElementType + std::fmt::Debug>(
-    view: TensorRefMut<'_, T>,
-) -> Result<DynValue, ort::Error> {
-    let view = std::mem::ManuallyDrop::new(view);
-    // SAFETY: the guard is never dropped, so the value read out of it is the only owner of its
-    // handle.
-    let value: Tensor<T> = unsafe { std::ptr::read(&**view) };
-    Ok(value.into_dyn())
+    unsafe { super::device_run::view_as(placed, placed.shape().to_vec()) }
 }
