@@ -10,7 +10,9 @@ its GPU kernels summed by kind (torch.profiler sees every kernel of the process,
 Graphs: `cuda` (the fused UNet as shipped; for a VAE or text encoder its fp16 graph), `fused` (the
 VAE decoder's fused graph), `cuda-shapes` and `cuda-layout` (the UNet after
 scripts/shape_transposes.py's `drop` or `sink`: their output is compared with `cuda`'s, which must be
-equal), `plain` (the plain export). `--static` builds each session for the shapes it runs (ONNX
+equal), `cuda-bias` and `fused-bias` (the fused UNet or VAE decoder with scripts/conv_bias_fold.py's
+conv biases moved into SkipGroupNorms: compared with `cuda`'s or `fused`'s output, equal within fp16
+rounding), `plain` (the plain export). `--static` builds each session for the shapes it runs (ONNX
 Runtime's free-dimension overrides, as stipple's static shapes; its text encoders always are).
 Random weights give true speed figures (the kernels do not depend on the values); they are written
 once per template to /tmp/unet-profile/.
@@ -54,6 +56,7 @@ if DEV == "cuda":
 import onnxruntime as ort  # noqa: E402
 from ort_timing import timed  # noqa: E402
 
+import conv_bias_fold  # noqa: E402
 import shape_transposes  # noqa: E402
 
 NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16}
@@ -61,7 +64,7 @@ NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16}
 
 def graph_file(template, component, name, work):
     """Writes the graph `name` with random weights (weights.bin) into work/; returns its path."""
-    if name == "fused":
+    if name.startswith("fused"):
         base = "model.fused.onnx.gz"
     else:
         base = "model.cuda.onnx.gz" if name.startswith("cuda") else "model.onnx.gz"
@@ -71,6 +74,8 @@ def graph_file(template, component, name, work):
     os.makedirs(d, exist_ok=True)
     if name == "cuda-shapes":
         print(f"{name}: {shape_transposes.drop(m)} Transposes read only by Shape dropped")
+    if name.endswith("-bias"):
+        print(f"{name}: {conv_bias_fold.fold(m)} conv biases moved into SkipGroupNorms")
     if name == "cuda-layout":
         print(f"{name}: {shape_transposes.sink(m)} Transposes removed (shape-only ones and those moved "
               f"through Add and Concat)")
@@ -267,6 +272,13 @@ def main():
             d = np.abs(outputs["cuda"] - outputs[other])
             print(f"{other} vs cuda output: max abs difference {d.max():.3g} "
                   f"(mean {d.mean():.3g}; the same kernels on the same values: must be 0)")
+    for shipped in ("cuda", "fused"):
+        other = f"{shipped}-bias"
+        if shipped in outputs and other in outputs:
+            d = np.abs(outputs[shipped] - outputs[other])
+            scale = np.abs(outputs[shipped]).max()
+            print(f"{other} vs {shipped} output: max abs difference {d.max():.3g} (mean {d.mean():.3g}, "
+                  f"output magnitude up to {scale:.3g}; fp16 rounding, not 0)")
 
 
 if __name__ == "__main__":
