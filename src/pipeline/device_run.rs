@@ -1,6 +1,7 @@
 //! Running a patch program: [`DeviceStaged`] (the programs built for one adapter set, one a strength
 //! change re-runs and one run at the commit only, with what they need on the device) and [`run`],
-//! which binds its inputs and writes its outputs into the resident weight buffers ([`Sink`]); on
+//! which binds its inputs and writes its outputs into the resident weight buffers ([`Sink`]; a
+//! conv weight through a 2-D view, [`view_as`], which also makes `resident`'s shared weights); on
 //! CUDA the program replays as a CUDA graph ([`Captured`]). Built by
 //! [`super::device_patch`], run by [`super::resident::Net`].
 
