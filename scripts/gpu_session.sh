@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call's worth of GPU work: a random full-size fp16 model written as a single-file
 # checkpoint, a random rank-32 LoRA, the GPU check on it, then the benchmarks (default flags, the
-# device patch, the fp16 text encoders, images/s with shared UNet calls). Summaries go to $OUT
+# device patch, the fp32 text encoders against the default fp16 ones, images/s with shared UNet calls). Summaries go to $OUT
 # (at most 8 files come back from the device tool); the GPU check's pictures stay in /tmp/gpu-check.
 #
 #   FAMILY=sd15|sdxl BIN=.gpubin/stipple scripts/gpu_session.sh
@@ -49,12 +49,12 @@ fi
 PARTS=${PARTS:-check,bench}
 if [ "$PARTS" = quick ]; then
   # A short lease (about 6 minutes after the ONNX Runtime parts): the GPU check of the default and
-  # captured paths and the fp16 text encoders, the step and load figures, the post-swap case, and
+  # captured paths and the fp32 text encoders against the default's fp16 ones, the step and load figures, the post-swap case, and
   # where the fused UNet's GPU time goes (scripts/unet_profile.py, the shipped graph against
   # shape_transposes.py's layout).
   MODES="default|
 cudagraph|--cuda-graph --static-shapes
-te-fused|--te-precision fp16" OUT=/tmp/gpu-check MODEL=$ckpt LORA_FROM=$folder BIN=$BIN \
+te-fp32|--te-precision fp32" OUT=/tmp/gpu-check MODEL=$ckpt LORA_FROM=$folder BIN=$BIN \
     scripts/gpu_check.sh > "$OUT/gpu_check.txt" 2>&1
   echo "gpu_check exit $? after $(( $(date +%s) - t )) s" | tee -a "$OUT/session.txt"
   "$BIN" bench --device cuda:0 --model "$ckpt" --repeats 3 > "$OUT/bench-default.txt" 2>&1
@@ -83,7 +83,7 @@ if [ "$FAMILY" = sd15 ]; then
   bench host --lora "$lora" --patch-on host --live --repeats 2
   bench device-uncaptured --lora "$lora" --patch-on device --live --cuda-patch-graph=false --repeats 2
   STIPPLE_PATCH_F16=1 bench device-f16 --lora "$lora" --live --repeats 2
-  bench te-fused --te-precision fp16 --vae-graph plain --repeats 3
+  bench te-fp32 --te-precision fp32 --vae-graph plain --repeats 3
   bench throughput --throughput 16 --steps 20 --unet-batch 8 --repeats 1
   # The post-swap slowdown (README, Performance): an adapter with no text-encoder layers swapped in
   # by the device patch, one repeat, with a sampling profile of each phase's UNet steps on stderr.
