@@ -240,10 +240,11 @@ fn bind_outputs(
     let mut views = Vec::new();
     for (k, t) in targets.iter_mut().enumerate() {
         let name = program::output(k);
+        // The program declares its outputs in index order.
         let want = session
             .outputs()
-            .iter()
-            .find(|o| o.name() == name)
+            .get(k)
+            .filter(|o| o.name() == name)
             .and_then(|o| match o.dtype() {
                 ort::value::ValueType::Tensor { shape, .. } => Some(shape.to_vec()),
                 _ => None,

@@ -604,13 +604,8 @@ impl Sessions {
         deltas: &ComponentDeltas,
         stats: &mut FuseStats,
     ) -> Result<Vec<Net>, PipelineError> {
-        model
-            .index
-            .family
-            .facts()
-            .encoders
-            .iter()
-            .map(|enc| self.build_one(model, opts, enc.component, deltas, &TE_DIMS, stats))
+        text_encoders(model)
+            .map(|kind| self.build_one(model, opts, kind, deltas, &TE_DIMS, stats))
             .collect()
     }
 
@@ -806,13 +801,7 @@ impl Sessions {
     /// The graph each text encoder runs now (those [`te_graph`] cannot resolve left out).
     fn te_graphs<'m>(&self, model: &'m Model) -> impl Iterator<Item = GraphKind> + 'm {
         let opts = self.build_opts();
-        model
-            .index
-            .family
-            .facts()
-            .encoders
-            .iter()
-            .filter_map(move |e| te_graph(model, &opts, e.component).ok())
+        text_encoders(model).filter_map(move |kind| te_graph(model, &opts, kind).ok())
     }
 
     /// Runs `f` on the text-encoder sessions. When an fp16 text encoder gave non-finite output
@@ -1215,6 +1204,17 @@ fn precision_graph(
         .map_err(PipelineError::Job)
 }
 
+/// The components of `model`'s text encoders, in the order their hidden states are concatenated.
+fn text_encoders(model: &Model) -> impl Iterator<Item = ComponentKind> {
+    model
+        .index
+        .family
+        .facts()
+        .encoders
+        .iter()
+        .map(|e| e.component)
+}
+
 /// Whether `--te-precision auto` picks the fp16 text encoders: on CUDA, with the encoder's fused
 /// graph, for every family (the GPU check passed with a gain for each: README, `--te-precision`).
 /// DirectML and the CPU keep fp32: neither has been checked with them, and the CPU gains nothing.
@@ -1306,13 +1306,7 @@ fn build_sessions(
             let slot = build_vae(model, rt, opts, &[])?;
             return Ok((Net::baked(slot.session), slot.fallback));
         }
-        let is_text = model
-            .index
-            .family
-            .facts()
-            .encoders
-            .iter()
-            .any(|e| e.component == kind);
+        let is_text = text_encoders(model).any(|k| k == kind);
         let dims: &[(&str, i64)] = if is_text { &TE_DIMS } else { &[] };
         build_component(
             model,
@@ -1325,14 +1319,7 @@ fn build_sessions(
         )
         .map(|n| (n, None))
     };
-    let mut kinds: Vec<ComponentKind> = model
-        .index
-        .family
-        .facts()
-        .encoders
-        .iter()
-        .map(|e| e.component)
-        .collect();
+    let mut kinds: Vec<ComponentKind> = text_encoders(model).collect();
     kinds.extend([ComponentKind::Unet, ComponentKind::VaeDecoder]);
     type Built = ((Net, Option<Fallback>), f64);
     let built: Vec<Result<Built, PipelineError>> = std::thread::scope(|s| {
