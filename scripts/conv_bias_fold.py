@@ -18,6 +18,7 @@ fused,fused-bias` times it and compares its output with the shipped graph's (fp1
 the bias is added in fp32 inside the norm instead of rounded into the conv's fp16 output).
 
     python scripts/conv_bias_fold.py templates/sd15-fp16      # counts what it would fold (CPU)
+    python scripts/conv_bias_fold.py templates/sd15-fp16 --write   # folds the template's graphs
 """
 import argparse
 import gzip
@@ -81,6 +82,7 @@ def check(model, before, moved):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("template")
+    ap.add_argument("--write", action="store_true", help="write the folded graphs back into the template")
     a = ap.parse_args()
     for comp, name in (("unet", "model.cuda.onnx.gz"), ("vae_decoder", "model.fused.onnx.gz")):
         path = os.path.join(a.template, comp, name)
@@ -91,7 +93,12 @@ def main():
         before = len(norm_biases(m))
         moved = fold(m)
         check(m, before, moved)
-        print(f"{comp}: {moved} of {convs} conv biases would move into a SkipGroupNorm")
+        if a.write:
+            with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as f:
+                f.write(m.SerializeToString())
+            print(f"{comp}: {moved} of {convs} conv biases moved into a SkipGroupNorm ({path})")
+        else:
+            print(f"{comp}: {moved} of {convs} conv biases would move into a SkipGroupNorm")
 
 
 if __name__ == "__main__":

@@ -184,6 +184,19 @@ pub fn execute(
                     "stipple batch: {} loaded on {device} in {seconds:.2} s",
                     model.display()
                 )),
+                // With one device its jobs fail at once, with the same message.
+                Report::Refused { message, .. } if opts.devices.len() > 1 => reporter.note(
+                    &format!("stipple batch: {message}; its jobs wait for another device"),
+                ),
+                Report::Refused { .. } => {}
+                Report::Requeued { key, device, why } => {
+                    // It runs again whole elsewhere; the images it saved are written again.
+                    progress.remove(&key);
+                    let (origin, _) = &planned[key];
+                    reporter.note(&format!(
+                        "stipple batch: {origin} failed on {device} ({why}); it runs again on another device"
+                    ));
+                }
                 Report::Step {
                     key,
                     device,

@@ -14,8 +14,8 @@ use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Loads a model onto a device, giving something that runs jobs.
@@ -68,61 +68,276 @@ pub enum Report {
         /// From submission to the end, model loading not included.
         seconds: f64,
     },
+    /// `device` could not load `model`; its jobs wait for another device (or fail when none can
+    /// load it).
+    Refused {
+        device: Device,
+        model: PathBuf,
+        message: String,
+    },
+    /// Task `key` failed on `device` (or its engine stopped): it runs again, whole, on another
+    /// device (its images so far are to be dropped); a second failure ends it.
+    Requeued {
+        key: usize,
+        device: Device,
+        why: String,
+    },
 }
 
-/// A queued task with what decides whom it may share UNet calls with.
-type Queued = (Task, Option<ShareKey>);
+/// A queued task, with what decides whom it may share UNet calls with, and the workers it failed
+/// on (with what the first said).
+struct Queued {
+    task: Task,
+    share: Option<ShareKey>,
+    failed_on: Vec<usize>,
+    first_error: Option<String>,
+}
 
-/// Jobs grouped by model, models in order of first appearance.
+impl Queued {
+    fn new(task: Task) -> Queued {
+        let share = ShareKey::of(&task.job);
+        Queued {
+            task,
+            share,
+            failed_on: Vec::new(),
+            first_error: None,
+        }
+    }
+}
+
+/// What becomes of a task that failed on a worker.
+enum AfterFailure {
+    /// Back in the queue for another device, with why it failed.
+    Again(usize, String),
+    /// Failed for good, with why.
+    Failed(usize, String),
+}
+
+/// What a worker does next.
+enum Next {
+    Run(Vec<Queued>),
+    /// Tasks no worker still running can load the model of, with why.
+    Fail(Vec<(Task, String)>),
+    Done,
+}
+
+/// Jobs grouped by model (models in order of first appearance), the models each worker could not
+/// load, and how many workers hold a group: only those can put tasks back.
+#[derive(Default)]
+struct State {
+    by_model: Vec<(PathBuf, VecDeque<Queued>)>,
+    refused: HashMap<PathBuf, Vec<(usize, String)>>,
+    alive: Vec<usize>,
+    busy: usize,
+}
+
+impl State {
+    fn refused_by(&self, model: &Path, worker: usize) -> bool {
+        self.refused
+            .get(model)
+            .is_some_and(|r| r.iter().any(|(w, _)| *w == worker))
+    }
+
+    /// The queued tasks that no worker still running may take: each has failed on it, or could
+    /// not load the task's model; with why (what the loads said, else the task's first failure).
+    fn take_hopeless(&mut self) -> Vec<(Task, String)> {
+        let mut out = Vec::new();
+        for (model, tasks) in &mut self.by_model {
+            let refusals = self.refused.get(model.as_path());
+            let refused = |w: &usize| refusals.is_some_and(|r| r.iter().any(|(x, _)| x == w));
+            let stuck = |q: &Queued| {
+                self.alive
+                    .iter()
+                    .all(|w| refused(w) || q.failed_on.contains(w))
+            };
+            if !tasks.iter().any(stuck) {
+                continue;
+            }
+            let mut said: Vec<&str> = Vec::new();
+            for (_, m) in refusals.into_iter().flatten() {
+                if !said.contains(&m.as_str()) {
+                    said.push(m);
+                }
+            }
+            let loads = said.join("; ");
+            let (gone, kept): (VecDeque<Queued>, VecDeque<Queued>) =
+                tasks.drain(..).partition(|q| stuck(q));
+            *tasks = kept;
+            out.extend(gone.into_iter().map(|q| {
+                let why = q.first_error.unwrap_or_else(|| loads.clone());
+                (q.task, why)
+            }));
+        }
+        out
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_model.iter().all(|(_, t)| t.is_empty())
+    }
+
+    /// Puts tasks back at the front of their model's queue, in their order.
+    fn put_back(&mut self, mut tasks: Vec<Queued>) {
+        tasks.sort_by_key(|q| q.task.key);
+        for q in tasks.into_iter().rev() {
+            match self.by_model.iter_mut().find(|(m, _)| *m == q.task.model) {
+                Some((_, t)) => t.push_front(q),
+                None => self
+                    .by_model
+                    .insert(0, (q.task.model.clone(), VecDeque::from([q]))),
+            }
+        }
+    }
+}
+
+/// The tasks of every worker, and a signal for workers waiting for tasks to come back.
 struct Queue {
-    by_model: Mutex<Vec<(PathBuf, VecDeque<Queued>)>>,
+    state: Mutex<State>,
+    changed: Condvar,
 }
 
 impl Queue {
     fn new(tasks: Vec<Task>) -> Queue {
-        let mut by_model: Vec<(PathBuf, VecDeque<Queued>)> = Vec::new();
+        let mut state = State::default();
         for t in tasks {
-            let key = ShareKey::of(&t.job);
-            match by_model.iter_mut().find(|(m, _)| *m == t.model) {
-                Some((_, q)) => q.push_back((t, key)),
-                None => by_model.push((t.model.clone(), VecDeque::from([(t, key)]))),
+            let q = Queued::new(t);
+            match state.by_model.iter_mut().find(|(m, _)| *m == q.task.model) {
+                Some((_, t)) => t.push_back(q),
+                None => state
+                    .by_model
+                    .push((q.task.model.clone(), VecDeque::from([q]))),
             }
         }
         Queue {
-            by_model: Mutex::new(by_model),
+            state: Mutex::new(state),
+            changed: Condvar::new(),
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The next job for `loaded` if any is left (no session rebuild), else the next job of any
-    /// model; with it, the later jobs of that model that can share its UNet calls, up to `limit`
-    /// images in all (see [`group::pick`]). Empty when the queue is.
-    fn take(&self, loaded: Option<&Path>, limit: usize) -> Vec<Task> {
-        let mut q = self.by_model.lock().unwrap_or_else(|p| p.into_inner());
+    /// model `worker` has not failed to load; with it, the later jobs of that model that can share
+    /// its UNet calls, up to `limit` images in all (see [`group::pick`]). Empty when there is none.
+    #[cfg(test)]
+    fn take(&self, worker: usize, loaded: Option<&Path>, limit: usize) -> Vec<Queued> {
+        let mut s = self.lock();
+        Self::take_locked(&mut s, worker, loaded, limit)
+    }
+
+    fn take_locked(
+        s: &mut State,
+        worker: usize,
+        loaded: Option<&Path>,
+        limit: usize,
+    ) -> Vec<Queued> {
+        let open = |s: &State, k: &Path, t: &VecDeque<Queued>| {
+            !s.refused_by(k, worker) && t.iter().any(|q| !q.failed_on.contains(&worker))
+        };
         let at = loaded
-            .and_then(|m| q.iter().position(|(k, t)| k == m && !t.is_empty()))
-            .or_else(|| q.iter().position(|(_, t)| !t.is_empty()));
+            .and_then(|m| s.by_model.iter().position(|(k, t)| k == m && open(s, k, t)))
+            .or_else(|| s.by_model.iter().position(|(k, t)| open(s, k, t)));
         let Some(at) = at else {
             return Vec::new();
         };
-        let tasks = &mut q[at].1;
-        let candidates: Vec<(Option<&ShareKey>, u32)> = tasks
+        let tasks = &mut s.by_model[at].1;
+        // A task goes to a worker it has not failed on.
+        let allowed: Vec<usize> = (0..tasks.len())
+            .filter(|&i| !tasks[i].failed_on.contains(&worker))
+            .collect();
+        let candidates: Vec<(Option<&ShareKey>, u32)> = allowed
             .iter()
-            .map(|(t, k)| (k.as_ref(), t.job.batch))
+            .map(|&i| (tasks[i].share.as_ref(), tasks[i].task.job.batch))
             .collect();
         let picked = group::pick(&candidates, limit);
         // Highest position first, so the lower ones stay where they are.
-        let mut out: Vec<Task> = picked
+        let mut out: Vec<Queued> = picked
             .iter()
             .rev()
-            .filter_map(|&i| tasks.remove(i).map(|(t, _)| t))
+            .filter_map(|&i| tasks.remove(allowed[i]))
             .collect();
         out.reverse();
         out
     }
+
+    /// What `worker` does next: a group to run, tasks to fail, or nothing (the queue is empty
+    /// and no worker can put tasks back, or `stop` is set). Waits while the only tasks left are
+    /// ones it cannot load and another worker may yet run or put back.
+    fn next(&self, worker: usize, loaded: Option<&Path>, limit: usize, stop: &AtomicBool) -> Next {
+        let mut s = self.lock();
+        loop {
+            if stop.load(Ordering::Acquire) {
+                return Next::Done;
+            }
+            let hopeless = s.take_hopeless();
+            if !hopeless.is_empty() {
+                return Next::Fail(hopeless);
+            }
+            let group = Self::take_locked(&mut s, worker, loaded, limit);
+            if !group.is_empty() {
+                s.busy += 1;
+                return Next::Run(group);
+            }
+            if s.busy == 0 && s.is_empty() {
+                return Next::Done;
+            }
+            // Polled as well, so that `stop` is seen without a notification.
+            s = match self.changed.wait_timeout(s, Duration::from_millis(50)) {
+                Ok((s, _)) => s,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    /// `worker` is done with a group: `back` goes to the front of the queue for the others, and
+    /// `refused` (a model and why) records a model it could not load.
+    fn give_back(&self, worker: usize, back: Vec<Queued>, refused: Option<(PathBuf, String)>) {
+        let mut s = self.lock();
+        s.busy = s.busy.saturating_sub(1);
+        if let Some((model, why)) = refused {
+            s.refused.entry(model).or_default().push((worker, why));
+        }
+        s.put_back(back);
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    /// `q` failed on `worker`, saying `why`: it is to run again on a device it has not failed on
+    /// the first time it fails while such a device is running; else it fails for good.
+    fn after_failure(&self, worker: usize, q: &mut Queued, why: String) -> AfterFailure {
+        let s = self.lock();
+        q.failed_on.push(worker);
+        let elsewhere = s
+            .alive
+            .iter()
+            .any(|w| !q.failed_on.contains(w) && !s.refused_by(&q.task.model, *w));
+        if q.first_error.is_none() && elsewhere {
+            q.first_error = Some(why.clone());
+            return AfterFailure::Again(q.task.key, why);
+        }
+        let why = match &q.first_error {
+            Some(first) if *first != why => format!("{why} (before that: {first})"),
+            _ => why,
+        };
+        AfterFailure::Failed(q.task.key, why)
+    }
+
+    fn join(&self, worker: usize) {
+        self.lock().alive.push(worker);
+    }
+
+    /// `worker` takes no more tasks: models only it could load may now be hopeless.
+    fn leave(&self, worker: usize) {
+        self.lock().alive.retain(|&w| w != worker);
+        self.changed.notify_all();
+    }
 }
 
 /// Starts one worker per device over `tasks`, each running up to `unet_batch` images of
-/// compatible jobs together. Setting `stop` ends the workers after the current step of their
+/// compatible jobs together. A model one device cannot load, and the unfinished jobs of an engine
+/// that stopped, go to the other devices (a job whose engine stops twice fails); a model no device
+/// can load fails its jobs. Setting `stop` ends the workers after the current step of their
 /// running jobs; jobs not started are left out of the reports.
 pub fn run<L: Loader>(
     loader: Arc<L>,
@@ -133,14 +348,27 @@ pub fn run<L: Loader>(
 ) -> Receiver<Report> {
     let (tx, rx) = channel();
     let queue = Arc::new(Queue::new(tasks));
+    // Every worker counts before any starts, so none decides a model is hopeless too early.
+    for i in 0..devices.len() {
+        queue.join(i);
+    }
     for (i, &device) in devices.iter().enumerate() {
-        let (loader, queue, stop, tx) = (loader.clone(), queue.clone(), stop.clone(), tx.clone());
+        let (loader, mine, stop, tx) = (loader.clone(), queue.clone(), stop.clone(), tx.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("stipple-batch-{i}"))
-            .spawn(move || worker(&*loader, device, &queue, unet_batch, &stop, &tx));
+            .spawn(move || {
+                let me = Worker {
+                    index: i,
+                    device,
+                    queue: &mine,
+                    tx: &tx,
+                };
+                me.run(&*loader, unet_batch, &stop);
+            });
         if let Err(e) = spawned {
-            // Other workers (if any) still drain the queue; with none, the caller sees no reports.
+            // The other workers (if any) still drain the queue.
             tracing::error!("cannot start a worker for {device}: {e}");
+            queue.leave(i);
         }
     }
     rx
@@ -152,130 +380,220 @@ struct Warm {
     events: UnboundedReceiver<Event>,
 }
 
-fn worker<L: Loader>(
-    loader: &L,
+/// One device's worker: takes groups from the queue and runs them on its warm engine.
+struct Worker<'a> {
+    index: usize,
     device: Device,
-    queue: &Queue,
-    unet_batch: usize,
-    stop: &AtomicBool,
-    tx: &Sender<Report>,
-) {
-    let mut warm: Option<Warm> = None;
-    // A model that failed to load fails its other jobs at once instead of loading again each time.
-    let mut broken: HashMap<PathBuf, String> = HashMap::new();
-    let send = |r: Report| {
-        let _ = tx.send(r);
-    };
-    while !stop.load(Ordering::Acquire) {
-        let group = queue.take(warm.as_ref().map(|w| w.model.as_path()), unet_batch);
-        let Some(model) = group.first().map(|t| t.model.clone()) else {
-            break;
-        };
-        let ended = |key, ending, seconds| Report::Ended {
+    queue: &'a Queue,
+    tx: &'a Sender<Report>,
+}
+
+impl Drop for Worker<'_> {
+    fn drop(&mut self) {
+        self.queue.leave(self.index);
+    }
+}
+
+impl Worker<'_> {
+    fn send(&self, r: Report) {
+        let _ = self.tx.send(r);
+    }
+
+    fn ended(&self, key: usize, ending: Ending, seconds: f64) -> Report {
+        Report::Ended {
             key,
-            device,
+            device: self.device,
             ending,
             seconds,
-        };
-        if warm.as_ref().map(|w| &w.model) != Some(&model) {
-            if let Some(w) = warm.take() {
-                w.handle.shutdown_and_wait();
-            }
-            let loaded = match broken.get(&model) {
-                Some(msg) => Err(msg.clone()),
-                None => load(loader, &model, device, &send).inspect_err(|msg| {
-                    broken.insert(model.clone(), msg.clone());
-                }),
-            };
-            match loaded {
-                Ok(w) => warm = Some(w),
-                Err(msg) => {
-                    for t in &group {
-                        send(ended(t.key, Ending::Failed(msg.clone()), 0.0));
+        }
+    }
+
+    fn run<L: Loader>(&self, loader: &L, unet_batch: usize, stop: &AtomicBool) {
+        let mut warm: Option<Warm> = None;
+        loop {
+            let loaded = warm.as_ref().map(|w| w.model.clone());
+            let group = match self
+                .queue
+                .next(self.index, loaded.as_deref(), unet_batch, stop)
+            {
+                Next::Done => break,
+                Next::Fail(tasks) => {
+                    for (t, why) in tasks {
+                        self.send(self.ended(t.key, Ending::Failed(why), 0.0));
                     }
                     continue;
                 }
+                Next::Run(group) => group,
+            };
+            let Some(model) = group.first().map(|q| q.task.model.clone()) else {
+                self.queue.give_back(self.index, Vec::new(), None);
+                continue;
+            };
+            if warm.as_ref().map(|w| &w.model) != Some(&model) {
+                if let Some(w) = warm.take() {
+                    w.handle.shutdown_and_wait();
+                }
+                match load(loader, &model, self.device, &|r| self.send(r)) {
+                    Ok(w) => warm = Some(w),
+                    Err(msg) => {
+                        // Another device may load it: its jobs go back to the queue.
+                        self.send(Report::Refused {
+                            device: self.device,
+                            model: model.clone(),
+                            message: msg.clone(),
+                        });
+                        let refused = Some((model, msg));
+                        self.queue.give_back(self.index, group, refused);
+                        continue;
+                    }
+                }
             }
+            let Some(w) = warm.as_mut() else {
+                self.queue.give_back(self.index, group, None);
+                break;
+            };
+            let (again, lost) = self.run_group(w, group, stop);
+            if lost {
+                warm = None;
+            }
+            self.queue.give_back(self.index, again, None);
         }
-        let Some(w) = warm.as_mut() else { break };
+        // Waits for the engine thread, so its CUDA sessions are freed before the process exits
+        // (freed during exit, after the driver shut down, `stipple batch` ended with SIGSEGV on
+        // the GPU).
+        if let Some(w) = warm {
+            w.handle.shutdown_and_wait();
+        }
+    }
+
+    /// Runs `group` on `w`, reporting as it goes; returns the jobs that failed and are to run
+    /// again on another device ([`Queue::after_failure`]; when the engine stopped, every one left
+    /// unfinished failed) and whether it stopped.
+    fn run_group(
+        &self,
+        w: &mut Warm,
+        mut group: Vec<Queued>,
+        stop: &AtomicBool,
+    ) -> (Vec<Queued>, bool) {
         let t0 = Instant::now();
         let ids = w
             .handle
-            .submit_group(group.iter().map(|t| t.job.clone()).collect());
+            .submit_group(group.iter().map(|q| q.task.job.clone()).collect());
         let place = |id: JobId| ids.iter().position(|&i| i == id);
         let mut open = vec![true; ids.len()];
+        let mut again = vec![false; ids.len()];
         let mut lost = false;
         while open.contains(&true) {
-            let Some(event) = w.events.blocking_recv() else {
-                // Every job of the group not ended yet ends here.
-                for (t, _) in group.iter().zip(&open).filter(|(_, &o)| o) {
-                    send(ended(
-                        t.key,
-                        Ending::Failed("the engine stopped".into()),
-                        t0.elapsed().as_secs_f64(),
-                    ));
+            let (p, report) = match w.events.blocking_recv() {
+                None => {
+                    lost = true;
+                    let why = format!("the engine on {} stopped", self.device);
+                    for p in 0..open.len() {
+                        if !std::mem::replace(&mut open[p], false) {
+                            continue;
+                        }
+                        let r = self.failed(&mut group[p], why.clone(), t0, &mut again[p]);
+                        self.send(r);
+                    }
+                    break;
                 }
-                lost = true;
-                break;
+                Some(event) => {
+                    if stop.load(Ordering::Acquire) {
+                        // The runner checks before each step, so the step under way finishes
+                        // first.
+                        w.handle.interrupt();
+                    }
+                    let Some((id, report)) = self.report(event, t0) else {
+                        continue;
+                    };
+                    let Some(p) = place(id) else { continue };
+                    (p, report)
+                }
             };
-            if stop.load(Ordering::Acquire) {
-                // The runner checks before each step, so the step under way finishes first.
-                w.handle.interrupt();
-            }
-            let (id, report) = match event {
-                Event::Step(p) => (
-                    p.id,
-                    Some(Report::Step {
-                        key: 0,
-                        device,
-                        image: p.image,
-                        step: p.step,
-                        steps: p.steps,
-                    }),
-                ),
-                Event::Image {
-                    id,
+            let key = group[p].task.key;
+            let report = match report {
+                Report::Ended {
+                    ending: Ending::Failed(why),
+                    ..
+                } => {
+                    open[p] = false;
+                    self.failed(&mut group[p], why, t0, &mut again[p])
+                }
+                mut r => {
+                    match &mut r {
+                        Report::Step { key: k, .. } | Report::Image { key: k, .. } => *k = key,
+                        Report::Ended { key: k, .. } => {
+                            *k = key;
+                            open[p] = false;
+                        }
+                        _ => {}
+                    }
+                    r
+                }
+            };
+            self.send(report);
+        }
+        let back = group
+            .into_iter()
+            .zip(again)
+            .filter_map(|(q, a)| a.then_some(q))
+            .collect();
+        (back, lost)
+    }
+
+    /// An engine event as a report (its key still to be set), with the job it is about.
+    fn report(&self, event: Event, t0: Instant) -> Option<(JobId, Report)> {
+        let device = self.device;
+        let seconds = t0.elapsed().as_secs_f64();
+        Some(match event {
+            Event::Step(p) => (
+                p.id,
+                Report::Step {
+                    key: 0,
+                    device,
+                    image: p.image,
+                    step: p.step,
+                    steps: p.steps,
+                },
+            ),
+            Event::Image {
+                id,
+                index,
+                seed,
+                image,
+                infotext,
+            } => (
+                id,
+                Report::Image {
+                    key: 0,
                     index,
                     seed,
                     image,
                     infotext,
-                } => (
-                    id,
-                    Some(Report::Image {
-                        key: 0,
-                        index,
-                        seed,
-                        image,
-                        infotext,
-                    }),
-                ),
-                Event::Finished { id } => (id, Some(ended(0, Ending::Done, 0.0))),
-                Event::Failed { id, message } => (id, Some(ended(0, Ending::Failed(message), 0.0))),
-                Event::Cancelled { id } => (id, Some(ended(0, Ending::Cancelled, 0.0))),
-                _ => (0, None),
-            };
-            let (Some(p), Some(mut report)) = (place(id), report) else {
-                continue;
-            };
-            match &mut report {
-                Report::Step { key, .. } | Report::Image { key, .. } => *key = group[p].key,
-                Report::Ended { key, seconds, .. } => {
-                    *key = group[p].key;
-                    *seconds = t0.elapsed().as_secs_f64();
-                    open[p] = false;
-                }
-                Report::Loaded { .. } => {}
-            }
-            send(report);
-        }
-        if lost {
-            warm = None;
-        }
+                },
+            ),
+            Event::Finished { id } => (id, self.ended(0, Ending::Done, seconds)),
+            Event::Failed { id, message } => (id, self.ended(0, Ending::Failed(message), seconds)),
+            Event::Cancelled { id } => (id, self.ended(0, Ending::Cancelled, seconds)),
+            _ => return None,
+        })
     }
-    // Waits for the engine thread, so its CUDA sessions are freed before the process exits (freed
-    // during exit, after the driver shut down, `stipple batch` ended with SIGSEGV on the GPU).
-    if let Some(w) = warm {
-        w.handle.shutdown_and_wait();
+
+    /// What to report of `q`'s failure: it runs again elsewhere (`again` is set) or it ended.
+    fn failed(&self, q: &mut Queued, why: String, t0: Instant, again: &mut bool) -> Report {
+        match self.queue.after_failure(self.index, q, why) {
+            AfterFailure::Again(key, why) => {
+                *again = true;
+                Report::Requeued {
+                    key,
+                    device: self.device,
+                    why,
+                }
+            }
+            AfterFailure::Failed(key, why) => {
+                self.ended(key, Ending::Failed(why), t0.elapsed().as_secs_f64())
+            }
+        }
     }
 }
 
@@ -318,6 +636,8 @@ mod tests {
     /// Makes one 1×1 image per job after a short sleep; fails jobs whose prompt is "fail".
     struct Fake {
         device: Device,
+        /// Fails every job, as a broken GPU would.
+        failing: bool,
         /// The size of every group of jobs it was handed.
         groups: Arc<Mutex<Vec<usize>>>,
     }
@@ -333,6 +653,10 @@ mod tests {
         fn run(&mut self, job: &Job, out: &Reporter<'_>) -> Outcome {
             if job.prompt == "fail" {
                 return Outcome::Failed("asked to fail".into());
+            }
+            if self.failing {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                return Outcome::Failed(format!("CUDA failure on {}", self.device));
             }
             for step in 1..=job.steps {
                 if out.cancel.get() == crate::engine::Stop::Interrupt {
@@ -370,6 +694,10 @@ mod tests {
     struct FakeLoader {
         loads: AtomicUsize,
         groups: Arc<Mutex<Vec<usize>>>,
+        /// A device no model loads on.
+        no_load: Option<Device>,
+        /// A device whose engines fail every job.
+        failing: Option<Device>,
     }
 
     impl Loader for FakeLoader {
@@ -378,9 +706,13 @@ mod tests {
             if model == Path::new("broken") {
                 return Err("no such model".into());
             }
+            if self.no_load == Some(device) {
+                return Err("out of device memory".into());
+            }
             self.loads.fetch_add(1, Ordering::SeqCst);
             Ok(Fake {
                 device,
+                failing: self.failing == Some(device),
                 groups: self.groups.clone(),
             })
         }
@@ -459,11 +791,11 @@ mod tests {
             task(1, "b", "x"),
             task(2, "a", "x"),
         ]);
-        let keys = |g: Vec<Task>| g.iter().map(|t| t.key).collect::<Vec<_>>();
-        assert_eq!(keys(q.take(None, 1)), [0]);
-        assert_eq!(keys(q.take(Some(Path::new("a")), 1)), [2]);
-        assert_eq!(keys(q.take(Some(Path::new("a")), 1)), [1]);
-        assert!(q.take(None, 1).is_empty());
+        let keys = |g: Vec<Queued>| g.iter().map(|q| q.task.key).collect::<Vec<_>>();
+        assert_eq!(keys(q.take(0, None, 1)), [0]);
+        assert_eq!(keys(q.take(0, Some(Path::new("a")), 1)), [2]);
+        assert_eq!(keys(q.take(0, Some(Path::new("a")), 1)), [1]);
+        assert!(q.take(0, None, 1).is_empty());
     }
 
     #[test]
@@ -516,5 +848,136 @@ mod tests {
         }
         // The failed job made no image; the others of its group did, in order.
         assert_eq!(images, [0, 1, 3, 4, 5]);
+    }
+
+    /// Every report of a run over `devices`, in order.
+    fn reports(loader: FakeLoader, devices: &[Device], tasks: Vec<Task>) -> Vec<Report> {
+        let stop = Arc::new(AtomicBool::new(false));
+        run(Arc::new(loader), devices, tasks, 1, stop)
+            .into_iter()
+            .collect()
+    }
+
+    /// Each task's endings, by key.
+    fn endings(reports: &[Report], n: usize) -> Vec<Vec<String>> {
+        let mut out = vec![Vec::new(); n];
+        for r in reports {
+            if let Report::Ended { key, ending, .. } = r {
+                out[*key].push(match ending {
+                    Ending::Done => "done".to_string(),
+                    Ending::Failed(m) => m.clone(),
+                    Ending::Cancelled => "cancelled".to_string(),
+                });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_device_that_cannot_load_the_model_leaves_its_jobs_to_the_others() {
+        let loader = FakeLoader {
+            no_load: Some(Device::Cuda(1)),
+            ..FakeLoader::default()
+        };
+        let tasks: Vec<Task> = (0..12).map(|k| task(k, "a", "x")).collect();
+        let got = reports(loader, &[Device::Cuda(0), Device::Cuda(1)], tasks);
+        for (k, e) in endings(&got, 12).iter().enumerate() {
+            assert_eq!(e, &["done"], "job {k}");
+        }
+        let refused: Vec<&String> = got
+            .iter()
+            .filter_map(|r| match r {
+                Report::Refused {
+                    device, message, ..
+                } if *device == Device::Cuda(1) => Some(message),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(refused.len(), 1, "one load tried on cuda:1: {refused:?}");
+        assert!(refused[0].contains("out of device memory"), "{refused:?}");
+        // Every image came from cuda:0.
+        assert!(got.iter().all(|r| !matches!(r,
+            Report::Image { image, .. } if image.pixels[0] != 0)));
+    }
+
+    #[test]
+    fn jobs_that_fail_on_a_broken_device_run_again_on_another_and_end_once() {
+        let loader = FakeLoader {
+            failing: Some(Device::Cuda(1)),
+            ..FakeLoader::default()
+        };
+        let mut tasks: Vec<Task> = (0..16).map(|k| task(k, "a", "x")).collect();
+        tasks[5] = task(5, "a", "fail");
+        let got = reports(loader, &[Device::Cuda(0), Device::Cuda(1)], tasks);
+        let ends = endings(&got, 16);
+        for (k, e) in ends.iter().enumerate() {
+            if k == 5 {
+                assert_eq!(e.len(), 1, "{e:?}");
+                assert!(e[0].contains("asked to fail"), "{e:?}");
+            } else {
+                assert_eq!(e, &["done"], "job {k}");
+            }
+        }
+        let requeued: Vec<usize> = got
+            .iter()
+            .filter_map(|r| match r {
+                // Job 5 fails everywhere: its first failure may be on either device.
+                Report::Requeued { key: 5, .. } => None,
+                Report::Requeued { key, device, why } => {
+                    assert_eq!(*device, Device::Cuda(1));
+                    assert!(why.contains("CUDA failure on cuda:1"), "{why}");
+                    Some(*key)
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(!requeued.is_empty(), "cuda:1 took at least one job");
+        // Each requeued job's end comes after its requeue, and its images after that are cuda:0's.
+        for k in &requeued {
+            let at = |f: &dyn Fn(&Report) -> bool| got.iter().position(f);
+            let back = at(&|r| matches!(r, Report::Requeued { key, .. } if key == k));
+            let end = at(&|r| matches!(r, Report::Ended { key, .. } if key == k));
+            assert!(back < end, "job {k}");
+        }
+    }
+
+    #[test]
+    fn a_job_that_fails_on_every_device_fails_once() {
+        let loader = FakeLoader {
+            failing: Some(Device::Cuda(1)),
+            ..FakeLoader::default()
+        };
+        let tasks = vec![task(0, "a", "x"), task(1, "a", "fail")];
+        // One device: no second try.
+        let got = reports(FakeLoader::default(), &[Device::Cuda(0)], tasks.clone());
+        assert!(!got.iter().any(|r| matches!(r, Report::Requeued { .. })));
+        assert_eq!(endings(&got, 2)[1], ["asked to fail"]);
+        // Two devices, one broken: job 1 fails on both and ends once.
+        let got = reports(loader, &[Device::Cuda(1), Device::Cuda(0)], tasks);
+        let ends = endings(&got, 2);
+        assert_eq!(ends[0], ["done"]);
+        assert_eq!(ends[1].len(), 1, "{ends:?}");
+        let requeues = got
+            .iter()
+            .filter(|r| matches!(r, Report::Requeued { .. }))
+            .count();
+        assert!(requeues <= 2, "at most one retry per job: {requeues}");
+    }
+
+    #[test]
+    fn a_model_no_device_loads_fails_its_jobs_once_naming_each_device() {
+        let tasks = vec![task(0, "broken", "x"), task(1, "a", "x")];
+        let got = reports(
+            FakeLoader::default(),
+            &[Device::Cuda(0), Device::Cuda(1)],
+            tasks,
+        );
+        let ends = endings(&got, 2);
+        assert_eq!(ends[1], ["done"]);
+        assert_eq!(ends[0].len(), 1, "{ends:?}");
+        assert!(
+            ends[0][0].contains("on cuda:0") && ends[0][0].contains("on cuda:1"),
+            "{ends:?}"
+        );
     }
 }

@@ -304,6 +304,38 @@ fn a_sweep_runs_on_two_engines_and_names_images_by_seed() {
     assert_eq!(pngs(&out).len(), 6);
 }
 
+/// A device that cannot load the model (here cuda:0 on a machine whose ONNX Runtime has no CUDA
+/// provider) leaves its jobs to the other engine: every job is done, none failed.
+#[test]
+fn a_device_that_cannot_load_the_model_leaves_its_jobs_to_the_other_engine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let r = batch(&[
+        "--template",
+        r#"{"prompt": "a fox", "steps": 2}"#,
+        "--sweep",
+        "seed=1..10",
+        "--device",
+        "cpu,cuda:0",
+        "--threads",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(r.with("done").len(), 10, "{}", r.stderr);
+    assert!(r.with("failed").is_empty(), "{}", r.stderr);
+    // Where a CUDA build is installed, cuda:0 may load instead; either is fine for the set.
+    let refused = r.stderr.contains("on cuda:0") && r.stderr.contains("wait for another device");
+    assert!(
+        refused || r.stderr.contains("loaded on cuda:0"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(manifest(&out, "results.jsonl").len(), 10);
+    assert_eq!(pngs(&out).len(), 10);
+}
+
 /// Starts a 12-job batch and returns it once its first result line has appeared.
 fn start_and_wait_for_a_result(jobs: &Path, out: &Path) -> (std::process::Child, Vec<String>) {
     let mut child = stipple()
