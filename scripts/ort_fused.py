@@ -263,6 +263,10 @@ def _optimize(model):
     import fused_time
 
     fused_time.keep_fp32(m.model)
+    # Conv biases into the SkipGroupNorms that read the convs (conv_bias_fold's module doc).
+    import conv_bias_fold
+
+    conv_bias_fold.fold(m.model)
     return m.model
 
 

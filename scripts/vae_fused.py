@@ -108,6 +108,10 @@ def fuse(folder, reference=False):
         after = _ops(model)
         index = _param_index(params)
         _unfold_reshapes(model, index)
+        # Conv biases into the SkipGroupNorms that read the convs (conv_bias_fold's module doc).
+        import conv_bias_fold
+
+        conv_bias_fold.fold(model)
         if reference and random:
             raise SystemExit(f"{folder}: --reference needs a folder with weights")
         reference = {} if reference else None
