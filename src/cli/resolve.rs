@@ -127,6 +127,7 @@ pub fn engine(
             Some(p) => p.parse().map_err(CliError::Usage)?,
             None => config.generation.te_precision,
         },
+        run_once: false,
     };
     let unet_batch = flags.unet_batch.unwrap_or(config.generation.unet_batch);
     if !(1..=64).contains(&unet_batch) {

@@ -84,7 +84,10 @@ pub fn one_step_mean(model: &Model, rt: &'static Runtime) -> Result<f32, Pipelin
     let mut session = super::sessions::bake(
         unet,
         rt,
-        &SessionOptions::default(),
+        &SessionOptions {
+            run_once: true,
+            ..SessionOptions::default()
+        },
         GraphKind::Plain,
         "unet (prediction test)",
         &none,

@@ -62,6 +62,9 @@ pub struct SessionOptions {
     /// Which text-encoder graphs run: the fp16 ones (`model.cuda.onnx` of the text-encoder
     /// folders) or the fp32 ones (`--te-precision`).
     pub te_precision: TePrecision,
+    /// A session that runs once (the SD 2.x prediction test): built without ONNX Runtime's graph
+    /// optimisations, which cost more than they save.
+    pub run_once: bool,
 }
 
 impl SessionOptions {
@@ -391,6 +394,15 @@ fn build(
                 .with_initializer(*name, Arc::clone(value))
                 .map_err(recover)?;
         }
+    }
+    if opts.run_once {
+        // The optimiser's passes over a whole UNet cost more than they save in one run: SD2's
+        // prediction test on 2 CPU cores (2026-12-07) took 12.3–13.5 s with every pass, 7.2 s at
+        // level 1, 4.4–4.7 s with none (the same mean; without pre-packing too: no gain).
+        use ort::session::builder::GraphOptimizationLevel as L;
+        builder = builder
+            .with_optimization_level(L::Disable)
+            .map_err(recover)?;
     }
     // ONNX Runtime's own per-operator profiler, for `stipple bench` on a GPU box:
     // STIPPLE_ORT_PROFILE=/tmp/prof writes /tmp/prof-<component>_<time>.json when the session ends.
