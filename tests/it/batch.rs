@@ -278,22 +278,28 @@ fn a_sweep_expands_to_the_cross_product_and_dry_run_shows_it() {
     );
 }
 
-#[test]
-fn a_sweep_runs_on_two_engines_and_names_images_by_seed() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("out");
-    let r = batch(&[
+/// A two-step "a fox" job swept over seeds 1..=`n` on `devices`, into `out`.
+fn sweep_seeds(n: u32, devices: &str, out: &Path) -> Run {
+    let seeds = format!("seed=1..{n}");
+    batch(&[
         "--template",
         r#"{"prompt": "a fox", "steps": 2}"#,
         "--sweep",
-        "seed=1..6",
+        &seeds,
         "--device",
-        "cpu,cpu",
+        devices,
         "--threads",
         "1",
         "--out",
         out.to_str().unwrap(),
-    ]);
+    ])
+}
+
+#[test]
+fn a_sweep_runs_on_two_engines_and_names_images_by_seed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let r = sweep_seeds(6, "cpu,cpu", &out);
     assert!(r.ok, "{}", r.stderr);
     assert_eq!(r.stderr.matches("loaded on cpu").count(), 2, "{}", r.stderr);
     let seeds: BTreeSet<u64> = manifest(&out, "results.jsonl")
@@ -310,18 +316,7 @@ fn a_sweep_runs_on_two_engines_and_names_images_by_seed() {
 fn a_device_that_cannot_load_the_model_leaves_its_jobs_to_the_other_engine() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let r = batch(&[
-        "--template",
-        r#"{"prompt": "a fox", "steps": 2}"#,
-        "--sweep",
-        "seed=1..10",
-        "--device",
-        "cpu,cuda:0",
-        "--threads",
-        "1",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let r = sweep_seeds(10, "cpu,cuda:0", &out);
     assert!(r.ok, "{}", r.stderr);
     assert_eq!(r.with("done").len(), 10, "{}", r.stderr);
     assert!(r.with("failed").is_empty(), "{}", r.stderr);
