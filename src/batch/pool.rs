@@ -1,6 +1,8 @@
 //! A work queue over several engines: one worker thread per device, each keeping one warm engine and
 //! taking the next job for the model it has loaded before switching models, together with the
 //! later jobs that can share its UNet calls ([`super::group`]), up to the UNet batch of images.
+//! A model a device cannot load, and a job that fails on a device, go back to the queue for the
+//! other devices (a job once); what no running device can take fails.
 //!
 //! [`run`] starts the workers and returns the [`Report`] stream; it ends when the queue is empty or
 //! the stop flag is set (then running jobs are interrupted at their next step). [`Loader`] makes
