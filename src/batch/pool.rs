@@ -134,43 +134,59 @@ struct State {
 }
 
 impl State {
-    fn refused_by(&self, model: &Path, worker: usize) -> bool {
-        self.refused
-            .get(model)
-            .is_some_and(|r| r.iter().any(|(w, _)| *w == worker))
+    /// Whether `worker` may run `q`: it loaded `q`'s model (or has not tried) and `q` has not
+    /// failed on it.
+    fn may_take(&self, worker: usize, q: &Queued) -> bool {
+        let refused = self
+            .refused
+            .get(&q.task.model)
+            .is_some_and(|r| r.iter().any(|(w, _)| *w == worker));
+        !refused && !q.failed_on.contains(&worker)
     }
 
-    /// The queued tasks that no worker still running may take: each has failed on it, or could
-    /// not load the task's model; with why (what the loads said, else the task's first failure).
+    /// Whether some worker still running may run `q`.
+    fn anyone_takes(&self, q: &Queued) -> bool {
+        self.alive.iter().any(|&w| self.may_take(w, q))
+    }
+
+    /// The queued tasks that no worker still running may take, with why (what the loads of the
+    /// model said, else the task's first failure).
     fn take_hopeless(&mut self) -> Vec<(Task, String)> {
+        let mut by_model = std::mem::take(&mut self.by_model);
         let mut out = Vec::new();
-        for (model, tasks) in &mut self.by_model {
-            let refusals = self.refused.get(model.as_path());
-            let refused = |w: &usize| refusals.is_some_and(|r| r.iter().any(|(x, _)| x == w));
-            let stuck = |q: &Queued| {
-                self.alive
-                    .iter()
-                    .all(|w| refused(w) || q.failed_on.contains(w))
-            };
-            if !tasks.iter().any(stuck) {
+        for (model, tasks) in &mut by_model {
+            if tasks.iter().all(|q| self.anyone_takes(q)) {
                 continue;
             }
             let mut said: Vec<&str> = Vec::new();
-            for (_, m) in refusals.into_iter().flatten() {
+            for (_, m) in self.refused.get(model.as_path()).into_iter().flatten() {
                 if !said.contains(&m.as_str()) {
                     said.push(m);
                 }
             }
             let loads = said.join("; ");
-            let (gone, kept): (VecDeque<Queued>, VecDeque<Queued>) =
-                tasks.drain(..).partition(|q| stuck(q));
+            let (kept, gone): (VecDeque<Queued>, VecDeque<Queued>) =
+                tasks.drain(..).partition(|q| self.anyone_takes(q));
             *tasks = kept;
             out.extend(gone.into_iter().map(|q| {
                 let why = q.first_error.unwrap_or_else(|| loads.clone());
                 (q.task, why)
             }));
         }
+        self.by_model = by_model;
         out
+    }
+
+    /// The queue of `model`'s tasks, made at the end when it has none yet.
+    fn queue_of(&mut self, model: &Path) -> &mut VecDeque<Queued> {
+        let at = match self.by_model.iter().position(|(m, _)| m == model) {
+            Some(at) => at,
+            None => {
+                self.by_model.push((model.to_path_buf(), VecDeque::new()));
+                self.by_model.len() - 1
+            }
+        };
+        &mut self.by_model[at].1
     }
 
     fn is_empty(&self) -> bool {
@@ -181,12 +197,8 @@ impl State {
     fn put_back(&mut self, mut tasks: Vec<Queued>) {
         tasks.sort_by_key(|q| q.task.key);
         for q in tasks.into_iter().rev() {
-            match self.by_model.iter_mut().find(|(m, _)| *m == q.task.model) {
-                Some((_, t)) => t.push_front(q),
-                None => self
-                    .by_model
-                    .insert(0, (q.task.model.clone(), VecDeque::from([q]))),
-            }
+            let model = q.task.model.clone();
+            self.queue_of(&model).push_front(q);
         }
     }
 }
@@ -201,13 +213,8 @@ impl Queue {
     fn new(tasks: Vec<Task>) -> Queue {
         let mut state = State::default();
         for t in tasks {
-            let q = Queued::new(t);
-            match state.by_model.iter_mut().find(|(m, _)| *m == q.task.model) {
-                Some((_, t)) => t.push_back(q),
-                None => state
-                    .by_model
-                    .push((q.task.model.clone(), VecDeque::from([q]))),
-            }
+            let model = t.model.clone();
+            state.queue_of(&model).push_back(Queued::new(t));
         }
         Queue {
             state: Mutex::new(state),
@@ -234,20 +241,17 @@ impl Queue {
         loaded: Option<&Path>,
         limit: usize,
     ) -> Vec<Queued> {
-        let open = |s: &State, k: &Path, t: &VecDeque<Queued>| {
-            !s.refused_by(k, worker) && t.iter().any(|q| !q.failed_on.contains(&worker))
-        };
+        let open = |t: &VecDeque<Queued>| t.iter().any(|q| s.may_take(worker, q));
         let at = loaded
-            .and_then(|m| s.by_model.iter().position(|(k, t)| k == m && open(s, k, t)))
-            .or_else(|| s.by_model.iter().position(|(k, t)| open(s, k, t)));
+            .and_then(|m| s.by_model.iter().position(|(k, t)| k == m && open(t)))
+            .or_else(|| s.by_model.iter().position(|(_, t)| open(t)));
         let Some(at) = at else {
             return Vec::new();
         };
-        let tasks = &mut s.by_model[at].1;
-        // A task goes to a worker it has not failed on.
-        let allowed: Vec<usize> = (0..tasks.len())
-            .filter(|&i| !tasks[i].failed_on.contains(&worker))
+        let allowed: Vec<usize> = (0..s.by_model[at].1.len())
+            .filter(|&i| s.may_take(worker, &s.by_model[at].1[i]))
             .collect();
+        let tasks = &mut s.by_model[at].1;
         let candidates: Vec<(Option<&ShareKey>, u32)> = allowed
             .iter()
             .map(|&i| (tasks[i].share.as_ref(), tasks[i].task.job.batch))
@@ -310,11 +314,7 @@ impl Queue {
     fn after_failure(&self, worker: usize, q: &mut Queued, why: String) -> AfterFailure {
         let s = self.lock();
         q.failed_on.push(worker);
-        let elsewhere = s
-            .alive
-            .iter()
-            .any(|w| !q.failed_on.contains(w) && !s.refused_by(&q.task.model, *w));
-        if q.first_error.is_none() && elsewhere {
+        if q.first_error.is_none() && s.anyone_takes(q) {
             q.first_error = Some(why.clone());
             return AfterFailure::Again(q.task.key, why);
         }
@@ -337,9 +337,9 @@ impl Queue {
 }
 
 /// Starts one worker per device over `tasks`, each running up to `unet_batch` images of
-/// compatible jobs together. A model one device cannot load, and the unfinished jobs of an engine
-/// that stopped, go to the other devices (a job whose engine stops twice fails); a model no device
-/// can load fails its jobs. Setting `stop` ends the workers after the current step of their
+/// compatible jobs together. A model one device cannot load goes to the other devices, and so
+/// does a job that fails on one (or whose engine stopped), once; a model no device can load fails
+/// its jobs. Setting `stop` ends the workers after the current step of their
 /// running jobs; jobs not started are left out of the reports.
 pub fn run<L: Loader>(
     loader: Arc<L>,
