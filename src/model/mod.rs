@@ -21,6 +21,7 @@ pub mod models_root;
 pub mod onnx_proto;
 pub mod open;
 pub mod prediction;
+pub mod rgb_tail;
 pub mod shards;
 pub mod single_file;
 pub mod template;

@@ -141,7 +141,7 @@ fn fixed(dims: &[i64]) -> Vec<Result<i64, String>> {
     dims.iter().map(|&d| Ok(d)).collect()
 }
 
-fn int_attr(name: &str, v: i64) -> AttributeProto {
+pub fn int_attr(name: &str, v: i64) -> AttributeProto {
     AttributeProto {
         name: Some(name.into()),
         r#type: Some(AttributeType::Int as i32),
@@ -159,7 +159,7 @@ fn float_attr(name: &str, v: f32) -> AttributeProto {
     }
 }
 
-fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
+pub fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
     AttributeProto {
         name: Some(name.into()),
         r#type: Some(AttributeType::Ints as i32),

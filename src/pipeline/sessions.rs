@@ -15,13 +15,16 @@ use super::resident::{self, Net, Staged};
 use super::vae::{self, Fallback, VaeDecoder, VaeSlot};
 use crate::job::RgbImage;
 use crate::lora::ApplyReport;
+use crate::model::graph::Graph;
 use crate::model::layout::{Component, ComponentKind, GraphKind};
+use crate::model::rgb_tail;
 use crate::model::Model;
 use crate::patch;
 use crate::runtime::session::{Precision, TePrecision, VaePrecision};
 use crate::runtime::tensor_io::{run, Bound, Input};
 use crate::runtime::{build_session, Device, Runtime, SessionOptions};
 use ort::session::Session;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -1067,7 +1070,7 @@ pub(super) fn bake(
     let session = build_session(
         rt,
         what,
-        &graph.bytes,
+        &session_graph(c, graph),
         &weightmap.external_file,
         buf,
         opts,
@@ -1077,6 +1080,22 @@ pub(super) fn bake(
     stats.session_s += t.elapsed().as_secs_f64();
     crate::runtime::host_mem::trace(&format!("{what}: session built"));
     Ok(session)
+}
+
+/// The graph bytes a baked session of `c` runs: a VAE decoder's with [`rgb_tail`] appended, so
+/// the decoder gives the picture's bytes (made on its device) instead of f32 values; any other's,
+/// or a decoder graph the tail does not suit, as they are.
+fn session_graph<'g>(c: &Component, graph: &'g Graph) -> Cow<'g, [u8]> {
+    if c.kind != ComponentKind::VaeDecoder {
+        return Cow::Borrowed(&graph.bytes);
+    }
+    match rgb_tail::append(&graph.bytes) {
+        Ok(bytes) => Cow::Owned(bytes),
+        Err(e) => {
+            tracing::debug!("{e}; the decoder's output is converted on the host");
+            Cow::Borrowed(&graph.bytes)
+        }
+    }
 }
 
 /// [`bake`] on the CPU through weights staged on disk ([`crate::runtime::staged`]): the buffer is
@@ -1106,8 +1125,11 @@ fn bake_staged(
         };
         let t = Instant::now();
         let len = crate::model::layout::buffer_len(graph) as u64;
-        let staged =
-            crate::runtime::staged::Staged::create(&graph.bytes, &weightmap.external_file, len);
+        let staged = crate::runtime::staged::Staged::create(
+            &session_graph(c, graph),
+            &weightmap.external_file,
+            len,
+        );
         let (staged, file) = match staged {
             Ok(s) => s,
             Err(err) => {

@@ -1,11 +1,14 @@
 //! Latents to pixels: the VAE decoder output in [-1, 1] to 8-bit RGB, as diffusers post-processes it
-//! (`(x / 2 + 0.5).clamp(0, 1)`, then `round(x * 255)`). [`VaeDecoder`] is a handle on the decoder
-//! session that any thread may decode with (the engine thread, or the decode worker beside it);
-//! an fp16 decoder whose output overflows is replaced by the fp32 one and the image decoded again.
+//! (`(x / 2 + 0.5).clamp(0, 1)`, then `round(x * 255)`). A decoder built with
+//! [`crate::model::rgb_tail`] does that in its own graph, on its device; [`to_rgb`] does it on the
+//! host for one without. [`VaeDecoder`] is a handle on the decoder session that any thread may
+//! decode with (the engine thread, or the decode worker beside it); an fp16 decoder whose output
+//! overflows is replaced by the fp32 one and the image decoded again.
 
 use super::error::{run_err, PipelineError};
 use crate::job::RgbImage;
-use crate::runtime::tensor_io::{run, Input};
+use crate::model::rgb_tail;
+use crate::runtime::tensor_io::{run, run_read, Input};
 use ort::session::Session;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -58,18 +61,8 @@ impl VaeDecoder {
     pub fn decode(&self, latents: &[f32], h: usize, w: usize) -> Result<RgbImage, PipelineError> {
         let z: Vec<f32> = latents.iter().map(|x| x / self.scale).collect();
         let mut slot = lock(&self.slot);
-        let decode = |session: &mut Session| {
-            run(
-                session,
-                vec![Input::F32("latent_sample", vec![1, 4, h, w], &z)],
-                &["sample"],
-            )
-            .map_err(run_err("VAE decoder"))
-        };
-        let mut out = decode(&mut slot.session)?;
-        let finite =
-            |o: &[(Vec<usize>, Vec<f32>)]| o.iter().all(|(_, d)| d.iter().all(|x| x.is_finite()));
-        if !finite(&out) {
+        let (mut image, finite) = run_decoder(&mut slot.session, &z, h, w)?;
+        if !finite {
             if let Some(build) = slot.fallback.take() {
                 tracing::warn!(
                     "the fp16 VAE decoder overflowed (non-finite pixels); this image and the \
@@ -77,16 +70,53 @@ impl VaeDecoder {
                 );
                 slot.session = build()?;
                 self.overflowed.store(true, Ordering::Relaxed);
-                out = decode(&mut slot.session)?;
+                image = run_decoder(&mut slot.session, &z, h, w)?.0;
             }
         }
+        Ok(image)
+    }
+}
+
+/// One run of the decoder on `z` (already divided by the scaling factor): the picture, and whether
+/// every value the decoder gave was finite. A decoder built with [`rgb_tail`] makes the bytes
+/// itself; another's f32 output is converted here.
+fn run_decoder(
+    session: &mut Session,
+    z: &[f32],
+    h: usize,
+    w: usize,
+) -> Result<(RgbImage, bool), PipelineError> {
+    let input = || vec![Input::F32("latent_sample", vec![1, 4, h, w], z)];
+    if !session.outputs().iter().any(|o| o.name() == rgb_tail::RGB) {
+        let out = run(session, input(), &["sample"]).map_err(run_err("VAE decoder"))?;
         let (shape, data) = out.into_iter().next().unwrap_or_default();
+        let finite = data.iter().all(|x| x.is_finite());
         let (ih, iw) = (
             shape.get(2).copied().unwrap_or(0),
             shape.get(3).copied().unwrap_or(0),
         );
-        Ok(to_rgb(&data, iw, ih))
+        return Ok((to_rgb(&data, iw, ih), finite));
     }
+    run_read(session, input(), |out| {
+        let missing = |name: &str| ort::Error::new(format!("the decoder gave no {name}"));
+        let rgb = out
+            .get(rgb_tail::RGB)
+            .ok_or_else(|| missing(rgb_tail::RGB))?;
+        let (shape, bytes) = rgb.try_extract_tensor::<u8>()?;
+        let (ih, iw) = (shape[1].max(0) as usize, shape[2].max(0) as usize);
+        let check = out
+            .get(rgb_tail::CHECK)
+            .ok_or_else(|| missing(rgb_tail::CHECK))?;
+        let (_, sum) = check.try_extract_tensor::<f32>()?;
+        let image = RgbImage {
+            width: iw as u32,
+            height: ih as u32,
+            // The first image of the batch (there is one).
+            pixels: bytes.iter().take(ih * iw * 3).copied().collect(),
+        };
+        Ok((image, sum.iter().all(|x| x.is_finite())))
+    })
+    .map_err(run_err("VAE decoder"))
 }
 
 /// Converts one CHW image (3 × h × w, values in [-1, 1]) to interleaved RGB bytes.

@@ -63,12 +63,36 @@ pub fn run_with<'v>(
         values.push((name, value.into()));
     }
     values.extend(extra);
+    run_values(session, values, |out| outputs_of(out, outputs))
+}
+
+/// Runs `session` on `inputs` and hands its outputs (on the host) to `read`: for outputs that are
+/// not f32, such as the VAE decoder's RGB bytes.
+pub fn run_read<R>(
+    session: &mut Session,
+    inputs: Vec<Input<'_>>,
+    read: impl FnOnce(&SessionOutputs<'_>) -> Result<R, ort::Error>,
+) -> Result<R, ort::Error> {
+    let mut values: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let (name, value) = host_value(session, input)?;
+        values.push((name, value.into()));
+    }
+    run_values(session, values, read)
+}
+
+/// One run under the current stop guard's options.
+fn run_values<'v, R>(
+    session: &mut Session,
+    values: Vec<(String, SessionInputValue<'v>)>,
+    read: impl FnOnce(&SessionOutputs<'_>) -> Result<R, ort::Error>,
+) -> Result<R, ort::Error> {
     let guard = super::run_guard::current();
     let out = match guard.as_ref().and_then(|g| g.options()) {
         Some(opts) => session.run_with_options(values, opts)?,
         None => session.run(values)?,
     };
-    outputs_of(&out, outputs)
+    read(&out)
 }
 
 /// `input` as a host tensor of the element type the session wants for it.
