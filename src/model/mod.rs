@@ -17,6 +17,7 @@ pub mod index;
 pub mod layout;
 pub mod ldm;
 pub mod models_root;
+pub mod onnx_build;
 #[allow(clippy::all)]
 pub mod onnx_proto;
 pub mod open;

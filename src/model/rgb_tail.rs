@@ -7,10 +7,10 @@
 //! On a GPU this copies a quarter of the bytes back (u8 instead of f32) and leaves the host no
 //! per-pixel work: an SD1.5 picture's conversion took 1.3–1.7 ms on 2 CPU cores, SDXL's four times that.
 
+use super::onnx_build::{int_attr, ints_attr, value_info};
 use super::onnx_proto::{
     tensor_proto::DataType, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
 };
-use crate::patch::program::{int_attr, ints_attr, value_info};
 use prost::Message;
 
 /// The decoder output the tail reads.

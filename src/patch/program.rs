@@ -9,12 +9,12 @@
 //! MatMul. Dense terms are `s·ΔW` exactly as the host fuse computes them, summed in its order.
 
 use super::lowrank::{self, Arranged};
+pub use crate::model::onnx_build::value_info;
+use crate::model::onnx_build::{float_attr, int_attr, ints_attr};
 use crate::model::onnx_proto::{
-    attribute_proto::AttributeType,
     tensor_proto::{DataLocation, DataType},
-    tensor_shape_proto::{dimension, Dimension},
-    type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
-    StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
+    TensorProto,
 };
 use crate::model::weightmap::{Transform, WeightMapEntry};
 use crate::model::ElemType;
@@ -110,62 +110,9 @@ fn onnx_elem(e: ElemType) -> i32 {
     }
 }
 
-/// A tensor's name, element type (ONNX code) and dimensions (`Err`: a named free dimension), as a
-/// graph input or output.
-pub fn value_info(name: &str, elem: i32, dims: &[Result<i64, String>]) -> ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|d| Dimension {
-            denotation: None,
-            value: Some(match d {
-                Ok(v) => dimension::Value::DimValue(*v),
-                Err(p) => dimension::Value::DimParam(p.clone()),
-            }),
-        })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            denotation: None,
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(elem),
-                shape: Some(TensorShapeProto { dim }),
-            })),
-        }),
-        ..Default::default()
-    }
-}
-
 /// Fixed dimensions for [`value_info`].
 fn fixed(dims: &[i64]) -> Vec<Result<i64, String>> {
     dims.iter().map(|&d| Ok(d)).collect()
-}
-
-pub fn int_attr(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(AttributeType::Int as i32),
-        i: Some(v),
-        ..Default::default()
-    }
-}
-
-fn float_attr(name: &str, v: f32) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(AttributeType::Float as i32),
-        f: Some(v),
-        ..Default::default()
-    }
-}
-
-pub fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(AttributeType::Ints as i32),
-        ints: v.to_vec(),
-        ..Default::default()
-    }
 }
 
 /// The graph being built: nodes, initializers and the external data they point into.
