@@ -615,6 +615,7 @@ pub fn build(sites: &[Site], slots: usize, f16_gemm: bool) -> Result<Program, Pr
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::model::onnx_proto::{tensor_shape_proto::dimension, type_proto, ValueInfoProto};
 
     /// A weight map entry of an f16 weight for tests (`parts` > 1: packed sources `p0`, `p1`, …).
     pub(crate) fn entry(transform: Transform, shape: &[usize], parts: usize) -> WeightMapEntry {
