@@ -45,6 +45,9 @@ pub struct BenchReport {
     pub vae_precision: String,
     /// The VAE decoder's graph: `fused` (ONNX Runtime's fused CUDA graph) or `plain` (`--vae-graph`).
     pub vae_graph: String,
+    /// Where the picture's bytes are made: `graph` (appended to the decoder's graph, on its
+    /// device) or `host`.
+    pub vae_bytes: String,
     /// The text encoders' precision: `fp16` or `fp32` (`--te-precision`).
     pub te_precision: String,
     /// The text encoders' graph: `fused` or `plain` (`--te-graph`).
@@ -123,8 +126,8 @@ impl fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
-            "  VAE decode ({}, {} graph) {:>9.3} ms",
-            self.vae_precision, self.vae_graph, self.vae_decode_ms
+            "  VAE decode ({}, {} graph, bytes by the {}) {:>9.3} ms",
+            self.vae_precision, self.vae_graph, self.vae_bytes, self.vae_decode_ms
         )?;
         writeln!(
             f,
@@ -396,6 +399,7 @@ pub fn run(
         vae_decode_ms: median(vae) * 1e3,
         vae_precision: g.vae_precision().to_string(),
         vae_graph: g.vae_graph().to_string(),
+        vae_bytes: g.vae_bytes().to_string(),
         te_precision: g.te_precision().to_string(),
         te_graph: g.te_graph().to_string(),
         image_s: median(image),

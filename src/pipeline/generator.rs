@@ -431,6 +431,15 @@ impl Generator {
         }
     }
 
+    /// "graph" when the VAE decoder's session makes the picture's bytes itself (on its device),
+    /// "host" when its f32 output is converted on the host.
+    pub fn vae_bytes(&self) -> &'static str {
+        match self.sessions.vae_makes_bytes() {
+            true => "graph",
+            false => "host",
+        }
+    }
+
     /// "fp16" or "fp32": the graphs the text encoders run now (fp32 after an fp16 overflow).
     pub fn te_precision(&self) -> &'static str {
         match self.sessions.te_is_fp16(&self.model) {

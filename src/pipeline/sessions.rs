@@ -850,6 +850,15 @@ impl Sessions {
         vae::lock(&self.vae).fallback.is_some()
     }
 
+    /// Whether the VAE decoder's session makes the picture's bytes itself ([`rgb_tail`]).
+    pub fn vae_makes_bytes(&self) -> bool {
+        vae::lock(&self.vae)
+            .session
+            .outputs()
+            .iter()
+            .any(|o| o.name() == rgb_tail::RGB)
+    }
+
     /// Whether the VAE decoder runs its fused CUDA graph now (`bench`): it was built from it and
     /// has not fallen back to fp32.
     pub fn vae_is_fused(&self, model: &Model) -> bool {
@@ -1070,7 +1079,7 @@ pub(super) fn bake(
     let session = build_session(
         rt,
         what,
-        &session_graph(c, graph),
+        &session_graph(c, graph, opts.device),
         &weightmap.external_file,
         buf,
         opts,
@@ -1082,11 +1091,12 @@ pub(super) fn bake(
     Ok(session)
 }
 
-/// The graph bytes a baked session of `c` runs: a VAE decoder's with [`rgb_tail`] appended, so
-/// the decoder gives the picture's bytes (made on its device) instead of f32 values; any other's,
-/// or a decoder graph the tail does not suit, as they are.
-fn session_graph<'g>(c: &Component, graph: &'g Graph) -> Cow<'g, [u8]> {
-    if c.kind != ComponentKind::VaeDecoder {
+/// The graph bytes a baked session of `c` runs on `device`: a VAE decoder's with [`rgb_tail`]
+/// appended, so the decoder gives the picture's bytes (made on its device) instead of f32 values;
+/// any other's, or a decoder graph the tail does not suit, as they are. DirectML keeps the host
+/// conversion: the tail has been run on the CPU (the tests) and CUDA (the GPU check), not there.
+fn session_graph<'g>(c: &Component, graph: &'g Graph, device: Device) -> Cow<'g, [u8]> {
+    if c.kind != ComponentKind::VaeDecoder || matches!(device, Device::DirectMl(_)) {
         return Cow::Borrowed(&graph.bytes);
     }
     match rgb_tail::append(&graph.bytes) {
@@ -1126,7 +1136,7 @@ fn bake_staged(
         let t = Instant::now();
         let len = crate::model::layout::buffer_len(graph) as u64;
         let staged = crate::runtime::staged::Staged::create(
-            &session_graph(c, graph),
+            &session_graph(c, graph, opts.device),
             &weightmap.external_file,
             len,
         );

@@ -103,7 +103,15 @@ fn run_decoder(
             .get(rgb_tail::RGB)
             .ok_or_else(|| missing(rgb_tail::RGB))?;
         let (shape, bytes) = rgb.try_extract_tensor::<u8>()?;
-        let (ih, iw) = (shape[1].max(0) as usize, shape[2].max(0) as usize);
+        let dim = |i: usize| shape.get(i).map_or(0, |&d| d.max(0) as usize);
+        let (ih, iw) = (dim(1), dim(2));
+        if ih * iw == 0 || bytes.len() < ih * iw * 3 {
+            return Err(ort::Error::new(format!(
+                "the decoder gave {} bytes of shape {:?}, not a picture",
+                bytes.len(),
+                &shape[..]
+            )));
+        }
         let check = out
             .get(rgb_tail::CHECK)
             .ok_or_else(|| missing(rgb_tail::CHECK))?;

@@ -56,12 +56,7 @@ pub fn run_with<'v>(
     extra: Vec<(String, SessionInputValue<'v>)>,
     outputs: &[&str],
 ) -> Result<Vec<Output>, ort::Error> {
-    let mut values: Vec<(String, SessionInputValue<'v>)> =
-        Vec::with_capacity(inputs.len() + extra.len());
-    for input in inputs {
-        let (name, value) = host_value(session, input)?;
-        values.push((name, value.into()));
-    }
+    let mut values = host_values(session, inputs)?;
     values.extend(extra);
     run_values(session, values, |out| outputs_of(out, outputs))
 }
@@ -73,12 +68,19 @@ pub fn run_read<R>(
     inputs: Vec<Input<'_>>,
     read: impl FnOnce(&SessionOutputs<'_>) -> Result<R, ort::Error>,
 ) -> Result<R, ort::Error> {
-    let mut values: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
-    for input in inputs {
-        let (name, value) = host_value(session, input)?;
-        values.push((name, value.into()));
-    }
+    let values = host_values(session, inputs)?;
     run_values(session, values, read)
+}
+
+/// Each of `inputs` as a host value of the type the session wants.
+fn host_values<'v>(
+    session: &Session,
+    inputs: Vec<Input<'_>>,
+) -> Result<Vec<(String, SessionInputValue<'v>)>, ort::Error> {
+    inputs
+        .into_iter()
+        .map(|input| host_value(session, input).map(|(name, value)| (name, value.into())))
+        .collect()
 }
 
 /// One run under the current stop guard's options.

@@ -64,6 +64,8 @@ fn against_references(model: &Path, n: usize) -> Vec<(String, f32, f32)> {
     let mut full = load(model, VaePrecision::Fp32);
     assert_eq!(half.vae_precision(), "fp16");
     assert_eq!(full.vae_precision(), "fp32");
+    // Both decoders make the picture's bytes in their graphs (the references below check them).
+    assert_eq!((half.vae_bytes(), full.vae_bytes()), ("graph", "graph"));
     let mut out = Vec::new();
     for case in spec.images.iter().take(n) {
         let job = Job {
@@ -132,6 +134,11 @@ fn an_overflowing_fp16_decode_is_redone_in_fp32_and_fp32_is_kept() {
     assert_eq!(
         got, want_huge,
         "the overflowing image decoded again in fp32"
+    );
+    assert_eq!(
+        half.vae_bytes(),
+        "graph",
+        "the fp32 fallback has the tail too"
     );
     assert_eq!(half.decode(&ordinary, h, w).unwrap().pixels, want_ordinary);
     // A rebuild of every session (as an adapter reset may do) keeps fp32.
