@@ -12,7 +12,8 @@ VAE decoder's fused graph), `cuda-shapes` and `cuda-layout` (the UNet after
 scripts/shape_transposes.py's `drop` or `sink`: their output is compared with `cuda`'s, which must be
 equal), `cuda-bias` and `fused-bias` (the fused UNet or VAE decoder with scripts/conv_bias_fold.py's
 conv biases moved into SkipGroupNorms: compared with `cuda`'s or `fused`'s output, equal within fp16
-rounding), `plain` (the plain export). `--static` builds each session for the shapes it runs (ONNX
+rounding), `fused32` and `fused-bias32` (those graphs made f32 throughout by
+scripts/graph_fp32.py: compared with `fused`'s or `fused-bias`'s output), `plain` (the plain export). `--static` builds each session for the shapes it runs (ONNX
 Runtime's free-dimension overrides, as stipple's static shapes; its text encoders always are).
 Random weights give true speed figures (the kernels do not depend on the values); they are written
 once per template to /tmp/unet-profile/.
@@ -57,6 +58,7 @@ import onnxruntime as ort  # noqa: E402
 from ort_timing import timed  # noqa: E402
 
 import conv_bias_fold  # noqa: E402
+import graph_fp32  # noqa: E402
 import shape_transposes  # noqa: E402
 
 NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16}
@@ -74,8 +76,10 @@ def graph_file(template, component, name, work):
     os.makedirs(d, exist_ok=True)
     if name == "cuda-shapes":
         print(f"{name}: {shape_transposes.drop(m)} Transposes read only by Shape dropped")
-    if name.endswith("-bias"):
+    if name.endswith("-bias") or name.endswith("-bias32"):
         print(f"{name}: {conv_bias_fold.fold(m)} conv biases moved into SkipGroupNorms")
+    if name.endswith("32"):
+        print(f"{name}: {graph_fp32.fp32(m)} fp16 tensors, casts and values made f32")
     if name == "cuda-layout":
         print(f"{name}: {shape_transposes.sink(m)} Transposes removed (shape-only ones and those moved "
               f"through Add and Concat)")
@@ -281,6 +285,12 @@ def main():
             d = np.abs(outputs[base] - out)
             print(f"{name} vs {base} output: max abs difference {d.max():.3g} (mean {d.mean():.3g}; "
                   f"another attention kernel: fp16 rounding, not 0)")
+    for name, out in outputs.items():
+        base = name[:-2]
+        if name.endswith("32") and base in outputs:
+            d = np.abs(outputs[base] - out)
+            print(f"{name} vs {base} output: max abs difference {d.max():.3g} (mean {d.mean():.3g}; "
+                  f"the same weights, fp16 rounded in {base}: fp16 rounding, not 0)")
     for shipped in ("cuda", "fused"):
         other = f"{shipped}-bias"
         if shipped in outputs and other in outputs:

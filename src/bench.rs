@@ -43,7 +43,8 @@ pub struct BenchReport {
     pub vae_decode_ms: f64,
     /// The VAE decoder's precision: `fp16` or `fp32` (`--vae-precision`).
     pub vae_precision: String,
-    /// The VAE decoder's graph: `fused` (ONNX Runtime's fused CUDA graph) or `plain` (`--vae-graph`).
+    /// The VAE decoder's graph: `fused` (ONNX Runtime's fused CUDA graph, fp16 or made f32) or `plain`
+    /// (`--vae-graph`).
     pub vae_graph: String,
     /// Where the picture's bytes are made: `graph` (appended to the decoder's graph, on its
     /// device) or `host`.

@@ -186,4 +186,8 @@ pub enum GraphKind {
     /// `model.fused.onnx`: the VAE decoder's fused fp16 graph (ONNX Runtime's contrib operators,
     /// CUDA only).
     Fused,
+    /// The VAE decoder's fused graph made f32 by stipple at load ([`super::fp32_graph`]): what an
+    /// fp32 VAE runs on CUDA (SDXL's own VAE, `--vae-precision fp32`, the fp16 overflow fallback).
+    /// No file of its own.
+    Fused32,
 }

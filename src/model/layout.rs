@@ -66,12 +66,38 @@ pub struct Component {
     /// Runtime's NhwcConv and GroupNorm, fp16, CUDA only; `scripts/vae_fused.py`), beside its plain
     /// fp16 graph in `cuda`. Same weights file.
     pub fused: Option<GraphFiles>,
+    /// The VAE decoder's fused graph made f32 ([`GraphKind::Fused32`], [`super::fp32_graph`]),
+    /// derived from `fused` by [`Component::with_fused`].
+    pub fused32: Option<GraphFiles>,
     /// The fused UNet graph in `cuda` runs only when asked for (`--graph cuda`), not by default:
     /// a template's fused graph that has not passed the GPU check ([`super::template`]).
     pub cuda_opt_in: bool,
 }
 
+/// `fused` made f32 ([`super::fp32_graph`]) and checked against the weights; `None`, said in
+/// the log, where that fails: the component then runs its plain fp32 graph as before.
+fn fp32_twin(fused: &GraphFiles, weights: &Checkpoint) -> Option<GraphFiles> {
+    let wide = match super::fp32_graph::widen(fused) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::debug!("{}: no f32 fused graph: {e}", fused.graph.path.display());
+            return None;
+        }
+    };
+    let problems = consistency_problems(&wide.graph, &wide.weightmap, weights);
+    if !problems.is_empty() {
+        tracing::warn!(
+            "{}: the f32 fused graph does not fit the weights ({}); fp32 runs the plain graph",
+            fused.graph.path.display(),
+            problems.join("; ")
+        );
+        return None;
+    }
+    Some(wide)
+}
+
 /// A second graph of a component over the same base weights.
+#[derive(Clone)]
 pub struct GraphFiles {
     pub graph: Graph,
     pub weightmap: WeightMap,
@@ -377,6 +403,10 @@ impl Component {
                 });
             }
         }
+        self.fused32 = match &fused {
+            Some(f) if self.kind == ComponentKind::VaeDecoder => fp32_twin(f, &self.weights),
+            _ => None,
+        };
         self.fused = fused;
         Ok(self)
     }
@@ -428,12 +458,14 @@ impl Component {
             config,
             cuda,
             fused: None,
+            fused32: None,
             cuda_opt_in: false,
         })
     }
 
-    /// The component with its plain graph only, sharing the mapped weights: what the VAE's fp32
-    /// fallback is built from, on whichever thread finds the fp16 decoder overflowing.
+    /// The component with its fp32 graphs only (the plain one and [`GraphKind::Fused32`]), sharing
+    /// the mapped weights: what the VAE's fp32 fallback is built from, on whichever thread finds
+    /// the fp16 decoder overflowing.
     pub fn plain_twin(&self) -> Component {
         Component {
             kind: self.kind,
@@ -444,6 +476,7 @@ impl Component {
             config: self.config.clone(),
             cuda: None,
             fused: None,
+            fused32: self.fused32.clone(),
             cuda_opt_in: false,
         }
     }
@@ -454,6 +487,7 @@ impl Component {
             GraphKind::Plain => Some((&self.graph, &self.weightmap)),
             GraphKind::Cuda => self.cuda.as_ref().map(|g| (&g.graph, &g.weightmap)),
             GraphKind::Fused => self.fused.as_ref().map(|g| (&g.graph, &g.weightmap)),
+            GraphKind::Fused32 => self.fused32.as_ref().map(|g| (&g.graph, &g.weightmap)),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod diffusers_dir;
 pub mod extra_tokens;
 pub mod fold;
 pub mod foldable;
+pub mod fp32_graph;
 pub mod graph;
 pub mod hash;
 pub mod index;

@@ -203,7 +203,8 @@ pub fn graph_files(which: GraphKind) -> (&'static str, &'static str) {
     match which {
         GraphKind::Plain => ("model.onnx", "weightmap.json"),
         GraphKind::Cuda => ("model.cuda.onnx", "weightmap.cuda.json"),
-        GraphKind::Fused => ("model.fused.onnx", "weightmap.fused.json"),
+        // Fused32 is made from the fused graph's files at load.
+        GraphKind::Fused | GraphKind::Fused32 => ("model.fused.onnx", "weightmap.fused.json"),
     }
 }
 

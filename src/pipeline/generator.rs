@@ -423,7 +423,8 @@ impl Generator {
         }
     }
 
-    /// "fused" or "plain": the VAE decoder's graph now (the fused CUDA one is fp16, CUDA only).
+    /// "fused" or "plain": the VAE decoder's graph now (a fused CUDA one, fp16 or made f32, or the
+    /// plain export).
     pub fn vae_graph(&self) -> &'static str {
         match self.sessions.vae_is_fused(&self.model) {
             true => "fused",

@@ -859,12 +859,13 @@ impl Sessions {
             .any(|o| o.name() == rgb_tail::RGB)
     }
 
-    /// Whether the VAE decoder runs its fused CUDA graph now (`bench`): it was built from it and
-    /// has not fallen back to fp32.
+    /// Whether the VAE decoder runs a fused CUDA graph now (`bench`): the fp16 one, or the f32 one
+    /// (fp32 asked for, or after an fp16 overflow: the fallback resolves the graph as this does).
     pub fn vae_is_fused(&self, model: &Model) -> bool {
-        self.vae_is_fp16()
-            && vae_graph(model, &self.build_opts(), ComponentKind::VaeDecoder).ok()
-                == Some(GraphKind::Fused)
+        matches!(
+            vae_graph(model, &self.build_opts(), ComponentKind::VaeDecoder),
+            Ok(GraphKind::Fused | GraphKind::Fused32)
+        )
     }
 }
 
@@ -920,7 +921,10 @@ impl Sessions {
         opts: &SessionOptions,
     ) -> Result<(Session, bool), PipelineError> {
         let kind = ComponentKind::VaeEncoder;
-        let fp16 = vae_graph(model, opts, kind)? != GraphKind::Plain;
+        let fp16 = matches!(
+            vae_graph(model, opts, kind)?,
+            GraphKind::Cuda | GraphKind::Fused
+        );
         let none = HashMap::new();
         let net = build_component(
             model,
@@ -1027,6 +1031,7 @@ fn build_component(
         GraphKind::Cuda if is_vae || is_te => format!("{kind} (fp16)"),
         GraphKind::Cuda => format!("{kind} (fused CUDA graph)"),
         GraphKind::Fused => format!("{kind} (fp16, fused CUDA graph)"),
+        GraphKind::Fused32 => format!("{kind} (fp32, fused CUDA graph)"),
     };
     // Only a UNet with fixed shapes is captured as a CUDA graph: it is what runs every step, and
     // capture needs the shapes settled (the load-time UNet, built without them, is replaced by the
@@ -1289,7 +1294,10 @@ fn build_vae(
         dims,
         &mut FuseStats::default(),
     )?;
-    if vae_graph(model, opts, kind)? == GraphKind::Plain {
+    if !matches!(
+        vae_graph(model, opts, kind)?,
+        GraphKind::Cuda | GraphKind::Fused
+    ) {
         return Ok(VaeSlot::fp32(net.session));
     }
     let c = model
@@ -1299,20 +1307,21 @@ fn build_vae(
     let mut fp32 = opts.without_cuda_graph();
     fp32.vae_precision = VaePrecision::Fp32;
     let dims = dims.to_vec();
+    // The f32 fused graph where the fp16 one ran fused (CUDA), else the plain fp32 graph.
+    let which = opts
+        .vae_graph
+        .resolve_fused(opts.device, &twin, GraphKind::Plain)
+        .unwrap_or(GraphKind::Plain);
     let fallback: Fallback = Box::new(move || {
-        let what = format!("{kind} (fp32, after an fp16 overflow)");
+        let what = match which {
+            GraphKind::Fused32 => {
+                format!("{kind} (fp32, fused CUDA graph, after an fp16 overflow)")
+            }
+            _ => format!("{kind} (fp32, after an fp16 overflow)"),
+        };
         let none: HashMap<String, Vec<f32>> = HashMap::new();
         let mut st = FuseStats::default();
-        bake(
-            &twin,
-            rt,
-            &fp32,
-            GraphKind::Plain,
-            &what,
-            &none,
-            &dims,
-            &mut st,
-        )
+        bake(&twin, rt, &fp32, which, &what, &none, &dims, &mut st)
     });
     Ok(VaeSlot {
         session: net.session,

@@ -234,8 +234,9 @@ impl GraphChoice {
     /// The graph `--vae-graph` or `--te-graph` makes of `precision` (the graph
     /// [`Precision::resolve`] chose) for the VAE decoder or a text encoder: on a CUDA device, the
     /// component's fused fp16 graph (`model.fused.onnx`) in place of its plain fp16 one where the
-    /// model has it (auto and `fused`); `plain` keeps the plain one. The fused graphs are fp16
-    /// only, so fp32 (asked for, SDXL's own VAE under auto, or after an fp16 overflow) stays fp32.
+    /// model has it (auto and `fused`); `plain` keeps the plain one. An fp32 VAE decoder (asked
+    /// for, SDXL's own VAE under auto, or after an fp16 overflow) runs the fused graph made f32
+    /// ([`GraphKind::Fused32`]) on CUDA where the model has it; an fp32 text encoder stays plain.
     /// Asking for one of a model without it is an error, as is the fused VAE (CUDA-only kernels)
     /// on another device; the text encoders' runs on the CPU too when asked for (ONNX Runtime has
     /// CPU kernels for its operators: how the tests check it). The VAE encoder has none.
@@ -260,6 +261,13 @@ impl GraphChoice {
             GraphChoice::Cuda if cuda_only && !is_cuda => Err(format!(
                 "the fused {what} graph runs only on a CUDA device (--device cuda:N), not {device}"
             )),
+            _ if precision == GraphKind::Plain
+                && cuda_only
+                && is_cuda
+                && component.fused32.is_some() =>
+            {
+                Ok(GraphKind::Fused32)
+            }
             _ if precision != GraphKind::Cuda => Ok(precision),
             GraphChoice::Auto if is_cuda && has => Ok(GraphKind::Fused),
             GraphChoice::Auto => Ok(precision),

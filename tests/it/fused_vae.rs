@@ -91,6 +91,67 @@ fn fused_vae_weights_equal_what_the_optimizer_wrote() {
     }
 }
 
+/// The fused graph made f32 at load ([`GraphKind::Fused32`]) reads the same parameters by the same
+/// recipes as the fp16 one, in f32: every value rounds to exactly the fp16 graph's (which ORT's
+/// optimizer's hashes pin above), and the graph has the fp16 one's nodes with no fp16 left.
+#[test]
+fn the_f32_fused_vae_reads_the_fp16_ones_weights_in_f32() {
+    for (path, _) in cases() {
+        let model = Model::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let vae = model.component(ComponentKind::VaeDecoder).unwrap();
+        let (g16, wm16) = vae.graph_of(GraphKind::Fused).unwrap();
+        let (g32, wm32) = vae
+            .graph_of(GraphKind::Fused32)
+            .unwrap_or_else(|| panic!("{}: no f32 fused VAE graph", path.display()));
+        let (b16, _) = assemble_graph(vae, GraphKind::Fused, &HashMap::new()).unwrap();
+        let (b32, stats) = assemble_graph(vae, GraphKind::Fused32, &HashMap::new()).unwrap();
+        assert_eq!(stats.initializers, wm16.initializers.len());
+        let mut widened = 0;
+        for (e16, e32) in wm16.initializers.iter().zip(&wm32.initializers) {
+            assert_eq!(
+                (&e16.name, &e16.sources(), e16.transform, &e16.shape),
+                (&e32.name, &e32.sources(), e32.transform, &e32.shape)
+            );
+            assert_eq!(e32.dtype, "float32", "{}", e32.name);
+            let f32s: Vec<f32> = b32[e32.offset..e32.offset + e32.length]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            let old = &b16[e16.offset..e16.offset + e16.length];
+            if e16.dtype == "float32" {
+                assert_eq!(
+                    old,
+                    &b32[e32.offset..e32.offset + e32.length],
+                    "{}",
+                    e16.name
+                );
+                continue;
+            }
+            widened += 1;
+            for (i, (v, h)) in f32s.iter().zip(old.chunks_exact(2)).enumerate() {
+                let h = half::f16::from_le_bytes([h[0], h[1]]);
+                assert_eq!(half::f16::from_f32(*v), h, "{}[{i}]: {v}", e16.name);
+            }
+        }
+        assert!(widened > 30, "{}: {widened} fp16 weights", path.display());
+        let nodes = |g: &stipple::model::graph::Graph| {
+            let m = ModelProto::decode(g.bytes.as_slice()).unwrap();
+            m.graph
+                .unwrap()
+                .node
+                .into_iter()
+                .map(|n| n.op_type.unwrap_or_default())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(nodes(g16), nodes(g32), "{}", path.display());
+        let m = ModelProto::decode(g32.bytes.as_slice())
+            .unwrap()
+            .graph
+            .unwrap();
+        assert!(m.initializer.iter().all(|t| t.data_type != Some(10)));
+    }
+}
+
 #[test]
 fn every_large_initializer_of_the_fused_vae_comes_from_a_recipe() {
     for fixture in ["tiny-sd15", "tiny-sd15-inpaint", "tiny-sd2", "tiny-sdxl"] {
@@ -145,9 +206,13 @@ fn the_fused_vae_is_chosen_only_on_cuda_with_an_fp16_vae() {
     assert_eq!(pick(GraphChoice::Auto, cuda, fp16), Ok(GraphKind::Fused));
     assert_eq!(pick(GraphChoice::Cuda, cuda, fp16), Ok(GraphKind::Fused));
     assert_eq!(pick(GraphChoice::Plain, cuda, fp16), Ok(fp16));
-    // fp32 (asked for, or after an fp16 overflow) stays fp32: the fused graph is fp16.
-    assert_eq!(pick(GraphChoice::Auto, cuda, fp32), Ok(fp32));
-    assert_eq!(pick(GraphChoice::Cuda, cuda, fp32), Ok(fp32));
+    // fp32 (asked for, or after an fp16 overflow) runs the fused graph made f32 on CUDA, the
+    // plain fp32 graph when asked for or elsewhere.
+    assert_eq!(pick(GraphChoice::Auto, cuda, fp32), Ok(GraphKind::Fused32));
+    assert_eq!(pick(GraphChoice::Cuda, cuda, fp32), Ok(GraphKind::Fused32));
+    assert_eq!(pick(GraphChoice::Plain, cuda, fp32), Ok(fp32));
+    assert_eq!(pick(GraphChoice::Auto, Device::Cpu, fp32), Ok(fp32));
+    assert_eq!(pick(GraphChoice::Auto, Device::DirectMl(0), fp32), Ok(fp32));
     // Other devices run the plain graphs; the contrib operators are CUDA's.
     assert_eq!(pick(GraphChoice::Auto, Device::Cpu, fp16), Ok(fp16));
     assert_eq!(pick(GraphChoice::Auto, Device::DirectMl(0), fp16), Ok(fp16));
@@ -158,8 +223,14 @@ fn the_fused_vae_is_chosen_only_on_cuda_with_an_fp16_vae() {
         GraphChoice::Cuda.resolve_fused(cuda, enc, fp16),
         Ok(GraphKind::Cuda)
     );
-    // A decoder without one: auto keeps the plain fp16 graph, asking for it says how to make it.
+    // The fp32 fallback's twin keeps the f32 fused graph, not the fp16 one.
     let twin = dec.plain_twin();
+    assert_eq!(
+        GraphChoice::Auto.resolve_fused(cuda, &twin, fp32),
+        Ok(GraphKind::Fused32)
+    );
+    assert!(twin.graph_of(GraphKind::Fused).is_none());
+    // A decoder without one: auto keeps the plain fp16 graph, asking for it says how to make it.
     assert_eq!(
         GraphChoice::Auto.resolve_fused(cuda, &twin, fp16),
         Ok(GraphKind::Cuda)
