@@ -180,6 +180,14 @@ fn model(s: &mut String, dir: &Path, m: &crate::model::Model) -> std::fmt::Resul
                 f.graph.externals.len()
             )?;
         }
+        if c.fused32.is_some() {
+            // Made at load; what an fp32 decode runs on CUDA (SDXL's own VAE, the overflow fallback).
+            writeln!(
+                s,
+                "  {:<14} and that graph made f32 (fp32 decodes on CUDA)",
+                ""
+            )?;
+        }
     }
     Ok(())
 }
