@@ -20,7 +20,9 @@ mkdir -p "$OUT"
 DEVICE=${DEVICE:-cuda:0}
 FAMILY=${FAMILY:-sd15}
 MODEL=${MODEL:-/tmp/$FAMILY}
-LORA_DIR=${LORA_DIR:-/tmp/loras}
+# One folder per family: an SDXL LoRA made by an earlier check on the same machine is refused by an
+# SD1.5 model (wrong base model), and the file is only made when missing.
+LORA_DIR=${LORA_DIR:-/tmp/loras-$FAMILY}
 LORA=${LORA:-synth32}
 if [ "${DEVICE%%:*}" = cuda ]; then
 . "$(dirname "$0")/gpu_env.sh"

@@ -167,15 +167,18 @@ fn relayout(
                 t.data_type()
             ))
         })?;
-        let count = t
+        let bad_dims =
+            || Fp32GraphError::Unsuited(format!("has initializer {:?} of bad dims", t.name()));
+        // Bytes: the element size times every dimension (negative or overflowing ones refused).
+        let length = t
             .dims
             .iter()
-            .try_fold(1usize, |n, &d| usize::try_from(d).ok().map(|d| n * d))
-            .ok_or_else(|| {
-                Fp32GraphError::Unsuited(format!("has initializer {:?} of bad dims", t.name()))
-            })?;
-        let offset = end.div_ceil(ALIGN) * ALIGN;
-        let length = count * size;
+            .try_fold(size, |n, &d| {
+                usize::try_from(d).ok().and_then(|d| n.checked_mul(d))
+            })
+            .ok_or_else(bad_dims)?;
+        let offset = end.checked_next_multiple_of(ALIGN).ok_or_else(bad_dims)?;
+        let next = offset.checked_add(length).ok_or_else(bad_dims)?;
         t.external_data
             .retain(|kv| !matches!(kv.key(), "offset" | "length"));
         for (key, value) in [("offset", offset), ("length", length)] {
@@ -186,7 +189,7 @@ fn relayout(
                 });
         }
         placed.insert(t.name().to_string(), (offset, length, elem));
-        end = offset + length;
+        end = next;
     }
     Ok(placed)
 }
@@ -443,6 +446,17 @@ mod tests {
         };
         let err = err.to_string();
         assert!(err.contains("ghost"), "{err}");
+    }
+
+    #[test]
+    fn dimensions_that_overflow_or_are_negative_are_refused() {
+        for dims in [vec![i64::MAX, 4], vec![-1, 3], vec![1 << 40, 1 << 30]] {
+            let mut inits = vec![external("w", &[1], F16, 0)];
+            inits[0].dims = dims.clone();
+            inits[0].data_type = Some(F32);
+            let err = relayout(&mut inits).expect_err("bad dims accepted");
+            assert!(err.to_string().contains("bad dims"), "{dims:?}: {err}");
+        }
     }
 
     #[test]
