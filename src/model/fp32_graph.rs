@@ -8,11 +8,11 @@
 //! way against 96.6 ms with the plain graph (40.6 ms fused fp16).
 
 use super::graph::{ElemType, Graph, GraphError};
-use super::layout::GraphFiles;
 use super::onnx_proto::{
     attribute_proto::AttributeType, tensor_proto::DataLocation, type_proto, ModelProto,
     TensorProto, ValueInfoProto,
 };
+use super::weightmap::WeightMap;
 use prost::Message;
 use std::collections::HashMap;
 
@@ -33,12 +33,12 @@ pub enum Fp32GraphError {
     Unsuited(String),
 }
 
-/// `files` with every fp16 initializer, constant, cast target and value type made f32, and the
-/// external initializers laid out again (in their old order) for the wider types; the weight map
-/// says the same. Nothing else changes: the nodes, their order and their names stay.
-pub fn widen(files: &GraphFiles) -> Result<GraphFiles, Fp32GraphError> {
+/// `graph` with every fp16 initializer, constant, cast target and value type made f32, and the
+/// external initializers laid out again (in their old order) for the wider types; `weightmap`
+/// made to say the same. Nothing else changes: the nodes, their order and their names stay.
+pub fn widen(graph: &Graph, weightmap: &WeightMap) -> Result<(Graph, WeightMap), Fp32GraphError> {
     let unsuited = |m: String| Fp32GraphError::Unsuited(m);
-    let mut model = ModelProto::decode(files.graph.bytes.as_slice())?;
+    let mut model = ModelProto::decode(graph.bytes.as_slice())?;
     let g = model
         .graph
         .as_mut()
@@ -78,7 +78,7 @@ pub fn widen(files: &GraphFiles) -> Result<GraphFiles, Fp32GraphError> {
     {
         widen_value(v);
     }
-    let mut weightmap = files.weightmap.clone();
+    let mut weightmap = weightmap.clone();
     for e in &mut weightmap.initializers {
         let Some(&(offset, length, elem)) = placed.get(e.name.as_str()) else {
             return Err(unsuited(format!(
@@ -90,8 +90,8 @@ pub fn widen(files: &GraphFiles) -> Result<GraphFiles, Fp32GraphError> {
         e.length = length;
         e.dtype = elem.name();
     }
-    let graph = Graph::from_bytes(&files.graph.path, model.encode_to_vec())?;
-    Ok(GraphFiles { graph, weightmap })
+    let graph = Graph::from_bytes(&graph.path, model.encode_to_vec())?;
+    Ok((graph, weightmap))
 }
 
 /// Makes an fp16 tensor f32: its type, and its values where they are in the graph.
@@ -247,7 +247,7 @@ mod tests {
 
     /// x (f32) → Cast fp16 → MatMul w (fp16, external) → Add c (fp16 constant, as bits) →
     /// Mul g (f32 external, after a Cast of a ConstantOfShape) → Cast f32 → y.
-    fn fp16_graph() -> GraphFiles {
+    fn fp16_graph() -> (Graph, WeightMap) {
         let half_bits = |v: f32| half::f16::from_f32(v).to_bits() as i32;
         let constant = TensorProto {
             name: Some("c".into()),
@@ -322,13 +322,14 @@ mod tests {
                 entry("gain", &[3], "float32", 12, 12),
             ],
         };
-        GraphFiles { graph, weightmap }
+        (graph, weightmap)
     }
 
     #[test]
     fn every_fp16_type_value_and_cast_becomes_f32_and_the_layout_follows() {
-        let wide = widen(&fp16_graph()).unwrap();
-        let model = ModelProto::decode(wide.graph.bytes.as_slice()).unwrap();
+        let (graph, weightmap) = fp16_graph();
+        let wide = widen(&graph, &weightmap).unwrap();
+        let model = ModelProto::decode(wide.0.bytes.as_slice()).unwrap();
         let g = model.graph.unwrap();
         // Types: no fp16 left anywhere.
         assert!(g.initializer.iter().all(|t| t.data_type != Some(F16)));
@@ -366,13 +367,13 @@ mod tests {
         assert_eq!(m, F32);
         // Layout: w is 24 bytes now; gain moves to the next aligned offset.
         let place = |n: &str| {
-            let e = wide.graph.externals.iter().find(|e| e.name == n).unwrap();
+            let e = wide.0.externals.iter().find(|e| e.name == n).unwrap();
             (e.offset, e.length, e.elem)
         };
         assert_eq!(place("w"), (0, 24, ElemType::F32));
         assert_eq!(place("gain"), (64, 12, ElemType::F32));
         let wm: Vec<(&str, usize, usize, &str)> = wide
-            .weightmap
+            .1
             .initializers
             .iter()
             .map(|e| (e.name.as_str(), e.offset, e.length, e.dtype.as_str()))
@@ -401,7 +402,8 @@ mod tests {
         use crate::runtime::tensor_io::{run_read, Input};
         use crate::runtime::{build_session, Runtime, SessionOptions};
         let rt = Runtime::get(None, false).expect("ONNX Runtime (run scripts/setup)");
-        let wide = widen(&fp16_graph()).unwrap();
+        let (graph, weightmap) = fp16_graph();
+        let (wide, _) = widen(&graph, &weightmap).unwrap();
         // Values fp16 rounds: 1 + 2⁻¹², 3·10⁻⁸ (below fp16's smallest subnormal), 70000 (above its max).
         let w = [1.0 + 2f32.powi(-12), 3e-8, 70000.0, -0.25, 1e-3, 2.0];
         let gain = [1.0f32, 0.5, -2.0];
@@ -414,7 +416,7 @@ mod tests {
         }
         let opts = SessionOptions::default();
         let weights = std::sync::Arc::from(buf);
-        let bytes = &wide.graph.bytes;
+        let bytes = &wide.bytes;
         let mut s =
             build_session(rt, "wide", bytes, "weights.bin", weights, &opts, &[], &[]).unwrap();
         let x = [3.0f32, -1.0];
@@ -436,12 +438,11 @@ mod tests {
 
     #[test]
     fn a_weight_map_entry_without_its_initializer_is_refused() {
-        let mut files = fp16_graph();
-        files
-            .weightmap
+        let (graph, mut weightmap) = fp16_graph();
+        weightmap
             .initializers
             .push(entry("ghost", &[1], "float16", 128, 2));
-        let Err(err) = widen(&files) else {
+        let Err(err) = widen(&graph, &weightmap) else {
             panic!("a ghost entry was accepted")
         };
         let err = err.to_string();
@@ -461,8 +462,11 @@ mod tests {
 
     #[test]
     fn junk_is_an_error_not_a_panic() {
-        let mut files = fp16_graph();
-        files.graph.bytes = vec![0xff; 7];
-        assert!(matches!(widen(&files), Err(Fp32GraphError::Decode(_))));
+        let (mut graph, weightmap) = fp16_graph();
+        graph.bytes = vec![0xff; 7];
+        assert!(matches!(
+            widen(&graph, &weightmap),
+            Err(Fp32GraphError::Decode(_))
+        ));
     }
 }

@@ -77,8 +77,8 @@ pub struct Component {
 /// `fused` made f32 ([`super::fp32_graph`]) and checked against the weights; `None`, said in
 /// the log, where that fails: the component then runs its plain fp32 graph as before.
 fn fp32_twin(fused: &GraphFiles, weights: &Checkpoint) -> Option<GraphFiles> {
-    let wide = match super::fp32_graph::widen(fused) {
-        Ok(w) => w,
+    let wide = match super::fp32_graph::widen(&fused.graph, &fused.weightmap) {
+        Ok((graph, weightmap)) => GraphFiles { graph, weightmap },
         Err(e) => {
             tracing::debug!("{}: no f32 fused graph: {e}", fused.graph.path.display());
             return None;
