@@ -21,8 +21,8 @@ pub struct WeightArgs {
     /// fp16 or fp32
     #[arg(long, value_name = "P", value_parser = ["auto", "fp16", "fp32"])]
     pub vae_precision: Option<String>,
-    /// The fp16 VAE decoder's graph on CUDA: auto (the fused CUDA graph, model.fused.onnx, when the
-    /// model has one), plain (the plain fp16 graph) or fused
+    /// The VAE decoder's graph on CUDA: auto (the fused CUDA graph, model.fused.onnx, when the
+    /// model has one: fp16, or made f32 for an fp32 decode), plain (the plain export) or fused
     #[arg(long, value_name = "GRAPH", value_parser = ["auto", "plain", "fused"])]
     pub vae_graph: Option<String>,
     /// The text encoders' precision: auto (fp16 on its fused graph for SD 1.x on CUDA, fp32
