@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use stipple::model::layout::{ComponentKind, GraphKind};
 use stipple::model::onnx_proto::ModelProto;
-use stipple::model::{Model, Transform};
+use stipple::model::{Model, OpenOptions, Transform};
 use stipple::patch::assemble_graph;
 use stipple::runtime::session::GraphChoice;
 use stipple::runtime::Device;
@@ -98,58 +98,87 @@ fn fused_vae_weights_equal_what_the_optimizer_wrote() {
 fn the_f32_fused_vae_reads_the_fp16_ones_weights_in_f32() {
     for (path, _) in cases() {
         let model = Model::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let vae = model.component(ComponentKind::VaeDecoder).unwrap();
-        let (g16, wm16) = vae.graph_of(GraphKind::Fused).unwrap();
-        let (g32, wm32) = vae
-            .graph_of(GraphKind::Fused32)
-            .unwrap_or_else(|| panic!("{}: no f32 fused VAE graph", path.display()));
-        let (b16, _) = assemble_graph(vae, GraphKind::Fused, &HashMap::new()).unwrap();
-        let (b32, stats) = assemble_graph(vae, GraphKind::Fused32, &HashMap::new()).unwrap();
-        assert_eq!(stats.initializers, wm16.initializers.len());
-        let mut widened = 0;
-        for (e16, e32) in wm16.initializers.iter().zip(&wm32.initializers) {
-            assert_eq!(
-                (&e16.name, &e16.sources(), e16.transform, &e16.shape),
-                (&e32.name, &e32.sources(), e32.transform, &e32.shape)
-            );
-            assert_eq!(e32.dtype, "float32", "{}", e32.name);
-            let f32s: Vec<f32> = b32[e32.offset..e32.offset + e32.length]
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            let old = &b16[e16.offset..e16.offset + e16.length];
-            if e16.dtype == "float32" {
-                assert_eq!(
-                    old,
-                    &b32[e32.offset..e32.offset + e32.length],
-                    "{}",
-                    e16.name
-                );
-                continue;
-            }
-            widened += 1;
-            for (i, (v, h)) in f32s.iter().zip(old.chunks_exact(2)).enumerate() {
-                let h = half::f16::from_le_bytes([h[0], h[1]]);
-                assert_eq!(half::f16::from_f32(*v), h, "{}[{i}]: {v}", e16.name);
-            }
-        }
-        assert!(widened > 30, "{}: {widened} fp16 weights", path.display());
-        let nodes = |g: &stipple::model::graph::Graph| {
-            let m = ModelProto::decode(g.bytes.as_slice()).unwrap();
-            m.graph
-                .unwrap()
-                .node
-                .into_iter()
-                .map(|n| n.op_type.unwrap_or_default())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(nodes(g16), nodes(g32), "{}", path.display());
-        let m = ModelProto::decode(g32.bytes.as_slice())
-            .unwrap()
-            .graph
-            .unwrap();
-        assert!(m.initializer.iter().all(|t| t.data_type != Some(10)));
+        f32_weights_round_to_the_fp16_ones(&model, &path.display().to_string());
     }
+    // A separate VAE file (`--vae`) rebuilds the decoder: its f32 graph reads that file's weights.
+    let own = Model::open(&tiny_model()).unwrap();
+    let vae_file = root().join("tests/fixtures/single-file/tiny-vae.safetensors");
+    let other = Model::open_with(
+        &tiny_model(),
+        OpenOptions {
+            vae: Some(vae_file.clone()),
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
+    f32_weights_round_to_the_fp16_ones(&other, "tiny-sd15 with --vae");
+    let f32_buffer = |m: &Model| {
+        let vae = m.component(ComponentKind::VaeDecoder).unwrap();
+        assemble_graph(vae, GraphKind::Fused32, &HashMap::new())
+            .unwrap()
+            .0
+    };
+    assert_ne!(
+        f32_buffer(&own),
+        f32_buffer(&other),
+        "with {}, the f32 graph still reads the model's own VAE",
+        vae_file.display()
+    );
+}
+
+/// Checks `model`'s [`GraphKind::Fused32`] decoder against its [`GraphKind::Fused`] one.
+fn f32_weights_round_to_the_fp16_ones(model: &Model, what: &str) {
+    let vae = model.component(ComponentKind::VaeDecoder).unwrap();
+    let (g16, wm16) = vae.graph_of(GraphKind::Fused).unwrap();
+    let (g32, wm32) = vae
+        .graph_of(GraphKind::Fused32)
+        .unwrap_or_else(|| panic!("{what}: no f32 fused VAE graph"));
+    let (b16, _) = assemble_graph(vae, GraphKind::Fused, &HashMap::new()).unwrap();
+    let (b32, stats) = assemble_graph(vae, GraphKind::Fused32, &HashMap::new()).unwrap();
+    assert_eq!(stats.initializers, wm16.initializers.len());
+    let mut widened = 0;
+    for (e16, e32) in wm16.initializers.iter().zip(&wm32.initializers) {
+        assert_eq!(
+            (&e16.name, &e16.sources(), e16.transform, &e16.shape),
+            (&e32.name, &e32.sources(), e32.transform, &e32.shape)
+        );
+        assert_eq!(e32.dtype, "float32", "{}", e32.name);
+        let f32s: Vec<f32> = b32[e32.offset..e32.offset + e32.length]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let old = &b16[e16.offset..e16.offset + e16.length];
+        if e16.dtype == "float32" {
+            assert_eq!(
+                old,
+                &b32[e32.offset..e32.offset + e32.length],
+                "{}",
+                e16.name
+            );
+            continue;
+        }
+        widened += 1;
+        for (i, (v, h)) in f32s.iter().zip(old.chunks_exact(2)).enumerate() {
+            let h = half::f16::from_le_bytes([h[0], h[1]]);
+            assert_eq!(half::f16::from_f32(*v), h, "{}[{i}]: {v}", e16.name);
+        }
+    }
+    assert!(widened > 30, "{what}: {widened} fp16 weights");
+    let nodes = |g: &stipple::model::graph::Graph| {
+        let m = ModelProto::decode(g.bytes.as_slice()).unwrap();
+        m.graph
+            .unwrap()
+            .node
+            .into_iter()
+            .map(|n| n.op_type.unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(nodes(g16), nodes(g32), "{what}");
+    let m = ModelProto::decode(g32.bytes.as_slice())
+        .unwrap()
+        .graph
+        .unwrap();
+    assert!(m.initializer.iter().all(|t| t.data_type != Some(10)));
 }
 
 #[test]
