@@ -68,6 +68,60 @@ def fold(model):
     return moved
 
 
+def fold_groupnorms(model):
+    """Experimental, not applied to any template: the conv biases that `fold` leaves because their
+    conv is read by a plain GroupNorm (the resnets' conv1 → norm2, in the VAE decoder 26 bias adds
+    that cuDNN runs as kernels of their own: 5.2 ms of SDXL's 1024² decode, fp16 or f32, H100
+    2026-12-07). GroupNorm has no bias input, so the norm becomes a SkipGroupNorm whose skip is zeros
+    of shape (N, 1, 1, C), N read from the conv's output at run time (ONNX Runtime wants the skip's
+    batch to match), and whose bias is the conv's. Whether ONNX Runtime's CUDA kernel takes that skip
+    and what it saves is for `scripts/unet_profile.py --graphs fused,fused-gnb` on a GPU; the wiring
+    is checked on the CPU by `python scripts/conv_bias_fold.py --check-gn FOLDER` (a model folder
+    with a fused VAE decoder). Folds in place; returns how many moved."""
+    from onnx import helper, numpy_helper
+    import numpy as np
+
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    readers = {}
+    for n in g.node:
+        for x in n.input:
+            readers[x] = readers.get(x, 0) + 1
+    outputs = {o.name for o in g.output}
+    inits = {i.name: i for i in g.initializer}
+    elem = {}
+    for v in list(g.value_info) + list(g.input) + list(g.output):
+        elem[v.name] = v.type.tensor_type.elem_type
+    out, moved = [], 0
+    for norm in g.node:
+        conv = producer.get(norm.input[0]) if norm.op_type == "GroupNorm" else None
+        x = norm.input[0] if conv is not None else None
+        if (conv is None or conv.op_type != "NhwcConv" or len(conv.input) < 3 or not conv.input[2]
+                or x in outputs or readers.get(x, 0) != 1 or conv.input[2] not in inits):
+            out.append(norm)
+            continue
+        bias = conv.input[2]
+        channels = int(inits[bias].dims[0])
+        dtype = elem.get(x, inits[bias].data_type)
+        tag = f"gnb{moved}/"
+        np_t = {onnx.TensorProto.FLOAT16: np.float16}.get(dtype, np.float32)
+        shape = helper.make_node("Shape", [x], [tag + "shape"], start=0, end=1)
+        dims = numpy_helper.from_array(np.array([1, 1, channels], dtype=np.int64), tag + "hwc")
+        g.initializer.append(dims)
+        concat = helper.make_node("Concat", [tag + "shape", tag + "hwc"], [tag + "dims"], axis=0)
+        zeros = helper.make_node("ConstantOfShape", [tag + "dims"], [tag + "zeros"],
+                                 value=numpy_helper.from_array(np.zeros(1, dtype=np_t)))
+        del conv.input[2]
+        skip = helper.make_node("SkipGroupNorm", [x, norm.input[1], norm.input[2], tag + "zeros", bias],
+                                [norm.output[0]], name=norm.name, domain=norm.domain)
+        skip.attribute.extend(norm.attribute)
+        out += [shape, concat, zeros, skip]
+        moved += 1
+    del g.node[:]
+    g.node.extend(out)
+    return moved
+
+
 def norm_biases(model):
     return [n.input[4] for n in model.graph.node
             if n.op_type == "SkipGroupNorm" and len(n.input) > 4 and n.input[4]]
@@ -87,7 +141,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("template")
     ap.add_argument("--write", action="store_true", help="write the folded graphs back into the template")
+    ap.add_argument("--check-gn", action="store_true",
+                    help="TEMPLATE is a model folder: run scripts/vae_fused.py's CPU check on its fused "
+                         "VAE decoder with fold_groupnorms applied (a copy; the folder is not changed)")
     a = ap.parse_args()
+    if a.check_gn:
+        check_groupnorm_fold(a.template)
+        return
     for comp, name in (("unet", "model.cuda.onnx.gz"), ("vae_decoder", "model.fused.onnx.gz")):
         path = os.path.join(a.template, comp, name)
         if not os.path.exists(path):
@@ -103,6 +163,28 @@ def main():
             print(f"{comp}: {moved} of {convs} conv biases moved into a SkipGroupNorm ({path})")
         else:
             print(f"{comp}: {moved} of {convs} conv biases would move into a SkipGroupNorm")
+
+
+def check_groupnorm_fold(folder):
+    """vae_fused.py's CPU check (contrib operators decomposed into standard ones) on a copy of
+    `folder` whose fused VAE decoder went through `fold_groupnorms`, after the same check on the
+    folder as it is: the two must agree with the fp32 graph alike."""
+    import shutil
+    import sys
+    import tempfile
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import vae_fused
+
+    vae_fused.check(folder)
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = os.path.join(tmp, "model")
+        shutil.copytree(folder, copy)
+        path = os.path.join(copy, "vae_decoder", "model.fused.onnx")
+        m = onnx.load(path, load_external_data=False)
+        print(f"fold_groupnorms: {fold_groupnorms(m)} GroupNorms now add their conv's bias")
+        onnx.save(m, path)
+        vae_fused.check(copy)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,11 @@ scripts/shape_transposes.py's `drop` or `sink`: their output is compared with `c
 equal), `cuda-bias` and `fused-bias` (the fused UNet or VAE decoder with scripts/conv_bias_fold.py's
 conv biases moved into SkipGroupNorms: compared with `cuda`'s or `fused`'s output, equal within fp16
 rounding), `fused32` and `fused-bias32` (those graphs made f32 throughout by
-scripts/graph_fp32.py: compared with `fused`'s or `fused-bias`'s output), `plain` (the plain export). `--static` builds each session for the shapes it runs (ONNX
-Runtime's free-dimension overrides, as stipple's static shapes; its text encoders always are).
+scripts/graph_fp32.py: compared with `fused`'s or `fused-bias`'s output), `fused-gnb` and `fused-gnb32`
+(experimental: scripts/conv_bias_fold.py's `fold_groupnorms`, the conv biases read by plain GroupNorms
+added inside them; compared with `fused`'s and `fused-gnb`'s output), `plain` (the plain export).
+`--static` builds each session for the shapes it runs (ONNX Runtime's free-dimension overrides, as
+stipple's static shapes; its text encoders always are).
 Random weights give true speed figures (the kernels do not depend on the values); they are written
 once per template to /tmp/unet-profile/.
 """
@@ -78,6 +81,9 @@ def graph_file(template, component, name, work):
         print(f"{name}: {shape_transposes.drop(m)} Transposes read only by Shape dropped")
     if name.endswith("-bias") or name.endswith("-bias32"):
         print(f"{name}: {conv_bias_fold.fold(m)} conv biases moved into SkipGroupNorms")
+    if "-gnb" in name:
+        print(f"{name}: {conv_bias_fold.fold_groupnorms(m)} GroupNorms made SkipGroupNorms adding "
+              f"their conv's bias (experimental)")
     if name.endswith("32"):
         print(f"{name}: {graph_fp32.fp32(m)} fp16 tensors, casts and values made f32")
     if name == "cuda-layout":
@@ -291,6 +297,11 @@ def main():
             d = np.abs(outputs[base] - out)
             print(f"{name} vs {base} output: max abs difference {d.max():.3g} (mean {d.mean():.3g}; "
                   f"the same weights, fp16 rounded in {base}: fp16 rounding, not 0)")
+    for name, out in outputs.items():
+        if name.endswith("-gnb") and name[:-4] in outputs:
+            d = np.abs(outputs[name[:-4]] - out)
+            print(f"{name} vs {name[:-4]} output: max abs difference {d.max():.3g} (mean {d.mean():.3g}; "
+                  f"the bias added in f32 inside the norm: fp16 rounding, not 0)")
     for shipped in ("cuda", "fused"):
         other = f"{shipped}-bias"
         if shipped in outputs and other in outputs:
