@@ -31,15 +31,20 @@ import os
 import onnx
 
 
-def fold(model):
-    """Folds in place; returns how many conv biases moved."""
-    g = model.graph
+def _wiring(g):
+    """Each value's producing node, how many inputs read each value, the graph's output names."""
     producer = {o: n for n in g.node for o in n.output}
     readers = {}
     for n in g.node:
         for x in n.input:
             readers[x] = readers.get(x, 0) + 1
-    outputs = {o.name for o in g.output}
+    return producer, readers, {o.name for o in g.output}
+
+
+def fold(model):
+    """Folds in place; returns how many conv biases moved."""
+    g = model.graph
+    producer, readers, outputs = _wiring(g)
     moved = 0
     for norm in g.node:
         if norm.op_type != "SkipGroupNorm":
@@ -82,12 +87,7 @@ def fold_groupnorms(model):
     import numpy as np
 
     g = model.graph
-    producer = {o: n for n in g.node for o in n.output}
-    readers = {}
-    for n in g.node:
-        for x in n.input:
-            readers[x] = readers.get(x, 0) + 1
-    outputs = {o.name for o in g.output}
+    producer, readers, outputs = _wiring(g)
     inits = {i.name: i for i in g.initializer}
     elem = {}
     for v in list(g.value_info) + list(g.input) + list(g.output):
