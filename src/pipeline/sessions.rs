@@ -852,11 +852,7 @@ impl Sessions {
 
     /// Whether the VAE decoder's session makes the picture's bytes itself ([`rgb_tail`]).
     pub fn vae_makes_bytes(&self) -> bool {
-        vae::lock(&self.vae)
-            .session
-            .outputs()
-            .iter()
-            .any(|o| o.name() == rgb_tail::RGB)
+        vae::makes_bytes(&vae::lock(&self.vae).session)
     }
 
     /// Whether the VAE decoder runs a fused CUDA graph now (`bench`): the fp16 one, or the f32 one

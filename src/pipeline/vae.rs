@@ -87,7 +87,7 @@ fn run_decoder(
     w: usize,
 ) -> Result<(RgbImage, bool), PipelineError> {
     let input = || vec![Input::F32("latent_sample", vec![1, 4, h, w], z)];
-    if !session.outputs().iter().any(|o| o.name() == rgb_tail::RGB) {
+    if !makes_bytes(session) {
         let out = run(session, input(), &["sample"]).map_err(run_err("VAE decoder"))?;
         let (shape, data) = out.into_iter().next().unwrap_or_default();
         let finite = data.iter().all(|x| x.is_finite());
@@ -125,6 +125,11 @@ fn run_decoder(
         Ok((image, sum.iter().all(|x| x.is_finite())))
     })
     .map_err(run_err("VAE decoder"))
+}
+
+/// Whether `session` is a decoder built with [`rgb_tail`]: it gives the picture's bytes.
+pub(crate) fn makes_bytes(session: &Session) -> bool {
+    session.outputs().iter().any(|o| o.name() == rgb_tail::RGB)
 }
 
 /// Converts one CHW image (3 × h × w, values in [-1, 1]) to interleaved RGB bytes.
