@@ -449,13 +449,19 @@ pub struct LiveBench {
     /// (a schedule), the program re-run before each step included (null without it).
     pub scheduled_step_device_ms: Option<f64>,
     /// With `--patch-on device`: the program's mean re-run in that schedule (synchronized), what a
-    /// new strength adds to the step that uses it.
+    /// new strength adds to the step that uses it (null when the spare UNet met every change).
     pub rerun_device_ms: Option<f64>,
     /// With `--patch-on device`: how many UNet weights the schedule's re-runs wrote each (mean),
     /// and how many the commit of that program writes (the re-run skips those whose value does
     /// not scale with a strength).
     pub rerun_writes: Option<f64>,
     pub commit_writes: Option<usize>,
+    /// With the spare UNet (`--spare-unet`): the schedule's steps that swapped it in, patched
+    /// while the step before ran; the mean re-run of its program, and the mean time a step waited
+    /// for that re-run after its own run had ended (over the re-runs that ran beside a step).
+    pub spare_swaps: Option<u64>,
+    pub prefetch_ms: Option<f64>,
+    pub prefetch_wait_ms: Option<f64>,
 }
 
 impl fmt::Display for LiveBench {
@@ -503,10 +509,23 @@ impl fmt::Display for LiveBench {
         if let Some(ms) = self.rerun_device_ms {
             write!(f, "\n  patch re-run alone (mean) {ms:>9.3} ms")?;
         }
-        if let (Some(r), Some(c)) = (self.rerun_writes, self.commit_writes) {
+        if let (Some(r), Some(c)) = (
+            self.rerun_writes.filter(|r| r.is_finite()),
+            self.commit_writes,
+        ) {
             write!(
                 f,
                 "\n  UNet weights written: {r:.0} per re-run, {c} at the commit"
+            )?;
+        }
+        if let Some(n) = self.spare_swaps.filter(|&n| n > 0) {
+            let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3} ms"));
+            write!(
+                f,
+                "\n  spare UNet: {n} steps swapped it in; its re-run {} beside the step, \
+                 which then waited {} for it",
+                ms(self.prefetch_ms),
+                ms(self.prefetch_wait_ms)
             )?;
         }
         Ok(())
@@ -614,7 +633,7 @@ pub fn live(
     let dial_live = timed_job(&mut g, &job, LoraMethod::Live, Some((&stem, at)))?.1;
     let dial_refuse = timed_job(&mut g, &job, LoraMethod::Refuse, Some((&stem, at)))?.1;
     drop(g);
-    let (dial_device, scheduled, rerun_device_ms, writes) = match device_spec {
+    let (dial_device, scheduled, rerun_device_ms, writes, spare) = match device_spec {
         Some(spec) => {
             let mut d = Generator::load(spec, rt)?;
             d.set_lora_dirs(vec![dir]);
@@ -636,16 +655,32 @@ pub fn live(
                 ..job.clone()
             };
             let mut sched_steps = Vec::new();
-            let mut rerun_ms = f64::NAN;
+            let mut rerun_ms = None;
             let mut rerun_writes = f64::NAN;
+            let mut spare = (0, None, None);
             for _ in 0..2 {
                 let before = d.patch_counts();
                 sched_steps = timed_job(&mut d, &sched, LoraMethod::Fuse, None)?.0;
                 let after = d.patch_counts();
                 let n = after.reruns - before.reruns;
-                rerun_ms = (after.rerun_us - before.rerun_us) as f64 / 1e3 / n.max(1) as f64;
-                rerun_writes = (after.rerun_writes - before.rerun_writes) as f64 / n.max(1) as f64;
-                if n < u64::from(sched.steps) - 1 {
+                let swaps = after.spare_swaps - before.spare_swaps;
+                let mean = |us: u64, n: u64| (n > 0).then(|| us as f64 / 1e3 / n as f64);
+                spare = (
+                    swaps,
+                    mean(
+                        after.prefetch_us - before.prefetch_us,
+                        after.prefetches - before.prefetches,
+                    ),
+                    mean(
+                        after.prefetch_wait_us - before.prefetch_wait_us,
+                        after.overlapped - before.overlapped,
+                    ),
+                );
+                rerun_ms = mean(after.rerun_us - before.rerun_us, n);
+                if n > 0 {
+                    rerun_writes = (after.rerun_writes - before.rerun_writes) as f64 / n as f64;
+                }
+                if n + swaps < u64::from(sched.steps) - 1 {
                     return Err(PipelineError::Job(
                         "the device patch did not re-run its program at every step of a schedule"
                             .into(),
@@ -656,11 +691,12 @@ pub fn live(
             (
                 Some(latency),
                 Some(median(sched_steps) * 1e3),
-                Some(rerun_ms),
+                rerun_ms,
                 Some((rerun_writes, commit_writes)),
+                Some(spare),
             )
         }
-        None => (None, None, None, None),
+        None => (None, None, None, None, None),
     };
     let fused_step_ms = median(fused) * 1e3;
     let live_step_ms = median(live) * 1e3;
@@ -681,5 +717,8 @@ pub fn live(
         rerun_device_ms,
         rerun_writes: writes.map(|w| w.0),
         commit_writes: writes.and_then(|w| w.1),
+        spare_swaps: spare.map(|s| s.0),
+        prefetch_ms: spare.and_then(|s| s.1),
+        prefetch_wait_ms: spare.and_then(|s| s.2),
     })
 }

@@ -82,6 +82,11 @@ pub struct EngineFlags {
     /// on CUDA, host elsewhere
     #[arg(long, value_name = "WHERE", value_parser = ["host", "device"])]
     pub patch_on: Option<String>,
+    /// A second UNet session patched for the next step while a step runs, for strength schedules
+    /// and dials with the device patch (a second copy of the UNet's weights). Default: true on
+    /// CUDA, false elsewhere
+    #[arg(long, value_name = "BOOL")]
+    pub spare_unet: Option<bool>,
     /// How adapters reach the weights: fuse (static fused, scheduled or dialled ones live), live,
     /// refuse (config: generation.lora_method)
     #[arg(long, value_enum)]
@@ -129,6 +134,7 @@ impl EngineFlags {
             graph: self.graph.clone().or(outer.graph.clone()),
             resident_weights: self.resident_weights.or(outer.resident_weights),
             patch_on: self.patch_on.clone().or(outer.patch_on.clone()),
+            spare_unet: self.spare_unet.or(outer.spare_unet),
             lora_method: self.lora_method.or(outer.lora_method),
             unet_batch: self.unet_batch.or(outer.unet_batch),
             embedding_dirs: outer

@@ -107,6 +107,7 @@ pub fn engine(
         cuda,
         resident: flags.resident_weights,
         patch_on_device: flags.patch_on.as_deref().map(|w| w == "device"),
+        spare_unet: flags.spare_unet,
         ema: flags.weights.ema,
         vae,
         clip_skip: flags.weights.clip_skip,

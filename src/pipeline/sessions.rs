@@ -30,6 +30,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+mod spare;
+
 /// SDXL's added conditioning for a UNet call: pooled text embeddings `[b, n]` and time ids `[b, 6]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Added<'a> {
@@ -85,6 +87,15 @@ pub struct PatchCounts {
     pub staged_writes: u64,
     /// Weights the re-runs wrote, summed: only those whose value scales with a strength.
     pub rerun_writes: u64,
+    /// Strength changes met by swapping in the spare UNet, patched ahead ([`spare`]).
+    pub spare_swaps: u64,
+    /// Re-runs of the spare's program for the next step, and their wall time summed (µs).
+    pub prefetches: u64,
+    pub prefetch_us: u64,
+    /// Of those, the ones that ran beside a UNet step, and how long those steps waited for them
+    /// after their own run had ended, summed (µs): the part of the patch the step did not hide.
+    pub overlapped: u64,
+    pub prefetch_wait_us: u64,
 }
 
 /// The strengths inputs of a re-run: one per text encoder, then the UNet's (None: not re-run).
@@ -142,6 +153,14 @@ pub struct Sessions {
     vae_tiling: super::vae_tiles::VaeTiling,
     /// The UNet's fixed input and output buffers, when it runs as a CUDA graph.
     unet_io: Option<Bound>,
+    /// Runs of the UNet session since it was built.
+    unet_runs: u64,
+    /// The spare UNet for per-step strength changes, once a job needed it ([`spare`]).
+    spare: Option<spare::Spare>,
+    /// Set when the spare could not be built: not tried again.
+    spare_failed: bool,
+    /// A re-run of the spare's program for the next UNet call to run beside it.
+    pending: Option<spare::Pending>,
     /// The report of the last adapter application (the components that changed).
     last_report: Option<ApplyReport>,
     /// Timings of the last adapter change.
@@ -184,6 +203,10 @@ impl Sessions {
             encoder_tiled: None,
             vae_tiling: Default::default(),
             unet_io: None,
+            unet_runs: 0,
+            spare: None,
+            spare_failed: false,
+            pending: None,
             last_report: None,
             last_fuse: None,
             counts: PatchCounts::default(),
@@ -312,11 +335,24 @@ impl Sessions {
         let mut stats = FuseStats::default();
         let t = Instant::now();
         let rebuild_te = want.te != self.fused.te;
-        let rebuild_unet = want.unet != self.fused.unet || want.unet_dims != self.fused.unet_dims;
+        let mut rebuild_unet =
+            want.unet != self.fused.unet || want.unet_dims != self.fused.unet_dims;
         let unet_dims = unet_dim_overrides(want.unet_dims);
         // Resident weights are rewritten in place; a UNet whose shapes change needs a new session.
         let te_in_place = self.text.iter().all(Net::is_resident);
         let unet_in_place = self.unet.is_resident() && want.unet_dims == self.fused.unet_dims;
+        // The spare UNet, patched while the last step ran, holds these strengths already.
+        if rebuild_unet && unet_in_place && self.swap_spare(&want) {
+            rebuild_unet = false;
+            if !rebuild_te {
+                self.last_fuse = Some(FuseStats {
+                    rerun: true,
+                    ..FuseStats::default()
+                });
+                self.fused = want;
+                return Ok(());
+            }
+        }
         // A change of strengths alone re-runs the patch programs already on the device.
         if self.opts.patch_on_device() {
             if let Some((te, unet)) = self.rerun_plan(
@@ -593,6 +629,7 @@ impl Sessions {
         if let Some(change) = unet {
             if matches!(change, Change::Built(_)) {
                 self.unet_io = None;
+                self.unet_runs = 0;
             }
             apply(&mut self.unet, change)?;
         }
@@ -670,6 +707,8 @@ impl Sessions {
         self.te_source = TeSource::Deltas(te_deltas);
         *vae::lock(&self.vae) = vae;
         self.unet_io = None;
+        self.unet_runs = 0;
+        (self.spare, self.pending) = (None, None);
         self.fused = FusedKey::unknown(None);
         Ok(())
     }
@@ -679,26 +718,26 @@ impl Sessions {
         let shape = call.shape;
         let t = vec![call.timestep; shape[0]];
         let inputs = unet_inputs(call, &t, self.context_dim);
-        let out = if self.opts.cuda_graph() || self.bound_unet {
-            let net = &mut self.unet;
-            let io = match self.unet_io.take() {
+        let bound = self.opts.cuda_graph() || self.bound_unet;
+        let device = self.opts.device;
+        let out = self.with_prefetch(|net, slot| {
+            if !bound {
+                return net.run(inputs, &["out_sample"]);
+            }
+            let io = match slot.take() {
                 Some(io) if io.fits(&net.session, &inputs) => io,
                 // New shapes or a new session: new buffers (the old ones are freed first).
                 _ => Bound::new(
                     &net.session,
-                    self.opts.device,
+                    device,
                     &inputs,
                     &[("out_sample", shape.to_vec())],
-                )
-                .map_err(run_err("UNet"))?,
+                )?,
             };
-            let io = self.unet_io.insert(io);
-            io.run(&mut net.session, inputs).map_err(run_err("UNet"))?
-        } else {
-            self.unet
-                .run(inputs, &["out_sample"])
-                .map_err(run_err("UNet"))?
-        };
+            slot.insert(io).run(&mut net.session, inputs)
+        });
+        let out = out.map_err(run_err("UNet"))?;
+        self.unet_runs += 1;
         Ok(out.into_iter().next().map(|(_, d)| d).unwrap_or_default())
     }
 

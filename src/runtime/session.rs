@@ -40,6 +40,11 @@ pub struct SessionOptions {
     /// against 0.61 s on the host, SDXL 0.048 s against 3.1 s, the step after it unchanged; the
     /// H200 slowdown seen once on 2026-12-05 did not come back), on the host elsewhere.
     pub patch_on_device: Option<bool>,
+    /// A second UNet session over weight buffers of its own for jobs whose UNet strengths change
+    /// from step to step (`--spare-unet`): the device patch brings it to the next step's strengths
+    /// while the step runs on the other, then the two swap. Only with the device patch and resident
+    /// weights. Unset: on for CUDA, off elsewhere (it holds a second copy of the UNet's weights).
+    pub spare_unet: Option<bool>,
     /// Read a single-file checkpoint's EMA UNet weights (`--ema`).
     pub ema: bool,
     /// A separate VAE file to read instead of the model's own (`--vae`).
@@ -78,6 +83,15 @@ impl SessionOptions {
     pub fn patch_on_device(&self) -> bool {
         self.patch_on_device
             .unwrap_or(matches!(self.device, Device::Cuda(_)))
+    }
+
+    /// Whether a job whose UNet strengths change between steps gets a spare UNet to patch ahead.
+    pub fn spare_unet(&self) -> bool {
+        self.patch_on_device()
+            && self.resident_weights()
+            && self
+                .spare_unet
+                .unwrap_or(matches!(self.device, Device::Cuda(_)))
     }
 
     /// How the model is opened: fp16 templates on a GPU, fp32 ones on the CPU.

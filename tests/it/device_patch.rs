@@ -205,7 +205,7 @@ fn the_patch_program_writes_the_host_fuse_weights_on_tiny_sdxl() {
     );
 }
 
-fn lora_dir() -> PathBuf {
+pub(crate) fn lora_dir() -> PathBuf {
     root().join("tests/fixtures/lora")
 }
 
@@ -334,7 +334,7 @@ fn a_failed_patch_program_leaves_the_weights_as_they_were_and_a_strength_change_
 /// The image of `prompt` (seed 5, 64², Euler) over `steps` steps with `method`; `on_step(i)` runs at
 /// step `i`'s stop check, after that step's adapter change and before its UNet run (a dial set
 /// there counts from the next step).
-fn job_image(
+pub(crate) fn job_image(
     g: &mut Generator,
     method: LoraMethod,
     prompt: &str,
@@ -391,7 +391,7 @@ fn unet_weights(g: &Generator) -> Vec<(String, Vec<u8>)> {
 }
 
 /// Sets `name`'s UNet strength to `value` at step `at`'s stop check of `dials`' generator.
-fn dialler(dials: Dials, dial: Option<(u32, &str, f32)>) -> impl Fn(u32) + '_ {
+pub(crate) fn dialler(dials: Dials, dial: Option<(u32, &str, f32)>) -> impl Fn(u32) + '_ {
     move |i| {
         if let Some((at, name, value)) = dial {
             if i == at {

@@ -38,6 +38,7 @@ mod sdxl_adapters;
 mod sdxl_inpaint;
 mod sharded;
 mod single_file;
+mod spare_unet;
 mod staging;
 mod te_precision;
 mod tui_config;

@@ -523,6 +523,12 @@ impl Generator {
                 text_embeds: e,
                 time_ids: &time_ids,
             });
+            // Fused adapters whose strengths change at the next step: the spare UNet is patched
+            // for it while this step runs.
+            if !mode.contains(&true) && i + 1 < timesteps.len() {
+                let next = self.live.step_key(loras, i + 1, timesteps.len());
+                self.sessions.prepare_next(&self.model, loras, &next);
+            }
             let out = self.live.unet_step(
                 &mut self.sessions,
                 mode.contains(&true).then_some((&loras[..], &key)),
