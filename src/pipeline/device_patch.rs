@@ -21,19 +21,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// instead, which leaves the weights as they were too); other devices are not checked, unless the
 /// test hook [`test_free_bytes`] gives the figure.
 fn check_fits(what: &str, device: Device, need: Need) -> Result<(), ResidentError> {
-    use crate::runtime::device_mem::{Nvml, Target};
     // A program that writes nothing (a text encoder no adapter reaches) needs nothing.
     if need.total() == 0 {
         return Ok(());
     }
     let free = match (test_free_bytes(), device) {
         (Some(free), _) => Ok(free),
-        (None, Device::Cuda(id)) => {
-            let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
-            Target::for_cuda(id.max(0) as u32, visible.as_deref())
-                .and_then(|t| Nvml::open(&t))
-                .and_then(|n| n.free_bytes())
-        }
+        (None, Device::Cuda(id)) => cuda_free_bytes(id),
         (None, _) => return Ok(()),
     };
     match free {
@@ -48,6 +42,15 @@ fn check_fits(what: &str, device: Device, need: Need) -> Result<(), ResidentErro
             Ok(())
         }
     }
+}
+
+/// The free memory of CUDA device `id` (as ONNX Runtime numbers it), read through NVML.
+pub(crate) fn cuda_free_bytes(id: i32) -> Result<u64, crate::runtime::device_mem::DeviceMemError> {
+    use crate::runtime::device_mem::{Nvml, Target};
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    Target::for_cuda(id.max(0) as u32, visible.as_deref())
+        .and_then(|t| Nvml::open(&t))
+        .and_then(|n| n.free_bytes())
 }
 
 /// Patch programs checked against the free memory since the process started (the test hook's

@@ -389,6 +389,11 @@ impl Layout {
         Ok(picked)
     }
 
+    /// The bytes of the resident weights.
+    pub fn bytes(&self) -> u64 {
+        self.entries.iter().map(|e| e.length as u64).sum()
+    }
+
     pub(super) fn what(&self) -> &str {
         &self.what
     }

@@ -21,6 +21,12 @@ use std::time::{Duration, Instant};
 /// runs of each (the UNet session and the spare's program) keep every capture alone.
 const WARM_RUNS: u64 = 2;
 
+/// Device memory a spare must leave free beyond its weights and base copies: its own activations
+/// (ONNX Runtime's arena for one UNet run) and what the other sessions' runs may still allocate. A
+/// round figure, not a measured one: the spare is an optimisation, so too much margin only costs
+/// its speed-up on a nearly full GPU.
+const SPARE_HEADROOM: u64 = 4 << 30;
+
 /// The second UNet and what its weights hold.
 pub(super) struct Spare {
     pub(super) net: Net,
@@ -94,6 +100,13 @@ impl Sessions {
             self.spare = None;
         }
         if self.spare.is_none() {
+            if let Err(why) = self.room_for_spare() {
+                tracing::info!(
+                    "UNet: no spare session ({why}); strength changes patch before their step"
+                );
+                self.spare_failed = true;
+                return;
+            }
             let t = Instant::now();
             match self.build_spare(model, dims) {
                 Ok(s) => {
@@ -131,6 +144,26 @@ impl Sessions {
         // Another adapter set, or a term that holds its strength: a new program, run now.
         if let Err(e) = self.stage_spare(model, loras, key, want) {
             tracing::warn!("UNet: the spare session was not patched ({e})");
+        }
+    }
+
+    /// Whether the device has room for a spare: its weights, base copies of as many for the
+    /// weights its programs write, and [`SPARE_HEADROOM`] for its activations. Devices whose free
+    /// memory is not read (the CPU, DirectML) are not checked.
+    fn room_for_spare(&self) -> Result<(), String> {
+        let crate::runtime::Device::Cuda(id) = self.opts.device else {
+            return Ok(());
+        };
+        let weights = self.unet.layout().map_or(0, |l| l.bytes());
+        let need = 2 * weights + SPARE_HEADROOM;
+        match device_patch::cuda_free_bytes(id) {
+            Ok(free) if free < need => Err(format!(
+                "it needs about {} MiB of device memory, {} MiB are free",
+                need >> 20,
+                free >> 20
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("the free device memory is unknown: {e}")),
         }
     }
 
