@@ -12,7 +12,7 @@ pub mod throughput;
 
 use crate::engine::Stop;
 use crate::job::{Job, Sampler};
-use crate::pipeline::generator::{time_ids, Added};
+use crate::pipeline::generator::{time_ids, Added, PatchCounts};
 use crate::pipeline::{EngineSpec, Generator, PipelineError};
 use crate::runtime::device_mem::{self, MemoryPeak};
 use crate::runtime::{Device, Runtime};
@@ -639,10 +639,13 @@ pub fn live(
             d.set_lora_dirs(vec![dir]);
             // Twice: the first stages the program (and warms the caches); the second's counts.
             let mut latency = None;
+            // The dialled strength reaches its step by a re-run, or on the spare UNet patched
+            // beside the step before it.
+            let met = |c: PatchCounts| c.reruns + c.spare_swaps;
             for _ in 0..2 {
-                let before = d.patch_counts().reruns;
+                let before = met(d.patch_counts());
                 latency = timed_job(&mut d, &job, LoraMethod::Fuse, Some((&stem, at)))?.1;
-                if d.patch_counts().reruns == before {
+                if met(d.patch_counts()) == before {
                     return Err(PipelineError::Job(
                         "the device patch did not re-run its program for the dialled strength"
                             .into(),
