@@ -287,6 +287,13 @@ impl Generator {
         self.sessions.patch_counts()
     }
 
+    /// Breaks the spare UNet's patch program so that its next re-run fails (tests); false when
+    /// there is no spare.
+    #[doc(hidden)]
+    pub fn break_spare_for_test(&mut self) -> bool {
+        self.sessions.break_spare_for_test()
+    }
+
     /// The bytes of the UNet's resident weight `name` when they are in host memory (tests).
     #[doc(hidden)]
     pub fn unet_host_weight(&self, name: &str) -> Option<Vec<u8>> {

@@ -96,6 +96,9 @@ pub struct PatchCounts {
     /// after their own run had ended, summed (µs): the part of the patch the step did not hide.
     pub overlapped: u64,
     pub prefetch_wait_us: u64,
+    /// Re-runs of the spare's program that failed (the spare then holds unknown weights until
+    /// its next patch; the step patched the UNet itself).
+    pub prefetch_failures: u64,
 }
 
 /// The strengths inputs of a re-run: one per text encoder, then the UNet's (None: not re-run).
@@ -161,6 +164,8 @@ pub struct Sessions {
     spare_failed: bool,
     /// A re-run of the spare's program for the next UNet call to run beside it.
     pending: Option<spare::Pending>,
+    /// Test hook: the next re-run of the spare's program fails.
+    fail_next_prefetch: bool,
     /// The report of the last adapter application (the components that changed).
     last_report: Option<ApplyReport>,
     /// Timings of the last adapter change.
@@ -207,6 +212,7 @@ impl Sessions {
             spare: None,
             spare_failed: false,
             pending: None,
+            fail_next_prefetch: false,
             last_report: None,
             last_fuse: None,
             counts: PatchCounts::default(),

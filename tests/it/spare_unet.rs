@@ -41,6 +41,7 @@ fn both(
         spare_swaps: after.spare_swaps - before.spare_swaps,
         prefetches: after.prefetches - before.prefetches,
         overlapped: after.overlapped - before.overlapped,
+        prefetch_failures: after.prefetch_failures - before.prefetch_failures,
         ..PatchCounts::default()
     };
     (s, o, d)
@@ -108,6 +109,15 @@ fn a_schedule_swaps_in_the_spare_unet_patched_ahead_and_gives_the_same_picture()
         n.reruns >= 1,
         "the dialled strength re-ran the program: {n:?}"
     );
+    // The spare's next re-run fails: the step after it patches the UNet itself, the spare is
+    // patched again for the step after that, and the picture is still the one UNet's.
+    let prompt = "a fox <lora:lyco_locon:unet=0.2@0,1@1>";
+    assert!(spare.break_spare_for_test(), "the schedules built a spare");
+    let (s, o, n) = both(&mut spare, &mut one, prompt, steps, None);
+    assert_eq!(s, o, "after a failed re-run of the spare");
+    assert_eq!(n.prefetch_failures, 1, "{n:?}");
+    assert!(n.reruns >= 1, "a step patched the UNet itself: {n:?}");
+    assert!(n.spare_swaps >= 1, "the spare came back: {n:?}");
     // Back to the base: the picture without adapters.
     assert_eq!(
         job_image(&mut spare, LoraMethod::Fuse, "a fox", steps, &|_| {}),

@@ -227,6 +227,14 @@ impl Sessions {
         Ok(())
     }
 
+    /// Makes the spare's next re-run fail (it is handed one strength too many), as a failure
+    /// inside its program would (tests); false when there is no spare.
+    #[doc(hidden)]
+    pub fn break_spare_for_test(&mut self) -> bool {
+        self.fail_next_prefetch = self.spare.is_some();
+        self.fail_next_prefetch
+    }
+
     /// Swaps the spare in when its weights hold `want`'s UNet part at the UNet's shapes: the
     /// step then needs no patch. True when it did.
     pub(super) fn swap_spare(&mut self, want: &FusedKey) -> bool {
@@ -251,9 +259,12 @@ impl Sessions {
         step: impl FnOnce(&mut Net, &mut Option<Bound>) -> R,
     ) -> R {
         let pending = self.pending.take();
-        let (Some(p), Some(spare)) = (pending, self.spare.as_mut()) else {
+        let (Some(mut p), Some(spare)) = (pending, self.spare.as_mut()) else {
             return step(&mut self.unet, &mut self.unet_io);
         };
+        if std::mem::take(&mut self.fail_next_prefetch) {
+            p.strengths.push(0.0);
+        }
         let warm = spare.warm(self.unet_runs);
         let (net, holds, runs) = (&mut spare.net, &mut spare.holds, &mut spare.program_runs);
         let (out, prefetched) = if warm {
@@ -287,7 +298,12 @@ impl Sessions {
                     self.counts.prefetch_wait_us += w.as_micros() as u64;
                 }
             }
-            Err(e) => tracing::warn!("UNet: the spare session's patch failed ({e})"),
+            Err(e) => {
+                self.counts.prefetch_failures += 1;
+                tracing::warn!(
+                    "UNet: the spare session's patch failed ({e}); the step patches the UNet"
+                )
+            }
         }
         out
     }
