@@ -83,8 +83,7 @@ pub struct EngineFlags {
     #[arg(long, value_name = "WHERE", value_parser = ["host", "device"])]
     pub patch_on: Option<String>,
     /// A second UNet session patched for the next step while a step runs, for strength schedules
-    /// and dials with the device patch (a second copy of the UNet's weights). Default: true on
-    /// CUDA, false elsewhere
+    /// and dials with the device patch (a second copy of the UNet's weights). Default: false
     #[arg(long, value_name = "BOOL")]
     pub spare_unet: Option<bool>,
     /// How adapters reach the weights: fuse (static fused, scheduled or dialled ones live), live,

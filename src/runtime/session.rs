@@ -43,7 +43,8 @@ pub struct SessionOptions {
     /// A second UNet session over weight buffers of its own for jobs whose UNet strengths change
     /// from step to step (`--spare-unet`): the device patch brings it to the next step's strengths
     /// while the step runs on the other, then the two swap. Only with the device patch and resident
-    /// weights. Unset: on for CUDA, off elsewhere (it holds a second copy of the UNet's weights).
+    /// weights. Unset: off everywhere until its overlap is measured on a GPU (it holds a second
+    /// copy of the UNet's weights).
     pub spare_unet: Option<bool>,
     /// Read a single-file checkpoint's EMA UNet weights (`--ema`).
     pub ema: bool,
@@ -87,11 +88,7 @@ impl SessionOptions {
 
     /// Whether a job whose UNet strengths change between steps gets a spare UNet to patch ahead.
     pub fn spare_unet(&self) -> bool {
-        self.patch_on_device()
-            && self.resident_weights()
-            && self
-                .spare_unet
-                .unwrap_or(matches!(self.device, Device::Cuda(_)))
+        self.patch_on_device() && self.resident_weights() && self.spare_unet.unwrap_or(false)
     }
 
     /// How the model is opened: fp16 templates on a GPU, fp32 ones on the CPU.
