@@ -70,6 +70,9 @@ pub struct FuseStats {
     /// The change re-ran the patch programs already on the device with new strengths (nothing
     /// planned, built or uploaded but the strengths; its time is in `upload_s`).
     pub rerun: bool,
+    /// The change swapped in the spare UNet, patched to these strengths beside the step before
+    /// ([`spare`]): nothing ran for the UNet before the step.
+    pub spare_swap: bool,
 }
 
 /// How the device patch brought the weights to new adapter strengths, counted since the load.
@@ -352,7 +355,7 @@ impl Sessions {
             rebuild_unet = false;
             if !rebuild_te {
                 self.last_fuse = Some(FuseStats {
-                    rerun: true,
+                    spare_swap: true,
                     ..FuseStats::default()
                 });
                 self.fused = want;

@@ -82,6 +82,11 @@ fn a_schedule_swaps_in_the_spare_unet_patched_ahead_and_gives_the_same_picture()
                 "{prompt} (run {run}): {n:?}"
             );
             overlapped += n.overlapped;
+            let last = spare.last_fuse().expect("a change was timed");
+            assert!(
+                last.spare_swap && !last.rerun,
+                "{prompt}: the last step swapped: {last:?}"
+            );
         }
         assert!(overlapped > 0, "{prompt}: no re-run ran beside a step");
     }
