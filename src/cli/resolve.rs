@@ -129,6 +129,7 @@ pub fn engine(
             None => config.generation.te_precision,
         },
         run_once: false,
+        rarely_run: false,
     };
     let unet_batch = flags.unet_batch.unwrap_or(config.generation.unet_batch);
     if !(1..=64).contains(&unet_batch) {

@@ -274,6 +274,7 @@ fn pass(
     let build = |graph: bool| {
         let mut popts = opts.clone();
         popts.cuda.cuda_graph = graph;
+        popts.rarely_run = true;
         build_session(
             rt,
             name,

@@ -71,6 +71,10 @@ pub struct SessionOptions {
     /// A session that runs once (the SD 2.x prediction test): built without ONNX Runtime's graph
     /// optimisations, which cost more than they save.
     pub run_once: bool,
+    /// A session that runs now and then between other sessions' runs (the patch programs): its
+    /// intra-op threads sleep after a run instead of spinning for more work, which on a 2-core CPU
+    /// took the cores from the UNet's next step (a per-step schedule's job 1.7× as long).
+    pub rarely_run: bool,
 }
 
 impl SessionOptions {
@@ -462,6 +466,9 @@ fn build(
     }
     if opts.threads > 0 {
         builder = builder.with_intra_threads(opts.threads).map_err(recover)?;
+    }
+    if opts.rarely_run {
+        builder = builder.with_intra_op_spinning(false).map_err(recover)?;
     }
     if matches!(opts.device, Device::DirectMl(_)) {
         // DirectML requires sequential execution and no memory pattern (ORT's DirectML docs).
