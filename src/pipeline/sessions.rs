@@ -1086,6 +1086,7 @@ fn build_component(
         opts.without_cuda_graph()
     };
     opts.cuda.fused_graph = conv_bias_fusable(kind, which);
+    opts.rarely_run = kind != ComponentKind::Unet;
     let opts = &opts;
     let fp16 = is_te && matches!(which, GraphKind::Cuda | GraphKind::Fused);
     if opts.resident_weights() && !is_vae {
