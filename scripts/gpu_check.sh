@@ -97,6 +97,8 @@ static-plain|--graph plain --static-shapes
 cudagraph|--cuda-graph --static-shapes
 cudagraph-plain|--graph plain --cuda-graph --static-shapes
 cudagraph-device|--cuda-graph --static-shapes --patch-on device
+spare|--spare-unet true
+spare-cudagraph|--spare-unet true --cuda-graph --static-shapes
 live|--lora-method live
 refuse|--lora-method refuse
 grouped|--unet-batch 8"}
