@@ -379,6 +379,7 @@ impl Sessions {
             }
         }
         let build_opts = self.build_opts();
+        let unet_opts = spare::unet_patch_opts(&build_opts);
         let (rt, opts) = (self.runtime, &build_opts);
         let set = keys::adapter_set(loras);
         let te_layouts: Vec<Option<&resident::Layout>> =
@@ -409,6 +410,11 @@ impl Sessions {
                     .component(kind)
                     .ok_or_else(|| PipelineError::Job(format!("the model has no {kind}")))?;
                 if opts.patch_on_device() {
+                    let opts = if kind == ComponentKind::Unet {
+                        &unet_opts
+                    } else {
+                        opts
+                    };
                     let mut staged = device_patch::stage(rt, opts, layout, c, &view(kind))?;
                     staged.adapters = Some(set.clone());
                     st.patch_s += t.elapsed().as_secs_f64();

@@ -14,12 +14,28 @@ use crate::pipeline::keys::{self, FusedKey, Fusion};
 use crate::pipeline::rerun;
 use crate::pipeline::resident::Net;
 use crate::runtime::tensor_io::Bound;
+use crate::runtime::SessionOptions;
 use std::time::{Duration, Instant};
 
-/// Completed runs a session needs before anything runs beside it. ONNX Runtime captures a CUDA
-/// graph at a session's second run, and a capture forbids other threads' unsafe CUDA calls; two
-/// runs of each (the UNet session and the spare's program) keep every capture alone.
-const WARM_RUNS: u64 = 2;
+/// Completed runs a session needs before anything runs beside it. ONNX Runtime's CUDA provider
+/// captures a session's CUDA graph (`--cuda-graph`) at its third run on a thread, in the global
+/// capture mode, in which another thread's synchronous CUDA call (a copy, a synchronisation)
+/// breaks the capture: the UNet sessions' captures run alone. (The spare's programs, which run on
+/// other threads, are never captured: [`unet_patch_opts`].)
+const WARM_RUNS: u64 = 3;
+
+/// The options the UNet's patch programs are built with: uncaptured while a spare may run them on
+/// a helper thread. ONNX Runtime keeps a captured graph per calling thread and captures on that
+/// thread's third run, so a program captured on the engine's thread would be captured again on
+/// the helper's, beside a UNet step, in the global capture mode. The two nets swap roles, so
+/// every UNet program is built so, not only the spare's.
+pub(super) fn unet_patch_opts(opts: &SessionOptions) -> SessionOptions {
+    let mut o = opts.clone();
+    if o.spare_unet() {
+        o.cuda.patch_graph = false;
+    }
+    o
+}
 
 /// Device memory a spare must leave free beyond its weights and base copies: its own activations
 /// (ONNX Runtime's arena for one UNet run) and what the other sessions' runs may still allocate. A
@@ -38,8 +54,6 @@ pub(super) struct Spare {
     pub(super) dims: Option<[i64; 4]>,
     /// UNet runs since its session was built.
     pub(super) runs: u64,
-    /// Runs of its patch program since it was staged.
-    program_runs: u64,
 }
 
 /// A re-run of the spare's program waiting for the next UNet call: its strengths input and what
@@ -56,26 +70,13 @@ pub(super) struct Prefetched {
     waited: Option<Duration>,
 }
 
-impl Spare {
-    /// Whether its program may run beside a step of `unet_runs` completed runs.
-    fn warm(&self, unet_runs: u64) -> bool {
-        unet_runs >= WARM_RUNS && self.program_runs >= WARM_RUNS
-    }
-}
-
-/// Re-runs the spare's program (`net`, what it `holds`, its program's runs) with `p`'s strengths;
-/// what the weights hold is unknown until it ends well. Fields, not the [`Spare`], so that the
-/// UNet's buffers beside them stay on the step's thread.
-fn prefetch(
-    net: &mut Net,
-    holds: &mut Fusion,
-    program_runs: &mut u64,
-    p: Pending,
-) -> Result<Duration, PipelineError> {
+/// Re-runs the spare's program (`net`, and what it `holds`) with `p`'s strengths; what the
+/// weights hold is unknown until it ends well. Fields, not the [`Spare`], so that the UNet's
+/// buffers beside them stay on the step's thread.
+fn prefetch(net: &mut Net, holds: &mut Fusion, p: Pending) -> Result<Duration, PipelineError> {
     let t = Instant::now();
     *holds = None;
     net.rerun_patch(&p.strengths)?;
-    *program_runs += 1;
     *holds = p.want;
     Ok(t.elapsed())
 }
@@ -186,7 +187,6 @@ impl Sessions {
             holds: Some(Vec::new()),
             dims,
             runs: 0,
-            program_runs: 0,
         })
     }
 
@@ -198,7 +198,7 @@ impl Sessions {
         key: &StrengthKey,
         want: Fusion,
     ) -> Result<(), PipelineError> {
-        let opts = self.build_opts();
+        let opts = unet_patch_opts(&self.build_opts());
         let rt = self.runtime;
         let Some(spare) = self.spare.as_mut() else {
             return Ok(());
@@ -220,9 +220,7 @@ impl Sessions {
         let mut staged = staged;
         staged.adapters = Some(keys::adapter_set(loras));
         spare.holds = None;
-        spare.program_runs = 0;
         spare.net.commit_device(staged)?;
-        spare.program_runs = 1;
         spare.holds = want;
         Ok(())
     }
@@ -253,7 +251,7 @@ impl Sessions {
     }
 
     /// Runs `step` (a UNet call on the UNet and its buffers) with the pending re-run of the spare's
-    /// program beside it, or before it while either is not warm yet ([`WARM_RUNS`]).
+    /// program beside it, or before it while the UNet session may still capture ([`WARM_RUNS`]).
     pub(super) fn with_prefetch<R>(
         &mut self,
         step: impl FnOnce(&mut Net, &mut Option<Bound>) -> R,
@@ -265,12 +263,13 @@ impl Sessions {
         if std::mem::take(&mut self.fail_next_prefetch) {
             p.strengths.push(0.0);
         }
-        let warm = spare.warm(self.unet_runs);
-        let (net, holds, runs) = (&mut spare.net, &mut spare.holds, &mut spare.program_runs);
+        // The UNet session about to run is past its capture ([`WARM_RUNS`]).
+        let warm = self.unet_runs >= WARM_RUNS;
+        let (net, holds) = (&mut spare.net, &mut spare.holds);
         let (out, prefetched) = if warm {
             let (unet, io) = (&mut self.unet, &mut self.unet_io);
             std::thread::scope(|s| {
-                let helper = s.spawn(|| prefetch(net, holds, runs, p));
+                let helper = s.spawn(|| prefetch(net, holds, p));
                 let out = step(unet, io);
                 let done = Instant::now();
                 let got = helper.join().unwrap_or_else(|_| {
@@ -286,7 +285,7 @@ impl Sessions {
                 )
             })
         } else {
-            let got = prefetch(net, holds, runs, p).map(|took| Prefetched { took, waited: None });
+            let got = prefetch(net, holds, p).map(|took| Prefetched { took, waited: None });
             (step(&mut self.unet, &mut self.unet_io), got)
         };
         match prefetched {
