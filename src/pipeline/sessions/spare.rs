@@ -102,7 +102,8 @@ impl Sessions {
         }
         if self.spare.is_none() {
             if let Err(why) = self.room_for_spare() {
-                tracing::info!(
+                // Asked for (`--spare-unet true`), so said where it is seen by default.
+                tracing::warn!(
                     "UNet: no spare session ({why}); strength changes patch before their step"
                 );
                 self.spare_failed = true;
