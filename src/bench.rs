@@ -509,10 +509,7 @@ impl fmt::Display for LiveBench {
         if let Some(ms) = self.rerun_device_ms {
             write!(f, "\n  patch re-run alone (mean) {ms:>9.3} ms")?;
         }
-        if let (Some(r), Some(c)) = (
-            self.rerun_writes.filter(|r| r.is_finite()),
-            self.commit_writes,
-        ) {
+        if let (Some(r), Some(c)) = (self.rerun_writes, self.commit_writes) {
             write!(
                 f,
                 "\n  UNet weights written: {r:.0} per re-run, {c} at the commit"
@@ -659,7 +656,7 @@ pub fn live(
             };
             let mut sched_steps = Vec::new();
             let mut rerun_ms = None;
-            let mut rerun_writes = f64::NAN;
+            let mut rerun_writes = None;
             let mut spare = (0, None, None);
             for _ in 0..2 {
                 let before = d.patch_counts();
@@ -680,9 +677,8 @@ pub fn live(
                     ),
                 );
                 rerun_ms = mean(after.rerun_us - before.rerun_us, n);
-                if n > 0 {
-                    rerun_writes = (after.rerun_writes - before.rerun_writes) as f64 / n as f64;
-                }
+                rerun_writes =
+                    (n > 0).then(|| (after.rerun_writes - before.rerun_writes) as f64 / n as f64);
                 if n + swaps < u64::from(sched.steps) - 1 {
                     return Err(PipelineError::Job(
                         "the device patch did not re-run its program at every step of a schedule"
@@ -718,7 +714,7 @@ pub fn live(
         dial_to_step_device_ms: dial_device.map(ms),
         scheduled_step_device_ms: scheduled,
         rerun_device_ms,
-        rerun_writes: writes.map(|w| w.0),
+        rerun_writes: writes.and_then(|w| w.0),
         commit_writes: writes.and_then(|w| w.1),
         spare_swaps: spare.map(|s| s.0),
         prefetch_ms: spare.and_then(|s| s.1),

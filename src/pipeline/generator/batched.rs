@@ -525,7 +525,7 @@ impl Generator {
             });
             // Fused adapters whose strengths change at the next step: the spare UNet is patched
             // for it while this step runs.
-            if !mode.contains(&true) && i + 1 < timesteps.len() {
+            if !mode.contains(&true) && i + 1 < timesteps.len() && self.sessions.spare_wanted() {
                 let next = self.live.step_key(loras, i + 1, timesteps.len());
                 self.sessions.prepare_next(&self.model, loras, &next);
             }

@@ -89,7 +89,7 @@ impl Sessions {
     /// be built or patched is logged and left out: the step then patches the UNet as before.
     pub fn prepare_next(&mut self, model: &Model, loras: &[ActiveLora], key: &StrengthKey) {
         self.pending = None;
-        if !self.opts.spare_unet() || !self.unet.is_resident() || self.spare_failed {
+        if !self.spare_wanted() {
             return;
         }
         let want = FusedKey::of(loras, key).unet;
@@ -147,6 +147,12 @@ impl Sessions {
         if let Err(e) = self.stage_spare(model, loras, key, want) {
             tracing::warn!("UNet: the spare session was not patched ({e})");
         }
+    }
+
+    /// Whether [`Self::prepare_next`] may use a spare: asked for, resident weights, and not
+    /// refused already (so the sampling loop skips the next step's strengths otherwise).
+    pub fn spare_wanted(&self) -> bool {
+        self.opts.spare_unet() && self.unet.is_resident() && !self.spare_failed
     }
 
     /// Whether the device has room for a spare: its weights, base copies of as many for the
